@@ -1,0 +1,39 @@
+// swift-tools-version:5.10
+// SwiftPEFT: parameter-efficient fine-tuning of decoder-only language models on the CPU.
+// Layers point one way: TensorCore → NN → Models → PEFT → Formats → Training → swiftpeft (CLI).
+import PackageDescription
+
+let release: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "SwiftPEFT",
+    products: [
+        .library(name: "TensorCore", targets: ["TensorCore"]),
+        .library(name: "NN", targets: ["NN"]),
+        .library(name: "Formats", targets: ["Formats"]),
+        .executable(name: "swiftpeft", targets: ["swiftpeft"]),
+        .executable(name: "tensor-bench", targets: ["tensor-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries: OpenBLAS (cblas.h) and HDF5 (serial), each behind a module map.
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
+
+        .target(name: "TensorCore", dependencies: ["CBLAS"], swiftSettings: release),
+        .target(name: "NN", dependencies: ["TensorCore"], swiftSettings: release),
+        .target(name: "Models", dependencies: ["NN"], swiftSettings: release),
+        .target(name: "PEFT", dependencies: ["Models"], swiftSettings: release),
+        .target(name: "Formats", dependencies: ["PEFT", "CHDF5"], swiftSettings: release),
+        .target(name: "Training", dependencies: ["Formats"], swiftSettings: release),
+        .executableTarget(
+            name: "swiftpeft",
+            dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"], swiftSettings: release),
+
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
+    ]
+)

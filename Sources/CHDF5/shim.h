@@ -1,0 +1,22 @@
+// HDF5 (serial) C API. Several HDF5 "constants" are macros that expand to H5open() calls or
+// globals, which Swift cannot import; these inline functions return them.
+#include <hdf5.h>
+
+static inline hid_t chdf5_native_float(void) { return H5T_NATIVE_FLOAT; }
+static inline hid_t chdf5_native_double(void) { return H5T_NATIVE_DOUBLE; }
+static inline hid_t chdf5_native_int32(void) { return H5T_NATIVE_INT32; }
+static inline hid_t chdf5_native_int64(void) { return H5T_NATIVE_INT64; }
+static inline hid_t chdf5_native_uint8(void) { return H5T_NATIVE_UINT8; }
+static inline hid_t chdf5_c_s1(void) { return H5T_C_S1; }
+static inline hid_t chdf5_p_default(void) { return H5P_DEFAULT; }
+static inline hid_t chdf5_s_all(void) { return H5S_ALL; }
+static inline hid_t chdf5_p_dataset_create(void) { return H5P_DATASET_CREATE; }
+static inline unsigned chdf5_acc_trunc(void) { return H5F_ACC_TRUNC; }
+static inline unsigned chdf5_acc_rdonly(void) { return H5F_ACC_RDONLY; }
+static inline unsigned chdf5_acc_rdwr(void) { return H5F_ACC_RDWR; }
+static inline size_t chdf5_variable(void) { return H5T_VARIABLE; }
+static inline H5T_class_t chdf5_class_float(void) { return H5T_FLOAT; }
+static inline H5T_class_t chdf5_class_integer(void) { return H5T_INTEGER; }
+static inline H5T_class_t chdf5_class_string(void) { return H5T_STRING; }
+static inline hid_t chdf5_p_link_create(void) { return H5P_LINK_CREATE; }
+static inline hid_t chdf5_e_default(void) { return H5E_DEFAULT; }

@@ -1,0 +1,140 @@
+// HDF5 files of named Float32 tensors (one dataset per tensor, named by its key) plus string
+// attributes, through the C library (CHDF5 shim for the macros Swift cannot import).
+// Writes go to a temporary file that is renamed into place, so a crash never leaves half a file.
+
+import CHDF5
+import Foundation
+@_exported import PEFT
+
+/// A failure reading or writing an HDF5 file, naming the file and the object.
+public struct HDF5Error: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public var description: String { "\(path): \(message)" }
+}
+
+/// The HDF5 library version, e.g. "1.10.8".
+public var hdf5Version: String {
+    var (maj, min, rel): (UInt32, UInt32, UInt32) = (0, 0, 0)
+    H5get_libversion(&maj, &min, &rel)
+    return "\(maj).\(min).\(rel)"
+}
+
+/// Named Float32 tensors and string attributes stored in one HDF5 file.
+public enum HDF5Store {
+    /// Writes `tensors` (dataset per key; "/" in a key makes groups) and `attributes` (on the root)
+    /// to `path` atomically: a temporary file beside it, then a rename.
+    public static func write(_ path: String, tensors: [(String, Tensor)], attributes: [String: String] = [:]) throws {
+        H5Eset_auto2(chdf5_e_default(), nil, nil)
+        let tmp = path + ".tmp-\(getpid())"
+        let file = H5Fcreate(tmp, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
+        guard file >= 0 else { throw HDF5Error(path: path, message: "cannot create file \(tmp)") }
+        var closed = false
+        defer { if !closed { H5Fclose(file); unlink(tmp) } }
+        let lcpl = H5Pcreate(chdf5_p_link_create())
+        H5Pset_create_intermediate_group(lcpl, 1)
+        defer { H5Pclose(lcpl) }
+        for (key, t) in tensors {
+            var dims = t.shape.map { hsize_t($0) }
+            let space = H5Screate_simple(Int32(dims.count), &dims, nil)
+            defer { H5Sclose(space) }
+            let ds = H5Dcreate2(file, key, chdf5_native_float(), space, lcpl, chdf5_p_default(), chdf5_p_default())
+            guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot create dataset '\(key)' of shape \(t.shape)") }
+            defer { H5Dclose(ds) }
+            let data = t.contiguousValues()
+            let status = data.withUnsafeBufferPointer {
+                H5Dwrite(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+            }
+            guard status >= 0 else { throw HDF5Error(path: path, message: "cannot write dataset '\(key)'") }
+        }
+        for (name, value) in attributes.sorted(by: { $0.key < $1.key }) {
+            try writeStringAttribute(file, name: name, value: value, path: path)
+        }
+        H5Fclose(file)
+        closed = true
+        guard rename(tmp, path) == 0 else {
+            unlink(tmp)
+            throw HDF5Error(path: path, message: "cannot rename \(tmp) into place: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private static func writeStringAttribute(_ obj: hid_t, name: String, value: String, path: String) throws {
+        let type = H5Tcopy(chdf5_c_s1())
+        defer { H5Tclose(type) }
+        let bytes = Array(value.utf8)
+        H5Tset_size(type, max(bytes.count, 1))
+        H5Tset_cset(type, H5T_CSET_UTF8)
+        let space = H5Screate(H5S_SCALAR)
+        defer { H5Sclose(space) }
+        let attr = H5Acreate2(obj, name, type, space, chdf5_p_default(), chdf5_p_default())
+        guard attr >= 0 else { throw HDF5Error(path: path, message: "cannot create attribute '\(name)'") }
+        defer { H5Aclose(attr) }
+        let padded = bytes.isEmpty ? [UInt8(0)] : bytes
+        guard padded.withUnsafeBufferPointer({ H5Awrite(attr, type, $0.baseAddress) }) >= 0 else {
+            throw HDF5Error(path: path, message: "cannot write attribute '\(name)'")
+        }
+    }
+
+    /// Reads every dataset (keys are full paths without the leading "/") and the root's string
+    /// attributes.
+    public static func read(_ path: String) throws -> (tensors: [String: Tensor], attributes: [String: String]) {
+        H5Eset_auto2(chdf5_e_default(), nil, nil)
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw HDF5Error(path: path, message: "no such file")
+        }
+        let file = H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
+        guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
+        defer { H5Fclose(file) }
+        var names: [String] = []
+        let collect: H5O_iterate_t = { _, name, info, ctx in
+            if let info, info.pointee.type == H5O_TYPE_DATASET, let name {
+                ctx!.assumingMemoryBound(to: [String].self).pointee.append(String(cString: name))
+            }
+            return 0
+        }
+        _ = withUnsafeMutablePointer(to: &names) {
+            H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, collect, $0, UInt32(H5O_INFO_BASIC))
+        }
+        var tensors: [String: Tensor] = [:]
+        for name in names {
+            let ds = H5Dopen2(file, name, chdf5_p_default())
+            guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot open dataset '\(name)'") }
+            defer { H5Dclose(ds) }
+            let space = H5Dget_space(ds)
+            defer { H5Sclose(space) }
+            let rank = Int(H5Sget_simple_extent_ndims(space))
+            var dims = [hsize_t](repeating: 0, count: rank)
+            H5Sget_simple_extent_dims(space, &dims, nil)
+            let shape = dims.map { Int($0) }
+            let t = Tensor.empty(shape)
+            guard H5Dread(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), t.basePointer) >= 0 else {
+                throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as float32")
+            }
+            tensors[name] = t
+        }
+        var attributes: [String: String] = [:]
+        let nattrs = H5Aget_num_attrs(file)
+        for i in 0..<max(nattrs, 0) {
+            let attr = H5Aopen_by_idx(file, ".", H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), chdf5_p_default(), chdf5_p_default())
+            guard attr >= 0 else { continue }
+            defer { H5Aclose(attr) }
+            let nameLen = H5Aget_name(attr, 0, nil)
+            var nameBuf = [CChar](repeating: 0, count: nameLen + 1)
+            H5Aget_name(attr, nameLen + 1, &nameBuf)
+            let type = H5Aget_type(attr)
+            defer { H5Tclose(type) }
+            guard H5Tget_class(type) == chdf5_class_string(), H5Tis_variable_str(type) == 0 else { continue }
+            let size = H5Tget_size(type)
+            var buf = [UInt8](repeating: 0, count: size + 1)
+            H5Aread(attr, type, &buf)
+            let name = String(decoding: nameBuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            attributes[name] = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return (tensors, attributes)
+    }
+}
+
+extension Tensor {
+    /// The values in row-major order (a copy).
+    func contiguousValues() -> [Float] { toArray() }
+}

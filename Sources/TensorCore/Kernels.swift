@@ -1,0 +1,97 @@
+// Low-level loops shared by the ops: a two-way parallel range split, strided copy / scatter-add
+// over collapsed layouts, and vector helpers. Raw pointers only; no allocation per element.
+
+import Dispatch
+import Foundation
+
+/// Work below this many elements runs on one thread (dispatch costs more than it saves).
+let parallelThreshold = 1 << 15
+let hardwareThreads = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+/// Calls `body(lo, hi)` over chunks of `0..<n`, in parallel over the cores when `n · cost` is large.
+@inline(__always)
+func parallelRanges(_ n: Int, cost: Int = 1, _ body: (Int, Int) -> Void) {
+    let chunks = (n * cost >= parallelThreshold && n > 1) ? min(hardwareThreads, n) : 1
+    if chunks == 1 { body(0, n); return }
+    DispatchQueue.concurrentPerform(iterations: chunks) { c in
+        body(n * c / chunks, n * (c + 1) / chunks)
+    }
+}
+
+/// y += x
+@inline(__always)
+func vAdd(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    parallelRanges(n) { lo, hi in
+        for i in lo..<hi { y[i] += x[i] }
+    }
+}
+
+/// Iterates the rows (runs along the last collapsed axis) of a shape for up to three operands.
+/// `body(row offsets…, run length, inner strides…)` is called once per row, not per element.
+@inline(__always)
+func forEachRow(_ shape: [Int], _ strides: [[Int]], rows lo: Int, _ hi: Int,
+                _ body: (_ o0: Int, _ o1: Int, _ o2: Int) -> Void) {
+    let r = shape.count
+    var idx = [Int](repeating: 0, count: r)
+    // Unravel the starting row index over the outer axes.
+    var rem = lo
+    for d in stride(from: r - 2, through: 0, by: -1) {
+        idx[d] = rem % shape[d]
+        rem /= shape[d]
+    }
+    let k = strides.count
+    var o = [0, 0, 0]
+    for j in 0..<k { for d in 0..<(r - 1) { o[j] += idx[d] * strides[j][d] } }
+    for _ in lo..<hi {
+        body(o[0], o[1], o[2])
+        // Advance the outer index like an odometer.
+        var d = r - 2
+        while d >= 0 {
+            idx[d] += 1
+            for j in 0..<k { o[j] += strides[j][d] }
+            if idx[d] < shape[d] { break }
+            for j in 0..<k { o[j] -= strides[j][d] * shape[d] }
+            idx[d] = 0
+            d -= 1
+        }
+    }
+}
+
+/// Copies the view `layout` of storage starting at `storage` into contiguous memory.
+func copyStrided(from storage: UnsafePointer<Float>, layout: Layout, to dst: UnsafeMutablePointer<Float>) {
+    let src = storage + layout.offset
+    let (shape, strides) = collapse(layout.shape, [layout.strides, Layout.contiguousStrides(layout.shape)])
+    // After collapsing, strides[1] (contiguous) folds to the collapsed contiguous strides.
+    let n = shape.last!
+    let rows = shape.dropLast().reduce(1, *)
+    let ss = strides[0].last!, ds = strides[1].last!
+    parallelRanges(rows, cost: n) { lo, hi in
+        forEachRow(shape, strides, rows: lo, hi) { so, d, _ in
+            if ss == 1 && ds == 1 {
+                (dst + d).update(from: src + so, count: n)
+            } else {
+                for i in 0..<n { dst[d + i * ds] = src[so + i * ss] }
+            }
+        }
+    }
+}
+
+/// Adds contiguous `src` into the view `layout` of `storage` (which may repeat elements: stride 0).
+/// This is the backward of every view op (permute, slice, expand) and runs on one thread, since
+/// stride-0 layouts make different rows write the same element.
+func addStrided(_ src: UnsafePointer<Float>, into storage: UnsafeMutablePointer<Float>, layout: Layout) {
+    let dst = storage + layout.offset
+    let (shape, strides) = collapse(layout.shape, [Layout.contiguousStrides(layout.shape), layout.strides])
+    let n = shape.last!
+    let rows = shape.dropLast().reduce(1, *)
+    let ss = strides[0].last!, ds = strides[1].last!
+    forEachRow(shape, strides, rows: 0, rows) { so, d, _ in
+        if ds == 0 {
+            var acc: Float = 0
+            for i in 0..<n { acc += src[so + i * ss] }
+            dst[d] += acc
+        } else {
+            for i in 0..<n { dst[d + i * ds] += src[so + i * ss] }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+// Matrix products through cblas_sgemm. A transposed operand (a view with swapped last axes) is
+// passed with a transpose flag, never copied; gradients are written straight into the inputs'
+// gradient buffers with beta = 1 when they already hold a value; a frozen operand's gradient GEMM
+// is never run. Batched products loop one GEMM per matrix, and a 2-D right operand against a
+// batched left one is folded into a single GEMM over all rows.
+
+import CBLAS
+
+/// Counts BLAS GEMM calls, so tests can check that frozen weights skip their gradient GEMM.
+public enum BLASCounter {
+    nonisolated(unsafe) public static var sgemmCalls = 0
+}
+
+/// The name of the OpenBLAS kernel set chosen at load time (e.g. "Haswell", "Cooperlake").
+public var openBLASCoreName: String { String(cString: openblas_get_corename()) }
+
+/// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
+@inline(__always)
+public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    BLASCounter.sgemmCalls += 1
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// One side of a product: how its data is read and where its gradient goes.
+struct MatOperand {
+    /// The graph input: the tensor itself, or the source of a transposed view.
+    let input: Tensor
+    /// Logical matrix = stored matrix transposed.
+    let trans: Bool
+    /// Row stride of the stored matrix.
+    let ld: Int
+    /// The gradient buffer (contiguous, input's shape) is the transpose of the logical gradient.
+    let gradTrans: Bool
+    /// Logical rows and columns.
+    let rows: Int, cols: Int
+    let batchShape: [Int]
+    let batchStrides: [Int]
+
+    init(_ t0: Tensor) {
+        var t = t0
+        var viaSource = false
+        if let src = t0.transposeSource, MatOperand.standard(src) != nil {
+            t = src
+            viaSource = true
+        } else if MatOperand.standard(t0) == nil && MatOperand.transposed(t0) == nil {
+            t = t0.contiguous()  // e.g. a permuted 4-D view: one copy, gradient flows through it
+        }
+        input = t
+        if viaSource {
+            trans = true
+            ld = MatOperand.standard(t)!
+        } else if let ld = MatOperand.standard(t) {
+            trans = false
+            self.ld = ld
+        } else {
+            trans = true
+            ld = MatOperand.transposed(t)!
+        }
+        gradTrans = viaSource
+        let r = t.rank
+        batchShape = Array(t.shape.prefix(r - 2))
+        batchStrides = Array(t.layout.strides.prefix(r - 2))
+        (rows, cols) = (t0.shape[t0.rank - 2], t0.shape[t0.rank - 1])
+    }
+
+    /// Row stride when the last two axes are row-major (unit column stride).
+    static func standard(_ t: Tensor) -> Int? {
+        let r = t.rank
+        let (R, C) = (t.shape[r - 2], t.shape[r - 1])
+        let (sr, sc) = (t.layout.strides[r - 2], t.layout.strides[r - 1])
+        if sc == 1 || C == 1 {
+            if R == 1 { return max(C, 1) }
+            if sr >= max(C, 1) && (sc == 1 || C == 1) { return sr }
+        }
+        return nil
+    }
+
+    /// Row stride of the stored matrix when the last two axes are column-major (a transposed view).
+    static func transposed(_ t: Tensor) -> Int? {
+        let r = t.rank
+        let (R, C) = (t.shape[r - 2], t.shape[r - 1])
+        let (sr, sc) = (t.layout.strides[r - 2], t.layout.strides[r - 1])
+        if sr == 1 || R == 1 {
+            if C == 1 { return max(R, 1) }
+            if sc >= max(R, 1) { return sc }
+        }
+        return nil
+    }
+
+    /// Offsets of each output batch's matrix in the data and in the gradient buffer.
+    func offsets(outBatch: [Int]) -> (data: [Int], grad: [Int], broadcast: Bool) {
+        let lead = outBatch.count - batchShape.count
+        let gradStrides = Layout.contiguousStrides(input.shape).prefix(batchShape.count)
+        var ds = [Int](repeating: 0, count: outBatch.count), gs = ds
+        var broadcast = false
+        for i in 0..<outBatch.count {
+            if i < lead { broadcast = broadcast || outBatch[i] > 1; continue }
+            let j = i - lead
+            if batchShape[j] == 1 && outBatch[i] > 1 { broadcast = true; continue }
+            ds[i] = batchStrides[j]
+            gs[i] = gradStrides[gradStrides.startIndex + j]
+        }
+        let total = outBatch.reduce(1, *)
+        var data = [Int](repeating: 0, count: total), grad = data
+        for b in 0..<total {
+            var rem = b, od = 0, og = 0
+            for i in stride(from: outBatch.count - 1, through: 0, by: -1) {
+                let idx = rem % outBatch[i]
+                rem /= outBatch[i]
+                od += idx * ds[i]
+                og += idx * gs[i]
+            }
+            data[b] = od
+            grad[b] = og
+        }
+        return (data, grad, broadcast)
+    }
+
+    /// True when the batch axes and the rows form one evenly strided run (fold into one GEMM).
+    var foldsRows: Bool {
+        if trans { return false }
+        var expected = rows * ld
+        for i in stride(from: batchShape.count - 1, through: 0, by: -1) where batchShape[i] != 1 {
+            if batchStrides[i] != expected { return false }
+            expected *= batchShape[i]
+        }
+        return true
+    }
+}
+
+extension Tensor {
+    /// Matrix product of (…, M, K) and (…, K, N) with broadcast batch axes → (…, M, N).
+    public func matmul(_ other: Tensor) -> Tensor {
+        let (batch, m, k, n) = must { try ShapeCheck.matmul(shape, other.shape) }
+        let A = MatOperand(self), B = MatOperand(other)
+        let out = Tensor.empty(batch + [m, n])
+        let batchCount = batch.reduce(1, *)
+        let pa = UnsafePointer(A.input.basePointer), pb = UnsafePointer(B.input.basePointer)
+        let pc = out.basePointer
+        // A 2-D right operand against a row-foldable left operand: one GEMM over all rows.
+        let fold = B.batchShape.isEmpty && A.foldsRows && batchCount > 1
+        let offA = A.offsets(outBatch: batch), offB = B.offsets(outBatch: batch)
+        if fold || batchCount == 1 {
+            sgemm(transA: A.trans, transB: B.trans, m: m * batchCount, n: n, k: k,
+                  a: pa + offA.data[0], lda: A.ld, b: pb + offB.data[0], ldb: B.ld, beta: 0, c: pc, ldc: n)
+        } else {
+            for i in 0..<batchCount {
+                sgemm(transA: A.trans, transB: B.trans, m: m, n: n, k: k, a: pa + offA.data[i], lda: A.ld,
+                      b: pb + offB.data[i], ldb: B.ld, beta: 0, c: pc + i * m * n, ldc: n)
+            }
+        }
+        return Tensor.make(out, op: "matmul", inputs: [A.input, B.input]) { g in
+            let pg = UnsafePointer(g.basePointer)
+            let rowsFold = fold ? batchCount : 1
+            let count = fold ? 1 : batchCount
+            if A.input.requiresGrad {
+                let (da, beta0) = A.input.gradBuffer()
+                var beta = beta0
+                if offA.broadcast && count > 1 && beta == 0 { da.initialize(repeating: 0, count: A.input.count); beta = 1 }
+                let M = m * rowsFold
+                for i in 0..<count {
+                    let gi = pg + i * m * n, bi = pb + offB.data[i], di = da + offA.grad[i]
+                    if A.gradTrans {  // stored (K, M) = op(B) · dCᵀ
+                        sgemm(transA: B.trans, transB: true, m: k, n: M, k: n, a: bi, lda: B.ld, b: gi, ldb: n,
+                              beta: beta, c: di, ldc: M)
+                    } else {  // (M, K) = dC · op(B)ᵀ
+                        sgemm(transA: false, transB: !B.trans, m: M, n: k, k: n, a: gi, lda: n, b: bi, ldb: B.ld,
+                              beta: beta, c: di, ldc: k)
+                    }
+                }
+            }
+            if B.input.requiresGrad {
+                let (db, beta0) = B.input.gradBuffer()
+                var beta = beta0
+                if offB.broadcast && count > 1 && beta == 0 { db.initialize(repeating: 0, count: B.input.count); beta = 1 }
+                let M = m * rowsFold
+                for i in 0..<count {
+                    let gi = pg + i * m * n, ai = pa + offA.data[i], di = db + offB.grad[i]
+                    if B.gradTrans {  // stored (N, K) = dCᵀ · op(A)
+                        sgemm(transA: true, transB: A.trans, m: n, n: k, k: M, a: gi, lda: n, b: ai, ldb: A.ld,
+                              beta: beta, c: di, ldc: k)
+                    } else {  // (K, N) = op(A)ᵀ · dC
+                        sgemm(transA: !A.trans, transB: false, m: k, n: n, k: M, a: ai, lda: A.ld, b: gi, ldb: n,
+                              beta: beta, c: di, ldc: n)
+                    }
+                }
+            }
+        }
+    }
+}

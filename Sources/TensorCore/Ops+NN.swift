@@ -1,0 +1,336 @@
+// Fused neural-network kernels, each a forward/backward pair that saves what the backward needs:
+// softmax / log-softmax (last axis), layer norm (mean, rstd), RMS norm (rstd), cross-entropy
+// (row log-sum-exp), embedding gather / scatter-add, dropout (mask), rotary position embedding.
+
+import Foundation
+
+extension Tensor {
+    /// Rows of the last axis: (count / C, C).
+    private var rowsAndCols: (Int, Int) {
+        let c = shape.last ?? 1
+        return (c == 0 ? 0 : count / c, c)
+    }
+
+    /// Softmax over the last axis, numerically stable (max subtracted).
+    /// Backward: dx = y ⊙ (dy − Σ dy ⊙ y).
+    public func softmax() -> Tensor {
+        precondition(rank >= 1, "[softmax] needs rank ≥ 1, got shape \(shape)")
+        let x = contiguousData()
+        let (rows, c) = rowsAndCols
+        let out = Tensor.empty(shape)
+        let px = UnsafePointer(x.basePointer), py = out.basePointer
+        parallelRanges(rows, cost: c) { lo, hi in
+            for r in lo..<hi {
+                let xr = px + r * c, yr = py + r * c
+                var mx = -Float.infinity
+                for i in 0..<c { mx = Swift.max(mx, xr[i]) }
+                var s: Float = 0
+                for i in 0..<c { let e = Foundation.exp(xr[i] - mx); yr[i] = e; s += e }
+                let inv = 1 / s
+                for i in 0..<c { yr[i] *= inv }
+            }
+        }
+        let ys = out.storage
+        return Tensor.make(out, op: "softmax", inputs: [self]) { [self] g in
+            let d = Tensor.empty(shape)
+            let pg = UnsafePointer(g.basePointer), pd = d.basePointer, y = UnsafePointer(ys.pointer)
+            parallelRanges(rows, cost: c) { lo, hi in
+                for r in lo..<hi {
+                    let o = r * c
+                    var dot: Float = 0
+                    for i in 0..<c { dot += pg[o + i] * y[o + i] }
+                    for i in 0..<c { pd[o + i] = y[o + i] * (pg[o + i] - dot) }
+                }
+            }
+            accumulateGrad(d)
+        }
+    }
+
+    /// Log-softmax over the last axis. Backward: dx = dy − softmax(x) · Σ dy.
+    public func logSoftmax() -> Tensor {
+        precondition(rank >= 1, "[logSoftmax] needs rank ≥ 1, got shape \(shape)")
+        let x = contiguousData()
+        let (rows, c) = rowsAndCols
+        let out = Tensor.empty(shape)
+        let px = UnsafePointer(x.basePointer), py = out.basePointer
+        parallelRanges(rows, cost: c) { lo, hi in
+            for r in lo..<hi {
+                let xr = px + r * c, yr = py + r * c
+                let lse = logSumExp(xr, c)
+                for i in 0..<c { yr[i] = xr[i] - lse }
+            }
+        }
+        let ys = out.storage
+        return Tensor.make(out, op: "logSoftmax", inputs: [self]) { [self] g in
+            let d = Tensor.empty(shape)
+            let pg = UnsafePointer(g.basePointer), pd = d.basePointer, y = UnsafePointer(ys.pointer)
+            parallelRanges(rows, cost: c) { lo, hi in
+                for r in lo..<hi {
+                    let o = r * c
+                    var s: Float = 0
+                    for i in 0..<c { s += pg[o + i] }
+                    for i in 0..<c { pd[o + i] = pg[o + i] - Foundation.exp(y[o + i]) * s }
+                }
+            }
+            accumulateGrad(d)
+        }
+    }
+
+    /// Layer norm over the last axis: (x − mean) · rstd · weight + bias, rstd = 1/√(var + eps).
+    /// Saves mean and rstd per row for the backward.
+    public func layerNorm(weight: Tensor?, bias: Tensor?, eps: Float = 1e-5) -> Tensor {
+        if let w = weight { must { try ShapeCheck.feature("layerNorm", input: shape, param: w.shape, name: "weight") } }
+        if let b = bias { must { try ShapeCheck.feature("layerNorm", input: shape, param: b.shape, name: "bias") } }
+        let x = contiguousData()
+        let (rows, c) = rowsAndCols
+        let out = Tensor.empty(shape)
+        let mean = Storage(count: rows), rstd = Storage(count: rows)
+        let wd = weight?.contiguousData(), bd = bias?.contiguousData()
+        let px = UnsafePointer(x.basePointer), py = out.basePointer
+        let pw = wd.map { UnsafePointer($0.basePointer) }, pb = bd.map { UnsafePointer($0.basePointer) }
+        let pm = mean.pointer, pr = rstd.pointer
+        parallelRanges(rows, cost: c) { lo, hi in
+            for r in lo..<hi {
+                let xr = px + r * c, yr = py + r * c
+                var m: Float = 0
+                for i in 0..<c { m += xr[i] }
+                m /= Float(c)
+                var v: Float = 0
+                for i in 0..<c { let d = xr[i] - m; v += d * d }
+                let rs = 1 / (v / Float(c) + eps).squareRoot()
+                pm[r] = m
+                pr[r] = rs
+                for i in 0..<c {
+                    var y = (xr[i] - m) * rs
+                    if let pw { y *= pw[i] }
+                    if let pb { y += pb[i] }
+                    yr[i] = y
+                }
+            }
+        }
+        let inputs = [self] + [weight, bias].compactMap { $0 }
+        return Tensor.make(out, op: "layerNorm", inputs: inputs) { [self] g in
+            let pg = UnsafePointer(g.basePointer)
+            if requiresGrad {
+                // dx = rstd · (dn − mean(dn) − n · mean(dn ⊙ n)), with n the normalized x and dn = dy ⊙ w.
+                let dx = Tensor.empty(shape)
+                let pd = dx.basePointer
+                parallelRanges(rows, cost: c) { lo, hi in
+                    for r in lo..<hi {
+                        let o = r * c, m = pm[r], rs = pr[r]
+                        var s1: Float = 0, s2: Float = 0
+                        for i in 0..<c {
+                            let dn = pg[o + i] * (pw?[i] ?? 1)
+                            s1 += dn
+                            s2 += dn * (px[o + i] - m) * rs
+                        }
+                        s1 /= Float(c)
+                        s2 /= Float(c)
+                        for i in 0..<c {
+                            let dn = pg[o + i] * (pw?[i] ?? 1)
+                            pd[o + i] = rs * (dn - s1 - (px[o + i] - m) * rs * s2)
+                        }
+                    }
+                }
+                accumulateGrad(dx)
+            }
+            if let w = weight, w.requiresGrad {
+                let dw = Tensor.zeros([c])
+                for r in 0..<rows {
+                    let o = r * c, m = pm[r], rs = pr[r]
+                    for i in 0..<c { dw.basePointer[i] += pg[o + i] * (px[o + i] - m) * rs }
+                }
+                w.accumulateGrad(dw)
+            }
+            if let b = bias, b.requiresGrad { b.accumulateGrad(g.sumToShape([c])) }
+            withExtendedLifetime((x, mean, rstd, wd, bd)) {}
+        }
+    }
+
+    /// RMS norm over the last axis: x · rstd · weight, rstd = 1/√(mean(x²) + eps). Saves rstd.
+    public func rmsNorm(weight: Tensor?, eps: Float = 1e-6) -> Tensor {
+        if let w = weight { must { try ShapeCheck.feature("rmsNorm", input: shape, param: w.shape, name: "weight") } }
+        let x = contiguousData()
+        let (rows, c) = rowsAndCols
+        let out = Tensor.empty(shape)
+        let rstd = Storage(count: rows)
+        let wd = weight?.contiguousData()
+        let px = UnsafePointer(x.basePointer), py = out.basePointer
+        let pw = wd.map { UnsafePointer($0.basePointer) }, pr = rstd.pointer
+        parallelRanges(rows, cost: c) { lo, hi in
+            for r in lo..<hi {
+                let xr = px + r * c, yr = py + r * c
+                var ss: Float = 0
+                for i in 0..<c { ss += xr[i] * xr[i] }
+                let rs = 1 / (ss / Float(c) + eps).squareRoot()
+                pr[r] = rs
+                if let pw { for i in 0..<c { yr[i] = xr[i] * rs * pw[i] } } else { for i in 0..<c { yr[i] = xr[i] * rs } }
+            }
+        }
+        let inputs = [self] + [weight].compactMap { $0 }
+        return Tensor.make(out, op: "rmsNorm", inputs: inputs) { [self] g in
+            let pg = UnsafePointer(g.basePointer)
+            if requiresGrad {
+                // dx = rstd · dn − x · rstd³ · mean(dn ⊙ x), dn = dy ⊙ w.
+                let dx = Tensor.empty(shape)
+                let pd = dx.basePointer
+                parallelRanges(rows, cost: c) { lo, hi in
+                    for r in lo..<hi {
+                        let o = r * c, rs = pr[r]
+                        var s: Float = 0
+                        for i in 0..<c { s += pg[o + i] * (pw?[i] ?? 1) * px[o + i] }
+                        s /= Float(c)
+                        let k = rs * rs * rs * s
+                        for i in 0..<c { pd[o + i] = rs * pg[o + i] * (pw?[i] ?? 1) - px[o + i] * k }
+                    }
+                }
+                accumulateGrad(dx)
+            }
+            if let w = weight, w.requiresGrad {
+                let dw = Tensor.zeros([c])
+                for r in 0..<rows {
+                    let o = r * c, rs = pr[r]
+                    for i in 0..<c { dw.basePointer[i] += pg[o + i] * px[o + i] * rs }
+                }
+                w.accumulateGrad(dw)
+            }
+            withExtendedLifetime((x, rstd, wd)) {}
+        }
+    }
+
+    /// Mean cross-entropy of logits (…, V) against one target id per row; rows whose target is
+    /// `ignoreIndex` are skipped and the mean is over the others (0 when none remain).
+    /// Fused log-softmax + NLL: saves each row's log-sum-exp; backward (softmax − onehot) / n.
+    public func crossEntropy(targets: [Int32], ignoreIndex: Int32 = -100) -> Tensor {
+        must { try ShapeCheck.crossEntropy(logits: shape, targets: targets.count) }
+        let x = contiguousData()
+        let (rows, v) = rowsAndCols
+        for (r, t) in targets.enumerated() where t != ignoreIndex && (t < 0 || Int(t) >= v) {
+            preconditionFailure("[crossEntropy] target \(t) at row \(r) is outside the vocabulary 0..<\(v) (logits \(shape))")
+        }
+        let valid = targets.reduce(0) { $0 + ($1 == ignoreIndex ? 0 : 1) }
+        let lse = Storage(count: rows)
+        let px = UnsafePointer(x.basePointer), pl = lse.pointer
+        var losses = [Double](repeating: 0, count: rows)
+        targets.withUnsafeBufferPointer { tg in
+            losses.withUnsafeMutableBufferPointer { ls in
+                parallelRanges(rows, cost: v) { lo, hi in
+                    for r in lo..<hi where tg[r] != ignoreIndex {
+                        let l = logSumExp(px + r * v, v)
+                        pl[r] = l
+                        ls[r] = Double(l - px[r * v + Int(tg[r])])
+                    }
+                }
+            }
+        }
+        let loss = valid == 0 ? 0 : Float(losses.reduce(0, +) / Double(valid))
+        let out = Tensor(loss)
+        return Tensor.make(out, op: "crossEntropy", inputs: [self]) { [self] g in
+            let scale = valid == 0 ? 0 : g.item() / Float(valid)
+            let d = Tensor.empty(shape)
+            let pd = d.basePointer
+            targets.withUnsafeBufferPointer { tg in
+                parallelRanges(rows, cost: v) { lo, hi in
+                    for r in lo..<hi {
+                        let o = r * v
+                        if tg[r] == ignoreIndex {
+                            for i in 0..<v { pd[o + i] = 0 }
+                            continue
+                        }
+                        let l = pl[r]
+                        for i in 0..<v { pd[o + i] = Foundation.exp(px[o + i] - l) * scale }
+                        pd[o + Int(tg[r])] -= scale
+                    }
+                }
+            }
+            withExtendedLifetime((x, lse)) { accumulateGrad(d) }
+        }
+    }
+
+    /// Rows of `weight` (V, C) gathered by `ids` (shape `idShape`) → (idShape…, C).
+    /// Backward scatter-adds into the rows used.
+    public static func embedding(_ weight: Tensor, ids: [Int32], shape idShape: [Int]) -> Tensor {
+        precondition(weight.rank == 2, "[embedding] weight must be (V, C), got \(weight.shape)")
+        precondition(idShape.reduce(1, *) == ids.count, "[embedding] \(ids.count) ids for shape \(idShape)")
+        let (v, c) = (weight.shape[0], weight.shape[1])
+        if let bad = ids.first(where: { $0 < 0 || Int($0) >= v }) {
+            preconditionFailure("[embedding] id \(bad) is outside 0..<\(v) for weight \(weight.shape)")
+        }
+        let w = weight.contiguousData()
+        let out = Tensor.empty(idShape + [c])
+        let pw = UnsafePointer(w.basePointer), po = out.basePointer
+        for (i, id) in ids.enumerated() { (po + i * c).update(from: pw + Int(id) * c, count: c) }
+        return make(out, op: "embedding", inputs: [weight]) { g in
+            let (dw, beta) = weight.gradBuffer()
+            if beta == 0 { dw.initialize(repeating: 0, count: weight.count) }
+            let pg = UnsafePointer(g.basePointer)
+            for (i, id) in ids.enumerated() {
+                let row = dw + Int(id) * c, gr = pg + i * c
+                for j in 0..<c { row[j] += gr[j] }
+            }
+        }
+    }
+
+    /// Inverted dropout: zeroes each element with probability `p` and scales the rest by 1/(1−p).
+    /// The mask comes from `rng`, so a seeded run repeats exactly.
+    public func dropout(_ p: Float, rng: inout RNG) -> Tensor {
+        precondition(p >= 0 && p < 1, "[dropout] p must be in [0, 1), got \(p)")
+        if p == 0 { return self }
+        let mask = Tensor.empty(shape)
+        let scale = 1 / (1 - p)
+        for i in 0..<count { mask.basePointer[i] = rng.nextFloat() < p ? 0 : scale }
+        return self * mask.detached()
+    }
+
+    /// Rotary position embedding on (…, T, D), Hugging Face "rotate_half" layout: for i < D/2,
+    /// angle = (positionOffset + t) · θ^(−2i/D); (x_i, x_{i+D/2}) is rotated by that angle.
+    public func rope(theta: Float, positionOffset: Int = 0) -> Tensor {
+        precondition(rank >= 2 && shape.last! % 2 == 0, "[rope] needs (…, T, D) with even D, got \(shape)")
+        let x = contiguousData()
+        let (t, d) = (shape[rank - 2], shape[rank - 1])
+        let h = d / 2
+        // (T, D/2) cos and sin tables, computed in Double then rounded.
+        let cosT = Storage(count: t * h), sinT = Storage(count: t * h)
+        for p in 0..<t {
+            for i in 0..<h {
+                let freq = Foundation.pow(Double(theta), -2.0 * Double(i) / Double(d))
+                let a = Double(positionOffset + p) * freq
+                cosT.pointer[p * h + i] = Float(Foundation.cos(a))
+                sinT.pointer[p * h + i] = Float(Foundation.sin(a))
+            }
+        }
+        let rows = count / d
+        func rotate(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, sign: Float) {
+            let pc = UnsafePointer(cosT.pointer), ps = UnsafePointer(sinT.pointer)
+            parallelRanges(rows, cost: d) { lo, hi in
+                for r in lo..<hi {
+                    let o = r * d, tab = (r % t) * h
+                    for i in 0..<h {
+                        let (a, b) = (src[o + i], src[o + i + h])
+                        let (c, s) = (pc[tab + i], sign * ps[tab + i])
+                        dst[o + i] = a * c - b * s
+                        dst[o + i + h] = b * c + a * s
+                    }
+                }
+            }
+        }
+        let out = Tensor.empty(shape)
+        rotate(x.basePointer, out.basePointer, sign: 1)
+        return Tensor.make(out, op: "rope", inputs: [self]) { [self] g in
+            let dx = Tensor.empty(shape)
+            rotate(g.basePointer, dx.basePointer, sign: -1)  // the inverse rotation
+            accumulateGrad(dx)
+        }
+    }
+}
+
+/// log Σ exp(x_i) over `n` contiguous values, stable.
+@inline(__always)
+func logSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var mx = -Float.infinity
+    for i in 0..<n { mx = Swift.max(mx, x[i]) }
+    if mx == -.infinity { return mx }
+    var s: Float = 0
+    for i in 0..<n { s += Foundation.exp(x[i] - mx) }
+    return mx + Foundation.log(s)
+}

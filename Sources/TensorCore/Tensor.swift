@@ -1,0 +1,240 @@
+// Tensor: a Layout over shared Float32 Storage, plus the reverse-mode autodiff record.
+// A graph node exists only when some input needs a gradient (and grad mode is on); a frozen
+// tensor (requiresGrad == false) never receives a gradient.
+
+import Foundation
+
+/// Flat Float32 memory shared by a tensor and all its views.
+public final class Storage {
+    public let count: Int
+    public let pointer: UnsafeMutablePointer<Float>
+
+    /// Uninitialized storage of `count` floats.
+    public init(count: Int) {
+        self.count = count
+        pointer = .allocate(capacity: max(count, 1))
+    }
+
+    /// Storage holding zeros.
+    public convenience init(zeros count: Int) {
+        self.init(count: count)
+        pointer.initialize(repeating: 0, count: count)
+    }
+
+    deinit { pointer.deallocate() }
+}
+
+/// One recorded op: its inputs and the pullback that accumulates into their gradients.
+final class Node {
+    let op: String
+    let inputs: [Tensor]
+    /// Receives the output's gradient (contiguous, the output's shape).
+    let pullback: (Tensor) -> Void
+    init(op: String, inputs: [Tensor], pullback: @escaping (Tensor) -> Void) {
+        self.op = op
+        self.inputs = inputs
+        self.pullback = pullback
+    }
+}
+
+/// Global autodiff switch: inside `withNoGrad` no graph is recorded.
+public enum Autograd {
+    nonisolated(unsafe) static var enabledDepth = 0
+    /// False inside `withNoGrad`.
+    public static var isRecording: Bool { enabledDepth == 0 }
+}
+
+/// Runs `body` without recording a graph (inference, evaluation, optimizer updates).
+public func withNoGrad<T>(_ body: () throws -> T) rethrows -> T {
+    Autograd.enabledDepth += 1
+    defer { Autograd.enabledDepth -= 1 }
+    return try body()
+}
+
+/// An n-dimensional Float32 array with reverse-mode autodiff.
+public final class Tensor {
+    public let storage: Storage
+    public let layout: Layout
+    /// The accumulated gradient (contiguous, same shape), or nil.
+    public var grad: Tensor?
+    /// Optional name (parameter key) used in messages.
+    public var name: String?
+    var node: Node?
+    /// Set on a view made by swapping the last two axes of `transposeSource`; lets matmul use the
+    /// source with a BLAS transpose flag, so neither the data nor its gradient is ever copied.
+    var transposeSource: Tensor?
+    private var leafRequiresGrad = false
+
+    public init(storage: Storage, layout: Layout) {
+        precondition(layout.count == 0 || layout.offset + zip(layout.shape, layout.strides).map { ($0 - 1) * $1 }.reduce(0, +) < storage.count,
+                     "[Tensor] layout \(layout) overruns storage of \(storage.count) floats")
+        self.storage = storage
+        self.layout = layout
+    }
+
+    /// A contiguous tensor of `shape` holding `data` (row-major).
+    public convenience init(shape: [Int], data: [Float]) {
+        precondition(shape.reduce(1, *) == data.count,
+                     "[Tensor] shape \(shape) needs \(shape.reduce(1, *)) values, got \(data.count)")
+        let s = Storage(count: data.count)
+        data.withUnsafeBufferPointer { s.pointer.initialize(from: $0.baseAddress!, count: data.count) }
+        self.init(storage: s, layout: Layout(contiguous: shape))
+    }
+
+    /// A scalar (rank 0) tensor.
+    public convenience init(_ value: Float) { self.init(shape: [], data: [value]) }
+
+    public var shape: [Int] { layout.shape }
+    public var rank: Int { layout.rank }
+    public var count: Int { layout.count }
+    public var isContiguous: Bool { layout.isContiguous }
+
+    /// Whether this tensor receives a gradient: a leaf marked trainable, or an op output with a graph.
+    public var requiresGrad: Bool {
+        get { node != nil || leafRequiresGrad }
+        set {
+            precondition(node == nil, "[requiresGrad] can only be set on a leaf tensor, not on the output of \(node!.op)")
+            leafRequiresGrad = newValue
+        }
+    }
+
+    /// True for tensors that are not the output of a recorded op.
+    public var isLeaf: Bool { node == nil }
+
+    /// Pointer to element 0 of this view (storage + offset).
+    @inline(__always) public var basePointer: UnsafeMutablePointer<Float> { storage.pointer + layout.offset }
+
+    /// A tensor sharing this one's data with no graph (no gradient flows through it).
+    public func detached() -> Tensor { Tensor(storage: storage, layout: layout) }
+
+    /// The values in row-major order.
+    public func toArray() -> [Float] {
+        let c = contiguousData()
+        return Array(UnsafeBufferPointer(start: c.basePointer, count: count))
+    }
+
+    /// The single value of a one-element tensor.
+    public func item() -> Float {
+        precondition(count == 1, "[item] needs a one-element tensor, got shape \(shape)")
+        return basePointer[0]
+    }
+
+    /// This tensor if contiguous, else a contiguous copy of its values (no graph).
+    func contiguousData() -> Tensor {
+        if isContiguous { return self }
+        let out = Tensor.empty(shape)
+        copyStrided(from: storage.pointer, layout: layout, to: out.basePointer)
+        return out
+    }
+
+    /// Sets the gradient to nil (call between optimizer steps).
+    public func zeroGrad() { grad = nil }
+
+    // MARK: creation
+
+    /// Uninitialized contiguous tensor.
+    public static func empty(_ shape: [Int]) -> Tensor {
+        Tensor(storage: Storage(count: shape.reduce(1, *)), layout: Layout(contiguous: shape))
+    }
+    public static func zeros(_ shape: [Int]) -> Tensor { full(shape, 0) }
+    public static func ones(_ shape: [Int]) -> Tensor { full(shape, 1) }
+    public static func full(_ shape: [Int], _ value: Float) -> Tensor {
+        let t = empty(shape)
+        t.basePointer.initialize(repeating: value, count: t.count)
+        return t
+    }
+    /// `[start, start + step, …)` below `end`.
+    public static func arange(_ start: Float, _ end: Float, step: Float = 1) -> Tensor {
+        let n = Swift.max(0, Int(((end - start) / step).rounded(.up)))
+        return Tensor(shape: [n], data: (0..<n).map { start + Float($0) * step })
+    }
+    /// Normal(mean, std) values from the seeded generator.
+    public static func normal(_ shape: [Int], mean: Float = 0, std: Float = 1, rng: inout RNG) -> Tensor {
+        let t = empty(shape)
+        for i in 0..<t.count { t.basePointer[i] = mean + std * rng.nextNormal() }
+        return t
+    }
+    /// Uniform values in [low, high) from the seeded generator.
+    public static func uniform(_ shape: [Int], low: Float = 0, high: Float = 1, rng: inout RNG) -> Tensor {
+        let t = empty(shape)
+        for i in 0..<t.count { t.basePointer[i] = low + (high - low) * rng.nextFloat() }
+        return t
+    }
+
+    // MARK: autodiff
+
+    /// Makes the output of an op, recording a node when grad mode is on and an input needs a gradient.
+    static func make(_ storage: Storage, _ layout: Layout, op: String, inputs: [Tensor],
+                     pullback: @escaping (Tensor) -> Void) -> Tensor {
+        let t = Tensor(storage: storage, layout: layout)
+        if Autograd.isRecording && inputs.contains(where: { $0.requiresGrad }) {
+            t.node = Node(op: op, inputs: inputs, pullback: pullback)
+        }
+        return t
+    }
+
+    /// Output of an op into a fresh contiguous tensor `out`.
+    static func make(_ out: Tensor, op: String, inputs: [Tensor], pullback: @escaping (Tensor) -> Void) -> Tensor {
+        make(out.storage, out.layout, op: op, inputs: inputs, pullback: pullback)
+    }
+
+    /// Adds `count` contiguous values at `src` into this tensor's gradient.
+    func accumulateGrad(_ src: UnsafePointer<Float>) {
+        if let g = grad {
+            vAdd(src, g.basePointer, count)
+        } else {
+            let g = Tensor.empty(shape)
+            g.basePointer.update(from: src, count: count)
+            grad = g
+        }
+    }
+
+    /// Adds a contiguous gradient tensor of this tensor's shape (always copied on first use: the
+    /// same gradient tensor may be handed to several inputs).
+    func accumulateGrad(_ g: Tensor) {
+        precondition(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
+        accumulateGrad(UnsafePointer(g.basePointer))
+    }
+
+    /// The gradient buffer for a kernel that writes `out = v + beta·out`: beta is 0 for a new buffer.
+    func gradBuffer() -> (UnsafeMutablePointer<Float>, beta: Float) {
+        if let g = grad { return (g.basePointer, 1) }
+        let g = Tensor.empty(shape)
+        grad = g
+        return (g.basePointer, 0)
+    }
+
+    /// Back-propagates from this tensor. `seed` defaults to ones (for a scalar loss, d loss / d loss = 1).
+    /// Gradients accumulate into the leaves' `grad` until zeroed; intermediate gradients are freed.
+    public func backward(_ seed: Tensor? = nil) {
+        precondition(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, or made under withNoGrad)")
+        // Topological order by iterative depth-first search over recorded nodes.
+        var order: [Tensor] = []
+        var visited = Set<ObjectIdentifier>()
+        var stack: [(Tensor, Bool)] = [(self, false)]
+        while let (t, expanded) = stack.popLast() {
+            if expanded { order.append(t); continue }
+            if !visited.insert(ObjectIdentifier(t)).inserted { continue }
+            stack.append((t, true))
+            for input in t.node?.inputs ?? [] where input.node != nil && !visited.contains(ObjectIdentifier(input)) {
+                stack.append((input, false))
+            }
+        }
+        let s = seed ?? Tensor.ones(shape)
+        precondition(s.shape == shape, "[backward] seed shape \(s.shape) differs from tensor shape \(shape)")
+        accumulateGrad(Tensor(shape: shape, data: s.toArray()))  // a private copy: the seed stays the caller's
+        for t in order.reversed() {
+            guard let node = t.node, let g = t.grad else { continue }
+            node.pullback(g)
+            t.grad = nil  // intermediate gradients are not kept
+        }
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String {
+        let values = toArray()
+        let shown = values.prefix(8).map { String(format: "%.4g", $0) }.joined(separator: ", ")
+        return "Tensor(\(shape), [\(shown)\(values.count > 8 ? ", …" : "")])"
+    }
+}

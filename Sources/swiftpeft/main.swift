@@ -1,0 +1,28 @@
+// swiftpeft: the command-line client of the SwiftPEFT library. Thin: parses, calls, prints.
+import ArgumentParser
+import Foundation
+import Training
+
+struct SwiftPEFT: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swiftpeft",
+        abstract: "Parameter-efficient fine-tuning of decoder-only language models on the CPU.",
+        version: "0.1.0",
+        subcommands: [Info.self])
+}
+
+/// Prints the versions and the BLAS kernel in use.
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the library versions and the OpenBLAS kernel in use.",
+        discussion: "Example:\n  swiftpeft info")
+
+    func run() throws {
+        print("swiftpeft \(SwiftPEFT.configuration.version)")
+        print("OpenBLAS core: \(openBLASCoreName)")
+        print("HDF5: \(hdf5Version)")
+        print("cores: \(ProcessInfo.processInfo.activeProcessorCount)")
+    }
+}
+
+SwiftPEFT.main()

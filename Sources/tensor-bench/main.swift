@@ -1,0 +1,1 @@
+print("tensor-bench: see docs/benchmarks.md")

@@ -1,0 +1,126 @@
+// One line per differentiable op: a central-difference gradient check on contiguous inputs and,
+// where the op accepts views, on transposed or sliced inputs.
+
+import XCTest
+@testable import TensorCore
+
+/// Keeps samples away from 0 so kinks (relu, clamp, max ties) are not straddled by ±eps.
+let awayFromZero: (Float) -> Float = { $0 >= 0 ? $0 + 0.2 : $0 - 0.2 }
+let positive: (Float) -> Float = { abs($0) + 0.5 }
+
+let ids: [Int32] = [3, 0, 3, 1, 4, 2]
+
+let gradCases: [GradCase] = [
+    // Binary arithmetic with broadcasting.
+    GradCase(name: "add", shapes: [[2, 3, 4], [2, 3, 4]]) { $0[0] + $0[1] },
+    GradCase(name: "add broadcast", shapes: [[2, 3, 4], [3, 1]]) { $0[0] + $0[1] },
+    GradCase(name: "sub broadcast", shapes: [[4], [2, 3, 4]]) { $0[0] - $0[1] },
+    GradCase(name: "mul broadcast", shapes: [[2, 1, 4], [3, 1]]) { $0[0] * $0[1] },
+    GradCase(name: "div", shapes: [[2, 3], [2, 3]], domain: positive) { $0[0] / $0[1] },
+    GradCase(name: "div broadcast", shapes: [[2, 3], [3]], domain: positive) { $0[0] / $0[1] },
+    GradCase(name: "add transposed+sliced", shapes: [[4, 3], [3, 6]]) { $0[0].transposed() + $0[1].slice(axis: 1, 1, 5) },
+    GradCase(name: "mul sliced", shapes: [[5, 4], [3, 4]]) { $0[0].slice(axis: 0, 1, 4) * $0[1] },
+    GradCase(name: "scalar ops", shapes: [[3, 4]]) { (2 * $0[0] + 1.5 - 0.5) / 3 },
+    GradCase(name: "neg", shapes: [[3, 4]]) { -$0[0] },
+    // Unary math and activations.
+    GradCase(name: "exp", shapes: [[3, 4]]) { $0[0].exp() },
+    GradCase(name: "exp transposed", shapes: [[4, 3]]) { $0[0].transposed().exp() },
+    GradCase(name: "log", shapes: [[3, 4]], domain: positive) { $0[0].log() },
+    GradCase(name: "sqrt", shapes: [[3, 4]], domain: positive) { $0[0].sqrt() },
+    GradCase(name: "rsqrt", shapes: [[3, 4]], domain: positive) { $0[0].rsqrt() },
+    GradCase(name: "pow 3", shapes: [[3, 4]]) { $0[0].pow(3) },
+    GradCase(name: "pow 0.5", shapes: [[3, 4]], domain: positive) { $0[0].pow(0.5) },
+    GradCase(name: "tanh", shapes: [[3, 4]]) { $0[0].tanh() },
+    GradCase(name: "sigmoid", shapes: [[3, 4]]) { $0[0].sigmoid() },
+    GradCase(name: "relu", shapes: [[3, 4]], domain: awayFromZero) { $0[0].relu() },
+    GradCase(name: "gelu tanh", shapes: [[3, 4]]) { $0[0].geluTanh() },
+    GradCase(name: "gelu erf", shapes: [[3, 4]]) { $0[0].gelu() },
+    GradCase(name: "gelu erf sliced", shapes: [[6, 4]]) { $0[0].slice(axis: 0, 2, 5).gelu() },
+    GradCase(name: "silu", shapes: [[3, 4]]) { $0[0].silu() },
+    GradCase(name: "clamp", shapes: [[4, 5]], domain: { $0 * 2 + ($0 > 0 ? 0.1 : -0.1) }) { $0[0].clamp(min: -1.05, max: 1.05) },
+    GradCase(name: "where", shapes: [[3, 4], [4]]) {
+        Tensor.where(Tensor(shape: [3, 1], data: [1, 0, 1]), $0[0], $0[1])
+    },
+    GradCase(name: "maskedFill", shapes: [[3, 4]]) {
+        $0[0].maskedFill(Tensor(shape: [1, 4], data: [0, 1, 0, 1]), -5)
+    },
+    // Reductions.
+    GradCase(name: "sum all", shapes: [[3, 4]]) { $0[0].sum() },
+    GradCase(name: "sum axes keepDims", shapes: [[2, 3, 4]]) { $0[0].sum(axes: [0, 2], keepDims: true) },
+    GradCase(name: "sum axis", shapes: [[2, 3, 4]]) { $0[0].sum(axes: [1]) },
+    GradCase(name: "sum transposed", shapes: [[2, 3, 4]]) { $0[0].transposed(0, 2).sum(axes: [-1]) },
+    GradCase(name: "mean", shapes: [[2, 3, 4]]) { $0[0].mean(axes: [-1], keepDims: true) },
+    GradCase(name: "max axis", shapes: [[3, 5]]) { $0[0].max(axis: 1) },
+    GradCase(name: "max axis 0 keepDims", shapes: [[4, 3]]) { $0[0].max(axis: 0, keepDims: true) },
+    // Softmax family.
+    GradCase(name: "softmax", shapes: [[3, 5]]) { $0[0].softmax() },
+    GradCase(name: "softmax transposed", shapes: [[5, 3]]) { $0[0].transposed().softmax() },
+    GradCase(name: "logSoftmax", shapes: [[2, 3, 5]]) { $0[0].logSoftmax() },
+    // Matrix products: plain, transposed operands (BLAS flags), batched, broadcast, folded.
+    GradCase(name: "matmul", shapes: [[3, 4], [4, 5]]) { $0[0].matmul($0[1]) },
+    GradCase(name: "matmul A transposed", shapes: [[4, 3], [4, 5]]) { $0[0].transposed().matmul($0[1]) },
+    GradCase(name: "matmul B transposed", shapes: [[3, 4], [5, 4]]) { $0[0].matmul($0[1].transposed()) },
+    GradCase(name: "matmul both transposed", shapes: [[4, 3], [5, 4]]) { $0[0].transposed().matmul($0[1].transposed()) },
+    GradCase(name: "matmul sliced", shapes: [[5, 4], [4, 7]]) { $0[0].slice(axis: 0, 1, 4).matmul($0[1].slice(axis: 1, 2, 6)) },
+    GradCase(name: "matmul batched", shapes: [[2, 3, 4], [2, 4, 5]]) { $0[0].matmul($0[1]) },
+    GradCase(name: "matmul batched transposed", shapes: [[2, 3, 4], [2, 5, 4]]) { $0[0].matmul($0[1].transposed()) },
+    GradCase(name: "matmul 3D @ 2D (folded)", shapes: [[2, 3, 4], [4, 5]]) { $0[0].matmul($0[1]) },
+    GradCase(name: "matmul 3D @ 2Dᵀ (linear)", shapes: [[2, 3, 4], [5, 4]]) { $0[0].matmul($0[1].transposed()) },
+    GradCase(name: "matmul 2D @ 3D (broadcast A)", shapes: [[3, 4], [2, 4, 5]]) { $0[0].matmul($0[1]) },
+    GradCase(name: "matmul batch broadcast", shapes: [[2, 1, 3, 4], [3, 4, 2]]) { $0[0].matmul($0[1]) },
+    GradCase(name: "matmul permuted 4D", shapes: [[2, 3, 2, 4], [2, 3, 2, 4]]) {
+        // (B, T, H, D) → (B, H, T, D) @ (B, H, D, T): attention scores
+        $0[0].permuted([0, 2, 1, 3]).matmul($0[1].permuted([0, 2, 3, 1]))
+    },
+    // Shape ops.
+    GradCase(name: "reshape", shapes: [[2, 6]]) { $0[0].reshaped([3, -1]) * Tensor.arange(0, 4) },
+    GradCase(name: "reshape transposed", shapes: [[3, 4]]) { $0[0].transposed().reshaped([2, 6]) },
+    GradCase(name: "permute", shapes: [[2, 3, 4]]) { $0[0].permuted([2, 0, 1]) },
+    GradCase(name: "slice", shapes: [[4, 5]]) { $0[0].slice(axis: 1, 1, 4) },
+    GradCase(name: "expand", shapes: [[3, 1]]) { $0[0].expand([2, 3, 4]) },
+    GradCase(name: "contiguous", shapes: [[3, 4]]) { $0[0].transposed().contiguous() },
+    GradCase(name: "concat", shapes: [[2, 3], [2, 2]]) { Tensor.concat([$0[0], $0[1], $0[0]], axis: 1) },
+    GradCase(name: "concat axis 0 transposed", shapes: [[3, 2], [1, 3]]) { Tensor.concat([$0[0].transposed(), $0[1]], axis: 0) },
+    GradCase(name: "split", shapes: [[2, 6]]) {
+        let p = $0[0].split([1, 2, 3], axis: 1)
+        return Tensor.concat([p[2], p[0]], axis: 1) * p[1].sum(axes: [1], keepDims: true)
+    },
+    // Neural-network kernels.
+    GradCase(name: "embedding", shapes: [[5, 3]]) { Tensor.embedding($0[0], ids: ids, shape: [2, 3]) },
+    GradCase(name: "layerNorm", shapes: [[3, 6], [6], [6]]) { $0[0].layerNorm(weight: $0[1], bias: $0[2]) },
+    GradCase(name: "layerNorm sliced", shapes: [[3, 8], [6], [6]]) { $0[0].slice(axis: 1, 1, 7).layerNorm(weight: $0[1], bias: $0[2]) },
+    GradCase(name: "layerNorm no affine", shapes: [[4, 5]]) { $0[0].layerNorm(weight: nil, bias: nil) },
+    GradCase(name: "rmsNorm", shapes: [[3, 6], [6]]) { $0[0].rmsNorm(weight: $0[1]) },
+    GradCase(name: "rmsNorm transposed", shapes: [[6, 3], [6]]) { $0[0].transposed().rmsNorm(weight: $0[1], eps: 1e-5) },
+    GradCase(name: "crossEntropy", shapes: [[4, 7]]) { $0[0].crossEntropy(targets: [1, 6, 0, 3]) },
+    GradCase(name: "crossEntropy ignore", shapes: [[2, 2, 5]]) { $0[0].crossEntropy(targets: [4, -100, 0, -100]) },
+    GradCase(name: "crossEntropy transposed", shapes: [[5, 3]]) { $0[0].transposed().crossEntropy(targets: [2, 4, -100]) },
+    GradCase(name: "dropout", shapes: [[4, 6]]) {
+        var rng = RNG(seed: 7)  // same mask on every call
+        return $0[0].dropout(0.3, rng: &rng)
+    },
+    GradCase(name: "rope", shapes: [[2, 3, 5, 4]]) { $0[0].rope(theta: 10000, positionOffset: 2) },
+    GradCase(name: "rope permuted", shapes: [[1, 5, 2, 4]]) { $0[0].permuted([0, 2, 1, 3]).rope(theta: 100) },
+]
+
+final class GradientTests: XCTestCase {
+    func testEveryOpGradient() {
+        for c in gradCases {
+            checkGradient(c)
+        }
+    }
+
+    /// The checker itself must catch a wrong pullback: x² recorded with derivative 3x.
+    func testCheckerCatchesAWrongGradient() {
+        let wrong = GradCase(name: "wrong square", shapes: [[5]]) { xs in
+            let x = xs[0]
+            let y = x.detached() * x.detached()
+            return Tensor.make(y, op: "wrongSquare", inputs: [x]) { g in
+                x.accumulateGrad((g * x.detached() * 3).contiguousData())
+            }
+        }
+        XCTAssertGreaterThan(checkGradient(wrong, report: false), 0.1)
+        let right = GradCase(name: "square", shapes: [[5]]) { $0[0] * $0[0] }
+        XCTAssertLessThan(checkGradient(right), 1e-2)
+    }
+}
