@@ -33,6 +33,9 @@ let package = Package(
             dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"], swiftSettings: release),
 
+        // Examples: short programs that use the library as a user would; built with the package.
+        .executableTarget(name: "example-tensor-basics", dependencies: ["TensorCore"], path: "Examples/TensorBasics"),
+
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
     ]

@@ -113,9 +113,12 @@ public enum HDF5Store {
             tensors[name] = t
         }
         var attributes: [String: String] = [:]
-        let nattrs = H5Aget_num_attrs(file)
-        for i in 0..<max(nattrs, 0) {
-            let attr = H5Aopen_by_idx(file, ".", H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), chdf5_p_default(), chdf5_p_default())
+        let root = H5Gopen2(file, "/", chdf5_p_default())
+        defer { H5Gclose(root) }
+        var info = H5O_info_t()
+        H5Oget_info2(root, &info, UInt32(H5O_INFO_NUM_ATTRS))
+        for i in 0..<Int(info.num_attrs) {
+            let attr = H5Aopen_by_idx(root, ".", H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), chdf5_p_default(), chdf5_p_default())
             guard attr >= 0 else { continue }
             defer { H5Aclose(attr) }
             let nameLen = H5Aget_name(attr, 0, nil)

@@ -1,0 +1,167 @@
+// Autodiff behaviour: frozen tensors get no gradient and skip their GEMM, transposed operands are
+// passed by flag, no-grad scopes record nothing, gradients accumulate until zeroed, views share storage.
+
+import XCTest
+@testable import TensorCore
+
+final class AutodiffTests: XCTestCase {
+    /// x (trainable) @ Wᵀ (frozen): backward runs the dX GEMM only, and W gets no gradient.
+    func testFrozenWeightSkipsItsGradientGEMM() {
+        var rng = RNG(seed: 1)
+        let x = Tensor.normal([4, 3], rng: &rng), w = Tensor.normal([5, 3], rng: &rng)
+        x.requiresGrad = true
+        let y = x.matmul(w.transposed())
+        let loss = y.sum()
+        let before = BLASCounter.sgemmCalls
+        loss.backward()
+        XCTAssertEqual(BLASCounter.sgemmCalls - before, 1, "only dX = dY·W is computed")
+        XCTAssertNil(w.grad)
+        // dX = 1·W: each row of dX is the column sums of Wᵀ, i.e. Σ_n W[n, :].
+        let wv = w.toArray()
+        let colSums = (0..<3).map { j in (0..<5).map { wv[$0 * 3 + j] }.reduce(0, +) }
+        assertClose(x.grad!.toArray(), Array((0..<4).map { _ in colSums }.joined()), rtol: 1e-5)
+
+        // Trainable weight, frozen input: only the dW GEMM.
+        let x2 = Tensor.normal([4, 3], rng: &rng), w2 = Tensor.normal([5, 3], rng: &rng)
+        w2.requiresGrad = true
+        let l2 = x2.matmul(w2.transposed()).sum()
+        let b2 = BLASCounter.sgemmCalls
+        l2.backward()
+        XCTAssertEqual(BLASCounter.sgemmCalls - b2, 1)
+        XCTAssertNil(x2.grad)
+        XCTAssertEqual(w2.grad?.shape, [5, 3])
+    }
+
+    /// A transposed weight enters the matmul as its source with a BLAS flag: no copy, no view node.
+    func testTransposedOperandIsNotCopied() {
+        let x = Tensor.ones([2, 3]), w = Tensor.ones([4, 3])
+        w.requiresGrad = true
+        let wt = w.transposed()
+        XCTAssertTrue(wt.storage === w.storage, "transpose is a view")
+        let y = x.matmul(wt)
+        XCTAssertEqual(y.shape, [2, 4])
+        XCTAssertTrue(y.node!.inputs[1] === w, "matmul records the untransposed source")
+        y.sum().backward()
+        XCTAssertEqual(w.grad!.toArray(), [Float](repeating: 2, count: 12))
+    }
+
+    func testNoGradScopeRecordsNothing() {
+        let w = Tensor.ones([3, 3])
+        w.requiresGrad = true
+        let y = withNoGrad { (w * 2).matmul(w).sum() }
+        XCTAssertFalse(y.requiresGrad)
+        XCTAssertNil(y.node)
+        let z = (w * 2).sum()
+        XCTAssertTrue(z.requiresGrad, "recording resumes after the scope")
+    }
+
+    func testGradientsAccumulateUntilZeroed() {
+        let w = Tensor(shape: [2], data: [1, 2])
+        w.requiresGrad = true
+        (w * w).sum().backward()
+        (w * 3).sum().backward()
+        XCTAssertEqual(w.grad!.toArray(), [2 + 3, 4 + 3])
+        w.zeroGrad()
+        XCTAssertNil(w.grad)
+        (w * 3).sum().backward()
+        XCTAssertEqual(w.grad!.toArray(), [3, 3])
+    }
+
+    /// A tensor used twice gets both contributions; intermediate gradients are freed.
+    func testSharedInputAndIntermediateGradients() {
+        let a = Tensor(shape: [3], data: [1, 2, 3])
+        a.requiresGrad = true
+        let h = a * 2
+        let loss = (h + h * a).sum()  // d/da = 2 + 4a
+        loss.backward()
+        XCTAssertEqual(a.grad!.toArray(), [6, 10, 14])
+        XCTAssertNil(h.grad, "intermediate gradients are not kept")
+    }
+
+    /// `a + a` hands the same gradient to both sides; each accumulation must own its buffer.
+    func testSameGradientToTwoInputsIsNotAliased() {
+        let a = Tensor(shape: [2], data: [1, 2]), b = Tensor(shape: [2], data: [3, 4])
+        a.requiresGrad = true
+        b.requiresGrad = true
+        (a + b).sum().backward()
+        (a * 5).sum().backward()
+        XCTAssertEqual(a.grad!.toArray(), [6, 6])
+        XCTAssertEqual(b.grad!.toArray(), [1, 1])
+    }
+
+    func testViewsShareStorage() {
+        let x = Tensor.arange(0, 24).reshaped([2, 3, 4])
+        XCTAssertTrue(x.permuted([2, 0, 1]).storage === x.storage)
+        XCTAssertTrue(x.slice(axis: 1, 1, 3).storage === x.storage)
+        XCTAssertTrue(x.slice(axis: 0, 0, 1).expand([5, 3, 4]).storage === x.storage)
+        XCTAssertTrue(x.reshaped([6, 4]).storage === x.storage)
+        XCTAssertEqual(x.slice(axis: 2, 1, 3).toArray(), [1, 2, 5, 6, 9, 10, 13, 14, 17, 18, 21, 22])
+        XCTAssertEqual(x.transposed(0, 2).shape, [4, 3, 2])
+        XCTAssertEqual(x.transposed(0, 2).toArray().prefix(4), [0, 12, 4, 16])
+    }
+
+    func testFrozenLeafNeverReceivesGradient() {
+        let frozen = Tensor.ones([2, 2]), trainable = Tensor.ones([2, 2])
+        trainable.requiresGrad = true
+        ((frozen * trainable).layerNorm(weight: frozen.slice(axis: 0, 0, 1).reshaped([2]), bias: nil)).sum().backward()
+        XCTAssertNil(frozen.grad)
+        XCTAssertNotNil(trainable.grad)
+    }
+
+    func testCreationIsSeeded() {
+        var r1 = RNG(seed: 9), r2 = RNG(seed: 9)
+        XCTAssertEqual(Tensor.normal([10], rng: &r1).toArray(), Tensor.normal([10], rng: &r2).toArray())
+        XCTAssertEqual(Tensor.uniform([10], low: -1, high: 1, rng: &r1).toArray(),
+                       Tensor.uniform([10], low: -1, high: 1, rng: &r2).toArray())
+        XCTAssertEqual(Tensor.arange(1, 2, step: 0.25).toArray(), [1, 1.25, 1.5, 1.75])
+        XCTAssertEqual(Tensor.full([2], 7).toArray(), [7, 7])
+        var r3 = RNG(seed: 5)
+        _ = r3.nextNormal()
+        let snap = r3.snapshot
+        var r4 = RNG(snapshot: snap)
+        XCTAssertEqual(r3.nextNormal(), r4.nextNormal(), "a snapshot restores the pending normal too")
+        XCTAssertEqual(r3.next(), r4.next())
+    }
+
+    /// Dropout keeps the expectation: E[dropout(x)] = x; the kept fraction is near 1 − p.
+    func testDropoutStatistics() {
+        var rng = RNG(seed: 3)
+        let y = Tensor.ones([100_000]).dropout(0.25, rng: &rng).toArray()
+        let kept = y.filter { $0 != 0 }.count
+        XCTAssertEqual(Double(kept) / 100_000, 0.75, accuracy: 0.01)
+        XCTAssertEqual(Double(y.reduce(0, +)) / 100_000, 1, accuracy: 0.02)
+    }
+}
+
+final class ShapeErrorTests: XCTestCase {
+    /// Each check names the op and both shapes, as the op's precondition message would.
+    func testMessagesNameTheOpAndShapes() {
+        func message(_ body: () throws -> Void) -> String {
+            do { try body(); return "" } catch { return "\(error)" }
+        }
+        let cases: [(String, () throws -> Void, [String])] = [
+            ("add", { _ = try ShapeCheck.broadcast([2, 3], [4], op: "add") }, ["[add]", "[2, 3]", "[4]"]),
+            ("matmul", { _ = try ShapeCheck.matmul([2, 3], [4, 5]) }, ["[matmul]", "[2, 3]", "[4, 5]"]),
+            ("matmul batch", { _ = try ShapeCheck.matmul([2, 3, 4], [3, 4, 5]) }, ["[matmul]", "[2]", "[3]"]),
+            ("matmul rank", { _ = try ShapeCheck.matmul([3], [3, 5]) }, ["[matmul]", "[3]", "[3, 5]"]),
+            ("reshape", { _ = try ShapeCheck.reshape([2, 3], [4, 2]) }, ["[reshape]", "[2, 3]", "[4, 2]"]),
+            ("permute", { try ShapeCheck.permute([2, 3], [0, 0]) }, ["[permute]", "[0, 0]", "[2, 3]"]),
+            ("slice", { _ = try ShapeCheck.slice([2, 3], axis: 1, start: 2, end: 5) }, ["[slice]", "2..<5", "[2, 3]"]),
+            ("concat", { _ = try ShapeCheck.concat([[2, 3], [3, 3]], axis: 1) }, ["[concat]", "[2, 3]", "[3, 3]"]),
+            ("expand", { try ShapeCheck.expand([3, 2], to: [3, 4]) }, ["[expand]", "[3, 2]", "[3, 4]"]),
+            ("layerNorm", { try ShapeCheck.feature("layerNorm", input: [4, 8], param: [6], name: "weight") },
+             ["[layerNorm]", "[6]", "[4, 8]"]),
+            ("crossEntropy", { try ShapeCheck.crossEntropy(logits: [4, 10], targets: 3) }, ["[crossEntropy]", "[4, 10]", "3"]),
+            ("axis", { _ = try ShapeCheck.axis(3, rank: 2, op: "sum") }, ["[sum]", "3", "rank 2"]),
+        ]
+        for (name, body, needles) in cases {
+            let m = message(body)
+            XCTAssertFalse(m.isEmpty, "\(name): expected a shape error")
+            for n in needles { XCTAssertTrue(m.contains(n), "\(name): '\(m)' should mention \(n)") }
+        }
+        // Valid shapes pass.
+        XCTAssertEqual(try ShapeCheck.broadcast([2, 1, 4], [3, 1], op: "add"), [2, 3, 4])
+        XCTAssertEqual(try ShapeCheck.reshape([2, 6], [-1, 4]), [3, 4])
+        XCTAssertEqual(try ShapeCheck.matmul([5, 1, 2, 3], [4, 3, 6]).batch, [5, 4])
+    }
+}
