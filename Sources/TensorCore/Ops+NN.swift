@@ -282,12 +282,17 @@ extension Tensor {
         return self * mask.detached()
     }
 
-    /// Rotary position embedding on (…, T, D), Hugging Face "rotate_half" layout: for i < D/2,
-    /// angle = (positionOffset + t) · θ^(−2i/D); (x_i, x_{i+D/2}) is rotated by that angle.
-    public func rope(theta: Float, positionOffset: Int = 0) -> Tensor {
-        precondition(rank >= 2 && shape.last! % 2 == 0, "[rope] needs (…, T, D) with even D, got \(shape)")
+    /// Rotary position embedding, Hugging Face "rotate_half" layout, on a tensor whose last axis is
+    /// the head dimension D and whose axis `seqAxis` is the sequence T: (…, T, D) by default, or
+    /// (B, T, H, D) with seqAxis 1. For i < D/2, angle = (positionOffset + t) · θ^(−2i/D), and the
+    /// pair (x_i, x_{i+D/2}) is rotated by that angle. The backward rotates by −angle.
+    public func rope(theta: Float, positionOffset: Int = 0, seqAxis: Int = -2) -> Tensor {
+        precondition(rank >= 2 && shape.last! % 2 == 0, "[rope] needs an even last axis, got \(shape)")
+        let sa = must { try ShapeCheck.axis(seqAxis, rank: rank, op: "rope") }
+        precondition(sa < rank - 1, "[rope] the sequence axis must come before the last axis, got \(seqAxis) for \(shape)")
         let x = contiguousData()
-        let (t, d) = (shape[rank - 2], shape[rank - 1])
+        let (t, d) = (shape[sa], shape[rank - 1])
+        let inner = shape[(sa + 1)..<(rank - 1)].reduce(1, *)  // rows per position (e.g. heads)
         let h = d / 2
         // (T, D/2) cos and sin tables, computed in Double then rounded.
         let cosT = Storage(count: t * h), sinT = Storage(count: t * h)
@@ -304,7 +309,7 @@ extension Tensor {
             let pc = UnsafePointer(cosT.pointer), ps = UnsafePointer(sinT.pointer)
             parallelRanges(rows, cost: d) { lo, hi in
                 for r in lo..<hi {
-                    let o = r * d, tab = (r % t) * h
+                    let o = r * d, tab = ((r / inner) % t) * h
                     for i in 0..<h {
                         let (a, b) = (src[o + i], src[o + i + h])
                         let (c, s) = (pc[tab + i], sign * ps[tab + i])

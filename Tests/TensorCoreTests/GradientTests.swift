@@ -124,3 +124,29 @@ final class GradientTests: XCTestCase {
         XCTAssertLessThan(checkGradient(right), 1e-2)
     }
 }
+
+/// Attention cases: plain causal, grouped-query with a prefix (S > T), padding mask, strided heads.
+let attentionCases: [GradCase] = [
+    GradCase(name: "attention causal", shapes: [[2, 3, 2, 4], [2, 3, 2, 4], [2, 3, 2, 4]]) {
+        Tensor.attention(q: $0[0], k: $0[1], v: $0[2])
+    },
+    GradCase(name: "attention GQA + prefix", shapes: [[1, 3, 4, 2], [1, 5, 2, 2], [1, 5, 2, 2]]) {
+        Tensor.attention(q: $0[0], k: $0[1], v: $0[2])
+    },
+    GradCase(name: "attention key mask", shapes: [[2, 3, 2, 2], [2, 3, 1, 2], [2, 3, 1, 2]]) {
+        Tensor.attention(q: $0[0], k: $0[1], v: $0[2], keyMask: [1, 1, 1, 0, 1, 1])
+    },
+    GradCase(name: "attention strided (fused qkv slices)", shapes: [[2, 3, 12]]) {
+        // (B, T, 3C) → three (B, T, H, D) views with row stride 3C
+        let qkv = $0[0].reshaped([2, 3, 3, 2, 2])
+        return Tensor.attention(q: qkv.slice(axis: 2, 0, 1).reshaped([2, 3, 2, 2]),
+                                k: qkv.slice(axis: 2, 1, 2).reshaped([2, 3, 2, 2]),
+                                v: qkv.slice(axis: 2, 2, 3).reshaped([2, 3, 2, 2]), causal: false, scale: 0.7)
+    },
+]
+
+final class AttentionGradientTests: XCTestCase {
+    func testAttentionGradients() {
+        for c in attentionCases { checkGradient(c) }
+    }
+}

@@ -1,0 +1,49 @@
+// The fused attention against the same math composed from primitive ops.
+
+import XCTest
+@testable import TensorCore
+
+final class AttentionTests: XCTestCase {
+    /// softmax(q kᵀ/√D + causal/padding mask) v with kv heads repeated, built from primitives.
+    func composed(q: Tensor, k: Tensor, v: Tensor, mask: [Float]?) -> Tensor {
+        let (B, T, H, D) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+        let (S, KVH) = (k.shape[1], k.shape[2])
+        let qh = q.permuted([0, 2, 1, 3])  // (B, H, T, D)
+        // repeat kv heads: (B, S, KVH, D) → (B, KVH, 1, S, D) → expand (B, KVH, G, S, D) → (B, H, S, D)
+        func rep(_ x: Tensor) -> Tensor {
+            x.permuted([0, 2, 1, 3]).reshaped([B, KVH, 1, S, D]).expand([B, KVH, H / KVH, S, D]).reshaped([B, H, S, D])
+        }
+        let scores = qh.matmul(rep(k).transposed()) * (1 / Float(D).squareRoot())  // (B, H, T, S)
+        var hidden = [Float](repeating: 0, count: B * T * S)
+        for b in 0..<B { for i in 0..<T { for j in 0..<S where j > S - T + i || (mask?[b * S + j] ?? 1) == 0 { hidden[(b * T + i) * S + j] = 1 } } }
+        let masked = scores.maskedFill(Tensor(shape: [B, 1, T, S], data: hidden), -1e30)
+        return masked.softmax().matmul(rep(v)).permuted([0, 2, 1, 3]).contiguous()  // (B, T, H, D)
+    }
+
+    func testFusedMatchesComposed() {
+        var rng = RNG(seed: 11)
+        let q = Tensor.normal([2, 4, 6, 8], rng: &rng)
+        let k = Tensor.normal([2, 7, 2, 8], rng: &rng)
+        let v = Tensor.normal([2, 7, 2, 8], rng: &rng)
+        let mask: [Float] = [1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1]
+        for m in [nil, mask] {
+            let fused = Tensor.attention(q: q, k: k, v: v, keyMask: m)
+            let ref = composed(q: q, k: k, v: v, mask: m)
+            XCTAssertEqual(fused.shape, [2, 4, 6, 8])
+            assertClose(fused.toArray(), ref.toArray(), rtol: 1e-4, atol: 1e-5, "attention mask \(m != nil)")
+        }
+    }
+
+    /// Inference records nothing and keeps no (B, H, T, S) buffer; same values as training mode.
+    func testInferenceMatchesTraining() {
+        var rng = RNG(seed: 12)
+        let q = Tensor.normal([1, 3, 2, 4], rng: &rng), k = Tensor.normal([1, 3, 2, 4], rng: &rng)
+        let v = Tensor.normal([1, 3, 2, 4], rng: &rng)
+        q.requiresGrad = true
+        let train = Tensor.attention(q: q, k: k, v: v)
+        let infer = withNoGrad { Tensor.attention(q: q, k: k, v: v) }
+        XCTAssertTrue(train.requiresGrad)
+        XCTAssertFalse(infer.requiresGrad)
+        XCTAssertEqual(train.toArray(), infer.toArray())
+    }
+}
