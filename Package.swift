@@ -32,11 +32,13 @@ let package = Package(
             name: "swiftpeft",
             dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"], swiftSettings: release),
+        .executableTarget(name: "tokenizer-bench", dependencies: ["Models"], swiftSettings: release),
 
         // Examples: short programs that use the library as a user would; built with the package.
         .executableTarget(name: "example-tensor-basics", dependencies: ["TensorCore"], path: "Examples/TensorBasics"),
 
-        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS"]),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS"], exclude: ["Fixtures"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats"], exclude: ["Fixtures"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
     ]
 )

@@ -16,6 +16,13 @@ extension Tensor {
     /// The same data with another shape (one `-1` is inferred). A view when contiguous, else a copy.
     public func reshaped(_ newShape: [Int]) -> Tensor {
         let target = must { try ShapeCheck.reshape(shape, newShape) }
+        // Only size-1 axes added or removed: a view of any layout (e.g. one slot of a fused qkv).
+        if shape.filter({ $0 != 1 }) == target.filter({ $0 != 1 }) {
+            var kept = zip(shape, layout.strides).filter { $0.0 != 1 }.map(\.1).makeIterator()
+            let strides = target.map { $0 == 1 ? 0 : kept.next()! }
+            let l = Layout(shape: target, strides: strides, offset: layout.offset)
+            return view(l, relative: Layout(shape: target, strides: Layout.contiguousStrides(target), offset: 0), op: "reshape")
+        }
         let src = isContiguous ? self : contiguous()
         return Tensor.make(src.storage, Layout(shape: target, strides: Layout.contiguousStrides(target), offset: src.layout.offset),
                            op: "reshape", inputs: [src]) { g in
@@ -94,6 +101,16 @@ extension Tensor {
                 t.accumulateGrad(piece)
             }
         }
+    }
+}
+
+extension Tensor {
+    /// Copies the values of `src` (same shape, any layout) into this tensor's memory, through this
+    /// tensor's layout. Not recorded: for buffers such as a KV cache, or loading weights.
+    public func assign(_ src: Tensor) {
+        precondition(src.shape == shape, "[assign] source \(src.shape) differs from destination \(shape)")
+        let c = src.contiguousData()
+        copyInto(c.basePointer, storage.pointer, layout)
     }
 }
 

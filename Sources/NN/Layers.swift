@@ -1,0 +1,135 @@
+// Basic layers: Linear (Hugging Face (out, in) weights, or GPT-2 Conv1D (in, out) weights),
+// Embedding, LayerNorm, RMSNorm. Linear carries hook lists so PEFT methods attach without surgery.
+
+/// Something attached to a Linear layer by a PEFT method.
+public protocol LinearHook: AnyObject {
+    /// Transforms the layer's input before the base product (IA3 on a feed-forward input).
+    func input(_ x: Tensor, layer: Linear) -> Tensor
+    /// Transforms the output given the (hooked) input and the base output: LoRA adds B·A·x,
+    /// IA3 scales.
+    func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor
+}
+
+extension LinearHook {
+    public func input(_ x: Tensor, layer: Linear) -> Tensor { x }
+    public func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor { y }
+}
+
+/// y = x Wᵀ + b, weight (out, in); or, with `fanInFanOut` (GPT-2's Conv1D), y = x W + b, weight (in, out).
+public final class Linear: Module {
+    public private(set) var weight: Tensor
+    public private(set) var bias: Tensor?
+    public let inFeatures: Int, outFeatures: Int
+    /// Weight stored (in, out) as GPT-2's Conv1D does.
+    public let fanInFanOut: Bool
+    /// Hooks applied in order (PEFT adapters).
+    public var hooks: [LinearHook] = []
+
+    public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, fanInFanOut: Bool = false,
+                std: Float = 0.02, rng: inout RNG) {
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        self.fanInFanOut = fanInFanOut
+        weight = Tensor.normal(fanInFanOut ? [inFeatures, outFeatures] : [outFeatures, inFeatures], std: std, rng: &rng)
+        self.bias = bias ? Tensor.zeros([outFeatures]) : nil
+        super.init()
+        register("weight", weight)
+        if let b = self.bias { register("bias", b) }
+    }
+
+    /// The weight as (out, in) for the product, a transpose view when stored (in, out).
+    public var weightOutIn: Tensor { fanInFanOut ? weight.transposed() : weight }
+
+    /// The product without hooks: x Wᵀ + b over the last axis.
+    public func base(_ x: Tensor) -> Tensor {
+        let y = x.matmul(fanInFanOut ? weight : weight.transposed())  // (…, out)
+        return bias.map { y + $0 } ?? y
+    }
+
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        if hooks.isEmpty { return base(x) }
+        var h = x
+        for hook in hooks { h = hook.input(h, layer: self) }
+        var y = base(h)
+        for hook in hooks { y = hook.output(y, input: h, layer: self) }
+        return y
+    }
+
+    /// Swaps in new weight values (same shape), e.g. after merging an adapter.
+    public func setWeight(_ w: Tensor) {
+        precondition(w.shape == weight.shape, "[Linear] new weight \(w.shape) differs from \(weight.shape)")
+        w.requiresGrad = weight.requiresGrad
+        w.name = weight.name
+        weight = w
+        replaceParameter("weight", with: w)
+    }
+
+    public override func replaceParameter(_ name: String, with t: Tensor) {
+        super.replaceParameter(name, with: t)
+        if name == "weight" { weight = t } else if name == "bias" { bias = t }
+    }
+}
+
+/// Token (or position) embedding table (V, C).
+public final class Embedding: Module {
+    public private(set) var weight: Tensor
+
+    public init(_ count: Int, _ dim: Int, std: Float = 0.02, rng: inout RNG) {
+        weight = Tensor.normal([count, dim], std: std, rng: &rng)
+        super.init()
+        register("weight", weight)
+    }
+
+    /// Rows for `ids` laid out as `shape` → (shape…, C).
+    public func callAsFunction(_ ids: [Int32], shape: [Int]) -> Tensor {
+        Tensor.embedding(weight, ids: ids, shape: shape)
+    }
+
+    public override func replaceParameter(_ name: String, with t: Tensor) {
+        super.replaceParameter(name, with: t)
+        weight = t
+    }
+}
+
+/// Layer norm over the last axis with weight and optional bias.
+public final class LayerNorm: Module {
+    public private(set) var weight: Tensor
+    public private(set) var bias: Tensor?
+    public let eps: Float
+
+    public init(_ dim: Int, eps: Float = 1e-5, bias: Bool = true) {
+        self.eps = eps
+        weight = Tensor.ones([dim])
+        self.bias = bias ? Tensor.zeros([dim]) : nil
+        super.init()
+        register("weight", weight)
+        if let b = self.bias { register("bias", b) }
+    }
+
+    public func callAsFunction(_ x: Tensor) -> Tensor { x.layerNorm(weight: weight, bias: bias, eps: eps) }
+
+    public override func replaceParameter(_ name: String, with t: Tensor) {
+        super.replaceParameter(name, with: t)
+        if name == "weight" { weight = t } else { bias = t }
+    }
+}
+
+/// RMS norm over the last axis with a weight.
+public final class RMSNorm: Module {
+    public private(set) var weight: Tensor
+    public let eps: Float
+
+    public init(_ dim: Int, eps: Float = 1e-6) {
+        self.eps = eps
+        weight = Tensor.ones([dim])
+        super.init()
+        register("weight", weight)
+    }
+
+    public func callAsFunction(_ x: Tensor) -> Tensor { x.rmsNorm(weight: weight, eps: eps) }
+
+    public override func replaceParameter(_ name: String, with t: Tensor) {
+        super.replaceParameter(name, with: t)
+        weight = t
+    }
+}
