@@ -18,8 +18,17 @@ extension Tensor {
         let target = must { try ShapeCheck.reshape(shape, newShape) }
         // Only size-1 axes added or removed: a view of any layout (e.g. one slot of a fused qkv).
         if shape.filter({ $0 != 1 }) == target.filter({ $0 != 1 }) {
-            var kept = zip(shape, layout.strides).filter { $0.0 != 1 }.map(\.1).makeIterator()
-            let strides = target.map { $0 == 1 ? 0 : kept.next()! }
+            var kept = Array(zip(shape, layout.strides).filter { $0.0 != 1 }.map(\.1))
+            // Size-1 axes get the stride they would have if contiguous over the next axis, so a
+            // leading dimension read from them (BLAS ld) stays valid.
+            var strides = [Int](repeating: 1, count: target.count)
+            for i in stride(from: target.count - 1, through: 0, by: -1) {
+                if target[i] == 1 {
+                    strides[i] = i + 1 < target.count ? strides[i + 1] * target[i + 1] : 1
+                } else {
+                    strides[i] = kept.removeLast()
+                }
+            }
             let l = Layout(shape: target, strides: strides, offset: layout.offset)
             return view(l, relative: Layout(shape: target, strides: Layout.contiguousStrides(target), offset: 0), op: "reshape")
         }

@@ -100,6 +100,18 @@ final class AutodiffTests: XCTestCase {
         XCTAssertEqual(x.transposed(0, 2).toArray().prefix(4), [0, 12, 4, 16])
     }
 
+    /// Regression: a size-1 axis created by a view-reshape used to get stride 0, which broke BLAS
+    /// leading dimensions in single-token (T = 1) decoding of a fused qkv projection.
+    func testReshapeViewGivesSizeOneAxesUsableStrides() {
+        let qkv = Tensor.arange(0, 12).reshaped([1, 1, 3, 2, 2])  // (B, T, 3, H, D)
+        let k = qkv.slice(axis: 2, 1, 2).reshaped([1, 1, 2, 2])      // (B, T, H, D), a view
+        XCTAssertTrue(k.storage === qkv.storage)
+        XCTAssertEqual(k.layout.strides, [4, 4, 2, 1])
+        XCTAssertEqual(k.toArray(), [4, 5, 6, 7])
+        let scores = Tensor.attention(q: k, k: k, v: k)  // T = 1 reads ld from the T stride
+        XCTAssertEqual(scores.toArray(), [4, 5, 6, 7])
+    }
+
     func testFrozenLeafNeverReceivesGradient() {
         let frozen = Tensor.ones([2, 2]), trainable = Tensor.ones([2, 2])
         trainable.requiresGrad = true

@@ -1,0 +1,332 @@
+// BPETokenizer+JSON.swift: reads and writes Hugging Face `tokenizer.json` (model BPE with vocab + merges, a
+// ByteLevel pre-tokenizer optionally after Digits, a ByteLevel decoder, added_tokens) and the role names in a
+// sibling `tokenizer_config.json`. Every load error names the file and the field that was wrong.
+import Foundation
+
+extension BPETokenizer {
+    // MARK: - Loading
+
+    /// Loads a Hugging Face `tokenizer.json` (or the one inside a model folder).
+    ///
+    /// Role names (BOS/EOS/PAD/UNK) come from `roles` if given, else from a `tokenizer_config.json` next to the
+    /// file (`bos_token`, `eos_token`, `pad_token`, `unk_token`), else from common names
+    /// (`SpecialTokenRoles.guess(from:)`).
+    ///
+    /// - Throws: `TokenizerError.unreadable`, `.malformed` or `.unsupported`, each naming the file and the
+    ///   field at fault.
+    public static func load(from url: URL, roles: SpecialTokenRoles? = nil) throws -> BPETokenizer {
+        var file = url
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue {
+            file = url.appendingPathComponent("tokenizer.json")
+        }
+        let data: Data
+        do {
+            data = try Data(contentsOf: file)
+        } catch {
+            throw TokenizerError.unreadable(file: file.path, reason: (error as NSError).localizedDescription)
+        }
+        var chosen = roles
+        if chosen == nil {
+            let config = file.deletingLastPathComponent().appendingPathComponent("tokenizer_config.json")
+            if let cdata = try? Data(contentsOf: config) { chosen = try? rolesFromConfig(cdata) }
+        }
+        return try load(json: data, file: file.path, roles: chosen)
+    }
+
+    /// Parses `tokenizer.json` content; `file` is only used in error messages.
+    public static func load(json data: Data, file: String = "tokenizer.json",
+                            roles: SpecialTokenRoles? = nil) throws -> BPETokenizer {
+        func malformed(_ reason: String) -> TokenizerError { .malformed(file: file, reason: reason) }
+        func unsupported(_ feature: String) -> TokenizerError { .unsupported(file: file, feature: feature) }
+
+        let top: Any
+        do {
+            top = try JSONSerialization.jsonObject(with: data, options: [])
+        } catch {
+            throw malformed("it is not valid JSON (\((error as NSError).localizedDescription))")
+        }
+        guard let root = top as? [String: Any] else { throw malformed("the top level is not a JSON object") }
+        guard let model = root["model"] as? [String: Any] else {
+            throw malformed("there is no \"model\" object")
+        }
+        if let type = model["type"], !(type is NSNull) {
+            guard let t = type as? String else { throw malformed("model.type is not a string") }
+            guard t == "BPE" else { throw unsupported("model.type is \"\(t)\"; only \"BPE\" is supported") }
+        }
+        if let d = model["dropout"], !(d is NSNull), let x = d as? Double, x != 0 {
+            throw unsupported("model.dropout is \(x); BPE dropout is not supported")
+        }
+        for field in ["continuing_subword_prefix", "end_of_word_suffix"] {
+            if let v = model[field], !(v is NSNull), let s = v as? String, !s.isEmpty {
+                throw unsupported("model.\(field) is \(s.debugDescription); only byte-level BPE without affixes is supported")
+            }
+        }
+        if let v = model["byte_fallback"] as? Bool, v { throw unsupported("model.byte_fallback is true") }
+        let ignoreMerges = (model["ignore_merges"] as? Bool) ?? false
+
+        // added_tokens
+        var added: [AddedToken] = []
+        if let raw = root["added_tokens"], !(raw is NSNull) {
+            guard let list = raw as? [Any] else { throw malformed("added_tokens is not a list") }
+            for (k, item) in list.enumerated() {
+                guard let obj = item as? [String: Any] else { throw malformed("added_tokens[\(k)] is not an object") }
+                guard let id = intValue(obj["id"]), id >= 0, id <= Int(Int32.max) else {
+                    throw malformed("added_tokens[\(k)].id is missing or not a non-negative integer")
+                }
+                guard let content = obj["content"] as? String, !content.isEmpty else {
+                    throw malformed("added_tokens[\(k)].content is missing or not a non-empty string")
+                }
+                let special = (obj["special"] as? Bool) ?? false
+                added.append(AddedToken(id: Int32(id), content: content, special: special))
+            }
+        }
+        let addedByContent = Dictionary(added.map { ($0.content.utf8.map { $0 }, $0) }, uniquingKeysWith: { a, _ in a })
+
+        // model.vocab
+        guard let vocabObj = model["vocab"] as? [String: Any] else {
+            throw malformed("model.vocab is missing or not an object mapping token → id")
+        }
+        var idOf: [String: Int32] = [:]
+        idOf.reserveCapacity(vocabObj.count)
+        var entries: [(id: Int, token: String)] = []
+        entries.reserveCapacity(vocabObj.count)
+        var maxID = -1
+        for (token, v) in vocabObj {
+            guard let id = intValue(v), id >= 0, id < 1 << 30 else {
+                throw malformed("model.vocab[\(token.debugDescription)] is not a non-negative integer id")
+            }
+            entries.append((id, token))
+            idOf[token] = Int32(id)
+            maxID = max(maxID, id)
+        }
+        var vocab = [[UInt8]?](repeating: nil, count: maxID + 1)
+        var owner = [String?](repeating: nil, count: maxID + 1)
+        for (id, token) in entries.sorted(by: { $0.id < $1.id || ($0.id == $1.id && $0.token < $1.token) }) {
+            if let other = owner[id] {
+                throw malformed("model.vocab gives id \(id) to both \(other.debugDescription) and \(token.debugDescription)")
+            }
+            owner[id] = token
+            if let t = addedByContent[Array(token.utf8)], Int(t.id) == id {
+                vocab[id] = Array(token.utf8)  // an added token in the vocabulary: spelled as its text
+            } else if let bytes = ByteLevelAlphabet.decode(token) {
+                vocab[id] = bytes
+            } else {
+                throw malformed("model.vocab token \(token.debugDescription) (id \(id)) has characters outside the byte-level alphabet and is not an added token")
+            }
+        }
+
+        // model.merges
+        guard let mergeList = model["merges"] as? [Any] else {
+            throw malformed("model.merges is missing or not a list")
+        }
+        var merges: [(Int32, Int32)] = []
+        merges.reserveCapacity(mergeList.count)
+        for (k, item) in mergeList.enumerated() {
+            let parts: [String]
+            if let s = item as? String {
+                parts = s.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            } else if let arr = item as? [Any], let strs = arr as? [String] {
+                parts = strs
+            } else {
+                throw malformed("model.merges[\(k)] is neither a \"left right\" string nor a [left, right] pair")
+            }
+            guard parts.count == 2 else {
+                throw malformed("model.merges[\(k)] has \(parts.count) parts; a merge has exactly two tokens")
+            }
+            guard let a = idOf[parts[0]] else {
+                throw malformed("model.merges[\(k)] uses \(parts[0].debugDescription), which is not in model.vocab")
+            }
+            guard let b = idOf[parts[1]] else {
+                throw malformed("model.merges[\(k)] uses \(parts[1].debugDescription), which is not in model.vocab")
+            }
+            guard idOf[parts[0] + parts[1]] != nil else {
+                throw malformed("model.merges[\(k)] makes \((parts[0] + parts[1]).debugDescription), which is not in model.vocab")
+            }
+            merges.append((a, b))
+        }
+
+        // normalizer, pre_tokenizer, decoder
+        if let n = root["normalizer"], !(n is NSNull) {
+            let type = (n as? [String: Any])?["type"] as? String ?? "?"
+            let empty = type == "Sequence" && (((n as? [String: Any])?["normalizers"] as? [Any])?.isEmpty ?? false)
+            if !empty { throw unsupported("normalizer \(type) is not supported (only none)") }
+        }
+        guard let pre = root["pre_tokenizer"], !(pre is NSNull) else {
+            throw unsupported("pre_tokenizer is null; a ByteLevel pre-tokenizer is required")
+        }
+        let kind = try parsePreTokenizer(pre, file: file)
+        if let d = root["decoder"], !(d is NSNull) {
+            guard let dec = d as? [String: Any], let type = dec["type"] as? String else {
+                throw malformed("decoder is not an object with a \"type\"")
+            }
+            guard type == "ByteLevel" else { throw unsupported("decoder \(type) is not supported (only ByteLevel)") }
+        }
+
+        var chosen = roles ?? SpecialTokenRoles.guess(from: added.map(\.content))
+        let addedSet = Set(added.map { Array($0.content.utf8) })
+        // Drop role names that are not added tokens (config files sometimes name plain vocabulary tokens).
+        func keep(_ s: String?) -> String? { s.flatMap { addedSet.contains(Array($0.utf8)) ? $0 : nil } }
+        chosen = SpecialTokenRoles(bos: keep(chosen.bos), eos: keep(chosen.eos), pad: keep(chosen.pad), unk: keep(chosen.unk))
+        do {
+            return try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: kind,
+                                    ignoreMerges: ignoreMerges, roles: chosen)
+        } catch TokenizerError.invalidArgument(let reason) {
+            throw malformed(reason)
+        }
+    }
+
+    private static func intValue(_ v: Any?) -> Int? {
+        if let i = v as? Int { return i }
+        if let d = v as? Double, d == d.rounded(), abs(d) < 1e15 { return Int(d) }
+        return nil
+    }
+
+    private static func parsePreTokenizer(_ pre: Any, file: String) throws -> BPEPreTokenizer {
+        func malformed(_ reason: String) -> TokenizerError { .malformed(file: file, reason: reason) }
+        func unsupported(_ feature: String) -> TokenizerError { .unsupported(file: file, feature: feature) }
+        guard let obj = pre as? [String: Any], let type = obj["type"] as? String else {
+            throw malformed("pre_tokenizer is not an object with a \"type\"")
+        }
+        func checkByteLevel(_ o: [String: Any], _ path: String) throws {
+            if let p = o["add_prefix_space"] as? Bool, p {
+                throw unsupported("\(path).add_prefix_space is true (only false is supported)")
+            }
+            if let r = o["use_regex"] as? Bool, !r {
+                throw unsupported("\(path).use_regex is false (only GPT-2's regex is supported)")
+            }
+        }
+        switch type {
+        case "ByteLevel":
+            try checkByteLevel(obj, "pre_tokenizer")
+            return .gpt2
+        case "Sequence":
+            guard let list = obj["pretokenizers"] as? [[String: Any]] else {
+                throw malformed("pre_tokenizer.pretokenizers is missing or not a list of objects")
+            }
+            let types = list.map { ($0["type"] as? String) ?? "?" }
+            if types == ["ByteLevel"] {
+                try checkByteLevel(list[0], "pre_tokenizer.pretokenizers[0]")
+                return .gpt2
+            }
+            if types == ["Digits", "ByteLevel"] {
+                guard (list[0]["individual_digits"] as? Bool) == true else {
+                    throw unsupported("pre_tokenizer.pretokenizers[0] is Digits without individual_digits: true")
+                }
+                try checkByteLevel(list[1], "pre_tokenizer.pretokenizers[1]")
+                return .digitsSplit
+            }
+            throw unsupported("pre_tokenizer Sequence \(types) (supported: [ByteLevel], [Digits, ByteLevel])")
+        default:
+            throw unsupported("pre_tokenizer \(type) (supported: ByteLevel, Sequence[Digits, ByteLevel])")
+        }
+    }
+
+    /// Role names from a `tokenizer_config.json` (`"eos_token": "…"` or `{"content": "…"}`).
+    static func rolesFromConfig(_ data: Data) throws -> SpecialTokenRoles {
+        guard let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { return SpecialTokenRoles() }
+        func name(_ key: String) -> String? {
+            if let s = obj[key] as? String { return s }
+            if let d = obj[key] as? [String: Any] { return d["content"] as? String }
+            return nil
+        }
+        return SpecialTokenRoles(bos: name("bos_token"), eos: name("eos_token"), pad: name("pad_token"),
+                                 unk: name("unk_token"))
+    }
+
+    // MARK: - Saving
+
+    /// Writes a Hugging Face `tokenizer.json` to `url` (atomically). The `tokenizers` library loads it and
+    /// encodes exactly as this tokenizer does. Role names are not part of the format: see `saveFolder(_:)`.
+    public func save(to url: URL) throws {
+        try Data(tokenizerJSON().utf8).write(to: url, options: .atomic)
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (the role names) into folder `dir`, creating it.
+    public func saveFolder(_ dir: URL) throws {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try save(to: dir.appendingPathComponent("tokenizer.json"))
+        var config: [String: Any] = [
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": false,
+            "add_prefix_space": false,
+        ]
+        if let s = roles.bos { config["bos_token"] = s }
+        if let s = roles.eos { config["eos_token"] = s }
+        if let s = roles.pad { config["pad_token"] = s }
+        if let s = roles.unk { config["unk_token"] = s }
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: dir.appendingPathComponent("tokenizer_config.json"), options: .atomic)
+    }
+
+    /// The `tokenizer.json` text: vocabulary in id order, merges as `[left, right]` pairs (the form
+    /// `tokenizers` ≥ 0.20 writes; it reads `"left right"` strings too), deterministic byte for byte.
+    public func tokenizerJSON() -> String {
+        var s = "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": ["
+        for (k, t) in addedTokens.enumerated() {
+            s += k == 0 ? "\n" : ",\n"
+            s += "    {\n      \"id\": \(t.id),\n      \"content\": \(jsonString(t.content)),\n"
+            s += "      \"single_word\": false,\n      \"lstrip\": false,\n      \"rstrip\": false,\n"
+            s += "      \"normalized\": false,\n      \"special\": \(t.special)\n    }"
+        }
+        s += addedTokens.isEmpty ? "],\n" : "\n  ],\n"
+        s += "  \"normalizer\": null,\n"
+        let byteLevel = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": true}"
+        switch preTokenizer {
+        case .gpt2:
+            s += "  \"pre_tokenizer\": \(byteLevel),\n"
+        case .digitsSplit:
+            s += "  \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Digits\", "
+                + "\"individual_digits\": true}, \(byteLevel)]},\n"
+        }
+        s += "  \"post_processor\": null,\n"
+        s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},\n"
+        s += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": null,\n"
+        s += "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
+        s += "    \"fuse_unk\": false,\n    \"byte_fallback\": false,\n    \"ignore_merges\": \(ignoreMerges),\n"
+        s += "    \"vocab\": {"
+        var first = true
+        for id in 0 ..< vocabSize where inModelVocab[id] {
+            s += first ? "\n" : ",\n"
+            first = false
+            s += "      \(jsonString(tokenString(forModelID: id))): \(id)"
+        }
+        s += first ? "},\n" : "\n    },\n"
+        s += "    \"merges\": ["
+        for (k, (a, b)) in merges.enumerated() {
+            s += k == 0 ? "\n" : ",\n"
+            s += "      [\(jsonString(tokenString(forModelID: Int(a)))), \(jsonString(tokenString(forModelID: Int(b))))]"
+        }
+        s += merges.isEmpty ? "]\n" : "\n    ]\n"
+        s += "  }\n}\n"
+        return s
+    }
+
+    /// The vocabulary spelling of a model-vocabulary id: an added token's text as is (as Hugging Face's trainer
+    /// writes special tokens into the vocabulary), else the byte-level spelling.
+    private func tokenString(forModelID id: Int) -> String {
+        if let t = addedTokens.first(where: { $0.id == Int32(id) }) { return t.content }
+        return ByteLevelAlphabet.encode(idBytes[Int(idOffsets[id]) ..< Int(idOffsets[id + 1])])
+    }
+}
+
+/// A JSON string literal: quotes, backslash and control characters escaped, everything else raw UTF-8.
+func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if u.value < 0x20 {
+                out += String(format: "\\u%04x", u.value)
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+    }
+    return out + "\""
+}

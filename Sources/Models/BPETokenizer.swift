@@ -1,0 +1,435 @@
+// BPETokenizer.swift: byte-level BPE as GPT-2 and Hugging Face `tokenizers` apply it: special tokens split out
+// first (longest match), pre-tokenization (BPEPreTokenizer.swift), then merges by rank inside each word, with a
+// per-word cache. Training is in BPETrainer.swift, tokenizer.json in BPETokenizer+JSON.swift.
+import Foundation
+
+/// A token the tokenizer matches in raw text before anything else and never splits (Hugging Face's
+/// `added_tokens`). Special ones (`special == true`) are control tokens such as `<|endoftext|>`.
+public struct AddedToken: Sendable, Equatable {
+    /// The token's id.
+    public var id: Int32
+    /// Its text, matched literally.
+    public var content: String
+    /// Whether it is a control token (skipped by `decode(_:skipSpecialTokens: true)`).
+    public var special: Bool
+
+    public init(id: Int32, content: String, special: Bool = true) {
+        self.id = id
+        self.content = content
+        self.special = special
+    }
+}
+
+/// Byte-level BPE (GPT-2 / Hugging Face `"type": "BPE"` with a `ByteLevel` pre-tokenizer and decoder).
+///
+/// Encoding: (1) added tokens are cut out of the text, leftmost then longest match; (2) each stretch between
+/// them is split into words by `preTokenizer`; (3) each word's UTF-8 bytes start as one token per byte and the
+/// adjacent pair with the lowest merge rank is merged until no pair has a merge (leftmost first among equal
+/// ranks). Results of (3) are cached per distinct word, so running text costs about one hash lookup per word.
+///
+/// The class is immutable except for that cache, which is guarded by a lock; a thread that finds the lock
+/// taken encodes with a private cache instead of waiting, so one tokenizer can serve many threads.
+public final class BPETokenizer: Tokenizer, @unchecked Sendable {
+    /// How text is cut into words before merging.
+    public let preTokenizer: BPEPreTokenizer
+    /// The merges in rank order (rank 0 first), as pairs of token ids.
+    public let merges: [(Int32, Int32)]
+    /// Tokens matched before pre-tokenization, in id order.
+    public let addedTokens: [AddedToken]
+    /// Hugging Face's `ignore_merges`: a word that is itself in the vocabulary becomes that one token.
+    public let ignoreMerges: Bool
+    public let vocabSize: Int
+    public private(set) var bosTokenID: Int32?
+    public private(set) var eosTokenID: Int32?
+    public private(set) var padTokenID: Int32?
+    public private(set) var unkTokenID: Int32?
+    /// The role names behind the four ids above.
+    public private(set) var roles: SpecialTokenRoles
+
+    /// Bytes of id k are `idBytes[idOffsets[k] ..< idOffsets[k + 1]]` (added tokens: their UTF-8 content).
+    let idBytes: [UInt8]
+    let idOffsets: [Int32]
+    /// Whether id k is in the model vocabulary (false for holes and for added tokens only in `added_tokens`).
+    let inModelVocab: [Bool]
+    /// Whether id k is in the model vocabulary or an added token.
+    let isKnown: [Bool]
+    /// Model vocabulary: token bytes → id.
+    let vocab: ByteStringTable
+    let pairs: PairTable
+    /// The id of the one-byte token for each byte, or -1.
+    let byteToID: [Int32]
+    let matcher: SpecialTokenMatcher
+
+    private let cacheLock = NSLock()
+    private var cache = WordCache()
+
+    /// Builds a tokenizer from its parts.
+    ///
+    /// - Parameters:
+    ///   - vocab: the model vocabulary by id: `vocab[k]` is the byte string of id k, or nil for an unused id.
+    ///   - merges: merge pairs in rank order; both halves and their concatenation must be in `vocab`.
+    ///   - addedTokens: tokens matched before pre-tokenization; their ids may be in `vocab` or beyond it.
+    ///   - roles: which added tokens are BOS/EOS/PAD/UNK (by content).
+    /// - Throws: `TokenizerError.invalidArgument` naming the first inconsistency.
+    public init(vocab: [[UInt8]?], merges: [(Int32, Int32)], addedTokens: [AddedToken] = [],
+                preTokenizer: BPEPreTokenizer = .gpt2, ignoreMerges: Bool = false,
+                roles: SpecialTokenRoles = SpecialTokenRoles()) throws {
+        var size = vocab.count
+        for t in addedTokens {
+            guard t.id >= 0 else { throw TokenizerError.invalidArgument("added token \(t.content.debugDescription) has negative id \(t.id)") }
+            size = max(size, Int(t.id) + 1)
+        }
+        var table = ByteStringTable(capacity: vocab.count)
+        var bytesByID = [[UInt8]?](repeating: nil, count: size)
+        var inModel = [Bool](repeating: false, count: size)
+        for (k, bytes) in vocab.enumerated() {
+            guard let bytes else { continue }
+            guard table.find(bytes) < 0 else {
+                let other = table.values[table.find(bytes)]
+                throw TokenizerError.invalidArgument("ids \(other) and \(k) are the same token \(ByteLevelAlphabet.encode(bytes).debugDescription)")
+            }
+            table.insert(bytes, value: Int32(k))
+            bytesByID[k] = bytes
+            inModel[k] = true
+        }
+        for t in addedTokens { bytesByID[Int(t.id)] = Array(t.content.utf8) }
+        var offsets: [Int32] = [0]
+        var arena: [UInt8] = []
+        offsets.reserveCapacity(size + 1)
+        for b in bytesByID {
+            if let b { arena += b }
+            offsets.append(Int32(arena.count))
+        }
+        var pairTable = PairTable(capacity: merges.count)
+        for (rank, (a, b)) in merges.enumerated() {
+            guard a >= 0, Int(a) < vocab.count, let ba = vocab[Int(a)], b >= 0, Int(b) < vocab.count, let bb = vocab[Int(b)] else {
+                throw TokenizerError.invalidArgument("merge \(rank) (\(a), \(b)) names an id that is not in the vocabulary")
+            }
+            let merged = table.find(ba + bb)
+            guard merged >= 0 else {
+                throw TokenizerError.invalidArgument("merge \(rank) makes \(ByteLevelAlphabet.encode(ba + bb).debugDescription), which is not in the vocabulary")
+            }
+            pairTable.insert(a, b, packed: UInt64(rank) << 32 | UInt64(UInt32(table.values[merged])))
+        }
+        var b2id = [Int32](repeating: -1, count: 256)
+        for b in 0 ..< 256 {
+            let e = table.find([UInt8(b)])
+            if e >= 0 { b2id[b] = table.values[e] }
+        }
+        self.preTokenizer = preTokenizer
+        self.merges = merges
+        self.addedTokens = addedTokens.sorted { $0.id < $1.id }
+        self.ignoreMerges = ignoreMerges
+        self.vocabSize = size
+        self.idBytes = arena
+        self.idOffsets = offsets
+        self.inModelVocab = inModel
+        var known = inModel
+        for t in addedTokens { known[Int(t.id)] = true }
+        self.isKnown = known
+        self.vocab = table
+        self.pairs = pairTable
+        self.byteToID = b2id
+        self.matcher = SpecialTokenMatcher(addedTokens.map { ($0.content, $0.id) })
+        self.roles = SpecialTokenRoles()
+        try setRoles(roles)
+    }
+
+    /// Sets which added tokens are BOS/EOS/PAD/UNK (by content). Throws if a name is not an added token.
+    public func setRoles(_ roles: SpecialTokenRoles) throws {
+        func id(_ name: String?) throws -> Int32? {
+            guard let name else { return nil }
+            let bytes = Array(name.utf8)
+            if let t = addedTokens.first(where: { Array($0.content.utf8) == bytes }) { return t.id }
+            throw TokenizerError.invalidArgument("special token role \(name.debugDescription) is not an added token; added tokens: \(addedTokens.map(\.content))")
+        }
+        let ids = (try id(roles.bos), try id(roles.eos), try id(roles.pad), try id(roles.unk))
+        self.roles = roles
+        (bosTokenID, eosTokenID, padTokenID, unkTokenID) = ids
+    }
+
+    /// Number of merges.
+    public var mergeCount: Int { merges.count }
+
+    // MARK: - Encoding
+
+    public func encode(_ text: String) -> [Int32] {
+        withUTF8Bytes(text) { p, n in
+            var out = [Int32]()
+            out.reserveCapacity(n / 3 + 16)
+            if cacheLock.try() {
+                defer { cacheLock.unlock() }
+                encodeBytes(p, n, into: &out, cache: &cache)
+            } else {
+                var local = WordCache()
+                encodeBytes(p, n, into: &out, cache: &local)
+            }
+            return out
+        }
+    }
+
+    /// Encodes the UTF-8 bytes `p[0..<n]`, appending ids to `out`. `p` must be valid UTF-8.
+    func encodeBytes(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32], cache: inout WordCache) {
+        var ends: [Int] = []
+        ends.reserveCapacity(256)
+        var scratch = BPEScratch()
+        matcher.split(p, count: n, plain: { start, end in
+            PreTokenizerScan.forEachWord(preTokenizer, p, from: start, to: end, ends: &ends) { ws, we in
+                encodeWord(p + ws, we - ws, into: &out, cache: &cache, scratch: &scratch)
+            }
+        }, special: { out.append($0) })
+    }
+
+    /// Appends the ids of one word, from the cache or by running the merges.
+    @inline(__always)
+    func encodeWord(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32], cache: inout WordCache,
+                    scratch: inout BPEScratch) {
+        if n == 1 {
+            let id = byteToID[Int(p[0])]
+            if id >= 0 { out.append(id) } else if let unk = unkTokenID { out.append(unk) }
+            return
+        }
+        let cacheable = n <= WordCache.maxWordBytes
+        let h = hashBytes(p, n)
+        if cacheable, cache.lookup(p, n, hash: h, into: &out) { return }
+        let first = out.count
+        mergeWord(p, n, into: &out, scratch: &scratch)
+        if cacheable { cache.store(p, n, hash: h, ids: out, from: first) }
+    }
+
+    /// Runs the merges over one word's bytes.
+    func mergeWord(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32], scratch: inout BPEScratch) {
+        if ignoreMerges {
+            let e = vocab.find(p, n)
+            if e >= 0 {
+                out.append(vocab.values[e])
+                return
+            }
+        }
+        scratch.symbols.removeAll(keepingCapacity: true)
+        for i in 0 ..< n {
+            let id = byteToID[Int(p[i])]
+            if id >= 0 { scratch.symbols.append(id) } else if let unk = unkTokenID { scratch.symbols.append(unk) }
+        }
+        if scratch.symbols.count > 96 {
+            mergeLong(&scratch.symbols)
+            out += scratch.symbols
+            return
+        }
+        // Short words: keep the packed (rank, merged id) of every adjacent pair; merge the smallest, leftmost
+        // first, and refresh only the two pairs next to it. O(n²) compares, but n is small and it allocates nothing.
+        let count = scratch.symbols.count
+        if scratch.ranks.count < count { scratch.ranks = [UInt64](repeating: 0, count: max(count, 128)) }
+        scratch.symbols.withUnsafeMutableBufferPointer { symBuf in
+            scratch.ranks.withUnsafeMutableBufferPointer { rankBuf in
+                let sym = symBuf.baseAddress!
+                let rank = rankBuf.baseAddress!
+                var m = count
+                for i in 0 ..< max(m - 1, 0) { rank[i] = pairs.lookup(sym[i], sym[i + 1]) }
+                while m >= 2 {
+                    var best = UInt64.max
+                    var at = -1
+                    for i in 0 ..< m - 1 where rank[i] < best {
+                        best = rank[i]
+                        at = i
+                    }
+                    if at < 0 { break }
+                    sym[at] = Int32(truncatingIfNeeded: best & 0xFFFF_FFFF)
+                    // Remove symbol at+1 and pair entry at (the pair just merged).
+                    var i = at + 1
+                    while i < m - 1 {
+                        sym[i] = sym[i + 1]
+                        i += 1
+                    }
+                    i = at
+                    while i < m - 2 {
+                        rank[i] = rank[i + 1]
+                        i += 1
+                    }
+                    m -= 1
+                    if at > 0 { rank[at - 1] = pairs.lookup(sym[at - 1], sym[at]) }
+                    if at < m - 1 { rank[at] = pairs.lookup(sym[at], sym[at + 1]) }
+                }
+                out.append(contentsOf: UnsafeBufferPointer(start: sym, count: m))
+            }
+        }
+    }
+
+    /// Long words (long runs of spaces or punctuation): a linked list of symbols and a min-heap of
+    /// `rank << 32 | position`, so the cost is O(n log n) instead of O(n²). Same result as the short path:
+    /// the heap pops the lowest rank, and among equal ranks the leftmost position.
+    func mergeLong(_ symbols: inout [Int32]) {
+        let n = symbols.count
+        var next = [Int32](repeating: -1, count: n)
+        var prev = [Int32](repeating: -1, count: n)
+        var alive = [Bool](repeating: true, count: n)
+        for i in 0 ..< n {
+            next[i] = i + 1 < n ? Int32(i + 1) : -1
+            prev[i] = Int32(i - 1)
+        }
+        var heap = MinHeap()
+        for i in 0 ..< n - 1 {
+            let r = pairs.lookup(symbols[i], symbols[i + 1])
+            if r != UInt64.max { heap.push((r >> 32) << 32 | UInt64(i)) }
+        }
+        while let top = heap.pop() {
+            let pos = Int(top & 0xFFFF_FFFF)
+            let rank = top >> 32
+            guard alive[pos], next[pos] >= 0 else { continue }
+            let right = Int(next[pos])
+            let r = pairs.lookup(symbols[pos], symbols[right])
+            guard r != UInt64.max, r >> 32 == rank else { continue }  // stale entry
+            symbols[pos] = Int32(truncatingIfNeeded: r & 0xFFFF_FFFF)
+            alive[right] = false
+            next[pos] = next[right]
+            if next[right] >= 0 { prev[Int(next[right])] = Int32(pos) }
+            if prev[pos] >= 0 {
+                let l = Int(prev[pos])
+                let lr = pairs.lookup(symbols[l], symbols[pos])
+                if lr != UInt64.max { heap.push((lr >> 32) << 32 | UInt64(l)) }
+            }
+            if next[pos] >= 0 {
+                let rr = pairs.lookup(symbols[pos], symbols[Int(next[pos])])
+                if rr != UInt64.max { heap.push((rr >> 32) << 32 | UInt64(pos)) }
+            }
+        }
+        var out: [Int32] = []
+        out.reserveCapacity(n)
+        var i = 0
+        while i >= 0 {
+            out.append(symbols[i])
+            i = Int(next[i])
+        }
+        symbols = out
+    }
+
+    // MARK: - Decoding and lookup
+
+    public func decode(_ ids: [Int32]) -> String { decode(ids, skipSpecialTokens: false) }
+
+    /// Decodes `ids`; with `skipSpecialTokens`, added tokens marked special produce no text (Hugging Face's
+    /// `decode(ids, skip_special_tokens=True)`).
+    public func decode(_ ids: [Int32], skipSpecialTokens: Bool) -> String {
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(ids.count * 4)
+        let skip: Set<Int32> = skipSpecialTokens ? Set(addedTokens.filter(\.special).map(\.id)) : []
+        idBytes.withUnsafeBufferPointer { arena in
+            idOffsets.withUnsafeBufferPointer { off in
+                for id in ids where id >= 0 && Int(id) < vocabSize {
+                    if skipSpecialTokens && skip.contains(id) { continue }
+                    let s = Int(off[Int(id)])
+                    let e = Int(off[Int(id) + 1])
+                    bytes.append(contentsOf: UnsafeBufferPointer(rebasing: arena[s ..< e]))
+                }
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The bytes id `id` stands for (an added token's UTF-8 content), or nil for an unknown id.
+    public func bytes(for id: Int32) -> [UInt8]? {
+        guard id >= 0 && Int(id) < vocabSize && isKnown[Int(id)] else { return nil }
+        return Array(idBytes[Int(idOffsets[Int(id)]) ..< Int(idOffsets[Int(id) + 1])])
+    }
+
+    /// Added tokens by content first, then the model vocabulary by byte-level spelling (`"Ġthe"`).
+    public func tokenID(for token: String) -> Int32? {
+        let bytes = Array(token.utf8)
+        if let t = addedTokens.first(where: { Array($0.content.utf8) == bytes }) { return t.id }
+        guard let raw = ByteLevelAlphabet.decode(token) else { return nil }
+        let e = vocab.find(raw)
+        return e >= 0 ? vocab.values[e] : nil
+    }
+
+    /// An added token's content, or the byte-level spelling of a vocabulary token.
+    public func tokenString(for id: Int32) -> String? {
+        if let t = addedTokens.first(where: { $0.id == id }) { return t.content }
+        guard id >= 0 && Int(id) < vocabSize && inModelVocab[Int(id)], let b = bytes(for: id) else { return nil }
+        return ByteLevelAlphabet.encode(b)
+    }
+
+    /// Empties the per-word cache (it holds at most ~`WordCache.maxEntries` words and resets itself when full).
+    public func clearCache() {
+        cacheLock.lock()
+        cache = WordCache()
+        cacheLock.unlock()
+    }
+}
+
+/// Reusable buffers for merging one word.
+struct BPEScratch {
+    var symbols: [Int32] = []
+    var ranks: [UInt64] = []
+}
+
+/// Word bytes → ids, for words up to `maxWordBytes` long. Cleared when it reaches `maxEntries` words so memory
+/// stays bounded on endless streams (natural text has a Zipf tail: a bounded cache still hits > 95%).
+struct WordCache {
+    static let maxWordBytes = 128
+    static let maxEntries = 1 << 19
+    private var table = ByteStringTable(capacity: 4096)
+    /// Entry k's ids are `ids[spans[k] >> 32 ..< (spans[k] >> 32) + spans[k] & 0xFFFFFFFF]`.
+    private var spans: [UInt64] = []
+    private var ids: [Int32] = []
+
+    @inline(__always)
+    func lookup(_ p: UnsafePointer<UInt8>, _ n: Int, hash: UInt64, into out: inout [Int32]) -> Bool {
+        let e = table.find(p, n, hash: hash)
+        if e < 0 { return false }
+        let span = spans[e]
+        let s = Int(span >> 32)
+        let c = Int(span & 0xFFFF_FFFF)
+        if c == 1 {
+            out.append(ids[s])
+        } else {
+            ids.withUnsafeBufferPointer { out.append(contentsOf: UnsafeBufferPointer(rebasing: $0[s ..< s + c])) }
+        }
+        return true
+    }
+
+    mutating func store(_ p: UnsafePointer<UInt8>, _ n: Int, hash: UInt64, ids new: [Int32], from first: Int) {
+        if table.count >= WordCache.maxEntries {
+            table.removeAll()
+            spans.removeAll(keepingCapacity: true)
+            ids.removeAll(keepingCapacity: true)
+        }
+        spans.append(UInt64(ids.count) << 32 | UInt64(new.count - first))
+        ids.append(contentsOf: new[first...])
+        table.insert(p, n, hash: hash, value: Int32(spans.count - 1))
+    }
+}
+
+/// A binary min-heap of UInt64 keys.
+struct MinHeap {
+    private var a: [UInt64] = []
+
+    mutating func push(_ x: UInt64) {
+        a.append(x)
+        var i = a.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            if a[parent] <= x { break }
+            a[i] = a[parent]
+            i = parent
+        }
+        a[i] = x
+    }
+
+    mutating func pop() -> UInt64? {
+        guard let last = a.popLast() else { return nil }
+        guard !a.isEmpty else { return last }
+        let top = a[0]
+        let n = a.count
+        var i = 0
+        while true {
+            var c = 2 * i + 1
+            if c >= n { break }
+            if c + 1 < n && a[c + 1] < a[c] { c += 1 }
+            if a[c] >= last { break }
+            a[i] = a[c]
+            i = c
+        }
+        a[i] = last
+        return top
+    }
+}

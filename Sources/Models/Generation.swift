@@ -1,0 +1,89 @@
+// Text generation: greedy or sampled (temperature, top-k, top-p) decoding with a KV cache, seeded,
+// stopping at stop tokens; also with prefixes attached. `useCache: false` recomputes the whole
+// sequence each step (the reference the cached path is tested against).
+
+import Foundation
+
+/// How to pick each next token.
+public struct SamplingOptions: Sendable {
+    public var maxNewTokens: Int
+    /// 0 = greedy (argmax).
+    public var temperature: Float
+    /// Keep only the k most likely tokens (0 = off).
+    public var topK: Int
+    /// Keep the smallest set whose probability reaches p (1 = off).
+    public var topP: Float
+    public var seed: UInt64
+    /// Generation stops after emitting one of these.
+    public var stopTokens: Set<Int32>
+
+    public init(maxNewTokens: Int = 64, temperature: Float = 0, topK: Int = 0, topP: Float = 1, seed: UInt64 = 0,
+                stopTokens: Set<Int32> = []) {
+        self.maxNewTokens = maxNewTokens
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.seed = seed
+        self.stopTokens = stopTokens
+    }
+}
+
+extension CausalLM {
+    /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
+    public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {
+        precondition(!prompt.isEmpty, "[generate] the prompt is empty")
+        let wasTraining = isTraining
+        eval()
+        defer { train(wasTraining) }
+        var rng = RNG(seed: options.seed)
+        let extra = (attentionPrefix?.length ?? 0) + (inputPrefix?.length ?? 0)
+        let cache = useCache ? KVCache(config: config, batch: 1, capacity: extra + prompt.count + options.maxNewTokens) : nil
+        var out: [Int32] = []
+        var sequence = prompt
+        return withNoGrad {
+            var next = prompt
+            for _ in 0..<options.maxNewTokens {
+                let logits = useCache ? forward(next, batch: 1, cache: cache) : forward(sequence, batch: 1)  // (1, T, V)
+                let v = config.vocabSize
+                let last = Array(logits.toArray().suffix(v))
+                let token = Int32(sampleToken(last, options, &rng))
+                out.append(token)
+                sequence.append(token)
+                next = [token]
+                if options.stopTokens.contains(token) { break }
+            }
+            return out
+        }
+    }
+}
+
+/// Picks a token index from `logits` (V) under the sampling options.
+public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RNG) -> Int {
+    if o.temperature <= 0 {
+        var best = 0
+        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+        return best
+    }
+    // Candidates sorted by logit, cut by top-k, then softmax at the temperature, then top-p.
+    var order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
+    if o.topK > 0 && o.topK < order.count { order = Array(order.prefix(o.topK)) }
+    let mx = logits[order[0]]
+    var probs = order.map { Foundation.exp(Double((logits[$0] - mx) / o.temperature)) }
+    let total = probs.reduce(0, +)
+    probs = probs.map { $0 / total }
+    if o.topP < 1 {
+        var acc = 0.0, keep = 0
+        while keep < probs.count { acc += probs[keep]; keep += 1; if acc >= Double(o.topP) { break } }
+        order = Array(order.prefix(keep))
+        probs = Array(probs.prefix(keep))
+        let s = probs.reduce(0, +)
+        probs = probs.map { $0 / s }
+    }
+    let u = rng.nextDouble()
+    var acc = 0.0
+    for (i, p) in probs.enumerated() {
+        acc += p
+        if u < acc { return order[i] }
+    }
+    return order[order.count - 1]
+}

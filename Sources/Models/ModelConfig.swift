@@ -1,0 +1,115 @@
+// One configuration for both decoder families (GPT-2 and LLaMA: Llama, Mistral, Qwen2, SmolLM).
+// Letters used in shape comments across Models: B batch, T sequence, S keys (prefix + cache + T),
+// C hidden, V vocabulary, L layers, H query heads, KVH key/value heads, D head dimension.
+
+/// Architecture of a decoder-only transformer. Codable (snake_case keys) for checkpoints.
+public struct ModelConfig: Codable, Equatable, Sendable {
+    public enum Family: String, Codable, Sendable { case gpt2, llama }
+    public enum Norm: String, Codable, Sendable { case layerNorm = "layer_norm", rmsNorm = "rms_norm" }
+    public enum MLP: String, Codable, Sendable {
+        /// GELU, tanh approximation (GPT-2's gelu_new), up → act → down.
+        case geluTanh = "gelu_new"
+        /// GELU, exact erf form.
+        case gelu
+        /// SwiGLU: down(silu(gate(x)) ⊙ up(x)).
+        case swiglu
+    }
+    public enum Positions: String, Codable, Sendable { case learned, rope }
+
+    public var family: Family
+    public var vocabSize: Int
+    public var hiddenSize: Int
+    public var numLayers: Int
+    public var numHeads: Int
+    /// Key/value heads (grouped-query attention); equal to numHeads for multi-head attention.
+    public var numKVHeads: Int
+    public var intermediateSize: Int
+    public var norm: Norm
+    public var normEps: Float
+    public var mlp: MLP
+    public var positions: Positions
+    public var ropeTheta: Float
+    /// Bias on the q, k, v projections (GPT-2, Qwen2).
+    public var attentionBias: Bool
+    /// Bias on the attention output and MLP projections (GPT-2).
+    public var projectionBias: Bool
+    public var tieWordEmbeddings: Bool
+    public var maxPositions: Int
+    /// Dropout on embeddings and residual branches while training.
+    public var dropout: Float
+
+    public var headDim: Int { hiddenSize / numHeads }
+    public var kvDim: Int { numKVHeads * headDim }
+
+    enum CodingKeys: String, CodingKey {
+        case family, vocabSize = "vocab_size", hiddenSize = "hidden_size", numLayers = "num_hidden_layers"
+        case numHeads = "num_attention_heads", numKVHeads = "num_key_value_heads"
+        case intermediateSize = "intermediate_size", norm, normEps = "norm_eps", mlp, positions
+        case ropeTheta = "rope_theta", attentionBias = "attention_bias", projectionBias = "projection_bias"
+        case tieWordEmbeddings = "tie_word_embeddings", maxPositions = "max_position_embeddings", dropout
+    }
+
+    public init(family: Family, vocabSize: Int, hiddenSize: Int, numLayers: Int, numHeads: Int, numKVHeads: Int,
+                intermediateSize: Int, norm: Norm, normEps: Float, mlp: MLP, positions: Positions, ropeTheta: Float,
+                attentionBias: Bool, projectionBias: Bool, tieWordEmbeddings: Bool, maxPositions: Int, dropout: Float) {
+        self.family = family
+        self.vocabSize = vocabSize
+        self.hiddenSize = hiddenSize
+        self.numLayers = numLayers
+        self.numHeads = numHeads
+        self.numKVHeads = numKVHeads
+        self.intermediateSize = intermediateSize
+        self.norm = norm
+        self.normEps = normEps
+        self.mlp = mlp
+        self.positions = positions
+        self.ropeTheta = ropeTheta
+        self.attentionBias = attentionBias
+        self.projectionBias = projectionBias
+        self.tieWordEmbeddings = tieWordEmbeddings
+        self.maxPositions = maxPositions
+        self.dropout = dropout
+    }
+
+    /// GPT-2 family: learned positions, LayerNorm, GELU (tanh), biases everywhere, tied embeddings.
+    public static func gpt2(vocabSize: Int, hiddenSize: Int, numLayers: Int, numHeads: Int,
+                            intermediateSize: Int? = nil, maxPositions: Int = 1024, dropout: Float = 0) -> ModelConfig {
+        ModelConfig(family: .gpt2, vocabSize: vocabSize, hiddenSize: hiddenSize, numLayers: numLayers, numHeads: numHeads,
+                    numKVHeads: numHeads, intermediateSize: intermediateSize ?? 4 * hiddenSize, norm: .layerNorm, normEps: 1e-5,
+                    mlp: .geluTanh, positions: .learned, ropeTheta: 0, attentionBias: true, projectionBias: true,
+                    tieWordEmbeddings: true, maxPositions: maxPositions, dropout: dropout)
+    }
+
+    /// LLaMA family: RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases (Qwen2: attentionBias).
+    public static func llama(vocabSize: Int, hiddenSize: Int, numLayers: Int, numHeads: Int, numKVHeads: Int,
+                             intermediateSize: Int, ropeTheta: Float = 10000, normEps: Float = 1e-5,
+                             attentionBias: Bool = false, tieWordEmbeddings: Bool = false, maxPositions: Int = 2048,
+                             dropout: Float = 0) -> ModelConfig {
+        ModelConfig(family: .llama, vocabSize: vocabSize, hiddenSize: hiddenSize, numLayers: numLayers, numHeads: numHeads,
+                    numKVHeads: numKVHeads, intermediateSize: intermediateSize, norm: .rmsNorm, normEps: normEps, mlp: .swiglu,
+                    positions: .rope, ropeTheta: ropeTheta, attentionBias: attentionBias, projectionBias: false,
+                    tieWordEmbeddings: tieWordEmbeddings, maxPositions: maxPositions, dropout: dropout)
+    }
+
+    /// Checks the numbers fit together; the message names the fields.
+    public func validate() throws {
+        func fail(_ m: String) -> ModelConfigError { ModelConfigError(message: m) }
+        guard vocabSize > 0, hiddenSize > 0, numLayers > 0, numHeads > 0, numKVHeads > 0, intermediateSize > 0 else {
+            throw fail("vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads and intermediate_size must be positive")
+        }
+        guard hiddenSize % numHeads == 0 else {
+            throw fail("hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(numHeads)")
+        }
+        guard numHeads % numKVHeads == 0 else {
+            throw fail("num_attention_heads \(numHeads) is not a multiple of num_key_value_heads \(numKVHeads)")
+        }
+        guard positions == .learned || headDim % 2 == 0 else { throw fail("RoPE needs an even head dimension, got \(headDim)") }
+        guard dropout >= 0 && dropout < 1 else { throw fail("dropout \(dropout) must be in [0, 1)") }
+    }
+}
+
+/// A configuration whose numbers do not fit together.
+public struct ModelConfigError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { "model config: \(message)" }
+}

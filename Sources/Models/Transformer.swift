@@ -1,0 +1,239 @@
+// What both decoder families share: the causal-LM skeleton (embed → blocks → norm → logits), the
+// forward context, the attention core (RoPE, KV cache, key/value prefix, fused attention), hook
+// points for PEFT methods, the KV cache and the loss. GPT2.swift and Llama.swift hold the rest.
+
+import NN
+
+/// A block's hidden-state hook (bottleneck adapters): (B, T, C) → (B, T, C).
+public protocol HiddenHook: AnyObject {
+    func callAsFunction(_ h: Tensor) -> Tensor
+}
+
+/// Per-layer keys and values prepended to every attention (prefix tuning).
+public protocol AttentionPrefix: AnyObject {
+    /// Number of prefix positions P.
+    var length: Int { get }
+    /// (B, P, KVH, D) keys and values for `layer`.
+    func keysValues(layer: Int, batch: Int) -> (Tensor, Tensor)
+}
+
+/// Virtual-token embeddings prepended to the input embeddings (prompt tuning, P-Tuning).
+public protocol InputPrefix: AnyObject {
+    /// Number of virtual tokens P.
+    var length: Int { get }
+    /// (P, C) embeddings.
+    func embeddings() -> Tensor
+}
+
+/// What one forward pass tells the blocks.
+public struct ForwardContext {
+    /// Position of the first new token (keys already present: prefix + cache).
+    public var positionOffset: Int
+    /// (B, S) key visibility for padding, or nil when every key is visible.
+    public var keyMask: [Float]?
+    public var cache: KVCache?
+    /// Prefix keys/values to concatenate (only without a cache; a cache holds them already).
+    public var attentionPrefix: AttentionPrefix?
+    public var training: Bool
+    public var dropout: Float
+}
+
+/// A transformer block of either family.
+public protocol DecoderBlock: Module {
+    /// Hook points: after the attention branch and after the MLP branch (before the residual add).
+    var afterAttention: [HiddenHook] { get set }
+    var afterMLP: [HiddenHook] { get set }
+    func forward(_ x: Tensor, layer: Int, context: inout ForwardContext, rng: inout RNG) -> Tensor
+}
+
+/// Children registered as "0", "1", … (Hugging Face `ModuleList`).
+public final class ModuleList<M: Module>: Module {
+    public private(set) var items: [M] = []
+    public init(_ items: [M]) {
+        super.init()
+        for (i, m) in items.enumerated() { register(String(i), m) }
+        self.items = items
+    }
+}
+
+/// Keys and values of earlier positions for incremental decoding: (B, capacity, KVH, D) per layer.
+public final class KVCache {
+    public let batch: Int, capacity: Int, kvHeads: Int, headDim: Int
+    var keys: [Tensor], values: [Tensor]
+    /// Positions filled (prefix included).
+    public private(set) var length = 0
+    /// (B, capacity) key visibility.
+    var mask: [Float]
+
+    public init(config: ModelConfig, batch: Int, capacity: Int) {
+        self.batch = batch
+        self.capacity = capacity
+        kvHeads = config.numKVHeads
+        headDim = config.headDim
+        keys = (0..<config.numLayers).map { _ in Tensor.zeros([batch, capacity, config.numKVHeads, config.headDim]) }
+        values = (0..<config.numLayers).map { _ in Tensor.zeros([batch, capacity, config.numKVHeads, config.headDim]) }
+        mask = [Float](repeating: 1, count: batch * capacity)
+    }
+
+    /// Writes (B, T, KVH, D) keys and values at the current length; returns views of all filled
+    /// positions, (B, length + T, KVH, D). Call `commit` once every layer has appended.
+    func append(layer: Int, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        let t = k.shape[1]
+        precondition(length + t <= capacity, "[KVCache] \(length) + \(t) positions exceed the capacity \(capacity)")
+        for (src, dst) in [(k, keys[layer]), (v, values[layer])] {
+            Tensor(storage: dst.storage, layout: dst.layout.sliced(axis: 1, start: length, end: length + t)).assign(src)
+        }
+        let l = keys[layer].layout.sliced(axis: 1, start: 0, end: length + t)
+        return (Tensor(storage: keys[layer].storage, layout: l), Tensor(storage: values[layer].storage, layout: l))
+    }
+
+    /// Marks `t` more positions filled, with their (B, t) visibility (nil: all visible).
+    func commit(_ t: Int, mask newMask: [Float]?) {
+        if let m = newMask {
+            for b in 0..<batch { for j in 0..<t { mask[b * capacity + length + j] = m[b * t + j] } }
+        }
+        length += t
+    }
+
+    /// (B, length + t) visibility for a step adding `t` positions with mask `newMask`.
+    func keyMask(adding t: Int, _ newMask: [Float]?) -> [Float] {
+        var out = [Float](repeating: 1, count: batch * (length + t))
+        for b in 0..<batch {
+            for j in 0..<length { out[b * (length + t) + j] = mask[b * capacity + j] }
+            if let m = newMask { for j in 0..<t { out[b * (length + t) + length + j] = m[b * t + j] } }
+        }
+        return out
+    }
+}
+
+/// Attention after the projections: RoPE, cache or prefix, the fused kernel. q (B, T, H, D);
+/// k, v (B, T, KVH, D) → (B, T, H·D).
+func attentionCore(q: Tensor, k: Tensor, v: Tensor, layer: Int, config: ModelConfig, context: ForwardContext) -> Tensor {
+    let (B, T) = (q.shape[0], q.shape[1])
+    var (q, k) = (q, k)
+    if config.positions == .rope {
+        q = q.rope(theta: config.ropeTheta, positionOffset: context.positionOffset, seqAxis: 1)
+        k = k.rope(theta: config.ropeTheta, positionOffset: context.positionOffset, seqAxis: 1)
+    }
+    var (kAll, vAll) = (k, v)
+    if let cache = context.cache {
+        (kAll, vAll) = cache.append(layer: layer, k: k, v: v)  // (B, S, KVH, D)
+    } else if let prefix = context.attentionPrefix {
+        let (pk, pv) = prefix.keysValues(layer: layer, batch: B)  // (B, P, KVH, D)
+        kAll = Tensor.concat([pk, k], axis: 1)
+        vAll = Tensor.concat([pv, v], axis: 1)
+    }
+    let o = Tensor.attention(q: q, k: kAll, v: vAll, keyMask: context.keyMask)  // (B, T, H, D)
+    return o.reshaped([B, T, config.hiddenSize])  // (B, T, C)
+}
+
+/// Dropout while training (identity otherwise).
+func residualDropout(_ x: Tensor, _ context: ForwardContext, _ rng: inout RNG) -> Tensor {
+    context.training && context.dropout > 0 ? x.dropout(context.dropout, rng: &rng) : x
+}
+
+/// A decoder-only causal language model; GPT2Model and LlamaModel fill in the family parts.
+open class CausalLM: Module {
+    public let config: ModelConfig
+    /// Prompt tuning / P-Tuning slot.
+    public var inputPrefix: InputPrefix?
+    /// Prefix tuning slot.
+    public var attentionPrefix: AttentionPrefix?
+    /// Generator for dropout masks.
+    public var rng: RNG
+
+    public init(config: ModelConfig, seed: UInt64) {
+        self.config = config
+        rng = RNG(seed: seed &+ 0x5EED)
+        super.init()
+    }
+
+    // MARK: family parts (overridden by GPT2Model, LlamaModel)
+
+    /// The blocks in order.
+    open var blocks: [DecoderBlock] { fatalError("[CausalLM] \(type(of: self)) must provide blocks") }
+    /// Token embeddings (B, T, C) for ids.
+    open func embedTokens(_ ids: [Int32], shape: [Int]) -> Tensor { fatalError("[CausalLM] embedTokens") }
+    /// The input embedding table (V, C).
+    open var tokenEmbeddingTable: Tensor { fatalError("[CausalLM] tokenEmbeddingTable") }
+    /// Adds learned positions where the family has them; (B, T, C) → (B, T, C).
+    open func addPositions(_ h: Tensor, offset: Int) -> Tensor { h }
+    /// The final norm.
+    open func finalNorm(_ h: Tensor) -> Tensor { fatalError("[CausalLM] finalNorm") }
+    /// Logits (…, V) from final hidden states (…, C).
+    open func lmHead(_ h: Tensor) -> Tensor { fatalError("[CausalLM] lmHead") }
+
+    // MARK: forward
+
+    /// Logits (B, T, V) for `ids` (B·T, row-major), with an optional (B, T) padding mask
+    /// (1 = real token, 0 = padding) and an optional cache for incremental decoding. Virtual
+    /// tokens of an input prefix are not part of the returned logits.
+    public func forward(_ ids: [Int32], batch B: Int, attentionMask: [Float]? = nil, cache: KVCache? = nil) -> Tensor {
+        precondition(B > 0 && ids.count % B == 0, "[forward] \(ids.count) ids do not split into \(B) rows")
+        let T = ids.count / B
+        precondition(attentionMask == nil || attentionMask!.count == ids.count,
+                     "[forward] attention mask has \(attentionMask!.count) values for \(ids.count) ids")
+        var h = embedTokens(ids, shape: [B, T])  // (B, T, C)
+        var mask = attentionMask
+        var virtual = 0
+        if let ip = inputPrefix, (cache?.length ?? 0) == 0 {
+            virtual = ip.length
+            let p = ip.embeddings().reshaped([1, virtual, config.hiddenSize]).expand([B, virtual, config.hiddenSize])
+            h = Tensor.concat([p, h], axis: 1)  // (B, P + T, C)
+            if let m = attentionMask {
+                mask = (0..<B).flatMap { b in [Float](repeating: 1, count: virtual) + m[(b * T)..<((b + 1) * T)] }
+            }
+        }
+        let steps = T + virtual
+        var context = ForwardContext(positionOffset: 0, keyMask: nil, cache: cache, attentionPrefix: nil,
+                                     training: isTraining, dropout: config.dropout)
+        if let cache {
+            if cache.length == 0, let ap = attentionPrefix {
+                // The prefix goes into the cache once, as already-computed keys and values.
+                for l in 0..<config.numLayers {
+                    let (pk, pv) = ap.keysValues(layer: l, batch: B)
+                    _ = cache.append(layer: l, k: pk, v: pv)
+                }
+                cache.commit(ap.length, mask: nil)
+            }
+            context.positionOffset = cache.length
+            context.keyMask = (mask == nil && !cache.mask.contains(0)) ? nil : cache.keyMask(adding: steps, mask)
+        } else if let ap = attentionPrefix {
+            context.attentionPrefix = ap
+            context.positionOffset = ap.length
+            if let m = mask {
+                context.keyMask = (0..<B).flatMap { b in [Float](repeating: 1, count: ap.length) + m[(b * steps)..<((b + 1) * steps)] }
+            }
+        } else {
+            context.keyMask = mask
+        }
+        h = addPositions(h, offset: context.positionOffset)
+        h = residualDropout(h, context, &rng)
+        for (l, block) in blocks.enumerated() {
+            h = block.forward(h, layer: l, context: &context, rng: &rng)
+        }
+        cache?.commit(steps, mask: mask)
+        if virtual > 0 { h = h.slice(axis: 1, virtual, steps) }  // (B, T, C)
+        return lmHead(finalNorm(h))  // (B, T, V)
+    }
+
+    /// Mean cross-entropy of next-token prediction. `targets` (B·T) holds the id expected at each
+    /// position (already shifted) or -100 to ignore it.
+    public func loss(_ ids: [Int32], targets: [Int32], batch: Int, attentionMask: [Float]? = nil) -> Tensor {
+        let logits = forward(ids, batch: batch, attentionMask: attentionMask)  // (B, T, V)
+        return logits.crossEntropy(targets: targets)
+    }
+
+    /// Next-token targets for rows of `ids` (B·T): position t predicts ids[t + 1]; the last
+    /// position of each row, and positions whose next token is padding, are ignored (-100).
+    public static func shiftedTargets(_ ids: [Int32], batch B: Int, attentionMask: [Float]? = nil) -> [Int32] {
+        let T = ids.count / B
+        var out = [Int32](repeating: -100, count: ids.count)
+        for b in 0..<B {
+            for t in 0..<(T - 1) where attentionMask?[b * T + t + 1] ?? 1 != 0 {
+                out[b * T + t] = ids[b * T + t + 1]
+            }
+        }
+        return out
+    }
+}

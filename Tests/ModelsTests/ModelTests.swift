@@ -1,0 +1,169 @@
+// Model behaviour for both families: Hugging Face key names, KV-cache decoding equal to full
+// recomputation (also with prefixes), a gradient check through a whole one-layer model, padding.
+
+import XCTest
+@testable import Models
+
+let tinyGPT2 = ModelConfig.gpt2(vocabSize: 23, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 32)
+let tinyLlama = ModelConfig.llama(vocabSize: 23, hiddenSize: 16, numLayers: 1, numHeads: 4, numKVHeads: 2,
+                                  intermediateSize: 24, ropeTheta: 500, attentionBias: true)
+
+/// A fixed random key/value prefix (what prefix tuning learns).
+final class FixedPrefix: AttentionPrefix {
+    let keys: [Tensor], values: [Tensor]
+    let length: Int
+    init(config: ModelConfig, length: Int, seed: UInt64) {
+        var rng = RNG(seed: seed)
+        self.length = length
+        keys = (0..<config.numLayers).map { _ in Tensor.normal([1, length, config.numKVHeads, config.headDim], rng: &rng) }
+        values = (0..<config.numLayers).map { _ in Tensor.normal([1, length, config.numKVHeads, config.headDim], rng: &rng) }
+    }
+    func keysValues(layer: Int, batch: Int) -> (Tensor, Tensor) {
+        let s = [batch, length] + Array(keys[layer].shape.dropFirst(2))
+        return (keys[layer].expand(s), values[layer].expand(s))
+    }
+}
+
+/// Fixed virtual-token embeddings (what prompt tuning learns).
+final class FixedInputPrefix: InputPrefix {
+    let e: Tensor
+    var length: Int { e.shape[0] }
+    init(config: ModelConfig, length: Int, seed: UInt64) {
+        var rng = RNG(seed: seed)
+        e = Tensor.normal([length, config.hiddenSize], rng: &rng)
+    }
+    func embeddings() -> Tensor { e }
+}
+
+final class ModelTests: XCTestCase {
+    func testParameterNamesAreHuggingFaceKeys() {
+        let g = Set(GPT2Model(tinyGPT2).namedParameters().map(\.0))
+        XCTAssertEqual(g, ["transformer.wte.weight", "transformer.wpe.weight",
+                           "transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias",
+                           "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+                           "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.c_proj.bias",
+                           "transformer.h.0.ln_2.weight", "transformer.h.0.ln_2.bias",
+                           "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_fc.bias",
+                           "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.mlp.c_proj.bias",
+                           "transformer.ln_f.weight", "transformer.ln_f.bias"])
+        let gm = GPT2Model(tinyGPT2).namedParameters()
+        XCTAssertEqual(gm.first { $0.0 == "transformer.h.0.attn.c_attn.weight" }?.1.shape, [16, 48], "Conv1D is (in, out)")
+        let l = Dictionary(uniqueKeysWithValues: LlamaModel(tinyLlama).namedParameters().map { ($0.0, $0.1.shape) })
+        XCTAssertEqual(l["model.layers.0.self_attn.k_proj.weight"], [8, 16], "grouped-query: KVH·D outputs")
+        XCTAssertEqual(l["model.layers.0.self_attn.q_proj.bias"], [16])
+        XCTAssertEqual(l["model.layers.0.mlp.gate_proj.weight"], [24, 16])
+        XCTAssertEqual(l["lm_head.weight"], [23, 16])
+        XCTAssertEqual(l.count, 3 + 6 + 1 + 2 + 3)  // embed, norm, head; q/k/v w+b; o; 2 norms; mlp
+        XCTAssertTrue(LlamaModel(tinyLlama).namedModules().map(\.0).contains("model.layers.0.self_attn.q_proj"))
+    }
+
+    /// Cached decoding gives the same logits as recomputing the whole sequence, for both
+    /// families, plain, with a key/value prefix and with an input prefix.
+    func testKVCacheMatchesFullRecomputation() {
+        for config in [tinyGPT2, tinyLlama] {
+            for variant in ["plain", "prefix", "prompt"] {
+                let model = makeModel(config, seed: 3)
+                if variant == "prefix" { model.attentionPrefix = FixedPrefix(config: config, length: 3, seed: 4) }
+                if variant == "prompt" { model.inputPrefix = FixedInputPrefix(config: config, length: 2, seed: 5) }
+                let prompt: [Int32] = [1, 5, 7, 2]
+                let opts = SamplingOptions(maxNewTokens: 8, temperature: 0.9, topK: 10, seed: 11)
+                let cached = model.generate(prompt, opts, useCache: true)
+                let full = model.generate(prompt, opts, useCache: false)
+                XCTAssertEqual(cached, full, "\(config.family) \(variant)")
+                XCTAssertEqual(cached.count, 8)
+                // Step logits agree too.
+                withNoGrad {
+                    let seq: [Int32] = prompt + cached
+                    let ref = model.forward(seq, batch: 1).toArray()
+                    let cache = KVCache(config: config, batch: 1, capacity: 20)
+                    var got = model.forward(Array(seq.prefix(4)), batch: 1, cache: cache).toArray()
+                    for t in 4..<seq.count { got += model.forward([seq[t]], batch: 1, cache: cache).toArray() }
+                    assertClose(got, ref, rtol: 1e-4, atol: 1e-5, "\(config.family) \(variant) logits")
+                }
+            }
+        }
+    }
+
+    /// Stop tokens end generation; greedy decoding is deterministic; sampling follows the seed.
+    func testSamplingOptions() {
+        let model = makeModel(tinyLlama, seed: 1)
+        let greedy = model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 6))
+        XCTAssertEqual(greedy, model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 6)))
+        let stop = greedy[2]
+        let stopped = model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 6, stopTokens: [stop]))
+        XCTAssertEqual(stopped.last, stop)
+        XCTAssertLessThanOrEqual(stopped.count, 3)
+        let a = model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 10, temperature: 1.5, topP: 0.9, seed: 1))
+        let b = model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 10, temperature: 1.5, topP: 0.9, seed: 1))
+        XCTAssertEqual(a, b)
+        // top-k 1 is greedy whatever the temperature.
+        XCTAssertEqual(model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 6, temperature: 2, topK: 1, seed: 9)), greedy)
+    }
+
+    /// Padding keys are invisible: a row padded on the left (masked) gives its real positions the
+    /// same logits as... the keys it may not see do not change its outputs.
+    func testPaddingMaskHidesKeys() {
+        for config in [tinyGPT2, tinyLlama] {
+            let model = makeModel(config, seed: 5)
+            withNoGrad {
+                // Row 0: [a b c d], row 1: [a X c d] with X masked. Masking key 1 for row 1 means
+                // position 2, 3 of row 1 see {a, c, d}; compare with row 1 where X changes: no effect.
+                let m: [Float] = [1, 1, 1, 1, 1, 0, 1, 1]
+                let y1 = model.forward([1, 2, 3, 4, 1, 9, 3, 4], batch: 2, attentionMask: m).toArray()
+                let y2 = model.forward([1, 2, 3, 4, 1, 17, 3, 4], batch: 2, attentionMask: m).toArray()
+                let v = config.vocabSize
+                // Row 1, positions 2 and 3: the masked token must not matter.
+                assertClose(Array(y1[(6 * v)..<(8 * v)]), Array(y2[(6 * v)..<(8 * v)]), rtol: 1e-5, atol: 1e-6, "\(config.family)")
+                // Unmasked, it does.
+                let z1 = model.forward([1, 9, 3, 4], batch: 1).toArray(), z2 = model.forward([1, 17, 3, 4], batch: 1).toArray()
+                XCTAssertNotEqual(Array(z1[(2 * v)..<(4 * v)]), Array(z2[(2 * v)..<(4 * v)]))
+            }
+        }
+    }
+
+    /// Central differences through a whole one-layer model of each family (with dropout off):
+    /// a sample of elements of every parameter tensor.
+    func testGradientThroughWholeModel() {
+        for config in [tinyGPT2, tinyLlama] {
+            let model = makeModel(config, seed: 7)
+            model.unfreeze()
+            let ids: [Int32] = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+            let targets = CausalLM.shiftedTargets(ids, batch: 2)
+            // Make norm weights non-trivial.
+            var rng = RNG(seed: 8)
+            for (name, p) in model.namedParameters() where name.contains("norm") || name.contains("ln_") {
+                p.assign(Tensor.normal(p.shape, mean: 1, std: 0.3, rng: &rng))
+            }
+            model.loss(ids, targets: targets, batch: 2).backward()
+            func lossValue() -> Double { Double(withNoGrad { model.loss(ids, targets: targets, batch: 2) }.item()) }
+            for (name, p) in model.namedParameters() {
+                guard let g = p.grad?.toArray() else { XCTFail("\(name): no gradient"); continue }
+                var picks = RNG(seed: UInt64(name.utf8.count))
+                var worst = 0.0
+                let scale = max(Double(g.map(abs).max() ?? 0), 1e-3)
+                for _ in 0..<min(6, p.count) {
+                    let i = picks.nextInt(p.count)
+                    let saved = p.basePointer[i]
+                    let eps: Float = 1e-2
+                    p.basePointer[i] = saved + eps
+                    let lp = lossValue()
+                    p.basePointer[i] = saved - eps
+                    let lm = lossValue()
+                    p.basePointer[i] = saved
+                    let numeric = (lp - lm) / (2 * Double(eps))
+                    worst = max(worst, abs(numeric - Double(g[i])) / scale)
+                }
+                XCTAssertLessThan(worst, 3e-2, "\(config.family) \(name)")
+            }
+        }
+    }
+}
+
+func assertClose(_ actual: [Float], _ expected: [Float], rtol: Float, atol: Float, _ message: String = "",
+                 file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(actual.count, expected.count, "\(message): count", file: file, line: line)
+    for i in 0..<min(actual.count, expected.count) where abs(actual[i] - expected[i]) > atol + rtol * abs(expected[i]) {
+        XCTFail("\(message): element \(i): \(actual[i]) vs \(expected[i])", file: file, line: line)
+        return
+    }
+}
