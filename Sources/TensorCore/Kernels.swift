@@ -95,3 +95,10 @@ func addStrided(_ src: UnsafePointer<Float>, into storage: UnsafeMutablePointer<
         }
     }
 }
+
+/// Splits `0..<n` into chunks run on both cores when the work (`n · cost`) is large enough;
+/// `body(lo, hi)` is called once per chunk. For elementwise loops outside the tensor ops
+/// (optimizer updates).
+public func parallelFor(_ n: Int, cost: Int = 1, _ body: (Int, Int) -> Void) {
+    parallelRanges(n, cost: cost, body)
+}

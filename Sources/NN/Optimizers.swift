@@ -1,0 +1,153 @@
+// Optimizers over a list of named parameters: AdamW (decoupled weight decay) and SGD with
+// momentum, fused loops over raw buffers; global-norm gradient clipping. Only parameters that
+// require gradients are given to an optimizer, so frozen weights never get optimizer state.
+
+import Foundation
+
+/// A first-order optimizer whose state can be saved and restored.
+public protocol Optimizer: AnyObject {
+    /// The parameters it updates, by name.
+    var parameters: [(String, Tensor)] { get }
+    /// Steps taken so far.
+    var stepCount: Int { get }
+    /// Applies one update with learning rate `lr` from the parameters' current gradients
+    /// (parameters without a gradient are left alone).
+    func step(lr: Float)
+    /// Named state tensors (moments) for checkpoints.
+    func stateTensors() -> [(String, Tensor)]
+    /// Restores state saved by `stateTensors` and the step count.
+    func loadState(_ tensors: [String: Tensor], stepCount: Int) throws
+}
+
+extension Optimizer {
+    /// Clears every parameter's gradient.
+    public func zeroGrad() { for (_, p) in parameters { p.zeroGrad() } }
+}
+
+/// Adam with decoupled weight decay (Loshchilov & Hutter):
+/// m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²; p ← p − lr · (m̂ / (√v̂ + ε) + λ p).
+public final class AdamW: Optimizer {
+    public let parameters: [(String, Tensor)]
+    public var beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+    public private(set) var stepCount = 0
+    var m: [Tensor], v: [Tensor]
+
+    public init(_ parameters: [(String, Tensor)], beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8,
+                weightDecay: Float = 0.01) {
+        self.parameters = parameters
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.weightDecay = weightDecay
+        m = parameters.map { Tensor.zeros($0.1.shape) }
+        v = parameters.map { Tensor.zeros($0.1.shape) }
+    }
+
+    public func step(lr: Float) {
+        stepCount += 1
+        let c1 = 1 / (1 - Foundation.pow(beta1, Float(stepCount)))
+        let c2 = 1 / (1 - Foundation.pow(beta2, Float(stepCount)))
+        let (b1, b2, e, decay) = (beta1, beta2, eps, lr * weightDecay)
+        for (i, (name, p)) in parameters.enumerated() {
+            guard let g = p.grad else { continue }
+            precondition(p.isContiguous, "[AdamW] parameter \(name) is not contiguous")
+            let pp = p.basePointer, pg = UnsafePointer(g.basePointer), pm = m[i].basePointer, pv = v[i].basePointer
+            parallelFor(p.count) { lo, hi in
+                for j in lo..<hi {
+                    let gj = pg[j]
+                    pm[j] = b1 * pm[j] + (1 - b1) * gj
+                    pv[j] = b2 * pv[j] + (1 - b2) * gj * gj
+                    pp[j] -= lr * (pm[j] * c1) / ((pv[j] * c2).squareRoot() + e) + decay * pp[j]
+                }
+            }
+        }
+    }
+
+    public func stateTensors() -> [(String, Tensor)] {
+        parameters.indices.flatMap { i in [("exp_avg/" + parameters[i].0, m[i]), ("exp_avg_sq/" + parameters[i].0, v[i])] }
+    }
+
+    public func loadState(_ tensors: [String: Tensor], stepCount: Int) throws {
+        for (i, (name, p)) in parameters.enumerated() {
+            for (key, dst) in [("exp_avg/" + name, m[i]), ("exp_avg_sq/" + name, v[i])] {
+                guard let t = tensors[key], t.shape == p.shape else {
+                    throw WeightLoadError(message: "optimizer state '\(key)' is missing or has shape \(tensors[key]?.shape ?? []), expected \(p.shape)")
+                }
+                dst.assign(t)
+            }
+        }
+        self.stepCount = stepCount
+    }
+}
+
+/// SGD with momentum: b ← μ b + g (+ λ p); p ← p − lr · b.
+public final class SGD: Optimizer {
+    public let parameters: [(String, Tensor)]
+    public var momentum: Float, weightDecay: Float
+    public private(set) var stepCount = 0
+    var buffers: [Tensor]
+
+    public init(_ parameters: [(String, Tensor)], momentum: Float = 0.9, weightDecay: Float = 0) {
+        self.parameters = parameters
+        self.momentum = momentum
+        self.weightDecay = weightDecay
+        buffers = parameters.map { Tensor.zeros($0.1.shape) }
+    }
+
+    public func step(lr: Float) {
+        stepCount += 1
+        let (mu, wd) = (momentum, weightDecay)
+        for (i, (_, p)) in parameters.enumerated() {
+            guard let g = p.grad else { continue }
+            let pp = p.basePointer, pg = UnsafePointer(g.basePointer), pb = buffers[i].basePointer
+            parallelFor(p.count) { lo, hi in
+                for j in lo..<hi {
+                    pb[j] = mu * pb[j] + pg[j] + wd * pp[j]
+                    pp[j] -= lr * pb[j]
+                }
+            }
+        }
+    }
+
+    public func stateTensors() -> [(String, Tensor)] {
+        parameters.indices.map { ("momentum_buffer/" + parameters[$0].0, buffers[$0]) }
+    }
+
+    public func loadState(_ tensors: [String: Tensor], stepCount: Int) throws {
+        for (i, (name, p)) in parameters.enumerated() {
+            guard let t = tensors["momentum_buffer/" + name], t.shape == p.shape else {
+                throw WeightLoadError(message: "optimizer state 'momentum_buffer/\(name)' is missing or has the wrong shape, expected \(p.shape)")
+            }
+            buffers[i].assign(t)
+        }
+        self.stepCount = stepCount
+    }
+}
+
+/// The global L2 norm of the gradients of `parameters`.
+public func gradientNorm(_ parameters: [(String, Tensor)]) -> Float {
+    var total = 0.0
+    for (_, p) in parameters {
+        guard let g = p.grad else { continue }
+        let pg = g.basePointer
+        var s = 0.0
+        for j in 0..<g.count { s += Double(pg[j]) * Double(pg[j]) }
+        total += s
+    }
+    return Float(total.squareRoot())
+}
+
+/// Scales all gradients so their global norm is at most `maxNorm`; returns the norm before.
+@discardableResult
+public func clipGradientNorm(_ parameters: [(String, Tensor)], maxNorm: Float) -> Float {
+    let norm = gradientNorm(parameters)
+    if norm > maxNorm && norm.isFinite {
+        let s = maxNorm / (norm + 1e-6)
+        for (_, p) in parameters {
+            guard let g = p.grad else { continue }
+            let pg = g.basePointer
+            for j in 0..<g.count { pg[j] *= s }
+        }
+    }
+    return norm
+}
