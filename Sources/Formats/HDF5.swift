@@ -24,7 +24,9 @@ public var hdf5Version: String {
 public enum HDF5Store {
     /// Writes `tensors` (dataset per key; "/" in a key makes groups) and `attributes` (on the root)
     /// to `path` atomically: a temporary file beside it, then a rename.
-    public static func write(_ path: String, tensors: [(String, Tensor)], attributes: [String: String] = [:]) throws {
+    /// `blobs` are written as uint8 datasets (e.g. a tokenizer.json too large for an attribute).
+    public static func write(_ path: String, tensors: [(String, Tensor)], blobs: [(String, [UInt8])] = [],
+                             attributes: [String: String] = [:]) throws {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
         let tmp = path + ".tmp-\(getpid())"
         let file = H5Fcreate(tmp, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
@@ -44,6 +46,18 @@ public enum HDF5Store {
             let data = t.contiguousValues()
             let status = data.withUnsafeBufferPointer {
                 H5Dwrite(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+            }
+            guard status >= 0 else { throw HDF5Error(path: path, message: "cannot write dataset '\(key)'") }
+        }
+        for (key, bytes) in blobs {
+            var dims = [hsize_t(bytes.count)]
+            let space = H5Screate_simple(1, &dims, nil)
+            defer { H5Sclose(space) }
+            let ds = H5Dcreate2(file, key, chdf5_native_uint8(), space, lcpl, chdf5_p_default(), chdf5_p_default())
+            guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot create dataset '\(key)' of \(bytes.count) bytes") }
+            defer { H5Dclose(ds) }
+            let status = bytes.withUnsafeBufferPointer {
+                H5Dwrite(ds, chdf5_native_uint8(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
             }
             guard status >= 0 else { throw HDF5Error(path: path, message: "cannot write dataset '\(key)'") }
         }
@@ -76,8 +90,9 @@ public enum HDF5Store {
     }
 
     /// Reads every dataset (keys are full paths without the leading "/") and the root's string
-    /// attributes.
-    public static func read(_ path: String) throws -> (tensors: [String: Tensor], attributes: [String: String]) {
+    /// attributes. One-byte integer datasets come back as blobs, every other numeric dataset as
+    /// a Float32 tensor (HDF5 converts the values).
+    public static func read(_ path: String) throws -> (tensors: [String: Tensor], blobs: [String: [UInt8]], attributes: [String: String]) {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
         guard FileManager.default.fileExists(atPath: path) else {
             throw HDF5Error(path: path, message: "no such file")
@@ -96,6 +111,7 @@ public enum HDF5Store {
             H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, collect, $0, UInt32(H5O_INFO_BASIC))
         }
         var tensors: [String: Tensor] = [:]
+        var blobs: [String: [UInt8]] = [:]
         for name in names {
             let ds = H5Dopen2(file, name, chdf5_p_default())
             guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot open dataset '\(name)'") }
@@ -106,6 +122,16 @@ public enum HDF5Store {
             var dims = [hsize_t](repeating: 0, count: rank)
             H5Sget_simple_extent_dims(space, &dims, nil)
             let shape = dims.map { Int($0) }
+            let dtype = H5Dget_type(ds)
+            defer { H5Tclose(dtype) }
+            if H5Tget_class(dtype) == chdf5_class_integer() && H5Tget_size(dtype) == 1 && rank == 1 {
+                var bytes = [UInt8](repeating: 0, count: shape[0])
+                guard H5Dread(ds, chdf5_native_uint8(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), &bytes) >= 0 else {
+                    throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as bytes")
+                }
+                blobs[name] = bytes
+                continue
+            }
             let t = Tensor.empty(shape)
             guard H5Dread(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), t.basePointer) >= 0 else {
                 throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as float32")
@@ -133,7 +159,7 @@ public enum HDF5Store {
             let name = String(decoding: nameBuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             attributes[name] = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)
         }
-        return (tensors, attributes)
+        return (tensors, blobs, attributes)
     }
 }
 

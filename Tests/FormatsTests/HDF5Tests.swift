@@ -15,9 +15,11 @@ final class HDF5Tests: XCTestCase {
         var rng = RNG(seed: 2)
         let a = Tensor.normal([3, 4], rng: &rng), b = Tensor.normal([5], rng: &rng)
         let path = dir.appendingPathComponent("t.h5").path
+        let blob = Array("{\"model\": \"é\"}".utf8) + [UInt8](repeating: 7, count: 70_000)
         try HDF5Store.write(path, tensors: [("model.layers.0.q.weight", a), ("group/bias", b.transposed(0, 0))],
-                            attributes: ["config": "{\"r\": 8}", "format": "swiftpeft"])
-        let (tensors, attrs) = try HDF5Store.read(path)
+                            blobs: [("tokenizer.json", blob)], attributes: ["config": "{\"r\": 8}", "format": "swiftpeft"])
+        let (tensors, blobs, attrs) = try HDF5Store.read(path)
+        XCTAssertEqual(blobs["tokenizer.json"], blob, "a blob larger than the 64 KiB attribute limit")
         XCTAssertEqual(Set(tensors.keys), ["model.layers.0.q.weight", "group/bias"])
         XCTAssertEqual(tensors["model.layers.0.q.weight"]?.shape, [3, 4])
         XCTAssertEqual(tensors["model.layers.0.q.weight"]?.toArray(), a.toArray())

@@ -75,6 +75,7 @@ let gradCases: [GradCase] = [
     // Shape ops.
     GradCase(name: "reshape", shapes: [[2, 6]]) { $0[0].reshaped([3, -1]) * Tensor.arange(0, 4) },
     GradCase(name: "reshape transposed", shapes: [[3, 4]]) { $0[0].transposed().reshaped([2, 6]) },
+    GradCase(name: "reshape size-1 axes of a slice (view)", shapes: [[2, 3, 4]]) { $0[0].slice(axis: 1, 1, 2).reshaped([2, 1, 1, 4]).reshaped([2, 4]) },
     GradCase(name: "permute", shapes: [[2, 3, 4]]) { $0[0].permuted([2, 0, 1]) },
     GradCase(name: "slice", shapes: [[4, 5]]) { $0[0].slice(axis: 1, 1, 4) },
     GradCase(name: "expand", shapes: [[3, 1]]) { $0[0].expand([2, 3, 4]) },

@@ -1,0 +1,60 @@
+// Full model checkpoints in HDF5: the config (JSON attribute), every weight as a float32 dataset
+// named by its Hugging Face key, and optionally the tokenizer (tokenizer.json bytes). Readable by
+// h5py: `h5py.File(p)["model.layers.0.self_attn.q_proj.weight"][:]`, `json.loads(f.attrs["config"])`.
+
+import Foundation
+
+/// Reading a checkpoint failed: names the file and what was wrong.
+public struct CheckpointError: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public var description: String { "\(path): \(message)" }
+}
+
+/// Save and load whole models (base or merged) as HDF5.
+public enum ModelCheckpoint {
+    public static let format = "swiftpeft-model"
+    public static let version = "1"
+
+    /// Writes `model` (every parameter, frozen or not) and the tokenizer to `path` atomically.
+    public static func save(_ model: CausalLM, tokenizerJSON: String?, to path: String,
+                            metadata: [String: String] = [:]) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        let config = String(decoding: try enc.encode(model.config), as: UTF8.self)
+        var attrs = metadata
+        attrs["format"] = format
+        attrs["version"] = version
+        attrs["config"] = config
+        try HDF5Store.write(path, tensors: model.namedParameters(),
+                            blobs: tokenizerJSON.map { [("tokenizer.json", Array($0.utf8))] } ?? [],
+                            attributes: attrs)
+    }
+
+    /// Reads a checkpoint written by `save`; the model comes back frozen and in eval mode.
+    /// - Throws: naming the file, and the tensor and both shapes when a weight does not fit the config.
+    public static func load(_ path: String, seed: UInt64 = 0) throws -> (model: CausalLM, tokenizerJSON: String?, metadata: [String: String]) {
+        let (tensors, blobs, attrs) = try HDF5Store.read(path)
+        guard attrs["format"] == format else {
+            throw CheckpointError(path: path, message: "not a SwiftPEFT model checkpoint (format attribute is \(attrs["format"].map { "'\($0)'" } ?? "missing"), expected '\(format)')")
+        }
+        guard let cfg = attrs["config"] else { throw CheckpointError(path: path, message: "the 'config' attribute is missing") }
+        let config: ModelConfig
+        do {
+            config = try JSONDecoder().decode(ModelConfig.self, from: Data(cfg.utf8))
+            try config.validate()
+        } catch {
+            throw CheckpointError(path: path, message: "bad config: \(error)")
+        }
+        let model = makeModel(config, seed: seed)
+        do {
+            try model.loadParameters(tensors, source: path)
+        } catch let e as WeightLoadError {
+            throw CheckpointError(path: path, message: e.message.replacingOccurrences(of: path + ": ", with: ""))
+        }
+        model.freeze()
+        model.eval()
+        let tok = blobs["tokenizer.json"].map { String(decoding: $0, as: UTF8.self) }
+        return (model, tok, attrs.filter { !["format", "version", "config"].contains($0.key) })
+    }
+}
