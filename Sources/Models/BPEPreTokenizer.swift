@@ -154,9 +154,10 @@ enum PreTokenizerScan {
 
 extension PreTokenizerScan {
     /// Calls `body(start, end)` for each word of `p[from..<to]`, pre-tokenizing in chunks of about 64 KiB so
-    /// the offsets buffer `ends` stays small for huge inputs. Chunks are cut after a newline followed by an
-    /// ASCII non-space, where no match can span (a whitespace run stops at the non-space, and only a U+0020
-    /// space joins the match after it).
+    /// the offsets buffer `ends` stays small for huge inputs. Chunks are cut inside "x\ny" (x, y ASCII
+    /// non-spaces) after the newline: the lone "\n" is its own match whether or not "y" follows (a longer
+    /// whitespace run would not be: `\s+(?!\S)` leaves its last character to the next match only when a
+    /// non-space follows), and only a U+0020 space joins the match after it.
     @inline(__always)
     static func forEachWord(_ kind: BPEPreTokenizer, _ p: UnsafePointer<UInt8>, from start: Int, to end: Int,
                             ends: inout [Int], _ body: (Int, Int) -> Void) {
@@ -164,7 +165,8 @@ extension PreTokenizerScan {
         while s < end {
             var e = min(end, s + 65536)
             if e < end {
-                while e < end && !(p[e - 1] == 0x0A && p[e] < 0x80 && asciiClass[Int(p[e])] != .space) { e += 1 }
+                while e < end && !(p[e - 1] == 0x0A && p[e] < 0x80 && asciiClass[Int(p[e])] != .space
+                                     && p[e - 2] < 0x80 && asciiClass[Int(p[e - 2])] != .space) { e += 1 }
             }
             ends.removeAll(keepingCapacity: true)
             split(kind, p, from: s, to: e, into: &ends)

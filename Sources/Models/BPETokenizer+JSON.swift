@@ -112,7 +112,8 @@ extension BPETokenizer {
             } else if let bytes = ByteLevelAlphabet.decode(token) {
                 vocab[id] = bytes
             } else {
-                throw malformed("model.vocab token \(token.debugDescription) (id \(id)) has characters outside the byte-level alphabet and is not an added token")
+                throw malformed("model.vocab token \(token.debugDescription) (id \(id)) has characters outside the "
+                                + "byte-level alphabet and is not an added token")
             }
         }
 
@@ -141,7 +142,8 @@ extension BPETokenizer {
                 throw malformed("model.merges[\(k)] uses \(parts[1].debugDescription), which is not in model.vocab")
             }
             guard idOf[parts[0] + parts[1]] != nil else {
-                throw malformed("model.merges[\(k)] makes \((parts[0] + parts[1]).debugDescription), which is not in model.vocab")
+                let made = (parts[0] + parts[1]).debugDescription
+                throw malformed("model.merges[\(k)] makes \(made), which is not in model.vocab")
             }
             merges.append((a, b))
         }
@@ -280,7 +282,8 @@ extension BPETokenizer {
                 + "\"individual_digits\": true}, \(byteLevel)]},\n"
         }
         s += "  \"post_processor\": null,\n"
-        s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},\n"
+        s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, "
+            + "\"use_regex\": true},\n"
         s += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": null,\n"
         s += "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
         s += "    \"fuse_unk\": false,\n    \"byte_fallback\": false,\n    \"ignore_merges\": \(ignoreMerges),\n"

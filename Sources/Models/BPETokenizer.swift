@@ -39,12 +39,12 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// Hugging Face's `ignore_merges`: a word that is itself in the vocabulary becomes that one token.
     public let ignoreMerges: Bool
     public let vocabSize: Int
-    public private(set) var bosTokenID: Int32?
-    public private(set) var eosTokenID: Int32?
-    public private(set) var padTokenID: Int32?
-    public private(set) var unkTokenID: Int32?
+    public let bosTokenID: Int32?
+    public let eosTokenID: Int32?
+    public let padTokenID: Int32?
+    public let unkTokenID: Int32?
     /// The role names behind the four ids above.
-    public private(set) var roles: SpecialTokenRoles
+    public let roles: SpecialTokenRoles
 
     /// Bytes of id k are `idBytes[idOffsets[k] ..< idOffsets[k + 1]]` (added tokens: their UTF-8 content).
     let idBytes: [UInt8]
@@ -76,7 +76,9 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                 roles: SpecialTokenRoles = SpecialTokenRoles()) throws {
         var size = vocab.count
         for t in addedTokens {
-            guard t.id >= 0 else { throw TokenizerError.invalidArgument("added token \(t.content.debugDescription) has negative id \(t.id)") }
+            guard t.id >= 0 else {
+                throw TokenizerError.invalidArgument("added token \(t.content.debugDescription) has negative id \(t.id)")
+            }
             size = max(size, Int(t.id) + 1)
         }
         var table = ByteStringTable(capacity: vocab.count)
@@ -86,7 +88,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             guard let bytes else { continue }
             guard table.find(bytes) < 0 else {
                 let other = table.values[table.find(bytes)]
-                throw TokenizerError.invalidArgument("ids \(other) and \(k) are the same token \(ByteLevelAlphabet.encode(bytes).debugDescription)")
+                let spelling = ByteLevelAlphabet.encode(bytes).debugDescription
+                throw TokenizerError.invalidArgument("ids \(other) and \(k) are the same token \(spelling)")
             }
             table.insert(bytes, value: Int32(k))
             bytesByID[k] = bytes
@@ -102,12 +105,14 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         }
         var pairTable = PairTable(capacity: merges.count)
         for (rank, (a, b)) in merges.enumerated() {
-            guard a >= 0, Int(a) < vocab.count, let ba = vocab[Int(a)], b >= 0, Int(b) < vocab.count, let bb = vocab[Int(b)] else {
+            guard a >= 0, Int(a) < vocab.count, let ba = vocab[Int(a)],
+                  b >= 0, Int(b) < vocab.count, let bb = vocab[Int(b)] else {
                 throw TokenizerError.invalidArgument("merge \(rank) (\(a), \(b)) names an id that is not in the vocabulary")
             }
             let merged = table.find(ba + bb)
             guard merged >= 0 else {
-                throw TokenizerError.invalidArgument("merge \(rank) makes \(ByteLevelAlphabet.encode(ba + bb).debugDescription), which is not in the vocabulary")
+                let spelling = ByteLevelAlphabet.encode(ba + bb).debugDescription
+                throw TokenizerError.invalidArgument("merge \(rank) makes \(spelling), which is not in the vocabulary")
             }
             pairTable.insert(a, b, packed: UInt64(rank) << 32 | UInt64(UInt32(table.values[merged])))
         }
@@ -131,21 +136,43 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.pairs = pairTable
         self.byteToID = b2id
         self.matcher = SpecialTokenMatcher(addedTokens.map { ($0.content, $0.id) })
-        self.roles = SpecialTokenRoles()
-        try setRoles(roles)
+        (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, addedTokens)
+        self.roles = roles
     }
 
-    /// Sets which added tokens are BOS/EOS/PAD/UNK (by content). Throws if a name is not an added token.
-    public func setRoles(_ roles: SpecialTokenRoles) throws {
+    /// The same tokenizer with other BOS/EOS/PAD/UNK roles (by added-token content). Cheap: the tables are shared.
+    public func withRoles(_ roles: SpecialTokenRoles) throws -> BPETokenizer {
+        try BPETokenizer(copying: self, roles: roles)
+    }
+
+    private init(copying o: BPETokenizer, roles: SpecialTokenRoles) throws {
+        preTokenizer = o.preTokenizer
+        merges = o.merges
+        addedTokens = o.addedTokens
+        ignoreMerges = o.ignoreMerges
+        vocabSize = o.vocabSize
+        idBytes = o.idBytes
+        idOffsets = o.idOffsets
+        inModelVocab = o.inModelVocab
+        isKnown = o.isKnown
+        vocab = o.vocab
+        pairs = o.pairs
+        byteToID = o.byteToID
+        matcher = o.matcher
+        (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, o.addedTokens)
+        self.roles = roles
+    }
+
+    private static func roleIDs(_ roles: SpecialTokenRoles, _ added: [AddedToken]) throws
+        -> (Int32?, Int32?, Int32?, Int32?) {
         func id(_ name: String?) throws -> Int32? {
             guard let name else { return nil }
             let bytes = Array(name.utf8)
-            if let t = addedTokens.first(where: { Array($0.content.utf8) == bytes }) { return t.id }
-            throw TokenizerError.invalidArgument("special token role \(name.debugDescription) is not an added token; added tokens: \(addedTokens.map(\.content))")
+            if let t = added.first(where: { Array($0.content.utf8) == bytes }) { return t.id }
+            throw TokenizerError.invalidArgument(
+                "special token role \(name.debugDescription) is not an added token; added tokens: \(added.map(\.content))")
         }
-        let ids = (try id(roles.bos), try id(roles.eos), try id(roles.pad), try id(roles.unk))
-        self.roles = roles
-        (bosTokenID, eosTokenID, padTokenID, unkTokenID) = ids
+        return (try id(roles.bos), try id(roles.eos), try id(roles.pad), try id(roles.unk))
     }
 
     /// Number of merges.

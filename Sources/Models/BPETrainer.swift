@@ -31,7 +31,8 @@ extension BPETokenizer {
         let specials = specialTokens.filter { !$0.isEmpty && seenSpecials.insert(Array($0.utf8)).inserted }
         let base = 256 + specials.count
         guard vocabSize >= base else {
-            throw TokenizerError.invalidArgument("vocabSize \(vocabSize) is smaller than 256 bytes + \(specials.count) special tokens")
+            throw TokenizerError.invalidArgument(
+                "vocabSize \(vocabSize) is smaller than 256 bytes + \(specials.count) special tokens")
         }
         var trainer = BPETrainerState(
             preTokenizer: preTokenizer,

@@ -1,0 +1,477 @@
+// TokenizerTests.swift: ByteTokenizer and BPETokenizer: round trips of arbitrary UTF-8, GPT-2 pre-tokenization,
+// deterministic training checked against a naive recount-everything trainer, save → load, special tokens, load
+// errors, and exact agreement with Hugging Face `tokenizers` (fixtures from scripts/make_tokenizer_fixtures.py).
+import Foundation
+import XCTest
+@testable import Models
+
+/// SplitMix64: a small seeded generator, so the random strings are the same on every run.
+private struct SeededRNG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+private let fixturesDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+
+private func fixtureCorpus() throws -> String {
+    try String(contentsOf: fixturesDir.appendingPathComponent("tokenizer_corpus.txt"), encoding: .utf8)
+}
+
+/// Hand-picked hard cases: emoji (incl. ZWJ sequences, flags, skin tones), CJK, combining marks, control
+/// characters, Unicode whitespace, contractions, digits, long runs.
+private let tricky: [String] = [
+    "", " ", "  ", "\n", "a", "Hello, world!", "Hello world! The year 2024 was great.",
+    "😀👍🏽🇺🇸❤️👩‍👩‍👧‍👦 emoji", "日本語のテキスト、中文：你好，世界！", "한국어 텍스트",
+    "e\u{301}\u{302}\u{303} combining, n\u{303}, \u{301} alone", "\u{0}\u{1}\u{7}\u{1B}[0m\u{7F}\u{85}\u{9F}",
+    "\u{A0}\u{3000}\u{2028}\u{2029}\u{200B}\u{FEFF}", "it's don't we're they've I'm we'll he'd ''s 's",
+    "3.14159 2024 1,000,000 ٣٤ Ⅻ ½", "  leading", "trailing  ", "\t\t\ttabs\r\n\r\n",
+    String(repeating: " ", count: 300) + "x" + String(repeating: "!?", count: 200),
+    String(repeating: "ab", count: 500), "\u{10FFFF}\u{E000}\u{FFFD}\u{1F600}",
+]
+
+/// Random strings of valid scalars (no surrogates) from a mix of ranges, seeded.
+private func randomStrings(count: Int, seed: UInt64) -> [String] {
+    var rng = SeededRNG(seed: seed)
+    let ranges: [ClosedRange<UInt32>] = [
+        0x00 ... 0x7F, 0x20 ... 0x7E, 0x80 ... 0x7FF, 0x300 ... 0x36F, 0x4E00 ... 0x9FFF, 0xAC00 ... 0xD7A3,
+        0x1F300 ... 0x1FAFF, 0x0 ... 0xD7FF, 0xE000 ... 0x10FFFF, 0x2000 ... 0x206F, 0x30 ... 0x39,
+    ]
+    var out: [String] = []
+    for _ in 0 ..< count {
+        var s = String.UnicodeScalarView()
+        let n = Int.random(in: 0 ... 60, using: &rng)
+        for _ in 0 ..< n {
+            let r = ranges[Int.random(in: 0 ..< ranges.count, using: &rng)]
+            s.append(Unicode.Scalar(UInt32.random(in: r, using: &rng))!)
+        }
+        out.append(String(s))
+    }
+    return out
+}
+
+/// Reference BPE for one word: repeatedly merge the lowest-rank adjacent pair, leftmost first (GPT-2's bpe()).
+private func naiveBPE(_ bytes: [UInt8], _ tok: BPETokenizer) -> [Int32] {
+    var rank: [UInt64: Int] = [:]
+    for (r, (a, b)) in tok.merges.enumerated() where rank[PairTable.key(a, b)] == nil { rank[PairTable.key(a, b)] = r }
+    var sym = bytes.map { tok.byteToID[Int($0)] }
+    while sym.count > 1 {
+        var best = Int.max
+        var at = -1
+        for i in 0 ..< sym.count - 1 {
+            if let r = rank[PairTable.key(sym[i], sym[i + 1])], r < best {
+                best = r
+                at = i
+            }
+        }
+        if at < 0 { break }
+        let merged = tok.bytes(for: sym[at])! + tok.bytes(for: sym[at + 1])!
+        sym[at] = tok.tokenID(for: ByteLevelAlphabet.encode(merged))!
+        sym.remove(at: at + 1)
+    }
+    return sym
+}
+
+/// Reference trainer: recounts every pair from scratch before each merge (slow, obviously right).
+private func naiveTrain(_ corpus: String, vocabSize: Int, pre: BPEPreTokenizer) -> [([UInt8], [UInt8])] {
+    var counts: [[UInt8]: Int] = [:]
+    for w in pre.split(corpus) { counts[Array(w.utf8), default: 0] += 1 }
+    var words = counts.keys.sorted { $0.lexicographicallyPrecedes($1) }.map { w in (w.map { [$0] }, counts[w]!) }
+    var ids: [[UInt8]: Int] = [:]
+    for b in 0 ..< 256 { ids[[UInt8(b)]] = b }
+    var merges: [([UInt8], [UInt8])] = []
+    var next = 256
+    while next < vocabSize {
+        var pc: [[Int]: Int] = [:]
+        for (w, c) in words where w.count > 1 {
+            for i in 0 ..< w.count - 1 { pc[[ids[w[i]]!, ids[w[i + 1]]!], default: 0] += c }
+        }
+        guard let best = pc.max(by: { $0.value != $1.value ? $0.value < $1.value : $0.key.lexicographicallyPrecedes($1.key) == false }),
+              best.value >= 2 else { break }
+        let a = ids.first { $0.value == best.key[0] }!.key
+        let b = ids.first { $0.value == best.key[1] }!.key
+        merges.append((a, b))
+        if ids[a + b] == nil {
+            ids[a + b] = next
+            next += 1
+        }
+        for k in words.indices {
+            var w = words[k].0
+            var i = 0
+            while i < w.count - 1 {
+                if w[i] == a && w[i + 1] == b {
+                    w[i] = a + b
+                    w.remove(at: i + 1)
+                }
+                i += 1
+            }
+            words[k].0 = w
+        }
+    }
+    return merges
+}
+
+final class TokenizerTests: XCTestCase {
+    private static var trained: [BPEPreTokenizer: BPETokenizer] = [:]
+
+    /// A 512-token tokenizer trained on the fixture corpus (cached per pre-tokenizer).
+    private func trainedTokenizer(_ pre: BPEPreTokenizer = .gpt2) throws -> BPETokenizer {
+        if let t = Self.trained[pre] { return t }
+        let t = try BPETokenizer.train(corpus: fixtureCorpus(), vocabSize: 512, specialTokens: ["<|endoftext|>", "<|pad|>"],
+                                       preTokenizer: pre)
+        Self.trained[pre] = t
+        return t
+    }
+
+    // MARK: Round trips
+
+    func testByteTokenizerRoundTripsArbitraryUTF8() {
+        let tok = ByteTokenizer(specialTokens: ["<|endoftext|>"], roles: SpecialTokenRoles(eos: "<|endoftext|>"))
+        XCTAssertEqual(tok.vocabSize, 257)
+        XCTAssertEqual(tok.eosTokenID, 256)
+        for s in tricky + randomStrings(count: 300, seed: 1) {
+            let ids = tok.encode(s)
+            XCTAssertEqual(ids.count, s.utf8.count, "one id per byte for \(s.debugDescription)")
+            XCTAssertTrue(ids.allSatisfy { $0 >= 0 && $0 < 256 })
+            XCTAssertEqual(tok.decode(ids), s)
+        }
+        XCTAssertEqual(tok.encode("a<|endoftext|>b"), [97, 256, 98])
+        XCTAssertEqual(tok.decode([97, 256, 98]), "a<|endoftext|>b")
+        XCTAssertEqual(tok.tokenID(for: "a"), 97)
+        XCTAssertEqual(tok.tokenID(for: "<0xE6>"), 0xE6)
+        XCTAssertEqual(tok.tokenString(for: 0xE6), "<0xE6>")
+    }
+
+    func testBPERoundTripsArbitraryUTF8() throws {
+        for pre in BPEPreTokenizer.allCases {
+            let tok = try trainedTokenizer(pre)
+            for s in tricky + randomStrings(count: 300, seed: 2) {
+                let ids = tok.encode(s)
+                XCTAssertTrue(ids.allSatisfy { $0 >= 0 && Int($0) < tok.vocabSize })
+                XCTAssertEqual(tok.decode(ids), s, "round trip (\(pre)) of \(s.debugDescription)")
+                XCTAssertLessThanOrEqual(ids.count, s.utf8.count)
+            }
+        }
+    }
+
+    func testDecodeOfArbitraryIdsNeverCrashes() throws {
+        let tok = try trainedTokenizer()
+        var rng = SeededRNG(seed: 3)
+        for _ in 0 ..< 200 {
+            let ids = (0 ..< 20).map { _ in Int32.random(in: -5 ... Int32(tok.vocabSize + 5), using: &rng) }
+            _ = tok.decode(ids)
+            _ = tok.decode(ids, skipSpecialTokens: true)
+        }
+        XCTAssertEqual(tok.decode([Int32(tok.tokenID(for: "<|endoftext|>")!)], skipSpecialTokens: true), "")
+    }
+
+    // MARK: Pre-tokenization
+
+    func testGPT2PreTokenizerSplitsLikeTheRegex() {
+        let cases: [(String, [String])] = [
+            ("Hello world", ["Hello", " world"]),
+            ("Hello  world", ["Hello", " ", " world"]),
+            ("a\n\nb", ["a", "\n", "\n", "b"]),  // `\s+(?!\S)` takes "\n", then `\s+` the last "\n"
+            ("a   ", ["a", "   "]),
+            ("I'm here, they'll go", ["I", "'m", " here", ",", " they", "'ll", " go"]),
+            ("'sx ''s", ["'s", "x", " ''", "s"]),
+            ("year 2024!", ["year", " 2024", "!"]),
+            ("3.14", ["3", ".", "14"]),
+            ("e\u{301}t\u{E9}", ["e", "\u{301}", "t\u{E9}"]),  // a combining mark is neither \p{L} nor \p{N}
+            ("x\u{3000}y", ["x", "\u{3000}", "y"]),  // U+3000 is \s, but only U+0020 joins the next word
+            ("\t\tx", ["\t", "\t", "x"]),
+            ("  ", ["  "]),
+        ]
+        for (text, pieces) in cases {
+            XCTAssertEqual(BPEPreTokenizer.gpt2.split(text), pieces, "gpt2 split of \(text.debugDescription)")
+        }
+    }
+
+    func testDigitsPreTokenizerIsolatesEveryDigit() {
+        let cases: [(String, [String])] = [
+            ("year 2024 was", ["year", " ", "2", "0", "2", "4", " was"]),
+            ("a  1", ["a", "  ", "1"]),  // "a  " is split alone: its trailing spaces reach the end of the stretch
+            ("3.14", ["3", ".", "1", "4"]),
+            ("x٣y", ["x", "٣", "y"]),
+        ]
+        for (text, pieces) in cases {
+            XCTAssertEqual(BPEPreTokenizer.digitsSplit.split(text), pieces, "digits split of \(text.debugDescription)")
+        }
+    }
+
+    // MARK: Merging
+
+    func testMergesMatchNaiveBPEIncludingLongWords() throws {
+        let tok = try trainedTokenizer()
+        var words = ["the", " the", " tokenizer", "aaaaaaa", " reads", "ababababab"]
+        words.append(String(repeating: " ", count: 250))  // takes the long-word (heap) path
+        words.append(" " + String(repeating: "the", count: 60))
+        words.append(String(repeating: "=", count: 97) + String(repeating: "-", count: 101))
+        var rng = SeededRNG(seed: 4)
+        let letters = Array("etaoinshrdlu ")
+        for _ in 0 ..< 200 {
+            let n = Int.random(in: 2 ... 200, using: &rng)
+            words.append(String((0 ..< n).map { _ in letters[Int.random(in: 0 ..< letters.count, using: &rng)] }))
+        }
+        for w in words {
+            var out: [Int32] = []
+            var scratch = BPEScratch()
+            let bytes = Array(w.utf8)
+            bytes.withUnsafeBufferPointer { tok.mergeWord($0.baseAddress!, $0.count, into: &out, scratch: &scratch) }
+            XCTAssertEqual(out, naiveBPE(bytes, tok), "merges of \(w.debugDescription)")
+        }
+    }
+
+    /// Long texts are pre-tokenized in ~64 KiB chunks; the cut points must not change any word.
+    /// (Regression: a cut after "\n\n" once turned "\n", "\n" into one "\n\n" word.)
+    func testChunkedEncodingEqualsWholeTextSplit() throws {
+        for pre in BPEPreTokenizer.allCases {
+            let tok = try trainedTokenizer(pre)
+            var parts = [try fixtureCorpus()]
+            parts += randomStrings(count: 400, seed: 7)
+            parts += (0 ..< 3000).map { "x\n" + String(repeating: "\n", count: $0 % 3) + " y\n\t" + String($0) + "\n" }
+            var text = ""
+            for k in 0 ..< 1200 { text += parts[k % 7 == 0 ? 0 : (k * 37) % parts.count] + "\n\n\"\"\"pass\n" }
+            XCTAssertGreaterThan(text.utf8.count, 4 * 65536)
+            // Here every "\n" followed by a non-space follows another "\n": no safe cut point at all.
+            let noCut = String(repeating: "pass\n\n\"\"\"x ", count: 12000)
+            // A tokenizer whose only merge is "\n" + "\n", so a wrongly joined "\n\n" word changes the ids.
+            let newlines = try BPETokenizer(vocab: (0 ..< 256).map { [UInt8($0)] } + [[10, 10]], merges: [(10, 10)],
+                                            preTokenizer: pre)
+            for (tok, t) in [(tok, text), (tok, noCut), (newlines, noCut), (newlines, text)] {
+                var expected: [Int32] = []
+                var scratch = BPEScratch()
+                for word in pre.split(t) {
+                    let bytes = Array(word.utf8)
+                    bytes.withUnsafeBufferPointer { tok.mergeWord($0.baseAddress!, $0.count, into: &expected, scratch: &scratch) }
+                }
+                let got = tok.encode(t)
+                if got != expected {
+                    let k = zip(got, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(got.count, expected.count)
+                    XCTFail("chunked encoding (\(pre)) differs at id \(k): \(got[k...].prefix(8)) vs \(expected[k...].prefix(8))")
+                }
+            }
+        }
+    }
+
+    // MARK: Training
+
+    func testTrainingIsDeterministicAndMatchesNaiveTrainer() throws {
+        let corpus = try fixtureCorpus()
+        for pre in BPEPreTokenizer.allCases {
+            let a = try BPETokenizer.train(corpus: corpus, vocabSize: 400, preTokenizer: pre)
+            let b = try BPETokenizer.train(corpus: corpus, vocabSize: 400, preTokenizer: pre)
+            XCTAssertEqual(a.tokenizerJSON(), b.tokenizerJSON(), "two trainings give the same file (\(pre))")
+            let expected = naiveTrain(corpus, vocabSize: 400, pre: pre)
+            let got = a.merges.map { (a.bytes(for: $0.0)!, a.bytes(for: $0.1)!) }
+            XCTAssertEqual(got.count, expected.count, "merge count (\(pre))")
+            for (k, (g, e)) in zip(got, expected).enumerated() where g != e {
+                XCTFail("merge \(k) (\(pre)): got \(ByteLevelAlphabet.encode(g.0)) \(ByteLevelAlphabet.encode(g.1)), "
+                        + "naive trainer \(ByteLevelAlphabet.encode(e.0)) \(ByteLevelAlphabet.encode(e.1))")
+                break
+            }
+        }
+    }
+
+    func testTrainingLayoutAndCompression() throws {
+        let tok = try trainedTokenizer()
+        XCTAssertEqual(tok.vocabSize, 512)
+        for b in 0 ..< 256 { XCTAssertEqual(tok.bytes(for: Int32(b)), [UInt8(b)]) }
+        XCTAssertEqual(tok.tokenID(for: "<|endoftext|>"), 256)
+        XCTAssertEqual(tok.tokenID(for: "<|pad|>"), 257)
+        XCTAssertEqual(tok.eosTokenID, 256)
+        XCTAssertEqual(tok.padTokenID, 257)
+        XCTAssertEqual(tok.tokenString(for: tok.tokenID(for: "Ġthe")!), "Ġthe")
+        let corpus = try fixtureCorpus()
+        XCTAssertGreaterThan(Double(corpus.utf8.count) / Double(tok.encode(corpus).count), 1.8)  // 1.99 today
+        XCTAssertThrowsError(try BPETokenizer.train(corpus: "abc", vocabSize: 100))
+        let other = try tok.withRoles(SpecialTokenRoles(bos: "<|pad|>"))
+        XCTAssertEqual(other.bosTokenID, 257)
+        XCTAssertNil(other.eosTokenID)
+        XCTAssertEqual(other.encode(corpus), tok.encode(corpus))
+        XCTAssertThrowsError(try tok.withRoles(SpecialTokenRoles(eos: "</s>")))
+    }
+
+    /// One tokenizer shared by many threads (the cache is locked; a busy cache means a private one).
+    func testConcurrentEncodingMatchesSerial() throws {
+        let tok = try trainedTokenizer(.digitsSplit)
+        let corpus = try fixtureCorpus()
+        let texts = randomStrings(count: 48, seed: 8).map { $0 + corpus + $0 }
+        let serial = texts.map { tok.encode($0) }
+        tok.clearCache()
+        var results = [[Int32]](repeating: [], count: texts.count)
+        let lock = NSLock()
+        DispatchQueue.concurrentPerform(iterations: texts.count) { i in
+            let ids = tok.encode(texts[i])
+            lock.lock()
+            results[i] = ids
+            lock.unlock()
+        }
+        XCTAssertEqual(results, serial)
+    }
+
+    func testSpecialTokensAreNeverLearnedAsMerges() throws {
+        // "ab" is a special token and the most frequent pair: the trainer must not create a second "ab".
+        let tok = try BPETokenizer.train(corpus: String(repeating: "ab ab abc ", count: 50), vocabSize: 270,
+                                         specialTokens: ["ab"])
+        XCTAssertFalse(tok.merges.contains { tok.bytes(for: $0.0)! + tok.bytes(for: $0.1)! == Array("ab".utf8) })
+        XCTAssertEqual(tok.encode("ab"), [256])
+        XCTAssertEqual(tok.decode(tok.encode("xab abc")), "xab abc")
+    }
+
+    // MARK: Special tokens
+
+    func testSpecialTokensAreNeverSplit() throws {
+        let base = try trainedTokenizer()
+        // Longest match wins: "<|end|>" and "<|endoftext|>" share a prefix.
+        let tok = try BPETokenizer(vocab: (0 ..< 256).map { [UInt8($0)] }, merges: [],
+                                   addedTokens: [AddedToken(id: 256, content: "<|endoftext|>"),
+                                                 AddedToken(id: 257, content: "<|end|>"),
+                                                 AddedToken(id: 258, content: " <sep> ", special: false)])
+        XCTAssertEqual(tok.encode("<|endoftext|>"), [256])
+        XCTAssertEqual(tok.encode("<|end|><|endoftext|>"), [257, 256])
+        XCTAssertEqual(tok.encode("x<|end|>y"), [120, 257, 121])
+        XCTAssertEqual(tok.encode("a <sep> b"), [97, 258, 98])
+        XCTAssertEqual(tok.encode("<|endoftext"), Array("<|endoftext".utf8).map { Int32($0) })
+        let eot = base.tokenID(for: "<|endoftext|>")!
+        for s in tricky + randomStrings(count: 100, seed: 5) {
+            let text = "<|endoftext|>" + s + "<|endoftext|>" + s + "<|endoftext|><|endoftext|>"
+            let ids = base.encode(text)
+            XCTAssertEqual(ids.filter { $0 == eot }.count, 4)
+            XCTAssertEqual(ids.first, eot)
+            XCTAssertEqual(ids.last, eot)
+            XCTAssertEqual(base.decode(ids), text)
+        }
+        XCTAssertEqual(base.encode("<|endoftext|>", addBOS: true, addEOS: true), [eot, eot, eot])
+    }
+
+    // MARK: Files
+
+    func testSaveLoadGivesIdenticalEncodings() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tok-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for pre in BPEPreTokenizer.allCases {
+            let tok = try trainedTokenizer(pre)
+            try tok.saveFolder(dir)
+            let back = try BPETokenizer.load(from: dir)
+            XCTAssertEqual(back.preTokenizer, pre)
+            XCTAssertEqual(back.vocabSize, tok.vocabSize)
+            XCTAssertEqual(back.roles, tok.roles)
+            XCTAssertEqual(back.eosTokenID, tok.eosTokenID)
+            XCTAssertEqual(back.tokenizerJSON(), tok.tokenizerJSON())
+            for s in tricky + randomStrings(count: 100, seed: 6) + [try fixtureCorpus()] {
+                XCTAssertEqual(back.encode(s), tok.encode(s))
+            }
+        }
+    }
+
+    func testLoadAcceptsStringMergesAndExtraFields() throws {
+        let tok = try trainedTokenizer()
+        let json = try JSONSerialization.jsonObject(with: Data(tok.tokenizerJSON().utf8)) as! [String: Any]
+        var model = json["model"] as! [String: Any]
+        model["merges"] = (model["merges"] as! [[String]]).map { $0.joined(separator: " ") }
+        var root = json
+        root["model"] = model
+        root["post_processor"] = ["type": "ByteLevel", "trim_offsets": false]
+        let data = try JSONSerialization.data(withJSONObject: root)
+        let back = try BPETokenizer.load(json: data, file: "strings.json")
+        let text = try fixtureCorpus()
+        XCTAssertEqual(back.encode(text), tok.encode(text))
+    }
+
+    func testMalformedFilesThrowErrorsNamingTheFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("badtok-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let good = try JSONSerialization.jsonObject(with: Data(trainedTokenizer().tokenizerJSON().utf8)) as! [String: Any]
+        func with(_ edit: (inout [String: Any], inout [String: Any]) -> Void) -> Data {
+            var root = good
+            var model = root["model"] as! [String: Any]
+            edit(&root, &model)
+            if root["model"] != nil { root["model"] = model }
+            return try! JSONSerialization.data(withJSONObject: root)
+        }
+        let cases: [(String, Data, String)] = [
+            ("not-json.json", Data("{\"model\": ".utf8), "not valid JSON"),
+            ("array.json", Data("[1, 2]".utf8), "top level"),
+            ("no-model.json", with { root, _ in root["model"] = nil }, "\"model\""),
+            ("wordpiece.json", with { _, m in m["type"] = "WordPiece" }, "WordPiece"),
+            ("no-vocab.json", with { _, m in m["vocab"] = nil }, "model.vocab"),
+            ("bad-id.json", with { _, m in var v = m["vocab"] as! [String: Any]; v["Ġthe"] = "x"; m["vocab"] = v }, "Ġthe"),
+            ("dup-id.json", with { _, m in var v = m["vocab"] as! [String: Any]; v["a"] = 98; m["vocab"] = v }, "id 98"),
+            ("bad-merge.json", with { _, m in m["merges"] = [["Ġ", "zzzq"]] }, "model.merges[0]"),
+            ("three-part.json", with { _, m in m["merges"] = ["a b c"] }, "model.merges[0]"),
+            ("merge-type.json", with { _, m in m["merges"] = [42] }, "model.merges[0]"),
+            ("unmade.json", with { _, m in m["merges"] = [["q", "q"]] }, "qq"),
+            ("added.json", with { root, _ in root["added_tokens"] = [["content": "<x>"]] }, "added_tokens[0].id"),
+            ("pre.json", with { root, _ in root["pre_tokenizer"] = ["type": "Whitespace"] }, "Whitespace"),
+            ("prefix.json", with { root, _ in root["pre_tokenizer"] = ["type": "ByteLevel", "add_prefix_space": true] },
+             "add_prefix_space"),
+            ("norm.json", with { root, _ in root["normalizer"] = ["type": "NFKC"] }, "NFKC"),
+        ]
+        for (name, data, needle) in cases {
+            let url = dir.appendingPathComponent(name)
+            try data.write(to: url)
+            XCTAssertThrowsError(try BPETokenizer.load(from: url), name) { error in
+                let message = String(describing: error)
+                XCTAssertTrue(message.contains(url.path), "\(name): error should name the file: \(message)")
+                XCTAssertTrue(message.contains(needle), "\(name): error should mention \(needle): \(message)")
+            }
+        }
+        let missing = dir.appendingPathComponent("missing.json")
+        XCTAssertThrowsError(try BPETokenizer.load(from: missing)) { error in
+            XCTAssertTrue(String(describing: error).contains(missing.path))
+        }
+    }
+
+    // MARK: Reference (Hugging Face tokenizers) and fixtures
+
+    /// The committed fixture tokenizers are what the trainer makes from tokenizer_corpus.txt today; with
+    /// RECORD_TOKENIZER_FIXTURES=1 this test rewrites them instead (then re-run the Python script).
+    func testFixtureTokenizersAreReproducible() throws {
+        let record = ProcessInfo.processInfo.environment["RECORD_TOKENIZER_FIXTURES"] == "1"
+        for (pre, file) in [(BPEPreTokenizer.gpt2, "tokenizer_gpt2.json"), (.digitsSplit, "tokenizer_digits.json")] {
+            let json = try trainedTokenizer(pre).tokenizerJSON()
+            let url = fixturesDir.appendingPathComponent(file)
+            if record {
+                try json.write(to: url, atomically: true, encoding: .utf8)
+                continue
+            }
+            let committed = try String(contentsOf: url, encoding: .utf8)
+            XCTAssertEqual(json, committed, "\(file) differs from a fresh training: re-record (see scripts/make_tokenizer_fixtures.py)")
+        }
+    }
+
+    /// Ids, and pre-tokenized pieces, from Hugging Face `tokenizers` for the two fixture tokenizers this trainer
+    /// wrote and for one that `tokenizers` trained itself (SmolLM2's layout: specials at 0-2, Digits + ByteLevel).
+    func testMatchesHuggingFaceTokenizersOnSampleText() throws {
+        let data = try Data(contentsOf: fixturesDir.appendingPathComponent("tokenizer_expected.json"))
+        let root = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+        let samples = root["samples"] as! [String]
+        XCTAssertGreaterThan(samples.count, 30)
+        for (name, pre) in [("gpt2", BPEPreTokenizer.gpt2), ("digits", .digitsSplit), ("hf", .digitsSplit)] {
+            let ref = root[name] as! [String: Any]
+            let tok = try BPETokenizer.load(from: fixturesDir.appendingPathComponent(ref["file"] as! String))
+            XCTAssertEqual(tok.preTokenizer, pre)
+            let ids = (ref["ids"] as! [[Int]]).map { $0.map(Int32.init) }
+            let pieces = ref["pieces"] as! [[String]]
+            for (k, s) in samples.enumerated() {
+                let myPieces = tok.preTokenizer.split(s).map { ByteLevelAlphabet.encode($0.utf8) }
+                XCTAssertEqual(myPieces, pieces[k], "\(name) pre-tokenization of sample \(k) \(s.debugDescription)")
+                XCTAssertEqual(tok.encode(s), ids[k], "\(name) ids of sample \(k) \(s.debugDescription)")
+                XCTAssertEqual(tok.decode(ids[k]), s, "\(name) decode of sample \(k)")
+            }
+            if name == "hf" {
+                XCTAssertEqual(tok.vocabSize, 400)
+                XCTAssertEqual([tok.unkTokenID, tok.bosTokenID, tok.eosTokenID], [0, 1, 2])
+                XCTAssertEqual(tok.encode("<|im_start|>user\n2024<|im_end|>").first, 1)
+            }
+        }
+    }
+}
