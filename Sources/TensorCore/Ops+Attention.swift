@@ -84,9 +84,9 @@ extension Tensor {
                     }
                 }
             }
-            if let dq { q.accumulateGrad(dq) }
-            if let dk { k.accumulateGrad(dk) }
-            if let dv { v.accumulateGrad(dv) }
+            if let dq { q.accumulateGrad(owned: dq) }
+            if let dk { k.accumulateGrad(owned: dk) }
+            if let dv { v.accumulateGrad(owned: dv) }
         }
     }
 }
@@ -109,7 +109,7 @@ private func maskedSoftmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols
                 var sum: Float = 0
                 for j in 0..<visible {
                     if let m, m[maskOffset + j] == 0 { row[j] = 0; continue }
-                    let e = Foundation.exp(row[j] - mx)
+                    let e = fastExp(row[j] - mx)
                     row[j] = e
                     sum += e
                 }

@@ -44,16 +44,16 @@ extension Tensor {
                 if a.requiresGrad {
                     switch op {
                     case .add, .sub: a.accumulateGrad(g.sumToShape(a.shape))
-                    case .mul: a.accumulateGrad((g * bd).sumToShape(a.shape))
-                    case .div: a.accumulateGrad((g / bd).sumToShape(a.shape))
+                    case .mul: a.accumulateGrad(owned: (g * bd).sumToShape(a.shape))
+                    case .div: a.accumulateGrad(owned: (g / bd).sumToShape(a.shape))
                     }
                 }
                 if b.requiresGrad {
                     switch op {
                     case .add: b.accumulateGrad(g.sumToShape(b.shape))
-                    case .sub: b.accumulateGrad((-g).sumToShape(b.shape))
-                    case .mul: b.accumulateGrad((g * ad).sumToShape(b.shape))
-                    case .div: b.accumulateGrad((-(g * ad) / (bd * bd)).sumToShape(b.shape))
+                    case .sub: b.accumulateGrad(owned: (-g).sumToShape(b.shape))
+                    case .mul: b.accumulateGrad(owned: (g * ad).sumToShape(b.shape))
+                    case .div: b.accumulateGrad(owned: (-(g * ad) / (bd * bd)).sumToShape(b.shape))
                     }
                 }
             }
@@ -97,6 +97,9 @@ public enum UnaryOp {
     }
 }
 
+/// tanh(u) = 1 − 2 / (e^{2u} + 1), through fastExp (vectorizable; exact limits ±1).
+@inline(__always) func fastTanh(_ u: Float) -> Float { 1 - 2 / (fastExp(2 * u) + 1) }
+
 private let sqrt2OverPi: Float = 0.7978845608028654
 private let invSqrt2: Float = 0.7071067811865476
 private let invSqrt2Pi: Float = 0.3989422804014327
@@ -111,21 +114,21 @@ extension Tensor {
             switch op {
             case .scale(let s): for i in lo..<hi { py[i] = px[i] * s }
             case .addScalar(let s): for i in lo..<hi { py[i] = px[i] + s }
-            case .exp: for i in lo..<hi { py[i] = Foundation.exp(px[i]) }
+            case .exp: for i in lo..<hi { py[i] = fastExp(px[i]) }
             case .log: for i in lo..<hi { py[i] = Foundation.log(px[i]) }
             case .sqrt: for i in lo..<hi { py[i] = px[i].squareRoot() }
             case .rsqrt: for i in lo..<hi { py[i] = 1 / px[i].squareRoot() }
             case .pow(let p): for i in lo..<hi { py[i] = Foundation.pow(px[i], p) }
             case .tanh: for i in lo..<hi { py[i] = Foundation.tanh(px[i]) }
-            case .sigmoid: for i in lo..<hi { py[i] = 1 / (1 + Foundation.exp(-px[i])) }
+            case .sigmoid: for i in lo..<hi { py[i] = 1 / (1 + fastExp(-px[i])) }
             case .relu: for i in lo..<hi { py[i] = Swift.max(px[i], 0) }
             case .geluTanh:
                 for i in lo..<hi {
                     let v = px[i]
-                    py[i] = 0.5 * v * (1 + Foundation.tanh(sqrt2OverPi * (v + 0.044715 * v * v * v)))
+                    py[i] = 0.5 * v * (1 + fastTanh(sqrt2OverPi * (v + 0.044715 * v * v * v)))
                 }
             case .geluErf: for i in lo..<hi { py[i] = 0.5 * px[i] * (1 + erff(px[i] * invSqrt2)) }
-            case .silu: for i in lo..<hi { py[i] = px[i] / (1 + Foundation.exp(-px[i])) }
+            case .silu: for i in lo..<hi { py[i] = px[i] / (1 + fastExp(-px[i])) }
             case .clamp(let a, let b): for i in lo..<hi { py[i] = Swift.min(Swift.max(px[i], a), b) }
             }
         }
@@ -149,24 +152,24 @@ extension Tensor {
                     for i in lo..<hi {
                         let v = px[i]
                         let u = sqrt2OverPi * (v + 0.044715 * v * v * v)
-                        let t = Foundation.tanh(u)
+                        let t = fastTanh(u)
                         let du = sqrt2OverPi * (1 + 3 * 0.044715 * v * v)
                         pd[i] = pg[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * du)
                     }
                 case .geluErf:
                     for i in lo..<hi {
                         let v = px[i]
-                        pd[i] = pg[i] * (0.5 * (1 + erff(v * invSqrt2)) + v * invSqrt2Pi * Foundation.exp(-0.5 * v * v))
+                        pd[i] = pg[i] * (0.5 * (1 + erff(v * invSqrt2)) + v * invSqrt2Pi * fastExp(-0.5 * v * v))
                     }
                 case .silu:
                     for i in lo..<hi {
-                        let s = 1 / (1 + Foundation.exp(-px[i]))
+                        let s = 1 / (1 + fastExp(-px[i]))
                         pd[i] = pg[i] * s * (1 + px[i] * (1 - s))
                     }
                 case .clamp(let a, let b): for i in lo..<hi { pd[i] = (px[i] >= a && px[i] <= b) ? pg[i] : 0 }
                 }
             }
-            withExtendedLifetime(x) { accumulateGrad(dx) }
+            withExtendedLifetime(x) { accumulateGrad(owned: dx) }
         }
     }
 
@@ -206,7 +209,7 @@ extension Tensor {
                 let d = Tensor.empty(outShape)
                 let pd = d.basePointer
                 for i in 0..<d.count { pd[i] = ((pc[i] != 0) == keep) ? pg[i] : 0 }
-                t.accumulateGrad(d.sumToShape(t.shape))
+                t.accumulateGrad(owned: d.sumToShape(t.shape))
             }
             withExtendedLifetime(c) {}
         }

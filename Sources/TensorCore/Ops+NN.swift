@@ -25,7 +25,7 @@ extension Tensor {
                 var mx = -Float.infinity
                 for i in 0..<c { mx = Swift.max(mx, xr[i]) }
                 var s: Float = 0
-                for i in 0..<c { let e = Foundation.exp(xr[i] - mx); yr[i] = e; s += e }
+                for i in 0..<c { let e = fastExp(xr[i] - mx); yr[i] = e; s += e }
                 let inv = 1 / s
                 for i in 0..<c { yr[i] *= inv }
             }
@@ -42,7 +42,7 @@ extension Tensor {
                     for i in 0..<c { pd[o + i] = y[o + i] * (pg[o + i] - dot) }
                 }
             }
-            accumulateGrad(d)
+            accumulateGrad(owned: d)
         }
     }
 
@@ -69,10 +69,10 @@ extension Tensor {
                     let o = r * c
                     var s: Float = 0
                     for i in 0..<c { s += pg[o + i] }
-                    for i in 0..<c { pd[o + i] = pg[o + i] - Foundation.exp(y[o + i]) * s }
+                    for i in 0..<c { pd[o + i] = pg[o + i] - fastExp(y[o + i]) * s }
                 }
             }
-            accumulateGrad(d)
+            accumulateGrad(owned: d)
         }
     }
 
@@ -132,7 +132,7 @@ extension Tensor {
                         }
                     }
                 }
-                accumulateGrad(dx)
+                accumulateGrad(owned: dx)
             }
             if let w = weight, w.requiresGrad {
                 let dw = Tensor.zeros([c])
@@ -140,7 +140,7 @@ extension Tensor {
                     let o = r * c, m = pm[r], rs = pr[r]
                     for i in 0..<c { dw.basePointer[i] += pg[o + i] * (px[o + i] - m) * rs }
                 }
-                w.accumulateGrad(dw)
+                w.accumulateGrad(owned: dw)
             }
             if let b = bias, b.requiresGrad { b.accumulateGrad(g.sumToShape([c])) }
             withExtendedLifetime((x, mean, rstd, wd, bd)) {}
@@ -184,7 +184,7 @@ extension Tensor {
                         for i in 0..<c { pd[o + i] = rs * pg[o + i] * (pw?[i] ?? 1) - px[o + i] * k }
                     }
                 }
-                accumulateGrad(dx)
+                accumulateGrad(owned: dx)
             }
             if let w = weight, w.requiresGrad {
                 let dw = Tensor.zeros([c])
@@ -192,7 +192,7 @@ extension Tensor {
                     let o = r * c, rs = pr[r]
                     for i in 0..<c { dw.basePointer[i] += pg[o + i] * px[o + i] * rs }
                 }
-                w.accumulateGrad(dw)
+                w.accumulateGrad(owned: dw)
             }
             withExtendedLifetime((x, rstd, wd)) {}
         }
@@ -238,12 +238,12 @@ extension Tensor {
                             continue
                         }
                         let l = pl[r]
-                        for i in 0..<v { pd[o + i] = Foundation.exp(px[o + i] - l) * scale }
+                        for i in 0..<v { pd[o + i] = fastExp(px[o + i] - l) * scale }
                         pd[o + Int(tg[r])] -= scale
                     }
                 }
             }
-            withExtendedLifetime((x, lse)) { accumulateGrad(d) }
+            withExtendedLifetime((x, lse)) { accumulateGrad(owned: d) }
         }
     }
 
@@ -324,7 +324,7 @@ extension Tensor {
         return Tensor.make(out, op: "rope", inputs: [self]) { [self] g in
             let dx = Tensor.empty(shape)
             rotate(g.basePointer, dx.basePointer, sign: -1)  // the inverse rotation
-            accumulateGrad(dx)
+            accumulateGrad(owned: dx)
         }
     }
 }
@@ -336,6 +336,6 @@ func logSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     for i in 0..<n { mx = Swift.max(mx, x[i]) }
     if mx == -.infinity { return mx }
     var s: Float = 0
-    for i in 0..<n { s += Foundation.exp(x[i] - mx) }
+    for i in 0..<n { s += fastExp(x[i] - mx) }
     return mx + Foundation.log(s)
 }

@@ -78,7 +78,7 @@ extension Tensor {
             for o in 0..<outer {
                 for j in 0..<inner { d.basePointer[(o * n + Int(argmax[o * inner + j])) * inner + j] = g.basePointer[o * inner + j] }
             }
-            accumulateGrad(d)
+            accumulateGrad(owned: d)
         }
     }
 }

@@ -107,7 +107,7 @@ extension Tensor {
             for (t, dst) in zip(tensors, pieces) where t.requiresGrad {
                 let piece = Tensor.empty(dst.shape)
                 copyStrided(from: g.basePointer, layout: dst, to: piece.basePointer)
-                t.accumulateGrad(piece)
+                t.accumulateGrad(owned: piece)
             }
         }
     }

@@ -177,3 +177,24 @@ final class ShapeErrorTests: XCTestCase {
         XCTAssertEqual(try ShapeCheck.matmul([5, 1, 2, 3], [4, 3, 6]).batch, [5, 4])
     }
 }
+
+final class FastMathTests: XCTestCase {
+    /// fastExp against Double exp over the whole useful range, and at the edges.
+    func testFastExpAccuracyAndEdges() {
+        var worst = 0.0
+        var x: Float = -87
+        while x < 88.5 {
+            let ref = Foundation.exp(Double(x))
+            worst = max(worst, abs(Double(fastExp(x)) - ref) / ref)
+            x += 0.0137
+        }
+        XCTAssertLessThan(worst, 4e-7, "relative error")
+        XCTAssertEqual(fastExp(0), 1)
+        XCTAssertEqual(fastExp(-.infinity), 0)
+        XCTAssertEqual(fastExp(-100), 0)
+        XCTAssertEqual(fastExp(.infinity), .infinity)
+        XCTAssertEqual(fastExp(100), .infinity)
+        XCTAssertTrue(fastExp(88.7).isFinite)
+        XCTAssertTrue(fastExp(.nan).isNaN)
+    }
+}
