@@ -127,3 +127,38 @@ public func fastExp(_ x0: Float) -> Float {
     let y = er * s1 * s2
     return x0 != x0 ? x0 : (x0 < -87.33 ? 0 : (x0 > 88.72 ? .infinity : y))
 }
+
+/// max of n values (8 lanes at a time).
+@inline(__always)
+func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var i = 0
+    var acc = SIMD8<Float>(repeating: -.infinity)
+    while i + 8 <= n {
+        acc = pointwiseMax(acc, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+        i += 8
+    }
+    var m = acc.max()
+    while i < n { m = Swift.max(m, x[i]); i += 1 }
+    return m
+}
+
+/// Σ of n values (8 partial sums).
+@inline(__always)
+func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var i = 0
+    var acc = SIMD8<Float>()
+    while i + 8 <= n {
+        acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += x[i]; i += 1 }
+    return s
+}
+
+/// dst[i] = e^(src[i] − shift) for n values; returns their sum. dst may equal src.
+@inline(__always)
+func expShiftedSum(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {
+    for i in 0..<n { dst[i] = fastExp(src[i] - shift) }  // no reduction here: this loop vectorizes
+    return rowSum(dst, n)
+}

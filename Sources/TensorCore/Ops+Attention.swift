@@ -100,20 +100,15 @@ private func maskedSoftmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols
             for i in lo..<hi {
                 let row = p + i * cols
                 let visible = causal ? min(cols, shift + i + 1) : cols
-                var mx = -Float.infinity
-                for j in 0..<visible where m == nil || m![maskOffset + j] != 0 { mx = max(mx, row[j]) }
+                if let m {  // padding: hidden keys take -inf, so their exp is 0
+                    for j in 0..<visible where m[maskOffset + j] == 0 { row[j] = -.infinity }
+                }
+                let mx = rowMax(row, visible)
                 if mx == -.infinity {  // nothing visible
                     for j in 0..<cols { row[j] = 0 }
                     continue
                 }
-                var sum: Float = 0
-                for j in 0..<visible {
-                    if let m, m[maskOffset + j] == 0 { row[j] = 0; continue }
-                    let e = fastExp(row[j] - mx)
-                    row[j] = e
-                    sum += e
-                }
-                let inv = 1 / sum
+                let inv = 1 / expShiftedSum(row, row, visible, shift: mx)
                 for j in 0..<visible { row[j] *= inv }
                 for j in visible..<cols { row[j] = 0 }
             }

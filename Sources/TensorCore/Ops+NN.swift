@@ -22,11 +22,8 @@ extension Tensor {
         parallelRanges(rows, cost: c) { lo, hi in
             for r in lo..<hi {
                 let xr = px + r * c, yr = py + r * c
-                var mx = -Float.infinity
-                for i in 0..<c { mx = Swift.max(mx, xr[i]) }
-                var s: Float = 0
-                for i in 0..<c { let e = fastExp(xr[i] - mx); yr[i] = e; s += e }
-                let inv = 1 / s
+                let mx = rowMax(xr, c)
+                let inv = 1 / expShiftedSum(xr, yr, c, shift: mx)
                 for i in 0..<c { yr[i] *= inv }
             }
         }
@@ -56,7 +53,7 @@ extension Tensor {
         parallelRanges(rows, cost: c) { lo, hi in
             for r in lo..<hi {
                 let xr = px + r * c, yr = py + r * c
-                let lse = logSumExp(xr, c)
+                let lse = logSumExp(xr, c, scratch: yr)
                 for i in 0..<c { yr[i] = xr[i] - lse }
             }
         }
@@ -215,8 +212,10 @@ extension Tensor {
         targets.withUnsafeBufferPointer { tg in
             losses.withUnsafeMutableBufferPointer { ls in
                 parallelRanges(rows, cost: v) { lo, hi in
+                    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: v)  // one per chunk
+                    defer { scratch.deallocate() }
                     for r in lo..<hi where tg[r] != ignoreIndex {
-                        let l = logSumExp(px + r * v, v)
+                        let l = logSumExp(px + r * v, v, scratch: scratch)
                         pl[r] = l
                         ls[r] = Double(l - px[r * v + Int(tg[r])])
                     }
@@ -329,13 +328,10 @@ extension Tensor {
     }
 }
 
-/// log Σ exp(x_i) over `n` contiguous values, stable.
+/// log Σ exp(x_i) over `n` contiguous values, stable; `scratch` (n floats) receives the exps.
 @inline(__always)
-func logSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
-    var mx = -Float.infinity
-    for i in 0..<n { mx = Swift.max(mx, x[i]) }
+func logSumExp(_ x: UnsafePointer<Float>, _ n: Int, scratch: UnsafeMutablePointer<Float>) -> Float {
+    let mx = rowMax(x, n)
     if mx == -.infinity { return mx }
-    var s: Float = 0
-    for i in 0..<n { s += fastExp(x[i] - mx) }
-    return mx + Foundation.log(s)
+    return mx + Foundation.log(expShiftedSum(x, scratch, n, shift: mx))
 }

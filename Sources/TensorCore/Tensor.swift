@@ -246,7 +246,13 @@ public final class Tensor {
         }
         if let s = seed {
             precondition(s.shape == shape, "[backward] seed shape \(s.shape) differs from tensor shape \(shape)")
-            accumulateGrad(UnsafePointer(s.contiguousData().basePointer))  // one copy: the seed stays the caller's
+            if node != nil && grad == nil {
+                // Read-only use: pullbacks never write into the gradient they receive, and a
+                // non-leaf's gradient is dropped after its pullback, so no copy is needed.
+                grad = s.contiguousData()
+            } else {
+                accumulateGrad(UnsafePointer(s.contiguousData().basePointer))  // a leaf keeps a copy
+            }
         } else {
             accumulateGrad(owned: Tensor.ones(shape))
         }

@@ -89,6 +89,21 @@ final class AutodiffTests: XCTestCase {
         XCTAssertEqual(b.grad!.toArray(), [1, 1])
     }
 
+    /// backward(seed) reads the seed without copying it for a non-leaf root, and never writes it.
+    func testSeedIsNotModified() {
+        let x = Tensor(shape: [2, 2], data: [1, 2, 3, 4])
+        x.requiresGrad = true
+        let seed = Tensor(shape: [2, 2], data: [1, 10, 100, 1000])
+        (x * 2).backward(seed)
+        (x + x).backward(seed)
+        XCTAssertEqual(seed.toArray(), [1, 10, 100, 1000])
+        XCTAssertEqual(x.grad!.toArray(), [4, 40, 400, 4000])
+        x.zeroGrad()
+        x.backward(seed)  // a leaf root keeps its own copy
+        x.grad!.basePointer[0] = -1
+        XCTAssertEqual(seed.toArray(), [1, 10, 100, 1000])
+    }
+
     func testViewsShareStorage() {
         let x = Tensor.arange(0, 24).reshaped([2, 3, 4])
         XCTAssertTrue(x.permuted([2, 0, 1]).storage === x.storage)
