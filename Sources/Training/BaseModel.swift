@@ -1,0 +1,66 @@
+// The default small base model and what building one takes: reading a text corpus, training a
+// byte-level BPE tokenizer on it, pretraining from scratch, and saving model + tokenizer.
+
+import Foundation
+
+/// A text corpus that could not be read: names the path.
+public struct CorpusError: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public var description: String { "\(path): \(message)" }
+}
+
+/// Reads a text file, or every `.txt`, `.md` and `.rst` file under a folder (sorted by path).
+public func readTextCorpus(_ path: String) throws -> [String] {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+        throw CorpusError(path: path, message: "no such file or folder")
+    }
+    var files: [String] = []
+    if isDir.boolValue {
+        let e = FileManager.default.enumerator(atPath: path)
+        while let f = e?.nextObject() as? String {
+            if [".txt", ".md", ".rst"].contains(where: { f.hasSuffix($0) }) { files.append(path + "/" + f) }
+        }
+        files.sort()
+        guard !files.isEmpty else { throw CorpusError(path: path, message: "the folder holds no .txt, .md or .rst files") }
+    } else {
+        files = [path]
+    }
+    return try files.map { f in
+        guard let data = FileManager.default.contents(atPath: f) else { throw CorpusError(path: f, message: "cannot read the file") }
+        guard let s = String(data: data, encoding: .utf8) else { throw CorpusError(path: f, message: "the file is not valid UTF-8") }
+        return s
+    }
+}
+
+/// Sizes of the default base model (LLaMA family: RoPE, RMSNorm, SwiGLU, grouped-query attention).
+public struct BaseModelSize: Sendable {
+    public var hidden = 256, layers = 4, heads = 4, kvHeads = 2, intermediate = 688, maxPositions = 512
+    public init() {}
+
+    /// The config for a tokenizer of `vocabSize` (tied embeddings keep the model small).
+    public func config(vocabSize: Int) -> ModelConfig {
+        .llama(vocabSize: vocabSize, hiddenSize: hidden, numLayers: layers, numHeads: heads, numKVHeads: kvHeads,
+               intermediateSize: intermediate, ropeTheta: 10000, tieWordEmbeddings: true, maxPositions: maxPositions)
+    }
+}
+
+/// The end-of-text token the default tokenizer carries (document separator, BOS/EOS).
+public let endOfText = "<|endoftext|>"
+
+/// Trains a byte-level BPE tokenizer of `vocabSize` on `documents` (digits split one by one).
+public func trainBaseTokenizer(_ documents: [String], vocabSize: Int) throws -> BPETokenizer {
+    try BPETokenizer.train(corpus: documents, vocabSize: vocabSize, specialTokens: [endOfText], preTokenizer: .digitsSplit,
+                           roles: SpecialTokenRoles(bos: endOfText, eos: endOfText, pad: endOfText, unk: nil))
+}
+
+/// Encodes documents into one token stream, each document followed by the end-of-text token.
+public func tokenStream(_ documents: [String], tokenizer: Tokenizer) -> [Int32] {
+    var out: [Int32] = []
+    for d in documents {
+        out += tokenizer.encode(d)
+        if let eos = tokenizer.eosTokenID { out.append(eos) }
+    }
+    return out
+}

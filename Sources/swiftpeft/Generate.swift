@@ -1,0 +1,34 @@
+// `swiftpeft generate`: continue a prompt with a saved model.
+import ArgumentParser
+import Foundation
+import Training
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Continue a prompt with a model checkpoint (greedy or sampled, KV-cached).",
+        discussion: """
+        Examples:
+          swiftpeft generate --model models/base.h5 --prompt "ROMEO:" --max-tokens 60
+          swiftpeft generate --model models/base.h5 --prompt "To be" --temperature 0.8 --top-p 0.9 --seed 3
+        """)
+
+    @Option(help: "Model checkpoint (.h5).") var model: String
+    @Option(help: "Prompt text.") var prompt: String
+    @Option(help: "New tokens at most.") var maxTokens = 64
+    @Option(help: "Sampling temperature (0 = greedy).") var temperature: Float = 0
+    @Option(help: "Keep the k most likely tokens (0 = all).") var topK = 0
+    @Option(help: "Nucleus sampling mass (1 = off).") var topP: Float = 1
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+
+    func run() throws {
+        let (m, tokJSON, _) = try ModelCheckpoint.load(model)
+        guard let tokJSON else { throw ValidationError("\(model) holds no tokenizer") }
+        let tokenizer = try BPETokenizer.load(json: Data(tokJSON.utf8), file: model + "#tokenizer.json")
+        let ids = tokenizer.encode(prompt)
+        var stops = Set<Int32>()
+        if let e = tokenizer.eosTokenID { stops.insert(e) }
+        let out = m.generate(ids, SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP,
+                                                  seed: seed, stopTokens: stops))
+        print(tokenizer.decode(ids + out))
+    }
+}

@@ -1,0 +1,78 @@
+// `swiftpeft pretrain`: train a tokenizer and a small base model from scratch on a text corpus.
+import ArgumentParser
+import Foundation
+import Training
+
+struct Pretrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a byte-level BPE tokenizer and a small LLaMA-family base model from scratch.",
+        discussion: """
+        Reads a text file or a folder of .txt/.md/.rst files, trains the tokenizer, holds out the
+        last 5% of tokens for validation, trains every weight, and saves model + tokenizer to one
+        HDF5 checkpoint.
+
+        Examples:
+          python3 scripts/fetch_data.py shakespeare
+          swiftpeft pretrain --data data/shakespeare.txt --out models/base.h5
+          swiftpeft pretrain --data notes/ --out tiny.h5 --hidden 64 --layers 2 --steps 200
+        """)
+
+    @Option(help: "Text file or folder.") var data: String
+    @Option(help: "Checkpoint to write (.h5).") var out: String
+    @Option(help: "Tokenizer vocabulary size.") var vocabSize = 4096
+    @Option(help: "Hidden size.") var hidden = 256
+    @Option(help: "Layers.") var layers = 4
+    @Option(help: "Attention heads.") var heads = 4
+    @Option(help: "Key/value heads.") var kvHeads = 2
+    @Option(help: "Feed-forward size.") var intermediate = 688
+    @Option(help: "Optimizer steps.") var steps = 1200
+    @Option(help: "Sequences per step.") var batch = 16
+    @Option(help: "Tokens per sequence.") var seqLen = 128
+    @Option(help: "Peak learning rate.") var lr: Float = 3e-3
+    @Option(help: "Evaluate every N steps.") var evalEvery = 100
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+
+    func run() throws {
+        let docs = try readTextCorpus(data)
+        let bytes = docs.reduce(0) { $0 + $1.utf8.count }
+        print("corpus: \(docs.count) document(s), \(bytes) bytes")
+        var t0 = Date()
+        let tokenizer = try trainBaseTokenizer(docs, vocabSize: vocabSize)
+        let tokens = tokenStream(docs, tokenizer: tokenizer)
+        print(String(format: "tokenizer: vocab %d, %d tokens (%.2f bytes/token), %.1f s", tokenizer.vocabSize, tokens.count,
+                     Double(bytes) / Double(tokens.count), Date().timeIntervalSince(t0)))
+        let cut = tokens.count * 95 / 100
+        let (train, val) = (Array(tokens[..<cut]), Array(tokens[cut...]))
+        var size = BaseModelSize()
+        (size.hidden, size.layers, size.heads, size.kvHeads, size.intermediate) = (hidden, layers, heads, kvHeads, intermediate)
+        size.maxPositions = max(size.maxPositions, seqLen)
+        let config = size.config(vocabSize: tokenizer.vocabSize)
+        let model = makeModel(config, seed: seed)
+        print("model: \(config.family), \(model.parameterCount) parameters, OpenBLAS core \(openBLASCoreName)")
+        var o = PretrainOptions()
+        (o.steps, o.batch, o.seqLen, o.lr, o.evalEvery, o.seed) = (steps, batch, seqLen, lr, evalEvery, seed)
+        o.warmup = min(100, steps / 10)
+        let before = evaluate(model, tokens: val, seqLen: seqLen, maxTokens: o.evalTokens)
+        print(String(format: "before: val loss %.4f (perplexity %.1f); unigram entropy %.4f", before.loss, before.perplexity,
+                     unigramEntropy(val)))
+        t0 = Date()
+        let points = pretrain(model, train: train, val: val, options: o) { p in
+            if p.step % 10 == 0 || p.valLoss != nil {
+                var line = String(format: "step %5d/%d  loss %.4f  lr %.2e  grad norm %.3f  %.0f tok/s", p.step, steps, p.loss,
+                                  p.lr, p.gradNorm, p.tokensPerSecond)
+                if let v = p.valLoss { line += String(format: "  val loss %.4f", v) }
+                print(line)
+            }
+        }
+        let after = points.last?.valLoss ?? .nan
+        print(String(format: "after: val loss %.4f (perplexity %.1f) in %.0f s", after, Foundation.exp(after), Date().timeIntervalSince(t0)))
+        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent.isEmpty ? "." :
+                                                (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try ModelCheckpoint.save(model, tokenizerJSON: tokenizer.tokenizerJSON(), to: out,
+                                 metadata: ["trained_on": data, "steps": String(steps), "val_loss": String(after)])
+        print("saved \(out)")
+        let prompt = tokenizer.encode(String(docs[0].prefix(40)))
+        let sample = model.generate(prompt, SamplingOptions(maxNewTokens: 40, temperature: 0.8, topK: 40, seed: seed))
+        print("sample: \(tokenizer.decode(prompt + sample))")
+    }
+}
