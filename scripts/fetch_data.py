@@ -53,7 +53,7 @@ def shakespeare():
             lines = []
             for line in text.splitlines():
                 line = line.rstrip()
-                line = re.sub(r"\\([\[\]*_#`\\])", r"\1", line)  # Markdown escapes: \[ → [
+                line = re.sub(r"\\([\[\]*_#`\\-])", r"\1", line)  # Markdown escapes: \[ → [
                 line = re.sub(r"^#+\s*", "", line)             # headings → plain lines
                 line = re.sub(r"^\*\*(.+?)\*\*$", r"\1:", line)  # **SPEAKER** → SPEAKER:
                 line = re.sub(r"^_(.+)_$", r"[\1]", line)       # _stage direction_ → [..]
