@@ -120,6 +120,15 @@ public final class Tensor {
     /// A tensor sharing this one's data with no graph (no gradient flows through it).
     public func detached() -> Tensor { Tensor(storage: storage, layout: layout) }
 
+    /// A contiguous copy of the values with no graph (a snapshot that later writes do not touch).
+    public func copy() -> Tensor {
+        let out = Tensor.empty(shape)
+        if isContiguous { out.basePointer.update(from: basePointer, count: count) } else {
+            copyStrided(from: storage.pointer, layout: layout, to: out.basePointer)
+        }
+        return out
+    }
+
     /// The values in row-major order.
     public func toArray() -> [Float] {
         let c = contiguousData()

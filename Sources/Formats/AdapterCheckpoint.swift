@@ -1,0 +1,78 @@
+// Adapter checkpoints in HDF5: only the adapter tensors (PEFT key names), the method's config
+// (PEFT field names) and a fingerprint of the base (architecture + a hash of its weights), so an
+// adapter is never silently loaded onto a different base.
+
+import Foundation
+
+/// Identifies a base model: its config and a hash over every parameter's name and bits.
+public struct BaseFingerprint: Equatable, CustomStringConvertible {
+    public let architecture: String
+    public let weightsHash: String
+
+    /// Hashes the parameters in name order (FNV-1a over names and float bit patterns, 64-bit).
+    public init(_ model: CausalLM) {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        architecture = String(decoding: (try? enc.encode(model.config)) ?? Data(), as: UTF8.self)
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        let prime: UInt64 = 0x100_0000_01b3
+        for (name, t) in model.namedParameters().sorted(by: { $0.0 < $1.0 }) {
+            for byte in name.utf8 { h = (h ^ UInt64(byte)) &* prime }
+            let c = t.copy()
+            let p = UnsafeRawPointer(c.basePointer).assumingMemoryBound(to: UInt32.self)
+            for i in 0..<c.count { h = (h ^ UInt64(p[i])) &* prime }
+        }
+        weightsHash = String(h, radix: 16)
+    }
+
+    public init(architecture: String, weightsHash: String) {
+        self.architecture = architecture
+        self.weightsHash = weightsHash
+    }
+
+    public var description: String { "weights \(weightsHash), architecture \(architecture)" }
+}
+
+/// Save and load adapters (any registered PEFT method) as HDF5.
+public enum AdapterCheckpoint {
+    public static let format = "swiftpeft-adapter"
+
+    /// Writes the method's adapter tensors, config and the base's fingerprint to `path` atomically.
+    public static func save(_ method: PEFTMethod, base: CausalLM, to path: String) throws {
+        let fp = BaseFingerprint(base)
+        try HDF5Store.write(path, tensors: method.adapterParameters(), attributes: [
+            "format": format, "version": "1",
+            "peft_type": type(of: method).peftType, "adapter_name": method.name,
+            "config": String(decoding: try method.configJSON(), as: UTF8.self),
+            "base_weights_hash": fp.weightsHash, "base_architecture": fp.architecture,
+        ])
+    }
+
+    /// Rebuilds the method from `path`, attaches it to `model` and loads its tensors.
+    /// - Throws: when the file is not an adapter, or was trained on a different base (naming both
+    ///   fingerprints), or a tensor is missing or has another shape.
+    @discardableResult
+    public static func load(_ path: String, onto model: CausalLM, checkBase: Bool = true) throws -> PEFTMethod {
+        let (tensors, _, attrs) = try HDF5Store.read(path)
+        guard attrs["format"] == format, let type = attrs["peft_type"], let config = attrs["config"] else {
+            throw CheckpointError(path: path, message: "not a SwiftPEFT adapter (format attribute \(attrs["format"].map { "'\($0)'" } ?? "missing"), expected '\(format)')")
+        }
+        if checkBase {
+            let mine = BaseFingerprint(model)
+            let theirs = BaseFingerprint(architecture: attrs["base_architecture"] ?? "?", weightsHash: attrs["base_weights_hash"] ?? "?")
+            guard mine == theirs else {
+                let what = mine.architecture == theirs.architecture ? "the same architecture with other weights" : "a different architecture"
+                throw CheckpointError(path: path, message: """
+                    this adapter was trained on another base model (\(what)).
+                    adapter's base: \(theirs)
+                    this base:      \(mine)
+                    HINT: load the base it was trained on, or pass checkBase: false to force it.
+                    """)
+            }
+        }
+        let method = try PEFTRegistry.make(type, config: Data(config.utf8), name: attrs["adapter_name"] ?? "default")
+        try method.attach(to: model)
+        try method.loadAdapterParameters(tensors, source: path)
+        return method
+    }
+}

@@ -1,0 +1,330 @@
+// LoRA (Hu et al.) and DoRA (Liu et al., `use_dora`): y = W x + b + s · B A dropout(x), with
+// A (r, in), B (out, r), s = lora_alpha / r (rsLoRA: / √r). DoRA rescales each output row:
+// y = m / ‖W + s B A‖_row · (W x + s B A x) + b, the norm treated as a constant (as in PEFT).
+// Merge folds the update into W (keeping the original for an exact unmerge).
+
+import Foundation
+
+/// `init_lora_weights`: true (A Kaiming-uniform, B zero), "gaussian" (A ~ N(0, 1/r²)·…, B zero),
+/// or false (both random: the model does not start unchanged; for tests).
+public enum LoRAInit: Codable, Equatable, Sendable {
+    case standard, gaussian, random
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let b = try? c.decode(Bool.self) { self = b ? .standard : .random; return }
+        let s = try c.decode(String.self)
+        guard s == "gaussian" else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "init_lora_weights must be true, false or \"gaussian\", got \"\(s)\"")
+        }
+        self = .gaussian
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .standard: try c.encode(true)
+        case .random: try c.encode(false)
+        case .gaussian: try c.encode("gaussian")
+        }
+    }
+}
+
+/// LoRA configuration with Hugging Face PEFT's field names (`adapter_config.json`).
+public struct LoRAConfig: Codable, Equatable, Sendable {
+    public var peftType = "LORA"
+    public var taskType = "CAUSAL_LM"
+    public var baseModelNameOrPath: String?
+    public var inferenceMode = false
+    public var r = 8
+    public var loraAlpha: Float = 8
+    public var loraDropout: Float = 0
+    public var targetModules: ModuleSelector = .names(["q_proj", "v_proj"])
+    public var excludeModules: ModuleSelector?
+    public var layersToTransform: [Int]?
+    /// "none", "all" (every bias in the model trains) or "lora_only" (biases of adapted layers).
+    public var bias = "none"
+    public var useRslora = false
+    public var useDora = false
+    /// Set automatically for GPT-2's Conv1D layers; recorded for PEFT.
+    public var fanInFanOut = false
+    /// Whole modules trained and saved with the adapter (e.g. "lm_head").
+    public var modulesToSave: [String]?
+    public var initLoraWeights: LoRAInit = .standard
+    /// Per-module rank / alpha overrides: key is a regex matched against the end of the name.
+    public var rankPattern: [String: Int] = [:]
+    public var alphaPattern: [String: Float] = [:]
+
+    public init(r: Int = 8, loraAlpha: Float = 8, targetModules: ModuleSelector = .names(["q_proj", "v_proj"])) {
+        self.r = r
+        self.loraAlpha = loraAlpha
+        self.targetModules = targetModules
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case peftType = "peft_type", taskType = "task_type", baseModelNameOrPath = "base_model_name_or_path"
+        case inferenceMode = "inference_mode", r, loraAlpha = "lora_alpha", loraDropout = "lora_dropout"
+        case targetModules = "target_modules", excludeModules = "exclude_modules", layersToTransform = "layers_to_transform"
+        case bias, useRslora = "use_rslora", useDora = "use_dora", fanInFanOut = "fan_in_fan_out"
+        case modulesToSave = "modules_to_save", initLoraWeights = "init_lora_weights"
+        case rankPattern = "rank_pattern", alphaPattern = "alpha_pattern"
+    }
+
+    /// Missing fields take PEFT's defaults.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        var d = LoRAConfig()
+        d.peftType = try c.decodeIfPresent(String.self, forKey: .peftType) ?? d.peftType
+        d.taskType = try c.decodeIfPresent(String.self, forKey: .taskType) ?? d.taskType
+        d.baseModelNameOrPath = try c.decodeIfPresent(String.self, forKey: .baseModelNameOrPath)
+        d.inferenceMode = try c.decodeIfPresent(Bool.self, forKey: .inferenceMode) ?? false
+        d.r = try c.decodeIfPresent(Int.self, forKey: .r) ?? d.r
+        d.loraAlpha = try c.decodeIfPresent(Float.self, forKey: .loraAlpha) ?? d.loraAlpha
+        d.loraDropout = try c.decodeIfPresent(Float.self, forKey: .loraDropout) ?? 0
+        d.targetModules = try c.decodeIfPresent(ModuleSelector.self, forKey: .targetModules) ?? d.targetModules
+        d.excludeModules = try c.decodeIfPresent(ModuleSelector.self, forKey: .excludeModules)
+        if let one = try? c.decodeIfPresent(Int.self, forKey: .layersToTransform) {
+            d.layersToTransform = [one]
+        } else {
+            d.layersToTransform = try c.decodeIfPresent([Int].self, forKey: .layersToTransform)
+        }
+        d.bias = try c.decodeIfPresent(String.self, forKey: .bias) ?? "none"
+        d.useRslora = try c.decodeIfPresent(Bool.self, forKey: .useRslora) ?? false
+        d.useDora = try c.decodeIfPresent(Bool.self, forKey: .useDora) ?? false
+        d.fanInFanOut = try c.decodeIfPresent(Bool.self, forKey: .fanInFanOut) ?? false
+        d.modulesToSave = try c.decodeIfPresent([String].self, forKey: .modulesToSave)
+        d.initLoraWeights = try c.decodeIfPresent(LoRAInit.self, forKey: .initLoraWeights) ?? .standard
+        d.rankPattern = try c.decodeIfPresent([String: Int].self, forKey: .rankPattern) ?? [:]
+        d.alphaPattern = try c.decodeIfPresent([String: Float].self, forKey: .alphaPattern) ?? [:]
+        self = d
+    }
+
+    /// Checks the values; the message names the field.
+    public func validate() throws {
+        guard r > 0 else { throw PEFTError(message: "LoRA: r must be positive, got \(r)") }
+        guard loraDropout >= 0 && loraDropout < 1 else { throw PEFTError(message: "LoRA: lora_dropout \(loraDropout) must be in [0, 1)") }
+        guard ["none", "all", "lora_only"].contains(bias) else {
+            throw PEFTError(message: "LoRA: bias must be \"none\", \"all\" or \"lora_only\", got \"\(bias)\"")
+        }
+        for (k, v) in rankPattern where v <= 0 { throw PEFTError(message: "LoRA: rank_pattern[\"\(k)\"] must be positive, got \(v)") }
+    }
+
+    /// The value of a pattern dictionary for `module` (PEFT: key matches "(.*\.)?key$"), else nil.
+    static func pattern<V>(_ patterns: [String: V], for module: String) -> V? {
+        for key in patterns.keys.sorted(by: { $0.count > $1.count }) {
+            if ModuleSelector.regex("(.*\\.)?(" + key + ")").matches(module) { return patterns[key] }
+        }
+        return nil
+    }
+}
+
+/// The LoRA (or DoRA) branch on one Linear layer.
+public final class LoRALayer: LinearHook {
+    public let module: String
+    /// (r, in)
+    public let a: Tensor
+    /// (out, r)
+    public let b: Tensor
+    /// DoRA magnitude m (out).
+    public let magnitude: Tensor?
+    public let scale: Float
+    public let rank: Int
+    let owner: LoRAState
+    /// The weight before merging, restored by unmerge.
+    var premerge: Tensor?
+
+    init(module: String, layer: Linear, rank: Int, alpha: Float, owner: LoRAState, rng: inout RNG) {
+        self.module = module
+        self.rank = rank
+        self.owner = owner
+        let c = owner.config
+        scale = c.useRslora ? alpha / Float(rank).squareRoot() : alpha / Float(rank)
+        let (inF, outF) = (layer.inFeatures, layer.outFeatures)
+        switch c.initLoraWeights {
+        case .standard, .random:
+            // Kaiming-uniform with a = √5: bound = 1/√fan_in.
+            let bound = 1 / Float(inF).squareRoot()
+            a = Tensor.uniform([rank, inF], low: -bound, high: bound, rng: &rng)
+        case .gaussian:
+            a = Tensor.normal([rank, inF], std: 1 / Float(rank), rng: &rng)
+        }
+        if c.initLoraWeights == .random {
+            let bound = 1 / Float(rank).squareRoot()
+            b = Tensor.uniform([outF, rank], low: -bound, high: bound, rng: &rng)
+        } else {
+            b = Tensor.zeros([outF, rank])
+        }
+        if c.useDora {
+            // m = ‖W + s B A‖ per output row, i.e. the model starts unchanged.
+            let (a0, b0, s0) = (a, b, scale)
+            let m = withNoGrad { LoRALayer.rowNorm(layer.weightOutIn, delta: LoRALayer.delta(a0, b0, s0)) }
+            m.requiresGrad = true
+            magnitude = m
+        } else {
+            magnitude = nil
+        }
+        a.requiresGrad = true
+        b.requiresGrad = true
+    }
+
+    /// s · B A as (out, in).
+    static func delta(_ a: Tensor, _ b: Tensor, _ s: Float) -> Tensor { b.matmul(a) * s }
+
+    /// ‖W + Δ‖ over the input axis: (out).
+    static func rowNorm(_ w: Tensor, delta: Tensor) -> Tensor { (w + delta).pow(2).sum(axes: [1]).sqrt() }
+
+    public func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor {
+        guard owner.isEnabled && premerge == nil else { return y }
+        var xd = x
+        if owner.config.loraDropout > 0 && owner.training {
+            xd = x.dropout(owner.config.loraDropout, rng: &owner.rng)
+        }
+        let update = xd.matmul(a.transposed()).matmul(b.transposed()) * scale  // (…, r) → (…, out)
+        guard let m = magnitude else { return y + update }
+        // DoRA: the row norm is a constant (no gradient), m is trained.
+        let norm = withNoGrad { LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a.detached(), b.detached(), scale)) }
+        let magScale = m / norm  // (out)
+        let base = layer.bias.map { y - $0.detached() } ?? y  // W x without the bias
+        return y + (magScale - 1) * base + magScale * update
+    }
+
+    /// The merged weight in the layer's storage layout.
+    func mergedWeight(_ layer: Linear) -> Tensor {
+        withNoGrad {
+            let w = layer.weightOutIn.detached()  // (out, in)
+            let d = LoRALayer.delta(a.detached(), b.detached(), scale)
+            var merged = w + d
+            if let m = magnitude {
+                merged = merged * (m.detached() / LoRALayer.rowNorm(w, delta: d)).reshaped([-1, 1])
+            }
+            return layer.fanInFanOut ? merged.transposed().contiguous() : merged  // storage is (in, out) for Conv1D
+        }
+    }
+}
+
+/// What an adapter's layers share with it (held by both, so hooks never outlive it).
+final class LoRAState {
+    let config: LoRAConfig
+    var isEnabled = true
+    var rng: RNG
+    weak var model: CausalLM?
+    var training: Bool { model?.isTraining ?? false }
+    init(config: LoRAConfig, seed: UInt64) {
+        self.config = config
+        rng = RNG(seed: seed)
+    }
+}
+
+/// A LoRA (or DoRA) adapter.
+public final class LoRA: PEFTMethod {
+    public static let peftType = "LORA"
+    public let config: LoRAConfig
+    public let name: String
+    let state: LoRAState
+    public var isEnabled: Bool {
+        get { state.isEnabled }
+        set { state.isEnabled = newValue }
+    }
+    public private(set) var layers: [(module: String, linear: Linear, lora: LoRALayer)] = []
+    /// Biases and whole modules trained with the adapter (bias != "none", modules_to_save).
+    public private(set) var extraTrainable: [(key: String, tensor: Tensor, original: Tensor)] = []
+    public init(config: LoRAConfig, name: String = "default", seed: UInt64 = 0) throws {
+        try config.validate()
+        self.config = config
+        self.name = name
+        state = LoRAState(config: config, seed: seed &+ 0x10AA)
+    }
+
+    public func configJSON() throws -> Data {
+        var c = config
+        c.fanInFanOut = layers.first?.linear.fanInFanOut ?? config.fanInFanOut
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return try e.encode(c)
+    }
+
+    @discardableResult
+    public func attach(to model: CausalLM) throws -> [String] {
+        precondition(layers.isEmpty, "[LoRA] adapter '\(name)' is already attached")
+        let targets = try selectModules(model, of: Linear.self, targets: config.targetModules, exclude: config.excludeModules,
+                                        layers: config.layersToTransform, method: "LoRA")
+        model.freeze()
+        state.model = model
+        for (module, linear) in targets {
+            let r = LoRAConfig.pattern(config.rankPattern, for: module) ?? config.r
+            let alpha = LoRAConfig.pattern(config.alphaPattern, for: module) ?? config.loraAlpha
+            let lora = LoRALayer(module: module, layer: linear, rank: r, alpha: alpha, owner: state, rng: &state.rng)
+            linear.hooks.append(lora)
+            layers.append((module, linear, lora))
+        }
+        // Trainable biases and whole modules: their originals are kept and restored on detach.
+        var extra: [(String, Tensor)] = []
+        switch config.bias {
+        case "all": extra = model.namedParameters().filter { $0.0.hasSuffix(".bias") }
+        case "lora_only": extra = targets.compactMap { m, l in l.bias.map { (m + ".bias", $0) } }
+        default: break
+        }
+        for m in config.modulesToSave ?? [] {
+            let matched = model.namedParameters().filter { n, _ in n.hasPrefix(m + ".") || n.contains("." + m + ".") }
+            guard !matched.isEmpty else {
+                throw PEFTError(message: "[LoRA] modules_to_save entry '\(m)' matches no parameter of the model")
+            }
+            extra += matched
+        }
+        for (key, t) in extra where !extraTrainable.contains(where: { $0.key == key }) {
+            extraTrainable.append((key, t, t.copy()))
+            t.requiresGrad = true
+        }
+        return targets.map(\.0)
+    }
+
+    public func detach(from model: CausalLM) {
+        if isMerged { unmerge() }
+        for (_, linear, lora) in layers { linear.hooks.removeAll { $0 === lora } }
+        for (_, t, original) in extraTrainable {
+            t.assign(original)
+            t.requiresGrad = false
+        }
+        layers = []
+        extraTrainable = []
+    }
+
+    public func adapterParameters() -> [(String, Tensor)] {
+        var out: [(String, Tensor)] = []
+        for (module, _, l) in layers {
+            out.append(("base_model.model.\(module).lora_A.weight", l.a))
+            out.append(("base_model.model.\(module).lora_B.weight", l.b))
+            if let m = l.magnitude { out.append(("base_model.model.\(module).lora_magnitude_vector", m)) }
+        }
+        for (key, t, _) in extraTrainable { out.append(("base_model.model.\(key)", t)) }
+        return out
+    }
+
+    /// Σ r·(in + out) over adapted layers (+ out per layer for DoRA) + trained biases and modules.
+    public var expectedTrainableCount: Int {
+        layers.reduce(0) { acc, e in
+            acc + e.lora.rank * (e.linear.inFeatures + e.linear.outFeatures) + (e.lora.magnitude == nil ? 0 : e.linear.outFeatures)
+        } + extraTrainable.reduce(0) { $0 + $1.tensor.count }
+    }
+
+    public var isMerged: Bool { layers.first?.lora.premerge != nil }
+
+    /// Folds W ← W + s B A (DoRA: rescaled rows) into every adapted layer; the hooks go quiet.
+    public func merge() {
+        guard !isMerged else { return }
+        for (_, linear, l) in layers {
+            let merged = l.mergedWeight(linear)
+            l.premerge = linear.weight.copy()
+            linear.weight.assign(merged)
+        }
+    }
+
+    /// Restores the weights saved by `merge` exactly.
+    public func unmerge() {
+        for (_, linear, l) in layers {
+            guard let w = l.premerge else { continue }
+            linear.weight.assign(w)
+            l.premerge = nil
+        }
+    }
+}

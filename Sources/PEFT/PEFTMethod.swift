@@ -1,0 +1,88 @@
+// The PEFT method protocol, the registry of methods, and the trainable-parameter report.
+// A method attaches to a frozen base through the model's hook points (Linear hooks, block hooks,
+// the attention and input prefix slots) and owns only its adapter tensors. Adding a method is one
+// file plus one line in `PEFTRegistry.all`.
+
+import Foundation
+@_exported import Models
+
+/// A parameter-efficient fine-tuning method attached to a frozen base model.
+public protocol PEFTMethod: AnyObject {
+    /// Hugging Face PEFT's `peft_type` ("LORA", "IA3", "PREFIX_TUNING", …); "BOTTLENECK" for
+    /// adapters that have no PEFT type.
+    static var peftType: String { get }
+    /// Adapter name (PEFT's "default" unless set).
+    var name: String { get }
+    /// The configuration as JSON with Hugging Face PEFT's field names.
+    func configJSON() throws -> Data
+    /// Freezes the base and attaches; returns the names of the modules adapted. Throws when the
+    /// config matches nothing, listing the names the model has.
+    @discardableResult
+    func attach(to model: CausalLM) throws -> [String]
+    /// Removes every hook this method added (the base is left as it was before attaching).
+    func detach(from model: CausalLM)
+    /// The trainable tensors under their checkpoint keys (PEFT key names where PEFT has them).
+    func adapterParameters() -> [(String, Tensor)]
+    /// Turns the method off (the model behaves as its base) or on again, without detaching.
+    var isEnabled: Bool { get set }
+}
+
+extension PEFTMethod {
+    /// Number of trainable scalars.
+    public var trainableCount: Int { adapterParameters().reduce(0) { $0 + $1.1.count } }
+
+    /// Copies tensors saved by `adapterParameters()` back into this method's tensors.
+    public func loadAdapterParameters(_ tensors: [String: Tensor], source: String) throws {
+        for (key, t) in adapterParameters() {
+            guard let v = tensors[key] else {
+                throw PEFTError(message: "\(source): adapter tensor '\(key)' is missing")
+            }
+            guard v.shape == t.shape else {
+                throw PEFTError(message: "\(source): adapter tensor '\(key)' has shape \(v.shape), the adapter expects \(t.shape)")
+            }
+            t.assign(v)
+        }
+    }
+}
+
+/// A PEFT configuration or attachment problem, as a sentence.
+public struct PEFTError: Error, CustomStringConvertible {
+    public let message: String
+    public init(message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Builds methods by their command-line name or PEFT type from a JSON config.
+public enum PEFTRegistry {
+    /// (command-line name, PEFT type, factory from config JSON and adapter name). One line per method.
+    public static let all: [(name: String, peftType: String, make: (Data, String) throws -> PEFTMethod)] = [
+        ("lora", LoRA.peftType, { try LoRA(config: JSONDecoder().decode(LoRAConfig.self, from: $0), name: $1) }),
+    ]
+
+    /// The method for `nameOrType` ("lora" or "LORA", …) with `config` JSON.
+    public static func make(_ nameOrType: String, config: Data, name: String = "default") throws -> PEFTMethod {
+        guard let entry = all.first(where: { $0.name == nameOrType.lowercased() || $0.peftType == nameOrType.uppercased() }) else {
+            throw PEFTError(message: "unknown PEFT method '\(nameOrType)'; known: \(all.map(\.name).joined(separator: ", "))")
+        }
+        return try entry.make(config, name)
+    }
+}
+
+/// Trainable versus total parameters of a model with methods attached.
+public struct TrainableReport: CustomStringConvertible, Equatable {
+    public let trainable: Int
+    public let total: Int
+    public var percent: Double { total == 0 ? 0 : 100 * Double(trainable) / Double(total) }
+
+    /// Counts the base's parameters plus the methods' adapter tensors.
+    public init(model: CausalLM, methods: [PEFTMethod]) {
+        let base = model.namedParameters()
+        let adapter = methods.reduce(0) { $0 + $1.trainableCount }
+        trainable = base.filter { $0.1.requiresGrad }.reduce(0) { $0 + $1.1.count } + adapter
+        total = base.reduce(0) { $0 + $1.1.count } + adapter
+    }
+
+    public var description: String {
+        String(format: "trainable params: %d || all params: %d || trainable%%: %.4f", trainable, total, percent)
+    }
+}

@@ -1,0 +1,77 @@
+// Which modules a method adapts, with the rules Hugging Face PEFT users know: a list matches a
+// module whose name equals an entry or ends with "." + entry; a string is a regex that must match
+// the whole name; "all-linear" is every Linear but the output head; exclude_modules removes names
+// the same way; layers_to_transform keeps only those layer indices.
+
+import Foundation
+
+/// `target_modules` / `exclude_modules`: a list of names (suffix match) or one regex string.
+public enum ModuleSelector: Codable, Equatable, Sendable {
+    case names([String])
+    case regex(String)
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let list = try? c.decode([String].self) { self = .names(list) } else { self = .regex(try c.decode(String.self)) }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .names(let l): try c.encode(l)
+        case .regex(let r): try c.encode(r)
+        }
+    }
+
+    /// Whether `name` (a full dotted module name) is selected.
+    public func matches(_ name: String) -> Bool {
+        switch self {
+        case .names(let list): return list.contains { name == $0 || name.hasSuffix("." + $0) }
+        case .regex(let pattern):
+            guard let re = try? NSRegularExpression(pattern: "^(?:" + pattern + ")$") else { return false }
+            return re.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) != nil
+        }
+    }
+}
+
+/// The layer index in a module name (`model.layers.3.…`, `transformer.h.3.…`), if any.
+public func layerIndex(of name: String) -> Int? {
+    let parts = name.split(separator: ".")
+    for (i, p) in parts.enumerated() where (p == "layers" || p == "h") && i + 1 < parts.count {
+        if let n = Int(parts[i + 1]) { return n }
+    }
+    return nil
+}
+
+/// Selects modules of type `M` in `model` by the PEFT rules; throws listing the candidates when
+/// nothing matches.
+public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets: ModuleSelector,
+                                     exclude: ModuleSelector? = nil, layers: [Int]? = nil,
+                                     method: String) throws -> [(String, M)] {
+    let candidates = model.namedModules().compactMap { n, m in (m as? M).map { (n, $0) } }
+    let selected = candidates.filter { name, _ in
+        let isTarget: Bool
+        if case .regex("all-linear") = targets {
+            isTarget = name != "lm_head"
+        } else if case .names(let l) = targets, l == ["all-linear"] {
+            isTarget = name != "lm_head"
+        } else {
+            isTarget = targets.matches(name)
+        }
+        guard isTarget else { return false }
+        if let ex = exclude, ex.matches(name) { return false }
+        if let layers, let i = layerIndex(of: name), !layers.contains(i) { return false }
+        if layers != nil && layerIndex(of: name) == nil { return false }
+        return true
+    }
+    guard !selected.isEmpty else {
+        let names = candidates.map(\.0)
+        let shortNames = Array(Set(names.map { $0.split(separator: ".").last.map(String.init) ?? $0 })).sorted()
+        throw PEFTError(message: """
+            [\(method)] target_modules \(targets) matched no \(M.self) module of the model.
+            Module names it has (\(names.count)): \(names.prefix(12).joined(separator: ", "))\(names.count > 12 ? ", …" : "")
+            HINT: use a suffix such as \(shortNames.prefix(8).map { "\"\($0)\"" }.joined(separator: ", ")), a full regex, or "all-linear".
+            """)
+    }
+    return selected
+}

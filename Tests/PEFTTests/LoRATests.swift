@@ -1,0 +1,179 @@
+// LoRA and DoRA: target matching, freezing, counts, merge ≡ unmerged, exact unmerge, several
+// adapters at once, adapter checkpoints and the base fingerprint.
+
+import XCTest
+@testable import PEFT
+@testable import Formats
+
+let gpt2Tiny = ModelConfig.gpt2(vocabSize: 37, hiddenSize: 16, numLayers: 2, numHeads: 2, maxPositions: 32)
+let llamaTiny = ModelConfig.llama(vocabSize: 37, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2,
+                                  intermediateSize: 24, attentionBias: true)
+let sampleIDs: [Int32] = [1, 4, 9, 16, 25, 36, 2, 3, 5, 7]
+
+func logits(_ m: CausalLM, _ ids: [Int32] = sampleIDs) -> [Float] { withNoGrad { m.forward(ids, batch: 2) }.toArray() }
+
+func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? 0 }
+
+func loraConfig(_ targets: ModuleSelector, r: Int = 4, dora: Bool = false, random: Bool = true) -> LoRAConfig {
+    var c = LoRAConfig(r: r, loraAlpha: 8, targetModules: targets)
+    c.useDora = dora
+    if random { c.initLoraWeights = .random }
+    return c
+}
+
+final class LoRATests: XCTestCase {
+    func testTargetMatchingRules() throws {
+        let m = makeModel(llamaTiny)
+        func targets(_ c: LoRAConfig) throws -> [String] { try LoRA(config: c).attach(to: makeModel(llamaTiny)) }
+        XCTAssertEqual(try targets(LoRAConfig(targetModules: .names(["q_proj", "v_proj"]))),
+                       ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
+                        "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"])
+        XCTAssertEqual(try targets(LoRAConfig(targetModules: .names(["self_attn.o_proj"]))).count, 2, "dotted suffix")
+        XCTAssertEqual(try targets(LoRAConfig(targetModules: .regex(".*layers\\.1\\..*_proj"))).count, 7, "full-match regex")
+        XCTAssertThrowsError(try targets(LoRAConfig(targetModules: .regex("q_proj"))), "a regex must match the whole name")
+        XCTAssertEqual(try targets(LoRAConfig(targetModules: .names(["all-linear"]))).count, 14, "all linears but lm_head")
+        var c = LoRAConfig(targetModules: .names(["all-linear"]))
+        c.excludeModules = .names(["mlp.down_proj"])
+        c.layersToTransform = [1]
+        XCTAssertEqual(try targets(c), ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj",
+                                        "model.layers.1.self_attn.v_proj", "model.layers.1.self_attn.o_proj",
+                                        "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"])
+        XCTAssertThrowsError(try LoRA(config: LoRAConfig(targetModules: .names(["query"]))).attach(to: m)) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("matched no") && s.contains("model.layers.0.self_attn.q_proj") && s.contains("\"q_proj\""), s)
+        }
+    }
+
+    func testAttachFreezesBaseAndCountsMatchTheFormula() throws {
+        for (config, targets) in [(gpt2Tiny, ModuleSelector.names(["c_attn"])), (llamaTiny, .names(["q_proj", "v_proj"]))] {
+            for dora in [false, true] {
+                let model = makeModel(config)
+                let lora = try LoRA(config: loraConfig(targets, dora: dora, random: false))
+                let names = try lora.attach(to: model)
+                XCTAssertTrue(model.trainableParameters().isEmpty, "base frozen")
+                XCTAssertEqual(lora.trainableCount, lora.expectedTrainableCount)
+                let linears = names.map { n in model.namedModules().first { $0.0 == n }!.1 as! Linear }
+                let formula = linears.reduce(0) { $0 + 4 * ($1.inFeatures + $1.outFeatures) + (dora ? $1.outFeatures : 0) }
+                XCTAssertEqual(lora.trainableCount, formula, "\(config.family) dora \(dora)")
+                let report = TrainableReport(model: model, methods: [lora])
+                XCTAssertEqual(report.trainable, formula)
+                XCTAssertEqual(report.total, model.parameterCount + formula)
+                XCTAssertTrue(report.description.contains("trainable%"))
+            }
+        }
+    }
+
+    /// B = 0 (LoRA) and m = ‖W‖ (DoRA) leave the model unchanged at init.
+    func testUnchangedAtInit() throws {
+        for config in [gpt2Tiny, llamaTiny] {
+            for dora in [false, true] {
+                let model = makeModel(config, seed: 2)
+                let before = logits(model)
+                try LoRA(config: loraConfig(.names(["all-linear"]), dora: dora, random: false)).attach(to: model)
+                XCTAssertLessThan(maxAbsDiff(logits(model), before), 1e-5, "\(config.family) dora \(dora)")
+            }
+        }
+    }
+
+    /// Merged and unmerged logits agree to 1e-5; unmerge restores the weights bit for bit.
+    func testMergeUnmerge() throws {
+        for config in [gpt2Tiny, llamaTiny] {
+            for dora in [false, true] {
+                let model = makeModel(config, seed: 3)
+                let weightsBefore = model.namedParameters().map { $0.1.toArray() }
+                let base = logits(model)
+                let lora = try LoRA(config: loraConfig(.names(["all-linear"]), dora: dora))
+                try lora.attach(to: model)
+                let adapted = logits(model)
+                XCTAssertGreaterThan(maxAbsDiff(adapted, base), 1e-3, "random B changes the model")
+                lora.merge()
+                XCTAssertTrue(lora.isMerged)
+                XCTAssertLessThan(maxAbsDiff(logits(model), adapted), 1e-5, "\(config.family) dora \(dora): merged ≡ unmerged")
+                lora.unmerge()
+                XCTAssertEqual(model.namedParameters().map { $0.1.toArray() }, weightsBefore, "exact unmerge")
+                XCTAssertLessThan(maxAbsDiff(logits(model), adapted), 1e-6)
+                lora.detach(from: model)
+                XCTAssertEqual(logits(model), base, "detached: the base again")
+            }
+        }
+    }
+
+    /// Several adapters on one model: each can be turned off; all off is the base.
+    func testSeveralAdaptersSwitching() throws {
+        let model = makeModel(llamaTiny, seed: 5)
+        let base = logits(model)
+        let a = try LoRA(config: loraConfig(.names(["q_proj", "v_proj"])), name: "a", seed: 1)
+        let b = try LoRA(config: loraConfig(.names(["q_proj", "v_proj"])), name: "b", seed: 2)
+        try a.attach(to: model)
+        try b.attach(to: model)
+        b.isEnabled = false
+        let onlyA = logits(model)
+        (a.isEnabled, b.isEnabled) = (false, true)
+        let onlyB = logits(model)
+        b.isEnabled = false
+        XCTAssertEqual(logits(model), base, "all disabled")
+        XCTAssertGreaterThan(maxAbsDiff(onlyA, onlyB), 1e-3)
+        b.detach(from: model)
+        a.isEnabled = true
+        XCTAssertEqual(logits(model), onlyA)
+    }
+
+    func testRsLoRAPatternsAndBias() throws {
+        let model = makeModel(llamaTiny)
+        var c = loraConfig(.names(["q_proj", "v_proj"]), r: 4)
+        c.useRslora = true
+        c.rankPattern = ["v_proj": 2]
+        c.alphaPattern = ["layers\\.1\\.self_attn\\.q_proj": 16]
+        c.bias = "lora_only"
+        let lora = try LoRA(config: c)
+        try lora.attach(to: model)
+        let byName = Dictionary(uniqueKeysWithValues: lora.layers.map { ($0.module, $0.lora) })
+        XCTAssertEqual(byName["model.layers.0.self_attn.v_proj"]?.rank, 2)
+        XCTAssertEqual(byName["model.layers.0.self_attn.q_proj"]!.scale, 8 / 2, accuracy: 1e-6, "alpha / √r")
+        XCTAssertEqual(byName["model.layers.1.self_attn.q_proj"]!.scale, 16 / 2, accuracy: 1e-6)
+        XCTAssertEqual(lora.extraTrainable.count, 4, "q/v biases of the adapted layers")
+        XCTAssertEqual(lora.trainableCount, lora.expectedTrainableCount)
+        XCTAssertThrowsError(try LoRA(config: { var b = c; b.bias = "some"; return b }()))
+    }
+
+    func testConfigJSONUsesPEFTFieldNames() throws {
+        let json = """
+        {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj"], "use_dora": true,
+         "init_lora_weights": "gaussian", "layers_to_transform": 0, "rank_pattern": {"k_proj": 4}, "task_type": "CAUSAL_LM"}
+        """
+        let c = try JSONDecoder().decode(LoRAConfig.self, from: Data(json.utf8))
+        XCTAssertEqual(c.r, 16)
+        XCTAssertEqual(c.loraAlpha, 32)
+        XCTAssertEqual(c.targetModules, .names(["q_proj", "k_proj"]))
+        XCTAssertTrue(c.useDora)
+        XCTAssertEqual(c.initLoraWeights, .gaussian)
+        XCTAssertEqual(c.layersToTransform, [0])
+        XCTAssertEqual(c.rankPattern, ["k_proj": 4])
+        let back = String(decoding: try JSONEncoder().encode(c), as: UTF8.self)
+        for key in ["\"lora_alpha\"", "\"target_modules\"", "\"use_rslora\"", "\"init_lora_weights\":\"gaussian\"", "\"peft_type\":\"LORA\""] {
+            XCTAssertTrue(back.contains(key), "\(key) in \(back)")
+        }
+    }
+
+    func testAdapterCheckpointRoundTripAndBaseCheck() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-lora-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let base = makeModel(llamaTiny, seed: 7)
+        let lora = try LoRA(config: loraConfig(.names(["q_proj", "v_proj"]), dora: true))
+        try lora.attach(to: base)
+        let adapted = logits(base)
+        let path = dir.appendingPathComponent("a.h5").path
+        try AdapterCheckpoint.save(lora, base: base, to: path)
+        let size = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
+        XCTAssertLessThan(size, 64 * 1024)
+        let fresh = makeModel(llamaTiny, seed: 7)
+        let loaded = try AdapterCheckpoint.load(path, onto: fresh)
+        XCTAssertEqual(logits(fresh), adapted, "save → load gives identical logits")
+        XCTAssertEqual(loaded.trainableCount, lora.trainableCount)
+        let other = makeModel(llamaTiny, seed: 8)
+        XCTAssertThrowsError(try AdapterCheckpoint.load(path, onto: other)) { e in
+            XCTAssertTrue("\(e)".contains("another base model") && "\(e)".contains("same architecture"), "\(e)")
+        }
+    }
+}
