@@ -37,7 +37,9 @@ let package = Package(
         // Examples: short programs that use the library as a user would; built with the package.
         .executableTarget(name: "example-tensor-basics", dependencies: ["TensorCore"], path: "Examples/TensorBasics"),
 
-        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS"], exclude: ["Fixtures"]),
+        // A process that runs one op with bad shapes: preconditions are checked from outside.
+        .executableTarget(name: "shape-probe", dependencies: ["TensorCore"], path: "Tests/ShapeProbe"),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS", "shape-probe"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats"], exclude: ["Fixtures"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),

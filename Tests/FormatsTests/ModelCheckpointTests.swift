@@ -34,6 +34,50 @@ final class ModelCheckpointTests: XCTestCase {
         }
     }
 
+    /// The documented layout as h5py sees it. Needs python3 with h5py (CI installs it); without
+    /// it the test is skipped, loudly, and not counted as passing.
+    func testReadableByH5py() throws {
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        check.arguments = ["python3", "-c", "import h5py"]
+        check.standardError = Pipe()
+        try? check.run()
+        check.waitUntilExit()
+        guard check.terminationStatus == 0 else {
+            throw XCTSkip("h5py is not installed (python3 -m pip install h5py): the h5py interop check did NOT run")
+        }
+        let model = makeModel(configs[1], seed: 9)
+        let path = dir.appendingPathComponent("h5py.h5").path
+        try ModelCheckpoint.save(model, tokenizerJSON: "{\"model\": {\"type\": \"BPE\"}}", to: path)
+        let script = """
+        import h5py, json, sys
+        f = h5py.File(sys.argv[1], "r")
+        cfg = json.loads(f.attrs["config"])
+        w = f["model.layers.1.self_attn.k_proj.weight"][:]
+        tok = json.loads(bytes(f["tokenizer.json"][:]))
+        print(json.dumps({"format": f.attrs["format"].decode(), "family": cfg["family"], "kv": cfg["num_key_value_heads"],
+                          "shape": list(w.shape), "w00": float(w[0, 0]), "tok": tok["model"]["type"],
+                          "count": len([k for k in f.keys() if k != "tokenizer.json"])}))
+        """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script, path]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let r = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
+        let w = model.namedParameters().first { $0.0 == "model.layers.1.self_attn.k_proj.weight" }!.1
+        XCTAssertEqual(r["format"] as? String, "swiftpeft-model")
+        XCTAssertEqual(r["family"] as? String, "llama")
+        XCTAssertEqual(r["kv"] as? Int, 2)
+        XCTAssertEqual(r["shape"] as? [Int], [8, 16])
+        XCTAssertEqual(Float(r["w00"] as! Double), w.toArray()[0])
+        XCTAssertEqual(r["tok"] as? String, "BPE")
+        XCTAssertEqual(r["count"] as? Int, model.namedParameters().count)
+    }
+
     func testTensorThatDoesNotFitTheConfigIsNamed() throws {
         let model = makeModel(configs[1], seed: 1)
         var params = model.namedParameters()

@@ -161,6 +161,44 @@ final class AutodiffTests: XCTestCase {
 }
 
 final class ShapeErrorTests: XCTestCase {
+    /// The ops themselves stop the process with the op name and both shapes (run in a child
+    /// process, since a failed precondition cannot be caught in-process).
+    func testOpsStopWithTheMessage() throws {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        var probe = dir.appendingPathComponent("shape-probe")
+        if !FileManager.default.fileExists(atPath: probe.path) {  // xctest bundle layout: one level deeper
+            probe = dir.deletingLastPathComponent().appendingPathComponent("shape-probe")
+        }
+        guard FileManager.default.fileExists(atPath: probe.path) else {
+            XCTFail("shape-probe was not built next to the tests (looked in \(dir.path)); run scripts/test")
+            return
+        }
+        let expected: [String: [String]] = [
+            "matmul": ["[matmul]", "[2, 3]", "[4, 5]"],
+            "add": ["[add]", "[2, 3]", "[4]"],
+            "reshape": ["[reshape]", "[2, 3]", "[4, 2]"],
+            "concat": ["[concat]", "[2, 3]", "[4, 5]"],
+            "layerNorm": ["[layerNorm]", "[4]", "[2, 3]"],
+            "crossEntropy": ["[crossEntropy]", "[2, 3]", "3"],
+            "attention": ["[attention]", "[1, 2, 2, 4]", "[1, 2, 3, 4]"],
+        ]
+        for (op, needles) in expected.sorted(by: { $0.key < $1.key }) {
+            let p = Process()
+            p.executableURL = probe
+            p.arguments = [op]
+            let err = Pipe(), out = Pipe()
+            p.standardError = err
+            p.standardOutput = out
+            try p.run()
+            p.waitUntilExit()
+            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                + String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            XCTAssertNotEqual(p.terminationStatus, 0, "\(op) should stop the process")
+            XCTAssertFalse(text.contains("no error"), op)
+            for n in needles { XCTAssertTrue(text.contains(n), "\(op): '\(text.prefix(300))' should mention \(n)") }
+        }
+    }
+
     /// Each check names the op and both shapes, as the op's precondition message would.
     func testMessagesNameTheOpAndShapes() {
         func message(_ body: () throws -> Void) -> String {

@@ -1,0 +1,16 @@
+// shape-probe: runs one op with mismatched shapes, so a test can check that the process stops
+// with a message naming the op and both shapes (a precondition cannot be caught in-process).
+import TensorCore
+
+let a = Tensor.zeros([2, 3]), b = Tensor.zeros([4, 5])
+switch CommandLine.arguments.dropFirst().first ?? "" {
+case "matmul": _ = a.matmul(b)
+case "add": _ = a + Tensor.zeros([4])
+case "reshape": _ = a.reshaped([4, 2])
+case "concat": _ = Tensor.concat([a, b], axis: 0)
+case "layerNorm": _ = a.layerNorm(weight: Tensor.ones([4]), bias: nil)
+case "crossEntropy": _ = a.crossEntropy(targets: [1, 2, 0])
+case "attention": _ = Tensor.attention(q: Tensor.zeros([1, 2, 2, 4]), k: Tensor.zeros([1, 2, 3, 4]), v: Tensor.zeros([1, 2, 3, 4]))
+default: print("usage: shape-probe matmul|add|reshape|concat|layerNorm|crossEntropy|attention")
+}
+print("no error")
