@@ -43,6 +43,6 @@ let package = Package(
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats"], exclude: ["Fixtures"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
-        .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats"]),
+        .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats", "Training"], exclude: ["Fixtures"]),
     ]
 )

@@ -182,7 +182,9 @@ public final class LoRALayer: LinearHook {
         let update = xd.matmul(a.transposed()).matmul(b.transposed()) * scale  // (…, r) → (…, out)
         guard let m = magnitude else { return y + update }
         // DoRA: the row norm is a constant (no gradient), m is trained.
-        let norm = withNoGrad { LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a.detached(), b.detached(), scale)) }
+        let norm = owner.doraDetachNorm
+            ? withNoGrad { LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a.detached(), b.detached(), scale)) }
+            : LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a, b, scale))
         let magScale = m / norm  // (out)
         let base = layer.bias.map { y - $0.detached() } ?? y  // W x without the bias
         return y + (magScale - 1) * base + magScale * update
@@ -206,6 +208,9 @@ public final class LoRALayer: LinearHook {
 final class LoRAState {
     let config: LoRAConfig
     var isEnabled = true
+    /// DoRA's row norm carries no gradient (PEFT and the DoRA paper, §4.3). Off only in the
+    /// gradient check, which needs the exact derivative of the forward function.
+    var doraDetachNorm = true
     var rng: RNG
     weak var model: CausalLM?
     var training: Bool { model?.isTraining ?? false }

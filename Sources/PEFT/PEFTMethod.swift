@@ -25,6 +25,9 @@ public protocol PEFTMethod: AnyObject {
     func adapterParameters() -> [(String, Tensor)]
     /// Turns the method off (the model behaves as its base) or on again, without detaching.
     var isEnabled: Bool { get set }
+    /// The number of trainable scalars by the method's formula (e.g. Σ r·(in + out) for LoRA),
+    /// computed from the adapted modules' sizes, independently of the tensors held.
+    var expectedTrainableCount: Int { get }
 }
 
 extension PEFTMethod {
@@ -57,6 +60,8 @@ public enum PEFTRegistry {
     /// (command-line name, PEFT type, factory from config JSON and adapter name). One line per method.
     public static let all: [(name: String, peftType: String, make: (Data, String) throws -> PEFTMethod)] = [
         ("lora", LoRA.peftType, { try LoRA(config: JSONDecoder().decode(LoRAConfig.self, from: $0), name: $1) }),
+        ("ia3", IA3.peftType, { try IA3(config: JSONDecoder().decode(IA3Config.self, from: $0), name: $1) }),
+        ("adapter", BottleneckAdapter.peftType, { try BottleneckAdapter(config: JSONDecoder().decode(BottleneckConfig.self, from: $0), name: $1) }),
     ]
 
     /// The method for `nameOrType` ("lora" or "LORA", …) with `config` JSON.

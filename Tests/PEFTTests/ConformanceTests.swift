@@ -1,0 +1,203 @@
+// The conformance suite, run for every method × both model families: unchanged at init where the
+// method defines it; after optimizer steps the base is bit-identical and the adapter changed; the
+// trainable count equals the method's formula; save → load gives identical logits; a gradient check
+// through the adapter; fine-tuning lowers the validation loss on a small domain task below the
+// frozen base's. A new method adds one line to `conformanceCases`.
+
+import XCTest
+@testable import PEFT
+@testable import Formats
+import Training
+
+/// One method under test: how to build it for a model config, and whether it starts unchanged.
+struct ConformanceCase {
+    let name: String
+    let unchangedAtInit: Bool
+    let make: (ModelConfig) throws -> PEFTMethod
+}
+
+let conformanceCases: [ConformanceCase] = [
+    ConformanceCase(name: "lora", unchangedAtInit: true) { _ in
+        try LoRA(config: LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["all-linear"])), seed: 1)
+    },
+    ConformanceCase(name: "dora", unchangedAtInit: true) { _ in
+        var c = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["all-linear"]))
+        c.useDora = true
+        return try LoRA(config: c, seed: 2)
+    },
+    ConformanceCase(name: "ia3", unchangedAtInit: true) { _ in try IA3(config: IA3Config(), seed: 3) },
+    ConformanceCase(name: "houlsby", unchangedAtInit: true) { _ in
+        // A smooth non-linearity: the gradient check must not straddle ReLU's kink.
+        try BottleneckAdapter(config: BottleneckConfig(architecture: "houlsby", reductionFactor: 4, nonLinearity: "gelu"), seed: 4)
+    },
+    ConformanceCase(name: "pfeiffer", unchangedAtInit: true) { _ in
+        try BottleneckAdapter(config: BottleneckConfig(architecture: "pfeiffer", reductionFactor: 4, nonLinearity: "silu"), seed: 5)
+    },
+]
+
+/// A small domain task built from text every Debian machine has (package base-files): the base is
+/// pretrained on the GNU licenses, the domain is the other licenses.
+enum DomainTask {
+    static func bytes(_ names: [String]) -> [Int32] {
+        names.flatMap { n in (FileManager.default.contents(atPath: "/usr/share/common-licenses/" + n) ?? Data()).map { Int32($0) } }
+    }
+    static let general = bytes(["GPL-3", "LGPL-3", "GPL-2"])
+    static let domainFiles = ["Apache-2.0", "MPL-2.0", "Artistic", "BSD"]
+    static let domain = bytes(domainFiles)
+    /// The first 80% of each domain file trains, the last 20% validates (same distribution).
+    static let domainTrain = domainFiles.flatMap { f in let b = bytes([f]); return Array(b[..<(b.count * 4 / 5)]) }
+    static let domainVal = domainFiles.flatMap { f in let b = bytes([f]); return Array(b[(b.count * 4 / 5)...]) }
+
+    static func config(_ family: ModelConfig.Family) -> ModelConfig {
+        family == .gpt2
+            ? .gpt2(vocabSize: 256, hiddenSize: 32, numLayers: 2, numHeads: 2, maxPositions: 128)
+            : .llama(vocabSize: 256, hiddenSize: 32, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 64,
+                     attentionBias: family == .llama, tieWordEmbeddings: true, maxPositions: 128)
+    }
+
+    /// The pretrained base weights per family (trained once per test process).
+    nonisolated(unsafe) static var cache: [ModelConfig.Family: [(String, Tensor)]] = [:]
+
+    /// A fresh base model of `family` with the pretrained weights.
+    static func base(_ family: ModelConfig.Family) -> CausalLM {
+        if cache[family] == nil {
+            let m = makeModel(config(family), seed: 11)
+            var o = PretrainOptionsLite()
+            _ = o.train(m, tokens: general, steps: 250, lr: 1e-2, parameters: m.namedParameters().map { p in p.1.requiresGrad = true; return p })
+            m.freeze()
+            cache[family] = m.namedParameters().map { ($0.0, $0.1.copy()) }
+        }
+        let m = makeModel(config(family), seed: 11)
+        try! m.loadParameters(Dictionary(uniqueKeysWithValues: cache[family]!))
+        m.freeze()
+        return m
+    }
+}
+
+/// A minimal next-token training loop over random windows (AdamW), for tests.
+struct PretrainOptionsLite {
+    var rng = RNG(seed: 5)
+    mutating func batch(_ tokens: [Int32], b: Int = 8, t: Int = 48) -> ([Int32], [Int32]) {
+        var ids: [Int32] = [], tg: [Int32] = []
+        for _ in 0..<b {
+            let s = rng.nextInt(tokens.count - t - 1)
+            ids += tokens[s..<(s + t)]
+            tg += tokens[(s + 1)...(s + t)]
+        }
+        return (ids, tg)
+    }
+
+    /// Trains `parameters` for `steps`; returns the last loss.
+    mutating func train(_ model: CausalLM, tokens: [Int32], steps: Int, lr: Float, parameters: [(String, Tensor)]) -> Float {
+        let opt = AdamW(parameters, weightDecay: 0)
+        model.train()
+        defer { model.eval() }
+        var last: Float = 0
+        for _ in 0..<steps {
+            let (ids, tg) = batch(tokens)
+            let loss = model.loss(ids, targets: tg, batch: 8)
+            loss.backward()
+            opt.step(lr: lr)
+            opt.zeroGrad()
+            last = loss.item()
+        }
+        return last
+    }
+}
+
+func valLoss(_ m: CausalLM, _ tokens: [Int32]) -> Double { evaluate(m, tokens: tokens, seqLen: 48, maxTokens: 4096).loss }
+
+final class ConformanceTests: XCTestCase {
+    let families: [ModelConfig.Family] = [.gpt2, .llama]
+
+    func testUnchangedAtInitAndCounts() throws {
+        for c in conformanceCases {
+            for f in families {
+                let model = DomainTask.base(f)
+                let before = logits(model)
+                let method = try c.make(model.config)
+                let names = try method.attach(to: model)
+                XCTAssertFalse(names.isEmpty, "\(c.name) \(f): adapted names")
+                XCTAssertTrue(model.trainableParameters().allSatisfy { p in method.adapterParameters().contains { $0.1 === p.1 } },
+                              "\(c.name) \(f): only adapter tensors are trainable")
+                XCTAssertEqual(method.trainableCount, method.expectedTrainableCount, "\(c.name) \(f): count = formula")
+                XCTAssertTrue(method.adapterParameters().allSatisfy { $0.1.requiresGrad }, "\(c.name) \(f)")
+                if c.unchangedAtInit {
+                    XCTAssertLessThan(maxAbsDiff(logits(model), before), 1e-5, "\(c.name) \(f): unchanged at init")
+                }
+                method.detach(from: model)
+                XCTAssertEqual(logits(model), before, "\(c.name) \(f): detach restores the base")
+            }
+        }
+    }
+
+    /// Training moves only the adapter; save → load into a fresh base gives identical logits; the
+    /// domain validation loss drops below the frozen base's.
+    func testTrainSaveLoadAndDomainLoss() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-conf-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for c in conformanceCases {
+            for f in families {
+                let model = DomainTask.base(f)
+                let baseWeights = model.namedParameters().map { $0.1.toArray() }
+                let frozenLoss = valLoss(model, DomainTask.domainVal)
+                let method = try c.make(model.config)
+                try method.attach(to: model)
+                let initial = method.adapterParameters().map { $0.1.toArray() }
+                var loop = PretrainOptionsLite(rng: RNG(seed: 3))
+                _ = loop.train(model, tokens: DomainTask.domainTrain, steps: 100, lr: 3e-3, parameters: method.adapterParameters())
+                XCTAssertEqual(model.namedParameters().map { $0.1.toArray() }, baseWeights, "\(c.name) \(f): base bit-identical")
+                let changed = zip(initial, method.adapterParameters().map { $0.1.toArray() }).filter { $0 != $1 }.count
+                XCTAssertEqual(changed, initial.count, "\(c.name) \(f): every adapter tensor changed")
+                let tuned = valLoss(model, DomainTask.domainVal)
+                XCTAssertLessThan(tuned, frozenLoss - 0.02, "\(c.name) \(f): domain val loss \(tuned) vs frozen base \(frozenLoss)")
+                // Save → load into a fresh copy of the base.
+                let path = dir.appendingPathComponent("\(c.name)-\(f).h5").path
+                try AdapterCheckpoint.save(method, base: DomainTask.base(f), to: path)
+                let fresh = DomainTask.base(f)
+                try AdapterCheckpoint.load(path, onto: fresh)
+                XCTAssertEqual(logits(fresh), logits(model), "\(c.name) \(f): save → load identical logits")
+            }
+        }
+    }
+
+    /// Central differences on a few elements of every adapter tensor through the whole model.
+    func testGradientThroughAdapters() throws {
+        for c in conformanceCases {
+            for f in families {
+                let model = makeModel(DomainTask.config(f), seed: 4)
+                let method = try c.make(model.config)
+                try method.attach(to: model)
+                // DoRA trains with its row norm detached (as PEFT does); the check needs the exact
+                // derivative of the forward, so the norm keeps its gradient here.
+                (method as? LoRA)?.state.doraDetachNorm = false
+                var rng = RNG(seed: 6)
+                for (_, t) in method.adapterParameters() {  // move off the init point (e.g. B = 0)
+                    t.assign(t + Tensor.normal(t.shape, std: 0.05, rng: &rng))
+                }
+                let ids = Array(DomainTask.domain.prefix(24))
+                let targets = CausalLM.shiftedTargets(ids, batch: 2)
+                model.loss(ids, targets: targets, batch: 2).backward()
+                func lossValue() -> Double { Double(withNoGrad { model.loss(ids, targets: targets, batch: 2) }.item()) }
+                for (key, t) in method.adapterParameters() {
+                    guard let g = t.grad?.toArray() else { XCTFail("\(c.name) \(f) \(key): no gradient"); continue }
+                    let scale = max(Double(g.map(abs).max() ?? 0), 1e-3)
+                    var picks = RNG(seed: UInt64(key.utf8.count))
+                    for _ in 0..<min(4, t.count) {
+                        let i = picks.nextInt(t.count)
+                        let saved = t.basePointer[i]
+                        t.basePointer[i] = saved + 1e-2
+                        let lp = lossValue()
+                        t.basePointer[i] = saved - 1e-2
+                        let lm = lossValue()
+                        t.basePointer[i] = saved
+                        let numeric = (lp - lm) / 2e-2
+                        // 2e-4: the float32 noise floor of a central difference of a loss near 5 with eps 1e-2.
+                        XCTAssertLessThan(abs(numeric - Double(g[i])), 3e-2 * scale + 2e-4, "\(c.name) \(f) \(key)[\(i)]")
+                    }
+                }
+            }
+        }
+    }
+}
