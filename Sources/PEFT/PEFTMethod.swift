@@ -48,6 +48,15 @@ extension PEFTMethod {
     }
 }
 
+/// Makes the adapter called `name` the only active one among `adapters` (PEFT's `set_adapter`);
+/// nil disables them all, so the model computes its base function.
+public func setActiveAdapter(_ name: String?, in adapters: [PEFTMethod]) throws {
+    if let name, !adapters.contains(where: { $0.name == name }) {
+        throw PEFTError(message: "no adapter named '\(name)'; loaded: \(adapters.map(\.name).joined(separator: ", "))")
+    }
+    for a in adapters { a.isEnabled = a.name == name }
+}
+
 /// A PEFT configuration or attachment problem, as a sentence.
 public struct PEFTError: Error, CustomStringConvertible {
     public let message: String
