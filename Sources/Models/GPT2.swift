@@ -71,13 +71,13 @@ public final class GPT2Block: Module, DecoderBlock {
         register("mlp", mlp)
     }
 
-    public func forward(_ x: Tensor, layer: Int, context: inout ForwardContext, rng: inout RNG) -> Tensor {
+    public func forward(_ x: Tensor, layer: Int, context: inout ForwardContext) -> Tensor {
         var a = attn(ln1(x), layer: layer, context: context)
         for hook in afterAttention { a = hook(a) }
-        let h = x + residualDropout(a, context, &rng)
+        let h = x + residualDropout(a, context)
         var m = mlp(ln2(h))
         for hook in afterMLP { m = hook(m) }
-        return h + residualDropout(m, context, &rng)
+        return h + residualDropout(m, context)
     }
 }
 

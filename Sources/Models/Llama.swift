@@ -69,13 +69,13 @@ public final class LlamaBlock: Module, DecoderBlock {
         register("mlp", mlp)
     }
 
-    public func forward(_ x: Tensor, layer: Int, context: inout ForwardContext, rng: inout RNG) -> Tensor {
+    public func forward(_ x: Tensor, layer: Int, context: inout ForwardContext) -> Tensor {
         var a = selfAttn(inputLayernorm(x), layer: layer, context: context)
         for hook in afterAttention { a = hook(a) }
-        let h = x + residualDropout(a, context, &rng)
+        let h = x + residualDropout(a, context)
         var m = mlp(postAttentionLayernorm(h))
         for hook in afterMLP { m = hook(m) }
-        return h + residualDropout(m, context, &rng)
+        return h + residualDropout(m, context)
     }
 }
 

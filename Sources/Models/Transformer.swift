@@ -36,6 +36,8 @@ public struct ForwardContext {
     public var attentionPrefix: AttentionPrefix?
     public var training: Bool
     public var dropout: Float
+    /// The model's generator (dropout masks).
+    public var random: RandomSource
 }
 
 /// A transformer block of either family.
@@ -43,7 +45,7 @@ public protocol DecoderBlock: Module {
     /// Hook points: after the attention branch and after the MLP branch (before the residual add).
     var afterAttention: [HiddenHook] { get set }
     var afterMLP: [HiddenHook] { get set }
-    func forward(_ x: Tensor, layer: Int, context: inout ForwardContext, rng: inout RNG) -> Tensor
+    func forward(_ x: Tensor, layer: Int, context: inout ForwardContext) -> Tensor
 }
 
 /// Children registered as "0", "1", … (Hugging Face `ModuleList`).
@@ -128,8 +130,15 @@ func attentionCore(q: Tensor, k: Tensor, v: Tensor, layer: Int, config: ModelCon
 }
 
 /// Dropout while training (identity otherwise).
-func residualDropout(_ x: Tensor, _ context: ForwardContext, _ rng: inout RNG) -> Tensor {
-    context.training && context.dropout > 0 ? x.dropout(context.dropout, rng: &rng) : x
+func residualDropout(_ x: Tensor, _ context: ForwardContext) -> Tensor {
+    context.training && context.dropout > 0 ? x.dropout(context.dropout, rng: &context.random.value) : x
+}
+
+/// The model's random generator in a box, so that model dropout and adapter dropout (LoRA) draw
+/// from one stream in short, non-overlapping accesses, and a checkpoint saves one state.
+public final class RandomSource {
+    public var value: RNG
+    public init(_ value: RNG) { self.value = value }
 }
 
 /// A decoder-only causal language model; GPT2Model and LlamaModel fill in the family parts.
@@ -139,12 +148,17 @@ open class CausalLM: Module {
     public var inputPrefix: InputPrefix?
     /// Prefix tuning slot.
     public var attentionPrefix: AttentionPrefix?
-    /// Generator for dropout masks.
-    public var rng: RNG
+    /// Generator for dropout masks (model and adapters share it).
+    public let random: RandomSource
+    /// The generator's state (checkpoints save and restore it).
+    public var rng: RNG {
+        get { random.value }
+        set { random.value = newValue }
+    }
 
     public init(config: ModelConfig, seed: UInt64) {
         self.config = config
-        rng = RNG(seed: seed &+ 0x5EED)
+        random = RandomSource(RNG(seed: seed &+ 0x5EED))
         super.init()
     }
 
@@ -186,7 +200,7 @@ open class CausalLM: Module {
         }
         let steps = T + virtual
         var context = ForwardContext(positionOffset: 0, keyMask: nil, cache: cache, attentionPrefix: nil,
-                                     training: isTraining, dropout: config.dropout)
+                                     training: isTraining, dropout: config.dropout, random: random)
         if let cache {
             if cache.length == 0, let ap = attentionPrefix {
                 // The prefix goes into the cache once, as already-computed keys and values.
@@ -208,9 +222,9 @@ open class CausalLM: Module {
             context.keyMask = mask
         }
         h = addPositions(h, offset: context.positionOffset)
-        h = residualDropout(h, context, &rng)
+        h = residualDropout(h, context)
         for (l, block) in blocks.enumerated() {
-            h = block.forward(h, layer: l, context: &context, rng: &rng)
+            h = block.forward(h, layer: l, context: &context)
         }
         cache?.commit(steps, mask: mask)
         if virtual > 0 { h = h.slice(axis: 1, virtual, steps) }  // (B, T, C)

@@ -176,8 +176,8 @@ public final class LoRALayer: LinearHook {
     public func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor {
         guard owner.isEnabled && premerge == nil else { return y }
         var xd = x
-        if owner.config.loraDropout > 0 && owner.training {
-            xd = x.dropout(owner.config.loraDropout, rng: &owner.rng)
+        if owner.config.loraDropout > 0, owner.training, let model = owner.model {
+            xd = x.dropout(owner.config.loraDropout, rng: &model.random.value)  // the model's generator: one state to checkpoint
         }
         let update = xd.matmul(a.transposed()).matmul(b.transposed()) * scale  // (…, r) → (…, out)
         guard let m = magnitude else { return y + update }

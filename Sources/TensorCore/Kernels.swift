@@ -128,17 +128,26 @@ public func fastExp(_ x0: Float) -> Float {
     return x0 != x0 ? x0 : (x0 < -87.33 ? 0 : (x0 > 88.72 ? .infinity : y))
 }
 
-/// max of n values (8 lanes at a time).
+/// max of n values (8 lanes at a time); NaN if any value is NaN (so a NaN is never mistaken for
+/// "no visible key" downstream).
 @inline(__always)
 func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     var i = 0
     var acc = SIMD8<Float>(repeating: -.infinity)
+    var nan = SIMDMask<SIMD8<Int32>>(repeating: false)
     while i + 8 <= n {
-        acc = pointwiseMax(acc, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+        let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+        nan .|= v .!= v
+        acc = pointwiseMax(acc, v)
         i += 8
     }
+    if any(nan) { return .nan }
     var m = acc.max()
-    while i < n { m = Swift.max(m, x[i]); i += 1 }
+    while i < n {
+        if x[i].isNaN { return .nan }
+        m = Swift.max(m, x[i])
+        i += 1
+    }
     return m
 }
 

@@ -63,7 +63,7 @@ extension Tensor {
             for o in 0..<outer {
                 for j in 0..<inner {
                     var best = -Float.infinity, bi = 0
-                    for i in 0..<n where px[(o * n + i) * inner + j] > best || i == 0 {
+                    for i in 0..<n where px[(o * n + i) * inner + j] > best || i == 0 || px[(o * n + i) * inner + j].isNaN && !best.isNaN {
                         best = px[(o * n + i) * inner + j]
                         bi = i
                     }

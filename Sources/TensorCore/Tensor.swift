@@ -37,6 +37,12 @@ public final class Storage {
     deinit { pointer.deallocate() }
 }
 
+/// Returns the heap's free memory to the system (`malloc_trim`): tensor buffers are kept on the heap
+/// between steps (see `Storage.tuneAllocator`), so call this before measuring resident memory.
+public func releaseFreeMemory() {
+    _ = malloc_trim(0)
+}
+
 /// One recorded op: its inputs and the pullback that accumulates into their gradients.
 final class Node {
     let op: String

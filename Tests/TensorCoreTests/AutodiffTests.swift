@@ -232,6 +232,23 @@ final class ShapeErrorTests: XCTestCase {
 }
 
 final class FastMathTests: XCTestCase {
+    /// Regression: a NaN score used to be taken for "no visible key" and zeroed, so a NaN in the
+    /// weights vanished from the loss. NaN must propagate through every max-based kernel.
+    func testNaNPropagates() {
+        let row = Tensor(shape: [1, 9], data: [1, 2, 3, 4, 5, 6, 7, .nan, 8])
+        XCTAssertTrue(row.softmax().toArray().allSatisfy(\.isNaN))
+        XCTAssertTrue(row.logSoftmax().toArray().allSatisfy(\.isNaN))
+        XCTAssertTrue(row.crossEntropy(targets: [0]).item().isNaN)
+        XCTAssertTrue(row.max(axis: 1).item().isNaN)
+        XCTAssertTrue(Tensor(shape: [1, 3], data: [.nan, 1, 2]).max(axis: 1).item().isNaN)
+        let q = Tensor(shape: [1, 1, 1, 2], data: [.nan, 1])
+        XCTAssertTrue(Tensor.attention(q: q, k: q, v: q).toArray().allSatisfy(\.isNaN))
+        // A fully masked row (all -inf) is still "nothing visible": zeros, not NaN.
+        let k = Tensor(shape: [1, 2, 1, 2], data: [1, 2, 3, 4])
+        let out = Tensor.attention(q: Tensor(shape: [1, 1, 1, 2], data: [1, 1]), k: k, v: k, keyMask: [0, 0])
+        XCTAssertEqual(out.toArray(), [0, 0])
+    }
+
     /// fastExp against Double exp over the whole useful range, and at the edges.
     func testFastExpAccuracyAndEdges() {
         var worst = 0.0

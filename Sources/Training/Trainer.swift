@@ -1,0 +1,262 @@
+// The trainer: optimizer over the trainable tensors only (adapter tensors, or every weight for
+// full fine-tuning), schedules, gradient accumulation and clipping, evaluation, metrics as JSON
+// lines, a progress bar, atomic checkpoints and exact resume (weights, optimizer state, step, RNGs,
+// data position). A non-finite loss or gradient stops the run naming the step and the tensor.
+
+import Foundation
+
+/// One batch: B rows of T tokens, next-token targets (-100 = not learned), optional padding mask.
+public struct Batch {
+    public var ids: [Int32]
+    public var targets: [Int32]
+    public var attentionMask: [Float]?
+    public var rows: Int
+    public init(ids: [Int32], targets: [Int32], attentionMask: [Float]? = nil, rows: Int) {
+        (self.ids, self.targets, self.attentionMask, self.rows) = (ids, targets, attentionMask, rows)
+    }
+    /// Tokens whose prediction is learned.
+    public var learnedTokens: Int { targets.reduce(0) { $0 + ($1 == -100 ? 0 : 1) } }
+}
+
+/// A resumable source of training batches.
+public protocol BatchStream {
+    mutating func nextBatch() -> Batch
+    /// Where the stream is (epoch, index, RNG words …), saved in checkpoints.
+    var position: [UInt64] { get }
+    /// Continues from a saved `position`.
+    mutating func seek(to position: [UInt64]) throws
+}
+
+extension WindowSampler: BatchStream {
+    public mutating func nextBatch() -> Batch {
+        let (ids, targets) = next()
+        return Batch(ids: ids, targets: targets, rows: batch)
+    }
+    public var position: [UInt64] { rng.snapshot }
+    public mutating func seek(to position: [UInt64]) throws { rng = RNG(snapshot: position) }
+}
+
+/// Learning-rate schedule after warmup.
+public enum Schedule: String, Codable, Sendable, CaseIterable {
+    case constant, linear, cosine
+
+    /// The rate at `step` (0-based) of `total` with linear warmup over `warmup` steps.
+    public func lr(step: Int, total: Int, warmup: Int, peak: Float, minRatio: Float = 0.1) -> Float {
+        if step < warmup { return peak * Float(step + 1) / Float(warmup) }
+        let p = min(1, Float(step - warmup) / Float(max(1, total - warmup)))
+        switch self {
+        case .constant: return peak
+        case .linear: return peak * (1 - (1 - minRatio) * p)
+        case .cosine: return peak * (minRatio + (1 - minRatio) * 0.5 * (1 + Foundation.cos(Float.pi * p)))
+        }
+    }
+}
+
+/// How to train. Codable with snake_case keys, so a JSON config file can hold it.
+public struct TrainerOptions: Codable, Equatable, Sendable {
+    public var steps = 200
+    public var lr: Float = 1e-3
+    public var schedule: Schedule = .cosine
+    public var warmupSteps = 10
+    public var optimizer = "adamw"
+    public var weightDecay: Float = 0
+    public var momentum: Float = 0.9
+    public var clip: Float = 1
+    /// Micro-batches per optimizer step.
+    public var gradAccumulation = 1
+    public var evalEvery = 50
+    /// Checkpoint every N steps (0: only at the end).
+    public var saveEvery = 0
+    public var logEvery = 10
+    public var seed: UInt64 = 0
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum, clip
+        case gradAccumulation = "grad_accumulation", evalEvery = "eval_every", saveEvery = "save_every"
+        case logEvery = "log_every", seed
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        var d = TrainerOptions()
+        d.steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? d.steps
+        d.lr = try c.decodeIfPresent(Float.self, forKey: .lr) ?? d.lr
+        d.schedule = try c.decodeIfPresent(Schedule.self, forKey: .schedule) ?? d.schedule
+        d.warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? d.warmupSteps
+        d.optimizer = try c.decodeIfPresent(String.self, forKey: .optimizer) ?? d.optimizer
+        d.weightDecay = try c.decodeIfPresent(Float.self, forKey: .weightDecay) ?? d.weightDecay
+        d.momentum = try c.decodeIfPresent(Float.self, forKey: .momentum) ?? d.momentum
+        d.clip = try c.decodeIfPresent(Float.self, forKey: .clip) ?? d.clip
+        d.gradAccumulation = try c.decodeIfPresent(Int.self, forKey: .gradAccumulation) ?? d.gradAccumulation
+        d.evalEvery = try c.decodeIfPresent(Int.self, forKey: .evalEvery) ?? d.evalEvery
+        d.saveEvery = try c.decodeIfPresent(Int.self, forKey: .saveEvery) ?? d.saveEvery
+        d.logEvery = try c.decodeIfPresent(Int.self, forKey: .logEvery) ?? d.logEvery
+        d.seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
+        self = d
+    }
+}
+
+/// A training run that had to stop, as a sentence.
+public struct TrainingError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// One metrics line (JSON), written every step.
+public struct StepMetrics: Codable, Equatable {
+    public var step: Int
+    public var loss: Double
+    public var valLoss: Double?
+    public var lr: Double
+    public var gradNorm: Double
+    public var tokensPerSecond: Double
+    public var elapsed: Double
+    enum CodingKeys: String, CodingKey {
+        case step, loss, valLoss = "val_loss", lr, gradNorm = "grad_norm", tokensPerSecond = "tokens_per_s", elapsed
+    }
+}
+
+/// Trains `parameters` of `model` on a batch stream.
+public final class Trainer {
+    public let model: CausalLM
+    /// The tensors trained, under their checkpoint keys.
+    public let parameters: [(String, Tensor)]
+    public let options: TrainerOptions
+    public private(set) var step = 0
+    public private(set) var history: [StepMetrics] = []
+    let optimizer: Optimizer
+    /// Called after each step (progress display, logging).
+    public var onStep: ((StepMetrics) -> Void)?
+    /// Where metrics lines go (one JSON object per line), if anywhere.
+    public var metricsURL: URL?
+    /// Checkpoint file written every `saveEvery` steps and at the end.
+    public var checkpointURL: URL?
+    /// Extra attributes stored in checkpoints (method config …).
+    public var checkpointAttributes: [String: String] = [:]
+    var elapsedBefore = 0.0
+
+    public init(model: CausalLM, parameters: [(String, Tensor)], options: TrainerOptions) throws {
+        guard !parameters.isEmpty else { throw TrainingError(message: "nothing to train: no trainable tensors") }
+        guard ["adamw", "sgd"].contains(options.optimizer) else {
+            throw TrainingError(message: "optimizer must be adamw or sgd, got \(options.optimizer)")
+        }
+        self.model = model
+        self.parameters = parameters
+        self.options = options
+        optimizer = options.optimizer == "sgd"
+            ? SGD(parameters, momentum: options.momentum, weightDecay: options.weightDecay)
+            : AdamW(parameters, weightDecay: options.weightDecay)
+    }
+
+    /// Runs until `options.steps` (or stops early after step `until`, checkpointing there, as an
+    /// interrupted run would), evaluating on `validation` (a scorer returning the mean loss)
+    /// every `evalEvery` steps and at the end. Continues from `step` after `resume`.
+    public func run<S: BatchStream>(_ data: inout S, until: Int? = nil, validation: (() -> Double)? = nil) throws {
+        let start = Date()
+        model.train()
+        defer { model.eval() }
+        var lastTime = Date()
+        let last = min(options.steps, until ?? options.steps)
+        while step < last {
+            var lossSum = 0.0, tokens = 0
+            for _ in 0..<options.gradAccumulation {
+                let b = data.nextBatch()
+                let loss = model.loss(b.ids, targets: b.targets, batch: b.rows, attentionMask: b.attentionMask)
+                let v = loss.item()
+                guard v.isFinite else {
+                    throw TrainingError(message: "step \(step + 1): the loss is \(v); stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").\nHINT: lower the learning rate (now \(options.lr)) or check the data.")
+                }
+                (loss * (1 / Float(options.gradAccumulation))).backward()
+                lossSum += Double(v)
+                tokens += b.ids.count
+            }
+            let norm = gradientNorm(parameters)
+            guard norm.isFinite else {
+                let bad = parameters.first { $0.1.grad.map { g in g.toArray().contains { !$0.isFinite } } ?? false }?.0 ?? "?"
+                throw TrainingError(message: "step \(step + 1): the gradient of '\(bad)' is not finite; stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").")
+            }
+            if options.clip > 0 { clipGradientNorm(parameters, maxNorm: options.clip) }
+            let lr = options.schedule.lr(step: step, total: options.steps, warmup: options.warmupSteps, peak: options.lr)
+            optimizer.step(lr: lr)
+            optimizer.zeroGrad()
+            step += 1
+            let now = Date()
+            var m = StepMetrics(step: step, loss: lossSum / Double(options.gradAccumulation), valLoss: nil, lr: Double(lr),
+                                gradNorm: Double(norm), tokensPerSecond: Double(tokens) / max(now.timeIntervalSince(lastTime), 1e-9),
+                                elapsed: elapsedBefore + now.timeIntervalSince(start))
+            lastTime = now
+            if let validation, step % options.evalEvery == 0 || step == options.steps {
+                m.valLoss = validation()
+                model.train()
+                lastTime = Date()
+            }
+            history.append(m)
+            try appendMetrics(m)
+            onStep?(m)
+            if let url = checkpointURL, (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last {
+                try saveCheckpoint(url, data: data)
+            }
+        }
+    }
+
+    func appendMetrics(_ m: StepMetrics) throws {
+        guard let url = metricsURL else { return }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        var line = try enc.encode(m)
+        line.append(0x0A)
+        if let h = try? FileHandle(forWritingTo: url) {
+            defer { try? h.close() }
+            try h.seekToEnd()
+            try h.write(contentsOf: line)
+        } else {
+            try line.write(to: url)
+        }
+    }
+
+    // MARK: checkpoints
+
+    public static let checkpointFormat = "swiftpeft-training-state"
+
+    /// Writes trained tensors, optimizer state, step, model RNG and data position atomically.
+    public func saveCheckpoint<S: BatchStream>(_ url: URL, data: S) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        var attrs = checkpointAttributes
+        attrs["format"] = Trainer.checkpointFormat
+        attrs["step"] = String(step)
+        attrs["optimizer_steps"] = String(optimizer.stepCount)
+        attrs["model_rng"] = model.rng.snapshot.map(String.init).joined(separator: ",")
+        attrs["data_position"] = data.position.map(String.init).joined(separator: ",")
+        attrs["options"] = String(decoding: try enc.encode(options), as: UTF8.self)
+        attrs["elapsed"] = String(history.last?.elapsed ?? 0)
+        attrs["history"] = String(decoding: try enc.encode(history), as: UTF8.self)
+        let tensors = parameters.map { ("trained/" + $0.0, $0.1) } + optimizer.stateTensors().map { ("optimizer/" + $0.0, $0.1) }
+        try HDF5Store.write(url.path, tensors: tensors, attributes: attrs)
+    }
+
+    /// Restores a checkpoint written by `saveCheckpoint`: trained tensors, optimizer state, step,
+    /// the model's RNG and the data position, so the run continues as if never interrupted.
+    public func resume<S: BatchStream>(from url: URL, data: inout S) throws {
+        let (tensors, _, attrs) = try HDF5Store.read(url.path)
+        guard attrs["format"] == Trainer.checkpointFormat, let s = attrs["step"].flatMap(Int.init) else {
+            throw CheckpointError(path: url.path, message: "not a SwiftPEFT training checkpoint")
+        }
+        for (key, t) in parameters {
+            guard let v = tensors["trained/" + key], v.shape == t.shape else {
+                throw CheckpointError(path: url.path, message: "trained tensor '\(key)' is missing or has shape \(tensors["trained/" + key]?.shape ?? []), expected \(t.shape)")
+            }
+            t.assign(v)
+        }
+        var opt: [String: Tensor] = [:]
+        for (k, v) in tensors where k.hasPrefix("optimizer/") { opt[String(k.dropFirst("optimizer/".count))] = v }
+        try optimizer.loadState(opt, stepCount: attrs["optimizer_steps"].flatMap(Int.init) ?? s)
+        func words(_ key: String) -> [UInt64] { (attrs[key] ?? "").split(separator: ",").compactMap { UInt64($0) } }
+        model.rng = RNG(snapshot: words("model_rng"))
+        try data.seek(to: words("data_position"))
+        step = s
+        elapsedBefore = Double(attrs["elapsed"] ?? "0") ?? 0
+        if let h = attrs["history"] { history = (try? JSONDecoder().decode([StepMetrics].self, from: Data(h.utf8))) ?? [] }
+    }
+}

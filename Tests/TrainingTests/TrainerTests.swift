@@ -1,0 +1,100 @@
+// The trainer: a resumed run produces the same losses as an uninterrupted one; non-finite losses
+// stop the run naming the step and keep the last good checkpoint; schedules; options from JSON.
+
+import XCTest
+@testable import Training
+
+final class TrainerTests: XCTestCase {
+    var dir: URL!
+    override func setUp() {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-trainer-\(UUID().uuidString)")
+        try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    let tokens: [Int32] = (0..<3000).map { Int32(($0 * 7 + $0 / 13) % 50) }
+    var config: ModelConfig {
+        .llama(vocabSize: 50, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24,
+               tieWordEmbeddings: true, maxPositions: 64, dropout: 0.1)
+    }
+
+    /// A model with a LoRA adapter (dropout on) and a trainer over it.
+    func setup(_ o: TrainerOptions) throws -> (CausalLM, LoRA, Trainer, WindowSampler) {
+        let model = makeModel(config, seed: 1)
+        var lc = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj", "v_proj", "down_proj"]))
+        lc.loraDropout = 0.1
+        lc.initLoraWeights = .random
+        let lora = try LoRA(config: lc, seed: 2)
+        try lora.attach(to: model)
+        let trainer = try Trainer(model: model, parameters: lora.adapterParameters(), options: o)
+        return (model, lora, trainer, WindowSampler(tokens: tokens, seqLen: 16, batch: 4, seed: 3))
+    }
+
+    func testResumeGivesTheSameLossesAsAnUninterruptedRun() throws {
+        var o = TrainerOptions()
+        o.steps = 12
+        o.lr = 5e-3
+        o.warmupSteps = 3
+        o.gradAccumulation = 2
+        o.evalEvery = 4
+        for optimizer in ["adamw", "sgd"] {
+            o.optimizer = optimizer
+            var (_, _, full, data) = try setup(o)
+            try full.run(&data)
+            // Interrupted after 5 steps: a checkpoint, then a fresh process-like setup resumes.
+            var (_, _, first, data1) = try setup(o)
+            let ckpt = dir.appendingPathComponent("state-\(optimizer).h5")
+            first.checkpointURL = ckpt
+            try first.run(&data1, until: 5)
+            var (_, lora2, second, data2) = try setup(o)
+            try second.resume(from: ckpt, data: &data2)
+            XCTAssertEqual(second.step, 5)
+            try second.run(&data2)
+            XCTAssertEqual(second.history.map(\.loss), full.history.map(\.loss), "\(optimizer): identical losses")
+            XCTAssertEqual(second.parameters.map { $0.1.toArray() }, full.parameters.map { $0.1.toArray() })
+            XCTAssertEqual(lora2.adapterParameters().count, full.parameters.count)
+        }
+    }
+
+    func testNonFiniteLossStopsAndKeepsTheLastGoodCheckpoint() throws {
+        var o = TrainerOptions()
+        o.steps = 6
+        o.saveEvery = 1
+        var (_, lora, trainer, data) = try setup(o)
+        let ckpt = dir.appendingPathComponent("state.h5")
+        let metrics = dir.appendingPathComponent("metrics.jsonl")
+        trainer.checkpointURL = ckpt
+        trainer.metricsURL = metrics
+        var poisoned = false
+        trainer.onStep = { m in
+            if m.step == 3 && !poisoned {  // poison an adapter weight after step 3
+                lora.layers[0].lora.a.basePointer[0] = .nan
+                poisoned = true
+            }
+        }
+        XCTAssertThrowsError(try trainer.run(&data)) { e in
+            XCTAssertTrue("\(e)".contains("step 4") && "\(e)".contains(ckpt.path), "\(e)")
+        }
+        let (_, _, attrs) = try HDF5Store.read(ckpt.path)
+        XCTAssertEqual(attrs["step"], "3", "the checkpoint from the last good step")
+        let lines = try String(contentsOf: metrics).split(separator: "\n")
+        XCTAssertEqual(lines.count, 3)
+        let m = try JSONDecoder().decode(StepMetrics.self, from: Data(lines[0].utf8))
+        XCTAssertEqual(m.step, 1)
+        XCTAssertTrue(lines[0].contains("\"tokens_per_s\"") && lines[0].contains("\"grad_norm\""))
+    }
+
+    func testSchedulesAndOptionsJSON() throws {
+        XCTAssertEqual(Schedule.constant.lr(step: 50, total: 100, warmup: 10, peak: 1), 1)
+        XCTAssertEqual(Schedule.linear.lr(step: 100, total: 100, warmup: 0, peak: 1, minRatio: 0), 0, accuracy: 1e-6)
+        XCTAssertEqual(Schedule.linear.lr(step: 50, total: 100, warmup: 0, peak: 1, minRatio: 0), 0.5, accuracy: 1e-6)
+        XCTAssertEqual(Schedule.cosine.lr(step: 4, total: 100, warmup: 10, peak: 1), 0.5, accuracy: 1e-6)
+        XCTAssertEqual(Schedule.cosine.lr(step: 55, total: 100, warmup: 10, peak: 1, minRatio: 0), 0.5, accuracy: 1e-6)
+        let o = try JSONDecoder().decode(TrainerOptions.self, from: Data(#"{"steps": 7, "lr": 0.01, "schedule": "linear", "grad_accumulation": 3}"#.utf8))
+        XCTAssertEqual(o.steps, 7)
+        XCTAssertEqual(o.schedule, .linear)
+        XCTAssertEqual(o.gradAccumulation, 3)
+        XCTAssertEqual(o.warmupSteps, TrainerOptions().warmupSteps, "missing keys take defaults")
+        XCTAssertThrowsError(try { var b = TrainerOptions(); b.optimizer = "lion"; _ = try Trainer(model: makeModel(config), parameters: [("x", Tensor.zeros([1]))], options: b) }())
+    }
+}
