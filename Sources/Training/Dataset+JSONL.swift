@@ -1,0 +1,307 @@
+// Dataset+JSONL.swift: reading examples: JSONL lines ({"text"}, {"prompt","completion"},
+// {"instruction","input","output"}, {"messages"}) checked line by line with file:line errors, text files as
+// documents, and the templates (Alpaca, ChatML) that turn an example into tokens with a loss mask.
+
+import Foundation
+
+/// The kinds of training data `readExamples(_:)` understands.
+public enum DataFormat: String, Codable, Sendable, CaseIterable {
+    /// `.txt`, `.md` or `.rst` files; every token is learned.
+    case plainText = "plain text"
+    /// JSONL `{"text": …}`; every token is learned.
+    case text
+    /// JSONL `{"prompt": …, "completion": …}`; only the completion (and EOS) is learned.
+    case promptCompletion = "prompt/completion"
+    /// JSONL `{"instruction": …, "input": … (optional), "output": …}` in the Alpaca template; only the output
+    /// (and EOS) is learned.
+    case instruction
+    /// JSONL `{"messages": [{"role": …, "content": …}, …]}` in ChatML; only assistant turns are learned.
+    case chat
+}
+
+/// One chat turn. `role` is "system", "user" or "assistant".
+public struct ChatMessage: Equatable, Sendable {
+    public var role: String
+    public var content: String
+    public init(role: String, content: String) {
+        self.role = role
+        self.content = content
+    }
+}
+
+/// One example as read from a file, before tokenization.
+public enum DataExample: Equatable, Sendable {
+    case text(String)
+    case promptCompletion(prompt: String, completion: String)
+    case instruction(instruction: String, input: String?, output: String)
+    case chat([ChatMessage])
+
+    /// The JSONL format this example has (`.text` for text documents as well).
+    public var format: DataFormat {
+        switch self {
+        case .text: return .text
+        case .promptCompletion: return .promptCompletion
+        case .instruction: return .instruction
+        case .chat: return .chat
+        }
+    }
+
+    /// Token ids and which of them are learned (`learned[i]`: the loss trains the model to predict `ids[i]`).
+    ///
+    /// - text: `[BOS] text EOS`, all learned but BOS.
+    /// - prompt/completion: `[BOS] prompt completion EOS` (no separator is inserted: put the space or newline you
+    ///   want at the end of the prompt); only `completion EOS` is learned.
+    /// - instruction: `[BOS] alpacaPrompt(…) output EOS`; only `output EOS` is learned.
+    /// - chat: `[BOS] renderChatML(messages)`, then EOS unless it is `<|im_end|>` itself; only each assistant
+    ///   turn's content and its closing `<|im_end|>` are learned (not the `\n` after it, not the final EOS:
+    ///   `<|im_end|>` is what ends a reply).
+    ///
+    /// Prompt and completion are encoded separately, as at generation time (the prompt is encoded, then the
+    /// model continues), so the learned ids decode to exactly the completion text. Special-token texts written
+    /// inside the data (e.g. a literal `<|im_end|>` in a message) become special tokens, as `encode` does.
+    /// BOS is added only with `addBOS` and only if the tokenizer has one; EOS only if it has one.
+    public func tokenized(_ tokenizer: Tokenizer, addBOS: Bool = false) -> TokenizedExample {
+        var ex = TokenizedExample()
+        if addBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
+        let eos = tokenizer.eosTokenID.map { [$0] } ?? []
+        switch self {
+        case .text(let text):
+            ex.append(tokenizer.encode(text) + eos, learned: true)
+        case .promptCompletion(let prompt, let completion):
+            ex.append(tokenizer.encode(prompt), learned: false)
+            ex.append(tokenizer.encode(completion) + eos, learned: true)
+        case .instruction(let instruction, let input, let output):
+            ex.append(tokenizer.encode(alpacaPrompt(instruction: instruction, input: input)), learned: false)
+            ex.append(tokenizer.encode(output) + eos, learned: true)
+        case .chat(let messages):
+            // The prompt side is encoded as one string up to "assistant\n", exactly as a generation prompt is.
+            let imEnd = tokenizer.encode(chatMLEnd)
+            var pending = ""
+            for m in messages {
+                pending += chatMLStart + m.role + "\n"
+                if m.role == "assistant" {
+                    ex.append(tokenizer.encode(pending), learned: false)
+                    ex.append(tokenizer.encode(m.content) + imEnd, learned: true)
+                    pending = "\n"
+                } else {
+                    pending += m.content + chatMLEnd + "\n"
+                }
+            }
+            ex.append(tokenizer.encode(pending), learned: false)
+            if eos != imEnd { ex.append(eos, learned: false) }
+        }
+        return ex
+    }
+}
+
+/// Token ids with a loss mask, one flag per id (see `DataExample.tokenized`).
+public struct TokenizedExample: Equatable, Sendable {
+    /// Token ids, EOS (and BOS) included.
+    public var ids: [Int32] = []
+    /// `learned[i]`: the position before `i` is trained to predict `ids[i]`.
+    public var learned: [Bool] = []
+
+    public init() {}
+    public init(ids: [Int32], learned: [Bool]) {
+        precondition(ids.count == learned.count, "[TokenizedExample] \(ids.count) ids but \(learned.count) flags")
+        self.ids = ids
+        self.learned = learned
+    }
+
+    /// Appends `new` ids, all learned or all not.
+    public mutating func append(_ new: [Int32], learned flag: Bool) {
+        ids += new
+        learned += [Bool](repeating: flag, count: new.count)
+    }
+}
+
+let chatMLStart = "<|im_start|>", chatMLEnd = "<|im_end|>"
+
+/// ChatML, as SmolLM2 and Qwen use it: `<|im_start|>role\ncontent<|im_end|>\n` per message. With
+/// `addGenerationPrompt`, `<|im_start|>assistant\n` follows (the prompt for a reply).
+public func renderChatML(_ messages: [ChatMessage], addGenerationPrompt: Bool = false) -> String {
+    var s = messages.map { chatMLStart + $0.role + "\n" + $0.content + chatMLEnd + "\n" }.joined()
+    if addGenerationPrompt { s += chatMLStart + "assistant\n" }
+    return s
+}
+
+/// The Alpaca prompt (Taori et al., 2023) that instruction data is rendered with; the output follows it directly.
+///
+/// With a non-empty input:
+/// `"Below is an instruction that describes a task, paired with an input that provides further context. Write a
+/// response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"`;
+/// without one, the first sentence ends after "a task." and the Input section is left out.
+public func alpacaPrompt(instruction: String, input: String?) -> String {
+    if let input, !input.isEmpty {
+        return "Below is an instruction that describes a task, paired with an input that provides further context. "
+            + "Write a response that appropriately completes the request.\n\n### Instruction:\n\(instruction)\n\n"
+            + "### Input:\n\(input)\n\n### Response:\n"
+    }
+    return "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        + "\n\n### Instruction:\n\(instruction)\n\n### Response:\n"
+}
+
+// MARK: reading
+
+/// Reads examples from `path`: a `.jsonl` file, a text file, or a folder (every `.jsonl` file in it, sorted by
+/// path, or else every `.txt`/`.md`/`.rst` file; a folder holding both kinds is an error).
+///
+/// A text file is one `.text` document (format `.plainText`). In JSONL, every non-empty line is one example;
+/// lines that are empty or only whitespace are skipped, and they are the only lines skipped: any other line
+/// that is not a valid example stops reading with a `DatasetError` naming the file and line. All lines (and
+/// all files of a folder) must have one format.
+public func readExamples(_ path: String) throws -> (format: DataFormat, examples: [DataExample]) {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+        throw DatasetError(file: path, line: nil, message: "no such file or folder")
+    }
+    var jsonl: [String] = []
+    if isDir.boolValue {
+        let e = FileManager.default.enumerator(atPath: path)
+        var texts = 0
+        while let f = e?.nextObject() as? String {
+            if f.hasSuffix(".jsonl") { jsonl.append(path + "/" + f) }
+            if [".txt", ".md", ".rst"].contains(where: { f.hasSuffix($0) }) { texts += 1 }
+        }
+        jsonl.sort()
+        if !jsonl.isEmpty && texts > 0 {
+            throw DatasetError(file: path, line: nil, message: "the folder holds both .jsonl files and \(texts) text "
+                + "files; put the examples of one format in a folder of their own")
+        }
+    } else if path.hasSuffix(".jsonl") {
+        jsonl = [path]
+    } else if path.hasSuffix(".json") {
+        throw DatasetError(file: path, line: nil, message: "a .json file is not read; write one JSON object per "
+            + "line to a .jsonl file")
+    }
+    if jsonl.isEmpty {
+        do {
+            return (.plainText, try readTextCorpus(path).map { .text($0) })
+        } catch let e as CorpusError {
+            throw DatasetError(file: e.path, line: nil, message: e.message)
+        }
+    }
+    var format: (DataFormat, String)?
+    var all: [DataExample] = []
+    for file in jsonl {
+        let examples = try readJSONL(file)
+        guard let first = examples.first else { continue }
+        if let (f, other) = format, f != first.example.format {
+            throw DatasetError(file: file, line: first.line, message: "this file holds \(first.example.format.rawValue) "
+                + "data but \(other) holds \(f.rawValue) data; the files of one data set must have one format")
+        }
+        format = format ?? (first.example.format, file)
+        all += examples.map(\.example)
+    }
+    guard let (f, _) = format else {
+        throw DatasetError(file: path, line: nil, message: "holds no examples (only empty lines)")
+    }
+    return (f, all)
+}
+
+/// The examples of one JSONL file with their 1-based line numbers (empty lines skipped). Throws at the first
+/// bad line: invalid UTF-8 or JSON, not an object, no known keys, a missing key, a value of the wrong type, an
+/// empty text/prompt/completion/output/instruction, an unknown chat role, a chat without an assistant turn, or a line
+/// whose format differs from the first line's.
+public func readJSONL(_ file: String) throws -> [(line: Int, example: DataExample)] {
+    guard let data = FileManager.default.contents(atPath: file) else {
+        throw DatasetError(file: file, line: nil, message: "cannot read the file")
+    }
+    var out: [(line: Int, example: DataExample)] = []
+    var lineNumber = 0
+    var start = data.startIndex
+    while start < data.endIndex {
+        let end = data[start...].firstIndex(of: 0x0A) ?? data.endIndex
+        lineNumber += 1
+        var bytes = data[start..<end]
+        start = end < data.endIndex ? end + 1 : end
+        if bytes.last == 0x0D { bytes = bytes.dropLast() }
+        if bytes.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+        let example = try parseJSONLine(Data(bytes), file: file, line: lineNumber)
+        if let first = out.first, first.example.format != example.format {
+            throw DatasetError(file: file, line: lineNumber, message: "this line is \(example.format.rawValue) data but "
+                + "line \(first.line) is \(first.example.format.rawValue) data; a file holds one format")
+        }
+        out.append((lineNumber, example))
+    }
+    return out
+}
+
+/// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
+/// "instruction" or "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
+/// are ignored (Alpaca files, for instance, carry a rendered "text" next to "instruction").
+func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample {
+    func fail(_ message: String) -> DatasetError { DatasetError(file: file, line: line, message: message) }
+    guard String(data: bytes, encoding: .utf8) != nil else { throw fail("the line is not valid UTF-8") }
+    let value: Any
+    do {
+        value = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
+    } catch {
+        let detail = ((error as NSError).userInfo["NSDebugDescription"] as? String).map { " (\($0))" } ?? ""
+        throw fail("invalid JSON\(detail): \(preview(bytes))")
+    }
+    guard let object = value as? [String: Any] else {
+        throw fail("expected a JSON object, found \(jsonKind(value))")
+    }
+    func string(_ key: String, required: Bool = true, nonEmpty: Bool = true, in o: [String: Any] = object,
+                what: String = "") throws -> String? {
+        guard let v = o[key] else {
+            if required { throw fail("\(what)missing the key \"\(key)\"") }
+            return nil
+        }
+        guard let s = v as? String else { throw fail("\(what)\"\(key)\" must be a string, found \(jsonKind(v))") }
+        if nonEmpty && s.isEmpty { throw fail("\(what)\"\(key)\" is empty") }
+        return s
+    }
+    if let messages = object["messages"] {
+        guard let list = messages as? [Any] else { throw fail("\"messages\" must be an array, found \(jsonKind(messages))") }
+        guard !list.isEmpty else { throw fail("\"messages\" is empty") }
+        var turns: [ChatMessage] = []
+        for (k, item) in list.enumerated() {
+            let what = "message \(k + 1): "
+            guard let m = item as? [String: Any] else { throw fail("\(what)expected an object, found \(jsonKind(item))") }
+            let role = try string("role", in: m, what: what)!
+            guard ["system", "user", "assistant"].contains(role) else {
+                throw fail("\(what)unknown role \"\(role)\"; expected \"system\", \"user\" or \"assistant\"")
+            }
+            let content = try string("content", nonEmpty: role == "assistant", in: m, what: what)!
+            turns.append(ChatMessage(role: role, content: content))
+        }
+        guard turns.contains(where: { $0.role == "assistant" }) else {
+            throw fail("no \"assistant\" message: chat data learns only the assistant's turns")
+        }
+        return .chat(turns)
+    }
+    if object["instruction"] != nil || object["output"] != nil {
+        return .instruction(instruction: try string("instruction")!,
+                            input: try string("input", required: false, nonEmpty: false), output: try string("output")!)
+    }
+    if object["prompt"] != nil || object["completion"] != nil {
+        // An empty prompt would leave the completion's first token with no position to predict it from.
+        let prompt = try string("prompt", nonEmpty: false)!
+        if prompt.isEmpty { throw fail("\"prompt\" is empty; write examples without a prompt as {\"text\": …}") }
+        return .promptCompletion(prompt: prompt, completion: try string("completion")!)
+    }
+    if object["text"] != nil { return .text(try string("text")!) }
+    let keys = object.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
+    throw fail("no known keys (found \(keys.isEmpty ? "none" : keys)); expected \"text\", \"prompt\" + \"completion\", "
+        + "\"instruction\" + \"output\" (+ \"input\"), or \"messages\"")
+}
+
+/// "a string", "a number", … for error messages.
+func jsonKind(_ v: Any) -> String {
+    switch v {
+    case is NSNull: return "null"
+    case is String: return "a string"
+    case is [Any]: return "an array"
+    case is [String: Any]: return "an object"
+    case is NSNumber: return "\(type(of: v))".contains("Boolean") ? "a boolean" : "a number"
+    default: return "\(type(of: v))"
+    }
+}
+
+/// The start of a bad line, for an error message.
+func preview(_ bytes: Data) -> String {
+    let s = String(decoding: bytes.prefix(60), as: UTF8.self)
+    return bytes.count > 60 ? s + "…" : s
+}

@@ -1,0 +1,150 @@
+// The train, eval and compare jobs: load a base, build a method, load data, train with the Trainer,
+// save the adapter (or the full model), and report. `compare` runs the train job per method on the
+// same base, data and step budget and writes the report folder.
+
+import Foundation
+
+/// Everything one `swiftpeft train` run needs.
+public struct TrainJob {
+    public var modelPath: String
+    public var dataPath: String
+    public var method = "lora"
+    public var methodOptions = MethodOptions()
+    public var trainer = TrainerOptions()
+    public var data = DatasetOptions()
+    public var batchSize = 8
+    /// Output folder: adapter.h5 (model.h5 for "full"), state.h5 (resumable), metrics.jsonl.
+    public var outDir: String
+    /// Continue from outDir/state.h5.
+    public var resume = false
+    /// Validation rows scored at each evaluation (nil: all).
+    public var evalRows: Int? = 64
+    public init(modelPath: String, dataPath: String, outDir: String) {
+        self.modelPath = modelPath
+        self.dataPath = dataPath
+        self.outDir = outDir
+    }
+}
+
+/// What a train run did.
+public struct TrainOutcome {
+    public var method: String
+    public var report: TrainableReport
+    public var dataSummary: String
+    public var valLossBefore: Double?
+    public var valLossAfter: Double?
+    public var finalTrainLoss: Double
+    /// adapter.h5 or model.h5.
+    public var savedPath: String
+    public var savedBytes: Int
+    public var seconds: Double
+    public var tokensPerSecond: Double
+    public var history: [StepMetrics]
+}
+
+/// Runs a training job; `onStep` sees every step (for a progress display), `onStart` the setup.
+@discardableResult
+public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
+                        onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome {
+    let (model, tokenizer) = try loadBaseModel(job.modelPath)
+    guard let tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
+    var mo = job.methodOptions
+    mo.seed = job.trainer.seed
+    let method = try makeMethod(job.method, for: model, options: mo)
+    let names: [String]
+    if let method {
+        names = try method.attach(to: model)
+    } else {
+        model.unfreeze()
+        names = ["every weight"]
+    }
+    let parameters = method?.adapterParameters() ?? model.namedParameters()
+    let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
+    var dataOptions = job.data
+    dataOptions.seed = job.trainer.seed
+    let splits = try loadDataset(job.dataPath, tokenizer: tokenizer, options: dataOptions)
+    let val = splits.validation
+    onStart("""
+        base: \(job.modelPath) (\(model.config.family), \(model.parameterCount) parameters)
+        method: \(job.method) on \(names.count) module(s)\(names.count <= 4 ? ": " + names.joined(separator: ", ") : "")
+        \(report)
+        data: \(splits)
+        """)
+    let fm = FileManager.default
+    try fm.createDirectory(atPath: job.outDir, withIntermediateDirectories: true)
+    let out = URL(fileURLWithPath: job.outDir)
+    let trainer = try Trainer(model: model, parameters: parameters, options: job.trainer)
+    trainer.checkpointURL = out.appendingPathComponent("state.h5")
+    trainer.metricsURL = out.appendingPathComponent("metrics.jsonl")
+    if let method {
+        trainer.checkpointAttributes = ["method": job.method, "method_config": String(decoding: try method.configJSON(), as: UTF8.self)]
+    }
+    trainer.onStep = onStep
+    var stream = BatchIterator(splits.train, batchSize: job.batchSize, seed: job.trainer.seed)
+    if job.resume {
+        try trainer.resume(from: trainer.checkpointURL!, data: &stream)
+    } else {
+        try? fm.removeItem(at: trainer.metricsURL!)
+    }
+    let scorer: (() -> Double)? = val.map { v in { evaluate(model, on: v, batch: job.batchSize, maxRows: job.evalRows).loss } }
+    let before = job.resume ? nil : scorer?()
+    let start = Date()
+    try trainer.run(&stream, validation: scorer)
+    let seconds = Date().timeIntervalSince(start)
+    let saved: String
+    if let method {
+        saved = out.appendingPathComponent("adapter.h5").path
+        model.eval()
+        try AdapterCheckpoint.save(method, base: try loadBaseModel(job.modelPath).model, to: saved)
+    } else {
+        saved = out.appendingPathComponent("model.h5").path
+        model.freeze()
+        try ModelCheckpoint.save(model, tokenizerJSON: tokenizer.tokenizerJSON(), to: saved, metadata: ["fine_tuned_from": job.modelPath])
+    }
+    let bytes = (try? fm.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0
+    let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
+    return TrainOutcome(method: job.method, report: report, dataSummary: splits.description, valLossBefore: before,
+                        valLossAfter: trainer.history.last?.valLoss, finalTrainLoss: trainer.history.last?.loss ?? .nan,
+                        savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history)
+}
+
+/// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
+public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
+                    packing: Bool = true) throws -> Evaluation {
+    let (model, tokenizer) = try loadBaseModel(modelPath)
+    guard let tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
+    if let adapterPath { try AdapterCheckpoint.load(adapterPath, onto: model) }
+    let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
+    return evaluate(model, on: splits.train, batch: batch)
+}
+
+/// Trains each method of `methods` with the same job settings (out: <outDir>/<method>) and writes
+/// the comparison report (table, Markdown, CSV, JSON, SVG plot) to `outDir`.
+public func runCompare(_ base: TrainJob, methods: [String], onStart: (String) -> Void = { _ in },
+                       onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
+    var results: [MethodResult] = []
+    let baseParams = try loadBaseModel(base.modelPath).model.parameterCount
+    for m in methods {
+        var job = base
+        job.method = m
+        job.outDir = URL(fileURLWithPath: base.outDir).appendingPathComponent(m).path
+        job.resume = false
+        resetPeakResidentBytes()
+        let o = try runTrainJob(job, onStart: { onStart("[\(m)]\n" + $0) }, onStep: { onStep(m, $0) })
+        let curve = o.history.compactMap { h in h.valLoss.map { CurvePoint(step: h.step, loss: $0) } }
+        let first = o.valLossBefore.map { [CurvePoint(step: 0, loss: $0)] } ?? []
+        results.append(MethodResult(
+            method: m, trainableParams: o.report.trainable, percentOfBase: 100 * Double(o.report.trainable) / Double(baseParams),
+            adapterBytes: o.savedBytes, trainSeconds: o.seconds, tokensPerSecond: o.tokensPerSecond,
+            peakMemoryBytes: peakResidentBytes(), finalTrainLoss: o.finalTrainLoss, finalValLoss: o.valLossAfter ?? .nan,
+            perplexity: Foundation.exp(o.valLossAfter ?? .nan), curve: first + curve,
+            trainCurve: o.history.map { CurvePoint(step: $0.step, loss: $0.loss) }))
+    }
+    let setup = """
+        base `\(base.modelPath)`, data `\(base.dataPath)`, \(base.trainer.steps) steps, batch \(base.batchSize), \
+        sequence length \(base.data.seqLen), lr \(base.trainer.lr) (\(base.trainer.schedule.rawValue)), seed \(base.trainer.seed), \
+        OpenBLAS core \(openBLASCoreName), \(ProcessInfo.processInfo.activeProcessorCount) cores.
+        """
+    try writeCompareReport(results, to: URL(fileURLWithPath: base.outDir), title: "PEFT methods compared", setup: setup)
+    return results
+}

@@ -1,0 +1,419 @@
+// The training data layer: loss masks of every JSONL format (learned targets decode to exactly the completion
+// or assistant text + EOS), ChatML, file:line errors for each kind of bad line, packing and padding, the seeded
+// validation split, shuffling, and resuming a batch iterator from a saved position.
+
+import XCTest
+@testable import Training
+
+final class DatasetTests: XCTestCase {
+    static let eot = "<|endoftext|>"
+
+    /// A small byte-level BPE with GPT-2's end-of-text token (BOS/EOS/PAD) and the ChatML markers as specials.
+    static let tokenizer: BPETokenizer = {
+        let corpus = (0..<40).map { i in
+            "The cat sat on the mat \(i). Translate: chat, chien. Write a response that completes the request. "
+                + "### Instruction: say hello. ### Response: hello there, general \(i % 7)!"
+        }
+        return try! BPETokenizer.train(corpus: corpus, vocabSize: 340,
+                                       specialTokens: [eot, "<|im_start|>", "<|im_end|>"],
+                                       roles: SpecialTokenRoles(bos: eot, eos: eot, pad: eot))
+    }()
+
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "dataset-tests-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// Writes `lines` (joined by newlines) to `dir/name` and returns the path.
+    @discardableResult
+    func write(_ name: String, _ lines: [String]) throws -> String {
+        let path = dir + "/" + name
+        try lines.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func json(_ object: [String: Any]) -> String {
+        String(decoding: try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+    }
+
+    /// The learned target tokens of one batch, decoded.
+    func learnedText(_ b: Batch, _ tok: Tokenizer = tokenizer) -> String {
+        tok.decode(b.targets.filter { $0 != -100 })
+    }
+
+    func load(_ path: String, packing: Bool = false, seqLen: Int = 256, tok: Tokenizer = tokenizer,
+              validation: ValidationSplit = .none, seed: UInt64 = 0) throws -> DatasetSplits {
+        try loadDataset(path, tokenizer: tok,
+                        options: DatasetOptions(seqLen: seqLen, packing: packing, validation: validation, seed: seed))
+    }
+
+    // MARK: formats and masks
+
+    func testPromptCompletionLearnsOnlyCompletionAndEOS() throws {
+        let pairs = [("Translate: cat\n", "chat"), ("Translate: dog\n", "chien, le chien"), ("Say: ", "hello there")]
+        let path = try write("pc.jsonl", pairs.map { json(["prompt": $0.0, "completion": $0.1]) })
+        let data = try load(path)
+        XCTAssertEqual(data.format, .promptCompletion)
+        XCTAssertEqual(data.train.count, 3)
+        for (r, (prompt, completion)) in pairs.enumerated() {
+            let b = data.train.batch(rows: [r])
+            XCTAssertEqual(learnedText(b), completion + Self.eot, "row \(r)")
+            let real = b.attentionMask!.filter { $0 == 1 }.count
+            XCTAssertEqual(Self.tokenizer.decode(Array(b.ids[..<real])), prompt + completion + Self.eot)
+            // Position t is learned exactly when t + 1 is past the prompt.
+            let promptLength = Self.tokenizer.encode(prompt).count
+            for t in 0..<real {
+                XCTAssertEqual(b.targets[t] != -100, t + 1 >= promptLength && t + 1 < real, "row \(r) position \(t)")
+            }
+        }
+        // Packed, the learned targets of all rows together are the completions, each followed by EOS.
+        let packed = try load(path, packing: true, seqLen: 8)
+        let all = (0..<packed.train.count).map { learnedText(packed.train.batch(rows: [$0])) }.joined()
+        XCTAssertEqual(all, pairs.map { $0.1 + Self.eot }.joined())
+        XCTAssertNil(packed.train.batch(rows: [0]).attentionMask)
+    }
+
+    func testInstructionUsesAlpacaTemplateAndLearnsOutput() throws {
+        let path = try write("inst.jsonl", [
+            json(["instruction": "Say hello.", "output": "hello there"]),
+            json(["instruction": "Translate.", "input": "cat", "output": "chat"]),
+            json(["instruction": "Translate.", "input": "", "output": "chien", "text": "ignored rendered text"]),
+        ])
+        let data = try load(path)
+        XCTAssertEqual(data.format, .instruction)
+        let inputs: [String?] = [nil, "cat", nil]
+        for (r, (instruction, output)) in [("Say hello.", "hello there"), ("Translate.", "chat"), ("Translate.", "chien")].enumerated() {
+            let b = data.train.batch(rows: [r])
+            XCTAssertEqual(learnedText(b), output + Self.eot)
+            let real = b.attentionMask!.filter { $0 == 1 }.count
+            XCTAssertEqual(Self.tokenizer.decode(Array(b.ids[..<real])),
+                           alpacaPrompt(instruction: instruction, input: inputs[r]) + output + Self.eot)
+        }
+        XCTAssertEqual(alpacaPrompt(instruction: "I", input: "X"),
+                       "Below is an instruction that describes a task, paired with an input that provides further "
+                       + "context. Write a response that appropriately completes the request.\n\n### Instruction:\nI\n\n"
+                       + "### Input:\nX\n\n### Response:\n")
+        XCTAssertEqual(alpacaPrompt(instruction: "I", input: ""),
+                       "Below is an instruction that describes a task. Write a response that appropriately completes "
+                       + "the request.\n\n### Instruction:\nI\n\n### Response:\n")
+    }
+
+    func testTextLearnsEverythingAndEOS() throws {
+        let path = try write("text.jsonl", [json(["text": "The cat sat."]), json(["text": "On the mat."])])
+        let data = try load(path)
+        XCTAssertEqual(data.format, .text)
+        let ids = Self.tokenizer.encode("The cat sat.")
+        XCTAssertEqual(learnedText(data.train.batch(rows: [0])), Self.tokenizer.decode(Array(ids.dropFirst())) + Self.eot,
+                       "all but the first token, which no position predicts")
+        XCTAssertEqual(data.train.summary.maskedTargets, 0)
+        // With BOS in front, the first text token is learned too; BOS itself never is.
+        let withBOS = try loadDataset(path, tokenizer: Self.tokenizer,
+                                      options: DatasetOptions(packing: false, validation: .none, addBOS: true))
+        let b = withBOS.train.batch(rows: [0])
+        XCTAssertEqual(b.ids[0], Self.tokenizer.bosTokenID!)
+        XCTAssertEqual(learnedText(b), "The cat sat." + Self.eot)
+    }
+
+    func testChatMLTwoTurnsWithSystem() throws {
+        let messages = [ChatMessage(role: "system", content: "You are terse."),
+                        ChatMessage(role: "user", content: "Say hello."),
+                        ChatMessage(role: "assistant", content: "hello"),
+                        ChatMessage(role: "user", content: "Translate cat."),
+                        ChatMessage(role: "assistant", content: "chat")]
+        let rendered = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay hello.<|im_end|>\n"
+            + "<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nTranslate cat.<|im_end|>\n"
+            + "<|im_start|>assistant\nchat<|im_end|>\n"
+        XCTAssertEqual(renderChatML(messages), rendered)
+        XCTAssertEqual(renderChatML(Array(messages[..<2]), addGenerationPrompt: true),
+                       "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay hello.<|im_end|>\n"
+                       + "<|im_start|>assistant\n")
+        let line = json(["messages": messages.map { ["role": $0.role, "content": $0.content] }])
+        let path = try write("chat.jsonl", [line])
+        let data = try load(path)
+        XCTAssertEqual(data.format, .chat)
+        let b = data.train.batch(rows: [0])
+        XCTAssertEqual(learnedText(b), "hello<|im_end|>chat<|im_end|>", "only assistant content and its <|im_end|>")
+        let real = b.attentionMask!.filter { $0 == 1 }.count
+        XCTAssertEqual(Self.tokenizer.decode(Array(b.ids[..<real])), rendered + Self.eot, "then EOS")
+        // The markers are the tokenizer's special tokens: 5 starts and 5 ends, one id each.
+        let start = Self.tokenizer.tokenID(for: "<|im_start|>")!, end = Self.tokenizer.tokenID(for: "<|im_end|>")!
+        XCTAssertEqual(b.ids.filter { $0 == start }.count, 5)
+        XCTAssertEqual(b.ids.filter { $0 == end }.count, 5)
+
+        // Without special tokens the template is plain text, and the same text is learned.
+        let bytes = ByteTokenizer(specialTokens: [Self.eot], roles: SpecialTokenRoles(eos: Self.eot))
+        let plain = try load(path, tok: bytes).train.batch(rows: [0])
+        XCTAssertEqual(bytes.decode(plain.targets.filter { $0 != -100 }), "hello<|im_end|>chat<|im_end|>")
+        XCTAssertFalse(plain.ids.contains { $0 >= 256 && $0 != bytes.eosTokenID! })
+    }
+
+    // MARK: errors
+
+    /// Each bad line, written as line 3 after a good line and an empty one, with the message it must give.
+    func testBadLinesNameFileLineAndProblem() throws {
+        let pc = json(["prompt": "a", "completion": "b"])
+        let chat = #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#
+        let inst = json(["instruction": "a", "output": "b"])
+        let cases: [(first: String, bad: String, message: String)] = [
+            (pc, #"{"prompt": "a", "completion": "#, "invalid JSON"),
+            (pc, #"{"prompt": "a", "completion": "b"} x"#, "invalid JSON"),
+            (pc, "[1, 2]", "expected a JSON object, found an array"),
+            (pc, "42", "expected a JSON object, found a number"),
+            (pc, #"{"foo": 1, "bar": 2}"#, #"no known keys (found "bar", "foo")"#),
+            (pc, #"{"prompt": "a"}"#, #"missing the key "completion""#),
+            (pc, #"{"completion": "a"}"#, #"missing the key "prompt""#),
+            (pc, #"{"prompt": "a", "completion": 5}"#, #""completion" must be a string, found a number"#),
+            (pc, #"{"prompt": "a", "completion": true}"#, #""completion" must be a string, found a boolean"#),
+            (pc, #"{"prompt": null, "completion": "b"}"#, #""prompt" must be a string, found null"#),
+            (pc, #"{"prompt": "a", "completion": ""}"#, #""completion" is empty"#),
+            (pc, #"{"prompt": "", "completion": "b"}"#, #""prompt" is empty; write examples without a prompt as {"text": …}"#),
+            (pc, #"{"text": "hello"}"#, "this line is text data but line 1 is prompt/completion data"),
+            (pc, chat, "this line is chat data but line 1 is prompt/completion data"),
+            (inst, #"{"instruction": "a", "output": ""}"#, #""output" is empty"#),
+            (inst, #"{"output": "b"}"#, #"missing the key "instruction""#),
+            (inst, #"{"instruction": "a", "input": 3, "output": "b"}"#, #""input" must be a string, found a number"#),
+            (json(["text": "a"]), #"{"text": ""}"#, #""text" is empty"#),
+            (chat, #"{"messages": "hi"}"#, #""messages" must be an array, found a string"#),
+            (chat, #"{"messages": []}"#, #""messages" is empty"#),
+            (chat, #"{"messages": ["hi"]}"#, "message 1: expected an object, found a string"),
+            (chat, #"{"messages": [{"role": "tool", "content": "x"}]}"#, #"message 1: unknown role "tool""#),
+            (chat, #"{"messages": [{"content": "x"}]}"#, #"message 1: missing the key "role""#),
+            (chat, #"{"messages": [{"role": "user", "content": null}]}"#, #"message 1: "content" must be a string, found null"#),
+            (chat, #"{"messages": [{"role": "user", "content": "hi"}]}"#, #"no "assistant" message"#),
+            (chat, #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}"#,
+             #"message 2: "content" is empty"#),
+        ]
+        for (k, c) in cases.enumerated() {
+            let path = try write("bad\(k).jsonl", [c.first, "   ", c.bad, c.first])
+            XCTAssertThrowsError(try load(path), "case \(k): \(c.bad)") { error in
+                guard let e = error as? DatasetError else { return XCTFail("case \(k): \(error)") }
+                XCTAssertEqual(e.file, path)
+                XCTAssertEqual(e.line, 3, "case \(k): \(e)")
+                XCTAssertTrue(e.message.contains(c.message), "case \(k): \(e.message)")
+                XCTAssertTrue(e.description.hasPrefix("\(path):3: "), e.description)
+            }
+        }
+        // Invalid UTF-8 on line 2.
+        let path = dir + "/utf8.jsonl"
+        try Data(Array(pc.utf8) + [0x0A] + [0x7B, 0xFF, 0x7D]).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try load(path)) { XCTAssertEqual(($0 as? DatasetError)?.description, "\(path):2: the line is not valid UTF-8") }
+    }
+
+    func testMixedFormatsAcrossFilesAndOtherFileErrors() throws {
+        let sub = dir + "/mixed"
+        try FileManager.default.createDirectory(atPath: sub, withIntermediateDirectories: true)
+        try json(["prompt": "a", "completion": "b"]).write(toFile: sub + "/a.jsonl", atomically: true, encoding: .utf8)
+        try "\n\n" .appending(json(["text": "c"])).write(toFile: sub + "/b.jsonl", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try load(sub)) { error in
+            let e = error as! DatasetError
+            XCTAssertEqual(e.file, sub + "/b.jsonl")
+            XCTAssertEqual(e.line, 3)
+            XCTAssertTrue(e.message.contains("holds text data but \(sub)/a.jsonl holds prompt/completion data"), e.message)
+        }
+        XCTAssertThrowsError(try load(dir + "/missing.jsonl")) { XCTAssertTrue("\($0)".hasSuffix("missing.jsonl: no such file or folder")) }
+        let empty = try write("empty.jsonl", ["", "  "])
+        XCTAssertThrowsError(try load(empty)) { XCTAssertTrue("\($0)".contains("holds no examples")) }
+        // Prompt/completion data needs an EOS to learn to stop with.
+        let pc = try write("pc.jsonl", [json(["prompt": "a", "completion": "b"])])
+        XCTAssertThrowsError(try load(pc, tok: ByteTokenizer())) { XCTAssertTrue("\($0)".contains("end-of-sequence")) }
+    }
+
+    // MARK: rows
+
+    func testPackingRowsShareOneTokenAndCoverTheStream() throws {
+        let texts = (0..<12).map { "The cat sat on the mat \($0)." }
+        let path = try write("t.jsonl", texts.map { json(["text": $0]) })
+        let T = 16
+        let data = try load(path, packing: true, seqLen: T).train
+        let stream = texts.flatMap { Self.tokenizer.encode($0) + [Self.tokenizer.eosTokenID!] }
+        XCTAssertEqual(data.count, (stream.count - 1 + T - 1) / T, "⌈(N − 1) / T⌉ rows; \(stream.count) \(data.summary)")
+        let b = data.batch(rows: Array(0..<data.count))
+        XCTAssertEqual(b.ids.count, data.count * T)
+        XCTAssertNil(b.attentionMask)
+        // Inputs are the stream (then padding), targets the stream shifted by one (then -100).
+        XCTAssertEqual(Array(b.ids[..<(stream.count - 1)]), Array(stream.dropLast()))
+        XCTAssertEqual(Array(b.targets[..<(stream.count - 1)]), Array(stream.dropFirst()))
+        XCTAssertTrue(b.targets[(stream.count - 1)...].allSatisfy { $0 == -100 })
+        XCTAssertEqual(data.summary.learnedTargets, stream.count - 1)
+        XCTAssertEqual(data.summary.rows, data.count)
+        XCTAssertEqual(data.summary.paddingPositions, data.count * T - stream.count, "the final EOS is an input, with no target")
+        XCTAssertEqual(data.summary.tokens, stream.count)
+        XCTAssertTrue(data.summary.description.contains("packed"), data.summary.description)
+    }
+
+    func testPaddingRowsMasksTruncationAndDroppedRows() throws {
+        let long = String(repeating: "the cat sat on the mat ", count: 20)
+        let path = try write("p.jsonl", [
+            json(["prompt": "Translate: cat\n", "completion": "chat"]),
+            json(["prompt": "Say: ", "completion": long]),
+            json(["prompt": long, "completion": "x"]),  // the prompt fills the row: nothing left to learn
+        ])
+        let T = 12
+        let data = try load(path, seqLen: T).train
+        XCTAssertEqual(data.count, 2, "the row with no learned target is left out")
+        XCTAssertEqual(data.summary.droppedRows, 1)
+        XCTAssertEqual(data.summary.truncatedExamples, 2)
+        XCTAssertEqual(data.summary.longExamples, 2)
+        let n1 = Self.tokenizer.encode("Say: ").count + Self.tokenizer.encode(long).count + 1
+        let n2 = Self.tokenizer.encode(long).count + Self.tokenizer.encode("x").count + 1
+        XCTAssertEqual(data.summary.truncatedTokens, n1 - (T + 1) + n2 - (T + 1))
+        XCTAssertTrue(data.summary.description.contains("2 examples longer than 13 tokens truncated"), data.summary.description)
+        let b = data.batch(rows: [0, 1])
+        XCTAssertEqual(b.ids.count, 2 * T)
+        let first = Self.tokenizer.encode("Translate: cat\n") + Self.tokenizer.encode("chat") + [Self.tokenizer.eosTokenID!]
+        let mask = b.attentionMask!
+        XCTAssertEqual(mask[..<T].filter { $0 == 1 }.count, first.count)
+        XCTAssertEqual(Array(mask[T...]), [Float](repeating: 1, count: T), "the truncated row is full")
+        for t in first.count..<T {
+            XCTAssertEqual(b.ids[t], Self.tokenizer.padTokenID!, "padding id")
+            XCTAssertEqual(b.targets[t], -100, "no target on padding")
+        }
+        XCTAssertEqual(b.targets[first.count - 2], Self.tokenizer.eosTokenID!, "EOS is the last learned target")
+        XCTAssertEqual(b.targets[first.count - 1], -100, "nothing follows EOS")
+    }
+
+    func testPlainTextFolderIsPackedAndSplitByChunk() throws {
+        let sub = dir + "/docs"
+        try FileManager.default.createDirectory(atPath: sub, withIntermediateDirectories: true)
+        let docs = (0..<6).map { String(repeating: "The cat \($0) sat on the mat. ", count: 5) }
+        for (k, d) in docs.enumerated() {
+            try d.write(toFile: sub + "/\(k).\(["txt", "md", "rst"][k % 3])", atomically: true, encoding: .utf8)
+        }
+        try "ignored".write(toFile: sub + "/notes.bin", atomically: true, encoding: .utf8)
+        let T = 8
+        let data = try load(sub, packing: false, seqLen: T, validation: .fraction(0.2))
+        XCTAssertEqual(data.format, .plainText)
+        XCTAssertTrue(data.train.summary.packed, "plain text is always packed")
+        let stream = docs.flatMap { Self.tokenizer.encode($0) + [Self.tokenizer.eosTokenID!] }
+        let rows = (stream.count - 1 + T - 1) / T
+        XCTAssertEqual(data.train.count + data.validation!.count, rows)
+        XCTAssertEqual(data.validation!.count, Int((0.2 * Double(rows)).rounded()))
+        XCTAssertEqual(data.train.summary.examples, data.train.count, "for plain text a chunk is an example")
+        XCTAssertEqual(data.train.summary.maskedTargets, 0)
+    }
+
+    // MARK: split
+
+    func testValidationSplitIsSeededDeterministicAndDisjoint() throws {
+        let texts = (0..<50).map { "example \($0)" }
+        let path = try write("s.jsonl", texts.map { json(["text": $0]) })
+        func split(seed: UInt64) throws -> (train: [String], val: [String]) {
+            let d = try load(path, seqLen: 32, validation: .fraction(0.1), seed: seed)
+            func strings(_ s: Dataset) -> [String] {
+                (0..<s.count).map { r in
+                    let b = s.batch(rows: [r])
+                    let real = b.attentionMask!.filter { $0 == 1 }.count
+                    return Self.tokenizer.decode(Array(b.ids[..<(real - 1)]))  // drop EOS
+                }
+            }
+            return (strings(d.train), strings(d.validation!))
+        }
+        let a = try split(seed: 7), again = try split(seed: 7), other = try split(seed: 8)
+        XCTAssertEqual(a.val.count, 5)
+        XCTAssertEqual(a.train.count, 45)
+        XCTAssertEqual(a.val, again.val)
+        XCTAssertEqual(a.train, again.train)
+        XCTAssertNotEqual(a.val, other.val)
+        XCTAssertTrue(Set(a.train).isDisjoint(with: a.val))
+        XCTAssertEqual(Set(a.train + a.val), Set(texts))
+        // The split does not depend on T or packing.
+        let packed = try load(path, packing: true, seqLen: 5, validation: .fraction(0.1), seed: 7)
+        XCTAssertEqual(packed.validation!.summary.examples, 5)
+        XCTAssertEqual(splitIndices(count: 50, fraction: 0.1, seed: 7).validation.count, 5)
+        XCTAssertEqual(splitIndices(count: 3, fraction: 0.01, seed: 1).validation.count, 1, "at least one")
+        XCTAssertEqual(splitIndices(count: 1, fraction: 0.5, seed: 1).validation.count, 0, "never all")
+
+        // An explicit validation file of the same format.
+        let valPath = try write("v.jsonl", [json(["text": "held out"])])
+        let withFile = try load(path, validation: .file(valPath))
+        XCTAssertEqual(withFile.train.count, 50)
+        XCTAssertEqual(withFile.validation!.count, 1)
+        let wrong = try write("w.jsonl", [json(["prompt": "a", "completion": "b"])])
+        XCTAssertThrowsError(try load(path, validation: .file(wrong))) { XCTAssertTrue("\($0)".contains("validation data is prompt/completion")) }
+    }
+
+    // MARK: batches
+
+    func rows(_ n: Int) throws -> Dataset {
+        let path = try write("rows\(n).jsonl", (0..<n).map { json(["text": "row \($0)"]) })
+        return try load(path, seqLen: 8).train
+    }
+
+    func testShufflingIsSeededAndEachEpochSeesEveryRowOnce() throws {
+        let data = try rows(10)
+        func epochs(_ seed: UInt64, _ n: Int = 2) -> [[Int]] {
+            var it = BatchIterator(data, batchSize: 3, seed: seed, epochs: n)
+            var batches: [[Int]] = []
+            while let rows = it.nextRows() { batches.append(rows) }
+            XCTAssertEqual(batches.map(\.count), Array([[Int]](repeating: [3, 3, 3, 1], count: n).joined()),
+                           "the partial last batch of an epoch is kept")
+            return stride(from: 0, to: batches.count, by: 4).map { batches[$0..<$0 + 4].flatMap { $0 } }
+        }
+        let a = epochs(1)
+        XCTAssertEqual(a, epochs(1))
+        XCTAssertNotEqual(a, epochs(2))
+        XCTAssertNotEqual(a[0], a[1], "a new order each epoch")
+        for e in a { XCTAssertEqual(e.sorted(), Array(0..<10)) }
+        XCTAssertEqual(BatchIterator(data, batchSize: 3, seed: 1).batchesPerEpoch, 4)
+        XCTAssertEqual(Array(BatchIterator(data, batchSize: 4, seed: 1, epochs: 3)).map(\.rows), [4, 4, 2, 4, 4, 2, 4, 4, 2])
+    }
+
+    /// A batch as comparable values.
+    func key(_ b: Batch) -> [[Float]] {
+        [b.ids.map(Float.init), b.targets.map(Float.init), b.attentionMask ?? [], [Float(b.rows)]]
+    }
+
+    func testResumeFromSavedPositionGivesTheSameBatches() throws {
+        let data = try rows(10)
+        var reference = BatchIterator(data, batchSize: 3, seed: 5)
+        let expected = (0..<14).map { _ in key(reference.nextBatch()) }  // 3.5 epochs
+        for stop in [0, 2, 3, 4, 5, 8] {  // inside an epoch, before its partial batch, just after it
+            var it = BatchIterator(data, batchSize: 3, seed: 5)
+            for _ in 0..<stop { _ = it.next() }
+            let saved = try JSONEncoder().encode(it.batchPosition)
+            let position = try JSONDecoder().decode(BatchPosition.self, from: saved)
+            XCTAssertEqual(position, it.batchPosition)
+            XCTAssertEqual(position.epoch, stop / 4, "after an epoch's last batch the position is the next epoch's start")
+            XCTAssertEqual(position.index, stop % 4 == 0 ? 0 : 3 * (stop % 4))
+            var resumed = try BatchIterator(data, batchSize: 3, resumeFrom: position)
+            XCTAssertEqual((stop..<14).map { _ in key(resumed.nextBatch()) }, Array(expected[stop...]),
+                           "resumed after \(stop) batches")
+            XCTAssertEqual(resumed.epoch, reference.epoch)
+            // The trainer's form: 10 words through `BatchStream`.
+            var viaWords = BatchIterator(data, batchSize: 3, seed: 99)
+            try viaWords.seek(to: it.position)
+            XCTAssertEqual((stop..<14).map { _ in key(viaWords.nextBatch()) }, Array(expected[stop...]))
+        }
+        // A position from other data is refused, and so are malformed words.
+        var it = BatchIterator(data, batchSize: 3, seed: 5)
+        _ = it.next()
+        let other = try rows(11)
+        XCTAssertThrowsError(try BatchIterator(other, batchSize: 3, resumeFrom: it.batchPosition)) {
+            XCTAssertTrue("\($0)".contains("resume with the same data"), "\($0)")
+        }
+        XCTAssertThrowsError(try it.seek(to: [1, 2, 3])) { XCTAssertTrue("\($0)".contains("expected 10 words"), "\($0)") }
+    }
+
+    func testSummaryAndMaskedEvaluation() throws {
+        let path = try write("e.jsonl", (0..<6).map { json(["prompt": "Translate: cat \($0)\n", "completion": "chat"]) })
+        let data = try load(path, seqLen: 32, validation: .fraction(0.34), seed: 3)
+        XCTAssertEqual(data.validation!.count, 2)
+        let s = data.train.summary
+        XCTAssertEqual(s.examples, 4)
+        XCTAssertEqual(s.learnedTargets, 4 * (Self.tokenizer.encode("chat").count + 1))
+        XCTAssertGreaterThan(s.maskedFraction, 0.5)
+        XCTAssertTrue("\(data)".contains("train: 4 prompt/completion examples → 4 rows of 32 tokens (padded)"), "\(data)")
+        let model = makeModel(.gpt2(vocabSize: Self.tokenizer.vocabSize, hiddenSize: 8, numLayers: 1, numHeads: 2,
+                                    maxPositions: 32), seed: 1)
+        print(data)
+        let e = evaluate(model, on: data.validation!, batch: 1)
+        XCTAssertEqual(e.tokens, data.validation!.summary.learnedTargets)
+        XCTAssertEqual(e.loss, log(Double(Self.tokenizer.vocabSize)), accuracy: 0.5, "a fresh model is near uniform")
+    }
+}
