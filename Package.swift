@@ -44,5 +44,6 @@ let package = Package(
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats", "Training"], exclude: ["Fixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["Training", "swiftpeft"]),
     ]
 )

@@ -70,7 +70,7 @@ public enum AdapterCheckpoint {
                     """)
             }
         }
-        let method = try PEFTRegistry.make(type, config: Data(config.utf8), name: attrs["adapter_name"] ?? "default")
+        let method = try PEFTRegistry.make(type, config: Data(config.utf8), name: attrs["adapter_name"] ?? "default", restoring: true)
         try method.attach(to: model)
         try method.loadAdapterParameters(tensors, source: path)
         return method

@@ -42,7 +42,9 @@ extension CausalLM {
         var sequence = prompt
         return withNoGrad {
             var next = prompt
-            for _ in 0..<options.maxNewTokens {
+            // Learned absolute positions end at max_position_embeddings: generation stops there.
+            let limit = config.positions == .learned ? config.maxPositions - extra - prompt.count : options.maxNewTokens
+            for _ in 0..<max(0, min(options.maxNewTokens, limit)) {
                 let logits = useCache ? forward(next, batch: 1, cache: cache) : forward(sequence, batch: 1)  // (1, T, V)
                 let v = config.vocabSize
                 let last = Array(logits.toArray().suffix(v))

@@ -66,19 +66,24 @@ public struct PEFTError: Error, CustomStringConvertible {
 
 /// Builds methods by their command-line name or PEFT type from a JSON config.
 public enum PEFTRegistry {
-    /// (command-line name, PEFT type, factory from config JSON and adapter name). One line per method.
-    public static let all: [(name: String, peftType: String, make: (Data, String) throws -> PEFTMethod)] = [
-        ("lora", LoRA.peftType, { try LoRA(config: JSONDecoder().decode(LoRAConfig.self, from: $0), name: $1) }),
-        ("ia3", IA3.peftType, { try IA3(config: JSONDecoder().decode(IA3Config.self, from: $0), name: $1) }),
-        ("adapter", BottleneckAdapter.peftType, { try BottleneckAdapter(config: JSONDecoder().decode(BottleneckConfig.self, from: $0), name: $1) }),
+    /// (command-line name, PEFT type, factory from config JSON, adapter name and whether the
+    /// tensors are about to be restored from a checkpoint). One line per method.
+    public static let all: [(name: String, peftType: String, make: (Data, String, Bool) throws -> PEFTMethod)] = [
+        ("lora", LoRA.peftType, { d, n, _ in try LoRA(config: JSONDecoder().decode(LoRAConfig.self, from: d), name: n) }),
+        ("ia3", IA3.peftType, { d, n, _ in try IA3(config: JSONDecoder().decode(IA3Config.self, from: d), name: n) }),
+        ("adapter", BottleneckAdapter.peftType, { d, n, _ in try BottleneckAdapter(config: JSONDecoder().decode(BottleneckConfig.self, from: d), name: n) }),
+        ("prompt", PromptTuning.peftType, { d, n, r in try PromptTuning(config: JSONDecoder().decode(PromptTuningConfig.self, from: d), name: n, restoring: r) }),
+        ("ptuning", PTuning.peftType, { d, n, _ in try PTuning(config: JSONDecoder().decode(PTuningConfig.self, from: d), name: n) }),
+        ("prefix", PrefixTuning.peftType, { d, n, _ in try PrefixTuning(config: JSONDecoder().decode(PrefixTuningConfig.self, from: d), name: n) }),
     ]
 
-    /// The method for `nameOrType` ("lora" or "LORA", …) with `config` JSON.
-    public static func make(_ nameOrType: String, config: Data, name: String = "default") throws -> PEFTMethod {
+    /// The method for `nameOrType` ("lora" or "LORA", …) with `config` JSON. `restoring`: its
+    /// tensors will be loaded right after attaching, so data-dependent initialization is skipped.
+    public static func make(_ nameOrType: String, config: Data, name: String = "default", restoring: Bool = false) throws -> PEFTMethod {
         guard let entry = all.first(where: { $0.name == nameOrType.lowercased() || $0.peftType == nameOrType.uppercased() }) else {
             throw PEFTError(message: "unknown PEFT method '\(nameOrType)'; known: \(all.map(\.name).joined(separator: ", "))")
         }
-        return try entry.make(config, name)
+        return try entry.make(config, name, restoring)
     }
 }
 

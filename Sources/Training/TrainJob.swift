@@ -60,6 +60,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     }
     let parameters = method?.adapterParameters() ?? model.namedParameters()
     let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
+    try checkSequenceLength(model, job.data.seqLen + ((method as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
     var dataOptions = job.data
     dataOptions.seed = job.trainer.seed
     let splits = try loadDataset(job.dataPath, tokenizer: tokenizer, options: dataOptions)
@@ -83,6 +84,9 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     var stream = BatchIterator(splits.train, batchSize: job.batchSize, seed: job.trainer.seed)
     if job.resume {
         try trainer.resume(from: trainer.checkpointURL!, data: &stream)
+        guard trainer.step < job.trainer.steps else {
+            throw TrainingError(message: "\(trainer.checkpointURL!.path) is already at step \(trainer.step); to train further, resume with more than \(trainer.step) steps")
+        }
     } else {
         try? fm.removeItem(at: trainer.metricsURL!)
     }
@@ -108,12 +112,21 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history)
 }
 
+/// Learned absolute positions stop at max_position_embeddings: say so before training or scoring.
+func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws {
+    let c = model.config
+    if c.positions == .learned && length > c.maxPositions {
+        throw TrainingError(message: "\(what) \(length) (virtual tokens included) exceeds the model's max_position_embeddings \(c.maxPositions) (learned positions cannot go further); use at most \(c.maxPositions)")
+    }
+}
+
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true) throws -> Evaluation {
     let (model, tokenizer) = try loadBaseModel(modelPath)
     guard let tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
     if let adapterPath { try AdapterCheckpoint.load(adapterPath, onto: model) }
+    try checkSequenceLength(model, seqLen, what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
     return evaluate(model, on: splits.train, batch: batch)
 }

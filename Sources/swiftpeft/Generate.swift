@@ -24,7 +24,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let (m, tok) = try loadBaseModel(model)
-        guard let tokenizer = tok else { throw ValidationError("\(model) holds no tokenizer") }
+        guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
         if let adapter { try AdapterCheckpoint.load(adapter, onto: m) }
         let ids = tokenizer.encode(prompt)
         var stops = Set<Int32>()

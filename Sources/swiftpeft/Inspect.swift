@@ -38,7 +38,7 @@ struct Merge: ParsableCommand {
         let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkIDs: ids)
         print(String(format: "merged %d modules; max |merged − unmerged| logit = %.2e", r.adaptedModules, r.maxLogitDifference))
         guard r.maxLogitDifference <= 1e-4 else {
-            throw ValidationError("merged and unmerged logits differ by \(r.maxLogitDifference); the merged model was written to \(out) but should not be trusted")
+            throw CLIError("merged and unmerged logits differ by \(r.maxLogitDifference); the merged model was written to \(out) but should not be trusted")
         }
         print("saved \(out)")
     }

@@ -39,15 +39,15 @@ struct CommonTrainOptions: ParsableArguments {
         if let config {
             guard let d = FileManager.default.contents(atPath: config),
                   let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else {
-                throw ValidationError("\(config): not a readable JSON object")
+                throw CLIError("\(config): not a readable JSON object")
             }
             file = obj
         }
         func str(_ k: String) -> String? { file[k] as? String }
         func num(_ k: String) -> Double? { (file[k] as? NSNumber)?.doubleValue }
-        guard let model = model ?? str("model") else { throw ValidationError("--model is required (or \"model\" in --config)") }
-        guard let data = data ?? str("data") else { throw ValidationError("--data is required (or \"data\" in --config)") }
-        guard let out = out ?? str("out") else { throw ValidationError("--out is required (or \"out\" in --config)") }
+        guard let model = model ?? str("model") else { throw CLIError("--model is required (or \"model\" in --config)") }
+        guard let data = data ?? str("data") else { throw CLIError("--data is required (or \"data\" in --config)") }
+        guard let out = out ?? str("out") else { throw CLIError("--out is required (or \"out\" in --config)") }
         var job = TrainJob(modelPath: model, dataPath: data, outDir: out)
         if let t = file["trainer"] {
             job.trainer = try JSONDecoder().decode(TrainerOptions.self, from: JSONSerialization.data(withJSONObject: t))
@@ -56,7 +56,7 @@ struct CommonTrainOptions: ParsableArguments {
         if let v = steps ?? num("steps").map(Int.init) { job.trainer.steps = v }
         if let v = lr ?? num("lr").map(Float.init) { job.trainer.lr = v }
         if let v = schedule ?? str("schedule") {
-            guard let s = Schedule(rawValue: v) else { throw ValidationError("--schedule must be constant, linear or cosine, got \(v)") }
+            guard let s = Schedule(rawValue: v) else { throw CLIError("--schedule must be constant, linear or cosine, got \(v)") }
             job.trainer.schedule = s
         }
         if let v = warmup ?? num("warmup").map(Int.init) { job.trainer.warmupSteps = v }
@@ -76,13 +76,13 @@ struct CommonTrainOptions: ParsableArguments {
         if let v = targetModules ?? str("target-modules") { job.methodOptions.targetModules = v.split(separator: ",").map(String.init) }
         if let v = numVirtualTokens ?? num("num-virtual-tokens").map(Int.init) { job.methodOptions.numVirtualTokens = v }
         if let path = methodConfig ?? str("method-config") {
-            guard let d = FileManager.default.contents(atPath: path) else { throw ValidationError("\(path): cannot read the method config") }
+            guard let d = FileManager.default.contents(atPath: path) else { throw CLIError("\(path): cannot read the method config") }
             job.methodOptions.methodConfig = d
         } else if let obj = file["method-config"] as? [String: Any] {
             job.methodOptions.methodConfig = try JSONSerialization.data(withJSONObject: obj)
         }
         guard job.trainer.steps > 0, job.batchSize > 0, job.data.seqLen > 1 else {
-            throw ValidationError("steps, batch size and sequence length must be positive")
+            throw CLIError("steps, batch size and sequence length must be positive")
         }
         return (job, job.method)
     }
@@ -142,7 +142,9 @@ struct Train: ParsableCommand {
 
     func run() throws {
         var (job, method) = try common.job(method: self.method)
-        guard methodNames.contains(method) else { throw ValidationError("--method must be one of \(methodNames.joined(separator: ", "))") }
+        guard methodNames.contains(method) else {
+            throw CLIError("unknown method '\(method)'; --method must be one of \(methodNames.joined(separator: ", "))")
+        }
         job.resume = resume
         let progress = Progress(total: job.trainer.steps, every: job.trainer.logEvery)
         let o = try runTrainJob(job, onStart: { print($0) }, onStep: progress.update)
@@ -196,8 +198,9 @@ struct Compare: ParsableCommand {
 
     func run() throws {
         let (job, _) = try common.job(method: nil)
-        let list = methods.split(separator: ",").map(String.init)
-        for m in list where !methodNames.contains(m) { throw ValidationError("unknown method '\(m)'; choose from \(methodNames.joined(separator: ", "))") }
+        let list = methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !list.isEmpty else { throw CLIError("--methods names no method; e.g. --methods lora,ia3,prompt") }
+        for m in list where !methodNames.contains(m) { throw CLIError("unknown method '\(m)'; choose from \(methodNames.joined(separator: ", "))") }
         var progress: [String: Progress] = [:]
         let results = try runCompare(job, methods: list, onStart: { print($0) }, onStep: { m, s in
             if progress[m] == nil { progress[m] = Progress(total: job.trainer.steps, label: "[\(m)] ", every: job.trainer.logEvery) }

@@ -25,4 +25,10 @@ struct Info: ParsableCommand {
     }
 }
 
+/// A problem found while running a command: printed as "Error: …" without the usage text.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 SwiftPEFT.main()

@@ -13,6 +13,9 @@ import Training
 struct ConformanceCase {
     let name: String
     let unchangedAtInit: Bool
+    /// Fine-tuning budget for the domain task (virtual-token methods want a larger rate).
+    var lr: Float = 3e-3
+    var steps = 100
     let make: (ModelConfig) throws -> PEFTMethod
 }
 
@@ -33,20 +36,41 @@ let conformanceCases: [ConformanceCase] = [
     ConformanceCase(name: "pfeiffer", unchangedAtInit: true) { _ in
         try BottleneckAdapter(config: BottleneckConfig(architecture: "pfeiffer", reductionFactor: 4, nonLinearity: "silu"), seed: 5)
     },
+    // Virtual tokens change the model from the first step (no "unchanged at init").
+    ConformanceCase(name: "prompt", unchangedAtInit: false, lr: 3e-2, steps: 150) { _ in
+        try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 16), seed: 6)
+    },
+    ConformanceCase(name: "ptuning-mlp", unchangedAtInit: false, lr: 1e-2, steps: 150) { _ in
+        try PTuning(config: PTuningConfig(numVirtualTokens: 16, type: .mlp, encoderHiddenSize: 32), seed: 7)
+    },
+    ConformanceCase(name: "ptuning-lstm", unchangedAtInit: false, lr: 1e-2, steps: 150) { _ in
+        try PTuning(config: PTuningConfig(numVirtualTokens: 8, type: .lstm, encoderHiddenSize: 16), seed: 8)
+    },
+    ConformanceCase(name: "prefix", unchangedAtInit: false, lr: 2e-2, steps: 150) { _ in
+        try PrefixTuning(config: PrefixTuningConfig(numVirtualTokens: 8), seed: 9)
+    },
+    ConformanceCase(name: "prefix-projection", unchangedAtInit: false, lr: 1e-2) { _ in
+        try PrefixTuning(config: PrefixTuningConfig(numVirtualTokens: 8, prefixProjection: true), seed: 10)
+    },
 ]
 
 /// A small domain task built from text every Debian machine has (package base-files): the base is
-/// pretrained on the GNU licenses, the domain is the other licenses.
+/// pretrained on the GNU licenses; the domain is the other licenses in capitals, a shift of the
+/// token distribution that even a few virtual tokens can learn.
 enum DomainTask {
-    static func bytes(_ names: [String]) -> [Int32] {
-        names.flatMap { n in (FileManager.default.contents(atPath: "/usr/share/common-licenses/" + n) ?? Data()).map { Int32($0) } }
+    static func bytes(_ names: [String], upper: Bool = false) -> [Int32] {
+        names.flatMap { n -> [Int32] in
+            let d = FileManager.default.contents(atPath: "/usr/share/common-licenses/" + n) ?? Data()
+            precondition(!d.isEmpty, "the conformance suite needs /usr/share/common-licenses/\(n) (Debian base-files)")
+            return (upper ? Data(String(decoding: d, as: UTF8.self).uppercased().utf8) : d).map { Int32($0) }
+        }
     }
     static let general = bytes(["GPL-3", "LGPL-3", "GPL-2"])
     static let domainFiles = ["Apache-2.0", "MPL-2.0", "Artistic", "BSD"]
-    static let domain = bytes(domainFiles)
+    static let domain = bytes(domainFiles, upper: true)
     /// The first 80% of each domain file trains, the last 20% validates (same distribution).
-    static let domainTrain = domainFiles.flatMap { f in let b = bytes([f]); return Array(b[..<(b.count * 4 / 5)]) }
-    static let domainVal = domainFiles.flatMap { f in let b = bytes([f]); return Array(b[(b.count * 4 / 5)...]) }
+    static let domainTrain = domainFiles.flatMap { f in let b = bytes([f], upper: true); return Array(b[..<(b.count * 4 / 5)]) }
+    static let domainVal = domainFiles.flatMap { f in let b = bytes([f], upper: true); return Array(b[(b.count * 4 / 5)...]) }
 
     static func config(_ family: ModelConfig.Family) -> ModelConfig {
         family == .gpt2
@@ -146,11 +170,12 @@ final class ConformanceTests: XCTestCase {
                 try method.attach(to: model)
                 let initial = method.adapterParameters().map { $0.1.toArray() }
                 var loop = PretrainOptionsLite(rng: RNG(seed: 3))
-                _ = loop.train(model, tokens: DomainTask.domainTrain, steps: 100, lr: 3e-3, parameters: method.adapterParameters())
+                _ = loop.train(model, tokens: DomainTask.domainTrain, steps: c.steps, lr: c.lr, parameters: method.adapterParameters())
                 XCTAssertEqual(model.namedParameters().map { $0.1.toArray() }, baseWeights, "\(c.name) \(f): base bit-identical")
                 let changed = zip(initial, method.adapterParameters().map { $0.1.toArray() }).filter { $0 != $1 }.count
                 XCTAssertEqual(changed, initial.count, "\(c.name) \(f): every adapter tensor changed")
                 let tuned = valLoss(model, DomainTask.domainVal)
+                print("conformance \(c.name) \(f): domain val loss \(tuned) vs frozen base \(frozenLoss)")
                 XCTAssertLessThan(tuned, frozenLoss - 0.02, "\(c.name) \(f): domain val loss \(tuned) vs frozen base \(frozenLoss)")
                 // Save → load into a fresh copy of the base.
                 let path = dir.appendingPathComponent("\(c.name)-\(f).h5").path

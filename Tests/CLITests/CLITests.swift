@@ -1,0 +1,599 @@
+// End-to-end tests of the `swiftpeft` command-line tool: every subcommand is run as a child process
+// (the binary SwiftPM builds next to the test bundle) on fixtures built here, in a temp folder: a tiny
+// LLaMA-family base with a BPE tokenizer, a text file, and prompt/completion JSONL. Each test checks
+// the exit code, the key parts of the output and the files written. Tiny models, a few steps each.
+
+import Foundation
+import XCTest
+import Training
+
+/// What one run of the tool did.
+struct CLIRun {
+    let arguments: [String]
+    let status: Int32
+    let stdout: String
+    let stderr: String
+    var output: String { stdout + stderr }
+    /// For failure messages.
+    var transcript: String {
+        "$ swiftpeft \(arguments.joined(separator: " "))\nexit \(status)\n--- stdout\n\(stdout.suffix(3000))\n--- stderr\n\(stderr.suffix(3000))"
+    }
+}
+
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// The tiny base model, its tokenizer and the data files, built once per test process.
+final class CLIFixtures {
+    let dir: URL
+    let base: String          // base.h5: model + tokenizer
+    let otherBase: String     // other.h5: same architecture and tokenizer, other weights
+    let text: String          // corpus.txt
+    let jsonl: String         // qa.jsonl: 40 prompt/completion lines
+    let config: ModelConfig
+    let tokenizer: BPETokenizer
+
+    static let animals = ["cat", "dog", "horse", "goat", "sheep", "mouse", "owl", "fox"]
+    static let foods = ["fish", "meat", "hay", "grass", "clover", "cheese", "mice", "berries"]
+    static let places = ["barn", "field", "house", "forest", "river", "garden", "hill", "meadow"]
+
+    /// Deterministic English-like text (an LCG picks the words).
+    static func corpus(sentences: Int) -> String {
+        var state: UInt64 = 12345
+        func pick<T>(_ xs: [T]) -> T {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return xs[Int((state >> 33) % UInt64(xs.count))]
+        }
+        let verbs = ["eats", "likes", "finds", "watches", "carries", "smells"]
+        let adverbs = ["slowly", "quickly", "quietly", "every morning", "at night", "in the rain"]
+        var lines: [String] = []
+        for i in 0..<sentences {
+            var s = "The \(pick(animals)) \(pick(verbs)) the \(pick(foods)) near the \(pick(places)) \(pick(adverbs))."
+            if i % 3 == 0 { s += " It is \(i % 7 + 2) years old." }
+            lines.append(s)
+            if i % 12 == 11 { lines.append("") }
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    init() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-cli-tests-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        text = dir.appendingPathComponent("corpus.txt").path
+        jsonl = dir.appendingPathComponent("qa.jsonl").path
+        base = dir.appendingPathComponent("base.h5").path
+        otherBase = dir.appendingPathComponent("other.h5").path
+
+        let corpus = Self.corpus(sentences: 400)
+        try corpus.write(toFile: text, atomically: true, encoding: .utf8)
+        var lines: [String] = []
+        for i in 0..<40 {
+            let a = Self.animals[i % 8], f = Self.foods[(i * 3 + i / 8) % 8], p = Self.places[(i * 5 + 1) % 8]
+            let obj: [String: String] = i % 2 == 0
+                ? ["prompt": "Q: What does the \(a) eat?\nA:", "completion": " The \(a) eats \(f)."]
+                : ["prompt": "Q: Where does the \(a) sleep?\nA:", "completion": " The \(a) sleeps in the \(p)."]
+            let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            lines.append(String(decoding: d, as: UTF8.self))
+        }
+        let qa = lines.joined(separator: "\n") + "\n"
+        try qa.write(toFile: jsonl, atomically: true, encoding: .utf8)
+
+        tokenizer = try trainBaseTokenizer([corpus, qa], vocabSize: 320)
+        config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 32, numLayers: 2, numHeads: 4, numKVHeads: 2,
+                                   intermediateSize: 64, tieWordEmbeddings: true, maxPositions: 128)
+        try ModelCheckpoint.save(makeModel(config, seed: 1), tokenizerJSON: tokenizer.tokenizerJSON(), to: base)
+        try ModelCheckpoint.save(makeModel(config, seed: 2), tokenizerJSON: tokenizer.tokenizerJSON(), to: otherBase)
+    }
+
+    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    /// Built on first use; the temp folder is removed when the test process exits.
+    nonisolated(unsafe) private static var cached: CLIFixtures?
+    nonisolated(unsafe) private static var cleanupRegistered = false
+    static func shared() throws -> CLIFixtures {
+        if let c = cached { return c }
+        let c = try CLIFixtures()
+        cached = c
+        if !cleanupRegistered {
+            cleanupRegistered = true
+            atexit { if let d = CLIFixtures.cached?.dir { try? FileManager.default.removeItem(at: d) } }
+        }
+        return c
+    }
+}
+
+final class CLITests: XCTestCase {
+    var fx: CLIFixtures!
+
+    override func setUpWithError() throws {
+        fx = try CLIFixtures.shared()
+        _ = try Self.binary()
+    }
+
+    // MARK: running the tool
+
+    /// The built `swiftpeft` executable: next to the test bundle, or one level up (bundle layout).
+    static func binary() throws -> URL {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [dir.appendingPathComponent("swiftpeft"),
+                          dir.deletingLastPathComponent().appendingPathComponent("swiftpeft")]
+        where FileManager.default.isExecutableFile(atPath: candidate.path) {
+            return candidate
+        }
+        let message = "the swiftpeft executable was not built next to the tests (looked in \(dir.path) and its parent); "
+            + "the CLITests target depends on it, so `swift build --build-tests` should have built it"
+        XCTFail(message)
+        throw CLIError(description: message)
+    }
+
+    /// Runs `swiftpeft args…` with stdout and stderr going to files (never a terminal, and no pipe that could
+    /// fill up), killing it after `timeout` seconds.
+    @discardableResult
+    func run(_ args: [String], timeout: TimeInterval = 180) throws -> CLIRun {
+        let p = Process()
+        p.executableURL = try Self.binary()
+        p.arguments = args
+        p.currentDirectoryURL = fx.dir
+        let id = UUID().uuidString
+        let outURL = fx.dir.appendingPathComponent("stdout-\(id)"), errURL = fx.dir.appendingPathComponent("stderr-\(id)")
+        guard FileManager.default.createFile(atPath: outURL.path, contents: nil),
+              FileManager.default.createFile(atPath: errURL.path, contents: nil) else {
+            throw CLIError(description: "cannot create the output files in \(fx.dir.path)")
+        }
+        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+        defer {
+            try? out.close()
+            try? err.close()
+            try? FileManager.default.removeItem(at: outURL)
+            try? FileManager.default.removeItem(at: errURL)
+        }
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        let done = DispatchSemaphore(value: 0)
+        p.terminationHandler = { _ in done.signal() }
+        try p.run()
+        if done.wait(timeout: .now() + timeout) == .timedOut {
+            p.terminate()
+            _ = done.wait(timeout: .now() + 5)
+            let message = "swiftpeft \(args.joined(separator: " ")) did not finish within \(Int(timeout)) s; killed"
+            XCTFail(message)
+            throw CLIError(description: message)
+        }
+        let r = CLIRun(arguments: args, status: p.terminationStatus,
+                       stdout: String(decoding: (try? Data(contentsOf: outURL)) ?? Data(), as: UTF8.self),
+                       stderr: String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self))
+        return r
+    }
+
+    /// Runs and requires exit status 0.
+    @discardableResult
+    func ok(_ args: [String], file: StaticString = #filePath, line: UInt = #line) throws -> CLIRun {
+        let r = try run(args)
+        guard r.status == 0 else {
+            XCTFail("expected success:\n\(r.transcript)", file: file, line: line)
+            throw CLIError(description: "swiftpeft \(args.first ?? "") failed")
+        }
+        return r
+    }
+
+    /// Runs and requires a non-zero exit status and every needle somewhere in the output.
+    @discardableResult
+    func fails(_ args: [String], mentioning needles: [String], file: StaticString = #filePath, line: UInt = #line) throws -> CLIRun {
+        let r = try run(args)
+        XCTAssertNotEqual(r.status, 0, "expected a failure:\n\(r.transcript)", file: file, line: line)
+        for n in needles {
+            XCTAssertTrue(r.output.contains(n), "the message should mention '\(n)':\n\(r.transcript)", file: file, line: line)
+        }
+        XCTAssertFalse(r.output.contains("Fatal error"), "a bad input should be an error message, not a crash:\n\(r.transcript)",
+                       file: file, line: line)
+        return r
+    }
+
+    func assertFile(_ path: String, file: StaticString = #filePath, line: UInt = #line) {
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? nil
+        XCTAssertNotNil(size, "\(path) was not written", file: file, line: line)
+        XCTAssertGreaterThan(size ?? 0, 0, "\(path) is empty", file: file, line: line)
+    }
+
+    func metrics(_ dir: String) throws -> [[String: Any]] {
+        let text = try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8)
+        return try text.split(separator: "\n").map { l in
+            guard let o = try JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any] else {
+                throw CLIError(description: "metrics line is not an object: \(l)")
+            }
+            return o
+        }
+    }
+
+    func evalJSON(_ extra: [String], file: StaticString = #filePath, line: UInt = #line) throws -> (loss: Double, perplexity: Double, tokens: Int) {
+        let r = try ok(["eval", "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4", "--json"] + extra, file: file, line: line)
+        let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: true)
+        XCTAssertEqual(lines.count, 1, "eval --json prints exactly one line:\n\(r.transcript)", file: file, line: line)
+        guard let o = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
+              let loss = (o["loss"] as? NSNumber)?.doubleValue, let ppl = (o["perplexity"] as? NSNumber)?.doubleValue,
+              let tokens = (o["tokens"] as? NSNumber)?.intValue else {
+            XCTFail("eval --json should print {loss, perplexity, tokens}:\n\(r.transcript)", file: file, line: line)
+            throw CLIError(description: "bad eval output")
+        }
+        XCTAssertEqual(Set(o.keys), ["loss", "perplexity", "tokens"], file: file, line: line)
+        return (loss, ppl, tokens)
+    }
+
+    /// Arguments of a short LoRA run on the JSONL data.
+    func trainArgs(out: String, steps: Int, method: String = "lora") -> [String] {
+        ["train", "--method", method, "--model", fx.base, "--data", fx.jsonl, "--out", out, "--steps", "\(steps)",
+         "--seq-len", "32", "--batch-size", "4", "--eval-every", "3", "--lr", "1e-2", "--warmup", "1"]
+    }
+
+    /// A LoRA adapter trained once and shared by the eval, merge and inspect tests.
+    nonisolated(unsafe) static var sharedAdapter: String?
+    func loraAdapter() throws -> String {
+        if let a = Self.sharedAdapter, FileManager.default.fileExists(atPath: a) { return a }
+        let out = fx.path("shared-lora")
+        try ok(trainArgs(out: out, steps: 6))
+        Self.sharedAdapter = out + "/adapter.h5"
+        return out + "/adapter.h5"
+    }
+
+    // MARK: info and help
+
+    func testInfoPrintsTheBLASCoreAndHDF5Version() throws {
+        let r = try ok(["info"])
+        XCTAssertTrue(r.stdout.contains("swiftpeft 0."), r.transcript)
+        let core = r.stdout.split(separator: "\n").first { $0.hasPrefix("OpenBLAS core: ") }
+        XCTAssertNotNil(core, r.transcript)
+        XCTAssertFalse((core ?? "").dropFirst("OpenBLAS core: ".count).trimmingCharacters(in: .whitespaces).isEmpty, r.transcript)
+        let hdf5 = r.stdout.split(separator: "\n").first { $0.hasPrefix("HDF5: ") }.map { String($0.dropFirst(6)) }
+        XCTAssertNotNil(hdf5, r.transcript)
+        XCTAssertNotNil(hdf5?.range(of: #"^\d+\.\d+\.\d+"#, options: .regularExpression), "HDF5 version: \(hdf5 ?? "none")")
+        XCTAssertTrue(r.stdout.contains("cores: "), r.transcript)
+    }
+
+    func testEverySubcommandHasHelpWithAnExample() throws {
+        let top = try ok(["--help"])
+        for sub in ["info", "pretrain", "train", "eval", "generate", "merge", "compare", "inspect"] {
+            XCTAssertTrue(top.stdout.contains(sub), "top-level help lists \(sub):\n\(top.transcript)")
+            let r = try ok([sub, "--help"])
+            XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help shows an example:\n\(r.transcript)")
+            XCTAssertTrue(r.stdout.contains("swiftpeft \(sub)"), "\(sub) --help shows a command line:\n\(r.transcript)")
+            XCTAssertTrue(r.stdout.contains("USAGE"), "\(sub) --help shows the usage:\n\(r.transcript)")
+        }
+    }
+
+    // MARK: pretrain
+
+    func testPretrainWritesACheckpointThatInspectDescribes() throws {
+        let out = fx.path("pretrain/tiny.h5")
+        let r = try ok(["pretrain", "--data", fx.text, "--out", out, "--hidden", "32", "--layers", "1", "--heads", "2",
+                        "--kv-heads", "1", "--intermediate", "64", "--steps", "5", "--vocab-size", "300", "--batch", "2",
+                        "--seq-len", "16"])
+        for needle in ["corpus: 1 document(s)", "tokenizer: vocab", "model: llama", "before: val loss", "after: val loss",
+                       "saved \(out)", "sample: "] {
+            XCTAssertTrue(r.stdout.contains(needle), "pretrain output should contain '\(needle)':\n\(r.transcript)")
+        }
+        assertFile(out)
+        let i = try ok(["inspect", out])
+        XCTAssertTrue(i.stdout.contains("swiftpeft-model"), i.transcript)
+        XCTAssertTrue(i.stdout.contains("family: llama"), i.transcript)
+        XCTAssertTrue(i.stdout.contains("1 × 32, heads 2 (kv 1), FFN 64"), i.transcript)
+        XCTAssertTrue(i.stdout.contains("tokenizer: tokenizer.json"), i.transcript)
+        XCTAssertTrue(i.stdout.contains("steps: 5"), i.transcript)
+        // The checkpoint loads with the library, with a tokenizer of at most the asked size.
+        let (model, tok) = try loadBaseModel(out)
+        XCTAssertEqual(model.config.hiddenSize, 32)
+        XCTAssertEqual(model.config.numLayers, 1)
+        XCTAssertLessThanOrEqual(model.config.vocabSize, 300)
+        XCTAssertEqual(tok?.vocabSize, model.config.vocabSize)
+    }
+
+    // MARK: train
+
+    func testTrainLoRAWritesAdapterMetricsAndStateAndResumes() throws {
+        let out = fx.path("runs/lora")
+        let r = try ok(trainArgs(out: out, steps: 6))
+        for f in ["adapter.h5", "metrics.jsonl", "state.h5"] { assertFile(out + "/" + f) }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/model.h5"))
+        // Plain lines when stdout is not a terminal: no carriage returns, no ANSI escapes, no bar.
+        XCTAssertFalse(r.stdout.contains("\r"), "no carriage returns when not a terminal:\n\(r.transcript)")
+        XCTAssertFalse(r.stdout.contains("\u{1B}"), "no ANSI escapes when not a terminal:\n\(r.transcript)")
+        XCTAssertFalse(r.stdout.contains("█"), r.transcript)
+        for needle in ["base: \(fx.base)", "method: lora", "data: train:", "step 3/6", "step 6/6", "val ",
+                       "validation loss before:", "validation loss after:", "saved \(out)/adapter.h5"] {
+            XCTAssertTrue(r.stdout.contains(needle), "train output should contain '\(needle)':\n\(r.transcript)")
+        }
+
+        let m = try metrics(out)
+        XCTAssertEqual(m.map { $0["step"] as? Int }, [1, 2, 3, 4, 5, 6], "one line per step")
+        for line in m {
+            for key in ["step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed"] {
+                XCTAssertNotNil(line[key] as? NSNumber, "metrics line \(line) should hold \(key)")
+            }
+            let step = line["step"] as? Int ?? 0
+            let onEval = step % 3 == 0
+            XCTAssertEqual(line["val_loss"] != nil, onEval, "val_loss on eval steps only (every 3 and the last): \(line)")
+            XCTAssertTrue(((line["loss"] as? NSNumber)?.doubleValue ?? .nan).isFinite, "\(line)")
+        }
+        let state = try ok(["inspect", out + "/state.h5"])
+        XCTAssertTrue(state.stdout.contains("step: 6"), state.transcript)
+
+        // Resume with a larger budget: continues at step 7, appends to the metrics.
+        let r2 = try ok(trainArgs(out: out, steps: 10) + ["--resume"])
+        XCTAssertFalse(r2.stdout.contains("step 1/10"), "a resumed run does not start over:\n\(r2.transcript)")
+        XCTAssertTrue(r2.stdout.contains("step 10/10"), r2.transcript)
+        XCTAssertFalse(r2.stdout.contains("validation loss before:"), "no 'before' score on resume:\n\(r2.transcript)")
+        let m2 = try metrics(out)
+        XCTAssertEqual(m2.map { $0["step"] as? Int }, Array(1...10).map { Optional($0) }, "metrics continue at the next step")
+        XCTAssertEqual(m2.prefix(6).map { $0["loss"] as? Double }, m.map { $0["loss"] as? Double }, "the first run's lines are kept")
+        XCTAssertEqual(m2.filter { $0["val_loss"] != nil }.map { $0["step"] as? Int }, [3, 6, 9, 10])
+        let e6 = (m2[5]["elapsed"] as? Double) ?? 0, e7 = (m2[6]["elapsed"] as? Double) ?? -1
+        XCTAssertGreaterThanOrEqual(e7, e6, "elapsed time carries over the resume")
+        let state2 = try ok(["inspect", out + "/state.h5"])
+        XCTAssertTrue(state2.stdout.contains("step: 10"), state2.transcript)
+    }
+
+    /// On a terminal (a pseudo-terminal from util-linux `script`), the progress is a bar redrawn in place.
+    func testTrainDrawsABarOnATerminal() throws {
+        let script = "/usr/bin/script"
+        guard FileManager.default.isExecutableFile(atPath: script) else { throw XCTSkip("needs \(script) (util-linux) for a pseudo-terminal") }
+        let out = fx.path("runs/tty")
+        let command = ([try Self.binary().path] + trainArgs(out: out, steps: 3)).map { "'\($0)'" }.joined(separator: " ")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: script)
+        p.arguments = ["-qec", command, "/dev/null"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()  // small: a few lines
+        p.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("\r█") || text.contains("\r░"), "the bar is redrawn with a carriage return:\n\(text)")
+        XCTAssertTrue(text.contains("\u{1B}[K"), "each redraw clears the rest of the line:\n\(text)")
+        XCTAssertTrue(text.contains("step 3/3"), text)
+        assertFile(out + "/adapter.h5")
+    }
+
+    func testTrainFromAConfigFileAndAFlagOverridesIt() throws {
+        let out = fx.path("runs/config"), out2 = fx.path("runs/config-override")
+        let cfg: [String: Any] = [
+            "model": fx.base, "data": fx.jsonl, "out": out, "method": "lora", "steps": 4, "seq-len": 32, "batch-size": 4,
+            "r": 4, "alpha": 8, "lr": 0.01, "eval-every": 2, "trainer": ["log_every": 1],
+        ]
+        let cfgPath = fx.path("cfg.json")
+        try JSONSerialization.data(withJSONObject: cfg, options: [.sortedKeys]).write(to: URL(fileURLWithPath: cfgPath))
+
+        let r = try ok(["train", "--config", cfgPath])
+        XCTAssertEqual(try metrics(out).map { $0["step"] as? Int }, [1, 2, 3, 4], "steps from the file")
+        XCTAssertTrue(r.stdout.contains("step 1/4"), "log_every from the file's trainer object:\n\(r.transcript)")
+        XCTAssertEqual(try metrics(out).filter { $0["val_loss"] != nil }.map { $0["step"] as? Int }, [2, 4], "eval-every from the file")
+        let i = try ok(["inspect", out + "/adapter.h5"])
+        XCTAssertTrue(i.stdout.contains("[4, 32]"), "r = 4 from the file gives lora_A (4, 32):\n\(i.transcript)")
+        XCTAssertTrue(i.stdout.contains("\"r\":4") || i.stdout.contains("\"r\" : 4"), i.transcript)
+
+        // Flags win over the file.
+        let r2 = try ok(["train", "--config", cfgPath, "--steps", "2", "--out", out2, "--r", "2"])
+        XCTAssertEqual(try metrics(out2).map { $0["step"] as? Int }, [1, 2], "--steps overrides the file")
+        XCTAssertTrue(r2.stdout.contains("step 2/2"), r2.transcript)
+        assertFile(out2 + "/adapter.h5")
+        let i2 = try ok(["inspect", out2 + "/adapter.h5"])
+        XCTAssertTrue(i2.stdout.contains("[2, 32]"), "--r 2 overrides the file:\n\(i2.transcript)")
+        XCTAssertEqual(try metrics(out).count, 4, "the file's out folder is left alone")
+    }
+
+    func testTrainFullWritesAModel() throws {
+        let out = fx.path("runs/full")
+        let r = try ok(trainArgs(out: out, steps: 3, method: "full"))
+        assertFile(out + "/model.h5")
+        assertFile(out + "/state.h5")
+        XCTAssertEqual(try metrics(out).count, 3)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/adapter.h5"))
+        XCTAssertTrue(r.stdout.contains("saved \(out)/model.h5"), r.transcript)
+        let i = try ok(["inspect", out + "/model.h5"])
+        XCTAssertTrue(i.stdout.contains("swiftpeft-model"), i.transcript)
+        XCTAssertTrue(i.stdout.contains("fine_tuned_from: \(fx.base)"), i.transcript)
+        // The fine-tuned model is a model: it evaluates, and differs from its base.
+        let tuned = try evalJSON(["--model", out + "/model.h5"])
+        let base = try evalJSON(["--model", fx.base])
+        XCTAssertNotEqual(tuned.loss, base.loss)
+    }
+
+    // MARK: eval, generate, merge
+
+    func testEvalJSONWithAndWithoutAdapter() throws {
+        let adapter = try loraAdapter()
+        let base = try evalJSON(["--model", fx.base])
+        XCTAssertEqual(base.perplexity, Foundation.exp(base.loss), accuracy: 1e-9 * base.perplexity)
+        XCTAssertGreaterThan(base.tokens, 0)
+        XCTAssertEqual(base.loss, Foundation.log(Double(fx.config.vocabSize)), accuracy: 1.0, "an untrained base is near uniform")
+        let adapted = try evalJSON(["--model", fx.base, "--adapter", adapter])
+        XCTAssertEqual(adapted.perplexity, Foundation.exp(adapted.loss), accuracy: 1e-9 * adapted.perplexity)
+        XCTAssertEqual(adapted.tokens, base.tokens)
+        XCTAssertGreaterThan(abs(adapted.loss - base.loss), 1e-6, "the adapter changes the loss")
+        // The plain form.
+        let plain = try ok(["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4"])
+        XCTAssertTrue(plain.stdout.hasPrefix("loss "), plain.transcript)
+        XCTAssertTrue(plain.stdout.contains("perplexity") && plain.stdout.contains("tokens \(base.tokens)"), plain.transcript)
+    }
+
+    func testGeneratePrintsThePromptsContinuation() throws {
+        let prompt = "The cat eats"
+        let r = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12"])
+        XCTAssertTrue(r.stdout.hasPrefix(prompt), "generate prints the prompt and its continuation:\n\(r.transcript)")
+        // The same text the library gives (greedy, KV-cached, stopping at EOS).
+        let (model, tok) = try loadBaseModel(fx.base)
+        let tokenizer = try XCTUnwrap(tok)
+        let ids = tokenizer.encode(prompt)
+        let new = model.generate(ids, SamplingOptions(maxNewTokens: 12, stopTokens: Set([tokenizer.eosTokenID].compactMap { $0 })))
+        XCTAssertFalse(new.isEmpty)
+        XCTAssertEqual(r.stdout, tokenizer.decode(ids + new) + "\n")
+        XCTAssertGreaterThan(r.stdout.count, prompt.count + 1, "something follows the prompt")
+        // Sampling is seeded: the same seed, the same text.
+        let args = ["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "10", "--temperature", "0.9",
+                    "--top-k", "20", "--top-p", "0.95", "--seed", "3"]
+        let s1 = try ok(args), s2 = try ok(args)
+        XCTAssertEqual(s1.stdout, s2.stdout)
+        XCTAssertTrue(s1.stdout.hasPrefix(prompt), s1.transcript)
+    }
+
+    func testMergeWritesAModelThatEvaluatesAsTheAdapter() throws {
+        let adapter = try loraAdapter()
+        let out = fx.path("merged/merged.h5")
+        try FileManager.default.createDirectory(atPath: fx.path("merged"), withIntermediateDirectories: true)
+        let r = try ok(["merge", "--model", fx.base, "--adapter", adapter, "--out", out])
+        XCTAssertTrue(r.stdout.contains("merged 4 modules"), "LoRA on q_proj, v_proj of 2 layers:\n\(r.transcript)")
+        let diff = r.stdout.range(of: #"logit = [-+0-9.eE]+"#, options: .regularExpression)
+            .flatMap { Double(r.stdout[$0].dropFirst("logit = ".count)) }
+        XCTAssertNotNil(diff, "merge prints the max logit difference:\n\(r.transcript)")
+        XCTAssertLessThanOrEqual(diff ?? 1, 1e-4)
+        XCTAssertTrue(r.stdout.contains("saved \(out)"), r.transcript)
+        assertFile(out)
+        let i = try ok(["inspect", out])
+        XCTAssertTrue(i.stdout.contains("swiftpeft-model"), i.transcript)
+        XCTAssertTrue(i.stdout.contains("merged_adapter: \(adapter)"), i.transcript)
+
+        let merged = try evalJSON(["--model", out])
+        let adapted = try evalJSON(["--model", fx.base, "--adapter", adapter])
+        let base = try evalJSON(["--model", fx.base])
+        XCTAssertEqual(merged.loss, adapted.loss, accuracy: 1e-4, "merged model ≡ base + adapter")
+        XCTAssertEqual(merged.tokens, adapted.tokens)
+        XCTAssertNotEqual(merged.loss, base.loss)
+    }
+
+    // MARK: compare
+
+    func testCompareWritesTheReport() throws {
+        let out = fx.path("runs/compare")
+        let r = try ok(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,ia3", "--steps", "4",
+                        "--seq-len", "32", "--batch-size", "4", "--eval-every", "2", "--lr", "1e-2", "--out", out])
+        for f in ["report.md", "results.csv", "results.json", "val_loss.svg", "lora/adapter.h5", "ia3/adapter.h5"] {
+            assertFile(out + "/" + f)
+        }
+        // The printed table: a header, a rule, one row per method.
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("lora ") }, "a table row for lora:\n\(r.transcript)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("ia3 ") }, "a table row for ia3:\n\(r.transcript)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("---") }, "a rule under the header:\n\(r.transcript)")
+        XCTAssertTrue(r.stdout.contains("report: \(out)/report.md"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("[lora] step 4/4") && r.stdout.contains("[ia3] step 4/4"), r.transcript)
+        XCTAssertFalse(r.stdout.contains("\r") || r.stdout.contains("\u{1B}"), r.transcript)
+
+        let results = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
+        XCTAssertEqual(results.map(\.method), ["lora", "ia3"])
+        for res in results {
+            XCTAssertGreaterThan(res.trainableParams, 0)
+            XCTAssertTrue(res.finalValLoss.isFinite, "\(res.method): \(res.finalValLoss)")
+            XCTAssertEqual(res.curve.map(\.step), [0, 2, 4], "\(res.method): before, then every 2 steps")
+        }
+        let csv = try String(contentsOfFile: out + "/results.csv", encoding: .utf8).split(whereSeparator: \.isNewline)
+        XCTAssertEqual(csv.count, 3, "header + 2 rows:\n\(csv.joined(separator: "\n"))")
+        let md = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("| lora") && md.contains("| ia3") && md.contains("val_loss.svg"), md)
+        let svg = try String(contentsOfFile: out + "/val_loss.svg", encoding: .utf8)
+        XCTAssertTrue(svg.contains("<svg") && svg.contains("</svg>"), String(svg.prefix(200)))
+        XCTAssertTrue(svg.contains("lora") && svg.contains("ia3"), "the plot's legend names both methods")
+    }
+
+    // MARK: inspect
+
+    func testInspectModelAdapterAndState() throws {
+        let adapter = try loraAdapter()
+        let m = try ok(["inspect", fx.base])
+        XCTAssertTrue(m.stdout.hasPrefix("\(fx.base): swiftpeft-model"), m.transcript)
+        XCTAssertTrue(m.stdout.contains("family: llama"), m.transcript)
+        XCTAssertTrue(m.stdout.contains("2 × 32, heads 4 (kv 2), FFN 64, vocab \(fx.config.vocabSize)"), m.transcript)
+        let count = makeModel(fx.config).parameterCount
+        XCTAssertTrue(m.stdout.contains("parameters: \(count) in "), "parameter count \(count):\n\(m.transcript)")
+        XCTAssertTrue(m.stdout.contains("tokenizer: tokenizer.json"), m.transcript)
+
+        let a = try ok(["inspect", adapter])
+        XCTAssertTrue(a.stdout.hasPrefix("\(adapter): swiftpeft-adapter"), a.transcript)
+        XCTAssertTrue(a.stdout.contains("method: LORA"), a.transcript)
+        // r = 8 on q_proj (32 → 32) and v_proj (32 → 16: 2 KV heads of 8) in 2 layers.
+        let trainable = 2 * (8 * 32 + 32 * 8) + 2 * (8 * 32 + 16 * 8)
+        XCTAssertTrue(a.stdout.contains("trainable parameters: \(trainable) in 8 tensors"), a.transcript)
+        XCTAssertTrue(a.stdout.contains("base weights hash: "), a.transcript)
+        XCTAssertTrue(a.stdout.contains("lora_A"), a.transcript)
+
+        let s = try ok(["inspect", (adapter as NSString).deletingLastPathComponent + "/state.h5"])
+        XCTAssertTrue(s.stdout.contains("swiftpeft-training-state"), s.transcript)
+        XCTAssertTrue(s.stdout.contains("step: 6"), s.transcript)
+        XCTAssertTrue(s.stdout.contains("trained tensors: 8"), s.transcript)
+        XCTAssertTrue(s.stdout.contains("optimizer state tensors: "), s.transcript)
+    }
+
+    // MARK: bad input
+
+    func testMissingModelFileIsNamed() throws {
+        let missing = fx.path("no/such/model.h5")
+        try fails(["eval", "--model", missing, "--data", fx.jsonl], mentioning: [missing])
+        try fails(trainArgs(out: fx.path("runs/missing"), steps: 2).map { $0 == fx.base ? missing : $0 }, mentioning: [missing])
+        try fails(["generate", "--model", missing, "--prompt", "The"], mentioning: [missing])
+        try fails(["inspect", missing], mentioning: [missing])
+        try fails(["merge", "--model", missing, "--adapter", fx.path("no/adapter.h5"), "--out", fx.path("m.h5")],
+                  mentioning: [missing])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("m.h5")))
+    }
+
+    func testBadJSONLLineIsNamedWithFileAndLine() throws {
+        let bad = fx.path("bad.jsonl")
+        let lines = [#"{"prompt": "Q: a?\nA:", "completion": " b."}"#, #"{"prompt": "Q: c?\nA:", "completion": " d."}"#,
+                     "", #"{"prompt": "Q: e?\nA:", "completion": 7}"#, #"{"prompt": "Q: f?\nA:", "completion": " g."}"#]
+        try lines.joined(separator: "\n").write(toFile: bad, atomically: true, encoding: .utf8)
+        try fails(["train", "--model", fx.base, "--data", bad, "--out", fx.path("runs/bad"), "--steps", "2"],
+                  mentioning: ["\(bad):4", "completion"])
+        try fails(["eval", "--model", fx.base, "--data", bad], mentioning: ["\(bad):4"])
+        let broken = fx.path("broken.jsonl")
+        try (lines[0] + "\n" + #"{"prompt": "unterminated"# + "\n").write(toFile: broken, atomically: true, encoding: .utf8)
+        try fails(["eval", "--model", fx.base, "--data", broken], mentioning: ["\(broken):2", "invalid JSON"])
+    }
+
+    func testUnknownMethodIsRejected() throws {
+        let r = try fails(trainArgs(out: fx.path("runs/bogus"), steps: 2, method: "bogus"), mentioning: ["'bogus'", "--method", "lora", "ia3"])
+        XCTAssertFalse(r.output.contains("USAGE: swiftpeft <subcommand>"), "a run-time error prints no usage:\n\(r.transcript)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("runs/bogus/metrics.jsonl")), r.transcript)
+        try fails(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,bogus", "--steps", "2",
+                   "--out", fx.path("runs/bogus-compare")], mentioning: ["bogus"])
+    }
+
+    func testNonNumericStepsIsRejected() throws {
+        try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/ten"), "--steps", "ten"],
+                  mentioning: ["ten", "--steps"])
+        try fails(["pretrain", "--data", fx.text, "--out", fx.path("p.h5"), "--steps", "5x"], mentioning: ["5x", "--steps"])
+        try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/zero"), "--steps", "0"],
+                  mentioning: ["steps"])
+    }
+
+    func testAdapterOnAnotherBaseIsRefused() throws {
+        let adapter = try loraAdapter()
+        try fails(["eval", "--model", fx.otherBase, "--adapter", adapter, "--data", fx.jsonl], mentioning: ["another base model", adapter])
+        try fails(["merge", "--model", fx.otherBase, "--adapter", adapter, "--out", fx.path("wrong.h5")],
+                  mentioning: ["another base model"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("wrong.h5")), "nothing is written for a refused adapter")
+    }
+
+    /// Regressions: no method to compare; resuming at or past the budget; learned positions past
+    /// max_position_embeddings (used to crash) in train, eval and generate.
+    func testRunTimeMistakesAreErrorsNotCrashes() throws {
+        try fails(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", ",", "--steps", "2", "--out", fx.path("runs/none")],
+                  mentioning: ["--methods names no method"])
+        let out = fx.path("runs/resume-past")
+        try ok(trainArgs(out: out, steps: 4))
+        try fails(trainArgs(out: out, steps: 2) + ["--resume"], mentioning: ["already at step 4", "state.h5"])
+        // A GPT-2 base with 32 learned positions.
+        let gpt2 = fx.path("gpt2-32.h5")
+        let tok = try BPETokenizer.load(json: Data(try ModelCheckpoint.load(fx.base).tokenizerJSON!.utf8))
+        let m = makeModel(.gpt2(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 32), seed: 3)
+        try ModelCheckpoint.save(m, tokenizerJSON: tok.tokenizerJSON(), to: gpt2)
+        try fails(["eval", "--model", gpt2, "--data", fx.jsonl, "--seq-len", "64"], mentioning: ["max_position_embeddings 32", "--seq-len 64"])
+        try fails(["train", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-long"), "--steps", "2", "--seq-len", "64"],
+                  mentioning: ["max_position_embeddings 32"])
+        try fails(["train", "--method", "prompt", "--num-virtual-tokens", "4", "--model", gpt2, "--data", fx.jsonl,
+                   "--out", fx.path("runs/gpt2-prompt"), "--steps", "2", "--seq-len", "31"], mentioning: ["35", "max_position_embeddings 32"])
+        let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])
+        XCTAssertFalse(g.output.contains("Fatal error"), "generation stops at the last position:\n\(g.transcript)")
+    }
+}
