@@ -17,6 +17,9 @@ public struct TrainJob {
     public var outDir: String
     /// Continue from outDir/state.h5.
     public var resume = false
+    /// Train for this many passes over the training rows instead of `trainer.steps` (the step
+    /// count becomes ⌈epochs · batches per epoch / grad_accumulation⌉).
+    public var epochs: Double?
     /// Validation rows scored at each evaluation (nil: all).
     public var evalRows: Int? = 64
     public init(modelPath: String, dataPath: String, outDir: String) {
@@ -74,7 +77,12 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     let fm = FileManager.default
     try fm.createDirectory(atPath: job.outDir, withIntermediateDirectories: true)
     let out = URL(fileURLWithPath: job.outDir)
-    let trainer = try Trainer(model: model, parameters: parameters, options: job.trainer)
+    var trainerOptions = job.trainer
+    if let e = job.epochs {
+        let perEpoch = BatchIterator(splits.train, batchSize: job.batchSize, seed: 0).batchesPerEpoch
+        trainerOptions.steps = max(1, Int((e * Double(perEpoch) / Double(job.trainer.gradAccumulation)).rounded(.up)))
+    }
+    let trainer = try Trainer(model: model, parameters: parameters, options: trainerOptions)
     trainer.checkpointURL = out.appendingPathComponent("state.h5")
     trainer.metricsURL = out.appendingPathComponent("metrics.jsonl")
     if let method {

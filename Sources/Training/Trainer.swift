@@ -112,8 +112,11 @@ public struct StepMetrics: Codable, Equatable {
     public var gradNorm: Double
     public var tokensPerSecond: Double
     public var elapsed: Double
+    /// The run's step budget (for progress displays).
+    public var totalSteps: Int
     enum CodingKeys: String, CodingKey {
         case step, loss, valLoss = "val_loss", lr, gradNorm = "grad_norm", tokensPerSecond = "tokens_per_s", elapsed
+        case totalSteps = "total_steps"
     }
 }
 
@@ -184,7 +187,7 @@ public final class Trainer {
             let now = Date()
             var m = StepMetrics(step: step, loss: lossSum / Double(options.gradAccumulation), valLoss: nil, lr: Double(lr),
                                 gradNorm: Double(norm), tokensPerSecond: Double(tokens) / max(now.timeIntervalSince(lastTime), 1e-9),
-                                elapsed: elapsedBefore + now.timeIntervalSince(start))
+                                elapsed: elapsedBefore + now.timeIntervalSince(start), totalSteps: options.steps)
             lastTime = now
             if let validation, step % options.evalEvery == 0 || step == options.steps {
                 m.valLoss = validation()

@@ -13,6 +13,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Output folder.") var out: String?
     @Option(help: "JSON file with any of these options.") var config: String?
     @Option(help: "Optimizer steps.") var steps: Int?
+    @Option(help: "Passes over the training data (instead of --steps).") var epochs: Double?
     @Option(help: "Peak learning rate.") var lr: Float?
     @Option(help: "Schedule: constant, linear or cosine.") var schedule: String?
     @Option(help: "Warmup steps.") var warmup: Int?
@@ -54,6 +55,10 @@ struct CommonTrainOptions: ParsableArguments {
         }
         job.method = method ?? str("method") ?? "lora"
         if let v = steps ?? num("steps").map(Int.init) { job.trainer.steps = v }
+        if let v = epochs ?? num("epochs") {
+            guard v > 0 else { throw CLIError("--epochs must be positive, got \(v)") }
+            job.epochs = v
+        }
         if let v = lr ?? num("lr").map(Float.init) { job.trainer.lr = v }
         if let v = schedule ?? str("schedule") {
             guard let s = Schedule(rawValue: v) else { throw CLIError("--schedule must be constant, linear or cosine, got \(v)") }
@@ -146,8 +151,11 @@ struct Train: ParsableCommand {
             throw CLIError("unknown method '\(method)'; --method must be one of \(methodNames.joined(separator: ", "))")
         }
         job.resume = resume
-        let progress = Progress(total: job.trainer.steps, every: job.trainer.logEvery)
-        let o = try runTrainJob(job, onStart: { print($0) }, onStep: progress.update)
+        var progress: Progress?
+        let o = try runTrainJob(job, onStart: { print($0) }, onStep: { m in
+            progress = progress ?? Progress(total: m.totalSteps, every: job.trainer.logEvery)
+            progress!.update(m)
+        })
         if let b = o.valLossBefore { print(String(format: "validation loss before: %.4f (perplexity %.2f)", b, exp(b))) }
         if let a = o.valLossAfter { print(String(format: "validation loss after:  %.4f (perplexity %.2f)", a, exp(a))) }
         print(String(format: "trained in %.1f s (%.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
@@ -203,7 +211,7 @@ struct Compare: ParsableCommand {
         for m in list where !methodNames.contains(m) { throw CLIError("unknown method '\(m)'; choose from \(methodNames.joined(separator: ", "))") }
         var progress: [String: Progress] = [:]
         let results = try runCompare(job, methods: list, onStart: { print($0) }, onStep: { m, s in
-            if progress[m] == nil { progress[m] = Progress(total: job.trainer.steps, label: "[\(m)] ", every: job.trainer.logEvery) }
+            if progress[m] == nil { progress[m] = Progress(total: s.totalSteps, label: "[\(m)] ", every: job.trainer.logEvery) }
             progress[m]!.update(s)
         })
         print(renderTable(results))

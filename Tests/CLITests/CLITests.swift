@@ -596,4 +596,18 @@ final class CLITests: XCTestCase {
         let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])
         XCTAssertFalse(g.output.contains("Fatal error"), "generation stops at the last position:\n\(g.transcript)")
     }
+
+    /// --epochs sets the step budget from the data: one pass over the training rows.
+    func testTrainForEpochs() throws {
+        let out = fx.path("runs/epochs")
+        var args = trainArgs(out: out, steps: 1000)
+        args += ["--epochs", "2"]
+        try ok(args)
+        let m = try metrics(out)
+        let total = (m.last?["total_steps"] as? Int) ?? -1
+        XCTAssertEqual(m.count, total, "one metrics line per step of the epoch budget")
+        XCTAssertLessThan(total, 1000, "--epochs replaces --steps")
+        XCTAssertGreaterThan(total, 1)
+        try fails(trainArgs(out: fx.path("runs/epochs0"), steps: 2) + ["--epochs", "0"], mentioning: ["--epochs must be positive"])
+    }
 }
