@@ -294,7 +294,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             next[i] = i + 1 < n ? Int32(i + 1) : -1
             prev[i] = Int32(i - 1)
         }
-        var heap = MinHeap()
+        var heap = MinHeap<UInt64>()
         for i in 0 ..< n - 1 {
             let r = pairs.lookup(symbols[i], symbols[i + 1])
             if r != UInt64.max { heap.push((r >> 32) << 32 | UInt64(i)) }
@@ -426,23 +426,26 @@ struct WordCache {
     }
 }
 
-/// A binary min-heap of UInt64 keys.
-struct MinHeap {
-    private var a: [UInt64] = []
+/// A binary min-heap (smallest first by `<`), for the merge queue of long words and the trainer's
+/// pair queue.
+struct MinHeap<Element: Comparable> {
+    private var a: [Element] = []
 
-    mutating func push(_ x: UInt64) {
+    mutating func reserveCapacity(_ n: Int) { a.reserveCapacity(n) }
+
+    mutating func push(_ x: Element) {
         a.append(x)
         var i = a.count - 1
         while i > 0 {
             let parent = (i - 1) / 2
-            if a[parent] <= x { break }
+            if !(x < a[parent]) { break }
             a[i] = a[parent]
             i = parent
         }
         a[i] = x
     }
 
-    mutating func pop() -> UInt64? {
+    mutating func pop() -> Element? {
         guard let last = a.popLast() else { return nil }
         guard !a.isEmpty else { return last }
         let top = a[0]
@@ -452,7 +455,7 @@ struct MinHeap {
             var c = 2 * i + 1
             if c >= n { break }
             if c + 1 < n && a[c + 1] < a[c] { c += 1 }
-            if a[c] >= last { break }
+            if !(a[c] < last) { break }
             a[i] = a[c]
             i = c
         }

@@ -57,48 +57,15 @@ extension BPETokenizer {
 }
 
 /// A max-heap entry: a pair's count when pushed (may be stale-high; checked on pop).
-private struct PairEntry {
+private struct PairEntry: Comparable {
     var count: Int
     var key: UInt64
     var index: Int32
 
     /// Higher count first; equal counts: smaller (left, right) first.
     @inline(__always)
-    func before(_ o: PairEntry) -> Bool { count != o.count ? count > o.count : key < o.key }
-}
-
-private struct PairHeap {
-    var a: [PairEntry] = []
-
-    mutating func push(_ x: PairEntry) {
-        a.append(x)
-        var i = a.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            if !x.before(a[parent]) { break }
-            a[i] = a[parent]
-            i = parent
-        }
-        a[i] = x
-    }
-
-    mutating func pop() -> PairEntry? {
-        guard let last = a.popLast() else { return nil }
-        guard !a.isEmpty else { return last }
-        let top = a[0]
-        let n = a.count
-        var i = 0
-        while true {
-            var c = 2 * i + 1
-            if c >= n { break }
-            if c + 1 < n && a[c + 1].before(a[c]) { c += 1 }
-            if !a[c].before(last) { break }
-            a[i] = a[c]
-            i = c
-        }
-        a[i] = last
-        return top
-    }
+    static func < (a: PairEntry, b: PairEntry) -> Bool { a.count != b.count ? a.count > b.count : a.key < b.key }
+    static func == (a: PairEntry, b: PairEntry) -> Bool { a.count == b.count && a.key == b.key }
 }
 
 /// The trainer's working state. Words are stored once each, as id sequences in one flat arena (merges only
@@ -201,8 +168,8 @@ private struct BPETrainerState {
     /// The merge loop. Appends each new token's bytes to `tokens` (index = id) and returns the merges in order.
     mutating func learnMerges(tokens: inout [[UInt8]], vocabSize: Int, minFrequency: Int,
                               forbidden: Set<[UInt8]>) -> [(Int32, Int32)] {
-        var heap = PairHeap()
-        heap.a.reserveCapacity(pairKey.count)
+        var heap = MinHeap<PairEntry>()
+        heap.reserveCapacity(pairKey.count)
         for i in 0 ..< pairKey.count where pairCount[i] > 0 {
             heap.push(PairEntry(count: pairCount[i], key: pairKey[i], index: Int32(i)))
         }
