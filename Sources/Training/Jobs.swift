@@ -4,10 +4,14 @@
 
 import Foundation
 
-/// A base model and its tokenizer, from a SwiftPEFT HDF5 checkpoint.
+/// A base model and its tokenizer, from a SwiftPEFT HDF5 checkpoint or a llama GGUF file (by extension or magic).
 public func loadBaseModel(_ path: String) throws -> (model: CausalLM, tokenizer: BPETokenizer?) {
     guard FileManager.default.fileExists(atPath: path) else {
         throw CheckpointError(path: path, message: "no such file")
+    }
+    if path.lowercased().hasSuffix(".gguf") || GGUFFile.hasMagic(path) {
+        let (model, tok) = try loadGGUFModel(path)
+        return (model, tok)
     }
     let (model, tokJSON, _) = try ModelCheckpoint.load(path)
     let tok = try tokJSON.map { try BPETokenizer.load(json: Data($0.utf8), file: path + "#tokenizer.json") }

@@ -1,0 +1,246 @@
+// A llama-architecture GGUF file as a LlamaModel and its BPETokenizer: tensor names mapped to Hugging
+// Face keys, llama.cpp's Q/K row permutation undone, the ModelConfig from `llama.*` metadata and the
+// byte-level BPE tokenizer from `tokenizer.ggml.*` (SmolLM2, Llama-style GPT-2 BPE models).
+
+import Foundation
+
+extension GGUFFile {
+    /// The Hugging Face key of a llama-architecture GGUF tensor name (`blk.3.attn_q.weight` →
+    /// `model.layers.3.self_attn.q_proj.weight`), or nil for a name with no HF counterpart.
+    public static func huggingFaceName(forGGUF name: String) -> String? {
+        let fixed = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                     "output.weight": "lm_head.weight"]
+        if let f = fixed[name] { return f }
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 3, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, String(layer) == parts[1] else { return nil }
+        let modules = ["attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                       "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                       "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"]
+        guard parts.count == 4, let m = modules[String(parts[2])], parts[3] == "weight" || parts[3] == "bias" else { return nil }
+        return "model.layers.\(layer).\(m).\(parts[3])"
+    }
+
+    /// Reorders the rows of a (heads·D, in) Q or K weight from llama.cpp's layout back to Hugging Face's
+    /// (rotate_half) layout: view as (heads, D/2, 2, in), swap axes 1 and 2. `src` and `dst` must not overlap.
+    public static func unpermuteQK(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
+                                   heads: Int, headDim: Int, inFeatures: Int) {
+        let half = headDim / 2
+        for h in 0..<heads {
+            for i in 0..<half {
+                for j in 0..<2 {
+                    // GGUF row (h, i, j) → HF row (h, j, i)
+                    let from = (h * headDim + i * 2 + j) * inFeatures
+                    let to = (h * headDim + j * half + i) * inFeatures
+                    (dst + to).update(from: src + from, count: inFeatures)
+                }
+            }
+        }
+    }
+
+    private func fail(_ kind: GGUFError.Kind, _ key: String? = nil, _ message: String) -> GGUFError {
+        GGUFError(kind, path: path, tensor: key, message)
+    }
+
+    private func required(_ key: String) throws -> GGUFValue {
+        guard let v = metadata[key] else { throw fail(.missing, key, "the metadata key is missing") }
+        return v
+    }
+
+    private func requiredInt(_ key: String) throws -> Int {
+        guard let n = try required(key).int, n > 0 else {
+            throw fail(.malformed, key, "expected a positive integer, found \(metadata[key]!.typeName) \(metadata[key]!)")
+        }
+        return n
+    }
+
+    private func optionalDouble(_ key: String) throws -> Double? {
+        guard let v = metadata[key] else { return nil }
+        guard let d = v.double else { throw fail(.malformed, key, "expected a number, found \(v.typeName)") }
+        return d
+    }
+
+    /// The model architecture (`general.architecture`), e.g. "llama".
+    public var architecture: String? { metadata["general.architecture"]?.string }
+
+    /// The ModelConfig from the `llama.*` metadata. The vocabulary size is the number of rows of
+    /// `token_embd.weight`; embeddings are tied when there is no `output.weight`.
+    /// - Throws: `GGUFError` naming the key or tensor at fault.
+    public func modelConfig() throws -> ModelConfig {
+        guard let arch = architecture else { throw fail(.missing, "general.architecture", "the metadata key is missing") }
+        guard arch == "llama" else {
+            throw fail(.unsupportedModel, "general.architecture", "architecture '\(arch)' is not supported (only 'llama')")
+        }
+        let p = arch + "."
+        let heads = try requiredInt(p + "attention.head_count")
+        let kvHeads = metadata[p + "attention.head_count_kv"] == nil ? heads : try requiredInt(p + "attention.head_count_kv")
+        let hidden = try requiredInt(p + "embedding_length")
+        if let scaling = metadata[p + "rope.scaling.type"]?.string, scaling != "none" {
+            throw fail(.unsupportedModel, p + "rope.scaling.type", "RoPE scaling '\(scaling)' is not supported")
+        }
+        if let dims = metadata[p + "rope.dimension_count"]?.int, dims != hidden / heads {
+            throw fail(.unsupportedModel, p + "rope.dimension_count",
+                       "partial RoPE (\(dims) of \(hidden / heads) head dimensions) is not supported")
+        }
+        guard let embed = info(named: "token_embd.weight") else {
+            throw fail(.missing, "token_embd.weight", "no such tensor in the file (\(tensorInfos.count) tensors)")
+        }
+        guard embed.dims.count == 2, embed.dims[0] == hidden else {
+            throw fail(.shapeMismatch, "token_embd.weight", "has ne \(embed.dims), expected [\(hidden), vocab] (\(p)embedding_length = \(hidden))")
+        }
+        let vocab = embed.dims[1]
+        if let v = metadata[p + "vocab_size"]?.int, v != vocab {
+            throw fail(.shapeMismatch, "token_embd.weight", "has \(vocab) rows but \(p)vocab_size is \(v)")
+        }
+        let config = ModelConfig.llama(
+            vocabSize: vocab, hiddenSize: hidden, numLayers: try requiredInt(p + "block_count"), numHeads: heads,
+            numKVHeads: kvHeads, intermediateSize: try requiredInt(p + "feed_forward_length"),
+            ropeTheta: Float(try optionalDouble(p + "rope.freq_base") ?? 10000),
+            normEps: Float(try optionalDouble(p + "attention.layer_norm_rms_epsilon") ?? 1e-5),
+            attentionBias: info(named: "blk.0.attn_q.bias") != nil,
+            tieWordEmbeddings: info(named: "output.weight") == nil,
+            maxPositions: metadata[p + "context_length"]?.int ?? 2048)
+        do { try config.validate() } catch { throw fail(.unsupportedModel, nil, "\(error)") }
+        return config
+    }
+
+    /// The byte-level BPE tokenizer in the metadata: `tokenizer.ggml.tokens` (byte-level spellings),
+    /// `.merges` ("left right"), `.token_type` (3 = control → special added token, 4 = user-defined →
+    /// added token), `.pre` ("smollm", "starcoder", "refact" → digits split one by one; "gpt-2" → GPT-2's
+    /// regex), and the bos/eos/unknown/padding ids.
+    /// - Throws: `GGUFError` naming the metadata key at fault.
+    public func makeTokenizer() throws -> BPETokenizer {
+        let modelKey = "tokenizer.ggml.model"
+        guard let model = try required(modelKey).string else { throw fail(.malformed, modelKey, "expected a string") }
+        guard model == "gpt2" else {
+            throw fail(.unsupportedModel, modelKey, "tokenizer model '\(model)' is not supported (only 'gpt2', byte-level BPE)")
+        }
+        let pre: BPEPreTokenizer
+        switch metadata["tokenizer.ggml.pre"]?.string {
+        case "smollm"?, "starcoder"?, "refact"?: pre = .digitsSplit
+        case "gpt-2"?: pre = .gpt2
+        case let other:
+            throw fail(.unsupportedModel, "tokenizer.ggml.pre", "pre-tokenizer \(other.map { "'\($0)'" } ?? "(missing)") is not "
+                       + "supported; supported: 'gpt-2', 'smollm', 'starcoder', 'refact'")
+        }
+        guard let tokens = try required("tokenizer.ggml.tokens").strings else {
+            throw fail(.malformed, "tokenizer.ggml.tokens", "expected an array of string, found \(metadata["tokenizer.ggml.tokens"]!.typeName)")
+        }
+        var types = [Int](repeating: 1, count: tokens.count)
+        if let tv = metadata["tokenizer.ggml.token_type"] {
+            guard let t = tv.ints, t.count == tokens.count else {
+                throw fail(.malformed, "tokenizer.ggml.token_type", "expected \(tokens.count) integers (one per token), found \(tv.typeName) of \(tv.array?.count ?? 0)")
+            }
+            types = t
+        }
+        var vocab = [[UInt8]?](repeating: nil, count: tokens.count)
+        var added: [AddedToken] = []
+        var idOf: [String: Int32] = [:]
+        idOf.reserveCapacity(tokens.count)
+        for (k, tok) in tokens.enumerated() {
+            switch types[k] {
+            case 3, 4:  // control, user-defined: matched literally, spelled as their text
+                added.append(AddedToken(id: Int32(k), content: tok, special: types[k] == 3))
+                vocab[k] = Array(tok.utf8)
+            case 5: continue  // unused
+            default:
+                guard let bytes = ByteLevelAlphabet.decode(tok) else {
+                    throw fail(.malformed, "tokenizer.ggml.tokens", "token \(k) \(tok.debugDescription) has characters outside the byte-level alphabet")
+                }
+                vocab[k] = bytes
+            }
+            if idOf[tok] == nil { idOf[tok] = Int32(k) }
+        }
+        var merges: [(Int32, Int32)] = []
+        if let mv = metadata["tokenizer.ggml.merges"] {
+            guard let list = mv.strings else { throw fail(.malformed, "tokenizer.ggml.merges", "expected an array of string, found \(mv.typeName)") }
+            merges.reserveCapacity(list.count)
+            for (k, m) in list.enumerated() {
+                let parts = m.split(separator: " ", omittingEmptySubsequences: false)
+                guard parts.count == 2, let a = idOf[String(parts[0])], let b = idOf[String(parts[1])] else {
+                    throw fail(.malformed, "tokenizer.ggml.merges", "merge \(k) \(m.debugDescription) is not two tokens of the vocabulary separated by one space")
+                }
+                merges.append((a, b))
+            }
+        }
+        // Roles by id; a role naming a token that is not an added token is dropped.
+        let addedIDs = Set(added.map(\.id))
+        func role(_ key: String) throws -> String? {
+            guard let v = metadata[key] else { return nil }
+            guard let id = v.int, id >= 0, id < tokens.count else {
+                throw fail(.malformed, key, "expected a token id below \(tokens.count), found \(v)")
+            }
+            return addedIDs.contains(Int32(id)) ? tokens[id] : nil
+        }
+        let roles = SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
+                                      pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
+        do {
+            return try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: pre, roles: roles)
+        } catch {
+            throw fail(.malformed, "tokenizer.ggml.tokens", "\(error)")
+        }
+    }
+
+    /// Dequantizes every tensor into `model`'s parameters (same names after `huggingFaceName`), undoing
+    /// the Q/K permutation. Strict: every parameter must be present with its shape, and every tensor used.
+    /// - Throws: `GGUFError` naming the tensor and both shapes, or the missing/unexpected tensors.
+    public func loadWeights(into model: LlamaModel) throws {
+        var byHF: [String: GGUFTensorInfo] = [:]
+        var unknown: [String] = []
+        for info in tensorInfos {
+            if let hf = GGUFFile.huggingFaceName(forGGUF: info.name) { byHF[hf] = info } else { unknown.append(info.name) }
+        }
+        if !unknown.isEmpty {
+            throw fail(.unsupportedModel, unknown[0], "\(unknown.count) tensor(s) have no Hugging Face llama counterpart: "
+                       + unknown.prefix(8).joined(separator: ", ") + (unknown.count > 8 ? ", …" : ""))
+        }
+        let c = model.config
+        var missing: [String] = []
+        var used = Set<String>()
+        for (name, p) in model.namedParameters() {
+            guard let info = byHF[name] else { missing.append(name); continue }
+            guard info.shape == p.shape else {
+                throw fail(.shapeMismatch, info.name, "has shape \(info.shape) (ne \(info.dims)); the model's '\(name)' expects \(p.shape)")
+            }
+            used.insert(name)
+            // llama.cpp permutes the rows of q/k weights and biases alike.
+            let heads = name.contains("self_attn.q_proj.") ? c.numHeads : name.contains("self_attn.k_proj.") ? c.numKVHeads : 0
+            let target = p.isContiguous ? p : Tensor.empty(p.shape)
+            if heads > 0 {
+                let raw = Tensor.empty(p.shape)  // (heads·D, in) or (heads·D), llama.cpp row order
+                try dequantize(info, into: raw.basePointer)
+                GGUFFile.unpermuteQK(raw.basePointer, target.basePointer, heads: heads, headDim: c.headDim,
+                                     inFeatures: p.rank == 2 ? p.shape[1] : 1)
+            } else {
+                try dequantize(info, into: target.basePointer)
+            }
+            if target !== p { p.assign(target) }
+        }
+        if !missing.isEmpty {
+            throw fail(.missing, missing[0], "\(missing.count) weight(s) of the model are not in the file: "
+                       + missing.prefix(8).joined(separator: ", ") + (missing.count > 8 ? ", …" : ""))
+        }
+        let extra = byHF.keys.filter { !used.contains($0) }.sorted()
+        if !extra.isEmpty {
+            throw fail(.unsupportedModel, byHF[extra[0]]!.name, "\(extra.count) tensor(s) do not fit the model: "
+                       + extra.prefix(8).map { byHF[$0]!.name }.joined(separator: ", "))
+        }
+    }
+}
+
+/// Loads a llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct) as a frozen LlamaModel in eval mode,
+/// with its tokenizer. Quantized weights are dequantized to Float32.
+/// - Throws: `GGUFError` naming the file, and the tensor or metadata key at fault.
+public func loadGGUFModel(_ path: String, seed: UInt64 = 0) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
+    let file = try GGUFFile(path)
+    let tokenizer = try file.makeTokenizer()
+    let config = try file.modelConfig()
+    guard tokenizer.vocabSize <= config.vocabSize else {
+        throw GGUFError(.shapeMismatch, path: path, tensor: "token_embd.weight",
+                        "has \(config.vocabSize) rows but the tokenizer has \(tokenizer.vocabSize) tokens")
+    }
+    let model = LlamaModel(config, seed: seed)
+    try file.loadWeights(into: model)
+    model.freeze()
+    model.eval()
+    return (model, tokenizer)
+}

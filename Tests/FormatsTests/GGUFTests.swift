@@ -1,0 +1,508 @@
+// GGUF: hand-made files written here (every metadata type, F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors with
+// known values, alignment, corrupt files whose errors name the file and tensor, a tiny llama model) and
+// the real SmolLM2-135M-Instruct Q4_1 file checked against llama.cpp's reference values.
+
+import XCTest
+@testable import Formats
+
+/// Writes GGUF files byte by byte (little-endian), independently of the reader.
+struct GGUFWriter {
+    var version: UInt32 = 3
+    var metadata: [(String, GGUFValue)] = []
+    /// Tensors: name, ne (fastest first), ggml type code, raw data.
+    var tensors: [(name: String, dims: [Int], type: UInt32, data: [UInt8])] = []
+    var alignment = 32
+    /// Offsets to write instead of the computed ones (corrupt files).
+    var offsetOverride: [String: UInt64] = [:]
+
+    static func u32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+    static func u64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+    static func str(_ s: String) -> [UInt8] { u64(UInt64(s.utf8.count)) + Array(s.utf8) }
+
+    static func payload(_ v: GGUFValue) -> [UInt8] {
+        switch v {
+        case .uint8(let x): [x]
+        case .int8(let x): [UInt8(bitPattern: x)]
+        case .uint16(let x): withUnsafeBytes(of: x.littleEndian, Array.init)
+        case .int16(let x): withUnsafeBytes(of: x.littleEndian, Array.init)
+        case .uint32(let x): u32(x)
+        case .int32(let x): u32(UInt32(bitPattern: x))
+        case .uint64(let x): u64(x)
+        case .int64(let x): u64(UInt64(bitPattern: x))
+        case .float32(let x): u32(x.bitPattern)
+        case .float64(let x): u64(x.bitPattern)
+        case .bool(let b): [b ? 1 : 0]
+        case .string(let s): str(s)
+        case .array(let t, let items): u32(t.rawValue) + u64(UInt64(items.count)) + items.flatMap(payload)
+        }
+    }
+
+    func bytes() -> [UInt8] {
+        var out = Array("GGUF".utf8) + Self.u32(version) + Self.u64(UInt64(tensors.count)) + Self.u64(UInt64(metadata.count))
+        for (k, v) in metadata { out += Self.str(k) + Self.u32(v.type.rawValue) + Self.payload(v) }
+        var offset = 0
+        var offsets: [Int] = []
+        for t in tensors {
+            offsets.append(offset)
+            out += Self.str(t.name) + Self.u32(UInt32(t.dims.count)) + t.dims.flatMap { Self.u64(UInt64($0)) } + Self.u32(t.type)
+            out += Self.u64(offsetOverride[t.name] ?? UInt64(offset))
+            offset += (t.data.count + alignment - 1) / alignment * alignment
+        }
+        while out.count % alignment != 0 { out.append(0) }
+        let dataStart = out.count
+        for (t, o) in zip(tensors, offsets) {
+            precondition(out.count == dataStart + o)
+            out += t.data
+            while out.count % alignment != 0 { out.append(0) }
+        }
+        return out
+    }
+
+    func write(to url: URL) throws { try Data(bytes()).write(to: url) }
+}
+
+func halfBits(_ f: Float) -> [UInt8] { withUnsafeBytes(of: Float16(f).bitPattern.littleEndian, Array.init) }
+func floatBytes(_ xs: [Float]) -> [UInt8] { xs.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) } }
+
+/// Where the real model is, and how to get it.
+let smolLM2Path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path
+let smolLM2Fetch = "python3 scripts/fetch_data.py smollm2"
+
+final class GGUFTests: XCTestCase {
+    var dir: URL!
+    override func setUp() {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-gguf-\(UUID().uuidString)")
+        try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    /// Asserts `body` throws a GGUFError of `kind` whose text names the file and every string in `mentions`.
+    func assertGGUFError(_ kind: GGUFError.Kind, file: String, mentions: [String], line: UInt = #line,
+                         _ body: () throws -> Void) {
+        do {
+            try body()
+            XCTFail("expected a \(kind) error", line: line)
+        } catch let e as GGUFError {
+            XCTAssertEqual(e.kind, kind, "\(e)", line: line)
+            XCTAssertTrue(e.description.contains(file), "error does not name the file: \(e)", line: line)
+            for m in mentions { XCTAssertTrue(e.description.contains(m), "error does not mention '\(m)': \(e)", line: line) }
+        } catch {
+            XCTFail("unexpected error \(error)", line: line)
+        }
+    }
+
+    // MARK: - Metadata
+
+    let everyType: [(String, GGUFValue)] = [
+        ("t.u8", .uint8(200)), ("t.i8", .int8(-100)), ("t.u16", .uint16(60000)), ("t.i16", .int16(-30000)),
+        ("t.u32", .uint32(4_000_000_000)), ("t.i32", .int32(-2_000_000_000)), ("t.f32", .float32(1.5e-5)),
+        ("t.bool.true", .bool(true)), ("t.bool.false", .bool(false)), ("t.string", .string("héllo ✓")),
+        ("t.empty", .string("")), ("t.u64", .uint64(UInt64.max)), ("t.i64", .int64(Int64.min)), ("t.f64", .float64(-2.5e300)),
+        ("t.array.i32", .array(.int32, [.int32(1), .int32(-2), .int32(3)])),
+        ("t.array.string", .array(.string, [.string("Ġt"), .string(""), .string("<|im_end|>")])),
+        ("t.array.empty", .array(.float32, [])),
+        ("t.array.nested", .array(.array, [.array(.uint8, [.uint8(1)]), .array(.uint8, [])])),
+        ("t.array.bool", .array(.bool, [.bool(true), .bool(false)])),
+        ("t.array.f64", .array(.float64, [.float64(0.25)])),
+    ]
+
+    func testMetadataOfEveryValueTypeRoundTrips() throws {
+        for version: UInt32 in [2, 3] {
+            var w = GGUFWriter(version: version)
+            w.metadata = everyType
+            let p = path("meta\(version).gguf")
+            try w.write(to: URL(fileURLWithPath: p))
+            let f = try GGUFFile(p)
+            XCTAssertEqual(f.version, Int(version))
+            XCTAssertEqual(f.metadataKeys, everyType.map(\.0))
+            for (k, v) in everyType { XCTAssertEqual(f.metadata[k], v, k) }
+            XCTAssertEqual(f.tensorInfos.count, 0)
+            XCTAssertEqual(f.alignment, 32)
+            XCTAssertEqual(f.metadata["t.u64"]?.int, nil)  // does not fit an Int
+            XCTAssertEqual(f.metadata["t.i8"]?.int, -100)
+            XCTAssertEqual(f.metadata["t.f32"]?.double, Double(Float(1.5e-5)))
+            XCTAssertEqual(f.metadata["t.array.string"]?.strings, ["Ġt", "", "<|im_end|>"])
+            XCTAssertEqual(f.metadata["t.array.i32"]?.ints, [1, -2, 3])
+            XCTAssertEqual(f.metadata["t.array.nested"]?.typeName, "array of array")
+        }
+    }
+
+    // MARK: - Tensors
+
+    /// Known blocks: Q8_0 qs = -16…15 (×0.5 and ×-0.25), Q4_0 nibbles 0…15 (d = 0.25), Q4_1 (d = 0.5, m = -1).
+    func makeTensorFile(alignment: Int? = nil) -> (GGUFWriter, [String: (shape: [Int], values: [Float])]) {
+        var w = GGUFWriter()
+        var expected: [String: ([Int], [Float])] = [:]
+        if let a = alignment {
+            w.alignment = a
+            w.metadata = [("general.alignment", .uint32(UInt32(a)))]
+        }
+        let f32: [Float] = [1, -2, 3.5, 0, 1e-30, -7]
+        w.tensors.append(("f32", [3, 2], 0, floatBytes(f32)))
+        expected["f32"] = ([2, 3], f32)
+
+        let f16: [Float] = [1, -2, 0.5, 65504, 0.000061035156, -0.0, 0.33325195]
+        w.tensors.append(("f16", [7], 1, f16.flatMap(halfBits)))
+        expected["f16"] = ([7], f16)
+
+        let bf16: [Float] = [1, -3.5, 256, 0.0078125]
+        w.tensors.append(("bf16", [2, 2], 30, bf16.flatMap { withUnsafeBytes(of: UInt16($0.bitPattern >> 16).littleEndian, Array.init) }))
+        expected["bf16"] = ([2, 2], bf16)
+
+        var q8: [UInt8] = [], q8v: [Float] = []
+        for d: Float in [0.5, -0.25] {
+            q8 += halfBits(d)
+            for j in 0..<32 {
+                let q = Int8(j - 16)
+                q8.append(UInt8(bitPattern: q))
+                q8v.append(Float(q) * d)
+            }
+        }
+        w.tensors.append(("q8_0", [32, 2], 8, q8))
+        expected["q8_0"] = ([2, 32], q8v)
+
+        var q40: [UInt8] = halfBits(0.25)
+        var q40v = [Float](repeating: 0, count: 32)
+        for j in 0..<16 {
+            let lo = UInt8(j), hi = UInt8(15 - j)
+            q40.append(lo | hi << 4)
+            q40v[j] = (Float(lo) - 8) * 0.25
+            q40v[j + 16] = (Float(hi) - 8) * 0.25
+        }
+        w.tensors.append(("q4_0", [32], 2, q40))
+        expected["q4_0"] = ([32], q40v)
+
+        var q41: [UInt8] = [], q41v: [Float] = []
+        for (d, m): (Float, Float) in [(0.5, -1), (2, 0.125)] {
+            q41 += halfBits(d) + halfBits(m)
+            var vals = [Float](repeating: 0, count: 32)
+            for j in 0..<16 {
+                let lo = UInt8((j * 7) % 16), hi = UInt8((j * 3 + 5) % 16)
+                q41.append(lo | hi << 4)
+                vals[j] = Float(lo) * d + m
+                vals[j + 16] = Float(hi) * d + m
+            }
+            q41v += vals
+        }
+        w.tensors.append(("blk.0.q4_1", [64], 3, q41))
+        expected["blk.0.q4_1"] = ([64], q41v)
+        return (w, expected)
+    }
+
+    func testTensorsDequantizeToKnownValues() throws {
+        for alignment in [nil, 64, 8] {
+            let (w, expected) = makeTensorFile(alignment: alignment)
+            let p = path("tensors\(alignment ?? 0).gguf")
+            try w.write(to: URL(fileURLWithPath: p))
+            let f = try GGUFFile(p)
+            XCTAssertEqual(f.alignment, alignment ?? 32)
+            XCTAssertEqual(f.dataOffset % (alignment ?? 32), 0)
+            XCTAssertEqual(f.tensorInfos.map(\.name), w.tensors.map(\.name))
+            for info in f.tensorInfos { XCTAssertEqual(info.offset % f.alignment, 0) }
+            XCTAssertEqual(f.info(named: "q8_0")?.type, .q8_0)
+            XCTAssertEqual(f.info(named: "q8_0")?.byteCount, 68)
+            XCTAssertEqual(f.info(named: "f32")?.dims, [3, 2])
+            for (name, (shape, values)) in expected {
+                let t = try f.tensor(named: name)
+                XCTAssertEqual(t.shape, shape, name)
+                XCTAssertEqual(t.toArray().map(\.bitPattern), values.map(\.bitPattern), name)
+            }
+        }
+    }
+
+    /// Every half bit pattern: the reader (Float16) equals a bit-level conversion.
+    func testHalfConversionOfEveryBitPattern() throws {
+        var w = GGUFWriter()
+        w.tensors = [("all", [65536], 1, (0..<65536).flatMap { withUnsafeBytes(of: UInt16($0).littleEndian, Array.init) })]
+        let p = path("halves.gguf")
+        try w.write(to: URL(fileURLWithPath: p))
+        let got = try GGUFFile(p).tensor(named: "all").toArray()
+        for h in 0..<65536 {
+            let want = GGUFFile.halfToFloatBits(UInt16(h))
+            if want.isNaN { XCTAssertTrue(got[h].isNaN, "half \(h)") } else {
+                XCTAssertEqual(got[h].bitPattern, want.bitPattern, "half 0x\(String(h, radix: 16))")
+            }
+        }
+        XCTAssertEqual(GGUFFile.halfToFloatBits(0x3C00), 1)
+        XCTAssertEqual(GGUFFile.halfToFloatBits(0x0001), 0x1p-24)
+        XCTAssertEqual(GGUFFile.halfToFloatBits(0xFC00), -.infinity)
+    }
+
+    // MARK: - Corrupt files
+
+    func testCorruptFilesNameTheFileAndTensor() throws {
+        let (w, _) = makeTensorFile()
+        let good = w.bytes()
+
+        let magic = path("magic.gguf")
+        try Data([0x47, 0x47, 0x4D, 0x4C] + good.dropFirst(4)).write(to: URL(fileURLWithPath: magic))
+        assertGGUFError(.badMagic, file: magic, mentions: ["GGUF", "47 47 4d 4c"]) { _ = try GGUFFile(magic) }
+
+        let empty = path("empty.gguf")
+        try Data().write(to: URL(fileURLWithPath: empty))
+        assertGGUFError(.badMagic, file: empty, mentions: []) { _ = try GGUFFile(empty) }
+
+        let v1 = path("v1.gguf")
+        var b = good
+        b[4] = 1
+        try Data(b).write(to: URL(fileURLWithPath: v1))
+        assertGGUFError(.unsupportedVersion, file: v1, mentions: ["version 1"]) { _ = try GGUFFile(v1) }
+
+        // Truncated data: the last tensor (Q4_1, 40 bytes + 24 bytes of padding) loses its tail.
+        let cut = path("truncated.gguf")
+        try Data(good.prefix(good.count - 24 - 10)).write(to: URL(fileURLWithPath: cut))
+        assertGGUFError(.outOfBounds, file: cut, mentions: ["blk.0.q4_1", "Q4_1", "truncated"]) { _ = try GGUFFile(cut) }
+
+        // Truncated inside the tensor infos / the metadata.
+        let header = path("header.gguf")
+        try Data(good.prefix(40)).write(to: URL(fileURLWithPath: header))
+        assertGGUFError(.truncated, file: header, mentions: ["tensor"]) { _ = try GGUFFile(header) }
+
+        // An offset past the end of the file.
+        var past = w
+        past.offsetOverride["q8_0"] = 1 << 20
+        let pastPath = path("past.gguf")
+        try past.write(to: URL(fileURLWithPath: pastPath))
+        assertGGUFError(.outOfBounds, file: pastPath, mentions: ["q8_0", "\(1 << 20)"]) { _ = try GGUFFile(pastPath) }
+
+        var huge = w
+        huge.offsetOverride["f16"] = UInt64.max - 3
+        let hugePath = path("huge.gguf")
+        try huge.write(to: URL(fileURLWithPath: hugePath))
+        assertGGUFError(.outOfBounds, file: hugePath, mentions: ["f16"]) { _ = try GGUFFile(hugePath) }
+
+        var misaligned = w
+        misaligned.offsetOverride["q4_0"] = 4
+        let misPath = path("misaligned.gguf")
+        try misaligned.write(to: URL(fileURLWithPath: misPath))
+        assertGGUFError(.outOfBounds, file: misPath, mentions: ["q4_0", "alignment 32"]) { _ = try GGUFFile(misPath) }
+
+        // A string length longer than the file; an array count longer than the file.
+        var longKey = GGUFWriter()
+        longKey.metadata = [("k", .string("abc"))]
+        var lb = longKey.bytes()
+        lb.replaceSubrange(24 + 8 + 1 + 4 ..< 24 + 8 + 1 + 12, with: GGUFWriter.u64(1 << 40))
+        let longPath = path("longstring.gguf")
+        try Data(lb).write(to: URL(fileURLWithPath: longPath))
+        assertGGUFError(.truncated, file: longPath, mentions: ["metadata 'k'"]) { _ = try GGUFFile(longPath) }
+
+        var arr = GGUFWriter()
+        arr.metadata = [("a", .array(.uint32, [.uint32(1)]))]
+        var ab = arr.bytes()
+        ab.replaceSubrange(24 + 8 + 1 + 4 + 4 ..< 24 + 8 + 1 + 4 + 12, with: GGUFWriter.u64(UInt64.max))
+        let arrPath = path("longarray.gguf")
+        try Data(ab).write(to: URL(fileURLWithPath: arrPath))
+        assertGGUFError(.truncated, file: arrPath, mentions: ["metadata 'a'"]) { _ = try GGUFFile(arrPath) }
+
+        var badAlign = GGUFWriter()
+        badAlign.metadata = [("general.alignment", .uint32(48))]
+        let alignPath = path("alignment.gguf")
+        try badAlign.write(to: URL(fileURLWithPath: alignPath))
+        assertGGUFError(.malformed, file: alignPath, mentions: ["general.alignment"]) { _ = try GGUFFile(alignPath) }
+
+        var dup = GGUFWriter()
+        dup.metadata = [("x", .uint8(1)), ("x", .uint8(2))]
+        let dupPath = path("dup.gguf")
+        try dup.write(to: URL(fileURLWithPath: dupPath))
+        assertGGUFError(.malformed, file: dupPath, mentions: ["'x'", "twice"]) { _ = try GGUFFile(dupPath) }
+
+        var unknownType = GGUFWriter()
+        unknownType.tensors = [("weird", [32], 99, [UInt8](repeating: 0, count: 32))]
+        let typePath = path("type.gguf")
+        try unknownType.write(to: URL(fileURLWithPath: typePath))
+        assertGGUFError(.unsupportedType, file: typePath, mentions: ["weird", "99"]) { _ = try GGUFFile(typePath) }
+
+        var q5 = GGUFWriter()
+        q5.tensors = [("blk.3.ffn_up.weight", [32], 6, [UInt8](repeating: 0, count: 22))]
+        let q5Path = path("q5.gguf")
+        try q5.write(to: URL(fileURLWithPath: q5Path))
+        let q5File = try GGUFFile(q5Path)  // a known layout opens; it just cannot be dequantized
+        assertGGUFError(.unsupportedType, file: q5Path, mentions: ["blk.3.ffn_up.weight", "Q5_0"]) { _ = try q5File.tensor(named: "blk.3.ffn_up.weight") }
+
+        var block = GGUFWriter()
+        block.tensors = [("odd", [33], 8, [UInt8](repeating: 0, count: 68))]
+        let blockPath = path("block.gguf")
+        try block.write(to: URL(fileURLWithPath: blockPath))
+        assertGGUFError(.malformed, file: blockPath, mentions: ["odd", "block size 32"]) { _ = try GGUFFile(blockPath) }
+
+        let goodPath = path("good.gguf")
+        try Data(good).write(to: URL(fileURLWithPath: goodPath))
+        let f = try GGUFFile(goodPath)
+        assertGGUFError(.missing, file: goodPath, mentions: ["nope"]) { _ = try f.tensor(named: "nope") }
+
+        assertGGUFError(.unreadable, file: path("absent.gguf"), mentions: []) { _ = try GGUFFile(path("absent.gguf")) }
+    }
+
+    // MARK: - A tiny llama model
+
+    /// Tokens: 3 control tokens, the 256 byte tokens, then merges h+e, l+l, he+ll, hell+o, Ġ+w.
+    static let tinyMerges = [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "w")]
+    static var tinyTokens: [String] {
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (0..<256).map { ByteLevelAlphabet.encode([UInt8($0)]) }
+            + tinyMerges.map { $0.0 + $0.1 }
+    }
+
+    /// A GGUF file of `model` as llama.cpp's converter writes it: F32 tensors, Q/K rows permuted.
+    func writeTinyGGUF(_ model: LlamaModel, to p: String, drop: String? = nil) throws {
+        let c = model.config
+        var w = GGUFWriter()
+        w.metadata = [
+            ("general.architecture", .string("llama")), ("general.alignment", .uint32(16)),
+            ("llama.block_count", .uint32(UInt32(c.numLayers))), ("llama.context_length", .uint32(UInt32(c.maxPositions))),
+            ("llama.embedding_length", .uint32(UInt32(c.hiddenSize))), ("llama.feed_forward_length", .uint32(UInt32(c.intermediateSize))),
+            ("llama.attention.head_count", .uint32(UInt32(c.numHeads))), ("llama.attention.head_count_kv", .uint32(UInt32(c.numKVHeads))),
+            ("llama.rope.freq_base", .float32(c.ropeTheta)), ("llama.attention.layer_norm_rms_epsilon", .float32(c.normEps)),
+            ("tokenizer.ggml.model", .string("gpt2")), ("tokenizer.ggml.pre", .string("smollm")),
+            ("tokenizer.ggml.tokens", .array(.string, Self.tinyTokens.map { .string($0) })),
+            ("tokenizer.ggml.token_type", .array(.int32, Self.tinyTokens.indices.map { .int32($0 < 3 ? 3 : 1) })),
+            ("tokenizer.ggml.merges", .array(.string, Self.tinyMerges.map { .string("\($0.0) \($0.1)") })),
+            ("tokenizer.ggml.bos_token_id", .uint32(1)), ("tokenizer.ggml.eos_token_id", .uint32(2)),
+            ("tokenizer.ggml.unknown_token_id", .uint32(0)), ("tokenizer.ggml.padding_token_id", .uint32(2)),
+        ]
+        w.alignment = 16
+        let names = ["model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                     "lm_head.weight": "output.weight"]
+        let parts = ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"]
+        for (hf, t) in model.namedParameters() {
+            var name = names[hf] ?? ""
+            if name.isEmpty {
+                let f = hf.split(separator: ".").map(String.init)  // model.layers.N.<module…>.weight
+                name = "blk.\(f[2]).\(parts[f[3...(f.count - 2)].joined(separator: ".")]!).\(f.last!)"
+            }
+            if name == drop { continue }
+            var values = t.toArray()
+            let heads = hf.contains("q_proj.") ? c.numHeads : hf.contains("k_proj.") ? c.numKVHeads : 0
+            if heads > 0 {  // HF (H, 2, D/2, in) → llama.cpp (H, D/2, 2, in); biases as (H, 2, D/2, 1)
+                let (d, cols) = (c.headDim, t.rank == 2 ? t.shape[1] : 1)
+                var permuted = values
+                for h in 0..<heads { for two in 0..<2 { for i in 0..<(d / 2) {
+                    let src = (h * d + two * (d / 2) + i) * cols, dst = (h * d + i * 2 + two) * cols
+                    permuted[dst..<(dst + cols)] = values[src..<(src + cols)]
+                } } }
+                values = permuted
+            }
+            w.tensors.append((name, Array(t.shape.reversed()), 0, floatBytes(values)))
+        }
+        try w.write(to: URL(fileURLWithPath: p))
+    }
+
+    func testTinyLlamaLoadsWithIdenticalLogitsAndTokenizer() throws {
+        for (tied, bias) in [(true, false), (false, true)] {
+            let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 16, numLayers: 2, numHeads: 4,
+                                           numKVHeads: 2, intermediateSize: 24, ropeTheta: 500, normEps: 1e-6,
+                                           attentionBias: bias, tieWordEmbeddings: tied, maxPositions: 64)
+            let model = LlamaModel(config, seed: 11)
+            for (_, p) in model.namedParameters() where p.rank == 1 {  // non-trivial norm weights and biases
+                for i in 0..<p.count { p.basePointer[i] = 1 + 0.1 * Float(i % 7) }
+            }
+            let p = path("tiny\(tied).gguf")
+            try writeTinyGGUF(model, to: p)
+            let (loaded, tok) = try loadGGUFModel(p)
+            XCTAssertEqual(loaded.config, config)
+            XCTAssertFalse(loaded.isTraining)
+            XCTAssertTrue(loaded.trainableParameters().isEmpty)
+            let ids: [Int32] = [1, 104, 200, 7, 262, 5, 9, 40]
+            let want = withNoGrad { model.forward(ids, batch: 2) }.toArray()
+            let got = withNoGrad { loaded.forward(ids, batch: 2) }.toArray()
+            XCTAssertEqual(got, want)
+
+            XCTAssertEqual(tok.vocabSize, Self.tinyTokens.count)
+            XCTAssertEqual([tok.bosTokenID, tok.eosTokenID, tok.padTokenID, tok.unkTokenID], [1, 2, 2, 0])
+            let hello = tok.tokenID(for: "hello")!, w = tok.tokenID(for: "Ġw")!
+            let o = tok.tokenID(for: "o")!, space = tok.tokenID(for: "Ġ")!, two = tok.tokenID(for: "2")!
+            XCTAssertEqual(tok.encode("<|im_start|>hello wo 22<|im_end|>"), [1, hello, w, o, space, two, two, 2])
+            XCTAssertEqual(tok.decode(tok.encode("hello wo 22<|im_end|>")), "hello wo 22<|im_end|>")
+            XCTAssertEqual(tok.decode([1, hello, 2], skipSpecialTokens: true), "hello")
+        }
+    }
+
+    func testTinyLlamaWithAMissingTensorNamesIt() throws {
+        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 16, numLayers: 2, numHeads: 4,
+                                       numKVHeads: 2, intermediateSize: 24, tieWordEmbeddings: true)
+        let p = path("missing.gguf")
+        try writeTinyGGUF(LlamaModel(config), to: p, drop: "blk.1.ffn_up.weight")
+        assertGGUFError(.missing, file: p, mentions: ["model.layers.1.mlp.up_proj.weight"]) { _ = try loadGGUFModel(p) }
+        XCTAssertEqual(GGUFFile.huggingFaceName(forGGUF: "blk.12.attn_output.weight"), "model.layers.12.self_attn.o_proj.weight")
+        XCTAssertEqual(GGUFFile.huggingFaceName(forGGUF: "blk.0.ffn_norm.weight"), "model.layers.0.post_attention_layernorm.weight")
+        XCTAssertNil(GGUFFile.huggingFaceName(forGGUF: "rope_freqs.weight"))
+        XCTAssertNil(GGUFFile.huggingFaceName(forGGUF: "blk.x.attn_q.weight"))
+    }
+
+    // MARK: - The real SmolLM2-135M-Instruct (Q4_1)
+
+    /// Loaded once for the tests below; nil (after a loud failure) when the file is missing.
+    nonisolated(unsafe) static var smol: (model: LlamaModel, tokenizer: BPETokenizer)?
+    nonisolated(unsafe) static var smolTried = false
+
+    func smolLM2(line: UInt = #line) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
+        guard FileManager.default.fileExists(atPath: smolLM2Path) else {
+            XCTFail("SmolLM2 GGUF missing at \(smolLM2Path); fetch it with: \(smolLM2Fetch)", line: line)
+            throw GGUFError(.unreadable, path: smolLM2Path, "missing; run \(smolLM2Fetch)")
+        }
+        if let s = Self.smol { return s }
+        let t0 = Date()
+        let s = try loadGGUFModel(smolLM2Path)
+        print("GGUFTests: loaded \(smolLM2Path) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
+        Self.smol = s
+        return s
+    }
+
+    static let chatPrompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+
+    func testSmolLM2FileMetadataAndConfig() throws {
+        let (model, _) = try smolLM2()
+        var t = Date()
+        func lap() -> String { defer { t = Date() }; return String(format: "%.3f s", Date().timeIntervalSince(t)) }
+        let f = try GGUFFile(smolLM2Path)
+        let open = lap()
+        _ = try f.makeTokenizer()
+        let tokenizer = lap()
+        try f.loadWeights(into: model)  // again: dequantize + unpermute every tensor
+        print("GGUFTests: open + parse \(open), tokenizer \(tokenizer), dequantize all weights \(lap())")
+        XCTAssertEqual(f.version, 3)
+        XCTAssertEqual(f.fileSize, 98_362_432)
+        XCTAssertEqual(f.tensorInfos.count, 272)
+        XCTAssertEqual(f.tensorInfos.filter { $0.type == .q4_1 }.count, 210)
+        XCTAssertEqual(f.tensorInfos.filter { $0.type == .f32 }.count, 61)
+        XCTAssertEqual(f.info(named: "token_embd.weight")?.type, .q8_0)
+        XCTAssertEqual(f.info(named: "token_embd.weight")?.dims, [576, 49152])
+        XCTAssertEqual(f.metadata["tokenizer.ggml.merges"]?.array?.count, 48900)
+        let c = try f.modelConfig()
+        XCTAssertEqual(c, .llama(vocabSize: 49152, hiddenSize: 576, numLayers: 30, numHeads: 9, numKVHeads: 3,
+                                 intermediateSize: 1536, ropeTheta: 100_000, normEps: 1e-5, tieWordEmbeddings: true,
+                                 maxPositions: 8192))
+    }
+
+    func testSmolLM2TokenizerMatchesReferenceIDs() throws {
+        let tok = try smolLM2().tokenizer
+        XCTAssertEqual(tok.encode("Hello world! The year 2024 was great."), [19556, 905, 17, 378, 713, 216, 34, 32, 34, 36, 436, 1109, 30])
+        XCTAssertEqual(tok.encode(Self.chatPrompt), [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198])
+        XCTAssertEqual([tok.bosTokenID, tok.eosTokenID, tok.padTokenID, tok.unkTokenID], [1, 2, 2, 0])
+        XCTAssertEqual(tok.decode(tok.encode(Self.chatPrompt)), Self.chatPrompt)
+    }
+
+    func testSmolLM2NextTokenTop5AndGreedyContinuation() throws {
+        let (model, tok) = try smolLM2()
+        let ids = tok.encode(Self.chatPrompt)
+        let t0 = Date()
+        let logits = withNoGrad { model.forward(ids, batch: 1) }  // (1, T, V)
+        let forwardSeconds = Date().timeIntervalSince(t0)
+        XCTAssertEqual(logits.shape, [1, ids.count, 49152])
+        let last = Array(logits.toArray().suffix(49152))
+        let top5 = last.indices.sorted { last[$0] > last[$1] }.prefix(5).map { $0 }
+        XCTAssertEqual(top5, [504, 60, 38634, 15319, 7026])
+        XCTAssertEqual(last[top5[0]], 27.86, accuracy: 0.05)
+        print("GGUFTests: forward of \(ids.count) tokens \(String(format: "%.3f", forwardSeconds)) s; top-5 \(top5) logits "
+              + top5.map { String(format: "%.3f", last[$0]) }.joined(separator: " "))
+
+        let t1 = Date()
+        let out = model.generate(ids, SamplingOptions(maxNewTokens: 20, stopTokens: [2]))
+        print("GGUFTests: greedy \(out.count) tokens in \(String(format: "%.2f", Date().timeIntervalSince(t1))) s: \(out)")
+        XCTAssertEqual(tok.decode(out), "The capital of France is Paris.<|im_end|>")
+    }
+}
