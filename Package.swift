@@ -3,7 +3,8 @@
 // Layers point one way: TensorCore → NN → Models → PEFT → Formats → Training → swiftpeft (CLI).
 import PackageDescription
 
-let release: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+// Release builds use plain -O, not -Ounchecked: that would compile out the preconditions that turn
+// a bad shape into a message naming the op (the hot loops already run over unchecked pointers).
 
 let package = Package(
     name: "SwiftPEFT",
@@ -22,17 +23,17 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
 
-        .target(name: "TensorCore", dependencies: ["CBLAS"], swiftSettings: release),
-        .target(name: "NN", dependencies: ["TensorCore"], swiftSettings: release),
-        .target(name: "Models", dependencies: ["NN"], swiftSettings: release),
-        .target(name: "PEFT", dependencies: ["Models"], swiftSettings: release),
-        .target(name: "Formats", dependencies: ["PEFT", "CHDF5"], swiftSettings: release),
-        .target(name: "Training", dependencies: ["Formats"], swiftSettings: release),
+        .target(name: "TensorCore", dependencies: ["CBLAS"]),
+        .target(name: "NN", dependencies: ["TensorCore"]),
+        .target(name: "Models", dependencies: ["NN"]),
+        .target(name: "PEFT", dependencies: ["Models"]),
+        .target(name: "Formats", dependencies: ["PEFT", "CHDF5"]),
+        .target(name: "Training", dependencies: ["Formats"]),
         .executableTarget(
             name: "swiftpeft",
             dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"], swiftSettings: release),
-        .executableTarget(name: "tokenizer-bench", dependencies: ["Models"], swiftSettings: release),
+        .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"]),
+        .executableTarget(name: "tokenizer-bench", dependencies: ["Models"]),
 
         // Examples: short programs that use the library as a user would; built with the package.
         .executableTarget(name: "example-tensor-basics", dependencies: ["TensorCore"], path: "Examples/TensorBasics"),

@@ -487,7 +487,7 @@ public final class GGUFFile: @unchecked Sendable {
     /// Converts `count` elements of `type` at `src` to Float32 at `dst` (`count` a multiple of the block
     /// size). Large tensors are split across threads by blocks.
     public static func dequantize(_ type: GGMLType, _ src: UnsafeRawPointer, count: Int, into dst: UnsafeMutablePointer<Float>) {
-        precondition(count % type.blockSize == 0, "[GGUF] \(count) elements are not whole \(type) blocks")
+        check(count % type.blockSize == 0, "[GGUF] \(count) elements are not whole \(type) blocks")
         let blocks = count / type.blockSize
         let kernel: (UnsafeRawPointer, UnsafeMutablePointer<Float>, Int) -> Void
         switch type.code {
@@ -497,7 +497,7 @@ public final class GGUFFile: @unchecked Sendable {
         case GGMLType.q8_0.code: kernel = dequantQ8_0
         case GGMLType.q4_0.code: kernel = dequantQ4_0
         case GGMLType.q4_1.code: kernel = dequantQ4_1
-        default: preconditionFailure("[GGUF] no dequantization for \(type)")
+        default: fatalError("[GGUF] no dequantization for \(type)")
         }
         let chunks = count >= 1 << 18 ? min(ProcessInfo.processInfo.activeProcessorCount, blocks) : 1
         if chunks <= 1 { kernel(src, dst, blocks); return }

@@ -105,7 +105,7 @@ public final class GPT2Model: CausalLM {
     public let lmHeadLayer: Linear?
 
     public init(_ config: ModelConfig, seed: UInt64 = 0) {
-        precondition(config.family == .gpt2, "[GPT2Model] config family is \(config.family)")
+        check(config.family == .gpt2, "[GPT2Model] config family is \(config.family)")
         must { try config.validate() }
         var rng = RNG(seed: seed)
         transformer = GPT2Body(config, rng: &rng)
@@ -121,7 +121,7 @@ public final class GPT2Model: CausalLM {
 
     public override func addPositions(_ h: Tensor, offset: Int) -> Tensor {
         let T = h.shape[1]
-        precondition(offset + T <= config.maxPositions,
+        check(offset + T <= config.maxPositions,
                      "[GPT2Model] positions \(offset)..<\(offset + T) exceed max_position_embeddings \(config.maxPositions)")
         return h + transformer.wpe.weight.slice(axis: 0, offset, offset + T)  // (B, T, C) + (T, C)
     }

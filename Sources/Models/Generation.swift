@@ -31,7 +31,7 @@ public struct SamplingOptions: Sendable {
 extension CausalLM {
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
     public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {
-        precondition(!prompt.isEmpty, "[generate] the prompt is empty")
+        check(!prompt.isEmpty, "[generate] the prompt is empty")
         let wasTraining = isTraining
         eval()
         defer { train(wasTraining) }

@@ -101,7 +101,7 @@ public final class LlamaModel: CausalLM {
     public let lmHeadLayer: Linear?
 
     public init(_ config: ModelConfig, seed: UInt64 = 0) {
-        precondition(config.family == .llama, "[LlamaModel] config family is \(config.family)")
+        check(config.family == .llama, "[LlamaModel] config family is \(config.family)")
         must { try config.validate() }
         var rng = RNG(seed: seed)
         model = LlamaBody(config, rng: &rng)

@@ -28,7 +28,7 @@ public struct ByteTokenizer: Tokenizer {
         func id(_ name: String?) -> Int32? {
             guard let name else { return nil }
             guard let k = unique.firstIndex(where: { Array($0.utf8) == Array(name.utf8) }) else {
-                preconditionFailure(
+                fatalError(
                     "ByteTokenizer: role token \(name.debugDescription) is not among the special tokens \(unique)")
             }
             return Int32(256 + k)

@@ -81,7 +81,7 @@ public final class KVCache {
     /// positions, (B, length + T, KVH, D). Call `commit` once every layer has appended.
     func append(layer: Int, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
         let t = k.shape[1]
-        precondition(length + t <= capacity, "[KVCache] \(length) + \(t) positions exceed the capacity \(capacity)")
+        check(length + t <= capacity, "[KVCache] \(length) + \(t) positions exceed the capacity \(capacity)")
         for (src, dst) in [(k, keys[layer]), (v, values[layer])] {
             Tensor(storage: dst.storage, layout: dst.layout.sliced(axis: 1, start: length, end: length + t)).assign(src)
         }
@@ -183,9 +183,9 @@ open class CausalLM: Module {
     /// (1 = real token, 0 = padding) and an optional cache for incremental decoding. Virtual
     /// tokens of an input prefix are not part of the returned logits.
     public func forward(_ ids: [Int32], batch B: Int, attentionMask: [Float]? = nil, cache: KVCache? = nil) -> Tensor {
-        precondition(B > 0 && ids.count % B == 0, "[forward] \(ids.count) ids do not split into \(B) rows")
+        check(B > 0 && ids.count % B == 0, "[forward] \(ids.count) ids do not split into \(B) rows")
         let T = ids.count / B
-        precondition(attentionMask == nil || attentionMask!.count == ids.count,
+        check(attentionMask == nil || attentionMask!.count == ids.count,
                      "[forward] attention mask has \(attentionMask!.count) values for \(ids.count) ids")
         var h = embedTokens(ids, shape: [B, T])  // (B, T, C)
         var mask = attentionMask

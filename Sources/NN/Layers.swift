@@ -57,7 +57,7 @@ public final class Linear: Module {
 
     /// Swaps in new weight values (same shape), e.g. after merging an adapter.
     public func setWeight(_ w: Tensor) {
-        precondition(w.shape == weight.shape, "[Linear] new weight \(w.shape) differs from \(weight.shape)")
+        check(w.shape == weight.shape, "[Linear] new weight \(w.shape) differs from \(weight.shape)")
         w.requiresGrad = weight.requiresGrad
         w.name = weight.name
         weight = w

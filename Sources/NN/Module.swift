@@ -26,7 +26,7 @@ open class Module {
     /// Replaces the tensor registered as `name` (same shape), e.g. when loading weights.
     public func replaceParameter(_ name: String, with t: Tensor) {
         guard let i = ownParameters.firstIndex(where: { $0.name == name }) else {
-            preconditionFailure("[Module] no parameter '\(name)' in \(type(of: self))")
+            fatalError("[Module] no parameter '\(name)' in \(type(of: self))")
         }
         ownParameters[i].tensor = t
     }

@@ -50,7 +50,7 @@ public final class AdamW: Optimizer {
         let (b1, b2, e, decay) = (beta1, beta2, eps, lr * weightDecay)
         for (i, (name, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
-            precondition(p.isContiguous, "[AdamW] parameter \(name) is not contiguous")
+            check(p.isContiguous, "[AdamW] parameter \(name) is not contiguous")
             let pp = p.basePointer, pg = UnsafePointer(g.basePointer), pm = m[i].basePointer, pv = v[i].basePointer
             parallelFor(p.count) { lo, hi in
                 for j in lo..<hi {

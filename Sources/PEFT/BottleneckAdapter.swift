@@ -167,7 +167,7 @@ public final class BottleneckAdapter: PEFTMethod {
     /// (`model.layers.0.attention_adapter`, `model.layers.0.mlp_adapter`, …).
     @discardableResult
     public func attach(to model: CausalLM) throws -> [String] {
-        precondition(adapters.isEmpty, "[Bottleneck] adapter '\(name)' is already attached")
+        check(adapters.isEmpty, "[Bottleneck] adapter '\(name)' is already attached")
         let r = try config.bottleneck(hiddenSize: model.config.hiddenSize)
         let modules = model.namedModules()
         let blocks = model.blocks.map { b in (modules.first { $0.1 === b }?.0 ?? "?", b) }

@@ -198,7 +198,7 @@ public final class IA3: PEFTMethod {
 
     @discardableResult
     public func attach(to model: CausalLM) throws -> [String] {
-        precondition(layers.isEmpty, "[IA3] adapter '\(name)' is already attached")
+        check(layers.isEmpty, "[IA3] adapter '\(name)' is already attached")
         let (targets, feedforward) = config.resolved(for: model.config.family)
         let selected = try selectModules(model, of: Linear.self, targets: targets, exclude: config.excludeModules, method: "IA3")
         var extra: [(String, Tensor)] = []

@@ -250,7 +250,7 @@ public final class LoRA: PEFTMethod {
 
     @discardableResult
     public func attach(to model: CausalLM) throws -> [String] {
-        precondition(layers.isEmpty, "[LoRA] adapter '\(name)' is already attached")
+        check(layers.isEmpty, "[LoRA] adapter '\(name)' is already attached")
         let targets = try selectModules(model, of: Linear.self, targets: config.targetModules, exclude: config.excludeModules,
                                         layers: config.layersToTransform, method: "LoRA")
         model.freeze()

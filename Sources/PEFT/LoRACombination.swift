@@ -253,7 +253,7 @@ struct TaskMergeContext {
             case .dareLinear, .dareTies:
                 pruned = tensors.indices.map { i in
                     let m = drawMask(i)
-                    precondition(m.count == n, "[combineLoRA] a mask of \(m.count) values for \(n)")
+                    check(m.count == n, "[combineLoRA] a mask of \(m.count) values for \(n)")
                     return (0..<n).map { m[$0] ? tensors[i][$0] / density : 0 }
                 }
             case .taskArithmetic: break

@@ -165,7 +165,7 @@ final class SlotBinding {
         guard let m = model else { return }
         if on {
             if let other = slot.occupant(m), other !== o {
-                preconditionFailure("[\(method)] cannot re-enable: \(type(of: other)) took the \(slot.rawValue) slot while this adapter was disabled")
+                fatalError("[\(method)] cannot re-enable: \(type(of: other)) took the \(slot.rawValue) slot while this adapter was disabled")
             }
             slot.set(m, o)
         } else if slot.occupant(m) === o {

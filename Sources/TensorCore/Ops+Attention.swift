@@ -16,13 +16,13 @@ extension Tensor {
     /// - Returns (B, T, H, D) = softmax(q kᵀ · scale + mask) v, scale defaulting to 1/√D.
     public static func attention(q q0: Tensor, k k0: Tensor, v v0: Tensor, keyMask: [Float]? = nil,
                                  causal: Bool = true, scale: Float? = nil) -> Tensor {
-        precondition(q0.rank == 4 && k0.rank == 4 && v0.rank == 4 && k0.shape == v0.shape,
+        check(q0.rank == 4 && k0.rank == 4 && v0.rank == 4 && k0.shape == v0.shape,
                      "[attention] needs q (B, T, H, D) and k, v (B, S, KVH, D); got q \(q0.shape), k \(k0.shape), v \(v0.shape)")
         let (B, T, H, D) = (q0.shape[0], q0.shape[1], q0.shape[2], q0.shape[3])
         let (S, KVH) = (k0.shape[1], k0.shape[2])
-        precondition(k0.shape[0] == B && k0.shape[3] == D && S >= T && KVH > 0 && H % KVH == 0,
+        check(k0.shape[0] == B && k0.shape[3] == D && S >= T && KVH > 0 && H % KVH == 0,
                      "[attention] q \(q0.shape) and k \(k0.shape) do not fit: same B and D, S ≥ T, H a multiple of KVH")
-        precondition(keyMask == nil || keyMask!.count == B * S, "[attention] keyMask needs B·S = \(B * S) values, got \(keyMask!.count)")
+        check(keyMask == nil || keyMask!.count == B * S, "[attention] keyMask needs B·S = \(B * S) values, got \(keyMask!.count)")
         // Heads must have unit stride along D; other strides are passed to BLAS as they are.
         let q = q0.layout.strides[3] == 1 ? q0 : q0.contiguous()
         let k = k0.layout.strides[3] == 1 ? k0 : k0.contiguous()

@@ -14,7 +14,7 @@ extension Tensor {
     /// Softmax over the last axis, numerically stable (max subtracted).
     /// Backward: dx = y ⊙ (dy − Σ dy ⊙ y).
     public func softmax() -> Tensor {
-        precondition(rank >= 1, "[softmax] needs rank ≥ 1, got shape \(shape)")
+        check(rank >= 1, "[softmax] needs rank ≥ 1, got shape \(shape)")
         let x = contiguousData()
         let (rows, c) = rowsAndCols
         let out = Tensor.empty(shape)
@@ -45,7 +45,7 @@ extension Tensor {
 
     /// Log-softmax over the last axis. Backward: dx = dy − softmax(x) · Σ dy.
     public func logSoftmax() -> Tensor {
-        precondition(rank >= 1, "[logSoftmax] needs rank ≥ 1, got shape \(shape)")
+        check(rank >= 1, "[logSoftmax] needs rank ≥ 1, got shape \(shape)")
         let x = contiguousData()
         let (rows, c) = rowsAndCols
         let out = Tensor.empty(shape)
@@ -203,7 +203,7 @@ extension Tensor {
         let x = contiguousData()
         let (rows, v) = rowsAndCols
         for (r, t) in targets.enumerated() where t != ignoreIndex && (t < 0 || Int(t) >= v) {
-            preconditionFailure("[crossEntropy] target \(t) at row \(r) is outside the vocabulary 0..<\(v) (logits \(shape))")
+            fatalError("[crossEntropy] target \(t) at row \(r) is outside the vocabulary 0..<\(v) (logits \(shape))")
         }
         let valid = targets.reduce(0) { $0 + ($1 == ignoreIndex ? 0 : 1) }
         let lse = Storage(count: rows)
@@ -249,11 +249,11 @@ extension Tensor {
     /// Rows of `weight` (V, C) gathered by `ids` (shape `idShape`) → (idShape…, C).
     /// Backward scatter-adds into the rows used.
     public static func embedding(_ weight: Tensor, ids: [Int32], shape idShape: [Int]) -> Tensor {
-        precondition(weight.rank == 2, "[embedding] weight must be (V, C), got \(weight.shape)")
-        precondition(idShape.reduce(1, *) == ids.count, "[embedding] \(ids.count) ids for shape \(idShape)")
+        check(weight.rank == 2, "[embedding] weight must be (V, C), got \(weight.shape)")
+        check(idShape.reduce(1, *) == ids.count, "[embedding] \(ids.count) ids for shape \(idShape)")
         let (v, c) = (weight.shape[0], weight.shape[1])
         if let bad = ids.first(where: { $0 < 0 || Int($0) >= v }) {
-            preconditionFailure("[embedding] id \(bad) is outside 0..<\(v) for weight \(weight.shape)")
+            fatalError("[embedding] id \(bad) is outside 0..<\(v) for weight \(weight.shape)")
         }
         let w = weight.contiguousData()
         let out = Tensor.empty(idShape + [c])
@@ -273,7 +273,7 @@ extension Tensor {
     /// Inverted dropout: zeroes each element with probability `p` and scales the rest by 1/(1−p).
     /// The mask comes from `rng`, so a seeded run repeats exactly.
     public func dropout(_ p: Float, rng: inout RNG) -> Tensor {
-        precondition(p >= 0 && p < 1, "[dropout] p must be in [0, 1), got \(p)")
+        check(p >= 0 && p < 1, "[dropout] p must be in [0, 1), got \(p)")
         if p == 0 { return self }
         let mask = Tensor.empty(shape)
         let scale = 1 / (1 - p)
@@ -286,9 +286,9 @@ extension Tensor {
     /// (B, T, H, D) with seqAxis 1. For i < D/2, angle = (positionOffset + t) · θ^(−2i/D), and the
     /// pair (x_i, x_{i+D/2}) is rotated by that angle. The backward rotates by −angle.
     public func rope(theta: Float, positionOffset: Int = 0, seqAxis: Int = -2) -> Tensor {
-        precondition(rank >= 2 && shape.last! % 2 == 0, "[rope] needs an even last axis, got \(shape)")
+        check(rank >= 2 && shape.last! % 2 == 0, "[rope] needs an even last axis, got \(shape)")
         let sa = must { try ShapeCheck.axis(seqAxis, rank: rank, op: "rope") }
-        precondition(sa < rank - 1, "[rope] the sequence axis must come before the last axis, got \(seqAxis) for \(shape)")
+        check(sa < rank - 1, "[rope] the sequence axis must come before the last axis, got \(seqAxis) for \(shape)")
         let x = contiguousData()
         let (t, d) = (shape[sa], shape[rank - 1])
         let inner = shape[(sa + 1)..<(rank - 1)].reduce(1, *)  // rows per position (e.g. heads)

@@ -80,7 +80,7 @@ extension Tensor {
     /// Splits `axis` into consecutive pieces of the given sizes. Views.
     public func split(_ sizes: [Int], axis: Int) -> [Tensor] {
         let a = must { try ShapeCheck.axis(axis, rank: rank, op: "split") }
-        precondition(sizes.reduce(0, +) == shape[a], "[split] sizes \(sizes) do not add up to axis \(a) of \(shape)")
+        check(sizes.reduce(0, +) == shape[a], "[split] sizes \(sizes) do not add up to axis \(a) of \(shape)")
         var start = 0
         return sizes.map { n in
             defer { start += n }
@@ -117,7 +117,7 @@ extension Tensor {
     /// Copies the values of `src` (same shape, any layout) into this tensor's memory, through this
     /// tensor's layout. Not recorded: for buffers such as a KV cache, or loading weights.
     public func assign(_ src: Tensor) {
-        precondition(src.shape == shape, "[assign] source \(src.shape) differs from destination \(shape)")
+        check(src.shape == shape, "[assign] source \(src.shape) differs from destination \(shape)")
         let c = src.contiguousData()
         copyInto(c.basePointer, storage.pointer, layout)
     }

@@ -26,7 +26,7 @@ public struct RNG {
 
     /// Restores a state captured by `snapshot`.
     public init(snapshot s: [UInt64]) {
-        precondition(s.count == 6, "[RNG] a snapshot has 6 words, got \(s.count)")
+        check(s.count == 6, "[RNG] a snapshot has 6 words, got \(s.count)")
         state = (s[0], s[1], s[2], s[3])
         spareNormal = s[5] == 1 ? Double(bitPattern: s[4]) : nil
     }
@@ -54,7 +54,7 @@ public struct RNG {
 
     /// Uniform integer in 0..<n.
     public mutating func nextInt(_ n: Int) -> Int {
-        precondition(n > 0, "[RNG] nextInt needs n > 0")
+        check(n > 0, "[RNG] nextInt needs n > 0")
         return Int(nextDouble() * Double(n)) % n
     }
 

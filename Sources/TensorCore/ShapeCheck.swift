@@ -8,6 +8,14 @@ public struct ShapeError: Error, CustomStringConvertible, Equatable {
     public var description: String { "[\(op)] \(message)" }
 }
 
+/// Stops the program with `message` when `condition` is false. Unlike `precondition`, the message is
+/// printed in optimized builds too, so a bad shape in a release binary still names the op and shapes.
+@inline(__always)
+public func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
+                  file: StaticString = #fileID, line: UInt = #line) {
+    if !condition() { fatalError(message(), file: file, line: line) }
+}
+
 /// Runs a shape check; a failure is a programming error and stops with the check's message.
 @inline(__always)
 func must<T>(_ body: () throws -> T) -> T {

@@ -85,7 +85,7 @@ public final class Tensor {
     private var leafRequiresGrad = false
 
     public init(storage: Storage, layout: Layout) {
-        precondition(layout.count == 0 || layout.offset + zip(layout.shape, layout.strides).map { ($0 - 1) * $1 }.reduce(0, +) < storage.count,
+        check(layout.count == 0 || layout.offset + zip(layout.shape, layout.strides).map { ($0 - 1) * $1 }.reduce(0, +) < storage.count,
                      "[Tensor] layout \(layout) overruns storage of \(storage.count) floats")
         self.storage = storage
         self.layout = layout
@@ -93,7 +93,7 @@ public final class Tensor {
 
     /// A contiguous tensor of `shape` holding `data` (row-major).
     public convenience init(shape: [Int], data: [Float]) {
-        precondition(shape.reduce(1, *) == data.count,
+        check(shape.reduce(1, *) == data.count,
                      "[Tensor] shape \(shape) needs \(shape.reduce(1, *)) values, got \(data.count)")
         let s = Storage(count: data.count)
         data.withUnsafeBufferPointer { s.pointer.initialize(from: $0.baseAddress!, count: data.count) }
@@ -112,7 +112,7 @@ public final class Tensor {
     public var requiresGrad: Bool {
         get { node != nil || leafRequiresGrad }
         set {
-            precondition(node == nil, "[requiresGrad] can only be set on a leaf tensor, not on the output of \(node!.op)")
+            check(node == nil, "[requiresGrad] can only be set on a leaf tensor, not on the output of \(node!.op)")
             leafRequiresGrad = newValue
         }
     }
@@ -143,7 +143,7 @@ public final class Tensor {
 
     /// The single value of a one-element tensor.
     public func item() -> Float {
-        precondition(count == 1, "[item] needs a one-element tensor, got shape \(shape)")
+        check(count == 1, "[item] needs a one-element tensor, got shape \(shape)")
         return basePointer[0]
     }
 
@@ -220,14 +220,14 @@ public final class Tensor {
     /// Adds a contiguous gradient tensor of this tensor's shape (always copied on first use: the
     /// same gradient tensor may be handed to several inputs).
     func accumulateGrad(_ g: Tensor) {
-        precondition(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
+        check(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
         accumulateGrad(UnsafePointer(g.basePointer))
     }
 
     /// Adds a gradient tensor that the caller created and hands over (no other reference to it):
     /// becomes the gradient itself when there is none yet, saving a copy.
     func accumulateGrad(owned g: Tensor) {
-        precondition(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
+        check(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
         if grad == nil && g.layout.offset == 0 && g.storage.count == count && g.node == nil {
             grad = g
         } else {
@@ -246,7 +246,7 @@ public final class Tensor {
     /// Back-propagates from this tensor. `seed` defaults to ones (for a scalar loss, d loss / d loss = 1).
     /// Gradients accumulate into the leaves' `grad` until zeroed; intermediate gradients are freed.
     public func backward(_ seed: Tensor? = nil) {
-        precondition(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, or made under withNoGrad)")
+        check(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, or made under withNoGrad)")
         // Topological order by iterative depth-first search over recorded nodes.
         var order: [Tensor] = []
         var visited = Set<ObjectIdentifier>()
@@ -260,7 +260,7 @@ public final class Tensor {
             }
         }
         if let s = seed {
-            precondition(s.shape == shape, "[backward] seed shape \(s.shape) differs from tensor shape \(shape)")
+            check(s.shape == shape, "[backward] seed shape \(s.shape) differs from tensor shape \(shape)")
             if node != nil && grad == nil {
                 // Read-only use: pullbacks never write into the gradient they receive, and a
                 // non-leaf's gradient is dropped after its pullback, so no copy is needed.

@@ -14,7 +14,7 @@ extension Dataset {
         ids.reserveCapacity(rows.count * T)
         targets.reserveCapacity(rows.count * T)
         for r in rows {
-            precondition(r >= 0 && r < count, "[Dataset.batch] row \(r) is outside 0..<\(count)")
+            check(r >= 0 && r < count, "[Dataset.batch] row \(r) is outside 0..<\(count)")
             let base = r * W, len = lengths[r]
             for t in 0..<T {
                 ids.append(tokens[base + t])
@@ -82,7 +82,7 @@ public struct BatchIterator: IteratorProtocol, Sequence, BatchStream {
 
     /// Starts at epoch 0 with order drawn from `RNG(seed:)`.
     public init(_ data: Dataset, batchSize: Int, seed: UInt64, epochs: Int? = nil) {
-        precondition(batchSize >= 1, "[BatchIterator] batchSize must be at least 1, got \(batchSize)")
+        check(batchSize >= 1, "[BatchIterator] batchSize must be at least 1, got \(batchSize)")
         self.data = data
         self.batchSize = batchSize
         self.epochs = epochs
@@ -135,7 +135,7 @@ public struct BatchIterator: IteratorProtocol, Sequence, BatchStream {
     /// The next batch; the data set must have rows, and `epochs` (if set) must not run out.
     public mutating func nextBatch() -> Batch {
         guard let b = next() else {
-            preconditionFailure("[BatchIterator] no batch left: \(data.count) rows, epoch \(epoch) of \(epochs ?? 0)")
+            fatalError("[BatchIterator] no batch left: \(data.count) rows, epoch \(epoch) of \(epochs ?? 0)")
         }
         return b
     }

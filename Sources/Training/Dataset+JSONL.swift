@@ -103,7 +103,7 @@ public struct TokenizedExample: Equatable, Sendable {
 
     public init() {}
     public init(ids: [Int32], learned: [Bool]) {
-        precondition(ids.count == learned.count, "[TokenizedExample] \(ids.count) ids but \(learned.count) flags")
+        check(ids.count == learned.count, "[TokenizedExample] \(ids.count) ids but \(learned.count) flags")
         self.ids = ids
         self.learned = learned
     }

@@ -137,7 +137,7 @@ public struct Dataset: Sendable {
 
     /// Rows from tokenized examples (see the type's documentation for packing and padding).
     public init(examples: [TokenizedExample], format: DataFormat, seqLen T: Int, packing: Bool, padID: Int32) {
-        precondition(T >= 1, "[Dataset] seqLen must be at least 1, got \(T)")
+        check(T >= 1, "[Dataset] seqLen must be at least 1, got \(T)")
         var tokens: [Int32] = [], learned: [Bool] = [], lengths: [Int] = []
         var truncated = 0, truncatedTokens = 0, dropped = 0
         let long = examples.reduce(0) { $0 + ($1.ids.count > T + 1 ? 1 : 0) }

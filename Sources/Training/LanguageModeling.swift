@@ -12,7 +12,7 @@ public struct WindowSampler {
     public var rng: RNG
 
     public init(tokens: [Int32], seqLen: Int, batch: Int, seed: UInt64) {
-        precondition(tokens.count > seqLen + 1, "[WindowSampler] \(tokens.count) tokens are too few for windows of \(seqLen + 1)")
+        check(tokens.count > seqLen + 1, "[WindowSampler] \(tokens.count) tokens are too few for windows of \(seqLen + 1)")
         self.tokens = tokens
         self.seqLen = seqLen
         self.batch = batch
