@@ -42,7 +42,7 @@ let package = Package(
         .executableTarget(name: "shape-probe", dependencies: ["TensorCore"], path: "Tests/ShapeProbe"),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS", "shape-probe"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats"], exclude: ["Fixtures"]),
-        .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Formats"], exclude: ["Fixtures"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats", "Training"], exclude: ["Fixtures"]),
         .testTarget(name: "CLITests", dependencies: ["Training", "swiftpeft"]),

@@ -238,7 +238,7 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0) throws -> (model: Ll
         throw GGUFError(.shapeMismatch, path: path, tensor: "token_embd.weight",
                         "has \(config.vocabSize) rows but the tokenizer has \(tokenizer.vocabSize) tokens")
     }
-    let model = LlamaModel(config, seed: seed)
+    let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
     try file.loadWeights(into: model)
     model.freeze()
     model.eval()

@@ -50,7 +50,7 @@ public enum ModelCheckpoint {
         } catch {
             throw CheckpointError(path: path, message: "bad config: \(error)")
         }
-        let model = makeModel(config, seed: seed)
+        let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below (strict)
         do {
             try model.loadParameters(tensors, source: path)
         } catch let e as WeightLoadError {

@@ -30,7 +30,7 @@ public final class Linear: Module {
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         self.fanInFanOut = fanInFanOut
-        weight = Tensor.normal(fanInFanOut ? [inFeatures, outFeatures] : [outFeatures, inFeatures], std: std, rng: &rng)
+        weight = WeightInit.normal(fanInFanOut ? [inFeatures, outFeatures] : [outFeatures, inFeatures], std: std, rng: &rng)
         self.bias = bias ? Tensor.zeros([outFeatures]) : nil
         super.init()
         register("weight", weight)
@@ -75,7 +75,7 @@ public final class Embedding: Module {
     public private(set) var weight: Tensor
 
     public init(_ count: Int, _ dim: Int, std: Float = 0.02, rng: inout RNG) {
-        weight = Tensor.normal([count, dim], std: std, rng: &rng)
+        weight = WeightInit.normal([count, dim], std: std, rng: &rng)
         super.init()
         register("weight", weight)
     }

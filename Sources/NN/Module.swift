@@ -4,6 +4,25 @@
 
 @_exported import TensorCore
 
+/// Weight initialization can be skipped when every weight is about to be loaded (checkpoints, GGUF):
+/// drawing 135M normals costs seconds that the copy then throws away.
+public enum WeightInit {
+    nonisolated(unsafe) static var skipDepth = 0
+
+    /// Builds modules inside `body` with uninitialized weights; the caller must load every one
+    /// (a strict `loadParameters` fails on any missing tensor).
+    public static func skipped<T>(_ body: () throws -> T) rethrows -> T {
+        skipDepth += 1
+        defer { skipDepth -= 1 }
+        return try body()
+    }
+
+    /// Normal(0, std) weights, or uninitialized memory inside `skipped`.
+    public static func normal(_ shape: [Int], std: Float, rng: inout RNG) -> Tensor {
+        skipDepth > 0 ? Tensor.empty(shape) : Tensor.normal(shape, std: std, rng: &rng)
+    }
+}
+
 /// A node in the model tree: its own parameters and its children, each under a name.
 open class Module {
     /// Own parameters in registration order (name relative to this module).

@@ -4,10 +4,14 @@
 
 import Foundation
 
-/// A base model and its tokenizer, from a SwiftPEFT HDF5 checkpoint or a llama GGUF file (by extension or magic).
+/// A base model and its tokenizer, from a SwiftPEFT HDF5 checkpoint, a llama GGUF file (by extension or magic)
+/// or a Hugging Face model folder (config.json + model.safetensors).
 public func loadBaseModel(_ path: String) throws -> (model: CausalLM, tokenizer: BPETokenizer?) {
     guard FileManager.default.fileExists(atPath: path) else {
         throw CheckpointError(path: path, message: "no such file")
+    }
+    if isHFModelFolder(path) {  // a Hugging Face folder: config.json + safetensors (+ tokenizer.json)
+        return try loadHFModel(path)
     }
     if path.lowercased().hasSuffix(".gguf") || GGUFFile.hasMagic(path) {
         let (model, tok) = try loadGGUFModel(path)

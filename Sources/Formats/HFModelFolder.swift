@@ -1,0 +1,269 @@
+// Hugging Face model folders: config.json (llama / mistral / qwen2 / gpt2) ↔ ModelConfig, weights in
+// model.safetensors (or shards listed by model.safetensors.index.json), and tokenizer.json. Saved
+// folders load in transformers with `AutoModelForCausalLM.from_pretrained(folder)`.
+
+import Foundation
+
+/// A Hugging Face model folder that cannot be loaded or saved: names the file and what was wrong.
+public struct HFModelError: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { "\(path): \(message)" }
+}
+
+/// The `model_type`s `loadHFModel` accepts (SmolLM checkpoints use "llama").
+public let supportedHFModelTypes = ["gpt2", "llama", "mistral", "qwen2"]
+
+/// Whether `path` is a folder holding a `config.json` (a Hugging Face model folder).
+public func isHFModelFolder(_ path: String) -> Bool {
+    var isDir: ObjCBool = false
+    return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
+        && FileManager.default.fileExists(atPath: URL(fileURLWithPath: path).appendingPathComponent("config.json").path)
+}
+
+/// Our configuration for a Hugging Face `config.json` (parsed JSON object); `file` names it in errors.
+/// - Throws: `HFModelError` for an unsupported `model_type` or option (e.g. `rope_scaling`), or a
+///   missing / mistyped field, naming the field.
+public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelConfig {
+    func fail(_ m: String) -> HFModelError { HFModelError(path: file, message: m) }
+    func present(_ k: String) -> Any? { json[k].flatMap { $0 is NSNull ? nil : $0 } }
+    func int(_ k: String, _ def: Int? = nil) throws -> Int {
+        guard let v = present(k) else {
+            guard let d = def else { throw fail("\"\(k)\" is missing (expected an integer)") }
+            return d
+        }
+        guard let n = v as? NSNumber, n.doubleValue == n.doubleValue.rounded() else {
+            throw fail("\"\(k)\" is \(v), expected an integer")
+        }
+        return n.intValue
+    }
+    func float(_ k: String, _ def: Float) throws -> Float {
+        guard let v = present(k) else { return def }
+        guard let n = v as? NSNumber else { throw fail("\"\(k)\" is \(v), expected a number") }
+        return n.floatValue
+    }
+    func bool(_ k: String, _ def: Bool) throws -> Bool {
+        guard let v = present(k) else { return def }
+        guard let b = v as? Bool else { throw fail("\"\(k)\" is \(v), expected true or false") }
+        return b
+    }
+    func string(_ k: String, _ def: String) throws -> String {
+        guard let v = present(k) else { return def }
+        guard let s = v as? String else { throw fail("\"\(k)\" is \(v), expected a string") }
+        return s
+    }
+    guard let type = present("model_type") as? String else { throw fail("\"model_type\" is missing or not a string") }
+    guard supportedHFModelTypes.contains(type) else {
+        throw fail("model_type \"\(type)\" is not supported; supported: \(supportedHFModelTypes.joined(separator: ", "))")
+    }
+    // RoPE: transformers ≥ 5 writes `rope_parameters` {rope_type, rope_theta}; older saves `rope_theta`
+    // and `rope_scaling`. Only the default (unscaled) rotation is supported.
+    var ropeTheta = try float("rope_theta", 10000)
+    for key in ["rope_scaling", "rope_parameters"] {
+        guard let rs = present(key) else { continue }
+        let text = String(describing: rs).replacingOccurrences(of: "\n", with: " ")
+        guard let obj = rs as? [String: Any] else { throw fail("\(key) \(text) is not a JSON object") }
+        let kind = (obj["rope_type"] ?? obj["type"]) as? String ?? "default"
+        guard kind == "default" else {
+            throw fail("\(key) with rope_type \"\(kind)\" is not supported (only plain RoPE, rope_type \"default\")")
+        }
+        if let t = obj["rope_theta"] as? NSNumber { ropeTheta = t.floatValue }
+    }
+    if let lt = present("layer_types") {
+        guard let types = lt as? [String], types.allSatisfy({ $0 == "full_attention" }) else {
+            throw fail("layer_types \(lt) is not supported (only full_attention layers)")
+        }
+    }
+    let config: ModelConfig
+    if type == "gpt2" {
+        let act = try string("activation_function", "gelu_new")
+        let mlp: ModelConfig.MLP
+        switch act {
+        case "gelu_new", "gelu_pytorch_tanh", "gelu_fast": mlp = .geluTanh
+        case "gelu": mlp = .gelu
+        default: throw fail("activation_function \"\(act)\" is not supported (expected gelu_new or gelu)")
+        }
+        if try bool("scale_attn_by_inverse_layer_idx", false) { throw fail("scale_attn_by_inverse_layer_idx true is not supported") }
+        if try bool("reorder_and_upcast_attn", false) { throw fail("reorder_and_upcast_attn true is not supported") }
+        if try !bool("scale_attn_weights", true) { throw fail("scale_attn_weights false is not supported") }
+        let c = try int("n_embd")
+        var cfg = ModelConfig.gpt2(vocabSize: try int("vocab_size"), hiddenSize: c, numLayers: try int("n_layer"),
+                                   numHeads: try int("n_head"), intermediateSize: try int("n_inner", 4 * c),
+                                   maxPositions: try int("n_positions", 1024))
+        cfg.normEps = try float("layer_norm_epsilon", 1e-5)
+        cfg.mlp = mlp
+        cfg.tieWordEmbeddings = try bool("tie_word_embeddings", true)
+        config = cfg
+    } else {
+        let act = try string("hidden_act", "silu")
+        guard act == "silu" || act == "swish" else { throw fail("hidden_act \"\(act)\" is not supported (expected silu)") }
+        let (c, heads) = (try int("hidden_size"), try int("num_attention_heads"))
+        if let hd = present("head_dim"), heads > 0, (hd as? NSNumber)?.intValue != c / heads {
+            throw fail("head_dim \(hd) differs from hidden_size / num_attention_heads = \(c / max(heads, 1)); not supported")
+        }
+        var attentionBias = type == "qwen2"
+        var projectionBias = false
+        if type != "qwen2" {
+            let ab = try bool("attention_bias", false), mb = try bool("mlp_bias", false)
+            guard ab == mb else {
+                throw fail("attention_bias \(ab) with mlp_bias \(mb) is not supported (both or neither)")
+            }
+            (attentionBias, projectionBias) = (ab, mb)
+        }
+        if type == "qwen2", try bool("use_sliding_window", false) {
+            throw fail("use_sliding_window true is not supported")
+        }
+        var maxPositions = try int("max_position_embeddings", 2048)
+        if type == "mistral", let w = present("sliding_window") {
+            // Attention within the window is exact; longer sequences would need the window.
+            guard let n = (w as? NSNumber)?.intValue, n > 0 else { throw fail("sliding_window \(w) is not a positive integer") }
+            maxPositions = min(maxPositions, n)
+        }
+        var cfg = ModelConfig.llama(vocabSize: try int("vocab_size"), hiddenSize: c, numLayers: try int("num_hidden_layers"),
+                                    numHeads: heads, numKVHeads: try int("num_key_value_heads", heads),
+                                    intermediateSize: try int("intermediate_size"), ropeTheta: ropeTheta,
+                                    normEps: try float("rms_norm_eps", 1e-6), attentionBias: attentionBias,
+                                    tieWordEmbeddings: try bool("tie_word_embeddings", false), maxPositions: maxPositions)
+        cfg.projectionBias = projectionBias
+        config = cfg
+    }
+    do {
+        try config.validate()
+    } catch {
+        throw fail("\(error)")
+    }
+    return config
+}
+
+/// The Float as the Double its shortest decimal form reads as (1e-06, not 9.99999997e-07).
+private func shortest(_ x: Float) -> Double { Double(String(x)) ?? Double(x) }
+
+/// The Hugging Face `config.json` object for `config` (model_type, architectures, torch_dtype float32).
+/// - Throws: `HFModelError` when transformers has no equivalent (e.g. GPT-2 without biases).
+public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") throws -> [String: Any] {
+    var j: [String: Any] = ["torch_dtype": "float32", "vocab_size": config.vocabSize,
+                            "tie_word_embeddings": config.tieWordEmbeddings]
+    switch config.family {
+    case .gpt2:
+        guard config.attentionBias, config.projectionBias, config.numKVHeads == config.numHeads,
+              config.norm == .layerNorm, config.positions == .learned, config.mlp != .swiglu else {
+            throw HFModelError(path: file, message: "this GPT-2 configuration (biases, heads, norm or MLP) has no transformers equivalent")
+        }
+        j["model_type"] = "gpt2"
+        j["architectures"] = ["GPT2LMHeadModel"]
+        j["n_embd"] = config.hiddenSize
+        j["n_layer"] = config.numLayers
+        j["n_head"] = config.numHeads
+        j["n_inner"] = config.intermediateSize
+        j["n_positions"] = config.maxPositions
+        j["n_ctx"] = config.maxPositions
+        j["layer_norm_epsilon"] = shortest(config.normEps)
+        j["activation_function"] = config.mlp == .gelu ? "gelu" : "gelu_new"
+        for k in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] { j[k] = shortest(config.dropout) }
+    case .llama:
+        guard config.norm == .rmsNorm, config.positions == .rope, config.mlp == .swiglu else {
+            throw HFModelError(path: file, message: "this LLaMA configuration (norm, positions or MLP) has no transformers equivalent")
+        }
+        let qwen = config.attentionBias && !config.projectionBias
+        guard qwen || config.attentionBias == config.projectionBias else {
+            throw HFModelError(path: file, message: "projection biases without attention biases have no transformers equivalent")
+        }
+        j["model_type"] = qwen ? "qwen2" : "llama"
+        j["architectures"] = [qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"]
+        if qwen { j["use_sliding_window"] = false } else {
+            j["attention_bias"] = config.attentionBias
+            j["mlp_bias"] = config.projectionBias
+        }
+        j["hidden_size"] = config.hiddenSize
+        j["num_hidden_layers"] = config.numLayers
+        j["num_attention_heads"] = config.numHeads
+        j["num_key_value_heads"] = config.numKVHeads
+        j["intermediate_size"] = config.intermediateSize
+        j["rms_norm_eps"] = shortest(config.normEps)
+        j["rope_theta"] = shortest(config.ropeTheta)
+        j["max_position_embeddings"] = config.maxPositions
+        j["hidden_act"] = "silu"
+        j["attention_dropout"] = shortest(config.dropout)
+    }
+    return j
+}
+
+/// Loads a Hugging Face model folder: `config.json`, `model.safetensors` (or its shards) and,
+/// if present, `tokenizer.json`. The model comes back frozen and in eval mode.
+///
+/// Keys are matched one for one with the model's parameters; a tied `lm_head.weight`, attention-mask
+/// buffers (`attn.bias`, `attn.masked_bias`) and `rotary_emb.inv_freq` are ignored, and GPT-2 keys
+/// saved without the `transformer.` prefix (`h.0.attn.c_attn.weight`, `wte.weight`) are accepted.
+/// - Throws: `HFModelError`, `SafetensorsError` or `TokenizerError`, naming the file (and tensor).
+public func loadHFModel(_ folder: String, seed: UInt64 = 0) throws -> (model: CausalLM, tokenizer: BPETokenizer?) {
+    let dir = URL(fileURLWithPath: folder)
+    let configPath = dir.appendingPathComponent("config.json").path
+    guard FileManager.default.fileExists(atPath: configPath) else {
+        throw HFModelError(path: folder, message: "no config.json in the folder (not a Hugging Face model folder)")
+    }
+    let obj: Any
+    do {
+        obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath)))
+    } catch {
+        throw HFModelError(path: configPath, message: "not valid JSON (\((error as NSError).localizedDescription))")
+    }
+    guard let json = obj as? [String: Any] else { throw HFModelError(path: configPath, message: "the top level is not a JSON object") }
+    let config = try hfModelConfig(json, file: configPath)
+
+    var weights: [String: Tensor] = [:]
+    for (key, t) in try Safetensors.readFolder(folder) {
+        var k = key
+        if config.family == .gpt2, !k.hasPrefix("transformer."), !k.hasPrefix("lm_head.") { k = "transformer." + k }
+        if k.hasSuffix(".attn.bias") || k.hasSuffix(".attn.masked_bias") || k.hasSuffix("rotary_emb.inv_freq") { continue }
+        if config.tieWordEmbeddings, k == "lm_head.weight" { continue }
+        guard weights[k] == nil else {
+            throw HFModelError(path: folder, message: "tensor '\(k)' appears twice (with and without the 'transformer.' prefix)")
+        }
+        weights[k] = t
+    }
+    let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
+    let source = FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors.index.json").path)
+        ? dir.appendingPathComponent("model.safetensors.index.json").path : dir.appendingPathComponent("model.safetensors").path
+    do {
+        try model.loadParameters(weights, source: source)
+    } catch let e as WeightLoadError {
+        throw HFModelError(path: source, message: e.message.replacingOccurrences(of: source + ": ", with: ""))
+    }
+    model.freeze()
+    model.eval()
+    let tokPath = dir.appendingPathComponent("tokenizer.json")
+    let tokenizer = FileManager.default.fileExists(atPath: tokPath.path) ? try BPETokenizer.load(from: tokPath) : nil
+    if let tok = tokenizer, tok.vocabSize > config.vocabSize {
+        throw HFModelError(path: tokPath.path, message: "the tokenizer has \(tok.vocabSize) tokens, more than the model's vocab_size \(config.vocabSize)")
+    }
+    return (model, tokenizer)
+}
+
+/// Saves `model` as a Hugging Face folder: `config.json` (sorted keys), `model.safetensors` (F32,
+/// HF keys, a tied `lm_head.weight` left out as transformers does) and `tokenizer.json` if given.
+/// Creates the folder if needed; each file is replaced atomically.
+/// - Throws: `HFModelError` when the configuration has no transformers equivalent, or on I/O errors.
+public func saveHFModel(_ model: CausalLM, tokenizerJSON: String?, to folder: String) throws {
+    let dir = URL(fileURLWithPath: folder)
+    do {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    } catch {
+        throw HFModelError(path: folder, message: "cannot create the folder: \((error as NSError).localizedDescription)")
+    }
+    let configURL = dir.appendingPathComponent("config.json")
+    let config = try hfConfigJSON(model.config, file: configURL.path)
+    let tensors = model.namedParameters().filter { !(model.config.tieWordEmbeddings && $0.0 == "lm_head.weight") }
+    try Safetensors.write(dir.appendingPathComponent("model.safetensors").path, tensors: tensors, metadata: ["format": "pt"])
+    do {
+        try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: configURL, options: .atomic)
+        if let tok = tokenizerJSON {
+            try Data(tok.utf8).write(to: dir.appendingPathComponent("tokenizer.json"), options: .atomic)
+        }
+    } catch {
+        throw HFModelError(path: folder, message: "cannot write: \((error as NSError).localizedDescription)")
+    }
+}
