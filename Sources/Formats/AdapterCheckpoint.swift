@@ -39,7 +39,11 @@ public enum AdapterCheckpoint {
 
     /// Writes the method's adapter tensors, config and the base's fingerprint to `path` atomically.
     public static func save(_ method: PEFTMethod, base: CausalLM, to path: String) throws {
-        let fp = BaseFingerprint(base)
+        try save(method, fingerprint: BaseFingerprint(base), to: path)
+    }
+
+    /// Same, with the base's fingerprint taken earlier (before training changed anything).
+    public static func save(_ method: PEFTMethod, fingerprint fp: BaseFingerprint, to path: String) throws {
         try HDF5Store.write(path, tensors: method.adapterParameters(), attributes: [
             "format": format, "version": "1",
             "peft_type": type(of: method).peftType, "adapter_name": method.name,

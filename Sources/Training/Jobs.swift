@@ -82,11 +82,33 @@ public struct MergeResult {
     public let adaptedModules: Int
 }
 
-/// Loads `adapter` onto the base at `modelPath`, merges it into the weights, checks merged ≡
-/// unmerged on `checkIDs`, and saves the merged model (with the base's tokenizer) to `out`.
-public func mergeAdapter(modelPath: String, adapterPath: String, out: String, checkIDs: [Int32]) throws -> MergeResult {
-    let (model, tokJSON, meta) = try ModelCheckpoint.load(modelPath)
-    let method = try AdapterCheckpoint.load(adapterPath, onto: model)
+/// Attaches the adapter at `path` to `model` with its tensors loaded: a Hugging Face PEFT folder
+/// (any folder: `adapter_config.json` + `adapter_model.safetensors`) or a SwiftPEFT adapter checkpoint (.h5).
+@discardableResult
+public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMethod {
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+        return try importPEFTFolder(URL(fileURLWithPath: path), onto: model)
+    }
+    return try AdapterCheckpoint.load(path, onto: model)
+}
+
+/// Where a merged model is written: a SwiftPEFT checkpoint (.h5) or a Hugging Face model folder.
+public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, hf }
+
+/// Loads `adapter` (a SwiftPEFT checkpoint or a PEFT folder) onto the base at `modelPath`, merges it
+/// into the weights, checks merged ≡ unmerged on `checkIDs`, and saves the merged model (with the
+/// base's tokenizer) to `out` as a SwiftPEFT checkpoint or (`format` .hf) a Hugging Face folder.
+public func mergeAdapter(modelPath: String, adapterPath: String, out: String, checkIDs: [Int32],
+                         format: MergedModelFormat = .swiftpeft) throws -> MergeResult {
+    let model: CausalLM, tokJSON: String?, meta: [String: String]
+    if isHFModelFolder(modelPath) || modelPath.lowercased().hasSuffix(".gguf") {
+        let (m, tok) = try loadBaseModel(modelPath)
+        (model, tokJSON, meta) = (m, tok?.tokenizerJSON(), [:])
+    } else {
+        (model, tokJSON, meta) = try ModelCheckpoint.load(modelPath)
+    }
+    let method = try loadAdapter(adapterPath, onto: model)
     let ids = checkIDs.isEmpty ? [1, 2, 3, 4, 5, 6, 7, 8].map { Int32($0 % model.config.vocabSize) } : checkIDs
     let unmerged = withNoGrad { model.forward(ids, batch: 1) }.toArray()
     switch method {
@@ -100,7 +122,10 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String, ch
     var m = meta
     m["merged_adapter"] = adapterPath
     m["merged_from"] = modelPath
-    try ModelCheckpoint.save(model, tokenizerJSON: tokJSON, to: out, metadata: m)
+    switch format {
+    case .swiftpeft: try ModelCheckpoint.save(model, tokenizerJSON: tokJSON, to: out, metadata: m)
+    case .hf: try saveHFModel(model, tokenizerJSON: tokJSON, to: out)
+    }
     return MergeResult(maxLogitDifference: diff, adaptedModules: (method as? LoRA)?.layers.count ?? (method as? IA3)?.layers.count ?? 0)
 }
 

@@ -54,6 +54,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     var mo = job.methodOptions
     mo.seed = job.trainer.seed
     let method = try makeMethod(job.method, for: model, options: mo)
+    let fingerprint = BaseFingerprint(model)  // of the untouched base
     let names: [String]
     if let method {
         names = try method.attach(to: model)
@@ -100,6 +101,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     }
     let scorer: (() -> Double)? = val.map { v in { evaluate(model, on: v, batch: job.batchSize, maxRows: job.evalRows).loss } }
     let before = job.resume ? nil : scorer?()
+    if let b = before { onStart(String(format: "validation loss before: %.4f (perplexity %.2f)", b, Foundation.exp(b))) }
     let start = Date()
     try trainer.run(&stream, validation: scorer)
     let seconds = Date().timeIntervalSince(start)
@@ -107,7 +109,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     if let method {
         saved = out.appendingPathComponent("adapter.h5").path
         model.eval()
-        try AdapterCheckpoint.save(method, base: try loadBaseModel(job.modelPath).model, to: saved)
+        try AdapterCheckpoint.save(method, fingerprint: fingerprint, to: saved)
     } else {
         saved = out.appendingPathComponent("model.h5").path
         model.freeze()
@@ -133,7 +135,7 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
                     packing: Bool = true) throws -> Evaluation {
     let (model, tokenizer) = try loadBaseModel(modelPath)
     guard let tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
-    if let adapterPath { try AdapterCheckpoint.load(adapterPath, onto: model) }
+    if let adapterPath { try loadAdapter(adapterPath, onto: model) }
     try checkSequenceLength(model, seqLen, what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
     return evaluate(model, on: splits.train, batch: batch)

@@ -14,7 +14,7 @@ struct Generate: ParsableCommand {
         """)
 
     @Option(help: "Model checkpoint (.h5).") var model: String
-    @Option(help: "Adapter checkpoint to apply.") var adapter: String?
+    @Option(help: "Adapter to apply: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String?
     @Option(help: "Prompt text.") var prompt: String
     @Option(help: "New tokens at most.") var maxTokens = 64
     @Option(help: "Sampling temperature (0 = greedy).") var temperature: Float = 0
@@ -25,7 +25,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         let (m, tok) = try loadBaseModel(model)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
-        if let adapter { try AdapterCheckpoint.load(adapter, onto: m) }
+        if let adapter { try loadAdapter(adapter, onto: m) }
         let ids = tokenizer.encode(prompt)
         var stops = Set<Int32>()
         if let e = tokenizer.eosTokenID { stops.insert(e) }

@@ -25,17 +25,23 @@ struct Merge: ParsableCommand {
 
         Example:
           swiftpeft merge --model models/base.h5 --adapter runs/lora/adapter.h5 --out models/merged.h5
+          swiftpeft merge --model hf/SmolLM-135M --adapter peft/lora --format hf --out models/merged-hf
         """)
 
     @Option(help: "Base model checkpoint.") var model: String
-    @Option(help: "Adapter checkpoint trained on that base.") var adapter: String
-    @Option(help: "Merged model checkpoint to write.") var out: String
+    @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String
+    @Option(help: "Merged model to write: a checkpoint (.h5), or a folder with --format hf.") var out: String
+    @Option(help: "Output format: swiftpeft (.h5 checkpoint) or hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json).")
+    var format = "swiftpeft"
     @Option(help: "Text whose logits are compared before and after merging.") var checkText = "The quick brown fox jumps over the lazy dog."
 
     func run() throws {
         let tokenizer = try loadBaseModel(model).tokenizer
         let ids = tokenizer?.encode(checkText) ?? []
-        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkIDs: ids)
+        guard let f = MergedModelFormat(rawValue: format) else {
+            throw CLIError("--format \(format) is not known; choose \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: " or "))")
+        }
+        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkIDs: ids, format: f)
         print(String(format: "merged %d modules; max |merged − unmerged| logit = %.2e", r.adaptedModules, r.maxLogitDifference))
         guard r.maxLogitDifference <= 1e-4 else {
             throw CLIError("merged and unmerged logits differ by \(r.maxLogitDifference); the merged model was written to \(out) but should not be trusted")

@@ -26,6 +26,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Validation file (instead of a fraction).") var valData: String?
     @Option(help: "Evaluate every N steps.") var evalEvery: Int?
     @Option(help: "Checkpoint every N steps.") var saveEvery: Int?
+    @Option(help: "Log a line every N steps when output is not a terminal.") var logEvery: Int?
     @Option(help: "LoRA rank.") var r: Int?
     @Option(help: "LoRA alpha.") var alpha: Float?
     @Option(help: "LoRA dropout.") var loraDropout: Float?
@@ -69,6 +70,7 @@ struct CommonTrainOptions: ParsableArguments {
         if let v = gradAccumulation ?? num("grad-accumulation").map(Int.init) { job.trainer.gradAccumulation = v }
         if let v = evalEvery ?? num("eval-every").map(Int.init) { job.trainer.evalEvery = v }
         if let v = saveEvery ?? num("save-every").map(Int.init) { job.trainer.saveEvery = v }
+        if let v = logEvery ?? num("log-every").map(Int.init) { job.trainer.logEvery = max(1, v) }
         if let v = seed ?? num("seed").map(UInt64.init) { job.trainer.seed = v }
         if let v = batchSize ?? num("batch-size").map(Int.init) { job.batchSize = v }
         if let v = seqLen ?? num("seq-len").map(Int.init) { job.data.seqLen = v }
@@ -156,7 +158,6 @@ struct Train: ParsableCommand {
             progress = progress ?? Progress(total: m.totalSteps, every: job.trainer.logEvery)
             progress!.update(m)
         })
-        if let b = o.valLossBefore { print(String(format: "validation loss before: %.4f (perplexity %.2f)", b, exp(b))) }
         if let a = o.valLossAfter { print(String(format: "validation loss after:  %.4f (perplexity %.2f)", a, exp(a))) }
         print(String(format: "trained in %.1f s (%.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
                      formatBytes(o.savedBytes)))

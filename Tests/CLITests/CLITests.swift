@@ -253,7 +253,7 @@ final class CLITests: XCTestCase {
 
     func testEverySubcommandHasHelpWithAnExample() throws {
         let top = try ok(["--help"])
-        for sub in ["info", "pretrain", "train", "eval", "generate", "merge", "compare", "inspect"] {
+        for sub in ["info", "pretrain", "train", "eval", "generate", "merge", "export", "compare", "inspect"] {
             XCTAssertTrue(top.stdout.contains(sub), "top-level help lists \(sub):\n\(top.transcript)")
             let r = try ok([sub, "--help"])
             XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help shows an example:\n\(r.transcript)")

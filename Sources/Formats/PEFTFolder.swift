@@ -1,0 +1,194 @@
+// Hugging Face PEFT adapter folders: `adapter_config.json` (sorted keys, PEFT field names) and
+// `adapter_model.safetensors` (F32, PEFT key names without the adapter name). Export writes what
+// `PeftModel.from_pretrained` loads; import reads what PEFT's `save_pretrained` writes (LoRA incl.
+// DoRA, IA3, prompt tuning, prefix tuning, P-Tuning) onto a base loaded here. Prompt-learning methods
+// travel as PEFT's single `prompt_embeddings` tensor (the encoder OUTPUT for P-Tuning and projected
+// prefixes), so their configs say `inference_mode: true`, as PEFT writes them.
+
+import Foundation
+
+/// A PEFT adapter folder that cannot be written or read: names the folder or file (and tensor).
+public struct PEFTFolderError: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { "\(path): \(message)" }
+}
+
+/// File names of a Hugging Face PEFT adapter folder.
+public enum PEFTFolder {
+    public static let configFile = "adapter_config.json"
+    public static let weightsFile = "adapter_model.safetensors"
+    /// The pickle format PEFT wrote before safetensors (not read here).
+    public static let pickleFile = "adapter_model.bin"
+    /// The `peft_type`s that can be imported and exported.
+    public static let supportedTypes = ["LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"]
+
+    /// Whether `path` is a folder holding an `adapter_config.json`.
+    public static func isPEFTFolder(_ path: String) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
+            && FileManager.default.fileExists(atPath: URL(fileURLWithPath: path).appendingPathComponent(configFile).path)
+    }
+
+    /// A saved key in the form PEFT saves it: the adapter name removed (`lora_A.default.weight` →
+    /// `lora_A.weight`, `ia3_l.default` → `ia3_l`, `lora_magnitude_vector.default.weight` →
+    /// `lora_magnitude_vector`, `prompt_encoder.default.embedding.weight` → `prompt_encoder.embedding.weight`).
+    public static func normalizedKey(_ key: String, adapterName: String = "default") -> String {
+        var k = key.replacingOccurrences(of: ".\(adapterName).", with: ".")
+        if k.hasSuffix(".\(adapterName)") { k.removeLast(adapterName.count + 1) }
+        if k.hasSuffix(".lora_magnitude_vector.weight") { k.removeLast(".weight".count) }
+        return k
+    }
+}
+
+/// Writes `method` (attached to `base`) as a Hugging Face PEFT adapter folder in `dir` (created if
+/// needed): `adapter_config.json` (sorted keys; peft_type, task_type "CAUSAL_LM",
+/// base_model_name_or_path = `baseName`, inference_mode true, and the method's PEFT fields, the
+/// prompt-learning dimensions filled from the base) and `adapter_model.safetensors` (F32, PEFT keys).
+/// rsLoRA is written as `use_rslora: true` (PEFT applies alpha/√r itself).
+/// - Throws: `PEFTFolderError` for a method PEFT has no type for (bottleneck adapters) or an I/O error.
+public func exportPEFTFolder(_ method: PEFTMethod, base: CausalLM, baseName: String?, to dir: URL) throws {
+    let type = Swift.type(of: method).peftType
+    guard PEFTFolder.supportedTypes.contains(type) else {
+        throw PEFTFolderError(path: dir.path, message: """
+            a \(type) adapter has no Hugging Face PEFT format (PEFT has no bottleneck/Houlsby/Pfeiffer adapters); \
+            only \(PEFTFolder.supportedTypes.joined(separator: ", ")) can be exported as a PEFT folder.
+            HINT: keep it as a SwiftPEFT adapter checkpoint (.h5).
+            """)
+    }
+    guard var config = try JSONSerialization.jsonObject(with: method.configJSON()) as? [String: Any] else {
+        throw PEFTFolderError(path: dir.path, message: "the \(type) adapter's config is not a JSON object")
+    }
+    config["peft_type"] = type
+    config["task_type"] = "CAUSAL_LM"
+    config["base_model_name_or_path"] = baseName ?? NSNull()
+    config["inference_mode"] = true
+    let tensors: [(String, Tensor)]
+    if let prompt = method as? PromptLearningMethod {
+        // The dimensions PEFT fills at attach (prefix tuning: kv_dim and kv heads under GQA).
+        let m = base.config
+        func fill(_ key: String, _ value: Int) { if config[key] == nil || config[key] is NSNull { config[key] = value } }
+        fill("num_layers", m.numLayers)
+        fill("token_dim", type == "PREFIX_TUNING" ? m.kvDim : m.hiddenSize)
+        fill("num_attention_heads", type == "PREFIX_TUNING" ? m.numKVHeads : m.numHeads)
+        config["num_transformer_submodules"] = 1
+        tensors = prompt.peftTensors()
+    } else {
+        tensors = withNoGrad { method.adapterParameters().map { key, t in (key, t.detached().contiguous()) } }
+    }
+    guard !tensors.isEmpty else {
+        throw PEFTFolderError(path: dir.path, message: "the \(type) adapter holds no tensors (attach it to the base before exporting)")
+    }
+    do {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    } catch {
+        throw PEFTFolderError(path: dir.path, message: "cannot create the folder: \((error as NSError).localizedDescription)")
+    }
+    try Safetensors.write(dir.appendingPathComponent(PEFTFolder.weightsFile).path, tensors: tensors, metadata: ["format": "pt"])
+    let configURL = dir.appendingPathComponent(PEFTFolder.configFile)
+    do {
+        try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: configURL, options: .atomic)
+    } catch {
+        throw PEFTFolderError(path: configURL.path, message: "cannot write: \((error as NSError).localizedDescription)")
+    }
+}
+
+/// Reads a Hugging Face PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`),
+/// builds the method (`peft_type` LORA — DoRA with `use_dora` —, IA3, PROMPT_TUNING, PREFIX_TUNING,
+/// P_TUNING), attaches it to `model` and loads its tensors. Keys may carry the adapter name
+/// (`lora_A.default.weight`); prompt-learning adapters load `prompt_embeddings` in inference mode.
+/// - Throws: `PEFTFolderError` naming the folder or file and the tensor: no config, a pickle
+///   `adapter_model.bin` only, an unsupported `peft_type` or option, a missing, misshapen or unused tensor.
+@discardableResult
+public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMethod {
+    let fm = FileManager.default
+    let configURL = dir.appendingPathComponent(PEFTFolder.configFile)
+    let weightsURL = dir.appendingPathComponent(PEFTFolder.weightsFile)
+    guard fm.fileExists(atPath: configURL.path) else {
+        throw PEFTFolderError(path: dir.path, message: "no \(PEFTFolder.configFile) in the folder (not a PEFT adapter folder)")
+    }
+    let obj: Any
+    do {
+        obj = try JSONSerialization.jsonObject(with: Data(contentsOf: configURL))
+    } catch {
+        throw PEFTFolderError(path: configURL.path, message: "not valid JSON (\((error as NSError).localizedDescription))")
+    }
+    guard var config = obj as? [String: Any] else { throw PEFTFolderError(path: configURL.path, message: "the top level is not a JSON object") }
+    guard let type = config["peft_type"] as? String else {
+        throw PEFTFolderError(path: configURL.path, message: "\"peft_type\" is missing or not a string")
+    }
+    guard PEFTFolder.supportedTypes.contains(type) else {
+        throw PEFTFolderError(path: configURL.path, message: "peft_type \"\(type)\" is not supported; supported: \(PEFTFolder.supportedTypes.joined(separator: ", "))")
+    }
+    if let task = config["task_type"] as? String, task != "CAUSAL_LM" {
+        throw PEFTFolderError(path: configURL.path, message: "task_type \"\(task)\" is not supported (only CAUSAL_LM, decoder-only models)")
+    }
+    // Options this library does not implement: refuse rather than load something else.
+    func refuse(_ key: String, if bad: (Any) -> Bool, _ why: String) throws {
+        if let v = config[key], !(v is NSNull), bad(v) {
+            throw PEFTFolderError(path: configURL.path, message: "\(key) \(v) is not supported: \(why)")
+        }
+    }
+    if type == "LORA" {
+        try refuse("lora_bias", if: { ($0 as? Bool) == true }, "LoRA-B biases are not implemented")
+        try refuse("use_qalora", if: { ($0 as? Bool) == true }, "QA-LoRA is not implemented")
+        try refuse("layer_replication", if: { _ in true }, "layer replication is not implemented")
+        try refuse("target_parameters", if: { (($0 as? [Any]) ?? [0]).isEmpty == false }, "LoRA on parameters is not implemented")
+        // PiSSA / OLoRA / LoftQ / EVA… only change the initialization; the tensors are loaded below.
+        if let s = config["init_lora_weights"] as? String, s != "gaussian" { config["init_lora_weights"] = true }
+    } else if type != "IA3" {
+        config["inference_mode"] = true  // only the (P, …) prompt_embeddings tensor, as PEFT loads it
+    }
+
+    guard fm.fileExists(atPath: weightsURL.path) else {
+        if fm.fileExists(atPath: dir.appendingPathComponent(PEFTFolder.pickleFile).path) {
+            throw PEFTFolderError(path: dir.appendingPathComponent(PEFTFolder.pickleFile).path, message: """
+                adapter_model.bin (PyTorch pickle) is not supported; convert it to safetensors.
+                HINT: in Python, `PeftModel.from_pretrained(base, folder).save_pretrained(out)` writes adapter_model.safetensors.
+                """)
+        }
+        throw PEFTFolderError(path: dir.path, message: "no \(PEFTFolder.weightsFile) in the folder")
+    }
+    var tensors: [String: Tensor] = [:]
+    for (key, t) in try Safetensors.read(weightsURL.path).tensors {
+        let k = PEFTFolder.normalizedKey(key)
+        guard tensors[k] == nil else {
+            throw PEFTFolderError(path: weightsURL.path, message: "tensor '\(key)' appears twice (as '\(k)', with and without the adapter name)")
+        }
+        tensors[k] = t
+    }
+
+    let method: PEFTMethod
+    do {
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys])
+        method = try PEFTRegistry.make(type, config: data, name: "default", restoring: true)
+    } catch {
+        throw PEFTFolderError(path: configURL.path, message: "\(error)")
+    }
+    do {
+        try method.attach(to: model)
+    } catch {
+        throw PEFTFolderError(path: configURL.path, message: "cannot attach the \(type) adapter to this base: \(error)")
+    }
+    do {
+        try method.loadAdapterParameters(tensors, source: weightsURL.path)
+        let used = Set(method.adapterParameters().map(\.0))
+        if let extra = tensors.keys.sorted().first(where: { !used.contains($0) }) {
+            let sample = used.sorted().prefix(3).joined(separator: ", ")
+            throw PEFTFolderError(path: weightsURL.path, message: """
+                tensor '\(extra)' is not used by the \(type) adapter built from \(PEFTFolder.configFile) \
+                (it expects \(used.count) tensors, e.g. \(sample)); the folder holds something this library does not implement \
+                (e.g. embedding LoRA) or belongs to another base
+                """)
+        }
+    } catch {
+        method.detach(from: model)
+        if let e = error as? PEFTFolderError { throw e }
+        throw PEFTFolderError(path: weightsURL.path, message: "\(error)".replacingOccurrences(of: weightsURL.path + ": ", with: ""))
+    }
+    return method
+}

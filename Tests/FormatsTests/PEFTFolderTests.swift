@@ -1,0 +1,275 @@
+// Hugging Face PEFT adapter folders: PEFT-made adapters (Fixtures/peft, from scripts/make_peft_fixtures.py:
+// LoRA, DoRA, IA3, prompt tuning, projected prefix tuning, P-Tuning on a GQA llama and on gpt2) imported
+// onto the transformers base give PEFT's logits; our adapters exported and re-imported give identical
+// logits; PEFT itself loads our exported folders and gives our logits (needs /work/venv/bin/python);
+// and the errors name the folder, file and tensor.
+
+import Foundation
+import XCTest
+@testable import Formats
+
+private let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+private let peftFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/peft")
+private let regenerate = "regenerate with `/work/venv/bin/python scripts/make_peft_fixtures.py` from the package root"
+
+/// Asserts |a − e| ≤ atol + rtol·|e| elementwise, reporting the worst element; returns the max abs error.
+@discardableResult
+private func assertClose(_ a: [Float], _ e: [Float], rtol: Float = 1e-4, atol: Float = 1e-5, _ what: String,
+                         file: StaticString = #filePath, line: UInt = #line) -> Float {
+    guard a.count == e.count else {
+        XCTFail("\(what): \(a.count) values, expected \(e.count)", file: file, line: line)
+        return .infinity
+    }
+    var maxAbs: Float = 0
+    for i in a.indices {
+        let d = abs(a[i] - e[i])
+        maxAbs = max(maxAbs, d)
+        if !(d <= atol + rtol * abs(e[i])) {
+            XCTFail("\(what): element \(i) is \(a[i]), expected \(e[i])", file: file, line: line)
+            return d
+        }
+    }
+    print("[peft] \(what): max abs error \(maxAbs) over \(a.count) values")
+    return maxAbs
+}
+
+final class PEFTFolderTests: XCTestCase {
+    var dir: URL!
+
+    override func setUp() {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("peftfolder-\(UUID().uuidString)")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    private func base(_ family: String) throws -> CausalLM {
+        let folder = peftFixtures.appendingPathComponent(family)
+        guard FileManager.default.fileExists(atPath: folder.path) else { throw XCTSkip("fixture \(folder.path) is missing: \(regenerate)") }
+        return try loadHFModel(folder.path).model
+    }
+
+    private func expected(_ name: String) throws -> (ids: [Int32], batch: Int, logits: [Float]) {
+        let f = try SafetensorsFile(path: peftFixtures.appendingPathComponent(name).appendingPathComponent("expected.safetensors").path)
+        let ids = try f.tensor("input_ids")
+        return (ids.toArray().map { Int32($0) }, ids.shape[0], try f.tensor("logits").toArray())
+    }
+
+    private let fixtures: [(name: String, type: String)] = [
+        ("llama-lora", "LORA"), ("llama-dora", "LORA"), ("llama-ia3", "IA3"), ("llama-prompt", "PROMPT_TUNING"),
+        ("llama-prefix", "PREFIX_TUNING"), ("llama-ptuning", "P_TUNING"), ("gpt2-lora", "LORA"), ("gpt2-ia3", "IA3"),
+        ("gpt2-prefix", "PREFIX_TUNING"),
+    ]
+
+    func testPEFTAdaptersGivePEFTLogits() throws {
+        for (name, type) in fixtures {
+            let model = try base(String(name.prefix { $0 != "-" }))
+            let e = try expected(name)
+            let before = withNoGrad { model.forward(e.ids, batch: e.batch) }.toArray()
+            let method = try importPEFTFolder(peftFixtures.appendingPathComponent(name), onto: model)
+            XCTAssertEqual(Swift.type(of: method).peftType, type, name)
+            let logits = withNoGrad { model.forward(e.ids, batch: e.batch) }.toArray()
+            assertClose(logits, e.logits, "\(name) imported vs PEFT")
+            XCTAssertGreaterThan(zip(before, logits).map { abs($0 - $1) }.max() ?? 0, 1e-3, "\(name): the adapter changes the logits")
+            if name == "llama-dora" { XCTAssertTrue((method as? LoRA)?.config.useDora == true) }
+            if name == "gpt2-lora" { XCTAssertTrue((method as? LoRA)?.layers.first?.linear.fanInFanOut == true) }
+        }
+    }
+
+    /// Our adapters with random non-zero tensors, for a base of `family`.
+    private func ourMethods(_ family: String) throws -> [(String, () throws -> PEFTMethod)] {
+        let attention: [String] = family == "gpt2" ? ["c_attn"] : ["q_proj", "v_proj"]
+        func lora(dora: Bool = false, rslora: Bool = false) throws -> PEFTMethod {
+            var c = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(attention + (family == "gpt2" ? ["mlp.c_proj"] : ["down_proj"])))
+            c.initLoraWeights = .random
+            c.useDora = dora
+            c.useRslora = rslora
+            return try LoRA(config: c, seed: 11)
+        }
+        var ia3 = IA3Config()
+        ia3.initIa3Weights = false
+        return [
+            ("lora", { try lora() }), ("dora", { try lora(dora: true) }), ("rslora", { try lora(rslora: true) }),
+            ("ia3", { try IA3(config: ia3, seed: 3) }),
+            ("prompt", { try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 3), seed: 4) }),
+            ("ptuning", { try PTuning(config: PTuningConfig(numVirtualTokens: 3, type: .mlp, encoderHiddenSize: 8), seed: 5) }),
+            ("ptuning-lstm", { try PTuning(config: PTuningConfig(numVirtualTokens: 2, type: .lstm, encoderHiddenSize: 4), seed: 6) }),
+            ("prefix", { try PrefixTuning(config: PrefixTuningConfig(numVirtualTokens: 3), seed: 7) }),
+            ("prefix-proj", { try PrefixTuning(config: PrefixTuningConfig(numVirtualTokens: 2, prefixProjection: true, encoderHiddenSize: 8), seed: 8) }),
+        ]
+    }
+
+    /// Attaches `make()` to a fresh `family` base, moves DoRA magnitudes off their init, exports it
+    /// to `folder`; returns our logits for `ids`.
+    private func exportOurs(_ family: String, _ make: () throws -> PEFTMethod, ids: [Int32], batch: Int, to folder: URL) throws -> [Float] {
+        let model = try base(family)
+        let method = try make()
+        try method.attach(to: model)
+        if let l = method as? LoRA {
+            for (_, _, layer) in l.layers {
+                guard let m = layer.magnitude else { continue }
+                m.assign(Tensor(shape: m.shape, data: m.toArray().enumerated().map { $1 * (1 + 0.1 * Float($0 % 5) - 0.2) }))
+            }
+        }
+        let logits = withNoGrad { model.forward(ids, batch: batch) }.toArray()
+        try exportPEFTFolder(method, base: model, baseName: "tiny-\(family)", to: folder)
+        return logits
+    }
+
+    func testExportThenImportGivesIdenticalLogits() throws {
+        for family in ["llama", "gpt2"] {
+            let e = try expected("\(family)-lora")
+            for (name, make) in try ourMethods(family) {
+                let folder = dir.appendingPathComponent("\(family)-\(name)")
+                let ours = try exportOurs(family, make, ids: e.ids, batch: e.batch, to: folder)
+                let config = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("adapter_config.json"))) as! [String: Any]
+                XCTAssertEqual(config["task_type"] as? String, "CAUSAL_LM")
+                XCTAssertEqual(config["base_model_name_or_path"] as? String, "tiny-\(family)")
+                XCTAssertEqual(config["inference_mode"] as? Bool, true)
+                if ["lora", "dora", "rslora"].contains(name) {
+                    XCTAssertEqual(config["fan_in_fan_out"] as? Bool, family == "gpt2", "\(family)-\(name): fan_in_fan_out")
+                    XCTAssertEqual(config["use_dora"] as? Bool, name == "dora")
+                    XCTAssertEqual(config["use_rslora"] as? Bool, name == "rslora")
+                    XCTAssertEqual(config["r"] as? Int, 4)
+                }
+                let file = try SafetensorsFile(path: folder.appendingPathComponent("adapter_model.safetensors").path)
+                XCTAssertTrue(file.entries.values.allSatisfy { $0.dtype == .F32 })
+                if name.hasPrefix("prompt") || name.hasPrefix("ptuning") || name.hasPrefix("prefix") {
+                    XCTAssertEqual(file.names, ["prompt_embeddings"], "\(family)-\(name)")
+                    XCTAssertEqual(config["num_transformer_submodules"] as? Int, 1)
+                    XCTAssertNotNil(config["token_dim"] as? Int)
+                } else {
+                    XCTAssertTrue(file.names.allSatisfy { $0.hasPrefix("base_model.model.") }, "\(family)-\(name): \(file.names)")
+                }
+                if name == "dora" { XCTAssertTrue(file.names.contains { $0.hasSuffix(".lora_magnitude_vector") }) }
+                if name == "lora" {
+                    let a = file.entries.first { $0.key.hasSuffix("lora_A.weight") }!.value.shape
+                    XCTAssertEqual(a[0], 4, "lora_A is [r, in]")
+                }
+                let fresh = try base(family)
+                try importPEFTFolder(folder, onto: fresh)
+                let back = withNoGrad { fresh.forward(e.ids, batch: e.batch) }.toArray()
+                assertClose(back, ours, rtol: 0, atol: 1e-6, "\(family)-\(name) exported and re-imported")
+            }
+        }
+    }
+
+    /// PEFT (`PeftModel.from_pretrained`) loads our exported folders and gives our logits. Needs
+    /// /work/venv/bin/python (or $SWIFTPEFT_PYTHON) with torch, transformers and peft.
+    func testPEFTLoadsOurExportedFolders() throws {
+        let python = ProcessInfo.processInfo.environment["SWIFTPEFT_PYTHON"] ?? "/work/venv/bin/python"
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            print("[peft] SKIPPED: \(python) not found; PEFT cannot check our exported folders")
+            throw XCTSkip("no Python with peft at \(python) (set SWIFTPEFT_PYTHON)")
+        }
+        for family in ["llama", "gpt2"] {
+            let e = try expected("\(family)-lora")
+            let rows = (0..<e.batch).map { b in e.ids[(b * e.ids.count / e.batch)..<((b + 1) * e.ids.count / e.batch)].map(Int.init) }
+            var folders: [URL] = [], logits: [[Float]] = []
+            for (name, make) in try ourMethods(family) {
+                folders.append(dir.appendingPathComponent("py-\(family)-\(name)"))
+                logits.append(try exportOurs(family, make, ids: e.ids, batch: e.batch, to: folders.last!))
+            }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: python)
+            p.arguments = [packageRoot.appendingPathComponent("scripts/peft_folder_logits.py").path,
+                           peftFixtures.appendingPathComponent(family).path, "\(rows)"] + folders.map(\.path)
+            let out = Pipe(), err = Pipe()
+            p.standardOutput = out
+            p.standardError = err
+            try p.run()
+            let stdout = out.fileHandleForReading.readDataToEndOfFile()
+            let stderr = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            guard p.terminationStatus == 0 else {
+                XCTFail("\(family): PEFT could not load our exported folders: \(String(decoding: stderr.suffix(2000), as: UTF8.self))")
+                continue
+            }
+            let results = try JSONSerialization.jsonObject(with: stdout) as! [[String: Any]]
+            XCTAssertEqual(results.count, folders.count)
+            for (folder, (ours, r)) in zip(folders, zip(logits, results)) {
+                assertClose(ours, (r["logits"] as! [NSNumber]).map(\.floatValue), "\(folder.lastPathComponent): PEFT on our exported folder")
+            }
+        }
+    }
+
+    func testAdapterNameInKeysIsAccepted() throws {
+        let src = peftFixtures.appendingPathComponent("llama-dora")
+        let folder = dir.appendingPathComponent("with-default")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: src.appendingPathComponent("adapter_config.json"), to: folder.appendingPathComponent("adapter_config.json"))
+        let tensors = try Safetensors.read(src.appendingPathComponent("adapter_model.safetensors").path).tensors.map { k, t in
+            (k.replacingOccurrences(of: ".lora_A.", with: ".lora_A.default.").replacingOccurrences(of: ".lora_B.", with: ".lora_B.default.")
+                .replacingOccurrences(of: "lora_magnitude_vector", with: "lora_magnitude_vector.default.weight"), t)
+        }
+        XCTAssertTrue(tensors.contains { $0.0.hasSuffix("lora_A.default.weight") })
+        try Safetensors.write(folder.appendingPathComponent("adapter_model.safetensors").path, tensors: tensors)
+        let e = try expected("llama-dora")
+        let model = try base("llama")
+        try importPEFTFolder(folder, onto: model)
+        assertClose(withNoGrad { model.forward(e.ids, batch: e.batch) }.toArray(), e.logits, "llama-dora with .default keys")
+        XCTAssertEqual(PEFTFolder.normalizedKey("base_model.model.x.ia3_l.default"), "base_model.model.x.ia3_l")
+    }
+
+    private func expectError(_ body: () throws -> Void, _ fragments: [String], line: UInt = #line) {
+        do {
+            try body()
+            XCTFail("expected an error containing \(fragments)", line: line)
+        } catch {
+            let text = "\(error)"
+            for f in fragments where !text.contains(f) { XCTFail("error \"\(text)\" lacks \"\(f)\"", line: line) }
+        }
+    }
+
+    func testErrorsNameFolderFileAndTensor() throws {
+        let model = try base("llama")
+        // Bottleneck adapters have no PEFT type.
+        let bottleneck = try PEFTRegistry.make("adapter", config: Data(#"{"architecture":"houlsby","reduction_factor":4}"#.utf8))
+        try bottleneck.attach(to: model)
+        let out = dir.appendingPathComponent("bottleneck")
+        expectError({ try exportPEFTFolder(bottleneck, base: model, baseName: nil, to: out) }, [out.path, "no Hugging Face PEFT format"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
+        bottleneck.detach(from: model)
+
+        let fresh = try base("llama")
+        let noConfig = dir.appendingPathComponent("empty")
+        try FileManager.default.createDirectory(at: noConfig, withIntermediateDirectories: true)
+        expectError({ try importPEFTFolder(noConfig, onto: fresh) }, [noConfig.path, "adapter_config.json"])
+
+        // A pickle-only folder.
+        let pickle = dir.appendingPathComponent("pickle")
+        try FileManager.default.createDirectory(at: pickle, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: peftFixtures.appendingPathComponent("llama-lora/adapter_config.json"),
+                                         to: pickle.appendingPathComponent("adapter_config.json"))
+        try Data([0x80, 0x02]).write(to: pickle.appendingPathComponent("adapter_model.bin"))
+        expectError({ try importPEFTFolder(pickle, onto: fresh) }, ["adapter_model.bin", "not supported", "convert it to safetensors"])
+
+        // An unsupported peft_type.
+        let loha = dir.appendingPathComponent("loha")
+        try FileManager.default.createDirectory(at: loha, withIntermediateDirectories: true)
+        try Data(#"{"peft_type": "LOHA", "task_type": "CAUSAL_LM"}"#.utf8).write(to: loha.appendingPathComponent("adapter_config.json"))
+        expectError({ try importPEFTFolder(loha, onto: fresh) }, [loha.path + "/adapter_config.json", "LOHA", "not supported"])
+
+        // A missing tensor and a misshapen one: the file and tensor are named; nothing stays attached.
+        let src = peftFixtures.appendingPathComponent("llama-lora")
+        var tensors = try Safetensors.read(src.appendingPathComponent("adapter_model.safetensors").path).tensors
+        let key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+        let removed = tensors.removeValue(forKey: key)!
+        let broken = dir.appendingPathComponent("broken")
+        try FileManager.default.createDirectory(at: broken, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: src.appendingPathComponent("adapter_config.json"), to: broken.appendingPathComponent("adapter_config.json"))
+        let weights = broken.appendingPathComponent("adapter_model.safetensors")
+        try Safetensors.write(weights.path, tensors: tensors.map { ($0.key, $0.value) })
+        expectError({ try importPEFTFolder(broken, onto: fresh) }, [weights.path, key, "missing"])
+        tensors[key] = Tensor.zeros([removed.shape[0] + 1, removed.shape[1]])
+        try Safetensors.write(weights.path, tensors: tensors.map { ($0.key, $0.value) })
+        expectError({ try importPEFTFolder(broken, onto: fresh) }, [weights.path, key, "shape"])
+        // An extra tensor the config does not explain.
+        tensors[key] = removed
+        tensors["base_model.model.model.embed_tokens.lora_embedding_A"] = Tensor.zeros([4, 61])
+        try Safetensors.write(weights.path, tensors: tensors.map { ($0.key, $0.value) })
+        expectError({ try importPEFTFolder(broken, onto: fresh) }, [weights.path, "lora_embedding_A", "not used"])
+        XCTAssertTrue(fresh.namedModules().compactMap { ($0.1 as? Linear)?.hooks.isEmpty }.allSatisfy { $0 }, "failed imports detach")
+    }
+}
