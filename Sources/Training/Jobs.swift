@@ -131,6 +131,7 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String, ch
 
 /// A human-readable description of a SwiftPEFT file: a model, an adapter or a training state.
 public func describeFile(_ path: String) throws -> String {
+    if let other = try describeForeign(path) { return other }
     let (tensors, blobs, attrs) = try HDF5Store.read(path)
     let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
     let count = tensors.values.reduce(0) { $0 + $1.count }
@@ -162,6 +163,38 @@ public func describeFile(_ path: String) throws -> String {
         for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(20) { lines.append("    \(k) \(t.shape)") }
     }
     return lines.joined(separator: "\n")
+}
+
+/// A GGUF file, a Hugging Face model folder or a PEFT adapter folder, described; nil for other paths.
+func describeForeign(_ path: String) throws -> String? {
+    func summary(_ c: ModelConfig) -> String {
+        "\(c.family), \(c.numLayers) × \(c.hiddenSize), heads \(c.numHeads) (kv \(c.numKVHeads)), FFN \(c.intermediateSize), vocab \(c.vocabSize)"
+    }
+    if PEFTFolder.isPEFTFolder(path) {
+        let cfg = (try? String(contentsOfFile: path + "/adapter_config.json", encoding: .utf8)) ?? "?"
+        let st = try? SafetensorsFile(path: path + "/adapter_model.safetensors")
+        return "\(path): Hugging Face PEFT adapter folder\n  config: \(cfg.replacingOccurrences(of: "\n", with: " "))\n  tensors: \(st?.names.count ?? 0)"
+    }
+    if isHFModelFolder(path) {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path + "/config.json"))
+        let obj = (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+        let c = try hfModelConfig(obj, file: path + "/config.json")
+        let tok = FileManager.default.fileExists(atPath: path + "/tokenizer.json") ? "tokenizer.json" : "none"
+        return "\(path): Hugging Face model folder (\(obj["model_type"] as? String ?? "?"))\n  \(summary(c))\n  tokenizer: \(tok)"
+    }
+    if path.lowercased().hasSuffix(".gguf") || GGUFFile.hasMagic(path) {
+        let f = try GGUFFile(path)
+        var types: [String: Int] = [:]
+        for t in f.tensorInfos { types["\(t.type)", default: 0] += 1 }
+        let config = (try? f.modelConfig()).map(summary) ?? "not a llama GGUF SwiftPEFT can load"
+        let name = f.metadata["general.name"]?.string ?? "?"
+        return """
+            \(path): GGUF v\(f.version), \(formatBytes(f.fileSize)), "\(name)"
+              \(config)
+              tensors: \(f.tensorInfos.count) (\(types.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))
+            """
+    }
+    return nil
 }
 
 /// "12.3 KB", "4.5 MB".

@@ -10,9 +10,10 @@ struct Inspect: ParsableCommand {
         Examples:
           swiftpeft inspect models/base.h5
           swiftpeft inspect runs/lora/adapter.h5
+          swiftpeft inspect data/SmolLM2-135M-Instruct.Q4_1.gguf
         """)
 
-    @Argument(help: "A SwiftPEFT .h5 file.") var path: String
+    @Argument(help: "A SwiftPEFT .h5 file, a GGUF file, a Hugging Face model folder or a PEFT adapter folder.") var path: String
 
     func run() throws { print(try describeFile(path)) }
 }

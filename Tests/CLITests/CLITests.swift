@@ -610,4 +610,22 @@ final class CLITests: XCTestCase {
         XCTAssertGreaterThan(total, 1)
         try fails(trainArgs(out: fx.path("runs/epochs0"), steps: 2) + ["--epochs", "0"], mentioning: ["--epochs must be positive"])
     }
+
+    /// inspect also describes a GGUF file, a Hugging Face model folder and a PEFT adapter folder.
+    func testInspectForeignFormats() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let hf = root.appendingPathComponent("Tests/FormatsTests/Fixtures/hf/llama").path
+        let r = try ok(["inspect", hf])
+        XCTAssertTrue(r.stdout.contains("Hugging Face model folder (llama)") && r.stdout.contains("kv 2"), r.transcript)
+        let peft = root.appendingPathComponent("Tests/FormatsTests/Fixtures/peft/llama-lora").path
+        let p = try ok(["inspect", peft])
+        XCTAssertTrue(p.stdout.contains("PEFT adapter folder") && p.stdout.contains("LORA"), p.transcript)
+        let gguf = root.appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        guard FileManager.default.fileExists(atPath: gguf) else {
+            XCTFail("SmolLM2 GGUF missing at \(gguf): fetch it with python3 scripts/fetch_data.py smollm2 (scripts/test does)")
+            return
+        }
+        let g = try ok(["inspect", gguf])
+        XCTAssertTrue(g.stdout.contains("GGUF v3") && g.stdout.contains("llama, 30 × 576") && g.stdout.contains("Q4_1"), g.transcript)
+    }
 }
