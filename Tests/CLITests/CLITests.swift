@@ -628,4 +628,21 @@ final class CLITests: XCTestCase {
         let g = try ok(["inspect", gguf])
         XCTAssertTrue(g.stdout.contains("GGUF v3") && g.stdout.contains("llama, 30 × 576") && g.stdout.contains("Q4_1"), g.transcript)
     }
+
+    /// compare on the real SmolLM2-135M (GGUF) with the Python-FAQ-style JSONL: one step per method.
+    func testCompareOnSmolLM2() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let gguf = root.appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        guard FileManager.default.fileExists(atPath: gguf) else {
+            XCTFail("SmolLM2 GGUF missing at \(gguf): fetch it with python3 scripts/fetch_data.py smollm2 (scripts/test does)")
+            return
+        }
+        let out = fx.path("runs/compare-smollm2")
+        let r = try ok(["compare", "--model", gguf, "--data", fx.jsonl, "--methods", "lora,prompt", "--steps", "1",
+                        "--eval-every", "1", "--seq-len", "32", "--batch-size", "2", "--num-virtual-tokens", "4", "--out", out])
+        XCTAssertTrue(r.stdout.contains("lora") && r.stdout.contains("prompt") && r.stdout.contains("134515008 parameters"), r.transcript)
+        for f in ["report.md", "results.csv", "results.json", "val_loss.svg", "lora/adapter.h5", "prompt/adapter.h5"] {
+            assertFile(out + "/" + f)
+        }
+    }
 }
