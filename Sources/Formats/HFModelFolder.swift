@@ -5,15 +5,7 @@
 import Foundation
 
 /// A Hugging Face model folder that cannot be loaded or saved: names the file and what was wrong.
-public struct HFModelError: Error, CustomStringConvertible {
-    public let path: String
-    public let message: String
-    public init(path: String, message: String) {
-        self.path = path
-        self.message = message
-    }
-    public var description: String { "\(path): \(message)" }
-}
+public typealias HFModelError = CheckpointError
 
 /// The `model_type`s `loadHFModel` accepts (SmolLM checkpoints use "llama").
 public let supportedHFModelTypes = ["gpt2", "llama", "mistral", "qwen2"]

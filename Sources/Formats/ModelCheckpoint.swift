@@ -4,7 +4,8 @@
 
 import Foundation
 
-/// Reading a checkpoint failed: names the file and what was wrong.
+/// A file (checkpoint, model folder, adapter folder) that cannot be read or written: names the path
+/// and what was wrong.
 public struct CheckpointError: Error, CustomStringConvertible {
     public let path: String
     public let message: String

@@ -8,15 +8,7 @@
 import Foundation
 
 /// A PEFT adapter folder that cannot be written or read: names the folder or file (and tensor).
-public struct PEFTFolderError: Error, CustomStringConvertible {
-    public let path: String
-    public let message: String
-    public init(path: String, message: String) {
-        self.path = path
-        self.message = message
-    }
-    public var description: String { "\(path): \(message)" }
-}
+public typealias PEFTFolderError = CheckpointError
 
 /// File names of a Hugging Face PEFT adapter folder.
 public enum PEFTFolder {

@@ -210,21 +210,7 @@ public enum Safetensors {
         if items.contains(where: { $0.0 == "__metadata__" }) {
             throw SafetensorsError(path: path, tensor: "__metadata__", message: "the name is reserved for the metadata")
         }
-        func quoted(_ s: String) -> String {
-            var out = "\""
-            for u in s.unicodeScalars {
-                switch u {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                default:
-                    if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-                }
-            }
-            return out + "\""
-        }
+        let quoted = jsonString  // JSON string literals, as tokenizer.json is written
         var fields: [(String, String)] = []
         if !metadata.isEmpty {
             let m = metadata.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\(quoted($0.value))" }.joined(separator: ",")

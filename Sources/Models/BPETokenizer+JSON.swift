@@ -314,7 +314,7 @@ extension BPETokenizer {
 }
 
 /// A JSON string literal: quotes, backslash and control characters escaped, everything else raw UTF-8.
-func jsonString(_ s: String) -> String {
+public func jsonString(_ s: String) -> String {
     var out = "\""
     for u in s.unicodeScalars {
         switch u {
