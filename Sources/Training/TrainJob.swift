@@ -9,6 +9,8 @@ public struct TrainJob {
     public var modelPath: String
     public var dataPath: String
     public var method = "lora"
+    /// Continue training an existing adapter (SwiftPEFT or PEFT folder) instead of a new `method`.
+    public var adapterPath: String?
     public var methodOptions = MethodOptions()
     public var trainer = TrainerOptions()
     public var data = DatasetOptions()
@@ -53,12 +55,18 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     guard let tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
     var mo = job.methodOptions
     mo.seed = job.trainer.seed
-    let method = try makeMethod(job.method, for: model, options: mo)
     let fingerprint = BaseFingerprint(model)  // of the untouched base
+    let method: PEFTMethod?
     let names: [String]
-    if let method {
-        names = try method.attach(to: model)
+    if let path = job.adapterPath {
+        method = try loadAdapter(path, onto: model)  // attached, its tensors trainable
+        for (_, t) in method!.adapterParameters() { t.requiresGrad = true }
+        names = ["the adapter in \(path)"]
+    } else if let m = try makeMethod(job.method, for: model, options: mo) {
+        method = m
+        names = try m.attach(to: model)
     } else {
+        method = nil
         model.unfreeze()
         names = ["every weight"]
     }

@@ -141,9 +141,11 @@ struct Train: ParsableCommand {
           swiftpeft train --model models/base.h5 --data data/python-faq.jsonl --method lora --out runs/lora
           swiftpeft train --model models/base.h5 --data notes/ --method prompt --num-virtual-tokens 20 --out runs/prompt
           swiftpeft train --config train.json --resume
+          swiftpeft train --model base/ --adapter peft-lora/ --data more.jsonl --out runs/more   # continue an adapter
         """)
 
     @Option(help: "Method: \(methodNames.joined(separator: ", ")).") var method: String?
+    @Option(help: "Continue training this adapter (SwiftPEFT .h5 or PEFT folder) instead of a new one.") var adapter: String?
     @OptionGroup var common: CommonTrainOptions
     @Flag(help: "Continue from <out>/state.h5.") var resume = false
 
@@ -153,6 +155,7 @@ struct Train: ParsableCommand {
             throw CLIError("unknown method '\(method)'; --method must be one of \(methodNames.joined(separator: ", "))")
         }
         job.resume = resume
+        job.adapterPath = adapter
         var progress: Progress?
         let o = try runTrainJob(job, onStart: { print($0) }, onStep: { m in
             progress = progress ?? Progress(total: m.totalSteps, every: job.trainer.logEvery)

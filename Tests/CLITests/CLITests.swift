@@ -645,4 +645,18 @@ final class CLITests: XCTestCase {
             assertFile(out + "/" + f)
         }
     }
+
+    /// train --adapter continues an existing adapter: it starts from that adapter's loss, not the base's.
+    func testTrainContinuesAnAdapter() throws {
+        let adapter = try loraAdapter()
+        let withAdapter = try evalJSON(["--model", fx.base, "--adapter", adapter]).loss
+        let out = fx.path("runs/continued")
+        let r = try ok(["train", "--model", fx.base, "--adapter", adapter, "--data", fx.jsonl, "--out", out, "--steps", "3",
+                        "--seq-len", "32", "--batch-size", "4", "--eval-every", "3", "--lr", "1e-3", "--warmup", "1"])
+        XCTAssertTrue(r.stdout.contains("the adapter in \(adapter)"), r.transcript)
+        assertFile(out + "/adapter.h5")
+        let continued = try evalJSON(["--model", fx.base, "--adapter", out + "/adapter.h5"]).loss
+        XCTAssertNotEqual(continued, withAdapter, "training moved the adapter")
+        XCTAssertLessThan(abs(continued - withAdapter), 0.5, "and started from it, not from scratch")
+    }
 }
