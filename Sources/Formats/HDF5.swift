@@ -43,7 +43,7 @@ public enum HDF5Store {
             let ds = H5Dcreate2(file, key, chdf5_native_float(), space, lcpl, chdf5_p_default(), chdf5_p_default())
             guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot create dataset '\(key)' of shape \(t.shape)") }
             defer { H5Dclose(ds) }
-            let data = t.contiguousValues()
+            let data = t.toArray()
             let status = data.withUnsafeBufferPointer {
                 H5Dwrite(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
             }
@@ -161,9 +161,4 @@ public enum HDF5Store {
         }
         return (tensors, blobs, attributes)
     }
-}
-
-extension Tensor {
-    /// The values in row-major order (a copy).
-    func contiguousValues() -> [Float] { toArray() }
 }

@@ -139,8 +139,8 @@ public func gradientNorm(_ parameters: [(String, Tensor)]) -> Float {
 
 /// Scales all gradients so their global norm is at most `maxNorm`; returns the norm before.
 @discardableResult
-public func clipGradientNorm(_ parameters: [(String, Tensor)], maxNorm: Float) -> Float {
-    let norm = gradientNorm(parameters)
+public func clipGradientNorm(_ parameters: [(String, Tensor)], maxNorm: Float, norm known: Float? = nil) -> Float {
+    let norm = known ?? gradientNorm(parameters)  // pass a norm already computed to save a pass
     if norm > maxNorm && norm.isFinite {
         let s = maxNorm / (norm + 1e-6)
         for (_, p) in parameters {

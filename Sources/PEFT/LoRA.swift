@@ -179,7 +179,8 @@ public final class LoRALayer: LinearHook {
         if owner.config.loraDropout > 0, owner.training, let model = owner.model {
             xd = x.dropout(owner.config.loraDropout, rng: &model.random.value)  // the model's generator: one state to checkpoint
         }
-        let update = xd.matmul(a.transposed()).matmul(b.transposed()) * scale  // (…, r) → (…, out)
+        // Scale the (…, r) intermediate, not the (…, out) result: r ≪ out.
+        let update = (xd.matmul(a.transposed()) * scale).matmul(b.transposed())  // (…, r) → (…, out)
         guard let m = magnitude else { return y + update }
         // DoRA: the row norm is a constant (no gradient), m is trained.
         let norm = owner.doraDetachNorm
