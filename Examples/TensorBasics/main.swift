@@ -3,6 +3,8 @@
 // Run: swift run -c release example-tensor-basics
 import TensorCore
 
+BLASCore.selectBest()                                   // the fastest OpenBLAS kernels this CPU has
+
 var rng = RNG(seed: 0)                                  // the same numbers on every machine
 let x = Tensor.normal([8, 64], rng: &rng)               // (B, C) inputs
 let w = Tensor.normal([32, 64], std: 0.02, rng: &rng)   // (out, in) frozen: no gradient, no dW GEMM
@@ -21,4 +23,4 @@ print("dL/dB has shape \(b.grad!.shape); frozen W has gradient: \(w.grad != nil)
 
 // Inference records no graph.
 let logits = withNoGrad { x.matmul(w.transposed()) }
-print("logits \(logits.shape), requiresGrad \(logits.requiresGrad), OpenBLAS core \(openBLASCoreName)")
+print("logits \(logits.shape), requiresGrad \(logits.requiresGrad), OpenBLAS core \(BLASCore.current)")

@@ -20,6 +20,17 @@ public var hdf5Version: String {
     return "\(maj).\(min).\(rel)"
 }
 
+/// Creates the folder that will hold `path` (and its parents) when missing, so an output path
+/// such as `models/merged.h5` works in a fresh clone.
+func createParentFolder(of path: String) throws {
+    let dir = URL(fileURLWithPath: path).deletingLastPathComponent()
+    do {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    } catch {
+        throw CheckpointError(path: path, message: "cannot create the folder \(dir.path): \((error as NSError).localizedDescription)")
+    }
+}
+
 /// Named Float32 tensors and string attributes stored in one HDF5 file.
 public enum HDF5Store {
     /// Writes `tensors` (dataset per key; "/" in a key makes groups) and `attributes` (on the root)
@@ -28,6 +39,7 @@ public enum HDF5Store {
     public static func write(_ path: String, tensors: [(String, Tensor)], blobs: [(String, [UInt8])] = [],
                              attributes: [String: String] = [:]) throws {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
+        try createParentFolder(of: path)
         let tmp = path + ".tmp-\(getpid())"
         let file = H5Fcreate(tmp, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
         guard file >= 0 else { throw HDF5Error(path: path, message: "cannot create file \(tmp)") }

@@ -230,6 +230,7 @@ public enum Safetensors {
         for i in 0..<8 { prefix[i] = UInt8(truncatingIfNeeded: UInt64(header.count) >> (8 * UInt64(i))) }
 
         let url = URL(fileURLWithPath: path)
+        try createParentFolder(of: path)
         let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UUID().uuidString.prefix(8))")
         guard FileManager.default.createFile(atPath: tmp.path, contents: nil) else {
             throw SafetensorsError(path: path, message: "cannot create the temporary file \(tmp.path)")

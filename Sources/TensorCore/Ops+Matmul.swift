@@ -11,9 +11,6 @@ public enum BLASCounter {
     nonisolated(unsafe) public static var sgemmCalls = 0
 }
 
-/// The name of the OpenBLAS kernel set chosen at load time (e.g. "Haswell", "Cooperlake").
-public var openBLASCoreName: String { String(cString: openblas_get_corename()) }
-
 /// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
 @inline(__always)
 public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,

@@ -174,7 +174,7 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: (String) ->
     let setup = """
         base `\(base.modelPath)`, data `\(base.dataPath)`, \(base.trainer.steps) steps, batch \(base.batchSize), \
         sequence length \(base.data.seqLen), lr \(base.trainer.lr) (\(base.trainer.schedule.rawValue)), seed \(base.trainer.seed), \
-        OpenBLAS core \(openBLASCoreName), \(ProcessInfo.processInfo.activeProcessorCount) cores.
+        OpenBLAS core \(BLASCore.current), \(ProcessInfo.processInfo.activeProcessorCount) cores.
         """
     try writeCompareReport(results, to: URL(fileURLWithPath: base.outDir), title: "PEFT methods compared", setup: setup)
     return results

@@ -48,7 +48,7 @@ struct Pretrain: ParsableCommand {
         size.maxPositions = max(size.maxPositions, seqLen)
         let config = size.config(vocabSize: tokenizer.vocabSize)
         let model = makeModel(config, seed: seed)
-        print("model: \(config.family), \(model.parameterCount) parameters, OpenBLAS core \(openBLASCoreName)")
+        print("model: \(config.family), \(model.parameterCount) parameters, OpenBLAS core \(BLASCore.current)")
         var o = PretrainOptions()
         (o.steps, o.batch, o.seqLen, o.lr, o.evalEvery, o.seed) = (steps, batch, seqLen, lr, evalEvery, seed)
         o.warmup = min(100, steps / 10)

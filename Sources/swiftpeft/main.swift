@@ -19,7 +19,9 @@ struct Info: ParsableCommand {
 
     func run() throws {
         print("swiftpeft \(SwiftPEFT.configuration.version)")
-        print("OpenBLAS core: \(openBLASCoreName)")
+        print("OpenBLAS core: \(BLASCore.current)")
+        print("OpenBLAS core choice: \(BLASCore.summary)")
+        print("OpenBLAS threads: \(BLASCore.threads)")
         print("HDF5: \(hdf5Version)")
         print("cores: \(ProcessInfo.processInfo.activeProcessorCount)")
     }
@@ -31,4 +33,5 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+BLASCore.selectBest()  // before any work: may re-execute with OPENBLAS_CORETYPE set
 SwiftPEFT.main()

@@ -12,6 +12,7 @@ import CBLAS
 import Foundation
 import TensorCore
 
+BLASCore.selectBest()  // the best GEMM kernel for this CPU (SWIFTPEFT_BLAS_AUTO=0 keeps OpenBLAS's own)
 let args = Set(CommandLine.arguments.dropFirst())
 let usage = "usage: tensor-bench [--quick] [--markdown] [--help]"
 if args.contains("--help") || args.contains("-h") {
@@ -57,7 +58,7 @@ let header: [(String, String)] = [
     ("mode", quick ? "quick" : "full"),
     ("cpu", "\(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores available"),
     ("load average", loadAverage()),
-    ("OpenBLAS core", openBLASCoreName),
+    ("OpenBLAS core", BLASCore.summary),
     ("OpenBLAS threads", String(openblas_get_num_threads())),
     ("OPENBLAS_CORETYPE", env("OPENBLAS_CORETYPE")),
     ("OPENBLAS_L2_SIZE", env("OPENBLAS_L2_SIZE")),

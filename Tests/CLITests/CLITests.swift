@@ -130,10 +130,15 @@ final class CLITests: XCTestCase {
     /// Runs `swiftpeft args…` with stdout and stderr going to files (never a terminal, and no pipe that could
     /// fill up), killing it after `timeout` seconds.
     @discardableResult
-    func run(_ args: [String], timeout: TimeInterval = 180) throws -> CLIRun {
+    func run(_ args: [String], timeout: TimeInterval = 180, environment: [String: String?] = [:]) throws -> CLIRun {
         let p = Process()
         p.executableURL = try Self.binary()
         p.arguments = args
+        if !environment.isEmpty {  // nil removes a variable
+            var env = ProcessInfo.processInfo.environment
+            for (k, v) in environment { env[k] = v }
+            p.environment = env
+        }
         p.currentDirectoryURL = fx.dir
         let id = UUID().uuidString
         let outURL = fx.dir.appendingPathComponent("stdout-\(id)"), errURL = fx.dir.appendingPathComponent("stderr-\(id)")
@@ -249,6 +254,36 @@ final class CLITests: XCTestCase {
         XCTAssertNotNil(hdf5, r.transcript)
         XCTAssertNotNil(hdf5?.range(of: #"^\d+\.\d+\.\d+"#, options: .regularExpression), "HDF5 version: \(hdf5 ?? "none")")
         XCTAssertTrue(r.stdout.contains("cores: "), r.transcript)
+    }
+
+    /// The core `swiftpeft info` reports and why: SwiftPEFT's choice replaces an SSE fallback on a
+    /// CPU with AVX2/AVX-512, a value set in the environment is kept, and SWIFTPEFT_BLAS_AUTO=0
+    /// keeps OpenBLAS's own choice.
+    func testInfoNamesTheBLASCoreAndWhy() throws {
+        func core(_ r: CLIRun) -> (name: String, why: String) {
+            let lines = r.stdout.split(separator: "\n").map(String.init)
+            let name = lines.first { $0.hasPrefix("OpenBLAS core: ") }.map { String($0.dropFirst("OpenBLAS core: ".count)) }
+            let why = lines.first { $0.hasPrefix("OpenBLAS core choice: ") } ?? ""
+            XCTAssertNotNil(name, r.transcript)
+            return (name ?? "", why)
+        }
+        let own = try run(["info"], environment: ["OPENBLAS_CORETYPE": nil, "SWIFTPEFT_BLAS_AUTO": "0"])
+        let ownCore = core(own)
+        XCTAssertTrue(ownCore.why.contains("OpenBLAS's own choice"), own.transcript)
+        let auto = try run(["info"], environment: ["OPENBLAS_CORETYPE": nil, "SWIFTPEFT_BLAS_CHOICE": nil])
+        let autoCore = core(auto)
+        switch BLASCore.decide(current: ownCore.name, flags: BLASCore.cpuFlags(), environment: [:]) {
+        case .switchTo(let best, _):
+            XCTAssertEqual(autoCore.name, best, auto.transcript)
+            XCTAssertTrue(autoCore.why.contains("chosen by SwiftPEFT: OpenBLAS picked \(ownCore.name)"), auto.transcript)
+        case .keep:
+            XCTAssertEqual(autoCore.name, ownCore.name, auto.transcript)
+        }
+        if BLASCore.cpuFlags().contains("avx2") {
+            let set = try run(["info"], environment: ["OPENBLAS_CORETYPE": "Haswell"])
+            XCTAssertEqual(core(set).name, "Haswell", set.transcript)
+            XCTAssertTrue(core(set).why.contains("set by OPENBLAS_CORETYPE=Haswell"), set.transcript)
+        }
     }
 
     func testEverySubcommandHasHelpWithAnExample() throws {
@@ -441,8 +476,8 @@ final class CLITests: XCTestCase {
 
     func testMergeWritesAModelThatEvaluatesAsTheAdapter() throws {
         let adapter = try loraAdapter()
-        let out = fx.path("merged/merged.h5")
-        try FileManager.default.createDirectory(atPath: fx.path("merged"), withIntermediateDirectories: true)
+        let out = fx.path("merged/new-folder/merged.h5")  // folders that do not exist yet are created
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("merged")))
         let r = try ok(["merge", "--model", fx.base, "--adapter", adapter, "--out", out])
         XCTAssertTrue(r.stdout.contains("merged 4 modules"), "LoRA on q_proj, v_proj of 2 layers:\n\(r.transcript)")
         let diff = r.stdout.range(of: #"logit = [-+0-9.eE]+"#, options: .regularExpression)

@@ -1,0 +1,518 @@
+/*
+ * bench_bf16.c — would frozen base weights in bf16 (fp32 accumulation) through oneDNN beat
+ * OpenBLAS fp32 sgemm on this CPU?  Run through scripts/bench-bf16 (installs libdnnl-dev,
+ * compiles this file into a temporary folder and runs it).
+ *
+ * For each GEMM C(M,N) = A(M,K) · B(K,N) it times, into reused output buffers:
+ *   sgemm     cblas_sgemm fp32, row-major. Form "x·Wᵀ" (forward Linear): the weight is stored
+ *             (N,K) and passed with a transpose flag. Form "g·W" (dX of the backward): the
+ *             weight (out,in) is used as it is stored, (K,N) = (out,in).
+ *   dnnl f32  oneDNN matmul, f32 src / weights / dst, weights in the same stored layout (strides).
+ *   bf16      oneDNN matmul, bf16 src, bf16 weights in the same stored layout (strides), f32 dst.
+ *   bf16 pk   as bf16, weights pre-packed once into oneDNN's own blocked layout (format_tag any;
+ *             the packing is done at set-up and not timed: the base weights are frozen).
+ *   cvt       the reorder primitive f32 → bf16 of the activations A (M,K), timed on its own:
+ *             activations arrive in fp32, so a bf16 GEMM costs bf16 + cvt.
+ *   f32·bf16  oneDNN matmul with f32 src and bf16 weights (f32 dst), if this oneDNN implements it.
+ *   fpm bf16  f32 matmul with fpmath_mode bf16 (oneDNN may down-convert internally), if implemented.
+ * Median of >= 7 timed runs after warm-up; GFLOP/s = 2·M·K·N / median time.
+ * err: max |C − C_sgemm| / max |C_sgemm| over the output.
+ *
+ * Threads: OpenBLAS uses OPENBLAS_NUM_THREADS (default 2, set with openblas_set_num_threads);
+ * oneDNN (OpenMP build in Debian) uses OMP_NUM_THREADS (the wrapper script defaults it to 2).
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cblas.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#define CHECK(call)                                                                       \
+    do {                                                                                  \
+        dnnl_status_t s_ = (call);                                                        \
+        if (s_ != dnnl_success) {                                                         \
+            fprintf(stderr, "%s:%d: %s failed: status %d\n", __FILE__, __LINE__, #call,   \
+                    (int)s_);                                                             \
+            exit(1);                                                                      \
+        }                                                                                 \
+    } while (0)
+
+static dnnl_engine_t engine;
+static dnnl_stream_t stream;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---------- timing ---------- */
+
+enum { MIN_RUNS = 7, MAX_RUNS = 41 };
+static const double WARM_S = 0.05;   /* warm-up: >= 2 runs and >= this long */
+static const double TIMED_S = 0.30;  /* timed: >= MIN_RUNS runs, more while under this budget */
+
+typedef void (*op_fn)(void *ctx);
+
+/* Returns the median seconds of one call; *runs gets the number of timed runs. */
+static double time_op(op_fn f, void *ctx, int *runs) {
+    double t0 = now();
+    int w = 0;
+    while (w < 2 || now() - t0 < WARM_S) { f(ctx); w++; }
+    double t[MAX_RUNS];
+    int n = 0;
+    double start = now();
+    while (n < MAX_RUNS && (n < MIN_RUNS || now() - start < TIMED_S)) {
+        double a = now();
+        f(ctx);
+        t[n++] = now() - a;
+    }
+    qsort(t, n, sizeof t[0], cmp_double);
+    if (runs) *runs = n;
+    return (n % 2) ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* ---------- oneDNN helpers ---------- */
+
+typedef struct {
+    dnnl_primitive_t prim;
+    int nargs;
+    dnnl_exec_arg_t args[4];
+} dnnl_op;
+
+static void run_dnnl(void *ctx) {
+    dnnl_op *op = ctx;
+    CHECK(dnnl_primitive_execute(op->prim, stream, op->nargs, op->args));
+    CHECK(dnnl_stream_wait(stream));
+}
+
+static dnnl_memory_t mem(const dnnl_memory_desc_t *md, void *handle) {
+    dnnl_memory_t m;
+    CHECK(dnnl_memory_create(&m, md, engine, handle ? handle : DNNL_MEMORY_ALLOCATE));
+    return m;
+}
+
+static void *mem_ptr(dnnl_memory_t m) {
+    void *p;
+    CHECK(dnnl_memory_get_data_handle(m, &p));
+    return p;
+}
+
+static const char *impl_name(dnnl_primitive_desc_t pd) {
+    const char *s = "?";
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s);
+    return s;
+}
+
+/* Reorder primitive src_md → dst_md; returns NULL if unimplemented. */
+static dnnl_primitive_t make_reorder(const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *dst,
+                                     const char **impl) {
+    dnnl_primitive_desc_t pd;
+    if (dnnl_reorder_primitive_desc_create(&pd, src, engine, dst, engine, NULL) != dnnl_success)
+        return NULL;
+    dnnl_primitive_t p;
+    CHECK(dnnl_primitive_create(&p, pd));
+    if (impl) *impl = strdup(impl_name(pd));
+    dnnl_primitive_desc_destroy(pd);
+    return p;
+}
+
+static void reorder_once(dnnl_memory_t from, dnnl_memory_t to) {
+    const dnnl_memory_desc_t *s, *d;
+    CHECK(dnnl_memory_get_memory_desc(from, &s));
+    CHECK(dnnl_memory_get_memory_desc(to, &d));
+    dnnl_primitive_t p = make_reorder(s, d, NULL);
+    if (!p) { fprintf(stderr, "reorder unimplemented\n"); exit(1); }
+    dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    CHECK(dnnl_primitive_execute(p, stream, 2, a));
+    CHECK(dnnl_stream_wait(stream));
+    dnnl_primitive_destroy(p);
+}
+
+/* Matmul primitive desc; returns the status (dnnl_unimplemented if this mix is not supported). */
+static dnnl_status_t make_matmul(dnnl_primitive_desc_t *pd, const dnnl_memory_desc_t *src,
+                                 const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *dst,
+                                 dnnl_fpmath_mode_t fpmath) {
+    dnnl_matmul_desc_t d;
+    dnnl_status_t s = dnnl_matmul_desc_init(&d, src, wei, NULL, dst);
+    if (s != dnnl_success) return s;
+    dnnl_primitive_attr_t attr;
+    CHECK(dnnl_primitive_attr_create(&attr));
+    if (fpmath != dnnl_fpmath_mode_strict) {
+        s = dnnl_primitive_attr_set_fpmath_mode(attr, fpmath);
+        if (s != dnnl_success) { dnnl_primitive_attr_destroy(attr); return s; }
+    }
+    s = dnnl_primitive_desc_create(pd, &d, attr, engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    return s;
+}
+
+static const char *status_str(dnnl_status_t s) {
+    switch (s) {
+    case dnnl_success: return "success";
+    case dnnl_unimplemented: return "unimplemented";
+    case dnnl_invalid_arguments: return "invalid_arguments";
+    default: return "error";
+    }
+}
+
+static const char *isa_str(dnnl_cpu_isa_t isa) {
+    switch (isa) {
+    case dnnl_cpu_isa_all: return "all";
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    default: return "unknown";
+    }
+}
+
+/* ---------- sgemm ---------- */
+
+typedef struct {
+    int M, K, N, wt;
+    const float *A, *W;
+    float *C;
+} sgemm_ctx;
+
+static void run_sgemm(void *ctx) {
+    sgemm_ctx *c = ctx;
+    if (c->wt) /* C = A · Wᵀ, W stored (N,K) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->M, c->N, c->K, 1.0f, c->A, c->K,
+                    c->W, c->K, 0.0f, c->C, c->N);
+    else /* C = A · W, W stored (K,N) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->M, c->N, c->K, 1.0f, c->A,
+                    c->K, c->W, c->N, 0.0f, c->C, c->N);
+}
+
+/* ---------- data ---------- */
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static float frand(void) { /* uniform [-1, 1) */
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+
+static float *alloc_f32(size_t n) {
+    float *p = aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64);
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(1); }
+    return p;
+}
+
+static double rel_err(const float *c, const float *ref, size_t n) {
+    double maxd = 0, maxr = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)c[i] - ref[i]);
+        if (d > maxd || d != d) maxd = d != d ? INFINITY : d;
+        if (fabs(ref[i]) > maxr) maxr = fabs(ref[i]);
+    }
+    return maxr > 0 ? maxd / maxr : maxd;
+}
+
+/* ---------- shapes ---------- */
+
+typedef struct {
+    const char *name;
+    int M, K, N;
+    int wt;        /* 1: x·Wᵀ (W stored (N,K)); 0: g·W (W stored (K,N)) */
+    int count;     /* times per LoRA step (0: not part of the step) */
+    int cvt_count; /* conversions of the activations per step when inputs shared between
+                      GEMMs are converted once (q/k/v share x, gate/up share x) */
+} shape;
+
+/* SmolLM2-135M: hidden 576, FFN 1536, 9 heads × 64, 3 KV heads × 64, vocab 49152, 30 layers;
+   T·B = 1024 rows. Forward x·Wᵀ and the backward's dX = dY·W (K and N swapped). */
+#define L 30
+static const shape shapes[] = {
+    {"fwd q, o", 1024, 576, 576, 1, 2 * L, 2 * L},   /* q's input x also feeds k, v */
+    {"fwd k, v", 1024, 576, 192, 1, 2 * L, 0},       /* x already converted for q */
+    {"fwd gate, up", 1024, 576, 1536, 1, 2 * L, L},  /* one conversion for both */
+    {"fwd down", 1024, 1536, 576, 1, L, L},
+    {"fwd lm_head", 1024, 576, 49152, 1, 1, 1},
+    {"dX q, o", 1024, 576, 576, 0, 2 * L, 2 * L},
+    {"dX k, v", 1024, 192, 576, 0, 2 * L, 2 * L},
+    {"dX gate, up", 1024, 1536, 576, 0, 2 * L, 2 * L},
+    {"dX down", 1024, 576, 1536, 0, L, L},
+    {"dX lm_head", 1024, 49152, 576, 0, 1, 1},
+    {"square", 1024, 1024, 1024, 1, 0, 0},
+    {"square-ish", 2048, 768, 3072, 1, 0, 0},
+};
+#define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
+
+typedef struct {
+    double t_sgemm, t_f32, t_bf16, t_pk, t_cvt, t_mix, t_fpm;
+    double e_bf16, e_pk, e_f32, e_fpm;
+    const char *impl_f32, *impl_bf16, *impl_pk, *impl_cvt, *impl_fpm;
+    dnnl_status_t s_mix, s_fpm;
+    int runs_min, runs_max;
+} result;
+
+static void note_runs(result *r, int n) {
+    if (n < r->runs_min) r->runs_min = n;
+    if (n > r->runs_max) r->runs_max = n;
+}
+
+static void bench_shape(const shape *sh, result *r) {
+    const int M = sh->M, K = sh->K, N = sh->N;
+    size_t nA = (size_t)M * K, nW = (size_t)K * N, nC = (size_t)M * N;
+    float *A = alloc_f32(nA), *W = alloc_f32(nW), *Cref = alloc_f32(nC);
+    float ws = 1.0f / sqrtf((float)K);
+    for (size_t i = 0; i < nA; i++) A[i] = frand();
+    for (size_t i = 0; i < nW; i++) W[i] = frand() * ws;
+    memset(Cref, 0, nC * sizeof(float));
+    r->runs_min = MAX_RUNS + 1;
+    r->runs_max = 0;
+    int n;
+
+    /* (a) sgemm */
+    sgemm_ctx sc = {M, K, N, sh->wt, A, W, Cref};
+    usleep(50000); /* let the other runtime's spinning threads go to sleep */
+    r->t_sgemm = time_op(run_sgemm, &sc, &n);
+    note_runs(r, n);
+    usleep(200000); /* OpenBLAS workers spin for a while after a call */
+
+    /* memory descriptors */
+    dnnl_dims_t dA = {M, K}, dW = {K, N}, dC = {M, N};
+    dnnl_dims_t sW = {1, 1};
+    if (sh->wt) { sW[0] = 1; sW[1] = K; }   /* stored (N,K): element (k,n) at n*K + k */
+    else { sW[0] = N; sW[1] = 1; }          /* stored (K,N) */
+    dnnl_memory_desc_t mdA32, mdA16, mdW32, mdW16, mdWany, mdC;
+    CHECK(dnnl_memory_desc_init_by_tag(&mdA32, 2, dA, dnnl_f32, dnnl_ab));
+    CHECK(dnnl_memory_desc_init_by_tag(&mdA16, 2, dA, dnnl_bf16, dnnl_ab));
+    CHECK(dnnl_memory_desc_init_by_strides(&mdW32, 2, dW, dnnl_f32, sW));
+    CHECK(dnnl_memory_desc_init_by_strides(&mdW16, 2, dW, dnnl_bf16, sW));
+    CHECK(dnnl_memory_desc_init_by_tag(&mdWany, 2, dW, dnnl_bf16, dnnl_format_tag_any));
+    CHECK(dnnl_memory_desc_init_by_tag(&mdC, 2, dC, dnnl_f32, dnnl_ab));
+
+    float *C = alloc_f32(nC);
+    dnnl_memory_t mA32 = mem(&mdA32, A), mW32 = mem(&mdW32, W), mC = mem(&mdC, C);
+    dnnl_memory_t mA16 = mem(&mdA16, NULL), mW16 = mem(&mdW16, NULL);
+    reorder_once(mW32, mW16); /* weights to bf16 once, same layout (frozen) */
+
+    /* cvt: activations f32 → bf16 */
+    {
+        dnnl_primitive_t p = make_reorder(&mdA32, &mdA16, &r->impl_cvt);
+        if (!p) { fprintf(stderr, "f32->bf16 reorder unimplemented\n"); exit(1); }
+        dnnl_op op = {p, 2, {{DNNL_ARG_FROM, mA32}, {DNNL_ARG_TO, mA16}}};
+        r->t_cvt = time_op(run_dnnl, &op, &n);
+        note_runs(r, n);
+        dnnl_primitive_destroy(p);
+    }
+
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t p;
+
+    /* (c) oneDNN f32 */
+    CHECK(make_matmul(&pd, &mdA32, &mdW32, &mdC, dnnl_fpmath_mode_strict));
+    r->impl_f32 = strdup(impl_name(pd));
+    CHECK(dnnl_primitive_create(&p, pd));
+    {
+        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW32}, {DNNL_ARG_DST, mC}}};
+        memset(C, 0, nC * sizeof(float));
+        r->t_f32 = time_op(run_dnnl, &op, &n);
+        note_runs(r, n);
+        r->e_f32 = rel_err(C, Cref, nC);
+    }
+    dnnl_primitive_destroy(p);
+    dnnl_primitive_desc_destroy(pd);
+
+    /* (b) bf16 src, bf16 weights in the stored layout, f32 dst */
+    CHECK(make_matmul(&pd, &mdA16, &mdW16, &mdC, dnnl_fpmath_mode_strict));
+    r->impl_bf16 = strdup(impl_name(pd));
+    CHECK(dnnl_primitive_create(&p, pd));
+    {
+        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA16}, {DNNL_ARG_WEIGHTS, mW16}, {DNNL_ARG_DST, mC}}};
+        memset(C, 0, nC * sizeof(float));
+        r->t_bf16 = time_op(run_dnnl, &op, &n);
+        note_runs(r, n);
+        r->e_bf16 = rel_err(C, Cref, nC);
+    }
+    dnnl_primitive_destroy(p);
+    dnnl_primitive_desc_destroy(pd);
+
+    /* (b') bf16 weights pre-packed into oneDNN's layout (once, untimed) */
+    CHECK(make_matmul(&pd, &mdA16, &mdWany, &mdC, dnnl_fpmath_mode_strict));
+    r->impl_pk = strdup(impl_name(pd));
+    CHECK(dnnl_primitive_create(&p, pd));
+    {
+        dnnl_memory_t mWpk = mem(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), NULL);
+        reorder_once(mW16, mWpk);
+        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA16}, {DNNL_ARG_WEIGHTS, mWpk}, {DNNL_ARG_DST, mC}}};
+        memset(C, 0, nC * sizeof(float));
+        r->t_pk = time_op(run_dnnl, &op, &n);
+        note_runs(r, n);
+        r->e_pk = rel_err(C, Cref, nC);
+        dnnl_memory_destroy(mWpk);
+    }
+    dnnl_primitive_destroy(p);
+    dnnl_primitive_desc_destroy(pd);
+
+    /* (d) f32 src, bf16 weights, f32 dst */
+    r->s_mix = make_matmul(&pd, &mdA32, &mdW16, &mdC, dnnl_fpmath_mode_strict);
+    r->t_mix = NAN;
+    if (r->s_mix == dnnl_success) {
+        CHECK(dnnl_primitive_create(&p, pd));
+        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW16}, {DNNL_ARG_DST, mC}}};
+        r->t_mix = time_op(run_dnnl, &op, &n);
+        note_runs(r, n);
+        dnnl_primitive_destroy(p);
+        dnnl_primitive_desc_destroy(pd);
+    }
+
+    /* (e) all f32 with fpmath_mode bf16 (implicit down-conversion allowed) */
+    r->s_fpm = make_matmul(&pd, &mdA32, &mdW32, &mdC, dnnl_fpmath_mode_bf16);
+    r->t_fpm = NAN;
+    r->e_fpm = NAN;
+    r->impl_fpm = "-";
+    if (r->s_fpm == dnnl_success) {
+        r->impl_fpm = strdup(impl_name(pd));
+        CHECK(dnnl_primitive_create(&p, pd));
+        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW32}, {DNNL_ARG_DST, mC}}};
+        memset(C, 0, nC * sizeof(float));
+        r->t_fpm = time_op(run_dnnl, &op, &n);
+        note_runs(r, n);
+        r->e_fpm = rel_err(C, Cref, nC);
+        dnnl_primitive_destroy(p);
+        dnnl_primitive_desc_destroy(pd);
+    }
+
+    dnnl_memory_destroy(mA32); dnnl_memory_destroy(mW32); dnnl_memory_destroy(mC);
+    dnnl_memory_destroy(mA16); dnnl_memory_destroy(mW16);
+    free(A); free(W); free(Cref); free(C);
+}
+
+static double gf(const shape *s, double t) { return 2.0 * s->M * s->K * s->N / t * 1e-9; }
+
+int main(void) {
+    const char *ob = getenv("OPENBLAS_NUM_THREADS");
+    int ob_threads = ob && atoi(ob) > 0 ? atoi(ob) : 2;
+    openblas_set_num_threads(ob_threads);
+
+    CHECK(dnnl_engine_create(&engine, dnnl_cpu, 0));
+    CHECK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+
+    const dnnl_version_t *v = dnnl_version();
+    const char *ct = getenv("OPENBLAS_CORETYPE");
+    double load[3] = {0, 0, 0};
+    getloadavg(load, 3);
+    time_t tnow = time(NULL);
+    char date[64];
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&tnow));
+
+    printf("| | |\n|:---|:---|\n");
+    printf("| date | %s |\n", date);
+    printf("| load average at start | %.2f %.2f %.2f |\n", load[0], load[1], load[2]);
+    printf("| oneDNN | %d.%d.%d (hash %s), cpu runtime %s |\n", v->major, v->minor, v->patch,
+           v->hash, v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" :
+           v->cpu_runtime == DNNL_RUNTIME_SEQ ? "sequential" :
+           v->cpu_runtime == DNNL_RUNTIME_TBB ? "TBB" : "other");
+    printf("| oneDNN effective ISA | %s |\n", isa_str(dnnl_get_effective_cpu_isa()));
+    printf("| oneDNN threads (omp_get_max_threads) | %d |\n", omp_get_max_threads());
+    printf("| OpenBLAS core | %s |\n", openblas_get_corename());
+    printf("| OpenBLAS config | %s |\n", openblas_get_config());
+    printf("| OpenBLAS threads | %d |\n", openblas_get_num_threads());
+    printf("| OPENBLAS_CORETYPE | %s |\n", ct && *ct ? ct : "unset");
+    printf("| OMP_NUM_THREADS | %s |\n", getenv("OMP_NUM_THREADS") ? getenv("OMP_NUM_THREADS") : "unset");
+    fflush(stdout);
+
+    result res[NSHAPES];
+    double t_start = now();
+    for (int i = 0; i < NSHAPES; i++) {
+        fprintf(stderr, "bench-bf16: %s %dx%dx%d ...\n", shapes[i].name, shapes[i].M,
+                shapes[i].K, shapes[i].N);
+        bench_shape(&shapes[i], &res[i]);
+    }
+    double elapsed = now() - t_start;
+    int rmin = MAX_RUNS, rmax = 0;
+    for (int i = 0; i < NSHAPES; i++) {
+        if (res[i].runs_min < rmin) rmin = res[i].runs_min;
+        if (res[i].runs_max > rmax) rmax = res[i].runs_max;
+    }
+    printf("| timing | median of %d–%d timed runs after >= 2 warm-up runs, per case; %.0f s in all |\n",
+           rmin, rmax, elapsed);
+
+    printf("\n### GFLOP/s (2·M·K·N / median time)\n\n");
+    printf("| GEMM | M×K×N | form | sgemm | dnnl f32 | bf16 | bf16 pk | cvt ms | bf16+cvt | "
+           "bf16 pk+cvt | (bf16 pk+cvt)/sgemm | fpm bf16 | err bf16 | err bf16 pk | err f32 |\n");
+    printf("|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (int i = 0; i < NSHAPES; i++) {
+        const shape *s = &shapes[i];
+        const result *r = &res[i];
+        char fpm[32];
+        if (r->s_fpm == dnnl_success) snprintf(fpm, sizeof fpm, "%.1f", gf(s, r->t_fpm));
+        else snprintf(fpm, sizeof fpm, "%s", status_str(r->s_fpm));
+        printf("| %s | %d×%d×%d | %s | %.1f | %.1f | %.1f | %.1f | %.3f | %.1f | %.1f | %.2fx | %s | "
+               "%.1e | %.1e | %.1e |\n",
+               s->name, s->M, s->K, s->N, s->wt ? "x·Wᵀ" : "g·W", gf(s, r->t_sgemm),
+               gf(s, r->t_f32), gf(s, r->t_bf16), gf(s, r->t_pk), r->t_cvt * 1e3,
+               gf(s, r->t_bf16 + r->t_cvt), gf(s, r->t_pk + r->t_cvt),
+               r->t_sgemm / (r->t_pk + r->t_cvt), fpm, r->e_bf16, r->e_pk, r->e_f32);
+    }
+
+    printf("\n- f32 src × bf16 weights → f32 dst (plain oneDNN matmul, no attributes): %s",
+           status_str(res[0].s_mix));
+    int mix_all_same = 1;
+    for (int i = 1; i < NSHAPES; i++) mix_all_same &= res[i].s_mix == res[0].s_mix;
+    printf("%s.\n", mix_all_same ? " on every shape" : " on the first shape (differs on others)");
+    if (res[0].s_mix == dnnl_success)
+        for (int i = 0; i < NSHAPES; i++)
+            printf("  - %s: %.1f GFLOP/s\n", shapes[i].name, gf(&shapes[i], res[i].t_mix));
+
+    printf("- oneDNN implementations (dnnl_query_impl_info_str), per shape: f32 / bf16 / bf16 pk / "
+           "fpm bf16 / cvt:\n");
+    for (int i = 0; i < NSHAPES; i++)
+        printf("  - %s %s: %s / %s / %s / %s / %s\n", shapes[i].name,
+               shapes[i].wt ? "x·Wᵀ" : "g·W", res[i].impl_f32, res[i].impl_bf16, res[i].impl_pk,
+               res[i].impl_fpm, res[i].impl_cvt);
+
+    /* LoRA step estimate: frozen-base GEMMs only (forward + dX) */
+    double s_sg = 0, s_f32 = 0, s_b = 0, s_bc = 0, s_pk = 0, s_pkc_all = 0, s_pkc_sh = 0;
+    double s_cvt_all = 0, s_cvt_sh = 0, flops = 0;
+    for (int i = 0; i < NSHAPES; i++) {
+        const shape *s = &shapes[i];
+        const result *r = &res[i];
+        if (!s->count) continue;
+        flops += 2.0 * s->M * s->K * s->N * s->count;
+        s_sg += s->count * r->t_sgemm;
+        s_f32 += s->count * r->t_f32;
+        s_b += s->count * r->t_bf16;
+        s_pk += s->count * r->t_pk;
+        s_cvt_all += s->count * r->t_cvt;
+        s_cvt_sh += s->cvt_count * r->t_cvt;
+    }
+    s_bc = s_b + s_cvt_all;
+    s_pkc_all = s_pk + s_cvt_all;
+    s_pkc_sh = s_pk + s_cvt_sh;
+    printf("\n### One SmolLM2-135M LoRA step (1024 rows), frozen-base GEMMs: 30 layers × "
+           "(q, k, v, o, gate, up, down) + lm_head, forward and dX (%.0f GFLOP)\n\n", flops * 1e-9);
+    printf("| path | GEMM time per step (s) | vs sgemm |\n|:---|---:|---:|\n");
+    printf("| OpenBLAS sgemm fp32 | %.3f | 1.00x |\n", s_sg);
+    printf("| oneDNN f32 | %.3f | %.2fx |\n", s_f32, s_sg / s_f32);
+    printf("| oneDNN bf16, weights in stored layout, no conversion | %.3f | %.2fx |\n", s_b, s_sg / s_b);
+    printf("| oneDNN bf16, weights in stored layout + a conversion per GEMM | %.3f | %.2fx |\n", s_bc, s_sg / s_bc);
+    printf("| oneDNN bf16, pre-packed weights, no conversion | %.3f | %.2fx |\n", s_pk, s_sg / s_pk);
+    printf("| oneDNN bf16, pre-packed weights + a conversion per GEMM | %.3f | %.2fx |\n", s_pkc_all, s_sg / s_pkc_all);
+    printf("| oneDNN bf16, pre-packed weights + shared conversions (x once for q/k/v and for gate/up) | %.3f | %.2fx |\n",
+           s_pkc_sh, s_sg / s_pkc_sh);
+    printf("\n- conversions per step: %.3f s (one per GEMM), %.3f s (shared inputs converted once)\n",
+           s_cvt_all, s_cvt_sh);
+    return 0;
+}
