@@ -1,12 +1,19 @@
 // swift-tools-version:5.10
 // SwiftPEFT: parameter-efficient fine-tuning of decoder-only language models on the CPU.
 // Layers point one way: TensorCore → NN → Models → PEFT → Formats → Training → swiftpeft (CLI).
+import Foundation
 import PackageDescription
 
 // The numeric kernels (TensorCore, NN) build with -Ounchecked in release: overflow checks on index
 // arithmetic stop their loops from vectorizing (softmax, GELU, cross-entropy ran 2× slower with -O).
 // Shape errors still print their message: they go through check(), which calls fatalError.
-let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+// They also build for the CPU at hand (-target-cpu native: AVX2/AVX-512 and FMA where present;
+// Swift on Linux otherwise targets baseline x86-64, SSE2). SWIFTPEFT_PORTABLE=1 builds them for the
+// baseline instead, for a binary that must run on other CPUs (scripts/test checks both).
+let portable = ProcessInfo.processInfo.environment["SWIFTPEFT_PORTABLE"] == "1"
+let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"] + (portable ? [] : ["-target-cpu", "native"]),
+                                            .when(configuration: .release))]
+    + (portable ? [] : [.define("SWIFTPEFT_NATIVE", .when(configuration: .release))])
 
 let package = Package(
     name: "SwiftPEFT",

@@ -61,7 +61,7 @@ static int cmp_double(const void *a, const void *b) {
 /* ---------- timing ---------- */
 
 enum { MIN_RUNS = 7, MAX_RUNS = 41 };
-static const double WARM_S = 0.05;   /* warm-up: >= 2 runs and >= this long */
+static const double WARM_S = 0.10;   /* warm-up: >= 1 run and >= this long */
 static const double TIMED_S = 0.30;  /* timed: >= MIN_RUNS runs, more while under this budget */
 
 typedef void (*op_fn)(void *ctx);
@@ -70,7 +70,7 @@ typedef void (*op_fn)(void *ctx);
 static double time_op(op_fn f, void *ctx, int *runs) {
     double t0 = now();
     int w = 0;
-    while (w < 2 || now() - t0 < WARM_S) { f(ctx); w++; }
+    while (w < 1 || now() - t0 < WARM_S) { f(ctx); w++; }
     double t[MAX_RUNS];
     int n = 0;
     double start = now();
@@ -83,6 +83,54 @@ static double time_op(op_fn f, void *ctx, int *runs) {
     if (runs) *runs = n;
     return (n % 2) ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
+
+/* ---------- instruction throughput probe (not a GEMM) ----------
+ * One thread, 12 independent zmm accumulators: vfmadd231ps (16 fp32 FMAs = 32 flops) against
+ * vdpbf16ps (32 bf16 pair products accumulated into 16 fp32 = 64 flops). Gives the per-core
+ * peak of each path, i.e. the most any bf16 GEMM without AMX could gain over fp32 here. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PROBE_N 10000000L
+#define PROBE_BODY(I)                                                                             \
+    I " %%zmm14, %%zmm15, %%zmm0\n\t" I " %%zmm14, %%zmm15, %%zmm1\n\t"                         \
+    I " %%zmm14, %%zmm15, %%zmm2\n\t" I " %%zmm14, %%zmm15, %%zmm3\n\t"                         \
+    I " %%zmm14, %%zmm15, %%zmm4\n\t" I " %%zmm14, %%zmm15, %%zmm5\n\t"                         \
+    I " %%zmm14, %%zmm15, %%zmm6\n\t" I " %%zmm14, %%zmm15, %%zmm7\n\t"                         \
+    I " %%zmm14, %%zmm15, %%zmm8\n\t" I " %%zmm14, %%zmm15, %%zmm9\n\t"                         \
+    I " %%zmm14, %%zmm15, %%zmm10\n\t" I " %%zmm14, %%zmm15, %%zmm11\n\t"
+#define PROBE_FN(NAME, I)                                                                         \
+    static double NAME(void) {                                                                    \
+        long n = PROBE_N;                                                                         \
+        double t = now();                                                                         \
+        __asm__ volatile("vpxord %%zmm14, %%zmm14, %%zmm14\n\t"                                   \
+                         "vpxord %%zmm15, %%zmm15, %%zmm15\n\t"                                   \
+                         "1:\n\t" PROBE_BODY(I) "dec %0\n\tjnz 1b\n\tvzeroupper"                  \
+                         : "+r"(n)::"xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",       \
+                           "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm14", "xmm15", "cc");     \
+        return now() - t;                                                                         \
+    }
+PROBE_FN(probe_fma, "vfmadd231ps")
+PROBE_FN(probe_dpbf16, "vdpbf16ps")
+
+static void print_probe(void) {
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bf16")) {
+        printf("| peak per core (probe) | skipped: no AVX512_BF16 |\n");
+        return;
+    }
+    double tf = 1e9, tb = 1e9;
+    for (int r = 0; r < 5; r++) {
+        double a = probe_fma(), b = probe_dpbf16();
+        if (a < tf) tf = a;
+        if (b < tb) tb = b;
+    }
+    double ins = PROBE_N * 12.0;
+    printf("| peak per core (probe, best of 5) | vfmadd231ps zmm %.2f ns/instr = %.0f GFLOP/s fp32; "
+           "vdpbf16ps zmm %.2f ns/instr = %.0f GFLOP/s bf16→fp32; bf16/fp32 %.2f |\n",
+           tf / ins * 1e9, ins * 32 / tf * 1e-9, tb / ins * 1e9, ins * 64 / tb * 1e-9,
+           (64 / tb) / (32 / tf));
+}
+#else
+static void print_probe(void) { printf("| peak per core (probe) | skipped: not x86-64 |\n"); }
+#endif
 
 /* ---------- oneDNN helpers ---------- */
 
@@ -102,12 +150,6 @@ static dnnl_memory_t mem(const dnnl_memory_desc_t *md, void *handle) {
     dnnl_memory_t m;
     CHECK(dnnl_memory_create(&m, md, engine, handle ? handle : DNNL_MEMORY_ALLOCATE));
     return m;
-}
-
-static void *mem_ptr(dnnl_memory_t m) {
-    void *p;
-    CHECK(dnnl_memory_get_data_handle(m, &p));
-    return p;
 }
 
 static const char *impl_name(dnnl_primitive_desc_t pd) {
@@ -431,6 +473,7 @@ int main(void) {
     printf("| OpenBLAS threads | %d |\n", openblas_get_num_threads());
     printf("| OPENBLAS_CORETYPE | %s |\n", ct && *ct ? ct : "unset");
     printf("| OMP_NUM_THREADS | %s |\n", getenv("OMP_NUM_THREADS") ? getenv("OMP_NUM_THREADS") : "unset");
+    print_probe();
     fflush(stdout);
 
     result res[NSHAPES];
@@ -446,13 +489,16 @@ int main(void) {
         if (res[i].runs_min < rmin) rmin = res[i].runs_min;
         if (res[i].runs_max > rmax) rmax = res[i].runs_max;
     }
-    printf("| timing | median of %d–%d timed runs after >= 2 warm-up runs, per case; %.0f s in all |\n",
-           rmin, rmax, elapsed);
+    getloadavg(load, 3);
+    printf("| load average at end | %.2f %.2f %.2f |\n", load[0], load[1], load[2]);
+    printf("| timing | per case: median of %d–%d timed runs after >= %.1f s (>= 1 run) of warm-up; "
+           "cases of a shape run one after another, in the table's column order; %.0f s in all |\n",
+           rmin, rmax, WARM_S, elapsed);
 
     printf("\n### GFLOP/s (2·M·K·N / median time)\n\n");
     printf("| GEMM | M×K×N | form | sgemm | dnnl f32 | bf16 | bf16 pk | cvt ms | bf16+cvt | "
-           "bf16 pk+cvt | (bf16 pk+cvt)/sgemm | fpm bf16 | err bf16 | err bf16 pk | err f32 |\n");
-    printf("|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+           "bf16 pk+cvt | (bf16 pk+cvt)/sgemm | fpm bf16 | err bf16 | err bf16 pk | err f32 | err fpm |\n");
+    printf("|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < NSHAPES; i++) {
         const shape *s = &shapes[i];
         const result *r = &res[i];
@@ -460,11 +506,11 @@ int main(void) {
         if (r->s_fpm == dnnl_success) snprintf(fpm, sizeof fpm, "%.1f", gf(s, r->t_fpm));
         else snprintf(fpm, sizeof fpm, "%s", status_str(r->s_fpm));
         printf("| %s | %d×%d×%d | %s | %.1f | %.1f | %.1f | %.1f | %.3f | %.1f | %.1f | %.2fx | %s | "
-               "%.1e | %.1e | %.1e |\n",
+               "%.1e | %.1e | %.1e | %.1e |\n",
                s->name, s->M, s->K, s->N, s->wt ? "x·Wᵀ" : "g·W", gf(s, r->t_sgemm),
                gf(s, r->t_f32), gf(s, r->t_bf16), gf(s, r->t_pk), r->t_cvt * 1e3,
                gf(s, r->t_bf16 + r->t_cvt), gf(s, r->t_pk + r->t_cvt),
-               r->t_sgemm / (r->t_pk + r->t_cvt), fpm, r->e_bf16, r->e_pk, r->e_f32);
+               r->t_sgemm / (r->t_pk + r->t_cvt), fpm, r->e_bf16, r->e_pk, r->e_f32, r->e_fpm);
     }
 
     printf("\n- f32 src × bf16 weights → f32 dst (plain oneDNN matmul, no attributes): %s",

@@ -6,7 +6,8 @@ import Foundation
 
 /// Work below this many elements runs on one thread (dispatch costs more than it saves).
 let parallelThreshold = 1 << 15
-let hardwareThreads = max(1, ProcessInfo.processInfo.activeProcessorCount)
+/// Threads of the elementwise kernels (`Threads.set` changes it together with OpenBLAS's).
+nonisolated(unsafe) var hardwareThreads = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
 /// Calls `body(lo, hi)` over chunks of `0..<n`, in parallel over the cores when `n · cost` is large.
 @inline(__always)

@@ -37,22 +37,24 @@ extension Tensor {
         let out = Tensor.empty([B, T, H, D])
         let po = out.basePointer
         let mask = keyMask
-        for b in 0..<B {
-            for h in 0..<H {
-                let kv = h / group
-                let p = probs.pointer + (training ? (b * H + h) * T * S : 0)
-                let qbh = pq + b * qs[0] + h * qs[2], kbh = pk + b * ks[0] + kv * ks[2], vbh = pv + b * vs[0] + kv * vs[2]
-                // scores (T, S) = scale · Q Kᵀ
-                sgemm(transA: false, transB: true, m: T, n: S, k: D, alpha: sc, a: qbh, lda: qs[1], b: kbh, ldb: ks[1],
-                      beta: 0, c: p, ldc: S)
-                maskedSoftmaxRows(p, rows: T, cols: S, causal: causal, mask: mask, maskOffset: b * S)
-                // out (T, D) = P V, written into the (B, T, H, D) output with row stride H·D
-                sgemm(transA: false, transB: false, m: T, n: D, k: S, a: p, lda: S, b: vbh, ldb: vs[1],
-                      beta: 0, c: po + b * T * H * D + h * D, ldc: H * D)
+        Profiler.measure(.attention) {
+            for b in 0..<B {
+                for h in 0..<H {
+                    let kv = h / group
+                    let p = probs.pointer + (training ? (b * H + h) * T * S : 0)
+                    let qbh = pq + b * qs[0] + h * qs[2], kbh = pk + b * ks[0] + kv * ks[2], vbh = pv + b * vs[0] + kv * vs[2]
+                    // scores (T, S) = scale · Q Kᵀ
+                    sgemm(transA: false, transB: true, m: T, n: S, k: D, alpha: sc, a: qbh, lda: qs[1], b: kbh, ldb: ks[1],
+                          beta: 0, c: p, ldc: S)
+                    maskedSoftmaxRows(p, rows: T, cols: S, causal: causal, mask: mask, maskOffset: b * S)
+                    // out (T, D) = P V, written into the (B, T, H, D) output with row stride H·D
+                    sgemm(transA: false, transB: false, m: T, n: D, k: S, a: p, lda: S, b: vbh, ldb: vs[1],
+                          beta: 0, c: po + b * T * H * D + h * D, ldc: H * D)
+                }
             }
         }
         guard training else { return out }
-        return make(out, op: "attention", inputs: [q, k, v]) { g in
+        return make(out, op: "attention", inputs: [q, k, v]) { g in Profiler.measure(.attention) {
             let pg = UnsafePointer(g.basePointer)
             let dq = q.requiresGrad ? Tensor.empty(q.shape) : nil
             let dk = k.requiresGrad ? Tensor.zeros([B, S, KVH, D]) : nil
@@ -87,7 +89,7 @@ extension Tensor {
             if let dq { q.accumulateGrad(owned: dq) }
             if let dk { k.accumulateGrad(owned: dk) }
             if let dv { v.accumulateGrad(owned: dv) }
-        }
+        } }
     }
 }
 

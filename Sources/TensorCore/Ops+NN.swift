@@ -209,7 +209,7 @@ extension Tensor {
         let lse = Storage(count: rows)
         let px = UnsafePointer(x.basePointer), pl = lse.pointer
         var losses = [Double](repeating: 0, count: rows)
-        targets.withUnsafeBufferPointer { tg in
+        Profiler.measure(.crossEntropy) { targets.withUnsafeBufferPointer { tg in
             losses.withUnsafeMutableBufferPointer { ls in
                 parallelRanges(rows, cost: v) { lo, hi in
                     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: v)  // one per chunk
@@ -221,10 +221,10 @@ extension Tensor {
                     }
                 }
             }
-        }
+        } }
         let loss = valid == 0 ? 0 : Float(losses.reduce(0, +) / Double(valid))
         let out = Tensor(loss)
-        return Tensor.make(out, op: "crossEntropy", inputs: [self]) { [self] g in
+        return Tensor.make(out, op: "crossEntropy", inputs: [self]) { [self] g in Profiler.measure(.crossEntropy) {
             let scale = valid == 0 ? 0 : g.item() / Float(valid)
             let d = Tensor.empty(shape)
             let pd = d.basePointer
@@ -243,7 +243,7 @@ extension Tensor {
                 }
             }
             withExtendedLifetime((x, lse)) { accumulateGrad(owned: d) }
-        }
+        } }
     }
 
     /// Rows of `weight` (V, C) gathered by `ids` (shape `idShape`) → (idShape…, C).

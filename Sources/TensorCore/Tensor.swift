@@ -249,14 +249,16 @@ public final class Tensor {
         check(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, or made under withNoGrad)")
         // Topological order by iterative depth-first search over recorded nodes.
         var order: [Tensor] = []
-        var visited = Set<ObjectIdentifier>()
-        var stack: [(Tensor, Bool)] = [(self, false)]
-        while let (t, expanded) = stack.popLast() {
-            if expanded { order.append(t); continue }
-            if !visited.insert(ObjectIdentifier(t)).inserted { continue }
-            stack.append((t, true))
-            for input in t.node?.inputs ?? [] where input.node != nil && !visited.contains(ObjectIdentifier(input)) {
-                stack.append((input, false))
+        Profiler.measure(.graph) {
+            var visited = Set<ObjectIdentifier>()
+            var stack: [(Tensor, Bool)] = [(self, false)]
+            while let (t, expanded) = stack.popLast() {
+                if expanded { order.append(t); continue }
+                if !visited.insert(ObjectIdentifier(t)).inserted { continue }
+                stack.append((t, true))
+                for input in t.node?.inputs ?? [] where input.node != nil && !visited.contains(ObjectIdentifier(input)) {
+                    stack.append((input, false))
+                }
             }
         }
         if let s = seed {

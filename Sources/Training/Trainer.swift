@@ -174,15 +174,17 @@ public final class Trainer {
                 lossSum += Double(v)
                 tokens += b.ids.count
             }
-            let norm = gradientNorm(parameters)
+            let norm = Profiler.measure(.optimizer) { gradientNorm(parameters) }
             guard norm.isFinite else {
                 let bad = parameters.first { $0.1.grad.map { g in g.toArray().contains { !$0.isFinite } } ?? false }?.0 ?? "?"
                 throw TrainingError(message: "step \(step + 1): the gradient of '\(bad)' is not finite; stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").")
             }
-            if options.clip > 0 { clipGradientNorm(parameters, maxNorm: options.clip, norm: norm) }
             let lr = options.schedule.lr(step: step, total: options.steps, warmup: options.warmupSteps, peak: options.lr)
-            optimizer.step(lr: lr)
-            optimizer.zeroGrad()
+            Profiler.measure(.optimizer) {
+                if options.clip > 0 { clipGradientNorm(parameters, maxNorm: options.clip, norm: norm) }
+                optimizer.step(lr: lr)
+                optimizer.zeroGrad()
+            }
             step += 1
             let now = Date()
             var m = StepMetrics(step: step, loss: lossSum / Double(options.gradAccumulation), valLoss: nil, lr: Double(lr),

@@ -1,0 +1,74 @@
+// The machine as the kernels see it: thread count (OpenBLAS's and the elementwise kernels' together),
+// how the kernels were compiled, and the measured FMA peak that benchmarks report against.
+
+import CBLAS
+import Dispatch
+import Foundation
+
+/// One thread policy for the whole library: OpenBLAS runs each GEMM on `count` threads and the
+/// elementwise kernels split their loops `count` ways; the two never run at the same time.
+public enum Threads {
+    /// Threads in use (the processor count unless `set`).
+    public static var count: Int { hardwareThreads }
+
+    /// Uses `n` threads for GEMMs and kernels (clamped to at least 1).
+    public static func set(_ n: Int) {
+        hardwareThreads = max(1, n)
+        openblas_set_num_threads(Int32(hardwareThreads))
+    }
+}
+
+/// Facts about this build and this CPU that reports print.
+public enum Machine {
+    /// How the numeric kernels were compiled: for the CPU that built them (release builds use
+    /// `-target-cpu native`: AVX2/AVX-512 and FMA where present) or for baseline x86-64 (SSE2).
+    public static var kernelBuild: String {
+        #if SWIFTPEFT_NATIVE
+        return "native (-target-cpu native)"
+        #else
+        return "portable (baseline ISA)"
+        #endif
+    }
+
+    /// The CPU's model name (from /proc/cpuinfo), or "unknown".
+    public static var cpuModel: String {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
+              let colon = line.firstIndex(of: ":") else { return "unknown" }
+        return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+    }
+
+    /// Measured single-precision FMA throughput of all `Threads.count` threads, in GFLOP/s: each
+    /// thread runs 16 independent 16-lane fused multiply-add chains for `seconds`. Reaches the
+    /// vector units' peak only in a native build (a portable build has no FMA instruction).
+    public static func measureFMAPeak(seconds: Double = 0.25) -> Double {
+        let n = Threads.count
+        let rates = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
+        defer { rates.deallocate() }
+        DispatchQueue.concurrentPerform(iterations: n) { t in
+            let x = SIMD16<Float>(repeating: 0.999_999), y = SIMD16<Float>(repeating: 1e-7)
+            var acc = (0..<16).map { SIMD16<Float>(repeating: Float($0)) }
+            var iterations = 0
+            let start = DispatchTime.now().uptimeNanoseconds
+            var elapsed = 0.0
+            acc.withUnsafeMutableBufferPointer { a in
+                var (a0, a1, a2, a3, a4, a5, a6, a7) = (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+                var (a8, a9, a10, a11, a12, a13, a14, a15) = (a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15])
+                repeat {
+                    for _ in 0..<4096 {
+                        a0 = a0.addingProduct(x, y); a1 = a1.addingProduct(x, y); a2 = a2.addingProduct(x, y); a3 = a3.addingProduct(x, y)
+                        a4 = a4.addingProduct(x, y); a5 = a5.addingProduct(x, y); a6 = a6.addingProduct(x, y); a7 = a7.addingProduct(x, y)
+                        a8 = a8.addingProduct(x, y); a9 = a9.addingProduct(x, y); a10 = a10.addingProduct(x, y); a11 = a11.addingProduct(x, y)
+                        a12 = a12.addingProduct(x, y); a13 = a13.addingProduct(x, y); a14 = a14.addingProduct(x, y); a15 = a15.addingProduct(x, y)
+                    }
+                    iterations += 4096
+                    elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                } while elapsed < seconds
+                a[0] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11 + a12 + a13 + a14 + a15
+            }
+            // 16 chains × 16 lanes × 2 flops per iteration; the sum keeps the work observable.
+            rates[t] = acc[0].sum().isNaN ? 0 : Double(iterations) * 16 * 16 * 2 / elapsed / 1e9
+        }
+        return rates.reduce(0, +)
+    }
+}
