@@ -60,29 +60,11 @@ static int cmp_double(const void *a, const void *b) {
 
 /* ---------- timing ---------- */
 
-enum { MIN_RUNS = 7, MAX_RUNS = 41 };
+enum { MIN_RUNS = 7, MAX_RUNS = 41, ROUNDS = 3 };
 static const double WARM_S = 0.10;   /* warm-up: >= 1 run and >= this long */
-static const double TIMED_S = 0.30;  /* timed: >= MIN_RUNS runs, more while under this budget */
+static const double TIMED_S = 0.30;  /* timed: >= MIN_RUNS runs in all, more while under this budget */
 
 typedef void (*op_fn)(void *ctx);
-
-/* Returns the median seconds of one call; *runs gets the number of timed runs. */
-static double time_op(op_fn f, void *ctx, int *runs) {
-    double t0 = now();
-    int w = 0;
-    while (w < 1 || now() - t0 < WARM_S) { f(ctx); w++; }
-    double t[MAX_RUNS];
-    int n = 0;
-    double start = now();
-    while (n < MAX_RUNS && (n < MIN_RUNS || now() - start < TIMED_S)) {
-        double a = now();
-        f(ctx);
-        t[n++] = now() - a;
-    }
-    qsort(t, n, sizeof t[0], cmp_double);
-    if (runs) *runs = n;
-    return (n % 2) ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 /* ---------- instruction throughput probe (not a GEMM) ----------
  * One thread, 12 independent zmm accumulators: vfmadd231ps (16 fp32 FMAs = 32 flops) against
@@ -307,31 +289,68 @@ typedef struct {
     int runs_min, runs_max;
 } result;
 
-static void note_runs(result *r, int n) {
-    if (n < r->runs_min) r->runs_min = n;
-    if (n > r->runs_max) r->runs_max = n;
+/* One timed case of a shape. The cases of a shape run in ROUNDS rounds, each round a block of
+   runs per case (sgemm first, then the oneDNN cases), so that a load that comes and goes on a
+   shared machine spreads over all cases; the median is over all timed runs of a case. */
+typedef struct {
+    op_fn f;
+    void *ctx;
+    double t[MAX_RUNS];
+    int n, warmed;
+} timed_op;
+
+static void run_block(timed_op *op, int round) {
+    if (!op->warmed) {
+        double t0 = now();
+        int w = 0;
+        while (w < 1 || now() - t0 < WARM_S) { op->f(op->ctx); w++; }
+        op->warmed = 1;
+    }
+    int left = ROUNDS - round;
+    int need = (MIN_RUNS - op->n + left - 1) / left; /* spread MIN_RUNS over the rounds */
+    if (need < 1) need = 1;
+    double start = now();
+    for (int k = 0; op->n < MAX_RUNS && (k < need || now() - start < TIMED_S / ROUNDS); k++) {
+        double a = now();
+        op->f(op->ctx);
+        op->t[op->n++] = now() - a;
+    }
+}
+
+static double median_of(timed_op *op, result *r) {
+    qsort(op->t, op->n, sizeof op->t[0], cmp_double);
+    if (op->n < r->runs_min) r->runs_min = op->n;
+    if (op->n > r->runs_max) r->runs_max = op->n;
+    int n = op->n;
+    return (n % 2) ? op->t[n / 2] : 0.5 * (op->t[n / 2 - 1] + op->t[n / 2]);
+}
+
+static double check_err(dnnl_op *op, float *C, const float *Cref, size_t nC) {
+    memset(C, 0, nC * sizeof(float));
+    run_dnnl(op);
+    return rel_err(C, Cref, nC);
+}
+
+static dnnl_primitive_t prim_from(dnnl_primitive_desc_t pd, const char **impl) {
+    dnnl_primitive_t p;
+    *impl = strdup(impl_name(pd));
+    CHECK(dnnl_primitive_create(&p, pd));
+    return p;
 }
 
 static void bench_shape(const shape *sh, result *r) {
     const int M = sh->M, K = sh->K, N = sh->N;
     size_t nA = (size_t)M * K, nW = (size_t)K * N, nC = (size_t)M * N;
-    float *A = alloc_f32(nA), *W = alloc_f32(nW), *Cref = alloc_f32(nC);
+    float *A = alloc_f32(nA), *W = alloc_f32(nW), *Cref = alloc_f32(nC), *C = alloc_f32(nC);
     float ws = 1.0f / sqrtf((float)K);
     for (size_t i = 0; i < nA; i++) A[i] = frand();
     for (size_t i = 0; i < nW; i++) W[i] = frand() * ws;
     memset(Cref, 0, nC * sizeof(float));
+    memset(C, 0, nC * sizeof(float));
     r->runs_min = MAX_RUNS + 1;
     r->runs_max = 0;
-    int n;
 
-    /* (a) sgemm */
-    sgemm_ctx sc = {M, K, N, sh->wt, A, W, Cref};
-    usleep(50000); /* let the other runtime's spinning threads go to sleep */
-    r->t_sgemm = time_op(run_sgemm, &sc, &n);
-    note_runs(r, n);
-    usleep(200000); /* OpenBLAS workers spin for a while after a call */
-
-    /* memory descriptors */
+    /* memory descriptors: A (M,K) row-major; W (K,N) in its stored layout via strides */
     dnnl_dims_t dA = {M, K}, dW = {K, N}, dC = {M, N};
     dnnl_dims_t sW = {1, 1};
     if (sh->wt) { sW[0] = 1; sW[1] = K; }   /* stored (N,K): element (k,n) at n*K + k */
@@ -344,100 +363,98 @@ static void bench_shape(const shape *sh, result *r) {
     CHECK(dnnl_memory_desc_init_by_tag(&mdWany, 2, dW, dnnl_bf16, dnnl_format_tag_any));
     CHECK(dnnl_memory_desc_init_by_tag(&mdC, 2, dC, dnnl_f32, dnnl_ab));
 
-    float *C = alloc_f32(nC);
     dnnl_memory_t mA32 = mem(&mdA32, A), mW32 = mem(&mdW32, W), mC = mem(&mdC, C);
     dnnl_memory_t mA16 = mem(&mdA16, NULL), mW16 = mem(&mdW16, NULL);
     reorder_once(mW32, mW16); /* weights to bf16 once, same layout (frozen) */
+    reorder_once(mA32, mA16); /* so that the bf16 cases have their input before the first cvt */
 
-    /* cvt: activations f32 → bf16 */
-    {
-        dnnl_primitive_t p = make_reorder(&mdA32, &mdA16, &r->impl_cvt);
-        if (!p) { fprintf(stderr, "f32->bf16 reorder unimplemented\n"); exit(1); }
-        dnnl_op op = {p, 2, {{DNNL_ARG_FROM, mA32}, {DNNL_ARG_TO, mA16}}};
-        r->t_cvt = time_op(run_dnnl, &op, &n);
-        note_runs(r, n);
-        dnnl_primitive_destroy(p);
-    }
+    /* (a) sgemm */
+    sgemm_ctx sc = {M, K, N, sh->wt, A, W, Cref};
+    timed_op t_sgemm = {run_sgemm, &sc, {0}, 0, 0};
+
+    /* cvt: activations f32 → bf16 (reorder primitive) */
+    dnnl_primitive_t p_cvt = make_reorder(&mdA32, &mdA16, &r->impl_cvt);
+    if (!p_cvt) { fprintf(stderr, "f32->bf16 reorder unimplemented\n"); exit(1); }
+    dnnl_op o_cvt = {p_cvt, 2, {{DNNL_ARG_FROM, mA32}, {DNNL_ARG_TO, mA16}}};
 
     dnnl_primitive_desc_t pd;
-    dnnl_primitive_t p;
 
     /* (c) oneDNN f32 */
     CHECK(make_matmul(&pd, &mdA32, &mdW32, &mdC, dnnl_fpmath_mode_strict));
-    r->impl_f32 = strdup(impl_name(pd));
-    CHECK(dnnl_primitive_create(&p, pd));
-    {
-        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW32}, {DNNL_ARG_DST, mC}}};
-        memset(C, 0, nC * sizeof(float));
-        r->t_f32 = time_op(run_dnnl, &op, &n);
-        note_runs(r, n);
-        r->e_f32 = rel_err(C, Cref, nC);
-    }
-    dnnl_primitive_destroy(p);
+    dnnl_op o_f32 = {prim_from(pd, &r->impl_f32), 3,
+                     {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW32}, {DNNL_ARG_DST, mC}}};
     dnnl_primitive_desc_destroy(pd);
 
     /* (b) bf16 src, bf16 weights in the stored layout, f32 dst */
     CHECK(make_matmul(&pd, &mdA16, &mdW16, &mdC, dnnl_fpmath_mode_strict));
-    r->impl_bf16 = strdup(impl_name(pd));
-    CHECK(dnnl_primitive_create(&p, pd));
-    {
-        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA16}, {DNNL_ARG_WEIGHTS, mW16}, {DNNL_ARG_DST, mC}}};
-        memset(C, 0, nC * sizeof(float));
-        r->t_bf16 = time_op(run_dnnl, &op, &n);
-        note_runs(r, n);
-        r->e_bf16 = rel_err(C, Cref, nC);
-    }
-    dnnl_primitive_destroy(p);
+    dnnl_op o_bf16 = {prim_from(pd, &r->impl_bf16), 3,
+                      {{DNNL_ARG_SRC, mA16}, {DNNL_ARG_WEIGHTS, mW16}, {DNNL_ARG_DST, mC}}};
     dnnl_primitive_desc_destroy(pd);
 
     /* (b') bf16 weights pre-packed into oneDNN's layout (once, untimed) */
     CHECK(make_matmul(&pd, &mdA16, &mdWany, &mdC, dnnl_fpmath_mode_strict));
-    r->impl_pk = strdup(impl_name(pd));
-    CHECK(dnnl_primitive_create(&p, pd));
-    {
-        dnnl_memory_t mWpk = mem(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), NULL);
-        reorder_once(mW16, mWpk);
-        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA16}, {DNNL_ARG_WEIGHTS, mWpk}, {DNNL_ARG_DST, mC}}};
-        memset(C, 0, nC * sizeof(float));
-        r->t_pk = time_op(run_dnnl, &op, &n);
-        note_runs(r, n);
-        r->e_pk = rel_err(C, Cref, nC);
-        dnnl_memory_destroy(mWpk);
-    }
-    dnnl_primitive_destroy(p);
+    dnnl_memory_t mWpk = mem(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), NULL);
+    reorder_once(mW16, mWpk);
+    dnnl_op o_pk = {prim_from(pd, &r->impl_pk), 3,
+                    {{DNNL_ARG_SRC, mA16}, {DNNL_ARG_WEIGHTS, mWpk}, {DNNL_ARG_DST, mC}}};
     dnnl_primitive_desc_destroy(pd);
 
     /* (d) f32 src, bf16 weights, f32 dst */
+    dnnl_op o_mix = {NULL, 0, {{0, NULL}}};
     r->s_mix = make_matmul(&pd, &mdA32, &mdW16, &mdC, dnnl_fpmath_mode_strict);
-    r->t_mix = NAN;
     if (r->s_mix == dnnl_success) {
-        CHECK(dnnl_primitive_create(&p, pd));
-        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW16}, {DNNL_ARG_DST, mC}}};
-        r->t_mix = time_op(run_dnnl, &op, &n);
-        note_runs(r, n);
-        dnnl_primitive_destroy(p);
+        const char *impl;
+        o_mix = (dnnl_op){prim_from(pd, &impl), 3,
+                          {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW16}, {DNNL_ARG_DST, mC}}};
         dnnl_primitive_desc_destroy(pd);
     }
 
     /* (e) all f32 with fpmath_mode bf16 (implicit down-conversion allowed) */
-    r->s_fpm = make_matmul(&pd, &mdA32, &mdW32, &mdC, dnnl_fpmath_mode_bf16);
-    r->t_fpm = NAN;
-    r->e_fpm = NAN;
+    dnnl_op o_fpm = {NULL, 0, {{0, NULL}}};
     r->impl_fpm = "-";
+    r->s_fpm = make_matmul(&pd, &mdA32, &mdW32, &mdC, dnnl_fpmath_mode_bf16);
     if (r->s_fpm == dnnl_success) {
-        r->impl_fpm = strdup(impl_name(pd));
-        CHECK(dnnl_primitive_create(&p, pd));
-        dnnl_op op = {p, 3, {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW32}, {DNNL_ARG_DST, mC}}};
-        memset(C, 0, nC * sizeof(float));
-        r->t_fpm = time_op(run_dnnl, &op, &n);
-        note_runs(r, n);
-        r->e_fpm = rel_err(C, Cref, nC);
-        dnnl_primitive_destroy(p);
+        o_fpm = (dnnl_op){prim_from(pd, &r->impl_fpm), 3,
+                          {{DNNL_ARG_SRC, mA32}, {DNNL_ARG_WEIGHTS, mW32}, {DNNL_ARG_DST, mC}}};
         dnnl_primitive_desc_destroy(pd);
     }
 
+    timed_op t_cvt = {run_dnnl, &o_cvt, {0}, 0, 0}, t_f32 = {run_dnnl, &o_f32, {0}, 0, 0},
+             t_bf16 = {run_dnnl, &o_bf16, {0}, 0, 0}, t_pk = {run_dnnl, &o_pk, {0}, 0, 0},
+             t_mix = {run_dnnl, &o_mix, {0}, 0, 0}, t_fpm = {run_dnnl, &o_fpm, {0}, 0, 0};
+    for (int round = 0; round < ROUNDS; round++) {
+        usleep(20000); /* OpenMP workers spin briefly after a parallel region */
+        run_block(&t_sgemm, round);
+        usleep(200000); /* OpenBLAS workers spin for a while after a call */
+        run_block(&t_cvt, round);
+        run_block(&t_f32, round);
+        run_block(&t_bf16, round);
+        run_block(&t_pk, round);
+        if (o_mix.prim) run_block(&t_mix, round);
+        if (o_fpm.prim) run_block(&t_fpm, round);
+    }
+    r->t_sgemm = median_of(&t_sgemm, r);
+    r->t_cvt = median_of(&t_cvt, r);
+    r->t_f32 = median_of(&t_f32, r);
+    r->t_bf16 = median_of(&t_bf16, r);
+    r->t_pk = median_of(&t_pk, r);
+    r->t_mix = o_mix.prim ? median_of(&t_mix, r) : NAN;
+    r->t_fpm = o_fpm.prim ? median_of(&t_fpm, r) : NAN;
+
+    /* correctness against the sgemm output (Cref holds it after the timed sgemm runs) */
+    r->e_f32 = check_err(&o_f32, C, Cref, nC);
+    r->e_bf16 = check_err(&o_bf16, C, Cref, nC);
+    r->e_pk = check_err(&o_pk, C, Cref, nC);
+    r->e_fpm = o_fpm.prim ? check_err(&o_fpm, C, Cref, nC) : NAN;
+
+    dnnl_primitive_destroy(p_cvt);
+    dnnl_primitive_destroy(o_f32.prim);
+    dnnl_primitive_destroy(o_bf16.prim);
+    dnnl_primitive_destroy(o_pk.prim);
+    if (o_mix.prim) dnnl_primitive_destroy(o_mix.prim);
+    if (o_fpm.prim) dnnl_primitive_destroy(o_fpm.prim);
     dnnl_memory_destroy(mA32); dnnl_memory_destroy(mW32); dnnl_memory_destroy(mC);
-    dnnl_memory_destroy(mA16); dnnl_memory_destroy(mW16);
+    dnnl_memory_destroy(mA16); dnnl_memory_destroy(mW16); dnnl_memory_destroy(mWpk);
     free(A); free(W); free(Cref); free(C);
 }
 
@@ -492,8 +509,8 @@ int main(void) {
     getloadavg(load, 3);
     printf("| load average at end | %.2f %.2f %.2f |\n", load[0], load[1], load[2]);
     printf("| timing | per case: median of %d–%d timed runs after >= %.1f s (>= 1 run) of warm-up; "
-           "cases of a shape run one after another, in the table's column order; %.0f s in all |\n",
-           rmin, rmax, WARM_S, elapsed);
+           "%d rounds per shape, each a block of runs per case (sgemm, then the oneDNN cases); %.0f s in all |\n",
+           rmin, rmax, WARM_S, ROUNDS, elapsed);
 
     printf("\n### GFLOP/s (2·M·K·N / median time)\n\n");
     printf("| GEMM | M×K×N | form | sgemm | dnnl f32 | bf16 | bf16 pk | cvt ms | bf16+cvt | "

@@ -1,9 +1,17 @@
 // Fused causal attention with grouped-query heads over (B, T, H, D) tensors, the layout the
 // projections produce, so no head permute is ever copied: each head is a strided matrix that
-// cblas_sgemm reads with its leading dimension. Saves one probability buffer (B, H, T, S) per
-// call for the backward (none in inference) and recomputes nothing else.
+// cblas_sgemm reads with its leading dimension. Queries go in blocks of `queryBlock` rows, and a
+// block's scores stop at the last key its last row may see, so causal attention skips the blocks
+// above the diagonal. Training saves one log-sum-exp per query row (B, H, T), not the (T, S)
+// probabilities: the backward recomputes each block's scores (FlashAttention-2's trade). Heads run
+// in parallel, one single-threaded GEMM per block; the backward splits by key/value head, so the
+// query heads of a GQA group that add into the same dK, dV rows run on one thread.
 
+import CBLAS
 import Foundation
+
+/// Query rows per block (tests lower it to exercise several blocks on small inputs).
+nonisolated(unsafe) var attentionQueryBlock = 64
 
 extension Tensor {
     /// Scaled-dot-product attention.
@@ -27,105 +35,159 @@ extension Tensor {
         let q = q0.layout.strides[3] == 1 ? q0 : q0.contiguous()
         let k = k0.layout.strides[3] == 1 ? k0 : k0.contiguous()
         let v = v0.layout.strides[3] == 1 ? v0 : v0.contiguous()
-        let sc = scale ?? 1 / Float(D).squareRoot()
-        let group = H / KVH
-        let (qs, ks, vs) = (q.layout.strides, k.layout.strides, v.layout.strides)
-        let pq = UnsafePointer(q.basePointer), pk = UnsafePointer(k.basePointer), pv = UnsafePointer(v.basePointer)
+        let geo = AttentionGeometry(B: B, T: T, H: H, D: D, S: S, KVH: KVH, causal: causal, scale: scale ?? 1 / Float(D).squareRoot(),
+                                    q: q, k: k, v: v, mask: keyMask)
         let training = Autograd.isRecording && (q.requiresGrad || k.requiresGrad || v.requiresGrad)
-        // (B, H, T, S) probabilities when training; one (T, S) scratch otherwise.
-        let probs = Storage(count: (training ? B * H : 1) * T * S)
+        let lse = training ? Storage(count: B * H * T) : nil  // (B, H, T) log-sum-exp per query row
         let out = Tensor.empty([B, T, H, D])
-        let po = out.basePointer
-        let mask = keyMask
-        Profiler.measure(.attention) {
-            for b in 0..<B {
-                for h in 0..<H {
-                    let kv = h / group
-                    let p = probs.pointer + (training ? (b * H + h) * T * S : 0)
-                    let qbh = pq + b * qs[0] + h * qs[2], kbh = pk + b * ks[0] + kv * ks[2], vbh = pv + b * vs[0] + kv * vs[2]
-                    // scores (T, S) = scale · Q Kᵀ
-                    sgemm(transA: false, transB: true, m: T, n: S, k: D, alpha: sc, a: qbh, lda: qs[1], b: kbh, ldb: ks[1],
-                          beta: 0, c: p, ldc: S)
-                    maskedSoftmaxRows(p, rows: T, cols: S, causal: causal, mask: mask, maskOffset: b * S)
-                    // out (T, D) = P V, written into the (B, T, H, D) output with row stride H·D
-                    sgemm(transA: false, transB: false, m: T, n: D, k: S, a: p, lda: S, b: vbh, ldb: vs[1],
-                          beta: 0, c: po + b * T * H * D + h * D, ldc: H * D)
-                }
+        Profiler.measure(.attention) { geo.forward(out: out.basePointer, lse: lse?.pointer) }
+        guard training, let lse else { return out }
+        return make(out, op: "attention", inputs: [q, k, v]) { g in
+            Profiler.measure(.attention) {
+                let dq = q.requiresGrad ? Tensor.empty(q.shape) : nil
+                let dk = k.requiresGrad ? Tensor.zeros([B, S, KVH, D]) : nil
+                let dv = v.requiresGrad ? Tensor.zeros([B, S, KVH, D]) : nil
+                geo.backward(dO: UnsafePointer(g.basePointer), lse: UnsafePointer(lse.pointer),
+                             dq: dq?.basePointer, dk: dk?.basePointer, dv: dv?.basePointer)
+                if let dq { q.accumulateGrad(owned: dq) }
+                if let dk { k.accumulateGrad(owned: dk) }
+                if let dv { v.accumulateGrad(owned: dv) }
             }
         }
-        guard training else { return out }
-        return make(out, op: "attention", inputs: [q, k, v]) { g in Profiler.measure(.attention) {
-            let pg = UnsafePointer(g.basePointer)
-            let dq = q.requiresGrad ? Tensor.empty(q.shape) : nil
-            let dk = k.requiresGrad ? Tensor.zeros([B, S, KVH, D]) : nil
-            let dv = v.requiresGrad ? Tensor.zeros([B, S, KVH, D]) : nil
-            let dp = Storage(count: T * S)
-            for b in 0..<B {
-                for h in 0..<H {
-                    let kv = h / group
-                    let p = UnsafePointer(probs.pointer + (b * H + h) * T * S)
-                    let gbh = pg + b * T * H * D + h * D  // dO (T, D), row stride H·D
-                    let qbh = pq + b * qs[0] + h * qs[2], kbh = pk + b * ks[0] + kv * ks[2], vbh = pv + b * vs[0] + kv * vs[2]
-                    let kvOff = b * S * KVH * D + kv * D
-                    if let dv {  // dV (S, D) += Pᵀ dO
-                        sgemm(transA: true, transB: false, m: S, n: D, k: T, a: p, lda: S, b: gbh, ldb: H * D,
-                              beta: 1, c: dv.basePointer + kvOff, ldc: KVH * D)
+    }
+}
+
+/// Shapes, strides and pointers of one attention call, and its forward and backward loops.
+private struct AttentionGeometry {
+    let B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int
+    let causal: Bool
+    let scale: Float
+    let q: Tensor, k: Tensor, v: Tensor
+    let mask: [Float]?
+
+    init(B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int, causal: Bool, scale: Float, q: Tensor, k: Tensor, v: Tensor, mask: [Float]?) {
+        (self.B, self.T, self.H, self.D, self.S, self.KVH) = (B, T, H, D, S, KVH)
+        (self.causal, self.scale, self.q, self.k, self.v, self.mask) = (causal, scale, q, k, v, mask)
+    }
+
+    var group: Int { H / KVH }
+    var blockRows: Int { max(1, min(T, attentionQueryBlock)) }
+    var blocks: Int { (T + blockRows - 1) / blockRows }
+    /// Keys query row i may see (before padding): the prefix and positions up to its own.
+    func visible(_ i: Int) -> Int { causal ? min(S, S - T + i + 1) : S }
+    /// Query row of (b, h, i) in q; key/value row j of (b, kv) in k and v.
+    func qRow(_ b: Int, _ h: Int, _ i: Int) -> UnsafePointer<Float> {
+        UnsafePointer(q.basePointer) + b * q.layout.strides[0] + i * q.layout.strides[1] + h * q.layout.strides[2]
+    }
+    func kRow(_ b: Int, _ kv: Int) -> UnsafePointer<Float> {
+        UnsafePointer(k.basePointer) + b * k.layout.strides[0] + kv * k.layout.strides[2]
+    }
+    func vRow(_ b: Int, _ kv: Int) -> UnsafePointer<Float> {
+        UnsafePointer(v.basePointer) + b * v.layout.strides[0] + kv * v.layout.strides[2]
+    }
+
+    /// Runs `tasks` in parallel over the cores, OpenBLAS single-threaded inside (one thread
+    /// policy: the cores are split between tasks, never between BLAS threads and tasks).
+    func parallel(_ tasks: Int, _ body: (Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
+        let work = tasks * T * S * D
+        let chunks = work >= (1 << 18) ? min(hardwareThreads, tasks) : 1
+        if chunks > 1 { openblas_set_num_threads(1) }
+        defer { if chunks > 1 { openblas_set_num_threads(Int32(hardwareThreads)) } }
+        let scratchCount = blockRows * S
+        func run(_ c: Int) {
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: 2 * scratchCount)  // scores/P and dP of one block
+            defer { scores.deallocate() }
+            for t in (tasks * c / chunks)..<(tasks * (c + 1) / chunks) { body(t, scores, scores + scratchCount) }
+        }
+        if chunks == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: chunks) { run($0) } }
+    }
+
+    /// Scores of query rows i0..<i0+rows of head (b, h) against keys 0..<kEnd into p (rows, kEnd),
+    /// turned into probabilities in place. With `lse` given (backward) the saved log-sum-exp is
+    /// used; otherwise it is computed and, when `saveLSE` is non-nil, stored there.
+    func probabilities(_ p: UnsafeMutablePointer<Float>, b: Int, h: Int, i0: Int, rows: Int, kEnd: Int,
+                       lse: UnsafePointer<Float>?, saveLSE: UnsafeMutablePointer<Float>?) {
+        sgemm(transA: false, transB: true, m: rows, n: kEnd, k: D, alpha: scale, a: qRow(b, h, i0), lda: q.layout.strides[1],
+              b: kRow(b, h / group), ldb: k.layout.strides[1], beta: 0, c: p, ldc: kEnd)
+        mask.withOptionalPointer { m in
+            for r in 0..<rows {
+                let row = p + r * kEnd, i = i0 + r
+                let visible = self.visible(i)
+                if let m {  // padding: hidden keys take -inf, so their exp is 0
+                    for j in 0..<visible where m[b * S + j] == 0 { row[j] = -.infinity }
+                }
+                if let lse {  // backward: P = exp(s − lse) from the saved statistic
+                    let l = lse[i]
+                    if l == -.infinity { for j in 0..<visible { row[j] = 0 } } else {
+                        for j in 0..<visible { row[j] = fastExp(row[j] - l) }
+                    }
+                } else {
+                    let mx = rowMax(row, visible)
+                    if mx == -.infinity {  // nothing visible: the row outputs zeros
+                        for j in 0..<visible { row[j] = 0 }
+                        saveLSE?[i] = -.infinity
+                    } else {
+                        let sum = expShiftedSum(row, row, visible, shift: mx)
+                        let inv = 1 / sum
+                        for j in 0..<visible { row[j] *= inv }
+                        saveLSE?[i] = mx + Foundation.log(sum)
+                    }
+                }
+                for j in visible..<kEnd { row[j] = 0 }
+            }
+        }
+    }
+
+    func forward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?) {
+        parallel(B * H) { task, p, _ in
+            let (b, h) = (task / H, task % H)
+            for blk in 0..<blocks {
+                let i0 = blk * blockRows, rows = min(blockRows, T - i0)
+                let kEnd = visible(i0 + rows - 1)
+                probabilities(p, b: b, h: h, i0: i0, rows: rows, kEnd: kEnd, lse: nil, saveLSE: lse.map { $0 + (b * H + h) * T })
+                // out rows (rows, D) = P V, into the (B, T, H, D) output with row stride H·D
+                sgemm(transA: false, transB: false, m: rows, n: D, k: kEnd, a: p, lda: kEnd, b: vRow(b, h / group),
+                      ldb: v.layout.strides[1], beta: 0, c: out + (b * T + i0) * H * D + h * D, ldc: H * D)
+            }
+        }
+    }
+
+    func backward(dO: UnsafePointer<Float>, lse: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>?,
+                  dk: UnsafeMutablePointer<Float>?, dv: UnsafeMutablePointer<Float>?) {
+        let (qs, ks, vs) = (q.layout.strides, k.layout.strides, v.layout.strides)
+        parallel(B * KVH) { task, p, dp in
+            let (b, kv) = (task / KVH, task % KVH)
+            let kvOff = b * S * KVH * D + kv * D  // (S, D) rows of this head in dK, dV, stride KVH·D
+            for h in (kv * group)..<((kv + 1) * group) {
+                for blk in 0..<blocks {
+                    let i0 = blk * blockRows, rows = min(blockRows, T - i0)
+                    let kEnd = visible(i0 + rows - 1)
+                    let gRows = dO + (b * T + i0) * H * D + h * D  // dO (rows, D), row stride H·D
+                    probabilities(p, b: b, h: h, i0: i0, rows: rows, kEnd: kEnd, lse: lse + (b * H + h) * T, saveLSE: nil)
+                    if let dv {  // dV (kEnd, D) += Pᵀ dO
+                        sgemm(transA: true, transB: false, m: kEnd, n: D, k: rows, a: p, lda: kEnd, b: gRows, ldb: H * D,
+                              beta: 1, c: dv + kvOff, ldc: KVH * D)
                     }
                     guard dq != nil || dk != nil else { continue }
-                    // dP (T, S) = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
-                    sgemm(transA: false, transB: true, m: T, n: S, k: D, a: gbh, lda: H * D, b: vbh, ldb: vs[1],
-                          beta: 0, c: dp.pointer, ldc: S)
-                    softmaxBackwardRows(p, dp.pointer, rows: T, cols: S)
-                    if let dq {  // dQ (T, D) = scale · dS K
-                        sgemm(transA: false, transB: false, m: T, n: D, k: S, alpha: sc, a: dp.pointer, lda: S,
-                              b: kbh, ldb: ks[1], beta: 0, c: dq.basePointer + b * T * H * D + h * D, ldc: H * D)
+                    // dP (rows, kEnd) = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
+                    sgemm(transA: false, transB: true, m: rows, n: kEnd, k: D, a: gRows, lda: H * D, b: vRow(b, kv), ldb: vs[1],
+                          beta: 0, c: dp, ldc: kEnd)
+                    for r in 0..<rows {
+                        let pr = p + r * kEnd, dr = dp + r * kEnd
+                        var dot: Float = 0
+                        for j in 0..<kEnd { dot += pr[j] * dr[j] }
+                        for j in 0..<kEnd { dr[j] = pr[j] * (dr[j] - dot) }
                     }
-                    if let dk {  // dK (S, D) += scale · dSᵀ Q
-                        sgemm(transA: true, transB: false, m: S, n: D, k: T, alpha: sc, a: dp.pointer, lda: S,
-                              b: qbh, ldb: qs[1], beta: 1, c: dk.basePointer + kvOff, ldc: KVH * D)
+                    if let dq {  // dQ (rows, D) = scale · dS K
+                        sgemm(transA: false, transB: false, m: rows, n: D, k: kEnd, alpha: scale, a: dp, lda: kEnd,
+                              b: kRow(b, kv), ldb: ks[1], beta: 0, c: dq + (b * T + i0) * H * D + h * D, ldc: H * D)
+                    }
+                    if let dk {  // dK (kEnd, D) += scale · dSᵀ Q
+                        sgemm(transA: true, transB: false, m: kEnd, n: D, k: rows, alpha: scale, a: dp, lda: kEnd,
+                              b: qRow(b, h, i0), ldb: qs[1], beta: 1, c: dk + kvOff, ldc: KVH * D)
                     }
                 }
             }
-            if let dq { q.accumulateGrad(owned: dq) }
-            if let dk { k.accumulateGrad(owned: dk) }
-            if let dv { v.accumulateGrad(owned: dv) }
-        } }
-    }
-}
-
-/// In-place softmax of each row of scores (rows × cols) over the keys a query may see.
-private func maskedSoftmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, causal: Bool,
-                               mask: [Float]?, maskOffset: Int) {
-    let shift = cols - rows
-    mask.withOptionalPointer { m in
-        parallelRanges(rows, cost: cols) { lo, hi in
-            for i in lo..<hi {
-                let row = p + i * cols
-                let visible = causal ? min(cols, shift + i + 1) : cols
-                if let m {  // padding: hidden keys take -inf, so their exp is 0
-                    for j in 0..<visible where m[maskOffset + j] == 0 { row[j] = -.infinity }
-                }
-                let mx = rowMax(row, visible)
-                if mx == -.infinity {  // nothing visible
-                    for j in 0..<cols { row[j] = 0 }
-                    continue
-                }
-                let inv = 1 / expShiftedSum(row, row, visible, shift: mx)
-                for j in 0..<visible { row[j] *= inv }
-                for j in visible..<cols { row[j] = 0 }
-            }
-        }
-    }
-}
-
-/// dS = P ⊙ (dP − Σ_j dP ⊙ P) per row, in place in `dp`.
-private func softmaxBackwardRows(_ p: UnsafePointer<Float>, _ dp: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
-    parallelRanges(rows, cost: cols) { lo, hi in
-        for i in lo..<hi {
-            let pr = p + i * cols, dr = dp + i * cols
-            var dot: Float = 0
-            for j in 0..<cols { dot += pr[j] * dr[j] }
-            for j in 0..<cols { dr[j] = pr[j] * (dr[j] - dot) }
         }
     }
 }

@@ -5,10 +5,12 @@
 // batched left one is folded into a single GEMM over all rows.
 
 import CBLAS
+import Synchronization
 
 /// Counts BLAS GEMM calls, so tests can check that frozen weights skip their gradient GEMM.
 public enum BLASCounter {
-    nonisolated(unsafe) public static var sgemmCalls = 0
+    static let calls = Atomic<Int>(0)  // attention calls sgemm from several threads
+    public static var sgemmCalls: Int { calls.load(ordering: .relaxed) }
 }
 
 /// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
@@ -16,7 +18,7 @@ public enum BLASCounter {
 public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    BLASCounter.sgemmCalls += 1
+    BLASCounter.calls.add(1, ordering: .relaxed)
     Profiler.measure(.gemm) {
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))

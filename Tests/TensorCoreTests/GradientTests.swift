@@ -150,4 +150,16 @@ final class AttentionGradientTests: XCTestCase {
     func testAttentionGradients() {
         for c in attentionCases { checkGradient(c) }
     }
+
+    /// Query blocks of 2 rows on 5 queries: several blocks, causal skipping of the keys above the
+    /// diagonal, a prefix and padding; the backward recomputes each block from the saved log-sum-exp.
+    func testAttentionGradientsOverSeveralQueryBlocks() {
+        let saved = attentionQueryBlock
+        attentionQueryBlock = 2
+        defer { attentionQueryBlock = saved }
+        for c in attentionCases { checkGradient(c) }
+        checkGradient(GradCase(name: "attention 5 queries, prefix 2, GQA, mask", shapes: [[2, 5, 4, 2], [2, 7, 2, 2], [2, 7, 2, 2]]) {
+            Tensor.attention(q: $0[0], k: $0[1], v: $0[2], keyMask: [1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0])
+        })
+    }
 }
