@@ -131,6 +131,10 @@ public final class GPT2Model: CausalLM {
     public override func lmHead(_ h: Tensor) -> Tensor {
         lmHeadLayer.map { $0(h) } ?? h.matmul(transformer.wte.weight.transposed())  // (…, V)
     }
+    public override var plainHeadWeight: Tensor? {
+        guard let l = lmHeadLayer else { return transformer.wte.weight }
+        return l.hooks.isEmpty && l.bias == nil && !l.fanInFanOut ? l.weight : nil
+    }
 }
 
 /// Exits with the message of a failed check (programming errors in model construction).

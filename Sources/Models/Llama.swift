@@ -118,6 +118,10 @@ public final class LlamaModel: CausalLM {
     public override func lmHead(_ h: Tensor) -> Tensor {
         lmHeadLayer.map { $0(h) } ?? h.matmul(model.embedTokens.weight.transposed())  // (…, V)
     }
+    public override var plainHeadWeight: Tensor? {
+        guard let l = lmHeadLayer else { return model.embedTokens.weight }
+        return l.hooks.isEmpty && l.bias == nil && !l.fanInFanOut ? l.weight : nil
+    }
 }
 
 /// Builds the model of `config`'s family.

@@ -176,6 +176,9 @@ open class CausalLM: Module {
     open func finalNorm(_ h: Tensor) -> Tensor { fatalError("[CausalLM] finalNorm") }
     /// Logits (…, V) from final hidden states (…, C).
     open func lmHead(_ h: Tensor) -> Tensor { fatalError("[CausalLM] lmHead") }
+    /// The output head's weight (V, C) when the head is that plain product (tied embeddings, or an
+    /// lm_head without bias or hooks), so the loss can fuse it; nil otherwise.
+    open var plainHeadWeight: Tensor? { nil }
 
     // MARK: forward
 
@@ -183,6 +186,11 @@ open class CausalLM: Module {
     /// (1 = real token, 0 = padding) and an optional cache for incremental decoding. Virtual
     /// tokens of an input prefix are not part of the returned logits.
     public func forward(_ ids: [Int32], batch B: Int, attentionMask: [Float]? = nil, cache: KVCache? = nil) -> Tensor {
+        lmHead(hiddenStates(ids, batch: B, attentionMask: attentionMask, cache: cache))  // (B, T, V)
+    }
+
+    /// The final hidden states (B, T, C) after the last norm: `forward` without the output head.
+    public func hiddenStates(_ ids: [Int32], batch B: Int, attentionMask: [Float]? = nil, cache: KVCache? = nil) -> Tensor {
         check(B > 0 && ids.count % B == 0, "[forward] \(ids.count) ids do not split into \(B) rows")
         let T = ids.count / B
         check(attentionMask == nil || attentionMask!.count == ids.count,
@@ -228,14 +236,18 @@ open class CausalLM: Module {
         }
         cache?.commit(steps, mask: mask)
         if virtual > 0 { h = h.slice(axis: 1, virtual, steps) }  // (B, T, C)
-        return lmHead(finalNorm(h))  // (B, T, V)
+        return finalNorm(h)
     }
 
     /// Mean cross-entropy of next-token prediction. `targets` (B·T) holds the id expected at each
-    /// position (already shifted) or -100 to ignore it.
+    /// position (already shifted) or -100 to ignore it. A plain output head is fused with the
+    /// loss (`Tensor.linearCrossEntropy`): the (B, T, V) logits are never stored.
     public func loss(_ ids: [Int32], targets: [Int32], batch: Int, attentionMask: [Float]? = nil) -> Tensor {
-        let logits = forward(ids, batch: batch, attentionMask: attentionMask)  // (B, T, V)
-        return logits.crossEntropy(targets: targets)
+        let h = hiddenStates(ids, batch: batch, attentionMask: attentionMask)  // (B, T, C)
+        if let w = plainHeadWeight, w.isContiguous {
+            return Tensor.linearCrossEntropy(h, weight: w, targets: targets)
+        }
+        return lmHead(h).crossEntropy(targets: targets)
     }
 
     /// Next-token targets for rows of `ids` (B·T): position t predicts ids[t + 1]; the last

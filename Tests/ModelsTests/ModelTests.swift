@@ -123,6 +123,36 @@ final class ModelTests: XCTestCase {
 
     /// Central differences through a whole one-layer model of each family (with dropout off):
     /// a sample of elements of every parameter tensor.
+    /// The loss fuses the output head with the cross-entropy; training with it follows the curve
+    /// of the unfused head + cross-entropy (same batches, AdamW), tied and untied heads.
+    func testFusedLossTrainsLikeTheUnfusedHead() {
+        let untied = ModelConfig.llama(vocabSize: 23, hiddenSize: 16, numLayers: 1, numHeads: 4, numKVHeads: 2,
+                                       intermediateSize: 24, tieWordEmbeddings: false)
+        for config in [tinyGPT2, tinyLlama, untied] {
+            var curves: [[Float]] = []
+            for fused in [true, false] {
+                let model = makeModel(config, seed: 3)
+                XCTAssertNotNil(model.plainHeadWeight, "\(config.family)")
+                let parameters = model.namedParameters().map { p in p.1.requiresGrad = true; return p }
+                let opt = AdamW(parameters, weightDecay: 0)
+                var rng = RNG(seed: 4)
+                var losses: [Float] = []
+                for _ in 0..<30 {
+                    let ids = (0..<24).map { _ in Int32(rng.nextInt(config.vocabSize)) }
+                    let targets = CausalLM.shiftedTargets(ids, batch: 2)
+                    let loss = fused ? model.loss(ids, targets: targets, batch: 2)
+                                     : model.forward(ids, batch: 2).crossEntropy(targets: targets)
+                    loss.backward()
+                    opt.step(lr: 1e-2)
+                    opt.zeroGrad()
+                    losses.append(loss.item())
+                }
+                curves.append(losses)
+            }
+            assertClose(curves[0], curves[1], rtol: 1e-3, atol: 1e-4, "\(config.family) tied \(config.tieWordEmbeddings): fused vs unfused losses")
+        }
+    }
+
     func testGradientThroughWholeModel() {
         for config in [tinyGPT2, tinyLlama] {
             let model = makeModel(config, seed: 7)

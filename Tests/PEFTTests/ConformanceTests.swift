@@ -43,7 +43,7 @@ let conformanceCases: [ConformanceCase] = [
     ConformanceCase(name: "ptuning-mlp", unchangedAtInit: false, lr: 1e-2, steps: 150) { _ in
         try PTuning(config: PTuningConfig(numVirtualTokens: 16, type: .mlp, encoderHiddenSize: 32), seed: 7)
     },
-    ConformanceCase(name: "ptuning-lstm", unchangedAtInit: false, lr: 1e-2, steps: 150) { _ in
+    ConformanceCase(name: "ptuning-lstm", unchangedAtInit: false, lr: 2e-2, steps: 200) { _ in
         try PTuning(config: PTuningConfig(numVirtualTokens: 8, type: .lstm, encoderHiddenSize: 16), seed: 8)
     },
     ConformanceCase(name: "prefix", unchangedAtInit: false, lr: 2e-2, steps: 150) { _ in

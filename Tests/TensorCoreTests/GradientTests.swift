@@ -146,6 +146,44 @@ let attentionCases: [GradCase] = [
     },
 ]
 
+final class LinearCrossEntropyTests: XCTestCase {
+    let targets: [Int32] = [3, -100, 0, 4, 1, -100]
+
+    /// Gradients of h and of a trainable head, in one chunk and in chunks of 2 and 1 rows.
+    func testGradients() {
+        let saved = linearCrossEntropyChunk
+        defer { linearCrossEntropyChunk = saved }
+        for chunk in [1 << 22, 10, 5] {
+            linearCrossEntropyChunk = chunk
+            checkGradient(GradCase(name: "linearCrossEntropy chunk \(chunk)", shapes: [[2, 3, 4], [5, 4]]) {
+                Tensor.linearCrossEntropy($0[0], weight: $0[1], targets: self.targets)
+            })
+        }
+    }
+
+    /// Same loss and gradients as the unfused head + cross-entropy, scaled by the upstream gradient.
+    func testMatchesUnfused() {
+        let saved = linearCrossEntropyChunk
+        defer { linearCrossEntropyChunk = saved }
+        linearCrossEntropyChunk = 10
+        var rng = RNG(seed: 5)
+        let h = Tensor.normal([2, 3, 4], rng: &rng), w = Tensor.normal([5, 4], rng: &rng)
+        h.requiresGrad = true
+        w.requiresGrad = true
+        let fused = Tensor.linearCrossEntropy(h, weight: w, targets: targets)
+        (fused * 0.5).backward()
+        let (gh, gw) = (h.grad!.toArray(), w.grad!.toArray())
+        h.zeroGrad(); w.zeroGrad()
+        let plain = h.matmul(w.transposed()).crossEntropy(targets: targets)
+        (plain * 0.5).backward()
+        XCTAssertEqual(fused.item(), plain.item(), accuracy: 1e-5)
+        assertClose(gh, h.grad!.toArray(), rtol: 1e-4, atol: 1e-6, "dH")
+        assertClose(gw, w.grad!.toArray(), rtol: 1e-4, atol: 1e-6, "dW")
+        let none = Tensor.linearCrossEntropy(h, weight: w, targets: [Int32](repeating: -100, count: 6))
+        XCTAssertEqual(none.item(), 0)
+    }
+}
+
 final class AttentionGradientTests: XCTestCase {
     func testAttentionGradients() {
         for c in attentionCases { checkGradient(c) }
