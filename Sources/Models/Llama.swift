@@ -48,7 +48,7 @@ public final class LlamaMLP: Module {
         register("down_proj", downProj)
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor { downProj(gateProj(x).silu() * upProj(x)) }
+    func callAsFunction(_ x: Tensor) -> Tensor { downProj(Tensor.swiglu(gate: gateProj(x), up: upProj(x))) }
 }
 
 /// input_layernorm → self_attn → residual; post_attention_layernorm → mlp → residual.

@@ -179,9 +179,10 @@ public final class LoRALayer: LinearHook {
         if owner.config.loraDropout > 0, owner.training, let model = owner.model {
             xd = x.dropout(owner.config.loraDropout, rng: &model.random.value)  // the model's generator: one state to checkpoint
         }
+        // LoRA: one fused op adds s · B A x into a copy of y (no (…, out) update tensor is stored).
+        guard let m = magnitude else { return Tensor.lowRankUpdate(y, x: xd, a: a, b: b, scale: scale) }
         // Scale the (…, r) intermediate, not the (…, out) result: r ≪ out.
         let update = (xd.matmul(a.transposed()) * scale).matmul(b.transposed())  // (…, r) → (…, out)
-        guard let m = magnitude else { return y + update }
         // DoRA: the row norm is a constant (no gradient), m is trained.
         let norm = owner.doraDetachNorm
             ? withNoGrad { LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a.detached(), b.detached(), scale)) }

@@ -281,6 +281,36 @@ extension Tensor {
         return self * mask.detached()
     }
 
+    /// SwiGLU's gate: silu(gate) ⊙ up in one pass, for two tensors of one shape (LLaMA's MLP).
+    /// Saves only its two inputs (no silu(gate) buffer); backward with σ = sigmoid(gate):
+    /// d_up = dY ⊙ gate·σ, d_gate = dY ⊙ up ⊙ σ (1 + gate (1 − σ)).
+    public static func swiglu(gate g0: Tensor, up u0: Tensor) -> Tensor {
+        check(g0.shape == u0.shape, "[swiglu] gate \(g0.shape) and up \(u0.shape) must have one shape")
+        let g = g0.contiguousData(), u = u0.contiguousData()
+        let out = Tensor.empty(g0.shape)
+        let pg = UnsafePointer(g.basePointer), pu = UnsafePointer(u.basePointer), po = out.basePointer
+        parallelRanges(out.count, cost: 4) { lo, hi in
+            for i in lo..<hi { po[i] = pg[i] / (1 + fastExp(-pg[i])) * pu[i] }
+        }
+        return make(out, op: "swiglu", inputs: [g0, u0]) { dy in
+            let pd = UnsafePointer(dy.basePointer)
+            let dg = g0.requiresGrad ? Tensor.empty(g0.shape) : nil
+            let du = u0.requiresGrad ? Tensor.empty(u0.shape) : nil
+            let pdg = dg?.basePointer, pdu = du?.basePointer
+            parallelRanges(out.count, cost: 4) { lo, hi in
+                for i in lo..<hi {
+                    let x = pg[i], sig = 1 / (1 + fastExp(-x))
+                    if let pdu { pdu[i] = pd[i] * x * sig }
+                    if let pdg { pdg[i] = pd[i] * pu[i] * sig * (1 + x * (1 - sig)) }
+                }
+            }
+            withExtendedLifetime((g, u)) {
+                if let dg { g0.accumulateGrad(owned: dg) }
+                if let du { u0.accumulateGrad(owned: du) }
+            }
+        }
+    }
+
     /// Rotary position embedding, Hugging Face "rotate_half" layout, on a tensor whose last axis is
     /// the head dimension D and whose axis `seqAxis` is the sequence T: (…, T, D) by default, or
     /// (B, T, H, D) with seqAxis 1. For i < D/2, angle = (positionOffset + t) · θ^(−2i/D), and the

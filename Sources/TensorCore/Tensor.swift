@@ -245,8 +245,11 @@ public final class Tensor {
 
     /// Back-propagates from this tensor. `seed` defaults to ones (for a scalar loss, d loss / d loss = 1).
     /// Gradients accumulate into the leaves' `grad` until zeroed; intermediate gradients are freed.
-    public func backward(_ seed: Tensor? = nil) {
-        check(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, or made under withNoGrad)")
+    /// The graph is released as the backward passes it (each op's saved tensors go as soon as its
+    /// pullback has run), so activations do not outlive their use; `retainGraph` keeps it for a
+    /// second backward.
+    public func backward(_ seed: Tensor? = nil, retainGraph: Bool = false) {
+        check(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, made under withNoGrad, or its graph was released by an earlier backward(): pass retainGraph: true to keep it)")
         // Topological order by iterative depth-first search over recorded nodes.
         var order: [Tensor] = []
         Profiler.measure(.graph) {
@@ -273,10 +276,11 @@ public final class Tensor {
         } else {
             accumulateGrad(owned: Tensor.ones(shape))
         }
-        for t in order.reversed() {
+        while let t = order.popLast() {  // reverse topological order; each tensor let go once done
             guard let node = t.node, let g = t.grad else { continue }
             node.pullback(g)
             t.grad = nil  // intermediate gradients are not kept
+            if !retainGraph { t.node = nil }
         }
     }
 }

@@ -144,13 +144,14 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
     let cores = ProcessInfo.processInfo.activeProcessorCount
     var table = Table(
         title: "elementwise / fused kernels, GB/s (bytes moved / median time) vs memcpy",
-        headers: ["R×C", "op", "MB moved", "time", "GB/s", "memcpy GB/s", "op/memcpy", "faults/call"],
+        headers: ["R×C", "op", "MB moved", "time", "G elem/s", "GB/s", "memcpy GB/s", "op/memcpy", "faults/call"],
         leftAligned: [0, 1])
     table.notes = [
         "Bytes moved = float32 inputs read + outputs written, once each (the minimum any implementation "
             + "must move), with N = R·C: add, mul 12N (a, b read, out written); gelu, softmax, layerNorm, "
             + "rmsNorm forward 8N (+ per-column params and per-row saved statistics); crossEntropy forward 4N "
-            + "+ 4R (targets) + 4R (row log-sum-exp saved). Backward: add 12N (dY read, dA and dB written); "
+            + "+ 4R (targets) + 4R (row log-sum-exp saved); swiglu 12N (gate, up read, out written). "
+            + "swiglu backward 20N (gate, up, dY read, dGate, dUp written). G elem/s: R·C / median time. Backward: add 12N (dY read, dA and dB written); "
             + "gelu, layerNorm, rmsNorm 12N (x, dY read, dX written; + params, statistics, dW, dB); softmax "
             + "12N (y, dY read, dX written); crossEntropy 8N + 8R (logits and row stats read, dlogits "
             + "written; its seed is the scalar loss); seed handling 8N (dY read, x.grad written).",
@@ -176,11 +177,11 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
     memset(dstBuf, 2, 8 * maxN + 64)
     defer { srcBuf.deallocate(); dstBuf.deallocate() }
     /// Times `op` interleaved with a memcpy that moves the same bytes and adds the row.
-    func measure(_ label: String, _ name: String, _ moved: Int, _ op: Timing.Case) {
+    func measure(_ label: String, _ name: String, _ moved: Int, elements: Int, _ op: Timing.Case) {
         let bytes = moved / 2
         let r = timing.interleaved([.init { parallelMemcpy(dstBuf, srcBuf, bytes, chunks: cores) }, op])
         let gbs = Double(moved) / r.t(1) / 1e9, ref = Double(2 * bytes) / r.t(0) / 1e9
-        table.add([label, name, fmt(Double(moved) / 1e6), fmtTime(r.t(1)), fmt(gbs), fmt(ref),
+        table.add([label, name, fmt(Double(moved) / 1e6), fmtTime(r.t(1)), fmt(Double(elements) / r.t(1) / 1e9), fmt(gbs), fmt(ref),
                    pct(pairedRatio(r.times[0], r.times[1])), String(r.f(1))])
     }
 
@@ -196,12 +197,12 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
         xg.requiresGrad = true
 
         func fwd(_ name: String, _ moved: Int, _ body: @escaping () -> Tensor) {
-            measure(label, name, moved, .init { consume(body()) })
+            measure(label, name, moved, elements: nEl, .init { consume(body()) })
         }
         /// Times y.backward(seed) for y = build(); `clear` resets the gradients of every leaf involved.
         func bwd(_ name: String, _ moved: Int, seed: Tensor?, clear: @escaping () -> Void, _ build: @escaping () -> Tensor) {
             var y: Tensor?
-            measure(label, name, moved, .init(setup: { y = nil; clear(); y = build() }) { y!.backward(seed) })
+            measure(label, name, moved, elements: nEl, .init(setup: { y = nil; clear(); y = build() }) { y!.backward(seed) })
             y = nil
             clear()
         }
@@ -215,6 +216,7 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
         fwd("layerNorm fwd", 2 * f + 8 * c + 8 * r) { a.layerNorm(weight: lw, bias: lb) }
         fwd("rmsNorm fwd", 2 * f + 4 * c + 4 * r) { a.rmsNorm(weight: lw) }
         fwd("crossEntropy fwd", f + 8 * r) { a.crossEntropy(targets: targets) }
+        fwd("swiglu fwd", 3 * f) { Tensor.swiglu(gate: a, up: b) }
 
         let clearX = { xg.zeroGrad() }
         bwd("backward() seed handling", 2 * f, seed: dy, clear: clearX) { xg }
@@ -234,6 +236,11 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
         }
         bwd("rmsNorm bwd (dX)", 3 * f + 4 * c + 4 * r, seed: dy, clear: clearX) { xg.rmsNorm(weight: lw) }
         bwd("crossEntropy bwd", 2 * f + 8 * r, seed: nil, clear: clearX) { xg.crossEntropy(targets: targets) }
+        bwd("swiglu bwd", 5 * f, seed: dy, clear: { xg.zeroGrad(); bg.zeroGrad() }) {
+            bg.requiresGrad = true
+            return Tensor.swiglu(gate: xg, up: bg)
+        }
+        bg.requiresGrad = false
     }
     return table
 }

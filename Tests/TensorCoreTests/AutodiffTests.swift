@@ -267,4 +267,29 @@ final class FastMathTests: XCTestCase {
         XCTAssertTrue(fastExp(88.7).isFinite)
         XCTAssertTrue(fastExp(.nan).isNaN)
     }
+
+    /// backward() lets go of each op's saved tensors once its pullback ran; retainGraph keeps them.
+    func testBackwardReleasesTheGraphUnlessRetained() {
+        for retain in [false, true] {
+            let x = Tensor(shape: [3], data: [1, 2, 3])
+            x.requiresGrad = true
+            weak var mid: Tensor?
+            let loss: Tensor = {
+                let m = x * x
+                mid = m
+                return (m * m).sum()
+            }()
+            XCTAssertNotNil(mid, "the graph keeps the intermediate until backward")
+            loss.backward(retainGraph: retain)
+            XCTAssertEqual(x.grad?.toArray(), [4, 32, 108])  // d/dx x⁴ = 4x³
+            if retain {
+                XCTAssertNotNil(mid)
+                loss.backward()
+                XCTAssertEqual(x.grad?.toArray(), [8, 64, 216], "a retained graph runs again")
+            } else {
+                XCTAssertNil(mid, "released as the backward passed it")
+                XCTAssertFalse(loss.requiresGrad)
+            }
+        }
+    }
 }

@@ -37,6 +37,14 @@ let gradCases: [GradCase] = [
     GradCase(name: "gelu erf", shapes: [[3, 4]]) { $0[0].gelu() },
     GradCase(name: "gelu erf sliced", shapes: [[6, 4]]) { $0[0].slice(axis: 0, 2, 5).gelu() },
     GradCase(name: "silu", shapes: [[3, 4]]) { $0[0].silu() },
+    GradCase(name: "swiglu", shapes: [[3, 4], [3, 4]]) { Tensor.swiglu(gate: $0[0], up: $0[1]) },
+    GradCase(name: "lowRankUpdate", shapes: [[2, 3, 5], [2, 3, 4], [2, 4], [5, 2]]) {
+        Tensor.lowRankUpdate($0[0], x: $0[1], a: $0[2], b: $0[3], scale: 1.5)
+    },
+    GradCase(name: "lowRankUpdate (sliced x)", shapes: [[3, 5], [3, 6], [2, 4], [5, 2]]) {
+        Tensor.lowRankUpdate($0[0], x: $0[1].slice(axis: 1, 1, 5), a: $0[2], b: $0[3], scale: 0.5)
+    },
+    GradCase(name: "swiglu (transposed gate)", shapes: [[4, 3], [3, 4]]) { Tensor.swiglu(gate: $0[0].transposed(), up: $0[1]) },
     GradCase(name: "clamp", shapes: [[4, 5]], domain: { $0 * 2 + ($0 > 0 ? 0.1 : -0.1) }) { $0[0].clamp(min: -1.05, max: 1.05) },
     GradCase(name: "where", shapes: [[3, 4], [4]]) {
         Tensor.where(Tensor(shape: [3, 1], data: [1, 0, 1]), $0[0], $0[1])
@@ -145,6 +153,19 @@ let attentionCases: [GradCase] = [
                                 v: qkv.slice(axis: 2, 2, 3).reshaped([2, 3, 2, 2]), causal: false, scale: 0.7)
     },
 ]
+
+final class FusedOpValueTests: XCTestCase {
+    /// The fused ops equal the compositions they replace.
+    func testFusedOpsEqualTheirCompositions() {
+        var rng = RNG(seed: 21)
+        let g = Tensor.normal([4, 6], rng: &rng), u = Tensor.normal([4, 6], rng: &rng)
+        assertClose(Tensor.swiglu(gate: g, up: u).toArray(), (g.silu() * u).toArray(), rtol: 1e-6, atol: 1e-7, "swiglu")
+        let y = Tensor.normal([4, 5], rng: &rng), x = Tensor.normal([4, 6], rng: &rng)
+        let a = Tensor.normal([3, 6], rng: &rng), b = Tensor.normal([5, 3], rng: &rng)
+        assertClose(Tensor.lowRankUpdate(y, x: x, a: a, b: b, scale: 2).toArray(),
+                    (y + (x.matmul(a.transposed()) * 2).matmul(b.transposed())).toArray(), rtol: 1e-5, atol: 1e-6, "lowRankUpdate")
+    }
+}
 
 final class LinearCrossEntropyTests: XCTestCase {
     let targets: [Int32] = [3, -100, 0, 4, 1, -100]

@@ -10,7 +10,7 @@ final class PretrainTests: XCTestCase {
         let dir = "/usr/share/common-licenses"
         let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
         var bytes: [Int32] = []
-        for n in names where ["GPL-3", "LGPL-3", "Apache-2.0", "Artistic", "BSD", "MPL-2.0"].contains(n) {
+        for n in names where ["GPL-3", "LGPL-3", "Apache-2.0", "Artistic", "BSD", "MPL-2.0", "GPL-2", "LGPL-2.1", "MPL-1.1", "GFDL-1.3"].contains(n) {
             if let d = FileManager.default.contents(atPath: dir + "/" + n) { bytes += d.map { Int32($0) } }
         }
         return bytes
