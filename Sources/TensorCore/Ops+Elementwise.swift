@@ -38,22 +38,27 @@ extension Tensor {
     static func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, name: String) -> Tensor {
         let outShape = must { try ShapeCheck.broadcast(a.shape, b.shape, op: name) }
         let out = binaryKernel(op, a, b, outShape: outShape)
+        // Keep only the values a gradient needs: none for + and −; the other operand for × and ÷.
+        let (aSlot, bSlot) = (a.slot, b.slot)
+        let needsValues = op == .mul || op == .div
+        let keptA = needsValues && b.requiresGrad ? a : nil
+        let keptB = needsValues && (a.requiresGrad || (op == .div && b.requiresGrad)) ? b : nil
         return make(out, op: name, inputs: [a, b]) { g in
             withNoGrad {
-                let (ad, bd) = (a.detached(), b.detached())
-                if a.requiresGrad {
+                let (ad, bd) = (keptA?.detached(), keptB?.detached())
+                if aSlot.requiresGrad {
                     switch op {
-                    case .add, .sub: a.accumulateGrad(g.sumToShape(a.shape))
-                    case .mul: a.accumulateGrad(owned: (g * bd).sumToShape(a.shape))
-                    case .div: a.accumulateGrad(owned: (g / bd).sumToShape(a.shape))
+                    case .add, .sub: aSlot.accumulateGrad(g.sumToShape(aSlot.shape))
+                    case .mul: aSlot.accumulateGrad(owned: (g * bd!).sumToShape(aSlot.shape))
+                    case .div: aSlot.accumulateGrad(owned: (g / bd!).sumToShape(aSlot.shape))
                     }
                 }
-                if b.requiresGrad {
+                if bSlot.requiresGrad {
                     switch op {
-                    case .add: b.accumulateGrad(g.sumToShape(b.shape))
-                    case .sub: b.accumulateGrad(owned: (-g).sumToShape(b.shape))
-                    case .mul: b.accumulateGrad(owned: (g * ad).sumToShape(b.shape))
-                    case .div: b.accumulateGrad(owned: (-(g * ad) / (bd * bd)).sumToShape(b.shape))
+                    case .add: bSlot.accumulateGrad(g.sumToShape(bSlot.shape))
+                    case .sub: bSlot.accumulateGrad(owned: (-g).sumToShape(bSlot.shape))
+                    case .mul: bSlot.accumulateGrad(owned: (g * ad!).sumToShape(bSlot.shape))
+                    case .div: bSlot.accumulateGrad(owned: (-(g * ad!) / (bd! * bd!)).sumToShape(bSlot.shape))
                     }
                 }
             }

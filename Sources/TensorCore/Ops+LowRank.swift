@@ -20,16 +20,19 @@ extension Tensor {
         sgemm(transA: false, transB: true, m: n, n: r, k: inF, a: px, lda: inF, b: pa, ldb: inF, beta: 0, c: pu, ldc: r)
         sgemm(transA: false, transB: true, m: n, n: outF, k: r, alpha: s, a: pu, lda: r, b: pb, ldb: r,
               beta: 1, c: out.basePointer, ldc: outF)
+        let ySlot = y.slot  // y's values are not needed: its gradient is dY itself
+        let keptX = a.requiresGrad ? xc : nil  // dA needs x
+        let xSlot = x.slot
         return make(out, op: "lowRankUpdate", inputs: [y, x, a, b]) { g in
-            withExtendedLifetime((xc, u)) {}  // px and pu point into them
+            withExtendedLifetime((keptX, u)) {}  // px (when dA is wanted) and pu point into them
             let pg = UnsafePointer(g.basePointer)
-            if y.requiresGrad { y.accumulateGrad(g) }
+            if ySlot.requiresGrad { ySlot.accumulateGrad(g) }
             if b.requiresGrad {  // dB (out, r) = s · dYᵀ U
                 let (db, beta) = b.gradBuffer()
                 sgemm(transA: true, transB: false, m: outF, n: r, k: n, alpha: s, a: pg, lda: outF, b: pu, ldb: r,
                       beta: beta, c: db, ldc: r)
             }
-            guard a.requiresGrad || x.requiresGrad else { return }
+            guard a.requiresGrad || xSlot.requiresGrad else { return }
             let du = Tensor.empty([n, r])  // (N, r) = s · dY B
             sgemm(transA: false, transB: false, m: n, n: r, k: outF, alpha: s, a: pg, lda: outF, b: pb, ldb: r,
                   beta: 0, c: du.basePointer, ldc: r)
@@ -38,8 +41,8 @@ extension Tensor {
                 let (da, beta) = a.gradBuffer()
                 sgemm(transA: true, transB: false, m: r, n: inF, k: n, a: pdu, lda: r, b: px, ldb: inF, beta: beta, c: da, ldc: inF)
             }
-            if x.requiresGrad {  // dX (N, in) += dU A
-                let (dx, beta) = x.gradBuffer()
+            if xSlot.requiresGrad {  // dX (N, in) += dU A
+                let (dx, beta) = xSlot.gradBuffer()
                 sgemm(transA: false, transB: false, m: n, n: inF, k: r, a: pdu, lda: r, b: pa, ldb: inF, beta: beta, c: dx, ldc: inF)
             }
         }

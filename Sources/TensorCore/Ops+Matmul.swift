@@ -14,12 +14,22 @@ public enum BLASCounter {
 }
 
 /// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
+/// A single row (M = 1, as in token-by-token decoding) goes to sgemv: sgemm would pack all of B
+/// for one row (measured: the copy took 31% of generation time, more than the product).
 @inline(__always)
 public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     BLASCounter.calls.add(1, ordering: .relaxed)
     Profiler.measure(.gemm) {
+        if m == 1 && k > 0 {
+            // c (N) = alpha · op(B)ᵀ a + beta · c; a's K values have stride lda when A is transposed.
+            // op(B) = B (K×N stored): c = Bᵀ a; op(B) = Bᵀ (N×K stored): c = B a.
+            if beta == 0 { c.update(repeating: 0, count: n) }  // C may be uninitialized memory (NaN × 0)
+            cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, Int32(transB ? n : k), Int32(transB ? k : n),
+                        alpha, b, Int32(ldb), a, Int32(transA ? lda : 1), beta, c, 1)
+            return
+        }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
@@ -153,38 +163,46 @@ extension Tensor {
                       b: pb + offB.data[i], ldb: B.ld, beta: 0, c: pc + i * m * n, ldc: n)
             }
         }
+        // The pullback keeps an operand's values only when the other operand's gradient needs
+        // them: a frozen weight's input (x in x·Wᵀ) is not kept alive by this product.
+        let (aSlot, bSlot) = (A.input.slot, B.input.slot)
+        let keptA = B.input.requiresGrad ? A.input : nil, keptB = A.input.requiresGrad ? B.input : nil
+        let (aTrans, aLd, aGradTrans, aCount) = (A.trans, A.ld, A.gradTrans, A.input.count)
+        let (bTrans, bLd, bGradTrans, bCount) = (B.trans, B.ld, B.gradTrans, B.input.count)
         return Tensor.make(out, op: "matmul", inputs: [A.input, B.input]) { g in
             let pg = UnsafePointer(g.basePointer)
             let rowsFold = fold ? batchCount : 1
             let count = fold ? 1 : batchCount
-            if A.input.requiresGrad {
-                let (da, beta0) = A.input.gradBuffer()
+            if let keptB, aSlot.requiresGrad {
+                let pb = UnsafePointer(keptB.basePointer)
+                let (da, beta0) = aSlot.gradBuffer()
                 var beta = beta0
-                if offA.broadcast && count > 1 && beta == 0 { da.initialize(repeating: 0, count: A.input.count); beta = 1 }
+                if offA.broadcast && count > 1 && beta == 0 { da.initialize(repeating: 0, count: aCount); beta = 1 }
                 let M = m * rowsFold
                 for i in 0..<count {
                     let gi = pg + i * m * n, bi = pb + offB.data[i], di = da + offA.grad[i]
-                    if A.gradTrans {  // stored (K, M) = op(B) · dCᵀ
-                        sgemm(transA: B.trans, transB: true, m: k, n: M, k: n, a: bi, lda: B.ld, b: gi, ldb: n,
+                    if aGradTrans {  // stored (K, M) = op(B) · dCᵀ
+                        sgemm(transA: bTrans, transB: true, m: k, n: M, k: n, a: bi, lda: bLd, b: gi, ldb: n,
                               beta: beta, c: di, ldc: M)
                     } else {  // (M, K) = dC · op(B)ᵀ
-                        sgemm(transA: false, transB: !B.trans, m: M, n: k, k: n, a: gi, lda: n, b: bi, ldb: B.ld,
+                        sgemm(transA: false, transB: !bTrans, m: M, n: k, k: n, a: gi, lda: n, b: bi, ldb: bLd,
                               beta: beta, c: di, ldc: k)
                     }
                 }
             }
-            if B.input.requiresGrad {
-                let (db, beta0) = B.input.gradBuffer()
+            if let keptA, bSlot.requiresGrad {
+                let pa = UnsafePointer(keptA.basePointer)
+                let (db, beta0) = bSlot.gradBuffer()
                 var beta = beta0
-                if offB.broadcast && count > 1 && beta == 0 { db.initialize(repeating: 0, count: B.input.count); beta = 1 }
+                if offB.broadcast && count > 1 && beta == 0 { db.initialize(repeating: 0, count: bCount); beta = 1 }
                 let M = m * rowsFold
                 for i in 0..<count {
                     let gi = pg + i * m * n, ai = pa + offA.data[i], di = db + offB.grad[i]
-                    if B.gradTrans {  // stored (N, K) = dCᵀ · op(A)
-                        sgemm(transA: true, transB: A.trans, m: n, n: k, k: M, a: gi, lda: n, b: ai, ldb: A.ld,
+                    if bGradTrans {  // stored (N, K) = dCᵀ · op(A)
+                        sgemm(transA: true, transB: aTrans, m: n, n: k, k: M, a: gi, lda: n, b: ai, ldb: aLd,
                               beta: beta, c: di, ldc: k)
                     } else {  // (K, N) = op(A)ᵀ · dC
-                        sgemm(transA: !A.trans, transB: false, m: k, n: n, k: M, a: ai, lda: A.ld, b: gi, ldb: n,
+                        sgemm(transA: !aTrans, transB: false, m: k, n: n, k: M, a: ai, lda: aLd, b: gi, ldb: n,
                               beta: beta, c: di, ldc: n)
                     }
                 }

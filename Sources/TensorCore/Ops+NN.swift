@@ -350,10 +350,11 @@ extension Tensor {
         }
         let out = Tensor.empty(shape)
         rotate(x.basePointer, out.basePointer, sign: 1)
-        return Tensor.make(out, op: "rope", inputs: [self]) { [self] g in
-            let dx = Tensor.empty(shape)
+        let inSlot = slot  // a rotation's gradient needs no input values
+        return Tensor.make(out, op: "rope", inputs: [self]) { g in
+            let dx = Tensor.empty(inSlot.shape)
             rotate(g.basePointer, dx.basePointer, sign: -1)  // the inverse rotation
-            accumulateGrad(owned: dx)
+            inSlot.accumulateGrad(owned: dx)
         }
     }
 }

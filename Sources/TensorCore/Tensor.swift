@@ -43,16 +43,70 @@ public func releaseFreeMemory() {
     _ = malloc_trim(0)
 }
 
-/// One recorded op: its inputs and the pullback that accumulates into their gradients.
+/// One recorded op: the graph slots of its inputs and the pullback that accumulates into them.
+/// The pullback captures only the input values it needs, so a graph keeps no other activations.
 final class Node {
     let op: String
-    let inputs: [Tensor]
+    let inputs: [GradSlot]
     /// Receives the output's gradient (contiguous, the output's shape).
     let pullback: (Tensor) -> Void
-    init(op: String, inputs: [Tensor], pullback: @escaping (Tensor) -> Void) {
+    init(op: String, inputs: [GradSlot], pullback: @escaping (Tensor) -> Void) {
         self.op = op
         self.inputs = inputs
         self.pullback = pullback
+    }
+}
+
+/// A tensor's place in the autodiff graph: the op that made it and the gradient flowing into it,
+/// apart from its values. Pullbacks write gradients here; holding a slot keeps no data alive.
+final class GradSlot {
+    let shape: [Int]
+    let count: Int
+    var node: Node?
+    var grad: Tensor?
+    var leafRequiresGrad = false
+    init(shape: [Int], count: Int) {
+        self.shape = shape
+        self.count = count
+    }
+
+    var requiresGrad: Bool { node != nil || leafRequiresGrad }
+
+    /// Adds `count` contiguous values at `src` into the gradient.
+    func accumulateGrad(_ src: UnsafePointer<Float>) {
+        if let g = grad {
+            vAdd(src, g.basePointer, count)
+        } else {
+            let g = Tensor.empty(shape)
+            g.basePointer.update(from: src, count: count)
+            grad = g
+        }
+    }
+
+    /// Adds a contiguous gradient tensor of this shape (always copied on first use: the same
+    /// gradient tensor may be handed to several inputs).
+    func accumulateGrad(_ g: Tensor) {
+        check(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
+        accumulateGrad(UnsafePointer(g.basePointer))
+    }
+
+    /// Adds a gradient tensor that the caller created and hands over (no other reference to it):
+    /// becomes the gradient itself when there is none yet, saving a copy.
+    func accumulateGrad(owned g: Tensor) {
+        check(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
+        if grad == nil && g.layout.offset == 0 && g.storage.count == count && g.node == nil {
+            grad = g
+        } else {
+            accumulateGrad(UnsafePointer(g.basePointer))
+        }
+    }
+
+    /// The gradient buffer for a kernel that writes `out = v + beta·out`: beta is 0 for a new buffer.
+    func gradBuffer() -> (UnsafeMutablePointer<Float>, beta: Float) {
+        if let g = grad { return (g.basePointer, 1) }
+        let g = Tensor.empty(shape)
+        grad = g
+        return (g.basePointer, 0)
     }
 }
 
@@ -74,21 +128,29 @@ public func withNoGrad<T>(_ body: () throws -> T) rethrows -> T {
 public final class Tensor {
     public let storage: Storage
     public let layout: Layout
+    /// This tensor's vertex in the autodiff graph (op, gradient).
+    let slot: GradSlot
     /// The accumulated gradient (contiguous, same shape), or nil.
-    public var grad: Tensor?
+    public var grad: Tensor? {
+        get { slot.grad }
+        set { slot.grad = newValue }
+    }
     /// Optional name (parameter key) used in messages.
     public var name: String?
-    var node: Node?
+    var node: Node? {
+        get { slot.node }
+        set { slot.node = newValue }
+    }
     /// Set on a view made by swapping the last two axes of `transposeSource`; lets matmul use the
     /// source with a BLAS transpose flag, so neither the data nor its gradient is ever copied.
     var transposeSource: Tensor?
-    private var leafRequiresGrad = false
 
     public init(storage: Storage, layout: Layout) {
         check(layout.count == 0 || layout.offset + zip(layout.shape, layout.strides).map { ($0 - 1) * $1 }.reduce(0, +) < storage.count,
                      "[Tensor] layout \(layout) overruns storage of \(storage.count) floats")
         self.storage = storage
         self.layout = layout
+        slot = GradSlot(shape: layout.shape, count: layout.count)
     }
 
     /// A contiguous tensor of `shape` holding `data` (row-major).
@@ -110,10 +172,10 @@ public final class Tensor {
 
     /// Whether this tensor receives a gradient: a leaf marked trainable, or an op output with a graph.
     public var requiresGrad: Bool {
-        get { node != nil || leafRequiresGrad }
+        get { slot.requiresGrad }
         set {
             check(node == nil, "[requiresGrad] can only be set on a leaf tensor, not on the output of \(node!.op)")
-            leafRequiresGrad = newValue
+            slot.leafRequiresGrad = newValue
         }
     }
 
@@ -196,7 +258,7 @@ public final class Tensor {
                      pullback: @escaping (Tensor) -> Void) -> Tensor {
         let t = Tensor(storage: storage, layout: layout)
         if Autograd.isRecording && inputs.contains(where: { $0.requiresGrad }) {
-            t.node = Node(op: op, inputs: inputs, pullback: pullback)
+            t.node = Node(op: op, inputs: inputs.map(\.slot), pullback: pullback)
         }
         return t
     }
@@ -207,41 +269,13 @@ public final class Tensor {
     }
 
     /// Adds `count` contiguous values at `src` into this tensor's gradient.
-    func accumulateGrad(_ src: UnsafePointer<Float>) {
-        if let g = grad {
-            vAdd(src, g.basePointer, count)
-        } else {
-            let g = Tensor.empty(shape)
-            g.basePointer.update(from: src, count: count)
-            grad = g
-        }
-    }
-
-    /// Adds a contiguous gradient tensor of this tensor's shape (always copied on first use: the
-    /// same gradient tensor may be handed to several inputs).
-    func accumulateGrad(_ g: Tensor) {
-        check(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
-        accumulateGrad(UnsafePointer(g.basePointer))
-    }
-
-    /// Adds a gradient tensor that the caller created and hands over (no other reference to it):
-    /// becomes the gradient itself when there is none yet, saving a copy.
-    func accumulateGrad(owned g: Tensor) {
-        check(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
-        if grad == nil && g.layout.offset == 0 && g.storage.count == count && g.node == nil {
-            grad = g
-        } else {
-            accumulateGrad(UnsafePointer(g.basePointer))
-        }
-    }
-
+    func accumulateGrad(_ src: UnsafePointer<Float>) { slot.accumulateGrad(src) }
+    /// Adds a contiguous gradient of this tensor's shape (copied on first use).
+    func accumulateGrad(_ g: Tensor) { slot.accumulateGrad(g) }
+    /// Adds a gradient the caller created and hands over (becomes the gradient when there is none).
+    func accumulateGrad(owned g: Tensor) { slot.accumulateGrad(owned: g) }
     /// The gradient buffer for a kernel that writes `out = v + beta·out`: beta is 0 for a new buffer.
-    func gradBuffer() -> (UnsafeMutablePointer<Float>, beta: Float) {
-        if let g = grad { return (g.basePointer, 1) }
-        let g = Tensor.empty(shape)
-        grad = g
-        return (g.basePointer, 0)
-    }
+    func gradBuffer() -> (UnsafeMutablePointer<Float>, beta: Float) { slot.gradBuffer() }
 
     /// Back-propagates from this tensor. `seed` defaults to ones (for a scalar loss, d loss / d loss = 1).
     /// Gradients accumulate into the leaves' `grad` until zeroed; intermediate gradients are freed.
@@ -251,10 +285,10 @@ public final class Tensor {
     public func backward(_ seed: Tensor? = nil, retainGraph: Bool = false) {
         check(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, made under withNoGrad, or its graph was released by an earlier backward(): pass retainGraph: true to keep it)")
         // Topological order by iterative depth-first search over recorded nodes.
-        var order: [Tensor] = []
+        var order: [GradSlot] = []
         Profiler.measure(.graph) {
             var visited = Set<ObjectIdentifier>()
-            var stack: [(Tensor, Bool)] = [(self, false)]
+            var stack: [(GradSlot, Bool)] = [(slot, false)]
             while let (t, expanded) = stack.popLast() {
                 if expanded { order.append(t); continue }
                 if !visited.insert(ObjectIdentifier(t)).inserted { continue }

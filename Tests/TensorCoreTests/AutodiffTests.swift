@@ -40,7 +40,7 @@ final class AutodiffTests: XCTestCase {
         XCTAssertTrue(wt.storage === w.storage, "transpose is a view")
         let y = x.matmul(wt)
         XCTAssertEqual(y.shape, [2, 4])
-        XCTAssertTrue(y.node!.inputs[1] === w, "matmul records the untransposed source")
+        XCTAssertTrue(y.node!.inputs[1] === w.slot, "matmul records the untransposed source")
         y.sum().backward()
         XCTAssertEqual(w.grad!.toArray(), [Float](repeating: 2, count: 12))
     }
@@ -289,6 +289,35 @@ final class FastMathTests: XCTestCase {
             } else {
                 XCTAssertNil(mid, "released as the backward passed it")
                 XCTAssertFalse(loss.requiresGrad)
+            }
+        }
+    }
+
+    /// A single-row product goes to sgemv: every transpose combination, a strided row of a
+    /// transposed A, beta 0 over NaN-filled memory and beta 1 accumulation, against a naive loop.
+    func testSingleRowProductsMatchNaive() {
+        let (k, n) = (5, 7)
+        var rng = RNG(seed: 31)
+        let aData = (0..<(k * 3)).map { _ in rng.nextNormal() }  // read with stride 3 when transposed
+        let bData = (0..<(k * n)).map { _ in rng.nextNormal() }
+        for transA in [false, true] {
+            for transB in [false, true] {
+                for beta: Float in [0, 1] {
+                    let lda = transA ? 3 : k, ldb = transB ? k : n
+                    func aAt(_ i: Int) -> Float { transA ? aData[i * lda] : aData[i] }
+                    func bAt(_ i: Int, _ j: Int) -> Float { transB ? bData[j * ldb + i] : bData[i * ldb + j] }
+                    var c = [Float](repeating: beta == 0 ? .nan : 0.5, count: n)
+                    aData.withUnsafeBufferPointer { pa in
+                        bData.withUnsafeBufferPointer { pb in
+                            c.withUnsafeMutableBufferPointer { pc in
+                                sgemm(transA: transA, transB: transB, m: 1, n: n, k: k, alpha: 2, a: pa.baseAddress!, lda: lda,
+                                      b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+                            }
+                        }
+                    }
+                    let want = (0..<n).map { j in 2 * (0..<k).reduce(Float(0)) { $0 + aAt($1) * bAt($1, j) } + beta * 0.5 }
+                    assertClose(c, want, rtol: 1e-5, atol: 1e-5, "transA \(transA) transB \(transB) beta \(beta)")
+                }
             }
         }
     }
