@@ -15,8 +15,12 @@
  *             activations arrive in fp32, so a bf16 GEMM costs bf16 + cvt.
  *   f32·bf16  oneDNN matmul with f32 src and bf16 weights (f32 dst), if this oneDNN implements it.
  *   fpm bf16  f32 matmul with fpmath_mode bf16 (oneDNN may down-convert internally), if implemented.
- * Median of >= 7 timed runs after warm-up; GFLOP/s = 2·M·K·N / median time.
- * err: max |C − C_sgemm| / max |C_sgemm| over the output.
+ * Median of >= 7 timed runs after warm-up, in 3 rounds per shape (a block of runs per case);
+ * GFLOP/s = 2·M·K·N / median time. err: max |C − C_sgemm| / max |C_sgemm| over the output.
+ * "other CPU": the other processes' share of the machine while a shape ran (a shared machine
+ * skews everything; trust runs near 0%). The header also probes the per-core throughput of
+ * vfmadd231ps against vdpbf16ps (the fp32 and AVX512_BF16 peaks), and the end sums the times
+ * over one SmolLM2-135M LoRA step's frozen-base GEMMs.
  *
  * Threads: OpenBLAS uses OPENBLAS_NUM_THREADS (default 2, set with openblas_set_num_threads);
  * oneDNN (OpenMP build in Debian) uses OMP_NUM_THREADS (the wrapper script defaults it to 2).
@@ -62,7 +66,7 @@ static int cmp_double(const void *a, const void *b) {
 
 enum { MIN_RUNS = 7, MAX_RUNS = 41, ROUNDS = 3 };
 static const double WARM_S = 0.10;   /* warm-up: >= 1 run and >= this long */
-static const double TIMED_S = 0.30;  /* timed: >= MIN_RUNS runs in all, more while under this budget */
+static const double TIMED_S = 0.24;  /* timed: >= MIN_RUNS runs in all, more while under this budget */
 
 typedef void (*op_fn)(void *ctx);
 
@@ -113,6 +117,44 @@ static void print_probe(void) {
 #else
 static void print_probe(void) { printf("| peak per core (probe) | skipped: not x86-64 |\n"); }
 #endif
+
+/* ---------- other processes' CPU use (the machine may be shared) ----------
+ * Busy jiffies of the whole machine (/proc/stat) minus this process's own (/proc/self/stat),
+ * as a share of all CPU time in the interval: 0% means nothing else ran. */
+typedef struct { long long total, busy, self; } cpu_sample;
+
+static cpu_sample cpu_now(void) {
+    cpu_sample c = {0, 0, 0};
+    FILE *f = fopen("/proc/stat", "r");
+    if (f) {
+        long long v[8] = {0};
+        if (fscanf(f, "cpu %lld %lld %lld %lld %lld %lld %lld %lld", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]) == 8) {
+            for (int i = 0; i < 8; i++) c.total += v[i];
+            c.busy = c.total - v[3] - v[4];
+        }
+        fclose(f);
+    }
+    f = fopen("/proc/self/stat", "r");
+    if (f) {
+        char buf[1024];
+        if (fgets(buf, sizeof buf, f)) {
+            char *p = strrchr(buf, ')'); /* fields after the command name; utime, stime are 14, 15 */
+            long long ut = 0, st = 0;
+            if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lld %lld", &ut, &st) == 2)
+                c.self = ut + st;
+        }
+        fclose(f);
+    }
+    return c;
+}
+
+static double other_share(cpu_sample a, cpu_sample b) {
+    long long dt = b.total - a.total;
+    if (dt <= 0) return 0;
+    double o = (double)((b.busy - a.busy) - (b.self - a.self)) / dt;
+    return o < 0 ? 0 : o;
+}
 
 /* ---------- oneDNN helpers ---------- */
 
@@ -287,6 +329,7 @@ typedef struct {
     const char *impl_f32, *impl_bf16, *impl_pk, *impl_cvt, *impl_fpm;
     dnnl_status_t s_mix, s_fpm;
     int runs_min, runs_max;
+    double other; /* other processes' share of the CPU while this shape ran */
 } result;
 
 /* One timed case of a shape. The cases of a shape run in ROUNDS rounds, each round a block of
@@ -495,12 +538,16 @@ int main(void) {
 
     result res[NSHAPES];
     double t_start = now();
+    cpu_sample c_start = cpu_now();
     for (int i = 0; i < NSHAPES; i++) {
         fprintf(stderr, "bench-bf16: %s %dx%dx%d ...\n", shapes[i].name, shapes[i].M,
                 shapes[i].K, shapes[i].N);
+        cpu_sample c0 = cpu_now();
         bench_shape(&shapes[i], &res[i]);
+        res[i].other = other_share(c0, cpu_now());
     }
     double elapsed = now() - t_start;
+    double other_all = other_share(c_start, cpu_now());
     int rmin = MAX_RUNS, rmax = 0;
     for (int i = 0; i < NSHAPES; i++) {
         if (res[i].runs_min < rmin) rmin = res[i].runs_min;
@@ -508,14 +555,16 @@ int main(void) {
     }
     getloadavg(load, 3);
     printf("| load average at end | %.2f %.2f %.2f |\n", load[0], load[1], load[2]);
+    printf("| other processes' CPU during the run | %.1f%% of the machine (0%% = nothing else ran; "
+           "per shape in the table's last column) |\n", 100 * other_all);
     printf("| timing | per case: median of %d–%d timed runs after >= %.1f s (>= 1 run) of warm-up; "
            "%d rounds per shape, each a block of runs per case (sgemm, then the oneDNN cases); %.0f s in all |\n",
            rmin, rmax, WARM_S, ROUNDS, elapsed);
 
     printf("\n### GFLOP/s (2·M·K·N / median time)\n\n");
     printf("| GEMM | M×K×N | form | sgemm | dnnl f32 | bf16 | bf16 pk | cvt ms | bf16+cvt | "
-           "bf16 pk+cvt | (bf16 pk+cvt)/sgemm | fpm bf16 | err bf16 | err bf16 pk | err f32 | err fpm |\n");
-    printf("|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+           "bf16 pk+cvt | (bf16 pk+cvt)/sgemm | fpm bf16 | err bf16 | err bf16 pk | err f32 | err fpm | other CPU |\n");
+    printf("|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < NSHAPES; i++) {
         const shape *s = &shapes[i];
         const result *r = &res[i];
@@ -523,11 +572,11 @@ int main(void) {
         if (r->s_fpm == dnnl_success) snprintf(fpm, sizeof fpm, "%.1f", gf(s, r->t_fpm));
         else snprintf(fpm, sizeof fpm, "%s", status_str(r->s_fpm));
         printf("| %s | %d×%d×%d | %s | %.1f | %.1f | %.1f | %.1f | %.3f | %.1f | %.1f | %.2fx | %s | "
-               "%.1e | %.1e | %.1e | %.1e |\n",
+               "%.1e | %.1e | %.1e | %.1e | %.0f%% |\n",
                s->name, s->M, s->K, s->N, s->wt ? "x·Wᵀ" : "g·W", gf(s, r->t_sgemm),
                gf(s, r->t_f32), gf(s, r->t_bf16), gf(s, r->t_pk), r->t_cvt * 1e3,
                gf(s, r->t_bf16 + r->t_cvt), gf(s, r->t_pk + r->t_cvt),
-               r->t_sgemm / (r->t_pk + r->t_cvt), fpm, r->e_bf16, r->e_pk, r->e_f32, r->e_fpm);
+               r->t_sgemm / (r->t_pk + r->t_cvt), fpm, r->e_bf16, r->e_pk, r->e_f32, r->e_fpm, 100 * r->other);
     }
 
     printf("\n- f32 src × bf16 weights → f32 dst (plain oneDNN matmul, no attributes): %s",
