@@ -6,8 +6,11 @@
 
 import Foundation
 
-/// Logits per chunk, in floats (16 MiB; tests lower it to exercise several chunks).
+/// Logits per chunk, in floats (16 MiB), and at least `linearCrossEntropyMinRows` rows: each chunk's
+/// GEMMs pack the whole (V, C) head, so chunks of few rows repeat that copy (measured on the SmolLM2
+/// shape, 1024 rows: 85-row chunks 236–282 tok/s, 256-row chunks 283–327). Tests lower both.
 nonisolated(unsafe) var linearCrossEntropyChunk = 1 << 22
+nonisolated(unsafe) var linearCrossEntropyMinRows = 256
 
 extension Tensor {
     /// Mean cross-entropy of `h` (…, C) · `weight`ᵀ, weight (V, C) contiguous, against one target
@@ -32,7 +35,7 @@ extension Tensor {
         let dW = wantGrad && w.requiresGrad ? Storage(zeros: V * C) : nil   // (V, C)
         var lossSum = 0.0
         Profiler.measure(.crossEntropy) {
-            let chunk = Swift.max(1, Swift.min(n, linearCrossEntropyChunk / Swift.max(V, 1)))
+            let chunk = Swift.max(1, Swift.min(n, Swift.max(linearCrossEntropyMinRows, linearCrossEntropyChunk / Swift.max(V, 1))))
             let logits = UnsafeMutablePointer<Float>.allocate(capacity: chunk * V)  // (chunk, V)
             let hc = UnsafeMutablePointer<Float>.allocate(capacity: chunk * C)      // (chunk, C) gathered rows
             defer { logits.deallocate(); hc.deallocate() }

@@ -172,8 +172,9 @@ final class LinearCrossEntropyTests: XCTestCase {
 
     /// Gradients of h and of a trainable head, in one chunk and in chunks of 2 and 1 rows.
     func testGradients() {
-        let saved = linearCrossEntropyChunk
-        defer { linearCrossEntropyChunk = saved }
+        let saved = (linearCrossEntropyChunk, linearCrossEntropyMinRows)
+        defer { (linearCrossEntropyChunk, linearCrossEntropyMinRows) = saved }
+        linearCrossEntropyMinRows = 1
         for chunk in [1 << 22, 10, 5] {
             linearCrossEntropyChunk = chunk
             checkGradient(GradCase(name: "linearCrossEntropy chunk \(chunk)", shapes: [[2, 3, 4], [5, 4]]) {
@@ -184,9 +185,9 @@ final class LinearCrossEntropyTests: XCTestCase {
 
     /// Same loss and gradients as the unfused head + cross-entropy, scaled by the upstream gradient.
     func testMatchesUnfused() {
-        let saved = linearCrossEntropyChunk
-        defer { linearCrossEntropyChunk = saved }
-        linearCrossEntropyChunk = 10
+        let saved = (linearCrossEntropyChunk, linearCrossEntropyMinRows)
+        defer { (linearCrossEntropyChunk, linearCrossEntropyMinRows) = saved }
+        (linearCrossEntropyChunk, linearCrossEntropyMinRows) = (10, 1)
         var rng = RNG(seed: 5)
         let h = Tensor.normal([2, 3, 4], rng: &rng), w = Tensor.normal([5, 4], rng: &rng)
         h.requiresGrad = true
