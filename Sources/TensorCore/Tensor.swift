@@ -1,6 +1,7 @@
-// Tensor: a Layout over shared Float32 Storage, plus the reverse-mode autodiff record.
-// A graph node exists only when some input needs a gradient (and grad mode is on); a frozen
-// tensor (requiresGrad == false) never receives a gradient.
+// Tensor: a Layout over shared Float32 Storage, plus its GradSlot (the reverse-mode autodiff
+// vertex: op node and gradient, kept apart from the values so that a graph holds only the values
+// its pullbacks captured). A graph node exists only when some input needs a gradient (and grad
+// mode is on); a frozen tensor (requiresGrad == false) never receives a gradient.
 
 import CBLAS
 import Foundation
