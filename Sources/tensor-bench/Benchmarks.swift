@@ -169,16 +169,18 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
             + "where malloc gave freed buffers back to the system instead of reusing them.",
     ]
 
-    // memcpy buffers large enough for the largest op (bytes-moved/2 ≤ 8·N bytes).
+    // memcpy buffers large enough for the largest op (swiglu bwd: bytes-moved/2 = 10·N bytes).
     let maxN = shapes.map { $0.0 * $0.1 }.max() ?? 0
-    let srcBuf = UnsafeMutableRawPointer.allocate(byteCount: 8 * maxN + 64, alignment: 64)
-    let dstBuf = UnsafeMutableRawPointer.allocate(byteCount: 8 * maxN + 64, alignment: 64)
-    memset(srcBuf, 1, 8 * maxN + 64)
-    memset(dstBuf, 2, 8 * maxN + 64)
+    let bufBytes = 10 * maxN + 64
+    let srcBuf = UnsafeMutableRawPointer.allocate(byteCount: bufBytes, alignment: 64)
+    let dstBuf = UnsafeMutableRawPointer.allocate(byteCount: bufBytes, alignment: 64)
+    memset(srcBuf, 1, bufBytes)
+    memset(dstBuf, 2, bufBytes)
     defer { srcBuf.deallocate(); dstBuf.deallocate() }
     /// Times `op` interleaved with a memcpy that moves the same bytes and adds the row.
     func measure(_ label: String, _ name: String, _ moved: Int, elements: Int, _ op: Timing.Case) {
         let bytes = moved / 2
+        precondition(bytes + 64 <= bufBytes, "[tensor-bench] \(name) moves more than the memcpy buffers hold")
         let r = timing.interleaved([.init { parallelMemcpy(dstBuf, srcBuf, bytes, chunks: cores) }, op])
         let gbs = Double(moved) / r.t(1) / 1e9, ref = Double(2 * bytes) / r.t(0) / 1e9
         table.add([label, name, fmt(Double(moved) / 1e6), fmtTime(r.t(1)), fmt(Double(elements) / r.t(1) / 1e9), fmt(gbs), fmt(ref),
