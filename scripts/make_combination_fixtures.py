@@ -21,7 +21,7 @@
 # majority_sign_method, as passed to add_weighted_adapter), `peft_version`.
 #
 # Re-run (needs torch, transformers, peft, h5py, numpy; never a dependency of the Swift build):
-#   /work/venv/bin/python scripts/make_combination_fixtures.py
+#   .venv/bin/python scripts/make_combination_fixtures.py
 # Read by Tests/PEFTTests/LoRACombinationTests.swift.
 
 import json

@@ -5,7 +5,7 @@
 # weights perturbed as in make_model_fixtures.py, plus expected.safetensors (`input_ids` (B, T) and
 # transformers' float32 `logits` (B, T, V)).
 # Re-run (needs torch, transformers, numpy; never a dependency of the Swift build):
-#   /work/venv/bin/python scripts/make_hf_fixtures.py
+#   .venv/bin/python scripts/make_hf_fixtures.py
 # Read by Tests/FormatsTests/SafetensorsTests.swift.
 
 import json

@@ -4,7 +4,7 @@
 # their weights (one dataset per state_dict key) and PyTorch's logits, masked logits, loss and (llama)
 # greedy continuation, plus our ModelConfig as the JSON root attribute `config`.
 # Re-run (needs torch, transformers, h5py, numpy; never a dependency of the Swift build):
-#   /work/venv/bin/python scripts/make_model_fixtures.py
+#   .venv/bin/python scripts/make_model_fixtures.py
 # Read by Tests/ModelsTests/ModelParityTests.swift.
 
 import json

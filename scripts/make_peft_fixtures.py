@@ -8,7 +8,7 @@
 # Each adapter folder also holds expected.safetensors: `input_ids` (B, T) and PEFT's float32 `logits`
 # (B, T, V) for the real tokens (virtual-token positions dropped).
 # Re-run (needs torch, transformers, peft, safetensors; never a dependency of the Swift build):
-#   /work/venv/bin/python scripts/make_peft_fixtures.py
+#   .venv/bin/python scripts/make_peft_fixtures.py
 # Read by Tests/FormatsTests/PEFTFolderTests.swift.
 
 import os

@@ -8,10 +8,10 @@
 #
 # Re-run from the package root (deterministic: two runs give byte-identical JSON):
 #
-#     python3 -m venv /work/venv && /work/venv/bin/pip install tokenizers    # once; a fixture tool only
+#     scripts/make-venv    # once: .venv with tokenizers, torch, transformers, peft (fixture tools only)
 #     RECORD_TOKENIZER_FIXTURES=1 swift test --filter TokenizerTests/testFixtureTokenizersAreReproducible
 #                                      # only when the trainer or tokenizer_corpus.txt changed
-#     /work/venv/bin/python scripts/make_tokenizer_fixtures.py
+#     .venv/bin/python scripts/make_tokenizer_fixtures.py
 #
 # The build and the tests never need Python; only re-recording does.
 

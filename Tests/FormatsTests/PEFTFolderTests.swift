@@ -1,7 +1,7 @@
 // Hugging Face PEFT adapter folders: PEFT-made adapters (Fixtures/peft, from scripts/make_peft_fixtures.py:
 // LoRA, DoRA, IA3, prompt tuning, projected prefix tuning, P-Tuning on a GQA llama and on gpt2) imported
 // onto the transformers base give PEFT's logits; our adapters exported and re-imported give identical
-// logits; PEFT itself loads our exported folders and gives our logits (needs /work/venv/bin/python);
+// logits; PEFT itself loads our exported folders and gives our logits (needs the venv that scripts/make-venv makes);
 // and the errors name the folder, file and tensor.
 
 import Foundation
@@ -11,7 +11,7 @@ import XCTest
 private let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()
 private let peftFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/peft")
-private let regenerate = "regenerate with `/work/venv/bin/python scripts/make_peft_fixtures.py` from the package root"
+private let regenerate = "regenerate with `.venv/bin/python scripts/make_peft_fixtures.py` from the package root"
 
 /// Asserts |a − e| ≤ atol + rtol·|e| elementwise, reporting the worst element; returns the max abs error.
 @discardableResult
@@ -156,12 +156,12 @@ final class PEFTFolderTests: XCTestCase {
     }
 
     /// PEFT (`PeftModel.from_pretrained`) loads our exported folders and gives our logits. Needs
-    /// /work/venv/bin/python (or $SWIFTPEFT_PYTHON) with torch, transformers and peft.
+    /// .venv/bin/python (made by scripts/make-venv) or $SWIFTPEFT_PYTHON with torch, transformers and peft.
     func testPEFTLoadsOurExportedFolders() throws {
-        let python = ProcessInfo.processInfo.environment["SWIFTPEFT_PYTHON"] ?? "/work/venv/bin/python"
+        let python = ProcessInfo.processInfo.environment["SWIFTPEFT_PYTHON"] ?? packageRoot.appendingPathComponent(".venv/bin/python").path
         guard FileManager.default.isExecutableFile(atPath: python) else {
             print("[peft] SKIPPED: \(python) not found; PEFT cannot check our exported folders")
-            throw XCTSkip("no Python with peft at \(python) (set SWIFTPEFT_PYTHON)")
+            throw XCTSkip("no Python with peft at \(python) (run scripts/make-venv, or set SWIFTPEFT_PYTHON)")
         }
         for family in ["llama", "gpt2"] {
             let e = try expected("\(family)-lora")

@@ -9,7 +9,7 @@ import XCTest
 private let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()
 private let hfFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/hf")
-private let regenerate = "regenerate with `/work/venv/bin/python scripts/make_hf_fixtures.py` from the package root"
+private let regenerate = "regenerate with `.venv/bin/python scripts/make_hf_fixtures.py` from the package root"
 
 /// Asserts |a − e| ≤ atol + rtol·|e| elementwise, reporting the worst element.
 private func assertClose(_ a: [Float], _ e: [Float], rtol: Float = 1e-4, atol: Float = 1e-5, _ what: String,
@@ -238,13 +238,13 @@ final class SafetensorsTests: XCTestCase {
         }
     }
 
-    /// transformers loads our saved folders and gives our logits. Needs /work/venv/bin/python (or
-    /// $SWIFTPEFT_PYTHON) with torch and transformers; otherwise skipped, loudly.
+    /// transformers loads our saved folders and gives our logits. Needs .venv/bin/python (made by
+    /// scripts/make-venv) or $SWIFTPEFT_PYTHON with torch and transformers; otherwise skipped, loudly.
     func testTransformersLoadsSavedFolder() throws {
-        let python = ProcessInfo.processInfo.environment["SWIFTPEFT_PYTHON"] ?? "/work/venv/bin/python"
+        let python = ProcessInfo.processInfo.environment["SWIFTPEFT_PYTHON"] ?? packageRoot.appendingPathComponent(".venv/bin/python").path
         guard FileManager.default.isExecutableFile(atPath: python) else {
             print("[hf] SKIPPED: \(python) not found; transformers cannot check our saved folders")
-            throw XCTSkip("no Python with transformers at \(python) (set SWIFTPEFT_PYTHON)")
+            throw XCTSkip("no Python with transformers at \(python) (run scripts/make-venv, or set SWIFTPEFT_PYTHON)")
         }
         let configs: [(String, ModelConfig)] = [
             ("llama-bias", .llama(vocabSize: 29, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24,

@@ -8,7 +8,7 @@ import Formats
 @testable import Models
 
 private let fixtureDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
-private let regenerate = "regenerate with `/work/venv/bin/python scripts/make_model_fixtures.py` from the package root (needs torch, transformers, h5py, numpy)"
+private let regenerate = "regenerate with `.venv/bin/python scripts/make_model_fixtures.py` from the package root (needs torch, transformers, h5py, numpy)"
 
 /// One fixture: our config, the model's weights (HF keys) and PyTorch's outputs.
 private struct ParityFixture {

@@ -11,7 +11,7 @@ import XCTest
 
 private let fixturePath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("Fixtures/combination.h5").path
-private let regenerate = "regenerate with `/work/venv/bin/python scripts/make_combination_fixtures.py` from the package root (needs torch, transformers, peft, h5py, numpy)"
+private let regenerate = "regenerate with `.venv/bin/python scripts/make_combination_fixtures.py` from the package root (needs torch, transformers, peft, h5py, numpy)"
 
 /// One `add_weighted_adapter` call of the fixture.
 private struct FixtureCombination: Decodable {
