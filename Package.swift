@@ -49,11 +49,15 @@ let package = Package(
 
         // A process that runs one op with bad shapes: preconditions are checked from outside.
         .executableTarget(name: "shape-probe", dependencies: ["TensorCore"], path: "Tests/ShapeProbe"),
-        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS", "shape-probe"], exclude: ["Fixtures"]),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats"], exclude: ["Fixtures"]),
-        .testTarget(name: "FormatsTests", dependencies: ["Formats"], exclude: ["Fixtures"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
-        .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats", "Training"], exclude: ["Fixtures"]),
-        .testTarget(name: "CLITests", dependencies: ["Training", "swiftpeft"]),
+        // Float comparisons that fail on NaN and on length mismatch, shared by every test target.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS", "shape-probe", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Formats", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "TestSupport"]),
+        .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats", "Training", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["Training", "swiftpeft", "TestSupport"]),
+        // A method defined only in the test target goes through every generic path (the registry's proof).
+        .testTarget(name: "MethodRegistryTests", dependencies: ["Training", "swiftpeft", "TestSupport"]),
     ]
 )

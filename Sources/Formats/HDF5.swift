@@ -150,6 +150,20 @@ public enum HDF5Store {
             }
             tensors[name] = t
         }
+        return (tensors, blobs, rootAttributes(file))
+    }
+
+    /// The root's string attributes only (the `format` of a SwiftPEFT file, its config): no dataset is read.
+    public static func readAttributes(_ path: String) throws -> [String: String] {
+        H5Eset_auto2(chdf5_e_default(), nil, nil)
+        let file = H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
+        guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
+        defer { H5Fclose(file) }
+        return rootAttributes(file)
+    }
+
+    /// The fixed-length string attributes of the root group of an open file.
+    private static func rootAttributes(_ file: hid_t) -> [String: String] {
         var attributes: [String: String] = [:]
         let root = H5Gopen2(file, "/", chdf5_p_default())
         defer { H5Gclose(root) }
@@ -171,6 +185,6 @@ public enum HDF5Store {
             let name = String(decoding: nameBuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             attributes[name] = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)
         }
-        return (tensors, blobs, attributes)
+        return attributes
     }
 }

@@ -16,8 +16,8 @@ public enum PEFTFolder {
     public static let weightsFile = "adapter_model.safetensors"
     /// The pickle format PEFT wrote before safetensors (not read here).
     public static let pickleFile = "adapter_model.bin"
-    /// The `peft_type`s that can be imported and exported.
-    public static let supportedTypes = ["LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"]
+    /// The `peft_type`s that can be imported and exported: the registered methods with a PEFT mapping.
+    public static var supportedTypes: [String] { PEFTRegistry.all.filter { $0.peftFolder != nil }.map(\.peftType) }
 
     /// Whether `path` is a folder holding an `adapter_config.json`.
     public static func isPEFTFolder(_ path: String) -> Bool {
@@ -45,33 +45,18 @@ public enum PEFTFolder {
 /// - Throws: `PEFTFolderError` for a method PEFT has no type for (bottleneck adapters) or an I/O error.
 public func exportPEFTFolder(_ method: PEFTMethod, base: CausalLM, baseName: String?, to dir: URL) throws {
     let type = Swift.type(of: method).peftType
-    guard PEFTFolder.supportedTypes.contains(type) else {
+    guard PEFTRegistry.method(peftType: type)?.peftFolder != nil else {
         throw PEFTFolderError(path: dir.path, message: """
             a \(type) adapter has no Hugging Face PEFT format (PEFT has no bottleneck/Houlsby/Pfeiffer adapters); \
             only \(PEFTFolder.supportedTypes.joined(separator: ", ")) can be exported as a PEFT folder.
             HINT: keep it as a SwiftPEFT adapter checkpoint (.h5).
             """)
     }
-    guard var config = try JSONSerialization.jsonObject(with: method.configJSON()) as? [String: Any] else {
-        throw PEFTFolderError(path: dir.path, message: "the \(type) adapter's config is not a JSON object")
-    }
+    var (config, tensors) = try method.peftFolderContents(base: base.config)
     config["peft_type"] = type
     config["task_type"] = "CAUSAL_LM"
     config["base_model_name_or_path"] = baseName ?? NSNull()
     config["inference_mode"] = true
-    let tensors: [(String, Tensor)]
-    if let prompt = method as? PromptLearningMethod {
-        // The dimensions PEFT fills at attach (prefix tuning: kv_dim and kv heads under GQA).
-        let m = base.config
-        func fill(_ key: String, _ value: Int) { if config[key] == nil || config[key] is NSNull { config[key] = value } }
-        fill("num_layers", m.numLayers)
-        fill("token_dim", type == "PREFIX_TUNING" ? m.kvDim : m.hiddenSize)
-        fill("num_attention_heads", type == "PREFIX_TUNING" ? m.numKVHeads : m.numHeads)
-        config["num_transformer_submodules"] = 1
-        tensors = prompt.peftTensors()
-    } else {
-        tensors = withNoGrad { method.adapterParameters().map { key, t in (key, t.detached().contiguous()) } }
-    }
     guard !tensors.isEmpty else {
         throw PEFTFolderError(path: dir.path, message: "the \(type) adapter holds no tensors (attach it to the base before exporting)")
     }
@@ -113,27 +98,16 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
     guard let type = config["peft_type"] as? String else {
         throw PEFTFolderError(path: configURL.path, message: "\"peft_type\" is missing or not a string")
     }
-    guard PEFTFolder.supportedTypes.contains(type) else {
+    guard let mapping = PEFTRegistry.method(peftType: type)?.peftFolder else {
         throw PEFTFolderError(path: configURL.path, message: "peft_type \"\(type)\" is not supported; supported: \(PEFTFolder.supportedTypes.joined(separator: ", "))")
     }
     if let task = config["task_type"] as? String, task != "CAUSAL_LM" {
         throw PEFTFolderError(path: configURL.path, message: "task_type \"\(task)\" is not supported (only CAUSAL_LM, decoder-only models)")
     }
-    // Options this library does not implement: refuse rather than load something else.
-    func refuse(_ key: String, if bad: (Any) -> Bool, _ why: String) throws {
-        if let v = config[key], !(v is NSNull), bad(v) {
-            throw PEFTFolderError(path: configURL.path, message: "\(key) \(v) is not supported: \(why)")
-        }
-    }
-    if type == "LORA" {
-        try refuse("lora_bias", if: { ($0 as? Bool) == true }, "LoRA-B biases are not implemented")
-        try refuse("use_qalora", if: { ($0 as? Bool) == true }, "QA-LoRA is not implemented")
-        try refuse("layer_replication", if: { _ in true }, "layer replication is not implemented")
-        try refuse("target_parameters", if: { (($0 as? [Any]) ?? [0]).isEmpty == false }, "LoRA on parameters is not implemented")
-        // PiSSA / OLoRA / LoftQ / EVA… only change the initialization; the tensors are loaded below.
-        if let s = config["init_lora_weights"] as? String, s != "gaussian" { config["init_lora_weights"] = true }
-    } else if type != "IA3" {
-        config["inference_mode"] = true  // only the (P, …) prompt_embeddings tensor, as PEFT loads it
+    do {
+        try mapping.prepareImport(&config)
+    } catch {
+        throw PEFTFolderError(path: configURL.path, message: "\(error)")
     }
 
     guard fm.fileExists(atPath: weightsURL.path) else {

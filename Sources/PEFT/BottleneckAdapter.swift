@@ -8,7 +8,7 @@
 import Foundation
 
 /// Bottleneck-adapter configuration, AdapterHub style, with snake_case field names.
-public struct BottleneckConfig: Codable, Equatable, Sendable {
+public struct BottleneckConfig: PEFTConfig, Equatable {
     public var peftType = "BOTTLENECK"
     public var taskType = "CAUSAL_LM"
     public var baseModelNameOrPath: String?
@@ -26,6 +26,8 @@ public struct BottleneckConfig: Codable, Equatable, Sendable {
     /// Block indices that get adapters (nil: all).
     public var layersToTransform: [Int]?
 
+    public init() {}
+
     public init(architecture: String = "pfeiffer", reductionFactor: Float = 16, nonLinearity: String = "relu") {
         self.architecture = architecture
         self.reductionFactor = reductionFactor
@@ -39,25 +41,10 @@ public struct BottleneckConfig: Codable, Equatable, Sendable {
         case layersToTransform = "layers_to_transform"
     }
 
-    /// Missing fields take the defaults above.
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var d = BottleneckConfig()
-        d.peftType = try c.decodeIfPresent(String.self, forKey: .peftType) ?? d.peftType
-        d.taskType = try c.decodeIfPresent(String.self, forKey: .taskType) ?? d.taskType
-        d.baseModelNameOrPath = try c.decodeIfPresent(String.self, forKey: .baseModelNameOrPath)
-        d.inferenceMode = try c.decodeIfPresent(Bool.self, forKey: .inferenceMode) ?? false
-        d.architecture = try c.decodeIfPresent(String.self, forKey: .architecture)?.lowercased() ?? d.architecture
-        d.reductionFactor = try c.decodeIfPresent(Float.self, forKey: .reductionFactor) ?? d.reductionFactor
-        d.bottleneckSize = try c.decodeIfPresent(Int.self, forKey: .bottleneckSize)
-        d.nonLinearity = try c.decodeIfPresent(String.self, forKey: .nonLinearity)?.lowercased() ?? d.nonLinearity
-        d.initScale = try c.decodeIfPresent(Float.self, forKey: .initScale) ?? 0
-        if let one = try? c.decodeIfPresent(Int.self, forKey: .layersToTransform) {
-            d.layersToTransform = [one]
-        } else {
-            d.layersToTransform = try c.decodeIfPresent([Int].self, forKey: .layersToTransform)
-        }
-        self = d
+    /// `layers_to_transform` may be one index; names are case-insensitive.
+    public static func normalize(_ fields: inout [String: Any]) {
+        if let one = fields["layers_to_transform"] as? Int { fields["layers_to_transform"] = [one] }
+        for k in ["architecture", "non_linearity"] { if let v = fields[k] as? String { fields[k] = v.lowercased() } }
     }
 
     static let activations = ["relu", "gelu", "gelu_new", "silu", "swish", "tanh"]
@@ -137,6 +124,18 @@ final class BottleneckState {
 /// folded into the base's weights; it always runs as an extra branch.
 public final class BottleneckAdapter: PEFTMethod {
     public static let peftType = "BOTTLENECK"
+
+    /// Bottleneck adapters as the registry and the CLI see them; "adapter" on the command line is
+    /// the Houlsby layout. PEFT has no format for them (no PEFT folder export).
+    public static let registration = MethodDescription(
+        BottleneckAdapter.self, config: BottleneckConfig.self, names: [("adapter", ["architecture": "houlsby"])],
+        summary: "bottleneck adapters (Houlsby: after attention and after the MLP of every block)",
+        options: [
+            MethodOption("reduction-factor", field: "reduction_factor", .float, help: "bottleneck width r = hidden size / reduction factor"),
+            MethodOption("architecture", field: "architecture", .string, help: "houlsby or pfeiffer (after the MLP only)"),
+        ],
+        peftFolder: nil,
+        build: { c, name, _ in try BottleneckAdapter(config: c, name: name) })
     public let config: BottleneckConfig
     public let name: String
     let state: BottleneckState

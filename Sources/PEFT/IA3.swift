@@ -5,7 +5,7 @@
 import Foundation
 
 /// IA3 configuration with Hugging Face PEFT's field names (`adapter_config.json`).
-public struct IA3Config: Codable, Equatable, Sendable {
+public struct IA3Config: PEFTConfig, Equatable {
     public var peftType = "IA3"
     public var taskType = "CAUSAL_LM"
     public var baseModelNameOrPath: String?
@@ -23,6 +23,8 @@ public struct IA3Config: Codable, Equatable, Sendable {
     /// true: l = 1 (the model starts unchanged); false: l ~ N(0, 1) (PEFT's torch.randn; for tests).
     public var initIa3Weights = true
 
+    public init() {}
+
     public init(targetModules: ModuleSelector? = nil, feedforwardModules: ModuleSelector? = nil) {
         self.targetModules = targetModules
         self.feedforwardModules = feedforwardModules
@@ -33,23 +35,6 @@ public struct IA3Config: Codable, Equatable, Sendable {
         case inferenceMode = "inference_mode", targetModules = "target_modules", excludeModules = "exclude_modules"
         case feedforwardModules = "feedforward_modules", fanInFanOut = "fan_in_fan_out"
         case modulesToSave = "modules_to_save", initIa3Weights = "init_ia3_weights"
-    }
-
-    /// Missing fields take PEFT's defaults.
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var d = IA3Config()
-        d.peftType = try c.decodeIfPresent(String.self, forKey: .peftType) ?? d.peftType
-        d.taskType = try c.decodeIfPresent(String.self, forKey: .taskType) ?? d.taskType
-        d.baseModelNameOrPath = try c.decodeIfPresent(String.self, forKey: .baseModelNameOrPath)
-        d.inferenceMode = try c.decodeIfPresent(Bool.self, forKey: .inferenceMode) ?? false
-        d.targetModules = try c.decodeIfPresent(ModuleSelector.self, forKey: .targetModules)
-        d.excludeModules = try c.decodeIfPresent(ModuleSelector.self, forKey: .excludeModules)
-        d.feedforwardModules = try c.decodeIfPresent(ModuleSelector.self, forKey: .feedforwardModules)
-        d.fanInFanOut = try c.decodeIfPresent(Bool.self, forKey: .fanInFanOut) ?? false
-        d.modulesToSave = try c.decodeIfPresent([String].self, forKey: .modulesToSave)
-        d.initIa3Weights = try c.decodeIfPresent(Bool.self, forKey: .initIa3Weights) ?? true
-        self = d
     }
 
     /// PEFT's `TRANSFORMERS_MODELS_TO_IA3_{TARGET,FEEDFORWARD}_MODULES_MAPPING` for our families.
@@ -82,7 +67,7 @@ public struct IA3Config: Codable, Equatable, Sendable {
 
 /// IA3's vector on one Linear, in PEFT's shape: (out, 1) scaling the output of a non-feed-forward
 /// layer, or (1, in) scaling the input of a feed-forward layer.
-public final class IA3Layer: LinearHook {
+public final class IA3Layer: FoldableLinearHook {
     public let module: String
     public let isFeedforward: Bool
     /// ia3_l: (out, 1) or (1, in).
@@ -117,7 +102,9 @@ public final class IA3Layer: LinearHook {
     /// Scales the stored weight: rows of W (out, in) by l (non-ff) or its columns (ff); with
     /// `fanInFanOut` the storage is (in, out), so the roles of the two axes swap. A non-ff bias is
     /// scaled too.
-    func merge(into linear: Linear) {
+    public var isMerged: Bool { premerge != nil }
+
+    public func merge(into linear: Linear) {
         guard premerge == nil else { return }
         withNoGrad {
             let v = l.detached().reshaped([-1])  // (out) or (in)
@@ -133,7 +120,7 @@ public final class IA3Layer: LinearHook {
     }
 
     /// Restores the weight and bias saved by `merge`, bit for bit.
-    func unmerge(from linear: Linear) {
+    public func unmerge(from linear: Linear) {
         guard let saved = premerge else { return }
         linear.weight.assign(saved.weight)
         if let b = saved.bias { linear.bias?.assign(b) }
@@ -149,28 +136,38 @@ final class IA3State {
 }
 
 /// An IA3 adapter. Trainable: Σ out_features (non-ff layers) + Σ in_features (ff layers).
-public final class IA3: PEFTMethod {
+public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod {
     public static let peftType = "IA3"
+
+    /// IA3 as the registry, the CLI and the PEFT folder code see it.
+    public static let registration = MethodDescription(
+        IA3.self, config: IA3Config.self, names: [("ia3", [:])],
+        summary: "IA3: learned vectors rescale the outputs (inputs of feed-forward layers) of the target Linear layers",
+        options: [
+            MethodOption("target-modules", field: "target_modules", .list,
+                         help: "comma-separated module names (suffixes); default per family: LLaMA k_proj,v_proj,down_proj, GPT-2 c_attn,mlp.c_proj"),
+        ],
+        peftFolder: PEFTFolderMapping(),
+        build: { c, name, _ in try IA3(config: c, name: name) })
+
     public let config: IA3Config
-    public let name: String
     let state: IA3State
     var rng: RNG
     public var isEnabled: Bool {
         get { state.isEnabled }
         set { state.isEnabled = newValue }
     }
-    public private(set) var layers: [(module: String, linear: Linear, ia3: IA3Layer)] = []
-    /// Whole modules trained with the adapter (modules_to_save), with their originals.
-    public private(set) var extraTrainable: [(key: String, tensor: Tensor, original: Tensor)] = []
+    /// The adapted layers.
+    public var layers: [(module: String, linear: Linear, ia3: IA3Layer)] { hooked.map { ($0.module, $0.linear, $0.hook) } }
     /// The selectors used at attach (defaults filled in), written by `configJSON`.
     private var resolved: (targets: ModuleSelector, feedforward: ModuleSelector)?
 
     public init(config: IA3Config, name: String = "default", seed: UInt64 = 0) throws {
         try config.validate()
         self.config = config
-        self.name = name
         state = IA3State(config: config)
         rng = RNG(seed: seed &+ 0x1A3)
+        super.init(name: name)
     }
 
     /// Sorted-key JSON; once attached, the targets and feed-forward modules actually used.
@@ -196,65 +193,31 @@ public final class IA3: PEFTMethod {
         return .regex(layers.filter(\.ia3.isFeedforward).map { NSRegularExpression.escapedPattern(for: $0.module) }.joined(separator: "|"))
     }
 
+    /// All or nothing: targets and modules_to_save are resolved (and may throw) before the model is touched.
     @discardableResult
     public func attach(to model: CausalLM) throws -> [String] {
-        check(layers.isEmpty, "[IA3] adapter '\(name)' is already attached")
+        try checkDetached("IA3")
         let (targets, feedforward) = config.resolved(for: model.config.family)
         let selected = try selectModules(model, of: Linear.self, targets: targets, exclude: config.excludeModules, method: "IA3")
-        var extra: [(String, Tensor)] = []
-        for m in config.modulesToSave ?? [] {
-            let matched = model.namedParameters().filter { n, _ in n.hasPrefix(m + ".") || n.contains("." + m + ".") }
-            guard !matched.isEmpty else { throw PEFTError(message: "[IA3] modules_to_save entry '\(m)' matches no parameter of the model") }
-            extra += matched
-        }
-        model.freeze()
+        let extra = try Self.modulesToSave(config.modulesToSave, in: model, method: "IA3")
         resolved = (targets, feedforward)
-        for (module, linear) in selected {
-            let layer = IA3Layer(module: module, layer: linear, feedforward: feedforward.matches(module), owner: state, rng: &rng)
-            linear.hooks.append(layer)
-            layers.append((module, linear, layer))
+        return install(on: model, targets: selected, extra: extra) { module, linear in
+            IA3Layer(module: module, layer: linear, feedforward: feedforward.matches(module), owner: state, rng: &rng)
         }
-        for (key, t) in extra where !extraTrainable.contains(where: { $0.key == key }) {
-            extraTrainable.append((key, t, t.copy()))
-            t.requiresGrad = true
-        }
-        return selected.map(\.0)
     }
 
-    public func detach(from model: CausalLM) {
-        unmerge()
-        for (_, linear, ia3) in layers { linear.hooks.removeAll { $0 === ia3 } }
-        for (_, t, original) in extraTrainable {
-            t.assign(original)
-            t.requiresGrad = false
-        }
-        layers = []
-        extraTrainable = []
+    public override func detach(from model: CausalLM) {
+        super.detach(from: model)
         resolved = nil
     }
 
     /// `base_model.model.<module>.ia3_l`: (out, 1) or (1, in); then modules_to_save tensors.
     public func adapterParameters() -> [(String, Tensor)] {
-        layers.map { ("base_model.model.\($0.module).ia3_l", $0.ia3.l) }
-            + extraTrainable.map { ("base_model.model.\($0.key)", $0.tensor) }
+        layers.map { ("base_model.model.\($0.module).ia3_l", $0.ia3.l) } + extraParameters()
     }
 
     /// Σ out_features (non-ff) + Σ in_features (ff) + modules_to_save parameters.
     public var expectedTrainableCount: Int {
-        layers.reduce(0) { $0 + ($1.ia3.isFeedforward ? $1.linear.inFeatures : $1.linear.outFeatures) }
-            + extraTrainable.reduce(0) { $0 + $1.tensor.count }
-    }
-
-    public var isMerged: Bool { layers.first?.ia3.premerge != nil }
-
-    /// Folds l into every adapted layer (W rows and b for non-ff, W columns for ff); the hooks go
-    /// quiet. Several IA3 adapters on one layer merge one after another (scales multiply).
-    public func merge() {
-        for (_, linear, ia3) in layers { ia3.merge(into: linear) }
-    }
-
-    /// Restores the weights and biases saved by `merge` exactly (not by dividing by l).
-    public func unmerge() {
-        for (_, linear, ia3) in layers.reversed() { ia3.unmerge(from: linear) }
+        layers.reduce(0) { $0 + ($1.ia3.isFeedforward ? $1.linear.inFeatures : $1.linear.outFeatures) } + extraCount
     }
 }

@@ -31,7 +31,7 @@ public enum LoRAInit: Codable, Equatable, Sendable {
 }
 
 /// LoRA configuration with Hugging Face PEFT's field names (`adapter_config.json`).
-public struct LoRAConfig: Codable, Equatable, Sendable {
+public struct LoRAConfig: PEFTConfig, Equatable {
     public var peftType = "LORA"
     public var taskType = "CAUSAL_LM"
     public var baseModelNameOrPath: String?
@@ -55,6 +55,8 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
     public var rankPattern: [String: Int] = [:]
     public var alphaPattern: [String: Float] = [:]
 
+    public init() {}
+
     public init(r: Int = 8, loraAlpha: Float = 8, targetModules: ModuleSelector = .names(["q_proj", "v_proj"])) {
         self.r = r
         self.loraAlpha = loraAlpha
@@ -70,33 +72,9 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
         case rankPattern = "rank_pattern", alphaPattern = "alpha_pattern"
     }
 
-    /// Missing fields take PEFT's defaults.
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var d = LoRAConfig()
-        d.peftType = try c.decodeIfPresent(String.self, forKey: .peftType) ?? d.peftType
-        d.taskType = try c.decodeIfPresent(String.self, forKey: .taskType) ?? d.taskType
-        d.baseModelNameOrPath = try c.decodeIfPresent(String.self, forKey: .baseModelNameOrPath)
-        d.inferenceMode = try c.decodeIfPresent(Bool.self, forKey: .inferenceMode) ?? false
-        d.r = try c.decodeIfPresent(Int.self, forKey: .r) ?? d.r
-        d.loraAlpha = try c.decodeIfPresent(Float.self, forKey: .loraAlpha) ?? d.loraAlpha
-        d.loraDropout = try c.decodeIfPresent(Float.self, forKey: .loraDropout) ?? 0
-        d.targetModules = try c.decodeIfPresent(ModuleSelector.self, forKey: .targetModules) ?? d.targetModules
-        d.excludeModules = try c.decodeIfPresent(ModuleSelector.self, forKey: .excludeModules)
-        if let one = try? c.decodeIfPresent(Int.self, forKey: .layersToTransform) {
-            d.layersToTransform = [one]
-        } else {
-            d.layersToTransform = try c.decodeIfPresent([Int].self, forKey: .layersToTransform)
-        }
-        d.bias = try c.decodeIfPresent(String.self, forKey: .bias) ?? "none"
-        d.useRslora = try c.decodeIfPresent(Bool.self, forKey: .useRslora) ?? false
-        d.useDora = try c.decodeIfPresent(Bool.self, forKey: .useDora) ?? false
-        d.fanInFanOut = try c.decodeIfPresent(Bool.self, forKey: .fanInFanOut) ?? false
-        d.modulesToSave = try c.decodeIfPresent([String].self, forKey: .modulesToSave)
-        d.initLoraWeights = try c.decodeIfPresent(LoRAInit.self, forKey: .initLoraWeights) ?? .standard
-        d.rankPattern = try c.decodeIfPresent([String: Int].self, forKey: .rankPattern) ?? [:]
-        d.alphaPattern = try c.decodeIfPresent([String: Float].self, forKey: .alphaPattern) ?? [:]
-        self = d
+    /// `layers_to_transform` may be one index (PEFT accepts an int or a list).
+    public static func normalize(_ fields: inout [String: Any]) {
+        if let one = fields["layers_to_transform"] as? Int { fields["layers_to_transform"] = [one] }
     }
 
     /// Checks the values; the message names the field.
@@ -119,7 +97,7 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
 }
 
 /// The LoRA (or DoRA) branch on one Linear layer.
-public final class LoRALayer: LinearHook {
+public final class LoRALayer: FoldableLinearHook {
     public let module: String
     /// (r, in)
     public let a: Tensor
@@ -204,6 +182,21 @@ public final class LoRALayer: LinearHook {
             return layer.fanInFanOut ? merged.transposed().contiguous() : merged  // storage is (in, out) for Conv1D
         }
     }
+
+    public var isMerged: Bool { premerge != nil }
+
+    /// W ← W + s B A (DoRA: rescaled rows), keeping W for an exact unmerge.
+    public func merge(into linear: Linear) {
+        let merged = mergedWeight(linear)
+        premerge = linear.weight.copy()
+        linear.weight.assign(merged)
+    }
+
+    public func unmerge(from linear: Linear) {
+        guard let w = premerge else { return }
+        linear.weight.assign(w)
+        premerge = nil
+    }
 }
 
 /// What an adapter's layers share with it (held by both, so hooks never outlive it).
@@ -223,23 +216,54 @@ final class LoRAState {
 }
 
 /// A LoRA (or DoRA) adapter.
-public final class LoRA: PEFTMethod {
+public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod {
     public static let peftType = "LORA"
+
+    /// LoRA as the registry, the CLI and the PEFT folder code see it.
+    public static let registration = MethodDescription(
+        LoRA.self, config: LoRAConfig.self, names: [("lora", [:]), ("dora", ["use_dora": true])],
+        summary: "LoRA: y = W x + (alpha / r) B A x on the target Linear layers; dora: DoRA (magnitude and direction)",
+        options: [
+            MethodOption("r", field: "r", .int, help: "LoRA rank"),
+            MethodOption("alpha", field: "lora_alpha", .float, help: "LoRA alpha (the update is scaled by alpha / r)"),
+            MethodOption("lora-dropout", field: "lora_dropout", .float, help: "dropout on the LoRA branch's input"),
+            MethodOption("target-modules", field: "target_modules", .list,
+                         help: "comma-separated module names (suffixes), e.g. q_proj,v_proj; default per family: LLaMA q_proj,v_proj, GPT-2 c_attn"),
+            MethodOption("use-rslora", field: "use_rslora", .bool, help: "rsLoRA: scale by alpha / √r"),
+            MethodOption("use-dora", field: "use_dora", .bool, help: "DoRA: train a magnitude per output row too"),
+        ],
+        modelDefaults: { ["target_modules": defaultTargets[$0.family]!] },
+        peftFolder: PEFTFolderMapping(prepareImport: { config in
+            // Options this library does not implement: refuse rather than load something else.
+            func refuse(_ key: String, if bad: (Any) -> Bool, _ why: String) throws {
+                if let v = config[key], !(v is NSNull), bad(v) { throw PEFTError(message: "\(key) \(v) is not supported: \(why)") }
+            }
+            try refuse("lora_bias", if: { ($0 as? Bool) == true }, "LoRA-B biases are not implemented")
+            try refuse("use_qalora", if: { ($0 as? Bool) == true }, "QA-LoRA is not implemented")
+            try refuse("layer_replication", if: { _ in true }, "layer replication is not implemented")
+            try refuse("target_parameters", if: { (($0 as? [Any]) ?? [0]).isEmpty == false }, "LoRA on parameters is not implemented")
+            // PiSSA / OLoRA / LoftQ / EVA… only change the initialization; the tensors are loaded after.
+            if let s = config["init_lora_weights"] as? String, s != "gaussian" { config["init_lora_weights"] = true }
+        }),
+        build: { c, name, _ in try LoRA(config: c, name: name) })
+
+    /// Default `target_modules` of a new adapter per model family (the attention query and value).
+    public static let defaultTargets: [ModelConfig.Family: [String]] = [.llama: ["q_proj", "v_proj"], .gpt2: ["c_attn"]]
+
     public let config: LoRAConfig
-    public let name: String
     let state: LoRAState
     public var isEnabled: Bool {
         get { state.isEnabled }
         set { state.isEnabled = newValue }
     }
-    public private(set) var layers: [(module: String, linear: Linear, lora: LoRALayer)] = []
-    /// Biases and whole modules trained with the adapter (bias != "none", modules_to_save).
-    public private(set) var extraTrainable: [(key: String, tensor: Tensor, original: Tensor)] = []
+    /// The adapted layers.
+    public var layers: [(module: String, linear: Linear, lora: LoRALayer)] { hooked.map { ($0.module, $0.linear, $0.hook) } }
+
     public init(config: LoRAConfig, name: String = "default", seed: UInt64 = 0) throws {
         try config.validate()
         self.config = config
-        self.name = name
         state = LoRAState(config: config, seed: seed &+ 0x10AA)
+        super.init(name: name)
     }
 
     public func configJSON() throws -> Data {
@@ -250,50 +274,26 @@ public final class LoRA: PEFTMethod {
         return try e.encode(c)
     }
 
+    /// All or nothing: targets, biases and modules_to_save are resolved (and may throw) before the
+    /// model is touched.
     @discardableResult
     public func attach(to model: CausalLM) throws -> [String] {
-        check(layers.isEmpty, "[LoRA] adapter '\(name)' is already attached")
+        try checkDetached("LoRA")
         let targets = try selectModules(model, of: Linear.self, targets: config.targetModules, exclude: config.excludeModules,
                                         layers: config.layersToTransform, method: "LoRA")
-        model.freeze()
-        state.model = model
-        for (module, linear) in targets {
-            let r = LoRAConfig.pattern(config.rankPattern, for: module) ?? config.r
-            let alpha = LoRAConfig.pattern(config.alphaPattern, for: module) ?? config.loraAlpha
-            let lora = LoRALayer(module: module, layer: linear, rank: r, alpha: alpha, owner: state, rng: &state.rng)
-            linear.hooks.append(lora)
-            layers.append((module, linear, lora))
-        }
-        // Trainable biases and whole modules: their originals are kept and restored on detach.
         var extra: [(String, Tensor)] = []
         switch config.bias {
         case "all": extra = model.namedParameters().filter { $0.0.hasSuffix(".bias") }
         case "lora_only": extra = targets.compactMap { m, l in l.bias.map { (m + ".bias", $0) } }
         default: break
         }
-        for m in config.modulesToSave ?? [] {
-            let matched = model.namedParameters().filter { n, _ in n.hasPrefix(m + ".") || n.contains("." + m + ".") }
-            guard !matched.isEmpty else {
-                throw PEFTError(message: "[LoRA] modules_to_save entry '\(m)' matches no parameter of the model")
-            }
-            extra += matched
+        extra += try Self.modulesToSave(config.modulesToSave, in: model, method: "LoRA")
+        state.model = model
+        return install(on: model, targets: targets, extra: extra) { module, linear in
+            let r = LoRAConfig.pattern(config.rankPattern, for: module) ?? config.r
+            let alpha = LoRAConfig.pattern(config.alphaPattern, for: module) ?? config.loraAlpha
+            return LoRALayer(module: module, layer: linear, rank: r, alpha: alpha, owner: state, rng: &state.rng)
         }
-        for (key, t) in extra where !extraTrainable.contains(where: { $0.key == key }) {
-            extraTrainable.append((key, t, t.copy()))
-            t.requiresGrad = true
-        }
-        return targets.map(\.0)
-    }
-
-    public func detach(from model: CausalLM) {
-        if isMerged { unmerge() }
-        for (_, linear, lora) in layers { linear.hooks.removeAll { $0 === lora } }
-        for (_, t, original) in extraTrainable {
-            t.assign(original)
-            t.requiresGrad = false
-        }
-        layers = []
-        extraTrainable = []
     }
 
     public func adapterParameters() -> [(String, Tensor)] {
@@ -303,35 +303,13 @@ public final class LoRA: PEFTMethod {
             out.append(("base_model.model.\(module).lora_B.weight", l.b))
             if let m = l.magnitude { out.append(("base_model.model.\(module).lora_magnitude_vector", m)) }
         }
-        for (key, t, _) in extraTrainable { out.append(("base_model.model.\(key)", t)) }
-        return out
+        return out + extraParameters()
     }
 
     /// Σ r·(in + out) over adapted layers (+ out per layer for DoRA) + trained biases and modules.
     public var expectedTrainableCount: Int {
         layers.reduce(0) { acc, e in
             acc + e.lora.rank * (e.linear.inFeatures + e.linear.outFeatures) + (e.lora.magnitude == nil ? 0 : e.linear.outFeatures)
-        } + extraTrainable.reduce(0) { $0 + $1.tensor.count }
-    }
-
-    public var isMerged: Bool { layers.first?.lora.premerge != nil }
-
-    /// Folds W ← W + s B A (DoRA: rescaled rows) into every adapted layer; the hooks go quiet.
-    public func merge() {
-        guard !isMerged else { return }
-        for (_, linear, l) in layers {
-            let merged = l.mergedWeight(linear)
-            l.premerge = linear.weight.copy()
-            linear.weight.assign(merged)
-        }
-    }
-
-    /// Restores the weights saved by `merge` exactly.
-    public func unmerge() {
-        for (_, linear, l) in layers {
-            guard let w = l.premerge else { continue }
-            linear.weight.assign(w)
-            l.premerge = nil
-        }
+        } + extraCount
     }
 }

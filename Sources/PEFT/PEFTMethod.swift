@@ -1,7 +1,7 @@
-// The PEFT method protocol, the registry of methods, and the trainable-parameter report.
-// A method attaches to a frozen base through the model's hook points (Linear hooks, block hooks,
-// the attention and input prefix slots) and owns only its adapter tensors. Adding a method is one
-// file plus one line in `PEFTRegistry.all`.
+// The PEFT method protocol and the trainable-parameter report. A method attaches to a frozen base
+// through the model's hook points (Linear hooks, block hooks, the attention and input prefix slots)
+// and owns only its adapter tensors. Adding a method is one file (with its `MethodDescription`)
+// plus one line in `PEFTRegistry` (MethodRegistry.swift).
 
 import Foundation
 @_exported import Models
@@ -28,9 +28,20 @@ public protocol PEFTMethod: AnyObject {
     /// The number of trainable scalars by the method's formula (e.g. Σ r·(in + out) for LoRA),
     /// computed from the adapted modules' sizes, independently of the tensors held.
     var expectedTrainableCount: Int { get }
+    /// What a Hugging Face PEFT adapter folder holds for this adapter attached to a base of
+    /// `base`'s shape: the config fields (PEFT names) and the tensors (PEFT keys, no graph).
+    func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)])
 }
 
 extension PEFTMethod {
+    /// The config as written by `configJSON` and the adapter tensors, detached and contiguous.
+    public func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
+        guard let config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
+            throw PEFTError(message: "the \(Self.peftType) adapter's config is not a JSON object")
+        }
+        return (config, withNoGrad { adapterParameters().map { key, t in (key, t.detached().contiguous()) } })
+    }
+
     /// Number of trainable scalars.
     public var trainableCount: Int { adapterParameters().reduce(0) { $0 + $1.1.count } }
 
@@ -62,29 +73,6 @@ public struct PEFTError: Error, CustomStringConvertible {
     public let message: String
     public init(message: String) { self.message = message }
     public var description: String { message }
-}
-
-/// Builds methods by their command-line name or PEFT type from a JSON config.
-public enum PEFTRegistry {
-    /// (command-line name, PEFT type, factory from config JSON, adapter name and whether the
-    /// tensors are about to be restored from a checkpoint). One line per method.
-    public static let all: [(name: String, peftType: String, make: (Data, String, Bool) throws -> PEFTMethod)] = [
-        ("lora", LoRA.peftType, { d, n, _ in try LoRA(config: JSONDecoder().decode(LoRAConfig.self, from: d), name: n) }),
-        ("ia3", IA3.peftType, { d, n, _ in try IA3(config: JSONDecoder().decode(IA3Config.self, from: d), name: n) }),
-        ("adapter", BottleneckAdapter.peftType, { d, n, _ in try BottleneckAdapter(config: JSONDecoder().decode(BottleneckConfig.self, from: d), name: n) }),
-        ("prompt", PromptTuning.peftType, { d, n, r in try PromptTuning(config: JSONDecoder().decode(PromptTuningConfig.self, from: d), name: n, restoring: r) }),
-        ("ptuning", PTuning.peftType, { d, n, _ in try PTuning(config: JSONDecoder().decode(PTuningConfig.self, from: d), name: n) }),
-        ("prefix", PrefixTuning.peftType, { d, n, _ in try PrefixTuning(config: JSONDecoder().decode(PrefixTuningConfig.self, from: d), name: n) }),
-    ]
-
-    /// The method for `nameOrType` ("lora" or "LORA", …) with `config` JSON. `restoring`: its
-    /// tensors will be loaded right after attaching, so data-dependent initialization is skipped.
-    public static func make(_ nameOrType: String, config: Data, name: String = "default", restoring: Bool = false) throws -> PEFTMethod {
-        guard let entry = all.first(where: { $0.name == nameOrType.lowercased() || $0.peftType == nameOrType.uppercased() }) else {
-            throw PEFTError(message: "unknown PEFT method '\(nameOrType)'; known: \(all.map(\.name).joined(separator: ", "))")
-        }
-        return try entry.make(config, name, restoring)
-    }
 }
 
 /// Trainable versus total parameters of a model with methods attached.

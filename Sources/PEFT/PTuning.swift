@@ -16,7 +16,7 @@ public struct PTuningConfig: PromptLearningConfig, Equatable {
     /// As in PEFT: no encoder; the Embedding(P, C) holds the encoder output (`prompt_embeddings`)
     /// and is used directly. PEFT writes `true` into the configs it saves, so loading works.
     public var inferenceMode = false
-    public var numVirtualTokens: Int
+    public var numVirtualTokens = 0
     public var tokenDim: Int?
     public var numTransformerSubmodules = 1
     public var numAttentionHeads: Int?
@@ -28,6 +28,8 @@ public struct PTuningConfig: PromptLearningConfig, Equatable {
     public var encoderNumLayers = 2
     /// Dropout between LSTM layers while training.
     public var encoderDropout: Float = 0
+
+    public init() {}
 
     public init(numVirtualTokens: Int, type: PromptEncoderReparameterizationType = .mlp, encoderHiddenSize: Int? = nil) {
         self.numVirtualTokens = numVirtualTokens
@@ -43,25 +45,7 @@ public struct PTuningConfig: PromptLearningConfig, Equatable {
         case encoderHiddenSize = "encoder_hidden_size", encoderNumLayers = "encoder_num_layers", encoderDropout = "encoder_dropout"
     }
 
-    /// Missing fields take PEFT's defaults; `num_virtual_tokens` is required.
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var d = PTuningConfig(numVirtualTokens: try decodeVirtualTokens(c, .numVirtualTokens, method: "PTuning"))
-        d.peftType = try c.decodeIfPresent(String.self, forKey: .peftType) ?? d.peftType
-        d.taskType = try c.decodeIfPresent(String.self, forKey: .taskType) ?? d.taskType
-        d.baseModelNameOrPath = try c.decodeIfPresent(String.self, forKey: .baseModelNameOrPath)
-        d.inferenceMode = try c.decodeIfPresent(Bool.self, forKey: .inferenceMode) ?? false
-        d.tokenDim = try c.decodeIfPresent(Int.self, forKey: .tokenDim)
-        d.numTransformerSubmodules = try c.decodeIfPresent(Int.self, forKey: .numTransformerSubmodules) ?? 1
-        d.numAttentionHeads = try c.decodeIfPresent(Int.self, forKey: .numAttentionHeads)
-        d.numLayers = try c.decodeIfPresent(Int.self, forKey: .numLayers)
-        d.encoderReparameterizationType = try c.decodeIfPresent(PromptEncoderReparameterizationType.self,
-                                                                forKey: .encoderReparameterizationType) ?? .mlp
-        d.encoderHiddenSize = try c.decodeIfPresent(Int.self, forKey: .encoderHiddenSize)
-        d.encoderNumLayers = try c.decodeIfPresent(Int.self, forKey: .encoderNumLayers) ?? 2
-        d.encoderDropout = try c.decodeIfPresent(Float.self, forKey: .encoderDropout) ?? 0
-        self = d
-    }
+    public static let requiredFields = ["num_virtual_tokens"]
 
     /// Every field, unset ones as null (as PEFT writes them).
     public func encode(to encoder: Encoder) throws {
@@ -140,6 +124,13 @@ struct LSTMDirection {
 /// `prompt_encoder.mlp_head.{0,2}.{weight,bias}`. In inference mode: `prompt_embeddings` (P, C) only.
 public final class PTuning: PromptLearningMethod, InputPrefix {
     public static let peftType = "P_TUNING"
+
+    /// PTuning as the registry, the CLI and the PEFT folder code see it.
+    public static let registration = MethodDescription(
+        PTuning.self, config: PTuningConfig.self, names: [("ptuning", PromptLearningRegistration.newAdapter)],
+        summary: "P-Tuning: virtual tokens produced by a small prompt encoder (MLP or LSTM)",
+        options: PromptLearningRegistration.options, peftFolder: PromptLearningRegistration.peftFolder,
+        build: { c, name, _ in try PTuning(config: c, name: name) })
     public private(set) var config: PTuningConfig
     public let name: String
     var rng: RNG

@@ -14,7 +14,7 @@ public struct PrefixTuningConfig: PromptLearningConfig, Equatable {
     /// As in PEFT: no projection; the embedding holds the encoder output (`prompt_embeddings`).
     /// PEFT writes `true` into the configs it saves, so loading works.
     public var inferenceMode = false
-    public var numVirtualTokens: Int
+    public var numVirtualTokens = 0
     /// kv_dim after attach (= C without grouped-query attention).
     public var tokenDim: Int?
     public var numTransformerSubmodules = 1
@@ -25,6 +25,8 @@ public struct PrefixTuningConfig: PromptLearningConfig, Equatable {
     public var prefixProjection = false
     /// h of the projection; nil takes token_dim at attach (PEFT).
     public var encoderHiddenSize: Int?
+
+    public init() {}
 
     public init(numVirtualTokens: Int, prefixProjection: Bool = false, encoderHiddenSize: Int? = nil) {
         self.numVirtualTokens = numVirtualTokens
@@ -39,22 +41,7 @@ public struct PrefixTuningConfig: PromptLearningConfig, Equatable {
         case numLayers = "num_layers", prefixProjection = "prefix_projection", encoderHiddenSize = "encoder_hidden_size"
     }
 
-    /// Missing fields take PEFT's defaults; `num_virtual_tokens` is required.
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var d = PrefixTuningConfig(numVirtualTokens: try decodeVirtualTokens(c, .numVirtualTokens, method: "PrefixTuning"))
-        d.peftType = try c.decodeIfPresent(String.self, forKey: .peftType) ?? d.peftType
-        d.taskType = try c.decodeIfPresent(String.self, forKey: .taskType) ?? d.taskType
-        d.baseModelNameOrPath = try c.decodeIfPresent(String.self, forKey: .baseModelNameOrPath)
-        d.inferenceMode = try c.decodeIfPresent(Bool.self, forKey: .inferenceMode) ?? false
-        d.tokenDim = try c.decodeIfPresent(Int.self, forKey: .tokenDim)
-        d.numTransformerSubmodules = try c.decodeIfPresent(Int.self, forKey: .numTransformerSubmodules) ?? 1
-        d.numAttentionHeads = try c.decodeIfPresent(Int.self, forKey: .numAttentionHeads)
-        d.numLayers = try c.decodeIfPresent(Int.self, forKey: .numLayers)
-        d.prefixProjection = try c.decodeIfPresent(Bool.self, forKey: .prefixProjection) ?? false
-        d.encoderHiddenSize = try c.decodeIfPresent(Int.self, forKey: .encoderHiddenSize)
-        self = d
-    }
+    public static let requiredFields = ["num_virtual_tokens"]
 
     /// Every field, unset ones as null (as PEFT writes them).
     public func encode(to encoder: Encoder) throws {
@@ -86,6 +73,13 @@ public struct PrefixTuningConfig: PromptLearningConfig, Equatable {
 /// (P, token_dim), `prompt_encoder.transform.{0,2}.{weight,bias}`.
 public final class PrefixTuning: PromptLearningMethod, AttentionPrefix {
     public static let peftType = "PREFIX_TUNING"
+
+    /// PrefixTuning as the registry, the CLI and the PEFT folder code see it.
+    public static let registration = MethodDescription(
+        PrefixTuning.self, config: PrefixTuningConfig.self, names: [("prefix", PromptLearningRegistration.newAdapter)],
+        summary: "prefix tuning: P trainable key/value positions before every attention",
+        options: PromptLearningRegistration.options, peftFolder: PromptLearningRegistration.peftFolder,
+        build: { c, name, _ in try PrefixTuning(config: c, name: name) })
     public private(set) var config: PrefixTuningConfig
     public let name: String
     var rng: RNG
@@ -113,6 +107,9 @@ public final class PrefixTuning: PromptLearningMethod, AttentionPrefix {
     }
 
     public var length: Int { config.numVirtualTokens }
+
+    /// Under grouped-query attention PEFT records kv_dim and KVH.
+    public func peftDimensions(_ m: ModelConfig) -> (tokenDim: Int, heads: Int) { (m.kvDim, m.numKVHeads) }
 
     /// The encoder output (P, L·2·kv_dim): what PEFT saves as `prompt_embeddings`.
     public func promptEmbeddings() -> Tensor {

@@ -5,7 +5,7 @@
 import Foundation
 
 /// The fields of PEFT's `PromptLearningConfig` that the three prompt-learning configs share.
-public protocol PromptLearningConfig: Codable, Sendable {
+public protocol PromptLearningConfig: PEFTConfig {
     var peftType: String { get }
     var inferenceMode: Bool { get }
     /// P, the number of virtual tokens (PEFT: required).
@@ -52,12 +52,14 @@ extension PromptLearningConfig {
     }
 }
 
-/// Decodes the required `num_virtual_tokens` with a sentence as the error.
-func decodeVirtualTokens<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ key: K, method: String) throws -> Int {
-    guard let p = try c.decodeIfPresent(Int.self, forKey: key) else {
-        throw PEFTError(message: "\(method): num_virtual_tokens is required in the config (PEFT has no default)")
-    }
-    return p
+/// What the three prompt-learning methods share in their registrations.
+enum PromptLearningRegistration {
+    /// The command-line options.
+    static let options = [MethodOption("num-virtual-tokens", field: "num_virtual_tokens", .int, help: "virtual tokens P")]
+    /// PEFT requires num_virtual_tokens; a new adapter made from the command line takes this many.
+    static let newAdapter: [String: Any] = ["num_virtual_tokens": 16]
+    /// PEFT folders hold only the (P, …) `prompt_embeddings` tensor, loaded in inference mode.
+    static let peftFolder = PEFTFolderMapping { $0["inference_mode"] = true }
 }
 
 /// A method that prepends virtual tokens or key/value prefixes; none of them merges into the base.
@@ -65,6 +67,9 @@ public protocol PromptLearningMethod: PEFTMethod {
     /// What PEFT saves as `prompt_embeddings`: prompt tuning and P-Tuning (P, C), prefix tuning
     /// (P, L·2·kv_dim). For P-Tuning and projected prefixes it is the encoder OUTPUT.
     func promptEmbeddings() -> Tensor
+    /// PEFT's token_dim and num_attention_heads for a base of shape `m` (C and H; prefix tuning
+    /// under grouped-query attention: kv_dim and KVH).
+    func peftDimensions(_ m: ModelConfig) -> (tokenDim: Int, heads: Int)
 }
 
 extension PromptLearningMethod {
@@ -74,6 +79,24 @@ extension PromptLearningMethod {
     /// The tensors of a PEFT `adapter_model.safetensors`: `prompt_embeddings` (a copy, no graph).
     public func peftTensors() -> [(String, Tensor)] {
         [("prompt_embeddings", withNoGrad { promptEmbeddings() }.copy())]
+    }
+
+    public func peftDimensions(_ m: ModelConfig) -> (tokenDim: Int, heads: Int) { (m.hiddenSize, m.numHeads) }
+
+    /// As PEFT saves prompt learning: `prompt_embeddings` only, inference mode, and the dimensions
+    /// PEFT fills at attach.
+    public func peftFolderContents(base m: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
+        guard var config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
+            throw PEFTError(message: "the \(Self.peftType) adapter's config is not a JSON object")
+        }
+        let (tokenDim, heads) = peftDimensions(m)
+        func fill(_ key: String, _ value: Int) { if config[key] == nil || config[key] is NSNull { config[key] = value } }
+        fill("num_layers", m.numLayers)
+        fill("token_dim", tokenDim)
+        fill("num_attention_heads", heads)
+        config["num_transformer_submodules"] = 1
+        config["inference_mode"] = true
+        return (config, peftTensors())
     }
 }
 

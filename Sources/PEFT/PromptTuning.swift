@@ -21,7 +21,7 @@ public struct PromptTuningConfig: PromptLearningConfig, Equatable {
     public var baseModelNameOrPath: String?
     /// PEFT skips the TEXT / SAMPLE_VOCAB initialization in inference mode (the tensor is loaded).
     public var inferenceMode = false
-    public var numVirtualTokens: Int
+    public var numVirtualTokens = 0
     public var tokenDim: Int?
     public var numTransformerSubmodules = 1
     public var numAttentionHeads: Int?
@@ -30,6 +30,8 @@ public struct PromptTuningConfig: PromptLearningConfig, Equatable {
     /// Recorded for PEFT; the token ids themselves are given to `PromptTuning.init(initTokenIDs:)`.
     public var promptTuningInitText: String?
     public var tokenizerNameOrPath: String?
+
+    public init() {}
 
     public init(numVirtualTokens: Int, promptTuningInit: PromptTuningInit = .random, promptTuningInitText: String? = nil) {
         self.numVirtualTokens = numVirtualTokens
@@ -45,23 +47,7 @@ public struct PromptTuningConfig: PromptLearningConfig, Equatable {
         case promptTuningInitText = "prompt_tuning_init_text", tokenizerNameOrPath = "tokenizer_name_or_path"
     }
 
-    /// Missing fields take PEFT's defaults; `num_virtual_tokens` is required.
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var d = PromptTuningConfig(numVirtualTokens: try decodeVirtualTokens(c, .numVirtualTokens, method: "PromptTuning"))
-        d.peftType = try c.decodeIfPresent(String.self, forKey: .peftType) ?? d.peftType
-        d.taskType = try c.decodeIfPresent(String.self, forKey: .taskType) ?? d.taskType
-        d.baseModelNameOrPath = try c.decodeIfPresent(String.self, forKey: .baseModelNameOrPath)
-        d.inferenceMode = try c.decodeIfPresent(Bool.self, forKey: .inferenceMode) ?? false
-        d.tokenDim = try c.decodeIfPresent(Int.self, forKey: .tokenDim)
-        d.numTransformerSubmodules = try c.decodeIfPresent(Int.self, forKey: .numTransformerSubmodules) ?? 1
-        d.numAttentionHeads = try c.decodeIfPresent(Int.self, forKey: .numAttentionHeads)
-        d.numLayers = try c.decodeIfPresent(Int.self, forKey: .numLayers)
-        d.promptTuningInit = try c.decodeIfPresent(PromptTuningInit.self, forKey: .promptTuningInit) ?? .random
-        d.promptTuningInitText = try c.decodeIfPresent(String.self, forKey: .promptTuningInitText)
-        d.tokenizerNameOrPath = try c.decodeIfPresent(String.self, forKey: .tokenizerNameOrPath)
-        self = d
-    }
+    public static let requiredFields = ["num_virtual_tokens"]
 
     /// Every field, unset ones as null (as PEFT writes them).
     public func encode(to encoder: Encoder) throws {
@@ -89,6 +75,13 @@ public struct PromptTuningConfig: PromptLearningConfig, Equatable {
 /// There is nothing to merge: virtual tokens are inputs, not weights.
 public final class PromptTuning: PromptLearningMethod, InputPrefix {
     public static let peftType = "PROMPT_TUNING"
+
+    /// PromptTuning as the registry, the CLI and the PEFT folder code see it.
+    public static let registration = MethodDescription(
+        PromptTuning.self, config: PromptTuningConfig.self, names: [("prompt", PromptLearningRegistration.newAdapter)],
+        summary: "prompt tuning: P trainable virtual-token embeddings before the input",
+        options: PromptLearningRegistration.options, peftFolder: PromptLearningRegistration.peftFolder,
+        build: { c, name, restoring in try PromptTuning(config: c, name: name, restoring: restoring) })
     /// The configuration; token_dim / num_layers / num_attention_heads are filled at attach.
     public private(set) var config: PromptTuningConfig
     public let name: String

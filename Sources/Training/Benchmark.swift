@@ -173,11 +173,10 @@ public func runBenchRow(config c: BenchConfig, method: String, steps: Int? = nil
         flopsPerToken = c.generationFLOPs(prompt: prompt, new: new)
         tokensPerStep = new
     } else {
-        var o = MethodOptions()
-        o.r = 8
-        o.alpha = 16
-        o.numVirtualTokens = 20
-        let peft = try makeMethod(method, for: model, options: o)
+        let settings = MethodSettings(options: ["r": 8, "alpha": 16, "num-virtual-tokens": 20].filter { k, _ in
+            PEFTRegistry.method(named: method)?.options.contains { $0.flag == k } ?? false
+        })
+        let peft = try makeMethod(method, for: model, settings: settings)
         if let peft { _ = try peft.attach(to: model) } else { model.unfreeze() }
         let parameters = peft?.adapterParameters() ?? model.namedParameters()
         trainable = parameters.reduce(0) { $0 + $1.1.count }

@@ -11,7 +11,8 @@ public struct TrainJob {
     public var method = "lora"
     /// Continue training an existing adapter (SwiftPEFT or PEFT folder) instead of a new `method`.
     public var adapterPath: String?
-    public var methodOptions = MethodOptions()
+    /// Options and PEFT config fields for a new adapter of `method`.
+    public var methodSettings = MethodSettings()
     public var trainer = TrainerOptions()
     public var data = DatasetOptions()
     public var batchSize = 8
@@ -51,10 +52,9 @@ public struct TrainOutcome {
 @discardableResult
 public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
                         onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome {
-    let (model, tokenizer) = try loadBaseModel(job.modelPath)
-    guard let tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
-    var mo = job.methodOptions
-    mo.seed = job.trainer.seed
+    let base = try loadModel(job.modelPath)
+    let model = base.model
+    guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
     let fingerprint = BaseFingerprint(model)  // of the untouched base
     let method: PEFTMethod?
     let names: [String]
@@ -62,7 +62,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
         method = try loadAdapter(path, onto: model)  // attached, its tensors trainable
         for (_, t) in method!.adapterParameters() { t.requiresGrad = true }
         names = ["the adapter in \(path)"]
-    } else if let m = try makeMethod(job.method, for: model, options: mo) {
+    } else if let m = try makeMethod(job.method, for: model, settings: job.methodSettings) {
         method = m
         names = try m.attach(to: model)
     } else {
@@ -141,8 +141,9 @@ func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true) throws -> Evaluation {
-    let (model, tokenizer) = try loadBaseModel(modelPath)
-    guard let tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
+    let base = try loadModel(modelPath)
+    let model = base.model
+    guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
     if let adapterPath { try loadAdapter(adapterPath, onto: model) }
     try checkSequenceLength(model, seqLen, what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
@@ -154,7 +155,7 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 public func runCompare(_ base: TrainJob, methods: [String], onStart: (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
     var results: [MethodResult] = []
-    let baseParams = try loadBaseModel(base.modelPath).model.parameterCount
+    let baseParams = try loadModel(base.modelPath).model.parameterCount
     for m in methods {
         var job = base
         job.method = m

@@ -53,7 +53,7 @@ public enum Schedule: String, Codable, Sendable, CaseIterable {
 }
 
 /// How to train. Codable with snake_case keys, so a JSON config file can hold it.
-public struct TrainerOptions: Codable, Equatable, Sendable {
+public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     public var steps = 200
     public var lr: Float = 1e-3
     public var schedule: Schedule = .cosine
@@ -75,25 +75,6 @@ public struct TrainerOptions: Codable, Equatable, Sendable {
         case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum, clip
         case gradAccumulation = "grad_accumulation", evalEvery = "eval_every", saveEvery = "save_every"
         case logEvery = "log_every", seed
-    }
-
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var d = TrainerOptions()
-        d.steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? d.steps
-        d.lr = try c.decodeIfPresent(Float.self, forKey: .lr) ?? d.lr
-        d.schedule = try c.decodeIfPresent(Schedule.self, forKey: .schedule) ?? d.schedule
-        d.warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? d.warmupSteps
-        d.optimizer = try c.decodeIfPresent(String.self, forKey: .optimizer) ?? d.optimizer
-        d.weightDecay = try c.decodeIfPresent(Float.self, forKey: .weightDecay) ?? d.weightDecay
-        d.momentum = try c.decodeIfPresent(Float.self, forKey: .momentum) ?? d.momentum
-        d.clip = try c.decodeIfPresent(Float.self, forKey: .clip) ?? d.clip
-        d.gradAccumulation = try c.decodeIfPresent(Int.self, forKey: .gradAccumulation) ?? d.gradAccumulation
-        d.evalEvery = try c.decodeIfPresent(Int.self, forKey: .evalEvery) ?? d.evalEvery
-        d.saveEvery = try c.decodeIfPresent(Int.self, forKey: .saveEvery) ?? d.saveEvery
-        d.logEvery = try c.decodeIfPresent(Int.self, forKey: .logEvery) ?? d.logEvery
-        d.seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
-        self = d
     }
 }
 
@@ -222,7 +203,7 @@ public final class Trainer {
 
     // MARK: checkpoints
 
-    public static let checkpointFormat = "swiftpeft-training-state"
+    public static let checkpointFormat = ModelSource.trainingStateFormat
 
     /// Writes trained tensors, optimizer state, step, model RNG and data position atomically.
     public func saveCheckpoint<S: BatchStream>(_ url: URL, data: S) throws {

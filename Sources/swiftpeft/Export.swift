@@ -5,8 +5,8 @@ import Foundation
 import Training
 
 struct Export: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Export an adapter as a Hugging Face PEFT folder (LoRA, DoRA, IA3, prompt, prefix, P-Tuning).",
+    static var configuration: CommandConfiguration { CommandConfiguration(
+        abstract: "Export an adapter as a Hugging Face PEFT folder (\(PEFTRegistry.all.filter { $0.peftFolder != nil }.flatMap { $0.names.map(\.name) }.joined(separator: ", "))).",
         discussion: """
         Prompt-learning adapters are written as PEFT saves them: one `prompt_embeddings` tensor (the
         encoder output for P-Tuning and projected prefixes), with inference_mode true. Bottleneck
@@ -16,7 +16,7 @@ struct Export: ParsableCommand {
         Examples:
           swiftpeft export --model models/base.h5 --adapter runs/lora/adapter.h5 --format peft --out peft/lora
           swiftpeft export --model hf/SmolLM-135M --adapter runs/dora/adapter.h5 --out peft/dora --base-name HuggingFaceTB/SmolLM-135M
-        """)
+        """) }
 
     @Option(help: "The base model the adapter was trained on (.h5, .gguf or Hugging Face folder).") var model: String
     @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String
@@ -29,9 +29,9 @@ struct Export: ParsableCommand {
         guard format == "peft" else {
             throw CLIError("--format \(format) is not known for export; use peft (for a merged Hugging Face model folder: swiftpeft merge --format hf)")
         }
-        let (base, _) = try loadBaseModel(model)
-        let method = try loadAdapter(adapter, onto: base)
-        try exportPEFTFolder(method, base: base, baseName: baseName ?? (isHFModelFolder(model) ? model : nil),
+        let loaded = try loadModel(model)
+        let method = try loadAdapter(adapter, onto: loaded.model)
+        try exportPEFTFolder(method, base: loaded.model, baseName: baseName ?? (loaded.source.kind == .hfFolder ? model : nil),
                              to: URL(fileURLWithPath: out))
         let weights = URL(fileURLWithPath: out).appendingPathComponent(PEFTFolder.weightsFile).path
         let bytes = (try? FileManager.default.attributesOfItem(atPath: weights)[.size] as? Int) ?? 0

@@ -13,7 +13,7 @@ struct Generate: ParsableCommand {
           swiftpeft generate --model models/base.h5 --prompt "To be" --temperature 0.8 --top-p 0.9 --seed 3
         """)
 
-    @Option(help: "Model checkpoint (.h5).") var model: String
+    @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter to apply: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String?
     @Option(help: "Prompt text.") var prompt: String
     @Option(help: "New tokens at most.") var maxTokens = 64
@@ -23,7 +23,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 0
 
     func run() throws {
-        let (m, tok) = try loadBaseModel(model)
+        let loaded = try loadModel(model)
+        let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
         if let adapter { try loadAdapter(adapter, onto: m) }
         let ids = tokenizer.encode(prompt)

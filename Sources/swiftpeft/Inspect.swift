@@ -19,17 +19,19 @@ struct Inspect: ParsableCommand {
 }
 
 struct Merge: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Merge a LoRA, DoRA or IA3 adapter into its base and save the full model.",
+    static var configuration: CommandConfiguration { CommandConfiguration(
+        abstract: "Merge an adapter into its base and save the full model (\(mergingMethods)).",
         discussion: """
-        Checks that the merged model gives the unmerged logits (to 1e-5) before saving.
+        Checks that the merged model gives the unmerged logits (to \(MergeResult.tolerance)) before saving.
 
         Example:
           swiftpeft merge --model models/base.h5 --adapter runs/lora/adapter.h5 --out models/merged.h5
           swiftpeft merge --model hf/SmolLM-135M --adapter peft/lora --format hf --out models/merged-hf
-        """)
+        """) }
 
-    @Option(help: "Base model checkpoint.") var model: String
+    static var mergingMethods: String { PEFTRegistry.all.filter(\.merges).flatMap { $0.names.map(\.name) }.joined(separator: ", ") }
+
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String
     @Option(help: "Merged model to write: a checkpoint (.h5), or a folder with --format hf.") var out: String
     @Option(help: "Output format: swiftpeft (.h5 checkpoint) or hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json).")
@@ -37,14 +39,12 @@ struct Merge: ParsableCommand {
     @Option(help: "Text whose logits are compared before and after merging.") var checkText = "The quick brown fox jumps over the lazy dog."
 
     func run() throws {
-        let tokenizer = try loadBaseModel(model).tokenizer
-        let ids = tokenizer?.encode(checkText) ?? []
         guard let f = MergedModelFormat(rawValue: format) else {
             throw CLIError("--format \(format) is not known; choose \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: " or "))")
         }
-        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkIDs: ids, format: f)
+        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkText: checkText, format: f)
         print(String(format: "merged %d modules; max |merged − unmerged| logit = %.2e", r.adaptedModules, r.maxLogitDifference))
-        guard r.maxLogitDifference <= 1e-4 else {
+        guard r.maxLogitDifference <= MergeResult.tolerance else {
             throw CLIError("merged and unmerged logits differ by \(r.maxLogitDifference); the merged model was written to \(out) but should not be trusted")
         }
         print("saved \(out)")

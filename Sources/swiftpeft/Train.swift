@@ -4,20 +4,24 @@ import ArgumentParser
 import Foundation
 import Training
 
-/// Options shared by train and compare. Any of them may come from `--config FILE.json` (keys are
-/// the option names with dashes, e.g. "seq-len"; "trainer" and "method-config" hold objects);
-/// flags given on the command line win.
+/// Options shared by train and compare. Any of them may come from `--config FILE.json`, whose keys
+/// are the long flag names ("seq-len", "r", "use-dora"); the command line wins over the file, the
+/// file over `--method-config` (PEFT fields), that over the method's defaults. The method options
+/// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
 struct CommonTrainOptions: ParsableArguments {
-    @Option(help: "Base model checkpoint (.h5).") var model: String?
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String?
     @Option(help: "Training data: a text file or folder, or JSONL (text, prompt/completion, instruction, chat).") var data: String?
     @Option(help: "Output folder.") var out: String?
-    @Option(help: "JSON file with any of these options.") var config: String?
+    @Option(help: "JSON file whose keys are these options' long names (command-line flags win).") var config: String?
     @Option(help: "Optimizer steps.") var steps: Int?
     @Option(help: "Passes over the training data (instead of --steps).") var epochs: Double?
     @Option(help: "Peak learning rate.") var lr: Float?
     @Option(help: "Schedule: constant, linear or cosine.") var schedule: String?
     @Option(help: "Warmup steps.") var warmup: Int?
     @Option(help: "Optimizer: adamw or sgd.") var optimizer: String?
+    @Option(help: "Decoupled weight decay (AdamW) or L2 (SGD).") var weightDecay: Float?
+    @Option(help: "SGD momentum.") var momentum: Float?
+    @Option(help: "Clip the gradient's global norm to this (0: off).") var clip: Float?
     @Option(help: "Sequences per micro-batch.") var batchSize: Int?
     @Option(help: "Micro-batches per optimizer step.") var gradAccumulation: Int?
     @Option(help: "Tokens per sequence.") var seqLen: Int?
@@ -27,73 +31,88 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Evaluate every N steps.") var evalEvery: Int?
     @Option(help: "Checkpoint every N steps.") var saveEvery: Int?
     @Option(help: "Log a line every N steps when output is not a terminal.") var logEvery: Int?
-    @Option(help: "LoRA rank.") var r: Int?
-    @Option(help: "LoRA alpha.") var alpha: Float?
-    @Option(help: "LoRA dropout.") var loraDropout: Float?
-    @Option(help: "Comma-separated target modules (suffixes), e.g. q_proj,v_proj.") var targetModules: String?
-    @Option(help: "Virtual tokens (prompt, prefix, P-Tuning).") var numVirtualTokens: Int?
-    @Option(help: "PEFT-style method config JSON (adapter_config.json fields).") var methodConfig: String?
+    @Option(help: "PEFT-style method config JSON (adapter_config.json fields); method options given as flags or config keys win.")
+    var methodConfig: String?
     @Option(help: "Random seed.") var seed: UInt64?
+    /// The method options (`--r 8`, `--use-dora`, …), parsed against the registry.
+    @Argument(parsing: .allUnrecognized, help: .hidden) var methodArguments: [String] = []
 
-    /// The job, from the config file (if any) overridden by flags.
-    func job(method: String?) throws -> (TrainJob, String) {
-        var file: [String: Any] = [:]
+    /// The flags given on the command line, by long name.
+    var given: [String: Any] {
+        let all: [(String, Any?)] = [
+            ("model", model), ("data", data), ("out", out), ("steps", steps), ("epochs", epochs), ("lr", lr),
+            ("schedule", schedule), ("warmup", warmup), ("optimizer", optimizer), ("weight-decay", weightDecay),
+            ("momentum", momentum), ("clip", clip), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
+            ("seq-len", seqLen), ("packing", packing), ("val-fraction", valFraction), ("val-data", valData),
+            ("eval-every", evalEvery), ("save-every", saveEvery), ("log-every", logEvery), ("method-config", methodConfig),
+            ("seed", seed),
+        ]
+        return Dictionary(uniqueKeysWithValues: all.compactMap { k, v in v.map { (k, $0) } })
+    }
+
+    /// The settings: the config file's keys, overridden by every flag given (method options included).
+    func settings(_ extra: [String: Any?]) throws -> [String: Any] {
+        var merged: [String: Any] = [:]
         if let config {
             guard let d = FileManager.default.contents(atPath: config),
-                  let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else {
+                  let obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else {
                 throw CLIError("\(config): not a readable JSON object")
             }
-            file = obj
+            merged = obj
         }
-        func str(_ k: String) -> String? { file[k] as? String }
-        func num(_ k: String) -> Double? { (file[k] as? NSNumber)?.doubleValue }
-        guard let model = model ?? str("model") else { throw CLIError("--model is required (or \"model\" in --config)") }
-        guard let data = data ?? str("data") else { throw CLIError("--data is required (or \"data\" in --config)") }
-        guard let out = out ?? str("out") else { throw CLIError("--out is required (or \"out\" in --config)") }
-        var job = TrainJob(modelPath: model, dataPath: data, outDir: out)
-        if let t = file["trainer"] {
-            job.trainer = try JSONDecoder().decode(TrainerOptions.self, from: JSONSerialization.data(withJSONObject: t))
+        merged.merge(given) { $1 }
+        merged.merge(try parseMethodArguments(methodArguments)) { $1 }
+        for (k, v) in extra { if let v { merged[k] = v } }
+        return merged
+    }
+
+    /// The job from the settings; throws the library's errors as CLI errors.
+    func job(_ extra: [String: Any?] = [:]) throws -> (TrainJob, [String: Any]) {
+        let s = try settings(extra)
+        do {
+            return (try TrainJob(settings: s), s)
+        } catch let e as TrainingError {
+            throw CLIError(e.message + (config.map { " (command line and \($0))" } ?? ""))
         }
-        job.method = method ?? str("method") ?? "lora"
-        if let v = steps ?? num("steps").map(Int.init) { job.trainer.steps = v }
-        if let v = epochs ?? num("epochs") {
-            guard v > 0 else { throw CLIError("--epochs must be positive, got \(v)") }
-            job.epochs = v
-        }
-        if let v = lr ?? num("lr").map(Float.init) { job.trainer.lr = v }
-        if let v = schedule ?? str("schedule") {
-            guard let s = Schedule(rawValue: v) else { throw CLIError("--schedule must be constant, linear or cosine, got \(v)") }
-            job.trainer.schedule = s
-        }
-        if let v = warmup ?? num("warmup").map(Int.init) { job.trainer.warmupSteps = v }
-        if let v = optimizer ?? str("optimizer") { job.trainer.optimizer = v }
-        if let v = gradAccumulation ?? num("grad-accumulation").map(Int.init) { job.trainer.gradAccumulation = v }
-        if let v = evalEvery ?? num("eval-every").map(Int.init) { job.trainer.evalEvery = v }
-        if let v = saveEvery ?? num("save-every").map(Int.init) { job.trainer.saveEvery = v }
-        if let v = logEvery ?? num("log-every").map(Int.init) { job.trainer.logEvery = max(1, v) }
-        if let v = seed ?? num("seed").map(UInt64.init) { job.trainer.seed = v }
-        if let v = batchSize ?? num("batch-size").map(Int.init) { job.batchSize = v }
-        if let v = seqLen ?? num("seq-len").map(Int.init) { job.data.seqLen = v }
-        if let v = packing ?? (file["packing"] as? Bool) { job.data.packing = v }
-        if let v = valData ?? str("val-data") { job.data.validation = .file(v) }
-        else if let v = valFraction ?? num("val-fraction") { job.data.validation = .fraction(v) }
-        if let v = r ?? num("r").map(Int.init) { job.methodOptions.r = v }
-        if let v = alpha ?? num("alpha").map(Float.init) { job.methodOptions.alpha = v }
-        if let v = loraDropout ?? num("lora-dropout").map(Float.init) { job.methodOptions.dropout = v }
-        if let v = targetModules ?? str("target-modules") { job.methodOptions.targetModules = v.split(separator: ",").map(String.init) }
-        if let v = numVirtualTokens ?? num("num-virtual-tokens").map(Int.init) { job.methodOptions.numVirtualTokens = v }
-        if let path = methodConfig ?? str("method-config") {
-            guard let d = FileManager.default.contents(atPath: path) else { throw CLIError("\(path): cannot read the method config") }
-            job.methodOptions.methodConfig = d
-        } else if let obj = file["method-config"] as? [String: Any] {
-            job.methodOptions.methodConfig = try JSONSerialization.data(withJSONObject: obj)
-        }
-        guard job.trainer.steps > 0, job.batchSize > 0, job.data.seqLen > 1 else {
-            throw CLIError("steps, batch size and sequence length must be positive")
-        }
-        return (job, job.method)
     }
 }
+
+/// `--flag value`, `--flag=value` and (bool options) `--flag` for the registry's method options.
+/// - Throws: naming an unknown flag (with the method options there are) or a missing value.
+func parseMethodArguments(_ args: [String]) throws -> [String: Any] {
+    let options = PEFTRegistry.options.map(\.option)
+    var out: [String: Any] = [:]
+    var i = 0
+    while i < args.count {
+        let arg = args[i]
+        guard arg.hasPrefix("--") else { throw CLIError("unexpected argument '\(arg)'") }
+        let body = arg.dropFirst(2)
+        let (name, inline) = body.firstIndex(of: "=").map { (String(body[..<$0]), Optional(String(body[body.index(after: $0)...]))) }
+            ?? (String(body), nil)
+        guard let o = options.first(where: { $0.flag == name }) else {
+            throw CLIError("unknown option '--\(name)'; method options: \(options.map { "--" + $0.flag }.joined(separator: ", "))")
+        }
+        let value: String
+        if let inline { value = inline }
+        else if o.kind == .bool { value = "true" }
+        else {
+            guard i + 1 < args.count else { throw CLIError("--\(name) needs a value (\(o.kind.rawValue))") }
+            i += 1
+            value = args[i]
+        }
+        do { out[name] = try o.jsonValue(value) } catch { throw CLIError("\(error)") }
+        i += 1
+    }
+    return out
+}
+
+/// The method options of every registered method, for help texts.
+let methodOptionsHelp = """
+    Method options (flags, or keys of --config; each method takes its own):
+    \(PEFTRegistry.optionsHelp)
+    Methods: \(PEFTRegistry.all.map { d in "\n  \(d.names.map(\.name).joined(separator: ", ")): \(d.summary)\(d.merges ? " (merges)" : "")" }.joined())
+      full: every weight trains (no adapter)
+    """
 
 /// A one-line progress display: a bar on a terminal (redrawn in place), plain lines otherwise.
 final class Progress {
@@ -131,7 +150,7 @@ final class Progress {
 }
 
 struct Train: ParsableCommand {
-    static let configuration = CommandConfiguration(
+    static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Fine-tune a base model with a PEFT method (or every weight with --method full).",
         discussion: """
         Writes <out>/adapter.h5 (or model.h5 for full), <out>/metrics.jsonl (one JSON object per
@@ -142,20 +161,22 @@ struct Train: ParsableCommand {
           swiftpeft train --model models/base.h5 --data notes/ --method prompt --num-virtual-tokens 20 --out runs/prompt
           swiftpeft train --config train.json --resume
           swiftpeft train --model base/ --adapter peft-lora/ --data more.jsonl --out runs/more   # continue an adapter
-        """)
 
-    @Option(help: "Method: \(methodNames.joined(separator: ", ")).") var method: String?
+        \(methodOptionsHelp)
+        """) }
+
+    @Option(help: "Method: \(trainableMethodNames.joined(separator: ", ")) (default lora).") var method: String?
     @Option(help: "Continue training this adapter (SwiftPEFT .h5 or PEFT folder) instead of a new one.") var adapter: String?
     @OptionGroup var common: CommonTrainOptions
     @Flag(help: "Continue from <out>/state.h5.") var resume = false
 
     func run() throws {
-        var (job, method) = try common.job(method: self.method)
-        guard methodNames.contains(method) else {
-            throw CLIError("unknown method '\(method)'; --method must be one of \(methodNames.joined(separator: ", "))")
+        var (job, _) = try common.job(["method": method, "adapter": adapter])
+        guard trainableMethodNames.contains(job.method) else {
+            throw CLIError("unknown method '\(job.method)'; --method must be one of \(trainableMethodNames.joined(separator: ", "))")
         }
+        do { try job.methodSettings.check(for: [job.method]) } catch { throw CLIError("\(error)") }
         job.resume = resume
-        job.adapterPath = adapter
         var progress: Progress?
         let o = try runTrainJob(job, onStart: { print($0) }, onStep: { m in
             progress = progress ?? Progress(total: m.totalSteps, every: job.trainer.logEvery)
@@ -176,8 +197,8 @@ struct Eval: ParsableCommand {
           swiftpeft eval --model models/base.h5 --adapter runs/lora/adapter.h5 --data data/python-faq.jsonl --json
         """)
 
-    @Option(help: "Base model checkpoint (.h5).") var model: String
-    @Option(help: "Adapter checkpoint.") var adapter: String?
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Adapter: a SwiftPEFT adapter checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String?
     @Option(help: "Data file or folder.") var data: String
     @Option(help: "Tokens per sequence.") var seqLen = 256
     @Option(help: "Sequences per batch.") var batchSize = 8
@@ -195,7 +216,7 @@ struct Eval: ParsableCommand {
 }
 
 struct Compare: ParsableCommand {
-    static let configuration = CommandConfiguration(
+    static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Train several methods on the same base, data and step budget; print and save a comparison.",
         discussion: """
         Writes <out>/report.md, results.csv, results.json and val_loss.svg (validation loss vs step),
@@ -203,16 +224,24 @@ struct Compare: ParsableCommand {
 
         Example:
           swiftpeft compare --model models/base.h5 --data data/python-faq.jsonl --methods lora,ia3,prompt --steps 100 --out runs/compare
-        """)
 
-    @Option(help: "Comma-separated methods.") var methods = "lora,dora,ia3,adapter,prefix,prompt"
+        Method options apply to the methods that declare them.
+        \(methodOptionsHelp)
+        """) }
+
+    @Option(help: "Comma-separated methods (default lora,dora,ia3,adapter,prefix,prompt).") var methods: String?
     @OptionGroup var common: CommonTrainOptions
 
     func run() throws {
-        let (job, _) = try common.job(method: nil)
-        let list = methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let (job, settings) = try common.job()
+        let names = try methods ?? (settings["methods"]).map { v in
+            guard let s = v as? String else { throw CLIError("\"methods\" must be a comma-separated string, got \(v)") }
+            return s
+        } ?? "lora,dora,ia3,adapter,prefix,prompt"
+        let list = names.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !list.isEmpty else { throw CLIError("--methods names no method; e.g. --methods lora,ia3,prompt") }
-        for m in list where !methodNames.contains(m) { throw CLIError("unknown method '\(m)'; choose from \(methodNames.joined(separator: ", "))") }
+        for m in list where !trainableMethodNames.contains(m) { throw CLIError("unknown method '\(m)'; choose from \(trainableMethodNames.joined(separator: ", "))") }
+        do { try job.methodSettings.check(for: list) } catch { throw CLIError("\(error)") }
         var progress: [String: Progress] = [:]
         let results = try runCompare(job, methods: list, onStart: { print($0) }, onStep: { m, s in
             if progress[m] == nil { progress[m] = Progress(total: s.totalSteps, label: "[\(m)] ", every: job.trainer.logEvery) }

@@ -316,7 +316,8 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(i.stdout.contains("tokenizer: tokenizer.json"), i.transcript)
         XCTAssertTrue(i.stdout.contains("steps: 5"), i.transcript)
         // The checkpoint loads with the library, with a tokenizer of at most the asked size.
-        let (model, tok) = try loadBaseModel(out)
+        let loaded = try loadModel(out)
+        let (model, tok) = (loaded.model, loaded.tokenizer)
         XCTAssertEqual(model.config.hiddenSize, 32)
         XCTAssertEqual(model.config.numLayers, 1)
         XCTAssertLessThanOrEqual(model.config.vocabSize, 300)
@@ -392,18 +393,83 @@ final class CLITests: XCTestCase {
         assertFile(out + "/adapter.h5")
     }
 
+    /// The adapter config saved in `<out>/adapter.h5`.
+    func savedMethodConfig(_ out: String) throws -> [String: Any] {
+        let attrs = try HDF5Store.readAttributes(out + "/adapter.h5")
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(try XCTUnwrap(attrs["config"]).utf8)) as? [String: Any])
+    }
+
+    func testCommandLineWinsOverConfigFileOverMethodConfigOverDefaults() throws {
+        let methodConfig = fx.path("peft-fields.json")
+        try JSONSerialization.data(withJSONObject: ["r": 6, "lora_alpha": 12, "lora_dropout": 0.25, "use_rslora": true])
+            .write(to: URL(fileURLWithPath: methodConfig))
+        let cfgPath = fx.path("precedence.json")
+        let cfg: [String: Any] = ["model": fx.base, "data": fx.jsonl, "steps": 1, "seq-len": 32, "batch-size": 2,
+                                  "method-config": methodConfig, "r": 4, "use-rslora": false]
+        try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: cfgPath))
+
+        // Defaults alone: the type's (r 8, lora_alpha 8, PEFT's), targets from the family.
+        let plain = fx.path("runs/precedence-defaults")
+        _ = try ok(["train", "--model", fx.base, "--data", fx.jsonl, "--steps", "1", "--seq-len", "32", "--batch-size", "2", "--out", plain])
+        var c = try savedMethodConfig(plain)
+        XCTAssertEqual(c["r"] as? Int, 8)
+        XCTAssertEqual(c["lora_alpha"] as? Double, 8)
+        XCTAssertEqual(c["target_modules"] as? [String], ["q_proj", "v_proj"])
+
+        // The file's method options win over its method-config, which wins over the defaults.
+        let fileRun = fx.path("runs/precedence-file")
+        _ = try ok(["train", "--config", cfgPath, "--out", fileRun])
+        c = try savedMethodConfig(fileRun)
+        XCTAssertEqual(c["r"] as? Int, 4, "config-file key over method-config")
+        XCTAssertEqual(c["use_rslora"] as? Bool, false, "config-file key over method-config")
+        XCTAssertEqual(c["lora_alpha"] as? Double, 12, "method-config over the default")
+        XCTAssertEqual(c["lora_dropout"] as? Double, 0.25, "method-config over the default")
+
+        // Flags win over both.
+        let flagRun = fx.path("runs/precedence-flags")
+        _ = try ok(["train", "--config", cfgPath, "--out", flagRun, "--r", "2", "--alpha", "3", "--use-rslora", "--method", "dora"])
+        c = try savedMethodConfig(flagRun)
+        XCTAssertEqual(c["r"] as? Int, 2)
+        XCTAssertEqual(c["lora_alpha"] as? Double, 3)
+        XCTAssertEqual(c["use_rslora"] as? Bool, true, "a bool flag without a value")
+        XCTAssertEqual(c["use_dora"] as? Bool, true, "dora presets use_dora")
+        XCTAssertEqual(c["lora_dropout"] as? Double, 0.25)
+    }
+
+    func testConfigFileKeysAreTheFlagNames() throws {
+        func config(_ extra: [String: Any]) throws -> String {
+            var cfg: [String: Any] = ["model": fx.base, "data": fx.jsonl, "out": fx.path("runs/keys"), "steps": 1]
+            cfg.merge(extra) { $1 }
+            let p = fx.path("keys-\(UUID().uuidString).json")
+            try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: p))
+            return p
+        }
+        _ = try fails(["train", "--config", try config(["seq_len": 32])], mentioning: ["unknown setting \"seq_len\"", "seq-len"])
+        _ = try fails(["train", "--config", try config(["trainer": ["log_every": 1]])], mentioning: ["\"trainer\"", "log-every"])
+        _ = try fails(["train", "--config", try config(["steps": "many"])], mentioning: ["steps must be an integer"])
+        _ = try fails(["train", "--config", try config(["method": "prompt", "r": 4])], mentioning: ["--r applies to lora, dora"])
+        _ = try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/keys"), "--rank", "4"],
+                  mentioning: ["unknown option '--rank'", "--r"])
+        let help = try ok(["train", "--help"])
+        for flag in ["--r <int>", "--alpha <float>", "--use-dora", "--use-rslora", "--num-virtual-tokens <int>", "--reduction-factor <float>"] {
+            XCTAssertTrue(help.stdout.contains(flag), "train --help lists \(flag):\n\(help.stdout)")
+        }
+        let flat = help.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        XCTAssertTrue(flat.contains("a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder"), "--model's help names every kind")
+    }
+
     func testTrainFromAConfigFileAndAFlagOverridesIt() throws {
         let out = fx.path("runs/config"), out2 = fx.path("runs/config-override")
         let cfg: [String: Any] = [
             "model": fx.base, "data": fx.jsonl, "out": out, "method": "lora", "steps": 4, "seq-len": 32, "batch-size": 4,
-            "r": 4, "alpha": 8, "lr": 0.01, "eval-every": 2, "trainer": ["log_every": 1],
+            "r": 4, "alpha": 8, "lr": 0.01, "eval-every": 2, "log-every": 1,
         ]
         let cfgPath = fx.path("cfg.json")
         try JSONSerialization.data(withJSONObject: cfg, options: [.sortedKeys]).write(to: URL(fileURLWithPath: cfgPath))
 
         let r = try ok(["train", "--config", cfgPath])
         XCTAssertEqual(try metrics(out).map { $0["step"] as? Int }, [1, 2, 3, 4], "steps from the file")
-        XCTAssertTrue(r.stdout.contains("step 1/4"), "log_every from the file's trainer object:\n\(r.transcript)")
+        XCTAssertTrue(r.stdout.contains("step 1/4"), "log-every from the file:\n\(r.transcript)")
         XCTAssertEqual(try metrics(out).filter { $0["val_loss"] != nil }.map { $0["step"] as? Int }, [2, 4], "eval-every from the file")
         let i = try ok(["inspect", out + "/adapter.h5"])
         XCTAssertTrue(i.stdout.contains("[4, 32]"), "r = 4 from the file gives lora_A (4, 32):\n\(i.transcript)")
@@ -459,7 +525,8 @@ final class CLITests: XCTestCase {
         let r = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12"])
         XCTAssertTrue(r.stdout.hasPrefix(prompt), "generate prints the prompt and its continuation:\n\(r.transcript)")
         // The same text the library gives (greedy, KV-cached, stopping at EOS).
-        let (model, tok) = try loadBaseModel(fx.base)
+        let loaded = try loadModel(fx.base)
+        let (model, tok) = (loaded.model, loaded.tokenizer)
         let tokenizer = try XCTUnwrap(tok)
         let ids = tokenizer.encode(prompt)
         let new = model.generate(ids, SamplingOptions(maxNewTokens: 12, stopTokens: Set([tokenizer.eosTokenID].compactMap { $0 })))
@@ -578,7 +645,7 @@ final class CLITests: XCTestCase {
         let lines = [#"{"prompt": "Q: a?\nA:", "completion": " b."}"#, #"{"prompt": "Q: c?\nA:", "completion": " d."}"#,
                      "", #"{"prompt": "Q: e?\nA:", "completion": 7}"#, #"{"prompt": "Q: f?\nA:", "completion": " g."}"#]
         try lines.joined(separator: "\n").write(toFile: bad, atomically: true, encoding: .utf8)
-        try fails(["train", "--model", fx.base, "--data", bad, "--out", fx.path("runs/bad"), "--steps", "2"],
+        _ = try fails(["train", "--model", fx.base, "--data", bad, "--out", fx.path("runs/bad"), "--steps", "2"],
                   mentioning: ["\(bad):4", "completion"])
         try fails(["eval", "--model", fx.base, "--data", bad], mentioning: ["\(bad):4"])
         let broken = fx.path("broken.jsonl")
@@ -595,10 +662,10 @@ final class CLITests: XCTestCase {
     }
 
     func testNonNumericStepsIsRejected() throws {
-        try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/ten"), "--steps", "ten"],
+        _ = try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/ten"), "--steps", "ten"],
                   mentioning: ["ten", "--steps"])
         try fails(["pretrain", "--data", fx.text, "--out", fx.path("p.h5"), "--steps", "5x"], mentioning: ["5x", "--steps"])
-        try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/zero"), "--steps", "0"],
+        _ = try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/zero"), "--steps", "0"],
                   mentioning: ["steps"])
     }
 
@@ -624,9 +691,9 @@ final class CLITests: XCTestCase {
         let m = makeModel(.gpt2(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 32), seed: 3)
         try ModelCheckpoint.save(m, tokenizerJSON: tok.tokenizerJSON(), to: gpt2)
         try fails(["eval", "--model", gpt2, "--data", fx.jsonl, "--seq-len", "64"], mentioning: ["max_position_embeddings 32", "--seq-len 64"])
-        try fails(["train", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-long"), "--steps", "2", "--seq-len", "64"],
+        _ = try fails(["train", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-long"), "--steps", "2", "--seq-len", "64"],
                   mentioning: ["max_position_embeddings 32"])
-        try fails(["train", "--method", "prompt", "--num-virtual-tokens", "4", "--model", gpt2, "--data", fx.jsonl,
+        _ = try fails(["train", "--method", "prompt", "--num-virtual-tokens", "4", "--model", gpt2, "--data", fx.jsonl,
                    "--out", fx.path("runs/gpt2-prompt"), "--steps", "2", "--seq-len", "31"], mentioning: ["35", "max_position_embeddings 32"])
         let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])
         XCTAssertFalse(g.output.contains("Fatal error"), "generation stops at the last position:\n\(g.transcript)")

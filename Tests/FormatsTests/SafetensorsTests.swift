@@ -4,27 +4,13 @@
 
 import Foundation
 import XCTest
+import TestSupport
 @testable import Formats
 
 private let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()
 private let hfFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/hf")
 private let regenerate = "regenerate with `.venv/bin/python scripts/make_hf_fixtures.py` from the package root"
-
-/// Asserts |a − e| ≤ atol + rtol·|e| elementwise, reporting the worst element.
-private func assertClose(_ a: [Float], _ e: [Float], rtol: Float = 1e-4, atol: Float = 1e-5, _ what: String,
-                         file: StaticString = #filePath, line: UInt = #line) {
-    guard a.count == e.count else { return XCTFail("\(what): \(a.count) values, expected \(e.count)", file: file, line: line) }
-    var maxAbs: Float = 0
-    for i in a.indices {
-        let d = abs(a[i] - e[i])
-        maxAbs = max(maxAbs, d)
-        if !(d <= atol + rtol * abs(e[i])) {
-            return XCTFail("\(what): element \(i) is \(a[i]), expected \(e[i])", file: file, line: line)
-        }
-    }
-    print("[hf] \(what): max abs error \(maxAbs) over \(a.count) values")
-}
 
 /// A raw safetensors file: 8-byte length, the header as given, then `data`.
 private func rawFile(_ header: String, _ data: [UInt8], lengthOverride: UInt64? = nil) -> Data {
@@ -191,7 +177,7 @@ final class SafetensorsTests: XCTestCase {
             let e = try expected(name)
             let (model, tok) = try loadHFModel(folder)
             let logits = withNoGrad { model.forward(e.ids, batch: e.batch) }.toArray()
-            assertClose(logits, e.logits, "\(name) logits vs transformers")
+            assertClose(logits, e.logits, rtol: 1e-4, atol: 1e-5, "\(name) logits vs transformers", label: "[hf]")
             XCTAssertEqual(tok != nil, name == "gpt2", "\(name): tokenizer.json loaded when present")
             if let tok { XCTAssertEqual(withNoGrad { model.forward(tok.encode("hello world"), batch: 1) }.shape[0], 1) }
             XCTAssertTrue(model.trainableParameters().isEmpty)
@@ -214,7 +200,7 @@ final class SafetensorsTests: XCTestCase {
         try FileManager.default.copyItem(at: src.appendingPathComponent("config.json"), to: folder.appendingPathComponent("config.json"))
         try Safetensors.write(folder.appendingPathComponent("model.safetensors").path, tensors: tensors, metadata: ["format": "pt"])
         let (model, _) = try loadHFModel(folder.path)
-        assertClose(withNoGrad { model.forward(e.ids, batch: e.batch) }.toArray(), e.logits, "gpt2 (bare keys) logits")
+        assertClose(withNoGrad { model.forward(e.ids, batch: e.batch) }.toArray(), e.logits, rtol: 1e-4, atol: 1e-5, "gpt2 (bare keys) logits", label: "[hf]")
     }
 
     func testSaveHFModelLoadsBackIdentically() throws {
@@ -286,7 +272,7 @@ final class SafetensorsTests: XCTestCase {
             }
             let obj = try JSONSerialization.jsonObject(with: stdout) as! [String: Any]
             XCTAssertEqual(obj["shape"] as? [Int], [2, 5, 29], name)
-            assertClose(ours, (obj["logits"] as! [NSNumber]).map(\.floatValue), "\(name): transformers on our saved folder")
+            assertClose(ours, (obj["logits"] as! [NSNumber]).map(\.floatValue), rtol: 1e-4, atol: 1e-5, "\(name): transformers on our saved folder", label: "[hf]")
         }
     }
 

@@ -3,6 +3,7 @@
 // config JSON, and a finite-difference gradient check through the whole tiny model.
 
 import XCTest
+import TestSupport
 @testable import PEFT
 
 final class BottleneckAdapterTests: XCTestCase {
@@ -143,14 +144,14 @@ final class BottleneckAdapterTests: XCTestCase {
         {"peft_type": "BOTTLENECK", "architecture": "Houlsby", "reduction_factor": 8, "non_linearity": "gelu",
          "init_scale": 0.001, "layers_to_transform": 1}
         """
-        let c = try JSONDecoder().decode(BottleneckConfig.self, from: Data(json.utf8))
+        let c = try BottleneckConfig.decode(Data(json.utf8))
         XCTAssertEqual(c.architecture, "houlsby")
         XCTAssertEqual(c.reductionFactor, 8)
         XCTAssertEqual(c.nonLinearity, "gelu")
         XCTAssertEqual(c.initScale, 0.001)
         XCTAssertEqual(c.layersToTransform, [1])
         XCTAssertNil(c.bottleneckSize)
-        let d = try JSONDecoder().decode(BottleneckConfig.self, from: Data("{}".utf8))
+        let d = try BottleneckConfig.decode(Data("{}".utf8))
         XCTAssertEqual([d.architecture, d.nonLinearity, d.peftType], ["pfeiffer", "relu", "BOTTLENECK"])
         XCTAssertEqual(d.reductionFactor, 16)
         XCTAssertEqual(d.initScale, 0)
@@ -162,7 +163,7 @@ final class BottleneckAdapterTests: XCTestCase {
             XCTAssertTrue(text.contains(key), "\(key) in \(text)")
         }
         XCTAssertLessThan(text.range(of: "architecture")!.lowerBound, text.range(of: "non_linearity")!.lowerBound, "sorted keys")
-        XCTAssertEqual(try JSONDecoder().decode(BottleneckConfig.self, from: back), c)
+        XCTAssertEqual(try BottleneckConfig.decode(back), c)
         // A small init_scale: up ≠ 0, the model moves a little.
         let model = makeModel(gpt2Tiny, seed: 9)
         let base = logits(model)
@@ -174,7 +175,7 @@ final class BottleneckAdapterTests: XCTestCase {
         let adapted = logits(model)
         let saved = Dictionary(uniqueKeysWithValues: adapter.adapterParameters().map { ($0.0, $0.1.copy()) })
         let fresh = makeModel(gpt2Tiny, seed: 9)
-        let loaded = try BottleneckAdapter(config: JSONDecoder().decode(BottleneckConfig.self, from: back))
+        let loaded = try BottleneckAdapter(config: BottleneckConfig.decode(back))
         try loaded.attach(to: fresh)
         try loaded.loadAdapterParameters(saved, source: "memory")
         XCTAssertEqual(logits(fresh), adapted)

@@ -5,6 +5,7 @@
 // frozen base's. A new method adds one line to `conformanceCases`.
 
 import XCTest
+import TestSupport
 @testable import PEFT
 @testable import Formats
 import Training

@@ -6,6 +6,7 @@
 
 import Foundation
 import XCTest
+import TestSupport
 @testable import PEFT
 @testable import Formats
 
@@ -116,8 +117,8 @@ private struct CombinationFixture {
 /// Max |a − e| / max |e|.
 private func relativeError(_ a: [Float], _ e: [Float]) -> Float {
     precondition(a.count == e.count, "\(a.count) vs \(e.count) values")
-    let scale = e.map(abs).max() ?? 0
-    let diff = zip(a, e).map { abs($0 - $1) }.max() ?? 0
+    let scale = maxAbs(e)
+    let diff = maxAbsDiff(a, e)
     return scale == 0 ? diff : diff / scale
 }
 

@@ -2,6 +2,7 @@
 // adapters at once, adapter checkpoints and the base fingerprint.
 
 import XCTest
+import TestSupport
 @testable import PEFT
 @testable import Formats
 
@@ -11,8 +12,6 @@ let llamaTiny = ModelConfig.llama(vocabSize: 37, hiddenSize: 16, numLayers: 2, n
 let sampleIDs: [Int32] = [1, 4, 9, 16, 25, 36, 2, 3, 5, 7]
 
 func logits(_ m: CausalLM, _ ids: [Int32] = sampleIDs) -> [Float] { withNoGrad { m.forward(ids, batch: 2) }.toArray() }
-
-func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? 0 }
 
 func loraConfig(_ targets: ModuleSelector, r: Int = 4, dora: Bool = false, random: Bool = true) -> LoRAConfig {
     var c = LoRAConfig(r: r, loraAlpha: 8, targetModules: targets)
@@ -141,7 +140,7 @@ final class LoRATests: XCTestCase {
         {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj"], "use_dora": true,
          "init_lora_weights": "gaussian", "layers_to_transform": 0, "rank_pattern": {"k_proj": 4}, "task_type": "CAUSAL_LM"}
         """
-        let c = try JSONDecoder().decode(LoRAConfig.self, from: Data(json.utf8))
+        let c = try LoRAConfig.decode(Data(json.utf8))
         XCTAssertEqual(c.r, 16)
         XCTAssertEqual(c.loraAlpha, 32)
         XCTAssertEqual(c.targetModules, .names(["q_proj", "k_proj"]))

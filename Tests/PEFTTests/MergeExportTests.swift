@@ -1,6 +1,7 @@
 // Merging into a full checkpoint, adapter size on the default base, switching adapters by name.
 
 import XCTest
+import TestSupport
 @testable import PEFT
 @testable import Formats
 import Training

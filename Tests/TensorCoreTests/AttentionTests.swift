@@ -1,6 +1,7 @@
 // The fused attention against the same math composed from primitive ops.
 
 import XCTest
+import TestSupport
 @testable import TensorCore
 
 final class AttentionTests: XCTestCase {

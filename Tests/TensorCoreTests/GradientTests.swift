@@ -2,6 +2,7 @@
 // where the op accepts views, on transposed or sliced inputs.
 
 import XCTest
+import TestSupport
 @testable import TensorCore
 
 /// Keeps samples away from 0 so kinks (relu, clamp, max ties) are not straddled by ±eps.

@@ -10,6 +10,7 @@
 
 import Foundation
 import XCTest
+import TestSupport
 @testable import TensorCore
 
 private let fixtureURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

@@ -90,7 +90,7 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(Schedule.linear.lr(step: 50, total: 100, warmup: 0, peak: 1, minRatio: 0), 0.5, accuracy: 1e-6)
         XCTAssertEqual(Schedule.cosine.lr(step: 4, total: 100, warmup: 10, peak: 1), 0.5, accuracy: 1e-6)
         XCTAssertEqual(Schedule.cosine.lr(step: 55, total: 100, warmup: 10, peak: 1, minRatio: 0), 0.5, accuracy: 1e-6)
-        let o = try JSONDecoder().decode(TrainerOptions.self, from: Data(#"{"steps": 7, "lr": 0.01, "schedule": "linear", "grad_accumulation": 3}"#.utf8))
+        let o = try TrainerOptions.decode(Data(#"{"steps": 7, "lr": 0.01, "schedule": "linear", "grad_accumulation": 3}"#.utf8))
         XCTAssertEqual(o.steps, 7)
         XCTAssertEqual(o.schedule, .linear)
         XCTAssertEqual(o.gradAccumulation, 3)

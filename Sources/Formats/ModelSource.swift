@@ -1,0 +1,113 @@
+// One place decides what a path is (by content: magic numbers, the HDF5 `format` attribute, the files
+// in a folder), one loader turns a base-model path into a `LoadedModel`, and one turns an adapter path
+// into a method attached to a model. Every command goes through these.
+
+import Foundation
+
+/// What a path holds.
+public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
+    public enum Kind: String, Sendable {
+        case checkpoint = "SwiftPEFT model checkpoint"
+        case gguf = "GGUF file"
+        case hfFolder = "Hugging Face model folder"
+        case peftFolder = "Hugging Face PEFT adapter folder"
+        case adapter = "SwiftPEFT adapter checkpoint"
+        case trainingState = "SwiftPEFT training state"
+        /// An HDF5 file that is none of SwiftPEFT's formats.
+        case otherHDF5 = "HDF5 file (not a SwiftPEFT format)"
+    }
+    public let path: String
+    public let kind: Kind
+    /// The root attributes of a SwiftPEFT HDF5 file (format, config, …); empty for other kinds.
+    public let attributes: [String: String]
+
+    /// The HDF5 `format` attribute of a training state (Trainer's `state.h5`).
+    public static let trainingStateFormat = "swiftpeft-training-state"
+
+    public var description: String { "\(path) (\(kind.rawValue))" }
+
+    /// Decides what `path` is from its content, not its name: a folder with `adapter_config.json`
+    /// (PEFT adapter) or `config.json` (model); a file starting with "GGUF"; an HDF5 file, told apart
+    /// by its `format` attribute.
+    /// - Throws: `CheckpointError` naming the path when it is missing or none of these.
+    public static func detect(_ path: String) throws -> ModelSource {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw CheckpointError(path: path, message: "no such file or folder")
+        }
+        if isDir.boolValue {
+            if PEFTFolder.isPEFTFolder(path) { return ModelSource(path: path, kind: .peftFolder, attributes: [:]) }
+            if isHFModelFolder(path) { return ModelSource(path: path, kind: .hfFolder, attributes: [:]) }
+            throw CheckpointError(path: path, message: """
+                a folder with neither config.json (a Hugging Face model) nor \(PEFTFolder.configFile) (a PEFT adapter)
+                """)
+        }
+        if GGUFFile.hasMagic(path) { return ModelSource(path: path, kind: .gguf, attributes: [:]) }
+        guard let attrs = try? HDF5Store.readAttributes(path) else {
+            throw CheckpointError(path: path, message: """
+                not a file SwiftPEFT reads: expected an HDF5 checkpoint (.h5), a GGUF file, or a Hugging Face model or PEFT adapter folder
+                """)
+        }
+        let kinds: [String: Kind] = [ModelCheckpoint.format: .checkpoint, AdapterCheckpoint.format: .adapter,
+                                     trainingStateFormat: .trainingState]
+        return ModelSource(path: path, kind: attrs["format"].flatMap { kinds[$0] } ?? .otherHDF5, attributes: attrs)
+    }
+}
+
+/// A base model as every command uses it.
+public struct LoadedModel {
+    public let model: CausalLM
+    /// nil for a checkpoint saved without one.
+    public let tokenizer: BPETokenizer?
+    /// A SwiftPEFT checkpoint's attributes other than format, version and config (empty otherwise).
+    public let metadata: [String: String]
+    public let source: ModelSource
+}
+
+/// Loads the base model at `path`: a SwiftPEFT checkpoint, a GGUF file (LLaMA family) or a Hugging
+/// Face model folder, read once. The model comes back frozen and in eval mode.
+/// - Throws: naming the path; an adapter or a training state given as a model says so, with a hint.
+public func loadModel(_ path: String, seed: UInt64 = 0) throws -> LoadedModel {
+    let source = try ModelSource.detect(path)
+    switch source.kind {
+    case .checkpoint:
+        let (model, tokJSON, meta) = try ModelCheckpoint.load(path, seed: seed)
+        let tok = try tokJSON.map { try BPETokenizer.load(json: Data($0.utf8), file: path + "#tokenizer.json") }
+        return LoadedModel(model: model, tokenizer: tok, metadata: meta, source: source)
+    case .gguf:
+        let (model, tok) = try loadGGUFModel(path, seed: seed)
+        return LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
+    case .hfFolder:
+        let (model, tok) = try loadHFModel(path, seed: seed)
+        return LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
+    case .peftFolder, .adapter:
+        throw CheckpointError(path: path, message: """
+            is a \(source.kind.rawValue), not a base model.
+            HINT: give the base model it was trained on as the model, and this path as the adapter (--adapter).
+            """)
+    case .trainingState:
+        throw CheckpointError(path: path, message: """
+            is a \(source.kind.rawValue), not a base model.
+            HINT: continue it with `swiftpeft train --resume --out <its folder>`; the model is the base that run was given.
+            """)
+    case .otherHDF5:
+        throw CheckpointError(path: path, message: """
+            not a SwiftPEFT model checkpoint (format attribute \(source.attributes["format"].map { "'\($0)'" } ?? "missing"), expected '\(ModelCheckpoint.format)')
+            """)
+    }
+}
+
+/// Attaches the adapter at `path` to `model` with its tensors loaded: a Hugging Face PEFT folder or
+/// a SwiftPEFT adapter checkpoint, told apart by content.
+@discardableResult
+public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMethod {
+    let source = try ModelSource.detect(path)
+    switch source.kind {
+    case .peftFolder: return try importPEFTFolder(URL(fileURLWithPath: path), onto: model)
+    case .adapter: return try AdapterCheckpoint.load(path, onto: model)
+    default:
+        throw CheckpointError(path: path, message: """
+            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5) or a PEFT adapter folder
+            """)
+    }
+}

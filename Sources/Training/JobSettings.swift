@@ -1,0 +1,126 @@
+// A training job from settings keyed by the command line's long flag names ("seq-len", "r"), the
+// one contract for config files and flags: the CLI lays its flags over the config file's keys
+// (command line > config file) and this turns the result into a `TrainJob`; what a key does not
+// set keeps the defaults of the types (TrainerOptions, DatasetOptions, the method's config).
+
+import Foundation
+
+extension TrainJob {
+    /// The keys a settings dictionary (and a `--config` JSON file) may hold besides the method
+    /// options of the registry (`PEFTRegistry.options`): each is a long flag of `train`/`compare`.
+    public static let settingKeys = [
+        "model", "data", "out", "method", "methods", "adapter", "method-config",
+        "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "clip",
+        "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
+        "eval-every", "save-every", "log-every", "seed",
+    ]
+
+    /// Builds a job from `settings` (flag name → value: Swift values or parsed JSON). Method options
+    /// go to `methodSettings.options`; "method-config" (a PEFT JSON file path or object) to its
+    /// `peftConfig`; "methods" is left to `compare`.
+    /// - Throws: `TrainingError` naming the key for an unknown key, a wrongly typed or out-of-range value.
+    public init(settings: [String: Any]) throws {
+        let methodFlags = Set(PEFTRegistry.options.map(\.option.flag))
+        for key in settings.keys.sorted() where !Self.settingKeys.contains(key) && !methodFlags.contains(key) {
+            let hint = key == "trainer" ? " (its fields are top-level keys now, named as the flags: \"log-every\", \"weight-decay\", …)" : ""
+            throw TrainingError(message: "unknown setting \"\(key)\"\(hint); keys are the long flag names: \((Self.settingKeys + methodFlags.sorted()).joined(separator: ", "))")
+        }
+        let s = SettingReader(settings)
+        guard let model = try s.string("model") else { throw TrainingError(message: "the model is required (--model, or \"model\" in the config file)") }
+        guard let data = try s.string("data") else { throw TrainingError(message: "the data is required (--data, or \"data\" in the config file)") }
+        guard let out = try s.string("out") else { throw TrainingError(message: "the output folder is required (--out, or \"out\" in the config file)") }
+        self.init(modelPath: model, dataPath: data, outDir: out)
+        if let v = try s.string("method") { method = v }
+        adapterPath = try s.string("adapter")
+        if let v = try s.int("steps") { trainer.steps = v }
+        if let v = try s.double("epochs") {
+            guard v > 0 else { throw TrainingError(message: "--epochs must be positive, got \(v)") }
+            epochs = v
+        }
+        if let v = try s.double("lr") { trainer.lr = Float(v) }
+        if let v = try s.string("schedule") {
+            guard let sc = Schedule(rawValue: v) else {
+                throw TrainingError(message: "--schedule must be \(Schedule.allCases.map(\.rawValue).joined(separator: ", ")), got \(v)")
+            }
+            trainer.schedule = sc
+        }
+        if let v = try s.int("warmup") { trainer.warmupSteps = v }
+        if let v = try s.string("optimizer") { trainer.optimizer = v }
+        if let v = try s.double("weight-decay") { trainer.weightDecay = Float(v) }
+        if let v = try s.double("momentum") { trainer.momentum = Float(v) }
+        if let v = try s.double("clip") { trainer.clip = Float(v) }
+        if let v = try s.int("grad-accumulation") { trainer.gradAccumulation = v }
+        if let v = try s.int("eval-every") { trainer.evalEvery = v }
+        if let v = try s.int("save-every") { trainer.saveEvery = v }
+        if let v = try s.int("log-every") { trainer.logEvery = max(1, v) }
+        if let v = try s.int("seed") {
+            guard v >= 0 else { throw TrainingError(message: "--seed must be ≥ 0, got \(v)") }
+            trainer.seed = UInt64(v)
+        }
+        if let v = try s.int("batch-size") { batchSize = v }
+        if let v = try s.int("seq-len") { self.data.seqLen = v }
+        if let v = try s.bool("packing") { self.data.packing = v }
+        if let v = try s.string("val-data") { self.data.validation = .file(v) }
+        else if let v = try s.double("val-fraction") { self.data.validation = .fraction(v) }
+        switch settings["method-config"] {
+        case let path as String:
+            guard let d = FileManager.default.contents(atPath: path),
+                  let obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else {
+                throw TrainingError(message: "\(path): the method config is not a readable JSON object")
+            }
+            methodSettings.peftConfig = obj
+        case let obj as [String: Any]: methodSettings.peftConfig = obj
+        case nil: break
+        case let other?: throw TrainingError(message: "--method-config must be a file path or a JSON object, got \(other)")
+        }
+        methodSettings.options = settings.filter { methodFlags.contains($0.key) }
+        guard trainer.steps > 0, batchSize > 0, self.data.seqLen > 1 else {
+            throw TrainingError(message: "steps, batch size and sequence length must be positive (seq-len at least 2)")
+        }
+    }
+}
+
+/// Typed reads of a settings dictionary whose values are Swift values (from flags) or parsed JSON;
+/// errors name the key as its flag (`--seq-len`), which is also its config-file key.
+struct SettingReader {
+    let settings: [String: Any]
+    init(_ settings: [String: Any]) { self.settings = settings }
+
+    func fail(_ key: String, _ what: String) -> TrainingError {
+        TrainingError(message: "--\(key) must be \(what), got \(settings[key].map { "\($0)" } ?? "nothing")")
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let v = settings[key] else { return nil }
+        guard let s = v as? String else { throw fail(key, "a string") }
+        return s
+    }
+
+    func int(_ key: String) throws -> Int? {
+        switch settings[key] {
+        case nil: return nil
+        case let v as Int: return v
+        case let v as UInt64: guard let i = Int(exactly: v) else { throw fail(key, "an integer") }; return i
+        case let n as NSNumber:
+            guard let i = Int(exactly: n.doubleValue) else { throw fail(key, "an integer") }
+            return i
+        default: throw fail(key, "an integer")
+        }
+    }
+
+    func double(_ key: String) throws -> Double? {
+        switch settings[key] {
+        case nil: return nil
+        case let v as Double: return v
+        case let v as Float: return Double(v)
+        case let n as NSNumber: return n.doubleValue
+        default: throw fail(key, "a number")
+        }
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let v = settings[key] else { return nil }
+        guard let b = v as? Bool else { throw fail(key, "true or false") }
+        return b
+    }
+}

@@ -1,0 +1,125 @@
+// A PEFT method defined only here, registered at run time, goes through every generic path: the
+// CLI's option parsing and help, training, saving, reloading, merging and the PEFT folder export
+// and import. If any of them switched on method names or types, this method would not get through.
+import Foundation
+import XCTest
+import Training
+import TestSupport
+@testable import swiftpeft
+
+/// `scale_init` and the targets, with PEFT-style field names; defaults stated once.
+struct ScaleConfig: PEFTConfig, Equatable {
+    var peftType = OutputScale.peftType
+    var targetModules: ModuleSelector = .names(["o_proj"])
+    var scaleInit: Float = 0
+    init() {}
+    enum CodingKeys: String, CodingKey { case peftType = "peft_type", targetModules = "target_modules", scaleInit = "scale_init" }
+}
+
+/// y ← (1 + s) · y with one trainable scalar s per target layer; merges as W ← (1 + s) W, b ← (1 + s) b.
+final class ScaleHook: FoldableLinearHook {
+    let s: Tensor
+    var saved: (Tensor, Tensor?)?
+    init(_ value: Float) {
+        s = Tensor.full([1], value)
+        s.requiresGrad = true
+    }
+    var isMerged: Bool { saved != nil }
+    func input(_ x: Tensor, layer: Linear) -> Tensor { x }
+    func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor { isMerged ? y : y + y * s }  // (…, out) · (1)
+    func merge(into linear: Linear) {
+        withNoGrad {
+            let f = s.detached() + 1
+            saved = (linear.weight.copy(), linear.bias?.copy())
+            linear.weight.assign(linear.weight.detached() * f)
+            if let b = linear.bias { b.assign(b.detached() * f) }
+        }
+    }
+    func unmerge(from linear: Linear) {
+        guard let (w, b) = saved else { return }
+        linear.weight.assign(w)
+        if let b { linear.bias?.assign(b) }
+        saved = nil
+    }
+}
+
+final class OutputScale: LinearHookMethod<ScaleHook>, MergeablePEFTMethod {
+    static let peftType = "TEST_SCALE"
+    static let registration = MethodDescription(
+        OutputScale.self, config: ScaleConfig.self, names: [("scale", [:])], summary: "test method: scales Linear outputs",
+        options: [MethodOption("scale-init", field: "scale_init", .float, help: "initial s")],
+        modelDefaults: { ["target_modules": $0.family == .gpt2 ? ["c_proj"] : ["o_proj"]] },
+        peftFolder: PEFTFolderMapping(), build: { c, name, _ in OutputScale(config: c, name: name) })
+
+    let config: ScaleConfig
+    var isEnabled = true
+    init(config: ScaleConfig, name: String) {
+        self.config = config
+        super.init(name: name)
+    }
+    func configJSON() throws -> Data { try JSONEncoder().encode(config) }
+    func attach(to model: CausalLM) throws -> [String] {
+        try checkDetached("Scale")
+        let targets = try selectModules(model, of: Linear.self, targets: config.targetModules, method: "Scale")
+        return install(on: model, targets: targets, extra: []) { _, _ in ScaleHook(config.scaleInit) }
+    }
+    func adapterParameters() -> [(String, Tensor)] { hooked.map { ("base_model.model.\($0.module).scale", $0.hook.s) } }
+    var expectedTrainableCount: Int { hooked.count }
+}
+
+final class ExtraMethodTests: XCTestCase {
+    func testAMethodFromOutsideTheLibraryTrainsSavesReloadsMergesAndExports() throws {
+        if PEFTRegistry.method(named: "scale") == nil { try PEFTRegistry.register(OutputScale.registration) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-registry-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = (0..<200).map { "The cat \(["eats", "sees", "likes"][$0 % 3]) the fish number \($0 % 9)." }.joined(separator: "\n")
+        let data = dir.appendingPathComponent("data.txt").path
+        try text.write(toFile: data, atomically: true, encoding: .utf8)
+        let tokenizer = try trainBaseTokenizer([text], vocabSize: 300)
+        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 32, numLayers: 2, numHeads: 4, numKVHeads: 2,
+                                       intermediateSize: 64, tieWordEmbeddings: true, maxPositions: 64)
+        let base = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: base)
+
+        // The CLI's code: help lists the method and its option; its flag parses; train runs it.
+        XCTAssertTrue(methodOptionsHelp.contains("--scale-init <float>: initial s (scale; default 0)"), methodOptionsHelp)
+        XCTAssertTrue(methodOptionsHelp.contains("scale: test method"), methodOptionsHelp)
+        XCTAssertEqual(try parseMethodArguments(["--scale-init", "0.25"])["scale-init"] as? Double, 0.25)
+        XCTAssertTrue(trainableMethodNames.contains("scale"))
+        let out = dir.appendingPathComponent("run").path
+        let train = try Train.parse(["--model", base, "--data", data, "--method", "scale", "--scale-init", "0.25", "--steps", "3",
+                                     "--seq-len", "16", "--batch-size", "2", "--lr", "0.05", "--out", out])
+        try train.run()
+
+        // Saved and reloaded through the generic adapter paths.
+        let adapterPath = out + "/adapter.h5"
+        let loaded = try loadModel(base)
+        let method = try XCTUnwrap(try loadAdapter(adapterPath, onto: loaded.model) as? OutputScale)
+        XCTAssertEqual(method.hooked.count, 2, "o_proj in each of the 2 layers")
+        XCTAssertEqual(method.config.scaleInit, 0.25, "the option reached the config")
+        let s = method.hooked[0].hook.s.toArray()[0]
+        XCTAssertNotEqual(s, 0.25, "three steps changed s")
+        let ids: [Int32] = [1, 2, 3, 4, 5]
+        let adapted = withNoGrad { loaded.model.forward(ids, batch: 1) }.toArray()
+        let plain = withNoGrad { try! loadModel(base).model.forward(ids, batch: 1) }.toArray()
+        XCTAssertGreaterThan(maxAbsDiff(adapted, plain), 1e-4, "the adapter changes the logits")
+
+        // Merged through the generic merge path.
+        let merged = dir.appendingPathComponent("merged.h5").path
+        let r = try mergeAdapter(modelPath: base, adapterPath: adapterPath, out: merged)
+        XCTAssertEqual(r.adaptedModules, 2)
+        XCTAssertLessThan(r.maxLogitDifference, MergeResult.tolerance)
+        let mergedLogits = withNoGrad { try! loadModel(merged).model.forward(ids, batch: 1) }.toArray()
+        for (a, b) in zip(mergedLogits, adapted) { XCTAssertEqual(a, b, accuracy: 1e-4) }
+
+        // Exported and imported as a PEFT folder through the registry's mapping.
+        let folder = dir.appendingPathComponent("peft")
+        try exportPEFTFolder(method, base: loaded.model, baseName: nil, to: folder)
+        let again = try loadModel(base)
+        let imported = try XCTUnwrap(try loadAdapter(folder.path, onto: again.model) as? OutputScale)
+        XCTAssertEqual(imported.hooked.map { $0.hook.s.toArray() }, method.hooked.map { $0.hook.s.toArray() })
+        XCTAssertEqual(withNoGrad { again.model.forward(ids, batch: 1) }.toArray(), adapted)
+        XCTAssertTrue(PEFTFolder.supportedTypes.contains("TEST_SCALE"))
+    }
+}
