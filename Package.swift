@@ -1,6 +1,7 @@
 // swift-tools-version:5.10
 // SwiftPEFT: parameter-efficient fine-tuning of decoder-only language models on the CPU.
-// Layers point one way: TensorCore → NN → Models → PEFT → Formats → Training → swiftpeft (CLI).
+// Layers point one way: TensorCore → NN → Models → PEFT → Formats → Training → SwiftPEFT → swiftpeft (CLI);
+// Tokenizers stand alone and Containers (tensor files) need only TensorCore; both feed Formats.
 import Foundation
 import PackageDescription
 
@@ -18,9 +19,16 @@ let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"] + (portable ? [] : [
 let package = Package(
     name: "SwiftPEFT",
     products: [
+        // The library: `import SwiftPEFT` for everything, or one layer at a time.
+        .library(name: "SwiftPEFT", targets: ["SwiftPEFT"]),
         .library(name: "TensorCore", targets: ["TensorCore"]),
         .library(name: "NN", targets: ["NN"]),
+        .library(name: "Models", targets: ["Models"]),
+        .library(name: "Tokenizers", targets: ["Tokenizers"]),
+        .library(name: "PEFT", targets: ["PEFT"]),
+        .library(name: "Containers", targets: ["Containers"]),
         .library(name: "Formats", targets: ["Formats"]),
+        .library(name: "Training", targets: ["Training"]),
         .executable(name: "swiftpeft", targets: ["swiftpeft"]),
         .executable(name: "tensor-bench", targets: ["tensor-bench"]),
     ],
@@ -28,24 +36,36 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
-        // System libraries: OpenBLAS (cblas.h) and HDF5 (serial), each behind a module map.
+        // System libraries: OpenBLAS (cblas.h; LAPACK's routines, which OpenBLAS bundles) and HDF5
+        // (serial), each behind a module map.
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CLAPACK", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
 
+        // The layers, each importing only the ones below it (docs/architecture.md).
         .target(name: "TensorCore", dependencies: ["CBLAS"], swiftSettings: kernels),
         .target(name: "NN", dependencies: ["TensorCore"], swiftSettings: kernels),
         .target(name: "Models", dependencies: ["NN"]),
-        .target(name: "PEFT", dependencies: ["Models"]),
-        .target(name: "Formats", dependencies: ["PEFT", "CHDF5"]),
+        .target(name: "Tokenizers"),
+        .target(name: "PEFT", dependencies: ["Models", "CLAPACK"]),
+        // Files of named tensors (HDF5, safetensors, GGUF): they need tensors, nothing of models.
+        .target(name: "Containers", dependencies: ["TensorCore", "CHDF5"]),
+        // Models, tokenizers and adapters in and out of those files and Hugging Face folders.
+        .target(name: "Formats", dependencies: ["PEFT", "Tokenizers", "Containers"]),
         .target(name: "Training", dependencies: ["Formats"]),
+        .target(name: "SwiftPEFT", dependencies: ["Training"]),
         .executableTarget(
             name: "swiftpeft",
-            dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["SwiftPEFT", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"]),
-        .executableTarget(name: "tokenizer-bench", dependencies: ["Models"]),
+        .executableTarget(name: "tokenizer-bench", dependencies: ["Tokenizers"]),
 
-        // Examples: short programs that use the library as a user would; built with the package.
+        // Examples: short programs that use the library as a user would; built with the package and
+        // run at tiny size by ExamplesTests.
         .executableTarget(name: "example-tensor-basics", dependencies: ["TensorCore"], path: "Examples/TensorBasics"),
+        .executableTarget(name: "example-train-lora", dependencies: ["SwiftPEFT"], path: "Examples/TrainLoRA"),
+        .executableTarget(name: "example-compare-methods", dependencies: ["SwiftPEFT"], path: "Examples/CompareMethods"),
+        .executableTarget(name: "example-merge-export", dependencies: ["SwiftPEFT"], path: "Examples/MergeAndExport"),
 
         // A process that runs one op with bad shapes: preconditions are checked from outside.
         .executableTarget(name: "shape-probe", dependencies: ["TensorCore"], path: "Tests/ShapeProbe"),
@@ -53,11 +73,14 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLAS", "shape-probe", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "TestSupport"]),
         .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats", "Training", "TestSupport"], exclude: ["Fixtures"]),
-        .testTarget(name: "CLITests", dependencies: ["Training", "swiftpeft", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["SwiftPEFT", "swiftpeft", "TestSupport"]),
+        .testTarget(name: "ExamplesTests", dependencies: ["SwiftPEFT", "example-tensor-basics", "example-train-lora",
+                                                          "example-compare-methods", "example-merge-export"]),
         // A method defined only in the test target goes through every generic path (the registry's proof).
-        .testTarget(name: "MethodRegistryTests", dependencies: ["Training", "swiftpeft", "TestSupport"]),
+        .testTarget(name: "MethodRegistryTests", dependencies: ["SwiftPEFT", "swiftpeft", "TestSupport"]),
     ]
 )

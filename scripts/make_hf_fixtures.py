@@ -22,7 +22,7 @@ SEED = 4321
 B, T, V = 2, 6, 97
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 OUT = os.path.join(ROOT, "Tests", "FormatsTests", "Fixtures", "hf")
-TOKENIZER = os.path.join(ROOT, "Tests", "ModelsTests", "Fixtures", "tokenizer_gpt2.json")
+TOKENIZER = os.path.join(ROOT, "Tests", "TokenizersTests", "Fixtures", "tokenizer_gpt2.json")
 with open(TOKENIZER) as _f:
     _tok = json.load(_f)
 GPT2_V = max(list(_tok["model"]["vocab"].values()) + [t["id"] for t in _tok["added_tokens"]]) + 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# make_tokenizer_fixtures.py: writes Tests/ModelsTests/Fixtures/tokenizer_expected.json, the ids that Hugging
+# make_tokenizer_fixtures.py: writes Tests/TokenizersTests/Fixtures/tokenizer_expected.json, the ids that Hugging
 # Face's `tokenizers` library gives for a fixed set of sample strings with the two small tokenizer.json files
 # that SwiftPEFT's own BPE trainer wrote (tokenizer_gpt2.json, tokenizer_digits.json), and with a third one that
 # `tokenizers` itself trains here (tokenizer_hf_trained.json: SmolLM2's layout, special tokens at ids 0-2 and a
@@ -23,7 +23,7 @@ import sys
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = os.path.normpath(os.path.join(HERE, "..", "Tests", "ModelsTests", "Fixtures"))
+FIXTURES = os.path.normpath(os.path.join(HERE, "..", "Tests", "TokenizersTests", "Fixtures"))
 OUT_PATH = os.path.join(FIXTURES, "tokenizer_expected.json")
 TOKENIZERS = {"gpt2": "tokenizer_gpt2.json", "digits": "tokenizer_digits.json", "hf": "tokenizer_hf_trained.json"}
 

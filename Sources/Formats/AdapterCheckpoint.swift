@@ -3,6 +3,12 @@
 // adapter is never silently loaded onto a different base.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
 
 /// Identifies a base model: its config and a hash over every parameter's name and bits.
 public struct BaseFingerprint: Equatable, CustomStringConvertible {

@@ -3,6 +3,12 @@
 // byte-level BPE tokenizer from `tokenizer.ggml.*` (SmolLM2, Llama-style GPT-2 BPE models).
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
 
 extension GGUFFile {
     /// The Hugging Face key of a llama-architecture GGUF tensor name (`blk.3.attn_q.weight` →

@@ -3,6 +3,12 @@
 // folders load in transformers with `AutoModelForCausalLM.from_pretrained(folder)`.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
 
 /// A Hugging Face model folder that cannot be loaded or saved: names the file and what was wrong.
 public typealias HFModelError = CheckpointError

@@ -3,18 +3,12 @@
 // h5py: `h5py.File(p)["model.layers.0.self_attn.q_proj.weight"][:]`, `json.loads(f.attrs["config"])`.
 
 import Foundation
-
-/// A file (checkpoint, model folder, adapter folder) that cannot be read or written: names the path
-/// and what was wrong.
-public struct CheckpointError: Error, CustomStringConvertible {
-    public let path: String
-    public let message: String
-    public init(path: String, message: String) {
-        self.path = path
-        self.message = message
-    }
-    public var description: String { "\(path): \(message)" }
-}
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
 
 /// Save and load whole models (base or merged) as HDF5.
 public enum ModelCheckpoint {

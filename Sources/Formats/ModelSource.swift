@@ -3,6 +3,12 @@
 // into a method attached to a model. Every command goes through these.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
 
 /// What a path holds.
 public struct ModelSource: Equatable, Sendable, CustomStringConvertible {

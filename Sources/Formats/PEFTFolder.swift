@@ -6,6 +6,12 @@
 // prefixes), so their configs say `inference_mode: true`, as PEFT writes them.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
 
 /// A PEFT adapter folder that cannot be written or read: names the folder or file (and tensor).
 public typealias PEFTFolderError = CheckpointError

@@ -2,6 +2,8 @@
 // GELU MLP, Conv1D weights stored (in, out), tied input/output embeddings. Parameter names equal
 // the Hugging Face keys: transformer.wte.weight, transformer.h.0.attn.c_attn.weight, …
 
+import TensorCore
+import NN
 /// GPT-2 attention: c_attn (C → 3C) then c_proj (C → C), both Conv1D.
 public final class GPT2Attention: Module {
     public let cAttn: Linear, cProj: Linear

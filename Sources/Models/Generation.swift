@@ -3,6 +3,8 @@
 // sequence each step (the reference the cached path is tested against).
 
 import Foundation
+import TensorCore
+import NN
 
 /// How to pick each next token.
 public struct SamplingOptions: Sendable {

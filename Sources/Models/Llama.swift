@@ -2,7 +2,8 @@
 // optional q/k/v bias (Qwen2), optionally tied embeddings. Parameter names equal the Hugging Face
 // keys: model.embed_tokens.weight, model.layers.0.self_attn.q_proj.weight, …, lm_head.weight.
 
-@_exported import NN
+import TensorCore
+import NN
 
 /// q_proj, k_proj, v_proj (KVH·D outputs each for k and v), o_proj.
 public final class LlamaAttention: Module {

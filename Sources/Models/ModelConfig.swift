@@ -2,6 +2,8 @@
 // Letters used in shape comments across Models: B batch, T sequence, S keys (prefix + cache + T),
 // C hidden, V vocabulary, L layers, H query heads, KVH key/value heads, D head dimension.
 
+import TensorCore
+import NN
 /// Architecture of a decoder-only transformer. Codable (snake_case keys) for checkpoints.
 public struct ModelConfig: Codable, Equatable, Sendable {
     public enum Family: String, Codable, Sendable { case gpt2, llama }

@@ -3,6 +3,7 @@
 // points for PEFT methods, the KV cache and the loss. GPT2.swift and Llama.swift hold the rest.
 
 import NN
+import TensorCore
 
 /// A block's hidden-state hook (bottleneck adapters): (B, T, C) → (B, T, C).
 public protocol HiddenHook: AnyObject {

@@ -1,6 +1,7 @@
 // Basic layers: Linear (Hugging Face (out, in) weights, or GPT-2 Conv1D (in, out) weights),
 // Embedding, LayerNorm, RMSNorm. Linear carries hook lists so PEFT methods attach without surgery.
 
+import TensorCore
 /// Something attached to a Linear layer by a PEFT method.
 public protocol LinearHook: AnyObject {
     /// Transforms the layer's input before the base product (IA3 on a feed-forward input).

@@ -2,7 +2,7 @@
 // and equal the Hugging Face checkpoint keys (`model.layers.0.self_attn.q_proj.weight`), so loading
 // is a key-for-key copy and PEFT target patterns match the names users know.
 
-@_exported import TensorCore
+import TensorCore
 
 /// Weight initialization can be skipped when every weight is about to be loaded (checkpoints, GGUF):
 /// drawing 135M normals costs seconds that the copy then throws away.

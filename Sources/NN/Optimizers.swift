@@ -3,6 +3,7 @@
 // require gradients are given to an optimizer, so frozen weights never get optimizer state.
 
 import Foundation
+import TensorCore
 
 /// A first-order optimizer whose state can be saved and restored.
 public protocol Optimizer: AnyObject {

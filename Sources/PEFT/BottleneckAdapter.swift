@@ -6,6 +6,9 @@
 // e.g. base_model.model.model.layers.0.mlp_adapter.up.weight, base_model.model.transformer.h.1.attention_adapter.down.bias.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// Bottleneck-adapter configuration, AdapterHub style, with snake_case field names.
 public struct BottleneckConfig: PEFTConfig, Equatable {

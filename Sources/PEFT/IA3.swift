@@ -3,6 +3,9 @@
 // saved under PEFT's keys and shapes; merge folds l into W (and b), unmerge restores them exactly.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// IA3 configuration with Hugging Face PEFT's field names (`adapter_config.json`).
 public struct IA3Config: PEFTConfig, Equatable {

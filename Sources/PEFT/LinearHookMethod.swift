@@ -3,6 +3,9 @@
 // is all or nothing, detach, and merge/unmerge bookkeeping. The method files hold only their math.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// A Linear hook that can fold itself into its layer's weights and restore them exactly.
 public protocol FoldableLinearHook: LinearHook {

@@ -4,6 +4,9 @@
 // Merge folds the update into W (keeping the original for an exact unmerge).
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// `init_lora_weights`: true (A Kaiming-uniform, B zero), "gaussian" (A ~ N(0, 1/r²)·…, B zero),
 /// or false (both random: the model does not start unchanged; for tests).

@@ -4,8 +4,11 @@
 // ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd. The combined adapter has
 // lora_alpha = r, so its scaling is 1 and its ΔW is B·A. The truncated SVD is LAPACK's `sgesdd_`.
 
-import CBLAS
+import CLAPACK
 import Foundation
+import TensorCore
+import NN
+import Models
 
 extension LoRA {
     /// How `combineLoRA` combines the sources (PEFT's `combination_type`). With wᵢ the weights,

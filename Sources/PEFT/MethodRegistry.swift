@@ -5,6 +5,9 @@
 // Nothing outside a method's file switches on method names or types.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// A Codable settings type whose every default is stated once, as the property's initial value;
 /// `decode` fills the fields a JSON object leaves out from `init()`.

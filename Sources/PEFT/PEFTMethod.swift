@@ -4,7 +4,9 @@
 // plus one line in `PEFTRegistry` (MethodRegistry.swift).
 
 import Foundation
-@_exported import Models
+import TensorCore
+import NN
+import Models
 
 /// A parameter-efficient fine-tuning method attached to a frozen base model.
 public protocol PEFTMethod: AnyObject {

@@ -3,6 +3,9 @@
 // prepended to the input embeddings. PEFT saves only that output, as `prompt_embeddings`.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// `encoder_reparameterization_type`: MLP = Linear(C, h) → ReLU → Linear(h, h) → ReLU → Linear(h, C);
 /// LSTM = bidirectional LSTM (hidden h per direction) → Linear(2h, 2h) → ReLU → Linear(2h, C).

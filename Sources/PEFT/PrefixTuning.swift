@@ -3,6 +3,9 @@
 // (P, 2L, KVH, D): layer l's keys are index 2l, its values 2l+1. Saved as `prompt_embeddings`.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// Prefix tuning configuration with Hugging Face PEFT's field names (`adapter_config.json`).
 /// Under grouped-query attention PEFT rewrites token_dim to kv_dim = D·KVH and

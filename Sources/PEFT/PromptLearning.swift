@@ -3,6 +3,9 @@
 // `prompt_embeddings` export, a torch.nn.Linear look-alike, and the bookkeeping of the model slot.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// The fields of PEFT's `PromptLearningConfig` that the three prompt-learning configs share.
 public protocol PromptLearningConfig: PEFTConfig {

@@ -3,6 +3,9 @@
 // rows, or from the embedding rows of an init text's token ids. PEFT saves them as `prompt_embeddings`.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// `prompt_tuning_init`.
 public enum PromptTuningInit: String, Codable, Sendable {

@@ -4,6 +4,9 @@
 // the same way; layers_to_transform keeps only those layer indices.
 
 import Foundation
+import TensorCore
+import NN
+import Models
 
 /// `target_modules` / `exclude_modules`: a list of names (suffix match) or one regex string.
 public enum ModuleSelector: Codable, Equatable, Sendable {

@@ -2,6 +2,13 @@
 // byte-level BPE tokenizer on it, pretraining from scratch, and saving model + tokenizer.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// A text corpus that could not be read: names the path.
 public struct CorpusError: Error, CustomStringConvertible {

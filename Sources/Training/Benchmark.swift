@@ -4,6 +4,13 @@
 // scripts/bench-torch measures the same rows with PyTorch + transformers + peft, same FLOP formula.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// A benchmark model shape and its batch.
 public struct BenchConfig: Sendable {

@@ -3,6 +3,13 @@
 // plus the process memory probes (VmHWM / VmRSS) the comparison records.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 // MARK: - Results
 

@@ -3,6 +3,13 @@
 // same batches (a `BatchStream` for the trainer), and evaluation of a model on a data set's learned targets.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 extension Dataset {
     /// The batch made of `rows` (indices into the data set), in that order: ids and targets (B·T), and for

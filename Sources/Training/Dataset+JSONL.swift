@@ -3,6 +3,13 @@
 // documents, and the templates (Alpaca, ChatML) that turn an example into tokens with a loss mask.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// The kinds of training data `readExamples(_:)` understands.
 public enum DataFormat: String, Codable, Sendable, CaseIterable {

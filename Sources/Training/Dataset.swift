@@ -3,6 +3,13 @@
 // resumable iteration and masked evaluation: Dataset+Batches.swift.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// A data file or option that cannot be used. Reads `path:line: message` (or `path: message` when no line).
 public struct DatasetError: Error, CustomStringConvertible, Equatable {

@@ -4,6 +4,13 @@
 // set keeps the defaults of the types (TrainerOptions, DatasetOptions, the method's config).
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 extension TrainJob {
     /// The keys a settings dictionary (and a `--config` JSON file) may hold besides the method

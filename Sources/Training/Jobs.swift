@@ -3,6 +3,13 @@
 // file SwiftPEFT reads. The CLI only parses arguments and prints what these return.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// The method name that trains every weight (no adapter); beside the registry's names.
 public let fullFineTuning = "full"

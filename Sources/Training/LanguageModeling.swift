@@ -3,7 +3,13 @@
 // trainer (data formats, checkpoints, resume) builds on these pieces.
 
 import Foundation
-@_exported import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// Batches of `batch` random windows of `seqLen + 1` tokens from a token stream.
 public struct WindowSampler {

@@ -3,6 +3,13 @@
 // same base, data and step budget and writes the report folder.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// Everything one `swiftpeft train` run needs.
 public struct TrainJob {

@@ -4,6 +4,13 @@
 // data position). A non-finite loss or gradient stops the run naming the step and the tensor.
 
 import Foundation
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 /// One batch: B rows of T tokens, next-token targets (-100 = not learned), optional padding mask.
 public struct Batch {

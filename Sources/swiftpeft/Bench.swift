@@ -2,7 +2,7 @@
 // runs in a child process of its own, so its peak memory and page faults are its own.
 import ArgumentParser
 import Foundation
-import Training
+import SwiftPEFT
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -2,7 +2,7 @@
 // adapter_model.safetensors) that `PeftModel.from_pretrained` loads.
 import ArgumentParser
 import Foundation
-import Training
+import SwiftPEFT
 
 struct Export: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(

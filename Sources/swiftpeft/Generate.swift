@@ -1,7 +1,7 @@
 // `swiftpeft generate`: continue a prompt with a saved model.
 import ArgumentParser
 import Foundation
-import Training
+import SwiftPEFT
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,7 +1,7 @@
 // `swiftpeft inspect` and `swiftpeft merge`.
 import ArgumentParser
 import Foundation
-import Training
+import SwiftPEFT
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(

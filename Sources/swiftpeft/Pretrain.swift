@@ -1,7 +1,7 @@
 // `swiftpeft pretrain`: train a tokenizer and a small base model from scratch on a text corpus.
 import ArgumentParser
 import Foundation
-import Training
+import SwiftPEFT
 
 struct Pretrain: ParsableCommand {
     static let configuration = CommandConfiguration(

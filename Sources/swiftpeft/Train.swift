@@ -2,7 +2,7 @@
 // progress bar on a terminal (plain log lines otherwise).
 import ArgumentParser
 import Foundation
-import Training
+import SwiftPEFT
 
 /// Options shared by train and compare. Any of them may come from `--config FILE.json`, whose keys
 /// are the long flag names ("seq-len", "r", "use-dora"); the command line wins over the file, the

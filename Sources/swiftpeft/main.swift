@@ -1,7 +1,7 @@
 // swiftpeft: the command-line client of the SwiftPEFT library. Thin: parses, calls, prints.
 import ArgumentParser
 import Foundation
-import Training
+import SwiftPEFT
 
 struct SwiftPEFT: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -2,7 +2,7 @@
 // and prints MB/s, tokens/s, training time and compression (bytes per token). Run in release:
 //   swift run -c release tokenizer-bench [PATH …] [--vocab N] [--digits] [--repeat R] [--save DIR]
 import Foundation
-import Models
+import Tokenizers
 
 /// Reads PATH arguments (files, or folders whose regular files are read, sorted) into one text.
 func readCorpus(_ paths: [String]) -> (text: String, files: Int) {

@@ -5,7 +5,7 @@
 
 import Foundation
 import XCTest
-import Training
+import SwiftPEFT
 
 /// What one run of the tool did.
 struct CLIRun {

@@ -3,7 +3,7 @@
 
 import Foundation
 import XCTest
-import Training
+import SwiftPEFT
 
 extension CLITests {
     func testExportPEFTFolderIsAcceptedAsAdapterAndMergesToHF() throws {

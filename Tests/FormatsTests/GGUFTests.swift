@@ -4,6 +4,12 @@
 
 import XCTest
 @testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+@testable import Containers
 
 /// Writes GGUF files byte by byte (little-endian), independently of the reader.
 struct GGUFWriter {

@@ -2,6 +2,12 @@
 
 import XCTest
 @testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+@testable import Containers
 
 final class HDF5Tests: XCTestCase {
     var dir: URL!

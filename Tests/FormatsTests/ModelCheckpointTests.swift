@@ -3,6 +3,12 @@
 
 import XCTest
 @testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+@testable import Containers
 
 final class ModelCheckpointTests: XCTestCase {
     var dir: URL!

@@ -6,6 +6,12 @@ import Foundation
 import XCTest
 import TestSupport
 @testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+@testable import Containers
 
 private let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()

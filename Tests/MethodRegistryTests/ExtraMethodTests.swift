@@ -3,7 +3,7 @@
 // and import. If any of them switched on method names or types, this method would not get through.
 import Foundation
 import XCTest
-import Training
+import SwiftPEFT
 import TestSupport
 @testable import swiftpeft
 

@@ -6,6 +6,10 @@ import Foundation
 import XCTest
 import Formats
 @testable import Models
+import TensorCore
+import NN
+import Tokenizers
+import Containers
 
 private let fixtureDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
 private let regenerate = "regenerate with `.venv/bin/python scripts/make_model_fixtures.py` from the package root (needs torch, transformers, h5py, numpy)"

@@ -4,6 +4,11 @@
 import XCTest
 import TestSupport
 @testable import Models
+import TensorCore
+import NN
+import Tokenizers
+import Containers
+import Formats
 
 let tinyGPT2 = ModelConfig.gpt2(vocabSize: 23, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 32)
 let tinyLlama = ModelConfig.llama(vocabSize: 23, hiddenSize: 16, numLayers: 1, numHeads: 4, numKVHeads: 2,

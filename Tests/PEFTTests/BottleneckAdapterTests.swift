@@ -5,6 +5,13 @@
 import XCTest
 import TestSupport
 @testable import PEFT
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
+import Formats
+import Training
 
 final class BottleneckAdapterTests: XCTestCase {
     func config(_ arch: String, reduction: Float = 4, act: String = "relu") -> BottleneckConfig {

@@ -9,6 +9,11 @@ import TestSupport
 @testable import PEFT
 @testable import Formats
 import Training
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
 
 /// One method under test: how to build it for a model config, and whether it starts unchanged.
 struct ConformanceCase {

@@ -5,6 +5,13 @@
 import XCTest
 import TestSupport
 @testable import PEFT
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
+import Formats
+import Training
 
 /// Sets every adapter tensor of `method` to N(mean, std) values (non-trivial, unlike the init).
 func randomizeAdapter(_ method: PEFTMethod, mean: Float, std: Float, seed: UInt64) {

@@ -5,6 +5,13 @@
 import XCTest
 import TestSupport
 @testable import PEFT
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
+import Formats
+import Training
 
 final class LinearHookMethodTests: XCTestCase {
     /// Hooks per Linear, requiresGrad and values of every parameter.

@@ -9,6 +9,12 @@ import XCTest
 import TestSupport
 @testable import PEFT
 @testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
+import Training
 
 private let fixturePath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("Fixtures/combination.h5").path

@@ -5,6 +5,12 @@ import XCTest
 import TestSupport
 @testable import PEFT
 @testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
+import Training
 
 let gpt2Tiny = ModelConfig.gpt2(vocabSize: 37, hiddenSize: 16, numLayers: 2, numHeads: 2, maxPositions: 32)
 let llamaTiny = ModelConfig.llama(vocabSize: 37, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2,

@@ -5,6 +5,11 @@ import TestSupport
 @testable import PEFT
 @testable import Formats
 import Training
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
 
 final class MergeExportTests: XCTestCase {
     var dir: URL!

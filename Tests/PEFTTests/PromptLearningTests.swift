@@ -5,6 +5,13 @@
 import XCTest
 import TestSupport
 @testable import PEFT
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import Containers
+import Formats
+import Training
 
 /// One prompt-learning variant and its trainable count written out by hand for a model config.
 struct PromptVariant {

@@ -8,6 +8,13 @@ import FoundationXML
 #endif
 import XCTest
 @testable import Training
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 final class CompareReportTests: XCTestCase {
     /// A loss curve decaying from `start` towards `floor`, every 50 steps up to 500.

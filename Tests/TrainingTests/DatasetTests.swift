@@ -4,6 +4,13 @@
 
 import XCTest
 @testable import Training
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 final class DatasetTests: XCTestCase {
     static let eot = "<|endoftext|>"

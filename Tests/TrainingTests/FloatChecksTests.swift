@@ -1,6 +1,14 @@
 // The shared float checks (Tests/TestSupport) fail where `zip(…).max()` passed silently.
 import XCTest
 import TestSupport
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
+import Training
 
 final class FloatChecksTests: XCTestCase {
     func testNaNAndLengthMismatchFail() {

@@ -3,6 +3,13 @@
 
 import XCTest
 @testable import Training
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 final class PretrainTests: XCTestCase {
     /// Text every Debian machine has (package base-files): the common licenses, as bytes.

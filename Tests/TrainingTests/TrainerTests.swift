@@ -3,6 +3,13 @@
 
 import XCTest
 @testable import Training
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
 
 final class TrainerTests: XCTestCase {
     var dir: URL!

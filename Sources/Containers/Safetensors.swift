@@ -3,6 +3,7 @@
 // validates the whole header before touching data; the writer is atomic and matches the reference layout.
 
 import Foundation
+import TensorCore
 
 /// A safetensors file (or sharded folder) that cannot be read or written: names the file, the
 /// tensor when one is at fault, and what was expected.
@@ -210,7 +211,10 @@ public enum Safetensors {
         if items.contains(where: { $0.0 == "__metadata__" }) {
             throw SafetensorsError(path: path, tensor: "__metadata__", message: "the name is reserved for the metadata")
         }
-        let quoted = jsonString  // JSON string literals, as tokenizer.json is written
+        // JSON string literals: quotes, backslashes and control characters escaped, the rest raw UTF-8 (as serde_json writes them).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        let quoted = { (s: String) in String(decoding: (try? encoder.encode(s)) ?? Data("\"\"".utf8), as: UTF8.self) }
         var fields: [(String, String)] = []
         if !metadata.isEmpty {
             let m = metadata.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\(quoted($0.value))" }.joined(separator: ",")

@@ -4,7 +4,7 @@
 
 import CHDF5
 import Foundation
-@_exported import PEFT
+import TensorCore
 
 /// A failure reading or writing an HDF5 file, naming the file and the object.
 public struct HDF5Error: Error, CustomStringConvertible {
@@ -18,17 +18,6 @@ public var hdf5Version: String {
     var (maj, min, rel): (UInt32, UInt32, UInt32) = (0, 0, 0)
     H5get_libversion(&maj, &min, &rel)
     return "\(maj).\(min).\(rel)"
-}
-
-/// Creates the folder that will hold `path` (and its parents) when missing, so an output path
-/// such as `models/merged.h5` works in a fresh clone.
-func createParentFolder(of path: String) throws {
-    let dir = URL(fileURLWithPath: path).deletingLastPathComponent()
-    do {
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    } catch {
-        throw CheckpointError(path: path, message: "cannot create the folder \(dir.path): \((error as NSError).localizedDescription)")
-    }
 }
 
 /// Named Float32 tensors and string attributes stored in one HDF5 file.

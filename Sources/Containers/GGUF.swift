@@ -8,6 +8,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import TensorCore
 
 /// Reading a GGUF file failed: names the file, the tensor or metadata key when there is one, and what
 /// was expected.

@@ -3,7 +3,7 @@
 // errors, and exact agreement with Hugging Face `tokenizers` (fixtures from scripts/make_tokenizer_fixtures.py).
 import Foundation
 import XCTest
-@testable import Models
+@testable import Tokenizers
 
 /// SplitMix64: a small seeded generator, so the random strings are the same on every run.
 private struct SeededRNG: RandomNumberGenerator {

@@ -1,0 +1,42 @@
+// Example: take a trained adapter (SwiftPEFT .h5 or PEFT folder), export it as a Hugging Face PEFT
+// folder (`PeftModel.from_pretrained` loads it), then fold it into the base's weights, check that the
+// merged model gives the same logits, and save the merged model as a SwiftPEFT checkpoint.
+//   swift run -c release example-merge-export [BASE] [ADAPTER] [OUT]
+import Foundation
+import SwiftPEFT
+
+BLASCore.selectBest()
+let args = CommandLine.arguments
+let basePath = args.count > 1 ? args[1] : "data/SmolLM2-135M-Instruct.Q4_1.gguf"
+let adapterPath = args.count > 2 ? args[2] : "runs/example-lora/adapter.h5"
+let outDir = args.count > 3 ? args[3] : "runs/example-merged"
+
+do {
+    let base = try loadModel(basePath)
+    let adapter = try loadAdapter(adapterPath, onto: base.model)  // checks it was trained on this base
+    print("\(type(of: adapter).peftType) adapter, \(adapter.trainableCount) parameters, on \(base.source)")
+
+    try exportPEFTFolder(adapter, base: base.model, baseName: nil, to: URL(fileURLWithPath: outDir + "/peft"))
+    print("exported \(outDir)/peft: \(PEFTFolder.configFile), \(PEFTFolder.weightsFile)")
+
+    guard let mergeable = adapter as? MergeablePEFTMethod else {
+        print("a \(type(of: adapter).peftType) adapter cannot be merged into the weights; the PEFT folder is the result")
+        exit(0)
+    }
+    let ids = base.tokenizer?.encode("The quick brown fox") ?? [1, 2, 3, 4]
+    let unmerged = withNoGrad { base.model.forward(ids, batch: 1) }.toArray()
+    mergeable.merge()  // W ← W + s·B·A; the hooks go quiet
+    let merged = withNoGrad { base.model.forward(ids, batch: 1) }.toArray()
+    let diffs = zip(merged, unmerged).map { abs($0 - $1) }
+    let worst = diffs.contains { $0.isNaN } ? Float.nan : diffs.max() ?? 0
+    print(String(format: "merged %d modules; max |merged − unmerged| logit %.2e", mergeable.mergedModuleCount, worst))
+    guard worst <= MergeResult.tolerance else { throw CheckpointError(path: adapterPath, message: "merged logits differ by \(worst)") }
+
+    // Saves every weight (the merged ones included) and the tokenizer, atomically.
+    try ModelCheckpoint.save(base.model, tokenizerJSON: base.tokenizer?.tokenizerJSON(), to: outDir + "/merged.h5",
+                             metadata: ["merged_adapter": adapterPath])
+    print("saved \(outDir)/merged.h5")
+} catch {
+    print("error: \(error)")
+    exit(1)
+}
