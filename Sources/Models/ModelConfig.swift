@@ -5,6 +5,11 @@
 import TensorCore
 import NN
 /// Architecture of a decoder-only transformer. Codable (snake_case keys) for checkpoints.
+///
+/// `family` decides the architecture; `norm`, `mlp`, `positions` (and for GPT-2 `numKVHeads`)
+/// follow from it. They stay stored, because checkpoints and adapter fingerprints
+/// record them, and `validate()` checks them against the family: `family: llama, positions: learned`
+/// is an error, not a model without position encoding. Build configs with `.gpt2(…)` / `.llama(…)`.
 public struct ModelConfig: Codable, Equatable, Sendable {
     public enum Family: String, Codable, Sendable { case gpt2, llama }
     public enum Norm: String, Codable, Sendable { case layerNorm = "layer_norm", rmsNorm = "rms_norm" }
@@ -105,8 +110,33 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         guard numHeads % numKVHeads == 0 else {
             throw fail("num_attention_heads \(numHeads) is not a multiple of num_key_value_heads \(numKVHeads)")
         }
+        try checkFamily()
         guard positions == .learned || headDim % 2 == 0 else { throw fail("RoPE needs an even head dimension, got \(headDim)") }
         guard dropout >= 0 && dropout < 1 else { throw fail("dropout \(dropout) must be in [0, 1)") }
+    }
+}
+
+extension ModelConfig {
+    /// What `family` fixes: LLaMA has RMSNorm, SwiGLU and RoPE (biases vary: Qwen2, mlp_bias); GPT-2 has
+    /// LayerNorm, a GELU MLP (tanh or erf), learned positions and one key/value head per head.
+    func checkFamily() throws {
+        let expected: [(field: String, value: String, required: [String])]
+        switch family {
+        case .llama:
+            expected = [("norm", norm.rawValue, [Norm.rmsNorm.rawValue]), ("mlp", mlp.rawValue, [MLP.swiglu.rawValue]),
+                        ("positions", positions.rawValue, [Positions.rope.rawValue])]
+        case .gpt2:
+            expected = [("norm", norm.rawValue, [Norm.layerNorm.rawValue]),
+                        ("mlp", mlp.rawValue, [MLP.geluTanh.rawValue, MLP.gelu.rawValue]),
+                        ("positions", positions.rawValue, [Positions.learned.rawValue]),
+                        ("num_key_value_heads", "\(numKVHeads)", ["\(numHeads)"])]
+        }
+        for e in expected where !e.required.contains(e.value) {
+            throw ModelConfigError(message: """
+                family \(family.rawValue) has \(e.field) \(e.required.joined(separator: " or ")), got \(e.value).
+                HINT: the family decides the architecture; build the config with ModelConfig.\(family.rawValue)(…).
+                """)
+        }
     }
 }
 

@@ -42,6 +42,46 @@ final class FixedInputPrefix: InputPrefix {
 }
 
 final class ModelTests: XCTestCase {
+    func testFieldsThatFollowFromTheFamilyAreChecked() throws {
+        let llama = ModelConfig.llama(vocabSize: 11, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12)
+        let gpt2 = ModelConfig.gpt2(vocabSize: 11, hiddenSize: 8, numLayers: 1, numHeads: 2)
+        XCTAssertNoThrow(try llama.validate())
+        XCTAssertNoThrow(try gpt2.validate())
+        func refused(_ c: ModelConfig, _ field: String, line: UInt = #line) {
+            XCTAssertThrowsError(try c.validate(), line: line) { e in
+                XCTAssertTrue("\(e)".contains("family \(c.family.rawValue) has \(field)"), "\(e)", line: line)
+            }
+        }
+        var c = llama
+        c.positions = .learned  // used to build a model with no position encoding at all
+        refused(c, "positions")
+        c = llama
+        c.norm = .layerNorm
+        refused(c, "norm")
+        c = gpt2
+        c.mlp = .swiglu
+        refused(c, "mlp")
+        c = gpt2
+        c.numKVHeads = 1
+        refused(c, "num_key_value_heads")
+        c = gpt2
+        c.mlp = .gelu  // GPT-2 variants with the erf GELU
+        XCTAssertNoThrow(try c.validate())
+
+        // A checkpoint that claims such a config is refused when loaded, naming the file and the field.
+        var bad = try XCTUnwrap(try JSONSerialization.jsonObject(with: JSONEncoder().encode(llama)) as? [String: Any])
+        bad["positions"] = "learned"
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-family-\(UUID().uuidString).h5").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try HDF5Store.write(path, tensors: makeModel(llama).namedParameters(), attributes: [
+            "format": ModelCheckpoint.format, "version": ModelCheckpoint.version,
+            "config": String(decoding: try JSONSerialization.data(withJSONObject: bad), as: UTF8.self),
+        ])
+        XCTAssertThrowsError(try loadModel(path)) { e in
+            XCTAssertTrue("\(e)".contains(path) && "\(e)".contains("family llama has positions rope, got learned"), "\(e)")
+        }
+    }
+
     func testParameterNamesAreHuggingFaceKeys() {
         let g = Set(GPT2Model(tinyGPT2).namedParameters().map(\.0))
         XCTAssertEqual(g, ["transformer.wte.weight", "transformer.wpe.weight",
