@@ -5,6 +5,7 @@
 
 import Foundation
 import XCTest
+import TestSupport
 import SwiftPEFT
 
 /// What one run of the tool did.
@@ -372,7 +373,7 @@ final class CLITests: XCTestCase {
     /// On a terminal (a pseudo-terminal from util-linux `script`), the progress is a bar redrawn in place.
     func testTrainDrawsABarOnATerminal() throws {
         let script = "/usr/bin/script"
-        guard FileManager.default.isExecutableFile(atPath: script) else { throw XCTSkip("needs \(script) (util-linux) for a pseudo-terminal") }
+        guard FileManager.default.isExecutableFile(atPath: script) else { try skipUnlessRequired("needs \(script) (util-linux) for a pseudo-terminal") }
         let out = fx.path("runs/tty")
         let command = ([try Self.binary().path] + trainArgs(out: out, steps: 3)).map { "'\($0)'" }.joined(separator: " ")
         let p = Process()

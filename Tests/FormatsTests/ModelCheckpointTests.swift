@@ -2,6 +2,7 @@
 // the file and the tensor with both shapes.
 
 import XCTest
+import TestSupport
 @testable import Formats
 import TensorCore
 import NN
@@ -40,18 +41,10 @@ final class ModelCheckpointTests: XCTestCase {
         }
     }
 
-    /// The documented layout as h5py sees it. Needs python3 with h5py (CI installs it); without
-    /// it the test is skipped, loudly, and not counted as passing.
+    /// The documented layout as h5py sees it. Needs the reference Python (scripts/make-venv, which
+    /// .ci/run runs); without it the test is skipped, loudly, and not counted as passing.
     func testReadableByH5py() throws {
-        let check = Process()
-        check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        check.arguments = ["python3", "-c", "import h5py"]
-        check.standardError = Pipe()
-        try? check.run()
-        check.waitUntilExit()
-        guard check.terminationStatus == 0 else {
-            throw XCTSkip("h5py is not installed (python3 -m pip install h5py): the h5py interop check did NOT run")
-        }
+        let python = try referencePython(importing: ["h5py"])
         let model = makeModel(configs[1], seed: 9)
         let path = dir.appendingPathComponent("h5py.h5").path
         try ModelCheckpoint.save(model, tokenizerJSON: "{\"model\": {\"type\": \"BPE\"}}", to: path)
@@ -66,8 +59,8 @@ final class ModelCheckpointTests: XCTestCase {
                           "count": len([k for k in f.keys() if k != "tokenizer.json"])}))
         """
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script, path]
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = ["-c", script, path]
         let out = Pipe()
         p.standardOutput = out
         try p.run()

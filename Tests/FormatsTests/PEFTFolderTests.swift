@@ -15,8 +15,6 @@ import Tokenizers
 import PEFT
 @testable import Containers
 
-private let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent()
 private let peftFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/peft")
 private let regenerate = "regenerate with `.venv/bin/python scripts/make_peft_fixtures.py` from the package root"
 
@@ -32,7 +30,7 @@ final class PEFTFolderTests: XCTestCase {
 
     private func base(_ family: String) throws -> CausalLM {
         let folder = peftFixtures.appendingPathComponent(family)
-        guard FileManager.default.fileExists(atPath: folder.path) else { throw XCTSkip("fixture \(folder.path) is missing: \(regenerate)") }
+        guard FileManager.default.fileExists(atPath: folder.path) else { try skipUnlessRequired("fixture \(folder.path) is missing: \(regenerate)") }
         return try loadHFModel(folder.path).model
     }
 
@@ -144,11 +142,7 @@ final class PEFTFolderTests: XCTestCase {
     /// PEFT (`PeftModel.from_pretrained`) loads our exported folders and gives our logits. Needs
     /// .venv/bin/python (made by scripts/make-venv) or $SWIFTPEFT_PYTHON with torch, transformers and peft.
     func testPEFTLoadsOurExportedFolders() throws {
-        let python = ProcessInfo.processInfo.environment["SWIFTPEFT_PYTHON"] ?? packageRoot.appendingPathComponent(".venv/bin/python").path
-        guard FileManager.default.isExecutableFile(atPath: python) else {
-            print("[peft] SKIPPED: \(python) not found; PEFT cannot check our exported folders")
-            throw XCTSkip("no Python with peft at \(python) (run scripts/make-venv, or set SWIFTPEFT_PYTHON)")
-        }
+        let python = try referencePython(importing: ["torch", "transformers", "peft"])
         for family in ["llama", "gpt2"] {
             let e = try expected("\(family)-lora")
             let rows = (0..<e.batch).map { b in e.ids[(b * e.ids.count / e.batch)..<((b + 1) * e.ids.count / e.batch)].map(Int.init) }
@@ -159,7 +153,7 @@ final class PEFTFolderTests: XCTestCase {
             }
             let p = Process()
             p.executableURL = URL(fileURLWithPath: python)
-            p.arguments = [packageRoot.appendingPathComponent("scripts/peft_folder_logits.py").path,
+            p.arguments = [packageRoot().appendingPathComponent("scripts/peft_folder_logits.py").path,
                            peftFixtures.appendingPathComponent(family).path, "\(rows)"] + folders.map(\.path)
             let out = Pipe(), err = Pipe()
             p.standardOutput = out

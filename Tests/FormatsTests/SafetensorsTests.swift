@@ -13,8 +13,6 @@ import Tokenizers
 import PEFT
 @testable import Containers
 
-private let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent()
 private let hfFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/hf")
 private let regenerate = "regenerate with `.venv/bin/python scripts/make_hf_fixtures.py` from the package root"
 
@@ -168,7 +166,7 @@ final class SafetensorsTests: XCTestCase {
 
     private func expected(_ name: String) throws -> Expected {
         let url = hfFixtures.appendingPathComponent(name).appendingPathComponent("expected.safetensors")
-        guard FileManager.default.fileExists(atPath: url.path) else { throw XCTSkip("fixture \(url.path) is missing: \(regenerate)") }
+        guard FileManager.default.fileExists(atPath: url.path) else { try skipUnlessRequired("fixture \(url.path) is missing: \(regenerate)") }
         let f = try SafetensorsFile(path: url.path)  // written by the Python safetensors package
         let ids = try f.tensor("input_ids")  // I64 (B, T)
         XCTAssertEqual(f.entries["input_ids"]?.dtype, .I64)
@@ -233,11 +231,7 @@ final class SafetensorsTests: XCTestCase {
     /// transformers loads our saved folders and gives our logits. Needs .venv/bin/python (made by
     /// scripts/make-venv) or $SWIFTPEFT_PYTHON with torch and transformers; otherwise skipped, loudly.
     func testTransformersLoadsSavedFolder() throws {
-        let python = ProcessInfo.processInfo.environment["SWIFTPEFT_PYTHON"] ?? packageRoot.appendingPathComponent(".venv/bin/python").path
-        guard FileManager.default.isExecutableFile(atPath: python) else {
-            print("[hf] SKIPPED: \(python) not found; transformers cannot check our saved folders")
-            throw XCTSkip("no Python with transformers at \(python) (run scripts/make-venv, or set SWIFTPEFT_PYTHON)")
-        }
+        let python = try referencePython(importing: ["torch", "transformers"])
         let configs: [(String, ModelConfig)] = [
             ("llama-bias", .llama(vocabSize: 29, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24,
                                   ropeTheta: 500000, normEps: 1e-5, attentionBias: true, tieWordEmbeddings: false, maxPositions: 32)),
@@ -264,7 +258,7 @@ final class SafetensorsTests: XCTestCase {
 
             let p = Process()
             p.executableURL = URL(fileURLWithPath: python)
-            p.arguments = [packageRoot.appendingPathComponent("scripts/hf_folder_logits.py").path, folder, "\(ids)"]
+            p.arguments = [packageRoot().appendingPathComponent("scripts/hf_folder_logits.py").path, folder, "\(ids)"]
             let out = Pipe(), err = Pipe()
             p.standardOutput = out
             p.standardError = err

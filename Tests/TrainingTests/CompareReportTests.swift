@@ -7,6 +7,7 @@ import Foundation
 import FoundationXML
 #endif
 import XCTest
+import TestSupport
 @testable import Training
 import TensorCore
 import NN
@@ -264,7 +265,7 @@ final class CompareReportTests: XCTestCase {
     /// The PNG stays in $TMPDIR/swiftpeft-compare-plot/ to look at.
     func testSVGRendersToPNG() throws {
         guard let tool = Self.rsvgConvert else {
-            throw XCTSkip("rsvg-convert not installed: the SVG render check did NOT run")
+            try skipUnlessRequired("rsvg-convert not installed (scripts/setup installs librsvg2-bin): the SVG render check did NOT run")
         }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-compare-plot")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -341,7 +342,7 @@ final class CompareReportTests: XCTestCase {
             XCTAssertLessThan(peakResidentBytes(), peak + 48 << 20, "VmHWM was not reset")
         }
         #else
-        throw XCTSkip("VmHWM / VmRSS come from Linux's /proc")
+        try skipUnlessRequired("VmHWM / VmRSS come from Linux's /proc")
         #endif
     }
 }
