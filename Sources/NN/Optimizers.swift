@@ -1,6 +1,8 @@
 // Optimizers over a list of named parameters: AdamW (decoupled weight decay) and SGD with
 // momentum, fused loops over raw buffers; global-norm gradient clipping. Only parameters that
-// require gradients are given to an optimizer, so frozen weights never get optimizer state.
+// require gradients are given to an optimizer, so frozen weights never get optimizer state. Two
+// parameter groups: weight decay applies to matrices, never to vectors (norm weights, biases,
+// DoRA magnitudes), as in GPT-2/LLaMA training and Hugging Face's Trainer.
 
 import Foundation
 import TensorCore
@@ -25,7 +27,10 @@ extension Optimizer {
     public func zeroGrad() { for (_, p) in parameters { p.zeroGrad() } }
 }
 
-/// Adam with decoupled weight decay (Loshchilov & Hutter):
+/// Whether weight decay applies to `p`: matrices (rank ≥ 2) yes; vectors (norms, biases) no.
+public func decays(_ p: Tensor) -> Bool { p.rank >= 2 }
+
+/// Adam with decoupled weight decay (Loshchilov & Hutter), the decay on matrices only (`decays`):
 /// m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²; p ← p − lr · (m̂ / (√v̂ + ε) + λ p).
 public final class AdamW: Optimizer {
     public let parameters: [(String, Tensor)]
@@ -48,9 +53,10 @@ public final class AdamW: Optimizer {
         stepCount += 1
         let c1 = 1 / (1 - Foundation.pow(beta1, Float(stepCount)))
         let c2 = 1 / (1 - Foundation.pow(beta2, Float(stepCount)))
-        let (b1, b2, e, decay) = (beta1, beta2, eps, lr * weightDecay)
+        let (b1, b2, e) = (beta1, beta2, eps)
         for (i, (name, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
+            let decay = decays(p) ? lr * weightDecay : 0
             check(p.isContiguous, "[AdamW] parameter \(name) is not contiguous")
             let pp = p.basePointer, pg = UnsafePointer(g.basePointer), pm = m[i].basePointer, pv = v[i].basePointer
             parallelFor(p.count) { lo, hi in
@@ -81,7 +87,7 @@ public final class AdamW: Optimizer {
     }
 }
 
-/// SGD with momentum: b ← μ b + g (+ λ p); p ← p − lr · b.
+/// SGD with momentum: b ← μ b + g (+ λ p, matrices only); p ← p − lr · b.
 public final class SGD: Optimizer {
     public let parameters: [(String, Tensor)]
     public var momentum: Float, weightDecay: Float
@@ -97,9 +103,10 @@ public final class SGD: Optimizer {
 
     public func step(lr: Float) {
         stepCount += 1
-        let (mu, wd) = (momentum, weightDecay)
+        let mu = momentum
         for (i, (_, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
+            let wd = decays(p) ? weightDecay : 0
             let pp = p.basePointer, pg = UnsafePointer(g.basePointer), pb = buffers[i].basePointer
             parallelFor(p.count) { lo, hi in
                 for j in lo..<hi {

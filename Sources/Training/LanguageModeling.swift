@@ -1,6 +1,6 @@
-// Language-model training on a token stream: random windows as batches, evaluation (loss,
-// perplexity), and a pretraining loop (AdamW, warmup + cosine schedule, clipping). The full
-// trainer (data formats, checkpoints, resume) builds on these pieces.
+// Language-model training on a token stream: random windows as batches, evaluation of a stream
+// (its windows as a Dataset, scored by the one evaluator), and pretraining, which is the Trainer
+// with a window sampler, AdamW (β2 0.95, decay on matrices only), warmup + cosine and clipping.
 
 import Foundation
 import TensorCore
@@ -48,93 +48,49 @@ public struct Evaluation: Codable, Equatable {
     public var tokens: Int
 }
 
-/// Scores `tokens` in consecutive, non-overlapping windows of `seqLen` (up to `maxTokens`).
+/// Scores `tokens` (up to `maxTokens` of them) in consecutive rows of `seqLen` targets: every token but
+/// the first is predicted once (the last row may be shorter). The rows are a packed `Dataset`, so
+/// this is `evaluate(_:on:)`, the one evaluator.
 public func evaluate(_ model: CausalLM, tokens: [Int32], seqLen: Int, batch: Int = 8, maxTokens: Int? = nil) -> Evaluation {
-    let wasTraining = model.isTraining
-    model.eval()
-    defer { model.train(wasTraining) }
-    let limit = min(tokens.count - 1, maxTokens ?? Int.max)
-    var starts = Array(stride(from: 0, to: limit - seqLen + 1, by: seqLen))
-    if starts.isEmpty && limit >= 2 { starts = [0] }
-    var total = 0.0, count = 0
-    return withNoGrad {
-        for chunk in stride(from: 0, to: starts.count, by: batch) {
-            let rows = starts[chunk..<min(chunk + batch, starts.count)]
-            let len = min(seqLen, limit)
-            var ids: [Int32] = [], targets: [Int32] = []
-            for s in rows {
-                ids += tokens[s..<(s + len)]
-                targets += tokens[(s + 1)...(s + len)]
-            }
-            let loss = model.loss(ids, targets: targets, batch: rows.count).item()
-            total += Double(loss) * Double(ids.count)
-            count += ids.count
-        }
-        return Evaluation(loss: count == 0 ? .nan : total / Double(count), tokens: count)
-    }
+    let stream = Array(tokens.prefix(min(tokens.count, (maxTokens ?? tokens.count) + 1)))
+    guard stream.count >= 2 else { return Evaluation(loss: .nan, tokens: 0) }
+    let rows = Dataset(examples: [TokenizedExample(ids: stream, learned: [Bool](repeating: true, count: stream.count))],
+                       format: .text, seqLen: seqLen, packing: true, padID: 0)
+    return evaluate(model, on: rows, batch: batch)
 }
 
-/// Learning rate at `step` (0-based) of `total`: linear warmup, then cosine decay to `minRatio`·lr.
-public func warmupCosine(step: Int, total: Int, warmup: Int, lr: Float, minRatio: Float = 0.1) -> Float {
-    if step < warmup { return lr * Float(step + 1) / Float(warmup) }
-    let progress = Float(step - warmup) / Float(max(1, total - warmup))
-    return lr * (minRatio + (1 - minRatio) * 0.5 * (1 + Foundation.cos(Float.pi * min(progress, 1))))
-}
-
-/// Options for training a base model from scratch.
+/// Options for training a base model from scratch (`pretrain`): the Trainer's settings with
+/// pretraining's defaults, plus the window sampler's and the evaluation's sizes.
 public struct PretrainOptions: Sendable {
     public var steps = 1000, batch = 16, seqLen = 128
     public var lr: Float = 3e-3, warmup = 50, weightDecay: Float = 0.1, clip: Float = 1
     public var evalEvery = 100, evalTokens = 32_768
     public var seed: UInt64 = 0
     public init() {}
+
+    /// The Trainer's options: AdamW with β2 0.95, warmup then cosine to 10%.
+    public var trainer: TrainerOptions {
+        var t = TrainerOptions()
+        (t.steps, t.lr, t.schedule, t.warmupSteps, t.weightDecay, t.clip) = (steps, lr, .cosine, warmup, weightDecay, clip)
+        (t.adamBeta2, t.evalEvery, t.seed) = (0.95, evalEvery, seed)
+        return t
+    }
 }
 
-/// One logged point of a pretraining run.
-public struct PretrainPoint: Codable, Equatable {
-    public var step: Int, loss: Float, lr: Float, gradNorm: Float
-    public var valLoss: Double?
-    public var tokensPerSecond: Double
-}
-
-/// Trains every parameter of `model` on next-token prediction over `train`, evaluating on `val`.
-/// `log` receives each step's point (with valLoss every `evalEvery` steps and at the end).
+/// Trains every parameter of `model` on next-token prediction over random windows of `train` with
+/// the Trainer, evaluating on `val` every `evalEvery` steps and at the end. `log` sees each step.
 @discardableResult
 public func pretrain(_ model: CausalLM, train: [Int32], val: [Int32], options o: PretrainOptions,
-                     log: (PretrainPoint) -> Void = { _ in }) -> [PretrainPoint] {
-    model.unfreeze()
-    model.train()
-    defer { model.eval() }
-    // No weight decay on norms, biases and embeddings-as-vectors (rank < 2).
-    let params = model.trainableParameters()
-    let decayed = params.filter { $0.1.rank >= 2 }, plain = params.filter { $0.1.rank < 2 }
-    let optA = AdamW(decayed, beta2: 0.95, weightDecay: o.weightDecay)
-    let optB = AdamW(plain, beta2: 0.95, weightDecay: 0)
-    var sampler = WindowSampler(tokens: train, seqLen: o.seqLen, batch: o.batch, seed: o.seed)
-    var points: [PretrainPoint] = []
-    var start = Date()
-    for step in 0..<o.steps {
-        let (ids, targets) = sampler.next()
-        let loss = model.loss(ids, targets: targets, batch: o.batch)
-        loss.backward()
-        let norm = clipGradientNorm(params, maxNorm: o.clip)
-        let lr = warmupCosine(step: step, total: o.steps, warmup: o.warmup, lr: o.lr)
-        optA.step(lr: lr)
-        optB.step(lr: lr)
-        optA.zeroGrad()
-        optB.zeroGrad()
-        let elapsed = Date().timeIntervalSince(start)
-        start = Date()
-        var point = PretrainPoint(step: step + 1, loss: loss.item(), lr: lr, gradNorm: norm, valLoss: nil,
-                                  tokensPerSecond: Double(ids.count) / max(elapsed, 1e-9))
-        if (step + 1) % o.evalEvery == 0 || step + 1 == o.steps {
-            point.valLoss = evaluate(model, tokens: val, seqLen: o.seqLen, maxTokens: o.evalTokens).loss
-            model.train()
-        }
-        points.append(point)
-        log(point)
+                     log: @escaping (StepMetrics) -> Void = { _ in }) throws -> [StepMetrics] {
+    guard train.count > o.seqLen + 1 else {
+        throw TrainingError(message: "the training text has \(train.count) tokens, too few for windows of \(o.seqLen + 1); use a shorter --seq-len or more text")
     }
-    return points
+    model.unfreeze()
+    let trainer = try Trainer(model: model, parameters: model.trainableParameters(), options: o.trainer)
+    trainer.onStep = log
+    var windows = WindowSampler(tokens: train, seqLen: o.seqLen, batch: o.batch, seed: o.seed)
+    try trainer.run(&windows, validation: { evaluate(model, tokens: val, seqLen: o.seqLen, maxTokens: o.evalTokens).loss })
+    return trainer.history
 }
 
 /// Entropy in nats of the unigram distribution of `tokens` (the loss of a model that ignores context).

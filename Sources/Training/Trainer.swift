@@ -66,8 +66,11 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     public var schedule: Schedule = .cosine
     public var warmupSteps = 10
     public var optimizer = "adamw"
+    /// On matrices only (see `decays`).
     public var weightDecay: Float = 0
     public var momentum: Float = 0.9
+    /// AdamW's β2 (pretraining uses 0.95).
+    public var adamBeta2: Float = 0.999
     public var clip: Float = 1
     /// Micro-batches per optimizer step.
     public var gradAccumulation = 1
@@ -79,7 +82,8 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum, clip
+        case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum
+        case adamBeta2 = "adam_beta2", clip
         case gradAccumulation = "grad_accumulation", evalEvery = "eval_every", saveEvery = "save_every"
         case logEvery = "log_every", seed
     }
@@ -137,7 +141,7 @@ public final class Trainer {
         self.options = options
         optimizer = options.optimizer == "sgd"
             ? SGD(parameters, momentum: options.momentum, weightDecay: options.weightDecay)
-            : AdamW(parameters, weightDecay: options.weightDecay)
+            : AdamW(parameters, beta2: options.adamBeta2, weightDecay: options.weightDecay)
     }
 
     /// Runs until `options.steps` (or stops early after step `until`, checkpointing there, as an

@@ -56,7 +56,7 @@ struct Pretrain: ParsableCommand {
         print(String(format: "before: val loss %.4f (perplexity %.1f); unigram entropy %.4f", before.loss, before.perplexity,
                      unigramEntropy(val)))
         t0 = Date()
-        let points = pretrain(model, train: train, val: val, options: o) { p in
+        let points = try pretrain(model, train: train, val: val, options: o) { p in
             if p.step % 10 == 0 || p.valLoss != nil {
                 var line = String(format: "step %5d/%d  loss %.4f  lr %.2e  grad norm %.3f  %.0f tok/s", p.step, steps, p.loss,
                                   p.lr, p.gradNorm, p.tokensPerSecond)

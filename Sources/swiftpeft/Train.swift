@@ -21,6 +21,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Optimizer: adamw or sgd.") var optimizer: String?
     @Option(help: "Decoupled weight decay (AdamW) or L2 (SGD).") var weightDecay: Float?
     @Option(help: "SGD momentum.") var momentum: Float?
+    @Option(help: "AdamW's beta2 (default 0.999).") var adamBeta2: Float?
     @Option(help: "Clip the gradient's global norm to this (0: off).") var clip: Float?
     @Option(help: "Sequences per micro-batch.") var batchSize: Int?
     @Option(help: "Micro-batches per optimizer step.") var gradAccumulation: Int?
@@ -42,7 +43,7 @@ struct CommonTrainOptions: ParsableArguments {
         let all: [(String, Any?)] = [
             ("model", model), ("data", data), ("out", out), ("steps", steps), ("epochs", epochs), ("lr", lr),
             ("schedule", schedule), ("warmup", warmup), ("optimizer", optimizer), ("weight-decay", weightDecay),
-            ("momentum", momentum), ("clip", clip), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
+            ("momentum", momentum), ("adam-beta2", adamBeta2), ("clip", clip), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
             ("seq-len", seqLen), ("packing", packing), ("val-fraction", valFraction), ("val-data", valData),
             ("eval-every", evalEvery), ("save-every", saveEvery), ("log-every", logEvery), ("method-config", methodConfig),
             ("seed", seed),

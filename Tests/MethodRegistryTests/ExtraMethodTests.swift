@@ -122,4 +122,27 @@ final class ExtraMethodTests: XCTestCase {
         XCTAssertEqual(withNoGrad { again.model.forward(ids, batch: 1) }.toArray(), adapted)
         XCTAssertTrue(PEFTFolder.supportedTypes.contains("TEST_SCALE"))
     }
+
+    /// One CLI contract: every flag of train/compare is a settings (config-file) key and every key a flag.
+    func testEveryTrainFlagIsAConfigKey() throws {
+        let values: [String: String] = [
+            "model": "m.h5", "data": "d.jsonl", "out": "o", "steps": "3", "epochs": "1.5", "lr": "0.01", "schedule": "linear",
+            "warmup": "2", "optimizer": "sgd", "weight-decay": "0.1", "momentum": "0.8", "adam-beta2": "0.95", "clip": "2",
+            "batch-size": "4", "grad-accumulation": "2", "seq-len": "16", "packing": "false", "val-fraction": "0.2",
+            "val-data": "v.jsonl", "eval-every": "5", "save-every": "6", "log-every": "7", "method-config": "{}", "seed": "9",
+        ]
+        let options = try CommonTrainOptions.parse(values.flatMap { ["--" + $0.key, $0.value] })
+        XCTAssertEqual(Set(options.given.keys), Set(values.keys), "every flag is reported under its long name")
+        let perCommand: Set = ["method", "methods", "adapter"]  // train's --method/--adapter, compare's --methods
+        XCTAssertEqual(Set(TrainJob.settingKeys).subtracting(perCommand), Set(values.keys), "every setting key is a flag")
+        var settings = options.given
+        settings["method-config"] = nil
+        let job = try TrainJob(settings: settings)
+        XCTAssertEqual(job.trainer.optimizer, "sgd")
+        XCTAssertEqual(job.trainer.adamBeta2, 0.95)
+        XCTAssertEqual(job.trainer.logEvery, 7)
+        XCTAssertEqual(job.data.seqLen, 16)
+        XCTAssertEqual(job.data.packing, false)
+        XCTAssertEqual(job.epochs, 1.5)
+    }
 }

@@ -92,8 +92,8 @@ enum DomainTask {
     static func base(_ family: ModelConfig.Family) -> CausalLM {
         if cache[family] == nil {
             let m = makeModel(config(family), seed: 11)
-            var o = PretrainOptionsLite()
-            _ = o.train(m, tokens: general, steps: 250, lr: 1e-2, parameters: m.namedParameters().map { p in p.1.requiresGrad = true; return p })
+            try! trainOnWindows(m, tokens: general, steps: 250, lr: 1e-2,
+                                parameters: m.namedParameters().map { p in p.1.requiresGrad = true; return p })
             m.freeze()
             cache[family] = m.namedParameters().map { ($0.0, $0.1.copy()) }
         }
@@ -104,35 +104,17 @@ enum DomainTask {
     }
 }
 
-/// A minimal next-token training loop over random windows (AdamW), for tests.
-struct PretrainOptionsLite {
-    var rng = RNG(seed: 5)
-    mutating func batch(_ tokens: [Int32], b: Int = 8, t: Int = 48) -> ([Int32], [Int32]) {
-        var ids: [Int32] = [], tg: [Int32] = []
-        for _ in 0..<b {
-            let s = rng.nextInt(tokens.count - t - 1)
-            ids += tokens[s..<(s + t)]
-            tg += tokens[(s + 1)...(s + t)]
-        }
-        return (ids, tg)
-    }
-
-    /// Trains `parameters` for `steps`; returns the last loss.
-    mutating func train(_ model: CausalLM, tokens: [Int32], steps: Int, lr: Float, parameters: [(String, Tensor)]) -> Float {
-        let opt = AdamW(parameters, weightDecay: 0)
-        model.train()
-        defer { model.eval() }
-        var last: Float = 0
-        for _ in 0..<steps {
-            let (ids, tg) = batch(tokens)
-            let loss = model.loss(ids, targets: tg, batch: 8)
-            loss.backward()
-            opt.step(lr: lr)
-            opt.zeroGrad()
-            last = loss.item()
-        }
-        return last
-    }
+/// Trains `parameters` for `steps` with the Trainer on random windows of 48 tokens, 8 per batch
+/// (constant learning rate, no clipping); returns the last loss.
+@discardableResult
+func trainOnWindows(_ model: CausalLM, tokens: [Int32], steps: Int, lr: Float, parameters: [(String, Tensor)],
+                    seed: UInt64 = 5) throws -> Double {
+    var o = TrainerOptions()
+    (o.steps, o.lr, o.schedule, o.warmupSteps, o.clip) = (steps, lr, .constant, 0, 0)
+    let trainer = try Trainer(model: model, parameters: parameters, options: o)
+    var windows = WindowSampler(tokens: tokens, seqLen: 48, batch: 8, seed: seed)
+    try trainer.run(&windows)
+    return trainer.history.last?.loss ?? .nan
 }
 
 func valLoss(_ m: CausalLM, _ tokens: [Int32]) -> Double { evaluate(m, tokens: tokens, seqLen: 48, maxTokens: 4096).loss }
@@ -175,8 +157,7 @@ final class ConformanceTests: XCTestCase {
                 let method = try c.make(model.config)
                 try method.attach(to: model)
                 let initial = method.adapterParameters().map { $0.1.toArray() }
-                var loop = PretrainOptionsLite(rng: RNG(seed: 3))
-                _ = loop.train(model, tokens: DomainTask.domainTrain, steps: c.steps, lr: c.lr, parameters: method.adapterParameters())
+                try trainOnWindows(model, tokens: DomainTask.domainTrain, steps: c.steps, lr: c.lr, parameters: method.adapterParameters(), seed: 3)
                 XCTAssertEqual(model.namedParameters().map { $0.1.toArray() }, baseWeights, "\(c.name) \(f): base bit-identical")
                 let changed = zip(initial, method.adapterParameters().map { $0.1.toArray() }).filter { $0 != $1 }.count
                 XCTAssertEqual(changed, initial.count, "\(c.name) \(f): every adapter tensor changed")

@@ -43,7 +43,7 @@ final class PretrainTests: XCTestCase {
         o.evalEvery = 600
         o.evalTokens = 8192
         let before = evaluate(model, tokens: val, seqLen: 64, maxTokens: 8192).loss
-        let points = pretrain(model, train: train, val: val, options: o) { p in
+        let points = try pretrain(model, train: train, val: val, options: o) { p in
             if p.step % 100 == 0 { print("step \(p.step) loss \(p.loss) lr \(p.lr) gnorm \(p.gradNorm)") }
         }
         let after = points.last!.valLoss!
@@ -56,13 +56,19 @@ final class PretrainTests: XCTestCase {
     }
 
     func testScheduleAndEvaluation() {
-        XCTAssertEqual(warmupCosine(step: 0, total: 100, warmup: 10, lr: 1), 0.1, accuracy: 1e-6)
-        XCTAssertEqual(warmupCosine(step: 9, total: 100, warmup: 10, lr: 1), 1, accuracy: 1e-6)
-        XCTAssertEqual(warmupCosine(step: 100, total: 100, warmup: 10, lr: 1, minRatio: 0.1), 0.1, accuracy: 1e-6)
+        // Pretraining's schedule is the Trainer's cosine (one implementation).
+        XCTAssertEqual(PretrainOptions().trainer.schedule, .cosine)
+        XCTAssertEqual(Schedule.cosine.lr(step: 0, total: 100, warmup: 10, peak: 1), 0.1, accuracy: 1e-6)
+        XCTAssertEqual(Schedule.cosine.lr(step: 9, total: 100, warmup: 10, peak: 1), 1, accuracy: 1e-6)
+        XCTAssertEqual(Schedule.cosine.lr(step: 100, total: 100, warmup: 10, peak: 1, minRatio: 0.1), 0.1, accuracy: 1e-6)
         XCTAssertEqual(unigramEntropy([1, 1, 2, 2]), log(2), accuracy: 1e-12)
         let model = makeModel(.gpt2(vocabSize: 11, hiddenSize: 8, numLayers: 1, numHeads: 2, maxPositions: 16), seed: 2)
         let e = evaluate(model, tokens: Array(0..<40).map { Int32($0 % 11) }, seqLen: 8)
-        XCTAssertEqual(e.tokens, 32, "4 full windows of 8 targets (39 targets available)")
+        XCTAssertEqual(e.tokens, 39, "every token but the first is a target once: 4 rows of 8 and one of 7")
         XCTAssertEqual(e.loss, log(11), accuracy: 0.3, "a fresh model is near uniform")
+        XCTAssertEqual(evaluate(model, tokens: Array(0..<40).map { Int32($0 % 11) }, seqLen: 8, maxTokens: 16).tokens, 16)
+        XCTAssertThrowsError(try pretrain(model, train: [1, 2, 3], val: [1, 2, 3], options: PretrainOptions())) {
+            XCTAssertTrue("\($0)".contains("too few for windows"), "\($0)")
+        }
     }
 }
