@@ -41,8 +41,8 @@ public struct BenchConfig: Sendable {
         return c
     }
 
-    /// Methods a row can run: the training methods and "gen" (KV-cached greedy generation).
-    public static let methods = ["lora", "dora", "ia3", "adapter", "prompt", "prefix", "ptuning", "full", "gen"]
+    /// Methods a row can run: the registry's training methods, "full" and "gen" (KV-cached greedy generation).
+    public static var methods: [String] { trainableMethodNames + ["gen"] }
 
     /// Weights in every matmul: attention and MLP projections of each layer plus the output head
     /// (V·d, counted also when tied to the embeddings).

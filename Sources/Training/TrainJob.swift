@@ -42,6 +42,8 @@ public struct TrainJob {
 /// What a train run did.
 public struct TrainOutcome {
     public var method: String
+    /// Parameters of the base model (before any adapter).
+    public var baseParameters: Int
     public var report: TrainableReport
     public var dataSummary: String
     public var valLossBefore: Double?
@@ -63,6 +65,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
     let fingerprint = BaseFingerprint(model)  // of the untouched base
+    let baseParameters = model.parameterCount
     let method: PEFTMethod?
     let names: [String]
     if let path = job.adapterPath {
@@ -132,7 +135,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     }
     let bytes = (try? fm.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0
     let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
-    return TrainOutcome(method: job.method, report: report, dataSummary: splits.description, valLossBefore: before,
+    return TrainOutcome(method: job.method, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.history.last?.valLoss, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history)
 }
@@ -162,7 +165,6 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 public func runCompare(_ base: TrainJob, methods: [String], onStart: (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
     var results: [MethodResult] = []
-    let baseParams = try loadModel(base.modelPath).model.parameterCount
     for m in methods {
         var job = base
         job.method = m
@@ -173,7 +175,7 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: (String) ->
         let curve = o.history.compactMap { h in h.valLoss.map { CurvePoint(step: h.step, loss: $0) } }
         let first = o.valLossBefore.map { [CurvePoint(step: 0, loss: $0)] } ?? []
         results.append(MethodResult(
-            method: m, trainableParams: o.report.trainable, percentOfBase: 100 * Double(o.report.trainable) / Double(baseParams),
+            method: m, trainableParams: o.report.trainable, percentOfBase: 100 * Double(o.report.trainable) / Double(o.baseParameters),
             adapterBytes: o.savedBytes, trainSeconds: o.seconds, tokensPerSecond: o.tokensPerSecond,
             peakMemoryBytes: peakResidentBytes(), finalTrainLoss: o.finalTrainLoss, finalValLoss: o.valLossAfter ?? .nan,
             perplexity: Foundation.exp(o.valLossAfter ?? .nan), curve: first + curve,
