@@ -1,5 +1,6 @@
-// What every file format shares: the error that names a file and what is wrong with it, and the
-// parent folder an output needs.
+// What every file format shares: the error that names a file and what is wrong with it, the parent
+// folder an output needs, and the atomic, durable replacement of a file (temp file, fsync, rename,
+// fsync of the folder), so a crash or a full disk never leaves half a file over the last good one.
 
 import Foundation
 
@@ -24,4 +25,90 @@ func createParentFolder(of path: String) throws {
     } catch {
         throw CheckpointError(path: path, message: "cannot create the folder \(dir.path): \((error as NSError).localizedDescription)")
     }
+}
+
+/// Renames the finished temporary file `tmp` over `path` durably: fsync the file, rename it, fsync
+/// the folder. On failure the temporary is removed and `path` is left as it was; `error` builds the
+/// format's error from a sentence.
+func commitTemporary(_ tmp: String, to path: String, error: (String) -> Error) throws {
+    let fd = open(tmp, O_RDONLY)
+    if fd < 0 || fsync(fd) != 0 {
+        let reason = String(cString: strerror(errno))
+        if fd >= 0 { close(fd) }
+        unlink(tmp)
+        throw error("cannot flush \(tmp) to disk (\(reason)); the previous file is left as it was")
+    }
+    close(fd)
+    guard rename(tmp, path) == 0 else {
+        let reason = String(cString: strerror(errno))
+        unlink(tmp)
+        throw error("cannot rename \(tmp) into place (\(reason)); the previous file is left as it was")
+    }
+    let dir = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY)
+    if dir >= 0 {
+        fsync(dir)
+        close(dir)
+    }
+}
+
+/// Removes temporary files of `path` (`<name>.tmp-PID`, `.<name>.tmp-PID-…`) whose writer process is
+/// gone, e.g. after a SIGKILL during a checkpoint write.
+func removeStaleTemporaries(of path: String) {
+    let url = URL(fileURLWithPath: path)
+    let dir = url.deletingLastPathComponent()
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? [] {
+        for prefix in [url.lastPathComponent + ".tmp-", "." + url.lastPathComponent + ".tmp-"] where name.hasPrefix(prefix) {
+            let pidText = name.dropFirst(prefix.count).prefix { $0.isNumber }
+            guard let pid = Int32(pidText), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            unlink(dir.appendingPathComponent(name).path)
+        }
+    }
+}
+
+/// Writes the files `files` of folder `dir` so that they appear together or not at all: `write`
+/// fills a temporary folder beside `dir`, which then replaces it (the old folder is renamed away and
+/// removed). When `dir` holds other files too (a user's README), those are kept: the new files are
+/// moved in one by one, in the order given (the one that makes the folder valid last).
+public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) throws -> Void) throws {
+    let fm = FileManager.default
+    let parent = dir.deletingLastPathComponent()
+    do { try fm.createDirectory(at: parent, withIntermediateDirectories: true) } catch {
+        throw CheckpointError(path: dir.path, message: "cannot create the folder \(parent.path): \((error as NSError).localizedDescription)")
+    }
+    let tmp = parent.appendingPathComponent(".\(dir.lastPathComponent).tmp-\(getpid())")
+    try? fm.removeItem(at: tmp)
+    do { try fm.createDirectory(at: tmp, withIntermediateDirectories: false) } catch {
+        throw CheckpointError(path: dir.path, message: "cannot create \(tmp.path): \((error as NSError).localizedDescription)")
+    }
+    do { try write(tmp) } catch {
+        try? fm.removeItem(at: tmp)
+        throw error
+    }
+    var isDir: ObjCBool = false
+    let exists = fm.fileExists(atPath: dir.path, isDirectory: &isDir)
+    if exists && !isDir.boolValue {
+        try? fm.removeItem(at: tmp)
+        throw CheckpointError(path: dir.path, message: "exists and is not a folder")
+    }
+    let others = exists ? ((try? fm.contentsOfDirectory(atPath: dir.path)) ?? []).filter { !files.contains($0) } : []
+    if !exists || others.isEmpty {
+        let old = parent.appendingPathComponent(".\(dir.lastPathComponent).old-\(getpid())")
+        if exists { guard rename(dir.path, old.path) == 0 else { throw CheckpointError(path: dir.path, message: "cannot replace the folder: \(String(cString: strerror(errno)))") } }
+        guard rename(tmp.path, dir.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if exists { rename(old.path, dir.path) }
+            try? fm.removeItem(at: tmp)
+            throw CheckpointError(path: dir.path, message: "cannot move the new folder into place: \(reason)")
+        }
+        if exists { try? fm.removeItem(at: old) }
+    } else {
+        for f in files {
+            try commitTemporary(tmp.appendingPathComponent(f).path, to: dir.appendingPathComponent(f).path) {
+                CheckpointError(path: dir.appendingPathComponent(f).path, message: $0)
+            }
+        }
+        try? fm.removeItem(at: tmp)
+    }
+    let fd = open(parent.path, O_RDONLY | O_DIRECTORY)
+    if fd >= 0 { fsync(fd); close(fd) }
 }

@@ -468,15 +468,16 @@ public final class GGUFFile: @unchecked Sendable {
         out.dataOffset = (r.pos + out.alignment - 1) / out.alignment * out.alignment
         let dataBytes = size - out.dataOffset
         for t in raw {
-            let bytes = t.dims.reduce(1, *) / t.type.blockSize * t.type.typeSize
             func bad(_ m: String) -> GGUFError { GGUFError(.outOfBounds, path: path, tensor: t.name, m) }
+            // The element count fits an Int (checked above); its byte count may not (F32 [2^31-1, 2^31-1]).
+            let (bytes, overflow) = (t.dims.reduce(1, *) / t.type.blockSize).multipliedReportingOverflow(by: t.type.typeSize)
+            guard !overflow else { throw bad("\(t.type) data of ne \(t.dims) would take more than 2^63 bytes; the file is corrupt") }
             guard t.offset % out.alignment == 0 else {
                 throw bad("data offset \(t.offset) is not a multiple of the alignment \(out.alignment)")
             }
             guard t.offset <= dataBytes, bytes <= dataBytes - t.offset else {
-                let start = out.dataOffset + t.offset
-                throw bad("\(t.type) data of ne \(t.dims) at offset \(t.offset) needs bytes \(start)..<\(start + bytes) of the file, but the file "
-                          + "has \(size) bytes (data section starts at \(out.dataOffset)); the file is truncated or corrupt")
+                throw bad("\(t.type) data of ne \(t.dims) at offset \(t.offset) needs \(bytes) bytes from byte \(out.dataOffset + t.offset) of the file, "
+                          + "but the file has \(size) bytes (data section starts at \(out.dataOffset)); the file is truncated or corrupt")
             }
             out.infos.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: t.offset, byteCount: bytes))
         }

@@ -1,6 +1,10 @@
 // HDF5 files of named Float32 tensors (one dataset per tensor, named by its key) plus string
 // attributes, through the C library (CHDF5 shim for the macros Swift cannot import).
-// Writes go to a temporary file that is renamed into place, so a crash never leaves half a file.
+// Writes go to a temporary file that is closed (checked), fsynced and renamed into place, then the
+// folder is fsynced, so a crash or a full disk never leaves half a file over the last good one.
+// Reads trust nothing: dimensions are checked against what the file stores before anything is
+// allocated and attributes must be single strings. (Non-finite weights are refused where weights
+// are loaded into a model or an adapter, and where they are saved: NN, PEFT, Formats.)
 
 import CHDF5
 import Foundation
@@ -29,6 +33,7 @@ public enum HDF5Store {
                              attributes: [String: String] = [:]) throws {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
         try createParentFolder(of: path)
+        removeStaleTemporaries(of: path)
         let tmp = path + ".tmp-\(getpid())"
         let file = H5Fcreate(tmp, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
         guard file >= 0 else { throw HDF5Error(path: path, message: "cannot create file \(tmp)") }
@@ -65,12 +70,12 @@ public enum HDF5Store {
         for (name, value) in attributes.sorted(by: { $0.key < $1.key }) {
             try writeStringAttribute(file, name: name, value: value, path: path)
         }
-        H5Fclose(file)
         closed = true
-        guard rename(tmp, path) == 0 else {
+        guard H5Fclose(file) >= 0 else {
             unlink(tmp)
-            throw HDF5Error(path: path, message: "cannot rename \(tmp) into place: \(String(cString: strerror(errno)))")
+            throw HDF5Error(path: path, message: "cannot finish writing \(tmp) (disk full?); the previous file is left as it was")
         }
+        try commitTemporary(tmp, to: path) { HDF5Error(path: path, message: $0) }
     }
 
     private static func writeStringAttribute(_ obj: hid_t, name: String, value: String, path: String) throws {
@@ -120,11 +125,30 @@ public enum HDF5Store {
             let space = H5Dget_space(ds)
             defer { H5Sclose(space) }
             let rank = Int(H5Sget_simple_extent_ndims(space))
+            guard (0...8).contains(rank) else { throw HDF5Error(path: path, message: "dataset '\(name)' has \(rank) dimensions (expected 0…8)") }
             var dims = [hsize_t](repeating: 0, count: rank)
             H5Sget_simple_extent_dims(space, &dims, nil)
-            let shape = dims.map { Int($0) }
             let dtype = H5Dget_type(ds)
             defer { H5Tclose(dtype) }
+            // Sizes come from the file: check them against the bytes it stores before allocating.
+            var count = 1
+            for d in dims {
+                let (c, overflow) = count.multipliedReportingOverflow(by: Int(clamping: d))
+                guard !overflow, d <= hsize_t(Int.max) else {
+                    throw HDF5Error(path: path, message: "dataset '\(name)' claims dimensions \(dims), more elements than can exist; the file is corrupt")
+                }
+                count = c
+            }
+            let shape = dims.map { Int($0) }
+            let stored = Int(clamping: H5Dget_storage_size(ds))
+            let elementSize = max(1, H5Tget_size(dtype))
+            guard count.multipliedReportingOverflow(by: elementSize).partialValue <= stored,
+                  !count.multipliedReportingOverflow(by: elementSize).overflow else {
+                throw HDF5Error(path: path, message: """
+                    dataset '\(name)' claims shape \(shape) (\(count) elements of \(elementSize) bytes) but the file stores \(stored) bytes \
+                    for it; the file is truncated or corrupt (compressed datasets are not supported)
+                    """)
+            }
             if H5Tget_class(dtype) == chdf5_class_integer() && H5Tget_size(dtype) == 1 && rank == 1 {
                 var bytes = [UInt8](repeating: 0, count: shape[0])
                 guard H5Dread(ds, chdf5_native_uint8(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), &bytes) >= 0 else {
@@ -139,7 +163,7 @@ public enum HDF5Store {
             }
             tensors[name] = t
         }
-        return (tensors, blobs, rootAttributes(file))
+        return (tensors, blobs, try rootAttributes(file, path: path))
     }
 
     /// The root's string attributes only (the `format` of a SwiftPEFT file, its config): no dataset is read.
@@ -148,11 +172,12 @@ public enum HDF5Store {
         let file = H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
         guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
         defer { H5Fclose(file) }
-        return rootAttributes(file)
+        return try rootAttributes(file, path: path)
     }
 
-    /// The fixed-length string attributes of the root group of an open file.
-    private static func rootAttributes(_ file: hid_t) -> [String: String] {
+    /// The fixed-length string attributes of the root group of an open file; an attribute that holds
+    /// several strings (or any other non-scalar value) is an error naming it.
+    private static func rootAttributes(_ file: hid_t, path: String) throws -> [String: String] {
         var attributes: [String: String] = [:]
         let root = H5Gopen2(file, "/", chdf5_p_default())
         defer { H5Gclose(root) }
@@ -168,6 +193,13 @@ public enum HDF5Store {
             let type = H5Aget_type(attr)
             defer { H5Tclose(type) }
             guard H5Tget_class(type) == chdf5_class_string(), H5Tis_variable_str(type) == 0 else { continue }
+            let space = H5Aget_space(attr)
+            defer { H5Sclose(space) }
+            let points = H5Sget_simple_extent_npoints(space)
+            let attrName = String(decoding: nameBuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            guard points == 1 else {
+                throw HDF5Error(path: path, message: "attribute '\(attrName)' holds \(points) strings; expected one (a scalar string)")
+            }
             let size = H5Tget_size(type)
             var buf = [UInt8](repeating: 0, count: size + 1)
             H5Aread(attr, type, &buf)
@@ -177,3 +209,4 @@ public enum HDF5Store {
         return attributes
     }
 }
+

@@ -235,13 +235,15 @@ public enum Safetensors {
 
         let url = URL(fileURLWithPath: path)
         try createParentFolder(of: path)
+        removeStaleTemporaries(of: path)
         let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UUID().uuidString.prefix(8))")
         guard FileManager.default.createFile(atPath: tmp.path, contents: nil) else {
             throw SafetensorsError(path: path, message: "cannot create the temporary file \(tmp.path)")
         }
         do {
             let h = try FileHandle(forWritingTo: tmp)
-            defer { try? h.close() }
+            var open = true
+            defer { if open { try? h.close() } }
             try h.write(contentsOf: prefix + header)
             for (_, t) in items {
                 let values = t.toArray()
@@ -257,16 +259,13 @@ public enum Safetensors {
                 }
                 try h.write(contentsOf: out)
             }
-            try h.synchronize()
+            open = false
+            try h.close()  // checked: a full disk can show up only here
         } catch {
             try? FileManager.default.removeItem(at: tmp)
             throw SafetensorsError(path: path, message: "cannot write \(tmp.path): \((error as NSError).localizedDescription)")
         }
-        guard rename(tmp.path, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(at: tmp)
-            throw SafetensorsError(path: path, message: "cannot rename \(tmp.path) into place: \(reason)")
-        }
+        try commitTemporary(tmp.path, to: path) { SafetensorsError(path: path, message: $0) }
     }
 
     /// The weights of a Hugging Face model folder: `model.safetensors`, or every shard listed in

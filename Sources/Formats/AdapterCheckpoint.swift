@@ -50,6 +50,7 @@ public enum AdapterCheckpoint {
 
     /// Same, with the base's fingerprint taken earlier (before training changed anything).
     public static func save(_ method: PEFTMethod, fingerprint fp: BaseFingerprint, to path: String) throws {
+        try checkFiniteWeights(method.adapterParameters(), writing: path)
         try HDF5Store.write(path, tensors: method.adapterParameters(), attributes: [
             "format": format, "version": "1",
             "peft_type": type(of: method).peftType, "adapter_name": method.name,

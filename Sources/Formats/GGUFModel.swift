@@ -219,6 +219,9 @@ extension GGUFFile {
             } else {
                 try dequantize(info, into: target.basePointer)
             }
+            if let bad = target.firstNonFinite() {
+                throw fail(.malformed, info.name, "holds \(bad.value) at element \(bad.index) after dequantization; the weights are corrupt")
+            }
             if target !== p { p.assign(target) }
         }
         if !missing.isEmpty {

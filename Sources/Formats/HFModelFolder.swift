@@ -246,6 +246,7 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0) throws -> (model: Ca
 /// Creates the folder if needed; each file is replaced atomically.
 /// - Throws: `HFModelError` when the configuration has no transformers equivalent, or on I/O errors.
 public func saveHFModel(_ model: CausalLM, tokenizerJSON: String?, to folder: String) throws {
+    try checkFiniteWeights(model.namedParameters(), writing: folder)
     let dir = URL(fileURLWithPath: folder)
     do {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -18,6 +18,7 @@ public enum ModelCheckpoint {
     /// Writes `model` (every parameter, frozen or not) and the tokenizer to `path` atomically.
     public static func save(_ model: CausalLM, tokenizerJSON: String?, to path: String,
                             metadata: [String: String] = [:]) throws {
+        try checkFiniteWeights(model.namedParameters(), writing: path)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let config = String(decoding: try enc.encode(model.config), as: UTF8.self)

@@ -117,3 +117,13 @@ public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMeth
             """)
     }
 }
+
+/// Refuses to write weights holding a NaN or infinite value (a diverged run, a bad merge), naming
+/// the tensor; every model and adapter writer calls it before touching `path`.
+public func checkFiniteWeights(_ tensors: [(String, Tensor)], writing path: String) throws {
+    for (name, t) in tensors {
+        if let bad = t.firstNonFinite() {
+            throw CheckpointError(path: path, message: "not written: tensor '\(name)' holds \(bad.value) at element \(bad.index) (the weights diverged); the previous file, if any, is left as it was")
+        }
+    }
+}

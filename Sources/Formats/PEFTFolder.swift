@@ -59,6 +59,7 @@ public func exportPEFTFolder(_ method: PEFTMethod, base: CausalLM, baseName: Str
             """)
     }
     var (config, tensors) = try method.peftFolderContents(base: base.config)
+    try checkFiniteWeights(tensors, writing: dir.path)
     config["peft_type"] = type
     config["task_type"] = "CAUSAL_LM"
     config["base_model_name_or_path"] = baseName ?? NSNull()
@@ -66,17 +67,17 @@ public func exportPEFTFolder(_ method: PEFTMethod, base: CausalLM, baseName: Str
     guard !tensors.isEmpty else {
         throw PEFTFolderError(path: dir.path, message: "the \(type) adapter holds no tensors (attach it to the base before exporting)")
     }
-    do {
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    } catch {
-        throw PEFTFolderError(path: dir.path, message: "cannot create the folder: \((error as NSError).localizedDescription)")
-    }
-    try Safetensors.write(dir.appendingPathComponent(PEFTFolder.weightsFile).path, tensors: tensors, metadata: ["format": "pt"])
-    let configURL = dir.appendingPathComponent(PEFTFolder.configFile)
-    do {
-        try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: configURL, options: .atomic)
-    } catch {
-        throw PEFTFolderError(path: configURL.path, message: "cannot write: \((error as NSError).localizedDescription)")
+    // The pair is written into a temporary folder beside `dir`, then swapped in whole: a kill or a
+    // full disk never leaves a config that does not match its tensors.
+    try writeFolderAtomically(dir, files: [PEFTFolder.weightsFile, PEFTFolder.configFile]) { tmp in
+        try Safetensors.write(tmp.appendingPathComponent(PEFTFolder.weightsFile).path, tensors: tensors, metadata: ["format": "pt"])
+        let configURL = tmp.appendingPathComponent(PEFTFolder.configFile)
+        do {
+            try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: configURL, options: .atomic)
+        } catch {
+            throw PEFTFolderError(path: dir.appendingPathComponent(PEFTFolder.configFile).path,
+                                  message: "cannot write: \((error as NSError).localizedDescription)")
+        }
     }
 }
 

@@ -103,7 +103,8 @@ extension Module {
     /// Copies `weights` into the parameters with the same names (a key-for-key copy).
     /// - strict: every parameter must be present and no extra keys may remain (keys listed in
     ///   `ignoring` are skipped, e.g. a tied `lm_head.weight`).
-    /// - Throws: naming the tensor and both shapes on a mismatch, or the missing/unexpected keys.
+    /// - Throws: naming the tensor and both shapes on a mismatch, a NaN or infinite value, or the
+    ///   missing/unexpected keys.
     public func loadParameters(_ weights: [String: Tensor], strict: Bool = true, ignoring: Set<String> = [],
                                source: String = "weights") throws {
         let params = namedParameters()
@@ -113,6 +114,9 @@ extension Module {
             guard let w = weights[name] else { missing.append(name); continue }
             guard w.shape == p.shape else {
                 throw WeightLoadError(message: "\(source): tensor '\(name)' has shape \(w.shape), the model expects \(p.shape)")
+            }
+            if let bad = w.firstNonFinite() {
+                throw WeightLoadError(message: "\(source): tensor '\(name)' holds \(bad.value) at element \(bad.index); the weights are corrupt or come from a diverged run")
             }
             p.assign(w)
             used.insert(name)

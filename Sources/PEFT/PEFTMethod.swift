@@ -56,6 +56,9 @@ extension PEFTMethod {
             guard v.shape == t.shape else {
                 throw PEFTError(message: "\(source): adapter tensor '\(key)' has shape \(v.shape), the adapter expects \(t.shape)")
             }
+            if let bad = v.firstNonFinite() {
+                throw PEFTError(message: "\(source): adapter tensor '\(key)' holds \(bad.value) at element \(bad.index); the adapter is corrupt or comes from a diverged run")
+            }
             t.assign(v)
         }
     }

@@ -327,3 +327,13 @@ extension Tensor: CustomStringConvertible {
         return "Tensor(\(shape), [\(shown)\(values.count > 8 ? ", …" : "")])"
     }
 }
+
+extension Tensor {
+    /// The index and value of the first NaN or infinite element, or nil when every element is finite.
+    public func firstNonFinite() -> (index: Int, value: Float)? {
+        let c = contiguous()
+        let p = c.basePointer
+        for i in 0..<c.count where !p[i].isFinite { return (i, p[i]) }
+        return nil
+    }
+}

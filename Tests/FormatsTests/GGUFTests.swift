@@ -280,6 +280,13 @@ final class GGUFTests: XCTestCase {
         try huge.write(to: URL(fileURLWithPath: hugePath))
         assertGGUFError(.outOfBounds, file: hugePath, mentions: ["f16"]) { _ = try GGUFFile(hugePath) }
 
+        // Element count fits, byte count does not: F32 ne [2^31-1, 2^31-1] is 2^64·… bytes (it used to trap).
+        var wide = GGUFWriter()
+        wide.tensors = [("wide", [Int(Int32.max), Int(Int32.max)], 0, [UInt8](repeating: 0, count: 32))]
+        let widePath = path("wide.gguf")
+        try wide.write(to: URL(fileURLWithPath: widePath))
+        assertGGUFError(.outOfBounds, file: widePath, mentions: ["wide", "2^63 bytes"]) { _ = try GGUFFile(widePath) }
+
         var misaligned = w
         misaligned.offsetOverride["q4_0"] = 4
         let misPath = path("misaligned.gguf")

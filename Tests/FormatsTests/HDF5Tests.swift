@@ -1,6 +1,8 @@
-// HDF5 tensor files: round trip of shapes, values and attributes; atomic writes; clear errors.
+// HDF5 tensor files: round trip of shapes, values and attributes; atomic writes; clear errors; hostile
+// files (made here with the C API) rejected before anything is allocated.
 
 import XCTest
+import CHDF5
 @testable import Formats
 import TensorCore
 import NN
@@ -43,5 +45,91 @@ final class HDF5Tests: XCTestCase {
         XCTAssertThrowsError(try HDF5Store.read(junk)) {
             XCTAssertTrue("\($0)".contains(junk) && "\($0)".contains("not an HDF5 file"), "\($0)")
         }
+    }
+
+    /// Writes an HDF5 file with the C API: `build` gets the open file.
+    func hostile(_ name: String, _ build: (hid_t) -> Void) -> String {
+        let path = dir.appendingPathComponent(name).path
+        let f = H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
+        build(f)
+        H5Fclose(f)
+        return path
+    }
+
+    func testHostileFilesAreRejectedNamingFileAndObject() throws {
+        // `format` stored as 4 fixed-length strings: it used to be read into a one-string buffer (heap overflow).
+        let arrayAttr = hostile("array-attr.h5") { f in
+            let type = H5Tcopy(chdf5_c_s1())
+            H5Tset_size(type, 8)
+            var n: hsize_t = 4
+            let space = H5Screate_simple(1, &n, nil)
+            let attr = H5Acreate2(f, "format", type, space, chdf5_p_default(), chdf5_p_default())
+            let text = [UInt8]("swiftpeftswiftpeftswiftpeftswiftpe".utf8.prefix(32))
+            _ = text.withUnsafeBufferPointer { H5Awrite(attr, type, $0.baseAddress) }
+            H5Aclose(attr); H5Sclose(space); H5Tclose(type)
+        }
+        for read in [{ _ = try HDF5Store.read(arrayAttr) }, { _ = try HDF5Store.readAttributes(arrayAttr) }] {
+            XCTAssertThrowsError(try read()) { e in
+                XCTAssertTrue("\(e)".contains(arrayAttr) && "\(e)".contains("attribute 'format' holds 4 strings"), "\(e)")
+            }
+        }
+        // A dataset that claims 10^12 bytes (never written: the file is small). It used to allocate 1 TB.
+        let huge = hostile("huge.h5") { f in
+            var n: hsize_t = 1_000_000_000_000
+            let space = H5Screate_simple(1, &n, nil)
+            let ds = H5Dcreate2(f, "tokenizer.json", chdf5_native_uint8(), space, chdf5_p_default(), chdf5_p_default(), chdf5_p_default())
+            H5Dclose(ds); H5Sclose(space)
+        }
+        XCTAssertThrowsError(try HDF5Store.read(huge)) { e in
+            XCTAssertTrue("\(e)".contains(huge) && "\(e)".contains("'tokenizer.json' claims shape [1000000000000]"), "\(e)")
+        }
+        // [2^32, 2^32] floats: the element count wrapped to 0 and HDF5 then wrote past a 1-float buffer.
+        let wrapped = hostile("wrapped.h5") { f in
+            var dims: [hsize_t] = [1 << 32, 1 << 32], chunk: [hsize_t] = [1, 1]
+            let space = H5Screate_simple(2, &dims, nil)
+            let dcpl = H5Pcreate(chdf5_p_dataset_create())
+            H5Pset_chunk(dcpl, 2, &chunk)  // chunked: HDF5 accepts dimensions no contiguous file could hold
+            let ds = H5Dcreate2(f, "w", chdf5_native_float(), space, chdf5_p_default(), dcpl, chdf5_p_default())
+            XCTAssertGreaterThanOrEqual(ds, 0, "the hostile dataset was not created")
+            H5Dclose(ds); H5Pclose(dcpl); H5Sclose(space)
+        }
+        XCTAssertThrowsError(try HDF5Store.read(wrapped)) { e in
+            XCTAssertTrue("\(e)".contains(wrapped) && "\(e)".contains("dataset 'w'"), "\(e)")
+        }
+        // NaN weights: the container reads them as they are; loading them into a model is refused,
+        // naming file and tensor, and no writer of models or adapters writes them.
+        let config = ModelConfig.llama(vocabSize: 11, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12)
+        let model = makeModel(config)
+        var params = model.namedParameters()
+        let poisoned = params[1].1.copy()
+        poisoned.basePointer[3] = .nan
+        params[1].1 = poisoned
+        let nan = dir.appendingPathComponent("nan.h5").path
+        try HDF5Store.write(nan, tensors: params, attributes: [
+            "format": ModelCheckpoint.format, "version": "1",
+            "config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)])
+        XCTAssertTrue(try HDF5Store.read(nan).tensors[params[1].0]!.toArray()[3].isNaN)
+        XCTAssertThrowsError(try loadModel(nan)) { e in
+            XCTAssertTrue("\(e)".contains(nan) && "\(e)".contains("'\(params[1].0)' holds nan at element 3"), "\(e)")
+        }
+        model.namedParameters()[1].1.basePointer[3] = .infinity
+        let out = dir.appendingPathComponent("inf.h5").path
+        XCTAssertThrowsError(try ModelCheckpoint.save(model, tokenizerJSON: nil, to: out)) { e in
+            XCTAssertTrue("\(e)".contains(out) && "\(e)".contains("not written") && "\(e)".contains("inf"), "\(e)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+    }
+
+    func testStaleTemporariesOfDeadWritersAreRemoved() throws {
+        let path = dir.appendingPathComponent("state.h5").path
+        // A writer killed mid-write leaves `<name>.tmp-PID`; PID 2^22+1 is beyond Linux's pid_max default.
+        let stale = path + ".tmp-4194305"
+        FileManager.default.createFile(atPath: stale, contents: Data("half a file".utf8))
+        let mine = path + ".tmp-\(getppid())"  // a live process: its temporary is left alone
+        FileManager.default.createFile(atPath: mine, contents: Data())
+        try HDF5Store.write(path, tensors: [("x", Tensor.ones([2]))])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: stale), "the dead writer's temporary is removed")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: mine), "a live writer's temporary is kept")
+        XCTAssertEqual(try HDF5Store.read(path).tensors["x"]?.toArray(), [1, 1])
     }
 }

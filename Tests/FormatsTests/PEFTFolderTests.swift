@@ -174,6 +174,31 @@ final class PEFTFolderTests: XCTestCase {
         }
     }
 
+    /// The folder appears whole or not at all: a second export replaces it without leftovers, a
+    /// user's own file in it is kept, and a failing write leaves the previous pair as it was.
+    func testExportReplacesTheFolderWhole() throws {
+        let model = makeModel(.llama(vocabSize: 17, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12), seed: 1)
+        var c = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
+        c.initLoraWeights = .random
+        let lora = try LoRA(config: c)
+        try lora.attach(to: model)
+        let out = dir.appendingPathComponent("nested/peft")
+        try exportPEFTFolder(lora, base: model, baseName: nil, to: out)  // parent folders are created
+        let first = try Data(contentsOf: out.appendingPathComponent(PEFTFolder.weightsFile))
+        try exportPEFTFolder(lora, base: model, baseName: nil, to: out)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(), [PEFTFolder.configFile, PEFTFolder.weightsFile])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.deletingLastPathComponent().path), ["peft"], "no temporary left")
+        try "mine".write(to: out.appendingPathComponent("README.md"), atomically: true, encoding: .utf8)
+        try exportPEFTFolder(lora, base: model, baseName: nil, to: out)
+        XCTAssertEqual(try String(contentsOf: out.appendingPathComponent("README.md"), encoding: .utf8), "mine", "the user's file stays")
+        XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(PEFTFolder.weightsFile)), first)
+        // A write that fails midway (here: the folder's parent is a file) leaves nothing half-written.
+        let blocked = dir.appendingPathComponent("file")
+        try Data().write(to: blocked)
+        XCTAssertThrowsError(try exportPEFTFolder(lora, base: model, baseName: nil, to: blocked.appendingPathComponent("peft")))
+        XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(PEFTFolder.weightsFile)), first, "the previous export is intact")
+    }
+
     func testAdapterNameInKeysIsAccepted() throws {
         let src = peftFixtures.appendingPathComponent("llama-dora")
         let folder = dir.appendingPathComponent("with-default")
