@@ -248,13 +248,19 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod {
             // PiSSA / OLoRA / LoftQ / EVA… only change the initialization; the tensors are loaded after.
             if let s = config["init_lora_weights"] as? String, s != "gaussian" { config["init_lora_weights"] = true }
         }),
-        build: { c, name, _ in try LoRA(config: c, name: name) })
+        build: { c, name, restoring in
+            let lora = try LoRA(config: c, name: name)
+            lora.checksRank = !restoring  // an adapter saved elsewhere (PEFT allows any r) loads as it is
+            return lora
+        })
 
     /// Default `target_modules` of a new adapter per model family (the attention query and value).
     public static let defaultTargets: [ModelConfig.Family: [String]] = [.llama: ["q_proj", "v_proj"], .gpt2: ["c_attn"]]
 
     public let config: LoRAConfig
     let state: LoRAState
+    /// Refuse r > min(in, out) at attach (a new adapter); off for loaded ones and for combinations.
+    var checksRank = true
     public var isEnabled: Bool {
         get { state.isEnabled }
         set { state.isEnabled = newValue }
@@ -291,6 +297,16 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod {
         default: break
         }
         extra += try Self.modulesToSave(config.modulesToSave, in: model, method: "LoRA")
+        for (module, linear) in targets where checksRank {
+            let r = LoRAConfig.pattern(config.rankPattern, for: module) ?? config.r
+            guard r <= min(linear.inFeatures, linear.outFeatures) else {
+                throw PEFTError(message: """
+                    [LoRA] r \(r) is larger than \(module) allows (in \(linear.inFeatures), out \(linear.outFeatures)): \
+                    a rank above min(in, out) adds parameters and nothing else.
+                    HINT: use r ≤ \(min(linear.inFeatures, linear.outFeatures)), or rank_pattern for this module.
+                    """)
+            }
+        }
         state.model = model
         return install(on: model, targets: targets, extra: extra) { module, linear in
             let r = LoRAConfig.pattern(config.rankPattern, for: module) ?? config.r

@@ -175,6 +175,7 @@ func combineLoRA(_ adapters: [LoRA], weights: [Float], method requested: LoRA.Co
     config.bias = "none"
     config.modulesToSave = nil
     let combined = try LoRA(config: config, name: name)
+    combined.checksRank = false  // cat may sum ranks past min(in, out), as PEFT allows
     let attached = try combined.attach(to: model)
     guard Set(attached) == Set(modules) else {
         combined.detach(from: model)

@@ -52,6 +52,12 @@ public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets
                                      exclude: ModuleSelector? = nil, layers: [Int]? = nil,
                                      method: String) throws -> [(String, M)] {
     let candidates = model.namedModules().compactMap { n, m in (m as? M).map { (n, $0) } }
+    for (field, selector) in [("target_modules", targets), ("exclude_modules", exclude)] {
+        guard case .regex(let pattern)? = selector, pattern != "all-linear" else { continue }
+        do { _ = try NSRegularExpression(pattern: "^(?:" + pattern + ")$") } catch {
+            throw PEFTError(message: "[\(method)] \(field) \"\(pattern)\" is not a valid regular expression (it would match nothing)")
+        }
+    }
     let selected = candidates.filter { name, _ in
         let isTarget: Bool
         if case .regex("all-linear") = targets {

@@ -60,7 +60,7 @@ extension TrainJob {
         if let v = try s.int("grad-accumulation") { trainer.gradAccumulation = v }
         if let v = try s.int("eval-every") { trainer.evalEvery = v }
         if let v = try s.int("save-every") { trainer.saveEvery = v }
-        if let v = try s.int("log-every") { trainer.logEvery = max(1, v) }
+        if let v = try s.int("log-every") { trainer.logEvery = v }
         if let v = try s.int("seed") {
             guard v >= 0 else { throw TrainingError(message: "--seed must be ≥ 0, got \(v)") }
             trainer.seed = UInt64(v)
@@ -85,6 +85,7 @@ extension TrainJob {
         guard trainer.steps > 0, batchSize > 0, self.data.seqLen > 1 else {
             throw TrainingError(message: "steps, batch size and sequence length must be positive (seq-len at least 2)")
         }
+        try trainer.validate()
     }
 }
 

@@ -104,18 +104,24 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     let trainer = try Trainer(model: model, parameters: parameters, options: trainerOptions)
     trainer.checkpointURL = out.appendingPathComponent("state.h5")
     trainer.metricsURL = out.appendingPathComponent("metrics.jsonl")
+    // What a resume must find unchanged (the data is checked by its fingerprint in the data position).
+    trainer.checkpointAttributes = ["base_weights_hash": fingerprint.weightsHash, "base_architecture": fingerprint.architecture]
     if let method {
-        trainer.checkpointAttributes = ["method": job.method, "method_config": String(decoding: try method.configJSON(), as: UTF8.self)]
+        trainer.checkpointAttributes["method"] = job.method
+        trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)
     }
     trainer.onStep = onStep
     var stream = BatchIterator(splits.train, batchSize: job.batchSize, seed: job.trainer.seed)
     if job.resume {
         try trainer.resume(from: trainer.checkpointURL!, data: &stream)
-        guard trainer.step < job.trainer.steps else {
+        guard trainer.step < trainerOptions.steps else {
             throw TrainingError(message: "\(trainer.checkpointURL!.path) is already at step \(trainer.step); to train further, resume with more than \(trainer.step) steps")
         }
+        try trimMetrics(trainer.metricsURL!, toStep: trainer.step)
     } else {
+        // A state or metrics left by an earlier run in this folder must not be taken for this run's.
         try? fm.removeItem(at: trainer.metricsURL!)
+        try? fm.removeItem(at: trainer.checkpointURL!)
     }
     let scorer: (() -> Double)? = val.map { v in { evaluate(model, on: v, batch: job.batchSize, maxRows: job.evalRows).loss } }
     let before = job.resume ? nil : scorer?()
@@ -140,6 +146,18 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history)
 }
 
+/// Keeps the lines of `metrics.jsonl` up to `step` (a killed run may have logged steps after its last
+/// checkpoint, or half a line); rewritten atomically.
+func trimMetrics(_ url: URL, toStep step: Int) throws {
+    guard let data = FileManager.default.contents(atPath: url.path) else { return }
+    let kept = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { line in
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              let s = obj["step"] as? Int else { return false }
+        return s <= step
+    }
+    try Data(kept.map { $0 + "\n" }.joined().utf8).write(to: url, options: .atomic)
+}
+
 /// Learned absolute positions stop at max_position_embeddings: say so before training or scoring.
 func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws {
     let c = model.config
@@ -151,6 +169,8 @@ func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true) throws -> Evaluation {
+    guard batch >= 1 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batch)") }
+    guard seqLen >= 2 else { throw TrainingError(message: "--seq-len must be at least 2, got \(seqLen)") }
     let base = try loadModel(modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
@@ -165,6 +185,8 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 public func runCompare(_ base: TrainJob, methods: [String], onStart: (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
     var results: [MethodResult] = []
+    // Each method trains on a base read anew: one kept in memory for all would add a base's size to
+    // every method's measured peak memory, a column of the report.
     for m in methods {
         var job = base
         job.method = m

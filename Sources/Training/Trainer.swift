@@ -75,11 +75,29 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     /// Micro-batches per optimizer step.
     public var gradAccumulation = 1
     public var evalEvery = 50
-    /// Checkpoint every N steps (0: only at the end).
-    public var saveEvery = 0
+    /// Checkpoint every N steps (0: only at the end). Periodic by default, so a killed run loses at
+    /// most this many steps.
+    public var saveEvery = 50
     public var logEvery = 10
     public var seed: UInt64 = 0
     public init() {}
+
+    /// Checks every value; the message names it as its flag. `Trainer` runs this first.
+    public func validate() throws {
+        func fail(_ flag: String, _ what: String, _ v: Any) -> TrainingError { TrainingError(message: "--\(flag) must be \(what), got \(v)") }
+        guard steps >= 1 else { throw fail("steps", "at least 1", steps) }
+        guard lr.isFinite && lr > 0 else { throw fail("lr", "a positive number", lr) }
+        guard warmupSteps >= 0 else { throw fail("warmup", "0 or more", warmupSteps) }
+        guard ["adamw", "sgd"].contains(optimizer) else { throw fail("optimizer", "adamw or sgd", optimizer) }
+        guard weightDecay.isFinite && weightDecay >= 0 else { throw fail("weight-decay", "0 or more", weightDecay) }
+        guard momentum >= 0 && momentum < 1 else { throw fail("momentum", "in [0, 1)", momentum) }
+        guard adamBeta2 >= 0 && adamBeta2 < 1 else { throw fail("adam-beta2", "in [0, 1)", adamBeta2) }
+        guard clip.isFinite && clip >= 0 else { throw fail("clip", "0 (off) or more", clip) }
+        guard gradAccumulation >= 1 else { throw fail("grad-accumulation", "at least 1", gradAccumulation) }
+        guard evalEvery >= 1 else { throw fail("eval-every", "at least 1", evalEvery) }
+        guard saveEvery >= 0 else { throw fail("save-every", "0 (only at the end) or more", saveEvery) }
+        guard logEvery >= 1 else { throw fail("log-every", "at least 1", logEvery) }
+    }
 
     enum CodingKeys: String, CodingKey {
         case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum
@@ -133,9 +151,7 @@ public final class Trainer {
 
     public init(model: CausalLM, parameters: [(String, Tensor)], options: TrainerOptions) throws {
         guard !parameters.isEmpty else { throw TrainingError(message: "nothing to train: no trainable tensors") }
-        guard ["adamw", "sgd"].contains(options.optimizer) else {
-            throw TrainingError(message: "optimizer must be adamw or sgd, got \(options.optimizer)")
-        }
+        try options.validate()
         self.model = model
         self.parameters = parameters
         self.options = options
@@ -218,6 +234,13 @@ public final class Trainer {
 
     /// Writes trained tensors, optimizer state, step, model RNG and data position atomically.
     public func saveCheckpoint<S: BatchStream>(_ url: URL, data: S) throws {
+        // An update can turn a weight non-finite while the loss that led to it was still finite:
+        // such a state is not "good", so it never replaces the last good one.
+        for (name, t) in parameters {
+            if let bad = t.firstNonFinite() {
+                throw TrainingError(message: "step \(step): '\(name)' holds \(bad.value) after the update; stopping. The last good checkpoint is kept (\(url.path)).\nHINT: lower the learning rate (now \(options.lr)) or check the data.")
+            }
+        }
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         var attrs = checkpointAttributes
@@ -240,9 +263,20 @@ public final class Trainer {
         guard attrs["format"] == Trainer.checkpointFormat, let s = attrs["step"].flatMap(Int.init) else {
             throw CheckpointError(path: url.path, message: "not a SwiftPEFT training checkpoint")
         }
+        let what = ["base_weights_hash": "base model (weights)", "base_architecture": "base model (architecture)",
+                    "method": "method", "method_config": "method config"]
+        for (key, mine) in checkpointAttributes.sorted(by: { $0.key < $1.key }) where attrs[key] != mine {
+            throw CheckpointError(path: url.path, message: """
+                was made for another \(what[key] ?? key): it has \(key) \(attrs[key].map { "'\($0)'" } ?? "missing"), this run has '\(mine)'.
+                HINT: resume with the same --model and method options, or train into another --out.
+                """)
+        }
         for (key, t) in parameters {
             guard let v = tensors["trained/" + key], v.shape == t.shape else {
                 throw CheckpointError(path: url.path, message: "trained tensor '\(key)' is missing or has shape \(tensors["trained/" + key]?.shape ?? []), expected \(t.shape)")
+            }
+            if let bad = v.firstNonFinite() {
+                throw CheckpointError(path: url.path, message: "trained tensor '\(key)' holds \(bad.value) at element \(bad.index); the state is corrupt")
             }
             t.assign(v)
         }

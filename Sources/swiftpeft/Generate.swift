@@ -23,6 +23,11 @@ struct Generate: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 0
 
     func run() throws {
+        guard !prompt.isEmpty else { throw CLIError("--prompt is empty; give the text to continue") }
+        guard maxTokens >= 0 else { throw CLIError("--max-tokens must be 0 or more, got \(maxTokens)") }
+        guard temperature.isFinite && temperature >= 0 else { throw CLIError("--temperature must be 0 (greedy) or more, got \(temperature)") }
+        guard topK >= 0 else { throw CLIError("--top-k must be 0 (all) or more, got \(topK)") }
+        guard topP > 0 && topP <= 1 else { throw CLIError("--top-p must be in (0, 1], got \(topP)") }
         let loaded = try loadModel(model)
         let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }

@@ -700,6 +700,54 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(g.output.contains("Fatal error"), "generation stops at the last position:\n\(g.transcript)")
     }
 
+    /// Values that used to trap (or hang) are errors that name the flag or key.
+    func testOutOfRangeValuesAreErrorsNamingTheFlag() throws {
+        let out = fx.path("runs/bad-values")
+        for (extra, needle) in [(["--eval-every", "0"], "--eval-every must be at least 1"),
+                                (["--grad-accumulation", "0"], "--grad-accumulation must be at least 1"),
+                                (["--grad-accumulation=-1"], "--grad-accumulation must be at least 1"),
+                                (["--save-every=-2"], "--save-every must be 0"),
+                                (["--lr", "0"], "--lr must be a positive number"),
+                                (["--target-modules", "q_proj", "--r", "64"], "r 64 is larger than"),
+                                (["--method-config", fx.path("bad-regex.json")], "not a valid regular expression")] {
+            try JSONSerialization.data(withJSONObject: ["target_modules": "q_proj("]).write(to: URL(fileURLWithPath: fx.path("bad-regex.json")))
+            _ = try fails(trainArgs(out: out, steps: 2) + extra, mentioning: [needle])
+        }
+        for (key, value, needle) in [("seed", -1, "--seed must be ≥ 0"), ("steps", 1e19, "--steps must be an integer")] as [(String, Any, String)] {
+            let cfg = fx.path("bad-\(key).json")
+            try JSONSerialization.data(withJSONObject: ["model": fx.base, "data": fx.jsonl, "out": out, key: value])
+                .write(to: URL(fileURLWithPath: cfg))
+            _ = try fails(["train", "--config", cfg], mentioning: [needle])
+        }
+        _ = try fails(["eval", "--model", fx.base, "--data", fx.jsonl, "--batch-size", "0"], mentioning: ["--batch-size must be at least 1"])
+        _ = try fails(["generate", "--model", fx.base, "--prompt", ""], mentioning: ["--prompt is empty"])
+        let tiny = fx.path("tiny.txt")
+        try "a b c".write(toFile: tiny, atomically: true, encoding: .utf8)
+        _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--vocab-size", "260", "--hidden", "16", "--layers", "1",
+                       "--heads", "2", "--kv-heads", "1", "--intermediate", "32", "--steps", "2", "--seq-len", "16"],
+                      mentioning: ["too few for windows"])
+    }
+
+    /// A resume checks the base and the method config; a state left by an earlier run is not taken
+    /// for this one's; metrics past the checkpoint are dropped.
+    func testResumeRefusesAnotherBaseOrMethodAndTrimsMetrics() throws {
+        let out = fx.path("runs/resume-checks")
+        _ = try ok(trainArgs(out: out, steps: 4) + ["--save-every", "2"])
+        _ = try fails(trainArgs(out: out, steps: 6).map { $0 == fx.base ? fx.otherBase : $0 } + ["--resume"],
+                      mentioning: ["state.h5", "another base model", "HINT"])
+        _ = try fails(trainArgs(out: out, steps: 6) + ["--resume", "--r", "4"], mentioning: ["another method config"])
+        // A killed run logged steps 5 and 6 (and half a line) after its last checkpoint at 4.
+        let metricsPath = out + "/metrics.jsonl"
+        let lines = try String(contentsOfFile: metricsPath, encoding: .utf8)
+        try (lines + #"{"step": 5, "loss": 1}"# + "\n" + #"{"step": 6, "lo"#).write(toFile: metricsPath, atomically: true, encoding: .utf8)
+        _ = try ok(trainArgs(out: out, steps: 6) + ["--resume"])
+        XCTAssertEqual(try metrics(out).map { $0["step"] as? Int }, Array(1...6).map { Optional($0) }, "each step once, no half line")
+        // A fresh run into the same folder does not keep the old state for a later --resume.
+        _ = try ok(trainArgs(out: out, steps: 1) + ["--save-every", "0"])
+        let state = try ok(["inspect", out + "/state.h5"])
+        XCTAssertTrue(state.stdout.contains("step: 1"), state.transcript)
+    }
+
     /// --epochs sets the step budget from the data: one pass over the training rows.
     func testTrainForEpochs() throws {
         let out = fx.path("runs/epochs")

@@ -74,16 +74,21 @@ final class TrainerTests: XCTestCase {
         trainer.metricsURL = metrics
         var poisoned = false
         trainer.onStep = { m in
-            if m.step == 3 && !poisoned {  // poison an adapter weight after step 3
+            if m.step == 3 && !poisoned {  // poison an adapter weight after step 3's update
                 lora.layers[0].lora.a.basePointer[0] = .nan
                 poisoned = true
             }
         }
+        // Step 3's weights are not good: its checkpoint is refused (it used to be written, NaN and all,
+        // and then kept as "the last good" one), naming the step and the tensor.
         XCTAssertThrowsError(try trainer.run(&data)) { e in
-            XCTAssertTrue("\(e)".contains("step 4") && "\(e)".contains(ckpt.path), "\(e)")
+            XCTAssertTrue("\(e)".contains("step 3") && "\(e)".contains("lora_A") && "\(e)".contains(ckpt.path), "\(e)")
         }
         let (_, _, attrs) = try HDF5Store.read(ckpt.path)
-        XCTAssertEqual(attrs["step"], "3", "the checkpoint from the last good step")
+        XCTAssertEqual(attrs["step"], "2", "the checkpoint from the last good step")
+        lora.layers[0].lora.a.basePointer[0] = 0
+        var again = data
+        XCTAssertNoThrow(try trainer.resume(from: ckpt, data: &again), "the kept state is good")
         let lines = try String(contentsOf: metrics).split(separator: "\n")
         XCTAssertEqual(lines.count, 3)
         let m = try JSONDecoder().decode(StepMetrics.self, from: Data(lines[0].utf8))
