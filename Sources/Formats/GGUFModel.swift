@@ -247,6 +247,8 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0) throws -> (model: Ll
         throw GGUFError(.shapeMismatch, path: path, tensor: "token_embd.weight",
                         "has \(config.vocabSize) rows but the tokenizer has \(tokenizer.vocabSize) tokens")
     }
+    let elements = file.tensorInfos.reduce(0) { acc, t in acc > Int.max / 2 ? acc : acc + t.dims.reduce(1, *) }
+    try checkConfigFitsWeights(config, elements: elements, file: path)
     let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
     try file.loadWeights(into: model)
     model.freeze()

@@ -223,9 +223,10 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0) throws -> (model: Ca
         }
         weights[k] = t
     }
-    let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
     let source = FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors.index.json").path)
         ? dir.appendingPathComponent("model.safetensors.index.json").path : dir.appendingPathComponent("model.safetensors").path
+    try checkConfigFitsWeights(config, elements: weights.values.reduce(0) { $0 + $1.count }, file: configPath)
+    let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
     do {
         try model.loadParameters(weights, source: source)
     } catch let e as WeightLoadError {

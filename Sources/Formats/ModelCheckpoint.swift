@@ -46,6 +46,7 @@ public enum ModelCheckpoint {
         } catch {
             throw CheckpointError(path: path, message: "bad config: \(error)")
         }
+        try checkConfigFitsWeights(config, elements: tensors.values.reduce(0) { $0 + $1.count }, file: path)
         let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below (strict)
         do {
             try model.loadParameters(tensors, source: path)

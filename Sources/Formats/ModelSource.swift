@@ -74,6 +74,18 @@ public struct LoadedModel {
 /// Face model folder, read once. The model comes back frozen and in eval mode.
 /// - Throws: naming the path; an adapter or a training state given as a model says so, with a hint.
 public func loadModel(_ path: String, seed: UInt64 = 0) throws -> LoadedModel {
+    let loaded = try loadModelUnchecked(path, seed: seed)
+    // An id the embedding has no row for would stop the program deep inside a kernel.
+    if let tok = loaded.tokenizer, tok.vocabSize > loaded.model.config.vocabSize {
+        throw CheckpointError(path: path, message: """
+            its tokenizer has \(tok.vocabSize) tokens but the model's vocab_size is \(loaded.model.config.vocabSize); \
+            ids past \(loaded.model.config.vocabSize - 1) have no embedding. The tokenizer belongs to another model.
+            """)
+    }
+    return loaded
+}
+
+private func loadModelUnchecked(_ path: String, seed: UInt64) throws -> LoadedModel {
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .checkpoint:
@@ -125,5 +137,20 @@ public func checkFiniteWeights(_ tensors: [(String, Tensor)], writing path: Stri
         if let bad = t.firstNonFinite() {
             throw CheckpointError(path: path, message: "not written: tensor '\(name)' holds \(bad.value) at element \(bad.index) (the weights diverged); the previous file, if any, is left as it was")
         }
+    }
+}
+
+/// Throws when `config` implies far more parameters than the `elements` a weights file holds (over
+/// twice as many, plus a million): the sizes in a config are checked against the weights before the
+/// model is built and allocated. A smaller shortfall (a missing tensor) is left to the loader, whose
+/// message names the tensor.
+public func checkConfigFitsWeights(_ config: ModelConfig, elements: Int, file: String) throws {
+    let needed = config.minimumParameterCount
+    guard needed / 2 <= elements + (1 << 20) else {
+        throw CheckpointError(path: file, message: """
+            the config (vocab_size \(config.vocabSize), hidden_size \(config.hiddenSize), \(config.numLayers) layers, \
+            intermediate_size \(config.intermediateSize)) implies at least \(needed) parameters, but the weights hold \(elements) values; \
+            the config does not belong to these weights
+            """)
     }
 }

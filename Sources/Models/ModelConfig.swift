@@ -117,6 +117,26 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 }
 
 extension ModelConfig {
+    /// A lower bound on the parameters this config implies: the embedding and each layer's weight
+    /// matrices (norms, biases and an untied head not counted); saturates instead of overflowing.
+    /// Loaders compare it with the elements a file holds before building the model, so a config
+    /// claiming hidden_size 2^20 is an error, not an attempt to allocate terabytes.
+    public var minimumParameterCount: Int {
+        func mul(_ xs: Int...) -> Int {
+            xs.reduce(1) { acc, x in
+                let (p, o) = acc.multipliedReportingOverflow(by: max(0, x))
+                return o ? Int.max : p
+            }
+        }
+        func add(_ xs: Int...) -> Int { xs.reduce(0) { acc, x in acc > Int.max - x ? Int.max : acc + x } }
+        let perLayer: Int
+        switch family {
+        case .llama: perLayer = add(mul(2, hiddenSize, hiddenSize), mul(2, hiddenSize, numKVHeads, headDim), mul(3, hiddenSize, intermediateSize))
+        case .gpt2: perLayer = add(mul(4, hiddenSize, hiddenSize), mul(2, hiddenSize, intermediateSize))
+        }
+        return add(mul(vocabSize, hiddenSize), mul(numLayers, perLayer))
+    }
+
     /// What `family` fixes: LLaMA has RMSNorm, SwiGLU and RoPE (biases vary: Qwen2, mlp_bias); GPT-2 has
     /// LayerNorm, a GELU MLP (tanh or erf), learned positions and one key/value head per head.
     func checkFamily() throws {

@@ -61,7 +61,7 @@ public struct BottleneckConfig: PEFTConfig, Equatable {
             throw PEFTError(message: "Bottleneck: non_linearity must be one of \(Self.activations), got \"\(nonLinearity)\"")
         }
         guard reductionFactor > 0 else { throw PEFTError(message: "Bottleneck: reduction_factor must be positive, got \(reductionFactor)") }
-        if let r = bottleneckSize, r <= 0 { throw PEFTError(message: "Bottleneck: bottleneck_size must be positive, got \(r)") }
+        if let r = bottleneckSize, r <= 0 || r > 1 << 20 { throw PEFTError(message: "Bottleneck: bottleneck_size must be in 1…1048576, got \(r)") }
         guard initScale >= 0 else { throw PEFTError(message: "Bottleneck: init_scale must be ≥ 0, got \(initScale)") }
     }
 

@@ -80,14 +80,20 @@ public struct LoRAConfig: PEFTConfig, Equatable {
         if let one = fields["layers_to_transform"] as? Int { fields["layers_to_transform"] = [one] }
     }
 
+    /// The largest rank accepted from a config: checked before any A (r, in) is allocated (a config
+    /// with r = 10^12 used to try).
+    public static let maxRank = 1 << 16
+
     /// Checks the values; the message names the field.
     public func validate() throws {
-        guard r > 0 else { throw PEFTError(message: "LoRA: r must be positive, got \(r)") }
+        guard r > 0 && r <= Self.maxRank else { throw PEFTError(message: "LoRA: r must be in 1…\(Self.maxRank), got \(r)") }
         guard loraDropout >= 0 && loraDropout < 1 else { throw PEFTError(message: "LoRA: lora_dropout \(loraDropout) must be in [0, 1)") }
         guard ["none", "all", "lora_only"].contains(bias) else {
             throw PEFTError(message: "LoRA: bias must be \"none\", \"all\" or \"lora_only\", got \"\(bias)\"")
         }
-        for (k, v) in rankPattern where v <= 0 { throw PEFTError(message: "LoRA: rank_pattern[\"\(k)\"] must be positive, got \(v)") }
+        for (k, v) in rankPattern where v <= 0 || v > Self.maxRank {
+            throw PEFTError(message: "LoRA: rank_pattern[\"\(k)\"] must be in 1…\(Self.maxRank), got \(v)")
+        }
     }
 
     /// The value of a pattern dictionary for `module` (PEFT: key matches "(.*\.)?key$"), else nil.

@@ -70,7 +70,7 @@ public struct PTuningConfig: PromptLearningConfig, Equatable {
 
     public func validate() throws {
         try validateCommon("PTuning", peftType: "P_TUNING")
-        if let h = encoderHiddenSize, h <= 0 { throw PEFTError(message: "PTuning: encoder_hidden_size must be positive, got \(h)") }
+        if let h = encoderHiddenSize, h <= 0 || h > 1 << 20 { throw PEFTError(message: "PTuning: encoder_hidden_size must be in 1…1048576, got \(h)") }
         guard encoderNumLayers > 0 else { throw PEFTError(message: "PTuning: encoder_num_layers must be positive, got \(encoderNumLayers)") }
         guard encoderDropout >= 0 && encoderDropout < 1 else { throw PEFTError(message: "PTuning: encoder_dropout \(encoderDropout) must be in [0, 1)") }
     }

@@ -64,7 +64,7 @@ public struct PrefixTuningConfig: PromptLearningConfig, Equatable {
 
     public func validate() throws {
         try validateCommon("PrefixTuning", peftType: "PREFIX_TUNING")
-        if let h = encoderHiddenSize, h <= 0 { throw PEFTError(message: "PrefixTuning: encoder_hidden_size must be positive, got \(h)") }
+        if let h = encoderHiddenSize, h <= 0 || h > 1 << 20 { throw PEFTError(message: "PrefixTuning: encoder_hidden_size must be in 1…1048576, got \(h)") }
     }
 }
 

@@ -34,8 +34,11 @@ extension PromptLearningConfig {
         guard peftType == expected else {
             throw PEFTError(message: "\(method): peft_type is \"\(peftType)\", expected \"\(expected)\"")
         }
-        guard numVirtualTokens > 0 else {
-            throw PEFTError(message: "\(method): num_virtual_tokens must be positive, got \(numVirtualTokens)")
+        guard numVirtualTokens > 0 && numVirtualTokens <= 1 << 16 else {
+            throw PEFTError(message: "\(method): num_virtual_tokens must be in 1…65536, got \(numVirtualTokens)")
+        }
+        for (field, value) in [("token_dim", tokenDim), ("num_layers", numLayers), ("num_attention_heads", numAttentionHeads)] {
+            if let v = value, v <= 0 || v > 1 << 20 { throw PEFTError(message: "\(method): \(field) must be in 1…1048576, got \(v)") }
         }
         guard numTransformerSubmodules == 1 else {
             throw PEFTError(message: "\(method): num_transformer_submodules must be 1 for a decoder-only model, got \(numTransformerSubmodules)")

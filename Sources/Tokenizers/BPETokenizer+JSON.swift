@@ -100,6 +100,15 @@ extension BPETokenizer {
             idOf[token] = Int32(id)
             maxID = max(maxID, id)
         }
+        // The tables are sized by the largest id: it must be in proportion to the entries the file has
+        // (`{"a": 1073741823}` alone used to allocate about 24 GB).
+        let bound = 2 * (vocabObj.count + addedByContent.count) + 1024
+        guard maxID < bound else {
+            throw malformed("model.vocab has \(vocabObj.count) tokens but an id of \(maxID); ids must be dense (below \(bound))")
+        }
+        if let big = added.max(by: { $0.id < $1.id }), Int(big.id) >= bound {
+            throw malformed("added_tokens gives \(big.content.debugDescription) the id \(big.id) with \(vocabObj.count) tokens in model.vocab; ids must be dense (below \(bound))")
+        }
         var vocab = [[UInt8]?](repeating: nil, count: maxID + 1)
         var owner = [String?](repeating: nil, count: maxID + 1)
         for (id, token) in entries.sorted(by: { $0.id < $1.id || ($0.id == $1.id && $0.token < $1.token) }) {

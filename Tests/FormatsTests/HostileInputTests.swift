@@ -1,0 +1,89 @@
+// Sizes a file states are checked against what it holds before anything is allocated: a config
+// whose dimensions the weights cannot fill, a tokenizer whose ids are not dense or that is larger
+// than the model's vocabulary, an adapter config with an absurd rank. Each used to allocate
+// gigabytes or stop inside a kernel; each is now an error naming the file.
+
+import Foundation
+import XCTest
+@testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+
+final class HostileInputTests: XCTestCase {
+    var dir: URL!
+    let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-hostile-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    func assertThrows(_ body: () throws -> Void, mentioning needles: [String], line: UInt = #line) {
+        XCTAssertThrowsError(try body(), line: line) { e in
+            for n in needles { XCTAssertTrue("\(e)".contains(n), "'\(n)' in: \(e)", line: line) }
+        }
+    }
+
+    func testConfigLargerThanItsWeightsIsRefusedBeforeBuilding() throws {
+        let folder = dir.appendingPathComponent("llama")
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("hf/llama"), to: folder)
+        let configURL = folder.appendingPathComponent("config.json")
+        var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any])
+        config["hidden_size"] = 1 << 20  // with the fixture's 4 heads: 2^40 per q_proj
+        config["intermediate_size"] = 1 << 20
+        config["head_dim"] = nil
+        try JSONSerialization.data(withJSONObject: config).write(to: configURL)
+        assertThrows({ _ = try loadModel(folder.path) }, mentioning: [configURL.path, "hidden_size 1048576", "implies at least"])
+    }
+
+    func testTokenizerIDsMustBeDenseAndFitTheModel() throws {
+        let tokURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("TokenizersTests/Fixtures/tokenizer_gpt2.json")
+        var json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: tokURL)) as? [String: Any])
+        var model = try XCTUnwrap(json["model"] as? [String: Any])
+        var vocab = try XCTUnwrap(model["vocab"] as? [String: Any])
+        let good = try BPETokenizer.load(json: JSONSerialization.data(withJSONObject: json), file: "good.json")
+        vocab["Ġzzz"] = 1_073_741_823  // one far id used to size every table: about 24 GB
+        model["vocab"] = vocab
+        json["model"] = model
+        assertThrows({ _ = try BPETokenizer.load(json: JSONSerialization.data(withJSONObject: json), file: "far.json") },
+                     mentioning: ["far.json", "1073741823", "dense"])
+
+        // A checkpoint whose tokenizer is larger than its vocab_size: the first high id used to be a fatalError.
+        let small = makeModel(.llama(vocabSize: good.vocabSize - 10, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1,
+                                     intermediateSize: 12))
+        let path = dir.appendingPathComponent("small-vocab.h5").path
+        try ModelCheckpoint.save(small, tokenizerJSON: good.tokenizerJSON(), to: path)
+        assertThrows({ _ = try loadModel(path) }, mentioning: [path, "tokenizer has \(good.vocabSize) tokens", "vocab_size is \(good.vocabSize - 10)"])
+    }
+
+    func testAdapterConfigsWithAbsurdSizesAreRefusedBeforeAllocating() throws {
+        let base = makeModel(.llama(vocabSize: 13, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12))
+        let lora = try LoRA(config: LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"])))
+        try lora.attach(to: base)
+        let path = dir.appendingPathComponent("adapter.h5").path
+        try AdapterCheckpoint.save(lora, base: base, to: path)
+        var (tensors, _, attrs) = try HDF5Store.read(path)
+        var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(attrs["config"]!.utf8)) as? [String: Any])
+        config["r"] = 1_000_000_000_000
+        attrs["config"] = String(decoding: try JSONSerialization.data(withJSONObject: config), as: UTF8.self)
+        try HDF5Store.write(path, tensors: tensors.map { ($0.key, $0.value) }, attributes: attrs)
+        lora.detach(from: base)
+        assertThrows({ try loadAdapter(path, onto: base) }, mentioning: ["r must be in 1…65536", "1000000000000"])
+        XCTAssertTrue(base.namedModules().compactMap { $0.1 as? Linear }.allSatisfy { $0.hooks.isEmpty }, "nothing attached")
+
+        // The same through a PEFT folder, and prompt tuning's num_virtual_tokens.
+        let folder = dir.appendingPathComponent("peft")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try JSONSerialization.data(withJSONObject: ["peft_type": "PROMPT_TUNING", "num_virtual_tokens": 1_000_000_000])
+            .write(to: folder.appendingPathComponent(PEFTFolder.configFile))
+        try Safetensors.write(folder.appendingPathComponent(PEFTFolder.weightsFile).path, tensors: [("prompt_embeddings", Tensor.zeros([2, 8]))])
+        tensors = [:]
+        assertThrows({ try loadAdapter(folder.path, onto: base) }, mentioning: [PEFTFolder.configFile, "num_virtual_tokens must be in 1…65536"])
+    }
+}
