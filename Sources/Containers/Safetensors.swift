@@ -90,6 +90,11 @@ public struct SafetensorsFile {
             throw fail("the header is not valid JSON (\((error as NSError).localizedDescription))")
         }
         guard let root = top as? [String: Any] else { throw fail("the header is not a JSON object") }
+        // JSON parsers keep one of two equal keys silently; the format forbids them.
+        var seenKeys = Set<[UInt8]>()
+        for key in Self.topLevelKeys(headerBytes) where !seenKeys.insert(key).inserted {
+            throw fail("the header names a tensor twice", String(decoding: key, as: UTF8.self))
+        }
         let dataSize = data.count - 8 - Int(n)
 
         var metadata: [String: String] = [:]
@@ -136,15 +141,57 @@ public struct SafetensorsFile {
             }
             entries[name] = SafetensorsEntry(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
         }
-        // No two tensors may share bytes.
+        // No two tensors may share bytes, and (as the reference implementation requires) the data
+        // section is exactly the tensors, back to back: no gap, nothing after the last one.
         let sorted = entries.values.filter { $0.end > $0.begin }.sorted { ($0.begin, $0.name) < ($1.begin, $1.name) }
         for (a, b) in zip(sorted, sorted.dropFirst()) where b.begin < a.end {
             throw fail("data_offsets [\(b.begin), \(b.end)] overlap tensor '\(a.name)' at [\(a.begin), \(a.end)]; expected disjoint ranges", b.name)
+        }
+        var expectedBegin = 0
+        for e in sorted {
+            guard e.begin == expectedBegin else {
+                throw fail("data_offsets [\(e.begin), \(e.end)] leave a gap after byte \(expectedBegin); expected the tensors back to back", e.name)
+            }
+            expectedBegin = e.end
+        }
+        guard expectedBegin == dataSize else {
+            throw fail("the tensors end at byte \(expectedBegin) of a \(dataSize)-byte data section; expected no trailing bytes")
         }
         self.entries = entries
         self.metadata = metadata
         self.data = data
         self.dataStart = 8 + Int(n)
+    }
+
+    /// The keys of the top-level JSON object in `header`, as raw bytes between the quotes, in order
+    /// (duplicates included, which a JSON parser would merge).
+    static func topLevelKeys(_ header: Data) -> [[UInt8]] {
+        var keys: [[UInt8]] = []
+        var depth = 0, i = header.startIndex
+        var pending: [UInt8]?  // a string at depth 1 that may be a key
+        while i < header.endIndex {
+            let c = header[i]
+            if c == UInt8(ascii: "\"") {
+                var j = i + 1, bytes: [UInt8] = []
+                while j < header.endIndex && header[j] != UInt8(ascii: "\"") {
+                    if header[j] == UInt8(ascii: "\\") { bytes.append(header[j]); j += 1 }
+                    if j < header.endIndex { bytes.append(header[j]) }
+                    j += 1
+                }
+                if depth == 1 { pending = bytes }
+                i = j + 1
+                continue
+            }
+            switch c {
+            case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1; pending = nil
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1; pending = nil
+            case UInt8(ascii: ":"): if depth == 1, let k = pending { keys.append(k) }; pending = nil
+            case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\t"), UInt8(ascii: "\r"): break
+            default: pending = nil
+            }
+            i += 1
+        }
+        return keys
     }
 
     /// Tensor names, sorted.

@@ -114,7 +114,9 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
     var stream = BatchIterator(splits.train, batchSize: job.batchSize, seed: job.trainer.seed)
     if job.resume {
         try trainer.resume(from: trainer.checkpointURL!, data: &stream)
-        guard trainer.step < trainerOptions.steps else {
+        // At exactly the budget, a run killed after its last checkpoint but before writing its
+        // adapter: the resume only writes the outputs.
+        guard trainer.step <= trainerOptions.steps else {
             throw TrainingError(message: "\(trainer.checkpointURL!.path) is already at step \(trainer.step); to train further, resume with more than \(trainer.step) steps")
         }
         try trimMetrics(trainer.metricsURL!, toStep: trainer.step)

@@ -149,6 +149,15 @@ final class SafetensorsTests: XCTestCase {
                       tensor: "w", ["shape"])
         expectFailure("offsets.safetensors", rawFile("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,4]}}", [UInt8](repeating: 0, count: 8)),
                       tensor: "w", ["begin is after end"])
+        // What JSON parsers and offset checks let through, and the reference implementation refuses.
+        expectFailure("duplicate.safetensors", rawFile("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                                                       [UInt8](repeating: 0, count: 8)), tensor: "w", ["names a tensor twice"])
+        expectFailure("gap.safetensors", rawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+                                                 [UInt8](repeating: 0, count: 12)), tensor: "b", ["gap after byte 4"])
+        expectFailure("trailing.safetensors", rawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                                                      [UInt8](repeating: 0, count: 12)), tensor: nil, ["end at byte 4 of a 12-byte data section"])
+        XCTAssertEqual(SafetensorsFile.topLevelKeys(Data(#"{"a": {"b": 1, "c": [{"d": 2}]}, "e\"f": 3, "a": 4}"#.utf8)).map { String(decoding: $0, as: UTF8.self) },
+                       ["a", "e\\\"f", "a"], "nested keys and escapes are not top-level keys")
         XCTAssertThrowsError(try SafetensorsFile(path: path("missing.safetensors"))) { XCTAssertTrue("\($0)".contains("no such file")) }
         XCTAssertThrowsError(try SafetensorsFile(path: good).tensor("nope")) { XCTAssertTrue("\($0)".contains("'nope'")) }
     }
