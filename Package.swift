@@ -59,6 +59,8 @@ let package = Package(
             dependencies: ["SwiftPEFT", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"]),
         .executableTarget(name: "tokenizer-bench", dependencies: ["Tokenizers"]),
+        // A seeded mutation fuzzer for every reader (scripts/reliability runs it).
+        .executableTarget(name: "fuzz-parsers", dependencies: ["SwiftPEFT"]),
 
         // Examples: short programs that use the library as a user would; built with the package and
         // run at tiny size by ExamplesTests.

@@ -19,4 +19,5 @@ static inline H5T_class_t chdf5_class_float(void) { return H5T_FLOAT; }
 static inline H5T_class_t chdf5_class_integer(void) { return H5T_INTEGER; }
 static inline H5T_class_t chdf5_class_string(void) { return H5T_STRING; }
 static inline hid_t chdf5_p_link_create(void) { return H5P_LINK_CREATE; }
+static inline hid_t chdf5_p_file_create(void) { return H5P_FILE_CREATE; }
 static inline hid_t chdf5_e_default(void) { return H5E_DEFAULT; }

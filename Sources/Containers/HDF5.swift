@@ -35,7 +35,11 @@ public enum HDF5Store {
         try createParentFolder(of: path)
         removeStaleTemporaries(of: path)
         let tmp = path + ".tmp-\(getpid())"
-        let file = H5Fcreate(tmp, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
+        // A user block in front of the HDF5 data holds a checksum of the rest (written at the end).
+        let fcpl = H5Pcreate(chdf5_p_file_create())
+        defer { H5Pclose(fcpl) }
+        H5Pset_userblock(fcpl, hsize_t(Checksum.blockSize))
+        let file = H5Fcreate(tmp, chdf5_acc_trunc(), fcpl, chdf5_p_default())
         guard file >= 0 else { throw HDF5Error(path: path, message: "cannot create file \(tmp)") }
         var closed = false
         defer { if !closed { H5Fclose(file); unlink(tmp) } }
@@ -75,6 +79,10 @@ public enum HDF5Store {
             unlink(tmp)
             throw HDF5Error(path: path, message: "cannot finish writing \(tmp) (disk full?); the previous file is left as it was")
         }
+        do { try Checksum.seal(tmp) } catch {
+            unlink(tmp)
+            throw HDF5Error(path: path, message: "cannot write the checksum of \(tmp): \(error)")
+        }
         try commitTemporary(tmp, to: path) { HDF5Error(path: path, message: $0) }
     }
 
@@ -103,6 +111,7 @@ public enum HDF5Store {
         guard FileManager.default.fileExists(atPath: path) else {
             throw HDF5Error(path: path, message: "no such file")
         }
+        try Checksum.verify(path)
         let file = H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
         guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
         defer { H5Fclose(file) }
@@ -169,6 +178,7 @@ public enum HDF5Store {
     /// The root's string attributes only (the `format` of a SwiftPEFT file, its config): no dataset is read.
     public static func readAttributes(_ path: String) throws -> [String: String] {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
+        try Checksum.verify(path)
         let file = H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
         guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
         defer { H5Fclose(file) }
@@ -210,3 +220,63 @@ public enum HDF5Store {
     }
 }
 
+/// The checksum SwiftPEFT puts in the 512-byte HDF5 user block of every file it writes:
+/// `SWIFTPEFT-H5 1 <length> <FNV-1a 64 of bytes 512..<length, hex>`. libhdf5 itself can crash on a
+/// damaged file (a fuzzer found such a file), so a file that carries the block is checked before
+/// libhdf5 sees it: cut, changed or grown files are refused with a clear error. Files written by
+/// other tools (h5py) and older SwiftPEFT files have no block and are read as they are.
+enum Checksum {
+    static let blockSize = 512
+    static let magic = Array("SWIFTPEFT-H5 1 ".utf8)
+
+    static func fnv1a(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
+    }
+
+    /// Writes the block into the first 512 bytes of the finished file at `path`.
+    static func seal(_ path: String) throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
+        let hash = data.withUnsafeBytes { fnv1a(UnsafeRawBufferPointer(rebasing: $0[blockSize...])) }
+        var block = magic + Array("\(data.count) \(String(hash, radix: 16))\n".utf8)
+        block += [UInt8](repeating: 0, count: blockSize - block.count)
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        try h.seek(toOffset: 0)
+        try h.write(contentsOf: block)
+        try h.close()
+    }
+
+    /// Throws when `path` carries a SwiftPEFT block that does not match its bytes, or a user block
+    /// that is not SwiftPEFT's (a damaged block); files without a user block pass unchecked.
+    static func verify(_ path: String) throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
+        let hdf5Magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
+        let head = [UInt8](data.prefix(magic.count))
+        if head != magic {
+            // No SwiftPEFT block. A superblock at byte 512 means a user block that is not ours: most
+            // likely our block, damaged. Otherwise a file from another tool: read as it is.
+            let superblockAt512 = data.count >= blockSize + 8
+                && [UInt8](data[(data.startIndex + blockSize)..<(data.startIndex + blockSize + 8)]) == hdf5Magic
+            if superblockAt512 {
+                throw HDF5Error(path: path, message: "the file's first 512 bytes are not SwiftPEFT's checksum block: it was damaged after it was written")
+            }
+            return
+        }
+        guard data.count >= blockSize else {
+            throw HDF5Error(path: path, message: "the file has \(data.count) bytes, less than its own checksum block: it was cut")
+        }
+        let fields = String(decoding: data[(data.startIndex + magic.count)..<(data.startIndex + blockSize)].prefix { $0 != 0x0A && $0 != 0 }, as: UTF8.self)
+            .split(separator: " ")
+        guard fields.count == 2, let length = Int(fields[0]), let hash = UInt64(fields[1], radix: 16) else {
+            throw HDF5Error(path: path, message: "the checksum block is damaged; the file was changed after it was written")
+        }
+        guard length == data.count else {
+            throw HDF5Error(path: path, message: "the file has \(data.count) bytes but was written with \(length): it was cut or grown (an interrupted copy?)")
+        }
+        let actual = data.withUnsafeBytes { fnv1a(UnsafeRawBufferPointer(rebasing: $0[blockSize...])) }
+        guard actual == hash else {
+            throw HDF5Error(path: path, message: "checksum mismatch: the file was damaged after it was written (stored \(String(hash, radix: 16)), computed \(String(actual, radix: 16)))")
+        }
+    }
+}

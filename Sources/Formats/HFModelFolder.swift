@@ -34,10 +34,11 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
             guard let d = def else { throw fail("\"\(k)\" is missing (expected an integer)") }
             return d
         }
-        guard let n = v as? NSNumber, n.doubleValue == n.doubleValue.rounded() else {
-            throw fail("\"\(k)\" is \(v), expected an integer")
+        // Sizes beyond 2^31 are not a model's: refuse them before any arithmetic (n_embd 1e308 trapped).
+        guard let n = v as? NSNumber, let i = Int(exactly: n.doubleValue), abs(i) <= 1 << 31 else {
+            throw fail("\"\(k)\" is \(v), expected an integer of at most 2^31")
         }
-        return n.intValue
+        return i
     }
     func float(_ k: String, _ def: Float) throws -> Float {
         guard let v = present(k) else { return def }

@@ -132,4 +132,34 @@ final class HDF5Tests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: mine), "a live writer's temporary is kept")
         XCTAssertEqual(try HDF5Store.read(path).tensors["x"]?.toArray(), [1, 1])
     }
+
+    /// libhdf5 1.10 crashed (SIGSEGV) on `Fixtures/fuzz/hdf5-libhdf5-segfault.bin`, a damaged checkpoint
+    /// the fuzzer made (scripts/reliability). Files SwiftPEFT writes carry a checksum in their user block,
+    /// checked before libhdf5 opens them: the same damage in such a file is refused without a crash.
+    func testDamagedFilesAreRefusedBeforeLibHDF5SeesThem() throws {
+        let path = dir.appendingPathComponent("ok.h5").path
+        try HDF5Store.write(path, tensors: [("w", Tensor.ones([3]))], attributes: ["format": "x"])
+        let good = try Data(contentsOf: URL(fileURLWithPath: path))
+        XCTAssertTrue(good.starts(with: Data("SWIFTPEFT-H5 1 ".utf8)), "the checksum block leads the file")
+        XCTAssertEqual(try HDF5Store.read(path).tensors["w"]?.toArray(), [1, 1, 1])
+
+        let crash = try Data(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/fuzz/hdf5-libhdf5-segfault.bin"))
+        func refused(_ name: String, _ bytes: Data, _ needle: String, line: UInt = #line) {
+            let p = dir.appendingPathComponent(name).path
+            FileManager.default.createFile(atPath: p, contents: bytes)
+            for read in [{ _ = try HDF5Store.read(p) }, { _ = try HDF5Store.readAttributes(p) }] {
+                XCTAssertThrowsError(try read(), line: line) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0)", line: line) }
+            }
+        }
+        refused("crash-in-ours.h5", good.prefix(512) + crash, "was cut or grown")  // our block in front of the damaged body
+        var sameLength = good.prefix(512) + crash.prefix(good.count - 512)
+        sameLength.append(Data(count: max(0, good.count - sameLength.count)))
+        refused("same-length.h5", sameLength, "checksum mismatch")
+        var flipped = good
+        flipped[flipped.count / 2] ^= 0x40
+        refused("flipped.h5", flipped, "checksum mismatch")
+        refused("cut.h5", good.prefix(300), "was cut")
+        refused("zero-block.h5", Data(count: 512) + good.suffix(from: 512), "not SwiftPEFT's checksum block")
+    }
 }

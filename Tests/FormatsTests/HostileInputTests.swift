@@ -86,4 +86,25 @@ final class HostileInputTests: XCTestCase {
         tensors = [:]
         assertThrows({ try loadAdapter(folder.path, onto: base) }, mentioning: [PEFTFolder.configFile, "num_virtual_tokens must be in 1…65536"])
     }
+
+    /// Every input the fuzzer (scripts/reliability) ever crashed a reader with is kept in
+    /// Fixtures/fuzz/<reader>-<seed>.bin; each must now be refused with an error, not a crash.
+    func testInputsThatOnceCrashedAreRefused() throws {
+        let folder = fixtures.appendingPathComponent("fuzz")
+        let names = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
+        XCTAssertFalse(names.isEmpty)
+        for name in names {
+            let url = folder.appendingPathComponent(name)
+            let data = try Data(contentsOf: url)
+            switch name.split(separator: "-").first {
+            case "hfconfig":
+                let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any], name)
+                XCTAssertThrowsError(try hfModelConfig(obj, file: name), name)
+            case "hdf5":
+                continue  // libhdf5 itself crashes on it: HDF5Tests checks the checksum refuses such damage first
+            default:
+                XCTFail("\(name): no reader for this fuzz case; name it <reader>-<seed>.bin")
+            }
+        }
+    }
 }

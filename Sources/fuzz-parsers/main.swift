@@ -1,0 +1,193 @@
+// A seeded, structure-aware mutation fuzzer for every reader: GGUF, safetensors, HDF5, tokenizer.json,
+// config.json, adapter_config.json, JSONL data and CLI config files. Inputs start from real files (the
+// SmolLM2 GGUF header, the test fixtures) and are mutated: bytes flipped, integers overwritten with
+// boundary values, chunks cut, repeated or dropped, JSON numbers and strings swapped for hostile ones,
+// nesting deepened. A reader may accept or refuse an input; it may not crash or hang. Each input is
+// written to <work>/last-<parser> before it is parsed, so a crash leaves it behind (scripts/reliability
+// keeps it as a regression case). Prints one line per parser: inputs tried, refused, accepted.
+//   swift run -c release fuzz-parsers [--seconds S per parser] [--seed N] [--only NAME] --work DIR
+import Foundation
+import SwiftPEFT
+
+var args = Array(CommandLine.arguments.dropFirst())
+func option(_ name: String) -> String? {
+    guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
+    return args[i + 1]
+}
+let seconds = Double(option("--seconds") ?? "10") ?? 10
+var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
+let only = option("--only")
+guard let work = option("--work") else {
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|tokenizer|hfconfig|peftconfig|jsonl|settings]")
+    exit(2)
+}
+let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+func fixture(_ p: String) -> Data? { FileManager.default.contents(atPath: root.appendingPathComponent(p).path) }
+
+// MARK: mutations
+
+let boundaries: [UInt64] = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF,
+                            1 << 32, 1 << 40, 0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, UInt64.max, UInt64.max - 3]
+let hostileJSON = ["-1", "0", "1e19", "1073741823", "2147483648", "-2147483649", "1.5", "null", "true", "\"\"", "[]", "{}",
+                   "\"x\"", "1e308", "-0", "18446744073709551615", String(repeating: "[", count: 5000)]
+
+func mutateBytes(_ d: inout [UInt8]) {
+    guard !d.isEmpty else { d = [UInt8(truncatingIfNeeded: rng.next())]; return }
+    switch rng.nextInt(6) {
+    case 0: for _ in 0..<(1 + rng.nextInt(8)) { d[rng.nextInt(d.count)] ^= UInt8(1 << rng.nextInt(8)) }
+    case 1:  // an integer field at a random offset becomes a boundary value
+        let v = boundaries[rng.nextInt(boundaries.count)], width = [1, 2, 4, 8][rng.nextInt(4)]
+        let at = rng.nextInt(d.count)
+        for k in 0..<width where at + k < d.count { d[at + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) }
+    case 2: d.removeLast(rng.nextInt(d.count))  // truncate
+    case 3:  // drop a chunk
+        let a = rng.nextInt(d.count), n = min(d.count - a, 1 + rng.nextInt(64))
+        d.removeSubrange(a..<(a + n))
+    case 4:  // repeat a chunk
+        let a = rng.nextInt(d.count), n = min(d.count - a, 1 + rng.nextInt(64))
+        d.insert(contentsOf: d[a..<(a + n)], at: rng.nextInt(d.count))
+    default: d[rng.nextInt(d.count)] = UInt8(truncatingIfNeeded: rng.next())
+    }
+}
+
+/// JSON-aware: a number, string or value is replaced by a hostile one; otherwise bytes are mutated.
+func mutateJSON(_ d: inout [UInt8]) {
+    let text = String(decoding: d, as: UTF8.self)
+    let scalars = Array(text.unicodeScalars)
+    guard rng.nextInt(3) > 0, !scalars.isEmpty else { mutateBytes(&d); return }
+    var i = rng.nextInt(scalars.count)
+    while i < scalars.count && !(scalars[i] == ":" || scalars[i] == "," || scalars[i] == "[") { i += 1 }
+    guard i < scalars.count else { mutateBytes(&d); return }
+    var j = i + 1
+    while j < scalars.count && scalars[j] == " " { j += 1 }
+    var k = j
+    if k < scalars.count && scalars[k] == "\"" {
+        k += 1
+        while k < scalars.count && scalars[k] != "\"" { k += scalars[k] == "\\" ? 2 : 1 }
+        k += 1
+    } else {
+        while k < scalars.count && !",}]".unicodeScalars.contains(scalars[k]) { k += 1 }
+    }
+    k = min(k, scalars.count)
+    var out = String.UnicodeScalarView()
+    out.append(contentsOf: scalars[..<j])
+    out.append(contentsOf: hostileJSON[rng.nextInt(hostileJSON.count)].unicodeScalars)
+    out.append(contentsOf: scalars[k...])
+    d = Array(String(out).utf8)
+}
+
+// MARK: parsers
+
+struct Target {
+    let name: String
+    let seeds: [Data]
+    let json: Bool
+    let parse: (String, Data) throws -> Void  // (path of the input written to disk, its bytes)
+}
+
+let byteTokenizer = ByteTokenizer(specialTokens: ["<|endoftext|>"], roles: SpecialTokenRoles(bos: nil, eos: "<|endoftext|>", pad: nil, unk: nil))
+func ggufSeed() -> Data? {
+    guard let h = FileHandle(forReadingAtPath: root.appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path) else { return nil }
+    defer { try? h.close() }
+    // The header's first 4 MB (metadata with the whole tokenizer) with tensor_count set to 0, so the
+    // seed is a valid file; mutations of the count bring tensor infos back in.
+    var d = [UInt8](h.readData(ofLength: 4 << 20))
+    guard d.count > 16 else { return nil }
+    for k in 8..<16 { d[k] = 0 }
+    return Data(d)
+}
+
+/// A tiny SwiftPEFT model checkpoint and a LoRA adapter for it (the tokenizer from the fixtures).
+func checkpointSeeds() -> [Data] {
+    guard let tok = fixture("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json"),
+          let tokenizer = try? BPETokenizer.load(json: tok) else { return [] }
+    let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24)
+    let model = makeModel(config, seed: 1)
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fuzz-seeds-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let m = dir.appendingPathComponent("model.h5").path, a = dir.appendingPathComponent("adapter.h5").path
+    guard (try? ModelCheckpoint.save(model, tokenizerJSON: tokenizer.tokenizerJSON(), to: m)) != nil,
+          let lora = try? LoRA(config: LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj", "v_proj"]))),
+          (try? lora.attach(to: model)) != nil, (try? AdapterCheckpoint.save(lora, base: model, to: a)) != nil else { return [] }
+    return [m, a].compactMap { FileManager.default.contents(atPath: $0) }
+}
+let peftSeeds = ["Tests/FormatsTests/Fixtures/peft/llama-lora/adapter_config.json", "Tests/FormatsTests/Fixtures/peft/llama-prefix/adapter_config.json",
+                 "Tests/FormatsTests/Fixtures/peft/llama-ia3/adapter_config.json", "Tests/FormatsTests/Fixtures/peft/llama-ptuning/adapter_config.json"]
+let targets: [Target] = [
+    Target(name: "gguf", seeds: [ggufSeed()].compactMap { $0 }, json: false) { path, _ in
+        let f = try GGUFFile(path)
+        for info in f.tensorInfos.prefix(8) where info.byteCount < 1 << 22 { _ = try f.tensor(named: info.name) }
+        _ = try? f.modelConfig()
+        _ = try? f.makeTokenizer()
+    },
+    Target(name: "safetensors", seeds: ["Tests/FormatsTests/Fixtures/hf/llama/model-00001-of-00003.safetensors",
+                                        "Tests/FormatsTests/Fixtures/hf/gpt2/model.safetensors"].compactMap(fixture), json: false) { path, _ in
+        let f = try SafetensorsFile(path: path)
+        for n in f.names { _ = try f.tensor(n) }
+    },
+    // Our files only: libhdf5 1.10 itself can crash on a damaged file, so SwiftPEFT checks its own
+    // files' checksum block first; files from other tools are read as they are (not fuzzed).
+    Target(name: "hdf5", seeds: checkpointSeeds(), json: false) { path, _ in
+        _ = try HDF5Store.read(path)
+        switch try ModelSource.detect(path).kind {
+        case .checkpoint: _ = try loadModel(path)
+        case .adapter: try loadAdapter(path, onto: makeModel(ModelConfig.llama(vocabSize: 300, hiddenSize: 16, numLayers: 2, numHeads: 4,
+                                                                               numKVHeads: 2, intermediateSize: 24)))
+        default: break
+        }
+    },
+    Target(name: "tokenizer", seeds: ["Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json",
+                                      "Tests/TokenizersTests/Fixtures/tokenizer_hf_trained.json"].compactMap(fixture), json: true) { _, d in
+        let t = try BPETokenizer.load(json: d)
+        _ = t.decode(t.encode("Hello, world! 123 <|endoftext|>"))
+    },
+    Target(name: "hfconfig", seeds: ["Tests/FormatsTests/Fixtures/hf/llama/config.json", "Tests/FormatsTests/Fixtures/hf/gpt2/config.json",
+                                     "Tests/FormatsTests/Fixtures/hf/qwen2/config.json"].compactMap(fixture), json: true) { path, d in
+        guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any] else { return }
+        let c = try hfModelConfig(obj, file: path)
+        _ = c.minimumParameterCount
+    },
+    Target(name: "peftconfig", seeds: peftSeeds.compactMap(fixture), json: true) { _, d in
+        guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any], let type = obj["peft_type"] as? String else { return }
+        let model = makeModel(.llama(vocabSize: 32, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24))
+        let m = try PEFTRegistry.make(type, config: d, restoring: true)
+        try m.attach(to: model)
+    },
+    Target(name: "jsonl", seeds: [Data(#"{"prompt": "Q: 1+1?\nA:", "completion": " 2"}\n{"text": "hello"}\n{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"instruction": "add", "input": "1 1", "output": "2"}"#.utf8)], json: true) { path, _ in
+        _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
+    },
+    Target(name: "settings", seeds: [Data(#"{"model": "m.h5", "data": "d.jsonl", "out": "o", "steps": 3, "lr": 0.01, "seq-len": 16, "r": 4, "use-dora": true, "method-config": {"lora_alpha": 8}}"#.utf8)], json: true) { _, d in
+        guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any] else { return }
+        var job = try TrainJob(settings: obj)
+        job.method = "lora"
+        try job.methodSettings.check(for: ["lora", "dora"])
+        _ = try PEFTRegistry.makeNew("lora", for: .llama(vocabSize: 32, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 8),
+                                     peftConfig: job.methodSettings.peftConfig, settings: job.methodSettings.options)
+    },
+]
+
+try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+var failed = false
+for t in targets where only == nil || only == t.name {
+    guard !t.seeds.isEmpty else {
+        print("fuzz \(t.name): NO SEED (run scripts/fetch_data.py smollm2 for the GGUF seed)")
+        failed = true
+        continue
+    }
+    let input = URL(fileURLWithPath: work).appendingPathComponent("input-\(t.name)" + (t.name == "jsonl" ? ".jsonl" : "")).path
+    let last = URL(fileURLWithPath: work).appendingPathComponent("last-\(t.name)").path
+    var tried = 0, refused = 0
+    let start = Date()
+    while Date().timeIntervalSince(start) < seconds {
+        var bytes = [UInt8](t.seeds[rng.nextInt(t.seeds.count)])
+        for _ in 0..<(1 + rng.nextInt(4)) { if t.json { mutateJSON(&bytes) } else { mutateBytes(&bytes) } }
+        let data = Data(bytes)
+        FileManager.default.createFile(atPath: last, contents: data)  // kept if the parse below crashes
+        FileManager.default.createFile(atPath: input, contents: data)
+        tried += 1
+        do { try t.parse(input, data) } catch { refused += 1 }
+    }
+    try? FileManager.default.removeItem(atPath: last)
+    print("fuzz \(t.name): \(tried) inputs, \(refused) refused, \(tried - refused) accepted, 0 crashes")
+}
+exit(failed ? 1 : 0)
