@@ -56,6 +56,58 @@ def check_state(folder):
                 f[name]  # opens every group/dataset
 
 
+def with_steps(train, steps):
+    args = list(train)
+    args[args.index("--steps") + 1] = str(steps)
+    return args
+
+
+def disk_checks(work, train):
+    """A full disk and a read-only folder (small tmpfs mounts; needs root): a clear error, a non-zero
+    exit, and the last good state.h5 left byte for byte; no temporary file left behind."""
+    mnt = os.path.join(work, "disk")
+    os.makedirs(mnt)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], stderr=subprocess.DEVNULL).returncode != 0:
+        print("reliability: full-disk and read-only checks SKIPPED (mounting a tmpfs needs root)")
+        return
+    try:
+        out = os.path.join(mnt, "run")
+        r = run(with_steps(train, 3) + ["--out", out])
+        if r.returncode != 0:
+            sys.exit(f"reliability: the run on the small disk failed before it was full:\n{r.stdout}")
+        state = os.path.join(out, "state.h5")
+        before = open(state, "rb").read()
+        filler = os.path.join(mnt, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        os.close(fd)
+        # Leave room for the metrics lines but not for a checkpoint: the next state.h5 write fails.
+        os.truncate(filler, max(0, os.path.getsize(filler) - 12288))
+        r = run(with_steps(train, 6) + ["--out", out, "--resume"])
+        if r.returncode == 0 or "Error:" not in r.stdout or mnt not in r.stdout:
+            sys.exit(f"reliability: a full disk should end the run with an error naming the file:\n{r.stdout}")
+        if open(state, "rb").read() != before or any(".tmp" in n for n in os.listdir(out)):
+            sys.exit("reliability: the full disk damaged the last good state.h5 or left a temporary file")
+        check_state(out)
+        full_error = next(l for l in r.stdout.splitlines() if "Error:" in l)
+        os.remove(filler)
+        subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+        r = run(with_steps(train, 2) + ["--out", os.path.join(mnt, "readonly")])
+        if r.returncode == 0 or "Error:" not in r.stdout:
+            sys.exit(f"reliability: a read-only folder should be a clear error:\n{r.stdout}")
+        if open(state, "rb").read() != before:
+            sys.exit("reliability: the read-only attempt changed state.h5")
+        ro_error = next(l for l in r.stdout.splitlines() if "Error:" in l)
+        print(f"reliability: full disk: refused, the last good state.h5 intact; {full_error[:160]}")
+        print(f"reliability: read-only folder: refused; {ro_error[:160]}")
+    finally:
+        subprocess.run(["umount", mnt])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs at least (default 20)")
@@ -106,6 +158,8 @@ def main():
             # It finished before enough kills: start over from scratch with earlier kills.
             shutil.rmtree(out)
             full *= 0.7
+
+        disk_checks(work, train)
 
         ta, aa = adapter_tensors(os.path.join(ref, "adapter.h5"))
         tb, ab = adapter_tensors(os.path.join(out, "adapter.h5"))

@@ -94,7 +94,9 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
         data: \(splits)
         """)
     let fm = FileManager.default
-    try fm.createDirectory(atPath: job.outDir, withIntermediateDirectories: true)
+    do { try fm.createDirectory(atPath: job.outDir, withIntermediateDirectories: true) } catch {
+        throw TrainingError(message: "\(job.outDir): cannot create the output folder (\((error as NSError).localizedDescription))")
+    }
     let out = URL(fileURLWithPath: job.outDir)
     var trainerOptions = job.trainer
     if let e = job.epochs {
@@ -157,7 +159,9 @@ func trimMetrics(_ url: URL, toStep step: Int) throws {
               let s = obj["step"] as? Int else { return false }
         return s <= step
     }
-    try Data(kept.map { $0 + "\n" }.joined().utf8).write(to: url, options: .atomic)
+    do { try Data(kept.map { $0 + "\n" }.joined().utf8).write(to: url, options: .atomic) } catch {
+        throw TrainingError(message: "\(url.path): cannot rewrite the metrics (\((error as NSError).localizedDescription)); the state is left as it was")
+    }
 }
 
 /// Learned absolute positions stop at max_position_embeddings: say so before training or scoring.

@@ -219,12 +219,16 @@ public final class Trainer {
         enc.outputFormatting = [.sortedKeys]
         var line = try enc.encode(m)
         line.append(0x0A)
-        if let h = try? FileHandle(forWritingTo: url) {
-            defer { try? h.close() }
-            try h.seekToEnd()
-            try h.write(contentsOf: line)
-        } else {
-            try line.write(to: url)
+        do {
+            if let h = try? FileHandle(forWritingTo: url) {
+                try h.seekToEnd()
+                try h.write(contentsOf: line)
+                try h.close()  // checked: a full disk can show up only here
+            } else {
+                try line.write(to: url)
+            }
+        } catch {
+            throw TrainingError(message: "\(url.path): cannot append step \(m.step)'s metrics (\((error as NSError).localizedDescription)); stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").")
         }
     }
 

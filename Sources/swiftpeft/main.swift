@@ -36,4 +36,14 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 BLASCore.selectBest()  // before any work: may re-execute with OPENBLAS_CORETYPE set
-SwiftPEFT.main()
+do {
+    var command = try SwiftPEFT.parseAsRoot()
+    try command.run()
+} catch let e as NSError where e.domain == NSCocoaErrorDomain || e.domain == NSPOSIXErrorDomain {
+    // A file-system error the library did not wrap: a sentence with the path, not an NSError dump.
+    let path = (e.userInfo[NSFilePathErrorKey] as? String) ?? (e.userInfo[NSURLErrorKey] as? URL)?.path
+    FileHandle.standardError.write(Data("Error: \(path.map { "\($0): " } ?? "")\(e.localizedDescription)\n".utf8))
+    exit(1)
+} catch {
+    SwiftPEFT.exit(withError: error)
+}
