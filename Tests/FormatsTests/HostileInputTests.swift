@@ -107,4 +107,22 @@ final class HostileInputTests: XCTestCase {
             }
         }
     }
+
+    /// Deep nesting and invalid UTF-8 in each JSON file a reader takes: an error naming the file.
+    func testDeepNestingAndInvalidUTF8AreRefused() throws {
+        let deep = Data(("{\"model\": " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000) + "}").utf8)
+        let badUTF8 = Data([0x7B, 0x22, 0x6D, 0x6F, 0x64, 0x65, 0x6C, 0x22, 0x3A, 0x22, 0xFF, 0xFE, 0x22, 0x7D])  // {"model":"\xFF\xFE"}
+        let base = makeModel(.llama(vocabSize: 13, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12))
+        for (name, bytes) in [("deep", deep), ("utf8", badUTF8)] {
+            assertThrows({ _ = try BPETokenizer.load(json: bytes, file: "\(name)-tokenizer.json") }, mentioning: ["\(name)-tokenizer.json"])
+            let hf = dir.appendingPathComponent("hf-\(name)")
+            try FileManager.default.createDirectory(at: hf, withIntermediateDirectories: true)
+            try bytes.write(to: hf.appendingPathComponent("config.json"))
+            assertThrows({ _ = try loadModel(hf.path) }, mentioning: [hf.appendingPathComponent("config.json").path])
+            let peft = dir.appendingPathComponent("peft-\(name)")
+            try FileManager.default.createDirectory(at: peft, withIntermediateDirectories: true)
+            try bytes.write(to: peft.appendingPathComponent(PEFTFolder.configFile))
+            assertThrows({ try loadAdapter(peft.path, onto: base) }, mentioning: [PEFTFolder.configFile])
+        }
+    }
 }

@@ -210,6 +210,10 @@ final class DatasetTests: XCTestCase {
         let path = dir + "/utf8.jsonl"
         try Data(Array(pc.utf8) + [0x0A] + [0x7B, 0xFF, 0x7D]).write(to: URL(fileURLWithPath: path))
         XCTAssertThrowsError(try load(path)) { XCTAssertEqual(($0 as? DatasetError)?.description, "\(path):2: the line is not valid UTF-8") }
+        // A line nested 100,000 deep on line 2: an error naming the line, not a stack overflow.
+        let deep = dir + "/deep.jsonl"
+        try (pc + "\n" + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)).write(toFile: deep, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try load(deep)) { XCTAssertTrue(($0 as? DatasetError)?.description.hasPrefix("\(deep):2: ") == true, "\($0)") }
     }
 
     func testMixedFormatsAcrossFilesAndOtherFileErrors() throws {
