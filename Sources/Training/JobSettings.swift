@@ -17,7 +17,7 @@ extension TrainJob {
     /// options of the registry (`PEFTRegistry.options`): each is a long flag of `train`/`compare`.
     public static let settingKeys = [
         "model", "data", "out", "method", "methods", "adapter", "method-config",
-        "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip",
+        "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip", "skip-nonfinite",
         "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
         "eval-every", "save-every", "log-every", "seed",
     ]
@@ -56,6 +56,7 @@ extension TrainJob {
         if let v = try s.double("weight-decay") { trainer.weightDecay = Float(v) }
         if let v = try s.double("momentum") { trainer.momentum = Float(v) }
         if let v = try s.double("adam-beta2") { trainer.adamBeta2 = Float(v) }
+        if let v = try s.int("skip-nonfinite") { trainer.skipNonFinite = v }
         if let v = try s.double("clip") { trainer.clip = Float(v) }
         if let v = try s.int("grad-accumulation") { trainer.gradAccumulation = v }
         if let v = try s.int("eval-every") { trainer.evalEvery = v }

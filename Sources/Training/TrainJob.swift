@@ -59,7 +59,7 @@ public struct TrainOutcome {
 
 /// Runs a training job; `onStep` sees every step (for a progress display), `onStart` the setup.
 @discardableResult
-public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
+public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = { _ in },
                         onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome {
     let base = try loadModel(job.modelPath)
     let model = base.model
@@ -113,6 +113,7 @@ public func runTrainJob(_ job: TrainJob, onStart: (String) -> Void = { _ in },
         trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)
     }
     trainer.onStep = onStep
+    trainer.onSkip = { step, fault in onStart("step \(step) skipped: \(fault) (its update is dropped; --skip-nonfinite)") }
     var stream = BatchIterator(splits.train, batchSize: job.batchSize, seed: job.trainer.seed)
     if job.resume {
         try trainer.resume(from: trainer.checkpointURL!, data: &stream)
@@ -188,7 +189,7 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 
 /// Trains each method of `methods` with the same job settings (out: <outDir>/<method>) and writes
 /// the comparison report (table, Markdown, CSV, JSON, SVG plot) to `outDir`.
-public func runCompare(_ base: TrainJob, methods: [String], onStart: (String) -> Void = { _ in },
+public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
     var results: [MethodResult] = []
     // Each method trains on a base read anew: one kept in memory for all would add a base's size to

@@ -71,6 +71,9 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     public var momentum: Float = 0.9
     /// AdamW's β2 (pretraining uses 0.95).
     public var adamBeta2: Float = 0.999
+    /// How many steps with a non-finite loss or gradient may be skipped (their update dropped)
+    /// before the run stops; 0: stop at the first.
+    public var skipNonFinite = 0
     public var clip: Float = 1
     /// Micro-batches per optimizer step.
     public var gradAccumulation = 1
@@ -97,11 +100,12 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
         guard evalEvery >= 1 else { throw fail("eval-every", "at least 1", evalEvery) }
         guard saveEvery >= 0 else { throw fail("save-every", "0 (only at the end) or more", saveEvery) }
         guard logEvery >= 1 else { throw fail("log-every", "at least 1", logEvery) }
+        guard skipNonFinite >= 0 else { throw fail("skip-nonfinite", "0 (stop at the first) or more", skipNonFinite) }
     }
 
     enum CodingKeys: String, CodingKey {
         case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum
-        case adamBeta2 = "adam_beta2", clip
+        case adamBeta2 = "adam_beta2", skipNonFinite = "skip_nonfinite", clip
         case gradAccumulation = "grad_accumulation", evalEvery = "eval_every", saveEvery = "save_every"
         case logEvery = "log_every", seed
     }
@@ -141,6 +145,10 @@ public final class Trainer {
     let optimizer: Optimizer
     /// Called after each step (progress display, logging).
     public var onStep: ((StepMetrics) -> Void)?
+    /// Called for each step skipped under `skipNonFinite` (step number, the fault).
+    public var onSkip: ((Int, String) -> Void)?
+    /// Steps skipped so far for a non-finite loss or gradient.
+    public private(set) var skippedSteps = 0
     /// Where metrics lines go (one JSON object per line), if anywhere.
     public var metricsURL: URL?
     /// Checkpoint file written every `saveEvery` steps and at the end.
@@ -171,21 +179,41 @@ public final class Trainer {
         let last = min(options.steps, until ?? options.steps)
         while step < last {
             var lossSum = 0.0, tokens = 0
+            var fault: String?  // why this step cannot update (a non-finite loss or gradient)
             for _ in 0..<options.gradAccumulation {
                 let b = data.nextBatch()
                 let loss = model.loss(b.ids, targets: b.targets, batch: b.rows, attentionMask: b.attentionMask)
                 let v = loss.item()
                 guard v.isFinite else {
-                    throw TrainingError(message: "step \(step + 1): the loss is \(v); stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").\nHINT: lower the learning rate (now \(options.lr)) or check the data.")
+                    fault = fault ?? "the loss is \(v)"
+                    continue  // the step's other micro-batches are still consumed: the data position stays exact
                 }
                 (loss * (1 / Float(options.gradAccumulation))).backward()
                 lossSum += Double(v)
                 tokens += b.ids.count
             }
-            let norm = Profiler.measure(.optimizer) { gradientNorm(parameters) }
-            guard norm.isFinite else {
-                let bad = parameters.first { $0.1.grad.map { g in g.toArray().contains { !$0.isFinite } } ?? false }?.0 ?? "?"
-                throw TrainingError(message: "step \(step + 1): the gradient of '\(bad)' is not finite; stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").")
+            var norm = Float.nan
+            if fault == nil {
+                norm = Profiler.measure(.optimizer) { gradientNorm(parameters) }
+                if !norm.isFinite {
+                    let bad = parameters.first { $0.1.grad.map { g in g.toArray().contains { !$0.isFinite } } ?? false }?.0 ?? "?"
+                    fault = "the gradient of '\(bad)' is not finite"
+                }
+            }
+            if let fault {
+                guard skippedSteps < options.skipNonFinite else {
+                    throw TrainingError(message: "step \(step + 1): \(fault); stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").\nHINT: lower the learning rate (now \(options.lr)), check the data, or allow a few such steps to be skipped (--skip-nonfinite N).")
+                }
+                // Skip mode: the update is dropped, the step counted, the run goes on.
+                optimizer.zeroGrad()
+                skippedSteps += 1
+                step += 1
+                onSkip?(step, fault)
+                lastTime = Date()
+                if let url = checkpointURL, (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last {
+                    try saveCheckpoint(url, data: data)
+                }
+                continue
             }
             let lr = options.schedule.lr(step: step, total: options.steps, warmup: options.warmupSteps, peak: options.lr)
             Profiler.measure(.optimizer) {

@@ -23,6 +23,8 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "SGD momentum.") var momentum: Float?
     @Option(help: "AdamW's beta2 (default 0.999).") var adamBeta2: Float?
     @Option(help: "Clip the gradient's global norm to this (0: off).") var clip: Float?
+    @Option(help: "Skip up to N steps whose loss or gradient is NaN/Inf (their update dropped) instead of stopping (default 0).")
+    var skipNonfinite: Int?
     @Option(help: "Sequences per micro-batch.") var batchSize: Int?
     @Option(help: "Micro-batches per optimizer step.") var gradAccumulation: Int?
     @Option(help: "Tokens per sequence.") var seqLen: Int?
@@ -43,7 +45,7 @@ struct CommonTrainOptions: ParsableArguments {
         let all: [(String, Any?)] = [
             ("model", model), ("data", data), ("out", out), ("steps", steps), ("epochs", epochs), ("lr", lr),
             ("schedule", schedule), ("warmup", warmup), ("optimizer", optimizer), ("weight-decay", weightDecay),
-            ("momentum", momentum), ("adam-beta2", adamBeta2), ("clip", clip), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
+            ("momentum", momentum), ("adam-beta2", adamBeta2), ("clip", clip), ("skip-nonfinite", skipNonfinite), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
             ("seq-len", seqLen), ("packing", packing), ("val-fraction", valFraction), ("val-data", valData),
             ("eval-every", evalEvery), ("save-every", saveEvery), ("log-every", logEvery), ("method-config", methodConfig),
             ("seed", seed),

@@ -127,7 +127,7 @@ final class ExtraMethodTests: XCTestCase {
     func testEveryTrainFlagIsAConfigKey() throws {
         let values: [String: String] = [
             "model": "m.h5", "data": "d.jsonl", "out": "o", "steps": "3", "epochs": "1.5", "lr": "0.01", "schedule": "linear",
-            "warmup": "2", "optimizer": "sgd", "weight-decay": "0.1", "momentum": "0.8", "adam-beta2": "0.95", "clip": "2",
+            "warmup": "2", "optimizer": "sgd", "weight-decay": "0.1", "momentum": "0.8", "adam-beta2": "0.95", "clip": "2", "skip-nonfinite": "3",
             "batch-size": "4", "grad-accumulation": "2", "seq-len": "16", "packing": "false", "val-fraction": "0.2",
             "val-data": "v.jsonl", "eval-every": "5", "save-every": "6", "log-every": "7", "method-config": "{}", "seed": "9",
         ]

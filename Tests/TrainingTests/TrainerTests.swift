@@ -96,6 +96,41 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(lines[0].contains("\"tokens_per_s\"") && lines[0].contains("\"grad_norm\""))
     }
 
+    /// Skip mode: a step whose loss is NaN drops its update and the run goes on, within the budget;
+    /// past it, the run stops as without the mode.
+    func testSkipModeDropsNonFiniteStepsWithinItsBudget() throws {
+        var o = TrainerOptions()
+        o.steps = 6
+        o.skipNonFinite = 1
+        var (_, lora, trainer, data) = try setup(o)
+        let a = lora.layers[0].lora.a
+        var saved: Float = 0
+        var skips: [(Int, String)] = []
+        trainer.onStep = { m in
+            if m.step == 2 { saved = a.basePointer[0]; a.basePointer[0] = .nan }  // step 3's loss will be NaN
+        }
+        trainer.onSkip = { step, fault in
+            skips.append((step, fault))
+            a.basePointer[0] = saved  // the fault passes
+        }
+        try trainer.run(&data)
+        XCTAssertEqual(trainer.step, 6)
+        XCTAssertEqual(trainer.skippedSteps, 1)
+        XCTAssertEqual(skips.map(\.0), [3])
+        XCTAssertTrue(skips.first?.1.contains("the loss is nan") == true, "\(skips)")
+        XCTAssertEqual(trainer.history.map(\.step), [1, 2, 4, 5, 6], "the skipped step has no metrics line")
+        XCTAssertTrue(lora.adapterParameters().allSatisfy { $0.1.firstNonFinite() == nil }, "no NaN reached the weights")
+
+        // Two faults with a budget of one: the second stops the run, naming the step.
+        var o2 = TrainerOptions()
+        o2.steps = 6
+        o2.skipNonFinite = 1
+        var (_, lora2, trainer2, data2) = try setup(o2)
+        trainer2.onStep = { m in if m.step == 2 { lora2.layers[0].lora.a.basePointer[0] = .nan } }
+        XCTAssertThrowsError(try trainer2.run(&data2)) { XCTAssertTrue("\($0)".contains("step 4") && "\($0)".contains("--skip-nonfinite"), "\($0)") }
+        XCTAssertEqual(trainer2.skippedSteps, 1)
+    }
+
     func testSchedulesAndOptionsJSON() throws {
         XCTAssertEqual(Schedule.constant.lr(step: 50, total: 100, warmup: 10, peak: 1), 1)
         XCTAssertEqual(Schedule.linear.lr(step: 100, total: 100, warmup: 0, peak: 1, minRatio: 0), 0, accuracy: 1e-6)
