@@ -58,8 +58,9 @@ public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, 
 
 /// Loads `adapter` (a SwiftPEFT checkpoint or a PEFT folder) onto the base at `modelPath` (read
 /// once), merges it into the weights, measures merged vs unmerged logits on `checkText` (tokenized
-/// with the base's tokenizer; fixed ids without one), and saves the merged model (with the base's
-/// tokenizer) to `out` as a SwiftPEFT checkpoint or (`format` .hf) a Hugging Face folder.
+/// with the base's tokenizer; fixed ids without one), and, when they agree within
+/// `MergeResult.tolerance`, saves the merged model (with the base's tokenizer) to `out` as a
+/// SwiftPEFT checkpoint or (`format` .hf) a Hugging Face folder; otherwise throws, writing nothing.
 public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
                          checkText: String = "The quick brown fox jumps over the lazy dog.",
                          format: MergedModelFormat = .swiftpeft) throws -> MergeResult {
@@ -77,6 +78,9 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
     let merged = withNoGrad { model.forward(ids, batch: 1) }.toArray()
     var diff: Float = 0
     for (a, b) in zip(merged, unmerged) { diff = max(diff, abs(a - b).isNaN ? .infinity : abs(a - b)) }
+    guard diff <= MergeResult.tolerance else {  // nothing is written that would not be trusted
+        throw PEFTError(message: "\(out): not written: the merged model's logits differ from the adapted model's by \(diff) (more than \(MergeResult.tolerance))")
+    }
     var m = base.metadata
     m["merged_adapter"] = adapterPath
     m["merged_from"] = modelPath

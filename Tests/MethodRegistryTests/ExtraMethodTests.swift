@@ -20,6 +20,8 @@ struct ScaleConfig: PEFTConfig, Equatable {
 final class ScaleHook: FoldableLinearHook {
     let s: Tensor
     var saved: (Tensor, Tensor?)?
+    /// A deliberately wrong merge (W ← (1 + 2s) W), for the test that merge refuses to write it.
+    var wrongMerge = false
     init(_ value: Float) {
         s = Tensor.full([1], value)
         s.requiresGrad = true
@@ -29,7 +31,7 @@ final class ScaleHook: FoldableLinearHook {
     func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor { isMerged ? y : y + y * s }  // (…, out) · (1)
     func merge(into linear: Linear) {
         withNoGrad {
-            let f = s.detached() + 1
+            let f = s.detached() * (wrongMerge ? 2 : 1) + 1
             saved = (linear.weight.copy(), linear.bias?.copy())
             linear.weight.assign(linear.weight.detached() * f)
             if let b = linear.bias { b.assign(b.detached() * f) }
@@ -43,8 +45,8 @@ final class ScaleHook: FoldableLinearHook {
     }
 }
 
-final class OutputScale: LinearHookMethod<ScaleHook>, MergeablePEFTMethod {
-    static let peftType = "TEST_SCALE"
+class OutputScale: LinearHookMethod<ScaleHook>, MergeablePEFTMethod {
+    class var peftType: String { "TEST_SCALE" }
     static let registration = MethodDescription(
         OutputScale.self, config: ScaleConfig.self, names: [("scale", [:])], summary: "test method: scales Linear outputs",
         options: [MethodOption("scale-init", field: "scale_init", .float, help: "initial s")],
@@ -53,6 +55,7 @@ final class OutputScale: LinearHookMethod<ScaleHook>, MergeablePEFTMethod {
 
     let config: ScaleConfig
     var isEnabled = true
+    var wrongMerge = false
     init(config: ScaleConfig, name: String) {
         self.config = config
         super.init(name: name)
@@ -61,10 +64,23 @@ final class OutputScale: LinearHookMethod<ScaleHook>, MergeablePEFTMethod {
     func attach(to model: CausalLM) throws -> [String] {
         try checkDetached("Scale")
         let targets = try selectModules(model, of: Linear.self, targets: config.targetModules, method: "Scale")
-        return install(on: model, targets: targets, extra: []) { _, _ in ScaleHook(config.scaleInit) }
+        return install(on: model, targets: targets, extra: []) { _, _ in
+            let h = ScaleHook(config.scaleInit)
+            h.wrongMerge = wrongMerge
+            return h
+        }
     }
     func adapterParameters() -> [(String, Tensor)] { hooked.map { ("base_model.model.\($0.module).scale", $0.hook.s) } }
     var expectedTrainableCount: Int { hooked.count }
+}
+
+/// OutputScale with a merge that does not match its forward.
+final class BadScale: OutputScale {
+    override class var peftType: String { "TEST_BADSCALE" }
+    override init(config: ScaleConfig, name: String) {
+        super.init(config: config, name: name)
+        wrongMerge = true
+    }
 }
 
 final class ExtraMethodTests: XCTestCase {
@@ -121,6 +137,33 @@ final class ExtraMethodTests: XCTestCase {
         XCTAssertEqual(imported.hooked.map { $0.hook.s.toArray() }, method.hooked.map { $0.hook.s.toArray() })
         XCTAssertEqual(withNoGrad { again.model.forward(ids, batch: 1) }.toArray(), adapted)
         XCTAssertTrue(PEFTFolder.supportedTypes.contains("TEST_SCALE"))
+    }
+
+    /// A merge whose result differs from the adapted model writes nothing (it used to write the file
+    /// and then say it should not be trusted).
+    func testMergeThatChangesTheLogitsWritesNothing() throws {
+        let bad = MethodDescription(
+            BadScale.self, config: ScaleConfig.self, names: [("badscale", [:])], summary: "test method with a wrong merge",
+            peftFolder: nil, build: { c, name, _ in BadScale(config: c, name: name) })
+        if PEFTRegistry.method(named: "badscale") == nil { try PEFTRegistry.register(bad) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-badmerge-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let config = ModelConfig.llama(vocabSize: 20, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 24)
+        let model = makeModel(config, seed: 4)
+        let base = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(model, tokenizerJSON: nil, to: base)
+        var c = ScaleConfig()
+        c.scaleInit = 0.5
+        let method = try PEFTRegistry.make("badscale", config: JSONEncoder().encode(c))
+        try method.attach(to: model)
+        let adapter = dir.appendingPathComponent("adapter.h5").path
+        try AdapterCheckpoint.save(method, base: makeModel(config, seed: 4), to: adapter)
+        let out = dir.appendingPathComponent("merged.h5").path
+        XCTAssertThrowsError(try mergeAdapter(modelPath: base, adapterPath: adapter, out: out)) {
+            XCTAssertTrue("\($0)".contains("not written") && "\($0)".contains(out), "\($0)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
     }
 
     /// One CLI contract: every flag of train/compare is a settings (config-file) key and every key a flag.
