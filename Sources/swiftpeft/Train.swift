@@ -32,7 +32,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Validation fraction of the examples.") var valFraction: Double?
     @Option(help: "Validation file (instead of a fraction).") var valData: String?
     @Option(help: "Evaluate every N steps.") var evalEvery: Int?
-    @Option(help: "Checkpoint every N steps.") var saveEvery: Int?
+    @Option(help: "Checkpoint every N steps (default 50; 0: only at the end).") var saveEvery: Int?
     @Option(help: "Log a line every N steps when output is not a terminal.") var logEvery: Int?
     @Option(help: "PEFT-style method config JSON (adapter_config.json fields); method options given as flags or config keys win.")
     var methodConfig: String?
