@@ -69,7 +69,7 @@ def disk_checks(work, train):
     os.makedirs(mnt)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], stderr=subprocess.DEVNULL).returncode != 0:
         print("reliability: full-disk and read-only checks SKIPPED (mounting a tmpfs needs root)")
-        return
+        return None
     try:
         out = os.path.join(mnt, "run")
         r = run(with_steps(train, 3) + ["--out", out])
@@ -104,8 +104,39 @@ def disk_checks(work, train):
         ro_error = next(l for l in r.stdout.splitlines() if "Error:" in l)
         print(f"reliability: full disk: refused, the last good state.h5 intact; {full_error[:160]}")
         print(f"reliability: read-only folder: refused; {ro_error[:160]}")
+        return 2
     finally:
         subprocess.run(["umount", mnt])
+
+
+def finite_weights(path):
+    tensors, _ = adapter_tensors(path)
+    return all(np.isfinite(v).all() for v in tensors.values() if np.issubdtype(np.asarray(v).dtype, np.floating))
+
+
+def numeric_checks(work, train):
+    """Numerical faults: a learning rate of 1e38 makes the loss NaN within a few steps. The run must
+    stop naming the step, keep a last good state.h5 with finite weights and write no adapter; with
+    --skip-nonfinite it must drop those steps' updates, say so per step, and finish with finite weights.
+    Returns (runs stopped, steps skipped)."""
+    out = os.path.join(work, "nan")
+    r = run(with_steps(train, 20) + ["--out", out, "--lr", "1e38", "--save-every", "1"])
+    stop = next((l for l in r.stdout.splitlines() if "Error:" in l), "")
+    if r.returncode == 0 or "step" not in stop or "nan" not in stop.lower():
+        sys.exit(f"reliability: a NaN loss should stop the run naming the step:\n{r.stdout[-2000:]}")
+    if os.path.exists(os.path.join(out, "adapter.h5")):
+        sys.exit("reliability: a run stopped by a NaN loss wrote an adapter")
+    check_state(out)
+    if not finite_weights(os.path.join(out, "state.h5")):
+        sys.exit("reliability: the state.h5 kept after a NaN loss holds non-finite weights")
+    out = os.path.join(work, "nan-skip")
+    r = run(with_steps(train, 20) + ["--out", out, "--lr", "1e38", "--skip-nonfinite", "20"])
+    skipped = sum("skipped" in l for l in r.stdout.splitlines())
+    if r.returncode != 0 or skipped == 0 or not finite_weights(os.path.join(out, "adapter.h5")):
+        sys.exit(f"reliability: --skip-nonfinite should drop the faulty steps and finish:\n{r.stdout[-2000:]}")
+    print(f"reliability: NaN loss: stopped, {stop.strip()[:110]}; with --skip-nonfinite 20: {skipped} steps skipped, "
+          "weights finite")
+    return 1, skipped
 
 
 def main():
@@ -159,7 +190,8 @@ def main():
             shutil.rmtree(out)
             full *= 0.7
 
-        disk_checks(work, train)
+        disk_faults = disk_checks(work, train)
+        nan_stops, nan_skips = numeric_checks(work, train)
 
         ta, aa = adapter_tensors(os.path.join(ref, "adapter.h5"))
         tb, ab = adapter_tensors(os.path.join(out, "adapter.h5"))
@@ -172,6 +204,9 @@ def main():
               f"({len(ta)} tensors), loss curve {'identical' if same_curve else 'DIFFERENT'} ({len(ca)} steps)")
         if not (same_tensors and same_attrs and same_curve):
             sys.exit(1)
+        disk = "SKIPPED (not root)" if disk_faults is None else f"{disk_faults} of 2 (full disk, read-only folder)"
+        print(f"reliability: faults detected: kills survived {kills} of {kills} (corrupt files 0); disk faults refused {disk}; "
+              f"NaN runs stopped {nan_stops} of 1, NaN steps skipped {nan_skips}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

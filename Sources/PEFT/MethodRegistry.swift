@@ -149,6 +149,8 @@ public struct MethodDescription {
     public let make: (_ config: Data, _ adapterName: String, _ restoring: Bool) throws -> PEFTMethod
     /// nil: the method has no Hugging Face PEFT format.
     public let peftFolder: PEFTFolderMapping?
+    /// The config type's stored property names (Swift spelling).
+    let propertyNames: () -> [String]
 
     /// - build: the method from its decoded config, adapter name and `restoring`.
     public init<C: PEFTConfig>(_ type: PEFTMethod.Type, config: C.Type, names: [(String, [String: Any])], summary: String,
@@ -159,6 +161,7 @@ public struct MethodDescription {
         self.summary = summary
         self.options = options
         defaults = { C.defaultFields() }
+        propertyNames = { Mirror(reflecting: C()).children.compactMap(\.label) }
         self.modelDefaults = modelDefaults
         make = { data, name, restoring in try build(C.decode(data, method: type.peftType), name, restoring) }
         self.peftFolder = peftFolder
@@ -177,12 +180,40 @@ public struct MethodDescription {
         guard let preset = names.first(where: { $0.name == name })?.preset else {
             throw PEFTError(message: "\(peftType) has no command-line name '\(name)'; its names: \(names.map(\.name).joined(separator: ", "))")
         }
+        try checkFields(peftConfig)
         var fields = modelDefaults(model)
         fields.merge(preset) { $1 }
         fields.merge(peftConfig) { $1 }
         for o in options { if let v = settings[o.flag] { fields[o.field] = try o.jsonValue(v) } }
         fields["peft_type"] = peftType
         return try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
+    }
+
+    /// Refuses a field of a new adapter's PEFT config that this method does not have (a typo such
+    /// as `target_modulez`, or a PEFT feature it does not implement), naming it and the fields it
+    /// has. PEFT's bookkeeping fields, and fields left off (null, false, empty), are accepted, so a
+    /// PEFT `adapter_config.json` can serve as `--method-config`. (Loading a saved adapter ignores
+    /// unknown fields, as PEFT does, so folders from newer PEFT versions still load.)
+    func checkFields(_ peftConfig: [String: Any]) throws {
+        let known = knownFields()
+        for (k, v) in peftConfig.sorted(by: { $0.key < $1.key }) where !known.contains(k) && !Self.peftBookkeeping.contains(k) {
+            let off = v is NSNull || (v as? Bool) == false || (v as? [Any])?.isEmpty == true || (v as? [String: Any])?.isEmpty == true
+            guard off else {
+                throw PEFTError(message: "[\(peftType)] the method config has an unknown field \"\(k)\"; \(peftType) has: \(known.sorted().joined(separator: ", "))")
+            }
+        }
+    }
+
+    /// PEFT fields that record where an adapter came from and do not change what it computes.
+    static let peftBookkeeping: Set<String> = ["auto_mapping", "revision", "peft_version", "megatron_core", "task_type",
+                                               "base_model_name_or_path", "inference_mode", "peft_type"]
+
+    /// The config type's PEFT field names: those its defaults encode, and those that default to nil
+    /// (absent from the encoding), from the stored properties' names in snake case.
+    public func knownFields() -> Set<String> {
+        Set(defaults().keys).union(propertyNames().map { label in
+            label.reduce(into: "") { s, ch in if ch.isUppercase { s += "_" + ch.lowercased() } else { s.append(ch) } }
+        })
     }
 
     /// The default shown for `option` in help ("8", "[q_proj, v_proj]", "none").

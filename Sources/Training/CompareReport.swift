@@ -428,54 +428,34 @@ public func renderSVGPlot(_ results: [MethodResult], title: String) -> String {
 
 // MARK: - Writing the report
 
-/// Writes `data` to `url` atomically: a hidden temporary file in the same folder, then `rename(2)`,
-/// so a reader never sees half a file and a crash leaves the old one intact.
-private func writeAtomically(_ data: Data, to url: URL) throws {
-    let tmp = url.deletingLastPathComponent()
-        .appendingPathComponent(".\(url.lastPathComponent).tmp-\(UUID().uuidString.prefix(8))")
-    do {
-        try data.write(to: tmp)
-    } catch {
-        throw CompareReportError(path: url.path, message: "could not write a temporary file: \(error.localizedDescription)",
-                                 hint: "check that the folder is writable and the disk is not full")
-    }
-    guard rename(tmp.path, url.path) == 0 else {
-        let why = String(cString: strerror(errno))
-        try? FileManager.default.removeItem(at: tmp)
-        throw CompareReportError(path: url.path, message: "could not rename the temporary file into place: \(why)",
-                                 hint: "is there a folder with this name?")
-    }
-}
+/// The files of a comparison report, in the order `writeCompareReport` returns them.
+public let compareReportFiles = ["report.md", "results.csv", "results.json", "val_loss.svg"]
 
-/// Writes the comparison into `dir` (created if missing) and returns the files, in this order:
-/// `report.md` (title, Markdown table, the plot, the setup note), `results.csv`, `results.json`,
-/// `val_loss.svg`. Each file is written atomically.
+/// Writes the comparison as the folder `dir` and returns its files, in this order: `report.md`
+/// (title, Markdown table, the plot, the setup note), `results.csv`, `results.json`, `val_loss.svg`.
+/// The four appear together or not at all: they are written into a temporary folder beside `dir`,
+/// which then replaces it (`writeFolderAtomically`), so a kill never mixes an old and a new report.
 @discardableResult
 public func writeCompareReport(_ results: [MethodResult], to dir: URL, title: String,
                                setup: String = "") throws -> [URL] {
-    do {
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    } catch {
-        throw CompareReportError(path: dir.path, message: "could not create the report folder: \(error.localizedDescription)",
-                                 hint: "pass a writable --out folder")
-    }
     var md = "# \(markdownEscape(title))\n\n" + renderMarkdown(results) + "\n![validation loss](val_loss.svg)\n\n"
     md += "Raw numbers: [results.csv](results.csv), [results.json](results.json) (with the loss curves).\n"
     md += "Adapter size counts the saved adapter tensors; peak memory is the process's peak resident set.\n"
     let note = setup.trimmingCharacters(in: .whitespacesAndNewlines)
     if !note.isEmpty { md += "\n## Setup\n\n\(note)\n" }
-
-    let files: [(String, Data)] = [
-        ("report.md", Data(md.utf8)),
-        ("results.csv", Data(renderCSV(results).utf8)),
-        ("results.json", try encodeCompareResults(results)),
-        ("val_loss.svg", Data(renderSVGPlot(results, title: title).utf8)),
-    ]
-    return try files.map { name, data in
-        let url = dir.appendingPathComponent(name)
-        try writeAtomically(data, to: url)
-        return url
+    let contents = [Data(md.utf8), Data(renderCSV(results).utf8), try encodeCompareResults(results),
+                    Data(renderSVGPlot(results, title: title).utf8)]
+    do {
+        try writeFolderAtomically(dir, files: compareReportFiles) { tmp in
+            for (name, data) in zip(compareReportFiles, contents) {
+                try data.write(to: tmp.appendingPathComponent(name))
+            }
+        }
+    } catch {
+        throw CompareReportError(path: dir.path, message: "could not write the report: \((error as? CheckpointError)?.message ?? (error as NSError).localizedDescription)",
+                                 hint: "pass a writable --out folder with room left on its disk")
     }
+    return compareReportFiles.map { dir.appendingPathComponent($0) }
 }
 
 // MARK: - Memory probes

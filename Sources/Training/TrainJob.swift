@@ -57,10 +57,24 @@ public struct TrainOutcome {
     public var history: [StepMetrics]
 }
 
+/// Checks a training job without writing anything: loads the base and the data, builds and
+/// attaches the method and checks the trainer options, throwing what `runTrainJob` would throw
+/// before its first write. `compare` checks every method this way before it trains any, so a
+/// mismatch in its last method leaves no output of the first ones.
+public func checkTrainJob(_ job: TrainJob) throws {
+    _ = try runTrainJob(job, checkOnly: true)
+}
+
 /// Runs a training job; `onStep` sees every step (for a progress display), `onStart` the setup.
+/// Nothing is written before the job has been checked (base, method, data, options).
 @discardableResult
 public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = { _ in },
                         onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome {
+    try runTrainJob(job, checkOnly: false, onStart: onStart, onStep: onStep)!
+}
+
+private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (String) -> Void = { _ in },
+                         onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome? {
     let base = try loadModel(job.modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
@@ -87,6 +101,13 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
     dataOptions.seed = job.trainer.seed
     let splits = try loadDataset(job.dataPath, tokenizer: tokenizer, options: dataOptions)
     let val = splits.validation
+    var trainerOptions = job.trainer
+    if let e = job.epochs {
+        let perEpoch = BatchIterator(splits.train, batchSize: job.batchSize, seed: 0).batchesPerEpoch
+        trainerOptions.steps = max(1, Int((e * Double(perEpoch) / Double(job.trainer.gradAccumulation)).rounded(.up)))
+    }
+    let trainer = try Trainer(model: model, parameters: parameters, options: trainerOptions)
+    if checkOnly { return nil }
     onStart("""
         base: \(job.modelPath) (\(model.config.family), \(model.parameterCount) parameters)
         method: \(job.method) on \(names.count) module(s)\(names.count <= 4 ? ": " + names.joined(separator: ", ") : "")
@@ -98,12 +119,6 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
         throw TrainingError(message: "\(job.outDir): cannot create the output folder (\((error as NSError).localizedDescription))")
     }
     let out = URL(fileURLWithPath: job.outDir)
-    var trainerOptions = job.trainer
-    if let e = job.epochs {
-        let perEpoch = BatchIterator(splits.train, batchSize: job.batchSize, seed: 0).batchesPerEpoch
-        trainerOptions.steps = max(1, Int((e * Double(perEpoch) / Double(job.trainer.gradAccumulation)).rounded(.up)))
-    }
-    let trainer = try Trainer(model: model, parameters: parameters, options: trainerOptions)
     trainer.checkpointURL = out.appendingPathComponent("state.h5")
     trainer.metricsURL = out.appendingPathComponent("metrics.jsonl")
     // What a resume must find unchanged (the data is checked by its fingerprint in the data position).
@@ -192,15 +207,25 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
     var results: [MethodResult] = []
-    // Each method trains on a base read anew: one kept in memory for all would add a base's size to
-    // every method's measured peak memory, a column of the report.
-    for m in methods {
+    func job(for m: String) -> TrainJob {
         var job = base
         job.method = m
         job.outDir = URL(fileURLWithPath: base.outDir).appendingPathComponent(m).path
         job.resume = false
+        return job
+    }
+    // A mismatch in any method (a target that matches nothing, a rank too large) ends the run
+    // before the first method writes anything.
+    for m in methods {
+        do { try checkTrainJob(job(for: m)) } catch {
+            throw "\(error)".hasPrefix("[\(m)]") ? error : TrainingError(message: "[\(m)] \(error)")
+        }
+    }
+    // Each method trains on a base read anew: one kept in memory for all would add a base's size to
+    // every method's measured peak memory, a column of the report.
+    for m in methods {
         resetPeakResidentBytes()
-        let o = try runTrainJob(job, onStart: { onStart("[\(m)]\n" + $0) }, onStep: { onStep(m, $0) })
+        let o = try runTrainJob(job(for: m), onStart: { onStart("[\(m)]\n" + $0) }, onStep: { onStep(m, $0) })
         let curve = o.history.compactMap { h in h.valLoss.map { CurvePoint(step: h.step, loss: $0) } }
         let first = o.valLossBefore.map { [CurvePoint(step: 0, loss: $0)] } ?? []
         results.append(MethodResult(
@@ -215,6 +240,6 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
         sequence length \(base.data.seqLen), lr \(base.trainer.lr) (\(base.trainer.schedule.rawValue)), seed \(base.trainer.seed), \
         OpenBLAS core \(BLASCore.current), \(ProcessInfo.processInfo.activeProcessorCount) cores.
         """
-    try writeCompareReport(results, to: URL(fileURLWithPath: base.outDir), title: "PEFT methods compared", setup: setup)
+    try writeCompareReport(results, to: URL(fileURLWithPath: base.outDir).appendingPathComponent("report"), title: "PEFT methods compared", setup: setup)
     return results
 }

@@ -222,8 +222,8 @@ struct Compare: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Train several methods on the same base, data and step budget; print and save a comparison.",
         discussion: """
-        Writes <out>/report.md, results.csv, results.json and val_loss.svg (validation loss vs step),
-        and each method's run under <out>/<method>/.
+        Writes the report folder <out>/report/ (report.md, results.csv, results.json and val_loss.svg:
+        validation loss vs step), which appears whole or not at all, and each method's run under <out>/<method>/.
 
         Example:
           swiftpeft compare --model models/base.h5 --data data/python-faq.jsonl --methods lora,ia3,prompt --steps 100 --out runs/compare
@@ -251,6 +251,6 @@ struct Compare: ParsableCommand {
             progress[m]!.update(s)
         })
         print(renderTable(results))
-        print("report: \(job.outDir)/report.md, results.csv, results.json, val_loss.svg")
+        print("report: \(job.outDir)/report/report.md, results.csv, results.json, val_loss.svg")
     }
 }

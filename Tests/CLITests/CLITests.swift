@@ -572,7 +572,7 @@ final class CLITests: XCTestCase {
         let out = fx.path("runs/compare")
         let r = try ok(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,ia3", "--steps", "4",
                         "--seq-len", "32", "--batch-size", "4", "--eval-every", "2", "--lr", "1e-2", "--out", out])
-        for f in ["report.md", "results.csv", "results.json", "val_loss.svg", "lora/adapter.h5", "ia3/adapter.h5"] {
+        for f in ["report/report.md", "report/results.csv", "report/results.json", "report/val_loss.svg", "lora/adapter.h5", "ia3/adapter.h5"] {
             assertFile(out + "/" + f)
         }
         // The printed table: a header, a rule, one row per method.
@@ -580,22 +580,22 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.hasPrefix("lora ") }, "a table row for lora:\n\(r.transcript)")
         XCTAssertTrue(lines.contains { $0.hasPrefix("ia3 ") }, "a table row for ia3:\n\(r.transcript)")
         XCTAssertTrue(lines.contains { $0.hasPrefix("---") }, "a rule under the header:\n\(r.transcript)")
-        XCTAssertTrue(r.stdout.contains("report: \(out)/report.md"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("report: \(out)/report/report.md"), r.transcript)
         XCTAssertTrue(r.stdout.contains("[lora] step 4/4") && r.stdout.contains("[ia3] step 4/4"), r.transcript)
         XCTAssertFalse(r.stdout.contains("\r") || r.stdout.contains("\u{1B}"), r.transcript)
 
-        let results = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
+        let results = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: out + "/report/results.json")))
         XCTAssertEqual(results.map(\.method), ["lora", "ia3"])
         for res in results {
             XCTAssertGreaterThan(res.trainableParams, 0)
             XCTAssertTrue(res.finalValLoss.isFinite, "\(res.method): \(res.finalValLoss)")
             XCTAssertEqual(res.curve.map(\.step), [0, 2, 4], "\(res.method): before, then every 2 steps")
         }
-        let csv = try String(contentsOfFile: out + "/results.csv", encoding: .utf8).split(whereSeparator: \.isNewline)
+        let csv = try String(contentsOfFile: out + "/report/results.csv", encoding: .utf8).split(whereSeparator: \.isNewline)
         XCTAssertEqual(csv.count, 3, "header + 2 rows:\n\(csv.joined(separator: "\n"))")
-        let md = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
+        let md = try String(contentsOfFile: out + "/report/report.md", encoding: .utf8)
         XCTAssertTrue(md.contains("| lora") && md.contains("| ia3") && md.contains("val_loss.svg"), md)
-        let svg = try String(contentsOfFile: out + "/val_loss.svg", encoding: .utf8)
+        let svg = try String(contentsOfFile: out + "/report/val_loss.svg", encoding: .utf8)
         XCTAssertTrue(svg.contains("<svg") && svg.contains("</svg>"), String(svg.prefix(200)))
         XCTAssertTrue(svg.contains("lora") && svg.contains("ia3"), "the plot's legend names both methods")
     }
@@ -676,6 +676,50 @@ final class CLITests: XCTestCase {
         try fails(["merge", "--model", fx.otherBase, "--adapter", adapter, "--out", fx.path("wrong.h5")],
                   mentioning: ["another base model"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("wrong.h5")), "nothing is written for a refused adapter")
+    }
+
+    /// Issue 11 point 7, command by command: each mismatch is a clear error with a non-zero exit,
+    /// and the command's output path does not exist afterwards (compare checks every method before
+    /// it trains the first one).
+    func testMismatchesEndWithAClearErrorAndNoOutput() throws {
+        let adapter = try loraAdapter()
+        let tok = try BPETokenizer.load(json: Data(try ModelCheckpoint.load(fx.base).tokenizerJSON!.utf8))
+        let gpt2 = fx.path("gpt2-16.h5")
+        try ModelCheckpoint.save(makeModel(.gpt2(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 16), seed: 3),
+                                 tokenizerJSON: tok.tokenizerJSON(), to: gpt2)
+        let unknownKey = fx.path("unknown-key.json")
+        try JSONSerialization.data(withJSONObject: ["target_modulez": ["q_proj"]]).write(to: URL(fileURLWithPath: unknownKey))
+        let badRegex = fx.path("bad-regex-2.json")
+        try JSONSerialization.data(withJSONObject: ["target_modules": "q_proj("]).write(to: URL(fileURLWithPath: badRegex))
+        // (extra arguments for train and compare, what the message must say)
+        let mismatches: [([String], [String])] = [
+            (["--target-modules", "qq_proj"], ["matched no", "model.layers.0.self_attn.q_proj"]),   // lists what exists
+            (["--target-modules", "q_proj", "--r", "64"], ["r 64 is larger than"]),
+            (["--method-config", unknownKey], ["target_modulez"]),
+            (["--method-config", badRegex], ["not a valid regular expression"]),
+            (["--model", gpt2, "--seq-len", "32"], ["--seq-len 32", "max_position_embeddings 16"]),
+        ]
+        for (i, (extra, needles)) in mismatches.enumerated() {
+            for command in ["train", "compare"] {
+                let out = fx.path("mismatch/\(command)-\(i)")
+                var args = command == "train" ? trainArgs(out: out, steps: 2) : ["compare", "--methods", "ia3,lora"]
+                    + Array(trainArgs(out: out, steps: 2).dropFirst(3))
+                if let m = extra.firstIndex(of: "--model") { args[args.firstIndex(of: "--model")! + 1] = extra[m + 1] }
+                args += extra.filter { $0 != "--model" && $0 != gpt2 }
+                _ = try fails(args, mentioning: needles)
+                XCTAssertFalse(FileManager.default.fileExists(atPath: out), "\(command) \(extra) left \(out)")
+            }
+        }
+        // An adapter made for another base, in every command that takes one.
+        let other = ["--model", fx.otherBase, "--adapter", adapter]
+        for (command, extra) in [("merge", ["--out", fx.path("mismatch/merged.h5")]), ("export", ["--out", fx.path("mismatch/peft")]),
+                                 ("train", ["--data", fx.jsonl, "--out", fx.path("mismatch/continued"), "--steps", "2"]),
+                                 ("eval", ["--data", fx.jsonl]), ("generate", ["--prompt", "The"])] {
+            _ = try fails([command] + other + extra, mentioning: ["another base model", adapter])
+            if let o = extra.firstIndex(of: "--out") {
+                XCTAssertFalse(FileManager.default.fileExists(atPath: extra[o + 1]), "\(command) left \(extra[o + 1])")
+            }
+        }
     }
 
     /// Regressions: no method to compare; resuming at or past the budget; learned positions past
@@ -792,7 +836,7 @@ final class CLITests: XCTestCase {
         let r = try ok(["compare", "--model", gguf, "--data", fx.jsonl, "--methods", "lora,prompt", "--steps", "1",
                         "--eval-every", "1", "--seq-len", "32", "--batch-size", "2", "--num-virtual-tokens", "4", "--out", out])
         XCTAssertTrue(r.stdout.contains("lora") && r.stdout.contains("prompt") && r.stdout.contains("134515008 parameters"), r.transcript)
-        for f in ["report.md", "results.csv", "results.json", "val_loss.svg", "lora/adapter.h5", "prompt/adapter.h5"] {
+        for f in ["report/report.md", "report/results.csv", "report/results.json", "report/val_loss.svg", "lora/adapter.h5", "prompt/adapter.h5"] {
             assertFile(out + "/" + f)
         }
     }

@@ -188,4 +188,31 @@ final class ExtraMethodTests: XCTestCase {
         XCTAssertEqual(job.data.packing, false)
         XCTAssertEqual(job.epochs, 1.5)
     }
+
+    /// A new adapter's PEFT config may not carry a field the method lacks (a typo would be silently
+    /// ignored); PEFT's bookkeeping fields and fields left off are accepted, and every registered
+    /// method knows its own fields, nil-defaulted ones included.
+    func testUnknownMethodConfigFieldsAreRefused() throws {
+        let model = ModelConfig.llama(vocabSize: 64, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 32)
+        let lora = try XCTUnwrap(PEFTRegistry.all.first { $0.peftType == "LORA" })
+        XCTAssertTrue(lora.knownFields().isSuperset(of: ["r", "target_modules", "modules_to_save", "layers_to_transform",
+                                                         "exclude_modules", "base_model_name_or_path", "rank_pattern"]))
+        XCTAssertThrowsError(try lora.newConfig("lora", for: model, peftConfig: ["target_modulez": ["q_proj"]])) { e in
+            XCTAssertTrue("\(e)".contains("unknown field \"target_modulez\"") && "\(e)".contains("target_modules"), "\(e)")
+        }
+        XCTAssertThrowsError(try lora.newConfig("lora", for: model, peftConfig: ["layer_replication": [[0, 1]]]))
+        // A PEFT adapter_config.json: bookkeeping, and features it leaves off.
+        let peftSaved: [String: Any] = ["peft_type": "LORA", "task_type": "CAUSAL_LM", "revision": NSNull(), "auto_mapping": NSNull(),
+                                        "megatron_core": "megatron.core", "use_qalora": false, "layer_replication": NSNull(),
+                                        "trainable_token_indices": NSNull(), "loftq_config": [String: Any](), "r": 4]
+        let config = try JSONSerialization.jsonObject(with: lora.newConfig("lora", for: model, peftConfig: peftSaved)) as? [String: Any]
+        XCTAssertEqual(config?["r"] as? Int, 4)
+        for d in PEFTRegistry.all {
+            let known = d.knownFields()
+            XCTAssertTrue(known.isSuperset(of: d.defaults().keys), d.peftType)
+            for o in d.options { XCTAssertTrue(known.contains(o.field), "\(d.peftType): option --\(o.flag) sets \(o.field)") }
+            // The whole known set is accepted (values from the defaults where there is one).
+            XCTAssertNoThrow(try d.newConfig(d.names[0].name, for: model, peftConfig: d.defaults()), d.peftType)
+        }
+    }
 }

@@ -302,8 +302,10 @@ final class CompareReportTests: XCTestCase {
                                           setup: "base: tiny-llama (1.2 M params); 500 steps; batch 8 × 128 tokens")
         XCTAssertEqual(urls.map(\.lastPathComponent), ["report.md", "results.csv", "results.json", "val_loss.svg"])
         for u in urls { XCTAssertTrue(FileManager.default.fileExists(atPath: u.path), u.path) }
-        let left = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".") }
-        XCTAssertEqual(left, [], "temporary files left behind")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), compareReportFiles.sorted())
+        let parent = dir.deletingLastPathComponent().path
+        let left = try FileManager.default.contentsOfDirectory(atPath: parent).filter { $0.hasPrefix(".\(dir.lastPathComponent)") }
+        XCTAssertEqual(left, [], "temporary folders left behind")
         let md = try String(contentsOf: urls[0], encoding: .utf8)
         XCTAssertTrue(md.hasPrefix("# Compare on tiny-llama\n"))
         XCTAssertTrue(md.contains(renderMarkdown(Self.fake)))
@@ -312,9 +314,14 @@ final class CompareReportTests: XCTestCase {
         XCTAssertEqual(try decodeCompareResults(Data(contentsOf: urls[2])), Self.fake)
         XCTAssertEqual(try String(contentsOf: urls[1], encoding: .utf8), renderCSV(Self.fake))
         _ = SVGSummary.parse(try String(contentsOf: urls[3], encoding: .utf8))
-        // Writing again replaces the files.
+        // Writing again replaces the four files together (the folder is swapped, not file by file).
+        let before = try FileManager.default.attributesOfItem(atPath: dir.path)[.systemFileNumber] as? Int
         _ = try writeCompareReport(Array(Self.fake.prefix(1)), to: dir, title: "again")
         XCTAssertEqual(try decodeCompareResults(Data(contentsOf: urls[2])).count, 1)
+        XCTAssertTrue(try String(contentsOf: urls[0], encoding: .utf8).hasPrefix("# again\n"))
+        XCTAssertNotEqual(try FileManager.default.attributesOfItem(atPath: dir.path)[.systemFileNumber] as? Int, before,
+                          "a new folder was renamed into place")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent).filter { $0.hasPrefix(".\(dir.lastPathComponent)") }, [])
     }
 
     func testWriteCompareReportNamesTheFileOnFailure() {
