@@ -21,3 +21,10 @@ static inline H5T_class_t chdf5_class_string(void) { return H5T_STRING; }
 static inline hid_t chdf5_p_link_create(void) { return H5P_LINK_CREATE; }
 static inline hid_t chdf5_p_file_create(void) { return H5P_FILE_CREATE; }
 static inline hid_t chdf5_e_default(void) { return H5E_DEFAULT; }
+/// File access list whose close also closes every object still open in the file, so a read that
+/// failed half-way leaves nothing cached for the next open of the same path.
+static inline hid_t chdf5_fapl_close_strong(void) {
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl >= 0) H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+    return fapl;
+}

@@ -111,8 +111,13 @@ public enum HDF5Store {
         guard FileManager.default.fileExists(atPath: path) else {
             throw HDF5Error(path: path, message: "no such file")
         }
-        try Checksum.verify(path)
-        let file = H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
+        if try !Checksum.verify(path) { try ForeignFileProbe.check(path) { _ = try? readChecked(path) } }
+        return try readChecked(path)
+    }
+
+    /// `read` of a file already checked (its checksum, or the probe of a foreign file).
+    private static func readChecked(_ path: String) throws -> (tensors: [String: Tensor], blobs: [String: [UInt8]], attributes: [String: String]) {
+        let file = openForReading(path)
         guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
         defer { H5Fclose(file) }
         var names: [String] = []
@@ -178,11 +183,18 @@ public enum HDF5Store {
     /// The root's string attributes only (the `format` of a SwiftPEFT file, its config): no dataset is read.
     public static func readAttributes(_ path: String) throws -> [String: String] {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
-        try Checksum.verify(path)
-        let file = H5Fopen(path, chdf5_acc_rdonly(), chdf5_p_default())
+        if try !Checksum.verify(path) { try ForeignFileProbe.check(path) { _ = try? readChecked(path) } }
+        let file = openForReading(path)
         guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
         defer { H5Fclose(file) }
         return try rootAttributes(file, path: path)
+    }
+
+    /// Opens read-only with a strong close: closing the file closes whatever a failed read left open.
+    private static func openForReading(_ path: String) -> hid_t {
+        let fapl = chdf5_fapl_close_strong()
+        defer { if fapl >= 0 { H5Pclose(fapl) } }
+        return H5Fopen(path, chdf5_acc_rdonly(), fapl >= 0 ? fapl : chdf5_p_default())
     }
 
     /// The fixed-length string attributes of the root group of an open file; an attribute that holds
@@ -248,8 +260,10 @@ enum Checksum {
     }
 
     /// Throws when `path` carries a SwiftPEFT block that does not match its bytes, or a user block
-    /// that is not SwiftPEFT's (a damaged block); files without a user block pass unchecked.
-    static func verify(_ path: String) throws {
+    /// that is not SwiftPEFT's (a damaged block). Returns false for a file without a user block (from
+    /// another tool, or an older SwiftPEFT): it could not be checked.
+    @discardableResult
+    static func verify(_ path: String) throws -> Bool {
         let data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
         let hdf5Magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
         let head = [UInt8](data.prefix(magic.count))
@@ -261,7 +275,7 @@ enum Checksum {
             if superblockAt512 {
                 throw HDF5Error(path: path, message: "the file's first 512 bytes are not SwiftPEFT's checksum block: it was damaged after it was written")
             }
-            return
+            return false
         }
         guard data.count >= blockSize else {
             throw HDF5Error(path: path, message: "the file has \(data.count) bytes, less than its own checksum block: it was cut")
@@ -277,6 +291,48 @@ enum Checksum {
         let actual = data.withUnsafeBytes { fnv1a(UnsafeRawBufferPointer(rebasing: $0[blockSize...])) }
         guard actual == hash else {
             throw HDF5Error(path: path, message: "checksum mismatch: the file was damaged after it was written (stored \(String(hash, radix: 16)), computed \(String(actual, radix: 16)))")
+        }
+        return true
+    }
+}
+
+/// HDF5 files without SwiftPEFT's checksum (written by h5py or another tool) cannot be checked
+/// before libhdf5 parses them, and libhdf5 can crash or hang on a damaged one. Such a file is first
+/// read whole by a forked child process: if the child dies by a signal or runs past a time limit,
+/// the file is refused with an error, and this process, which never let libhdf5 parse it, goes on.
+enum ForeignFileProbe {
+    /// Runs `read` in a child; throws when it crashes or hangs. Seconds allowed (`limit`): by
+    /// default 30 plus one per 50 MB.
+    static func check(_ path: String, limit: Double? = nil, read: () -> Void) throws {
+        let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let limit = limit ?? 30.0 + Double(bytes) / 50e6
+        fflush(nil)  // nothing buffered is written twice
+        let pid = fork()
+        guard pid >= 0 else { throw HDF5Error(path: path, message: "cannot start the process that checks a file without a checksum (fork: \(String(cString: strerror(errno))))") }
+        if pid == 0 {
+            let null = open("/dev/null", O_WRONLY)  // the crash report of the child is not the user's business
+            if null >= 0 { dup2(null, 1); dup2(null, 2) }
+            read()
+            _exit(0)
+        }
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(limit)
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if r < 0 && errno != EINTR { throw HDF5Error(path: path, message: "lost the process that checks the file (waitpid: \(String(cString: strerror(errno))))") }
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &status, 0)
+                throw HDF5Error(path: path, message: "libhdf5 did not finish reading this file in \(limit) s (it has no SwiftPEFT checksum): it is damaged or hostile")
+            }
+            usleep(2_000)
+        }
+        // The child exits 0 after a read, whatever the read threw; anything else is a crash (a signal,
+        // or a crash handler's own exit status).
+        let signal = status & 0x7f, code = (status >> 8) & 0xff
+        if signal != 0 || code != 0 {
+            throw HDF5Error(path: path, message: "libhdf5 crashed reading this file (\(signal != 0 ? "signal \(signal)" : "exit status \(code)")); it has no SwiftPEFT checksum and is damaged or hostile")
         }
     }
 }

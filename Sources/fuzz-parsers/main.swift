@@ -18,7 +18,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|tokenizer|hfconfig|peftconfig|jsonl|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -111,6 +111,16 @@ func checkpointSeeds() -> [Data] {
           (try? lora.attach(to: model)) != nil, (try? AdapterCheckpoint.save(lora, base: model, to: a)) != nil else { return [] }
     return [m, a].compactMap { FileManager.default.contents(atPath: $0) }
 }
+/// Reads an HDF5 file as every command would: the raw store, then as a model or an adapter.
+func readHDF5(_ path: String, _ data: Data) throws {
+    _ = try HDF5Store.read(path)
+    switch try ModelSource.detect(path).kind {
+    case .checkpoint: _ = try loadModel(path)
+    case .adapter: try loadAdapter(path, onto: makeModel(ModelConfig.llama(vocabSize: 300, hiddenSize: 16, numLayers: 2, numHeads: 4,
+                                                                           numKVHeads: 2, intermediateSize: 24)))
+    default: break
+    }
+}
 let peftSeeds = ["Tests/FormatsTests/Fixtures/peft/llama-lora/adapter_config.json", "Tests/FormatsTests/Fixtures/peft/llama-prefix/adapter_config.json",
                  "Tests/FormatsTests/Fixtures/peft/llama-ia3/adapter_config.json", "Tests/FormatsTests/Fixtures/peft/llama-ptuning/adapter_config.json"]
 let targets: [Target] = [
@@ -125,17 +135,11 @@ let targets: [Target] = [
         let f = try SafetensorsFile(path: path)
         for n in f.names { _ = try f.tensor(n) }
     },
-    // Our files only: libhdf5 1.10 itself can crash on a damaged file, so SwiftPEFT checks its own
-    // files' checksum block first; files from other tools are read as they are (not fuzzed).
-    Target(name: "hdf5", seeds: checkpointSeeds(), json: false) { path, _ in
-        _ = try HDF5Store.read(path)
-        switch try ModelSource.detect(path).kind {
-        case .checkpoint: _ = try loadModel(path)
-        case .adapter: try loadAdapter(path, onto: makeModel(ModelConfig.llama(vocabSize: 300, hiddenSize: 16, numLayers: 2, numHeads: 4,
-                                                                               numKVHeads: 2, intermediateSize: 24)))
-        default: break
-        }
-    },
+    // Our files: the checksum block catches damage before libhdf5 sees it.
+    Target(name: "hdf5", seeds: checkpointSeeds(), json: false, parse: readHDF5),
+    // Files without the block (as h5py writes them): libhdf5 parses the damage, in the probe's child
+    // process first (libhdf5 1.10 can crash on such a file).
+    Target(name: "hdf5-foreign", seeds: checkpointSeeds().map { $0.dropFirst(512) }, json: false, parse: readHDF5),
     Target(name: "tokenizer", seeds: ["Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json",
                                       "Tests/TokenizersTests/Fixtures/tokenizer_hf_trained.json"].compactMap(fixture), json: true) { _, d in
         let t = try BPETokenizer.load(json: d)
@@ -176,7 +180,7 @@ for t in targets where only == nil || only == t.name {
     }
     let input = URL(fileURLWithPath: work).appendingPathComponent("input-\(t.name)" + (t.name == "jsonl" ? ".jsonl" : "")).path
     let last = URL(fileURLWithPath: work).appendingPathComponent("last-\(t.name)").path
-    var tried = 0, refused = 0
+    var tried = 0, refused = 0, probeCaught = 0
     let start = Date()
     while Date().timeIntervalSince(start) < seconds {
         var bytes = [UInt8](t.seeds[rng.nextInt(t.seeds.count)])
@@ -185,9 +189,18 @@ for t in targets where only == nil || only == t.name {
         FileManager.default.createFile(atPath: last, contents: data)  // kept if the parse below crashes
         FileManager.default.createFile(atPath: input, contents: data)
         tried += 1
-        do { try t.parse(input, data) } catch { refused += 1 }
+        do { try t.parse(input, data) } catch {
+            refused += 1
+            // A file libhdf5 crashed on (in the probe's child): the first is kept as an example.
+            if "\(error)".contains("libhdf5 crashed") {
+                probeCaught += 1
+                let kept = URL(fileURLWithPath: work).appendingPathComponent("probe-caught-\(t.name)").path
+                if !FileManager.default.fileExists(atPath: kept) { FileManager.default.createFile(atPath: kept, contents: data) }
+            }
+        }
     }
     try? FileManager.default.removeItem(atPath: last)
-    print("fuzz \(t.name): \(tried) inputs, \(refused) refused, \(tried - refused) accepted, 0 crashes")
+    print("fuzz \(t.name): \(tried) inputs, \(refused) refused, \(tried - refused) accepted, 0 crashes"
+          + (probeCaught > 0 ? " (\(probeCaught) refused because libhdf5 crashed in the probe's child process)" : ""))
 }
 exit(failed ? 1 : 0)
