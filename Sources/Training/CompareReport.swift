@@ -162,7 +162,7 @@ public func renderTable(_ results: [MethodResult]) -> String {
 }
 
 /// `s` as Markdown text: `|` (a cell border) and `<` (an HTML tag) backslash-escaped, newlines as spaces.
-private func markdownEscape(_ s: String) -> String {
+func markdownEscape(_ s: String) -> String {
     s.replacingOccurrences(of: "|", with: "\\|").replacingOccurrences(of: "<", with: "\\<")
         .replacingOccurrences(of: "\r", with: " ").replacingOccurrences(of: "\n", with: " ")
 }
@@ -266,7 +266,7 @@ func niceScale(_ lo: Double, _ hi: Double, maxTicks: Int = 6, integer: Bool = fa
 }
 
 /// Text for SVG content and attributes: `& < > " '` as entities; characters XML 1.0 forbids dropped.
-private func xmlEscape(_ s: String) -> String {
+func xmlEscape(_ s: String) -> String {
     var out = ""
     for u in s.unicodeScalars {
         switch u {

@@ -1,0 +1,428 @@
+// Back-testing adapter versions: the same prompts through the base and every adapter version, with
+// the output, the loss of the expected answer, exact match / contains / ROUGE-L against it, token
+// counts, latency and cost per answer. The prompts come from JSONL: a template with {variables}
+// (inline or from a file), their values, and optionally an expected answer and tags.
+// BacktestReport.swift writes the report folder.
+
+import Foundation
+import TensorCore
+import Models
+import Tokenizers
+import PEFT
+import Formats
+
+/// One prompt of a back-test, its template filled in.
+public struct BacktestPrompt: Codable, Equatable, Sendable {
+    /// "id" from the line, or "line N".
+    public var id: String
+    /// The template with every {variable} replaced.
+    public var prompt: String
+    public var expected: String?
+    public var tags: [String]
+}
+
+/// A prompts file that cannot be used: names the file and line.
+public struct BacktestError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Fills `{name}` in `template` from `variables`; `{{` and `}}` stand for literal braces, and a brace
+/// that does not enclose a name (`{'a': 1}`) is kept as it is. Every name must have a value and every
+/// value must be used. `at` names the place in errors ("prompts.jsonl:3").
+public func renderTemplate(_ template: String, _ variables: [String: String], at: String) throws -> String {
+    var out = "", used = Set<String>()
+    var i = template.startIndex
+    func isNameChar(_ c: Character, first: Bool) -> Bool { c == "_" || (c.isASCII && (c.isLetter || (!first && c.isNumber))) }
+    while i < template.endIndex {
+        let c = template[i]
+        let next = template.index(after: i)
+        if (c == "{" || c == "}") && next < template.endIndex && template[next] == c {  // {{ or }}
+            out.append(c)
+            i = template.index(after: next)
+            continue
+        }
+        if c == "{", let close = template[next...].firstIndex(of: "}") {
+            let name = String(template[next..<close])
+            if let f = name.first, isNameChar(f, first: true), name.allSatisfy({ isNameChar($0, first: false) }) {
+                guard let v = variables[name] else {
+                    throw BacktestError("\(at): the template uses {\(name)} but the line gives it no value (variables: \(variables.keys.sorted().joined(separator: ", ")); write {{ and }} for literal braces)")
+                }
+                out += v
+                used.insert(name)
+                i = template.index(after: close)
+                continue
+            }
+        }
+        out.append(c)
+        i = next
+    }
+    if let unused = variables.keys.sorted().first(where: { !used.contains($0) }) {
+        throw BacktestError("\(at): the variable \"\(unused)\" is not used by the template")
+    }
+    return out
+}
+
+/// Reads a prompts file: one JSON object per line with
+/// - `"template"` (text with `{variables}`), `"template_file"` (a file, relative to the prompts
+///   file's folder) or `"prompt"` (literal text); `defaultTemplate` serves lines that give none;
+/// - `"vars"`: the variables' values (strings or numbers);
+/// - optionally `"id"`, `"expected"` (the answer the output is scored against) and `"tags"`
+///   (a string or a list of strings).
+/// Blank lines are skipped; anything else that is wrong is an error naming the file and line.
+public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) throws -> [BacktestPrompt] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
+    guard let text = String(data: data, encoding: .utf8) else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
+    let folder = URL(fileURLWithPath: path).deletingLastPathComponent()
+    var templates: [String: String] = [:]
+    var prompts: [BacktestPrompt] = []
+    var ids = Set<String>()
+    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "tags"]
+    for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        let at = "\(path):\(n + 1)"
+        guard !line.allSatisfy(\.isWhitespace) else { continue }
+        guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8), options: [])) as? [String: Any] else {
+            throw BacktestError("\(at): not a JSON object")
+        }
+        if let k = obj.keys.sorted().first(where: { !known.contains($0) }) {
+            throw BacktestError("\(at): unknown field \"\(k)\"; fields: \(known.sorted().joined(separator: ", "))")
+        }
+        func string(_ key: String) throws -> String? {
+            guard let v = obj[key], !(v is NSNull) else { return nil }
+            guard let s = v as? String else { throw BacktestError("\(at): \"\(key)\" must be a string") }
+            return s
+        }
+        var variables: [String: String] = [:]
+        if let v = obj["vars"] {
+            guard let d = v as? [String: Any] else { throw BacktestError("\(at): \"vars\" must be an object of names to values") }
+            for (k, value) in d {
+                switch value {
+                case let s as String: variables[k] = s
+                case let x as NSNumber: variables[k] = "\(x)"
+                default: throw BacktestError("\(at): the variable \"\(k)\" must be a string or a number")
+                }
+            }
+        }
+        let given = [try string("template"), try string("template_file"), try string("prompt")].compactMap { $0 }
+        guard given.count <= 1 else { throw BacktestError("\(at): give one of \"template\", \"template_file\" and \"prompt\"") }
+        let prompt: String
+        if let literal = try string("prompt") {
+            guard variables.isEmpty else { throw BacktestError("\(at): \"prompt\" is literal text; use \"template\" with \"vars\"") }
+            prompt = literal
+        } else {
+            var template = try string("template")
+            if let file = try string("template_file") {
+                let p = file.hasPrefix("/") ? file : folder.appendingPathComponent(file).path
+                if templates[p] == nil {
+                    guard let t = FileManager.default.contents(atPath: p).flatMap({ String(data: $0, encoding: .utf8) }) else {
+                        throw BacktestError("\(at): cannot read the template file \(p)")
+                    }
+                    templates[p] = t
+                }
+                template = templates[p]
+            }
+            guard let t = template ?? defaultTemplate else {
+                throw BacktestError("\(at): no template: give \"template\", \"template_file\" or \"prompt\" (or --template for every line)")
+            }
+            prompt = try renderTemplate(t, variables, at: at)
+        }
+        guard !prompt.isEmpty else { throw BacktestError("\(at): the prompt is empty") }
+        let tags: [String]
+        switch obj["tags"] {
+        case nil, is NSNull: tags = []
+        case let s as String: tags = [s]
+        case let l as [Any]:
+            tags = try l.map { guard let s = $0 as? String else { throw BacktestError("\(at): \"tags\" must be strings") }; return s }
+        default: throw BacktestError("\(at): \"tags\" must be a string or a list of strings")
+        }
+        let id = try string("id") ?? "line \(n + 1)"
+        guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
+        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: try string("expected"), tags: tags))
+    }
+    guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line)") }
+    return prompts
+}
+
+// MARK: - Scores
+
+/// Lowercased, whitespace collapsed, trimmed: what exact match and contains compare.
+public func normalizedAnswer(_ s: String) -> String {
+    s.lowercased().split(whereSeparator: \.isWhitespace).joined(separator: " ")
+}
+
+/// ROUGE-L F1 (β = 1) between `candidate` and `reference` on lowercased alphanumeric words, as the
+/// `rouge-score` package tokenizes: F = 2·P·R / (P + R) with P = LCS / |candidate|, R = LCS / |reference|.
+public func rougeL(_ candidate: String, _ reference: String) -> Double {
+    func words(_ s: String) -> [Substring] {
+        s.lowercased().split { !($0.isASCII && ($0.isLetter || $0.isNumber)) }
+    }
+    let c = words(candidate), r = words(reference)
+    guard !c.isEmpty, !r.isEmpty else { return 0 }
+    let lcs = Double(lcsLength(c, r))
+    guard lcs > 0 else { return 0 }
+    let p = lcs / Double(c.count), rec = lcs / Double(r.count)
+    return 2 * p * rec / (p + rec)
+}
+
+func lcsLength<T: Equatable>(_ a: [T], _ b: [T]) -> Int {
+    guard !a.isEmpty, !b.isEmpty else { return 0 }
+    var prev = [Int](repeating: 0, count: b.count + 1), cur = prev
+    for i in 1...a.count {
+        for j in 1...b.count {
+            cur[j] = a[i - 1] == b[j - 1] ? prev[j - 1] + 1 : max(prev[j], cur[j - 1])
+        }
+        swap(&prev, &cur)
+    }
+    return prev[b.count]
+}
+
+/// One piece of a word-level diff.
+public enum WordDiff: Equatable, Sendable {
+    case same(String), added(String), removed(String)
+}
+
+/// The word-level diff that turns `old` into `new` (a longest common subsequence of the words,
+/// whitespace-separated, compared as written).
+public func wordDiff(_ old: String, _ new: String) -> [WordDiff] {
+    let a = old.split(whereSeparator: \.isWhitespace).map(String.init), b = new.split(whereSeparator: \.isWhitespace).map(String.init)
+    var table = [[Int]](repeating: [Int](repeating: 0, count: b.count + 1), count: a.count + 1)
+    for i in stride(from: a.count - 1, through: 0, by: -1) {
+        for j in stride(from: b.count - 1, through: 0, by: -1) {
+            table[i][j] = a[i] == b[j] ? table[i + 1][j + 1] + 1 : max(table[i + 1][j], table[i][j + 1])
+        }
+    }
+    var out: [WordDiff] = [], i = 0, j = 0
+    while i < a.count || j < b.count {
+        if i < a.count && j < b.count && a[i] == b[j] { out.append(.same(a[i])); i += 1; j += 1 }
+        else if j < b.count && (i == a.count || table[i][j + 1] >= table[i + 1][j]) { out.append(.added(b[j])); j += 1 }
+        else { out.append(.removed(a[i])); i += 1 }
+    }
+    return out
+}
+
+// MARK: - Running
+
+/// What to back-test and how to decode.
+public struct BacktestOptions {
+    public var modelPath: String
+    /// (version name, adapter path): SwiftPEFT .h5 or PEFT folders, any method.
+    public var adapters: [(name: String, path: String)]
+    /// Run the prompts through the base too, as the version "base".
+    public var includeBase = true
+    public var prompts: [BacktestPrompt]
+    public var maxNewTokens = 64
+    /// 1: greedy. More: that many samples at `temperature`, seeds `seed`, `seed + 1`, …
+    public var samples = 1
+    public var temperature: Float = 0.8
+    public var seed: UInt64 = 0
+    /// The output is cut before the first of these texts (EOS always ends it).
+    public var stop: [String] = []
+    public var wattsPerCore = CostMeter.defaultWattsPerCore
+
+    public init(modelPath: String, adapters: [(name: String, path: String)], prompts: [BacktestPrompt]) {
+        (self.modelPath, self.adapters, self.prompts) = (modelPath, adapters, prompts)
+    }
+}
+
+/// One prompt through one version.
+public struct BacktestRow: Codable, Equatable, Sendable {
+    public var promptID: String
+    public var version: String
+    public var tags: [String]
+    public var prompt: String
+    public var expected: String?
+    /// The greedy output, or the most common of the samples.
+    public var output: String
+    /// Every sample (only with samples > 1).
+    public var samples: [String]?
+    /// Share of the samples equal to the most common one (1 when greedy).
+    public var agreement: Double
+    /// Mean loss (nats per token) of the expected answer (and EOS, as trained) given the prompt.
+    public var loss: Double?
+    public var perplexity: Double?
+    /// Against the expected answer, averaged over the samples: exact match and contains (0…1,
+    /// on normalized text), ROUGE-L F1.
+    public var exactMatch: Double?
+    public var contains: Double?
+    public var rougeL: Double?
+    public var promptTokens: Int
+    public var outputTokens: Int
+    public var latencyMs: Double
+    /// This answer's cost (scoring and decoding).
+    public var cost: Cost
+
+    enum CodingKeys: String, CodingKey {
+        case promptID = "prompt_id", version, tags, prompt, expected, output, samples, agreement, loss, perplexity
+        case exactMatch = "exact_match", contains, rougeL = "rouge_l", promptTokens = "prompt_tokens"
+        case outputTokens = "output_tokens", latencyMs = "latency_ms", cost
+    }
+}
+
+/// The scores a version can be compared on (`--metric`).
+public enum BacktestMetric: String, CaseIterable, Sendable {
+    case rougeL = "rouge-l", exactMatch = "exact", contains, loss
+    /// Loss is better lower; the rest higher.
+    public var higherIsBetter: Bool { self != .loss }
+    public func value(_ s: VersionSummary) -> Double? {
+        switch self {
+        case .rougeL: return s.rougeL
+        case .exactMatch: return s.exactMatch
+        case .contains: return s.contains
+        case .loss: return s.loss
+        }
+    }
+}
+
+/// A version's means over its prompts (scores only over prompts with an expected answer).
+public struct VersionSummary: Codable, Equatable, Sendable {
+    public var version: String
+    public var prompts: Int
+    public var scored: Int
+    public var exactMatch: Double?
+    public var contains: Double?
+    public var rougeL: Double?
+    public var loss: Double?
+    public var perplexity: Double?
+    public var agreement: Double
+    public var meanLatencyMs: Double
+    public var outputTokens: Int
+    public var cost: Cost
+
+    enum CodingKeys: String, CodingKey {
+        case version, prompts, scored, exactMatch = "exact_match", contains, rougeL = "rouge_l", loss, perplexity, agreement
+        case meanLatencyMs = "mean_latency_ms", outputTokens = "output_tokens", cost
+    }
+
+    /// The summary of `rows` (one version's, or one tag's) under the name `version`.
+    public static func of(_ rows: [BacktestRow], version: String) -> VersionSummary {
+        func mean(_ xs: [Double]) -> Double? { xs.isEmpty ? nil : xs.reduce(0, +) / Double(xs.count) }
+        let loss = mean(rows.compactMap(\.loss))
+        return VersionSummary(version: version, prompts: rows.count, scored: rows.filter { $0.expected != nil }.count,
+                              exactMatch: mean(rows.compactMap(\.exactMatch)), contains: mean(rows.compactMap(\.contains)),
+                              rougeL: mean(rows.compactMap(\.rougeL)), loss: loss, perplexity: loss.map { Foundation.exp($0) },
+                              agreement: mean(rows.map(\.agreement)) ?? 1, meanLatencyMs: mean(rows.map(\.latencyMs)) ?? 0,
+                              outputTokens: rows.reduce(0) { $0 + $1.outputTokens },
+                              cost: Cost.total(rows.map(\.cost)) ?? CostMeter().reading(tokens: 0))
+    }
+}
+
+/// Everything a back-test found.
+public struct BacktestResult: Codable, Sendable {
+    public var model: String
+    public var versions: [String]
+    public var rows: [BacktestRow]
+    public var summaries: [VersionSummary]
+    /// Per tag, each version's summary (tags in order of first use).
+    public var tagSummaries: [String: [VersionSummary]]
+    public var tags: [String]
+    public var decoding: String
+    public var cost: Cost
+
+    enum CodingKeys: String, CodingKey {
+        case model, versions, rows, summaries, tagSummaries = "tag_summaries", tags, decoding, cost
+    }
+
+    /// Whether `version` scores below `than` on `metric` (beyond `tolerance`); nil when either has no
+    /// score on it (no expected answers).
+    public func isWorse(_ version: String, than: String, on metric: BacktestMetric, tolerance: Double = 0) -> Bool? {
+        guard let a = summaries.first(where: { $0.version == version }).flatMap(metric.value),
+              let b = summaries.first(where: { $0.version == than }).flatMap(metric.value) else { return nil }
+        return metric.higherIsBetter ? a < b - tolerance : a > b + tolerance
+    }
+}
+
+/// Runs every prompt through the base (as "base", unless `includeBase` is false) and through each
+/// adapter, one version at a time on one copy of the base. Every adapter is loaded (and checked
+/// against the base) before the first prompt runs. `onAnswer(done, total)` follows progress.
+public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _, _ in }) throws -> BacktestResult {
+    guard o.includeBase || !o.adapters.isEmpty else { throw BacktestError("nothing to back-test: no adapter and the base left out") }
+    guard o.samples >= 1 else { throw BacktestError("--samples must be at least 1, got \(o.samples)") }
+    guard o.maxNewTokens >= 1 else { throw BacktestError("--max-tokens must be at least 1, got \(o.maxNewTokens)") }
+    guard o.samples == 1 || (o.temperature.isFinite && o.temperature > 0) else {
+        throw BacktestError("--samples \(o.samples) needs a --temperature above 0 (samples at temperature 0 are all the greedy output)")
+    }
+    var names = Set<String>()
+    for n in (o.includeBase ? ["base"] : []) + o.adapters.map(\.name) where !names.insert(n).inserted {
+        throw BacktestError("the version name \"\(n)\" is used twice; name adapters with NAME=PATH")
+    }
+    let total = CostMeter(wattsPerCore: o.wattsPerCore)
+    let loaded = try loadModel(o.modelPath)
+    let model = loaded.model
+    guard let tokenizer = loaded.tokenizer else { throw BacktestError("\(o.modelPath): holds no tokenizer; prompts cannot be tokenized") }
+    for a in o.adapters {  // every adapter fits the base before anything runs
+        let m = try loadAdapter(a.path, onto: model)
+        m.detach(from: model)
+    }
+    let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }
+    let eos = tokenizer.eosTokenID
+    var rows: [BacktestRow] = []
+    let answers = versions.count * o.prompts.count
+    for v in versions {
+        let method = try v.path.map { try loadAdapter($0, onto: model) }
+        defer { method?.detach(from: model) }
+        model.eval()
+        let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
+        for p in o.prompts {
+            let meter = CostMeter(wattsPerCore: o.wattsPerCore)
+            let ids = tokenizer.encode(p.prompt)
+            guard !ids.isEmpty else { throw BacktestError("prompt \(p.id): encodes to no token") }
+            if model.config.positions == .learned && extra + ids.count >= model.config.maxPositions {
+                throw BacktestError("prompt \(p.id): \(ids.count) tokens (+\(extra) virtual) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
+            }
+            var loss: Double?
+            var scoredTokens = 0
+            if let expected = p.expected {
+                let answer = tokenizer.encode(expected) + (eos.map { [$0] } ?? [])
+                let seq = Array((ids + answer).prefix(model.config.positions == .learned ? model.config.maxPositions - extra : Int.max))
+                if seq.count > ids.count {
+                    var targets = [Int32](repeating: -100, count: seq.count)
+                    for t in (ids.count - 1)..<(seq.count - 1) { targets[t] = seq[t + 1] }
+                    loss = Double(withNoGrad { model.loss(seq, targets: targets, batch: 1).item() })
+                    scoredTokens = seq.count
+                }
+            }
+            let start = Date()
+            var outputs: [String] = [], outputTokens = 0
+            for k in 0..<o.samples {
+                let options = SamplingOptions(maxNewTokens: o.maxNewTokens, temperature: o.samples == 1 ? 0 : o.temperature,
+                                              seed: o.seed &+ UInt64(k), stopTokens: eos.map { [$0] } ?? [])
+                let out = model.generate(ids, options)
+                outputTokens += out.count
+                var text = tokenizer.decode(out.filter { $0 != eos })
+                for s in o.stop where !s.isEmpty {
+                    if let r = text.range(of: s) { text = String(text[..<r.lowerBound]) }
+                }
+                outputs.append(text)
+            }
+            let latency = Date().timeIntervalSince(start) * 1000 / Double(o.samples)
+            var counts: [String: Int] = [:]
+            for s in outputs { counts[s, default: 0] += 1 }
+            let mode = outputs.first { counts[$0] == counts.values.max() }!
+            func mean(_ f: (String) -> Double) -> Double { outputs.map(f).reduce(0, +) / Double(outputs.count) }
+            let exp = p.expected
+            rows.append(BacktestRow(
+                promptID: p.id, version: v.name, tags: p.tags, prompt: p.prompt, expected: exp, output: mode,
+                samples: o.samples > 1 ? outputs : nil, agreement: Double(counts[mode]!) / Double(outputs.count),
+                loss: loss, perplexity: loss.map { Foundation.exp($0) },
+                exactMatch: exp.map { e in mean { normalizedAnswer($0) == normalizedAnswer(e) ? 1 : 0 } },
+                contains: exp.map { e in mean { normalizedAnswer($0).contains(normalizedAnswer(e)) ? 1 : 0 } },
+                rougeL: exp.map { e in mean { rougeL($0, e) } },
+                promptTokens: ids.count, outputTokens: outputTokens, latencyMs: latency,
+                cost: meter.reading(tokens: scoredTokens + ids.count * o.samples + outputTokens)))
+            onAnswer(rows.count, answers)
+        }
+    }
+    var tags: [String] = []
+    for p in o.prompts { for t in p.tags where !tags.contains(t) { tags.append(t) } }
+    let names2 = versions.map(\.name)
+    let summaries = names2.map { n in VersionSummary.of(rows.filter { $0.version == n }, version: n) }
+    var tagSummaries: [String: [VersionSummary]] = [:]
+    for t in tags {
+        tagSummaries[t] = names2.map { n in VersionSummary.of(rows.filter { $0.version == n && $0.tags.contains(t) }, version: n) }
+    }
+    let decoding = o.samples == 1 ? "greedy, at most \(o.maxNewTokens) new tokens"
+        : "\(o.samples) samples at temperature \(o.temperature) (seeds \(o.seed)…\(o.seed &+ UInt64(o.samples - 1))), at most \(o.maxNewTokens) new tokens"
+    return BacktestResult(model: o.modelPath, versions: names2, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
+                          tags: tags, decoding: decoding, cost: total.reading(tokens: rows.reduce(0) { $0 + $1.cost.tokens }))
+}

@@ -1,0 +1,141 @@
+// What a piece of work cost: tokens processed, wall time, CPU-seconds, peak resident memory and
+// energy. Energy comes from the kernel's RAPL counters (/sys/class/powercap/intel-rapl:N, which
+// Linux also exposes on AMD CPUs) when they are readable, otherwise it is an estimate, CPU-seconds ×
+// a configurable power per busy core, and says so. train, eval, compare, backtest and serve report it.
+
+import Foundation
+
+/// The cost of one piece of work (a training run, an evaluation, one answer).
+public struct Cost: Codable, Equatable, Sendable {
+    /// Tokens processed (trained on, scored, or prompt + generated).
+    public var tokens: Int
+    public var wallSeconds: Double
+    /// User + system CPU time of this process.
+    public var cpuSeconds: Double
+    /// The process's peak resident set so far (VmHWM).
+    public var peakRSSBytes: Int
+    public var energyJoules: Double
+    /// "rapl": measured by the CPU package's RAPL counters (the whole package: every process on it);
+    /// "estimate": `cpuSeconds` × `wattsPerCore`.
+    public var energySource: String
+    /// The power per busy core an estimate used (nil when measured).
+    public var wattsPerCore: Double?
+
+    public init(tokens: Int, wallSeconds: Double, cpuSeconds: Double, peakRSSBytes: Int, energyJoules: Double,
+                energySource: String, wattsPerCore: Double?) {
+        (self.tokens, self.wallSeconds, self.cpuSeconds, self.peakRSSBytes) = (tokens, wallSeconds, cpuSeconds, peakRSSBytes)
+        (self.energyJoules, self.energySource, self.wattsPerCore) = (energyJoules, energySource, wattsPerCore)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case tokens, wallSeconds = "wall_s", cpuSeconds = "cpu_s", peakRSSBytes = "peak_rss_bytes"
+        case energyJoules = "energy_j", energySource = "energy_source", wattsPerCore = "watts_per_core"
+    }
+
+    public var isEstimate: Bool { energySource != "rapl" }
+    /// Joules per token (0 without tokens).
+    public var joulesPerToken: Double { tokens > 0 ? energyJoules / Double(tokens) : 0 }
+
+    /// How the energy figure was obtained, for reports.
+    public var energyNote: String {
+        isEstimate ? String(format: "estimate: CPU-seconds × %g W per busy core", wattsPerCore ?? 0)
+                   : "measured: RAPL counters of the CPU package (all processes on it)"
+    }
+
+    /// One line: "1,234 tokens · 3.2 s · 6.1 CPU-s · peak 812 MiB · ≈61 J (estimate: …)".
+    public var summary: String {
+        let energy = String(format: "%@%.1f J", isEstimate ? "≈" : "", energyJoules)
+        return "\(tokens) tokens · " + String(format: "%.2f s · %.2f CPU-s · peak %.0f MiB · ", wallSeconds, cpuSeconds,
+                                             Double(peakRSSBytes) / 1_048_576) + energy + " (\(energyNote))"
+    }
+
+    /// The sum of costs of parts of one run (the peak is the largest; the source is shared).
+    public static func total(_ parts: [Cost]) -> Cost? {
+        guard let first = parts.first else { return nil }
+        return parts.dropFirst().reduce(first) { a, b in
+            Cost(tokens: a.tokens + b.tokens, wallSeconds: a.wallSeconds + b.wallSeconds, cpuSeconds: a.cpuSeconds + b.cpuSeconds,
+                 peakRSSBytes: max(a.peakRSSBytes, b.peakRSSBytes), energyJoules: a.energyJoules + b.energyJoules,
+                 energySource: a.energySource == b.energySource ? a.energySource : "estimate", wattsPerCore: a.wattsPerCore ?? b.wattsPerCore)
+        }
+    }
+}
+
+/// Measures the cost of the work done between its creation (or `restart`) and `reading`.
+public final class CostMeter {
+    /// The default power per busy core for estimates: a rough figure for a server or desktop core
+    /// under load. Set it for your machine (`--watts-per-core`).
+    public static let defaultWattsPerCore = 10.0
+
+    /// One RAPL zone: a CPU package's energy counter (microjoules) and where it wraps.
+    struct Zone {
+        let energyPath: String
+        let maxRange: UInt64
+    }
+
+    public let wattsPerCore: Double
+    let zones: [Zone]
+    private var startWall = Date()
+    private var startCPU = 0.0
+    private var startEnergy: [UInt64] = []
+
+    /// - Parameters:
+    ///   - wattsPerCore: power per busy core used when the RAPL counters cannot be read.
+    ///   - powercapRoot: where the kernel's powercap zones are (tests point it at a fixture).
+    public init(wattsPerCore: Double = CostMeter.defaultWattsPerCore, powercapRoot: String = "/sys/class/powercap") {
+        self.wattsPerCore = wattsPerCore
+        zones = Self.packageZones(powercapRoot)
+        restart()
+    }
+
+    /// Whether energy is measured (RAPL readable) rather than estimated.
+    public var measuresEnergy: Bool { !zones.isEmpty }
+
+    /// Starts measuring anew from now.
+    public func restart() {
+        startWall = Date()
+        startCPU = Self.processCPUSeconds()
+        startEnergy = zones.map { Self.readCounter($0.energyPath) ?? 0 }
+    }
+
+    /// The cost since the start, with `tokens` processed.
+    public func reading(tokens: Int) -> Cost {
+        let wall = Date().timeIntervalSince(startWall)
+        let cpu = max(0, Self.processCPUSeconds() - startCPU)
+        var joules = 0.0, measured = !zones.isEmpty
+        for (z, start) in zip(zones, startEnergy) {
+            guard let now = Self.readCounter(z.energyPath) else { measured = false; break }
+            // The counter wraps at max_energy_range_uj.
+            let delta = now >= start ? now - start : now &+ (z.maxRange &- start)
+            joules += Double(delta) / 1e6
+        }
+        return Cost(tokens: tokens, wallSeconds: wall, cpuSeconds: cpu, peakRSSBytes: peakResidentBytes(),
+                    energyJoules: measured ? joules : cpu * wattsPerCore, energySource: measured ? "rapl" : "estimate",
+                    wattsPerCore: measured ? nil : wattsPerCore)
+    }
+
+    /// The package zones (`intel-rapl:N`, not their sub-zones, which the package already counts, nor
+    /// `psys`, which overlaps them) whose counters this process can read.
+    static func packageZones(_ root: String) -> [Zone] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        return names.sorted().compactMap { name -> Zone? in
+            let parts = name.split(separator: ":")
+            guard parts.count == 2, parts[0] == "intel-rapl", Int(parts[1]) != nil else { return nil }
+            let dir = root + "/" + name
+            let zoneName = (try? String(contentsOfFile: dir + "/name", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            guard zoneName != "psys", readCounter(dir + "/energy_uj") != nil else { return nil }
+            return Zone(energyPath: dir + "/energy_uj", maxRange: readCounter(dir + "/max_energy_range_uj") ?? UInt64.max)
+        }
+    }
+
+    static func readCounter(_ path: String) -> UInt64? {
+        guard let s = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        return UInt64(s.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// User + system CPU time of this process (all threads).
+    static func processCPUSeconds() -> Double {
+        var u = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
+        return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec) + Double(u.ru_stime.tv_usec) / 1e6
+    }
+}

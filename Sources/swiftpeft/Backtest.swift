@@ -1,0 +1,131 @@
+// `swiftpeft backtest`: the same prompts through the base and every adapter version, scored against
+// the expected answers, with a report folder and an optional gate for CI pipelines.
+import ArgumentParser
+import Foundation
+import SwiftPEFT
+
+struct Backtest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a prompt set through the base and adapter versions; score, compare and report (Markdown, JSONL, CSV, HTML).",
+        discussion: """
+        The prompts file is JSONL, one prompt per line:
+          {"id": "q1", "template": "Q: {question}\\nA:", "vars": {"question": "What is a list?"},
+           "expected": "An ordered, mutable sequence.", "tags": ["basics"]}
+        "template_file" (relative to the prompts file) or --template replace an inline template; "prompt"
+        gives literal text. For each prompt × version: the output (greedy, or --samples K seeded samples
+        with their agreement), the loss and perplexity of the expected answer given the prompt, exact
+        match, contains and ROUGE-L F1 against it, token counts, latency and cost (energy from RAPL when
+        readable, else CPU-seconds × --watts-per-core, marked as an estimate).
+
+        Writes the folder <out>/ (report.md, results.jsonl, results.csv, report.html), swapped in whole.
+        --fail-if-worse VERSION[:OTHER] exits with status 3 when VERSION scores below OTHER (default:
+        base) on --metric, so the command can gate a pipeline.
+
+        Examples:
+          swiftpeft backtest --model models/smollm2.gguf --adapters runs/lora/adapter.h5 --prompts data/faq-backtest.jsonl --out runs/backtest
+          swiftpeft backtest --model base.h5 --adapters v1=runs/v1/adapter.h5,v2=runs/v2/adapter.h5 --prompts p.jsonl --out bt --fail-if-worse v2:v1
+        """)
+
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Comma-separated adapters (SwiftPEFT .h5 or PEFT folders), each PATH or NAME=PATH.") var adapters: String = ""
+    @Option(help: "Prompts: JSONL with template/vars/expected/tags (see above).") var prompts: String
+    @Option(help: "Template file for lines that give none.") var template: String?
+    @Option(help: "Report folder.") var out: String
+    @Flag(help: "Leave the base out (by default it runs as the version \"base\").") var noBase = false
+    @Option(help: "New tokens at most per answer.") var maxTokens = 64
+    @Option(help: "Samples per prompt (1: greedy).") var samples = 1
+    @Option(help: "Sampling temperature when --samples > 1.") var temperature: Float = 0.8
+    @Option(help: "Seed of the first sample.") var seed: UInt64 = 0
+    @Option(help: "Cut each output before this text (repeatable); EOS always ends it.") var stop: [String] = []
+    @Option(help: "Metric for --fail-if-worse: \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")).") var metric = "rouge-l"
+    @Option(help: "VERSION or VERSION:OTHER: exit 3 when VERSION scores below OTHER (default base) on --metric.") var failIfWorse: String?
+    @Option(help: "Allowed drop before --fail-if-worse fails.") var tolerance: Double = 0
+    @Option(help: "Power per busy core for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
+
+    /// "runs/lora/adapter.h5" → "lora"; "peft/v2" → "v2"; "a.h5" → "a"; "name=path" → name.
+    static func versions(_ list: String) -> [(name: String, path: String)] {
+        list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.map { item in
+            if let eq = item.firstIndex(of: "="), !item[..<eq].contains("/") {
+                return (String(item[..<eq]), String(item[item.index(after: eq)...]))
+            }
+            let url = URL(fileURLWithPath: item)
+            let stem = url.deletingPathExtension().lastPathComponent
+            return (stem == "adapter" ? url.deletingLastPathComponent().lastPathComponent : stem, item)
+        }
+    }
+
+    func run() throws {
+        guard let metric = BacktestMetric(rawValue: metric) else {
+            throw CLIError("--metric must be one of \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")), got \(self.metric)")
+        }
+        guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
+        var defaultTemplate: String?
+        if let template {
+            guard let t = FileManager.default.contents(atPath: template).flatMap({ String(data: $0, encoding: .utf8) }) else {
+                throw CLIError("\(template): cannot read the template file")
+            }
+            defaultTemplate = t
+        }
+        var options = BacktestOptions(modelPath: model, adapters: Self.versions(adapters),
+                                      prompts: try loadBacktestPrompts(prompts, defaultTemplate: defaultTemplate))
+        options.includeBase = !noBase
+        (options.maxNewTokens, options.samples, options.temperature, options.seed) = (maxTokens, samples, temperature, seed)
+        options.stop = stop.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
+        options.wattsPerCore = wattsPerCore
+        // The gate names versions that must exist: checked before any work.
+        var gate: (String, String)?
+        if let f = failIfWorse {
+            let parts = f.split(separator: ":", maxSplits: 1).map(String.init)
+            let names = (noBase ? [] : ["base"]) + options.adapters.map(\.name)
+            let pair = (parts[0], parts.count > 1 ? parts[1] : "base")
+            for n in [pair.0, pair.1] where !names.contains(n) {
+                throw CLIError("--fail-if-worse names \"\(n)\", which is not a version of this run (versions: \(names.joined(separator: ", ")))")
+            }
+            gate = pair
+        }
+        let progress = CountProgress(label: "answers")
+        let result = try runBacktest(options) { done, total in progress.update(done, total) }
+        try writeBacktestReport(result, to: URL(fileURLWithPath: out))
+        print(renderBacktestTable(result.summaries), terminator: "")
+        print("cost: \(result.cost.summary)")
+        print("report: \(out)/report.md, report.html, results.jsonl, results.csv")
+        if let (a, b) = gate {
+            let va = result.summaries.first { $0.version == a }.flatMap(metric.value)
+            let vb = result.summaries.first { $0.version == b }.flatMap(metric.value)
+            guard let worse = result.isWorse(a, than: b, on: metric, tolerance: tolerance), let va, let vb else {
+                throw CLIError("--fail-if-worse: no \(metric.rawValue) score for \(a) or \(b) (do the prompts give \"expected\" answers?)")
+            }
+            let line = String(format: "%@ %@ %.4f vs %@ %.4f (%@ is better; tolerance %g)", metric.rawValue, a, va, b, vb,
+                              metric.higherIsBetter ? "higher" : "lower", tolerance)
+            if worse {
+                print("FAIL: \(a) is worse than \(b): \(line)")
+                throw ExitCode(3)
+            }
+            print("PASS: \(a) is not worse than \(b): \(line)")
+        }
+    }
+}
+
+/// A progress bar of done/total on a terminal; otherwise a line at every tenth and at the end.
+final class CountProgress {
+    let label: String
+    let start = Date()
+    let tty = isatty(STDOUT_FILENO) != 0
+    var lastTenth = -1
+    init(label: String) { self.label = label }
+
+    func update(_ done: Int, _ total: Int) {
+        let elapsed = Date().timeIntervalSince(start)
+        let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
+        let text = "\(label) \(done)/\(total)  ETA \(Progress.clock(eta))"
+        if tty {
+            let width = 24, filled = width * done / max(total, 1)
+            print("\r" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + " \(text)\u{1B}[K",
+                  terminator: done == total ? "\n" : "")
+            fflush(stdout)
+        } else if done * 10 / max(total, 1) > lastTenth || done == total {
+            lastTenth = done * 10 / max(total, 1)
+            print(text)
+        }
+    }
+}

@@ -1,0 +1,256 @@
+// Back-testing: templates and the prompts file (errors name file and line), the scores (ROUGE-L,
+// exact match, contains, word diff) on hand-computed cases, a run on a tiny model whose outputs equal
+// `generate` and whose loss equals one computed from the logits, samples and their agreement, the
+// report folder, and the cost meter (RAPL counters from a fixture folder, wrap-around included).
+
+import XCTest
+@testable import Training
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Formats
+import TestSupport
+
+final class BacktestTests: XCTestCase {
+    var dir: URL!
+    override func setUp() {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-backtest-\(UUID().uuidString)")
+        try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    func write(_ name: String, _ text: String) -> String {
+        let p = dir.appendingPathComponent(name).path
+        FileManager.default.createFile(atPath: p, contents: Data(text.utf8))
+        return p
+    }
+
+    // MARK: templates and prompts
+
+    func testTemplates() throws {
+        XCTAssertEqual(try renderTemplate("Q: {q}\nA: {{literal}} {'a': 1} {x_2}", ["q": "why?", "x_2": "7"], at: "t"),
+                       "Q: why?\nA: {literal} {'a': 1} 7")
+        XCTAssertThrowsError(try renderTemplate("{a} {b}", ["a": "1"], at: "p.jsonl:3")) {
+            XCTAssertTrue("\($0)".contains("p.jsonl:3") && "\($0)".contains("{b}"), "\($0)")
+        }
+        XCTAssertThrowsError(try renderTemplate("{a}", ["a": "1", "extra": "2"], at: "p.jsonl:4")) {
+            XCTAssertTrue("\($0)".contains("p.jsonl:4") && "\($0)".contains("\"extra\" is not used"), "\($0)")
+        }
+    }
+
+    func testPromptsFile() throws {
+        _ = write("faq.tmpl", "Question: {question}\nAnswer:")
+        let path = write("p.jsonl", """
+            {"id": "a", "template_file": "faq.tmpl", "vars": {"question": "What is 2+2?"}, "expected": "4", "tags": "math"}
+
+            {"prompt": "Hello", "tags": ["greet", "short"]}
+            {"vars": {"question": 7}}
+            """)
+        let ps = try loadBacktestPrompts(path, defaultTemplate: "Q{question}")
+        XCTAssertEqual(ps, [BacktestPrompt(id: "a", prompt: "Question: What is 2+2?\nAnswer:", expected: "4", tags: ["math"]),
+                            BacktestPrompt(id: "line 3", prompt: "Hello", expected: nil, tags: ["greet", "short"]),
+                            BacktestPrompt(id: "line 4", prompt: "Q7", expected: nil, tags: [])])
+        for (text, needle) in [(#"{"prompt": "x"}"# + "\n" + #"{"promt": "y"}"#, ":2: unknown field \"promt\""),
+                               (#"{"prompt": "x"}"# + "\n" + "{oops", ":2: not a JSON object"),
+                               (#"{"id": "x", "prompt": "a"}"# + "\n" + #"{"id": "x", "prompt": "b"}"#, ":2: the id \"x\" is used twice"),
+                               (#"{"template": "{a}"}"#, ":1: the template uses {a}"),
+                               (#"{"vars": {"a": 1}}"#, ":1: no template"),
+                               (#"{"prompt": "a", "template": "b"}"#, ":1: give one of"),
+                               (#"{"template_file": "missing.tmpl"}"#, ":1: cannot read the template file"),
+                               (#"{"prompt": "a", "tags": [1]}"#, ":1: \"tags\" must be strings"),
+                               ("\n\n", "no prompts")] {
+            let p = write("bad.jsonl", text)
+            XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
+        }
+    }
+
+    // MARK: scores
+
+    func testScores() {
+        // LCS "the cat on the mat" = 5 of 6 words each way: P = R = 5/6.
+        XCTAssertEqual(rougeL("The cat sat on the mat.", "the cat is on the mat"), 5.0 / 6.0, accuracy: 1e-12)
+        // P = 2/2, R = 2/4: F = 2·1·0.5 / 1.5.
+        XCTAssertEqual(rougeL("a list", "a list is mutable"), 2.0 / 3.0, accuracy: 1e-12)
+        XCTAssertEqual(rougeL("x y z", "X, Y; Z!"), 1)
+        XCTAssertEqual(rougeL("alpha", "beta"), 0)
+        XCTAssertEqual(rougeL("", "beta"), 0)
+        XCTAssertEqual(normalizedAnswer("  An  Ordered\nList "), "an ordered list")
+
+        for (old, new) in [("the cat sat on the mat", "the dog sat on a mat today"), ("", "new words"), ("old words", ""), ("a b a b", "b a b a")] {
+            let d = wordDiff(old, new)
+            let oldBack = d.compactMap { if case .same(let w) = $0 { return w }; if case .removed(let w) = $0 { return w }; return nil }
+            let newBack = d.compactMap { if case .same(let w) = $0 { return w }; if case .added(let w) = $0 { return w }; return nil }
+            XCTAssertEqual(oldBack, old.split(separator: " ").map(String.init))
+            XCTAssertEqual(newBack, new.split(separator: " ").map(String.init))
+            let kept = d.filter { if case .same = $0 { return true }; return false }.count
+            XCTAssertEqual(kept, lcsLength(old.split(separator: " ").map(String.init), new.split(separator: " ").map(String.init)),
+                           "the diff keeps a longest common subsequence")
+        }
+        XCTAssertEqual(wordDiff("the cat sat", "the dog sat"), [.same("the"), .added("dog"), .removed("cat"), .same("sat")])
+    }
+
+    // MARK: a run on a tiny model
+
+    /// A tiny LLaMA base with the GPT-2 fixture tokenizer, saved, and a LoRA adapter for it (B made non-zero).
+    func tinyBaseAndAdapter() throws -> (base: String, adapter: String, tokenizer: BPETokenizer) {
+        let tok = try BPETokenizer.load(json: Data(contentsOf: packageRoot().appendingPathComponent("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json")))
+        let config = ModelConfig.llama(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24)
+        let model = makeModel(config, seed: 5)
+        let base = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(model, tokenizerJSON: tok.tokenizerJSON(), to: base)
+        let lora = try LoRA(config: LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj", "v_proj"])))
+        try lora.attach(to: model)
+        var rng = RNG(seed: 9)
+        for (key, t) in lora.adapterParameters() where key.contains("lora_B") {
+            t.assign(Tensor.uniform(t.shape, low: -0.5, high: 0.5, rng: &rng))
+        }
+        let adapter = dir.appendingPathComponent("adapter.h5").path
+        try AdapterCheckpoint.save(lora, base: model, to: adapter)
+        return (base, adapter, tok)
+    }
+
+    func testRunMatchesGenerateAndTheLossFromLogits() throws {
+        let (base, adapter, tok) = try tinyBaseAndAdapter()
+        let prompts = [BacktestPrompt(id: "p1", prompt: "Hello there, how", expected: " are you today", tags: ["greet"]),
+                       BacktestPrompt(id: "p2", prompt: "The quick brown", expected: nil, tags: [])]
+        var o = BacktestOptions(modelPath: base, adapters: [("v1", adapter)], prompts: prompts)
+        o.maxNewTokens = 6
+        var seen: [(Int, Int)] = []
+        let r = try runBacktest(o) { seen.append(($0, $1)) }
+        XCTAssertEqual(seen.map(\.0), [1, 2, 3, 4])
+        XCTAssertEqual(r.versions, ["base", "v1"])
+        XCTAssertEqual(r.rows.map { "\($0.version)/\($0.promptID)" }, ["base/p1", "base/p2", "v1/p1", "v1/p2"])
+        XCTAssertNotEqual(r.rows[0].loss, r.rows[2].loss, "the adapter changes the model")
+
+        for version in ["base", "v1"] {
+            let model = try loadModel(base).model
+            if version == "v1" { _ = try loadAdapter(adapter, onto: model) }
+            for p in prompts {
+                let row = try XCTUnwrap(r.rows.first { $0.version == version && $0.promptID == p.id })
+                let ids = tok.encode(p.prompt)
+                let out = model.generate(ids, SamplingOptions(maxNewTokens: 6, stopTokens: tok.eosTokenID.map { [$0] } ?? []))
+                XCTAssertEqual(row.output, tok.decode(out.filter { $0 != tok.eosTokenID }), "\(version)/\(p.id)")
+                XCTAssertEqual(row.promptTokens, ids.count)
+                XCTAssertEqual(row.outputTokens, out.count)
+                guard let expected = p.expected else { XCTAssertNil(row.loss); XCTAssertNil(row.rougeL); continue }
+                // The loss from the logits: mean −log p(answer token | everything before it), EOS included.
+                let answer = tok.encode(expected) + [tok.eosTokenID!]
+                let seq = ids + answer
+                let logits = withNoGrad { model.forward(seq, batch: 1) }.toArray()  // (1, T, V)
+                let V = model.config.vocabSize
+                var nll = 0.0
+                for (k, target) in answer.enumerated() {
+                    let row = logits[(ids.count - 1 + k) * V..<(ids.count + k) * V].map(Double.init)
+                    let m = row.max()!
+                    nll += m + log(row.map { exp($0 - m) }.reduce(0, +)) - row[Int(target)]
+                }
+                XCTAssertEqual(row.loss!, nll / Double(answer.count), accuracy: 1e-4, "\(version)/\(p.id)")
+                XCTAssertEqual(row.perplexity!, exp(row.loss!), accuracy: 1e-9)
+                XCTAssertEqual(row.rougeL, rougeL(row.output, expected))
+                XCTAssertEqual(row.cost.tokens, seq.count + ids.count + out.count, "scored tokens + prompt + output")
+                XCTAssertGreaterThan(row.cost.wallSeconds, 0)
+            }
+        }
+        XCTAssertEqual(r.summaries.map(\.prompts), [2, 2])
+        XCTAssertEqual(r.summaries.map(\.scored), [1, 1])
+        XCTAssertEqual(r.summaries[1].loss, r.rows[2].loss, "means over the scored prompts only")
+        XCTAssertEqual(r.tags, ["greet"])
+        XCTAssertEqual(r.tagSummaries["greet"]?.map(\.prompts), [1, 1])
+
+        // Samples: K outputs, the most common one as the output, its share as the agreement; the same seed repeats them.
+        o.samples = 4
+        o.temperature = 1.5
+        let s1 = try runBacktest(o), s2 = try runBacktest(o)
+        XCTAssertEqual(s1.rows.map(\.samples), s2.rows.map(\.samples), "seeded")
+        for row in s1.rows {
+            let samples = try XCTUnwrap(row.samples)
+            XCTAssertEqual(samples.count, 4)
+            let mode = samples.filter { $0 == row.output }.count
+            XCTAssertEqual(row.agreement, Double(mode) / 4)
+            XCTAssertTrue(samples.allSatisfy { x in samples.filter { $0 == x }.count <= mode })
+        }
+
+        // Gates and mistakes.
+        XCTAssertEqual(r.isWorse("v1", than: "base", on: .loss), r.rows[2].loss! > r.rows[0].loss!)
+        XCTAssertNil(r.isWorse("v1", than: "nope", on: .loss))
+        o.samples = 2
+        o.temperature = 0
+        XCTAssertThrowsError(try runBacktest(o)) { XCTAssertTrue("\($0)".contains("--temperature"), "\($0)") }
+        o.samples = 1
+        o.adapters = [("base", adapter)]
+        XCTAssertThrowsError(try runBacktest(o)) { XCTAssertTrue("\($0)".contains("\"base\" is used twice"), "\($0)") }
+    }
+
+    func testReportFolder() throws {
+        let cost = Cost(tokens: 10, wallSeconds: 0.5, cpuSeconds: 1, peakRSSBytes: 1 << 20, energyJoules: 10, energySource: "estimate", wattsPerCore: 10)
+        func row(_ v: String, _ out: String) -> BacktestRow {
+            BacktestRow(promptID: "q<1>", version: v, tags: ["t"], prompt: "Q: a & b?", expected: "the cat sat", output: out, samples: nil,
+                        agreement: 1, loss: 1.5, perplexity: exp(1.5), exactMatch: 0, contains: 0, rougeL: rougeL(out, "the cat sat"),
+                        promptTokens: 4, outputTokens: 3, latencyMs: 12, cost: cost)
+        }
+        let rows = [row("base", "the cat sat"), row("v1", "the dog sat, \"quoted\"")]
+        let r = BacktestResult(model: "m.h5", versions: ["base", "v1"], rows: rows,
+                               summaries: [VersionSummary.of([rows[0]], version: "base"), VersionSummary.of([rows[1]], version: "v1")],
+                               tagSummaries: ["t": [VersionSummary.of([rows[0]], version: "base"), VersionSummary.of([rows[1]], version: "v1")]],
+                               tags: ["t"], decoding: "greedy", cost: cost)
+        let out = dir.appendingPathComponent("report")
+        let files = try writeBacktestReport(r, to: out)
+        XCTAssertEqual(files.map(\.lastPathComponent), backtestReportFiles)
+        let html = try String(contentsOf: out.appendingPathComponent("report.html"), encoding: .utf8)
+        XCTAssertTrue(html.contains("<ins>dog</ins>") && html.contains("<del>cat</del>"), "the word diff against the base")
+        XCTAssertTrue(html.contains("q&lt;1&gt;") && html.contains("Q: a &amp; b?") && !html.contains("<1>"), "escaped")
+        XCTAssertFalse(html.contains("http://") || html.contains("https://") || html.contains("<script src"), "self-contained")
+        let jsonl = try String(contentsOf: out.appendingPathComponent("results.jsonl"), encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(try jsonl.map { try JSONDecoder().decode(BacktestRow.self, from: Data($0.utf8)) }, rows)
+        let csv = try String(contentsOf: out.appendingPathComponent("results.csv"), encoding: .utf8)
+        XCTAssertEqual(csv.split(separator: "\n").count, 3)
+        XCTAssertTrue(csv.contains("\"the dog sat, \"\"quoted\"\"\""), csv)
+        let md = try String(contentsOf: out.appendingPathComponent("report.md"), encoding: .utf8)
+        XCTAssertTrue(md.contains("## Versions") && md.contains("### t") && md.contains("| v1 | 1 |") && md.contains("estimate"), md)
+    }
+
+    // MARK: cost
+
+    func testCostMeterReadsRAPLAndEstimatesWithout() throws {
+        let root = dir.appendingPathComponent("powercap")
+        func zone(_ name: String, _ label: String, _ energy: UInt64, max: UInt64 = 1_000_000_000) throws {
+            let z = root.appendingPathComponent(name)
+            try FileManager.default.createDirectory(at: z, withIntermediateDirectories: true)
+            try label.write(to: z.appendingPathComponent("name"), atomically: true, encoding: .utf8)
+            try "\(energy)\n".write(to: z.appendingPathComponent("energy_uj"), atomically: true, encoding: .utf8)
+            try "\(max)\n".write(to: z.appendingPathComponent("max_energy_range_uj"), atomically: true, encoding: .utf8)
+        }
+        try zone("intel-rapl:0", "package-0", 999_000_000)        // wraps at 1e9 µJ
+        try zone("intel-rapl:0:0", "core", 5)                      // a sub-zone: counted in its package
+        try zone("intel-rapl:1", "psys", 7)                        // the platform: overlaps the packages
+        try zone("intel-rapl:2", "package-1", 100)
+        let meter = CostMeter(wattsPerCore: 10, powercapRoot: root.path)
+        XCTAssertTrue(meter.measuresEnergy)
+        XCTAssertEqual(meter.zones.map { URL(fileURLWithPath: $0.energyPath).deletingLastPathComponent().lastPathComponent }, ["intel-rapl:0", "intel-rapl:2"])
+        try zone("intel-rapl:0", "package-0", 2_000_000)           // +3 J across the wrap
+        try zone("intel-rapl:2", "package-1", 1_500_100)           // +1.5 J
+        try zone("intel-rapl:0:0", "core", 900_000_000)
+        let c = meter.reading(tokens: 30)
+        XCTAssertEqual(c.energySource, "rapl")
+        XCTAssertEqual(c.energyJoules, 4.5, accuracy: 1e-9)
+        XCTAssertNil(c.wattsPerCore)
+        XCTAssertEqual(c.joulesPerToken, 0.15, accuracy: 1e-9)
+
+        let none = CostMeter(wattsPerCore: 12.5, powercapRoot: dir.appendingPathComponent("nothing").path)
+        XCTAssertFalse(none.measuresEnergy)
+        var x = 0.0
+        for i in 0..<3_000_000 { x += sin(Double(i)) }  // some CPU time
+        let e = none.reading(tokens: 0)
+        XCTAssertEqual(e.energySource, "estimate")
+        XCTAssertEqual(e.energyJoules, e.cpuSeconds * 12.5, accuracy: 1e-12)
+        XCTAssertGreaterThan(e.cpuSeconds, 0, "\(x)")
+        XCTAssertTrue(e.summary.contains("estimate") && e.summary.contains("12.5 W"), e.summary)
+        XCTAssertGreaterThan(e.peakRSSBytes, 1 << 20)
+        let both = try XCTUnwrap(Cost.total([c, e]))
+        XCTAssertEqual(both.tokens, 30)
+        XCTAssertEqual(both.energySource, "estimate", "a total with an estimated part is an estimate")
+    }
+}
