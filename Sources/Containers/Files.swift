@@ -30,7 +30,7 @@ func createParentFolder(of path: String) throws {
 /// Renames the finished temporary file `tmp` over `path` durably: fsync the file, rename it, fsync
 /// the folder. On failure the temporary is removed and `path` is left as it was; `error` builds the
 /// format's error from a sentence.
-func commitTemporary(_ tmp: String, to path: String, error: (String) -> Error) throws {
+public func commitTemporary(_ tmp: String, to path: String, error: (String) -> Error) throws {
     let fd = open(tmp, O_RDONLY)
     if fd < 0 || fsync(fd) != 0 {
         let reason = String(cString: strerror(errno))

@@ -34,6 +34,8 @@ public struct MethodResult: Codable, Equatable, Sendable {
     public var trainSeconds: Double
     public var tokensPerSecond: Double
     public var peakMemoryBytes: Int
+    /// The method's run: CPU-seconds and energy (measured or estimated) among others.
+    public var cost: Cost?
     public var finalTrainLoss: Double
     public var finalValLoss: Double
     public var perplexity: Double
@@ -43,7 +45,7 @@ public struct MethodResult: Codable, Equatable, Sendable {
     public var trainCurve: [CurvePoint]?
 
     public init(method: String, trainableParams: Int, percentOfBase: Double, adapterBytes: Int,
-                trainSeconds: Double, tokensPerSecond: Double, peakMemoryBytes: Int,
+                trainSeconds: Double, tokensPerSecond: Double, peakMemoryBytes: Int, cost: Cost? = nil,
                 finalTrainLoss: Double, finalValLoss: Double, perplexity: Double,
                 curve: [CurvePoint], trainCurve: [CurvePoint]? = nil) {
         self.method = method
@@ -53,6 +55,7 @@ public struct MethodResult: Codable, Equatable, Sendable {
         self.trainSeconds = trainSeconds
         self.tokensPerSecond = tokensPerSecond
         self.peakMemoryBytes = peakMemoryBytes
+        self.cost = cost
         self.finalTrainLoss = finalTrainLoss
         self.finalValLoss = finalValLoss
         self.perplexity = perplexity
@@ -136,6 +139,7 @@ private let reportColumns: [ReportColumn] = [
     ReportColumn(title: "Train time", right: true) { durationText($0.trainSeconds) },
     ReportColumn(title: "Tokens/s", right: true) { rateText($0.tokensPerSecond) },
     ReportColumn(title: "Peak mem", right: true) { fixed(Double($0.peakMemoryBytes) / (1024 * 1024), 1) + " MB" },
+    ReportColumn(title: "Energy", right: true) { r in r.cost.map { ($0.isEstimate ? "≈" : "") + fixed($0.energyJoules, 1) + " J" } ?? "–" },
     ReportColumn(title: "Train loss", right: true) { fixed($0.finalTrainLoss, 4) },
     ReportColumn(title: "Val loss", right: true) { fixed($0.finalValLoss, 4) },
     ReportColumn(title: "Perplexity", right: true) { fixed($0.perplexity, 2) },
@@ -180,7 +184,7 @@ public func renderMarkdown(_ results: [MethodResult]) -> String {
 /// The CSV header: snake_case names of the raw fields, in table order.
 public let compareCSVHeader = ["method", "trainable_params", "percent_of_base", "adapter_bytes", "train_seconds",
                                "tokens_per_second", "peak_memory_bytes", "final_train_loss", "final_val_loss",
-                               "perplexity"]
+                               "perplexity", "cpu_seconds", "energy_joules", "energy_source"]
 
 /// CSV (RFC 4180): a header, one row per method, CRLF line ends. Numbers are raw (bytes, seconds,
 /// the shortest decimal that round-trips; `nan` / `inf` for non-finite); a field holding `,`, `"`,
@@ -194,7 +198,8 @@ public func renderCSV(_ results: [MethodResult]) -> String {
     for r in results {
         let fields: [String] = [r.method, "\(r.trainableParams)", "\(r.percentOfBase)", "\(r.adapterBytes)",
                                 "\(r.trainSeconds)", "\(r.tokensPerSecond)", "\(r.peakMemoryBytes)",
-                                "\(r.finalTrainLoss)", "\(r.finalValLoss)", "\(r.perplexity)"]
+                                "\(r.finalTrainLoss)", "\(r.finalValLoss)", "\(r.perplexity)",
+                                r.cost.map { "\($0.cpuSeconds)" } ?? "", r.cost.map { "\($0.energyJoules)" } ?? "", r.cost?.energySource ?? ""]
         lines.append(fields.map(quote).joined(separator: ","))
     }
     return lines.joined(separator: "\r\n") + "\r\n"
@@ -441,6 +446,7 @@ public func writeCompareReport(_ results: [MethodResult], to dir: URL, title: St
     var md = "# \(markdownEscape(title))\n\n" + renderMarkdown(results) + "\n![validation loss](val_loss.svg)\n\n"
     md += "Raw numbers: [results.csv](results.csv), [results.json](results.json) (with the loss curves).\n"
     md += "Adapter size counts the saved adapter tensors; peak memory is the process's peak resident set.\n"
+    if let c = results.compactMap(\.cost).first { md += "Energy: \(c.energyNote) (≈ marks an estimate).\n" }
     let note = setup.trimmingCharacters(in: .whitespacesAndNewlines)
     if !note.isEmpty { md += "\n## Setup\n\n\(note)\n" }
     let contents = [Data(md.utf8), Data(renderCSV(results).utf8), try encodeCompareResults(results),

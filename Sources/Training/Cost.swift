@@ -4,6 +4,7 @@
 // a configurable power per busy core, and says so. train, eval, compare, backtest and serve report it.
 
 import Foundation
+import Containers
 
 /// The cost of one piece of work (a training run, an evaluation, one answer).
 public struct Cost: Codable, Equatable, Sendable {
@@ -138,4 +139,18 @@ public final class CostMeter {
         getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
         return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec) + Double(u.ru_stime.tv_usec) / 1e6
     }
+}
+
+/// Writes `cost` as a JSON object (its fields, plus "command") to `url`, atomically.
+public func writeCostFile(_ cost: Cost, command: String, to url: URL) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    var obj = (try JSONSerialization.jsonObject(with: e.encode(cost))) as? [String: Any] ?? [:]
+    obj["command"] = command
+    let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+    let tmp = url.path + ".tmp-\(getpid())"
+    do { try data.write(to: URL(fileURLWithPath: tmp)) } catch {
+        throw CheckpointError(path: url.path, message: "cannot write the cost file: \((error as NSError).localizedDescription)")
+    }
+    try commitTemporary(tmp, to: url.path) { CheckpointError(path: url.path, message: $0) }
 }

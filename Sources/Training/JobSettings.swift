@@ -19,7 +19,7 @@ extension TrainJob {
         "model", "data", "out", "method", "methods", "adapter", "method-config",
         "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip", "skip-nonfinite",
         "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
-        "eval-every", "save-every", "log-every", "seed",
+        "eval-every", "save-every", "log-every", "seed", "watts-per-core",
     ]
 
     /// Builds a job from `settings` (flag name → value: Swift values or parsed JSON). Method options
@@ -57,6 +57,10 @@ extension TrainJob {
         if let v = try s.double("momentum") { trainer.momentum = Float(v) }
         if let v = try s.double("adam-beta2") { trainer.adamBeta2 = Float(v) }
         if let v = try s.int("skip-nonfinite") { trainer.skipNonFinite = v }
+        if let v = try s.double("watts-per-core") {
+            guard v.isFinite && v >= 0 else { throw TrainingError(message: "--watts-per-core must be 0 or more, got \(v)") }
+            wattsPerCore = v
+        }
         if let v = try s.double("clip") { trainer.clip = Float(v) }
         if let v = try s.int("grad-accumulation") { trainer.gradAccumulation = v }
         if let v = try s.int("eval-every") { trainer.evalEvery = v }

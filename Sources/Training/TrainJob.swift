@@ -32,6 +32,8 @@ public struct TrainJob {
     public var epochs: Double?
     /// Validation rows scored at each evaluation (nil: all).
     public var evalRows: Int? = 64
+    /// Power per busy core for the energy estimate when RAPL counters cannot be read.
+    public var wattsPerCore = CostMeter.defaultWattsPerCore
     public init(modelPath: String, dataPath: String, outDir: String) {
         self.modelPath = modelPath
         self.dataPath = dataPath
@@ -55,6 +57,8 @@ public struct TrainOutcome {
     public var seconds: Double
     public var tokensPerSecond: Double
     public var history: [StepMetrics]
+    /// The whole run's cost (loading included; tokens: those trained on). Also in <out>/cost.json.
+    public var cost: Cost
 }
 
 /// Checks a training job without writing anything: loads the base and the data, builds and
@@ -75,6 +79,7 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
 
 private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (String) -> Void = { _ in },
                          onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome? {
+    let meter = CostMeter(wattsPerCore: job.wattsPerCore)
     let base = try loadModel(job.modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
@@ -161,9 +166,12 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     }
     let bytes = (try? fm.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0
     let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
+    let cost = meter.reading(tokens: trainer.tokensTrained)
+    try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json"))
     return TrainOutcome(method: job.method, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.history.last?.valLoss, finalTrainLoss: trainer.history.last?.loss ?? .nan,
-                        savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history)
+                        savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
+                        cost: cost)
 }
 
 /// Keeps the lines of `metrics.jsonl` up to `step` (a killed run may have logged steps after its last
@@ -190,7 +198,8 @@ func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws 
 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
-                    packing: Bool = true) throws -> Evaluation {
+                    packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore) throws -> (evaluation: Evaluation, cost: Cost) {
+    let meter = CostMeter(wattsPerCore: wattsPerCore)
     guard batch >= 1 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batch)") }
     guard seqLen >= 2 else { throw TrainingError(message: "--seq-len must be at least 2, got \(seqLen)") }
     let base = try loadModel(modelPath)
@@ -199,7 +208,8 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
     if let adapterPath { try loadAdapter(adapterPath, onto: model) }
     try checkSequenceLength(model, seqLen, what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
-    return evaluate(model, on: splits.train, batch: batch)
+    let e = evaluate(model, on: splits.train, batch: batch)
+    return (e, meter.reading(tokens: e.tokens))
 }
 
 /// Trains each method of `methods` with the same job settings (out: <outDir>/<method>) and writes
@@ -231,7 +241,7 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
         results.append(MethodResult(
             method: m, trainableParams: o.report.trainable, percentOfBase: 100 * Double(o.report.trainable) / Double(o.baseParameters),
             adapterBytes: o.savedBytes, trainSeconds: o.seconds, tokensPerSecond: o.tokensPerSecond,
-            peakMemoryBytes: peakResidentBytes(), finalTrainLoss: o.finalTrainLoss, finalValLoss: o.valLossAfter ?? .nan,
+            peakMemoryBytes: peakResidentBytes(), cost: o.cost, finalTrainLoss: o.finalTrainLoss, finalValLoss: o.valLossAfter ?? .nan,
             perplexity: Foundation.exp(o.valLossAfter ?? .nan), curve: first + curve,
             trainCurve: o.history.map { CurvePoint(step: $0.step, loss: $0.loss) }))
     }

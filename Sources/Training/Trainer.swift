@@ -149,6 +149,8 @@ public final class Trainer {
     public var onSkip: ((Int, String) -> Void)?
     /// Steps skipped so far for a non-finite loss or gradient.
     public private(set) var skippedSteps = 0
+    /// Tokens of the micro-batches trained on by this object (a resumed run counts from its resume).
+    public private(set) var tokensTrained = 0
     /// Where metrics lines go (one JSON object per line), if anywhere.
     public var metricsURL: URL?
     /// Checkpoint file written every `saveEvery` steps and at the end.
@@ -222,6 +224,7 @@ public final class Trainer {
                 optimizer.zeroGrad()
             }
             step += 1
+            tokensTrained += tokens
             let now = Date()
             var m = StepMetrics(step: step, loss: lossSum / Double(options.gradAccumulation), valLoss: nil, lr: Double(lr),
                                 gradNorm: Double(norm), tokensPerSecond: Double(tokens) / max(now.timeIntervalSince(lastTime), 1e-9),

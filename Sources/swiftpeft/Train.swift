@@ -37,6 +37,8 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "PEFT-style method config JSON (adapter_config.json fields); method options given as flags or config keys win.")
     var methodConfig: String?
     @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read (default \(Int(CostMeter.defaultWattsPerCore))).")
+    var wattsPerCore: Double?
     /// The method options (`--r 8`, `--use-dora`, …), parsed against the registry.
     @Argument(parsing: .allUnrecognized, help: .hidden) var methodArguments: [String] = []
 
@@ -48,7 +50,7 @@ struct CommonTrainOptions: ParsableArguments {
             ("momentum", momentum), ("adam-beta2", adamBeta2), ("clip", clip), ("skip-nonfinite", skipNonfinite), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
             ("seq-len", seqLen), ("packing", packing), ("val-fraction", valFraction), ("val-data", valData),
             ("eval-every", evalEvery), ("save-every", saveEvery), ("log-every", logEvery), ("method-config", methodConfig),
-            ("seed", seed),
+            ("seed", seed), ("watts-per-core", wattsPerCore),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { k, v in v.map { (k, $0) } })
     }
@@ -188,6 +190,7 @@ struct Train: ParsableCommand {
         if let a = o.valLossAfter { print(String(format: "validation loss after:  %.4f (perplexity %.2f)", a, exp(a))) }
         print(String(format: "trained in %.1f s (%.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
                      formatBytes(o.savedBytes)))
+        print("cost: \(o.cost.summary); \(job.outDir)/cost.json")
     }
 }
 
@@ -205,15 +208,20 @@ struct Eval: ParsableCommand {
     @Option(help: "Data file or folder.") var data: String
     @Option(help: "Tokens per sequence.") var seqLen = 256
     @Option(help: "Sequences per batch.") var batchSize = 8
-    @Flag(help: "Print one JSON object {loss, perplexity, tokens}.") var json = false
+    @Flag(help: "Print one JSON object {loss, perplexity, tokens, cost}.") var json = false
+    @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
 
     func run() throws {
-        let e = try runEval(modelPath: model, adapterPath: adapter, dataPath: data, seqLen: seqLen, batch: batchSize)
+        guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
+        let (e, cost) = try runEval(modelPath: model, adapterPath: adapter, dataPath: data, seqLen: seqLen, batch: batchSize,
+                                    wattsPerCore: wattsPerCore)
         if json {
-            let obj: [String: Any] = ["loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens]
+            let costObject = try JSONSerialization.jsonObject(with: JSONEncoder().encode(cost))
+            let obj: [String: Any] = ["loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens, "cost": costObject]
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print(String(format: "loss %.4f  perplexity %.3f  tokens %d", e.loss, e.perplexity, e.tokens))
+            print("cost: \(cost.summary)")
         }
     }
 }

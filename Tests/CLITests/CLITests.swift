@@ -223,7 +223,7 @@ final class CLITests: XCTestCase {
             XCTFail("eval --json should print {loss, perplexity, tokens}:\n\(r.transcript)", file: file, line: line)
             throw CLIError(description: "bad eval output")
         }
-        XCTAssertEqual(Set(o.keys), ["loss", "perplexity", "tokens"], file: file, line: line)
+        XCTAssertEqual(Set(o.keys), ["loss", "perplexity", "tokens", "cost"], file: file, line: line)
         return (loss, ppl, tokens)
     }
 
@@ -519,6 +519,93 @@ final class CLITests: XCTestCase {
         let plain = try ok(["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4"])
         XCTAssertTrue(plain.stdout.hasPrefix("loss "), plain.transcript)
         XCTAssertTrue(plain.stdout.contains("perplexity") && plain.stdout.contains("tokens \(base.tokens)"), plain.transcript)
+    }
+
+    /// Cost accounting: train writes cost.json and prints it, eval --json carries it, compare's
+    /// results.json has one per method; the energy is an estimate here (no RAPL), labelled so.
+    func testTrainEvalAndCompareReportTheirCost() throws {
+        let out = fx.path("runs/cost")
+        let r = try ok(trainArgs(out: out, steps: 3) + ["--watts-per-core", "7"])
+        let cost = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/cost.json"))) as? [String: Any])
+        XCTAssertEqual(cost["command"] as? String, "train")
+        XCTAssertEqual(cost["tokens"] as? Int, 3 * 4 * 32, "steps × batch × seq-len tokens trained on")
+        let source = try XCTUnwrap(cost["energy_source"] as? String)
+        XCTAssertTrue(["rapl", "estimate"].contains(source))
+        if source == "estimate" {
+            XCTAssertEqual(cost["watts_per_core"] as? Double, 7)
+            XCTAssertEqual(try XCTUnwrap(cost["energy_j"] as? Double), try XCTUnwrap(cost["cpu_s"] as? Double) * 7, accuracy: 1e-9)
+        }
+        XCTAssertGreaterThan(try XCTUnwrap(cost["peak_rss_bytes"] as? Int), 1 << 20)
+        XCTAssertTrue(r.stdout.contains("cost: 384 tokens") && r.stdout.contains("\(out)/cost.json"), r.transcript)
+
+        let e = try ok(["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4", "--json"])
+        let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any])
+        let ec = try XCTUnwrap(obj["cost"] as? [String: Any])
+        XCTAssertEqual(ec["tokens"] as? Int, obj["tokens"] as? Int)
+        XCTAssertNotNil(ec["energy_j"] as? Double)
+
+        let cmp = fx.path("runs/cost-compare")
+        _ = try ok(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,ia3", "--steps", "2", "--seq-len", "32",
+                    "--batch-size", "4", "--out", cmp])
+        let results = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: cmp + "/report/results.json")))
+        XCTAssertEqual(results.map { $0.cost?.tokens }, [2 * 4 * 32, 2 * 4 * 32])
+        let md = try String(contentsOfFile: cmp + "/report/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("| Energy |") && md.contains("Energy: "), md)
+    }
+
+    /// backtest: base and adapter side by side on prompts made from a template; the adapter's greedy
+    /// outputs are `generate`'s; the gate exits 3 when a version is worse; mistakes write nothing.
+    func testBacktestComparesVersionsAndGates() throws {
+        let adapter = try loraAdapter()  // shared-lora/adapter.h5: the version "shared-lora"
+        let prompts = fx.path("backtest.jsonl")
+        var lines: [String] = []
+        for (i, a) in CLIFixtures.animals.prefix(4).enumerated() {
+            let obj: [String: Any] = ["id": "eat-\(a)", "template": "Q: What does the {animal} eat?\nA:", "vars": ["animal": a],
+                                      "expected": " The \(a) eats \(CLIFixtures.foods[(i * 6) % 8]).", "tags": [i % 2 == 0 ? "even" : "odd"]]
+            lines.append(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: prompts, atomically: true, encoding: .utf8)
+        let out = fx.path("runs/backtest")
+        let r = try ok(["backtest", "--model", fx.base, "--adapters", adapter, "--prompts", prompts, "--out", out, "--max-tokens", "8"])
+        for f in ["report.md", "report.html", "results.jsonl", "results.csv"] { assertFile(out + "/" + f) }
+        XCTAssertTrue(r.stdout.contains("| base | 4 |") && r.stdout.contains("| shared-lora | 4 |") && r.stdout.contains("cost: "), r.transcript)
+        XCTAssertTrue(r.stdout.contains("answers 8/8"), "progress:\n\(r.transcript)")
+        let rows = try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n").map {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        }
+        XCTAssertEqual(rows.count, 8)
+        for row in rows.filter({ $0["version"] as? String == "shared-lora" }).prefix(2) {
+            let prompt = try XCTUnwrap(row["prompt"] as? String), output = try XCTUnwrap(row["output"] as? String)
+            let g = try ok(["generate", "--model", fx.base, "--adapter", adapter, "--prompt", prompt, "--max-tokens", "8"])
+            XCTAssertTrue(g.stdout.hasPrefix(prompt + output), "backtest output \(output.debugDescription) vs generate:\n\(g.stdout)")
+            XCTAssertNotNil(row["loss"] as? Double)
+            XCTAssertNotNil(row["rouge_l"] as? Double)
+            XCTAssertNotNil((row["cost"] as? [String: Any])?["energy_j"])
+        }
+        let html = try String(contentsOfFile: out + "/report.html", encoding: .utf8)
+        XCTAssertTrue(html.contains("data-version=\"shared-lora\"") && html.contains("eat-cat"), String(html.prefix(500)))
+        let md = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("### even") && md.contains("### odd"), md)
+
+        // The adapter was trained on these answers: its loss is lower, so the base is worse on loss.
+        let gate = ["backtest", "--model", fx.base, "--adapters", "v1=" + adapter, "--prompts", prompts, "--out", fx.path("runs/bt-gate"),
+                    "--max-tokens", "2", "--metric", "loss"]
+        let worse = try run(gate + ["--fail-if-worse", "base:v1"])
+        XCTAssertEqual(worse.status, 3, worse.transcript)
+        XCTAssertTrue(worse.stdout.contains("FAIL: base is worse than v1"), worse.transcript)
+        let better = try ok(gate + ["--fail-if-worse", "v1"])
+        XCTAssertTrue(better.stdout.contains("PASS: v1 is not worse than base"), better.transcript)
+
+        // Mistakes: named, nothing written.
+        let none = fx.path("runs/bt-none")
+        _ = try fails(["backtest", "--model", fx.base, "--adapters", adapter, "--prompts", prompts, "--out", none, "--fail-if-worse", "v9"],
+                      mentioning: ["\"v9\"", "shared-lora"])
+        _ = try fails(["backtest", "--model", fx.otherBase, "--adapters", adapter, "--prompts", prompts, "--out", none],
+                      mentioning: ["another base model"])
+        _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.jsonl, "--out", none], mentioning: [fx.jsonl + ":1", "unknown field"])
+        _ = try fails(["backtest", "--model", fx.base, "--prompts", prompts, "--out", none, "--samples", "3", "--temperature", "0"],
+                      mentioning: ["--temperature"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: none))
     }
 
     func testGeneratePrintsThePromptsContinuation() throws {

@@ -173,6 +173,7 @@ final class ExtraMethodTests: XCTestCase {
             "warmup": "2", "optimizer": "sgd", "weight-decay": "0.1", "momentum": "0.8", "adam-beta2": "0.95", "clip": "2", "skip-nonfinite": "3",
             "batch-size": "4", "grad-accumulation": "2", "seq-len": "16", "packing": "false", "val-fraction": "0.2",
             "val-data": "v.jsonl", "eval-every": "5", "save-every": "6", "log-every": "7", "method-config": "{}", "seed": "9",
+            "watts-per-core": "6.5",
         ]
         let options = try CommonTrainOptions.parse(values.flatMap { ["--" + $0.key, $0.value] })
         XCTAssertEqual(Set(options.given.keys), Set(values.keys), "every flag is reported under its long name")
@@ -187,6 +188,7 @@ final class ExtraMethodTests: XCTestCase {
         XCTAssertEqual(job.data.seqLen, 16)
         XCTAssertEqual(job.data.packing, false)
         XCTAssertEqual(job.epochs, 1.5)
+        XCTAssertEqual(job.wattsPerCore, 6.5)
     }
 
     /// A new adapter's PEFT config may not carry a field the method lacks (a typo would be silently

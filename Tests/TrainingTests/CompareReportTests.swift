@@ -68,11 +68,11 @@ final class CompareReportTests: XCTestCase {
         let md = renderMarkdown(results)
         let lines = md.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.count, 2 + results.count)
-        XCTAssertEqual(lines[1], "| :--- |" + String(repeating: " ---: |", count: 9))
+        XCTAssertEqual(lines[1], "| :--- |" + String(repeating: " ---: |", count: 10))
         for line in lines {
             XCTAssertTrue(line.hasPrefix("| ") && line.hasSuffix(" |"), line)
-            // 11 unescaped pipes = 10 columns.
-            XCTAssertEqual(line.replacingOccurrences(of: "\\|", with: "").filter { $0 == "|" }.count, 11, line)
+            // 12 unescaped pipes = 11 columns.
+            XCTAssertEqual(line.replacingOccurrences(of: "\\|", with: "").filter { $0 == "|" }.count, 12, line)
         }
         XCTAssertTrue(lines[2].hasPrefix("| lo\\|ra | 1,234,567 | 0.0625% | 12.0 KB |"), lines[2])
     }
@@ -109,7 +109,7 @@ final class CompareReportTests: XCTestCase {
         XCTAssertEqual(rows.count, 1 + results.count)
         XCTAssertEqual(rows[0], compareCSVHeader)
         for (row, r) in zip(rows.dropFirst(), results) {
-            XCTAssertEqual(row.count, 10)
+            XCTAssertEqual(row.count, 13)
             XCTAssertEqual(row[0], r.method)
             XCTAssertEqual(Int(row[1]), r.trainableParams)
             XCTAssertEqual(Double(row[2]), r.percentOfBase)
@@ -122,6 +122,10 @@ final class CompareReportTests: XCTestCase {
         }
         XCTAssertEqual(Double(rows[1][8]), 2.25)
         XCTAssertEqual(rows[2][8], "nan")
+        // Cost columns: empty without a cost, raw numbers and the source with one.
+        XCTAssertEqual(Array(rows[1].suffix(3)), ["", "", ""])
+        results[0].cost = Cost(tokens: 5, wallSeconds: 1, cpuSeconds: 1.5, peakRSSBytes: 1, energyJoules: 15, energySource: "estimate", wattsPerCore: 10)
+        XCTAssertEqual(Array(Self.parseCSV(renderCSV(results))[1].suffix(3)), ["1.5", "15.0", "estimate"])
     }
 
     func testJSONRoundTripsIncludingNonFiniteValues() throws {
