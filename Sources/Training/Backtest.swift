@@ -70,6 +70,8 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 /// - `"vars"`: the variables' values (strings or numbers);
 /// - optionally `"id"`, `"expected"` (the answer the output is scored against) and `"tags"`
 ///   (a string or a list of strings).
+/// A training file's `{"prompt", "completion"}` lines serve as they are: the completion is the
+/// expected answer.
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) throws -> [BacktestPrompt] {
     guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
@@ -78,7 +80,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
-    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "tags"]
+    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags"]
     for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
         let at = "\(path):\(n + 1)"
         guard !line.allSatisfy(\.isWhitespace) else { continue }
@@ -138,7 +140,8 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         }
         let id = try string("id") ?? "line \(n + 1)"
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
-        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: try string("expected"), tags: tags))
+        guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
+        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: try string("expected") ?? string("completion"), tags: tags))
     }
     guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line)") }
     return prompts

@@ -602,7 +602,7 @@ final class CLITests: XCTestCase {
                       mentioning: ["\"v9\"", "shared-lora"])
         _ = try fails(["backtest", "--model", fx.otherBase, "--adapters", adapter, "--prompts", prompts, "--out", none],
                       mentioning: ["another base model"])
-        _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.jsonl, "--out", none], mentioning: [fx.jsonl + ":1", "unknown field"])
+        _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.text, "--out", none], mentioning: [fx.text + ":1", "not a JSON object"])
         _ = try fails(["backtest", "--model", fx.base, "--prompts", prompts, "--out", none, "--samples", "3", "--temperature", "0"],
                       mentioning: ["--temperature"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: none))

@@ -48,11 +48,13 @@ final class BacktestTests: XCTestCase {
 
             {"prompt": "Hello", "tags": ["greet", "short"]}
             {"vars": {"question": 7}}
+            {"prompt": "Question: Why?\\nAnswer:", "completion": " Because."}
             """)
         let ps = try loadBacktestPrompts(path, defaultTemplate: "Q{question}")
         XCTAssertEqual(ps, [BacktestPrompt(id: "a", prompt: "Question: What is 2+2?\nAnswer:", expected: "4", tags: ["math"]),
                             BacktestPrompt(id: "line 3", prompt: "Hello", expected: nil, tags: ["greet", "short"]),
-                            BacktestPrompt(id: "line 4", prompt: "Q7", expected: nil, tags: [])])
+                            BacktestPrompt(id: "line 4", prompt: "Q7", expected: nil, tags: []),
+                            BacktestPrompt(id: "line 5", prompt: "Question: Why?\nAnswer:", expected: " Because.", tags: [])])
         for (text, needle) in [(#"{"prompt": "x"}"# + "\n" + #"{"promt": "y"}"#, ":2: unknown field \"promt\""),
                                (#"{"prompt": "x"}"# + "\n" + "{oops", ":2: not a JSON object"),
                                (#"{"id": "x", "prompt": "a"}"# + "\n" + #"{"id": "x", "prompt": "b"}"#, ":2: the id \"x\" is used twice"),
