@@ -1,6 +1,7 @@
 // swift-tools-version:5.10
 // SwiftPEFT: parameter-efficient fine-tuning of decoder-only language models on the CPU.
 // Layers point one way: TensorCore → NN → Models → PEFT → Formats → Training → SwiftPEFT → swiftpeft (CLI);
+// Serving (Training + Hummingbird) feeds the CLI's `serve`;
 // Tokenizers stand alone and Containers (tensor files) need only TensorCore; both feed Formats.
 import Foundation
 import PackageDescription
@@ -29,11 +30,15 @@ let package = Package(
         .library(name: "Containers", targets: ["Containers"]),
         .library(name: "Formats", targets: ["Formats"]),
         .library(name: "Training", targets: ["Training"]),
+        .library(name: "Serving", targets: ["Serving"]),
         .executable(name: "swiftpeft", targets: ["swiftpeft"]),
         .executable(name: "tensor-bench", targets: ["tensor-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // The HTTP server of `swiftpeft serve` (OpenAI-compatible API, Prometheus metrics).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // System libraries: OpenBLAS (cblas.h; LAPACK's routines, which OpenBLAS bundles) and HDF5
@@ -54,9 +59,12 @@ let package = Package(
         .target(name: "Formats", dependencies: ["PEFT", "Tokenizers", "Containers"]),
         .target(name: "Training", dependencies: ["Formats"]),
         .target(name: "SwiftPEFT", dependencies: ["Training"]),
+        // Serving: base + adapters behind an OpenAI-compatible HTTP API, batching requests across adapters.
+        .target(name: "Serving", dependencies: ["Training", .product(name: "Hummingbird", package: "hummingbird"),
+                                                .product(name: "Prometheus", package: "swift-prometheus")]),
         .executableTarget(
             name: "swiftpeft",
-            dependencies: ["SwiftPEFT", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["SwiftPEFT", "Serving", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"]),
         .executableTarget(name: "tokenizer-bench", dependencies: ["Tokenizers"]),
         // A seeded mutation fuzzer for every reader (scripts/reliability runs it).

@@ -9,11 +9,15 @@ public protocol LinearHook: AnyObject {
     /// Transforms the output given the (hooked) input and the base output: LoRA adds B·A·x,
     /// IA3 scales.
     func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor
+    /// The rows of the batch (the input's first axis) the hook applies to; nil: every row. Lets
+    /// several adapters serve one batch, each on its own rows (inference only).
+    var rows: Range<Int>? { get }
 }
 
 extension LinearHook {
     public func input(_ x: Tensor, layer: Linear) -> Tensor { x }
     public func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor { y }
+    public var rows: Range<Int>? { nil }
 }
 
 /// y = x Wᵀ + b, weight (out, in); or, with `fanInFanOut` (GPT-2's Conv1D), y = x W + b, weight (in, out).
@@ -49,10 +53,37 @@ public final class Linear: Module {
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         if hooks.isEmpty { return base(x) }
+        if hooks.contains(where: { $0.rows != nil }) { return rowScoped(x) }
         var h = x
         for hook in hooks { h = hook.input(h, layer: self) }
         var y = base(h)
         for hook in hooks { y = hook.output(y, input: h, layer: self) }
+        return y
+    }
+
+    /// Hooks limited to rows of the batch: each transforms its rows' slice, written back in place
+    /// (into a copy of the input, and into the fresh output), so no graph is recorded.
+    private func rowScoped(_ x: Tensor) -> Tensor {
+        check(!Autograd.isRecording, "[Linear] adapters limited to batch rows (serving) run under withNoGrad only")
+        var h = x, ownInput = false
+        for hook in hooks {
+            guard let r = hook.rows else { h = hook.input(h, layer: self); ownInput = false; continue }
+            guard !r.isEmpty else { continue }
+            let view = h.slice(axis: 0, r.lowerBound, r.upperBound)  // (rows, …)
+            let part = hook.input(view, layer: self)
+            if part !== view {
+                if !ownInput { h = h.copy(); ownInput = true }
+                h.slice(axis: 0, r.lowerBound, r.upperBound).assign(part)
+            }
+        }
+        var y = base(h)
+        for hook in hooks {
+            guard let r = hook.rows else { y = hook.output(y, input: h, layer: self); continue }
+            guard !r.isEmpty else { continue }
+            let view = y.slice(axis: 0, r.lowerBound, r.upperBound)  // (rows, …, out)
+            let part = hook.output(view, input: h.slice(axis: 0, r.lowerBound, r.upperBound), layer: self)
+            if part !== view { view.assign(part) }
+        }
         return y
     }
 

@@ -89,6 +89,7 @@ public final class IA3Layer: FoldableLinearHook {
     }
 
     var active: Bool { owner.isEnabled && premerge == nil }
+    public var rows: Range<Int>? { owner.rows }
 
     /// Feed-forward: x ⊙ l, (…, in) ⊙ (in).
     public func input(_ x: Tensor, layer: Linear) -> Tensor {
@@ -135,11 +136,12 @@ public final class IA3Layer: FoldableLinearHook {
 final class IA3State {
     let config: IA3Config
     var isEnabled = true
+    var rows: Range<Int>?
     init(config: IA3Config) { self.config = config }
 }
 
 /// An IA3 adapter. Trainable: Σ out_features (non-ff layers) + Σ in_features (ff layers).
-public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod {
+public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod, RowScopedPEFTMethod {
     public static let peftType = "IA3"
 
     /// IA3 as the registry, the CLI and the PEFT folder code see it.
@@ -159,6 +161,10 @@ public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod {
     public var isEnabled: Bool {
         get { state.isEnabled }
         set { state.isEnabled = newValue }
+    }
+    public var batchRows: Range<Int>? {
+        get { state.rows }
+        set { state.rows = newValue }
     }
     /// The adapted layers.
     public var layers: [(module: String, linear: Linear, ia3: IA3Layer)] { hooked.map { ($0.module, $0.linear, $0.hook) } }

@@ -160,6 +160,8 @@ public final class LoRALayer: FoldableLinearHook {
     /// ‖W + Δ‖ over the input axis: (out).
     static func rowNorm(_ w: Tensor, delta: Tensor) -> Tensor { (w + delta).pow(2).sum(axes: [1]).sqrt() }
 
+    public var rows: Range<Int>? { owner.rows }
+
     public func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor {
         guard owner.isEnabled && premerge == nil else { return y }
         var xd = x
@@ -212,6 +214,7 @@ public final class LoRALayer: FoldableLinearHook {
 final class LoRAState {
     let config: LoRAConfig
     var isEnabled = true
+    var rows: Range<Int>?
     /// DoRA's row norm carries no gradient (PEFT and the DoRA paper, §4.3). Off only in the
     /// gradient check, which needs the exact derivative of the forward function.
     var doraDetachNorm = true
@@ -225,7 +228,7 @@ final class LoRAState {
 }
 
 /// A LoRA (or DoRA) adapter.
-public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod {
+public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowScopedPEFTMethod {
     public static let peftType = "LORA"
 
     /// LoRA as the registry, the CLI and the PEFT folder code see it.
@@ -270,6 +273,10 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod {
     public var isEnabled: Bool {
         get { state.isEnabled }
         set { state.isEnabled = newValue }
+    }
+    public var batchRows: Range<Int>? {
+        get { state.rows }
+        set { state.rows = newValue }
     }
     /// The adapted layers.
     public var layers: [(module: String, linear: Linear, lora: LoRALayer)] { hooked.map { ($0.module, $0.linear, $0.hook) } }

@@ -64,6 +64,14 @@ extension PEFTMethod {
     }
 }
 
+/// A method whose hooks can act on some rows of a batch only, so that several adapters serve one
+/// batch of requests, each on its own rows (inference, under `withNoGrad`).
+public protocol RowScopedPEFTMethod: PEFTMethod {
+    /// The batch rows (the first axis of every adapted layer's input) the adapter applies to; nil:
+    /// every row.
+    var batchRows: Range<Int>? { get set }
+}
+
 /// Makes the adapter called `name` the only active one among `adapters` (PEFT's `set_adapter`);
 /// nil disables them all, so the model computes its base function.
 public func setActiveAdapter(_ name: String?, in adapters: [PEFTMethod]) throws {

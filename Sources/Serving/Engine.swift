@@ -1,0 +1,335 @@
+// The serving engine: one base model with several adapters resident at once, and a worker thread
+// that decodes waiting requests together in one batch. LoRA, DoRA and IA3 adapters stay attached and
+// act on their own rows of the batch (RowScopedPEFTMethod), so requests for different adapters share
+// every base GEMM, as vLLM and S-LoRA do; prompt, P-Tuning, prefix and bottleneck adapters change
+// the whole model (their prefix slots or block hooks) and are batched with requests for the same
+// adapter only, attached for their batch. Rows are left-padded and masked; RoPE attention depends
+// only on relative positions, so padding leaves the result as it was (learned absolute positions,
+// GPT-2, are batched only with prompts of the same length).
+
+import Foundation
+import TensorCore
+import Models
+import Tokenizers
+import PEFT
+import Formats
+import Training
+
+/// One completion as the engine decodes it.
+public struct GenerationRequest: Sendable {
+    /// The base's name or an adapter's.
+    public var model: String
+    public var prompt: [Int32]
+    public var maxTokens: Int
+    /// 0: greedy.
+    public var temperature: Float = 0
+    public var topP: Float = 1
+    public var seed: UInt64 = 0
+    /// The text is cut before the first of these (EOS always ends it).
+    public var stop: [String] = []
+
+    public init(model: String, prompt: [Int32], maxTokens: Int) {
+        (self.model, self.prompt, self.maxTokens) = (model, prompt, maxTokens)
+    }
+}
+
+/// What a request receives: text as it is decoded, then a summary (or a failure).
+public enum GenerationEvent: Sendable {
+    case text(String)
+    case done(GenerationSummary)
+    case failed(String)
+}
+
+/// How a request ended and what it cost.
+public struct GenerationSummary: Sendable {
+    public var text: String
+    public var promptTokens: Int
+    public var completionTokens: Int
+    /// "stop" (EOS or a stop text) or "length".
+    public var finishReason: String
+    public var queueSeconds: Double
+    public var latencySeconds: Double
+    /// Rows decoded together with this one (itself included).
+    public var batchSize: Int
+    /// This request's share of its batch's CPU time and energy (by tokens), its own wall time.
+    public var cost: Cost
+}
+
+/// A request the engine cannot take: an unknown model, a full queue, a prompt too long.
+public struct ServingError: Error, CustomStringConvertible {
+    public enum Kind: Sendable { case invalidRequest, unknownModel, busy, shuttingDown }
+    public let kind: Kind
+    public let message: String
+    public init(_ kind: Kind, _ message: String) { (self.kind, self.message) = (kind, message) }
+    public var description: String { message }
+}
+
+/// One base model, its resident adapters and the batching worker.
+public final class ServingEngine: @unchecked Sendable {
+    public let model: CausalLM
+    public let tokenizer: Tokenizer
+    /// The name requests use for the base alone.
+    public let baseName: String
+    /// Rows decoded together at most.
+    public let maxBatch: Int
+    /// Requests waiting at most; more are refused (`busy`).
+    public let maxQueue: Int
+    /// Prompt + completion tokens at most per request.
+    public let contextLength: Int
+    public let wattsPerCore: Double
+    /// Called after every request (metrics), on the worker thread.
+    public var onFinished: ((String, GenerationSummary) -> Void)?
+
+    struct Adapter {
+        let method: PEFTMethod
+        let path: String
+        /// Kept attached and limited to its rows; otherwise attached for its own batches only.
+        var rowScoped: Bool { method is RowScopedPEFTMethod }
+    }
+
+    final class Job {
+        let id: Int
+        let request: GenerationRequest
+        let continuation: AsyncStream<GenerationEvent>.Continuation
+        let enqueued = Date()
+        init(id: Int, request: GenerationRequest, continuation: AsyncStream<GenerationEvent>.Continuation) {
+            (self.id, self.request, self.continuation) = (id, request, continuation)
+        }
+    }
+
+    private let queueLock = NSCondition()
+    private var pending: [Job] = []
+    private var nextID = 0
+    private var stopping = false
+    private var worker: Thread?
+    /// Held while the model runs a batch or an adapter is loaded or unloaded.
+    private let modelLock = NSLock()
+    private var adapters: [String: Adapter] = [:]
+    private var adapterOrder: [String] = []
+
+    /// Loads the base (SwiftPEFT .h5, GGUF or Hugging Face folder) and starts the worker.
+    public init(modelPath: String, baseName: String? = nil, maxBatch: Int = 8, maxQueue: Int = 64,
+                contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore) throws {
+        let loaded = try loadModel(modelPath)
+        guard let tok = loaded.tokenizer else { throw ServingError(.invalidRequest, "\(modelPath): holds no tokenizer; it cannot be served") }
+        guard maxBatch >= 1, maxQueue >= 1 else { throw ServingError(.invalidRequest, "--max-batch and --max-queue must be at least 1") }
+        model = loaded.model
+        model.eval()
+        tokenizer = tok
+        self.baseName = baseName ?? URL(fileURLWithPath: modelPath).deletingPathExtension().lastPathComponent
+        self.maxBatch = maxBatch
+        self.maxQueue = maxQueue
+        self.contextLength = min(contextLength ?? model.config.maxPositions, model.config.maxPositions)
+        self.wattsPerCore = wattsPerCore
+        let t = Thread { [unowned self] in self.work() }
+        t.name = "swiftpeft-engine"
+        t.stackSize = 16 << 20
+        worker = t
+        t.start()
+    }
+
+    /// The base's name, then the adapters' in the order they were loaded.
+    public var modelNames: [String] {
+        modelLock.lock(); defer { modelLock.unlock() }
+        return [baseName] + adapterOrder
+    }
+
+    /// The adapter's path and method type, for listings.
+    public func adapterInfo(_ name: String) -> (path: String, peftType: String)? {
+        modelLock.lock(); defer { modelLock.unlock() }
+        return adapters[name].map { ($0.path, type(of: $0.method).peftType) }
+    }
+
+    /// Loads an adapter (SwiftPEFT .h5 or PEFT folder) under `name`; it must fit the base. Waits for
+    /// the running batch.
+    public func loadAdapter(name: String, path: String) throws {
+        guard !name.isEmpty, name != baseName else { throw ServingError(.invalidRequest, "the adapter name \"\(name)\" is empty or the base's") }
+        modelLock.lock(); defer { modelLock.unlock() }
+        guard adapters[name] == nil else { throw ServingError(.invalidRequest, "an adapter named \"\(name)\" is already loaded; unload it first") }
+        let method = try Formats.loadAdapter(path, onto: model)  // checks the base
+        if var scoped = method as? RowScopedPEFTMethod {
+            scoped.isEnabled = false  // on for its own rows only, per batch
+            scoped.batchRows = nil
+        } else {
+            method.detach(from: model)  // attached again for its own batches
+        }
+        adapters[name] = Adapter(method: method, path: path)
+        adapterOrder.append(name)
+    }
+
+    /// Unloads the adapter `name`. Waits for the running batch.
+    public func unloadAdapter(name: String) throws {
+        modelLock.lock(); defer { modelLock.unlock() }
+        guard let a = adapters.removeValue(forKey: name) else {
+            throw ServingError(.unknownModel, "no adapter named \"\(name)\" is loaded; loaded: \(adapterOrder.joined(separator: ", "))")
+        }
+        adapterOrder.removeAll { $0 == name }
+        if a.rowScoped { a.method.detach(from: model) }
+    }
+
+    /// Queues a request; its events arrive on the returned stream.
+    public func submit(_ request: GenerationRequest) throws -> AsyncStream<GenerationEvent> {
+        guard request.model == baseName || adapterInfo(request.model) != nil else {
+            throw ServingError(.unknownModel, "the model \"\(request.model)\" does not exist; models: \(modelNames.joined(separator: ", "))")
+        }
+        guard !request.prompt.isEmpty else { throw ServingError(.invalidRequest, "the prompt is empty") }
+        guard request.maxTokens >= 1 else { throw ServingError(.invalidRequest, "max_tokens must be at least 1, got \(request.maxTokens)") }
+        guard request.prompt.count + request.maxTokens <= contextLength else {
+            throw ServingError(.invalidRequest, "the prompt has \(request.prompt.count) tokens and max_tokens is \(request.maxTokens): more than the context length \(contextLength)")
+        }
+        var continuation: AsyncStream<GenerationEvent>.Continuation!
+        let stream = AsyncStream<GenerationEvent> { continuation = $0 }
+        queueLock.lock(); defer { queueLock.unlock() }
+        guard !stopping else { throw ServingError(.shuttingDown, "the server is shutting down") }
+        guard pending.count < maxQueue else { throw ServingError(.busy, "\(pending.count) requests are waiting (--max-queue \(maxQueue)); try again later") }
+        nextID += 1
+        pending.append(Job(id: nextID, request: request, continuation: continuation))
+        queueLock.signal()
+        return stream
+    }
+
+    /// Requests waiting for a batch.
+    public var queued: Int { queueLock.lock(); defer { queueLock.unlock() }; return pending.count }
+
+    /// Finishes the running batch and the queued requests, then stops the worker.
+    public func shutdown() {
+        queueLock.lock()
+        stopping = true
+        queueLock.broadcast()
+        queueLock.unlock()
+        while worker?.isFinished == false { usleep(5_000) }
+    }
+
+    // MARK: the worker
+
+    private func work() {
+        while true {
+            queueLock.lock()
+            while pending.isEmpty && !stopping { queueLock.wait() }
+            if pending.isEmpty { queueLock.unlock(); return }
+            let batch = takeBatch()
+            queueLock.unlock()
+            modelLock.lock()
+            run(batch)
+            modelLock.unlock()
+        }
+    }
+
+    /// The oldest request and the waiting ones that can share its batch (under queueLock).
+    private func takeBatch() -> [Job] {
+        let first = pending[0]
+        modelLock.lock()
+        let scoped = { (name: String) in name == self.baseName || self.adapters[name]?.rowScoped == true }
+        modelLock.unlock()
+        let learned = model.config.positions == .learned
+        var taken: [Job] = [], rest: [Job] = []
+        for j in pending {
+            let fits = taken.count < maxBatch
+                && (scoped(first.request.model) ? scoped(j.request.model) : j.request.model == first.request.model)
+                && (!learned || j.request.prompt.count == first.request.prompt.count)
+            if fits { taken.append(j) } else { rest.append(j) }
+        }
+        pending = rest
+        return taken
+    }
+
+    /// Decodes `jobs` together until each has finished (under modelLock).
+    private func run(_ jobs: [Job]) {
+        // Rows grouped by model, so each row-scoped adapter owns one range of rows.
+        let rows = jobs.sorted { ($0.request.model == baseName ? "" : $0.request.model, $0.id) < ($1.request.model == baseName ? "" : $1.request.model, $1.id) }
+        let B = rows.count
+        var attached: PEFTMethod?
+        defer {
+            for a in adapters.values { if var s = a.method as? RowScopedPEFTMethod { s.isEnabled = false; s.batchRows = nil } }
+            attached?.detach(from: model)
+        }
+        for (name, a) in adapters {
+            guard var s = a.method as? RowScopedPEFTMethod else { continue }
+            let mine = rows.indices.filter { rows[$0].request.model == name }
+            s.batchRows = mine.isEmpty ? 0..<0 : mine.first!..<(mine.last! + 1)
+            s.isEnabled = !mine.isEmpty
+        }
+        if let name = rows.first?.request.model, let a = adapters[name], !a.rowScoped {
+            do { attached = try Formats.loadAdapter(a.path, onto: model) } catch {
+                for j in rows { j.continuation.yield(.failed("cannot attach the adapter \(name): \(error)")); j.continuation.finish() }
+                return
+            }
+        }
+        let meter = CostMeter(wattsPerCore: wattsPerCore)
+        let started = Date()
+        let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
+        let P = rows.map(\.request.prompt.count).max()!
+        let room = max(1, contextLength - extra - P)
+        let steps = min(room, rows.map(\.request.maxTokens).max()!)
+        let pad = tokenizer.padTokenID ?? tokenizer.eosTokenID ?? 0
+        var ids = [Int32](repeating: pad, count: B * P), mask = [Float](repeating: 0, count: B * P)
+        for (b, j) in rows.enumerated() {
+            let p = j.request.prompt
+            for (t, id) in p.enumerated() { ids[b * P + P - p.count + t] = id; mask[b * P + P - p.count + t] = 1 }
+        }
+        let eos = tokenizer.eosTokenID
+        var generated = [[Int32]](repeating: [], count: B)
+        var texts = [String](repeating: "", count: B), sent = [Int](repeating: 0, count: B)
+        var finish = [String?](repeating: nil, count: B)
+        var rngs = rows.map { RNG(seed: $0.request.seed) }
+        let V = model.config.vocabSize
+        withNoGrad {
+            let cache = KVCache(config: model.config, batch: B, capacity: extra + P + steps)
+            var logits = model.forward(ids, batch: B, attentionMask: mask.allSatisfy { $0 == 1 } ? nil : mask, cache: cache).toArray()
+            var positions = P  // positions per row in `logits`
+            for _ in 0..<steps {
+                var next = [Int32](repeating: pad, count: B)
+                for b in 0..<B where finish[b] == nil {
+                    let r = rows[b].request
+                    let row = Array(logits[((b + 1) * positions - 1) * V..<((b + 1) * positions) * V])
+                    let token = Int32(sampleToken(row, SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP), &rngs[b]))
+                    next[b] = token
+                    if token == eos { finish[b] = "stop"; continue }
+                    generated[b].append(token)
+                    var text = tokenizer.decode(generated[b])
+                    if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {
+                        text = String(text[..<cut])
+                        finish[b] = "stop"
+                    } else if generated[b].count >= r.maxTokens || generated[b].count >= room {
+                        finish[b] = "length"
+                    }
+                    texts[b] = text
+                    // Send what is final: not a half-decoded character, not the start of a possible stop text.
+                    var safe = text.count
+                    if finish[b] == nil {
+                        if text.last == "\u{FFFD}" { safe = 0 }
+                        for s in r.stop where !s.isEmpty {
+                            for k in stride(from: min(s.count - 1, text.count), to: 0, by: -1) where text.hasSuffix(String(s.prefix(k))) {
+                                safe = min(safe, text.count - k)
+                                break
+                            }
+                        }
+                    }
+                    if safe > sent[b] {
+                        rows[b].continuation.yield(.text(String(text.dropFirst(sent[b]).prefix(safe - sent[b]))))
+                        sent[b] = safe
+                    }
+                }
+                if finish.allSatisfy({ $0 != nil }) { break }
+                logits = model.forward(next, batch: B, cache: cache).toArray()  // (B, 1, V)
+                positions = 1
+            }
+        }
+        let cost = meter.reading(tokens: rows.reduce(0) { $0 + $1.request.prompt.count } + generated.reduce(0) { $0 + $1.count })
+        for (b, j) in rows.enumerated() {
+            if sent[b] < texts[b].count { j.continuation.yield(.text(String(texts[b].dropFirst(sent[b])))) }
+            let tokens = j.request.prompt.count + generated[b].count
+            let share = Double(tokens) / Double(max(1, cost.tokens))
+            let summary = GenerationSummary(
+                text: texts[b], promptTokens: j.request.prompt.count, completionTokens: generated[b].count,
+                finishReason: finish[b] ?? "length", queueSeconds: started.timeIntervalSince(j.enqueued),
+                latencySeconds: Date().timeIntervalSince(j.enqueued), batchSize: B,
+                cost: Cost(tokens: tokens, wallSeconds: Date().timeIntervalSince(j.enqueued), cpuSeconds: cost.cpuSeconds * share,
+                           peakRSSBytes: cost.peakRSSBytes, energyJoules: cost.energyJoules * share, energySource: cost.energySource,
+                           wattsPerCore: cost.wattsPerCore))
+            onFinished?(j.request.model, summary)
+            j.continuation.yield(.done(summary))
+            j.continuation.finish()
+        }
+    }
+}

@@ -1,0 +1,113 @@
+// The prompt lab: the page `serve` answers at `/`. A person writes a prompt template with {variables},
+// fills them, runs it on the base and the chosen adapters side by side (streamed from
+// /v1/completions), sees tokens, latency and cost per answer, and saves the prompts tried as the
+// JSONL that `swiftpeft backtest` reads. One self-contained page: no outside resources.
+
+let promptLabPage = #"""
+<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>SwiftPEFT prompt lab</title>
+<style>
+body{font:14px/1.45 system-ui,sans-serif;margin:20px;color:#1d2330;background:#fafbfc}
+h1{font-size:19px;margin:0 0 12px}label{font-weight:600;display:block;margin:10px 0 4px}
+textarea,input{font:13px ui-monospace,monospace;width:100%;box-sizing:border-box;border:1px solid #c9ced8;border-radius:4px;padding:6px}
+#vars .var{display:grid;grid-template-columns:140px 1fr;gap:8px;margin:4px 0;align-items:center}
+#models label{display:inline-block;font-weight:normal;margin-right:14px}
+button{font:14px system-ui;padding:6px 14px;margin:10px 8px 0 0;border:1px solid #8792a8;border-radius:4px;background:#fff;cursor:pointer}
+#answers{display:grid;gap:10px;margin-top:14px}
+.answer{background:#fff;border:1px solid #d5d9e0;border-radius:6px;padding:10px}
+.answer h3{margin:0 0 6px;font-size:14px}.answer pre{white-space:pre-wrap;margin:0;font:13px/1.4 ui-monospace,monospace;min-height:1.4em}
+.meta{color:#5b6475;font-size:12px;margin-top:6px}#saved{color:#5b6475;font-size:12px}
+</style></head><body>
+<h1>SwiftPEFT prompt lab</h1>
+<label for="template">Prompt template ({name} is a variable)</label>
+<textarea id="template" rows="4">Question: {question}
+Answer:</textarea>
+<div id="vars"></div>
+<label for="expected">Expected answer (optional, saved with the prompt)</label>
+<input id="expected" type="text">
+<label>Models</label><div id="models"></div>
+<label for="maxTokens">Max tokens</label><input id="maxTokens" type="number" value="48" min="1" style="width:120px">
+<div><button id="run">Run side by side</button><button id="save">Save prompt set (JSONL)</button><span id="saved"></span></div>
+<div id="answers"></div>
+<script>
+const $ = id => document.getElementById(id);
+const tried = [];
+function variables() {
+  const names = [...$("template").value.matchAll(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g)].map(m => m[1]);
+  return [...new Set(names)];
+}
+function drawVars() {
+  const box = $("vars"), old = {};
+  box.querySelectorAll("input").forEach(i => old[i.dataset.name] = i.value);
+  box.innerHTML = "";
+  for (const n of variables()) {
+    const row = document.createElement("div"); row.className = "var";
+    const l = document.createElement("span"); l.textContent = n;
+    const i = document.createElement("input"); i.dataset.name = n; i.value = old[n] ?? "";
+    i.setAttribute("aria-label", n);
+    row.append(l, i); box.append(row);
+  }
+}
+function values() { const v = {}; $("vars").querySelectorAll("input").forEach(i => v[i.dataset.name] = i.value); return v; }
+function render(t, v) { return t.replace(/\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (m, n) => m === "{{" ? "{" : m === "}}" ? "}" : (v[n] ?? m)); }
+async function loadModels() {
+  const r = await fetch("/v1/models"); const j = await r.json();
+  $("models").innerHTML = "";
+  for (const m of j.data) {
+    const l = document.createElement("label"); const c = document.createElement("input");
+    c.type = "checkbox"; c.value = m.id; c.checked = true; c.style.width = "auto";
+    l.append(c, " " + m.id + (m.peft_type ? " (" + m.peft_type + ")" : " (base)")); $("models").append(l);
+  }
+}
+async function runOne(model, prompt, card) {
+  const out = card.querySelector("pre"), meta = card.querySelector(".meta");
+  const t0 = performance.now();
+  const r = await fetch("/v1/completions", {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model, prompt, max_tokens: +$("maxTokens").value, stream: true})});
+  if (!r.ok) { const e = await r.json(); out.textContent = "error: " + e.error.message; return; }
+  const reader = r.body.getReader(), dec = new TextDecoder(); let buf = "", first = null;
+  for (;;) {
+    const {value, done} = await reader.read(); if (done) break;
+    buf += dec.decode(value, {stream: true});
+    let k;
+    while ((k = buf.indexOf("\n\n")) >= 0) {
+      const line = buf.slice(0, k).replace(/^data: /, ""); buf = buf.slice(k + 2);
+      if (line === "[DONE]") continue;
+      const ev = JSON.parse(line); const c = ev.choices && ev.choices[0];
+      if (c && c.text) { first = first ?? performance.now(); out.textContent += c.text; }
+      if (ev.usage) {
+        const cost = ev.swiftpeft_cost;
+        meta.textContent = `${ev.usage.prompt_tokens} + ${ev.usage.completion_tokens} tokens · ` +
+          `${Math.round(performance.now() - t0)} ms (first token ${Math.round((first ?? performance.now()) - t0)} ms) · ` +
+          `${cost.energy_source === "rapl" ? "" : "≈"}${cost.energy_j.toFixed(2)} J · batch ${cost.batch_size} · ${c.finish_reason}`;
+        card.dataset.done = "1";
+      }
+    }
+  }
+}
+async function run() {
+  const v = values(), prompt = render($("template").value, v);
+  const models = [...$("models").querySelectorAll("input:checked")].map(c => c.value);
+  const box = $("answers"); box.innerHTML = ""; box.style.gridTemplateColumns = `repeat(${Math.max(1, models.length)}, minmax(0, 1fr))`;
+  const cards = models.map(m => {
+    const d = document.createElement("div"); d.className = "answer"; d.dataset.model = m;
+    d.innerHTML = "<h3></h3><pre></pre><div class=meta>running…</div>"; d.querySelector("h3").textContent = m;
+    box.append(d); return d;
+  });
+  const line = {template: $("template").value, vars: v, tags: ["prompt-lab"]};
+  if ($("expected").value) line.expected = $("expected").value;
+  tried.push(line);
+  await Promise.all(models.map((m, i) => runOne(m, prompt, cards[i])));
+}
+function save() {
+  const text = tried.map(l => JSON.stringify(l)).join("\n") + "\n";
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text], {type: "application/jsonl"})); a.download = "prompts.jsonl"; a.click();
+  $("saved").textContent = `${tried.length} prompt(s) saved as prompts.jsonl (swiftpeft backtest --prompts prompts.jsonl)`;
+}
+$("template").addEventListener("input", drawVars);
+$("run").addEventListener("click", run);
+$("save").addEventListener("click", save);
+drawVars(); loadModels();
+</script></body></html>
+"""#

@@ -1,0 +1,310 @@
+// `swiftpeft serve`: the engine behind an OpenAI-compatible HTTP API on Hummingbird.
+//   POST /v1/completions, POST /v1/chat/completions (ChatML; "stream": true as server-sent events)
+//   GET  /v1/models                        the base and every loaded adapter
+//   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   {"lora_name", "lora_path"}, as vLLM names them
+//   GET  /metrics (Prometheus text), GET /health, GET / (the prompt lab page)
+// Every error is a 4xx/5xx JSON body in OpenAI's shape; the engine's queue bounds concurrency.
+
+import Foundation
+import Hummingbird
+import Prometheus
+import Tokenizers
+import Training
+
+/// How `serve` runs.
+public struct ServerOptions: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8000
+    /// Every request needs `Authorization: Bearer <apiKey>` when set.
+    public var apiKey: String?
+    /// Request bodies larger than this are refused (413).
+    public var maxBodyBytes = 1 << 20
+    public init() {}
+}
+
+/// The Prometheus series the server keeps, per model (base or adapter).
+final class ServerMetrics: @unchecked Sendable {
+    let registry = PrometheusCollectorRegistry()
+    private let lock = NSLock()
+
+    func request(_ route: String, status: Int) {
+        registry.makeCounter(name: "swiftpeft_http_requests_total", labels: [("route", route), ("status", "\(status)")]).increment()
+    }
+
+    func finished(model: String, _ s: GenerationSummary) {
+        lock.lock(); defer { lock.unlock() }
+        let l = [("model", model)]
+        registry.makeCounter(name: "swiftpeft_completions_total", labels: l).increment()
+        registry.makeCounter(name: "swiftpeft_prompt_tokens_total", labels: l).increment(by: Int64(s.promptTokens))
+        registry.makeCounter(name: "swiftpeft_completion_tokens_total", labels: l).increment(by: Int64(s.completionTokens))
+        registry.makeValueHistogram(name: "swiftpeft_request_latency_seconds", labels: l,
+                                    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]).record(s.latencySeconds)
+        registry.makeValueHistogram(name: "swiftpeft_queue_seconds", labels: l,
+                                    buckets: [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]).record(s.queueSeconds)
+        registry.makeValueHistogram(name: "swiftpeft_batch_size", labels: l, buckets: [1, 2, 3, 4, 6, 8, 12, 16, 32]).record(Double(s.batchSize))
+        registry.makeCounter(name: "swiftpeft_cpu_seconds_total", labels: l).increment(by: s.cost.cpuSeconds)
+        registry.makeCounter(name: "swiftpeft_energy_joules_total", labels: l + [("source", s.cost.energySource)]).increment(by: s.cost.energyJoules)
+    }
+
+    func text(queued: Int) -> String {
+        registry.makeGauge(name: "swiftpeft_queue_length", labels: []).set(Double(queued))
+        return registry.emitToString()
+    }
+}
+
+/// An error as OpenAI's API returns it: `{"error": {"message", "type", "param", "code"}}`.
+struct APIError: Error {
+    let status: HTTPResponse.Status
+    let message: String
+    var type = "invalid_request_error"
+    var code: String?
+    var param: String?
+
+    var response: Response {
+        let body: [String: Any] = ["error": ["message": message, "type": type, "param": param ?? NSNull(), "code": code ?? NSNull()] as [String: Any]]
+        return jsonResponse(body, status: status)
+    }
+}
+
+func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    return Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+/// The request fields `completions` and `chat/completions` share, read from a JSON object.
+struct CompletionParameters {
+    var model: String
+    var maxTokens: Int
+    var temperature: Float
+    var topP: Float
+    var seed: UInt64
+    var stop: [String]
+    var stream: Bool
+
+    init(_ o: [String: Any], defaultModel: String) throws {
+        func number(_ key: String) throws -> Double? {
+            guard let v = o[key], !(v is NSNull) else { return nil }
+            guard let n = v as? NSNumber else { throw APIError(status: .badRequest, message: "\(key) must be a number", param: key) }
+            return n.doubleValue
+        }
+        guard let m = (o["model"] as? String) ?? (o["model"] == nil ? defaultModel : nil) else {
+            throw APIError(status: .badRequest, message: "model must be a string", param: "model")
+        }
+        model = m
+        let mt = try number("max_tokens") ?? number("max_completion_tokens") ?? 64
+        guard mt >= 1, mt <= 1_000_000, mt == mt.rounded() else { throw APIError(status: .badRequest, message: "max_tokens must be a positive integer, got \(mt)", param: "max_tokens") }
+        maxTokens = Int(mt)
+        let t = try number("temperature") ?? 0
+        guard t >= 0, t <= 10 else { throw APIError(status: .badRequest, message: "temperature must be in [0, 10], got \(t)", param: "temperature") }
+        temperature = Float(t)
+        let p = try number("top_p") ?? 1
+        guard p > 0, p <= 1 else { throw APIError(status: .badRequest, message: "top_p must be in (0, 1], got \(p)", param: "top_p") }
+        topP = Float(p)
+        let s = try number("seed") ?? 0
+        guard s >= 0, s < 1.8e19, s == s.rounded() else { throw APIError(status: .badRequest, message: "seed must be a non-negative integer", param: "seed") }
+        seed = UInt64(s)
+        switch o["stop"] {
+        case nil, is NSNull: stop = []
+        case let x as String: stop = [x]
+        case let l as [Any]:
+            stop = try l.map { guard let x = $0 as? String else { throw APIError(status: .badRequest, message: "stop must be strings", param: "stop") }; return x }
+        default: throw APIError(status: .badRequest, message: "stop must be a string or a list of strings", param: "stop")
+        }
+        if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per request)", param: "n") }
+        stream = (o["stream"] as? Bool) ?? false
+    }
+}
+
+/// Builds the Hummingbird application around `engine`; `onRunning(port)` runs once it listens.
+public func makeServer(_ engine: ServingEngine, options: ServerOptions,
+                       onRunning: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
+    let metrics = ServerMetrics()
+    engine.onFinished = { metrics.finished(model: $0, $1) }
+    let router = Router()
+    if let key = options.apiKey {
+        router.add(middleware: BearerKeyMiddleware(key: key))
+    }
+    router.add(middleware: ErrorShapeMiddleware(metrics: metrics))
+
+    router.get("/health") { _, _ -> Response in jsonResponse(["status": "ok", "queued": engine.queued]) }
+    router.get("/metrics") { _, _ -> Response in
+        Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                 body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.text(queued: engine.queued))))
+    }
+    router.get("/") { _, _ -> Response in
+        Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: promptLabPage)))
+    }
+    router.get("/v1/models") { _, _ -> Response in
+        let created = Int(Date().timeIntervalSince1970)
+        let data: [[String: Any]] = engine.modelNames.map { name in
+            var m: [String: Any] = ["id": name, "object": "model", "created": created, "owned_by": "swiftpeft"]
+            if let a = engine.adapterInfo(name) { m["parent"] = engine.baseName; m["root"] = a.path; m["peft_type"] = a.peftType }
+            else { m["parent"] = NSNull(); m["root"] = name }
+            return m
+        }
+        return jsonResponse(["object": "list", "data": data])
+    }
+    router.post("/v1/load_lora_adapter") { request, _ -> Response in
+        let o = try await jsonBody(request, limit: options.maxBodyBytes)
+        guard let name = o["lora_name"] as? String, let path = o["lora_path"] as? String else {
+            throw APIError(status: .badRequest, message: "lora_name and lora_path (strings) are required")
+        }
+        do { try engine.loadAdapter(name: name, path: path) } catch let e as ServingError {
+            throw APIError(status: .badRequest, message: e.message)
+        } catch {
+            throw APIError(status: .badRequest, message: "\(error)", param: "lora_path")
+        }
+        return jsonResponse(["status": "loaded", "lora_name": name])
+    }
+    router.post("/v1/unload_lora_adapter") { request, _ -> Response in
+        let o = try await jsonBody(request, limit: options.maxBodyBytes)
+        guard let name = o["lora_name"] as? String else { throw APIError(status: .badRequest, message: "lora_name (a string) is required") }
+        do { try engine.unloadAdapter(name: name) } catch let e as ServingError {
+            throw APIError(status: .notFound, message: e.message, code: "model_not_found")
+        }
+        return jsonResponse(["status": "unloaded", "lora_name": name])
+    }
+    router.post("/v1/completions") { request, _ -> Response in
+        let o = try await jsonBody(request, limit: options.maxBodyBytes)
+        let p = try CompletionParameters(o, defaultModel: engine.baseName)
+        let prompt: String
+        switch o["prompt"] {
+        case let s as String: prompt = s
+        case let l as [Any] where l.count == 1 && l[0] is String: prompt = l[0] as! String
+        default: throw APIError(status: .badRequest, message: "prompt must be a string", param: "prompt")
+        }
+        return try await complete(engine, p, ids: engine.tokenizer.encode(prompt), chat: false)
+    }
+    router.post("/v1/chat/completions") { request, _ -> Response in
+        let o = try await jsonBody(request, limit: options.maxBodyBytes)
+        let p = try CompletionParameters(o, defaultModel: engine.baseName)
+        guard let list = o["messages"] as? [Any], !list.isEmpty else {
+            throw APIError(status: .badRequest, message: "messages must be a non-empty list", param: "messages")
+        }
+        let messages = try list.map { item -> ChatMessage in
+            guard let m = item as? [String: Any], let role = m["role"] as? String, let content = m["content"] as? String else {
+                throw APIError(status: .badRequest, message: "each message needs a role and a string content", param: "messages")
+            }
+            return ChatMessage(role: role, content: content)
+        }
+        let ids = engine.tokenizer.encode(renderChatML(messages, addGenerationPrompt: true))
+        return try await complete(engine, p, ids: ids, chat: true)
+    }
+
+    let configuration = ApplicationConfiguration(address: .hostname(options.host, port: options.port), serverName: "swiftpeft")
+    return Application(router: router, configuration: configuration, onServerRunning: { channel in
+        onRunning(channel.localAddress?.port ?? options.port)
+    })
+}
+
+/// The request's JSON object; a body over `limit` bytes is a 413, anything but an object a 400.
+func jsonBody(_ request: Request, limit: Int) async throws -> [String: Any] {
+    var request = request
+    let buffer: ByteBuffer
+    do { buffer = try await request.collectBody(upTo: limit) } catch {
+        throw APIError(status: .contentTooLarge, message: "the request body is larger than \(limit) bytes")
+    }
+    guard let o = (try? JSONSerialization.jsonObject(with: Data(buffer.readableBytesView))) as? [String: Any] else {
+        throw APIError(status: .badRequest, message: "the request body is not a JSON object")
+    }
+    return o
+}
+
+/// Runs one completion: a JSON response, or server-sent events when `stream` is set.
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool) async throws -> Response {
+    var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: p.maxTokens)
+    (r.temperature, r.topP, r.seed, r.stop) = (p.temperature, p.topP, p.seed, p.stop)
+    let events: AsyncStream<GenerationEvent>
+    do { events = try engine.submit(r) } catch let e as ServingError {
+        switch e.kind {
+        case .unknownModel: throw APIError(status: .notFound, message: e.message, code: "model_not_found", param: "model")
+        case .busy: throw APIError(status: .tooManyRequests, message: e.message, type: "rate_limit_error")
+        case .shuttingDown: throw APIError(status: .serviceUnavailable, message: e.message, type: "server_error")
+        case .invalidRequest: throw APIError(status: .badRequest, message: e.message, code: "context_length_exceeded")
+        }
+    }
+    let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
+    let created = Int(Date().timeIntervalSince1970)
+    let object = chat ? "chat.completion" : "text_completion"
+    @Sendable func usage(_ s: GenerationSummary) -> [String: Any] {
+        ["prompt_tokens": s.promptTokens, "completion_tokens": s.completionTokens, "total_tokens": s.promptTokens + s.completionTokens]
+    }
+    @Sendable func cost(_ s: GenerationSummary) -> [String: Any] {
+        ["wall_s": s.cost.wallSeconds, "queue_s": s.queueSeconds, "cpu_s": s.cost.cpuSeconds, "energy_j": s.cost.energyJoules,
+         "energy_source": s.cost.energySource, "batch_size": s.batchSize]
+    }
+    if !p.stream {
+        var text = ""
+        for await e in events {
+            switch e {
+            case .text(let t): text += t
+            case .failed(let why): throw APIError(status: .internalServerError, message: why, type: "server_error")
+            case .done(let s):
+                let choice: [String: Any] = chat
+                    ? ["index": 0, "message": ["role": "assistant", "content": s.text], "finish_reason": s.finishReason, "logprobs": NSNull()]
+                    : ["index": 0, "text": s.text, "finish_reason": s.finishReason, "logprobs": NSNull()]
+                _ = text
+                return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": [choice],
+                                     "usage": usage(s), "swiftpeft_cost": cost(s)])
+            }
+        }
+        throw APIError(status: .internalServerError, message: "the engine ended the request without an answer", type: "server_error")
+    }
+    let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
+    return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: ResponseBody { writer in
+        func send(_ o: [String: Any]) async throws {
+            let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
+            try await writer.write(ByteBuffer(string: "data: " + String(decoding: data, as: UTF8.self) + "\n\n"))
+        }
+        func chunk(_ delta: String?, finish: String?, extra: [String: Any] = [:]) -> [String: Any] {
+            let choice: [String: Any] = chat
+                ? ["index": 0, "delta": delta.map { ["content": $0] } ?? [:], "finish_reason": finish ?? NSNull(), "logprobs": NSNull()]
+                : ["index": 0, "text": delta ?? "", "finish_reason": finish ?? NSNull(), "logprobs": NSNull()]
+            return ["id": id, "object": chunkObject, "created": created, "model": p.model, "choices": [choice]].merging(extra) { $1 }
+        }
+        if chat { try await send(["id": id, "object": chunkObject, "created": created, "model": p.model,
+                                  "choices": [["index": 0, "delta": ["role": "assistant", "content": ""], "finish_reason": NSNull()]]]) }
+        for await e in events {
+            switch e {
+            case .text(let t): try await send(chunk(t, finish: nil))
+            case .failed(let why): try await send(["error": ["message": why, "type": "server_error"]])
+            case .done(let s): try await send(chunk(nil, finish: s.finishReason, extra: ["usage": usage(s), "swiftpeft_cost": cost(s)]))
+            }
+        }
+        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+        try await writer.finish(nil)
+    })
+}
+
+/// Every request must carry `Authorization: Bearer <key>`.
+struct BearerKeyMiddleware<Context: RequestContext>: RouterMiddleware {
+    let key: String
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.headers[.authorization] == "Bearer \(key)" else {
+            return APIError(status: .unauthorized, message: "a valid API key is required (Authorization: Bearer …)", code: "invalid_api_key").response
+        }
+        return try await next(request, context)
+    }
+}
+
+/// Turns any error into OpenAI's error shape (no handler error reaches the client as plain text)
+/// and counts requests by route and status.
+struct ErrorShapeMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: ServerMetrics
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let route = request.uri.path
+        let response: Response
+        do {
+            response = try await next(request, context)
+        } catch let e as APIError {
+            response = e.response
+        } catch let e as HTTPError {
+            response = APIError(status: e.status, message: e.body ?? "\(e.status)", type: e.status.code >= 500 ? "server_error" : "invalid_request_error").response
+        } catch {
+            response = APIError(status: .internalServerError, message: "\(error)", type: "server_error").response
+        }
+        metrics.request(["/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/", "/v1/load_lora_adapter",
+                         "/v1/unload_lora_adapter"].contains(route) ? route : "other", status: response.status.code)
+        return response
+    }
+}

@@ -1,0 +1,59 @@
+// `swiftpeft serve`: base + adapters behind an OpenAI-compatible HTTP API (Serving, on Hummingbird).
+import ArgumentParser
+import Foundation
+import Serving
+import SwiftPEFT
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve a base model and adapters over an OpenAI-compatible HTTP API, with a prompt lab page at /.",
+        discussion: """
+        Endpoints: POST /v1/completions and /v1/chat/completions ("model": the base's name or an adapter's;
+        "stream": true for server-sent events), GET /v1/models, POST /v1/load_lora_adapter and
+        /v1/unload_lora_adapter ({"lora_name", "lora_path"}), GET /metrics (Prometheus), GET /health, GET /
+        (the prompt lab). Requests waiting together are decoded in one batch, each row with its own adapter.
+        Binds to 127.0.0.1 unless --host says otherwise; SIGTERM finishes the requests in flight, then exits.
+
+        Examples:
+          swiftpeft serve --model data/SmolLM2-135M-Instruct.Q4_1.gguf --adapters faq=runs/demo-smollm2-lora/adapter.h5
+          curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+            -d '{"model": "faq", "prompt": "Question: What is a list?\\nAnswer:", "max_tokens": 32}'
+        """)
+
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "The base's name in requests (default: the file name without extension).") var name: String?
+    @Option(help: "Adapters to load at start, NAME=PATH (SwiftPEFT .h5 or PEFT folders), comma-separated.") var adapters: String = ""
+    @Option(help: "Address to bind.") var host = "127.0.0.1"
+    @Option(help: "Port (0: any free port; the one chosen is printed).") var port = 8000
+    @Option(help: "Require Authorization: Bearer KEY on every request.") var apiKey: String?
+    @Option(help: "Requests decoded together at most.") var maxBatch = 8
+    @Option(help: "Requests waiting at most (more get 429).") var maxQueue = 64
+    @Option(help: "Prompt + completion tokens at most per request (default: the model's context).") var context: Int?
+    @Option(help: "Request bodies larger than this many bytes get 413.") var maxBody = 1 << 20
+    @Option(help: "Power per busy core (W) for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
+
+    func run() throws {
+        let engine = try ServingEngine(modelPath: model, baseName: name, maxBatch: maxBatch, maxQueue: maxQueue, contextLength: context,
+                                       wattsPerCore: wattsPerCore)
+        for item in adapters.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }).filter({ !$0.isEmpty }) {
+            let (n, p) = Backtest.versions(item)[0]
+            try engine.loadAdapter(name: n, path: p)
+        }
+        var options = ServerOptions()
+        (options.host, options.port, options.apiKey, options.maxBodyBytes) = (host, port, apiKey, maxBody)
+        let app = makeServer(engine, options: options) { port in
+            print("serving \(engine.modelNames.joined(separator: ", ")) on http://\(host):\(port) (max batch \(engine.maxBatch), OpenBLAS \(BLASCore.current))")
+            fflush(stdout)
+        }
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var failure: Error?
+        Task {
+            do { try await app.runService() } catch { failure = error }
+            done.signal()
+        }
+        done.wait()
+        engine.shutdown()
+        if let failure { throw CLIError("the server stopped: \(failure)") }
+        print("server stopped")
+    }
+}

@@ -1,0 +1,236 @@
+"""`swiftpeft serve` tested with real clients: the `openai` package (completions, chat, streaming,
+switching adapters between requests) and plain HTTP (adapter load/unload, errors, metrics), outputs
+equal to `swiftpeft generate` greedy, concurrent requests batched across adapters with the same
+outputs, a bounded loopback load test (requests/s, tokens/s, p50/p99, 0 errors), and a graceful
+SIGTERM that finishes the request in flight. Builds its own tiny base and adapters with the tool.
+
+    python scripts/serve_client_test.py --bin .build/release/swiftpeft [--load-seconds 4]
+
+Exits non-zero on any failure; CLITests runs it (ServeTests) with the reference venv.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+
+CORPUS = "/usr/share/common-licenses/GPL-3"
+PROMPTS = ["The terms of", "You may convey", "Everyone is permitted to", "This License"]
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"serve test: FAILED: {what}")
+
+
+def tool(bin_, *args):
+    r = subprocess.run([bin_, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    check(r.returncode == 0, f"swiftpeft {' '.join(args)}:\n{r.stdout[-2000:]}")
+    return r.stdout
+
+
+def http(url, body=None, key="test-key", raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--load-seconds", type=float, default=4)
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="swiftpeft-serve-test-")
+    base = os.path.join(work, "base.h5")
+    tool(a.bin, "pretrain", "--data", CORPUS, "--out", base, "--vocab-size", "300", "--hidden", "32", "--layers", "2",
+         "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--steps", "30", "--batch", "4", "--seq-len", "32", "--lr", "3e-3")
+    adapters = {}
+    for name, method, extra in [("lora", "lora", ["--r", "4"]), ("ia3", "ia3", []), ("prompt", "prompt", ["--num-virtual-tokens", "4"])]:
+        out = os.path.join(work, name)
+        tool(a.bin, "train", "--model", base, "--data", CORPUS, "--method", method, *extra, "--steps", "15", "--seq-len", "32",
+             "--batch-size", "4", "--lr", "2e-2", "--out", out)
+        adapters[name] = os.path.join(out, "adapter.h5")
+
+    def generate(model, prompt, n):
+        args = ["generate", "--model", base, "--prompt", prompt, "--max-tokens", str(n)]
+        if model != "base":
+            args += ["--adapter", adapters[model]]
+        return tool(a.bin, *args)
+
+    server = subprocess.Popen([a.bin, "serve", "--model", base, "--adapters", f"lora={adapters['lora']},ia3={adapters['ia3']}",
+                               "--port", "0", "--api-key", "test-key", "--max-batch", "8"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = None
+    for line in server.stdout:
+        m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+            break
+    check(port, "the server printed its port")
+    log = []
+    threading.Thread(target=lambda: log.extend(server.stdout), daemon=True).start()
+    root = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=root + "/v1", api_key="test-key", max_retries=0)
+    try:
+        ids = [m.id for m in client.models.list().data]
+        check(ids == ["base", "lora", "ia3"], f"models: {ids}")
+
+        # Completions through each model in turn, equal to `generate` greedy.
+        n = 12
+        for prompt in PROMPTS[:2]:
+            for model in ["lora", "base", "ia3", "lora"]:
+                r = client.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0)
+                text = r.choices[0].text
+                check(generate(model, prompt, n).startswith(prompt + text), f"{model} {prompt!r}: serve {text!r} vs generate")
+                check(r.usage.completion_tokens <= n and r.usage.prompt_tokens > 0, f"usage {r.usage}")
+                check(r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, "total_tokens")
+        print("serve test: completions equal `generate` for base, lora, ia3 (switching between requests)")
+
+        # Streaming equals the whole answer.
+        whole = client.completions.create(model="ia3", prompt=PROMPTS[2], max_tokens=n).choices[0].text
+        parts = [c.choices[0].text for c in client.completions.create(model="ia3", prompt=PROMPTS[2], max_tokens=n, stream=True)]
+        check("".join(parts) == whole and len([p for p in parts if p]) > 1, f"stream {parts} vs {whole!r}")
+        # Chat (ChatML) equals `generate` on the rendered prompt; streamed chat equals it too.
+        msgs = [{"role": "user", "content": "What may I convey?"}]
+        chat = client.chat.completions.create(model="lora", messages=msgs, max_tokens=n)
+        rendered = "<|im_start|>user\nWhat may I convey?<|im_end|>\n<|im_start|>assistant\n"
+        check(generate("lora", rendered, n).startswith(rendered + chat.choices[0].message.content), "chat vs generate")
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(model="lora", messages=msgs, max_tokens=n, stream=True))
+        check(streamed == chat.choices[0].message.content, f"chat stream {streamed!r}")
+        print("serve test: streaming and chat (ChatML) equal the whole answers and `generate`")
+
+        # Adapters loaded and unloaded while running (a prompt-tuning one: through the prefix slot).
+        s, body = http(root + "/v1/load_lora_adapter", {"lora_name": "prompt", "lora_path": adapters["prompt"]})
+        check(s == 200, f"load: {s} {body}")
+        check([m.id for m in client.models.list().data] == ["base", "lora", "ia3", "prompt"], "prompt listed")
+        r = client.completions.create(model="prompt", prompt=PROMPTS[0], max_tokens=n)
+        check(generate("prompt", PROMPTS[0], n).startswith(PROMPTS[0] + r.choices[0].text), "prompt adapter vs generate")
+        s, body = http(root + "/v1/unload_lora_adapter", {"lora_name": "prompt"})
+        check(s == 200, f"unload: {s} {body}")
+        try:
+            client.completions.create(model="prompt", prompt="x", max_tokens=2)
+            check(False, "an unloaded adapter answers")
+        except openai.NotFoundError as e:
+            check("does not exist" in str(e), str(e))
+        s, body = http(root + "/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": base})
+        check(s == 400 and "not an adapter" in json.loads(body)["error"]["message"], f"loading a model as an adapter: {s} {body}")
+        print("serve test: load/unload while running; an unloaded adapter is a 404")
+
+        # Bad requests: OpenAI's error shape, 4xx, the server stays up.
+        for raw, status, needle in [(b"{bad json", 400, "not a JSON object"),
+                                    (json.dumps({"model": "nope", "prompt": "x"}).encode(), 404, "does not exist"),
+                                    (json.dumps({"model": "base", "prompt": "x " * 400, "max_tokens": 16}).encode(), 400, "context length"),
+                                    (json.dumps({"model": "base", "prompt": "x", "max_tokens": -3}).encode(), 400, "max_tokens"),
+                                    (json.dumps({"model": "base", "prompt": 7}).encode(), 400, "prompt must be a string"),
+                                    (b"{" + b" " * (2 << 20) + b"}", 413, "larger than")]:
+            s, body = http(root + "/v1/completions", raw=raw)
+            err = json.loads(body).get("error", {})
+            check(s == status and needle in err.get("message", "") and "type" in err, f"{raw[:40]!r}: {s} {body[:300]}")
+        s, body = http(root + "/v1/models", key=None)
+        check(s == 401 and json.loads(body)["error"]["code"] == "invalid_api_key", f"no key: {s} {body}")
+        try:
+            openai.OpenAI(base_url=root + "/v1", api_key="wrong", max_retries=0).models.list()
+            check(False, "a wrong key is accepted")
+        except openai.AuthenticationError:
+            pass
+        s, body = http(root + "/health")
+        check(s == 200 and json.loads(body)["status"] == "ok", "health")
+        print("serve test: malformed JSON, unknown model, over-long prompt, bad fields, oversized body, missing key: 4xx in OpenAI's shape")
+
+        # Concurrent requests over three models decode in shared batches, with the same outputs.
+        jobs = [(m, p) for p in PROMPTS for m in ["base", "lora", "ia3"]]
+        alone = {(m, p): client.completions.create(model=m, prompt=p, max_tokens=n).choices[0].text for m, p in jobs}
+        together, batches = {}, []
+
+        def one(m, p):
+            status, body = http(root + "/v1/completions", {"model": m, "prompt": p, "max_tokens": n})
+            o = json.loads(body)
+            together[(m, p)] = o["choices"][0]["text"]
+            batches.append(o["swiftpeft_cost"]["batch_size"])
+        threads = [threading.Thread(target=one, args=j) for j in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check(together == alone, f"batched outputs differ: {[(k, alone[k], together.get(k)) for k in alone if together.get(k) != alone[k]][:3]}")
+        check(max(batches) > 1, f"no request was batched: {batches}")
+        print(f"serve test: {len(jobs)} concurrent requests over base, lora, ia3 in batches of up to {max(batches)}: outputs equal to one at a time")
+
+        # Load test, loopback only, bounded in time.
+        def load(clients, seconds):
+            stop = time.time() + seconds
+            lat, tokens, errors = [], [0], [0]
+            lock = threading.Lock()
+
+            def worker(i):
+                model = ["base", "lora", "ia3"][i % 3]
+                while time.time() < stop:
+                    t0 = time.time()
+                    s, body = http(root + "/v1/completions", {"model": model, "prompt": PROMPTS[i % 4], "max_tokens": 16})
+                    with lock:
+                        if s != 200:
+                            errors[0] += 1
+                            continue
+                        lat.append(time.time() - t0)
+                        tokens[0] += json.loads(body)["usage"]["completion_tokens"]
+            t0 = time.time()
+            ts = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            wall = time.time() - t0
+            lat.sort()
+            return {"clients": clients, "requests": len(lat), "errors": errors[0], "requests_per_s": len(lat) / wall,
+                    "tokens_per_s": tokens[0] / wall, "p50_ms": 1000 * statistics.median(lat),
+                    "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+        one_client = load(1, a.load_seconds)
+        eight = load(8, a.load_seconds)
+        for r in (one_client, eight):
+            print("serve test: load " + json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}))
+            check(r["errors"] == 0 and r["requests"] > 0, f"load test errors: {r}")
+        print(f"serve test: 8 clients over 3 models: {eight['tokens_per_s'] / one_client['tokens_per_s']:.2f}x the tokens/s of one client")
+
+        s, metrics = http(root + "/metrics")
+        for needle in ['swiftpeft_completions_total{model="lora"}', 'swiftpeft_request_latency_seconds_bucket{model="ia3"',
+                       'swiftpeft_http_requests_total{route="/v1/completions",status="404"}', "swiftpeft_energy_joules_total"]:
+            check(needle in metrics, f"/metrics lacks {needle}")
+        print("serve test: /metrics has requests, tokens, latency histograms and energy per model")
+
+        # SIGTERM: the request in flight finishes, then the server exits cleanly.
+        got = []
+
+        def long_stream():
+            for c in client.completions.create(model="lora", prompt=PROMPTS[0], max_tokens=120, stream=True):
+                got.append(c.choices[0].finish_reason or "")
+        t = threading.Thread(target=long_stream)
+        t.start()
+        time.sleep(0.05)
+        server.send_signal(signal.SIGTERM)
+        t.join(60)
+        code = server.wait(60)
+        check(got and got[-1] in ("length", "stop"), f"the request in flight was cut: {got[-3:]}")
+        check(code == 0, f"exit status after SIGTERM: {code}\n{''.join(log)[-1500:]}")
+        print("serve test: SIGTERM finished the request in flight and exited 0")
+    finally:
+        if server.poll() is None:
+            server.kill()
+    print("serve test: PASSED")
+
+
+if __name__ == "__main__":
+    main()
