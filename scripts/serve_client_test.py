@@ -1,10 +1,12 @@
 """`swiftpeft serve` tested with real clients: the `openai` package (completions, chat, streaming,
 switching adapters between requests) and plain HTTP (adapter load/unload, errors, metrics), outputs
 equal to `swiftpeft generate` greedy, concurrent requests batched across adapters with the same
-outputs, a bounded loopback load test (requests/s, tokens/s, p50/p99, 0 errors), and a graceful
-SIGTERM that finishes the request in flight. Builds its own tiny base and adapters with the tool.
+outputs, a bounded loopback load test (requests/s, tokens/s, p50/p99, 0 errors), the prompt lab
+page driven in headless Chromium (--chromium; scripts/prompt_lab_browser.py: DOM checked, screenshot
+written), and a graceful SIGTERM that finishes the request in flight. Builds its own tiny base and
+adapters with the tool.
 
-    python scripts/serve_client_test.py --bin .build/release/swiftpeft [--load-seconds 4]
+    python scripts/serve_client_test.py --bin .build/release/swiftpeft [--load-seconds 4] [--chromium chromium --screenshot lab.png]
 
 Exits non-zero on any failure; CLITests runs it (ServeTests) with the reference venv.
 """
@@ -23,6 +25,9 @@ import urllib.error
 import urllib.request
 
 import openai
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import prompt_lab_browser  # noqa: E402
 
 CORPUS = "/usr/share/common-licenses/GPL-3"
 PROMPTS = ["The terms of", "You may convey", "Everyone is permitted to", "This License"]
@@ -53,6 +58,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--load-seconds", type=float, default=4)
+    ap.add_argument("--chromium", help="drive the prompt lab page in this browser")
+    ap.add_argument("--screenshot", default="prompt-lab.png")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="swiftpeft-serve-test-")
     base = os.path.join(work, "base.h5")
@@ -210,6 +217,26 @@ def main():
                        'swiftpeft_http_requests_total{route="/v1/completions",status="404"}', "swiftpeft_energy_joules_total"]:
             check(needle in metrics, f"/metrics lacks {needle}")
         print("serve test: /metrics has requests, tokens, latency histograms and energy per model")
+
+        if a.chromium:
+            # The prompt lab in a real browser: template + variable typed in, three models side by side.
+            lab = prompt_lab_browser.drive(root + "/", a.chromium, a.screenshot, "{opening} of", {"opening": "The terms"},
+                                           ["base", "lora", "ia3"], max_tokens=n, expected=" this License", api_key="test-key")
+            check(lab["variables"] == ["opening"], f"variables drawn: {lab['variables']}")
+            check([x["model"] for x in lab["answers"]] == ["base", "lora", "ia3"] and all(x["done"] for x in lab["answers"]), str(lab["answers"]))
+            for x in lab["answers"]:
+                api = client.completions.create(model=x["model"], prompt="The terms of", max_tokens=n).choices[0].text
+                check(x["output"] == api, f"page {x['model']}: {x['output']!r} vs API {api!r}")
+                check(re.search(r"\d+ \+ \d+ tokens · \d+ ms .*J · batch \d+", x["meta"]), f"meta: {x['meta']}")
+            saved = os.path.join(work, "lab.jsonl")
+            with open(saved, "w") as f:
+                f.write(lab["jsonl"])
+            out = tool(a.bin, "backtest", "--model", base, "--adapters", f"lora={adapters['lora']}", "--prompts", saved,
+                       "--out", os.path.join(work, "lab-backtest"), "--max-tokens", "4")
+            check("| lora | 1 |" in out, f"the saved prompt set back-tests:\n{out}")
+            check(lab["screenshot_bytes"] > 10000, "a screenshot")
+            print(f"serve test: prompt lab in headless Chromium: 3 models side by side, outputs equal the API's, "
+                  f"prompt set back-tests; screenshot {os.path.abspath(a.screenshot)}")
 
         # SIGTERM: the request in flight finishes, then the server exits cleanly.
         got = []

@@ -27,8 +27,10 @@ Answer:</textarea>
 <input id="expected" type="text">
 <label>Models</label><div id="models"></div>
 <label for="maxTokens">Max tokens</label><input id="maxTokens" type="number" value="48" min="1" style="width:120px">
+<label for="apiKey">API key (when the server wants one)</label><input id="apiKey" type="password" style="width:320px">
 <div><button id="run">Run side by side</button><button id="save">Save prompt set (JSONL)</button><span id="saved"></span></div>
 <div id="answers"></div>
+<details id="set"><summary>Prompt set so far (the JSONL <code>swiftpeft backtest --prompts</code> reads)</summary><pre id="jsonl"></pre></details>
 <script>
 const $ = id => document.getElementById(id);
 const tried = [];
@@ -50,8 +52,14 @@ function drawVars() {
 }
 function values() { const v = {}; $("vars").querySelectorAll("input").forEach(i => v[i.dataset.name] = i.value); return v; }
 function render(t, v) { return t.replace(/\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (m, n) => m === "{{" ? "{" : m === "}}" ? "}" : (v[n] ?? m)); }
+function headers() {
+  const h = {"Content-Type": "application/json"}, k = $("apiKey").value;
+  if (k) h["Authorization"] = "Bearer " + k;
+  return h;
+}
 async function loadModels() {
-  const r = await fetch("/v1/models"); const j = await r.json();
+  const r = await fetch("/v1/models", {headers: headers()}); const j = await r.json();
+  if (!r.ok) { $("models").textContent = "cannot list the models: " + j.error.message; return; }
   $("models").innerHTML = "";
   for (const m of j.data) {
     const l = document.createElement("label"); const c = document.createElement("input");
@@ -62,7 +70,7 @@ async function loadModels() {
 async function runOne(model, prompt, card) {
   const out = card.querySelector("pre"), meta = card.querySelector(".meta");
   const t0 = performance.now();
-  const r = await fetch("/v1/completions", {method: "POST", headers: {"Content-Type": "application/json"},
+  const r = await fetch("/v1/completions", {method: "POST", headers: headers(),
     body: JSON.stringify({model, prompt, max_tokens: +$("maxTokens").value, stream: true})});
   if (!r.ok) { const e = await r.json(); out.textContent = "error: " + e.error.message; return; }
   const reader = r.body.getReader(), dec = new TextDecoder(); let buf = "", first = null;
@@ -97,7 +105,9 @@ async function run() {
   const line = {template: $("template").value, vars: v, tags: ["prompt-lab"]};
   if ($("expected").value) line.expected = $("expected").value;
   tried.push(line);
+  $("jsonl").textContent = tried.map(l => JSON.stringify(l)).join("\n") + "\n";
   await Promise.all(models.map((m, i) => runOne(m, prompt, cards[i])));
+  document.body.dataset.finished = String(tried.length);
 }
 function save() {
   const text = tried.map(l => JSON.stringify(l)).join("\n") + "\n";
@@ -106,8 +116,26 @@ function save() {
   $("saved").textContent = `${tried.length} prompt(s) saved as prompts.jsonl (swiftpeft backtest --prompts prompts.jsonl)`;
 }
 $("template").addEventListener("input", drawVars);
+$("apiKey").addEventListener("change", loadModels);
 $("run").addEventListener("click", run);
 $("save").addEventListener("click", save);
-drawVars(); loadModels();
+// A link can fill the page and run it: ?template=…&vars={"question":"…"}&models=base,faq&max_tokens=32&key=…&run=1
+async function start() {
+  const q = new URLSearchParams(location.search);
+  if (q.has("template")) $("template").value = q.get("template");
+  drawVars();
+  const given = q.has("vars") ? JSON.parse(q.get("vars")) : {};
+  $("vars").querySelectorAll("input").forEach(i => { if (i.dataset.name in given) i.value = given[i.dataset.name]; });
+  if (q.has("expected")) $("expected").value = q.get("expected");
+  if (q.has("max_tokens")) $("maxTokens").value = q.get("max_tokens");
+  if (q.has("key")) $("apiKey").value = q.get("key");
+  await loadModels();
+  if (q.has("models")) {
+    const want = q.get("models").split(",");
+    $("models").querySelectorAll("input").forEach(c => c.checked = want.includes(c.value));
+  }
+  if (q.get("run") === "1") await run();
+}
+start();
 </script></body></html>
 """#

@@ -276,11 +276,12 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
     })
 }
 
-/// Every request must carry `Authorization: Bearer <key>`.
+/// Every request but the page at `/` and `/health` must carry `Authorization: Bearer <key>`.
 struct BearerKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let key: String
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard request.headers[.authorization] == "Bearer \(key)" else {
+        // The prompt lab page itself and the health check are public; the page sends the key it is given.
+        guard request.uri.path == "/" || request.uri.path == "/health" || request.headers[.authorization] == "Bearer \(key)" else {
             return APIError(status: .unauthorized, message: "a valid API key is required (Authorization: Bearer …)", code: "invalid_api_key").response
         }
         return try await next(request, context)

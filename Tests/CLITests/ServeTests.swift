@@ -1,7 +1,9 @@
 // `swiftpeft serve` with real clients: scripts/serve_client_test.py (the `openai` package and plain
 // HTTP) against the built tool: completions, chat, streaming, adapter switching, load/unload, errors
 // in OpenAI's shape, batching across adapters with unchanged outputs, a bounded load test with 0
-// errors, and a graceful SIGTERM. Its output (with the load figures) is printed.
+// errors, the prompt lab page driven in headless Chromium (DOM checked, screenshot written next to
+// the test binaries: test-output/prompt-lab.png), and a graceful SIGTERM. Its output (with the load
+// figures) is printed.
 
 import Foundation
 import XCTest
@@ -10,10 +12,16 @@ import TestSupport
 final class ServeTests: XCTestCase {
     func testServeWithTheOpenAIClient() throws {
         let python = try referencePython(importing: ["openai"])
+        guard let chromium = executableOnPath("chromium") else {
+            try skipUnlessRequired("no chromium on PATH for the prompt lab page (apt-get install chromium)")
+        }
         let bin = try CLITests.binary()
+        // The screenshot goes next to the test output (the build folder of the tests).
+        let screenshot = bin.deletingLastPathComponent().appendingPathComponent("test-output/prompt-lab.png").path
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = [packageRoot().appendingPathComponent("scripts/serve_client_test.py").path, "--bin", bin.path, "--load-seconds", "3"]
+        p.arguments = [packageRoot().appendingPathComponent("scripts/serve_client_test.py").path, "--bin", bin.path, "--load-seconds", "3",
+                       "--chromium", chromium, "--screenshot", screenshot]
         let pipe = Pipe()
         p.standardOutput = pipe
         p.standardError = pipe
@@ -23,5 +31,6 @@ final class ServeTests: XCTestCase {
         print(out)
         XCTAssertEqual(p.terminationStatus, 0, out)
         XCTAssertTrue(out.contains("serve test: PASSED"), out)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot), "the prompt lab screenshot \(screenshot)")
     }
 }

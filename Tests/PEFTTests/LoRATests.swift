@@ -123,6 +123,35 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(logits(model), onlyA)
     }
 
+    /// Several adapters in one batch, each on its own rows (serving): row b of the batched logits
+    /// equals row b computed with only its own adapter on (LoRA, DoRA and IA3, a feed-forward input
+    /// scaling included); rows given to no adapter are the base's. Training refuses row scopes.
+    func testAdaptersLimitedToBatchRows() throws {
+        let model = makeModel(llamaTiny, seed: 6)
+        let lora = try LoRA(config: loraConfig(.names(["q_proj", "v_proj", "down_proj"])), name: "lora", seed: 1)
+        let dora = try LoRA(config: loraConfig(.names(["q_proj", "o_proj"]), dora: true), name: "dora", seed: 2)
+        var ic = IA3Config(targetModules: .names(["k_proj", "down_proj"]), feedforwardModules: .names(["down_proj"]))
+        ic.initIa3Weights = false
+        let ia3 = try IA3(config: ic)
+        let methods: [RowScopedPEFTMethod] = [lora, dora, ia3]
+        for m in methods { try m.attach(to: model) }
+        let B = 4, T = 5
+        let ids = (0..<(B * T)).map { Int32(($0 * 7 + 3) % 37) }
+        func rowLogits(_ on: RowScopedPEFTMethod?) -> [Float] {
+            for m in methods { var x = m; x.isEnabled = m === on; x.batchRows = nil }
+            return withNoGrad { model.forward(ids, batch: B) }.toArray()
+        }
+        let alone = [rowLogits(nil), rowLogits(lora), rowLogits(dora), rowLogits(ia3)]  // row b uses alone[b]
+        for (b, m) in methods.enumerated() { var x = m; x.isEnabled = true; x.batchRows = (b + 1)..<(b + 2) }
+        let mixed = withNoGrad { model.forward(ids, batch: B) }.toArray()
+        let per = mixed.count / B
+        for b in 0..<B {
+            assertClose(Array(mixed[b * per..<(b + 1) * per]), Array(alone[b][b * per..<(b + 1) * per]), rtol: 1e-5, atol: 1e-5, "row \(b)")
+        }
+        XCTAssertGreaterThan(maxAbsDiff(Array(alone[1][per..<2 * per]), Array(alone[0][per..<2 * per])), 1e-3, "the adapters change their rows")
+        for m in methods { var x = m; x.batchRows = nil }
+    }
+
     func testRsLoRAPatternsAndBias() throws {
         let model = makeModel(llamaTiny)
         var c = loraConfig(.names(["q_proj", "v_proj"]), r: 4)
