@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import prompt_lab_browser  # noqa: E402
+import serve_load  # noqa: E402
 
 CORPUS = "/usr/share/common-licenses/GPL-3"
 PROMPTS = ["The terms of", "You may convey", "Everyone is permitted to", "This License"]
@@ -179,36 +179,11 @@ def main():
 
         # Load test, loopback only, bounded in time.
         def load(clients, seconds):
-            stop = time.time() + seconds
-            lat, tokens, errors = [], [0], [0]
-            lock = threading.Lock()
-
-            def worker(i):
-                model = ["base", "lora", "ia3"][i % 3]
-                while time.time() < stop:
-                    t0 = time.time()
-                    s, body = http(root + "/v1/completions", {"model": model, "prompt": PROMPTS[i % 4], "max_tokens": 16})
-                    with lock:
-                        if s != 200:
-                            errors[0] += 1
-                            continue
-                        lat.append(time.time() - t0)
-                        tokens[0] += json.loads(body)["usage"]["completion_tokens"]
-            t0 = time.time()
-            ts = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            wall = time.time() - t0
-            lat.sort()
-            return {"clients": clients, "requests": len(lat), "errors": errors[0], "requests_per_s": len(lat) / wall,
-                    "tokens_per_s": tokens[0] / wall, "p50_ms": 1000 * statistics.median(lat),
-                    "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+            return serve_load.load(root, ["base", "lora", "ia3"], clients, seconds, max_tokens=16, key="test-key")
         one_client = load(1, a.load_seconds)
         eight = load(8, a.load_seconds)
         for r in (one_client, eight):
-            print("serve test: load " + json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}))
+            print("serve test: load " + json.dumps(serve_load.rounded(r)))
             check(r["errors"] == 0 and r["requests"] > 0, f"load test errors: {r}")
         print(f"serve test: 8 clients over 3 models: {eight['tokens_per_s'] / one_client['tokens_per_s']:.2f}x the tokens/s of one client")
 

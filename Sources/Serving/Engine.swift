@@ -202,16 +202,28 @@ public final class ServingEngine: @unchecked Sendable {
 
     // MARK: the worker
 
+    /// How long the worker waits for the clients of the last batch to send their next requests,
+    /// so that they decode together again (a running batch is not joined).
+    public var gatherWindow = 0.02
+    /// The last batch's rows plus the requests that waited through it: the clients likely to send
+    /// the next requests at about the same time.
+    private var expected = 0
+
     private func work() {
         while true {
             queueLock.lock()
             while pending.isEmpty && !stopping { queueLock.wait() }
             if pending.isEmpty { queueLock.unlock(); return }
+            let deadline = Date().addingTimeInterval(gatherWindow)
+            while pending.count < min(maxBatch, expected) && !stopping && queueLock.wait(until: deadline) {}
             let batch = takeBatch()
             queueLock.unlock()
             modelLock.lock()
             run(batch)
             modelLock.unlock()
+            queueLock.lock()
+            expected = batch.count + pending.count
+            queueLock.unlock()
         }
     }
 
@@ -271,9 +283,22 @@ public final class ServingEngine: @unchecked Sendable {
         var generated = [[Int32]](repeating: [], count: B)
         var texts = [String](repeating: "", count: B), sent = [Int](repeating: 0, count: B)
         var finish = [String?](repeating: nil, count: B)
+        var released = [Bool](repeating: false, count: B)
         var rngs = rows.map { RNG(seed: $0.request.seed) }
         let V = model.config.vocabSize
+        let debug = ProcessInfo.processInfo.environment["SWIFTPEFT_DEBUG_BATCH"] != nil
+        if debug { Profiler.start() }
+        var stepTimes: [Double] = []
+        defer {
+            if debug {
+                let split = Profiler.stop().map { "\($0.key.name) \(Int($0.value * 1000)) ms" }.sorted().joined(separator: ", ")
+                let pre = stepTimes.first.map { Int($0 * 1000) } ?? 0
+                let per = stepTimes.count > 1 ? Int(stepTimes.dropFirst().reduce(0, +) / Double(stepTimes.count - 1) * 1000) : 0
+                FileHandle.standardError.write(Data("batch \(B) prompt \(P): prefill \(pre) ms, \(stepTimes.count - 1) steps of \(per) ms; \(split)\n".utf8))
+            }
+        }
         withNoGrad {
+            var t0 = Date()
             let cache = KVCache(config: model.config, batch: B, capacity: extra + P + steps)
             var logits = model.forward(ids, batch: B, attentionMask: mask.allSatisfy { $0 == 1 } ? nil : mask, cache: cache).toArray()
             var positions = P  // positions per row in `logits`
@@ -284,7 +309,7 @@ public final class ServingEngine: @unchecked Sendable {
                     let row = Array(logits[((b + 1) * positions - 1) * V..<((b + 1) * positions) * V])
                     let token = Int32(sampleToken(row, SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP), &rngs[b]))
                     next[b] = token
-                    if token == eos { finish[b] = "stop"; continue }
+                    if token == eos { finish[b] = "stop"; release(b); continue }
                     generated[b].append(token)
                     var text = tokenizer.decode(generated[b])
                     if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {
@@ -309,24 +334,34 @@ public final class ServingEngine: @unchecked Sendable {
                         rows[b].continuation.yield(.text(String(text.dropFirst(sent[b]).prefix(safe - sent[b]))))
                         sent[b] = safe
                     }
+                    if finish[b] != nil { release(b) }
                 }
                 if finish.allSatisfy({ $0 != nil }) { break }
+                stepTimes.append(Date().timeIntervalSince(t0)); t0 = Date()
                 logits = model.forward(next, batch: B, cache: cache).toArray()  // (B, 1, V)
                 positions = 1
             }
         }
-        let cost = meter.reading(tokens: rows.reduce(0) { $0 + $1.request.prompt.count } + generated.reduce(0) { $0 + $1.count })
-        for (b, j) in rows.enumerated() {
+        for b in 0..<B { release(b) }
+
+        /// Answers row `b` once it has finished (the batch goes on for the others): its text, and
+        /// its share of the batch's CPU time and energy so far, by the tokens it processed.
+        func release(_ b: Int) {
+            guard !released[b] else { return }
+            released[b] = true
+            let j = rows[b]
             if sent[b] < texts[b].count { j.continuation.yield(.text(String(texts[b].dropFirst(sent[b])))) }
             let tokens = j.request.prompt.count + generated[b].count
-            let share = Double(tokens) / Double(max(1, cost.tokens))
+            let sofar = meter.reading(tokens: rows.reduce(0) { $0 + $1.request.prompt.count } + generated.reduce(0) { $0 + $1.count })
+            let share = Double(tokens) / Double(max(1, sofar.tokens))
+            let now = Date()
             let summary = GenerationSummary(
                 text: texts[b], promptTokens: j.request.prompt.count, completionTokens: generated[b].count,
                 finishReason: finish[b] ?? "length", queueSeconds: started.timeIntervalSince(j.enqueued),
-                latencySeconds: Date().timeIntervalSince(j.enqueued), batchSize: B,
-                cost: Cost(tokens: tokens, wallSeconds: Date().timeIntervalSince(j.enqueued), cpuSeconds: cost.cpuSeconds * share,
-                           peakRSSBytes: cost.peakRSSBytes, energyJoules: cost.energyJoules * share, energySource: cost.energySource,
-                           wattsPerCore: cost.wattsPerCore))
+                latencySeconds: now.timeIntervalSince(j.enqueued), batchSize: B,
+                cost: Cost(tokens: tokens, wallSeconds: now.timeIntervalSince(j.enqueued), cpuSeconds: sofar.cpuSeconds * share,
+                           peakRSSBytes: sofar.peakRSSBytes, energyJoules: sofar.energyJoules * share, energySource: sofar.energySource,
+                           wattsPerCore: sofar.wattsPerCore))
             onFinished?(j.request.model, summary)
             j.continuation.yield(.done(summary))
             j.continuation.finish()
