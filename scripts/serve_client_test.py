@@ -214,14 +214,15 @@ def main():
                   f"prompt set back-tests; screenshot {os.path.abspath(a.screenshot)}")
 
         # SIGTERM: the request in flight finishes, then the server exits cleanly.
-        got = []
+        got, streaming = [], threading.Event()
 
         def long_stream():
-            for c in client.completions.create(model="lora", prompt=PROMPTS[0], max_tokens=120, stream=True):
+            for c in client.completions.create(model="lora", prompt=PROMPTS[0], max_tokens=200, stream=True):
                 got.append(c.choices[0].finish_reason or "")
+                streaming.set()
         t = threading.Thread(target=long_stream)
         t.start()
-        time.sleep(0.05)
+        check(streaming.wait(60), "the long request started streaming")
         server.send_signal(signal.SIGTERM)
         t.join(60)
         code = server.wait(60)
