@@ -104,6 +104,9 @@ public final class ServingEngine: @unchecked Sendable {
     private var worker: Thread?
     /// Held while the model runs a batch or an adapter is loaded or unloaded.
     private let modelLock = NSLock()
+    /// Held briefly around `adapters` and `adapterOrder` (changed only under modelLock too), so
+    /// listings and submissions never wait for a running batch.
+    private let registryLock = NSLock()
     private var adapters: [String: Adapter] = [:]
     private var adapterOrder: [String] = []
 
@@ -130,14 +133,19 @@ public final class ServingEngine: @unchecked Sendable {
 
     /// The base's name, then the adapters' in the order they were loaded.
     public var modelNames: [String] {
-        modelLock.lock(); defer { modelLock.unlock() }
+        registryLock.lock(); defer { registryLock.unlock() }
         return [baseName] + adapterOrder
     }
 
     /// The adapter's path and method type, for listings.
     public func adapterInfo(_ name: String) -> (path: String, peftType: String)? {
-        modelLock.lock(); defer { modelLock.unlock() }
+        registryLock.lock(); defer { registryLock.unlock() }
         return adapters[name].map { ($0.path, type(of: $0.method).peftType) }
+    }
+
+    private func adapter(_ name: String) -> Adapter? {
+        registryLock.lock(); defer { registryLock.unlock() }
+        return adapters[name]
     }
 
     /// Loads an adapter (SwiftPEFT .h5 or PEFT folder) under `name`; it must fit the base. Waits for
@@ -145,25 +153,31 @@ public final class ServingEngine: @unchecked Sendable {
     public func loadAdapter(name: String, path: String) throws {
         guard !name.isEmpty, name != baseName else { throw ServingError(.invalidRequest, "the adapter name \"\(name)\" is empty or the base's") }
         modelLock.lock(); defer { modelLock.unlock() }
-        guard adapters[name] == nil else { throw ServingError(.invalidRequest, "an adapter named \"\(name)\" is already loaded; unload it first") }
+        guard adapter(name) == nil else { throw ServingError(.invalidRequest, "an adapter named \"\(name)\" is already loaded; unload it first") }
         let method = try Formats.loadAdapter(path, onto: model)  // checks the base
-        if var scoped = method as? RowScopedPEFTMethod {
+        if let scoped = method as? RowScopedPEFTMethod {
             scoped.isEnabled = false  // on for its own rows only, per batch
             scoped.batchRows = nil
         } else {
             method.detach(from: model)  // attached again for its own batches
         }
+        registryLock.lock()
         adapters[name] = Adapter(method: method, path: path)
         adapterOrder.append(name)
+        registryLock.unlock()
     }
 
     /// Unloads the adapter `name`. Waits for the running batch.
     public func unloadAdapter(name: String) throws {
         modelLock.lock(); defer { modelLock.unlock() }
-        guard let a = adapters.removeValue(forKey: name) else {
-            throw ServingError(.unknownModel, "no adapter named \"\(name)\" is loaded; loaded: \(adapterOrder.joined(separator: ", "))")
+        registryLock.lock()
+        let removed = adapters.removeValue(forKey: name)
+        if removed != nil { adapterOrder.removeAll { $0 == name } }
+        let loaded = adapterOrder
+        registryLock.unlock()
+        guard let a = removed else {
+            throw ServingError(.unknownModel, "no adapter named \"\(name)\" is loaded; loaded: \(loaded.joined(separator: ", "))")
         }
-        adapterOrder.removeAll { $0 == name }
         if a.rowScoped { a.method.detach(from: model) }
     }
 
@@ -230,9 +244,7 @@ public final class ServingEngine: @unchecked Sendable {
     /// The oldest request and the waiting ones that can share its batch (under queueLock).
     private func takeBatch() -> [Job] {
         let first = pending[0]
-        modelLock.lock()
-        let scoped = { (name: String) in name == self.baseName || self.adapters[name]?.rowScoped == true }
-        modelLock.unlock()
+        let scoped = { (name: String) in name == self.baseName || self.adapter(name)?.rowScoped == true }
         let learned = model.config.positions == .learned
         var taken: [Job] = [], rest: [Job] = []
         for j in pending {
@@ -247,16 +259,24 @@ public final class ServingEngine: @unchecked Sendable {
 
     /// Decodes `jobs` together until each has finished (under modelLock).
     private func run(_ jobs: [Job]) {
+        // A request whose adapter was unloaded while it waited gets an error, not the base's answer.
+        let gone = jobs.filter { $0.request.model != baseName && adapter($0.request.model) == nil }
+        for j in gone {
+            j.continuation.yield(.failed("the adapter \(j.request.model) was unloaded before the request ran"))
+            j.continuation.finish()
+        }
+        let jobs = jobs.filter { j in !gone.contains { $0 === j } }
+        guard !jobs.isEmpty else { return }
         // Rows grouped by model, so each row-scoped adapter owns one range of rows.
         let rows = jobs.sorted { ($0.request.model == baseName ? "" : $0.request.model, $0.id) < ($1.request.model == baseName ? "" : $1.request.model, $1.id) }
         let B = rows.count
         var attached: PEFTMethod?
         defer {
-            for a in adapters.values { if var s = a.method as? RowScopedPEFTMethod { s.isEnabled = false; s.batchRows = nil } }
+            for a in adapters.values { if let s = a.method as? RowScopedPEFTMethod { s.isEnabled = false; s.batchRows = nil } }
             attached?.detach(from: model)
         }
         for (name, a) in adapters {
-            guard var s = a.method as? RowScopedPEFTMethod else { continue }
+            guard let s = a.method as? RowScopedPEFTMethod else { continue }
             let mine = rows.indices.filter { rows[$0].request.model == name }
             s.batchRows = mine.isEmpty ? 0..<0 : mine.first!..<(mine.last! + 1)
             s.isEnabled = !mine.isEmpty
@@ -271,7 +291,14 @@ public final class ServingEngine: @unchecked Sendable {
         let started = Date()
         let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
         let P = rows.map(\.request.prompt.count).max()!
-        let room = max(1, contextLength - extra - P)
+        guard extra + P < contextLength else {  // a prefix adapter's virtual tokens leave no room
+            for j in rows {
+                j.continuation.yield(.failed("the prompt (\(P) tokens) and the adapter's \(extra) virtual tokens fill the context length \(contextLength)"))
+                j.continuation.finish()
+            }
+            return
+        }
+        let room = contextLength - extra - P
         let steps = min(room, rows.map(\.request.maxTokens).max()!)
         let pad = tokenizer.padTokenID ?? tokenizer.eosTokenID ?? 0
         var ids = [Int32](repeating: pad, count: B * P), mask = [Float](repeating: 0, count: B * P)

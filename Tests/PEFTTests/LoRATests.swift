@@ -138,18 +138,18 @@ final class LoRATests: XCTestCase {
         let B = 4, T = 5
         let ids = (0..<(B * T)).map { Int32(($0 * 7 + 3) % 37) }
         func rowLogits(_ on: RowScopedPEFTMethod?) -> [Float] {
-            for m in methods { var x = m; x.isEnabled = m === on; x.batchRows = nil }
+            for m in methods { m.isEnabled = m === on; m.batchRows = nil }
             return withNoGrad { model.forward(ids, batch: B) }.toArray()
         }
         let alone = [rowLogits(nil), rowLogits(lora), rowLogits(dora), rowLogits(ia3)]  // row b uses alone[b]
-        for (b, m) in methods.enumerated() { var x = m; x.isEnabled = true; x.batchRows = (b + 1)..<(b + 2) }
+        for (b, m) in methods.enumerated() { m.isEnabled = true; m.batchRows = (b + 1)..<(b + 2) }
         let mixed = withNoGrad { model.forward(ids, batch: B) }.toArray()
         let per = mixed.count / B
         for b in 0..<B {
             assertClose(Array(mixed[b * per..<(b + 1) * per]), Array(alone[b][b * per..<(b + 1) * per]), rtol: 1e-5, atol: 1e-5, "row \(b)")
         }
         XCTAssertGreaterThan(maxAbsDiff(Array(alone[1][per..<2 * per]), Array(alone[0][per..<2 * per])), 1e-3, "the adapters change their rows")
-        for m in methods { var x = m; x.batchRows = nil }
+        for m in methods { m.batchRows = nil }
     }
 
     func testRsLoRAPatternsAndBias() throws {
