@@ -111,7 +111,7 @@ public enum HDF5Store {
         guard FileManager.default.fileExists(atPath: path) else {
             throw HDF5Error(path: path, message: "no such file")
         }
-        if try !Checksum.verify(path) { try ForeignFileProbe.check(path) { _ = try? readChecked(path) } }
+        try checkBeforeOpening(path)
         return try readChecked(path)
     }
 
@@ -183,11 +183,34 @@ public enum HDF5Store {
     /// The root's string attributes only (the `format` of a SwiftPEFT file, its config): no dataset is read.
     public static func readAttributes(_ path: String) throws -> [String: String] {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
-        if try !Checksum.verify(path) { try ForeignFileProbe.check(path) { _ = try? readChecked(path) } }
+        try checkBeforeOpening(path)
         let file = openForReading(path)
         guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
         defer { H5Fclose(file) }
         return try rootAttributes(file, path: path)
+    }
+
+    /// Files this process has already checked, by path, with what identified them then (device,
+    /// inode, size, modification time in nanoseconds): a model's kind is detected and then the model
+    /// read, and a 540 MB checkpoint took a second per check. Every writer replaces a file by a
+    /// rename (a new inode), and any change of size or time is seen, so a changed file is checked again.
+    nonisolated(unsafe) private static var checked: [String: [Int]] = [:]
+    private static let checkedLock = NSLock()
+
+    private static func identity(_ path: String) -> [Int]? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return [Int(st.st_dev), Int(st.st_ino), Int(st.st_size), Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec)]
+    }
+
+    /// The checksum of a SwiftPEFT file, or the child-process probe of a file without one, once per
+    /// unchanged file.
+    private static func checkBeforeOpening(_ path: String) throws {
+        let key = URL(fileURLWithPath: path).standardizedFileURL.path
+        let before = identity(path)
+        if let before, checkedLock.withLock({ checked[key] == before }) { return }
+        if try !Checksum.verify(path) { try ForeignFileProbe.check(path) { _ = try? readChecked(path) } }
+        if let before, identity(path) == before { checkedLock.withLock { checked[key] = before } }
     }
 
     /// Opens read-only with a strong close: closing the file closes whatever a failed read left open.

@@ -163,6 +163,24 @@ final class HDF5Tests: XCTestCase {
         refused("zero-block.h5", Data(count: 512) + good.suffix(from: 512), "not SwiftPEFT's checksum block")
     }
 
+    /// A file is checked once while it stays the same (a model's kind is detected, then it is read);
+    /// a byte changed in place, same size and inode, is seen at the next read.
+    func testAChangedFileIsCheckedAgain() throws {
+        let path = dir.appendingPathComponent("once.h5").path
+        try HDF5Store.write(path, tensors: [("w", Tensor.ones([64]))], attributes: ["format": "x"])
+        XCTAssertEqual(try HDF5Store.readAttributes(path)["format"], "x")
+        XCTAssertEqual(try HDF5Store.read(path).tensors["w"]?.count, 64)
+        usleep(10_000)  // a later modification time, even on a coarse clock
+        let h = try XCTUnwrap(FileHandle(forUpdatingAtPath: path))
+        let size = try h.seekToEnd()
+        try h.seek(toOffset: size - 100)
+        let b = try XCTUnwrap(h.readData(ofLength: 1).first)
+        try h.seek(toOffset: size - 100)
+        h.write(Data([b ^ 0x5A]))
+        try h.close()
+        XCTAssertThrowsError(try HDF5Store.read(path)) { XCTAssertTrue("\($0)".contains("checksum mismatch"), "\($0)") }
+    }
+
     /// A file without the checksum block (as h5py writes it) is read by a forked child first: the
     /// damaged body that crashed libhdf5 is refused with an error and this process goes on; an
     /// intact one reads as usual.
