@@ -234,16 +234,14 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
          "energy_source": s.cost.energySource, "batch_size": s.batchSize]
     }
     if !p.stream {
-        var text = ""
         for await e in events {
             switch e {
-            case .text(let t): text += t
+            case .text: continue  // the summary carries the whole text
             case .failed(let why): throw APIError(status: .internalServerError, message: why, type: "server_error")
             case .done(let s):
                 let choice: [String: Any] = chat
                     ? ["index": 0, "message": ["role": "assistant", "content": s.text], "finish_reason": s.finishReason, "logprobs": NSNull()]
                     : ["index": 0, "text": s.text, "finish_reason": s.finishReason, "logprobs": NSNull()]
-                _ = text
                 return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": [choice],
                                      "usage": usage(s), "swiftpeft_cost": cost(s)])
             }
