@@ -1,7 +1,6 @@
-// Low-level loops shared by the ops: a two-way parallel range split, strided copy / scatter-add
+// Low-level loops shared by the ops: a parallel range split over the worker pool, strided copy / scatter-add
 // over collapsed layouts, and vector helpers. Raw pointers only; no allocation per element.
 
-import Dispatch
 import Foundation
 
 /// Work below this many elements runs on one thread (dispatch costs more than it saves).
@@ -14,7 +13,7 @@ nonisolated(unsafe) var hardwareThreads = max(1, ProcessInfo.processInfo.activeP
 func parallelRanges(_ n: Int, cost: Int = 1, _ body: (Int, Int) -> Void) {
     let chunks = (n * cost >= parallelThreshold && n > 1) ? min(hardwareThreads, n) : 1
     if chunks == 1 { body(0, n); return }
-    DispatchQueue.concurrentPerform(iterations: chunks) { c in
+    WorkerPool.shared.run(chunks) { c in
         body(n * c / chunks, n * (c + 1) / chunks)
     }
 }

@@ -14,9 +14,44 @@ public enum Threads {
     /// Uses `n` threads for GEMMs and kernels (clamped to at least 1).
     public static func set(_ n: Int) {
         hardwareThreads = max(1, n)
-        openblas_set_num_threads(Int32(hardwareThreads))
+        openblas_set_num_threads(Int32(blasThreads))
+    }
+
+    /// Who splits a GEMM over the threads.
+    public enum GEMMSplit: Sendable {
+        /// OpenBLAS's own threads (the default): best for training's large products, where its
+        /// threads share one packed operand.
+        case blas
+        /// SwiftPEFT's threads, OpenBLAS single-threaded: each GEMM's output columns are cut into
+        /// chunks that run on every core. For decoding, where a product has few rows: one packed
+        /// OpenBLAS call streams the weights at half the rate, and OpenBLAS's idle workers spin
+        /// (sched_yield) against ours after every multi-threaded call.
+        case tasks
+    }
+
+    /// The current GEMM split (`.blas` unless inside `withGEMMSplit`).
+    public static var gemmSplit: GEMMSplit { currentGEMMSplit }
+
+    /// Runs `body` with GEMMs split by `split`, then restores the previous split. Generation and
+    /// serving run their decoding under `.tasks`.
+    public static func withGEMMSplit<R>(_ split: GEMMSplit, _ body: () throws -> R) rethrows -> R {
+        let previous = currentGEMMSplit
+        currentGEMMSplit = split
+        openblas_set_num_threads(Int32(blasThreads))
+        defer {
+            currentGEMMSplit = previous
+            openblas_set_num_threads(Int32(blasThreads))
+        }
+        return try body()
     }
 }
+
+nonisolated(unsafe) var currentGEMMSplit = Threads.GEMMSplit.blas
+/// Threads OpenBLAS may use outside parallel regions: all of them under `.blas`, one under `.tasks`.
+var blasThreads: Int { currentGEMMSplit == .blas ? hardwareThreads : 1 }
+/// True while work is split over the threads (attention's heads, a split GEMM): GEMMs called
+/// from inside run single-threaded as they are.
+nonisolated(unsafe) var insideParallelRegion = false
 
 /// Facts about this build and this CPU that reports print.
 public enum Machine {

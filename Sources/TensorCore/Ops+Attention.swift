@@ -91,15 +91,15 @@ private struct AttentionGeometry {
     func parallel(_ tasks: Int, _ body: (Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
         let work = tasks * T * S * D
         let chunks = work >= (1 << 18) ? min(hardwareThreads, tasks) : 1
-        if chunks > 1 { openblas_set_num_threads(1) }
-        defer { if chunks > 1 { openblas_set_num_threads(Int32(hardwareThreads)) } }
+        if chunks > 1 { openblas_set_num_threads(1); insideParallelRegion = true }
+        defer { if chunks > 1 { insideParallelRegion = false; openblas_set_num_threads(Int32(blasThreads)) } }
         let scratchCount = blockRows * S
         func run(_ c: Int) {
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: 2 * scratchCount)  // scores/P and dP of one block
             defer { scores.deallocate() }
             for t in (tasks * c / chunks)..<(tasks * (c + 1) / chunks) { body(t, scores, scores + scratchCount) }
         }
-        if chunks == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: chunks) { run($0) } }
+        if chunks == 1 { run(0) } else { WorkerPool.shared.run(chunks) { run($0) } }
     }
 
     /// Scores of query rows i0..<i0+rows of head (b, h) against keys 0..<kEnd into p (rows, kEnd),

@@ -16,22 +16,72 @@ public enum BLASCounter {
 /// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
 /// A single row (M = 1, as in token-by-token decoding) goes to sgemv: sgemm would pack all of B
 /// for one row (measured: the copy took 31% of generation time, more than the product).
+/// Under `Threads.withGEMMSplit(.tasks)` a large product is split over SwiftPEFT's threads.
 @inline(__always)
 public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     BLASCounter.calls.add(1, ordering: .relaxed)
     Profiler.measure(.gemm) {
-        if m == 1 && k > 0 {
-            // c (N) = alpha · op(B)ᵀ a + beta · c; a's K values have stride lda when A is transposed.
-            // op(B) = B (K×N stored): c = Bᵀ a; op(B) = Bᵀ (N×K stored): c = B a.
-            if beta == 0 { c.update(repeating: 0, count: n) }  // C may be uninitialized memory (NaN × 0)
-            cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, Int32(transB ? n : k), Int32(transB ? k : n),
-                        alpha, b, Int32(ldb), a, Int32(transA ? lda : 1), beta, c, 1)
+        if currentGEMMSplit == .tasks && hardwareThreads > 1 && !insideParallelRegion && m * n * k >= splitMinWork {
+            splitGEMM(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                      beta: beta, c: c, ldc: ldc)
             return
         }
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        blasGEMM(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                 beta: beta, c: c, ldc: ldc)
+    }
+}
+
+/// One OpenBLAS call (sgemv for a single row) with the threads OpenBLAS has now.
+@inline(__always)
+func blasGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+              b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    if m == 1 && k > 0 {
+        // c (N) = alpha · op(B)ᵀ a + beta · c; a's K values have stride lda when A is transposed.
+        // op(B) = B (K×N stored): c = Bᵀ a; op(B) = Bᵀ (N×K stored): c = B a.
+        if beta == 0 { c.update(repeating: 0, count: n) }  // C may be uninitialized memory (NaN × 0)
+        cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, Int32(transB ? n : k), Int32(transB ? k : n),
+                    alpha, b, Int32(ldb), a, Int32(transA ? lda : 1), beta, c, 1)
+        return
+    }
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// Products smaller than this (M·N·K) run on one thread under `.tasks`.
+let splitMinWork = 1 << 18
+
+/// C = alpha · op(A) · op(B) + beta · C split over the threads, OpenBLAS single-threaded in each
+/// part. The output columns (B's rows or columns) are cut into chunks; with few rows (M ≤ 24)
+/// against a stored-(N, K) weight, the chunks are small enough for OpenBLAS's unpacked small-matrix
+/// kernels (M·chunk ≤ 1200 and M·chunk·K ≤ 10⁶, its SkylakeX limits), where one call would pack
+/// the whole weight for a few rows: a decoding step of 8 rows on SmolLM2 took 47 ms instead of
+/// 73 (`docs/benchmarks.md`, Serving). A product with fewer columns than rows is split by rows.
+func splitGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+               b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    let threads = hardwareThreads
+    let byRows = n < m && m >= 2 * threads
+    let total = byRows ? m : n
+    let maxChunk = !byRows && !transA && transB && m <= 24 && k >= 32 ? max(1, min(1200 / m, 1_000_000 / (m * k))) : total
+    let chunks = max(threads, (total + maxChunk - 1) / maxChunk)
+    insideParallelRegion = true
+    defer { insideParallelRegion = false }
+    WorkerPool.shared.run(threads) { t in
+        for ch in (chunks * t / threads)..<(chunks * (t + 1) / threads) {
+            let lo = total * ch / chunks, count = total * (ch + 1) / chunks - lo
+            guard count > 0 else { continue }
+            if byRows {  // C[lo..] (count, N) = op(A)[lo..] · op(B)
+                blasGEMM(transA: transA, transB: transB, m: count, n: n, k: k, alpha: alpha, a: a + (transA ? lo : lo * lda),
+                         lda: lda, b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc)
+            } else if maxChunk < total {  // small-kernel chunks, sgemm even for one row: they need no buffer (sgemv takes one per call)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(count), Int32(k), alpha, a, Int32(lda),
+                            b + lo * ldb, Int32(ldb), beta, c + lo, Int32(ldc))
+            } else {  // C[:, lo..] (M, count) = op(A) · op(B)[:, lo..]
+                blasGEMM(transA: transA, transB: transB, m: m, n: count, k: k, alpha: alpha, a: a, lda: lda,
+                         b: b + (transB ? lo * ldb : lo), ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
+            }
+        }
     }
 }
 

@@ -133,10 +133,7 @@ func matmulTables(_ shapes: [MatmulShape], timing: Timing, progress: (String) ->
 /// memcpy of `bytes` bytes, split over the cores the same way the library's kernels split rows.
 func parallelMemcpy(_ dst: UnsafeMutableRawPointer, _ src: UnsafeRawPointer, _ bytes: Int, chunks: Int) {
     if chunks <= 1 { memcpy(dst, src, bytes); return }
-    DispatchQueue.concurrentPerform(iterations: chunks) { c in
-        let lo = bytes * c / chunks, hi = bytes * (c + 1) / chunks
-        memcpy(dst + lo, src + lo, hi - lo)
-    }
+    parallelFor(bytes) { lo, hi in memcpy(dst + lo, src + lo, hi - lo) }  // the kernels' worker pool
 }
 
 /// Runs the bandwidth section on each (rows, cols) shape.
@@ -156,7 +153,7 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
             + "12N (y, dY read, dX written); crossEntropy 8N + 8R (logits and row stats read, dlogits "
             + "written; its seed is the scalar loss); seed handling 8N (dY read, x.grad written).",
         "memcpy GB/s: memcpy of bytes-moved/2 bytes (read + write = the op's bytes moved), split into "
-            + "\(cores) chunks over \(cores) threads like the library's kernels (DispatchQueue.concurrentPerform); "
+            + "\(cores) chunks over \(cores) threads like the library's kernels (its worker pool); "
             + "its GB/s counts read + write. It runs alternately with the op; op/memcpy is the median of "
             + "the per-repetition time ratios (above 100% when the op's data stays in cache across runs).",
         "Forward rows time the op call (it allocates its output). Backward rows: before each run "

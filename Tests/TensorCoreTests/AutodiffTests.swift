@@ -322,4 +322,61 @@ final class FastMathTests: XCTestCase {
             }
         }
     }
+
+    /// Under `Threads.withGEMMSplit(.tasks)` a product is cut over the threads: by output columns
+    /// (small-kernel chunks for few rows against a stored-(N, K) weight, halves otherwise) or by
+    /// rows. Every case equals the same product in one OpenBLAS call, beta 0 over NaN-filled
+    /// memory and beta 1 accumulation, for 1 to 64 rows and every transpose combination.
+    func testSplitGEMMMatchesOneCall() {
+        var rng = RNG(seed: 47)
+        let shapes = [(1, 576, 1536), (8, 576, 1536), (3, 1536, 200), (24, 64, 5000), (64, 96, 96), (700, 40, 30)]
+        for (m, k, n) in shapes {
+            let aData = (0..<(m * k)).map { _ in rng.nextNormal() }
+            let bData = (0..<(k * n)).map { _ in rng.nextNormal() }
+            for transA in [false, true] {
+                for transB in [false, true] {
+                    for beta: Float in [0, 1] {
+                        let lda = transA ? m : k, ldb = transB ? k : n
+                        func product(_ split: Threads.GEMMSplit) -> [Float] {
+                            var c = [Float](repeating: beta == 0 ? .nan : 0.5, count: m * n)
+                            Threads.withGEMMSplit(split) {
+                                aData.withUnsafeBufferPointer { pa in
+                                    bData.withUnsafeBufferPointer { pb in
+                                        c.withUnsafeMutableBufferPointer { pc in
+                                            sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 2, a: pa.baseAddress!,
+                                                  lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+                                        }
+                                    }
+                                }
+                            }
+                            return c
+                        }
+                        XCTAssertEqual(Threads.gemmSplit, .blas)
+                        assertClose(product(.tasks), product(.blas), rtol: 1e-4, atol: 1e-4,
+                                    "(\(m), \(k)) x (\(k), \(n)) transA \(transA) transB \(transB) beta \(beta)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker pool runs every task once, back to back thousands of times; a call made from
+    /// inside a task runs its own tasks on that thread.
+    func testWorkerPoolRunsEveryTaskOnce() {
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: 64)
+        defer { counts.deallocate() }
+        for round in 0..<5000 {
+            let n = 2 + round % 7
+            counts.initialize(repeating: 0, count: n)
+            WorkerPool.shared.run(n) { i in counts[i] += 1 }
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: counts, count: n)), [Int](repeating: 1, count: n), "round \(round)")
+        }
+        let nested = UnsafeMutablePointer<Int>.allocate(capacity: 12)
+        defer { nested.deallocate() }
+        nested.initialize(repeating: 0, count: 12)
+        WorkerPool.shared.run(3) { i in
+            WorkerPool.shared.run(4) { j in nested[i * 4 + j] += 1 }
+        }
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: nested, count: 12)), [Int](repeating: 1, count: 12))
+    }
 }
