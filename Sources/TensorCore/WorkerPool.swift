@@ -56,9 +56,14 @@ final class WorkerPool: @unchecked Sendable {
             if sleepers > 0 { condition.broadcast() }
             condition.unlock()
             take(body, count)
-            // Every task has ended and every worker has let go of `body` (it lives on this stack).
-            while finished.load(ordering: .acquiring) < count || active.load(ordering: .acquiring) > 0 {}
+            while finished.load(ordering: .acquiring) < count {}  // the workers' last tasks
+            // Workers join only under the lock: once it is held with none active, none can reach
+            // `body` (it lives on this stack) after it is cleared.
             condition.lock()
+            while active.load(ordering: .acquiring) > 0 {  // a late joiner leaves with nothing to do
+                condition.unlock()
+                condition.lock()
+            }
             self.body = nil
             condition.unlock()
         }
