@@ -1,6 +1,7 @@
 // swift-tools-version:5.10
 // SwiftPEFT: parameter-efficient fine-tuning of decoder-only language models on the CPU.
 // Layers point one way: TensorCore → NN → Models → PEFT → Formats → Training → SwiftPEFT → swiftpeft (CLI);
+// Distributed (MPI ranks and all-reduces) stands alone and feeds Training;
 // Serving (Training + Hummingbird) feeds the CLI's `serve`;
 // Tokenizers stand alone and Containers (tensor files) need only TensorCore; both feed Formats.
 import Foundation
@@ -29,6 +30,7 @@ let package = Package(
         .library(name: "PEFT", targets: ["PEFT"]),
         .library(name: "Containers", targets: ["Containers"]),
         .library(name: "Formats", targets: ["Formats"]),
+        .library(name: "Distributed", targets: ["Distributed"]),
         .library(name: "Training", targets: ["Training"]),
         .library(name: "Serving", targets: ["Serving"]),
         .executable(name: "swiftpeft", targets: ["swiftpeft"]),
@@ -46,6 +48,8 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CLAPACK", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
+        // Open MPI, for data-parallel training under mpirun.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
 
         // The layers, each importing only the ones below it (docs/architecture.md).
         .target(name: "TensorCore", dependencies: ["CBLAS"], swiftSettings: kernels),
@@ -57,7 +61,9 @@ let package = Package(
         .target(name: "Containers", dependencies: ["TensorCore", "CHDF5"]),
         // Models, tokenizers and adapters in and out of those files and Hugging Face folders.
         .target(name: "Formats", dependencies: ["PEFT", "Tokenizers", "Containers"]),
-        .target(name: "Training", dependencies: ["Formats"]),
+        // Ranks of a data-parallel job and their all-reduces (MPI); a world of one without mpirun.
+        .target(name: "Distributed", dependencies: ["CMPI"]),
+        .target(name: "Training", dependencies: ["Formats", "Distributed"]),
         .target(name: "SwiftPEFT", dependencies: ["Training"]),
         // Serving: base + adapters behind an OpenAI-compatible HTTP API, batching requests across adapters.
         .target(name: "Serving", dependencies: ["Training", .product(name: "Hummingbird", package: "hummingbird"),

@@ -8,4 +8,5 @@
 @_exported import PEFT
 @_exported import Containers
 @_exported import Formats
+@_exported import Distributed
 @_exported import Training

@@ -10,6 +10,7 @@ import Tokenizers
 import PEFT
 import Containers
 import Formats
+import Distributed
 
 /// Everything one `swiftpeft train` run needs.
 public struct TrainJob {
@@ -80,6 +81,10 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
 private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (String) -> Void = { _ in },
                          onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome? {
     let meter = CostMeter(wattsPerCore: job.wattsPerCore)
+    // Under mpirun, one rank of a data-parallel job: its cores are shared with the other local ranks.
+    let comm = Communicator.world
+    if comm.isDistributed && !checkOnly { Threads.set(max(1, ProcessInfo.processInfo.activeProcessorCount / comm.localSize)) }
+    let onStart = comm.isLeader ? onStart : { _ in }
     let base = try loadModel(job.modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
@@ -108,7 +113,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let val = splits.validation
     var trainerOptions = job.trainer
     if let e = job.epochs {
-        let perEpoch = BatchIterator(splits.train, batchSize: job.batchSize, seed: 0).batchesPerEpoch
+        let perEpoch = BatchIterator(splits.train, batchSize: job.batchSize * comm.size, seed: 0).batchesPerEpoch
         trainerOptions.steps = max(1, Int((e * Double(perEpoch) / Double(job.trainer.gradAccumulation)).rounded(.up)))
     }
     let trainer = try Trainer(model: model, parameters: parameters, options: trainerOptions)
@@ -119,43 +124,54 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         \(report)
         data: \(splits)
         """)
+    if comm.isDistributed {
+        let floats = parameters.reduce(0) { $0 + $1.1.count }
+        onStart("data-parallel: \(comm.size) ranks × batch \(job.batchSize) (global batch \(comm.size * job.batchSize)), \(Threads.count) thread(s) per rank; \(floats) gradient values (\(formatBytes(floats * 4))) all-reduced per step")
+    }
     let fm = FileManager.default
     do { try fm.createDirectory(atPath: job.outDir, withIntermediateDirectories: true) } catch {
         throw TrainingError(message: "\(job.outDir): cannot create the output folder (\((error as NSError).localizedDescription))")
     }
     let out = URL(fileURLWithPath: job.outDir)
-    trainer.checkpointURL = out.appendingPathComponent("state.h5")
-    trainer.metricsURL = out.appendingPathComponent("metrics.jsonl")
+    let stateURL = out.appendingPathComponent("state.h5"), metricsURL = out.appendingPathComponent("metrics.jsonl")
+    // Rank 0 alone writes; every rank reads the state on --resume.
+    trainer.checkpointURL = comm.isLeader ? stateURL : nil
+    trainer.metricsURL = comm.isLeader ? metricsURL : nil
+    trainer.communicator = comm
     // What a resume must find unchanged (the data is checked by its fingerprint in the data position).
     trainer.checkpointAttributes = ["base_weights_hash": fingerprint.weightsHash, "base_architecture": fingerprint.architecture]
     if let method {
         trainer.checkpointAttributes["method"] = job.method
         trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)
     }
-    trainer.onStep = onStep
+    if comm.isLeader { trainer.onStep = onStep }
     trainer.onSkip = { step, fault in onStart("step \(step) skipped: \(fault) (its update is dropped; --skip-nonfinite)") }
-    var stream = BatchIterator(splits.train, batchSize: job.batchSize, seed: job.trainer.seed)
+    // Every rank draws the job's global batches from the same seed and trains on its rows of each.
+    var stream = RankShard(BatchIterator(splits.train, batchSize: job.batchSize * comm.size, seed: job.trainer.seed),
+                           rank: comm.rank, size: comm.size)
     if job.resume {
-        try trainer.resume(from: trainer.checkpointURL!, data: &stream)
+        try trainer.resume(from: stateURL, data: &stream)
         // At exactly the budget, a run killed after its last checkpoint but before writing its
         // adapter: the resume only writes the outputs.
         guard trainer.step <= trainerOptions.steps else {
-            throw TrainingError(message: "\(trainer.checkpointURL!.path) is already at step \(trainer.step); to train further, resume with more than \(trainer.step) steps")
+            throw TrainingError(message: "\(stateURL.path) is already at step \(trainer.step); to train further, resume with more than \(trainer.step) steps")
         }
-        try trimMetrics(trainer.metricsURL!, toStep: trainer.step)
-    } else {
+        if comm.isLeader { try trimMetrics(metricsURL, toStep: trainer.step) }
+    } else if comm.isLeader {
         // A state or metrics left by an earlier run in this folder must not be taken for this run's.
-        try? fm.removeItem(at: trainer.metricsURL!)
-        try? fm.removeItem(at: trainer.checkpointURL!)
+        try? fm.removeItem(at: metricsURL)
+        try? fm.removeItem(at: stateURL)
     }
-    let scorer: (() -> Double)? = val.map { v in { evaluate(model, on: v, batch: job.batchSize, maxRows: job.evalRows).loss } }
+    let scorer: (() -> Double)? = comm.isLeader ? val.map { v in { evaluate(model, on: v, batch: job.batchSize, maxRows: job.evalRows).loss } } : nil
     let before = job.resume ? nil : scorer?()
     if let b = before { onStart(String(format: "validation loss before: %.4f (perplexity %.2f)", b, Foundation.exp(b))) }
     let start = Date()
     try trainer.run(&stream, validation: scorer)
     let seconds = Date().timeIntervalSince(start)
     let saved: String
-    if let method {
+    if !comm.isLeader {  // the leader writes the outputs
+        saved = out.appendingPathComponent(method == nil ? "model.h5" : "adapter.h5").path
+    } else if let method {
         saved = out.appendingPathComponent("adapter.h5").path
         model.eval()
         try AdapterCheckpoint.save(method, fingerprint: fingerprint, to: saved)
@@ -167,7 +183,8 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let bytes = (try? fm.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0
     let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
     let cost = meter.reading(tokens: trainer.tokensTrained)
-    try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json"))
+    if comm.isLeader { try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json")) }
+    try comm.barrier(what: "the end of training (rank 0 writes \(saved))")
     return TrainOutcome(method: job.method, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.history.last?.valLoss, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
@@ -248,8 +265,9 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
     let setup = """
         base `\(base.modelPath)`, data `\(base.dataPath)`, \(base.trainer.steps) steps, batch \(base.batchSize), \
         sequence length \(base.data.seqLen), lr \(base.trainer.lr) (\(base.trainer.schedule.rawValue)), seed \(base.trainer.seed), \
-        OpenBLAS core \(BLASCore.current), \(ProcessInfo.processInfo.activeProcessorCount) cores.
+        OpenBLAS core \(BLASCore.current), \(ProcessInfo.processInfo.activeProcessorCount) cores\(Communicator.world.isDistributed ? ", data-parallel over \(Communicator.world.size) ranks (batch per rank)" : "").
         """
+    guard Communicator.world.isLeader else { return results }  // under mpirun, rank 0 writes the report
     try writeCompareReport(results, to: URL(fileURLWithPath: base.outDir).appendingPathComponent("report"), title: "PEFT methods compared", setup: setup)
     return results
 }

@@ -11,6 +11,7 @@ import Tokenizers
 import PEFT
 import Containers
 import Formats
+import Distributed
 
 /// One batch: B rows of T tokens, next-token targets (-100 = not learned), optional padding mask.
 public struct Batch {
@@ -157,6 +158,13 @@ public final class Trainer {
     public var checkpointURL: URL?
     /// Extra attributes stored in checkpoints (method config …).
     public var checkpointAttributes: [String: String] = [:]
+    /// The data-parallel job this trainer is one rank of (nil: this process alone). With several
+    /// ranks, `run`'s stream must be a `RankShard` of the global stream; each micro-batch's loss is
+    /// weighted by this rank's share of the global learned tokens, the gradients are summed over the
+    /// ranks as one flat buffer per step, and faults stop or skip the step on every rank alike.
+    /// Give `metricsURL`, `checkpointURL`, `onStep` and `validation` to rank 0 only.
+    public var communicator: Communicator?
+    var exchange: GradientExchange?
     var elapsedBefore = 0.0
 
     public init(model: CausalLM, parameters: [(String, Tensor)], options: TrainerOptions) throws {
@@ -179,20 +187,37 @@ public final class Trainer {
         defer { model.eval() }
         var lastTime = Date()
         let last = min(options.steps, until ?? options.steps)
+        let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
+        if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
         while step < last {
             var lossSum = 0.0, tokens = 0
             var fault: String?  // why this step cannot update (a non-finite loss or gradient)
             for _ in 0..<options.gradAccumulation {
                 let b = data.nextBatch()
+                var share = 1.0  // this rank's part of the micro-batch's learned tokens
+                if let comm {
+                    var counts = [Double(b.learnedTokens), Double(b.ids.count)]
+                    try comm.allReduceSum(&counts, what: "step \(step + 1): the all-reduce of the learned-token count")
+                    share = counts[0] > 0 ? Double(b.learnedTokens) / counts[0] : 0
+                    tokens += Int(counts[1])  // the job's tokens
+                    if b.learnedTokens == 0 { continue }  // nothing to learn in this rank's rows: its gradient is zero
+                }
                 let loss = model.loss(b.ids, targets: b.targets, batch: b.rows, attentionMask: b.attentionMask)
                 let v = loss.item()
                 guard v.isFinite else {
                     fault = fault ?? "the loss is \(v)"
                     continue  // the step's other micro-batches are still consumed: the data position stays exact
                 }
-                (loss * (1 / Float(options.gradAccumulation))).backward()
-                lossSum += Double(v)
-                tokens += b.ids.count
+                (loss * Float(share / Double(options.gradAccumulation))).backward()
+                lossSum += Double(v) * share
+                if comm == nil { tokens += b.ids.count }
+            }
+            if let comm {  // the global mean loss, a fault on any rank, then the gradients' sum
+                var agreed = [lossSum, fault == nil ? 0 : 1]
+                try comm.allReduceSum(&agreed, what: "step \(step + 1): the all-reduce of the loss")
+                lossSum = agreed[0]
+                if fault == nil && agreed[1] > 0 { fault = "the loss of another rank is not finite" }
+                if fault == nil { try exchange!.allReduce(parameters, step: step + 1) }
             }
             var norm = Float.nan
             if fault == nil {

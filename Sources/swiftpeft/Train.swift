@@ -187,6 +187,7 @@ struct Train: ParsableCommand {
             progress = progress ?? Progress(total: m.totalSteps, every: job.trainer.logEvery)
             progress!.update(m)
         })
+        guard Communicator.world.isLeader else { return }  // under mpirun, rank 0 reports
         if let a = o.valLossAfter { print(String(format: "validation loss after:  %.4f (perplexity %.2f)", a, exp(a))) }
         print(String(format: "trained in %.1f s (%.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
                      formatBytes(o.savedBytes)))
@@ -258,6 +259,7 @@ struct Compare: ParsableCommand {
             if progress[m] == nil { progress[m] = Progress(total: s.totalSteps, label: "[\(m)] ", every: job.trainer.logEvery) }
             progress[m]!.update(s)
         })
+        guard Communicator.world.isLeader else { return }  // under mpirun, rank 0 reports
         print(renderTable(results))
         print("report: \(job.outDir)/report/report.md, results.csv, results.json, val_loss.svg")
     }

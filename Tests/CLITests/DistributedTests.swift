@@ -1,0 +1,185 @@
+// Data-parallel training under Open MPI's mpirun, on this machine: 2 ranks × batch 2 against one
+// process × batch 4 on the CLI fixtures (same seed and data), a rank killed mid-run, and the resume
+// that follows it. Needs `mpirun` (Debian's openmpi-bin, installed by scripts/setup).
+
+import Foundation
+import XCTest
+import TestSupport
+import SwiftPEFT
+
+final class DistributedTests: XCTestCase {
+    var fx: CLIFixtures!
+    var mpirun: String!
+
+    override func setUpWithError() throws {
+        fx = try CLIFixtures.shared()
+        guard let m = executableOnPath("mpirun") else {
+            try skipUnlessRequired("no mpirun on PATH; scripts/setup installs Open MPI (openmpi-bin, libopenmpi-dev)")
+        }
+        mpirun = m
+    }
+
+    /// Runs `executable args…` (output to files), killing it after `timeout` s; `whileRunning`
+    /// is polled every 0.2 s with the process id.
+    func launch(_ executable: String, _ args: [String], timeout: TimeInterval = 300,
+                whileRunning: ((Int32) -> Void)? = nil) throws -> CLIRun {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        p.currentDirectoryURL = fx.dir
+        let id = UUID().uuidString
+        let outURL = fx.dir.appendingPathComponent("stdout-\(id)"), errURL = fx.dir.appendingPathComponent("stderr-\(id)")
+        FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+        defer {
+            try? out.close()
+            try? err.close()
+            try? FileManager.default.removeItem(at: outURL)
+            try? FileManager.default.removeItem(at: errURL)
+        }
+        (p.standardOutput, p.standardError, p.standardInput) = (out, err, FileHandle.nullDevice)
+        try p.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning {
+            if Date() > deadline {
+                p.terminate()
+                XCTFail("\(executable) \(args.joined(separator: " ")) did not finish within \(Int(timeout)) s; killed")
+                break
+            }
+            whileRunning?(p.processIdentifier)
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        p.waitUntilExit()
+        return CLIRun(arguments: [executable] + args, status: p.terminationStatus,
+                      stdout: String(decoding: (try? Data(contentsOf: outURL)) ?? Data(), as: UTF8.self),
+                      stderr: String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self))
+    }
+
+    func train(ranks: Int, batch: Int, method: String, out: String, extra: [String] = [], mpiEnvironment: [String] = [],
+               whileRunning: ((Int32) -> Void)? = nil) throws -> CLIRun {
+        let args = ["train", "--method", method, "--model", fx.base, "--data", fx.jsonl, "--out", out, "--steps", "6",
+                    "--seq-len", "32", "--batch-size", "\(batch)", "--eval-every", "100", "--warmup", "0", "--seed", "7"] + extra
+        let swiftpeft = try CLITests.binary().path
+        if ranks == 1 { return try launch(swiftpeft, args, whileRunning: whileRunning) }
+        // A rank waiting in a collective yields its core rather than spin (the ranks fill the cores).
+        return try launch(mpirun, ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1",
+                                   "-np", "\(ranks)"] + mpiEnvironment.flatMap { ["-x", $0] } + [swiftpeft] + args,
+                          whileRunning: whileRunning)
+    }
+
+    func losses(_ dir: String) throws -> [Double] {
+        let text = try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8)
+        return text.split(separator: "\n").compactMap { line in
+            ((try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any])?["loss"] as? Double
+        }
+    }
+
+    /// The largest difference between two adapter files' tensors (same names required).
+    func maxDifference(_ a: String, _ b: String) throws -> (max: Float, over1e5: Int, values: Int) {
+        let (ta, _, _) = try HDF5Store.read(a), (tb, _, _) = try HDF5Store.read(b)
+        XCTAssertEqual(Set(ta.keys), Set(tb.keys))
+        var worst: Float = 0, over = 0, count = 0
+        for (k, x) in ta {
+            guard let y = tb[k] else { continue }
+            for (u, v) in zip(x.toArray(), y.toArray()) {
+                worst = max(worst, abs(u - v))
+                if abs(u - v) > 1e-5 { over += 1 }
+                count += 1
+            }
+        }
+        return (worst, over, count)
+    }
+
+    /// 2 ranks × batch 2 train exactly what 1 process × batch 4 trains, for LoRA and prompt tuning:
+    /// same loss curve and adapter within 1e-5 with SGD (its update is linear in the gradient, so
+    /// the different summation order of the all-reduce stays at rounding level). With AdamW the
+    /// loss curve matches as well; a value whose gradient is near zero can take the other sign's
+    /// step (AdamW's first steps are ±lr whatever the gradient's size), so only the curve is held
+    /// to 1e-5 there, and the number of such values is printed.
+    func testTwoRanksTrainWhatOneProcessTrainsWithTheGlobalBatch() throws {
+        for method in ["lora", "prompt"] {
+            let sgd = ["--optimizer", "sgd", "--lr", "0.05"]
+            let one = fx.path("dp-\(method)-1"), two = fx.path("dp-\(method)-2")
+            let r1 = try train(ranks: 1, batch: 4, method: method, out: one, extra: sgd)
+            XCTAssertEqual(r1.status, 0, r1.transcript)
+            let r2 = try train(ranks: 2, batch: 2, method: method, out: two, extra: sgd)
+            XCTAssertEqual(r2.status, 0, r2.transcript)
+            XCTAssertTrue(r2.stdout.contains("data-parallel: 2 ranks × batch 2 (global batch 4)"), r2.transcript)
+            XCTAssertEqual(r2.stdout.components(separatedBy: "trained in").count - 1, 1, "rank 0 alone reports:\n\(r2.transcript)")
+            let (l1, l2) = (try losses(one), try losses(two))
+            XCTAssertEqual(l1.count, 6)
+            assertClose(l2.map(Float.init), l1.map(Float.init), rtol: 1e-5, atol: 1e-5, "\(method): loss curve")
+            let d = try maxDifference(one + "/adapter.h5", two + "/adapter.h5")
+            XCTAssertLessThanOrEqual(d.max, 1e-5, "\(method): adapters differ by \(d.max)")
+            print("\(method), SGD: 2 ranks × 2 vs 1 × 4: loss curves within \(zip(l1, l2).map { abs($0 - $1) }.max()!), adapters within \(d.max)")
+        }
+        let one = fx.path("dp-adamw-1"), two = fx.path("dp-adamw-2")
+        XCTAssertEqual(try train(ranks: 1, batch: 4, method: "lora", out: one, extra: ["--lr", "1e-2"]).status, 0)
+        XCTAssertEqual(try train(ranks: 2, batch: 2, method: "lora", out: two, extra: ["--lr", "1e-2"]).status, 0)
+        let (l1, l2) = (try losses(one), try losses(two))
+        assertClose(l2.map(Float.init), l1.map(Float.init), rtol: 1e-5, atol: 1e-5, "lora, AdamW: loss curve")
+        let d = try maxDifference(one + "/adapter.h5", two + "/adapter.h5")
+        print("lora, AdamW: \(d.over1e5) of \(d.values) adapter values differ by more than 1e-5 (largest \(d.max))")
+    }
+
+    /// A rank killed mid-run ends the job with a message on the surviving rank (not a hang), and
+    /// `--resume` with the same number of ranks ends where an uninterrupted run ends.
+    func testKilledRankEndsTheJobAndResumeMatchesAnUninterruptedRun() throws {
+        let extra = ["--optimizer", "sgd", "--lr", "0.02", "--save-every", "10", "--steps", "200"]
+        let whole = fx.path("dp-whole"), broken = fx.path("dp-broken")
+        XCTAssertEqual(try train(ranks: 2, batch: 2, method: "lora", out: whole, extra: extra).status, 0)
+        var killed: Int32?
+        let r = try train(ranks: 2, batch: 2, method: "lora", out: broken, extra: extra + ["--log-every", "1"]) { _ in
+            guard killed == nil, ((try? self.losses(broken))?.count ?? 0) >= 5, let pid = Self.rank(1, runningWith: broken) else { return }
+            kill(pid, SIGKILL)
+            killed = pid
+        }
+        XCTAssertNotNil(killed, "rank 1 was never seen running:\n\(r.transcript)")
+        XCTAssertNotEqual(r.status, 0, r.transcript)
+        XCTAssertTrue(r.output.contains("rank 0 of 2"), "the surviving rank says why it stops:\n\(r.transcript)")
+        XCTAssertTrue(r.output.contains("--resume"), r.transcript)
+        let done = try losses(broken).count
+        XCTAssertLessThan(done, 200, "the run was cut short")
+        print("rank 1 killed after step \(done); the job said:\n" + r.output.split(separator: "\n").filter { $0.contains("rank") || $0.contains("mpirun") }.joined(separator: "\n"))
+        let resumed = try train(ranks: 2, batch: 2, method: "lora", out: broken, extra: extra + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.transcript)
+        let d = try maxDifference(whole + "/adapter.h5", broken + "/adapter.h5")
+        XCTAssertEqual(d.max, 0, "the resumed job ends where the uninterrupted one ends")
+        assertClose(try losses(broken).map(Float.init), try losses(whole).map(Float.init), rtol: 0, atol: 0, "loss curve")
+    }
+
+    /// A rank that stops answering (stopped, not dead: a hung node) ends the job after the step
+    /// timeout with a message from the rank left waiting.
+    func testAHungRankEndsTheJobAfterTheStepTimeout() throws {
+        let out = fx.path("dp-hung")
+        var stopped: Int32?
+        let started = Date()
+        let r = try train(ranks: 2, batch: 2, method: "lora", out: out,
+                          extra: ["--optimizer", "sgd", "--steps", "200", "--save-every", "0", "--log-every", "1"],
+                          mpiEnvironment: ["SWIFTPEFT_MPI_TIMEOUT=3"]) { _ in
+            guard stopped == nil, ((try? self.losses(out))?.count ?? 0) >= 5, let pid = Self.rank(1, runningWith: out) else { return }
+            kill(pid, SIGSTOP)
+            stopped = pid
+        }
+        XCTAssertNotNil(stopped, "rank 1 was never seen running:\n\(r.transcript)")
+        XCTAssertNotEqual(r.status, 0, r.transcript)
+        XCTAssertTrue(r.output.contains("rank 0 of 2: no reply from the other ranks"), r.transcript)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 120, "ended by the timeout, not by the test")
+        if let stopped { kill(stopped, SIGKILL) }
+    }
+
+    /// The pid of the `swiftpeft` process that is rank `rank` of a job writing to `out`.
+    static func rank(_ rank: Int, runningWith out: String) -> Int32? {
+        guard let pids = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+        for p in pids {
+            guard let pid = Int32(p),
+                  let cmd = FileManager.default.contents(atPath: "/proc/\(p)/cmdline"),
+                  String(decoding: cmd, as: UTF8.self).contains(out),
+                  let env = FileManager.default.contents(atPath: "/proc/\(p)/environ") else { continue }
+            let vars = env.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if vars.contains("OMPI_COMM_WORLD_RANK=\(rank)") && !String(decoding: cmd, as: UTF8.self).hasPrefix("mpirun") { return pid }
+        }
+        return nil
+    }
+}
