@@ -123,6 +123,27 @@ final class DistributedTests: XCTestCase {
         print("lora, AdamW: \(d.over1e5) of \(d.values) adapter values differ by more than 1e-5 (largest \(d.max))")
     }
 
+    /// `compare` under mpirun trains every method data-parallel and rank 0 alone writes the report:
+    /// its validation losses are those of one process with the global batch.
+    func testCompareUnderMPIMatchesOneProcess() throws {
+        let swiftpeft = try CLITests.binary().path
+        func compare(ranks: Int, batch: Int, out: String) throws -> [MethodResult] {
+            let args = ["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,prompt", "--steps", "4", "--seq-len", "32",
+                        "--batch-size", "\(batch)", "--eval-every", "2", "--optimizer", "sgd", "--lr", "0.05", "--seed", "7", "--out", out]
+            let r = ranks == 1 ? try launch(swiftpeft, args)
+                : try launch(mpirun, ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1", "-np", "\(ranks)", swiftpeft] + args)
+            XCTAssertEqual(r.status, 0, r.transcript)
+            XCTAssertEqual(r.stdout.components(separatedBy: "report: ").count - 1, 1, "one report:\n\(r.transcript)")
+            return try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: out + "/report/results.json")))
+        }
+        let one = try compare(ranks: 1, batch: 4, out: fx.path("dp-compare-1"))
+        let two = try compare(ranks: 2, batch: 2, out: fx.path("dp-compare-2"))
+        XCTAssertEqual(one.map(\.method), two.map(\.method))
+        for (a, b) in zip(one, two) {
+            assertClose(b.curve.map { Float($0.loss) }, a.curve.map { Float($0.loss) }, rtol: 1e-5, atol: 1e-5, "\(a.method): validation curve")
+        }
+    }
+
     /// A rank killed mid-run ends the job with a message on the surviving rank (not a hang), and
     /// `--resume` with the same number of ranks ends where an uninterrupted run ends.
     func testKilledRankEndsTheJobAndResumeMatchesAnUninterruptedRun() throws {
