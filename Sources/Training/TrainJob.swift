@@ -139,7 +139,8 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     trainer.metricsURL = comm.isLeader ? metricsURL : nil
     trainer.communicator = comm
     // What a resume must find unchanged (the data is checked by its fingerprint in the data position).
-    trainer.checkpointAttributes = ["base_weights_hash": fingerprint.weightsHash, "base_architecture": fingerprint.architecture]
+    trainer.checkpointAttributes = ["base_weights_hash": fingerprint.weightsHash, "base_architecture": fingerprint.architecture,
+                                    "data_parallel_ranks": String(comm.size)]
     if let method {
         trainer.checkpointAttributes["method"] = job.method
         trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)
@@ -150,6 +151,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     var stream = RankShard(BatchIterator(splits.train, batchSize: job.batchSize * comm.size, seed: job.trainer.seed),
                            rank: comm.rank, size: comm.size)
     if job.resume {
+        // The global batch is batch × ranks: another rank count would not continue the same run.
+        if let saved = (try? HDF5Store.readAttributes(stateURL.path))?["data_parallel_ranks"].flatMap(Int.init), saved != comm.size {
+            throw TrainingError(message: "\(stateURL.path) was written by a job of \(saved) rank(s) (global batch \(saved) × \(job.batchSize)); resume it with the same number (\(saved == 1 ? "without mpirun" : "mpirun -np \(saved)"))")
+        }
         try trainer.resume(from: stateURL, data: &stream)
         // At exactly the budget, a run killed after its last checkpoint but before writing its
         // adapter: the resume only writes the outputs.

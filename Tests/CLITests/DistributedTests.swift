@@ -105,7 +105,8 @@ final class DistributedTests: XCTestCase {
             XCTAssertEqual(r1.status, 0, r1.transcript)
             let r2 = try train(ranks: 2, batch: 2, method: method, out: two, extra: sgd)
             XCTAssertEqual(r2.status, 0, r2.transcript)
-            XCTAssertTrue(r2.stdout.contains("data-parallel: 2 ranks × batch 2 (global batch 4)"), r2.transcript)
+            let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / 2)  // cores / local ranks
+            XCTAssertTrue(r2.stdout.contains("data-parallel: 2 ranks × batch 2 (global batch 4), \(threads) thread(s) per rank"), r2.transcript)
             XCTAssertEqual(r2.stdout.components(separatedBy: "trained in").count - 1, 1, "rank 0 alone reports:\n\(r2.transcript)")
             let (l1, l2) = (try losses(one), try losses(two))
             XCTAssertEqual(l1.count, 6)
@@ -163,6 +164,9 @@ final class DistributedTests: XCTestCase {
         let done = try losses(broken).count
         XCTAssertLessThan(done, 200, "the run was cut short")
         print("rank 1 killed after step \(done); the job said:\n" + r.output.split(separator: "\n").filter { $0.contains("rank") || $0.contains("mpirun") }.joined(separator: "\n"))
+        let alone = try train(ranks: 1, batch: 2, method: "lora", out: broken, extra: extra + ["--resume"])
+        XCTAssertNotEqual(alone.status, 0, "another rank count cannot continue the run:\n\(alone.transcript)")
+        XCTAssertTrue(alone.output.contains("written by a job of 2 rank(s)") && alone.output.contains("mpirun -np 2"), alone.transcript)
         let resumed = try train(ranks: 2, batch: 2, method: "lora", out: broken, extra: extra + ["--resume"])
         XCTAssertEqual(resumed.status, 0, resumed.transcript)
         let d = try maxDifference(whole + "/adapter.h5", broken + "/adapter.h5")
