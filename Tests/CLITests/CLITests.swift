@@ -132,20 +132,26 @@ final class CLITests: XCTestCase {
     /// fill up), killing it after `timeout` seconds.
     @discardableResult
     func run(_ args: [String], timeout: TimeInterval = 180, environment: [String: String?] = [:]) throws -> CLIRun {
+        try Self.launch(Self.binary(), args, in: fx.dir, timeout: timeout, environment: environment)
+    }
+
+    /// Runs `executable args…` in `dir` as `run` does; `whileRunning` is called every 0.2 s with its pid.
+    static func launch(_ executable: URL, _ args: [String], in dir: URL, timeout: TimeInterval = 180,
+                       environment: [String: String?] = [:], whileRunning: ((Int32) -> Void)? = nil) throws -> CLIRun {
         let p = Process()
-        p.executableURL = try Self.binary()
+        p.executableURL = executable
         p.arguments = args
         if !environment.isEmpty {  // nil removes a variable
             var env = ProcessInfo.processInfo.environment
             for (k, v) in environment { env[k] = v }
             p.environment = env
         }
-        p.currentDirectoryURL = fx.dir
+        p.currentDirectoryURL = dir
         let id = UUID().uuidString
-        let outURL = fx.dir.appendingPathComponent("stdout-\(id)"), errURL = fx.dir.appendingPathComponent("stderr-\(id)")
+        let outURL = dir.appendingPathComponent("stdout-\(id)"), errURL = dir.appendingPathComponent("stderr-\(id)")
         guard FileManager.default.createFile(atPath: outURL.path, contents: nil),
               FileManager.default.createFile(atPath: errURL.path, contents: nil) else {
-            throw CLIError(description: "cannot create the output files in \(fx.dir.path)")
+            throw CLIError(description: "cannot create the output files in \(dir.path)")
         }
         let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
         defer {
@@ -160,17 +166,20 @@ final class CLITests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         p.terminationHandler = { _ in done.signal() }
         try p.run()
-        if done.wait(timeout: .now() + timeout) == .timedOut {
-            p.terminate()
-            _ = done.wait(timeout: .now() + 5)
-            let message = "swiftpeft \(args.joined(separator: " ")) did not finish within \(Int(timeout)) s; killed"
-            XCTFail(message)
-            throw CLIError(description: message)
+        let deadline = Date().addingTimeInterval(timeout)
+        while done.wait(timeout: .now() + 0.2) == .timedOut {
+            if Date() > deadline {
+                p.terminate()
+                _ = done.wait(timeout: .now() + 5)
+                let message = "\(executable.lastPathComponent) \(args.joined(separator: " ")) did not finish within \(Int(timeout)) s; killed"
+                XCTFail(message)
+                throw CLIError(description: message)
+            }
+            whileRunning?(p.processIdentifier)
         }
-        let r = CLIRun(arguments: args, status: p.terminationStatus,
-                       stdout: String(decoding: (try? Data(contentsOf: outURL)) ?? Data(), as: UTF8.self),
-                       stderr: String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self))
-        return r
+        return CLIRun(arguments: args, status: p.terminationStatus,
+                      stdout: String(decoding: (try? Data(contentsOf: outURL)) ?? Data(), as: UTF8.self),
+                      stderr: String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self))
     }
 
     /// Runs and requires exit status 0.

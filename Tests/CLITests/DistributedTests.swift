@@ -19,41 +19,10 @@ final class DistributedTests: XCTestCase {
         mpirun = m
     }
 
-    /// Runs `executable args…` (output to files), killing it after `timeout` s; `whileRunning`
-    /// is polled every 0.2 s with the process id.
+    /// Runs `executable args…` in the fixtures' folder (see `CLITests.launch`).
     func launch(_ executable: String, _ args: [String], timeout: TimeInterval = 300,
                 whileRunning: ((Int32) -> Void)? = nil) throws -> CLIRun {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = args
-        p.currentDirectoryURL = fx.dir
-        let id = UUID().uuidString
-        let outURL = fx.dir.appendingPathComponent("stdout-\(id)"), errURL = fx.dir.appendingPathComponent("stderr-\(id)")
-        FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-        defer {
-            try? out.close()
-            try? err.close()
-            try? FileManager.default.removeItem(at: outURL)
-            try? FileManager.default.removeItem(at: errURL)
-        }
-        (p.standardOutput, p.standardError, p.standardInput) = (out, err, FileHandle.nullDevice)
-        try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning {
-            if Date() > deadline {
-                p.terminate()
-                XCTFail("\(executable) \(args.joined(separator: " ")) did not finish within \(Int(timeout)) s; killed")
-                break
-            }
-            whileRunning?(p.processIdentifier)
-            Thread.sleep(forTimeInterval: 0.2)
-        }
-        p.waitUntilExit()
-        return CLIRun(arguments: [executable] + args, status: p.terminationStatus,
-                      stdout: String(decoding: (try? Data(contentsOf: outURL)) ?? Data(), as: UTF8.self),
-                      stderr: String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self))
+        try CLITests.launch(URL(fileURLWithPath: executable), args, in: fx.dir, timeout: timeout, whileRunning: whileRunning)
     }
 
     func train(ranks: Int, batch: Int, method: String, out: String, extra: [String] = [], mpiEnvironment: [String] = [],
