@@ -31,8 +31,9 @@ final class DistributedTests: XCTestCase {
                     "--seq-len", "32", "--batch-size", "\(batch)", "--eval-every", "100", "--warmup", "0", "--seed", "7"] + extra
         let swiftpeft = try CLITests.binary().path
         if ranks == 1 { return try launch(swiftpeft, args, whileRunning: whileRunning) }
-        // A rank waiting in a collective yields its core rather than spin (the ranks fill the cores).
-        return try launch(mpirun, ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1",
+        // A rank waiting in a collective yields its core rather than spin (the ranks fill the cores);
+        // shared memory without the single-copy (ptrace) mechanism, which containers often forbid.
+        return try launch(mpirun, ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1", "--mca", "btl_vader_single_copy_mechanism", "none",
                                    "-np", "\(ranks)"] + mpiEnvironment.flatMap { ["-x", $0] } + [swiftpeft] + args,
                           whileRunning: whileRunning)
     }
@@ -101,7 +102,7 @@ final class DistributedTests: XCTestCase {
             let args = ["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,prompt", "--steps", "4", "--seq-len", "32",
                         "--batch-size", "\(batch)", "--eval-every", "2", "--optimizer", "sgd", "--lr", "0.05", "--seed", "7", "--out", out]
             let r = ranks == 1 ? try launch(swiftpeft, args)
-                : try launch(mpirun, ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1", "-np", "\(ranks)", swiftpeft] + args)
+                : try launch(mpirun, ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1", "--mca", "btl_vader_single_copy_mechanism", "none", "-np", "\(ranks)", swiftpeft] + args)
             XCTAssertEqual(r.status, 0, r.transcript)
             XCTAssertEqual(r.stdout.components(separatedBy: "report: ").count - 1, 1, "one report:\n\(r.transcript)")
             return try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: out + "/report/results.json")))
