@@ -119,10 +119,7 @@ final class CountProgress {
         let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
         let text = "\(label) \(done)/\(total)  ETA \(Progress.clock(eta))"
         if tty {
-            let width = 24, filled = width * done / max(total, 1)
-            print("\r" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + " \(text)\u{1B}[K",
-                  terminator: done == total ? "\n" : "")
-            fflush(stdout)
+            Progress.drawBar(done: done, total: total, text: text)
         } else if done * 10 / max(total, 1) > lastTenth || done == total {
             lastTenth = done * 10 / max(total, 1)
             print(text)

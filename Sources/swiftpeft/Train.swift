@@ -139,13 +139,18 @@ final class Progress {
         if let v = lastVal { text += String(format: "  val %.4f", v) }
         text += String(format: "  %.0f tok/s  ETA %@", m.tokensPerSecond, Progress.clock(eta))
         if tty {
-            let width = 24, filled = width * m.step / max(total, 1)
-            let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
-            print("\r\(bar) \(text)\u{1B}[K", terminator: m.step == total ? "\n" : "")
-            fflush(stdout)
+            Progress.drawBar(done: m.step, total: total, text: text)
         } else if m.step % every == 0 || m.step == total || m.valLoss != nil {
             print(text)
         }
+    }
+
+    /// Redraws the terminal line: a 24-cell bar of done/total, then `text`; a newline when done.
+    static func drawBar(done: Int, total: Int, text: String) {
+        let width = 24, filled = width * min(done, total) / max(total, 1)
+        let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
+        print("\r\(bar) \(text)\u{1B}[K", terminator: done >= total ? "\n" : "")
+        fflush(stdout)
     }
 
     static func clock(_ s: Double) -> String {
