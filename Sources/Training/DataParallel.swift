@@ -22,6 +22,7 @@ public struct RankShard<S: BatchStream>: BatchStream {
 
     public mutating func nextBatch() -> Batch {
         let g = global.nextBatch()
+        if size == 1 { return g }
         let lo = g.rows * rank / size, hi = g.rows * (rank + 1) / size
         let T = g.rows == 0 ? 0 : g.ids.count / g.rows  // (rows, T) row-major
         return Batch(ids: Array(g.ids[(lo * T)..<(hi * T)]), targets: Array(g.targets[(lo * T)..<(hi * T)]),
