@@ -33,7 +33,7 @@ public final class Communicator: @unchecked Sendable {
     public var isDistributed: Bool { size > 1 }
 
     private let waitingSince = Atomic<UInt64>(0)  // uptime ns when the current collective began; 0 outside
-    nonisolated(unsafe) private var waitingFor = ""  // what the current collective is (for the watchdog's message)
+    private let waitingFor = Mutex("")  // what the current collective is (read by the watchdog's thread)
 
     /// The job's world: MPI's when this process was started by `mpirun` (Open MPI sets
     /// `OMPI_COMM_WORLD_SIZE`), otherwise a world of one. MPI is initialized on first use.
@@ -107,7 +107,7 @@ public final class Communicator: @unchecked Sendable {
     }
 
     private func collective(_ what: String, _ call: () -> Int32) throws {
-        waitingFor = what
+        waitingFor.withLock { $0 = what }
         waitingSince.store(DispatchTime.now().uptimeNanoseconds, ordering: .releasing)
         let rc = call()
         waitingSince.store(0, ordering: .releasing)
@@ -132,7 +132,7 @@ public final class Communicator: @unchecked Sendable {
                 guard since > 0 else { continue }
                 let waited = Double(DispatchTime.now().uptimeNanoseconds - since) / 1e9
                 if waited > timeoutSeconds {
-                    FileHandle.standardError.write(Data("swiftpeft: rank \(rank) of \(size): no reply from the other ranks for \(Int(waited)) s in \(waitingFor) (SWIFTPEFT_MPI_TIMEOUT \(Int(timeoutSeconds)) s): a rank has stopped or the network is down; ending this rank. The last checkpoint is kept: run again with --resume and the same -np.\n".utf8))
+                    FileHandle.standardError.write(Data("swiftpeft: rank \(rank) of \(size): no reply from the other ranks for \(Int(waited)) s in \(waitingFor.withLock { $0 }) (SWIFTPEFT_MPI_TIMEOUT \(Int(timeoutSeconds)) s): a rank has stopped or the network is down; ending this rank. The last checkpoint is kept: run again with --resume and the same -np.\n".utf8))
                     _exit(75)
                 }
             }
