@@ -165,6 +165,42 @@ func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     return s
 }
 
+/// Σ over n values of a term given 8 lanes at a time (`lanes(i)`: terms i..<i+8) and one at a time
+/// for the tail (`one(i)`), in 8 partial sums: a scalar loop cannot vectorize a float reduction.
+@inline(__always)
+func simdSum(_ n: Int, _ lanes: (Int) -> SIMD8<Float>, _ one: (Int) -> Float) -> Float {
+    var i = 0
+    var acc = SIMD8<Float>()
+    while i + 8 <= n {
+        acc += lanes(i)
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += one(i); i += 1 }
+    return s
+}
+
+/// Eight values from p + i (unaligned).
+@inline(__always)
+func load8(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
+    UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+/// Σ x[i]·y[i] over n values (8 partial sums: a scalar loop cannot vectorize a float reduction).
+@inline(__always)
+func rowDot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float {
+    var i = 0
+    var acc = SIMD8<Float>()
+    while i + 8 <= n {
+        acc = acc.addingProduct(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self),
+                                UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self))
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += x[i] * y[i]; i += 1 }
+    return s
+}
+
 /// dst[i] = e^(src[i] − shift) for n values; returns their sum. dst may equal src.
 @inline(__always)
 func expShiftedSum(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {

@@ -174,8 +174,7 @@ private struct AttentionGeometry {
                           beta: 0, c: dp, ldc: kEnd)
                     for r in 0..<rows {
                         let pr = p + r * kEnd, dr = dp + r * kEnd
-                        var dot: Float = 0
-                        for j in 0..<kEnd { dot += pr[j] * dr[j] }
+                        let dot = rowDot(pr, dr, kEnd)
                         for j in 0..<kEnd { dr[j] = pr[j] * (dr[j] - dot) }
                     }
                     if let dq {  // dQ (rows, D) = scale · dS K

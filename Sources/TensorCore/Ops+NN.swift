@@ -34,8 +34,7 @@ extension Tensor {
             parallelRanges(rows, cost: c) { lo, hi in
                 for r in lo..<hi {
                     let o = r * c
-                    var dot: Float = 0
-                    for i in 0..<c { dot += pg[o + i] * y[o + i] }
+                    let dot = rowDot(pg + o, y + o, c)
                     for i in 0..<c { pd[o + i] = y[o + i] * (pg[o + i] - dot) }
                 }
             }
@@ -89,11 +88,9 @@ extension Tensor {
         parallelRanges(rows, cost: c) { lo, hi in
             for r in lo..<hi {
                 let xr = px + r * c, yr = py + r * c
-                var m: Float = 0
-                for i in 0..<c { m += xr[i] }
-                m /= Float(c)
-                var v: Float = 0
-                for i in 0..<c { let d = xr[i] - m; v += d * d }
+                let m = rowSum(xr, c) / Float(c)
+                let m8 = SIMD8<Float>(repeating: m)
+                let v = simdSum(c, { let d = load8(xr, $0) - m8; return d * d }, { let d = xr[$0] - m; return d * d })
                 let rs = 1 / (v / Float(c) + eps).squareRoot()
                 pm[r] = m
                 pr[r] = rs
@@ -115,14 +112,18 @@ extension Tensor {
                 parallelRanges(rows, cost: c) { lo, hi in
                     for r in lo..<hi {
                         let o = r * c, m = pm[r], rs = pr[r]
-                        var s1: Float = 0, s2: Float = 0
-                        for i in 0..<c {
-                            let dn = pg[o + i] * (pw?[i] ?? 1)
-                            s1 += dn
-                            s2 += dn * (px[o + i] - m) * rs
+                        let gr = pg + o, xr = px + o, m8 = SIMD8<Float>(repeating: m)
+                        // s1 = mean(dn), s2 = mean(dn ⊙ n)
+                        var s1: Float, s2: Float
+                        if let pw {
+                            s1 = rowDot(gr, pw, c)
+                            s2 = simdSum(c, { load8(gr, $0) * load8(pw, $0) * (load8(xr, $0) - m8) }, { gr[$0] * pw[$0] * (xr[$0] - m) })
+                        } else {
+                            s1 = rowSum(gr, c)
+                            s2 = simdSum(c, { load8(gr, $0) * (load8(xr, $0) - m8) }, { gr[$0] * (xr[$0] - m) })
                         }
                         s1 /= Float(c)
-                        s2 /= Float(c)
+                        s2 *= rs / Float(c)
                         for i in 0..<c {
                             let dn = pg[o + i] * (pw?[i] ?? 1)
                             pd[o + i] = rs * (dn - s1 - (px[o + i] - m) * rs * s2)
@@ -157,8 +158,7 @@ extension Tensor {
         parallelRanges(rows, cost: c) { lo, hi in
             for r in lo..<hi {
                 let xr = px + r * c, yr = py + r * c
-                var ss: Float = 0
-                for i in 0..<c { ss += xr[i] * xr[i] }
+                let ss = rowDot(xr, xr, c)
                 let rs = 1 / (ss / Float(c) + eps).squareRoot()
                 pr[r] = rs
                 if let pw { for i in 0..<c { yr[i] = xr[i] * rs * pw[i] } } else { for i in 0..<c { yr[i] = xr[i] * rs } }
@@ -174,9 +174,9 @@ extension Tensor {
                 parallelRanges(rows, cost: c) { lo, hi in
                     for r in lo..<hi {
                         let o = r * c, rs = pr[r]
-                        var s: Float = 0
-                        for i in 0..<c { s += pg[o + i] * (pw?[i] ?? 1) * px[o + i] }
-                        s /= Float(c)
+                        let gr = pg + o, xr = px + o
+                        let s = (pw.map { w in simdSum(c, { load8(gr, $0) * load8(w, $0) * load8(xr, $0) }, { gr[$0] * w[$0] * xr[$0] }) }
+                                 ?? rowDot(gr, xr, c)) / Float(c)
                         let k = rs * rs * rs * s
                         for i in 0..<c { pd[o + i] = rs * pg[o + i] * (pw?[i] ?? 1) - px[o + i] * k }
                     }
