@@ -27,9 +27,10 @@ public final class LlamaAttention: Module {
     func callAsFunction(_ x: Tensor, layer: Int, context: ForwardContext) -> Tensor {
         let (B, T) = (x.shape[0], x.shape[1])
         let (H, KVH, D) = (config.numHeads, config.numKVHeads, config.headDim)
-        let q = qProj(x).reshaped([B, T, H, D])  // (B, T, H, D)
-        let k = kProj(x).reshaped([B, T, KVH, D])  // (B, T, KVH, D)
-        let v = vProj(x).reshaped([B, T, KVH, D])
+        let qkv = Linear.apply([qProj, kProj, vProj], to: x)  // LoRA branches share one x Aᵀ GEMM
+        let q = qkv[0].reshaped([B, T, H, D])  // (B, T, H, D)
+        let k = qkv[1].reshaped([B, T, KVH, D])  // (B, T, KVH, D)
+        let v = qkv[2].reshaped([B, T, KVH, D])
         return oProj(attentionCore(q: q, k: k, v: v, layer: layer, config: config, context: context))
     }
 }
@@ -49,7 +50,10 @@ public final class LlamaMLP: Module {
         register("down_proj", downProj)
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor { downProj(Tensor.swiglu(gate: gateProj(x), up: upProj(x))) }
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        let gateUp = Linear.apply([gateProj, upProj], to: x)  // (…, F) each
+        return downProj(Tensor.swiglu(gate: gateUp[0], up: gateUp[1]))
+    }
 }
 
 /// input_layernorm → self_attn → residual; post_attention_layernorm → mlp → residual.

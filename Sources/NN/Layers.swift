@@ -20,6 +20,14 @@ extension LinearHook {
     public var rows: Range<Int>? { nil }
 }
 
+/// A hook whose whole effect is adding scale · (x Aᵀ) Bᵀ to the layer's output (LoRA). Layers that
+/// read one input (`Linear.apply(_:to:)`) then compute their x Aᵀ together in one GEMM.
+public protocol LowRankHook: LinearHook {
+    /// A (r, in), B (out, r) and the scale, or nil when the hook must run on its own (dropout,
+    /// DoRA, merged, disabled).
+    var lowRankFactors: (a: Tensor, b: Tensor, scale: Float)? { get }
+}
+
 /// y = x Wᵀ + b, weight (out, in); or, with `fanInFanOut` (GPT-2's Conv1D), y = x W + b, weight (in, out).
 public final class Linear: Module {
     public private(set) var weight: Tensor
@@ -59,6 +67,25 @@ public final class Linear: Module {
         var y = base(h)
         for hook in hooks { y = hook.output(y, input: h, layer: self) }
         return y
+    }
+
+    /// Several layers on one input (a block's q, k and v projections): the same outputs as calling
+    /// each, but when two or more of them carry a single low-rank hook (LoRA) and nothing else,
+    /// their x Aᵀ products run as one GEMM, forward and backward (`Tensor.lowRankProject`).
+    public static func apply(_ layers: [Linear], to x: Tensor) -> [Tensor] {
+        let factors = layers.map { l -> (a: Tensor, b: Tensor, scale: Float)? in
+            guard l.hooks.count == 1, l.hooks[0].rows == nil, let h = l.hooks[0] as? LowRankHook else { return nil }
+            return h.lowRankFactors
+        }
+        let shared = factors.indices.filter { factors[$0] != nil }
+        guard shared.count >= 2 else { return layers.map { $0(x) } }
+        let u = Tensor.lowRankProject(x, a: shared.map { factors[$0]!.a })  // (N, Σr)
+        var column = [Int: Int](), next = 0
+        for i in shared { column[i] = next; next += factors[i]!.a.shape[0] }
+        return layers.indices.map { i in
+            guard let f = factors[i], let c = column[i] else { return layers[i](x) }
+            return Tensor.lowRankExpand(layers[i].base(x), u: u, column: c, b: f.b, scale: f.scale)
+        }
     }
 
     /// Hooks limited to rows of the batch: each transforms its rows' slice, written back in place

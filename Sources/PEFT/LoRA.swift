@@ -106,7 +106,7 @@ public struct LoRAConfig: PEFTConfig, Equatable {
 }
 
 /// The LoRA (or DoRA) branch on one Linear layer.
-public final class LoRALayer: FoldableLinearHook {
+public final class LoRALayer: FoldableLinearHook, LowRankHook {
     public let module: String
     /// (r, in)
     public let a: Tensor
@@ -161,6 +161,15 @@ public final class LoRALayer: FoldableLinearHook {
     static func rowNorm(_ w: Tensor, delta: Tensor) -> Tensor { (w + delta).pow(2).sum(axes: [1]).sqrt() }
 
     public var rows: Range<Int>? { owner.rows }
+
+    /// A, B and the scale while the branch is plain LoRA now (no DoRA, no active dropout), so that
+    /// layers sharing an input run their x Aᵀ together; nil when disabled or merged too (`output`
+    /// then passes y through).
+    public var lowRankFactors: (a: Tensor, b: Tensor, scale: Float)? {
+        guard owner.isEnabled && premerge == nil && magnitude == nil,
+              owner.config.loraDropout == 0 || !owner.training else { return nil }
+        return (a, b, scale)
+    }
 
     public func output(_ y: Tensor, input x: Tensor, layer: Linear) -> Tensor {
         guard owner.isEnabled && premerge == nil else { return y }

@@ -48,3 +48,81 @@ extension Tensor {
         }
     }
 }
+
+// Layers that read one input (a block's q, k and v projections) and carry LoRA branches share
+// the first GEMM: U = x [A₁; A₂; …]ᵀ in one call (`lowRankProject`), then each layer adds
+// s_i · U[:, cols_i] B_iᵀ to its output (`lowRankExpand`). The backward mirrors it: each expand
+// writes its dU columns into U's gradient, and the project op runs one dA GEMM and one dX GEMM
+// for all of them.
+
+extension Tensor {
+    /// U = x [A₁; …; A_n]ᵀ: (…, in) → (N, Σ rᵢ), N the rows of x, for contiguous aᵢ (rᵢ, in).
+    /// Backward: dAᵢ = dU[:, colsᵢ]ᵀ x (one GEMM for all), dX += dU [A₁; …; A_n] (one GEMM).
+    public static func lowRankProject(_ x: Tensor, a: [Tensor]) -> Tensor {
+        let inF = x.shape.last ?? 0
+        check(!a.isEmpty && a.allSatisfy { $0.rank == 2 && $0.shape[1] == inF && $0.isContiguous },
+              "[lowRankProject] needs x (…, in) and contiguous a (r, in) each; got x \(x.shape), a \(a.map(\.shape))")
+        let n = x.count / Swift.max(inF, 1), total = a.reduce(0) { $0 + $1.shape[0] }
+        let xc = x.contiguousData()
+        let stacked = Tensor.empty([total, inF])  // (Σr, in) = [A₁; …; A_n]
+        var row = 0
+        for ai in a {
+            stacked.basePointer.advanced(by: row * inF).update(from: ai.basePointer, count: ai.count)
+            row += ai.shape[0]
+        }
+        let u = Tensor.empty([n, total])  // (N, Σr)
+        let px = UnsafePointer(xc.basePointer), ps = UnsafePointer(stacked.basePointer)
+        sgemm(transA: false, transB: true, m: n, n: total, k: inF, a: px, lda: inF, b: ps, ldb: inF, beta: 0, c: u.basePointer, ldc: total)
+        let keptX = a.contains(where: \.requiresGrad) ? xc : nil  // dA needs x
+        let xSlot = x.slot
+        return make(u, op: "lowRankProject", inputs: [x] + a) { g in
+            withExtendedLifetime((keptX, stacked)) {}  // px (when dA is wanted) and ps point into them
+            let pg = UnsafePointer(g.basePointer)
+            if a.contains(where: \.requiresGrad) {  // [dA₁; …] (Σr, in) = dUᵀ x, then each into its gradient
+                let da = Tensor.empty([total, inF])
+                sgemm(transA: true, transB: false, m: total, n: inF, k: n, a: pg, lda: total, b: px, ldb: inF, beta: 0,
+                      c: da.basePointer, ldc: inF)
+                var row = 0
+                for ai in a {
+                    if ai.requiresGrad { ai.accumulateGrad(UnsafePointer(da.basePointer + row * inF)) }
+                    row += ai.shape[0]
+                }
+            }
+            if xSlot.requiresGrad {  // dX (N, in) += dU [A₁; …]
+                let (dx, beta) = xSlot.gradBuffer()
+                sgemm(transA: false, transB: false, m: n, n: inF, k: total, a: pg, lda: total, b: ps, ldb: inF, beta: beta, c: dx, ldc: inF)
+            }
+        }
+    }
+
+    /// y + scale · U[:, column..<column + r] bᵀ for y (…, out), u (N, Σr) from `lowRankProject`,
+    /// b (out, r) contiguous. Backward: dY passes through; dB = scale · dYᵀ U[:, cols];
+    /// dU[:, cols] = scale · dY b (U's other columns belong to the other layers).
+    public static func lowRankExpand(_ y: Tensor, u: Tensor, column: Int, b: Tensor, scale s: Float) -> Tensor {
+        let outF = y.shape.last ?? 0
+        check(u.rank == 2 && u.isContiguous && b.rank == 2 && b.isContiguous && b.shape[0] == outF
+              && column >= 0 && column + b.shape[1] <= u.shape[1] && y.count / Swift.max(outF, 1) == u.shape[0],
+              "[lowRankExpand] needs y (…, out), contiguous u (N, Σr) and b (out, r) with column + r ≤ Σr; got y \(y.shape), u \(u.shape), b \(b.shape), column \(column)")
+        let (n, r, total) = (u.shape[0], b.shape[1], u.shape[1])
+        let out = y.copy()  // (…, out)
+        let pu = UnsafePointer(u.basePointer) + column, pb = UnsafePointer(b.basePointer)
+        sgemm(transA: false, transB: true, m: n, n: outF, k: r, alpha: s, a: pu, lda: total, b: pb, ldb: r,
+              beta: 1, c: out.basePointer, ldc: outF)
+        let (ySlot, uSlot) = (y.slot, u.slot)
+        return make(out, op: "lowRankExpand", inputs: [y, u, b]) { g in
+            withExtendedLifetime(u) {}  // pu points into it
+            let pg = UnsafePointer(g.basePointer)
+            if ySlot.requiresGrad { ySlot.accumulateGrad(g) }
+            if b.requiresGrad {  // dB (out, r) = s · dYᵀ U[:, cols]
+                let (db, beta) = b.gradBuffer()
+                sgemm(transA: true, transB: false, m: outF, n: r, k: n, alpha: s, a: pg, lda: outF, b: pu, ldb: total,
+                      beta: beta, c: db, ldc: r)
+            }
+            if uSlot.requiresGrad {  // dU[:, cols] (N, r) += s · dY b, into a gradient the other layers share
+                let du = uSlot.zeroedGradBuffer()
+                sgemm(transA: false, transB: false, m: n, n: r, k: outF, alpha: s, a: pg, lda: outF, b: pb, ldb: r,
+                      beta: 1, c: du + column, ldc: total)
+            }
+        }
+    }
+}

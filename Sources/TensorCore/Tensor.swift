@@ -109,6 +109,14 @@ final class GradSlot {
         grad = g
         return (g.basePointer, 0)
     }
+
+    /// The gradient buffer, zero-filled when new: for kernels that each add into a part of it.
+    func zeroedGradBuffer() -> UnsafeMutablePointer<Float> {
+        if let g = grad { return g.basePointer }
+        let g = Tensor.zeros(shape)
+        grad = g
+        return g.basePointer
+    }
 }
 
 /// Global autodiff switch: inside `withNoGrad` no graph is recorded.

@@ -81,6 +81,42 @@ final class LoRATests: XCTestCase {
     }
 
     /// Merged and unmerged logits agree to 1e-5; unmerge restores the weights bit for bit.
+    /// Layers on one input (q, k, v; gate, up) run their LoRA x Aᵀ as one GEMM: outputs and every
+    /// gradient (x, A, B) equal calling each layer, in fewer GEMMs; a hook that cannot share
+    /// (DoRA) falls back to its own call.
+    func testLayersSharingAnInputShareTheAGEMM() throws {
+        for dora in [false, true] {
+            let model = makeModel(llamaTiny)
+            _ = try LoRA(config: loraConfig(.names(["q_proj", "k_proj", "v_proj"]), dora: dora)).attach(to: model)
+            let attn = (model as! LlamaModel).model.layers.items[0].selfAttn
+            let layers = [attn.qProj, attn.kProj, attn.vProj]
+            var rng = RNG(seed: 5)
+            let x0 = Tensor.normal([2, 3, 16], rng: &rng)
+            let weights = layers.map { Tensor.normal([2, 3, $0.outFeatures], rng: &rng) }
+            func run(_ f: (Tensor) -> [Tensor]) -> (out: [[Float]], grads: [[Float]], gemms: Int) {
+                let x = x0.copy()
+                x.requiresGrad = true
+                for l in layers { for h in l.hooks { (h as! LoRALayer).a.zeroGrad(); (h as! LoRALayer).b.zeroGrad() } }
+                let before = BLASCounter.sgemmCalls
+                let ys = f(x)
+                let gemms = BLASCounter.sgemmCalls - before
+                zip(ys, weights).map { ($0 * $1).sum() }.reduce(Tensor.zeros([]), +).backward()
+                let hooks = layers.map { $0.hooks[0] as! LoRALayer }
+                return (ys.map { $0.toArray() }, [x.grad!.toArray()] + hooks.flatMap { [$0.a.grad!.toArray(), $0.b.grad!.toArray()] }, gemms)
+            }
+            let shared = run { Linear.apply(layers, to: $0) }
+            let separate = run { x in layers.map { $0(x) } }
+            for (s, r) in zip(shared.out + shared.grads, separate.out + separate.grads) {
+                assertClose(s, r, rtol: 1e-5, atol: 1e-6, "dora \(dora)")
+            }
+            if dora {
+                XCTAssertEqual(shared.gemms, separate.gemms, "DoRA keeps one call per layer")
+            } else {
+                XCTAssertEqual(separate.gemms - shared.gemms, 2, "one x Aᵀ GEMM for three layers instead of three")
+            }
+        }
+    }
+
     func testMergeUnmerge() throws {
         for config in [gpt2Tiny, llamaTiny] {
             for dora in [false, true] {
@@ -120,7 +156,9 @@ final class LoRATests: XCTestCase {
         XCTAssertGreaterThan(maxAbsDiff(onlyA, onlyB), 1e-3)
         b.detach(from: model)
         a.isEnabled = true
-        XCTAssertEqual(logits(model), onlyA)
+        // Alone on q and v, a's branches share one x Aᵀ GEMM (another summation order than the
+        // two calls made while b was attached): equal to rounding.
+        assertClose(logits(model), onlyA, rtol: 1e-5, atol: 1e-6, "only a, after b's detach")
     }
 
     /// Several adapters in one batch, each on its own rows (serving): row b of the batched logits

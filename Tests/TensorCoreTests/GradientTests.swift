@@ -45,6 +45,18 @@ let gradCases: [GradCase] = [
     GradCase(name: "lowRankUpdate (sliced x)", shapes: [[3, 5], [3, 6], [2, 4], [5, 2]]) {
         Tensor.lowRankUpdate($0[0], x: $0[1].slice(axis: 1, 1, 5), a: $0[2], b: $0[3], scale: 0.5)
     },
+    // Two layers sharing x: one x [A₁; A₂]ᵀ, each output adding its own columns (a third layer's
+    // output reads U too, so both expand pullbacks add into one dU).
+    GradCase(name: "lowRankProject + lowRankExpand", shapes: [[2, 3, 5], [2, 3, 4], [2, 3, 6], [2, 6], [3, 6], [5, 2], [4, 3]]) {
+        let u = Tensor.lowRankProject($0[2], a: [$0[3], $0[4]])  // (6, 5)
+        let y1 = Tensor.lowRankExpand($0[0], u: u, column: 0, b: $0[5], scale: 1.5)
+        let y2 = Tensor.lowRankExpand($0[1], u: u, column: 2, b: $0[6], scale: 0.5)
+        return Tensor.concat([y1, y2, u.reshaped([2, 3, 5])], axis: 2)
+    },
+    GradCase(name: "lowRankProject (sliced x)", shapes: [[3, 5], [3, 7], [2, 4], [1, 4], [5, 1]]) {
+        let u = Tensor.lowRankProject($0[1].slice(axis: 1, 2, 6), a: [$0[2], $0[3]])  // (3, 3)
+        return Tensor.lowRankExpand($0[0], u: u, column: 2, b: $0[4], scale: 2)
+    },
     GradCase(name: "swiglu (transposed gate)", shapes: [[4, 3], [3, 4]]) { Tensor.swiglu(gate: $0[0].transposed(), up: $0[1]) },
     GradCase(name: "clamp", shapes: [[4, 5]], domain: { $0 * 2 + ($0 > 0 ? 0.1 : -0.1) }) { $0[0].clamp(min: -1.05, max: 1.05) },
     GradCase(name: "where", shapes: [[3, 4], [4]]) {
@@ -165,6 +177,10 @@ final class FusedOpValueTests: XCTestCase {
         let a = Tensor.normal([3, 6], rng: &rng), b = Tensor.normal([5, 3], rng: &rng)
         assertClose(Tensor.lowRankUpdate(y, x: x, a: a, b: b, scale: 2).toArray(),
                     (y + (x.matmul(a.transposed()) * 2).matmul(b.transposed())).toArray(), rtol: 1e-5, atol: 1e-6, "lowRankUpdate")
+        let a2 = Tensor.normal([2, 6], rng: &rng), b2 = Tensor.normal([5, 2], rng: &rng)
+        let shared = Tensor.lowRankProject(x, a: [a, a2])  // (4, 5)
+        assertClose(Tensor.lowRankExpand(y, u: shared, column: 3, b: b2, scale: 0.5).toArray(),
+                    (y + (x.matmul(a2.transposed()) * 0.5).matmul(b2.transposed())).toArray(), rtol: 1e-5, atol: 1e-6, "lowRankExpand")
     }
 }
 
