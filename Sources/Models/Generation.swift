@@ -42,7 +42,7 @@ extension CausalLM {
         let cache = useCache ? KVCache(config: config, batch: 1, capacity: extra + prompt.count + options.maxNewTokens) : nil
         var out: [Int32] = []
         var sequence = prompt
-        return Threads.withGEMMSplit(.tasks) { withNoGrad {  // decoding: few rows per product (see Threads.GEMMSplit)
+        return withNoGrad {
             var next = prompt
             // Learned absolute positions end at max_position_embeddings: generation stops there.
             let limit = config.positions == .learned ? config.maxPositions - extra - prompt.count : options.maxNewTokens
@@ -57,7 +57,7 @@ extension CausalLM {
                 if options.stopTokens.contains(token) { break }
             }
             return out
-        } }
+        }
     }
 }
 

@@ -324,7 +324,7 @@ public final class ServingEngine: @unchecked Sendable {
                 FileHandle.standardError.write(Data("batch \(B) prompt \(P): prefill \(pre) ms, \(stepTimes.count - 1) steps of \(per) ms; \(split)\n".utf8))
             }
         }
-        Threads.withGEMMSplit(.tasks) { withNoGrad {  // decoding: few rows per product (see Threads.GEMMSplit)
+        withNoGrad {
             var t0 = Date()
             let cache = KVCache(config: model.config, batch: B, capacity: extra + P + steps)
             var logits = model.forward(ids, batch: B, attentionMask: mask.allSatisfy { $0 == 1 } ? nil : mask, cache: cache).toArray()
@@ -368,7 +368,7 @@ public final class ServingEngine: @unchecked Sendable {
                 logits = model.forward(next, batch: B, cache: cache).toArray()  // (B, 1, V)
                 positions = 1
             }
-        } }
+        }
         for b in 0..<B { release(b) }
 
         /// Answers row `b` once it has finished (the batch goes on for the others): its text, and

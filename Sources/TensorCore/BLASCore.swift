@@ -17,8 +17,11 @@ public enum BLASCore {
     /// The name of the kernel set OpenBLAS is running (e.g. "SkylakeX", "Haswell", "Prescott").
     public static var current: String { String(cString: openblas_get_corename()) }
 
-    /// Threads OpenBLAS runs each GEMM on.
-    public static var threads: Int { Int(openblas_get_num_threads()) }
+    /// Threads OpenBLAS runs each call on (1 while SwiftPEFT splits the GEMMs: `Threads.summary`).
+    public static var threads: Int {
+        _ = blasThreadsApplied
+        return Int(openblas_get_num_threads())
+    }
 
     /// Vector ISA level of a named OpenBLAS x86-64 core: 1 SSE-class, 2 AVX, 3 AVX2 + FMA, 4 AVX-512.
     /// nil for names this table does not know (other architectures, newer releases).

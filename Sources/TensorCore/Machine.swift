@@ -5,8 +5,9 @@ import CBLAS
 import Dispatch
 import Foundation
 
-/// One thread policy for the whole library: OpenBLAS runs each GEMM on `count` threads and the
-/// elementwise kernels split their loops `count` ways; the two never run at the same time.
+/// One thread policy for the whole library: SwiftPEFT's worker pool splits each GEMM and each
+/// elementwise kernel over `count` threads, and OpenBLAS runs every call it gets on one thread, so
+/// the two never compete for the cores.
 public enum Threads {
     /// Threads in use (the processor count unless `set`).
     public static var count: Int { hardwareThreads }
@@ -18,22 +19,22 @@ public enum Threads {
     }
 
     /// Who splits a GEMM over the threads.
-    public enum GEMMSplit: Sendable {
-        /// OpenBLAS's own threads (the default): best for training's large products, where its
-        /// threads share one packed operand.
-        case blas
-        /// SwiftPEFT's threads, OpenBLAS single-threaded: each GEMM's output columns are cut into
-        /// chunks that run on every core. For decoding, where a product has few rows: one packed
-        /// OpenBLAS call streams the weights at half the rate, and OpenBLAS's idle workers spin
-        /// (sched_yield) against ours after every multi-threaded call.
+    public enum GEMMSplit: String, Sendable, CaseIterable {
+        /// SwiftPEFT's threads, OpenBLAS single-threaded (the default): each product is cut by
+        /// rows or output columns into parts that run on every core; with few rows against a weight
+        /// (decoding), into chunks small enough for OpenBLAS's unpacked small-matrix kernels.
+        /// Measured (docs/benchmarks.md): training as fast as `.blas` on large products and 1.35×
+        /// faster on the tiny config, where OpenBLAS's idle workers spun (sched_yield) against the
+        /// kernels' threads after every call; decoding 8 rows 1.55× faster.
         case tasks
+        /// OpenBLAS's own threads split each GEMM (kept to measure both ways: `bench --gemm-split`).
+        case blas
     }
 
-    /// The current GEMM split (`.blas` unless inside `withGEMMSplit`).
+    /// The current GEMM split (`.tasks` unless inside `withGEMMSplit`).
     public static var gemmSplit: GEMMSplit { currentGEMMSplit }
 
-    /// Runs `body` with GEMMs split by `split`, then restores the previous split. Generation and
-    /// serving run their decoding under `.tasks`.
+    /// Runs `body` with GEMMs split by `split`, then restores the previous split.
     public static func withGEMMSplit<R>(_ split: GEMMSplit, _ body: () throws -> R) rethrows -> R {
         let previous = currentGEMMSplit
         currentGEMMSplit = split
@@ -44,11 +45,21 @@ public enum Threads {
         }
         return try body()
     }
+
+    /// How GEMMs use the threads, for reports: e.g. "2 threads, SwiftPEFT splits each GEMM
+    /// (OpenBLAS 1 thread per call)".
+    public static var summary: String {
+        _ = blasThreadsApplied
+        let who = currentGEMMSplit == .tasks ? "SwiftPEFT splits each GEMM" : "OpenBLAS splits each GEMM"
+        return "\(count) thread\(count == 1 ? "" : "s"), \(who) (OpenBLAS \(openblas_get_num_threads()) thread(s) per call)"
+    }
 }
 
-nonisolated(unsafe) var currentGEMMSplit = Threads.GEMMSplit.blas
+nonisolated(unsafe) var currentGEMMSplit = Threads.GEMMSplit.tasks
 /// Threads OpenBLAS may use outside parallel regions: all of them under `.blas`, one under `.tasks`.
 var blasThreads: Int { currentGEMMSplit == .blas ? hardwareThreads : 1 }
+/// OpenBLAS starts with as many threads as cores: from the first product on it gets `blasThreads`.
+let blasThreadsApplied: Void = { openblas_set_num_threads(Int32(blasThreads)) }()
 /// True while work is split over the threads (attention's heads, a split GEMM): GEMMs called
 /// from inside run single-threaded as they are.
 nonisolated(unsafe) var insideParallelRegion = false

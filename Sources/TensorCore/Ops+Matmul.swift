@@ -16,13 +16,14 @@ public enum BLASCounter {
 /// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
 /// A single row (M = 1, as in token-by-token decoding) goes to sgemv: sgemm would pack all of B
 /// for one row (measured: the copy took 31% of generation time, more than the product).
-/// Under `Threads.withGEMMSplit(.tasks)` a large product is split over SwiftPEFT's threads.
+/// A large product is split over SwiftPEFT's threads (`Threads.GEMMSplit.tasks`, the default).
 @inline(__always)
 public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     BLASCounter.calls.add(1, ordering: .relaxed)
     Profiler.measure(.gemm) {
+        _ = blasThreadsApplied
         if currentGEMMSplit == .tasks && hardwareThreads > 1 && !insideParallelRegion && m * n * k >= splitMinWork {
             splitGEMM(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
                       beta: beta, c: c, ldc: ldc)
@@ -260,3 +261,4 @@ extension Tensor {
         }
     }
 }
+

@@ -91,6 +91,8 @@ public struct BenchRow: Codable, Sendable {
     public var splitMs: [String: Double]
     public var blasCore: String
     public var blasCoreChoice: String
+    /// Who split the GEMMs over the threads ("tasks": SwiftPEFT, "blas": OpenBLAS; `Threads.GEMMSplit`).
+    public var gemmSplit: String?
     public var kernelBuild: String
     public var cpu: String
     public var trainableParams: Int
@@ -103,7 +105,7 @@ public struct BenchRow: Codable, Sendable {
         case msPerStep = "ms_per_step", tokensPerS = "tokens_per_s", flopsPerToken = "flops_per_token", gflops
         case fmaPeakGflops = "fma_peak_gflops", sgemmGflops = "sgemm_gflops", pctFmaPeak = "pct_fma_peak", pctSgemm = "pct_sgemm"
         case peakRssMib = "peak_rss_mib", minorFaultsPerStep = "minor_faults_per_step", splitMs = "split_ms"
-        case blasCore = "blas_core", blasCoreChoice = "blas_core_choice", kernelBuild = "kernel_build", cpu
+        case blasCore = "blas_core", blasCoreChoice = "blas_core_choice", gemmSplit = "gemm_split", kernelBuild = "kernel_build", cpu
         case trainableParams = "trainable_params", totalParams = "total_params", lossFirst = "loss_first", lossLast = "loss_last"
     }
 }
@@ -141,10 +143,14 @@ func measureSGEMM() -> Double {
     return 2 * Double(n * n * n) / times.min()! / 1e9
 }
 
-/// Runs one benchmark row in this process: `warmup` untimed steps, then `steps` timed ones.
-/// Call it in a fresh process per row so that peak memory belongs to that row.
+/// Runs one benchmark row in this process: `warmup` untimed steps, then `steps` timed ones, with
+/// GEMMs split by `gemmSplit`. Call it in a fresh process per row so that peak memory belongs to that row.
 public func runBenchRow(config c: BenchConfig, method: String, steps: Int? = nil, warmup: Int = 2,
-                        threads: Int? = nil) throws -> BenchRow {
+                        threads: Int? = nil, gemmSplit: Threads.GEMMSplit = .tasks) throws -> BenchRow {
+    try Threads.withGEMMSplit(gemmSplit) { try runBenchRow(config: c, method: method, steps: steps, warmup: warmup, threads: threads) }
+}
+
+private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, warmup: Int, threads: Int?) throws -> BenchRow {
     guard BenchConfig.methods.contains(method) else {
         throw TrainingError(message: "unknown bench method '\(method)'; choose one of \(BenchConfig.methods.joined(separator: ", "))")
     }
@@ -219,7 +225,7 @@ public func runBenchRow(config c: BenchConfig, method: String, steps: Int? = nil
                     flopsPerToken: flopsPerToken, gflops: gflops, fmaPeakGflops: fmaPeak, sgemmGflops: sgemmRate,
                     pctFmaPeak: 100 * gflops / fmaPeak, pctSgemm: 100 * gflops / sgemmRate, peakRssMib: usage.peakMiB,
                     minorFaultsPerStep: Double(usage.minorFaults - faultsBefore) / Double(steps), splitMs: splitMs,
-                    blasCore: BLASCore.current, blasCoreChoice: BLASCore.summary, kernelBuild: Machine.kernelBuild,
+                    blasCore: BLASCore.current, blasCoreChoice: BLASCore.summary, gemmSplit: Threads.gemmSplit.rawValue, kernelBuild: Machine.kernelBuild,
                     cpu: Machine.cpuModel, trainableParams: trainable, totalParams: model.parameterCount,
                     lossFirst: losses.first, lossLast: losses.last)
 }

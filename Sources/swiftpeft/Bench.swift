@@ -19,6 +19,7 @@ struct Bench: ParsableCommand {
           swiftpeft bench --configs tiny,small --methods lora,ia3,full
           swiftpeft bench --config smollm2 --method lora --steps 3 --json
           SWIFTPEFT_BLAS_AUTO=0 swiftpeft bench --config small --method lora   # OpenBLAS's own kernel choice
+          swiftpeft bench --config tiny --method lora --gemm-split blas          # OpenBLAS's threads split the GEMMs
         """)
 
     @Option(help: "Model shapes, comma-separated (\(BenchConfig.all.map(\.name).joined(separator: ", "))).")
@@ -30,6 +31,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Timed steps per row (default: tiny 10, small 5, smollm2 and gpt2-small 3).") var steps: Int?
     @Option(help: "Untimed warm-up steps per row.") var warmup = 2
     @Option(help: "Threads for GEMMs and kernels (default: all cores).") var threads: Int?
+    @Option(help: "Who splits each GEMM over the threads: tasks (SwiftPEFT's worker pool, OpenBLAS single-threaded; the default) or blas (OpenBLAS's threads).")
+    var gemmSplit = "tasks"
     @Flag(help: "Print one JSON object per row.") var json = false
     @Flag(help: .hidden) var inProcess = false
 
@@ -37,6 +40,9 @@ struct Bench: ParsableCommand {
         if let steps, steps < 1 { throw ValidationError("--steps must be at least 1, got \(steps)") }
         if warmup < 0 { throw ValidationError("--warmup must be 0 or more, got \(warmup)") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        guard Threads.GEMMSplit(rawValue: gemmSplit) != nil else {
+            throw ValidationError("--gemm-split must be tasks or blas, got '\(gemmSplit)'")
+        }
     }
 
     func run() throws {
@@ -52,14 +58,15 @@ struct Bench: ParsableCommand {
             }
         }
         if !json {
-            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count); kernels \(Machine.kernelBuild)")
+            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count), GEMMs split by \(gemmSplit == "tasks" ? "SwiftPEFT" : "OpenBLAS"); kernels \(Machine.kernelBuild)")
             print("CPU: \(Machine.cpuModel)")
             print(Self.header)
         }
         for (c, m) in rows {
             let row: BenchRow
             if inProcess || rows.count == 1 {
-                row = try runBenchRow(config: BenchConfig.named(c), method: m, steps: steps, warmup: warmup, threads: threads)
+                row = try runBenchRow(config: BenchConfig.named(c), method: m, steps: steps, warmup: warmup, threads: threads,
+                                      gemmSplit: Threads.GEMMSplit(rawValue: gemmSplit)!)
             } else {
                 row = try runChild(config: c, method: m)
             }
@@ -78,7 +85,7 @@ struct Bench: ParsableCommand {
     func runChild(config c: String, method m: String) throws -> BenchRow {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        var args = ["bench", "--config", c, "--method", m, "--warmup", String(warmup), "--json", "--in-process"]
+        var args = ["bench", "--config", c, "--method", m, "--warmup", String(warmup), "--gemm-split", gemmSplit, "--json", "--in-process"]
         if let steps { args += ["--steps", String(steps)] }
         if let threads { args += ["--threads", String(threads)] }
         p.arguments = args

@@ -21,7 +21,7 @@ struct Info: ParsableCommand {
         print("swiftpeft \(SwiftPEFT.configuration.version)")
         print("OpenBLAS core: \(BLASCore.current)")
         print("OpenBLAS core choice: \(BLASCore.summary)")
-        print("OpenBLAS threads: \(BLASCore.threads)")
+        print("threads: \(Threads.summary)")
         print("HDF5: \(hdf5Version)")
         print("cores: \(ProcessInfo.processInfo.activeProcessorCount)")
         print("CPU: \(Machine.cpuModel)")

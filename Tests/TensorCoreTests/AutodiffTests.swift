@@ -323,7 +323,7 @@ final class FastMathTests: XCTestCase {
         }
     }
 
-    /// Under `Threads.withGEMMSplit(.tasks)` a product is cut over the threads: by output columns
+    /// Under `.tasks` (the default split) a product is cut over the threads: by output columns
     /// (small-kernel chunks for few rows against a stored-(N, K) weight, halves otherwise) or by
     /// rows. Every case equals the same product in one OpenBLAS call, beta 0 over NaN-filled
     /// memory and beta 1 accumulation, for 1 to 64 rows and every transpose combination.
@@ -351,7 +351,7 @@ final class FastMathTests: XCTestCase {
                             }
                             return c
                         }
-                        XCTAssertEqual(Threads.gemmSplit, .blas)
+                        XCTAssertEqual(Threads.gemmSplit, .tasks, "the default, restored after withGEMMSplit")
                         assertClose(product(.tasks), product(.blas), rtol: 1e-4, atol: 1e-4,
                                     "(\(m), \(k)) x (\(k), \(n)) transA \(transA) transB \(transB) beta \(beta)")
                     }
