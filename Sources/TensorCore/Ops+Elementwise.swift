@@ -49,7 +49,7 @@ extension Tensor {
                 if aSlot.requiresGrad {
                     switch op {
                     case .add, .sub: aSlot.accumulateGrad(g.sumToShape(aSlot.shape))
-                    case .mul: aSlot.accumulateGrad(owned: (g * bd!).sumToShape(aSlot.shape))
+                    case .mul: aSlot.accumulateGrad(owned: Tensor.columnSums(g, times: bd!, to: aSlot.shape) ?? (g * bd!).sumToShape(aSlot.shape))
                     case .div: aSlot.accumulateGrad(owned: (g / bd!).sumToShape(aSlot.shape))
                     }
                 }
@@ -57,7 +57,7 @@ extension Tensor {
                     switch op {
                     case .add: bSlot.accumulateGrad(g.sumToShape(bSlot.shape))
                     case .sub: bSlot.accumulateGrad(owned: (-g).sumToShape(bSlot.shape))
-                    case .mul: bSlot.accumulateGrad(owned: (g * ad!).sumToShape(bSlot.shape))
+                    case .mul: bSlot.accumulateGrad(owned: Tensor.columnSums(g, times: ad!, to: bSlot.shape) ?? (g * ad!).sumToShape(bSlot.shape))
                     case .div: bSlot.accumulateGrad(owned: (-(g * ad!) / (bd! * bd!)).sumToShape(bSlot.shape))
                     }
                 }
@@ -65,9 +65,36 @@ extension Tensor {
         }
     }
 
+    /// Σ over rows of g (⊙ x) when `target` keeps only the last axis (a bias, or a per-column scale
+    /// such as IA3's: (…, C) → (C) or (1, …, C)) and g (and x) are contiguous of one shape; nil
+    /// otherwise. One pass, no (…, C) product stored; rows split over the threads, each into its
+    /// own partial row (a plain `sum` runs such rows on one thread: they share the output cells).
+    static func columnSums(_ g: Tensor, times x: Tensor? = nil, to target: [Int]) -> Tensor? {
+        guard let c = g.shape.last, c > 0, g.rank >= 2, g.isContiguous, target.last == c,
+              target.dropLast().allSatisfy({ $0 == 1 }), target.count <= g.rank,
+              x.map({ $0.shape == g.shape && $0.isContiguous }) ?? true else { return nil }
+        let rows = g.count / c
+        let chunks = rows * c >= parallelThreshold ? Swift.min(hardwareThreads, rows) : 1
+        let partial = Tensor.zeros([chunks, c])  // (chunks, C)
+        let pg = UnsafePointer(g.basePointer), px = x.map { UnsafePointer($0.basePointer) }, pp = partial.basePointer
+        func run(_ k: Int) {
+            let acc = pp + k * c
+            for r in (rows * k / chunks)..<(rows * (k + 1) / chunks) {
+                let gr = pg + r * c
+                if let px { let xr = px + r * c; for i in 0..<c { acc[i] += gr[i] * xr[i] } } else { for i in 0..<c { acc[i] += gr[i] } }
+            }
+        }
+        if chunks == 1 { run(0) } else { WorkerPool.shared.run(chunks) { run($0) } }
+        for k in 1..<Swift.max(chunks, 1) { for i in 0..<c { pp[i] += pp[k * c + i] } }
+        let out = Tensor.empty(target)
+        out.basePointer.update(from: pp, count: c)
+        return out
+    }
+
     /// Sums a broadcast gradient back to `target` (the input's shape); a contiguous result.
     func sumToShape(_ target: [Int]) -> Tensor {
         if shape == target { return contiguousData() }
+        if let sums = Tensor.columnSums(self, to: target) { return sums }
         let lead = rank - target.count
         var axes = Array(0..<lead)
         for i in 0..<target.count where target[i] == 1 && shape[lead + i] != 1 { axes.append(lead + i) }

@@ -19,6 +19,10 @@ let gradCases: [GradCase] = [
     GradCase(name: "mul broadcast", shapes: [[2, 1, 4], [3, 1]]) { $0[0] * $0[1] },
     GradCase(name: "div", shapes: [[2, 3], [2, 3]], domain: positive) { $0[0] / $0[1] },
     GradCase(name: "div broadcast", shapes: [[2, 3], [3]], domain: positive) { $0[0] / $0[1] },
+    // A per-column scale (IA3) and a bias: their gradients are column sums (`Tensor.columnSums`).
+    GradCase(name: "mul by a column scale", shapes: [[2, 3, 4], [4]]) { $0[0] * $0[1] },
+    GradCase(name: "mul by a column scale on the left", shapes: [[1, 4], [3, 4]]) { $0[0] * $0[1] },
+    GradCase(name: "add a bias", shapes: [[2, 3, 4], [1, 4]]) { $0[0] + $0[1] },
     GradCase(name: "add transposed+sliced", shapes: [[4, 3], [3, 6]]) { $0[0].transposed() + $0[1].slice(axis: 1, 1, 5) },
     GradCase(name: "mul sliced", shapes: [[5, 4], [3, 4]]) { $0[0].slice(axis: 0, 1, 4) * $0[1] },
     GradCase(name: "scalar ops", shapes: [[3, 4]]) { (2 * $0[0] + 1.5 - 0.5) / 3 },
@@ -181,6 +185,19 @@ final class FusedOpValueTests: XCTestCase {
         let shared = Tensor.lowRankProject(x, a: [a, a2])  // (4, 5)
         assertClose(Tensor.lowRankExpand(y, u: shared, column: 3, b: b2, scale: 0.5).toArray(),
                     (y + (x.matmul(a2.transposed()) * 0.5).matmul(b2.transposed())).toArray(), rtol: 1e-5, atol: 1e-6, "lowRankExpand")
+    }
+}
+
+final class ColumnSumTests: XCTestCase {
+    /// Column sums split over the threads (rows · C above the parallel threshold) equal a plain sum.
+    func testColumnSumsEqualPlainSums() {
+        var rng = RNG(seed: 33)
+        let g = Tensor.normal([3, 100, 200], rng: &rng), x = Tensor.normal([3, 100, 200], rng: &rng)
+        assertClose(Tensor.columnSums(g, times: x, to: [200])!.toArray(), (g * x).sum(axes: [0, 1]).toArray(),
+                    rtol: 1e-4, atol: 1e-4, "Σ g ⊙ x")
+        assertClose(Tensor.columnSums(g, to: [1, 1, 200])!.toArray(), g.sum(axes: [0, 1]).toArray(), rtol: 1e-4, atol: 1e-4, "Σ g")
+        XCTAssertNil(Tensor.columnSums(g, to: [3, 1, 200]), "only the last axis may stay")
+        XCTAssertNil(Tensor.columnSums(g.transposed(1, 2), to: [100]), "contiguous only")
     }
 }
 
