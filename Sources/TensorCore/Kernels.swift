@@ -138,7 +138,7 @@ func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     while i + 8 <= n {
         let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
         nan .|= v .!= v
-        acc = pointwiseMax(acc, v)
+        acc.replace(with: v, where: v .> acc)  // pointwiseMax is a generic call per 8 values here
         i += 8
     }
     if any(nan) { return .nan }
