@@ -292,12 +292,13 @@ extension Tensor {
         parallelRanges(out.count, cost: 4) { lo, hi in
             for i in lo..<hi { po[i] = pg[i] / (1 + fastExp(-pg[i])) * pu[i] }
         }
+        let n = out.count  // the pullback must not capture `out`: that would keep (…, F) alive per layer
         return make(out, op: "swiglu", inputs: [g0, u0]) { dy in
             let pd = UnsafePointer(dy.basePointer)
             let dg = g0.requiresGrad ? Tensor.empty(g0.shape) : nil
             let du = u0.requiresGrad ? Tensor.empty(u0.shape) : nil
             let pdg = dg?.basePointer, pdu = du?.basePointer
-            parallelRanges(out.count, cost: 4) { lo, hi in
+            parallelRanges(n, cost: 4) { lo, hi in
                 for i in lo..<hi {
                     let x = pg[i], sig = 1 / (1 + fastExp(-x))
                     if let pdu { pdu[i] = pd[i] * x * sig }

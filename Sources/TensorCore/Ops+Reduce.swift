@@ -32,11 +32,11 @@ extension Tensor {
         }
         if rowsShareOutput { body(0, rows) } else { parallelRanges(rows, cost: n, body) }
         let result = Tensor(storage: out.storage, layout: Layout(contiguous: outShape))
-        let inShape = shape
-        return Tensor.make(result.storage, result.layout, op: "sum", inputs: [self]) { [self] g in
+        let (inShape, inSlot) = (shape, slot)
+        return Tensor.make(result.storage, result.layout, op: "sum", inputs: [self]) { g in
             // (outShape) → (keptShape) → broadcast to (inShape)
             let gk = Tensor(storage: g.storage, layout: Layout(contiguous: keptShape))
-            accumulateGrad(Tensor(storage: gk.storage, layout: gk.layout.expanded(to: inShape)).contiguousData())
+            inSlot.accumulateGrad(Tensor(storage: gk.storage, layout: gk.layout.expanded(to: inShape)).contiguousData())
         }
     }
 

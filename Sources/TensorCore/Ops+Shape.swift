@@ -5,10 +5,13 @@
 extension Tensor {
     /// A view through `viewLayout` of this tensor's storage; `relative` is the same view taken of a
     /// contiguous layout of this tensor's shape, used to scatter the gradient back.
+    /// The pullback holds the input's gradient slot, not the input: a view that the forward has
+    /// used up (a reshaped projection before RoPE, say) does not keep its source's values alive.
     func view(_ viewLayout: Layout, relative: Layout, op: String) -> Tensor {
-        Tensor.make(storage, viewLayout, op: op, inputs: [self]) { [self] g in
-            let (pg, beta) = gradBuffer()
-            if beta == 0 { pg.initialize(repeating: 0, count: count) }
+        let inSlot = slot
+        return Tensor.make(storage, viewLayout, op: op, inputs: [self]) { g in
+            let (pg, beta) = inSlot.gradBuffer()
+            if beta == 0 { pg.initialize(repeating: 0, count: inSlot.count) }
             addStrided(g.basePointer, into: pg, layout: relative)
         }
     }
@@ -33,9 +36,10 @@ extension Tensor {
             return view(l, relative: Layout(shape: target, strides: Layout.contiguousStrides(target), offset: 0), op: "reshape")
         }
         let src = isContiguous ? self : contiguous()
+        let srcSlot = src.slot
         return Tensor.make(src.storage, Layout(shape: target, strides: Layout.contiguousStrides(target), offset: src.layout.offset),
                            op: "reshape", inputs: [src]) { g in
-            src.accumulateGrad(Tensor(storage: g.storage, layout: Layout(shape: src.shape, strides: Layout.contiguousStrides(src.shape), offset: g.layout.offset)))
+            srcSlot.accumulateGrad(Tensor(storage: g.storage, layout: Layout(shape: srcSlot.shape, strides: Layout.contiguousStrides(srcSlot.shape), offset: g.layout.offset)))
         }
     }
 
@@ -43,7 +47,8 @@ extension Tensor {
     public func contiguous() -> Tensor {
         if isContiguous { return self }
         let out = contiguousData()
-        return Tensor.make(out, op: "contiguous", inputs: [self]) { [self] g in accumulateGrad(g) }
+        let inSlot = slot
+        return Tensor.make(out, op: "contiguous", inputs: [self]) { g in inSlot.accumulateGrad(g) }
     }
 
     /// Reorders axes: axis i of the result is axis `perm[i]` of this tensor. A view.
@@ -103,11 +108,12 @@ extension Tensor {
             copyInto(c.basePointer, out.basePointer, dst)
             start += t.shape[a]
         }
+        let slots = tensors.map(\.slot)  // not the tensors: their values are not needed
         return make(out, op: "concat", inputs: tensors) { g in
-            for (t, dst) in zip(tensors, pieces) where t.requiresGrad {
+            for (s, dst) in zip(slots, pieces) where s.requiresGrad {
                 let piece = Tensor.empty(dst.shape)
                 copyStrided(from: g.basePointer, layout: dst, to: piece.basePointer)
-                t.accumulateGrad(owned: piece)
+                s.accumulateGrad(owned: piece)
             }
         }
     }
