@@ -7,10 +7,12 @@
 import Foundation
 
 /// Logits per chunk, in floats (16 MiB), and at least `linearCrossEntropyMinRows` rows: each chunk's
-/// GEMMs pack the whole (V, C) head, so chunks of few rows repeat that copy (measured on the SmolLM2
-/// shape, 1024 rows: 85-row chunks 236–282 tok/s, 256-row chunks 283–327). Tests lower both.
+/// GEMMs pack the whole (V, C) head, so chunks of few rows repeat that copy. Measured on the SmolLM2
+/// shape, 1024 rows: 85-row chunks 236–282 tok/s, 256-row chunks 283–327; later, LoRA training
+/// 382 and 390 tok/s with 256 rows, 406 and 403 with 512 (the head's section 520 → 463 ms per
+/// step), 400 and 384 with 1024, for 50 MiB more peak memory at 512. Tests lower both.
 nonisolated(unsafe) var linearCrossEntropyChunk = 1 << 22
-nonisolated(unsafe) var linearCrossEntropyMinRows = 256
+nonisolated(unsafe) var linearCrossEntropyMinRows = 512
 
 extension Tensor {
     /// Mean cross-entropy of `h` (…, C) · `weight`ᵀ, weight (V, C) contiguous, against one target
