@@ -123,7 +123,9 @@ final class DistributedTests: XCTestCase {
         XCTAssertEqual(try train(ranks: 2, batch: 2, method: "lora", out: whole, extra: extra).status, 0)
         var killed: Int32?
         let r = try train(ranks: 2, batch: 2, method: "lora", out: broken, extra: extra + ["--log-every", "1"]) { _ in
-            guard killed == nil, ((try? self.losses(broken))?.count ?? 0) >= 5, let pid = Self.rank(1, runningWith: broken) else { return }
+            // After the first checkpoint (step 10), which --resume needs: killed earlier, the job has none.
+            guard killed == nil, FileManager.default.fileExists(atPath: broken + "/state.h5"),
+                  ((try? self.losses(broken))?.count ?? 0) >= 12, let pid = Self.rank(1, runningWith: broken) else { return }
             kill(pid, SIGKILL)
             killed = pid
         }
