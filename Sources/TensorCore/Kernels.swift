@@ -151,19 +151,6 @@ func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     return m
 }
 
-/// Σ of n values (8 partial sums).
-@inline(__always)
-func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
-    var i = 0
-    var acc = SIMD8<Float>()
-    while i + 8 <= n {
-        acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-        i += 8
-    }
-    var s = acc.sum()
-    while i < n { s += x[i]; i += 1 }
-    return s
-}
 
 /// Σ over n values of a term given 8 lanes at a time (`lanes(i)`: terms i..<i+8) and one at a time
 /// for the tail (`one(i)`), in 8 partial sums: a scalar loop cannot vectorize a float reduction.
@@ -186,19 +173,14 @@ func load8(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
     UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
 }
 
-/// Σ x[i]·y[i] over n values (8 partial sums: a scalar loop cannot vectorize a float reduction).
+/// Σ of n values (8 partial sums).
+@inline(__always)
+func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float { simdSum(n, { load8(x, $0) }, { x[$0] }) }
+
+/// Σ x[i]·y[i] over n values (8 partial sums).
 @inline(__always)
 func rowDot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float {
-    var i = 0
-    var acc = SIMD8<Float>()
-    while i + 8 <= n {
-        acc = acc.addingProduct(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self),
-                                UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self))
-        i += 8
-    }
-    var s = acc.sum()
-    while i < n { s += x[i] * y[i]; i += 1 }
-    return s
+    simdSum(n, { load8(x, $0) * load8(y, $0) }, { x[$0] * y[$0] })
 }
 
 /// dst[i] = e^(src[i] − shift) for n values; returns their sum. dst may equal src.
