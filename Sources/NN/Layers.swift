@@ -61,6 +61,11 @@ public final class Linear: Module {
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         if hooks.isEmpty { return base(x) }
+        // One LoRA branch alone: it adds into the base output's own buffer (a fresh product that
+        // no pullback reads), not into a copy.
+        if hooks.count == 1, hooks[0].rows == nil, let f = (hooks[0] as? LowRankHook)?.lowRankFactors {
+            return Tensor.lowRankUpdate(base(x), x: x, a: f.a, b: f.b, scale: f.scale, intoY: true)
+        }
         if hooks.contains(where: { $0.rows != nil }) { return rowScoped(x) }
         var h = x
         for hook in hooks { h = hook.input(h, layer: self) }
@@ -84,7 +89,7 @@ public final class Linear: Module {
         for i in shared { column[i] = next; next += factors[i]!.a.shape[0] }
         return layers.indices.map { i in
             guard let f = factors[i], let c = column[i] else { return layers[i](x) }
-            return Tensor.lowRankExpand(layers[i].base(x), u: u, column: c, b: f.b, scale: f.scale)
+            return Tensor.lowRankExpand(layers[i].base(x), u: u, column: c, b: f.b, scale: f.scale, intoY: true)  // a fresh product
         }
     }
 

@@ -3,17 +3,24 @@
 // the (…, out) update nor a scaled copy of it is ever stored; the op saves only the (…, r) product.
 
 extension Tensor {
+    /// The buffer a low-rank update adds into: y's own (a new tensor over the same contiguous
+    /// storage, so y stays the graph input) when the caller hands y over, else a copy.
+    private static func outputBuffer(_ y: Tensor, intoY: Bool) -> Tensor {
+        intoY && y.isContiguous ? Tensor(storage: y.storage, layout: y.layout) : y.copy()
+    }
+
     /// y + scale · (x Aᵀ) Bᵀ for x (…, in), y (…, out), a (r, in), b (out, r) contiguous.
     /// Backward: dY passes through; dU = scale · dY B; dB = scale · dYᵀ U; dA = dUᵀ x; dX = dU A,
-    /// with U = x Aᵀ (…, r) saved from the forward.
-    public static func lowRankUpdate(_ y: Tensor, x: Tensor, a: Tensor, b: Tensor, scale s: Float) -> Tensor {
+    /// with U = x Aᵀ (…, r) saved from the forward. `intoY`: add into y's own buffer (Linear + LoRA
+    /// in one buffer), for a y that is a fresh op output which nothing else holds or reads.
+    public static func lowRankUpdate(_ y: Tensor, x: Tensor, a: Tensor, b: Tensor, scale s: Float, intoY: Bool = false) -> Tensor {
         let (inF, outF) = (x.shape.last ?? 0, y.shape.last ?? 0)
         check(a.rank == 2 && b.rank == 2 && a.shape[1] == inF && b.shape[0] == outF && b.shape[1] == a.shape[0]
               && a.isContiguous && b.isContiguous && x.count / Swift.max(inF, 1) == y.count / Swift.max(outF, 1),
               "[lowRankUpdate] needs x (…, in), y (…, out), contiguous a (r, in), b (out, r); got x \(x.shape), y \(y.shape), a \(a.shape), b \(b.shape)")
         let r = a.shape[0], n = y.count / Swift.max(outF, 1)
         let xc = x.contiguousData()
-        let out = y.copy()  // (…, out)
+        let out = outputBuffer(y, intoY: intoY)  // (…, out)
         let u = Tensor.empty([n, r])  // (N, r) = x Aᵀ
         let px = UnsafePointer(xc.basePointer), pa = UnsafePointer(a.basePointer), pb = UnsafePointer(b.basePointer)
         let pu = u.basePointer
@@ -97,14 +104,15 @@ extension Tensor {
 
     /// y + scale · U[:, column..<column + r] bᵀ for y (…, out), u (N, Σr) from `lowRankProject`,
     /// b (out, r) contiguous. Backward: dY passes through; dB = scale · dYᵀ U[:, cols];
-    /// dU[:, cols] = scale · dY b (U's other columns belong to the other layers).
-    public static func lowRankExpand(_ y: Tensor, u: Tensor, column: Int, b: Tensor, scale s: Float) -> Tensor {
+    /// dU[:, cols] = scale · dY b (U's other columns belong to the other layers). `intoY` as in
+    /// `lowRankUpdate`.
+    public static func lowRankExpand(_ y: Tensor, u: Tensor, column: Int, b: Tensor, scale s: Float, intoY: Bool = false) -> Tensor {
         let outF = y.shape.last ?? 0
         check(u.rank == 2 && u.isContiguous && b.rank == 2 && b.isContiguous && b.shape[0] == outF
               && column >= 0 && column + b.shape[1] <= u.shape[1] && y.count / Swift.max(outF, 1) == u.shape[0],
               "[lowRankExpand] needs y (…, out), contiguous u (N, Σr) and b (out, r) with column + r ≤ Σr; got y \(y.shape), u \(u.shape), b \(b.shape), column \(column)")
         let (n, r, total) = (u.shape[0], b.shape[1], u.shape[1])
-        let out = y.copy()  // (…, out)
+        let out = outputBuffer(y, intoY: intoY)  // (…, out)
         let pu = UnsafePointer(u.basePointer) + column, pb = UnsafePointer(b.basePointer)
         sgemm(transA: false, transB: true, m: n, n: outF, k: r, alpha: s, a: pu, lda: total, b: pb, ldb: r,
               beta: 1, c: out.basePointer, ldc: outF)

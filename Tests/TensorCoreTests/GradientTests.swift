@@ -46,7 +46,10 @@ let gradCases: [GradCase] = [
     GradCase(name: "lowRankUpdate", shapes: [[2, 3, 5], [2, 3, 4], [2, 4], [5, 2]]) {
         Tensor.lowRankUpdate($0[0], x: $0[1], a: $0[2], b: $0[3], scale: 1.5)
     },
-    GradCase(name: "lowRankUpdate (sliced x)", shapes: [[3, 5], [3, 6], [2, 4], [5, 2]]) {
+    GradCase(name: "lowRankUpdate into y", shapes: [[2, 3, 5], [2, 3, 4], [2, 4], [5, 2]]) {
+        Tensor.lowRankUpdate($0[0] * 1.5, x: $0[1], a: $0[2], b: $0[3], scale: 1.5, intoY: true)  // y: a fresh product
+    },
+        GradCase(name: "lowRankUpdate (sliced x)", shapes: [[3, 5], [3, 6], [2, 4], [5, 2]]) {
         Tensor.lowRankUpdate($0[0], x: $0[1].slice(axis: 1, 1, 5), a: $0[2], b: $0[3], scale: 0.5)
     },
     // Two layers sharing x: one x [A₁; A₂]ᵀ, each output adding its own columns (a third layer's
@@ -181,6 +184,10 @@ final class FusedOpValueTests: XCTestCase {
         let a = Tensor.normal([3, 6], rng: &rng), b = Tensor.normal([5, 3], rng: &rng)
         assertClose(Tensor.lowRankUpdate(y, x: x, a: a, b: b, scale: 2).toArray(),
                     (y + (x.matmul(a.transposed()) * 2).matmul(b.transposed())).toArray(), rtol: 1e-5, atol: 1e-6, "lowRankUpdate")
+        let fresh = y.copy()
+        let into = Tensor.lowRankUpdate(fresh, x: x, a: a, b: b, scale: 2, intoY: true)
+        XCTAssertTrue(into.storage === fresh.storage, "intoY adds into y's own buffer")
+        assertClose(into.toArray(), (y + (x.matmul(a.transposed()) * 2).matmul(b.transposed())).toArray(), rtol: 1e-5, atol: 1e-6, "intoY")
         let a2 = Tensor.normal([2, 6], rng: &rng), b2 = Tensor.normal([5, 2], rng: &rng)
         let shared = Tensor.lowRankProject(x, a: [a, a2])  // (4, 5)
         assertClose(Tensor.lowRankExpand(y, u: shared, column: 3, b: b2, scale: 0.5).toArray(),
