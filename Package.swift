@@ -50,9 +50,11 @@ let package = Package(
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
         // Open MPI, for data-parallel training under mpirun.
         .systemLibrary(name: "CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
+        // oneDNN, for bf16 copies of frozen weights in decoding (`Tensor.keepBF16Copy`).
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
         // The layers, each importing only the ones below it (docs/architecture.md).
-        .target(name: "TensorCore", dependencies: ["CBLAS"], swiftSettings: kernels),
+        .target(name: "TensorCore", dependencies: ["CBLAS", "CDNNL"], swiftSettings: kernels),
         .target(name: "NN", dependencies: ["TensorCore"], swiftSettings: kernels),
         .target(name: "Models", dependencies: ["NN"]),
         .target(name: "Tokenizers"),

@@ -30,7 +30,37 @@ public struct SamplingOptions: Sendable {
     }
 }
 
+/// Number format of the frozen weights in decoding products.
+public enum DecodePrecision: String, Sendable, CaseIterable {
+    /// fp32 weights throughout (the default).
+    case fp32
+    /// bf16 copies of the frozen matrix weights for products of at most `BF16Copy.maxRows` rows
+    /// (fp32 accumulation): about half the bytes read per token. Needs AVX512-BF16 or AMX.
+    case bf16
+}
+
 extension CausalLM {
+    /// Keeps bf16 copies of the frozen matrix weights (every frozen `Linear` and a tied output
+    /// head) for decoding: products of a few rows without a graph then read the copies
+    /// (`Tensor.keepBF16Copy`), training and prompt-sized products the fp32 weights. Call it once
+    /// the weights are final (loaded, adapters merged). Returns the bytes the copies take.
+    @discardableResult
+    public func keepBF16Weights() -> Int {
+        var bytes = 0
+        var seen = Set<ObjectIdentifier>()
+        func keep(_ operand: Tensor) {
+            guard !operand.requiresGrad, seen.insert(ObjectIdentifier(operand.storage)).inserted else { return }
+            operand.keepBF16Copy()
+            bytes += operand.bf16Copy?.byteCount ?? 0
+        }
+        for (_, m) in namedModules() {
+            guard let l = m as? Linear else { continue }
+            keep(l.fanInFanOut ? l.weight : l.weight.transposed())  // the right operand of `Linear.base`, (in, out)
+        }
+        if let w = plainHeadWeight { keep(w.transposed()) }  // (C, V)
+        return bytes
+    }
+
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
     public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {
         check(!prompt.isEmpty, "[generate] the prompt is empty")

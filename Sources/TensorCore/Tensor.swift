@@ -10,6 +10,8 @@ import Foundation
 public final class Storage {
     public let count: Int
     public let pointer: UnsafeMutablePointer<Float>
+    /// A bf16 copy of these values for few-row products (`Tensor.keepBF16Copy`).
+    var bf16: BF16Copy?
 
     /// glibc hands blocks of 32 MiB and more straight back to the kernel, so every large
     /// activation or gradient buffer of a training step would be page-faulted in anew (measured:

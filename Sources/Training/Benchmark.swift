@@ -41,8 +41,9 @@ public struct BenchConfig: Sendable {
         return c
     }
 
-    /// Methods a row can run: the registry's training methods, "full" and "gen" (KV-cached greedy generation).
-    public static var methods: [String] { trainableMethodNames + ["gen"] }
+    /// Methods a row can run: the registry's training methods, "full", "gen" (KV-cached greedy
+    /// generation) and "gen-bf16" (the same with bf16 copies of the frozen weights, `keepBF16Weights`).
+    public static var methods: [String] { trainableMethodNames + ["gen", "gen-bf16"] }
 
     /// Weights in every matmul: attention and MLP projections of each layer plus the output head
     /// (V·d, counted also when tied to the embeddings).
@@ -166,8 +167,15 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
     var losses: [Double] = []
     var flopsPerToken = 0.0, tokensPerStep = 0
     var faultsBefore = 0
-    if method == "gen" {
+    let isGeneration = method == "gen" || method == "gen-bf16"
+    if isGeneration {
         model.eval()
+        if method == "gen-bf16" {
+            guard BF16Copy.isNative else {
+                throw TrainingError(message: "bench gen-bf16: this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName); needs AVX512-BF16 or AMX)")
+            }
+            model.keepBF16Weights()
+        }
         let (prompt, new) = (32, 64)
         var rng = RNG(seed: 1)
         let ids = (0..<prompt).map { _ in Int32(rng.next() % UInt64(c.model.vocabSize)) }
@@ -220,8 +228,8 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
     let gflops = flopsPerToken * tokensPerS / 1e9
     var splitMs: [String: Double] = [:]
     for (s, seconds) in split { splitMs[s.name] = seconds / Double(steps) * 1000 }
-    return BenchRow(config: c.name, family: c.model.family.rawValue, method: method, threads: Threads.count, batch: method == "gen" ? 1 : c.batch,
-                    seqLen: method == "gen" ? 32 : c.seqLen, steps: steps, msPerStep: median * 1000, tokensPerS: tokensPerS,
+    return BenchRow(config: c.name, family: c.model.family.rawValue, method: method, threads: Threads.count, batch: isGeneration ? 1 : c.batch,
+                    seqLen: isGeneration ? 32 : c.seqLen, steps: steps, msPerStep: median * 1000, tokensPerS: tokensPerS,
                     flopsPerToken: flopsPerToken, gflops: gflops, fmaPeakGflops: fmaPeak, sgemmGflops: sgemmRate,
                     pctFmaPeak: 100 * gflops / fmaPeak, pctSgemm: 100 * gflops / sgemmRate, peakRssMib: usage.peakMiB,
                     minorFaultsPerStep: Double(usage.minorFaults - faultsBefore) / Double(steps), splitMs: splitMs,

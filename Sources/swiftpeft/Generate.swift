@@ -11,6 +11,11 @@ struct Generate: ParsableCommand {
           swiftpeft generate --model models/base.h5 --prompt "ROMEO:" --max-tokens 60
           swiftpeft generate --model models/base.h5 --adapter runs/lora/adapter.h5 --prompt "Question: What is Python?\nAnswer:"
           swiftpeft generate --model models/base.h5 --prompt "To be" --temperature 0.8 --top-p 0.9 --seed 3
+          swiftpeft generate --model models/smollm2.gguf --prompt "The river" --precision bf16
+
+        --precision bf16 keeps bf16 copies of the frozen weights for the token-by-token products
+        (fp32 accumulation; about half the bytes read per token; needs AVX512-BF16 or AMX). The
+        fp32 weights stay for the prompt, so memory grows by half the weights' size.
         """)
 
     @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
@@ -21,6 +26,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep the k most likely tokens (0 = all).") var topK = 0
     @Option(help: "Nucleus sampling mass (1 = off).") var topP: Float = 1
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "Frozen weights in decoding products: fp32 or bf16.") var precision: String = "fp32"
 
     func run() throws {
         guard !prompt.isEmpty else { throw CLIError("--prompt is empty; give the text to continue") }
@@ -28,10 +34,17 @@ struct Generate: ParsableCommand {
         guard temperature.isFinite && temperature >= 0 else { throw CLIError("--temperature must be 0 (greedy) or more, got \(temperature)") }
         guard topK >= 0 else { throw CLIError("--top-k must be 0 (all) or more, got \(topK)") }
         guard topP > 0 && topP <= 1 else { throw CLIError("--top-p must be in (0, 1], got \(topP)") }
+        guard let decodePrecision = DecodePrecision(rawValue: precision) else {
+            throw CLIError("--precision must be fp32 or bf16, got '\(precision)'")
+        }
+        if decodePrecision == .bf16 && !BF16Copy.isNative {
+            throw CLIError("--precision bf16: this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName); needs AVX512-BF16 or AMX)")
+        }
         let loaded = try loadModel(model)
         let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
         if let adapter { try loadAdapter(adapter, onto: m) }
+        if decodePrecision == .bf16 { m.keepBF16Weights() }
         let ids = tokenizer.encode(prompt)
         var stops = Set<Int32>()
         if let e = tokenizer.eosTokenID { stops.insert(e) }

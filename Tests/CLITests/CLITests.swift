@@ -636,6 +636,16 @@ final class CLITests: XCTestCase {
         let s1 = try ok(args), s2 = try ok(args)
         XCTAssertEqual(s1.stdout, s2.stdout)
         XCTAssertTrue(s1.stdout.hasPrefix(prompt), s1.transcript)
+        // bf16 copies of the weights: the text the library gives with `keepBF16Weights`.
+        _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--precision", "fp16"], mentioning: ["--precision", "fp16"])
+        guard BF16Copy.isNative else {
+            try skipUnlessRequired("this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName))")
+        }
+        let b = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12", "--precision", "bf16"])
+        let bf16Model = try loadModel(fx.base).model
+        bf16Model.keepBF16Weights()
+        let bf16New = bf16Model.generate(ids, SamplingOptions(maxNewTokens: 12, stopTokens: Set([tokenizer.eosTokenID].compactMap { $0 })))
+        XCTAssertEqual(b.stdout, tokenizer.decode(ids + bf16New) + "\n")
     }
 
     func testMergeWritesAModelThatEvaluatesAsTheAdapter() throws {

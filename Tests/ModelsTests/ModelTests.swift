@@ -130,6 +130,35 @@ final class ModelTests: XCTestCase {
         }
     }
 
+    /// bf16 copies of the frozen weights (`keepBF16Weights`): cached decoding stays close to fp32
+    /// (bf16 rounding of weights and inputs, fp32 accumulation) but is not the fp32 result, for
+    /// both families (GPT-2's (in, out) Conv1D weights and tied head, LLaMA's (out, in) weights).
+    func testBF16WeightsDecodeCloseToFP32() throws {
+        guard BF16Copy.isNative else {
+            try skipUnlessRequired("this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName))")
+        }
+        for config in [tinyGPT2, tinyLlama] {
+            let fp32 = makeModel(config, seed: 3), bf16 = makeModel(config, seed: 3)
+            let bytes = bf16.keepBF16Weights()
+            var matrices = bf16.namedModules().compactMap { ($0.1 as? Linear)?.weight.count }.reduce(0, +)
+            if config.tieWordEmbeddings { matrices += config.vocabSize * config.hiddenSize }
+            XCTAssertEqual(bytes, 2 * matrices, "\(config.family): one bf16 copy per matrix weight")
+            let seq: [Int32] = [1, 5, 7, 2, 9, 4, 3]
+            withNoGrad {
+                func stepLogits(_ m: CausalLM) -> [Float] {
+                    let cache = KVCache(config: config, batch: 1, capacity: 10)
+                    var out = m.forward(Array(seq.prefix(3)), batch: 1, cache: cache).toArray()
+                    for t in 3..<seq.count { out += m.forward([seq[t]], batch: 1, cache: cache).toArray() }
+                    return out
+                }
+                let (a, b) = (stepLogits(fp32), stepLogits(bf16))
+                let scale = maxAbs(a)
+                XCTAssertLessThan(maxAbsDiff(a, b), 0.02 * scale, "\(config.family): bf16 logits far from fp32")
+                XCTAssertGreaterThan(maxAbsDiff(a, b), 0, "\(config.family): the bf16 copies were not used")
+            }
+        }
+    }
+
     /// Stop tokens end generation; greedy decoding is deterministic; sampling follows the seed.
     func testSamplingOptions() {
         let model = makeModel(tinyLlama, seed: 1)

@@ -1,0 +1,293 @@
+// bf16 copies of frozen weights for products of a few rows (KV-cached decoding), through oneDNN's
+// matmul (Debian's libdnnl-dev; bf16 inputs, fp32 accumulation and output). Decoding reads every
+// weight once per token and is bound by memory bandwidth, so half the bytes per weight is up to
+// twice the speed there (docs/benchmarks.md, "bf16 decoding"); a training-size product is bound by
+// compute instead, where bf16 runs at half the fp32 rate on AVX512-BF16 without AMX, so only
+// products of at most `BF16Copy.maxRows` rows use the copy, and only when no gradient is recorded.
+//
+// The copy is cut into one block of output columns per thread; each of SwiftPEFT's threads runs
+// its block with one OpenMP thread, so oneDNN adds no thread pool of its own.
+
+import CDNNL
+import Foundation
+
+/// A bf16 copy of a matrix operand (logical (K, N), the right side of `x · W`), packed by oneDNN.
+public final class BF16Copy {
+    /// Products with more rows than this use the fp32 weights (compute-bound: bf16 is slower there).
+    public static let maxRows = 8
+
+    /// Whether this CPU runs bf16 products natively (AVX512-BF16 or AMX, as oneDNN reports it).
+    public static var isNative: Bool { BF16Runtime.shared.native }
+
+    /// oneDNN's instruction set on this CPU, e.g. `avx512_core_bf16`.
+    public static var isaName: String { BF16Runtime.shared.isaName }
+
+    let k: Int, n: Int
+    /// How the fp32 operand was read when the copy was made (see `matches`).
+    let trans: Bool, ld: Int
+    /// Column blocks: [lo, lo + count) of N, each with its packed weights.
+    let blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: dnnl_memory_desc_t)]
+
+    /// Packs `operand` (logical (K, N)): a contiguous matrix or a transposed view of one.
+    init(_ operand: Tensor) {
+        let op = MatOperand(operand)
+        check(op.batchShape.isEmpty && op.input.layout.offset == 0 && op.input.storage === operand.storage,
+              "[bf16] a copy needs a whole 2-D matrix or its transpose, got \(operand.shape)")
+        k = op.rows
+        n = op.cols
+        trans = op.trans
+        ld = op.ld
+        let rt = BF16Runtime.shared
+        let parts = n >= 64 * hardwareThreads ? hardwareThreads : 1
+        var blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: dnnl_memory_desc_t)] = []
+        rt.lock.lock()
+        defer { rt.lock.unlock() }
+        for p in 0..<parts {
+            let lo = n * p / parts, count = n * (p + 1) / parts - lo
+            var packed = rt.packedWeightsDesc(k: k, n: count)
+            // The fp32 block as stored: (K, count) at column lo, row-major or transposed.
+            var src = dnnl_memory_desc_t()
+            let strides: [Int64] = trans ? [1, Int64(ld)] : [Int64(ld), 1]
+            rt.ok(dnnl_memory_desc_init_by_strides(&src, 2, [Int64(k), Int64(count)], dnnl_f32, strides), "fp32 weights desc")
+            let base = UnsafeMutableRawPointer(op.input.basePointer + (trans ? lo * ld : lo))
+            var from: dnnl_memory_t?, to: dnnl_memory_t?
+            rt.ok(dnnl_memory_create(&from, &src, rt.engine, base), "fp32 weights memory")
+            rt.ok(dnnl_memory_create(&to, &packed, rt.engine, swiftpeft_dnnl_allocate()), "bf16 weights memory")
+            var pd: dnnl_primitive_desc_t?
+            rt.ok(dnnl_reorder_primitive_desc_create(&pd, &src, rt.engine, &packed, rt.engine, nil), "reorder to bf16")
+            var reorder: dnnl_primitive_t?
+            rt.ok(dnnl_primitive_create(&reorder, pd), "reorder primitive")
+            var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_from), memory: from),
+                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_to), memory: to)]
+            rt.ok(dnnl_primitive_execute(reorder, rt.streams[0], 2, &args), "reorder to bf16")
+            rt.ok(dnnl_stream_wait(rt.streams[0]), "reorder to bf16")
+            dnnl_primitive_destroy(reorder)
+            dnnl_primitive_desc_destroy(pd)
+            dnnl_memory_destroy(from)
+            blocks.append((lo, count, to!, packed))
+        }
+        self.blocks = blocks
+    }
+
+    deinit { for b in blocks { dnnl_memory_destroy(b.weights) } }
+
+    /// Bytes the copy holds (2 per value).
+    public var byteCount: Int { 2 * k * n }
+
+    /// Whether `op` reads the fp32 matrix this copy was made from, the same way.
+    func matches(_ op: MatOperand) -> Bool {
+        op.batchShape.isEmpty && op.input.layout.offset == 0 && op.trans == trans && op.ld == ld
+            && op.rows == k && op.cols == n
+    }
+
+    /// c (M, N; row stride ldc) = a (M, K; row stride lda) · W in bf16 with fp32 accumulation.
+    /// Returns false (nothing written) when oneDNN has no kernel for this row count.
+    func product(m: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+        let rt = BF16Runtime.shared
+        rt.lock.lock()
+        defer { rt.lock.unlock() }
+        let kernels = blocks.map { rt.matmul(m: m, k: k, n: $0.count, weights: $0.md) }
+        guard kernels.allSatisfy({ $0 != nil }) else { return false }
+        let src = rt.bf16Rows(a, m: m, k: k, lda: lda)
+        let run = { (t: Int) in
+            let b = self.blocks[t], kernel = kernels[t]!
+            omp_set_num_threads(1)  // this thread's OpenMP setting: the block runs on it alone
+            var srcMem: dnnl_memory_t?, dstMem: dnnl_memory_t?, scratchMem: dnnl_memory_t?
+            var srcMD = kernel.src, dstMD = kernel.dst, scratchMD = kernel.scratchpad
+            rt.ok(dnnl_memory_create(&srcMem, &srcMD, rt.engine, UnsafeMutableRawPointer(src)), "bf16 rows")
+            // The kernel writes dense (M, count) rows: one row goes straight into c, more through a buffer.
+            let out = m == 1 ? c + b.lo : rt.outputs[t]
+            rt.ok(dnnl_memory_create(&dstMem, &dstMD, rt.engine, UnsafeMutableRawPointer(out)), "output rows")
+            // Each thread its own scratchpad: oneDNN's shared one is not safe for concurrent calls.
+            rt.ok(dnnl_memory_create(&scratchMem, &scratchMD, rt.engine, rt.scratchpads[t]), "scratchpad")
+            var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: srcMem),
+                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: b.weights),
+                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: dstMem),
+                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: scratchMem)]
+            rt.ok(dnnl_primitive_execute(kernel.primitive, rt.streams[t], 4, &args), "bf16 matmul")
+            rt.ok(dnnl_stream_wait(rt.streams[t]), "bf16 matmul")
+            dnnl_memory_destroy(srcMem)
+            dnnl_memory_destroy(dstMem)
+            dnnl_memory_destroy(scratchMem)
+            if m > 1 {
+                for r in 0..<m { (c + r * ldc + b.lo).update(from: out + r * b.count, count: b.count) }
+            }
+        }
+        Profiler.measure(.gemm) {
+            if blocks.count == 1 { run(0) } else { WorkerPool.shared.run(blocks.count, run) }
+        }
+        return true
+    }
+}
+
+extension Tensor {
+    /// Keeps a bf16 copy of this frozen matrix, read as the right operand of `x.matmul(self)`
+    /// (logical (K, N): a contiguous matrix, or `weight.transposed()` of a stored (N, K) one).
+    /// From then on, a product `x.matmul(self)` of at most `BF16Copy.maxRows` rows that records no
+    /// gradient runs in bf16 (fp32 accumulation); every other use reads the fp32 values. The copy
+    /// is made from the values now: make it after the weights are final (a new tensor from
+    /// `Linear.setWeight` or a merge carries no copy). Fails on a tensor that takes gradients.
+    public func keepBF16Copy() {
+        check(!requiresGrad, "[bf16] \(name ?? "tensor") \(shape) takes gradients: only frozen weights get a bf16 copy")
+        check(BF16Copy.isNative, "[bf16] this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName); needs AVX512-BF16 or AMX)")
+        storage.bf16 = BF16Copy(self)
+    }
+
+    /// The bf16 copy kept for this matrix's storage, if any.
+    public var bf16Copy: BF16Copy? { storage.bf16 }
+}
+
+/// oneDNN's engine, per-thread streams and the matmul kernels made so far, under one lock: products
+/// on different threads take turns (a model decodes on one thread at a time).
+final class BF16Runtime: @unchecked Sendable {
+    static let shared = BF16Runtime()
+
+    let lock = NSLock()
+    let engine: dnnl_engine_t
+    let streams: [dnnl_stream_t]
+    let native: Bool
+    let isaName: String
+
+    struct Key: Hashable { let m, k, n: Int }
+    struct Kernel { let primitive: dnnl_primitive_t; let src, dst, scratchpad: dnnl_memory_desc_t }
+    private var kernels: [Key: Kernel?] = [:]
+    private var packedDescs: [Key: dnnl_memory_desc_t] = [:]
+    private var rows: UnsafeMutablePointer<UInt16>
+    private var rowsCapacity = 0
+    /// One scratchpad per thread, as large as the largest kernel's (`scratchpadBytes`).
+    private(set) var scratchpads: [UnsafeMutableRawPointer] = []
+    private var scratchpadBytes = 0
+    /// One dense output block per thread for products of more than one row.
+    private(set) var outputs: [UnsafeMutablePointer<Float>] = []
+    private var outputCount = 0
+
+    private init() {
+        omp_set_num_threads(1)  // kernels are made for one OpenMP thread (see the file's header)
+        var e: dnnl_engine_t?
+        let status = dnnl_engine_create(&e, dnnl_cpu, 0)
+        check(status == dnnl_success, "[bf16] oneDNN: no CPU engine (status \(status.rawValue))")
+        engine = e!
+        streams = (0..<max(1, hardwareThreads)).map { _ in
+            var s: dnnl_stream_t?
+            _ = dnnl_stream_create(&s, e, dnnl_stream_default_flags.rawValue)
+            return s!
+        }
+        let isa = dnnl_get_effective_cpu_isa()
+        native = isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx
+        isaName = BF16Runtime.name(isa)
+        rows = .allocate(capacity: 1)
+    }
+
+    static func name(_ isa: dnnl_cpu_isa_t) -> String {
+        switch isa {
+        case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16"
+        case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx"
+        case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni"
+        case dnnl_cpu_isa_avx512_core: return "avx512_core"
+        case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni"
+        case dnnl_cpu_isa_avx2: return "avx2"
+        default: return "isa \(isa.rawValue)"
+        }
+    }
+
+    func ok(_ s: dnnl_status_t, _ what: String) {
+        check(s == dnnl_success, "[bf16] oneDNN failed: \(what) (status \(s.rawValue))")
+    }
+
+    /// The packed bf16 layout oneDNN picks for (K, N) weights in a one-row product; every row
+    /// count uses it (a kernel that cannot is not made, and that product stays fp32).
+    func packedWeightsDesc(k: Int, n: Int) -> dnnl_memory_desc_t {
+        let key = Key(m: 0, k: k, n: n)
+        if let d = packedDescs[key] { return d }
+        var src = desc([1, k], dnnl_bf16, [Int64(k), 1])
+        var dst = desc([1, n], dnnl_f32, [Int64(n), 1])
+        var any = dnnl_memory_desc_t()
+        ok(dnnl_memory_desc_init_by_tag(&any, 2, [Int64(k), Int64(n)], dnnl_bf16, dnnl_format_tag_any), "weights desc")
+        var op = dnnl_matmul_desc_t()
+        ok(dnnl_matmul_desc_init(&op, &src, &any, nil, &dst), "matmul desc")
+        var pd: dnnl_primitive_desc_t?
+        ok(dnnl_primitive_desc_create(&pd, &op, nil, engine, nil), "bf16 matmul for \(k)×\(n)")
+        let d = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0)!.pointee
+        dnnl_primitive_desc_destroy(pd)
+        packedDescs[key] = d
+        return d
+    }
+
+    /// The matmul (M, K) bf16 × packed (K, N) bf16 → dense (M, N) fp32, made once; nil when
+    /// oneDNN has only its reference (scalar) kernel for it.
+    func matmul(m: Int, k: Int, n: Int, weights: dnnl_memory_desc_t) -> Kernel? {
+        let key = Key(m: m, k: k, n: n)
+        if let cached = kernels[key] { return cached }
+        var src = desc([m, k], dnnl_bf16, [Int64(k), 1])
+        var dst = desc([m, n], dnnl_f32, [Int64(n), 1])
+        var w = weights
+        var op = dnnl_matmul_desc_t()
+        var made: Kernel?
+        var pd: dnnl_primitive_desc_t?
+        var attr: dnnl_primitive_attr_t?
+        ok(dnnl_primitive_attr_create(&attr), "matmul attributes")
+        defer { dnnl_primitive_attr_destroy(attr) }
+        ok(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode")
+        if dnnl_matmul_desc_init(&op, &src, &w, nil, &dst) == dnnl_success,
+           dnnl_primitive_desc_create(&pd, &op, attr, engine, nil) == dnnl_success {
+            var p: dnnl_primitive_t?
+            let scratch = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)!.pointee
+            var impl: UnsafePointer<CChar>?
+            _ = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl)
+            let name = impl.map { String(cString: $0) } ?? "ref"
+            if !name.hasPrefix("ref"), dnnl_primitive_create(&p, pd) == dnnl_success, let p {
+                made = Kernel(primitive: p, src: src, dst: dst, scratchpad: scratch)
+                var sd = scratch
+                growBuffers(scratchpad: dnnl_memory_desc_get_size(&sd), output: m * n)
+            }
+            dnnl_primitive_desc_destroy(pd)
+        }
+        kernels[key] = made
+        return made
+    }
+
+    private func growBuffers(scratchpad bytes: Int, output count: Int) {
+        if bytes > scratchpadBytes || scratchpads.isEmpty {
+            for p in scratchpads { p.deallocate() }
+            scratchpadBytes = max(bytes, 64)
+            scratchpads = streams.map { _ in UnsafeMutableRawPointer.allocate(byteCount: scratchpadBytes, alignment: 64) }
+        }
+        if count > outputCount || outputs.isEmpty {
+            for p in outputs { p.deallocate() }
+            outputCount = max(count, 1)
+            outputs = streams.map { _ in UnsafeMutablePointer<Float>.allocate(capacity: outputCount) }
+        }
+    }
+
+    private func desc(_ dims: [Int], _ type: dnnl_data_type_t, _ strides: [Int64]) -> dnnl_memory_desc_t {
+        var d = dnnl_memory_desc_t()
+        ok(dnnl_memory_desc_init_by_strides(&d, Int32(dims.count), dims.map { Int64($0) }, type, strides), "desc \(dims)")
+        return d
+    }
+
+    /// `a` (M, K; row stride lda) rounded to bf16 (to nearest, ties to even) in a reused buffer.
+    func bf16Rows(_ a: UnsafePointer<Float>, m: Int, k: Int, lda: Int) -> UnsafeMutablePointer<UInt16> {
+        if rowsCapacity < m * k {
+            rows.deallocate()
+            rows = .allocate(capacity: m * k)
+            rowsCapacity = m * k
+        }
+        for r in 0..<m {
+            let src = a + r * lda, dst = rows + r * k
+            for i in 0..<k { dst[i] = bf16Bits(src[i]) }
+        }
+        return rows
+    }
+}
+
+/// fp32 → bf16 bits, rounded to nearest with ties to even (NaN stays NaN).
+@inline(__always)
+func bf16Bits(_ x: Float) -> UInt16 {
+    let u = x.bitPattern
+    if x.isNaN { return UInt16(u >> 16) | 0x40 }
+    return UInt16((u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
+}
+
+/// The value of bf16 bits as fp32.
+@inline(__always)
+func floatFromBF16(_ b: UInt16) -> Float { Float(bitPattern: UInt32(b) << 16) }

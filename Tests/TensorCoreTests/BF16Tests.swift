@@ -1,0 +1,89 @@
+// bf16 copies of frozen weights (`Tensor.keepBF16Copy`): the product against a reference computed
+// here from bf16-rounded inputs, and when matmul uses the copy or the fp32 values.
+
+import TensorCore
+import TestSupport
+import XCTest
+
+final class BF16Tests: XCTestCase {
+    override func setUpWithError() throws {
+        if !BF16Copy.isNative {
+            try skipUnlessRequired("this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName)): bf16 copies are refused here")
+        }
+    }
+
+    /// Values rounded to bf16 (to nearest, ties to even), as fp32.
+    func roundedToBF16(_ v: [Float]) -> [Float] {
+        v.map { x in
+            let u = x.bitPattern
+            return Float(bitPattern: ((u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16) << 16)
+        }
+    }
+
+    /// (M, K) · (K, N) in Double, row-major.
+    func product(_ a: [Float], _ b: [Float], m: Int, k: Int, n: Int) -> [Float] {
+        (0..<(m * n)).map { idx in
+            let (i, j) = (idx / n, idx % n)
+            return Float((0..<k).reduce(0.0) { $0 + Double(a[i * k + $1]) * Double(b[$1 * n + j]) })
+        }
+    }
+
+    func random(_ count: Int, seed: UInt64) -> [Float] {
+        var rng = RNG(seed: seed)
+        return (0..<count).map { _ in Float(rng.nextDouble() * 2 - 1) }
+    }
+
+    /// Both orientations of the stored weight, row counts 1…maxRows, and an N split over threads:
+    /// the product equals the bf16-rounded inputs multiplied exactly, up to fp32 accumulation.
+    func testProductEqualsTheBF16RoundedReference() {
+        let (k, n) = (70, 300)  // n ≥ 64 per thread: the copy is cut into column blocks
+        for stored in ["(N, K), read transposed", "(K, N)"] {
+            let wOutIn = random(n * k, seed: 1)  // (N, K)
+            let weight: Tensor, operand: Tensor
+            if stored.hasPrefix("(N, K)") {
+                weight = Tensor(shape: [n, k], data: wOutIn)
+                operand = weight.transposed()  // (K, N)
+            } else {
+                let wKN = (0..<(k * n)).map { i in wOutIn[(i % n) * k + i / n] }  // (K, N)
+                weight = Tensor(shape: [k, n], data: wKN)
+                operand = weight
+            }
+            operand.keepBF16Copy()
+            XCTAssertNotNil(operand.bf16Copy, stored)
+            let wKN = (0..<(k * n)).map { i in wOutIn[(i % n) * k + i / n] }
+            for m in [1, 3, BF16Copy.maxRows] {
+                let x = random(m * k, seed: UInt64(m + 10))
+                let y = withNoGrad { Tensor(shape: [m, k], data: x).matmul(operand) }  // (M, N)
+                let expected = product(roundedToBF16(x), roundedToBF16(wKN), m: m, k: k, n: n)
+                assertClose(y.toArray(), expected, rtol: 1e-5, atol: 2e-5, "\(stored), M \(m)")
+                // …and it is not the fp32 product: the copy was used.
+                let fp32 = product(x, wKN, m: m, k: k, n: n)
+                XCTAssertGreaterThan(maxAbsDiff(y.toArray(), fp32), 1e-4, "\(stored), M \(m): the fp32 values were read")
+            }
+        }
+    }
+
+    /// More rows than `maxRows`, a product that records a gradient, and a tensor without a copy all
+    /// read the fp32 values, bit for bit the plain product.
+    func testOtherProductsReadTheFP32Values() {
+        let (k, n) = (24, 40)
+        let w = Tensor(shape: [n, k], data: random(n * k, seed: 2))
+        let plain = Tensor(shape: [n, k], data: w.toArray())
+        w.transposed().keepBF16Copy()
+        let many = Tensor(shape: [BF16Copy.maxRows + 1, k], data: random((BF16Copy.maxRows + 1) * k, seed: 3))
+        XCTAssertEqual(withNoGrad { many.matmul(w.transposed()) }.toArray(), many.matmul(plain.transposed()).toArray())
+        let x = Tensor(shape: [2, k], data: random(2 * k, seed: 4))
+        x.requiresGrad = true
+        let recorded = x.matmul(w.transposed())
+        XCTAssertEqual(recorded.toArray(), withNoGrad { x.matmul(plain.transposed()) }.toArray(), "a recorded product is fp32")
+        recorded.sum().backward()
+        XCTAssertNotNil(x.grad)
+        // A batched left operand folds its rows: (2, 3, K) is 6 rows, within maxRows.
+        let batched = Tensor(shape: [2, 3, k], data: random(6 * k, seed: 5))
+        let folded = withNoGrad { batched.matmul(w.transposed()) }
+        let rows = withNoGrad { batched.reshaped([6, k]).matmul(w.transposed()) }
+        XCTAssertEqual(folded.shape, [2, 3, n])
+        XCTAssertEqual(folded.toArray(), rows.toArray())
+        XCTAssertNotEqual(folded.toArray(), withNoGrad { batched.matmul(plain.transposed()) }.toArray())
+    }
+}
