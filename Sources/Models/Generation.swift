@@ -48,16 +48,16 @@ extension CausalLM {
     public func keepBF16Weights() -> Int {
         var bytes = 0
         var seen = Set<ObjectIdentifier>()
-        func keep(_ operand: Tensor) {
-            guard !operand.requiresGrad, seen.insert(ObjectIdentifier(operand.storage)).inserted else { return }
+        func keep(_ weight: Tensor, _ operand: Tensor) {
+            guard !weight.requiresGrad, seen.insert(ObjectIdentifier(weight.storage)).inserted else { return }
             operand.keepBF16Copy()
             bytes += operand.bf16Copy?.byteCount ?? 0
         }
         for (_, m) in namedModules() {
             guard let l = m as? Linear else { continue }
-            keep(l.fanInFanOut ? l.weight : l.weight.transposed())  // the right operand of `Linear.base`, (in, out)
+            keep(l.weight, l.fanInFanOut ? l.weight : l.weight.transposed())  // the right operand of `Linear.base`, (in, out)
         }
-        if let w = plainHeadWeight { keep(w.transposed()) }  // (C, V)
+        if let w = plainHeadWeight { keep(w, w.transposed()) }  // (C, V)
         return bytes
     }
 

@@ -38,7 +38,8 @@ public final class BF16Copy {
         trans = op.trans
         ld = op.ld
         let rt = BF16Runtime.shared
-        let parts = n >= 64 * hardwareThreads ? hardwareThreads : 1
+        let threads = min(hardwareThreads, rt.streams.count)  // streams: one per thread at first use
+        let parts = n >= 64 * threads ? threads : 1
         var blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: dnnl_memory_desc_t)] = []
         rt.lock.lock()
         defer { rt.lock.unlock() }
@@ -91,7 +92,7 @@ public final class BF16Copy {
         let src = rt.bf16Rows(a, m: m, k: k, lda: lda)
         let run = { (t: Int) in
             let b = self.blocks[t], kernel = kernels[t]!
-            omp_set_num_threads(1)  // this thread's OpenMP setting: the block runs on it alone
+            rt.oneOpenMPThread()  // this thread's OpenMP setting: the block runs on it alone
             var srcMem: dnnl_memory_t?, dstMem: dnnl_memory_t?, scratchMem: dnnl_memory_t?
             var srcMD = kernel.src, dstMD = kernel.dst, scratchMD = kernel.scratchpad
             rt.ok(dnnl_memory_create(&srcMem, &srcMD, rt.engine, UnsafeMutableRawPointer(src)), "bf16 rows")
@@ -128,7 +129,8 @@ extension Tensor {
     /// is made from the values now: make it after the weights are final (a new tensor from
     /// `Linear.setWeight` or a merge carries no copy). Fails on a tensor that takes gradients.
     public func keepBF16Copy() {
-        check(!requiresGrad, "[bf16] \(name ?? "tensor") \(shape) takes gradients: only frozen weights get a bf16 copy")
+        let source = transposeSource ?? self
+        check(!source.requiresGrad, "[bf16] \(source.name ?? "tensor") \(source.shape) takes gradients: only frozen weights get a bf16 copy")
         check(BF16Copy.isNative, "[bf16] this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName); needs AVX512-BF16 or AMX)")
         storage.bf16 = BF16Copy(self)
     }
@@ -161,8 +163,18 @@ final class BF16Runtime: @unchecked Sendable {
     private(set) var outputs: [UnsafeMutablePointer<Float>] = []
     private var outputCount = 0
 
+    /// libgomp's `omp_set_num_threads` (libdnnl loads libgomp).
+    private let setOpenMPThreads: @convention(c) (Int32) -> Void
+
+    /// Sets the calling thread's OpenMP thread count to 1.
+    func oneOpenMPThread() { setOpenMPThreads(1) }
+
     private init() {
-        omp_set_num_threads(1)  // kernels are made for one OpenMP thread (see the file's header)
+        guard let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") else {  // RTLD_DEFAULT
+            fatalError("[bf16] libgomp's omp_set_num_threads is not loaded (Debian's libdnnl2 links it)")
+        }
+        setOpenMPThreads = unsafeBitCast(f, to: (@convention(c) (Int32) -> Void).self)
+        setOpenMPThreads(1)  // kernels are made for one OpenMP thread (see the file's header)
         var e: dnnl_engine_t?
         let status = dnnl_engine_create(&e, dnnl_cpu, 0)
         check(status == dnnl_success, "[bf16] oneDNN: no CPU engine (status \(status.rawValue))")

@@ -205,9 +205,9 @@ extension Tensor {
         // A 2-D right operand against a row-foldable left operand: one GEMM over all rows.
         let fold = B.batchShape.isEmpty && A.foldsRows && batchCount > 1
         let offA = A.offsets(outBatch: batch), offB = B.offsets(outBatch: batch)
-        // A few rows against a matrix with a bf16 copy, with no gradient to record (decoding).
-        if let copy = B.input.storage.bf16, copy.matches(B), !A.trans, fold || batchCount == 1, m * batchCount <= BF16Copy.maxRows,
-           !(Autograd.isRecording && (requiresGrad || other.requiresGrad)),
+        // A few rows against a still-frozen matrix with a bf16 copy, with no gradient to record (decoding).
+        if let copy = B.input.storage.bf16, !B.input.requiresGrad, copy.matches(B), !A.trans, fold || batchCount == 1,
+           m * batchCount <= BF16Copy.maxRows, !(Autograd.isRecording && requiresGrad),
            copy.product(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n) {
             return out
         }

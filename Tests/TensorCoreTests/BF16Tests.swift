@@ -63,8 +63,8 @@ final class BF16Tests: XCTestCase {
         }
     }
 
-    /// More rows than `maxRows`, a product that records a gradient, and a tensor without a copy all
-    /// read the fp32 values, bit for bit the plain product.
+    /// More rows than `maxRows`, a product that records a gradient, and a matrix that takes
+    /// gradients all read the fp32 values, bit for bit the plain product.
     func testOtherProductsReadTheFP32Values() {
         let (k, n) = (24, 40)
         let w = Tensor(shape: [n, k], data: random(n * k, seed: 2))
@@ -85,5 +85,10 @@ final class BF16Tests: XCTestCase {
         XCTAssertEqual(folded.shape, [2, 3, n])
         XCTAssertEqual(folded.toArray(), rows.toArray())
         XCTAssertNotEqual(folded.toArray(), withNoGrad { batched.matmul(plain.transposed()) }.toArray())
+        // A matrix made trainable after its copy was made (its values may then change in place).
+        let few = Tensor(shape: [2, k], data: random(2 * k, seed: 6))
+        XCTAssertNotEqual(withNoGrad { few.matmul(w.transposed()) }.toArray(), few.matmul(plain.transposed()).toArray())
+        w.requiresGrad = true
+        XCTAssertEqual(withNoGrad { few.matmul(w.transposed()) }.toArray(), few.matmul(plain.transposed()).toArray())
     }
 }
