@@ -153,7 +153,8 @@ final class DistributedTests: XCTestCase {
         var stopped: Int32?, stoppedAt = Date.distantFuture
         let started = Date()
         let r = try train(ranks: 2, batch: 2, method: "lora", out: out,
-                          extra: ["--optimizer", "sgd", "--steps", "200", "--save-every", "0", "--log-every", "1"],
+                          // Steps enough to outlast the stop: 200 once ran out (0.2 s) before rank 1 was stopped.
+                          extra: ["--optimizer", "sgd", "--steps", "20000", "--save-every", "0", "--log-every", "1"],
                           mpiEnvironment: ["SWIFTPEFT_MPI_TIMEOUT=3"]) { _ in
             // Long after the 3 s timeout, the stopped rank is killed: mpirun's clean-up must not wait
             // on a stopped process (the message checked below comes only from the watchdog).
