@@ -112,12 +112,16 @@ public final class ServingEngine: @unchecked Sendable {
 
     /// Loads the base (SwiftPEFT .h5, GGUF or Hugging Face folder) and starts the worker.
     public init(modelPath: String, baseName: String? = nil, maxBatch: Int = 8, maxQueue: Int = 64,
-                contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore) throws {
+                contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
+                precision: DecodePrecision = .fp32) throws {
+        if precision == .bf16, let why = BF16Copy.unavailableReason { throw ServingError(.invalidRequest, "--precision bf16: \(why)") }
         let loaded = try loadModel(modelPath)
         guard let tok = loaded.tokenizer else { throw ServingError(.invalidRequest, "\(modelPath): holds no tokenizer; it cannot be served") }
         guard maxBatch >= 1, maxQueue >= 1 else { throw ServingError(.invalidRequest, "--max-batch and --max-queue must be at least 1") }
         model = loaded.model
         model.eval()
+        // The base's weights never change while serving (adapters are hooks): bf16 copies for decoding.
+        if precision == .bf16 { model.keepBF16Weights() }
         tokenizer = tok
         self.baseName = baseName ?? URL(fileURLWithPath: modelPath).deletingPathExtension().lastPathComponent
         self.maxBatch = maxBatch

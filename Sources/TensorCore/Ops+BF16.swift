@@ -22,6 +22,11 @@ public final class BF16Copy {
     /// oneDNN's instruction set on this CPU, e.g. `avx512_core_bf16`.
     public static var isaName: String { BF16Runtime.shared.isaName }
 
+    /// Why bf16 copies cannot be made on this CPU; nil when they can.
+    public static var unavailableReason: String? {
+        isNative ? nil : "this CPU has no native bf16 products (oneDNN ISA \(isaName); needs AVX512-BF16 or AMX)"
+    }
+
     let k: Int, n: Int
     /// How the fp32 operand was read when the copy was made (see `matches`).
     let trans: Bool, ld: Int
@@ -131,7 +136,7 @@ extension Tensor {
     public func keepBF16Copy() {
         let source = transposeSource ?? self
         check(!source.requiresGrad, "[bf16] \(source.name ?? "tensor") \(source.shape) takes gradients: only frozen weights get a bf16 copy")
-        check(BF16Copy.isNative, "[bf16] this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName); needs AVX512-BF16 or AMX)")
+        check(BF16Copy.isNative, "[bf16] \(BF16Copy.unavailableReason ?? "")")
         storage.bf16 = BF16Copy(self)
     }
 

@@ -171,9 +171,7 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
     if isGeneration {
         model.eval()
         if method == "gen-bf16" {
-            guard BF16Copy.isNative else {
-                throw TrainingError(message: "bench gen-bf16: this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName); needs AVX512-BF16 or AMX)")
-            }
+            if let why = BF16Copy.unavailableReason { throw TrainingError(message: "bench gen-bf16: \(why)") }
             model.keepBF16Weights()
         }
         let (prompt, new) = (32, 64)

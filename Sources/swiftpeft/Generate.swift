@@ -37,9 +37,7 @@ struct Generate: ParsableCommand {
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
             throw CLIError("--precision must be fp32 or bf16, got '\(precision)'")
         }
-        if decodePrecision == .bf16 && !BF16Copy.isNative {
-            throw CLIError("--precision bf16: this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName); needs AVX512-BF16 or AMX)")
-        }
+        if decodePrecision == .bf16, let why = BF16Copy.unavailableReason { throw CLIError("--precision bf16: \(why)") }
         let loaded = try loadModel(model)
         let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }

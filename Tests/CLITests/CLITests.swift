@@ -639,7 +639,7 @@ final class CLITests: XCTestCase {
         // bf16 copies of the weights: the text the library gives with `keepBF16Weights`.
         _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--precision", "fp16"], mentioning: ["--precision", "fp16"])
         guard BF16Copy.isNative else {
-            try skipUnlessRequired("this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName))")
+            try skipUnlessRequired(BF16Copy.unavailableReason ?? "")
         }
         let b = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12", "--precision", "bf16"])
         let bf16Model = try loadModel(fx.base).model

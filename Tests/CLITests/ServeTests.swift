@@ -2,12 +2,13 @@
 // HTTP) against the built tool: completions, chat, streaming, adapter switching, load/unload, errors
 // in OpenAI's shape, batching across adapters with unchanged outputs, a bounded load test with 0
 // errors, the prompt lab page driven in headless Chromium (DOM checked, screenshot written next to
-// the test binaries: test-output/prompt-lab.png), and a graceful SIGTERM. Its output (with the load
-// figures) is printed.
+// the test binaries: test-output/prompt-lab.png), serving with bf16 weight copies where the CPU has
+// them, and a graceful SIGTERM. Its output (with the load figures) is printed.
 
 import Foundation
 import XCTest
 import TestSupport
+import SwiftPEFT
 
 final class ServeTests: XCTestCase {
     func testServeWithTheOpenAIClient() throws {
@@ -21,7 +22,7 @@ final class ServeTests: XCTestCase {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
         p.arguments = [packageRoot().appendingPathComponent("scripts/serve_client_test.py").path, "--bin", bin.path, "--load-seconds", "3",
-                       "--chromium", chromium, "--screenshot", screenshot]
+                       "--chromium", chromium, "--screenshot", screenshot] + (BF16Copy.isNative ? ["--bf16"] : [])
         let pipe = Pipe()
         p.standardOutput = pipe
         p.standardError = pipe
@@ -31,6 +32,11 @@ final class ServeTests: XCTestCase {
         print(out)
         XCTAssertEqual(p.terminationStatus, 0, out)
         XCTAssertTrue(out.contains("serve test: PASSED"), out)
+        if BF16Copy.isNative {
+            XCTAssertTrue(out.contains("--precision bf16 completions equal"), out)
+        } else {
+            print("NOTE: serve --precision bf16 not checked: \(BF16Copy.unavailableReason ?? "")")
+        }
         XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot), "the prompt lab screenshot \(screenshot)")
     }
 }

@@ -135,7 +135,7 @@ final class ModelTests: XCTestCase {
     /// both families (GPT-2's (in, out) Conv1D weights and tied head, LLaMA's (out, in) weights).
     func testBF16WeightsDecodeCloseToFP32() throws {
         guard BF16Copy.isNative else {
-            try skipUnlessRequired("this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName))")
+            try skipUnlessRequired(BF16Copy.unavailableReason ?? "")
         }
         for config in [tinyGPT2, tinyLlama] {
             let fp32 = makeModel(config, seed: 3), bf16 = makeModel(config, seed: 3)

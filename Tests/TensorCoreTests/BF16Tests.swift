@@ -8,7 +8,7 @@ import XCTest
 final class BF16Tests: XCTestCase {
     override func setUpWithError() throws {
         if !BF16Copy.isNative {
-            try skipUnlessRequired("this CPU has no native bf16 products (oneDNN ISA \(BF16Copy.isaName)): bf16 copies are refused here")
+            try skipUnlessRequired(BF16Copy.unavailableReason ?? "")
         }
     }
 
