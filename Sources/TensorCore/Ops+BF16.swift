@@ -1,9 +1,10 @@
 // bf16 copies of frozen weights for products of a few rows (KV-cached decoding), through oneDNN's
 // matmul (Debian's libdnnl-dev; bf16 inputs, fp32 accumulation and output). Decoding reads every
 // weight once per token and is bound by memory bandwidth, so half the bytes per weight is up to
-// twice the speed there (docs/benchmarks.md, "bf16 decoding"); a training-size product is bound by
-// compute instead, where bf16 runs at half the fp32 rate on AVX512-BF16 without AMX, so only
-// products of at most `BF16Copy.maxRows` rows use the copy, and only when no gradient is recorded.
+// twice the speed there (docs/benchmarks.md, "Generation with bf16 copies of the frozen weights");
+// a training-size product is bound by compute instead, where bf16 runs at half the fp32 rate on
+// AVX512-BF16 without AMX, so only products of at most `BF16Copy.maxRows` rows use the copy, and
+// only when no gradient is recorded.
 //
 // The copy is cut into one block of output columns per thread; each of SwiftPEFT's threads runs
 // its block with one OpenMP thread, so oneDNN adds no thread pool of its own.
