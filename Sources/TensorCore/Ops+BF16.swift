@@ -99,23 +99,19 @@ public final class BF16Copy {
         let run = { (t: Int) in
             let b = self.blocks[t], kernel = kernels[t]!
             rt.oneOpenMPThread()  // this thread's OpenMP setting: the block runs on it alone
-            var srcMem: dnnl_memory_t?, dstMem: dnnl_memory_t?, scratchMem: dnnl_memory_t?
-            var srcMD = kernel.src, dstMD = kernel.dst, scratchMD = kernel.scratchpad
-            rt.ok(dnnl_memory_create(&srcMem, &srcMD, rt.engine, UnsafeMutableRawPointer(src)), "bf16 rows")
+            let mem = kernel.memories[t]  // this thread's: blocks of one size share a kernel
+            rt.ok(dnnl_memory_set_data_handle(mem.src, UnsafeMutableRawPointer(src)), "bf16 rows")
             // The kernel writes dense (M, count) rows: one row goes straight into c, more through a buffer.
             let out = m == 1 ? c + b.lo : rt.outputs[t]
-            rt.ok(dnnl_memory_create(&dstMem, &dstMD, rt.engine, UnsafeMutableRawPointer(out)), "output rows")
+            rt.ok(dnnl_memory_set_data_handle(mem.dst, UnsafeMutableRawPointer(out)), "output rows")
             // Each thread its own scratchpad: oneDNN's shared one is not safe for concurrent calls.
-            rt.ok(dnnl_memory_create(&scratchMem, &scratchMD, rt.engine, rt.scratchpads[t]), "scratchpad")
-            var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: srcMem),
+            rt.ok(dnnl_memory_set_data_handle(mem.scratch, rt.scratchpads[t]), "scratchpad")
+            var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: mem.src),
                         dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: b.weights),
-                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: dstMem),
-                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: scratchMem)]
+                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: mem.dst),
+                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: mem.scratch)]
             rt.ok(dnnl_primitive_execute(kernel.primitive, rt.streams[t], 4, &args), "bf16 matmul")
             rt.ok(dnnl_stream_wait(rt.streams[t]), "bf16 matmul")
-            dnnl_memory_destroy(srcMem)
-            dnnl_memory_destroy(dstMem)
-            dnnl_memory_destroy(scratchMem)
             if m > 1 {
                 for r in 0..<m { (c + r * ldc + b.lo).update(from: out + r * b.count, count: b.count) }
             }
@@ -157,7 +153,12 @@ final class BF16Runtime: @unchecked Sendable {
     let isaName: String
 
     struct Key: Hashable { let m, k, n: Int }
-    struct Kernel { let primitive: dnnl_primitive_t; let src, dst, scratchpad: dnnl_memory_desc_t }
+    /// A matmul and, per thread, its source, output and scratchpad memory objects (made once; the
+    /// data pointers are set at each call, so a decoding step allocates nothing here).
+    struct Kernel {
+        let primitive: dnnl_primitive_t
+        let memories: [(src: dnnl_memory_t, dst: dnnl_memory_t, scratch: dnnl_memory_t)]
+    }
     private var kernels: [Key: Kernel?] = [:]
     private var packedDescs: [Key: dnnl_memory_desc_t] = [:]
     private var rows: UnsafeMutablePointer<UInt16>
@@ -254,14 +255,23 @@ final class BF16Runtime: @unchecked Sendable {
             _ = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl)
             let name = impl.map { String(cString: $0) } ?? "ref"
             if !name.hasPrefix("ref"), dnnl_primitive_create(&p, pd) == dnnl_success, let p {
-                made = Kernel(primitive: p, src: src, dst: dst, scratchpad: scratch)
                 var sd = scratch
                 growBuffers(scratchpad: dnnl_memory_desc_get_size(&sd), output: m * n)
+                made = Kernel(primitive: p, memories: streams.map { _ in
+                    (memory(&src), memory(&dst), memory(&sd))
+                })
             }
             dnnl_primitive_desc_destroy(pd)
         }
         kernels[key] = made
         return made
+    }
+
+    /// A memory object of `md` without data (the pointer is set before each use).
+    private func memory(_ md: inout dnnl_memory_desc_t) -> dnnl_memory_t {
+        var m: dnnl_memory_t?
+        ok(dnnl_memory_create(&m, &md, engine, nil), "memory object")
+        return m!
     }
 
     private func growBuffers(scratchpad bytes: Int, output count: Int) {
