@@ -315,7 +315,3 @@ func bf16Bits(_ x: Float) -> UInt16 {
     if x.isNaN { return UInt16(u >> 16) | 0x40 }
     return UInt16((u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
 }
-
-/// The value of bf16 bits as fp32.
-@inline(__always)
-func floatFromBF16(_ b: UInt16) -> Float { Float(bitPattern: UInt32(b) << 16) }
