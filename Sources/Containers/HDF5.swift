@@ -115,69 +115,22 @@ public enum HDF5Store {
         return try readChecked(path)
     }
 
+    /// Opens `path` for reading tensor by tensor (`HDF5Reader`), after the same checks as `read`.
+    public static func open(_ path: String) throws -> HDF5Reader {
+        H5Eset_auto2(chdf5_e_default(), nil, nil)
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw HDF5Error(path: path, message: "no such file")
+        }
+        try checkBeforeOpening(path)
+        return try HDF5Reader(checked: path)
+    }
+
     /// `read` of a file already checked (its checksum, or the probe of a foreign file).
     private static func readChecked(_ path: String) throws -> (tensors: [String: Tensor], blobs: [String: [UInt8]], attributes: [String: String]) {
-        let file = openForReading(path)
-        guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
-        defer { H5Fclose(file) }
-        var names: [String] = []
-        let collect: H5O_iterate_t = { _, name, info, ctx in
-            if let info, info.pointee.type == H5O_TYPE_DATASET, let name {
-                ctx!.assumingMemoryBound(to: [String].self).pointee.append(String(cString: name))
-            }
-            return 0
-        }
-        _ = withUnsafeMutablePointer(to: &names) {
-            H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, collect, $0, UInt32(H5O_INFO_BASIC))
-        }
+        let reader = try HDF5Reader(checked: path)
         var tensors: [String: Tensor] = [:]
-        var blobs: [String: [UInt8]] = [:]
-        for name in names {
-            let ds = H5Dopen2(file, name, chdf5_p_default())
-            guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot open dataset '\(name)'") }
-            defer { H5Dclose(ds) }
-            let space = H5Dget_space(ds)
-            defer { H5Sclose(space) }
-            let rank = Int(H5Sget_simple_extent_ndims(space))
-            guard (0...8).contains(rank) else { throw HDF5Error(path: path, message: "dataset '\(name)' has \(rank) dimensions (expected 0…8)") }
-            var dims = [hsize_t](repeating: 0, count: rank)
-            H5Sget_simple_extent_dims(space, &dims, nil)
-            let dtype = H5Dget_type(ds)
-            defer { H5Tclose(dtype) }
-            // Sizes come from the file: check them against the bytes it stores before allocating.
-            var count = 1
-            for d in dims {
-                let (c, overflow) = count.multipliedReportingOverflow(by: Int(clamping: d))
-                guard !overflow, d <= hsize_t(Int.max) else {
-                    throw HDF5Error(path: path, message: "dataset '\(name)' claims dimensions \(dims), more elements than can exist; the file is corrupt")
-                }
-                count = c
-            }
-            let shape = dims.map { Int($0) }
-            let stored = Int(clamping: H5Dget_storage_size(ds))
-            let elementSize = max(1, H5Tget_size(dtype))
-            guard count.multipliedReportingOverflow(by: elementSize).partialValue <= stored,
-                  !count.multipliedReportingOverflow(by: elementSize).overflow else {
-                throw HDF5Error(path: path, message: """
-                    dataset '\(name)' claims shape \(shape) (\(count) elements of \(elementSize) bytes) but the file stores \(stored) bytes \
-                    for it; the file is truncated or corrupt (compressed datasets are not supported)
-                    """)
-            }
-            if H5Tget_class(dtype) == chdf5_class_integer() && H5Tget_size(dtype) == 1 && rank == 1 {
-                var bytes = [UInt8](repeating: 0, count: shape[0])
-                guard H5Dread(ds, chdf5_native_uint8(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), &bytes) >= 0 else {
-                    throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as bytes")
-                }
-                blobs[name] = bytes
-                continue
-            }
-            let t = Tensor.empty(shape)
-            guard H5Dread(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), t.basePointer) >= 0 else {
-                throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as float32")
-            }
-            tensors[name] = t
-        }
-        return (tensors, blobs, try rootAttributes(file, path: path))
+        for name in reader.shapes.keys { tensors[name] = try reader.tensor(name) }
+        return (tensors, reader.blobs, reader.attributes)
     }
 
     /// The root's string attributes only (the `format` of a SwiftPEFT file, its config): no dataset is read.
@@ -214,7 +167,7 @@ public enum HDF5Store {
     }
 
     /// Opens read-only with a strong close: closing the file closes whatever a failed read left open.
-    private static func openForReading(_ path: String) -> hid_t {
+    static func openForReading(_ path: String) -> hid_t {
         let fapl = chdf5_fapl_close_strong()
         defer { if fapl >= 0 { H5Pclose(fapl) } }
         return H5Fopen(path, chdf5_acc_rdonly(), fapl >= 0 ? fapl : chdf5_p_default())
@@ -222,7 +175,7 @@ public enum HDF5Store {
 
     /// The fixed-length string attributes of the root group of an open file; an attribute that holds
     /// several strings (or any other non-scalar value) is an error naming it.
-    private static func rootAttributes(_ file: hid_t, path: String) throws -> [String: String] {
+    static func rootAttributes(_ file: hid_t, path: String) throws -> [String: String] {
         var attributes: [String: String] = [:]
         let root = H5Gopen2(file, "/", chdf5_p_default())
         defer { H5Gclose(root) }
@@ -358,4 +311,100 @@ enum ForeignFileProbe {
             throw HDF5Error(path: path, message: "libhdf5 crashed reading this file (\(signal != 0 ? "signal \(signal)" : "exit status \(code)")); it has no SwiftPEFT checksum and is damaged or hostile")
         }
     }
+}
+
+/// An HDF5 file of named tensors open for reading (`HDF5Store.open`): names, shapes (checked
+/// against the bytes the file stores), blobs and root attributes are read when it opens, each
+/// tensor's values only when asked, so a model loads holding one file tensor at a time.
+public final class HDF5Reader {
+    public let path: String
+    /// Each numeric dataset's shape (keys are full paths without the leading "/").
+    public let shapes: [String: [Int]]
+    /// One-byte integer datasets, read whole.
+    public let blobs: [String: [UInt8]]
+    /// The root's string attributes.
+    public let attributes: [String: String]
+    private let file: hid_t
+
+    /// Opens a file already checked (`HDF5Store.open` checks it first).
+    init(checked path: String) throws {
+        self.path = path
+        let file = HDF5Store.openForReading(path)
+        guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
+        self.file = file
+        var names: [String] = []
+        let collect: H5O_iterate_t = { _, name, info, ctx in
+            if let info, info.pointee.type == H5O_TYPE_DATASET, let name {
+                ctx!.assumingMemoryBound(to: [String].self).pointee.append(String(cString: name))
+            }
+            return 0
+        }
+        _ = withUnsafeMutablePointer(to: &names) {
+            H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, collect, $0, UInt32(H5O_INFO_BASIC))
+        }
+        var shapes: [String: [Int]] = [:]
+        var blobs: [String: [UInt8]] = [:]
+        for name in names {
+            let ds = H5Dopen2(file, name, chdf5_p_default())
+            guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot open dataset '\(name)'") }
+            defer { H5Dclose(ds) }
+            let space = H5Dget_space(ds)
+            defer { H5Sclose(space) }
+            let rank = Int(H5Sget_simple_extent_ndims(space))
+            guard (0...8).contains(rank) else { throw HDF5Error(path: path, message: "dataset '\(name)' has \(rank) dimensions (expected 0…8)") }
+            var dims = [hsize_t](repeating: 0, count: rank)
+            H5Sget_simple_extent_dims(space, &dims, nil)
+            let dtype = H5Dget_type(ds)
+            defer { H5Tclose(dtype) }
+            // Sizes come from the file: check them against the bytes it stores before allocating.
+            var count = 1
+            for d in dims {
+                let (c, overflow) = count.multipliedReportingOverflow(by: Int(clamping: d))
+                guard !overflow, d <= hsize_t(Int.max) else {
+                    throw HDF5Error(path: path, message: "dataset '\(name)' claims dimensions \(dims), more elements than can exist; the file is corrupt")
+                }
+                count = c
+            }
+            let shape = dims.map { Int($0) }
+            let stored = Int(clamping: H5Dget_storage_size(ds))
+            let elementSize = max(1, H5Tget_size(dtype))
+            guard count.multipliedReportingOverflow(by: elementSize).partialValue <= stored,
+                  !count.multipliedReportingOverflow(by: elementSize).overflow else {
+                throw HDF5Error(path: path, message: """
+                    dataset '\(name)' claims shape \(shape) (\(count) elements of \(elementSize) bytes) but the file stores \(stored) bytes \
+                    for it; the file is truncated or corrupt (compressed datasets are not supported)
+                    """)
+            }
+            if H5Tget_class(dtype) == chdf5_class_integer() && H5Tget_size(dtype) == 1 && rank == 1 {
+                var bytes = [UInt8](repeating: 0, count: shape[0])
+                guard H5Dread(ds, chdf5_native_uint8(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), &bytes) >= 0 else {
+                    throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as bytes")
+                }
+                blobs[name] = bytes
+                continue
+            }
+            shapes[name] = shape
+        }
+        self.shapes = shapes
+        self.blobs = blobs
+        attributes = try HDF5Store.rootAttributes(file, path: path)
+    }
+
+    deinit { H5Fclose(file) }
+
+    /// The dataset `name` as a new Float32 tensor (HDF5 converts the values).
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let shape = shapes[name] else { throw HDF5Error(path: path, message: "no tensor '\(name)' in the file") }
+        let ds = H5Dopen2(file, name, chdf5_p_default())
+        guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot open dataset '\(name)'") }
+        defer { H5Dclose(ds) }
+        let t = Tensor.empty(shape)
+        guard H5Dread(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), t.basePointer) >= 0 else {
+            throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as float32")
+        }
+        return t
+    }
+
+    /// The tensors, read one at a time when asked.
+    public var reader: TensorReader { TensorReader(shapes: shapes) { try self.tensor($0) } }
 }

@@ -222,8 +222,23 @@ public struct SafetensorsFile {
             case .I8: each(UInt8.self) { Float(Int8(bitPattern: $0)) }
             case .U8, .BOOL: each(UInt8.self) { Float($0) }
             }
+            releasePages(src)
         }
         return Tensor(storage: storage, layout: Layout(contiguous: e.shape))
+    }
+
+    /// Lets the kernel reclaim the mapped file pages of a tensor just converted (`MADV_PAGEOUT`, a
+    /// hint that never changes the bytes): otherwise every tensor read stays resident beside its
+    /// Float32 copy, and loading a model takes its file's size twice. Best effort: an older kernel
+    /// refuses the hint and the pages stay until the file is closed.
+    private func releasePages(_ bytes: UnsafeRawBufferPointer) {
+        #if os(Linux)
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lo = Int(bitPattern: base) & ~(page - 1)
+        let hi = Int(bitPattern: base) + bytes.count  // the pages of both neighbours are only read again from the file
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, 21)  // MADV_PAGEOUT (Linux 5.4)
+        #endif
     }
 
     /// Every tensor, converted to Float32.
@@ -320,6 +335,15 @@ public enum Safetensors {
     /// - Throws: `SafetensorsError` naming the index or shard and the tensor when the index and the
     ///   shards disagree, or when neither file exists.
     public static func readFolder(_ folder: String) throws -> [String: Tensor] {
+        let reader = try folderReader(folder)
+        var out: [String: Tensor] = [:]
+        for name in reader.shapes.keys { out[name] = try reader.read(name) }
+        return out
+    }
+
+    /// The weights of a Hugging Face model folder (as `readFolder`), read one tensor at a time when
+    /// asked: every shard is opened and its header checked first, no value is read.
+    public static func folderReader(_ folder: String) throws -> TensorReader {
         let dir = URL(fileURLWithPath: folder)
         let index = dir.appendingPathComponent("model.safetensors.index.json").path
         let single = dir.appendingPathComponent("model.safetensors").path
@@ -327,7 +351,8 @@ public enum Safetensors {
             guard FileManager.default.fileExists(atPath: single) else {
                 throw SafetensorsError(path: folder, message: "no model.safetensors or model.safetensors.index.json in the folder")
             }
-            return try read(single).tensors
+            let f = try SafetensorsFile(path: single)
+            return TensorReader(shapes: f.entries.mapValues(\.shape)) { try f.tensor($0) }
         }
         let map: [String: String]
         do {
@@ -349,18 +374,20 @@ public enum Safetensors {
         } catch {
             throw SafetensorsError(path: index, message: "not valid JSON (\((error as NSError).localizedDescription))")
         }
-        var out: [String: Tensor] = [:]
+        var files: [String: SafetensorsFile] = [:]
+        var shapes: [String: [Int]] = [:]
         for shard in Set(map.values).sorted() {
             let path = dir.appendingPathComponent(shard).path
             let f = try SafetensorsFile(path: path)
             for (name, file) in map where file == shard {
-                guard f.entries[name] != nil else {
+                guard let entry = f.entries[name] else {
                     throw SafetensorsError(path: path, tensor: name, message: "listed in model.safetensors.index.json but not in this shard")
                 }
-                out[name] = try f.tensor(name)
+                files[name] = f
+                shapes[name] = entry.shape
             }
         }
-        return out
+        return TensorReader(shapes: shapes) { try files[$0]!.tensor($0) }
     }
 }
 

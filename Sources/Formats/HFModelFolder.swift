@@ -213,20 +213,23 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0) throws -> (model: Ca
     guard let json = obj as? [String: Any] else { throw HFModelError(path: configPath, message: "the top level is not a JSON object") }
     let config = try hfModelConfig(json, file: configPath)
 
-    var weights: [String: Tensor] = [:]
-    for (key, t) in try Safetensors.readFolder(folder) {
-        var k = key
+    // Keys as the model names them; the values are read one tensor at a time while loading.
+    let file = try Safetensors.folderReader(folder)
+    var keyToName: [String: String] = [:]
+    for name in file.shapes.keys.sorted() {
+        var k = name
         if config.family == .gpt2, !k.hasPrefix("transformer."), !k.hasPrefix("lm_head.") { k = "transformer." + k }
         if k.hasSuffix(".attn.bias") || k.hasSuffix(".attn.masked_bias") || k.hasSuffix("rotary_emb.inv_freq") { continue }
         if config.tieWordEmbeddings, k == "lm_head.weight" { continue }
-        guard weights[k] == nil else {
+        guard keyToName[k] == nil else {
             throw HFModelError(path: folder, message: "tensor '\(k)' appears twice (with and without the 'transformer.' prefix)")
         }
-        weights[k] = t
+        keyToName[k] = name
     }
+    let weights = TensorReader(shapes: keyToName.mapValues { file.shapes[$0]! }) { try file.read(keyToName[$0]!) }
     let source = FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors.index.json").path)
         ? dir.appendingPathComponent("model.safetensors.index.json").path : dir.appendingPathComponent("model.safetensors").path
-    try checkConfigFitsWeights(config, elements: weights.values.reduce(0) { $0 + $1.count }, file: configPath)
+    try checkConfigFitsWeights(config, elements: weights.elementCount, file: configPath)
     let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
     do {
         try model.loadParameters(weights, source: source)

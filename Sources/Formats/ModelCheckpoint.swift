@@ -34,7 +34,8 @@ public enum ModelCheckpoint {
     /// Reads a checkpoint written by `save`; the model comes back frozen and in eval mode.
     /// - Throws: naming the file, and the tensor and both shapes when a weight does not fit the config.
     public static func load(_ path: String, seed: UInt64 = 0) throws -> (model: CausalLM, tokenizerJSON: String?, metadata: [String: String]) {
-        let (tensors, blobs, attrs) = try HDF5Store.read(path)
+        let file = try HDF5Store.open(path)  // tensors are read one at a time while loading
+        let (blobs, attrs) = (file.blobs, file.attributes)
         guard attrs["format"] == format else {
             throw CheckpointError(path: path, message: "not a SwiftPEFT model checkpoint (format attribute is \(attrs["format"].map { "'\($0)'" } ?? "missing"), expected '\(format)')")
         }
@@ -46,10 +47,10 @@ public enum ModelCheckpoint {
         } catch {
             throw CheckpointError(path: path, message: "bad config: \(error)")
         }
-        try checkConfigFitsWeights(config, elements: tensors.values.reduce(0) { $0 + $1.count }, file: path)
+        try checkConfigFitsWeights(config, elements: file.reader.elementCount, file: path)
         let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below (strict)
         do {
-            try model.loadParameters(tensors, source: path)
+            try model.loadParameters(file.reader, source: path)
         } catch let e as WeightLoadError {
             throw CheckpointError(path: path, message: e.message.replacingOccurrences(of: path + ": ", with: ""))
         }

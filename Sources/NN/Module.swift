@@ -107,27 +107,40 @@ extension Module {
     ///   missing/unexpected keys.
     public func loadParameters(_ weights: [String: Tensor], strict: Bool = true, ignoring: Set<String> = [],
                                source: String = "weights") throws {
+        try loadParameters(TensorReader(weights), strict: strict, ignoring: ignoring, source: source)
+    }
+
+    /// Reads each parameter from `reader` and copies it in, one tensor at a time: every shape and
+    /// the strict key check come first, so a mismatch is found before any value is read.
+    public func loadParameters(_ reader: TensorReader, strict: Bool = true, ignoring: Set<String> = [],
+                               source: String = "weights") throws {
         let params = namedParameters()
-        var used = Set<String>()
         var missing: [String] = []
         for (name, p) in params {
-            guard let w = weights[name] else { missing.append(name); continue }
-            guard w.shape == p.shape else {
-                throw WeightLoadError(message: "\(source): tensor '\(name)' has shape \(w.shape), the model expects \(p.shape)")
+            guard let shape = reader.shapes[name] else { missing.append(name); continue }
+            guard shape == p.shape else {
+                throw WeightLoadError(message: "\(source): tensor '\(name)' has shape \(shape), the model expects \(p.shape)")
+            }
+        }
+        if strict {
+            if !missing.isEmpty {
+                throw WeightLoadError(message: "\(source): missing \(missing.count) tensor(s): \(missing.prefix(8).joined(separator: ", "))\(missing.count > 8 ? ", …" : "")")
+            }
+            let names = Set(params.map(\.0))
+            let extra = reader.shapes.keys.filter { !names.contains($0) && !ignoring.contains($0) }.sorted()
+            if !extra.isEmpty {
+                throw WeightLoadError(message: "\(source): unexpected tensor(s) not in the model: \(extra.prefix(8).joined(separator: ", "))\(extra.count > 8 ? ", …" : "")")
+            }
+        }
+        for (name, p) in params where reader.shapes[name] != nil {
+            let w = try reader.read(name)
+            guard w.shape == p.shape else {  // the reader broke its own promise: still never copy out of bounds
+                throw WeightLoadError(message: "\(source): tensor '\(name)' was read with shape \(w.shape), the model expects \(p.shape)")
             }
             if let bad = w.firstNonFinite() {
                 throw WeightLoadError(message: "\(source): tensor '\(name)' holds \(bad.value) at element \(bad.index); the weights are corrupt or come from a diverged run")
             }
             p.assign(w)
-            used.insert(name)
-        }
-        guard strict else { return }
-        if !missing.isEmpty {
-            throw WeightLoadError(message: "\(source): missing \(missing.count) tensor(s): \(missing.prefix(8).joined(separator: ", "))\(missing.count > 8 ? ", …" : "")")
-        }
-        let extra = weights.keys.filter { !used.contains($0) && !ignoring.contains($0) }.sorted()
-        if !extra.isEmpty {
-            throw WeightLoadError(message: "\(source): unexpected tensor(s) not in the model: \(extra.prefix(8).joined(separator: ", "))\(extra.count > 8 ? ", …" : "")")
         }
     }
 }

@@ -330,6 +330,28 @@ public final class Tensor {
     }
 }
 
+/// Named tensors read one at a time (a checkpoint file opened for reading): loading a model from
+/// one holds a single file tensor beside the model's own weights, not a second copy of them all.
+public struct TensorReader {
+    /// Every tensor's name and shape, known before any value is read.
+    public let shapes: [String: [Int]]
+    /// Reads one tensor (a name in `shapes`) as a new Float32 tensor.
+    public let read: (String) throws -> Tensor
+
+    public init(shapes: [String: [Int]], read: @escaping (String) throws -> Tensor) {
+        self.shapes = shapes
+        self.read = read
+    }
+
+    /// Tensors already in memory.
+    public init(_ tensors: [String: Tensor]) {
+        self.init(shapes: tensors.mapValues(\.shape)) { tensors[$0]! }
+    }
+
+    /// Elements in all the tensors.
+    public var elementCount: Int { shapes.values.reduce(0) { $0 + $1.reduce(1, *) } }
+}
+
 extension Tensor: CustomStringConvertible {
     public var description: String {
         let values = toArray()
