@@ -18,8 +18,8 @@ public protocol Optimizer: AnyObject {
     func step(lr: Float)
     /// Named state tensors (moments) for checkpoints.
     func stateTensors() -> [(String, Tensor)]
-    /// Restores state saved by `stateTensors` and the step count.
-    func loadState(_ tensors: [String: Tensor], stepCount: Int) throws
+    /// Restores state saved by `stateTensors` (read one tensor at a time) and the step count.
+    func loadState(_ tensors: TensorReader, stepCount: Int) throws
 }
 
 extension Optimizer {
@@ -74,13 +74,13 @@ public final class AdamW: Optimizer {
         parameters.indices.flatMap { i in [("exp_avg/" + parameters[i].0, m[i]), ("exp_avg_sq/" + parameters[i].0, v[i])] }
     }
 
-    public func loadState(_ tensors: [String: Tensor], stepCount: Int) throws {
+    public func loadState(_ tensors: TensorReader, stepCount: Int) throws {
         for (i, (name, p)) in parameters.enumerated() {
             for (key, dst) in [("exp_avg/" + name, m[i]), ("exp_avg_sq/" + name, v[i])] {
-                guard let t = tensors[key], t.shape == p.shape else {
-                    throw WeightLoadError(message: "optimizer state '\(key)' is missing or has shape \(tensors[key]?.shape ?? []), expected \(p.shape)")
+                guard tensors.shapes[key] == p.shape else {
+                    throw WeightLoadError(message: "optimizer state '\(key)' is missing or has shape \(tensors.shapes[key] ?? []), expected \(p.shape)")
                 }
-                dst.assign(t)
+                dst.assign(try tensors.read(key))
             }
         }
         self.stepCount = stepCount
@@ -121,12 +121,12 @@ public final class SGD: Optimizer {
         parameters.indices.map { ("momentum_buffer/" + parameters[$0].0, buffers[$0]) }
     }
 
-    public func loadState(_ tensors: [String: Tensor], stepCount: Int) throws {
+    public func loadState(_ tensors: TensorReader, stepCount: Int) throws {
         for (i, (name, p)) in parameters.enumerated() {
-            guard let t = tensors["momentum_buffer/" + name], t.shape == p.shape else {
+            guard tensors.shapes["momentum_buffer/" + name] == p.shape else {
                 throw WeightLoadError(message: "optimizer state 'momentum_buffer/\(name)' is missing or has the wrong shape, expected \(p.shape)")
             }
-            buffers[i].assign(t)
+            buffers[i].assign(try tensors.read("momentum_buffer/" + name))
         }
         self.stepCount = stepCount
     }

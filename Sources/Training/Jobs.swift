@@ -96,9 +96,10 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
 public func describeFile(_ path: String) throws -> String {
     let source = try ModelSource.detect(path)
     if let other = try describeForeign(source) { return other }
-    let (tensors, blobs, attrs) = try HDF5Store.read(path)
+    let file = try HDF5Store.open(path)  // shapes only: no tensor is read
+    let (tensors, blobs, attrs) = (file.shapes, file.blobs, file.attributes)
     let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-    let count = tensors.values.reduce(0) { $0 + $1.count }
+    let count = tensors.values.reduce(0) { $0 + $1.reduce(1, *) }
     var lines = ["\(path): \(attrs["format"] ?? "HDF5 file (not a SwiftPEFT format)"), \(formatBytes(bytes))"]
     func add(_ k: String, _ v: String?) { if let v { lines.append("  \(k): \(v)") } }
     switch attrs["format"] {
@@ -116,7 +117,7 @@ public func describeFile(_ path: String) throws -> String {
         add("trainable parameters", "\(count) in \(tensors.count) tensors")
         add("base weights hash", attrs["base_weights_hash"])
         add("config", attrs["config"].map { $0.replacingOccurrences(of: "\n", with: " ") })
-        for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(12) { lines.append("    \(k) \(t.shape)") }
+        for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(12) { lines.append("    \(k) \(t)") }
         if tensors.count > 12 { lines.append("    … \(tensors.count - 12) more") }
     case Trainer.checkpointFormat?:
         add("step", attrs["step"])
@@ -124,7 +125,7 @@ public func describeFile(_ path: String) throws -> String {
         add("trained tensors", "\(tensors.keys.filter { $0.hasPrefix("trained/") }.count)")
         add("optimizer state tensors", "\(tensors.keys.filter { $0.hasPrefix("optimizer/") }.count)")
     default:
-        for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(20) { lines.append("    \(k) \(t.shape)") }
+        for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(20) { lines.append("    \(k) \(t)") }
     }
     return lines.joined(separator: "\n")
 }

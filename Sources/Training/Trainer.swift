@@ -319,7 +319,8 @@ public final class Trainer {
     /// Restores a checkpoint written by `saveCheckpoint`: trained tensors, optimizer state, step,
     /// the model's RNG and the data position, so the run continues as if never interrupted.
     public func resume<S: BatchStream>(from url: URL, data: inout S) throws {
-        let (tensors, _, attrs) = try HDF5Store.read(url.path)
+        let file = try HDF5Store.open(url.path)  // tensors are read one at a time below
+        let attrs = file.attributes
         guard attrs["format"] == Trainer.checkpointFormat, let s = attrs["step"].flatMap(Int.init) else {
             throw CheckpointError(path: url.path, message: "not a SwiftPEFT training checkpoint")
         }
@@ -332,17 +333,21 @@ public final class Trainer {
                 """)
         }
         for (key, t) in parameters {
-            guard let v = tensors["trained/" + key], v.shape == t.shape else {
-                throw CheckpointError(path: url.path, message: "trained tensor '\(key)' is missing or has shape \(tensors["trained/" + key]?.shape ?? []), expected \(t.shape)")
+            guard file.shapes["trained/" + key] == t.shape else {
+                throw CheckpointError(path: url.path, message: "trained tensor '\(key)' is missing or has shape \(file.shapes["trained/" + key] ?? []), expected \(t.shape)")
             }
+        }
+        for (key, t) in parameters {
+            let v = try file.tensor("trained/" + key)
             if let bad = v.firstNonFinite() {
                 throw CheckpointError(path: url.path, message: "trained tensor '\(key)' holds \(bad.value) at element \(bad.index); the state is corrupt")
             }
             t.assign(v)
         }
-        var opt: [String: Tensor] = [:]
-        for (k, v) in tensors where k.hasPrefix("optimizer/") { opt[String(k.dropFirst("optimizer/".count))] = v }
-        try optimizer.loadState(opt, stepCount: attrs["optimizer_steps"].flatMap(Int.init) ?? s)
+        var opt: [String: [Int]] = [:]
+        for (k, shape) in file.shapes where k.hasPrefix("optimizer/") { opt[String(k.dropFirst("optimizer/".count))] = shape }
+        try optimizer.loadState(TensorReader(shapes: opt) { try file.tensor("optimizer/" + $0) },
+                                stepCount: attrs["optimizer_steps"].flatMap(Int.init) ?? s)
         func words(_ key: String) -> [UInt64] { (attrs[key] ?? "").split(separator: ",").compactMap { UInt64($0) } }
         model.rng = RNG(snapshot: words("model_rng"))
         try data.seek(to: words("data_position"))
