@@ -60,7 +60,7 @@ def main():
     ap.add_argument("--load-seconds", type=float, default=4)
     ap.add_argument("--chromium", help="drive the prompt lab page in this browser")
     ap.add_argument("--screenshot", default="prompt-lab.png")
-    ap.add_argument("--bf16", action="store_true", help="also serve with --precision bf16 (AVX512-BF16 or AMX CPUs)")
+    ap.add_argument("--bf16", action="store_true", help="also serve with --precision bf16 and bf16-only (AVX512-BF16 or AMX CPUs)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="swiftpeft-serve-test-")
     base = os.path.join(work, "base.h5")
@@ -79,23 +79,24 @@ def main():
             args += ["--adapter", adapters[model]]
         return tool(a.bin, *args)
 
-    if a.bf16:
-        # bf16 copies of the base's weights: served completions equal `generate --precision bf16`.
+    for precision in ["bf16", "bf16-only"] if a.bf16 else []:
+        # bf16 copies of the base's weights (beside fp32, or alone): served completions equal
+        # `generate` at the same precision.
         bf16 = subprocess.Popen([a.bin, "serve", "--model", base, "--adapters", f"lora={adapters['lora']}", "--port", "0",
-                                 "--precision", "bf16"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 "--precision", precision], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             port = next((int(m.group(1)) for line in bf16.stdout
                          for m in [re.search(r"on http://127\.0\.0\.1:(\d+)", line)] if m), None)
-            check(port, "the bf16 server printed its port")
+            check(port, f"the {precision} server printed its port")
             c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
             for model in ["base", "lora"]:
                 text = c.completions.create(model=model, prompt=PROMPTS[0], max_tokens=12, temperature=0).choices[0].text
-                check(generate(model, PROMPTS[0], 12, "bf16").startswith(PROMPTS[0] + text),
-                      f"bf16 {model}: serve {text!r} vs generate --precision bf16")
+                check(generate(model, PROMPTS[0], 12, precision).startswith(PROMPTS[0] + text),
+                      f"{precision} {model}: serve {text!r} vs generate --precision {precision}")
         finally:
             bf16.kill()
             bf16.wait()
-        print("serve test: --precision bf16 completions equal `generate --precision bf16` for base and lora")
+        print(f"serve test: --precision {precision} completions equal `generate --precision {precision}` for base and lora")
 
     server = subprocess.Popen([a.bin, "serve", "--model", base, "--adapters", f"lora={adapters['lora']},ia3={adapters['ia3']}",
                                "--port", "0", "--api-key", "test-key", "--max-batch", "8"],

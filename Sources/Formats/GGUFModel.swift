@@ -189,7 +189,7 @@ extension GGUFFile {
     /// Dequantizes every tensor into `model`'s parameters (same names after `huggingFaceName`), undoing
     /// the Q/K permutation. Strict: every parameter must be present with its shape, and every tensor used.
     /// - Throws: `GGUFError` naming the tensor and both shapes, or the missing/unexpected tensors.
-    public func loadWeights(into model: LlamaModel) throws {
+    public func loadWeights(into model: LlamaModel, didLoad: ((String, Tensor) -> Void)? = nil) throws {
         var byHF: [String: GGUFTensorInfo] = [:]
         var unknown: [String] = []
         for info in tensorInfos {
@@ -200,14 +200,26 @@ extension GGUFFile {
                        + unknown.prefix(8).joined(separator: ", ") + (unknown.count > 8 ? ", …" : ""))
         }
         let c = model.config
+        let params = model.namedParameters().sorted { $0.0 < $1.0 }  // name order, as every loader goes
         var missing: [String] = []
-        var used = Set<String>()
-        for (name, p) in model.namedParameters() {
+        for (name, p) in params {
             guard let info = byHF[name] else { missing.append(name); continue }
             guard info.shape == p.shape else {
                 throw fail(.shapeMismatch, info.name, "has shape \(info.shape) (ne \(info.dims)); the model's '\(name)' expects \(p.shape)")
             }
-            used.insert(name)
+        }
+        if !missing.isEmpty {
+            throw fail(.missing, missing[0], "\(missing.count) weight(s) of the model are not in the file: "
+                       + missing.prefix(8).joined(separator: ", ") + (missing.count > 8 ? ", …" : ""))
+        }
+        let used = Set(params.map(\.0))
+        let extra = byHF.keys.filter { !used.contains($0) }.sorted()
+        if !extra.isEmpty {
+            throw fail(.unsupportedModel, byHF[extra[0]]!.name, "\(extra.count) tensor(s) do not fit the model: "
+                       + extra.prefix(8).map { byHF[$0]!.name }.joined(separator: ", "))
+        }
+        for (name, p) in params {
+            let info = byHF[name]!
             // llama.cpp permutes the rows of q/k weights and biases alike.
             let heads = name.contains("self_attn.q_proj.") ? c.numHeads : name.contains("self_attn.k_proj.") ? c.numKVHeads : 0
             let target = p.isContiguous ? p : Tensor.empty(p.shape)
@@ -223,15 +235,7 @@ extension GGUFFile {
                 throw fail(.malformed, info.name, "holds \(bad.value) at element \(bad.index) after dequantization; the weights are corrupt")
             }
             if target !== p { p.assign(target) }
-        }
-        if !missing.isEmpty {
-            throw fail(.missing, missing[0], "\(missing.count) weight(s) of the model are not in the file: "
-                       + missing.prefix(8).joined(separator: ", ") + (missing.count > 8 ? ", …" : ""))
-        }
-        let extra = byHF.keys.filter { !used.contains($0) }.sorted()
-        if !extra.isEmpty {
-            throw fail(.unsupportedModel, byHF[extra[0]]!.name, "\(extra.count) tensor(s) do not fit the model: "
-                       + extra.prefix(8).map { byHF[$0]!.name }.joined(separator: ", "))
+            didLoad?(name, p)
         }
     }
 }
@@ -239,7 +243,8 @@ extension GGUFFile {
 /// Loads a llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct) as a frozen LlamaModel in eval mode,
 /// with its tokenizer. Quantized weights are dequantized to Float32.
 /// - Throws: `GGUFError` naming the file, and the tensor or metadata key at fault.
-public func loadGGUFModel(_ path: String, seed: UInt64 = 0) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
+/// `bf16Only` keeps only bf16 copies of the frozen matrices (`DecodePrecision.bf16Only`).
+public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
     let file = try GGUFFile(path)
     let tokenizer = try file.makeTokenizer()
     let config = try file.modelConfig()
@@ -250,8 +255,10 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0) throws -> (model: Ll
     let elements = file.tensorInfos.reduce(0) { acc, t in acc > Int.max / 2 ? acc : acc + t.dims.reduce(1, *) }
     try checkConfigFitsWeights(config, elements: elements, file: path)
     let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
-    try file.loadWeights(into: model)
     model.freeze()
+    let bf16 = try BF16OnlyLoading(model, enabled: bf16Only, path: path)
+    try file.loadWeights(into: model, didLoad: bf16?.didLoad)
+    bf16?.finish()
     model.eval()
     return (model, tokenizer)
 }

@@ -198,7 +198,8 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
 /// buffers (`attn.bias`, `attn.masked_bias`) and `rotary_emb.inv_freq` are ignored, and GPT-2 keys
 /// saved without the `transformer.` prefix (`h.0.attn.c_attn.weight`, `wte.weight`) are accepted.
 /// - Throws: `HFModelError`, `SafetensorsError` or `TokenizerError`, naming the file (and tensor).
-public func loadHFModel(_ folder: String, seed: UInt64 = 0) throws -> (model: CausalLM, tokenizer: BPETokenizer?) {
+/// `bf16Only` keeps only bf16 copies of the frozen matrices (`DecodePrecision.bf16Only`).
+public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> (model: CausalLM, tokenizer: BPETokenizer?) {
     let dir = URL(fileURLWithPath: folder)
     let configPath = dir.appendingPathComponent("config.json").path
     guard FileManager.default.fileExists(atPath: configPath) else {
@@ -231,12 +232,14 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0) throws -> (model: Ca
         ? dir.appendingPathComponent("model.safetensors.index.json").path : dir.appendingPathComponent("model.safetensors").path
     try checkConfigFitsWeights(config, elements: weights.elementCount, file: configPath)
     let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
+    model.freeze()
+    let bf16 = try BF16OnlyLoading(model, enabled: bf16Only, path: folder)
     do {
-        try model.loadParameters(weights, source: source)
+        try model.loadParameters(weights, source: source, didLoad: bf16?.didLoad)
     } catch let e as WeightLoadError {
         throw HFModelError(path: source, message: e.message.replacingOccurrences(of: source + ": ", with: ""))
     }
-    model.freeze()
+    bf16?.finish()
     model.eval()
     let tokPath = dir.appendingPathComponent("tokenizer.json")
     let tokenizer = FileManager.default.fileExists(atPath: tokPath.path) ? try BPETokenizer.load(from: tokPath) : nil

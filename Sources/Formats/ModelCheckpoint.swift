@@ -33,7 +33,8 @@ public enum ModelCheckpoint {
 
     /// Reads a checkpoint written by `save`; the model comes back frozen and in eval mode.
     /// - Throws: naming the file, and the tensor and both shapes when a weight does not fit the config.
-    public static func load(_ path: String, seed: UInt64 = 0) throws -> (model: CausalLM, tokenizerJSON: String?, metadata: [String: String]) {
+    /// `bf16Only` keeps only bf16 copies of the frozen matrices (`DecodePrecision.bf16Only`).
+    public static func load(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> (model: CausalLM, tokenizerJSON: String?, metadata: [String: String]) {
         let file = try HDF5Store.open(path)  // tensors are read one at a time while loading
         let (blobs, attrs) = (file.blobs, file.attributes)
         guard attrs["format"] == format else {
@@ -49,12 +50,14 @@ public enum ModelCheckpoint {
         }
         try checkConfigFitsWeights(config, elements: file.reader.elementCount, file: path)
         let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below (strict)
+        model.freeze()
+        let bf16 = try BF16OnlyLoading(model, enabled: bf16Only, path: path)
         do {
-            try model.loadParameters(file.reader, source: path)
+            try model.loadParameters(file.reader, source: path, didLoad: bf16?.didLoad)
         } catch let e as WeightLoadError {
             throw CheckpointError(path: path, message: e.message.replacingOccurrences(of: path + ": ", with: ""))
         }
-        model.freeze()
+        bf16?.finish()
         model.eval()
         let tok = blobs["tokenizer.json"].map { String(decoding: $0, as: UTF8.self) }
         return (model, tok, attrs.filter { !["format", "version", "config"].contains($0.key) })

@@ -73,8 +73,10 @@ public struct LoadedModel {
 /// Loads the base model at `path`: a SwiftPEFT checkpoint, a GGUF file (LLaMA family) or a Hugging
 /// Face model folder, read once. The model comes back frozen and in eval mode.
 /// - Throws: naming the path; an adapter or a training state given as a model says so, with a hint.
-public func loadModel(_ path: String, seed: UInt64 = 0) throws -> LoadedModel {
-    let loaded = try loadModelUnchecked(path, seed: seed)
+/// `bf16Only` keeps only bf16 copies of the frozen matrices, their fp32 values released as each
+/// loads (`DecodePrecision.bf16Only`: about half the memory; for generating and serving).
+public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> LoadedModel {
+    let loaded = try loadModelUnchecked(path, seed: seed, bf16Only: bf16Only)
     // An id the embedding has no row for would stop the program deep inside a kernel.
     if let tok = loaded.tokenizer, tok.vocabSize > loaded.model.config.vocabSize {
         throw CheckpointError(path: path, message: """
@@ -85,18 +87,18 @@ public func loadModel(_ path: String, seed: UInt64 = 0) throws -> LoadedModel {
     return loaded
 }
 
-private func loadModelUnchecked(_ path: String, seed: UInt64) throws -> LoadedModel {
+private func loadModelUnchecked(_ path: String, seed: UInt64, bf16Only: Bool) throws -> LoadedModel {
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .checkpoint:
-        let (model, tokJSON, meta) = try ModelCheckpoint.load(path, seed: seed)
+        let (model, tokJSON, meta) = try ModelCheckpoint.load(path, seed: seed, bf16Only: bf16Only)
         let tok = try tokJSON.map { try BPETokenizer.load(json: Data($0.utf8), file: path + "#tokenizer.json") }
         return LoadedModel(model: model, tokenizer: tok, metadata: meta, source: source)
     case .gguf:
-        let (model, tok) = try loadGGUFModel(path, seed: seed)
+        let (model, tok) = try loadGGUFModel(path, seed: seed, bf16Only: bf16Only)
         return LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
     case .hfFolder:
-        let (model, tok) = try loadHFModel(path, seed: seed)
+        let (model, tok) = try loadHFModel(path, seed: seed, bf16Only: bf16Only)
         return LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
     case .peftFolder, .adapter:
         throw CheckpointError(path: path, message: """
@@ -128,6 +130,40 @@ public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMeth
             is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5) or a PEFT adapter folder
             """)
     }
+}
+
+/// Loading with bf16-only weights: each parameter is hashed for the base fingerprint while its
+/// fp32 values exist, then each frozen matrix keeps only its bf16 copy (`CausalLM.bf16OnlyLoader`).
+final class BF16OnlyLoading {
+    private let model: CausalLM
+    private let convert: (String, Tensor) -> Void
+    private var hasher = BaseFingerprint.WeightsHasher()
+
+    /// nil when not `enabled`; throws, naming `path`, on a CPU without native bf16 products.
+    init?(_ model: CausalLM, enabled: Bool, path: String) throws {
+        guard enabled else { return nil }
+        if let why = BF16Copy.unavailableReason { throw CheckpointError(path: path, message: "cannot load with bf16-only weights: \(why)") }
+        self.model = model
+        convert = model.bf16OnlyLoader()
+    }
+
+    /// For `loadParameters(didLoad:)`, which goes in name order as the fingerprint does.
+    func didLoad(_ name: String, _ t: Tensor) {
+        hasher.add(name, t)
+        convert(name, t)
+    }
+
+    func finish() { model.weightsHashAtLoad = hasher.value }
+}
+
+/// Refuses an adapter that reads the base's weight values (DoRA's norms) on a base that keeps only
+/// bf16 copies of them, before anything is attached.
+func checkAttachable(_ method: PEFTMethod, to model: CausalLM, path: String) throws {
+    guard method.readsBaseWeights, model.hasReleasedWeights else { return }
+    throw CheckpointError(path: path, message: """
+        this \(type(of: method).peftType) adapter (DoRA) reads the base's fp32 weights, and this base keeps only bf16 copies of them (bf16-only weights).
+        HINT: load the base with fp32 weights (--precision fp32 or bf16) to use this adapter.
+        """)
 }
 
 /// Refuses to write weights holding a NaN or infinite value (a diverged run, a bad merge), naming

@@ -142,6 +142,7 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
     } catch {
         throw PEFTFolderError(path: configURL.path, message: "\(error)")
     }
+    try checkAttachable(method, to: model, path: dir.path)
     do {
         try method.attach(to: model)
     } catch {

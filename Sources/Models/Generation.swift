@@ -37,29 +37,67 @@ public enum DecodePrecision: String, Sendable, CaseIterable {
     /// bf16 copies of the frozen matrix weights for products of at most `BF16Copy.maxRows` rows
     /// (fp32 accumulation): about half the bytes read per token. Needs AVX512-BF16 or AMX.
     case bf16
+    /// Only the bf16 copies are kept: each frozen matrix's fp32 values are released as it loads,
+    /// so the model takes about half the memory, and every product without a gradient reads the
+    /// copies (prompts too, at about 0.6× the fp32 rate). Such a model generates text and serves
+    /// adapters that leave the base weights alone (not DoRA); it cannot be trained, merged or saved.
+    case bf16Only = "bf16-only"
 }
 
 extension CausalLM {
+    /// The right operand of each frozen matrix product by parameter name, and whether its fp32
+    /// values can go once it has a bf16 copy: every `Linear` weight, read as (in, out), yes; a tied
+    /// output head's embedding, read as (C, V), no (token lookups read its rows).
+    func bf16Operands() -> [String: (weight: Tensor, operand: Tensor, releasable: Bool)] {
+        var linear: [ObjectIdentifier: Tensor] = [:]
+        for (_, m) in namedModules() {
+            guard let l = m as? Linear else { continue }
+            linear[ObjectIdentifier(l.weight.storage)] = l.fanInFanOut ? l.weight : l.weight.transposed()  // the right operand of `Linear.base`, (in, out)
+        }
+        let head = plainHeadWeight
+        var out: [String: (weight: Tensor, operand: Tensor, releasable: Bool)] = [:]
+        var seen = Set<ObjectIdentifier>()
+        for (name, p) in namedParameters() where seen.insert(ObjectIdentifier(p.storage)).inserted {
+            if let operand = linear[ObjectIdentifier(p.storage)] {
+                out[name] = (p, operand, true)
+            } else if let w = head, w.storage === p.storage {
+                out[name] = (p, w.transposed(), false)  // (C, V)
+            }
+        }
+        return out
+    }
+
     /// Keeps bf16 copies of the frozen matrix weights (every frozen `Linear` and a tied output
     /// head) for decoding: products of a few rows without a graph then read the copies
     /// (`Tensor.keepBF16Copy`), training and prompt-sized products the fp32 weights. Call it once
-    /// the weights are final (loaded, adapters merged). Returns the bytes the copies take.
+    /// the weights are final (loaded, adapters merged). `releasingFP32` frees each `Linear`'s fp32
+    /// values after its copy is made (`DecodePrecision.bf16Only`; loading with `bf16OnlyLoader`
+    /// never holds them all at once). Returns the bytes the copies take.
     @discardableResult
-    public func keepBF16Weights() -> Int {
+    public func keepBF16Weights(releasingFP32: Bool = false) -> Int {
         var bytes = 0
-        var seen = Set<ObjectIdentifier>()
-        func keep(_ weight: Tensor, _ operand: Tensor) {
-            guard !weight.requiresGrad, seen.insert(ObjectIdentifier(weight.storage)).inserted else { return }
-            operand.keepBF16Copy()
+        for (_, (weight, operand, releasable)) in bf16Operands() where !weight.requiresGrad {
+            operand.keepBF16Copy(releasingFP32: releasingFP32 && releasable)
             bytes += operand.bf16Copy?.byteCount ?? 0
         }
-        for (_, m) in namedModules() {
-            guard let l = m as? Linear else { continue }
-            keep(l.weight, l.fanInFanOut ? l.weight : l.weight.transposed())  // the right operand of `Linear.base`, (in, out)
-        }
-        if let w = plainHeadWeight { keep(w, w.transposed()) }  // (C, V)
+        if releasingFP32 { releaseFreeMemory() }
         return bytes
     }
+
+    /// For `loadParameters(didLoad:)` on this model, frozen before loading: keeps each frozen
+    /// matrix as a bf16 copy as soon as it is loaded, releasing its fp32 values (but a tied head's,
+    /// which token lookups read), so the model's fp32 matrices are never all in memory at once.
+    public func bf16OnlyLoader() -> (String, Tensor) -> Void {
+        let operands = bf16Operands()
+        return { name, _ in
+            guard let (_, operand, releasable) = operands[name] else { return }
+            operand.keepBF16Copy(releasingFP32: releasable)
+            if releasable { releaseFreeMemory() }  // the freed pages go back to the system now
+        }
+    }
+
+    /// Whether some weight keeps only its bf16 copy (`DecodePrecision.bf16Only`).
+    public var hasReleasedWeights: Bool { namedParameters().contains { $0.1.storage.valuesReleased } }
 
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
     public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {

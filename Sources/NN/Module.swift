@@ -110,10 +110,12 @@ extension Module {
         try loadParameters(TensorReader(weights), strict: strict, ignoring: ignoring, source: source)
     }
 
-    /// Reads each parameter from `reader` and copies it in, one tensor at a time: every shape and
-    /// the strict key check come first, so a mismatch is found before any value is read.
+    /// Reads each parameter from `reader` and copies it in, one tensor at a time, in name order:
+    /// every shape and the strict key check come first, so a mismatch is found before any value is
+    /// read. `didLoad` sees each parameter as soon as it holds its values (to hash it, or to keep
+    /// only a bf16 copy of it before the next one is read).
     public func loadParameters(_ reader: TensorReader, strict: Bool = true, ignoring: Set<String> = [],
-                               source: String = "weights") throws {
+                               source: String = "weights", didLoad: ((String, Tensor) -> Void)? = nil) throws {
         let params = namedParameters()
         var missing: [String] = []
         for (name, p) in params {
@@ -132,7 +134,7 @@ extension Module {
                 throw WeightLoadError(message: "\(source): unexpected tensor(s) not in the model: \(extra.prefix(8).joined(separator: ", "))\(extra.count > 8 ? ", …" : "")")
             }
         }
-        for (name, p) in params where reader.shapes[name] != nil {
+        for (name, p) in params.sorted(by: { $0.0 < $1.0 }) where reader.shapes[name] != nil {
             let w = try reader.read(name)
             guard w.shape == p.shape else {  // the reader broke its own promise: still never copy out of bounds
                 throw WeightLoadError(message: "\(source): tensor '\(name)' was read with shape \(w.shape), the model expects \(p.shape)")
@@ -141,6 +143,7 @@ extension Module {
                 throw WeightLoadError(message: "\(source): tensor '\(name)' holds \(bad.value) at element \(bad.index); the weights are corrupt or come from a diverged run")
             }
             p.assign(w)
+            didLoad?(name, p)
         }
     }
 }

@@ -277,6 +277,8 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
 
     public let config: LoRAConfig
     let state: LoRAState
+    /// DoRA reads the base weights' row norms.
+    public var readsBaseWeights: Bool { config.useDora }
     /// Refuse r > min(in, out) at attach (a new adapter); off for loaded ones and for combinations.
     var checksRank = true
     public var isEnabled: Bool {

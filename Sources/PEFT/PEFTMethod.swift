@@ -33,9 +33,14 @@ public protocol PEFTMethod: AnyObject {
     /// What a Hugging Face PEFT adapter folder holds for this adapter attached to a base of
     /// `base`'s shape: the config fields (PEFT names) and the tensors (PEFT keys, no graph).
     func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)])
+    /// Whether the method reads the base's weight values when it runs (DoRA's column norms), so it
+    /// cannot serve a base that keeps only bf16 copies of them. Default false.
+    var readsBaseWeights: Bool { get }
 }
 
 extension PEFTMethod {
+    public var readsBaseWeights: Bool { false }
+
     /// The config as written by `configJSON` and the adapter tensors, detached and contiguous.
     public func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
         guard let config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {

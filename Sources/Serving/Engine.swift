@@ -114,8 +114,8 @@ public final class ServingEngine: @unchecked Sendable {
     public init(modelPath: String, baseName: String? = nil, maxBatch: Int = 8, maxQueue: Int = 64,
                 contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
                 precision: DecodePrecision = .fp32) throws {
-        if precision == .bf16, let why = BF16Copy.unavailableReason { throw ServingError(.invalidRequest, "--precision bf16: \(why)") }
-        let loaded = try loadModel(modelPath)
+        if precision != .fp32, let why = BF16Copy.unavailableReason { throw ServingError(.invalidRequest, "--precision \(precision.rawValue): \(why)") }
+        let loaded = try loadModel(modelPath, bf16Only: precision == .bf16Only)  // bf16-only: copies made as each matrix loads
         guard let tok = loaded.tokenizer else { throw ServingError(.invalidRequest, "\(modelPath): holds no tokenizer; it cannot be served") }
         guard maxBatch >= 1, maxQueue >= 1 else { throw ServingError(.invalidRequest, "--max-batch and --max-queue must be at least 1") }
         model = loaded.model

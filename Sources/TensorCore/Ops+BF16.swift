@@ -4,7 +4,8 @@
 // twice the speed there (docs/benchmarks.md, "Generation with bf16 copies of the frozen weights");
 // a training-size product is bound by compute instead, where bf16 runs at half the fp32 rate on
 // AVX512-BF16 without AMX, so only products of at most `BF16Copy.maxRows` rows use the copy, and
-// only when no gradient is recorded.
+// only when no gradient is recorded; a matrix whose fp32 values were released (bf16-only weights)
+// uses it for every product.
 //
 // The copy is cut into one block of output columns per thread; each of SwiftPEFT's threads runs
 // its block with one OpenMP thread, so oneDNN adds no thread pool of its own.
@@ -87,37 +88,54 @@ public final class BF16Copy {
             && op.rows == k && op.cols == n
     }
 
+    /// Rows per kernel call past `maxRows`: a longer product (a prompt, once the fp32 values were
+    /// released) runs in chunks of this many rows, the last one padded to a multiple of 8, so a
+    /// handful of kernels serve every length.
+    static let chunkRows = 64
+
+    /// The kernel's row count for a chunk of `rows` rows.
+    private static func kernelRows(_ rows: Int) -> Int { rows <= maxRows ? rows : (rows + 7) / 8 * 8 }
+
     /// c (M, N; row stride ldc) = a (M, K; row stride lda) · W in bf16 with fp32 accumulation.
-    /// Returns false (nothing written) when oneDNN has no kernel for this row count.
+    /// Returns false (nothing written) when oneDNN has no kernel for these row counts.
     func product(m: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
         let rt = BF16Runtime.shared
         rt.lock.lock()
         defer { rt.lock.unlock() }
-        let kernels = blocks.map { rt.matmul(m: m, k: k, n: $0.count, weights: $0.md) }
-        guard kernels.allSatisfy({ $0 != nil }) else { return false }
-        let src = rt.bf16Rows(a, m: m, k: k, lda: lda)
-        let run = { (t: Int) in
-            let b = self.blocks[t], kernel = kernels[t]!
-            rt.oneOpenMPThread()  // this thread's OpenMP setting: the block runs on it alone
-            let mem = kernel.memories[t]  // this thread's: blocks of one size share a kernel
-            rt.ok(dnnl_memory_set_data_handle(mem.src, UnsafeMutableRawPointer(src)), "bf16 rows")
-            // The kernel writes dense (M, count) rows: one row goes straight into c, more through a buffer.
-            let out = m == 1 ? c + b.lo : rt.outputs[t]
-            rt.ok(dnnl_memory_set_data_handle(mem.dst, UnsafeMutableRawPointer(out)), "output rows")
-            // Each thread its own scratchpad: oneDNN's shared one is not safe for concurrent calls.
-            rt.ok(dnnl_memory_set_data_handle(mem.scratch, rt.scratchpads[t]), "scratchpad")
-            var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: mem.src),
-                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: b.weights),
-                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: mem.dst),
-                        dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: mem.scratch)]
-            rt.ok(dnnl_primitive_execute(kernel.primitive, rt.streams[t], 4, &args), "bf16 matmul")
-            rt.ok(dnnl_stream_wait(rt.streams[t]), "bf16 matmul")
-            if m > 1 {
-                for r in 0..<m { (c + r * ldc + b.lo).update(from: out + r * b.count, count: b.count) }
-            }
+        let fullChunks = m / BF16Copy.chunkRows, lastRows = m % BF16Copy.chunkRows
+        let rowCounts = (fullChunks > 0 ? [BF16Copy.chunkRows] : []) + (lastRows > 0 ? [BF16Copy.kernelRows(lastRows)] : [])
+        for rows in rowCounts {  // every kernel first, so that nothing is written when one is missing
+            for b in blocks where rt.matmul(m: rows, k: k, n: b.count, weights: b.md) == nil { return false }
         }
-        Profiler.measure(.gemm) {
-            if blocks.count == 1 { run(0) } else { WorkerPool.shared.run(blocks.count, run) }
+        var start = 0
+        while start < m {
+            let rows = min(BF16Copy.chunkRows, m - start), km = BF16Copy.kernelRows(rows)
+            let src = rt.bf16Rows(a + start * lda, m: rows, paddedTo: km, k: k, lda: lda)
+            let cc = c + start * ldc
+            let run = { (t: Int) in
+                let b = self.blocks[t], kernel = rt.matmul(m: km, k: self.k, n: b.count, weights: b.md)!
+                rt.oneOpenMPThread()  // this thread's OpenMP setting: the block runs on it alone
+                let mem = kernel.memories[t]  // this thread's: blocks of one size share a kernel
+                rt.ok(dnnl_memory_set_data_handle(mem.src, UnsafeMutableRawPointer(src)), "bf16 rows")
+                // The kernel writes dense (km, count) rows: one row goes straight into c, more through a buffer.
+                let out = km == 1 ? cc + b.lo : rt.outputs[t]
+                rt.ok(dnnl_memory_set_data_handle(mem.dst, UnsafeMutableRawPointer(out)), "output rows")
+                // Each thread its own scratchpad: oneDNN's shared one is not safe for concurrent calls.
+                rt.ok(dnnl_memory_set_data_handle(mem.scratch, rt.scratchpads[t]), "scratchpad")
+                var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: mem.src),
+                            dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: b.weights),
+                            dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: mem.dst),
+                            dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: mem.scratch)]
+                rt.ok(dnnl_primitive_execute(kernel.primitive, rt.streams[t], 4, &args), "bf16 matmul")
+                rt.ok(dnnl_stream_wait(rt.streams[t]), "bf16 matmul")
+                if km > 1 {  // the padding rows are dropped
+                    for r in 0..<rows { (cc + r * ldc + b.lo).update(from: out + r * b.count, count: b.count) }
+                }
+            }
+            Profiler.measure(.gemm) {
+                if blocks.count == 1 { run(0) } else { WorkerPool.shared.run(blocks.count, run) }
+            }
+            start += rows
         }
         return true
     }
@@ -130,11 +148,21 @@ extension Tensor {
     /// gradient runs in bf16 (fp32 accumulation); every other use reads the fp32 values. The copy
     /// is made from the values now: make it after the weights are final (a new tensor from
     /// `Linear.setWeight` or a merge carries no copy). Fails on a tensor that takes gradients.
-    public func keepBF16Copy() {
+    ///
+    /// `releasingFP32` then frees the Float32 values, halving the matrix's memory: every product
+    /// `x.matmul(self)` without a gradient reads the copy, whatever its row count (prompts run at
+    /// about 0.6× the fp32 rate on AVX512-BF16 without AMX), and any other read of the values stops
+    /// the program with a message saying they were released.
+    public func keepBF16Copy(releasingFP32: Bool = false) {
         let source = transposeSource ?? self
         check(!source.requiresGrad, "[bf16] \(source.name ?? "tensor") \(source.shape) takes gradients: only frozen weights get a bf16 copy")
         check(BF16Copy.isNative, "[bf16] \(BF16Copy.unavailableReason ?? "")")
+        guard !storage.valuesReleased else { return }  // already only a copy
         storage.bf16 = BF16Copy(self)
+        if releasingFP32 {
+            check(storage.count == count, "[bf16] \(source.name ?? "tensor") \(shape) is a view of \(storage.count) values: only a whole matrix can let its fp32 values go")
+            storage.releaseValues()
+        }
     }
 
     /// The bf16 copy kept for this matrix's storage, if any.
@@ -293,17 +321,19 @@ final class BF16Runtime: @unchecked Sendable {
         return d
     }
 
-    /// `a` (M, K; row stride lda) rounded to bf16 (to nearest, ties to even) in a reused buffer.
-    func bf16Rows(_ a: UnsafePointer<Float>, m: Int, k: Int, lda: Int) -> UnsafeMutablePointer<UInt16> {
-        if rowsCapacity < m * k {
+    /// `a` (M, K; row stride lda) rounded to bf16 (to nearest, ties to even) in a reused buffer,
+    /// then zero rows up to `padded` rows.
+    func bf16Rows(_ a: UnsafePointer<Float>, m: Int, paddedTo padded: Int, k: Int, lda: Int) -> UnsafeMutablePointer<UInt16> {
+        if rowsCapacity < padded * k {
             rows.deallocate()
-            rows = .allocate(capacity: m * k)
-            rowsCapacity = m * k
+            rows = .allocate(capacity: padded * k)
+            rowsCapacity = padded * k
         }
         for r in 0..<m {
             let src = a + r * lda, dst = rows + r * k
             for i in 0..<k { dst[i] = bf16Bits(src[i]) }
         }
+        (rows + m * k).update(repeating: 0, count: (padded - m) * k)
         return rows
     }
 }

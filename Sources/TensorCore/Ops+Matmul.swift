@@ -200,17 +200,24 @@ extension Tensor {
         let A = MatOperand(self), B = MatOperand(other)
         let out = Tensor.empty(batch + [m, n])
         let batchCount = batch.reduce(1, *)
-        let pa = UnsafePointer(A.input.basePointer), pb = UnsafePointer(B.input.basePointer)
+        let pa = UnsafePointer(A.input.basePointer)
         let pc = out.basePointer
         // A 2-D right operand against a row-foldable left operand: one GEMM over all rows.
         let fold = B.batchShape.isEmpty && A.foldsRows && batchCount > 1
         let offA = A.offsets(outBatch: batch), offB = B.offsets(outBatch: batch)
-        // A few rows against a still-frozen matrix with a bf16 copy, with no gradient to record (decoding).
+        // A few rows against a still-frozen matrix with a bf16 copy, with no gradient to record
+        // (decoding); any number of rows once its fp32 values were released (bf16-only weights).
+        let released = B.input.storage.valuesReleased
         if let copy = B.input.storage.bf16, !B.input.requiresGrad, copy.matches(B), !A.trans, fold || batchCount == 1,
-           m * batchCount <= BF16Copy.maxRows, !(Autograd.isRecording && requiresGrad),
+           m * batchCount <= BF16Copy.maxRows || released, !(Autograd.isRecording && requiresGrad),
            copy.product(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n) {
             return out
         }
+        check(!released, """
+            [matmul] \(shape) · \(other.shape): the right operand keeps only a bf16 copy (its fp32 values were released), \
+            which serves products without a gradient only; this one \(Autograd.isRecording && requiresGrad ? "records a gradient" : "reads it another way")
+            """)
+        let pb = UnsafePointer(B.input.basePointer)
         if fold || batchCount == 1 {
             sgemm(transA: A.trans, transB: B.trans, m: m * batchCount, n: n, k: k,
                   a: pa + offA.data[0], lda: A.ld, b: pb + offB.data[0], ldb: B.ld, beta: 0, c: pc, ldc: n)

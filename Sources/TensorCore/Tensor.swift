@@ -9,9 +9,36 @@ import Foundation
 /// Flat Float32 memory shared by a tensor and all its views.
 public final class Storage {
     public let count: Int
-    public let pointer: UnsafeMutablePointer<Float>
+    private let values: UnsafeMutablePointer<Float>
     /// A bf16 copy of these values for few-row products (`Tensor.keepBF16Copy`).
     var bf16: BF16Copy?
+    /// True once the Float32 values were freed and only the bf16 copy is left
+    /// (`Tensor.keepBF16Copy(releasingFP32: true)`).
+    public private(set) var valuesReleased = false
+
+    /// Element 0 of the Float32 values; stops the program, saying why, once they were released.
+    @inline(__always) public var pointer: UnsafeMutablePointer<Float> {
+        if _slowPath(valuesReleased) { Storage.releasedValuesRead(count) }
+        return values
+    }
+
+    @inline(never)
+    private static func releasedValuesRead(_ count: Int) -> Never {
+        fatalError("""
+            [tensor] the Float32 values of a \(count)-element weight were released: the model keeps only bf16 \
+            copies of its frozen matrices (--precision bf16-only), enough for generating text but not for \
+            reading, merging, saving or training those weights. Load it with fp32 weights for that.
+            """)
+    }
+
+    /// Frees the Float32 values of a storage that has a bf16 copy; any later read of them stops the
+    /// program with a message (products read the copy).
+    func releaseValues() {
+        check(bf16 != nil, "[bf16] only a storage with a bf16 copy can let its fp32 values go")
+        guard !valuesReleased else { return }
+        valuesReleased = true
+        values.deallocate()
+    }
 
     /// glibc hands blocks of 32 MiB and more straight back to the kernel, so every large
     /// activation or gradient buffer of a training step would be page-faulted in anew (measured:
@@ -28,7 +55,7 @@ public final class Storage {
     public init(count: Int) {
         _ = Storage.tuneAllocator
         self.count = count
-        pointer = .allocate(capacity: max(count, 1))
+        values = .allocate(capacity: max(count, 1))
     }
 
     /// Storage holding zeros.
@@ -37,7 +64,7 @@ public final class Storage {
         pointer.initialize(repeating: 0, count: count)
     }
 
-    deinit { pointer.deallocate() }
+    deinit { if !valuesReleased { values.deallocate() } }
 }
 
 /// Returns the heap's free memory to the system (`malloc_trim`): tensor buffers are kept on the heap

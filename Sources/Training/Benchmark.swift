@@ -42,8 +42,9 @@ public struct BenchConfig: Sendable {
     }
 
     /// Methods a row can run: the registry's training methods, "full", "gen" (KV-cached greedy
-    /// generation) and "gen-bf16" (the same with bf16 copies of the frozen weights, `keepBF16Weights`).
-    public static var methods: [String] { trainableMethodNames + ["gen", "gen-bf16"] }
+    /// generation), "gen-bf16" (the same with bf16 copies of the frozen weights, `keepBF16Weights`)
+    /// and "gen-bf16-only" (with the copies alone, made as the weights load: `bf16OnlyLoader`).
+    public static var methods: [String] { trainableMethodNames + ["gen", "gen-bf16", "gen-bf16-only"] }
 
     /// Weights in every matmul: attention and MLP projections of each layer plus the output head
     /// (V·d, counted also when tied to the embeddings).
@@ -160,20 +161,18 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
     if let threads { Threads.set(threads) }
     let fmaPeak = Machine.measureFMAPeak()
     let sgemmRate = measureSGEMM()
-    let model = makeModel(c.model, seed: 0)
+    if method.hasPrefix("gen-bf16"), let why = BF16Copy.unavailableReason { throw TrainingError(message: "bench \(method): \(why)") }
+    let model = method == "gen-bf16-only" ? try randomBF16OnlyModel(c.model) : makeModel(c.model, seed: 0)
     var times: [Double] = []
     var split: [ProfileSection: Double] = [:]
     var trainable = 0
     var losses: [Double] = []
     var flopsPerToken = 0.0, tokensPerStep = 0
     var faultsBefore = 0
-    let isGeneration = method == "gen" || method == "gen-bf16"
+    let isGeneration = method.hasPrefix("gen")
     if isGeneration {
         model.eval()
-        if method == "gen-bf16" {
-            if let why = BF16Copy.unavailableReason { throw TrainingError(message: "bench gen-bf16: \(why)") }
-            model.keepBF16Weights()
-        }
+        if method == "gen-bf16" { model.keepBF16Weights() }
         let (prompt, new) = (32, 64)
         var rng = RNG(seed: 1)
         let ids = (0..<prompt).map { _ in Int32(rng.next() % UInt64(c.model.vocabSize)) }
@@ -234,4 +233,19 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
                     blasCore: BLASCore.current, blasCoreChoice: BLASCore.summary, gemmSplit: Threads.gemmSplit.rawValue, kernelBuild: Machine.kernelBuild,
                     cpu: Machine.cpuModel, trainableParams: trainable, totalParams: model.parameterCount,
                     lossFirst: losses.first, lossLast: losses.last)
+}
+
+/// A model of `config` with random weights (normal, std 0.02; vectors 1) that keeps only bf16
+/// copies of its frozen matrices, filled as loading a file fills one (`bf16OnlyLoader`: one fp32
+/// matrix at a time), so its peak memory is that of a user's bf16-only model.
+func randomBF16OnlyModel(_ config: ModelConfig) throws -> CausalLM {
+    let model = WeightInit.skipped { makeModel(config, seed: 0) }
+    model.freeze()
+    var rng = RNG(seed: 0)
+    let shapes = Dictionary(uniqueKeysWithValues: model.namedParameters().map { ($0.0, $0.1.shape) })
+    let reader = TensorReader(shapes: shapes) { name in
+        shapes[name]!.count >= 2 ? Tensor.normal(shapes[name]!, std: 0.02, rng: &rng) : Tensor.ones(shapes[name]!)
+    }
+    try model.loadParameters(reader, didLoad: model.bf16OnlyLoader())
+    return model
 }

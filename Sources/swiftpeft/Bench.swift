@@ -10,7 +10,8 @@ struct Bench: ParsableCommand {
         discussion: """
         Rows: configs \(BenchConfig.all.map(\.name).joined(separator: ", ")) × methods \(BenchConfig.methods.joined(separator: ", ")) \
         ("gen" = KV-cached greedy generation, batch 1, 32-token prompt, 64 new tokens; "gen-bf16" = the same with \
-        bf16 copies of the frozen weights, AVX512-BF16 or AMX only). LoRA and DoRA: r 8, alpha 16 \
+        bf16 copies of the frozen weights, AVX512-BF16 or AMX only; "gen-bf16-only" = with the copies alone, \
+        made as the random weights are filled one matrix at a time, as loading does). LoRA and DoRA: r 8, alpha 16 \
         on q and v; prompt and prefix: 20 virtual tokens; AdamW, lr 1e-4, clipping at 1.
         Model FLOPs per token: F = 2·N_mm + 4·L·T·d_q (N_mm: weights of every matmul, output head included); \
         training = 2·F + 2·N_trainable; generation = F at context prompt + new/2. scripts/bench-torch uses the same.
@@ -19,7 +20,7 @@ struct Bench: ParsableCommand {
         Examples:
           swiftpeft bench --configs tiny,small --methods lora,ia3,full
           swiftpeft bench --config smollm2 --method lora --steps 3 --json
-          swiftpeft bench --config smollm2 --methods gen,gen-bf16
+          swiftpeft bench --config smollm2 --methods gen,gen-bf16,gen-bf16-only
           SWIFTPEFT_BLAS_AUTO=0 swiftpeft bench --config small --method lora   # OpenBLAS's own kernel choice
           swiftpeft bench --config tiny --method lora --gemm-split blas          # OpenBLAS's threads split the GEMMs
         """)

@@ -16,6 +16,9 @@ struct Generate: ParsableCommand {
         --precision bf16 keeps bf16 copies of the frozen weights for the token-by-token products
         (fp32 accumulation; about half the bytes read per token; needs AVX512-BF16 or AMX). The
         fp32 weights stay for the prompt, so memory grows by half the weights' size.
+        --precision bf16-only keeps the copies alone: each matrix's fp32 values are let go as it
+        loads, so the model takes about half the memory of fp32, and the prompt runs in bf16 too
+        (about 0.6× the fp32 rate). DoRA adapters, which read the fp32 weights, are refused.
         """)
 
     @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
@@ -26,7 +29,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep the k most likely tokens (0 = all).") var topK = 0
     @Option(help: "Nucleus sampling mass (1 = off).") var topP: Float = 1
     @Option(help: "Random seed.") var seed: UInt64 = 0
-    @Option(help: "Frozen weights in decoding products: fp32 or bf16.") var precision: String = "fp32"
+    @Option(help: "Frozen weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only.") var precision: String = "fp32"
 
     func run() throws {
         guard !prompt.isEmpty else { throw CLIError("--prompt is empty; give the text to continue") }
@@ -35,10 +38,10 @@ struct Generate: ParsableCommand {
         guard topK >= 0 else { throw CLIError("--top-k must be 0 (all) or more, got \(topK)") }
         guard topP > 0 && topP <= 1 else { throw CLIError("--top-p must be in (0, 1], got \(topP)") }
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
-            throw CLIError("--precision must be fp32 or bf16, got '\(precision)'")
+            throw CLIError("--precision must be fp32, bf16 or bf16-only, got '\(precision)'")
         }
-        if decodePrecision == .bf16, let why = BF16Copy.unavailableReason { throw CLIError("--precision bf16: \(why)") }
-        let loaded = try loadModel(model)
+        if decodePrecision != .fp32, let why = BF16Copy.unavailableReason { throw CLIError("--precision \(precision): \(why)") }
+        let loaded = try loadModel(model, bf16Only: decodePrecision == .bf16Only)
         let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
         if let adapter { try loadAdapter(adapter, onto: m) }

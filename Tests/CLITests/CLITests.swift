@@ -646,6 +646,16 @@ final class CLITests: XCTestCase {
         bf16Model.keepBF16Weights()
         let bf16New = bf16Model.generate(ids, SamplingOptions(maxNewTokens: 12, stopTokens: Set([tokenizer.eosTokenID].compactMap { $0 })))
         XCTAssertEqual(b.stdout, tokenizer.decode(ids + bf16New) + "\n")
+        // bf16 copies alone: the text of the library's bf16-only load, with and without a LoRA adapter.
+        let adapter = try loraAdapter()
+        for extra in [[], ["--adapter", adapter]] {
+            let o = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12", "--precision", "bf16-only"] + extra)
+            let only = try loadModel(fx.base, bf16Only: true).model
+            XCTAssertTrue(only.hasReleasedWeights)
+            if !extra.isEmpty { try loadAdapter(adapter, onto: only) }
+            let onlyNew = only.generate(ids, SamplingOptions(maxNewTokens: 12, stopTokens: Set([tokenizer.eosTokenID].compactMap { $0 })))
+            XCTAssertEqual(o.stdout, tokenizer.decode(ids + onlyNew) + "\n", "\(extra)")
+        }
     }
 
     func testMergeWritesAModelThatEvaluatesAsTheAdapter() throws {

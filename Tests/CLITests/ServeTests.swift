@@ -2,8 +2,8 @@
 // HTTP) against the built tool: completions, chat, streaming, adapter switching, load/unload, errors
 // in OpenAI's shape, batching across adapters with unchanged outputs, a bounded load test with 0
 // errors, the prompt lab page driven in headless Chromium (DOM checked, screenshot written next to
-// the test binaries: test-output/prompt-lab.png), serving with bf16 weight copies where the CPU has
-// them, and a graceful SIGTERM. Its output (with the load figures) is printed.
+// the test binaries: test-output/prompt-lab.png), serving with bf16 weight copies (beside fp32 and
+// alone) where the CPU has them, and a graceful SIGTERM. Its output (with the load figures) is printed.
 
 import Foundation
 import XCTest
@@ -34,6 +34,7 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(out.contains("serve test: PASSED"), out)
         if BF16Copy.isNative {
             XCTAssertTrue(out.contains("--precision bf16 completions equal"), out)
+            XCTAssertTrue(out.contains("--precision bf16-only completions equal"), out)
         } else {
             print("NOTE: serve --precision bf16 not checked: \(BF16Copy.unavailableReason ?? "")")
         }

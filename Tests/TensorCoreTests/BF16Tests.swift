@@ -63,6 +63,34 @@ final class BF16Tests: XCTestCase {
         }
     }
 
+    /// With its fp32 values released, a matrix serves products of any row count from the copy:
+    /// past `maxRows` in chunks of `BF16Copy.chunkRows` rows, the last one padded, and rows read
+    /// with a stride (a slice of a wider tensor) and written into a batch of matrices.
+    func testReleasedMatrixServesEveryRowCountFromTheCopy() {
+        let (k, n) = (70, 300)
+        let wOutIn = random(n * k, seed: 5)  // (N, K)
+        let wKN = (0..<(k * n)).map { i in wOutIn[(i % n) * k + i / n] }
+        let weight = Tensor(shape: [n, k], data: wOutIn)
+        let operand = weight.transposed()  // (K, N)
+        operand.keepBF16Copy(releasingFP32: true)
+        XCTAssertTrue(weight.storage.valuesReleased)
+        XCTAssertNotNil(weight.bf16Copy)
+        for m in [1, BF16Copy.maxRows, BF16Copy.maxRows + 1, 63, 64, 65, 130] {
+            let x = random(m * (k + 3), seed: UInt64(m))
+            let wide = Tensor(shape: [m, k + 3], data: x)
+            let rows = wide.slice(axis: 1, 0, k)  // (M, K), row stride K + 3
+            let y = withNoGrad { rows.matmul(operand) }  // (M, N)
+            let xs = (0..<(m * k)).map { x[($0 / k) * (k + 3) + $0 % k] }
+            let expected = product(roundedToBF16(xs), roundedToBF16(wKN), m: m, k: k, n: n)
+            assertClose(y.toArray(), expected, rtol: 1e-5, atol: 2e-5, "M \(m)")
+        }
+        // Batched rows fold into one product: (2, 33, K) · (K, N).
+        let x = random(2 * 33 * k, seed: 9)
+        let y = withNoGrad { Tensor(shape: [2, 33, k], data: x).matmul(operand) }
+        XCTAssertEqual(y.shape, [2, 33, n])
+        assertClose(y.toArray(), product(roundedToBF16(x), roundedToBF16(wKN), m: 66, k: k, n: n), rtol: 1e-5, atol: 2e-5, "batched")
+    }
+
     /// More rows than `maxRows`, a product that records a gradient, and a matrix that takes
     /// gradients all read the fp32 values, bit for bit the plain product.
     func testOtherProductsReadTheFP32Values() {
