@@ -112,3 +112,18 @@ public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) thro
     let fd = open(parent.path, O_RDONLY | O_DIRECTORY)
     if fd >= 0 { fsync(fd); close(fd) }
 }
+
+/// Lets the kernel reclaim the pages of a memory-mapped file that hold `bytes` (`MADV_PAGEOUT`, a
+/// hint that never changes the bytes: they are read from the file again if touched). Readers call
+/// it once a tensor is converted, or every tensor read would stay resident beside its Float32 copy
+/// and loading a model would take its file's size on top. Best effort: a kernel before Linux 5.4
+/// refuses the hint, and the pages then stay until the file is unmapped.
+func releaseMappedPages(_ bytes: UnsafeRawBufferPointer) {
+    #if os(Linux)
+    guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let lo = Int(bitPattern: base) & ~(page - 1)
+    let hi = Int(bitPattern: base) + bytes.count  // a neighbour's shared page is only read again from the file
+    _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, 21)  // MADV_PAGEOUT
+    #endif
+}

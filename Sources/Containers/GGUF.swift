@@ -299,6 +299,7 @@ public final class GGUFFile: @unchecked Sendable {
         }
         try withRawBytes(of: info) { raw in
             GGUFFile.dequantize(info.type, raw.baseAddress!, count: info.elementCount, into: dst)
+            releaseMappedPages(raw)  // not kept resident beside the Float32 values
         }
     }
 

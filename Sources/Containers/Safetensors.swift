@@ -222,23 +222,9 @@ public struct SafetensorsFile {
             case .I8: each(UInt8.self) { Float(Int8(bitPattern: $0)) }
             case .U8, .BOOL: each(UInt8.self) { Float($0) }
             }
-            releasePages(src)
+            releaseMappedPages(src)  // not kept resident beside the Float32 copy
         }
         return Tensor(storage: storage, layout: Layout(contiguous: e.shape))
-    }
-
-    /// Lets the kernel reclaim the mapped file pages of a tensor just converted (`MADV_PAGEOUT`, a
-    /// hint that never changes the bytes): otherwise every tensor read stays resident beside its
-    /// Float32 copy, and loading a model takes its file's size twice. Best effort: an older kernel
-    /// refuses the hint and the pages stay until the file is closed.
-    private func releasePages(_ bytes: UnsafeRawBufferPointer) {
-        #if os(Linux)
-        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let lo = Int(bitPattern: base) & ~(page - 1)
-        let hi = Int(bitPattern: base) + bytes.count  // the pages of both neighbours are only read again from the file
-        _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, 21)  // MADV_PAGEOUT (Linux 5.4)
-        #endif
     }
 
     /// Every tensor, converted to Float32.

@@ -646,13 +646,20 @@ final class CLITests: XCTestCase {
         bf16Model.keepBF16Weights()
         let bf16New = bf16Model.generate(ids, SamplingOptions(maxNewTokens: 12, stopTokens: Set([tokenizer.eosTokenID].compactMap { $0 })))
         XCTAssertEqual(b.stdout, tokenizer.decode(ids + bf16New) + "\n")
-        // bf16 copies alone: the text of the library's bf16-only load, with and without a LoRA adapter.
-        let adapter = try loraAdapter()
-        for extra in [[], ["--adapter", adapter]] {
+        // bf16 copies alone: the text of the library's bf16-only load, without an adapter and with
+        // LoRA, IA3 and prompt-tuning ones; a DoRA adapter (it reads the fp32 weights) is refused.
+        var adapters = [try loraAdapter()]
+        for method in ["ia3", "prompt", "dora"] {
+            try ok(trainArgs(out: fx.path("bf16only-\(method)"), steps: 2, method: method))
+            adapters.append(fx.path("bf16only-\(method)/adapter.h5"))
+        }
+        _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--precision", "bf16-only", "--adapter", adapters[3]],
+                      mentioning: ["DoRA", "bf16"])
+        for extra in [[]] + adapters.prefix(3).map({ ["--adapter", $0] }) {
             let o = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12", "--precision", "bf16-only"] + extra)
             let only = try loadModel(fx.base, bf16Only: true).model
             XCTAssertTrue(only.hasReleasedWeights)
-            if !extra.isEmpty { try loadAdapter(adapter, onto: only) }
+            if !extra.isEmpty { try loadAdapter(extra[1], onto: only) }
             let onlyNew = only.generate(ids, SamplingOptions(maxNewTokens: 12, stopTokens: Set([tokenizer.eosTokenID].compactMap { $0 })))
             XCTAssertEqual(o.stdout, tokenizer.decode(ids + onlyNew) + "\n", "\(extra)")
         }
