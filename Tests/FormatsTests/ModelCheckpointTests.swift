@@ -71,28 +71,29 @@ final class ModelCheckpointTests: XCTestCase {
         XCTAssertEqual(reads, 0, "values were read before every shape was checked")
     }
 
+    /// An 80 MiB LLaMA (V 8192, d 512, 4 layers, untied head) saved as a SwiftPEFT checkpoint and
+    /// as a Hugging Face folder: large enough for load peaks to stand out of the test process's noise.
+    func savedLargeModel() throws -> (model: CausalLM, h5: String, hf: String) {
+        let config = ModelConfig.llama(vocabSize: 8192, hiddenSize: 512, numLayers: 4, numHeads: 8, numKVHeads: 8,
+                                       intermediateSize: 1376)
+        let model = makeModel(config, seed: 1)
+        let h5 = dir.appendingPathComponent("big.h5").path, hf = dir.appendingPathComponent("hf").path
+        try ModelCheckpoint.save(model, tokenizerJSON: nil, to: h5)
+        try saveHFModel(model, tokenizerJSON: nil, to: hf)
+        return (model, h5, hf)
+    }
+
     /// Peak resident memory while loading a model from a SwiftPEFT checkpoint and from a Hugging
     /// Face folder (safetensors): below 1.5× the weights' bytes above what was resident before. Read
     /// whole into a dictionary and then copied, a model took twice its size (measured: the 540 MB
     /// SmolLM2 peaked at 1,073 MiB in `swiftpeft generate`, 667 MiB now).
     func testLoadingPeaksBelowOneAndAHalfTimesTheWeights() throws {
-        let config = ModelConfig.llama(vocabSize: 8192, hiddenSize: 512, numLayers: 4, numHeads: 8, numKVHeads: 8,
-                                       intermediateSize: 1376)
-        let model = makeModel(config, seed: 1)
+        let (model, h5, hf) = try savedLargeModel()
         let bytes = model.parameterCount * 4
-        let h5 = dir.appendingPathComponent("big.h5").path, hf = dir.appendingPathComponent("hf").path
-        try ModelCheckpoint.save(model, tokenizerJSON: nil, to: h5)
-        try saveHFModel(model, tokenizerJSON: nil, to: hf)
         let probe = [1, 2, 3].map(Int32.init)
         let expected = withNoGrad { model.forward(probe, batch: 1) }.toArray()
         for (kind, load) in [("h5", { try ModelCheckpoint.load(h5).model }), ("hf", { try loadHFModel(hf).model })] {
-            releaseFreeMemory()
-            guard let before = try resetPeakResidentMemory() else {
-                XCTFail("cannot reset the peak resident memory (/proc/self/clear_refs); the test cannot measure here")
-                return
-            }
-            let loaded = try load()
-            let grew = try peakResidentMemory() - before
+            let (loaded, grew) = try measuringPeakGrowth(load)
             XCTAssertLessThan(Double(grew), 1.5 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of weights")
             XCTAssertEqual(withNoGrad { loaded.forward(probe, batch: 1) }.toArray(), expected, kind)
         }
@@ -106,13 +107,8 @@ final class ModelCheckpointTests: XCTestCase {
     /// at a time; measured 64 MiB for 80). Copies made after an fp32 load would peak above 1.4×.
     func testBF16OnlyLoadingKeepsTheFingerprintAndRefusesDoRA() throws {
         guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
-        let config = ModelConfig.llama(vocabSize: 8192, hiddenSize: 512, numLayers: 4, numHeads: 8, numKVHeads: 8,
-                                       intermediateSize: 1376)
-        let model = makeModel(config, seed: 1)
+        let (model, h5, hf) = try savedLargeModel()
         let bytes = model.parameterCount * 4
-        let h5 = dir.appendingPathComponent("big.h5").path, hf = dir.appendingPathComponent("hf").path
-        try ModelCheckpoint.save(model, tokenizerJSON: nil, to: h5)
-        try saveHFModel(model, tokenizerJSON: nil, to: hf)
         let lora = try LoRA(config: LoRAConfig(r: 4, loraAlpha: 8))
         try lora.attach(to: model)
         let loraPath = dir.appendingPathComponent("lora.h5").path
@@ -130,13 +126,7 @@ final class ModelCheckpointTests: XCTestCase {
         let expected = withNoGrad { model.forward(probe, batch: 1) }.toArray()
         for (kind, load) in [("h5", { try ModelCheckpoint.load(h5, bf16Only: true).model }),
                              ("hf", { try loadHFModel(hf, bf16Only: true).model })] {
-            releaseFreeMemory()
-            guard let before = try resetPeakResidentMemory() else {
-                XCTFail("cannot reset the peak resident memory (/proc/self/clear_refs); the test cannot measure here")
-                return
-            }
-            let loaded = try load()
-            let grew = try peakResidentMemory() - before
+            let (loaded, grew) = try measuringPeakGrowth(load)
             XCTAssertLessThan(Double(grew), 0.9 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of fp32 weights")
             XCTAssertTrue(loaded.namedModules().allSatisfy { ($0.1 as? Linear)?.weight.storage.valuesReleased ?? true }, kind)
             XCTAssertEqual(BaseFingerprint(loaded), fingerprint, kind)
@@ -205,17 +195,21 @@ final class ModelCheckpointTests: XCTestCase {
     }
 }
 
-/// Resets the kernel's peak-RSS mark (VmHWM) to the current RSS; returns the current RSS in bytes,
-/// or nil where `/proc/self/clear_refs` cannot be written.
-func resetPeakResidentMemory() throws -> Int? {
-    guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return nil }
+/// Runs `body` and returns its result with how far the peak resident memory rose above the
+/// resident memory before it (bytes): the heap's free memory is handed back first, then the
+/// kernel's peak-RSS mark (VmHWM) is reset through `/proc/self/clear_refs`.
+/// - Throws: where that file cannot be written (the measurement would be meaningless).
+func measuringPeakGrowth<T>(_ body: () throws -> T) throws -> (T, Int) {
+    releaseFreeMemory()
+    guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else {
+        throw CheckpointError(path: "/proc/self/clear_refs", message: "cannot be opened: the peak resident memory cannot be reset, so it cannot be measured here")
+    }
     try h.write(contentsOf: Data("5".utf8))
     try h.close()
-    return try procStatus("VmRSS")
+    let before = try procStatus("VmRSS")
+    let result = try body()
+    return (result, try procStatus("VmHWM") - before)
 }
-
-/// The peak resident memory (VmHWM) in bytes.
-func peakResidentMemory() throws -> Int { try procStatus("VmHWM") }
 
 private func procStatus(_ key: String) throws -> Int {
     let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
