@@ -356,7 +356,18 @@ public final class HDF5Reader {
         self.path = path
         let file = HDF5Store.openForReading(path)
         guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
+        do {
+            (shapes, blobs, attributes) = try HDF5Reader.index(file, path: path)
+        } catch {
+            H5Fclose(file)  // deinit does not run for an object that failed to initialize
+            throw error
+        }
         self.file = file
+    }
+
+    /// Every dataset's shape (checked against the bytes stored), the byte datasets' contents and
+    /// the root's attributes.
+    private static func index(_ file: hid_t, path: String) throws -> (shapes: [String: [Int]], blobs: [String: [UInt8]], attributes: [String: String]) {
         var names: [String] = []
         let collect: H5O_iterate_t = { _, name, info, ctx in
             if let info, info.pointee.type == H5O_TYPE_DATASET, let name {
@@ -410,9 +421,7 @@ public final class HDF5Reader {
             }
             shapes[name] = shape
         }
-        self.shapes = shapes
-        self.blobs = blobs
-        attributes = try HDF5Store.rootAttributes(file, path: path)
+        return (shapes, blobs, try HDF5Store.rootAttributes(file, path: path))
     }
 
     deinit { H5Fclose(file) }

@@ -15,35 +15,13 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
     public let architecture: String
     public let weightsHash: String
 
-    /// Hashes the parameters in name order (FNV-1a over names and float bit patterns, 64-bit). A
-    /// model whose fp32 values were released gives the hash taken while it loaded.
+    /// The config and `CausalLM.weightsHash()` (FNV-1a over the parameters' names and bits, in
+    /// name order; for bf16-only weights, the hash taken before their fp32 values were released).
     public init(_ model: CausalLM) {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         architecture = String(decoding: (try? enc.encode(model.config)) ?? Data(), as: UTF8.self)
-        if model.hasReleasedWeights, let h = model.weightsHashAtLoad {
-            weightsHash = h
-            return
-        }
-        var hasher = WeightsHasher()
-        for (name, t) in model.namedParameters().sorted(by: { $0.0 < $1.0 }) { hasher.add(name, t) }
-        weightsHash = hasher.value
-    }
-
-    /// The weights hash fed one parameter at a time, in name order (as loading goes).
-    public struct WeightsHasher {
-        private var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        public init() {}
-
-        public mutating func add(_ name: String, _ t: Tensor) {
-            let prime: UInt64 = 0x100_0000_01b3
-            for byte in name.utf8 { h = (h ^ UInt64(byte)) &* prime }
-            let c = t.copy()
-            let p = UnsafeRawPointer(c.basePointer).assumingMemoryBound(to: UInt32.self)
-            for i in 0..<c.count { h = (h ^ UInt64(p[i])) &* prime }
-        }
-
-        public var value: String { String(h, radix: 16) }
+        weightsHash = model.weightsHash()
     }
 
     public init(architecture: String, weightsHash: String) {

@@ -256,9 +256,7 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = fal
     try checkConfigFitsWeights(config, elements: elements, file: path)
     let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
-    let bf16 = try BF16OnlyLoading(model, enabled: bf16Only, path: path)
-    try file.loadWeights(into: model, didLoad: bf16?.didLoad)
-    bf16?.finish()
+    try file.loadWeights(into: model, didLoad: try bf16OnlyLoader(model, enabled: bf16Only, path: path))
     model.eval()
     return (model, tokenizer)
 }

@@ -233,13 +233,12 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
     try checkConfigFitsWeights(config, elements: weights.elementCount, file: configPath)
     let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
-    let bf16 = try BF16OnlyLoading(model, enabled: bf16Only, path: folder)
+    let didLoad = try bf16OnlyLoader(model, enabled: bf16Only, path: folder)
     do {
-        try model.loadParameters(weights, source: source, didLoad: bf16?.didLoad)
+        try model.loadParameters(weights, source: source, didLoad: didLoad)
     } catch let e as WeightLoadError {
         throw HFModelError(path: source, message: e.message.replacingOccurrences(of: source + ": ", with: ""))
     }
-    bf16?.finish()
     model.eval()
     let tokPath = dir.appendingPathComponent("tokenizer.json")
     let tokenizer = FileManager.default.fileExists(atPath: tokPath.path) ? try BPETokenizer.load(from: tokPath) : nil

@@ -51,13 +51,12 @@ public enum ModelCheckpoint {
         try checkConfigFitsWeights(config, elements: file.reader.elementCount, file: path)
         let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below (strict)
         model.freeze()
-        let bf16 = try BF16OnlyLoading(model, enabled: bf16Only, path: path)
+        let didLoad = try bf16OnlyLoader(model, enabled: bf16Only, path: path)
         do {
-            try model.loadParameters(file.reader, source: path, didLoad: bf16?.didLoad)
+            try model.loadParameters(file.reader, source: path, didLoad: didLoad)
         } catch let e as WeightLoadError {
             throw CheckpointError(path: path, message: e.message.replacingOccurrences(of: path + ": ", with: ""))
         }
-        bf16?.finish()
         model.eval()
         let tok = blobs["tokenizer.json"].map { String(decoding: $0, as: UTF8.self) }
         return (model, tok, attrs.filter { !["format", "version", "config"].contains($0.key) })

@@ -132,36 +132,20 @@ public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMeth
     }
 }
 
-/// Loading with bf16-only weights: each parameter is hashed for the base fingerprint while its
-/// fp32 values exist, then each frozen matrix keeps only its bf16 copy (`CausalLM.bf16OnlyLoader`).
-final class BF16OnlyLoading {
-    private let model: CausalLM
-    private let convert: (String, Tensor) -> Void
-    private var hasher = BaseFingerprint.WeightsHasher()
-
-    /// nil when not `enabled`; throws, naming `path`, on a CPU without native bf16 products.
-    init?(_ model: CausalLM, enabled: Bool, path: String) throws {
-        guard enabled else { return nil }
-        if let why = BF16Copy.unavailableReason { throw CheckpointError(path: path, message: "cannot load with bf16-only weights: \(why)") }
-        self.model = model
-        convert = model.bf16OnlyLoader()
-    }
-
-    /// For `loadParameters(didLoad:)`, which goes in name order as the fingerprint does.
-    func didLoad(_ name: String, _ t: Tensor) {
-        hasher.add(name, t)
-        convert(name, t)
-    }
-
-    func finish() { model.weightsHashAtLoad = hasher.value }
+/// The `didLoad` of a loader with bf16-only weights (`CausalLM.bf16OnlyLoader`), or nil without;
+/// throws, naming `path`, on a CPU without native bf16 products.
+func bf16OnlyLoader(_ model: CausalLM, enabled: Bool, path: String) throws -> ((String, Tensor) -> Void)? {
+    guard enabled else { return nil }
+    if let why = BF16Copy.unavailableReason { throw CheckpointError(path: path, message: "cannot load with bf16-only weights: \(why)") }
+    return model.bf16OnlyLoader()
 }
 
-/// Refuses an adapter that reads the base's weight values (DoRA's norms) on a base that keeps only
-/// bf16 copies of them, before anything is attached.
+/// Refuses, before anything is attached, an adapter that reads or trains base weights whose fp32
+/// values were released (bf16-only weights): DoRA, `modules_to_save` on a released matrix.
 func checkAttachable(_ method: PEFTMethod, to model: CausalLM, path: String) throws {
-    guard method.readsBaseWeights, model.hasReleasedWeights else { return }
+    guard model.hasReleasedWeights, let why = method.releasedWeightsConflict(in: model) else { return }
     throw CheckpointError(path: path, message: """
-        this \(type(of: method).peftType) adapter (DoRA) reads the base's fp32 weights, and this base keeps only bf16 copies of them (bf16-only weights).
+        \(why), and this base keeps only bf16 copies of its matrices (bf16-only weights).
         HINT: load the base with fp32 weights (--precision fp32 or bf16) to use this adapter.
         """)
 }

@@ -40,7 +40,8 @@ public enum DecodePrecision: String, Sendable, CaseIterable {
     /// Only the bf16 copies are kept: each frozen matrix's fp32 values are released as it loads,
     /// so the model takes about half the memory, and every product without a gradient reads the
     /// copies (prompts too, at about 0.6× the fp32 rate). Such a model generates text and serves
-    /// adapters that leave the base weights alone (not DoRA); it cannot be trained, merged or saved.
+    /// adapters that leave the base's matrices alone (not DoRA, no `modules_to_save` on them); it
+    /// cannot be trained, merged or saved.
     case bf16Only = "bf16-only"
 }
 
@@ -75,6 +76,7 @@ extension CausalLM {
     /// never holds them all at once). Returns the bytes the copies take.
     @discardableResult
     public func keepBF16Weights(releasingFP32: Bool = false) -> Int {
+        if releasingFP32 && !hasReleasedWeights { weightsHashBeforeRelease = weightsHash() }
         var bytes = 0
         for (_, (weight, operand, releasable)) in bf16Operands() where !weight.requiresGrad {
             operand.keepBF16Copy(releasingFP32: releasingFP32 && releasable)
@@ -87,9 +89,14 @@ extension CausalLM {
     /// For `loadParameters(didLoad:)` on this model, frozen before loading: keeps each frozen
     /// matrix as a bf16 copy as soon as it is loaded, releasing its fp32 values (but a tied head's,
     /// which token lookups read), so the model's fp32 matrices are never all in memory at once.
+    /// Loaders go in name order, as `weightsHash()` does, so each parameter is hashed as it
+    /// loads, before any value is released.
     public func bf16OnlyLoader() -> (String, Tensor) -> Void {
         let operands = bf16Operands()
-        return { name, _ in
+        var hasher = WeightsHasher()
+        return { [unowned self] name, t in
+            hasher.add(name, t)
+            weightsHashBeforeRelease = hasher.value
             guard let (_, operand, releasable) = operands[name] else { return }
             operand.keepBF16Copy(releasingFP32: releasable)
             if releasable { releaseFreeMemory() }  // the freed pages go back to the system now
@@ -98,6 +105,16 @@ extension CausalLM {
 
     /// Whether some weight keeps only its bf16 copy (`DecodePrecision.bf16Only`).
     public var hasReleasedWeights: Bool { namedParameters().contains { $0.1.storage.valuesReleased } }
+
+    /// A hash of every parameter's name and bits in name order (FNV-1a, 64-bit, hex), which
+    /// adapters record to recognise their base; for bf16-only weights, the one taken before their
+    /// fp32 values were released.
+    public func weightsHash() -> String {
+        if hasReleasedWeights, let h = weightsHashBeforeRelease { return h }
+        var hasher = WeightsHasher()
+        for (name, t) in namedParameters().sorted(by: { $0.0 < $1.0 }) { hasher.add(name, t) }
+        return hasher.value
+    }
 
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
     public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {
@@ -158,4 +175,19 @@ public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RN
         if u < acc { return order[i] }
     }
     return order[order.count - 1]
+}
+
+/// FNV-1a (64-bit) over parameter names and float bit patterns, fed one parameter at a time.
+struct WeightsHasher {
+    private var h: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    mutating func add(_ name: String, _ t: Tensor) {
+        let prime: UInt64 = 0x100_0000_01b3
+        for byte in name.utf8 { h = (h ^ UInt64(byte)) &* prime }
+        let c = t.isContiguous ? t : t.copy()
+        let p = UnsafeRawPointer(c.basePointer).assumingMemoryBound(to: UInt32.self)
+        for i in 0..<c.count { h = (h ^ UInt64(p[i])) &* prime }
+    }
+
+    var value: String { String(h, radix: 16) }
 }

@@ -151,9 +151,9 @@ open class CausalLM: Module {
     public var attentionPrefix: AttentionPrefix?
     /// Generator for dropout masks (model and adapters share it).
     public let random: RandomSource
-    /// The hash of the weights' fp32 values taken while they loaded, for a model that then let
-    /// them go (bf16-only weights, which can no longer be hashed); nil otherwise.
-    public var weightsHashAtLoad: String?
+    /// The hash of the weights' fp32 values taken before they were released (bf16-only weights,
+    /// which can no longer be hashed): `weightsHash()` gives it. nil otherwise.
+    var weightsHashBeforeRelease: String?
     /// The generator's state (checkpoints save and restore it).
     public var rng: RNG {
         get { random.value }

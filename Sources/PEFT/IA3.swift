@@ -158,6 +158,10 @@ public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod, RowScop
     public let config: IA3Config
     let state: IA3State
     var rng: RNG
+    /// `modules_to_save` trains copies of base weights.
+    public func releasedWeightsConflict(in model: CausalLM) -> String? {
+        Self.releasedModulesToSave(config.modulesToSave, in: model)
+    }
     public var isEnabled: Bool {
         get { state.isEnabled }
         set { state.isEnabled = newValue }

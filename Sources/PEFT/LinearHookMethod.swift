@@ -50,6 +50,13 @@ open class LinearHookMethod<Hook: FoldableLinearHook> {
         return out
     }
 
+    /// Why `modules_to_save` cannot be trained on `model`: the entries that match weights whose
+    /// fp32 values were released (bf16-only weights); nil when none do.
+    public static func releasedModulesToSave(_ entries: [String]?, in model: CausalLM) -> String? {
+        let released = ((try? modulesToSave(entries, in: model, method: "")) ?? []).filter { $0.1.storage.valuesReleased }
+        return released.isEmpty ? nil : "its modules_to_save trains copies of \(released.map(\.0).joined(separator: ", "))"
+    }
+
     /// Attaches after everything that can fail has been checked by the caller: freezes the base,
     /// installs one hook per target and makes `extra` trainable. Nothing here throws, so an attach
     /// either completes or leaves the model as it was. Returns the adapted module names.

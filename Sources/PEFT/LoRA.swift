@@ -277,8 +277,11 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
 
     public let config: LoRAConfig
     let state: LoRAState
-    /// DoRA reads the base weights' row norms.
-    public var readsBaseWeights: Bool { config.useDora }
+    /// DoRA reads the base weights' row norms; `modules_to_save` trains copies of base weights.
+    public func releasedWeightsConflict(in model: CausalLM) -> String? {
+        config.useDora ? "this DoRA adapter reads the base's fp32 weights (their row norms)"
+            : Self.releasedModulesToSave(config.modulesToSave, in: model)
+    }
     /// Refuse r > min(in, out) at attach (a new adapter); off for loaded ones and for combinations.
     var checksRank = true
     public var isEnabled: Bool {

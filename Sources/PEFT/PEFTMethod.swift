@@ -33,13 +33,14 @@ public protocol PEFTMethod: AnyObject {
     /// What a Hugging Face PEFT adapter folder holds for this adapter attached to a base of
     /// `base`'s shape: the config fields (PEFT names) and the tensors (PEFT keys, no graph).
     func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)])
-    /// Whether the method reads the base's weight values when it runs (DoRA's column norms), so it
-    /// cannot serve a base that keeps only bf16 copies of them. Default false.
-    var readsBaseWeights: Bool { get }
+    /// Why this adapter cannot attach to `model` whose matrices keep only bf16 copies (their fp32
+    /// values released: bf16-only weights): it reads those values (DoRA's row norms) or trains a
+    /// copy of one (`modules_to_save`). nil when it can; the default.
+    func releasedWeightsConflict(in model: CausalLM) -> String?
 }
 
 extension PEFTMethod {
-    public var readsBaseWeights: Bool { false }
+    public func releasedWeightsConflict(in model: CausalLM) -> String? { nil }
 
     /// The config as written by `configJSON` and the adapter tensors, detached and contiguous.
     public func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {

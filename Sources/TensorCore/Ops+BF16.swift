@@ -15,7 +15,8 @@ import Foundation
 
 /// A bf16 copy of a matrix operand (logical (K, N), the right side of `x · W`), packed by oneDNN.
 public final class BF16Copy {
-    /// Products with more rows than this use the fp32 weights (compute-bound: bf16 is slower there).
+    /// Products with more rows than this use the fp32 weights (compute-bound: bf16 is slower
+    /// there), unless those were released (`keepBF16Copy(releasingFP32: true)`).
     public static let maxRows = 8
 
     /// Whether this CPU runs bf16 products natively (AVX512-BF16 or AMX, as oneDNN reports it).

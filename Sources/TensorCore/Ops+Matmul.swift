@@ -213,6 +213,9 @@ extension Tensor {
            copy.product(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n) {
             return out
         }
+        if released && !isContiguous && !(Autograd.isRecording && requiresGrad) {
+            return contiguous().matmul(other)  // a strided, transposed or unfoldable left side, made plain for the copy
+        }
         check(!released, """
             [matmul] \(shape) · \(other.shape): the right operand keeps only a bf16 copy (its fp32 values were released), \
             which serves products without a gradient only; this one \(Autograd.isRecording && requiresGrad ? "records a gradient" : "reads it another way")

@@ -10,7 +10,8 @@ import Foundation
 public final class Storage {
     public let count: Int
     private let values: UnsafeMutablePointer<Float>
-    /// A bf16 copy of these values for few-row products (`Tensor.keepBF16Copy`).
+    /// A bf16 copy of these values for few-row products, or for every product once the values
+    /// were released (`Tensor.keepBF16Copy`).
     var bf16: BF16Copy?
     /// True once the Float32 values were freed and only the bf16 copy is left
     /// (`Tensor.keepBF16Copy(releasingFP32: true)`).

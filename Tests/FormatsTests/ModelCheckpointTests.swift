@@ -101,7 +101,8 @@ final class ModelCheckpointTests: XCTestCase {
 
     /// Loading with bf16-only weights from each format (SwiftPEFT checkpoint, HF folder): every
     /// `Linear` keeps only its copy, the base fingerprint is the fp32 model's (taken while loading),
-    /// so a LoRA adapter trained on that base loads and a DoRA adapter is refused, naming why; the
+    /// so a LoRA adapter trained on that base loads, and a DoRA adapter and one that trains the
+    /// (released) output head as `modules_to_save` are refused, naming why; the
     /// logits stay within 2% of fp32's; the load peaks below 0.9× the fp32 weights' bytes (here:
     /// 16 MiB of fp32 embeddings kept, 32 MiB of copies, one file tensor and one parameter of 16 MiB
     /// at a time; measured 64 MiB for 80). Copies made after an fp32 load would peak above 1.4×.
@@ -121,6 +122,13 @@ final class ModelCheckpointTests: XCTestCase {
         let doraPath = dir.appendingPathComponent("dora.h5").path
         try AdapterCheckpoint.save(dora, base: model, to: doraPath)
         dora.detach(from: model)
+        var headConfig = LoRAConfig(r: 4, loraAlpha: 8)
+        headConfig.modulesToSave = ["lm_head"]
+        let head = try LoRA(config: headConfig)
+        try head.attach(to: model)
+        let headPath = dir.appendingPathComponent("lora-head.h5").path
+        try AdapterCheckpoint.save(head, base: model, to: headPath)
+        head.detach(from: model)
         let fingerprint = BaseFingerprint(model)
         let probe = (0..<20).map { Int32($0 * 11 % 8192) }
         let expected = withNoGrad { model.forward(probe, batch: 1) }.toArray()
@@ -135,6 +143,9 @@ final class ModelCheckpointTests: XCTestCase {
             XCTAssertNoThrow(try loadAdapter(loraPath, onto: loaded), kind)
             XCTAssertThrowsError(try loadAdapter(doraPath, onto: loaded), kind) { error in
                 XCTAssertTrue("\(error)".contains("DoRA") && "\(error)".contains("bf16"), "\(error)")
+            }
+            XCTAssertThrowsError(try loadAdapter(headPath, onto: loaded), kind) { error in
+                XCTAssertTrue("\(error)".contains("modules_to_save") && "\(error)".contains("lm_head.weight"), "\(error)")
             }
         }
     }

@@ -205,6 +205,13 @@ final class ModelTests: XCTestCase {
                 XCTAssertGreaterThan(maxAbsDiff(a, c), 0, "\(config.family): the copies were not used")
             }
             XCTAssertEqual(only.generate(Array(prompt.prefix(5)), SamplingOptions(maxNewTokens: 4)).count, 4)
+            // The weights' hash (what adapters check their base by) is the fp32 model's, whether the
+            // values were released while loading or afterwards.
+            XCTAssertEqual(only.weightsHash(), fp32.weightsHash(), "\(config.family)")
+            let later = makeModel(config, seed: 3)
+            later.keepBF16Weights(releasingFP32: true)
+            XCTAssertTrue(later.hasReleasedWeights)
+            XCTAssertEqual(later.weightsHash(), fp32.weightsHash(), "\(config.family)")
         }
     }
 

@@ -64,8 +64,8 @@ final class BF16Tests: XCTestCase {
     }
 
     /// With its fp32 values released, a matrix serves products of any row count from the copy:
-    /// past `maxRows` in chunks of `BF16Copy.chunkRows` rows, the last one padded, and rows read
-    /// with a stride (a slice of a wider tensor) and written into a batch of matrices.
+    /// past `maxRows` in chunks of `BF16Copy.chunkRows` rows, the last one padded; rows read with a
+    /// stride (a slice of a wider tensor), a transposed left side, and a batch of matrices.
     func testReleasedMatrixServesEveryRowCountFromTheCopy() {
         let (k, n) = (70, 300)
         let wOutIn = random(n * k, seed: 5)  // (N, K)
@@ -84,6 +84,11 @@ final class BF16Tests: XCTestCase {
             let expected = product(roundedToBF16(xs), roundedToBF16(wKN), m: m, k: k, n: n)
             assertClose(y.toArray(), expected, rtol: 1e-5, atol: 2e-5, "M \(m)")
         }
+        // A transposed left side (stored (K, M)) is made plain first, then read against the copy.
+        let xt = random(k * 12, seed: 8)  // (K, M) stored
+        let yt = withNoGrad { Tensor(shape: [k, 12], data: xt).transposed().matmul(operand) }
+        let xs = (0..<(12 * k)).map { xt[($0 % k) * 12 + $0 / k] }  // (M, K)
+        assertClose(yt.toArray(), product(roundedToBF16(xs), roundedToBF16(wKN), m: 12, k: k, n: n), rtol: 1e-5, atol: 2e-5, "transposed rows")
         // Batched rows fold into one product: (2, 33, K) · (K, N).
         let x = random(2 * 33 * k, seed: 9)
         let y = withNoGrad { Tensor(shape: [2, 33, k], data: x).matmul(operand) }
