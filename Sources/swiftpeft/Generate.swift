@@ -18,7 +18,8 @@ struct Generate: ParsableCommand {
         fp32 weights stay for the prompt, so memory grows by half the weights' size.
         --precision bf16-only keeps the copies alone: each matrix's fp32 values are let go as it
         loads, so the model takes about half the memory of fp32, and the prompt runs in bf16 too
-        (about 0.6× the fp32 rate). DoRA adapters, which read the fp32 weights, are refused.
+        (about 0.6× the fp32 rate). DoRA adapters and modules_to_save on the base's matrices,
+        which read or train the fp32 weights, are refused.
         """)
 
     @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String

@@ -31,7 +31,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Prompt + completion tokens at most per request (default: the model's context).") var context: Int?
     @Option(help: "Request bodies larger than this many bytes get 413.") var maxBody = 1 << 20
     @Option(help: "Power per busy core (W) for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
-    @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA adapters); bf16 needs AVX512-BF16 or AMX.") var precision = "fp32"
+    @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA or modules_to_save adapters); bf16 needs AVX512-BF16 or AMX.") var precision = "fp32"
 
     func run() throws {
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
