@@ -81,10 +81,16 @@ final class Node {
     let inputs: [GradSlot]
     /// Receives the output's gradient (contiguous, the output's shape).
     let pullback: (Tensor) -> Void
+    /// Creation order: nodes made after a mark (`Node.made`) belong to the code run since it
+    /// (`Tensor.recomputed` tells a function's own graph from what it read outside).
+    let serial: Int
+    nonisolated(unsafe) static var made = 0
     init(op: String, inputs: [GradSlot], pullback: @escaping (Tensor) -> Void) {
         self.op = op
         self.inputs = inputs
         self.pullback = pullback
+        serial = Node.made
+        Node.made += 1
     }
 }
 
@@ -322,6 +328,12 @@ public final class Tensor {
     /// pullback has run), so activations do not outlive their use; `retainGraph` keeps it for a
     /// second backward.
     public func backward(_ seed: Tensor? = nil, retainGraph: Bool = false) {
+        backward(seed, retainGraph: retainGraph, stoppingAt: [])
+    }
+
+    /// `backward`, treating the tensors whose slots are in `boundary` as leaves: their gradient
+    /// accumulates and stays, and the graph behind them is left for an enclosing backward pass.
+    func backward(_ seed: Tensor?, retainGraph: Bool, stoppingAt boundary: Set<ObjectIdentifier>) {
         check(requiresGrad, "[backward] this tensor does not require a gradient (no trainable input, made under withNoGrad, or its graph was released by an earlier backward(): pass retainGraph: true to keep it)")
         // Topological order by iterative depth-first search over recorded nodes.
         var order: [GradSlot] = []
@@ -332,7 +344,8 @@ public final class Tensor {
                 if expanded { order.append(t); continue }
                 if !visited.insert(ObjectIdentifier(t)).inserted { continue }
                 stack.append((t, true))
-                for input in t.node?.inputs ?? [] where input.node != nil && !visited.contains(ObjectIdentifier(input)) {
+                for input in t.node?.inputs ?? [] where input.node != nil && !visited.contains(ObjectIdentifier(input))
+                    && !boundary.contains(ObjectIdentifier(input)) {
                     stack.append((input, false))
                 }
             }

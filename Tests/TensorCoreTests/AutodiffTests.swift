@@ -134,6 +134,37 @@ final class AutodiffTests: XCTestCase {
         XCTAssertNotNil(x.grad, "the graph still back-propagates")
     }
 
+    /// A recomputed function gives the gradients of the plain one, into its input, a parameter it
+    /// reads and a tensor it captured from the graph outside (whose own graph must still run
+    /// afterwards, once), while the function's inner values are freed after the forward pass.
+    func testRecomputedFunctionGivesTheSameGradientsAndFreesItsInside() {
+        func run(_ recompute: Bool) -> (loss: Float, grads: [[Float]], insideFreed: Bool) {
+            var rng = RNG(seed: 3)
+            let x0 = Tensor.normal([2, 4, 8], rng: &rng), w = Tensor.normal([8, 8], rng: &rng), c0 = Tensor.normal([8], rng: &rng)
+            for t in [x0, w, c0] { t.requiresGrad = true }
+            let x = x0 * 2, c = c0.rmsNorm(weight: Tensor.ones([8]))  // outside ops with a graph
+            weak var inside: Storage?
+            let f = {
+                let h = x.matmul(w) + c  // (2, 4, 8)
+                inside = h.storage
+                return Tensor.swiglu(gate: h, up: x).matmul(w)
+            }
+            let y = recompute ? Tensor.recomputed("f", f) : f()
+            let insideFreed = inside == nil
+            let loss = (y.sum() + (x * c).sum())  // x and c are used outside as well
+            loss.backward()
+            return (loss.item(), [x0, w, c0].map { $0.grad!.toArray() }, insideFreed)
+        }
+        let plain = run(false), recomputed = run(true)
+        XCTAssertFalse(plain.insideFreed, "the plain graph keeps what its pullbacks read")
+        XCTAssertTrue(recomputed.insideFreed, "the recomputed function keeps nothing inside")
+        XCTAssertEqual(recomputed.loss, plain.loss)
+        for (a, b) in zip(recomputed.grads, plain.grads) { XCTAssertEqual(a, b) }
+        // Outside recording it is the function itself.
+        let t = Tensor.ones([2])
+        XCTAssertEqual(withNoGrad { Tensor.recomputed("g") { t * 3 } }.toArray(), [3, 3])
+    }
+
     func testViewsShareStorage() {
         let x = Tensor.arange(0, 24).reshaped([2, 3, 4])
         XCTAssertTrue(x.permuted([2, 0, 1]).storage === x.storage)
@@ -211,6 +242,8 @@ final class ShapeErrorTests: XCTestCase {
             "layerNorm": ["[layerNorm]", "[4]", "[2, 3]"],
             "crossEntropy": ["[crossEntropy]", "[2, 3]", "3"],
             "attention": ["[attention]", "[1, 2, 2, 4]", "[1, 2, 3, 4]"],
+            "recomputed-values": ["[probe]", "other values"],
+            "recomputed-state": ["[probe]", "other outside tensors"],
         ]
         for (op, needles) in expected.sorted(by: { $0.key < $1.key }) {
             let p = Process()
