@@ -14,8 +14,9 @@ public protocol HiddenHook: AnyObject {
 public protocol AttentionPrefix: AnyObject {
     /// Number of prefix positions P.
     var length: Int { get }
-    /// (B, P, KVH, D) keys and values for `layer`.
-    func keysValues(layer: Int, batch: Int) -> (Tensor, Tensor)
+    /// Each layer's (B, P, KVH, D) keys and values, made once per forward pass (a block reads its
+    /// own and keeps no state, so it can be recomputed).
+    func keysValues(batch: Int) -> [(keys: Tensor, values: Tensor)]
 }
 
 /// Virtual-token embeddings prepended to the input embeddings (prompt tuning, P-Tuning).
@@ -33,8 +34,9 @@ public struct ForwardContext {
     /// (B, S) key visibility for padding, or nil when every key is visible.
     public var keyMask: [Float]?
     public var cache: KVCache?
-    /// Prefix keys/values to concatenate (only without a cache; a cache holds them already).
-    public var attentionPrefix: AttentionPrefix?
+    /// Each layer's prefix keys and values to concatenate (only without a cache; a cache holds
+    /// them already).
+    public var prefixKeysValues: [(keys: Tensor, values: Tensor)]?
     public var training: Bool
     public var dropout: Float
     /// The model's generator (dropout masks).
@@ -121,8 +123,8 @@ func attentionCore(q: Tensor, k: Tensor, v: Tensor, layer: Int, config: ModelCon
     var (kAll, vAll) = (k, v)
     if let cache = context.cache {
         (kAll, vAll) = cache.append(layer: layer, k: k, v: v)  // (B, S, KVH, D)
-    } else if let prefix = context.attentionPrefix {
-        let (pk, pv) = prefix.keysValues(layer: layer, batch: B)  // (B, P, KVH, D)
+    } else if let prefix = context.prefixKeysValues {
+        let (pk, pv) = prefix[layer]  // (B, P, KVH, D)
         kAll = Tensor.concat([pk, k], axis: 1)
         vAll = Tensor.concat([pv, v], axis: 1)
     }
@@ -154,6 +156,11 @@ open class CausalLM: Module {
     /// The hash of the weights' fp32 values taken before they were released (bf16-only weights,
     /// which can no longer be hashed): `weightsHash()` gives it. nil otherwise.
     var weightsHashBeforeRelease: String?
+    /// Gradient checkpointing: while training, each block's activations are recomputed when the
+    /// backward pass reaches the block instead of being kept from the forward pass. The graph
+    /// then holds one (B, T, C) input per block plus one block's activations, for a second
+    /// forward pass through the blocks. Gradients are the same as without it.
+    public var gradientCheckpointing = false
     /// The generator's state (checkpoints save and restore it).
     public var rng: RNG {
         get { random.value }
@@ -211,21 +218,20 @@ open class CausalLM: Module {
             }
         }
         let steps = T + virtual
-        var context = ForwardContext(positionOffset: 0, keyMask: nil, cache: cache, attentionPrefix: nil,
+        var context = ForwardContext(positionOffset: 0, keyMask: nil, cache: cache, prefixKeysValues: nil,
                                      training: isTraining, dropout: config.dropout, random: random)
         if let cache {
             if cache.length == 0, let ap = attentionPrefix {
                 // The prefix goes into the cache once, as already-computed keys and values.
-                for l in 0..<config.numLayers {
-                    let (pk, pv) = ap.keysValues(layer: l, batch: B)
-                    _ = cache.append(layer: l, k: pk, v: pv)
+                for (l, kv) in ap.keysValues(batch: B).enumerated() {
+                    _ = cache.append(layer: l, k: kv.keys, v: kv.values)
                 }
                 cache.commit(ap.length, mask: nil)
             }
             context.positionOffset = cache.length
             context.keyMask = (mask == nil && !cache.mask.contains(0)) ? nil : cache.keyMask(adding: steps, mask)
         } else if let ap = attentionPrefix {
-            context.attentionPrefix = ap
+            context.prefixKeysValues = ap.keysValues(batch: B)
             context.positionOffset = ap.length
             if let m = mask {
                 context.keyMask = (0..<B).flatMap { b in [Float](repeating: 1, count: ap.length) + m[(b * steps)..<((b + 1) * steps)] }
@@ -236,11 +242,33 @@ open class CausalLM: Module {
         h = addPositions(h, offset: context.positionOffset)
         h = residualDropout(h, context)
         for (l, block) in blocks.enumerated() {
-            h = block.forward(h, layer: l, context: &context)
+            if gradientCheckpointing && cache == nil && Autograd.isRecording {
+                h = recomputedBlock(block, layer: l, input: h, context: context)
+            } else {
+                h = block.forward(h, layer: l, context: &context)
+            }
         }
         cache?.commit(steps, mask: mask)
         if virtual > 0 { h = h.slice(axis: 1, virtual, steps) }  // (B, T, C)
         return finalNorm(h)
+    }
+
+    /// A block whose activations are dropped after its forward pass and recomputed when the
+    /// backward pass reaches it (`Tensor.recomputed`). The rerun draws the same dropout masks:
+    /// the generator is set back to where the first run started, then put back where it was.
+    private func recomputedBlock(_ block: DecoderBlock, layer l: Int, input x: Tensor, context: ForwardContext) -> Tensor {
+        let random = self.random, start = random.value
+        var rerun = false
+        return Tensor.recomputed("block \(l)") {
+            let resume = random.value
+            if rerun { random.value = start }
+            defer {
+                if rerun { random.value = resume }
+                rerun = true
+            }
+            var c = context
+            return block.forward(x, layer: l, context: &c)
+        }
     }
 
     /// Mean cross-entropy of next-token prediction. `targets` (B·T) holds the id expected at each

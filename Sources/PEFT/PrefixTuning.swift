@@ -93,10 +93,6 @@ public final class PrefixTuning: PromptLearningMethod, AttentionPrefix {
     private(set) var transform: (DenseLayer, DenseLayer)?
     /// (L, KVH, D) of the model attached to.
     private(set) var shape: (layers: Int, kvHeads: Int, headDim: Int)?
-    /// The encoder output of the current forward pass: computed at layer 0 (or when missing) and
-    /// dropped after layer L−1, so the projection runs once per pass, not once per layer.
-    private var passOutput: Tensor?
-
     public init(config: PrefixTuningConfig, name: String = "default", seed: UInt64 = 0) throws {
         try config.validate()
         self.config = config
@@ -120,18 +116,16 @@ public final class PrefixTuning: PromptLearningMethod, AttentionPrefix {
         return second(first(embedding!).tanh())  // (P, token_dim) → (P, h) → (P, L·2·kv_dim)
     }
 
-    /// Keys and values of `layer`, each (B, P, KVH, D): slices 2l and 2l+1 of the output viewed as
-    /// (P, 2L, KVH, D), broadcast over the batch without a copy.
-    public func keysValues(layer: Int, batch B: Int) -> (Tensor, Tensor) {
+    /// Each layer's keys and values, (B, P, KVH, D) each: slices 2l and 2l+1 of the encoder output
+    /// viewed as (P, 2L, KVH, D), broadcast over the batch without a copy. The encoder runs once.
+    public func keysValues(batch B: Int) -> [(keys: Tensor, values: Tensor)] {
         let (L, KVH, D) = shape!
         let P = config.numVirtualTokens
-        if layer == 0 || passOutput == nil { passOutput = promptEmbeddings() }
-        let kv = passOutput!.reshaped([P, 2 * L, KVH, D])  // (P, 2L, KVH, D)
-        if layer == L - 1 { passOutput = nil }
+        let kv = promptEmbeddings().reshaped([P, 2 * L, KVH, D])  // (P, 2L, KVH, D)
         func pick(_ i: Int) -> Tensor {
             kv.slice(axis: 1, i, i + 1).reshaped([1, P, KVH, D]).expand([B, P, KVH, D])  // (B, P, KVH, D)
         }
-        return (pick(2 * layer), pick(2 * layer + 1))
+        return (0..<L).map { l in (pick(2 * l), pick(2 * l + 1)) }
     }
 
     public func configJSON() throws -> Data { try sortedJSON(config) }
@@ -172,7 +166,6 @@ public final class PrefixTuning: PromptLearningMethod, AttentionPrefix {
 
     public func detach(from model: CausalLM) {
         binding.free(model, self)
-        passOutput = nil
     }
 
     public func adapterParameters() -> [(String, Tensor)] {

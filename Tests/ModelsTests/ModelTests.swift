@@ -24,9 +24,11 @@ final class FixedPrefix: AttentionPrefix {
         keys = (0..<config.numLayers).map { _ in Tensor.normal([1, length, config.numKVHeads, config.headDim], rng: &rng) }
         values = (0..<config.numLayers).map { _ in Tensor.normal([1, length, config.numKVHeads, config.headDim], rng: &rng) }
     }
-    func keysValues(layer: Int, batch: Int) -> (Tensor, Tensor) {
-        let s = [batch, length] + Array(keys[layer].shape.dropFirst(2))
-        return (keys[layer].expand(s), values[layer].expand(s))
+    func keysValues(batch: Int) -> [(keys: Tensor, values: Tensor)] {
+        zip(keys, values).map { k, v in
+            let s = [batch, length] + Array(k.shape.dropFirst(2))
+            return (k.expand(s), v.expand(s))
+        }
     }
 }
 

@@ -177,6 +177,48 @@ final class ConformanceTests: XCTestCase {
         }
     }
 
+    /// Gradient checkpointing changes no gradient: for every method (plus LoRA with dropout on its
+    /// input, and full fine-tuning), with the model's dropout on, the loss, every trainable
+    /// tensor's gradient and the generator's state after the step equal those without it.
+    func testGradientCheckpointingGivesTheSameGradients() throws {
+        let loraDropout = ConformanceCase(name: "lora-dropout", unchangedAtInit: true) { _ in
+            var c = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["all-linear"]))
+            c.loraDropout = 0.2
+            return try LoRA(config: c, seed: 12)
+        }
+        for c in conformanceCases + [loraDropout, nil] as [ConformanceCase?] {
+            for f in families {
+                func step(_ checkpointing: Bool) throws -> (Float, [[Float]], [UInt64]) {
+                    var config = DomainTask.config(f)
+                    config.dropout = 0.1
+                    let model = makeModel(config, seed: 4)
+                    let method = try c?.make(model.config)
+                    try method?.attach(to: model)
+                    if method == nil { model.unfreeze() }
+                    let trained = method?.adapterParameters() ?? model.namedParameters()
+                    var rng = RNG(seed: 6)
+                    for (_, t) in trained { t.assign(t + Tensor.normal(t.shape, std: 0.05, rng: &rng)) }
+                    model.train()
+                    model.gradientCheckpointing = checkpointing
+                    let ids = Array(DomainTask.domain.prefix(48))
+                    let loss = model.loss(ids, targets: CausalLM.shiftedTargets(ids, batch: 2), batch: 2)
+                    loss.backward()
+                    return (loss.item(), trained.map { $0.1.grad?.toArray() ?? [] }, model.rng.snapshot)
+                }
+                let name = "\(c?.name ?? "full") \(f)"
+                let (plainLoss, plainGrads, plainRNG) = try step(false)
+                let (loss, grads, rngState) = try step(true)
+                XCTAssertEqual(loss, plainLoss, name)
+                XCTAssertEqual(rngState, plainRNG, "\(name): the generator ends where it would without recomputing")
+                XCTAssertFalse(plainGrads.contains { $0.isEmpty }, "\(name): every trainable tensor has a gradient")
+                XCTAssertEqual(grads.count, plainGrads.count, name)
+                for (i, (a, b)) in zip(grads, plainGrads).enumerated() {
+                    XCTAssertLessThanOrEqual(maxAbsDiff(a, b), 1e-6 * max(1, b.map(abs).max() ?? 0), "\(name): gradient \(i)")
+                }
+            }
+        }
+    }
+
     /// Central differences on a few elements of every adapter tensor through the whole model.
     func testGradientThroughAdapters() throws {
         for c in conformanceCases {

@@ -146,8 +146,9 @@ final class PromptLearningTests: XCTestCase {
             let e = prefix.embedding!
             XCTAssertEqual(e.shape, [3, L * 2 * KVH * D])
             e.assign(Tensor(shape: e.shape, data: (0..<e.count).map(Float.init)))
-            for l in 0..<L {
-                let (k, v) = prefix.keysValues(layer: l, batch: 2)
+            let perLayer = prefix.keysValues(batch: 2)
+            XCTAssertEqual(perLayer.count, L)
+            for (l, (k, v)) in perLayer.enumerated() {
                 XCTAssertEqual(k.shape, [2, 3, KVH, D])
                 XCTAssertTrue(k.storage === e.storage && v.storage === e.storage, "views, no copy")
                 let (ka, va) = (k.toArray(), v.toArray())
