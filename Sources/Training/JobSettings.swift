@@ -19,7 +19,7 @@ extension TrainJob {
         "model", "data", "out", "method", "methods", "adapter", "method-config",
         "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip", "skip-nonfinite",
         "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
-        "eval-every", "save-every", "log-every", "seed", "watts-per-core",
+        "eval-every", "save-every", "log-every", "seed", "watts-per-core", "gradient-checkpointing",
     ]
 
     /// Builds a job from `settings` (flag name → value: Swift values or parsed JSON). Method options
@@ -70,6 +70,7 @@ extension TrainJob {
             guard v >= 0 else { throw TrainingError(message: "--seed must be ≥ 0, got \(v)") }
             trainer.seed = UInt64(v)
         }
+        if let v = try s.bool("gradient-checkpointing") { trainer.gradientCheckpointing = v }
         if let v = try s.int("batch-size") { batchSize = v }
         if let v = try s.int("seq-len") { self.data.seqLen = v }
         if let v = try s.bool("packing") { self.data.packing = v }

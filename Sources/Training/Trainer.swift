@@ -84,6 +84,9 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     public var saveEvery = 50
     public var logEvery = 10
     public var seed: UInt64 = 0
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// (`CausalLM.gradientCheckpointing`): less memory, a second forward pass through the blocks.
+    public var gradientCheckpointing = false
     public init() {}
 
     /// Checks every value; the message names it as its flag. `Trainer` runs this first.
@@ -108,7 +111,7 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
         case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum
         case adamBeta2 = "adam_beta2", skipNonFinite = "skip_nonfinite", clip
         case gradAccumulation = "grad_accumulation", evalEvery = "eval_every", saveEvery = "save_every"
-        case logEvery = "log_every", seed
+        case logEvery = "log_every", seed, gradientCheckpointing = "gradient_checkpointing"
     }
 }
 
@@ -184,7 +187,12 @@ public final class Trainer {
     public func run<S: BatchStream>(_ data: inout S, until: Int? = nil, validation: (() -> Double)? = nil) throws {
         let start = Date()
         model.train()
-        defer { model.eval() }
+        let checkpointing = model.gradientCheckpointing
+        model.gradientCheckpointing = checkpointing || options.gradientCheckpointing
+        defer {
+            model.eval()
+            model.gradientCheckpointing = checkpointing
+        }
         var lastTime = Date()
         let last = min(options.steps, until ?? options.steps)
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }

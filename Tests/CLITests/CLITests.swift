@@ -510,6 +510,12 @@ final class CLITests: XCTestCase {
         let tuned = try evalJSON(["--model", out + "/model.h5"])
         let base = try evalJSON(["--model", fx.base])
         XCTAssertNotEqual(tuned.loss, base.loss)
+        // Recomputing the blocks' activations gives the same run, step for step.
+        let again = fx.path("runs/full-checkpointed")
+        _ = try ok(trainArgs(out: again, steps: 3, method: "full") + ["--gradient-checkpointing"])
+        let losses = { (dir: String) in try self.metrics(dir).map { $0["loss"] as? Double } }
+        XCTAssertEqual(try losses(again), try losses(out))
+        XCTAssertEqual(try evalJSON(["--model", again + "/model.h5"]).loss, tuned.loss)
     }
 
     // MARK: eval, generate, merge

@@ -175,10 +175,12 @@ final class ExtraMethodTests: XCTestCase {
             "val-data": "v.jsonl", "eval-every": "5", "save-every": "6", "log-every": "7", "method-config": "{}", "seed": "9",
             "watts-per-core": "6.5",
         ]
-        let options = try CommonTrainOptions.parse(values.flatMap { ["--" + $0.key, $0.value] })
-        XCTAssertEqual(Set(options.given.keys), Set(values.keys), "every flag is reported under its long name")
+        let flags = ["gradient-checkpointing"]  // flags without a value
+        let options = try CommonTrainOptions.parse(values.flatMap { ["--" + $0.key, $0.value] } + flags.map { "--" + $0 })
+        let all = Set(values.keys).union(flags)
+        XCTAssertEqual(Set(options.given.keys), all, "every flag is reported under its long name")
         let perCommand: Set = ["method", "methods", "adapter"]  // train's --method/--adapter, compare's --methods
-        XCTAssertEqual(Set(TrainJob.settingKeys).subtracting(perCommand), Set(values.keys), "every setting key is a flag")
+        XCTAssertEqual(Set(TrainJob.settingKeys).subtracting(perCommand), all, "every setting key is a flag")
         var settings = options.given
         settings["method-config"] = nil
         let job = try TrainJob(settings: settings)
@@ -189,6 +191,7 @@ final class ExtraMethodTests: XCTestCase {
         XCTAssertEqual(job.data.packing, false)
         XCTAssertEqual(job.epochs, 1.5)
         XCTAssertEqual(job.wattsPerCore, 6.5)
+        XCTAssertTrue(job.trainer.gradientCheckpointing)
     }
 
     /// A new adapter's PEFT config may not carry a field the method lacks (a typo would be silently

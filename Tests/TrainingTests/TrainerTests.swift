@@ -2,6 +2,7 @@
 // stop the run naming the step and keep the last good checkpoint; schedules; options from JSON.
 
 import XCTest
+import CBLAS  // malloc.h (mallinfo2)
 @testable import Training
 import TensorCore
 import NN
@@ -157,6 +158,53 @@ final class TrainerTests: XCTestCase {
         // Measured: 0 faults here; 46,272 and 46,815 with glibc's default thresholds (every large
         // buffer mapped afresh and faulted in page by page).
         XCTAssertLessThan(resourceUsage().minorFaults - faults, 8 * 64, "page faults in 8 steady steps")
+    }
+
+    /// With gradient checkpointing (the trainer option), a run gives the same losses and the same
+    /// adapter as without it: the recomputed blocks replay the model's and LoRA's dropout masks.
+    func testGradientCheckpointingGivesTheSameRun() throws {
+        func run(_ checkpointing: Bool) throws -> ([Double], [[Float]]) {
+            var o = TrainerOptions()
+            (o.steps, o.lr, o.gradientCheckpointing) = (4, 1e-2, checkpointing)
+            var (model, lora, trainer, data) = try setup(o)
+            try trainer.run(&data)
+            XCTAssertFalse(model.gradientCheckpointing, "the trainer puts the model's setting back")
+            return (trainer.history.map(\.loss), lora.adapterParameters().map { $0.1.toArray() })
+        }
+        let (plainLosses, plainWeights) = try run(false)
+        let (losses, weights) = try run(true)
+        XCTAssertEqual(losses, plainLosses)
+        XCTAssertEqual(weights, plainWeights)
+        XCTAssertEqual(try TrainerOptions.decode(Data(#"{"gradient_checkpointing": true}"#.utf8)).gradientCheckpointing, true)
+    }
+
+    /// What a forward pass leaves on the heap for the backward: with checkpointing, each block's
+    /// (B, T, C) input and the head's part instead of every block's activations.
+    func testGradientCheckpointingKeepsOneInputPerBlock() throws {
+        let config = ModelConfig.llama(vocabSize: 64, hiddenSize: 64, numLayers: 8, numHeads: 4, numKVHeads: 2,
+                                       intermediateSize: 256, maxPositions: 128)
+        let model = makeModel(config, seed: 1)
+        model.unfreeze()
+        let ids: [Int32] = (0..<512).map { (i: Int) -> Int32 in Int32((i * 7 + i / 5) % 64) }
+        let targets = CausalLM.shiftedTargets(ids, batch: 4)
+        func keptBytes(_ checkpointing: Bool) -> Int {
+            model.gradientCheckpointing = checkpointing
+            let before = Int(mallinfo2().uordblks)
+            let loss = model.loss(ids, targets: targets, batch: 4)
+            let kept = Int(mallinfo2().uordblks) - before  // bytes in use on the heap (every tensor is there: Storage.tuneAllocator)
+            loss.backward()
+            for (_, p) in model.namedParameters() { p.zeroGrad() }
+            return kept
+        }
+        _ = keptBytes(false)  // warm
+        let plain = keptBytes(false), checkpointed = keptBytes(true)
+        let perBlockInput = 4 * 128 * 64 * 4  // (B, T, C) floats
+        print("graph after the forward pass: \(plain) bytes kept, \(checkpointed) with checkpointing")
+        // Without: 19 (B, T, C)-sized tensors per block here (norms' inputs and outputs, q, k, v,
+        // attention's output, gate, up and their product); with: one per block, plus the few of the
+        // final norm and the head, which both keep.
+        XCTAssertGreaterThan(plain, 8 * 15 * perBlockInput)
+        XCTAssertLessThan(checkpointed, 8 * perBlockInput + 6 * perBlockInput)
     }
 
     func testSchedulesAndOptionsJSON() throws {
