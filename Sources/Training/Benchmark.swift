@@ -101,6 +101,8 @@ public struct BenchRow: Codable, Sendable {
     public var totalParams: Int
     public var lossFirst: Double?
     public var lossLast: Double?
+    /// Whether the blocks' activations were recomputed in the backward pass (training rows).
+    public var gradientCheckpointing: Bool?
 
     enum CodingKeys: String, CodingKey {
         case impl, config, family, method, precision, threads, batch, seqLen = "seq_len", steps
@@ -109,6 +111,7 @@ public struct BenchRow: Codable, Sendable {
         case peakRssMib = "peak_rss_mib", minorFaultsPerStep = "minor_faults_per_step", splitMs = "split_ms"
         case blasCore = "blas_core", blasCoreChoice = "blas_core_choice", gemmSplit = "gemm_split", kernelBuild = "kernel_build", cpu
         case trainableParams = "trainable_params", totalParams = "total_params", lossFirst = "loss_first", lossLast = "loss_last"
+        case gradientCheckpointing = "gradient_checkpointing"
     }
 }
 
@@ -146,13 +149,18 @@ func measureSGEMM() -> Double {
 }
 
 /// Runs one benchmark row in this process: `warmup` untimed steps, then `steps` timed ones, with
-/// GEMMs split by `gemmSplit`. Call it in a fresh process per row so that peak memory belongs to that row.
+/// GEMMs split by `gemmSplit` (training rows: with `gradientCheckpointing` when asked). Call it in a
+/// fresh process per row so that peak memory belongs to that row.
 public func runBenchRow(config c: BenchConfig, method: String, steps: Int? = nil, warmup: Int = 2,
-                        threads: Int? = nil, gemmSplit: Threads.GEMMSplit = .tasks) throws -> BenchRow {
-    try Threads.withGEMMSplit(gemmSplit) { try runBenchRow(config: c, method: method, steps: steps, warmup: warmup, threads: threads) }
+                        threads: Int? = nil, gemmSplit: Threads.GEMMSplit = .tasks,
+                        gradientCheckpointing: Bool = false) throws -> BenchRow {
+    try Threads.withGEMMSplit(gemmSplit) {
+        try runBenchRow(config: c, method: method, steps: steps, warmup: warmup, threads: threads, checkpointing: gradientCheckpointing)
+    }
 }
 
-private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, warmup: Int, threads: Int?) throws -> BenchRow {
+private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, warmup: Int, threads: Int?,
+                         checkpointing: Bool) throws -> BenchRow {
     guard BenchConfig.methods.contains(method) else {
         throw TrainingError(message: "unknown bench method '\(method)'; choose one of \(BenchConfig.methods.joined(separator: ", "))")
     }
@@ -200,6 +208,7 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
         trainable = parameters.reduce(0) { $0 + $1.1.count }
         var options = TrainerOptions()
         (options.steps, options.lr, options.schedule, options.warmupSteps, options.clip) = (warmup + steps, 1e-4, .constant, 0, 1)
+        options.gradientCheckpointing = checkpointing
         let trainer = try Trainer(model: model, parameters: parameters, options: options)
         var last = Date()
         trainer.onStep = { m in
@@ -232,7 +241,7 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
                     minorFaultsPerStep: Double(usage.minorFaults - faultsBefore) / Double(steps), splitMs: splitMs,
                     blasCore: BLASCore.current, blasCoreChoice: BLASCore.summary, gemmSplit: Threads.gemmSplit.rawValue, kernelBuild: Machine.kernelBuild,
                     cpu: Machine.cpuModel, trainableParams: trainable, totalParams: model.parameterCount,
-                    lossFirst: losses.first, lossLast: losses.last)
+                    lossFirst: losses.first, lossLast: losses.last, gradientCheckpointing: isGeneration ? nil : checkpointing)
 }
 
 /// A model of `config` with random weights (normal, std 0.02; vectors 1) that keeps only bf16

@@ -23,6 +23,7 @@ struct Bench: ParsableCommand {
           swiftpeft bench --config smollm2 --methods gen,gen-bf16,gen-bf16-only
           SWIFTPEFT_BLAS_AUTO=0 swiftpeft bench --config small --method lora   # OpenBLAS's own kernel choice
           swiftpeft bench --config tiny --method lora --gemm-split blas          # OpenBLAS's threads split the GEMMs
+          swiftpeft bench --config smollm2 --method full --gradient-checkpointing
         """)
 
     @Option(help: "Model shapes, comma-separated (\(BenchConfig.all.map(\.name).joined(separator: ", "))).")
@@ -36,6 +37,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for GEMMs and kernels (default: all cores).") var threads: Int?
     @Option(help: "Who splits each GEMM over the threads: tasks (SwiftPEFT's worker pool, OpenBLAS single-threaded; the default) or blas (OpenBLAS's threads).")
     var gemmSplit = "tasks"
+    @Flag(help: "Training rows recompute each block's activations in the backward pass (less memory, more time).")
+    var gradientCheckpointing = false
     @Flag(help: "Print one JSON object per row.") var json = false
     @Flag(help: .hidden) var inProcess = false
 
@@ -61,7 +64,7 @@ struct Bench: ParsableCommand {
             }
         }
         if !json {
-            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count), GEMMs split by \(gemmSplit == "tasks" ? "SwiftPEFT" : "OpenBLAS"); kernels \(Machine.kernelBuild)")
+            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count), GEMMs split by \(gemmSplit == "tasks" ? "SwiftPEFT" : "OpenBLAS"); kernels \(Machine.kernelBuild)\(gradientCheckpointing ? "; gradient checkpointing" : "")")
             print("CPU: \(Machine.cpuModel)")
             print(Self.header)
         }
@@ -69,7 +72,7 @@ struct Bench: ParsableCommand {
             let row: BenchRow
             if inProcess || rows.count == 1 {
                 row = try runBenchRow(config: BenchConfig.named(c), method: m, steps: steps, warmup: warmup, threads: threads,
-                                      gemmSplit: Threads.GEMMSplit(rawValue: gemmSplit)!)
+                                      gemmSplit: Threads.GEMMSplit(rawValue: gemmSplit)!, gradientCheckpointing: gradientCheckpointing)
             } else {
                 row = try runChild(config: c, method: m)
             }
@@ -91,6 +94,7 @@ struct Bench: ParsableCommand {
         var args = ["bench", "--config", c, "--method", m, "--warmup", String(warmup), "--gemm-split", gemmSplit, "--json", "--in-process"]
         if let steps { args += ["--steps", String(steps)] }
         if let threads { args += ["--threads", String(threads)] }
+        if gradientCheckpointing { args.append("--gradient-checkpointing") }
         p.arguments = args
         let out = Pipe()
         p.standardOutput = out
