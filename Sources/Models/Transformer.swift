@@ -159,7 +159,8 @@ open class CausalLM: Module {
     /// Gradient checkpointing: while training, each block's activations are recomputed when the
     /// backward pass reaches the block instead of being kept from the forward pass. The graph
     /// then holds one (B, T, C) input per block plus one block's activations, for a second
-    /// forward pass through the blocks. Gradients are the same as without it.
+    /// forward pass through the blocks. Gradients are those without it, up to the order in which
+    /// a few sums are added (prefix tuning's per-layer slices).
     public var gradientCheckpointing = false
     /// The generator's state (checkpoints save and restore it).
     public var rng: RNG {
@@ -223,7 +224,7 @@ open class CausalLM: Module {
         if let cache {
             if cache.length == 0, let ap = attentionPrefix {
                 // The prefix goes into the cache once, as already-computed keys and values.
-                for (l, kv) in ap.keysValues(batch: B).enumerated() {
+                for (l, kv) in prefixKeysValues(ap, batch: B).enumerated() {
                     _ = cache.append(layer: l, k: kv.keys, v: kv.values)
                 }
                 cache.commit(ap.length, mask: nil)
@@ -231,7 +232,7 @@ open class CausalLM: Module {
             context.positionOffset = cache.length
             context.keyMask = (mask == nil && !cache.mask.contains(0)) ? nil : cache.keyMask(adding: steps, mask)
         } else if let ap = attentionPrefix {
-            context.prefixKeysValues = ap.keysValues(batch: B)
+            context.prefixKeysValues = prefixKeysValues(ap, batch: B)
             context.positionOffset = ap.length
             if let m = mask {
                 context.keyMask = (0..<B).flatMap { b in [Float](repeating: 1, count: ap.length) + m[(b * steps)..<((b + 1) * steps)] }
@@ -251,6 +252,14 @@ open class CausalLM: Module {
         cache?.commit(steps, mask: mask)
         if virtual > 0 { h = h.slice(axis: 1, virtual, steps) }  // (B, T, C)
         return finalNorm(h)
+    }
+
+    /// Every layer's prefix keys and values, checked to be one pair per layer.
+    private func prefixKeysValues(_ prefix: AttentionPrefix, batch B: Int) -> [(keys: Tensor, values: Tensor)] {
+        let kv = prefix.keysValues(batch: B)
+        check(kv.count == config.numLayers,
+              "[AttentionPrefix] \(type(of: prefix)) gave keys and values for \(kv.count) layers; the model has \(config.numLayers)")
+        return kv
     }
 
     /// A block whose activations are dropped after its forward pass and recomputed when the

@@ -27,12 +27,13 @@ extension Tensor {
         let kept = Tensor(storage: out.storage, layout: out.layout)
         let result = Tensor(storage: out.storage, layout: out.layout)
         result.node = Node(op: op, inputs: outside) { g in
-            // The rerun records whatever scope the backward pass was started in.
+            // The rerun records even when the backward pass was started under `withNoGrad`;
+            // the backward through it then runs in that scope again.
             let depth = Autograd.enabledDepth
             Autograd.enabledDepth = 0
-            defer { Autograd.enabledDepth = depth }
             let again = Node.made
             let y = body()
+            Autograd.enabledDepth = depth
             check(y.shape == kept.shape, "[\(op)] recomputing gave shape \(y.shape), the forward pass \(kept.shape)")
             check(sameValues(y, kept), """
                 [\(op)] recomputing gave other values than the forward pass: the function reads state that \

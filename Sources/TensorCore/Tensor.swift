@@ -84,6 +84,8 @@ final class Node {
     /// Creation order: nodes made after a mark (`Node.made`) belong to the code run since it
     /// (`Tensor.recomputed` tells a function's own graph from what it read outside).
     let serial: Int
+    /// Nodes made so far. A plain global, like `Autograd.enabledDepth`: graphs are recorded on one
+    /// thread at a time (the worker pool runs kernels, never ops).
     nonisolated(unsafe) static var made = 0
     init(op: String, inputs: [GradSlot], pullback: @escaping (Tensor) -> Void) {
         self.op = op

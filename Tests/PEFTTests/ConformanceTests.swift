@@ -9,7 +9,7 @@ import TestSupport
 @testable import PEFT
 @testable import Formats
 import Training
-import TensorCore
+@testable import TensorCore
 import NN
 import Models
 import Tokenizers
@@ -188,7 +188,7 @@ final class ConformanceTests: XCTestCase {
         }
         for c in conformanceCases + [loraDropout, nil] as [ConformanceCase?] {
             for f in families {
-                func step(_ checkpointing: Bool) throws -> (Float, [[Float]], [UInt64]) {
+                func step(_ checkpointing: Bool) throws -> (Float, [[Float]], [UInt64], recordedInBackward: Int) {
                     var config = DomainTask.config(f)
                     config.dropout = 0.1
                     let model = makeModel(config, seed: 4)
@@ -202,12 +202,15 @@ final class ConformanceTests: XCTestCase {
                     model.gradientCheckpointing = checkpointing
                     let ids = Array(DomainTask.domain.prefix(48))
                     let loss = model.loss(ids, targets: CausalLM.shiftedTargets(ids, batch: 2), batch: 2)
+                    let made = Node.made
                     loss.backward()
-                    return (loss.item(), trained.map { $0.1.grad?.toArray() ?? [] }, model.rng.snapshot)
+                    return (loss.item(), trained.map { $0.1.grad?.toArray() ?? [] }, model.rng.snapshot, Node.made - made)
                 }
                 let name = "\(c?.name ?? "full") \(f)"
-                let (plainLoss, plainGrads, plainRNG) = try step(false)
-                let (loss, grads, rngState) = try step(true)
+                let (plainLoss, plainGrads, plainRNG, plainRecorded) = try step(false)
+                let (loss, grads, rngState, recorded) = try step(true)
+                XCTAssertEqual(plainRecorded, 0, "\(name): a plain backward records nothing")
+                XCTAssertGreaterThan(recorded, 0, "\(name): the blocks were recomputed in the backward pass")
                 XCTAssertEqual(loss, plainLoss, name)
                 XCTAssertEqual(rngState, plainRNG, "\(name): the generator ends where it would without recomputing")
                 XCTAssertFalse(plainGrads.contains { $0.isEmpty }, "\(name): every trainable tensor has a gradient")

@@ -167,7 +167,10 @@ final class TrainerTests: XCTestCase {
             var o = TrainerOptions()
             (o.steps, o.lr, o.gradientCheckpointing) = (4, 1e-2, checkpointing)
             var (model, lora, trainer, data) = try setup(o)
+            var seen: [Bool] = []
+            trainer.onStep = { _ in seen.append(model.gradientCheckpointing) }
             try trainer.run(&data)
+            XCTAssertEqual(seen, [Bool](repeating: checkpointing, count: 4), "the model recomputes while the trainer runs")
             XCTAssertFalse(model.gradientCheckpointing, "the trainer puts the model's setting back")
             return (trainer.history.map(\.loss), lora.adapterParameters().map { $0.1.toArray() })
         }
