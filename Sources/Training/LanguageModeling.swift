@@ -66,13 +66,15 @@ public struct PretrainOptions: Sendable {
     public var lr: Float = 3e-3, warmup = 50, weightDecay: Float = 0.1, clip: Float = 1
     public var evalEvery = 100, evalTokens = 32_768
     public var seed: UInt64 = 0
+    /// Recompute each block's activations in the backward pass (`TrainerOptions.gradientCheckpointing`).
+    public var gradientCheckpointing = false
     public init() {}
 
     /// The Trainer's options: AdamW with β2 0.95, warmup then cosine to 10%.
     public var trainer: TrainerOptions {
         var t = TrainerOptions()
         (t.steps, t.lr, t.schedule, t.warmupSteps, t.weightDecay, t.clip) = (steps, lr, .cosine, warmup, weightDecay, clip)
-        (t.adamBeta2, t.evalEvery, t.seed) = (0.95, evalEvery, seed)
+        (t.adamBeta2, t.evalEvery, t.seed, t.gradientCheckpointing) = (0.95, evalEvery, seed, gradientCheckpointing)
         return t
     }
 }

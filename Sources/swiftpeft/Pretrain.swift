@@ -31,6 +31,8 @@ struct Pretrain: ParsableCommand {
     @Option(help: "Peak learning rate.") var lr: Float = 3e-3
     @Option(help: "Evaluate every N steps.") var evalEvery = 100
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them: less memory, more time per step.")
+    var gradientCheckpointing = false
 
     func run() throws {
         let docs = try readTextCorpus(data)
@@ -52,6 +54,7 @@ struct Pretrain: ParsableCommand {
         var o = PretrainOptions()
         (o.steps, o.batch, o.seqLen, o.lr, o.evalEvery, o.seed) = (steps, batch, seqLen, lr, evalEvery, seed)
         o.warmup = min(100, steps / 10)
+        o.gradientCheckpointing = gradientCheckpointing
         let before = evaluate(model, tokens: val, seqLen: seqLen, maxTokens: o.evalTokens)
         print(String(format: "before: val loss %.4f (perplexity %.1f); unigram entropy %.4f", before.loss, before.perplexity,
                      unigramEntropy(val)))

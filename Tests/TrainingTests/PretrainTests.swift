@@ -55,6 +55,19 @@ final class PretrainTests: XCTestCase {
         XCTAssertTrue(model.namedParameters().allSatisfy { $0.1.grad == nil }, "gradients are cleared after each step")
     }
 
+    /// Pretraining with gradient checkpointing gives the same run.
+    func testPretrainingWithGradientCheckpointingIsTheSameRun() throws {
+        let tokens: [Int32] = (0..<4000).map { (i: Int) -> Int32 in Int32((i * 13 + i / 7) % 256) }
+        func run(_ checkpointing: Bool) throws -> [Double] {
+            let model = makeModel(.gpt2(vocabSize: 256, hiddenSize: 32, numLayers: 2, numHeads: 2, maxPositions: 64, dropout: 0.1), seed: 1)
+            var o = PretrainOptions()
+            (o.steps, o.batch, o.seqLen, o.evalEvery, o.evalTokens, o.gradientCheckpointing) = (3, 4, 32, 3, 256, checkpointing)
+            XCTAssertEqual(o.trainer.gradientCheckpointing, checkpointing)
+            return try pretrain(model, train: tokens, val: Array(tokens.prefix(300)), options: o).map(\.loss)
+        }
+        XCTAssertEqual(try run(true), try run(false))
+    }
+
     func testScheduleAndEvaluation() {
         // Pretraining's schedule is the Trainer's cosine (one implementation).
         XCTAssertEqual(PretrainOptions().trainer.schedule, .cosine)
