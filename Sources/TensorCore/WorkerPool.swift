@@ -1,7 +1,11 @@
 // The threads that run the kernels' parallel loops, split GEMMs and attention heads. Workers spin
-// for a short while after each job before they sleep, so the back-to-back jobs of a training or
+// for a while after each job before they sleep, so the back-to-back jobs of a training or
 // decoding step start at once on every core: `DispatchQueue.concurrentPerform` wakes a sleeping
 // worker for each call, and a 30 µs task took 92 µs on 2 cores that way (measured on this machine).
+// The spin outlasts the serial gaps of a step: with 100 µs, waking the sleeping worker for each
+// split GEMM of a `small` LoRA step left the calling thread waiting for its other half in 7% of
+// the `perf` samples (1.2% with 2 ms), and `swiftpeft bench --config smollm2 --method lora` ran
+// 1.12–1.45× faster with 2 ms in 4 of 4 alternated pairs (docs/benchmarks.md, "Worker spin").
 
 import Foundation
 import Synchronization
@@ -11,8 +15,9 @@ final class WorkerPool: @unchecked Sendable {
     /// One worker per core beyond the calling thread.
     static let shared = WorkerPool(workers: max(0, ProcessInfo.processInfo.activeProcessorCount - 1))
 
-    /// How long an idle worker spins for the next job before it sleeps.
-    private static let spinNanoseconds: UInt64 = 100_000
+    /// How long an idle worker spins for the next job before it sleeps (yielding its core to any
+    /// other runnable thread every 64 polls).
+    private static let spinNanoseconds: UInt64 = 2_000_000
 
     private let condition = NSCondition()
     private let generation = Atomic<Int>(0)  // bumped (under `condition`) for each job
