@@ -5,7 +5,7 @@
 // The spin outlasts the serial gaps of a step: with 100 µs, waking the sleeping worker for each
 // split GEMM of a `small` LoRA step left the calling thread waiting for its other half in 7% of
 // the `perf` samples (1.2% with 2 ms); `swiftpeft bench --method lora` with 2 ms against 100 µs,
-// alternated: smollm2 1.17× faster (median of 7 pairs), small 1.13× (12), tiny 1.02× (6)
+// alternated: smollm2 1.17× faster (median of 7 pairs), small 1.10× (16), tiny 1.02× (6)
 // (docs/benchmarks.md, "Worker spin").
 
 import Foundation
