@@ -429,16 +429,22 @@ public final class HDF5Reader {
     /// The dataset `name` as a new Float32 tensor (HDF5 converts the values).
     public func tensor(_ name: String) throws -> Tensor {
         guard let shape = shapes[name] else { throw HDF5Error(path: path, message: "no tensor '\(name)' in the file") }
-        let ds = H5Dopen2(file, name, chdf5_p_default())
-        guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot open dataset '\(name)'") }
-        defer { H5Dclose(ds) }
         let t = Tensor.empty(shape)
-        guard H5Dread(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), t.basePointer) >= 0 else {
-            throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as float32")
-        }
+        try read(name, into: t.basePointer)
         return t
     }
 
-    /// The tensors, read one at a time when asked.
-    public var reader: TensorReader { TensorReader(shapes: shapes) { try self.tensor($0) } }
+    /// Writes the dataset `name` as Float32 values at `out` (room for its element count).
+    public func read(_ name: String, into out: UnsafeMutablePointer<Float>) throws {
+        guard shapes[name] != nil else { throw HDF5Error(path: path, message: "no tensor '\(name)' in the file") }
+        let ds = H5Dopen2(file, name, chdf5_p_default())
+        guard ds >= 0 else { throw HDF5Error(path: path, message: "cannot open dataset '\(name)'") }
+        defer { H5Dclose(ds) }
+        guard H5Dread(ds, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), out) >= 0 else {
+            throw HDF5Error(path: path, message: "cannot read dataset '\(name)' as float32")
+        }
+    }
+
+    /// The tensors, read one at a time when asked (in place when loading into a model).
+    public var reader: TensorReader { TensorReader(shapes: shapes) { try self.read($0, into: $1) } }
 }

@@ -203,9 +203,18 @@ public struct SafetensorsFile {
         guard let e = entries[name] else {
             throw SafetensorsError(path: path, tensor: name, message: "no such tensor in the file")
         }
+        let t = Tensor.empty(e.shape)
+        try read(name, into: t.basePointer)
+        return t
+    }
+
+    /// Writes the tensor `name`, converted to Float32, at `out` (room for its element count).
+    /// - Throws: `SafetensorsError` if there is no such tensor.
+    public func read(_ name: String, into out: UnsafeMutablePointer<Float>) throws {
+        guard let e = entries[name] else {
+            throw SafetensorsError(path: path, tensor: name, message: "no such tensor in the file")
+        }
         let count = e.shape.reduce(1, *)
-        let storage = Storage(count: count)
-        let out = storage.pointer
         data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
             let src = UnsafeRawBufferPointer(rebasing: raw[(dataStart + e.begin)..<(dataStart + e.end)])
             func each<T>(_ type: T.Type, _ f: (T) -> Float) {
@@ -224,7 +233,6 @@ public struct SafetensorsFile {
             }
             releaseMappedPages(src)  // not kept resident beside the Float32 copy
         }
-        return Tensor(storage: storage, layout: Layout(contiguous: e.shape))
     }
 
     /// Every tensor, converted to Float32.
@@ -338,7 +346,7 @@ public enum Safetensors {
                 throw SafetensorsError(path: folder, message: "no model.safetensors or model.safetensors.index.json in the folder")
             }
             let f = try SafetensorsFile(path: single)
-            return TensorReader(shapes: f.entries.mapValues(\.shape)) { try f.tensor($0) }
+            return TensorReader(shapes: f.entries.mapValues(\.shape)) { try f.read($0, into: $1) }
         }
         let map: [String: String]
         do {
@@ -373,7 +381,7 @@ public enum Safetensors {
                 shapes[name] = entry.shape
             }
         }
-        return TensorReader(shapes: shapes) { try files[$0]!.tensor($0) }
+        return TensorReader(shapes: shapes) { try files[$0]!.read($0, into: $1) }
     }
 }
 

@@ -227,7 +227,7 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
         }
         keyToName[k] = name
     }
-    let weights = TensorReader(shapes: keyToName.mapValues { file.shapes[$0]! }) { try file.read(keyToName[$0]!) }
+    let weights = TensorReader(renaming: file, keyToName)
     let source = FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors.index.json").path)
         ? dir.appendingPathComponent("model.safetensors.index.json").path : dir.appendingPathComponent("model.safetensors").path
     try checkConfigFitsWeights(config, elements: weights.elementCount, file: configPath)

@@ -110,7 +110,8 @@ extension Module {
         try loadParameters(TensorReader(weights), strict: strict, ignoring: ignoring, source: source)
     }
 
-    /// Reads each parameter from `reader` and copies it in, one tensor at a time, in name order:
+    /// Reads each parameter from `reader` (in place when it has `readInto`, otherwise a copy of
+    /// the tensor it reads), one tensor at a time, in name order:
     /// every shape and the strict key check come first, so a mismatch is found before any value is
     /// read. `didLoad` sees each parameter as soon as it holds its values (to hash it, or to keep
     /// only a bf16 copy of it before the next one is read).
@@ -135,14 +136,21 @@ extension Module {
             }
         }
         for (name, p) in params.sorted(by: { $0.0 < $1.0 }) where reader.shapes[name] != nil {
-            let w = try reader.read(name)
-            guard w.shape == p.shape else {  // the reader broke its own promise: still never copy out of bounds
-                throw WeightLoadError(message: "\(source): tensor '\(name)' was read with shape \(w.shape), the model expects \(p.shape)")
+            let bad: (index: Int, value: Float)?
+            if let readInto = reader.readInto, p.isContiguous {
+                try readInto(name, p.basePointer)  // in place: no second copy of the tensor
+                bad = p.firstNonFinite()
+            } else {
+                let w = try reader.read(name)
+                guard w.shape == p.shape else {  // the reader broke its own promise: still never copy out of bounds
+                    throw WeightLoadError(message: "\(source): tensor '\(name)' was read with shape \(w.shape), the model expects \(p.shape)")
+                }
+                bad = w.firstNonFinite()
+                if bad == nil { p.assign(w) }
             }
-            if let bad = w.firstNonFinite() {
+            if let bad {
                 throw WeightLoadError(message: "\(source): tensor '\(name)' holds \(bad.value) at element \(bad.index); the weights are corrupt or come from a diverged run")
             }
-            p.assign(w)
             didLoad?(name, p)
         }
     }

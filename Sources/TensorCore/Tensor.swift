@@ -374,16 +374,41 @@ public final class Tensor {
 }
 
 /// Named tensors read one at a time (a checkpoint file opened for reading): loading a model from
-/// one holds a single file tensor beside the model's own weights, not a second copy of them all.
+/// one holds a single file tensor beside the model's own weights, not a second copy of them all,
+/// and none at all when the source can write into the weights (`readInto`).
 public struct TensorReader {
     /// Every tensor's name and shape, known before any value is read.
     public let shapes: [String: [Int]]
     /// Reads one tensor (a name in `shapes`) as a new Float32 tensor.
     public let read: (String) throws -> Tensor
+    /// Writes one tensor's Float32 values, row-major in the shape `shapes[name]`, at a pointer to
+    /// that many values; nil when the source has no such path. Loading fills each parameter in
+    /// place with it: a model's largest matrix (GPT-2's 147 MiB embedding, loaded last) then never
+    /// sits in memory twice.
+    public let readInto: ((String, UnsafeMutablePointer<Float>) throws -> Void)?
 
     public init(shapes: [String: [Int]], read: @escaping (String) throws -> Tensor) {
         self.shapes = shapes
         self.read = read
+        self.readInto = nil
+    }
+
+    /// A source that writes values in place; `read` fills a new tensor with it.
+    public init(shapes: [String: [Int]], readInto: @escaping (String, UnsafeMutablePointer<Float>) throws -> Void) {
+        self.shapes = shapes
+        self.readInto = readInto
+        self.read = { name in
+            let t = Tensor.empty(shapes[name] ?? [0])  // an unknown name: the source's own error, from readInto
+            try readInto(name, t.basePointer)
+            return t
+        }
+    }
+
+    /// The same tensors under other names: `rename` maps each name of this reader to one of `source`.
+    public init(renaming source: TensorReader, _ rename: [String: String]) {
+        shapes = rename.mapValues { source.shapes[$0]! }
+        read = { try source.read(rename[$0] ?? $0) }
+        readInto = source.readInto.map { into in { name, p in try into(rename[name] ?? name, p) } }
     }
 
     /// Tensors already in memory.

@@ -248,15 +248,17 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
 }
 
 /// A model of `config` with random weights (normal, std 0.02; vectors 1) that keeps only bf16
-/// copies of its frozen matrices, filled as loading a file fills one (`bf16OnlyLoader`: one fp32
-/// matrix at a time), so its peak memory is that of a user's bf16-only model.
+/// copies of its frozen matrices, filled as loading a file fills one (in place, then
+/// `bf16OnlyLoader`: one fp32 matrix at a time), so its peak memory is that of a user's
+/// bf16-only model.
 func randomBF16OnlyModel(_ config: ModelConfig) throws -> CausalLM {
     let model = WeightInit.skipped { makeModel(config, seed: 0) }
     model.freeze()
     var rng = RNG(seed: 0)
     let shapes = Dictionary(uniqueKeysWithValues: model.namedParameters().map { ($0.0, $0.1.shape) })
-    let reader = TensorReader(shapes: shapes) { name in
-        shapes[name]!.count >= 2 ? Tensor.normal(shapes[name]!, std: 0.02, rng: &rng) : Tensor.ones(shapes[name]!)
+    let reader = TensorReader(shapes: shapes) { name, values in  // in place, as the file readers load
+        let (shape, n) = (shapes[name]!, shapes[name]!.reduce(1, *))
+        if shape.count >= 2 { for i in 0..<n { values[i] = 0.02 * rng.nextNormal() } } else { values.update(repeating: 1, count: n) }
     }
     try model.loadParameters(reader, didLoad: model.bf16OnlyLoader())
     return model

@@ -71,6 +71,33 @@ final class ModelCheckpointTests: XCTestCase {
         XCTAssertEqual(reads, 0, "values were read before every shape was checked")
     }
 
+    /// A source that writes in place fills each parameter's own storage: nothing is read into a
+    /// tensor of its own, the values arrive, and a non-finite value is refused naming the tensor.
+    func testAnInPlaceReaderFillsTheParametersThemselves() throws {
+        let model = makeModel(configs[1], seed: 4)
+        let weights = Dictionary(uniqueKeysWithValues: model.namedParameters().map { ($0.0, $0.1.copy()) })
+        var written: [String: UnsafeMutablePointer<Float>] = [:]
+        var poisoned: String?
+        let reader = TensorReader(shapes: weights.mapValues(\.shape)) { name, out in
+            let w = weights[name]!
+            out.update(from: w.basePointer, count: w.count)
+            if name == poisoned { out[w.count - 1] = .nan }
+            written[name] = out
+        }
+        let loaded = WeightInit.skipped { makeModel(configs[1], seed: 0) }
+        try loaded.loadParameters(reader)
+        XCTAssertEqual(written.count, weights.count)
+        for (name, p) in loaded.namedParameters() {
+            XCTAssertEqual(written[name], p.basePointer, "\(name) was written somewhere else")
+            XCTAssertEqual(p.toArray(), weights[name]!.toArray(), name)
+        }
+        XCTAssertEqual(try reader.read("model.norm.weight").toArray(), weights["model.norm.weight"]!.toArray(), "read fills a new tensor")
+        poisoned = "model.layers.0.self_attn.k_proj.weight"
+        XCTAssertThrowsError(try loaded.loadParameters(reader)) {
+            XCTAssertTrue("\($0)".contains("'model.layers.0.self_attn.k_proj.weight' holds nan"), "\($0)")
+        }
+    }
+
     /// An 80 MiB LLaMA (V 8192, d 512, 4 layers, untied head) saved as a SwiftPEFT checkpoint and
     /// as a Hugging Face folder: large enough for load peaks to stand out of the test process's noise.
     func savedLargeModel() throws -> (model: CausalLM, h5: String, hf: String) {
@@ -84,17 +111,19 @@ final class ModelCheckpointTests: XCTestCase {
     }
 
     /// Peak resident memory while loading a model from a SwiftPEFT checkpoint and from a Hugging
-    /// Face folder (safetensors): below 1.5× the weights' bytes above what was resident before. Read
-    /// whole into a dictionary and then copied, a model took twice its size (measured: the 540 MB
-    /// SmolLM2 peaked at 1,073 MiB in `swiftpeft generate`, 667 MiB now).
-    func testLoadingPeaksBelowOneAndAHalfTimesTheWeights() throws {
+    /// Face folder (safetensors): below 1.12× the weights' bytes above what was resident before,
+    /// as both write each tensor into its parameter (measured 80–81 MiB for 80). A file tensor
+    /// read and then copied in would add the largest one, the 16 MiB embedding (1.2×); read whole
+    /// into a dictionary and then copied, a model took twice its size (the 540 MB SmolLM2 peaked at
+    /// 1,073 MiB in `swiftpeft generate`).
+    func testLoadingPeaksWithinATenthAboveTheWeights() throws {
         let (model, h5, hf) = try savedLargeModel()
         let bytes = model.parameterCount * 4
         let probe = [1, 2, 3].map(Int32.init)
         let expected = withNoGrad { model.forward(probe, batch: 1) }.toArray()
         for (kind, load) in [("h5", { try ModelCheckpoint.load(h5).model }), ("hf", { try loadHFModel(hf).model })] {
             let (loaded, grew) = try measuringPeakGrowth(load)
-            XCTAssertLessThan(Double(grew), 1.5 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of weights")
+            XCTAssertLessThan(Double(grew), 1.12 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of weights")
             XCTAssertEqual(withNoGrad { loaded.forward(probe, batch: 1) }.toArray(), expected, kind)
         }
     }
@@ -103,9 +132,10 @@ final class ModelCheckpointTests: XCTestCase {
     /// `Linear` keeps only its copy, the base fingerprint is the fp32 model's (taken while loading),
     /// so a LoRA adapter trained on that base loads, and a DoRA adapter and one that trains the
     /// (released) output head as `modules_to_save` are refused, naming why; the
-    /// logits stay within 2% of fp32's; the load peaks below 0.9× the fp32 weights' bytes (here:
-    /// 16 MiB of fp32 embeddings kept, 32 MiB of copies, one file tensor and one parameter of 16 MiB
-    /// at a time; measured 64 MiB for 80). Copies made after an fp32 load would peak above 1.4×.
+    /// logits stay within 2% of fp32's; the load peaks below 0.75× the fp32 weights' bytes (here:
+    /// 16 MiB of fp32 embeddings kept, 32 MiB of copies, one parameter of 16 MiB at a time, read in
+    /// place; measured 50–52 MiB for 80, and 64 when each file tensor was read and then copied in).
+    /// Copies made after an fp32 load would peak above 1.4×.
     func testBF16OnlyLoadingKeepsTheFingerprintAndRefusesDoRA() throws {
         guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
         let (model, h5, hf) = try savedLargeModel()
@@ -135,7 +165,7 @@ final class ModelCheckpointTests: XCTestCase {
         for (kind, load) in [("h5", { try ModelCheckpoint.load(h5, bf16Only: true).model }),
                              ("hf", { try loadHFModel(hf, bf16Only: true).model })] {
             let (loaded, grew) = try measuringPeakGrowth(load)
-            XCTAssertLessThan(Double(grew), 0.9 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of fp32 weights")
+            XCTAssertLessThan(Double(grew), 0.75 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of fp32 weights")
             XCTAssertTrue(loaded.namedModules().allSatisfy { ($0.1 as? Linear)?.weight.storage.valuesReleased ?? true }, kind)
             XCTAssertEqual(BaseFingerprint(loaded), fingerprint, kind)
             let logits = withNoGrad { loaded.forward(probe, batch: 1) }.toArray()
