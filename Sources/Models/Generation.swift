@@ -73,7 +73,8 @@ extension CausalLM {
     /// (`Tensor.keepBF16Copy`), training and prompt-sized products the fp32 weights. Call it once
     /// the weights are final (loaded, adapters merged). `releasingFP32` frees each `Linear`'s fp32
     /// values after its copy is made (`DecodePrecision.bf16Only`; loading with `bf16OnlyLoader`
-    /// never holds them all at once). Returns the bytes the copies take.
+    /// never holds them all at once; the token embedding then keeps bf16 rows alone,
+    /// `keepBF16RowsOnly`). Returns the bytes the copies take.
     @discardableResult
     public func keepBF16Weights(releasingFP32: Bool = false) -> Int {
         if releasingFP32 && !hasReleasedWeights { weightsHashBeforeRelease = weightsHash() }
@@ -82,24 +83,40 @@ extension CausalLM {
             operand.keepBF16Copy(releasingFP32: releasingFP32 && releasable)
             bytes += operand.bf16Copy?.byteCount ?? 0
         }
-        if releasingFP32 { releaseFreeMemory() }
+        if releasingFP32 {
+            let table = tokenEmbeddingTable
+            if !table.requiresGrad {
+                table.keepBF16RowsOnly()
+                bytes += 2 * table.count
+            }
+            releaseFreeMemory()
+        }
         return bytes
     }
 
     /// For `loadParameters(didLoad:)` on this model, frozen before loading: keeps each frozen
-    /// matrix as a bf16 copy as soon as it is loaded, releasing its fp32 values (but a tied head's,
-    /// which token lookups read), so the model's fp32 matrices are never all in memory at once.
+    /// matrix as a bf16 copy as soon as it is loaded, releasing its fp32 values, so the model's
+    /// fp32 matrices are never all in memory at once. The token embedding keeps its values as bf16
+    /// rows for lookups (`keepBF16RowsOnly`; tied to the head, beside the head's copy).
     /// Loaders go in name order, as `weightsHash()` does, so each parameter is hashed as it
     /// loads, before any value is released.
     public func bf16OnlyLoader() -> (String, Tensor) -> Void {
         let operands = bf16Operands()
         var hasher = WeightsHasher()
+        let table = tokenEmbeddingTable.storage
         return { [unowned self] name, t in
             hasher.add(name, t)
             weightsHashBeforeRelease = hasher.value
-            guard let (_, operand, releasable) = operands[name] else { return }
-            operand.keepBF16Copy(releasingFP32: releasable)
-            if releasable { releaseFreeMemory() }  // the freed pages go back to the system now
+            var released = false
+            if let (_, operand, releasable) = operands[name] {
+                operand.keepBF16Copy(releasingFP32: releasable)
+                released = releasable
+            }
+            if t.storage === table && !t.requiresGrad {  // token lookups read bf16 rows
+                t.keepBF16RowsOnly()
+                released = true
+            }
+            if released { releaseFreeMemory() }  // the freed pages go back to the system now
         }
     }
 

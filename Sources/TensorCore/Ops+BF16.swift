@@ -168,6 +168,20 @@ extension Tensor {
 
     /// The bf16 copy kept for this matrix's storage, if any.
     public var bf16Copy: BF16Copy? { storage.bf16 }
+
+    /// Keeps this frozen matrix's values rounded to bf16 in row order and frees its Float32 ones,
+    /// halving what a token embedding takes: `Tensor.embedding` converts each row it gathers, a
+    /// product `x.matmul(self)` reads a bf16 copy made before (`keepBF16Copy`, a tied output
+    /// head), and any other read stops the program saying the values were released.
+    public func keepBF16RowsOnly() {
+        check(!requiresGrad, "[bf16] \(name ?? "tensor") \(shape) takes gradients: only frozen weights keep bf16 values alone")
+        check(layout.offset == 0 && isContiguous && storage.count == count,
+              "[bf16] \(name ?? "tensor") \(shape) is a view of \(storage.count) values: only a whole matrix can let its fp32 values go")
+        storage.releaseValuesKeepingBF16()
+    }
+
+    /// Whether only bf16 row values are left of this matrix (`keepBF16RowsOnly`).
+    public var keepsBF16RowsOnly: Bool { storage.valuesReleased && storage.bf16Values != nil }
 }
 
 /// oneDNN's engine, per-thread streams and the matmul kernels made so far, under one lock: products

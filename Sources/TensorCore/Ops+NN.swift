@@ -255,6 +255,15 @@ extension Tensor {
         if let bad = ids.first(where: { $0 < 0 || Int($0) >= v }) {
             fatalError("[embedding] id \(bad) is outside 0..<\(v) for weight \(weight.shape)")
         }
+        if let rows = weight.storage.bf16Values, weight.storage.valuesReleased {  // bf16 rows alone (`keepBF16RowsOnly`)
+            let out = Tensor.empty(idShape + [c])  // (ids…, C)
+            let po = out.basePointer
+            for (i, id) in ids.enumerated() {
+                let row = rows + Int(id) * c, o = po + i * c
+                for j in 0..<c { o[j] = Float(bitPattern: UInt32(row[j]) << 16) }
+            }
+            return out  // frozen: no gradient
+        }
         let w = weight.contiguousData()
         let out = Tensor.empty(idShape + [c])
         let pw = UnsafePointer(w.basePointer), po = out.basePointer

@@ -14,8 +14,11 @@ public final class Storage {
     /// were released (`Tensor.keepBF16Copy`).
     var bf16: BF16Copy?
     /// True once the Float32 values were freed and only the bf16 copy is left
-    /// (`Tensor.keepBF16Copy(releasingFP32: true)`).
+    /// (`Tensor.keepBF16Copy(releasingFP32: true)`, `Tensor.keepBF16RowsOnly()`).
     public private(set) var valuesReleased = false
+    /// The values rounded to bf16, in their own order, for a matrix also read by rows (a token
+    /// embedding: `Tensor.embedding` converts the rows it gathers); nil unless kept.
+    private(set) var bf16Values: UnsafeMutablePointer<UInt16>?
 
     /// Element 0 of the Float32 values; stops the program, saying why, once they were released.
     @inline(__always) public var pointer: UnsafeMutablePointer<Float> {
@@ -35,10 +38,26 @@ public final class Storage {
     /// Frees the Float32 values of a storage that has a bf16 copy; any later read of them stops the
     /// program with a message (products read the copy).
     func releaseValues() {
-        check(bf16 != nil, "[bf16] only a storage with a bf16 copy can let its fp32 values go")
+        check(bf16 != nil || bf16Values != nil, "[bf16] only a storage with a bf16 copy can let its fp32 values go")
         guard !valuesReleased else { return }
         valuesReleased = true
         values.deallocate()
+    }
+
+    /// Keeps the values rounded to bf16 (`bf16Values`) and frees the Float32 ones. The rounding
+    /// is done in place and the block then shrunk to half, so no second buffer is ever allocated
+    /// (GPT-2's 147 MiB embedding, loaded last, would otherwise add 74 MiB to the load's peak).
+    func releaseValuesKeepingBF16() {
+        guard !valuesReleased else { return }
+        let raw = UnsafeMutableRawPointer(values)
+        // Value i's bits go to bytes 2i..<2i+2, which held only values before i, already read.
+        for i in 0..<count {
+            raw.storeBytes(of: bf16Bits(raw.load(fromByteOffset: 4 * i, as: Float.self)), toByteOffset: 2 * i, as: UInt16.self)
+        }
+        // `allocate` is malloc on Linux (alignment 4), so the block shrinks in place.
+        guard let half = realloc(raw, max(2 * count, 1)) else { fatalError("[bf16] realloc to a smaller size failed") }
+        bf16Values = half.bindMemory(to: UInt16.self, capacity: max(count, 1))
+        valuesReleased = true
     }
 
     /// glibc hands blocks of 32 MiB and more straight back to the kernel, so every large
@@ -65,7 +84,10 @@ public final class Storage {
         pointer.initialize(repeating: 0, count: count)
     }
 
-    deinit { if !valuesReleased { values.deallocate() } }
+    deinit {
+        if !valuesReleased { values.deallocate() }
+        bf16Values?.deallocate()
+    }
 }
 
 /// Returns the heap's free memory to the system (`malloc_trim`): tensor buffers are kept on the heap

@@ -132,10 +132,11 @@ final class ModelCheckpointTests: XCTestCase {
     /// `Linear` keeps only its copy, the base fingerprint is the fp32 model's (taken while loading),
     /// so a LoRA adapter trained on that base loads, and a DoRA adapter and one that trains the
     /// (released) output head as `modules_to_save` are refused, naming why; the
-    /// logits stay within 2% of fp32's; the load peaks below 0.75× the fp32 weights' bytes (here:
-    /// 16 MiB of fp32 embeddings kept, 32 MiB of copies, one parameter of 16 MiB at a time, read in
-    /// place; measured 50–52 MiB for 80, and 64 when each file tensor was read and then copied in).
-    /// Copies made after an fp32 load would peak above 1.4×.
+    /// logits stay within 2% of fp32's; the load peaks below 0.62× the fp32 weights' bytes (here:
+    /// the 16 MiB embedding kept as 8 MiB of bf16 rows, 32 MiB of copies, one parameter of 16 MiB at
+    /// a time, read in place; measured 42–44 MiB for 80: 50–52 with the embedding kept in fp32, and
+    /// 64 when each file tensor was also read and then copied in). Copies made after an fp32 load
+    /// would peak above 1.4×.
     func testBF16OnlyLoadingKeepsTheFingerprintAndRefusesDoRA() throws {
         guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
         let (model, h5, hf) = try savedLargeModel()
@@ -165,7 +166,7 @@ final class ModelCheckpointTests: XCTestCase {
         for (kind, load) in [("h5", { try ModelCheckpoint.load(h5, bf16Only: true).model }),
                              ("hf", { try loadHFModel(hf, bf16Only: true).model })] {
             let (loaded, grew) = try measuringPeakGrowth(load)
-            XCTAssertLessThan(Double(grew), 0.75 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of fp32 weights")
+            XCTAssertLessThan(Double(grew), 0.62 * Double(bytes), "\(kind): peak grew by \(grew >> 20) MiB for \(bytes >> 20) MiB of fp32 weights")
             XCTAssertTrue(loaded.namedModules().allSatisfy { ($0.1 as? Linear)?.weight.storage.valuesReleased ?? true }, kind)
             XCTAssertEqual(BaseFingerprint(loaded), fingerprint, kind)
             let logits = withNoGrad { loaded.forward(probe, batch: 1) }.toArray()

@@ -188,9 +188,21 @@ final class ModelTests: XCTestCase {
             XCTAssertEqual(loaded, weights.count)
             XCTAssertTrue(only.hasReleasedWeights)
             if let head = only.plainHeadWeight, config.tieWordEmbeddings {
-                XCTAssertFalse(head.storage.valuesReleased, "\(config.family): the tied embedding keeps its rows")
                 XCTAssertNotNil(head.bf16Copy, "\(config.family): the tied head has a copy")
             }
+            // The token embedding keeps bf16 rows alone; a lookup gives each value rounded to bf16
+            // (to nearest, ties to even).
+            let table = only.tokenEmbeddingTable
+            XCTAssertTrue(table.keepsBF16RowsOnly, "\(config.family): the token embedding keeps bf16 rows alone")
+            let ids: [Int32] = [0, 5, Int32(config.vocabSize - 1), 5]
+            let looked = withNoGrad { Tensor.embedding(table, ids: ids, shape: [2, 2]) }
+            XCTAssertEqual(looked.shape, [2, 2, config.hiddenSize])
+            let rows = fp32.tokenEmbeddingTable.toArray(), c = config.hiddenSize
+            let rounded = ids.flatMap { id in (0..<c).map { j -> Float in
+                let u = rows[Int(id) * c + j].bitPattern
+                return Float(bitPattern: ((u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16) << 16)
+            } }
+            XCTAssertEqual(looked.toArray(), rounded, "\(config.family): embedding rows from the bf16 values")
             let prompt = (0..<min(70, config.maxPositions - 4)).map { Int32(($0 * 7 + 3) % config.vocabSize) }
             withNoGrad {
                 func logits(_ m: CausalLM) -> [Float] {
