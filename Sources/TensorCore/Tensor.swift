@@ -38,7 +38,7 @@ public final class Storage {
     /// Frees the Float32 values of a storage that has a bf16 copy; any later read of them stops the
     /// program with a message (products read the copy).
     func releaseValues() {
-        check(bf16 != nil || bf16Values != nil, "[bf16] only a storage with a bf16 copy can let its fp32 values go")
+        check(bf16 != nil, "[bf16] only a storage with a bf16 copy can let its fp32 values go")
         guard !valuesReleased else { return }
         valuesReleased = true
         values.deallocate()
