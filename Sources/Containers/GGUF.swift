@@ -543,7 +543,7 @@ public final class GGUFFile: @unchecked Sendable {
     /// n bfloat16s: the high half of a float.
     static func dequantBF16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
         for i in 0..<n {
-            dst[i] = Float(bitPattern: UInt32(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16)
+            dst[i] = bf16ToFloat(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
         }
     }
 

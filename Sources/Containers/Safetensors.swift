@@ -223,7 +223,7 @@ public struct SafetensorsFile {
             switch e.dtype {
             case .F32: each(UInt32.self) { Float(bitPattern: UInt32(littleEndian: $0)) }
             case .F16: each(UInt16.self) { halfToFloat(UInt16(littleEndian: $0)) }
-            case .BF16: each(UInt16.self) { Float(bitPattern: UInt32(UInt16(littleEndian: $0)) << 16) }
+            case .BF16: each(UInt16.self) { bf16ToFloat(UInt16(littleEndian: $0)) }
             case .F64: each(UInt64.self) { Float(Double(bitPattern: UInt64(littleEndian: $0))) }
             case .I64: each(UInt64.self) { Float(Int64(bitPattern: UInt64(littleEndian: $0))) }
             case .I32: each(UInt32.self) { Float(Int32(bitPattern: UInt32(littleEndian: $0))) }

@@ -353,6 +353,10 @@ final class BF16Runtime: @unchecked Sendable {
     }
 }
 
+/// bf16 bits → fp32 (exact: bf16 is fp32's upper half).
+@inlinable
+public func bf16ToFloat(_ bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
+
 /// fp32 → bf16 bits, rounded to nearest with ties to even (NaN stays NaN).
 @inline(__always)
 func bf16Bits(_ x: Float) -> UInt16 {

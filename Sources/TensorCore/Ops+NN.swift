@@ -260,7 +260,7 @@ extension Tensor {
             let po = out.basePointer
             for (i, id) in ids.enumerated() {
                 let row = rows + Int(id) * c, o = po + i * c
-                for j in 0..<c { o[j] = Float(bitPattern: UInt32(row[j]) << 16) }
+                for j in 0..<c { o[j] = bf16ToFloat(row[j]) }
             }
             return out  // frozen: no gradient
         }

@@ -257,7 +257,7 @@ func randomBF16OnlyModel(_ config: ModelConfig) throws -> CausalLM {
     var rng = RNG(seed: 0)
     let shapes = Dictionary(uniqueKeysWithValues: model.namedParameters().map { ($0.0, $0.1.shape) })
     let reader = TensorReader(shapes: shapes) { name, values in  // in place, as the file readers load
-        let (shape, n) = (shapes[name]!, shapes[name]!.reduce(1, *))
+        let shape = shapes[name]!, n = shape.reduce(1, *)
         if shape.count >= 2 { for i in 0..<n { values[i] = 0.02 * rng.nextNormal() } } else { values.update(repeating: 1, count: n) }
     }
     try model.loadParameters(reader, didLoad: model.bf16OnlyLoader())
