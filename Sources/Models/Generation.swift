@@ -94,6 +94,22 @@ extension CausalLM {
         return bytes
     }
 
+    /// Keeps bf16 training copies of the frozen matrix weights (every frozen `Linear` and a tied
+    /// output head; `Tensor.keepBF16Copy(forTraining: true)`): their products and input gradients
+    /// then run in bf16 with fp32 accumulation, in training and evaluation alike, while what trains
+    /// (adapters), attention, norms and the loss stay fp32. Call it after attaching adapters: only
+    /// what is frozen then gets copies. The fp32 values stay (merging and saving read them).
+    /// Returns the bytes the copies take (twice a bf16 copy each: one per side it is read from).
+    @discardableResult
+    public func keepBF16TrainingCopies() -> Int {
+        var bytes = 0
+        for (_, (weight, operand, _)) in bf16Operands() where !weight.requiresGrad {
+            operand.keepBF16Copy(forTraining: true)
+            bytes += (operand.bf16Copy?.byteCount ?? 0) + (operand.bf16GradientCopy?.byteCount ?? 0)
+        }
+        return bytes
+    }
+
     /// For `loadParameters(didLoad:)` on this model, frozen before loading: keeps each frozen
     /// matrix as a bf16 copy as soon as it is loaded, releasing its fp32 values, so the model's
     /// fp32 matrices are never all in memory at once. The token embedding keeps its values as bf16

@@ -3,12 +3,20 @@
 // weight once per token and is bound by memory bandwidth, so half the bytes per weight is up to
 // twice the speed there (docs/benchmarks.md, "Generation with bf16 copies of the frozen weights");
 // a training-size product is bound by compute instead, where bf16 runs at half the fp32 rate on
-// AVX512-BF16 without AMX, so only products of at most `BF16Copy.maxRows` rows use the copy, and
-// only when no gradient is recorded; a matrix whose fp32 values were released (bf16-only weights)
-// uses it for every product.
+// an Intel Xeon with AVX512-BF16 and no AMX, so a decoding copy serves only products of at most
+// `BF16Copy.maxRows` rows, and only when no gradient is recorded; a matrix whose fp32 values were
+// released (bf16-only weights) uses it for every product.
 //
-// The copy is cut into one block of output columns per thread; each of SwiftPEFT's threads runs
-// its block with one OpenMP thread, so oneDNN adds no thread pool of its own.
+// Training in bf16 (`keepBF16Copy(forTraining: true)`, `--precision bf16`): a frozen matrix keeps a
+// copy for each side it is read from, the forward product x·W and the input gradient dY·Wᵀ, and
+// both serve every row count, gradients recorded or not. That pays where bf16 products outrun
+// fp32 ones: measured 2.0× OpenBLAS's AVX-512 sgemm and 4.1× its AVX2 one on an AMD EPYC (Zen 5),
+// but 0.66× sgemm on the Intel Xeon (docs/benchmarks.md, "bf16").
+//
+// A decoding copy is cut into one block of output columns per thread; a training copy is one block,
+// and its products split their rows over the threads instead (oneDNN's AVX-512 bf16 kernels take
+// dense output rows only). Each of SwiftPEFT's threads runs its part with one OpenMP thread, so
+// oneDNN adds no thread pool of its own.
 
 import CDNNL
 import Foundation
@@ -16,7 +24,8 @@ import Foundation
 /// A bf16 copy of a matrix operand (logical (K, N), the right side of `x · W`), packed by oneDNN.
 public final class BF16Copy {
     /// Products with more rows than this use the fp32 weights (compute-bound: bf16 is slower
-    /// there), unless those were released (`keepBF16Copy(releasingFP32: true)`).
+    /// there on AVX512-BF16 without AMX), unless those were released
+    /// (`keepBF16Copy(releasingFP32: true)`) or the copy serves training (`servesTraining`).
     public static let maxRows = 8
 
     /// Whether this CPU runs bf16 products natively (AVX512-BF16 or AMX, as oneDNN reports it).
@@ -33,11 +42,14 @@ public final class BF16Copy {
     let k: Int, n: Int
     /// How the fp32 operand was read when the copy was made (see `matches`).
     let trans: Bool, ld: Int
+    /// Serves products of every row count, with a gradient recorded or not (bf16 training).
+    public let servesTraining: Bool
     /// Column blocks: [lo, lo + count) of N, each with its packed weights.
     let blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: dnnl_memory_desc_t)]
 
     /// Packs `operand` (logical (K, N)): a contiguous matrix or a transposed view of one.
-    init(_ operand: Tensor) {
+    /// `forTraining`: in the layout oneDNN picks for training-size products (`trainingChunkRows` rows).
+    init(_ operand: Tensor, forTraining: Bool = false) {
         let op = MatOperand(operand)
         check(op.batchShape.isEmpty && op.input.layout.offset == 0 && op.input.storage === operand.storage,
               "[bf16] a copy needs a whole 2-D matrix or its transpose, got \(operand.shape)")
@@ -45,15 +57,16 @@ public final class BF16Copy {
         n = op.cols
         trans = op.trans
         ld = op.ld
+        servesTraining = forTraining
         let rt = BF16Runtime.shared
         let threads = min(hardwareThreads, rt.streams.count)  // streams: one per thread at first use
-        let parts = n >= 64 * threads ? threads : 1
+        let parts = n >= 64 * threads && !forTraining ? threads : 1  // training products split rows instead
         var blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: dnnl_memory_desc_t)] = []
         rt.lock.lock()
         defer { rt.lock.unlock() }
         for p in 0..<parts {
             let lo = n * p / parts, count = n * (p + 1) / parts - lo
-            var packed = rt.packedWeightsDesc(k: k, n: count)
+            var packed = rt.packedWeightsDesc(k: k, n: count, rows: forTraining ? BF16Copy.trainingChunkRows : 1)
             // The fp32 block as stored: (K, count) at column lo, row-major or transposed.
             var src = dnnl_memory_desc_t()
             let strides: [Int64] = trans ? [1, Int64(ld)] : [Int64(ld), 1]
@@ -88,6 +101,10 @@ public final class BF16Copy {
         op.batchShape.isEmpty && op.input.layout.offset == 0 && op.trans == trans && op.ld == ld
             && op.rows == k && op.cols == n
     }
+
+    /// Rows per kernel call in a training-size product (`trainingProduct`): a thread's rows run in
+    /// chunks of this many, the rest in chunks of 128, 64, …, 1 rows (a kernel per size, made once).
+    static let trainingChunkRows = 256
 
     /// Rows per kernel call past `maxRows`: a longer product (a prompt, once the fp32 values were
     /// released) runs in chunks of this many rows, the last one padded to a multiple of 8, so a
@@ -140,6 +157,62 @@ public final class BF16Copy {
         }
         return true
     }
+
+    /// c (M, N; row stride ldc) = a (M, K; row stride lda) · W, or += when `accumulate`, in bf16
+    /// with fp32 accumulation, for a copy made `forTraining`: the rows are split over the threads,
+    /// each converts its own rows to bf16 and runs every column block straight into c. Returns
+    /// false (nothing written) when oneDNN has no kernel for these row counts.
+    func trainingProduct(m: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                         accumulate: Bool) -> Bool {
+        guard m > 0 else { return true }
+        let rt = BF16Runtime.shared
+        rt.lock.lock()
+        defer { rt.lock.unlock() }
+        let threads = m >= 2 * 64 ? min(hardwareThreads, rt.streams.count) : 1
+        // Each thread's rows as (start, count) chunks: full chunks, then the rest in powers of two.
+        let plan: [[(start: Int, rows: Int)]] = (0..<threads).map { t in
+            var start = m * t / threads, left = m * (t + 1) / threads - start
+            var chunks: [(start: Int, rows: Int)] = []
+            var size = BF16Copy.trainingChunkRows
+            while left > 0 {
+                while size > left { size /= 2 }
+                chunks.append((start, size))
+                start += size
+                left -= size
+            }
+            return chunks
+        }
+        for rows in Set(plan.joined().map(\.rows)) {  // every kernel first, so that nothing is written when one is missing
+            for b in blocks where rt.matmul(m: rows, k: k, n: b.count, weights: b.md, ldc: ldc, accumulate: accumulate) == nil {
+                return false
+            }
+        }
+        let widest = plan.joined().map(\.rows).max() ?? 0
+        rt.reserveRowBuffers(threads: threads, count: widest * k)
+        Profiler.measure(.gemm) {
+            WorkerPool.shared.run(threads) { t in
+                rt.oneOpenMPThread()  // this thread's OpenMP setting: its kernels run on it alone
+                let src = rt.rowBuffers[t]
+                for (start, rows) in plan[t] {
+                    BF16Runtime.convert(a + start * lda, rows: rows, k: self.k, lda: lda, into: src)
+                    for b in self.blocks {
+                        let kernel = rt.matmul(m: rows, k: self.k, n: b.count, weights: b.md, ldc: ldc, accumulate: accumulate)!
+                        let mem = kernel.memories[t]
+                        rt.ok(dnnl_memory_set_data_handle(mem.src, UnsafeMutableRawPointer(src)), "bf16 rows")
+                        rt.ok(dnnl_memory_set_data_handle(mem.dst, UnsafeMutableRawPointer(c + start * ldc + b.lo)), "output rows")
+                        rt.ok(dnnl_memory_set_data_handle(mem.scratch, rt.scratchpads[t]), "scratchpad")
+                        var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: mem.src),
+                                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: b.weights),
+                                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: mem.dst),
+                                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: mem.scratch)]
+                        rt.ok(dnnl_primitive_execute(kernel.primitive, rt.streams[t], 4, &args), "bf16 matmul")
+                        rt.ok(dnnl_stream_wait(rt.streams[t]), "bf16 matmul")
+                    }
+                }
+            }
+        }
+        return true
+    }
 }
 
 extension Tensor {
@@ -154,12 +227,19 @@ extension Tensor {
     /// `x.matmul(self)` without a gradient reads the copy, whatever its row count (prompts run at
     /// about 0.6× the fp32 rate on AVX512-BF16 without AMX), and any other read of the values stops
     /// the program with a message saying they were released.
-    public func keepBF16Copy(releasingFP32: Bool = false) {
+    ///
+    /// `forTraining` makes the copies bf16 training reads: one for `x.matmul(self)` and one for its
+    /// input gradient (dY · selfᵀ), both serving products of every row count, gradients recorded
+    /// or not (the fp32 values stay; the two copies take as many bytes as they do).
+    public func keepBF16Copy(releasingFP32: Bool = false, forTraining: Bool = false) {
         let source = transposeSource ?? self
         check(!source.requiresGrad, "[bf16] \(source.name ?? "tensor") \(source.shape) takes gradients: only frozen weights get a bf16 copy")
         check(BF16Copy.isNative, "[bf16] \(BF16Copy.unavailableReason ?? "")")
+        check(!(releasingFP32 && forTraining), "[bf16] a copy for training keeps the fp32 values")
         guard !storage.valuesReleased else { return }  // already only a copy
-        storage.bf16 = BF16Copy(self)
+        if forTraining && storage.bf16?.servesTraining == true { return }  // made already
+        storage.bf16 = BF16Copy(self, forTraining: forTraining)
+        storage.bf16Gradient = forTraining ? BF16Copy(transposed(), forTraining: true) : nil
         if releasingFP32 {
             check(storage.count == count, "[bf16] \(source.name ?? "tensor") \(shape) is a view of \(storage.count) values: only a whole matrix can let its fp32 values go")
             storage.releaseValues()
@@ -168,6 +248,9 @@ extension Tensor {
 
     /// The bf16 copy kept for this matrix's storage, if any.
     public var bf16Copy: BF16Copy? { storage.bf16 }
+
+    /// The copy for input gradients kept by `keepBF16Copy(forTraining: true)`, if any.
+    public var bf16GradientCopy: BF16Copy? { storage.bf16Gradient }
 
     /// Keeps this frozen matrix's values rounded to bf16 in row order and frees its Float32 ones,
     /// halving what a token embedding takes: `Tensor.embedding` converts each row it gathers, a
@@ -195,7 +278,9 @@ final class BF16Runtime: @unchecked Sendable {
     let native: Bool
     let isaName: String
 
-    struct Key: Hashable { let m, k, n: Int }
+    /// A kernel: rows, K, N, the output's row stride (0: dense (m, n) rows) and whether it adds
+    /// into the output.
+    struct Key: Hashable { var m, k, n: Int; var ldc = 0; var accumulate = false }
     /// A matmul and, per thread, its source, output and scratchpad memory objects (made once; the
     /// data pointers are set at each call, so a decoding step allocates nothing here).
     struct Kernel {
@@ -256,13 +341,14 @@ final class BF16Runtime: @unchecked Sendable {
         check(s == dnnl_success, "[bf16] oneDNN failed: \(what) (status \(s.rawValue))")
     }
 
-    /// The packed bf16 layout oneDNN picks for (K, N) weights in a one-row product; every row
-    /// count uses it (a kernel that cannot is not made, and that product stays fp32).
-    func packedWeightsDesc(k: Int, n: Int) -> dnnl_memory_desc_t {
-        let key = Key(m: 0, k: k, n: n)
+    /// The packed bf16 layout oneDNN picks for (K, N) weights in a product of `rows` rows (1 for
+    /// decoding copies); every row count uses it (a kernel that cannot is not made, and that
+    /// product stays fp32).
+    func packedWeightsDesc(k: Int, n: Int, rows: Int) -> dnnl_memory_desc_t {
+        let key = Key(m: rows, k: k, n: n)
         if let d = packedDescs[key] { return d }
-        var src = desc([1, k], dnnl_bf16, [Int64(k), 1])
-        var dst = desc([1, n], dnnl_f32, [Int64(n), 1])
+        var src = desc([rows, k], dnnl_bf16, [Int64(k), 1])
+        var dst = desc([rows, n], dnnl_f32, [Int64(n), 1])
         var any = dnnl_memory_desc_t()
         ok(dnnl_memory_desc_init_by_tag(&any, 2, [Int64(k), Int64(n)], dnnl_bf16, dnnl_format_tag_any), "weights desc")
         var op = dnnl_matmul_desc_t()
@@ -275,13 +361,14 @@ final class BF16Runtime: @unchecked Sendable {
         return d
     }
 
-    /// The matmul (M, K) bf16 × packed (K, N) bf16 → dense (M, N) fp32, made once; nil when
-    /// oneDNN has only its reference (scalar) kernel for it.
-    func matmul(m: Int, k: Int, n: Int, weights: dnnl_memory_desc_t) -> Kernel? {
-        let key = Key(m: m, k: k, n: n)
+    /// The matmul (M, K) bf16 × packed (K, N) bf16 → (M, N) fp32, made once: dense output rows,
+    /// or rows `ldc` apart in a larger matrix, written or (`accumulate`) added to; nil when oneDNN
+    /// has only its reference (scalar) kernel for it.
+    func matmul(m: Int, k: Int, n: Int, weights: dnnl_memory_desc_t, ldc: Int? = nil, accumulate: Bool = false) -> Kernel? {
+        let key = Key(m: m, k: k, n: n, ldc: ldc ?? 0, accumulate: accumulate)
         if let cached = kernels[key] { return cached }
         var src = desc([m, k], dnnl_bf16, [Int64(k), 1])
-        var dst = desc([m, n], dnnl_f32, [Int64(n), 1])
+        var dst = desc([m, n], dnnl_f32, [Int64(ldc ?? n), 1])
         var w = weights
         var op = dnnl_matmul_desc_t()
         var made: Kernel?
@@ -290,6 +377,13 @@ final class BF16Runtime: @unchecked Sendable {
         ok(dnnl_primitive_attr_create(&attr), "matmul attributes")
         defer { dnnl_primitive_attr_destroy(attr) }
         ok(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode")
+        if accumulate {  // dst += product: oneDNN's sum post-op
+            var ops: dnnl_post_ops_t?
+            ok(dnnl_post_ops_create(&ops), "post-ops")
+            defer { dnnl_post_ops_destroy(ops) }
+            ok(dnnl_post_ops_append_sum(ops, 1), "sum post-op")
+            ok(dnnl_primitive_attr_set_post_ops(attr, ops), "post-ops attribute")
+        }
         if dnnl_matmul_desc_init(&op, &src, &w, nil, &dst) == dnnl_success,
            dnnl_primitive_desc_create(&pd, &op, attr, engine, nil) == dnnl_success {
             var p: dnnl_primitive_t?
@@ -299,7 +393,7 @@ final class BF16Runtime: @unchecked Sendable {
             let name = impl.map { String(cString: $0) } ?? "ref"
             if !name.hasPrefix("ref"), dnnl_primitive_create(&p, pd) == dnnl_success, let p {
                 var sd = scratch
-                growBuffers(scratchpad: dnnl_memory_desc_get_size(&sd), output: m * n)
+                growBuffers(scratchpad: dnnl_memory_desc_get_size(&sd), output: ldc == nil ? m * n : 0)
                 made = Kernel(primitive: p, memories: streams.map { _ in
                     (memory(&src), memory(&dst), memory(&sd))
                 })
@@ -336,6 +430,26 @@ final class BF16Runtime: @unchecked Sendable {
         return d
     }
 
+    /// One bf16 row buffer per thread for training-size products (`BF16Copy.trainingProduct`).
+    private(set) var rowBuffers: [UnsafeMutablePointer<UInt16>] = []
+    private var rowBufferCount = 0
+
+    /// Makes `threads` row buffers of at least `count` values each.
+    func reserveRowBuffers(threads: Int, count: Int) {
+        guard count > rowBufferCount || rowBuffers.count < threads else { return }
+        for p in rowBuffers { p.deallocate() }
+        rowBufferCount = max(count, rowBufferCount, 1)
+        rowBuffers = (0..<max(threads, rowBuffers.count)).map { _ in .allocate(capacity: rowBufferCount) }
+    }
+
+    /// `a` (rows, K; row stride lda) rounded to bf16 (to nearest, ties to even) into dense rows.
+    static func convert(_ a: UnsafePointer<Float>, rows: Int, k: Int, lda: Int, into dst: UnsafeMutablePointer<UInt16>) {
+        for r in 0..<rows {
+            let s = a + r * lda, d = dst + r * k
+            for i in 0..<k { d[i] = bf16Bits(s[i]) }
+        }
+    }
+
     /// `a` (M, K; row stride lda) rounded to bf16 (to nearest, ties to even) in a reused buffer,
     /// then zero rows up to `padded` rows.
     func bf16Rows(_ a: UnsafePointer<Float>, m: Int, paddedTo padded: Int, k: Int, lda: Int) -> UnsafeMutablePointer<UInt16> {
@@ -344,10 +458,7 @@ final class BF16Runtime: @unchecked Sendable {
             rows = .allocate(capacity: padded * k)
             rowsCapacity = padded * k
         }
-        for r in 0..<m {
-            let src = a + r * lda, dst = rows + r * k
-            for i in 0..<k { dst[i] = bf16Bits(src[i]) }
-        }
+        BF16Runtime.convert(a, rows: m, k: k, lda: lda, into: rows)
         (rows + m * k).update(repeating: 0, count: (padded - m) * k)
         return rows
     }

@@ -36,6 +36,13 @@ extension Tensor {
         let dH = wantGrad && h0.requiresGrad ? Storage(zeros: n * C) : nil  // (n, C), learned rows
         let dW = wantGrad && w.requiresGrad ? Storage(zeros: V * C) : nil   // (V, C)
         var lossSum = 0.0
+        // A frozen head with bf16 training copies (`keepBF16Copy(forTraining: true)` on wᵀ): the
+        // logits read the copy of wᵀ (C, V), dH the copy of w (V, C).
+        let copies: (logits: BF16Copy, dH: BF16Copy)? = {
+            guard !w.requiresGrad, let f = w.storage.bf16, f.servesTraining, f.matches(MatOperand(w.transposed())),
+                  let b = w.storage.bf16Gradient, b.k == V && b.n == C else { return nil }
+            return (f, b)
+        }()
         Profiler.measure(.crossEntropy) {
             let chunk = Swift.max(1, Swift.min(n, Swift.max(linearCrossEntropyMinRows, linearCrossEntropyChunk / Swift.max(V, 1))))
             let logits = UnsafeMutablePointer<Float>.allocate(capacity: chunk * V)  // (chunk, V)
@@ -47,7 +54,9 @@ extension Tensor {
             for c0 in stride(from: 0, to: n, by: chunk) {
                 let m = min(chunk, n - c0)
                 for i in 0..<m { (hc + i * C).update(from: ph + rows[c0 + i] * C, count: C) }
-                sgemm(transA: false, transB: true, m: m, n: V, k: C, a: hc, lda: C, b: pw, ldb: C, beta: 0, c: logits, ldc: V)
+                if copies?.logits.trainingProduct(m: m, a: hc, lda: C, c: logits, ldc: V, accumulate: false) != true {
+                    sgemm(transA: false, transB: true, m: m, n: V, k: C, a: hc, lda: C, b: pw, ldb: C, beta: 0, c: logits, ldc: V)
+                }
                 losses.withUnsafeMutableBufferPointer { ls in
                     parallelRanges(m, cost: V) { lo, hi in
                         for i in lo..<hi {
@@ -64,7 +73,8 @@ extension Tensor {
                     }
                 }
                 for i in 0..<m { lossSum += losses[i] }
-                if let dH {  // dH rows (m, C) = dlogits (m, V) · W (V, C)
+                if let dH,  // dH rows (m, C) = dlogits (m, V) · W (V, C)
+                   copies?.dH.trainingProduct(m: m, a: logits, lda: V, c: dH.pointer + c0 * C, ldc: C, accumulate: false) != true {
                     sgemm(transA: false, transB: false, m: m, n: C, k: V, a: logits, lda: V, b: pw, ldb: C,
                           beta: 0, c: dH.pointer + c0 * C, ldc: C)
                 }

@@ -208,6 +208,26 @@ extension Tensor {
         // A few rows against a still-frozen matrix with a bf16 copy, with no gradient to record
         // (decoding); any number of rows once its fp32 values were released (bf16-only weights).
         let released = B.input.storage.valuesReleased
+        let recordsA = Autograd.isRecording && requiresGrad
+        // A frozen matrix with bf16 training copies: the product, and A's gradient through the
+        // copy read the other way (decoding-size products without a gradient go on below).
+        if let copy = B.input.storage.bf16, copy.servesTraining, let gradCopy = B.input.storage.bf16Gradient,
+           recordsA || m * batchCount > BF16Copy.maxRows, !B.input.requiresGrad, copy.matches(B), !A.trans,
+           fold || batchCount == 1, gradCopy.k == n && gradCopy.n == k,
+           copy.trainingProduct(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n, accumulate: false) {
+            guard recordsA else { return out }
+            let (aSlot, M, gradOffset, fp32B) = (A.input.slot, m * batchCount, offA.grad[0], B)
+            return Tensor.make(out, op: "matmul", inputs: [A.input, B.input]) { g in
+                guard aSlot.requiresGrad else { return }
+                let (da, beta) = aSlot.gradBuffer()
+                let pg = UnsafePointer(g.basePointer)
+                // dA (M, K) (+)= dC (M, N) · op(B)ᵀ; in fp32 only if oneDNN had no kernel for the rows.
+                if !gradCopy.trainingProduct(m: M, a: pg, lda: n, c: da + gradOffset, ldc: k, accumulate: beta != 0) {
+                    sgemm(transA: false, transB: !fp32B.trans, m: M, n: k, k: n, a: pg, lda: n, b: UnsafePointer(fp32B.input.basePointer),
+                          ldb: fp32B.ld, beta: beta, c: da + gradOffset, ldc: k)
+                }
+            }
+        }
         if let copy = B.input.storage.bf16, !B.input.requiresGrad, copy.matches(B), !A.trans, fold || batchCount == 1,
            m * batchCount <= BF16Copy.maxRows || released, !(Autograd.isRecording && requiresGrad),
            copy.product(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n) {

@@ -13,6 +13,9 @@ public final class Storage {
     /// A bf16 copy of these values for few-row products, or for every product once the values
     /// were released (`Tensor.keepBF16Copy`).
     var bf16: BF16Copy?
+    /// For bf16 training, a copy of the matrix read the other way: the input gradient's product
+    /// (`Tensor.keepBF16Copy(forTraining: true)`).
+    var bf16Gradient: BF16Copy?
     /// True once the Float32 values were freed and only the bf16 copy is left
     /// (`Tensor.keepBF16Copy(releasingFP32: true)`, `Tensor.keepBF16RowsOnly()`).
     public private(set) var valuesReleased = false

@@ -149,18 +149,20 @@ func measureSGEMM() -> Double {
 }
 
 /// Runs one benchmark row in this process: `warmup` untimed steps, then `steps` timed ones, with
-/// GEMMs split by `gemmSplit` (training rows: with `gradientCheckpointing` when asked). Call it in a
-/// fresh process per row so that peak memory belongs to that row.
+/// GEMMs split by `gemmSplit` (training rows: with `gradientCheckpointing` when asked, and the
+/// frozen weights' products in bf16 with `precision` .bf16). Call it in a fresh process per row so
+/// that peak memory belongs to that row.
 public func runBenchRow(config c: BenchConfig, method: String, steps: Int? = nil, warmup: Int = 2,
                         threads: Int? = nil, gemmSplit: Threads.GEMMSplit = .tasks,
-                        gradientCheckpointing: Bool = false) throws -> BenchRow {
+                        gradientCheckpointing: Bool = false, precision: TrainingPrecision = .fp32) throws -> BenchRow {
     try Threads.withGEMMSplit(gemmSplit) {
-        try runBenchRow(config: c, method: method, steps: steps, warmup: warmup, threads: threads, checkpointing: gradientCheckpointing)
+        try runBenchRow(config: c, method: method, steps: steps, warmup: warmup, threads: threads, checkpointing: gradientCheckpointing,
+                        precision: precision)
     }
 }
 
 private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, warmup: Int, threads: Int?,
-                         checkpointing: Bool) throws -> BenchRow {
+                         checkpointing: Bool, precision: TrainingPrecision) throws -> BenchRow {
     guard BenchConfig.methods.contains(method) else {
         throw TrainingError(message: "unknown bench method '\(method)'; choose one of \(BenchConfig.methods.joined(separator: ", "))")
     }
@@ -172,6 +174,9 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
     var fmaPeak = Machine.measureFMAPeak()
     var sgemmRate = measureSGEMM()
     if method.hasPrefix("gen-bf16"), let why = BF16Copy.unavailableReason { throw TrainingError(message: "bench \(method): \(why)") }
+    if precision == .bf16 && method.hasPrefix("gen") {
+        throw TrainingError(message: "bench \(method): --precision bf16 is for training rows (generation has gen-bf16 and gen-bf16-only)")
+    }
     let model = method == "gen-bf16-only" ? try randomBF16OnlyModel(c.model) : makeModel(c.model, seed: 0)
     var times: [Double] = []
     var split: [ProfileSection: Double] = [:]
@@ -206,6 +211,7 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
         })
         let peft = try makeMethod(method, for: model, settings: settings)
         if let peft { _ = try peft.attach(to: model) } else { model.unfreeze() }
+        try precision.apply(to: model, method: method)
         let parameters = peft?.adapterParameters() ?? model.namedParameters()
         trainable = parameters.reduce(0) { $0 + $1.1.count }
         var options = TrainerOptions()
@@ -237,7 +243,7 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
     let gflops = flopsPerToken * tokensPerS / 1e9
     var splitMs: [String: Double] = [:]
     for (s, seconds) in split { splitMs[s.name] = seconds / Double(steps) * 1000 }
-    return BenchRow(config: c.name, family: c.model.family.rawValue, method: method, threads: Threads.count, batch: isGeneration ? 1 : c.batch,
+    return BenchRow(config: c.name, family: c.model.family.rawValue, method: method, precision: precision.rawValue, threads: Threads.count, batch: isGeneration ? 1 : c.batch,
                     seqLen: isGeneration ? 32 : c.seqLen, steps: steps, msPerStep: median * 1000, tokensPerS: tokensPerS,
                     flopsPerToken: flopsPerToken, gflops: gflops, fmaPeakGflops: fmaPeak, sgemmGflops: sgemmRate,
                     pctFmaPeak: 100 * gflops / fmaPeak, pctSgemm: 100 * gflops / sgemmRate, peakRssMib: usage.peakMiB,

@@ -20,6 +20,7 @@ extension TrainJob {
         "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip", "skip-nonfinite",
         "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
         "eval-every", "save-every", "log-every", "seed", "watts-per-core", "gradient-checkpointing",
+        "precision",
     ]
 
     /// Builds a job from `settings` (flag name → value: Swift values or parsed JSON). Method options
@@ -71,6 +72,12 @@ extension TrainJob {
             trainer.seed = UInt64(v)
         }
         if let v = try s.bool("gradient-checkpointing") { trainer.gradientCheckpointing = v }
+        if let v = try s.string("precision") {
+            guard let p = TrainingPrecision(rawValue: v) else {
+                throw TrainingError(message: "--precision must be \(TrainingPrecision.allCases.map(\.rawValue).joined(separator: " or ")), got \(v)")
+            }
+            precision = p
+        }
         if let v = try s.int("batch-size") { batchSize = v }
         if let v = try s.int("seq-len") { self.data.seqLen = v }
         if let v = try s.bool("packing") { self.data.packing = v }

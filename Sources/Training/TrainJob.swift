@@ -35,6 +35,8 @@ public struct TrainJob {
     public var evalRows: Int? = 64
     /// Power per busy core for the energy estimate when RAPL counters cannot be read.
     public var wattsPerCore = CostMeter.defaultWattsPerCore
+    /// Number format of the frozen weights' products (`TrainingPrecision`; bf16 needs AVX512-BF16 or AMX).
+    public var precision = TrainingPrecision.fp32
     public init(modelPath: String, dataPath: String, outDir: String) {
         self.modelPath = modelPath
         self.dataPath = dataPath
@@ -104,6 +106,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         model.unfreeze()
         names = ["every weight"]
     }
+    try job.precision.apply(to: model, method: job.method)
     let parameters = method?.adapterParameters() ?? model.namedParameters()
     let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
     try checkSequenceLength(model, job.data.seqLen + ((method as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
@@ -124,6 +127,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         \(report)
         data: \(splits)
         """)
+    if job.precision == .bf16 { onStart("precision: the frozen weights' products in bf16, fp32 accumulation (oneDNN \(BF16Copy.isaName))") }
     if comm.isDistributed {
         let floats = parameters.reduce(0) { $0 + $1.1.count }
         onStart("data-parallel: \(comm.size) ranks × batch \(job.batchSize) (global batch \(comm.size * job.batchSize)), \(Threads.count) thread(s) per rank; \(floats) gradient values (\(formatBytes(floats * 4))) all-reduced per step")

@@ -121,6 +121,27 @@ public struct TrainingError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// Number format of the frozen base weights' products in training.
+public enum TrainingPrecision: String, Sendable, CaseIterable {
+    /// fp32 throughout (the default).
+    case fp32
+    /// The frozen matrices' products and their input gradients in bf16 with fp32 accumulation
+    /// (`CausalLM.keepBF16TrainingCopies`); what trains, attention, norms, the loss and the
+    /// optimizer stay fp32. Needs AVX512-BF16 or AMX, and pays only where bf16 products outrun
+    /// fp32 ones: an AMD EPYC (Zen 5) yes, an Intel Xeon without AMX no (docs/benchmarks.md).
+    case bf16
+
+    /// Makes the bf16 copies of `model`'s frozen matrices, after `method` attached; throws when the
+    /// CPU has no native bf16 products or nothing is frozen.
+    public func apply(to model: CausalLM, method: String) throws {
+        guard self == .bf16 else { return }
+        if let why = BF16Copy.unavailableReason { throw TrainingError(message: "--precision bf16: \(why)") }
+        if model.keepBF16TrainingCopies() == 0 {
+            throw TrainingError(message: "--precision bf16: \(method) leaves no weight matrix frozen, and only frozen ones run in bf16")
+        }
+    }
+}
+
 /// One metrics line (JSON), written every step.
 public struct StepMetrics: Codable, Equatable {
     public var step: Int

@@ -24,6 +24,7 @@ struct Bench: ParsableCommand {
           SWIFTPEFT_BLAS_AUTO=0 swiftpeft bench --config small --method lora   # OpenBLAS's own kernel choice
           swiftpeft bench --config tiny --method lora --gemm-split blas          # OpenBLAS's threads split the GEMMs
           swiftpeft bench --config smollm2 --method full --gradient-checkpointing
+          swiftpeft bench --config smollm2 --method lora --precision bf16       # frozen weights in bf16
         """)
 
     @Option(help: "Model shapes, comma-separated (\(BenchConfig.all.map(\.name).joined(separator: ", "))).")
@@ -39,6 +40,8 @@ struct Bench: ParsableCommand {
     var gemmSplit = "tasks"
     @Flag(help: "Training rows recompute each block's activations in the backward pass (less memory, more time).")
     var gradientCheckpointing = false
+    @Option(help: "Training rows: fp32, or bf16 (the frozen weights' products and input gradients in bf16 with fp32 accumulation; needs AVX512-BF16 or AMX).")
+    var precision = "fp32"
     @Flag(help: "Print one JSON object per row.") var json = false
     @Flag(help: .hidden) var inProcess = false
 
@@ -48,6 +51,9 @@ struct Bench: ParsableCommand {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
         guard Threads.GEMMSplit(rawValue: gemmSplit) != nil else {
             throw ValidationError("--gemm-split must be tasks or blas, got '\(gemmSplit)'")
+        }
+        guard TrainingPrecision(rawValue: precision) != nil else {
+            throw ValidationError("--precision must be fp32 or bf16, got '\(precision)'")
         }
     }
 
@@ -64,7 +70,7 @@ struct Bench: ParsableCommand {
             }
         }
         if !json {
-            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count), GEMMs split by \(gemmSplit == "tasks" ? "SwiftPEFT" : "OpenBLAS"); kernels \(Machine.kernelBuild)\(gradientCheckpointing ? "; gradient checkpointing" : "")")
+            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count), GEMMs split by \(gemmSplit == "tasks" ? "SwiftPEFT" : "OpenBLAS"); kernels \(Machine.kernelBuild)\(gradientCheckpointing ? "; gradient checkpointing" : "")\(precision == "bf16" ? "; frozen weights in bf16 (oneDNN \(BF16Copy.isaName))" : "")")
             print("CPU: \(Machine.cpuModel)")
             print(Self.header)
         }
@@ -72,7 +78,8 @@ struct Bench: ParsableCommand {
             let row: BenchRow
             if inProcess || rows.count == 1 {
                 row = try runBenchRow(config: BenchConfig.named(c), method: m, steps: steps, warmup: warmup, threads: threads,
-                                      gemmSplit: Threads.GEMMSplit(rawValue: gemmSplit)!, gradientCheckpointing: gradientCheckpointing)
+                                      gemmSplit: Threads.GEMMSplit(rawValue: gemmSplit)!, gradientCheckpointing: gradientCheckpointing,
+                                      precision: TrainingPrecision(rawValue: precision)!)
             } else {
                 row = try runChild(config: c, method: m)
             }
@@ -95,6 +102,7 @@ struct Bench: ParsableCommand {
         if let steps { args += ["--steps", String(steps)] }
         if let threads { args += ["--threads", String(threads)] }
         if gradientCheckpointing { args.append("--gradient-checkpointing") }
+        args += ["--precision", precision]
         p.arguments = args
         let out = Pipe()
         p.standardOutput = out

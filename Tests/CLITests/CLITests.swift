@@ -336,6 +336,26 @@ final class CLITests: XCTestCase {
 
     // MARK: train
 
+    /// `train --precision bf16`: the run says so and its losses stay within 1% of the fp32 run's;
+    /// a precision it does not know, and full fine-tuning (nothing frozen to run in bf16), fail.
+    func testTrainWithBF16PrecisionStaysCloseToFP32() throws {
+        _ = try fails(trainArgs(out: fx.path("runs/prec-bad"), steps: 2) + ["--precision", "fp16"],
+                      mentioning: ["--precision must be fp32 or bf16", "fp16"])
+        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
+        let (fp32, bf16) = (fx.path("runs/prec-fp32"), fx.path("runs/prec-bf16"))
+        try ok(trainArgs(out: fp32, steps: 3))
+        let r = try ok(trainArgs(out: bf16, steps: 3) + ["--precision", "bf16"])
+        XCTAssertTrue(r.stdout.contains("precision: the frozen weights' products in bf16"), r.transcript)
+        let losses = { (dir: String) in try self.metrics(dir).compactMap { ($0["loss"] as? NSNumber)?.doubleValue } }
+        let (a, b) = (try losses(fp32), try losses(bf16))
+        XCTAssertEqual(a.count, 3)
+        XCTAssertEqual(b.count, 3)
+        for (x, y) in zip(a, b) { XCTAssertEqual(y, x, accuracy: 0.01 * x) }
+        XCTAssertNotEqual(a, b, "the bf16 run read the fp32 weights")
+        _ = try fails(trainArgs(out: fx.path("runs/prec-full"), steps: 2, method: "full") + ["--precision", "bf16"],
+                      mentioning: ["--precision bf16", "no weight matrix frozen"])
+    }
+
     func testTrainLoRAWritesAdapterMetricsAndStateAndResumes() throws {
         let out = fx.path("runs/lora")
         let r = try ok(trainArgs(out: out, steps: 6))

@@ -1,5 +1,6 @@
 // bf16 copies of frozen weights (`Tensor.keepBF16Copy`): the product against a reference computed
-// here from bf16-rounded inputs, and when matmul uses the copy or the fp32 values.
+// here from bf16-rounded inputs, and when matmul uses the copy or the fp32 values; training copies
+// (`forTraining`): the product and the input gradient, and the fused output head and loss.
 
 import TensorCore
 import TestSupport
@@ -123,5 +124,74 @@ final class BF16Tests: XCTestCase {
         XCTAssertNotEqual(withNoGrad { few.matmul(w.transposed()) }.toArray(), few.matmul(plain.transposed()).toArray())
         w.requiresGrad = true
         XCTAssertEqual(withNoGrad { few.matmul(w.transposed()) }.toArray(), few.matmul(plain.transposed()).toArray())
+    }
+
+    /// Training copies serve the forward product and the input gradient for every row count (one
+    /// thread below 128 rows, split rows above, the rest in power-of-two chunks), in both
+    /// orientations of the stored weight; a second product of the same input adds into its
+    /// gradient (oneDNN's sum post-op). Each equals the bf16-rounded operands multiplied exactly.
+    func testTrainingCopiesServeTheProductAndTheInputGradient() {
+        let (k, n) = (70, 300)
+        for stored in ["(N, K), read transposed", "(K, N)"] {
+            let wOutIn = random(n * k, seed: 21), vOutIn = random(n * k, seed: 22)  // (N, K) each
+            let kn = { (w: [Float]) in (0..<(k * n)).map { i in w[(i % n) * k + i / n] } }  // (K, N)
+            func operand(_ w: [Float]) -> Tensor {
+                stored.hasPrefix("(N, K)") ? Tensor(shape: [n, k], data: w).transposed() : Tensor(shape: [k, n], data: kn(w))
+            }
+            let (w, v) = (operand(wOutIn), operand(vOutIn))
+            w.keepBF16Copy(forTraining: true)
+            v.keepBF16Copy(forTraining: true)
+            XCTAssertEqual(w.bf16Copy?.servesTraining, true, stored)
+            XCTAssertNotNil(w.bf16GradientCopy, stored)
+            for m in [1, 5, 300, 517] {
+                let xv = random(m * k, seed: UInt64(m + 30)), g1 = random(m * n, seed: UInt64(m + 31)), g2 = random(m * n, seed: UInt64(m + 32))
+                let x = Tensor(shape: [m, k], data: xv)
+                x.requiresGrad = true
+                let (y1, y2) = (x.matmul(w), x.matmul(v))  // (M, N) each
+                ((y1 * Tensor(shape: [m, n], data: g1)).sum() + (y2 * Tensor(shape: [m, n], data: g2)).sum()).backward()
+                let rx = roundedToBF16(xv)
+                assertClose(y1.toArray(), product(rx, roundedToBF16(kn(wOutIn)), m: m, k: k, n: n), rtol: 1e-5, atol: 2e-5, "\(stored), M \(m), forward")
+                XCTAssertGreaterThan(maxAbsDiff(y1.toArray(), product(xv, kn(wOutIn), m: m, k: k, n: n)), 1e-4, "\(stored), M \(m): the fp32 values were read")
+                // dX (M, K) = g1 · Wᵀ + g2 · Vᵀ, W as stored (N, K).
+                let expected = zip(product(roundedToBF16(g1), roundedToBF16(wOutIn), m: m, k: n, n: k),
+                                   product(roundedToBF16(g2), roundedToBF16(vOutIn), m: m, k: n, n: k)).map { $0 + $1 }
+                assertClose(x.grad!.toArray(), expected, rtol: 1e-5, atol: 5e-5, "\(stored), M \(m), input gradient")
+            }
+        }
+    }
+
+    /// The fused output head and loss reads a frozen head's training copies: the loss equals the
+    /// one of bf16-rounded hidden states and head computed exactly, and dH the rounded
+    /// (softmax − onehot)/n times the rounded head; an ignored row gets no gradient.
+    func testLinearCrossEntropyReadsTheTrainingCopies() {
+        let (rows, c, vocab) = (9, 40, 130)
+        let hv = random(rows * c, seed: 41).map { $0 * 3 }, wv = random(vocab * c, seed: 42)
+        let targets: [Int32] = [3, 129, -100, 0, 7, 64, 64, 2, 100]
+        let w = Tensor(shape: [vocab, c], data: wv)  // (V, C), frozen
+        w.transposed().keepBF16Copy(forTraining: true)
+        let h = Tensor(shape: [rows, c], data: hv)
+        h.requiresGrad = true
+        let loss = Tensor.linearCrossEntropy(h, weight: w, targets: targets)
+        loss.backward()
+        let (rh, rw) = (roundedToBF16(hv), roundedToBF16(wv))
+        let wT = (0..<(c * vocab)).map { i in rw[(i % vocab) * c + i / vocab] }  // (C, V)
+        let logits = product(rh, wT, m: rows, k: c, n: vocab)
+        let learned = targets.indices.filter { targets[$0] != -100 }
+        var sum = 0.0
+        var dlogits = [Float](repeating: 0, count: rows * vocab)
+        for r in learned {
+            let row = logits[(r * vocab)..<((r + 1) * vocab)].map(Double.init)
+            let mx = row.max()!, z = row.reduce(0) { $0 + Foundation.exp($1 - mx) }
+            sum += mx + Foundation.log(z) - row[Int(targets[r])]
+            for j in 0..<vocab {
+                dlogits[r * vocab + j] = Float((Foundation.exp(row[j] - mx) / z - (j == Int(targets[r]) ? 1 : 0)) / Double(learned.count))
+            }
+        }
+        XCTAssertEqual(Double(loss.item()), sum / Double(learned.count), accuracy: 1e-4)
+        let dH = product(roundedToBF16(dlogits), rw, m: rows, k: vocab, n: c)
+        assertClose(h.grad!.toArray(), dH, rtol: 1e-4, atol: 1e-6, "dH")
+        XCTAssertEqual(Array(h.grad!.toArray()[(2 * c)..<(3 * c)]), [Float](repeating: 0, count: c), "the ignored row")
+        let fp32 = Tensor.linearCrossEntropy(Tensor(shape: [rows, c], data: hv), weight: Tensor(shape: [vocab, c], data: wv), targets: targets)
+        XCTAssertGreaterThan(abs(fp32.item() - loss.item()), 1e-6, "the fp32 head was read")
     }
 }

@@ -11,6 +11,7 @@ import Tokenizers
 import PEFT
 import Containers
 import Formats
+import TestSupport
 
 final class TrainerTests: XCTestCase {
     var dir: URL!
@@ -179,6 +180,45 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(losses, plainLosses)
         XCTAssertEqual(weights, plainWeights)
         XCTAssertEqual(try TrainerOptions.decode(Data(#"{"gradient_checkpointing": true}"#.utf8)).gradientCheckpointing, true)
+    }
+
+    /// `--precision bf16`: every frozen matrix (q, k, v, o, the MLP's and the tied head) gets its
+    /// two training copies, what trains gets none, and a LoRA run stays close to the fp32 one:
+    /// losses within 1%, adapter weights within 2% of their size. Full fine-tuning is refused.
+    func testBF16PrecisionTrainsCloseToFP32() throws {
+        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
+        func run(_ precision: TrainingPrecision) throws -> ([Double], [[Float]]) {
+            var o = TrainerOptions()
+            (o.steps, o.lr) = (4, 1e-2)
+            var (model, lora, _, data) = try setup(o)
+            try precision.apply(to: model, method: "lora")
+            if precision == .bf16 {
+                var copied = 0
+                for (name, p) in model.namedParameters() where p.rank == 2 {
+                    let frozen = !p.requiresGrad
+                    XCTAssertEqual(p.bf16GradientCopy != nil, frozen, name)
+                    XCTAssertEqual(p.bf16Copy?.servesTraining ?? false, frozen, name)
+                    if frozen { copied += 1 }
+                }
+                XCTAssertEqual(copied, 2 * 7 + 1, "7 matrices per block and the tied head")
+            }
+            let trainer = try Trainer(model: model, parameters: lora.adapterParameters(), options: o)
+            try trainer.run(&data)
+            return (trainer.history.map(\.loss), lora.adapterParameters().map { $0.1.toArray() })
+        }
+        let (fp32Losses, fp32Weights) = try run(.fp32)
+        let (losses, weights) = try run(.bf16)
+        for (a, b) in zip(losses, fp32Losses) { XCTAssertEqual(a, b, accuracy: 0.01 * b) }
+        XCTAssertNotEqual(losses, fp32Losses, "the fp32 products were used")
+        for (w, f) in zip(weights, fp32Weights) {
+            let size = f.map { abs($0) }.max()!
+            XCTAssertLessThan(maxAbsDiff(w, f), 0.02 * size)
+        }
+        let full = makeModel(config, seed: 1)
+        full.unfreeze()
+        XCTAssertThrowsError(try TrainingPrecision.bf16.apply(to: full, method: "full")) { e in
+            XCTAssertTrue("\(e)".contains("no weight matrix frozen"), "\(e)")
+        }
     }
 
     /// What a forward pass leaves on the heap for the backward: with checkpointing, each block's
