@@ -98,15 +98,19 @@ extension CausalLM {
     /// output head; `Tensor.keepBF16Copy(forTraining: true)`): their products and input gradients
     /// then run in bf16 with fp32 accumulation, in training and evaluation alike, while what trains
     /// (adapters), attention, norms and the loss stay fp32. Call it after attaching adapters: only
-    /// what is frozen then gets copies. The fp32 values stay (merging and saving read them).
+    /// what is frozen then gets copies. `releasingFP32` frees each frozen `Linear`'s fp32 values
+    /// once its copies are made, so the two copies take no more than fp32 did; the model then
+    /// trains and evaluates but cannot be merged or saved (the token embedding keeps its values).
     /// Returns the bytes the copies take (twice a bf16 copy each: one per side it is read from).
     @discardableResult
-    public func keepBF16TrainingCopies() -> Int {
+    public func keepBF16TrainingCopies(releasingFP32: Bool = false) -> Int {
+        if releasingFP32 && !hasReleasedWeights { weightsHashBeforeRelease = weightsHash() }
         var bytes = 0
-        for (_, (weight, operand, _)) in bf16Operands() where !weight.requiresGrad {
-            operand.keepBF16Copy(forTraining: true)
+        for (_, (weight, operand, releasable)) in bf16Operands() where !weight.requiresGrad {
+            operand.keepBF16Copy(releasingFP32: releasingFP32 && releasable, forTraining: true)
             bytes += (operand.bf16Copy?.byteCount ?? 0) + (operand.bf16GradientCopy?.byteCount ?? 0)
         }
+        if releasingFP32 { releaseFreeMemory() }
         return bytes
     }
 

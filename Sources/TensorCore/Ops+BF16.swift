@@ -230,16 +230,16 @@ extension Tensor {
     ///
     /// `forTraining` makes the copies bf16 training reads: one for `x.matmul(self)` and one for its
     /// input gradient (dY · selfᵀ), both serving products of every row count, gradients recorded
-    /// or not (the fp32 values stay; the two copies take as many bytes as they do).
+    /// or not; the two copies take as many bytes as the fp32 values, which `releasingFP32` frees.
     public func keepBF16Copy(releasingFP32: Bool = false, forTraining: Bool = false) {
         let source = transposeSource ?? self
         check(!source.requiresGrad, "[bf16] \(source.name ?? "tensor") \(source.shape) takes gradients: only frozen weights get a bf16 copy")
         check(BF16Copy.isNative, "[bf16] \(BF16Copy.unavailableReason ?? "")")
-        check(!(releasingFP32 && forTraining), "[bf16] a copy for training keeps the fp32 values")
         guard !storage.valuesReleased else { return }  // already only a copy
-        if forTraining && storage.bf16?.servesTraining == true { return }  // made already
-        storage.bf16 = BF16Copy(self, forTraining: forTraining)
-        storage.bf16Gradient = forTraining ? BF16Copy(transposed(), forTraining: true) : nil
+        if !(forTraining && storage.bf16?.servesTraining == true) {  // else made already
+            storage.bf16 = BF16Copy(self, forTraining: forTraining)
+            storage.bf16Gradient = forTraining ? BF16Copy(transposed(), forTraining: true) : nil
+        }
         if releasingFP32 {
             check(storage.count == count, "[bf16] \(source.name ?? "tensor") \(shape) is a view of \(storage.count) values: only a whole matrix can let its fp32 values go")
             storage.releaseValues()

@@ -50,7 +50,8 @@ extension Tensor {
             defer { logits.deallocate(); hc.deallocate() }
             var losses = [Double](repeating: 0, count: chunk)
             let inv = n == 0 ? 0 : 1 / Float(n)
-            let ph = UnsafePointer(h.basePointer), pw = UnsafePointer(w.basePointer)
+            let ph = UnsafePointer(h.basePointer)
+            var pw: UnsafePointer<Float> { UnsafePointer(w.basePointer) }  // read only without copies (they may be all there is)
             for c0 in stride(from: 0, to: n, by: chunk) {
                 let m = min(chunk, n - c0)
                 for i in 0..<m { (hc + i * C).update(from: ph + rows[c0 + i] * C, count: C) }

@@ -33,8 +33,9 @@ public final class Storage {
     private static func releasedValuesRead(_ count: Int) -> Never {
         fatalError("""
             [tensor] the Float32 values of a \(count)-element weight were released: the model keeps only bf16 \
-            copies of its frozen matrices (--precision bf16-only), enough for generating text but not for \
-            reading, merging, saving or training those weights. Load it with fp32 weights for that.
+            copies of its frozen matrices (generation with --precision bf16-only, or training adapters with \
+            --precision bf16), enough for generating text and training adapters but not for reading, merging, \
+            saving or training those weights. Load it with fp32 weights for that.
             """)
     }
 

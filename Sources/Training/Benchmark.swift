@@ -211,7 +211,7 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
         })
         let peft = try makeMethod(method, for: model, settings: settings)
         if let peft { _ = try peft.attach(to: model) } else { model.unfreeze() }
-        try precision.apply(to: model, method: method)
+        try precision.apply(to: model, method: method, adapter: peft)
         let parameters = peft?.adapterParameters() ?? model.namedParameters()
         trainable = parameters.reduce(0) { $0 + $1.1.count }
         var options = TrainerOptions()

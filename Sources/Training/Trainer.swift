@@ -131,12 +131,16 @@ public enum TrainingPrecision: String, Sendable, CaseIterable {
     /// fp32 ones: an AMD EPYC (Zen 5) yes, an Intel Xeon without AMX no (docs/benchmarks.md).
     case bf16
 
-    /// Makes the bf16 copies of `model`'s frozen matrices, after `method` attached; throws when the
-    /// CPU has no native bf16 products or nothing is frozen.
-    public func apply(to model: CausalLM, method: String) throws {
+    /// Makes the bf16 copies of `model`'s frozen matrices once `adapter` (named `method`) is
+    /// attached, releasing the fp32 values of its frozen `Linear` weights unless the adapter reads
+    /// them (DoRA's row norms; `PEFTMethod.releasedWeightsConflict`): a training job needs them no
+    /// more (it saves the adapter, not the base). Throws when the CPU has no native bf16 products or
+    /// nothing is frozen.
+    public func apply(to model: CausalLM, method: String, adapter: PEFTMethod?) throws {
         guard self == .bf16 else { return }
         if let why = BF16Copy.unavailableReason { throw TrainingError(message: "--precision bf16: \(why)") }
-        if model.keepBF16TrainingCopies() == 0 {
+        let release = adapter.map { $0.releasedWeightsConflict(in: model) == nil } ?? false
+        if model.keepBF16TrainingCopies(releasingFP32: release) == 0 {
             throw TrainingError(message: "--precision bf16: \(method) leaves no weight matrix frozen, and only frozen ones run in bf16")
         }
     }

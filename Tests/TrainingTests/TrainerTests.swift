@@ -183,21 +183,24 @@ final class TrainerTests: XCTestCase {
     }
 
     /// `--precision bf16`: every frozen matrix (q, k, v, o, the MLP's and the tied head) gets its
-    /// two training copies, what trains gets none, and a LoRA run stays close to the fp32 one:
-    /// losses within 1%, adapter weights within 2% of their size. Full fine-tuning is refused.
+    /// two training copies and lets its fp32 values go (not the embedding, read by token), what
+    /// trains gets none, and a LoRA run stays close to the fp32 one: losses within 1%, adapter
+    /// weights within 2% of their size. DoRA, which reads the base's rows, keeps every fp32 value;
+    /// full fine-tuning is refused.
     func testBF16PrecisionTrainsCloseToFP32() throws {
         guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
         func run(_ precision: TrainingPrecision) throws -> ([Double], [[Float]]) {
             var o = TrainerOptions()
             (o.steps, o.lr) = (4, 1e-2)
             var (model, lora, _, data) = try setup(o)
-            try precision.apply(to: model, method: "lora")
+            try precision.apply(to: model, method: "lora", adapter: lora)
             if precision == .bf16 {
                 var copied = 0
                 for (name, p) in model.namedParameters() where p.rank == 2 {
                     let frozen = !p.requiresGrad
                     XCTAssertEqual(p.bf16GradientCopy != nil, frozen, name)
                     XCTAssertEqual(p.bf16Copy?.servesTraining ?? false, frozen, name)
+                    XCTAssertEqual(p.storage.valuesReleased, frozen && name != "model.embed_tokens.weight", name)
                     if frozen { copied += 1 }
                 }
                 XCTAssertEqual(copied, 2 * 7 + 1, "7 matrices per block and the tied head")
@@ -214,9 +217,17 @@ final class TrainerTests: XCTestCase {
             let size = f.map { abs($0) }.max()!
             XCTAssertLessThan(maxAbsDiff(w, f), 0.02 * size)
         }
+        let doraModel = makeModel(config, seed: 1)
+        var doraConfig = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
+        doraConfig.useDora = true
+        let dora = try LoRA(config: doraConfig, seed: 2)
+        try dora.attach(to: doraModel)
+        try TrainingPrecision.bf16.apply(to: doraModel, method: "dora", adapter: dora)
+        XCTAssertFalse(doraModel.hasReleasedWeights, "DoRA reads the base's rows")
+        XCTAssertNotNil(doraModel.namedParameters().first { $0.0.hasSuffix("q_proj.weight") }?.1.bf16GradientCopy)
         let full = makeModel(config, seed: 1)
         full.unfreeze()
-        XCTAssertThrowsError(try TrainingPrecision.bf16.apply(to: full, method: "full")) { e in
+        XCTAssertThrowsError(try TrainingPrecision.bf16.apply(to: full, method: "full", adapter: nil)) { e in
             XCTAssertTrue("\(e)".contains("no weight matrix frozen"), "\(e)")
         }
     }
