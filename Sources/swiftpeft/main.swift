@@ -26,6 +26,7 @@ struct Info: ParsableCommand {
         print("cores: \(ProcessInfo.processInfo.activeProcessorCount)")
         print("CPU: \(Machine.cpuModel)")
         print("kernels: \(Machine.kernelBuild)")
+        print("bf16 products (oneDNN): \(BF16Copy.isaName)\(BF16Copy.isNative ? "" : ", not native: --precision bf16 unavailable")")
     }
 }
 

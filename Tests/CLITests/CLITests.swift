@@ -264,6 +264,7 @@ final class CLITests: XCTestCase {
         XCTAssertNotNil(hdf5, r.transcript)
         XCTAssertNotNil(hdf5?.range(of: #"^\d+\.\d+\.\d+"#, options: .regularExpression), "HDF5 version: \(hdf5 ?? "none")")
         XCTAssertTrue(r.stdout.contains("cores: "), r.transcript)
+        XCTAssertTrue(r.stdout.contains("bf16 products (oneDNN): \(BF16Copy.isaName)"), r.transcript)
     }
 
     /// The core `swiftpeft info` reports and why: SwiftPEFT's choice replaces an SSE fallback on a
