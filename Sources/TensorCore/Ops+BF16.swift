@@ -133,19 +133,9 @@ public final class BF16Copy {
             let run = { (t: Int) in
                 let b = self.blocks[t], kernel = rt.matmul(m: km, k: self.k, n: b.count, weights: b.md)!
                 rt.oneOpenMPThread()  // this thread's OpenMP setting: the block runs on it alone
-                let mem = kernel.memories[t]  // this thread's: blocks of one size share a kernel
-                rt.ok(dnnl_memory_set_data_handle(mem.src, UnsafeMutableRawPointer(src)), "bf16 rows")
                 // The kernel writes dense (km, count) rows: one row goes straight into c, more through a buffer.
                 let out = km == 1 ? cc + b.lo : rt.outputs[t]
-                rt.ok(dnnl_memory_set_data_handle(mem.dst, UnsafeMutableRawPointer(out)), "output rows")
-                // Each thread its own scratchpad: oneDNN's shared one is not safe for concurrent calls.
-                rt.ok(dnnl_memory_set_data_handle(mem.scratch, rt.scratchpads[t]), "scratchpad")
-                var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: mem.src),
-                            dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: b.weights),
-                            dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: mem.dst),
-                            dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: mem.scratch)]
-                rt.ok(dnnl_primitive_execute(kernel.primitive, rt.streams[t], 4, &args), "bf16 matmul")
-                rt.ok(dnnl_stream_wait(rt.streams[t]), "bf16 matmul")
+                rt.execute(kernel, thread: t, src: src, weights: b.weights, dst: out)
                 if km > 1 {  // the padding rows are dropped
                     for r in 0..<rows { (cc + r * ldc + b.lo).update(from: out + r * b.count, count: b.count) }
                 }
@@ -197,16 +187,7 @@ public final class BF16Copy {
                     BF16Runtime.convert(a + start * lda, rows: rows, k: self.k, lda: lda, into: src)
                     for b in self.blocks {
                         let kernel = rt.matmul(m: rows, k: self.k, n: b.count, weights: b.md, ldc: ldc, accumulate: accumulate)!
-                        let mem = kernel.memories[t]
-                        rt.ok(dnnl_memory_set_data_handle(mem.src, UnsafeMutableRawPointer(src)), "bf16 rows")
-                        rt.ok(dnnl_memory_set_data_handle(mem.dst, UnsafeMutableRawPointer(c + start * ldc + b.lo)), "output rows")
-                        rt.ok(dnnl_memory_set_data_handle(mem.scratch, rt.scratchpads[t]), "scratchpad")
-                        var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: mem.src),
-                                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: b.weights),
-                                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: mem.dst),
-                                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: mem.scratch)]
-                        rt.ok(dnnl_primitive_execute(kernel.primitive, rt.streams[t], 4, &args), "bf16 matmul")
-                        rt.ok(dnnl_stream_wait(rt.streams[t]), "bf16 matmul")
+                        rt.execute(kernel, thread: t, src: src, weights: b.weights, dst: c + start * ldc + b.lo)
                     }
                 }
             }
@@ -402,6 +383,22 @@ final class BF16Runtime: @unchecked Sendable {
         }
         kernels[key] = made
         return made
+    }
+
+    /// Runs `kernel` on thread `t`'s stream and memory objects (blocks of one size share a kernel):
+    /// bf16 rows `src`, packed `weights`, output `dst`, the thread's scratchpad.
+    func execute(_ kernel: Kernel, thread t: Int, src: UnsafePointer<UInt16>, weights: dnnl_memory_t, dst: UnsafeMutablePointer<Float>) {
+        let mem = kernel.memories[t]
+        ok(dnnl_memory_set_data_handle(mem.src, UnsafeMutableRawPointer(mutating: src)), "bf16 rows")
+        ok(dnnl_memory_set_data_handle(mem.dst, UnsafeMutableRawPointer(dst)), "output rows")
+        // Each thread its own scratchpad: oneDNN's shared one is not safe for concurrent calls.
+        ok(dnnl_memory_set_data_handle(mem.scratch, scratchpads[t]), "scratchpad")
+        var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_src), memory: mem.src),
+                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_weights), memory: weights),
+                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_dst), memory: mem.dst),
+                    dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_scratchpad), memory: mem.scratch)]
+        ok(dnnl_primitive_execute(kernel.primitive, streams[t], 4, &args), "bf16 matmul")
+        ok(dnnl_stream_wait(streams[t]), "bf16 matmul")
     }
 
     /// A memory object of `md` without data (the pointer is set before each use).
