@@ -135,14 +135,15 @@ public enum TrainingPrecision: String, Sendable, CaseIterable {
     /// attached, releasing the fp32 values of its frozen `Linear` weights unless the adapter reads
     /// them (DoRA's row norms; `PEFTMethod.releasedWeightsConflict`): a training job needs them no
     /// more (it saves the adapter, not the base). Throws when the CPU has no native bf16 products or
-    /// nothing is frozen.
-    public func apply(to model: CausalLM, method: String, adapter: PEFTMethod?) throws {
+    /// nothing is frozen; `checkOnly` checks that and makes nothing.
+    public func apply(to model: CausalLM, method: String, adapter: PEFTMethod?, checkOnly: Bool = false) throws {
         guard self == .bf16 else { return }
         if let why = BF16Copy.unavailableReason { throw TrainingError(message: "--precision bf16: \(why)") }
-        let release = adapter.map { $0.releasedWeightsConflict(in: model) == nil } ?? false
-        if model.keepBF16TrainingCopies(releasingFP32: release) == 0 {
+        guard model.namedParameters().contains(where: { $0.1.rank == 2 && !$0.1.requiresGrad }) else {
             throw TrainingError(message: "--precision bf16: \(method) leaves no weight matrix frozen, and only frozen ones run in bf16")
         }
+        if checkOnly { return }
+        model.keepBF16TrainingCopies(releasingFP32: adapter.map { $0.releasedWeightsConflict(in: model) == nil } ?? false)
     }
 }
 
@@ -344,9 +345,11 @@ public final class Trainer {
         attrs["data_position"] = data.position.map(String.init).joined(separator: ",")
         attrs["options"] = String(decoding: try enc.encode(options), as: UTF8.self)
         attrs["elapsed"] = String(history.last?.elapsed ?? 0)
-        attrs["history"] = String(decoding: try enc.encode(history), as: UTF8.self)
+        // The history grows with the run: a dataset, as an HDF5 attribute holds at most 64 KiB (about
+        // 370 steps of metrics; more stopped the run at its next checkpoint).
+        let historyJSON = Array(try enc.encode(history))
         let tensors = parameters.map { ("trained/" + $0.0, $0.1) } + optimizer.stateTensors().map { ("optimizer/" + $0.0, $0.1) }
-        try HDF5Store.write(url.path, tensors: tensors, attributes: attrs)
+        try HDF5Store.write(url.path, tensors: tensors, blobs: [("history", historyJSON)], attributes: attrs)
     }
 
     /// Restores a checkpoint written by `saveCheckpoint`: trained tensors, optimizer state, step,
@@ -386,6 +389,9 @@ public final class Trainer {
         try data.seek(to: words("data_position"))
         step = s
         elapsedBefore = Double(attrs["elapsed"] ?? "0") ?? 0
-        if let h = attrs["history"] { history = (try? JSONDecoder().decode([StepMetrics].self, from: Data(h.utf8))) ?? [] }
+        // A dataset now; an attribute in the checkpoints written before (still read).
+        if let h = file.blobs["history"].map({ Data($0) }) ?? attrs["history"].map({ Data($0.utf8) }) {
+            history = (try? JSONDecoder().decode([StepMetrics].self, from: h)) ?? []
+        }
     }
 }

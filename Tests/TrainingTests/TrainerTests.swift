@@ -65,6 +65,22 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// A long run's checkpoint keeps its whole history: past about 370 steps the metrics outgrew an
+    /// HDF5 attribute (64 KiB) and the run stopped at its next checkpoint.
+    func testALongRunCheckpointsAndResumesItsWholeHistory() throws {
+        var o = TrainerOptions()
+        (o.steps, o.lr, o.saveEvery, o.evalEvery) = (600, 1e-3, 300, 1000)
+        var (_, _, trainer, data) = try setup(o)
+        let ckpt = dir.appendingPathComponent("long.h5")
+        trainer.checkpointURL = ckpt
+        try trainer.run(&data)
+        XCTAssertGreaterThan(try JSONEncoder().encode(trainer.history).count, 65_536, "a history larger than an attribute holds")
+        var (_, _, resumed, data2) = try setup(o)
+        try resumed.resume(from: ckpt, data: &data2)
+        XCTAssertEqual(resumed.step, 600)
+        XCTAssertEqual(resumed.history.map(\.loss), trainer.history.map(\.loss))
+    }
+
     func testNonFiniteLossStopsAndKeepsTheLastGoodCheckpoint() throws {
         var o = TrainerOptions()
         o.steps = 6
