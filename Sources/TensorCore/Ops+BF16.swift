@@ -14,8 +14,8 @@
 // but 0.66× sgemm on the Intel Xeon (docs/benchmarks.md, "bf16").
 //
 // A decoding copy is cut into one block of output columns per thread; a training copy is one block,
-// and its products split their rows over the threads instead (oneDNN's AVX-512 bf16 kernels take
-// dense output rows only). Each of SwiftPEFT's threads runs its part with one OpenMP thread, so
+// and its products split their rows over the threads instead (oneDNN 2.6's AVX-512 bf16 kernels
+// refused output rows strided wider than the block: only its reference kernel took them). Each of SwiftPEFT's threads runs its part with one OpenMP thread, so
 // oneDNN adds no thread pool of its own.
 
 import CDNNL
@@ -24,7 +24,7 @@ import Foundation
 /// A bf16 copy of a matrix operand (logical (K, N), the right side of `x · W`), packed by oneDNN.
 public final class BF16Copy {
     /// Products with more rows than this use the fp32 weights (compute-bound: bf16 is slower
-    /// there on AVX512-BF16 without AMX), unless those were released
+    /// there on the Intel Xeon measured, AVX512-BF16 without AMX), unless those were released
     /// (`keepBF16Copy(releasingFP32: true)`) or the copy serves training (`servesTraining`).
     public static let maxRows = 8
 
@@ -148,6 +148,17 @@ public final class BF16Copy {
         return true
     }
 
+    /// Whether oneDNN has a kernel other than its reference one for a training product into dense
+    /// rows, written or added (`accumulate`); made here, it then serves those products.
+    func hasTrainingKernel(accumulate: Bool) -> Bool {
+        let rt = BF16Runtime.shared
+        rt.lock.lock()
+        defer { rt.lock.unlock() }
+        return blocks.allSatisfy {
+            rt.matmul(m: BF16Copy.trainingChunkRows, k: k, n: $0.count, weights: $0.md, ldc: $0.count, accumulate: accumulate) != nil
+        }
+    }
+
     /// c (M, N; row stride ldc) = a (M, K; row stride lda) · W, or += when `accumulate`, in bf16
     /// with fp32 accumulation, for a copy made `forTraining`: the rows are split over the threads,
     /// each converts its own rows to bf16 and runs every column block straight into c. Returns
@@ -206,12 +217,13 @@ extension Tensor {
     ///
     /// `releasingFP32` then frees the Float32 values, halving the matrix's memory: every product
     /// `x.matmul(self)` without a gradient reads the copy, whatever its row count (prompts run at
-    /// about 0.6× the fp32 rate on AVX512-BF16 without AMX), and any other read of the values stops
+    /// about 0.6× the fp32 rate on the Intel Xeon measured), and any other read of the values stops
     /// the program with a message saying they were released.
     ///
     /// `forTraining` makes the copies bf16 training reads: one for `x.matmul(self)` and one for its
     /// input gradient (dY · selfᵀ), both serving products of every row count, gradients recorded
-    /// or not; the two copies take as many bytes as the fp32 values, which `releasingFP32` frees.
+    /// or not; the two copies take as many bytes as the fp32 values, which `releasingFP32` frees
+    /// (kept where oneDNN has no kernel for the products, which then read them).
     public func keepBF16Copy(releasingFP32: Bool = false, forTraining: Bool = false) {
         let source = transposeSource ?? self
         check(!source.requiresGrad, "[bf16] \(source.name ?? "tensor") \(source.shape) takes gradients: only frozen weights get a bf16 copy")
@@ -222,6 +234,11 @@ extension Tensor {
             storage.bf16Gradient = forTraining ? BF16Copy(transposed(), forTraining: true) : nil
         }
         if releasingFP32 {
+            // Training falls back to the fp32 values where oneDNN has no kernel: keep them then.
+            if forTraining, let f = storage.bf16, let g = storage.bf16Gradient,
+               !(f.hasTrainingKernel(accumulate: false) && g.hasTrainingKernel(accumulate: false) && g.hasTrainingKernel(accumulate: true)) {
+                return
+            }
             check(storage.count == count, "[bf16] \(source.name ?? "tensor") \(shape) is a view of \(storage.count) values: only a whole matrix can let its fp32 values go")
             storage.releaseValues()
         }

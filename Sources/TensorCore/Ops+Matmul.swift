@@ -205,8 +205,6 @@ extension Tensor {
         // A 2-D right operand against a row-foldable left operand: one GEMM over all rows.
         let fold = B.batchShape.isEmpty && A.foldsRows && batchCount > 1
         let offA = A.offsets(outBatch: batch), offB = B.offsets(outBatch: batch)
-        // A few rows against a still-frozen matrix with a bf16 copy, with no gradient to record
-        // (decoding); any number of rows once its fp32 values were released (bf16-only weights).
         let released = B.input.storage.valuesReleased
         let recordsA = Autograd.isRecording && requiresGrad
         // A frozen matrix with bf16 training copies: the product, and A's gradient through the
@@ -228,12 +226,14 @@ extension Tensor {
                 }
             }
         }
+        // A few rows against a still-frozen matrix with a bf16 copy, with no gradient to record
+        // (decoding); any number of rows once its fp32 values were released (bf16-only weights).
         if let copy = B.input.storage.bf16, !B.input.requiresGrad, copy.matches(B), !A.trans, fold || batchCount == 1,
            m * batchCount <= BF16Copy.maxRows || released, !(Autograd.isRecording && requiresGrad),
            copy.product(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n) {
             return out
         }
-        if released && !isContiguous && !(Autograd.isRecording && requiresGrad) {
+        if released && !isContiguous && (!recordsA || B.input.storage.bf16Gradient != nil) {
             return contiguous().matmul(other)  // a strided, transposed or unfoldable left side, made plain for the copy
         }
         check(!released, """

@@ -10,8 +10,8 @@ import Foundation
 public final class Storage {
     public let count: Int
     private let values: UnsafeMutablePointer<Float>
-    /// A bf16 copy of these values for few-row products, or for every product once the values
-    /// were released (`Tensor.keepBF16Copy`).
+    /// A bf16 copy of these values for few-row products, for every product once the values were
+    /// released, or for every product of a frozen matrix in bf16 training (`Tensor.keepBF16Copy`).
     var bf16: BF16Copy?
     /// For bf16 training, a copy of the matrix read the other way: the input gradient's product
     /// (`Tensor.keepBF16Copy(forTraining: true)`).

@@ -106,7 +106,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         model.unfreeze()
         names = ["every weight"]
     }
-    try job.precision.apply(to: model, method: job.method, adapter: method)
+    try job.precision.apply(to: model, method: job.method, adapter: method, checkOnly: checkOnly)
     let parameters = method?.adapterParameters() ?? model.namedParameters()
     let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
     try checkSequenceLength(model, job.data.seqLen + ((method as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
