@@ -120,7 +120,7 @@ final class DistributedTests: XCTestCase {
     func testKilledRankEndsTheJobAndResumeMatchesAnUninterruptedRun() throws {
         // Enough steps that the kill (polled every 0.2 s) lands mid-run on a fast machine: 200 steps
         // ended before it on an AMD EPYC (Zen 5).
-        let extra = ["--optimizer", "sgd", "--lr", "0.02", "--save-every", "10", "--steps", "1000"]
+        let extra = ["--optimizer", "sgd", "--lr", "0.02", "--save-every", "10", "--steps", "2000"]
         let whole = fx.path("dp-whole"), broken = fx.path("dp-broken")
         XCTAssertEqual(try train(ranks: 2, batch: 2, method: "lora", out: whole, extra: extra).status, 0)
         var killed: Int32?
@@ -136,7 +136,7 @@ final class DistributedTests: XCTestCase {
         XCTAssertTrue(r.output.contains("rank 0 of 2"), "the surviving rank says why it stops:\n\(r.transcript)")
         XCTAssertTrue(r.output.contains("--resume"), r.transcript)
         let done = try losses(broken).count
-        XCTAssertLessThan(done, 1000, "the run was cut short")
+        XCTAssertLessThan(done, 2000, "the run was cut short")
         print("rank 1 killed after step \(done); the job said:\n" + r.output.split(separator: "\n").filter { $0.contains("rank") || $0.contains("mpirun") }.joined(separator: "\n"))
         let alone = try train(ranks: 1, batch: 2, method: "lora", out: broken, extra: extra + ["--resume"])
         XCTAssertNotEqual(alone.status, 0, "another rank count cannot continue the run:\n\(alone.transcript)")
