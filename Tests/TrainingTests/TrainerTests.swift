@@ -248,6 +248,33 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// bf16 training copies under the other ways a job reads the model: gradient checkpointing
+    /// recomputes the same products (the same run, bit for bit), and an evaluation of one short row
+    /// without a gradient (a decoding-size product against a training copy) stays within 1% of
+    /// the fp32-trained model's.
+    func testBF16PrecisionWithCheckpointingAndShortEvaluation() throws {
+        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
+        func run(_ precision: TrainingPrecision, checkpointing: Bool) throws -> ([Double], CausalLM) {
+            var o = TrainerOptions()
+            (o.steps, o.lr, o.gradientCheckpointing) = (3, 1e-2, checkpointing)
+            var (model, lora, _, data) = try setup(o)
+            try precision.apply(to: model, method: "lora", adapter: lora)
+            let trainer = try Trainer(model: model, parameters: lora.adapterParameters(), options: o)
+            try trainer.run(&data)
+            model.eval()
+            return (trainer.history.map(\.loss), model)
+        }
+        let (plain, model) = try run(.bf16, checkpointing: false)
+        XCTAssertEqual(try run(.bf16, checkpointing: true).0, plain)
+        let fp32Model = try run(.fp32, checkpointing: false).1
+        let ids: [Int32] = [3, 1, 4, 1, 5]  // one row of 5: at most BF16Copy.maxRows rows per product
+        let targets = CausalLM.shiftedTargets(ids, batch: 1)
+        let bf16 = withNoGrad { model.loss(ids, targets: targets, batch: 1) }.item()
+        let fp32 = withNoGrad { fp32Model.loss(ids, targets: targets, batch: 1) }.item()
+        XCTAssertEqual(bf16, fp32, accuracy: 0.01 * fp32)
+        XCTAssertNotEqual(bf16, fp32, "the fp32 weights were read")
+    }
+
     /// What a forward pass leaves on the heap for the backward: with checkpointing, each block's
     /// (B, T, C) input and the head's part instead of every block's activations.
     func testGradientCheckpointingKeepsOneInputPerBlock() throws {
