@@ -80,6 +80,15 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
+    /// Ends every rank of the job at once (MPI_Abort), for a rank that stops on an error: the
+    /// others would otherwise wait in their next collective until the watchdog's timeout, and this
+    /// rank in MPI_Finalize for them. Does nothing in a single process.
+    public func abortJob(exitCode: Int32) {
+        guard isDistributed else { return }
+        Communicator.finalized = true  // no MPI_Finalize at exit
+        MPI_Abort(swiftpeft_mpi_comm_world(), exitCode)
+    }
+
     /// Sums `count` floats at `buffer` over every rank, in place; every rank gets the sum.
     /// `what` names the step and the data for error messages.
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int, what: @autoclosure () -> String) throws {

@@ -44,7 +44,13 @@ do {
     // A file-system error the library did not wrap: a sentence with the path, not an NSError dump.
     let path = (e.userInfo[NSFilePathErrorKey] as? String) ?? (e.userInfo[NSURLErrorKey] as? URL)?.path
     FileHandle.standardError.write(Data("Error: \(path.map { "\($0): " } ?? "")\(e.localizedDescription)\n".utf8))
+    Communicator.world.abortJob(exitCode: 1)
     exit(1)
 } catch {
+    // Printed first (the message is the user's answer), then the other ranks of a job are ended.
+    if Communicator.world.isDistributed && SwiftPEFT.exitCode(for: error) != .success {
+        FileHandle.standardError.write(Data((SwiftPEFT.fullMessage(for: error) + "\n").utf8))
+        Communicator.world.abortJob(exitCode: SwiftPEFT.exitCode(for: error).rawValue)
+    }
     SwiftPEFT.exit(withError: error)
 }

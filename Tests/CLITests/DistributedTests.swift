@@ -148,6 +148,25 @@ final class DistributedTests: XCTestCase {
         assertClose(try losses(broken).map(Float.init), try losses(whole).map(Float.init), rtol: 0, atol: 0, "loss curve")
     }
 
+    /// A rank that stops on an error ends the whole job at once (MPI_Abort), its message first:
+    /// before, it waited in MPI_Finalize and the others in their next all-reduce until the step
+    /// timeout (600 s by default; 120 s here, so the watchdog cannot be what ended this one).
+    /// Open MPI's MPMD form gives rank 1 a data file that does not exist.
+    func testARankStoppedByAnErrorEndsTheJobAtOnce() throws {
+        let swiftpeft = try CLITests.binary().path
+        let args = ["train", "--method", "lora", "--model", fx.base, "--out", fx.path("dp-error"), "--steps", "50",
+                    "--seq-len", "32", "--batch-size", "2", "--eval-every", "100", "--warmup", "0", "--seed", "7"]
+        let started = Date()
+        let r = try launch(mpirun, ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1",
+                                    "--mca", "btl_vader_single_copy_mechanism", "none", "-x", "SWIFTPEFT_MPI_TIMEOUT=120",
+                                    "-np", "1", swiftpeft] + args + ["--data", fx.jsonl]
+                                    + [":", "-np", "1", swiftpeft] + args + ["--data", fx.path("missing.jsonl")])
+        XCTAssertNotEqual(r.status, 0, r.transcript)
+        XCTAssertTrue(r.output.contains("missing.jsonl"), "the failing rank's error:\n\(r.transcript)")
+        XCTAssertFalse(r.output.contains("no reply from the other ranks"), r.transcript)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 60, "ended at once, not by a timeout:\n\(r.transcript)")
+    }
+
     /// A rank that stops answering (stopped, not dead: a hung node) ends the job after the step
     /// timeout with a message from the rank left waiting.
     func testAHungRankEndsTheJobAfterTheStepTimeout() throws {
