@@ -148,6 +148,20 @@ public final class BF16Copy {
         return true
     }
 
+    /// Calls `body(start, rows)` for the chunks of rows [start, start + count): chunks of
+    /// `trainingChunkRows`, then the rest in powers of two, so a few kernel sizes serve every row
+    /// count. Stops at, and returns, the first false.
+    static func forEachChunk(from start: Int, count: Int, _ body: (Int, Int) -> Bool) -> Bool {
+        var (start, left, size) = (start, count, trainingChunkRows)
+        while left > 0 {
+            while size > left { size /= 2 }
+            guard body(start, size) else { return false }
+            start += size
+            left -= size
+        }
+        return true
+    }
+
     /// Whether oneDNN has a kernel other than its reference one for a training product into dense
     /// rows, written or added (`accumulate`); made here, it then serves those products.
     func hasTrainingKernel(accumulate: Bool) -> Bool {
@@ -170,36 +184,26 @@ public final class BF16Copy {
         rt.lock.lock()
         defer { rt.lock.unlock() }
         let threads = m >= 2 * 64 ? min(hardwareThreads, rt.streams.count) : 1
-        // Each thread's rows as (start, count) chunks: full chunks, then the rest in powers of two.
-        let plan: [[(start: Int, rows: Int)]] = (0..<threads).map { t in
-            var start = m * t / threads, left = m * (t + 1) / threads - start
-            var chunks: [(start: Int, rows: Int)] = []
-            var size = BF16Copy.trainingChunkRows
-            while left > 0 {
-                while size > left { size /= 2 }
-                chunks.append((start, size))
-                start += size
-                left -= size
+        // Every kernel first, so that nothing is written when one is missing (cached after the first step).
+        for t in 0..<threads {
+            let lo = m * t / threads
+            let ok = BF16Copy.forEachChunk(from: lo, count: m * (t + 1) / threads - lo) { _, rows in
+                blocks.allSatisfy { rt.matmul(m: rows, k: k, n: $0.count, weights: $0.md, ldc: ldc, accumulate: accumulate) != nil }
             }
-            return chunks
+            if !ok { return false }
         }
-        for rows in Set(plan.joined().map(\.rows)) {  // every kernel first, so that nothing is written when one is missing
-            for b in blocks where rt.matmul(m: rows, k: k, n: b.count, weights: b.md, ldc: ldc, accumulate: accumulate) == nil {
-                return false
-            }
-        }
-        let widest = plan.joined().map(\.rows).max() ?? 0
-        rt.reserveRowBuffers(threads: threads, count: widest * k)
+        rt.reserveRowBuffers(threads: threads, count: min(BF16Copy.trainingChunkRows, (m + threads - 1) / threads) * k)
         Profiler.measure(.gemm) {
             WorkerPool.shared.run(threads) { t in
                 rt.oneOpenMPThread()  // this thread's OpenMP setting: its kernels run on it alone
-                let src = rt.rowBuffers[t]
-                for (start, rows) in plan[t] {
+                let src = rt.rowBuffers[t], lo = m * t / threads
+                _ = BF16Copy.forEachChunk(from: lo, count: m * (t + 1) / threads - lo) { start, rows in
                     BF16Runtime.convert(a + start * lda, rows: rows, k: self.k, lda: lda, into: src)
                     for b in self.blocks {
                         let kernel = rt.matmul(m: rows, k: self.k, n: b.count, weights: b.md, ldc: ldc, accumulate: accumulate)!
                         rt.execute(kernel, thread: t, src: src, weights: b.weights, dst: c + start * ldc + b.lo)
                     }
+                    return true
                 }
             }
         }
