@@ -51,7 +51,9 @@ public final class GPT2MLP: Module {
 
     func callAsFunction(_ x: Tensor) -> Tensor {
         let h = cFc(x)
-        return cProj(act == .gelu ? h.gelu() : h.geluTanh())
+        let a = act == .gelu ? h.gelu() : h.geluTanh()
+        defer { a.dropValuesUntilRead() }  // (…, 4C): recomputed from c_fc's output where the backward reads it
+        return cProj(a)
     }
 }
 
@@ -74,10 +76,16 @@ public final class GPT2Block: Module, DecoderBlock {
     }
 
     public func forward(_ x: Tensor, layer: Int, context: inout ForwardContext) -> Tensor {
-        var a = attn(ln1(x), layer: layer, context: context)
+        // Each norm's output is dropped after its projection reads it and recomputed from the
+        // residual (kept for the norm's own backward) where a weight gradient needs it.
+        let n1 = ln1(x)  // (B, T, C)
+        var a = attn(n1, layer: layer, context: context)
+        n1.dropValuesUntilRead()
         for hook in afterAttention { a = hook(a) }
         let h = x + residualDropout(a, context)
-        var m = mlp(ln2(h))
+        let n2 = ln2(h)  // (B, T, C)
+        var m = mlp(n2)
+        n2.dropValuesUntilRead()
         for hook in afterMLP { m = hook(m) }
         return h + residualDropout(m, context)
     }

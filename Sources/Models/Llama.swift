@@ -52,7 +52,9 @@ public final class LlamaMLP: Module {
 
     func callAsFunction(_ x: Tensor) -> Tensor {
         let gateUp = Linear.apply([gateProj, upProj], to: x)  // (…, F) each
-        return downProj(Tensor.swiglu(gate: gateUp[0], up: gateUp[1]))
+        let act = Tensor.swiglu(gate: gateUp[0], up: gateUp[1])
+        defer { act.dropValuesUntilRead() }  // (…, F): recomputed from gate and up where the backward reads it
+        return downProj(act)
     }
 }
 
@@ -75,10 +77,16 @@ public final class LlamaBlock: Module, DecoderBlock {
     }
 
     public func forward(_ x: Tensor, layer: Int, context: inout ForwardContext) -> Tensor {
-        var a = selfAttn(inputLayernorm(x), layer: layer, context: context)
+        // Each norm's output is dropped after its projections read it and recomputed from the
+        // residual (kept for the norm's own backward) where a weight gradient needs it.
+        let n1 = inputLayernorm(x)  // (B, T, C)
+        var a = selfAttn(n1, layer: layer, context: context)
+        n1.dropValuesUntilRead()
         for hook in afterAttention { a = hook(a) }
         let h = x + residualDropout(a, context)
-        var m = mlp(postAttentionLayernorm(h))
+        let n2 = postAttentionLayernorm(h)  // (B, T, C)
+        var m = mlp(n2)
+        n2.dropValuesUntilRead()
         for hook in afterMLP { m = hook(m) }
         return h + residualDropout(m, context)
     }

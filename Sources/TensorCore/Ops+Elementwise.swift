@@ -127,6 +127,14 @@ public enum UnaryOp {
         case .geluErf: "gelu(erf)"; case .silu: "silu"; case .clamp: "clamp"
         }
     }
+
+    /// Whether the derivative is taken from the output y (else from the input x, or neither).
+    var derivativeReadsOutput: Bool {
+        switch self {
+        case .exp, .sqrt, .rsqrt, .tanh, .sigmoid: true
+        default: false
+        }
+    }
 }
 
 /// tanh(u) = 1 − 2 / (e^{2u} + 1), through fastExp (vectorizable; exact limits ±1).
@@ -141,33 +149,36 @@ extension Tensor {
     public func unary(_ op: UnaryOp) -> Tensor {
         let x = contiguousData()
         let out = Tensor.empty(shape)
-        let px = UnsafePointer(x.basePointer), py = out.basePointer
-        parallelRanges(count, cost: 4) { lo, hi in
-            switch op {
-            case .scale(let s): for i in lo..<hi { py[i] = px[i] * s }
-            case .addScalar(let s): for i in lo..<hi { py[i] = px[i] + s }
-            case .exp: for i in lo..<hi { py[i] = fastExp(px[i]) }
-            case .log: for i in lo..<hi { py[i] = Foundation.log(px[i]) }
-            case .sqrt: for i in lo..<hi { py[i] = px[i].squareRoot() }
-            case .rsqrt: for i in lo..<hi { py[i] = 1 / px[i].squareRoot() }
-            case .pow(let p): for i in lo..<hi { py[i] = Foundation.pow(px[i], p) }
-            case .tanh: for i in lo..<hi { py[i] = Foundation.tanh(px[i]) }
-            case .sigmoid: for i in lo..<hi { py[i] = 1 / (1 + fastExp(-px[i])) }
-            case .relu: for i in lo..<hi { py[i] = Swift.max(px[i], 0) }
-            case .geluTanh:
-                for i in lo..<hi {
-                    let v = px[i]
-                    py[i] = 0.5 * v * (1 + fastTanh(sqrt2OverPi * (v + 0.044715 * v * v * v)))
+        let px = UnsafePointer(x.basePointer), n = count
+        func apply(into py: UnsafeMutablePointer<Float>) {
+            parallelRanges(n, cost: 4) { lo, hi in
+                switch op {
+                case .scale(let s): for i in lo..<hi { py[i] = px[i] * s }
+                case .addScalar(let s): for i in lo..<hi { py[i] = px[i] + s }
+                case .exp: for i in lo..<hi { py[i] = fastExp(px[i]) }
+                case .log: for i in lo..<hi { py[i] = Foundation.log(px[i]) }
+                case .sqrt: for i in lo..<hi { py[i] = px[i].squareRoot() }
+                case .rsqrt: for i in lo..<hi { py[i] = 1 / px[i].squareRoot() }
+                case .pow(let p): for i in lo..<hi { py[i] = Foundation.pow(px[i], p) }
+                case .tanh: for i in lo..<hi { py[i] = Foundation.tanh(px[i]) }
+                case .sigmoid: for i in lo..<hi { py[i] = 1 / (1 + fastExp(-px[i])) }
+                case .relu: for i in lo..<hi { py[i] = Swift.max(px[i], 0) }
+                case .geluTanh:
+                    for i in lo..<hi {
+                        let v = px[i]
+                        py[i] = 0.5 * v * (1 + fastTanh(sqrt2OverPi * (v + 0.044715 * v * v * v)))
+                    }
+                case .geluErf: for i in lo..<hi { py[i] = 0.5 * px[i] * (1 + erff(px[i] * invSqrt2)) }
+                case .silu: for i in lo..<hi { py[i] = px[i] / (1 + fastExp(-px[i])) }
+                case .clamp(let a, let b): for i in lo..<hi { py[i] = Swift.min(Swift.max(px[i], a), b) }
                 }
-            case .geluErf: for i in lo..<hi { py[i] = 0.5 * px[i] * (1 + erff(px[i] * invSqrt2)) }
-            case .silu: for i in lo..<hi { py[i] = px[i] / (1 + fastExp(-px[i])) }
-            case .clamp(let a, let b): for i in lo..<hi { py[i] = Swift.min(Swift.max(px[i], a), b) }
             }
         }
-        let ys = out.storage
-        return Tensor.make(out, op: op.name, inputs: [self]) { [self] g in
+        apply(into: out.basePointer)
+        let pullback = { [self, ys = op.derivativeReadsOutput ? out.storage : nil] (g: Tensor) in
             let dx = Tensor.empty(shape)
-            let pg = UnsafePointer(g.basePointer), pd = dx.basePointer, y = UnsafePointer(ys.pointer)
+            // y: the output where the derivative reads it (a placeholder otherwise, never read)
+            let pg = UnsafePointer(g.basePointer), pd = dx.basePointer, y = UnsafePointer(ys?.pointer ?? dx.basePointer)
             parallelRanges(count, cost: 4) { lo, hi in
                 switch op {
                 case .scale(let s): for i in lo..<hi { pd[i] = pg[i] * s }
@@ -203,6 +214,13 @@ extension Tensor {
             }
             withExtendedLifetime(x) { accumulateGrad(owned: dx) }
         }
+        // An output the derivative does not read can be dropped and recomputed from x
+        // (`dropValuesUntilRead`): GPT-2's GELU output, kept for c_proj's weight gradient.
+        guard !op.derivativeReadsOutput else { return Tensor.make(out, op: op.name, inputs: [self], pullback: pullback) }
+        return Tensor.make(out, op: op.name, inputs: [self], recompute: { py in
+            apply(into: py)
+            withExtendedLifetime(x) {}
+        }, pullback: pullback)
     }
 
     public func exp() -> Tensor { unary(.exp) }

@@ -30,8 +30,8 @@ extension Tensor {
         let ySlot = y.slot  // y's values are not needed: its gradient is dY itself
         let keptX = a.requiresGrad ? xc : nil  // dA needs x
         let xSlot = x.slot
-        return make(out, op: "lowRankUpdate", inputs: [y, x, a, b]) { g in
-            withExtendedLifetime((keptX, u)) {}  // px (when dA is wanted) and pu point into them
+        return make(out, op: "lowRankUpdate", inputs: [y, x, a, b], readsInputsInPullback: true) { g in
+            withExtendedLifetime(u) {}  // pu points into it
             let pg = UnsafePointer(g.basePointer)
             if ySlot.requiresGrad { ySlot.accumulateGrad(g) }
             if b.requiresGrad {  // dB (out, r) = s · dYᵀ U
@@ -41,16 +41,18 @@ extension Tensor {
             }
             guard a.requiresGrad || xSlot.requiresGrad else { return }
             let du = Tensor.empty([n, r])  // (N, r) = s · dY B
-            sgemm(transA: false, transB: false, m: n, n: r, k: outF, alpha: s, a: pg, lda: outF, b: pb, ldb: r,
+            sgemm(transA: false, transB: false, m: n, n: r, k: outF, alpha: s, a: pg, lda: outF, b: UnsafePointer(b.basePointer), ldb: r,
                   beta: 0, c: du.basePointer, ldc: r)
             let pdu = UnsafePointer(du.basePointer)
-            if a.requiresGrad {  // dA (r, in) = dUᵀ x
+            if let keptX, a.requiresGrad {  // dA (r, in) = dUᵀ x
                 let (da, beta) = a.gradBuffer()
-                sgemm(transA: true, transB: false, m: r, n: inF, k: n, a: pdu, lda: r, b: px, ldb: inF, beta: beta, c: da, ldc: inF)
+                sgemm(transA: true, transB: false, m: r, n: inF, k: n, a: pdu, lda: r, b: UnsafePointer(keptX.basePointer), ldb: inF,
+                      beta: beta, c: da, ldc: inF)
             }
             if xSlot.requiresGrad {  // dX (N, in) += dU A
                 let (dx, beta) = xSlot.gradBuffer()
-                sgemm(transA: false, transB: false, m: n, n: inF, k: r, a: pdu, lda: r, b: pa, ldb: inF, beta: beta, c: dx, ldc: inF)
+                sgemm(transA: false, transB: false, m: n, n: inF, k: r, a: pdu, lda: r, b: UnsafePointer(a.basePointer), ldb: inF,
+                      beta: beta, c: dx, ldc: inF)
             }
         }
     }
@@ -82,13 +84,13 @@ extension Tensor {
         sgemm(transA: false, transB: true, m: n, n: total, k: inF, a: px, lda: inF, b: ps, ldb: inF, beta: 0, c: u.basePointer, ldc: total)
         let keptX = a.contains(where: \.requiresGrad) ? xc : nil  // dA needs x
         let xSlot = x.slot
-        return make(u, op: "lowRankProject", inputs: [x] + a) { g in
-            withExtendedLifetime((keptX, stacked)) {}  // px (when dA is wanted) and ps point into them
+        return make(u, op: "lowRankProject", inputs: [x] + a, readsInputsInPullback: true) { g in
+            withExtendedLifetime(stacked) {}  // ps points into it
             let pg = UnsafePointer(g.basePointer)
-            if a.contains(where: \.requiresGrad) {  // [dA₁; …] (Σr, in) = dUᵀ x, then each into its gradient
+            if let keptX {  // [dA₁; …] (Σr, in) = dUᵀ x, then each into its gradient
                 let da = Tensor.empty([total, inF])
-                sgemm(transA: true, transB: false, m: total, n: inF, k: n, a: pg, lda: total, b: px, ldb: inF, beta: 0,
-                      c: da.basePointer, ldc: inF)
+                sgemm(transA: true, transB: false, m: total, n: inF, k: n, a: pg, lda: total, b: UnsafePointer(keptX.basePointer),
+                      ldb: inF, beta: 0, c: da.basePointer, ldc: inF)
                 var row = 0
                 for ai in a {
                     if ai.requiresGrad { ai.accumulateGrad(UnsafePointer(da.basePointer + row * inF)) }

@@ -215,7 +215,7 @@ extension Tensor {
            copy.trainingProduct(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n, accumulate: false) {
             guard recordsA else { return out }
             let (aSlot, M, gradOffset, fp32B) = (A.input.slot, m * batchCount, offA.grad[0], B)
-            return Tensor.make(out, op: "matmul", inputs: [A.input, B.input]) { g in
+            return Tensor.make(out, op: "matmul", inputs: [A.input, B.input], readsInputsInPullback: true) { g in
                 guard aSlot.requiresGrad else { return }
                 let (da, beta) = aSlot.gradBuffer()
                 let pg = UnsafePointer(g.basePointer)
@@ -256,7 +256,7 @@ extension Tensor {
         let keptA = B.input.requiresGrad ? A.input : nil, keptB = A.input.requiresGrad ? B.input : nil
         let (aTrans, aLd, aGradTrans, aCount) = (A.trans, A.ld, A.gradTrans, A.input.count)
         let (bTrans, bLd, bGradTrans, bCount) = (B.trans, B.ld, B.gradTrans, B.input.count)
-        return Tensor.make(out, op: "matmul", inputs: [A.input, B.input]) { g in
+        return Tensor.make(out, op: "matmul", inputs: [A.input, B.input], readsInputsInPullback: true) { g in
             let pg = UnsafePointer(g.basePointer)
             let rowsFold = fold ? batchCount : 1
             let count = fold ? 1 : batchCount

@@ -85,25 +85,35 @@ extension Tensor {
         let px = UnsafePointer(x.basePointer), py = out.basePointer
         let pw = wd.map { UnsafePointer($0.basePointer) }, pb = bd.map { UnsafePointer($0.basePointer) }
         let pm = mean.pointer, pr = rstd.pointer
-        parallelRanges(rows, cost: c) { lo, hi in
-            for r in lo..<hi {
-                let xr = px + r * c, yr = py + r * c
-                let m = rowSum(xr, c) / Float(c)
-                let m8 = SIMD8<Float>(repeating: m)
-                let v = simdSum(c, { let d = load8(xr, $0) - m8; return d * d }, { let d = xr[$0] - m; return d * d })
-                let rs = 1 / (v / Float(c) + eps).squareRoot()
-                pm[r] = m
-                pr[r] = rs
-                for i in 0..<c {
-                    var y = (xr[i] - m) * rs
-                    if let pw { y *= pw[i] }
-                    if let pb { y += pb[i] }
-                    yr[i] = y
+        /// Writes the output rows; the first time also finds each row's mean and rstd, a rerun
+        /// (`Storage.recompute`) reads them, so it gives the same bits.
+        func normalize(into py: UnsafeMutablePointer<Float>, findingStatistics: Bool) {
+            parallelRanges(rows, cost: c) { lo, hi in
+                for r in lo..<hi {
+                    let xr = px + r * c, yr = py + r * c
+                    if findingStatistics {
+                        let m = rowSum(xr, c) / Float(c)
+                        let m8 = SIMD8<Float>(repeating: m)
+                        let v = simdSum(c, { let d = load8(xr, $0) - m8; return d * d }, { let d = xr[$0] - m; return d * d })
+                        pm[r] = m
+                        pr[r] = 1 / (v / Float(c) + eps).squareRoot()
+                    }
+                    let m = pm[r], rs = pr[r]
+                    for i in 0..<c {
+                        var y = (xr[i] - m) * rs
+                        if let pw { y *= pw[i] }
+                        if let pb { y += pb[i] }
+                        yr[i] = y
+                    }
                 }
             }
         }
+        normalize(into: py, findingStatistics: true)
         let inputs = [self] + [weight, bias].compactMap { $0 }
-        return Tensor.make(out, op: "layerNorm", inputs: inputs) { [self] g in
+        return Tensor.make(out, op: "layerNorm", inputs: inputs, recompute: { py in
+            normalize(into: py, findingStatistics: false)
+            withExtendedLifetime((x, mean, rstd, wd, bd)) {}
+        }) { [self] g in
             let pg = UnsafePointer(g.basePointer)
             if requiresGrad {
                 // dx = rstd · (dn − mean(dn) − n · mean(dn ⊙ n)), with n the normalized x and dn = dy ⊙ w.
@@ -155,17 +165,24 @@ extension Tensor {
         let wd = weight?.contiguousData()
         let px = UnsafePointer(x.basePointer), py = out.basePointer
         let pw = wd.map { UnsafePointer($0.basePointer) }, pr = rstd.pointer
-        parallelRanges(rows, cost: c) { lo, hi in
-            for r in lo..<hi {
-                let xr = px + r * c, yr = py + r * c
-                let ss = rowDot(xr, xr, c)
-                let rs = 1 / (ss / Float(c) + eps).squareRoot()
-                pr[r] = rs
-                if let pw { for i in 0..<c { yr[i] = xr[i] * rs * pw[i] } } else { for i in 0..<c { yr[i] = xr[i] * rs } }
+        /// Writes the output rows; the first time also finds each row's rstd, a rerun
+        /// (`Storage.recompute`) reads it, so it gives the same bits.
+        func normalize(into py: UnsafeMutablePointer<Float>, findingRstd: Bool) {
+            parallelRanges(rows, cost: c) { lo, hi in
+                for r in lo..<hi {
+                    let xr = px + r * c, yr = py + r * c
+                    if findingRstd { pr[r] = 1 / (rowDot(xr, xr, c) / Float(c) + eps).squareRoot() }
+                    let rs = pr[r]
+                    if let pw { for i in 0..<c { yr[i] = xr[i] * rs * pw[i] } } else { for i in 0..<c { yr[i] = xr[i] * rs } }
+                }
             }
         }
+        normalize(into: py, findingRstd: true)
         let inputs = [self] + [weight].compactMap { $0 }
-        return Tensor.make(out, op: "rmsNorm", inputs: inputs) { [self] g in
+        return Tensor.make(out, op: "rmsNorm", inputs: inputs, recompute: { py in
+            normalize(into: py, findingRstd: false)
+            withExtendedLifetime((x, rstd, wd)) {}
+        }) { [self] g in
             let pg = UnsafePointer(g.basePointer)
             if requiresGrad {
                 // dx = rstd · dn − x · rstd³ · mean(dn ⊙ x), dn = dy ⊙ w.
@@ -297,12 +314,18 @@ extension Tensor {
         check(g0.shape == u0.shape, "[swiglu] gate \(g0.shape) and up \(u0.shape) must have one shape")
         let g = g0.contiguousData(), u = u0.contiguousData()
         let out = Tensor.empty(g0.shape)
-        let pg = UnsafePointer(g.basePointer), pu = UnsafePointer(u.basePointer), po = out.basePointer
-        parallelRanges(out.count, cost: 4) { lo, hi in
-            for i in lo..<hi { po[i] = pg[i] / (1 + fastExp(-pg[i])) * pu[i] }
-        }
+        let pg = UnsafePointer(g.basePointer), pu = UnsafePointer(u.basePointer)
         let n = out.count  // the pullback must not capture `out`: that would keep (…, F) alive per layer
-        return make(out, op: "swiglu", inputs: [g0, u0]) { dy in
+        func product(into po: UnsafeMutablePointer<Float>) {
+            parallelRanges(n, cost: 4) { lo, hi in
+                for i in lo..<hi { po[i] = pg[i] / (1 + fastExp(-pg[i])) * pu[i] }
+            }
+        }
+        product(into: out.basePointer)
+        return make(out, op: "swiglu", inputs: [g0, u0], recompute: { po in
+            product(into: po)
+            withExtendedLifetime((g, u)) {}
+        }) { dy in
             let pd = UnsafePointer(dy.basePointer)
             let dg = g0.requiresGrad ? Tensor.empty(g0.shape) : nil
             let du = u0.requiresGrad ? Tensor.empty(u0.shape) : nil

@@ -9,7 +9,18 @@ import Foundation
 /// Flat Float32 memory shared by a tensor and all its views.
 public final class Storage {
     public let count: Int
-    private let values: UnsafeMutablePointer<Float>
+    private var values: UnsafeMutablePointer<Float>
+    /// True while the values are not in memory: released for good (`valuesReleased`) or dropped
+    /// until read (`dropUntilRead`). The one test on the hot path of `pointer`.
+    private var absent = false
+    /// Writes the values again into a buffer of `count` floats: set by an op whose output is cheap
+    /// to compute from what its own pullback keeps anyway (a norm, an activation), so the output
+    /// can be dropped after its last forward use (`dropUntilRead`) and made again when the
+    /// backward pass reads it.
+    var recompute: ((UnsafeMutablePointer<Float>) -> Void)?
+    /// Set once a recorded op that may read these values through a pointer taken in its forward
+    /// pass (most do) lists them as an input: they must then stay where they are.
+    var pinned = false
     /// A bf16 copy of these values for few-row products, for every product once the values were
     /// released, or for every product of a frozen matrix in bf16 training (`Tensor.keepBF16Copy`).
     var bf16: BF16Copy?
@@ -25,8 +36,41 @@ public final class Storage {
 
     /// Element 0 of the Float32 values; stops the program, saying why, once they were released.
     @inline(__always) public var pointer: UnsafeMutablePointer<Float> {
-        if _slowPath(valuesReleased) { Storage.releasedValuesRead(count) }
+        if _slowPath(absent) { return valuesAfterAbsence() }
         return values
+    }
+
+    /// The values of a storage dropped until read, computed again (once: they then stay until the
+    /// storage goes); stops the program for values released for good.
+    @inline(never)
+    private func valuesAfterAbsence() -> UnsafeMutablePointer<Float> {
+        if valuesReleased { Storage.releasedValuesRead(count) }
+        guard let recompute else {
+            fatalError("""
+                [tensor] an activation of \(count) floats, dropped after its forward use, was read after the backward \
+                pass had passed the op that made it: it can no longer be recomputed. Copy it (copy()) before the backward pass.
+                """)
+        }
+        // Kernels take their pointers before they spread over the threads; a read from a task
+        // could race another task recomputing the same values.
+        check(!WorkerPool.shared.isRunning, "[tensor] values dropped until read (\(count) floats) were read from inside a parallel kernel")
+        values = .allocate(capacity: max(count, 1))
+        absent = false
+        self.recompute = nil
+        recompute(values)
+        return values
+    }
+
+    /// Frees the values until something reads them, when the op that made them can make them
+    /// again (`recompute`) and every recorded op that read them takes their pointer afresh in its
+    /// pullback (not `pinned`); does nothing otherwise. For an activation whose forward uses are
+    /// over and that only such pullbacks still hold (a matmul's, for its weight gradient): the
+    /// backward pass recomputes it when the first of them reads it, so the graph keeps the op's
+    /// input instead of both.
+    public func dropUntilRead() {
+        guard recompute != nil, !pinned, !absent else { return }
+        values.deallocate()
+        absent = true
     }
 
     @inline(never)
@@ -44,8 +88,10 @@ public final class Storage {
     func releaseValues() {
         check(bf16 != nil, "[bf16] only a storage with a bf16 copy can let its fp32 values go")
         guard !valuesReleased else { return }
+        if !absent { values.deallocate() }
         valuesReleased = true
-        values.deallocate()
+        absent = true
+        recompute = nil
     }
 
     /// Keeps the values rounded to bf16 (`bf16Values`) and frees the Float32 ones. The rounding
@@ -53,7 +99,7 @@ public final class Storage {
     /// (GPT-2's 147 MiB embedding, loaded last, would otherwise add 74 MiB to the load's peak).
     func releaseValuesKeepingBF16() {
         guard !valuesReleased else { return }
-        let raw = UnsafeMutableRawPointer(values)
+        let raw = UnsafeMutableRawPointer(pointer)
         // Value i's bits go to bytes 2i..<2i+2, which held only values before i, already read.
         for i in 0..<count {
             raw.storeBytes(of: bf16Bits(raw.load(fromByteOffset: 4 * i, as: Float.self)), toByteOffset: 2 * i, as: UInt16.self)
@@ -62,6 +108,8 @@ public final class Storage {
         guard let half = realloc(raw, max(2 * count, 1)) else { fatalError("[bf16] realloc to a smaller size failed") }
         bf16Values = half.bindMemory(to: UInt16.self, capacity: max(count, 1))
         valuesReleased = true
+        absent = true
+        recompute = nil
     }
 
     /// glibc hands blocks of 32 MiB and more straight back to the kernel, so every large
@@ -89,7 +137,7 @@ public final class Storage {
     }
 
     deinit {
-        if !valuesReleased { values.deallocate() }
+        if !absent { values.deallocate() }
         bf16Values?.deallocate()
     }
 }
@@ -327,19 +375,48 @@ public final class Tensor {
     // MARK: autodiff
 
     /// Makes the output of an op, recording a node when grad mode is on and an input needs a gradient.
-    static func make(_ storage: Storage, _ layout: Layout, op: String, inputs: [Tensor],
+    /// A recorded op pins its inputs' values (`Storage.pinned`: they are never dropped until read,
+    /// since its pullback may hold pointers into them) unless `readsInputsInPullback` says its
+    /// pullback takes every input pointer afresh from the tensors it keeps.
+    static func make(_ storage: Storage, _ layout: Layout, op: String, inputs: [Tensor], readsInputsInPullback: Bool = false,
                      pullback: @escaping (Tensor) -> Void) -> Tensor {
         let t = Tensor(storage: storage, layout: layout)
         if Autograd.isRecording && inputs.contains(where: { $0.requiresGrad }) {
             t.node = Node(op: op, inputs: inputs.map(\.slot), pullback: pullback)
+            if !readsInputsInPullback { for x in inputs { x.storage.pinned = true } }
         }
         return t
     }
 
     /// Output of an op into a fresh contiguous tensor `out`.
-    static func make(_ out: Tensor, op: String, inputs: [Tensor], pullback: @escaping (Tensor) -> Void) -> Tensor {
-        make(out.storage, out.layout, op: op, inputs: inputs, pullback: pullback)
+    static func make(_ out: Tensor, op: String, inputs: [Tensor], readsInputsInPullback: Bool = false,
+                     pullback: @escaping (Tensor) -> Void) -> Tensor {
+        make(out.storage, out.layout, op: op, inputs: inputs, readsInputsInPullback: readsInputsInPullback, pullback: pullback)
     }
+
+    /// Output of an op into a fresh contiguous tensor `out` whose values `recompute` can write
+    /// again, bit for bit, from what the pullback keeps anyway: when a node is recorded, the
+    /// output may be dropped after its last forward use (`dropValuesUntilRead`).
+    static func make(_ out: Tensor, op: String, inputs: [Tensor], recompute: @escaping (UnsafeMutablePointer<Float>) -> Void,
+                     pullback: @escaping (Tensor) -> Void) -> Tensor {
+        // Once the op's own pullback ran, every reader's had (reverse topological order): the
+        // closure lets go of what it holds, so an output kept after the backward pass keeps no input.
+        let t = make(out.storage, out.layout, op: op, inputs: inputs) { [weak storage = out.storage] g in
+            pullback(g)
+            storage?.recompute = nil
+        }
+        if t.node != nil { out.storage.recompute = recompute }
+        return t
+    }
+
+    /// Frees this activation's values until something reads them again, when the op that made it
+    /// can recompute them (a norm's or an activation function's output; see `Storage.recompute`),
+    /// a graph was recorded and the ops that read it so far take its pointer afresh in their
+    /// pullbacks (matmul, LoRA's products; `Storage.pinned`); does nothing otherwise. Call it after
+    /// the tensor's last forward use: the backward pass then recomputes the values where a
+    /// pullback reads them (a matmul's weight gradient), so the graph holds the op's input alone
+    /// instead of input and output. Values, gradients and results do not change.
+    public func dropValuesUntilRead() { storage.dropUntilRead() }
 
     /// Adds `count` contiguous values at `src` into this tensor's gradient.
     func accumulateGrad(_ src: UnsafePointer<Float>) { slot.accumulateGrad(src) }

@@ -25,6 +25,8 @@ final class WorkerPool: @unchecked Sendable {
     private let nextTask = Atomic<Int>(0)
     private let finished = Atomic<Int>(0)
     private let busy = Atomic<Bool>(false)
+    /// True while a `run` is spread over the workers (its tasks may be running anywhere).
+    var isRunning: Bool { busy.load(ordering: .relaxed) }
     // The current job; written under `condition` only while no worker is active.
     private var body: ((Int) -> Void)?
     private var count = 0

@@ -3,6 +3,7 @@
 
 import XCTest
 import TestSupport
+import CBLAS  // malloc.h (mallinfo2)
 @testable import TensorCore
 
 final class AutodiffTests: XCTestCase {
@@ -163,6 +164,76 @@ final class AutodiffTests: XCTestCase {
         // Outside recording it is the function itself.
         let t = Tensor.ones([2])
         XCTAssertEqual(withNoGrad { Tensor.recomputed("g") { t * 3 } }.toArray(), [3, 3])
+    }
+
+    /// A norm's or an activation's output dropped after its forward use (`dropValuesUntilRead`)
+    /// leaves the heap, is recomputed when the weight gradient of the matmul that read it needs
+    /// it, and changes no bit of the values or gradients.
+    func testDroppedActivationsAreRecomputedBitForBit() {
+        let ops: [(String, (Tensor, Tensor, Tensor) -> Tensor)] = [
+            ("rmsNorm", { x, w, _ in x.rmsNorm(weight: w) }),
+            ("layerNorm", { x, w, b in x.layerNorm(weight: w, bias: b) }),
+            ("swiglu", { x, w, _ in Tensor.swiglu(gate: x, up: x * w) }),
+            ("gelu", { x, _, _ in x.gelu() }),
+            ("geluTanh", { x, _, _ in x.geluTanh() }),
+            ("silu", { x, _, _ in x.silu() }),
+        ]
+        for (name, op) in ops {
+            func run(drop: Bool) -> (y: [Float], grads: [[Float]], freed: Int) {
+                var rng = RNG(seed: 11)
+                let x = Tensor.normal([64, 256], rng: &rng), w = Tensor.normal([256], rng: &rng)
+                let b = Tensor.normal([256], rng: &rng), m = Tensor.normal([256, 32], rng: &rng)
+                for t in [x, w, b, m] { t.requiresGrad = true }
+                let y = op(x, w, b)  // (64, 256)
+                let z = y.matmul(m)  // m trains: its pullback keeps y for m's gradient
+                let before = Int(mallinfo2().uordblks)
+                if drop { y.dropValuesUntilRead() }
+                let freed = before - Int(mallinfo2().uordblks)
+                (z * z).sum().backward()
+                return (y.toArray(), [x, w, b, m].map { $0.grad?.toArray() ?? [] }, freed)
+            }
+            let kept = run(drop: false), dropped = run(drop: true)
+            XCTAssertGreaterThanOrEqual(dropped.freed, 64 * 256 * 4, "\(name): the output's values leave the heap")
+            XCTAssertEqual(dropped.y, kept.y, "\(name): recomputed values")
+            for (a, b) in zip(dropped.grads, kept.grads) { XCTAssertEqual(a, b, "\(name): gradients") }
+        }
+        // The same through LoRA's shared product, whose pullback also reads x afresh; an op that
+        // may keep a pointer into its input from the forward pass (here ⊙) pins it: not dropped.
+        for pinning in [false, true] {
+            func run(drop: Bool) -> (grads: [[Float]], freed: Int) {
+                var rng = RNG(seed: 12)
+                let x = Tensor.normal([64, 256], rng: &rng), w = Tensor.normal([256], rng: &rng)
+                let a = Tensor.normal([8, 256], rng: &rng)
+                for t in [x, w, a] { t.requiresGrad = true }
+                let y = x.rmsNorm(weight: w)  // (64, 256)
+                let u = pinning ? y * x : Tensor.lowRankProject(y, a: [a])
+                let before = Int(mallinfo2().uordblks)
+                if drop { y.dropValuesUntilRead() }
+                let freed = before - Int(mallinfo2().uordblks)
+                (u * u).sum().backward()
+                return ([x, w, a].map { $0.grad?.toArray() ?? [] }, freed)
+            }
+            let kept = run(drop: false), dropped = run(drop: true)
+            if pinning {
+                XCTAssertEqual(dropped.freed, 0, "an input of ⊙ stays")
+            } else {
+                XCTAssertGreaterThanOrEqual(dropped.freed, 64 * 256 * 4, "lowRankProject's input is dropped")
+            }
+            for (a, b) in zip(dropped.grads, kept.grads) { XCTAssertEqual(a, b, "pinning \(pinning): gradients") }
+        }
+        // Nothing is dropped where it could not be recomputed: without a graph, or for an op whose
+        // derivative reads its own output (exp keeps it for its pullback).
+        let x = Tensor.ones([4, 8])
+        let free = withNoGrad { x.rmsNorm(weight: nil) }
+        free.dropValuesUntilRead()
+        assertClose(free.toArray(), [Float](repeating: 1, count: 32), rtol: 1e-5)
+        x.requiresGrad = true
+        let e = x.exp()
+        let before = Int(mallinfo2().uordblks)
+        e.dropValuesUntilRead()
+        XCTAssertEqual(Int(mallinfo2().uordblks), before, "exp's output is its pullback's input: kept")
+        e.sum().backward()
+        assertClose(x.grad!.toArray(), [Float](repeating: Float(M_E), count: 32), rtol: 1e-5)
     }
 
     func testViewsShareStorage() {
