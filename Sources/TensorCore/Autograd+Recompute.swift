@@ -23,7 +23,9 @@ extension Tensor {
         guard let node = out.node, node.serial >= mark else { return out }  // nothing recorded inside
         let outside = outsideSlots(of: out.slot, madeSince: mark)
         let outsideIDs = Set(outside.map(ObjectIdentifier.init))
-        // The values, without the graph: the graph recorded inside goes with `out`.
+        // The values, without the graph: the graph recorded inside goes with `out`, and so does
+        // the way to recompute them when `body` ended in a norm or an activation (the values stay).
+        out.storage.endRecompute()
         let kept = Tensor(storage: out.storage, layout: out.layout)
         let result = Tensor(storage: out.storage, layout: out.layout)
         result.node = Node(op: op, inputs: outside) { g in

@@ -217,9 +217,10 @@ extension Tensor {
         // An output the derivative does not read can be dropped and recomputed from x
         // (`dropValuesUntilRead`): GPT-2's GELU output, kept for c_proj's weight gradient.
         guard !op.derivativeReadsOutput else { return Tensor.make(out, op: op.name, inputs: [self], pullback: pullback) }
+        let held = x.storage  // not the tensor: it would hold its graph
         return Tensor.make(out, op: op.name, inputs: [self], recompute: { py in
             apply(into: py)
-            withExtendedLifetime(x) {}
+            withExtendedLifetime(held) {}
         }, pullback: pullback)
     }
 
@@ -253,7 +254,7 @@ extension Tensor {
         parallelRanges(out.count) { lo, hi in
             for i in lo..<hi { po[i] = pc[i] != 0 ? pa[i] : pb[i] }
         }
-        return make(out, op: "where", inputs: [a, b]) { g in
+        let result = make(out, op: "where", inputs: [a, b]) { g in
             let pg = UnsafePointer(g.basePointer)
             for (t, keep) in [(a, true), (b, false)] where t.requiresGrad {
                 let d = Tensor.empty(outShape)
@@ -263,6 +264,8 @@ extension Tensor {
             }
             withExtendedLifetime(c) {}
         }
+        if result.node != nil { c.storage.pinned = true }  // the pullback reads pc, and cond is no input
+        return result
     }
 
     /// Replaces elements where `mask != 0` (broadcast) by `value`, e.g. -inf for attention masks.

@@ -6,7 +6,9 @@ extension Tensor {
     /// The buffer a low-rank update adds into: y's own (a new tensor over the same contiguous
     /// storage, so y stays the graph input) when the caller hands y over, else a copy.
     private static func outputBuffer(_ y: Tensor, intoY: Bool) -> Tensor {
-        intoY && y.isContiguous ? Tensor(storage: y.storage, layout: y.layout) : y.copy()
+        guard intoY && y.isContiguous else { return y.copy() }
+        y.storage.endRecompute()  // written in place next: recomputing would undo it
+        return Tensor(storage: y.storage, layout: y.layout)
     }
 
     /// y + scale · (x Aᵀ) Bᵀ for x (…, in), y (…, out), a (r, in), b (out, r) contiguous.

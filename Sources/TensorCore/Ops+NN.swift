@@ -110,9 +110,11 @@ extension Tensor {
         }
         normalize(into: py, findingStatistics: true)
         let inputs = [self] + [weight, bias].compactMap { $0 }
+        // The recompute keeps storages, not tensors: a tensor would hold its graph.
+        let held = (x.storage, mean, rstd, wd?.storage, bd?.storage)
         return Tensor.make(out, op: "layerNorm", inputs: inputs, recompute: { py in
             normalize(into: py, findingStatistics: false)
-            withExtendedLifetime((x, mean, rstd, wd, bd)) {}
+            withExtendedLifetime(held) {}
         }) { [self] g in
             let pg = UnsafePointer(g.basePointer)
             if requiresGrad {
@@ -179,9 +181,11 @@ extension Tensor {
         }
         normalize(into: py, findingRstd: true)
         let inputs = [self] + [weight].compactMap { $0 }
+        // The recompute keeps storages, not tensors: a tensor would hold its graph.
+        let held = (x.storage, rstd, wd?.storage)
         return Tensor.make(out, op: "rmsNorm", inputs: inputs, recompute: { py in
             normalize(into: py, findingRstd: false)
-            withExtendedLifetime((x, rstd, wd)) {}
+            withExtendedLifetime(held) {}
         }) { [self] g in
             let pg = UnsafePointer(g.basePointer)
             if requiresGrad {
@@ -322,9 +326,10 @@ extension Tensor {
             }
         }
         product(into: out.basePointer)
+        let held = (g.storage, u.storage)  // storages, not tensors: a tensor would hold its graph
         return make(out, op: "swiglu", inputs: [g0, u0], recompute: { po in
             product(into: po)
-            withExtendedLifetime((g, u)) {}
+            withExtendedLifetime(held) {}
         }) { dy in
             let pd = UnsafePointer(dy.basePointer)
             let dg = g0.requiresGrad ? Tensor.empty(g0.shape) : nil

@@ -126,6 +126,7 @@ extension Tensor {
         check(src.shape == shape, "[assign] source \(src.shape) differs from destination \(shape)")
         let c = src.contiguousData()
         copyInto(c.basePointer, storage.pointer, layout)
+        storage.endRecompute()  // written in place: recomputing would undo it
     }
 }
 

@@ -18,8 +18,9 @@ public final class Storage {
     /// can be dropped after its last forward use (`dropUntilRead`) and made again when the
     /// backward pass reads it.
     var recompute: ((UnsafeMutablePointer<Float>) -> Void)?
-    /// Set once a recorded op that may read these values through a pointer taken in its forward
-    /// pass (most do) lists them as an input: they must then stay where they are.
+    /// Set once a recorded op lists these values as an input without promising to take their
+    /// pointer afresh in its pullback (most ops: many keep a pointer from the forward pass; views
+    /// and ops that read no values pin too): they then stay where they are.
     var pinned = false
     /// A bf16 copy of these values for few-row products, for every product once the values were
     /// released, or for every product of a frozen matrix in bf16 training (`Tensor.keepBF16Copy`).
@@ -34,7 +35,8 @@ public final class Storage {
     /// embedding: `Tensor.embedding` converts the rows it gathers); nil unless kept.
     private(set) var bf16Values: UnsafeMutablePointer<UInt16>?
 
-    /// Element 0 of the Float32 values; stops the program, saying why, once they were released.
+    /// Element 0 of the Float32 values. Values dropped until read (`dropUntilRead`) are recomputed
+    /// first; values released for good (bf16 weights) stop the program, saying why.
     @inline(__always) public var pointer: UnsafeMutablePointer<Float> {
         if _slowPath(absent) { return valuesAfterAbsence() }
         return values
@@ -45,14 +47,10 @@ public final class Storage {
     @inline(never)
     private func valuesAfterAbsence() -> UnsafeMutablePointer<Float> {
         if valuesReleased { Storage.releasedValuesRead(count) }
-        guard let recompute else {
-            fatalError("""
-                [tensor] an activation of \(count) floats, dropped after its forward use, was read after the backward \
-                pass had passed the op that made it: it can no longer be recomputed. Copy it (copy()) before the backward pass.
-                """)
-        }
-        // Kernels take their pointers before they spread over the threads; a read from a task
-        // could race another task recomputing the same values.
+        guard let recompute else { fatalError("[tensor] \(count) values were dropped with no way to recompute them") }
+        // The ops whose inputs can be dropped (matmul, LoRA's products) take their pointers on the
+        // calling thread before they spread over the pool; a read from a task could race another
+        // task recomputing the same values.
         check(!WorkerPool.shared.isRunning, "[tensor] values dropped until read (\(count) floats) were read from inside a parallel kernel")
         values = .allocate(capacity: max(count, 1))
         absent = false
@@ -71,6 +69,13 @@ public final class Storage {
         guard recompute != nil, !pinned, !absent else { return }
         values.deallocate()
         absent = true
+    }
+
+    /// Forgets how to recompute the values, unless they are dropped now: once they were written in
+    /// place (the recompute would undo the write) or the op that made them ran its pullback (so
+    /// the closure lets go of that op's inputs).
+    func endRecompute() {
+        if !absent { recompute = nil }
     }
 
     @inline(never)
@@ -399,11 +404,13 @@ public final class Tensor {
     /// output may be dropped after its last forward use (`dropValuesUntilRead`).
     static func make(_ out: Tensor, op: String, inputs: [Tensor], recompute: @escaping (UnsafeMutablePointer<Float>) -> Void,
                      pullback: @escaping (Tensor) -> Void) -> Tensor {
-        // Once the op's own pullback ran, every reader's had (reverse topological order): the
-        // closure lets go of what it holds, so an output kept after the backward pass keeps no input.
+        // Once the op's own pullback ran, the readers this backward pass reaches had run theirs
+        // (reverse topological order): values read (so present) need the closure no more, and an
+        // output kept after the backward pass then keeps no input. Values still dropped keep it,
+        // for a reader that a later backward pass over the same graph reaches.
         let t = make(out.storage, out.layout, op: op, inputs: inputs) { [weak storage = out.storage] g in
             pullback(g)
-            storage?.recompute = nil
+            storage?.endRecompute()
         }
         if t.node != nil { out.storage.recompute = recompute }
         return t

@@ -221,6 +221,34 @@ final class AutodiffTests: XCTestCase {
             }
             for (a, b) in zip(dropped.grads, kept.grads) { XCTAssertEqual(a, b, "pinning \(pinning): gradients") }
         }
+        // A second backward pass over the same graph reads values that the first left dropped
+        // (it reached the norm through a frozen product only).
+        func secondPass(drop: Bool) -> [Float] {
+            var rng = RNG(seed: 13)
+            let x = Tensor.normal([64, 256], rng: &rng), frozen = Tensor.normal([256, 8], rng: &rng)
+            let m = Tensor.normal([256, 8], rng: &rng)
+            x.requiresGrad = true
+            m.requiresGrad = true
+            let y = x.rmsNorm(weight: nil)
+            let first = y.matmul(frozen).sum(), second = (y.matmul(m) * 2).sum()
+            if drop { y.dropValuesUntilRead() }
+            first.backward()
+            second.backward()
+            return m.grad!.toArray()
+        }
+        XCTAssertEqual(secondPass(drop: true), secondPass(drop: false))
+        // A checkpointed function that ends in a norm keeps neither the inside nor the norm's input.
+        weak var inside: Storage?
+        let v = Tensor.ones([4, 8])
+        v.requiresGrad = true
+        let checkpointed = Tensor.recomputed("f") { () -> Tensor in
+            let h = v * 3
+            inside = h.storage
+            return h.rmsNorm(weight: nil)
+        }
+        XCTAssertNil(inside, "the recomputed function's inside is freed")
+        checkpointed.sum().backward()
+        XCTAssertNotNil(v.grad)
         // Nothing is dropped where it could not be recomputed: without a graph, or for an op whose
         // derivative reads its own output (exp keeps it for its pullback).
         let x = Tensor.ones([4, 8])
