@@ -38,12 +38,13 @@ extension Tensor {
     static func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, name: String) -> Tensor {
         let outShape = must { try ShapeCheck.broadcast(a.shape, b.shape, op: name) }
         let out = binaryKernel(op, a, b, outShape: outShape)
-        // Keep only the values a gradient needs: none for + and −; the other operand for × and ÷.
+        // Keep only the values a gradient needs: none for + and −; the other operand for × and ÷,
+        // read in the pullback (so an IA3 scale lets a dropped activation go).
         let (aSlot, bSlot) = (a.slot, b.slot)
         let needsValues = op == .mul || op == .div
         let keptA = needsValues && b.requiresGrad ? a : nil
         let keptB = needsValues && (a.requiresGrad || (op == .div && b.requiresGrad)) ? b : nil
-        return make(out, op: name, inputs: [a, b]) { g in
+        return make(out, op: name, inputs: [a, b], readsInputsInPullback: true) { g in
             withNoGrad {
                 let (ad, bd) = (keptA?.detached(), keptB?.detached())
                 if aSlot.requiresGrad {

@@ -197,29 +197,34 @@ final class AutodiffTests: XCTestCase {
             XCTAssertEqual(dropped.y, kept.y, "\(name): recomputed values")
             for (a, b) in zip(dropped.grads, kept.grads) { XCTAssertEqual(a, b, "\(name): gradients") }
         }
-        // The same through LoRA's shared product, whose pullback also reads x afresh; an op that
-        // may keep a pointer into its input from the forward pass (here ⊙) pins it: not dropped.
-        for pinning in [false, true] {
+        // The same through LoRA's shared product and an IA3-like scale (⊙ a vector), whose
+        // pullbacks also read x afresh; an op that may keep a pointer into its input from the
+        // forward pass (here RoPE) pins it: not dropped.
+        for consumer in ["lowRankProject", "scale", "rope"] {
+            let pinning = consumer == "rope"
             func run(drop: Bool) -> (grads: [[Float]], freed: Int) {
                 var rng = RNG(seed: 12)
                 let x = Tensor.normal([64, 256], rng: &rng), w = Tensor.normal([256], rng: &rng)
                 let a = Tensor.normal([8, 256], rng: &rng)
                 for t in [x, w, a] { t.requiresGrad = true }
                 let y = x.rmsNorm(weight: w)  // (64, 256)
-                let u = pinning ? y * x : Tensor.lowRankProject(y, a: [a])
+                let l = Tensor.normal([256], rng: &rng)
+                l.requiresGrad = true
+                let u = consumer == "rope" ? (y.rope(theta: 10_000) * x).matmul(a.transposed())
+                    : consumer == "scale" ? (y * l).matmul(a.transposed()) : Tensor.lowRankProject(y, a: [a])
                 let before = Int(mallinfo2().uordblks)
                 if drop { y.dropValuesUntilRead() }
                 let freed = before - Int(mallinfo2().uordblks)
                 (u * u).sum().backward()
-                return ([x, w, a].map { $0.grad?.toArray() ?? [] }, freed)
+                return ([x, w, a, l].map { $0.grad?.toArray() ?? [] }, freed)
             }
             let kept = run(drop: false), dropped = run(drop: true)
             if pinning {
-                XCTAssertEqual(dropped.freed, 0, "an input of ⊙ stays")
+                XCTAssertEqual(dropped.freed, 0, "an input of \(consumer) stays")
             } else {
-                XCTAssertGreaterThanOrEqual(dropped.freed, 64 * 256 * 4, "lowRankProject's input is dropped")
+                XCTAssertGreaterThanOrEqual(dropped.freed, 64 * 256 * 4, "\(consumer)'s input is dropped")
             }
-            for (a, b) in zip(dropped.grads, kept.grads) { XCTAssertEqual(a, b, "pinning \(pinning): gradients") }
+            for (a, b) in zip(dropped.grads, kept.grads) { XCTAssertEqual(a, b, "\(consumer): gradients") }
         }
         // A second backward pass over the same graph reads values that the first left dropped
         // (it reached the norm through a frozen product only).
