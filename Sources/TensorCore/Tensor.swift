@@ -48,9 +48,9 @@ public final class Storage {
     private func valuesAfterAbsence() -> UnsafeMutablePointer<Float> {
         if valuesReleased { Storage.releasedValuesRead(count) }
         guard let recompute else { fatalError("[tensor] \(count) values were dropped with no way to recompute them") }
-        // The ops whose inputs can be dropped (matmul, LoRA's products) take their pointers on the
-        // calling thread before they spread over the pool; a read from a task could race another
-        // task recomputing the same values.
+        // The ops whose inputs can be dropped (matmul, LoRA's products, elementwise arithmetic)
+        // take their pointers on the calling thread before they spread over the pool; a read from
+        // a task could race another task recomputing the same values.
         check(!WorkerPool.shared.isRunning, "[tensor] values dropped until read (\(count) floats) were read from inside a parallel kernel")
         values = .allocate(capacity: max(count, 1))
         absent = false
@@ -65,7 +65,7 @@ public final class Storage {
     /// over and that only such pullbacks still hold (a matmul's, for its weight gradient): the
     /// backward pass recomputes it when the first of them reads it, so the graph keeps the op's
     /// input instead of both.
-    public func dropUntilRead() {
+    func dropUntilRead() {
         guard recompute != nil, !pinned, !absent else { return }
         values.deallocate()
         absent = true
@@ -419,10 +419,10 @@ public final class Tensor {
     /// Frees this activation's values until something reads them again, when the op that made it
     /// can recompute them (a norm's or an activation function's output; see `Storage.recompute`),
     /// a graph was recorded and the ops that read it so far take its pointer afresh in their
-    /// pullbacks (matmul, LoRA's products; `Storage.pinned`); does nothing otherwise. Call it after
-    /// the tensor's last forward use: the backward pass then recomputes the values where a
-    /// pullback reads them (a matmul's weight gradient), so the graph holds the op's input alone
-    /// instead of input and output. Values, gradients and results do not change.
+    /// pullbacks (matmul, LoRA's products, elementwise arithmetic; `Storage.pinned`); does nothing
+    /// otherwise. Call it after the tensor's last forward use: the backward pass then recomputes
+    /// the values where a pullback reads them (a matmul's weight gradient), so the graph holds the
+    /// op's input alone instead of input and output. Values, gradients and results do not change.
     public func dropValuesUntilRead() { storage.dropUntilRead() }
 
     /// Adds `count` contiguous values at `src` into this tensor's gradient.
