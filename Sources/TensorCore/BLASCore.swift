@@ -17,6 +17,11 @@ public enum BLASCore {
     /// The name of the kernel set OpenBLAS is running (e.g. "SkylakeX", "Haswell", "Prescott").
     public static var current: String { String(cString: openblas_get_corename()) }
 
+    /// Whether the running core has OpenBLAS's unpacked small-matrix GEMM kernels. In 0.3.21 only
+    /// the AVX-512 cores do (SkylakeX, and Cooperlake and SapphireRapids, which reuse them); every
+    /// other core packs the whole of B even for one row of A.
+    public static let hasSmallMatrixKernels = level(ofCore: current) == 4
+
     /// Threads OpenBLAS runs each call on (1 while SwiftPEFT splits the GEMMs: `Threads.summary`).
     public static var threads: Int {
         _ = blasThreadsApplied

@@ -14,8 +14,8 @@ public enum BLASCounter {
 }
 
 /// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
-/// A single row (M = 1, as in token-by-token decoding) goes to sgemv: sgemm would pack all of B
-/// for one row (measured: the copy took 31% of generation time, more than the product).
+/// A single row (M = 1, as in token-by-token decoding; up to `gemvRows`) goes to sgemv: sgemm would
+/// pack all of B for one row (measured: the copy took 31% of generation time, more than the product).
 /// A large product is split over SwiftPEFT's threads (`Threads.GEMMSplit.tasks`, the default).
 @inline(__always)
 public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
@@ -34,37 +34,60 @@ public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Flo
     }
 }
 
-/// One OpenBLAS call (sgemv for a single row) with the threads OpenBLAS has now.
+/// One OpenBLAS call (sgemv for each row when there are at most `gemvRows`) with the threads
+/// OpenBLAS has now.
 @inline(__always)
 func blasGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
               b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    if m == 1 && k > 0 {
-        // c (N) = alpha · op(B)ᵀ a + beta · c; a's K values have stride lda when A is transposed.
-        // op(B) = B (K×N stored): c = Bᵀ a; op(B) = Bᵀ (N×K stored): c = B a.
-        if beta == 0 { c.update(repeating: 0, count: n) }  // C may be uninitialized memory (NaN × 0)
-        cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, Int32(transB ? n : k), Int32(transB ? k : n),
-                    alpha, b, Int32(ldb), a, Int32(transA ? lda : 1), beta, c, 1)
+    if m <= gemvRows && k > 0 {
+        rowwiseGEMV(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                    beta: beta, c: c, ldc: ldc)
         return
     }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
+/// Rows up to which a product runs as one sgemv per row. sgemm packs all of B for those rows: one
+/// row of the SmolLM2 shape streamed its weight at 11 GB/s against sgemv's 28.6 on the Haswell
+/// kernels (AMD EPYC, one thread), and two rows of its output head took 12.7 ms against 7.7
+/// (four rows: sgemm 11.6, sgemv 15.6). With the AVX-512 cores' small-matrix kernels a single row
+/// still goes to sgemv here, and `splitGEMM` sends few rows to those kernels instead.
+let gemvRows = BLASCore.hasSmallMatrixKernels ? 1 : 2
+
+/// C = alpha · op(A) · op(B) + beta · C as one `cblas_sgemv` per row of C.
+func rowwiseGEMV(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                 b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    for i in 0..<m {
+        // c row i (N) = alpha · op(B)ᵀ a_i + beta · c_i; row i of op(A) has stride lda when A is transposed.
+        // op(B) = B (K×N stored): c_i = Bᵀ a_i; op(B) = Bᵀ (N×K stored): c_i = B a_i.
+        let ci = c + i * ldc
+        if beta == 0 { ci.update(repeating: 0, count: n) }  // C may be uninitialized memory (NaN × 0)
+        cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, Int32(transB ? n : k), Int32(transB ? k : n),
+                    alpha, b, Int32(ldb), transA ? a + i : a + i * lda, Int32(transA ? lda : 1), beta, ci, 1)
+    }
+}
+
+/// Whether `splitGEMM` cuts few-row products into chunks for OpenBLAS's small-matrix kernels:
+/// when the running core has them (tests set both ways).
+nonisolated(unsafe) var smallMatrixChunks = BLASCore.hasSmallMatrixKernels
+
 /// Products smaller than this (M·N·K) run on one thread under `.tasks`.
 let splitMinWork = 1 << 18
 
 /// C = alpha · op(A) · op(B) + beta · C split over the threads, OpenBLAS single-threaded in each
 /// part. The output columns (B's rows or columns) are cut into chunks; with few rows (M ≤ 24)
-/// against a stored-(N, K) weight, the chunks are small enough for OpenBLAS's unpacked small-matrix
-/// kernels (M·chunk ≤ 1200 and M·chunk·K ≤ 10⁶, its SkylakeX limits), where one call would pack
-/// the whole weight for a few rows: a decoding step of 8 rows on SmolLM2 took 47 ms instead of
-/// 73 (`docs/benchmarks.md`, Serving). A product with fewer columns than rows is split by rows.
+/// against a stored-(N, K) weight, on a core that has OpenBLAS's unpacked small-matrix kernels,
+/// the chunks are small enough for them (M·chunk ≤ 1200 and M·chunk·K ≤ 10⁶, its SkylakeX limits),
+/// where one call would pack the whole weight for a few rows: a decoding step of 8 rows on SmolLM2
+/// took 47 ms instead of 73 (`docs/benchmarks.md`, Serving). A product with fewer columns than
+/// rows is split by rows.
 func splitGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     let threads = hardwareThreads
     let byRows = n < m && m >= 2 * threads
     let total = byRows ? m : n
-    let maxChunk = !byRows && !transA && transB && m <= 24 && k >= 32 ? max(1, min(1200 / m, 1_000_000 / (m * k))) : total
+    let maxChunk = smallMatrixChunks && !byRows && !transA && transB && m <= 24 && k >= 32 ? max(1, min(1200 / m, 1_000_000 / (m * k))) : total
     let chunks = max(threads, (total + maxChunk - 1) / maxChunk)
     insideParallelRegion = true
     defer { insideParallelRegion = false }

@@ -460,42 +460,59 @@ final class FastMathTests: XCTestCase {
         }
     }
 
-    /// A single-row product goes to sgemv: every transpose combination, a strided row of a
-    /// transposed A, beta 0 over NaN-filled memory and beta 1 accumulation, against a naive loop.
-    func testSingleRowProductsMatchNaive() {
+    /// Products of one to three rows through `sgemm` (sgemv up to `gemvRows` rows) and through
+    /// `rowwiseGEMV` itself: every transpose combination, strided rows of a transposed A, beta 0
+    /// over NaN-filled memory and beta 1 accumulation, against a naive loop.
+    func testFewRowProductsMatchNaive() {
         let (k, n) = (5, 7)
         var rng = RNG(seed: 31)
-        let aData = (0..<(k * 3)).map { _ in rng.nextNormal() }  // read with stride 3 when transposed
+        let aData = (0..<(k * 3)).map { _ in rng.nextNormal() }  // A (3, K), or (K, 3) read with stride 3 when transposed
         let bData = (0..<(k * n)).map { _ in rng.nextNormal() }
-        for transA in [false, true] {
-            for transB in [false, true] {
-                for beta: Float in [0, 1] {
-                    let lda = transA ? 3 : k, ldb = transB ? k : n
-                    func aAt(_ i: Int) -> Float { transA ? aData[i * lda] : aData[i] }
-                    func bAt(_ i: Int, _ j: Int) -> Float { transB ? bData[j * ldb + i] : bData[i * ldb + j] }
-                    var c = [Float](repeating: beta == 0 ? .nan : 0.5, count: n)
-                    aData.withUnsafeBufferPointer { pa in
-                        bData.withUnsafeBufferPointer { pb in
-                            c.withUnsafeMutableBufferPointer { pc in
-                                sgemm(transA: transA, transB: transB, m: 1, n: n, k: k, alpha: 2, a: pa.baseAddress!, lda: lda,
-                                      b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+        for m in 1...3 {
+            for transA in [false, true] {
+                for transB in [false, true] {
+                    for beta: Float in [0, 1] {
+                        for rowwise in [false, true] {
+                            let lda = transA ? 3 : k, ldb = transB ? k : n
+                            func aAt(_ i: Int, _ kk: Int) -> Float { transA ? aData[kk * lda + i] : aData[i * lda + kk] }
+                            func bAt(_ kk: Int, _ j: Int) -> Float { transB ? bData[j * ldb + kk] : bData[kk * ldb + j] }
+                            var c = [Float](repeating: beta == 0 ? .nan : 0.5, count: m * n)
+                            aData.withUnsafeBufferPointer { pa in
+                                bData.withUnsafeBufferPointer { pb in
+                                    c.withUnsafeMutableBufferPointer { pc in
+                                        if rowwise {
+                                            rowwiseGEMV(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 2, a: pa.baseAddress!,
+                                                        lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+                                        } else {
+                                            sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 2, a: pa.baseAddress!, lda: lda,
+                                                  b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+                                        }
+                                    }
+                                }
                             }
+                            let want = (0..<(m * n)).map { e in
+                                let (i, j) = (e / n, e % n)
+                                return 2 * (0..<k).reduce(Float(0)) { $0 + aAt(i, $1) * bAt($1, j) } + beta * 0.5
+                            }
+                            assertClose(c, want, rtol: 1e-5, atol: 1e-5,
+                                        "m \(m) transA \(transA) transB \(transB) beta \(beta) rowwise \(rowwise)")
                         }
                     }
-                    let want = (0..<n).map { j in 2 * (0..<k).reduce(Float(0)) { $0 + aAt($1) * bAt($1, j) } + beta * 0.5 }
-                    assertClose(c, want, rtol: 1e-5, atol: 1e-5, "transA \(transA) transB \(transB) beta \(beta)")
                 }
             }
         }
     }
 
     /// Under `.tasks` (the default split) a product is cut over the threads: by output columns
-    /// (small-kernel chunks for few rows against a stored-(N, K) weight, halves otherwise) or by
-    /// rows. Every case equals the same product in one OpenBLAS call, beta 0 over NaN-filled
-    /// memory and beta 1 accumulation, for 1 to 64 rows and every transpose combination.
+    /// (small-kernel chunks for few rows against a stored-(N, K) weight on cores that have those
+    /// kernels, halves otherwise; both run here whatever the core) or by rows. Every case equals
+    /// the same product in one OpenBLAS call, beta 0 over NaN-filled memory and beta 1
+    /// accumulation, for 1 to 700 rows and every transpose combination.
     func testSplitGEMMMatchesOneCall() {
         var rng = RNG(seed: 47)
-        let shapes = [(1, 576, 1536), (8, 576, 1536), (3, 1536, 200), (24, 64, 5000), (64, 96, 96), (700, 40, 30)]
+        let shapes = [(1, 576, 1536), (2, 576, 1536), (8, 576, 1536), (3, 1536, 200), (24, 64, 5000), (64, 96, 96), (700, 40, 30)]
+        let chunksOnThisCore = smallMatrixChunks
+        defer { smallMatrixChunks = chunksOnThisCore }
         for (m, k, n) in shapes {
             let aData = (0..<(m * k)).map { _ in rng.nextNormal() }
             let bData = (0..<(k * n)).map { _ in rng.nextNormal() }
@@ -518,8 +535,12 @@ final class FastMathTests: XCTestCase {
                             return c
                         }
                         XCTAssertEqual(Threads.gemmSplit, .tasks, "the default, restored after withGEMMSplit")
-                        assertClose(product(.tasks), product(.blas), rtol: 1e-4, atol: 1e-4,
-                                    "(\(m), \(k)) x (\(k), \(n)) transA \(transA) transB \(transB) beta \(beta)")
+                        let whole = product(.blas)
+                        for chunks in [false, true] {
+                            smallMatrixChunks = chunks
+                            assertClose(product(.tasks), whole, rtol: 1e-4, atol: 1e-4,
+                                        "(\(m), \(k)) x (\(k), \(n)) transA \(transA) transB \(transB) beta \(beta) chunks \(chunks)")
+                        }
                     }
                 }
             }
