@@ -183,6 +183,23 @@ func rowDot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> F
     simdSum(n, { load8(x, $0) * load8(y, $0) }, { x[$0] * y[$0] })
 }
 
+/// Σ x[i]² over n values on every thread. Each block of 4,096 values is summed in 8 float lanes
+/// and the block sums are added in Double in block order, so the result does not depend on the
+/// thread count and keeps its precision over 10⁸ values (a full model's gradient).
+public func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
+    let block = 4096, blocks = (n + block - 1) / block
+    var sums = [Double](repeating: 0, count: blocks)
+    sums.withUnsafeMutableBufferPointer { ps in
+        parallelRanges(blocks, cost: block) { lo, hi in
+            for b in lo..<hi {
+                let start = b * block
+                ps[b] = Double(rowDot(x + start, x + start, min(block, n - start)))
+            }
+        }
+    }
+    return sums.reduce(0, +)
+}
+
 /// dst[i] = e^(src[i] − shift) for n values; returns their sum. dst may equal src.
 @inline(__always)
 func expShiftedSum(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {
