@@ -2,8 +2,8 @@
 # Makes Tests/TrainingTests/Fixtures/optimizers.json: three steps of torch.optim.AdamW and of
 # torch.optim.SGD (momentum), each step after torch.nn.utils.clip_grad_norm_ at 1.0, on three
 # parameters: "w" (4, 9) and "big" (2, 17003) with weight decay, "b" (13,) without (SwiftPEFT
-# decays rank ≥ 2 only). "big" is large enough for the optimizers' two-thread split, and no half of
-# it is a multiple of 8, so the vector loops' scalar tails run too.
+# decays rank ≥ 2 only). "big" is large enough for the optimizers' split over the threads, and
+# neither half of it (on 2 threads) is a multiple of 8, so the vector loops' scalar tails run too.
 #
 # Inputs are not stored: they are the project's RNG (Tensor.uniform(shape, low: -1, high: 1,
 # rng: RNG(seed)), re-implemented bit-exactly in scripts/make_fixtures.py): parameter i starts from
@@ -93,6 +93,7 @@ def main():
     out = {
         "about": "made by scripts/make_optimizer_fixtures.py; read by Tests/TrainingTests/OptimizerTests.swift",
         "torch_version": torch.__version__,
+        "names": [name for name, _ in SHAPES],
         "shapes": {name: list(shape) for name, shape in SHAPES},
         "param_seeds": [100 + i for i in range(len(SHAPES))],
         "grad_seed": "200 + 10 * step + index",

@@ -32,13 +32,16 @@ public func decays(_ p: Tensor) -> Bool { p.rank >= 2 }
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter), the decay on matrices only (`decays`):
 /// m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²; p ← p − lr · (m̂ / (√v̂ + ε) + λ p).
+/// The betas are Doubles, as in PyTorch: 1 − β and the bias corrections 1 − βᵗ lose digits to
+/// cancellation when computed from a float β (1 − Float(0.999) is 1.3e-5 off 0.001).
 public final class AdamW: Optimizer {
     public let parameters: [(String, Tensor)]
-    public var beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+    public var beta1: Double, beta2: Double
+    public var eps: Float, weightDecay: Float
     public private(set) var stepCount = 0
     var m: [Tensor], v: [Tensor]
 
-    public init(_ parameters: [(String, Tensor)], beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8,
+    public init(_ parameters: [(String, Tensor)], beta1: Double = 0.9, beta2: Double = 0.999, eps: Float = 1e-8,
                 weightDecay: Float = 0.01) {
         self.parameters = parameters
         self.beta1 = beta1
@@ -51,9 +54,10 @@ public final class AdamW: Optimizer {
 
     public func step(lr: Float) {
         stepCount += 1
-        let c1 = 1 / (1 - Foundation.pow(beta1, Float(stepCount)))
-        let c2 = 1 / (1 - Foundation.pow(beta2, Float(stepCount)))
-        let (b1, b2, e) = (beta1, beta2, eps)
+        let c1 = Float(1 / (1 - Foundation.pow(beta1, Double(stepCount))))
+        let c2 = Float(1 / (1 - Foundation.pow(beta2, Double(stepCount))))
+        let (b1, b2, e) = (Float(beta1), Float(beta2), eps)
+        let (ob1, ob2) = (Float(1 - beta1), Float(1 - beta2))
         for (i, (name, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
             let decay = decays(p) ? lr * weightDecay : 0
@@ -65,8 +69,8 @@ public final class AdamW: Optimizer {
                 var j = lo
                 while j + 8 <= hi {
                     let gj = load8(pg + j)
-                    let mj = b1 * load8(pm + j) + (1 - b1) * gj
-                    let vj = b2 * load8(pv + j) + (1 - b2) * gj * gj
+                    let mj = b1 * load8(pm + j) + ob1 * gj
+                    let vj = b2 * load8(pv + j) + ob2 * gj * gj
                     let pj = load8(pp + j)
                     store8(mj, pm + j)
                     store8(vj, pv + j)
@@ -75,8 +79,8 @@ public final class AdamW: Optimizer {
                 }
                 for j in j..<hi {
                     let gj = pg[j]
-                    pm[j] = b1 * pm[j] + (1 - b1) * gj
-                    pv[j] = b2 * pv[j] + (1 - b2) * gj * gj
+                    pm[j] = b1 * pm[j] + ob1 * gj
+                    pv[j] = b2 * pv[j] + ob2 * gj * gj
                     pp[j] -= lr * (pm[j] * c1) / ((pv[j] * c2).squareRoot() + e) + decay * pp[j]
                 }
             }
@@ -153,8 +157,8 @@ private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer
 @inline(__always)
 private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self) }
 
-/// The global L2 norm of the gradients of `parameters` (both cores; the same value on any number
-/// of threads).
+/// The global L2 norm of the gradients of `parameters` (on every thread; the same value on any
+/// number of threads).
 public func gradientNorm(_ parameters: [(String, Tensor)]) -> Float {
     var total = 0.0
     for (_, p) in parameters {

@@ -96,7 +96,7 @@ func addStrided(_ src: UnsafePointer<Float>, into storage: UnsafeMutablePointer<
     }
 }
 
-/// Splits `0..<n` into chunks run on both cores when the work (`n · cost`) is large enough;
+/// Splits `0..<n` into chunks run on every thread when the work (`n · cost`) is large enough;
 /// `body(lo, hi)` is called once per chunk. For elementwise loops outside the tensor ops
 /// (optimizer updates).
 public func parallelFor(_ n: Int, cost: Int = 1, _ body: (Int, Int) -> Void) {
@@ -185,15 +185,22 @@ func rowDot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> F
 
 /// Σ x[i]² over n values on every thread. Each block of 4,096 values is summed in 8 float lanes
 /// and the block sums are added in Double in block order, so the result does not depend on the
-/// thread count and keeps its precision over 10⁸ values (a full model's gradient).
+/// thread count and keeps its precision over 10⁸ values (a full model's gradient). A block whose
+/// float sum overflows (values beyond about 10¹⁹) is summed again in Double, so finite values
+/// never give an infinite sum.
 public func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
     let block = 4096, blocks = (n + block - 1) / block
     var sums = [Double](repeating: 0, count: blocks)
     sums.withUnsafeMutableBufferPointer { ps in
         parallelRanges(blocks, cost: block) { lo, hi in
             for b in lo..<hi {
-                let start = b * block
-                ps[b] = Double(rowDot(x + start, x + start, min(block, n - start)))
+                let start = b * block, count = min(block, n - start)
+                let s = rowDot(x + start, x + start, count)
+                if s.isFinite {
+                    ps[b] = Double(s)
+                } else {
+                    ps[b] = (start..<(start + count)).reduce(0.0) { $0 + Double(x[$1]) * Double(x[$1]) }
+                }
             }
         }
     }

@@ -22,7 +22,8 @@ public enum Threads {
     public enum GEMMSplit: String, Sendable, CaseIterable {
         /// SwiftPEFT's threads, OpenBLAS single-threaded (the default): each product is cut by
         /// rows or output columns into parts that run on every core; with few rows against a weight
-        /// (decoding), into chunks small enough for OpenBLAS's unpacked small-matrix kernels.
+        /// (decoding), into chunks small enough for OpenBLAS's unpacked small-matrix kernels on the
+        /// cores that have them (`BLASCore.hasSmallMatrixKernels`).
         /// Measured (docs/benchmarks.md): training as fast as `.blas` on large products and 1.4–1.5×
         /// faster on the tiny config, where OpenBLAS's idle workers spun (sched_yield) against the
         /// kernels' threads after every call; decoding 8 rows 1.55× faster.

@@ -14,9 +14,11 @@ public enum BLASCounter {
 }
 
 /// Row-major C = alpha · op(A) · op(B) + beta · C, for M×K op(A) and K×N op(B).
-/// A single row (M = 1, as in token-by-token decoding; up to `gemvRows`) goes to sgemv: sgemm would
-/// pack all of B for one row (measured: the copy took 31% of generation time, more than the product).
-/// A large product is split over SwiftPEFT's threads (`Threads.GEMMSplit.tasks`, the default).
+/// A large product is split over SwiftPEFT's threads (`Threads.GEMMSplit.tasks`, the default);
+/// `splitGEMM` sends a few rows against a weight to OpenBLAS's small-matrix kernels where the core
+/// has them. Otherwise up to `gemvRows` rows (token-by-token decoding) go to one sgemv per row:
+/// sgemm would pack all of B for them (measured: the copy took 31% of generation time, more than
+/// the product).
 @inline(__always)
 public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,

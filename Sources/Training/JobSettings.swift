@@ -56,7 +56,7 @@ extension TrainJob {
         if let v = try s.string("optimizer") { trainer.optimizer = v }
         if let v = try s.double("weight-decay") { trainer.weightDecay = Float(v) }
         if let v = try s.double("momentum") { trainer.momentum = Float(v) }
-        if let v = try s.double("adam-beta2") { trainer.adamBeta2 = Float(v) }
+        if let v = try s.double("adam-beta2") { trainer.adamBeta2 = v }
         if let v = try s.int("skip-nonfinite") { trainer.skipNonFinite = v }
         if let v = try s.double("watts-per-core") {
             guard v.isFinite && v >= 0 else { throw TrainingError(message: "--watts-per-core must be 0 or more, got \(v)") }

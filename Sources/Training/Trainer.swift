@@ -71,7 +71,7 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     public var weightDecay: Float = 0
     public var momentum: Float = 0.9
     /// AdamW's β2 (pretraining uses 0.95).
-    public var adamBeta2: Float = 0.999
+    public var adamBeta2: Double = 0.999
     /// How many steps with a non-finite loss or gradient may be skipped (their update dropped)
     /// before the run stops; 0: stop at the first.
     public var skipNonFinite = 0

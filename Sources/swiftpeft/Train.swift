@@ -21,7 +21,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Optimizer: adamw or sgd.") var optimizer: String?
     @Option(help: "Decoupled weight decay (AdamW) or L2 (SGD).") var weightDecay: Float?
     @Option(help: "SGD momentum.") var momentum: Float?
-    @Option(help: "AdamW's beta2 (default 0.999).") var adamBeta2: Float?
+    @Option(help: "AdamW's beta2 (default 0.999).") var adamBeta2: Double?
     @Option(help: "Clip the gradient's global norm to this (0: off).") var clip: Float?
     @Option(help: "Skip up to N steps whose loss or gradient is NaN/Inf (their update dropped) instead of stopping (default 0).")
     var skipNonfinite: Int?

@@ -461,41 +461,45 @@ final class FastMathTests: XCTestCase {
     }
 
     /// Products of one to three rows through `sgemm` (sgemv up to `gemvRows` rows) and through
-    /// `rowwiseGEMV` itself: every transpose combination, strided rows of a transposed A, beta 0
-    /// over NaN-filled memory and beta 1 accumulation, against a naive loop.
+    /// `rowwiseGEMV` itself: every transpose combination, padded row strides for A, B and C (the
+    /// padding must stay untouched), beta 0 over NaN-filled memory and beta 1 accumulation, against
+    /// a naive loop.
     func testFewRowProductsMatchNaive() {
         let (k, n) = (5, 7)
         var rng = RNG(seed: 31)
-        let aData = (0..<(k * 3)).map { _ in rng.nextNormal() }  // A (3, K), or (K, 3) read with stride 3 when transposed
-        let bData = (0..<(k * n)).map { _ in rng.nextNormal() }
+        let aData = (0..<(k * 5)).map { _ in rng.nextNormal() }  // A (3, K) with lda K + 2, or (K, 3) with lda 5
+        let bData = (0..<(k * (n + 1) + 8)).map { _ in rng.nextNormal() }  // B (K, N) with ldb N + 1, or (N, K) with ldb K + 1
+        let sentinel: Float = 12345
         for m in 1...3 {
             for transA in [false, true] {
                 for transB in [false, true] {
                     for beta: Float in [0, 1] {
                         for rowwise in [false, true] {
-                            let lda = transA ? 3 : k, ldb = transB ? k : n
+                            let lda = transA ? 5 : k + 2, ldb = transB ? k + 1 : n + 1, ldc = n + 3
                             func aAt(_ i: Int, _ kk: Int) -> Float { transA ? aData[kk * lda + i] : aData[i * lda + kk] }
                             func bAt(_ kk: Int, _ j: Int) -> Float { transB ? bData[j * ldb + kk] : bData[kk * ldb + j] }
-                            var c = [Float](repeating: beta == 0 ? .nan : 0.5, count: m * n)
+                            var c = [Float](repeating: sentinel, count: m * ldc)
+                            for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? .nan : 0.5 } }
                             aData.withUnsafeBufferPointer { pa in
                                 bData.withUnsafeBufferPointer { pb in
                                     c.withUnsafeMutableBufferPointer { pc in
                                         if rowwise {
                                             rowwiseGEMV(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 2, a: pa.baseAddress!,
-                                                        lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+                                                        lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: ldc)
                                         } else {
                                             sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 2, a: pa.baseAddress!, lda: lda,
-                                                  b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+                                                  b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: ldc)
                                         }
                                     }
                                 }
                             }
-                            let want = (0..<(m * n)).map { e in
-                                let (i, j) = (e / n, e % n)
-                                return 2 * (0..<k).reduce(Float(0)) { $0 + aAt(i, $1) * bAt($1, j) } + beta * 0.5
+                            let label = "m \(m) transA \(transA) transB \(transB) beta \(beta) rowwise \(rowwise)"
+                            for i in 0..<m {
+                                let want = (0..<n).map { j in 2 * (0..<k).reduce(Float(0)) { $0 + aAt(i, $1) * bAt($1, j) } + beta * 0.5 }
+                                assertClose(Array(c[(i * ldc)..<(i * ldc + n)]), want, rtol: 1e-5, atol: 1e-5, "\(label) row \(i)")
+                                XCTAssertEqual(Array(c[(i * ldc + n)..<((i + 1) * ldc)]), [Float](repeating: sentinel, count: ldc - n),
+                                               "\(label): row \(i)'s padding untouched")
                             }
-                            assertClose(c, want, rtol: 1e-5, atol: 1e-5,
-                                        "m \(m) transA \(transA) transB \(transB) beta \(beta) rowwise \(rowwise)")
                         }
                     }
                 }
@@ -505,9 +509,10 @@ final class FastMathTests: XCTestCase {
 
     /// Under `.tasks` (the default split) a product is cut over the threads: by output columns
     /// (small-kernel chunks for few rows against a stored-(N, K) weight on cores that have those
-    /// kernels, halves otherwise; both run here whatever the core) or by rows. Every case equals
-    /// the same product in one OpenBLAS call, beta 0 over NaN-filled memory and beta 1
-    /// accumulation, for 1 to 700 rows and every transpose combination.
+    /// kernels, one part per thread otherwise) or by rows. `splitGEMM` runs both column splits
+    /// here, whatever the core and the thread count. Every case equals the same product in one
+    /// OpenBLAS call, beta 0 over NaN-filled memory and beta 1 accumulation, for 1 to 700 rows and
+    /// every transpose combination.
     func testSplitGEMMMatchesOneCall() {
         var rng = RNG(seed: 47)
         let shapes = [(1, 576, 1536), (2, 576, 1536), (8, 576, 1536), (3, 1536, 200), (24, 64, 5000), (64, 96, 96), (700, 40, 30)]
@@ -536,9 +541,19 @@ final class FastMathTests: XCTestCase {
                         }
                         XCTAssertEqual(Threads.gemmSplit, .tasks, "the default, restored after withGEMMSplit")
                         let whole = product(.blas)
-                        for chunks in [false, true] {
+                        assertClose(product(.tasks), whole, rtol: 1e-4, atol: 1e-4, "(\(m), \(k)) x (\(k), \(n)) through sgemm")
+                        for chunks in [false, true] {  // splitGEMM itself, whatever the thread count
                             smallMatrixChunks = chunks
-                            assertClose(product(.tasks), whole, rtol: 1e-4, atol: 1e-4,
+                            var c = [Float](repeating: beta == 0 ? .nan : 0.5, count: m * n)
+                            aData.withUnsafeBufferPointer { pa in
+                                bData.withUnsafeBufferPointer { pb in
+                                    c.withUnsafeMutableBufferPointer { pc in
+                                        splitGEMM(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 2, a: pa.baseAddress!,
+                                                  lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: pc.baseAddress!, ldc: n)
+                                    }
+                                }
+                            }
+                            assertClose(c, whole, rtol: 1e-4, atol: 1e-4,
                                         "(\(m), \(k)) x (\(k), \(n)) transA \(transA) transB \(transB) beta \(beta) chunks \(chunks)")
                         }
                     }
