@@ -74,10 +74,30 @@ public enum AdapterCheckpoint {
                     """)
             }
         }
-        let method = try PEFTRegistry.make(type, config: Data(config.utf8), name: attrs["adapter_name"] ?? "default", restoring: true)
+        let method: PEFTMethod
+        do {
+            method = try PEFTRegistry.make(type, config: Data(config.utf8), name: attrs["adapter_name"] ?? "default", restoring: true)
+        } catch {
+            throw CheckpointError(path: path, message: "the \(type) adapter's config attribute: \(error)")
+        }
         try checkAttachable(method, to: model, path: path)
-        try method.attach(to: model)
-        try method.loadAdapterParameters(tensors, source: path)
+        do { try method.attach(to: model) } catch {
+            throw CheckpointError(path: path, message: "cannot attach the \(type) adapter to this base: \(error)")
+        }
+        // All or nothing: a bad tensor leaves the model as it was, not half adapted.
+        do {
+            try method.loadAdapterParameters(tensors, source: path)
+            let used = Set(method.adapterParameters().map(\.0))
+            if let extra = tensors.keys.sorted().first(where: { !used.contains($0) }) {
+                throw CheckpointError(path: path, message: """
+                    tensor '\(extra)' is not used by the \(type) adapter its config describes (it expects \(used.count) tensors); \
+                    the file is damaged or was not written by SwiftPEFT
+                    """)
+            }
+        } catch {
+            method.detach(from: model)
+            throw error
+        }
         return method
     }
 }

@@ -113,12 +113,14 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         try checkFamily()
         guard positions == .learned || headDim % 2 == 0 else { throw fail("RoPE needs an even head dimension, got \(headDim)") }
         guard dropout >= 0 && dropout < 1 else { throw fail("dropout \(dropout) must be in [0, 1)") }
+        guard maxPositions > 0 else { throw fail("max_position_embeddings (GPT-2: n_positions) must be positive, got \(maxPositions)") }
     }
 }
 
 extension ModelConfig {
-    /// A lower bound on the parameters this config implies: the embedding and each layer's weight
-    /// matrices (norms, biases and an untied head not counted); saturates instead of overflowing.
+    /// A lower bound on the parameters this config implies: the embeddings (learned positions
+    /// included) and each layer's weight matrices (norms, biases and an untied head not counted);
+    /// saturates instead of overflowing.
     /// Loaders compare it with the elements a file holds before building the model, so a config
     /// claiming hidden_size 2^20 is an error, not an attempt to allocate terabytes.
     public var minimumParameterCount: Int {
@@ -134,7 +136,8 @@ extension ModelConfig {
         case .llama: perLayer = add(mul(2, hiddenSize, hiddenSize), mul(2, hiddenSize, numKVHeads, headDim), mul(3, hiddenSize, intermediateSize))
         case .gpt2: perLayer = add(mul(4, hiddenSize, hiddenSize), mul(2, hiddenSize, intermediateSize))
         }
-        return add(mul(vocabSize, hiddenSize), mul(numLayers, perLayer))
+        let positionTable = positions == .learned ? mul(maxPositions, hiddenSize) : 0
+        return add(mul(vocabSize, hiddenSize), positionTable, mul(numLayers, perLayer))
     }
 
     /// What `family` fixes: LLaMA has RMSNorm, SwiGLU and RoPE (biases vary: Qwen2, mlp_bias); GPT-2 has

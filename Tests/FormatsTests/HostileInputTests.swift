@@ -41,6 +41,48 @@ final class HostileInputTests: XCTestCase {
         assertThrows({ _ = try loadModel(folder.path) }, mentioning: [configURL.path, "hidden_size 1048576", "implies at least"])
     }
 
+    func testGPT2PositionCountIsCheckedBeforeBuilding() throws {
+        let folder = dir.appendingPathComponent("gpt2")
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("hf/gpt2"), to: folder)
+        let configURL = folder.appendingPathComponent("config.json")
+        var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any])
+        // n_positions sizes the position table, built before any weight is read: 2^30 × n_embd 16.
+        for (positions, needle) in [(1 << 30, "implies at least"), (-1, "n_positions) must be positive"), (0, "must be positive, got 0")] {
+            config["n_positions"] = positions
+            try JSONSerialization.data(withJSONObject: config).write(to: configURL)
+            assertThrows({ _ = try loadModel(folder.path) }, mentioning: [configURL.path, needle])
+        }
+    }
+
+    func testAFailedAdapterLoadLeavesTheModelAsItWas() throws {
+        let base = makeModel(.llama(vocabSize: 13, hiddenSize: 8, numLayers: 2, numHeads: 2, numKVHeads: 1, intermediateSize: 12))
+        let lora = try LoRA(config: LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj", "v_proj"])))
+        try lora.attach(to: base)
+        let path = dir.appendingPathComponent("adapter.h5").path
+        try AdapterCheckpoint.save(lora, base: base, to: path)
+        lora.detach(from: base)
+        let (tensors, _, attrs) = try HDF5Store.read(path)
+        let hooks = { base.namedModules().compactMap { $0.1 as? Linear }.reduce(0) { $0 + $1.hooks.count } }
+        // The last tensor the adapter loads has another shape: the ones before it were assigned already.
+        let last = try XCTUnwrap(tensors.keys.sorted().last(where: { $0.contains("layers.1.self_attn.v_proj") }))
+        var bad = tensors
+        bad[last] = Tensor.zeros([3, 3])
+        try HDF5Store.write(path, tensors: bad.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }, attributes: attrs)
+        assertThrows({ try loadAdapter(path, onto: base) }, mentioning: [path, last, "[3, 3]"])
+        XCTAssertEqual(hooks(), 0, "nothing stays attached")
+        // A tensor the adapter has no place for is an error, not ignored.
+        var extra = tensors
+        extra["base_model.model.model.layers.0.mlp.up_proj.lora_A.weight"] = Tensor.zeros([2, 8])
+        try HDF5Store.write(path, tensors: extra.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }, attributes: attrs)
+        assertThrows({ try loadAdapter(path, onto: base) }, mentioning: [path, "up_proj.lora_A.weight", "is not used"])
+        XCTAssertEqual(hooks(), 0, "nothing stays attached")
+        // The file as written loads.
+        try HDF5Store.write(path, tensors: tensors.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }, attributes: attrs)
+        let loaded = try loadAdapter(path, onto: base)
+        XCTAssertEqual(hooks(), 4)
+        loaded.detach(from: base)
+    }
+
     func testTokenizerIDsMustBeDenseAndFitTheModel() throws {
         let tokURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("TokenizersTests/Fixtures/tokenizer_gpt2.json")
