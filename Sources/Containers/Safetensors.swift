@@ -324,8 +324,8 @@ public enum Safetensors {
         try commitTemporary(tmp.path, to: path) { SafetensorsError(path: path, message: $0) }
     }
 
-    /// The weights of a Hugging Face model folder: `model.safetensors`, or every shard listed in
-    /// `model.safetensors.index.json` (`weight_map`: tensor → shard file).
+    /// The weights of a Hugging Face model folder: `model.safetensors` when it exists, otherwise
+    /// every shard listed in `model.safetensors.index.json` (`weight_map`: tensor → shard file).
     /// - Throws: `SafetensorsError` naming the index or shard and the tensor when the index and the
     ///   shards disagree, or when neither file exists.
     public static func readFolder(_ folder: String) throws -> [String: Tensor] {
@@ -341,12 +341,14 @@ public enum Safetensors {
         let dir = URL(fileURLWithPath: folder)
         let index = dir.appendingPathComponent("model.safetensors.index.json").path
         let single = dir.appendingPathComponent("model.safetensors").path
-        guard FileManager.default.fileExists(atPath: index) else {
-            guard FileManager.default.fileExists(atPath: single) else {
-                throw SafetensorsError(path: folder, message: "no model.safetensors or model.safetensors.index.json in the folder")
-            }
+        // The single file first, as transformers does: a model saved over a sharded one (whose
+        // index and shards stay in the folder) is read as saved.
+        if FileManager.default.fileExists(atPath: single) {
             let f = try SafetensorsFile(path: single)
             return TensorReader(shapes: f.entries.mapValues(\.shape)) { try f.read($0, into: $1) }
+        }
+        guard FileManager.default.fileExists(atPath: index) else {
+            throw SafetensorsError(path: folder, message: "no model.safetensors or model.safetensors.index.json in the folder")
         }
         let map: [String: String]
         do {

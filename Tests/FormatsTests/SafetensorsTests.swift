@@ -349,4 +349,19 @@ final class SafetensorsTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("'model.norm.weight'") && "\($0)".contains("[31]") && "\($0)".contains("model.safetensors"), "\($0)")
         }
     }
+
+    func testTheSingleFileIsReadBeforeAStaleIndex() throws {
+        // A model saved over a sharded one: its index and shard stay beside the new model.safetensors,
+        // which is what transformers reads, and so must we.
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-stale-index-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let shard = folder.appendingPathComponent("model-00001-of-00001.safetensors")
+        try Safetensors.write(shard.path, tensors: [("old", Tensor(shape: [1], data: [1]))])
+        try JSONSerialization.data(withJSONObject: ["weight_map": ["old": shard.lastPathComponent]])
+            .write(to: folder.appendingPathComponent("model.safetensors.index.json"))
+        XCTAssertEqual(Array(try Safetensors.readFolder(folder.path).keys), ["old"], "the index alone")
+        try Safetensors.write(folder.appendingPathComponent("model.safetensors").path, tensors: [("new", Tensor(shape: [1], data: [2]))])
+        XCTAssertEqual(Array(try Safetensors.readFolder(folder.path).keys), ["new"])
+    }
 }
