@@ -81,7 +81,10 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
     let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags"]
-    for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+    // Split on the "\n" scalar, not the Character: in a CRLF file "\r\n" is one Character. The "\r"
+    // left at a line's end is JSON whitespace.
+    for (n, scalars) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        let line = Substring(scalars)
         let at = "\(path):\(n + 1)"
         guard !line.allSatisfy(\.isWhitespace) else { continue }
         guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8), options: [])) as? [String: Any] else {

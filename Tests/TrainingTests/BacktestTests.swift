@@ -55,6 +55,9 @@ final class BacktestTests: XCTestCase {
                             BacktestPrompt(id: "line 3", prompt: "Hello", expected: nil, tags: ["greet", "short"]),
                             BacktestPrompt(id: "line 4", prompt: "Q7", expected: nil, tags: []),
                             BacktestPrompt(id: "line 5", prompt: "Question: Why?\nAnswer:", expected: " Because.", tags: [])])
+        // The same file with Windows line ends ("\r\n" is one Character in Swift) gives the same prompts.
+        let crlf = write("crlf.jsonl", try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "\n", with: "\r\n"))
+        XCTAssertEqual(try loadBacktestPrompts(crlf, defaultTemplate: "Q{question}"), ps)
         for (text, needle) in [(#"{"prompt": "x"}"# + "\n" + #"{"promt": "y"}"#, ":2: unknown field \"promt\""),
                                (#"{"prompt": "x"}"# + "\n" + "{oops", ":2: not a JSON object"),
                                (#"{"id": "x", "prompt": "a"}"# + "\n" + #"{"id": "x", "prompt": "b"}"#, ":2: the id \"x\" is used twice"),
