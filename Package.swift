@@ -96,6 +96,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Training", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "PEFTTests", dependencies: ["PEFT", "Formats", "Training", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "CLITests", dependencies: ["SwiftPEFT", "swiftpeft", "TestSupport"]),
+        .testTarget(name: "ServingTests", dependencies: ["SwiftPEFT", "Serving", "TestSupport"]),
         .testTarget(name: "ExamplesTests", dependencies: ["SwiftPEFT", "example-tensor-basics", "example-train-lora",
                                                           "example-compare-methods", "example-merge-export"]),
         // A method defined only in the test target goes through every generic path (the registry's proof).

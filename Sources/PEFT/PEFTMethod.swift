@@ -76,6 +76,9 @@ public protocol RowScopedPEFTMethod: PEFTMethod {
     /// The batch rows (the first axis of every adapted layer's input) the adapter applies to; nil:
     /// every row.
     var batchRows: Range<Int>? { get set }
+    /// Values of the base the adapter trains with it (biases, `modules_to_save`): written into the
+    /// base's own tensors, so they act on every row, whatever `batchRows` says.
+    var extraCount: Int { get }
 }
 
 /// Makes the adapter called `name` the only active one among `adapters` (PEFT's `set_adapter`);

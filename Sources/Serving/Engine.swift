@@ -27,6 +27,8 @@ public struct GenerationRequest: Sendable {
     public var seed: UInt64 = 0
     /// The text is cut before the first of these (EOS always ends it).
     public var stop: [String] = []
+    /// Tokens that end the completion as EOS does, left out of the text (a chat reply's `<|im_end|>`).
+    public var stopTokens: [Int32] = []
 
     public init(model: String, prompt: [Int32], maxTokens: Int) {
         (self.model, self.prompt, self.maxTokens) = (model, prompt, maxTokens)
@@ -45,7 +47,7 @@ public struct GenerationSummary: Sendable {
     public var text: String
     public var promptTokens: Int
     public var completionTokens: Int
-    /// "stop" (EOS or a stop text) or "length".
+    /// "stop" (EOS, a stop token or a stop text), "length", or "cancelled" (the client went away).
     public var finishReason: String
     public var queueSeconds: Double
     public var latencySeconds: Double
@@ -83,15 +85,27 @@ public final class ServingEngine: @unchecked Sendable {
     struct Adapter {
         let method: PEFTMethod
         let path: String
+        /// The tensors as loaded, for an adapter attached per batch (empty for a row-scoped one):
+        /// each batch attaches the method again and copies these in, without reading the file.
+        let saved: [String: Tensor]
+        /// Virtual tokens (prompt, P-Tuning, prefix) it puts before every prompt.
+        let virtualTokens: Int
         /// Kept attached and limited to its rows; otherwise attached for its own batches only.
         var rowScoped: Bool { method is RowScopedPEFTMethod }
     }
 
-    final class Job {
+    final class Job: @unchecked Sendable {
         let id: Int
         let request: GenerationRequest
         let continuation: AsyncStream<GenerationEvent>.Continuation
         let enqueued = Date()
+        private let flagLock = NSLock()
+        private var _cancelled = false
+        /// Set when the client stops listening (a closed connection): the row stops decoding.
+        var isCancelled: Bool {
+            get { flagLock.lock(); defer { flagLock.unlock() }; return _cancelled }
+            set { flagLock.lock(); _cancelled = newValue; flagLock.unlock() }
+        }
         init(id: Int, request: GenerationRequest, continuation: AsyncStream<GenerationEvent>.Continuation) {
             (self.id, self.request, self.continuation) = (id, request, continuation)
         }
@@ -159,14 +173,25 @@ public final class ServingEngine: @unchecked Sendable {
         modelLock.lock(); defer { modelLock.unlock() }
         guard adapter(name) == nil else { throw ServingError(.invalidRequest, "an adapter named \"\(name)\" is already loaded; unload it first") }
         let method = try Formats.loadAdapter(path, onto: model)  // checks the base
+        let virtualTokens = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
+        var saved: [String: Tensor] = [:]
         if let scoped = method as? RowScopedPEFTMethod {
+            guard scoped.extraCount == 0 else {
+                method.detach(from: model)  // its biases or modules_to_save would change the base for every row
+                throw ServingError(.invalidRequest, """
+                    \(path): the adapter also trains \(scoped.extraCount) values of the base (biases or modules_to_save), \
+                    which would change every request's answer, not only its own; merge it into the base \
+                    (swiftpeft merge) and serve the merged model
+                    """)
+            }
             scoped.isEnabled = false  // on for its own rows only, per batch
             scoped.batchRows = nil
         } else {
+            saved = withNoGrad { Dictionary(method.adapterParameters().map { ($0.0, $0.1.copy()) }, uniquingKeysWith: { a, _ in a }) }
             method.detach(from: model)  // attached again for its own batches
         }
         registryLock.lock()
-        adapters[name] = Adapter(method: method, path: path)
+        adapters[name] = Adapter(method: method, path: path, saved: saved, virtualTokens: virtualTokens)
         adapterOrder.append(name)
         registryLock.unlock()
     }
@@ -201,9 +226,22 @@ public final class ServingEngine: @unchecked Sendable {
         guard !stopping else { throw ServingError(.shuttingDown, "the server is shutting down") }
         guard pending.count < maxQueue else { throw ServingError(.busy, "\(pending.count) requests are waiting (--max-queue \(maxQueue)); try again later") }
         nextID += 1
-        pending.append(Job(id: nextID, request: request, continuation: continuation))
+        let job = Job(id: nextID, request: request, continuation: continuation)
+        continuation.onTermination = { [weak self, weak job] termination in
+            guard case .cancelled = termination, let self, let job else { return }
+            self.cancel(job)
+        }
+        pending.append(job)
         queueLock.signal()
         return stream
+    }
+
+    /// A request whose client stopped listening: dropped if it still waits, stopped if it runs.
+    private func cancel(_ job: Job) {
+        job.isCancelled = true
+        queueLock.lock()
+        pending.removeAll { $0 === job }
+        queueLock.unlock()
     }
 
     /// Requests waiting for a batch.
@@ -234,6 +272,7 @@ public final class ServingEngine: @unchecked Sendable {
             if pending.isEmpty { queueLock.unlock(); return }
             let deadline = Date().addingTimeInterval(gatherWindow)
             while pending.count < min(maxBatch, expected) && !stopping && queueLock.wait(until: deadline) {}
+            if pending.isEmpty { queueLock.unlock(); continue }  // cancelled while the batch gathered
             let batch = takeBatch()
             queueLock.unlock()
             modelLock.lock()
@@ -245,20 +284,33 @@ public final class ServingEngine: @unchecked Sendable {
         }
     }
 
-    /// The oldest request and the waiting ones that can share its batch (under queueLock).
+    /// The oldest request and the waiting ones that can share its batch (under queueLock). A
+    /// request joins only if its answer stays what it would be alone: the same prompt length where
+    /// padding would move positions (learned positions; virtual tokens before the prompt), and no
+    /// row's room for new tokens cut by a longer prompt beside it.
     private func takeBatch() -> [Job] {
-        let first = pending[0]
-        let scoped = { (name: String) in name == self.baseName || self.adapter(name)?.rowScoped == true }
-        let learned = model.config.positions == .learned
-        var taken: [Job] = [], rest: [Job] = []
-        for j in pending {
-            let fits = taken.count < maxBatch
-                && (scoped(first.request.model) ? scoped(j.request.model) : j.request.model == first.request.model)
-                && (!learned || j.request.prompt.count == first.request.prompt.count)
-            if fits { taken.append(j) } else { rest.append(j) }
-        }
+        let (taken, rest) = formBatch(pending)
         pending = rest
         return taken
+    }
+
+    /// `takeBatch`'s choice among `waiting` (oldest first): the batch and the requests left waiting.
+    func formBatch(_ waiting: [Job]) -> (batch: [Job], rest: [Job]) {
+        let first = waiting[0]
+        let scoped = { (name: String) in name == self.baseName || self.adapter(name)?.rowScoped == true }
+        let virtual = scoped(first.request.model) ? 0 : adapter(first.request.model)?.virtualTokens ?? 0
+        let samePromptLength = model.config.positions == .learned || virtual > 0
+        var taken: [Job] = [], rest: [Job] = []
+        for j in waiting {
+            let longest = max(j.request.prompt.count, taken.map(\.request.prompt.count).max() ?? 0)
+            let room = contextLength - virtual - longest  // new tokens each row can have in this batch
+            let fits = taken.count < maxBatch
+                && (scoped(first.request.model) ? scoped(j.request.model) : j.request.model == first.request.model)
+                && (!samePromptLength || j.request.prompt.count == first.request.prompt.count)
+                && (taken + [j]).allSatisfy { $0.request.prompt.count == longest || $0.request.maxTokens <= room }
+            if fits { taken.append(j) } else { rest.append(j) }
+        }
+        return (taken, rest)
     }
 
     /// Decodes `jobs` together until each has finished (under modelLock).
@@ -269,7 +321,7 @@ public final class ServingEngine: @unchecked Sendable {
             j.continuation.yield(.failed("the adapter \(j.request.model) was unloaded before the request ran"))
             j.continuation.finish()
         }
-        let jobs = jobs.filter { j in !gone.contains { $0 === j } }
+        let jobs = jobs.filter { j in !j.isCancelled && !gone.contains { $0 === j } }
         guard !jobs.isEmpty else { return }
         // Rows grouped by model, so each row-scoped adapter owns one range of rows.
         let rows = jobs.sorted { ($0.request.model == baseName ? "" : $0.request.model, $0.id) < ($1.request.model == baseName ? "" : $1.request.model, $1.id) }
@@ -286,7 +338,11 @@ public final class ServingEngine: @unchecked Sendable {
             s.isEnabled = !mine.isEmpty
         }
         if let name = rows.first?.request.model, let a = adapters[name], !a.rowScoped {
-            do { attached = try Formats.loadAdapter(a.path, onto: model) } catch {
+            do {
+                try a.method.attach(to: model)
+                attached = a.method
+                try a.method.loadAdapterParameters(a.saved, source: a.path)
+            } catch {
                 for j in rows { j.continuation.yield(.failed("cannot attach the adapter \(name): \(error)")); j.continuation.finish() }
                 return
             }
@@ -312,7 +368,7 @@ public final class ServingEngine: @unchecked Sendable {
         }
         let eos = tokenizer.eosTokenID
         var generated = [[Int32]](repeating: [], count: B)
-        var texts = [String](repeating: "", count: B), sent = [Int](repeating: 0, count: B)
+        var texts = [String](repeating: "", count: B), streams = [TextStream](repeating: TextStream(), count: B)
         var finish = [String?](repeating: nil, count: B)
         var released = [Bool](repeating: false, count: B)
         var rngs = rows.map { RNG(seed: $0.request.seed) }
@@ -335,12 +391,13 @@ public final class ServingEngine: @unchecked Sendable {
             var positions = P  // positions per row in `logits`
             for _ in 0..<steps {
                 var next = [Int32](repeating: pad, count: B)
+                for b in 0..<B where finish[b] == nil && rows[b].isCancelled { finish[b] = "cancelled"; release(b) }
                 for b in 0..<B where finish[b] == nil {
                     let r = rows[b].request
                     let row = Array(logits[((b + 1) * positions - 1) * V..<((b + 1) * positions) * V])
                     let token = Int32(sampleToken(row, SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP), &rngs[b]))
                     next[b] = token
-                    if token == eos { finish[b] = "stop"; release(b); continue }
+                    if token == eos || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
                     generated[b].append(token)
                     var text = tokenizer.decode(generated[b])
                     if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {
@@ -350,21 +407,7 @@ public final class ServingEngine: @unchecked Sendable {
                         finish[b] = "length"
                     }
                     texts[b] = text
-                    // Send what is final: not a half-decoded character, not the start of a possible stop text.
-                    var safe = text.count
-                    if finish[b] == nil {
-                        if text.last == "\u{FFFD}" { safe = 0 }
-                        for s in r.stop where !s.isEmpty {
-                            for k in stride(from: min(s.count - 1, text.count), to: 0, by: -1) where text.hasSuffix(String(s.prefix(k))) {
-                                safe = min(safe, text.count - k)
-                                break
-                            }
-                        }
-                    }
-                    if safe > sent[b] {
-                        rows[b].continuation.yield(.text(String(text.dropFirst(sent[b]).prefix(safe - sent[b]))))
-                        sent[b] = safe
-                    }
+                    if let piece = streams[b].next(text, finished: finish[b] != nil, stops: r.stop) { rows[b].continuation.yield(.text(piece)) }
                     if finish[b] != nil { release(b) }
                 }
                 if finish.allSatisfy({ $0 != nil }) { break }
@@ -381,7 +424,7 @@ public final class ServingEngine: @unchecked Sendable {
             guard !released[b] else { return }
             released[b] = true
             let j = rows[b]
-            if sent[b] < texts[b].count { j.continuation.yield(.text(String(texts[b].dropFirst(sent[b])))) }
+            if finish[b] != "cancelled", let rest = streams[b].next(texts[b], finished: true, stops: []) { j.continuation.yield(.text(rest)) }
             let tokens = j.request.prompt.count + generated[b].count
             let sofar = meter.reading(tokens: rows.reduce(0) { $0 + $1.request.prompt.count } + generated.reduce(0) { $0 + $1.count })
             let share = Double(tokens) / Double(max(1, sofar.tokens))
@@ -397,5 +440,38 @@ public final class ServingEngine: @unchecked Sendable {
             j.continuation.yield(.done(summary))
             j.continuation.finish()
         }
+    }
+}
+
+/// What of a completion's text has been streamed, counted in Unicode scalars, not Characters: a
+/// new token may join the last character sent (a combining accent; "\r" then "\n"), and only the
+/// new scalars go out, so the pieces add up to the whole text.
+struct TextStream {
+    private(set) var sent = 0
+
+    /// The piece of `text` (the whole completion so far) to send now, or nil. Until `finished`,
+    /// what may still change is held back: a half-decoded character (U+FFFD at the end) and the
+    /// start of any of `stops` (the text is cut before a stop text).
+    mutating func next(_ text: String, finished: Bool, stops: [String]) -> String? {
+        let scalars = Array(text.unicodeScalars)
+        let ready = finished ? scalars.count : TextStream.finalCount(scalars, stops: stops)
+        guard ready > sent else { return nil }
+        var view = String.UnicodeScalarView()
+        view.append(contentsOf: scalars[sent..<ready])
+        sent = ready
+        return String(view)
+    }
+
+    static func finalCount(_ scalars: [Unicode.Scalar], stops: [String]) -> Int {
+        if scalars.last == "\u{FFFD}" { return 0 }
+        var ready = scalars.count
+        for s in stops where !s.isEmpty {
+            let stop = Array(s.unicodeScalars)
+            for k in stride(from: min(stop.count - 1, scalars.count), to: 0, by: -1) where scalars.suffix(k).elementsEqual(stop.prefix(k)) {
+                ready = min(ready, scalars.count - k)
+                break
+            }
+        }
+        return ready
     }
 }

@@ -122,7 +122,9 @@ public struct TokenizedExample: Equatable, Sendable {
     }
 }
 
-let chatMLStart = "<|im_start|>", chatMLEnd = "<|im_end|>"
+let chatMLStart = "<|im_start|>"
+/// The token that ends every ChatML message, a reply included: generation stops at it.
+public let chatMLEnd = "<|im_end|>"
 
 /// ChatML, as SmolLM2 and Qwen use it: `<|im_start|>role\ncontent<|im_end|>\n` per message. With
 /// `addGenerationPrompt`, `<|im_start|>assistant\n` follows (the prompt for a reply).

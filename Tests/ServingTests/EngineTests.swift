@@ -1,0 +1,171 @@
+// The serving engine on a small base trained here: which waiting requests share a batch (each
+// keeps the answer it would get alone), streamed text that adds up to the whole text, a client that
+// goes away, stop tokens, adapters that would change the base for every request, and adapters
+// attached per batch from memory rather than from their file.
+
+import Foundation
+import XCTest
+import TestSupport
+import SwiftPEFT
+@testable import Serving
+
+final class EngineTests: XCTestCase {
+    var dir: URL!
+    var basePath: String!
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-engine-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let text = (0..<200).map { "The cat \(["eats", "sees", "likes"][$0 % 3]) the fish number \($0 % 9)." }
+        let tokenizer = try trainBaseTokenizer(text, vocabSize: 300)
+        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 32, numLayers: 2, numHeads: 4, numKVHeads: 2,
+                                       intermediateSize: 64, tieWordEmbeddings: true, maxPositions: 2048)
+        basePath = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    func job(_ id: Int, _ model: String, prompt: Int, maxTokens: Int) -> ServingEngine.Job {
+        let (_, continuation) = AsyncStream<GenerationEvent>.makeStream()
+        return ServingEngine.Job(id: id, request: GenerationRequest(model: model, prompt: [Int32](repeating: 5, count: prompt), maxTokens: maxTokens),
+                                 continuation: continuation)
+    }
+
+    /// Runs one request to its end; the streamed pieces and the summary.
+    func complete(_ engine: ServingEngine, _ request: GenerationRequest) async throws -> (pieces: [String], summary: GenerationSummary) {
+        var pieces: [String] = []
+        for await e in try engine.submit(request) {
+            switch e {
+            case .text(let t): pieces.append(t)
+            case .failed(let why): XCTFail(why)
+            case .done(let s): return (pieces, s)
+            }
+        }
+        throw XCTSkip("the stream ended without a summary")
+    }
+
+    func testABatchNeverCutsARequestsRoomOrMovesPositions() throws {
+        let engine = try ServingEngine(modelPath: basePath, contextLength: 64)
+        defer { engine.shutdown() }
+        // A 4-token prompt wanting 50 tokens cannot sit beside a 40-token prompt: left-padded to 40,
+        // it would have room for 24 only. The two long prompts batch together (40 + 20 ≤ 64), and a
+        // 10-token prompt wanting 14 joins them.
+        let a = job(1, engine.baseName, prompt: 4, maxTokens: 50), b = job(2, engine.baseName, prompt: 40, maxTokens: 10)
+        let c = job(3, engine.baseName, prompt: 40, maxTokens: 20), d = job(4, engine.baseName, prompt: 10, maxTokens: 14)
+        var (batch, rest) = engine.formBatch([a, b, c, d])
+        XCTAssertEqual(batch.map(\.id), [1, 4])
+        XCTAssertEqual(rest.map(\.id), [2, 3])
+        (batch, rest) = engine.formBatch([b, c, d])
+        XCTAssertEqual(batch.map(\.id), [2, 3, 4])
+        XCTAssertTrue(rest.isEmpty)
+
+        // Prompt tuning puts virtual tokens before the prompt: left padding would sit between them
+        // and the prompt, so only prompts of one length share its batch.
+        let loaded = try loadModel(basePath)
+        let pt = try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 3), seed: 1)
+        try pt.attach(to: loaded.model)
+        let ptPath = dir.appendingPathComponent("pt.h5").path
+        try AdapterCheckpoint.save(pt, base: loaded.model, to: ptPath)
+        try engine.loadAdapter(name: "pt", path: ptPath)
+        (batch, rest) = engine.formBatch([job(5, "pt", prompt: 5, maxTokens: 4), job(6, "pt", prompt: 9, maxTokens: 4),
+                                          job(7, "pt", prompt: 5, maxTokens: 4), job(8, engine.baseName, prompt: 9, maxTokens: 4)])
+        XCTAssertEqual(batch.map(\.id), [5, 7])
+        XCTAssertEqual(rest.map(\.id), [6, 8])
+        // The base alone (RoPE): prompts of any length share a batch.
+        (batch, _) = engine.formBatch([job(9, engine.baseName, prompt: 5, maxTokens: 4), job(10, engine.baseName, prompt: 9, maxTokens: 4)])
+        XCTAssertEqual(batch.map(\.id), [9, 10])
+    }
+
+    func testStreamedPiecesAddUpToTheText() {
+        // Each step sees the whole text so far; a token that joins the last character sent (a
+        // combining accent, "\r" then "\n") sends only its own scalars.
+        var s = TextStream()
+        XCTAssertEqual(s.next("caf", finished: false, stops: []), "caf")
+        XCTAssertEqual(s.next("cafe", finished: false, stops: []), "e")
+        XCTAssertEqual(s.next("cafe\u{301}", finished: false, stops: []), "\u{301}")
+        XCTAssertEqual(s.next("cafe\u{301}\r", finished: false, stops: []), "\r")
+        XCTAssertEqual(s.next("cafe\u{301}\r\n", finished: false, stops: []), "\n")
+        // A half-decoded character waits; so does the start of a stop text, until it cannot be one.
+        XCTAssertNil(s.next("cafe\u{301}\r\n\u{FFFD}", finished: false, stops: []))
+        XCTAssertEqual(s.next("cafe\u{301}\r\n\u{E9} EN", finished: false, stops: ["END"]), "\u{E9} ")
+        XCTAssertEqual(s.next("cafe\u{301}\r\n\u{E9} ENT", finished: false, stops: ["END"]), "ENT")
+        XCTAssertNil(s.next("cafe\u{301}\r\n\u{E9} ENT", finished: true, stops: []))
+        XCTAssertEqual(s.sent, "cafe\u{301}\r\n\u{E9} ENT".unicodeScalars.count)
+    }
+
+    func testAClientThatGoesAwayStopsItsRow() throws {
+        let engine = try ServingEngine(modelPath: basePath)
+        defer { engine.shutdown() }
+        let finished = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var summary: GenerationSummary?
+        engine.onFinished = { _, s in summary = s; finished.signal() }
+        let request = GenerationRequest(model: engine.baseName, prompt: engine.tokenizer.encode("The cat"), maxTokens: 2000)
+        var stream: AsyncStream<GenerationEvent>? = try engine.submit(request)
+        while engine.queued > 0 { usleep(100) }  // the worker took it
+        XCTAssertNotNil(stream)
+        stream = nil  // the client goes away: its stream is released
+        XCTAssertEqual(finished.wait(timeout: .now() + 60), .success, "the row was not stopped")
+        XCTAssertEqual(summary?.finishReason, "cancelled")
+        XCTAssertLessThan(summary?.completionTokens ?? 2000, 2000)
+    }
+
+    func testStopTokensEndTheCompletion() async throws {
+        let engine = try ServingEngine(modelPath: basePath)
+        defer { engine.shutdown() }
+        var request = GenerationRequest(model: engine.baseName, prompt: engine.tokenizer.encode("The cat"), maxTokens: 8)
+        let plain = try await complete(engine, request)
+        XCTAssertEqual(plain.summary.completionTokens, 8, "the base runs to max_tokens: \(plain.summary)")
+        XCTAssertEqual(plain.pieces.joined(), plain.summary.text)
+        request.stopTokens = (0..<Int32(engine.model.config.vocabSize)).map { $0 }  // whatever comes first
+        let stopped = try await complete(engine, request)
+        XCTAssertEqual(stopped.summary.finishReason, "stop")
+        XCTAssertEqual(stopped.summary.completionTokens, 0)
+        XCTAssertEqual(stopped.summary.text, "", "a stop token is not part of the text")
+    }
+
+    func testAnAdapterThatChangesBaseValuesIsRefused() async throws {
+        let engine = try ServingEngine(modelPath: basePath)
+        defer { engine.shutdown() }
+        let request = GenerationRequest(model: engine.baseName, prompt: engine.tokenizer.encode("The cat sees"), maxTokens: 8)
+        let before = try await complete(engine, request).summary.text
+
+        // LoRA with modules_to_save: its copy of the final norm would replace the base's for every row.
+        let loaded = try loadModel(basePath)
+        let fingerprint = BaseFingerprint(loaded.model)  // as the trainer takes it, before training
+        var config = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj", "v_proj"]))
+        config.modulesToSave = ["norm"]
+        let lora = try LoRA(config: config)
+        try lora.attach(to: loaded.model)
+        for (_, t) in lora.adapterParameters() { withNoGrad { t.assign(Tensor.full(t.shape, 0.5)) } }
+        let path = dir.appendingPathComponent("lora-norm.h5").path
+        try AdapterCheckpoint.save(lora, fingerprint: fingerprint, to: path)
+        XCTAssertThrowsError(try engine.loadAdapter(name: "norm", path: path)) { e in
+            XCTAssertTrue("\(e)".contains(path) && "\(e)".contains("modules_to_save") && "\(e)".contains("swiftpeft merge"), "\(e)")
+        }
+        XCTAssertEqual(engine.modelNames, [engine.baseName])
+        let after = try await complete(engine, request).summary.text
+        XCTAssertEqual(after, before, "the refused adapter left the base as it was")
+    }
+
+    func testAPerBatchAdapterIsAttachedFromMemory() async throws {
+        let engine = try ServingEngine(modelPath: basePath)
+        defer { engine.shutdown() }
+        let loaded = try loadModel(basePath)
+        let adapter = try BottleneckAdapter(config: BottleneckConfig(reductionFactor: 4), seed: 7)
+        try adapter.attach(to: loaded.model)
+        for (_, t) in adapter.adapterParameters() {  // weights far from the init (up = 0), so they change the answer
+            withNoGrad { t.assign(Tensor(shape: t.shape, data: (0..<t.count).map { 2 * sin(Float($0)) })) }
+        }
+        let path = dir.appendingPathComponent("bottleneck.h5").path
+        try AdapterCheckpoint.save(adapter, base: loaded.model, to: path)
+        try engine.loadAdapter(name: "bn", path: path)
+        let request = GenerationRequest(model: "bn", prompt: engine.tokenizer.encode("The cat"), maxTokens: 8)
+        let first = try await complete(engine, request).summary
+        let base = try await complete(engine, GenerationRequest(model: engine.baseName, prompt: request.prompt, maxTokens: 8)).summary
+        XCTAssertNotEqual(first.text, base.text, "the adapter changes the answer")
+        // The file is gone (retrained elsewhere, deleted): the adapter loaded at load time still answers.
+        try FileManager.default.removeItem(atPath: path)
+        let second = try await complete(engine, request).summary
+        XCTAssertEqual(second.text, first.text)
+    }
+}
