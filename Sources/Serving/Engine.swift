@@ -4,8 +4,10 @@
 // every base GEMM, as vLLM and S-LoRA do; prompt, P-Tuning, prefix and bottleneck adapters change
 // the whole model (their prefix slots or block hooks) and are batched with requests for the same
 // adapter only, attached for their batch. Rows are left-padded and masked; RoPE attention depends
-// only on relative positions, so padding leaves the result as it was (learned absolute positions,
-// GPT-2, are batched only with prompts of the same length).
+// only on relative positions, so padding leaves the result as it was. Where it would not, a request
+// waits for a batch of its own prompt length: learned absolute positions (GPT-2), and adapters that
+// put virtual tokens before the prompt (padding would sit between them). No request joins a batch
+// whose longest prompt would leave it less room for new tokens than it asked for.
 
 import Foundation
 import TensorCore
