@@ -86,8 +86,7 @@ public enum AdapterCheckpoint {
         }
         // All or nothing: a bad tensor leaves the model as it was, not half adapted.
         do {
-            try method.loadAdapterParameters(tensors, source: path)
-            let used = Set(method.adapterParameters().map(\.0))
+            let used = try method.loadAdapterParameters(tensors, source: path)
             if let extra = tensors.keys.sorted().first(where: { !used.contains($0) }) {
                 throw CheckpointError(path: path, message: """
                     tensor '\(extra)' is not used by the \(type) adapter its config describes (it expects \(used.count) tensors); \

@@ -149,8 +149,7 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
         throw PEFTFolderError(path: configURL.path, message: "cannot attach the \(type) adapter to this base: \(error)")
     }
     do {
-        try method.loadAdapterParameters(tensors, source: weightsURL.path)
-        let used = Set(method.adapterParameters().map(\.0))
+        let used = try method.loadAdapterParameters(tensors, source: weightsURL.path)
         if let extra = tensors.keys.sorted().first(where: { !used.contains($0) }) {
             let sample = used.sorted().prefix(3).joined(separator: ", ")
             throw PEFTFolderError(path: weightsURL.path, message: """

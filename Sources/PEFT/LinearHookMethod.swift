@@ -92,8 +92,17 @@ open class LinearHookMethod<Hook: FoldableLinearHook> {
         extraTrainable = []
     }
 
-    /// The extra tensors under PEFT's keys (`base_model.model.<name>`).
-    public func extraParameters() -> [(String, Tensor)] { extraTrainable.map { ("base_model.model.\($0.key)", $0.tensor) } }
+    /// The extra tensors under PEFT's keys: `base_model.model.<name>`, except the bias of a hooked
+    /// layer, `base_model.model.<module>.base_layer.bias` (PEFT wraps the layer and keeps the
+    /// original, bias included, as `base_layer`).
+    public func extraParameters() -> [(String, Tensor)] {
+        let modules = Set(hooked.map(\.module))
+        return extraTrainable.map { e in
+            let module = e.key.hasSuffix(".bias") ? String(e.key.dropLast(".bias".count)) : nil
+            if let module, modules.contains(module) { return ("base_model.model.\(module).base_layer.bias", e.tensor) }
+            return ("base_model.model.\(e.key)", e.tensor)
+        }
+    }
 
     /// Σ sizes of the extra tensors.
     public var extraCount: Int { extraTrainable.reduce(0) { $0 + $1.tensor.count } }

@@ -53,12 +53,18 @@ extension PEFTMethod {
     /// Number of trainable scalars.
     public var trainableCount: Int { adapterParameters().reduce(0) { $0 + $1.1.count } }
 
-    /// Copies tensors saved by `adapterParameters()` back into this method's tensors.
-    public func loadAdapterParameters(_ tensors: [String: Tensor], source: String) throws {
+    /// Copies tensors saved by `adapterParameters()` back into this method's tensors; returns the
+    /// keys of `tensors` it used.
+    @discardableResult
+    public func loadAdapterParameters(_ tensors: [String: Tensor], source: String) throws -> Set<String> {
+        var used = Set<String>()
         for (key, t) in adapterParameters() {
-            guard let v = tensors[key] else {
+            // SwiftPEFT once saved a hooked layer's bias without PEFT's `base_layer`: still read.
+            let older = key.replacingOccurrences(of: ".base_layer.bias", with: ".bias")
+            guard let (name, v) = tensors[key].map({ (key, $0) }) ?? tensors[older].map({ (older, $0) }) else {
                 throw PEFTError(message: "\(source): adapter tensor '\(key)' is missing")
             }
+            used.insert(name)
             guard v.shape == t.shape else {
                 throw PEFTError(message: "\(source): adapter tensor '\(key)' has shape \(v.shape), the adapter expects \(t.shape)")
             }
@@ -67,6 +73,7 @@ extension PEFTMethod {
             }
             t.assign(v)
         }
+        return used
     }
 }
 

@@ -64,17 +64,20 @@ final class PEFTFolderTests: XCTestCase {
     /// Our adapters with random non-zero tensors, for a base of `family`.
     private func ourMethods(_ family: String) throws -> [(String, () throws -> PEFTMethod)] {
         let attention: [String] = family == "gpt2" ? ["c_attn"] : ["q_proj", "v_proj"]
-        func lora(dora: Bool = false, rslora: Bool = false) throws -> PEFTMethod {
+        func lora(dora: Bool = false, rslora: Bool = false, bias: String = "none") throws -> PEFTMethod {
             var c = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(attention + (family == "gpt2" ? ["mlp.c_proj"] : ["down_proj"])))
             c.initLoraWeights = .random
             c.useDora = dora
             c.useRslora = rslora
+            c.bias = bias
             return try LoRA(config: c, seed: 11)
         }
         var ia3 = IA3Config()
         ia3.initIa3Weights = false
         return [
             ("lora", { try lora() }), ("dora", { try lora(dora: true) }), ("rslora", { try lora(rslora: true) }),
+            // Trained biases (GPT-2's layers have them): an adapted layer's under PEFT's `base_layer.bias`.
+            ("lora-bias-all", { try lora(bias: "all") }), ("lora-bias-lora-only", { try lora(bias: "lora_only") }),
             ("ia3", { try IA3(config: ia3, seed: 3) }),
             ("prompt", { try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 3), seed: 4) }),
             ("ptuning", { try PTuning(config: PTuningConfig(numVirtualTokens: 3, type: .mlp, encoderHiddenSize: 8), seed: 5) }),
@@ -94,6 +97,9 @@ final class PEFTFolderTests: XCTestCase {
             for (_, _, layer) in l.layers {
                 guard let m = layer.magnitude else { continue }
                 m.assign(Tensor(shape: m.shape, data: m.toArray().enumerated().map { $1 * (1 + 0.1 * Float($0 % 5) - 0.2) }))
+            }
+            for (_, t, _) in l.extraTrainable {  // trained biases: off the base's values, so a dropped one shows
+                t.assign(Tensor(shape: t.shape, data: t.toArray().enumerated().map { $1 + 0.05 * Float($0 % 7 - 3) }))
             }
         }
         let logits = withNoGrad { model.forward(ids, batch: batch) }.toArray()
@@ -172,6 +178,25 @@ final class PEFTFolderTests: XCTestCase {
                 assertClose(ours, (r["logits"] as! [NSNumber]).map(\.floatValue), rtol: 1e-4, atol: 1e-5, "\(folder.lastPathComponent): PEFT on our exported folder", label: "[peft]")
             }
         }
+    }
+
+    /// GPT-2 biases of adapted layers are saved as PEFT keys them (`c_attn.base_layer.bias`); a
+    /// folder from before, with `c_attn.bias`, still loads the same.
+    func testTrainedBiasesUsePEFTKeysAndOlderKeysStillLoad() throws {
+        let e = try expected("gpt2-lora")
+        let (_, make) = try XCTUnwrap(try ourMethods("gpt2").first { $0.0 == "lora-bias-all" })
+        let folder = dir.appendingPathComponent("gpt2-bias")
+        let ours = try exportOurs("gpt2", make, ids: e.ids, batch: e.batch, to: folder)
+        let weights = folder.appendingPathComponent(PEFTFolder.weightsFile).path
+        let names = try SafetensorsFile(path: weights).names
+        XCTAssertTrue(names.contains("base_model.model.transformer.h.0.attn.c_attn.base_layer.bias"), "\(names)")
+        XCTAssertTrue(names.contains("base_model.model.transformer.h.0.attn.c_proj.bias"), "not adapted: its own key; \(names)")
+        XCTAssertFalse(names.contains("base_model.model.transformer.h.0.attn.c_attn.bias"), "\(names)")
+        let older = try Safetensors.read(weights).tensors.map { ($0.key.replacingOccurrences(of: ".base_layer.bias", with: ".bias"), $0.value) }
+        try Safetensors.write(weights, tensors: older)
+        let fresh = try base("gpt2")
+        try importPEFTFolder(folder, onto: fresh)
+        assertClose(withNoGrad { fresh.forward(e.ids, batch: e.batch) }.toArray(), ours, rtol: 0, atol: 1e-6, "older bias keys", label: "[peft]")
     }
 
     /// The folder appears whole or not at all: a second export replaces it without leftovers, a
