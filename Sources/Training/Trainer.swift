@@ -76,7 +76,8 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
     /// before the run stops; 0: stop at the first.
     public var skipNonFinite = 0
     public var clip: Float = 1
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step. Each weighs by its learned tokens (as one large batch of
+    /// them all would), not equally.
     public var gradAccumulation = 1
     public var evalEvery = 50
     /// Checkpoint every N steps (0: only at the end). Periodic by default, so a killed run loses at
@@ -224,27 +225,28 @@ public final class Trainer {
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
         if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
         while step < last {
-            var lossSum = 0.0, tokens = 0
+            var lossSum = 0.0
             var fault: String?  // why this step cannot update (a non-finite loss or gradient)
-            for _ in 0..<options.gradAccumulation {
-                let b = data.nextBatch()
-                var share = 1.0  // this rank's part of the micro-batch's learned tokens
-                if let comm {
-                    var counts = [Double(b.learnedTokens), Double(b.ids.count)]
-                    try comm.allReduceSum(&counts, what: "step \(step + 1): the all-reduce of the learned-token count")
-                    share = counts[0] > 0 ? Double(b.learnedTokens) / counts[0] : 0
-                    tokens += Int(counts[1])  // the job's tokens
-                    if b.learnedTokens == 0 { continue }  // nothing to learn in this rank's rows: its gradient is zero
-                }
+            // The step's micro-batches (every one consumed, whatever happens: the data position
+            // stays exact) and their learned tokens over the whole job, every rank's.
+            let batches = (0..<options.gradAccumulation).map { _ in data.nextBatch() }
+            var counts = [Double(batches.reduce(0) { $0 + $1.learnedTokens }), Double(batches.reduce(0) { $0 + $1.ids.count })]
+            if let comm { try comm.allReduceSum(&counts, what: "step \(step + 1): the all-reduce of the learned-token count") }
+            let (learned, tokens) = (counts[0], Int(counts[1]))
+            for b in batches {
+                // A micro-batch's mean loss weighs by its share of the step's learned tokens, so the
+                // step learns the mean over all of them, as one large batch would: a short or mostly
+                // masked micro-batch counts for its tokens, not as much as a full one.
+                let share = learned > 0 ? Double(b.learnedTokens) / learned : 0
+                if share == 0 { continue }  // nothing to learn in these rows: their gradient is zero
                 let loss = model.loss(b.ids, targets: b.targets, batch: b.rows, attentionMask: b.attentionMask)
                 let v = loss.item()
                 guard v.isFinite else {
                     fault = fault ?? "the loss is \(v)"
-                    continue  // the step's other micro-batches are still consumed: the data position stays exact
+                    continue
                 }
-                (loss * Float(share / Double(options.gradAccumulation))).backward()
+                (loss * Float(share)).backward()
                 lossSum += Double(v) * share
-                if comm == nil { tokens += b.ids.count }
             }
             if let comm {  // the global mean loss, a fault on any rank, then the gradients' sum
                 var agreed = [lossSum, fault == nil ? 0 : 1]
@@ -285,7 +287,7 @@ public final class Trainer {
             step += 1
             tokensTrained += tokens
             let now = Date()
-            var m = StepMetrics(step: step, loss: lossSum / Double(options.gradAccumulation), valLoss: nil, lr: Double(lr),
+            var m = StepMetrics(step: step, loss: lossSum, valLoss: nil, lr: Double(lr),
                                 gradNorm: Double(norm), tokensPerSecond: Double(tokens) / max(now.timeIntervalSince(lastTime), 1e-9),
                                 elapsed: elapsedBefore + now.timeIntervalSince(start), totalSteps: options.steps)
             lastTime = now

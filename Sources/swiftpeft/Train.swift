@@ -26,7 +26,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Skip up to N steps whose loss or gradient is NaN/Inf (their update dropped) instead of stopping (default 0).")
     var skipNonfinite: Int?
     @Option(help: "Sequences per micro-batch.") var batchSize: Int?
-    @Option(help: "Micro-batches per optimizer step.") var gradAccumulation: Int?
+    @Option(help: "Micro-batches per optimizer step (each weighs by its learned tokens).") var gradAccumulation: Int?
     @Option(help: "Tokens per sequence.") var seqLen: Int?
     @Option(help: "Pack examples into full rows (default) or pad one example per row.") var packing: Bool?
     @Option(help: "Validation fraction of the examples.") var valFraction: Double?

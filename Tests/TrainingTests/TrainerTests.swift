@@ -65,6 +65,44 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// Gradient accumulation learns what one large batch of the same rows does: micro-batches weigh
+    /// by their learned tokens (the first is mostly masked here), not equally.
+    func testAccumulatedMicroBatchesEqualOneLargeBatch() throws {
+        struct Fixed: BatchStream {
+            let batches: [Batch]
+            var next = 0
+            mutating func nextBatch() -> Batch { defer { next += 1 }; return batches[next % batches.count] }
+            var position: [UInt64] { [UInt64(next)] }
+            mutating func seek(to position: [UInt64]) throws { next = Int(position[0]) }
+        }
+        let T = 8
+        let ids = (0..<(4 * T)).map { Int32(($0 * 7 + 3) % 50) }
+        var targets = ids.map { ($0 * 3 + 1) % 50 }
+        for k in 1..<T { targets[k] = -100 }  // row 0 learns 1 token, rows 1–3 all 8: 9 and 16 per half
+        func step(_ batches: [Batch]) throws -> (loss: Double, parameters: [[Float]], initial: [[Float]]) {
+            var c = config
+            c.dropout = 0
+            let model = makeModel(c, seed: 1)
+            var lc = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj", "v_proj", "down_proj"]))
+            lc.initLoraWeights = .random
+            let lora = try LoRA(config: lc, seed: 2)
+            try lora.attach(to: model)
+            var o = TrainerOptions()
+            (o.steps, o.lr, o.warmupSteps, o.optimizer, o.clip, o.gradAccumulation) = (1, 0.5, 0, "sgd", 0, batches.count)
+            let trainer = try Trainer(model: model, parameters: lora.adapterParameters(), options: o)
+            let initial = trainer.parameters.map { $0.1.toArray() }
+            var data = Fixed(batches: batches)
+            try trainer.run(&data)
+            return (trainer.history[0].loss, trainer.parameters.map { $0.1.toArray() }, initial)
+        }
+        let whole = try step([Batch(ids: ids, targets: targets, rows: 4)])
+        let halves = try step([Batch(ids: Array(ids[..<(2 * T)]), targets: Array(targets[..<(2 * T)]), rows: 2),
+                               Batch(ids: Array(ids[(2 * T)...]), targets: Array(targets[(2 * T)...]), rows: 2)])
+        XCTAssertEqual(halves.loss, whole.loss, accuracy: 1e-5 * whole.loss)
+        XCTAssertGreaterThan(maxAbsDiff(whole.parameters.flatMap { $0 }, whole.initial.flatMap { $0 }), 1e-3, "the step moved them")
+        for (a, b) in zip(whole.parameters, halves.parameters) { assertClose(b, a, rtol: 1e-4, atol: 1e-6, "accumulated vs one batch") }
+    }
+
     /// A long run's checkpoint keeps its whole history: past about 370 steps the metrics outgrew an
     /// HDF5 attribute (64 KiB) and the run stopped at its next checkpoint.
     func testALongRunCheckpointsAndResumesItsWholeHistory() throws {
