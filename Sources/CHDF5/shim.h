@@ -15,6 +15,14 @@ static inline unsigned chdf5_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned chdf5_acc_rdonly(void) { return H5F_ACC_RDONLY; }
 static inline unsigned chdf5_acc_rdwr(void) { return H5F_ACC_RDWR; }
 static inline size_t chdf5_variable(void) { return H5T_VARIABLE; }
+/// The memory type that reads a variable-length string (what h5py writes for a Python str) as a
+/// `char *` that the library allocates (freed with H5free_memory), in the stored type's character
+/// set (HDF5 does not convert between ASCII and UTF-8; h5py writes UTF-8).
+static inline hid_t chdf5_vlen_string(hid_t stored) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t >= 0) { H5Tset_size(t, H5T_VARIABLE); H5Tset_cset(t, H5Tget_cset(stored)); }
+    return t;
+}
 static inline H5T_class_t chdf5_class_float(void) { return H5T_FLOAT; }
 static inline H5T_class_t chdf5_class_integer(void) { return H5T_INTEGER; }
 static inline H5T_class_t chdf5_class_string(void) { return H5T_STRING; }

@@ -173,36 +173,51 @@ public enum HDF5Store {
         return H5Fopen(path, chdf5_acc_rdonly(), fapl >= 0 ? fapl : chdf5_p_default())
     }
 
-    /// The fixed-length string attributes of the root group of an open file; an attribute that holds
-    /// several strings (or any other non-scalar value) is an error naming it.
+    /// The string attributes of the root group of an open file, fixed-length (as SwiftPEFT writes
+    /// them) or variable-length (as h5py writes a Python str). Attributes of other types are not
+    /// SwiftPEFT's and are left out; one that holds several strings, or that cannot be read, is an
+    /// error naming it.
     static func rootAttributes(_ file: hid_t, path: String) throws -> [String: String] {
         var attributes: [String: String] = [:]
         let root = H5Gopen2(file, "/", chdf5_p_default())
+        guard root >= 0 else { throw HDF5Error(path: path, message: "cannot open the root group") }
         defer { H5Gclose(root) }
         var info = H5O_info_t()
-        H5Oget_info2(root, &info, UInt32(H5O_INFO_NUM_ATTRS))
+        guard H5Oget_info2(root, &info, UInt32(H5O_INFO_NUM_ATTRS)) >= 0 else {
+            throw HDF5Error(path: path, message: "cannot list the root group's attributes")
+        }
         for i in 0..<Int(info.num_attrs) {
             let attr = H5Aopen_by_idx(root, ".", H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), chdf5_p_default(), chdf5_p_default())
-            guard attr >= 0 else { continue }
+            guard attr >= 0 else { throw HDF5Error(path: path, message: "cannot open root attribute \(i + 1) of \(info.num_attrs)") }
             defer { H5Aclose(attr) }
             let nameLen = H5Aget_name(attr, 0, nil)
             var nameBuf = [CChar](repeating: 0, count: nameLen + 1)
             H5Aget_name(attr, nameLen + 1, &nameBuf)
             let type = H5Aget_type(attr)
             defer { H5Tclose(type) }
-            guard H5Tget_class(type) == chdf5_class_string(), H5Tis_variable_str(type) == 0 else { continue }
+            guard H5Tget_class(type) == chdf5_class_string() else { continue }
             let space = H5Aget_space(attr)
             defer { H5Sclose(space) }
             let points = H5Sget_simple_extent_npoints(space)
-            let attrName = String(decoding: nameBuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            guard points == 1 else {
-                throw HDF5Error(path: path, message: "attribute '\(attrName)' holds \(points) strings; expected one (a scalar string)")
-            }
-            let size = H5Tget_size(type)
-            var buf = [UInt8](repeating: 0, count: size + 1)
-            H5Aread(attr, type, &buf)
             let name = String(decoding: nameBuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            attributes[name] = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)
+            guard points == 1 else {
+                throw HDF5Error(path: path, message: "attribute '\(name)' holds \(points) strings; expected one (a scalar string)")
+            }
+            if H5Tis_variable_str(type) > 0 {
+                let memory = chdf5_vlen_string(type)
+                defer { H5Tclose(memory) }
+                var value: UnsafeMutablePointer<CChar>?
+                guard memory >= 0, H5Aread(attr, memory, &value) >= 0 else {
+                    throw HDF5Error(path: path, message: "cannot read the variable-length string attribute '\(name)'")
+                }
+                defer { if let value { H5free_memory(value) } }
+                attributes[name] = value.map { String(cString: $0) } ?? ""
+            } else {
+                let size = H5Tget_size(type)
+                var buf = [UInt8](repeating: 0, count: size + 1)
+                guard H5Aread(attr, type, &buf) >= 0 else { throw HDF5Error(path: path, message: "cannot read the string attribute '\(name)'") }
+                attributes[name] = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)
+            }
         }
         return attributes
     }

@@ -217,6 +217,33 @@ final class ModelCheckpointTests: XCTestCase {
         XCTAssertEqual(r["count"] as? Int, model.namedParameters().count)
     }
 
+    /// A checkpoint h5py wrote (its attributes variable-length strings, as h5py writes a Python str;
+    /// an integer attribute beside them) loads as the original.
+    func testACheckpointH5pyWroteLoads() throws {
+        let python = try referencePython(importing: ["h5py"])
+        let model = makeModel(configs[1], seed: 9)
+        let path = dir.appendingPathComponent("ours.h5").path, copy = dir.appendingPathComponent("h5py-written.h5").path
+        try ModelCheckpoint.save(model, tokenizerJSON: nil, to: path)
+        let script = """
+        import h5py, sys
+        src, dst = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "w")
+        for k in src.keys(): src.copy(k, dst)
+        for k, v in src.attrs.items(): dst.attrs[k] = v.decode()
+        dst.attrs["epoch"] = 3
+        assert h5py.check_string_dtype(dst.attrs.get_id("format").dtype).length is None, "a variable-length string"
+        dst.close()
+        """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = ["-c", script, path, copy]
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let loaded = try ModelCheckpoint.load(copy)
+        XCTAssertEqual(loaded.model.config, model.config)
+        for ((n, a), (_, b)) in zip(model.namedParameters(), loaded.model.namedParameters()) { XCTAssertEqual(a.toArray(), b.toArray(), n) }
+    }
+
     func testTensorThatDoesNotFitTheConfigIsNamed() throws {
         let model = makeModel(configs[1], seed: 1)
         var params = model.namedParameters()
