@@ -149,7 +149,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         guard let name = o["lora_name"] as? String, let path = o["lora_path"] as? String else {
             throw APIError(status: .badRequest, message: "lora_name and lora_path (strings) are required")
         }
-        do { try engine.loadAdapter(name: name, path: path) } catch let e as ServingError {
+        do { try await waitingOffThePool { try engine.loadAdapter(name: name, path: path) } } catch let e as ServingError {
             throw APIError(status: .badRequest, message: e.message)
         } catch {
             throw APIError(status: .badRequest, message: "\(error)", param: "lora_path")
@@ -159,7 +159,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     router.post("/v1/unload_lora_adapter") { request, _ -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         guard let name = o["lora_name"] as? String else { throw APIError(status: .badRequest, message: "lora_name (a string) is required") }
-        do { try engine.unloadAdapter(name: name) } catch let e as ServingError {
+        do { try await waitingOffThePool { try engine.unloadAdapter(name: name) } } catch let e as ServingError {
             throw APIError(status: .notFound, message: e.message, code: "model_not_found")
         }
         return jsonResponse(["status": "unloaded", "lora_name": name])
@@ -195,6 +195,17 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     return Application(router: router, configuration: configuration, onServerRunning: { channel in
         onRunning(channel.localAddress?.port ?? options.port)
     })
+}
+
+/// Runs `body`, which waits for the running batch (loading or unloading an adapter), on a thread of
+/// its own: blocking one of the few threads that run every request's handler would stall the
+/// other requests, streaming ones included, for the whole batch.
+func waitingOffThePool(_ body: @escaping @Sendable () throws -> Void) async throws {
+    try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, Error>) in
+        Thread {
+            do { try body(); done.resume() } catch { done.resume(throwing: error) }
+        }.start()
+    }
 }
 
 /// The request's JSON object; a body over `limit` bytes is a 413, anything but an object a 400.
