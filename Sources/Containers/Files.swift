@@ -66,9 +66,12 @@ func removeStaleTemporaries(of path: String) {
 }
 
 /// Writes the files `files` of folder `dir` so that they appear together or not at all: `write`
-/// fills a temporary folder beside `dir`, which then replaces it (the old folder is renamed away and
-/// removed). When `dir` holds other files too (a user's README), those are kept: the new files are
-/// moved in one by one, in the order given (the one that makes the folder valid last).
+/// fills a temporary folder beside `dir`, which then takes its place in one step (Linux's
+/// `renameat2(RENAME_EXCHANGE)` swaps the two folders; the old one is then removed). A user's own
+/// files in `dir` (a README) are kept: they are hard-linked into the new folder first. Where the
+/// swap is not available, the old folder is renamed away and the new one renamed in; where `dir`
+/// holds a folder of the user's (which cannot be linked), the new files are moved in one by one, in
+/// the order given (the one that makes the folder valid last).
 public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) throws -> Void) throws {
     let fm = FileManager.default
     let parent = dir.deletingLastPathComponent()
@@ -80,24 +83,26 @@ public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) thro
     do { try fm.createDirectory(at: tmp, withIntermediateDirectories: false) } catch {
         throw CheckpointError(path: dir.path, message: "cannot create \(tmp.path): \((error as NSError).localizedDescription)")
     }
-    do { try write(tmp) } catch {
-        try? fm.removeItem(at: tmp)
-        throw error
-    }
+    defer { try? fm.removeItem(at: tmp) }  // the new files on failure, the old folder after a swap
+    try write(tmp)
     var isDir: ObjCBool = false
     let exists = fm.fileExists(atPath: dir.path, isDirectory: &isDir)
-    if exists && !isDir.boolValue {
-        try? fm.removeItem(at: tmp)
-        throw CheckpointError(path: dir.path, message: "exists and is not a folder")
-    }
+    if exists && !isDir.boolValue { throw CheckpointError(path: dir.path, message: "exists and is not a folder") }
     let others = exists ? ((try? fm.contentsOfDirectory(atPath: dir.path)) ?? []).filter { !files.contains($0) } : []
-    if !exists || others.isEmpty {
+    // The user's files go into the new folder as hard links (same files, nothing copied).
+    let linked = others.allSatisfy { name in
+        var d: ObjCBool = false
+        return fm.fileExists(atPath: dir.appendingPathComponent(name).path, isDirectory: &d) && !d.boolValue
+            && link(dir.appendingPathComponent(name).path, tmp.appendingPathComponent(name).path) == 0
+    }
+    if exists && linked && exchangePaths(tmp.path, dir.path) {
+        // Done: `dir` is the new folder; `tmp` holds the old one, removed by the defer.
+    } else if !exists || others.isEmpty {
         let old = parent.appendingPathComponent(".\(dir.lastPathComponent).old-\(getpid())")
         if exists { guard rename(dir.path, old.path) == 0 else { throw CheckpointError(path: dir.path, message: "cannot replace the folder: \(String(cString: strerror(errno)))") } }
         guard rename(tmp.path, dir.path) == 0 else {
             let reason = String(cString: strerror(errno))
             if exists { rename(old.path, dir.path) }
-            try? fm.removeItem(at: tmp)
             throw CheckpointError(path: dir.path, message: "cannot move the new folder into place: \(reason)")
         }
         if exists { try? fm.removeItem(at: old) }
@@ -107,10 +112,20 @@ public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) thro
                 CheckpointError(path: dir.appendingPathComponent(f).path, message: $0)
             }
         }
-        try? fm.removeItem(at: tmp)
     }
     let fd = open(parent.path, O_RDONLY | O_DIRECTORY)
     if fd >= 0 { fsync(fd); close(fd) }
+}
+
+/// Swaps two paths in one step (`renameat2` with `RENAME_EXCHANGE`, Linux 3.15 and glibc 2.28 on);
+/// false where the system or the file system cannot, and nothing has changed then.
+func exchangePaths(_ a: String, _ b: String) -> Bool {
+    typealias RenameAt2 = @convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32
+    // Glibc's headers declare renameat2 only under _GNU_SOURCE, so it is looked up at run time.
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "renameat2") else { return false }
+    let renameat2 = unsafeBitCast(symbol, to: RenameAt2.self)
+    let atCWD: Int32 = -100, exchange: UInt32 = 1 << 1  // AT_FDCWD, RENAME_EXCHANGE
+    return renameat2(atCWD, a, atCWD, b, exchange) == 0
 }
 
 /// Lets the kernel reclaim the pages of a memory-mapped file that hold `bytes` (`MADV_PAGEOUT`, a

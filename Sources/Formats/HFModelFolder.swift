@@ -250,26 +250,22 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
 
 /// Saves `model` as a Hugging Face folder: `config.json` (sorted keys), `model.safetensors` (F32,
 /// HF keys, a tied `lm_head.weight` left out as transformers does) and `tokenizer.json` if given.
-/// Creates the folder if needed; each file is replaced atomically.
+/// Creates the folder if needed; the files appear together or not at all (`writeFolderAtomically`:
+/// other files already in the folder are kept).
 /// - Throws: `HFModelError` when the configuration has no transformers equivalent, or on I/O errors.
 public func saveHFModel(_ model: CausalLM, tokenizerJSON: String?, to folder: String) throws {
     try checkFiniteWeights(model.namedParameters(), writing: folder)
     let dir = URL(fileURLWithPath: folder)
-    do {
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    } catch {
-        throw HFModelError(path: folder, message: "cannot create the folder: \((error as NSError).localizedDescription)")
-    }
-    let configURL = dir.appendingPathComponent("config.json")
-    let config = try hfConfigJSON(model.config, file: configURL.path)
+    let config = try hfConfigJSON(model.config, file: dir.appendingPathComponent("config.json").path)
     let tensors = model.namedParameters().filter { !(model.config.tieWordEmbeddings && $0.0 == "lm_head.weight") }
-    try Safetensors.write(dir.appendingPathComponent("model.safetensors").path, tensors: tensors, metadata: ["format": "pt"])
-    do {
-        try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: configURL, options: .atomic)
-        if let tok = tokenizerJSON {
-            try Data(tok.utf8).write(to: dir.appendingPathComponent("tokenizer.json"), options: .atomic)
+    let files = (tokenizerJSON == nil ? [] : ["tokenizer.json"]) + ["model.safetensors", "config.json"]  // config last: it makes the folder a model
+    try writeFolderAtomically(dir, files: files) { tmp in
+        try Safetensors.write(tmp.appendingPathComponent("model.safetensors").path, tensors: tensors, metadata: ["format": "pt"])
+        do {
+            try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: tmp.appendingPathComponent("config.json"))
+            if let tok = tokenizerJSON { try Data(tok.utf8).write(to: tmp.appendingPathComponent("tokenizer.json")) }
+        } catch {
+            throw HFModelError(path: folder, message: "cannot write: \((error as NSError).localizedDescription)")
         }
-    } catch {
-        throw HFModelError(path: folder, message: "cannot write: \((error as NSError).localizedDescription)")
     }
 }

@@ -214,9 +214,20 @@ final class PEFTFolderTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(), [PEFTFolder.configFile, PEFTFolder.weightsFile])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.deletingLastPathComponent().path), ["peft"], "no temporary left")
         try "mine".write(to: out.appendingPathComponent("README.md"), atomically: true, encoding: .utf8)
+        let inode = { (url: URL) in try FileManager.default.attributesOfItem(atPath: url.path)[.systemFileNumber] as? Int }
+        let (folderBefore, readmeBefore) = (try inode(out), try inode(out.appendingPathComponent("README.md")))
         try exportPEFTFolder(lora, base: model, baseName: nil, to: out)
         XCTAssertEqual(try String(contentsOf: out.appendingPathComponent("README.md"), encoding: .utf8), "mine", "the user's file stays")
+        XCTAssertEqual(try inode(out.appendingPathComponent("README.md")), readmeBefore, "the same file, linked into the new folder")
+        XCTAssertNotEqual(try inode(out), folderBefore, "the folder was swapped whole, not filled file by file")
         XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(PEFTFolder.weightsFile)), first)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.deletingLastPathComponent().path), ["peft"], "the old folder is gone")
+        // A folder of the user's inside cannot be linked: the files are replaced one by one, and it stays.
+        try FileManager.default.createDirectory(at: out.appendingPathComponent("runs"), withIntermediateDirectories: false)
+        try exportPEFTFolder(lora, base: model, baseName: nil, to: out)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(),
+                       ["README.md", PEFTFolder.configFile, PEFTFolder.weightsFile, "runs"].sorted())
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.deletingLastPathComponent().path), ["peft"], "no temporary left")
         // A write that fails midway (here: the folder's parent is a file) leaves nothing half-written.
         let blocked = dir.appendingPathComponent("file")
         try Data().write(to: blocked)

@@ -235,6 +235,21 @@ final class SafetensorsTests: XCTestCase {
             XCTAssertEqual(config["torch_dtype"] as? String, "float32")
             XCTAssertEqual(try SafetensorsFile(path: out + "/model.safetensors").metadata["format"], "pt")
         }
+        // Saved over a sharded download (index, shard, a README): the saved model is what loads
+        // back, the user's files stay, and no temporary folder is left beside it.
+        let (llama, _) = try loadHFModel(hfFixtures.appendingPathComponent("llama").path)
+        let (gpt2, gpt2Tok) = try loadHFModel(hfFixtures.appendingPathComponent("gpt2").path)
+        let over = dir.appendingPathComponent("over")
+        try FileManager.default.createDirectory(at: over, withIntermediateDirectories: true)
+        try Safetensors.write(over.appendingPathComponent("model-00001-of-00001.safetensors").path,
+                              tensors: llama.namedParameters().map { ($0.0, $0.1) })
+        try JSONSerialization.data(withJSONObject: ["weight_map": Dictionary(uniqueKeysWithValues: llama.namedParameters().map { ($0.0, "model-00001-of-00001.safetensors") })])
+            .write(to: over.appendingPathComponent("model.safetensors.index.json"))
+        try "notes".write(to: over.appendingPathComponent("README.md"), atomically: true, encoding: .utf8)
+        try saveHFModel(gpt2, tokenizerJSON: gpt2Tok?.tokenizerJSON(), to: over.path)
+        XCTAssertEqual(try loadHFModel(over.path).model.config, gpt2.config)
+        XCTAssertEqual(try String(contentsOf: over.appendingPathComponent("README.md"), encoding: .utf8), "notes")
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: dir.path).contains { $0.hasPrefix(".over.") }, "no temporary left")
     }
 
     /// transformers loads our saved folders and gives our logits. Needs .venv/bin/python (made by
