@@ -33,7 +33,7 @@ do {
     guard worst <= MergeResult.tolerance else { throw CheckpointError(path: adapterPath, message: "merged logits differ by \(worst)") }
 
     // Saves every weight (the merged ones included) and the tokenizer, atomically.
-    try ModelCheckpoint.save(base.model, tokenizerJSON: base.tokenizer?.tokenizerJSON(), to: outDir + "/merged.h5",
+    try ModelCheckpoint.save(base.model, tokenizer: base.tokenizer, to: outDir + "/merged.h5",
                              metadata: ["merged_adapter": adapterPath])
     print("saved \(outDir)/merged.h5")
 } catch {

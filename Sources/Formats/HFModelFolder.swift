@@ -253,17 +253,29 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
 /// Creates the folder if needed; the files appear together or not at all (`writeFolderAtomically`:
 /// other files already in the folder are kept).
 /// - Throws: `HFModelError` when the configuration has no transformers equivalent, or on I/O errors.
-public func saveHFModel(_ model: CausalLM, tokenizerJSON: String?, to folder: String) throws {
+public func saveHFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to folder: String) throws {
+    let ids = [("bos_token_id", tokenizer?.bosTokenID), ("eos_token_id", tokenizer?.eosTokenID), ("pad_token_id", tokenizer?.padTokenID)]
+    try saveHFModel(model, tokenizerJSON: tokenizer?.tokenizerJSON(), tokenizerConfigJSON: tokenizer?.tokenizerConfigJSON(),
+                    specialTokenIDs: Dictionary(uniqueKeysWithValues: ids.compactMap { k, v in v.map { (k, Int($0)) } }), to: folder)
+}
+
+/// `saveHFModel(_:tokenizer:to:)` from the tokenizer's files: `tokenizer_config.json` (its roles)
+/// beside `tokenizer.json`, and `specialTokenIDs` (`eos_token_id` …) in `config.json`, where
+/// transformers' `generate` looks for the token that ends a text.
+public func saveHFModel(_ model: CausalLM, tokenizerJSON: String?, tokenizerConfigJSON: String? = nil,
+                        specialTokenIDs: [String: Int] = [:], to folder: String) throws {
     try checkFiniteWeights(model.namedParameters(), writing: folder)
     let dir = URL(fileURLWithPath: folder)
-    let config = try hfConfigJSON(model.config, file: dir.appendingPathComponent("config.json").path)
+    var config = try hfConfigJSON(model.config, file: dir.appendingPathComponent("config.json").path)
+    config.merge(specialTokenIDs) { $1 }
     let tensors = model.namedParameters().filter { !(model.config.tieWordEmbeddings && $0.0 == "lm_head.weight") }
-    let files = (tokenizerJSON == nil ? [] : ["tokenizer.json"]) + ["model.safetensors", "config.json"]  // config last: it makes the folder a model
+    let tokenizerFiles = [("tokenizer.json", tokenizerJSON), ("tokenizer_config.json", tokenizerConfigJSON)].compactMap { n, t in t.map { (n, $0) } }
+    let files = tokenizerFiles.map(\.0) + ["model.safetensors", "config.json"]  // config last: it makes the folder a model
     try writeFolderAtomically(dir, files: files) { tmp in
         try Safetensors.write(tmp.appendingPathComponent("model.safetensors").path, tensors: tensors, metadata: ["format": "pt"])
         do {
             try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: tmp.appendingPathComponent("config.json"))
-            if let tok = tokenizerJSON { try Data(tok.utf8).write(to: tmp.appendingPathComponent("tokenizer.json")) }
+            for (name, text) in tokenizerFiles { try Data(text.utf8).write(to: tmp.appendingPathComponent(name)) }
         } catch {
             throw HFModelError(path: folder, message: "cannot write: \((error as NSError).localizedDescription)")
         }

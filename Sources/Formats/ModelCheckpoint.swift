@@ -15,8 +15,15 @@ public enum ModelCheckpoint {
     public static let format = "swiftpeft-model"
     public static let version = "1"
 
-    /// Writes `model` (every parameter, frozen or not) and the tokenizer to `path` atomically.
-    public static func save(_ model: CausalLM, tokenizerJSON: String?, to path: String,
+    /// Writes `model` (every parameter, frozen or not) and its tokenizer, with the tokenizer's roles
+    /// (`tokenizer_config.json`: its EOS is the same when loaded back, not guessed), to `path` atomically.
+    public static func save(_ model: CausalLM, tokenizer: BPETokenizer?, to path: String, metadata: [String: String] = [:]) throws {
+        try save(model, tokenizerJSON: tokenizer?.tokenizerJSON(), tokenizerConfigJSON: tokenizer?.tokenizerConfigJSON(), to: path, metadata: metadata)
+    }
+
+    /// Writes `model` (every parameter, frozen or not) and the tokenizer's files to `path` atomically;
+    /// without `tokenizerConfigJSON` the roles are guessed from the token names when loaded.
+    public static func save(_ model: CausalLM, tokenizerJSON: String?, tokenizerConfigJSON: String? = nil, to path: String,
                             metadata: [String: String] = [:]) throws {
         try checkFiniteWeights(model.namedParameters(), writing: path)
         let enc = JSONEncoder()
@@ -27,14 +34,16 @@ public enum ModelCheckpoint {
         attrs["version"] = version
         attrs["config"] = config
         try HDF5Store.write(path, tensors: model.namedParameters(),
-                            blobs: tokenizerJSON.map { [("tokenizer.json", Array($0.utf8))] } ?? [],
+                            blobs: [("tokenizer.json", tokenizerJSON), ("tokenizer_config.json", tokenizerConfigJSON)]
+                                .compactMap { name, text in text.map { (name, Array($0.utf8)) } },
                             attributes: attrs)
     }
 
     /// Reads a checkpoint written by `save`; the model comes back frozen and in eval mode.
     /// - Throws: naming the file, and the tensor and both shapes when a weight does not fit the config.
     /// `bf16Only` keeps only bf16 copies of the frozen matrices (`DecodePrecision.bf16Only`).
-    public static func load(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> (model: CausalLM, tokenizerJSON: String?, metadata: [String: String]) {
+    public static func load(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false)
+        throws -> (model: CausalLM, tokenizerJSON: String?, tokenizerConfigJSON: String?, metadata: [String: String]) {
         let file = try HDF5Store.open(path)  // tensors are read one at a time while loading
         let (blobs, attrs) = (file.blobs, file.attributes)
         guard attrs["format"] == format else {
@@ -58,7 +67,7 @@ public enum ModelCheckpoint {
             throw CheckpointError(path: path, message: e.message.replacingOccurrences(of: path + ": ", with: ""))
         }
         model.eval()
-        let tok = blobs["tokenizer.json"].map { String(decoding: $0, as: UTF8.self) }
-        return (model, tok, attrs.filter { !["format", "version", "config"].contains($0.key) })
+        let text = { (name: String) in blobs[name].map { String(decoding: $0, as: UTF8.self) } }
+        return (model, text("tokenizer.json"), text("tokenizer_config.json"), attrs.filter { !["format", "version", "config"].contains($0.key) })
     }
 }

@@ -91,8 +91,10 @@ private func loadModelUnchecked(_ path: String, seed: UInt64, bf16Only: Bool) th
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .checkpoint:
-        let (model, tokJSON, meta) = try ModelCheckpoint.load(path, seed: seed, bf16Only: bf16Only)
-        let tok = try tokJSON.map { try BPETokenizer.load(json: Data($0.utf8), file: path + "#tokenizer.json") }
+        let (model, tokJSON, tokConfig, meta) = try ModelCheckpoint.load(path, seed: seed, bf16Only: bf16Only)
+        let tok = try tokJSON.map {
+            try BPETokenizer.load(json: Data($0.utf8), file: path + "#tokenizer.json", configs: tokConfig.map { [Data($0.utf8)] } ?? [])
+        }
         return LoadedModel(model: model, tokenizer: tok, metadata: meta, source: source)
     case .gguf:
         let (model, tok) = try loadGGUFModel(path, seed: seed, bf16Only: bf16Only)

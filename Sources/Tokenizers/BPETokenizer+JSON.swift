@@ -1,6 +1,7 @@
 // BPETokenizer+JSON.swift: reads and writes Hugging Face `tokenizer.json` (model BPE with vocab + merges, a
-// ByteLevel pre-tokenizer optionally after Digits, a ByteLevel decoder, added_tokens) and the role names in a
-// sibling `tokenizer_config.json`. Every load error names the file and the field that was wrong.
+// ByteLevel pre-tokenizer optionally after Digits, a ByteLevel decoder, added_tokens) and the role names in
+// sibling `tokenizer_config.json` / `special_tokens_map.json` files. Every load error names the file and the
+// field that was wrong.
 import Foundation
 
 extension BPETokenizer {
@@ -8,9 +9,11 @@ extension BPETokenizer {
 
     /// Loads a Hugging Face `tokenizer.json` (or the one inside a model folder).
     ///
-    /// Role names (BOS/EOS/PAD/UNK) come from `roles` if given, else from a `tokenizer_config.json` next to the
-    /// file (`bos_token`, `eos_token`, `pad_token`, `unk_token`), else from common names
-    /// (`SpecialTokenRoles.guess(from:)`).
+    /// Role names (BOS/EOS/PAD/UNK) come from `roles` if given; otherwise each role comes from the first of
+    /// `tokenizer_config.json` and `special_tokens_map.json` next to the file that has its key (`bos_token`,
+    /// `eos_token`, `pad_token`, `unk_token`; null there means no such role), else from common names
+    /// (`SpecialTokenRoles.guess(from:)`), as transformers falls back on its tokenizer class's defaults
+    /// (GPT-2's config names no role: its EOS is still `<|endoftext|>`).
     ///
     /// - Throws: `TokenizerError.unreadable`, `.malformed` or `.unsupported`, each naming the file and the
     ///   field at fault.
@@ -26,17 +29,20 @@ extension BPETokenizer {
         } catch {
             throw TokenizerError.unreadable(file: file.path, reason: (error as NSError).localizedDescription)
         }
-        var chosen = roles
-        if chosen == nil {
-            let config = file.deletingLastPathComponent().appendingPathComponent("tokenizer_config.json")
-            if let cdata = try? Data(contentsOf: config) { chosen = try? rolesFromConfig(cdata) }
+        var configs: [Data] = []
+        if roles == nil {
+            for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+                if let d = try? Data(contentsOf: file.deletingLastPathComponent().appendingPathComponent(name)) { configs.append(d) }
+            }
         }
-        return try load(json: data, file: file.path, roles: chosen)
+        return try load(json: data, file: file.path, roles: roles, configs: configs)
     }
 
-    /// Parses `tokenizer.json` content; `file` is only used in error messages.
+    /// Parses `tokenizer.json` content; `file` is only used in error messages. Roles: `roles` if given,
+    /// else from `configs` (the contents of `tokenizer_config.json`-like files, in order of precedence)
+    /// and common names, as `load(from:)` describes.
     public static func load(json data: Data, file: String = "tokenizer.json",
-                            roles: SpecialTokenRoles? = nil) throws -> BPETokenizer {
+                            roles: SpecialTokenRoles? = nil, configs: [Data] = []) throws -> BPETokenizer {
         func malformed(_ reason: String) -> TokenizerError { .malformed(file: file, reason: reason) }
         func unsupported(_ feature: String) -> TokenizerError { .unsupported(file: file, feature: feature) }
 
@@ -174,7 +180,7 @@ extension BPETokenizer {
             guard type == "ByteLevel" else { throw unsupported("decoder \(type) is not supported (only ByteLevel)") }
         }
 
-        var chosen = roles ?? SpecialTokenRoles.guess(from: added.map(\.content))
+        var chosen = roles ?? rolesFromConfigs(configs, guessed: SpecialTokenRoles.guess(from: added.map(\.content)))
         let addedSet = Set(added.map { Array($0.content.utf8) })
         // Drop role names that are not added tokens (config files sometimes name plain vocabulary tokens).
         func keep(_ s: String?) -> String? { s.flatMap { addedSet.contains(Array($0.utf8)) ? $0 : nil } }
@@ -234,15 +240,22 @@ extension BPETokenizer {
     }
 
     /// Role names from a `tokenizer_config.json` (`"eos_token": "…"` or `{"content": "…"}`).
-    static func rolesFromConfig(_ data: Data) throws -> SpecialTokenRoles {
-        guard let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { return SpecialTokenRoles() }
-        func name(_ key: String) -> String? {
-            if let s = obj[key] as? String { return s }
-            if let d = obj[key] as? [String: Any] { return d["content"] as? String }
-            return nil
+    /// Each role from the first of `configs` (JSON objects; others are ignored) that has its key: a
+    /// string or `{"content": …}` names the token, null (or anything else) means none; a role no file
+    /// mentions keeps its `guessed` token.
+    static func rolesFromConfigs(_ configs: [Data], guessed: SpecialTokenRoles) -> SpecialTokenRoles {
+        let objects = configs.compactMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }
+        func role(_ key: String, _ guess: String?) -> String? {
+            for o in objects {
+                guard let v = o[key] else { continue }
+                if let s = v as? String { return s }
+                if let d = v as? [String: Any], let s = d["content"] as? String { return s }
+                return nil
+            }
+            return guess
         }
-        return SpecialTokenRoles(bos: name("bos_token"), eos: name("eos_token"), pad: name("pad_token"),
-                                 unk: name("unk_token"))
+        return SpecialTokenRoles(bos: role("bos_token", guessed.bos), eos: role("eos_token", guessed.eos),
+                                 pad: role("pad_token", guessed.pad), unk: role("unk_token", guessed.unk))
     }
 
     // MARK: - Saving
@@ -257,17 +270,21 @@ extension BPETokenizer {
     public func saveFolder(_ dir: URL) throws {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         try save(to: dir.appendingPathComponent("tokenizer.json"))
-        var config: [String: Any] = [
+        try Data(tokenizerConfigJSON().utf8).write(to: dir.appendingPathComponent("tokenizer_config.json"), options: .atomic)
+    }
+
+    /// The `tokenizer_config.json` text that names the roles (every role, null where there is none, so
+    /// that loading it back gives these roles and no guess); transformers reads it too.
+    public func tokenizerConfigJSON() -> String {
+        let config: [String: Any] = [
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": false,
             "add_prefix_space": false,
+            "bos_token": roles.bos ?? NSNull(), "eos_token": roles.eos ?? NSNull(),
+            "pad_token": roles.pad ?? NSNull(), "unk_token": roles.unk ?? NSNull(),
         ]
-        if let s = roles.bos { config["bos_token"] = s }
-        if let s = roles.eos { config["eos_token"] = s }
-        if let s = roles.pad { config["pad_token"] = s }
-        if let s = roles.unk { config["unk_token"] = s }
-        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: dir.appendingPathComponent("tokenizer_config.json"), options: .atomic)
+        let data = (try? JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// The `tokenizer.json` text: vocabulary in id order, merges as `[left, right]` pairs (the form

@@ -84,10 +84,9 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
     var m = base.metadata
     m["merged_adapter"] = adapterPath
     m["merged_from"] = modelPath
-    let tokJSON = base.tokenizer?.tokenizerJSON()
     switch format {
-    case .swiftpeft: try ModelCheckpoint.save(model, tokenizerJSON: tokJSON, to: out, metadata: m)
-    case .hf: try saveHFModel(model, tokenizerJSON: tokJSON, to: out)
+    case .swiftpeft: try ModelCheckpoint.save(model, tokenizer: base.tokenizer, to: out, metadata: m)
+    case .hf: try saveHFModel(model, tokenizer: base.tokenizer, to: out)
     }
     return MergeResult(maxLogitDifference: diff, adaptedModules: mergeable.mergedModuleCount)
 }

@@ -71,11 +71,14 @@ struct Pretrain: ParsableCommand {
         print(String(format: "after: val loss %.4f (perplexity %.1f) in %.0f s", after, Foundation.exp(after), Date().timeIntervalSince(t0)))
         try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent.isEmpty ? "." :
                                                 (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try ModelCheckpoint.save(model, tokenizerJSON: tokenizer.tokenizerJSON(), to: out,
+        try ModelCheckpoint.save(model, tokenizer: tokenizer, to: out,
                                  metadata: ["trained_on": data, "steps": String(steps), "val_loss": String(after)])
         print("saved \(out)")
-        let prompt = tokenizer.encode(String(docs[0].prefix(40)))
-        let sample = model.generate(prompt, SamplingOptions(maxNewTokens: 40, temperature: 0.8, topK: 40, seed: seed))
-        print("sample: \(tokenizer.decode(prompt + sample))")
+        // A sample from the start of the first document that has text (an empty file gives no prompt).
+        if let doc = docs.first(where: { !tokenizer.encode(String($0.prefix(40))).isEmpty }) {
+            let prompt = tokenizer.encode(String(doc.prefix(40)))
+            let sample = model.generate(prompt, SamplingOptions(maxNewTokens: 40, temperature: 0.8, topK: 40, seed: seed))
+            print("sample: \(tokenizer.decode(prompt + sample))")
+        }
     }
 }

@@ -29,7 +29,7 @@ final class ModelCheckpointTests: XCTestCase {
             let model = makeModel(config, seed: 4)
             let path = dir.appendingPathComponent("\(config.family).h5").path
             try ModelCheckpoint.save(model, tokenizerJSON: "{\"model\": {}}", to: path, metadata: ["note": "test"])
-            let (loaded, tok, meta) = try ModelCheckpoint.load(path)
+            let (loaded, tok, _, meta) = try ModelCheckpoint.load(path)
             XCTAssertEqual(loaded.config, config)
             XCTAssertEqual(tok, "{\"model\": {}}")
             XCTAssertEqual(meta, ["note": "test"])
@@ -242,6 +242,26 @@ final class ModelCheckpointTests: XCTestCase {
         let loaded = try ModelCheckpoint.load(copy)
         XCTAssertEqual(loaded.model.config, model.config)
         for ((n, a), (_, b)) in zip(model.namedParameters(), loaded.model.namedParameters()) { XCTAssertEqual(a.toArray(), b.toArray(), n) }
+    }
+
+    /// A saved model keeps its tokenizer's roles (SmolLM2 base: EOS `<|endoftext|>` beside ChatML's
+    /// tokens, where the common-name guess would say `<|im_end|>`), in a checkpoint and in a Hugging
+    /// Face folder, whose config.json also carries the ids transformers' `generate` stops at.
+    func testTokenizerRolesSurviveSavingTheModel() throws {
+        let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        let tok = try BPETokenizer.train(corpus: String(repeating: "the cat sat on the mat. ", count: 30), vocabSize: 280,
+                                         specialTokens: specials, roles: SpecialTokenRoles(bos: "<|endoftext|>", eos: "<|endoftext|>"))
+        XCTAssertEqual(SpecialTokenRoles.guess(from: specials).eos, "<|im_end|>", "without the roles saved, the EOS would change")
+        let model = makeModel(.llama(vocabSize: tok.vocabSize, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12))
+        let h5 = dir.appendingPathComponent("roles.h5").path, hf = dir.appendingPathComponent("roles-hf").path
+        try ModelCheckpoint.save(model, tokenizer: tok, to: h5)
+        XCTAssertEqual(try loadModel(h5).tokenizer?.roles, tok.roles)
+        try saveHFModel(model, tokenizer: tok, to: hf)
+        XCTAssertEqual(try loadModel(hf).tokenizer?.roles, tok.roles)
+        let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: hf + "/config.json"))) as? [String: Any])
+        XCTAssertEqual(config["eos_token_id"] as? Int, tok.eosTokenID.map(Int.init))
+        XCTAssertEqual(config["bos_token_id"] as? Int, tok.bosTokenID.map(Int.init))
+        XCTAssertNil(config["pad_token_id"], "no pad role: none written")
     }
 
     func testTensorThatDoesNotFitTheConfigIsNamed() throws {

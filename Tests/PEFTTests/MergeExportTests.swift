@@ -42,7 +42,7 @@ final class MergeExportTests: XCTestCase {
                 }
                 let path = dir.appendingPathComponent("\(name)-\(config.family).h5").path
                 try ModelCheckpoint.save(model, tokenizerJSON: nil, to: path)
-                let (plain, _, _) = try ModelCheckpoint.load(path)
+                let (plain, _, _, _) = try ModelCheckpoint.load(path)
                 XCTAssertLessThan(maxAbsDiff(logits(plain), adapted), 1e-5, "\(name) \(config.family): merged export ≡ adapter")
             }
         }

@@ -371,6 +371,31 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// Roles from the files beside tokenizer.json, as transformers reads them: a key names the role
+    /// (null: none), `tokenizer_config.json` before `special_tokens_map.json`, and a role neither names
+    /// falls back on the common names (GPT-2's config names none, yet its EOS is `<|endoftext|>`).
+    func testRolesComeFromTheConfigFilesThenCommonNames() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tok-roles-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try FileManager.default.copyItem(at: fixturesDir.appendingPathComponent("tokenizer_gpt2.json"), to: dir.appendingPathComponent("tokenizer.json"))
+        func roles(config: String?, map: String?) throws -> SpecialTokenRoles {
+            for (name, text) in [("tokenizer_config.json", config), ("special_tokens_map.json", map)] {
+                let url = dir.appendingPathComponent(name)
+                try? FileManager.default.removeItem(at: url)
+                if let text { try text.write(to: url, atomically: true, encoding: .utf8) }
+            }
+            return try BPETokenizer.load(from: dir).roles
+        }
+        let gpt2 = SpecialTokenRoles(bos: "<|endoftext|>", eos: "<|endoftext|>", pad: "<|pad|>", unk: "<|endoftext|>")
+        XCTAssertEqual(try roles(config: nil, map: nil), gpt2, "no files: common names")
+        XCTAssertEqual(try roles(config: #"{"model_max_length": 1024}"#, map: nil), gpt2, "GPT-2's own config names no role")
+        XCTAssertEqual(try roles(config: #"{"eos_token": null, "pad_token": {"content": "<|endoftext|>"}}"#, map: nil),
+                       SpecialTokenRoles(bos: "<|endoftext|>", eos: nil, pad: "<|endoftext|>", unk: "<|endoftext|>"))
+        XCTAssertEqual(try roles(config: #"{"bos_token": "<|pad|>"}"#, map: #"{"bos_token": "<|endoftext|>", "eos_token": "<|pad|>"}"#),
+                       SpecialTokenRoles(bos: "<|pad|>", eos: "<|pad|>", pad: "<|pad|>", unk: "<|endoftext|>"))
+    }
+
     func testLoadAcceptsStringMergesAndExtraFields() throws {
         let tok = try trainedTokenizer()
         let json = try JSONSerialization.jsonObject(with: Data(tok.tokenizerJSON().utf8)) as! [String: Any]
