@@ -27,9 +27,9 @@ public struct GenerationRequest: Sendable {
     public var temperature: Float = 0
     public var topP: Float = 1
     public var seed: UInt64 = 0
-    /// The text is cut before the first of these (EOS always ends it).
+    /// The text is cut before the first of these (EOS and `<|im_end|>` always end it: `textEndTokens`).
     public var stop: [String] = []
-    /// Tokens that end the completion as EOS does, left out of the text (a chat reply's `<|im_end|>`).
+    /// More tokens that end the completion as EOS does, left out of the text.
     public var stopTokens: [Int32] = []
 
     public init(model: String, prompt: [Int32], maxTokens: Int) {
@@ -368,7 +368,7 @@ public final class ServingEngine: @unchecked Sendable {
             let p = j.request.prompt
             for (t, id) in p.enumerated() { ids[b * P + P - p.count + t] = id; mask[b * P + P - p.count + t] = 1 }
         }
-        let eos = tokenizer.eosTokenID
+        let ends = textEndTokens(tokenizer)
         var generated = [[Int32]](repeating: [], count: B)
         var texts = [String](repeating: "", count: B), streams = [TextStream](repeating: TextStream(), count: B)
         var finish = [String?](repeating: nil, count: B)
@@ -399,7 +399,7 @@ public final class ServingEngine: @unchecked Sendable {
                     let row = Array(logits[((b + 1) * positions - 1) * V..<((b + 1) * positions) * V])
                     let token = Int32(sampleToken(row, SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP), &rngs[b]))
                     next[b] = token
-                    if token == eos || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
+                    if ends.contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
                     generated[b].append(token)
                     var text = tokenizer.decode(generated[b])
                     if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {

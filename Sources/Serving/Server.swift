@@ -225,8 +225,6 @@ func jsonBody(_ request: Request, limit: Int) async throws -> [String: Any] {
 func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool) async throws -> Response {
     var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: p.maxTokens)
     (r.temperature, r.topP, r.seed, r.stop) = (p.temperature, p.topP, p.seed, p.stop)
-    // A ChatML reply ends with <|im_end|> (what chat training teaches), whatever the tokenizer's EOS.
-    if chat, let end = engine.tokenizer.tokenID(for: chatMLEnd) { r.stopTokens = [end] }
     let events: AsyncStream<GenerationEvent>
     do { events = try engine.submit(r) } catch let e as ServingError {
         switch e.kind {

@@ -361,7 +361,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         m.detach(from: model)
     }
     let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }
-    let eos = tokenizer.eosTokenID
+    let eos = tokenizer.eosTokenID, ends = textEndTokens(tokenizer)
     var rows: [BacktestRow] = []
     let answers = versions.count * o.prompts.count
     for v in versions {
@@ -392,10 +392,10 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             var outputs: [String] = [], outputTokens = 0
             for k in 0..<o.samples {
                 let options = SamplingOptions(maxNewTokens: o.maxNewTokens, temperature: o.samples == 1 ? 0 : o.temperature,
-                                              seed: o.seed &+ UInt64(k), stopTokens: eos.map { [$0] } ?? [])
+                                              seed: o.seed &+ UInt64(k), stopTokens: ends)
                 let out = model.generate(ids, options)
                 outputTokens += out.count
-                var text = tokenizer.decode(out.filter { $0 != eos })
+                var text = tokenizer.decode(out.filter { !ends.contains($0) })
                 for s in o.stop where !s.isEmpty {
                     if let r = text.range(of: s) { text = String(text[..<r.lowerBound]) }
                 }

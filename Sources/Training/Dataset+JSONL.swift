@@ -123,8 +123,15 @@ public struct TokenizedExample: Equatable, Sendable {
 }
 
 let chatMLStart = "<|im_start|>"
-/// The token that ends every ChatML message, a reply included: generation stops at it.
-public let chatMLEnd = "<|im_end|>"
+/// The token that ends every ChatML message, a reply included.
+let chatMLEnd = "<|im_end|>"
+
+/// The tokens a generated text ends at: EOS and, where the tokenizer has it, ChatML's `<|im_end|>`
+/// (chat training teaches a reply to end with it, whatever the EOS is; SmolLM2-Instruct's own
+/// generation config stops at it). `generate`, `backtest` and `serve` all stop at these.
+public func textEndTokens(_ tokenizer: Tokenizer) -> Set<Int32> {
+    Set([tokenizer.eosTokenID, tokenizer.tokenID(for: chatMLEnd)].compactMap { $0 })
+}
 
 /// ChatML, as SmolLM2 and Qwen use it: `<|im_start|>role\ncontent<|im_end|>\n` per message. With
 /// `addGenerationPrompt`, `<|im_start|>assistant\n` follows (the prompt for a reply).

@@ -48,10 +48,8 @@ struct Generate: ParsableCommand {
         if let adapter { try loadAdapter(adapter, onto: m) }
         if decodePrecision == .bf16 { m.keepBF16Weights() }
         let ids = tokenizer.encode(prompt)
-        var stops = Set<Int32>()
-        if let e = tokenizer.eosTokenID { stops.insert(e) }
         let out = m.generate(ids, SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP,
-                                                  seed: seed, stopTokens: stops))
+                                                  seed: seed, stopTokens: textEndTokens(tokenizer)))
         print(tokenizer.decode(ids + out))
     }
 }

@@ -158,6 +158,10 @@ final class DatasetTests: XCTestCase {
         let plain = try load(path, tok: bytes).train.batch(rows: [0])
         XCTAssertEqual(bytes.decode(plain.targets.filter { $0 != -100 }), "hello<|im_end|>chat<|im_end|>")
         XCTAssertFalse(plain.ids.contains { $0 >= 256 && $0 != bytes.eosTokenID! })
+
+        // Generation stops where chat training taught a reply to end, as well as at EOS.
+        XCTAssertEqual(textEndTokens(Self.tokenizer), [Self.tokenizer.eosTokenID!, end])
+        XCTAssertEqual(textEndTokens(bytes), [bytes.eosTokenID!], "no <|im_end|> token: EOS alone")
     }
 
     // MARK: errors
