@@ -97,11 +97,19 @@ public struct LoRAConfig: PEFTConfig, Equatable {
     }
 
     /// The value of a pattern dictionary for `module` (PEFT: key matches "(.*\.)?key$"), else nil.
-    static func pattern<V>(_ patterns: [String: V], for module: String) -> V? {
-        for key in patterns.keys.sorted(by: { $0.count > $1.count }) {
-            if ModuleSelector.regex("(.*\\.)?(" + key + ")").matches(module) { return patterns[key] }
+    /// - Throws: when keys that match `module` give different values: PEFT takes the first such key
+    ///   in its file, an order a JSON object does not keep, so any choice here would be a guess.
+    static func pattern<V: Equatable>(_ patterns: [String: V], for module: String, field: String) throws -> V? {
+        let keys = patterns.keys.sorted().filter { ModuleSelector.regex("(.*\\.)?(" + $0 + ")").matches(module) }
+        guard let first = keys.first, let value = patterns[first] else { return nil }
+        if let other = keys.first(where: { patterns[$0] != value }) {
+            throw PEFTError(message: """
+                LoRA: \(field) keys "\(first)" and "\(other)" both match \(module) with different values (\(value) and \(patterns[other]!)); \
+                PEFT takes whichever its file lists first, an order a JSON object does not keep.
+                HINT: use keys that match each module once.
+                """)
         }
-        return nil
+        return value
     }
 }
 
@@ -186,7 +194,8 @@ public final class LoRALayer: FoldableLinearHook, LowRankHook {
             ? withNoGrad { LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a.detached(), b.detached(), scale)) }
             : LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a, b, scale))
         let magScale = m / norm  // (out)
-        let base = layer.bias.map { y - $0.detached() } ?? y  // W x without the bias
+        // W x without the bias; as PEFT, W·dropout(x) while dropout is active (one more product).
+        let base = xd !== x ? xd.matmul(layer.weightOutIn.transposed()) : layer.bias.map { y - $0.detached() } ?? y  // (…, out)
         return y + (magScale - 1) * base + magScale * update
     }
 
@@ -263,8 +272,20 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
             try refuse("use_qalora", if: { ($0 as? Bool) == true }, "QA-LoRA is not implemented")
             try refuse("layer_replication", if: { _ in true }, "layer replication is not implemented")
             try refuse("target_parameters", if: { (($0 as? [Any]) ?? [0]).isEmpty == false }, "LoRA on parameters is not implemented")
-            // PiSSA / OLoRA / LoftQ / EVA… only change the initialization; the tensors are loaded after.
-            if let s = config["init_lora_weights"] as? String, s != "gaussian" { config["init_lora_weights"] = true }
+            try refuse("alora_invocation_tokens", if: { _ in true }, "activated LoRA (aLoRA) is not implemented")
+            try refuse("arrow_config", if: { _ in true }, "Arrow routing is not implemented")
+            // PiSSA, OLoRA, CorDA and LoftQ rewrite the base weights when PEFT builds the adapter (into
+            // a residual only their own initialization computes): the tensors fit that residual, not
+            // the base. Gaussian, EVA and orthogonal only choose the first values; the saved ones follow.
+            if let s = config["init_lora_weights"] as? String {
+                if ["pissa", "olora", "corda", "loftq"].contains(where: { s.lowercased().hasPrefix($0) }) {
+                    throw PEFTError(message: """
+                        init_lora_weights "\(s)" is not supported: this adapter was saved for the base that \(s) rewrites, not for the original one. \
+                        HINT: save it converted for the original base (PEFT's save_pretrained with path_initial_model_for_weight_conversion), then import that folder
+                        """)
+                }
+                config["init_lora_weights"] = true
+            }
         }),
         build: { c, name, restoring in
             let lora = try LoRA(config: c, name: name)
@@ -324,9 +345,11 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
         default: break
         }
         extra += try Self.modulesToSave(config.modulesToSave, in: model, method: "LoRA")
-        for (module, linear) in targets where checksRank {
-            let r = LoRAConfig.pattern(config.rankPattern, for: module) ?? config.r
-            guard r <= min(linear.inFeatures, linear.outFeatures) else {
+        var shapes: [String: (r: Int, alpha: Float)] = [:]
+        for (module, linear) in targets {
+            let r = try LoRAConfig.pattern(config.rankPattern, for: module, field: "rank_pattern") ?? config.r
+            shapes[module] = (r, try LoRAConfig.pattern(config.alphaPattern, for: module, field: "alpha_pattern") ?? config.loraAlpha)
+            guard !checksRank || r <= min(linear.inFeatures, linear.outFeatures) else {
                 throw PEFTError(message: """
                     [LoRA] r \(r) is larger than \(module) allows (in \(linear.inFeatures), out \(linear.outFeatures)): \
                     a rank above min(in, out) adds parameters and nothing else.
@@ -336,9 +359,7 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
         }
         state.model = model
         return install(on: model, targets: targets, extra: extra) { module, linear in
-            let r = LoRAConfig.pattern(config.rankPattern, for: module) ?? config.r
-            let alpha = LoRAConfig.pattern(config.alphaPattern, for: module) ?? config.loraAlpha
-            return LoRALayer(module: module, layer: linear, rank: r, alpha: alpha, owner: state, rng: &state.rng)
+            LoRALayer(module: module, layer: linear, rank: shapes[module]!.r, alpha: shapes[module]!.alpha, owner: state, rng: &state.rng)
         }
     }
 

@@ -73,6 +73,18 @@ public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets
         if layers != nil && layerIndex(of: name) == nil { return false }
         return true
     }
+    // An entry naming modules of another kind (an embedding, a whole block) is an error, as in PEFT,
+    // not dropped while the other entries adapt their layers. An entry naming nothing is allowed (a
+    // list written for several architectures).
+    if case .names(let list) = targets, list != ["all-linear"] {
+        let all = model.namedModules()
+        for entry in list {
+            let named = all.filter { n, _ in n == entry || n.hasSuffix("." + entry) }
+            if let (name, module) = named.first, !named.contains(where: { $0.1 is M }) {
+                throw PEFTError(message: "[\(method)] target_modules entry \"\(entry)\" names \(Swift.type(of: module)) modules (\(name)), not \(M.self) ones; \(method) on them is not implemented")
+            }
+        }
+    }
     guard !selected.isEmpty else {
         let names = candidates.map(\.0)
         let shortNames = Array(Set(names.map { $0.split(separator: ".").last.map(String.init) ?? $0 })).sorted()

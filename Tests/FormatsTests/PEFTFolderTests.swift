@@ -292,6 +292,26 @@ final class PEFTFolderTests: XCTestCase {
         try Data(#"{"peft_type": "LOHA", "task_type": "CAUSAL_LM"}"#.utf8).write(to: loha.appendingPathComponent("adapter_config.json"))
         expectError({ try importPEFTFolder(loha, onto: fresh) }, [loha.path + "/adapter_config.json", "LOHA", "not supported"])
 
+        // Adapters for a base that PiSSA / OLoRA / CorDA / LoftQ rewrote, and aLoRA: refused, not loaded wrong.
+        let lora = peftFixtures.appendingPathComponent("llama-lora")
+        var loraConfig = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: lora.appendingPathComponent("adapter_config.json"))) as? [String: Any])
+        for (key, value, needle) in [("init_lora_weights", "pissa_niter_4" as Any, "path_initial_model_for_weight_conversion"),
+                                     ("init_lora_weights", "olora", "rewrites"), ("alora_invocation_tokens", [3, 4], "aLoRA")] {
+            let folder = dir.appendingPathComponent("refused-\(needle)")
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            var c = loraConfig
+            c[key] = value
+            try JSONSerialization.data(withJSONObject: c).write(to: folder.appendingPathComponent("adapter_config.json"))
+            try FileManager.default.copyItem(at: lora.appendingPathComponent("adapter_model.safetensors"), to: folder.appendingPathComponent("adapter_model.safetensors"))
+            expectError({ try importPEFTFolder(folder, onto: fresh) }, [folder.path, key, needle])
+        }
+        loraConfig["init_lora_weights"] = "gaussian"  // only the first values differ: loads
+        let gaussian = dir.appendingPathComponent("gaussian")
+        try FileManager.default.createDirectory(at: gaussian, withIntermediateDirectories: true)
+        try JSONSerialization.data(withJSONObject: loraConfig).write(to: gaussian.appendingPathComponent("adapter_config.json"))
+        try FileManager.default.copyItem(at: lora.appendingPathComponent("adapter_model.safetensors"), to: gaussian.appendingPathComponent("adapter_model.safetensors"))
+        try importPEFTFolder(gaussian, onto: fresh).detach(from: fresh)
+
         // A missing tensor and a misshapen one: the file and tensor are named; nothing stays attached.
         let src = peftFixtures.appendingPathComponent("llama-lora")
         var tensors = try Safetensors.read(src.appendingPathComponent("adapter_model.safetensors").path).tensors

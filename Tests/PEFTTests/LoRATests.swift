@@ -47,6 +47,15 @@ final class LoRATests: XCTestCase {
             let s = "\(e)"
             XCTAssertTrue(s.contains("matched no") && s.contains("model.layers.0.self_attn.q_proj") && s.contains("\"q_proj\""), s)
         }
+        // An entry naming an embedding or a whole block is an error, not skipped beside q_proj; one
+        // naming nothing (GPT-2's c_attn on a LLaMA) is allowed.
+        for entry in ["embed_tokens", "mlp"] {
+            XCTAssertThrowsError(try LoRA(config: LoRAConfig(targetModules: .names(["q_proj", entry]))).attach(to: m)) { e in
+                XCTAssertTrue("\(e)".contains("\"\(entry)\"") && "\(e)".contains("not implemented"), "\(e)")
+            }
+        }
+        XCTAssertTrue(m.namedModules().compactMap { $0.1 as? Linear }.allSatisfy { $0.hooks.isEmpty }, "nothing attached")
+        XCTAssertEqual(try targets(LoRAConfig(targetModules: .names(["q_proj", "c_attn"]))).count, 2)
     }
 
     func testAttachFreezesBaseAndCountsMatchTheFormula() throws {
@@ -190,6 +199,35 @@ final class LoRATests: XCTestCase {
         for m in methods { m.batchRows = nil }
     }
 
+    /// DoRA with LoRA dropout while training: the base term is W·dropout(x), as PEFT computes it,
+    /// not the layer's output on x (checked with the same dropout mask, drawn from the same state).
+    func testDoRAWithDropoutTakesTheBaseTermFromTheDroppedInput() throws {
+        let model = makeModel(llamaTiny, seed: 3)
+        var c = loraConfig(.names(["q_proj"]), dora: true)
+        c.loraDropout = 0.5
+        let lora = try LoRA(config: c, seed: 4)
+        try lora.attach(to: model)
+        let (_, linear, layer) = lora.layers[0]
+        let m = try XCTUnwrap(layer.magnitude)
+        withNoGrad { m.assign(m * 1.5) }  // off its init, so (m / ‖W + ΔW‖ − 1) weighs the base term
+        model.train()
+        let n = 3 * linear.inFeatures
+        let x = Tensor(shape: [3, linear.inFeatures], data: (0..<n).map { sin(Float($0)) })
+        let w = linear.weightOutIn.detached()
+        let y = withNoGrad { x.matmul(w.transposed()) }  // no bias in LLaMA's q_proj
+        var rng = model.random.value
+        let xd = x.dropout(0.5, rng: &rng)
+        let out = withNoGrad { layer.output(y, input: x, layer: linear) }.toArray()
+        let expected: [Float] = withNoGrad {
+            let s = layer.scale
+            let magScale = m / LoRALayer.rowNorm(w, delta: LoRALayer.delta(layer.a, layer.b, s))
+            let update = (xd.matmul(layer.a.transposed()) * s).matmul(layer.b.transposed())
+            return (y + (magScale - 1) * xd.matmul(w.transposed()) + magScale * update).toArray()
+        }
+        assertClose(out, expected, rtol: 1e-5, atol: 1e-6, "DoRA with dropout")
+        model.eval()
+    }
+
     func testRsLoRAPatternsAndBias() throws {
         let model = makeModel(llamaTiny)
         var c = loraConfig(.names(["q_proj", "v_proj"]), r: 4)
@@ -206,6 +244,20 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(lora.extraTrainable.count, 4, "q/v biases of the adapted layers")
         XCTAssertEqual(lora.trainableCount, lora.expectedTrainableCount)
         XCTAssertThrowsError(try LoRA(config: { var b = c; b.bias = "some"; return b }()))
+        // Two keys that match one module: the same value is fine; different values are refused (PEFT
+        // would take the first in its file, an order the JSON object does not keep).
+        var same = c
+        same.alphaPattern = ["q_proj": 16, "layers.1.self_attn.q_proj": 16]
+        let agreeing = try LoRA(config: same)
+        try agreeing.attach(to: makeModel(llamaTiny))
+        XCTAssertEqual(agreeing.layers.first { $0.module == "model.layers.1.self_attn.q_proj" }!.lora.scale, 8, accuracy: 1e-6)
+        var clash = c
+        clash.alphaPattern = ["q_proj": 32, "layers.0.self_attn.q_proj": 8]
+        let fresh = makeModel(llamaTiny)
+        XCTAssertThrowsError(try LoRA(config: clash).attach(to: fresh)) { e in
+            XCTAssertTrue("\(e)".contains("alpha_pattern") && "\(e)".contains("model.layers.0.self_attn.q_proj"), "\(e)")
+        }
+        XCTAssertTrue(fresh.namedModules().compactMap { $0.1 as? Linear }.allSatisfy { $0.hooks.isEmpty }, "nothing attached")
     }
 
     func testConfigJSONUsesPEFTFieldNames() throws {
