@@ -95,6 +95,11 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let method: PEFTMethod?
     let names: [String]
     if let path = job.adapterPath {
+        // The adapter goes on as it was saved: options that would shape a new one do not apply.
+        let given = job.methodSettings.options.keys.sorted().map { "--\($0)" } + (job.methodSettings.peftConfig.isEmpty ? [] : ["--method-config"])
+        guard given.isEmpty else {
+            throw TrainingError(message: "--adapter \(path) continues that adapter as it was saved; \(given.joined(separator: ", ")) would shape a new one and do not apply: leave them out")
+        }
         method = try loadAdapter(path, onto: model)  // attached, its tensors trainable
         for (_, t) in method!.adapterParameters() { t.requiresGrad = true }
         names = ["the adapter in \(path)"]
@@ -187,7 +192,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     } else {
         saved = out.appendingPathComponent("model.h5").path
         model.freeze()
-        try ModelCheckpoint.save(model, tokenizerJSON: tokenizer.tokenizerJSON(), to: saved, metadata: ["fine_tuned_from": job.modelPath])
+        try ModelCheckpoint.save(model, tokenizer: tokenizer, to: saved, metadata: ["fine_tuned_from": job.modelPath])
     }
     let bytes = (try? fm.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0
     let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
@@ -231,8 +236,8 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
     let base = try loadModel(modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
-    if let adapterPath { try loadAdapter(adapterPath, onto: model) }
-    try checkSequenceLength(model, seqLen, what: "--seq-len")
+    let adapter = try adapterPath.map { try loadAdapter($0, onto: model) }
+    try checkSequenceLength(model, seqLen + ((adapter as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
     let e = evaluate(model, on: splits.train, batch: batch)
     return (e, meter.reading(tokens: e.tokens))

@@ -34,8 +34,8 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Evaluate every N steps.") var evalEvery: Int?
     @Option(help: "Checkpoint every N steps (default 50; 0: only at the end).") var saveEvery: Int?
     @Option(help: "Log a line every N steps when output is not a terminal.") var logEvery: Int?
-    @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them: less memory, a second forward pass through the blocks (measured 1.2–1.5× the time per step).")
-    var gradientCheckpointing = false
+    @Flag(inversion: .prefixedNo, help: "Recompute each block's activations in the backward pass instead of keeping them: less memory, a second forward pass through the blocks (measured 1.2–1.5× the time per step). Off by default; --no-gradient-checkpointing overrides a config file's true.")
+    var gradientCheckpointing: Bool?
     @Option(help: "The frozen weights' products: fp32 (default), or bf16 (bf16 products and input gradients with fp32 accumulation; what trains stays fp32). Needs AVX512-BF16 or AMX; faster where bf16 products outrun fp32 ones (an AMD EPYC Zen 5: 2.5× here), slower on an Intel Xeon without AMX.")
     var precision: String?
     @Option(help: "PEFT-style method config JSON (adapter_config.json fields); method options given as flags or config keys win.")
@@ -54,7 +54,7 @@ struct CommonTrainOptions: ParsableArguments {
             ("momentum", momentum), ("adam-beta2", adamBeta2), ("clip", clip), ("skip-nonfinite", skipNonfinite), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
             ("seq-len", seqLen), ("packing", packing), ("val-fraction", valFraction), ("val-data", valData),
             ("eval-every", evalEvery), ("save-every", saveEvery), ("log-every", logEvery), ("method-config", methodConfig),
-            ("seed", seed), ("watts-per-core", wattsPerCore), ("gradient-checkpointing", gradientCheckpointing ? true : nil),
+            ("seed", seed), ("watts-per-core", wattsPerCore), ("gradient-checkpointing", gradientCheckpointing),
             ("precision", precision),
         ]
         return Dictionary(uniqueKeysWithValues: all.compactMap { k, v in v.map { (k, $0) } })
@@ -69,6 +69,12 @@ struct CommonTrainOptions: ParsableArguments {
                 throw CLIError("\(config): not a readable JSON object")
             }
             merged = obj
+        }
+        // A flag that stands instead of another (--steps or --epochs, --val-fraction or --val-data)
+        // also takes the other out of the config file: the command line wins.
+        for (a, b) in [("steps", "epochs"), ("val-fraction", "val-data")] {
+            if given[a] != nil && given[b] == nil { merged[b] = nil }
+            if given[b] != nil && given[a] == nil { merged[a] = nil }
         }
         merged.merge(given) { $1 }
         merged.merge(try parseMethodArguments(methodArguments)) { $1 }

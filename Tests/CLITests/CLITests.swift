@@ -890,6 +890,11 @@ final class CLITests: XCTestCase {
                   mentioning: ["max_position_embeddings 32"])
         _ = try fails(["train", "--method", "prompt", "--num-virtual-tokens", "4", "--model", gpt2, "--data", fx.jsonl,
                    "--out", fx.path("runs/gpt2-prompt"), "--steps", "2", "--seq-len", "31"], mentioning: ["35", "max_position_embeddings 32"])
+        // eval counts an adapter's virtual tokens too (it stopped in the model's position check).
+        _ = try ok(["train", "--method", "prompt", "--num-virtual-tokens", "4", "--model", gpt2, "--data", fx.jsonl,
+                "--out", fx.path("runs/gpt2-prompt-ok"), "--steps", "1", "--seq-len", "16"])
+        _ = try fails(["eval", "--model", gpt2, "--adapter", fx.path("runs/gpt2-prompt-ok/adapter.h5"), "--data", fx.jsonl, "--seq-len", "31"],
+                      mentioning: ["--seq-len 35", "max_position_embeddings 32"])
         let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])
         XCTAssertFalse(g.output.contains("Fatal error"), "generation stops at the last position:\n\(g.transcript)")
     }
@@ -1003,5 +1008,8 @@ final class CLITests: XCTestCase {
         let continued = try evalJSON(["--model", fx.base, "--adapter", out + "/adapter.h5"]).loss
         XCTAssertNotEqual(continued, withAdapter, "training moved the adapter")
         XCTAssertLessThan(abs(continued - withAdapter), 0.5, "and started from it, not from scratch")
+        // Options that would shape a new adapter are an error with --adapter, not ignored.
+        _ = try fails(["train", "--model", fx.base, "--adapter", adapter, "--data", fx.jsonl, "--out", fx.path("runs/continued-r"),
+                       "--steps", "1", "--r", "16"], mentioning: ["--adapter", "--r", "do not apply"])
     }
 }
