@@ -323,7 +323,8 @@ public final class ServingEngine: @unchecked Sendable {
             j.continuation.yield(.failed("the adapter \(j.request.model) was unloaded before the request ran"))
             j.continuation.finish()
         }
-        let jobs = jobs.filter { j in !j.isCancelled && !gone.contains { $0 === j } }
+        // A request cancelled since it was taken still gets its row: the first step reports it "cancelled".
+        let jobs = jobs.filter { j in !gone.contains { $0 === j } }
         guard !jobs.isEmpty else { return }
         // Rows grouped by model, so each row-scoped adapter owns one range of rows.
         let rows = jobs.sorted { ($0.request.model == baseName ? "" : $0.request.model, $0.id) < ($1.request.model == baseName ? "" : $1.request.model, $1.id) }
