@@ -228,8 +228,8 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
         keyToName[k] = name
     }
     let weights = TensorReader(renaming: file, keyToName)
-    let source = FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors.index.json").path)
-        ? dir.appendingPathComponent("model.safetensors.index.json").path : dir.appendingPathComponent("model.safetensors").path
+    let single = dir.appendingPathComponent("model.safetensors").path  // read before an index, as `folderReader` does
+    let source = FileManager.default.fileExists(atPath: single) ? single : dir.appendingPathComponent("model.safetensors.index.json").path
     try checkConfigFitsWeights(config, elements: weights.elementCount, file: configPath)
     let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
@@ -255,7 +255,10 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
 /// - Throws: `HFModelError` when the configuration has no transformers equivalent, or on I/O errors.
 public func saveHFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to folder: String) throws {
     let ids = [("bos_token_id", tokenizer?.bosTokenID), ("eos_token_id", tokenizer?.eosTokenID), ("pad_token_id", tokenizer?.padTokenID)]
-    try saveHFModel(model, tokenizerJSON: tokenizer?.tokenizerJSON(), tokenizerConfigJSON: tokenizer?.tokenizerConfigJSON(),
+    // Saved over a model folder, its tokenizer_config.json keeps everything but the roles.
+    let existing = FileManager.default.contents(atPath: URL(fileURLWithPath: folder).appendingPathComponent("tokenizer_config.json").path)
+        .flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }
+    try saveHFModel(model, tokenizerJSON: tokenizer?.tokenizerJSON(), tokenizerConfigJSON: tokenizer?.tokenizerConfigJSON(over: existing),
                     specialTokenIDs: Dictionary(uniqueKeysWithValues: ids.compactMap { k, v in v.map { (k, Int($0)) } }), to: folder)
 }
 

@@ -241,10 +241,12 @@ extension BPETokenizer {
 
     /// Role names from a `tokenizer_config.json` (`"eos_token": "…"` or `{"content": "…"}`).
     /// Each role from the first of `configs` (JSON objects; others are ignored) that has its key: a
-    /// string or `{"content": …}` names the token, null (or anything else) means none; a role no file
-    /// mentions keeps its `guessed` token.
+    /// string or `{"content": …}` names the token, null (or anything else) means none. A role no file
+    /// mentions keeps its `guessed` token (a tokenizer class's defaults, GPT-2's `<|endoftext|>`),
+    /// except under transformers' generic `PreTrainedTokenizerFast`, which has none.
     static func rolesFromConfigs(_ configs: [Data], guessed: SpecialTokenRoles) -> SpecialTokenRoles {
         let objects = configs.compactMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }
+        let generic = objects.contains { ($0["tokenizer_class"] as? String) == "PreTrainedTokenizerFast" }
         func role(_ key: String, _ guess: String?) -> String? {
             for o in objects {
                 guard let v = o[key] else { continue }
@@ -252,7 +254,7 @@ extension BPETokenizer {
                 if let d = v as? [String: Any], let s = d["content"] as? String { return s }
                 return nil
             }
-            return guess
+            return generic ? nil : guess
         }
         return SpecialTokenRoles(bos: role("bos_token", guessed.bos), eos: role("eos_token", guessed.eos),
                                  pad: role("pad_token", guessed.pad), unk: role("unk_token", guessed.unk))
@@ -274,15 +276,17 @@ extension BPETokenizer {
     }
 
     /// The `tokenizer_config.json` text that names the roles (every role, null where there is none, so
-    /// that loading it back gives these roles and no guess); transformers reads it too.
-    public func tokenizerConfigJSON() -> String {
-        let config: [String: Any] = [
+    /// that loading it back gives these roles and no guess); transformers reads it too. Given the
+    /// `existing` file's object (a chat template, model_max_length …), only its role keys change.
+    public func tokenizerConfigJSON(over existing: [String: Any]? = nil) -> String {
+        var config = existing ?? [
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": false,
             "add_prefix_space": false,
-            "bos_token": roles.bos ?? NSNull(), "eos_token": roles.eos ?? NSNull(),
-            "pad_token": roles.pad ?? NSNull(), "unk_token": roles.unk ?? NSNull(),
         ]
+        for (key, role) in [("bos_token", roles.bos), ("eos_token", roles.eos), ("pad_token", roles.pad), ("unk_token", roles.unk)] {
+            config[key] = role ?? NSNull()
+        }
         let data = (try? JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
     }

@@ -246,9 +246,15 @@ final class SafetensorsTests: XCTestCase {
         try JSONSerialization.data(withJSONObject: ["weight_map": Dictionary(uniqueKeysWithValues: llama.namedParameters().map { ($0.0, "model-00001-of-00001.safetensors") })])
             .write(to: over.appendingPathComponent("model.safetensors.index.json"))
         try "notes".write(to: over.appendingPathComponent("README.md"), atomically: true, encoding: .utf8)
-        try saveHFModel(gpt2, tokenizerJSON: gpt2Tok?.tokenizerJSON(), to: over.path)
+        try #"{"chat_template": "{{ messages }}", "eos_token": "</s>", "model_max_length": 2048}"#
+            .write(to: over.appendingPathComponent("tokenizer_config.json"), atomically: true, encoding: .utf8)
+        try saveHFModel(gpt2, tokenizer: gpt2Tok, to: over.path)
         XCTAssertEqual(try loadHFModel(over.path).model.config, gpt2.config)
         XCTAssertEqual(try String(contentsOf: over.appendingPathComponent("README.md"), encoding: .utf8), "notes")
+        let tokConfig = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: over.appendingPathComponent("tokenizer_config.json"))) as? [String: Any])
+        XCTAssertEqual(tokConfig["chat_template"] as? String, "{{ messages }}", "the folder's own keys stay")
+        XCTAssertEqual(tokConfig["model_max_length"] as? Int, 2048)
+        XCTAssertEqual(tokConfig["eos_token"] as? String, gpt2Tok?.roles.eos, "the roles are the saved tokenizer's")
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: dir.path).contains { $0.hasPrefix(".over.") }, "no temporary left")
     }
 

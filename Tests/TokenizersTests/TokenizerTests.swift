@@ -394,6 +394,9 @@ final class TokenizerTests: XCTestCase {
                        SpecialTokenRoles(bos: "<|endoftext|>", eos: nil, pad: "<|endoftext|>", unk: "<|endoftext|>"))
         XCTAssertEqual(try roles(config: #"{"bos_token": "<|pad|>"}"#, map: #"{"bos_token": "<|endoftext|>", "eos_token": "<|pad|>"}"#),
                        SpecialTokenRoles(bos: "<|pad|>", eos: "<|pad|>", pad: "<|pad|>", unk: "<|endoftext|>"))
+        // The generic class has no defaults (SwiftPEFT's own files once left out the roles it had not).
+        XCTAssertEqual(try roles(config: #"{"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}"#, map: nil),
+                       SpecialTokenRoles(eos: "<|endoftext|>"))
     }
 
     func testLoadAcceptsStringMergesAndExtraFields() throws {
