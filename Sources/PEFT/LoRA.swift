@@ -97,12 +97,16 @@ public struct LoRAConfig: PEFTConfig, Equatable {
     }
 
     /// The value of a pattern dictionary for `module` (PEFT: key matches "(.*\.)?key$"), else nil.
-    /// - Throws: when keys that match `module` give different values: PEFT takes the first such key
-    ///   in its file, an order a JSON object does not keep, so any choice here would be a guess.
-    static func pattern<V: Equatable>(_ patterns: [String: V], for module: String, field: String) throws -> V? {
-        let keys = patterns.keys.sorted().filter { ModuleSelector.regex("(.*\\.)?(" + $0 + ")").matches(module) }
+    /// When several keys match with different values, the longest key wins for an adapter being
+    /// restored (as SwiftPEFT always chose, so its saved adapters load as trained).
+    /// - Throws: for a new adapter (`refusingConflicts`), when keys that match `module` give
+    ///   different values: PEFT takes the first such key in its file, an order a JSON object does
+    ///   not keep, so any choice would be a guess.
+    static func pattern<V: Equatable>(_ patterns: [String: V], for module: String, field: String, refusingConflicts: Bool) throws -> V? {
+        let keys = patterns.keys.sorted { ($0.count, $0) > ($1.count, $1) }
+            .filter { ModuleSelector.regex("(.*\\.)?(" + $0 + ")").matches(module) }
         guard let first = keys.first, let value = patterns[first] else { return nil }
-        if let other = keys.first(where: { patterns[$0] != value }) {
+        if refusingConflicts, let other = keys.first(where: { patterns[$0] != value }) {
             throw PEFTError(message: """
                 LoRA: \(field) keys "\(first)" and "\(other)" both match \(module) with different values (\(value) and \(patterns[other]!)); \
                 PEFT takes whichever its file lists first, an order a JSON object does not keep.
@@ -303,7 +307,8 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
         config.useDora ? "this DoRA adapter reads the base's fp32 weights (their row norms)"
             : Self.releasedModulesToSave(config.modulesToSave, in: model)
     }
-    /// Refuse r > min(in, out) at attach (a new adapter); off for loaded ones and for combinations.
+    /// Refuse r > min(in, out) and conflicting pattern keys at attach (a new adapter); off for
+    /// loaded ones and for combinations.
     var checksRank = true
     public var isEnabled: Bool {
         get { state.isEnabled }
@@ -347,8 +352,9 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
         extra += try Self.modulesToSave(config.modulesToSave, in: model, method: "LoRA")
         var shapes: [String: (r: Int, alpha: Float)] = [:]
         for (module, linear) in targets {
-            let r = try LoRAConfig.pattern(config.rankPattern, for: module, field: "rank_pattern") ?? config.r
-            shapes[module] = (r, try LoRAConfig.pattern(config.alphaPattern, for: module, field: "alpha_pattern") ?? config.loraAlpha)
+            let r = try LoRAConfig.pattern(config.rankPattern, for: module, field: "rank_pattern", refusingConflicts: checksRank) ?? config.r
+            let alpha = try LoRAConfig.pattern(config.alphaPattern, for: module, field: "alpha_pattern", refusingConflicts: checksRank)
+            shapes[module] = (r, alpha ?? config.loraAlpha)
             guard !checksRank || r <= min(linear.inFeatures, linear.outFeatures) else {
                 throw PEFTError(message: """
                     [LoRA] r \(r) is larger than \(module) allows (in \(linear.inFeatures), out \(linear.outFeatures)): \

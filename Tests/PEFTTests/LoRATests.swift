@@ -258,6 +258,11 @@ final class LoRATests: XCTestCase {
             XCTAssertTrue("\(e)".contains("alpha_pattern") && "\(e)".contains("model.layers.0.self_attn.q_proj"), "\(e)")
         }
         XCTAssertTrue(fresh.namedModules().compactMap { $0.1 as? Linear }.allSatisfy { $0.hooks.isEmpty }, "nothing attached")
+        // An adapter saved earlier with such keys loads as it was trained: the longest key wins.
+        let restored = try PEFTRegistry.make("lora", config: JSONEncoder().encode(clash), restoring: true)
+        try restored.attach(to: fresh)
+        let scale = try XCTUnwrap((restored as? LoRA)?.layers.first { $0.module == "model.layers.0.self_attn.q_proj" }).lora.scale
+        XCTAssertEqual(scale, 8 / 2, accuracy: 1e-6, "alpha 8 of layers.0.self_attn.q_proj over q_proj's 32")
     }
 
     func testConfigJSONUsesPEFTFieldNames() throws {
