@@ -67,13 +67,19 @@ func removeStaleTemporaries(of path: String) {
 
 /// Writes the files `files` of folder `dir` so that they appear together or not at all: `write`
 /// fills a temporary folder beside `dir`, which then takes its place in one step (Linux's
-/// `renameat2(RENAME_EXCHANGE)` swaps the two folders; the old one is then removed). A user's own
-/// files in `dir` (a README) are kept: they are hard-linked into the new folder first. Where the
-/// swap is not available, the old folder is renamed away and the new one renamed in; where `dir`
-/// holds a folder of the user's (which cannot be linked), the new files are moved in one by one, in
-/// the order given (the one that makes the folder valid last).
+/// `renameat2(RENAME_EXCHANGE)` swaps the two folders, the new one getting the old one's
+/// permissions; the old one is then removed). A user's own files in `dir` (a README) are kept:
+/// they are hard-linked into the new folder first. A `dir` that is a symbolic link stays one: its
+/// target is written. Fallbacks, in which the files are no longer replaced together:
+/// - the file system cannot swap and `dir` holds none of the user's files: the old folder is
+///   renamed away and the new one renamed in (a crash between leaves no `dir`, the old folder kept
+///   beside it as `.<name>.old-<pid>`);
+/// - `dir` holds a folder of the user's (a `.git`), a file that cannot be linked, or the file
+///   system cannot swap: the new files are moved in one by one, each atomically, in the order
+///   given (the one that makes the folder valid last).
 public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) throws -> Void) throws {
     let fm = FileManager.default
+    let dir = dir.resolvingSymlinksInPath()  // a link to the output folder stays a link
     let parent = dir.deletingLastPathComponent()
     do { try fm.createDirectory(at: parent, withIntermediateDirectories: true) } catch {
         throw CheckpointError(path: dir.path, message: "cannot create the folder \(parent.path): \((error as NSError).localizedDescription)")
@@ -94,6 +100,9 @@ public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) thro
         var d: ObjCBool = false
         return fm.fileExists(atPath: dir.appendingPathComponent(name).path, isDirectory: &d) && !d.boolValue
             && link(dir.appendingPathComponent(name).path, tmp.appendingPathComponent(name).path) == 0
+    }
+    if exists, let mode = (try? fm.attributesOfItem(atPath: dir.path))?[.posixPermissions] {
+        try? fm.setAttributes([.posixPermissions: mode], ofItemAtPath: tmp.path)
     }
     if exists && linked && exchangePaths(tmp.path, dir.path) {
         // Done: `dir` is the new folder; `tmp` holds the old one, removed by the defer.
