@@ -96,9 +96,9 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let names: [String]
     if let path = job.adapterPath {
         // The adapter goes on as it was saved: options that would shape a new one do not apply.
-        let given = job.methodSettings.options.keys.sorted().map { "--\($0)" } + (job.methodSettings.peftConfig.isEmpty ? [] : ["--method-config"])
+        let given = job.methodSettings.options.keys.sorted() + (job.methodSettings.peftConfig.isEmpty ? [] : ["method-config"])
         guard given.isEmpty else {
-            throw TrainingError(message: "--adapter \(path) continues that adapter as it was saved; \(given.joined(separator: ", ")) would shape a new one and do not apply: leave them out")
+            throw TrainingError(message: "--adapter \(path) continues that adapter as it was saved; the method settings \(given.map { "--\($0)" }.joined(separator: ", ")) (flags or config-file keys) would shape a new one and do not apply: leave them out")
         }
         method = try loadAdapter(path, onto: model)  // attached, its tensors trainable
         for (_, t) in method!.adapterParameters() { t.requiresGrad = true }
