@@ -37,6 +37,9 @@ public final class Linear: Module {
     public let fanInFanOut: Bool
     /// Hooks applied in order (PEFT adapters).
     public var hooks: [LinearHook] = []
+    /// Hooks folded into the weights, in the order they were (PEFT methods keep it, so that one can
+    /// be unfolded while those folded after it stay folded).
+    public var mergedHooks: [LinearHook] = []
 
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, fanInFanOut: Bool = false,
                 std: Float = 0.02, rng: inout RNG) {

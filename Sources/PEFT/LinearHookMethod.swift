@@ -111,12 +111,27 @@ open class LinearHookMethod<Hook: FoldableLinearHook> {
 
     /// Folds every hook into its layer (several adapters on one layer merge one after another).
     public func merge() {
-        for (_, linear, hook) in hooked where !hook.isMerged { hook.merge(into: linear) }
+        for (_, linear, hook) in hooked where !hook.isMerged {
+            hook.merge(into: linear)
+            linear.mergedHooks.append(hook)
+        }
     }
 
-    /// Restores the weights saved by `merge` exactly, last merged first.
+    /// Restores the weights saved by `merge` exactly, last merged first. Where another adapter was
+    /// merged into the layer after this one, it is unmerged first and merged again afterwards, so it
+    /// stays merged and this one's change leaves the weights entirely.
     public func unmerge() {
-        for (_, linear, hook) in hooked.reversed() where hook.isMerged { hook.unmerge(from: linear) }
+        for (_, linear, hook) in hooked.reversed() where hook.isMerged {
+            guard let i = linear.mergedHooks.firstIndex(where: { $0 === hook }) else { hook.unmerge(from: linear); continue }
+            let later = linear.mergedHooks[(i + 1)...].compactMap { $0 as? FoldableLinearHook }
+            for h in later.reversed() { h.unmerge(from: linear) }
+            hook.unmerge(from: linear)
+            linear.mergedHooks.removeSubrange(i...)
+            for h in later {
+                h.merge(into: linear)
+                linear.mergedHooks.append(h)
+            }
+        }
     }
 
     public var mergedModuleCount: Int { hooked.count }

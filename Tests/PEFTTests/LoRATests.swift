@@ -148,6 +148,32 @@ final class LoRATests: XCTestCase {
         }
     }
 
+    /// Two adapters merged into the same layers (LoRA, then IA3), the first one detached: the second
+    /// stays merged and the model is the base with it alone; unmerging that one gives the base bit
+    /// for bit.
+    func testUnmergingAnAdapterMergedBeforeAnotherKeepsTheOther() throws {
+        let weightsBefore = makeModel(llamaTiny, seed: 6).namedParameters().map { $0.1.toArray() }
+        let base = logits(makeModel(llamaTiny, seed: 6))
+        var ia3Config = IA3Config(targetModules: .names(["q_proj", "v_proj"]), feedforwardModules: .names([]))
+        ia3Config.initIa3Weights = false
+        let onlyB = makeModel(llamaTiny, seed: 6)
+        try IA3(config: ia3Config, seed: 2).attach(to: onlyB)
+        let expected = logits(onlyB)
+        let model = makeModel(llamaTiny, seed: 6)
+        let a = try LoRA(config: loraConfig(.names(["q_proj", "v_proj"])), name: "a", seed: 1)
+        let b = try IA3(config: ia3Config, name: "b", seed: 2)
+        try a.attach(to: model)
+        try b.attach(to: model)
+        a.merge()
+        b.merge()
+        a.detach(from: model)
+        XCTAssertTrue(b.isMerged)
+        XCTAssertGreaterThan(maxAbsDiff(expected, base), 1e-3, "IA3 changes the model")
+        XCTAssertLessThan(maxAbsDiff(logits(model), expected), 1e-5, "the base with IA3 alone, still merged")
+        b.detach(from: model)
+        XCTAssertTrue(model.namedParameters().map { $0.1.toArray() } == weightsBefore, "the base's weights, bit for bit")
+    }
+
     /// Several adapters on one model: each can be turned off; all off is the base.
     func testSeveralAdaptersSwitching() throws {
         let model = makeModel(llamaTiny, seed: 5)
