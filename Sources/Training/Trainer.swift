@@ -347,6 +347,8 @@ public final class Trainer {
         attrs["data_position"] = data.position.map(String.init).joined(separator: ",")
         attrs["options"] = String(decoding: try enc.encode(options), as: UTF8.self)
         attrs["elapsed"] = String(history.last?.elapsed ?? 0)
+        attrs["skipped_steps"] = String(skippedSteps)  // a resumed run has the rest of --skip-nonfinite, not all of it
+        attrs["tokens_trained"] = String(tokensTrained)
         // The history grows with the run: a dataset, as an HDF5 attribute holds at most 64 KiB (about
         // 370 steps of metrics; more stopped the run at its next checkpoint).
         let historyJSON = Array(try enc.encode(history))
@@ -391,6 +393,8 @@ public final class Trainer {
         try data.seek(to: words("data_position"))
         step = s
         elapsedBefore = Double(attrs["elapsed"] ?? "0") ?? 0
+        skippedSteps = attrs["skipped_steps"].flatMap(Int.init) ?? 0  // absent in checkpoints written before
+        tokensTrained = attrs["tokens_trained"].flatMap(Int.init) ?? 0
         // A dataset now; an attribute in the checkpoints written before (still read).
         if let h = file.blobs["history"].map({ Data($0) }) ?? attrs["history"].map({ Data($0.utf8) }) {
             history = (try? JSONDecoder().decode([StepMetrics].self, from: h)) ?? []

@@ -185,6 +185,22 @@ final class TrainerTests: XCTestCase {
         trainer2.onStep = { m in if m.step == 2 { lora2.layers[0].lora.a.basePointer[0] = .nan } }
         XCTAssertThrowsError(try trainer2.run(&data2)) { XCTAssertTrue("\($0)".contains("step 4") && "\($0)".contains("--skip-nonfinite"), "\($0)") }
         XCTAssertEqual(trainer2.skippedSteps, 1)
+
+        // A resumed run has what is left of the budget, and keeps its token count.
+        var (_, lora3, trainer3, data3) = try setup(o)
+        let ckpt = dir.appendingPathComponent("skipped.h5")
+        trainer3.checkpointURL = ckpt
+        var saved3: Float = 0
+        trainer3.onStep = { m in if m.step == 2 { saved3 = lora3.layers[0].lora.a.basePointer[0]; lora3.layers[0].lora.a.basePointer[0] = .nan } }
+        trainer3.onSkip = { _, _ in lora3.layers[0].lora.a.basePointer[0] = saved3 }
+        try trainer3.run(&data3, until: 4)
+        XCTAssertEqual(trainer3.skippedSteps, 1)
+        var (_, lora4, resumed, data4) = try setup(o)
+        try resumed.resume(from: ckpt, data: &data4)
+        XCTAssertEqual(resumed.skippedSteps, 1, "the budget already used")
+        XCTAssertEqual(resumed.tokensTrained, trainer3.tokensTrained)
+        resumed.onStep = { m in if m.step == 5 { lora4.layers[0].lora.a.basePointer[0] = .nan } }
+        XCTAssertThrowsError(try resumed.run(&data4)) { XCTAssertTrue("\($0)".contains("step 6"), "\($0)") }
     }
 
     /// Issue 9, point 6: once warm, training steps take no new memory from the system. Every op
