@@ -80,6 +80,9 @@ public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets
         let all = model.namedModules()
         for entry in list {
             let named = all.filter { n, _ in n == entry || n.hasSuffix("." + entry) }
+            if entry == "lm_head" && named.isEmpty && model.config.tieWordEmbeddings {
+                throw PEFTError(message: "[\(method)] target_modules entry \"lm_head\" names the output head, which this model ties to the token embedding (tie_word_embeddings); \(method) on it is not implemented")
+            }
             if let (name, module) = named.first, !named.contains(where: { $0.1 is M }) {
                 throw PEFTError(message: "[\(method)] target_modules entry \"\(entry)\" names \(Swift.type(of: module)) modules (\(name)), not \(M.self) ones; \(method) on them is not implemented")
             }

@@ -56,6 +56,13 @@ final class LoRATests: XCTestCase {
         }
         XCTAssertTrue(m.namedModules().compactMap { $0.1 as? Linear }.allSatisfy { $0.hooks.isEmpty }, "nothing attached")
         XCTAssertEqual(try targets(LoRAConfig(targetModules: .names(["q_proj", "c_attn"]))).count, 2)
+        // lm_head tied to the embedding is no Linear of its own: named, it is an error, not skipped.
+        let tied = makeModel(.llama(vocabSize: 37, hiddenSize: 16, numLayers: 1, numHeads: 4, numKVHeads: 2, intermediateSize: 24,
+                                    tieWordEmbeddings: true))
+        XCTAssertThrowsError(try LoRA(config: LoRAConfig(targetModules: .names(["q_proj", "lm_head"]))).attach(to: tied)) { e in
+            XCTAssertTrue("\(e)".contains("tie_word_embeddings"), "\(e)")
+        }
+        XCTAssertEqual(try targets(LoRAConfig(targetModules: .names(["q_proj", "lm_head"]))).count, 3, "untied: lm_head adapts")
     }
 
     func testAttachFreezesBaseAndCountsMatchTheFormula() throws {
