@@ -122,13 +122,16 @@ func parseMethodArguments(_ args: [String]) throws -> [String: Any] {
     return out
 }
 
-/// The method options of every registered method, for help texts.
-let methodOptionsHelp = """
+/// The method options of every registered method, for help texts: computed when asked, so a
+/// method registered later (a library user's, a test's) is listed too.
+var methodOptionsHelp: String {
+    """
     Method options (flags, or keys of --config; each method takes its own):
     \(PEFTRegistry.optionsHelp)
     Methods: \(PEFTRegistry.all.map { d in "\n  \(d.names.map(\.name).joined(separator: ", ")): \(d.summary)\(d.merges ? " (merges)" : "")" }.joined())
       full: every weight trains (no adapter)
     """
+}
 
 /// A one-line progress display: a bar on a terminal (redrawn in place), plain lines otherwise.
 final class Progress {
