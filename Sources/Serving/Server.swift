@@ -79,6 +79,8 @@ struct CompletionParameters {
     var topP: Float
     var seed: UInt64
     var stop: [String]
+    /// vLLM's `stop_token_ids`: tokens that end the completion as EOS does.
+    var stopTokenIDs: [Int32]
     var stream: Bool
 
     init(_ o: [String: Any], defaultModel: String) throws {
@@ -109,6 +111,17 @@ struct CompletionParameters {
         case let l as [Any]:
             stop = try l.map { guard let x = $0 as? String else { throw APIError(status: .badRequest, message: "stop must be strings", param: "stop") }; return x }
         default: throw APIError(status: .badRequest, message: "stop must be a string or a list of strings", param: "stop")
+        }
+        switch o["stop_token_ids"] {
+        case nil, is NSNull: stopTokenIDs = []
+        case let l as [Any]:
+            stopTokenIDs = try l.map {
+                guard let n = $0 as? NSNumber, let i = Int32(exactly: n.doubleValue), i >= 0 else {
+                    throw APIError(status: .badRequest, message: "stop_token_ids must be non-negative integers", param: "stop_token_ids")
+                }
+                return i
+            }
+        default: throw APIError(status: .badRequest, message: "stop_token_ids must be a list of integers", param: "stop_token_ids")
         }
         if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per request)", param: "n") }
         stream = (o["stream"] as? Bool) ?? false
@@ -224,7 +237,7 @@ func jsonBody(_ request: Request, limit: Int) async throws -> [String: Any] {
 /// Runs one completion: a JSON response, or server-sent events when `stream` is set.
 func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool) async throws -> Response {
     var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: p.maxTokens)
-    (r.temperature, r.topP, r.seed, r.stop) = (p.temperature, p.topP, p.seed, p.stop)
+    (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed, p.stop, p.stopTokenIDs)
     let events: AsyncStream<GenerationEvent>
     do { events = try engine.submit(r) } catch let e as ServingError {
         switch e.kind {

@@ -116,7 +116,12 @@ final class EngineTests: XCTestCase {
         let plain = try await complete(engine, request)
         XCTAssertEqual(plain.summary.completionTokens, 8, "the base runs to max_tokens: \(plain.summary)")
         XCTAssertEqual(plain.pieces.joined(), plain.summary.text)
-        request.stopTokens = (0..<Int32(engine.model.config.vocabSize)).map { $0 }  // whatever comes first
+        // The API's `stop_token_ids` (vLLM's name): here every token, so whatever comes first stops.
+        let parameters = try CompletionParameters(["stop_token_ids": (0..<engine.model.config.vocabSize).map { $0 }], defaultModel: engine.baseName)
+        request.stopTokens = parameters.stopTokenIDs
+        XCTAssertEqual(request.stopTokens.count, engine.model.config.vocabSize)
+        XCTAssertThrowsError(try CompletionParameters(["stop_token_ids": [-1]], defaultModel: "m"))
+        XCTAssertThrowsError(try CompletionParameters(["stop_token_ids": "2"], defaultModel: "m"))
         let stopped = try await complete(engine, request)
         XCTAssertEqual(stopped.summary.finishReason, "stop")
         XCTAssertEqual(stopped.summary.completionTokens, 0)
