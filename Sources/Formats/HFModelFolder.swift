@@ -116,18 +116,19 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
         if type == "qwen2", try bool("use_sliding_window", false) {
             throw fail("use_sliding_window true is not supported")
         }
-        var maxPositions = try int("max_position_embeddings", 2048)
+        var window: Int?
         if type == "mistral", let w = present("sliding_window") {
-            // Attention within the window is exact; longer sequences would need the window.
             guard let n = (w as? NSNumber)?.intValue, n > 0 else { throw fail("sliding_window \(w) is not a positive integer") }
-            maxPositions = min(maxPositions, n)
+            window = n
         }
         var cfg = ModelConfig.llama(vocabSize: try int("vocab_size"), hiddenSize: c, numLayers: try int("num_hidden_layers"),
                                     numHeads: heads, numKVHeads: try int("num_key_value_heads", heads),
                                     intermediateSize: try int("intermediate_size"), ropeTheta: ropeTheta,
                                     normEps: try float("rms_norm_eps", 1e-6), attentionBias: attentionBias,
-                                    tieWordEmbeddings: try bool("tie_word_embeddings", false), maxPositions: maxPositions)
+                                    tieWordEmbeddings: try bool("tie_word_embeddings", false),
+                                    maxPositions: try int("max_position_embeddings", 2048))
         cfg.projectionBias = projectionBias
+        cfg.slidingWindow = window
         config = cfg
     }
     do {
@@ -149,8 +150,8 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
     switch config.family {
     case .gpt2:
         guard config.attentionBias, config.projectionBias, config.numKVHeads == config.numHeads,
-              config.norm == .layerNorm, config.positions == .learned, config.mlp != .swiglu else {
-            throw HFModelError(path: file, message: "this GPT-2 configuration (biases, heads, norm or MLP) has no transformers equivalent")
+              config.norm == .layerNorm, config.positions == .learned, config.mlp != .swiglu, config.slidingWindow == nil else {
+            throw HFModelError(path: file, message: "this GPT-2 configuration (biases, heads, norm, MLP or window) has no transformers equivalent")
         }
         j["model_type"] = "gpt2"
         j["architectures"] = ["GPT2LMHeadModel"]
@@ -171,9 +172,20 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
         guard qwen || config.attentionBias == config.projectionBias else {
             throw HFModelError(path: file, message: "projection biases without attention biases have no transformers equivalent")
         }
-        j["model_type"] = qwen ? "qwen2" : "llama"
-        j["architectures"] = [qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"]
-        if qwen { j["use_sliding_window"] = false } else {
+        if let window = config.slidingWindow {  // Mistral: no biases, a window
+            guard !config.attentionBias && !config.projectionBias else {
+                throw HFModelError(path: file, message: "a sliding window with biases has no transformers equivalent (Mistral has no biases)")
+            }
+            j["model_type"] = "mistral"
+            j["architectures"] = ["MistralForCausalLM"]
+            j["sliding_window"] = window
+        } else if qwen {
+            j["model_type"] = "qwen2"
+            j["architectures"] = ["Qwen2ForCausalLM"]
+            j["use_sliding_window"] = false
+        } else {
+            j["model_type"] = "llama"
+            j["architectures"] = ["LlamaForCausalLM"]
             j["attention_bias"] = config.attentionBias
             j["mlp_bias"] = config.projectionBias
         }

@@ -44,6 +44,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var maxPositions: Int
     /// Dropout on embeddings and residual branches while training.
     public var dropout: Float
+    /// Mistral's sliding window: each position attends to at most this many positions, itself
+    /// included. nil (the default): to every earlier position.
+    public var slidingWindow: Int?
 
     public var headDim: Int { hiddenSize / numHeads }
     public var kvDim: Int { numKVHeads * headDim }
@@ -54,6 +57,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case intermediateSize = "intermediate_size", norm, normEps = "norm_eps", mlp, positions
         case ropeTheta = "rope_theta", attentionBias = "attention_bias", projectionBias = "projection_bias"
         case tieWordEmbeddings = "tie_word_embeddings", maxPositions = "max_position_embeddings", dropout
+        case slidingWindow = "sliding_window"
     }
 
     public init(family: Family, vocabSize: Int, hiddenSize: Int, numLayers: Int, numHeads: Int, numKVHeads: Int,
@@ -114,6 +118,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         guard positions == .learned || headDim % 2 == 0 else { throw fail("RoPE needs an even head dimension, got \(headDim)") }
         guard dropout >= 0 && dropout < 1 else { throw fail("dropout \(dropout) must be in [0, 1)") }
         guard maxPositions > 0 else { throw fail("max_position_embeddings (GPT-2: n_positions) must be positive, got \(maxPositions)") }
+        if let w = slidingWindow, w <= 0 { throw fail("sliding_window must be positive, got \(w)") }
     }
 }
 

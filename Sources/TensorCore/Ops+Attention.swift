@@ -5,7 +5,8 @@
 // above the diagonal. Training saves one log-sum-exp per query row (B, H, T), not the (T, S)
 // probabilities: the backward recomputes each block's scores (FlashAttention-2's trade). Heads run
 // in parallel, one single-threaded GEMM per block; the backward splits by key/value head, so the
-// query heads of a GQA group that add into the same dK, dV rows run on one thread.
+// query heads of a GQA group that add into the same dK, dV rows run on one thread. A sliding
+// window (Mistral) also bounds each block's keys from below, so the blocks it hides are skipped too.
 
 import CBLAS
 import Foundation
@@ -19,11 +20,14 @@ extension Tensor {
     ///   reads key/value head h / (H / KVH)).
     /// - The last T keys are the queries' own positions; earlier keys (a prefix, a KV cache) are
     ///   visible to every query. With `causal`, query i sees key j when j ≤ S − T + i.
+    /// - window: a sliding window (Mistral's `sliding_window`): query i also needs
+    ///   j > S − T + i − window, so it sees at most `window` keys, its own included. Key indexes are
+    ///   positions, prefix and cache included. Needs `causal`; nil: no lower bound.
     /// - keyMask: optional (B, S) values, 0 hides that key (padding). A query that sees no key
     ///   outputs zeros.
     /// - Returns (B, T, H, D) = softmax(q kᵀ · scale + mask) v, scale defaulting to 1/√D.
     public static func attention(q q0: Tensor, k k0: Tensor, v v0: Tensor, keyMask: [Float]? = nil,
-                                 causal: Bool = true, scale: Float? = nil) -> Tensor {
+                                 causal: Bool = true, window: Int? = nil, scale: Float? = nil) -> Tensor {
         check(q0.rank == 4 && k0.rank == 4 && v0.rank == 4 && k0.shape == v0.shape,
                      "[attention] needs q (B, T, H, D) and k, v (B, S, KVH, D); got q \(q0.shape), k \(k0.shape), v \(v0.shape)")
         let (B, T, H, D) = (q0.shape[0], q0.shape[1], q0.shape[2], q0.shape[3])
@@ -31,12 +35,13 @@ extension Tensor {
         check(k0.shape[0] == B && k0.shape[3] == D && S >= T && KVH > 0 && H % KVH == 0,
                      "[attention] q \(q0.shape) and k \(k0.shape) do not fit: same B and D, S ≥ T, H a multiple of KVH")
         check(keyMask == nil || keyMask!.count == B * S, "[attention] keyMask needs B·S = \(B * S) values, got \(keyMask!.count)")
+        check(window == nil || (causal && window! > 0), "[attention] a sliding window needs causal attention and a positive size, got \(window!)")
         // Heads must have unit stride along D; other strides are passed to BLAS as they are.
         let q = q0.layout.strides[3] == 1 ? q0 : q0.contiguous()
         let k = k0.layout.strides[3] == 1 ? k0 : k0.contiguous()
         let v = v0.layout.strides[3] == 1 ? v0 : v0.contiguous()
-        let geo = AttentionGeometry(B: B, T: T, H: H, D: D, S: S, KVH: KVH, causal: causal, scale: scale ?? 1 / Float(D).squareRoot(),
-                                    q: q, k: k, v: v, mask: keyMask)
+        let geo = AttentionGeometry(B: B, T: T, H: H, D: D, S: S, KVH: KVH, causal: causal, window: window,
+                                    scale: scale ?? 1 / Float(D).squareRoot(), q: q, k: k, v: v, mask: keyMask)
         let training = Autograd.isRecording && (q.requiresGrad || k.requiresGrad || v.requiresGrad)
         let lse = training ? Storage(count: B * H * T) : nil  // (B, H, T) log-sum-exp per query row
         let out = Tensor.empty([B, T, H, D])
@@ -61,13 +66,15 @@ extension Tensor {
 private struct AttentionGeometry {
     let B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int
     let causal: Bool
+    let window: Int?
     let scale: Float
     let q: Tensor, k: Tensor, v: Tensor
     let mask: [Float]?
 
-    init(B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int, causal: Bool, scale: Float, q: Tensor, k: Tensor, v: Tensor, mask: [Float]?) {
+    init(B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int, causal: Bool, window: Int?, scale: Float,
+         q: Tensor, k: Tensor, v: Tensor, mask: [Float]?) {
         (self.B, self.T, self.H, self.D, self.S, self.KVH) = (B, T, H, D, S, KVH)
-        (self.causal, self.scale, self.q, self.k, self.v, self.mask) = (causal, scale, q, k, v, mask)
+        (self.causal, self.window, self.scale, self.q, self.k, self.v, self.mask) = (causal, window, scale, q, k, v, mask)
     }
 
     var group: Int { H / KVH }
@@ -75,16 +82,20 @@ private struct AttentionGeometry {
     var blocks: Int { (T + blockRows - 1) / blockRows }
     /// Keys query row i may see (before padding): the prefix and positions up to its own.
     func visible(_ i: Int) -> Int { causal ? min(S, S - T + i + 1) : S }
+    /// First key query row i may see: 0, or the start of its sliding window.
+    func firstVisible(_ i: Int) -> Int { window.map { max(0, S - T + i - $0 + 1) } ?? 0 }
     /// Query row of (b, h, i) in q; key/value row j of (b, kv) in k and v.
     func qRow(_ b: Int, _ h: Int, _ i: Int) -> UnsafePointer<Float> {
         UnsafePointer(q.basePointer) + b * q.layout.strides[0] + i * q.layout.strides[1] + h * q.layout.strides[2]
     }
-    func kRow(_ b: Int, _ kv: Int) -> UnsafePointer<Float> {
-        UnsafePointer(k.basePointer) + b * k.layout.strides[0] + kv * k.layout.strides[2]
+    func kRow(_ b: Int, _ kv: Int, _ j: Int) -> UnsafePointer<Float> {
+        UnsafePointer(k.basePointer) + b * k.layout.strides[0] + j * k.layout.strides[1] + kv * k.layout.strides[2]
     }
-    func vRow(_ b: Int, _ kv: Int) -> UnsafePointer<Float> {
-        UnsafePointer(v.basePointer) + b * v.layout.strides[0] + kv * v.layout.strides[2]
+    func vRow(_ b: Int, _ kv: Int, _ j: Int) -> UnsafePointer<Float> {
+        UnsafePointer(v.basePointer) + b * v.layout.strides[0] + j * v.layout.strides[1] + kv * v.layout.strides[2]
     }
+    /// Keys kStart..<kEnd that some row of the block i0..<i0+rows may see.
+    func keyRange(_ i0: Int, _ rows: Int) -> (kStart: Int, kEnd: Int) { (firstVisible(i0), visible(i0 + rows - 1)) }
 
     /// Runs `tasks` in parallel over the cores, OpenBLAS single-threaded inside (one thread
     /// policy: the cores are split between tasks, never between BLAS threads and tasks).
@@ -102,38 +113,43 @@ private struct AttentionGeometry {
         if chunks == 1 { run(0) } else { WorkerPool.shared.run(chunks) { run($0) } }
     }
 
-    /// Scores of query rows i0..<i0+rows of head (b, h) against keys 0..<kEnd into p (rows, kEnd),
-    /// turned into probabilities in place. With `lse` given (backward) the saved log-sum-exp is
-    /// used; otherwise it is computed and, when `saveLSE` is non-nil, stored there.
-    func probabilities(_ p: UnsafeMutablePointer<Float>, b: Int, h: Int, i0: Int, rows: Int, kEnd: Int,
+    /// Scores of query rows i0..<i0+rows of head (b, h) against keys kStart..<kEnd into p (rows, n =
+    /// kEnd − kStart), turned into probabilities in place (0 where a row may not look). With `lse`
+    /// given (backward) the saved log-sum-exp is used; otherwise it is computed and, when `saveLSE`
+    /// is non-nil, stored there.
+    func probabilities(_ p: UnsafeMutablePointer<Float>, b: Int, h: Int, i0: Int, rows: Int, kStart: Int, kEnd: Int,
                        lse: UnsafePointer<Float>?, saveLSE: UnsafeMutablePointer<Float>?) {
-        sgemm(transA: false, transB: true, m: rows, n: kEnd, k: D, alpha: scale, a: qRow(b, h, i0), lda: q.layout.strides[1],
-              b: kRow(b, h / group), ldb: k.layout.strides[1], beta: 0, c: p, ldc: kEnd)
+        let n = kEnd - kStart
+        sgemm(transA: false, transB: true, m: rows, n: n, k: D, alpha: scale, a: qRow(b, h, i0), lda: q.layout.strides[1],
+              b: kRow(b, h / group, kStart), ldb: k.layout.strides[1], beta: 0, c: p, ldc: n)
         mask.withOptionalPointer { m in
             for r in 0..<rows {
-                let row = p + r * kEnd, i = i0 + r
-                let visible = self.visible(i)
+                let i = i0 + r
+                let (lo, hi) = (firstVisible(i) - kStart, visible(i) - kStart)  // this row's keys within the block's
+                let row = p + r * n + lo, count = hi - lo
                 if let m {  // padding: hidden keys take -inf, so their exp is 0
-                    for j in 0..<visible where m[b * S + j] == 0 { row[j] = -.infinity }
+                    let rowMask = m + b * S + kStart + lo
+                    for j in 0..<count where rowMask[j] == 0 { row[j] = -.infinity }
                 }
                 if let lse {  // backward: P = exp(s − lse) from the saved statistic
                     let l = lse[i]
-                    if l == -.infinity { for j in 0..<visible { row[j] = 0 } } else {
-                        for j in 0..<visible { row[j] = fastExp(row[j] - l) }
+                    if l == -.infinity { for j in 0..<count { row[j] = 0 } } else {
+                        for j in 0..<count { row[j] = fastExp(row[j] - l) }
                     }
                 } else {
-                    let mx = rowMax(row, visible)
+                    let mx = rowMax(row, count)
                     if mx == -.infinity {  // nothing visible: the row outputs zeros
-                        for j in 0..<visible { row[j] = 0 }
+                        for j in 0..<count { row[j] = 0 }
                         saveLSE?[i] = -.infinity
                     } else {
-                        let sum = expShiftedSum(row, row, visible, shift: mx)
+                        let sum = expShiftedSum(row, row, count, shift: mx)
                         let inv = 1 / sum
-                        for j in 0..<visible { row[j] *= inv }
+                        for j in 0..<count { row[j] *= inv }
                         saveLSE?[i] = mx + Foundation.log(sum)
                     }
                 }
-                for j in visible..<kEnd { row[j] = 0 }
+                for j in 0..<lo { p[r * n + j] = 0 }
+                for j in hi..<n { p[r * n + j] = 0 }
             }
         }
     }
@@ -143,11 +159,12 @@ private struct AttentionGeometry {
             let (b, h) = (task / H, task % H)
             for blk in 0..<blocks {
                 let i0 = blk * blockRows, rows = min(blockRows, T - i0)
-                let kEnd = visible(i0 + rows - 1)
-                probabilities(p, b: b, h: h, i0: i0, rows: rows, kEnd: kEnd, lse: nil, saveLSE: lse.map { $0 + (b * H + h) * T })
+                let (kStart, kEnd) = keyRange(i0, rows)
+                probabilities(p, b: b, h: h, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd, lse: nil,
+                              saveLSE: lse.map { $0 + (b * H + h) * T })
                 // out rows (rows, D) = P V, into the (B, T, H, D) output with row stride H·D
-                sgemm(transA: false, transB: false, m: rows, n: D, k: kEnd, a: p, lda: kEnd, b: vRow(b, h / group),
-                      ldb: v.layout.strides[1], beta: 0, c: out + (b * T + i0) * H * D + h * D, ldc: H * D)
+                sgemm(transA: false, transB: false, m: rows, n: D, k: kEnd - kStart, a: p, lda: kEnd - kStart,
+                      b: vRow(b, h / group, kStart), ldb: v.layout.strides[1], beta: 0, c: out + (b * T + i0) * H * D + h * D, ldc: H * D)
             }
         }
     }
@@ -157,32 +174,34 @@ private struct AttentionGeometry {
         let (qs, ks, vs) = (q.layout.strides, k.layout.strides, v.layout.strides)
         parallel(B * KVH) { task, p, dp in
             let (b, kv) = (task / KVH, task % KVH)
-            let kvOff = b * S * KVH * D + kv * D  // (S, D) rows of this head in dK, dV, stride KVH·D
             for h in (kv * group)..<((kv + 1) * group) {
                 for blk in 0..<blocks {
                     let i0 = blk * blockRows, rows = min(blockRows, T - i0)
-                    let kEnd = visible(i0 + rows - 1)
+                    let (kStart, kEnd) = keyRange(i0, rows)
+                    let n = kEnd - kStart
+                    let kvOff = (b * S + kStart) * KVH * D + kv * D  // (n, D) rows of this head in dK, dV, stride KVH·D
                     let gRows = dO + (b * T + i0) * H * D + h * D  // dO (rows, D), row stride H·D
-                    probabilities(p, b: b, h: h, i0: i0, rows: rows, kEnd: kEnd, lse: lse + (b * H + h) * T, saveLSE: nil)
-                    if let dv {  // dV (kEnd, D) += Pᵀ dO
-                        sgemm(transA: true, transB: false, m: kEnd, n: D, k: rows, a: p, lda: kEnd, b: gRows, ldb: H * D,
+                    probabilities(p, b: b, h: h, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd,
+                                  lse: lse + (b * H + h) * T, saveLSE: nil)
+                    if let dv {  // dV (n, D) += Pᵀ dO
+                        sgemm(transA: true, transB: false, m: n, n: D, k: rows, a: p, lda: n, b: gRows, ldb: H * D,
                               beta: 1, c: dv + kvOff, ldc: KVH * D)
                     }
                     guard dq != nil || dk != nil else { continue }
-                    // dP (rows, kEnd) = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
-                    sgemm(transA: false, transB: true, m: rows, n: kEnd, k: D, a: gRows, lda: H * D, b: vRow(b, kv), ldb: vs[1],
-                          beta: 0, c: dp, ldc: kEnd)
+                    // dP (rows, n) = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
+                    sgemm(transA: false, transB: true, m: rows, n: n, k: D, a: gRows, lda: H * D, b: vRow(b, kv, kStart), ldb: vs[1],
+                          beta: 0, c: dp, ldc: n)
                     for r in 0..<rows {
-                        let pr = p + r * kEnd, dr = dp + r * kEnd
-                        let dot = rowDot(pr, dr, kEnd)
-                        for j in 0..<kEnd { dr[j] = pr[j] * (dr[j] - dot) }
+                        let pr = p + r * n, dr = dp + r * n
+                        let dot = rowDot(pr, dr, n)
+                        for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) }
                     }
                     if let dq {  // dQ (rows, D) = scale · dS K
-                        sgemm(transA: false, transB: false, m: rows, n: D, k: kEnd, alpha: scale, a: dp, lda: kEnd,
-                              b: kRow(b, kv), ldb: ks[1], beta: 0, c: dq + (b * T + i0) * H * D + h * D, ldc: H * D)
+                        sgemm(transA: false, transB: false, m: rows, n: D, k: n, alpha: scale, a: dp, lda: n,
+                              b: kRow(b, kv, kStart), ldb: ks[1], beta: 0, c: dq + (b * T + i0) * H * D + h * D, ldc: H * D)
                     }
-                    if let dk {  // dK (kEnd, D) += scale · dSᵀ Q
-                        sgemm(transA: true, transB: false, m: kEnd, n: D, k: rows, alpha: scale, a: dp, lda: kEnd,
+                    if let dk {  // dK (n, D) += scale · dSᵀ Q
+                        sgemm(transA: true, transB: false, m: n, n: D, k: rows, alpha: scale, a: dp, lda: n,
                               b: qRow(b, h, i0), ldb: qs[1], beta: 1, c: dk + kvOff, ldc: KVH * D)
                     }
                 }

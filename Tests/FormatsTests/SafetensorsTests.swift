@@ -267,6 +267,13 @@ final class SafetensorsTests: XCTestCase {
                                   ropeTheta: 500000, normEps: 1e-5, attentionBias: true, tieWordEmbeddings: false, maxPositions: 32)),
             ("qwen2", .llama(vocabSize: 29, hiddenSize: 16, numLayers: 2, numHeads: 2, numKVHeads: 1, intermediateSize: 24,
                              attentionBias: true, tieWordEmbeddings: true, maxPositions: 32)),
+            // Window 3 on 5 positions: the last two queries see fewer keys than plain causal attention.
+            ("mistral-window", {
+                var c = ModelConfig.llama(vocabSize: 29, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2,
+                                          intermediateSize: 24, maxPositions: 32)
+                c.slidingWindow = 3
+                return c
+            }()),
             ("gpt2-untied", {
                 var c = ModelConfig.gpt2(vocabSize: 29, hiddenSize: 16, numLayers: 2, numHeads: 2, maxPositions: 16)
                 c.tieWordEmbeddings = false
@@ -285,6 +292,16 @@ final class SafetensorsTests: XCTestCase {
             try saveHFModel(model, tokenizerJSON: nil, to: folder)
             let ids: [[Int]] = [[1, 5, 9, 13, 20], [28, 3, 0, 7, 2]]
             let ours = withNoGrad { model.forward(ids.flatMap { $0.map(Int32.init) }, batch: 2) }.toArray()
+            if config.slidingWindow != nil {  // the window must change the answer, or this case proves nothing
+                var plain = config
+                plain.slidingWindow = nil
+                let full = makeModel(plain, seed: 7)
+                let weights = Dictionary(uniqueKeysWithValues: model.namedParameters())
+                for (k, p) in full.namedParameters() { p.assign(weights[k]!) }
+                let unwindowed = withNoGrad { full.forward(ids.flatMap { $0.map(Int32.init) }, batch: 2) }.toArray()
+                XCTAssertEqual(Array(ours.prefix(3 * 29)), Array(unwindowed.prefix(3 * 29)), "the first 3 positions see every key either way")
+                XCTAssertGreaterThan(zip(ours, unwindowed).map { abs($0 - $1) }.max()!, 1e-3, "the window hides keys from the last positions")
+            }
 
             let p = Process()
             p.executableURL = URL(fileURLWithPath: python)
@@ -331,7 +348,11 @@ final class SafetensorsTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("activation_function \"relu\""), "\($0)")
         }
         let rs: [String: Any] = ["rope_scaling": NSNull(), "model_type": "mistral", "sliding_window": 16, "max_position_embeddings": 64]
-        XCTAssertEqual(try hfModelConfig(base.merging(rs) { $1 }, file: "m.json").maxPositions, 16)
+        let mistral = try hfModelConfig(base.merging(rs) { $1 }, file: "m.json")
+        XCTAssertEqual(mistral.slidingWindow, 16)
+        XCTAssertEqual(mistral.maxPositions, 64, "the window is enforced in attention, not by shortening the context")
+        XCTAssertNil(try hfModelConfig(base.merging(["model_type": "mistral", "sliding_window": NSNull()]) { $1 }, file: "m.json").slidingWindow)
+        expectError(["model_type": "mistral", "sliding_window": 0], ["sliding_window 0 is not a positive integer"])
     }
 
     func testFolderErrors() throws {

@@ -106,9 +106,12 @@ final class ModelTests: XCTestCase {
     }
 
     /// Cached decoding gives the same logits as recomputing the whole sequence, for both
-    /// families, plain, with a key/value prefix and with an input prefix.
+    /// families and a sliding window (3 positions, so the 12-token sequence runs past it), plain,
+    /// with a key/value prefix and with an input prefix.
     func testKVCacheMatchesFullRecomputation() {
-        for config in [tinyGPT2, tinyLlama] {
+        var windowed = tinyLlama
+        windowed.slidingWindow = 3
+        for config in [tinyGPT2, tinyLlama, windowed] {
             for variant in ["plain", "prefix", "prompt"] {
                 let model = makeModel(config, seed: 3)
                 if variant == "prefix" { model.attentionPrefix = FixedPrefix(config: config, length: 3, seed: 4) }
@@ -117,7 +120,7 @@ final class ModelTests: XCTestCase {
                 let opts = SamplingOptions(maxNewTokens: 8, temperature: 0.9, topK: 10, seed: 11)
                 let cached = model.generate(prompt, opts, useCache: true)
                 let full = model.generate(prompt, opts, useCache: false)
-                XCTAssertEqual(cached, full, "\(config.family) \(variant)")
+                XCTAssertEqual(cached, full, "\(config.family) \(variant) window \(config.slidingWindow ?? 0)")
                 XCTAssertEqual(cached.count, 8)
                 // Step logits agree too.
                 withNoGrad {

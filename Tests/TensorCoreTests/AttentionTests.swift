@@ -5,8 +5,8 @@ import TestSupport
 @testable import TensorCore
 
 final class AttentionTests: XCTestCase {
-    /// softmax(q kᵀ/√D + causal/padding mask) v with kv heads repeated, built from primitives.
-    func composed(q: Tensor, k: Tensor, v: Tensor, mask: [Float]?) -> Tensor {
+    /// softmax(q kᵀ/√D + causal/window/padding mask) v with kv heads repeated, built from primitives.
+    func composed(q: Tensor, k: Tensor, v: Tensor, mask: [Float]?, window: Int? = nil) -> Tensor {
         let (B, T, H, D) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
         let (S, KVH) = (k.shape[1], k.shape[2])
         let qh = q.permuted([0, 2, 1, 3])  // (B, H, T, D)
@@ -16,7 +16,7 @@ final class AttentionTests: XCTestCase {
         }
         let scores = qh.matmul(rep(k).transposed()) * (1 / Float(D).squareRoot())  // (B, H, T, S)
         var hidden = [Float](repeating: 0, count: B * T * S)
-        for b in 0..<B { for i in 0..<T { for j in 0..<S where j > S - T + i || (mask?[b * S + j] ?? 1) == 0 { hidden[(b * T + i) * S + j] = 1 } } }
+        for b in 0..<B { for i in 0..<T { for j in 0..<S where j > S - T + i || j <= S - T + i - (window ?? S + 1) || (mask?[b * S + j] ?? 1) == 0 { hidden[(b * T + i) * S + j] = 1 } } }
         let masked = scores.maskedFill(Tensor(shape: [B, 1, T, S], data: hidden), -1e30)
         return masked.softmax().matmul(rep(v)).permuted([0, 2, 1, 3]).contiguous()  // (B, T, H, D)
     }
@@ -56,6 +56,36 @@ final class AttentionTests: XCTestCase {
                     let check = hidden ? Array(fused[(6 * 4)...]) : fused, want = hidden ? Array(ref[(6 * 4)...]) : ref
                     assertClose(check, want, rtol: 1e-4, atol: 1e-5, "S \(S), block \(block), mask \(m != nil)")
                     if hidden { XCTAssertEqual(Array(fused[0..<(6 * 4)]), [Float](repeating: 0, count: 24)) }
+                }
+            }
+        }
+    }
+
+    /// A sliding window over several query blocks, with a prefix and padding: each query sees its
+    /// last `window` positions. The blocks whose keys all fall before a window are skipped.
+    func testSlidingWindowMatchesComposed() {
+        let saved = attentionQueryBlock
+        defer { attentionQueryBlock = saved }
+        var rng = RNG(seed: 17)
+        let q = Tensor.normal([2, 9, 4, 4], rng: &rng)
+        for S in [9, 12] {
+            let k = Tensor.normal([2, S, 2, 4], rng: &rng), v = Tensor.normal([2, S, 2, 4], rng: &rng)
+            var mask = [Float](repeating: 1, count: 2 * S)
+            mask[S + 5] = 0
+            for m in [nil, mask] {
+                for window in [1, 2, 4, 11, 40] {
+                    var ref = composed(q: q, k: k, v: v, mask: m, window: window).toArray()
+                    // A query whose window holds only hidden keys outputs zeros (the reference gives a mean).
+                    for b in 0..<2 { for i in 0..<9 {
+                        let keys = max(0, S - 9 + i - window + 1)...(S - 9 + i)
+                        if keys.allSatisfy({ (m?[b * S + $0] ?? 1) == 0 }) { for e in 0..<16 { ref[(b * 9 + i) * 16 + e] = 0 } }
+                    } }
+                    if window >= S && m == nil { assertClose(ref, composed(q: q, k: k, v: v, mask: m).toArray(), rtol: 0, atol: 0, "a window past every key hides nothing") }
+                    for block in [1, 2, 4, 64] {
+                        attentionQueryBlock = block
+                        let fused = Tensor.attention(q: q, k: k, v: v, keyMask: m, window: window).toArray()
+                        assertClose(fused, ref, rtol: 1e-4, atol: 1e-5, "S \(S), window \(window), block \(block), mask \(m != nil)")
+                    }
                 }
             }
         }
