@@ -11,14 +11,15 @@ import PEFT
 import Containers
 import Formats
 
-/// Batches of `batch` random windows of `seqLen + 1` tokens from a token stream.
+/// Batches of `batch` random windows of `seqLen + 1` tokens from a token stream: every window
+/// start is equally likely, so every token but the first is a target.
 public struct WindowSampler {
     public let tokens: [Int32]
     public let seqLen: Int, batch: Int
     public var rng: RNG
 
     public init(tokens: [Int32], seqLen: Int, batch: Int, seed: UInt64) {
-        check(tokens.count > seqLen + 1, "[WindowSampler] \(tokens.count) tokens are too few for windows of \(seqLen + 1)")
+        check(tokens.count > seqLen, "[WindowSampler] \(tokens.count) tokens are too few for windows of \(seqLen + 1)")
         self.tokens = tokens
         self.seqLen = seqLen
         self.batch = batch
@@ -31,7 +32,7 @@ public struct WindowSampler {
         ids.reserveCapacity(batch * seqLen)
         targets.reserveCapacity(batch * seqLen)
         for _ in 0..<batch {
-            let s = rng.nextInt(tokens.count - seqLen - 1)
+            let s = rng.nextInt(tokens.count - seqLen)  // any window of seqLen + 1 tokens, the last one included
             ids += tokens[s..<(s + seqLen)]
             targets += tokens[(s + 1)...(s + seqLen)]
         }
@@ -84,7 +85,7 @@ public struct PretrainOptions: Sendable {
 @discardableResult
 public func pretrain(_ model: CausalLM, train: [Int32], val: [Int32], options o: PretrainOptions,
                      log: @escaping (StepMetrics) -> Void = { _ in }) throws -> [StepMetrics] {
-    guard train.count > o.seqLen + 1 else {
+    guard train.count > o.seqLen else {
         throw TrainingError(message: "the training text has \(train.count) tokens, too few for windows of \(o.seqLen + 1); use a shorter --seq-len or more text")
     }
     model.unfreeze()

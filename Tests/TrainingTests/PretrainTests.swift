@@ -68,6 +68,27 @@ final class PretrainTests: XCTestCase {
         XCTAssertEqual(try run(true), try run(false))
     }
 
+    /// Every window start is drawn, the last one included, so every token but the first is a
+    /// target; a stream of exactly one window is enough.
+    func testWindowSamplerReachesTheLastToken() {
+        let tokens: [Int32] = Array(0..<10)
+        var sampler = WindowSampler(tokens: tokens, seqLen: 4, batch: 8, seed: 5)
+        var targets = Set<Int32>(), starts = Set<Int32>()
+        for _ in 0..<50 {
+            let (ids, t) = sampler.next()
+            XCTAssertEqual(ids.count, 32)
+            for w in 0..<8 {
+                XCTAssertEqual(Array(t[(w * 4)..<(w * 4 + 4)]), ids[(w * 4)..<(w * 4 + 4)].map { $0 + 1 }, "targets are the next tokens")
+                starts.insert(ids[w * 4])
+            }
+            targets.formUnion(t)
+        }
+        XCTAssertEqual(starts, Set(0...5), "windows of 5 tokens start anywhere from 0 to 5")
+        XCTAssertEqual(targets, Set(1...9), "the last token is a target")
+        var one = WindowSampler(tokens: Array(tokens.prefix(5)), seqLen: 4, batch: 2, seed: 5)
+        XCTAssertEqual(one.next().targets, [1, 2, 3, 4, 1, 2, 3, 4])
+    }
+
     func testScheduleAndEvaluation() {
         // Pretraining's schedule is the Trainer's cosine (one implementation).
         XCTAssertEqual(PretrainOptions().trainer.schedule, .cosine)
