@@ -18,10 +18,25 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
     /// The config and `CausalLM.weightsHash()` (FNV-1a over the parameters' names and bits, in
     /// name order; for bf16-only weights, the hash taken before their fp32 values were released).
     public init(_ model: CausalLM) {
+        architecture = BaseFingerprint.architecture(model.config)
+        weightsHash = model.weightsHash()
+    }
+
+    /// The config as JSON with sorted keys and without its dropout rates: those are training
+    /// settings, so an adapter fits a base whatever dropout the base trains with.
+    public static func architecture(_ config: ModelConfig) -> String {
+        var c = config
+        (c.dropout, c.attentionDropout) = (0, nil)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
-        architecture = String(decoding: (try? enc.encode(model.config)) ?? Data(), as: UTF8.self)
-        weightsHash = model.weightsHash()
+        return String(decoding: (try? enc.encode(c)) ?? Data(), as: UTF8.self)
+    }
+
+    /// A recorded architecture as `architecture(_:)` gives it now (files saved before kept their
+    /// dropout rates); the text unchanged when it is not a config.
+    public static func normalized(architecture text: String) -> String {
+        guard let c = try? JSONDecoder().decode(ModelConfig.self, from: Data(text.utf8)) else { return text }
+        return architecture(c)
     }
 
     public init(architecture: String, weightsHash: String) {
@@ -63,7 +78,8 @@ public enum AdapterCheckpoint {
         }
         if checkBase {
             let mine = BaseFingerprint(model)
-            let theirs = BaseFingerprint(architecture: attrs["base_architecture"] ?? "?", weightsHash: attrs["base_weights_hash"] ?? "?")
+            let theirs = BaseFingerprint(architecture: BaseFingerprint.normalized(architecture: attrs["base_architecture"] ?? "?"),
+                                         weightsHash: attrs["base_weights_hash"] ?? "?")
             guard mine == theirs else {
                 let what = mine.architecture == theirs.architecture ? "the same architecture with other weights" : "a different architecture"
                 throw CheckpointError(path: path, message: """

@@ -45,6 +45,12 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
         guard let n = v as? NSNumber else { throw fail("\"\(k)\" is \(v), expected a number") }
         return n.floatValue
     }
+    /// A dropout probability in [0, 1).
+    func rate(_ k: String, _ def: Float) throws -> Float {
+        let r = try float(k, def)
+        guard r >= 0 && r < 1 else { throw fail("\"\(k)\" is \(r), expected a dropout probability in [0, 1)") }
+        return r
+    }
     func bool(_ k: String, _ def: Bool) throws -> Bool {
         guard let v = present(k) else { return def }
         guard let b = v as? Bool else { throw fail("\"\(k)\" is \(v), expected true or false") }
@@ -96,6 +102,14 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
         cfg.normEps = try float("layer_norm_epsilon", 1e-5)
         cfg.mlp = mlp
         cfg.tieWordEmbeddings = try bool("tie_word_embeddings", true)
+        // GPT2Config's defaults are 0.1; one rate serves the embeddings and the residual branches.
+        let (resid, embd) = (try rate("resid_pdrop", 0.1), try rate("embd_pdrop", 0.1))
+        guard resid == embd else {
+            throw fail("resid_pdrop \(resid) and embd_pdrop \(embd) differ; SwiftPEFT applies one dropout rate to both")
+        }
+        cfg.dropout = resid
+        let attn = try rate("attn_pdrop", 0.1)
+        cfg.attentionDropout = attn > 0 ? attn : nil
         config = cfg
     } else {
         let act = try string("hidden_act", "silu")
@@ -129,6 +143,8 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
                                     maxPositions: try int("max_position_embeddings", 2048))
         cfg.projectionBias = projectionBias
         cfg.slidingWindow = window
+        let attn = try rate("attention_dropout", 0)
+        cfg.attentionDropout = attn > 0 ? attn : nil
         config = cfg
     }
     do {
@@ -143,6 +159,8 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
 private func shortest(_ x: Float) -> Double { Double(String(x)) ?? Double(x) }
 
 /// The Hugging Face `config.json` object for `config` (model_type, architectures, torch_dtype float32).
+/// Dropout rates go into GPT-2's `*_pdrop` and LLaMA's `attention_dropout`; a LLaMA-family residual
+/// `dropout` (a SwiftPEFT training setting) has no transformers field and is not written.
 /// - Throws: `HFModelError` when transformers has no equivalent (e.g. GPT-2 without biases).
 public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") throws -> [String: Any] {
     var j: [String: Any] = ["torch_dtype": "float32", "vocab_size": config.vocabSize,
@@ -163,7 +181,8 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
         j["n_ctx"] = config.maxPositions
         j["layer_norm_epsilon"] = shortest(config.normEps)
         j["activation_function"] = config.mlp == .gelu ? "gelu" : "gelu_new"
-        for k in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] { j[k] = shortest(config.dropout) }
+        for k in ["resid_pdrop", "embd_pdrop"] { j[k] = shortest(config.dropout) }
+        j["attn_pdrop"] = shortest(config.attentionDropout ?? 0)
     case .llama:
         guard config.norm == .rmsNorm, config.positions == .rope, config.mlp == .swiglu else {
             throw HFModelError(path: file, message: "this LLaMA configuration (norm, positions or MLP) has no transformers equivalent")
@@ -198,7 +217,7 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
         j["rope_theta"] = shortest(config.ropeTheta)
         j["max_position_embeddings"] = config.maxPositions
         j["hidden_act"] = "silu"
-        j["attention_dropout"] = shortest(config.dropout)
+        j["attention_dropout"] = shortest(config.attentionDropout ?? 0)  // LLaMA has no residual dropout field
     }
     return j
 }

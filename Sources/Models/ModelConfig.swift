@@ -42,8 +42,11 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var projectionBias: Bool
     public var tieWordEmbeddings: Bool
     public var maxPositions: Int
-    /// Dropout on embeddings and residual branches while training.
+    /// Dropout on embeddings and residual branches while training (GPT-2's resid_pdrop and embd_pdrop).
     public var dropout: Float
+    /// Dropout on the attention probabilities while training (GPT-2's attn_pdrop, LLaMA's
+    /// attention_dropout). nil (the default) is none, and is left out of the stored config.
+    public var attentionDropout: Float?
     /// Mistral's sliding window: each position attends to at most this many positions, itself
     /// included. nil (the default): to every earlier position.
     public var slidingWindow: Int?
@@ -57,7 +60,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case intermediateSize = "intermediate_size", norm, normEps = "norm_eps", mlp, positions
         case ropeTheta = "rope_theta", attentionBias = "attention_bias", projectionBias = "projection_bias"
         case tieWordEmbeddings = "tie_word_embeddings", maxPositions = "max_position_embeddings", dropout
-        case slidingWindow = "sliding_window"
+        case slidingWindow = "sliding_window", attentionDropout = "attention_dropout"
     }
 
     public init(family: Family, vocabSize: Int, hiddenSize: Int, numLayers: Int, numHeads: Int, numKVHeads: Int,
@@ -119,6 +122,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         guard dropout >= 0 && dropout < 1 else { throw fail("dropout \(dropout) must be in [0, 1)") }
         guard maxPositions > 0 else { throw fail("max_position_embeddings (GPT-2: n_positions) must be positive, got \(maxPositions)") }
         if let w = slidingWindow, w <= 0 { throw fail("sliding_window must be positive, got \(w)") }
+        if let a = attentionDropout, !(a >= 0 && a < 1) { throw fail("attention_dropout \(a) must be in [0, 1)") }
     }
 }
 

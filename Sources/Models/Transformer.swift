@@ -128,7 +128,10 @@ func attentionCore(q: Tensor, k: Tensor, v: Tensor, layer: Int, config: ModelCon
         kAll = Tensor.concat([pk, k], axis: 1)
         vAll = Tensor.concat([pv, v], axis: 1)
     }
-    let o = Tensor.attention(q: q, k: kAll, v: vAll, keyMask: context.keyMask, window: config.slidingWindow)  // (B, T, H, D)
+    let rate = context.training ? config.attentionDropout ?? 0 : 0
+    let dropout = rate > 0 ? (rate: rate, seed: context.random.value.next()) : nil
+    let o = Tensor.attention(q: q, k: kAll, v: vAll, keyMask: context.keyMask, window: config.slidingWindow,
+                             dropout: dropout)  // (B, T, H, D)
     return o.reshaped([B, T, config.hiddenSize])  // (B, T, C)
 }
 

@@ -7,6 +7,8 @@
 // in parallel, one single-threaded GEMM per block; the backward splits by key/value head, so the
 // query heads of a GQA group that add into the same dK, dV rows run on one thread. A sliding
 // window (Mistral) also bounds each block's keys from below, so the blocks it hides are skipped too.
+// Dropout on the probabilities (GPT-2's attn_pdrop) draws each entry's mask from a hash of a seed and
+// the entry's index, so the backward regenerates the forward's mask without storing it.
 
 import CBLAS
 import Foundation
@@ -23,11 +25,15 @@ extension Tensor {
     /// - window: a sliding window (Mistral's `sliding_window`): query i also needs
     ///   j > S − T + i − window, so it sees at most `window` keys, its own included. Key indexes are
     ///   positions, prefix and cache included. Needs `causal`; nil: no lower bound.
+    /// - dropout: while training, each probability is zeroed with chance `rate` and the rest are
+    ///   scaled by 1/(1 − rate). Entry (b, h, i, j) is kept when `attentionDropoutKeeps(seed:index:rate:)`
+    ///   says so for index ((b·H + h)·T + i)·S + j, the same in the backward pass.
     /// - keyMask: optional (B, S) values, 0 hides that key (padding). A query that sees no key
     ///   outputs zeros.
     /// - Returns (B, T, H, D) = softmax(q kᵀ · scale + mask) v, scale defaulting to 1/√D.
     public static func attention(q q0: Tensor, k k0: Tensor, v v0: Tensor, keyMask: [Float]? = nil,
-                                 causal: Bool = true, window: Int? = nil, scale: Float? = nil) -> Tensor {
+                                 causal: Bool = true, window: Int? = nil, dropout: (rate: Float, seed: UInt64)? = nil,
+                                 scale: Float? = nil) -> Tensor {
         check(q0.rank == 4 && k0.rank == 4 && v0.rank == 4 && k0.shape == v0.shape,
                      "[attention] needs q (B, T, H, D) and k, v (B, S, KVH, D); got q \(q0.shape), k \(k0.shape), v \(v0.shape)")
         let (B, T, H, D) = (q0.shape[0], q0.shape[1], q0.shape[2], q0.shape[3])
@@ -36,11 +42,13 @@ extension Tensor {
                      "[attention] q \(q0.shape) and k \(k0.shape) do not fit: same B and D, S ≥ T, H a multiple of KVH")
         check(keyMask == nil || keyMask!.count == B * S, "[attention] keyMask needs B·S = \(B * S) values, got \(keyMask!.count)")
         check(window == nil || (causal && window! > 0), "[attention] a sliding window needs causal attention and a positive size, got \(window!)")
+        check(dropout == nil || (dropout!.rate >= 0 && dropout!.rate < 1), "[attention] dropout rate \(dropout!.rate) is not in [0, 1)")
         // Heads must have unit stride along D; other strides are passed to BLAS as they are.
         let q = q0.layout.strides[3] == 1 ? q0 : q0.contiguous()
         let k = k0.layout.strides[3] == 1 ? k0 : k0.contiguous()
         let v = v0.layout.strides[3] == 1 ? v0 : v0.contiguous()
         let geo = AttentionGeometry(B: B, T: T, H: H, D: D, S: S, KVH: KVH, causal: causal, window: window,
+                                    dropout: dropout.flatMap { $0.rate > 0 ? $0 : nil },
                                     scale: scale ?? 1 / Float(D).squareRoot(), q: q, k: k, v: v, mask: keyMask)
         let training = Autograd.isRecording && (q.requiresGrad || k.requiresGrad || v.requiresGrad)
         let lse = training ? Storage(count: B * H * T) : nil  // (B, H, T) log-sum-exp per query row
@@ -67,14 +75,16 @@ private struct AttentionGeometry {
     let B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int
     let causal: Bool
     let window: Int?
+    let dropout: (rate: Float, seed: UInt64)?
     let scale: Float
     let q: Tensor, k: Tensor, v: Tensor
     let mask: [Float]?
 
-    init(B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int, causal: Bool, window: Int?, scale: Float,
-         q: Tensor, k: Tensor, v: Tensor, mask: [Float]?) {
+    init(B: Int, T: Int, H: Int, D: Int, S: Int, KVH: Int, causal: Bool, window: Int?, dropout: (rate: Float, seed: UInt64)?,
+         scale: Float, q: Tensor, k: Tensor, v: Tensor, mask: [Float]?) {
         (self.B, self.T, self.H, self.D, self.S, self.KVH) = (B, T, H, D, S, KVH)
-        (self.causal, self.window, self.scale, self.q, self.k, self.v, self.mask) = (causal, window, scale, q, k, v, mask)
+        (self.causal, self.window, self.dropout, self.scale) = (causal, window, dropout, scale)
+        (self.q, self.k, self.v, self.mask) = (q, k, v, mask)
     }
 
     var group: Int { H / KVH }
@@ -111,6 +121,16 @@ private struct AttentionGeometry {
             for t in (tasks * c / chunks)..<(tasks * (c + 1) / chunks) { body(t, scores, scores + scratchCount) }
         }
         if chunks == 1 { run(0) } else { WorkerPool.shared.run(chunks) { run($0) } }
+    }
+
+    /// Dropout on row i of head (b, h) over keys kStart..<kStart+n, in place: dropped entries 0,
+    /// kept ones scaled by 1/(1 − rate). Nothing without dropout.
+    func dropRow(_ row: UnsafeMutablePointer<Float>, b: Int, h: Int, i: Int, kStart: Int, n: Int) {
+        guard let (rate, seed) = dropout else { return }
+        let scaleKept = 1 / (1 - rate), first = UInt64(((b * H + h) * T + i) * S + kStart)
+        for j in 0..<n {
+            row[j] = attentionDropoutKeeps(seed: seed, index: first + UInt64(j), rate: rate) ? row[j] * scaleKept : 0
+        }
     }
 
     /// Scores of query rows i0..<i0+rows of head (b, h) against keys kStart..<kEnd into p (rows, n =
@@ -162,6 +182,9 @@ private struct AttentionGeometry {
                 let (kStart, kEnd) = keyRange(i0, rows)
                 probabilities(p, b: b, h: h, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd, lse: nil,
                               saveLSE: lse.map { $0 + (b * H + h) * T })
+                if dropout != nil {
+                    for r in 0..<rows { dropRow(p + r * (kEnd - kStart), b: b, h: h, i: i0 + r, kStart: kStart, n: kEnd - kStart) }
+                }
                 // out rows (rows, D) = P V, into the (B, T, H, D) output with row stride H·D
                 sgemm(transA: false, transB: false, m: rows, n: D, k: kEnd - kStart, a: p, lda: kEnd - kStart,
                       b: vRow(b, h / group, kStart), ldb: v.layout.strides[1], beta: 0, c: out + (b * T + i0) * H * D + h * D, ldc: H * D)
@@ -183,16 +206,23 @@ private struct AttentionGeometry {
                     let gRows = dO + (b * T + i0) * H * D + h * D  // dO (rows, D), row stride H·D
                     probabilities(p, b: b, h: h, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd,
                                   lse: lse + (b * H + h) * T, saveLSE: nil)
-                    if let dv {  // dV (n, D) += Pᵀ dO
-                        sgemm(transA: true, transB: false, m: n, n: D, k: rows, a: p, lda: n, b: gRows, ldb: H * D,
+                    if let dv {  // dV (n, D) += P'ᵀ dO, P' the dropped probabilities (built in dp, free until dP)
+                        var used = UnsafePointer(p)
+                        if dropout != nil {
+                            dp.update(from: p, count: rows * n)
+                            for r in 0..<rows { dropRow(dp + r * n, b: b, h: h, i: i0 + r, kStart: kStart, n: n) }
+                            used = UnsafePointer(dp)
+                        }
+                        sgemm(transA: true, transB: false, m: n, n: D, k: rows, a: used, lda: n, b: gRows, ldb: H * D,
                               beta: 1, c: dv + kvOff, ldc: KVH * D)
                     }
                     guard dq != nil || dk != nil else { continue }
-                    // dP (rows, n) = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
+                    // dP (rows, n) = dO Vᵀ (through the dropout mask), then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
                     sgemm(transA: false, transB: true, m: rows, n: n, k: D, a: gRows, lda: H * D, b: vRow(b, kv, kStart), ldb: vs[1],
                           beta: 0, c: dp, ldc: n)
                     for r in 0..<rows {
                         let pr = p + r * n, dr = dp + r * n
+                        dropRow(dr, b: b, h: h, i: i0 + r, kStart: kStart, n: n)
                         let dot = rowDot(pr, dr, n)
                         for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) }
                     }
@@ -208,6 +238,17 @@ private struct AttentionGeometry {
             }
         }
     }
+}
+
+/// Whether attention dropout keeps entry `index` for `seed`: SplitMix64's mix of the two, its top 24
+/// bits against `rate` (a counter-based draw: any thread, any order, the same answer).
+@inline(__always)
+func attentionDropoutKeeps(seed: UInt64, index: UInt64, rate: Float) -> Bool {
+    var z = seed &+ (index &+ 1) &* 0x9E37_79B9_7F4A_7C15
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    z ^= z >> 31
+    return Float(z >> 40) >= rate * 16_777_216
 }
 
 extension Optional where Wrapped == [Float] {

@@ -366,7 +366,10 @@ public final class Trainer {
         }
         let what = ["base_weights_hash": "base model (weights)", "base_architecture": "base model (architecture)",
                     "method": "method", "method_config": "method config"]
-        for (key, mine) in checkpointAttributes.sorted(by: { $0.key < $1.key }) where attrs[key] != mine {
+        func recorded(_ key: String) -> String? {  // architectures saved before carry their dropout rates
+            key == "base_architecture" ? attrs[key].map { BaseFingerprint.normalized(architecture: $0) } : attrs[key]
+        }
+        for (key, mine) in checkpointAttributes.sorted(by: { $0.key < $1.key }) where recorded(key) != mine {
             throw CheckpointError(path: url.path, message: """
                 was made for another \(what[key] ?? key): it has \(key) \(attrs[key].map { "'\($0)'" } ?? "missing"), this run has '\(mine)'.
                 HINT: resume with the same --model and method options, or train into another --out.

@@ -327,6 +327,11 @@ final class SafetensorsTests: XCTestCase {
         let base: [String: Any] = ["model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
                                    "num_attention_heads": 2, "intermediate_size": 16]
         XCTAssertEqual(try hfModelConfig(base, file: "c.json").numKVHeads, 2, "num_key_value_heads defaults to the heads")
+        XCTAssertNil(try hfModelConfig(base, file: "c.json").attentionDropout, "LLaMA's attention_dropout defaults to 0")
+        let dropping = try hfModelConfig(base.merging(["attention_dropout": 0.25]) { $1 }, file: "c.json")
+        XCTAssertEqual(dropping.attentionDropout, 0.25)
+        XCTAssertEqual(dropping.dropout, 0, "LLaMA has no residual dropout")
+        XCTAssertEqual(try hfConfigJSON(dropping)["attention_dropout"] as? Double, 0.25)
         func expectError(_ change: [String: Any], _ fragments: [String], line: UInt = #line) {
             XCTAssertThrowsError(try hfModelConfig(base.merging(change) { $1 }, file: "c.json"), line: line) { e in
                 for f in fragments + ["c.json"] { XCTAssertTrue("\(e)".contains(f), "expected '\(f)' in: \(e)", line: line) }
@@ -343,6 +348,19 @@ final class SafetensorsTests: XCTestCase {
         let gpt2: [String: Any] = ["model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2]
         let g = try hfModelConfig(gpt2, file: "g.json")
         XCTAssertEqual(g.intermediateSize, 32, "n_inner defaults to 4·n_embd")
+        XCTAssertEqual(g.dropout, 0.1, "GPT2Config's resid_pdrop and embd_pdrop default to 0.1")
+        XCTAssertEqual(g.attentionDropout, 0.1, "attn_pdrop too")
+        let g0 = try hfModelConfig(gpt2.merging(["resid_pdrop": 0, "embd_pdrop": 0, "attn_pdrop": 0.0]) { $1 }, file: "g.json")
+        XCTAssertEqual(g0.dropout, 0)
+        XCTAssertNil(g0.attentionDropout)
+        XCTAssertThrowsError(try hfModelConfig(gpt2.merging(["resid_pdrop": 0.1, "embd_pdrop": 0.2]) { $1 }, file: "g.json")) {
+            XCTAssertTrue("\($0)".contains("resid_pdrop 0.1 and embd_pdrop 0.2 differ") && "\($0)".contains("g.json"), "\($0)")
+        }
+        XCTAssertThrowsError(try hfModelConfig(gpt2.merging(["attn_pdrop": 1.0]) { $1 }, file: "g.json")) {
+            XCTAssertTrue("\($0)".contains("\"attn_pdrop\" is 1.0, expected a dropout probability in [0, 1)"), "\($0)")
+        }
+        XCTAssertEqual(try hfConfigJSON(g)["attn_pdrop"] as? Double, 0.1)
+        XCTAssertEqual(try hfConfigJSON(g)["resid_pdrop"] as? Double, 0.1)
         XCTAssertEqual(g.maxPositions, 1024)
         XCTAssertThrowsError(try hfModelConfig(gpt2.merging(["activation_function": "relu"]) { $1 }, file: "g.json")) {
             XCTAssertTrue("\($0)".contains("activation_function \"relu\""), "\($0)")

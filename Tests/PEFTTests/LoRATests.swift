@@ -337,5 +337,21 @@ final class LoRATests: XCTestCase {
         XCTAssertThrowsError(try AdapterCheckpoint.load(path, onto: other)) { e in
             XCTAssertTrue("\(e)".contains("another base model") && "\(e)".contains("same architecture"), "\(e)")
         }
+        // Dropout rates are training settings, not architecture: the adapter fits the base read with
+        // them, and a file that recorded them (as files saved before did) fits the base without.
+        var dropping = llamaTiny
+        (dropping.dropout, dropping.attentionDropout) = (0.1, 0.2)
+        XCTAssertNoThrow(try AdapterCheckpoint.load(path, onto: makeModel(dropping, seed: 7)))
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        let recorded = String(decoding: try enc.encode(dropping), as: UTF8.self)
+        XCTAssertTrue(recorded.contains("\"attention_dropout\":0.2"), recorded)
+        XCTAssertEqual(BaseFingerprint.normalized(architecture: recorded), BaseFingerprint(makeModel(llamaTiny, seed: 7)).architecture)
+        XCTAssertEqual(BaseFingerprint.normalized(architecture: "?"), "?")
+        var windowed = llamaTiny
+        windowed.slidingWindow = 4
+        XCTAssertThrowsError(try AdapterCheckpoint.load(path, onto: makeModel(windowed, seed: 7)), "a window is architecture") { e in
+            XCTAssertTrue("\(e)".contains("a different architecture"), "\(e)")
+        }
     }
 }

@@ -91,6 +91,48 @@ final class AttentionTests: XCTestCase {
         }
     }
 
+    /// Dropout on the probabilities: the composed softmax times the mask the hash gives, scaled by
+    /// 1/(1 − rate), over several query blocks, with GQA, a prefix, a window and padding; and the
+    /// hash keeps the share of entries it should.
+    func testDropoutMatchesComposedWithTheSameMask() {
+        let saved = attentionQueryBlock
+        defer { attentionQueryBlock = saved }
+        var rng = RNG(seed: 19)
+        let (B, T, H, D, S, KVH) = (2, 6, 4, 4, 8, 2)
+        let q = Tensor.normal([B, T, H, D], rng: &rng)
+        let k = Tensor.normal([B, S, KVH, D], rng: &rng), v = Tensor.normal([B, S, KVH, D], rng: &rng)
+        var mask = [Float](repeating: 1, count: B * S)
+        mask[S + 4] = 0
+        let (rate, seed): (Float, UInt64) = (0.3, 1234)
+        for window in [nil, 3] as [Int?] {
+            // softmax (B, H, T, S) ⊙ keep / (1 − rate), then the same product with V as without dropout
+            let (qh, rep) = (q.permuted([0, 2, 1, 3]), { (x: Tensor) in
+                x.permuted([0, 2, 1, 3]).reshaped([B, KVH, 1, S, D]).expand([B, KVH, H / KVH, S, D]).reshaped([B, H, S, D])
+            })
+            var hidden = [Float](repeating: 0, count: B * T * S)
+            for b in 0..<B { for i in 0..<T { for j in 0..<S where j > S - T + i || j <= S - T + i - (window ?? S + 1) || mask[b * S + j] == 0 {
+                hidden[(b * T + i) * S + j] = 1
+            } } }
+            let probs = (qh.matmul(rep(k).transposed()) * (1 / Float(D).squareRoot()))
+                .maskedFill(Tensor(shape: [B, 1, T, S], data: hidden), -1e30).softmax()  // (B, H, T, S)
+            let keep = (0..<(B * H * T * S)).map { attentionDropoutKeeps(seed: seed, index: UInt64($0), rate: rate) ? 1 / (1 - rate) : Float(0) }
+            let ref = (probs * Tensor(shape: [B, H, T, S], data: keep)).matmul(rep(v)).permuted([0, 2, 1, 3]).contiguous().toArray()
+            for block in [1, 4, 64] {
+                attentionQueryBlock = block
+                let fused = Tensor.attention(q: q, k: k, v: v, keyMask: mask, window: window, dropout: (rate, seed)).toArray()
+                assertClose(fused, ref, rtol: 1e-4, atol: 1e-5, "dropout, window \(window ?? 0), block \(block)")
+            }
+            let plain = Tensor.attention(q: q, k: k, v: v, keyMask: mask, window: window).toArray()
+            XCTAssertGreaterThan(zip(plain, ref).map { abs($0 - $1) }.max()!, 1e-2, "the mask changes the output")
+            XCTAssertEqual(Tensor.attention(q: q, k: k, v: v, keyMask: mask, window: window, dropout: (0, seed)).toArray(), plain,
+                           "rate 0 is no dropout")
+        }
+        let kept = (0..<200_000).filter { attentionDropoutKeeps(seed: 7, index: UInt64($0), rate: 0.1) }.count
+        XCTAssertEqual(Double(kept) / 200_000, 0.9, accuracy: 0.005, "rate 0.1 keeps 90%")
+        XCTAssertNotEqual((0..<64).map { attentionDropoutKeeps(seed: 7, index: UInt64($0), rate: 0.5) },
+                          (0..<64).map { attentionDropoutKeeps(seed: 8, index: UInt64($0), rate: 0.5) }, "the seed matters")
+    }
+
     /// Inference records nothing and keeps no (B, H, T, S) buffer; same values as training mode.
     func testInferenceMatchesTraining() {
         var rng = RNG(seed: 12)

@@ -58,14 +58,17 @@ final class PretrainTests: XCTestCase {
     /// Pretraining with gradient checkpointing gives the same run.
     func testPretrainingWithGradientCheckpointingIsTheSameRun() throws {
         let tokens: [Int32] = (0..<4000).map { (i: Int) -> Int32 in Int32((i * 13 + i / 7) % 256) }
-        func run(_ checkpointing: Bool) throws -> [Double] {
-            let model = makeModel(.gpt2(vocabSize: 256, hiddenSize: 32, numLayers: 2, numHeads: 2, maxPositions: 64, dropout: 0.1), seed: 1)
+        func run(_ checkpointing: Bool, attentionDropout: Float? = 0.1) throws -> [Double] {
+            var config = ModelConfig.gpt2(vocabSize: 256, hiddenSize: 32, numLayers: 2, numHeads: 2, maxPositions: 64, dropout: 0.1)
+            config.attentionDropout = attentionDropout  // the recomputed blocks draw the same attention masks too
+            let model = makeModel(config, seed: 1)
             var o = PretrainOptions()
             (o.steps, o.batch, o.seqLen, o.evalEvery, o.evalTokens, o.gradientCheckpointing) = (3, 4, 32, 3, 256, checkpointing)
             XCTAssertEqual(o.trainer.gradientCheckpointing, checkpointing)
             return try pretrain(model, train: tokens, val: Array(tokens.prefix(300)), options: o).map(\.loss)
         }
         XCTAssertEqual(try run(true), try run(false))
+        XCTAssertNotEqual(try run(false), try run(false, attentionDropout: nil), "attention dropout takes part")
     }
 
     /// Every window start is drawn, the last one included, so every token but the first is a
