@@ -5,6 +5,8 @@
 # `tokenizers` itself trains here (tokenizer_hf_trained.json: SmolLM2's layout, special tokens at ids 0-2 and a
 # Digits + ByteLevel pre-tokenizer), so the Swift loader is also checked on a file written by Hugging Face.
 # TokenizerTests checks that BPETokenizer loads each file and encodes every sample to exactly these ids.
+# A fourth file (tokenizer_flags.json) is the third with added tokens that use the AddedToken flags
+# (lstrip, rstrip, single_word, normalized); its own samples and ids are under "flags".
 #
 # Re-run from the package root (deterministic: two runs give byte-identical JSON):
 #
@@ -20,12 +22,24 @@ import os
 import random
 import sys
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.normpath(os.path.join(HERE, "..", "Tests", "TokenizersTests", "Fixtures"))
 OUT_PATH = os.path.join(FIXTURES, "tokenizer_expected.json")
 TOKENIZERS = {"gpt2": "tokenizer_gpt2.json", "digits": "tokenizer_digits.json", "hf": "tokenizer_hf_trained.json"}
+FLAGS_FILE = "tokenizer_flags.json"
+
+# Text around added tokens with flags: whitespace of several kinds taken in by lstrip / rstrip (but not
+# past the previous token), single_word tokens inside and outside words (ASCII, accented, CJK, digits,
+# underscore), and a normalized token ("xy", second pass) overlapping a non-normalized one ("yz", first).
+FLAG_SAMPLES = [
+    "I saw a <mask> here", "a   <mask>", "<mask>start", "x\t\n <mask>", "<|im_end|>  <mask>", "<mask> <mask>",
+    "A[R]   b", "[R]\n\nend", "[R]", "q <both>  r", " <both> ", "<both><both>", "a <both>\u00a0\u3000x",
+    "word", "a word here", "words", "sword", "a word_ b", "word's", "h\u00e9word", "word\u00e9", "\u65e5\u672cword",
+    "2word", "(word)", "word-word", "wxyz", "xy yz xyz", "\u00a0<mask>", "\u3000<both>\u2028x", "e\u0301word",
+    "a <mask>[R] b", "word <mask>", "<mask>",
+]
 
 SAMPLES = [
     "Hello world! The year 2024 was great.",
@@ -94,8 +108,24 @@ def train_hf_tokenizer():
     tok.save(os.path.join(FIXTURES, TOKENIZERS["hf"]), pretty=True)
 
 
+def write_flags_tokenizer():
+    """tokenizer_hf_trained.json with added tokens that use every AddedToken flag."""
+    tok = Tokenizer.from_file(os.path.join(FIXTURES, TOKENIZERS["hf"]))
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+    tok.add_tokens([
+        AddedToken("[R]", rstrip=True, normalized=False),
+        AddedToken("<both>", lstrip=True, rstrip=True, normalized=False),
+        AddedToken("word", single_word=True, normalized=False),
+        AddedToken("xy", normalized=True),
+        AddedToken("yz", normalized=False),
+    ])
+    tok.save(os.path.join(FIXTURES, FLAGS_FILE), pretty=True)
+    return tok
+
+
 def main():
     train_hf_tokenizer()
+    flags = write_flags_tokenizer()
     samples = SAMPLES + random_strings(20240615, 16)
     dump = lambda x: json.dumps(x, ensure_ascii=True, separators=(",", ":"))
     lines = ["{", ' "samples": [', ",\n".join("  " + dump(s) for s in samples), " ],"]
@@ -113,7 +143,12 @@ def main():
         lines.append(f' "{name}": {{"file": {dump(file)},')
         lines.append('  "ids": [\n' + ",\n".join("   " + dump(x) for x in ids) + "\n  ],")
         lines.append('  "pieces": [\n' + ",\n".join("   " + dump(x) for x in pieces) + "\n  ]")
-        lines.append(" }" + ("," if k + 1 < len(TOKENIZERS) else ""))
+        lines.append(" },")
+    lines.append(f' "flags": {{"file": {dump(FLAGS_FILE)},')
+    lines.append('  "samples": [\n' + ",\n".join("   " + dump(x) for x in FLAG_SAMPLES) + "\n  ],")
+    lines.append('  "ids": [\n' + ",\n".join("   " + dump(flags.encode(x, add_special_tokens=False).ids) for x in FLAG_SAMPLES)
+                 + "\n  ]")
+    lines.append(" }")
     lines.append("}")
     text = "\n".join(lines) + "\n"
     json.loads(text)  # well-formed

@@ -145,7 +145,7 @@ extension GGUFFile {
         for (k, tok) in tokens.enumerated() {
             switch types[k] {
             case 3, 4:  // control, user-defined: matched literally, spelled as their text
-                added.append(AddedToken(id: Int32(k), content: tok, special: types[k] == 3))
+                added.append(AddedToken(id: Int32(k), content: tok, special: types[k] == 3, normalized: false))  // one pass, as llama.cpp
                 vocab[k] = Array(tok.utf8)
             case 5: continue  // unused
             default:

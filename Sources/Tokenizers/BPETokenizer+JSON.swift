@@ -83,8 +83,15 @@ extension BPETokenizer {
                 guard let content = obj["content"] as? String, !content.isEmpty else {
                     throw malformed("added_tokens[\(k)].content is missing or not a non-empty string")
                 }
-                let special = (obj["special"] as? Bool) ?? false
-                added.append(AddedToken(id: Int32(id), content: content, special: special))
+                func flag(_ key: String) throws -> Bool? {
+                    guard let v = obj[key], !(v is NSNull) else { return nil }
+                    guard let b = v as? Bool else { throw malformed("added_tokens[\(k)].\(key) is \(v), expected true or false") }
+                    return b
+                }
+                let special = try flag("special") ?? false
+                added.append(AddedToken(id: Int32(id), content: content, special: special, lstrip: try flag("lstrip") ?? false,
+                                        rstrip: try flag("rstrip") ?? false, singleWord: try flag("single_word") ?? false,
+                                        normalized: try flag("normalized")))
             }
         }
         let addedByContent = Dictionary(added.map { ($0.content.utf8.map { $0 }, $0) }, uniquingKeysWith: { a, _ in a })
@@ -298,8 +305,8 @@ extension BPETokenizer {
         for (k, t) in addedTokens.enumerated() {
             s += k == 0 ? "\n" : ",\n"
             s += "    {\n      \"id\": \(t.id),\n      \"content\": \(jsonString(t.content)),\n"
-            s += "      \"single_word\": false,\n      \"lstrip\": false,\n      \"rstrip\": false,\n"
-            s += "      \"normalized\": false,\n      \"special\": \(t.special)\n    }"
+            s += "      \"single_word\": \(t.singleWord),\n      \"lstrip\": \(t.lstrip),\n      \"rstrip\": \(t.rstrip),\n"
+            s += "      \"normalized\": \(t.normalized),\n      \"special\": \(t.special)\n    }"
         }
         s += addedTokens.isEmpty ? "],\n" : "\n  ],\n"
         s += "  \"normalizer\": null,\n"

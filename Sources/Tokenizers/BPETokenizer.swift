@@ -12,11 +12,21 @@ public struct AddedToken: Sendable, Equatable {
     public var content: String
     /// Whether it is a control token (skipped by `decode(_:skipSpecialTokens: true)`).
     public var special: Bool
+    /// Whether it takes the whitespace before it (`lstrip`) or after it (`rstrip`) into itself.
+    public var lstrip: Bool, rstrip: Bool
+    /// Whether it matches only as a whole word (`single_word`: no word character on either side).
+    public var singleWord: Bool
+    /// Whether it is matched in a second pass, between the tokens with `normalized` false
+    /// (`tokenizers` matches those on the normalized text; SwiftPEFT's tokenizers have no normalizer).
+    public var normalized: Bool
 
-    public init(id: Int32, content: String, special: Bool = true) {
+    public init(id: Int32, content: String, special: Bool = true, lstrip: Bool = false, rstrip: Bool = false,
+                singleWord: Bool = false, normalized: Bool? = nil) {
         self.id = id
         self.content = content
         self.special = special
+        (self.lstrip, self.rstrip, self.singleWord) = (lstrip, rstrip, singleWord)
+        self.normalized = normalized ?? !special  // Python AddedToken's default
     }
 }
 
@@ -135,7 +145,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.vocab = table
         self.pairs = pairTable
         self.byteToID = b2id
-        self.matcher = SpecialTokenMatcher(addedTokens.map { ($0.content, $0.id) })
+        self.matcher = SpecialTokenMatcher(addedTokens)
         (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, addedTokens)
         self.roles = roles
     }

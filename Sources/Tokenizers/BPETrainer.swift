@@ -36,7 +36,7 @@ extension BPETokenizer {
         }
         var trainer = BPETrainerState(
             preTokenizer: preTokenizer,
-            matcher: SpecialTokenMatcher(specials.enumerated().map { ($0.element, Int32(256 + $0.offset)) }))
+            matcher: SpecialTokenMatcher(specials.enumerated().map { AddedToken(id: Int32(256 + $0.offset), content: $0.element) }))
         for text in corpus { trainer.countWords(text) }
         trainer.buildPairs()
         var tokens: [[UInt8]] = (0 ..< 256).map { [UInt8($0)] } + specials.map { Array($0.utf8) }

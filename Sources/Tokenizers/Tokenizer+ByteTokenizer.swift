@@ -22,9 +22,7 @@ public struct ByteTokenizer: Tokenizer {
         var seen = Set<[UInt8]>()
         let unique = specialTokens.filter { !$0.isEmpty && seen.insert(Array($0.utf8)).inserted }
         self.specialTokens = unique
-        var pairs: [(content: String, id: Int32)] = []
-        for (k, s) in unique.enumerated() { pairs.append((s, Int32(256 + k))) }
-        matcher = SpecialTokenMatcher(pairs)
+        matcher = SpecialTokenMatcher(unique.enumerated().map { AddedToken(id: Int32(256 + $0.offset), content: $0.element) })
         func id(_ name: String?) -> Int32? {
             guard let name else { return nil }
             guard let k = unique.firstIndex(where: { Array($0.utf8) == Array(name.utf8) }) else {

@@ -110,56 +110,139 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Finds special tokens in UTF-8 text: leftmost match first, and of the tokens that match there the longest
-/// (Hugging Face's added-vocabulary rule). A 256-entry first-byte table keeps the scan at one load per byte.
+/// Finds added tokens in UTF-8 text as Hugging Face `tokenizers` does: leftmost match first, and of the
+/// tokens that match there the longest; tokens with `normalized: false` are cut out of the whole text
+/// first, then those with `normalized: true` out of the stretches between (its two passes). A
+/// `singleWord` token matches only between non-word characters (`\w`), or the match is left as text;
+/// `lstrip` / `rstrip` take the whitespace (`\s`) before / after the token into it, back to the
+/// previous token at most. A 256-entry first-byte table keeps the scan at one load per byte.
 struct SpecialTokenMatcher: Sendable {
-    /// (UTF-8 bytes, id), longest first.
-    private(set) var tokens: [(bytes: [UInt8], id: Int32)]
-    private var firstByte: [Bool]
+    struct Entry: Sendable {
+        let bytes: [UInt8], id: Int32
+        let lstrip: Bool, rstrip: Bool, singleWord: Bool
+    }
+    /// One pass's tokens, longest first, and the bytes they start with.
+    struct Group: Sendable {
+        let tokens: [Entry]
+        let firstByte: [Bool]
+        init(_ tokens: [Entry]) {
+            self.tokens = tokens.sorted { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
+            var first = [Bool](repeating: false, count: 256)
+            for t in self.tokens { first[Int(t.bytes[0])] = true }
+            firstByte = first
+        }
+    }
+    /// The passes in order (no empty one).
+    private let passes: [Group]
 
-    init(_ tokens: [(content: String, id: Int32)]) {
-        self.tokens = tokens.filter { !$0.content.isEmpty }.map { (Array($0.content.utf8), $0.id) }
-            .sorted { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
-        firstByte = [Bool](repeating: false, count: 256)
-        for t in self.tokens { firstByte[Int(t.bytes[0])] = true }
+    init(_ tokens: [AddedToken]) {
+        let entries = tokens.filter { !$0.content.isEmpty }.map {
+            (Entry(bytes: Array($0.content.utf8), id: $0.id, lstrip: $0.lstrip, rstrip: $0.rstrip, singleWord: $0.singleWord), $0.normalized)
+        }
+        passes = [entries.filter { !$0.1 }.map(\.0), entries.filter { $0.1 }.map(\.0)].filter { !$0.isEmpty }.map(Group.init)
     }
 
-    var isEmpty: Bool { tokens.isEmpty }
+    var isEmpty: Bool { passes.isEmpty }
 
-    /// The special token starting at `p[i]`, if any, as (id, byte length).
+    /// The token of `group` starting at `p[i]`, if any (the longest).
     @inline(__always)
-    func match(_ p: UnsafePointer<UInt8>, at i: Int, end: Int) -> (id: Int32, length: Int)? {
-        guard firstByte[Int(p[i])] else { return nil }
-        for t in tokens where t.bytes.count <= end - i {
+    private func match(_ group: Group, _ p: UnsafePointer<UInt8>, at i: Int, end: Int) -> Entry? {
+        guard group.firstByte[Int(p[i])] else { return nil }
+        for t in group.tokens where t.bytes.count <= end - i {
             let n = t.bytes.count
-            let same = t.bytes.withUnsafeBufferPointer { memcmp($0.baseAddress!, p + i, n) == 0 }
-            if same { return (t.id, n) }
+            if t.bytes.withUnsafeBufferPointer({ memcmp($0.baseAddress!, p + i, n) == 0 }) { return t }
         }
         return nil
     }
 
-    /// Calls `plain(start, end)` for each stretch of text between special tokens and `special(id)` for each
-    /// special token, in order. Empty stretches are skipped.
+    /// Calls `plain(start, end)` for each stretch of text between added tokens and `special(id)` for each
+    /// added token, in order. Empty stretches are skipped.
     @inline(__always)
     func split(_ p: UnsafePointer<UInt8>, count n: Int,
                plain: (Int, Int) -> Void, special: (Int32) -> Void) {
-        if tokens.isEmpty {
-            if n > 0 { plain(0, n) }
-            return
+        switch passes.count {
+        case 0: if n > 0 { plain(0, n) }
+        case 1: split(passes[0], p, 0, n, plain: plain, special: special)
+        default:
+            split(passes[0], p, 0, n, plain: { s, e in split(passes[1], p, s, e, plain: plain, special: special) }, special: special)
         }
-        var start = 0
-        var i = 0
-        while i < n {
-            if firstByte[Int(p[i])], let m = match(p, at: i, end: n) {
-                if i > start { plain(start, i) }
-                special(m.id)
-                i += m.length
-                start = i
-            } else {
+    }
+
+    /// One pass over p[lo..<hi], the stretch being the whole text as far as the flags are concerned.
+    private func split(_ group: Group, _ p: UnsafePointer<UInt8>, _ lo: Int, _ hi: Int,
+                       plain: (Int, Int) -> Void, special: (Int32) -> Void) {
+        var start = lo  // end of the last token taken
+        var i = lo
+        while i < hi {
+            guard group.firstByte[Int(p[i])], let m = match(group, p, at: i, end: hi) else {
                 i += 1
+                continue
             }
+            var (s, e) = (i, i + m.bytes.count)
+            i = e
+            if m.singleWord, (s > lo && UTF8Scalars.isWord(UTF8Scalars.before(p, s, lo)))
+                || (e < hi && UTF8Scalars.isWord(UTF8Scalars.at(p, e, hi))) {
+                continue  // inside a word: left as text
+            }
+            if m.lstrip { s = max(UTF8Scalars.whitespaceStart(p, before: s, lo), start) }
+            if m.rstrip { e = UTF8Scalars.whitespaceEnd(p, from: e, hi) }
+            if s > start { plain(start, s) }
+            special(m.id)
+            (i, start) = (e, e)
         }
-        if n > start { plain(start, n) }
+        if hi > start { plain(start, hi) }
+    }
+}
+
+/// Unicode scalars read from valid UTF-8 bytes, forwards and backwards, for the added-token flags.
+enum UTF8Scalars {
+    /// The scalar starting at p[i] (i < hi).
+    static func at(_ p: UnsafePointer<UInt8>, _ i: Int, _ hi: Int) -> (scalar: Unicode.Scalar, length: Int) {
+        let b0 = UInt32(p[i])
+        let n = b0 < 0x80 ? 1 : b0 < 0xE0 ? 2 : b0 < 0xF0 ? 3 : 4
+        guard i + n <= hi else { return (Unicode.Scalar(0xFFFD)!, 1) }
+        guard n > 1 else { return (Unicode.Scalar(UInt8(b0)), 1) }
+        var v = b0 & (0xFF >> (n + 1))
+        for k in 1..<n { v = v << 6 | UInt32(p[i + k] & 0x3F) }
+        return (Unicode.Scalar(v) ?? Unicode.Scalar(0xFFFD)!, n)
+    }
+
+    /// The scalar ending just before p[i] (i > lo).
+    static func before(_ p: UnsafePointer<UInt8>, _ i: Int, _ lo: Int) -> (scalar: Unicode.Scalar, length: Int) {
+        var s = i - 1
+        while s > lo && p[s] & 0xC0 == 0x80 { s -= 1 }
+        return at(p, s, i)
+    }
+
+    /// Regex `\w`: alphabetic, marks, decimal digits, connector punctuation, join controls.
+    static func isWord(_ c: (scalar: Unicode.Scalar, length: Int)) -> Bool {
+        let props = c.scalar.properties
+        switch props.generalCategory {
+        case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation: return true
+        default: return props.isAlphabetic || props.isJoinControl
+        }
+    }
+
+    /// Start of the run of whitespace (`\s`, Unicode White_Space) that ends at i, not before lo.
+    static func whitespaceStart(_ p: UnsafePointer<UInt8>, before i: Int, _ lo: Int) -> Int {
+        var s = i
+        while s > lo {
+            let c = before(p, s, lo)
+            guard c.scalar.properties.isWhitespace else { break }
+            s -= c.length
+        }
+        return s
+    }
+
+    /// End of the run of whitespace that starts at i, not after hi.
+    static func whitespaceEnd(_ p: UnsafePointer<UInt8>, from i: Int, _ hi: Int) -> Int {
+        var e = i
+        while e < hi {
+            let c = at(p, e, hi)
+            guard c.scalar.properties.isWhitespace else { break }
+            e += c.length
+        }
+        return e
     }
 }
 

@@ -502,4 +502,24 @@ final class TokenizerTests: XCTestCase {
             }
         }
     }
+
+    /// Added tokens with `lstrip`, `rstrip`, `single_word` and `normalized` (matched in a second pass)
+    /// give the ids `tokenizers` gives; the flags survive a save and load.
+    func testAddedTokenFlagsMatchHuggingFaceTokenizers() throws {
+        let data = try Data(contentsOf: fixturesDir.appendingPathComponent("tokenizer_expected.json"))
+        let ref = (try JSONSerialization.jsonObject(with: data) as! [String: Any])["flags"] as! [String: Any]
+        let tok = try BPETokenizer.load(from: fixturesDir.appendingPathComponent(ref["file"] as! String))
+        let mask = try XCTUnwrap(tok.addedTokens.first { $0.content == "<mask>" })
+        XCTAssertTrue(mask.lstrip && !mask.rstrip && mask.special && !mask.normalized)
+        XCTAssertTrue(try XCTUnwrap(tok.addedTokens.first { $0.content == "word" }).singleWord)
+        XCTAssertTrue(try XCTUnwrap(tok.addedTokens.first { $0.content == "xy" }).normalized)
+        let samples = ref["samples"] as! [String], ids = (ref["ids"] as! [[Int]]).map { $0.map(Int32.init) }
+        XCTAssertGreaterThan(samples.count, 30)
+        let resaved = try BPETokenizer.load(json: Data(tok.tokenizerJSON().utf8), file: "resaved")
+        XCTAssertEqual(resaved.addedTokens, tok.addedTokens, "the flags are written back")
+        for (k, s) in samples.enumerated() {
+            XCTAssertEqual(tok.encode(s), ids[k], "sample \(k) \(s.debugDescription)")
+            XCTAssertEqual(resaved.encode(s), ids[k], "resaved: sample \(k)")
+        }
+    }
 }
