@@ -76,12 +76,81 @@ public enum GGUFValueType: UInt32, Sendable, CustomStringConvertible {
     }
 }
 
+/// A metadata array: its elements in one Swift array of their type (a 49,152-token vocabulary is one
+/// `[String]`, and a hostile file's array of bytes costs a byte each, not a boxed value each).
+public enum GGUFArray: Equatable, Sendable {
+    case uint8([UInt8]), int8([Int8]), uint16([UInt16]), int16([Int16]), uint32([UInt32]), int32([Int32])
+    case uint64([UInt64]), int64([Int64]), float32([Float]), float64([Double]), bool([Bool]), string([String])
+    /// Arrays of arrays (their element types may differ).
+    case array([GGUFArray])
+
+    public var elementType: GGUFValueType {
+        switch self {
+        case .uint8: .uint8
+        case .int8: .int8
+        case .uint16: .uint16
+        case .int16: .int16
+        case .uint32: .uint32
+        case .int32: .int32
+        case .uint64: .uint64
+        case .int64: .int64
+        case .float32: .float32
+        case .float64: .float64
+        case .bool: .bool
+        case .string: .string
+        case .array: .array
+        }
+    }
+
+    public var count: Int {
+        switch self {
+        case .uint8(let a): a.count
+        case .int8(let a): a.count
+        case .uint16(let a): a.count
+        case .int16(let a): a.count
+        case .uint32(let a): a.count
+        case .int32(let a): a.count
+        case .uint64(let a): a.count
+        case .int64(let a): a.count
+        case .float32(let a): a.count
+        case .float64(let a): a.count
+        case .bool(let a): a.count
+        case .string(let a): a.count
+        case .array(let a): a.count
+        }
+    }
+
+    /// Integer elements as Int; nil for other types or when one does not fit.
+    public var ints: [Int]? {
+        func all<T: BinaryInteger>(_ a: [T]) -> [Int]? {
+            var out: [Int] = []
+            out.reserveCapacity(a.count)
+            for v in a {
+                guard let i = Int(exactly: v) else { return nil }
+                out.append(i)
+            }
+            return out
+        }
+        switch self {
+        case .uint8(let a): return all(a)
+        case .int8(let a): return all(a)
+        case .uint16(let a): return all(a)
+        case .int16(let a): return all(a)
+        case .uint32(let a): return all(a)
+        case .int32(let a): return all(a)
+        case .uint64(let a): return all(a)
+        case .int64(let a): return all(a)
+        default: return nil
+        }
+    }
+}
+
 /// One metadata value.
-public indirect enum GGUFValue: Equatable, Sendable {
+public enum GGUFValue: Equatable, Sendable {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case uint64(UInt64), int64(Int64), float32(Float), float64(Double), bool(Bool), string(String)
-    /// Elements all of `type` (arrays of arrays are allowed).
-    case array(GGUFValueType, [GGUFValue])
+    /// Elements all of one type, stored as one Swift array of that type.
+    case array(GGUFArray)
 
     public var type: GGUFValueType {
         switch self {
@@ -127,15 +196,15 @@ public indirect enum GGUFValue: Equatable, Sendable {
 
     public var string: String? { if case .string(let s) = self { s } else { nil } }
     public var bool: Bool? { if case .bool(let b) = self { b } else { nil } }
-    public var array: [GGUFValue]? { if case .array(_, let a) = self { a } else { nil } }
+    public var array: GGUFArray? { if case .array(let a) = self { a } else { nil } }
     /// An array of strings.
-    public var strings: [String]? { array.flatMap { a in a.count == a.compactMap(\.string).count ? a.compactMap(\.string) : nil } }
-    /// An array of integers.
-    public var ints: [Int]? { array.flatMap { a in a.count == a.compactMap(\.int).count ? a.compactMap(\.int) : nil } }
+    public var strings: [String]? { if case .array(.string(let a)) = self { a } else { nil } }
+    /// An array of integers (each fitting an Int).
+    public var ints: [Int]? { array?.ints }
 
     /// The type as GGUF names it ("array of string").
     public var typeName: String {
-        if case .array(let t, _) = self { return "array of \(t)" }
+        if case .array(let a) = self { return "array of \(a.elementType)" }
         return type.description
     }
 }
@@ -364,6 +433,47 @@ public final class GGUFFile: @unchecked Sendable {
             return String(decoding: UnsafeRawBufferPointer(start: p, count: n), as: UTF8.self)
         }
 
+        /// `n` fixed-size values of type T in one array.
+        mutating func values<T: FixedWidthInteger>(_: T.Type, _ n: Int, _ what: String) throws -> [T] {
+            let p = try bytes(n * MemoryLayout<T>.size, what)
+            return (0..<n).map { T(littleEndian: p.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) }
+        }
+
+        mutating func array(_ et: GGUFValueType, _ n: Int, _ what: String, depth: Int) throws -> GGUFArray {
+            switch et {
+            case .uint8: return .uint8(try values(UInt8.self, n, what))
+            case .int8: return .int8(try values(Int8.self, n, what))
+            case .uint16: return .uint16(try values(UInt16.self, n, what))
+            case .int16: return .int16(try values(Int16.self, n, what))
+            case .uint32: return .uint32(try values(UInt32.self, n, what))
+            case .int32: return .int32(try values(Int32.self, n, what))
+            case .uint64: return .uint64(try values(UInt64.self, n, what))
+            case .int64: return .int64(try values(Int64.self, n, what))
+            case .float32: return .float32(try values(UInt32.self, n, what).map(Float.init(bitPattern:)))
+            case .float64: return .float64(try values(UInt64.self, n, what).map(Double.init(bitPattern:)))
+            case .bool:
+                let at = pos
+                let raw = try values(UInt8.self, n, what)
+                if let k = raw.firstIndex(where: { $0 > 1 }) {
+                    throw GGUFError(.malformed, path: path, "\(what)[\(k)] at byte \(at + k) is a bool of value \(raw[k]) (expected 0 or 1)")
+                }
+                return .bool(raw.map { $0 == 1 })
+            case .string:
+                var items: [String] = []
+                items.reserveCapacity(n)
+                for i in 0..<n { items.append(try string("\(what)[\(i)]")) }
+                return .string(items)
+            case .array:
+                var items: [GGUFArray] = []
+                items.reserveCapacity(n)
+                for i in 0..<n {
+                    guard case .array(let a) = try value(.array, "\(what)[\(i)]", depth: depth + 1) else { fatalError("unreachable") }
+                    items.append(a)
+                }
+                return .array(items)
+            }
+        }
+
         mutating func value(_ type: GGUFValueType, _ what: String, depth: Int = 0) throws -> GGUFValue {
             switch type {
             case .uint8: return .uint8(try load(UInt8.self, what))
@@ -390,10 +500,7 @@ public final class GGUFFile: @unchecked Sendable {
                     throw GGUFError(.malformed, path: path, "\(what) at byte \(at) has element type code \(code) (expected 0…12)")
                 }
                 let n = try count("the length of \(what)", minimumSize: et.minimumSize)
-                var items: [GGUFValue] = []
-                items.reserveCapacity(n)
-                for i in 0..<n { items.append(try value(et, "\(what)[\(i)]", depth: depth + 1)) }
-                return .array(et, items)
+                return .array(try array(et, n, what, depth: depth))
             }
         }
     }

@@ -39,8 +39,28 @@ struct GGUFWriter {
         case .float64(let x): u64(x.bitPattern)
         case .bool(let b): [b ? 1 : 0]
         case .string(let s): str(s)
-        case .array(let t, let items): u32(t.rawValue) + u64(UInt64(items.count)) + items.flatMap(payload)
+        case .array(let a): arrayPayload(a)
         }
+    }
+
+    static func arrayPayload(_ a: GGUFArray) -> [UInt8] {
+        let items: [GGUFValue]
+        switch a {
+        case .uint8(let x): items = x.map { .uint8($0) }
+        case .int8(let x): items = x.map { .int8($0) }
+        case .uint16(let x): items = x.map { .uint16($0) }
+        case .int16(let x): items = x.map { .int16($0) }
+        case .uint32(let x): items = x.map { .uint32($0) }
+        case .int32(let x): items = x.map { .int32($0) }
+        case .uint64(let x): items = x.map { .uint64($0) }
+        case .int64(let x): items = x.map { .int64($0) }
+        case .float32(let x): items = x.map { .float32($0) }
+        case .float64(let x): items = x.map { .float64($0) }
+        case .bool(let x): items = x.map { .bool($0) }
+        case .string(let x): items = x.map { .string($0) }
+        case .array(let x): items = x.map { .array($0) }
+        }
+        return u32(a.elementType.rawValue) + u64(UInt64(a.count)) + items.flatMap(payload)
     }
 
     func bytes() -> [UInt8] {
@@ -107,12 +127,20 @@ final class GGUFTests: XCTestCase {
         ("t.u32", .uint32(4_000_000_000)), ("t.i32", .int32(-2_000_000_000)), ("t.f32", .float32(1.5e-5)),
         ("t.bool.true", .bool(true)), ("t.bool.false", .bool(false)), ("t.string", .string("héllo ✓")),
         ("t.empty", .string("")), ("t.u64", .uint64(UInt64.max)), ("t.i64", .int64(Int64.min)), ("t.f64", .float64(-2.5e300)),
-        ("t.array.i32", .array(.int32, [.int32(1), .int32(-2), .int32(3)])),
-        ("t.array.string", .array(.string, [.string("Ġt"), .string(""), .string("<|im_end|>")])),
-        ("t.array.empty", .array(.float32, [])),
-        ("t.array.nested", .array(.array, [.array(.uint8, [.uint8(1)]), .array(.uint8, [])])),
-        ("t.array.bool", .array(.bool, [.bool(true), .bool(false)])),
-        ("t.array.f64", .array(.float64, [.float64(0.25)])),
+        ("t.array.i32", .array(.int32([1, -2, 3]))),
+        ("t.array.string", .array(.string(["Ġt", "", "<|im_end|>"]))),
+        ("t.array.empty", .array(.float32([]))),
+        ("t.array.nested", .array(.array([.uint8([1]), .string(["x"]), .uint8([])]))),
+        ("t.array.bool", .array(.bool([true, false]))),
+        ("t.array.f64", .array(.float64([0.25]))),
+        ("t.array.u8", .array(.uint8([0, 255, 7]))),
+        ("t.array.i8", .array(.int8([-128, 127]))),
+        ("t.array.u16", .array(.uint16([65535, 1]))),
+        ("t.array.i16", .array(.int16([-32768]))),
+        ("t.array.u32", .array(.uint32([4_000_000_000]))),
+        ("t.array.u64", .array(.uint64([UInt64.max, 3]))),
+        ("t.array.i64", .array(.int64([Int64.min]))),
+        ("t.array.f32", .array(.float32([1.5, -0.0]))),
     ]
 
     func testMetadataOfEveryValueTypeRoundTrips() throws {
@@ -133,6 +161,9 @@ final class GGUFTests: XCTestCase {
             XCTAssertEqual(f.metadata["t.array.string"]?.strings, ["Ġt", "", "<|im_end|>"])
             XCTAssertEqual(f.metadata["t.array.i32"]?.ints, [1, -2, 3])
             XCTAssertEqual(f.metadata["t.array.nested"]?.typeName, "array of array")
+            XCTAssertEqual(f.metadata["t.array.u64"]?.ints, nil, "UInt64.max does not fit an Int")
+            XCTAssertEqual(f.metadata["t.array.u16"]?.ints, [65535, 1])
+            XCTAssertEqual(f.metadata["t.array.string"]?.array?.count, 3)
         }
     }
 
@@ -303,12 +334,27 @@ final class GGUFTests: XCTestCase {
         assertGGUFError(.truncated, file: longPath, mentions: ["metadata 'k'"]) { _ = try GGUFFile(longPath) }
 
         var arr = GGUFWriter()
-        arr.metadata = [("a", .array(.uint32, [.uint32(1)]))]
+        arr.metadata = [("a", .array(.uint32([1])))]
         var ab = arr.bytes()
         ab.replaceSubrange(24 + 8 + 1 + 4 + 4 ..< 24 + 8 + 1 + 4 + 12, with: GGUFWriter.u64(UInt64.max))
         let arrPath = path("longarray.gguf")
         try Data(ab).write(to: URL(fileURLWithPath: arrPath))
         assertGGUFError(.truncated, file: arrPath, mentions: ["metadata 'a'"]) { _ = try GGUFFile(arrPath) }
+
+        // A bool that is neither 0 nor 1, alone and inside an array: named with its index and byte.
+        for (name, value) in [("b", GGUFValue.bool(true)), ("bs", .array(.bool([false, true, true])))] {
+            var w = GGUFWriter()
+            w.metadata = [(name, value)]
+            var bytes = w.bytes()
+            // header 24, key (8 + length), type 4; an array adds its element type 4 and count 8
+            let at = 24 + 8 + name.utf8.count + 4 + (name == "bs" ? 12 + 2 : 0)  // the scalar, or element 2
+            bytes[at] = 2
+            let badBool = path("bool-\(name).gguf")
+            try Data(bytes).write(to: URL(fileURLWithPath: badBool))
+            assertGGUFError(.malformed, file: badBool, mentions: ["bool of value 2", "at byte \(at)"] + (name == "bs" ? ["[2]"] : [])) {
+                _ = try GGUFFile(badBool)
+            }
+        }
 
         var badAlign = GGUFWriter()
         badAlign.metadata = [("general.alignment", .uint32(48))]
@@ -369,9 +415,9 @@ final class GGUFTests: XCTestCase {
             ("llama.attention.head_count", .uint32(UInt32(c.numHeads))), ("llama.attention.head_count_kv", .uint32(UInt32(c.numKVHeads))),
             ("llama.rope.freq_base", .float32(c.ropeTheta)), ("llama.attention.layer_norm_rms_epsilon", .float32(c.normEps)),
             ("tokenizer.ggml.model", .string("gpt2")), ("tokenizer.ggml.pre", .string("smollm")),
-            ("tokenizer.ggml.tokens", .array(.string, Self.tinyTokens.map { .string($0) })),
-            ("tokenizer.ggml.token_type", .array(.int32, Self.tinyTokens.indices.map { .int32($0 < 3 ? 3 : 1) })),
-            ("tokenizer.ggml.merges", .array(.string, Self.tinyMerges.map { .string("\($0.0) \($0.1)") })),
+            ("tokenizer.ggml.tokens", .array(.string(Self.tinyTokens))),
+            ("tokenizer.ggml.token_type", .array(.int32(Self.tinyTokens.indices.map { $0 < 3 ? 3 : 1 }))),
+            ("tokenizer.ggml.merges", .array(.string(Self.tinyMerges.map { "\($0.0) \($0.1)" }))),
             ("tokenizer.ggml.bos_token_id", .uint32(1)), ("tokenizer.ggml.eos_token_id", .uint32(2)),
             ("tokenizer.ggml.unknown_token_id", .uint32(0)), ("tokenizer.ggml.padding_token_id", .uint32(2)),
         ]
