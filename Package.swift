@@ -41,6 +41,8 @@ let package = Package(
         // The HTTP server of `swiftpeft serve` (OpenAI-compatible API, Prometheus metrics).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // NIOCore for the server's one channel handler (it sees a client hang up); Hummingbird's own NIO.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
         // System libraries: OpenBLAS (cblas.h; LAPACK's routines, which OpenBLAS bundles) and HDF5
@@ -69,7 +71,8 @@ let package = Package(
         .target(name: "SwiftPEFT", dependencies: ["Training"]),
         // Serving: base + adapters behind an OpenAI-compatible HTTP API, batching requests across adapters.
         .target(name: "Serving", dependencies: ["Training", .product(name: "Hummingbird", package: "hummingbird"),
-                                                .product(name: "Prometheus", package: "swift-prometheus")]),
+                                                .product(name: "Prometheus", package: "swift-prometheus"),
+                                                .product(name: "NIOCore", package: "swift-nio")]),
         .executableTarget(
             name: "swiftpeft",
             dependencies: ["SwiftPEFT", "Serving", .product(name: "ArgumentParser", package: "swift-argument-parser")]),

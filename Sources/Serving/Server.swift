@@ -7,6 +7,7 @@
 
 import Foundation
 import Hummingbird
+import NIOCore
 import Prometheus
 import Tokenizers
 import Training
@@ -133,7 +134,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
                        onRunning: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
     let metrics = ServerMetrics()
     engine.onFinished = { metrics.finished(model: $0, $1) }
-    let router = Router()
+    let router = Router(context: ConnectionContext.self)
     if let key = options.apiKey {
         router.add(middleware: BearerKeyMiddleware(key: key))
     }
@@ -177,7 +178,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         }
         return jsonResponse(["status": "unloaded", "lora_name": name])
     }
-    router.post("/v1/completions") { request, _ -> Response in
+    router.post("/v1/completions") { request, context -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName)
         let prompt: String
@@ -186,9 +187,9 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         case let l as [Any] where l.count == 1 && l[0] is String: prompt = l[0] as! String
         default: throw APIError(status: .badRequest, message: "prompt must be a string", param: "prompt")
         }
-        return try await complete(engine, p, ids: engine.tokenizer.encode(prompt), chat: false)
+        return try await complete(engine, p, ids: engine.tokenizer.encode(prompt), chat: false, onHangUp: context.onHangUp)
     }
-    router.post("/v1/chat/completions") { request, _ -> Response in
+    router.post("/v1/chat/completions") { request, context -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName)
         guard let list = o["messages"] as? [Any], !list.isEmpty else {
@@ -201,11 +202,12 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
             return ChatMessage(role: role, content: content)
         }
         let ids = engine.tokenizer.encode(renderChatML(messages, addGenerationPrompt: true))
-        return try await complete(engine, p, ids: ids, chat: true)
+        return try await complete(engine, p, ids: ids, chat: true, onHangUp: context.onHangUp)
     }
 
     let configuration = ApplicationConfiguration(address: .hostname(options.host, port: options.port), serverName: "swiftpeft")
-    return Application(router: router, configuration: configuration, onServerRunning: { channel in
+    return Application(router: router, server: .http1(additionalChannelHandlers: [HangUpWatcher()]), configuration: configuration,
+                       onServerRunning: { channel in
         onRunning(channel.localAddress?.port ?? options.port)
     })
 }
@@ -234,8 +236,77 @@ func jsonBody(_ request: Request, limit: Int) async throws -> [String: Any] {
     return o
 }
 
-/// Runs one completion: a JSON response, or server-sent events when `stream` is set.
-func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool) async throws -> Response {
+/// A request's context with its connection, so that a completion can stop when the client hangs up.
+struct ConnectionContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    /// Has `target` fired once the client hangs up (unless it is finished first).
+    let onHangUp: @Sendable (HangUpTarget) -> Void
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        let channel = source.channel
+        onHangUp = { target in channel.pipeline.handler(type: HangUpWatcher.self).whenSuccess { $0.watch(target) } }
+    }
+}
+
+/// What a request does if its client hangs up (cancel its answer), until it is finished.
+final class HangUpTarget: @unchecked Sendable {
+    private let lock = NSLock()
+    private var action: (@Sendable () -> Void)?
+    init(_ action: @escaping @Sendable () -> Void) { self.action = action }
+    var isFinished: Bool { lock.lock(); defer { lock.unlock() }; return action == nil }
+    func fire() {
+        lock.lock()
+        let a = action
+        action = nil
+        lock.unlock()
+        a?()
+    }
+    func finish() { lock.lock(); action = nil; lock.unlock() }
+}
+
+/// One per connection, in its pipeline: fires the requests' targets when the client hangs up, that
+/// is when its input ends (`ChannelEvent.inputClosed`: the server allows half-closed connections,
+/// so a client's close shows as that) or the connection closes. State is touched on the event loop.
+final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
+    typealias InboundIn = NIOAny
+    private var hungUp = false
+    private var targets: [HangUpTarget] = []
+    private var loop: (any EventLoop)?
+
+    func handlerAdded(context: ChannelHandlerContext) { loop = context.eventLoop }
+
+    /// Fires `target` at the hang-up, or now if it came already; finished targets are dropped.
+    func watch(_ target: HangUpTarget) {
+        loop?.execute {
+            if self.hungUp { return target.fire() }
+            self.targets.removeAll(where: \.isFinished)
+            self.targets.append(target)
+        }
+    }
+
+    private func hangUp() {
+        hungUp = true
+        let fired = targets
+        targets = []
+        for t in fired { t.fire() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event { hangUp() }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        hangUp()
+        context.fireChannelInactive()
+    }
+}
+
+/// Runs one completion: a JSON response, or server-sent events when `stream` is set. When
+/// client hangs up before a JSON answer is ready (`onHangUp`), the request is cancelled (a stream
+/// stops when a write to the gone client fails).
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool,
+              onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
     var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: p.maxTokens)
     (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed, p.stop, p.stopTokenIDs)
     let events: AsyncStream<GenerationEvent>
@@ -258,19 +329,27 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
          "energy_source": s.cost.energySource, "batch_size": s.batchSize]
     }
     if !p.stream {
-        for await e in events {
-            switch e {
-            case .text: continue  // the summary carries the whole text
-            case .failed(let why): throw APIError(status: .internalServerError, message: why, type: "server_error")
-            case .done(let s):
-                let choice: [String: Any] = chat
-                    ? ["index": 0, "message": ["role": "assistant", "content": s.text], "finish_reason": s.finishReason, "logprobs": NSNull()]
-                    : ["index": 0, "text": s.text, "finish_reason": s.finishReason, "logprobs": NSNull()]
-                return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": [choice],
-                                     "usage": usage(s), "swiftpeft_cost": cost(s)])
+        // The events are read in a task of their own that the connection's close cancels, which ends
+        // the stream and so the engine's row (`onTermination`).
+        let answer = Task { () throws -> GenerationSummary in
+            for await e in events {
+                switch e {
+                case .text: continue  // the summary carries the whole text
+                case .failed(let why): throw APIError(status: .internalServerError, message: why, type: "server_error")
+                case .done(let s): return s
+                }
             }
+            throw APIError(status: .internalServerError, message: "the request was cancelled before its answer", type: "server_error")
         }
-        throw APIError(status: .internalServerError, message: "the engine ended the request without an answer", type: "server_error")
+        let hangUp = HangUpTarget { answer.cancel() }
+        onHangUp?(hangUp)
+        defer { hangUp.finish() }
+        let s = try await withTaskCancellationHandler { try await answer.value } onCancel: { answer.cancel() }
+        let choice: [String: Any] = chat
+            ? ["index": 0, "message": ["role": "assistant", "content": s.text], "finish_reason": s.finishReason, "logprobs": NSNull()]
+            : ["index": 0, "text": s.text, "finish_reason": s.finishReason, "logprobs": NSNull()]
+        return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": [choice],
+                             "usage": usage(s), "swiftpeft_cost": cost(s)])
     }
     let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
     return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: ResponseBody { writer in

@@ -174,3 +174,53 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(second.text, first.text)
     }
 }
+
+/// The HTTP server in this process, for what only a real connection shows.
+final class ServerConnectionTests: XCTestCase {
+    /// A client that closes its connection while a non-streaming completion decodes stops the row:
+    /// its summary says "cancelled" long before max_tokens.
+    func testANonStreamingClientThatHangsUpStopsItsRow() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-hangup-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tokenizer = try trainBaseTokenizer((0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 300)
+        // Large enough that 8,000 tokens take several seconds: the hang-up comes while it decodes.
+        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 512, numLayers: 8, numHeads: 8, numKVHeads: 2,
+                                       intermediateSize: 1024, tieWordEmbeddings: true, maxPositions: 8192)
+        let basePath = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
+        let engine = try ServingEngine(modelPath: basePath)
+        let finished = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var summary: GenerationSummary?
+        nonisolated(unsafe) var port = 0
+        var options = ServerOptions()
+        options.port = 0
+        let running = DispatchSemaphore(value: 0)
+        let app = makeServer(engine, options: options) { port = $0; running.signal() }
+        engine.onFinished = { _, s in summary = s; finished.signal() }  // after makeServer, which sets its own
+        let server = Task { try await app.runService() }
+        defer { server.cancel(); engine.shutdown() }
+        XCTAssertEqual(running.wait(timeout: .now() + 30), .success, "the server did not start")
+
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(connected, 0, "connect to port \(port)")
+        let body = #"{"prompt": "The cat", "max_tokens": 8000, "temperature": 0}"#
+        let request = "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + "Content-Length: \(body.utf8.count)\r\n\r\n" + body
+        XCTAssertEqual(request.withCString { send(fd, $0, strlen($0), 0) }, request.utf8.count)
+        try await Task.sleep(nanoseconds: 1_000_000_000)  // the worker takes it and decodes
+        XCTAssertNil(summary, "still decoding when the client hangs up")
+        close(fd)  // the client hangs up
+        XCTAssertEqual(finished.wait(timeout: .now() + 120), .success, "the request never finished")
+        XCTAssertEqual(summary?.finishReason, "cancelled", "\(summary.map { "\($0.completionTokens) tokens" } ?? "")")
+        XCTAssertLessThan(summary?.completionTokens ?? 8000, 8000)
+    }
+}
