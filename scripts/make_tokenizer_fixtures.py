@@ -32,13 +32,14 @@ FLAGS_FILE = "tokenizer_flags.json"
 
 # Text around added tokens with flags: whitespace of several kinds taken in by lstrip / rstrip (but not
 # past the previous token), single_word tokens inside and outside words (ASCII, accented, CJK, digits,
-# underscore), and a normalized token ("xy", second pass) overlapping a non-normalized one ("yz", first).
+# underscore), a normalized token ("xy", second pass) overlapping a non-normalized one ("yz", first), and
+# a token ("\n\n") inside whitespace an rstrip took (tokenizers matches it again from the match's end).
 FLAG_SAMPLES = [
     "I saw a <mask> here", "a   <mask>", "<mask>start", "x\t\n <mask>", "<|im_end|>  <mask>", "<mask> <mask>",
     "A[R]   b", "[R]\n\nend", "[R]", "q <both>  r", " <both> ", "<both><both>", "a <both>\u00a0\u3000x",
     "word", "a word here", "words", "sword", "a word_ b", "word's", "h\u00e9word", "word\u00e9", "\u65e5\u672cword",
     "2word", "(word)", "word-word", "wxyz", "xy yz xyz", "\u00a0<mask>", "\u3000<both>\u2028x", "e\u0301word",
-    "a <mask>[R] b", "word <mask>", "<mask>",
+    "a <mask>[R] b", "word <mask>", "<mask>", "[R]\n\n\nend", "<both>\n\n\n x", "a\n\n<mask>",
 ]
 
 SAMPLES = [
@@ -118,6 +119,7 @@ def write_flags_tokenizer():
         AddedToken("word", single_word=True, normalized=False),
         AddedToken("xy", normalized=True),
         AddedToken("yz", normalized=False),
+        AddedToken("\n\n", normalized=False),  # starts in whitespace that an rstrip takes
     ])
     tok.save(os.path.join(FIXTURES, FLAGS_FILE), pretty=True)
     return tok

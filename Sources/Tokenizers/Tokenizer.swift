@@ -188,7 +188,9 @@ struct SpecialTokenMatcher: Sendable {
             if m.rstrip { e = UTF8Scalars.whitespaceEnd(p, from: e, hi) }
             if s > start { plain(start, s) }
             special(m.id)
-            (i, start) = (e, e)
+            // The scan goes on from the match's own end, as `tokenizers` does: a token that starts in
+            // whitespace an rstrip took is matched again (that text then counts twice, as there).
+            start = e
         }
         if hi > start { plain(start, hi) }
     }
