@@ -244,7 +244,14 @@ struct ConnectionContext: RequestContext {
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         let channel = source.channel
-        onHangUp = { target in channel.pipeline.handler(type: HangUpWatcher.self).whenSuccess { $0.watch(target) } }
+        onHangUp = { target in
+            channel.pipeline.handler(type: HangUpWatcher.self).whenComplete {
+                switch $0 {
+                case .success(let watcher): watcher.watch(target)
+                case .failure: target.fire()  // the connection closed already and took its handlers with it
+                }
+            }
+        }
     }
 }
 
@@ -339,7 +346,11 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
                 case .done(let s): return s
                 }
             }
-            throw APIError(status: .internalServerError, message: "the request was cancelled before its answer", type: "server_error")
+            if Task.isCancelled {  // the client hung up: nobody reads this (nginx's 499 in the metrics)
+                throw APIError(status: .init(code: 499, reasonPhrase: "Client Closed Request"), message: "the client closed the connection",
+                               type: "client_closed_request")
+            }
+            throw APIError(status: .internalServerError, message: "the engine ended the request without an answer", type: "server_error")
         }
         let hangUp = HangUpTarget { answer.cancel() }
         onHangUp?(hangUp)
