@@ -21,7 +21,8 @@ extension Tensor {
     /// - q: (B, T, H, D); k, v: (B, S, KVH, D) with S ≥ T and H a multiple of KVH (query head h
     ///   reads key/value head h / (H / KVH)).
     /// - The last T keys are the queries' own positions; earlier keys (a prefix, a KV cache) are
-    ///   visible to every query. With `causal`, query i sees key j when j ≤ S − T + i.
+    ///   visible to every query unless a window hides them. With `causal`, query i sees key j when
+    ///   j ≤ S − T + i.
     /// - window: a sliding window (Mistral's `sliding_window`): query i also needs
     ///   j > S − T + i − window, so it sees at most `window` keys, its own included. Key indexes are
     ///   positions, prefix and cache included. Needs `causal`; nil: no lower bound.

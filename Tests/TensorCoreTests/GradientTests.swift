@@ -171,6 +171,9 @@ let attentionCases: [GradCase] = [
     GradCase(name: "attention dropout + GQA + prefix + mask", shapes: [[2, 4, 2, 2], [2, 6, 1, 2], [2, 6, 1, 2]]) {
         Tensor.attention(q: $0[0], k: $0[1], v: $0[2], keyMask: [1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1], dropout: (0.4, 99))
     },
+    GradCase(name: "attention window + dropout + prefix", shapes: [[1, 5, 2, 2], [1, 8, 1, 2], [1, 8, 1, 2]]) {
+        Tensor.attention(q: $0[0], k: $0[1], v: $0[2], window: 3, dropout: (0.3, 5))
+    },
     GradCase(name: "attention strided (fused qkv slices)", shapes: [[2, 3, 12]]) {
         // (B, T, 3C) → three (B, T, H, D) views with row stride 3C
         let qkv = $0[0].reshaped([2, 3, 3, 2, 2])
