@@ -26,16 +26,22 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
     /// settings, so an adapter fits a base whatever dropout the base trains with.
     public static func architecture(_ config: ModelConfig) -> String {
         var c = config
-        (c.dropout, c.attentionDropout) = (0, nil)
+        (c.dropout, c.attentionDropout, c.embeddingDropout) = (0, nil, nil)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         return String(decoding: (try? enc.encode(c)) ?? Data(), as: UTF8.self)
     }
 
-    /// A recorded architecture as `architecture(_:)` gives it now (files saved before kept their
-    /// dropout rates); the text unchanged when it is not a config.
-    public static func normalized(architecture text: String) -> String {
-        guard let c = try? JSONDecoder().decode(ModelConfig.self, from: Data(text.utf8)) else { return text }
+    /// A recorded architecture as `architecture(_:)` gives it now; the text unchanged when it is not
+    /// a config. Files saved before kept their dropout rates; and before sliding windows were
+    /// enforced, a Mistral base was recorded without its window and with max_position_embeddings
+    /// cut to it: such a record is read as `current`'s window when the numbers agree.
+    public static func normalized(architecture text: String, current: ModelConfig? = nil) -> String {
+        guard var c = try? JSONDecoder().decode(ModelConfig.self, from: Data(text.utf8)) else { return text }
+        if let current, let w = current.slidingWindow, c.slidingWindow == nil, c.family == .llama,
+           c.maxPositions == min(current.maxPositions, w) {
+            (c.maxPositions, c.slidingWindow) = (current.maxPositions, w)
+        }
         return architecture(c)
     }
 
@@ -78,7 +84,8 @@ public enum AdapterCheckpoint {
         }
         if checkBase {
             let mine = BaseFingerprint(model)
-            let theirs = BaseFingerprint(architecture: BaseFingerprint.normalized(architecture: attrs["base_architecture"] ?? "?"),
+            let theirs = BaseFingerprint(architecture: BaseFingerprint.normalized(architecture: attrs["base_architecture"] ?? "?",
+                                                                                  current: model.config),
                                          weightsHash: attrs["base_weights_hash"] ?? "?")
             guard mine == theirs else {
                 let what = mine.architecture == theirs.architecture ? "the same architecture with other weights" : "a different architecture"

@@ -102,12 +102,10 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
         cfg.normEps = try float("layer_norm_epsilon", 1e-5)
         cfg.mlp = mlp
         cfg.tieWordEmbeddings = try bool("tie_word_embeddings", true)
-        // GPT2Config's defaults are 0.1; one rate serves the embeddings and the residual branches.
+        // GPT2Config's defaults are 0.1, so a folder without these keys trains with 0.1, as in transformers.
         let (resid, embd) = (try rate("resid_pdrop", 0.1), try rate("embd_pdrop", 0.1))
-        guard resid == embd else {
-            throw fail("resid_pdrop \(resid) and embd_pdrop \(embd) differ; SwiftPEFT applies one dropout rate to both")
-        }
         cfg.dropout = resid
+        cfg.embeddingDropout = embd == resid ? nil : embd
         let attn = try rate("attn_pdrop", 0.1)
         cfg.attentionDropout = attn > 0 ? attn : nil
         config = cfg
@@ -160,7 +158,7 @@ private func shortest(_ x: Float) -> Double { Double(String(x)) ?? Double(x) }
 
 /// The Hugging Face `config.json` object for `config` (model_type, architectures, torch_dtype float32).
 /// Dropout rates go into GPT-2's `*_pdrop` and LLaMA's `attention_dropout`; a LLaMA-family residual
-/// `dropout` (a SwiftPEFT training setting) has no transformers field and is not written.
+/// or embedding dropout (a SwiftPEFT training setting) has no transformers field and is not written.
 /// - Throws: `HFModelError` when transformers has no equivalent (e.g. GPT-2 without biases).
 public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") throws -> [String: Any] {
     var j: [String: Any] = ["torch_dtype": "float32", "vocab_size": config.vocabSize,
@@ -181,7 +179,8 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
         j["n_ctx"] = config.maxPositions
         j["layer_norm_epsilon"] = shortest(config.normEps)
         j["activation_function"] = config.mlp == .gelu ? "gelu" : "gelu_new"
-        for k in ["resid_pdrop", "embd_pdrop"] { j[k] = shortest(config.dropout) }
+        j["resid_pdrop"] = shortest(config.dropout)
+        j["embd_pdrop"] = shortest(config.embeddingDropout ?? config.dropout)
         j["attn_pdrop"] = shortest(config.attentionDropout ?? 0)
     case .llama:
         guard config.norm == .rmsNorm, config.positions == .rope, config.mlp == .swiglu else {

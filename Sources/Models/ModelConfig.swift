@@ -42,8 +42,12 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var projectionBias: Bool
     public var tieWordEmbeddings: Bool
     public var maxPositions: Int
-    /// Dropout on embeddings and residual branches while training (GPT-2's resid_pdrop and embd_pdrop).
+    /// Dropout on residual branches while training (GPT-2's resid_pdrop), and on the embeddings
+    /// unless `embeddingDropout` is set.
     public var dropout: Float
+    /// Dropout on the embeddings while training when it differs from `dropout` (GPT-2's embd_pdrop).
+    /// nil (the default): `dropout`, and left out of the stored config.
+    public var embeddingDropout: Float?
     /// Dropout on the attention probabilities while training (GPT-2's attn_pdrop, LLaMA's
     /// attention_dropout). nil (the default) is none, and is left out of the stored config.
     public var attentionDropout: Float?
@@ -60,7 +64,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case intermediateSize = "intermediate_size", norm, normEps = "norm_eps", mlp, positions
         case ropeTheta = "rope_theta", attentionBias = "attention_bias", projectionBias = "projection_bias"
         case tieWordEmbeddings = "tie_word_embeddings", maxPositions = "max_position_embeddings", dropout
-        case slidingWindow = "sliding_window", attentionDropout = "attention_dropout"
+        case slidingWindow = "sliding_window", attentionDropout = "attention_dropout", embeddingDropout = "embedding_dropout"
     }
 
     public init(family: Family, vocabSize: Int, hiddenSize: Int, numLayers: Int, numHeads: Int, numKVHeads: Int,
@@ -123,6 +127,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         guard maxPositions > 0 else { throw fail("max_position_embeddings (GPT-2: n_positions) must be positive, got \(maxPositions)") }
         if let w = slidingWindow, w <= 0 { throw fail("sliding_window must be positive, got \(w)") }
         if let a = attentionDropout, !(a >= 0 && a < 1) { throw fail("attention_dropout \(a) must be in [0, 1)") }
+        if let e = embeddingDropout, !(e >= 0 && e < 1) { throw fail("embedding_dropout \(e) must be in [0, 1)") }
     }
 }
 

@@ -135,7 +135,7 @@ func attentionCore(q: Tensor, k: Tensor, v: Tensor, layer: Int, config: ModelCon
     return o.reshaped([B, T, config.hiddenSize])  // (B, T, C)
 }
 
-/// Dropout while training (identity otherwise).
+/// Dropout on a residual branch while training (identity otherwise).
 func residualDropout(_ x: Tensor, _ context: ForwardContext) -> Tensor {
     context.training && context.dropout > 0 ? x.dropout(context.dropout, rng: &context.random.value) : x
 }
@@ -244,7 +244,8 @@ open class CausalLM: Module {
             context.keyMask = mask
         }
         h = addPositions(h, offset: context.positionOffset)
-        h = residualDropout(h, context)
+        let embeddingRate = config.embeddingDropout ?? config.dropout
+        if context.training && embeddingRate > 0 { h = h.dropout(embeddingRate, rng: &random.value) }
         for (l, block) in blocks.enumerated() {
             if gradientCheckpointing && cache == nil && Autograd.isRecording {
                 h = recomputedBlock(block, layer: l, input: h, context: context)

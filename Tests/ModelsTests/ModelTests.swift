@@ -105,6 +105,27 @@ final class ModelTests: XCTestCase {
         XCTAssertTrue(LlamaModel(tinyLlama).namedModules().map(\.0).contains("model.layers.0.self_attn.q_proj"))
     }
 
+    /// Each dropout rate acts on its own part while training, and none acts in eval mode: the
+    /// embeddings' own rate, the residual branches' and the attention probabilities'.
+    func testDropoutRatesActWhereTheyBelong() {
+        let ids: [Int32] = [1, 5, 7, 2, 9, 4]
+        for (name, change) in [("embedding", { (c: inout ModelConfig) in c.embeddingDropout = 0.5 }),
+                               ("residual", { (c: inout ModelConfig) in (c.dropout, c.embeddingDropout) = (0.5, 0) }),
+                               ("attention", { (c: inout ModelConfig) in c.attentionDropout = 0.5 })] {
+            var config = tinyGPT2
+            change(&config)
+            let model = makeModel(config, seed: 3)
+            let plain = makeModel(tinyGPT2, seed: 3)
+            withNoGrad {
+                XCTAssertEqual(model.forward(ids, batch: 1).toArray(), plain.forward(ids, batch: 1).toArray(), "\(name): eval mode drops nothing")
+                model.train(true)
+                plain.train(true)
+                XCTAssertNotEqual(model.forward(ids, batch: 1).toArray(), plain.forward(ids, batch: 1).toArray(), "\(name): training drops")
+                XCTAssertEqual(plain.forward(ids, batch: 1).toArray(), plain.forward(ids, batch: 1).toArray(), "no rate, no dropout")
+            }
+        }
+    }
+
     /// Cached decoding gives the same logits as recomputing the whole sequence, for both
     /// families and a sliding window (3 positions, so the 12-token sequence runs past it), plain,
     /// with a key/value prefix and with an input prefix.

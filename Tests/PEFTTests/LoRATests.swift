@@ -340,7 +340,7 @@ final class LoRATests: XCTestCase {
         // Dropout rates are training settings, not architecture: the adapter fits the base read with
         // them, and a file that recorded them (as files saved before did) fits the base without.
         var dropping = llamaTiny
-        (dropping.dropout, dropping.attentionDropout) = (0.1, 0.2)
+        (dropping.dropout, dropping.attentionDropout, dropping.embeddingDropout) = (0.1, 0.2, 0.3)
         XCTAssertNoThrow(try AdapterCheckpoint.load(path, onto: makeModel(dropping, seed: 7)))
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
@@ -353,5 +353,13 @@ final class LoRATests: XCTestCase {
         XCTAssertThrowsError(try AdapterCheckpoint.load(path, onto: makeModel(windowed, seed: 7)), "a window is architecture") { e in
             XCTAssertTrue("\(e)".contains("a different architecture"), "\(e)")
         }
+        // Before windows were enforced, a Mistral base was recorded with its context cut to the window.
+        var oldRecord = llamaTiny
+        oldRecord.maxPositions = 4
+        XCTAssertEqual(BaseFingerprint.normalized(architecture: String(decoding: try enc.encode(oldRecord), as: UTF8.self), current: windowed),
+                       BaseFingerprint.architecture(windowed))
+        oldRecord.maxPositions = 8
+        XCTAssertNotEqual(BaseFingerprint.normalized(architecture: String(decoding: try enc.encode(oldRecord), as: UTF8.self), current: windowed),
+                          BaseFingerprint.architecture(windowed), "other numbers stay another architecture")
     }
 }
