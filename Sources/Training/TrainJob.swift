@@ -126,8 +126,11 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     }
     let trainer = try Trainer(model: model, parameters: parameters, options: trainerOptions)
     if checkOnly { return nil }
+    let c = model.config  // what the base's config applies while training, besides the method
+    let applied = [c.dropout > 0 ? "dropout \(c.dropout)" : nil, c.embeddingDropout.map { "embedding dropout \($0)" },
+                   c.attentionDropout.map { "attention dropout \($0)" }, c.slidingWindow.map { "sliding window \($0)" }].compactMap { $0 }
     onStart("""
-        base: \(job.modelPath) (\(model.config.family), \(model.parameterCount) parameters)
+        base: \(job.modelPath) (\(c.family), \(model.parameterCount) parameters\(applied.map { "; " + $0 }.joined()))
         method: \(job.method) on \(names.count) module(s)\(names.count <= 4 ? ": " + names.joined(separator: ", ") : "")
         \(report)
         data: \(splits)

@@ -897,6 +897,13 @@ final class CLITests: XCTestCase {
                       mentioning: ["--seq-len 35", "max_position_embeddings 32"])
         let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])
         XCTAssertFalse(g.output.contains("Fatal error"), "generation stops at the last position:\n\(g.transcript)")
+        // A GPT-2 folder's dropout rates apply while training, and train says so.
+        var dropping = ModelConfig.gpt2(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 32, dropout: 0.1)
+        dropping.attentionDropout = 0.2
+        let folder = fx.path("gpt2-dropout")
+        try saveHFModel(makeModel(dropping, seed: 3), tokenizerJSON: tok.tokenizerJSON(), to: folder)
+        let t = try ok(["train", "--model", folder, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-dropout"), "--steps", "1", "--seq-len", "16"])
+        XCTAssertTrue(t.output.contains("parameters; dropout 0.1; attention dropout 0.2)"), t.transcript)
     }
 
     /// Values that used to trap (or hang) are errors that name the flag or key.
