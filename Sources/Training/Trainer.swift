@@ -180,8 +180,14 @@ public final class Trainer {
     public var onSkip: ((Int, String) -> Void)?
     /// Steps skipped so far for a non-finite loss or gradient.
     public private(set) var skippedSteps = 0
-    /// Tokens of the micro-batches trained on by this object (a resumed run counts from its resume).
+    /// The last validation loss and the step it followed (a skipped step is evaluated too when an
+    /// evaluation is due then, though it has no metrics line).
+    public private(set) var lastValidation: (step: Int, loss: Double)?
+    /// Tokens of the micro-batches the run has trained on, a resumed run's earlier steps included.
     public private(set) var tokensTrained = 0
+    /// `tokensTrained` when this process resumed the run (0 for a fresh run): what it trained itself
+    /// is the difference.
+    public private(set) var tokensAtResume = 0
     /// Where metrics lines go (one JSON object per line), if anywhere.
     public var metricsURL: URL?
     /// Checkpoint file written every `saveEvery` steps and at the end.
@@ -208,6 +214,11 @@ public final class Trainer {
             : AdamW(parameters, beta2: options.adamBeta2, weightDecay: options.weightDecay)
     }
 
+    /// The seed of the dropout masks of `step` (counted from 0) on `rank`.
+    static func dropoutSeed(_ seed: UInt64, step: Int, rank: Int) -> UInt64 {
+        seed ^ (UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(rank) &* 0xD1B5_4A32_D192_ED03)
+    }
+
     /// Runs until `options.steps` (or stops early after step `until`, checkpointing there, as an
     /// interrupted run would), evaluating on `validation` (a scorer returning the mean loss)
     /// every `evalEvery` steps and at the end. Continues from `step` after `resume`.
@@ -225,6 +236,10 @@ public final class Trainer {
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
         if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
         while step < last {
+            // Dropout masks (the model's and the adapters'): a stream of their own for each step and
+            // rank, from the seed, so every rank draws its own masks and a resumed run draws the
+            // ones the uninterrupted run drew.
+            model.rng = RNG(seed: Trainer.dropoutSeed(options.seed, step: step, rank: comm?.rank ?? 0))
             var lossSum = 0.0
             var fault: String?  // why this step cannot update (a non-finite loss or gradient)
             // The step's micro-batches (every one consumed, whatever happens: the data position
@@ -272,6 +287,10 @@ public final class Trainer {
                 skippedSteps += 1
                 step += 1
                 onSkip?(step, fault)
+                if let validation, step % options.evalEvery == 0 || step == options.steps {
+                    lastValidation = (step, validation())
+                    model.train()
+                }
                 lastTime = Date()
                 if let url = checkpointURL, (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last {
                     try saveCheckpoint(url, data: data)
@@ -293,6 +312,7 @@ public final class Trainer {
             lastTime = now
             if let validation, step % options.evalEvery == 0 || step == options.steps {
                 m.valLoss = validation()
+                lastValidation = (step, m.valLoss!)
                 model.train()
                 lastTime = Date()
             }
@@ -343,7 +363,6 @@ public final class Trainer {
         attrs["format"] = Trainer.checkpointFormat
         attrs["step"] = String(step)
         attrs["optimizer_steps"] = String(optimizer.stepCount)
-        attrs["model_rng"] = model.rng.snapshot.map(String.init).joined(separator: ",")
         attrs["data_position"] = data.position.map(String.init).joined(separator: ",")
         attrs["options"] = String(decoding: try enc.encode(options), as: UTF8.self)
         attrs["elapsed"] = String(history.last?.elapsed ?? 0)
@@ -357,7 +376,7 @@ public final class Trainer {
     }
 
     /// Restores a checkpoint written by `saveCheckpoint`: trained tensors, optimizer state, step,
-    /// the model's RNG and the data position, so the run continues as if never interrupted.
+    /// and the data position (dropout masks follow from the seed and the step), so the run continues as if never interrupted.
     public func resume<S: BatchStream>(from url: URL, data: inout S) throws {
         let file = try HDF5Store.open(url.path)  // tensors are read one at a time below
         let attrs = file.attributes
@@ -392,12 +411,12 @@ public final class Trainer {
         try optimizer.loadState(TensorReader(shapes: opt) { try file.tensor("optimizer/" + $0) },
                                 stepCount: attrs["optimizer_steps"].flatMap(Int.init) ?? s)
         func words(_ key: String) -> [UInt64] { (attrs[key] ?? "").split(separator: ",").compactMap { UInt64($0) } }
-        model.rng = RNG(snapshot: words("model_rng"))
         try data.seek(to: words("data_position"))
         step = s
         elapsedBefore = Double(attrs["elapsed"] ?? "0") ?? 0
         skippedSteps = attrs["skipped_steps"].flatMap(Int.init) ?? 0  // absent in checkpoints written before
         tokensTrained = attrs["tokens_trained"].flatMap(Int.init) ?? 0
+        tokensAtResume = tokensTrained
         // A dataset now; an attribute in the checkpoints written before (still read).
         if let h = file.blobs["history"].map({ Data($0) }) ?? attrs["history"].map({ Data($0.utf8) }) {
             history = (try? JSONDecoder().decode([StepMetrics].self, from: h)) ?? []

@@ -116,11 +116,13 @@ final class DistributedTests: XCTestCase {
     }
 
     /// A rank killed mid-run ends the job with a message on the surviving rank (not a hang), and
-    /// `--resume` with the same number of ranks ends where an uninterrupted run ends.
+    /// `--resume` with the same number of ranks ends where an uninterrupted run ends, LoRA dropout
+    /// included: every rank's masks follow from the seed, the step and the rank, not from a saved
+    /// generator (which held rank 0's only).
     func testKilledRankEndsTheJobAndResumeMatchesAnUninterruptedRun() throws {
         // Enough steps that the kill (polled every 0.2 s) lands mid-run on a fast machine: 200 steps
         // ended before it on an AMD EPYC (Zen 5).
-        let extra = ["--optimizer", "sgd", "--lr", "0.02", "--save-every", "10", "--steps", "2000"]
+        let extra = ["--optimizer", "sgd", "--lr", "0.02", "--save-every", "10", "--steps", "2000", "--lora-dropout", "0.2"]
         let whole = fx.path("dp-whole"), broken = fx.path("dp-broken")
         XCTAssertEqual(try train(ranks: 2, batch: 2, method: "lora", out: whole, extra: extra).status, 0)
         var killed: Int32?

@@ -152,6 +152,14 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(lines[0].contains("\"tokens_per_s\"") && lines[0].contains("\"grad_norm\""))
     }
 
+    /// Dropout masks come from the seed, the step and the rank: each differs.
+    func testDropoutSeedsDifferByStepRankAndSeed() {
+        let seeds = [Trainer.dropoutSeed(7, step: 0, rank: 0), Trainer.dropoutSeed(7, step: 1, rank: 0),
+                     Trainer.dropoutSeed(7, step: 0, rank: 1), Trainer.dropoutSeed(8, step: 0, rank: 0)]
+        XCTAssertEqual(Set(seeds).count, 4, "\(seeds)")
+        XCTAssertEqual(Trainer.dropoutSeed(7, step: 3, rank: 1), Trainer.dropoutSeed(7, step: 3, rank: 1))
+    }
+
     /// Skip mode: a step whose loss is NaN drops its update and the run goes on, within the budget;
     /// past it, the run stops as without the mode.
     func testSkipModeDropsNonFiniteStepsWithinItsBudget() throws {
@@ -169,13 +177,24 @@ final class TrainerTests: XCTestCase {
             skips.append((step, fault))
             a.basePointer[0] = saved  // the fault passes
         }
-        try trainer.run(&data)
+        try trainer.run(&data, validation: { 2.5 })
         XCTAssertEqual(trainer.step, 6)
         XCTAssertEqual(trainer.skippedSteps, 1)
         XCTAssertEqual(skips.map(\.0), [3])
+        XCTAssertEqual(trainer.lastValidation?.step, 6)
         XCTAssertTrue(skips.first?.1.contains("the loss is nan") == true, "\(skips)")
         XCTAssertEqual(trainer.history.map(\.step), [1, 2, 4, 5, 6], "the skipped step has no metrics line")
         XCTAssertTrue(lora.adapterParameters().allSatisfy { $0.1.firstNonFinite() == nil }, "no NaN reached the weights")
+
+        // A skipped last step is still evaluated: the run's final validation loss is not lost.
+        var (_, lora5, last, data5) = try setup(o)
+        var saved5: Float = 0
+        last.onStep = { m in if m.step == 5 { saved5 = lora5.layers[0].lora.a.basePointer[0]; lora5.layers[0].lora.a.basePointer[0] = .nan } }
+        last.onSkip = { _, _ in lora5.layers[0].lora.a.basePointer[0] = saved5 }
+        try last.run(&data5, validation: { 1.25 })
+        XCTAssertEqual(last.history.map(\.step), [1, 2, 3, 4, 5])
+        XCTAssertEqual(last.lastValidation?.step, 6)
+        XCTAssertEqual(last.lastValidation?.loss, 1.25)
 
         // Two faults with a budget of one: the second stops the run, naming the step.
         var o2 = TrainerOptions()
