@@ -90,13 +90,22 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// Sums `count` floats at `buffer` over every rank, in place; every rank gets the sum.
-    /// `what` names the step and the data for error messages.
+    /// `what` names the step and the data for error messages. MPI counts in Int32, so a buffer of
+    /// more values goes in pieces of at most `maxPiece`.
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int, what: @autoclosure () -> String) throws {
         guard isDistributed, count > 0 else { return }
-        try collective(what()) {
-            MPI_Allreduce(swiftpeft_mpi_in_place(), buffer, Int32(count), swiftpeft_mpi_float(), swiftpeft_mpi_sum(), swiftpeft_mpi_comm_world())
+        var start = 0
+        while start < count {
+            let n = min(Communicator.maxPiece, count - start)
+            try collective(what()) {
+                MPI_Allreduce(swiftpeft_mpi_in_place(), buffer + start, Int32(n), swiftpeft_mpi_float(), swiftpeft_mpi_sum(), swiftpeft_mpi_comm_world())
+            }
+            start += n
         }
     }
+
+    /// The most values one MPI call carries (its count is an Int32).
+    static let maxPiece = Int(Int32.max) / 2
 
     /// Sums `values` over every rank, in place (counts and loss sums, in double precision).
     public func allReduceSum(_ values: inout [Double], what: @autoclosure () -> String) throws {

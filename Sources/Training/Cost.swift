@@ -5,15 +5,16 @@
 
 import Foundation
 import Containers
+import Distributed
 
 /// The cost of one piece of work (a training run, an evaluation, one answer).
 public struct Cost: Codable, Equatable, Sendable {
     /// Tokens processed (trained on, scored, or prompt + generated).
     public var tokens: Int
     public var wallSeconds: Double
-    /// User + system CPU time of this process.
+    /// User + system CPU time of this process (of every rank's, for a data-parallel job).
     public var cpuSeconds: Double
-    /// The process's peak resident set so far (VmHWM).
+    /// The process's peak resident set so far (VmHWM; the largest rank's for a data-parallel job).
     public var peakRSSBytes: Int
     public var energyJoules: Double
     /// "rapl": measured by the CPU package's RAPL counters (the whole package: every process on it);
@@ -26,6 +27,24 @@ public struct Cost: Codable, Equatable, Sendable {
                 energySource: String, wattsPerCore: Double?) {
         (self.tokens, self.wallSeconds, self.cpuSeconds, self.peakRSSBytes) = (tokens, wallSeconds, cpuSeconds, peakRSSBytes)
         (self.energyJoules, self.energySource, self.wattsPerCore) = (energyJoules, energySource, wattsPerCore)
+    }
+
+    /// A data-parallel job's cost from every rank's (each rank calls it): CPU time and energy summed,
+    /// a package's RAPL energy shared among the ranks on this machine (they all read the same
+    /// counter), the largest peak RSS; tokens and wall time as they are (already the job's). An
+    /// energy from RAPL on some ranks and estimated on others says "mixed".
+    public func summed(over comm: Communicator) throws -> Cost {
+        guard comm.isDistributed else { return self }
+        let rapl = energySource == "rapl"
+        var slots = [Double](repeating: 0, count: 3 + comm.size)  // cpu, energy, ranks that measured, each rank's peak
+        (slots[0], slots[1], slots[2]) = (cpuSeconds, rapl ? energyJoules / Double(max(comm.localSize, 1)) : energyJoules, rapl ? 1 : 0)
+        slots[3 + comm.rank] = Double(peakRSSBytes)
+        try comm.allReduceSum(&slots, what: "the all-reduce of the job's cost")
+        var c = self
+        (c.cpuSeconds, c.energyJoules, c.peakRSSBytes) = (slots[0], slots[1], Int(slots[3...].max() ?? 0))
+        let measured = Int(slots[2])
+        c.energySource = measured == comm.size ? "rapl" : measured == 0 ? "estimate" : "mixed"
+        return c
     }
 
     enum CodingKeys: String, CodingKey {

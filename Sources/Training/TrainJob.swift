@@ -60,7 +60,8 @@ public struct TrainOutcome {
     public var seconds: Double
     public var tokensPerSecond: Double
     public var history: [StepMetrics]
-    /// The whole run's cost (loading included; tokens: those trained on). Also in <out>/cost.json.
+    /// The run's cost in this session (loading included; tokens: those trained on since the start or
+    /// the resume), over every rank under MPI. Also in <out>/cost.json.
     public var cost: Cost
 }
 
@@ -168,6 +169,18 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
             throw TrainingError(message: "\(stateURL.path) was written by a job of \(saved) rank(s) (global batch \(saved) × \(job.batchSize)); resume it with the same number (\(saved == 1 ? "without mpirun" : "mpirun -np \(saved)"))")
         }
         try trainer.resume(from: stateURL, data: &stream)
+        if comm.isDistributed {
+            // Each rank read the state from its own disk: on machines that do not share --out, one may
+            // have read another run's. Every rank compares its step and trained values with rank 0's.
+            let mine = [Double(trainer.step), trainer.parameters.reduce(0.0) { $0 + $1.1.toArray().reduce(0.0) { $0 + Double($1) } }]
+            var leader = comm.isLeader ? mine : [0, 0]
+            try comm.allReduceSum(&leader, what: "resume: the all-reduce of rank 0's state")
+            var differing = [leader == mine ? 0.0 : 1.0]
+            try comm.allReduceSum(&differing, what: "resume: the all-reduce of the state check")
+            guard differing[0] == 0 else {
+                throw TrainingError(message: "\(Int(differing[0])) rank(s) read another \(stateURL.path) than rank 0 (this rank: step \(trainer.step), rank 0: step \(Int(leader[0]))); --resume needs --out on a file system every rank shares, or the same state copied to each machine")
+            }
+        }
         // At exactly the budget, a run killed after its last checkpoint but before writing its
         // adapter: the resume only writes the outputs.
         guard trainer.step <= trainerOptions.steps else {
@@ -199,11 +212,13 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     }
     let bytes = (try? fm.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0
     let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
-    let cost = meter.reading(tokens: trainer.tokensTrained)
+    // This process's session (a resumed run's earlier sessions were metered then), every rank's.
+    var cost = meter.reading(tokens: trainer.tokensTrained - trainer.tokensAtResume)
+    if comm.isDistributed { cost = try cost.summed(over: comm) }
     if comm.isLeader { try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json")) }
     try comm.barrier(what: "the end of training (rank 0 writes \(saved))")
     return TrainOutcome(method: job.method, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
-                        valLossAfter: trainer.history.last?.valLoss, finalTrainLoss: trainer.history.last?.loss ?? .nan,
+                        valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
                         cost: cost)
 }
@@ -250,6 +265,12 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 /// the comparison report (table, Markdown, CSV, JSON, SVG plot) to `outDir`.
 public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
+    if let path = base.adapterPath {
+        throw TrainingError(message: "compare trains a new adapter per method; the adapter \(path) (an \"adapter\" config-file key) would be continued under every method's name instead: leave it out")
+    }
+    if let twice = methods.first(where: { m in methods.filter { $0 == m }.count > 1 }) {
+        throw TrainingError(message: "--methods names \(twice) twice; each method trains once, into <out>/\(twice)")
+    }
     var results: [MethodResult] = []
     func job(for m: String) -> TrainJob {
         var job = base
