@@ -104,7 +104,8 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             for (k, value) in d {
                 switch value {
                 case let s as String: variables[k] = s
-                case let x as NSNumber: variables[k] = "\(x)"
+                // JSON's true and false arrive as NSNumbers too (objCType "c"): "1" for true is not a value a user wrote.
+                case let x as NSNumber where String(cString: x.objCType) != "c": variables[k] = "\(x)"
                 default: throw BacktestError("\(at): the variable \"\(k)\" must be a string or a number")
                 }
             }
@@ -247,6 +248,9 @@ public struct BacktestRow: Codable, Equatable, Sendable {
     /// Mean loss (nats per token) of the expected answer (and EOS, as trained) given the prompt.
     public var loss: Double?
     public var perplexity: Double?
+    /// The answer tokens `loss` is the mean over: the same for every version of a prompt (with
+    /// learned positions, an answer is cut where the version with the most virtual tokens must cut it).
+    public var lossTokens: Int? = nil
     /// Against the expected answer, averaged over the samples: exact match and contains (0…1,
     /// on normalized text), ROUGE-L F1.
     public var exactMatch: Double?
@@ -260,6 +264,7 @@ public struct BacktestRow: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case promptID = "prompt_id", version, tags, prompt, expected, output, samples, agreement, loss, perplexity
+        case lossTokens = "loss_tokens"
         case exactMatch = "exact_match", contains, rougeL = "rouge_l", promptTokens = "prompt_tokens"
         case outputTokens = "output_tokens", latencyMs = "latency_ms", cost
     }
@@ -280,7 +285,8 @@ public enum BacktestMetric: String, CaseIterable, Sendable {
     }
 }
 
-/// A version's means over its prompts (scores only over prompts with an expected answer).
+/// A version's means over its prompts (scores only over prompts with an expected answer; the loss
+/// over their answer tokens, so a long answer counts for its tokens).
 public struct VersionSummary: Codable, Equatable, Sendable {
     public var version: String
     public var prompts: Int
@@ -303,7 +309,11 @@ public struct VersionSummary: Codable, Equatable, Sendable {
     /// The summary of `rows` (one version's, or one tag's) under the name `version`.
     public static func of(_ rows: [BacktestRow], version: String) -> VersionSummary {
         func mean(_ xs: [Double]) -> Double? { xs.isEmpty ? nil : xs.reduce(0, +) / Double(xs.count) }
-        let loss = mean(rows.compactMap(\.loss))
+        // The loss is the mean over every scored answer token, as `eval` takes it (a row without its
+        // token count, from an older file, weighs one).
+        let scored = rows.compactMap { r in r.loss.map { (loss: $0, tokens: Double(r.lossTokens ?? 1)) } }
+        let weight = scored.reduce(0) { $0 + $1.tokens }
+        let loss = weight > 0 ? scored.reduce(0) { $0 + $1.loss * $1.tokens } / weight : nil
         return VersionSummary(version: version, prompts: rows.count, scored: rows.filter { $0.expected != nil }.count,
                               exactMatch: mean(rows.compactMap(\.exactMatch)), contains: mean(rows.compactMap(\.contains)),
                               rougeL: mean(rows.compactMap(\.rougeL)), loss: loss, perplexity: loss.map { Foundation.exp($0) },
@@ -356,8 +366,10 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     let loaded = try loadModel(o.modelPath)
     let model = loaded.model
     guard let tokenizer = loaded.tokenizer else { throw BacktestError("\(o.modelPath): holds no tokenizer; prompts cannot be tokenized") }
+    var mostVirtual = 0  // with learned positions, every version scores an answer where this one must cut it
     for a in o.adapters {  // every adapter fits the base before anything runs
         let m = try loadAdapter(a.path, onto: model)
+        mostVirtual = max(mostVirtual, (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0))
         m.detach(from: model)
     }
     let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }
@@ -377,15 +389,15 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                 throw BacktestError("prompt \(p.id): \(ids.count) tokens (+\(extra) virtual) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
             }
             var loss: Double?
-            var scoredTokens = 0
+            var scoredTokens = 0, lossTokens: Int?
             if let expected = p.expected {
                 let answer = tokenizer.encode(expected) + (eos.map { [$0] } ?? [])
-                let seq = Array((ids + answer).prefix(model.config.positions == .learned ? model.config.maxPositions - extra : Int.max))
+                let seq = Array((ids + answer).prefix(model.config.positions == .learned ? model.config.maxPositions - mostVirtual : Int.max))
                 if seq.count > ids.count {
                     var targets = [Int32](repeating: -100, count: seq.count)
                     for t in (ids.count - 1)..<(seq.count - 1) { targets[t] = seq[t + 1] }
                     loss = Double(withNoGrad { model.loss(seq, targets: targets, batch: 1).item() })
-                    scoredTokens = seq.count
+                    (scoredTokens, lossTokens) = (seq.count, seq.count - ids.count)
                 }
             }
             let start = Date()
@@ -410,7 +422,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             rows.append(BacktestRow(
                 promptID: p.id, version: v.name, tags: p.tags, prompt: p.prompt, expected: exp, output: mode,
                 samples: o.samples > 1 ? outputs : nil, agreement: Double(counts[mode]!) / Double(outputs.count),
-                loss: loss, perplexity: loss.map { Foundation.exp($0) },
+                loss: loss, perplexity: loss.map { Foundation.exp($0) }, lossTokens: lossTokens,
                 exactMatch: exp.map { e in mean { normalizedAnswer($0) == normalizedAnswer(e) ? 1 : 0 } },
                 contains: exp.map { e in mean { normalizedAnswer($0).contains(normalizedAnswer(e)) ? 1 : 0 } },
                 rougeL: exp.map { e in mean { rougeL($0, e) } },

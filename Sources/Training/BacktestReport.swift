@@ -47,9 +47,7 @@ public func renderBacktestMarkdown(_ r: BacktestResult) -> String {
 
 /// results.csv: one row per prompt × version.
 public func renderBacktestCSV(_ r: BacktestResult) -> String {
-    func q(_ s: String) -> String {
-        s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
-    }
+    let q = csvField
     func n(_ v: Double?) -> String { v.map { "\($0)" } ?? "" }
     var lines = ["prompt_id,version,tags,exact_match,contains,rouge_l,loss,perplexity,agreement,prompt_tokens,output_tokens,latency_ms,cpu_s,energy_j,energy_source,output,expected"]
     for row in r.rows {

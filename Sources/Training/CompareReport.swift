@@ -186,14 +186,18 @@ public let compareCSVHeader = ["method", "trainable_params", "percent_of_base", 
                                "tokens_per_second", "peak_memory_bytes", "final_train_loss", "final_val_loss",
                                "perplexity", "cpu_seconds", "energy_joules", "energy_source"]
 
+/// A CSV field (RFC 4180): quoted, with `"` doubled, when it holds `,`, `"`, CR or LF (looked for
+/// in Unicode scalars: "\r\n" is one Character, equal to neither).
+func csvField(_ s: String) -> String {
+    s.unicodeScalars.contains(where: { $0 == "," || $0 == "\"" || $0 == "\r" || $0 == "\n" })
+        ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+}
+
 /// CSV (RFC 4180): a header, one row per method, CRLF line ends. Numbers are raw (bytes, seconds,
 /// the shortest decimal that round-trips; `nan` / `inf` for non-finite); a field holding `,`, `"`,
 /// CR or LF is quoted, with `"` doubled.
 public func renderCSV(_ results: [MethodResult]) -> String {
-    func quote(_ s: String) -> String {
-        s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\r" || $0 == "\n" || $0 == "\r\n" })
-            ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
-    }
+    let quote = csvField
     var lines = [compareCSVHeader.joined(separator: ",")]
     for r in results {
         let fields: [String] = [r.method, "\(r.trainableParams)", "\(r.percentOfBase)", "\(r.adapterBytes)",

@@ -75,9 +75,12 @@ struct Backtest: ParsableCommand {
         // The gate names versions that must exist: checked before any work.
         var gate: (String, String)?
         if let f = failIfWorse {
-            let parts = f.split(separator: ":", maxSplits: 1).map(String.init)
+            let parts = f.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
             let names = (noBase ? [] : ["base"]) + options.adapters.map(\.name)
             let pair = (parts[0], parts.count > 1 ? parts[1] : "base")
+            guard !pair.0.isEmpty, !pair.1.isEmpty else {
+                throw CLIError("--fail-if-worse \"\(f)\" needs a version, or NEW:OLD with both names (versions: \(names.joined(separator: ", ")))")
+            }
             for n in [pair.0, pair.1] where !names.contains(n) {
                 throw CLIError("--fail-if-worse names \"\(n)\", which is not a version of this run (versions: \(names.joined(separator: ", ")))")
             }

@@ -479,6 +479,11 @@ final class CLITests: XCTestCase {
         _ = try fails(["train", "--config", try config(["trainer": ["log_every": 1]])], mentioning: ["\"trainer\"", "log-every"])
         _ = try fails(["train", "--config", try config(["steps": "many"])], mentioning: ["steps must be an integer"])
         _ = try fails(["train", "--config", try config(["method": "prompt", "r": 4])], mentioning: ["--r applies to lora, dora"])
+        // compare trains a new adapter per method: an adapter to continue, or a method named twice, is refused.
+        _ = try fails(["compare", "--config", try config(["adapter": fx.path("none/adapter.h5")]), "--methods", "lora,ia3"],
+                      mentioning: ["compare trains a new adapter per method", "none/adapter.h5"])
+        _ = try fails(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,ia3,lora", "--steps", "1", "--out", fx.path("runs/twice")],
+                      mentioning: ["--methods names lora twice"])
         _ = try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/keys"), "--rank", "4"],
                   mentioning: ["unknown option '--rank'", "--r"])
         let help = try ok(["train", "--help"])
@@ -636,6 +641,10 @@ final class CLITests: XCTestCase {
         let none = fx.path("runs/bt-none")
         _ = try fails(["backtest", "--model", fx.base, "--adapters", adapter, "--prompts", prompts, "--out", none, "--fail-if-worse", "v9"],
                       mentioning: ["\"v9\"", "shared-lora"])
+        for empty in ["", ":", ":v1", "v1:"] {  // the empty one used to crash; ":v1" read as v1 against base
+            _ = try fails(["backtest", "--model", fx.base, "--adapters", adapter, "--prompts", prompts, "--out", none, "--fail-if-worse", empty],
+                          mentioning: ["--fail-if-worse \"\(empty)\" needs a version"])
+        }
         _ = try fails(["backtest", "--model", fx.otherBase, "--adapters", adapter, "--prompts", prompts, "--out", none],
                       mentioning: ["another base model"])
         _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.text, "--out", none], mentioning: [fx.text + ":1", "not a JSON object"])

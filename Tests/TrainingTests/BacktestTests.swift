@@ -66,6 +66,7 @@ final class BacktestTests: XCTestCase {
                                (#"{"prompt": "a", "template": "b"}"#, ":1: give one of"),
                                (#"{"template_file": "missing.tmpl"}"#, ":1: cannot read the template file"),
                                (#"{"prompt": "a", "tags": [1]}"#, ":1: \"tags\" must be strings"),
+                               (#"{"template": "{a}", "vars": {"a": true}}"#, ":1: the variable \"a\" must be a string or a number"),
                                ("\n\n", "no prompts")] {
             let p = write("bad.jsonl", text)
             XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
@@ -189,6 +190,40 @@ final class BacktestTests: XCTestCase {
         XCTAssertThrowsError(try runBacktest(o)) { XCTAssertTrue("\($0)".contains("\"base\" is used twice"), "\($0)") }
     }
 
+    /// With learned positions, every version scores the same answer tokens: the answer is cut where
+    /// the version with the most virtual tokens must cut it (here a prompt-tuning adapter's 4).
+    func testEveryVersionScoresTheSameAnswerTokens() throws {
+        let tok = try BPETokenizer.load(json: Data(contentsOf: packageRoot().appendingPathComponent("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json")))
+        let model = makeModel(.gpt2(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 48), seed: 5)
+        let base = dir.appendingPathComponent("gpt2.h5").path
+        try ModelCheckpoint.save(model, tokenizerJSON: tok.tokenizerJSON(), to: base)
+        let prompt = try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 4), seed: 1)
+        _ = try prompt.attach(to: model)
+        let adapter = dir.appendingPathComponent("prompt.h5").path
+        try AdapterCheckpoint.save(prompt, base: model, to: adapter)
+        let text = "The quick brown fox"
+        let answer = String(repeating: " jumps over the lazy dog and runs far away into the woods", count: 3)
+        let (p, a) = (tok.encode(text).count, tok.encode(answer).count + 1)
+        XCTAssertGreaterThan(p + a, 48 - 4, "the answer must be cut")
+        var o = BacktestOptions(modelPath: base, adapters: [("pt", adapter)], prompts: [BacktestPrompt(id: "p", prompt: text, expected: answer, tags: [])])
+        o.maxNewTokens = 2
+        let r = try runBacktest(o)
+        XCTAssertEqual(r.rows.map(\.lossTokens), [48 - 4 - p, 48 - 4 - p], "base and adapter score the same tokens")
+    }
+
+    /// A version's loss is the mean over its answer tokens, as eval's: a long answer counts for its tokens.
+    func testSummaryLossIsTheMeanOverAnswerTokens() {
+        let cost = Cost(tokens: 1, wallSeconds: 0, cpuSeconds: 0, peakRSSBytes: 0, energyJoules: 0, energySource: "estimate", wattsPerCore: 10)
+        func row(_ loss: Double, _ tokens: Int) -> BacktestRow {
+            BacktestRow(promptID: "q", version: "v", tags: [], prompt: "Q", expected: "a", output: "a", samples: nil, agreement: 1,
+                        loss: loss, perplexity: exp(loss), lossTokens: tokens, exactMatch: 1, contains: 1, rougeL: 1,
+                        promptTokens: 1, outputTokens: 1, latencyMs: 1, cost: cost)
+        }
+        let s = VersionSummary.of([row(5, 2), row(1, 98)], version: "v")
+        XCTAssertEqual(s.loss!, 1.08, accuracy: 1e-12)
+        XCTAssertEqual(s.perplexity!, exp(1.08), accuracy: 1e-9)
+    }
+
     func testReportFolder() throws {
         let cost = Cost(tokens: 10, wallSeconds: 0.5, cpuSeconds: 1, peakRSSBytes: 1 << 20, energyJoules: 10, energySource: "estimate", wattsPerCore: 10)
         func row(_ v: String, _ out: String) -> BacktestRow {
@@ -196,7 +231,7 @@ final class BacktestTests: XCTestCase {
                         agreement: 1, loss: 1.5, perplexity: exp(1.5), exactMatch: 0, contains: 0, rougeL: rougeL(out, "the cat sat"),
                         promptTokens: 4, outputTokens: 3, latencyMs: 12, cost: cost)
         }
-        let rows = [row("base", "the cat sat"), row("v1", "the dog sat, \"quoted\"")]
+        let rows = [row("base", "the cat sat"), row("v1", "the dog sat, \"quoted\"\r\nnext")]
         let r = BacktestResult(model: "m.h5", versions: ["base", "v1"], rows: rows,
                                summaries: [VersionSummary.of([rows[0]], version: "base"), VersionSummary.of([rows[1]], version: "v1")],
                                tagSummaries: ["t": [VersionSummary.of([rows[0]], version: "base"), VersionSummary.of([rows[1]], version: "v1")]],
@@ -212,7 +247,7 @@ final class BacktestTests: XCTestCase {
         XCTAssertEqual(try jsonl.map { try JSONDecoder().decode(BacktestRow.self, from: Data($0.utf8)) }, rows)
         let csv = try String(contentsOf: out.appendingPathComponent("results.csv"), encoding: .utf8)
         XCTAssertEqual(csv.split(separator: "\n").count, 3)
-        XCTAssertTrue(csv.contains("\"the dog sat, \"\"quoted\"\"\""), csv)
+        XCTAssertTrue(csv.contains("\"the dog sat, \"\"quoted\"\"\r\nnext\""), csv)
         let md = try String(contentsOf: out.appendingPathComponent("report.md"), encoding: .utf8)
         XCTAssertTrue(md.contains("## Versions") && md.contains("### t") && md.contains("| v1 | 1 |") && md.contains("estimate"), md)
     }

@@ -105,6 +105,9 @@ final class CompareReportTests: XCTestCase {
         let csv = renderCSV(results)
         XCTAssertTrue(csv.contains("\r\n"))
         XCTAssertTrue(csv.contains("\"prefix, r=8 \"\"long\"\"\""), "name with a comma and quotes is not quoted:\n\(csv)")
+        // CRLF is one Character, equal to neither "\r" nor "\n": the scalars are looked at.
+        XCTAssertEqual(csvField("line\r\nnext"), "\"line\r\nnext\"")
+        XCTAssertEqual(csvField("plain"), "plain")
         let rows = Self.parseCSV(csv)
         XCTAssertEqual(rows.count, 1 + results.count)
         XCTAssertEqual(rows[0], compareCSVHeader)
