@@ -578,6 +578,10 @@ final class CLITests: XCTestCase {
         }
         XCTAssertGreaterThan(try XCTUnwrap(cost["peak_rss_bytes"] as? Int), 1 << 20)
         XCTAssertTrue(r.stdout.contains("cost: 384 tokens") && r.stdout.contains("\(out)/cost.json"), r.transcript)
+        // A resumed run meters its own session: its tokens, not the earlier session's too.
+        _ = try ok(trainArgs(out: out, steps: 5) + ["--resume"])
+        let resumed = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/cost.json"))) as? [String: Any])
+        XCTAssertEqual(resumed["tokens"] as? Int, 2 * 4 * 32, "steps 4 and 5 only")
 
         let e = try ok(["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4", "--json"])
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any])
