@@ -53,6 +53,9 @@ public final class AdamW: Optimizer {
     }
 
     public func step(lr: Float) {
+        // A step in which no parameter has a gradient (every target ignored) changes nothing and does
+        // not count: PyTorch skips parameters without a gradient, so their bias correction stays put.
+        guard parameters.contains(where: { $0.1.grad != nil }) else { return }
         stepCount += 1
         let c1 = Float(1 / (1 - Foundation.pow(beta1, Double(stepCount))))
         let c2 = Float(1 / (1 - Foundation.pow(beta2, Double(stepCount))))

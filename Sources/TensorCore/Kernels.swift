@@ -31,6 +31,7 @@ func vAdd(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int)
 @inline(__always)
 func forEachRow(_ shape: [Int], _ strides: [[Int]], rows lo: Int, _ hi: Int,
                 _ body: (_ o0: Int, _ o1: Int, _ o2: Int) -> Void) {
+    guard lo < hi else { return }  // no row (an axis of size 0): nothing to unravel
     let r = shape.count
     var idx = [Int](repeating: 0, count: r)
     // Unravel the starting row index over the outer axes.

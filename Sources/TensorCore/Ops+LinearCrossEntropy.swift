@@ -87,7 +87,10 @@ extension Tensor {
         }
         let out = Tensor(n == 0 ? 0 : Float(lossSum / Double(n)))
         guard wantGrad else { return out }
+        var handedOver = false  // dW, computed in the forward pass, becomes the weight's gradient once
         return make(out, op: "linearCrossEntropy", inputs: [h0, w]) { g in
+            check(!handedOver, "[linearCrossEntropy] a second backward through the fused head (retainGraph): its weight gradient was handed to the weight at the first one; use lmHead + crossEntropy to backward twice")
+            handedOver = dW != nil
             Profiler.measure(.crossEntropy) {
                 let s = g.item()
                 if let dH {

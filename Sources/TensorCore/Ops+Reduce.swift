@@ -35,7 +35,7 @@ extension Tensor {
         let (inShape, inSlot) = (shape, slot)
         return Tensor.make(result.storage, result.layout, op: "sum", inputs: [self]) { g in
             // (outShape) → (keptShape) → broadcast to (inShape)
-            let gk = Tensor(storage: g.storage, layout: Layout(contiguous: keptShape))
+            let gk = g.contiguous().reshaped(keptShape)  // a view of g keeps its offset
             inSlot.accumulateGrad(Tensor(storage: gk.storage, layout: gk.layout.expanded(to: inShape)).contiguousData())
         }
     }

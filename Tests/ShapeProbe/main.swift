@@ -23,6 +23,13 @@ case "recomputed-values", "recomputed-state":
         return values ? w * Float(runs) : (runs == 1 ? w : stale) * 2
     }
     y.sum().backward()
-default: print("usage: shape-probe matmul|add|reshape|concat|layerNorm|crossEntropy|attention|recomputed-values|recomputed-state")
+case "linearCrossEntropy-twice":
+    // The fused head hands its forward-computed weight gradient over at the first backward.
+    let w = Tensor.ones([5, 3])
+    w.requiresGrad = true
+    let loss = Tensor.linearCrossEntropy(Tensor.ones([2, 3]), weight: w, targets: [1, 4]) * 0.5
+    loss.backward(retainGraph: true)
+    loss.backward()
+default: print("usage: shape-probe matmul|add|reshape|concat|layerNorm|crossEntropy|attention|recomputed-values|recomputed-state|linearCrossEntropy-twice")
 }
 print("no error")

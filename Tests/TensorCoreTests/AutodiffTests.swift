@@ -348,6 +348,7 @@ final class ShapeErrorTests: XCTestCase {
             "attention": ["[attention]", "[1, 2, 2, 4]", "[1, 2, 3, 4]"],
             "recomputed-values": ["[probe]", "other values"],
             "recomputed-state": ["[probe]", "other outside tensors"],
+            "linearCrossEntropy-twice": ["[linearCrossEntropy]", "second backward", "lmHead + crossEntropy"],
         ]
         for (op, needles) in expected.sorted(by: { $0.key < $1.key }) {
             let p = Process()
@@ -436,6 +437,23 @@ final class FastMathTests: XCTestCase {
     }
 
     /// backward() lets go of each op's saved tensors once its pullback ran; retainGraph keeps them.
+    /// Tensors with an axis of size 0 go through elementwise ops, broadcasts and reductions (an
+    /// empty sequence): they used to divide by zero unravelling a row that does not exist.
+    func testEmptyAxesAreFine() {
+        XCTAssertEqual((Tensor.zeros([0, 4]) + Tensor.zeros([4])).shape, [0, 4])
+        XCTAssertEqual(Tensor.zeros([0, 4]).sum(axes: [0]).toArray(), [0, 0, 0, 0])
+        XCTAssertEqual((Tensor.zeros([2, 0, 3]) * Tensor.zeros([1, 0, 1])).shape, [2, 0, 3])
+    }
+
+    /// The sum's backward reads its incoming gradient where that view starts (a slice has an offset).
+    func testSumBackwardReadsAnOffsetGradient() {
+        let x = Tensor(shape: [2, 3], data: [1, 2, 3, 4, 5, 6])
+        x.requiresGrad = true
+        let seed = Tensor(shape: [2, 3], data: [9, 9, 9, 1, 2, 3]).slice(axis: 0, 1, 2).reshaped([3])
+        x.sum(axes: [0]).backward(seed)
+        XCTAssertEqual(x.grad?.toArray(), [1, 2, 3, 1, 2, 3])
+    }
+
     func testBackwardReleasesTheGraphUnlessRetained() {
         for retain in [false, true] {
             let x = Tensor(shape: [3], data: [1, 2, 3])

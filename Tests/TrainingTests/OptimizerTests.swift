@@ -81,6 +81,20 @@ final class OptimizerTests: XCTestCase {
 
     /// Finite gradients too large for a float sum of squares (1e20² overflows) still have a finite
     /// norm, so the trainer does not take them for a non-finite gradient.
+    /// A step in which no parameter has a gradient changes nothing and does not count toward the
+    /// bias correction (PyTorch skips parameters without one).
+    func testAdamWStepWithoutGradientsIsNotCounted() {
+        let p = Tensor(shape: [2, 2], data: [1, 2, 3, 4])
+        p.requiresGrad = true
+        let opt = AdamW([("p", p)], weightDecay: 0.1)
+        opt.step(lr: 0.1)
+        XCTAssertEqual(opt.stepCount, 0)
+        XCTAssertEqual(p.toArray(), [1, 2, 3, 4], "no gradient, no decay either")
+        (p * p).sum().backward()
+        opt.step(lr: 0.1)
+        XCTAssertEqual(opt.stepCount, 1)
+    }
+
     func testGradientNormOfHugeFiniteValuesIsFinite() {
         for n in [5, 40_000] {  // one block; several blocks, split over the threads
             let p = Tensor.zeros([n])
