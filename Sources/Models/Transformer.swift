@@ -140,8 +140,9 @@ func residualDropout(_ x: Tensor, _ context: ForwardContext) -> Tensor {
     context.training && context.dropout > 0 ? x.dropout(context.dropout, rng: &context.random.value) : x
 }
 
-/// The model's random generator in a box, so that model dropout and adapter dropout (LoRA) draw
-/// from one stream in short, non-overlapping accesses, and a checkpoint saves one state.
+/// The model's random generator in a box, so that model dropout and adapter dropout (LoRA,
+/// P-Tuning's encoder) draw from one stream in short, non-overlapping accesses, and the trainer
+/// seeds one state per step and rank.
 public final class RandomSource {
     public var value: RNG
     public init(_ value: RNG) { self.value = value }
@@ -165,7 +166,7 @@ open class CausalLM: Module {
     /// forward pass through the blocks. Gradients are those without it, up to the order in which
     /// a few sums are added (prefix tuning's per-layer slices).
     public var gradientCheckpointing = false
-    /// The generator's state (checkpoints save and restore it).
+    /// The generator's state (the trainer sets it at each step, from the seed, the step and the rank).
     public var rng: RNG {
         get { random.value }
         set { random.value = newValue }

@@ -54,7 +54,8 @@ public final class AdamW: Optimizer {
 
     public func step(lr: Float) {
         // A step in which no parameter has a gradient (every target ignored) changes nothing and does
-        // not count: PyTorch skips parameters without a gradient, so their bias correction stays put.
+        // not count, as in PyTorch. (PyTorch also counts steps per parameter; here one count serves
+        // all, so a parameter without a gradient in a step others update still advances it.)
         guard parameters.contains(where: { $0.1.grad != nil }) else { return }
         stepCount += 1
         let c1 = Float(1 / (1 - Foundation.pow(beta1, Double(stepCount))))

@@ -187,7 +187,7 @@ public final class LoRALayer: FoldableLinearHook, LowRankHook {
         guard owner.isEnabled && premerge == nil else { return y }
         var xd = x
         if owner.config.loraDropout > 0, owner.training, let model = owner.model {
-            xd = x.dropout(owner.config.loraDropout, rng: &model.random.value)  // the model's generator: one state to checkpoint
+            xd = x.dropout(owner.config.loraDropout, rng: &model.random.value)  // the model's generator, seeded per step and rank
         }
         // LoRA: one fused op adds s · B A x into a copy of y (no (…, out) update tensor is stored).
         guard let m = magnitude else { return Tensor.lowRankUpdate(y, x: xd, a: a, b: b, scale: scale) }

@@ -168,8 +168,8 @@ public final class PTuning: PromptLearningMethod, InputPrefix {
         if head.isEmpty { return x }
         for (k, (fwd, bwd)) in lstm.enumerated() {
             x = Tensor.concat([fwd(x, reverse: false), bwd(x, reverse: true)], axis: 1)  // (P, 2h)
-            if k < lstm.count - 1 && config.encoderDropout > 0 && binding.model?.isTraining == true {
-                x = x.dropout(config.encoderDropout, rng: &rng)
+            if k < lstm.count - 1 && config.encoderDropout > 0, let model = binding.model, model.isTraining {
+                x = x.dropout(config.encoderDropout, rng: &model.random.value)  // the model's generator, seeded per step and rank
             }
         }
         for (k, layer) in head.enumerated() {

@@ -372,6 +372,11 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         mostVirtual = max(mostVirtual, (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0))
         m.detach(from: model)
     }
+    if model.config.positions == .learned {  // a prompt too long for any version stops the run before any work
+        for p in o.prompts where tokenizer.encode(p.prompt).count + mostVirtual >= model.config.maxPositions {
+            throw BacktestError("prompt \(p.id): \(tokenizer.encode(p.prompt).count) tokens (+\(mostVirtual) virtual, the most of any version) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
+        }
+    }
     let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }
     let eos = tokenizer.eosTokenID, ends = textEndTokens(tokenizer)
     var rows: [BacktestRow] = []

@@ -216,7 +216,13 @@ public final class Trainer {
 
     /// The seed of the dropout masks of `step` (counted from 0) on `rank`.
     static func dropoutSeed(_ seed: UInt64, step: Int, rank: Int) -> UInt64 {
-        seed ^ (UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(rank) &* 0xD1B5_4A32_D192_ED03)
+        func mix(_ x: UInt64) -> UInt64 {  // SplitMix64's finalizer: each input bit reaches every output bit
+            var z = x &+ 0x9E37_79B9_7F4A_7C15
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        return mix(mix(mix(seed ^ 0xD20F_0A75_EED5_0000) ^ UInt64(step)) ^ UInt64(rank))
     }
 
     /// Runs until `options.steps` (or stops early after step `until`, checkpointing there, as an
@@ -268,7 +274,8 @@ public final class Trainer {
                 try comm.allReduceSum(&agreed, what: "step \(step + 1): the all-reduce of the loss")
                 lossSum = agreed[0]
                 if fault == nil && agreed[1] > 0 { fault = "the loss of another rank is not finite" }
-                if fault == nil { try exchange!.allReduce(parameters, step: step + 1) }
+                // Nothing to learn on any rank (every target ignored): no gradient to sum, as in one process.
+                if fault == nil && learned > 0 { try exchange!.allReduce(parameters, step: step + 1) }
             }
             var norm = Float.nan
             if fault == nil {
@@ -348,7 +355,7 @@ public final class Trainer {
 
     public static let checkpointFormat = ModelSource.trainingStateFormat
 
-    /// Writes trained tensors, optimizer state, step, model RNG and data position atomically.
+    /// Writes trained tensors, optimizer state, step and data position atomically.
     public func saveCheckpoint<S: BatchStream>(_ url: URL, data: S) throws {
         // An update can turn a weight non-finite while the loss that led to it was still finite:
         // such a state is not "good", so it never replaces the last good one.
@@ -420,6 +427,8 @@ public final class Trainer {
         // A dataset now; an attribute in the checkpoints written before (still read).
         if let h = file.blobs["history"].map({ Data($0) }) ?? attrs["history"].map({ Data($0.utf8) }) {
             history = (try? JSONDecoder().decode([StepMetrics].self, from: h)) ?? []
+            // A run resumed at its budget trains no step: its last evaluation is the one it had.
+            lastValidation = history.last.flatMap { m in m.step == s ? m.valLoss.map { (m.step, $0) } : nil }
         }
     }
 }

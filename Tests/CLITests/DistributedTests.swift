@@ -26,8 +26,8 @@ final class DistributedTests: XCTestCase {
     }
 
     func train(ranks: Int, batch: Int, method: String, out: String, extra: [String] = [], mpiEnvironment: [String] = [],
-               whileRunning: ((Int32) -> Void)? = nil) throws -> CLIRun {
-        let args = ["train", "--method", method, "--model", fx.base, "--data", fx.jsonl, "--out", out, "--steps", "6",
+               data: String? = nil, whileRunning: ((Int32) -> Void)? = nil) throws -> CLIRun {
+        let args = ["train", "--method", method, "--model", fx.base, "--data", data ?? fx.jsonl, "--out", out, "--steps", "6",
                     "--seq-len", "32", "--batch-size", "\(batch)", "--eval-every", "100", "--warmup", "0", "--seed", "7"] + extra
         let swiftpeft = try CLITests.binary().path
         if ranks == 1 { return try launch(swiftpeft, args, whileRunning: whileRunning) }
@@ -92,6 +92,28 @@ final class DistributedTests: XCTestCase {
         assertClose(l2.map(Float.init), l1.map(Float.init), rtol: 1e-5, atol: 1e-5, "lora, AdamW: loss curve")
         let d = try maxDifference(one + "/adapter.h5", two + "/adapter.h5")
         print("lora, AdamW: \(d.over1e5) of \(d.values) adapter values differ by more than 1e-5 (largest \(d.max))")
+    }
+
+    /// Each rank draws its own dropout masks. On a data file of one row repeated (unpacked, so every
+    /// row is that example), 2 ranks × batch 1
+    /// train what 1 process × batch 1 trains without dropout; with LoRA dropout they do not (with
+    /// rank 0's masks on both ranks, as before, they did: rank 0 draws the one process's masks).
+    func testRanksDrawTheirOwnDropoutMasks() throws {
+        let line = try XCTUnwrap(try String(contentsOfFile: fx.jsonl, encoding: .utf8).split(separator: "\n").first)
+        let same = fx.path("same-row.jsonl")
+        try Array(repeating: String(line), count: 40).joined(separator: "\n").write(toFile: same, atomically: true, encoding: .utf8)
+        func curve(ranks: Int, dropout: String) throws -> [Double] {
+            let out = fx.path("dp-masks-\(ranks)-\(dropout)")
+            let r = try train(ranks: ranks, batch: 1, method: "lora", out: out,
+                              extra: ["--optimizer", "sgd", "--lr", "0.05", "--lora-dropout", dropout, "--packing", "false"], data: same)
+            XCTAssertEqual(r.status, 0, r.transcript)
+            return try losses(out)
+        }
+        let (one, two) = (try curve(ranks: 1, dropout: "0"), try curve(ranks: 2, dropout: "0"))
+        assertClose(two.map(Float.init), one.map(Float.init), rtol: 1e-5, atol: 1e-5, "no dropout: the same rows, the same run")
+        let (oneD, twoD) = (try curve(ranks: 1, dropout: "0.5"), try curve(ranks: 2, dropout: "0.5"))
+        XCTAssertEqual(oneD.count, 6)
+        XCTAssertGreaterThan(zip(oneD, twoD).map { abs($0 - $1) }.max() ?? 0, 1e-4, "rank 1 drew rank 0's masks: \(oneD) vs \(twoD)")
     }
 
     /// `compare` under mpirun trains every method data-parallel and rank 0 alone writes the report:

@@ -436,7 +436,6 @@ final class FastMathTests: XCTestCase {
         XCTAssertTrue(fastExp(.nan).isNaN)
     }
 
-    /// backward() lets go of each op's saved tensors once its pullback ran; retainGraph keeps them.
     /// Tensors with an axis of size 0 go through elementwise ops, broadcasts and reductions (an
     /// empty sequence): they used to divide by zero unravelling a row that does not exist.
     func testEmptyAxesAreFine() {
@@ -454,6 +453,7 @@ final class FastMathTests: XCTestCase {
         XCTAssertEqual(x.grad?.toArray(), [1, 2, 3, 1, 2, 3])
     }
 
+    /// backward() lets go of each op's saved tensors once its pullback ran; retainGraph keeps them.
     func testBackwardReleasesTheGraphUnlessRetained() {
         for retain in [false, true] {
             let x = Tensor(shape: [3], data: [1, 2, 3])

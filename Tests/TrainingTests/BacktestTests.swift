@@ -209,6 +209,16 @@ final class BacktestTests: XCTestCase {
         o.maxNewTokens = 2
         let r = try runBacktest(o)
         XCTAssertEqual(r.rows.map(\.lossTokens), [48 - 4 - p, 48 - 4 - p], "base and adapter score the same tokens")
+        // A prompt with room for the base but not for the adapter's virtual tokens stops the run before any work.
+        var long = ""
+        while tok.encode(long).count < 45 { long += " word" }
+        XCTAssertLessThan(tok.encode(long).count, 48)
+        o.prompts = [BacktestPrompt(id: "long", prompt: long, expected: nil, tags: [])]
+        var answered = 0
+        XCTAssertThrowsError(try runBacktest(o) { _, _ in answered += 1 }) {
+            XCTAssertTrue("\($0)".contains("prompt long") && "\($0)".contains("+4 virtual, the most of any version"), "\($0)")
+        }
+        XCTAssertEqual(answered, 0, "not even the base ran")
     }
 
     /// A version's loss is the mean over its answer tokens, as eval's: a long answer counts for its tokens.

@@ -79,8 +79,6 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
-    /// Finite gradients too large for a float sum of squares (1e20² overflows) still have a finite
-    /// norm, so the trainer does not take them for a non-finite gradient.
     /// A step in which no parameter has a gradient changes nothing and does not count toward the
     /// bias correction (PyTorch skips parameters without one).
     func testAdamWStepWithoutGradientsIsNotCounted() {
@@ -95,6 +93,8 @@ final class OptimizerTests: XCTestCase {
         XCTAssertEqual(opt.stepCount, 1)
     }
 
+    /// Finite gradients too large for a float sum of squares (1e20² overflows) still have a finite
+    /// norm, so the trainer does not take them for a non-finite gradient.
     func testGradientNormOfHugeFiniteValuesIsFinite() {
         for n in [5, 40_000] {  // one block; several blocks, split over the threads
             let p = Tensor.zeros([n])
