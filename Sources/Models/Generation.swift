@@ -156,6 +156,7 @@ extension CausalLM {
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
     public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {
         check(!prompt.isEmpty, "[generate] the prompt is empty")
+        check(options.maxNewTokens >= 0, "[generate] maxNewTokens must be 0 or more, got \(options.maxNewTokens)")
         let wasTraining = isTraining
         eval()
         defer { train(wasTraining) }
@@ -190,9 +191,13 @@ public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RN
         for i in 1..<logits.count where logits[i] > logits[best] { best = i }
         return best
     }
-    // Candidates sorted by logit, cut by top-k, then softmax at the temperature, then top-p.
+    // Candidates sorted by logit, cut by top-k (ties with the k-th kept, as transformers does), then
+    // softmax at the temperature, then top-p.
     var order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
-    if o.topK > 0 && o.topK < order.count { order = Array(order.prefix(o.topK)) }
+    if o.topK > 0 && o.topK < order.count {
+        let kth = logits[order[o.topK - 1]]
+        order = Array(order.prefix { logits[$0] >= kth })
+    }
     let mx = logits[order[0]]
     var probs = order.map { Foundation.exp(Double((logits[$0] - mx) / o.temperature)) }
     let total = probs.reduce(0, +)

@@ -252,8 +252,21 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
         throw DatasetError(file: path, line: nil, message: "\(format.rawValue) data needs a tokenizer with an "
             + "end-of-sequence token, which the model learns to stop with; this tokenizer has none")
     }
+    if format == .chat && tokenizer.tokenID(for: chatMLEnd) == nil {
+        // Spelled in pieces, <|im_end|> would be learned as ordinary text, and generation, which stops
+        // at the token, would never stop.
+        throw DatasetError(file: path, line: nil, message: "chat data is trained in ChatML, whose replies end with "
+            + "\(chatMLEnd); this tokenizer has no such token (it would be spelled in pieces and the model would never "
+            + "stop). Use a chat model's tokenizer (SmolLM2, Qwen2) or prompt/completion data")
+    }
     var validationExamples: [DataExample]?
     if case .file(let vpath) = o.validation {
+        let folder = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
+        let file = URL(fileURLWithPath: vpath).standardizedFileURL.resolvingSymlinksInPath().path
+        if file == folder || file.hasPrefix(folder.hasSuffix("/") ? folder : folder + "/") {
+            throw DatasetError(file: vpath, line: nil, message: "the validation data is inside the training data (\(path)), "
+                + "which reads every file of its folder: it would be trained on too. Move it out of \(path)")
+        }
         let (vformat, v) = try readExamples(vpath)
         guard vformat == format else {
             throw DatasetError(file: vpath, line: nil, message: "the validation data is \(vformat.rawValue) but the "

@@ -40,6 +40,10 @@ extension TrainJob {
         self.init(modelPath: model, dataPath: data, outDir: out)
         if let v = try s.string("method") { method = v }
         adapterPath = try s.string("adapter")
+        func given(_ k: String) -> Bool { settings[k].map { !($0 is NSNull) } ?? false }
+        for (a, b) in [("steps", "epochs"), ("val-data", "val-fraction")] where given(a) && given(b) {
+            throw TrainingError(message: "--\(a) and --\(b) are both given (flags or config-file keys); give one of them")
+        }
         if let v = try s.int("steps") { trainer.steps = v }
         if let v = try s.double("epochs") {
             guard v > 0 else { throw TrainingError(message: "--epochs must be positive, got \(v)") }

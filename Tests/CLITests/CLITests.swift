@@ -479,6 +479,10 @@ final class CLITests: XCTestCase {
         _ = try fails(["train", "--config", try config(["trainer": ["log_every": 1]])], mentioning: ["\"trainer\"", "log-every"])
         _ = try fails(["train", "--config", try config(["steps": "many"])], mentioning: ["steps must be an integer"])
         _ = try fails(["train", "--config", try config(["method": "prompt", "r": 4])], mentioning: ["--r applies to lora, dora"])
+        // Keys that stand instead of each other, both in one place: refused, not one silently winning.
+        _ = try fails(["train", "--config", try config(["epochs": 2])], mentioning: ["--steps and --epochs are both given"])
+        _ = try fails(["train", "--config", try config(["val-data": fx.jsonl, "val-fraction": 0.1])],
+                      mentioning: ["--val-data and --val-fraction are both given"])
         // compare trains a new adapter per method: an adapter to continue, or a method named twice, is refused.
         _ = try fails(["compare", "--config", try config(["adapter": fx.path("none/adapter.h5")]), "--methods", "lora,ia3"],
                       mentioning: ["compare trains a new adapter per method", "none/adapter.h5"])
@@ -969,16 +973,21 @@ final class CLITests: XCTestCase {
 
     /// --epochs sets the step budget from the data: one pass over the training rows.
     func testTrainForEpochs() throws {
+        func epochArgs(_ out: String, _ epochs: String) -> [String] {  // --epochs instead of --steps
+            let a = trainArgs(out: out, steps: 1000)
+            let i = a.firstIndex(of: "--steps")!
+            return Array(a[..<i] + a[(i + 2)...]) + ["--epochs", epochs]
+        }
         let out = fx.path("runs/epochs")
-        var args = trainArgs(out: out, steps: 1000)
-        args += ["--epochs", "2"]
-        try ok(args)
+        try ok(epochArgs(out, "2"))
         let m = try metrics(out)
         let total = (m.last?["total_steps"] as? Int) ?? -1
         XCTAssertEqual(m.count, total, "one metrics line per step of the epoch budget")
-        XCTAssertLessThan(total, 1000, "--epochs replaces --steps")
+        XCTAssertLessThan(total, 1000)
         XCTAssertGreaterThan(total, 1)
-        try fails(trainArgs(out: fx.path("runs/epochs0"), steps: 2) + ["--epochs", "0"], mentioning: ["--epochs must be positive"])
+        try fails(epochArgs(fx.path("runs/epochs0"), "0"), mentioning: ["--epochs must be positive"])
+        try fails(trainArgs(out: fx.path("runs/epochs-and-steps"), steps: 10) + ["--epochs", "2"],
+                  mentioning: ["--steps and --epochs are both given"])
     }
 
     /// inspect also describes a GGUF file, a Hugging Face model folder and a PEFT adapter folder.

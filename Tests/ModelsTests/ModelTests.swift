@@ -265,6 +265,10 @@ final class ModelTests: XCTestCase {
         let a = model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 10, temperature: 1.5, topP: 0.9, seed: 1))
         let b = model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 10, temperature: 1.5, topP: 0.9, seed: 1))
         XCTAssertEqual(a, b)
+        // top-k keeps every token tied with the k-th, as transformers does: both 2s here, never the 1.
+        var rng = RNG(seed: 4)
+        let picks = Set((0..<400).map { _ in sampleToken([3, 2, 2, 1], SamplingOptions(maxNewTokens: 1, temperature: 1, topK: 2), &rng) })
+        XCTAssertEqual(picks, [0, 1, 2])
         // top-k 1 is greedy whatever the temperature.
         XCTAssertEqual(model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 6, temperature: 2, topK: 1, seed: 9)), greedy)
     }

@@ -153,11 +153,12 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(b.ids.filter { $0 == start }.count, 5)
         XCTAssertEqual(b.ids.filter { $0 == end }.count, 5)
 
-        // Without special tokens the template is plain text, and the same text is learned.
+        // A tokenizer without a <|im_end|> token would spell it in pieces, as text: the model would
+        // learn those and never emit the token generation stops at. Refused.
         let bytes = ByteTokenizer(specialTokens: [Self.eot], roles: SpecialTokenRoles(eos: Self.eot))
-        let plain = try load(path, tok: bytes).train.batch(rows: [0])
-        XCTAssertEqual(bytes.decode(plain.targets.filter { $0 != -100 }), "hello<|im_end|>chat<|im_end|>")
-        XCTAssertFalse(plain.ids.contains { $0 >= 256 && $0 != bytes.eosTokenID! })
+        XCTAssertThrowsError(try load(path, tok: bytes)) {
+            XCTAssertTrue("\($0)".contains("this tokenizer has no such token") && "\($0)".contains(path), "\($0)")
+        }
 
         // Generation stops where chat training taught a reply to end, as well as at EOS.
         XCTAssertEqual(textEndTokens(Self.tokenizer), [Self.tokenizer.eosTokenID!, end])
@@ -234,6 +235,11 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try load(dir + "/missing.jsonl")) { XCTAssertTrue("\($0)".hasSuffix("missing.jsonl: no such file or folder")) }
         let empty = try write("empty.jsonl", ["", "  "])
         XCTAssertThrowsError(try load(empty)) { XCTAssertTrue("\($0)".contains("holds no examples")) }
+        // Validation data inside the training folder would be trained on too.
+        try json(["prompt": "x", "completion": "y"]).write(toFile: sub + "/b.jsonl", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try load(sub, validation: .file(sub + "/b.jsonl"))) {
+            XCTAssertTrue("\($0)".contains("inside the training data"), "\($0)")
+        }
         // Prompt/completion data needs an EOS to learn to stop with.
         let pc = try write("pc.jsonl", [json(["prompt": "a", "completion": "b"])])
         XCTAssertThrowsError(try load(pc, tok: ByteTokenizer())) { XCTAssertTrue("\($0)".contains("end-of-sequence")) }
