@@ -373,8 +373,11 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         m.detach(from: model)
     }
     if model.config.positions == .learned {  // a prompt too long for any version stops the run before any work
-        for p in o.prompts where tokenizer.encode(p.prompt).count + mostVirtual >= model.config.maxPositions {
-            throw BacktestError("prompt \(p.id): \(tokenizer.encode(p.prompt).count) tokens (+\(mostVirtual) virtual, the most of any version) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
+        for p in o.prompts {
+            let n = tokenizer.encode(p.prompt).count
+            guard n + mostVirtual < model.config.maxPositions else {
+                throw BacktestError("prompt \(p.id): \(n) tokens (+\(mostVirtual) virtual, the most of any version) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
+            }
         }
     }
     let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }

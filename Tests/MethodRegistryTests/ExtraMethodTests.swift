@@ -183,6 +183,10 @@ final class ExtraMethodTests: XCTestCase {
         XCTAssertEqual(Set(TrainJob.settingKeys).subtracting(perCommand), all, "every setting key is a flag")
         var settings = options.given
         settings["method-config"] = nil
+        XCTAssertThrowsError(try TrainJob(settings: settings), "--steps and --epochs stand instead of each other") {
+            XCTAssertTrue("\($0)".contains("--steps and --epochs are both given"), "\($0)")
+        }
+        (settings["steps"], settings["val-data"]) = (nil, nil)  // --epochs and --val-fraction stand instead of them
         let job = try TrainJob(settings: settings)
         XCTAssertEqual(job.trainer.optimizer, "sgd")
         XCTAssertEqual(job.trainer.adamBeta2, 0.95)
