@@ -61,7 +61,7 @@ public struct GenerationSummary: Sendable {
 
 /// A request the engine cannot take: an unknown model, a full queue, a prompt too long.
 public struct ServingError: Error, CustomStringConvertible {
-    public enum Kind: Sendable { case invalidRequest, unknownModel, busy, shuttingDown }
+    public enum Kind: Sendable { case invalidRequest, contextLengthExceeded, unknownModel, busy, shuttingDown }
     public let kind: Kind
     public let message: String
     public init(_ kind: Kind, _ message: String) { (self.kind, self.message) = (kind, message) }
@@ -219,8 +219,9 @@ public final class ServingEngine: @unchecked Sendable {
         }
         guard !request.prompt.isEmpty else { throw ServingError(.invalidRequest, "the prompt is empty") }
         guard request.maxTokens >= 1 else { throw ServingError(.invalidRequest, "max_tokens must be at least 1, got \(request.maxTokens)") }
-        guard request.prompt.count + request.maxTokens <= contextLength else {
-            throw ServingError(.invalidRequest, "the prompt has \(request.prompt.count) tokens and max_tokens is \(request.maxTokens): more than the context length \(contextLength)")
+        let virtual = adapter(request.model)?.virtualTokens ?? 0  // a prompt or prefix adapter's, which take positions too
+        guard virtual + request.prompt.count + request.maxTokens <= contextLength else {
+            throw ServingError(.contextLengthExceeded, "the prompt has \(request.prompt.count) tokens\(virtual > 0 ? " (+\(virtual) virtual tokens of \(request.model))" : "") and max_tokens is \(request.maxTokens): more than the context length \(contextLength)")
         }
         var continuation: AsyncStream<GenerationEvent>.Continuation!
         let stream = AsyncStream<GenerationEvent> { continuation = $0 }

@@ -35,7 +35,8 @@ Answer:</textarea>
 const $ = id => document.getElementById(id);
 const tried = [];
 function variables() {
-  const names = [...$("template").value.matchAll(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g)].map(m => m[1]);
+  // The pattern render() uses: {{ and }} are literal braces, never a variable.
+  const names = [...$("template").value.matchAll(/\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}/g)].filter(m => m[1]).map(m => m[1]);
   return [...new Set(names)];
 }
 function drawVars() {

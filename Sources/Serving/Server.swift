@@ -87,8 +87,26 @@ struct CompletionParameters {
     init(_ o: [String: Any], defaultModel: String) throws {
         func number(_ key: String) throws -> Double? {
             guard let v = o[key], !(v is NSNull) else { return nil }
-            guard let n = v as? NSNumber else { throw APIError(status: .badRequest, message: "\(key) must be a number", param: key) }
+            // JSON's true and false arrive as NSNumbers too (objCType "c"): not a number a client meant.
+            guard let n = v as? NSNumber, String(cString: n.objCType) != "c" else {
+                throw APIError(status: .badRequest, message: "\(key) must be a number", param: key)
+            }
             return n.doubleValue
+        }
+        // OpenAI and vLLM parameters this server does not implement: refused when they ask for
+        // something, rather than silently ignored (their neutral values pass).
+        let neutral: [String: (Any) -> Bool] = [
+            "logprobs": { ($0 as? NSNumber)?.intValue == 0 }, "top_logprobs": { ($0 as? NSNumber)?.intValue == 0 },
+            "echo": { ($0 as? NSNumber)?.boolValue == false }, "best_of": { ($0 as? NSNumber)?.intValue == 1 },
+            "suffix": { ($0 as? String)?.isEmpty == true }, "presence_penalty": { ($0 as? NSNumber)?.doubleValue == 0 },
+            "frequency_penalty": { ($0 as? NSNumber)?.doubleValue == 0 }, "repetition_penalty": { ($0 as? NSNumber)?.doubleValue == 1 },
+            "logit_bias": { ($0 as? [String: Any])?.isEmpty == true }, "tools": { ($0 as? [Any])?.isEmpty == true },
+            "response_format": { (($0 as? [String: Any])?["type"] as? String) == "text" }, "min_p": { ($0 as? NSNumber)?.doubleValue == 0 },
+        ]
+        for (key, isNeutral) in neutral.sorted(by: { $0.key < $1.key }) {
+            if let v = o[key], !(v is NSNull), !isNeutral(v) {
+                throw APIError(status: .badRequest, message: "\(key) is not supported by this server", param: key)
+            }
         }
         guard let m = (o["model"] as? String) ?? (o["model"] == nil ? defaultModel : nil) else {
             throw APIError(status: .badRequest, message: "model must be a string", param: "model")
@@ -103,15 +121,24 @@ struct CompletionParameters {
         let p = try number("top_p") ?? 1
         guard p > 0, p <= 1 else { throw APIError(status: .badRequest, message: "top_p must be in (0, 1], got \(p)", param: "top_p") }
         topP = Float(p)
-        let s = try number("seed") ?? 0
-        guard s >= 0, s < 1.8e19, s == s.rounded() else { throw APIError(status: .badRequest, message: "seed must be a non-negative integer", param: "seed") }
-        seed = UInt64(s)
+        // Without a seed, each request samples anew (as OpenAI and vLLM do); a seed is any 64-bit
+        // integer, read exactly (a Double would merge seeds above 2^53), negative ones as their bits.
+        switch o["seed"] {
+        case nil, is NSNull: seed = UInt64.random(in: 0...UInt64.max)
+        case let n as NSNumber where ["q", "Q", "i", "l", "s"].contains(String(cString: n.objCType)):
+            seed = String(cString: n.objCType) == "Q" ? n.uint64Value : UInt64(bitPattern: n.int64Value)
+        default: throw APIError(status: .badRequest, message: "seed must be an integer", param: "seed")
+        }
         switch o["stop"] {
         case nil, is NSNull: stop = []
         case let x as String: stop = [x]
         case let l as [Any]:
             stop = try l.map { guard let x = $0 as? String else { throw APIError(status: .badRequest, message: "stop must be strings", param: "stop") }; return x }
         default: throw APIError(status: .badRequest, message: "stop must be a string or a list of strings", param: "stop")
+        }
+        // Each stop text is looked for after every token of the batch's rows: a bounded list.
+        guard stop.count <= 16, stop.allSatisfy({ $0.utf8.count <= 1000 }) else {
+            throw APIError(status: .badRequest, message: "stop may hold at most 16 texts of at most 1000 bytes", param: "stop")
         }
         switch o["stop_token_ids"] {
         case nil, is NSNull: stopTokenIDs = []
@@ -125,7 +152,11 @@ struct CompletionParameters {
         default: throw APIError(status: .badRequest, message: "stop_token_ids must be a list of integers", param: "stop_token_ids")
         }
         if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per request)", param: "n") }
-        stream = (o["stream"] as? Bool) ?? false
+        switch o["stream"] {
+        case nil, is NSNull: stream = false
+        case let n as NSNumber where String(cString: n.objCType) == "c": stream = n.boolValue
+        default: throw APIError(status: .badRequest, message: "stream must be true or false", param: "stream")
+        }
     }
 }
 
@@ -135,10 +166,10 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     let metrics = ServerMetrics()
     engine.onFinished = { metrics.finished(model: $0, $1) }
     let router = Router(context: ConnectionContext.self)
+    router.add(middleware: ErrorShapeMiddleware(metrics: metrics))  // outermost: refusals are counted too
     if let key = options.apiKey {
         router.add(middleware: BearerKeyMiddleware(key: key))
     }
-    router.add(middleware: ErrorShapeMiddleware(metrics: metrics))
 
     router.get("/health") { _, _ -> Response in jsonResponse(["status": "ok", "queued": engine.queued]) }
     router.get("/metrics") { _, _ -> Response in
@@ -196,10 +227,25 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
             throw APIError(status: .badRequest, message: "messages must be a non-empty list", param: "messages")
         }
         let messages = try list.map { item -> ChatMessage in
-            guard let m = item as? [String: Any], let role = m["role"] as? String, let content = m["content"] as? String else {
-                throw APIError(status: .badRequest, message: "each message needs a role and a string content", param: "messages")
+            guard let m = item as? [String: Any], var role = m["role"] as? String else {
+                throw APIError(status: .badRequest, message: "each message needs a role and a content", param: "messages")
             }
-            return ChatMessage(role: role, content: content)
+            if role == "developer" { role = "system" }  // OpenAI's newer name for it
+            guard ["system", "user", "assistant"].contains(role) else {
+                throw APIError(status: .badRequest, message: "a message's role must be system, user or assistant, got \"\(role)\"", param: "messages")
+            }
+            switch m["content"] {
+            case let text as String: return ChatMessage(role: role, content: text)
+            case let parts as [Any]:  // OpenAI's content parts: text parts only
+                let texts = try parts.map { part -> String in
+                    guard let p = part as? [String: Any], p["type"] as? String == "text", let t = p["text"] as? String else {
+                        throw APIError(status: .badRequest, message: "a content part must be {\"type\": \"text\", \"text\": …}; other parts are not supported", param: "messages")
+                    }
+                    return t
+                }
+                return ChatMessage(role: role, content: texts.joined())
+            default: throw APIError(status: .badRequest, message: "a message's content must be a string or a list of text parts", param: "messages")
+            }
         }
         let ids = engine.tokenizer.encode(renderChatML(messages, addGenerationPrompt: true))
         return try await complete(engine, p, ids: ids, chat: true, onHangUp: context.onHangUp)
@@ -225,6 +271,12 @@ func waitingOffThePool(_ body: @escaping @Sendable () throws -> Void) async thro
 
 /// The request's JSON object; a body over `limit` bytes is a 413, anything but an object a 400.
 func jsonBody(_ request: Request, limit: Int) async throws -> [String: Any] {
+    // A JSON content type: a browser page from another origin cannot send one without a CORS
+    // preflight, which this server never grants (so a page cannot drive a local server).
+    let type = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+    guard type == "application/json" else {
+        throw APIError(status: .unsupportedMediaType, message: "the request body must be JSON, sent with Content-Type: application/json (got \(type.map { "\"\($0)\"" } ?? "none"))")
+    }
     var request = request
     let buffer: ByteBuffer
     do { buffer = try await request.collectBody(upTo: limit) } catch {
@@ -322,7 +374,8 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
         case .unknownModel: throw APIError(status: .notFound, message: e.message, code: "model_not_found", param: "model")
         case .busy: throw APIError(status: .tooManyRequests, message: e.message, type: "rate_limit_error")
         case .shuttingDown: throw APIError(status: .serviceUnavailable, message: e.message, type: "server_error")
-        case .invalidRequest: throw APIError(status: .badRequest, message: e.message, code: "context_length_exceeded")
+        case .invalidRequest: throw APIError(status: .badRequest, message: e.message)
+        case .contextLengthExceeded: throw APIError(status: .badRequest, message: e.message, code: "context_length_exceeded")
         }
     }
     let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
@@ -389,11 +442,23 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
 }
 
 /// Every request but the page at `/` and `/health` must carry `Authorization: Bearer <key>`.
+/// Whether `header` is `Bearer <key>` (the scheme in any case), compared in time that does not depend
+/// on where the key differs.
+func bearerMatches(_ header: String?, _ key: String) -> Bool {
+    guard let header, header.count > 7, header.prefix(7).lowercased() == "bearer " else { return false }
+    let given = Array(header.utf8.dropFirst(7)), wanted = Array(key.utf8)
+    var diff = given.count ^ wanted.count
+    for i in 0..<max(given.count, wanted.count) {
+        diff |= Int((i < given.count ? given[i] : 0) ^ (i < wanted.count ? wanted[i] : 0))
+    }
+    return diff == 0
+}
+
 struct BearerKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let key: String
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         // The prompt lab page itself and the health check are public; the page sends the key it is given.
-        guard request.uri.path == "/" || request.uri.path == "/health" || request.headers[.authorization] == "Bearer \(key)" else {
+        guard request.uri.path == "/" || request.uri.path == "/health" || bearerMatches(request.headers[.authorization], key) else {
             return APIError(status: .unauthorized, message: "a valid API key is required (Authorization: Bearer …)", code: "invalid_api_key").response
         }
         return try await next(request, context)

@@ -34,6 +34,7 @@ struct Serve: ParsableCommand {
     @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA or modules_to_save adapters); bf16 needs AVX512-BF16 or AMX.") var precision = "fp32"
 
     func run() throws {
+        guard apiKey?.isEmpty != true else { throw CLIError("--api-key is empty: every request would be refused; give a key or leave the option out") }
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
             throw CLIError("--precision must be fp32, bf16 or bf16-only, got '\(precision)'")
         }

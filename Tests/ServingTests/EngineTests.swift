@@ -4,6 +4,9 @@
 // attached per batch from memory rather than from their file.
 
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import XCTest
 import TestSupport
 import SwiftPEFT
@@ -71,6 +74,11 @@ final class EngineTests: XCTestCase {
                                           job(7, "pt", prompt: 5, maxTokens: 4), job(8, engine.baseName, prompt: 9, maxTokens: 4)])
         XCTAssertEqual(batch.map(\.id), [5, 7])
         XCTAssertEqual(rest.map(\.id), [6, 8])
+        // Its virtual tokens take positions too: refused at submit (a 400), not failed in the batch (a 500).
+        XCTAssertThrowsError(try engine.submit(GenerationRequest(model: "pt", prompt: [Int32](repeating: 5, count: 60), maxTokens: 3))) {
+            XCTAssertEqual(($0 as? ServingError)?.kind, .contextLengthExceeded)
+            XCTAssertTrue("\($0)".contains("+3 virtual tokens of pt"), "\($0)")
+        }
         // The base alone (RoPE): prompts of any length share a batch.
         (batch, _) = engine.formBatch([job(9, engine.baseName, prompt: 5, maxTokens: 4), job(10, engine.baseName, prompt: 9, maxTokens: 4)])
         XCTAssertEqual(batch.map(\.id), [9, 10])
@@ -152,6 +160,33 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(after, before, "the refused adapter left the base as it was")
     }
 
+    /// The API's parameters are read exactly or refused: an unsupported one that asks for something,
+    /// a boolean where a number goes, seeds over 2^53 (kept apart), a stream flag that is not a boolean.
+    func testParametersAreReadExactlyOrRefused() throws {
+        func params(_ json: String) throws -> CompletionParameters {
+            try CompletionParameters(JSONSerialization.jsonObject(with: Data(json.utf8)) as! [String: Any], defaultModel: "m")
+        }
+        func refused(_ json: String, _ param: String, line: UInt = #line) {
+            XCTAssertThrowsError(try params(json), line: line) { XCTAssertEqual(($0 as? APIError)?.param, param, "\($0)", line: line) }
+        }
+        for (json, param) in [(#"{"logprobs": 5}"#, "logprobs"), (#"{"echo": true}"#, "echo"), (#"{"presence_penalty": 0.5}"#, "presence_penalty"),
+                              (#"{"logit_bias": {"7": 5}}"#, "logit_bias"), (#"{"best_of": 3}"#, "best_of"), (#"{"max_tokens": true}"#, "max_tokens"),
+                              (#"{"stream": "true"}"#, "stream"), (#"{"seed": 1.5}"#, "seed"), (#"{"seed": "7"}"#, "seed")] {
+            refused(json, param)
+        }
+        let seventeen = (0..<17).map { "\"s\($0)\"" }.joined(separator: ",")
+        refused("{\"stop\": [" + seventeen + "]}", "stop")
+        XCTAssertNoThrow(try params(#"{"logprobs": null, "echo": false, "presence_penalty": 0, "best_of": 1, "response_format": {"type": "text"}}"#))
+        XCTAssertEqual(try params(#"{"seed": 18446744073709551615}"#).seed, UInt64.max)
+        XCTAssertEqual(try params(#"{"seed": 9007199254740993}"#).seed, 9_007_199_254_740_993, "above 2^53, exactly")
+        XCTAssertEqual(try params(#"{"seed": -1}"#).seed, UInt64.max, "a negative seed is its bits")
+        XCTAssertNotEqual(try params("{}").seed, try params("{}").seed, "no seed: each request samples anew")
+        XCTAssertEqual(try params(#"{"stream": true}"#).stream, true)
+        XCTAssertTrue(bearerMatches("Bearer key-1", "key-1") && bearerMatches("bearer key-1", "key-1"))
+        XCTAssertFalse(bearerMatches("Bearer key-12", "key-1") || bearerMatches("Bearer key-", "key-1") || bearerMatches("Bearer ", "")
+                       || bearerMatches(nil, "key-1") || bearerMatches("Basic key-1", "key-1"))
+    }
+
     func testAPerBatchAdapterIsAttachedFromMemory() async throws {
         let engine = try ServingEngine(modelPath: basePath)
         defer { engine.shutdown() }
@@ -201,6 +236,33 @@ final class ServerConnectionTests: XCTestCase {
         let server = Task { try await app.runService() }
         defer { server.cancel(); engine.shutdown() }
         XCTAssertEqual(running.wait(timeout: .now() + 30), .success, "the server did not start")
+
+        // A body without a JSON content type is refused (a page from another origin could send one).
+        let plain = try await URLSession.shared.data(for: {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
+            (r.httpMethod, r.httpBody) = ("POST", Data(#"{"prompt": "x"}"#.utf8))
+            r.setValue("text/plain", forHTTPHeaderField: "Content-Type")
+            return r
+        }())
+        XCTAssertEqual((plain.1 as? HTTPURLResponse)?.statusCode, 415, String(decoding: plain.0, as: UTF8.self))
+        // Chat roles are those training knows (developer is system); content may be OpenAI's text parts.
+        func chat(_ messages: String) async throws -> (status: Int, body: String) {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/chat/completions")!)
+            r.httpMethod = "POST"
+            r.httpBody = Data(("{\"max_tokens\": 1, \"messages\": " + messages + "}").utf8)
+            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            let (data, response) = try await URLSession.shared.data(for: r)
+            return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        }
+        let tool = try await chat(#"[{"role": "tool", "content": "x"}]"#)
+        XCTAssertEqual(tool.status, 400, tool.body)
+        XCTAssertTrue(tool.body.contains("system, user or assistant"), tool.body)
+        let parts = try await chat(#"[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "The cat"}]}]"#)
+        XCTAssertEqual(parts.status, 200, parts.body)
+        let image = try await chat(#"[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]"#)
+        XCTAssertEqual(image.status, 400, image.body)
+        while finished.wait(timeout: .now()) == .success {}  // the chat above finished: start the hang-up afresh
+        summary = nil
 
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         XCTAssertGreaterThanOrEqual(fd, 0)
