@@ -45,6 +45,11 @@ open class LinearHookMethod<Hook: FoldableLinearHook> {
         for m in entries ?? [] {
             let matched = model.namedParameters().filter { n, _ in n.hasPrefix(m + ".") || n.contains("." + m + ".") }
             guard !matched.isEmpty else { throw PEFTError(message: "[\(method)] modules_to_save entry '\(m)' matches no parameter of the model") }
+            // A tied embedding is also the output head: training it in place would change the head,
+            // where PEFT trains a copy of the embedding and leaves the head as it was.
+            if model.config.tieWordEmbeddings, let (name, _) = matched.first(where: { $0.1 === model.tokenEmbeddingTable }) {
+                throw PEFTError(message: "[\(method)] modules_to_save entry '\(m)' matches the token embedding \(name), which this model ties to its output head: training it would change the head too (PEFT trains a copy of the embedding); not supported")
+            }
             out += matched
         }
         return out

@@ -46,7 +46,8 @@ public func makeMethod(_ name: String, for model: CausalLM, settings: MethodSett
 
 /// Result of merging an adapter into its base.
 public struct MergeResult {
-    /// The largest |merged − unmerged| logit a merge may show and still be saved as correct.
+    /// The largest |merged − unmerged| logit a merge may show and still be saved as correct, per
+    /// unit of the largest |logit| (at least 1): float32 rounding grows with the logits.
     public static let tolerance: Float = 1e-4
     /// Largest |merged − unmerged| logit on the check input.
     public let maxLogitDifference: Float
@@ -58,8 +59,8 @@ public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, 
 
 /// Loads `adapter` (a SwiftPEFT checkpoint or a PEFT folder) onto the base at `modelPath` (read
 /// once), merges it into the weights, measures merged vs unmerged logits on `checkText` (tokenized
-/// with the base's tokenizer; fixed ids without one), and, when they agree within
-/// `MergeResult.tolerance`, saves the merged model (with the base's tokenizer) to `out` as a
+/// with the base's tokenizer; fixed ids without one; cut to learned positions), and, when they agree
+/// within `MergeResult.tolerance` × the largest |logit| (at least 1), saves the merged model (with the base's tokenizer) to `out` as a
 /// SwiftPEFT checkpoint or (`format` .hf) a Hugging Face folder; otherwise throws, writing nothing.
 public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
                          checkText: String = "The quick brown fox jumps over the lazy dog.",
@@ -72,16 +73,19 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
         let merging = PEFTRegistry.all.filter(\.merges).flatMap { $0.names.map(\.name) }
         throw PEFTError(message: "\(adapterPath): a \(type(of: method).peftType) adapter cannot be merged into the weights (only \(merging.joined(separator: ", ")) can)")
     }
-    let ids = checkIDs.isEmpty ? [1, 2, 3, 4, 5, 6, 7, 8].map { Int32($0 % model.config.vocabSize) } : checkIDs
+    let ids = Array((checkIDs.isEmpty ? [1, 2, 3, 4, 5, 6, 7, 8].map { Int32($0 % model.config.vocabSize) } : checkIDs)
+        .prefix(model.config.positions == .learned ? model.config.maxPositions : Int.max))
     let unmerged = withNoGrad { model.forward(ids, batch: 1) }.toArray()
     mergeable.merge()
     let merged = withNoGrad { model.forward(ids, batch: 1) }.toArray()
     var diff: Float = 0
     for (a, b) in zip(merged, unmerged) { diff = max(diff, abs(a - b).isNaN ? .infinity : abs(a - b)) }
-    guard diff <= MergeResult.tolerance else {  // nothing is written that would not be trusted
-        throw PEFTError(message: "\(out): not written: the merged model's logits differ from the adapted model's by \(diff) (more than \(MergeResult.tolerance))")
+    let allowed = MergeResult.tolerance * max(1, unmerged.map(abs).max() ?? 1)
+    guard diff <= allowed else {  // nothing is written that would not be trusted
+        throw PEFTError(message: "\(out): not written: the merged model's logits differ from the adapted model's by \(diff) (more than \(allowed))")
     }
-    var m = base.metadata
+    // The merged model's own record: the base's metadata (its pretraining's val_loss, …) describes another model.
+    var m: [String: String] = [:]
     m["merged_adapter"] = adapterPath
     m["merged_from"] = modelPath
     switch format {

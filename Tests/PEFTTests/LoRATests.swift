@@ -63,6 +63,13 @@ final class LoRATests: XCTestCase {
             XCTAssertTrue("\(e)".contains("tie_word_embeddings"), "\(e)")
         }
         XCTAssertEqual(try targets(LoRAConfig(targetModules: .names(["q_proj", "lm_head"]))).count, 3, "untied: lm_head adapts")
+        // modules_to_save on the tied embedding would train the head too (PEFT trains a copy): refused, nothing attached.
+        var saveEmbedding = LoRAConfig(targetModules: .names(["q_proj"]))
+        saveEmbedding.modulesToSave = ["embed_tokens"]
+        XCTAssertThrowsError(try LoRA(config: saveEmbedding).attach(to: tied)) { e in
+            XCTAssertTrue("\(e)".contains("ties to its output head") && "\(e)".contains("model.embed_tokens.weight"), "\(e)")
+        }
+        XCTAssertTrue(tied.namedModules().compactMap { $0.1 as? Linear }.allSatisfy { $0.hooks.isEmpty }, "nothing attached")
     }
 
     func testAttachFreezesBaseAndCountsMatchTheFormula() throws {
