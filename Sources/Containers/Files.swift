@@ -77,7 +77,9 @@ func removeStaleTemporaries(of path: String) {
 /// - `dir` holds a folder of the user's (a `.git`), a file that cannot be linked, or the file
 ///   system cannot swap: the new files are moved in one by one, each atomically, in the order
 ///   given (the one that makes the folder valid last).
-public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) throws -> Void) throws {
+/// `dropping` names old files the new ones replace under other names (a sharded model's index and
+/// shards under a single `model.safetensors`): they are not kept.
+public func writeFolderAtomically(_ dir: URL, files: [String], dropping: [String] = [], write: (URL) throws -> Void) throws {
     let fm = FileManager.default
     let dir = dir.resolvingSymlinksInPath()  // a link to the output folder stays a link
     let parent = dir.deletingLastPathComponent()
@@ -94,7 +96,7 @@ public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) thro
     var isDir: ObjCBool = false
     let exists = fm.fileExists(atPath: dir.path, isDirectory: &isDir)
     if exists && !isDir.boolValue { throw CheckpointError(path: dir.path, message: "exists and is not a folder") }
-    let others = exists ? ((try? fm.contentsOfDirectory(atPath: dir.path)) ?? []).filter { !files.contains($0) } : []
+    let others = exists ? ((try? fm.contentsOfDirectory(atPath: dir.path)) ?? []).filter { !files.contains($0) && !dropping.contains($0) } : []
     // The user's files go into the new folder as hard links (same files, nothing copied).
     let linked = others.allSatisfy { name in
         var d: ObjCBool = false
@@ -121,6 +123,7 @@ public func writeFolderAtomically(_ dir: URL, files: [String], write: (URL) thro
                 CheckpointError(path: dir.appendingPathComponent(f).path, message: $0)
             }
         }
+        for f in dropping { try? fm.removeItem(at: dir.appendingPathComponent(f)) }
     }
     let fd = open(parent.path, O_RDONLY | O_DIRECTORY)
     if fd >= 0 { fsync(fd); close(fd) }

@@ -282,33 +282,46 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
 /// HF keys, a tied `lm_head.weight` left out as transformers does) and `tokenizer.json` if given.
 /// Creates the folder if needed; the files appear together or not at all (`writeFolderAtomically`:
 /// other files already in the folder are kept).
+/// - from: the Hugging Face folder the model came from (a merge's base), if any: its
+///   `tokenizer_config.json` keys (a chat template) and its `generation_config.json` come along.
 /// - Throws: `HFModelError` when the configuration has no transformers equivalent, or on I/O errors.
-public func saveHFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to folder: String) throws {
+public func saveHFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to folder: String, from base: String? = nil) throws {
     let ids = [("bos_token_id", tokenizer?.bosTokenID), ("eos_token_id", tokenizer?.eosTokenID), ("pad_token_id", tokenizer?.padTokenID)]
-    // Saved over a model folder, its tokenizer_config.json keeps everything but the roles.
-    let existing = FileManager.default.contents(atPath: URL(fileURLWithPath: folder).appendingPathComponent("tokenizer_config.json").path)
-        .flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }
+    func file(_ dir: String, _ name: String) -> Data? { FileManager.default.contents(atPath: URL(fileURLWithPath: dir).appendingPathComponent(name).path) }
+    func tokenizerConfig(_ dir: String) -> [String: Any]? {
+        file(dir, "tokenizer_config.json").flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }
+    }
+    // Saved over a model folder (or from one), its tokenizer_config.json keeps everything but the roles.
+    let existing = tokenizerConfig(folder) ?? base.flatMap(tokenizerConfig)
     try saveHFModel(model, tokenizerJSON: tokenizer?.tokenizerJSON(), tokenizerConfigJSON: tokenizer?.tokenizerConfigJSON(over: existing),
-                    specialTokenIDs: Dictionary(uniqueKeysWithValues: ids.compactMap { k, v in v.map { (k, Int($0)) } }), to: folder)
+                    specialTokenIDs: Dictionary(uniqueKeysWithValues: ids.compactMap { k, v in v.map { (k, Int($0)) } }),
+                    extraFiles: base.flatMap { b in file(b, "generation_config.json").map { [("generation_config.json", $0)] } } ?? [],
+                    to: folder)
 }
 
 /// `saveHFModel(_:tokenizer:to:)` from the tokenizer's files: `tokenizer_config.json` (its roles)
 /// beside `tokenizer.json`, and `specialTokenIDs` (`eos_token_id` …) in `config.json`, where
 /// transformers' `generate` looks for the token that ends a text.
 public func saveHFModel(_ model: CausalLM, tokenizerJSON: String?, tokenizerConfigJSON: String? = nil,
-                        specialTokenIDs: [String: Int] = [:], to folder: String) throws {
+                        specialTokenIDs: [String: Int] = [:], extraFiles: [(name: String, data: Data)] = [], to folder: String) throws {
     try checkFiniteWeights(model.namedParameters(), writing: folder)
     let dir = URL(fileURLWithPath: folder)
     var config = try hfConfigJSON(model.config, file: dir.appendingPathComponent("config.json").path)
     config.merge(specialTokenIDs) { $1 }
     let tensors = model.namedParameters().filter { !(model.config.tieWordEmbeddings && $0.0 == "lm_head.weight") }
     let tokenizerFiles = [("tokenizer.json", tokenizerJSON), ("tokenizer_config.json", tokenizerConfigJSON)].compactMap { n, t in t.map { (n, $0) } }
-    let files = tokenizerFiles.map(\.0) + ["model.safetensors", "config.json"]  // config last: it makes the folder a model
-    try writeFolderAtomically(dir, files: files) { tmp in
+    let files = tokenizerFiles.map(\.0) + extraFiles.map(\.name) + ["model.safetensors", "config.json"]  // config last: it makes the folder a model
+    // Saved over a sharded model: its index and shards would stand beside the new single file.
+    let index = dir.appendingPathComponent("model.safetensors.index.json")
+    let shards = (FileManager.default.contents(atPath: index.path).flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }?["weight_map"]
+        as? [String: String]).map { Set($0.values).sorted() } ?? []
+    let dropping = FileManager.default.fileExists(atPath: index.path) ? ["model.safetensors.index.json"] + shards.filter { !$0.contains("/") } : []
+    try writeFolderAtomically(dir, files: files, dropping: dropping) { tmp in
         try Safetensors.write(tmp.appendingPathComponent("model.safetensors").path, tensors: tensors, metadata: ["format": "pt"])
         do {
             try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: tmp.appendingPathComponent("config.json"))
             for (name, text) in tokenizerFiles { try Data(text.utf8).write(to: tmp.appendingPathComponent(name)) }
+            for (name, data) in extraFiles { try data.write(to: tmp.appendingPathComponent(name)) }
         } catch {
             throw HFModelError(path: folder, message: "cannot write: \((error as NSError).localizedDescription)")
         }

@@ -90,7 +90,7 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
     m["merged_from"] = modelPath
     switch format {
     case .swiftpeft: try ModelCheckpoint.save(model, tokenizer: base.tokenizer, to: out, metadata: m)
-    case .hf: try saveHFModel(model, tokenizer: base.tokenizer, to: out)
+    case .hf: try saveHFModel(model, tokenizer: base.tokenizer, to: out, from: isHFModelFolder(modelPath) ? modelPath : nil)
     }
     return MergeResult(maxLogitDifference: diff, adaptedModules: mergeable.mergedModuleCount)
 }

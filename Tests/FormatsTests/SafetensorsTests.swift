@@ -256,6 +256,18 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(tokConfig["model_max_length"] as? Int, 2048)
         XCTAssertEqual(tokConfig["eos_token"] as? String, gpt2Tok?.roles.eos, "the roles are the saved tokenizer's")
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: dir.path).contains { $0.hasPrefix(".over.") }, "no temporary left")
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: over.path)),
+                       ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
+                       "the sharded model's index and shards are gone (vLLM would read them)")
+        // Saved into a new folder from a base folder (a merge): the base's tokenizer settings and
+        // generation config come along.
+        try #"{"max_new_tokens": 7}"#.write(to: over.appendingPathComponent("generation_config.json"), atomically: true, encoding: .utf8)
+        let fresh = dir.appendingPathComponent("from-base")
+        try saveHFModel(gpt2, tokenizer: gpt2Tok, to: fresh.path, from: over.path)
+        let carried = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: fresh.appendingPathComponent("tokenizer_config.json"))) as? [String: Any])
+        XCTAssertEqual(carried["chat_template"] as? String, "{{ messages }}")
+        XCTAssertEqual(try String(contentsOf: fresh.appendingPathComponent("generation_config.json"), encoding: .utf8), #"{"max_new_tokens": 7}"#)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fresh.appendingPathComponent("README.md").path), "only the model's files")
     }
 
     /// transformers loads our saved folders and gives our logits. Needs .venv/bin/python (made by
