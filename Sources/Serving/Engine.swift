@@ -212,6 +212,9 @@ public final class ServingEngine: @unchecked Sendable {
         if a.rowScoped { a.method.detach(from: model) }
     }
 
+    /// The virtual tokens (prompt or prefix adapters') that requests for `model` put before their prompt.
+    public func virtualTokens(of model: String) -> Int { adapter(model)?.virtualTokens ?? 0 }
+
     /// Queues a request; its events arrive on the returned stream.
     public func submit(_ request: GenerationRequest) throws -> AsyncStream<GenerationEvent> {
         guard request.model == baseName || adapterInfo(request.model) != nil else {
@@ -219,7 +222,7 @@ public final class ServingEngine: @unchecked Sendable {
         }
         guard !request.prompt.isEmpty else { throw ServingError(.invalidRequest, "the prompt is empty") }
         guard request.maxTokens >= 1 else { throw ServingError(.invalidRequest, "max_tokens must be at least 1, got \(request.maxTokens)") }
-        let virtual = adapter(request.model)?.virtualTokens ?? 0  // a prompt or prefix adapter's, which take positions too
+        let virtual = virtualTokens(of: request.model)  // a prompt or prefix adapter's, which take positions too
         guard virtual + request.prompt.count + request.maxTokens <= contextLength else {
             throw ServingError(.contextLengthExceeded, "the prompt has \(request.prompt.count) tokens\(virtual > 0 ? " (+\(virtual) virtual tokens of \(request.model))" : "") and max_tokens is \(request.maxTokens): more than the context length \(contextLength)")
         }

@@ -75,7 +75,9 @@ func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response 
 /// The request fields `completions` and `chat/completions` share, read from a JSON object.
 struct CompletionParameters {
     var model: String
-    var maxTokens: Int
+    /// nil when the request names none: 64 for a completion; for a chat, the rest of the context
+    /// (OpenAI's and vLLM's chat default), since a reply ends at `<|im_end|>`.
+    var maxTokens: Int?
     var temperature: Float
     var topP: Float
     var seed: UInt64
@@ -112,9 +114,10 @@ struct CompletionParameters {
             throw APIError(status: .badRequest, message: "model must be a string", param: "model")
         }
         model = m
-        let mt = try number("max_tokens") ?? number("max_completion_tokens") ?? 64
-        guard mt >= 1, mt <= 1_000_000, mt == mt.rounded() else { throw APIError(status: .badRequest, message: "max_tokens must be a positive integer, got \(mt)", param: "max_tokens") }
-        maxTokens = Int(mt)
+        if let mt = try number("max_tokens") ?? number("max_completion_tokens") {
+            guard mt >= 1, mt <= 1_000_000, mt == mt.rounded() else { throw APIError(status: .badRequest, message: "max_tokens must be a positive integer, got \(mt)", param: "max_tokens") }
+            maxTokens = Int(mt)
+        }
         let t = try number("temperature") ?? 0
         guard t >= 0, t <= 10 else { throw APIError(status: .badRequest, message: "temperature must be in [0, 10], got \(t)", param: "temperature") }
         temperature = Float(t)
@@ -366,7 +369,8 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 /// stops when a write to the gone client fails).
 func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool,
               onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
-    var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: p.maxTokens)
+    let maxTokens = p.maxTokens ?? (chat ? max(1, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count) : 64)
+    var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
     (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed, p.stop, p.stopTokenIDs)
     let events: AsyncStream<GenerationEvent>
     do { events = try engine.submit(r) } catch let e as ServingError {

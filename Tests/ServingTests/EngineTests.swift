@@ -182,6 +182,8 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(try params(#"{"seed": -1}"#).seed, UInt64.max, "a negative seed is its bits")
         XCTAssertNotEqual(try params("{}").seed, try params("{}").seed, "no seed: each request samples anew")
         XCTAssertEqual(try params(#"{"stream": true}"#).stream, true)
+        XCTAssertNil(try params("{}").maxTokens, "none given: the route picks 64, or the rest of the context for a chat")
+        XCTAssertEqual(try params(#"{"max_completion_tokens": 9}"#).maxTokens, 9)
         XCTAssertTrue(bearerMatches("Bearer key-1", "key-1") && bearerMatches("bearer key-1", "key-1"))
         XCTAssertFalse(bearerMatches("Bearer key-12", "key-1") || bearerMatches("Bearer key-", "key-1") || bearerMatches("Bearer ", "")
                        || bearerMatches(nil, "key-1") || bearerMatches("Basic key-1", "key-1"))
