@@ -142,8 +142,8 @@ func describeForeign(_ source: ModelSource) throws -> String? {
     switch source.kind {
     case .peftFolder:
         let cfg = (try? String(contentsOfFile: path + "/adapter_config.json", encoding: .utf8)) ?? "?"
-        let st = try? SafetensorsFile(path: path + "/adapter_model.safetensors")
-        return "\(path): Hugging Face PEFT adapter folder\n  config: \(cfg.replacingOccurrences(of: "\n", with: " "))\n  tensors: \(st?.names.count ?? 0)"
+        let st = try SafetensorsFile(path: path + "/adapter_model.safetensors")  // a missing or broken file is an error, not "0 tensors"
+        return "\(path): Hugging Face PEFT adapter folder\n  config: \(cfg.replacingOccurrences(of: "\n", with: " "))\n  tensors: \(st.names.count)"
     case .hfFolder:
         let data = try Data(contentsOf: URL(fileURLWithPath: path + "/config.json"))
         let obj = (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]

@@ -999,6 +999,11 @@ final class CLITests: XCTestCase {
         let peft = root.appendingPathComponent("Tests/FormatsTests/Fixtures/peft/llama-lora").path
         let p = try ok(["inspect", peft])
         XCTAssertTrue(p.stdout.contains("PEFT adapter folder") && p.stdout.contains("LORA"), p.transcript)
+        // Without its weights file the folder is an error naming the file, not "tensors: 0".
+        let noWeights = fx.path("peft-no-weights")
+        try? FileManager.default.createDirectory(atPath: noWeights, withIntermediateDirectories: true)
+        try? FileManager.default.copyItem(atPath: peft + "/adapter_config.json", toPath: noWeights + "/adapter_config.json")
+        try fails(["inspect", noWeights], mentioning: ["adapter_model.safetensors"])
         let gguf = root.appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path
         guard FileManager.default.fileExists(atPath: gguf) else {
             XCTFail("SmolLM2 GGUF missing at \(gguf): fetch it with python3 scripts/fetch_data.py smollm2 (scripts/test does)")
