@@ -315,7 +315,10 @@ public func saveHFModel(_ model: CausalLM, tokenizerJSON: String?, tokenizerConf
     let index = dir.appendingPathComponent("model.safetensors.index.json")
     let shards = (FileManager.default.contents(atPath: index.path).flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }?["weight_map"]
         as? [String: String]).map { Set($0.values).sorted() } ?? []
-    let dropping = FileManager.default.fileExists(atPath: index.path) ? ["model.safetensors.index.json"] + shards.filter { !$0.contains("/") } : []
+    // Only plain shard file names of this folder: an index naming "..", "." or a file written here drops nothing more.
+    let droppable = shards.filter { $0 == URL(fileURLWithPath: $0).lastPathComponent && !["", ".", ".."].contains($0)
+        && $0.hasSuffix(".safetensors") && !files.contains($0) }
+    let dropping = FileManager.default.fileExists(atPath: index.path) ? ["model.safetensors.index.json"] + droppable : []
     try writeFolderAtomically(dir, files: files, dropping: dropping) { tmp in
         try Safetensors.write(tmp.appendingPathComponent("model.safetensors").path, tensors: tensors, metadata: ["format": "pt"])
         do {

@@ -75,8 +75,8 @@ func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response 
 /// The request fields `completions` and `chat/completions` share, read from a JSON object.
 struct CompletionParameters {
     var model: String
-    /// nil when the request names none: 64 for a completion; for a chat, the rest of the context
-    /// (OpenAI's and vLLM's chat default), since a reply ends at `<|im_end|>`.
+    /// nil when the request names none: 64 for a completion; for a chat, the rest of the context up
+    /// to 512 (a reply ends at `<|im_end|>`; the cap keeps rows batching and their caches small).
     var maxTokens: Int?
     var temperature: Float
     var topP: Float
@@ -98,8 +98,8 @@ struct CompletionParameters {
         // OpenAI and vLLM parameters this server does not implement: refused when they ask for
         // something, rather than silently ignored (their neutral values pass).
         let neutral: [String: (Any) -> Bool] = [
-            "logprobs": { ($0 as? NSNumber)?.intValue == 0 }, "top_logprobs": { ($0 as? NSNumber)?.intValue == 0 },
-            "echo": { ($0 as? NSNumber)?.boolValue == false }, "best_of": { ($0 as? NSNumber)?.intValue == 1 },
+            "logprobs": { ($0 as? NSNumber)?.doubleValue == 0 }, "top_logprobs": { ($0 as? NSNumber)?.doubleValue == 0 },
+            "echo": { ($0 as? NSNumber)?.boolValue == false }, "best_of": { ($0 as? NSNumber)?.doubleValue == 1 },
             "suffix": { ($0 as? String)?.isEmpty == true }, "presence_penalty": { ($0 as? NSNumber)?.doubleValue == 0 },
             "frequency_penalty": { ($0 as? NSNumber)?.doubleValue == 0 }, "repetition_penalty": { ($0 as? NSNumber)?.doubleValue == 1 },
             "logit_bias": { ($0 as? [String: Any])?.isEmpty == true }, "tools": { ($0 as? [Any])?.isEmpty == true },
@@ -369,7 +369,7 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 /// stops when a write to the gone client fails).
 func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool,
               onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
-    let maxTokens = p.maxTokens ?? (chat ? max(1, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count) : 64)
+    let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
     var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
     (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed, p.stop, p.stopTokenIDs)
     let events: AsyncStream<GenerationEvent>

@@ -80,6 +80,9 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
     let merged = withNoGrad { model.forward(ids, batch: 1) }.toArray()
     var diff: Float = 0
     for (a, b) in zip(merged, unmerged) { diff = max(diff, abs(a - b).isNaN ? .infinity : abs(a - b)) }
+    guard unmerged.allSatisfy(\.isFinite) else {  // no tolerance can be measured against infinite logits
+        throw PEFTError(message: "\(out): not written: the adapted model's logits on the check text are not finite")
+    }
     let allowed = MergeResult.tolerance * max(1, unmerged.map(abs).max() ?? 1)
     guard diff <= allowed else {  // nothing is written that would not be trusted
         throw PEFTError(message: "\(out): not written: the merged model's logits differ from the adapted model's by \(diff) (more than \(allowed))")

@@ -243,8 +243,9 @@ final class SafetensorsTests: XCTestCase {
         try FileManager.default.createDirectory(at: over, withIntermediateDirectories: true)
         try Safetensors.write(over.appendingPathComponent("model-00001-of-00001.safetensors").path,
                               tensors: llama.namedParameters().map { ($0.0, $0.1) })
-        try JSONSerialization.data(withJSONObject: ["weight_map": Dictionary(uniqueKeysWithValues: llama.namedParameters().map { ($0.0, "model-00001-of-00001.safetensors") })])
-            .write(to: over.appendingPathComponent("model.safetensors.index.json"))
+        var weightMap = Dictionary(uniqueKeysWithValues: llama.namedParameters().map { ($0.0, "model-00001-of-00001.safetensors") })
+        (weightMap["odd.a"], weightMap["odd.b"], weightMap["odd.c"]) = ("..", "config.json", "README.md")  // never dropped
+        try JSONSerialization.data(withJSONObject: ["weight_map": weightMap]).write(to: over.appendingPathComponent("model.safetensors.index.json"))
         try "notes".write(to: over.appendingPathComponent("README.md"), atomically: true, encoding: .utf8)
         try #"{"chat_template": "{{ messages }}", "eos_token": "</s>", "model_max_length": 2048}"#
             .write(to: over.appendingPathComponent("tokenizer_config.json"), atomically: true, encoding: .utf8)

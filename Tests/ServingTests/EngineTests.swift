@@ -169,7 +169,7 @@ final class EngineTests: XCTestCase {
         func refused(_ json: String, _ param: String, line: UInt = #line) {
             XCTAssertThrowsError(try params(json), line: line) { XCTAssertEqual(($0 as? APIError)?.param, param, "\($0)", line: line) }
         }
-        for (json, param) in [(#"{"logprobs": 5}"#, "logprobs"), (#"{"echo": true}"#, "echo"), (#"{"presence_penalty": 0.5}"#, "presence_penalty"),
+        for (json, param) in [(#"{"logprobs": 5}"#, "logprobs"), (#"{"best_of": 1.9}"#, "best_of"), (#"{"echo": true}"#, "echo"), (#"{"presence_penalty": 0.5}"#, "presence_penalty"),
                               (#"{"logit_bias": {"7": 5}}"#, "logit_bias"), (#"{"best_of": 3}"#, "best_of"), (#"{"max_tokens": true}"#, "max_tokens"),
                               (#"{"stream": "true"}"#, "stream"), (#"{"seed": 1.5}"#, "seed"), (#"{"seed": "7"}"#, "seed")] {
             refused(json, param)
@@ -177,6 +177,8 @@ final class EngineTests: XCTestCase {
         let seventeen = (0..<17).map { "\"s\($0)\"" }.joined(separator: ",")
         refused("{\"stop\": [" + seventeen + "]}", "stop")
         XCTAssertNoThrow(try params(#"{"logprobs": null, "echo": false, "presence_penalty": 0, "best_of": 1, "response_format": {"type": "text"}}"#))
+        XCTAssertNoThrow(try params(#"{"logprobs": false, "frequency_penalty": 0.0, "n": 1, "top_p": 1, "logit_bias": {}, "tools": [], "stream_options": {"include_usage": true}}"#),
+                         "what clients send by default")
         XCTAssertEqual(try params(#"{"seed": 18446744073709551615}"#).seed, UInt64.max)
         XCTAssertEqual(try params(#"{"seed": 9007199254740993}"#).seed, 9_007_199_254_740_993, "above 2^53, exactly")
         XCTAssertEqual(try params(#"{"seed": -1}"#).seed, UInt64.max, "a negative seed is its bits")
