@@ -49,7 +49,8 @@ public struct DatasetOptions: Sendable {
     public var packing: Bool
     /// Where validation examples come from (default: a seeded 10%).
     public var validation: ValidationSplit
-    /// Seed of the validation split.
+    /// Seed of the validation split (0 by default; `train` leaves it there whatever its `--seed`, so runs
+    /// of different seeds are validated on the same examples).
     public var seed: UInt64
     /// Put the tokenizer's BOS id (if it has one) in front of every example; it is never learned.
     public var addBOS: Bool

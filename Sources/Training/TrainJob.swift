@@ -116,9 +116,9 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let parameters = method?.adapterParameters() ?? model.namedParameters()
     let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
     try checkSequenceLength(model, job.data.seqLen + ((method as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
-    var dataOptions = job.data
-    dataOptions.seed = job.trainer.seed
-    let splits = try loadDataset(job.dataPath, tokenizer: tokenizer, options: dataOptions)
+    // The split keeps its own seed (job.data.seed), not --seed: runs that differ only in their seed
+    // are compared on the same validation examples.
+    let splits = try loadDataset(job.dataPath, tokenizer: tokenizer, options: job.data)
     let val = splits.validation
     var trainerOptions = job.trainer
     if let e = job.epochs {

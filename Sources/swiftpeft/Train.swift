@@ -29,7 +29,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Micro-batches per optimizer step (each weighs by its learned tokens).") var gradAccumulation: Int?
     @Option(help: "Tokens per sequence.") var seqLen: Int?
     @Option(help: "Pack examples into full rows (default) or pad one example per row.") var packing: Bool?
-    @Option(help: "Validation fraction of the examples.") var valFraction: Double?
+    @Option(help: "Validation fraction of the examples (a split of its own, the same whatever --seed).") var valFraction: Double?
     @Option(help: "Validation file (instead of a fraction).") var valData: String?
     @Option(help: "Evaluate every N steps.") var evalEvery: Int?
     @Option(help: "Checkpoint every N steps (default 50; 0: only at the end).") var saveEvery: Int?
@@ -40,7 +40,7 @@ struct CommonTrainOptions: ParsableArguments {
     var precision: String?
     @Option(help: "PEFT-style method config JSON (adapter_config.json fields); method options given as flags or config keys win.")
     var methodConfig: String?
-    @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "Random seed (initialization, batch order, dropout).") var seed: UInt64?
     @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read (default \(Int(CostMeter.defaultWattsPerCore))).")
     var wattsPerCore: Double?
     /// The method options (`--r 8`, `--use-dora`, …), parsed against the registry.

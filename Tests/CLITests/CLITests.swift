@@ -357,6 +357,19 @@ final class CLITests: XCTestCase {
                       mentioning: ["--precision bf16", "no weight matrix frozen"])
     }
 
+    /// `--seed` changes the run, not its validation examples: LoRA starts as the base (B = 0), so
+    /// runs of two seeds score the same before they train.
+    func testTheValidationSplitIsTheSameWhateverTheSeed() throws {
+        XCTAssertNotEqual(splitIndices(count: 40, fraction: 0.1, seed: 1).validation, splitIndices(count: 40, fraction: 0.1, seed: 2).validation,
+                          "seeds 1 and 2 would split the 40 examples alike: this test could not fail")
+        let before = try [1, 2].map { seed in
+            let r = try ok(trainArgs(out: fx.path("runs/split-seed-\(seed)"), steps: 1) + ["--seed", "\(seed)"])
+            return r.stdout.split(separator: "\n").first { $0.hasPrefix("validation loss before:") }.map(String.init)
+        }
+        XCTAssertNotNil(before[0])
+        XCTAssertEqual(before[0], before[1], "the validation loss before training, seeds 1 and 2")
+    }
+
     func testTrainLoRAWritesAdapterMetricsAndStateAndResumes() throws {
         let out = fx.path("runs/lora")
         let r = try ok(trainArgs(out: out, steps: 6))
