@@ -20,7 +20,25 @@ public struct ServerOptions: Sendable {
     public var apiKey: String?
     /// Request bodies larger than this are refused (413).
     public var maxBodyBytes = 1 << 20
+    /// The folder `POST /v1/load_lora_adapter` loads from: a `lora_path` must lie inside it (symlinks
+    /// resolved; a relative one is taken inside it), else 403. nil: any path this process can read.
+    public var adapterDirectory: String?
     public init() {}
+}
+
+/// `path` resolved (symlinks, `..`) for loading an adapter when requests may only load from inside
+/// `directory`; `path` itself when `directory` is nil.
+/// - Throws: `APIError` 403 when the resolved path lies outside `directory`.
+func adapterPath(_ path: String, inside directory: String?) throws -> String {
+    guard let directory else { return path }
+    let root = URL(fileURLWithPath: directory).standardizedFileURL.resolvingSymlinksInPath().path
+    let given = path.hasPrefix("/") ? URL(fileURLWithPath: path) : URL(fileURLWithPath: root).appendingPathComponent(path)
+    let resolved = given.standardizedFileURL.resolvingSymlinksInPath().path
+    guard resolved.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
+        throw APIError(status: .forbidden, message: "lora_path \"\(path)\" is outside the adapter folder this server loads from (--adapter-dir)",
+                       param: "lora_path")
+    }
+    return resolved
 }
 
 /// The Prometheus series the server keeps, per model (base or adapter).
@@ -197,7 +215,8 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         guard let name = o["lora_name"] as? String, let path = o["lora_path"] as? String else {
             throw APIError(status: .badRequest, message: "lora_name and lora_path (strings) are required")
         }
-        do { try await waitingOffThePool { try engine.loadAdapter(name: name, path: path) } } catch let e as ServingError {
+        let file = try adapterPath(path, inside: options.adapterDirectory)
+        do { try await waitingOffThePool { try engine.loadAdapter(name: name, path: file) } } catch let e as ServingError {
             throw APIError(status: .badRequest, message: e.message)
         } catch {
             throw APIError(status: .badRequest, message: "\(error)", param: "lora_path")
@@ -226,6 +245,10 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     router.post("/v1/chat/completions") { request, context -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName)
+        guard hasChatMLEnd(engine.tokenizer) else {  // a reply could not end: it would run to max_tokens
+            throw APIError(status: .badRequest, message: "chat is served in ChatML, whose replies end with <|im_end|>; "
+                + "this model's tokenizer has no such token. Use /v1/completions", param: "messages")
+        }
         guard let list = o["messages"] as? [Any], !list.isEmpty else {
             throw APIError(status: .badRequest, message: "messages must be a non-empty list", param: "messages")
         }

@@ -56,9 +56,12 @@ public struct BaseModelSize: Sendable {
 /// The end-of-text token the default tokenizer carries (document separator, BOS/EOS).
 public let endOfText = "<|endoftext|>"
 
-/// Trains a byte-level BPE tokenizer of `vocabSize` on `documents` (digits split one by one).
+/// Trains a byte-level BPE tokenizer of `vocabSize` on `documents` (digits split one by one). Its
+/// special tokens are SmolLM2's: `<|endoftext|>`, then ChatML's `<|im_start|>` and `<|im_end|>`, so
+/// a base pretrained here can be tuned on chat data and served on `/v1/chat/completions`.
 public func trainBaseTokenizer(_ documents: [String], vocabSize: Int) throws -> BPETokenizer {
-    try BPETokenizer.train(corpus: documents, vocabSize: vocabSize, specialTokens: [endOfText], preTokenizer: .digitsSplit,
+    try BPETokenizer.train(corpus: documents, vocabSize: vocabSize, specialTokens: [endOfText, chatMLStart, chatMLEnd],
+                           preTokenizer: .digitsSplit,
                            roles: SpecialTokenRoles(bos: endOfText, eos: endOfText, pad: endOfText, unk: nil))
 }
 

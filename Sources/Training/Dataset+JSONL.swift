@@ -126,6 +126,11 @@ let chatMLStart = "<|im_start|>"
 /// The token that ends every ChatML message, a reply included.
 let chatMLEnd = "<|im_end|>"
 
+/// Whether `tokenizer` has ChatML's `<|im_end|>` as one token: chat data and chat requests need it.
+/// Spelled in pieces, it would be learned as ordinary text, and generation, which stops at the
+/// token, would never stop.
+public func hasChatMLEnd(_ tokenizer: Tokenizer) -> Bool { tokenizer.tokenID(for: chatMLEnd) != nil }
+
 /// The tokens a generated text ends at: EOS and, where the tokenizer has it, ChatML's `<|im_end|>`
 /// (chat training teaches a reply to end with it, whatever the EOS is; SmolLM2-Instruct's own
 /// generation config stops at it). `generate`, `backtest` and `serve` all stop at these.

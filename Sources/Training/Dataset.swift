@@ -253,9 +253,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
         throw DatasetError(file: path, line: nil, message: "\(format.rawValue) data needs a tokenizer with an "
             + "end-of-sequence token, which the model learns to stop with; this tokenizer has none")
     }
-    if format == .chat && tokenizer.tokenID(for: chatMLEnd) == nil {
-        // Spelled in pieces, <|im_end|> would be learned as ordinary text, and generation, which stops
-        // at the token, would never stop.
+    if format == .chat && !hasChatMLEnd(tokenizer) {
         throw DatasetError(file: path, line: nil, message: "chat data is trained in ChatML, whose replies end with "
             + "\(chatMLEnd); this tokenizer has no such token (it would be spelled in pieces and the model would never "
             + "stop). Use a chat model's tokenizer (SmolLM2, Qwen2) or prompt/completion data")

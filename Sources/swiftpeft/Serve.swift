@@ -26,6 +26,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Address to bind.") var host = "127.0.0.1"
     @Option(help: "Port (0: any free port; the one chosen is printed).") var port = 8000
     @Option(help: "Require Authorization: Bearer KEY on every request.") var apiKey: String?
+    @Option(help: "The folder POST /v1/load_lora_adapter may load from (a lora_path outside it gets 403; a relative one is taken inside it). Default: any path this process can read.") var adapterDir: String?
     @Option(help: "Requests decoded together at most.") var maxBatch = 8
     @Option(help: "Requests waiting at most (more get 429).") var maxQueue = 64
     @Option(help: "Prompt + completion tokens at most per request (default: the model's context).") var context: Int?
@@ -44,8 +45,16 @@ struct Serve: ParsableCommand {
             let (n, p) = Backtest.versions(item)[0]
             try engine.loadAdapter(name: n, path: p)
         }
+        var isFolder: ObjCBool = false
+        if let adapterDir, !(FileManager.default.fileExists(atPath: adapterDir, isDirectory: &isFolder) && isFolder.boolValue) {
+            throw CLIError("--adapter-dir \(adapterDir) is not a folder")
+        }
         var options = ServerOptions()
-        (options.host, options.port, options.apiKey, options.maxBodyBytes) = (host, port, apiKey, maxBody)
+        (options.host, options.port, options.apiKey, options.maxBodyBytes, options.adapterDirectory) = (host, port, apiKey, maxBody, adapterDir)
+        if !["127.0.0.1", "localhost", "::1"].contains(host) && apiKey == nil {
+            print("warning: serving on \(host) without --api-key: anyone who reaches the port can run requests and load adapters "
+                  + (adapterDir.map { "from \($0)" } ?? "from any path this process can read (--adapter-dir limits that)"))
+        }
         let app = makeServer(engine, options: options) { port in
             print("serving \(engine.modelNames.joined(separator: ", ")) on http://\(host):\(port) (max batch \(engine.maxBatch), OpenBLAS \(BLASCore.current))")
             fflush(stdout)

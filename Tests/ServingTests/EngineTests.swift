@@ -228,18 +228,11 @@ final class ServerConnectionTests: XCTestCase {
                                        intermediateSize: 1024, tieWordEmbeddings: true, maxPositions: 8192)
         let basePath = dir.appendingPathComponent("base.h5").path
         try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
-        let engine = try ServingEngine(modelPath: basePath)
+        let (engine, port, server) = try serve(basePath)
+        defer { server.cancel(); engine.shutdown() }
         let finished = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var summary: GenerationSummary?
-        nonisolated(unsafe) var port = 0
-        var options = ServerOptions()
-        options.port = 0
-        let running = DispatchSemaphore(value: 0)
-        let app = makeServer(engine, options: options) { port = $0; running.signal() }
         engine.onFinished = { _, s in summary = s; finished.signal() }  // after makeServer, which sets its own
-        let server = Task { try await app.runService() }
-        defer { server.cancel(); engine.shutdown() }
-        XCTAssertEqual(running.wait(timeout: .now() + 30), .success, "the server did not start")
 
         // A body without a JSON content type is refused (a page from another origin could send one).
         let plain = try await URLSession.shared.data(for: {
@@ -250,14 +243,7 @@ final class ServerConnectionTests: XCTestCase {
         }())
         XCTAssertEqual((plain.1 as? HTTPURLResponse)?.statusCode, 415, String(decoding: plain.0, as: UTF8.self))
         // Chat roles are those training knows (developer is system); content may be OpenAI's text parts.
-        func chat(_ messages: String) async throws -> (status: Int, body: String) {
-            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/chat/completions")!)
-            r.httpMethod = "POST"
-            r.httpBody = Data(("{\"max_tokens\": 1, \"messages\": " + messages + "}").utf8)
-            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
-            let (data, response) = try await URLSession.shared.data(for: r)
-            return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
-        }
+        func chat(_ messages: String) async throws -> (status: Int, body: String) { try await self.chat(port, messages) }
         let tool = try await chat(#"[{"role": "tool", "content": "x"}]"#)
         XCTAssertEqual(tool.status, 400, tool.body)
         XCTAssertTrue(tool.body.contains("system, user or assistant"), tool.body)
@@ -288,5 +274,92 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(finished.wait(timeout: .now() + 120), .success, "the request never finished")
         XCTAssertEqual(summary?.finishReason, "cancelled", "\(summary.map { "\($0.completionTokens) tokens" } ?? "")")
         XCTAssertLessThan(summary?.completionTokens ?? 8000, 8000)
+    }
+
+    /// A base whose tokenizer has no `<|im_end|>` cannot end a chat reply: chat requests get a 400
+    /// that says so, rather than replies that run to max_tokens.
+    func testChatNeedsATokenizerWithImEnd() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-nochat-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tokenizer = try BPETokenizer.train(corpus: (0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 280,
+                                               specialTokens: [endOfText], roles: SpecialTokenRoles(bos: endOfText, eos: endOfText))
+        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1,
+                                       intermediateSize: 32, tieWordEmbeddings: true, maxPositions: 64)
+        let basePath = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
+        let (engine, port, server) = try serve(basePath)
+        defer { server.cancel(); engine.shutdown() }
+        let refused = try await chat(port, #"[{"role": "user", "content": "The cat"}]"#)
+        XCTAssertEqual(refused.status, 400, refused.body)
+        XCTAssertTrue(refused.body.contains("<|im_end|>") && refused.body.contains("completions"), refused.body)
+    }
+
+    /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`
+    /// out of it, and a symlink inside that points outside get 403; a relative path is taken inside.
+    func testAdaptersLoadOnlyFromTheAdapterFolder() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-adapterdir-\(UUID().uuidString)")
+        let folder = dir.appendingPathComponent("adapters")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tokenizer = try trainBaseTokenizer((0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 300)
+        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1,
+                                       intermediateSize: 32, tieWordEmbeddings: true, maxPositions: 64)
+        let basePath = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
+        let loaded = try loadModel(basePath)
+        let lora = try LoRA(config: LoRAConfig(r: 2, targetModules: .names(["q_proj"])), seed: 1)
+        _ = try lora.attach(to: loaded.model)
+        for name in ["inside.h5", "../outside.h5"] {
+            try AdapterCheckpoint.save(lora, base: loaded.model, to: folder.appendingPathComponent(name).standardizedFileURL.path)
+        }
+        try FileManager.default.createSymbolicLink(atPath: folder.appendingPathComponent("link.h5").path,
+                                                   withDestinationPath: dir.appendingPathComponent("outside.h5").path)
+        var options = ServerOptions()
+        options.adapterDirectory = folder.path
+        let (engine, port, server) = try serve(basePath, options: options)
+        defer { server.cancel(); engine.shutdown() }
+        func load(_ name: String, _ path: String) async throws -> (status: Int, body: String) {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/load_lora_adapter")!)
+            r.httpMethod = "POST"
+            r.httpBody = try JSONSerialization.data(withJSONObject: ["lora_name": name, "lora_path": path])
+            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            let (data, response) = try await URLSession.shared.data(for: r)
+            return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        }
+        for path in [dir.appendingPathComponent("outside.h5").path, "../outside.h5", folder.path + "/../outside.h5", "link.h5", basePath] {
+            let r = try await load("x", path)
+            XCTAssertEqual(r.status, 403, "\(path): \(r.body)")
+            XCTAssertTrue(r.body.contains("outside the adapter folder"), r.body)
+        }
+        XCTAssertEqual(engine.modelNames, [engine.baseName], "nothing was loaded")
+        let relative = try await load("a", "inside.h5")
+        XCTAssertEqual(relative.status, 200, relative.body)
+        let absolute = try await load("b", folder.appendingPathComponent("inside.h5").path)
+        XCTAssertEqual(absolute.status, 200, absolute.body)
+        XCTAssertEqual(Set(engine.modelNames), [engine.baseName, "a", "b"])
+    }
+
+    /// `swiftpeft serve` of `basePath` on a free port, in this process.
+    func serve(_ basePath: String, options given: ServerOptions = ServerOptions()) throws -> (ServingEngine, port: Int, Task<Void, Error>) {
+        let engine = try ServingEngine(modelPath: basePath)
+        nonisolated(unsafe) var port = 0
+        var options = given
+        options.port = 0
+        let running = DispatchSemaphore(value: 0)
+        let app = makeServer(engine, options: options) { port = $0; running.signal() }
+        let server = Task { try await app.runService() }
+        XCTAssertEqual(running.wait(timeout: .now() + 30), .success, "the server did not start")
+        return (engine, port, server)
+    }
+
+    /// A chat request of `messages` (JSON) for one token: its status and body.
+    func chat(_ port: Int, _ messages: String) async throws -> (status: Int, body: String) {
+        var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/chat/completions")!)
+        r.httpMethod = "POST"
+        r.httpBody = Data(("{\"max_tokens\": 1, \"messages\": " + messages + "}").utf8)
+        r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        let (data, response) = try await URLSession.shared.data(for: r)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
     }
 }
