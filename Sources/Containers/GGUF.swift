@@ -1,6 +1,6 @@
 // GGUF (llama.cpp's model file, versions 2 and 3): memory-mapped, every offset and size checked against
-// the file length before any data is touched; metadata of every value type, tensor infos, and
-// dequantization of F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors to Float32. Llama mapping: GGUFModel.swift.
+// the file length before any data is touched; metadata of every value type and tensor infos.
+// Dequantization to Float32: GGUF+Dequantize.swift. Llama mapping: GGUFModel.swift.
 
 import Foundation
 #if canImport(Glibc)
@@ -224,21 +224,22 @@ public struct GGMLType: Hashable, Sendable, CustomStringConvertible {
     public static let q4_1 = GGMLType(code: 3, name: "Q4_1", blockSize: 32, typeSize: 20)
     public static let q8_0 = GGMLType(code: 8, name: "Q8_0", blockSize: 32, typeSize: 34)
     public static let bf16 = GGMLType(code: 30, name: "BF16", blockSize: 1, typeSize: 2)
+    public static let q5_0 = GGMLType(code: 6, name: "Q5_0", blockSize: 32, typeSize: 22)
+    public static let q5_1 = GGMLType(code: 7, name: "Q5_1", blockSize: 32, typeSize: 24)
+    public static let q2_K = GGMLType(code: 10, name: "Q2_K", blockSize: 256, typeSize: 84)
+    public static let q3_K = GGMLType(code: 11, name: "Q3_K", blockSize: 256, typeSize: 110)
+    public static let q4_K = GGMLType(code: 12, name: "Q4_K", blockSize: 256, typeSize: 144)
+    public static let q5_K = GGMLType(code: 13, name: "Q5_K", blockSize: 256, typeSize: 176)
+    public static let q6_K = GGMLType(code: 14, name: "Q6_K", blockSize: 256, typeSize: 210)
+    public static let iq4_NL = GGMLType(code: 20, name: "IQ4_NL", blockSize: 32, typeSize: 18)
+    public static let iq4_XS = GGMLType(code: 23, name: "IQ4_XS", blockSize: 256, typeSize: 136)
 
     /// Types whose layout is known, so files using them can be opened and checked; only
     /// `dequantizable` ones can be read as Float32.
     public static let known: [UInt32: GGMLType] = {
-        let all = [f32, f16, q4_0, q4_1, q8_0, bf16,
-                   GGMLType(code: 6, name: "Q5_0", blockSize: 32, typeSize: 22),
-                   GGMLType(code: 7, name: "Q5_1", blockSize: 32, typeSize: 24),
+        let all = Array(dequantizable) + [
                    GGMLType(code: 9, name: "Q8_1", blockSize: 32, typeSize: 36),
-                   GGMLType(code: 10, name: "Q2_K", blockSize: 256, typeSize: 84),
-                   GGMLType(code: 11, name: "Q3_K", blockSize: 256, typeSize: 110),
-                   GGMLType(code: 12, name: "Q4_K", blockSize: 256, typeSize: 144),
-                   GGMLType(code: 13, name: "Q5_K", blockSize: 256, typeSize: 176),
-                   GGMLType(code: 14, name: "Q6_K", blockSize: 256, typeSize: 210),
                    GGMLType(code: 15, name: "Q8_K", blockSize: 256, typeSize: 292),
-                   GGMLType(code: 20, name: "IQ4_NL", blockSize: 32, typeSize: 18),
                    GGMLType(code: 24, name: "I8", blockSize: 1, typeSize: 1),
                    GGMLType(code: 25, name: "I16", blockSize: 1, typeSize: 2),
                    GGMLType(code: 26, name: "I32", blockSize: 1, typeSize: 4),
@@ -247,8 +248,9 @@ public struct GGMLType: Hashable, Sendable, CustomStringConvertible {
         return Dictionary(uniqueKeysWithValues: all.map { ($0.code, $0) })
     }()
 
-    /// The types `GGUFFile.tensor(named:)` converts to Float32.
-    public static let dequantizable: Set<GGMLType> = [f32, f16, bf16, q8_0, q4_0, q4_1]
+    /// The types `GGUFFile.tensor(named:)` converts to Float32 (GGUF+Dequantize.swift).
+    public static let dequantizable: Set<GGMLType> = [f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K,
+                                                      iq4_NL, iq4_XS]
 
     public var description: String { name }
 }
@@ -364,7 +366,8 @@ public final class GGUFFile: @unchecked Sendable {
     public func dequantize(_ info: GGUFTensorInfo, into dst: UnsafeMutablePointer<Float>) throws {
         guard GGMLType.dequantizable.contains(info.type) else {
             throw GGUFError(.unsupportedType, path: path, tensor: info.name,
-                            "type \(info.type) cannot be dequantized; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")
+                            "type \(info.type) cannot be dequantized; supported: "
+                            + GGMLType.dequantizable.sorted { $0.code < $1.code }.map(\.name).joined(separator: ", "))
         }
         try withRawBytes(of: info) { raw in
             GGUFFile.dequantize(info.type, raw.baseAddress!, count: info.elementCount, into: dst)
@@ -590,109 +593,5 @@ public final class GGUFFile: @unchecked Sendable {
             out.infos.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: t.offset, byteCount: bytes))
         }
         return out
-    }
-
-    // MARK: - Dequantization
-
-    /// Converts `count` elements of `type` at `src` to Float32 at `dst` (`count` a multiple of the block
-    /// size). Large tensors are split across threads by blocks.
-    public static func dequantize(_ type: GGMLType, _ src: UnsafeRawPointer, count: Int, into dst: UnsafeMutablePointer<Float>) {
-        check(count % type.blockSize == 0, "[GGUF] \(count) elements are not whole \(type) blocks")
-        let blocks = count / type.blockSize
-        let kernel: (UnsafeRawPointer, UnsafeMutablePointer<Float>, Int) -> Void
-        switch type.code {
-        case GGMLType.f32.code: kernel = { s, d, n in memcpy(d, s, n * 4) }
-        case GGMLType.f16.code: kernel = dequantF16
-        case GGMLType.bf16.code: kernel = dequantBF16
-        case GGMLType.q8_0.code: kernel = dequantQ8_0
-        case GGMLType.q4_0.code: kernel = dequantQ4_0
-        case GGMLType.q4_1.code: kernel = dequantQ4_1
-        default: fatalError("[GGUF] no dequantization for \(type)")
-        }
-        let chunks = count >= 1 << 18 ? min(ProcessInfo.processInfo.activeProcessorCount, blocks) : 1
-        if chunks <= 1 { kernel(src, dst, blocks); return }
-        let (s, d) = (UInt(bitPattern: src), UInt(bitPattern: dst))  // sendable addresses for the workers
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            let lo = blocks * c / chunks, hi = blocks * (c + 1) / chunks
-            kernel(UnsafeRawPointer(bitPattern: s)! + lo * type.typeSize,
-                   UnsafeMutablePointer<Float>(bitPattern: d)! + lo * type.blockSize, hi - lo)
-        }
-    }
-
-    /// IEEE half → float.
-    @inline(__always)
-    static func half(_ h: UInt16) -> Float {
-        #if arch(x86_64) && os(macOS)
-        return halfToFloatBits(h)
-        #else
-        return Float(Float16(bitPattern: h))
-        #endif
-    }
-
-    /// IEEE half → float by bit manipulation (reference, and for platforms without Float16).
-    public static func halfToFloatBits(_ h: UInt16) -> Float {
-        let sign = UInt32(h & 0x8000) << 16
-        let exp = Int(h >> 10) & 0x1F
-        let mant = UInt32(h & 0x3FF)
-        if exp == 0x1F { return Float(bitPattern: sign | 0x7F80_0000 | mant << 13) }  // inf / NaN
-        if exp == 0 {
-            let v = Float(mant) * 0x1p-24  // subnormal or zero
-            return sign != 0 ? -v : v
-        }
-        return Float(bitPattern: sign | UInt32(exp + 112) << 23 | mant << 13)
-    }
-
-    /// n halves.
-    static func dequantF16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
-        for i in 0..<n { dst[i] = half(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
-    }
-
-    /// n bfloat16s: the high half of a float.
-    static func dequantBF16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
-        for i in 0..<n {
-            dst[i] = bf16ToFloat(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
-        }
-    }
-
-    /// Q8_0, n blocks of 34 bytes: f16 d, i8 qs[32]; w = qs·d.
-    static func dequantQ8_0(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
-        for b in 0..<n {
-            let p = src + b * 34
-            let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
-            let q = (p + 2).assumingMemoryBound(to: Int8.self)
-            let o = dst + b * 32
-            for j in 0..<32 { o[j] = Float(q[j]) * d }
-        }
-    }
-
-    /// Q4_0, n blocks of 18 bytes: f16 d, u8 qs[16]; w[j] = ((qs[j] & 0xF) − 8)·d, w[j+16] = ((qs[j] >> 4) − 8)·d.
-    static func dequantQ4_0(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
-        for b in 0..<n {
-            let p = src + b * 18
-            let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
-            let q = (p + 2).assumingMemoryBound(to: UInt8.self)
-            let o = dst + b * 32
-            for j in 0..<16 {
-                let x = q[j]
-                o[j] = Float(Int32(x & 0xF) - 8) * d
-                o[j + 16] = Float(Int32(x >> 4) - 8) * d
-            }
-        }
-    }
-
-    /// Q4_1, n blocks of 20 bytes: f16 d, f16 m, u8 qs[16]; w[j] = (qs[j] & 0xF)·d + m, w[j+16] = (qs[j] >> 4)·d + m.
-    static func dequantQ4_1(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
-        for b in 0..<n {
-            let p = src + b * 20
-            let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
-            let m = half(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
-            let q = (p + 4).assumingMemoryBound(to: UInt8.self)
-            let o = dst + b * 32
-            for j in 0..<16 {
-                let x = q[j]
-                o[j] = Float(x & 0xF) * d + m
-                o[j + 16] = Float(x >> 4) * d + m
-            }
-        }
     }
 }

@@ -80,8 +80,14 @@ extension GGUFFile {
         let heads = try requiredInt(p + "attention.head_count")
         let kvHeads = metadata[p + "attention.head_count_kv"] == nil ? heads : try requiredInt(p + "attention.head_count_kv")
         let hidden = try requiredInt(p + "embedding_length")
-        if let scaling = metadata[p + "rope.scaling.type"]?.string, scaling != "none" {
-            throw fail(.unsupportedModel, p + "rope.scaling.type", "RoPE scaling '\(scaling)' is not supported")
+        // llama.cpp reads a missing scaling type as linear, with the factor of rope.scaling.factor or
+        // the older rope.scale_linear (0 or 1: none).
+        let scaling = metadata[p + "rope.scaling.type"]?.string ?? "linear"
+        let factorKey = metadata[p + "rope.scaling.factor"] != nil ? p + "rope.scaling.factor" : p + "rope.scale_linear"
+        let factor = try optionalDouble(factorKey) ?? 0
+        if scaling != "none" && !(scaling == "linear" && (factor == 0 || factor == 1)) {
+            throw fail(.unsupportedModel, metadata[p + "rope.scaling.type"] != nil ? p + "rope.scaling.type" : factorKey,
+                       "RoPE scaling '\(scaling)' (factor \(factor)) is not supported")
         }
         if let dims = metadata[p + "rope.dimension_count"]?.int, dims != hidden / heads {
             throw fail(.unsupportedModel, p + "rope.dimension_count",
@@ -251,6 +257,13 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = fal
     guard tokenizer.vocabSize <= config.vocabSize else {
         throw GGUFError(.shapeMismatch, path: path, tensor: "token_embd.weight",
                         "has \(config.vocabSize) rows but the tokenizer has \(tokenizer.vocabSize) tokens")
+    }
+    // Every tensor's type is checked before the model is built: a file of another quantization fails at once, all named.
+    let unreadable = file.tensorInfos.filter { !GGMLType.dequantizable.contains($0.type) }
+    if let first = unreadable.first {
+        throw GGUFError(.unsupportedType, path: path, tensor: first.name, "\(unreadable.count) tensor(s) have types that cannot be dequantized: "
+                        + unreadable.prefix(8).map { "\($0.name) (\($0.type))" }.joined(separator: ", ") + (unreadable.count > 8 ? ", …" : "")
+                        + "; supported: " + GGMLType.dequantizable.sorted { $0.code < $1.code }.map(\.name).joined(separator: ", "))
     }
     let elements = file.tensorInfos.reduce(0) { acc, t in acc > Int.max / 2 ? acc : acc + t.dims.reduce(1, *) }
     try checkConfigFitsWeights(config, elements: elements, file: path)

@@ -250,6 +250,26 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// Every quantization the reader knows, on random blocks in a file gguf-py wrote, equals gguf-py's
+    /// numpy dequantization (scripts/make_gguf_quant_fixtures.py).
+    func testEveryQuantizationMatchesGGUFPy() throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/gguf")
+        let quants = try GGUFFile(fixtures.appendingPathComponent("quants.gguf").path)
+        let expected = try GGUFFile(fixtures.appendingPathComponent("quants-expected.gguf").path)
+        let types = Set(quants.tensorInfos.map(\.type))
+        XCTAssertEqual(types, GGMLType.dequantizable.subtracting([.f32, .f16, .bf16]), "one fixture tensor per quantization")
+        for info in quants.tensorInfos {
+            XCTAssertEqual(info.name, info.type.name)
+            let got = try quants.tensor(named: info.name), want = try expected.tensor(named: info.name)
+            XCTAssertEqual(got.shape, [3, 512], info.name)
+            XCTAssertEqual(got.shape, want.shape, info.name)
+            let (g, w) = (got.toArray(), want.toArray())
+            let scale = w.map(abs).max() ?? 1
+            let worst = zip(g, w).map { abs($0 - $1) }.max() ?? .infinity
+            XCTAssertLessThanOrEqual(worst, 1e-6 * scale, "\(info.name): largest difference \(worst) of values up to \(scale)")
+        }
+    }
+
     /// Every half bit pattern: the reader (Float16) equals a bit-level conversion.
     func testHalfConversionOfEveryBitPattern() throws {
         var w = GGUFWriter()
@@ -374,12 +394,14 @@ final class GGUFTests: XCTestCase {
         try unknownType.write(to: URL(fileURLWithPath: typePath))
         assertGGUFError(.unsupportedType, file: typePath, mentions: ["weird", "99"]) { _ = try GGUFFile(typePath) }
 
-        var q5 = GGUFWriter()
-        q5.tensors = [("blk.3.ffn_up.weight", [32], 6, [UInt8](repeating: 0, count: 22))]
-        let q5Path = path("q5.gguf")
-        try q5.write(to: URL(fileURLWithPath: q5Path))
-        let q5File = try GGUFFile(q5Path)  // a known layout opens; it just cannot be dequantized
-        assertGGUFError(.unsupportedType, file: q5Path, mentions: ["blk.3.ffn_up.weight", "Q5_0"]) { _ = try q5File.tensor(named: "blk.3.ffn_up.weight") }
+        var q81 = GGUFWriter()  // Q8_1: llama.cpp's activation type, never a weight
+        q81.tensors = [("blk.3.ffn_up.weight", [32], 9, [UInt8](repeating: 0, count: 36))]
+        let q81Path = path("q81.gguf")
+        try q81.write(to: URL(fileURLWithPath: q81Path))
+        let q81File = try GGUFFile(q81Path)  // a known layout opens; it just cannot be dequantized
+        assertGGUFError(.unsupportedType, file: q81Path, mentions: ["blk.3.ffn_up.weight", "Q8_1", "Q6_K"]) {
+            _ = try q81File.tensor(named: "blk.3.ffn_up.weight")
+        }
 
         var block = GGUFWriter()
         block.tensors = [("odd", [33], 8, [UInt8](repeating: 0, count: 68))]
@@ -405,7 +427,10 @@ final class GGUFTests: XCTestCase {
     }
 
     /// A GGUF file of `model` as llama.cpp's converter writes it: F32 tensors, Q/K rows permuted.
-    func writeTinyGGUF(_ model: LlamaModel, to p: String, drop: String? = nil) throws {
+    /// `metadata` is added to the usual keys; tensors named in `retype` get that ggml type code and
+    /// zero bytes of its size (36 per 32 elements: Q8_1).
+    func writeTinyGGUF(_ model: LlamaModel, to p: String, drop: String? = nil, metadata: [(String, GGUFValue)] = [],
+                       retype: [String: UInt32] = [:]) throws {
         let c = model.config
         var w = GGUFWriter()
         w.metadata = [
@@ -420,7 +445,7 @@ final class GGUFTests: XCTestCase {
             ("tokenizer.ggml.merges", .array(.string(Self.tinyMerges.map { "\($0.0) \($0.1)" }))),
             ("tokenizer.ggml.bos_token_id", .uint32(1)), ("tokenizer.ggml.eos_token_id", .uint32(2)),
             ("tokenizer.ggml.unknown_token_id", .uint32(0)), ("tokenizer.ggml.padding_token_id", .uint32(2)),
-        ]
+        ] + metadata
         w.alignment = 16
         let names = ["model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                      "lm_head.weight": "output.weight"]
@@ -445,7 +470,11 @@ final class GGUFTests: XCTestCase {
                 } } }
                 values = permuted
             }
-            w.tensors.append((name, Array(t.shape.reversed()), 0, floatBytes(values)))
+            if let code = retype[name] {
+                w.tensors.append((name, Array(t.shape.reversed()), code, [UInt8](repeating: 0, count: t.count / 32 * 36)))
+            } else {
+                w.tensors.append((name, Array(t.shape.reversed()), 0, floatBytes(values)))
+            }
         }
         try w.write(to: URL(fileURLWithPath: p))
     }
@@ -478,6 +507,29 @@ final class GGUFTests: XCTestCase {
             XCTAssertEqual(tok.decode(tok.encode("hello wo 22<|im_end|>")), "hello wo 22<|im_end|>")
             XCTAssertEqual(tok.decode([1, hello, 2], skipSpecialTokens: true), "hello")
         }
+    }
+
+    /// Tensors of a type that cannot be read are all named before the model is built; RoPE scaling
+    /// that llama.cpp would apply (a linear factor with no type key: its default) is refused.
+    func testTinyLlamaRefusesUnreadableTypesAndRoPEScaling() throws {
+        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 16, numLayers: 2, numHeads: 4,
+                                       numKVHeads: 2, intermediateSize: 32, tieWordEmbeddings: true)
+        let model = LlamaModel(config)
+        let types = path("types.gguf")
+        try writeTinyGGUF(model, to: types, retype: ["blk.0.ffn_down.weight": 9, "blk.1.ffn_down.weight": 9])
+        assertGGUFError(.unsupportedType, file: types, mentions: ["2 tensor(s)", "blk.0.ffn_down.weight (Q8_1)", "blk.1.ffn_down.weight (Q8_1)", "Q4_K"]) {
+            _ = try loadGGUFModel(types)
+        }
+        for (key, factor) in [("llama.rope.scale_linear", 4.0), ("llama.rope.scaling.factor", 2.0)] {
+            let scaled = path("scaled.gguf")
+            try writeTinyGGUF(model, to: scaled, metadata: [(key, .float32(Float(factor)))])
+            assertGGUFError(.unsupportedModel, file: scaled, mentions: [key, "linear"]) { _ = try loadGGUFModel(scaled) }
+        }
+        let unscaled = path("unscaled.gguf")
+        try writeTinyGGUF(model, to: unscaled, metadata: [("llama.rope.scaling.factor", .float32(1))])
+        XCTAssertNoThrow(try loadGGUFModel(unscaled))
+        try writeTinyGGUF(model, to: unscaled, metadata: [("llama.rope.scaling.type", .string("none")), ("llama.rope.scaling.factor", .float32(8))])
+        XCTAssertNoThrow(try loadGGUFModel(unscaled), "type none: llama.cpp applies no factor")
     }
 
     func testTinyLlamaWithAMissingTensorNamesIt() throws {
