@@ -15,6 +15,11 @@ public struct HDF5Error: Error, CustomStringConvertible {
     public let path: String
     public let message: String
     public var description: String { "\(path): \(message)" }
+
+    static let notHDF5 = "not an HDF5 file (or unreadable)"
+    /// libhdf5 would not open the file at all; other errors are about an HDF5 file (its checksum,
+    /// its content), or a file that could not be opened.
+    public var isNotHDF5: Bool { message == Self.notHDF5 }
 }
 
 /// The HDF5 library version, e.g. "1.10.8".
@@ -138,7 +143,7 @@ public enum HDF5Store {
         H5Eset_auto2(chdf5_e_default(), nil, nil)
         try checkBeforeOpening(path)
         let file = openForReading(path)
-        guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
+        guard file >= 0 else { throw HDF5Error(path: path, message: HDF5Error.notHDF5) }
         defer { H5Fclose(file) }
         return try rootAttributes(file, path: path)
     }
@@ -370,7 +375,7 @@ public final class HDF5Reader {
     init(checked path: String) throws {
         self.path = path
         let file = HDF5Store.openForReading(path)
-        guard file >= 0 else { throw HDF5Error(path: path, message: "not an HDF5 file (or unreadable)") }
+        guard file >= 0 else { throw HDF5Error(path: path, message: HDF5Error.notHDF5) }
         do {
             (shapes, blobs, attributes) = try HDF5Reader.index(file, path: path)
         } catch {

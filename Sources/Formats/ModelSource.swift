@@ -49,7 +49,10 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
                 """)
         }
         if GGUFFile.hasMagic(path) { return ModelSource(path: path, kind: .gguf, attributes: [:]) }
-        guard let attrs = try? HDF5Store.readAttributes(path) else {
+        let attrs: [String: String]
+        do { attrs = try HDF5Store.readAttributes(path) } catch let e as HDF5Error where !e.isNotHDF5 {
+            throw CheckpointError(path: path, message: e.message)  // a damaged checkpoint says so, rather than "not a file SwiftPEFT reads"
+        } catch {
             throw CheckpointError(path: path, message: """
                 not a file SwiftPEFT reads: expected an HDF5 checkpoint (.h5), a GGUF file, or a Hugging Face model or PEFT adapter folder
                 """)
