@@ -93,6 +93,20 @@ public func writeFolderAtomically(_ dir: URL, files: [String], dropping: [String
     }
     defer { try? fm.removeItem(at: tmp) }  // the new files on failure, the old folder after a swap
     try write(tmp)
+    // The new files and their folder reach the disk before the folder takes the old one's place: a
+    // crash after the swap must not leave an empty config.json where a whole one was.
+    for f in files {
+        let fd = open(tmp.appendingPathComponent(f).path, O_RDONLY)
+        if fd < 0 && errno == ENOENT { continue }  // a file this writer did not write this time
+        if fd < 0 || fsync(fd) != 0 {
+            let reason = String(cString: strerror(errno))
+            if fd >= 0 { close(fd) }
+            throw CheckpointError(path: dir.appendingPathComponent(f).path, message: "cannot flush the new file to disk (\(reason)); the folder is left as it was")
+        }
+        close(fd)
+    }
+    let tmpFD = open(tmp.path, O_RDONLY | O_DIRECTORY)
+    if tmpFD >= 0 { fsync(tmpFD); close(tmpFD) }
     var isDir: ObjCBool = false
     let exists = fm.fileExists(atPath: dir.path, isDirectory: &isDir)
     if exists && !isDir.boolValue { throw CheckpointError(path: dir.path, message: "exists and is not a folder") }
