@@ -82,7 +82,11 @@ public struct SafetensorsFile {
             throw fail("header length \(n) runs past the end of the file (\(data.count) bytes, expected at least \(8 + Int(n)))")
         }
         let headerBytes = data.subdata(in: (data.startIndex + 8)..<(data.startIndex + 8 + Int(n)))
-        guard headerBytes.first == UInt8(ascii: "{") else { throw fail("the header does not start with '{' (not a safetensors file?)") }
+        // JSON may lead with whitespace, as the reference implementation's parser takes it.
+        let whitespace: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0D]
+        guard headerBytes.first(where: { !whitespace.contains($0) }) == UInt8(ascii: "{") else {
+            throw fail("the header does not start with '{' (not a safetensors file?)")
+        }
         let top: Any
         do {
             top = try JSONSerialization.jsonObject(with: headerBytes)
@@ -100,13 +104,16 @@ public struct SafetensorsFile {
         var metadata: [String: String] = [:]
         var entries: [String: SafetensorsEntry] = [:]
         func int(_ v: Any?) -> Int? {
-            guard let num = v as? NSNumber else { return nil }  // (Linux bridges 0 and 1 to Bool too)
+            // (Linux bridges 0 and 1 to Bool too.) A number written with a fraction or exponent, even
+            // 2.0, is not an integer to the reference implementation either.
+            guard let num = v as? NSNumber, !["d", "f"].contains(String(cString: num.objCType)) else { return nil }
             let d = num.doubleValue
             guard d >= 0, d == d.rounded(), d < 9e15 else { return nil }
             return num.intValue
         }
         for (name, value) in root {
             if name == "__metadata__" {
+                if value is NSNull { continue }  // as the reference implementation reads it: no metadata
                 guard let m = value as? [String: Any] else { throw fail("__metadata__ is not a JSON object") }
                 for (k, v) in m {
                     guard let s = v as? String else { throw fail("__metadata__ value of '\(k)' is not a string") }
@@ -142,8 +149,9 @@ public struct SafetensorsFile {
             entries[name] = SafetensorsEntry(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
         }
         // No two tensors may share bytes, and (as the reference implementation requires) the data
-        // section is exactly the tensors, back to back: no gap, nothing after the last one.
-        let sorted = entries.values.filter { $0.end > $0.begin }.sorted { ($0.begin, $0.name) < ($1.begin, $1.name) }
+        // section is exactly the tensors, back to back: no gap, nothing after the last one. An empty
+        // tensor, too, must sit where the one before it ends, not inside another.
+        let sorted = entries.values.sorted { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
         for (a, b) in zip(sorted, sorted.dropFirst()) where b.begin < a.end {
             throw fail("data_offsets [\(b.begin), \(b.end)] overlap tensor '\(a.name)' at [\(a.begin), \(a.end)]; expected disjoint ranges", b.name)
         }

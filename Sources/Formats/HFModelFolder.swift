@@ -129,16 +129,22 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
             throw fail("use_sliding_window true is not supported")
         }
         var window: Int?
-        if type == "mistral", let w = present("sliding_window") {
-            guard let n = (w as? NSNumber)?.intValue, n > 0 else { throw fail("sliding_window \(w) is not a positive integer") }
-            window = n
+        if type == "mistral" {  // MistralConfig's default window is 4096; an explicit null means none
+            if json["sliding_window"] == nil { window = 4096 }
+            if let w = present("sliding_window") {
+                guard let n = (w as? NSNumber)?.intValue, n > 0 else { throw fail("sliding_window \(w) is not a positive integer") }
+                window = n
+            }
         }
+        // What transformers' config classes assume for keys a config.json leaves out.
+        let (kvDefault, positionsDefault) = type == "mistral" ? (8, 131_072) : type == "qwen2" ? (32, 32_768) : (heads, 2048)
         var cfg = ModelConfig.llama(vocabSize: try int("vocab_size"), hiddenSize: c, numLayers: try int("num_hidden_layers"),
-                                    numHeads: heads, numKVHeads: try int("num_key_value_heads", heads),
+                                    numHeads: heads, numKVHeads: present("num_key_value_heads") == nil && json["num_key_value_heads"] != nil
+                                        ? heads : try int("num_key_value_heads", kvDefault),  // null: one per head
                                     intermediateSize: try int("intermediate_size"), ropeTheta: ropeTheta,
                                     normEps: try float("rms_norm_eps", 1e-6), attentionBias: attentionBias,
                                     tieWordEmbeddings: try bool("tie_word_embeddings", false),
-                                    maxPositions: try int("max_position_embeddings", 2048))
+                                    maxPositions: try int("max_position_embeddings", positionsDefault))
         cfg.projectionBias = projectionBias
         cfg.slidingWindow = window
         let attn = try rate("attention_dropout", 0)

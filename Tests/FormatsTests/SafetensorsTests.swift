@@ -23,6 +23,8 @@ private func rawFile(_ header: String, _ data: [UInt8], lengthOverride: UInt64? 
     return Data((0..<8).map { UInt8(truncatingIfNeeded: n >> (8 * UInt64($0))) } + h + data)
 }
 
+private func floatBytesLE(_ xs: [Float]) -> [UInt8] { xs.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) } }
+
 final class SafetensorsTests: XCTestCase {
     var dir: URL!
     override func setUp() {
@@ -156,6 +158,20 @@ final class SafetensorsTests: XCTestCase {
                                                  [UInt8](repeating: 0, count: 12)), tensor: "b", ["gap after byte 4"])
         expectFailure("trailing.safetensors", rawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
                                                       [UInt8](repeating: 0, count: 12)), tensor: nil, ["end at byte 4 of a 12-byte data section"])
+        expectFailure("empty-inside.safetensors", rawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}",
+                                                          [UInt8](repeating: 0, count: 8)), tensor: "e", ["[4, 4]"])
+        expectFailure("float-shape.safetensors", rawFile("{\"w\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", [0, 0, 0, 0]),
+                      tensor: "w", ["shape"])
+        // What the reference implementation reads, and so does this reader: JSON after whitespace,
+        // a null __metadata__, an empty tensor where the one before it ends.
+        let lenient = path("lenient.safetensors")
+        try rawFile("\t {\"__metadata__\": null, \"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                    + "\"e\":{\"dtype\":\"F32\",\"shape\":[0, 3],\"data_offsets\":[4,4]}}", floatBytesLE([2.5])).write(to: URL(fileURLWithPath: lenient))
+        let file = try SafetensorsFile(path: lenient)
+        XCTAssertEqual(file.names, ["a", "e"])
+        XCTAssertEqual(file.metadata, [:])
+        XCTAssertEqual(try file.tensor("a").toArray(), [2.5])
+        XCTAssertEqual(try file.tensor("e").shape, [0, 3])
         XCTAssertEqual(SafetensorsFile.topLevelKeys(Data(#"{"a": {"b": 1, "c": [{"d": 2}]}, "e\"f": 3, "a": 4}"#.utf8)).map { String(decoding: $0, as: UTF8.self) },
                        ["a", "e\\\"f", "a"], "nested keys and escapes are not top-level keys")
         XCTAssertThrowsError(try SafetensorsFile(path: path("missing.safetensors"))) { XCTAssertTrue("\($0)".contains("no such file")) }
@@ -380,11 +396,21 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertThrowsError(try hfModelConfig(gpt2.merging(["activation_function": "relu"]) { $1 }, file: "g.json")) {
             XCTAssertTrue("\($0)".contains("activation_function \"relu\""), "\($0)")
         }
-        let rs: [String: Any] = ["rope_scaling": NSNull(), "model_type": "mistral", "sliding_window": 16, "max_position_embeddings": 64]
+        let rs: [String: Any] = ["rope_scaling": NSNull(), "model_type": "mistral", "sliding_window": 16, "max_position_embeddings": 64,
+                                 "num_key_value_heads": 2]
         let mistral = try hfModelConfig(base.merging(rs) { $1 }, file: "m.json")
         XCTAssertEqual(mistral.slidingWindow, 16)
         XCTAssertEqual(mistral.maxPositions, 64, "the window is enforced in attention, not by shortening the context")
-        XCTAssertNil(try hfModelConfig(base.merging(["model_type": "mistral", "sliding_window": NSNull()]) { $1 }, file: "m.json").slidingWindow)
+        XCTAssertNil(try hfModelConfig(base.merging(["model_type": "mistral", "sliding_window": NSNull(), "num_key_value_heads": 2]) { $1 },
+                                       file: "m.json").slidingWindow)
+        // Keys left out take transformers' defaults (MistralConfig, Qwen2Config), not LLaMA's.
+        let mistralDefaults = try hfModelConfig(base.merging(["model_type": "mistral", "num_attention_heads": 8, "hidden_size": 16]) { $1 }, file: "m.json")
+        XCTAssertEqual([mistralDefaults.slidingWindow, mistralDefaults.numKVHeads, mistralDefaults.maxPositions], [4096, 8, 131_072])
+        let qwenDefaults = try hfModelConfig(base.merging(["model_type": "qwen2", "num_attention_heads": 32, "hidden_size": 64]) { $1 }, file: "q.json")
+        XCTAssertEqual([qwenDefaults.numKVHeads, qwenDefaults.maxPositions], [32, 32_768])
+        XCTAssertEqual(try hfModelConfig(base.merging(["model_type": "qwen2", "num_key_value_heads": NSNull()]) { $1 }, file: "q.json").numKVHeads, 2,
+                       "null: one key/value head per head")
+        expectError(["model_type": "mistral"], ["num_key_value_heads"])  // MistralConfig's 8 KV heads do not divide 2 heads
         expectError(["model_type": "mistral", "sliding_window": 0], ["sliding_window 0 is not a positive integer"])
     }
 
