@@ -182,8 +182,10 @@ func combineLoRA(_ adapters: [LoRA], weights: [Float], method requested: LoRA.Co
         throw PEFTError(message: "combineLoRA: the model adapts \(attached) for the sources' modules \(modules)")
     }
 
-    // --- per module: the sources adapting it (in the order given), combined
+    // --- per module: the sources adapting it (in the order given), combined; on an error the new
+    // adapter comes off the model again (the caller never gets it to detach)
     let magK = TaskMergeContext.pythonFloat(density)
+    do {
     for (module, linear, layer) in combined.layers {
         let sources: [(a: LoRALayer, w: Float, index: Int)] = adapters.enumerated().compactMap { i, a in
             a.layers.first { $0.module == module }.map { ($0.lora, weights[i], i) }
@@ -229,6 +231,10 @@ func combineLoRA(_ adapters: [LoRA], weights: [Float], method requested: LoRA.Co
         }
         layer.a.assign(Tensor(shape: [newRank, inF], data: newA))
         layer.b.assign(Tensor(shape: [outF, newRank], data: newB))
+    }
+    } catch {
+        combined.detach(from: model)
+        throw error
     }
     return combined
 }

@@ -250,6 +250,23 @@ final class LoRACombinationTests: XCTestCase {
         XCTAssertNoThrow(try combineLoRA([s["a"]!, s["c"]!], weights: [1, 1], method: .cat, name: "cat"))
     }
 
+    /// A module whose rank differs only by rank_pattern is found while the new adapter is being
+    /// filled: the error leaves the model with its sources alone, not a half-built adapter.
+    func testAFailureWhileCombiningLeavesNothingAttached() throws {
+        let model = makeModel(llamaTiny)
+        var c = loraConfig(.names(["q_proj", "v_proj"]), r: 4)
+        c.rankPattern = ["v_proj": 2]
+        let (p, q) = (try LoRA(config: c, name: "p", seed: 1), try LoRA(config: c, name: "q", seed: 2))
+        try p.attach(to: model)
+        try q.attach(to: model)
+        let hooks = { model.namedModules().compactMap { $0.1 as? Linear }.map(\.hooks.count) }
+        let before = hooks()
+        XCTAssertThrowsError(try combineLoRA([p, q], weights: [1, 1], method: .linear, name: "x")) { e in
+            XCTAssertTrue("\(e)".contains("v_proj") && "\(e)".contains("rank 2"), "\(e)")
+        }
+        XCTAssertEqual(hooks(), before, "the new adapter came off again")
+    }
+
     func testBadArgumentsFail() throws {
         guard let fx = CombinationFixture.load() else { return }
         let (model, s) = try fx.makeModelWithAdapters()
