@@ -94,7 +94,10 @@ public func setActiveAdapter(_ name: String?, in adapters: [PEFTMethod]) throws 
     if let name, !adapters.contains(where: { $0.name == name }) {
         throw PEFTError(message: "no adapter named '\(name)'; loaded: \(adapters.map(\.name).joined(separator: ", "))")
     }
-    for a in adapters { a.isEnabled = a.name == name }
+    // Off first, then on: an adapter that shares a slot (prompt tuning and P-Tuning both take the
+    // input prefix) is enabled only once the one holding it has let go.
+    for a in adapters where a.name != name { a.isEnabled = false }
+    for a in adapters where a.name == name { a.isEnabled = true }
 }
 
 /// A PEFT configuration or attachment problem, as a sentence.

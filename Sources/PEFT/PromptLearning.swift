@@ -92,6 +92,9 @@ extension PromptLearningMethod {
     /// As PEFT saves prompt learning: `prompt_embeddings` only, inference mode, and the dimensions
     /// PEFT fills at attach.
     public func peftFolderContents(base m: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
+        guard !adapterParameters().isEmpty else {
+            throw PEFTError(message: "the \(Self.peftType) adapter holds no tensors (attach it to the base before exporting)")
+        }
         guard var config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
             throw PEFTError(message: "the \(Self.peftType) adapter's config is not a JSON object")
         }

@@ -111,6 +111,35 @@ final class PromptLearningTests: XCTestCase {
         XCTAssertTrue(model.inputPrefix === ptuning)
     }
 
+    /// A prompt-learning adapter never attached has no tensors to export: an error, not a trap.
+    func testExportingAnUnattachedAdapterIsAnError() throws {
+        let methods: [PromptLearningMethod] = [try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 2)),
+                                               try PTuning(config: PTuningConfig(numVirtualTokens: 2)),
+                                               try PrefixTuning(config: PrefixTuningConfig(numVirtualTokens: 2))]
+        for m in methods {
+            XCTAssertThrowsError(try m.peftFolderContents(base: llamaTiny)) { XCTAssertTrue("\($0)".contains("attach it to the base"), "\($0)") }
+        }
+    }
+
+    /// Two adapters for the input slot, one disabled while the other was attached: switching to the
+    /// first lets the second go first, whatever the order of the list.
+    func testSwitchingBetweenAdaptersThatShareASlot() throws {
+        let model = makeModel(llamaTiny)
+        let a = try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 2), name: "a")
+        let b = try PTuning(config: PTuningConfig(numVirtualTokens: 2), name: "b")
+        try a.attach(to: model)
+        a.isEnabled = false
+        try b.attach(to: model)
+        for order in [[a, b], [b, a]] as [[PEFTMethod]] {
+            try setActiveAdapter("a", in: order)
+            XCTAssertTrue(model.inputPrefix === a && !b.isEnabled)
+            try setActiveAdapter("b", in: order)
+            XCTAssertTrue(model.inputPrefix === b && !a.isEnabled)
+        }
+        try setActiveAdapter(nil, in: [a, b])
+        XCTAssertNil(model.inputPrefix)
+    }
+
     /// The cached path (prefix keys/values written into the cache once, virtual tokens run once)
     /// gives the logits and tokens of full recomputation.
     func testKVCacheGenerationEqualsRecompute() throws {
