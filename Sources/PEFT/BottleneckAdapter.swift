@@ -60,7 +60,11 @@ public struct BottleneckConfig: PEFTConfig, Equatable {
         guard Self.activations.contains(nonLinearity) else {
             throw PEFTError(message: "Bottleneck: non_linearity must be one of \(Self.activations), got \"\(nonLinearity)\"")
         }
-        guard reductionFactor > 0 else { throw PEFTError(message: "Bottleneck: reduction_factor must be positive, got \(reductionFactor)") }
+        // Below 1/64 the bottleneck is wider than 64 hidden sizes: a typo, not a design (and far
+        // enough below, C / factor no longer fits an Int).
+        guard reductionFactor >= 1.0 / 64 && reductionFactor.isFinite else {
+            throw PEFTError(message: "Bottleneck: reduction_factor must be a number from 1/64 (a bottleneck 64 times the hidden size) up, got \(reductionFactor)")
+        }
         if let r = bottleneckSize, r <= 0 || r > 1 << 20 { throw PEFTError(message: "Bottleneck: bottleneck_size must be in 1…1048576, got \(r)") }
         guard initScale >= 0 else { throw PEFTError(message: "Bottleneck: init_scale must be ≥ 0, got \(initScale)") }
     }
@@ -169,11 +173,11 @@ public final class BottleneckAdapter: PEFTMethod {
     /// (`model.layers.0.attention_adapter`, `model.layers.0.mlp_adapter`, …).
     @discardableResult
     public func attach(to model: CausalLM) throws -> [String] {
-        check(adapters.isEmpty, "[Bottleneck] adapter '\(name)' is already attached")
+        guard adapters.isEmpty else { throw PEFTError(message: "[Bottleneck] adapter '\(name)' is already attached; detach it first") }
         let r = try config.bottleneck(hiddenSize: model.config.hiddenSize)
         let modules = model.namedModules()
         let blocks = model.blocks.map { b in (modules.first { $0.1 === b }?.0 ?? "?", b) }
-        let wanted = config.layersToTransform ?? Array(blocks.indices)
+        let wanted = Array(Set(config.layersToTransform ?? Array(blocks.indices)))  // a block named twice gets one adapter
         let unknown = wanted.filter { !blocks.indices.contains($0) }
         guard unknown.isEmpty, !wanted.isEmpty else {
             throw PEFTError(message: """

@@ -146,6 +146,23 @@ final class BottleneckAdapterTests: XCTestCase {
         }
     }
 
+    /// A reduction factor so small the bottleneck cannot be built, a second attach and a block named
+    /// twice: errors or one adapter per block, not a trap.
+    func testBadConfigsAreErrors() throws {
+        for factor: Float in [1e-30, 0.001, .infinity, .nan, 0] {
+            XCTAssertThrowsError(try BottleneckAdapter(config: BottleneckConfig(reductionFactor: factor))) {
+                XCTAssertTrue("\($0)".contains("reduction_factor"), "\($0)")
+            }
+        }
+        XCTAssertNoThrow(try BottleneckAdapter(config: BottleneckConfig(reductionFactor: 1.0 / 64)))
+        let model = makeModel(gpt2Tiny)
+        var c = BottleneckConfig(reductionFactor: 4)
+        c.layersToTransform = [1, 1]
+        let adapter = try BottleneckAdapter(config: c)
+        XCTAssertEqual(try adapter.attach(to: model), ["transformer.h.1.mlp_adapter"])
+        XCTAssertThrowsError(try adapter.attach(to: model)) { XCTAssertTrue("\($0)".contains("already attached"), "\($0)") }
+    }
+
     func testConfigJSONRoundTrip() throws {
         let json = """
         {"peft_type": "BOTTLENECK", "architecture": "Houlsby", "reduction_factor": 8, "non_linearity": "gelu",
