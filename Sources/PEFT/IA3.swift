@@ -202,8 +202,16 @@ public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod, RowScop
             return !hit.isEmpty && hit.allSatisfy(\.ia3.isFeedforward)
         }
         let subset = ModuleSelector.names(entries)
-        if layers.allSatisfy({ subset.matches($0.module) == $0.ia3.isFeedforward }) { return subset }
+        if layers.allSatisfy({ Self.isFeedforward($0.module, subset) == $0.ia3.isFeedforward }) { return subset }
         return .regex(layers.filter(\.ia3.isFeedforward).map { NSRegularExpression.escapedPattern(for: $0.module) }.joined(separator: "|"))
+    }
+
+    /// Whether `module` is a feed-forward layer (its input scaled) under `feedforward_modules`, as PEFT
+    /// decides it: a regex matches the whole name; a list entry is a plain suffix of the name (no
+    /// dot needed, unlike target_modules).
+    static func isFeedforward(_ module: String, _ feedforward: ModuleSelector) -> Bool {
+        if case .names(let list) = feedforward { return list.contains { module.hasSuffix($0) } }
+        return feedforward.matches(module)
     }
 
     /// All or nothing: targets and modules_to_save are resolved (and may throw) before the model is touched.
@@ -215,7 +223,7 @@ public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod, RowScop
         let extra = try Self.modulesToSave(config.modulesToSave, in: model, method: "IA3")
         resolved = (targets, feedforward)
         return install(on: model, targets: selected, extra: extra) { module, linear in
-            IA3Layer(module: module, layer: linear, feedforward: feedforward.matches(module), owner: state, rng: &rng)
+            IA3Layer(module: module, layer: linear, feedforward: Self.isFeedforward(module, feedforward), owner: state, rng: &rng)
         }
     }
 

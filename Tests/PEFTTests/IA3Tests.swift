@@ -70,6 +70,16 @@ final class IA3Tests: XCTestCase {
         XCTAssertTrue(json.contains("\"fan_in_fan_out\" : true") && json.contains("\"mlp.c_proj\""), json)
     }
 
+    /// A feedforward_modules entry is a plain suffix, as in PEFT: "e_proj" makes gate_proj a
+    /// feed-forward layer (its input scaled), though as a target it names nothing.
+    func testFeedforwardEntriesArePlainSuffixes() throws {
+        let ia3 = try IA3(config: IA3Config(targetModules: .names(["gate_proj", "e_proj"]), feedforwardModules: .names(["e_proj"])))
+        try ia3.attach(to: makeModel(llamaTiny))
+        XCTAssertEqual(ia3.layers.map(\.module), ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"])
+        XCTAssertTrue(ia3.layers.allSatisfy(\.ia3.isFeedforward))
+        XCTAssertEqual(ia3.layers[0].ia3.l.shape, [1, llamaTiny.hiddenSize])
+    }
+
     func testFeedforwardMustBeSubsetAndNoMatchListsNames() throws {
         XCTAssertThrowsError(try IA3(config: IA3Config(targetModules: .names(["q_proj"]), feedforwardModules: .names(["down_proj"])))) { e in
             XCTAssertTrue("\(e)".contains("subset of target_modules") && "\(e)".contains("down_proj"), "\(e)")
