@@ -198,8 +198,10 @@ public final class LoRALayer: FoldableLinearHook, LowRankHook {
             ? withNoGrad { LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a.detached(), b.detached(), scale)) }
             : LoRALayer.rowNorm(layer.weightOutIn.detached(), delta: LoRALayer.delta(a, b, scale))
         let magScale = m / norm  // (out)
-        // W x without the bias; as PEFT, W·dropout(x) while dropout is active (one more product).
-        let base = xd !== x ? xd.matmul(layer.weightOutIn.transposed()) : layer.bias.map { y - $0.detached() } ?? y  // (…, out)
+        // W x without the bias; as PEFT, W·dropout(x) while dropout is active (one more product). The
+        // bias is subtracted with its gradient, so a trained bias (bias "all" or "lora_only") gets
+        // ∂out/∂b = 1, as in PEFT, not m / ‖W + ΔW‖.
+        let base = xd !== x ? xd.matmul(layer.weightOutIn.transposed()) : layer.bias.map { y - $0 } ?? y  // (…, out)
         return y + (magScale - 1) * base + magScale * update
     }
 
@@ -278,11 +280,12 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
             try refuse("target_parameters", if: { (($0 as? [Any]) ?? [0]).isEmpty == false }, "LoRA on parameters is not implemented")
             try refuse("alora_invocation_tokens", if: { _ in true }, "activated LoRA (aLoRA) is not implemented")
             try refuse("arrow_config", if: { _ in true }, "Arrow routing is not implemented")
-            // PiSSA, OLoRA, CorDA and LoftQ rewrite the base weights when PEFT builds the adapter (into
-            // a residual only their own initialization computes): the tensors fit that residual, not
-            // the base. Gaussian, EVA and orthogonal only choose the first values; the saved ones follow.
+            // PiSSA, OLoRA, CorDA, LoftQ and LoRA-GA rewrite the base weights when PEFT builds the
+            // adapter (into a residual only their own initialization computes): the tensors fit that
+            // residual, not the base. Gaussian, EVA and orthogonal only choose the first values; the
+            // saved ones follow.
             if let s = config["init_lora_weights"] as? String {
-                if ["pissa", "olora", "corda", "loftq"].contains(where: { s.lowercased().hasPrefix($0) }) {
+                if ["pissa", "olora", "corda", "loftq", "lora_ga"].contains(where: { s.lowercased().hasPrefix($0) }) {
                     throw PEFTError(message: """
                         init_lora_weights "\(s)" is not supported: this adapter was saved for the base that \(s) rewrites, not for the original one. \
                         HINT: save it converted for the original base (PEFT's save_pretrained with path_initial_model_for_weight_conversion), then import that folder
@@ -331,6 +334,11 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
     public func configJSON() throws -> Data {
         var c = config
         c.fanInFanOut = layers.first?.linear.fanInFanOut ?? config.fanInFanOut
+        // PEFT refuses layers_to_transform beside a string target_modules (a regex or "all-linear"):
+        // once attached, the modules adapted are written by their whole names instead.
+        if case .regex = c.targetModules, let l = c.layersToTransform, !l.isEmpty, !layers.isEmpty {
+            (c.targetModules, c.layersToTransform) = (.names(layers.map(\.module)), nil)
+        }
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .prettyPrinted]
         return try e.encode(c)

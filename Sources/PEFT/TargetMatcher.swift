@@ -1,7 +1,8 @@
 // Which modules a method adapts, with the rules Hugging Face PEFT users know: a list matches a
 // module whose name equals an entry or ends with "." + entry; a string is a regex that must match
-// the whole name; "all-linear" is every Linear but the output head; exclude_modules removes names
-// the same way; layers_to_transform keeps only those layer indices.
+// the whole name; "all-linear" (any case) is every Linear but the output head; exclude_modules
+// removes names the same way; layers_to_transform keeps only those layer indices (an empty list:
+// all of them), except for a list entry that is a module's whole name.
 
 import Foundation
 import TensorCore
@@ -21,6 +22,7 @@ public enum ModuleSelector: Codable, Equatable, Sendable {
     public func encode(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
         switch self {
+        case .names(let l) where l == ["all-linear"]: try c.encode("all-linear")  // PEFT expands only the string form
         case .names(let l): try c.encode(l)
         case .regex(let r): try c.encode(r)
         }
@@ -52,15 +54,16 @@ public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets
                                      exclude: ModuleSelector? = nil, layers: [Int]? = nil,
                                      method: String) throws -> [(String, M)] {
     let candidates = model.namedModules().compactMap { n, m in (m as? M).map { (n, $0) } }
+    let layers = layers?.isEmpty == true ? nil : layers  // PEFT: an empty list means every layer
     for (field, selector) in [("target_modules", targets), ("exclude_modules", exclude)] {
-        guard case .regex(let pattern)? = selector, pattern != "all-linear" else { continue }
+        guard case .regex(let pattern)? = selector, field == "exclude_modules" || pattern.lowercased() != "all-linear" else { continue }
         do { _ = try NSRegularExpression(pattern: "^(?:" + pattern + ")$") } catch {
             throw PEFTError(message: "[\(method)] \(field) \"\(pattern)\" is not a valid regular expression (it would match nothing)")
         }
     }
     let selected = candidates.filter { name, _ in
         let isTarget: Bool
-        if case .regex("all-linear") = targets {
+        if case .regex(let p) = targets, p.lowercased() == "all-linear" {  // PEFT reads the shorthand in any case
             isTarget = name != "lm_head"
         } else if case .names(let l) = targets, l == ["all-linear"] {
             isTarget = name != "lm_head"
@@ -69,6 +72,8 @@ public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets
         }
         guard isTarget else { return false }
         if let ex = exclude, ex.matches(name) { return false }
+        // As PEFT: a list entry that is the whole name selects that module whatever layers_to_transform says.
+        if case .names(let l) = targets, l.contains(name) { return true }
         if let layers, let i = layerIndex(of: name), !layers.contains(i) { return false }
         if layers != nil && layerIndex(of: name) == nil { return false }
         return true

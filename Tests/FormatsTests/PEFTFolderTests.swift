@@ -64,8 +64,10 @@ final class PEFTFolderTests: XCTestCase {
     /// Our adapters with random non-zero tensors, for a base of `family`.
     private func ourMethods(_ family: String) throws -> [(String, () throws -> PEFTMethod)] {
         let attention: [String] = family == "gpt2" ? ["c_attn"] : ["q_proj", "v_proj"]
-        func lora(dora: Bool = false, rslora: Bool = false, bias: String = "none") throws -> PEFTMethod {
-            var c = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(attention + (family == "gpt2" ? ["mlp.c_proj"] : ["down_proj"])))
+        func lora(dora: Bool = false, rslora: Bool = false, bias: String = "none", targets: ModuleSelector? = nil,
+                  layers: [Int]? = nil) throws -> PEFTMethod {
+            var c = LoRAConfig(r: 4, loraAlpha: 8, targetModules: targets ?? .names(attention + (family == "gpt2" ? ["mlp.c_proj"] : ["down_proj"])))
+            c.layersToTransform = layers
             c.initLoraWeights = .random
             c.useDora = dora
             c.useRslora = rslora
@@ -78,6 +80,10 @@ final class PEFTFolderTests: XCTestCase {
             ("lora", { try lora() }), ("dora", { try lora(dora: true) }), ("rslora", { try lora(rslora: true) }),
             // Trained biases (GPT-2's layers have them): an adapted layer's under PEFT's `base_layer.bias`.
             ("lora-bias-all", { try lora(bias: "all") }), ("lora-bias-lora-only", { try lora(bias: "lora_only") }),
+            // PEFT expands only the string "all-linear", and refuses layers_to_transform beside a
+            // regex: written as the string, and as the adapted modules' names.
+            ("lora-all-linear", { try lora(targets: .names(["all-linear"])) }),
+            ("lora-regex-layers", { try lora(targets: .regex(".*\\.(" + attention.joined(separator: "|") + ")"), layers: [1]) }),
             ("ia3", { try IA3(config: ia3, seed: 3) }),
             ("prompt", { try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 3), seed: 4) }),
             ("ptuning", { try PTuning(config: PTuningConfig(numVirtualTokens: 3, type: .mlp, encoderHiddenSize: 8), seed: 5) }),
@@ -117,6 +123,11 @@ final class PEFTFolderTests: XCTestCase {
                 XCTAssertEqual(config["task_type"] as? String, "CAUSAL_LM")
                 XCTAssertEqual(config["base_model_name_or_path"] as? String, "tiny-\(family)")
                 XCTAssertEqual(config["inference_mode"] as? Bool, true)
+                if name == "lora-all-linear" { XCTAssertEqual(config["target_modules"] as? String, "all-linear") }
+                if name == "lora-regex-layers" {
+                    XCTAssertEqual((config["target_modules"] as? [String])?.allSatisfy { $0.contains(".1.") }, true, "\(config["target_modules"] ?? "")")
+                    XCTAssertTrue(config["layers_to_transform"] == nil || config["layers_to_transform"] is NSNull, "\(config["layers_to_transform"] ?? "")")
+                }
                 if ["lora", "dora", "rslora"].contains(name) {
                     XCTAssertEqual(config["fan_in_fan_out"] as? Bool, family == "gpt2", "\(family)-\(name): fan_in_fan_out")
                     XCTAssertEqual(config["use_dora"] as? Bool, name == "dora")
@@ -307,11 +318,12 @@ final class PEFTFolderTests: XCTestCase {
         try Data(#"{"peft_type": "LOHA", "task_type": "CAUSAL_LM"}"#.utf8).write(to: loha.appendingPathComponent("adapter_config.json"))
         expectError({ try importPEFTFolder(loha, onto: fresh) }, [loha.path + "/adapter_config.json", "LOHA", "not supported"])
 
-        // Adapters for a base that PiSSA / OLoRA / CorDA / LoftQ rewrote, and aLoRA: refused, not loaded wrong.
+        // Adapters for a base that PiSSA / OLoRA / CorDA / LoftQ / LoRA-GA rewrote, and aLoRA: refused, not loaded wrong.
         let lora = peftFixtures.appendingPathComponent("llama-lora")
         var loraConfig = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: lora.appendingPathComponent("adapter_config.json"))) as? [String: Any])
         for (key, value, needle) in [("init_lora_weights", "pissa_niter_4" as Any, "path_initial_model_for_weight_conversion"),
-                                     ("init_lora_weights", "olora", "rewrites"), ("alora_invocation_tokens", [3, 4], "aLoRA")] {
+                                     ("init_lora_weights", "olora", "rewrites"), ("init_lora_weights", "lora_ga", "lora_ga"),
+                                     ("alora_invocation_tokens", [3, 4], "aLoRA")] {
             let folder = dir.appendingPathComponent("refused-\(needle)")
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
             var c = loraConfig

@@ -43,6 +43,17 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(try targets(c), ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj",
                                         "model.layers.1.self_attn.v_proj", "model.layers.1.self_attn.o_proj",
                                         "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"])
+        // As PEFT: "all-linear" in any case; layers_to_transform [] is every layer; a list entry that
+        // is a whole module name is not filtered by layer. "all-linear" is written as PEFT's string.
+        XCTAssertEqual(try targets(LoRAConfig(targetModules: .regex("ALL-Linear"))).count, 14)
+        var everyLayer = LoRAConfig(targetModules: .names(["q_proj"]))
+        everyLayer.layersToTransform = []
+        XCTAssertEqual(try targets(everyLayer).count, 2)
+        var exact = LoRAConfig(targetModules: .names(["model.layers.0.self_attn.q_proj", "v_proj"]))
+        exact.layersToTransform = [1]
+        XCTAssertEqual(try targets(exact), ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"])
+        let allLinear = try JSONSerialization.jsonObject(with: LoRA(config: LoRAConfig(targetModules: .names(["all-linear"]))).configJSON()) as? [String: Any]
+        XCTAssertEqual(allLinear?["target_modules"] as? String, "all-linear")
         XCTAssertThrowsError(try LoRA(config: LoRAConfig(targetModules: .names(["query"]))).attach(to: m)) { e in
             let s = "\(e)"
             XCTAssertTrue(s.contains("matched no") && s.contains("model.layers.0.self_attn.q_proj") && s.contains("\"q_proj\""), s)
@@ -266,6 +277,39 @@ final class LoRATests: XCTestCase {
         }
         assertClose(out, expected, rtol: 1e-5, atol: 1e-6, "DoRA with dropout")
         model.eval()
+    }
+
+    /// DoRA with trained biases (GPT-2's c_attn, bias "lora_only"): central differences on the bias
+    /// against backward(). The bias moves the output one for one, whatever DoRA's row scale.
+    func testDoRABiasGradientMatchesFiniteDifferences() throws {
+        let model = makeModel(gpt2Tiny, seed: 5)
+        var c = loraConfig(.names(["c_attn"]), dora: true)
+        c.bias = "lora_only"
+        let dora = try LoRA(config: c, seed: 2)
+        try dora.attach(to: model)
+        dora.state.doraDetachNorm = false  // the exact derivative of the forward
+        randomizeAdapter(dora, mean: 0.5, std: 0.3, seed: 9)  // m far from ‖W + ΔW‖: a row scale ≠ 1
+        let biases = dora.extraTrainable
+        XCTAssertEqual(biases.count, gpt2Tiny.numLayers)
+        let ids: [Int32] = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+        let targets = CausalLM.shiftedTargets(ids, batch: 2)
+        model.loss(ids, targets: targets, batch: 2).backward()
+        func lossValue() -> Double { Double(withNoGrad { model.loss(ids, targets: targets, batch: 2) }.item()) }
+        for (name, b, _) in biases {
+            let g = try XCTUnwrap(b.grad?.toArray(), "\(name): no gradient")
+            let scale = max(Double(g.map(abs).max() ?? 0), 1e-3)
+            var picks = RNG(seed: 4)
+            for _ in 0..<6 {
+                let i = picks.nextInt(b.count)
+                let saved = b.basePointer[i]
+                b.basePointer[i] = saved + 1e-2
+                let lp = lossValue()
+                b.basePointer[i] = saved - 1e-2
+                let lm = lossValue()
+                b.basePointer[i] = saved
+                XCTAssertLessThan(abs((lp - lm) / 2e-2 - Double(g[i])), 3e-2 * scale + 2e-4, "\(name)[\(i)]")
+            }
+        }
     }
 
     func testRsLoRAPatternsAndBias() throws {
