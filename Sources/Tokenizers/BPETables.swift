@@ -225,13 +225,15 @@ struct PairTable: Sendable {
         return Int(truncatingIfNeeded: h ^ (h >> 32)) & mask
     }
 
-    /// Inserts unless present; returns false if the key was already there (the first merge of a pair wins).
+    /// Inserts, or replaces the value of a pair already there (returning false then): the last
+    /// merge of a pair listed twice wins, as in Hugging Face's `tokenizers`, which collects the
+    /// merges into a map.
     @discardableResult
     mutating func insert(_ a: Int32, _ b: Int32, packed: UInt64) -> Bool {
         let k = PairTable.key(a, b)
         var s = PairTable.slot(k, mask)
         while keys[s] != PairTable.empty {
-            if keys[s] == k { return false }
+            if keys[s] == k { vals[s] = packed; return false }
             s = (s + 1) & mask
         }
         keys[s] = k

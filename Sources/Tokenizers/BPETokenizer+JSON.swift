@@ -9,9 +9,10 @@ extension BPETokenizer {
 
     /// Loads a Hugging Face `tokenizer.json` (or the one inside a model folder).
     ///
-    /// Role names (BOS/EOS/PAD/UNK) come from `roles` if given; otherwise each role comes from the first of
-    /// `tokenizer_config.json` and `special_tokens_map.json` next to the file that has its key (`bos_token`,
-    /// `eos_token`, `pad_token`, `unk_token`; null there means no such role), else from common names
+    /// Role names (BOS/EOS/PAD/UNK) come from `roles` if given; otherwise from the `tokenizer_config.json`
+    /// next to the file (`bos_token`, `eos_token`, `pad_token`, `unk_token`; null there means no such
+    /// role), with `special_tokens_map.json` taking precedence only beside an older config without
+    /// `added_tokens_decoder`, as in transformers; else from common names
     /// (`SpecialTokenRoles.guess(from:)`), as transformers falls back on its tokenizer class's defaults
     /// (GPT-2's config names no role: its EOS is still `<|endoftext|>`).
     ///
@@ -31,9 +32,12 @@ extension BPETokenizer {
         }
         var configs: [Data] = []
         if roles == nil {
-            for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-                if let d = try? Data(contentsOf: file.deletingLastPathComponent().appendingPathComponent(name)) { configs.append(d) }
-            }
+            // As transformers reads them: a tokenizer_config.json with `added_tokens_decoder` (written by
+            // transformers 4.34 on) is read alone; an older one is overridden by special_tokens_map.json.
+            func read(_ name: String) -> Data? { try? Data(contentsOf: file.deletingLastPathComponent().appendingPathComponent(name)) }
+            let config = read("tokenizer_config.json")
+            let modern = config.flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }?["added_tokens_decoder"] != nil
+            configs = modern ? [config!] : [read("special_tokens_map.json"), config].compactMap { $0 }
         }
         return try load(json: data, file: file.path, roles: roles, configs: configs)
     }

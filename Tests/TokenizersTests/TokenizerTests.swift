@@ -372,7 +372,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     /// Roles from the files beside tokenizer.json, as transformers reads them: a key names the role
-    /// (null: none), `tokenizer_config.json` before `special_tokens_map.json`, and a role neither names
+    /// (null: none), `special_tokens_map.json` over an older `tokenizer_config.json`, and a role neither names
     /// falls back on the common names (GPT-2's config names none, yet its EOS is `<|endoftext|>`).
     func testRolesComeFromTheConfigFilesThenCommonNames() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tok-roles-\(UUID().uuidString)")
@@ -392,11 +392,29 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(try roles(config: #"{"model_max_length": 1024}"#, map: nil), gpt2, "GPT-2's own config names no role")
         XCTAssertEqual(try roles(config: #"{"eos_token": null, "pad_token": {"content": "<|endoftext|>"}}"#, map: nil),
                        SpecialTokenRoles(bos: "<|endoftext|>", eos: nil, pad: "<|endoftext|>", unk: "<|endoftext|>"))
-        XCTAssertEqual(try roles(config: #"{"bos_token": "<|pad|>"}"#, map: #"{"bos_token": "<|endoftext|>", "eos_token": "<|pad|>"}"#),
-                       SpecialTokenRoles(bos: "<|pad|>", eos: "<|pad|>", pad: "<|pad|>", unk: "<|endoftext|>"))
+        // transformers 5.24 (checked with AutoTokenizer on these files): special_tokens_map.json overrides
+        // an older config, and is not read beside one with added_tokens_decoder.
+        let map = #"{"bos_token": "<|endoftext|>", "eos_token": "<|pad|>"}"#
+        XCTAssertEqual(try roles(config: #"{"bos_token": "<|pad|>"}"#, map: map),
+                       SpecialTokenRoles(bos: "<|endoftext|>", eos: "<|pad|>", pad: "<|pad|>", unk: "<|endoftext|>"))
+        XCTAssertEqual(try roles(config: #"{"bos_token": "<|pad|>", "added_tokens_decoder": {}}"#, map: map),
+                       SpecialTokenRoles(bos: "<|pad|>", eos: "<|endoftext|>", pad: "<|pad|>", unk: "<|endoftext|>"))
         // The generic class has no defaults (SwiftPEFT's own files once left out the roles it had not).
         XCTAssertEqual(try roles(config: #"{"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}"#, map: nil),
                        SpecialTokenRoles(eos: "<|endoftext|>"))
+    }
+
+    /// A merge listed twice takes its last rank, as in `tokenizers` 0.23.3 (checked on this file:
+    /// "abc" → ["a", "bc"] = [0, 4]; with the first rank it would be ["ab", "c"]).
+    func testAMergeListedTwiceTakesItsLastRank() throws {
+        let json = #"""
+        {"version": "1.0", "added_tokens": [], "normalizer": null,
+         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+         "model": {"type": "BPE", "unk_token": null, "byte_fallback": false, "ignore_merges": false,
+                   "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4}, "merges": [["a", "b"], ["b", "c"], ["a", "b"]]}}
+        """#
+        XCTAssertEqual(try BPETokenizer.load(json: Data(json.utf8), file: "dup.json").encode("abc"), [0, 4])
     }
 
     func testLoadAcceptsStringMergesAndExtraFields() throws {
