@@ -27,7 +27,7 @@ public func readTextCorpus(_ path: String) throws -> [String] {
     if isDir.boolValue {
         let e = FileManager.default.enumerator(atPath: path)
         while let f = e?.nextObject() as? String {
-            if [".txt", ".md", ".rst"].contains(where: { f.hasSuffix($0) }) { files.append(path + "/" + f) }
+            if [".txt", ".md", ".rst"].contains(where: { f.lowercased().hasSuffix($0) }) { files.append(path + "/" + f) }
         }
         files.sort()
         guard !files.isEmpty else { throw CorpusError(path: path, message: "the folder holds no .txt, .md or .rst files") }

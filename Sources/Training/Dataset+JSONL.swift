@@ -177,21 +177,23 @@ public func readExamples(_ path: String) throws -> (format: DataFormat, examples
         throw DatasetError(file: path, line: nil, message: "no such file or folder")
     }
     var jsonl: [String] = []
+    // Extensions in any case; .ndjson is another name for JSON Lines.
+    func isJSONL(_ f: String) -> Bool { [".jsonl", ".ndjson"].contains { f.lowercased().hasSuffix($0) } }
     if isDir.boolValue {
         let e = FileManager.default.enumerator(atPath: path)
         var texts = 0
         while let f = e?.nextObject() as? String {
-            if f.hasSuffix(".jsonl") { jsonl.append(path + "/" + f) }
-            if [".txt", ".md", ".rst"].contains(where: { f.hasSuffix($0) }) { texts += 1 }
+            if isJSONL(f) { jsonl.append(path + "/" + f) }
+            if [".txt", ".md", ".rst"].contains(where: { f.lowercased().hasSuffix($0) }) { texts += 1 }
         }
         jsonl.sort()
         if !jsonl.isEmpty && texts > 0 {
             throw DatasetError(file: path, line: nil, message: "the folder holds both .jsonl files and \(texts) text "
                 + "files; put the examples of one format in a folder of their own")
         }
-    } else if path.hasSuffix(".jsonl") {
+    } else if isJSONL(path) {
         jsonl = [path]
-    } else if path.hasSuffix(".json") {
+    } else if path.lowercased().hasSuffix(".json") {
         throw DatasetError(file: path, line: nil, message: "a .json file is not read; write one JSON object per "
             + "line to a .jsonl file")
     }

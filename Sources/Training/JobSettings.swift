@@ -46,7 +46,7 @@ extension TrainJob {
         }
         if let v = try s.int("steps") { trainer.steps = v }
         if let v = try s.double("epochs") {
-            guard v > 0 else { throw TrainingError(message: "--epochs must be positive, got \(v)") }
+            guard v > 0 && v <= 1e6 else { throw TrainingError(message: "--epochs must be positive and at most a million, got \(v)") }
             epochs = v
         }
         if let v = try s.double("lr") { trainer.lr = Float(v) }

@@ -393,7 +393,10 @@ public final class Trainer {
         let what = ["base_weights_hash": "base model (weights)", "base_architecture": "base model (architecture)",
                     "method": "method", "method_config": "method config"]
         func recorded(_ key: String) -> String? {  // architectures saved before carry their dropout rates
-            key == "base_architecture" ? attrs[key].map { BaseFingerprint.normalized(architecture: $0, current: model.config) } : attrs[key]
+            if key == "base_architecture" { return attrs[key].map { BaseFingerprint.normalized(architecture: $0, current: model.config) } }
+            // States written before data-parallel training were one process's.
+            if key == "data_parallel_ranks" { return attrs[key] ?? "1" }
+            return attrs[key]
         }
         for (key, mine) in checkpointAttributes.sorted(by: { $0.key < $1.key }) where recorded(key) != mine {
             throw CheckpointError(path: url.path, message: """

@@ -141,17 +141,22 @@ final class Progress {
     let start = Date()
     var lastVal: Double?
     let every: Int
+    /// The step of the first update: the clock runs from there (a resumed run's earlier steps took
+    /// no time of this process).
+    private var firstStep: Int?
     init(total: Int, label: String = "", every: Int = 10) {
         (self.total, self.label, self.every) = (total, label, max(1, every))
     }
 
     func update(_ m: StepMetrics) {
         if let v = m.valLoss { lastVal = v }
+        let first = firstStep ?? m.step
+        firstStep = first
         let elapsed = Date().timeIntervalSince(start)
-        let eta = m.step > 0 ? elapsed / Double(m.step) * Double(total - m.step) : 0
+        let eta = m.step > first ? elapsed / Double(m.step - first) * Double(total - m.step) : nil
         var text = String(format: "%@step %d/%d  loss %.4f", label, m.step, total, m.loss)
         if let v = lastVal { text += String(format: "  val %.4f", v) }
-        text += String(format: "  %.0f tok/s  ETA %@", m.tokensPerSecond, Progress.clock(eta))
+        text += String(format: "  %.0f tok/s  ETA %@", m.tokensPerSecond, eta.map(Progress.clock) ?? "--:--")
         if tty {
             Progress.drawBar(done: m.step, total: total, text: text)
         } else if m.step % every == 0 || m.step == total || m.valLoss != nil {

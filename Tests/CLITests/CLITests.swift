@@ -999,6 +999,7 @@ final class CLITests: XCTestCase {
         XCTAssertLessThan(total, 1000)
         XCTAssertGreaterThan(total, 1)
         try fails(epochArgs(fx.path("runs/epochs0"), "0"), mentioning: ["--epochs must be positive"])
+        try fails(epochArgs(fx.path("runs/epochs-inf"), "inf"), mentioning: ["--epochs must be positive and at most a million, got inf"])
         try fails(trainArgs(out: fx.path("runs/epochs-and-steps"), steps: 10) + ["--epochs", "2"],
                   mentioning: ["--steps and --epochs are both given"])
     }

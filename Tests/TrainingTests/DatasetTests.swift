@@ -240,6 +240,14 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try load(sub, validation: .file(sub + "/b.jsonl"))) {
             XCTAssertTrue("\($0)".contains("inside the training data"), "\($0)")
         }
+        // JSON Lines by any case of .jsonl, or .ndjson, is read as JSON Lines, never as plain text;
+        // a .JSON file is refused like a .json one.
+        for name in ["upper.JSONL", "other.ndjson"] {
+            let path = try write(name, [json(["prompt": "a", "completion": "b"]), json(["prompt": "c", "completion": "d"])])
+            XCTAssertEqual(try load(path, validation: .none).format, .promptCompletion, name)
+        }
+        let upperJSON = try write("x.JSON", [json(["text": "a"])])
+        XCTAssertThrowsError(try load(upperJSON)) { XCTAssertTrue("\($0)".contains("a .json file is not read"), "\($0)") }
         // Prompt/completion data needs an EOS to learn to stop with.
         let pc = try write("pc.jsonl", [json(["prompt": "a", "completion": "b"])])
         XCTAssertThrowsError(try load(pc, tok: ByteTokenizer())) { XCTAssertTrue("\($0)".contains("end-of-sequence")) }

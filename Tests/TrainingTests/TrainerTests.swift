@@ -65,6 +65,28 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// A state written before data-parallel training (no data_parallel_ranks) was one process's: it
+    /// resumes under one process, and is refused under two.
+    func testAStateWithoutRanksIsOneProcesss() throws {
+        var o = TrainerOptions()
+        (o.steps, o.lr) = (4, 5e-3)
+        var (_, _, first, data1) = try setup(o)
+        let ckpt = dir.appendingPathComponent("state-old.h5")
+        first.checkpointURL = ckpt
+        first.checkpointAttributes = ["method": "lora"]  // as such states were written
+        try first.run(&data1, until: 2)
+        for (ranks, resumes) in [("1", true), ("2", false)] {
+            var (_, _, second, data2) = try setup(o)
+            second.checkpointAttributes = ["method": "lora", "data_parallel_ranks": ranks]
+            if resumes {
+                XCTAssertNoThrow(try second.resume(from: ckpt, data: &data2))
+                XCTAssertEqual(second.step, 2)
+            } else {
+                XCTAssertThrowsError(try second.resume(from: ckpt, data: &data2)) { XCTAssertTrue("\($0)".contains("data_parallel_ranks"), "\($0)") }
+            }
+        }
+    }
+
     /// Gradient accumulation learns what one large batch of the same rows does: micro-batches weigh
     /// by their learned tokens (the first is mostly masked here), not equally.
     func testAccumulatedMicroBatchesEqualOneLargeBatch() throws {
