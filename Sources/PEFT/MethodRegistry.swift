@@ -260,6 +260,16 @@ public enum PEFTRegistry {
         all.first { $0.names.contains { $0.name == name } }
     }
 
+    /// The command-line name of `method` (an adapter loaded from a file): of its registration's
+    /// names, the one whose preset its config holds (LoRA with `use_dora` is "dora"), else the first.
+    public static func name(of method: PEFTMethod) -> String {
+        let type = Swift.type(of: method).peftType
+        guard let d = Self.method(peftType: type) else { return type.lowercased() }
+        let config = ((try? method.configJSON()).flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]
+        let holding = d.names.filter { n in n.preset.allSatisfy { k, v in (config[k] as? NSObject)?.isEqual(v) == true } }
+        return (holding.max { $0.preset.count < $1.preset.count } ?? d.names[0]).name
+    }
+
     /// The method whose `peft_type` is `type`.
     public static func method(peftType type: String) -> MethodDescription? { all.first { $0.peftType == type } }
 

@@ -112,7 +112,9 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         model.unfreeze()
         names = ["every weight"]
     }
-    try job.precision.apply(to: model, method: job.method, adapter: method, checkOnly: checkOnly)
+    // A continued adapter is trained as the method it was saved as, whatever --method says.
+    let methodName = job.adapterPath != nil ? method.map(PEFTRegistry.name(of:)) ?? job.method : job.method
+    try job.precision.apply(to: model, method: methodName, adapter: method, checkOnly: checkOnly)
     let parameters = method?.adapterParameters() ?? model.namedParameters()
     let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
     try checkSequenceLength(model, job.data.seqLen + ((method as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
@@ -132,7 +134,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
                    c.attentionDropout.map { "attention dropout \($0)" }, c.slidingWindow.map { "sliding window \($0)" }].compactMap { $0 }
     onStart("""
         base: \(job.modelPath) (\(c.family), \(model.parameterCount) parameters\(applied.map { "; " + $0 }.joined()))
-        method: \(job.method) on \(names.count) module(s)\(names.count <= 4 ? ": " + names.joined(separator: ", ") : "")
+        method: \(methodName) on \(names.count) module(s)\(names.count <= 4 ? ": " + names.joined(separator: ", ") : "")
         \(report)
         data: \(splits)
         """)
@@ -155,7 +157,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     trainer.checkpointAttributes = ["base_weights_hash": fingerprint.weightsHash, "base_architecture": fingerprint.architecture,
                                     "data_parallel_ranks": String(comm.size)]
     if let method {
-        trainer.checkpointAttributes["method"] = job.method
+        trainer.checkpointAttributes["method"] = methodName
         trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)
     }
     if comm.isLeader { trainer.onStep = onStep }
@@ -217,7 +219,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     if comm.isDistributed { cost = try cost.summed(over: comm) }
     if comm.isLeader { try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json")) }
     try comm.barrier(what: "the end of training (rank 0 writes \(saved))")
-    return TrainOutcome(method: job.method, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
+    return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
                         cost: cost)

@@ -1059,5 +1059,15 @@ final class CLITests: XCTestCase {
         // Options that would shape a new adapter are an error with --adapter, not ignored.
         _ = try fails(["train", "--model", fx.base, "--adapter", adapter, "--data", fx.jsonl, "--out", fx.path("runs/continued-r"),
                        "--steps", "1", "--r", "16"], mentioning: ["--adapter", "--r", "do not apply"])
+        // The continued adapter's method is the one it was saved as, not --method's default (lora).
+        let ia3 = fx.path("runs/continued-ia3-first")
+        _ = try ok(trainArgs(out: ia3, steps: 1, method: "ia3"))
+        let again = try ok(["train", "--model", fx.base, "--adapter", ia3 + "/adapter.h5", "--data", fx.jsonl, "--out", fx.path("runs/continued-ia3"),
+                            "--steps", "1", "--seq-len", "32", "--batch-size", "4"])
+        XCTAssertTrue(again.stdout.contains("method: ia3 on"), again.transcript)
+        var dora = LoRAConfig(targetModules: .names(["q_proj"]))
+        dora.useDora = true
+        XCTAssertEqual(PEFTRegistry.name(of: try LoRA(config: dora)), "dora")
+        XCTAssertEqual(PEFTRegistry.name(of: try LoRA(config: LoRAConfig())), "lora")
     }
 }
