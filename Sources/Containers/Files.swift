@@ -105,8 +105,6 @@ public func writeFolderAtomically(_ dir: URL, files: [String], dropping: [String
         }
         close(fd)
     }
-    let tmpFD = open(tmp.path, O_RDONLY | O_DIRECTORY)
-    if tmpFD >= 0 { fsync(tmpFD); close(tmpFD) }
     var isDir: ObjCBool = false
     let exists = fm.fileExists(atPath: dir.path, isDirectory: &isDir)
     if exists && !isDir.boolValue { throw CheckpointError(path: dir.path, message: "exists and is not a folder") }
@@ -120,6 +118,8 @@ public func writeFolderAtomically(_ dir: URL, files: [String], dropping: [String
     if exists, let mode = (try? fm.attributesOfItem(atPath: dir.path))?[.posixPermissions] {
         try? fm.setAttributes([.posixPermissions: mode], ofItemAtPath: tmp.path)
     }
+    let tmpFD = open(tmp.path, O_RDONLY | O_DIRECTORY)  // its entries (new files, links) before the swap
+    if tmpFD >= 0 { fsync(tmpFD); close(tmpFD) }
     if exists && linked && exchangePaths(tmp.path, dir.path) {
         // Done: `dir` is the new folder; `tmp` holds the old one, removed by the defer.
     } else if !exists || others.isEmpty {

@@ -106,7 +106,8 @@ public struct SafetensorsFile {
         func int(_ v: Any?) -> Int? {
             // (Linux bridges 0 and 1 to Bool too.) A number written with a fraction or exponent, even
             // 2.0, is not an integer to the reference implementation either.
-            guard let num = v as? NSNumber, !["d", "f"].contains(String(cString: num.objCType)) else { return nil }
+            // A boolean ("c") is not one either.
+            guard let num = v as? NSNumber, !["d", "f", "c"].contains(String(cString: num.objCType)) else { return nil }
             let d = num.doubleValue
             guard d >= 0, d == d.rounded(), d < 9e15 else { return nil }
             return num.intValue

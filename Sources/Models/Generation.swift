@@ -167,7 +167,10 @@ extension CausalLM {
         var sequence = prompt
         return withNoGrad {
             var next = prompt
-            // Learned absolute positions end at max_position_embeddings: generation stops there.
+            // Learned absolute positions end at max_position_embeddings: generation stops when the
+            // sequence (virtual tokens, prompt and new tokens) fills them, as `serve` counts a context
+            // (prompt + max_tokens ≤ its length, as vLLM does). The last new token would need no
+            // position of its own, but one more would make the two disagree.
             let limit = config.positions == .learned ? config.maxPositions - extra - prompt.count : options.maxNewTokens
             for _ in 0..<max(0, min(options.maxNewTokens, limit)) {
                 let logits = useCache ? forward(next, batch: 1, cache: cache) : forward(sequence, batch: 1)  // (1, T, V)

@@ -334,14 +334,18 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
     public func configJSON() throws -> Data {
         var c = config
         c.fanInFanOut = layers.first?.linear.fanInFanOut ?? config.fanInFanOut
-        // PEFT refuses layers_to_transform beside a string target_modules (a regex or "all-linear"):
-        // once attached, the modules adapted are written by their whole names instead.
-        if case .regex = c.targetModules, let l = c.layersToTransform, !l.isEmpty, !layers.isEmpty {
-            (c.targetModules, c.layersToTransform) = (.names(layers.map(\.module)), nil)
-        }
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .prettyPrinted]
         return try e.encode(c)
+    }
+
+    /// The config with `target_modules` as PEFT reads it (`peftReadableTargets`), and the tensors.
+    public func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
+        guard var config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
+            throw PEFTError(message: "the LORA adapter's config is not a JSON object")
+        }
+        peftReadableTargets(&config, adapted: layers.map(\.module))
+        return (config, withNoGrad { adapterParameters().map { key, t in (key, t.detached().contiguous()) } })
     }
 
     /// All or nothing: targets, biases and modules_to_save are resolved (and may throw) before the

@@ -22,7 +22,6 @@ public enum ModuleSelector: Codable, Equatable, Sendable {
     public func encode(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
         switch self {
-        case .names(let l) where l == ["all-linear"]: try c.encode("all-linear")  // PEFT expands only the string form
         case .names(let l): try c.encode(l)
         case .regex(let r): try c.encode(r)
         }
@@ -103,4 +102,21 @@ public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets
             """)
     }
     return selected
+}
+
+/// `target_modules` and `layers_to_transform` of an exported `adapter_config.json` (a JSON object)
+/// as PEFT reads them: "all-linear" as its string (PEFT expands no list), and a string (a regex or
+/// "all-linear") beside layers_to_transform, a pair PEFT refuses, as the `adapted` modules' whole
+/// names. SwiftPEFT's own checkpoints keep the config as it was given.
+func peftReadableTargets(_ config: inout [String: Any], adapted: [String]) {
+    let targets = config["target_modules"]
+    let isString = targets is String || (targets as? [String]) == ["all-linear"]
+    let layers = config["layers_to_transform"] as? [Any]
+    if isString, let layers, !layers.isEmpty {
+        config["target_modules"] = adapted
+        config["layers_to_transform"] = NSNull()
+        return
+    }
+    if isString && layers != nil { config["layers_to_transform"] = NSNull() }  // [] means every layer
+    if (targets as? [String]) == ["all-linear"] { config["target_modules"] = "all-linear" }
 }

@@ -30,15 +30,22 @@ public struct ServerOptions: Sendable {
 /// `directory`; `path` itself when `directory` is nil.
 /// - Throws: `APIError` 403 when the resolved path lies outside `directory`.
 func adapterPath(_ path: String, inside directory: String?) throws -> String {
+    guard !path.utf8.contains(0) else { throw APIError(status: .badRequest, message: "lora_path holds a NUL character", param: "lora_path") }
     guard let directory else { return path }
     let root = URL(fileURLWithPath: directory).standardizedFileURL.resolvingSymlinksInPath().path
+    let rootBytes = Array((root.hasSuffix("/") ? root : root + "/").utf8)
+    // Compared as bytes: String's hasPrefix takes canonically equivalent spellings (NFC é, NFD é)
+    // for equal, and a file system does not.
+    func inside(_ url: URL) -> Bool { Array(url.standardizedFileURL.resolvingSymlinksInPath().path.utf8).starts(with: rootBytes) }
     let given = path.hasPrefix("/") ? URL(fileURLWithPath: path) : URL(fileURLWithPath: root).appendingPathComponent(path)
-    let resolved = given.standardizedFileURL.resolvingSymlinksInPath().path
-    guard resolved.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
+    // A PEFT folder's files are read too: links in it must stay inside as well.
+    let files = [given] + ["adapter_config.json", "adapter_model.safetensors"].map { given.appendingPathComponent($0) }
+        .filter { FileManager.default.fileExists(atPath: $0.path) }
+    guard files.allSatisfy(inside) else {
         throw APIError(status: .forbidden, message: "lora_path \"\(path)\" is outside the adapter folder this server loads from (--adapter-dir)",
                        param: "lora_path")
     }
-    return resolved
+    return given.standardizedFileURL.resolvingSymlinksInPath().path
 }
 
 /// The Prometheus series the server keeps, per model (base or adapter).
@@ -245,7 +252,8 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     router.post("/v1/chat/completions") { request, context -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName)
-        guard hasChatMLEnd(engine.tokenizer) else {  // a reply could not end: it would run to max_tokens
+        // Spelled in pieces, ChatML's markers are text to the model: a reply would end only at EOS or max_tokens.
+        guard hasChatMLEnd(engine.tokenizer) else {
             throw APIError(status: .badRequest, message: "chat is served in ChatML, whose replies end with <|im_end|>; "
                 + "this model's tokenizer has no such token. Use /v1/completions", param: "messages")
         }

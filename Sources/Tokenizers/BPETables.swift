@@ -227,7 +227,8 @@ struct PairTable: Sendable {
 
     /// Inserts, or replaces the value of a pair already there (returning false then): the last
     /// merge of a pair listed twice wins, as in Hugging Face's `tokenizers`, which collects the
-    /// merges into a map.
+    /// merges into a map. (llama.cpp keeps the first; GGUF merges come from a tokenizer.json, so
+    /// SwiftPEFT reads them as the library that wrote them does.)
     @discardableResult
     mutating func insert(_ a: Int32, _ b: Int32, packed: UInt64) -> Bool {
         let k = PairTable.key(a, b)

@@ -83,6 +83,7 @@ final class PEFTFolderTests: XCTestCase {
             // PEFT expands only the string "all-linear", and refuses layers_to_transform beside a
             // regex: written as the string, and as the adapted modules' names.
             ("lora-all-linear", { try lora(targets: .names(["all-linear"])) }),
+            ("lora-all-linear-layers", { try lora(targets: .names(["all-linear"]), layers: [1]) }),
             ("lora-regex-layers", { try lora(targets: .regex(".*\\.(" + attention.joined(separator: "|") + ")"), layers: [1]) }),
             ("ia3", { try IA3(config: ia3, seed: 3) }),
             ("prompt", { try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 3), seed: 4) }),
@@ -124,8 +125,14 @@ final class PEFTFolderTests: XCTestCase {
                 XCTAssertEqual(config["base_model_name_or_path"] as? String, "tiny-\(family)")
                 XCTAssertEqual(config["inference_mode"] as? Bool, true)
                 if name == "lora-all-linear" { XCTAssertEqual(config["target_modules"] as? String, "all-linear") }
+                if name == "lora-all-linear-layers" {
+                    let names = config["target_modules"] as? [String] ?? []
+                    XCTAssertEqual(names.count, family == "gpt2" ? 4 : 7, "every Linear of layer 1: \(names)")
+                    XCTAssertTrue(names.allSatisfy { $0.contains(".1.") }, "\(names)")
+                }
                 if name == "lora-regex-layers" {
-                    XCTAssertEqual((config["target_modules"] as? [String])?.allSatisfy { $0.contains(".1.") }, true, "\(config["target_modules"] ?? "")")
+                    XCTAssertEqual(config["target_modules"] as? [String], family == "gpt2" ? ["transformer.h.1.attn.c_attn"]
+                                   : ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"])
                     XCTAssertTrue(config["layers_to_transform"] == nil || config["layers_to_transform"] is NSNull, "\(config["layers_to_transform"] ?? "")")
                 }
                 if ["lora", "dora", "rslora"].contains(name) {

@@ -160,6 +160,8 @@ final class SafetensorsTests: XCTestCase {
                                                       [UInt8](repeating: 0, count: 12)), tensor: nil, ["end at byte 4 of a 12-byte data section"])
         expectFailure("empty-inside.safetensors", rawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}",
                                                           [UInt8](repeating: 0, count: 8)), tensor: "e", ["[4, 4]"])
+        expectFailure("bool-shape.safetensors", rawFile("{\"w\":{\"dtype\":\"F32\",\"shape\":[true],\"data_offsets\":[0,4]}}", [0, 0, 0, 0]),
+                      tensor: "w", ["shape"])
         expectFailure("float-shape.safetensors", rawFile("{\"w\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", [0, 0, 0, 0]),
                       tensor: "w", ["shape"])
         // What the reference implementation reads, and so does this reader: JSON after whitespace,

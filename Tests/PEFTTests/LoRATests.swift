@@ -44,7 +44,7 @@ final class LoRATests: XCTestCase {
                                         "model.layers.1.self_attn.v_proj", "model.layers.1.self_attn.o_proj",
                                         "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"])
         // As PEFT: "all-linear" in any case; layers_to_transform [] is every layer; a list entry that
-        // is a whole module name is not filtered by layer. "all-linear" is written as PEFT's string.
+        // is a whole module name is not filtered by layer.
         XCTAssertEqual(try targets(LoRAConfig(targetModules: .regex("ALL-Linear"))).count, 14)
         var everyLayer = LoRAConfig(targetModules: .names(["q_proj"]))
         everyLayer.layersToTransform = []
@@ -52,8 +52,24 @@ final class LoRATests: XCTestCase {
         var exact = LoRAConfig(targetModules: .names(["model.layers.0.self_attn.q_proj", "v_proj"]))
         exact.layersToTransform = [1]
         XCTAssertEqual(try targets(exact), ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"])
-        let allLinear = try JSONSerialization.jsonObject(with: LoRA(config: LoRAConfig(targetModules: .names(["all-linear"]))).configJSON()) as? [String: Any]
-        XCTAssertEqual(allLinear?["target_modules"] as? String, "all-linear")
+        // A PEFT folder gets target_modules as PEFT reads them; SwiftPEFT's own config keeps what was given.
+        let allLinear = try LoRA(config: LoRAConfig(targetModules: .names(["all-linear"])))
+        try allLinear.attach(to: makeModel(llamaTiny))
+        XCTAssertEqual(try allLinear.peftFolderContents(base: llamaTiny).config["target_modules"] as? String, "all-linear")
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: allLinear.configJSON()) as? [String: Any])?["target_modules"] as? [String], ["all-linear"])
+        func readable(_ targets: Any, _ layers: Any?) -> [String: Any] {
+            var c: [String: Any] = ["target_modules": targets]
+            if let layers { c["layers_to_transform"] = layers }
+            peftReadableTargets(&c, adapted: ["model.layers.1.self_attn.q_proj"])
+            return c
+        }
+        XCTAssertEqual(readable(["all-linear"], [1])["target_modules"] as? [String], ["model.layers.1.self_attn.q_proj"])
+        XCTAssertTrue(readable(["all-linear"], [1])["layers_to_transform"] is NSNull)
+        XCTAssertEqual(readable(".*q_proj", [1])["target_modules"] as? [String], ["model.layers.1.self_attn.q_proj"])
+        XCTAssertEqual(readable(".*q_proj", [Int]())["target_modules"] as? String, ".*q_proj", "[]: every layer, the regex kept")
+        XCTAssertTrue(readable(".*q_proj", [Int]())["layers_to_transform"] is NSNull)
+        XCTAssertEqual(readable(["q_proj"], [1])["target_modules"] as? [String], ["q_proj"], "a list with layers is PEFT's own")
+        XCTAssertEqual(readable(["q_proj"], [1])["layers_to_transform"] as? [Int], [1])
         XCTAssertThrowsError(try LoRA(config: LoRAConfig(targetModules: .names(["query"]))).attach(to: m)) { e in
             let s = "\(e)"
             XCTAssertTrue(s.contains("matched no") && s.contains("model.layers.0.self_attn.q_proj") && s.contains("\"q_proj\""), s)

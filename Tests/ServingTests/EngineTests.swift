@@ -315,6 +315,15 @@ final class ServerConnectionTests: XCTestCase {
         }
         try FileManager.default.createSymbolicLink(atPath: folder.appendingPathComponent("link.h5").path,
                                                    withDestinationPath: dir.appendingPathComponent("outside.h5").path)
+        // A sibling whose name starts with the folder's, and a PEFT folder inside whose weights link outside.
+        let evil = dir.appendingPathComponent("adapters-evil")
+        try FileManager.default.createDirectory(at: evil, withIntermediateDirectories: true)
+        try AdapterCheckpoint.save(lora, base: loaded.model, to: evil.appendingPathComponent("x.h5").path)
+        let peft = folder.appendingPathComponent("peft")
+        try exportPEFTFolder(lora, base: loaded.model, baseName: nil, to: peft)
+        let weights = peft.appendingPathComponent("adapter_model.safetensors")
+        try FileManager.default.moveItem(at: weights, to: dir.appendingPathComponent("outside.safetensors"))
+        try FileManager.default.createSymbolicLink(atPath: weights.path, withDestinationPath: dir.appendingPathComponent("outside.safetensors").path)
         var options = ServerOptions()
         options.adapterDirectory = folder.path
         let (engine, port, server) = try serve(basePath, options: options)
@@ -327,11 +336,14 @@ final class ServerConnectionTests: XCTestCase {
             let (data, response) = try await URLSession.shared.data(for: r)
             return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
         }
-        for path in [dir.appendingPathComponent("outside.h5").path, "../outside.h5", folder.path + "/../outside.h5", "link.h5", basePath] {
+        for path in [dir.appendingPathComponent("outside.h5").path, "../outside.h5", folder.path + "/../outside.h5", "link.h5", basePath,
+                     evil.appendingPathComponent("x.h5").path, "../adapters-evil/x.h5", "peft"] {
             let r = try await load("x", path)
             XCTAssertEqual(r.status, 403, "\(path): \(r.body)")
             XCTAssertTrue(r.body.contains("outside the adapter folder"), r.body)
         }
+        let nul = try await load("x", "inside.h5\u{0}x")
+        XCTAssertEqual(nul.status, 400, nul.body)
         XCTAssertEqual(engine.modelNames, [engine.baseName], "nothing was loaded")
         let relative = try await load("a", "inside.h5")
         XCTAssertEqual(relative.status, 200, relative.body)
