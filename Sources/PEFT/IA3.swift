@@ -162,9 +162,14 @@ public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod, RowScop
     public func releasedWeightsConflict(in model: CausalLM) -> String? {
         Self.releasedModulesToSave(config.modulesToSave, in: model)
     }
+    /// Off, the model computes its base function: a merged adapter is unmerged first (as PEFT's
+    /// `disable_adapters` does), and stays unmerged when it is turned on again.
     public var isEnabled: Bool {
         get { state.isEnabled }
-        set { state.isEnabled = newValue }
+        set {
+            if !newValue && isMerged { unmerge() }
+            state.isEnabled = newValue
+        }
     }
     public var batchRows: Range<Int>? {
         get { state.rows }

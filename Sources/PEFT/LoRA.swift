@@ -313,9 +313,14 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
     /// Refuse r > min(in, out) and conflicting pattern keys at attach (a new adapter); off for
     /// loaded ones and for combinations.
     var checksRank = true
+    /// Off, the model computes its base function: a merged adapter is unmerged first (as PEFT's
+    /// `disable_adapters` does), and stays unmerged when it is turned on again.
     public var isEnabled: Bool {
         get { state.isEnabled }
-        set { state.isEnabled = newValue }
+        set {
+            if !newValue && isMerged { unmerge() }
+            state.isEnabled = newValue
+        }
     }
     public var batchRows: Range<Int>? {
         get { state.rows }

@@ -105,6 +105,13 @@ extension PromptLearningMethod {
         fill("num_attention_heads", heads)
         config["num_transformer_submodules"] = 1
         config["inference_mode"] = true
+        // PEFT refuses prompt tuning's TEXT init without its tokenizer and text, even where the
+        // saved embeddings are loaded and the init never runs: such a config is written as RANDOM,
+        // which loads the same tensor.
+        let missing = { (k: String) in (config[k] as? String ?? "").isEmpty }
+        if config["prompt_tuning_init"] as? String == "TEXT" && (missing("tokenizer_name_or_path") || config["prompt_tuning_init_text"] as? String == nil) {
+            config["prompt_tuning_init"] = "RANDOM"
+        }
         return (config, peftTensors())
     }
 }

@@ -87,6 +87,9 @@ final class PEFTFolderTests: XCTestCase {
             ("lora-regex-layers", { try lora(targets: .regex(".*\\.(" + attention.joined(separator: "|") + ")"), layers: [1]) }),
             ("ia3", { try IA3(config: ia3, seed: 3) }),
             ("prompt", { try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 3), seed: 4) }),
+            // A TEXT init without the tokenizer PEFT requires for it: written as RANDOM, which loads the same.
+            ("prompt-text", { try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 3, promptTuningInit: .text, promptTuningInitText: "ab"),
+                                               seed: 4, initTokenIDs: [1, 2]) }),
             ("ptuning", { try PTuning(config: PTuningConfig(numVirtualTokens: 3, type: .mlp, encoderHiddenSize: 8), seed: 5) }),
             ("ptuning-lstm", { try PTuning(config: PTuningConfig(numVirtualTokens: 2, type: .lstm, encoderHiddenSize: 4), seed: 6) }),
             ("prefix", { try PrefixTuning(config: PrefixTuningConfig(numVirtualTokens: 3), seed: 7) }),
@@ -124,6 +127,7 @@ final class PEFTFolderTests: XCTestCase {
                 XCTAssertEqual(config["task_type"] as? String, "CAUSAL_LM")
                 XCTAssertEqual(config["base_model_name_or_path"] as? String, "tiny-\(family)")
                 XCTAssertEqual(config["inference_mode"] as? Bool, true)
+                if name == "prompt-text" { XCTAssertEqual(config["prompt_tuning_init"] as? String, "RANDOM") }
                 if name == "lora-all-linear" { XCTAssertEqual(config["target_modules"] as? String, "all-linear") }
                 if name == "lora-all-linear-layers" {
                     let names = config["target_modules"] as? [String] ?? []

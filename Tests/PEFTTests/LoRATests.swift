@@ -183,6 +183,14 @@ final class LoRATests: XCTestCase {
                 lora.unmerge()
                 XCTAssertEqual(model.namedParameters().map { $0.1.toArray() }, weightsBefore, "exact unmerge")
                 XCTAssertLessThan(maxAbsDiff(logits(model), adapted), 1e-6)
+                // Disabled while merged: unmerged first, so the model is the base (as PEFT's disable_adapters).
+                lora.merge()
+                lora.isEnabled = false
+                XCTAssertFalse(lora.isMerged)
+                XCTAssertEqual(model.namedParameters().map { $0.1.toArray() }, weightsBefore, "disabled: the base weights")
+                XCTAssertEqual(logits(model), base, "disabled: the base")
+                lora.isEnabled = true
+                XCTAssertLessThan(maxAbsDiff(logits(model), adapted), 1e-6, "on again, unmerged")
                 lora.detach(from: model)
                 XCTAssertEqual(logits(model), base, "detached: the base again")
             }
