@@ -58,8 +58,11 @@ public struct Cost: Codable, Equatable, Sendable {
 
     /// How the energy figure was obtained, for reports.
     public var energyNote: String {
-        isEstimate ? String(format: "estimate: CPU-seconds × %g W per busy core", wattsPerCore ?? 0)
-                   : "measured: RAPL counters of the CPU package (all processes on it)"
+        switch energySource {
+        case "rapl": return "measured: RAPL counters of the CPU package (all processes on it)"
+        case "mixed": return "mixed: RAPL counters where readable, CPU-seconds × watts per busy core elsewhere"
+        default: return String(format: "estimate: CPU-seconds × %g W per busy core", wattsPerCore ?? 0)
+        }
     }
 
     /// One line: "1,234 tokens · 3.2 s · 6.1 CPU-s · peak 812 MiB · ≈61 J (estimate: …)".
@@ -96,7 +99,16 @@ public final class CostMeter {
     let zones: [Zone]
     private var startWall = Date()
     private var startCPU = 0.0
-    private var startEnergy: [UInt64] = []
+    /// Per zone: the last counter value read, and the microjoules counted since the start. The
+    /// counters are read every `sampleSeconds` as well as at the ends: one wraps at
+    /// max_energy_range_uj (about 262 kJ, under an hour at full load), and a delta between two
+    /// reads can undo only one wrap.
+    private var lastEnergy: [UInt64] = []
+    private var energySinceStart: [UInt64] = []
+    private var unreadable = false
+    private let lock = NSLock()
+    private var sampler: DispatchSourceTimer?
+    static let sampleSeconds = 10
 
     /// - Parameters:
     ///   - wattsPerCore: power per busy core used when the RAPL counters cannot be read.
@@ -110,24 +122,46 @@ public final class CostMeter {
     /// Whether energy is measured (RAPL readable) rather than estimated.
     public var measuresEnergy: Bool { !zones.isEmpty }
 
+    deinit { sampler?.cancel() }
+
     /// Starts measuring anew from now.
     public func restart() {
         startWall = Date()
         startCPU = Self.processCPUSeconds()
-        startEnergy = zones.map { Self.readCounter($0.energyPath) ?? 0 }
+        lock.withLock {
+            lastEnergy = zones.map { Self.readCounter($0.energyPath) ?? 0 }
+            energySinceStart = zones.map { _ in 0 }
+            unreadable = false
+        }
+        if !zones.isEmpty && sampler == nil {
+            let timer = DispatchSource.makeTimerSource(queue: .global(qos: .utility))
+            timer.schedule(deadline: .now() + .seconds(Self.sampleSeconds), repeating: .seconds(Self.sampleSeconds))
+            timer.setEventHandler { [weak self] in self?.sampleEnergy() }
+            timer.resume()
+            sampler = timer
+        }
+    }
+
+    /// Adds each zone's energy since its last read (one wrap of the counter undone).
+    func sampleEnergy() {
+        lock.withLock {
+            for (i, z) in zones.enumerated() {
+                guard let now = Self.readCounter(z.energyPath) else { unreadable = true; continue }
+                let last = lastEnergy[i]
+                energySinceStart[i] &+= now >= last ? now - last : now &+ (z.maxRange &- last)
+                lastEnergy[i] = now
+            }
+        }
     }
 
     /// The cost since the start, with `tokens` processed.
     public func reading(tokens: Int) -> Cost {
         let wall = Date().timeIntervalSince(startWall)
         let cpu = max(0, Self.processCPUSeconds() - startCPU)
-        var joules = 0.0, measured = !zones.isEmpty
-        for (z, start) in zip(zones, startEnergy) {
-            guard let now = Self.readCounter(z.energyPath) else { measured = false; break }
-            // The counter wraps at max_energy_range_uj.
-            let delta = now >= start ? now - start : now &+ (z.maxRange &- start)
-            joules += Double(delta) / 1e6
-        }
+        sampleEnergy()
+        let (microjoules, failed) = lock.withLock { (energySinceStart.reduce(0, &+), unreadable) }
+        let measured = !zones.isEmpty && !failed
+        let joules = Double(microjoules) / 1e6
         return Cost(tokens: tokens, wallSeconds: wall, cpuSeconds: cpu, peakRSSBytes: peakResidentBytes(),
                     energyJoules: measured ? joules : cpu * wattsPerCore, energySource: measured ? "rapl" : "estimate",
                     wattsPerCore: measured ? nil : wattsPerCore)

@@ -289,6 +289,15 @@ final class BacktestTests: XCTestCase {
         XCTAssertNil(c.wattsPerCore)
         XCTAssertEqual(c.joulesPerToken, 0.15, accuracy: 1e-9)
 
+        // A long run wraps the counter more than once: reads in between (every 10 s) count every wrap.
+        meter.restart()
+        for value: UInt64 in [900_000_000, 50_000_000, 950_000_000, 10_000_000] {  // from 2e6: +898, +150, +900, +60 J (wraps at 1e9 µJ)
+            try zone("intel-rapl:0", "package-0", value)
+            meter.sampleEnergy()
+        }
+        let long = meter.reading(tokens: 1)
+        XCTAssertEqual(long.energyJoules, 2008, accuracy: 1e-6, "two wraps counted (one delta from start to end would say 8 J)")
+
         let none = CostMeter(wattsPerCore: 12.5, powercapRoot: dir.appendingPathComponent("nothing").path)
         XCTAssertFalse(none.measuresEnergy)
         var x = 0.0
