@@ -25,6 +25,7 @@ public final class Communicator: @unchecked Sendable {
     public let localSize: Int
     /// Seconds a rank waits in one collective before it ends the job (`SWIFTPEFT_MPI_TIMEOUT`,
     /// default 600): long enough for rank 0's evaluations and checkpoints, short next to a hang.
+    /// 0 or less (or not a number): no limit.
     public let timeoutSeconds: Double
 
     /// True for rank 0 (and for a process without `mpirun`).
@@ -147,7 +148,7 @@ public final class Communicator: @unchecked Sendable {
             while true {
                 Thread.sleep(forTimeInterval: 0.5)
                 let since = waitingSince.load(ordering: .acquiring)
-                guard since > 0 else { continue }
+                guard since > 0, timeoutSeconds > 0 else { continue }
                 let waited = Double(DispatchTime.now().uptimeNanoseconds - since) / 1e9
                 if waited > timeoutSeconds {
                     FileHandle.standardError.write(Data("swiftpeft: rank \(rank) of \(size): no reply from the other ranks for \(Int(waited)) s in \(waitingFor.withLock { $0 }) (SWIFTPEFT_MPI_TIMEOUT \(Int(timeoutSeconds)) s): a rank has stopped or the network is down; ending this rank. The last checkpoint is kept: run again with --resume and the same -np.\n".utf8))

@@ -153,6 +153,13 @@ extension CausalLM {
         return hasher.value
     }
 
+    /// New tokens that fit after a prompt of `promptLength` tokens: learned absolute positions end
+    /// at max_position_embeddings, virtual tokens included; nil under RoPE, which has no end.
+    public func newTokenRoom(promptLength: Int) -> Int? {
+        guard config.positions == .learned else { return nil }
+        return config.maxPositions - (attentionPrefix?.length ?? 0) - (inputPrefix?.length ?? 0) - promptLength
+    }
+
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
     public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {
         check(!prompt.isEmpty, "[generate] the prompt is empty")
@@ -162,20 +169,25 @@ extension CausalLM {
         defer { train(wasTraining) }
         var rng = RNG(seed: options.seed)
         let extra = (attentionPrefix?.length ?? 0) + (inputPrefix?.length ?? 0)
-        let cache = useCache ? KVCache(config: config, batch: 1, capacity: extra + prompt.count + options.maxNewTokens) : nil
+        // Learned absolute positions end at max_position_embeddings: generation stops when the
+        // sequence (virtual tokens, prompt and new tokens) fills them, as `serve` counts a context
+        // (prompt + max_tokens ≤ its length, as vLLM does). The last new token would need no
+        // position of its own, but one more would make the two disagree.
+        let limit = newTokenRoom(promptLength: prompt.count) ?? options.maxNewTokens
+        check(options.maxNewTokens == 0 || limit > 0, "[generate] the prompt (\(prompt.count) tokens\(extra > 0 ? " + \(extra) virtual" : "")) "
+              + "fills the model's \(config.maxPositions) learned positions: no token can follow")
+        let steps = min(options.maxNewTokens, max(0, limit))
+        // Sized for the tokens that can come, at most 1,024 of them at first: the cache doubles when
+        // a reply runs longer, so a large maxNewTokens that EOS cuts short takes no memory.
+        let cache = useCache ? KVCache(config: config, batch: 1, capacity: extra + prompt.count + min(steps, 1024)) : nil
         var out: [Int32] = []
         var sequence = prompt
         return withNoGrad {
             var next = prompt
-            // Learned absolute positions end at max_position_embeddings: generation stops when the
-            // sequence (virtual tokens, prompt and new tokens) fills them, as `serve` counts a context
-            // (prompt + max_tokens ≤ its length, as vLLM does). The last new token would need no
-            // position of its own, but one more would make the two disagree.
-            let limit = config.positions == .learned ? config.maxPositions - extra - prompt.count : options.maxNewTokens
-            for _ in 0..<max(0, min(options.maxNewTokens, limit)) {
-                let logits = useCache ? forward(next, batch: 1, cache: cache) : forward(sequence, batch: 1)  // (1, T, V)
-                let v = config.vocabSize
-                let last = Array(logits.toArray().suffix(v))
+            for _ in 0..<steps {
+                // Only the last position's logits: the head over a whole prompt would be thrown away.
+                let logits = useCache ? lastLogits(next, batch: 1, cache: cache) : lastLogits(sequence, batch: 1)  // (1, 1, V)
+                let last = logits.toArray()
                 let token = Int32(sampleToken(last, options, &rng))
                 out.append(token)
                 sequence.append(token)

@@ -123,6 +123,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         }
         try checkFamily()
         guard positions == .learned || headDim % 2 == 0 else { throw fail("RoPE needs an even head dimension, got \(headDim)") }
+        // θ ≤ 0 gives infinite or NaN frequencies, a negative eps NaN norms: every logit NaN, silently.
+        guard positions == .learned || (ropeTheta > 0 && ropeTheta.isFinite) else { throw fail("rope_theta must be positive, got \(ropeTheta)") }
+        guard normEps >= 0 && normEps.isFinite else { throw fail("the norm epsilon (rms_norm_eps, layer_norm_epsilon) must be 0 or more, got \(normEps)") }
         guard dropout >= 0 && dropout < 1 else { throw fail("dropout \(dropout) must be in [0, 1)") }
         guard maxPositions > 0 else { throw fail("max_position_embeddings (GPT-2: n_positions) must be positive, got \(maxPositions)") }
         if let w = slidingWindow, w <= 0 { throw fail("sliding_window must be positive, got \(w)") }

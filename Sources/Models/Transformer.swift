@@ -63,7 +63,9 @@ public final class ModuleList<M: Module>: Module {
 
 /// Keys and values of earlier positions for incremental decoding: (B, capacity, KVH, D) per layer.
 public final class KVCache {
-    public let batch: Int, capacity: Int, kvHeads: Int, headDim: Int
+    public let batch: Int, kvHeads: Int, headDim: Int
+    /// Positions held before the cache grows (it doubles when a step needs more).
+    public private(set) var capacity: Int
     var keys: [Tensor], values: [Tensor]
     /// Positions filled (prefix included).
     public private(set) var length = 0
@@ -84,12 +86,30 @@ public final class KVCache {
     /// positions, (B, length + T, KVH, D). Call `commit` once every layer has appended.
     func append(layer: Int, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
         let t = k.shape[1]
-        check(length + t <= capacity, "[KVCache] \(length) + \(t) positions exceed the capacity \(capacity)")
+        if length + t > capacity { grow(to: max(length + t, 2 * capacity)) }
         for (src, dst) in [(k, keys[layer]), (v, values[layer])] {
             Tensor(storage: dst.storage, layout: dst.layout.sliced(axis: 1, start: length, end: length + t)).assign(src)
         }
         let l = keys[layer].layout.sliced(axis: 1, start: 0, end: length + t)
         return (Tensor(storage: keys[layer].storage, layout: l), Tensor(storage: values[layer].storage, layout: l))
+    }
+
+    /// Moves the filled positions into buffers of `newCapacity` (every layer at once, so the layers
+    /// stay alike; called by the first layer's append that needs the room).
+    private func grow(to newCapacity: Int) {
+        func moved(_ old: Tensor) -> Tensor {
+            let t = Tensor.zeros([batch, newCapacity, kvHeads, headDim])  // (B, capacity, KVH, D)
+            if length > 0 {
+                Tensor(storage: t.storage, layout: t.layout.sliced(axis: 1, start: 0, end: length))
+                    .assign(Tensor(storage: old.storage, layout: old.layout.sliced(axis: 1, start: 0, end: length)))
+            }
+            return t
+        }
+        keys = keys.map(moved)
+        values = values.map(moved)
+        var newMask = [Float](repeating: 1, count: batch * newCapacity)
+        for b in 0..<batch { for j in 0..<length { newMask[b * newCapacity + j] = mask[b * capacity + j] } }
+        (mask, capacity) = (newMask, newCapacity)
     }
 
     /// Marks `t` more positions filled, with their (B, t) visibility (nil: all visible).
@@ -203,6 +223,15 @@ open class CausalLM: Module {
     /// tokens of an input prefix are not part of the returned logits.
     public func forward(_ ids: [Int32], batch B: Int, attentionMask: [Float]? = nil, cache: KVCache? = nil) -> Tensor {
         lmHead(hiddenStates(ids, batch: B, attentionMask: attentionMask, cache: cache))  // (B, T, V)
+    }
+
+    /// Logits (B, 1, V) of each row's last position only: `forward` for decoding, where the head's
+    /// (B, T, V) product over a whole prompt would be computed and thrown away (transformers'
+    /// `logits_to_keep=1`).
+    public func lastLogits(_ ids: [Int32], batch B: Int, attentionMask: [Float]? = nil, cache: KVCache? = nil) -> Tensor {
+        let h = hiddenStates(ids, batch: B, attentionMask: attentionMask, cache: cache)  // (B, T, C)
+        let T = h.shape[1]
+        return lmHead(h.slice(axis: 1, T - 1, T).contiguous())  // (B, 1, C) → (B, 1, V)
     }
 
     /// The final hidden states (B, T, C) after the last norm: `forward` without the output head.

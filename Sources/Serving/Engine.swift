@@ -394,14 +394,14 @@ public final class ServingEngine: @unchecked Sendable {
         withNoGrad {
             var t0 = Date()
             let cache = KVCache(config: model.config, batch: B, capacity: extra + P + steps)
-            var logits = model.forward(ids, batch: B, attentionMask: mask.allSatisfy { $0 == 1 } ? nil : mask, cache: cache).toArray()
-            var positions = P  // positions per row in `logits`
+            // Each row's last position only (B, 1, V): the head over the whole prompt would be thrown away.
+            var logits = model.lastLogits(ids, batch: B, attentionMask: mask.allSatisfy { $0 == 1 } ? nil : mask, cache: cache).toArray()
             for _ in 0..<steps {
                 var next = [Int32](repeating: pad, count: B)
                 for b in 0..<B where finish[b] == nil && rows[b].isCancelled { finish[b] = "cancelled"; release(b) }
                 for b in 0..<B where finish[b] == nil {
                     let r = rows[b].request
-                    let row = Array(logits[((b + 1) * positions - 1) * V..<((b + 1) * positions) * V])
+                    let row = Array(logits[b * V..<(b + 1) * V])
                     let token = Int32(sampleToken(row, SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP), &rngs[b]))
                     next[b] = token
                     if ends.contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
@@ -420,7 +420,6 @@ public final class ServingEngine: @unchecked Sendable {
                 if finish.allSatisfy({ $0 != nil }) { break }
                 stepTimes.append(Date().timeIntervalSince(t0)); t0 = Date()
                 logits = model.forward(next, batch: B, cache: cache).toArray()  // (B, 1, V)
-                positions = 1
             }
         }
         for b in 0..<B { release(b) }

@@ -38,7 +38,7 @@ extension TrainJob {
         guard let data = try s.string("data") else { throw TrainingError(message: "the data is required (--data, or \"data\" in the config file)") }
         guard let out = try s.string("out") else { throw TrainingError(message: "the output folder is required (--out, or \"out\" in the config file)") }
         self.init(modelPath: model, dataPath: data, outDir: out)
-        if let v = try s.string("method") { method = v }
+        if let v = try s.string("method") { (method, methodGiven) = (v, true) }
         adapterPath = try s.string("adapter")
         func given(_ k: String) -> Bool { settings[k].map { !($0 is NSNull) } ?? false }
         for (a, b) in [("steps", "epochs"), ("val-data", "val-fraction")] where given(a) && given(b) {

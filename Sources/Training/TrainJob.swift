@@ -17,6 +17,9 @@ public struct TrainJob {
     public var modelPath: String
     public var dataPath: String
     public var method = "lora"
+    /// Whether `method` was given (a flag or a config-file key) rather than left at its default:
+    /// with `adapterPath`, a given method must be the adapter's own.
+    public var methodGiven = false
     /// Continue training an existing adapter (SwiftPEFT or PEFT folder) instead of a new `method`.
     public var adapterPath: String?
     /// Options and PEFT config fields for a new adapter of `method`.
@@ -114,6 +117,9 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     }
     // A continued adapter is trained as the method it was saved as, whatever --method says.
     let methodName = job.adapterPath != nil ? method.map(PEFTRegistry.name(of:)) ?? job.method : job.method
+    if let path = job.adapterPath, job.methodGiven, job.method != methodName {
+        throw TrainingError(message: "--adapter \(path) is a \(methodName) adapter, and it trains as one: --method \(job.method) does not apply; leave it out")
+    }
     try job.precision.apply(to: model, method: methodName, adapter: method, checkOnly: checkOnly)
     let parameters = method?.adapterParameters() ?? model.namedParameters()
     let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
@@ -274,6 +280,7 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
         throw TrainingError(message: "--methods names \(twice) twice; each method trains once, into <out>/\(twice)")
     }
     var results: [MethodResult] = []
+    var trainedSteps: Int?
     func job(for m: String) -> TrainJob {
         var job = base
         job.method = m
@@ -293,6 +300,7 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
     for m in methods {
         resetPeakResidentBytes()
         let o = try runTrainJob(job(for: m), onStart: { onStart("[\(m)]\n" + $0) }, onStep: { onStep(m, $0) })
+        trainedSteps = o.history.last?.step ?? trainedSteps
         let curve = o.history.compactMap { h in h.valLoss.map { CurvePoint(step: h.step, loss: $0) } }
         let first = o.valLossBefore.map { [CurvePoint(step: 0, loss: $0)] } ?? []
         results.append(MethodResult(
@@ -302,8 +310,10 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
             perplexity: Foundation.exp(o.valLossAfter ?? .nan), curve: first + curve,
             trainCurve: o.history.map { CurvePoint(step: $0.step, loss: $0.loss) }))
     }
+    // With --epochs the step budget comes from the data (the same for every method).
+    let budget = base.epochs.map { "\($0) epoch(s) (\(trainedSteps.map(String.init) ?? "?") steps)" } ?? "\(base.trainer.steps) steps"
     let setup = """
-        base `\(base.modelPath)`, data `\(base.dataPath)`, \(base.trainer.steps) steps, batch \(base.batchSize), \
+        base `\(base.modelPath)`, data `\(base.dataPath)`, \(budget), batch \(base.batchSize), \
         sequence length \(base.data.seqLen), lr \(base.trainer.lr) (\(base.trainer.schedule.rawValue)), seed \(base.trainer.seed), \
         OpenBLAS core \(BLASCore.current), \(ProcessInfo.processInfo.activeProcessorCount) cores\(Communicator.world.isDistributed ? ", data-parallel over \(Communicator.world.size) ranks (batch per rank)" : "").
         """

@@ -59,6 +59,8 @@ struct Backtest: ParsableCommand {
             throw CLIError("--metric must be one of \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")), got \(self.metric)")
         }
         guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
+        // NaN compares false with everything: the gate would always pass.
+        guard tolerance.isFinite && tolerance >= 0 else { throw CLIError("--tolerance must be 0 or more, got \(tolerance)") }
         var defaultTemplate: String?
         if let template {
             guard let t = FileManager.default.contents(atPath: template).flatMap({ String(data: $0, encoding: .utf8) }) else {

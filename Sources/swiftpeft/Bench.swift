@@ -27,11 +27,11 @@ struct Bench: ParsableCommand {
           swiftpeft bench --config smollm2 --method lora --precision bf16       # frozen weights in bf16
         """)
 
-    @Option(help: "Model shapes, comma-separated (\(BenchConfig.all.map(\.name).joined(separator: ", "))).")
-    var configs = "tiny,small,smollm2"
+    @Option(help: "Model shapes, comma-separated (\(BenchConfig.all.map(\.name).joined(separator: ", ")); default tiny,small,smollm2).")
+    var configs: String?
     @Option(help: "One model shape (same as --configs with one name).") var config: String?
-    @Option(help: "Methods, comma-separated (\(BenchConfig.methods.joined(separator: ", "))).")
-    var methods = "lora,ia3,prompt,prefix,full,gen"
+    @Option(help: "Methods, comma-separated (\(BenchConfig.methods.joined(separator: ", ")); default lora,ia3,prompt,prefix,full,gen, and under --precision bf16 the adapter rows lora,ia3,prompt,prefix).")
+    var methods: String?
     @Option(help: "One method (same as --methods with one name).") var method: String?
     @Option(help: "Timed steps per row (default: tiny 10, small 5, smollm2 and gpt2-small 3).") var steps: Int?
     @Option(help: "Untimed warm-up steps per row.") var warmup = 2
@@ -55,11 +55,24 @@ struct Bench: ParsableCommand {
         guard TrainingPrecision(rawValue: precision) != nil else {
             throw ValidationError("--precision must be fp32 or bf16, got '\(precision)'")
         }
+        if config != nil && configs != nil { throw ValidationError("--config and --configs are both given; give one of them") }
+        if method != nil && methods != nil { throw ValidationError("--method and --methods are both given; give one of them") }
+        if precision == "bf16", let fp32Only = methodNames.first(where: { $0 == "full" || $0.hasPrefix("gen") }) {
+            throw ValidationError("--precision bf16 times adapter training rows; \(fp32Only) has none of its frozen weights (full) "
+                                  + "or is not training (gen rows take their precision in their name: gen-bf16)")
+        }
+    }
+
+    /// The rows' methods: --method, --methods, or the default for the precision (names trimmed).
+    var methodNames: [String] {
+        let list = method ?? methods ?? (precision == "bf16" ? "lora,ia3,prompt,prefix" : "lora,ia3,prompt,prefix,full,gen")
+        return list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
     func run() throws {
-        let cs = (config.map { [$0] } ?? configs.split(separator: ",").map(String.init))
-        let ms = (method.map { [$0] } ?? methods.split(separator: ",").map(String.init))
+        let cs = (config ?? configs ?? "tiny,small,smollm2").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let ms = methodNames
+        guard !cs.isEmpty && !ms.isEmpty else { throw CLIError("no bench rows: --configs and --methods name none") }
         let rows = try cs.flatMap { c in
             _ = try BenchConfig.named(c)
             return try ms.map { m in

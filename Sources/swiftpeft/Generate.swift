@@ -48,6 +48,10 @@ struct Generate: ParsableCommand {
         if let adapter { try loadAdapter(adapter, onto: m) }
         if decodePrecision == .bf16 { m.keepBF16Weights() }
         let ids = tokenizer.encode(prompt)
+        if maxTokens > 0, let room = m.newTokenRoom(promptLength: ids.count), room <= 0 {
+            throw CLIError("the prompt is \(ids.count) tokens and fills the model's \(m.config.maxPositions) learned positions"
+                           + " (virtual tokens included): no token can follow; shorten --prompt")
+        }
         let out = m.generate(ids, SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP,
                                                   seed: seed, stopTokens: textEndTokens(tokenizer)))
         print(tokenizer.decode(ids + out))

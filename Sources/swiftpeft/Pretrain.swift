@@ -35,6 +35,18 @@ struct Pretrain: ParsableCommand {
     var gradientCheckpointing = false
 
     func run() throws {
+        // Checked before the tokenizer trains (a while): the model builder stops the program on a bad size.
+        for (flag, value) in [("hidden", hidden), ("layers", layers), ("heads", heads), ("kv-heads", kvHeads), ("intermediate", intermediate),
+                              ("steps", steps), ("batch", batch), ("seq-len", seqLen), ("eval-every", evalEvery)] where value < 1 {
+            throw CLIError("--\(flag) must be at least 1, got \(value)")
+        }
+        guard lr.isFinite && lr > 0 else { throw CLIError("--lr must be positive, got \(lr)") }
+        var size = BaseModelSize()
+        (size.hidden, size.layers, size.heads, size.kvHeads, size.intermediate) = (hidden, layers, heads, kvHeads, intermediate)
+        size.maxPositions = max(size.maxPositions, seqLen)
+        do { try size.config(vocabSize: vocabSize).validate() } catch {
+            throw CLIError("the model sizes do not fit together: \(error) (--hidden, --heads, --kv-heads)")
+        }
         let docs = try readTextCorpus(data)
         let bytes = docs.reduce(0) { $0 + $1.utf8.count }
         print("corpus: \(docs.count) document(s), \(bytes) bytes")
@@ -45,9 +57,6 @@ struct Pretrain: ParsableCommand {
                      Double(bytes) / Double(tokens.count), Date().timeIntervalSince(t0)))
         let cut = tokens.count * 95 / 100
         let (train, val) = (Array(tokens[..<cut]), Array(tokens[cut...]))
-        var size = BaseModelSize()
-        (size.hidden, size.layers, size.heads, size.kvHeads, size.intermediate) = (hidden, layers, heads, kvHeads, intermediate)
-        size.maxPositions = max(size.maxPositions, seqLen)
         let config = size.config(vocabSize: tokenizer.vocabSize)
         let model = makeModel(config, seed: seed)
         print("model: \(config.family), \(model.parameterCount) parameters, OpenBLAS core \(BLASCore.current)")

@@ -35,6 +35,11 @@ struct Serve: ParsableCommand {
     @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA or modules_to_save adapters); bf16 needs AVX512-BF16 or AMX.") var precision = "fp32"
 
     func run() throws {
+        for (flag, value) in [("max-batch", maxBatch), ("max-queue", maxQueue), ("context", context ?? 1), ("max-body", maxBody)] where value < 1 {
+            throw CLIError("--\(flag) must be at least 1, got \(value)")
+        }
+        guard (0...65535).contains(port) else { throw CLIError("--port must be in 0…65535, got \(port)") }
+        guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
         guard apiKey?.isEmpty != true else { throw CLIError("--api-key is empty: every request would be refused; give a key or leave the option out") }
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
             throw CLIError("--precision must be fp32, bf16 or bf16-only, got '\(precision)'")

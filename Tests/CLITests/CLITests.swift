@@ -666,6 +666,8 @@ final class CLITests: XCTestCase {
             _ = try fails(["backtest", "--model", fx.base, "--adapters", adapter, "--prompts", prompts, "--out", none, "--fail-if-worse", empty],
                           mentioning: ["--fail-if-worse \"\(empty)\" needs a version"])
         }
+        _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1=" + adapter, "--prompts", prompts, "--out", none,
+                       "--fail-if-worse", "v1", "--tolerance", "nan"], mentioning: ["--tolerance must be 0 or more, got nan"])
         _ = try fails(["backtest", "--model", fx.otherBase, "--adapters", adapter, "--prompts", prompts, "--out", none],
                       mentioning: ["another base model"])
         _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.text, "--out", none], mentioning: [fx.text + ":1", "not a JSON object"])
@@ -763,6 +765,15 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("report: \(out)/report/report.md"), r.transcript)
         XCTAssertTrue(r.stdout.contains("[lora] step 4/4") && r.stdout.contains("[ia3] step 4/4"), r.transcript)
         XCTAssertFalse(r.stdout.contains("\r") || r.stdout.contains("\u{1B}"), r.transcript)
+
+        let setupMD = try String(contentsOfFile: out + "/report/report.md", encoding: .utf8)
+        XCTAssertTrue(setupMD.contains("4 steps, batch 4"), setupMD)
+        // With --epochs the report gives the epochs and the steps they made, not --steps' default.
+        let byEpoch = fx.path("runs/compare-epochs")
+        _ = try ok(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "ia3", "--epochs", "1",
+                    "--seq-len", "32", "--batch-size", "4", "--lr", "1e-2", "--out", byEpoch])
+        let epochMD = try String(contentsOfFile: byEpoch + "/report/report.md", encoding: .utf8)
+        XCTAssertTrue(epochMD.contains("1.0 epoch(s) (") && !epochMD.contains("200 steps"), epochMD)
 
         let results = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: out + "/report/results.json")))
         XCTAssertEqual(results.map(\.method), ["lora", "ia3"])
@@ -890,6 +901,9 @@ final class CLITests: XCTestCase {
                 XCTAssertFalse(FileManager.default.fileExists(atPath: out), "\(command) \(extra) left \(out)")
             }
         }
+        // A prompt that fills GPT-2's 16 learned positions leaves no room for a token: an error, not the prompt echoed.
+        _ = try fails(["generate", "--model", gpt2, "--prompt", String(repeating: "the cat ", count: 20)],
+                      mentioning: ["fills the model's 16 learned positions", "shorten --prompt"])
         // An adapter made for another base, in every command that takes one.
         let other = ["--model", fx.otherBase, "--adapter", adapter]
         for (command, extra) in [("merge", ["--out", fx.path("mismatch/merged.h5")]), ("export", ["--out", fx.path("mismatch/peft")]),
@@ -957,11 +971,21 @@ final class CLITests: XCTestCase {
         }
         _ = try fails(["eval", "--model", fx.base, "--data", fx.jsonl, "--batch-size", "0"], mentioning: ["--batch-size must be at least 1"])
         _ = try fails(["generate", "--model", fx.base, "--prompt", ""], mentioning: ["--prompt is empty"])
+        for (flag, value, needle) in [("--context", "0", "--context must be at least 1"), ("--max-body", "-1", "--max-body must be at least 1"),
+                                      ("--watts-per-core", "-5", "--watts-per-core must be 0 or more"), ("--port", "70000", "--port must be in")] {
+            _ = try fails(["serve", "--model", fx.base, flag + "=" + value], mentioning: [needle])
+        }
+        _ = try fails(["bench", "--precision", "bf16", "--methods", "lora,full"], mentioning: ["full has none of its frozen weights"])
+        _ = try fails(["bench", "--config", "tiny", "--configs", "small"], mentioning: ["--config and --configs are both given"])
         let tiny = fx.path("tiny.txt")
         try "a b c".write(toFile: tiny, atomically: true, encoding: .utf8)
         _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--vocab-size", "260", "--hidden", "16", "--layers", "1",
                        "--heads", "2", "--kv-heads", "1", "--intermediate", "32", "--steps", "2", "--seq-len", "16"],
                       mentioning: ["too few for windows"])
+        // Sizes that do not fit are named before the tokenizer trains, not a trap in the model builder.
+        _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--hidden", "15", "--heads", "2"],
+                      mentioning: ["not a multiple of num_attention_heads 2"])
+        _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--seq-len", "0"], mentioning: ["--seq-len must be at least 1"])
     }
 
     /// A resume checks the base and the method config; a state left by an earlier run is not taken
@@ -1065,6 +1089,8 @@ final class CLITests: XCTestCase {
         let again = try ok(["train", "--model", fx.base, "--adapter", ia3 + "/adapter.h5", "--data", fx.jsonl, "--out", fx.path("runs/continued-ia3"),
                             "--steps", "1", "--seq-len", "32", "--batch-size", "4"])
         XCTAssertTrue(again.stdout.contains("method: ia3 on"), again.transcript)
+        _ = try fails(["train", "--model", fx.base, "--adapter", ia3 + "/adapter.h5", "--data", fx.jsonl, "--out", fx.path("runs/continued-ia3-m"),
+                       "--steps", "1", "--method", "lora"], mentioning: ["is a ia3 adapter", "--method lora does not apply"])
         var dora = LoRAConfig(targetModules: .names(["q_proj"]))
         dora.useDora = true
         XCTAssertEqual(PEFTRegistry.name(of: try LoRA(config: dora)), "dora")

@@ -375,6 +375,8 @@ final class SafetensorsTests: XCTestCase {
         expectError(["hidden_size": NSNull()], ["\"hidden_size\" is missing"])
         expectError(["num_key_value_heads": 3], ["num_key_value_heads"])
         expectError(["head_dim": 8], ["head_dim"])
+        expectError(["rope_theta": 0], ["rope_theta must be positive"])
+        expectError(["rms_norm_eps": -1e-6], ["must be 0 or more"])
         expectError(["layer_types": ["sliding_attention"]], ["layer_types"])
         let gpt2: [String: Any] = ["model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2]
         let g = try hfModelConfig(gpt2, file: "g.json")

@@ -143,14 +143,18 @@ final class ModelTests: XCTestCase {
                 let full = model.generate(prompt, opts, useCache: false)
                 XCTAssertEqual(cached, full, "\(config.family) \(variant) window \(config.slidingWindow ?? 0)")
                 XCTAssertEqual(cached.count, 8)
-                // Step logits agree too.
+                // Step logits agree too, in a cache that starts too small and grows (2 → 4 → 8 → 16).
                 withNoGrad {
                     let seq: [Int32] = prompt + cached
                     let ref = model.forward(seq, batch: 1).toArray()
-                    let cache = KVCache(config: config, batch: 1, capacity: 20)
+                    let cache = KVCache(config: config, batch: 1, capacity: 2)
                     var got = model.forward(Array(seq.prefix(4)), batch: 1, cache: cache).toArray()
                     for t in 4..<seq.count { got += model.forward([seq[t]], batch: 1, cache: cache).toArray() }
                     assertClose(got, ref, rtol: 1e-4, atol: 1e-5, "\(config.family) \(variant) logits")
+                    XCTAssertGreaterThanOrEqual(cache.capacity, cache.length)
+                    // The last position alone, as decoding takes it.
+                    assertClose(model.lastLogits(seq, batch: 1).toArray(), Array(ref.suffix(config.vocabSize)), rtol: 1e-6, atol: 1e-6,
+                                "\(config.family) \(variant) last logits")
                 }
             }
         }
@@ -287,6 +291,17 @@ final class ModelTests: XCTestCase {
                 let v = config.vocabSize
                 // Row 1, positions 2 and 3: the masked token must not matter.
                 assertClose(Array(y1[(6 * v)..<(8 * v)]), Array(y2[(6 * v)..<(8 * v)]), rtol: 1e-5, atol: 1e-6, "\(config.family)")
+                // The same masked rows through a cache that grows: its mask moves with the keys.
+                let cache = KVCache(config: config, batch: 2, capacity: 1)
+                var stepped: [[Float]] = [[], []]
+                for t in 0..<4 {
+                    let step = model.forward([[1, 2, 3, 4][t], [1, 9, 3, 4][t]], batch: 2, attentionMask: [1, m[4 + t]], cache: cache).toArray()
+                    stepped[0] += step[0..<v]
+                    stepped[1] += step[v..<(2 * v)]
+                }
+                assertClose(stepped[0], Array(y1[0..<(4 * v)]), rtol: 1e-4, atol: 1e-5, "\(config.family) row 0 through a growing cache")
+                assertClose(Array(stepped[1][(2 * v)...]), Array(y1[(6 * v)..<(8 * v)]), rtol: 1e-4, atol: 1e-5,
+                            "\(config.family) row 1 (key 1 masked) through a growing cache")
                 // Unmasked, it does.
                 let z1 = model.forward([1, 9, 3, 4], batch: 1).toArray(), z2 = model.forward([1, 17, 3, 4], batch: 1).toArray()
                 XCTAssertNotEqual(Array(z1[(2 * v)..<(4 * v)]), Array(z2[(2 * v)..<(4 * v)]))
