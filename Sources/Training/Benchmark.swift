@@ -243,7 +243,8 @@ private func runBenchRow(config c: BenchConfig, method: String, steps: Int?, war
     let gflops = flopsPerToken * tokensPerS / 1e9
     var splitMs: [String: Double] = [:]
     for (s, seconds) in split { splitMs[s.name] = seconds / Double(steps) * 1000 }
-    return BenchRow(config: c.name, family: c.model.family.rawValue, method: method, precision: precision.rawValue, threads: Threads.count, batch: isGeneration ? 1 : c.batch,
+    return BenchRow(config: c.name, family: c.model.family.rawValue, method: method,
+                    precision: isGeneration ? (method == "gen" ? "fp32" : String(method.dropFirst("gen-".count))) : precision.rawValue, threads: Threads.count, batch: isGeneration ? 1 : c.batch,
                     seqLen: isGeneration ? 32 : c.seqLen, steps: steps, msPerStep: median * 1000, tokensPerS: tokensPerS,
                     flopsPerToken: flopsPerToken, gflops: gflops, fmaPeakGflops: fmaPeak, sgemmGflops: sgemmRate,
                     pctFmaPeak: 100 * gflops / fmaPeak, pctSgemm: 100 * gflops / sgemmRate, peakRssMib: usage.peakMiB,

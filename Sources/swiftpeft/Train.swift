@@ -242,7 +242,9 @@ struct Eval: ParsableCommand {
                                     wattsPerCore: wattsPerCore)
         if json {
             let costObject = try JSONSerialization.jsonObject(with: JSONEncoder().encode(cost))
-            let obj: [String: Any] = ["loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens, "cost": costObject]
+            // JSON has no NaN or infinity: a loss that is not finite is null (JSONSerialization would refuse the object).
+            func number(_ x: Double) -> Any { x.isFinite ? x : NSNull() }
+            let obj: [String: Any] = ["loss": number(e.loss), "perplexity": number(e.perplexity), "tokens": e.tokens, "cost": costObject]
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print(String(format: "loss %.4f  perplexity %.3f  tokens %d", e.loss, e.perplexity, e.tokens))

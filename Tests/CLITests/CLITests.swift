@@ -1028,6 +1028,21 @@ final class CLITests: XCTestCase {
                   mentioning: ["--steps and --epochs are both given"])
     }
 
+    /// bench --json: one object per row with the keys the README promises (a training row and a
+    /// generation row of the tiny config, one timed step each).
+    func testBenchPrintsOneJSONObjectPerRow() throws {
+        let r = try ok(["bench", "--config", "tiny", "--methods", "lora, gen", "--steps", "1", "--warmup", "0", "--json"])
+        let rows = try r.stdout.split(separator: "\n").map { try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
+        XCTAssertEqual(rows.map { $0["method"] as? String }, ["lora", "gen"], r.transcript)
+        for row in rows {
+            for key in ["config", "method", "tokens_per_s", "ms_per_step", "gflops", "peak_rss_mib", "blas_core"] {
+                XCTAssertNotNil(row[key], "\(key) in \(row)")
+            }
+            XCTAssertEqual(row["precision"] as? String, "fp32")
+            XCTAssertGreaterThan((row["tokens_per_s"] as? Double) ?? 0, 0)
+        }
+    }
+
     /// inspect also describes a GGUF file, a Hugging Face model folder and a PEFT adapter folder.
     func testInspectForeignFormats() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
