@@ -186,7 +186,9 @@ extension GGUFFile {
         let roles = SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
                                       pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
         do {
-            return try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: pre, roles: roles)
+            let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: pre, roles: roles)
+            tokenizer.chatTemplate = metadata["tokenizer.chat_template"]?.string
+            return tokenizer
         } catch {
             throw fail(.malformed, "tokenizer.ggml.tokens", "\(error)")
         }

@@ -281,7 +281,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
             default: throw APIError(status: .badRequest, message: "a message's content must be a string or a list of text parts", param: "messages")
             }
         }
-        let ids = engine.tokenizer.encode(renderChatML(messages, addGenerationPrompt: true))
+        let ids = engine.tokenizer.encode(renderChatML(messages, addGenerationPrompt: true, defaultSystem: engine.tokenizer.defaultSystemMessage))
         return try await complete(engine, p, ids: ids, chat: true, onHangUp: context.onHangUp)
     }
 

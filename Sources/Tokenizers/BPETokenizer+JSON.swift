@@ -39,7 +39,26 @@ extension BPETokenizer {
             let modern = config.flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }?["added_tokens_decoder"] != nil
             configs = modern ? [config!] : [read("special_tokens_map.json"), config].compactMap { $0 }
         }
-        return try load(json: data, file: file.path, roles: roles, configs: configs)
+        let tokenizer = try load(json: data, file: file.path, roles: roles, configs: configs)
+        // The chat template: tokenizer_config.json's, else chat_template.jinja (transformers ≥ 4.43
+        // writes it there); read whatever `roles` says.
+        let folder = file.deletingLastPathComponent()
+        tokenizer.chatTemplate = (try? Data(contentsOf: folder.appendingPathComponent("tokenizer_config.json"))).flatMap { chatTemplate(inConfigs: [$0]) }
+            ?? (try? String(contentsOf: folder.appendingPathComponent("chat_template.jinja"), encoding: .utf8))
+        return tokenizer
+    }
+
+    /// The chat template of the first of `configs` (tokenizer_config.json contents) that has one:
+    /// `chat_template` as a string, or the one named "default" of a list of `{name, template}`.
+    static func chatTemplate(inConfigs configs: [Data]) -> String? {
+        for c in configs {
+            guard let o = (try? JSONSerialization.jsonObject(with: c)) as? [String: Any], let t = o["chat_template"] else { continue }
+            if let s = t as? String { return s }
+            if let list = t as? [[String: Any]] {
+                return list.first { $0["name"] as? String == "default" }?["template"] as? String
+            }
+        }
+        return nil
     }
 
     /// Parses `tokenizer.json` content; `file` is only used in error messages. Roles: `roles` if given,
@@ -197,8 +216,10 @@ extension BPETokenizer {
         func keep(_ s: String?) -> String? { s.flatMap { addedSet.contains(Array($0.utf8)) ? $0 : nil } }
         chosen = SpecialTokenRoles(bos: keep(chosen.bos), eos: keep(chosen.eos), pad: keep(chosen.pad), unk: keep(chosen.unk))
         do {
-            return try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: kind,
-                                    ignoreMerges: ignoreMerges, roles: chosen)
+            let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: kind,
+                                             ignoreMerges: ignoreMerges, roles: chosen)
+            tokenizer.chatTemplate = chatTemplate(inConfigs: configs)
+            return tokenizer
         } catch TokenizerError.invalidArgument(let reason) {
             throw malformed(reason)
         }
@@ -298,6 +319,7 @@ extension BPETokenizer {
         for (key, role) in [("bos_token", roles.bos), ("eos_token", roles.eos), ("pad_token", roles.pad), ("unk_token", roles.unk)] {
             config[key] = role ?? NSNull()
         }
+        if let chatTemplate, config["chat_template"] == nil { config["chat_template"] = chatTemplate }
         let data = (try? JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
     }

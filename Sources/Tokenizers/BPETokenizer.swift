@@ -55,6 +55,12 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public let unkTokenID: Int32?
     /// The role names behind the four ids above.
     public let roles: SpecialTokenRoles
+    /// The model's chat template (Jinja, as `tokenizer_config.json` or GGUF's `tokenizer.chat_template`
+    /// hold it); kept and written back, and read for its default system message.
+    public var chatTemplate: String?
+    /// The constant system message the chat template starts a conversation with when it has none
+    /// (`chatMLDefaultSystemMessage`).
+    public var defaultSystemMessage: String? { chatTemplate.flatMap(chatMLDefaultSystemMessage) }
 
     /// Bytes of id k are `idBytes[idOffsets[k] ..< idOffsets[k + 1]]` (added tokens: their UTF-8 content).
     let idBytes: [UInt8]
@@ -171,6 +177,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         matcher = o.matcher
         (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, o.addedTokens)
         self.roles = roles
+        chatTemplate = o.chatTemplate
     }
 
     private static func roleIDs(_ roles: SpecialTokenRoles, _ added: [AddedToken]) throws

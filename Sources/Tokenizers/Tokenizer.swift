@@ -36,6 +36,29 @@ public protocol Tokenizer: Sendable {
 
     /// The vocabulary spelling of `id` (the inverse of `tokenID(for:)`), or nil for an unknown id.
     func tokenString(for id: Int32) -> String?
+
+    /// The system message a chat without one starts with, as the model's chat template writes it
+    /// (SmolLM2's "You are a helpful AI assistant named SmolLM, trained by Hugging Face"); nil when
+    /// the template has none or there is no template.
+    var defaultSystemMessage: String? { get }
+}
+
+extension Tokenizer {
+    public var defaultSystemMessage: String? { nil }
+}
+
+/// The constant default system message of a ChatML chat template: the one single-quoted literal
+/// `'<|im_start|>system\n…<|im_end|>'` with no expression inside, which templates such as SmolLM2's
+/// and Qwen2's write when the conversation does not start with a system message. nil when the
+/// template has no such literal, or several.
+public func chatMLDefaultSystemMessage(_ template: String) -> String? {
+    guard let re = try? NSRegularExpression(pattern: #"'<\|im_start\|>system(?:\n|\\n)((?:[^'{}\\]|\\.)*?)<\|im_end\|>"#) else { return nil }
+    let ns = template as NSString
+    let found = re.matches(in: template, range: NSRange(location: 0, length: ns.length))
+    guard found.count == 1 else { return nil }
+    // Jinja string escapes the literal may hold: \n, \', \\.
+    return ns.substring(with: found[0].range(at: 1))
+        .replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\'", with: "'").replacingOccurrences(of: "\\\\", with: "\\")
 }
 
 extension Tokenizer {

@@ -59,7 +59,8 @@ public enum DataExample: Equatable, Sendable {
     /// - prompt/completion: `[BOS] prompt completion EOS` (no separator is inserted: put the space or newline you
     ///   want at the end of the prompt); only `completion EOS` is learned.
     /// - instruction: `[BOS] alpacaPrompt(…) output EOS`; only `output EOS` is learned.
-    /// - chat: `[BOS] renderChatML(messages)`, then EOS unless it is `<|im_end|>` itself; only each assistant
+    /// - chat: `[BOS] renderChatML(messages, defaultSystem: tokenizer.defaultSystemMessage)` (the model's
+    ///   default system message in front of a conversation without one), then EOS unless it is `<|im_end|>` itself; only each assistant
     ///   turn's content and its closing `<|im_end|>` are learned (not the `\n` after it, not the final EOS:
     ///   `<|im_end|>` is what ends a reply).
     ///
@@ -84,7 +85,7 @@ public enum DataExample: Equatable, Sendable {
             // The prompt side is encoded as one string up to "assistant\n", exactly as a generation prompt is.
             let imEnd = tokenizer.encode(chatMLEnd)
             var pending = ""
-            for m in messages {
+            for m in withDefaultSystem(messages, tokenizer.defaultSystemMessage) {  // as the model's chat template writes it
                 pending += chatMLStart + m.role + "\n"
                 if m.role == "assistant" {
                     ex.append(tokenizer.encode(pending), learned: false)
@@ -139,11 +140,19 @@ public func textEndTokens(_ tokenizer: Tokenizer) -> Set<Int32> {
 }
 
 /// ChatML, as SmolLM2 and Qwen use it: `<|im_start|>role\ncontent<|im_end|>\n` per message. With
-/// `addGenerationPrompt`, `<|im_start|>assistant\n` follows (the prompt for a reply).
-public func renderChatML(_ messages: [ChatMessage], addGenerationPrompt: Bool = false) -> String {
-    var s = messages.map { chatMLStart + $0.role + "\n" + $0.content + chatMLEnd + "\n" }.joined()
+/// `addGenerationPrompt`, `<|im_start|>assistant\n` follows (the prompt for a reply). A conversation
+/// that does not start with a system message starts with `defaultSystem`, when given, as the
+/// model's chat template would write it (`Tokenizer.defaultSystemMessage`).
+public func renderChatML(_ messages: [ChatMessage], addGenerationPrompt: Bool = false, defaultSystem: String? = nil) -> String {
+    var s = withDefaultSystem(messages, defaultSystem).map { chatMLStart + $0.role + "\n" + $0.content + chatMLEnd + "\n" }.joined()
     if addGenerationPrompt { s += chatMLStart + "assistant\n" }
     return s
+}
+
+/// `messages` with a system message `system` in front when they do not start with one.
+func withDefaultSystem(_ messages: [ChatMessage], _ system: String?) -> [ChatMessage] {
+    guard let system, messages.first?.role != "system" else { return messages }
+    return [ChatMessage(role: "system", content: system)] + messages
 }
 
 /// The Alpaca prompt (Taori et al., 2023) that instruction data is rendered with; the output follows it directly.

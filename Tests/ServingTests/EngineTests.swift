@@ -295,6 +295,28 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertTrue(refused.body.contains("<|im_end|>") && refused.body.contains("completions"), refused.body)
     }
 
+    /// A base whose chat template has a default system message (SmolLM2's kind), saved and served:
+    /// a chat without a system message is prompted with it, as HF's apply_chat_template does.
+    func testChatStartsWithTheTemplatesDefaultSystemMessage() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-template-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tok = try trainBaseTokenizer((0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 300)
+        tok.chatTemplate = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}{% endif %}"
+        let config = ModelConfig.llama(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1,
+                                       intermediateSize: 32, tieWordEmbeddings: true, maxPositions: 128)
+        let basePath = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizer: tok, to: basePath)
+        let (engine, port, server) = try serve(basePath)
+        defer { server.cancel(); engine.shutdown() }
+        XCTAssertEqual(engine.tokenizer.defaultSystemMessage, "Be brief.", "the template came through the checkpoint")
+        let r = try await chat(port, #"[{"role": "user", "content": "The cat"}]"#)
+        XCTAssertEqual(r.status, 200, r.body)
+        let usage = (try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any])?["usage"] as? [String: Any]
+        let prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe cat<|im_end|>\n<|im_start|>assistant\n"
+        XCTAssertEqual(usage?["prompt_tokens"] as? Int, tok.encode(prompt).count, r.body)
+    }
+
     /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`
     /// out of it, and a symlink inside that points outside get 403; a relative path is taken inside.
     func testAdaptersLoadOnlyFromTheAdapterFolder() async throws {

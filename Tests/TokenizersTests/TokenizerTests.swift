@@ -404,6 +404,26 @@ final class TokenizerTests: XCTestCase {
                        SpecialTokenRoles(eos: "<|endoftext|>"))
     }
 
+    /// The default system message of ChatML templates: SmolLM2's (a newline written as itself), a
+    /// Qwen2-style one (Jinja's `\n` and `\'` escapes); none where the system text is an expression or
+    /// there are two candidates. The template survives tokenizer_config.json.
+    func testChatTemplateDefaultSystemMessage() throws {
+        let smol = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are SmolLM<|im_end|>\n' }}{% endif %}"
+        XCTAssertEqual(chatMLDefaultSystemMessage(smol), "You are SmolLM")
+        let qwen = #"{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"#
+            + #"{%- else %}{{- '<|im_start|>system\nYou are Qwen. You\'re helpful.<|im_end|>\n' }}{%- endif %}"#
+        XCTAssertEqual(chatMLDefaultSystemMessage(qwen), "You are Qwen. You're helpful.")
+        XCTAssertNil(chatMLDefaultSystemMessage("{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>' }}"))
+        XCTAssertNil(chatMLDefaultSystemMessage(smol + smol.replacingOccurrences(of: "SmolLM", with: "Other")))
+        let shared = try trainedTokenizer()
+        let tok = try shared.withRoles(shared.roles)  // a copy: the trained one is shared by the tests
+        tok.chatTemplate = smol
+        let back = try BPETokenizer.load(json: Data(tok.tokenizerJSON().utf8), configs: [Data(tok.tokenizerConfigJSON().utf8)])
+        XCTAssertEqual(back.chatTemplate, smol)
+        XCTAssertEqual(back.defaultSystemMessage, "You are SmolLM")
+        XCTAssertNil(try trainedTokenizer().defaultSystemMessage)
+    }
+
     /// A merge listed twice takes its last rank, as in `tokenizers` 0.23.3 (checked on this file:
     /// "abc" → ["a", "bc"] = [0, 4]; with the first rank it would be ["ab", "c"]).
     func testAMergeListedTwiceTakesItsLastRank() throws {

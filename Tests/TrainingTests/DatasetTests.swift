@@ -165,6 +165,27 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(textEndTokens(bytes), [bytes.eosTokenID!], "no <|im_end|> token: EOS alone")
     }
 
+    /// A tokenizer with SmolLM2's chat template: a conversation without a system message starts with
+    /// the template's default one, in rendering (what HF's apply_chat_template gives: jinja2 on the
+    /// template, strings below) and in training rows, where it is not learned.
+    func testChatTheTemplatesDefaultSystemMessageStartsAConversationWithoutOne() throws {
+        let tok = try Self.tokenizer.withRoles(Self.tokenizer.roles)
+        tok.chatTemplate = smolLM2ChatTemplate
+        let system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+        XCTAssertEqual(tok.defaultSystemMessage, system)
+        let hi = [ChatMessage(role: "user", content: "Hi")]
+        XCTAssertEqual(renderChatML(hi, addGenerationPrompt: true, defaultSystem: tok.defaultSystemMessage),
+                       "<|im_start|>system\n\(system)<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        let own = [ChatMessage(role: "system", content: "S")] + hi
+        XCTAssertEqual(renderChatML(own, addGenerationPrompt: true, defaultSystem: tok.defaultSystemMessage),
+                       "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        let line = json(["messages": [["role": "user", "content": "Say hello."], ["role": "assistant", "content": "hello"]]])
+        let b = try load(try write("chat-default.jsonl", [line]), tok: tok).train.batch(rows: [0])
+        XCTAssertEqual(learnedText(b, tok), "hello<|im_end|>")
+        let real = b.attentionMask!.filter { $0 == 1 }.count
+        XCTAssertTrue(tok.decode(Array(b.ids[..<real])).hasPrefix("<|im_start|>system\n\(system)<|im_end|>\n<|im_start|>user\nSay hello."))
+    }
+
     // MARK: errors
 
     /// Each bad line, written as line 3 after a good line and an empty one, with the message it must give.
@@ -446,3 +467,6 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(e.loss, log(Double(Self.tokenizer.vocabSize)), accuracy: 0.5, "a fresh model is near uniform")
     }
 }
+
+/// SmolLM2-135M-Instruct's chat template (its GGUF's tokenizer.chat_template).
+let smolLM2ChatTemplate = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
