@@ -25,7 +25,7 @@ public final class Communicator: @unchecked Sendable {
     public let localSize: Int
     /// Seconds a rank waits in one collective before it ends the job (`SWIFTPEFT_MPI_TIMEOUT`,
     /// default 600): long enough for rank 0's evaluations and checkpoints, short next to a hang.
-    /// 0 or less (or not a number): no limit.
+    /// 0 or less: no limit.
     public let timeoutSeconds: Double
 
     /// True for rank 0 (and for a process without `mpirun`).

@@ -111,6 +111,7 @@ extension PromptLearningMethod {
         let missing = { (k: String) in (config[k] as? String ?? "").isEmpty }
         if config["prompt_tuning_init"] as? String == "TEXT" && (missing("tokenizer_name_or_path") || config["prompt_tuning_init_text"] as? String == nil) {
             config["prompt_tuning_init"] = "RANDOM"
+            config["tokenizer_kwargs"] = nil  // PEFT takes them with TEXT only
         }
         return (config, peftTensors())
     }

@@ -40,11 +40,11 @@ extension BPETokenizer {
             configs = modern ? [config!] : [read("special_tokens_map.json"), config].compactMap { $0 }
         }
         let tokenizer = try load(json: data, file: file.path, roles: roles, configs: configs)
-        // The chat template: tokenizer_config.json's, else chat_template.jinja (transformers ≥ 4.43
-        // writes it there); read whatever `roles` says.
+        // The chat template, read whatever `roles` says: chat_template.jinja (newer transformers write
+        // it there) over tokenizer_config.json's, as transformers takes them.
         let folder = file.deletingLastPathComponent()
-        tokenizer.chatTemplate = (try? Data(contentsOf: folder.appendingPathComponent("tokenizer_config.json"))).flatMap { chatTemplate(inConfigs: [$0]) }
-            ?? (try? String(contentsOf: folder.appendingPathComponent("chat_template.jinja"), encoding: .utf8))
+        tokenizer.chatTemplate = (try? String(contentsOf: folder.appendingPathComponent("chat_template.jinja"), encoding: .utf8))
+            ?? (try? Data(contentsOf: folder.appendingPathComponent("tokenizer_config.json"))).flatMap { chatTemplate(inConfigs: [$0]) }
         return tokenizer
     }
 

@@ -56,11 +56,14 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// The role names behind the four ids above.
     public let roles: SpecialTokenRoles
     /// The model's chat template (Jinja, as `tokenizer_config.json` or GGUF's `tokenizer.chat_template`
-    /// hold it); kept and written back, and read for its default system message.
-    public var chatTemplate: String?
+    /// hold it); kept and written back, and read for its default system message. Set it before the
+    /// tokenizer is shared between threads.
+    public var chatTemplate: String? {
+        didSet { defaultSystemMessage = chatTemplate.flatMap(chatMLDefaultSystemMessage) }
+    }
     /// The constant system message the chat template starts a conversation with when it has none
-    /// (`chatMLDefaultSystemMessage`).
-    public var defaultSystemMessage: String? { chatTemplate.flatMap(chatMLDefaultSystemMessage) }
+    /// (`chatMLDefaultSystemMessage`), found once when the template is set.
+    public private(set) var defaultSystemMessage: String?
 
     /// Bytes of id k are `idBytes[idOffsets[k] ..< idOffsets[k + 1]]` (added tokens: their UTF-8 content).
     let idBytes: [UInt8]
@@ -177,7 +180,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         matcher = o.matcher
         (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, o.addedTokens)
         self.roles = roles
-        chatTemplate = o.chatTemplate
+        chatTemplate = o.chatTemplate  // (no didSet in an initializer)
+        defaultSystemMessage = o.defaultSystemMessage
     }
 
     private static func roleIDs(_ roles: SpecialTokenRoles, _ added: [AddedToken]) throws

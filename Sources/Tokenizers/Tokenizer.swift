@@ -47,18 +47,48 @@ extension Tokenizer {
     public var defaultSystemMessage: String? { nil }
 }
 
-/// The constant default system message of a ChatML chat template: the one single-quoted literal
-/// `'<|im_start|>system\n…<|im_end|>'` with no expression inside, which templates such as SmolLM2's
-/// and Qwen2's write when the conversation does not start with a system message. nil when the
-/// template has no such literal, or several.
+/// The constant default system message of a ChatML chat template: the text of the quoted literal
+/// `'<|im_start|>system` newline `…<|im_end|>'` (single or double quotes, the newline written as
+/// itself or as Jinja's `\n`, no expression inside), which templates such as SmolLM2's and Qwen2's
+/// write when the conversation does not start with a system message. nil when the template has no
+/// such literal, or literals with different texts. The condition around it is not read: a template
+/// that writes a fixed system block whatever the messages would be taken for one with a default.
 public func chatMLDefaultSystemMessage(_ template: String) -> String? {
-    guard let re = try? NSRegularExpression(pattern: #"'<\|im_start\|>system(?:\n|\\n)((?:[^'{}\\]|\\.)*?)<\|im_end\|>"#) else { return nil }
+    let patterns = [#"'<\|im_start\|>system(?:\n|\\n)((?:[^'\\]|\\.)*?)<\|im_end\|>"#,
+                    #""<\|im_start\|>system(?:\n|\\n)((?:[^"\\]|\\.)*?)<\|im_end\|>"#]
     let ns = template as NSString
-    let found = re.matches(in: template, range: NSRange(location: 0, length: ns.length))
-    guard found.count == 1 else { return nil }
-    // Jinja string escapes the literal may hold: \n, \', \\.
-    return ns.substring(with: found[0].range(at: 1))
-        .replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\'", with: "'").replacingOccurrences(of: "\\\\", with: "\\")
+    var texts = Set<String>()
+    for pattern in patterns {
+        guard let re = try? NSRegularExpression(pattern: pattern) else { continue }
+        for m in re.matches(in: template, range: NSRange(location: 0, length: ns.length)) {
+            texts.insert(jinjaUnescaped(ns.substring(with: m.range(at: 1))))
+        }
+    }
+    return texts.count == 1 ? texts.first : nil
+}
+
+/// A Jinja (Python) string literal's escapes read in one pass: `\n`, `\t`, `\r`, `\'`, `\"`, `\\`;
+/// any other backslash stays as it is.
+func jinjaUnescaped(_ s: String) -> String {
+    var out = "", escaping = false
+    for c in s {
+        if escaping {
+            switch c {
+            case "n": out.append("\n")
+            case "t": out.append("\t")
+            case "r": out.append("\r")
+            case "'", "\"", "\\": out.append(c)
+            default: out.append("\\"); out.append(c)
+            }
+            escaping = false
+        } else if c == "\\" {
+            escaping = true
+        } else {
+            out.append(c)
+        }
+    }
+    if escaping { out.append("\\") }
+    return out
 }
 
 extension Tokenizer {

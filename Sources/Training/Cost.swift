@@ -142,11 +142,12 @@ public final class CostMeter {
         }
     }
 
-    /// Adds each zone's energy since its last read (one wrap of the counter undone).
-    func sampleEnergy() {
+    /// Adds each zone's energy since its last read (one wrap of the counter undone). A read that
+    /// fails leaves the zone for the next one; `final`: the reading's own, which must succeed.
+    func sampleEnergy(final: Bool = false) {
         lock.withLock {
             for (i, z) in zones.enumerated() {
-                guard let now = Self.readCounter(z.energyPath) else { unreadable = true; continue }
+                guard let now = Self.readCounter(z.energyPath) else { if final { unreadable = true }; continue }
                 let last = lastEnergy[i]
                 energySinceStart[i] &+= now >= last ? now - last : now &+ (z.maxRange &- last)
                 lastEnergy[i] = now
@@ -158,7 +159,7 @@ public final class CostMeter {
     public func reading(tokens: Int) -> Cost {
         let wall = Date().timeIntervalSince(startWall)
         let cpu = max(0, Self.processCPUSeconds() - startCPU)
-        sampleEnergy()
+        sampleEnergy(final: true)
         let (microjoules, failed) = lock.withLock { (energySinceStart.reduce(0, &+), unreadable) }
         let measured = !zones.isEmpty && !failed
         let joules = Double(microjoules) / 1e6

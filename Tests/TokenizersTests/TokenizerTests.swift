@@ -415,6 +415,11 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(chatMLDefaultSystemMessage(qwen), "You are Qwen. You're helpful.")
         XCTAssertNil(chatMLDefaultSystemMessage("{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>' }}"))
         XCTAssertNil(chatMLDefaultSystemMessage(smol + smol.replacingOccurrences(of: "SmolLM", with: "Other")))
+        XCTAssertEqual(chatMLDefaultSystemMessage(smol + smol), "You are SmolLM", "the same default twice (tools and no tools)")
+        // Braces and escapes inside the literal, read as jinja2 reads them; a double-quoted literal.
+        let math = #"{{- '<|im_start|>system\nPut the answer in \\boxed{}.\tThanks<|im_end|>\n' }}"#
+        XCTAssertEqual(chatMLDefaultSystemMessage(math), "Put the answer in \\boxed{}.\tThanks")
+        XCTAssertEqual(chatMLDefaultSystemMessage(#"{{ "<|im_start|>system\nBe \"brief\".<|im_end|>\n" }}"#), #"Be "brief"."#)
         let shared = try trainedTokenizer()
         let tok = try shared.withRoles(shared.roles)  // a copy: the trained one is shared by the tests
         tok.chatTemplate = smol
