@@ -198,15 +198,6 @@ public final class IA3: LinearHookMethod<IA3Layer>, MergeablePEFTMethod, RowScop
         return try e.encode(c)
     }
 
-    /// The config with `target_modules` as PEFT reads it (`peftReadableTargets`), and the tensors.
-    public func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
-        guard var config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
-            throw PEFTError(message: "the IA3 adapter's config is not a JSON object")
-        }
-        peftReadableTargets(&config, adapted: layers.map(\.module))
-        return (config, withNoGrad { adapterParameters().map { key, t in (key, t.detached().contiguous()) } })
-    }
-
     /// Defaulted feedforward_modules in a form that reloads with the same split: the target entries
     /// whose layers are all feed-forward (a subset, as PEFT requires), else a regex of the ff names.
     private func writtenFeedforward(_ r: (targets: ModuleSelector, feedforward: ModuleSelector)) -> ModuleSelector {

@@ -26,6 +26,16 @@ public protocol MergeablePEFTMethod: PEFTMethod {
     var mergedModuleCount: Int { get }
 }
 
+/// A method that adapts named modules (its `target_modules`).
+protocol AdaptsModules {
+    /// The adapted modules' whole names, in model order.
+    var adaptedModules: [String] { get }
+}
+
+extension LinearHookMethod: AdaptsModules {
+    var adaptedModules: [String] { hooked.map(\.module) }
+}
+
 /// Base of the methods that hook Linear layers. Subclasses choose the targets and build one `Hook`
 /// per layer; this class installs, removes, merges and unmerges them.
 open class LinearHookMethod<Hook: FoldableLinearHook> {

@@ -344,15 +344,6 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
         return try e.encode(c)
     }
 
-    /// The config with `target_modules` as PEFT reads it (`peftReadableTargets`), and the tensors.
-    public func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
-        guard var config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
-            throw PEFTError(message: "the LORA adapter's config is not a JSON object")
-        }
-        peftReadableTargets(&config, adapted: layers.map(\.module))
-        return (config, withNoGrad { adapterParameters().map { key, t in (key, t.detached().contiguous()) } })
-    }
-
     /// All or nothing: targets, biases and modules_to_save are resolved (and may throw) before the
     /// model is touched.
     @discardableResult

@@ -42,11 +42,14 @@ public protocol PEFTMethod: AnyObject {
 extension PEFTMethod {
     public func releasedWeightsConflict(in model: CausalLM) -> String? { nil }
 
-    /// The config as written by `configJSON` and the adapter tensors, detached and contiguous.
+    /// The config as written by `configJSON`, with `target_modules` as PEFT reads it
+    /// (`peftReadableTargets`, for methods on Linear layers), and the adapter tensors, detached and
+    /// contiguous.
     public func peftFolderContents(base: ModelConfig) throws -> (config: [String: Any], tensors: [(String, Tensor)]) {
-        guard let config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
+        guard var config = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] else {
             throw PEFTError(message: "the \(Self.peftType) adapter's config is not a JSON object")
         }
+        if let hooked = self as? AdaptsModules { peftReadableTargets(&config, adapted: hooked.adaptedModules) }
         return (config, withNoGrad { adapterParameters().map { key, t in (key, t.detached().contiguous()) } })
     }
 

@@ -219,15 +219,9 @@ final class ServerConnectionTests: XCTestCase {
     /// A client that closes its connection while a non-streaming completion decodes stops the row:
     /// its summary says "cancelled" long before max_tokens.
     func testANonStreamingClientThatHangsUpStopsItsRow() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-hangup-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let tokenizer = try trainBaseTokenizer((0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 300)
         // Large enough that 8,000 tokens take several seconds: the hang-up comes while it decodes.
-        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 512, numLayers: 8, numHeads: 8, numKVHeads: 2,
-                                       intermediateSize: 1024, tieWordEmbeddings: true, maxPositions: 8192)
-        let basePath = dir.appendingPathComponent("base.h5").path
-        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
+        let (dir, basePath, _) = try savedBase("hangup", hidden: 512, layers: 8, heads: 8, kvHeads: 2, intermediate: 1024, maxPositions: 8192)
+        defer { try? FileManager.default.removeItem(at: dir) }
         let (engine, port, server) = try serve(basePath)
         defer { server.cancel(); engine.shutdown() }
         let finished = DispatchSemaphore(value: 0)
@@ -279,15 +273,10 @@ final class ServerConnectionTests: XCTestCase {
     /// A base whose tokenizer has no `<|im_end|>` cannot end a chat reply: chat requests get a 400
     /// that says so, rather than replies that run to max_tokens.
     func testChatNeedsATokenizerWithImEnd() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-nochat-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let noChatML = try BPETokenizer.train(corpus: Self.corpus, vocabSize: 280, specialTokens: [endOfText],
+                                              roles: SpecialTokenRoles(bos: endOfText, eos: endOfText))
+        let (dir, basePath, _) = try savedBase("nochat", tokenizer: noChatML)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let tokenizer = try BPETokenizer.train(corpus: (0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 280,
-                                               specialTokens: [endOfText], roles: SpecialTokenRoles(bos: endOfText, eos: endOfText))
-        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1,
-                                       intermediateSize: 32, tieWordEmbeddings: true, maxPositions: 64)
-        let basePath = dir.appendingPathComponent("base.h5").path
-        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
         let (engine, port, server) = try serve(basePath)
         defer { server.cancel(); engine.shutdown() }
         let refused = try await chat(port, #"[{"role": "user", "content": "The cat"}]"#)
@@ -298,15 +287,10 @@ final class ServerConnectionTests: XCTestCase {
     /// A base whose chat template has a default system message (SmolLM2's kind), saved and served:
     /// a chat without a system message is prompted with it, as HF's apply_chat_template does.
     func testChatStartsWithTheTemplatesDefaultSystemMessage() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-template-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let tok = try trainBaseTokenizer((0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 300)
+        let tok = try trainBaseTokenizer(Self.corpus, vocabSize: 300)
         tok.chatTemplate = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}{% endif %}"
-        let config = ModelConfig.llama(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1,
-                                       intermediateSize: 32, tieWordEmbeddings: true, maxPositions: 128)
-        let basePath = dir.appendingPathComponent("base.h5").path
-        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizer: tok, to: basePath)
+        let (dir, basePath, _) = try savedBase("template", tokenizer: tok, maxPositions: 128)
+        defer { try? FileManager.default.removeItem(at: dir) }
         let (engine, port, server) = try serve(basePath)
         defer { server.cancel(); engine.shutdown() }
         XCTAssertEqual(engine.tokenizer.defaultSystemMessage, "Be brief.", "the template came through the checkpoint")
@@ -320,15 +304,10 @@ final class ServerConnectionTests: XCTestCase {
     /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`
     /// out of it, and a symlink inside that points outside get 403; a relative path is taken inside.
     func testAdaptersLoadOnlyFromTheAdapterFolder() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-adapterdir-\(UUID().uuidString)")
+        let (dir, basePath, _) = try savedBase("adapterdir")
+        defer { try? FileManager.default.removeItem(at: dir) }
         let folder = dir.appendingPathComponent("adapters")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let tokenizer = try trainBaseTokenizer((0..<50).map { "The cat sees the fish number \($0 % 9)." }, vocabSize: 300)
-        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKVHeads: 1,
-                                       intermediateSize: 32, tieWordEmbeddings: true, maxPositions: 64)
-        let basePath = dir.appendingPathComponent("base.h5").path
-        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizerJSON: tokenizer.tokenizerJSON(), to: basePath)
         let loaded = try loadModel(basePath)
         let lora = try LoRA(config: LoRAConfig(r: 2, targetModules: .names(["q_proj"])), seed: 1)
         _ = try lora.attach(to: loaded.model)
@@ -372,6 +351,22 @@ final class ServerConnectionTests: XCTestCase {
         let absolute = try await load("b", folder.appendingPathComponent("inside.h5").path)
         XCTAssertEqual(absolute.status, 200, absolute.body)
         XCTAssertEqual(Set(engine.modelNames), [engine.baseName, "a", "b"])
+    }
+
+    static let corpus = (0..<50).map { "The cat sees the fish number \($0 % 9)." }
+
+    /// A new temporary folder (the caller removes it) with a LLaMA base saved in it as base.h5: its
+    /// tokenizer `tokenizer`, or `pretrain`'s trained on a short corpus.
+    func savedBase(_ name: String, tokenizer given: BPETokenizer? = nil, hidden: Int = 16, layers: Int = 1, heads: Int = 2, kvHeads: Int = 1,
+                   intermediate: Int = 32, maxPositions: Int = 64) throws -> (dir: URL, base: String, tokenizer: BPETokenizer) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-\(name)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let tokenizer = try given ?? trainBaseTokenizer(Self.corpus, vocabSize: 300)
+        let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: hidden, numLayers: layers, numHeads: heads, numKVHeads: kvHeads,
+                                       intermediateSize: intermediate, tieWordEmbeddings: true, maxPositions: maxPositions)
+        let base = dir.appendingPathComponent("base.h5").path
+        try ModelCheckpoint.save(makeModel(config, seed: 3), tokenizer: tokenizer, to: base)
+        return (dir, base, tokenizer)
     }
 
     /// `swiftpeft serve` of `basePath` on a free port, in this process.
