@@ -219,6 +219,9 @@ extension BPETokenizer {
             let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: kind,
                                              ignoreMerges: ignoreMerges, roles: chosen)
             tokenizer.chatTemplate = chatTemplate(inConfigs: configs)
+            // A byte the vocabulary lacks becomes the model's unk_token, or is dropped without one (as
+            // `tokenizers` does), whatever the UNK role of the config files says.
+            tokenizer.unknownByteID = (model["unk_token"] as? String).flatMap { tokenizer.tokenID(for: $0) }
             return tokenizer
         } catch TokenizerError.invalidArgument(let reason) {
             throw malformed(reason)

@@ -55,6 +55,10 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public let unkTokenID: Int32?
     /// The role names behind the four ids above.
     public let roles: SpecialTokenRoles
+    /// The id a byte missing from the vocabulary becomes (the BPE model's `unk_token`, as in Hugging
+    /// Face's `tokenizers`); nil: such bytes are dropped. A tokenizer built here starts with the UNK
+    /// role's id; `load(json:)` takes the file's `model.unk_token`. Set it before the tokenizer is shared.
+    public var unknownByteID: Int32?
     /// The model's chat template (Jinja, as `tokenizer_config.json` or GGUF's `tokenizer.chat_template`
     /// hold it); kept and written back, and read for its default system message. Set it before the
     /// tokenizer is shared between threads.
@@ -157,6 +161,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.matcher = SpecialTokenMatcher(addedTokens)
         (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, addedTokens)
         self.roles = roles
+        unknownByteID = unkTokenID
     }
 
     /// The same tokenizer with other BOS/EOS/PAD/UNK roles (by added-token content). Cheap: the tables are shared.
@@ -180,6 +185,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         matcher = o.matcher
         (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, o.addedTokens)
         self.roles = roles
+        unknownByteID = o.unknownByteID  // the model's, not a role
         chatTemplate = o.chatTemplate  // (no didSet in an initializer)
         defaultSystemMessage = o.defaultSystemMessage
     }
@@ -234,7 +240,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                     scratch: inout BPEScratch) {
         if n == 1 {
             let id = byteToID[Int(p[0])]
-            if id >= 0 { out.append(id) } else if let unk = unkTokenID { out.append(unk) }
+            if id >= 0 { out.append(id) } else if let unk = unknownByteID { out.append(unk) }
             return
         }
         let cacheable = n <= WordCache.maxWordBytes
@@ -257,7 +263,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         scratch.symbols.removeAll(keepingCapacity: true)
         for i in 0 ..< n {
             let id = byteToID[Int(p[i])]
-            if id >= 0 { scratch.symbols.append(id) } else if let unk = unkTokenID { scratch.symbols.append(unk) }
+            if id >= 0 { scratch.symbols.append(id) } else if let unk = unknownByteID { scratch.symbols.append(unk) }
         }
         if scratch.symbols.count > 96 {
             mergeLong(&scratch.symbols)

@@ -442,6 +442,26 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(try BPETokenizer.load(json: Data(json.utf8), file: "dup.json").encode("abc"), [0, 4])
     }
 
+    /// Bytes the vocabulary lacks: dropped without a model unk_token, that token with one, as
+    /// `tokenizers` 0.23.3 gives them on this file ("abc ab" → [2, 2], and [2, 3, 3, 2] with
+    /// unk_token <|endoftext|>), whatever the UNK role (GPT-2's guess: <|endoftext|>).
+    func testBytesMissingFromTheVocabularyFollowTheModelsUnkToken() throws {
+        func json(_ unk: String) -> Data {
+            Data(#"""
+            {"version": "1.0", "normalizer": null,
+             "added_tokens": [{"id": 3, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+             "model": {"type": "BPE", "unk_token": \#(unk), "byte_fallback": false, "ignore_merges": false,
+                       "vocab": {"a": 0, "b": 1, "ab": 2, "<|endoftext|>": 3}, "merges": [["a", "b"]]}}
+            """#.utf8)
+        }
+        let dropping = try BPETokenizer.load(json: json("null"), file: "unk.json")
+        XCTAssertEqual(dropping.unkTokenID, 3, "the UNK role is guessed")
+        XCTAssertEqual(dropping.encode("abc ab"), [2, 2])
+        XCTAssertEqual(try BPETokenizer.load(json: json(#""<|endoftext|>""#), file: "unk.json").encode("abc ab"), [2, 3, 3, 2])
+    }
+
     func testLoadAcceptsStringMergesAndExtraFields() throws {
         let tok = try trainedTokenizer()
         let json = try JSONSerialization.jsonObject(with: Data(tok.tokenizerJSON().utf8)) as! [String: Any]
