@@ -16,7 +16,8 @@ public enum ModelCheckpoint {
     public static let version = "1"
 
     /// Writes `model` (every parameter, frozen or not) and its tokenizer, with the tokenizer's roles
-    /// (`tokenizer_config.json`: its EOS is the same when loaded back, not guessed), to `path` atomically.
+    /// and chat template (`tokenizer_config.json`: its EOS is the same when loaded back, not guessed),
+    /// to `path` atomically.
     public static func save(_ model: CausalLM, tokenizer: BPETokenizer?, to path: String, metadata: [String: String] = [:]) throws {
         try save(model, tokenizerJSON: tokenizer?.tokenizerJSON(), tokenizerConfigJSON: tokenizer?.tokenizerConfigJSON(), to: path, metadata: metadata)
     }

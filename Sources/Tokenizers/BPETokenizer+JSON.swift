@@ -311,7 +311,8 @@ extension BPETokenizer {
     }
 
     /// The `tokenizer_config.json` text that names the roles (every role, null where there is none, so
-    /// that loading it back gives these roles and no guess); transformers reads it too. Given the
+    /// that loading it back gives these roles and no guess) and holds the chat template when there is
+    /// one; transformers reads it too. Given the
     /// `existing` file's object (a chat template, model_max_length …), only its role keys change.
     public func tokenizerConfigJSON(over existing: [String: Any]? = nil) -> String {
         var config = existing ?? [
@@ -350,7 +351,9 @@ extension BPETokenizer {
         s += "  \"post_processor\": null,\n"
         s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, "
             + "\"use_regex\": true},\n"
-        s += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": null,\n"
+        // The token a byte missing from the vocabulary becomes (none: dropped), so a reload encodes alike.
+        let unk = unknownByteID.flatMap { tokenString(for: $0) }.map(jsonString) ?? "null"
+        s += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": \(unk),\n"
         s += "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
         s += "    \"fuse_unk\": false,\n    \"byte_fallback\": false,\n    \"ignore_merges\": \(ignoreMerges),\n"
         s += "    \"vocab\": {"

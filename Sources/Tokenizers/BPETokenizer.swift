@@ -57,7 +57,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public let roles: SpecialTokenRoles
     /// The id a byte missing from the vocabulary becomes (the BPE model's `unk_token`, as in Hugging
     /// Face's `tokenizers`); nil: such bytes are dropped. A tokenizer built here starts with the UNK
-    /// role's id; `load(json:)` takes the file's `model.unk_token`. Set it before the tokenizer is shared.
+    /// role's id where some byte is missing (nil with all 256); `load(json:)` takes the file's
+    /// `model.unk_token`. Set it before the tokenizer is shared.
     public var unknownByteID: Int32?
     /// The model's chat template (Jinja, as `tokenizer_config.json` or GGUF's `tokenizer.chat_template`
     /// hold it); kept and written back, and read for its default system message. Set it before the
@@ -161,7 +162,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.matcher = SpecialTokenMatcher(addedTokens)
         (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, addedTokens)
         self.roles = roles
-        unknownByteID = unkTokenID
+        unknownByteID = byteToID.contains(-1) ? unkTokenID : nil  // with all 256 bytes, none is unknown
     }
 
     /// The same tokenizer with other BOS/EOS/PAD/UNK roles (by added-token content). Cheap: the tables are shared.

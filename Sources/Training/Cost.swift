@@ -18,7 +18,7 @@ public struct Cost: Codable, Equatable, Sendable {
     public var peakRSSBytes: Int
     public var energyJoules: Double
     /// "rapl": measured by the CPU package's RAPL counters (the whole package: every process on it);
-    /// "estimate": `cpuSeconds` × `wattsPerCore`.
+    /// "estimate": `cpuSeconds` × `wattsPerCore`; "mixed": a data-parallel job whose ranks differ.
     public var energySource: String
     /// The power per busy core an estimate used (nil when measured).
     public var wattsPerCore: Double?
