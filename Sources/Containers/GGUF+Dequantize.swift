@@ -218,40 +218,33 @@ extension GGUFFile {
     /// Q4_K, n super-blocks of 144 bytes: f16 d, f16 dmin, u8 scales[12], u8 qs[128]. Sub-block
     /// g = 2c + h (32 elements) takes nibble h of qs[32c + l]; w = d·scale·q − dmin·min.
     static func dequantQ4_K(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
-        for b in 0..<n {
-            let p = src + b * 144
-            let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
-            let dmin = half(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
-            let scales = (p + 4).assumingMemoryBound(to: UInt8.self)
-            let qs = (p + 16).assumingMemoryBound(to: UInt8.self)
-            let o = dst + b * 256
-            for g in 0..<8 {
-                let (sc, mn) = scaleMin(scales, g)
-                let (dl, ml) = (d * sc, dmin * mn)
-                let (c, shift) = (g >> 1, UInt8(4 * (g & 1)))
-                for l in 0..<32 { o[32 * g + l] = dl * Float((qs[32 * c + l] >> shift) & 0xF) - ml }
-            }
-        }
+        dequantQ45_K(src, dst, n, blockBytes: 144, highBitsAt: nil, nibblesAt: 16)
     }
 
     /// Q5_K, n super-blocks of 176 bytes: f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]: Q4_K
     /// with a fifth bit, bit g of qh[l] for sub-block g.
     static func dequantQ5_K(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
+        dequantQ45_K(src, dst, n, blockBytes: 176, highBitsAt: 16, nibblesAt: 48)
+    }
+
+    /// Q4_K (no high bits) and Q5_K: the byte offsets of qh and qs in a super-block of `blockBytes`.
+    private static func dequantQ45_K(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int,
+                                     blockBytes: Int, highBitsAt: Int?, nibblesAt: Int) {
         for b in 0..<n {
-            let p = src + b * 176
+            let p = src + b * blockBytes
             let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
             let dmin = half(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
             let scales = (p + 4).assumingMemoryBound(to: UInt8.self)
-            let qh = (p + 16).assumingMemoryBound(to: UInt8.self)
-            let qs = (p + 48).assumingMemoryBound(to: UInt8.self)
+            let qh = highBitsAt.map { (p + $0).assumingMemoryBound(to: UInt8.self) }
+            let qs = (p + nibblesAt).assumingMemoryBound(to: UInt8.self)
             let o = dst + b * 256
             for g in 0..<8 {
                 let (sc, mn) = scaleMin(scales, g)
                 let (dl, ml) = (d * sc, dmin * mn)
                 let (c, shift) = (g >> 1, UInt8(4 * (g & 1)))
                 for l in 0..<32 {
-                    let q = ((qs[32 * c + l] >> shift) & 0xF) | ((qh[l] >> UInt8(g)) & 1) << 4
-                    o[32 * g + l] = dl * Float(q) - ml
+                    let high = qh.map { (($0[l] >> UInt8(g)) & 1) << 4 } ?? 0
+                    o[32 * g + l] = dl * Float(((qs[32 * c + l] >> shift) & 0xF) | high) - ml
                 }
             }
         }
