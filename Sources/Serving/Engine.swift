@@ -393,7 +393,9 @@ public final class ServingEngine: @unchecked Sendable {
         }
         withNoGrad {
             var t0 = Date()
-            let cache = KVCache(config: model.config, batch: B, capacity: extra + P + steps)
+            // Room for 256 new tokens at first; the cache doubles when replies run longer, so a
+            // large max_tokens that a stop cuts short takes no memory (SmolLM2: 46 KB per position and row).
+            let cache = KVCache(config: model.config, batch: B, capacity: extra + P + min(steps, 256))
             // Each row's last position only (B, 1, V): the head over the whole prompt would be thrown away.
             var logits = model.lastLogits(ids, batch: B, attentionMask: mask.allSatisfy { $0 == 1 } ? nil : mask, cache: cache).toArray()
             for _ in 0..<steps {
