@@ -102,6 +102,7 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
         throw PEFTFolderError(path: configURL.path, message: "not valid JSON (\((error as NSError).localizedDescription))")
     }
     guard var config = obj as? [String: Any] else { throw PEFTFolderError(path: configURL.path, message: "the top level is not a JSON object") }
+    let configText = try Data(contentsOf: configURL)
     guard let type = config["peft_type"] as? String else {
         throw PEFTFolderError(path: configURL.path, message: "\"peft_type\" is missing or not a string")
     }
@@ -112,7 +113,8 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
         throw PEFTFolderError(path: configURL.path, message: "task_type \"\(task)\" is not supported (only CAUSAL_LM, decoder-only models)")
     }
     do {
-        try mapping.prepareImport(&config)
+        let linears = model.namedModules().filter { $0.1 is Linear }.map(\.0)
+        try mapping.prepareImport(&config, PEFTImportContext(keyOrder: jsonObjectKeyOrder(configText), linearModules: linears))
     } catch {
         throw PEFTFolderError(path: configURL.path, message: "\(error)")
     }
@@ -164,4 +166,72 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
         throw PEFTFolderError(path: weightsURL.path, message: "\(error)".replacingOccurrences(of: weightsURL.path + ": ", with: ""))
     }
     return method
+}
+
+/// For each top-level field of a JSON object text whose value is an object, that object's keys in
+/// the order the text lists them (a field given twice: its last value, as the parsers take it).
+/// Empty for text that is not a JSON object; only called on text that parsed.
+func jsonObjectKeyOrder(_ data: Data) -> [String: [String]] {
+    let b = [UInt8](data)
+    var i = 0
+    func space() { while i < b.count, [0x20, 0x09, 0x0A, 0x0D].contains(b[i]) { i += 1 } }
+    func string() -> String? {  // at a quote: the decoded string, i after its closing quote
+        let start = i
+        i += 1
+        while i < b.count, b[i] != UInt8(ascii: "\"") { i += b[i] == UInt8(ascii: "\\") ? 2 : 1 }
+        i += 1
+        guard i <= b.count else { return nil }
+        return (try? JSONSerialization.jsonObject(with: Data(b[start..<i]), options: .fragmentsAllowed)) as? String
+    }
+    /// Skips one value; with `keys`, an object's keys in order.
+    func value(keys: inout [String]?) -> Bool {
+        space()
+        guard i < b.count else { return false }
+        switch b[i] {
+        case UInt8(ascii: "\""): return string() != nil
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            let isObject = b[i] == UInt8(ascii: "{"), close = isObject ? UInt8(ascii: "}") : UInt8(ascii: "]")
+            i += 1
+            space()
+            if i < b.count, b[i] == close { i += 1; return true }
+            while true {
+                if isObject {
+                    space()
+                    guard i < b.count, b[i] == UInt8(ascii: "\""), let key = string() else { return false }
+                    keys?.append(key)
+                    space()
+                    guard i < b.count, b[i] == UInt8(ascii: ":") else { return false }
+                    i += 1
+                }
+                var none: [String]? = nil
+                guard value(keys: &none) else { return false }
+                space()
+                guard i < b.count else { return false }
+                if b[i] == close { i += 1; return true }
+                guard b[i] == UInt8(ascii: ",") else { return false }
+                i += 1
+            }
+        default:  // number, true, false, null
+            while i < b.count, ![UInt8(ascii: ","), UInt8(ascii: "}"), UInt8(ascii: "]"), 0x20, 0x09, 0x0A, 0x0D].contains(b[i]) { i += 1 }
+            return true
+        }
+    }
+    var order: [String: [String]] = [:]
+    space()
+    guard i < b.count, b[i] == UInt8(ascii: "{") else { return [:] }
+    i += 1
+    while true {
+        space()
+        guard i < b.count, b[i] == UInt8(ascii: "\""), let field = string() else { return order }
+        space()
+        guard i < b.count, b[i] == UInt8(ascii: ":") else { return order }
+        i += 1
+        space()
+        var keys: [String]? = i < b.count && b[i] == UInt8(ascii: "{") ? [] : nil
+        guard value(keys: &keys) else { return order }
+        order[field] = keys
+        space()
+        guard i < b.count, b[i] == UInt8(ascii: ",") else { return order }
+        i += 1
+    }
 }

@@ -96,15 +96,20 @@ public struct LoRAConfig: PEFTConfig, Equatable {
         }
     }
 
-    /// The value of a pattern dictionary for `module` (PEFT: key matches "(.*\.)?key$"), else nil.
+    /// Whether a pattern key applies to `module` (PEFT: the name matches "(.*\.)?(key)" whole).
+    static func patternKey(_ key: String, matches module: String) -> Bool {
+        ModuleSelector.regex("(.*\\.)?(" + key + ")").matches(module)
+    }
+
+    /// The value of a pattern dictionary for `module`, else nil.
     /// When several keys match with different values, the longest key wins for an adapter being
-    /// restored (as SwiftPEFT always chose, so its saved adapters load as trained).
+    /// restored (as SwiftPEFT always chose, so its saved adapters load as trained; PEFT folders
+    /// are resolved in their file's order on import, `firstKeyResolved`).
     /// - Throws: for a new adapter (`refusingConflicts`), when keys that match `module` give
     ///   different values: PEFT takes the first such key in its file, an order a JSON object does
     ///   not keep, so any choice would be a guess.
     static func pattern<V: Equatable>(_ patterns: [String: V], for module: String, field: String, refusingConflicts: Bool) throws -> V? {
-        let keys = patterns.keys.sorted { ($0.count, $0) > ($1.count, $1) }
-            .filter { ModuleSelector.regex("(.*\\.)?(" + $0 + ")").matches(module) }
+        let keys = patterns.keys.sorted { ($0.count, $0) > ($1.count, $1) }.filter { patternKey($0, matches: module) }
         guard let first = keys.first, let value = patterns[first] else { return nil }
         if refusingConflicts, let other = keys.first(where: { patterns[$0] != value }) {
             throw PEFTError(message: """
@@ -114,6 +119,23 @@ public struct LoRAConfig: PEFTConfig, Equatable {
                 """)
         }
         return value
+    }
+
+    /// A PEFT `rank_pattern` or `alpha_pattern` read as PEFT reads it, the first key in `order` (the
+    /// file's) that matches a module giving its value, rewritten as one exact key per module of
+    /// `modules` that a key matches. nil when no module is matched by keys with different values:
+    /// then any order gives the same values and the object is kept as written.
+    static func firstKeyResolved(_ patterns: [String: Any], order: [String], modules: [String]) -> [String: Any]? {
+        let order = order.filter { patterns[$0] != nil }
+        func same(_ a: Any, _ b: Any) -> Bool { (a as? NSNumber).map { $0.isEqual(b) } ?? false }
+        var exact: [String: Any] = [:], conflict = false
+        for module in modules {
+            let keys = order.filter { patternKey($0, matches: module) }
+            guard let first = keys.first, let value = patterns[first] else { continue }
+            if keys.contains(where: { !same(patterns[$0]!, value) }) { conflict = true }
+            exact[NSRegularExpression.escapedPattern(for: module)] = value
+        }
+        return conflict ? exact : nil
     }
 }
 
@@ -269,7 +291,7 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
             MethodOption("use-dora", field: "use_dora", .bool, help: "DoRA: train a magnitude per output row too"),
         ],
         modelDefaults: { ["target_modules": defaultTargets[$0.family]!] },
-        peftFolder: PEFTFolderMapping(prepareImport: { config in
+        peftFolder: PEFTFolderMapping(prepareImport: { config, context in
             // Options this library does not implement: refuse rather than load something else.
             func refuse(_ key: String, if bad: (Any) -> Bool, _ why: String) throws {
                 if let v = config[key], !(v is NSNull), bad(v) { throw PEFTError(message: "\(key) \(v) is not supported: \(why)") }
@@ -292,6 +314,10 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
                         """)
                 }
                 config["init_lora_weights"] = true
+            }
+            for field in ["rank_pattern", "alpha_pattern"] {
+                guard let patterns = config[field] as? [String: Any], let order = context.keyOrder[field] else { continue }
+                if let exact = LoRAConfig.firstKeyResolved(patterns, order: order, modules: context.linearModules) { config[field] = exact }
             }
         }),
         build: { c, name, restoring in

@@ -124,10 +124,25 @@ public struct MethodOption: Sendable {
 public struct PEFTFolderMapping {
     /// Adjusts an `adapter_config.json` PEFT wrote before it is decoded; throws (a sentence without
     /// the file name, which the caller adds) for options this library does not implement.
-    public var prepareImport: (_ config: inout [String: Any]) throws -> Void
+    public var prepareImport: (_ config: inout [String: Any], _ context: PEFTImportContext) throws -> Void
 
-    public init(prepareImport: @escaping (inout [String: Any]) throws -> Void = { _ in }) {
+    public init(prepareImport: @escaping (inout [String: Any], PEFTImportContext) throws -> Void = { _, _ in }) {
         self.prepareImport = prepareImport
+    }
+}
+
+/// What an import knows besides the config's fields.
+public struct PEFTImportContext {
+    /// For each top-level field of `adapter_config.json` whose value is an object, its keys in the
+    /// order the file lists them. A parsed JSON object keeps no order, but PEFT reads some objects
+    /// in it (LoRA's `rank_pattern` and `alpha_pattern`: the first matching key wins).
+    public var keyOrder: [String: [String]]
+    /// The names of the base model's Linear modules, the adapter's possible targets.
+    public var linearModules: [String]
+
+    public init(keyOrder: [String: [String]] = [:], linearModules: [String] = []) {
+        self.keyOrder = keyOrder
+        self.linearModules = linearModules
     }
 }
 

@@ -65,7 +65,7 @@ enum PromptLearningRegistration {
     /// PEFT requires num_virtual_tokens; a new adapter made from the command line takes this many.
     static let newAdapter: [String: Any] = ["num_virtual_tokens": 16]
     /// PEFT folders hold only the (P, …) `prompt_embeddings` tensor, loaded in inference mode.
-    static let peftFolder = PEFTFolderMapping { $0["inference_mode"] = true }
+    static let peftFolder = PEFTFolderMapping { config, _ in config["inference_mode"] = true }
 }
 
 /// A method that prepends virtual tokens or key/value prefixes; none of them merges into the base.

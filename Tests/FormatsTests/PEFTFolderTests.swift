@@ -173,33 +173,96 @@ final class PEFTFolderTests: XCTestCase {
         let python = try referencePython(importing: ["torch", "transformers", "peft"])
         for family in ["llama", "gpt2"] {
             let e = try expected("\(family)-lora")
-            let rows = (0..<e.batch).map { b in e.ids[(b * e.ids.count / e.batch)..<((b + 1) * e.ids.count / e.batch)].map(Int.init) }
             var folders: [URL] = [], logits: [[Float]] = []
             for (name, make) in try ourMethods(family) {
                 folders.append(dir.appendingPathComponent("py-\(family)-\(name)"))
                 logits.append(try exportOurs(family, make, ids: e.ids, batch: e.batch, to: folders.last!))
             }
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: python)
-            p.arguments = [packageRoot().appendingPathComponent("scripts/peft_folder_logits.py").path,
-                           peftFixtures.appendingPathComponent(family).path, "\(rows)"] + folders.map(\.path)
-            let out = Pipe(), err = Pipe()
-            p.standardOutput = out
-            p.standardError = err
-            try p.run()
-            let stdout = out.fileHandleForReading.readDataToEndOfFile()
-            let stderr = err.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else {
-                XCTFail("\(family): PEFT could not load our exported folders: \(String(decoding: stderr.suffix(2000), as: UTF8.self))")
-                continue
-            }
-            let results = try JSONSerialization.jsonObject(with: stdout) as! [[String: Any]]
-            XCTAssertEqual(results.count, folders.count)
-            for (folder, (ours, r)) in zip(folders, zip(logits, results)) {
-                assertClose(ours, (r["logits"] as! [NSNumber]).map(\.floatValue), rtol: 1e-4, atol: 1e-5, "\(folder.lastPathComponent): PEFT on our exported folder", label: "[peft]")
-            }
+            try assertPEFTGives(logits, family: family, folders: folders, ids: e.ids, batch: e.batch, python: python)
         }
+    }
+
+    /// Runs scripts/peft_folder_logits.py: PEFT loads each folder onto the `family` base, and its
+    /// logits for `ids` must be `logits`.
+    private func assertPEFTGives(_ logits: [[Float]], family: String, folders: [URL], ids: [Int32], batch: Int, python: String) throws {
+        let rows = (0..<batch).map { b in ids[(b * ids.count / batch)..<((b + 1) * ids.count / batch)].map(Int.init) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [packageRoot().appendingPathComponent("scripts/peft_folder_logits.py").path,
+                       peftFixtures.appendingPathComponent(family).path, "\(rows)"] + folders.map(\.path)
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            return XCTFail("\(family): PEFT could not load the folders: \(String(decoding: stderr.suffix(2000), as: UTF8.self))")
+        }
+        let results = try JSONSerialization.jsonObject(with: stdout) as! [[String: Any]]
+        XCTAssertEqual(results.count, folders.count)
+        for (folder, (ours, r)) in zip(folders, zip(logits, results)) {
+            assertClose(ours, (r["logits"] as! [NSNumber]).map(\.floatValue), rtol: 1e-4, atol: 1e-5, "\(folder.lastPathComponent): PEFT on the folder", label: "[peft]")
+        }
+    }
+
+    func testJSONObjectKeyOrderFollowsTheText() {
+        let text = #"""
+            { "b": {"z\"q": [1, {"in": 2}], "a": {"x": 1}, "\u00e9": null, "m": -1.5e3},
+              "a": [ {"no": 1} ], "c": "{\"not\": 1}", "d": {}, "b2": true, "e": {"y": 1}, "e": {"k2": 1, "k1": 2} }
+            """#
+        let order = jsonObjectKeyOrder(Data(text.utf8))
+        XCTAssertEqual(order["b"], ["z\"q", "a", "é", "m"])
+        XCTAssertEqual(order["d"], [])
+        XCTAssertEqual(order["e"], ["k2", "k1"], "a field given twice: its last value")
+        XCTAssertEqual(Set(order.keys), ["b", "d", "e"], "only object-valued fields")
+        XCTAssertEqual(jsonObjectKeyOrder(Data("[1]".utf8)).count, 0)
+    }
+
+    /// PEFT reads `alpha_pattern` (and `rank_pattern`) keys in its file's order: the first key that
+    /// matches a module gives its value. A folder whose keys overlap imports with PEFT's values in
+    /// either order, gives PEFT's logits, and exports as one exact key per module, which PEFT and
+    /// this library read the same.
+    func testOverlappingPatternKeysTakeTheFirstInTheFile() throws {
+        let e = try expected("llama-lora")
+        let source = dir.appendingPathComponent("source")
+        _ = try exportOurs("llama", {
+            var c = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["q_proj", "v_proj"]))
+            c.initLoraWeights = .random
+            return try LoRA(config: c, seed: 11)
+        }, ids: e.ids, batch: e.batch, to: source)
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: source.appendingPathComponent("adapter_config.json"))) as! [String: Any]
+        config["alpha_pattern"] = nil
+        let rest = String(decoding: try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]), as: UTF8.self)
+        var folders: [URL] = [], logits: [[Float]] = []
+        // (written pattern, alpha of layer 0's q_proj, of layer 1's)
+        for (name, pattern, alpha0, alpha1) in [("general-first", #"{"q_proj": 32, "layers.0.self_attn.q_proj": 4}"#, 32, 32),
+                                                ("specific-first", #"{"layers\\.0\\.self_attn\\.q_proj": 4, "q_proj": 32}"#, 4, 32)] {
+            let folder = dir.appendingPathComponent(name)
+            try FileManager.default.copyItem(at: source, to: folder)
+            try Data(("{\"alpha_pattern\": " + pattern + ", " + rest.dropFirst()).utf8).write(to: folder.appendingPathComponent("adapter_config.json"))
+            let model = try base("llama")
+            let lora = try XCTUnwrap(try importPEFTFolder(folder, onto: model) as? LoRA)
+            let scale = Dictionary(uniqueKeysWithValues: lora.layers.map { ($0.module, $0.lora.scale) })
+            XCTAssertEqual(scale["model.layers.0.self_attn.q_proj"], Float(alpha0) / 4, name)
+            XCTAssertEqual(scale["model.layers.1.self_attn.q_proj"], Float(alpha1) / 4, name)
+            XCTAssertEqual(scale["model.layers.0.self_attn.v_proj"], 8 / 4, name)
+            let ours = withNoGrad { model.forward(e.ids, batch: e.batch) }.toArray()
+            let again = dir.appendingPathComponent(name + "-exported")
+            try exportPEFTFolder(lora, base: model, baseName: "tiny-llama", to: again)
+            let written = try JSONSerialization.jsonObject(with: Data(contentsOf: again.appendingPathComponent("adapter_config.json"))) as! [String: Any]
+            XCTAssertEqual((written["alpha_pattern"] as? [String: Any])?.keys.sorted(),
+                           ["model\\.layers\\.0\\.self_attn\\.q_proj", "model\\.layers\\.1\\.self_attn\\.q_proj"], name)
+            let fresh = try base("llama")
+            try importPEFTFolder(again, onto: fresh)
+            assertClose(withNoGrad { fresh.forward(e.ids, batch: e.batch) }.toArray(), ours, rtol: 0, atol: 0, "\(name) exported and imported", label: "[peft]")
+            folders += [folder, again]
+            logits += [ours, ours]
+        }
+        XCTAssertTrue(logits[0] != logits[2], "the two orders give different adapters")
+        try assertPEFTGives(logits, family: "llama", folders: folders, ids: e.ids, batch: e.batch,
+                            python: try referencePython(importing: ["torch", "transformers", "peft"]))
     }
 
     /// GPT-2 biases of adapted layers are saved as PEFT keys them (`c_attn.base_layer.bias`); a
