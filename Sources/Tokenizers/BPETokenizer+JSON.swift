@@ -382,7 +382,8 @@ extension BPETokenizer {
     }
 }
 
-/// A JSON string literal: quotes, backslash and control characters escaped, everything else raw UTF-8.
+/// A JSON string literal: quotes, backslash and control characters escaped, everything else raw UTF-8
+/// (as Python's `json.dumps(ensure_ascii=False)` and Rust's serde_json write it).
 public func jsonString(_ s: String) -> String {
     var out = "\""
     for u in s.unicodeScalars {
@@ -392,6 +393,8 @@ public func jsonString(_ s: String) -> String {
         case "\n": out += "\\n"
         case "\r": out += "\\r"
         case "\t": out += "\\t"
+        case "\u{08}": out += "\\b"
+        case "\u{0C}": out += "\\f"
         default:
             if u.value < 0x20 {
                 out += String(format: "\\u%04x", u.value)
