@@ -252,10 +252,17 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     router.post("/v1/chat/completions") { request, context -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName)
-        // Spelled in pieces, ChatML's markers are text to the model: a reply would end only at EOS or max_tokens.
-        guard hasChatMLEnd(engine.tokenizer) else {
-            throw APIError(status: .badRequest, message: "chat is served in ChatML, whose replies end with <|im_end|>; "
-                + "this model's tokenizer has no such token. Use /v1/completions", param: "messages")
+        // Without a template, chat is ChatML: spelled in pieces, its markers are text to the model, and a
+        // reply would end only at EOS or max_tokens.
+        let writable: Bool
+        do {
+            writable = try canWriteChat(engine.tokenizer)
+        } catch {
+            throw APIError(status: .badRequest, message: "this model's chat template cannot be read (\(error)). Use /v1/completions", param: "messages")
+        }
+        guard writable else {
+            throw APIError(status: .badRequest, message: "this model's tokenizer has no chat template, and no <|im_end|> token "
+                + "for ChatML, whose replies end with it. Use /v1/completions", param: "messages")
         }
         guard let list = o["messages"] as? [Any], !list.isEmpty else {
             throw APIError(status: .badRequest, message: "messages must be a non-empty list", param: "messages")
@@ -281,7 +288,13 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
             default: throw APIError(status: .badRequest, message: "a message's content must be a string or a list of text parts", param: "messages")
             }
         }
-        let ids = engine.tokenizer.encode(renderChatML(messages, addGenerationPrompt: true, defaultSystem: engine.tokenizer.defaultSystemMessage))
+        let prompt: String
+        do {
+            prompt = try renderChat(messages, tokenizer: engine.tokenizer, addGenerationPrompt: true)
+        } catch {
+            throw APIError(status: .badRequest, message: "\(error)", param: "messages")  // e.g. the template refuses a system message
+        }
+        let ids = engine.tokenizer.encode(prompt)
         return try await complete(engine, p, ids: ids, chat: true, onHangUp: context.onHangUp)
     }
 

@@ -61,15 +61,22 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// `model.unk_token`. Set it before the tokenizer is shared.
     public var unknownByteID: Int32?
     /// The model's chat template (Jinja, as `tokenizer_config.json` or GGUF's `tokenizer.chat_template`
-    /// hold it); kept and written back, and read for its default system message. Set it before the
+    /// hold it); kept and written back, and run by `compiledChatTemplate`. Set it before the
     /// tokenizer is shared between threads.
     public var chatTemplate: String? {
-        didSet { defaultSystemMessage = chatTemplate.flatMap(chatMLDefaultSystemMessage) }
+        didSet { compiled = chatTemplate.map(Self.compile) }
     }
-    /// The constant system message the chat template starts a conversation with when it has none
-    /// (`chatMLDefaultSystemMessage`), found once when the template is set.
-    public private(set) var defaultSystemMessage: String?
+    /// The template read once, when it is set.
+    private var compiled: Result<ChatTemplate, Error>?
 
+    public var compiledChatTemplate: ChatTemplate? {
+        get throws { try compiled?.get() }
+    }
+
+    private static func compile(_ source: String) -> Result<ChatTemplate, Error> { Result { try ChatTemplate(source) } }
+
+    /// The ids of the added tokens marked special.
+    let specialIDs: Set<Int32>
     /// Bytes of id k are `idBytes[idOffsets[k] ..< idOffsets[k + 1]]` (added tokens: their UTF-8 content).
     let idBytes: [UInt8]
     let idOffsets: [Int32]
@@ -148,6 +155,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.preTokenizer = preTokenizer
         self.merges = merges
         self.addedTokens = addedTokens.sorted { $0.id < $1.id }
+        specialIDs = Set(addedTokens.filter(\.special).map(\.id))
         self.ignoreMerges = ignoreMerges
         self.vocabSize = size
         self.idBytes = arena
@@ -174,6 +182,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         preTokenizer = o.preTokenizer
         merges = o.merges
         addedTokens = o.addedTokens
+        specialIDs = o.specialIDs
         ignoreMerges = o.ignoreMerges
         vocabSize = o.vocabSize
         idBytes = o.idBytes
@@ -188,7 +197,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.roles = roles
         unknownByteID = o.unknownByteID  // the model's, not a role
         chatTemplate = o.chatTemplate  // (no didSet in an initializer)
-        defaultSystemMessage = o.defaultSystemMessage
+        compiled = o.compiled
     }
 
     private static func roleIDs(_ roles: SpecialTokenRoles, _ added: [AddedToken]) throws
@@ -397,6 +406,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     }
 
     /// An added token's content, or the byte-level spelling of a vocabulary token.
+    public func isSpecialToken(_ id: Int32) -> Bool { specialIDs.contains(id) }
+
     public func tokenString(for id: Int32) -> String? {
         if let t = addedTokens.first(where: { $0.id == id }) { return t.content }
         guard id >= 0 && Int(id) < vocabSize && inModelVocab[Int(id)], let b = bytes(for: id) else { return nil }

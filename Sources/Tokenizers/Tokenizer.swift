@@ -37,61 +37,28 @@ public protocol Tokenizer: Sendable {
     /// The vocabulary spelling of `id` (the inverse of `tokenID(for:)`), or nil for an unknown id.
     func tokenString(for id: Int32) -> String?
 
-    /// The system message a chat without one starts with, as the model's chat template writes it
-    /// (SmolLM2's "You are a helpful AI assistant named SmolLM, trained by Hugging Face"); nil when
-    /// the template has none or there is no template.
-    var defaultSystemMessage: String? { get }
+    /// The model's chat template, read (`ChatTemplate`); nil when the tokenizer has none.
+    /// - Throws: `ChatTemplateError` when the template's syntax cannot be read.
+    var compiledChatTemplate: ChatTemplate? { get throws }
+
+    /// Whether `id` is a special token (an added token marked special): a chat template's markers,
+    /// such as the `<|im_end|>` or `<|eot_id|>` that ends a turn.
+    func isSpecialToken(_ id: Int32) -> Bool
 }
 
 extension Tokenizer {
-    public var defaultSystemMessage: String? { nil }
-}
+    public var compiledChatTemplate: ChatTemplate? { nil }
 
-/// The constant default system message of a ChatML chat template: the text of the quoted literal
-/// `'<|im_start|>system` newline `…<|im_end|>'` (single or double quotes, the newline written as
-/// itself or as Jinja's `\n`, no expression inside), which templates such as SmolLM2's and Qwen2's
-/// write when the conversation does not start with a system message. nil when the template has no
-/// such literal, or literals with different texts. The condition around it is not read: a template
-/// that writes a fixed system block whatever the messages would be taken for one with a default.
-public func chatMLDefaultSystemMessage(_ template: String) -> String? {
-    let patterns = [#"'<\|im_start\|>system(?:\n|\\n)((?:[^'\\]|\\.)*?)<\|im_end\|>"#,
-                    #""<\|im_start\|>system(?:\n|\\n)((?:[^"\\]|\\.)*?)<\|im_end\|>"#]
-    let ns = template as NSString
-    var texts = Set<String>()
-    for pattern in patterns {
-        guard let re = try? NSRegularExpression(pattern: pattern) else { continue }
-        for m in re.matches(in: template, range: NSRange(location: 0, length: ns.length)) {
-            texts.insert(jinjaUnescaped(ns.substring(with: m.range(at: 1))))
+    /// The special tokens' texts by the names chat templates read them: `bos_token`, `eos_token`,
+    /// `unk_token` and `pad_token`, those the tokenizer has.
+    public var specialTokenTexts: [String: String] {
+        var texts: [String: String] = [:]
+        for (name, id) in [("bos_token", bosTokenID), ("eos_token", eosTokenID), ("unk_token", unkTokenID), ("pad_token", padTokenID)] {
+            if let id { texts[name] = decode([id]) }
         }
+        return texts
     }
-    return texts.count == 1 ? texts.first : nil
-}
 
-/// A Jinja (Python) string literal's escapes read in one pass: `\n`, `\t`, `\r`, `\'`, `\"`, `\\`;
-/// any other backslash stays as it is.
-func jinjaUnescaped(_ s: String) -> String {
-    var out = "", escaping = false
-    for c in s {
-        if escaping {
-            switch c {
-            case "n": out.append("\n")
-            case "t": out.append("\t")
-            case "r": out.append("\r")
-            case "'", "\"", "\\": out.append(c)
-            default: out.append("\\"); out.append(c)
-            }
-            escaping = false
-        } else if c == "\\" {
-            escaping = true
-        } else {
-            out.append(c)
-        }
-    }
-    if escaping { out.append("\\") }
-    return out
-}
-
-extension Tokenizer {
     /// `encode(text)` with the BOS id in front and/or the EOS id at the end (each only if the tokenizer has one).
     public func encode(_ text: String, addBOS: Bool, addEOS: Bool = false) -> [Int32] {
         var ids: [Int32] = []

@@ -59,17 +59,27 @@ public enum DataExample: Equatable, Sendable {
     /// - prompt/completion: `[BOS] prompt completion EOS` (no separator is inserted: put the space or newline you
     ///   want at the end of the prompt); only `completion EOS` is learned.
     /// - instruction: `[BOS] alpacaPrompt(…) output EOS`; only `output EOS` is learned.
-    /// - chat: `[BOS] renderChatML(messages, defaultSystem: tokenizer.defaultSystemMessage)` (the model's
-    ///   default system message in front of a conversation without one), then EOS unless it is `<|im_end|>` itself; only each assistant
-    ///   turn's content and its closing `<|im_end|>` are learned (not the `\n` after it, not the final EOS:
-    ///   `<|im_end|>` is what ends a reply).
+    /// - chat, with the tokenizer's chat template: the conversation as the template writes it
+    ///   (`renderChat`, no BOS added: the template writes it where the model wants one); learned, each
+    ///   assistant turn: what the conversation up to it adds after the prompt for it (the conversation
+    ///   before it rendered with `add_generation_prompt`), up to its last special token (the turn's end,
+    ///   e.g. `<|im_end|>` or `<|eot_id|>`), not what follows it (a newline).
+    /// - chat, without a template: `[BOS] renderChatML(messages)`, then EOS unless it is `<|im_end|>`
+    ///   itself; only each assistant turn's content and its closing `<|im_end|>` are learned (not the `\n`
+    ///   after it, not the final EOS: `<|im_end|>` is what ends a reply).
     ///
     /// Prompt and completion are encoded separately, as at generation time (the prompt is encoded, then the
     /// model continues), so the learned ids decode to exactly the completion text. Special-token texts written
     /// inside the data (e.g. a literal `<|im_end|>` in a message) become special tokens, as `encode` does.
     /// BOS is added only with `addBOS` and only if the tokenizer has one; EOS only if it has one.
-    public func tokenized(_ tokenizer: Tokenizer, addBOS: Bool = false) -> TokenizedExample {
+    /// - Throws: `ChatTemplateError` from the chat template (which may refuse a conversation, e.g. a
+    ///   system message, or roles that do not alternate).
+    public func tokenized(_ tokenizer: Tokenizer, addBOS: Bool = false) throws -> TokenizedExample {
         var ex = TokenizedExample()
+        if case .chat(let messages) = self, let template = try tokenizer.compiledChatTemplate {
+            try ex.appendChat(messages, template, tokenizer)
+            return ex
+        }
         if addBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
         let eos = tokenizer.eosTokenID.map { [$0] } ?? []
         switch self {
@@ -85,7 +95,7 @@ public enum DataExample: Equatable, Sendable {
             // The prompt side is encoded as one string up to "assistant\n", exactly as a generation prompt is.
             let imEnd = tokenizer.encode(chatMLEnd)
             var pending = ""
-            for m in withDefaultSystem(messages, tokenizer.defaultSystemMessage) {  // as the model's chat template writes it
+            for m in messages {
                 pending += chatMLStart + m.role + "\n"
                 if m.role == "assistant" {
                     ex.append(tokenizer.encode(pending), learned: false)
@@ -121,38 +131,78 @@ public struct TokenizedExample: Equatable, Sendable {
         ids += new
         learned += [Bool](repeating: flag, count: new.count)
     }
+
+    /// A conversation through its chat template (see `DataExample.tokenized`). Each assistant turn
+    /// must extend the conversation before it as the template writes it, as transformers' assistant
+    /// masks assume; a template that rewrites earlier turns (one that drops past reasoning, say) is refused.
+    mutating func appendChat(_ messages: [ChatMessage], _ template: ChatTemplate, _ tokenizer: Tokenizer) throws {
+        func render(_ m: ArraySlice<ChatMessage>, prompt: Bool) throws -> [Unicode.Scalar] {
+            Array(try template.render(messages: m.map { ($0.role, $0.content) }, addGenerationPrompt: prompt,
+                                      specialTokens: tokenizer.specialTokenTexts).unicodeScalars)
+        }
+        func text(_ s: ArraySlice<Unicode.Scalar>) -> String { String(String.UnicodeScalarView(s)) }
+        let full = try render(messages[...], prompt: false)
+        var done = 0  // scalars of `full` appended
+        for (i, m) in messages.enumerated() where m.role == "assistant" {
+            let prompt = try render(messages[..<i], prompt: true), through = try render(messages[...i], prompt: false)
+            guard prompt.count >= done, through.starts(with: prompt), full.starts(with: through) else {
+                throw ChatTemplateError("the chat template does not write message \(i + 1) (assistant) after the prompt the "
+                    + "conversation before it ends with, so the reply cannot be told from the rest")
+            }
+            append(tokenizer.encode(text(full[done..<prompt.count])), learned: false)
+            let reply = tokenizer.encode(text(through[prompt.count...]))
+            let end = (reply.lastIndex { tokenizer.isSpecialToken($0) } ?? reply.count - 1) + 1
+            append(Array(reply[..<end]), learned: true)
+            append(Array(reply[end...]), learned: false)
+            done = through.count
+        }
+        append(tokenizer.encode(text(full[done...])), learned: false)
+    }
 }
 
 let chatMLStart = "<|im_start|>"
 /// The token that ends every ChatML message, a reply included.
 let chatMLEnd = "<|im_end|>"
 
-/// Whether `tokenizer` has ChatML's `<|im_end|>` as one token: chat data and chat requests need it.
-/// Spelled in pieces, it would be learned as ordinary text, and generation, which stops at the
-/// token, would never stop.
-public func hasChatMLEnd(_ tokenizer: Tokenizer) -> Bool { tokenizer.tokenID(for: chatMLEnd) != nil }
+/// Whether chat can be written for `tokenizer`: it has a chat template, or ChatML's `<|im_end|>` as
+/// one token for the ChatML used without a template. Spelled in pieces, `<|im_end|>` would be
+/// learned as ordinary text, and generation, which stops at the token, would never stop.
+public func canWriteChat(_ tokenizer: Tokenizer) throws -> Bool {
+    try tokenizer.compiledChatTemplate != nil || tokenizer.tokenID(for: chatMLEnd) != nil
+}
 
-/// The tokens a generated text ends at: EOS and, where the tokenizer has it, ChatML's `<|im_end|>`
-/// (chat training teaches a reply to end with it, whatever the EOS is; SmolLM2-Instruct's own
-/// generation config stops at it). `generate`, `backtest` and `serve` all stop at these.
+/// The tokens a generated text ends at: EOS; ChatML's `<|im_end|>` where the tokenizer has it
+/// (chat training without a template teaches a reply to end with it, whatever the EOS is;
+/// SmolLM2-Instruct's own generation config stops at it); and the special token the chat template
+/// ends an assistant turn with (`<|eot_id|>`, `<end_of_turn>`). `generate`, `backtest` and `serve`
+/// all stop at these.
 public func textEndTokens(_ tokenizer: Tokenizer) -> Set<Int32> {
-    Set([tokenizer.eosTokenID, tokenizer.tokenID(for: chatMLEnd)].compactMap { $0 })
+    var ends = Set([tokenizer.eosTokenID, tokenizer.tokenID(for: chatMLEnd)].compactMap { $0 })
+    // The last special token of a reply, as chat training learns it.
+    let probe = [ChatMessage(role: "user", content: "Hi"), ChatMessage(role: "assistant", content: "Hello")]
+    if (try? tokenizer.compiledChatTemplate) != nil, let reply = try? DataExample.chat(probe).tokenized(tokenizer),
+       let last = reply.learned.lastIndex(of: true), tokenizer.isSpecialToken(reply.ids[last]) {
+        ends.insert(reply.ids[last])
+    }
+    return ends
+}
+
+/// The conversation as the model writes it: through the tokenizer's chat template when it has one
+/// (as transformers' `apply_chat_template` renders it: the messages, `add_generation_prompt`, and the
+/// special tokens' texts), else in ChatML (`renderChatML`).
+/// - Throws: `ChatTemplateError`: the template cannot be read, or refuses the conversation.
+public func renderChat(_ messages: [ChatMessage], tokenizer: Tokenizer, addGenerationPrompt: Bool) throws -> String {
+    guard let template = try tokenizer.compiledChatTemplate else { return renderChatML(messages, addGenerationPrompt: addGenerationPrompt) }
+    return try template.render(messages: messages.map { ($0.role, $0.content) }, addGenerationPrompt: addGenerationPrompt,
+                               specialTokens: tokenizer.specialTokenTexts)
 }
 
 /// ChatML, as SmolLM2 and Qwen use it: `<|im_start|>role\ncontent<|im_end|>\n` per message. With
-/// `addGenerationPrompt`, `<|im_start|>assistant\n` follows (the prompt for a reply). A conversation
-/// that does not start with a system message starts with `defaultSystem`, when given, as the
-/// model's chat template would write it (`Tokenizer.defaultSystemMessage`).
-public func renderChatML(_ messages: [ChatMessage], addGenerationPrompt: Bool = false, defaultSystem: String? = nil) -> String {
-    var s = withDefaultSystem(messages, defaultSystem).map { chatMLStart + $0.role + "\n" + $0.content + chatMLEnd + "\n" }.joined()
+/// `addGenerationPrompt`, `<|im_start|>assistant\n` follows (the prompt for a reply).
+public func renderChatML(_ messages: [ChatMessage], addGenerationPrompt: Bool = false) -> String {
+    var s = messages.map { chatMLStart + $0.role + "\n" + $0.content + chatMLEnd + "\n" }.joined()
     if addGenerationPrompt { s += chatMLStart + "assistant\n" }
     return s
-}
-
-/// `messages` with a system message `system` in front when they do not start with one.
-func withDefaultSystem(_ messages: [ChatMessage], _ system: String?) -> [ChatMessage] {
-    guard let system, messages.first?.role != "system" else { return messages }
-    return [ChatMessage(role: "system", content: system)] + messages
 }
 
 /// The Alpaca prompt (Taori et al., 2023) that instruction data is rendered with; the output follows it directly.
@@ -181,6 +231,15 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 /// that is not a valid example stops reading with a `DatasetError` naming the file and line. All lines (and
 /// all files of a folder) must have one format.
 public func readExamples(_ path: String) throws -> (format: DataFormat, examples: [DataExample]) {
+    let (format, located) = try readLocatedExamples(path)
+    return (format, located.map(\.example))
+}
+
+/// An example with the file and line it was read from (no line for a text file's document).
+typealias LocatedExample = (example: DataExample, file: String, line: Int?)
+
+/// `readExamples`, with where each example was read.
+func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples: [LocatedExample]) {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
         throw DatasetError(file: path, line: nil, message: "no such file or folder")
@@ -208,13 +267,13 @@ public func readExamples(_ path: String) throws -> (format: DataFormat, examples
     }
     if jsonl.isEmpty {
         do {
-            return (.plainText, try readTextCorpus(path).map { .text($0) })
+            return (.plainText, try readTextCorpus(path).map { (.text($0), path, nil) })
         } catch let e as CorpusError {
             throw DatasetError(file: e.path, line: nil, message: e.message)
         }
     }
     var format: (DataFormat, String)?
-    var all: [DataExample] = []
+    var all: [LocatedExample] = []
     for file in jsonl {
         let examples = try readJSONL(file)
         guard let first = examples.first else { continue }
@@ -223,7 +282,7 @@ public func readExamples(_ path: String) throws -> (format: DataFormat, examples
                 + "data but \(other) holds \(f.rawValue) data; the files of one data set must have one format")
         }
         format = format ?? (first.example.format, file)
-        all += examples.map(\.example)
+        all += examples.map { ($0.example, file, $0.line) }
     }
     guard let (f, _) = format else {
         throw DatasetError(file: path, line: nil, message: "holds no examples (only empty lines)")

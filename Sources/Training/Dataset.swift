@@ -248,17 +248,25 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     if case .fraction(let f) = o.validation, !(f >= 0 && f < 1) {
         throw DatasetError(file: path, line: nil, message: "the validation fraction must be in [0, 1), got \(f)")
     }
-    let (format, examples) = try readExamples(path)
+    let (format, examples) = try readLocatedExamples(path)
     if [.promptCompletion, .instruction].contains(format) && tokenizer.eosTokenID == nil {
         throw DatasetError(file: path, line: nil, message: "\(format.rawValue) data needs a tokenizer with an "
             + "end-of-sequence token, which the model learns to stop with; this tokenizer has none")
     }
-    if format == .chat && !hasChatMLEnd(tokenizer) {
-        throw DatasetError(file: path, line: nil, message: "chat data is trained in ChatML, whose replies end with "
-            + "\(chatMLEnd); this tokenizer has no such token (it would be spelled in pieces and the model would never "
-            + "stop). Use a chat model's tokenizer (SmolLM2, Qwen2) or prompt/completion data")
+    if format == .chat {
+        let writable: Bool
+        do {
+            writable = try canWriteChat(tokenizer)
+        } catch {
+            throw DatasetError(file: path, line: nil, message: "the tokenizer's chat template cannot be read: \(error)")
+        }
+        guard writable else {
+            throw DatasetError(file: path, line: nil, message: "this tokenizer has no chat template, and no "
+                + "\(chatMLEnd) token for ChatML, whose replies end with it (it would be spelled in pieces and the model would never "
+                + "stop). Use a chat model's tokenizer (SmolLM2, Qwen2, Llama 3) or prompt/completion data")
+        }
     }
-    var validationExamples: [DataExample]?
+    var validationExamples: [LocatedExample]?
     if case .file(let vpath) = o.validation {
         let folder = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
         let file = URL(fileURLWithPath: vpath).standardizedFileURL.resolvingSymlinksInPath().path
@@ -266,7 +274,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
             throw DatasetError(file: vpath, line: nil, message: "the validation data is inside the training data (\(path)), "
                 + "which reads every file of its folder: it would be trained on too. Move it out of \(path)")
         }
-        let (vformat, v) = try readExamples(vpath)
+        let (vformat, v) = try readLocatedExamples(vpath)
         guard vformat == format else {
             throw DatasetError(file: vpath, line: nil, message: "the validation data is \(vformat.rawValue) but the "
                 + "training data (\(path)) is \(format.rawValue)")
@@ -275,30 +283,36 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     }
     let padID = tokenizer.padTokenID ?? tokenizer.eosTokenID ?? 0
     let packing = o.packing || format == .plainText
-    func build(_ ex: [DataExample]) -> Dataset {
-        Dataset(examples: ex.map { $0.tokenized(tokenizer, addBOS: o.addBOS) }, format: format, seqLen: o.seqLen,
-                packing: packing, padID: padID)
+    func build(_ ex: [LocatedExample]) throws -> Dataset {
+        let tokenized = try ex.map { e in
+            do {
+                return try e.example.tokenized(tokenizer, addBOS: o.addBOS)
+            } catch {
+                throw DatasetError(file: e.file, line: e.line, message: "\(error)")
+            }
+        }
+        return Dataset(examples: tokenized, format: format, seqLen: o.seqLen, packing: packing, padID: padID)
     }
     var splits: DatasetSplits
     if format == .plainText {
-        let all = build(examples)
+        let all = try build(examples)
         var train = all, validation: Dataset?
         if case .fraction(let f) = o.validation {
             let (t, v) = splitIndices(count: all.count, fraction: f, seed: o.seed)
             (train, validation) = (all.subset(t), all.subset(v))
         } else {
             train = all.subset(Array(0..<all.count))
-            validation = validationExamples.map { let v = build($0); return v.subset(Array(0..<v.count)) }
+            validation = try validationExamples.map { let v = try build($0); return v.subset(Array(0..<v.count)) }
         }
         splits = DatasetSplits(format: format, train: train, validation: validation)
     } else if let v = validationExamples {
-        splits = DatasetSplits(format: format, train: build(examples), validation: build(v))
+        splits = DatasetSplits(format: format, train: try build(examples), validation: try build(v))
     } else {
         var f = 0.0
         if case .fraction(let x) = o.validation { f = x }
         let (t, v) = splitIndices(count: examples.count, fraction: f, seed: o.seed)
-        splits = DatasetSplits(format: format, train: build(t.map { examples[$0] }),
-                               validation: v.isEmpty ? nil : build(v.map { examples[$0] }))
+        splits = DatasetSplits(format: format, train: try build(t.map { examples[$0] }),
+                               validation: v.isEmpty ? nil : try build(v.map { examples[$0] }))
     }
     if splits.validation?.count == 0 { splits.validation = nil }
     guard splits.train.count > 0 else {

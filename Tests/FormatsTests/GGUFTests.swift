@@ -595,8 +595,10 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(tok.encode(Self.chatPrompt), [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198])
         XCTAssertEqual([tok.bosTokenID, tok.eosTokenID, tok.padTokenID, tok.unkTokenID], [1, 2, 2, 0])
         XCTAssertEqual(tok.decode(tok.encode(Self.chatPrompt)), Self.chatPrompt)
-        // Its chat template (tokenizer.chat_template) and the system message it starts a chat with.
-        XCTAssertEqual(tok.defaultSystemMessage, "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+        // Its chat template (tokenizer.chat_template), with the system message it starts a chat with.
+        XCTAssertEqual(try tok.compiledChatTemplate?.render(messages: [("user", "Hi")], addGenerationPrompt: true),
+                       "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                       + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     }
 
     func testSmolLM2NextTokenTop5AndGreedyContinuation() throws {

@@ -285,20 +285,28 @@ final class ServerConnectionTests: XCTestCase {
     }
 
     /// A base whose chat template has a default system message (SmolLM2's kind), saved and served:
-    /// a chat without a system message is prompted with it, as HF's apply_chat_template does.
-    func testChatStartsWithTheTemplatesDefaultSystemMessage() async throws {
+    /// a chat is prompted as the template writes it, that message included, as HF's apply_chat_template does;
+    /// a conversation the template refuses is a 400 with the template's message.
+    func testChatIsPromptedThroughTheBasesTemplate() async throws {
         let tok = try trainBaseTokenizer(Self.corpus, vocabSize: 300)
-        tok.chatTemplate = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}{% endif %}"
+        tok.chatTemplate = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+            + "{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}{% endif %}{% if message['role'] == 'system' and not loop.first %}"
+            + "{{ raise_exception('the system message must come first') }}{% endif %}"
+            + "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
         let (dir, basePath, _) = try savedBase("template", tokenizer: tok, maxPositions: 128)
         defer { try? FileManager.default.removeItem(at: dir) }
         let (engine, port, server) = try serve(basePath)
         defer { server.cancel(); engine.shutdown() }
-        XCTAssertEqual(engine.tokenizer.defaultSystemMessage, "Be brief.", "the template came through the checkpoint")
+        XCTAssertEqual(try engine.tokenizer.compiledChatTemplate?.source, tok.chatTemplate, "the template came through the checkpoint")
         let r = try await chat(port, #"[{"role": "user", "content": "The cat"}]"#)
         XCTAssertEqual(r.status, 200, r.body)
         let usage = (try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any])?["usage"] as? [String: Any]
         let prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe cat<|im_end|>\n<|im_start|>assistant\n"
         XCTAssertEqual(usage?["prompt_tokens"] as? Int, tok.encode(prompt).count, r.body)
+        let refused = try await chat(port, #"[{"role": "user", "content": "The cat"}, {"role": "system", "content": "S"}]"#)
+        XCTAssertEqual(refused.status, 400, refused.body)
+        XCTAssertTrue(refused.body.contains("the system message must come first"), refused.body)
     }
 
     /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`

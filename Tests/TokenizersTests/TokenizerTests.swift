@@ -404,29 +404,22 @@ final class TokenizerTests: XCTestCase {
                        SpecialTokenRoles(eos: "<|endoftext|>"))
     }
 
-    /// The default system message of ChatML templates: SmolLM2's (a newline written as itself), a
-    /// Qwen2-style one (Jinja's `\n` and `\'` escapes); none where the system text is an expression or
-    /// there are two candidates. The template survives tokenizer_config.json.
-    func testChatTemplateDefaultSystemMessage() throws {
+    /// A tokenizer's chat template is read when it is set, survives tokenizer_config.json, and one
+    /// that cannot be read says so, with its line, when it is used.
+    func testChatTemplateIsKeptAndRead() throws {
         let smol = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are SmolLM<|im_end|>\n' }}{% endif %}"
-        XCTAssertEqual(chatMLDefaultSystemMessage(smol), "You are SmolLM")
-        let qwen = #"{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"#
-            + #"{%- else %}{{- '<|im_start|>system\nYou are Qwen. You\'re helpful.<|im_end|>\n' }}{%- endif %}"#
-        XCTAssertEqual(chatMLDefaultSystemMessage(qwen), "You are Qwen. You're helpful.")
-        XCTAssertNil(chatMLDefaultSystemMessage("{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>' }}"))
-        XCTAssertNil(chatMLDefaultSystemMessage(smol + smol.replacingOccurrences(of: "SmolLM", with: "Other")))
-        XCTAssertEqual(chatMLDefaultSystemMessage(smol + smol), "You are SmolLM", "the same default twice (tools and no tools)")
-        // Braces and escapes inside the literal, read as jinja2 reads them; a double-quoted literal.
-        let math = #"{{- '<|im_start|>system\nPut the answer in \\boxed{}.\tThanks<|im_end|>\n' }}"#
-        XCTAssertEqual(chatMLDefaultSystemMessage(math), "Put the answer in \\boxed{}.\tThanks")
-        XCTAssertEqual(chatMLDefaultSystemMessage(#"{{ "<|im_start|>system\nBe \"brief\".<|im_end|>\n" }}"#), #"Be "brief"."#)
+        let template = "{% for message in messages %}" + smol + "{{ message['content'] }}{% endfor %}"
         let shared = try trainedTokenizer()
         let tok = try shared.withRoles(shared.roles)  // a copy: the trained one is shared by the tests
-        tok.chatTemplate = smol
+        XCTAssertNil(try tok.compiledChatTemplate)
+        tok.chatTemplate = template
         let back = try BPETokenizer.load(json: Data(tok.tokenizerJSON().utf8), configs: [Data(tok.tokenizerConfigJSON().utf8)])
-        XCTAssertEqual(back.chatTemplate, smol)
-        XCTAssertEqual(back.defaultSystemMessage, "You are SmolLM")
-        XCTAssertNil(try trainedTokenizer().defaultSystemMessage)
+        XCTAssertEqual(back.chatTemplate, template)
+        XCTAssertEqual(try back.compiledChatTemplate?.render(messages: [("user", "Hi")], addGenerationPrompt: true),
+                       "<|im_start|>system\nYou are SmolLM<|im_end|>\nHi")
+        XCTAssertEqual(try tok.withRoles(tok.roles).compiledChatTemplate?.source, template, "copies keep it")
+        tok.chatTemplate = "{% if true %}\n{{ x }"
+        XCTAssertThrowsError(try tok.compiledChatTemplate) { XCTAssertTrue("\($0)".contains("line 2"), "\($0)") }
     }
 
     /// A merge listed twice takes its last rank, as in `tokenizers` 0.23.3 (checked on this file:

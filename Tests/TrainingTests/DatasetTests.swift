@@ -157,7 +157,7 @@ final class DatasetTests: XCTestCase {
         // learn those and never emit the token generation stops at. Refused.
         let bytes = ByteTokenizer(specialTokens: [Self.eot], roles: SpecialTokenRoles(eos: Self.eot))
         XCTAssertThrowsError(try load(path, tok: bytes)) {
-            XCTAssertTrue("\($0)".contains("this tokenizer has no such token") && "\($0)".contains(path), "\($0)")
+            XCTAssertTrue("\($0)".contains("no chat template") && "\($0)".contains(path), "\($0)")
         }
 
         // Generation stops where chat training taught a reply to end, as well as at EOS.
@@ -165,25 +165,86 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(textEndTokens(bytes), [bytes.eosTokenID!], "no <|im_end|> token: EOS alone")
     }
 
-    /// A tokenizer with SmolLM2's chat template: a conversation without a system message starts with
-    /// the template's default one, in rendering (what HF's apply_chat_template gives: jinja2 on the
-    /// template, strings below) and in training rows, where it is not learned.
-    func testChatTheTemplatesDefaultSystemMessageStartsAConversationWithoutOne() throws {
+    /// A tokenizer with SmolLM2's chat template: chat is written as the template writes it (what HF's
+    /// apply_chat_template gives: jinja2 on the template, strings below), its default system message
+    /// included, in rendering and in training rows, where only the replies are learned. The rows are
+    /// the ChatML rows of the same conversation with that system message written out.
+    func testChatFollowsTheTokenizersTemplate() throws {
         let tok = try Self.tokenizer.withRoles(Self.tokenizer.roles)
         tok.chatTemplate = smolLM2ChatTemplate
         let system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-        XCTAssertEqual(tok.defaultSystemMessage, system)
         let hi = [ChatMessage(role: "user", content: "Hi")]
-        XCTAssertEqual(renderChatML(hi, addGenerationPrompt: true, defaultSystem: tok.defaultSystemMessage),
+        XCTAssertEqual(try renderChat(hi, tokenizer: tok, addGenerationPrompt: true),
                        "<|im_start|>system\n\(system)<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
         let own = [ChatMessage(role: "system", content: "S")] + hi
-        XCTAssertEqual(renderChatML(own, addGenerationPrompt: true, defaultSystem: tok.defaultSystemMessage),
+        XCTAssertEqual(try renderChat(own, tokenizer: tok, addGenerationPrompt: true),
                        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-        let line = json(["messages": [["role": "user", "content": "Say hello."], ["role": "assistant", "content": "hello"]]])
-        let b = try load(try write("chat-default.jsonl", [line]), tok: tok).train.batch(rows: [0])
-        XCTAssertEqual(learnedText(b, tok), "hello<|im_end|>")
+        let turns = [["role": "user", "content": "Say hello."], ["role": "assistant", "content": "hello"],
+                     ["role": "user", "content": "Translate cat."], ["role": "assistant", "content": "chat"]]
+        let b = try load(try write("chat-template.jsonl", [json(["messages": turns])]), tok: tok).train.batch(rows: [0])
+        XCTAssertEqual(learnedText(b, tok), "hello<|im_end|>chat<|im_end|>")
+        let withSystem = try load(try write("chat-system.jsonl", [json(["messages": [["role": "system", "content": system]] + turns])]))
+            .train.batch(rows: [0])
         let real = b.attentionMask!.filter { $0 == 1 }.count
-        XCTAssertTrue(tok.decode(Array(b.ids[..<real])).hasPrefix("<|im_start|>system\n\(system)<|im_end|>\n<|im_start|>user\nSay hello."))
+        XCTAssertEqual(Array(b.ids[..<real]), Array(withSystem.ids[..<(real)]), "the same tokens")
+        XCTAssertEqual(withSystem.ids[real], Self.tokenizer.eosTokenID!, "ChatML without a template then adds EOS; the template does not")
+        XCTAssertEqual(Array(b.targets[..<real]), Array(withSystem.targets[..<real]), "the same tokens learned")
+        XCTAssertEqual(textEndTokens(tok), [tok.eosTokenID!, tok.tokenID(for: "<|im_end|>")!])
+    }
+
+    /// Templates of other shapes (written here in the styles of Llama 3, Mistral and Gemma): BOS comes
+    /// from the template; a reply is learned up to the special token that ends it, not the newline
+    /// after; generation stops at that token; a template's refusal names the file and line.
+    func testChatTemplatesOfOtherModels() throws {
+        let specials = ["<s>", "</s>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                        "<start_of_turn>", "<end_of_turn>"]
+        let corpus = (0..<30).map { "The cat sat on the mat \($0). Say hello. hello there, user, assistant, model! [INST] [/INST]" }
+        let base = try BPETokenizer.train(corpus: corpus, vocabSize: 320, specialTokens: specials,
+                                          roles: SpecialTokenRoles(bos: "<s>", eos: "</s>"))
+        let turns = [["role": "user", "content": "Say hello."], ["role": "assistant", "content": " hello "],
+                     ["role": "user", "content": "The cat"], ["role": "assistant", "content": "sat"]]
+        let line = json(["messages": turns])
+        let cases: [(name: String, template: String, text: String, learned: String, end: String)] = [
+            ("llama3", "{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+                + "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nSay hello.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nhello<|eot_id|>"
+                + "<|start_header_id|>user<|end_header_id|>\n\nThe cat<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nsat<|eot_id|>",
+             "hello<|eot_id|>sat<|eot_id|>", "<|eot_id|>"),
+            ("mistral", "{{ bos_token }}{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                + "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+                + "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}",
+             "<s>[INST] Say hello. [/INST] hello </s>[INST] The cat [/INST]sat</s>", " hello </s>sat</s>", "</s>"),
+            ("gemma", "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+                + "{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+                + "{{ '<start_of_turn>' + role + '\\n' + m['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+                + "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
+             "<s><start_of_turn>user\nSay hello.<end_of_turn>\n<start_of_turn>model\nhello<end_of_turn>\n"
+                + "<start_of_turn>user\nThe cat<end_of_turn>\n<start_of_turn>model\nsat<end_of_turn>\n",
+             "hello<end_of_turn>sat<end_of_turn>", "<end_of_turn>"),
+        ]
+        for c in cases {
+            let tok = try base.withRoles(base.roles)
+            tok.chatTemplate = c.template
+            let path = try write("\(c.name).jsonl", [line])
+            let b = try loadDataset(path, tokenizer: tok, options: DatasetOptions(seqLen: 256, packing: false, validation: .none, addBOS: true))
+                .train.batch(rows: [0])
+            let real = b.attentionMask!.filter { $0 == 1 }.count
+            XCTAssertEqual(tok.decode(Array(b.ids[..<real])), c.text, "\(c.name): the template's text, BOS only from it")
+            XCTAssertEqual(learnedText(b, tok), c.learned, c.name)
+            XCTAssertTrue(textEndTokens(tok).contains(tok.tokenID(for: c.end)!), "\(c.name): generation stops at \(c.end)")
+        }
+        // The templates' own errors, with the file and line of the conversation they refuse.
+        let gemma = try base.withRoles(base.roles)
+        gemma.chatTemplate = cases[2].template
+        let refused = try write("system.jsonl", [line, json(["messages": [["role": "system", "content": "S"]] + turns])])
+        XCTAssertThrowsError(try load(refused, tok: gemma)) { e in
+            XCTAssertEqual((e as? DatasetError)?.line, 2, "\(e)")
+            XCTAssertTrue("\(e)".contains("System role not supported") && "\(e)".contains(refused), "\(e)")
+        }
+        // A template that cannot be read is named before any example is.
+        let broken = try base.withRoles(base.roles)
+        broken.chatTemplate = "{% for m in messages %}\n{{ m.content }"
+        XCTAssertThrowsError(try load(refused, tok: broken)) { XCTAssertTrue("\($0)".contains("chat template cannot be read") && "\($0)".contains("line 2"), "\($0)") }
     }
 
     // MARK: errors
