@@ -15,10 +15,17 @@ import Formats
 public struct BacktestPrompt: Codable, Equatable, Sendable {
     /// "id" from the line, or "line N".
     public var id: String
-    /// The template with every {variable} replaced.
+    /// The template with every {variable} replaced; for a chat prompt, the conversation as the
+    /// model's chat template writes it, filled in by `runBacktest` (empty until then).
     public var prompt: String
     public var expected: String?
     public var tags: [String]
+    /// A chat prompt: the conversation the reply continues.
+    public var messages: [ChatMessage]?
+
+    public init(id: String, prompt: String, expected: String?, tags: [String], messages: [ChatMessage]? = nil) {
+        (self.id, self.prompt, self.expected, self.tags, self.messages) = (id, prompt, expected, tags, messages)
+    }
 }
 
 /// A prompts file that cannot be used: names the file and line.
@@ -71,7 +78,9 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 /// - optionally `"id"`, `"expected"` (the answer the output is scored against) and `"tags"`
 ///   (a string or a list of strings).
 /// A training file's `{"prompt", "completion"}` lines serve as they are: the completion is the
-/// expected answer.
+/// expected answer. So do its chat lines, `{"messages": [...]}`: the conversation is the prompt,
+/// written by the model's chat template with the prompt for a reply; a final assistant message is
+/// the expected answer.
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) throws -> [BacktestPrompt] {
     guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
@@ -80,7 +89,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
-    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags"]
+    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages"]
     // Split on the "\n" scalar, not the Character: in a CRLF file "\r\n" is one Character. The "\r"
     // left at a line's end is JSON whitespace.
     for (n, scalars) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -111,9 +120,20 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             }
         }
         let given = [try string("template"), try string("template_file"), try string("prompt")].compactMap { $0 }
-        guard given.count <= 1 else { throw BacktestError("\(at): give one of \"template\", \"template_file\" and \"prompt\"") }
-        let prompt: String
-        if let literal = try string("prompt") {
+        guard given.count + (obj["messages"] == nil ? 0 : 1) <= 1 else {
+            throw BacktestError("\(at): give one of \"template\", \"template_file\", \"prompt\" and \"messages\"")
+        }
+        var prompt = "", chat: [ChatMessage]?, answer = try string("expected") ?? string("completion")
+        if let messages = obj["messages"] {
+            guard variables.isEmpty else { throw BacktestError("\(at): \"messages\" are literal text; \"vars\" fill a \"template\"") }
+            var turns = try parseChatMessages(messages) { BacktestError("\(at): \($0)") }
+            if turns.last?.role == "assistant" {
+                guard answer == nil else { throw BacktestError("\(at): give \"expected\" or a final assistant message, not both") }
+                answer = turns.removeLast().content
+            }
+            guard !turns.isEmpty else { throw BacktestError("\(at): the conversation has no message before the reply") }
+            chat = turns
+        } else if let literal = try string("prompt") {
             guard variables.isEmpty else { throw BacktestError("\(at): \"prompt\" is literal text; use \"template\" with \"vars\"") }
             prompt = literal
         } else {
@@ -133,7 +153,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             }
             prompt = try renderTemplate(t, variables, at: at)
         }
-        guard !prompt.isEmpty else { throw BacktestError("\(at): the prompt is empty") }
+        guard chat != nil || !prompt.isEmpty else { throw BacktestError("\(at): the prompt is empty") }
         let tags: [String]
         switch obj["tags"] {
         case nil, is NSNull: tags = []
@@ -145,7 +165,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         let id = try string("id") ?? "line \(n + 1)"
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
-        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: try string("expected") ?? string("completion"), tags: tags))
+        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: answer, tags: tags, messages: chat))
     }
     guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line)") }
     return prompts
@@ -366,6 +386,27 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     let loaded = try loadModel(o.modelPath)
     let model = loaded.model
     guard let tokenizer = loaded.tokenizer else { throw BacktestError("\(o.modelPath): holds no tokenizer; prompts cannot be tokenized") }
+    // Chat prompts as the model writes them, and the reply tokens an expected answer is scored on:
+    // its text and the tokens the template ends a turn with, as chat training learns them.
+    var prompts = o.prompts, answerIDs: [String: [Int32]] = [:]
+    for (k, p) in prompts.enumerated() {
+        if let messages = p.messages {
+            do {
+                guard try canWriteChat(tokenizer) else {
+                    throw BacktestError("this model's tokenizer has no chat template, and no <|im_end|> token for ChatML")
+                }
+                prompts[k].prompt = try renderChat(messages, tokenizer: tokenizer, addGenerationPrompt: true)
+                if let expected = p.expected {
+                    let ex = try DataExample.chat(messages + [ChatMessage(role: "assistant", content: expected)]).tokenized(tokenizer)
+                    let last = ex.learned.lastIndex(of: true)!
+                    let first = (ex.learned[..<last].lastIndex(of: false) ?? -1) + 1
+                    answerIDs[p.id] = Array(ex.ids[first...last])
+                }
+            } catch {
+                throw BacktestError("prompt \(p.id): \(error)")
+            }
+        }
+    }
     var mostVirtual = 0  // with learned positions, every version scores an answer where this one must cut it
     for a in o.adapters {  // every adapter fits the base before anything runs
         let m = try loadAdapter(a.path, onto: model)
@@ -373,7 +414,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         m.detach(from: model)
     }
     if model.config.positions == .learned {  // a prompt too long for any version stops the run before any work
-        for p in o.prompts {
+        for p in prompts {
             let n = tokenizer.encode(p.prompt).count
             guard n + mostVirtual < model.config.maxPositions else {
                 throw BacktestError("prompt \(p.id): \(n) tokens (+\(mostVirtual) virtual, the most of any version) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
@@ -383,13 +424,13 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }
     let eos = tokenizer.eosTokenID, ends = textEndTokens(tokenizer)
     var rows: [BacktestRow] = []
-    let answers = versions.count * o.prompts.count
+    let answers = versions.count * prompts.count
     for v in versions {
         let method = try v.path.map { try loadAdapter($0, onto: model) }
         defer { method?.detach(from: model) }
         model.eval()
         let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
-        for p in o.prompts {
+        for p in prompts {
             let meter = CostMeter(wattsPerCore: o.wattsPerCore)
             let ids = tokenizer.encode(p.prompt)
             guard !ids.isEmpty else { throw BacktestError("prompt \(p.id): encodes to no token") }
@@ -399,7 +440,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             var loss: Double?
             var scoredTokens = 0, lossTokens: Int?
             if let expected = p.expected {
-                let answer = tokenizer.encode(expected) + (eos.map { [$0] } ?? [])
+                let answer = answerIDs[p.id] ?? tokenizer.encode(expected) + (eos.map { [$0] } ?? [])
                 let seq = Array((ids + answer).prefix(model.config.positions == .learned ? model.config.maxPositions - mostVirtual : Int.max))
                 if seq.count > ids.count {
                     var targets = [Int32](repeating: -100, count: seq.count)

@@ -27,7 +27,7 @@ public enum DataFormat: String, Codable, Sendable, CaseIterable {
 }
 
 /// One chat turn. `role` is "system", "user" or "assistant".
-public struct ChatMessage: Equatable, Sendable {
+public struct ChatMessage: Codable, Equatable, Sendable {
     public var role: String
     public var content: String
     public init(role: String, content: String) {
@@ -318,6 +318,27 @@ public func readJSONL(_ file: String) throws -> [(line: Int, example: DataExampl
     return out
 }
 
+/// A JSON `"messages"` value → chat turns: a non-empty list of `{"role", "content"}` objects, roles
+/// system, user or assistant, contents strings (an assistant's not empty). `fail` makes the error
+/// for a message (its text names the message).
+func parseChatMessages(_ messages: Any, fail: (String) -> Error) throws -> [ChatMessage] {
+    guard let list = messages as? [Any] else { throw fail("\"messages\" must be an array, found \(jsonKind(messages))") }
+    guard !list.isEmpty else { throw fail("\"messages\" is empty") }
+    return try list.enumerated().map { k, item in
+        let what = "message \(k + 1): "
+        guard let m = item as? [String: Any] else { throw fail("\(what)expected an object, found \(jsonKind(item))") }
+        guard let r = m["role"] else { throw fail("\(what)missing the key \"role\"") }
+        guard let role = r as? String else { throw fail("\(what)\"role\" must be a string, found \(jsonKind(r))") }
+        guard ["system", "user", "assistant"].contains(role) else {
+            throw fail("\(what)unknown role \"\(role)\"; expected \"system\", \"user\" or \"assistant\"")
+        }
+        guard let c = m["content"] else { throw fail("\(what)missing the key \"content\"") }
+        guard let content = c as? String else { throw fail("\(what)\"content\" must be a string, found \(jsonKind(c))") }
+        if role == "assistant" && content.isEmpty { throw fail("\(what)\"content\" is empty") }
+        return ChatMessage(role: role, content: content)
+    }
+}
+
 /// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
 /// "instruction" or "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
 /// are ignored (Alpaca files, for instance, carry a rendered "text" next to "instruction").
@@ -345,19 +366,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample
         return s
     }
     if let messages = object["messages"] {
-        guard let list = messages as? [Any] else { throw fail("\"messages\" must be an array, found \(jsonKind(messages))") }
-        guard !list.isEmpty else { throw fail("\"messages\" is empty") }
-        var turns: [ChatMessage] = []
-        for (k, item) in list.enumerated() {
-            let what = "message \(k + 1): "
-            guard let m = item as? [String: Any] else { throw fail("\(what)expected an object, found \(jsonKind(item))") }
-            let role = try string("role", in: m, what: what)!
-            guard ["system", "user", "assistant"].contains(role) else {
-                throw fail("\(what)unknown role \"\(role)\"; expected \"system\", \"user\" or \"assistant\"")
-            }
-            let content = try string("content", nonEmpty: role == "assistant", in: m, what: what)!
-            turns.append(ChatMessage(role: role, content: content))
-        }
+        let turns = try parseChatMessages(messages, fail: fail)
         guard turns.contains(where: { $0.role == "assistant" }) else {
             throw fail("no \"assistant\" message: chat data learns only the assistant's turns")
         }

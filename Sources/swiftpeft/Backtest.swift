@@ -12,7 +12,8 @@ struct Backtest: ParsableCommand {
           {"id": "q1", "template": "Q: {question}\\nA:", "vars": {"question": "What is a list?"},
            "expected": "An ordered, mutable sequence.", "tags": ["basics"]}
         "template_file" (relative to the prompts file) or --template replace an inline template; "prompt"
-        gives literal text. For each prompt × version: the output (greedy, or --samples K seeded samples
+        gives literal text; "messages" a chat, written by the model's chat template (a final assistant
+        message is the expected answer), as chat training data is. For each prompt × version: the output (greedy, or --samples K seeded samples
         with their agreement), the loss and perplexity of the expected answer given the prompt, exact
         match, contains and ROUGE-L F1 against it, token counts, latency and cost (energy from RAPL when
         readable, else CPU-seconds × --watts-per-core, marked as an estimate).

@@ -73,6 +73,54 @@ final class BacktestTests: XCTestCase {
         }
     }
 
+    /// Chat lines: the conversation is the prompt, written by the model's chat template with the
+    /// prompt for a reply; a final assistant message is the expected answer, scored with the token
+    /// the template ends a reply with (not the newline after it). Bad chat lines name the line.
+    func testChatPromptsAreWrittenByTheChatTemplate() throws {
+        let path = write("chat.jsonl", """
+            {"id": "c1", "messages": [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": " how are you"}]}
+            {"id": "c2", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick"}], "tags": "open"}
+            """)
+        let prompts = try loadBacktestPrompts(path)
+        XCTAssertEqual(prompts, [
+            BacktestPrompt(id: "c1", prompt: "", expected: " how are you", tags: [], messages: [ChatMessage(role: "user", content: "Hello there")]),
+            BacktestPrompt(id: "c2", prompt: "", expected: nil, tags: ["open"],
+                           messages: [ChatMessage(role: "system", content: "Be brief."), ChatMessage(role: "user", content: "The quick")]),
+        ])
+        let template = "{% for m in messages %}{{ m['role'] + ':' + m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}"
+            + "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+        let (base, adapter, tok) = try tinyBaseAndAdapter(chatTemplate: template)
+        var o = BacktestOptions(modelPath: base, adapters: [("v1", adapter)], prompts: prompts)
+        o.maxNewTokens = 4
+        let r = try runBacktest(o)
+        XCTAssertEqual(r.rows.first { $0.promptID == "c1" }?.prompt, "user:Hello there\nassistant:")
+        XCTAssertEqual(r.rows.first { $0.promptID == "c2" }?.prompt, "system:Be brief.\nuser:The quick\nassistant:")
+        let model = try loadModel(base).model
+        _ = try loadAdapter(adapter, onto: model)
+        let ids = tok.encode("user:Hello there\nassistant:"), answer = tok.encode(" how are you") + [tok.eosTokenID!]
+        let logits = withNoGrad { model.forward(ids + answer, batch: 1) }.toArray()
+        let V = model.config.vocabSize
+        var nll = 0.0
+        for (k, target) in answer.enumerated() {
+            let row = logits[(ids.count - 1 + k) * V..<(ids.count + k) * V].map(Double.init)
+            let m = row.max()!
+            nll += m + log(row.map { exp($0 - m) }.reduce(0, +)) - row[Int(target)]
+        }
+        let scored = try XCTUnwrap(r.rows.first { $0.version == "v1" && $0.promptID == "c1" })
+        XCTAssertEqual(scored.loss!, nll / Double(answer.count), accuracy: 1e-4, "the reply and the EOS the template ends it with")
+        XCTAssertEqual(scored.lossTokens, answer.count)
+
+        for (text, needle) in [(#"{"messages": [{"role": "user", "content": "a"}], "prompt": "b"}"#, ":1: give one of"),
+                               (#"{"messages": [{"role": "user", "content": "a"}], "vars": {"x": 1}}"#, ":1: \"messages\" are literal text"),
+                               (#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "expected": "c"}"#,
+                                ":1: give \"expected\" or a final assistant message"),
+                               (#"{"messages": [{"role": "assistant", "content": "b"}]}"#, ":1: the conversation has no message before the reply"),
+                               (#"{"messages": [{"role": "tool", "content": "b"}]}"#, ":1: message 1: unknown role \"tool\"")] {
+            let p = write("bad.jsonl", text)
+            XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
+        }
+    }
+
     // MARK: scores
 
     func testScores() {
@@ -100,13 +148,14 @@ final class BacktestTests: XCTestCase {
 
     // MARK: a run on a tiny model
 
-    /// A tiny LLaMA base with the GPT-2 fixture tokenizer, saved, and a LoRA adapter for it (B made non-zero).
-    func tinyBaseAndAdapter() throws -> (base: String, adapter: String, tokenizer: BPETokenizer) {
+    /// A tiny LLaMA base with the GPT-2 fixture tokenizer (and `chatTemplate`), saved, and a LoRA adapter for it (B made non-zero).
+    func tinyBaseAndAdapter(chatTemplate: String? = nil) throws -> (base: String, adapter: String, tokenizer: BPETokenizer) {
         let tok = try BPETokenizer.load(json: Data(contentsOf: packageRoot().appendingPathComponent("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json")))
+        tok.chatTemplate = chatTemplate
         let config = ModelConfig.llama(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24)
         let model = makeModel(config, seed: 5)
         let base = dir.appendingPathComponent("base.h5").path
-        try ModelCheckpoint.save(model, tokenizerJSON: tok.tokenizerJSON(), to: base)
+        try ModelCheckpoint.save(model, tokenizer: tok, to: base)
         let lora = try LoRA(config: LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj", "v_proj"])))
         try lora.attach(to: model)
         var rng = RNG(seed: 9)
