@@ -12,6 +12,10 @@ struct Generate: ParsableCommand {
           swiftpeft generate --model models/base.h5 --adapter runs/lora/adapter.h5 --prompt "Question: What is Python?\nAnswer:"
           swiftpeft generate --model models/base.h5 --prompt "To be" --temperature 0.8 --top-p 0.9 --seed 3
           swiftpeft generate --model models/smollm2.gguf --prompt "The river" --precision bf16
+          swiftpeft generate --model models/smollm2.gguf --chat --prompt "What is a tuple?" --system "Be brief."
+
+        --chat sends --prompt as a user message (after --system, if given), written by the model's
+        chat template as `serve` and chat training write it, and prints the reply alone.
 
         --precision bf16 keeps bf16 copies of the frozen weights for the token-by-token products
         (fp32 accumulation; about half the bytes read per token; needs AVX512-BF16 or AMX). The
@@ -31,9 +35,12 @@ struct Generate: ParsableCommand {
     @Option(help: "Nucleus sampling mass (1 = off).") var topP: Float = 1
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "Frozen weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only.") var precision: String = "fp32"
+    @Flag(help: "Send --prompt as a chat message, through the model's chat template; print the reply.") var chat = false
+    @Option(help: "With --chat: a system message before it.") var system: String?
 
     func run() throws {
         guard !prompt.isEmpty else { throw CLIError("--prompt is empty; give the text to continue") }
+        guard chat || system == nil else { throw CLIError("--system needs --chat") }
         guard maxTokens >= 0 else { throw CLIError("--max-tokens must be 0 or more, got \(maxTokens)") }
         guard temperature.isFinite && temperature >= 0 else { throw CLIError("--temperature must be 0 (greedy) or more, got \(temperature)") }
         guard topK >= 0 else { throw CLIError("--top-k must be 0 (all) or more, got \(topK)") }
@@ -47,13 +54,22 @@ struct Generate: ParsableCommand {
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
         if let adapter { try loadAdapter(adapter, onto: m) }
         if decodePrecision == .bf16 { m.keepBF16Weights() }
-        let ids = tokenizer.encode(prompt)
+        var text = prompt
+        if chat {
+            guard try canWriteChat(tokenizer) else {
+                throw CLIError("--chat: \(model)'s tokenizer has no chat template, and no <|im_end|> token for ChatML")
+            }
+            let messages = (system.map { [ChatMessage(role: "system", content: $0)] } ?? []) + [ChatMessage(role: "user", content: prompt)]
+            text = try renderChat(messages, tokenizer: tokenizer, addGenerationPrompt: true)
+        }
+        let ids = tokenizer.encode(text)
         if maxTokens > 0, let room = m.newTokenRoom(promptLength: ids.count), room <= 0 {
             throw CLIError("the prompt is \(ids.count) tokens and fills the model's \(m.config.maxPositions) learned positions"
                            + " (virtual tokens included): no token can follow; shorten --prompt")
         }
+        let ends = textEndTokens(tokenizer)
         let out = m.generate(ids, SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP,
-                                                  seed: seed, stopTokens: textEndTokens(tokenizer)))
-        print(tokenizer.decode(ids + out))
+                                                  seed: seed, stopTokens: ends))
+        print(chat ? tokenizer.decode(out.filter { !ends.contains($0) }) : tokenizer.decode(ids + out))
     }
 }

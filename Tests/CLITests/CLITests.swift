@@ -695,6 +695,15 @@ final class CLITests: XCTestCase {
         let s1 = try ok(args), s2 = try ok(args)
         XCTAssertEqual(s1.stdout, s2.stdout)
         XCTAssertTrue(s1.stdout.hasPrefix(prompt), s1.transcript)
+        // --chat: the prompt as a user message after --system, written as chat is (ChatML here: the
+        // base has no template), and the reply alone.
+        let c = try ok(["generate", "--model", fx.base, "--chat", "--system", "Be brief.", "--prompt", prompt, "--max-tokens", "8"])
+        let chatIDs = tokenizer.encode(renderChatML([ChatMessage(role: "system", content: "Be brief."), ChatMessage(role: "user", content: prompt)],
+                                                    addGenerationPrompt: true))
+        let ends = textEndTokens(tokenizer)
+        let reply = model.generate(chatIDs, SamplingOptions(maxNewTokens: 8, stopTokens: ends))
+        XCTAssertEqual(c.stdout, tokenizer.decode(reply.filter { !ends.contains($0) }) + "\n")
+        _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--system", "S"], mentioning: ["--system needs --chat"])
         // bf16 copies of the weights: the text the library gives with `keepBF16Weights`.
         _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--precision", "fp16"], mentioning: ["--precision", "fp16"])
         guard BF16Copy.isNative else {
