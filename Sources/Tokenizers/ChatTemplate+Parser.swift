@@ -443,17 +443,25 @@ struct JinjaParser {
         return e
     }
 
-    mutating func parseOr() throws -> JinjaExpr {
-        var e = try parseAnd()
-        while current == .name("or") { p += 1; e = .binary("or", e, try parseAnd()) }
+    /// One left-associative level: operands from `operand`, joined by the operators in `ops`
+    /// (`and`, `or` are names, the others operator tokens).
+    mutating func parseLeft(_ ops: [JinjaToken], _ operand: (inout JinjaParser) throws -> JinjaExpr) throws -> JinjaExpr {
+        var e = try operand(&self)
+        while ops.contains(current) {
+            let op: String
+            switch current {
+            case .name(let n): op = n
+            case .op(let o): op = o
+            default: return e
+            }
+            p += 1
+            e = .binary(op, e, try operand(&self))
+        }
         return e
     }
 
-    mutating func parseAnd() throws -> JinjaExpr {
-        var e = try parseNot()
-        while current == .name("and") { p += 1; e = .binary("and", e, try parseNot()) }
-        return e
-    }
+    mutating func parseOr() throws -> JinjaExpr { try parseLeft([.name("or")]) { try $0.parseAnd() } }
+    mutating func parseAnd() throws -> JinjaExpr { try parseLeft([.name("and")]) { try $0.parseNot() } }
 
     mutating func parseNot() throws -> JinjaExpr {
         if current == .name("not") { p += 1; return .unary("not", try parseNot()) }
@@ -485,29 +493,13 @@ struct JinjaParser {
         }
     }
 
-    mutating func parseMath1() throws -> JinjaExpr {
-        var e = try parseConcat()
-        while case .op(let o) = current, o == "+" || o == "-" { p += 1; e = .binary(o, e, try parseConcat()) }
-        return e
-    }
-
-    mutating func parseConcat() throws -> JinjaExpr {
-        var e = try parseMath2()
-        while current == .op("~") { p += 1; e = .binary("~", e, try parseMath2()) }
-        return e
-    }
-
+    mutating func parseMath1() throws -> JinjaExpr { try parseLeft([.op("+"), .op("-")]) { try $0.parseConcat() } }
+    mutating func parseConcat() throws -> JinjaExpr { try parseLeft([.op("~")]) { try $0.parseMath2() } }
     mutating func parseMath2() throws -> JinjaExpr {
-        var e = try parsePow()
-        while case .op(let o) = current, ["*", "/", "//", "%"].contains(o) { p += 1; e = .binary(o, e, try parsePow()) }
-        return e
+        try parseLeft([.op("*"), .op("/"), .op("//"), .op("%")]) { try $0.parsePow() }
     }
-
-    mutating func parsePow() throws -> JinjaExpr {
-        var e = try parseUnary(withFilter: true)
-        while current == .op("**") { p += 1; e = .binary("**", e, try parseUnary(withFilter: true)) }
-        return e
-    }
+    /// `**` binds looser than unary minus and to the left, as in Jinja: `-2 ** 2` is 4, `2 ** 3 ** 2` 64.
+    mutating func parsePow() throws -> JinjaExpr { try parseLeft([.op("**")]) { try $0.parseUnary(withFilter: true) } }
 
     mutating func parseUnary(withFilter: Bool) throws -> JinjaExpr {
         var e: JinjaExpr

@@ -186,20 +186,9 @@ final class PEFTFolderTests: XCTestCase {
     /// logits for `ids` must be `logits`.
     private func assertPEFTGives(_ logits: [[Float]], family: String, folders: [URL], ids: [Int32], batch: Int, python: String) throws {
         let rows = (0..<batch).map { b in ids[(b * ids.count / batch)..<((b + 1) * ids.count / batch)].map(Int.init) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = [packageRoot().appendingPathComponent("scripts/peft_folder_logits.py").path,
-                       peftFixtures.appendingPathComponent(family).path, "\(rows)"] + folders.map(\.path)
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            return XCTFail("\(family): PEFT could not load the folders: \(String(decoding: stderr.suffix(2000), as: UTF8.self))")
-        }
+        let (status, stdout, stderr) = try runPython(python, [packageRoot().appendingPathComponent("scripts/peft_folder_logits.py").path,
+                                                              peftFixtures.appendingPathComponent(family).path, "\(rows)"] + folders.map(\.path))
+        guard status == 0 else { return XCTFail("\(family): PEFT could not load the folders: \(stderr)") }
         let results = try JSONSerialization.jsonObject(with: stdout) as! [[String: Any]]
         XCTAssertEqual(results.count, folders.count)
         for (folder, (ours, r)) in zip(folders, zip(logits, results)) {

@@ -334,18 +334,9 @@ final class SafetensorsTests: XCTestCase {
                 XCTAssertGreaterThan(zip(ours, unwindowed).map { abs($0 - $1) }.max()!, 1e-3, "the window hides keys from the last positions")
             }
 
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: python)
-            p.arguments = [packageRoot().appendingPathComponent("scripts/hf_folder_logits.py").path, folder, "\(ids)"]
-            let out = Pipe(), err = Pipe()
-            p.standardOutput = out
-            p.standardError = err
-            try p.run()
-            let stdout = out.fileHandleForReading.readDataToEndOfFile()
-            let stderr = err.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else {
-                XCTFail("\(name): transformers could not load \(folder): \(String(decoding: stderr.suffix(2000), as: UTF8.self))")
+            let (status, stdout, stderr) = try runPython(python, [packageRoot().appendingPathComponent("scripts/hf_folder_logits.py").path, folder, "\(ids)"])
+            guard status == 0 else {
+                XCTFail("\(name): transformers could not load \(folder): \(stderr)")
                 continue
             }
             let obj = try JSONSerialization.jsonObject(with: stdout) as! [String: Any]

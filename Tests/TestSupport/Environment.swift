@@ -43,6 +43,25 @@ public func referencePython(importing modules: [String], filePath: String = #fil
     return python
 }
 
+/// Runs `python` with `arguments` and waits: its exit status, its standard output, and the end of its
+/// standard error (kept in a file, so a chatty script cannot fill a pipe and stall).
+public func runPython(_ python: String, _ arguments: [String]) throws -> (status: Int32, stdout: Data, stderr: String) {
+    let errors = FileManager.default.temporaryDirectory.appendingPathComponent("python-stderr-\(UUID().uuidString)")
+    guard FileManager.default.createFile(atPath: errors.path, contents: nil) else { throw CocoaError(.fileWriteUnknown) }
+    defer { try? FileManager.default.removeItem(at: errors) }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: python)
+    p.arguments = arguments
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = try FileHandle(forWritingTo: errors)
+    try p.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    let stderr = (try? Data(contentsOf: errors)).map { String(decoding: $0.suffix(2000), as: UTF8.self) } ?? ""
+    return (p.terminationStatus, stdout, stderr)
+}
+
 /// The path of `tool` on PATH, or nil.
 public func executableOnPath(_ tool: String) -> String? {
     for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {

@@ -98,16 +98,8 @@ final class BacktestTests: XCTestCase {
         let model = try loadModel(base).model
         _ = try loadAdapter(adapter, onto: model)
         let ids = tok.encode("user:Hello there\nassistant:"), answer = tok.encode(" how are you") + [tok.eosTokenID!]
-        let logits = withNoGrad { model.forward(ids + answer, batch: 1) }.toArray()
-        let V = model.config.vocabSize
-        var nll = 0.0
-        for (k, target) in answer.enumerated() {
-            let row = logits[(ids.count - 1 + k) * V..<(ids.count + k) * V].map(Double.init)
-            let m = row.max()!
-            nll += m + log(row.map { exp($0 - m) }.reduce(0, +)) - row[Int(target)]
-        }
         let scored = try XCTUnwrap(r.rows.first { $0.version == "v1" && $0.promptID == "c1" })
-        XCTAssertEqual(scored.loss!, nll / Double(answer.count), accuracy: 1e-4, "the reply and the EOS the template ends it with")
+        XCTAssertEqual(scored.loss!, answerLoss(model, ids, answer), accuracy: 1e-4, "the reply and the EOS the template ends it with")
         XCTAssertEqual(scored.lossTokens, answer.count)
 
         for (text, needle) in [(#"{"messages": [{"role": "user", "content": "a"}], "prompt": "b"}"#, ":1: give one of"),
@@ -147,6 +139,19 @@ final class BacktestTests: XCTestCase {
     }
 
     // MARK: a run on a tiny model
+
+    /// The loss of `answer` after `prompt`, from the logits: mean −log p(answer token | everything before it).
+    func answerLoss(_ model: CausalLM, _ prompt: [Int32], _ answer: [Int32]) -> Double {
+        let logits = withNoGrad { model.forward(prompt + answer, batch: 1) }.toArray()  // (1, T, V)
+        let V = model.config.vocabSize
+        var nll = 0.0
+        for (k, target) in answer.enumerated() {
+            let row = logits[(prompt.count - 1 + k) * V..<(prompt.count + k) * V].map(Double.init)
+            let m = row.max()!
+            nll += m + log(row.map { exp($0 - m) }.reduce(0, +)) - row[Int(target)]
+        }
+        return nll / Double(answer.count)
+    }
 
     /// A tiny LLaMA base with the GPT-2 fixture tokenizer (and `chatTemplate`), saved, and a LoRA adapter for it (B made non-zero).
     func tinyBaseAndAdapter(chatTemplate: String? = nil) throws -> (base: String, adapter: String, tokenizer: BPETokenizer) {
@@ -194,15 +199,7 @@ final class BacktestTests: XCTestCase {
                 // The loss from the logits: mean −log p(answer token | everything before it), EOS included.
                 let answer = tok.encode(expected) + [tok.eosTokenID!]
                 let seq = ids + answer
-                let logits = withNoGrad { model.forward(seq, batch: 1) }.toArray()  // (1, T, V)
-                let V = model.config.vocabSize
-                var nll = 0.0
-                for (k, target) in answer.enumerated() {
-                    let row = logits[(ids.count - 1 + k) * V..<(ids.count + k) * V].map(Double.init)
-                    let m = row.max()!
-                    nll += m + log(row.map { exp($0 - m) }.reduce(0, +)) - row[Int(target)]
-                }
-                XCTAssertEqual(row.loss!, nll / Double(answer.count), accuracy: 1e-4, "\(version)/\(p.id)")
+                XCTAssertEqual(row.loss!, answerLoss(model, ids, answer), accuracy: 1e-4, "\(version)/\(p.id)")
                 XCTAssertEqual(row.perplexity!, exp(row.loss!), accuracy: 1e-9)
                 XCTAssertEqual(row.rougeL, rougeL(row.output, expected))
                 XCTAssertEqual(row.cost.tokens, seq.count + ids.count + out.count, "scored tokens + prompt + output")
