@@ -61,9 +61,8 @@ public enum DataExample: Equatable, Sendable {
     /// - instruction: `[BOS] alpacaPrompt(…) output EOS`; only `output EOS` is learned.
     /// - chat, with the tokenizer's chat template: the conversation as the template writes it
     ///   (`renderChat`, no BOS added: the template writes it where the model wants one); learned, each
-    ///   assistant turn: what the conversation up to it adds after the prompt for it (the conversation
-    ///   before it rendered with `add_generation_prompt`), up to its last special token (the turn's end,
-    ///   e.g. `<|im_end|>` or `<|eot_id|>`), not what follows it (a newline).
+    ///   assistant turn's text as the template writes it, through the first special token after it
+    ///   (the turn's end, e.g. `<|im_end|>` or `<|eot_id|>`), not what follows it (a newline).
     /// - chat, without a template: `[BOS] renderChatML(messages)`, then EOS unless it is `<|im_end|>`
     ///   itself; only each assistant turn's content and its closing `<|im_end|>` are learned (not the `\n`
     ///   after it, not the final EOS: `<|im_end|>` is what ends a reply).
@@ -132,29 +131,67 @@ public struct TokenizedExample: Equatable, Sendable {
         learned += [Bool](repeating: flag, count: new.count)
     }
 
-    /// A conversation through its chat template (see `DataExample.tokenized`). Each assistant turn
-    /// must extend the conversation before it as the template writes it, as transformers' assistant
-    /// masks assume; a template that rewrites earlier turns (one that drops past reasoning, say) is refused.
+    /// A conversation through its chat template (see `DataExample.tokenized`). Where the template
+    /// writes each message is found by rendering the conversation once more with a marker no text
+    /// holds in place of each message's text: the two renderings must agree around the markers, each
+    /// marker standing for its message's text as given, stripped, or after its last `</think>` (as
+    /// templates write past reasoning). A reply is learned from its text through the first special
+    /// token after it (the turn's end); the template's header before it, and what follows that token,
+    /// are not. Templates that write a reply differently in the prompt for it (with `<think>`, say)
+    /// need no agreement between the two.
     mutating func appendChat(_ messages: [ChatMessage], _ template: ChatTemplate, _ tokenizer: Tokenizer) throws {
-        func render(_ m: ArraySlice<ChatMessage>, prompt: Bool) throws -> [Unicode.Scalar] {
-            Array(try template.render(messages: m.map { ($0.role, $0.content) }, addGenerationPrompt: prompt,
+        func render(_ contents: [String]) throws -> [Unicode.Scalar] {
+            Array(try template.render(messages: zip(messages, contents).map { ($0.role, $1) }, addGenerationPrompt: false,
                                       specialTokens: tokenizer.specialTokenTexts).unicodeScalars)
         }
         func text(_ s: ArraySlice<Unicode.Scalar>) -> String { String(String.UnicodeScalarView(s)) }
-        let full = try render(messages[...], prompt: false)
-        var done = 0  // scalars of `full` appended
-        for (i, m) in messages.enumerated() where m.role == "assistant" {
-            let prompt = try render(messages[..<i], prompt: true), through = try render(messages[...i], prompt: false)
-            guard prompt.count >= done, through.starts(with: prompt), full.starts(with: through) else {
-                throw ChatTemplateError("the chat template does not write message \(i + 1) (assistant) after the prompt the "
-                    + "conversation before it ends with, so the reply cannot be told from the rest")
+        let (open, close): (Unicode.Scalar, Unicode.Scalar) = ("\u{10FFFD}", "\u{10FFFC}")  // private use: in no text
+        let full = try render(messages.map(\.content))
+        let marked = try render(messages.indices.map { "\(open)\($0)\(close)" })
+        func lost(_ k: Int?) -> ChatTemplateError {
+            ChatTemplateError("the chat template changes \(k.map { "message \($0 + 1)'s text" } ?? "the conversation") in a way "
+                + "that cannot be followed, so the replies cannot be told from the rest")
+        }
+        // (message, start, end) in `full`, in order.
+        var found: [(message: Int, start: Int, end: Int)] = []
+        var i = 0, j = 0
+        while i < marked.count {
+            guard marked[i] == open else {
+                guard j < full.count, marked[i] == full[j] else { throw lost(found.last?.message) }
+                i += 1
+                j += 1
+                continue
             }
-            append(tokenizer.encode(text(full[done..<prompt.count])), learned: false)
-            let reply = tokenizer.encode(text(through[prompt.count...]))
-            let end = (reply.lastIndex { tokenizer.isSpecialToken($0) } ?? reply.count - 1) + 1
-            append(Array(reply[..<end]), learned: true)
-            append(Array(reply[end...]), learned: false)
-            done = through.count
+            guard let c = marked[i...].firstIndex(of: close), let k = Int(text(marked[(i + 1)..<c])), messages.indices.contains(k) else {
+                throw lost(nil)
+            }
+            let given = messages[k].content
+            let reasoned = given.components(separatedBy: "</think>").last!
+            let forms = [given, given.trimmingCharacters(in: .whitespacesAndNewlines), reasoned,
+                         reasoned.trimmingCharacters(in: .whitespacesAndNewlines)].map { Array($0.unicodeScalars) }
+            guard let form = forms.filter({ full[j...].starts(with: $0) }).max(by: { $0.count < $1.count }) else { throw lost(k) }
+            found.append((k, j, j + form.count))
+            i = c + 1
+            j += form.count
+        }
+        guard j == full.count else { throw lost(found.last?.message) }
+        for (k, m) in messages.enumerated() where m.role == "assistant" {
+            let n = found.filter { $0.message == k }.count
+            guard n == 1 else {
+                throw ChatTemplateError("the chat template writes message \(k + 1) (assistant) \(n == 0 ? "nowhere" : "\(n) times"), "
+                    + "so what to learn of it is not clear")
+            }
+        }
+        var done = 0
+        for (index, reply) in found.enumerated() where messages[reply.message].role == "assistant" {
+            append(tokenizer.encode(text(full[done..<reply.start])), learned: false)
+            append(tokenizer.encode(text(full[reply.start..<reply.end])), learned: true)
+            let next = index + 1 < found.count ? found[index + 1].start : full.count
+            let after = tokenizer.encode(text(full[reply.end..<next]))
+            let end = after.firstIndex { tokenizer.isSpecialToken($0) }.map { $0 + 1 } ?? 0  // through the turn's end
+            append(Array(after[..<end]), learned: true)
+            append(Array(after[end...]), learned: false)
+            done = next
         }
         append(tokenizer.encode(text(full[done...])), learned: false)
     }

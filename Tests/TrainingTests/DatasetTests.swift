@@ -192,19 +192,25 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(textEndTokens(tok), [tok.eosTokenID!, tok.tokenID(for: "<|im_end|>")!])
     }
 
-    /// Templates of other shapes (written here in the styles of Llama 3, Mistral and Gemma): BOS comes
-    /// from the template; a reply is learned up to the special token that ends it, not the newline
-    /// after; generation stops at that token; a template's refusal names the file and line.
+    /// Templates of other shapes (written here in the styles of Llama 3, Mistral, Gemma, DeepSeek-R1,
+    /// Mistral v3 and Phi-4): BOS comes from the template; a reply is learned through the special token
+    /// that ends it, not the newline after; generation stops at that token. Templates whose prompt
+    /// for a reply differs from how they write a past one (`<think>`), that drop past reasoning, that
+    /// move the system message to the last user turn, or that end a reply with two special tokens are
+    /// followed. A template's refusal names the file and line.
     func testChatTemplatesOfOtherModels() throws {
         let specials = ["<s>", "</s>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-                        "<start_of_turn>", "<end_of_turn>"]
+                        "<start_of_turn>", "<end_of_turn>", "<|user|>", "<|assistant|>", "<|end|>"]
         let corpus = (0..<30).map { "The cat sat on the mat \($0). Say hello. hello there, user, assistant, model! [INST] [/INST]" }
         let base = try BPETokenizer.train(corpus: corpus, vocabSize: 320, specialTokens: specials,
                                           roles: SpecialTokenRoles(bos: "<s>", eos: "</s>"))
         let turns = [["role": "user", "content": "Say hello."], ["role": "assistant", "content": " hello "],
                      ["role": "user", "content": "The cat"], ["role": "assistant", "content": "sat"]]
         let line = json(["messages": turns])
-        let cases: [(name: String, template: String, text: String, learned: String, end: String)] = [
+        let reasoning = [["role": "user", "content": "Say hello."], ["role": "assistant", "content": "<think>greet</think>\n\nhello"],
+                         ["role": "user", "content": "The cat"], ["role": "assistant", "content": "sat"]]
+        let system = [["role": "system", "content": "Be brief."]] + turns
+        var cases: [(name: String, template: String, text: String, learned: String, end: String, turns: [[String: String]])] = [
             ("llama3", "{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
                 + "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
              "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nSay hello.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nhello<|eot_id|>"
@@ -221,11 +227,30 @@ final class DatasetTests: XCTestCase {
              "<s><start_of_turn>user\nSay hello.<end_of_turn>\n<start_of_turn>model\nhello<end_of_turn>\n"
                 + "<start_of_turn>user\nThe cat<end_of_turn>\n<start_of_turn>model\nsat<end_of_turn>\n",
              "hello<end_of_turn>sat<end_of_turn>", "<end_of_turn>"),
-        ]
+            // The prompt for a reply opens a <think> block that past replies do not have; past reasoning is dropped.
+            ("r1", "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|user|>' + m['content'] }}"
+                + "{% else %}{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] | trim %}{% endif %}"
+                + "{{ '<|assistant|>' + c + eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|><think>\n' }}{% endif %}",
+             "<s><|user|>Say hello.<|assistant|>hello</s><|user|>The cat<|assistant|>sat</s>", "hello</s>sat</s>", "</s>"),
+            // The system message goes into the last user turn, so the prompt for the first reply differs from the conversation.
+            ("mistral-v3", "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set rest = messages[1:] %}"
+                + "{% else %}{% set rest = messages %}{% endif %}{% set ns = namespace(last=-1) %}{% for m in rest %}"
+                + "{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}{{ bos_token }}{% for m in rest %}{% if m['role'] == 'user' %}"
+                + "{% if loop.index0 == ns.last and sys is defined %}{{ '[INST] ' + sys + '\n\n' + m['content'] + '[/INST]' }}"
+                + "{% else %}{{ '[INST] ' + m['content'] + '[/INST]' }}{% endif %}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}",
+             "<s>[INST] Say hello.[/INST]  hello </s>[INST] Be brief.\n\nThe cat[/INST] sat</s>", " hello </s>sat</s>", "</s>"),
+            // Each turn ends with <|end|>; the conversation with EOS after it.
+            ("phi4", "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+                + "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}",
+             "<|user|>Say hello.<|end|><|assistant|> hello <|end|><|user|>The cat<|end|><|assistant|>sat<|end|></s>",
+             " hello <|end|>sat<|end|>", "<|end|>"),
+        ].map { ($0.0, $0.1, $0.2, $0.3, $0.4, turns) }
+        cases[3].turns = reasoning
+        cases[4].turns = system
         for c in cases {
             let tok = try base.withRoles(base.roles)
             tok.chatTemplate = c.template
-            let path = try write("\(c.name).jsonl", [line])
+            let path = try write("\(c.name).jsonl", [json(["messages": c.turns])])
             let b = try loadDataset(path, tokenizer: tok, options: DatasetOptions(seqLen: 256, packing: false, validation: .none, addBOS: true))
                 .train.batch(rows: [0])
             let real = b.attentionMask!.filter { $0 == 1 }.count
