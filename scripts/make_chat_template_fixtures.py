@@ -468,6 +468,32 @@ case("error-tojson-undefined", "{{ message.missing | tojson }}", {"message": {"r
 case("subscript-of-none", "[{{ x[0] }}][{{ x.a }}][{{ x['a'] }}]", {"x": None})
 
 
+# Constructs a review of the first Swift version found missing or different (2026-12-01)
+case("format-filter-and-percent",
+     "{{ '%s' | format(x) }}|{{ '%s and %s' | format('a', 2) }}|{{ '%s!' % name }}|{{ '%d%%' % 7 }}|"
+     "{{ '%(k)s=%(v)r' % {'k': 'a', 'v': 'b'} }}|{{ '%.2f' % 3.14159 }}|{{ '%x' % 255 }}",
+     {"x": {"a": 1}, "name": "Ann"})
+case("str-format-method", "{{ '{}x'.format(3) }}|{{ '{0}-{1}-{0}'.format('a', 'b') }}|{{ '{n}!'.format(n=5) }}|{{ '{{}}'.format() }}")
+case("str-more-methods",
+     "{{ 'abc'.isalpha() }}{{ 'ab1'.isalpha() }}{{ 'ab1'.isalnum() }}{{ 'ab'.islower() }}{{ '12'.islower() }}{{ 'AB'.isupper() }}|"
+     "[{{ 'ab'.center(7) }}][{{ 'ab'.center(6, '*') }}][{{ 'abc'.center(6) }}][{{ 'ab'.ljust(4) }}][{{ 'ab'.rjust(4, '0') }}]|{{ 'ẞa'.casefold() }}")
+case("loop-changed-depth",
+     "{% for x in [1, 1, 2, 2, 1] %}{% if loop.changed(x) %}[{{ x }}]{% endif %}{{ loop.depth }}{{ loop.depth0 }}{% endfor %}")
+case("generation-scope", "{% set x = 1 %}{% generation %}{% set x = 2 %}{{ x }}{% endgeneration %}{{ x }}")
+case("subscript-dots", "{{ x.0.1 }}|{{ x.1.0 }}", {"x": [[1, 2], [3, 4]]})
+case("literal-octal-escapes", r"""{{ 'a\012b' }}|{{ '\101\102' }}|{{ '\0' }}|{{ '\7' }}""")
+case("print-repr-hidden", "{{ ['a\u200bb', 'c\u00a0d', 'e\u2028f', 'g h', 'tab\tx'] }}")
+case("tests-lower-upper-cased",
+     "{{ '123' is lower }}{{ 'a1' is lower }}{{ 'A1' is upper }}{{ '' is upper }}|{{ 'a-b c' | wordcount }}{{ \"it's x_y 3\" | wordcount }}")
+case("ws-dash-unicode-space", "a \u00a0\u3000{%- if true %}b{% endif %}|x\u000b{% if true %}y{% endif %}")
+case("filter-int-bases", "{{ '0x1f' | int(0, 0) }}|{{ '0b101' | int(0, 0) }}|{{ '017' | int(0, 8) }}|{{ 'ff' | int(0, 16) }}|{{ '-0x10' | int(0, 0) }}")
+case("tools-none", "{% if tools is not none %}TOOLS{% endif %}|{{ tools is defined }}|{{ documents is none }}",
+     {"tools": None, "documents": None})
+case("error-macro-recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
+case("error-range-too-large", "{{ range(-9223372036854775807, 9223372036854775807) | length }}")
+case("error-namespace-in-tojson", "{% set ns = namespace(a=1) %}{{ ns | tojson }}")
+case("namespace-holding-itself", "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns }}")
+
 # ---------------------------------------------------------------------------------------------------------
 # B. Realistic chat templates
 

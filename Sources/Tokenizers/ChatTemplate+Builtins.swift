@@ -26,9 +26,11 @@ let jinjaGlobals: [String: JinjaFunction] = [
             guard let i = v.integer else { throw ChatTemplateError("range() takes integers, got '\(v.typeName)'") }
             return i
         }
-        let (start, stop, step) = n.count == 1 ? (0, n[0], 1) : (n[0], n.count > 1 ? n[1] : 0, n.count > 2 ? n[2] : 1)
-        guard step != 0, !n.isEmpty else { throw ChatTemplateError("range() takes 1 to 3 integers, the step not 0") }
-        guard (stop - start) / step < 1_000_000 else { throw ChatTemplateError("range() of more than a million items") }
+        guard (1...3).contains(n.count) else { throw ChatTemplateError("range() takes 1 to 3 integers") }
+        let (start, stop, step) = n.count == 1 ? (0, n[0], 1) : (n[0], n[1], n.count > 2 ? n[2] : 1)
+        guard step != 0 else { throw ChatTemplateError("range() arg 3 must not be zero") }
+        let (span, overflow) = stop.subtractingReportingOverflow(start)
+        guard !overflow, span / step < 1_000_000 else { throw ChatTemplateError("range() of more than a million items") }
         return .list(stride(from: start, to: stop, by: step).map { .int($0) })
     },
     "raise_exception": JinjaFunction("raise_exception") { args, _ in
@@ -146,6 +148,97 @@ private func capitalized(_ s: Substring.UnicodeScalarView) -> String {
     return String(first).uppercased() + String(String.UnicodeScalarView(s.dropFirst())).lowercased()
 }
 
+/// Python's `islower()` (`upper`: `isupper()`): some cased letter, none of the other case.
+func pythonCase(_ s: String, upper: Bool) -> Bool {
+    var cased = false
+    for c in s.unicodeScalars where c.properties.isCased {
+        if upper ? c.properties.isLowercase : c.properties.isUppercase { return false }
+        cased = true
+    }
+    return cased
+}
+
+/// Python's `format % values` for the conversions templates use: `%s`, `%r`, `%d`/`%i`, `%f`
+/// (with a precision, `%.2f`), `%x`, `%%`; `values` a tuple (one value each) or a dict (`%(name)s`).
+func pythonPercent(_ format: String, _ values: JinjaValue) throws -> String {
+    let args = values.sequenceItems.map { $0 } ?? [values]
+    var out = "", next = 0
+    var scalars = Array(format.unicodeScalars)[...]
+    while let c = scalars.popFirst() {
+        guard c == "%" else { out.unicodeScalars.append(c); continue }
+        var value: JinjaValue?
+        if scalars.first == "(", let close = scalars.firstIndex(of: ")") {
+            let key = String(String.UnicodeScalarView(scalars[scalars.index(after: scalars.startIndex)..<close]))
+            guard case .dict(let d) = values, let v = d[key] else { throw ChatTemplateError("format requires a mapping with the key '\(key)'") }
+            value = v
+            scalars = scalars[scalars.index(after: close)...]
+        }
+        var precision: Int?
+        if scalars.first == "." {
+            scalars.removeFirst()
+            var digits = ""
+            while let d = scalars.first, ("0"..."9").contains(d) { digits.unicodeScalars.append(d); scalars.removeFirst() }
+            precision = Int(digits) ?? 0
+        }
+        guard let conversion = scalars.popFirst() else { throw ChatTemplateError("incomplete format") }
+        if conversion == "%" { out += "%"; continue }
+        if value == nil {
+            guard next < args.count else { throw ChatTemplateError("not enough arguments for format string") }
+            value = args[next]
+            next += 1
+        }
+        let v = value!
+        switch conversion {
+        case "s": out += v.printed
+        case "r": out += v.pythonRepr
+        case "d", "i":
+            guard let x = v.number else { throw ChatTemplateError("%\(conversion) format: a real number is required, not \(v.typeName)") }
+            guard let i = Int(exactly: x.rounded(.towardZero)) else { throw ChatTemplateError("an integer beyond 64 bits") }
+            out += String(i)
+        case "f":
+            guard let x = v.number else { throw ChatTemplateError("%f format: a real number is required, not \(v.typeName)") }
+            out += String(format: "%.\(precision ?? 6)f", x)
+        case "x":
+            guard let i = v.integer else { throw ChatTemplateError("%x format: an integer is required, not \(v.typeName)") }
+            out += String(i, radix: 16)
+        default: throw ChatTemplateError("unsupported format character '\(conversion)'")
+        }
+    }
+    if case .dict = values { return out }
+    guard next >= args.count else { throw ChatTemplateError("not all arguments converted during string formatting") }
+    return out
+}
+
+/// Python's `str.format`: `{}` (the next argument), `{0}`, `{name}`, `{{` and `}}`; no format specs.
+func pythonFormat(_ format: String, _ positional: [JinjaValue], _ keywords: [(String, JinjaValue)]) throws -> String {
+    var out = "", next = 0
+    var scalars = Array(format.unicodeScalars)[...]
+    while let c = scalars.popFirst() {
+        if (c == "{" || c == "}") && scalars.first == c { scalars.removeFirst(); out.unicodeScalars.append(c); continue }
+        guard c == "{" else {
+            guard c != "}" else { throw ChatTemplateError("Single '}' encountered in format string") }
+            out.unicodeScalars.append(c)
+            continue
+        }
+        guard let close = scalars.firstIndex(of: "}") else { throw ChatTemplateError("Single '{' encountered in format string") }
+        let field = String(String.UnicodeScalarView(scalars[..<close]))
+        scalars = scalars[scalars.index(after: close)...]
+        guard !field.contains(":"), !field.contains("!") else { throw ChatTemplateError("format specs ('\(field)') are not supported") }
+        let value: JinjaValue?
+        if field.isEmpty {
+            value = next < positional.count ? positional[next] : nil
+            next += 1
+        } else if let i = Int(field) {
+            value = i < positional.count ? positional[i] : nil
+        } else {
+            value = keywords.first { $0.0 == field }?.1
+        }
+        guard let value else { throw ChatTemplateError("format has no argument '\(field)'") }
+        out += value.printed
+    }
+    return out
+}
+
 /// Python's `str.title()`: a letter after a non-letter is upper case, other letters lower case.
 func pythonTitle(_ s: String) -> String {
     var out = "", previousCased = false
@@ -224,6 +317,7 @@ private func stringMethod(_ s: String, _ name: String) -> JinjaFunction? {
     case "zfill":
         body = { a in
             let width = a.get(0, "width")?.integer ?? 0
+            try JinjaLimits.check(width, "zfill's width")
             var scalars = Array(s.unicodeScalars)
             let sign = scalars.first == "+" || scalars.first == "-" ? [scalars.removeFirst()] : []
             let pad = [Unicode.Scalar](repeating: "0", count: max(0, width - s.unicodeScalars.count))
@@ -262,6 +356,23 @@ private func stringMethod(_ s: String, _ name: String) -> JinjaFunction? {
     case "splitlines": body = { _ in .list(pythonSplitLines(s).map { .string($0) }) }
     case "join": body = { a in .list(try (a.get(0, "iterable") ?? .list([])).iterated()).joinedText(s) }
     case "isdigit": body = { _ in .bool(!s.isEmpty && s.unicodeScalars.allSatisfy { $0.properties.numericType != nil }) }
+    case "isalpha": body = { _ in .bool(!s.isEmpty && s.unicodeScalars.allSatisfy(\.properties.isAlphabetic)) }
+    case "isalnum":
+        body = { _ in .bool(!s.isEmpty && s.unicodeScalars.allSatisfy { $0.properties.isAlphabetic || $0.properties.numericType != nil }) }
+    case "islower", "isupper": body = { _ in .bool(pythonCase(s, upper: name == "isupper")) }
+    case "casefold": body = { _ in .string(s.lowercased().replacingOccurrences(of: "ß", with: "ss")) }  // (ß → ss: casefold's one change from lower() in the common scripts)
+    case "center", "ljust", "rjust":
+        body = { a in
+            let width = a.get(0, "width")?.integer ?? 0
+            try JinjaLimits.check(width, "\(name)'s width")
+            let fill = string(a.get(1, "fillchar")) ?? " "
+            let missing = max(0, width - s.unicodeScalars.count)
+            // Python's center puts the odd space on the right, unless the width and the text are both odd.
+            let left = name == "rjust" ? missing : name == "ljust" ? 0 : missing / 2 + (missing & width & 1)
+            return .string(String(repeating: fill, count: left) + s + String(repeating: fill, count: missing - left))
+        }
+    case "format":
+        body = { a in .string(try pythonFormat(s, a.positional, a.keywords)) }
     case "isspace": body = { _ in .bool(!s.isEmpty && s.unicodeScalars.allSatisfy(isPythonSpace)) }
     case "removeprefix", "removesuffix":
         body = { a in
@@ -289,7 +400,7 @@ let jinjaFilterNames: Set<String> = [
     "trim", "upper", "lower", "title", "capitalize", "length", "count", "first", "last", "join", "default", "d",
     "string", "int", "float", "list", "items", "replace", "reverse", "round", "abs", "tojson", "selectattr",
     "rejectattr", "select", "reject", "map", "unique", "sort", "min", "max", "sum", "dictsort", "indent", "safe",
-    "e", "escape", "attr", "wordcount",
+    "e", "escape", "attr", "wordcount", "format",
 ]
 
 let jinjaTestNames: Set<String> = [
@@ -321,7 +432,14 @@ extension JinjaRenderer {
         case "length", "count":
             guard let n = value.length else { throw ChatTemplateError("object of type '\(value.typeName)' has no len()") }
             return .int(n)
-        case "wordcount": return .int(try pythonSplit(text(value), nil, -1).count)
+        case "wordcount":  // runs of word characters, as Jinja's \w+
+            var words = 0, inWord = false
+            for c in text(value).unicodeScalars {
+                let word = c.properties.isAlphabetic || c.properties.numericType != nil || c == "_"
+                if word && !inWord { words += 1 }
+                inWord = word
+            }
+            return .int(words)
         case "first": return try value.iterated().first ?? .undefined("the first item of an empty sequence")
         case "last":
             if case .string(let s) = value { return s.unicodeScalars.last.map { .string(String($0)) } ?? .undefined("last") }
@@ -336,13 +454,27 @@ extension JinjaRenderer {
         case "string": return .string(text(value))
         case "int":
             let fallback = a.get(0, "default") ?? .int(0)
+            func whole(_ d: Double) throws -> JinjaValue {
+                guard d.isFinite else { return fallback }
+                guard let i = Int(exactly: d.rounded(.towardZero)) else { throw ChatTemplateError("an integer beyond 64 bits") }
+                return .int(i)
+            }
             switch value {
             case .int, .bool: return .int(value.integer!)
-            case .double(let d): return d.isFinite ? .int(Int(d)) : fallback
+            case .double(let d): return try whole(d)
             case .string(let s):
-                let t = pythonStrip(s, nil).replacingOccurrences(of: "_", with: "")
-                if let i = Int(t, radix: a.get(1, "base")?.integer ?? 10) { return .int(i) }
-                if let d = Double(t), d.isFinite { return .int(Int(d)) }
+                var t = pythonStrip(s, nil).replacingOccurrences(of: "_", with: "").lowercased()
+                var base = a.get(1, "base")?.integer ?? 10
+                let negative = t.hasPrefix("-")
+                if negative || t.hasPrefix("+") { t.removeFirst() }
+                for (prefix, b) in [("0x", 16), ("0o", 8), ("0b", 2)] where (base == 0 || base == b) && t.hasPrefix(prefix) {
+                    t.removeFirst(2)
+                    base = b
+                }
+                if base == 0 { base = 10 }
+                guard (2...36).contains(base) else { throw ChatTemplateError("int() base must be 0 or 2 to 36, got \(base)") }
+                if let i = Int(t, radix: base) { return .int(negative ? -i : i) }
+                if base == 10, let d = Double(t) { return try whole(negative ? -d : d) }
                 return fallback
             default: return fallback
             }
@@ -379,7 +511,9 @@ extension JinjaRenderer {
             }
         case "abs":
             switch value {
-            case .int(let i): return .int(abs(i))
+            case .int(let i):
+                guard i != .min else { throw ChatTemplateError("an integer beyond 64 bits") }
+                return .int(abs(i))
             case .double(let d): return .double(abs(d))
             case .bool(let b): return .int(b ? 1 : 0)
             default: throw ChatTemplateError("bad operand type for abs(): '\(value.typeName)'")
@@ -465,7 +599,9 @@ extension JinjaRenderer {
         case "indent":
             var width = String(repeating: " ", count: 4)
             switch a.get(0, "width") {
-            case .int(let n)?: width = String(repeating: " ", count: max(0, n))
+            case .int(let n)?:
+                try JinjaLimits.check(n, "indent's width")
+                width = String(repeating: " ", count: max(0, n))
             case .string(let s)?: width = s
             default: break
             }
@@ -479,6 +615,7 @@ extension JinjaRenderer {
                 for line in lines.dropFirst() { out += "\n" + (line.isEmpty ? "" : width + line) }
             }
             return .string(a.bool(1, "first") ? width + out : out)
+        case "format": return .string(try pythonPercent(text(value), a.keywords.isEmpty ? .tuple(a.positional) : .dict(JinjaDict(a.keywords))))
         case "safe": return value
         case "e", "escape":
             var out = ""
@@ -525,8 +662,8 @@ extension JinjaRenderer {
             guard let x = value.integer else { throw ChatTemplateError("the '\(name)' test takes an integer") }
             let m = name == "divisibleby" ? (other.integer ?? 0) : 2
             guard m != 0 else { throw ChatTemplateError("integer division or modulo by zero") }
-            let r = ((x % m) + m) % m
-            return name == "odd" ? r == 1 : r == 0
+            let divisible = m == -1 || x % m == 0  // (Int.min % -1 would trap)
+            return name == "odd" ? !divisible : divisible
         case "eq", "equalto", "==": return jinjaEqual(value, other)
         case "ne", "!=": return !jinjaEqual(value, other)
         case "lt", "lessthan", "<": return try jinjaLess(value, other)
@@ -542,8 +679,9 @@ extension JinjaRenderer {
             case (.namespace(let x), .namespace(let y)): return x === y
             default: return false
             }
-        case "lower": if case .string(let s) = value { return s == s.lowercased() } else { return false }
-        case "upper": if case .string(let s) = value { return s == s.uppercased() } else { return false }
+        case "lower", "upper":  // Python's islower / isupper: some cased letter, and none of the other case
+            guard case .string(let s) = value else { return false }
+            return pythonCase(s, upper: name == "upper")
         case "escaped": return false
         default: throw ChatTemplateError("no test named '\(name)'")
         }

@@ -34,7 +34,8 @@ struct LexedToken {
     let line: Int
 }
 
-private func isSpace(_ c: Unicode.Scalar) -> Bool { c == " " || c == "\t" || c == "\n" || c == "\r" || c == "\u{0B}" || c == "\u{0C}" }
+/// Whitespace as Python's `str.strip` takes it (what `{%-` and `-%}` remove).
+private func isSpace(_ c: Unicode.Scalar) -> Bool { c.properties.isWhitespace || (0x1C...0x1F).contains(c.value) }
 
 /// Splits a template into text and tag tokens, applying Jinja's whitespace control as transformers
 /// sets it: `{%-`/`-%}` (and the same on `{{ }}` and `{# #}`) strip all whitespace on that side;
@@ -85,7 +86,7 @@ func lexJinja(_ template: String) throws -> [LexedToken] {
             while let last = text.last, isSpace(last) { text.removeLast() }
         } else if kind != "{" && flag != "+" {
             let l = (text.lastIndex(of: "\n").map { $0 + 1 }) ?? 0
-            if (l > 0 || lineStarting) && l < text.count && text[l...].allSatisfy(isSpace) { text.removeSubrange(l...) }
+            if (l > 0 || lineStarting) && l < text.count && text[l...].allSatisfy({ $0 == " " || $0 == "\t" }) { text.removeSubrange(l...) }
         }
         if !text.isEmpty { out.append(LexedToken(token: .text(String(String.UnicodeScalarView(text))), line: line)) }
         line += textLines
@@ -150,8 +151,9 @@ func lexJinja(_ template: String) throws -> [LexedToken] {
                 func digits() { while m < s.count, ("0"..."9").contains(s[m]) || s[m] == "_" { m += 1 } }
                 digits()
                 var isFloat = false
-                if m + 1 < s.count, s[m] == ".", ("0"..."9").contains(s[m + 1]) { isFloat = true; m += 1; digits() }
-                if m < s.count, s[m] == "e" || s[m] == "E" {
+                let afterDot = out.last?.token == .op(".")  // x.0.1 is two subscripts, not x.(0.1)
+                if !afterDot, m + 1 < s.count, s[m] == ".", ("0"..."9").contains(s[m + 1]) { isFloat = true; m += 1; digits() }
+                if !afterDot, m < s.count, s[m] == "e" || s[m] == "E" {
                     var e = m + 1
                     if e < s.count, s[e] == "+" || s[e] == "-" { e += 1 }
                     if e < s.count, ("0"..."9").contains(s[e]) { isFloat = true; m = e; digits() }
@@ -188,7 +190,12 @@ func lexJinja(_ template: String) throws -> [LexedToken] {
 /// many scalars it used. Unknown escapes keep their backslash, as Python's do.
 private func pythonEscape(_ s: [Unicode.Scalar], _ k: Int) -> ([Unicode.Scalar], Int) {
     let simple: [Unicode.Scalar: Unicode.Scalar] = ["n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", "\"": "\"",
-                                                    "a": "\u{07}", "b": "\u{08}", "f": "\u{0C}", "v": "\u{0B}", "0": "\u{00}"]
+                                                    "a": "\u{07}", "b": "\u{08}", "f": "\u{0C}", "v": "\u{0B}"]
+    if ("0"..."7").contains(s[k]) {  // \o, \oo, \ooo
+        var n = 0, code: UInt32 = 0
+        while n < 3, k + n < s.count, ("0"..."7").contains(s[k + n]) { code = code * 8 + s[k + n].value - 48; n += 1 }
+        return ([Unicode.Scalar(code)!], n)
+    }
     if let v = simple[s[k]] { return ([v], 1) }
     if s[k] == "\n" { return ([], 1) }
     let hexCount: [Unicode.Scalar: Int] = ["x": 2, "u": 4, "U": 8]
@@ -242,6 +249,15 @@ indirect enum JinjaNode: @unchecked Sendable {
 struct JinjaParser {
     let tokens: [LexedToken]
     var p = 0
+    /// Blocks and expressions open around the current token: bounded, so a template nested
+    /// thousands deep is an error rather than a stack overflow (here or when it renders).
+    var depth = 0
+    static let maxDepth = 64
+
+    mutating func enter() throws {
+        depth += 1
+        guard depth <= Self.maxDepth else { throw fail("blocks or expressions nested more than \(Self.maxDepth) deep") }
+    }
 
     init(_ template: String) throws { tokens = try lexJinja(template) }
 
@@ -318,6 +334,8 @@ struct JinjaParser {
     }
 
     mutating func parseStatement(_ tag: String) throws -> JinjaNode {
+        try enter()
+        defer { depth -= 1 }
         let l = line
         switch tag {
         case "if":
@@ -432,6 +450,8 @@ struct JinjaParser {
     }
 
     mutating func parseExpression() throws -> JinjaExpr {
+        try enter()
+        defer { depth -= 1 }
         var e = try parseOr()
         while current == .name("if") {
             p += 1
@@ -464,7 +484,12 @@ struct JinjaParser {
     mutating func parseAnd() throws -> JinjaExpr { try parseLeft([.name("and")]) { try $0.parseNot() } }
 
     mutating func parseNot() throws -> JinjaExpr {
-        if current == .name("not") { p += 1; return .unary("not", try parseNot()) }
+        if current == .name("not") {
+            p += 1
+            try enter()
+            defer { depth -= 1 }
+            return .unary("not", try parseNot())
+        }
         return try parseCompare()
     }
 
@@ -505,6 +530,8 @@ struct JinjaParser {
         var e: JinjaExpr
         if case .op(let o) = current, o == "-" || o == "+" {
             p += 1
+            try enter()
+            defer { depth -= 1 }
             e = .unary(o, try parseUnary(withFilter: false))
         } else {
             e = try parsePrimary()

@@ -38,6 +38,7 @@ public struct ChatTemplate: Sendable {
         var variables: [String: JinjaValue] = [
             "messages": .list(messages.map { .dict(JinjaDict([("role", .string($0.role)), ("content", .string($0.content))])) }),
             "add_generation_prompt": .bool(addGenerationPrompt),
+            "tools": .none, "documents": .none,  // transformers passes both, as None when there are none
         ]
         for (k, v) in specialTokens { variables[k] = .string(v) }
         return try render(variables)
@@ -189,7 +190,10 @@ extension JinjaValue {
     }
 
     /// Python's `repr()` (how a list prints its items).
-    var pythonRepr: String {
+    var pythonRepr: String { repr(printing: []) }
+
+    /// `repr`, with the namespaces being printed (a namespace inside itself prints as Python's `{...}`).
+    private func repr(printing: Set<ObjectIdentifier>) -> String {
         switch self {
         case .undefined: return "Undefined"
         case .none: return "None"
@@ -197,10 +201,13 @@ extension JinjaValue {
         case .int(let i): return String(i)
         case .double(let d): return pythonFloat(d)
         case .string(let s): return pythonStringRepr(s)
-        case .list(let l): return "[" + l.map(\.pythonRepr).joined(separator: ", ") + "]"
-        case .tuple(let l): return "(" + l.map(\.pythonRepr).joined(separator: ", ") + (l.count == 1 ? ",)" : ")")
-        case .dict(let d): return "{" + d.pairs.map { pythonStringRepr($0.0) + ": " + $0.1.pythonRepr }.joined(separator: ", ") + "}"
-        case .namespace(let n): return "<Namespace \(JinjaValue.dict(n.attributes).pythonRepr)>"
+        case .list(let l): return "[" + l.map { $0.repr(printing: printing) }.joined(separator: ", ") + "]"
+        case .tuple(let l): return "(" + l.map { $0.repr(printing: printing) }.joined(separator: ", ") + (l.count == 1 ? ",)" : ")")
+        case .dict(let d): return "{" + d.pairs.map { pythonStringRepr($0.0) + ": " + $0.1.repr(printing: printing) }.joined(separator: ", ") + "}"
+        case .namespace(let n):
+            let id = ObjectIdentifier(n)
+            if printing.contains(id) { return "<Namespace {...}>" }
+            return "<Namespace \(JinjaValue.dict(n.attributes).repr(printing: printing.union([id])))>"
         case .function(let f): return "<function \(f.name)>"
         }
     }
@@ -246,9 +253,17 @@ func pythonStringRepr(_ s: String) -> String {
         case "\r": out += "\\r"
         case "\t": out += "\\t"
         default:
-            if Character(c) == quote { out += "\\" + String(quote) } else if c.value < 0x20 || (0x7F..<0xA0).contains(c.value) {
-                out += String(format: "\\x%02x", c.value)
-            } else { out.unicodeScalars.append(c) }
+            // Python escapes what it does not print: controls, format characters, separators but the space, unassigned.
+            let hidden: Set<Unicode.GeneralCategory> = [.control, .format, .surrogate, .privateUse, .unassigned,
+                                                        .lineSeparator, .paragraphSeparator, .spaceSeparator]
+            if Character(c) == quote {
+                out += "\\" + String(quote)
+            } else if c != " " && hidden.contains(c.properties.generalCategory) {
+                out += c.value < 0x100 ? String(format: "\\x%02x", c.value) : c.value < 0x10000 ? String(format: "\\u%04x", c.value)
+                    : String(format: "\\U%08x", c.value)
+            } else {
+                out.unicodeScalars.append(c)
+            }
         }
     }
     return out + String(quote)
@@ -275,8 +290,7 @@ func pythonJSON(_ v: JinjaValue, indent: String?, sortKeys: Bool, separators: (S
         let keys = sortKeys ? d.keys.sorted { Array($0.unicodeScalars.map(\.value)).lexicographicallyPrecedes($1.unicodeScalars.map(\.value)) } : d.keys
         let items = try keys.map { (asciiOnly ? asciiJSONString($0) : jsonString($0)) + keySeparator + (try pythonJSON(d[$0]!, indent: indent, sortKeys: sortKeys, separators: separators, asciiOnly: asciiOnly, level: level + 1)) }
         return "{" + newline(level + 1) + items.joined(separator: itemSeparator + newline(level + 1)) + newline(level) + "}"
-    case .namespace(let n): return try pythonJSON(.dict(n.attributes), indent: indent, sortKeys: sortKeys, separators: separators, asciiOnly: asciiOnly, level: level)
-    case .undefined, .function: throw ChatTemplateError("Object of type \(v.typeName) is not JSON serializable")
+    case .undefined, .function, .namespace: throw ChatTemplateError("Object of type \(v.typeName) is not JSON serializable")
     }
 }
 
@@ -333,20 +347,37 @@ final class JinjaScope {
 
 enum JinjaFlow { case normal, breakLoop, continueLoop }
 
+/// Bounds on what a template may build, so a hostile or broken one fails instead of exhausting memory or the stack.
+enum JinjaLimits {
+    /// Unicode scalars in the rendered text or in one string or list a template makes.
+    static let size = 50_000_000
+    /// Macro calls inside macro calls.
+    static let macroDepth = 64
+
+    static func check(_ n: Int, _ what: String) throws {
+        guard n <= size else { throw ChatTemplateError("\(what) would be over \(size) long") }
+    }
+}
+
+/// The macro calls running, shared by one rendering and the macros it calls.
+final class JinjaCallDepth { var macros = 0 }
+
 struct JinjaRenderer {
     let root: JinjaScope
     var output = ""
+    let calls: JinjaCallDepth
 
-    init(root: JinjaScope) {
+    init(root: JinjaScope, calls: JinjaCallDepth = JinjaCallDepth()) {
         self.root = root
+        self.calls = calls
         for (name, f) in jinjaGlobals where root.variables[name] == nil { root.variables[name] = .function(f) }
     }
 
     mutating func render(_ nodes: [JinjaNode], in scope: JinjaScope) throws -> JinjaFlow {
         for node in nodes {
             switch node {
-            case .text(let t): output += t
-            case .output(let e, let line): output += try at(line) { try eval(e, scope).printed }
+            case .text(let t): try write(t)
+            case .output(let e, let line): try write(try at(line) { try eval(e, scope).printed })
             case .conditional(let branches, let otherwise, let line):
                 var chosen = otherwise
                 for (condition, body) in branches where try at(line, { try eval(condition, scope).truthy }) {
@@ -381,17 +412,19 @@ struct JinjaRenderer {
                 scope.variables[name] = .function(makeMacro(name, parameters, body, defined: scope))
             case .breakLoop: return .breakLoop
             case .continueLoop: return .continueLoop
-            case .generation(let body):
-                let flow = try render(body, in: scope)
-                if flow != .normal { return flow }
+            case .generation(let body):  // a block of its own, as Jinja makes it: what it sets stays inside
+                _ = try render(body, in: JinjaScope(parent: scope))
             case .filterBlock(let name, let arguments, let body, let line):
                 let text = try capture(body, in: scope)
-                output += try at(line) {
-                    try applyFilter(name, to: .string(text), try evalArguments(arguments, scope)).printed
-                }
+                try write(try at(line) { try applyFilter(name, to: .string(text), try evalArguments(arguments, scope)).printed })
             }
         }
         return .normal
+    }
+
+    mutating func write(_ text: String) throws {
+        output += text
+        try JinjaLimits.check(output.utf8.count, "the rendered text")
     }
 
     /// Runs `body`, adding the template line to an error that has none.
@@ -435,15 +468,22 @@ struct JinjaRenderer {
             return
         }
         let n = items.count
+        final class Seen { var values: [JinjaValue]? }
+        let lastSeen = Seen()
         for (k, item) in items.enumerated() {
             loopScope = JinjaScope(parent: scope)
             try bind(item)
             let cycle = JinjaFunction("cycle") { args, _ in args.isEmpty ? .none : args[k % args.count] }
+            let changed = JinjaFunction("changed") { args, _ in  // whether the values differ from the last call's
+                defer { lastSeen.values = args }
+                return .bool(lastSeen.values.map { !jinjaEqual(.list($0), .list(args)) } ?? true)
+            }
             loopScope.variables["loop"] = .dict(JinjaDict([
                 ("index", .int(k + 1)), ("index0", .int(k)), ("revindex", .int(n - k)), ("revindex0", .int(n - k - 1)),
                 ("first", .bool(k == 0)), ("last", .bool(k == n - 1)), ("length", .int(n)),
                 ("previtem", k > 0 ? items[k - 1] : .undefined("loop.previtem")),
                 ("nextitem", k + 1 < n ? items[k + 1] : .undefined("loop.nextitem")), ("cycle", .function(cycle)),
+                ("changed", .function(changed)), ("depth", .int(1)), ("depth0", .int(0)),
             ]))
             if try render(body, in: loopScope) == .breakLoop { break }
         }
@@ -454,8 +494,14 @@ struct JinjaRenderer {
             guard positional.count <= parameters.count else {
                 throw ChatTemplateError("macro '\(name)' takes \(parameters.count) arguments, given \(positional.count)")
             }
+            let calls = self.calls
+            guard calls.macros < JinjaLimits.macroDepth else {
+                throw ChatTemplateError("macro '\(name)' called inside \(JinjaLimits.macroDepth) macro calls: endless recursion?")
+            }
+            calls.macros += 1
+            defer { calls.macros -= 1 }
             let scope = JinjaScope(parent: defined)
-            var inner = JinjaRenderer(root: self.root)
+            var inner = JinjaRenderer(root: self.root, calls: calls)
             for (k, (parameter, defaultValue)) in parameters.enumerated() {
                 if k < positional.count {
                     scope.variables[parameter] = positional[k]
@@ -519,7 +565,10 @@ struct JinjaRenderer {
             case "not": return .bool(!v.truthy)
             case "-":
                 switch v {
-                case .int(let i): return .int(-i)
+                case .int(let i):
+                    let (v, overflow) = 0.subtractingReportingOverflow(i)
+                    guard !overflow else { throw ChatTemplateError("an integer beyond 64 bits") }
+                    return .int(v)
                 case .double(let d): return .double(-d)
                 case .bool(let b): return .int(b ? -1 : 0)
                 default: throw ChatTemplateError("bad operand type for unary -: '\(v.typeName)'")
@@ -560,32 +609,43 @@ struct JinjaRenderer {
         case "not in": return .bool(!(try contains(b, a)))
         default: break
         }
+        if op == "%", case .string(let format) = a { return .string(try pythonPercent(format, b)) }  // '%s!' % name
+        if op == "*", let (item, n) = repetition(a, b) {  // 'ab' * 3, [1] * 2
+            let times = max(0, n)
+            let (total, overflow) = (item.length ?? 0).multipliedReportingOverflow(by: times)
+            try JinjaLimits.check(overflow ? Int.max : total, "a repetition")
+            if case .string(let s) = item { return .string(String(repeating: s, count: times)) }
+            return .list(Array(repeating: item.sequenceItems ?? [], count: times).flatMap { $0 })
+        }
         switch (op, a, b) {
         case ("+", .string(let x), .string(let y)): return .string(x + y)
         case ("+", .list(let x), .list(let y)): return .list(x + y)
         case ("+", .tuple(let x), .tuple(let y)): return .tuple(x + y)
-        case ("*", .string(let s), _) where b.integer != nil: return .string(String(repeating: s, count: max(0, b.integer!)))
-        case ("*", _, .string(let s)) where a.integer != nil: return .string(String(repeating: s, count: max(0, a.integer!)))
-        case ("*", .list(let l), _) where b.integer != nil: return .list(Array(repeating: l, count: max(0, b.integer!)).flatMap { $0 })
-        case ("*", _, .list(let l)) where a.integer != nil: return .list(Array(repeating: l, count: max(0, a.integer!)).flatMap { $0 })
         default: break
         }
         if let x = a.integer, let y = b.integer {
             switch op {
-            case "+": let (v, o) = x.addingReportingOverflow(y); if !o { return .int(v) }
-            case "-": let (v, o) = x.subtractingReportingOverflow(y); if !o { return .int(v) }
-            case "*": let (v, o) = x.multipliedReportingOverflow(by: y); if !o { return .int(v) }
+            case "+", "-", "*":  // Python's integers have no bound; these stay within 64 bits or fail
+                let (v, overflow) = op == "+" ? x.addingReportingOverflow(y) : op == "-" ? x.subtractingReportingOverflow(y)
+                    : x.multipliedReportingOverflow(by: y)
+                guard !overflow else { throw ChatTemplateError("an integer beyond 64 bits (\(x) \(op) \(y))") }
+                return .int(v)
             case "//", "%":
                 guard y != 0 else { throw ChatTemplateError("integer division or modulo by zero") }
+                if y == -1 { return op == "%" ? .int(0) : try binary("-", .int(0), a) }  // (Int.min / -1 would trap)
                 var q = x / y
                 if (x % y != 0) && ((x < 0) != (y < 0)) { q -= 1 }
                 return .int(op == "//" ? q : x - q * y)
-            case "**":
-                if y >= 0 {
-                    var result = 1, overflow = false
-                    for _ in 0..<min(y, 64) where !overflow { (result, overflow) = result.multipliedReportingOverflow(by: x) }
-                    if !overflow && (y < 64 || abs(x) <= 1) { return .int(y >= 64 && x == -1 ? (y % 2 == 0 ? 1 : -1) : result) }
+            case "**" where y >= 0:  // (a negative power is a float)
+                if x == 0 || x == 1 { return .int(y == 0 ? 1 : x) }
+                if x == -1 { return .int(y % 2 == 0 ? 1 : -1) }
+                var result = 1
+                for _ in 0..<y {  // |x| ≥ 2 leaves 64 bits within 64 steps
+                    let (v, overflow) = result.multipliedReportingOverflow(by: x)
+                    guard !overflow else { throw ChatTemplateError("an integer beyond 64 bits (\(x) ** \(y))") }
+                    result = v
                 }
+                return .int(result)
             default: break
             }
         }
@@ -603,6 +663,15 @@ struct JinjaRenderer {
             return .double(op == "//" ? q : x - q * y)
         case "**": return .double(Foundation.pow(x, y))
         default: throw unsupported()
+        }
+    }
+
+    /// A string or list and the integer it is repeated by, either way round.
+    func repetition(_ a: JinjaValue, _ b: JinjaValue) -> (JinjaValue, Int)? {
+        switch (a, b) {
+        case (.string, _), (.list, _): return b.integer.map { (a, $0) }
+        case (_, .string), (_, .list): return a.integer.map { (b, $0) }
+        default: return nil
         }
     }
 

@@ -40,6 +40,57 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertTrue(failures.isEmpty, "\(failures.count) of \(cases.count) cases differ:\n" + failures.joined(separator: "\n\n"))
     }
 
+    /// Templates that would exhaust the stack or memory, or overflow an integer, fail with an error,
+    /// also on a thread with a small stack (512 KiB, as a server's worker may have).
+    func testHostileTemplatesFailInsteadOfCrashing() throws {
+        let deep = 10_000
+        let cases: [(String, String)] = [
+            ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "macro"),
+            ("{{ " + String(repeating: "(", count: deep) + "1" + String(repeating: ")", count: deep) + " }}", "nested"),
+            (String(repeating: "{% if true %}", count: deep) + String(repeating: "{% endif %}", count: deep), "nested"),
+            ("{{ " + String(repeating: "not ", count: deep) + "x }}", "nested"),
+            ("{{ " + String(repeating: "- ", count: deep) + "1 }}", "nested"),
+            ("{{ 'a' * 10 ** 12 }}", "repetition"), ("{{ [1] * 10 ** 10 }}", "repetition"),
+            ("{{ 'x' * 9223372036854775807 }}", "repetition"), ("{{ 'x' | indent(10 ** 12) }}", "indent"),
+            ("{{ 'x'.zfill(10 ** 12) }}", "zfill"), ("{{ 'x'.center(10 ** 12) }}", "center"),
+            ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "rendered text"),
+            ("{{ range(-9223372036854775807, 9223372036854775807) | length }}", "range"),
+            ("{{ (-9223372036854775807 - 1) // -1 }}", "64 bits"), ("{{ (-9223372036854775807 - 1) | abs }}", "64 bits"),
+            ("{{ -(-9223372036854775807 - 1) }}", "64 bits"), ("{{ 1e20 | int }}", "64 bits"), ("{{ 2 ** 64 }}", "64 bits"), ("{{ 9223372036854775807 + 1 }}", "64 bits"), ("{{ '10' | int(0, 99) }}", "base"),
+            ("{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns | tojson }}", "JSON"),
+        ]
+        final class Box: @unchecked Sendable { var failures: [String] = [] }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            for (source, needle) in cases {
+                do {
+                    let text = try ChatTemplate(source).render([:])
+                    box.failures.append("\(source.prefix(60)): rendered \(text.prefix(40))")
+                } catch {
+                    if !"\(error)".contains(needle) { box.failures.append("\(source.prefix(60)): \(error), expected a mention of \(needle)") }
+                }
+            }
+            let edges = "{{ 9223372036854775806 is divisibleby 9223372036854775807 }}{{ (-9223372036854775807 - 1) % -1 }}"
+            if (try? ChatTemplate(edges).render([:])) != "False0" { box.failures.append("\(edges): not False0") }
+            done.signal()
+        }
+        thread.stackSize = 512 << 10
+        thread.start()
+        done.wait()
+        let failures = box.failures
+        XCTAssertTrue(failures.isEmpty, failures.joined(separator: "\n"))
+    }
+
+    /// A conversation is rendered with what transformers' apply_chat_template passes: the messages,
+    /// add_generation_prompt, tools and documents (None without any) and the special tokens' texts.
+    func testConversationsGetWhatApplyChatTemplatePasses() throws {
+        let t = try ChatTemplate("{{ tools is none }} {{ documents is none }} {{ messages | map(attribute='role') | join(',') }} "
+            + "{{ add_generation_prompt }} {{ bos_token }}")
+        XCTAssertEqual(try t.render(messages: [("user", "a"), ("assistant", "b")], addGenerationPrompt: true, specialTokens: ["bos_token": "<s>"]),
+                       "True True user,assistant True <s>")
+    }
+
     /// Syntax errors name the line of the template.
     func testErrorsNameTheLine() {
         XCTAssertThrowsError(try ChatTemplate("a\n{% if x %}\nb")) { XCTAssertTrue("\($0)".contains("line 3"), "\($0)") }
