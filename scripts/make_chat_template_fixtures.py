@@ -489,6 +489,9 @@ case("ws-dash-unicode-space", "a \u00a0\u3000{%- if true %}b{% endif %}|x\u000b{
 case("filter-int-bases", "{{ '0x1f' | int(0, 0) }}|{{ '0b101' | int(0, 0) }}|{{ '017' | int(0, 8) }}|{{ 'ff' | int(0, 16) }}|{{ '-0x10' | int(0, 0) }}")
 case("tools-none", "{% if tools is not none %}TOOLS{% endif %}|{{ tools is defined }}|{{ documents is none }}",
      {"tools": None, "documents": None})
+case("with-block", "{% set a = 'outer' %}{% with a = 'inner', b = a %}{{ a }}-{{ b }}{% endwith %}|{{ a }}|{% with %}{% set c = 1 %}{{ c }}{% endwith %}{{ c }}")
+case("raw-block", "{% raw %}{{ not evaluated }} {% if %}{% endraw %}|{% raw -%}  trimmed {%- endraw %}|x\n{% raw %}\nline{% endraw %}\ny")
+case("list-methods-dict-pairs", "{{ [1, 2, 1].count(1) }}|{{ ['a', 'b'].index('b') }}|{{ dict([('a', 1), ('b', 2)]) }}|{{ dict(x=1) }}")
 case("error-macro-recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
 case("error-range-too-large", "{{ range(-9223372036854775807, 9223372036854775807) | length }}")
 case("error-namespace-in-tojson", "{% set ns = namespace(a=1) %}{{ ns | tojson }}")

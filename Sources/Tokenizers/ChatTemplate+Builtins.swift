@@ -45,6 +45,12 @@ let jinjaGlobals: [String: JinjaFunction] = [
     "dict": JinjaFunction("dict") { args, keywords in
         var d = JinjaDict()
         if case .dict(let given)? = args.first { d = given }
+        for pair in args.first?.sequenceItems ?? [] {  // dict([('a', 1), ('b', 2)])
+            guard let kv = pair.sequenceItems, kv.count == 2, case .string(let k) = kv[0] else {
+                throw ChatTemplateError("dict() takes pairs of a string and a value")
+            }
+            d[k] = kv[1]
+        }
         for (k, v) in keywords { d[k] = v }
         return .dict(d)
     },
@@ -270,6 +276,16 @@ func jinjaTitle(_ s: String) -> String {
 func jinjaMethod(_ value: JinjaValue, _ name: String) -> JinjaFunction? {
     switch value {
     case .string(let s): return stringMethod(s, name)
+    case .list(let l), .tuple(let l):
+        switch name {
+        case "count": return JinjaFunction(name) { args, _ in .int(l.filter { jinjaEqual($0, args.first ?? .none) }.count) }
+        case "index":
+            return JinjaFunction(name) { args, _ in
+                guard let k = l.firstIndex(where: { jinjaEqual($0, args.first ?? .none) }) else { throw ChatTemplateError("the value is not in the list") }
+                return .int(k)
+            }
+        default: return nil
+        }
     case .dict(let d):
         switch name {
         case "items": return JinjaFunction(name) { _, _ in .list(d.pairs.map { .tuple([.string($0.0), $0.1]) }) }

@@ -46,6 +46,7 @@ func lexJinja(_ template: String) throws -> [LexedToken] {
     if s.last == "\n" { s.removeLast() }  // keep_trailing_newline is off
     var out: [LexedToken] = []
     var i = 0, line = 1, lineStarting = true
+    var closerEnd = 0  // just after the last tag's closer, before what it stripped or trimmed
 
     func at(_ k: Int, _ text: String) -> Bool {
         var k = k
@@ -60,6 +61,7 @@ func lexJinja(_ template: String) throws -> [LexedToken] {
     func close(at k: Int, strip: Bool, trim: Bool) {
         var k = k
         let start = k
+        closerEnd = k
         if strip {
             while k < s.count, isSpace(s[k]) { k += 1 }
         } else if trim, k < s.count, s[k] == "\n" {
@@ -68,6 +70,42 @@ func lexJinja(_ template: String) throws -> [LexedToken] {
         lineStarting = k > start && s[k - 1] == "\n"
         line += newlines(start, k)
         i = k
+    }
+
+    /// After `{% raw %}`: its text, as it is, up to `{% endraw %}` becomes one text token.
+    func raw() throws {
+        guard out.count >= 3, out[out.count - 2].token == .name("raw"), out[out.count - 3].token == .blockBegin else { return }
+        let startLine = out[out.count - 3].line
+        out.removeLast(3)
+        if s[closerEnd - 3] != "-" {  // `{% raw %}` keeps the newline after it (only `-%}` strips)
+            line -= newlines(closerEnd, i)
+            i = closerEnd
+        }
+        var k = i
+        while k < s.count {
+            if s[k] == "{", k + 1 < s.count, s[k + 1] == "%" {
+                var m = k + 2
+                let stripBefore = m < s.count && s[m] == "-"
+                if m < s.count, s[m] == "-" || s[m] == "+" { m += 1 }
+                while m < s.count, s[m] == " " || s[m] == "\t" || s[m] == "\n" { m += 1 }
+                if at(m, "endraw") {
+                    m += 6
+                    while m < s.count, s[m] == " " || s[m] == "\t" || s[m] == "\n" { m += 1 }
+                    let mark: Unicode.Scalar? = m < s.count && (s[m] == "-" || s[m] == "+") ? s[m] : nil
+                    if mark != nil { m += 1 }
+                    if at(m, "%}") {
+                        var text = Array(s[i..<k])
+                        if stripBefore { while let last = text.last, isSpace(last) { text.removeLast() } }
+                        if !text.isEmpty { out.append(LexedToken(token: .text(String(String.UnicodeScalarView(text))), line: line)) }
+                        line += newlines(i, m)
+                        close(at: m + 2, strip: mark == "-", trim: mark == nil)
+                        return
+                    }
+                }
+            }
+            k += 1
+        }
+        throw ChatTemplateError("line \(startLine): {% raw %} is never closed by {% endraw %}")
     }
 
     while i < s.count {
@@ -115,9 +153,9 @@ func lexJinja(_ template: String) throws -> [LexedToken] {
             }
             if depth == 0 {
                 if isBlock {
-                    if at(k, "-%}") { out.append(LexedToken(token: .blockEnd, line: line)); close(at: k + 3, strip: true, trim: false); break }
-                    if at(k, "+%}") { out.append(LexedToken(token: .blockEnd, line: line)); close(at: k + 3, strip: false, trim: false); break }
-                    if at(k, "%}") { out.append(LexedToken(token: .blockEnd, line: line)); close(at: k + 2, strip: false, trim: true); break }
+                    if at(k, "-%}") { out.append(LexedToken(token: .blockEnd, line: line)); close(at: k + 3, strip: true, trim: false); try raw(); break }
+                    if at(k, "+%}") { out.append(LexedToken(token: .blockEnd, line: line)); close(at: k + 3, strip: false, trim: false); try raw(); break }
+                    if at(k, "%}") { out.append(LexedToken(token: .blockEnd, line: line)); close(at: k + 2, strip: false, trim: true); try raw(); break }
                 } else {
                     if at(k, "-}}") { out.append(LexedToken(token: .variableEnd, line: line)); close(at: k + 3, strip: true, trim: false); break }
                     if at(k, "}}") { out.append(LexedToken(token: .variableEnd, line: line)); close(at: k + 2, strip: false, trim: false); break }
@@ -239,6 +277,7 @@ indirect enum JinjaNode: @unchecked Sendable {
     case setBlock(String, filters: [(String, JinjaArguments)], [JinjaNode], line: Int)
     case macro(String, parameters: [(String, JinjaExpr?)], body: [JinjaNode])
     case breakLoop, continueLoop
+    case with([(String, JinjaExpr)], [JinjaNode])
     /// `{% generation %}`: transformers marks the assistant's text with it; it renders its body.
     case generation([JinjaNode])
     case filterBlock(String, JinjaArguments, [JinjaNode], line: Int)
@@ -409,6 +448,18 @@ struct JinjaParser {
         case "break", "continue":
             try expect(.blockEnd)
             return tag == "break" ? .breakLoop : .continueLoop
+        case "with":  // {% with a = 1, b = x %}…{% endwith %}: names of its own for its body
+            var assignments: [(String, JinjaExpr)] = []
+            while current != .blockEnd {
+                if !assignments.isEmpty { try expect(.op(",")) }
+                let target = try name()
+                try expect(.op("="))
+                assignments.append((target, try parseExpression()))
+            }
+            try expect(.blockEnd)
+            let (body, _) = try parseNodes(until: ["endwith"])
+            try expect(.blockEnd)
+            return .with(assignments, body)
         case "generation":
             try expect(.blockEnd)
             let (body, _) = try parseNodes(until: ["endgeneration"])

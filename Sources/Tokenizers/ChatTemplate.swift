@@ -412,6 +412,11 @@ struct JinjaRenderer {
                 scope.variables[name] = .function(makeMacro(name, parameters, body, defined: scope))
             case .breakLoop: return .breakLoop
             case .continueLoop: return .continueLoop
+            case .with(let assignments, let body):
+                let inner = JinjaScope(parent: scope)
+                for (target, e) in assignments { inner.variables[target] = try eval(e, scope) }
+                let flow = try render(body, in: inner)
+                if flow != .normal { return flow }
             case .generation(let body):  // a block of its own, as Jinja makes it: what it sets stays inside
                 _ = try render(body, in: JinjaScope(parent: scope))
             case .filterBlock(let name, let arguments, let body, let line):
