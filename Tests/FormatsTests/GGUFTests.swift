@@ -3,6 +3,7 @@
 // the real SmolLM2-135M-Instruct Q4_1 file checked against llama.cpp's reference values.
 
 import XCTest
+import TestSupport
 @testable import Formats
 import TensorCore
 import NN
@@ -599,6 +600,40 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(try tok.compiledChatTemplate?.render(messages: [("user", "Hi")], addGenerationPrompt: true),
                        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                        + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    }
+
+    /// SmolLM2's chat template run here, then tokenized, gives the ids transformers'
+    /// `apply_chat_template(tokenize=True)` gives on the same GGUF file, prompts and whole conversations.
+    func testSmolLM2ChatIDsMatchApplyChatTemplate() throws {
+        let tok = try smolLM2().tokenizer
+        let python = try referencePython(importing: ["transformers", "gguf"])
+        let conversations: [[(String, String)]] = [
+            [("user", "What is a tuple?")],
+            [("system", "Answer in one word."), ("user", "Capital of Italy?"), ("assistant", "Rome."), ("user", "And of Spain? \"Quote\" é 😀")],
+            [("user", "Hi"), ("assistant", "Hello! How can I help?")],
+        ]
+        let script = """
+            import json, sys
+            from transformers import AutoTokenizer
+            path = sys.argv[1]
+            t = AutoTokenizer.from_pretrained(path.rsplit('/', 1)[0], gguf_file=path.rsplit('/', 1)[1])
+            out = []
+            for c in json.loads(sys.argv[2]):
+                m = [{"role": r, "content": x} for r, x in c]
+                prompt = m[-1]["role"] != "assistant"
+                out.append(list(t.apply_chat_template(m, add_generation_prompt=prompt, tokenize=True, return_dict=True)["input_ids"]))
+            print(json.dumps(out))
+            """
+        let given = String(decoding: try JSONSerialization.data(withJSONObject: conversations.map { $0.map { [$0.0, $0.1] } }), as: UTF8.self)
+        let (status, stdout, stderr) = try runPython(python, ["-c", script, smolLM2Path, given])
+        guard status == 0 else { return XCTFail("transformers could not apply the chat template: \(stderr)") }
+        let expected = try XCTUnwrap(try JSONSerialization.jsonObject(with: stdout) as? [[Int]])
+        let template = try XCTUnwrap(try tok.compiledChatTemplate)
+        for (c, ids) in zip(conversations, expected) {
+            let text = try template.render(messages: c.map { (role: $0.0, content: $0.1) }, addGenerationPrompt: c.last!.0 != "assistant",
+                                           specialTokens: tok.specialTokenTexts)
+            XCTAssertEqual(tok.encode(text).map(Int.init), ids, text)
+        }
     }
 
     func testSmolLM2NextTokenTop5AndGreedyContinuation() throws {
