@@ -31,7 +31,7 @@ extension GGUFFile {
         case GGMLType.iq4_XS.code: kernel = dequantIQ4_XS
         default: fatalError("[GGUF] no dequantization for \(type)")
         }
-        let chunks = count >= 1 << 18 ? min(ProcessInfo.processInfo.activeProcessorCount, blocks) : 1
+        let chunks = count >= 1 << 18 ? min(Threads.count, blocks) : 1
         if chunks <= 1 { kernel(src, dst, blocks); return }
         let (s, d) = (UInt(bitPattern: src), UInt(bitPattern: dst))  // sendable addresses for the workers
         DispatchQueue.concurrentPerform(iterations: chunks) { c in

@@ -6,7 +6,7 @@ import Foundation
 /// Work below this many elements runs on one thread (dispatch costs more than it saves).
 let parallelThreshold = 1 << 15
 /// Threads of the elementwise kernels (`Threads.set` changes it together with OpenBLAS's).
-nonisolated(unsafe) var hardwareThreads = max(1, ProcessInfo.processInfo.activeProcessorCount)
+nonisolated(unsafe) var hardwareThreads = Threads.available
 
 /// Calls `body(lo, hi)` over chunks of `0..<n`, in parallel over the cores when `n · cost` is large.
 @inline(__always)

@@ -9,8 +9,30 @@ import Foundation
 /// elementwise kernel over `count` threads, and OpenBLAS runs every call it gets on one thread, so
 /// the two never compete for the cores.
 public enum Threads {
-    /// Threads in use (the processor count unless `set`).
+    /// Threads in use (the cores this process may run on unless `set`).
     public static var count: Int { hardwareThreads }
+
+    /// The cores this process may run on: the online processors, fewer when its CPU affinity
+    /// says so (`taskset`, or `mpirun` binding each rank to its own cores), which Foundation's
+    /// processor count does not read. Linux's `Cpus_allowed_list` in /proc/self/status.
+    public static let available: Int = {
+        let online = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }),
+              let allowed = cpuListCount(String(line.dropFirst("Cpus_allowed_list:".count))) else { return online }
+        return max(1, min(online, allowed))
+    }()
+
+    /// The number of CPUs in a Linux CPU list ("0-3,8,10-11" is 7); nil if it is not one.
+    public static func cpuListCount(_ list: String) -> Int? {
+        var n = 0
+        for part in list.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",") {
+            let ends = part.split(separator: "-").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard let first = ends.first ?? nil, let last = ends.last ?? nil, ends.count <= 2, last >= first else { return nil }
+            n += last - first + 1
+        }
+        return n > 0 ? n : nil
+    }
 
     /// Uses `n` threads for GEMMs and kernels (clamped to at least 1).
     public static func set(_ n: Int) {

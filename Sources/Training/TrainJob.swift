@@ -87,9 +87,13 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
 private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (String) -> Void = { _ in },
                          onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome? {
     let meter = CostMeter(wattsPerCore: job.wattsPerCore)
-    // Under mpirun, one rank of a data-parallel job: its cores are shared with the other local ranks.
+    // Under mpirun, one rank of a data-parallel job: the cores it is bound to, or, unbound (all the
+    // machine's cores in its affinity), its share of them beside the other local ranks.
     let comm = Communicator.world
-    if comm.isDistributed && !checkOnly { Threads.set(max(1, ProcessInfo.processInfo.activeProcessorCount / comm.localSize)) }
+    if comm.isDistributed && !checkOnly {
+        let bound = Threads.available < ProcessInfo.processInfo.activeProcessorCount
+        Threads.set(bound ? Threads.available : max(1, Threads.available / comm.localSize))
+    }
     let onStart = comm.isLeader ? onStart : { _ in }
     let base = try loadModel(job.modelPath)
     let model = base.model

@@ -23,7 +23,8 @@ struct Info: ParsableCommand {
         print("OpenBLAS core choice: \(BLASCore.summary)")
         print("threads: \(Threads.summary)")
         print("HDF5: \(hdf5Version)")
-        print("cores: \(ProcessInfo.processInfo.activeProcessorCount)")
+        let online = ProcessInfo.processInfo.activeProcessorCount
+        print("cores: \(online)\(Threads.available < online ? " (\(Threads.available) allowed by this process's CPU affinity)" : "")")
         print("CPU: \(Machine.cpuModel)")
         print("kernels: \(Machine.kernelBuild)")
         print("bf16 products (oneDNN): \(BF16Copy.isaName)\(BF16Copy.isNative ? "" : ", not native: --precision bf16 unavailable")")

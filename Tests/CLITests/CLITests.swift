@@ -676,6 +676,23 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: none))
     }
 
+    /// Bound to one core (by `taskset`, or by `mpirun`'s binding of each rank), the library runs one
+    /// thread: Foundation's processor count does not read the CPU affinity.
+    func testOneAllowedCoreMeansOneThread() throws {
+        guard ProcessInfo.processInfo.activeProcessorCount > 1, let taskset = executableOnPath("taskset") else {
+            try skipUnlessRequired("needs two cores or more and taskset (util-linux)")
+        }
+        let r = try Self.launch(URL(fileURLWithPath: taskset), ["-c", "0", Self.binary().path, "info"], in: fx.dir)
+        XCTAssertEqual(r.status, 0, r.transcript)
+        XCTAssertTrue(r.stdout.contains("threads: 1 thread,"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("(1 allowed by this process's CPU affinity)"), r.transcript)
+        XCTAssertFalse(try ok(["info"]).stdout.contains("allowed by"), "unbound: every core")
+        XCTAssertEqual(Threads.cpuListCount("0-3,8,10-11\n"), 7)
+        XCTAssertEqual(Threads.cpuListCount("5"), 1)
+        XCTAssertNil(Threads.cpuListCount("3-1"))
+        XCTAssertNil(Threads.cpuListCount(""))
+    }
+
     func testGeneratePrintsThePromptsContinuation() throws {
         let prompt = "The cat eats"
         let r = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12"])
