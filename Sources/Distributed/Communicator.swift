@@ -44,6 +44,23 @@ public final class Communicator: @unchecked Sendable {
         return Communicator(mpi: env)
     }()
 
+    /// The processes a launcher started together with this one, from its environment, before MPI
+    /// starts: Open MPI's mpirun (`OMPI_COMM_WORLD_SIZE`), Slurm's srun (`SLURM_STEP_NUM_TASKS`),
+    /// MPICH's mpiexec (`PMI_SIZE`); 1 when none did.
+    public static var launchedProcesses: (count: Int, openMPI: Bool) {
+        let env = ProcessInfo.processInfo.environment
+        if let n = env["OMPI_COMM_WORLD_SIZE"].flatMap(Int.init) { return (n, true) }
+        let others = ["SLURM_STEP_NUM_TASKS", "PMI_SIZE"].compactMap { env[$0].flatMap(Int.init) }
+        return (others.max() ?? 1, false)
+    }
+
+    /// "rank r of n (host)" for messages of a distributed job.
+    public var name: String {
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        return "rank \(rank) of \(size) (\(String(cString: host)))"
+    }
+
     private init(single: Void) {
         (rank, size, localSize, timeoutSeconds) = (0, 1, 1, 0)
     }
@@ -117,6 +134,20 @@ public final class Communicator: @unchecked Sendable {
                 MPI_Allreduce(swiftpeft_mpi_in_place(), p.baseAddress, n, swiftpeft_mpi_double(), swiftpeft_mpi_sum(), swiftpeft_mpi_comm_world())
             }
         }
+    }
+
+    /// How many ranks hold another `text` than rank 0's (0 in a single process); every rank gets
+    /// the count. Compares a 52-bit hash of the text, exact in the Double an all-reduce carries.
+    public func ranksDiffering(from text: String, what: @autoclosure () -> String) throws -> Int {
+        guard isDistributed else { return 0 }
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325  // FNV-1a
+        for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        let mine = Double(hash & ((1 << 52) - 1))
+        var leader = [isLeader ? mine : 0]
+        try allReduceSum(&leader, what: "\(what()): rank 0's value")
+        var differing = [leader[0] == mine ? 0.0 : 1.0]
+        try allReduceSum(&differing, what: "\(what()): the comparison")
+        return Int(differing[0])
     }
 
     /// Waits until every rank arrives here.

@@ -170,6 +170,19 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         trainer.checkpointAttributes["method"] = methodName
         trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)
     }
+    if comm.isDistributed {
+        // Each rank loads its own base, data and options: a rank with another copy of the data, or
+        // another budget, would train something else, or wait in another all-reduce than the others.
+        let e = JSONEncoder()
+        e.outputFormatting = .sortedKeys
+        let job = [fingerprint.weightsHash, fingerprint.architecture, String(splits.train.fingerprint), String(job.batchSize),
+                   String(decoding: try e.encode(trainerOptions), as: UTF8.self), trainer.checkpointAttributes["method_config"] ?? "full"]
+        let differing = try comm.ranksDiffering(from: job.joined(separator: "\u{1F}"), what: "the check that every rank has rank 0's job")
+        guard differing == 0 else {
+            throw TrainingError(message: "\(differing) rank(s) loaded another base, other training data or other options than rank 0 "
+                + "(this rank \(comm.rank): \(splits.train.count) training rows, \(trainerOptions.steps) steps); every rank needs the same files and flags")
+        }
+    }
     if comm.isLeader { trainer.onStep = onStep }
     trainer.onSkip = { step, fault in onStart("step \(step) skipped: \(fault) (its update is dropped; --skip-nonfinite)") }
     // Every rank draws the job's global batches from the same seed and trains on its rows of each.
@@ -184,13 +197,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         if comm.isDistributed {
             // Each rank read the state from its own disk: on machines that do not share --out, one may
             // have read another run's. Every rank compares its step and trained values with rank 0's.
-            let mine = [Double(trainer.step), trainer.parameters.reduce(0.0) { $0 + $1.1.toArray().reduce(0.0) { $0 + Double($1) } }]
-            var leader = comm.isLeader ? mine : [0, 0]
-            try comm.allReduceSum(&leader, what: "resume: the all-reduce of rank 0's state")
-            var differing = [leader == mine ? 0.0 : 1.0]
-            try comm.allReduceSum(&differing, what: "resume: the all-reduce of the state check")
-            guard differing[0] == 0 else {
-                throw TrainingError(message: "\(Int(differing[0])) rank(s) read another \(stateURL.path) than rank 0 (this rank: step \(trainer.step), rank 0: step \(Int(leader[0]))); --resume needs --out on a file system every rank shares, or the same state copied to each machine")
+            let sum = trainer.parameters.reduce(0.0) { $0 + $1.1.toArray().reduce(0.0) { $0 + Double($1) } }
+            let differing = try comm.ranksDiffering(from: "\(trainer.step) \(sum)", what: "resume: the check of the state")
+            guard differing == 0 else {
+                throw TrainingError(message: "\(differing) rank(s) read another \(stateURL.path) than rank 0 (this rank \(comm.rank): step \(trainer.step)); --resume needs --out on a file system every rank shares, or the same state copied to each machine")
             }
         }
         // At exactly the budget, a run killed after its last checkpoint but before writing its

@@ -40,17 +40,27 @@ struct CLIError: Error, CustomStringConvertible {
 BLASCore.selectBest()  // before any work: may re-execute with OPENBLAS_CORETYPE set
 do {
     var command = try SwiftPEFT.parseAsRoot()
+    let (launched, openMPI) = Communicator.launchedProcesses
+    if launched > 1 && !(command is Train || command is Compare) {
+        throw CLIError("\(launched) processes were started (mpirun or srun), but only train and compare run data-parallel: "
+            + "each process would do the whole job, writing the same outputs. Run this command once, without a launcher")
+    }
+    if launched > 1 && !openMPI {
+        throw CLIError("\(launched) processes were started by a launcher other than Open MPI's mpirun (srun or MPICH's mpiexec), "
+            + "which this build does not join: each would train alone. Start the job with mpirun")
+    }
     try command.run()
 } catch let e as NSError where e.domain == NSCocoaErrorDomain || e.domain == NSPOSIXErrorDomain {
     // A file-system error the library did not wrap: a sentence with the path, not an NSError dump.
     let path = (e.userInfo[NSFilePathErrorKey] as? String) ?? (e.userInfo[NSURLErrorKey] as? URL)?.path
-    FileHandle.standardError.write(Data("Error: \(path.map { "\($0): " } ?? "")\(e.localizedDescription)\n".utf8))
+    let rank = Communicator.world.isDistributed ? Communicator.world.name + ": " : ""
+    FileHandle.standardError.write(Data("\(rank)Error: \(path.map { "\($0): " } ?? "")\(e.localizedDescription)\n".utf8))
     Communicator.world.abortJob(exitCode: 1)
     exit(1)
 } catch {
     // Printed first (the message is the user's answer), then the other ranks of a job are ended.
     if Communicator.world.isDistributed && SwiftPEFT.exitCode(for: error) != .success {
-        FileHandle.standardError.write(Data((SwiftPEFT.fullMessage(for: error) + "\n").utf8))
+        FileHandle.standardError.write(Data((Communicator.world.name + ": " + SwiftPEFT.fullMessage(for: error) + "\n").utf8))
         Communicator.world.abortJob(exitCode: SwiftPEFT.exitCode(for: error).rawValue)
     }
     SwiftPEFT.exit(withError: error)

@@ -676,6 +676,18 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: none))
     }
 
+    /// Processes started by a launcher this build does not join (Slurm's srun, MPICH's mpiexec) would
+    /// each train alone: refused, as is any command but train and compare under a launcher.
+    func testOtherLaunchersAreRefused() throws {
+        let srun = try run(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("srun"), "--steps", "1"],
+                           environment: ["SLURM_STEP_NUM_TASKS": "4"])
+        XCTAssertNotEqual(srun.status, 0)
+        XCTAssertTrue(srun.stderr.contains("4 processes were started by a launcher other than Open MPI's mpirun"), srun.transcript)
+        let info = try run(["info"], environment: ["PMI_SIZE": "2"])
+        XCTAssertTrue(info.stderr.contains("only train and compare run data-parallel"), info.transcript)
+        XCTAssertEqual(try run(["info"], environment: ["SLURM_STEP_NUM_TASKS": "1"]).status, 0, "one task is no job")
+    }
+
     /// Bound to one core (by `taskset`, or by `mpirun`'s binding of each rank), the library runs one
     /// thread: Foundation's processor count does not read the CPU affinity.
     func testOneAllowedCoreMeansOneThread() throws {

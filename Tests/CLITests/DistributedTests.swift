@@ -191,6 +191,24 @@ final class DistributedTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(started), 60, "ended at once, not by a timeout:\n\(r.transcript)")
     }
 
+    /// A rank that loaded another job than rank 0 (here another learning rate; on two machines,
+    /// another copy of the data) is refused before the first step, on every rank, with the rank
+    /// and host named; other commands are refused under mpirun.
+    func testRanksMustLoadRankZerosJob() throws {
+        let swiftpeft = try CLITests.binary().path
+        let args = ["train", "--method", "lora", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("dp-differ"), "--steps", "3",
+                    "--seq-len", "32", "--batch-size", "2", "--eval-every", "100", "--warmup", "0", "--seed", "7"]
+        let mpi = ["--oversubscribe", "--allow-run-as-root", "--mca", "mpi_yield_when_idle", "1", "--mca", "btl_vader_single_copy_mechanism", "none"]
+        let r = try launch(mpirun, mpi + ["-np", "1", swiftpeft] + args + [":", "-np", "1", swiftpeft] + args + ["--lr", "0.5"])
+        XCTAssertNotEqual(r.status, 0, r.transcript)
+        XCTAssertTrue(r.output.contains("1 rank(s) loaded another base, other training data or other options than rank 0"), r.transcript)
+        XCTAssertTrue(r.output.contains(" of 2 ("), "the rank and host:\n\(r.transcript)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("dp-differ/adapter.h5")))
+        let info = try launch(mpirun, mpi + ["-np", "2", swiftpeft, "info"])
+        XCTAssertNotEqual(info.status, 0, info.transcript)
+        XCTAssertTrue(info.output.contains("only train and compare run data-parallel"), info.transcript)
+    }
+
     /// A rank that stops answering (stopped, not dead: a hung node) ends the job after the step
     /// timeout with a message from the rank left waiting.
     func testAHungRankEndsTheJobAfterTheStepTimeout() throws {
