@@ -168,15 +168,17 @@ public struct BatchIterator: IteratorProtocol, Sequence, BatchStream {
 }
 
 /// Mean loss over the learned targets of `data` (rows in order, `batch` at a time, the first `maxRows` rows).
-/// `tokens` in the result counts learned targets.
-public func evaluate(_ model: CausalLM, on data: Dataset, batch: Int = 8, maxRows: Int? = nil) -> Evaluation {
+/// `tokens` in the result counts learned targets. With `share` (k, n), only every n-th batch from
+/// the k-th: one rank's part of an evaluation that the ranks of a job split.
+public func evaluate(_ model: CausalLM, on data: Dataset, batch: Int = 8, maxRows: Int? = nil,
+                     share: (index: Int, of: Int) = (0, 1)) -> Evaluation {
     let wasTraining = model.isTraining
     model.eval()
     defer { model.train(wasTraining) }
     let n = min(data.count, maxRows ?? Int.max)
     var total = 0.0, count = 0
     return withNoGrad {
-        for start in stride(from: 0, to: n, by: batch) {
+        for start in stride(from: share.index * batch, to: n, by: batch * share.of) {
             let b = data.batch(rows: Array(start..<min(start + batch, n)))
             let valid = b.learnedTokens
             guard valid > 0 else { continue }

@@ -214,8 +214,14 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         try? fm.removeItem(at: metricsURL)
         try? fm.removeItem(at: stateURL)
     }
-    let scorer: (() -> Double)? = comm.isLeader ? val.map { v in { evaluate(model, on: v, batch: job.batchSize, maxRows: job.evalRows).loss } } : nil
-    let before = job.resume ? nil : scorer?()
+    // Every rank scores its share of the validation batches; the sums are all-reduced.
+    let scorer: (() throws -> Double)? = val.map { v in {
+        let e = evaluate(model, on: v, batch: job.batchSize, maxRows: job.evalRows, share: (comm.rank, comm.size))
+        var sums = [e.tokens > 0 ? e.loss * Double(e.tokens) : 0, Double(e.tokens)]
+        try comm.allReduceSum(&sums, what: "validation: the all-reduce of the loss sums")
+        return sums[1] > 0 ? sums[0] / sums[1] : .nan
+    } }
+    let before = job.resume ? nil : try scorer?()
     if let b = before { onStart(String(format: "validation loss before: %.4f (perplexity %.2f)", b, Foundation.exp(b))) }
     let start = Date()
     try trainer.run(&stream, validation: scorer)

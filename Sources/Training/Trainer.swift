@@ -198,7 +198,8 @@ public final class Trainer {
     /// ranks, `run`'s stream must be a `RankShard` of the global stream; each micro-batch's loss is
     /// weighted by this rank's share of the global learned tokens, the gradients are summed over the
     /// ranks as one flat buffer per step, and faults stop or skip the step on every rank alike.
-    /// Give `metricsURL`, `checkpointURL`, `onStep` and `validation` to rank 0 only.
+    /// Give `metricsURL`, `checkpointURL` and `onStep` to rank 0 only, and `run`'s `validation` to
+    /// every rank when it is a collective (each rank scoring its share).
     public var communicator: Communicator?
     var exchange: GradientExchange?
     var elapsedBefore = 0.0
@@ -228,7 +229,7 @@ public final class Trainer {
     /// Runs until `options.steps` (or stops early after step `until`, checkpointing there, as an
     /// interrupted run would), evaluating on `validation` (a scorer returning the mean loss)
     /// every `evalEvery` steps and at the end. Continues from `step` after `resume`.
-    public func run<S: BatchStream>(_ data: inout S, until: Int? = nil, validation: (() -> Double)? = nil) throws {
+    public func run<S: BatchStream>(_ data: inout S, until: Int? = nil, validation: (() throws -> Double)? = nil) throws {
         let start = Date()
         model.train()
         let checkpointing = model.gradientCheckpointing
@@ -295,7 +296,7 @@ public final class Trainer {
                 step += 1
                 onSkip?(step, fault)
                 if let validation, step % options.evalEvery == 0 || step == options.steps {
-                    lastValidation = (step, validation())
+                    lastValidation = (step, try validation())
                     model.train()
                 }
                 lastTime = Date()
@@ -318,7 +319,7 @@ public final class Trainer {
                                 elapsed: elapsedBefore + now.timeIntervalSince(start), totalSteps: options.steps)
             lastTime = now
             if let validation, step % options.evalEvery == 0 || step == options.steps {
-                m.valLoss = validation()
+                m.valLoss = try validation()
                 lastValidation = (step, m.valLoss!)
                 model.train()
                 lastTime = Date()
