@@ -95,14 +95,14 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
     guard fm.fileExists(atPath: configURL.path) else {
         throw PEFTFolderError(path: dir.path, message: "no \(PEFTFolder.configFile) in the folder (not a PEFT adapter folder)")
     }
-    let obj: Any
+    let obj: Any, configText: Data
     do {
-        obj = try JSONSerialization.jsonObject(with: Data(contentsOf: configURL))
+        configText = try Data(contentsOf: configURL)
+        obj = try JSONSerialization.jsonObject(with: configText)
     } catch {
         throw PEFTFolderError(path: configURL.path, message: "not valid JSON (\((error as NSError).localizedDescription))")
     }
     guard var config = obj as? [String: Any] else { throw PEFTFolderError(path: configURL.path, message: "the top level is not a JSON object") }
-    let configText = try Data(contentsOf: configURL)
     guard let type = config["peft_type"] as? String else {
         throw PEFTFolderError(path: configURL.path, message: "\"peft_type\" is missing or not a string")
     }

@@ -27,7 +27,8 @@ public struct GenerationRequest: Sendable {
     public var temperature: Float = 0
     public var topP: Float = 1
     public var seed: UInt64 = 0
-    /// The text is cut before the first of these (EOS and `<|im_end|>` always end it: `textEndTokens`).
+    /// The text is cut before the first of these (EOS, `<|im_end|>` and the chat template's turn end
+    /// always end it: `textEndTokens`).
     public var stop: [String] = []
     /// More tokens that end the completion as EOS does, left out of the text.
     public var stopTokens: [Int32] = []

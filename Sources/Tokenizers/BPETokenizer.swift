@@ -75,8 +75,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
 
     private static func compile(_ source: String) -> Result<ChatTemplate, Error> { Result { try ChatTemplate(source) } }
 
-    /// The ids of the added tokens marked special.
-    let specialIDs: Set<Int32>
+    /// The ids of the added tokens marked special, and of every added token.
+    let specialIDs: Set<Int32>, addedIDs: Set<Int32>
     /// Bytes of id k are `idBytes[idOffsets[k] ..< idOffsets[k + 1]]` (added tokens: their UTF-8 content).
     let idBytes: [UInt8]
     let idOffsets: [Int32]
@@ -156,6 +156,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.merges = merges
         self.addedTokens = addedTokens.sorted { $0.id < $1.id }
         specialIDs = Set(addedTokens.filter(\.special).map(\.id))
+        addedIDs = Set(addedTokens.map(\.id))
         self.ignoreMerges = ignoreMerges
         self.vocabSize = size
         self.idBytes = arena
@@ -183,6 +184,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         merges = o.merges
         addedTokens = o.addedTokens
         specialIDs = o.specialIDs
+        addedIDs = o.addedIDs
         ignoreMerges = o.ignoreMerges
         vocabSize = o.vocabSize
         idBytes = o.idBytes
@@ -376,7 +378,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public func decode(_ ids: [Int32], skipSpecialTokens: Bool) -> String {
         var bytes = [UInt8]()
         bytes.reserveCapacity(ids.count * 4)
-        let skip: Set<Int32> = skipSpecialTokens ? Set(addedTokens.filter(\.special).map(\.id)) : []
+        let skip: Set<Int32> = skipSpecialTokens ? specialIDs : []
         idBytes.withUnsafeBufferPointer { arena in
             idOffsets.withUnsafeBufferPointer { off in
                 for id in ids where id >= 0 && Int(id) < vocabSize {
@@ -405,9 +407,9 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         return e >= 0 ? vocab.values[e] : nil
     }
 
-    /// An added token's content, or the byte-level spelling of a vocabulary token.
-    public func isSpecialToken(_ id: Int32) -> Bool { specialIDs.contains(id) }
+    public func isAddedToken(_ id: Int32) -> Bool { addedIDs.contains(id) }
 
+    /// An added token's content, or the byte-level spelling of a vocabulary token.
     public func tokenString(for id: Int32) -> String? {
         if let t = addedTokens.first(where: { $0.id == id }) { return t.content }
         guard id >= 0 && Int(id) < vocabSize && inModelVocab[Int(id)], let b = bytes(for: id) else { return nil }

@@ -30,7 +30,8 @@ let jinjaGlobals: [String: JinjaFunction] = [
         let (start, stop, step) = n.count == 1 ? (0, n[0], 1) : (n[0], n[1], n.count > 2 ? n[2] : 1)
         guard step != 0 else { throw ChatTemplateError("range() arg 3 must not be zero") }
         let (span, overflow) = stop.subtractingReportingOverflow(start)
-        guard !overflow, span / step < 1_000_000 else { throw ChatTemplateError("range() of more than a million items") }
+        let (items, overflow2) = span.dividedReportingOverflow(by: step)
+        guard !overflow, !overflow2, items < 1_000_000 else { throw ChatTemplateError("range() of more than a million items") }
         return .list(stride(from: start, to: stop, by: step).map { .int($0) })
     },
     "raise_exception": JinjaFunction("raise_exception") { args, _ in
@@ -134,7 +135,10 @@ func pythonSplitLines(_ s: String) -> [String] {
 }
 
 /// Python's `str.replace(old, new, count)`.
-func pythonReplace(_ s: String, _ old: String, _ new: String, _ count: Int) -> String {
+func pythonReplace(_ s: String, _ old: String, _ new: String, _ count: Int) throws -> String {
+    let occurrences = old.isEmpty ? s.unicodeScalars.count + 1 : ((try? pythonSplit(s, old, count)) ?? [s]).count - 1
+    let (added, overflow) = occurrences.multipliedReportingOverflow(by: new.utf8.count)
+    try JinjaLimits.check(overflow ? Int.max : added + s.utf8.count, "replace's result")
     if old.isEmpty {
         var out = ""
         var n = 0
@@ -203,6 +207,7 @@ func pythonPercent(_ format: String, _ values: JinjaValue) throws -> String {
             out += String(i)
         case "f":
             guard let x = v.number else { throw ChatTemplateError("%f format: a real number is required, not \(v.typeName)") }
+            guard (precision ?? 6) <= 100 else { throw ChatTemplateError("%f precision \(precision!) is over 100") }
             out += String(format: "%.\(precision ?? 6)f", x)
         case "x":
             guard let i = v.integer else { throw ChatTemplateError("%x format: an integer is required, not \(v.typeName)") }
@@ -350,7 +355,7 @@ private func stringMethod(_ s: String, _ name: String) -> JinjaFunction? {
     case "replace":
         body = { a in
             guard let old = string(a.get(0, "old")), let new = string(a.get(1, "new")) else { throw ChatTemplateError("replace() takes two strings") }
-            return .string(pythonReplace(s, old, new, a.get(2, "count")?.integer ?? -1))
+            return .string(try pythonReplace(s, old, new, a.get(2, "count")?.integer ?? -1))
         }
     case "find", "rfind", "count", "index":
         body = { a in
@@ -370,7 +375,7 @@ private func stringMethod(_ s: String, _ name: String) -> JinjaFunction? {
             return .int((name == "rfind" ? found.last : found.first) ?? -1)
         }
     case "splitlines": body = { _ in .list(pythonSplitLines(s).map { .string($0) }) }
-    case "join": body = { a in .list(try (a.get(0, "iterable") ?? .list([])).iterated()).joinedText(s) }
+    case "join": body = { a in try JinjaValue.list(try (a.get(0, "iterable") ?? .list([])).iterated()).joinedText(s) }
     case "isdigit": body = { _ in .bool(!s.isEmpty && s.unicodeScalars.allSatisfy { $0.properties.numericType != nil }) }
     case "isalpha": body = { _ in .bool(!s.isEmpty && s.unicodeScalars.allSatisfy(\.properties.isAlphabetic)) }
     case "isalnum":
@@ -382,6 +387,7 @@ private func stringMethod(_ s: String, _ name: String) -> JinjaFunction? {
             let width = a.get(0, "width")?.integer ?? 0
             try JinjaLimits.check(width, "\(name)'s width")
             let fill = string(a.get(1, "fillchar")) ?? " "
+            guard fill.unicodeScalars.count == 1 else { throw ChatTemplateError("The fill character must be exactly one character long") }
             let missing = max(0, width - s.unicodeScalars.count)
             // Python's center puts the odd space on the right, unless the width and the text are both odd.
             let left = name == "rjust" ? missing : name == "ljust" ? 0 : missing / 2 + (missing & width & 1)
@@ -404,9 +410,11 @@ private func stringMethod(_ s: String, _ name: String) -> JinjaFunction? {
 
 extension JinjaValue {
     /// The items of a list, printed and joined with `separator`.
-    func joinedText(_ separator: String) -> JinjaValue {
+    func joinedText(_ separator: String) throws -> JinjaValue {
         guard let l = sequenceItems else { return .string(printed) }
-        return .string(l.map(\.printed).joined(separator: separator))
+        let texts = l.map(\.printed)
+        try JinjaLimits.check(texts.reduce(separator.utf8.count * texts.count) { $0 + $1.utf8.count }, "join's result")
+        return .string(texts.joined(separator: separator))
     }
 }
 
@@ -463,7 +471,7 @@ extension JinjaRenderer {
         case "join":
             var items = try value.iterated()
             if let attribute = a.get(1, "attribute") { items = try items.map { try key($0, attribute: attribute, caseSensitive: true) } }
-            return .list(items).joinedText(a.get(0, "d").map(text) ?? "")
+            return try JinjaValue.list(items).joinedText(a.get(0, "d").map(text) ?? "")
         case "default", "d":
             let fallback = a.get(0, "default_value") ?? .string("")
             return value.isUndefined || (a.bool(1, "boolean") && !value.truthy) ? fallback : value
@@ -510,7 +518,7 @@ extension JinjaRenderer {
             guard let old = a.get(0, "old").map(text), let new = a.get(1, "new").map(text) else {
                 throw ChatTemplateError("replace takes two strings")
             }
-            return .string(pythonReplace(text(value), old, new, a.get(2, "count")?.integer ?? -1))
+            return .string(try pythonReplace(text(value), old, new, a.get(2, "count")?.integer ?? -1))
         case "reverse":
             if case .string(let s) = value { return .string(String(String.UnicodeScalarView(s.unicodeScalars.reversed()))) }
             return .list(try value.iterated().reversed())
@@ -622,6 +630,8 @@ extension JinjaRenderer {
             default: break
             }
             let lines = pythonSplitLines(text(value) + "\n")
+            let (added, overflow) = lines.count.multipliedReportingOverflow(by: width.utf8.count)
+            try JinjaLimits.check(overflow ? Int.max : added, "indent's result")
             var out: String
             if a.bool(2, "blank") {
                 out = lines.map { width + $0 }.joined(separator: "\n")

@@ -558,9 +558,9 @@ struct JinjaRenderer {
                 throw ChatTemplateError("'\(f.typeName)' object is not callable")
             }
             let (positional, keywords) = try evalArguments(arguments, scope)
-            return try function.call(positional, keywords)
+            return try sized(try function.call(positional, keywords))
         case .filter(let base, let name, let arguments):
-            return try applyFilter(name, to: try eval(base, scope), try evalArguments(arguments, scope))
+            return try sized(try applyFilter(name, to: try eval(base, scope), try evalArguments(arguments, scope)))
         case .test(let base, let name, let arguments, let negated):
             let result = try applyTest(name, to: try eval(base, scope), try evalArguments(arguments, scope).0)
             return .bool(result != negated)
@@ -589,11 +589,21 @@ struct JinjaRenderer {
             let left = try eval(l, scope)
             return left.truthy ? left : try eval(r, scope)
         case .binary(let op, let l, let r):
-            return try binary(op, try eval(l, scope), try eval(r, scope))
+            return try sized(try binary(op, try eval(l, scope), try eval(r, scope)))
         case .conditional(let value, let condition, let otherwise):
             if try eval(condition, scope).truthy { return try eval(value, scope) }
             return try otherwise.map { try eval($0, scope) } ?? .undefined("the else of a conditional")
         }
+    }
+
+    /// `v`, if it is within `JinjaLimits.size` (a string doubled in a loop fails at the first step past it).
+    func sized(_ v: JinjaValue) throws -> JinjaValue {
+        switch v {
+        case .string(let s): try JinjaLimits.check(s.utf8.count, "a string")
+        case .list(let l), .tuple(let l): try JinjaLimits.check(l.count, "a list")
+        default: break
+        }
+        return v
     }
 
     func binary(_ op: String, _ a: JinjaValue, _ b: JinjaValue) throws -> JinjaValue {

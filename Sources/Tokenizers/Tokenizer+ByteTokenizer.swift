@@ -76,13 +76,13 @@ public struct ByteTokenizer: Tokenizer {
     }
 
     /// The special token's text, the byte as a one-character string when it is ASCII, or `<0xNN>` otherwise.
-    /// Ids past the 256 bytes are the special tokens.
-    public func isSpecialToken(_ id: Int32) -> Bool { id >= 256 && Int(id) < vocabSize }
-
     public func tokenString(for id: Int32) -> String? {
         if id >= 256 && Int(id) < vocabSize { return specialTokens[Int(id) - 256] }
         guard id >= 0 && id < 256 else { return nil }
         if id < 128 { return String(UnicodeScalar(UInt8(id))) }
         return String(format: "<0x%02X>", Int(id))
     }
+
+    /// Ids past the 256 bytes are the special tokens.
+    public func isAddedToken(_ id: Int32) -> Bool { id >= 256 && Int(id) < vocabSize }
 }

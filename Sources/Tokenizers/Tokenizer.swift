@@ -41,16 +41,18 @@ public protocol Tokenizer: Sendable {
     /// - Throws: `ChatTemplateError` when the template's syntax cannot be read.
     var compiledChatTemplate: ChatTemplate? { get throws }
 
-    /// Whether `id` is a special token (an added token marked special): a chat template's markers,
-    /// such as the `<|im_end|>` or `<|eot_id|>` that ends a turn.
-    func isSpecialToken(_ id: Int32) -> Bool
+    /// Whether `id` is an added token (special or not: GGUF's control and user-defined tokens),
+    /// matched whole before any splitting: the markers a chat template writes, such as the
+    /// `<|im_end|>` or `<|eot_id|>` that ends a turn.
+    func isAddedToken(_ id: Int32) -> Bool
 }
 
 extension Tokenizer {
     public var compiledChatTemplate: ChatTemplate? { nil }
 
     /// The special tokens' texts by the names chat templates read them: `bos_token`, `eos_token`,
-    /// `unk_token` and `pad_token`, those the tokenizer has.
+    /// `unk_token` and `pad_token`, those the tokenizer has (transformers passes its whole special
+    /// tokens map; these four roles are the ones this library keeps).
     public var specialTokenTexts: [String: String] {
         var texts: [String: String] = [:]
         for (name, id) in [("bos_token", bosTokenID), ("eos_token", eosTokenID), ("unk_token", unkTokenID), ("pad_token", padTokenID)] {

@@ -398,7 +398,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                 prompts[k].prompt = try renderChat(messages, tokenizer: tokenizer, addGenerationPrompt: true)
                 if let expected = p.expected {
                     let ex = try DataExample.chat(messages + [ChatMessage(role: "assistant", content: expected)]).tokenized(tokenizer)
-                    let last = ex.learned.lastIndex(of: true)!
+                    guard let last = ex.learned.lastIndex(of: true) else { throw BacktestError("the expected answer has no token to score") }
                     let first = (ex.learned[..<last].lastIndex(of: false) ?? -1) + 1
                     answerIDs[p.id] = Array(ex.ids[first...last])
                 }

@@ -1,6 +1,7 @@
 // Dataset+JSONL.swift: reading examples: JSONL lines ({"text"}, {"prompt","completion"},
 // {"instruction","input","output"}, {"messages"}) checked line by line with file:line errors, text files as
-// documents, and the templates (Alpaca, ChatML) that turn an example into tokens with a loss mask.
+// documents, and the templates (Alpaca; the model's chat template, or ChatML without one) that turn an
+// example into tokens with a loss mask.
 
 import Foundation
 import TensorCore
@@ -22,7 +23,8 @@ public enum DataFormat: String, Codable, Sendable, CaseIterable {
     /// JSONL `{"instruction": …, "input": … (optional), "output": …}` in the Alpaca template; only the output
     /// (and EOS) is learned.
     case instruction
-    /// JSONL `{"messages": [{"role": …, "content": …}, …]}` in ChatML; only assistant turns are learned.
+    /// JSONL `{"messages": [{"role": …, "content": …}, …]}`, written by the model's chat template (ChatML
+    /// without one); only assistant turns are learned.
     case chat
 }
 
@@ -61,8 +63,9 @@ public enum DataExample: Equatable, Sendable {
     /// - instruction: `[BOS] alpacaPrompt(…) output EOS`; only `output EOS` is learned.
     /// - chat, with the tokenizer's chat template: the conversation as the template writes it
     ///   (`renderChat`, no BOS added: the template writes it where the model wants one); learned, each
-    ///   assistant turn's text as the template writes it, through the first special token after it
-    ///   (the turn's end, e.g. `<|im_end|>` or `<|eot_id|>`), not what follows it (a newline).
+    ///   assistant turn's text as the template writes it (reasoning before its `</think>` not), through
+    ///   the first added token after it (the turn's end, e.g. `<|im_end|>` or `<|eot_id|>`), not what
+    ///   follows it (a newline).
     /// - chat, without a template: `[BOS] renderChatML(messages)`, then EOS unless it is `<|im_end|>`
     ///   itself; only each assistant turn's content and its closing `<|im_end|>` are learned (not the `\n`
     ///   after it, not the final EOS: `<|im_end|>` is what ends a reply).
@@ -133,12 +136,15 @@ public struct TokenizedExample: Equatable, Sendable {
 
     /// A conversation through its chat template (see `DataExample.tokenized`). Where the template
     /// writes each message is found by rendering the conversation once more with a marker no text
-    /// holds in place of each message's text: the two renderings must agree around the markers, each
-    /// marker standing for its message's text as given, stripped, or after its last `</think>` (as
-    /// templates write past reasoning). A reply is learned from its text through the first special
-    /// token after it (the turn's end); the template's header before it, and what follows that token,
-    /// are not. Templates that write a reply differently in the prompt for it (with `<think>`, say)
-    /// need no agreement between the two.
+    /// holds in place of each message's text. The marker keeps what a template branches on: an empty
+    /// text stays empty, and a reply's reasoning up to its last `</think>` stays (the template writes
+    /// it as it chooses; it is not learned). The two renderings must agree around the markers, each
+    /// marker standing for its text as given or stripped, whichever lets the text after it agree. A
+    /// reply is learned from its text through the first added token after it (the turn's end); the
+    /// template's header before it, and what follows that token, are not. Templates that write a
+    /// reply differently in the prompt for it (with `<think>`, say) need no agreement between the two.
+    /// - Throws: when the renderings cannot be matched, or when no added token follows a reply (the
+    ///   model would not learn to end one).
     mutating func appendChat(_ messages: [ChatMessage], _ template: ChatTemplate, _ tokenizer: Tokenizer) throws {
         func render(_ contents: [String]) throws -> [Unicode.Scalar] {
             Array(try template.render(messages: zip(messages, contents).map { ($0.role, $1) }, addGenerationPrompt: false,
@@ -146,8 +152,13 @@ public struct TokenizedExample: Equatable, Sendable {
         }
         func text(_ s: ArraySlice<Unicode.Scalar>) -> String { String(String.UnicodeScalarView(s)) }
         let (open, close): (Unicode.Scalar, Unicode.Scalar) = ("\u{10FFFD}", "\u{10FFFC}")  // private use: in no text
+        // Each message: the reasoning kept in front of its marker, and the text the marker stands for.
+        let parts: [(kept: String, text: String)] = messages.map { m in
+            guard m.role == "assistant", let r = m.content.range(of: "</think>", options: .backwards) else { return ("", m.content) }
+            return (String(m.content[..<r.upperBound]), String(m.content[r.upperBound...]))
+        }
         let full = try render(messages.map(\.content))
-        let marked = try render(messages.indices.map { "\(open)\($0)\(close)" })
+        let marked = try render(parts.enumerated().map { k, p in p.text.isEmpty ? p.kept : p.kept + "\(open)\(k)\(close)" })
         func lost(_ k: Int?) -> ChatTemplateError {
             ChatTemplateError("the chat template changes \(k.map { "message \($0 + 1)'s text" } ?? "the conversation") in a way "
                 + "that cannot be followed, so the replies cannot be told from the rest")
@@ -157,7 +168,7 @@ public struct TokenizedExample: Equatable, Sendable {
         var i = 0, j = 0
         while i < marked.count {
             guard marked[i] == open else {
-                guard j < full.count, marked[i] == full[j] else { throw lost(found.last?.message) }
+                guard j < full.count, marked[i] == full[j] else { throw lost(nil) }
                 i += 1
                 j += 1
                 continue
@@ -165,16 +176,19 @@ public struct TokenizedExample: Equatable, Sendable {
             guard let c = marked[i...].firstIndex(of: close), let k = Int(text(marked[(i + 1)..<c])), messages.indices.contains(k) else {
                 throw lost(nil)
             }
-            let given = messages[k].content
-            let reasoned = given.components(separatedBy: "</think>").last!
-            let forms = [given, given.trimmingCharacters(in: .whitespacesAndNewlines), reasoned,
-                         reasoned.trimmingCharacters(in: .whitespacesAndNewlines)].map { Array($0.unicodeScalars) }
-            guard let form = forms.filter({ full[j...].starts(with: $0) }).max(by: { $0.count < $1.count }) else { throw lost(k) }
+            // The literal text up to the next marker must follow the form taken.
+            let literal = marked[(c + 1)...].prefix { $0 != open }
+            let given = parts[k].text
+            let forms = [given, given.trimmingCharacters(in: .whitespacesAndNewlines), pythonLStrip(given), pythonRStrip(given)]
+                .map { Array($0.unicodeScalars) }.sorted { $0.count > $1.count }
+            guard let form = forms.first(where: { f in full[j...].starts(with: f) && full[(j + f.count)...].starts(with: literal) }) else {
+                throw lost(k)
+            }
             found.append((k, j, j + form.count))
             i = c + 1
             j += form.count
         }
-        guard j == full.count else { throw lost(found.last?.message) }
+        guard j == full.count else { throw lost(nil) }
         for (k, m) in messages.enumerated() where m.role == "assistant" {
             let n = found.filter { $0.message == k }.count
             guard n == 1 else {
@@ -188,14 +202,21 @@ public struct TokenizedExample: Equatable, Sendable {
             append(tokenizer.encode(text(full[reply.start..<reply.end])), learned: true)
             let next = index + 1 < found.count ? found[index + 1].start : full.count
             let after = tokenizer.encode(text(full[reply.end..<next]))
-            let end = after.firstIndex { tokenizer.isSpecialToken($0) }.map { $0 + 1 } ?? 0  // through the turn's end
-            append(Array(after[..<end]), learned: true)
-            append(Array(after[end...]), learned: false)
+            guard let end = after.firstIndex(where: { tokenizer.isAddedToken($0) }) else {  // the turn's end
+                throw ChatTemplateError("the chat template writes no added token (such as <|im_end|>) after message \(reply.message + 1) "
+                    + "(assistant), so the model would not learn to end a reply")
+            }
+            append(Array(after[...end]), learned: true)
+            append(Array(after[(end + 1)...]), learned: false)
             done = next
         }
         append(tokenizer.encode(text(full[done...])), learned: false)
     }
 }
+
+/// `s` without its leading (`pythonLStrip`) or trailing (`pythonRStrip`) whitespace.
+func pythonLStrip(_ s: String) -> String { String(s.drop { $0.isWhitespace }) }
+func pythonRStrip(_ s: String) -> String { String(s.reversed().drop { $0.isWhitespace }.reversed()) }
 
 let chatMLStart = "<|im_start|>"
 /// The token that ends every ChatML message, a reply included.
@@ -218,7 +239,7 @@ public func textEndTokens(_ tokenizer: Tokenizer) -> Set<Int32> {
     // The last special token of a reply, as chat training learns it.
     let probe = [ChatMessage(role: "user", content: "Hi"), ChatMessage(role: "assistant", content: "Hello")]
     if (try? tokenizer.compiledChatTemplate) != nil, let reply = try? DataExample.chat(probe).tokenized(tokenizer),
-       let last = reply.learned.lastIndex(of: true), tokenizer.isSpecialToken(reply.ids[last]) {
+       let last = reply.learned.lastIndex(of: true), tokenizer.isAddedToken(reply.ids[last]) {
         ends.insert(reply.ids[last])
     }
     return ends

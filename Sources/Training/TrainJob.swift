@@ -87,12 +87,11 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
 private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (String) -> Void = { _ in },
                          onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome? {
     let meter = CostMeter(wattsPerCore: job.wattsPerCore)
-    // Under mpirun, one rank of a data-parallel job: the cores it is bound to, or, unbound (all the
-    // machine's cores in its affinity), its share of them beside the other local ranks.
+    // Under mpirun, one rank of a data-parallel job: its share of the machine's cores beside the other
+    // local ranks, and no more than the cores it is bound to.
     let comm = Communicator.world
     if comm.isDistributed && !checkOnly {
-        let bound = Threads.available < ProcessInfo.processInfo.activeProcessorCount
-        Threads.set(bound ? Threads.available : max(1, Threads.available / comm.localSize))
+        Threads.set(min(Threads.available, max(1, ProcessInfo.processInfo.activeProcessorCount / comm.localSize)))
     }
     let onStart = comm.isLeader ? onStart : { _ in }
     let base = try loadModel(job.modelPath)
@@ -175,8 +174,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         // another budget, would train something else, or wait in another all-reduce than the others.
         let e = JSONEncoder()
         e.outputFormatting = .sortedKeys
-        let job = [fingerprint.weightsHash, fingerprint.architecture, String(splits.train.fingerprint), String(job.batchSize),
-                   String(decoding: try e.encode(trainerOptions), as: UTF8.self), trainer.checkpointAttributes["method_config"] ?? "full"]
+        let job = [fingerprint.weightsHash, fingerprint.architecture, String(splits.train.fingerprint),
+                   splits.validation.map { String($0.fingerprint) } ?? "no validation", String(job.batchSize), String(job.resume),
+                   String(job.evalRows ?? -1), job.precision.rawValue, String(decoding: try e.encode(trainerOptions), as: UTF8.self),
+                   trainer.checkpointAttributes["method_config"] ?? "full"]
         let differing = try comm.ranksDiffering(from: job.joined(separator: "\u{1F}"), what: "the check that every rank has rank 0's job")
         guard differing == 0 else {
             throw TrainingError(message: "\(differing) rank(s) loaded another base, other training data or other options than rank 0 "

@@ -58,6 +58,11 @@ final class ChatTemplateTests: XCTestCase {
             ("{{ (-9223372036854775807 - 1) // -1 }}", "64 bits"), ("{{ (-9223372036854775807 - 1) | abs }}", "64 bits"),
             ("{{ -(-9223372036854775807 - 1) }}", "64 bits"), ("{{ 1e20 | int }}", "64 bits"), ("{{ 2 ** 64 }}", "64 bits"), ("{{ 9223372036854775807 + 1 }}", "64 bits"), ("{{ '10' | int(0, 99) }}", "base"),
             ("{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns | tojson }}", "JSON"),
+            ("{{ range(0, -9223372036854775807 - 1, -1) | length }}", "range"),
+            ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "a string"),
+            ("{{ 'x'.center(9, '**') }}", "fill character"), ("{{ '%.999999999f' % 1 }}", "precision"),
+            ("{{ ('a\n' * 1000000) | indent(100) }}", "indent"), ("{{ ('a' * 1000000).replace('a', 'b' * 100) }}", "replace"),
+            ("{{ (['x' * 1000000] * 100) | join }}", "join"),
         ]
         final class Box: @unchecked Sendable { var failures: [String] = [] }
         let box = Box()

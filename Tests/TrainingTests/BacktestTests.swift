@@ -87,7 +87,7 @@ final class BacktestTests: XCTestCase {
             BacktestPrompt(id: "c2", prompt: "", expected: nil, tags: ["open"],
                            messages: [ChatMessage(role: "system", content: "Be brief."), ChatMessage(role: "user", content: "The quick")]),
         ])
-        let template = "{% for m in messages %}{{ m['role'] + ':' + m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}"
+        let template = "{% for m in messages %}{{ m['role'] + ':' + m['content'] }}{% if m['role'] == 'assistant' %}{{ '<|im_end|>' }}{% endif %}{{ '\n' }}"
             + "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
         let (base, adapter, tok) = try tinyBaseAndAdapter(chatTemplate: template)
         var o = BacktestOptions(modelPath: base, adapters: [("v1", adapter)], prompts: prompts)
@@ -97,9 +97,10 @@ final class BacktestTests: XCTestCase {
         XCTAssertEqual(r.rows.first { $0.promptID == "c2" }?.prompt, "system:Be brief.\nuser:The quick\nassistant:")
         let model = try loadModel(base).model
         _ = try loadAdapter(adapter, onto: model)
-        let ids = tok.encode("user:Hello there\nassistant:"), answer = tok.encode(" how are you") + [tok.eosTokenID!]
+        let ids = tok.encode("user:Hello there\nassistant:"), answer = tok.encode(" how are you") + [tok.tokenID(for: "<|im_end|>")!]
+        XCTAssertNotEqual(tok.tokenID(for: "<|im_end|>"), tok.eosTokenID, "the reply's end is the template's, not EOS")
         let scored = try XCTUnwrap(r.rows.first { $0.version == "v1" && $0.promptID == "c1" })
-        XCTAssertEqual(scored.loss!, answerLoss(model, ids, answer), accuracy: 1e-4, "the reply and the EOS the template ends it with")
+        XCTAssertEqual(scored.loss!, answerLoss(model, ids, answer), accuracy: 1e-4, "the reply and the <|im_end|> the template ends it with")
         XCTAssertEqual(scored.lossTokens, answer.count)
 
         for (text, needle) in [(#"{"messages": [{"role": "user", "content": "a"}], "prompt": "b"}"#, ":1: give one of"),
@@ -153,9 +154,12 @@ final class BacktestTests: XCTestCase {
         return nll / Double(answer.count)
     }
 
-    /// A tiny LLaMA base with the GPT-2 fixture tokenizer (and `chatTemplate`), saved, and a LoRA adapter for it (B made non-zero).
+    /// A tiny LLaMA base with the GPT-2 fixture tokenizer (or, with `chatTemplate`, a small one with
+    /// ChatML's markers and that template), saved, and a LoRA adapter for it (B made non-zero).
     func tinyBaseAndAdapter(chatTemplate: String? = nil) throws -> (base: String, adapter: String, tokenizer: BPETokenizer) {
-        let tok = try BPETokenizer.load(json: Data(contentsOf: packageRoot().appendingPathComponent("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json")))
+        let tok = chatTemplate == nil
+            ? try BPETokenizer.load(json: Data(contentsOf: packageRoot().appendingPathComponent("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json")))
+            : try trainBaseTokenizer(["Hello there, how are you? The quick brown fox. user: assistant: system:"], vocabSize: 300)
         tok.chatTemplate = chatTemplate
         let config = ModelConfig.llama(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24)
         let model = makeModel(config, seed: 5)

@@ -272,6 +272,46 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try load(refused, tok: broken)) { XCTAssertTrue("\($0)".contains("chat template cannot be read") && "\($0)".contains("line 2"), "\($0)") }
     }
 
+    /// Templates that branch on a text or strip it: a reply's reasoning (the Qwen3 kind writes it in
+    /// the last turn only) is written but not learned; `strip()` with spaces around a text (the
+    /// Llama 2 kind); an empty system message a template leaves out. A template that writes no added
+    /// token after a reply is refused: the model would not learn to stop.
+    func testChatTemplatesThatBranchOrStrip() throws {
+        let specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+        let corpus = (0..<30).map { "The cat sat on the mat \($0). Say hello. hello there, user, assistant! think greet [INST] [/INST]" }
+        let base = try BPETokenizer.train(corpus: corpus, vocabSize: 320, specialTokens: specials, roles: SpecialTokenRoles(bos: "<s>", eos: "</s>"))
+        let qwen = "{% for m in messages %}{% if m['content'] or m['role'] != 'system' %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+            + "{% set c = m['content'] %}{% if m['role'] == 'assistant' and '</think>' in c %}"
+            + "{% set r = c.split('</think>')[0].split('<think>')[-1] %}{% set c = c.split('</think>')[-1].lstrip('\\n') %}"
+            + "{% if loop.last %}{{ '<think>' + r + '</think>\\n\\n' }}{% endif %}{% endif %}{{ c + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        let llama2 = "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'].strip() + ' [/INST]' }}"
+            + "{% else %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+        let cases: [(String, String, [[String: String]], String, String)] = [
+            ("qwen3", qwen, [["role": "system", "content": ""], ["role": "user", "content": "Say hello."],
+                             ["role": "assistant", "content": "<think>x</think>\n\nhello"], ["role": "user", "content": "The cat"],
+                             ["role": "assistant", "content": "<think>\ngreet\n</think>\n\nsat"]],
+             "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nThe cat<|im_end|>\n"
+                + "<|im_start|>assistant\n<think>\ngreet\n</think>\n\nsat<|im_end|>\n", "hello<|im_end|>sat<|im_end|>"),
+            ("llama2", llama2, [["role": "user", "content": "Say hello. "], ["role": "assistant", "content": "hello "],
+                                ["role": "user", "content": " The cat"], ["role": "assistant", "content": "sat"]],
+             "<s>[INST] Say hello. [/INST] hello </s><s>[INST] The cat [/INST] sat </s>", "hello </s>sat </s>"),
+        ]
+        for (name, template, turns, text, learned) in cases {
+            let tok = try base.withRoles(base.roles)
+            tok.chatTemplate = template
+            let b = try load(try write("\(name).jsonl", [json(["messages": turns])]), tok: tok).train.batch(rows: [0])
+            let real = b.attentionMask!.filter { $0 == 1 }.count
+            XCTAssertEqual(tok.decode(Array(b.ids[..<real])), text, name)
+            XCTAssertEqual(learnedText(b, tok), learned, name)
+        }
+        let plain = try base.withRoles(base.roles)
+        plain.chatTemplate = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        let path = try write("plain.jsonl", [json(["messages": [["role": "user", "content": "Hi"], ["role": "assistant", "content": "hello"]]])])
+        XCTAssertThrowsError(try load(path, tok: plain)) {
+            XCTAssertTrue("\($0)".contains("no added token") && "\($0)".contains(path + ":1"), "\($0)")
+        }
+    }
+
     // MARK: errors
 
     /// Each bad line, written as line 3 after a good line and an empty one, with the message it must give.
