@@ -254,7 +254,7 @@ final class TrainerTests: XCTestCase {
         let lora = try LoRA(config: LoRAConfig(r: 4, loraAlpha: 8), seed: 2)
         try lora.attach(to: model)
         var o = TrainerOptions()
-        o.steps = 12
+        o.steps = 20
         let trainer = try Trainer(model: model, parameters: lora.adapterParameters(), options: o)
         var data = WindowSampler(tokens: (0..<20_000).map { Int32(($0 * 31 + $0 / 7) % 2048) }, seqLen: 128, batch: 8, seed: 3)
         func systemBytes() throws -> Int {  // VmData: the heap and every private mapping, in kB
@@ -263,13 +263,21 @@ final class TrainerTests: XCTestCase {
             return try XCTUnwrap(Int(line.split(separator: " ").dropFirst().first ?? ""), "no VmData in /proc/self/status")
         }
         try trainer.run(&data, until: 4)  // warm: every buffer size has been asked for once
-        let before = try systemBytes(), faults = resourceUsage().minorFaults
-        try trainer.run(&data)
-        XCTAssertEqual(trainer.step, 12)
-        XCTAssertLessThanOrEqual(try systemBytes(), before, "8 steady steps took memory from the system (kB)")
+        let before = try systemBytes()
+        // The fault count is the whole process's, so other threads of the test process can add to it:
+        // in the full suite this once counted 3,776 where it counts 0 alone. So two windows of 8
+        // steps, the fewer counted; steps that fault do so in both.
+        var fewest = Int.max
+        for end in [12, 20] {
+            let faults = resourceUsage().minorFaults
+            try trainer.run(&data, until: end)
+            fewest = min(fewest, resourceUsage().minorFaults - faults)
+        }
+        XCTAssertEqual(trainer.step, 20)
+        XCTAssertLessThanOrEqual(try systemBytes(), before, "16 steady steps took memory from the system (kB)")
         // Measured: 0 faults here; 46,272 and 46,815 with glibc's default thresholds (every large
         // buffer mapped afresh and faulted in page by page).
-        XCTAssertLessThan(resourceUsage().minorFaults - faults, 8 * 64, "page faults in 8 steady steps")
+        XCTAssertLessThan(fewest, 8 * 64, "page faults in 8 steady steps")
     }
 
     /// With gradient checkpointing (the trainer option), a run gives the same losses and the same
