@@ -34,39 +34,40 @@ public struct RankShard<S: BatchStream>: BatchStream {
 }
 
 /// The trained tensors' gradients gathered into one contiguous buffer (reused every step), summed
-/// over the ranks and scattered back.
+/// over the ranks and scattered back. After the gradients, the buffer holds one flag per tensor
+/// (1 where this rank has a gradient), so a tensor that no rank has a gradient for stays without one
+/// and AdamW leaves it alone (no momentum, no decay) as one process would.
 final class GradientExchange {
     let communicator: Communicator
     private var buffer: UnsafeMutablePointer<Float>
-    private let count: Int
+    private let count: Int  // gradient values; the flags follow them
 
     init(_ communicator: Communicator, parameters: [(String, Tensor)]) {
         self.communicator = communicator
         count = parameters.reduce(0) { $0 + $1.1.count }
-        buffer = .allocate(capacity: max(1, count))
+        buffer = .allocate(capacity: count + parameters.count)
     }
 
     deinit { buffer.deallocate() }
 
-    /// Floats all-reduced per step (the trained tensors' sizes).
-    var floats: Int { count }
-
-    /// Sums every parameter's gradient over the ranks (a parameter without one counts as zeros,
-    /// and gets the sum).
+    /// Sums every parameter's gradient over the ranks. A rank without one adds zeros; a parameter
+    /// that no rank has a gradient for is left without one.
     func allReduce(_ parameters: [(String, Tensor)], step: Int) throws {
         var offset = 0
-        for (_, p) in parameters {
+        for (i, (_, p)) in parameters.enumerated() {
             let n = p.count
             if let g = p.grad { (buffer + offset).update(from: g.basePointer, count: n) } else { (buffer + offset).update(repeating: 0, count: n) }
+            buffer[count + i] = p.grad == nil ? 0 : 1
             offset += n
         }
-        try communicator.allReduceSum(buffer, count: count, what: "step \(step): the all-reduce of \(count) gradient values")
+        try communicator.allReduceSum(buffer, count: count + parameters.count, what: "step \(step): the all-reduce of \(count) gradient values")
         offset = 0
-        for (_, p) in parameters {
+        for (i, (_, p)) in parameters.enumerated() {
             let n = p.count
+            defer { offset += n }
+            guard buffer[count + i] > 0 else { continue }  // no rank has one (so neither has this one)
             if p.grad == nil { p.grad = Tensor.zeros(p.shape) }
             p.grad!.basePointer.update(from: buffer + offset, count: n)
-            offset += n
         }
     }
 }

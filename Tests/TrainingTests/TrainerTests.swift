@@ -11,6 +11,7 @@ import Tokenizers
 import PEFT
 import Containers
 import Formats
+import Distributed
 import TestSupport
 
 final class TrainerTests: XCTestCase {
@@ -180,6 +181,29 @@ final class TrainerTests: XCTestCase {
                      Trainer.dropoutSeed(7, step: 0, rank: 1), Trainer.dropoutSeed(8, step: 0, rank: 0)]
         XCTAssertEqual(Set(seeds).count, 4, "\(seeds)")
         XCTAssertEqual(Trainer.dropoutSeed(7, step: 3, rank: 1), Trainer.dropoutSeed(7, step: 3, rank: 1))
+    }
+
+    /// The gradient exchange of data-parallel training (here over a world of one, whose sum is the
+    /// identity) keeps a tensor that has no gradient without one, so AdamW gives it no momentum or
+    /// decay step; the others come back with their values, and the buffer is reused.
+    func testGradientExchangeLeavesTensorsWithoutAGradientWithout() throws {
+        let a = Tensor(shape: [3], data: [1, 2, 3])
+        let b = Tensor(shape: [2, 2], data: [4, 5, 6, 7])
+        (a.requiresGrad, b.requiresGrad) = (true, true)
+        let parameters = [("a", a), ("b", b)]
+        let exchange = GradientExchange(Communicator.world, parameters: parameters)
+        b.grad = Tensor(shape: [2, 2], data: [0.5, -1, 2, 0])
+        try exchange.allReduce(parameters, step: 1)
+        XCTAssertNil(a.grad, "a tensor no rank has a gradient for got one")
+        XCTAssertEqual(b.grad?.toArray(), [0.5, -1, 2, 0])
+        let optimizer = AdamW(parameters, weightDecay: 0.1)
+        optimizer.step(lr: 0.1)
+        XCTAssertEqual(a.toArray(), [1, 2, 3], "AdamW moved a tensor without a gradient")
+        optimizer.zeroGrad()
+        a.grad = Tensor(shape: [3], data: [1, 1, 1])
+        try exchange.allReduce(parameters, step: 2)
+        XCTAssertEqual(a.grad?.toArray(), [1, 1, 1])
+        XCTAssertNil(b.grad)
     }
 
     /// Skip mode: a step whose loss is NaN drops its update and the run goes on, within the budget;
