@@ -35,10 +35,18 @@ public struct ChatTemplate: Sendable {
     /// (`bos_token`, `eos_token`, `unk_token`, `pad_token`, those the tokenizer has).
     public func render(messages: [(role: String, content: String)], addGenerationPrompt: Bool,
                        specialTokens: [String: String] = [:]) throws -> String {
+        try render(conversation: messages.map { .dict(JinjaDict([("role", .string($0.role)), ("content", .string($0.content))])) },
+                   addGenerationPrompt: addGenerationPrompt, specialTokens: specialTokens)
+    }
+
+    /// The conversation rendered as `apply_chat_template` renders it, each message a dict as the data
+    /// gives it (tool calls and tool names included), with `tools` (JSON schemas; None when there
+    /// are none, as `documents` always is here).
+    public func render(conversation messages: [JinjaValue], tools: [JinjaValue]? = nil, addGenerationPrompt: Bool,
+                       specialTokens: [String: String] = [:]) throws -> String {
         var variables: [String: JinjaValue] = [
-            "messages": .list(messages.map { .dict(JinjaDict([("role", .string($0.role)), ("content", .string($0.content))])) }),
-            "add_generation_prompt": .bool(addGenerationPrompt),
-            "tools": .none, "documents": .none,  // transformers passes both, as None when there are none
+            "messages": .list(messages), "add_generation_prompt": .bool(addGenerationPrompt),
+            "tools": tools.map { .list($0) } ?? .none, "documents": .none,
         ]
         for (k, v) in specialTokens { variables[k] = .string(v) }
         return try render(variables)

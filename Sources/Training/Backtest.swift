@@ -22,9 +22,11 @@ public struct BacktestPrompt: Codable, Equatable, Sendable {
     public var tags: [String]
     /// A chat prompt: the conversation the reply continues.
     public var messages: [ChatMessage]?
+    /// The tools (JSON schemas) a chat prompt's template is given.
+    public var tools: [JSONValue]?
 
-    public init(id: String, prompt: String, expected: String?, tags: [String], messages: [ChatMessage]? = nil) {
-        (self.id, self.prompt, self.expected, self.tags, self.messages) = (id, prompt, expected, tags, messages)
+    public init(id: String, prompt: String, expected: String?, tags: [String], messages: [ChatMessage]? = nil, tools: [JSONValue]? = nil) {
+        (self.id, self.prompt, self.expected, self.tags, self.messages, self.tools) = (id, prompt, expected, tags, messages, tools)
     }
 }
 
@@ -89,7 +91,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
-    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages"]
+    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "tools"]
     // Split on the "\n" scalar, not the Character: in a CRLF file "\r\n" is one Character. The "\r"
     // left at a line's end is JSON whitespace.
     for (n, scalars) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -123,16 +125,24 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         guard given.count + (obj["messages"] == nil ? 0 : 1) <= 1 else {
             throw BacktestError("\(at): give one of \"template\", \"template_file\", \"prompt\" and \"messages\"")
         }
-        var prompt = "", chat: [ChatMessage]?, answer = try string("expected") ?? string("completion")
-        if let messages = obj["messages"] {
+        var prompt = "", chat: [ChatMessage]?, tools: [JSONValue]?, answer = try string("expected") ?? string("completion")
+        if obj["messages"] != nil {
             guard variables.isEmpty else { throw BacktestError("\(at): \"messages\" are literal text; \"vars\" fill a \"template\"") }
-            var turns = try parseChatMessages(messages) { BacktestError("\(at): \($0)") }
+            // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
+            let ordered = try JSONValue(parsing: String(line))
+            var turns = try parseChatMessages(ordered["messages"]!) { BacktestError("\(at): \($0)") }
+            tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             if turns.last?.role == "assistant" {
                 guard answer == nil else { throw BacktestError("\(at): give \"expected\" or a final assistant message, not both") }
+                guard turns.last!.toolCallNames.isEmpty else {
+                    throw BacktestError("\(at): the final assistant message calls tools; an expected answer is a text (its \"content\")")
+                }
                 answer = turns.removeLast().content
             }
             guard !turns.isEmpty else { throw BacktestError("\(at): the conversation has no message before the reply") }
             chat = turns
+        } else if obj["tools"] != nil {
+            throw BacktestError("\(at): \"tools\" go with \"messages\" (the chat template writes them)")
         } else if let literal = try string("prompt") {
             guard variables.isEmpty else { throw BacktestError("\(at): \"prompt\" is literal text; use \"template\" with \"vars\"") }
             prompt = literal
@@ -165,7 +175,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         let id = try string("id") ?? "line \(n + 1)"
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
-        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: answer, tags: tags, messages: chat))
+        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: answer, tags: tags, messages: chat, tools: tools))
     }
     guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line)") }
     return prompts
@@ -395,9 +405,9 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                 guard try canWriteChat(tokenizer) else {
                     throw BacktestError("this model's tokenizer has no chat template, and no <|im_end|> token for ChatML")
                 }
-                prompts[k].prompt = try renderChat(messages, tokenizer: tokenizer, addGenerationPrompt: true)
+                prompts[k].prompt = try renderChat(messages, tools: p.tools, tokenizer: tokenizer, addGenerationPrompt: true)
                 if let expected = p.expected {
-                    let ex = try DataExample.chat(messages + [ChatMessage(role: "assistant", content: expected)]).tokenized(tokenizer)
+                    let ex = try DataExample.chat(messages + [ChatMessage(role: "assistant", content: expected)], tools: p.tools).tokenized(tokenizer)
                     guard let last = ex.learned.lastIndex(of: true) else { throw BacktestError("the expected answer has no token to score") }
                     let first = (ex.learned[..<last].lastIndex(of: false) ?? -1) + 1
                     answerIDs[p.id] = Array(ex.ids[first...last])

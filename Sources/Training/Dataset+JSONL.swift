@@ -28,13 +28,69 @@ public enum DataFormat: String, Codable, Sendable, CaseIterable {
     case chat
 }
 
-/// One chat turn. `role` is "system", "user" or "assistant".
+/// One chat turn: its role ("system", "user", "assistant" or "tool"), its text, and the message's
+/// other keys as the data gives them (an assistant's `tool_calls`, a tool result's `name` or
+/// `tool_call_id`, `reasoning_content`, …), which the chat template gets as they are, as
+/// transformers' `apply_chat_template` passes a message.
 public struct ChatMessage: Codable, Equatable, Sendable {
     public var role: String
     public var content: String
-    public init(role: String, content: String) {
+    /// The other keys, in the data's order. `"content": null` (an assistant message that only calls
+    /// tools) is kept here, so the template sees None where `content` is "".
+    public var fields: JSONObject
+
+    public init(role: String, content: String, fields: JSONObject = JSONObject()) {
         self.role = role
         self.content = content
+        self.fields = fields
+    }
+
+    /// The names of the functions an assistant message calls, in order (`tool_calls[i].function.name`,
+    /// or `tool_calls[i].name`).
+    public var toolCallNames: [String] {
+        guard case .array(let calls)? = fields["tool_calls"] else { return [] }
+        return calls.compactMap { ($0["function"]?["name"] ?? $0["name"])?.string }
+    }
+
+    /// The message as a chat template gets it: `role`, `content`, then the other keys; `content` and
+    /// the called functions' names replaced where given (chat training puts markers there).
+    func templateValue(content: String? = nil, toolCallNames names: [String]? = nil) -> JinjaValue {
+        var o = JSONObject([("role", .string(role)), ("content", .string(content ?? self.content))])
+        for (k, v) in fields.members { o[k] = v }  // (a null content replaces the "" in its place)
+        if let names, case .array(var calls)? = fields["tool_calls"] {
+            var n = 0
+            for (i, call) in calls.enumerated() {
+                guard case .object(var c) = call, n < names.count else { continue }
+                if case .object(var f)? = c["function"], f["name"]?.string != nil {
+                    f["name"] = .string(names[n])
+                    c["function"] = .object(f)
+                } else if c["name"]?.string != nil {
+                    c["name"] = .string(names[n])
+                } else {
+                    continue
+                }
+                n += 1
+                calls[i] = .object(c)
+            }
+            o["tool_calls"] = .array(calls)
+        }
+        return JSONValue.object(o).jinja
+    }
+
+    enum CodingKeys: String, CodingKey { case role, content, fields }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        role = try c.decode(String.self, forKey: .role)
+        content = try c.decode(String.self, forKey: .content)
+        fields = try c.decodeIfPresent(JSONObject.self, forKey: .fields) ?? JSONObject()
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(role, forKey: .role)
+        try c.encode(content, forKey: .content)
+        if !fields.members.isEmpty { try c.encode(fields, forKey: .fields) }
     }
 }
 
@@ -43,7 +99,8 @@ public enum DataExample: Equatable, Sendable {
     case text(String)
     case promptCompletion(prompt: String, completion: String)
     case instruction(instruction: String, input: String?, output: String)
-    case chat([ChatMessage])
+    /// A conversation, and the tools (JSON schemas) its template is given, when the data has them.
+    case chat([ChatMessage], tools: [JSONValue]? = nil)
 
     /// The JSONL format this example has (`.text` for text documents as well).
     public var format: DataFormat {
@@ -61,11 +118,11 @@ public enum DataExample: Equatable, Sendable {
     /// - prompt/completion: `[BOS] prompt completion EOS` (no separator is inserted: put the space or newline you
     ///   want at the end of the prompt); only `completion EOS` is learned.
     /// - instruction: `[BOS] alpacaPrompt(…) output EOS`; only `output EOS` is learned.
-    /// - chat, with the tokenizer's chat template: the conversation as the template writes it
-    ///   (`renderChat`, no BOS added: the template writes it where the model wants one); learned, each
-    ///   assistant turn's text as the template writes it (reasoning before its `</think>` not), through
-    ///   the first added token after it (the turn's end, e.g. `<|im_end|>` or `<|eot_id|>`), not what
-    ///   follows it (a newline).
+    /// - chat, with the tokenizer's chat template: the conversation (and its tools) as the template
+    ///   writes it (`renderChat`, no BOS added: the template writes it where the model wants one);
+    ///   learned, each assistant turn from where the prompt for it ends (its text, its tool calls, the
+    ///   reasoning the template writes there) through the token that ends the turn (e.g. `<|im_end|>` or
+    ///   `<|eot_id|>`), not what follows it (a newline); see `TokenizedExample.appendChat`.
     /// - chat, without a template: `[BOS] renderChatML(messages)`, then EOS unless it is `<|im_end|>`
     ///   itself; only each assistant turn's content and its closing `<|im_end|>` are learned (not the `\n`
     ///   after it, not the final EOS: `<|im_end|>` is what ends a reply).
@@ -78,8 +135,8 @@ public enum DataExample: Equatable, Sendable {
     ///   system message, or roles that do not alternate).
     public func tokenized(_ tokenizer: Tokenizer, addBOS: Bool = false) throws -> TokenizedExample {
         var ex = TokenizedExample()
-        if case .chat(let messages) = self, let template = try tokenizer.compiledChatTemplate {
-            try ex.appendChat(messages, template, tokenizer)
+        if case .chat(let messages, let tools) = self, let template = try tokenizer.compiledChatTemplate {
+            try ex.appendChat(messages, tools: tools, template, tokenizer)
             return ex
         }
         if addBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
@@ -93,7 +150,8 @@ public enum DataExample: Equatable, Sendable {
         case .instruction(let instruction, let input, let output):
             ex.append(tokenizer.encode(alpacaPrompt(instruction: instruction, input: input)), learned: false)
             ex.append(tokenizer.encode(output) + eos, learned: true)
-        case .chat(let messages):
+        case .chat(let messages, let tools):
+            try refuseToolsWithoutTemplate(messages, tools)
             // The prompt side is encoded as one string up to "assistant\n", exactly as a generation prompt is.
             let imEnd = tokenizer.encode(chatMLEnd)
             var pending = ""
@@ -135,36 +193,67 @@ public struct TokenizedExample: Equatable, Sendable {
     }
 
     /// A conversation through its chat template (see `DataExample.tokenized`). Where the template
-    /// writes each message is found by rendering the conversation once more with a marker no text
-    /// holds in place of each message's text. The marker keeps what a template branches on: an empty
-    /// text stays empty, and a reply's reasoning up to its last `</think>` stays (the template writes
-    /// it as it chooses; it is not learned). The two renderings must agree around the markers, each
-    /// marker standing for its text as given or stripped, whichever lets the text after it agree. A
-    /// reply is learned from its text through the first added token after it (the turn's end); the
-    /// template's header before it, and what follows that token, are not. Templates that write a
-    /// reply differently in the prompt for it (with `<think>`, say) need no agreement between the two.
-    /// - Throws: when the renderings cannot be matched, or when no added token follows a reply (the
-    ///   model would not learn to end one).
-    mutating func appendChat(_ messages: [ChatMessage], _ template: ChatTemplate, _ tokenizer: Tokenizer) throws {
-        func render(_ contents: [String]) throws -> [Unicode.Scalar] {
-            Array(try template.render(messages: zip(messages, contents).map { ($0.role, $1) }, addGenerationPrompt: false,
+    /// writes each reply is found by rendering the conversation once more with a marker no text
+    /// holds in place of each reply's text and of the name of each function it calls. The marker
+    /// keeps what a template branches on: an empty text stays empty, and a reply's reasoning up to its
+    /// last `</think>` stays (the template writes it as it chooses). The two renderings must agree
+    /// around the markers, each text marker standing for its text as given or stripped, whichever
+    /// lets the text after it agree.
+    ///
+    /// A reply is learned from where the prompt for it ends (the template's generation prompt, e.g.
+    /// `<|im_start|>assistant\n`, found just before it; else from its text) through the token that ends
+    /// its turn: the first added token after its text (e.g. `<|im_end|>`), or, after tool calls, the
+    /// first token a reply ends with (`textEndTokens`; a call's own tags such as `</tool_call>` are
+    /// added tokens too). So what a model writes after the prompt (the reasoning a template writes
+    /// there, a call's JSON) is learned; the headers and what follows the end token are not. Templates
+    /// that write a reply differently in the prompt for it (with `<think>`, say) need no agreement between the two.
+    /// - Throws: when the renderings cannot be matched, when the template leaves out a reply or a
+    ///   tool call, ignores the tools it is given, or writes no added token after a reply (the model
+    ///   would not learn to end one).
+    mutating func appendChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, _ template: ChatTemplate, _ tokenizer: Tokenizer) throws {
+        let toolValues = tools?.map(\.jinja)
+        func render(_ values: [JinjaValue], tools: [JinjaValue]? = toolValues, prompt: Bool = false) throws -> [Unicode.Scalar] {
+            Array(try template.render(conversation: values, tools: tools, addGenerationPrompt: prompt,
                                       specialTokens: tokenizer.specialTokenTexts).unicodeScalars)
         }
         func text(_ s: ArraySlice<Unicode.Scalar>) -> String { String(String.UnicodeScalarView(s)) }
         let (open, close): (Unicode.Scalar, Unicode.Scalar) = ("\u{10FFFD}", "\u{10FFFC}")  // private use: in no text
-        // Each message: the reasoning kept in front of its marker, and the text the marker stands for.
-        let parts: [(kept: String, text: String)] = messages.map { m in
-            guard m.role == "assistant", let r = m.content.range(of: "</think>", options: .backwards) else { return ("", m.content) }
-            return (String(m.content[..<r.upperBound]), String(m.content[r.upperBound...]))
+        // The marked strings: each reply's text (less the reasoning kept in front of it) and the
+        // names of the functions it calls.
+        var pieces: [(message: Int, text: String, isName: Bool)] = []
+        var markedValues: [JinjaValue] = []
+        for (k, m) in messages.enumerated() {
+            guard m.role == "assistant" else {  // the others are written as given (a template may escape them)
+                markedValues.append(m.templateValue())
+                continue
+            }
+            var reasoning = "", body = m.content
+            if let r = m.content.range(of: "</think>", options: .backwards) {
+                (reasoning, body) = (String(m.content[..<r.upperBound]), String(m.content[r.upperBound...]))
+            }
+            var content = reasoning
+            if !body.isEmpty {
+                content += "\(open)\(pieces.count)\(close)"
+                pieces.append((k, body, false))
+            }
+            let names = m.toolCallNames.map { name -> String in
+                pieces.append((k, name, true))
+                return "\(open)\(pieces.count - 1)\(close)"
+            }
+            markedValues.append(m.templateValue(content: content, toolCallNames: names))
         }
-        let full = try render(messages.map(\.content))
-        let marked = try render(parts.enumerated().map { k, p in p.text.isEmpty ? p.kept : p.kept + "\(open)\(k)\(close)" })
+        let values = messages.map { $0.templateValue() }
+        let full = try render(values)
+        let marked = try render(markedValues)
+        if let toolValues, !toolValues.isEmpty, try render(values, tools: nil) == full {
+            throw ChatTemplateError("the chat template does not write the tools it is given (it may not support tools), so the model would not see them")
+        }
         func lost(_ k: Int?) -> ChatTemplateError {
             ChatTemplateError("the chat template changes \(k.map { "message \($0 + 1)'s text" } ?? "the conversation") in a way "
                 + "that cannot be followed, so the replies cannot be told from the rest")
         }
-        // (message, start, end) in `full`, in order.
-        var found: [(message: Int, start: Int, end: Int)] = []
+        // (piece, start, end) in `full`, in order.
+        var found: [(piece: Int, start: Int, end: Int)] = []
         var i = 0, j = 0
         while i < marked.count {
             guard marked[i] == open else {
@@ -173,41 +262,76 @@ public struct TokenizedExample: Equatable, Sendable {
                 j += 1
                 continue
             }
-            guard let c = marked[i...].firstIndex(of: close), let k = Int(text(marked[(i + 1)..<c])), messages.indices.contains(k) else {
+            guard let c = marked[i...].firstIndex(of: close), let p = Int(text(marked[(i + 1)..<c])), pieces.indices.contains(p) else {
                 throw lost(nil)
             }
             // The literal text up to the next marker must follow the form taken.
             let literal = marked[(c + 1)...].prefix { $0 != open }
-            let given = parts[k].text
-            let forms = [given, given.trimmingCharacters(in: .whitespacesAndNewlines), pythonLStrip(given), pythonRStrip(given)]
+            let given = pieces[p].text
+            let forms = (pieces[p].isName ? [given] : [given, given.trimmingCharacters(in: .whitespacesAndNewlines), pythonLStrip(given), pythonRStrip(given)])
                 .map { Array($0.unicodeScalars) }.sorted { $0.count > $1.count }
             guard let form = forms.first(where: { f in full[j...].starts(with: f) && full[(j + f.count)...].starts(with: literal) }) else {
-                throw lost(k)
+                throw lost(pieces[p].message)
             }
-            found.append((k, j, j + form.count))
+            found.append((p, j, j + form.count))
             i = c + 1
             j += form.count
         }
         guard j == full.count else { throw lost(nil) }
+        // Each reply: its pieces written once each, next to each other.
+        var spans: [(message: Int, first: Int, last: Int)] = []  // indices into `found`
         for (k, m) in messages.enumerated() where m.role == "assistant" {
-            let n = found.filter { $0.message == k }.count
-            guard n == 1 else {
-                throw ChatTemplateError("the chat template writes message \(k + 1) (assistant) \(n == 0 ? "nowhere" : "\(n) times"), "
-                    + "so what to learn of it is not clear")
+            for (p, piece) in pieces.enumerated() where piece.message == k {
+                let n = found.filter { $0.piece == p }.count
+                guard n == 1 else {
+                    let what = piece.isName ? "its call of \(piece.text)" : "its text"
+                    throw ChatTemplateError("the chat template writes message \(k + 1) (assistant) \(what) \(n == 0 ? "nowhere" : "\(n) times"), "
+                        + "so what to learn of it is not clear" + (piece.isName && n == 0 ? " (the template may not support tool calls)" : ""))
+                }
             }
+            let at = found.indices.filter { pieces[found[$0].piece].message == k }
+            guard let first = at.first, let last = at.last else {
+                throw ChatTemplateError("the chat template writes message \(k + 1) (assistant) nowhere, so what to learn of it is not clear")
+            }
+            guard at.count == last - first + 1 else {
+                throw ChatTemplateError("the chat template writes message \(k + 1) (assistant) in parts apart, so what to learn of it is not clear")
+            }
+            spans.append((k, first, last))
         }
+        // Where each reply's learning starts: after the generation prompt written just before it.
+        let starts = spans.map { span -> Int in
+            let textStart = found[span.first].start
+            let gapStart = span.first > 0 ? found[span.first - 1].end : 0
+            let before = Array(values[..<span.message])
+            guard let prompt = try? render(before, prompt: true), let plain = try? render(before) else { return textStart }
+            var common = 0
+            while common < min(prompt.count, plain.count), prompt[common] == plain[common] { common += 1 }
+            let header = prompt[common...]
+            guard !header.isEmpty, textStart - gapStart >= header.count else { return textStart }
+            for at in stride(from: textStart - header.count, through: gapStart, by: -1) where full[at..<(at + header.count)].elementsEqual(header) {
+                return at + header.count
+            }
+            return textStart
+        }
+        var turnEnds: Set<Int32>?  // what a reply ends with, for replies that call tools
         var done = 0
-        for (index, reply) in found.enumerated() where messages[reply.message].role == "assistant" {
-            append(tokenizer.encode(text(full[done..<reply.start])), learned: false)
-            append(tokenizer.encode(text(full[reply.start..<reply.end])), learned: true)
-            let next = index + 1 < found.count ? found[index + 1].start : full.count
-            let after = tokenizer.encode(text(full[reply.end..<next]))
-            guard let end = after.firstIndex(where: { tokenizer.isAddedToken($0) }) else {  // the turn's end
-                throw ChatTemplateError("the chat template writes no added token (such as <|im_end|>) after message \(reply.message + 1) "
+        for (n, span) in spans.enumerated() {
+            let start = starts[n], end = found[span.last].end
+            let next = min(span.last + 1 < found.count ? found[span.last + 1].start : full.count, n + 1 < spans.count ? starts[n + 1] : full.count)
+            append(tokenizer.encode(text(full[done..<start])), learned: false)
+            append(tokenizer.encode(text(full[start..<end])), learned: true)
+            let after = tokenizer.encode(text(full[end..<next]))
+            var stop = after.firstIndex(where: { tokenizer.isAddedToken($0) })
+            if !messages[span.message].toolCallNames.isEmpty {
+                if turnEnds == nil { turnEnds = textEndTokens(tokenizer) }
+                stop = after.firstIndex(where: { turnEnds!.contains($0) }) ?? stop
+            }
+            guard let stop else {  // the turn's end
+                throw ChatTemplateError("the chat template writes no added token (such as <|im_end|>) after message \(span.message + 1) "
                     + "(assistant), so the model would not learn to end a reply")
             }
-            append(Array(after[...end]), learned: true)
-            append(Array(after[(end + 1)...]), learned: false)
+            append(Array(after[...stop]), learned: true)
+            append(Array(after[(stop + 1)...]), learned: false)
             done = next
         }
         append(tokenizer.encode(text(full[done...])), learned: false)
@@ -246,13 +370,24 @@ public func textEndTokens(_ tokenizer: Tokenizer) -> Set<Int32> {
 }
 
 /// The conversation as the model writes it: through the tokenizer's chat template when it has one
-/// (as transformers' `apply_chat_template` renders it: the messages, `add_generation_prompt`, and the
-/// special tokens' texts), else in ChatML (`renderChatML`).
-/// - Throws: `ChatTemplateError`: the template cannot be read, or refuses the conversation.
-public func renderChat(_ messages: [ChatMessage], tokenizer: Tokenizer, addGenerationPrompt: Bool) throws -> String {
-    guard let template = try tokenizer.compiledChatTemplate else { return renderChatML(messages, addGenerationPrompt: addGenerationPrompt) }
-    return try template.render(messages: messages.map { ($0.role, $0.content) }, addGenerationPrompt: addGenerationPrompt,
-                               specialTokens: tokenizer.specialTokenTexts)
+/// (as transformers' `apply_chat_template` renders it: the messages, `tools`, `add_generation_prompt`,
+/// and the special tokens' texts), else in ChatML (`renderChatML`).
+/// - Throws: `ChatTemplateError`: the template cannot be read, or refuses the conversation; tools or
+///   tool messages without a template.
+public func renderChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, tokenizer: Tokenizer, addGenerationPrompt: Bool) throws -> String {
+    guard let template = try tokenizer.compiledChatTemplate else {
+        try refuseToolsWithoutTemplate(messages, tools)
+        return renderChatML(messages, addGenerationPrompt: addGenerationPrompt)
+    }
+    return try template.render(conversation: messages.map { $0.templateValue() }, tools: tools?.map(\.jinja),
+                               addGenerationPrompt: addGenerationPrompt, specialTokens: tokenizer.specialTokenTexts)
+}
+
+/// ChatML without a template has no form for tools: they are refused rather than left out.
+func refuseToolsWithoutTemplate(_ messages: [ChatMessage], _ tools: [JSONValue]?) throws {
+    guard tools == nil, messages.allSatisfy({ $0.role != "tool" && $0.fields["tool_calls"] == nil }) else {
+        throw ChatTemplateError("tools, tool calls and tool results are written by the model's chat template, and this tokenizer has none")
+    }
 }
 
 /// ChatML, as SmolLM2 and Qwen use it: `<|im_start|>role\ncontent<|im_end|>\n` per message. With
@@ -376,25 +511,54 @@ public func readJSONL(_ file: String) throws -> [(line: Int, example: DataExampl
     return out
 }
 
-/// A JSON `"messages"` value → chat turns: a non-empty list of `{"role", "content"}` objects, roles
-/// system, user or assistant, contents strings (an assistant's not empty). `fail` makes the error
-/// for a message (its text names the message).
-func parseChatMessages(_ messages: Any, fail: (String) -> Error) throws -> [ChatMessage] {
-    guard let list = messages as? [Any] else { throw fail("\"messages\" must be an array, found \(jsonKind(messages))") }
+/// A JSON `"messages"` value → chat turns: a non-empty list of objects with a "role" (system, user,
+/// assistant or tool) and a string "content" (an assistant's not empty unless it calls tools; then
+/// it may also be null or absent, which the template gets as None). An assistant's "tool_calls" is a
+/// non-empty list of calls, each naming its function (`function.name`, or `name`). Other keys are
+/// kept, in order, for the template. `fail` makes the error for a message (its text names the message).
+func parseChatMessages(_ messages: JSONValue, fail: (String) -> Error) throws -> [ChatMessage] {
+    guard case .array(let list) = messages else { throw fail("\"messages\" must be an array, found \(messages.kind)") }
     guard !list.isEmpty else { throw fail("\"messages\" is empty") }
     return try list.enumerated().map { k, item in
         let what = "message \(k + 1): "
-        guard let m = item as? [String: Any] else { throw fail("\(what)expected an object, found \(jsonKind(item))") }
+        guard case .object(let m) = item else { throw fail("\(what)expected an object, found \(item.kind)") }
         guard let r = m["role"] else { throw fail("\(what)missing the key \"role\"") }
-        guard let role = r as? String else { throw fail("\(what)\"role\" must be a string, found \(jsonKind(r))") }
-        guard ["system", "user", "assistant"].contains(role) else {
-            throw fail("\(what)unknown role \"\(role)\"; expected \"system\", \"user\" or \"assistant\"")
+        guard let role = r.string else { throw fail("\(what)\"role\" must be a string, found \(r.kind)") }
+        guard ["system", "user", "assistant", "tool"].contains(role) else {
+            throw fail("\(what)unknown role \"\(role)\"; expected \"system\", \"user\", \"assistant\" or \"tool\"")
         }
-        guard let c = m["content"] else { throw fail("\(what)missing the key \"content\"") }
-        guard let content = c as? String else { throw fail("\(what)\"content\" must be a string, found \(jsonKind(c))") }
-        if role == "assistant" && content.isEmpty { throw fail("\(what)\"content\" is empty") }
-        return ChatMessage(role: role, content: content)
+        var fields = JSONObject(m.members.filter { $0.key != "role" && $0.key != "content" }.map { ($0.key, $0.value) })
+        var calls = 0
+        if let t = fields["tool_calls"] {
+            guard role == "assistant" else { throw fail("\(what)only an assistant message calls tools (\"tool_calls\")") }
+            guard case .array(let list) = t, !list.isEmpty else { throw fail("\(what)\"tool_calls\" must be a non-empty array, found \(t.kind)") }
+            for (j, call) in list.enumerated() where (call["function"]?["name"] ?? call["name"])?.string?.isEmpty != false {
+                throw fail("\(what)tool call \(j + 1) names no function; expected {\"type\": \"function\", \"function\": {\"name\": …, \"arguments\": …}}")
+            }
+            calls = list.count
+        }
+        var content = ""
+        if case .string(let s)? = m["content"] {
+            content = s
+        } else if calls > 0 && (m["content"] == nil || m["content"] == .null) {
+            fields["content"] = .null
+        } else if let c = m["content"] {
+            throw fail("\(what)\"content\" must be a string, found \(c.kind)")
+        } else {
+            throw fail("\(what)missing the key \"content\"")
+        }
+        if role == "assistant" && content.isEmpty && calls == 0 { throw fail("\(what)\"content\" is empty") }
+        return ChatMessage(role: role, content: content, fields: fields)
     }
+}
+
+/// A JSON `"tools"` value → the tools' schemas: null, or a list of objects (given to the chat template as they are).
+func parseTools(_ tools: JSONValue?, fail: (String) -> Error) throws -> [JSONValue]? {
+    guard let tools, tools != .null else { return nil }
+    guard case .array(let list) = tools, list.allSatisfy({ if case .object = $0 { true } else { false } }) else {
+        throw fail("\"tools\" must be an array of objects (JSON schemas of functions), found \(tools.kind)")
+    }
+    return list
 }
 
 /// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
@@ -423,12 +587,15 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample
         if nonEmpty && s.isEmpty { throw fail("\(what)\"\(key)\" is empty") }
         return s
     }
-    if let messages = object["messages"] {
-        let turns = try parseChatMessages(messages, fail: fail)
+    if object["messages"] != nil {
+        // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
+        let ordered: JSONValue
+        do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch { throw fail("invalid JSON (\(error)): \(preview(bytes))") }
+        let turns = try parseChatMessages(ordered["messages"]!, fail: fail)
         guard turns.contains(where: { $0.role == "assistant" }) else {
             throw fail("no \"assistant\" message: chat data learns only the assistant's turns")
         }
-        return .chat(turns)
+        return .chat(turns, tools: try parseTools(ordered["tools"], fail: fail))
     }
     if object["instruction"] != nil || object["output"] != nil {
         return .instruction(instruction: try string("instruction")!,

@@ -108,7 +108,10 @@ final class BacktestTests: XCTestCase {
                                (#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "expected": "c"}"#,
                                 ":1: give \"expected\" or a final assistant message"),
                                (#"{"messages": [{"role": "assistant", "content": "b"}]}"#, ":1: the conversation has no message before the reply"),
-                               (#"{"messages": [{"role": "tool", "content": "b"}]}"#, ":1: message 1: unknown role \"tool\"")] {
+                               (#"{"messages": [{"role": "function", "content": "b"}]}"#, ":1: message 1: unknown role \"function\""),
+                               (#"{"prompt": "a", "tools": []}"#, ":1: \"tools\" go with \"messages\""),
+                               (#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": null, "tool_calls": [{"name": "f"}]}]}"#,
+                                ":1: the final assistant message calls tools")] {
             let p = write("bad.jsonl", text)
             XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
         }

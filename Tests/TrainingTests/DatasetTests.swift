@@ -273,7 +273,8 @@ final class DatasetTests: XCTestCase {
     }
 
     /// Templates that branch on a text or strip it: a reply's reasoning (the Qwen3 kind writes it in
-    /// the last turn only) is written but not learned; `strip()` with spaces around a text (the
+    /// the last turn only) is written, and learned where the template writes it after its
+    /// generation prompt (a template without one gives no place to start before the text); `strip()` with spaces around a text (the
     /// Llama 2 kind); an empty system message a template leaves out. A template that writes no added
     /// token after a reply is refused: the model would not learn to stop.
     func testChatTemplatesThatBranchOrStrip() throws {
@@ -292,6 +293,12 @@ final class DatasetTests: XCTestCase {
                              ["role": "assistant", "content": "<think>\ngreet\n</think>\n\nsat"]],
              "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nThe cat<|im_end|>\n"
                 + "<|im_start|>assistant\n<think>\ngreet\n</think>\n\nsat<|im_end|>\n", "hello<|im_end|>sat<|im_end|>"),
+            // With a generation prompt, the reasoning the template writes after it is learned (what the model writes after the prompt).
+            ("qwen3-prompt", qwen + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+             [["role": "user", "content": "Say hello."], ["role": "assistant", "content": "<think>x</think>\n\nhello"], ["role": "user", "content": "The cat"],
+              ["role": "assistant", "content": "<think>\ngreet\n</think>\n\nsat"]],
+             "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nThe cat<|im_end|>\n"
+                + "<|im_start|>assistant\n<think>\ngreet\n</think>\n\nsat<|im_end|>\n", "hello<|im_end|><think>\ngreet\n</think>\n\nsat<|im_end|>"),
             ("llama2", llama2, [["role": "user", "content": "Say hello. "], ["role": "assistant", "content": "hello "],
                                 ["role": "user", "content": " The cat"], ["role": "assistant", "content": "sat"]],
              "<s>[INST] Say hello. [/INST] hello </s><s>[INST] The cat [/INST] sat </s>", "hello </s>sat </s>"),
@@ -309,6 +316,67 @@ final class DatasetTests: XCTestCase {
         let path = try write("plain.jsonl", [json(["messages": [["role": "user", "content": "Hi"], ["role": "assistant", "content": "hello"]]])])
         XCTAssertThrowsError(try load(path, tok: plain)) {
             XCTAssertTrue("\($0)".contains("no added token") && "\($0)".contains(path + ":1"), "\($0)")
+        }
+    }
+
+    /// Conversations with tools, tool calls and tool results, in Hugging Face's form (`"tools"` beside
+    /// `"messages"`, an assistant's `"tool_calls"` with `"content": null`, `"role": "tool"`), through
+    /// two templates of the chat-template fixtures (the Qwen2.5 kind and the Llama 3.1 kind, which
+    /// writes a call without the message's content): the rows are transformers' renderings of the same
+    /// contexts, key order included, and each reply is learned from the end of its generation prompt
+    /// through the token that ends its turn, a call's JSON and tags included (`</tool_call>`, an
+    /// added token, does not end it). Templates that leave out a call or the tools are refused.
+    func testChatWithToolCallsFollowsTheTemplate() throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../TokenizersTests/Fixtures/chat-templates.json")
+        let all = try JSONSerialization.jsonObject(with: try Data(contentsOf: fixture)) as! [String: Any]
+        func fixtureCase(_ name: String) throws -> [String: Any] {
+            try XCTUnwrap((all["cases"] as! [[String: Any]]).first { $0["name"] as? String == name }, name)
+        }
+        let corpus = (0..<30).map { "How warm is it in Paris? It is 21.5 °C and clear. get_weather location unit celsius temperature \($0)" }
+        let cases: [(name: String, specials: [String], suffix: String, learned: String)] = [
+            ("chatml-tools-with-tools", ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"], "",
+             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"location\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call><|im_end|>"
+                + "It is 21.5 °C and clear in Paris.<|im_end|>"),
+            ("llama31-tools", ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+             "<|start_header_id|>assistant<|end_header_id|>\n\n",
+             "{\"name\": \"get_weather\", \"parameters\": {\"location\": \"Paris\", \"unit\": \"celsius\"}}<|eot_id|>"),
+            // A reply with a text and two calls, then two tool results (the conversation ends with them).
+            ("chatml-tools-parallel-calls", ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
+             "<|im_start|>assistant\n",
+             "Let me check both.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"location\": \"Zürich\"}}\n</tool_call>\n<tool_call>\n"
+                + "{\"name\": \"get_time\", \"arguments\": {\"tz\": \"Europe/Zurich\"}}\n</tool_call><|im_end|>"),
+        ]
+        for c in cases {
+            let f = try fixtureCase(c.name), context = f["context"] as! [String: Any]
+            let base = try BPETokenizer.train(corpus: corpus, vocabSize: 330, specialTokens: c.specials,
+                                              roles: SpecialTokenRoles(bos: context["bos_token"] as? String, eos: context["eos_token"] as? String))
+            let tok = try base.withRoles(base.roles)
+            tok.chatTemplate = f["template"] as? String
+            // Sorted keys, as the fixture holds them (a template prints objects in the data's order).
+            let line = String(decoding: try JSONSerialization.data(withJSONObject: ["messages": context["messages"]!, "tools": context["tools"]!],
+                                                                  options: [.sortedKeys]), as: UTF8.self)
+            let path = try write("\(c.name).jsonl", [line])
+            let b = try load(path, seqLen: 1024, tok: tok).train.batch(rows: [0])
+            let real = b.attentionMask!.filter { $0 == 1 }.count
+            let output = f["output"] as! String
+            XCTAssertTrue(output.hasSuffix(c.suffix), c.name)
+            XCTAssertEqual(tok.decode(Array(b.ids[..<real])), String(output.dropLast(c.suffix.count)), "\(c.name): transformers' rendering")
+            XCTAssertEqual(learnedText(b, tok), c.learned, c.name)
+        }
+
+        // SmolLM2's template knows no tools: a call it leaves out, and tools it ignores, are refused.
+        let tok = try Self.tokenizer.withRoles(Self.tokenizer.roles)
+        tok.chatTemplate = smolLM2ChatTemplate
+        let call = #"{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}}]}"#
+        let user = #"{"role": "user", "content": "Weather?"}"#, reply = #"{"role": "assistant", "content": "Sunny."}"#
+        let weather = #"{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}"#
+        for (text, needle) in [(#"{"messages": [\#(user), \#(call)]}"#, "its call of get_weather nowhere"),
+                               (#"{"messages": [\#(user), \#(reply)], "tools": [\#(weather)]}"#, "does not write the tools")] {
+            let path = try write("no-tools.jsonl", [text])
+            XCTAssertThrowsError(try load(path, tok: tok)) { XCTAssertTrue("\($0)".contains(needle) && "\($0)".contains(path + ":1"), "\($0)") }
+            // Without a template (ChatML), there is no form for them.
+            XCTAssertThrowsError(try load(path)) { XCTAssertTrue("\($0)".contains("this tokenizer has none") && "\($0)".contains(path + ":1"), "\($0)") }
         }
     }
 
@@ -341,7 +409,14 @@ final class DatasetTests: XCTestCase {
             (chat, #"{"messages": "hi"}"#, #""messages" must be an array, found a string"#),
             (chat, #"{"messages": []}"#, #""messages" is empty"#),
             (chat, #"{"messages": ["hi"]}"#, "message 1: expected an object, found a string"),
-            (chat, #"{"messages": [{"role": "tool", "content": "x"}]}"#, #"message 1: unknown role "tool""#),
+            (chat, #"{"messages": [{"role": "function", "content": "x"}]}"#, #"message 1: unknown role "function"; expected "system", "user", "assistant" or "tool""#),
+            (chat, #"{"messages": [{"role": "user", "content": "x", "tool_calls": [{"name": "f"}]}]}"#, "message 1: only an assistant message calls tools"),
+            (chat, #"{"messages": [{"role": "assistant", "content": null, "tool_calls": []}]}"#, #"message 1: "tool_calls" must be a non-empty array, found an array"#),
+            (chat, #"{"messages": [{"role": "assistant", "tool_calls": [{"type": "function", "function": {"arguments": {}}}]}]}"#,
+             "message 1: tool call 1 names no function"),
+            (chat, #"{"messages": [{"role": "assistant", "content": null}]}"#, #"message 1: "content" must be a string, found null"#),
+            (chat, #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "b"}], "tools": {"a": 1}}"#,
+             #""tools" must be an array of objects (JSON schemas of functions), found an object"#),
             (chat, #"{"messages": [{"content": "x"}]}"#, #"message 1: missing the key "role""#),
             (chat, #"{"messages": [{"role": "user", "content": null}]}"#, #"message 1: "content" must be a string, found null"#),
             (chat, #"{"messages": [{"role": "user", "content": "hi"}]}"#, #"no "assistant" message"#),
