@@ -1,5 +1,5 @@
 // `swiftpeft serve`: the engine behind an OpenAI-compatible HTTP API on Hummingbird.
-//   POST /v1/completions, POST /v1/chat/completions (ChatML; "stream": true as server-sent events)
+//   POST /v1/completions, POST /v1/chat/completions (the chat template, tools; "stream": true as server-sent events)
 //   GET  /v1/models                        the base and every loaded adapter
 //   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   {"lora_name", "lora_path"}, as vLLM names them
 //   GET  /metrics (Prometheus text), GET /health, GET / (the prompt lab page)
@@ -111,7 +111,8 @@ struct CompletionParameters {
     var stopTokenIDs: [Int32]
     var stream: Bool
 
-    init(_ o: [String: Any], defaultModel: String) throws {
+    /// `chat`: a chat request, whose `tools` the route reads (a completion refuses them).
+    init(_ o: [String: Any], defaultModel: String, chat: Bool = false) throws {
         func number(_ key: String) throws -> Double? {
             guard let v = o[key], !(v is NSNull) else { return nil }
             // JSON's true and false arrive as NSNumbers too (objCType "c"): not a number a client meant.
@@ -130,7 +131,7 @@ struct CompletionParameters {
             "logit_bias": { ($0 as? [String: Any])?.isEmpty == true }, "tools": { ($0 as? [Any])?.isEmpty == true },
             "response_format": { (($0 as? [String: Any])?["type"] as? String) == "text" }, "min_p": { ($0 as? NSNumber)?.doubleValue == 0 },
         ]
-        for (key, isNeutral) in neutral.sorted(by: { $0.key < $1.key }) {
+        for (key, isNeutral) in neutral.sorted(by: { $0.key < $1.key }) where !(chat && key == "tools") {
             if let v = o[key], !(v is NSNull), !isNeutral(v) {
                 throw APIError(status: .badRequest, message: "\(key) is not supported by this server", param: key)
             }
@@ -250,8 +251,8 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         return try await complete(engine, p, ids: engine.tokenizer.encode(prompt), chat: false, onHangUp: context.onHangUp)
     }
     router.post("/v1/chat/completions") { request, context -> Response in
-        let o = try await jsonBody(request, limit: options.maxBodyBytes)
-        let p = try CompletionParameters(o, defaultModel: engine.baseName)
+        let (o, body) = try await jsonBodyInOrder(request, limit: options.maxBodyBytes)
+        let p = try CompletionParameters(o, defaultModel: engine.baseName, chat: true)
         // Without a template, chat is ChatML: spelled in pieces, its markers are text to the model, and a
         // reply would end only at EOS or max_tokens.
         let writable: Bool
@@ -264,38 +265,16 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
             throw APIError(status: .badRequest, message: "this model's tokenizer has no chat template, and no <|im_end|> token "
                 + "for ChatML, whose replies end with it. Use /v1/completions", param: "messages")
         }
-        guard let list = o["messages"] as? [Any], !list.isEmpty else {
-            throw APIError(status: .badRequest, message: "messages must be a non-empty list", param: "messages")
-        }
-        let messages = try list.map { item -> ChatMessage in
-            guard let m = item as? [String: Any], var role = m["role"] as? String else {
-                throw APIError(status: .badRequest, message: "each message needs a role and a content", param: "messages")
-            }
-            if role == "developer" { role = "system" }  // OpenAI's newer name for it
-            guard ["system", "user", "assistant"].contains(role) else {
-                throw APIError(status: .badRequest, message: "a message's role must be system, user or assistant, got \"\(role)\"", param: "messages")
-            }
-            switch m["content"] {
-            case let text as String: return ChatMessage(role: role, content: text)
-            case let parts as [Any]:  // OpenAI's content parts: text parts only
-                let texts = try parts.map { part -> String in
-                    guard let p = part as? [String: Any], p["type"] as? String == "text", let t = p["text"] as? String else {
-                        throw APIError(status: .badRequest, message: "a content part must be {\"type\": \"text\", \"text\": …}; other parts are not supported", param: "messages")
-                    }
-                    return t
-                }
-                return ChatMessage(role: role, content: texts.joined())
-            default: throw APIError(status: .badRequest, message: "a message's content must be a string or a list of text parts", param: "messages")
-            }
-        }
+        let messages = try chatRequestMessages(body["messages"])
+        let (tools, readCalls) = try requestTools(body)
         let prompt: String
         do {
-            prompt = try renderChat(messages, tokenizer: engine.tokenizer, addGenerationPrompt: true)
+            prompt = try renderChat(messages, tools: tools, tokenizer: engine.tokenizer, addGenerationPrompt: true)
         } catch {
             throw APIError(status: .badRequest, message: "\(error)", param: "messages")  // e.g. the template refuses a system message
         }
         let ids = engine.tokenizer.encode(prompt)
-        return try await complete(engine, p, ids: ids, chat: true, onHangUp: context.onHangUp)
+        return try await complete(engine, p, ids: ids, chat: true, readToolCalls: readCalls, onHangUp: context.onHangUp)
     }
 
     let configuration = ApplicationConfiguration(address: .hostname(options.host, port: options.port), serverName: "swiftpeft")
@@ -318,6 +297,11 @@ func waitingOffThePool(_ body: @escaping @Sendable () throws -> Void) async thro
 
 /// The request's JSON object; a body over `limit` bytes is a 413, anything but an object a 400.
 func jsonBody(_ request: Request, limit: Int) async throws -> [String: Any] {
+    try await jsonBodyInOrder(request, limit: limit).object
+}
+
+/// `jsonBody`, and the same body read keeping its keys' order (what a chat template sees of tools and arguments).
+func jsonBodyInOrder(_ request: Request, limit: Int) async throws -> (object: [String: Any], value: JSONValue) {
     // A JSON content type: a browser page from another origin cannot send one without a CORS
     // preflight, which this server never grants (so a page cannot drive a local server).
     let type = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
@@ -329,10 +313,12 @@ func jsonBody(_ request: Request, limit: Int) async throws -> [String: Any] {
     do { buffer = try await request.collectBody(upTo: limit) } catch {
         throw APIError(status: .contentTooLarge, message: "the request body is larger than \(limit) bytes")
     }
-    guard let o = (try? JSONSerialization.jsonObject(with: Data(buffer.readableBytesView))) as? [String: Any] else {
+    let data = Data(buffer.readableBytesView)
+    guard let o = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
+          let value = try? JSONValue(parsing: String(decoding: data, as: UTF8.self)) else {
         throw APIError(status: .badRequest, message: "the request body is not a JSON object")
     }
-    return o
+    return (o, value)
 }
 
 /// A request's context with its connection, so that a completion can stop when the client hangs up.
@@ -410,8 +396,10 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 
 /// Runs one completion: a JSON response, or server-sent events when `stream` is set. When
 /// client hangs up before a JSON answer is ready (`onHangUp`), the request is cancelled (a stream
-/// stops when a write to the gone client fails).
-func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool,
+/// stops when a write to the gone client fails). With `readToolCalls`, a chat reply's tool calls
+/// are read back (`chatReply`); a stream then sends the reply whole, when it ends, since a call
+/// cannot be told from text before then.
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool, readToolCalls: Bool = false,
               onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
     let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
     var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
@@ -457,8 +445,9 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
         onHangUp?(hangUp)
         defer { hangUp.finish() }
         let s = try await withTaskCancellationHandler { try await answer.value } onCancel: { answer.cancel() }
+        let reply = chatReply(s.text, finishReason: s.finishReason, readCalls: readToolCalls)
         let choice: [String: Any] = chat
-            ? ["index": 0, "message": ["role": "assistant", "content": s.text], "finish_reason": s.finishReason, "logprobs": NSNull()]
+            ? ["index": 0, "message": reply.message, "finish_reason": reply.finishReason, "logprobs": NSNull()]
             : ["index": 0, "text": s.text, "finish_reason": s.finishReason, "logprobs": NSNull()]
         return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": [choice],
                              "usage": usage(s), "swiftpeft_cost": cost(s)])
@@ -469,9 +458,9 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
             let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
             try await writer.write(ByteBuffer(string: "data: " + String(decoding: data, as: UTF8.self) + "\n\n"))
         }
-        func chunk(_ delta: String?, finish: String?, extra: [String: Any] = [:]) -> [String: Any] {
+        func chunk(_ delta: String?, finish: String?, extra: [String: Any] = [:], chatDelta: [String: Any]? = nil) -> [String: Any] {
             let choice: [String: Any] = chat
-                ? ["index": 0, "delta": delta.map { ["content": $0] } ?? [:], "finish_reason": finish ?? NSNull(), "logprobs": NSNull()]
+                ? ["index": 0, "delta": chatDelta ?? delta.map { ["content": $0] } ?? [:], "finish_reason": finish ?? NSNull(), "logprobs": NSNull()]
                 : ["index": 0, "text": delta ?? "", "finish_reason": finish ?? NSNull(), "logprobs": NSNull()]
             return ["id": id, "object": chunkObject, "created": created, "model": p.model, "choices": [choice]].merging(extra) { $1 }
         }
@@ -479,9 +468,16 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
                                   "choices": [["index": 0, "delta": ["role": "assistant", "content": ""], "finish_reason": NSNull()]]]) }
         for await e in events {
             switch e {
-            case .text(let t): try await send(chunk(t, finish: nil))
+            case .text(let t): if !readToolCalls { try await send(chunk(t, finish: nil)) }
             case .failed(let why): try await send(["error": ["message": why, "type": "server_error"]])
-            case .done(let s): try await send(chunk(nil, finish: s.finishReason, extra: ["usage": usage(s), "swiftpeft_cost": cost(s)]))
+            case .done(let s):
+                var finish = s.finishReason
+                if readToolCalls {  // the reply whole: its text, or its calls
+                    let reply = chatReplyDelta(s.text, finishReason: s.finishReason)
+                    if !reply.delta.isEmpty { try await send(chunk(nil, finish: nil, chatDelta: reply.delta)) }
+                    finish = reply.finishReason
+                }
+                try await send(chunk(nil, finish: finish, extra: ["usage": usage(s), "swiftpeft_cost": cost(s)]))
             }
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))

@@ -48,6 +48,10 @@ public indirect enum JSONValue: Equatable, Sendable {
         }
     }
 
+    /// The value as JSON text, as Python's `json.dumps(value, ensure_ascii=False)` writes it
+    /// (`", "` and `": "` between items, keys in order).
+    public var text: String { (try? pythonJSON(jinja, indent: nil, sortKeys: false)) ?? "null" }
+
     /// "null", "a string", "an object", … for error messages.
     public var kind: String {
         switch self {

@@ -238,9 +238,12 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual((plain.1 as? HTTPURLResponse)?.statusCode, 415, String(decoding: plain.0, as: UTF8.self))
         // Chat roles are those training knows (developer is system); content may be OpenAI's text parts.
         func chat(_ messages: String) async throws -> (status: Int, body: String) { try await self.chat(port, messages) }
-        let tool = try await chat(#"[{"role": "tool", "content": "x"}]"#)
+        let other = try await chat(#"[{"role": "function", "content": "x"}]"#)
+        XCTAssertEqual(other.status, 400, other.body)
+        XCTAssertTrue(other.body.contains("system, user, assistant or tool"), other.body)
+        let tool = try await chat(#"[{"role": "user", "content": "x"}, {"role": "tool", "content": "x"}]"#)  // ChatML has no form for it
         XCTAssertEqual(tool.status, 400, tool.body)
-        XCTAssertTrue(tool.body.contains("system, user or assistant"), tool.body)
+        XCTAssertTrue(tool.body.contains("written by the model's chat template, and this tokenizer has none"), tool.body)
         let parts = try await chat(#"[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "The cat"}]}]"#)
         XCTAssertEqual(parts.status, 200, parts.body)
         let image = try await chat(#"[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]"#)
@@ -307,6 +310,122 @@ final class ServerConnectionTests: XCTestCase {
         let refused = try await chat(port, #"[{"role": "user", "content": "The cat"}, {"role": "system", "content": "S"}]"#)
         XCTAssertEqual(refused.status, 400, refused.body)
         XCTAssertTrue(refused.body.contains("the system message must come first"), refused.body)
+    }
+
+    /// A chat with tools, earlier calls (OpenAI's form: `arguments` a JSON string) and tool results is
+    /// prompted as transformers renders it with the arguments as objects (as vLLM hands them to a
+    /// template): the prompt of the Qwen2.5-kind fixture conversation has the fixture's tokens. A
+    /// forced tool choice is refused.
+    func testChatWithToolsIsPromptedAsTransformersRendersIt() async throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../TokenizersTests/Fixtures/chat-templates.json")
+        let cases = (try JSONSerialization.jsonObject(with: Data(contentsOf: fixture)) as! [String: Any])["cases"] as! [[String: Any]]
+        let f = try XCTUnwrap(cases.first { $0["name"] as? String == "chatml-tools-parallel-calls" })
+        let context = f["context"] as! [String: Any]
+        XCTAssertEqual(context["add_generation_prompt"] as? Bool, true)
+        let tok = try trainBaseTokenizer(Self.corpus, vocabSize: 300)
+        tok.chatTemplate = f["template"] as? String
+        let (dir, basePath, _) = try savedBase("tools", tokenizer: tok, maxPositions: 2048)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (engine, port, server) = try serve(basePath)
+        defer { server.cancel(); engine.shutdown() }
+        // The messages as an OpenAI client sends them: each call's arguments a JSON string (keys in the fixture's order).
+        let messages = try (context["messages"] as! [[String: Any]]).map { m -> [String: Any] in
+            guard let calls = m["tool_calls"] as? [[String: Any]] else { return m }
+            var m = m
+            m["tool_calls"] = try calls.enumerated().map { k, call -> [String: Any] in
+                var function = call["function"] as! [String: Any]
+                function["arguments"] = String(decoding: try JSONSerialization.data(withJSONObject: function["arguments"]!, options: [.sortedKeys]), as: UTF8.self)
+                return ["id": "call_\(k)", "type": "function", "function": function]
+            }
+            return m
+        }
+        func post(_ body: [String: Any]) async throws -> (status: Int, body: String) {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/chat/completions")!)
+            r.httpMethod = "POST"
+            r.httpBody = try JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])
+            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            let (data, response) = try await URLSession.shared.data(for: r)
+            return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        }
+        let r = try await post(["messages": messages, "tools": context["tools"]!, "max_tokens": 1])
+        XCTAssertEqual(r.status, 200, r.body)
+        let usage = (try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any])?["usage"] as? [String: Any]
+        XCTAssertEqual(usage?["prompt_tokens"] as? Int, tok.encode(f["output"] as! String).count, r.body)
+        for (choice, status) in [("required", 400), ("none", 200), ("auto", 200)] as [(String, Int)] {
+            let c = try await post(["messages": messages, "tools": context["tools"]!, "tool_choice": choice, "max_tokens": 1])
+            XCTAssertEqual(c.status, status, "\(choice): \(c.body)")
+        }
+        let badTool = try await post(["messages": messages, "tools": [["type": "function"]], "max_tokens": 1])
+        XCTAssertEqual(badTool.status, 400, badTool.body)
+        XCTAssertTrue(badTool.body.contains("tool 1 must be"), badTool.body)
+    }
+
+    /// The calls a reply makes, read back in the forms templates teach (Hermes/Qwen blocks with text
+    /// around them, Llama's bare object with "parameters", after `<|python_tag|>` or not), into
+    /// OpenAI's `tool_calls` (arguments as JSON text, finish reason "tool_calls"), whole or as one
+    /// stream delta; a reply that calls nothing, or whose call cannot be read, stays text.
+    func testToolCallsAreReadFromReplies() throws {
+        let hermes = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"location\": \"Zürich\", \"unit\": \"celsius\"}}\n</tool_call>\n"
+            + "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"Europe/Zurich\"}}\n</tool_call>"
+        let h = try XCTUnwrap(parseToolCalls(hermes))
+        XCTAssertEqual(h.content, "Let me check.")
+        XCTAssertEqual(h.calls, [ToolCall(name: "get_weather", arguments: #"{"location": "Zürich", "unit": "celsius"}"#),
+                                 ToolCall(name: "get_time", arguments: #"{"tz": "Europe/Zurich"}"#)])
+        for text in [#"{"name": "get_weather", "parameters": {"location": "Paris"}}"#, #" <|python_tag|>{"name": "get_weather", "parameters": {"location": "Paris"}} "#] {
+            let l = try XCTUnwrap(parseToolCalls(text), text)
+            XCTAssertEqual(l.calls, [ToolCall(name: "get_weather", arguments: #"{"location": "Paris"}"#)])
+            XCTAssertNil(l.content)
+        }
+        XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f", "arguments": "{\"a\": 1}"}</tool_call>"#)?.calls, [ToolCall(name: "f", arguments: #"{"a": 1}"#)],
+                       "arguments given as a string stay that string")
+        XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f"}</tool_call>"#)?.calls, [ToolCall(name: "f", arguments: "{}")])
+        for text in ["It is sunny.", #"{"answer": 42}"#, "<tool_call>\n{\"name\": \"get_weather\", \"argu", "", "{not json}"] {
+            XCTAssertNil(parseToolCalls(text), text)
+        }
+
+        let r = chatReply(hermes, finishReason: "stop", readCalls: true)
+        XCTAssertEqual(r.finishReason, "tool_calls")
+        XCTAssertEqual(r.message["content"] as? String, "Let me check.")
+        let calls = try XCTUnwrap(r.message["tool_calls"] as? [[String: Any]])
+        XCTAssertEqual(calls.count, 2)
+        XCTAssertTrue((calls[0]["id"] as? String)?.hasPrefix("call_") == true && calls[0]["type"] as? String == "function", "\(calls[0])")
+        XCTAssertNotEqual(calls[0]["id"] as? String, calls[1]["id"] as? String)
+        XCTAssertEqual((calls[1]["function"] as? [String: Any])?["name"] as? String, "get_time")
+        XCTAssertEqual((calls[1]["function"] as? [String: Any])?["arguments"] as? String, #"{"tz": "Europe/Zurich"}"#)
+        let off = chatReply(hermes, finishReason: "stop", readCalls: false)
+        XCTAssertEqual(off.message["content"] as? String, hermes)
+        XCTAssertEqual(off.finishReason, "stop")
+        XCTAssertNil(off.message["tool_calls"])
+        let onlyCall = chatReply(#"{"name": "f", "parameters": {}}"#, finishReason: "stop", readCalls: true)
+        XCTAssertTrue(onlyCall.message["content"] is NSNull, "no text: content null, as OpenAI sends it")
+
+        let d = chatReplyDelta(hermes, finishReason: "stop")
+        XCTAssertEqual(d.finishReason, "tool_calls")
+        XCTAssertEqual((d.delta["tool_calls"] as? [[String: Any]])?.map { $0["index"] as? Int }, [0, 1])
+        XCTAssertEqual(d.delta["content"] as? String, "Let me check.")
+        XCTAssertNil(d.delta["role"])
+        let text = chatReplyDelta("It is sunny.", finishReason: "length")
+        XCTAssertEqual(text.finishReason, "length")
+        XCTAssertEqual(text.delta.keys.sorted(), ["content"])
+    }
+
+    /// A chat request's messages for the template: a call's arguments string is read as an object
+    /// (templates write `arguments | tojson`), a content may be null beside tool_calls, tool results
+    /// keep their keys; bad calls and contents are refused.
+    func testChatRequestMessagesKeepToolCallsAndResults() throws {
+        let value = try JSONValue(parsing: #"[{"role": "developer", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}, "#
+            + #"{"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"z\": 1, \"a\": [2]}"}}]}, "#
+            + #"{"role": "tool", "tool_call_id": "call_1", "content": "3"}]"#)
+        let m = try chatRequestMessages(value)
+        XCTAssertEqual(m.map(\.role), ["system", "user", "assistant", "tool"])
+        XCTAssertEqual(m[1].content, "ab")
+        XCTAssertEqual(m[2].fields["content"], .null)
+        XCTAssertEqual(m[2].fields["tool_calls"]?.text, #"[{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"z": 1, "a": [2]}}}]"#)
+        XCTAssertEqual(m[3].fields["tool_call_id"], .string("call_1"))
+        for bad in [#"[{"role": "user", "content": null}]"#, #"[{"role": "user", "content": "a", "tool_calls": []}]"#,
+                    #"[{"role": "assistant", "content": null, "tool_calls": [{"type": "function"}]}]"#, "[]", "{}"] {
+            XCTAssertThrowsError(try chatRequestMessages(try JSONValue(parsing: bad)), bad) { XCTAssertEqual(($0 as? APIError)?.param, "messages", "\($0)") }
+        }
     }
 
     /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`
