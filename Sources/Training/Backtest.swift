@@ -24,6 +24,9 @@ public struct BacktestPrompt: Codable, Equatable, Sendable {
     public var messages: [ChatMessage]?
     /// The tools (JSON schemas) a chat prompt's template is given.
     public var tools: [JSONValue]?
+    /// A chat prompt's expected reply when it calls tools: `expected` is then its text as the
+    /// model's template writes it (e.g. `<tool_call>…</tool_call>`), filled in by `runBacktest`.
+    public var reply: ChatMessage?
 
     public init(id: String, prompt: String, expected: String?, tags: [String], messages: [ChatMessage]? = nil, tools: [JSONValue]? = nil) {
         (self.id, self.prompt, self.expected, self.tags, self.messages, self.tools) = (id, prompt, expected, tags, messages, tools)
@@ -81,8 +84,9 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 ///   (a string or a list of strings).
 /// A training file's `{"prompt", "completion"}` lines serve as they are: the completion is the
 /// expected answer. So do its chat lines, `{"messages": [...]}`: the conversation is the prompt,
-/// written by the model's chat template with the prompt for a reply; a final assistant message is
-/// the expected answer.
+/// written by the model's chat template with the prompt for a reply (and `"tools"` beside them); a
+/// final assistant message is the expected answer, its text or, when it calls tools, its calls as
+/// the template writes them.
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) throws -> [BacktestPrompt] {
     guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
@@ -125,7 +129,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         guard given.count + (obj["messages"] == nil ? 0 : 1) <= 1 else {
             throw BacktestError("\(at): give one of \"template\", \"template_file\", \"prompt\" and \"messages\"")
         }
-        var prompt = "", chat: [ChatMessage]?, tools: [JSONValue]?, answer = try string("expected") ?? string("completion")
+        var prompt = "", chat: [ChatMessage]?, tools: [JSONValue]?, reply: ChatMessage?, answer = try string("expected") ?? string("completion")
         if obj["messages"] != nil {
             guard variables.isEmpty else { throw BacktestError("\(at): \"messages\" are literal text; \"vars\" fill a \"template\"") }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
@@ -134,10 +138,11 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             if turns.last?.role == "assistant" {
                 guard answer == nil else { throw BacktestError("\(at): give \"expected\" or a final assistant message, not both") }
-                guard turns.last!.toolCallNames.isEmpty else {
-                    throw BacktestError("\(at): the final assistant message calls tools; an expected answer is a text (its \"content\")")
+                if turns.last!.toolCallNames.isEmpty {
+                    answer = turns.removeLast().content
+                } else {
+                    reply = turns.removeLast()
                 }
-                answer = turns.removeLast().content
             }
             guard !turns.isEmpty else { throw BacktestError("\(at): the conversation has no message before the reply") }
             chat = turns
@@ -175,7 +180,9 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         let id = try string("id") ?? "line \(n + 1)"
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
-        prompts.append(BacktestPrompt(id: id, prompt: prompt, expected: answer, tags: tags, messages: chat, tools: tools))
+        var p = BacktestPrompt(id: id, prompt: prompt, expected: answer, tags: tags, messages: chat, tools: tools)
+        p.reply = reply
+        prompts.append(p)
     }
     guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line)") }
     return prompts
@@ -406,11 +413,15 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                     throw BacktestError("this model's tokenizer has no chat template, and no <|im_end|> token for ChatML")
                 }
                 prompts[k].prompt = try renderChat(messages, tools: p.tools, tokenizer: tokenizer, addGenerationPrompt: true)
-                if let expected = p.expected {
-                    let ex = try DataExample.chat(messages + [ChatMessage(role: "assistant", content: expected)], tools: p.tools).tokenized(tokenizer)
+                if let reply = p.reply ?? p.expected.map({ ChatMessage(role: "assistant", content: $0) }) {
+                    let ex = try DataExample.chat(messages + [reply], tools: p.tools).tokenized(tokenizer)
                     guard let last = ex.learned.lastIndex(of: true) else { throw BacktestError("the expected answer has no token to score") }
                     let first = (ex.learned[..<last].lastIndex(of: false) ?? -1) + 1
                     answerIDs[p.id] = Array(ex.ids[first...last])
+                    if p.reply != nil {  // the calls as the template writes them, less the token that ends the turn (as outputs are)
+                        let text = answerIDs[p.id]!
+                        prompts[k].expected = tokenizer.decode(textEndTokens(tokenizer).contains(text.last!) ? Array(text.dropLast()) : text)
+                    }
                 }
             } catch {
                 throw BacktestError("prompt \(p.id): \(error)")

@@ -110,11 +110,39 @@ final class BacktestTests: XCTestCase {
                                (#"{"messages": [{"role": "assistant", "content": "b"}]}"#, ":1: the conversation has no message before the reply"),
                                (#"{"messages": [{"role": "function", "content": "b"}]}"#, ":1: message 1: unknown role \"function\""),
                                (#"{"prompt": "a", "tools": []}"#, ":1: \"tools\" go with \"messages\""),
-                               (#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": null, "tool_calls": [{"name": "f"}]}]}"#,
-                                ":1: the final assistant message calls tools")] {
+                               (#"{"messages": [{"role": "user", "content": "a"}], "tools": [1]}"#, ":1: \"tools\" must be an array of objects")] {
             let p = write("bad.jsonl", text)
             XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
         }
+    }
+
+    /// A chat prompt with tools whose expected reply calls one: the template gets the tools and the
+    /// call (key order kept), the expected answer is the call as the template writes it, and its loss
+    /// covers those tokens and the turn's end token.
+    func testAnExpectedReplyThatCallsATool() throws {
+        let path = write("tools.jsonl", #"{"id": "t1", "messages": [{"role": "user", "content": "Hello there"}, "#
+            + #"{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "the", "arguments": {"z": 1, "a": "fish"}}}]}], "#
+            + #""tools": [{"type": "function", "function": {"name": "the", "parameters": {"type": "object"}}}]}"#)
+        let prompts = try loadBacktestPrompts(path)
+        XCTAssertEqual(prompts.first?.expected, nil, "filled in by the run, as the model's template writes it")
+        XCTAssertEqual(prompts.first?.reply?.toolCallNames, ["the"])
+        let template = "{% if tools %}{{ 'tools:' + (tools | tojson) + '\\n' }}{% endif %}{% for m in messages %}{% if m.tool_calls %}"
+            + "{{ 'assistant:<call>' + m.tool_calls[0].function.name + ' ' + (m.tool_calls[0].function.arguments | tojson) + '<|im_end|>\\n' }}"
+            + "{% else %}{{ m['role'] + ':' + m['content'] }}{% if m['role'] == 'assistant' %}{{ '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endif %}"
+            + "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+        let (base, adapter, tok) = try tinyBaseAndAdapter(chatTemplate: template)
+        var o = BacktestOptions(modelPath: base, adapters: [("v1", adapter)], prompts: prompts)
+        o.maxNewTokens = 4
+        let r = try runBacktest(o)
+        let row = try XCTUnwrap(r.rows.first { $0.version == "v1" })
+        let prompt = #"tools:[{"type": "function", "function": {"name": "the", "parameters": {"type": "object"}}}]"# + "\nuser:Hello there\nassistant:"
+        XCTAssertEqual(row.prompt, prompt)
+        XCTAssertEqual(row.expected, #"<call>the {"z": 1, "a": "fish"}"#)
+        let model = try loadModel(base).model
+        _ = try loadAdapter(adapter, onto: model)
+        let answer = tok.encode("<call>the") + tok.encode(#" {"z": 1, "a": "fish"}"#) + [tok.tokenID(for: "<|im_end|>")!]
+        XCTAssertEqual(row.loss!, answerLoss(model, tok.encode(prompt), answer), accuracy: 1e-4)
+        XCTAssertEqual(row.lossTokens, answer.count)
     }
 
     // MARK: scores
