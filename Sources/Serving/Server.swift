@@ -267,9 +267,15 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         }
         let messages = try chatRequestMessages(body["messages"])
         let (tools, readCalls) = try requestTools(body)
+        var kwargs: JSONObject?
+        switch body["chat_template_kwargs"] {  // vLLM's: the template's own variables (e.g. enable_thinking)
+        case nil, .null?: break
+        case .object(let o)?: kwargs = o
+        default: throw APIError(status: .badRequest, message: "chat_template_kwargs must be an object", param: "chat_template_kwargs")
+        }
         let prompt: String
         do {
-            prompt = try renderChat(messages, tools: tools, tokenizer: engine.tokenizer, addGenerationPrompt: true)
+            prompt = try renderChat(messages, tools: tools, templateKwargs: kwargs, tokenizer: engine.tokenizer, addGenerationPrompt: true)
         } catch {
             throw APIError(status: .badRequest, message: "\(error)", param: "messages")  // e.g. the template refuses a system message
         }

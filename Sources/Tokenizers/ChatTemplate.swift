@@ -41,14 +41,23 @@ public struct ChatTemplate: Sendable {
 
     /// The conversation rendered as `apply_chat_template` renders it, each message a dict as the data
     /// gives it (tool calls and tool names included), with `tools` (JSON schemas; None when there
-    /// are none, as `documents` always is here).
+    /// are none, as `documents` always is here) and `kwargs`, the template's own variables
+    /// (`chat_template_kwargs` such as Qwen3's `enable_thinking`), which take the place of a special
+    /// token's text of the same name, as in transformers.
+    /// - Throws: `ChatTemplateError` also for a kwarg named `messages`, `tools`, `documents` or
+    ///   `add_generation_prompt` (transformers refuses those too).
     public func render(conversation messages: [JinjaValue], tools: [JinjaValue]? = nil, addGenerationPrompt: Bool,
-                       specialTokens: [String: String] = [:]) throws -> String {
-        var variables: [String: JinjaValue] = [
-            "messages": .list(messages), "add_generation_prompt": .bool(addGenerationPrompt),
-            "tools": tools.map { .list($0) } ?? .none, "documents": .none,
-        ]
+                       specialTokens: [String: String] = [:], kwargs: [String: JinjaValue] = [:]) throws -> String {
+        var variables: [String: JinjaValue] = [:]
         for (k, v) in specialTokens { variables[k] = .string(v) }
+        for (k, v) in kwargs { variables[k] = v }
+        for k in ["messages", "tools", "documents", "add_generation_prompt"] where kwargs[k] != nil {
+            throw ChatTemplateError("chat template kwargs may not set '\(k)', which the conversation gives")
+        }
+        variables["messages"] = .list(messages)
+        variables["add_generation_prompt"] = .bool(addGenerationPrompt)
+        variables["tools"] = tools.map { .list($0) } ?? JinjaValue.none
+        variables["documents"] = JinjaValue.none
         return try render(variables)
     }
 }

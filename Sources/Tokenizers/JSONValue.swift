@@ -87,6 +87,11 @@ public struct JSONObject: Equatable, Sendable {
 
     public var keys: [String] { members.map(\.key) }
 
+    /// The members as a chat template's variables.
+    public var jinjaVariables: [String: JinjaValue] {
+        Dictionary(members.map { ($0.key, $0.value.jinja) }, uniquingKeysWith: { $1 })
+    }
+
     public static func == (a: JSONObject, b: JSONObject) -> Bool {
         a.members.count == b.members.count && zip(a.members, b.members).allSatisfy { $0.key == $1.key && $0.value == $1.value }
     }

@@ -27,6 +27,8 @@ public struct BacktestPrompt: Codable, Equatable, Sendable {
     /// A chat prompt's expected reply when it calls tools: `expected` is then its text as the
     /// model's template writes it (e.g. `<tool_call>…</tool_call>`), filled in by `runBacktest`.
     public var reply: ChatMessage?
+    /// A chat prompt's chat template variables (`chat_template_kwargs`, e.g. `enable_thinking`).
+    public var templateKwargs: JSONObject?
 
     public init(id: String, prompt: String, expected: String?, tags: [String], messages: [ChatMessage]? = nil, tools: [JSONValue]? = nil) {
         (self.id, self.prompt, self.expected, self.tags, self.messages, self.tools) = (id, prompt, expected, tags, messages, tools)
@@ -84,7 +86,8 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 ///   (a string or a list of strings).
 /// A training file's `{"prompt", "completion"}` lines serve as they are: the completion is the
 /// expected answer. So do its chat lines, `{"messages": [...]}`: the conversation is the prompt,
-/// written by the model's chat template with the prompt for a reply (and `"tools"` beside them); a
+/// written by the model's chat template with the prompt for a reply (and `"tools"` and
+/// `"chat_template_kwargs"` beside them); a
 /// final assistant message is the expected answer, its text or, when it calls tools, its calls as
 /// the template writes them.
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line.
@@ -95,7 +98,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
-    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "tools"]
+    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "tools", "chat_template_kwargs"]
     // Split on the "\n" scalar, not the Character: in a CRLF file "\r\n" is one Character. The "\r"
     // left at a line's end is JSON whitespace.
     for (n, scalars) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -129,13 +132,14 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         guard given.count + (obj["messages"] == nil ? 0 : 1) <= 1 else {
             throw BacktestError("\(at): give one of \"template\", \"template_file\", \"prompt\" and \"messages\"")
         }
-        var prompt = "", chat: [ChatMessage]?, tools: [JSONValue]?, reply: ChatMessage?, answer = try string("expected") ?? string("completion")
+        var prompt = "", chat: [ChatMessage]?, tools: [JSONValue]?, kwargs: JSONObject?, reply: ChatMessage?, answer = try string("expected") ?? string("completion")
         if obj["messages"] != nil {
             guard variables.isEmpty else { throw BacktestError("\(at): \"messages\" are literal text; \"vars\" fill a \"template\"") }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
             let ordered = try JSONValue(parsing: String(line))
             var turns = try parseChatMessages(ordered["messages"]!) { BacktestError("\(at): \($0)") }
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
+            kwargs = try parseTemplateKwargs(ordered["chat_template_kwargs"]) { BacktestError("\(at): \($0)") }
             if turns.last?.role == "assistant" {
                 guard answer == nil else { throw BacktestError("\(at): give \"expected\" or a final assistant message, not both") }
                 if turns.last!.toolCallNames.isEmpty {
@@ -146,8 +150,8 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             }
             guard !turns.isEmpty else { throw BacktestError("\(at): the conversation has no message before the reply") }
             chat = turns
-        } else if obj["tools"] != nil {
-            throw BacktestError("\(at): \"tools\" go with \"messages\" (the chat template writes them)")
+        } else if let k = ["tools", "chat_template_kwargs"].first(where: { obj[$0] != nil }) {
+            throw BacktestError("\(at): \"\(k)\" go with \"messages\" (the chat template takes them)")
         } else if let literal = try string("prompt") {
             guard variables.isEmpty else { throw BacktestError("\(at): \"prompt\" is literal text; use \"template\" with \"vars\"") }
             prompt = literal
@@ -181,7 +185,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
         var p = BacktestPrompt(id: id, prompt: prompt, expected: answer, tags: tags, messages: chat, tools: tools)
-        p.reply = reply
+        (p.reply, p.templateKwargs) = (reply, kwargs)
         prompts.append(p)
     }
     guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line)") }
@@ -412,9 +416,9 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                 guard try canWriteChat(tokenizer) else {
                     throw BacktestError("this model's tokenizer has no chat template, and no <|im_end|> token for ChatML")
                 }
-                prompts[k].prompt = try renderChat(messages, tools: p.tools, tokenizer: tokenizer, addGenerationPrompt: true)
+                prompts[k].prompt = try renderChat(messages, tools: p.tools, templateKwargs: p.templateKwargs, tokenizer: tokenizer, addGenerationPrompt: true)
                 if let reply = p.reply ?? p.expected.map({ ChatMessage(role: "assistant", content: $0) }) {
-                    let ex = try DataExample.chat(messages + [reply], tools: p.tools).tokenized(tokenizer)
+                    let ex = try DataExample.chat(messages + [reply], tools: p.tools, templateKwargs: p.templateKwargs).tokenized(tokenizer)
                     guard let last = ex.learned.lastIndex(of: true) else { throw BacktestError("the expected answer has no token to score") }
                     let first = (ex.learned[..<last].lastIndex(of: false) ?? -1) + 1
                     answerIDs[p.id] = Array(ex.ids[first...last])

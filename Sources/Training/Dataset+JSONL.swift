@@ -99,8 +99,9 @@ public enum DataExample: Equatable, Sendable {
     case text(String)
     case promptCompletion(prompt: String, completion: String)
     case instruction(instruction: String, input: String?, output: String)
-    /// A conversation, and the tools (JSON schemas) its template is given, when the data has them.
-    case chat([ChatMessage], tools: [JSONValue]? = nil)
+    /// A conversation, and what else its template is given when the data has it: tools (JSON
+    /// schemas) and the template's own variables (`chat_template_kwargs`, e.g. `enable_thinking`).
+    case chat([ChatMessage], tools: [JSONValue]? = nil, templateKwargs: JSONObject? = nil)
 
     /// The JSONL format this example has (`.text` for text documents as well).
     public var format: DataFormat {
@@ -135,8 +136,8 @@ public enum DataExample: Equatable, Sendable {
     ///   system message, or roles that do not alternate).
     public func tokenized(_ tokenizer: Tokenizer, addBOS: Bool = false) throws -> TokenizedExample {
         var ex = TokenizedExample()
-        if case .chat(let messages, let tools) = self, let template = try tokenizer.compiledChatTemplate {
-            try ex.appendChat(messages, tools: tools, template, tokenizer)
+        if case .chat(let messages, let tools, let kwargs) = self, let template = try tokenizer.compiledChatTemplate {
+            try ex.appendChat(messages, tools: tools, kwargs: kwargs, template, tokenizer)
             return ex
         }
         if addBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
@@ -150,8 +151,8 @@ public enum DataExample: Equatable, Sendable {
         case .instruction(let instruction, let input, let output):
             ex.append(tokenizer.encode(alpacaPrompt(instruction: instruction, input: input)), learned: false)
             ex.append(tokenizer.encode(output) + eos, learned: true)
-        case .chat(let messages, let tools):
-            try refuseToolsWithoutTemplate(messages, tools)
+        case .chat(let messages, let tools, let kwargs):
+            try refuseToolsWithoutTemplate(messages, tools, kwargs)
             // The prompt side is encoded as one string up to "assistant\n", exactly as a generation prompt is.
             let imEnd = tokenizer.encode(chatMLEnd)
             var pending = ""
@@ -210,11 +211,12 @@ public struct TokenizedExample: Equatable, Sendable {
     /// - Throws: when the renderings cannot be matched, when the template leaves out a reply or a
     ///   tool call, ignores the tools it is given, or writes no added token after a reply (the model
     ///   would not learn to end one).
-    mutating func appendChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, _ template: ChatTemplate, _ tokenizer: Tokenizer) throws {
-        let toolValues = tools?.map(\.jinja)
+    mutating func appendChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, kwargs: JSONObject? = nil, _ template: ChatTemplate,
+                             _ tokenizer: Tokenizer) throws {
+        let toolValues = tools?.map(\.jinja), variables = kwargs?.jinjaVariables ?? [:]
         func render(_ values: [JinjaValue], tools: [JinjaValue]? = toolValues, prompt: Bool = false) throws -> [Unicode.Scalar] {
             Array(try template.render(conversation: values, tools: tools, addGenerationPrompt: prompt,
-                                      specialTokens: tokenizer.specialTokenTexts).unicodeScalars)
+                                      specialTokens: tokenizer.specialTokenTexts, kwargs: variables).unicodeScalars)
         }
         func text(_ s: ArraySlice<Unicode.Scalar>) -> String { String(String.UnicodeScalarView(s)) }
         let (open, close): (Unicode.Scalar, Unicode.Scalar) = ("\u{10FFFD}", "\u{10FFFC}")  // private use: in no text
@@ -374,19 +376,25 @@ public func textEndTokens(_ tokenizer: Tokenizer) -> Set<Int32> {
 /// and the special tokens' texts), else in ChatML (`renderChatML`).
 /// - Throws: `ChatTemplateError`: the template cannot be read, or refuses the conversation; tools or
 ///   tool messages without a template.
-public func renderChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, tokenizer: Tokenizer, addGenerationPrompt: Bool) throws -> String {
+public func renderChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, templateKwargs: JSONObject? = nil, tokenizer: Tokenizer,
+                       addGenerationPrompt: Bool) throws -> String {
     guard let template = try tokenizer.compiledChatTemplate else {
-        try refuseToolsWithoutTemplate(messages, tools)
+        try refuseToolsWithoutTemplate(messages, tools, templateKwargs)
         return renderChatML(messages, addGenerationPrompt: addGenerationPrompt)
     }
     return try template.render(conversation: messages.map { $0.templateValue() }, tools: tools?.map(\.jinja),
-                               addGenerationPrompt: addGenerationPrompt, specialTokens: tokenizer.specialTokenTexts)
+                               addGenerationPrompt: addGenerationPrompt, specialTokens: tokenizer.specialTokenTexts,
+                               kwargs: templateKwargs?.jinjaVariables ?? [:])
 }
 
-/// ChatML without a template has no form for tools: they are refused rather than left out.
-func refuseToolsWithoutTemplate(_ messages: [ChatMessage], _ tools: [JSONValue]?) throws {
+/// ChatML without a template has no form for tools or a template's variables: they are refused
+/// rather than left out.
+func refuseToolsWithoutTemplate(_ messages: [ChatMessage], _ tools: [JSONValue]?, _ kwargs: JSONObject? = nil) throws {
     guard tools == nil, messages.allSatisfy({ $0.role != "tool" && $0.fields["tool_calls"] == nil }) else {
         throw ChatTemplateError("tools, tool calls and tool results are written by the model's chat template, and this tokenizer has none")
+    }
+    guard kwargs?.members.isEmpty ?? true else {
+        throw ChatTemplateError("chat_template_kwargs are variables of the model's chat template, and this tokenizer has none")
     }
 }
 
@@ -561,6 +569,15 @@ func parseTools(_ tools: JSONValue?, fail: (String) -> Error) throws -> [JSONVal
     return list
 }
 
+/// A JSON `"chat_template_kwargs"` value → the chat template's own variables: null, or an object.
+func parseTemplateKwargs(_ kwargs: JSONValue?, fail: (String) -> Error) throws -> JSONObject? {
+    guard let kwargs, kwargs != .null else { return nil }
+    guard case .object(let o) = kwargs else {
+        throw fail("\"chat_template_kwargs\" must be an object of the chat template's variables (e.g. {\"enable_thinking\": false}), found \(kwargs.kind)")
+    }
+    return o
+}
+
 /// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
 /// "instruction" or "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
 /// are ignored (Alpaca files, for instance, carry a rendered "text" next to "instruction").
@@ -595,7 +612,8 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample
         guard turns.contains(where: { $0.role == "assistant" }) else {
             throw fail("no \"assistant\" message: chat data learns only the assistant's turns")
         }
-        return .chat(turns, tools: try parseTools(ordered["tools"], fail: fail))
+        return .chat(turns, tools: try parseTools(ordered["tools"], fail: fail),
+                     templateKwargs: try parseTemplateKwargs(ordered["chat_template_kwargs"], fail: fail))
     }
     if object["instruction"] != nil || object["output"] != nil {
         return .instruction(instruction: try string("instruction")!,

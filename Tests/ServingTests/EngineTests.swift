@@ -355,6 +355,10 @@ final class ServerConnectionTests: XCTestCase {
             let c = try await post(["messages": messages, "tools": context["tools"]!, "tool_choice": choice, "max_tokens": 1])
             XCTAssertEqual(c.status, status, "\(choice): \(c.body)")
         }
+        for (kwargs, status, needle) in [(["enable_thinking": false] as Any, 200, ""), (["messages": 1], 400, "may not set 'messages'"), (5, 400, "must be an object")] {
+            let k = try await post(["messages": messages, "tools": context["tools"]!, "chat_template_kwargs": kwargs, "max_tokens": 1])
+            XCTAssertTrue(k.status == status && (needle.isEmpty || k.body.contains(needle)), "\(kwargs): \(k.body)")
+        }
         let badTool = try await post(["messages": messages, "tools": [["type": "function"]], "max_tokens": 1])
         XCTAssertEqual(badTool.status, 400, badTool.body)
         XCTAssertTrue(badTool.body.contains("tool 1 must be"), badTool.body)

@@ -94,6 +94,17 @@ final class ChatTemplateTests: XCTestCase {
             + "{{ add_generation_prompt }} {{ bos_token }}")
         XCTAssertEqual(try t.render(messages: [("user", "a"), ("assistant", "b")], addGenerationPrompt: true, specialTokens: ["bos_token": "<s>"]),
                        "True True user,assistant True <s>")
+        // Tools as given; the template's own variables (chat_template_kwargs), which take a special token's
+        // place as in transformers ({**special_tokens_map, **kwargs}), but not the conversation's.
+        let k = try ChatTemplate("{{ tools | map(attribute='name') | join(',') }} {{ enable_thinking }} {{ bos_token }}")
+        XCTAssertEqual(try k.render(conversation: [], tools: [.dict(JinjaDict([("name", .string("f"))]))], addGenerationPrompt: false,
+                                    specialTokens: ["bos_token": "<s>"], kwargs: ["enable_thinking": .bool(false), "bos_token": .string("[B]")]),
+                       "f False [B]")
+        for name in ["messages", "tools", "documents", "add_generation_prompt"] {
+            XCTAssertThrowsError(try k.render(conversation: [], addGenerationPrompt: false, kwargs: [name: .none])) {
+                XCTAssertTrue("\($0)".contains("may not set '\(name)'"), "\($0)")
+            }
+        }
     }
 
     /// Syntax errors name the line of the template.

@@ -110,6 +110,8 @@ final class BacktestTests: XCTestCase {
                                (#"{"messages": [{"role": "assistant", "content": "b"}]}"#, ":1: the conversation has no message before the reply"),
                                (#"{"messages": [{"role": "function", "content": "b"}]}"#, ":1: message 1: unknown role \"function\""),
                                (#"{"prompt": "a", "tools": []}"#, ":1: \"tools\" go with \"messages\""),
+                               (#"{"prompt": "a", "chat_template_kwargs": {}}"#, ":1: \"chat_template_kwargs\" go with \"messages\""),
+                               (#"{"messages": [{"role": "user", "content": "a"}], "chat_template_kwargs": true}"#, ":1: \"chat_template_kwargs\" must be an object"),
                                (#"{"messages": [{"role": "user", "content": "a"}], "tools": [1]}"#, ":1: \"tools\" must be an array of objects")] {
             let p = write("bad.jsonl", text)
             XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }

@@ -365,6 +365,20 @@ final class DatasetTests: XCTestCase {
             XCTAssertEqual(learnedText(b, tok), c.learned, c.name)
         }
 
+        // A line's chat_template_kwargs are the template's variables; without a template they are refused.
+        let persona = try Self.tokenizer.withRoles(Self.tokenizer.roles)
+        persona.chatTemplate = "{{ '<|im_start|>system\\nI am ' + name + '.<|im_end|>\\n' }}{% for m in messages %}"
+            + "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        let chatLine = #"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hello"}], "chat_template_kwargs": {"name": "Quill"}}"#
+        let kw = try load(try write("kwargs.jsonl", [chatLine]), tok: persona).train.batch(rows: [0])
+        XCTAssertEqual(persona.decode(Array(kw.ids[..<kw.attentionMask!.filter { $0 == 1 }.count])),
+                       "<|im_start|>system\nI am Quill.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n")
+        XCTAssertEqual(learnedText(kw, persona), "hello<|im_end|>")
+        let kwPath = try write("kwargs-chatml.jsonl", [chatLine])
+        XCTAssertThrowsError(try load(kwPath)) { XCTAssertTrue("\($0)".contains("chat_template_kwargs are variables of the model's chat template") && "\($0)".contains(kwPath + ":1"), "\($0)") }
+        let badKwargs = try write("kwargs-bad.jsonl", [#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hello"}], "chat_template_kwargs": {"messages": []}}"#])
+        XCTAssertThrowsError(try load(badKwargs, tok: persona)) { XCTAssertTrue("\($0)".contains("may not set 'messages'") && "\($0)".contains(badKwargs + ":1"), "\($0)") }
+
         // SmolLM2's template knows no tools: a call it leaves out, and tools it ignores, are refused.
         let tok = try Self.tokenizer.withRoles(Self.tokenizer.roles)
         tok.chatTemplate = smolLM2ChatTemplate
@@ -417,6 +431,8 @@ final class DatasetTests: XCTestCase {
             (chat, #"{"messages": [{"role": "assistant", "content": null}]}"#, #"message 1: "content" must be a string, found null"#),
             (chat, #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "b"}], "tools": {"a": 1}}"#,
              #""tools" must be an array of objects (JSON schemas of functions), found an object"#),
+            (chat, #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "b"}], "chat_template_kwargs": [1]}"#,
+             #""chat_template_kwargs" must be an object of the chat template's variables"#),
             (chat, #"{"messages": [{"content": "x"}]}"#, #"message 1: missing the key "role""#),
             (chat, #"{"messages": [{"role": "user", "content": null}]}"#, #"message 1: "content" must be a string, found null"#),
             (chat, #"{"messages": [{"role": "user", "content": "hi"}]}"#, #"no "assistant" message"#),
