@@ -2,6 +2,32 @@
 // globals, which Swift cannot import; these inline functions return them.
 #include <hdf5.h>
 
+// Object info and object visits: HDF5 1.12 changed them (H5O_info2_t, with a token in place of
+// the address), and from 1.12 on H5O_info_t and H5O_iterate_t are macros (H5O_info2_t and
+// H5O_iterate2_t by default), which Swift cannot see, while H5Oget_info2 and H5Ovisit2 take the
+// old H5O_info1_t. These names are the same with 1.10 (Debian 12) and 1.14 (Debian 13).
+#if H5_VERSION_GE(1, 12, 0)
+typedef H5O_info2_t chdf5_object_info;
+typedef H5O_iterate2_t chdf5_object_iterate;
+static inline herr_t chdf5_object_get_info(hid_t loc, chdf5_object_info *info, unsigned fields) {
+    return H5Oget_info3(loc, info, fields);
+}
+static inline herr_t chdf5_object_visit(hid_t obj, H5_index_t index, H5_iter_order_t order,
+                                        chdf5_object_iterate op, void *data, unsigned fields) {
+    return H5Ovisit3(obj, index, order, op, data, fields);
+}
+#else
+typedef H5O_info_t chdf5_object_info;
+typedef H5O_iterate_t chdf5_object_iterate;
+static inline herr_t chdf5_object_get_info(hid_t loc, chdf5_object_info *info, unsigned fields) {
+    return H5Oget_info2(loc, info, fields);
+}
+static inline herr_t chdf5_object_visit(hid_t obj, H5_index_t index, H5_iter_order_t order,
+                                        chdf5_object_iterate op, void *data, unsigned fields) {
+    return H5Ovisit2(obj, index, order, op, data, fields);
+}
+#endif
+
 static inline hid_t chdf5_native_float(void) { return H5T_NATIVE_FLOAT; }
 static inline hid_t chdf5_native_double(void) { return H5T_NATIVE_DOUBLE; }
 static inline hid_t chdf5_native_int32(void) { return H5T_NATIVE_INT32; }

@@ -187,8 +187,8 @@ public enum HDF5Store {
         let root = H5Gopen2(file, "/", chdf5_p_default())
         guard root >= 0 else { throw HDF5Error(path: path, message: "cannot open the root group") }
         defer { H5Gclose(root) }
-        var info = H5O_info_t()
-        guard H5Oget_info2(root, &info, UInt32(H5O_INFO_NUM_ATTRS)) >= 0 else {
+        var info = chdf5_object_info()
+        guard chdf5_object_get_info(root, &info, UInt32(H5O_INFO_NUM_ATTRS)) >= 0 else {
             throw HDF5Error(path: path, message: "cannot list the root group's attributes")
         }
         for i in 0..<Int(info.num_attrs) {
@@ -389,14 +389,14 @@ public final class HDF5Reader {
     /// the root's attributes.
     private static func index(_ file: hid_t, path: String) throws -> (shapes: [String: [Int]], blobs: [String: [UInt8]], attributes: [String: String]) {
         var names: [String] = []
-        let collect: H5O_iterate_t = { _, name, info, ctx in
+        let collect: chdf5_object_iterate = { _, name, info, ctx in
             if let info, info.pointee.type == H5O_TYPE_DATASET, let name {
                 ctx!.assumingMemoryBound(to: [String].self).pointee.append(String(cString: name))
             }
             return 0
         }
         _ = withUnsafeMutablePointer(to: &names) {
-            H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, collect, $0, UInt32(H5O_INFO_BASIC))
+            chdf5_object_visit(file, H5_INDEX_NAME, H5_ITER_INC, collect, $0, UInt32(H5O_INFO_BASIC))
         }
         var shapes: [String: [Int]] = [:]
         var blobs: [String: [UInt8]] = [:]

@@ -45,7 +45,7 @@ public final class BF16Copy {
     /// Serves products of every row count, with a gradient recorded or not (bf16 training).
     public let servesTraining: Bool
     /// Column blocks: [lo, lo + count) of N, each with its packed weights.
-    let blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: dnnl_memory_desc_t)]
+    let blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: swiftpeft_dnnl_md)]
 
     /// Packs `operand` (logical (K, N)): a contiguous matrix or a transposed view of one.
     /// `forTraining`: in the layout oneDNN picks for training-size products (`trainingChunkRows` rows).
@@ -61,22 +61,23 @@ public final class BF16Copy {
         let rt = BF16Runtime.shared
         let threads = min(hardwareThreads, rt.streams.count)  // streams: one per thread at first use
         let parts = n >= 64 * threads && !forTraining ? threads : 1  // training products split rows instead
-        var blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: dnnl_memory_desc_t)] = []
+        var blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: swiftpeft_dnnl_md)] = []
         rt.lock.lock()
         defer { rt.lock.unlock() }
         for p in 0..<parts {
             let lo = n * p / parts, count = n * (p + 1) / parts - lo
-            var packed = rt.packedWeightsDesc(k: k, n: count, rows: forTraining ? BF16Copy.trainingChunkRows : 1)
+            let packed = rt.packedWeightsDesc(k: k, n: count, rows: forTraining ? BF16Copy.trainingChunkRows : 1)
             // The fp32 block as stored: (K, count) at column lo, row-major or transposed.
-            var src = dnnl_memory_desc_t()
+            var src: swiftpeft_dnnl_md?
             let strides: [Int64] = trans ? [1, Int64(ld)] : [Int64(ld), 1]
-            rt.ok(dnnl_memory_desc_init_by_strides(&src, 2, [Int64(k), Int64(count)], dnnl_f32, strides), "fp32 weights desc")
+            rt.ok(swiftpeft_dnnl_md_create(&src, 2, [Int64(k), Int64(count)], dnnl_f32, strides), "fp32 weights desc")
+            defer { swiftpeft_dnnl_md_destroy(src) }
             let base = UnsafeMutableRawPointer(op.input.basePointer + (trans ? lo * ld : lo))
             var from: dnnl_memory_t?, to: dnnl_memory_t?
-            rt.ok(dnnl_memory_create(&from, &src, rt.engine, base), "fp32 weights memory")
-            rt.ok(dnnl_memory_create(&to, &packed, rt.engine, swiftpeft_dnnl_allocate()), "bf16 weights memory")
+            rt.ok(swiftpeft_dnnl_memory_create(&from, src, rt.engine, base), "fp32 weights memory")
+            rt.ok(swiftpeft_dnnl_memory_create(&to, packed, rt.engine, swiftpeft_dnnl_allocate()), "bf16 weights memory")
             var pd: dnnl_primitive_desc_t?
-            rt.ok(dnnl_reorder_primitive_desc_create(&pd, &src, rt.engine, &packed, rt.engine, nil), "reorder to bf16")
+            rt.ok(swiftpeft_dnnl_reorder_pd_create(&pd, src, rt.engine, packed, rt.engine, nil), "reorder to bf16")
             var reorder: dnnl_primitive_t?
             rt.ok(dnnl_primitive_create(&reorder, pd), "reorder primitive")
             var args = [dnnl_exec_arg_t(arg: Int32(swiftpeft_dnnl_arg_from), memory: from),
@@ -290,7 +291,7 @@ final class BF16Runtime: @unchecked Sendable {
         let memories: [(src: dnnl_memory_t, dst: dnnl_memory_t, scratch: dnnl_memory_t)]
     }
     private var kernels: [Key: Kernel?] = [:]
-    private var packedDescs: [Key: dnnl_memory_desc_t] = [:]
+    private var packedDescs: [Key: swiftpeft_dnnl_md] = [:]  // kept for the process's life
     private var rows: UnsafeMutablePointer<UInt16>
     private var rowsCapacity = 0
     /// One scratchpad per thread, as large as the largest kernel's (`scratchpadBytes`).
@@ -308,7 +309,7 @@ final class BF16Runtime: @unchecked Sendable {
 
     private init() {
         guard let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") else {  // RTLD_DEFAULT
-            fatalError("[bf16] libgomp's omp_set_num_threads is not loaded (Debian's libdnnl2 links it)")
+            fatalError("[bf16] libgomp's omp_set_num_threads is not loaded (Debian's libdnnl links it)")
         }
         setOpenMPThreads = unsafeBitCast(f, to: (@convention(c) (Int32) -> Void).self)
         setOpenMPThreads(1)  // kernels are made for one OpenMP thread (see the file's header)
@@ -322,7 +323,8 @@ final class BF16Runtime: @unchecked Sendable {
             return s!
         }
         let isa = dnnl_get_effective_cpu_isa()
-        native = isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx
+        // A bit set: oneDNN 3 also reports avx10_1_512 and avx512_core_amx_fp16, which include AVX512-BF16.
+        native = swiftpeft_dnnl_isa_has_avx512_bf16(isa) != 0
         isaName = BF16Runtime.name(isa)
         rows = .allocate(capacity: 1)
     }
@@ -346,33 +348,32 @@ final class BF16Runtime: @unchecked Sendable {
     /// The packed bf16 layout oneDNN picks for (K, N) weights in a product of `rows` rows (1 for
     /// decoding copies); every row count uses it (a kernel that cannot is not made, and that
     /// product stays fp32).
-    func packedWeightsDesc(k: Int, n: Int, rows: Int) -> dnnl_memory_desc_t {
+    func packedWeightsDesc(k: Int, n: Int, rows: Int) -> swiftpeft_dnnl_md {
         let key = Key(m: rows, k: k, n: n)
         if let d = packedDescs[key] { return d }
-        var src = desc([rows, k], dnnl_bf16, [Int64(k), 1])
-        var dst = desc([rows, n], dnnl_f32, [Int64(n), 1])
-        var any = dnnl_memory_desc_t()
-        ok(dnnl_memory_desc_init_by_tag(&any, 2, [Int64(k), Int64(n)], dnnl_bf16, dnnl_format_tag_any), "weights desc")
-        var op = dnnl_matmul_desc_t()
-        ok(dnnl_matmul_desc_init(&op, &src, &any, nil, &dst), "matmul desc")
+        let src = desc([rows, k], dnnl_bf16, [Int64(k), 1])
+        let dst = desc([rows, n], dnnl_f32, [Int64(n), 1])
+        var any: swiftpeft_dnnl_md?
+        ok(swiftpeft_dnnl_md_create_any(&any, 2, [Int64(k), Int64(n)], dnnl_bf16), "weights desc")
+        defer { swiftpeft_dnnl_md_destroy(src); swiftpeft_dnnl_md_destroy(dst); swiftpeft_dnnl_md_destroy(any) }
         var pd: dnnl_primitive_desc_t?
-        ok(dnnl_primitive_desc_create(&pd, &op, nil, engine, nil), "bf16 matmul for \(k)×\(n)")
-        let d = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0)!.pointee
+        ok(swiftpeft_dnnl_matmul_pd_create(&pd, engine, src, any, dst, nil), "bf16 matmul for \(k)×\(n)")
+        var d: swiftpeft_dnnl_md?
+        ok(swiftpeft_dnnl_query_md(&d, pd, dnnl_query_weights_md), "packed weights desc")
         dnnl_primitive_desc_destroy(pd)
-        packedDescs[key] = d
-        return d
+        packedDescs[key] = d!
+        return d!
     }
 
     /// The matmul (M, K) bf16 × packed (K, N) bf16 → (M, N) fp32, made once: dense output rows,
     /// or rows `ldc` apart in a larger matrix, written or (`accumulate`) added to; nil when oneDNN
     /// has only its reference (scalar) kernel for it.
-    func matmul(m: Int, k: Int, n: Int, weights: dnnl_memory_desc_t, ldc: Int? = nil, accumulate: Bool = false) -> Kernel? {
+    func matmul(m: Int, k: Int, n: Int, weights: swiftpeft_dnnl_md, ldc: Int? = nil, accumulate: Bool = false) -> Kernel? {
         let key = Key(m: m, k: k, n: n, ldc: ldc ?? 0, accumulate: accumulate)
         if let cached = kernels[key] { return cached }
-        var src = desc([m, k], dnnl_bf16, [Int64(k), 1])
-        var dst = desc([m, n], dnnl_f32, [Int64(ldc ?? n), 1])
-        var w = weights
-        var op = dnnl_matmul_desc_t()
+        let src = desc([m, k], dnnl_bf16, [Int64(k), 1])
+        let dst = desc([m, n], dnnl_f32, [Int64(ldc ?? n), 1])
+        defer { swiftpeft_dnnl_md_destroy(src); swiftpeft_dnnl_md_destroy(dst) }  // the memory objects keep copies
         var made: Kernel?
         var pd: dnnl_primitive_desc_t?
         var attr: dnnl_primitive_attr_t?
@@ -383,21 +384,21 @@ final class BF16Runtime: @unchecked Sendable {
             var ops: dnnl_post_ops_t?
             ok(dnnl_post_ops_create(&ops), "post-ops")
             defer { dnnl_post_ops_destroy(ops) }
-            ok(dnnl_post_ops_append_sum(ops, 1), "sum post-op")
+            ok(swiftpeft_dnnl_post_ops_append_sum(ops, 1), "sum post-op")
             ok(dnnl_primitive_attr_set_post_ops(attr, ops), "post-ops attribute")
         }
-        if dnnl_matmul_desc_init(&op, &src, &w, nil, &dst) == dnnl_success,
-           dnnl_primitive_desc_create(&pd, &op, attr, engine, nil) == dnnl_success {
+        if swiftpeft_dnnl_matmul_pd_create(&pd, engine, src, weights, dst, attr) == dnnl_success {
             var p: dnnl_primitive_t?
-            let scratch = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)!.pointee
+            var scratch: swiftpeft_dnnl_md?
+            ok(swiftpeft_dnnl_query_md(&scratch, pd, dnnl_query_scratchpad_md), "scratchpad desc")
+            defer { swiftpeft_dnnl_md_destroy(scratch) }
             var impl: UnsafePointer<CChar>?
             _ = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl)
             let name = impl.map { String(cString: $0) } ?? "ref"
             if !name.hasPrefix("ref"), dnnl_primitive_create(&p, pd) == dnnl_success, let p {
-                var sd = scratch
-                growBuffers(scratchpad: dnnl_memory_desc_get_size(&sd), output: ldc == nil ? m * n : 0)
+                growBuffers(scratchpad: swiftpeft_dnnl_md_get_size(scratch), output: ldc == nil ? m * n : 0)
                 made = Kernel(primitive: p, memories: streams.map { _ in
-                    (memory(&src), memory(&dst), memory(&sd))
+                    (memory(src), memory(dst), memory(scratch!))
                 })
             }
             dnnl_primitive_desc_destroy(pd)
@@ -423,9 +424,9 @@ final class BF16Runtime: @unchecked Sendable {
     }
 
     /// A memory object of `md` without data (the pointer is set before each use).
-    private func memory(_ md: inout dnnl_memory_desc_t) -> dnnl_memory_t {
+    private func memory(_ md: swiftpeft_dnnl_md) -> dnnl_memory_t {
         var m: dnnl_memory_t?
-        ok(dnnl_memory_create(&m, &md, engine, nil), "memory object")
+        ok(swiftpeft_dnnl_memory_create(&m, md, engine, nil), "memory object")
         return m!
     }
 
@@ -442,10 +443,11 @@ final class BF16Runtime: @unchecked Sendable {
         }
     }
 
-    private func desc(_ dims: [Int], _ type: dnnl_data_type_t, _ strides: [Int64]) -> dnnl_memory_desc_t {
-        var d = dnnl_memory_desc_t()
-        ok(dnnl_memory_desc_init_by_strides(&d, Int32(dims.count), dims.map { Int64($0) }, type, strides), "desc \(dims)")
-        return d
+    /// A descriptor the caller destroys (`swiftpeft_dnnl_md_destroy`).
+    private func desc(_ dims: [Int], _ type: dnnl_data_type_t, _ strides: [Int64]) -> swiftpeft_dnnl_md {
+        var d: swiftpeft_dnnl_md?
+        ok(swiftpeft_dnnl_md_create(&d, Int32(dims.count), dims.map { Int64($0) }, type, strides), "desc \(dims)")
+        return d!
     }
 
     /// One bf16 row buffer per thread for training-size products (`BF16Copy.trainingProduct`).
