@@ -1,6 +1,7 @@
 // A seeded, structure-aware mutation fuzzer for every reader: GGUF, safetensors, HDF5, tokenizer.json,
-// config.json, adapter_config.json, JSONL data and CLI config files. Inputs start from real files (the
-// SmolLM2 GGUF header, the test fixtures) and are mutated: bytes flipped, integers overwritten with
+// config.json, adapter_config.json, JSONL data (chat through a template too), JSON against Foundation's
+// reader, and CLI config files. Inputs start from real files (the
+// SmolLM2 GGUF header, the test fixtures, chat lines with tools) and are mutated: bytes flipped, integers overwritten with
 // boundary values, chunks cut, repeated or dropped, JSON numbers and strings swapped for hostile ones,
 // nesting deepened. A reader may accept or refuse an input; it may not crash or hang. Each input is
 // written to <work>/last-<parser> before it is parsed, so a crash leaves it behind (scripts/reliability
@@ -18,7 +19,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|chat|json|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -85,7 +86,7 @@ struct Target {
     let parse: (String, Data) throws -> Void  // (path of the input written to disk, its bytes)
 }
 
-let byteTokenizer = ByteTokenizer(specialTokens: ["<|endoftext|>"], roles: SpecialTokenRoles(bos: nil, eos: "<|endoftext|>", pad: nil, unk: nil))
+let byteTokenizer = ByteTokenizer(specialTokens: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], roles: SpecialTokenRoles(bos: nil, eos: "<|endoftext|>", pad: nil, unk: nil))
 func ggufSeed() -> Data? {
     guard let h = FileHandle(forReadingAtPath: root.appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path) else { return nil }
     defer { try? h.close() }
@@ -97,12 +98,16 @@ func ggufSeed() -> Data? {
     return Data(d)
 }
 
+/// The base the adapter seed is trained on (the same weights every time), so the seed loads onto it.
+func seedBase(vocabSize: Int) -> CausalLM {
+    makeModel(ModelConfig.llama(vocabSize: vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24), seed: 1)
+}
 /// A tiny SwiftPEFT model checkpoint and a LoRA adapter for it (the tokenizer from the fixtures).
+let seedVocabSize = fixture("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json").flatMap { try? BPETokenizer.load(json: $0) }?.vocabSize ?? 0
 func checkpointSeeds() -> [Data] {
     guard let tok = fixture("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json"),
           let tokenizer = try? BPETokenizer.load(json: tok) else { return [] }
-    let config = ModelConfig.llama(vocabSize: tokenizer.vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24)
-    let model = makeModel(config, seed: 1)
+    let model = seedBase(vocabSize: tokenizer.vocabSize)
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fuzz-seeds-\(getpid())")
     defer { try? FileManager.default.removeItem(at: dir) }
     let m = dir.appendingPathComponent("model.h5").path, a = dir.appendingPathComponent("adapter.h5").path
@@ -116,13 +121,48 @@ func readHDF5(_ path: String, _ data: Data) throws {
     _ = try HDF5Store.read(path)
     switch try ModelSource.detect(path).kind {
     case .checkpoint: _ = try loadModel(path)
-    case .adapter: try loadAdapter(path, onto: makeModel(ModelConfig.llama(vocabSize: 300, hiddenSize: 16, numLayers: 2, numHeads: 4,
-                                                                           numKVHeads: 2, intermediateSize: 24)))
+    case .adapter: try loadAdapter(path, onto: seedBase(vocabSize: seedVocabSize))
     default: break
     }
 }
 let peftSeeds = ["Tests/FormatsTests/Fixtures/peft/llama-lora/adapter_config.json", "Tests/FormatsTests/Fixtures/peft/llama-prefix/adapter_config.json",
                  "Tests/FormatsTests/Fixtures/peft/llama-ia3/adapter_config.json", "Tests/FormatsTests/Fixtures/peft/llama-ptuning/adapter_config.json"]
+/// Chat lines with tools, calls and tool results, read through a template that writes them all.
+let chatSeeds = [#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}, "#
+    + #"{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}}]}, "#
+    + #"{"role": "tool", "name": "get_weather", "content": "{\"t\": 21.5}"}, {"role": "assistant", "content": "<think>warm</think>21.5 °C."}], "#
+    + #""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}], "#
+    + #""chat_template_kwargs": {"persona": "Quill"}}"#,
+    #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "reasoning_content": "short"}, {"role": "user", "content": "\u00e9\ud83d\ude00"}, {"role": "assistant", "content": " x "}]}"#]
+    .map { Data($0.utf8) }
+let chatTokenizer: BPETokenizer? = {
+    guard let d = fixture("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json"), let t = try? BPETokenizer.load(json: d) else { return nil }
+    t.chatTemplate = "{% if tools %}{{ 'Tools: ' + (tools | tojson) + '\\n' }}{% endif %}{% if persona is defined %}{{ 'I am ' + persona | string + '.\\n' }}{% endif %}"
+        + "{% for m in messages %}{{ m.role + ': ' }}{% if m.content %}{{ m.content | trim }}{% endif %}{% if m.tool_calls %}{% for c in m.tool_calls %}"
+        + "{{ '<call>' + c.function.name + ' ' + (c.function.arguments | tojson) + '</call>' }}{% endfor %}{% endif %}"
+        + "{% if m.role == 'assistant' %}{{ '<|endoftext|>' }}{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    return t
+}()
+/// Whether Foundation's reading `theirs` holds the same value as `mine` (numbers as Doubles, objects by key).
+func sameJSON(_ mine: JSONValue, _ theirs: Any) -> Bool {
+    switch (mine, theirs) {
+    case (.null, is NSNull): return true
+    case (.string(let a), let b as String): return a == b
+    case (.array(let a), let b as [Any]): return a.count == b.count && zip(a, b).allSatisfy { sameJSON($0, $1) }
+    case (.object(let a), let b as [String: Any]):
+        return Set(a.keys) == Set(b.keys) && b.allSatisfy { k, v in a[k].map { sameJSON($0, v) } ?? false }
+    case (_, let n as NSNumber):
+        let isBool = String(cString: n.objCType) == "c" || String(cString: n.objCType) == "B"
+        switch mine {
+        case .bool(let b): return isBool && b == n.boolValue
+        case .int(let i): return !isBool && n.doubleValue == Double(i)
+        case .double(let d): return !isBool && (d == n.doubleValue || abs(d - n.doubleValue) <= 1e-15 * abs(d))
+        default: return false
+        }
+    default: return false
+    }
+}
+
 let targets: [Target] = [
     Target(name: "gguf", seeds: [ggufSeed()].compactMap { $0 }, json: false) { path, _ in
         let f = try GGUFFile(path)
@@ -157,8 +197,24 @@ let targets: [Target] = [
         let m = try PEFTRegistry.make(type, config: d, restoring: true)
         try m.attach(to: model)
     },
-    Target(name: "jsonl", seeds: [Data(#"{"prompt": "Q: 1+1?\nA:", "completion": " 2"}\n{"text": "hello"}\n{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"instruction": "add", "input": "1 1", "output": "2"}"#.utf8)], json: true) { path, _ in
+    // One file of each format (a file holds one format).
+    Target(name: "jsonl", seeds: [#"{"prompt": "Q: 1+1?\nA:", "completion": " 2"}"# + "\n" + #"{"prompt": "Q: 2+2?\nA:", "completion": " 4"}"#,
+                                  #"{"text": "hello"}"# + "\n" + #"{"text": "world"}"#,
+                                  #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#,
+                                  #"{"instruction": "add", "input": "1 1", "output": "2"}"#].map { Data($0.utf8) }, json: true) { path, _ in
         _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
+    },
+    // Chat lines through a template that writes tools, calls and kwargs: the order-keeping JSON
+    // reader, the Jinja renderer and the search for each reply in the rendering.
+    Target(name: "chat", seeds: chatTokenizer == nil ? [] : chatSeeds, json: true) { path, _ in
+        _ = try loadDataset(path, tokenizer: chatTokenizer!, options: DatasetOptions(seqLen: 64, validation: .none))
+    },
+    // The order-keeping JSON reader against Foundation's: where both read a text, the same value.
+    Target(name: "json", seeds: chatSeeds + peftSeeds.compactMap(fixture), json: true) { _, d in
+        let mine = try JSONValue(parsing: String(decoding: d, as: UTF8.self))
+        if let theirs = try? JSONSerialization.jsonObject(with: d, options: [.fragmentsAllowed]), !sameJSON(mine, theirs) {
+            fatalError("JSONValue and JSONSerialization read this input differently: \(mine) vs \(theirs)")
+        }
     },
     Target(name: "settings", seeds: [Data(#"{"model": "m.h5", "data": "d.jsonl", "out": "o", "steps": 3, "lr": 0.01, "seq-len": 16, "r": 4, "use-dora": true, "method-config": {"lora_alpha": 8}}"#.utf8)], json: true) { _, d in
         guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any] else { return }
@@ -178,9 +234,18 @@ for t in targets where only == nil || only == t.name {
         failed = true
         continue
     }
-    let input = URL(fileURLWithPath: work).appendingPathComponent("input-\(t.name)" + (t.name == "jsonl" ? ".jsonl" : "")).path
+    let input = URL(fileURLWithPath: work).appendingPathComponent("input-\(t.name)" + (["jsonl", "chat"].contains(t.name) ? ".jsonl" : "")).path
     let last = URL(fileURLWithPath: work).appendingPathComponent("last-\(t.name)").path
     var tried = 0, refused = 0, probeCaught = 0
+    // Every seed as it is must be read: a refused seed would leave only the refusal paths fuzzed.
+    for (k, seed) in t.seeds.enumerated() {
+        _ = FileManager.default.createFile(atPath: last, contents: seed)
+        _ = FileManager.default.createFile(atPath: input, contents: seed)
+        do { try t.parse(input, seed) } catch {
+            print("fuzz \(t.name): seed \(k + 1) is refused: \(error)")
+            failed = true
+        }
+    }
     let start = Date()
     while Date().timeIntervalSince(start) < seconds {
         var bytes = [UInt8](t.seeds[rng.nextInt(t.seeds.count)])
