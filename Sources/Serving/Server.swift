@@ -402,10 +402,10 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 
 /// Runs one completion: a JSON response, or server-sent events when `stream` is set. When
 /// client hangs up before a JSON answer is ready (`onHangUp`), the request is cancelled (a stream
-/// stops when a write to the gone client fails). With `readToolCalls`, a chat reply's tool calls
-/// are read back (`chatReply`); a stream then sends the reply whole, when it ends, since a call
-/// cannot be told from text before then.
-func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool, readToolCalls: Bool = false,
+/// stops when a write to the gone client fails). With `readToolCalls` (the request's tool names),
+/// a chat reply's calls of them are read back (`chatReply`); a stream then sends the reply whole,
+/// when it ends, since a call cannot be told from text before then.
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool, readToolCalls: Set<String>? = nil,
               onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
     let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
     var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
@@ -451,7 +451,7 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
         onHangUp?(hangUp)
         defer { hangUp.finish() }
         let s = try await withTaskCancellationHandler { try await answer.value } onCancel: { answer.cancel() }
-        let reply = chatReply(s.text, finishReason: s.finishReason, readCalls: readToolCalls)
+        let reply = chatReply(s.text, finishReason: s.finishReason, tools: readToolCalls)
         let choice: [String: Any] = chat
             ? ["index": 0, "message": reply.message, "finish_reason": reply.finishReason, "logprobs": NSNull()]
             : ["index": 0, "text": s.text, "finish_reason": s.finishReason, "logprobs": NSNull()]
@@ -474,12 +474,12 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
                                   "choices": [["index": 0, "delta": ["role": "assistant", "content": ""], "finish_reason": NSNull()]]]) }
         for await e in events {
             switch e {
-            case .text(let t): if !readToolCalls { try await send(chunk(t, finish: nil)) }
+            case .text(let t): if readToolCalls == nil { try await send(chunk(t, finish: nil)) }
             case .failed(let why): try await send(["error": ["message": why, "type": "server_error"]])
             case .done(let s):
                 var finish = s.finishReason
-                if readToolCalls {  // the reply whole: its text, or its calls
-                    let reply = chatReplyDelta(s.text, finishReason: s.finishReason)
+                if let tools = readToolCalls {  // the reply whole: its text, or its calls
+                    let reply = chatReplyDelta(s.text, finishReason: s.finishReason, tools: tools)
                     if !reply.delta.isEmpty { try await send(chunk(nil, finish: nil, chatDelta: reply.delta)) }
                     finish = reply.finishReason
                 }

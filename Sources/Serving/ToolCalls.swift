@@ -9,11 +9,11 @@ import Foundation
 import Tokenizers
 import Training
 
-/// A chat request's messages → the conversation for the template. Roles as OpenAI's: `developer` is
-/// system; a content may be a string, text parts, or (for an assistant that calls tools) null; an
-/// assistant's `tool_calls` keep their shape, their `arguments` strings read as JSON objects (as vLLM
-/// hands them to templates, which write `arguments | tojson`); a tool result keeps its
-/// `tool_call_id` and `name`.
+/// A chat request's messages → the conversation for the template, as vLLM hands it over. Roles as
+/// OpenAI's: `developer` is system; a content may be a string, text parts, or null (the template
+/// gets ""); an assistant's `tool_calls` keep their shape, their `arguments` strings read as JSON
+/// (templates write `arguments | tojson`; missing, empty or null arguments are `{}`); a tool
+/// result keeps its `tool_call_id` and `name`.
 func chatRequestMessages(_ value: JSONValue?) throws -> [ChatMessage] {
     func fail(_ message: String) -> APIError { APIError(status: .badRequest, message: message, param: "messages") }
     guard case .array(let list)? = value, !list.isEmpty else { throw fail("messages must be a non-empty list") }
@@ -25,17 +25,21 @@ func chatRequestMessages(_ value: JSONValue?) throws -> [ChatMessage] {
             throw fail("\(what)a message's role must be system, user, assistant or tool, got \"\(role)\"")
         }
         var fields = JSONObject(m.members.filter { $0.key != "role" && $0.key != "content" }.map { ($0.key, $0.value) })
-        if let calls = fields["tool_calls"] {
+        if let calls = fields["tool_calls"], calls != .null, calls != .array([]) {  // null and [] are no calls
             guard role == "assistant", case .array(var list) = calls else { throw fail("\(what)tool_calls belong to an assistant message, as a list") }
             for (j, call) in list.enumerated() {
                 guard case .object(var c) = call, case .object(var f)? = c["function"], f["name"]?.string != nil else {
                     throw fail("\(what)tool call \(j + 1) must be {\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}")
                 }
-                if let a = f["arguments"]?.string, let parsed = try? JSONValue(parsing: a), case .object = parsed { f["arguments"] = parsed }
+                switch f["arguments"] {
+                case nil, .null?, .string("")?: f["arguments"] = .object(JSONObject())
+                case .string(let a)?: if let parsed = try? JSONValue(parsing: a) { f["arguments"] = parsed }
+                default: break
+                }
                 c["function"] = .object(f)
                 list[j] = .object(c)
             }
-            fields["tool_calls"] = list.isEmpty ? nil : .array(list)
+            fields["tool_calls"] = .array(list)
         }
         switch m["content"] {
         case .string(let text)?: return ChatMessage(role: role, content: text, fields: fields)
@@ -47,34 +51,32 @@ func chatRequestMessages(_ value: JSONValue?) throws -> [ChatMessage] {
                 return t
             }
             return ChatMessage(role: role, content: texts.joined(), fields: fields)
-        default:
-            guard m["content"] == nil || m["content"] == .null, fields["tool_calls"] != nil else {
-                throw fail("\(what)a message's content must be a string or a list of text parts (or null beside tool_calls)")
-            }
-            fields["content"] = .null
-            return ChatMessage(role: role, content: "", fields: fields)
+        case .null?, nil: return ChatMessage(role: role, content: "", fields: fields)  // vLLM's "" for a template
+        default: throw fail("\(what)a message's content must be a string, a list of text parts or null")
         }
     }
 }
 
-/// The request's tools for the template, and whether the reply's calls are read back: `tools` a
+/// The request's tools for the template, and the names of those whose calls are read back from the
+/// reply (nil: none are read): `tools` a
 /// list of `{"type": "function", "function": {"name", …}}`; `tool_choice` "auto" (the default) or
 /// "none" (the template still sees the tools; the reply is text). A forced choice ("required", a
 /// named function) needs constrained decoding, which this server does not do: refused.
-func requestTools(_ body: JSONValue) throws -> (tools: [JSONValue]?, readCalls: Bool) {
+func requestTools(_ body: JSONValue) throws -> (tools: [JSONValue]?, readCalls: Set<String>?) {
     guard let t = body["tools"], t != .null else {
         if let c = body["tool_choice"], c != .null, c != .string("none"), c != .string("auto") {
             throw APIError(status: .badRequest, message: "tool_choice needs tools", param: "tool_choice")
         }
-        return (nil, false)
+        return (nil, nil)
     }
     guard case .array(let tools) = t else { throw APIError(status: .badRequest, message: "tools must be a list", param: "tools") }
     for (k, tool) in tools.enumerated() where tool["type"] != .string("function") || tool["function"]?["name"]?.string == nil {
         throw APIError(status: .badRequest, message: "tool \(k + 1) must be {\"type\": \"function\", \"function\": {\"name\", \"description\", \"parameters\"}}", param: "tools")
     }
+    let names = Set(tools.compactMap { $0["function"]?["name"]?.string })
     switch body["tool_choice"] {
-    case nil, .null?, .string("auto")?: return (tools.isEmpty ? nil : tools, !tools.isEmpty)
-    case .string("none")?: return (tools.isEmpty ? nil : tools, false)
+    case nil, .null?, .string("auto")?: return (tools.isEmpty ? nil : tools, tools.isEmpty ? nil : names)
+    case .string("none")?: return (tools.isEmpty ? nil : tools, nil)
     default:
         throw APIError(status: .badRequest, message: "tool_choice may be \"auto\" or \"none\": a forced call needs constrained decoding, which this server does not do",
                        param: "tool_choice")
@@ -87,39 +89,42 @@ struct ToolCall: Equatable {
     var arguments: String
 }
 
-/// The tool calls in `text` and the text around them (nil when nothing is left), or nil when it
-/// calls none. `<tool_call>` blocks whose JSON cannot be read leave the whole reply as text.
-func parseToolCalls(_ text: String) -> (content: String?, calls: [ToolCall])? {
-    func call(_ json: String) -> ToolCall? {
+/// The tool calls in `text` and the text before them (nil when there is none), or nil when it
+/// calls none. As vLLM's parsers read them: `<tool_call>` blocks (Hermes; whose JSON cannot be read
+/// leave the whole reply as text), or a reply that is one object `{"name", "arguments" |
+/// "parameters"}` naming one of `tools` (Llama 3.x), so a plain JSON answer stays text.
+func parseToolCalls(_ text: String, tools: Set<String>) -> (content: String?, calls: [ToolCall])? {
+    func call(_ json: String, needsArguments: Bool) -> ToolCall? {
         guard let v = try? JSONValue(parsing: json), let name = v["name"]?.string, !name.isEmpty else { return nil }
-        let arguments = v["arguments"] ?? v["parameters"] ?? .object(JSONObject())
+        let given = v["arguments"] ?? v["parameters"]
+        guard !needsArguments || (given != nil && tools.contains(name)) else { return nil }
+        let arguments = given ?? .object(JSONObject())
         // Arguments given as a JSON string stay that string (OpenAI's form); an object is written out.
         return ToolCall(name: name, arguments: arguments.string ?? arguments.text)
     }
-    if text.contains("<tool_call>") {
-        var calls: [ToolCall] = [], rest = "", remaining = Substring(text)
+    if let first = text.range(of: "<tool_call>") {
+        var calls: [ToolCall] = [], remaining = text[first.lowerBound...]
         while let open = remaining.range(of: "<tool_call>") {
-            rest += remaining[..<open.lowerBound]
             let after = remaining[open.upperBound...]
             let close = after.range(of: "</tool_call>")
-            guard let c = call(String(after[..<(close?.lowerBound ?? after.endIndex)]).trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
+            let json = String(after[..<(close?.lowerBound ?? after.endIndex)]).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let c = call(json, needsArguments: false) else { return nil }
             calls.append(c)
             remaining = close.map { after[$0.upperBound...] } ?? ""
         }
-        rest += remaining
-        let content = rest.trimmingCharacters(in: .whitespacesAndNewlines)
+        let content = text[..<first.lowerBound].trimmingCharacters(in: .whitespacesAndNewlines)
         return (content.isEmpty ? nil : content, calls)
     }
     var body = text.trimmingCharacters(in: .whitespacesAndNewlines)
     if body.hasPrefix("<|python_tag|>") { body = String(body.dropFirst("<|python_tag|>".count)) }
-    guard body.hasPrefix("{"), body.hasSuffix("}"), let c = call(body) else { return nil }
+    guard body.hasPrefix("{"), body.hasSuffix("}"), let c = call(body, needsArguments: true) else { return nil }
     return (nil, [c])
 }
 
-/// The `message` of a chat choice: the reply's text, or its tool calls (`tool_calls`, ids
-/// `call_…`, finish reason "tool_calls") when `readCalls` and it makes some.
-func chatReply(_ text: String, finishReason: String, readCalls: Bool) -> (message: [String: Any], finishReason: String) {
-    guard readCalls, let parsed = parseToolCalls(text) else { return (["role": "assistant", "content": text], finishReason) }
+/// The `message` of a chat choice: the reply's text, or its calls of `tools` (by name; `tool_calls`,
+/// ids `call_…`, finish reason "tool_calls") when it makes some; nil `tools`: none are read.
+func chatReply(_ text: String, finishReason: String, tools: Set<String>?) -> (message: [String: Any], finishReason: String) {
+    guard let tools, let parsed = parseToolCalls(text, tools: tools) else { return (["role": "assistant", "content": text], finishReason) }
     let calls: [[String: Any]] = parsed.calls.map {
         ["id": "call_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24), "type": "function",
          "function": ["name": $0.name, "arguments": $0.arguments]]
@@ -129,8 +134,8 @@ func chatReply(_ text: String, finishReason: String, readCalls: Bool) -> (messag
 
 /// The one `delta` a stream sends for a whole reply whose calls are read (`chatReply`): its text,
 /// or its calls, each with its `index`, as OpenAI's stream chunks carry them.
-func chatReplyDelta(_ text: String, finishReason: String) -> (delta: [String: Any], finishReason: String) {
-    let reply = chatReply(text, finishReason: finishReason, readCalls: true)
+func chatReplyDelta(_ text: String, finishReason: String, tools: Set<String>) -> (delta: [String: Any], finishReason: String) {
+    let reply = chatReply(text, finishReason: finishReason, tools: tools)
     var delta = reply.message.filter { $0.key != "role" && !($0.value is NSNull) }
     if let calls = delta["tool_calls"] as? [[String: Any]] {
         delta["tool_calls"] = calls.enumerated().map { $1.merging(["index": $0]) { $1 } }

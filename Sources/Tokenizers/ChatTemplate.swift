@@ -45,7 +45,8 @@ public struct ChatTemplate: Sendable {
     /// (`chat_template_kwargs` such as Qwen3's `enable_thinking`), which take the place of a special
     /// token's text of the same name, as in transformers.
     /// - Throws: `ChatTemplateError` also for a kwarg named `messages`, `tools`, `documents` or
-    ///   `add_generation_prompt` (transformers refuses those too).
+    ///   `add_generation_prompt`: the conversation gives those (in transformers they are
+    ///   `apply_chat_template`'s own arguments, and `messages` in kwargs is an error).
     public func render(conversation messages: [JinjaValue], tools: [JinjaValue]? = nil, addGenerationPrompt: Bool,
                        specialTokens: [String: String] = [:], kwargs: [String: JinjaValue] = [:]) throws -> String {
         var variables: [String: JinjaValue] = [:]

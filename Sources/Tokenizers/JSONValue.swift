@@ -16,10 +16,12 @@ public indirect enum JSONValue: Equatable, Sendable {
     case array([JSONValue])
     case object(JSONObject)
 
-    /// Reads one JSON value (and nothing after it but whitespace).
+    /// Reads one JSON value (and nothing after it but whitespace; a UTF-8 byte order mark before it
+    /// is skipped, as Foundation's reader skips it).
     /// - Throws: `JSONParseError` with the byte offset of the problem.
     public init(parsing text: String) throws {
         var parser = JSONTextParser(Array(text.utf8))
+        if parser.bytes.starts(with: [0xEF, 0xBB, 0xBF]) { parser.i = 3 }
         self = try parser.document()
     }
 
@@ -66,20 +68,28 @@ public indirect enum JSONValue: Equatable, Sendable {
 }
 
 /// A JSON object: its members in order (a repeated key keeps its first place and its last value,
-/// as Python's json does).
+/// as Python's json does), found by key in constant time.
 public struct JSONObject: Equatable, Sendable {
     public private(set) var members: [(key: String, value: JSONValue)] = []
+    private var index: [String: Int] = [:]  // key → position in `members`
 
     public init(_ members: [(String, JSONValue)] = []) {
         for (k, v) in members { self[k] = v }
     }
 
     public subscript(key: String) -> JSONValue? {
-        get { members.first { $0.key == key }?.value }
+        get { index[key].map { members[$0].value } }
         set {
-            if let i = members.firstIndex(where: { $0.key == key }) {
-                if let newValue { members[i].value = newValue } else { members.remove(at: i) }
+            if let i = index[key] {
+                if let newValue {
+                    members[i].value = newValue
+                } else {
+                    members.remove(at: i)
+                    index[key] = nil
+                    for j in i..<members.count { index[members[j].key] = j }
+                }
             } else if let newValue {
+                index[key] = members.count
                 members.append((key, newValue))
             }
         }
@@ -143,7 +153,8 @@ extension JSONValue: Codable {
         }
     }
 
-    /// Decodes any JSON value; an object's keys come in sorted order (a decoder keeps no order).
+    /// Decodes any JSON value, losing what a decoder does not keep: an object's keys come in sorted
+    /// order, and a float with an integral value may come back as an int.
     public init(from decoder: Decoder) throws {
         if let c = try? decoder.container(keyedBy: Key.self) {
             self = .object(JSONObject(try c.allKeys.sorted { $0.stringValue < $1.stringValue }.map { ($0.stringValue, try c.decode(JSONValue.self, forKey: $0)) }))

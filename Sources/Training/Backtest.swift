@@ -136,7 +136,8 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         if obj["messages"] != nil {
             guard variables.isEmpty else { throw BacktestError("\(at): \"messages\" are literal text; \"vars\" fill a \"template\"") }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
-            let ordered = try JSONValue(parsing: String(line))
+            let ordered: JSONValue
+            do { ordered = try JSONValue(parsing: String(line)) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
             var turns = try parseChatMessages(ordered["messages"]!) { BacktestError("\(at): \($0)") }
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             kwargs = try parseTemplateKwargs(ordered["chat_template_kwargs"]) { BacktestError("\(at): \($0)") }

@@ -202,15 +202,17 @@ public struct TokenizedExample: Equatable, Sendable {
     /// lets the text after it agree.
     ///
     /// A reply is learned from where the prompt for it ends (the template's generation prompt, e.g.
-    /// `<|im_start|>assistant\n`, found just before it; else from its text) through the token that ends
-    /// its turn: the first added token after its text (e.g. `<|im_end|>`), or, after tool calls, the
-    /// first token a reply ends with (`textEndTokens`; a call's own tags such as `</tool_call>` are
-    /// added tokens too). So what a model writes after the prompt (the reasoning a template writes
-    /// there, a call's JSON) is learned; the headers and what follows the end token are not. Templates
-    /// that write a reply differently in the prompt for it (with `<think>`, say) need no agreement between the two.
+    /// `<|im_start|>assistant\n`, where the conversation before it ends or found just before it; else
+    /// from its text) through the token that ends its turn: the first added token after its text
+    /// (e.g. `<|im_end|>`), or, after tool calls, the first token a reply ends with (`textEndTokens`;
+    /// a call's own tags such as `</tool_call>` are added tokens too), looked for within the reply's
+    /// own turn where that is known. So what a model writes after the prompt (the reasoning a
+    /// template writes there, a call's JSON) is learned; the headers and what follows the end token
+    /// are not. Templates that write a reply differently in the prompt for it (with `<think>`, say)
+    /// need no agreement between the two.
     /// - Throws: when the renderings cannot be matched, when the template leaves out a reply or a
-    ///   tool call, ignores the tools it is given, or writes no added token after a reply (the model
-    ///   would not learn to end one).
+    ///   tool call, ignores the tools it is given, writes no added token after a reply (the model
+    ///   would not learn to end one), or when the start of a reply that only calls tools cannot be found.
     mutating func appendChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, kwargs: JSONObject? = nil, _ template: ChatTemplate,
                              _ tokenizer: Tokenizer) throws {
         let toolValues = tools?.map(\.jinja), variables = kwargs?.jinjaVariables ?? [:]
@@ -247,7 +249,7 @@ public struct TokenizedExample: Equatable, Sendable {
         let values = messages.map { $0.templateValue() }
         let full = try render(values)
         let marked = try render(markedValues)
-        if let toolValues, !toolValues.isEmpty, try render(values, tools: nil) == full {
+        if let toolValues, !toolValues.isEmpty, (try? render(values, tools: nil)) == full {
             throw ChatTemplateError("the chat template does not write the tools it is given (it may not support tools), so the model would not see them")
         }
         func lost(_ k: Int?) -> ChatTemplateError {
@@ -300,40 +302,70 @@ public struct TokenizedExample: Equatable, Sendable {
             }
             spans.append((k, first, last))
         }
-        // Where each reply's learning starts: after the generation prompt written just before it.
-        let starts = spans.map { span -> Int in
+        // Where each reply's learning starts: where the prompt for it ends. When the conversation
+        // before it is written as the start of the whole (most templates), that is past as much of the
+        // generation prompt as the whole writes there (Qwen3 without thinking prompts with an empty
+        // <think> block its past replies lack); else after the last copy of the generation prompt
+        // before the reply; else, for a reply with text, its text. And where its turn ends at the
+        // latest: the end of the conversation through it, when that is the start of the whole.
+        var starts: [Int] = [], limits: [Int] = []
+        for span in spans {
             let textStart = found[span.first].start
             let gapStart = span.first > 0 ? found[span.first - 1].end : 0
             let before = Array(values[..<span.message])
-            guard let prompt = try? render(before, prompt: true), let plain = try? render(before) else { return textStart }
-            var common = 0
-            while common < min(prompt.count, plain.count), prompt[common] == plain[common] { common += 1 }
-            let header = prompt[common...]
-            guard !header.isEmpty, textStart - gapStart >= header.count else { return textStart }
-            for at in stride(from: textStart - header.count, through: gapStart, by: -1) where full[at..<(at + header.count)].elementsEqual(header) {
-                return at + header.count
+            var start: Int?
+            if let prompt = try? render(before, prompt: true), let plain = try? render(before) {
+                var common = 0
+                while common < min(prompt.count, plain.count), prompt[common] == plain[common] { common += 1 }
+                let header = Array(prompt[common...])
+                if !header.isEmpty, plain.count < textStart, full.starts(with: plain) {
+                    // As much of the prompt as the whole writes there, in whole tokens (`<think>` and a
+                    // call's `<tool_call>` share their first character, not a token).
+                    let wanted = tokenizer.encode(text(header[...])), written = tokenizer.encode(text(full[plain.count..<textStart]))
+                    var n = 0
+                    while n < min(wanted.count, written.count), wanted[n] == written[n] { n += 1 }
+                    let matched = Array(tokenizer.decode(Array(written[..<n])).unicodeScalars)
+                    if n > 0, full[plain.count...].starts(with: matched) { start = plain.count + matched.count }
+                }
+                if start == nil, !header.isEmpty, textStart - gapStart >= header.count {
+                    start = stride(from: textStart - header.count, through: gapStart, by: -1)
+                        .first { full[$0..<($0 + header.count)].elementsEqual(header) }.map { $0 + header.count }
+                }
             }
-            return textStart
+            if start == nil && pieces[found[span.first].piece].isName {
+                throw ChatTemplateError("where the chat template's prompt for message \(span.message + 1) (assistant, a tool call) ends cannot be "
+                    + "found, so the call cannot be learned whole")
+            }
+            starts.append(start ?? textStart)
+            let through = (try? render(Array(values[...span.message]))) ?? []
+            limits.append(!through.isEmpty && full.starts(with: through) ? through.count : full.count)
         }
         var turnEnds: Set<Int32>?  // what a reply ends with, for replies that call tools
         var done = 0
         for (n, span) in spans.enumerated() {
             let start = starts[n], end = found[span.last].end
-            let next = min(span.last + 1 < found.count ? found[span.last + 1].start : full.count, n + 1 < spans.count ? starts[n + 1] : full.count)
+            let next = min(span.last + 1 < found.count ? found[span.last + 1].start : full.count, n + 1 < spans.count ? starts[n + 1] : full.count,
+                           max(end, limits[n]))
             append(tokenizer.encode(text(full[done..<start])), learned: false)
-            append(tokenizer.encode(text(full[start..<end])), learned: true)
-            let after = tokenizer.encode(text(full[end..<next]))
-            var stop = after.firstIndex(where: { tokenizer.isAddedToken($0) })
+            // The reply and what follows it in one piece (as the model reads it), learned through the
+            // first end token after its text: the first added token, or after tool calls the first
+            // token a reply ends with (a call's own tags, like `</tool_call>`, are added tokens too).
+            let ids = tokenizer.encode(text(full[start..<next])), inside = tokenizer.encode(text(full[start..<end]))
+            func nth(_ isEnd: (Int32) -> Bool) -> Int? {
+                let skip = inside.filter(isEnd).count
+                return ids.indices.filter { isEnd(ids[$0]) }.dropFirst(skip).first
+            }
+            var stop = nth { tokenizer.isAddedToken($0) }
             if !messages[span.message].toolCallNames.isEmpty {
                 if turnEnds == nil { turnEnds = textEndTokens(tokenizer) }
-                stop = after.firstIndex(where: { turnEnds!.contains($0) }) ?? stop
+                stop = nth { turnEnds!.contains($0) } ?? stop
             }
             guard let stop else {  // the turn's end
                 throw ChatTemplateError("the chat template writes no added token (such as <|im_end|>) after message \(span.message + 1) "
                     + "(assistant), so the model would not learn to end a reply")
             }
-            append(Array(after[...stop]), learned: true)
-            append(Array(after[(stop + 1)...]), learned: false)
+            append(Array(ids[...stop]), learned: true)
+            append(Array(ids[(stop + 1)...]), learned: false)
             done = next
         }
         append(tokenizer.encode(text(full[done...])), learned: false)
@@ -390,7 +422,7 @@ public func renderChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, tem
 /// ChatML without a template has no form for tools or a template's variables: they are refused
 /// rather than left out.
 func refuseToolsWithoutTemplate(_ messages: [ChatMessage], _ tools: [JSONValue]?, _ kwargs: JSONObject? = nil) throws {
-    guard tools == nil, messages.allSatisfy({ $0.role != "tool" && $0.fields["tool_calls"] == nil }) else {
+    guard tools == nil, messages.allSatisfy({ $0.role != "tool" && $0.toolCallNames.isEmpty }) else {
         throw ChatTemplateError("tools, tool calls and tool results are written by the model's chat template, and this tokenizer has none")
     }
     guard kwargs?.members.isEmpty ?? true else {
@@ -537,9 +569,10 @@ func parseChatMessages(_ messages: JSONValue, fail: (String) -> Error) throws ->
         }
         var fields = JSONObject(m.members.filter { $0.key != "role" && $0.key != "content" }.map { ($0.key, $0.value) })
         var calls = 0
-        if let t = fields["tool_calls"] {
+        // null and [] are no calls (Hugging Face's datasets write null where a message has none).
+        if let t = fields["tool_calls"], t != .null, t != .array([]) {
             guard role == "assistant" else { throw fail("\(what)only an assistant message calls tools (\"tool_calls\")") }
-            guard case .array(let list) = t, !list.isEmpty else { throw fail("\(what)\"tool_calls\" must be a non-empty array, found \(t.kind)") }
+            guard case .array(let list) = t else { throw fail("\(what)\"tool_calls\" must be an array, found \(t.kind)") }
             for (j, call) in list.enumerated() where (call["function"]?["name"] ?? call["name"])?.string?.isEmpty != false {
                 throw fail("\(what)tool call \(j + 1) names no function; expected {\"type\": \"function\", \"function\": {\"name\": …, \"arguments\": …}}")
             }

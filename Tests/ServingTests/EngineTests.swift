@@ -364,30 +364,33 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertTrue(badTool.body.contains("tool 1 must be"), badTool.body)
     }
 
-    /// The calls a reply makes, read back in the forms templates teach (Hermes/Qwen blocks with text
-    /// around them, Llama's bare object with "parameters", after `<|python_tag|>` or not), into
-    /// OpenAI's `tool_calls` (arguments as JSON text, finish reason "tool_calls"), whole or as one
-    /// stream delta; a reply that calls nothing, or whose call cannot be read, stays text.
+    /// The calls a reply makes, read back as vLLM's parsers read them (Hermes/Qwen blocks, with the
+    /// text before them; Llama's bare object with "arguments" or "parameters" naming one of the
+    /// request's tools, after `<|python_tag|>` or not), into OpenAI's `tool_calls` (arguments as JSON
+    /// text, finish reason "tool_calls"), whole or as one stream delta; a reply that calls nothing,
+    /// a plain JSON answer, or a call that cannot be read, stays text.
     func testToolCallsAreReadFromReplies() throws {
+        let tools: Set = ["get_weather", "get_time", "f"]
         let hermes = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"location\": \"Zürich\", \"unit\": \"celsius\"}}\n</tool_call>\n"
-            + "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"Europe/Zurich\"}}\n</tool_call>"
-        let h = try XCTUnwrap(parseToolCalls(hermes))
-        XCTAssertEqual(h.content, "Let me check.")
+            + "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"Europe/Zurich\"}}\n</tool_call>\nDone."
+        let h = try XCTUnwrap(parseToolCalls(hermes, tools: tools))
+        XCTAssertEqual(h.content, "Let me check.", "the text before the first call, as vLLM's Hermes parser returns it")
         XCTAssertEqual(h.calls, [ToolCall(name: "get_weather", arguments: #"{"location": "Zürich", "unit": "celsius"}"#),
                                  ToolCall(name: "get_time", arguments: #"{"tz": "Europe/Zurich"}"#)])
-        for text in [#"{"name": "get_weather", "parameters": {"location": "Paris"}}"#, #" <|python_tag|>{"name": "get_weather", "parameters": {"location": "Paris"}} "#] {
-            let l = try XCTUnwrap(parseToolCalls(text), text)
+        for text in [#"{"name": "get_weather", "parameters": {"location": "Paris"}}"#, #" <|python_tag|>{"name": "get_weather", "arguments": {"location": "Paris"}} "#] {
+            let l = try XCTUnwrap(parseToolCalls(text, tools: tools), text)
             XCTAssertEqual(l.calls, [ToolCall(name: "get_weather", arguments: #"{"location": "Paris"}"#)])
             XCTAssertNil(l.content)
         }
-        XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f", "arguments": "{\"a\": 1}"}</tool_call>"#)?.calls, [ToolCall(name: "f", arguments: #"{"a": 1}"#)],
-                       "arguments given as a string stay that string")
-        XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f"}</tool_call>"#)?.calls, [ToolCall(name: "f", arguments: "{}")])
-        for text in ["It is sunny.", #"{"answer": 42}"#, "<tool_call>\n{\"name\": \"get_weather\", \"argu", "", "{not json}"] {
-            XCTAssertNil(parseToolCalls(text), text)
+        XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f", "arguments": "{\"a\": 1}"}</tool_call>"#, tools: tools)?.calls,
+                       [ToolCall(name: "f", arguments: #"{"a": 1}"#)], "arguments given as a string stay that string")
+        XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f"}</tool_call>"#, tools: tools)?.calls, [ToolCall(name: "f", arguments: "{}")])
+        for text in ["It is sunny.", #"{"answer": 42}"#, #"{"name": "Alice", "age": 3}"#, #"{"name": "Alice", "parameters": {}}"#,
+                     #"{"name": "f"}"#, "<tool_call>\n{\"name\": \"get_weather\", \"argu", "", "{not json}"] {
+            XCTAssertNil(parseToolCalls(text, tools: tools), text)
         }
 
-        let r = chatReply(hermes, finishReason: "stop", readCalls: true)
+        let r = chatReply(hermes, finishReason: "stop", tools: tools)
         XCTAssertEqual(r.finishReason, "tool_calls")
         XCTAssertEqual(r.message["content"] as? String, "Let me check.")
         let calls = try XCTUnwrap(r.message["tool_calls"] as? [[String: Any]])
@@ -396,37 +399,43 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertNotEqual(calls[0]["id"] as? String, calls[1]["id"] as? String)
         XCTAssertEqual((calls[1]["function"] as? [String: Any])?["name"] as? String, "get_time")
         XCTAssertEqual((calls[1]["function"] as? [String: Any])?["arguments"] as? String, #"{"tz": "Europe/Zurich"}"#)
-        let off = chatReply(hermes, finishReason: "stop", readCalls: false)
+        let off = chatReply(hermes, finishReason: "stop", tools: nil)
         XCTAssertEqual(off.message["content"] as? String, hermes)
         XCTAssertEqual(off.finishReason, "stop")
         XCTAssertNil(off.message["tool_calls"])
-        let onlyCall = chatReply(#"{"name": "f", "parameters": {}}"#, finishReason: "stop", readCalls: true)
+        let onlyCall = chatReply(#"{"name": "f", "parameters": {}}"#, finishReason: "stop", tools: tools)
         XCTAssertTrue(onlyCall.message["content"] is NSNull, "no text: content null, as OpenAI sends it")
 
-        let d = chatReplyDelta(hermes, finishReason: "stop")
+        let d = chatReplyDelta(hermes, finishReason: "stop", tools: tools)
         XCTAssertEqual(d.finishReason, "tool_calls")
         XCTAssertEqual((d.delta["tool_calls"] as? [[String: Any]])?.map { $0["index"] as? Int }, [0, 1])
         XCTAssertEqual(d.delta["content"] as? String, "Let me check.")
         XCTAssertNil(d.delta["role"])
-        let text = chatReplyDelta("It is sunny.", finishReason: "length")
+        let text = chatReplyDelta("It is sunny.", finishReason: "length", tools: tools)
         XCTAssertEqual(text.finishReason, "length")
         XCTAssertEqual(text.delta.keys.sorted(), ["content"])
     }
 
-    /// A chat request's messages for the template: a call's arguments string is read as an object
-    /// (templates write `arguments | tojson`), a content may be null beside tool_calls, tool results
-    /// keep their keys; bad calls and contents are refused.
+    /// A chat request's messages for the template, as vLLM hands them over: a call's arguments
+    /// string is read as JSON (templates write `arguments | tojson`; missing, empty or null is {}),
+    /// a null content is "", tool results keep their keys, "tool_calls": null or [] is no calls;
+    /// bad calls and contents are refused.
     func testChatRequestMessagesKeepToolCallsAndResults() throws {
-        let value = try JSONValue(parsing: #"[{"role": "developer", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}, "#
-            + #"{"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"z\": 1, \"a\": [2]}"}}]}, "#
-            + #"{"role": "tool", "tool_call_id": "call_1", "content": "3"}]"#)
+        let value = try JSONValue(parsing: #"[{"role": "developer", "content": "S", "tool_calls": null}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "tool_calls": []}, "#
+            + #"{"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"z\": 1, \"a\": [2]}"}}, "#
+            + #"{"type": "function", "function": {"name": "g", "arguments": ""}}, {"type": "function", "function": {"name": "h"}}]}, "#
+            + #"{"role": "tool", "tool_call_id": "call_1", "content": "3"}, {"role": "user", "content": null}]"#)
         let m = try chatRequestMessages(value)
-        XCTAssertEqual(m.map(\.role), ["system", "user", "assistant", "tool"])
+        XCTAssertEqual(m.map(\.role), ["system", "user", "assistant", "tool", "user"])
         XCTAssertEqual(m[1].content, "ab")
-        XCTAssertEqual(m[2].fields["content"], .null)
-        XCTAssertEqual(m[2].fields["tool_calls"]?.text, #"[{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"z": 1, "a": [2]}}}]"#)
+        XCTAssertEqual(m[2].content, "")
+        XCTAssertNil(m[2].fields["content"], "the template gets \"\", as vLLM gives it")
+        XCTAssertEqual(m[2].fields["tool_calls"]?.text, #"[{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"z": 1, "a": [2]}}}, "#
+                       + #"{"type": "function", "function": {"name": "g", "arguments": {}}}, {"type": "function", "function": {"name": "h", "arguments": {}}}]"#)
+        XCTAssertEqual(m[2].toolCallNames, ["f", "g", "h"])
         XCTAssertEqual(m[3].fields["tool_call_id"], .string("call_1"))
-        for bad in [#"[{"role": "user", "content": null}]"#, #"[{"role": "user", "content": "a", "tool_calls": []}]"#,
+        XCTAssertEqual(m[0].toolCallNames + m[1].toolCallNames, [])
+        for bad in [#"[{"role": "user", "content": 5}]"#, #"[{"role": "user", "content": "a", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]"#,
                     #"[{"role": "assistant", "content": null, "tool_calls": [{"type": "function"}]}]"#, "[]", "{}"] {
             XCTAssertThrowsError(try chatRequestMessages(try JSONValue(parsing: bad)), bad) { XCTAssertEqual(($0 as? APIError)?.param, "messages", "\($0)") }
         }

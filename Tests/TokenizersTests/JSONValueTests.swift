@@ -52,6 +52,14 @@ final class JSONValueTests: XCTestCase {
         XCTAssertEqual(try JSONValue(parsing: "1.0"), .double(1), "1.0 is a float to Python, 1 an int")
         XCTAssertEqual(try JSONValue(parsing: "1"), .int(1))
         XCTAssertEqual(try JSONValue(parsing: #""\ud800x""#), .string("\u{FFFD}x"), "a lone surrogate")
+        XCTAssertEqual(try JSONValue(parsing: "\u{FEFF}{\"a\": 1}"), .object(JSONObject([("a", .int(1))])), "a byte order mark, as Foundation skips it")
+        // Members removed and set again keep the order and the lookups right.
+        var m = JSONObject([("a", .int(1)), ("b", .int(2)), ("c", .int(3))])
+        m["a"] = nil
+        m["d"] = .int(4)
+        m["b"] = .int(5)
+        XCTAssertEqual(m.keys, ["b", "c", "d"])
+        XCTAssertEqual([m["a"], m["b"], m["c"], m["d"]], [nil, .int(5), .int(3), .int(4)])
         // What a template sees: a dict in the same order.
         guard case .dict(let d) = o.jinja else { return XCTFail() }
         XCTAssertEqual(d.keys, ["z", "a", "m"])

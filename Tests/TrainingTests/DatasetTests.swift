@@ -363,6 +363,17 @@ final class DatasetTests: XCTestCase {
             XCTAssertTrue(output.hasSuffix(c.suffix), c.name)
             XCTAssertEqual(tok.decode(Array(b.ids[..<real])), String(output.dropLast(c.suffix.count)), "\(c.name): transformers' rendering")
             XCTAssertEqual(learnedText(b, tok), c.learned, c.name)
+            // As Hugging Face's datasets export it: "tool_calls": null (or []) on the messages without calls
+            // (which the Qwen2.5 kind reads as none; the Llama 3.1 kind tests for the key, in transformers too).
+            guard c.name.hasPrefix("chatml") else { continue }
+            let exported = (context["messages"] as! [[String: Any]]).enumerated().map { k, m -> [String: Any] in
+                m["tool_calls"] != nil ? m : m.merging(["tool_calls": k % 2 == 0 ? NSNull() : [Any]()]) { $1 }
+            }
+            let line2 = String(decoding: try JSONSerialization.data(withJSONObject: ["messages": exported, "tools": context["tools"]!],
+                                                                   options: [.sortedKeys]), as: UTF8.self)
+            let b2 = try load(try write("\(c.name)-null.jsonl", [line2]), seqLen: 1024, tok: tok).train.batch(rows: [0])
+            XCTAssertEqual(b2.ids, b.ids, "\(c.name): null and [] are no calls")
+            XCTAssertEqual(b2.targets, b.targets, c.name)
         }
 
         // A line's chat_template_kwargs are the template's variables; without a template they are refused.
@@ -391,6 +402,42 @@ final class DatasetTests: XCTestCase {
             XCTAssertThrowsError(try load(path, tok: tok)) { XCTAssertTrue("\($0)".contains(needle) && "\($0)".contains(path + ":1"), "\($0)") }
             // Without a template (ChatML), there is no form for them.
             XCTAssertThrowsError(try load(path)) { XCTAssertTrue("\($0)".contains("this tokenizer has none") && "\($0)".contains(path + ":1"), "\($0)") }
+        }
+    }
+
+    /// A reply that only calls tools is learned from where its prompt ends even when the prompt holds
+    /// more than the conversation writes there (the Qwen3 kind without thinking prompts with an empty
+    /// <think> block), and through the token that ends its own turn (the Llama 3.1 kind ends a
+    /// built-in call with <|eom_id|>, which ends no plain reply), not into the tool's result.
+    func testToolCallRepliesStartAfterTheirPromptAndEndInTheirTurn() throws {
+        let specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<|start_header_id|>", "<|end_header_id|>",
+                        "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"]
+        let corpus = (0..<30).map { "Weather in Paris? It is warm. Search cats. Cats purr. get_weather city brave_search query call \($0)" }
+        let base = try BPETokenizer.train(corpus: corpus, vocabSize: 330, specialTokens: specials, roles: SpecialTokenRoles(bos: "<s>", eos: "</s>"))
+        let qwen3 = "{%- for m in messages %}{%- if m.role == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% if m.content %}{{ m.content }}{% endif %}"
+            + "{% for c in m.tool_calls or [] %}{{ '<tool_call>\\n{\"name\": \"' + c.function.name + '\", \"arguments\": ' + (c.function.arguments | tojson) + '}\\n</tool_call>' }}{% endfor %}"
+            + "{{ '<|im_end|>\\n' }}{%- elif m.role == 'tool' %}{{ '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' }}"
+            + "{%- else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}{%- endfor %}"
+            + "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% if enable_thinking is defined and enable_thinking is false %}"
+            + "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}"
+        let llama = "{%- for m in messages %}{{ '<|start_header_id|>' + ('ipython' if m.role == 'tool' else m.role) + '<|end_header_id|>\\n\\n' }}"
+            + "{% if m.tool_calls %}{{ '<|python_tag|>' + m.tool_calls[0].function.name + '.call(query=\"' + m.tool_calls[0].function.arguments.query + '\")<|eom_id|>' }}"
+            + "{% else %}{{ m.content + '<|eot_id|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+        let cases: [(String, String, String, String)] = [
+            ("qwen3", qwen3, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": null, "tool_calls": "#
+                + #"[{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "warm"}, "#
+                + #"{"role": "assistant", "content": "It is warm."}], "chat_template_kwargs": {"enable_thinking": false}}"#,
+             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>It is warm.<|im_end|>"),
+            ("llama-builtin", llama, #"{"messages": [{"role": "user", "content": "Search cats."}, {"role": "assistant", "content": "", "tool_calls": "#
+                + #"[{"type": "function", "function": {"name": "brave_search", "arguments": {"query": "cats"}}}]}, {"role": "tool", "content": "Cats purr."}, "#
+                + #"{"role": "assistant", "content": "Cats purr."}]}"#,
+             "<|python_tag|>brave_search.call(query=\"cats\")<|eom_id|>Cats purr.<|eot_id|>"),
+        ]
+        for (name, template, line, learned) in cases {
+            let tok = try base.withRoles(base.roles)
+            tok.chatTemplate = template
+            let b = try load(try write("\(name).jsonl", [line]), tok: tok).train.batch(rows: [0])
+            XCTAssertEqual(learnedText(b, tok), learned, name)
         }
     }
 
@@ -425,7 +472,8 @@ final class DatasetTests: XCTestCase {
             (chat, #"{"messages": ["hi"]}"#, "message 1: expected an object, found a string"),
             (chat, #"{"messages": [{"role": "function", "content": "x"}]}"#, #"message 1: unknown role "function"; expected "system", "user", "assistant" or "tool""#),
             (chat, #"{"messages": [{"role": "user", "content": "x", "tool_calls": [{"name": "f"}]}]}"#, "message 1: only an assistant message calls tools"),
-            (chat, #"{"messages": [{"role": "assistant", "content": null, "tool_calls": []}]}"#, #"message 1: "tool_calls" must be a non-empty array, found an array"#),
+            (chat, #"{"messages": [{"role": "assistant", "content": null, "tool_calls": {}}]}"#, #"message 1: "tool_calls" must be an array, found an object"#),
+            (chat, #"{"messages": [{"role": "assistant", "content": null, "tool_calls": []}]}"#, #"message 1: "content" must be a string, found null"#),
             (chat, #"{"messages": [{"role": "assistant", "tool_calls": [{"type": "function", "function": {"arguments": {}}}]}]}"#,
              "message 1: tool call 1 names no function"),
             (chat, #"{"messages": [{"role": "assistant", "content": null}]}"#, #"message 1: "content" must be a string, found null"#),
