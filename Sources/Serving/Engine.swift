@@ -127,13 +127,17 @@ public final class ServingEngine: @unchecked Sendable {
     private var adapters: [String: Adapter] = [:]
     private var adapterOrder: [String] = []
 
-    /// Loads the base (SwiftPEFT .h5, GGUF or Hugging Face folder) and starts the worker.
+    /// Loads the base (SwiftPEFT .h5, GGUF or Hugging Face folder) and starts the worker;
+    /// `chatTemplatePath`: a chat template file used instead of the base's own.
     public init(modelPath: String, baseName: String? = nil, maxBatch: Int = 8, maxQueue: Int = 64,
                 contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
-                precision: DecodePrecision = .fp32) throws {
+                precision: DecodePrecision = .fp32, chatTemplatePath: String? = nil) throws {
         if precision != .fp32, let why = BF16Copy.unavailableReason { throw ServingError(.invalidRequest, "--precision \(precision.rawValue): \(why)") }
         let loaded = try loadModel(modelPath, bf16Only: precision == .bf16Only)  // bf16-only: copies made as each matrix loads
         guard let tok = loaded.tokenizer else { throw ServingError(.invalidRequest, "\(modelPath): holds no tokenizer; it cannot be served") }
+        if let path = chatTemplatePath {
+            do { tok.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) } catch { throw ServingError(.invalidRequest, "--chat-template: \(error)") }
+        }
         guard maxBatch >= 1, maxQueue >= 1 else { throw ServingError(.invalidRequest, "--max-batch and --max-queue must be at least 1") }
         model = loaded.model
         model.eval()

@@ -48,6 +48,26 @@ extension BPETokenizer {
         return tokenizer
     }
 
+    /// A chat template from a file a user names (`--chat-template`): a Jinja file, or a JSON file
+    /// whose "chat_template" holds one (tokenizer_config.json, chat_template.json), checked to be
+    /// readable.
+    /// - Throws: `ChatTemplateError` naming the file: it cannot be read, holds no template, or the
+    ///   template's syntax is not supported.
+    public static func chatTemplate(fromFile path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw ChatTemplateError("\(path): cannot read the chat template file")
+        }
+        var template = text
+        if path.hasSuffix(".json") {
+            guard let t = chatTemplate(inConfigs: [data]) else {
+                throw ChatTemplateError("\(path): holds no \"chat_template\" (a string, or a list with one named \"default\")")
+            }
+            template = t
+        }
+        do { _ = try ChatTemplate(template) } catch { throw ChatTemplateError("\(path): \(error)") }
+        return template
+    }
+
     /// The chat template of the first of `configs` (tokenizer_config.json contents) that has one:
     /// `chat_template` as a string, or the one named "default" of a list of `{name, template}`.
     static func chatTemplate(inConfigs configs: [Data]) -> String? {

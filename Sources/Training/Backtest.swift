@@ -268,6 +268,8 @@ public struct BacktestOptions {
     /// The output is cut before the first of these texts (EOS always ends it).
     public var stop: [String] = []
     public var wattsPerCore = CostMeter.defaultWattsPerCore
+    /// A chat template file used instead of the model's own for chat prompts.
+    public var chatTemplatePath: String?
 
     public init(modelPath: String, adapters: [(name: String, path: String)], prompts: [BacktestPrompt]) {
         (self.modelPath, self.adapters, self.prompts) = (modelPath, adapters, prompts)
@@ -408,6 +410,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     let loaded = try loadModel(o.modelPath)
     let model = loaded.model
     guard let tokenizer = loaded.tokenizer else { throw BacktestError("\(o.modelPath): holds no tokenizer; prompts cannot be tokenized") }
+    if let path = o.chatTemplatePath { tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) }
     // Chat prompts as the model writes them, and the reply tokens an expected answer is scored on:
     // its text and the tokens the template ends a turn with, as chat training learns them.
     var prompts = o.prompts, answerIDs: [String: [Int32]] = [:]

@@ -20,7 +20,7 @@ extension TrainJob {
         "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip", "skip-nonfinite",
         "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
         "eval-every", "save-every", "log-every", "seed", "watts-per-core", "gradient-checkpointing",
-        "precision",
+        "precision", "chat-template",
     ]
 
     /// Builds a job from `settings` (flag name → value: Swift values or parsed JSON). Method options
@@ -40,6 +40,7 @@ extension TrainJob {
         self.init(modelPath: model, dataPath: data, outDir: out)
         if let v = try s.string("method") { (method, methodGiven) = (v, true) }
         adapterPath = try s.string("adapter")
+        chatTemplatePath = try s.string("chat-template")
         func given(_ k: String) -> Bool { settings[k].map { !($0 is NSNull) } ?? false }
         for (a, b) in [("steps", "epochs"), ("val-data", "val-fraction")] where given(a) && given(b) {
             throw TrainingError(message: "--\(a) and --\(b) are both given (flags or config-file keys); give one of them")

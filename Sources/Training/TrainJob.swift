@@ -40,6 +40,9 @@ public struct TrainJob {
     public var wattsPerCore = CostMeter.defaultWattsPerCore
     /// Number format of the frozen weights' products (`TrainingPrecision`; bf16 needs AVX512-BF16 or AMX).
     public var precision = TrainingPrecision.fp32
+    /// A chat template file (Jinja, or JSON with "chat_template") used instead of the model's own for
+    /// chat data (`BPETokenizer.chatTemplate(fromFile:)`); a full fine-tune's model.h5 keeps it.
+    public var chatTemplatePath: String?
     public init(modelPath: String, dataPath: String, outDir: String) {
         self.modelPath = modelPath
         self.dataPath = dataPath
@@ -97,6 +100,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let base = try loadModel(job.modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
+    if let path = job.chatTemplatePath { tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) }
     let fingerprint = BaseFingerprint(model)  // of the untouched base
     let baseParameters = model.parameterCount
     let method: PEFTMethod?
@@ -275,14 +279,17 @@ func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws 
 }
 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
+/// `chatTemplatePath`: a chat template file used instead of the model's own for chat data.
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
-                    packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore) throws -> (evaluation: Evaluation, cost: Cost) {
+                    packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
+                    chatTemplatePath: String? = nil) throws -> (evaluation: Evaluation, cost: Cost) {
     let meter = CostMeter(wattsPerCore: wattsPerCore)
     guard batch >= 1 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batch)") }
     guard seqLen >= 2 else { throw TrainingError(message: "--seq-len must be at least 2, got \(seqLen)") }
     let base = try loadModel(modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
+    if let path = chatTemplatePath { tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) }
     let adapter = try adapterPath.map { try loadAdapter($0, onto: model) }
     try checkSequenceLength(model, seqLen + ((adapter as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))

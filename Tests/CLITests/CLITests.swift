@@ -579,6 +579,44 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(plain.stdout.contains("perplexity") && plain.stdout.contains("tokens \(base.tokens)"), plain.transcript)
     }
 
+    /// --chat-template FILE: chat data is written by the file's template (Jinja, or JSON with
+    /// "chat_template") instead of the model's own (here ChatML); train takes it as a flag or a config
+    /// key. A file that cannot be read, holds no template, or whose template cannot be read is named.
+    func testChatTemplateFromAFile() throws {
+        let chat = fx.path("chat-template-data.jsonl")
+        try (0..<8).map { _ in #"{"messages": [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}]}"# }
+            .joined(separator: "\n").write(toFile: chat, atomically: true, encoding: .utf8)
+        let template = "{% for m in messages %}{{ m.role + ': ' + m.content + eos_token }}{% endfor %}"
+        let jinja = fx.path("chat.jinja"), json = fx.path("chat-template-config/tokenizer_config.json")
+        try template.write(toFile: jinja, atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: fx.path("chat-template-config"), withIntermediateDirectories: true)
+        try JSONSerialization.data(withJSONObject: ["chat_template": template]).write(to: URL(fileURLWithPath: json))
+        func eval(_ extra: [String]) throws -> [String: Any] {
+            let r = try ok(["eval", "--model", fx.base, "--data", chat, "--seq-len", "32", "--batch-size", "4", "--json"] + extra)
+            return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        }
+        let own = try eval([]), fromJinja = try eval(["--chat-template", jinja]), fromJSON = try eval(["--chat-template", json])
+        XCTAssertNotEqual(own["loss"] as? Double, fromJinja["loss"] as? Double, "ChatML and the file's template write other rows")
+        XCTAssertEqual(fromJinja["loss"] as? Double, fromJSON["loss"] as? Double)
+        XCTAssertEqual(fromJinja["tokens"] as? Int, fromJSON["tokens"] as? Int)
+        let config = fx.path("chat-template-train.json")
+        try JSONSerialization.data(withJSONObject: ["chat-template": jinja]).write(to: URL(fileURLWithPath: config))
+        let flag = try ok(["train", "--model", fx.base, "--data", chat, "--steps", "1", "--seq-len", "32", "--batch-size", "4",
+                           "--val-fraction", "0", "--chat-template", jinja, "--out", fx.path("runs/chat-template-flag")])
+        let key = try ok(["train", "--model", fx.base, "--data", chat, "--steps", "1", "--seq-len", "32", "--batch-size", "4",
+                          "--val-fraction", "0", "--config", config, "--out", fx.path("runs/chat-template-key")])
+        func learned(_ r: CLIRun) -> String? { r.stdout.split(separator: "\n").first { $0.hasPrefix("data:") }.map(String.init) }
+        XCTAssertEqual(learned(flag), learned(key), flag.transcript + key.transcript)
+        XCTAssertNotNil(learned(flag), flag.transcript)
+        let missing = fx.path("no-such-template.jinja"), broken = fx.path("broken.jinja"), empty = fx.path("chat-template-empty/config.json")
+        try "{% for m in messages %}{{ m.content }".write(toFile: broken, atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: fx.path("chat-template-empty"), withIntermediateDirectories: true)
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: empty))
+        for (file, needle) in [(missing, "cannot read the chat template file"), (broken, "line 1"), (empty, "holds no \"chat_template\"")] {
+            try fails(["eval", "--model", fx.base, "--data", chat, "--chat-template", file], mentioning: [file, needle])
+        }
+    }
+
     /// Cost accounting: train writes cost.json and prints it, eval --json carries it, compare's
     /// results.json has one per method; the energy is an estimate here (no RAPL), labelled so.
     func testTrainEvalAndCompareReportTheirCost() throws {
