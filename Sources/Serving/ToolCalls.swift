@@ -25,7 +25,8 @@ func chatRequestMessages(_ value: JSONValue?) throws -> [ChatMessage] {
             throw fail("\(what)a message's role must be system, user, assistant or tool, got \"\(role)\"")
         }
         var fields = JSONObject(m.members.filter { $0.key != "role" && $0.key != "content" }.map { ($0.key, $0.value) })
-        if let calls = fields["tool_calls"], calls != .null, calls != .array([]) {  // null and [] are no calls
+        if fields["tool_calls"] == .null { fields["tool_calls"] = nil }  // as vLLM: no key (Llama's templates test for it)
+        if let calls = fields["tool_calls"], calls != .array([]) {  // [] is no calls
             guard role == "assistant", case .array(var list) = calls else { throw fail("\(what)tool_calls belong to an assistant message, as a list") }
             for (j, call) in list.enumerated() {
                 guard case .object(var c) = call, case .object(var f)? = c["function"], f["name"]?.string != nil else {

@@ -58,7 +58,7 @@ extension BPETokenizer {
             throw ChatTemplateError("\(path): cannot read the chat template file")
         }
         var template = text
-        if path.hasSuffix(".json") {
+        if (try? JSONSerialization.jsonObject(with: data)) is [String: Any] {  // a config, whatever its name
             guard let t = chatTemplate(inConfigs: [data]) else {
                 throw ChatTemplateError("\(path): holds no \"chat_template\" (a string, or a list with one named \"default\")")
             }
@@ -343,7 +343,10 @@ extension BPETokenizer {
         for (key, role) in [("bos_token", roles.bos), ("eos_token", roles.eos), ("pad_token", roles.pad), ("unk_token", roles.unk)] {
             config[key] = role ?? NSNull()
         }
-        if let chatTemplate, config["chat_template"] == nil { config["chat_template"] = chatTemplate }
+        // The template, unless the existing file holds the same one (a list of named ones, say).
+        if let chatTemplate, (try? JSONSerialization.data(withJSONObject: config)).flatMap({ Self.chatTemplate(inConfigs: [$0]) }) != chatTemplate {
+            config["chat_template"] = chatTemplate
+        }
         let data = (try? JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
     }

@@ -202,8 +202,8 @@ public struct TokenizedExample: Equatable, Sendable {
     /// lets the text after it agree.
     ///
     /// A reply is learned from where the prompt for it ends (the template's generation prompt, e.g.
-    /// `<|im_start|>assistant\n`, where the conversation before it ends or found just before it; else
-    /// from its text) through the token that ends its turn: the first added token after its text
+    /// `<|im_start|>assistant\n`, where the conversation before it ends or found just before it; the
+    /// end of that conversation for a template without one, as Mistral's; else from its text) through the token that ends its turn: the first added token after its text
     /// (e.g. `<|im_end|>`), or, after tool calls, the first token a reply ends with (`textEndTokens`;
     /// a call's own tags such as `</tool_call>` are added tokens too), looked for within the reply's
     /// own turn where that is known. So what a model writes after the prompt (the reasoning a
@@ -318,7 +318,9 @@ public struct TokenizedExample: Equatable, Sendable {
                 var common = 0
                 while common < min(prompt.count, plain.count), prompt[common] == plain[common] { common += 1 }
                 let header = Array(prompt[common...])
-                if !header.isEmpty, plain.count < textStart, full.starts(with: plain) {
+                if header.isEmpty, plain.count <= textStart, full.starts(with: plain) {
+                    start = plain.count  // no generation prompt (Mistral's kind): the reply follows the conversation before it
+                } else if !header.isEmpty, plain.count < textStart, full.starts(with: plain) {
                     // As much of the prompt as the whole writes there, in whole tokens (`<think>` and a
                     // call's `<tool_call>` share their first character, not a token).
                     let wanted = tokenizer.encode(text(header[...])), written = tokenizer.encode(text(full[plain.count..<textStart]))
@@ -346,6 +348,7 @@ public struct TokenizedExample: Equatable, Sendable {
             let start = starts[n], end = found[span.last].end
             let next = min(span.last + 1 < found.count ? found[span.last + 1].start : full.count, n + 1 < spans.count ? starts[n + 1] : full.count,
                            max(end, limits[n]))
+            guard done <= start, start <= end, end <= next else { throw lost(span.message) }  // replies out of order
             append(tokenizer.encode(text(full[done..<start])), learned: false)
             // The reply and what follows it in one piece (as the model reads it), learned through the
             // first end token after its text: the first added token, or after tool calls the first
@@ -554,8 +557,9 @@ public func readJSONL(_ file: String) throws -> [(line: Int, example: DataExampl
 /// A JSON `"messages"` value → chat turns: a non-empty list of objects with a "role" (system, user,
 /// assistant or tool) and a string "content" (an assistant's not empty unless it calls tools; then
 /// it may also be null or absent, which the template gets as None). An assistant's "tool_calls" is a
-/// non-empty list of calls, each naming its function (`function.name`, or `name`). Other keys are
-/// kept, in order, for the template. `fail` makes the error for a message (its text names the message).
+/// list of calls, each naming its function (`function.name`, or `name`); null or [] is no calls, as
+/// Hugging Face's datasets write it. Other keys are kept, in order, for the template. `fail` makes
+/// the error for a message (its text names the message).
 func parseChatMessages(_ messages: JSONValue, fail: (String) -> Error) throws -> [ChatMessage] {
     guard case .array(let list) = messages else { throw fail("\"messages\" must be an array, found \(messages.kind)") }
     guard !list.isEmpty else { throw fail("\"messages\" is empty") }

@@ -53,7 +53,10 @@ struct Generate: ParsableCommand {
         let loaded = try loadModel(model, bf16Only: decodePrecision == .bf16Only)
         let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
-        if let chatTemplate { tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: chatTemplate) }
+        if let chatTemplate {
+            guard chat else { throw CLIError("--chat-template writes chat: it needs --chat") }
+            tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: chatTemplate)
+        }
         if let adapter { try loadAdapter(adapter, onto: m) }
         if decodePrecision == .bf16 { m.keepBF16Weights() }
         var text = prompt

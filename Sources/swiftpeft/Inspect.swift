@@ -38,12 +38,14 @@ struct Merge: ParsableCommand {
     @Option(help: "Output format: swiftpeft (.h5 checkpoint) or hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json).")
     var format = "swiftpeft"
     @Option(help: "Text whose logits are compared before and after merging.") var checkText = "The quick brown fox jumps over the lazy dog."
+    @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") for the merged model instead of the base's own (the one the adapter was trained with).")
+    var chatTemplate: String?
 
     func run() throws {
         guard let f = MergedModelFormat(rawValue: format) else {
             throw CLIError("--format \(format) is not known; choose \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: " or "))")
         }
-        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkText: checkText, format: f)
+        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkText: checkText, format: f, chatTemplatePath: chatTemplate)
         print(String(format: "merged %d modules; max |merged − unmerged| logit = %.2e", r.adaptedModules, r.maxLogitDifference))
         print("saved \(out)")
     }

@@ -605,9 +605,17 @@ final class CLITests: XCTestCase {
                            "--val-fraction", "0", "--chat-template", jinja, "--out", fx.path("runs/chat-template-flag")])
         let key = try ok(["train", "--model", fx.base, "--data", chat, "--steps", "1", "--seq-len", "32", "--batch-size", "4",
                           "--val-fraction", "0", "--config", config, "--out", fx.path("runs/chat-template-key")])
+        let none = try ok(["train", "--model", fx.base, "--data", chat, "--steps", "1", "--seq-len", "32", "--batch-size", "4",
+                           "--val-fraction", "0", "--out", fx.path("runs/chat-template-none")])
         func learned(_ r: CLIRun) -> String? { r.stdout.split(separator: "\n").first { $0.hasPrefix("data:") }.map(String.init) }
         XCTAssertEqual(learned(flag), learned(key), flag.transcript + key.transcript)
         XCTAssertNotNil(learned(flag), flag.transcript)
+        XCTAssertNotEqual(learned(flag), learned(none), "the template writes other rows than ChatML: " + flag.transcript + none.transcript)
+        // A merged model keeps the file's template; generate takes one only with --chat.
+        let merged = fx.path("chat-template-merged.h5")
+        _ = try ok(["merge", "--model", fx.base, "--adapter", fx.path("runs/chat-template-flag/adapter.h5"), "--chat-template", jinja, "--out", merged])
+        XCTAssertEqual(try loadModel(merged).tokenizer?.chatTemplate, template)
+        try fails(["generate", "--model", fx.base, "--prompt", "the", "--chat-template", jinja], mentioning: ["needs --chat"])
         let missing = fx.path("no-such-template.jinja"), broken = fx.path("broken.jinja"), empty = fx.path("chat-template-empty/config.json")
         try "{% for m in messages %}{{ m.content }".write(toFile: broken, atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: fx.path("chat-template-empty"), withIntermediateDirectories: true)

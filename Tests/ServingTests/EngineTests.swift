@@ -435,6 +435,7 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(m[2].toolCallNames, ["f", "g", "h"])
         XCTAssertEqual(m[3].fields["tool_call_id"], .string("call_1"))
         XCTAssertEqual(m[0].toolCallNames + m[1].toolCallNames, [])
+        XCTAssertNil(m[0].fields["tool_calls"], "null: no key, as vLLM hands it (Llama's templates test for the key)")
         for bad in [#"[{"role": "user", "content": 5}]"#, #"[{"role": "user", "content": "a", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]"#,
                     #"[{"role": "assistant", "content": null, "tool_calls": [{"type": "function"}]}]"#, "[]", "{}"] {
             XCTAssertThrowsError(try chatRequestMessages(try JSONValue(parsing: bad)), bad) { XCTAssertEqual(($0 as? APIError)?.param, "messages", "\($0)") }

@@ -238,7 +238,8 @@ final class DatasetTests: XCTestCase {
                 + "{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}{{ bos_token }}{% for m in rest %}{% if m['role'] == 'user' %}"
                 + "{% if loop.index0 == ns.last and sys is defined %}{{ '[INST] ' + sys + '\n\n' + m['content'] + '[/INST]' }}"
                 + "{% else %}{{ '[INST] ' + m['content'] + '[/INST]' }}{% endif %}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}",
-             "<s>[INST] Say hello.[/INST]  hello </s>[INST] Be brief.\n\nThe cat[/INST] sat</s>", " hello </s>sat</s>", "</s>"),
+             // The second reply follows the conversation before it, which has no generation prompt: its ' ' is learned.
+             "<s>[INST] Say hello.[/INST]  hello </s>[INST] Be brief.\n\nThe cat[/INST] sat</s>", " hello </s> sat</s>", "</s>"),
             // Each turn ends with <|end|>; the conversation with EOS after it.
             ("phi4", "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
                 + "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}",
@@ -273,10 +274,11 @@ final class DatasetTests: XCTestCase {
     }
 
     /// Templates that branch on a text or strip it: a reply's reasoning (the Qwen3 kind writes it in
-    /// the last turn only) is written, and learned where the template writes it after its
-    /// generation prompt (a template without one gives no place to start before the text); `strip()` with spaces around a text (the
-    /// Llama 2 kind); an empty system message a template leaves out. A template that writes no added
-    /// token after a reply is refused: the model would not learn to stop.
+    /// the last turn only) is written, and learned where the template writes it after the prompt
+    /// for the reply (without a generation prompt, after the conversation before it); `strip()` with
+    /// spaces around a text (the Llama 2 kind, whose ' ' before a reply is learned: the model writes
+    /// it after `[/INST]`); an empty system message a template leaves out. A template that writes no
+    /// added token after a reply is refused: the model would not learn to stop.
     func testChatTemplatesThatBranchOrStrip() throws {
         let specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
         let corpus = (0..<30).map { "The cat sat on the mat \($0). Say hello. hello there, user, assistant! think greet [INST] [/INST]" }
@@ -292,7 +294,9 @@ final class DatasetTests: XCTestCase {
                              ["role": "assistant", "content": "<think>x</think>\n\nhello"], ["role": "user", "content": "The cat"],
                              ["role": "assistant", "content": "<think>\ngreet\n</think>\n\nsat"]],
              "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nThe cat<|im_end|>\n"
-                + "<|im_start|>assistant\n<think>\ngreet\n</think>\n\nsat<|im_end|>\n", "hello<|im_end|>sat<|im_end|>"),
+                + "<|im_start|>assistant\n<think>\ngreet\n</think>\n\nsat<|im_end|>\n",
+             // Without a generation prompt a reply starts where the conversation before it ends: its header is learned too.
+             "<|im_start|>assistant\nhello<|im_end|><|im_start|>assistant\n<think>\ngreet\n</think>\n\nsat<|im_end|>"),
             // With a generation prompt, the reasoning the template writes after it is learned (what the model writes after the prompt).
             ("qwen3-prompt", qwen + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
              [["role": "user", "content": "Say hello."], ["role": "assistant", "content": "<think>x</think>\n\nhello"], ["role": "user", "content": "The cat"],
@@ -301,7 +305,7 @@ final class DatasetTests: XCTestCase {
                 + "<|im_start|>assistant\n<think>\ngreet\n</think>\n\nsat<|im_end|>\n", "hello<|im_end|><think>\ngreet\n</think>\n\nsat<|im_end|>"),
             ("llama2", llama2, [["role": "user", "content": "Say hello. "], ["role": "assistant", "content": "hello "],
                                 ["role": "user", "content": " The cat"], ["role": "assistant", "content": "sat"]],
-             "<s>[INST] Say hello. [/INST] hello </s><s>[INST] The cat [/INST] sat </s>", "hello </s>sat </s>"),
+             "<s>[INST] Say hello. [/INST] hello </s><s>[INST] The cat [/INST] sat </s>", " hello </s> sat </s>"),
         ]
         for (name, template, turns, text, learned) in cases {
             let tok = try base.withRoles(base.roles)
@@ -379,7 +383,7 @@ final class DatasetTests: XCTestCase {
         // A line's chat_template_kwargs are the template's variables; without a template they are refused.
         let persona = try Self.tokenizer.withRoles(Self.tokenizer.roles)
         persona.chatTemplate = "{{ '<|im_start|>system\\nI am ' + name + '.<|im_end|>\\n' }}{% for m in messages %}"
-            + "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+            + "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
         let chatLine = #"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hello"}], "chat_template_kwargs": {"name": "Quill"}}"#
         let kw = try load(try write("kwargs.jsonl", [chatLine]), tok: persona).train.batch(rows: [0])
         XCTAssertEqual(persona.decode(Array(kw.ids[..<kw.attentionMask!.filter { $0 == 1 }.count])),
@@ -423,7 +427,16 @@ final class DatasetTests: XCTestCase {
         let llama = "{%- for m in messages %}{{ '<|start_header_id|>' + ('ipython' if m.role == 'tool' else m.role) + '<|end_header_id|>\\n\\n' }}"
             + "{% if m.tool_calls %}{{ '<|python_tag|>' + m.tool_calls[0].function.name + '.call(query=\"' + m.tool_calls[0].function.arguments.query + '\")<|eom_id|>' }}"
             + "{% else %}{{ m.content + '<|eot_id|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+        // No generation prompt (Mistral's kind): a reply starts where the conversation before it ends.
+        let mistral = "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}{{ '[INST] ' + m.content + '[/INST]' }}"
+            + "{% elif m.role == 'tool' %}{{ '[TOOL_RESULTS] ' + m.content + '[/TOOL_RESULTS]' }}{% elif m.tool_calls %}{{ '[TOOL_CALLS] [' }}"
+            + "{% for c in m.tool_calls %}{{ '{\"name\": \"' + c.function.name + '\", \"arguments\": ' + (c.function.arguments | tojson) + '}' }}{% endfor %}"
+            + "{{ ']' + eos_token }}{% else %}{{ ' ' + m.content + eos_token }}{% endif %}{% endfor %}"
         let cases: [(String, String, String, String)] = [
+            ("mistral", mistral, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": null, "tool_calls": "#
+                + #"[{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "warm"}, "#
+                + #"{"role": "assistant", "content": "It is warm."}]}"#,
+             "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]</s> It is warm.</s>"),
             ("qwen3", qwen3, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": null, "tool_calls": "#
                 + #"[{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "warm"}, "#
                 + #"{"role": "assistant", "content": "It is warm."}], "chat_template_kwargs": {"enable_thinking": false}}"#,
