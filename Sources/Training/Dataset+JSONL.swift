@@ -203,10 +203,10 @@ public struct TokenizedExample: Equatable, Sendable {
     ///
     /// A reply is learned from where the prompt for it ends (the template's generation prompt, e.g.
     /// `<|im_start|>assistant\n`, where the conversation before it ends or found just before it; the
-    /// end of that conversation for a template without one, as Mistral's; else from its text) through the token that ends its turn: the first added token after its text
-    /// (e.g. `<|im_end|>`), or, after tool calls, the first token a reply ends with (`textEndTokens`;
-    /// a call's own tags such as `</tool_call>` are added tokens too), looked for within the reply's
-    /// own turn where that is known. So what a model writes after the prompt (the reasoning a
+    /// end of that conversation for a template without one, as Mistral's; else from its text) through
+    /// the token that ends its turn: the first added token after its text (e.g. `<|im_end|>`), or,
+    /// after tool calls, the first token a reply ends with (`textEndTokens`; a call's own tags such as
+    /// `</tool_call>` are added tokens too), looked for within the reply's own turn where that is known. So what a model writes after the prompt (the reasoning a
     /// template writes there, a call's JSON) is learned; the headers and what follows the end token
     /// are not. Templates that write a reply differently in the prompt for it (with `<think>`, say)
     /// need no agreement between the two.
