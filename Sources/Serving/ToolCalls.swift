@@ -2,8 +2,8 @@
 // chat template, a conversation may hold the assistant's earlier `tool_calls` and `role: "tool"`
 // results, and the calls a reply makes are read back from its text into `tool_calls`. A reply calls
 // tools in the forms chat templates teach: Hermes/Qwen `<tool_call>{"name", "arguments"}</tool_call>`
-// blocks, or a reply that is one JSON object `{"name", "arguments" | "parameters"}` (Llama 3.x,
-// after `<|python_tag|>` or not).
+// blocks, or a reply that is one JSON object `{"name", "arguments" | "parameters"}` naming one of
+// the request's tools (Llama 3.x, after `<|python_tag|>` or not), as vLLM's parsers read them.
 
 import Foundation
 import Tokenizers
