@@ -2,7 +2,7 @@
 // chat template, a conversation may hold the assistant's earlier `tool_calls` and `role: "tool"`
 // results, and the calls a reply makes are read back from its text into `tool_calls`. A reply calls
 // tools in the forms chat templates teach: Hermes/Qwen `<tool_call>{"name", "arguments"}</tool_call>`
-// blocks, or a reply that is one JSON object `{"name", "arguments" | "parameters"}` naming one of
+// blocks, Mistral's `[TOOL_CALLS] [{"name", "arguments"}, …]`, or a reply that is one JSON object `{"name", "arguments" | "parameters"}` naming one of
 // the request's tools (Llama 3.x, after `<|python_tag|>` or not), as vLLM's parsers read them.
 
 import Foundation
@@ -91,9 +91,10 @@ struct ToolCall: Equatable {
 }
 
 /// The tool calls in `text` and the text before them (nil when there is none), or nil when it
-/// calls none. As vLLM's parsers read them: `<tool_call>` blocks (Hermes; whose JSON cannot be read
-/// leave the whole reply as text), or a reply that is one object `{"name", "arguments" |
-/// "parameters"}` naming one of `tools` (Llama 3.x), so a plain JSON answer stays text.
+/// calls none. As vLLM's parsers read them: `<tool_call>` blocks (Hermes), a JSON list of calls after
+/// `[TOOL_CALLS]` (Mistral), calls whose JSON cannot be read leaving the whole reply as text; or a
+/// reply that is one object `{"name", "arguments" | "parameters"}` naming one of `tools` (Llama 3.x),
+/// so a plain JSON answer stays text.
 func parseToolCalls(_ text: String, tools: Set<String>) -> (content: String?, calls: [ToolCall])? {
     func call(_ json: String, needsArguments: Bool) -> ToolCall? {
         guard let v = try? JSONValue(parsing: json), let name = v["name"]?.string, !name.isEmpty else { return nil }
@@ -114,6 +115,17 @@ func parseToolCalls(_ text: String, tools: Set<String>) -> (content: String?, ca
             remaining = close.map { after[$0.upperBound...] } ?? ""
         }
         let content = text[..<first.lowerBound].trimmingCharacters(in: .whitespacesAndNewlines)
+        return (content.isEmpty ? nil : content, calls)
+    }
+    if let mark = text.range(of: "[TOOL_CALLS]") {  // Mistral's: a JSON list of calls after the token
+        guard case .array(let list)? = try? JSONValue(parsing: String(text[mark.upperBound...]).trimmingCharacters(in: .whitespacesAndNewlines)),
+              !list.isEmpty else { return nil }
+        var calls: [ToolCall] = []
+        for item in list {
+            guard case .object = item, let c = call(item.text, needsArguments: false) else { return nil }
+            calls.append(c)
+        }
+        let content = text[..<mark.lowerBound].trimmingCharacters(in: .whitespacesAndNewlines)
         return (content.isEmpty ? nil : content, calls)
     }
     var body = text.trimmingCharacters(in: .whitespacesAndNewlines)

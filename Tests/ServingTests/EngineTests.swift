@@ -385,7 +385,12 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f", "arguments": "{\"a\": 1}"}</tool_call>"#, tools: tools)?.calls,
                        [ToolCall(name: "f", arguments: #"{"a": 1}"#)], "arguments given as a string stay that string")
         XCTAssertEqual(parseToolCalls(#"<tool_call>{"name": "f"}</tool_call>"#, tools: tools)?.calls, [ToolCall(name: "f", arguments: "{}")])
+        let mistral = try XCTUnwrap(parseToolCalls(#"Checking. [TOOL_CALLS] [{"name": "get_weather", "arguments": {"location": "Paris"}}, {"name": "get_time", "arguments": {"tz": "CET"}}]"#,
+                                                   tools: tools))
+        XCTAssertEqual(mistral.content, "Checking.")
+        XCTAssertEqual(mistral.calls, [ToolCall(name: "get_weather", arguments: #"{"location": "Paris"}"#), ToolCall(name: "get_time", arguments: #"{"tz": "CET"}"#)])
         for text in ["It is sunny.", #"{"answer": 42}"#, #"{"name": "Alice", "age": 3}"#, #"{"name": "Alice", "parameters": {}}"#,
+                     #"[TOOL_CALLS] [{"name": "get_weather", "argu"#, "[TOOL_CALLS] []",
                      #"{"name": "f"}"#, "<tool_call>\n{\"name\": \"get_weather\", \"argu", "", "{not json}"] {
             XCTAssertNil(parseToolCalls(text, tools: tools), text)
         }
