@@ -56,16 +56,21 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
 /// Save and load adapters (any registered PEFT method) as HDF5.
 public enum AdapterCheckpoint {
     public static let format = "swiftpeft-adapter"
+    /// The dataset holding the chat template the adapter was trained with (UTF-8), when it was not
+    /// the base's own (`adapterChatTemplate` reads it).
+    public static let chatTemplateKey = "chat_template"
 
-    /// Writes the method's adapter tensors, config and the base's fingerprint to `path` atomically.
-    public static func save(_ method: PEFTMethod, base: CausalLM, to path: String) throws {
-        try save(method, fingerprint: BaseFingerprint(base), to: path)
+    /// Writes the method's adapter tensors, config and the base's fingerprint to `path` atomically;
+    /// `chatTemplate`: the template the training data went through, when it was not the base's own.
+    public static func save(_ method: PEFTMethod, base: CausalLM, chatTemplate: String? = nil, to path: String) throws {
+        try save(method, fingerprint: BaseFingerprint(base), chatTemplate: chatTemplate, to: path)
     }
 
     /// Same, with the base's fingerprint taken earlier (before training changed anything).
-    public static func save(_ method: PEFTMethod, fingerprint fp: BaseFingerprint, to path: String) throws {
+    public static func save(_ method: PEFTMethod, fingerprint fp: BaseFingerprint, chatTemplate: String? = nil, to path: String) throws {
         try checkFiniteWeights(method.adapterParameters(), writing: path)
-        try HDF5Store.write(path, tensors: method.adapterParameters(), attributes: [
+        try HDF5Store.write(path, tensors: method.adapterParameters(),
+                            blobs: chatTemplate.map { [(chatTemplateKey, Array($0.utf8))] } ?? [], attributes: [
             "format": format, "version": "1",
             "peft_type": type(of: method).peftType, "adapter_name": method.name,
             "config": String(decoding: try method.configJSON(), as: UTF8.self),
@@ -78,7 +83,7 @@ public enum AdapterCheckpoint {
     ///   fingerprints), or a tensor is missing or has another shape.
     @discardableResult
     public static func load(_ path: String, onto model: CausalLM, checkBase: Bool = true) throws -> PEFTMethod {
-        let (tensors, _, attrs) = try HDF5Store.read(path)
+        let (tensors, _, attrs) = try HDF5Store.read(path)  // the blobs: its chat template (adapterChatTemplate)
         guard attrs["format"] == format, let type = attrs["peft_type"], let config = attrs["config"] else {
             throw CheckpointError(path: path, message: "not a SwiftPEFT adapter (format attribute \(attrs["format"].map { "'\($0)'" } ?? "missing"), expected '\(format)')")
         }

@@ -137,6 +137,64 @@ public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMeth
     }
 }
 
+/// The chat template the adapter at `path` was trained with, when it records one: a SwiftPEFT
+/// adapter's `chat_template` (training writes it when the data went through another template than
+/// the base's own, as `--chat-template` gives), a PEFT folder's `chat_template.jinja` or the
+/// `chat_template` of its `tokenizer_config.json` (TRL saves the tokenizer beside the adapter).
+/// nil: none recorded, so the base's own.
+public func adapterChatTemplate(_ path: String) throws -> String? {
+    let source = try ModelSource.detect(path)
+    switch source.kind {
+    case .adapter:
+        guard let bytes = try HDF5Store.open(path).blobs[AdapterCheckpoint.chatTemplateKey] else { return nil }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw CheckpointError(path: path, message: "the '\(AdapterCheckpoint.chatTemplateKey)' dataset is not UTF-8 text")
+        }
+        do { _ = try ChatTemplate(text) } catch { throw CheckpointError(path: path, message: "the chat template it records: \(error)") }
+        return text
+    case .peftFolder:
+        let dir = URL(fileURLWithPath: path)
+        for name in [PEFTFolder.chatTemplateFile, "tokenizer_config.json"] {
+            let file = dir.appendingPathComponent(name).path
+            guard FileManager.default.fileExists(atPath: file) else { continue }
+            if name == "tokenizer_config.json",
+               (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file))) as? [String: Any])?["chat_template"] == nil {
+                continue  // a tokenizer saved without a template
+            }
+            return try BPETokenizer.chatTemplate(fromFile: file)
+        }
+        return nil
+    default:
+        throw CheckpointError(path: path, message: """
+            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5) or a PEFT adapter folder
+            """)
+    }
+}
+
+/// Sets the chat template of `tokenizer` (a base's) for the adapters at `adapterPaths`: the one in
+/// `file` when given (`--chat-template`, which overrides every other); else the one the adapters
+/// were trained with (`adapterChatTemplate`); else the base's own stays. A recorded template equal
+/// to the base's own counts as none.
+/// - Throws: a file that is not a template; adapters that record different templates (one prompt
+///   cannot be written for both), naming them.
+public func useChatTemplate(file: String?, adapters adapterPaths: [String], on tokenizer: BPETokenizer) throws {
+    if let file {
+        tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: file)
+        return
+    }
+    let own = tokenizer.chatTemplate
+    let recorded = try adapterPaths.map { p in (p, try adapterChatTemplate(p).flatMap { $0 == own ? nil : $0 }) }
+    guard let first = recorded.first else { return }
+    if let other = recorded.first(where: { $0.1 != first.1 }) {
+        func says(_ r: (String, String?)) -> String { r.1 == nil ? "\(r.0) uses the base's own" : "\(r.0) records its own (\(r.1!.utf8.count) bytes)" }
+        throw CheckpointError(path: other.0, message: """
+            the adapters were trained with different chat templates: \(says(first)); \(says(other)).
+            HINT: give one with --chat-template, or run them separately.
+            """)
+    }
+    if let t = first.1 { tokenizer.chatTemplate = t }
+}
+
 /// The `didLoad` of a loader with bf16-only weights (`CausalLM.bf16OnlyLoader`), or nil without;
 /// throws, naming `path`, on a CPU without native bf16 products.
 func bf16OnlyLoader(_ model: CausalLM, enabled: Bool, path: String) throws -> ((String, Tensor) -> Void)? {

@@ -22,6 +22,8 @@ public enum PEFTFolder {
     public static let weightsFile = "adapter_model.safetensors"
     /// The pickle format PEFT wrote before safetensors (not read here).
     public static let pickleFile = "adapter_model.bin"
+    /// The chat template the adapter was trained with, as transformers saves a tokenizer's.
+    public static let chatTemplateFile = "chat_template.jinja"
     /// The `peft_type`s that can be imported and exported: the registered methods with a PEFT mapping.
     public static var supportedTypes: [String] { PEFTRegistry.all.filter { $0.peftFolder != nil }.map(\.peftType) }
 
@@ -47,9 +49,10 @@ public enum PEFTFolder {
 /// needed): `adapter_config.json` (sorted keys; peft_type, task_type "CAUSAL_LM",
 /// base_model_name_or_path = `baseName`, inference_mode true, and the method's PEFT fields, the
 /// prompt-learning dimensions filled from the base) and `adapter_model.safetensors` (F32, PEFT keys).
-/// rsLoRA is written as `use_rslora: true` (PEFT applies alpha/√r itself).
+/// rsLoRA is written as `use_rslora: true` (PEFT applies alpha/√r itself). `chatTemplate`: the
+/// template the adapter was trained with, written as `chat_template.jinja` (an older one is removed).
 /// - Throws: `PEFTFolderError` for a method PEFT has no type for (bottleneck adapters) or an I/O error.
-public func exportPEFTFolder(_ method: PEFTMethod, base: CausalLM, baseName: String?, to dir: URL) throws {
+public func exportPEFTFolder(_ method: PEFTMethod, base: CausalLM, baseName: String?, chatTemplate: String? = nil, to dir: URL) throws {
     let type = Swift.type(of: method).peftType
     guard PEFTRegistry.method(peftType: type)?.peftFolder != nil else {
         throw PEFTFolderError(path: dir.path, message: """
@@ -69,8 +72,16 @@ public func exportPEFTFolder(_ method: PEFTMethod, base: CausalLM, baseName: Str
     }
     // The pair is written into a temporary folder beside `dir`, then swapped in whole: a kill or a
     // full disk never leaves a config that does not match its tensors.
-    try writeFolderAtomically(dir, files: [PEFTFolder.weightsFile, PEFTFolder.configFile]) { tmp in
+    let template = chatTemplate == nil ? [] : [PEFTFolder.chatTemplateFile]  // an older export's is dropped
+    try writeFolderAtomically(dir, files: template + [PEFTFolder.weightsFile, PEFTFolder.configFile],
+                              dropping: chatTemplate == nil ? [PEFTFolder.chatTemplateFile] : []) { tmp in
         try Safetensors.write(tmp.appendingPathComponent(PEFTFolder.weightsFile).path, tensors: tensors, metadata: ["format": "pt"])
+        if let chatTemplate {
+            do { try Data(chatTemplate.utf8).write(to: tmp.appendingPathComponent(PEFTFolder.chatTemplateFile)) } catch {
+                throw PEFTFolderError(path: dir.appendingPathComponent(PEFTFolder.chatTemplateFile).path,
+                                      message: "cannot write: \((error as NSError).localizedDescription)")
+            }
+        }
         let configURL = tmp.appendingPathComponent(PEFTFolder.configFile)
         do {
             try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted]).write(to: configURL, options: .atomic)

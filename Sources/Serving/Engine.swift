@@ -72,7 +72,13 @@ public struct ServingError: Error, CustomStringConvertible {
 /// One base model, its resident adapters and the batching worker.
 public final class ServingEngine: @unchecked Sendable {
     public let model: CausalLM
-    public let tokenizer: Tokenizer
+    /// The base's tokenizer, with its chat template (or `--chat-template`'s); `tokenizer(for:)`
+    /// gives an adapter's.
+    public let tokenizer: BPETokenizer
+    /// Whether `--chat-template` set the template of every model, adapters' recorded ones included.
+    private let templateGiven: Bool
+    /// The tokens the base's replies end at (`textEndTokens`).
+    private let baseEnds: Set<Int32>
     /// The name requests use for the base alone.
     public let baseName: String
     /// Rows decoded together at most.
@@ -93,6 +99,11 @@ public final class ServingEngine: @unchecked Sendable {
         let saved: [String: Tensor]
         /// Virtual tokens (prompt, P-Tuning, prefix) it puts before every prompt.
         let virtualTokens: Int
+        /// The base's tokenizer with the chat template the adapter was trained with, when it records
+        /// one other than the base's (and `--chat-template` was not given); nil: the base's.
+        let tokenizer: BPETokenizer?
+        /// The tokens its replies end at.
+        let ends: Set<Int32>
         /// Kept attached and limited to its rows; otherwise attached for its own batches only.
         var rowScoped: Bool { method is RowScopedPEFTMethod }
     }
@@ -128,7 +139,8 @@ public final class ServingEngine: @unchecked Sendable {
     private var adapterOrder: [String] = []
 
     /// Loads the base (SwiftPEFT .h5, GGUF or Hugging Face folder) and starts the worker;
-    /// `chatTemplatePath`: a chat template file used instead of the base's own.
+    /// `chatTemplatePath`: a chat template file used instead of the base's own and of the ones
+    /// adapters record (without it, an adapter's requests go through the template it was trained with).
     public init(modelPath: String, baseName: String? = nil, maxBatch: Int = 8, maxQueue: Int = 64,
                 contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
                 precision: DecodePrecision = .fp32, chatTemplatePath: String? = nil) throws {
@@ -144,6 +156,8 @@ public final class ServingEngine: @unchecked Sendable {
         // The base's weights never change while serving (adapters are hooks): bf16 copies for decoding.
         if precision == .bf16 { model.keepBF16Weights() }
         tokenizer = tok
+        templateGiven = chatTemplatePath != nil
+        baseEnds = textEndTokens(tok)
         self.baseName = baseName ?? URL(fileURLWithPath: modelPath).deletingPathExtension().lastPathComponent
         self.maxBatch = maxBatch
         self.maxQueue = maxQueue
@@ -168,6 +182,10 @@ public final class ServingEngine: @unchecked Sendable {
         return adapters[name].map { ($0.path, type(of: $0.method).peftType) }
     }
 
+    /// The tokenizer requests for `model` are written with: an adapter's carries the chat template it
+    /// was trained with (`adapterChatTemplate`); the base's for the base and an unknown name.
+    public func tokenizer(for model: String) -> BPETokenizer { adapter(model)?.tokenizer ?? tokenizer }
+
     private func adapter(_ name: String) -> Adapter? {
         registryLock.lock(); defer { registryLock.unlock() }
         return adapters[name]
@@ -179,6 +197,8 @@ public final class ServingEngine: @unchecked Sendable {
         guard !name.isEmpty, name != baseName else { throw ServingError(.invalidRequest, "the adapter name \"\(name)\" is empty or the base's") }
         modelLock.lock(); defer { modelLock.unlock() }
         guard adapter(name) == nil else { throw ServingError(.invalidRequest, "an adapter named \"\(name)\" is already loaded; unload it first") }
+        let recorded = templateGiven ? nil : try adapterChatTemplate(path).flatMap { $0 == tokenizer.chatTemplate ? nil : $0 }
+        let own = recorded.map { tokenizer.withChatTemplate($0) }
         let method = try Formats.loadAdapter(path, onto: model)  // checks the base
         let virtualTokens = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
         var saved: [String: Tensor] = [:]
@@ -198,7 +218,8 @@ public final class ServingEngine: @unchecked Sendable {
             method.detach(from: model)  // attached again for its own batches
         }
         registryLock.lock()
-        adapters[name] = Adapter(method: method, path: path, saved: saved, virtualTokens: virtualTokens)
+        adapters[name] = Adapter(method: method, path: path, saved: saved, virtualTokens: virtualTokens,
+                                 tokenizer: own, ends: own.map(textEndTokens) ?? baseEnds)
         adapterOrder.append(name)
         registryLock.unlock()
     }
@@ -378,7 +399,7 @@ public final class ServingEngine: @unchecked Sendable {
             let p = j.request.prompt
             for (t, id) in p.enumerated() { ids[b * P + P - p.count + t] = id; mask[b * P + P - p.count + t] = 1 }
         }
-        let ends = textEndTokens(tokenizer)
+        let ends = rows.map { adapter($0.request.model)?.ends ?? baseEnds }  // per row: adapters may have their own templates
         var generated = [[Int32]](repeating: [], count: B)
         var texts = [String](repeating: "", count: B), streams = [TextStream](repeating: TextStream(), count: B)
         var finish = [String?](repeating: nil, count: B)
@@ -411,7 +432,7 @@ public final class ServingEngine: @unchecked Sendable {
                     let row = Array(logits[b * V..<(b + 1) * V])
                     let token = Int32(sampleToken(row, SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP), &rngs[b]))
                     next[b] = token
-                    if ends.contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
+                    if ends[b].contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
                     generated[b].append(token)
                     var text = tokenizer.decode(generated[b])
                     if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {

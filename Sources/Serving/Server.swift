@@ -257,7 +257,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         // reply would end only at EOS or max_tokens.
         let writable: Bool
         do {
-            writable = try canWriteChat(engine.tokenizer)
+            writable = try canWriteChat(engine.tokenizer(for: p.model))
         } catch {
             throw APIError(status: .badRequest, message: "this model's chat template cannot be read (\(error)). Use /v1/completions", param: "messages")
         }
@@ -275,7 +275,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         }
         let prompt: String
         do {
-            prompt = try renderChat(messages, tools: tools, templateKwargs: kwargs, tokenizer: engine.tokenizer, addGenerationPrompt: true)
+            prompt = try renderChat(messages, tools: tools, templateKwargs: kwargs, tokenizer: engine.tokenizer(for: p.model), addGenerationPrompt: true)
         } catch {
             throw APIError(status: .badRequest, message: "\(error)", param: "messages")  // e.g. the template refuses a system message
         }

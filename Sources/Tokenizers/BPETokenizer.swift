@@ -179,7 +179,15 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         try BPETokenizer(copying: self, roles: roles)
     }
 
-    private init(copying o: BPETokenizer, roles: SpecialTokenRoles) throws {
+    /// The same tokenizer with another chat template (nil: none). Cheap: the tables are shared.
+    public func withChatTemplate(_ template: String?) -> BPETokenizer {
+        let t = try! BPETokenizer(copying: self, roles: nil)  // nil roles: cannot throw
+        t.chatTemplate = template
+        return t
+    }
+
+    /// A copy sharing `o`'s tables, with other `roles`, or with `o`'s ids when they are nil.
+    private init(copying o: BPETokenizer, roles: SpecialTokenRoles?) throws {
         preTokenizer = o.preTokenizer
         merges = o.merges
         addedTokens = o.addedTokens
@@ -195,8 +203,9 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         pairs = o.pairs
         byteToID = o.byteToID
         matcher = o.matcher
-        (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, o.addedTokens)
-        self.roles = roles
+        (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try roles.map { try Self.roleIDs($0, o.addedTokens) }
+            ?? (o.bosTokenID, o.eosTokenID, o.padTokenID, o.unkTokenID)
+        self.roles = roles ?? o.roles
         unknownByteID = o.unknownByteID  // the model's, not a role
         chatTemplate = o.chatTemplate  // (no didSet in an initializer)
         compiled = o.compiled

@@ -268,7 +268,8 @@ public struct BacktestOptions {
     /// The output is cut before the first of these texts (EOS always ends it).
     public var stop: [String] = []
     public var wattsPerCore = CostMeter.defaultWattsPerCore
-    /// A chat template file used instead of the model's own for chat prompts.
+    /// A chat template file used for chat prompts instead of the model's own and the one the
+    /// adapters record (without it, they must record the same one or none: `useChatTemplate`).
     public var chatTemplatePath: String?
 
     public init(modelPath: String, adapters: [(name: String, path: String)], prompts: [BacktestPrompt]) {
@@ -410,7 +411,9 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     let loaded = try loadModel(o.modelPath)
     let model = loaded.model
     guard let tokenizer = loaded.tokenizer else { throw BacktestError("\(o.modelPath): holds no tokenizer; prompts cannot be tokenized") }
-    if let path = o.chatTemplatePath { tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) }
+    // One template writes every version's prompts: the file's, or the one the adapters were trained with.
+    let chat = o.prompts.contains { $0.messages != nil }
+    try useChatTemplate(file: o.chatTemplatePath, adapters: chat ? o.adapters.map(\.path) : [], on: tokenizer)
     // Chat prompts as the model writes them, and the reply tokens an expected answer is scored on:
     // its text and the tokens the template ends a turn with, as chat training learns them.
     var prompts = o.prompts, answerIDs: [String: [Int32]] = [:]

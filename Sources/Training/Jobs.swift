@@ -62,14 +62,16 @@ public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, 
 /// with the base's tokenizer; fixed ids without one; cut to learned positions), and, when they agree
 /// within `MergeResult.tolerance` × the largest |logit| (at least 1), saves the merged model (with the base's tokenizer) to `out` as a
 /// SwiftPEFT checkpoint or (`format` .hf) a Hugging Face folder; otherwise throws, writing nothing.
-/// `chatTemplatePath`: a chat template file the merged model keeps instead of the base's own.
+/// The merged model keeps the chat template the adapter records, or `chatTemplatePath`'s (a file
+/// used instead), or the base's own (`useChatTemplate`).
 public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
                          checkText: String = "The quick brown fox jumps over the lazy dog.",
                          format: MergedModelFormat = .swiftpeft, chatTemplatePath: String? = nil) throws -> MergeResult {
     let base = try loadModel(modelPath)
-    if let path = chatTemplatePath {
-        guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer for --chat-template") }
-        tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path)
+    if let tokenizer = base.tokenizer {
+        try useChatTemplate(file: chatTemplatePath, adapters: [adapterPath], on: tokenizer)
+    } else if chatTemplatePath != nil {
+        throw CheckpointError(path: modelPath, message: "holds no tokenizer for --chat-template")
     }
     let model = base.model
     let checkIDs = base.tokenizer?.encode(checkText) ?? []

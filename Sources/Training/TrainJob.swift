@@ -41,7 +41,8 @@ public struct TrainJob {
     /// Number format of the frozen weights' products (`TrainingPrecision`; bf16 needs AVX512-BF16 or AMX).
     public var precision = TrainingPrecision.fp32
     /// A chat template file (Jinja, or JSON with "chat_template") used instead of the model's own for
-    /// chat data (`BPETokenizer.chatTemplate(fromFile:)`); a full fine-tune's model.h5 keeps it.
+    /// chat data (`BPETokenizer.chatTemplate(fromFile:)`); the adapter records it (a full fine-tune's
+    /// model.h5 keeps it). A continued adapter (`adapterPath`) goes on with the one it records.
     public var chatTemplatePath: String?
     public init(modelPath: String, dataPath: String, outDir: String) {
         self.modelPath = modelPath
@@ -100,7 +101,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let base = try loadModel(job.modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
-    if let path = job.chatTemplatePath { tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) }
+    let ownTemplate = tokenizer.chatTemplate
+    // A continued adapter goes on with the template it was trained with, unless one is given.
+    try useChatTemplate(file: job.chatTemplatePath, adapters: job.adapterPath.map { [$0] } ?? [], on: tokenizer)
+    let recordedTemplate = tokenizer.chatTemplate == ownTemplate ? nil : tokenizer.chatTemplate  // the adapter keeps it
     let fingerprint = BaseFingerprint(model)  // of the untouched base
     let baseParameters = model.parameterCount
     let method: PEFTMethod?
@@ -237,7 +241,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     } else if let method {
         saved = out.appendingPathComponent("adapter.h5").path
         model.eval()
-        try AdapterCheckpoint.save(method, fingerprint: fingerprint, to: saved)
+        try AdapterCheckpoint.save(method, fingerprint: fingerprint, chatTemplate: recordedTemplate, to: saved)
     } else {
         saved = out.appendingPathComponent("model.h5").path
         model.freeze()
@@ -279,7 +283,8 @@ func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws 
 }
 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
-/// `chatTemplatePath`: a chat template file used instead of the model's own for chat data.
+/// `chatTemplatePath`: a chat template file used for chat data instead of the model's own, and of
+/// the one the adapter records (`useChatTemplate`).
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
                     chatTemplatePath: String? = nil) throws -> (evaluation: Evaluation, cost: Cost) {
@@ -289,7 +294,7 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
     let base = try loadModel(modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
-    if let path = chatTemplatePath { tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) }
+    try useChatTemplate(file: chatTemplatePath, adapters: adapterPath.map { [$0] } ?? [], on: tokenizer)
     let adapter = try adapterPath.map { try loadAdapter($0, onto: model) }
     try checkSequenceLength(model, seqLen + ((adapter as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))

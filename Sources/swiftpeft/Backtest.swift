@@ -31,7 +31,7 @@ struct Backtest: ParsableCommand {
     @Option(help: "Comma-separated adapters (SwiftPEFT .h5 or PEFT folders), each PATH or NAME=PATH.") var adapters: String = ""
     @Option(help: "Prompts: JSONL with template/vars/expected/tags (see above).") var prompts: String
     @Option(help: "Template file for lines that give none.") var template: String?
-    @Option(help: "For chat prompts: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own.") var chatTemplate: String?
+    @Option(help: "For chat prompts: a chat template file (Jinja, or JSON with \"chat_template\") for every version instead of the model's own and the one the adapters record (which must then agree).") var chatTemplate: String?
     @Option(help: "Report folder.") var out: String
     @Flag(help: "Leave the base out (by default it runs as the version \"base\").") var noBase = false
     @Option(help: "New tokens at most per answer.") var maxTokens = 64

@@ -10,8 +10,9 @@ struct Export: ParsableCommand {
         discussion: """
         Prompt-learning adapters are written as PEFT saves them: one `prompt_embeddings` tensor (the
         encoder output for P-Tuning and projected prefixes), with inference_mode true. Bottleneck
-        adapters have no PEFT format and are refused. For a merged full model as a Hugging Face folder,
-        use `swiftpeft merge --format hf`.
+        adapters have no PEFT format and are refused. An adapter trained with another chat template than
+        the base's own (--chat-template) takes it along as chat_template.jinja. For a merged full model
+        as a Hugging Face folder, use `swiftpeft merge --format hf`.
 
         Examples:
           swiftpeft export --model models/base.h5 --adapter runs/lora/adapter.h5 --format peft --out peft/lora
@@ -31,11 +32,13 @@ struct Export: ParsableCommand {
         }
         let loaded = try loadModel(model)
         let method = try loadAdapter(adapter, onto: loaded.model)
+        let template = try adapterChatTemplate(adapter).flatMap { $0 == loaded.tokenizer?.chatTemplate ? nil : $0 }
         try exportPEFTFolder(method, base: loaded.model, baseName: baseName ?? (loaded.source.kind == .hfFolder ? model : nil),
-                             to: URL(fileURLWithPath: out))
+                             chatTemplate: template, to: URL(fileURLWithPath: out))
         let weights = URL(fileURLWithPath: out).appendingPathComponent(PEFTFolder.weightsFile).path
         let bytes = (try? FileManager.default.attributesOfItem(atPath: weights)[.size] as? Int) ?? 0
         print("exported \(type(of: method).peftType) adapter (\(method.trainableCount) parameters) to \(out): "
-              + "\(PEFTFolder.configFile), \(PEFTFolder.weightsFile) (\(formatBytes(bytes)))")
+              + "\(PEFTFolder.configFile), \(PEFTFolder.weightsFile) (\(formatBytes(bytes)))"
+              + (template == nil ? "" : ", \(PEFTFolder.chatTemplateFile) (the chat template it was trained with)"))
     }
 }

@@ -37,7 +37,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Frozen weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only.") var precision: String = "fp32"
     @Flag(help: "Send --prompt as a chat message, through the model's chat template; print the reply.") var chat = false
     @Option(help: "With --chat: a system message before it.") var system: String?
-    @Option(help: "With --chat: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own.") var chatTemplate: String?
+    @Option(help: "With --chat: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own and the adapter's.") var chatTemplate: String?
 
     func run() throws {
         guard !prompt.isEmpty else { throw CLIError("--prompt is empty; give the text to continue") }
@@ -53,10 +53,8 @@ struct Generate: ParsableCommand {
         let loaded = try loadModel(model, bf16Only: decodePrecision == .bf16Only)
         let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
-        if let chatTemplate {
-            guard chat else { throw CLIError("--chat-template writes chat: it needs --chat") }
-            tokenizer.chatTemplate = try BPETokenizer.chatTemplate(fromFile: chatTemplate)
-        }
+        guard chat || chatTemplate == nil else { throw CLIError("--chat-template writes chat: it needs --chat") }
+        try useChatTemplate(file: chatTemplate, adapters: adapter.map { [$0] } ?? [], on: tokenizer)
         if let adapter { try loadAdapter(adapter, onto: m) }
         if decodePrecision == .bf16 { m.keepBF16Weights() }
         var text = prompt

@@ -38,7 +38,7 @@ struct Merge: ParsableCommand {
     @Option(help: "Output format: swiftpeft (.h5 checkpoint) or hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json).")
     var format = "swiftpeft"
     @Option(help: "Text whose logits are compared before and after merging.") var checkText = "The quick brown fox jumps over the lazy dog."
-    @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") for the merged model instead of the base's own (the one the adapter was trained with).")
+    @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") for the merged model instead of the base's own (default: the one the adapter records, which it was trained with).")
     var chatTemplate: String?
 
     func run() throws {

@@ -31,7 +31,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Pack examples into full rows (default) or pad one example per row.") var packing: Bool?
     @Option(help: "Validation fraction of the examples (a split of its own, the same whatever --seed).") var valFraction: Double?
     @Option(help: "Validation file (instead of a fraction).") var valData: String?
-    @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own (a full fine-tune's model keeps it; give an adapter's serve and backtest the same).") var chatTemplate: String?
+    @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own; the adapter records it (a full fine-tune's model keeps it), and serve, backtest, eval, generate and merge use it.") var chatTemplate: String?
     @Option(help: "Evaluate every N steps.") var evalEvery: Int?
     @Option(help: "Checkpoint every N steps (default 50; 0: only at the end).") var saveEvery: Int?
     @Option(help: "Log a line every N steps when output is not a terminal.") var logEvery: Int?
@@ -236,7 +236,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Sequences per batch.") var batchSize = 8
     @Flag(help: "Print one JSON object {loss, perplexity, tokens, cost}.") var json = false
     @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
-    @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own.") var chatTemplate: String?
+    @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own and the adapter's.") var chatTemplate: String?
 
     func run() throws {
         guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }

@@ -625,6 +625,56 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// An adapter trained with --chat-template records it, and eval, train --adapter, merge, export
+    /// and backtest use it without the flag; the flag overrides it; a back-test of adapters that
+    /// record different templates is refused until one is given.
+    func testAnAdapterKeepsTheChatTemplateItWasTrainedWith() throws {
+        let chat = fx.path("recorded-template-data.jsonl")
+        try (0..<8).map { _ in #"{"messages": [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}]}"# }
+            .joined(separator: "\n").write(toFile: chat, atomically: true, encoding: .utf8)
+        let template = "{% for m in messages %}{{ m.role + ': ' + m.content + eos_token }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+        let chatML = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        let jinja = fx.path("recorded.jinja"), chatMLFile = fx.path("chatml.jinja")
+        try template.write(toFile: jinja, atomically: true, encoding: .utf8)
+        try chatML.write(toFile: chatMLFile, atomically: true, encoding: .utf8)
+        let train = ["train", "--model", fx.base, "--data", chat, "--steps", "1", "--seq-len", "32", "--batch-size", "4", "--val-fraction", "0"]
+        let recorded = fx.path("runs/recorded/adapter.h5"), plain = fx.path("runs/recorded-none/adapter.h5")
+        _ = try ok(train + ["--chat-template", jinja, "--out", fx.path("runs/recorded")])
+        _ = try ok(train + ["--out", fx.path("runs/recorded-none")])
+        XCTAssertEqual(try adapterChatTemplate(recorded), template)
+        XCTAssertNil(try adapterChatTemplate(plain), "trained with the base's own: nothing to record")
+        func loss(_ extra: [String]) throws -> Double? {
+            let r = try ok(["eval", "--model", fx.base, "--adapter", recorded, "--data", chat, "--seq-len", "32", "--batch-size", "4", "--json"] + extra)
+            return (try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["loss"] as? Double
+        }
+        let (byRecord, byFlag, byChatML) = (try loss([]), try loss(["--chat-template", jinja]), try loss(["--chat-template", chatMLFile]))
+        XCTAssertNotNil(byRecord)
+        XCTAssertEqual(byRecord, byFlag, "eval writes the data as the adapter was trained")
+        XCTAssertNotEqual(byRecord, byChatML, "a given template overrides the recorded one")
+        // Training on from the adapter keeps the template; a merged model and an exported folder take it along.
+        _ = try ok(train + ["--adapter", recorded, "--out", fx.path("runs/recorded-more")])
+        XCTAssertEqual(try adapterChatTemplate(fx.path("runs/recorded-more/adapter.h5")), template)
+        let merged = fx.path("recorded-merged.h5")
+        _ = try ok(["merge", "--model", fx.base, "--adapter", recorded, "--out", merged])
+        XCTAssertEqual(try loadModel(merged).tokenizer?.chatTemplate, template)
+        let folder = fx.path("recorded-peft")
+        let exported = try ok(["export", "--model", fx.base, "--adapter", recorded, "--out", folder])
+        XCTAssertTrue(exported.stdout.contains(PEFTFolder.chatTemplateFile), exported.transcript)
+        XCTAssertEqual(try String(contentsOfFile: folder + "/" + PEFTFolder.chatTemplateFile, encoding: .utf8), template)
+        // Back-tests: one template writes every version's prompts.
+        let prompts = fx.path("recorded-prompts.jsonl")
+        try #"{"id": "a", "messages": [{"role": "user", "content": "the cat"}], "expected": "sat on the mat"}"#
+            .write(toFile: prompts, atomically: true, encoding: .utf8)
+        let backtest = ["backtest", "--model", fx.base, "--prompts", prompts, "--max-tokens", "4"]
+        _ = try ok(backtest + ["--adapters", "file=\(recorded),folder=\(folder)", "--out", fx.path("runs/bt-recorded")])
+        let html = try String(contentsOfFile: fx.path("runs/bt-recorded/report.html"), encoding: .utf8)
+        XCTAssertTrue(html.contains("user: the cat") && !html.contains("&lt;|im_start|&gt;"), "the prompt through the recorded template")
+        try fails(backtest + ["--adapters", "v1=\(recorded),v2=\(plain)", "--out", fx.path("runs/bt-mixed")],
+                  mentioning: ["different chat templates", recorded, plain, "--chat-template"])
+        _ = try ok(backtest + ["--adapters", "v1=\(recorded),v2=\(plain)", "--chat-template", chatMLFile, "--out", fx.path("runs/bt-given")])
+    }
+
     /// Cost accounting: train writes cost.json and prints it, eval --json carries it, compare's
     /// results.json has one per method; the energy is an estimate here (no RAPL), labelled so.
     func testTrainEvalAndCompareReportTheirCost() throws {

@@ -324,6 +324,75 @@ final class PEFTFolderTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(PEFTFolder.weightsFile)), first)
     }
 
+    /// An adapter keeps the chat template it was trained with: a SwiftPEFT file holds it beside its
+    /// tensors (and still loads), a PEFT folder as chat_template.jinja (removed when a later export
+    /// has none) or in a tokenizer_config.json saved beside it (TRL's way). `useChatTemplate` takes a
+    /// given file over it, and it over the base's own; a recorded copy of the base's own counts as
+    /// none; adapters that record different templates are refused, naming them.
+    func testAnAdapterRecordsItsChatTemplate() throws {
+        let model = makeModel(.llama(vocabSize: 17, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12), seed: 1)
+        var c = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
+        c.initLoraWeights = .random
+        let lora = try LoRA(config: c)
+        try lora.attach(to: model)
+        let own = "{% for m in messages %}{{ m.content }}{% endfor %}"
+        let trained = "{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}"
+        let withIt = dir.appendingPathComponent("with.h5").path, without = dir.appendingPathComponent("without.h5").path
+        try AdapterCheckpoint.save(lora, base: model, chatTemplate: trained, to: withIt)
+        try AdapterCheckpoint.save(lora, base: model, to: without)
+        XCTAssertEqual(try adapterChatTemplate(withIt), trained)
+        XCTAssertNil(try adapterChatTemplate(without))
+        let other = makeModel(.llama(vocabSize: 17, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12), seed: 1)
+        XCTAssertEqual(try AdapterCheckpoint.load(withIt, onto: other).trainableCount, lora.trainableCount, "the template is not a tensor of the adapter")
+        // PEFT folders.
+        let folder = dir.appendingPathComponent("peft")
+        try exportPEFTFolder(lora, base: model, baseName: nil, chatTemplate: trained, to: folder)
+        XCTAssertEqual(try String(contentsOf: folder.appendingPathComponent(PEFTFolder.chatTemplateFile), encoding: .utf8), trained)
+        XCTAssertEqual(try adapterChatTemplate(folder.path), trained)
+        try exportPEFTFolder(lora, base: model, baseName: nil, to: folder)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted(), [PEFTFolder.configFile, PEFTFolder.weightsFile],
+                       "an export without a template leaves no older one behind")
+        XCTAssertNil(try adapterChatTemplate(folder.path))
+        try FileManager.default.createDirectory(at: folder.appendingPathComponent(".git"), withIntermediateDirectories: false)
+        try exportPEFTFolder(lora, base: model, baseName: nil, chatTemplate: trained, to: folder)  // file by file: a folder of the user's inside
+        XCTAssertEqual(try adapterChatTemplate(folder.path), trained)
+        try exportPEFTFolder(lora, base: model, baseName: nil, to: folder)
+        XCTAssertNil(try adapterChatTemplate(folder.path), "file by file too")
+        let config = folder.appendingPathComponent("tokenizer_config.json")
+        try Data(#"{"model_max_length": 64}"#.utf8).write(to: config)
+        XCTAssertNil(try adapterChatTemplate(folder.path), "a tokenizer saved without a template")
+        try JSONSerialization.data(withJSONObject: ["chat_template": trained]).write(to: config)
+        XCTAssertEqual(try adapterChatTemplate(folder.path), trained, "TRL saves the tokenizer beside the adapter")
+        // Which template is used.
+        let tok = try BPETokenizer.train(corpus: String(repeating: "the cat sat on the mat. ", count: 30), vocabSize: 280, specialTokens: ["<|endoftext|>"])
+        func used(file: String? = nil, _ adapters: [String]) throws -> String? {
+            let t = tok.withChatTemplate(own)
+            try useChatTemplate(file: file, adapters: adapters, on: t)
+            return t.chatTemplate
+        }
+        XCTAssertEqual(try used([withIt]), trained)
+        XCTAssertEqual(try used([without]), own)
+        XCTAssertEqual(try used([withIt, folder.path]), trained, "the same template recorded twice")
+        let given = dir.appendingPathComponent("given.jinja").path
+        try "{{ messages[0].content }}".write(toFile: given, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try used(file: given, [withIt, without]), "{{ messages[0].content }}", "a given file overrides what adapters record")
+        let ownRecorded = dir.appendingPathComponent("own.h5").path
+        try AdapterCheckpoint.save(lora, base: model, chatTemplate: own, to: ownRecorded)
+        XCTAssertEqual(try used([ownRecorded, without]), own, "a recorded copy of the base's own is the base's own")
+        XCTAssertThrowsError(try used([withIt, without])) { e in
+            let m = "\(e)"
+            XCTAssertTrue(m.contains(withIt) && m.contains(without) && m.contains("different chat templates") && m.contains("--chat-template"), m)
+        }
+        XCTAssertEqual(tok.withChatTemplate(trained).encode("the cat"), tok.encode("the cat"), "a copy with another template tokenizes as the original")
+        XCTAssertNil(tok.chatTemplate, "the original keeps its own")
+        // A damaged record is named.
+        let broken = dir.appendingPathComponent("broken.h5").path
+        try AdapterCheckpoint.save(lora, base: model, chatTemplate: "{% for m in messages %}", to: broken)
+        XCTAssertThrowsError(try adapterChatTemplate(broken)) { e in
+            XCTAssertTrue("\(e)".contains(broken) && "\(e)".contains("chat template"), "\(e)")
+        }
+    }
+
     func testAdapterNameInKeysIsAccepted() throws {
         let src = peftFixtures.appendingPathComponent("llama-dora")
         let folder = dir.appendingPathComponent("with-default")

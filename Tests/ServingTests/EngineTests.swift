@@ -449,6 +449,52 @@ final class ServerConnectionTests: XCTestCase {
 
     /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`
     /// out of it, and a symlink inside that points outside get 403; a relative path is taken inside.
+    /// Each adapter's chat requests are written with the template it was trained with (recorded in its
+    /// file), the base's with the base's; an adapter that records none, or the base's own, uses the
+    /// base's; `--chat-template` (chatTemplatePath) writes every model's.
+    func testAnAdaptersChatUsesTheTemplateItWasTrainedWith() async throws {
+        let tok = try trainBaseTokenizer(Self.corpus, vocabSize: 300)
+        tok.chatTemplate = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+        let trained = "{% for m in messages %}{{ m.role + ': ' + m.content + '<|im_end|>' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+        let (dir, basePath, _) = try savedBase("recorded", tokenizer: tok, maxPositions: 128)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let loaded = try loadModel(basePath)
+        let lora = try LoRA(config: LoRAConfig(r: 2, targetModules: .names(["q_proj"])), seed: 1)
+        _ = try lora.attach(to: loaded.model)
+        let paths = ["own", "none", "same"].map { dir.appendingPathComponent("\($0).h5").path }
+        try AdapterCheckpoint.save(lora, base: loaded.model, chatTemplate: trained, to: paths[0])
+        try AdapterCheckpoint.save(lora, base: loaded.model, to: paths[1])
+        try AdapterCheckpoint.save(lora, base: loaded.model, chatTemplate: tok.chatTemplate, to: paths[2])
+        let (engine, port, server) = try serve(basePath)
+        defer { server.cancel(); engine.shutdown() }
+        for (name, path) in zip(["own", "none", "same"], paths) { try engine.loadAdapter(name: name, path: path) }
+        XCTAssertEqual(engine.tokenizer(for: "own").chatTemplate, trained)
+        for name in [engine.baseName, "none", "same"] { XCTAssertTrue(engine.tokenizer(for: name) === engine.tokenizer, name) }
+        func promptTokens(_ model: String) async throws -> Int? {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/chat/completions")!)
+            r.httpMethod = "POST"
+            r.httpBody = try JSONSerialization.data(withJSONObject: ["model": model, "max_tokens": 1, "messages": [["role": "user", "content": "The cat"]]])
+            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            let (data, _) = try await URLSession.shared.data(for: r)
+            return ((try JSONSerialization.jsonObject(with: data) as? [String: Any])?["usage"] as? [String: Any])?["prompt_tokens"] as? Int
+        }
+        let chatML = tok.encode("<|im_start|>user\nThe cat<|im_end|>\n<|im_start|>assistant\n").count
+        let own = tok.encode("user: The cat<|im_end|>assistant: ").count
+        XCTAssertNotEqual(chatML, own)
+        let counted = (try await promptTokens(engine.baseName), try await promptTokens("own"), try await promptTokens("none"))
+        XCTAssertEqual(counted.0, chatML)
+        XCTAssertEqual(counted.1, own, "the adapter's requests through the template it was trained with")
+        XCTAssertEqual(counted.2, chatML)
+        // A given template writes every model's chat.
+        let given = dir.appendingPathComponent("given.jinja").path
+        try "{{ messages[0].content }}".write(toFile: given, atomically: true, encoding: .utf8)
+        let overridden = try ServingEngine(modelPath: basePath, chatTemplatePath: given)
+        defer { overridden.shutdown() }
+        try overridden.loadAdapter(name: "own", path: paths[0])
+        XCTAssertEqual(overridden.tokenizer(for: "own").chatTemplate, "{{ messages[0].content }}")
+    }
+
     func testAdaptersLoadOnlyFromTheAdapterFolder() async throws {
         let (dir, basePath, _) = try savedBase("adapterdir")
         defer { try? FileManager.default.removeItem(at: dir) }
