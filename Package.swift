@@ -79,7 +79,7 @@ let package = Package(
         .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"]),
         .executableTarget(name: "tokenizer-bench", dependencies: ["Tokenizers"]),
         // A seeded mutation fuzzer for every reader (scripts/reliability runs it).
-        .executableTarget(name: "fuzz-parsers", dependencies: ["SwiftPEFT"]),
+        .executableTarget(name: "fuzz-parsers", dependencies: ["SwiftPEFT", "Serving"]),
 
         // Examples: short programs that use the library as a user would; built with the package and
         // run at tiny size by ExamplesTests.

@@ -402,10 +402,10 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 
 /// Runs one completion: a JSON response, or server-sent events when `stream` is set. When
 /// client hangs up before a JSON answer is ready (`onHangUp`), the request is cancelled (a stream
-/// stops when a write to the gone client fails). With `readToolCalls` (the request's tool names),
+/// stops when a write to the gone client fails). With `readToolCalls` (the request's tools),
 /// a chat reply's calls of them are read back (`chatReply`); a stream then sends the reply whole,
 /// when it ends, since a call cannot be told from text before then.
-func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool, readToolCalls: Set<String>? = nil,
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool, readToolCalls: ToolSchemas? = nil,
               onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
     let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
     var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)

@@ -1,9 +1,7 @@
 // Tools in chat requests, as OpenAI's API and vLLM take them: the request's `tools` reach the model's
 // chat template, a conversation may hold the assistant's earlier `tool_calls` and `role: "tool"`
-// results, and the calls a reply makes are read back from its text into `tool_calls`. A reply calls
-// tools in the forms chat templates teach: Hermes/Qwen `<tool_call>{"name", "arguments"}</tool_call>`
-// blocks, Mistral's `[TOOL_CALLS] [{"name", "arguments"}, …]`, or a reply that is one JSON object `{"name", "arguments" | "parameters"}` naming one of
-// the request's tools (Llama 3.x, after `<|python_tag|>` or not), as vLLM's parsers read them.
+// results, and the calls a reply makes are read back from its text into `tool_calls`
+// (`parseToolCalls`, in ToolCallFormats.swift).
 
 import Foundation
 import Tokenizers
@@ -58,12 +56,11 @@ func chatRequestMessages(_ value: JSONValue?) throws -> [ChatMessage] {
     }
 }
 
-/// The request's tools for the template, and the names of those whose calls are read back from the
-/// reply (nil: none are read): `tools` a
-/// list of `{"type": "function", "function": {"name", …}}`; `tool_choice` "auto" (the default) or
+/// The request's tools for the template, and those whose calls are read back from the reply, with
+/// their parameters' schemas (nil: none are read): `tools` a list of `{"type": "function", "function": {"name", …}}`; `tool_choice` "auto" (the default) or
 /// "none" (the template still sees the tools; the reply is text). A forced choice ("required", a
 /// named function) needs constrained decoding, which this server does not do: refused.
-func requestTools(_ body: JSONValue) throws -> (tools: [JSONValue]?, readCalls: Set<String>?) {
+func requestTools(_ body: JSONValue) throws -> (tools: [JSONValue]?, readCalls: ToolSchemas?) {
     guard let t = body["tools"], t != .null else {
         if let c = body["tool_choice"], c != .null, c != .string("none"), c != .string("auto") {
             throw APIError(status: .badRequest, message: "tool_choice needs tools", param: "tool_choice")
@@ -74,7 +71,7 @@ func requestTools(_ body: JSONValue) throws -> (tools: [JSONValue]?, readCalls: 
     for (k, tool) in tools.enumerated() where tool["type"] != .string("function") || tool["function"]?["name"]?.string == nil {
         throw APIError(status: .badRequest, message: "tool \(k + 1) must be {\"type\": \"function\", \"function\": {\"name\", \"description\", \"parameters\"}}", param: "tools")
     }
-    let names = Set(tools.compactMap { $0["function"]?["name"]?.string })
+    let names = ToolSchemas(tools.map { ($0["function"]!["name"]!.string!, $0["function"]?["parameters"] ?? .null) }, uniquingKeysWith: { a, _ in a })
     switch body["tool_choice"] {
     case nil, .null?, .string("auto")?: return (tools.isEmpty ? nil : tools, tools.isEmpty ? nil : names)
     case .string("none")?: return (tools.isEmpty ? nil : tools, nil)
@@ -84,59 +81,9 @@ func requestTools(_ body: JSONValue) throws -> (tools: [JSONValue]?, readCalls: 
     }
 }
 
-/// A call read from a reply: the function's name and its arguments as JSON text.
-struct ToolCall: Equatable {
-    var name: String
-    var arguments: String
-}
-
-/// The tool calls in `text` and the text before them (nil when there is none), or nil when it
-/// calls none. As vLLM's parsers read them: `<tool_call>` blocks (Hermes), a JSON list of calls after
-/// `[TOOL_CALLS]` (Mistral), calls whose JSON cannot be read leaving the whole reply as text; or a
-/// reply that is one object `{"name", "arguments" | "parameters"}` naming one of `tools` (Llama 3.x),
-/// so a plain JSON answer stays text.
-func parseToolCalls(_ text: String, tools: Set<String>) -> (content: String?, calls: [ToolCall])? {
-    func call(_ json: String, needsArguments: Bool) -> ToolCall? {
-        guard let v = try? JSONValue(parsing: json), let name = v["name"]?.string, !name.isEmpty else { return nil }
-        let given = v["arguments"] ?? v["parameters"]
-        guard !needsArguments || (given != nil && tools.contains(name)) else { return nil }
-        let arguments = given ?? .object(JSONObject())
-        // Arguments given as a JSON string stay that string (OpenAI's form); an object is written out.
-        return ToolCall(name: name, arguments: arguments.string ?? arguments.text)
-    }
-    if let first = text.range(of: "<tool_call>") {
-        var calls: [ToolCall] = [], remaining = text[first.lowerBound...]
-        while let open = remaining.range(of: "<tool_call>") {
-            let after = remaining[open.upperBound...]
-            let close = after.range(of: "</tool_call>")
-            let json = String(after[..<(close?.lowerBound ?? after.endIndex)]).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard let c = call(json, needsArguments: false) else { return nil }
-            calls.append(c)
-            remaining = close.map { after[$0.upperBound...] } ?? ""
-        }
-        let content = text[..<first.lowerBound].trimmingCharacters(in: .whitespacesAndNewlines)
-        return (content.isEmpty ? nil : content, calls)
-    }
-    if let mark = text.range(of: "[TOOL_CALLS]") {  // Mistral's: a JSON list of calls after the token
-        guard case .array(let list)? = try? JSONValue(parsing: String(text[mark.upperBound...]).trimmingCharacters(in: .whitespacesAndNewlines)),
-              !list.isEmpty else { return nil }
-        var calls: [ToolCall] = []
-        for item in list {
-            guard case .object = item, let c = call(item.text, needsArguments: false) else { return nil }
-            calls.append(c)
-        }
-        let content = text[..<mark.lowerBound].trimmingCharacters(in: .whitespacesAndNewlines)
-        return (content.isEmpty ? nil : content, calls)
-    }
-    var body = text.trimmingCharacters(in: .whitespacesAndNewlines)
-    if body.hasPrefix("<|python_tag|>") { body = String(body.dropFirst("<|python_tag|>".count)) }
-    guard body.hasPrefix("{"), body.hasSuffix("}"), let c = call(body, needsArguments: true) else { return nil }
-    return (nil, [c])
-}
-
 /// The `message` of a chat choice: the reply's text, or its calls of `tools` (by name; `tool_calls`,
 /// ids `call_…`, finish reason "tool_calls") when it makes some; nil `tools`: none are read.
-func chatReply(_ text: String, finishReason: String, tools: Set<String>?) -> (message: [String: Any], finishReason: String) {
+func chatReply(_ text: String, finishReason: String, tools: ToolSchemas?) -> (message: [String: Any], finishReason: String) {
     guard let tools, let parsed = parseToolCalls(text, tools: tools) else { return (["role": "assistant", "content": text], finishReason) }
     let calls: [[String: Any]] = parsed.calls.map {
         ["id": "call_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24), "type": "function",
@@ -147,7 +94,7 @@ func chatReply(_ text: String, finishReason: String, tools: Set<String>?) -> (me
 
 /// The one `delta` a stream sends for a whole reply whose calls are read (`chatReply`): its text,
 /// or its calls, each with its `index`, as OpenAI's stream chunks carry them.
-func chatReplyDelta(_ text: String, finishReason: String, tools: Set<String>) -> (delta: [String: Any], finishReason: String) {
+func chatReplyDelta(_ text: String, finishReason: String, tools: ToolSchemas) -> (delta: [String: Any], finishReason: String) {
     let reply = chatReply(text, finishReason: finishReason, tools: tools)
     var delta = reply.message.filter { $0.key != "role" && !($0.value is NSNull) }
     if let calls = delta["tool_calls"] as? [[String: Any]] {

@@ -25,6 +25,15 @@ public indirect enum JSONValue: Equatable, Sendable {
         self = try parser.document()
     }
 
+    /// The JSON value that starts `text` (after whitespace) and the text after it, as Python's
+    /// `JSONDecoder.raw_decode` reads one from a longer text; nil when none can be read there.
+    public static func leading(in text: Substring) -> (value: JSONValue, rest: Substring)? {
+        let utf8 = text.utf8
+        var parser = JSONTextParser(Array(utf8))
+        guard let v = try? parser.value() else { return nil }
+        return (v, text[utf8.index(utf8.startIndex, offsetBy: parser.i)...])  // (i ends after an ASCII byte)
+    }
+
     /// The value's member `key`, when it is an object that has one.
     public subscript(key: String) -> JSONValue? {
         if case .object(let o) = self { return o[key] }

@@ -1,6 +1,6 @@
 // A seeded, structure-aware mutation fuzzer for every reader: GGUF, safetensors, HDF5, tokenizer.json,
 // config.json, adapter_config.json, JSONL data (chat through a template too), JSON against Foundation's
-// reader, and CLI config files. Inputs start from real files (the
+// reader, tool calls in replies, and CLI config files. Inputs start from real files (the
 // SmolLM2 GGUF header, the test fixtures, chat lines with tools) and are mutated: bytes flipped, integers overwritten with
 // boundary values, chunks cut, repeated or dropped, JSON numbers and strings swapped for hostile ones,
 // nesting deepened. A reader may accept or refuse an input; it may not crash or hang. Each input is
@@ -9,6 +9,7 @@
 //   swift run -c release fuzz-parsers [--seconds S per parser] [--seed N] [--only NAME] --work DIR
 import Foundation
 import SwiftPEFT
+import Serving
 
 var args = Array(CommandLine.arguments.dropFirst())
 func option(_ name: String) -> String? {
@@ -19,7 +20,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|chat|json|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|chat|json|toolcalls|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -163,6 +164,24 @@ func sameJSON(_ mine: JSONValue, _ theirs: Any) -> Bool {
     }
 }
 
+/// A reply that calls no tool: text, counted as refused.
+struct FuzzRefusal: Error {}
+let toolCallTools: ToolSchemas = ["get_weather": (try? JSONValue(parsing: #"{"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "hot": {"type": "boolean"}, "hours": {"type": "array"}}}"#)) ?? .null,
+                                  "get_time": .null]
+let toolCallSeeds = [
+    "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
+    "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=hot>\ntrue\n</parameter>\n<parameter=hours>\n[8, 20]\n</parameter>\n</function>\n</tool_call>",
+    #"Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time[CALL_ID]abc123xyz[ARGS]{"tz": "CET"}"#,
+    #"[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]"#,
+    #"<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]"#,
+    #"functools[{"name": "get_weather", "arguments": {"city": "Paris"}}]"#,
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+    #"<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"tz": "CET"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"#,
+    #"<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "get_time", "arguments": {"tz": "CET"}}"#,
+    "```json\n[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]\n```",
+    #"[get_weather(city="Paris", days=-2, hours=[1, 2.5], hot=True), get_time(tz='C\u00c9T', extra={"a": None, 1: [False]})]"#,
+]
+
 let targets: [Target] = [
     Target(name: "gguf", seeds: [ggufSeed()].compactMap { $0 }, json: false) { path, _ in
         let f = try GGUFFile(path)
@@ -215,6 +234,10 @@ let targets: [Target] = [
         if let theirs = try? JSONSerialization.jsonObject(with: d, options: [.fragmentsAllowed]), !sameJSON(mine, theirs) {
             fatalError("JSONValue and JSONSerialization read this input differently: \(mine) vs \(theirs)")
         }
+    },
+    // Replies as models write tool calls (every form `parseToolCalls` reads): calls read or text, never a crash.
+    Target(name: "toolcalls", seeds: toolCallSeeds.map { Data($0.utf8) }, json: true) { _, d in
+        guard parseToolCalls(String(decoding: d, as: UTF8.self), tools: toolCallTools) != nil else { throw FuzzRefusal() }
     },
     Target(name: "settings", seeds: [Data(#"{"model": "m.h5", "data": "d.jsonl", "out": "o", "steps": 3, "lr": 0.01, "seq-len": 16, "r": 4, "use-dora": true, "method-config": {"lora_alpha": 8}}"#.utf8)], json: true) { _, d in
         guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any] else { return }

@@ -370,7 +370,7 @@ final class ServerConnectionTests: XCTestCase {
     /// text, finish reason "tool_calls"), whole or as one stream delta; a reply that calls nothing,
     /// a plain JSON answer, or a call that cannot be read, stays text.
     func testToolCallsAreReadFromReplies() throws {
-        let tools: Set = ["get_weather", "get_time", "f"]
+        let tools: ToolSchemas = ["get_weather": .null, "get_time": .null, "f": .null]
         let hermes = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"location\": \"Zürich\", \"unit\": \"celsius\"}}\n</tool_call>\n"
             + "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"Europe/Zurich\"}}\n</tool_call>\nDone."
         let h = try XCTUnwrap(parseToolCalls(hermes, tools: tools))
@@ -419,6 +419,58 @@ final class ServerConnectionTests: XCTestCase {
         let text = chatReplyDelta("It is sunny.", finishReason: "length", tools: tools)
         XCTAssertEqual(text.finishReason, "length")
         XCTAssertEqual(text.delta.keys.sorted(), ["content"])
+    }
+
+    /// The other forms models write calls in, read as vLLM's parsers read them: Mistral's v11
+    /// `[TOOL_CALLS]NAME[ARGS]{…}` (with [CALL_ID] too), Granite's `<|tool_call|>[…]`, Phi-4-mini's
+    /// `functools[…]`, DeepSeek V3's and V3.1's markers, Qwen3-Coder's `<function=…>` with values
+    /// typed by the tool's schema, a JSON list inside `<tool_call>` (Granite 3.1), Llama's `;`
+    /// between objects, xLAM's bare or fenced list, and the pythonic list (Llama 3.2 and 4). Forms
+    /// without a marker must name the request's tools; anything unreadable stays text.
+    func testOtherToolCallFormatsAreRead() throws {
+        let schema = try JSONValue(parsing: #"{"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"}, "scale": {"type": "number"}, "hours": {"type": "array"}, "zip": {"type": "string"}, "note": {}}}"#)
+        let tools: ToolSchemas = ["get_weather": schema, "get_time": .null]
+        let weather = ToolCall(name: "get_weather", arguments: #"{"city": "Paris"}"#), time = ToolCall(name: "get_time", arguments: #"{"tz": "CET"}"#)
+        let cases: [(String, String?, [ToolCall])] = [
+            (#"Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time[ARGS]{"tz": "CET"}"#, "Sure.", [weather, time]),
+            (#"[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Paris"}"#, nil, [weather]),
+            (#"<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {"tz": "CET"}}]"#, nil, [weather, time]),
+            (#"<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]"#, nil, [weather]),
+            (#"Let me see. functools[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "parameters": {"tz": "CET"}}]"#, "Let me see.", [weather, time]),
+            ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜>\n"
+             + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"CET\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>", nil, [weather, time]),
+            (#"On it.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"#, "On it.", [weather]),
+            (#"<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "get_time", "arguments": {"tz": "CET"}}"#, nil, [weather, time]),
+            (#"[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {"tz": "CET"}}]"#, nil, [weather, time]),
+            ("```json\n[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]\n```", nil, [weather]),
+            (#"[get_weather(city="Paris"), get_time(tz='CET')]"#, nil, [weather, time]),
+            (#"<|python_start|>[get_weather(city="Paris",)]<|python_end|>"#, nil, [weather]),
+            (#"[get_time(tz="CET", days=-3, hours=[1, 2.5], on=True, off=None, map={"a": 'b\n', 1: False})]"#, nil,
+             [ToolCall(name: "get_time", arguments: #"{"tz": "CET", "days": -3, "hours": [1, 2.5], "on": true, "off": null, "map": {"a": "b\n", "1": false}}"#)]),
+            ("I will check.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n"
+             + "<parameter=metric>\nTrue\n</parameter>\n<parameter=scale>\n2.0\n</parameter>\n<parameter=hours>\n[8, 20]\n</parameter>\n"
+             + "<parameter=zip>\n01000\n</parameter>\n<parameter=note>\nsee you\n</parameter>\n<parameter=extra>\n7\n</parameter>\n</function>\n</tool_call>\n"
+             + "<tool_call>\n<function=get_time>\n<parameter=tz>\nnull\n</parameter>\n</function>\n</tool_call>", "I will check.",
+             [ToolCall(name: "get_weather", arguments: #"{"city": "Paris", "days": 3, "metric": true, "scale": 2, "hours": [8, 20], "zip": "01000", "note": "see you", "extra": "7"}"#),
+              ToolCall(name: "get_time", arguments: #"{"tz": null}"#)]),
+            ("<function=get_time>\n<parameter=tz>\nCET\n</parameter>\n</function>", nil, [time]),
+            ("Use functools.partial for that. <tool_call>{\"name\": \"get_time\", \"arguments\": {\"tz\": \"CET\"}}</tool_call>", "Use functools.partial for that.", [time]),
+        ]
+        for (text, content, calls) in cases {
+            let r = try XCTUnwrap(parseToolCalls(text, tools: tools), text)
+            XCTAssertEqual(r.content, content, text)
+            XCTAssertEqual(r.calls, calls, text)
+        }
+        for text in ["[1, 2, 3]", "[get_weather]", #"[get_weather("Paris")]"#, #"[open(path="x")]"#, #"[{"name": "Alice", "arguments": {}}]"#,
+                     "Use functools.partial here.", #"[TOOL_CALLS]get_weather[ARGS]{"city": "#, #"[TOOL_CALLS]get_weather{"city": "Paris"}"#,
+                     "<|tool_call|>[]", #"<|tool_call|>[{"name": "get_weather"}] trailing"#, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{bad}<｜tool▁call▁end｜>",
+                     #"{"name": "get_weather", "arguments": {}}; {"answer": 1}"#, "<function=>", #"[get_weather(city="Paris") get_time()]"#,
+                     #"[get_weather(city="Paris", city="Rome")]"#] {
+            XCTAssertNil(parseToolCalls(text, tools: tools), text)
+        }
+        // A request's tools carry their schemas.
+        let body = try JSONValue(parsing: #"{"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}, {"type": "function", "function": {"name": "get_time"}}]}"#)
+        XCTAssertEqual(try requestTools(body).readCalls, ["get_weather": try JSONValue(parsing: #"{"type": "object"}"#), "get_time": .null])
     }
 
     /// A chat request's messages for the template, as vLLM hands them over: a call's arguments
