@@ -24,8 +24,8 @@ public final class Communicator: @unchecked Sendable {
     /// Processes of the job on this machine (they share its cores).
     public let localSize: Int
     /// Seconds a rank waits in one collective before it ends the job (`SWIFTPEFT_MPI_TIMEOUT`,
-    /// default 600): long enough for rank 0's evaluations and checkpoints, short next to a hang.
-    /// 0 or less: no limit.
+    /// default 600): long enough for rank 0's evaluations, short next to a hang. Waits for rank 0's
+    /// writes (`barrier(what:patient:)`) have no limit. 0 or less: no limit.
     public let timeoutSeconds: Double
 
     /// True for rank 0 (and for a process without `mpirun`).
@@ -150,15 +150,17 @@ public final class Communicator: @unchecked Sendable {
         return Int(differing[0])
     }
 
-    /// Waits until every rank arrives here.
-    public func barrier(what: @autoclosure () -> String) throws {
+    /// Waits until every rank arrives here. `patient`: without the step timeout, for the wait while
+    /// rank 0 writes checkpoints and outputs, which takes as long as its disk takes (a rank 0 that
+    /// fails there ends the job through `mpirun`, as any rank that stops does).
+    public func barrier(what: @autoclosure () -> String, patient: Bool = false) throws {
         guard isDistributed else { return }
-        try collective(what()) { MPI_Barrier(swiftpeft_mpi_comm_world()) }
+        try collective(what(), patient: patient) { MPI_Barrier(swiftpeft_mpi_comm_world()) }
     }
 
-    private func collective(_ what: String, _ call: () -> Int32) throws {
+    private func collective(_ what: String, patient: Bool = false, _ call: () -> Int32) throws {
         waitingFor.withLock { $0 = what }
-        waitingSince.store(DispatchTime.now().uptimeNanoseconds, ordering: .releasing)
+        waitingSince.store(patient ? 0 : DispatchTime.now().uptimeNanoseconds, ordering: .releasing)  // 0: the watchdog leaves it
         let rc = call()
         waitingSince.store(0, ordering: .releasing)
         guard rc == MPI_SUCCESS else {

@@ -236,6 +236,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     try trainer.run(&stream, validation: scorer)
     let seconds = Date().timeIntervalSince(start)
     let saved: String
+    if comm.isLeader && Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
     if !comm.isLeader {  // the leader writes the outputs
         saved = out.appendingPathComponent(method == nil ? "model.h5" : "adapter.h5").path
     } else if let method {
@@ -251,9 +252,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
     // This process's session (a resumed run's earlier sessions were metered then), every rank's.
     var cost = meter.reading(tokens: trainer.tokensTrained - trainer.tokensAtResume)
+    try comm.barrier(what: "the end of training (rank 0 writes \(saved))", patient: true)
     if comm.isDistributed { cost = try cost.summed(over: comm) }
     if comm.isLeader { try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json")) }
-    try comm.barrier(what: "the end of training (rank 0 writes \(saved))")
+    try comm.barrier(what: "the end of training (rank 0 writes cost.json)", patient: true)
     return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history,

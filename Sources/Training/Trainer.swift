@@ -242,6 +242,13 @@ public final class Trainer {
         let last = min(options.steps, until ?? options.steps)
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
         if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
+        // Rank 0 writes a checkpoint when one is due; every rank waits for it without the step
+        // timeout (a slow disk is not a hung rank).
+        func checkpointIfDue() throws {
+            guard (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last else { return }
+            if let url = checkpointURL { try saveCheckpoint(url, data: data) }
+            try comm?.barrier(what: "step \(step): rank 0 writes its checkpoint", patient: true)
+        }
         while step < last {
             // Dropout masks (the model's and the adapters'): a stream of their own for each step and
             // rank, from the seed, so every rank draws its own masks and a resumed run draws the
@@ -300,9 +307,7 @@ public final class Trainer {
                     model.train()
                 }
                 lastTime = Date()
-                if let url = checkpointURL, (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last {
-                    try saveCheckpoint(url, data: data)
-                }
+                try checkpointIfDue()
                 continue
             }
             let lr = options.schedule.lr(step: step, total: options.steps, warmup: options.warmupSteps, peak: options.lr)
@@ -327,9 +332,7 @@ public final class Trainer {
             history.append(m)
             try appendMetrics(m)
             onStep?(m)
-            if let url = checkpointURL, (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last {
-                try saveCheckpoint(url, data: data)
-            }
+            try checkpointIfDue()
         }
     }
 
@@ -356,8 +359,13 @@ public final class Trainer {
 
     public static let checkpointFormat = ModelSource.trainingStateFormat
 
+    /// Seconds every checkpoint and output write waits first (`SWIFTPEFT_FAULT_SLOW_WRITES`): a slow
+    /// disk, simulated for the data-parallel tests (the other ranks must wait for it).
+    static let slowWrites = ProcessInfo.processInfo.environment["SWIFTPEFT_FAULT_SLOW_WRITES"].flatMap(Double.init) ?? 0
+
     /// Writes trained tensors, optimizer state, step and data position atomically.
     public func saveCheckpoint<S: BatchStream>(_ url: URL, data: S) throws {
+        if Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
         // An update can turn a weight non-finite while the loss that led to it was still finite:
         // such a state is not "good", so it never replaces the last good one.
         for (name, t) in parameters {

@@ -246,6 +246,21 @@ final class DistributedTests: XCTestCase {
         if let stopped { kill(stopped, SIGKILL) }
     }
 
+    /// Rank 0's checkpoints and outputs take as long as its disk takes: the other ranks wait for them
+    /// past the step timeout (here a disk made slower than the 2 s timeout, 3 s per write), and the
+    /// run ends well, with every output written.
+    func testRanksWaitForRankZerosSlowWritesPastTheStepTimeout() throws {
+        let out = fx.path("dp-slow-writes")
+        let r = try train(ranks: 2, batch: 2, method: "lora", out: out, extra: ["--steps", "4", "--save-every", "2"],
+                          mpiEnvironment: ["SWIFTPEFT_MPI_TIMEOUT=2", "SWIFTPEFT_FAULT_SLOW_WRITES=3"])
+        XCTAssertEqual(r.status, 0, r.transcript)
+        XCTAssertFalse(r.output.contains("no reply from the other ranks"), r.transcript)
+        for file in ["adapter.h5", "state.h5", "cost.json", "metrics.jsonl"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + file), file + "\n" + r.transcript)
+        }
+        XCTAssertEqual(try losses(out).count, 4)
+    }
+
     /// The pid of the `swiftpeft` process that is rank `rank` of a job writing to `out`.
     static func rank(_ rank: Int, runningWith out: String) -> Int32? {
         guard let pids = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
