@@ -393,6 +393,22 @@ case("filter-min-max-sum",
 case("filter-dictsort",
      "{% set d = {'b': 1, 'a': 3, 'C': 2} %}{{ d | dictsort }}|{{ d | dictsort(by='value') }}|"
      "{{ d | dictsort(reverse=true) }}|{{ d | dictsort(true) }}|{% for k, v in d | dictsort %}{{ k }}{{ v }}{% endfor %}")
+# A dict literal's number keys stay numbers (ByteDance Seed-OSS compares them with a budget).
+case("dict-literal-number-keys",
+     "{%- set gears = {0: 0, 4096: 512, 1024: 256, true: 'yes'} -%}"
+     "{% for k, v in gears | dictsort %}{{ k + 1 }}:{{ v }} {% endfor %}|{{ gears[4096] }} {{ 4096 in gears }} "
+     "{{ '4096' in gears }} {{ gears.get(1024) }} {{ gears.get('1024', 'none') }}|{{ gears.keys() | list }}|{{ gears.items() | list }}|"
+     "{{ gears | tojson }}|{% for k in gears %}{{ k is number }} {% endfor %}|{{ gears }}|"
+     "{% set ns = namespace(gear=none) %}{% for k, v in gears | dictsort %}{% if ns.gear is none and budget <= k %}"
+     "{% set ns.gear = v %}{% endif %}{% endfor %}{{ ns.gear }}",
+     {"budget": 1000})
+# select, reject, their attr forms and map give nothing for a false value (functionary's `tools | selectattr` with tools none).
+case("filter-on-none",
+     "{{ none | selectattr('type', 'equalto', 'x') | list | length }}|{{ none | rejectattr('type') | list }}|"
+     "{{ none | map(attribute='a') | list }}|{{ nothing | reject | list }}|{{ [] | select | list }}|{{ '' | map('upper') | list }}")
+# An unknown filter fails where it is used, not where it is written (jinja2 3: DeepSeek V3.2's `from_json`).
+case("filter-unknown-in-untaken-branch", "{% if false %}{{ x | from_json }}{% endif %}ok")
+case("error-filter-unknown-taken", "{% if true %}{{ 'a' | from_json }}{% endif %}")
 case("filter-indent",
      "{{ 'a\nb\n\nc' | indent(4) }}\n---\n{{ 'a\nb' | indent(2, first=true) }}\n---\n"
      "{{ 'a\n\nb\n' | indent(2, blank=true) }}\n---\n{{ 'a\nb' | indent('> ') }}\n---\n{{ 'a\nb' | indent }}\n---\n"

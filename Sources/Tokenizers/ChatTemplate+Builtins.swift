@@ -293,14 +293,13 @@ func jinjaMethod(_ value: JinjaValue, _ name: String) -> JinjaFunction? {
         }
     case .dict(let d):
         switch name {
-        case "items": return JinjaFunction(name) { _, _ in .list(d.pairs.map { .tuple([.string($0.0), $0.1]) }) }
-        case "keys": return JinjaFunction(name) { _, _ in .list(d.keys.map { .string($0) }) }
+        case "items": return JinjaFunction(name) { _, _ in .list(d.items.map { .tuple([$0.0, $0.1]) }) }
+        case "keys": return JinjaFunction(name) { _, _ in .list(d.items.map(\.0)) }
         case "values": return JinjaFunction(name) { _, _ in .list(d.pairs.map(\.1)) }
         case "get":
             return JinjaFunction(name) { args, keywords in
                 let a = JinjaCall(args, keywords)
-                guard case .string(let k)? = a.get(0, "key") else { return a.get(1, "default") ?? .none }
-                return d[k] ?? a.get(1, "default") ?? .none
+                return a.get(0, "key").flatMap { d.value(at: $0) } ?? a.get(1, "default") ?? .none
             }
         default: return nil
         }
@@ -513,7 +512,7 @@ extension JinjaRenderer {
         case "items":
             if value.isUndefined { return .list([]) }
             guard case .dict(let d) = value else { throw ChatTemplateError("can only get item pairs from a mapping") }
-            return .list(d.pairs.map { .tuple([.string($0.0), $0.1]) })
+            return .list(d.items.map { .tuple([$0.0, $0.1]) })
         case "replace":
             guard let old = a.get(0, "old").map(text), let new = a.get(1, "new").map(text) else {
                 throw ChatTemplateError("replace takes two strings")
@@ -556,6 +555,7 @@ extension JinjaRenderer {
             return .string(try pythonJSON(value, indent: indent, sortKeys: a.bool(3, "sort_keys"), separators: separators,
                                           asciiOnly: a.bool(1, "ensure_ascii")))
         case "selectattr", "rejectattr", "select", "reject":
+            if !value.truthy { return .list([]) }  // jinja2 yields nothing for a false value (None, undefined, empty)
             let byAttribute = name.hasSuffix("attr")
             let rest = Array(a.positional.dropFirst(byAttribute ? 1 : 0))
             return .list(try value.iterated().filter { item in
@@ -565,6 +565,7 @@ extension JinjaRenderer {
                 return passes == name.hasPrefix("select")
             })
         case "map":
+            if !value.truthy { return .list([]) }
             if let attribute = a.keywords.first(where: { $0.0 == "attribute" })?.1 {
                 let fallback = a.keywords.first { $0.0 == "default" }?.1
                 return .list(try value.iterated().map { item in
@@ -616,7 +617,7 @@ extension JinjaRenderer {
             guard case .dict(let d) = value else { throw ChatTemplateError("dictsort takes a mapping") }
             let byValue = a.get(1, "by").map(text) == "value"
             let caseSensitive = a.bool(0, "case_sensitive")
-            let pairs = d.pairs.map { JinjaValue.tuple([.string($0.0), $0.1]) }
+            let pairs = d.items.map { JinjaValue.tuple([$0.0, $0.1]) }
             let sorted = try applyFilter("sort", to: .list(pairs), ([], [("reverse", .bool(a.bool(2, "reverse"))),
                                                                          ("case_sensitive", .bool(caseSensitive)), ("attribute", .string(byValue ? "1" : "0"))]))
             return sorted

@@ -424,7 +424,6 @@ struct JinjaParser {
             var filters: [(String, JinjaArguments)] = []
             while skipIf(.op("|")) {
                 let filterName = try name()
-                guard jinjaFilterNames.contains(filterName) else { throw fail("no filter named '\(filterName)'") }
                 filters.append((filterName, current == .op("(") ? try parseArguments() : JinjaArguments()))
             }
             try expect(.blockEnd)
@@ -467,7 +466,6 @@ struct JinjaParser {
             return .generation(body)
         case "filter":
             let filterName = try name()
-            guard jinjaFilterNames.contains(filterName) else { throw fail("no filter named '\(filterName)'") }
             let arguments = current == .op("(") ? try parseArguments() : JinjaArguments()
             try expect(.blockEnd)
             let (body, _) = try parseNodes(until: ["endfilter"])
@@ -671,7 +669,6 @@ struct JinjaParser {
         while true {
             if skipIf(.op("|")) {
                 let filterName = try name()
-                guard jinjaFilterNames.contains(filterName) else { throw fail("no filter named '\(filterName)'") }
                 e = .filter(e, filterName, current == .op("(") ? try parseArguments() : JinjaArguments())
             } else if current == .name("is") {
                 p += 1

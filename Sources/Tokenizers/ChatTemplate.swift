@@ -107,6 +107,9 @@ public enum JinjaValue: @unchecked Sendable {
 public struct JinjaDict: @unchecked Sendable {
     public private(set) var keys: [String] = []
     var values: [String: JinjaValue] = [:]
+    /// The keys a template's dict literal gave as numbers, booleans or None (`{4096: 512}`), by their
+    /// text (as tojson writes them): iterating, `items()` and `dictsort` give them back as they were.
+    private var nonStringKeys: [String: JinjaValue] = [:]
 
     public init(_ pairs: [(String, JinjaValue)] = []) {
         for (k, v) in pairs { self[k] = v }
@@ -118,9 +121,38 @@ public struct JinjaDict: @unchecked Sendable {
             if values[key] == nil, newValue != nil { keys.append(key) }
             if newValue == nil { keys.removeAll { $0 == key } }
             values[key] = newValue
+            nonStringKeys[key] = nil
         }
     }
+
+    /// `d[key] = value` for a key of any kind.
+    mutating func set(_ key: JinjaValue, _ value: JinjaValue) throws {
+        let text = try Self.text(of: key)
+        self[text] = value
+        if case .string = key {} else { nonStringKeys[text] = key }
+    }
+
+    /// The value under `key` of any kind: a string, or a number, boolean or None a literal gave.
+    func value(at key: JinjaValue) -> JinjaValue? {
+        if case .string(let k) = key { return nonStringKeys[k] == nil ? values[k] : nil }
+        guard let text = try? Self.text(of: key), let given = nonStringKeys[text], jinjaEqual(given, key) else { return nil }
+        return values[text]
+    }
+
+    /// A key as the template gave it.
+    func keyValue(_ key: String) -> JinjaValue { nonStringKeys[key] ?? .string(key) }
+
     var pairs: [(String, JinjaValue)] { keys.map { ($0, values[$0]!) } }
+    /// The pairs with their keys as the template gave them.
+    var items: [(JinjaValue, JinjaValue)] { keys.map { (keyValue($0), values[$0]!) } }
+
+    private static func text(of key: JinjaValue) throws -> String {
+        if case .string(let s) = key { return s }
+        switch key {
+        case .int, .double, .bool, .none: return try pythonJSON(key, indent: nil, sortKeys: false)
+        default: throw ChatTemplateError("unhashable type: '\(key.typeName)'")
+        }
+    }
 }
 
 /// `namespace(...)`: the one object a template can change from inside a loop.
@@ -221,7 +253,7 @@ extension JinjaValue {
         case .string(let s): return pythonStringRepr(s)
         case .list(let l): return "[" + l.map { $0.repr(printing: printing) }.joined(separator: ", ") + "]"
         case .tuple(let l): return "(" + l.map { $0.repr(printing: printing) }.joined(separator: ", ") + (l.count == 1 ? ",)" : ")")
-        case .dict(let d): return "{" + d.pairs.map { pythonStringRepr($0.0) + ": " + $0.1.repr(printing: printing) }.joined(separator: ", ") + "}"
+        case .dict(let d): return "{" + d.items.map { $0.0.repr(printing: printing) + ": " + $0.1.repr(printing: printing) }.joined(separator: ", ") + "}"
         case .namespace(let n):
             let id = ObjectIdentifier(n)
             if printing.contains(id) { return "<Namespace {...}>" }
@@ -235,7 +267,7 @@ extension JinjaValue {
         switch self {
         case .undefined: return []
         case .list(let l), .tuple(let l): return l
-        case .dict(let d): return d.keys.map { .string($0) }
+        case .dict(let d): return d.items.map(\.0)
         case .string(let s): return s.unicodeScalars.map { .string(String($0)) }
         default: throw ChatTemplateError("'\(typeName)' object is not iterable")
         }
@@ -555,14 +587,8 @@ struct JinjaRenderer {
         case .list(let items): return .list(try items.map { try eval($0, scope) })
         case .tuple(let items): return .tuple(try items.map { try eval($0, scope) })
         case .dict(let pairs):
-            // Keys are strings here: another key is kept as tojson writes it (1 → "1", none → "null").
             var d = JinjaDict()
-            for (k, v) in pairs {
-                let key = try eval(k, scope)
-                if case .string(let text) = key { d[text] = try eval(v, scope) } else {
-                    d[try pythonJSON(key, indent: nil, sortKeys: false)] = try eval(v, scope)
-                }
-            }
+            for (k, v) in pairs { try d.set(try eval(k, scope), try eval(v, scope)) }
             return .dict(d)
         case .attribute(let base, let name): return try attribute(try eval(base, scope), name)
         case .item(let base, let index): return try item(try eval(base, scope), try eval(index, scope))
@@ -715,9 +741,7 @@ struct JinjaRenderer {
             guard case .string(let n) = needle else { throw ChatTemplateError("'in <string>' requires string as left operand, not \(needle.typeName)") }
             return n.isEmpty || s.contains(n)
         case .list(let l), .tuple(let l): return l.contains { jinjaEqual($0, needle) }
-        case .dict(let d):
-            guard case .string(let k) = needle else { return false }
-            return d[k] != nil
+        case .dict(let d): return d.value(at: needle) != nil
         case .undefined: return false
         default: throw ChatTemplateError("argument of type '\(container.typeName)' is not iterable")
         }
@@ -738,7 +762,7 @@ struct JinjaRenderer {
     func item(_ value: JinjaValue, _ index: JinjaValue) throws -> JinjaValue {
         switch (value, index) {
         case (.undefined(let n), _): throw ChatTemplateError("'\(n)' is undefined (reading an item of it)")
-        case (.dict(let d), .string(let k)): if let v = d[k] { return v }
+        case (.dict(let d), _): if let v = d.value(at: index) { return v }
         case (.namespace(let ns), .string(let k)): if let v = ns.attributes[k] { return v }
         case (.list(let l), _) where index.integer != nil, (.tuple(let l), _) where index.integer != nil:
             let i = index.integer!
