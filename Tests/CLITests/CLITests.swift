@@ -299,7 +299,7 @@ final class CLITests: XCTestCase {
 
     func testEverySubcommandHasHelpWithAnExample() throws {
         let top = try ok(["--help"])
-        for sub in ["info", "pretrain", "train", "eval", "generate", "merge", "export", "compare", "inspect"] {
+        for sub in ["info", "pretrain", "train", "eval", "preview", "generate", "merge", "export", "compare", "backtest", "serve", "inspect", "bench"] {
             XCTAssertTrue(top.stdout.contains(sub), "top-level help lists \(sub):\n\(top.transcript)")
             let r = try ok([sub, "--help"])
             XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help shows an example:\n\(r.transcript)")
@@ -678,6 +678,38 @@ final class CLITests: XCTestCase {
         try fails(backtest + ["--adapters", "v1=\(recorded),v2=\(plain)", "--out", fx.path("runs/bt-mixed")],
                   mentioning: ["different chat templates", recorded, plain, "--chat-template"])
         _ = try ok(backtest + ["--adapters", "v1=\(recorded),v2=\(plain)", "--chat-template", chatMLFile, "--out", fx.path("runs/bt-given")])
+    }
+
+    /// preview prints examples as training writes them, the learned text marked (here ChatML without
+    /// a template: each reply and its <|im_end|>), from --skip on; --json gives runs whose tokens add
+    /// up to the example's and whose learned count is what tokenizing for training learns; a
+    /// conversation the template refuses is named by file and line.
+    func testPreviewShowsWhatTrainingLearns() throws {
+        let chat = fx.path("preview-chat.jsonl")
+        try [#"{"messages": [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}]}"#,
+             #"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a dog"}, {"role": "assistant", "content": "ran"}, {"role": "user", "content": "and?"}, {"role": "assistant", "content": "sat"}]}"#]
+            .joined(separator: "\n").write(toFile: chat, atomically: true, encoding: .utf8)
+        let r = try ok(["preview", "--model", fx.base, "--data", chat, "--examples", "1", "--color", "never"])
+        XCTAssertTrue(r.stdout.contains("chat, 2 examples; showing 1–1"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("<|im_start|>user\nthe cat<|im_end|>\n<|im_start|>assistant\n⟦sat on the mat<|im_end|>⟧"), r.transcript)
+        let j = try ok(["preview", "--model", fx.base, "--data", chat, "--skip", "1", "--json"])
+        let lines = j.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, j.transcript)
+        let e = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any])
+        let runs = try XCTUnwrap(e["runs"] as? [[String: Any]])
+        XCTAssertEqual(e["line"] as? Int, 2)
+        XCTAssertEqual(runs.compactMap { $0["tokens"] as? Int }.reduce(0, +), e["tokens"] as? Int)
+        XCTAssertEqual(runs.filter { $0["learned"] as? Bool == true }.compactMap { $0["text"] as? String }, ["ran<|im_end|>", "sat<|im_end|>"])
+        let tokenizer = try XCTUnwrap(try loadModel(fx.base).tokenizer)
+        let trained = try readExamples(chat).examples[1].tokenized(tokenizer)
+        XCTAssertEqual(e["learned_tokens"] as? Int, trained.learned.filter { $0 }.count)
+        XCTAssertEqual(e["tokens"] as? Int, trained.ids.count)
+        // A template that refuses a system message: the line is named.
+        let refusing = fx.path("preview-refusing.jinja")
+        try "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system messages') }}{% endif %}{{ m.content }}{% endfor %}"
+            .write(toFile: refusing, atomically: true, encoding: .utf8)
+        try fails(["preview", "--model", fx.base, "--data", chat, "--chat-template", refusing, "--skip", "1"], mentioning: [chat + ":2", "no system messages"])
+        try fails(["preview", "--model", fx.base, "--data", chat, "--examples", "0"], mentioning: ["--examples"])
     }
 
     /// Cost accounting: train writes cost.json and prints it, eval --json carries it, compare's
