@@ -78,6 +78,7 @@ let package = Package(
             dependencies: ["SwiftPEFT", "Serving", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "tensor-bench", dependencies: ["TensorCore", "CBLAS"]),
         .executableTarget(name: "tokenizer-bench", dependencies: ["Tokenizers"]),
+        .executableTarget(name: "template-check", dependencies: ["Tokenizers"]),
         // A seeded mutation fuzzer for every reader (scripts/reliability runs it).
         .executableTarget(name: "fuzz-parsers", dependencies: ["SwiftPEFT", "Serving"]),
 

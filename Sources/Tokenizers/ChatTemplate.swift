@@ -165,7 +165,9 @@ public final class JinjaNamespace {
 public final class JinjaFunction {
     let name: String
     let call: (_ positional: [JinjaValue], _ keywords: [(String, JinjaValue)]) throws -> JinjaValue
-    init(_ name: String, _ call: @escaping ([JinjaValue], [(String, JinjaValue)]) throws -> JinjaValue) {
+    /// A function named `name` (for error messages) that a template calls with positional and keyword
+    /// arguments; given as a variable, it takes the place of a global of that name (`strftime_now`).
+    public init(_ name: String, _ call: @escaping ([JinjaValue], [(String, JinjaValue)]) throws -> JinjaValue) {
         self.name = name
         self.call = call
     }
