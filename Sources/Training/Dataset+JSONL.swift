@@ -282,6 +282,11 @@ public struct TokenizedExample: Equatable, Sendable {
             j += form.count
         }
         guard j == full.count else { throw lost(nil) }
+        // A function's name written again after its call (a template that heads the tool's result
+        // with the name of the call it answers, as gpt-oss's and Gemma 4's do) is not part of the
+        // reply: the call is its first copy.
+        var seen = Set<Int>()
+        found.removeAll { pieces[$0.piece].isName && !seen.insert($0.piece).inserted }
         // Each reply: its pieces written once each, next to each other.
         var spans: [(message: Int, first: Int, last: Int)] = []  // indices into `found`
         for (k, m) in messages.enumerated() where m.role == "assistant" {
@@ -309,6 +314,23 @@ public struct TokenizedExample: Equatable, Sendable {
         // before the reply; else, for a reply with text, its text. And where its turn ends at the
         // latest: the end of the conversation through it, when that is the start of the whole.
         var starts: [Int] = [], limits: [Int] = []
+        // Where the whole writes the end of `plain` (a conversation's rendering) last, between `after`
+        // and `before`: the position after the longest end of `plain` that the whole writes there,
+        // when that end holds its last message's text. A template without a generation prompt that
+        // writes something before the last user message only (Mistral's `[AVAILABLE_TOOLS]`) makes
+        // an earlier conversation's rendering differ from the start of the whole, not its end.
+        func endOfConversation(_ plain: [Unicode.Scalar], before: Int, after: Int, lastText: String) -> Int? {
+            guard let tail = plain.last, after <= before else { return nil }
+            var best = (length: 0, at: 0)
+            for s in stride(from: before, through: max(after, 1), by: -1) where full[s - 1] == tail {
+                var n = 0
+                while n < plain.count, n < s, plain[plain.count - 1 - n] == full[s - 1 - n] { n += 1 }
+                if n > best.length { best = (n, s) }
+            }
+            guard best.length > 0 else { return nil }
+            let content = lastText.trimmingCharacters(in: .whitespacesAndNewlines)
+            return content.isEmpty || text(plain[(plain.count - best.length)...]).contains(content) ? best.at : nil
+        }
         for span in spans {
             let textStart = found[span.first].start
             let gapStart = span.first > 0 ? found[span.first - 1].end : 0
@@ -328,6 +350,9 @@ public struct TokenizedExample: Equatable, Sendable {
                     while n < min(wanted.count, written.count), wanted[n] == written[n] { n += 1 }
                     let matched = Array(tokenizer.decode(Array(written[..<n])).unicodeScalars)
                     if n > 0, full[plain.count...].starts(with: matched) { start = plain.count + matched.count }
+                }
+                if start == nil, header.isEmpty, let at = endOfConversation(plain, before: textStart, after: gapStart, lastText: span.message > 0 ? messages[span.message - 1].content : "") {
+                    start = at  // no generation prompt, and the conversation before is not the start of the whole (Mistral's tools)
                 }
                 if start == nil, !header.isEmpty, textStart - gapStart >= header.count {
                     start = stride(from: textStart - header.count, through: gapStart, by: -1)

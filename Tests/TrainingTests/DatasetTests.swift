@@ -238,8 +238,9 @@ final class DatasetTests: XCTestCase {
                 + "{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}{{ bos_token }}{% for m in rest %}{% if m['role'] == 'user' %}"
                 + "{% if loop.index0 == ns.last and sys is defined %}{{ '[INST] ' + sys + '\n\n' + m['content'] + '[/INST]' }}"
                 + "{% else %}{{ '[INST] ' + m['content'] + '[/INST]' }}{% endif %}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}",
-             // The second reply follows the conversation before it, which has no generation prompt: its ' ' is learned.
-             "<s>[INST] Say hello.[/INST]  hello </s>[INST] Be brief.\n\nThe cat[/INST] sat</s>", " hello </s> sat</s>", "</s>"),
+             // Each reply follows the conversation before it, which has no generation prompt: its ' ' is learned
+             // (the first reply's too, though the system message moves: the end of the conversation before it is found).
+             "<s>[INST] Say hello.[/INST]  hello </s>[INST] Be brief.\n\nThe cat[/INST] sat</s>", "  hello </s> sat</s>", "</s>"),
             // Each turn ends with <|end|>; the conversation with EOS after it.
             ("phi4", "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
                 + "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}",
@@ -432,7 +433,33 @@ final class DatasetTests: XCTestCase {
             + "{% elif m.role == 'tool' %}{{ '[TOOL_RESULTS] ' + m.content + '[/TOOL_RESULTS]' }}{% elif m.tool_calls %}{{ '[TOOL_CALLS] [' }}"
             + "{% for c in m.tool_calls %}{{ '{\"name\": \"' + c.function.name + '\", \"arguments\": ' + (c.function.arguments | tojson) + '}' }}{% endfor %}"
             + "{{ ']' + eos_token }}{% else %}{{ ' ' + m.content + eos_token }}{% endif %}{% endfor %}"
+        // Mistral's tools template writes [AVAILABLE_TOOLS] before the last user message only: a call in
+        // an earlier turn follows a conversation whose rendering is not the start of the whole.
+        let mistralTools = "{{ bos_token }}{% set ns = namespace(last=0) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+            + "{% for m in messages %}{% if m.role == 'user' %}{% if tools and loop.index0 == ns.last %}{{ '[AVAILABLE_TOOLS] ' + (tools | tojson) + '[/AVAILABLE_TOOLS]' }}{% endif %}"
+            + "{{ '[INST] ' + m.content + '[/INST]' }}"
+            + "{% elif m.role == 'tool' %}{{ '[TOOL_RESULTS] ' + m.content + '[/TOOL_RESULTS]' }}{% elif m.tool_calls %}{{ '[TOOL_CALLS] [' }}"
+            + "{% for c in m.tool_calls %}{{ '{\"name\": \"' + c.function.name + '\", \"arguments\": ' + (c.function.arguments | tojson) + '}' }}{% endfor %}"
+            + "{{ ']' + eos_token }}{% else %}{{ ' ' + m.content + eos_token }}{% endif %}{% endfor %}"
+        // A template that heads the tool's result with the name of the call it answers (as gpt-oss's and
+        // Gemma 4's do): the call is the name's first copy, the result's is not learned.
+        let namedResult = "{% set ns = namespace(name='') %}{% for m in messages %}{% if m.role == 'assistant' and m.tool_calls %}"
+            + "{% set ns.name = m.tool_calls[0].function.name %}{{ '<|im_start|>assistant\\n<tool_call>' + ns.name + ' ' + (m.tool_calls[0].function.arguments | tojson) + '</tool_call><|im_end|>\\n' }}"
+            + "{% elif m.role == 'tool' %}{{ '<|im_start|>tool ' + ns.name + '\\n' + m.content + '<|im_end|>\\n' }}"
+            + "{% else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        let parisCall = #"{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}"#
+        let romeCall = parisCall.replacingOccurrences(of: "Paris", with: "Rome")
         let cases: [(String, String, String, String)] = [
+            ("mistral-tools-earlier-turns", mistralTools,
+             #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, \#(parisCall), {"role": "tool", "content": "warm"}, "#
+                + #"{"role": "assistant", "content": "It is warm."}, {"role": "user", "content": "Weather in Rome?"}, \#(romeCall)], "#
+                + #""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}"#,
+             "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]</s> It is warm.</s>"
+                + "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}]</s>"),
+            ("named-result", namedResult, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, \#(parisCall), {"role": "tool", "content": "warm"}, "#
+                + #"{"role": "assistant", "content": "It is warm."}]}"#,
+             "<tool_call>get_weather {\"city\": \"Paris\"}</tool_call><|im_end|>It is warm.<|im_end|>"),
             ("mistral", mistral, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": null, "tool_calls": "#
                 + #"[{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "warm"}, "#
                 + #"{"role": "assistant", "content": "It is warm."}]}"#,
@@ -449,7 +476,7 @@ final class DatasetTests: XCTestCase {
         for (name, template, line, learned) in cases {
             let tok = try base.withRoles(base.roles)
             tok.chatTemplate = template
-            let b = try load(try write("\(name).jsonl", [line]), tok: tok).train.batch(rows: [0])
+            let b = try load(try write("\(name).jsonl", [line]), seqLen: 512, tok: tok).train.batch(rows: [0])
             XCTAssertEqual(learnedText(b, tok), learned, name)
         }
     }
