@@ -273,14 +273,20 @@ final class PEFTFolderTests: XCTestCase {
         assertClose(withNoGrad { fresh.forward(e.ids, batch: e.batch) }.toArray(), ours, rtol: 0, atol: 1e-6, "older bias keys", label: "[peft]")
     }
 
-    /// The folder appears whole or not at all: a second export replaces it without leftovers, a
-    /// user's own file in it is kept, and a failing write leaves the previous pair as it was.
-    func testExportReplacesTheFolderWhole() throws {
+    /// A tiny LLaMA base with a random LoRA on q_proj attached.
+    private func tinyLoRA() throws -> (CausalLM, LoRA) {
         let model = makeModel(.llama(vocabSize: 17, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12), seed: 1)
         var c = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
         c.initLoraWeights = .random
         let lora = try LoRA(config: c)
         try lora.attach(to: model)
+        return (model, lora)
+    }
+
+    /// The folder appears whole or not at all: a second export replaces it without leftovers, a
+    /// user's own file in it is kept, and a failing write leaves the previous pair as it was.
+    func testExportReplacesTheFolderWhole() throws {
+        let (model, lora) = try tinyLoRA()
         let out = dir.appendingPathComponent("nested/peft")
         try exportPEFTFolder(lora, base: model, baseName: nil, to: out)  // parent folders are created
         let first = try Data(contentsOf: out.appendingPathComponent(PEFTFolder.weightsFile))
@@ -330,11 +336,7 @@ final class PEFTFolderTests: XCTestCase {
     /// given file over it, and it over the base's own; a recorded copy of the base's own counts as
     /// none; adapters that record different templates are refused, naming them.
     func testAnAdapterRecordsItsChatTemplate() throws {
-        let model = makeModel(.llama(vocabSize: 17, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 12), seed: 1)
-        var c = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
-        c.initLoraWeights = .random
-        let lora = try LoRA(config: c)
-        try lora.attach(to: model)
+        let (model, lora) = try tinyLoRA()
         let own = "{% for m in messages %}{{ m.content }}{% endfor %}"
         let trained = "{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}"
         let withIt = dir.appendingPathComponent("with.h5").path, without = dir.appendingPathComponent("without.h5").path
