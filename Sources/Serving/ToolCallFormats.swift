@@ -33,14 +33,15 @@ public typealias ToolSchemas = [String: JSONValue]
 
 /// The tool calls in `text` and the text before them (nil when there is none), or nil when it
 /// calls none or a call cannot be read (the reply is then text). The forms are listed at the top
-/// of this file; markers are tried from the first in the text on, the first that reads wins.
+/// of this file; markers are tried from the first in the text on, the first that reads wins, then
+/// the forms without a marker (a marker's text inside a call's arguments does not hide the call).
 public func parseToolCalls(_ text: String, tools: ToolSchemas) -> (content: String?, calls: [ToolCall])? {
     let markers: [(String, (Substring) -> [ToolCall]?)] = [
         ("<tool_call>", { hermesBlocks($0, tools) }),
-        ("<function=", { qwenCoderFunctions($0, tools) }),
+        ("<function=", { qwenCoderFunctions($0, tools, bare: true) }),
         ("[TOOL_CALLS]", mistralCalls),
         ("<|tool_call|>", { jsonCallList($0, tools: nil) }),
-        ("functools", { jsonCallList($0, tools: nil) }),
+        ("functools[", { jsonCallList("[" + $0, tools: nil) }),
         (deepSeekCallsBegin, deepSeekCalls),
     ]
     let found = markers.compactMap { m in text.range(of: m.0).map { (range: $0, read: m.1) } }.sorted { $0.range.lowerBound < $1.range.lowerBound }
@@ -49,7 +50,6 @@ public func parseToolCalls(_ text: String, tools: ToolSchemas) -> (content: Stri
         let content = text[..<m.range.lowerBound].trimmingCharacters(in: .whitespacesAndNewlines)
         return (content.isEmpty ? nil : content, calls)
     }
-    guard found.isEmpty else { return nil }  // a marked call that cannot be read: the reply is text
     var body = Substring(text.trimmingCharacters(in: .whitespacesAndNewlines))
     for tag in ["<|python_tag|>", "<|python_start|>"] where body.hasPrefix(tag) { body = body.dropFirst(tag.count) }
     if body.hasSuffix("<|python_end|>") { body = body.dropLast("<|python_end|>".count) }
@@ -106,7 +106,7 @@ private func hermesBlocks(_ afterFirst: Substring, _ tools: ToolSchemas) -> [Too
         let close = remaining.range(of: "</tool_call>")
         let block = remaining[..<(close?.lowerBound ?? remaining.endIndex)].trimmingWhitespace
         if block.hasPrefix("<function=") {
-            guard let c = qwenCoderFunctions(block.dropFirst("<function=".count), tools) else { return nil }
+            guard let c = qwenCoderFunctions(block.dropFirst("<function=".count), tools, bare: false) else { return nil }
             calls += c
         } else if block.first == "[" {
             guard let c = jsonCallList(block, tools: nil) else { return nil }
@@ -121,14 +121,17 @@ private func hermesBlocks(_ afterFirst: Substring, _ tools: ToolSchemas) -> [Too
 }
 
 /// Qwen3-Coder's calls (the first `<function=` already read): `NAME>` then `<parameter=KEY>`VALUE
-/// `</parameter>` pieces up to `</function>`. Values are text, typed by the tool's schema.
-private func qwenCoderFunctions(_ afterFirst: Substring, _ tools: ToolSchemas) -> [ToolCall]? {
+/// `</parameter>` pieces up to `</function>`. Values are text, typed by the tool's schema. Outside
+/// `<tool_call>` (`bare`), each must name one of `tools` and be closed, so prose that mentions
+/// `<function=…>` stays text.
+private func qwenCoderFunctions(_ afterFirst: Substring, _ tools: ToolSchemas, bare: Bool) -> [ToolCall]? {
     var calls: [ToolCall] = []
     for piece in afterFirst.components(separatedBy: "<function=") {
         guard let gt = piece.firstIndex(of: ">") else { return nil }
         let name = String(piece[..<gt])
         guard !name.isEmpty, !name.contains("<") else { return nil }
         let body = piece[piece.index(after: gt)...]
+        guard !bare || (tools[name] != nil && body.contains("</function>")) else { return nil }
         let end = body.range(of: "</function>")?.lowerBound ?? body.endIndex
         let properties = tools[name]?["properties"]
         var arguments = JSONObject()
@@ -148,7 +151,8 @@ private func qwenCoderFunctions(_ afterFirst: Substring, _ tools: ToolSchemas) -
 
 /// A Qwen3-Coder parameter's text as the JSON its schema's `type` asks for (vLLM's rules): `null`
 /// is null; a parameter the schema does not list, or a string type, stays text; integers, numbers
-/// (whole ones written as integers), booleans (`true`, any case); objects and arrays as JSON; any
+/// (whole ones written as integers), booleans (true for `true` in any case, false for anything else,
+/// as vLLM reads them); objects and arrays as JSON; any
 /// other type as JSON when it reads as JSON. Text that does not read as its type stays text.
 private func qwenCoderValue(_ text: String, schema: JSONValue?) -> JSONValue {
     if text.lowercased() == "null" { return .null }

@@ -455,6 +455,9 @@ final class ServerConnectionTests: XCTestCase {
               ToolCall(name: "get_time", arguments: #"{"tz": null}"#)]),
             ("<function=get_time>\n<parameter=tz>\nCET\n</parameter>\n</function>", nil, [time]),
             ("Use functools.partial for that. <tool_call>{\"name\": \"get_time\", \"arguments\": {\"tz\": \"CET\"}}</tool_call>", "Use functools.partial for that.", [time]),
+            // A marker's text inside the arguments does not hide a bare call.
+            (#"{"name": "get_time", "arguments": {"tz": "import functools[0]; <tool_call> [TOOL_CALLS]"}}"#, nil,
+             [ToolCall(name: "get_time", arguments: #"{"tz": "import functools[0]; <tool_call> [TOOL_CALLS]"}"#)]),
         ]
         for (text, content, calls) in cases {
             let r = try XCTUnwrap(parseToolCalls(text, tools: tools), text)
@@ -465,7 +468,8 @@ final class ServerConnectionTests: XCTestCase {
                      "Use functools.partial here.", #"[TOOL_CALLS]get_weather[ARGS]{"city": "#, #"[TOOL_CALLS]get_weather{"city": "Paris"}"#,
                      "<|tool_call|>[]", #"<|tool_call|>[{"name": "get_weather"}] trailing"#, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{bad}<｜tool▁call▁end｜>",
                      #"{"name": "get_weather", "arguments": {}}; {"answer": 1}"#, "<function=>", #"[get_weather(city="Paris") get_time()]"#,
-                     #"[get_weather(city="Paris", city="Rome")]"#] {
+                     #"[get_weather(city="Paris", city="Rome")]"#,
+                     "Write <function=open_file> to open it.", "<function=get_weather>\n<parameter=city>\nParis\n</parameter>"] {
             XCTAssertNil(parseToolCalls(text, tools: tools), text)
         }
         // A request's tools carry their schemas.
@@ -499,8 +503,6 @@ final class ServerConnectionTests: XCTestCase {
         }
     }
 
-    /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`
-    /// out of it, and a symlink inside that points outside get 403; a relative path is taken inside.
     /// Each adapter's chat requests are written with the template it was trained with (recorded in its
     /// file), the base's with the base's; an adapter that records none, or the base's own, uses the
     /// base's; `--chat-template` (chatTemplatePath) writes every model's.
@@ -547,6 +549,8 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(overridden.tokenizer(for: "own").chatTemplate, "{{ messages[0].content }}")
     }
 
+    /// With an adapter folder, `load_lora_adapter` loads from inside it only: a path outside, a `..`
+    /// out of it, and a symlink inside that points outside get 403; a relative path is taken inside.
     func testAdaptersLoadOnlyFromTheAdapterFolder() async throws {
         let (dir, basePath, _) = try savedBase("adapterdir")
         defer { try? FileManager.default.removeItem(at: dir) }
