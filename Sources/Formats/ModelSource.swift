@@ -141,8 +141,21 @@ public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMeth
 /// adapter's `chat_template` (training writes it when the data went through another template than
 /// the base's own, as `--chat-template` gives), a PEFT folder's `chat_template.jinja` or the
 /// `chat_template` of its `tokenizer_config.json` (TRL saves the tokenizer beside the adapter).
-/// nil: none recorded, so the base's own.
-public func adapterChatTemplate(_ path: String) throws -> String? {
+/// nil: none recorded, so the base's own. `readable`: the template must be one this library can
+/// run (a copy, as `export` makes, takes it as it is).
+public func adapterChatTemplate(_ path: String, readable: Bool = true) throws -> String? {
+    /// A recorded template this interpreter cannot read is an error (the base's would not be the one
+    /// trained with), with the way around it.
+    func checked(_ text: String, _ file: String) throws -> String {
+        guard readable else { return text }
+        do { _ = try ChatTemplate(text) } catch {
+            throw CheckpointError(path: file, message: """
+                the chat template the adapter records cannot be read: \(error)
+                HINT: give the template to use with --chat-template.
+                """)
+        }
+        return text
+    }
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .adapter:
@@ -150,20 +163,26 @@ public func adapterChatTemplate(_ path: String) throws -> String? {
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw CheckpointError(path: path, message: "the '\(AdapterCheckpoint.chatTemplateKey)' dataset is not UTF-8 text")
         }
-        do { _ = try ChatTemplate(text) } catch { throw CheckpointError(path: path, message: "the chat template it records: \(error)") }
-        return text
+        return try checked(text, path)
     case .peftFolder:
         let dir = URL(fileURLWithPath: path)
-        for name in [PEFTFolder.chatTemplateFile, "tokenizer_config.json"] {
-            let file = dir.appendingPathComponent(name).path
-            guard FileManager.default.fileExists(atPath: file) else { continue }
-            if name == "tokenizer_config.json",
-               (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file))) as? [String: Any])?["chat_template"] == nil {
-                continue  // a tokenizer saved without a template
+        let jinja = dir.appendingPathComponent(PEFTFolder.chatTemplateFile)
+        if let data = FileManager.default.contents(atPath: jinja.path) {
+            guard let text = String(data: data, encoding: .utf8) else {
+                throw CheckpointError(path: jinja.path, message: "is not UTF-8 text")
             }
-            return try BPETokenizer.chatTemplate(fromFile: file)
+            return try checked(text, jinja.path)
         }
-        return nil
+        // TRL saves the tokenizer beside the adapter: its config's "chat_template", a string or the
+        // one named "default" of a list; null, absent or another form is none recorded.
+        let config = dir.appendingPathComponent("tokenizer_config.json")
+        guard let data = FileManager.default.contents(atPath: config.path),
+              let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return nil }
+        var text = object["chat_template"] as? String
+        if let list = object["chat_template"] as? [[String: Any]] {
+            text = list.first { $0["name"] as? String == "default" }?["template"] as? String
+        }
+        return try text.map { try checked($0, config.path) }
     default:
         throw CheckpointError(path: path, message: """
             is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5) or a PEFT adapter folder

@@ -130,7 +130,7 @@ public func describeFile(_ path: String) throws -> String {
         add("trainable parameters", "\(count) in \(tensors.count) tensors")
         add("base weights hash", attrs["base_weights_hash"])
         add("config", attrs["config"].map { $0.replacingOccurrences(of: "\n", with: " ") })
-        add("chat template", blobs[AdapterCheckpoint.chatTemplateKey].map { "its own, \(formatBytes($0.count)) (trained with it; used instead of the base's)" } ?? "the base's")
+        add("chat template", blobs[AdapterCheckpoint.chatTemplateKey].map { "recorded, \(formatBytes($0.count)) (trained with it; used where it differs from the base's)" } ?? "none recorded (the base's)")
         for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(12) { lines.append("    \(k) \(t)") }
         if tensors.count > 12 { lines.append("    … \(tensors.count - 12) more") }
     case Trainer.checkpointFormat?:
@@ -154,7 +154,12 @@ func describeForeign(_ source: ModelSource) throws -> String? {
     case .peftFolder:
         let cfg = (try? String(contentsOfFile: path + "/adapter_config.json", encoding: .utf8)) ?? "?"
         let st = try SafetensorsFile(path: path + "/adapter_model.safetensors")  // a missing or broken file is an error, not "0 tensors"
-        let template = try adapterChatTemplate(path).map { "its own, \(formatBytes($0.utf8.count)) (trained with it; used instead of the base's)" } ?? "the base's"
+        let template: String
+        do {
+            template = try adapterChatTemplate(path).map { "recorded, \(formatBytes($0.utf8.count)) (used where it differs from the base's)" } ?? "none recorded (the base's)"
+        } catch {
+            template = "recorded but unreadable (\(error))"
+        }
         return "\(path): Hugging Face PEFT adapter folder\n  config: \(cfg.replacingOccurrences(of: "\n", with: " "))\n  tensors: \(st.names.count)\n  chat template: \(template)"
     case .hfFolder:
         let data = try Data(contentsOf: URL(fileURLWithPath: path + "/config.json"))

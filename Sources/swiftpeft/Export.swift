@@ -32,7 +32,7 @@ struct Export: ParsableCommand {
         }
         let loaded = try loadModel(model)
         let method = try loadAdapter(adapter, onto: loaded.model)
-        let template = try adapterChatTemplate(adapter).flatMap { $0 == loaded.tokenizer?.chatTemplate ? nil : $0 }
+        let template = try adapterChatTemplate(adapter, readable: false).flatMap { $0 == loaded.tokenizer?.chatTemplate ? nil : $0 }
         try exportPEFTFolder(method, base: loaded.model, baseName: baseName ?? (loaded.source.kind == .hfFolder ? model : nil),
                              chatTemplate: template, to: URL(fileURLWithPath: out))
         let weights = URL(fileURLWithPath: out).appendingPathComponent(PEFTFolder.weightsFile).path

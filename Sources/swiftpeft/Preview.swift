@@ -35,6 +35,7 @@ struct Preview: ParsableCommand {
         guard ["auto", "always", "never"].contains(color) else { throw CLIError("--color must be auto, always or never, got '\(color)'") }
         let loaded = try loadModel(model)
         guard let tokenizer = loaded.tokenizer else { throw CLIError("\(model) holds no tokenizer; the data cannot be tokenized") }
+        let own = tokenizer.chatTemplate
         try useChatTemplate(file: chatTemplate, adapters: adapter.map { [$0] } ?? [], on: tokenizer)
         let (format, total, shown) = try previewExamples(data, tokenizer: tokenizer, count: examples, skip: skip)
         if json {
@@ -45,7 +46,7 @@ struct Preview: ParsableCommand {
             return
         }
         let colored = color == "always" || (color == "auto" && isatty(STDOUT_FILENO) != 0)
-        let recorded = try adapter.flatMap { try adapterChatTemplate($0) } != nil
+        let recorded = chatTemplate == nil && tokenizer.chatTemplate != own  // the adapter's, used
         let template = chatTemplate.map { "--chat-template \($0)" }
             ?? (tokenizer.chatTemplate == nil ? nil : recorded ? "the chat template \(adapter!) records" : "\(model)'s chat template")
         print("\(data): \(format.rawValue), \(total) examples; showing \(shown.isEmpty ? "none" : "\(skip + 1)–\(skip + shown.count)")"

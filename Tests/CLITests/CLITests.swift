@@ -645,8 +645,8 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try adapterChatTemplate(recorded), template)
         XCTAssertNil(try adapterChatTemplate(plain), "trained with the base's own: nothing to record")
         let shown = try ok(["inspect", recorded]), plainShown = try ok(["inspect", plain])
-        XCTAssertTrue(shown.stdout.contains("chat template: its own, \(template.utf8.count) B"), shown.transcript)
-        XCTAssertTrue(plainShown.stdout.contains("chat template: the base's"), plainShown.transcript)
+        XCTAssertTrue(shown.stdout.contains("chat template: recorded, \(template.utf8.count) B"), shown.transcript)
+        XCTAssertTrue(plainShown.stdout.contains("chat template: none recorded"), plainShown.transcript)
         func loss(_ extra: [String]) throws -> Double? {
             let r = try ok(["eval", "--model", fx.base, "--adapter", recorded, "--data", chat, "--seq-len", "32", "--batch-size", "4", "--json"] + extra)
             return (try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["loss"] as? Double
@@ -666,7 +666,7 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(exported.stdout.contains(PEFTFolder.chatTemplateFile), exported.transcript)
         XCTAssertEqual(try String(contentsOfFile: folder + "/" + PEFTFolder.chatTemplateFile, encoding: .utf8), template)
         let folderShown = try ok(["inspect", folder])
-        XCTAssertTrue(folderShown.stdout.contains("chat template: its own"), folderShown.transcript)
+        XCTAssertTrue(folderShown.stdout.contains("chat template: recorded"), folderShown.transcript)
         // Back-tests: one template writes every version's prompts.
         let prompts = fx.path("recorded-prompts.jsonl")
         try #"{"id": "a", "messages": [{"role": "user", "content": "the cat"}], "expected": "sat on the mat"}"#

@@ -363,6 +363,15 @@ final class PEFTFolderTests: XCTestCase {
         let config = folder.appendingPathComponent("tokenizer_config.json")
         try Data(#"{"model_max_length": 64}"#.utf8).write(to: config)
         XCTAssertNil(try adapterChatTemplate(folder.path), "a tokenizer saved without a template")
+        try JSONSerialization.data(withJSONObject: ["chat_template": NSNull()]).write(to: config)
+        XCTAssertNil(try adapterChatTemplate(folder.path), "a null template is none")
+        try JSONSerialization.data(withJSONObject: ["chat_template": [["name": "tool_use", "template": trained]]]).write(to: config)
+        XCTAssertNil(try adapterChatTemplate(folder.path), "a list without a default is none")
+        try JSONSerialization.data(withJSONObject: ["chat_template": "{% for m in messages %}"]).write(to: config)
+        XCTAssertThrowsError(try adapterChatTemplate(folder.path)) { e in
+            XCTAssertTrue("\(e)".contains(config.path) && "\(e)".contains("--chat-template"), "\(e)")
+        }
+        XCTAssertEqual(try adapterChatTemplate(folder.path, readable: false), "{% for m in messages %}", "a copy takes it as it is")
         try JSONSerialization.data(withJSONObject: ["chat_template": trained]).write(to: config)
         XCTAssertEqual(try adapterChatTemplate(folder.path), trained, "TRL saves the tokenizer beside the adapter")
         // Which template is used.
