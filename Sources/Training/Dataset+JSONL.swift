@@ -284,9 +284,11 @@ public struct TokenizedExample: Equatable, Sendable {
         guard j == full.count else { throw lost(nil) }
         // A function's name written again after its call (a template that heads the tool's result
         // with the name of the call it answers, as gpt-oss's and Gemma 4's do) is not part of the
-        // reply: the call is its first copy.
-        var seen = Set<Int>()
-        found.removeAll { pieces[$0.piece].isName && !seen.insert($0.piece).inserted }
+        // reply: the call is its first copy, when nothing of a later message comes before it.
+        var firstCopy: [Int: Int] = [:]  // piece → index in `found`
+        for (n, f) in found.enumerated() where pieces[f.piece].isName && firstCopy[f.piece] == nil { firstCopy[f.piece] = n }
+        let callFirst = Set(firstCopy.filter { p, n in !found[..<n].contains { pieces[$0.piece].message > pieces[p].message } }.keys)
+        found = found.enumerated().filter { n, f in !callFirst.contains(f.piece) || firstCopy[f.piece] == n }.map(\.element)
         // Each reply: its pieces written once each, next to each other.
         var spans: [(message: Int, first: Int, last: Int)] = []  // indices into `found`
         for (k, m) in messages.enumerated() where m.role == "assistant" {
@@ -326,9 +328,10 @@ public struct TokenizedExample: Equatable, Sendable {
                 var n = 0
                 while n < plain.count, n < s, plain[plain.count - 1 - n] == full[s - 1 - n] { n += 1 }
                 if n > best.length { best = (n, s) }
+                if n == plain.count { break }  // the whole conversation: nothing longer can follow
             }
-            guard best.length > 0 else { return nil }
             let content = lastText.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard best.length >= min(plain.count, 16) || (!content.isEmpty && best.length > 0) else { return nil }
             return content.isEmpty || text(plain[(plain.count - best.length)...]).contains(content) ? best.at : nil
         }
         for span in spans {
