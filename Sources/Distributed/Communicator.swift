@@ -150,9 +150,9 @@ public final class Communicator: @unchecked Sendable {
         return Int(differing[0])
     }
 
-    /// Waits until every rank arrives here. `patient`: without the step timeout, for the wait while
-    /// rank 0 writes checkpoints and outputs, which takes as long as its disk takes (a rank 0 that
-    /// fails there ends the job through `mpirun`, as any rank that stops does).
+    /// Waits until every rank arrives here. `patient`: without the step timeout, for the other
+    /// ranks' wait while rank 0 writes checkpoints and outputs, which takes as long as its disk takes
+    /// (a rank 0 that fails there ends the job through `mpirun`, as any rank that stops does).
     public func barrier(what: @autoclosure () -> String, patient: Bool = false) throws {
         guard isDistributed else { return }
         try collective(what(), patient: patient) { MPI_Barrier(swiftpeft_mpi_comm_world()) }

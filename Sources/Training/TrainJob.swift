@@ -252,10 +252,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
     // This process's session (a resumed run's earlier sessions were metered then), every rank's.
     var cost = meter.reading(tokens: trainer.tokensTrained - trainer.tokensAtResume)
-    try comm.barrier(what: "the end of training (rank 0 writes \(saved))", patient: true)
+    try comm.barrier(what: "the end of training (rank 0 writes \(saved))", patient: !comm.isLeader)
     if comm.isDistributed { cost = try cost.summed(over: comm) }
     if comm.isLeader { try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json")) }
-    try comm.barrier(what: "the end of training (rank 0 writes cost.json)", patient: true)
+    try comm.barrier(what: "the end of training (rank 0 writes cost.json)", patient: !comm.isLeader)
     return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history,

@@ -242,12 +242,12 @@ public final class Trainer {
         let last = min(options.steps, until ?? options.steps)
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
         if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
-        // Rank 0 writes a checkpoint when one is due; every rank waits for it without the step
-        // timeout (a slow disk is not a hung rank).
+        // Rank 0 writes a checkpoint when one is due; the other ranks wait for it without the step
+        // timeout (a slow disk is not a hung rank); rank 0 keeps it, for a rank that hangs.
         func checkpointIfDue() throws {
             guard (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last else { return }
             if let url = checkpointURL { try saveCheckpoint(url, data: data) }
-            try comm?.barrier(what: "step \(step): rank 0 writes its checkpoint", patient: true)
+            if let comm { try comm.barrier(what: "step \(step): rank 0 writes its checkpoint", patient: !comm.isLeader) }
         }
         while step < last {
             // Dropout masks (the model's and the adapters'): a stream of their own for each step and
