@@ -292,6 +292,16 @@ struct JinjaParser {
     /// thousands deep is an error rather than a stack overflow (here or when it renders).
     var depth = 0
     static let maxDepth = 64
+    /// Inside an `if` or a conditional expression, where jinja2 3 lets an unknown filter fail only
+    /// when it runs (DeepSeek V3.2's `from_json`); elsewhere it is an error when the template is read.
+    var softDepth = 0
+    /// Unknown filters met outside such a place: (name, line).
+    var unknownFilters: [(String, Int)] = []
+
+    /// Notes `name` when it is no filter and the place is not a conditional one.
+    mutating func noteFilter(_ name: String) {
+        if softDepth == 0 && !jinjaFilterNames.contains(name) { unknownFilters.append((name, line)) }
+    }
 
     mutating func enter() throws {
         depth += 1
@@ -339,6 +349,7 @@ struct JinjaParser {
     mutating func parseTemplate() throws -> [JinjaNode] {
         let (nodes, end) = try parseNodes(until: [])
         if let end { throw fail("unexpected '{% \(end) %}'") }
+        if let (name, at) = unknownFilters.first { throw ChatTemplateError("line \(at): no filter named '\(name)'") }
         return nodes
     }
 
@@ -378,6 +389,8 @@ struct JinjaParser {
         let l = line
         switch tag {
         case "if":
+            softDepth += 1
+            defer { softDepth -= 1 }
             var branches: [(JinjaExpr, [JinjaNode])] = []
             var condition = try parseExpression()
             while true {
@@ -424,6 +437,7 @@ struct JinjaParser {
             var filters: [(String, JinjaArguments)] = []
             while skipIf(.op("|")) {
                 let filterName = try name()
+                noteFilter(filterName)
                 filters.append((filterName, current == .op("(") ? try parseArguments() : JinjaArguments()))
             }
             try expect(.blockEnd)
@@ -466,6 +480,7 @@ struct JinjaParser {
             return .generation(body)
         case "filter":
             let filterName = try name()
+            noteFilter(filterName)
             let arguments = current == .op("(") ? try parseArguments() : JinjaArguments()
             try expect(.blockEnd)
             let (body, _) = try parseNodes(until: ["endfilter"])
@@ -501,9 +516,13 @@ struct JinjaParser {
     mutating func parseExpression() throws -> JinjaExpr {
         try enter()
         defer { depth -= 1 }
+        let mark = unknownFilters.count
         var e = try parseOr()
         while current == .name("if") {
             p += 1
+            unknownFilters.removeLast(unknownFilters.count - mark)  // the whole conditional expression is soft
+            softDepth += 1
+            defer { softDepth -= 1 }
             let condition = try parseOr()
             var otherwise: JinjaExpr?
             if current == .name("else") { p += 1; otherwise = try parseExpression() }
@@ -669,6 +688,7 @@ struct JinjaParser {
         while true {
             if skipIf(.op("|")) {
                 let filterName = try name()
+                noteFilter(filterName)
                 e = .filter(e, filterName, current == .op("(") ? try parseArguments() : JinjaArguments())
             } else if current == .name("is") {
                 p += 1

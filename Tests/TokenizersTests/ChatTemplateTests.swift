@@ -110,9 +110,14 @@ final class ChatTemplateTests: XCTestCase {
     /// Syntax errors name the line of the template.
     func testErrorsNameTheLine() {
         XCTAssertThrowsError(try ChatTemplate("a\n{% if x %}\nb")) { XCTAssertTrue("\($0)".contains("line 3"), "\($0)") }
-        // An unknown filter fails where it is used, as in jinja2 3 (DeepSeek V3.2's `from_json` sits in a branch transformers never takes).
-        XCTAssertThrowsError(try ChatTemplate("a\n\n{{ x | nosuchfilter }}").render([:])) { XCTAssertTrue("\($0)".contains("line 3") && "\($0)".contains("nosuchfilter"), "\($0)") }
+        // An unknown filter is an error when the template is read, except inside an `if` or a conditional
+        // expression, where it fails only when it runs, as in jinja2 3 (DeepSeek V3.2's `from_json` sits in a
+        // branch transformers never takes).
+        XCTAssertThrowsError(try ChatTemplate("a\n\n{{ x | nosuchfilter }}")) { XCTAssertTrue("\($0)".contains("line 3") && "\($0)".contains("nosuchfilter"), "\($0)") }
+        XCTAssertThrowsError(try ChatTemplate("{% for m in x %}\n{% set y | nosuch %}{% endset %}{% endfor %}")) { XCTAssertTrue("\($0)".contains("line 2"), "\($0)") }
         XCTAssertEqual(try ChatTemplate("{% if false %}{{ x | from_json }}{% endif %}ok").render([:]), "ok")
+        XCTAssertEqual(try ChatTemplate("{{ (x | from_json) if false else 'ok' }}").render([:]), "ok")
+        XCTAssertThrowsError(try ChatTemplate("{% if true %}\n{{ 'a' | from_json }}{% endif %}").render([:])) { XCTAssertTrue("\($0)".contains("line 2") && "\($0)".contains("from_json"), "\($0)") }
         XCTAssertThrowsError(try ChatTemplate("{% for x in y %}{% call z %}{% endfor %}")) { XCTAssertTrue("\($0)".contains("'call'"), "\($0)") }
         XCTAssertThrowsError(try ChatTemplate("a\n{{ x.y.z }}").render([:])) { XCTAssertTrue("\($0)".contains("line 2") && "\($0)".contains("'x' is undefined"), "\($0)") }
     }
