@@ -84,7 +84,8 @@ NOW = datetime(2026, 7, 26, 12, 0)  # a Sunday; template-check's strftime_now gi
 
 def fetch_templates():
     out = os.path.join(CACHE, "templates")
-    if os.path.isdir(out) and os.listdir(out):
+    done = os.path.join(out, ".complete")  # written last: a download or extraction cut short is redone
+    if os.path.exists(done):
         return out
     os.makedirs(out, exist_ok=True)
     for package, version, prefix, name_prefix in SOURCES:
@@ -109,6 +110,7 @@ def fetch_templates():
                     continue
                 with open(os.path.join(out, name_prefix + name), "wb") as f:
                     f.write(tar.extractfile(m).read())
+    open(done, "w").close()
     return out
 
 
