@@ -206,7 +206,8 @@ public struct TokenizedExample: Equatable, Sendable {
     /// end of that conversation for a template without one, as Mistral's; else from its text) through
     /// the token that ends its turn: the first added token after its text (e.g. `<|im_end|>`), or,
     /// after tool calls, the first token a reply ends with (`textEndTokens`; a call's own tags such as
-    /// `</tool_call>` are added tokens too), looked for within the reply's own turn where that is known. So what a model writes after the prompt (the reasoning a
+    /// `</tool_call>` are added tokens too), looked for within the reply's own turn where that is known,
+    /// else the last added token of that turn (gpt-oss's `<|call|>`, which ends no plain reply). So what a model writes after the prompt (the reasoning a
     /// template writes there, a call's JSON) is learned; the headers and what follows the end token
     /// are not. Templates that write a reply differently in the prompt for it (with `<think>`, say)
     /// need no agreement between the two.
@@ -368,14 +369,14 @@ public struct TokenizedExample: Equatable, Sendable {
             }
             starts.append(start ?? textStart)
             let through = (try? render(Array(values[...span.message]))) ?? []
-            limits.append(!through.isEmpty && full.starts(with: through) ? through.count : full.count)
+            limits.append(!through.isEmpty && full.starts(with: through) ? through.count : -1)  // -1: not known
         }
         var turnEnds: Set<Int32>?  // what a reply ends with, for replies that call tools
         var done = 0
         for (n, span) in spans.enumerated() {
             let start = starts[n], end = found[span.last].end
             let next = min(span.last + 1 < found.count ? found[span.last + 1].start : full.count, n + 1 < spans.count ? starts[n + 1] : full.count,
-                           max(end, limits[n]))
+                           limits[n] < 0 ? full.count : max(end, limits[n]))
             guard done <= start, start <= end, end <= next else { throw lost(span.message) }  // replies out of order
             append(tokenizer.encode(text(full[done..<start])), learned: false)
             // The reply and what follows it in one piece (as the model reads it), learned through the
@@ -389,7 +390,10 @@ public struct TokenizedExample: Equatable, Sendable {
             var stop = nth { tokenizer.isAddedToken($0) }
             if !messages[span.message].toolCallNames.isEmpty {
                 if turnEnds == nil { turnEnds = textEndTokens(tokenizer) }
-                stop = nth { turnEnds!.contains($0) } ?? stop
+                // A call ends with a token no plain reply ends with (gpt-oss's <|call|>): the last
+                // added token of its own turn, where that turn is known.
+                let lastInTurn = limits[n] >= 0 && next <= limits[n] ? ids.lastIndex { tokenizer.isAddedToken($0) } : nil
+                stop = nth { turnEnds!.contains($0) } ?? lastInTurn ?? stop
             }
             guard let stop else {  // the turn's end
                 throw ChatTemplateError("the chat template writes no added token (such as <|im_end|>) after message \(span.message + 1) "

@@ -416,7 +416,7 @@ final class DatasetTests: XCTestCase {
     /// built-in call with <|eom_id|>, which ends no plain reply), not into the tool's result.
     func testToolCallRepliesStartAfterTheirPromptAndEndInTheirTurn() throws {
         let specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<|start_header_id|>", "<|end_header_id|>",
-                        "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"]
+                        "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|start|>", "<|channel|>", "<|message|>", "<|call|>", "<|end|>"]
         let corpus = (0..<30).map { "Weather in Paris? It is warm. Search cats. Cats purr. get_weather city brave_search query call \($0)" }
         let base = try BPETokenizer.train(corpus: corpus, vocabSize: 330, specialTokens: specials, roles: SpecialTokenRoles(bos: "<s>", eos: "</s>"))
         let qwen3 = "{%- for m in messages %}{%- if m.role == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% if m.content %}{{ m.content }}{% endif %}"
@@ -448,6 +448,13 @@ final class DatasetTests: XCTestCase {
             + "{% elif m.role == 'tool' %}{{ '<|im_start|>tool ' + ns.name + '\\n' + m.content + '<|im_end|>\\n' }}"
             + "{% else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
             + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        // gpt-oss's kind: a call ends with <|call|>, which ends no plain reply (they end with <|end|>); the
+        // call's channel and arguments, after the name, are learned through it.
+        let harmony = "{% for m in messages %}{% if m.role == 'assistant' and m.tool_calls %}"
+            + "{{ '<|start|>assistant to=functions.' + m.tool_calls[0].function.name + '<|channel|>commentary json<|message|>' + (m.tool_calls[0].function.arguments | tojson) + '<|call|>' }}"
+            + "{% elif m.role == 'tool' %}{{ '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>' + m.content + '<|end|>' }}"
+            + "{% else %}{{ '<|start|>' + m.role + '<|message|>' + m.content + '<|end|>' }}{% endif %}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
         let parisCall = #"{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}"#
         let romeCall = parisCall.replacingOccurrences(of: "Paris", with: "Rome")
         let cases: [(String, String, String, String)] = [
@@ -460,6 +467,9 @@ final class DatasetTests: XCTestCase {
             ("named-result", namedResult, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, \#(parisCall), {"role": "tool", "content": "warm"}, "#
                 + #"{"role": "assistant", "content": "It is warm."}]}"#,
              "<tool_call>get_weather {\"city\": \"Paris\"}</tool_call><|im_end|>It is warm.<|im_end|>"),
+            ("harmony-call-end", harmony, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, \#(parisCall), {"role": "tool", "content": "warm"}, "#
+                + #"{"role": "assistant", "content": "It is warm."}]}"#,
+             " to=functions.get_weather<|channel|>commentary json<|message|>{\"city\": \"Paris\"}<|call|><|message|>It is warm.<|end|>"),
             ("mistral", mistral, #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": null, "tool_calls": "#
                 + #"[{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "warm"}, "#
                 + #"{"role": "assistant", "content": "It is warm."}]}"#,
