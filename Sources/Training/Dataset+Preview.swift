@@ -30,15 +30,7 @@ public struct ExamplePreview: Sendable, Encodable {
 public func previewExamples(_ path: String, tokenizer: Tokenizer, count: Int, skip: Int = 0) throws
     -> (format: DataFormat, total: Int, examples: [ExamplePreview]) {
     let (format, located) = try readLocatedExamples(path)
-    if format == .chat {
-        let writable: Bool
-        do { writable = try canWriteChat(tokenizer) } catch {
-            throw DatasetError(file: path, line: nil, message: "the tokenizer's chat template cannot be read: \(error)")
-        }
-        guard writable else {
-            throw DatasetError(file: path, line: nil, message: "this tokenizer has no chat template, and no \(chatMLEnd) token for ChatML")
-        }
-    }
+    if format == .chat { try checkChatWritable(tokenizer, data: path) }
     let shown = located.dropFirst(max(0, skip)).prefix(max(0, count))
     let previews = try shown.map { e -> ExamplePreview in
         let ex: TokenizedExample

@@ -253,19 +253,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
         throw DatasetError(file: path, line: nil, message: "\(format.rawValue) data needs a tokenizer with an "
             + "end-of-sequence token, which the model learns to stop with; this tokenizer has none")
     }
-    if format == .chat {
-        let writable: Bool
-        do {
-            writable = try canWriteChat(tokenizer)
-        } catch {
-            throw DatasetError(file: path, line: nil, message: "the tokenizer's chat template cannot be read: \(error)")
-        }
-        guard writable else {
-            throw DatasetError(file: path, line: nil, message: "this tokenizer has no chat template, and no "
-                + "\(chatMLEnd) token for ChatML, whose replies end with it (it would be spelled in pieces and the model would never "
-                + "stop). Use a chat model's tokenizer (SmolLM2, Qwen2, Llama 3) or prompt/completion data")
-        }
-    }
+    if format == .chat { try checkChatWritable(tokenizer, data: path) }
     var validationExamples: [LocatedExample]?
     if case .file(let vpath) = o.validation {
         let folder = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
@@ -319,6 +307,22 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
         throw DatasetError(file: path, line: nil, message: "no training rows: \(splits.train.summary)")
     }
     return splits
+}
+
+/// Refuses chat data at `path` for a tokenizer that can write no chat: no template (or one that
+/// cannot be read), and no ChatML end token.
+func checkChatWritable(_ tokenizer: Tokenizer, data path: String) throws {
+    let writable: Bool
+    do {
+        writable = try canWriteChat(tokenizer)
+    } catch {
+        throw DatasetError(file: path, line: nil, message: "the tokenizer's chat template cannot be read: \(error)")
+    }
+    guard writable else {
+        throw DatasetError(file: path, line: nil, message: "this tokenizer has no chat template, and no "
+            + "\(chatMLEnd) token for ChatML, whose replies end with it (it would be spelled in pieces and the model would never "
+            + "stop). Use a chat model's tokenizer (SmolLM2, Qwen2, Llama 3) or prompt/completion data")
+    }
 }
 
 /// A seeded split of `0..<n` into (train, validation), both sorted: `round(fraction·n)` validation indices,
