@@ -14,17 +14,20 @@ extension GGUFFile {
     /// The Hugging Face key of a llama-architecture GGUF tensor name (`blk.3.attn_q.weight` →
     /// `model.layers.3.self_attn.q_proj.weight`), or nil for a name with no HF counterpart.
     public static func huggingFaceName(forGGUF name: String) -> String? {
-        let fixed = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                     "output.weight": "lm_head.weight"]
-        if let f = fixed[name] { return f }
+        if let f = llamaFixedNames[name] { return f }
         let parts = name.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count >= 3, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, String(layer) == parts[1] else { return nil }
-        let modules = ["attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-                       "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-                       "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"]
-        guard parts.count == 4, let m = modules[String(parts[2])], parts[3] == "weight" || parts[3] == "bias" else { return nil }
+        guard parts.count == 4, let m = llamaBlockNames[String(parts[2])], parts[3] == "weight" || parts[3] == "bias" else { return nil }
         return "model.layers.\(layer).\(m).\(parts[3])"
     }
+
+    /// llama.cpp's names of the model-level LLaMA tensors → Hugging Face keys.
+    static let llamaFixedNames = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                                  "output.weight": "lm_head.weight"]
+    /// llama.cpp's names of a block's modules → Hugging Face module paths within `model.layers.N`.
+    static let llamaBlockNames = ["attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                                  "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                                  "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"]
 
     /// Reorders the rows of a (heads·D, in) Q or K weight from llama.cpp's layout back to Hugging Face's
     /// (rotate_half) layout: view as (heads, D/2, 2, in), swap axes 1 and 2. `src` and `dst` must not overlap.

@@ -17,6 +17,8 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
         case gguf = "GGUF file"
         case hfFolder = "Hugging Face model folder"
         case peftFolder = "Hugging Face PEFT adapter folder"
+        /// A GGUF file whose `general.type` is "adapter" (llama.cpp's LoRA).
+        case ggufAdapter = "llama.cpp GGUF LoRA adapter"
         case adapter = "SwiftPEFT adapter checkpoint"
         case trainingState = "SwiftPEFT training state"
         /// An HDF5 file that is none of SwiftPEFT's formats.
@@ -48,7 +50,7 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
                 a folder with neither config.json (a Hugging Face model) nor \(PEFTFolder.configFile) (a PEFT adapter)
                 """)
         }
-        if GGUFFile.hasMagic(path) { return ModelSource(path: path, kind: .gguf, attributes: [:]) }
+        if GGUFFile.hasMagic(path) { return ModelSource(path: path, kind: isGGUFAdapter(path) ? .ggufAdapter : .gguf, attributes: [:]) }
         let attrs: [String: String]
         do { attrs = try HDF5Store.readAttributes(path) } catch let e as HDF5Error where !e.isNotHDF5 {
             throw CheckpointError(path: path, message: e.message)  // a damaged checkpoint says so, rather than "not a file SwiftPEFT reads"
@@ -105,7 +107,7 @@ private func loadModelUnchecked(_ path: String, seed: UInt64, bf16Only: Bool) th
     case .hfFolder:
         let (model, tok) = try loadHFModel(path, seed: seed, bf16Only: bf16Only)
         return LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
-    case .peftFolder, .adapter:
+    case .peftFolder, .adapter, .ggufAdapter:
         throw CheckpointError(path: path, message: """
             is a \(source.kind.rawValue), not a base model.
             HINT: give the base model it was trained on as the model, and this path as the adapter (--adapter).
@@ -122,17 +124,18 @@ private func loadModelUnchecked(_ path: String, seed: UInt64, bf16Only: Bool) th
     }
 }
 
-/// Attaches the adapter at `path` to `model` with its tensors loaded: a Hugging Face PEFT folder or
-/// a SwiftPEFT adapter checkpoint, told apart by content.
+/// Attaches the adapter at `path` to `model` with its tensors loaded: a Hugging Face PEFT folder, a
+/// SwiftPEFT adapter checkpoint or a llama.cpp GGUF LoRA, told apart by content.
 @discardableResult
 public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMethod {
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .peftFolder: return try importPEFTFolder(URL(fileURLWithPath: path), onto: model)
     case .adapter: return try AdapterCheckpoint.load(path, onto: model)
+    case .ggufAdapter: return try importGGUFLoRA(path, onto: model)
     default:
         throw CheckpointError(path: path, message: """
-            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5) or a PEFT adapter folder
+            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder or a llama.cpp GGUF LoRA
             """)
     }
 }
@@ -183,9 +186,11 @@ public func adapterChatTemplate(_ path: String, readable: Bool = true) throws ->
             text = list.first { $0["name"] as? String == "default" }?["template"] as? String
         }
         return try text.map { try checked($0, config.path) }
+    case .ggufAdapter:
+        return nil  // llama.cpp's LoRA files carry no chat template
     default:
         throw CheckpointError(path: path, message: """
-            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5) or a PEFT adapter folder
+            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder or a llama.cpp GGUF LoRA
             """)
     }
 }

@@ -113,68 +113,93 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
     } catch {
         throw PEFTFolderError(path: configURL.path, message: "not valid JSON (\((error as NSError).localizedDescription))")
     }
-    guard var config = obj as? [String: Any] else { throw PEFTFolderError(path: configURL.path, message: "the top level is not a JSON object") }
+    guard let config = obj as? [String: Any] else { throw PEFTFolderError(path: configURL.path, message: "the top level is not a JSON object") }
+    return try importPEFTContents(config, keyOrder: jsonObjectKeyOrder(configText), tensors: {
+        guard fm.fileExists(atPath: weightsURL.path) else {
+            if fm.fileExists(atPath: dir.appendingPathComponent(PEFTFolder.pickleFile).path) {
+                throw PEFTFolderError(path: dir.appendingPathComponent(PEFTFolder.pickleFile).path, message: """
+                    adapter_model.bin (PyTorch pickle) is not supported; convert it to safetensors.
+                    HINT: in Python, `PeftModel.from_pretrained(base, folder).save_pretrained(out)` writes adapter_model.safetensors.
+                    """)
+            }
+            throw PEFTFolderError(path: dir.path, message: "no \(PEFTFolder.weightsFile) in the folder")
+        }
+        var tensors: [String: Tensor] = [:]
+        for (key, t) in try Safetensors.read(weightsURL.path).tensors {
+            let k = PEFTFolder.normalizedKey(key)
+            guard tensors[k] == nil else {
+                throw PEFTFolderError(path: weightsURL.path, message: "tensor '\(key)' appears twice (as '\(k)', with and without the adapter name)")
+            }
+            tensors[k] = t
+        }
+        return tensors
+    }, onto: model, adapterPath: dir.path, configPath: configURL.path, weightsPath: weightsURL.path)
+}
+
+/// Builds the adapter a PEFT config describes (`config`, its objects' key order in `keyOrder`),
+/// attaches it to `model` and loads the tensors `tensors` reads (PEFT keys without the adapter
+/// name); errors name `adapterPath`, `configPath` or `weightsPath`. Shared by PEFT folders and GGUF LoRA files.
+func importPEFTContents(_ config: [String: Any], keyOrder: [String: [String]], tensors readTensors: () throws -> [String: Tensor],
+                        onto model: CausalLM, adapterPath: String, configPath: String, weightsPath: String) throws -> PEFTMethod {
+    var config = config
     guard let type = config["peft_type"] as? String else {
-        throw PEFTFolderError(path: configURL.path, message: "\"peft_type\" is missing or not a string")
+        throw PEFTFolderError(path: configPath, message: "\"peft_type\" is missing or not a string")
     }
     guard let mapping = PEFTRegistry.method(peftType: type)?.peftFolder else {
-        throw PEFTFolderError(path: configURL.path, message: "peft_type \"\(type)\" is not supported; supported: \(PEFTFolder.supportedTypes.joined(separator: ", "))")
+        throw PEFTFolderError(path: configPath, message: "peft_type \"\(type)\" is not supported; supported: \(PEFTFolder.supportedTypes.joined(separator: ", "))")
     }
     if let task = config["task_type"] as? String, task != "CAUSAL_LM" {
-        throw PEFTFolderError(path: configURL.path, message: "task_type \"\(task)\" is not supported (only CAUSAL_LM, decoder-only models)")
+        throw PEFTFolderError(path: configPath, message: "task_type \"\(task)\" is not supported (only CAUSAL_LM, decoder-only models)")
     }
     do {
         let linears = model.namedModules().filter { $0.1 is Linear }.map(\.0)
-        try mapping.prepareImport(&config, PEFTImportContext(keyOrder: jsonObjectKeyOrder(configText), linearModules: linears))
+        try mapping.prepareImport(&config, PEFTImportContext(keyOrder: keyOrder, linearModules: linears))
     } catch {
-        throw PEFTFolderError(path: configURL.path, message: "\(error)")
+        throw PEFTFolderError(path: configPath, message: "\(error)")
     }
 
-    guard fm.fileExists(atPath: weightsURL.path) else {
-        if fm.fileExists(atPath: dir.appendingPathComponent(PEFTFolder.pickleFile).path) {
-            throw PEFTFolderError(path: dir.appendingPathComponent(PEFTFolder.pickleFile).path, message: """
-                adapter_model.bin (PyTorch pickle) is not supported; convert it to safetensors.
-                HINT: in Python, `PeftModel.from_pretrained(base, folder).save_pretrained(out)` writes adapter_model.safetensors.
-                """)
-        }
-        throw PEFTFolderError(path: dir.path, message: "no \(PEFTFolder.weightsFile) in the folder")
-    }
-    var tensors: [String: Tensor] = [:]
-    for (key, t) in try Safetensors.read(weightsURL.path).tensors {
-        let k = PEFTFolder.normalizedKey(key)
-        guard tensors[k] == nil else {
-            throw PEFTFolderError(path: weightsURL.path, message: "tensor '\(key)' appears twice (as '\(k)', with and without the adapter name)")
-        }
-        tensors[k] = t
-    }
-
+    let tensors = try readTensors()
     let method: PEFTMethod
     do {
         let data = try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys])
         method = try PEFTRegistry.make(type, config: data, name: "default", restoring: true)
     } catch {
-        throw PEFTFolderError(path: configURL.path, message: "\(error)")
+        throw PEFTFolderError(path: configPath, message: "\(error)")
     }
-    try checkAttachable(method, to: model, path: dir.path)
+    try checkAttachable(method, to: model, path: adapterPath)
     do {
         try method.attach(to: model)
     } catch {
-        throw PEFTFolderError(path: configURL.path, message: "cannot attach the \(type) adapter to this base: \(error)")
+        throw PEFTFolderError(path: configPath, message: "cannot attach the \(type) adapter to this base: \(error)")
     }
     do {
-        let used = try method.loadAdapterParameters(tensors, source: weightsURL.path)
+        var used = try method.loadAdapterParameters(tensors, source: weightsPath)
+        // PEFT saves an adapted head or embedding whole beside its LoRA (save_embedding_layers "auto",
+        // for a vocabulary that was resized): one equal to this base's weight is the base's own.
+        let params = Dictionary(model.namedParameters(), uniquingKeysWith: { a, _ in a })
+        for (key, t) in tensors where !used.contains(key) && key.hasPrefix("base_model.model.") && key.hasSuffix(".base_layer.weight") {
+            let name = String(key.dropFirst("base_model.model.".count).dropLast(".base_layer.weight".count)) + ".weight"
+            guard let p = params[name] else { continue }
+            guard p.shape == t.shape, p.toArray() == t.toArray() else {
+                throw PEFTFolderError(path: weightsPath, message: """
+                    tensor '\(key)' replaces the base's \(name) \(p.shape) with other values \(t.shape) (PEFT saves an adapted head \
+                    or embedding whole when its vocabulary was resized); an adapter that changes base weights is not supported
+                    """)
+            }
+            used.insert(key)
+        }
         if let extra = tensors.keys.sorted().first(where: { !used.contains($0) }) {
             let sample = used.sorted().prefix(3).joined(separator: ", ")
-            throw PEFTFolderError(path: weightsURL.path, message: """
-                tensor '\(extra)' is not used by the \(type) adapter built from \(PEFTFolder.configFile) \
-                (it expects \(used.count) tensors, e.g. \(sample)); the folder holds something this library does not implement \
+            throw PEFTFolderError(path: weightsPath, message: """
+                tensor '\(extra)' is not used by the \(type) adapter built from its config \
+                (it expects \(used.count) tensors, e.g. \(sample)); the file holds something this library does not implement \
                 (e.g. embedding LoRA) or belongs to another base
                 """)
         }
     } catch {
         method.detach(from: model)
         if let e = error as? PEFTFolderError { throw e }
-        throw PEFTFolderError(path: weightsURL.path, message: "\(error)".replacingOccurrences(of: weightsURL.path + ": ", with: ""))
+        throw PEFTFolderError(path: weightsPath, message: "\(error)".replacingOccurrences(of: weightsPath + ": ", with: ""))
     }
     return method
 }

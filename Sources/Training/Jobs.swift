@@ -55,18 +55,20 @@ public struct MergeResult {
 }
 
 /// Where a merged model is written: a SwiftPEFT checkpoint (.h5) or a Hugging Face model folder.
-public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, hf }
+public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, hf, gguf }
 
 /// Loads `adapter` (a SwiftPEFT checkpoint or a PEFT folder) onto the base at `modelPath` (read
 /// once), merges it into the weights, measures merged vs unmerged logits on `checkText` (tokenized
 /// with the base's tokenizer; fixed ids without one; cut to learned positions), and, when they agree
 /// within `MergeResult.tolerance` × the largest |logit| (at least 1), saves the merged model (with the base's tokenizer) to `out` as a
-/// SwiftPEFT checkpoint or (`format` .hf) a Hugging Face folder; otherwise throws, writing nothing.
+/// SwiftPEFT checkpoint, (`format` .hf) a Hugging Face folder or (.gguf) a llama.cpp GGUF file of
+/// `ggufType` matrices (from a GGUF base, its metadata kept); otherwise throws, writing nothing.
 /// The merged model keeps the chat template the adapter records, or `chatTemplatePath`'s (a file
 /// used instead), or the base's own (`useChatTemplate`).
 public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
                          checkText: String = "The quick brown fox jumps over the lazy dog.",
-                         format: MergedModelFormat = .swiftpeft, chatTemplatePath: String? = nil) throws -> MergeResult {
+                         format: MergedModelFormat = .swiftpeft, ggufType: GGUFWeightType = .f16,
+                         chatTemplatePath: String? = nil) throws -> MergeResult {
     let base = try loadModel(modelPath)
     if let tokenizer = base.tokenizer {
         try useChatTemplate(file: chatTemplatePath, adapters: [adapterPath], on: tokenizer)
@@ -98,11 +100,29 @@ public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
     var m: [String: String] = [:]
     m["merged_adapter"] = adapterPath
     m["merged_from"] = modelPath
-    switch format {
-    case .swiftpeft: try ModelCheckpoint.save(model, tokenizer: base.tokenizer, to: out, metadata: m)
-    case .hf: try saveHFModel(model, tokenizer: base.tokenizer, to: out, from: isHFModelFolder(modelPath) ? modelPath : nil)
-    }
+    try saveModel(model, tokenizer: base.tokenizer, loadedFrom: base.source, to: out, format: format, ggufType: ggufType, metadata: m)
     return MergeResult(maxLogitDifference: diff, adaptedModules: mergeable.mergedModuleCount)
+}
+
+/// Saves `model` (with `tokenizer`) to `out` as a SwiftPEFT checkpoint (with `metadata`), a Hugging
+/// Face folder (a Hugging Face `source`'s tokenizer config and generation config kept) or a GGUF
+/// file of `ggufType` matrices (a GGUF `source`'s metadata kept).
+public func saveModel(_ model: CausalLM, tokenizer: BPETokenizer?, loadedFrom source: ModelSource, to out: String,
+                      format: MergedModelFormat, ggufType: GGUFWeightType = .f16, metadata: [String: String] = [:]) throws {
+    switch format {
+    case .swiftpeft: try ModelCheckpoint.save(model, tokenizer: tokenizer, to: out, metadata: metadata)
+    case .hf: try saveHFModel(model, tokenizer: tokenizer, to: out, from: source.kind == .hfFolder ? source.path : nil)
+    case .gguf: try saveGGUFModel(model, tokenizer: tokenizer, to: out, type: ggufType, base: source.kind == .gguf ? try GGUFFile(source.path) : nil)
+    }
+}
+
+/// Reads the model at `modelPath` (a SwiftPEFT checkpoint, GGUF file or Hugging Face folder; GGUF
+/// quantizations dequantized) and writes it in `format`, its tokenizer and chat template along.
+/// - Throws: naming the file that cannot be read or written.
+public func convertModel(modelPath: String, out: String, format: MergedModelFormat, ggufType: GGUFWeightType = .f16) throws {
+    let loaded = try loadModel(modelPath)
+    try saveModel(loaded.model, tokenizer: loaded.tokenizer, loadedFrom: loaded.source, to: out, format: format, ggufType: ggufType,
+                  metadata: ["converted_from": modelPath])
 }
 
 /// A human-readable description of a SwiftPEFT file: a model, an adapter or a training state.
@@ -177,6 +197,16 @@ func describeForeign(_ source: ModelSource) throws -> String? {
             \(path): GGUF v\(f.version), \(formatBytes(f.fileSize)), "\(name)"
               \(config)
               tensors: \(f.tensorInfos.count) (\(types.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))
+            """
+    case .ggufAdapter:
+        let f = try GGUFFile(path)
+        let a = f.tensorInfos.filter { $0.name.hasSuffix(".lora_a") }
+        let ranks = Set(a.compactMap { $0.shape.first }).sorted().map(String.init).joined(separator: ", ")
+        let alpha = f.metadata["adapter.lora.alpha"]?.double.map { String(format: "%g", $0) } ?? "missing"
+        return """
+            \(path): llama.cpp GGUF LoRA adapter (\(f.metadata["general.architecture"]?.string ?? "?")), \(formatBytes(f.fileSize))
+              modules: \(a.count), rank \(ranks), alpha \(alpha)\(alpha == "0" ? " (scales folded into B)" : "")
+              tensors: \(a.prefix(4).map(\.name).joined(separator: ", "))\(a.count > 4 ? ", …" : "")
             """
     case .checkpoint, .adapter, .trainingState, .otherHDF5:
         return nil

@@ -1,0 +1,211 @@
+// GGUF export against llama.cpp's own converters (Fixtures/gguf-export, from
+// scripts/make_gguf_export_fixtures.py): a tiny LLaMA model written by `saveGGUFModel` in F32, F16 and
+// Q8_0 equals `convert_hf_to_gguf.py`'s files tensor by tensor, byte by byte, with the same
+// hyperparameters and tokenizer; a PEFT LoRA written by `exportGGUFLoRA` equals
+// `convert_lora_to_gguf.py`'s. llama.cpp's LoRA file read back gives PEFT's adapter; merges written as
+// GGUF load with the merged logits; what llama.cpp's LoRA cannot carry is refused, naming the file.
+
+import XCTest
+import TestSupport
+@testable import Formats
+import TensorCore
+import NN
+import Models
+import Tokenizers
+import PEFT
+import Containers
+import Training
+
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/gguf-export")
+private let regenerate = "regenerate with `.venv/bin/python scripts/make_gguf_export_fixtures.py` from the package root"
+
+final class GGUFExportTests: XCTestCase {
+    var dir: URL!
+
+    override func setUp() {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("ggufexport-\(UUID().uuidString)")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    private func fixture(_ name: String) throws -> String {
+        let path = fixtures.appendingPathComponent(name).path
+        guard FileManager.default.fileExists(atPath: path) else { try skipUnlessRequired("fixture \(path) is missing: \(regenerate)") }
+        return path
+    }
+
+    /// Asserts that `ours` holds `reference`'s tensors (names, ne, types, bytes) and its metadata,
+    /// except `general.*` names the converter makes up from folder names; ours may say
+    /// `tokenizer.ggml.add_bos_token` false (the converter writes it only when tokenizer_config.json does).
+    private func assertSameFile(_ ours: String, _ reference: String, ignoring: Set<String> = [], _ label: String,
+                                file: StaticString = #filePath, line: UInt = #line) throws {
+        let a = try GGUFFile(ours), b = try GGUFFile(reference)
+        let named: Set<String> = ["general.name", "general.size_label", "general.basename", "general.finetune"]
+        for key in b.metadataKeys where !named.contains(key) && !ignoring.contains(key) {
+            XCTAssertEqual(a.metadata[key], b.metadata[key], "\(label): metadata '\(key)'", file: file, line: line)
+        }
+        let extra = Set(a.metadataKeys).subtracting(b.metadataKeys).subtracting(named).subtracting(["tokenizer.ggml.add_bos_token"])
+        XCTAssertEqual(extra, [], "\(label): keys llama.cpp's converter does not write", file: file, line: line)
+        XCTAssertEqual(Set(a.tensorInfos.map(\.name)), Set(b.tensorInfos.map(\.name)), "\(label): tensor names", file: file, line: line)
+        var compared = 0
+        for tb in b.tensorInfos {
+            guard let ta = a.info(named: tb.name) else { continue }
+            XCTAssertEqual(ta.dims, tb.dims, "\(label): \(tb.name) ne", file: file, line: line)
+            XCTAssertEqual(ta.type, tb.type, "\(label): \(tb.name) type", file: file, line: line)
+            let same = try a.withRawBytes(of: ta) { ra in try b.withRawBytes(of: tb) { rb in ra.elementsEqual(rb) } }
+            XCTAssertTrue(same, "\(label): \(tb.name) bytes differ", file: file, line: line)
+            compared += 1
+        }
+        XCTAssertGreaterThan(compared, 0, label, file: file, line: line)
+    }
+
+    /// The tiny model written in each type equals `convert_hf_to_gguf.py --outtype …` of its folder:
+    /// Q/K rows permuted, norms kept F32, Q8_0 by llama.cpp's rounding with F16 for rows of 80, the
+    /// `llama.*` hyperparameters, the byte-level BPE tokenizer (tokens, types, merges, roles) and the
+    /// chat template.
+    func testAModelEqualsWhatLlamaCppsConverterWrites() throws {
+        let loaded = try loadModel(try fixture("model"))
+        for type in [GGUFWeightType.f32, .f16, .q8_0] {
+            let out = dir.appendingPathComponent("model-\(type.rawValue).gguf").path
+            try saveGGUFModel(loaded.model, tokenizer: loaded.tokenizer, to: out, type: type)
+            try assertSameFile(out, try fixture("model-\(type.rawValue).gguf"), type.rawValue)
+        }
+        // Q8_0 keeps ffn_down (rows of 80) in F16, as the converter does.
+        XCTAssertEqual(try GGUFFile(dir.appendingPathComponent("model-q8_0.gguf").path).info(named: "blk.0.ffn_down.weight")?.type, .f16)
+        // And SwiftPEFT reads its own file back as the same model.
+        let back = try loadModel(dir.appendingPathComponent("model-f32.gguf").path)
+        let ids: [Int32] = [256, 40, 72, 101, 108, 108, 111, 257, 33, 300]
+        assertClose(withNoGrad { back.model.forward(ids, batch: 1) }.toArray(), withNoGrad { loaded.model.forward(ids, batch: 1) }.toArray(),
+                    rtol: 0, atol: 0, "F32 GGUF read back", label: "[gguf]")
+        XCTAssertEqual(back.tokenizer?.encode("hello <|pad|> 123"), loaded.tokenizer?.encode("hello <|pad|> 123"))
+        XCTAssertEqual(back.tokenizer?.chatTemplate, loaded.tokenizer?.chatTemplate)
+    }
+
+    /// PEFT's LoRA on every linear layer and the head, written by `exportGGUFLoRA`, equals
+    /// `convert_lora_to_gguf.py`'s file: names, (r, in) A and (out, r) B with Q/K rows permuted, alpha.
+    func testALoRAEqualsWhatLlamaCppsConverterWrites() throws {
+        let loaded = try loadModel(try fixture("model"))
+        let method = try importPEFTFolder(URL(fileURLWithPath: try fixture("lora")), onto: loaded.model)
+        let out = dir.appendingPathComponent("lora.gguf").path
+        let r = try exportGGUFLoRA(method, base: loaded, to: out)
+        XCTAssertEqual(r.modules, 15)
+        XCTAssertEqual(r.alpha, 8)
+        try assertSameFile(out, try fixture("lora-f32.gguf"), "lora")
+    }
+
+    /// llama.cpp's own LoRA file, read onto the base, gives the logits of PEFT's folder; and every
+    /// kind of LoRA SwiftPEFT exports (rsLoRA, rank and alpha patterns, where the scales are folded
+    /// into B and alpha is 0) reads back with its logits.
+    func testLoRAFilesReadBackWithTheirLogits() throws {
+        let ids: [Int32] = [256, 40, 72, 101, 108, 108, 111, 257, 33, 300, 12, 99]
+        let peftBase = try loadModel(try fixture("model"))
+        try importPEFTFolder(URL(fileURLWithPath: try fixture("lora")), onto: peftBase.model)
+        let peftLogits = withNoGrad { peftBase.model.forward(ids, batch: 1) }.toArray()
+        let ggufBase = try loadModel(try fixture("model"))
+        let read = try loadAdapter(try fixture("lora-f32.gguf"), onto: ggufBase.model)
+        XCTAssertEqual((read as? LoRA)?.layers.count, 15)
+        assertClose(withNoGrad { ggufBase.model.forward(ids, batch: 1) }.toArray(), peftLogits, rtol: 0, atol: 1e-6,
+                    "llama.cpp's LoRA file vs PEFT's folder", label: "[gguf]")
+
+        var configs: [(String, LoRAConfig)] = []
+        var rs = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["q_proj", "k_proj", "down_proj"]))
+        rs.useRslora = true
+        configs.append(("rslora", rs))
+        var patterns = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["q_proj", "k_proj", "v_proj", "up_proj"]))
+        patterns.rankPattern = ["k_proj": 2]
+        patterns.alphaPattern = ["up_proj": 3]
+        configs.append(("patterns", patterns))
+        for (name, var c) in configs {
+            c.initLoraWeights = .random
+            let base = try loadModel(try fixture("model"))
+            let lora = try LoRA(config: c, seed: 5)
+            try lora.attach(to: base.model)
+            let ours = withNoGrad { base.model.forward(ids, batch: 1) }.toArray()
+            let out = dir.appendingPathComponent("\(name).gguf").path
+            let r = try exportGGUFLoRA(lora, base: base, to: out)
+            XCTAssertEqual(r.alpha, name == "rslora" ? 8 * 2 : 0, "\(name): alpha · √r for one rank, else folded")
+            let fresh = try loadModel(try fixture("model"))
+            try loadAdapter(out, onto: fresh.model)
+            assertClose(withNoGrad { fresh.model.forward(ids, batch: 1) }.toArray(), ours, rtol: 0, atol: 1e-5,
+                        "\(name) exported and read back", label: "[gguf]")
+            XCTAssertGreaterThan(maxAbsDiff(ours, peftLogits), 1e-3, "\(name) is another adapter")
+        }
+    }
+
+    /// `mergeAdapter(format: .gguf)` writes a file that loads with the adapted model's logits, in the
+    /// requested type, and keeps the adapter's chat template.
+    func testAMergeWrittenAsGGUFLoadsWithTheAdaptedLogits() throws {
+        let ids: [Int32] = [256, 40, 72, 101, 108, 108, 111, 257, 33, 300]
+        let adapted = try loadModel(try fixture("model"))
+        try importPEFTFolder(URL(fileURLWithPath: try fixture("lora")), onto: adapted.model)
+        let expected = withNoGrad { adapted.model.forward(ids, batch: 1) }.toArray()
+        for type in [GGUFWeightType.f32, .q8_0] {
+            let out = dir.appendingPathComponent("merged-\(type.rawValue).gguf").path
+            _ = try mergeAdapter(modelPath: try fixture("model"), adapterPath: try fixture("lora"), out: out, format: .gguf, ggufType: type)
+            let merged = try loadModel(out)
+            let logits = withNoGrad { merged.model.forward(ids, batch: 1) }.toArray()
+            assertClose(logits, expected, rtol: type == .f32 ? 1e-5 : 0.05, atol: type == .f32 ? 1e-5 : 0.05, "merged \(type.rawValue)", label: "[gguf]")
+            XCTAssertEqual(try GGUFFile(out).metadata["general.file_type"], .uint32(type == .f32 ? 0 : 7))
+            XCTAssertEqual(merged.tokenizer?.chatTemplate, adapted.tokenizer?.chatTemplate)
+        }
+    }
+
+    /// PEFT saves a LoRA'd head whole beside its LoRA (`lm_head.base_layer.weight`, for a resized
+    /// vocabulary): equal to the base's, it is the base's own; other values are refused, named.
+    func testAPEFTHeadSavedWholeIsTheBasesOrRefused() throws {
+        let folder = URL(fileURLWithPath: try fixture("lora"))
+        let key = "base_model.model.lm_head.base_layer.weight"
+        let saved = try Safetensors.read(folder.appendingPathComponent("adapter_model.safetensors").path)
+        var tensors = saved.tensors
+        XCTAssertNotNil(tensors[key], "PEFT saved the head whole")
+        XCTAssertNoThrow(try importPEFTFolder(folder, onto: try loadModel(try fixture("model")).model))
+        let changed = dir.appendingPathComponent("changed")
+        try FileManager.default.createDirectory(at: changed, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: folder.appendingPathComponent("adapter_config.json"), to: changed.appendingPathComponent("adapter_config.json"))
+        tensors[key] = tensors[key]! * 2
+        try Safetensors.write(changed.appendingPathComponent("adapter_model.safetensors").path, tensors: tensors.map { ($0.key, $0.value) }, metadata: saved.metadata)
+        XCTAssertThrowsError(try importPEFTFolder(changed, onto: try loadModel(try fixture("model")).model)) { e in
+            XCTAssertTrue("\(e)".contains(key) && "\(e)".contains("changes base weights"), "\(e)")
+        }
+    }
+
+    /// What llama.cpp's LoRA cannot carry is refused before anything is written, naming the file:
+    /// DoRA, another method, trained biases, a GPT-2 base; a GGUF
+    /// LoRA given as a model, and one that belongs to another base, say what they are.
+    func testWhatLlamaCppCannotCarryIsRefused() throws {
+        let out = dir.appendingPathComponent("refused.gguf").path
+        func refused(_ make: () throws -> PEFTMethod, _ expected: String, line: UInt = #line) throws {
+            let b = try loadModel(try fixture("model"))
+            let m = try make()
+            try m.attach(to: b.model)
+            XCTAssertThrowsError(try exportGGUFLoRA(m, base: b, to: out), line: line) { e in
+                XCTAssertTrue("\(e)".contains(out) && "\(e)".contains(expected), "\(e)", line: line)
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), line: line)
+        }
+        var dora = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
+        dora.useDora = true
+        try refused({ try LoRA(config: dora) }, "DoRA")
+        try refused({ try IA3(config: IA3Config()) }, "IA3 adapter has no llama.cpp GGUF form")
+        var bias = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
+        bias.bias = "all"
+        try refused({ try LoRA(config: bias) }, "trains biases")
+
+        let other = ModelConfig.llama(vocabSize: 64, hiddenSize: 32, numLayers: 1, numHeads: 2, numKVHeads: 2, intermediateSize: 64)
+        let gpt2 = LoadedModel(model: GPT2Model(.gpt2(vocabSize: 64, hiddenSize: 32, numLayers: 1, numHeads: 2, maxPositions: 16), seed: 1),
+                               tokenizer: nil, metadata: [:], source: ModelSource(path: "gpt2.h5", kind: .checkpoint, attributes: [:]))
+        XCTAssertThrowsError(try exportGGUFLoRA(try { () -> PEFTMethod in
+            let m = try LoRA(config: LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["c_attn"])))
+            try m.attach(to: gpt2.model)
+            return m
+        }(), base: gpt2, to: out)) { e in XCTAssertTrue("\(e)".contains("gpt2 model has no GGUF export"), "\(e)") }
+
+        let lora = try fixture("lora-f32.gguf")
+        XCTAssertEqual(try ModelSource.detect(lora).kind, .ggufAdapter)
+        XCTAssertThrowsError(try loadModel(lora)) { e in XCTAssertTrue("\(e)".contains("not a base model"), "\(e)") }
+        XCTAssertThrowsError(try loadAdapter(lora, onto: LlamaModel(other, seed: 1))) { e in
+            XCTAssertTrue("\(e)".contains(lora) && "\(e)".contains("do not fit") && "\(e)".contains("another base"), "\(e)")
+        }
+    }
+}
