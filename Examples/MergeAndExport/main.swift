@@ -1,6 +1,7 @@
 // Example: take a trained adapter (SwiftPEFT .h5 or PEFT folder), export it as a Hugging Face PEFT
-// folder (`PeftModel.from_pretrained` loads it), then fold it into the base's weights, check that the
-// merged model gives the same logits, and save the merged model as a SwiftPEFT checkpoint.
+// folder (`PeftModel.from_pretrained` loads it) and, for a LoRA, as a llama.cpp GGUF adapter
+// (`llama-cli --lora`), then fold it into the base's weights, check that the merged model gives the
+// same logits, and save the merged model as a SwiftPEFT checkpoint and as a GGUF file for llama.cpp.
 //   swift run -c release example-merge-export [BASE] [ADAPTER] [OUT]
 import Foundation
 import SwiftPEFT
@@ -18,6 +19,12 @@ do {
 
     try exportPEFTFolder(adapter, base: base.model, baseName: nil, to: URL(fileURLWithPath: outDir + "/peft"))
     print("exported \(outDir)/peft: \(PEFTFolder.configFile), \(PEFTFolder.weightsFile)")
+    do {
+        let gguf = try exportGGUFLoRA(adapter, base: base, to: outDir + "/lora.gguf")
+        print("exported \(outDir)/lora.gguf: \(gguf.modules) modules for llama.cpp (\(gguf.architecture))")
+    } catch let refused as CheckpointError {
+        print("no llama.cpp LoRA: \(refused.message)")  // DoRA, IA3, a GPT-2 base, …
+    }
 
     guard let mergeable = adapter as? MergeablePEFTMethod else {
         print("a \(type(of: adapter).peftType) adapter cannot be merged into the weights; the PEFT folder is the result")
@@ -36,6 +43,10 @@ do {
     try ModelCheckpoint.save(base.model, tokenizer: base.tokenizer, to: outDir + "/merged.h5",
                              metadata: ["merged_adapter": adapterPath])
     print("saved \(outDir)/merged.h5")
+    if base.model.config.family == .llama {
+        try saveGGUFModel(base.model, tokenizer: base.tokenizer, to: outDir + "/merged.q8_0.gguf", type: .q8_0)
+        print("saved \(outDir)/merged.q8_0.gguf")
+    }
 } catch {
     print("error: \(error)")
     exit(1)

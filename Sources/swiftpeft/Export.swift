@@ -1,12 +1,13 @@
 // `swiftpeft export`: write an adapter as a Hugging Face PEFT folder (adapter_config.json +
-// adapter_model.safetensors) that `PeftModel.from_pretrained` loads.
+// adapter_model.safetensors) that `PeftModel.from_pretrained` loads, or a LoRA as the GGUF file
+// llama.cpp's `--lora` loads.
 import ArgumentParser
 import Foundation
 import SwiftPEFT
 
 struct Export: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
-        abstract: "Export an adapter as a Hugging Face PEFT folder (\(PEFTRegistry.all.filter { $0.peftFolder != nil }.flatMap { $0.names.map(\.name) }.joined(separator: ", "))).",
+        abstract: "Export an adapter as a Hugging Face PEFT folder (\(PEFTRegistry.all.filter { $0.peftFolder != nil }.flatMap { $0.names.map(\.name) }.joined(separator: ", "))) or a LoRA as a llama.cpp GGUF adapter.",
         discussion: """
         Prompt-learning adapters are written as PEFT saves them: one `prompt_embeddings` tensor (the
         encoder output for P-Tuning and projected prefixes), with inference_mode true. Bottleneck
@@ -14,25 +15,47 @@ struct Export: ParsableCommand {
         the base's own (--chat-template) takes it along as chat_template.jinja. For a merged full model
         as a Hugging Face folder, use `swiftpeft merge --format hf`.
 
+        --format gguf writes a LoRA (not DoRA, no trained biases) as llama.cpp's convert_lora_to_gguf.py
+        does, for a LLaMA-family base: `llama-cli -m base.gguf --lora adapter.gguf`, or Ollama's ADAPTER.
+        The base llama.cpp runs must be the one trained on (e.g. the same GGUF file). llama.cpp's LoRA
+        carries no chat template; an adapter trained with another one is refused unless --chat-template-ok.
+
         Examples:
           swiftpeft export --model models/base.h5 --adapter runs/lora/adapter.h5 --format peft --out peft/lora
           swiftpeft export --model hf/SmolLM-135M --adapter runs/dora/adapter.h5 --out peft/dora --base-name HuggingFaceTB/SmolLM-135M
+          swiftpeft export --model data/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/lora/adapter.h5 --format gguf --out lora.gguf
         """) }
 
     @Option(help: "The base model the adapter was trained on (.h5, .gguf or Hugging Face folder).") var model: String
     @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String
-    @Option(help: "Output format: peft (Hugging Face PEFT adapter folder).") var format = "peft"
-    @Option(help: "Folder to write.") var out: String
+    @Option(help: "Output format: peft (Hugging Face PEFT adapter folder) or gguf (llama.cpp LoRA adapter file).") var format = "peft"
+    @Option(help: "Folder to write (peft), or file (gguf).") var out: String
+    @Flag(help: "With --format gguf: write an adapter trained with another chat template than the base's, which the GGUF file cannot record.")
+    var chatTemplateOk = false
     @Option(help: "base_model_name_or_path to record (default: --model when it is a Hugging Face folder, else null).")
     var baseName: String?
 
     func run() throws {
-        guard format == "peft" else {
-            throw CLIError("--format \(format) is not known for export; use peft (for a merged Hugging Face model folder: swiftpeft merge --format hf)")
+        guard format == "peft" || format == "gguf" else {
+            throw CLIError("--format \(format) is not known for export; use peft or gguf (for a merged model: swiftpeft merge --format hf or gguf)")
         }
         let loaded = try loadModel(model)
         let method = try loadAdapter(adapter, onto: loaded.model)
         let template = try adapterChatTemplate(adapter, readable: false).flatMap { $0 == loaded.tokenizer?.chatTemplate ? nil : $0 }
+        if format == "gguf" {
+            if template != nil && !chatTemplateOk {
+                throw CLIError("""
+                    \(adapter) was trained with another chat template than the base's, and a llama.cpp LoRA file cannot record it: \
+                    llama.cpp would write its chats with the base's template.
+                    HINT: merge it instead (swiftpeft merge --format gguf keeps the template), or pass --chat-template-ok and give llama.cpp the template yourself (--chat-template-file).
+                    """)
+            }
+            let r = try exportGGUFLoRA(method, base: loaded, to: out)
+            let bytes = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
+            print("exported LoRA (\(r.modules) modules, \(method.trainableCount) parameters) to \(out) as a llama.cpp GGUF adapter "
+                  + "(\(r.architecture), alpha \(String(format: "%g", r.alpha))\(r.alpha == 0 ? ": scales folded into B" : ""), \(formatBytes(bytes)))")
+            return
+        }
         try exportPEFTFolder(method, base: loaded.model, baseName: baseName ?? (loaded.source.kind == .hfFolder ? model : nil),
                              chatTemplate: template, to: URL(fileURLWithPath: out))
         let weights = URL(fileURLWithPath: out).appendingPathComponent(PEFTFolder.weightsFile).path

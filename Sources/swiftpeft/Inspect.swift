@@ -28,15 +28,21 @@ struct Merge: ParsableCommand {
         Example:
           swiftpeft merge --model models/base.h5 --adapter runs/lora/adapter.h5 --out models/merged.h5
           swiftpeft merge --model hf/SmolLM-135M --adapter peft/lora --format hf --out models/merged-hf
+          swiftpeft merge --model data/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/lora/adapter.h5 --format gguf --out merged.gguf
+
+        --format gguf writes what llama.cpp (llama-cli, llama-server) and Ollama run: the "llama"
+        architecture, matrices as --gguf-type (f16 by default, as llama.cpp's converter), the
+        tokenizer and chat template; from a GGUF base all its metadata is kept.
         """) }
 
     static var mergingMethods: String { PEFTRegistry.all.filter(\.merges).flatMap { $0.names.map(\.name) }.joined(separator: ", ") }
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String
-    @Option(help: "Merged model to write: a checkpoint (.h5), or a folder with --format hf.") var out: String
-    @Option(help: "Output format: swiftpeft (.h5 checkpoint) or hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json).")
+    @Option(help: "Merged model to write: a checkpoint (.h5), a folder with --format hf, a .gguf file with --format gguf.") var out: String
+    @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json) or gguf (llama.cpp).")
     var format = "swiftpeft"
+    @Option(help: "With --format gguf: the matrices' type, f32, f16, bf16 or q8_0 (norms stay f32).") var ggufType = "f16"
     @Option(help: "Text whose logits are compared before and after merging.") var checkText = "The quick brown fox jumps over the lazy dog."
     @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") for the merged model instead of the base's own (default: the one the adapter records, which it was trained with).")
     var chatTemplate: String?
@@ -45,7 +51,9 @@ struct Merge: ParsableCommand {
         guard let f = MergedModelFormat(rawValue: format) else {
             throw CLIError("--format \(format) is not known; choose \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: " or "))")
         }
-        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkText: checkText, format: f, chatTemplatePath: chatTemplate)
+        let type = try ggufWeightType(ggufType, format: f)
+        let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkText: checkText, format: f, ggufType: type,
+                                 chatTemplatePath: chatTemplate)
         print(String(format: "merged %d modules; max |merged − unmerged| logit = %.2e", r.adaptedModules, r.maxLogitDifference))
         print("saved \(out)")
     }

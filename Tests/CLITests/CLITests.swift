@@ -625,6 +625,52 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// For llama.cpp: `export --format gguf` writes a LoRA file that `eval --adapter`, `inspect` and
+    /// llama.cpp read (its losses equal the .h5's); `merge --format gguf` and `convert --format gguf`
+    /// write models that load with the same losses (Q8_0 close); a chat template the LoRA file cannot
+    /// record, and a --gguf-type without --format gguf, are refused.
+    func testGGUFExportsForLlamaCpp() throws {
+        let run = fx.path("runs/gguf-lora")
+        _ = try ok(["train", "--model", fx.base, "--data", fx.jsonl, "--steps", "3", "--lr", "0.01", "--seq-len", "32", "--batch-size", "4",
+                    "--target-modules", "q_proj,k_proj,down_proj", "--val-fraction", "0", "--out", run])
+        let adapter = run + "/adapter.h5", lora = fx.path("gguf-lora.gguf")
+        let exported = try ok(["export", "--model", fx.base, "--adapter", adapter, "--format", "gguf", "--out", lora])
+        XCTAssertTrue(exported.stdout.contains("as a llama.cpp GGUF adapter (llama, alpha"), exported.transcript)
+        let shown = try ok(["inspect", lora])
+        XCTAssertTrue(shown.stdout.contains("llama.cpp GGUF LoRA adapter (llama)") && shown.stdout.contains("modules: 6, rank 8"), shown.transcript)
+        func loss(_ args: [String]) throws -> Double {
+            let r = try ok(["eval", "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4", "--json"] + args)
+            return try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["loss"] as? Double, r.transcript)
+        }
+        let adapted = try loss(["--model", fx.base, "--adapter", adapter])
+        XCTAssertNotEqual(adapted, try loss(["--model", fx.base]), "the adapter changes the loss")
+        XCTAssertEqual(try loss(["--model", fx.base, "--adapter", lora]), adapted, accuracy: 1e-6, "the GGUF LoRA read back")
+        for type in ["f32", "q8_0"] {
+            let merged = fx.path("gguf-merged-\(type).gguf")
+            _ = try ok(["merge", "--model", fx.base, "--adapter", adapter, "--format", "gguf", "--gguf-type", type, "--out", merged])
+            XCTAssertEqual(try loss(["--model", merged]), adapted, accuracy: type == "f32" ? 1e-5 : 2e-2, "merged as \(type)")
+        }
+        let converted = fx.path("gguf-base.gguf"), back = fx.path("gguf-base-hf")
+        _ = try ok(["convert", "--model", fx.base, "--format", "gguf", "--gguf-type", "f32", "--out", converted])
+        _ = try ok(["convert", "--model", converted, "--format", "hf", "--out", back])
+        XCTAssertEqual(try loss(["--model", back]), try loss(["--model", fx.base]), accuracy: 1e-6, "h5 → GGUF → Hugging Face")
+        _ = try fails(["convert", "--model", fx.base, "--format", "hf", "--gguf-type", "q8_0", "--out", fx.path("x")], mentioning: ["--gguf-type applies to --format gguf only"])
+        _ = try fails(["convert", "--model", fx.base, "--format", "gguf", "--gguf-type", "q4", "--out", fx.path("x")], mentioning: ["--gguf-type q4 is not known", "q8_0"])
+        // A chat template the file cannot carry: refused unless the user takes it on.
+        let chat = fx.path("gguf-chat.jsonl")
+        try (0..<8).map { _ in #"{"messages": [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}]}"# }
+            .joined(separator: "\n").write(toFile: chat, atomically: true, encoding: .utf8)
+        let jinja = fx.path("gguf-chat.jinja")
+        try "{% for m in messages %}{{ m.role + ': ' + m.content + eos_token }}{% endfor %}".write(toFile: jinja, atomically: true, encoding: .utf8)
+        _ = try ok(["train", "--model", fx.base, "--data", chat, "--steps", "1", "--seq-len", "32", "--batch-size", "4", "--val-fraction", "0",
+                    "--chat-template", jinja, "--out", fx.path("runs/gguf-chat")])
+        let templated = fx.path("runs/gguf-chat/adapter.h5")
+        _ = try fails(["export", "--model", fx.base, "--adapter", templated, "--format", "gguf", "--out", fx.path("chat.gguf")],
+                      mentioning: ["cannot record it", "--chat-template-ok", "merge"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("chat.gguf")))
+        _ = try ok(["export", "--model", fx.base, "--adapter", templated, "--format", "gguf", "--chat-template-ok", "--out", fx.path("chat.gguf")])
+    }
+
     /// An adapter trained with --chat-template records it, and eval, train --adapter, merge, export
     /// and backtest use it without the flag; the flag overrides it; a back-test of adapters that
     /// record different templates is refused until one is given.
