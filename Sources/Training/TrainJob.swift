@@ -218,6 +218,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
             throw TrainingError(message: "\(stateURL.path) is already at step \(trainer.step); to train further, resume with more than \(trainer.step) steps")
         }
         if comm.isLeader { try trimMetrics(metricsURL, toStep: trainer.step) }
+        try comm.barrier(what: "resume: rank 0 trims metrics.jsonl", patient: !comm.isLeader)
     } else if comm.isLeader {
         // A state or metrics left by an earlier run in this folder must not be taken for this run's.
         try? fm.removeItem(at: metricsURL)
@@ -266,6 +267,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
 /// checkpoint, or half a line); rewritten atomically.
 func trimMetrics(_ url: URL, toStep step: Int) throws {
     guard let data = FileManager.default.contents(atPath: url.path) else { return }
+    if Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
     let kept = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { line in
         guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
               let s = obj["step"] as? Int else { return false }

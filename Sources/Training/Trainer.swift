@@ -242,12 +242,13 @@ public final class Trainer {
         let last = min(options.steps, until ?? options.steps)
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
         if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
-        // Rank 0 writes a checkpoint when one is due; the other ranks wait for it without the step
-        // timeout (a slow disk is not a hung rank); rank 0 keeps it, for a rank that hangs.
+        // Rank 0 has appended the step's metrics and writes a checkpoint when one is due; the other
+        // ranks wait for both without the step timeout (a slow disk is not a hung rank); rank 0
+        // keeps it, for a rank that hangs.
         func checkpointIfDue() throws {
-            guard (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last else { return }
-            if let url = checkpointURL { try saveCheckpoint(url, data: data) }
-            if let comm { try comm.barrier(what: "step \(step): rank 0 writes its checkpoint", patient: !comm.isLeader) }
+            let due = (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last
+            if due, let url = checkpointURL { try saveCheckpoint(url, data: data) }
+            if let comm { try comm.barrier(what: "step \(step): rank 0 writes its metrics" + (due ? " and checkpoint" : ""), patient: !comm.isLeader) }
         }
         while step < last {
             // Dropout masks (the model's and the adapters'): a stream of their own for each step and
@@ -338,6 +339,7 @@ public final class Trainer {
 
     func appendMetrics(_ m: StepMetrics) throws {
         guard let url = metricsURL else { return }
+        if Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         var line = try enc.encode(m)
@@ -359,8 +361,9 @@ public final class Trainer {
 
     public static let checkpointFormat = ModelSource.trainingStateFormat
 
-    /// Seconds every checkpoint and output write waits first (`SWIFTPEFT_FAULT_SLOW_WRITES`): a slow
-    /// disk, simulated for the data-parallel tests (the other ranks must wait for it).
+    /// Seconds every checkpoint, metrics append and output write waits first
+    /// (`SWIFTPEFT_FAULT_SLOW_WRITES`): a slow disk, simulated for the data-parallel tests (the other
+    /// ranks must wait for it).
     static let slowWrites = ProcessInfo.processInfo.environment["SWIFTPEFT_FAULT_SLOW_WRITES"].flatMap(Double.init) ?? 0
 
     /// Writes trained tensors, optimizer state, step and data position atomically.

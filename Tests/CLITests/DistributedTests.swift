@@ -246,9 +246,9 @@ final class DistributedTests: XCTestCase {
         if let stopped { kill(stopped, SIGKILL) }
     }
 
-    /// Rank 0's checkpoints and outputs take as long as its disk takes: the other ranks wait for them
-    /// past the step timeout (here a disk made slower than the 2 s timeout, 3 s per write), and the
-    /// run ends well, with every output written.
+    /// Rank 0's checkpoints, per-step metrics, outputs and a resume's trim of metrics.jsonl take as
+    /// long as its disk takes: the other ranks wait for them past the step timeout (here a disk made
+    /// slower than the 2 s timeout, 3 s per write), and the run ends well, with every output written.
     func testRanksWaitForRankZerosSlowWritesPastTheStepTimeout() throws {
         let out = fx.path("dp-slow-writes")
         let r = try train(ranks: 2, batch: 2, method: "lora", out: out, extra: ["--steps", "4", "--save-every", "2"],
@@ -259,6 +259,12 @@ final class DistributedTests: XCTestCase {
             XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + file), file + "\n" + r.transcript)
         }
         XCTAssertEqual(try losses(out).count, 4)
+        // A resume: rank 0 trims metrics.jsonl before the first step, as slowly.
+        let more = try train(ranks: 2, batch: 2, method: "lora", out: out, extra: ["--steps", "5", "--save-every", "2", "--resume"],
+                             mpiEnvironment: ["SWIFTPEFT_MPI_TIMEOUT=2", "SWIFTPEFT_FAULT_SLOW_WRITES=3"])
+        XCTAssertEqual(more.status, 0, more.transcript)
+        XCTAssertFalse(more.output.contains("no reply from the other ranks"), more.transcript)
+        XCTAssertEqual(try losses(out).count, 5)
     }
 
     /// The pid of the `swiftpeft` process that is rank `rank` of a job writing to `out`.
