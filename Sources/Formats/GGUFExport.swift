@@ -280,13 +280,27 @@ public func saveGGUFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to path: 
     try GGUFFile.write(path, metadata: metadata, tensors: tensors.map(\.1))
 }
 
+/// llama.cpp's name of a pre-tokenizer (`tokenizer.ggml.pre`).
+func ggufPreName(_ kind: BPEPreTokenizer) -> String {
+    switch kind {
+    case .gpt2: "gpt-2"
+    case .digitsSplit: "smollm"
+    case .llama3: "llama-bpe"
+    case .qwen2: "qwen2"
+    }
+}
+
 /// `tokenizer.ggml.*` for a byte-level BPE tokenizer, as llama.cpp's converter writes a Hugging Face
 /// one: every id below `vocabSize` (ids the tokenizer lacks as `[PADn]`, unused), token types
 /// (1 normal, 3 control = special added token, 4 user-defined = other added token, 5 unused),
 /// merges as "left right", the role ids.
 func ggufTokenizerMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: String) throws -> [(String, GGUFValue)] {
-    guard !tokenizer.ignoreMerges else {
-        throw CheckpointError(path: path, message: "not written: the tokenizer ignores merges for whole-vocabulary words (ignore_merges), which llama.cpp's gpt2 tokenizer here would not")
+    // llama.cpp ignores merges for Llama 3's pre-tokenizer ("llama-bpe") and for no other named here.
+    guard tokenizer.ignoreMerges == (tokenizer.preTokenizer == .llama3) else {
+        throw CheckpointError(path: path, message: """
+            not written: the tokenizer \(tokenizer.ignoreMerges ? "ignores" : "applies") merges for whole-vocabulary words \
+            (ignore_merges), which llama.cpp does \(tokenizer.ignoreMerges ? "not" : "") with its \(tokenizer.preTokenizer) pre-tokenizer
+            """)
     }
     var tokens: [String] = [], types: [Int32] = []
     tokens.reserveCapacity(vocabSize)
@@ -306,7 +320,7 @@ func ggufTokenizerMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: Stri
     let merges = tokenizer.merges.map { tokens[Int($0.0)] + " " + tokens[Int($0.1)] }
     var out: [(String, GGUFValue)] = [
         ("tokenizer.ggml.model", .string("gpt2")),
-        ("tokenizer.ggml.pre", .string(tokenizer.preTokenizer == .gpt2 ? "gpt-2" : "smollm")),
+        ("tokenizer.ggml.pre", .string(ggufPreName(tokenizer.preTokenizer))),
         ("tokenizer.ggml.tokens", .array(.string(tokens))),
         ("tokenizer.ggml.token_type", .array(.int32(types))),
         ("tokenizer.ggml.merges", .array(.string(merges))),

@@ -121,7 +121,8 @@ extension GGUFFile {
     /// The byte-level BPE tokenizer in the metadata: `tokenizer.ggml.tokens` (byte-level spellings),
     /// `.merges` ("left right"), `.token_type` (3 = control → special added token, 4 = user-defined →
     /// added token), `.pre` ("smollm", "starcoder", "refact" → digits split one by one; "gpt-2" → GPT-2's
-    /// regex), and the bos/eos/unknown/padding ids.
+    /// regex; "llama-bpe" → Llama 3's, merges ignored for whole-vocabulary words; "qwen2" → Qwen2's),
+    /// and the bos/eos/unknown/padding ids.
     /// - Throws: `GGUFError` naming the metadata key at fault.
     public func makeTokenizer() throws -> BPETokenizer {
         let modelKey = "tokenizer.ggml.model"
@@ -133,9 +134,11 @@ extension GGUFFile {
         switch metadata["tokenizer.ggml.pre"]?.string {
         case "smollm"?, "starcoder"?, "refact"?: pre = .digitsSplit
         case "gpt-2"?: pre = .gpt2
+        case "llama-bpe"?, "llama3"?, "llama-v3"?: pre = .llama3
+        case "qwen2"?: pre = .qwen2
         case let other:
             throw fail(.unsupportedModel, "tokenizer.ggml.pre", "pre-tokenizer \(other.map { "'\($0)'" } ?? "(missing)") is not "
-                       + "supported; supported: 'gpt-2', 'smollm', 'starcoder', 'refact'")
+                       + "supported; supported: 'gpt-2', 'smollm', 'starcoder', 'refact', 'llama-bpe', 'qwen2'")
         }
         guard let tokens = try required("tokenizer.ggml.tokens").strings else {
             throw fail(.malformed, "tokenizer.ggml.tokens", "expected an array of string, found \(metadata["tokenizer.ggml.tokens"]!.typeName)")
@@ -189,7 +192,9 @@ extension GGUFFile {
         let roles = SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
                                       pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
         do {
-            let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: pre, roles: roles)
+            // llama.cpp's Llama 3 tokenizer takes a word that is a whole vocabulary token as it is (ignore_merges).
+            let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: pre,
+                                             ignoreMerges: pre == .llama3, roles: roles)
             tokenizer.chatTemplate = metadata["tokenizer.chat_template"]?.string
             return tokenizer
         } catch {

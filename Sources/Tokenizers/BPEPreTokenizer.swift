@@ -1,10 +1,10 @@
 // BPEPreTokenizer.swift: splits text into the pieces ("words") that BPE merges never cross: GPT-2's regex
 // `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, hand-written over UTF-8 (an
-// NSRegularExpression is ~50x slower), and SmolLM2's variant that first isolates every digit.
+// NSRegularExpression is ~50x slower), SmolLM2's variant that first isolates every digit, and the regex
+// of Llama 3 and Qwen2.
 import Foundation
 
-/// How text is cut into words before BPE; the two kinds Hugging Face `tokenizer.json` files use for GPT-2-style
-/// byte-level BPE.
+/// How text is cut into words before BPE: the kinds Hugging Face `tokenizer.json` files use for byte-level BPE.
 public enum BPEPreTokenizer: String, Sendable, CaseIterable {
     /// `ByteLevel(add_prefix_space: false, use_regex: true)`: GPT-2's regex, as in GPT-2, RoBERTa, Qwen-free
     /// byte-level BPEs. `"year 2024"` → `"year"`, `" 2024"`.
@@ -13,6 +13,22 @@ public enum BPEPreTokenizer: String, Sendable, CaseIterable {
     /// (SmolLM2, StarCoder): every numeric character becomes its own word first, then GPT-2's regex splits each
     /// stretch between them. `"year 2024"` → `"year"`, `" "`, `"2"`, `"0"`, `"2"`, `"4"`.
     case digitsSplit
+    /// `Sequence[Split(Regex(…), "Isolated"), ByteLevel(use_regex: false)]` with Llama 3's regex,
+    /// llama.cpp's `pre = llama-bpe`: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+    /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+` (contractions in any ASCII case, as llama.cpp
+    /// reads them). `"year 2024"` → `"year"`, `" "`, `"202"`, `"4"`.
+    case llama3
+    /// The same with `\p{N}` one numeric character at a time: Qwen2 and Qwen2.5 (`pre = qwen2`).
+    case qwen2
+
+    /// The regex of the `Split` pre-tokenizer in a `tokenizer.json` of this kind (nil: ByteLevel's own).
+    public var splitPattern: String? {
+        switch self {
+        case .gpt2, .digitsSplit: nil
+        case .llama3: #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        case .qwen2: #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        }
+    }
 }
 
 /// Character classes of the GPT-2 regex: `\p{L}`, `\p{N}`, `\s`, and everything else.
@@ -139,6 +155,95 @@ enum PreTokenizerScan {
         if end > stretch { splitGPT2(p, from: stretch, to: end, table: table, into: &ends) }
     }
 
+    /// Appends to `ends` the end offset of each match of Llama 3's regex (Qwen2's with `maxDigits` 1)
+    /// in `p[start..<end]`; the alternatives are tried in order at each position, as the regex does.
+    static func splitLlama3(_ p: UnsafePointer<UInt8>, from start: Int, to end: Int, maxDigits: Int,
+                            table: UnsafePointer<ScalarClass>, into ends: inout [Int]) {
+        @inline(__always) func isNewline(_ k: Int) -> Bool { p[k] == 0x0A || p[k] == 0x0D }
+        @inline(__always) func lower(_ k: Int) -> UInt8 { p[k] >= 0x41 && p[k] <= 0x5A ? p[k] | 0x20 : p[k] }
+        var i = start
+        while i < end {
+            // (?i:'s|'t|'re|'ve|'m|'ll|'d), ASCII letters in either case.
+            if p[i] == 0x27 && i + 1 < end {
+                let c1 = lower(i + 1)
+                if c1 == 0x73 || c1 == 0x74 || c1 == 0x6D || c1 == 0x64 {  // s t m d
+                    i += 2
+                    ends.append(i)
+                    continue
+                }
+                if i + 2 < end {
+                    let c2 = lower(i + 2)
+                    if (c1 == 0x72 && c2 == 0x65) || (c1 == 0x76 && c2 == 0x65) || (c1 == 0x6C && c2 == 0x6C) {  // re ve ll
+                        i += 3
+                        ends.append(i)
+                        continue
+                    }
+                }
+            }
+            let (cls, len) = scalar(p, i, table)
+            // [^\r\n\p{L}\p{N}]?\p{L}+: letters, after one character that is no letter, number or newline.
+            var letters = cls == .letter ? i : -1
+            if letters < 0 && (cls == .other || (cls == .space && !isNewline(i))) && i + len < end && scalar(p, i + len, table).0 == .letter {
+                letters = i + len
+            }
+            if letters >= 0 {
+                var k = letters
+                while k < end {
+                    let (c, l) = scalar(p, k, table)
+                    if c != .letter { break }
+                    k += l
+                }
+                ends.append(k)
+                i = k
+                continue
+            }
+            // \p{N}{1,maxDigits}
+            if cls == .number {
+                var k = i + len, n = 1
+                while n < maxDigits && k < end {
+                    let (c, l) = scalar(p, k, table)
+                    if c != .number { break }
+                    k += l
+                    n += 1
+                }
+                ends.append(k)
+                i = k
+                continue
+            }
+            // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+            let j = (p[i] == 0x20 && i + 1 < end) ? i + 1 : i
+            if scalar(p, j, table).0 == .other {
+                var k = j
+                while k < end {
+                    let (c, l) = scalar(p, k, table)
+                    if c != .other { break }
+                    k += l
+                }
+                while k < end && isNewline(k) { k += 1 }
+                ends.append(k)
+                i = k
+                continue
+            }
+            // A whitespace run: `\s*[\r\n]+` takes it through its last newline; else `\s+(?!\S)|\s+`
+            // leaves its last character to the next match when a non-space follows (not a run of one).
+            var k = i, last = i, lastNewline = -1
+            while k < end {
+                let (c, l) = scalar(p, k, table)
+                if c != .space { break }
+                if isNewline(k) { lastNewline = k }
+                last = k
+                k += l
+            }
+            if lastNewline >= 0 {
+                k = lastNewline + 1
+            } else if k < end && last > i {
+                k = last
+            }
+            ends.append(k)
+            i = k
+        }
+    }
+
     /// Splits `p[start..<end]` with `kind`, appending piece end offsets to `ends`.
     @inline(__always)
     static func split(_ kind: BPEPreTokenizer, _ p: UnsafePointer<UInt8>, from start: Int, to end: Int,
@@ -147,6 +252,8 @@ enum PreTokenizerScan {
             switch kind {
             case .gpt2: splitGPT2(p, from: start, to: end, table: table.baseAddress!, into: &ends)
             case .digitsSplit: splitDigitsThenGPT2(p, from: start, to: end, table: table.baseAddress!, into: &ends)
+            case .llama3: splitLlama3(p, from: start, to: end, maxDigits: 3, table: table.baseAddress!, into: &ends)
+            case .qwen2: splitLlama3(p, from: start, to: end, maxDigits: 1, table: table.baseAddress!, into: &ends)
             }
         }
     }

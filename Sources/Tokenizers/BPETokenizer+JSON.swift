@@ -260,12 +260,14 @@ extension BPETokenizer {
         guard let obj = pre as? [String: Any], let type = obj["type"] as? String else {
             throw malformed("pre_tokenizer is not an object with a \"type\"")
         }
-        func checkByteLevel(_ o: [String: Any], _ path: String) throws {
+        func checkByteLevel(_ o: [String: Any], _ path: String, regex: Bool = true) throws {
             if let p = o["add_prefix_space"] as? Bool, p {
                 throw unsupported("\(path).add_prefix_space is true (only false is supported)")
             }
-            if let r = o["use_regex"] as? Bool, !r {
-                throw unsupported("\(path).use_regex is false (only GPT-2's regex is supported)")
+            let uses = (o["use_regex"] as? Bool) ?? true
+            if uses != regex {
+                throw unsupported(regex ? "\(path).use_regex is false (only GPT-2's regex is supported)"
+                                  : "\(path).use_regex is true after a Split (only a Split then ByteLevel without its regex is supported)")
             }
         }
         switch type {
@@ -288,9 +290,22 @@ extension BPETokenizer {
                 try checkByteLevel(list[1], "pre_tokenizer.pretokenizers[1]")
                 return .digitsSplit
             }
-            throw unsupported("pre_tokenizer Sequence \(types) (supported: [ByteLevel], [Digits, ByteLevel])")
+            if types == ["Split", "ByteLevel"] {
+                let split = list[0]
+                let pattern = (split["pattern"] as? [String: Any])?["Regex"] as? String
+                guard let kind = BPEPreTokenizer.allCases.first(where: { $0.splitPattern != nil && $0.splitPattern == pattern }) else {
+                    throw unsupported("pre_tokenizer.pretokenizers[0] is a Split on \(pattern.map { $0.debugDescription } ?? "no Regex pattern"); "
+                                      + "supported: Llama 3's and Qwen2's regexes")
+                }
+                guard (split["behavior"] as? String) == "Isolated", (split["invert"] as? Bool) != true else {
+                    throw unsupported("pre_tokenizer.pretokenizers[0] is a Split with behavior \(split["behavior"] ?? "none") or invert true (only Isolated, not inverted)")
+                }
+                try checkByteLevel(list[1], "pre_tokenizer.pretokenizers[1]", regex: false)
+                return kind
+            }
+            throw unsupported("pre_tokenizer Sequence \(types) (supported: [ByteLevel], [Digits, ByteLevel], [Split, ByteLevel] with Llama 3's or Qwen2's regex)")
         default:
-            throw unsupported("pre_tokenizer \(type) (supported: ByteLevel, Sequence[Digits, ByteLevel])")
+            throw unsupported("pre_tokenizer \(type) (supported: ByteLevel, Sequence[Digits, ByteLevel], Sequence[Split, ByteLevel])")
         }
     }
 
@@ -370,6 +385,10 @@ extension BPETokenizer {
         case .digitsSplit:
             s += "  \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Digits\", "
                 + "\"individual_digits\": true}, \(byteLevel)]},\n"
+        case .llama3, .qwen2:
+            s += "  \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+                + "{\"Regex\": \(jsonString(preTokenizer.splitPattern!))}, \"behavior\": \"Isolated\", \"invert\": false}, "
+                + byteLevel.replacingOccurrences(of: "\"use_regex\": true", with: "\"use_regex\": false") + "]},\n"
         }
         s += "  \"post_processor\": null,\n"
         s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, "

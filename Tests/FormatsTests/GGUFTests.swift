@@ -92,6 +92,21 @@ func halfBits(_ f: Float) -> [UInt8] { withUnsafeBytes(of: Float16(f).bitPattern
 func floatBytes(_ xs: [Float]) -> [UInt8] { xs.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) } }
 
 /// Where the real model is, and how to get it.
+/// llama.cpp's vocabulary-only GGUF file `ggml-vocab-<name>.gguf` in data/llama-vocabs.
+func llamaVocabPath(_ name: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("data/llama-vocabs/ggml-vocab-\(name).gguf").path
+}
+
+/// The tokenizer of `llamaVocabPath(name)`; skipped (failed under SWIFTPEFT_NO_SKIP) when it was not fetched.
+func llamaVocab(_ name: String) throws -> BPETokenizer {
+    let path = llamaVocabPath(name)
+    guard FileManager.default.fileExists(atPath: path) else {
+        try skipUnlessRequired("\(path) is missing: run `python3 scripts/fetch_data.py llama-vocabs`")
+    }
+    return try GGUFFile(path).makeTokenizer()
+}
+
 let smolLM2Path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path
 let smolLM2Fetch = "python3 scripts/fetch_data.py smollm2"
@@ -633,6 +648,69 @@ final class GGUFTests: XCTestCase {
             let text = try template.render(messages: c.map { (role: $0.0, content: $0.1) }, addGenerationPrompt: c.last!.0 != "assistant",
                                            specialTokens: tok.specialTokenTexts)
             XCTAssertEqual(tok.encode(text).map(Int.init), ids, text)
+        }
+    }
+
+    /// The real Llama 3 and Qwen2 vocabularies (llama.cpp's vocabulary-only GGUF files, fetched by
+    /// `scripts/fetch_data.py llama-vocabs`) tokenize llama.cpp's own test strings to its expected ids.
+    func testLlama3AndQwen2TokenizersGiveLlamaCppsTestIDs() throws {
+        for vocab in ["llama-bpe", "qwen2"] {
+            let tok = try llamaVocab(vocab)
+            XCTAssertEqual(tok.preTokenizer, vocab == "qwen2" ? .qwen2 : .llama3)
+            XCTAssertEqual(tok.ignoreMerges, vocab == "llama-bpe")
+            let path = llamaVocabPath(vocab)
+            let inputs = try String(contentsOfFile: path + ".inp", encoding: .utf8).components(separatedBy: "\n__ggml_vocab_test__\n")
+            let outputs = try String(contentsOfFile: path + ".out", encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+            XCTAssertGreaterThanOrEqual(outputs.count, 30, vocab)
+            var checked = 0
+            for (text, line) in zip(inputs, outputs) {
+                let expected = line.split(separator: " ").map { Int32($0)! }
+                XCTAssertEqual(tok.encode(text), expected, "\(vocab): \(text.debugDescription)")
+                checked += 1
+            }
+            XCTAssertGreaterThanOrEqual(checked, 30, vocab)
+        }
+    }
+
+    /// The same vocabularies give transformers' ids (its GGUF tokenizer conversion: Hugging Face
+    /// `tokenizers` with the Split regex) on seeded random text of letters in both cases, digits,
+    /// contractions, spaces, tabs, newlines, punctuation, CJK, accents and emoji; the tokenizer.json
+    /// written here is read back by `tokenizers` and by this library with the same ids.
+    func testLlama3AndQwen2TokenizersMatchTransformers() throws {
+        let python = try referencePython(importing: ["transformers", "gguf", "tokenizers"])
+        var rng = RNG(seed: 42)
+        let pieces = ["a", "Z", "hello", "World", "'s", "'S", "'re", "'LL", "'d", "'x", "1", "22", "333", "4444", "12345", "½", "٣",
+                      " ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u{a0}", "\u{3000}", ".", "...", "!?", "\"", "(", "#", "-",
+                      "é", "Äpfel", "日本語", "中文", "🦙", "😀👍", "́", "ǅ", "ﬁ", "\u{2028}", "\u{85}"]
+        let texts = (0..<200).map { _ in (0..<Int(rng.next() % 24 + 1)).map { _ in pieces[Int(rng.next() % UInt64(pieces.count))] }.joined() }
+        let script = """
+            import json, sys
+            from transformers import AutoTokenizer
+            from tokenizers import Tokenizer
+            texts = json.loads(sys.argv[3])
+            t = AutoTokenizer.from_pretrained(sys.argv[1], gguf_file=sys.argv[2])
+            ours = Tokenizer.from_file(sys.argv[4])
+            print(json.dumps([[t(x, add_special_tokens=False)["input_ids"] for x in texts],
+                              [ours.encode(x, add_special_tokens=False).ids for x in texts]]))
+            """
+        for vocab in ["llama-bpe", "qwen2"] {
+            let tok = try llamaVocab(vocab)
+            let written = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-\(vocab)-\(UUID().uuidString).json").path
+            try tok.tokenizerJSON().write(toFile: written, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: written) }
+            let given = String(decoding: try JSONSerialization.data(withJSONObject: texts), as: UTF8.self)
+            let folder = URL(fileURLWithPath: llamaVocabPath(vocab)).deletingLastPathComponent().path
+            let (status, stdout, stderr) = try runPython(python, ["-c", script, folder, "ggml-vocab-\(vocab).gguf", given, written])
+            guard status == 0 else { return XCTFail("\(vocab): transformers could not tokenize: \(stderr)") }
+            let both = try XCTUnwrap(try JSONSerialization.jsonObject(with: stdout) as? [[[Int]]])
+            let reread = try BPETokenizer.load(json: Data(contentsOf: URL(fileURLWithPath: written)), file: written)
+            XCTAssertEqual(reread.preTokenizer, tok.preTokenizer)
+            for (k, text) in texts.enumerated() {
+                let ids = tok.encode(text).map(Int.init)
+                XCTAssertEqual(ids, both[0][k], "\(vocab) vs transformers: \(text.debugDescription)")
+                XCTAssertEqual(both[1][k], both[0][k], "\(vocab): our tokenizer.json in tokenizers: \(text.debugDescription)")
+                XCTAssertEqual(reread.encode(text).map(Int.init), ids, "\(vocab): our tokenizer.json read back: \(text.debugDescription)")
+            }
         }
     }
 
