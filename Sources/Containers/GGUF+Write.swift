@@ -32,8 +32,8 @@ extension GGUFFile {
     /// Writes a GGUF v3 file: `metadata` in its order (a `general.alignment` entry is not allowed: data
     /// is aligned to 32 bytes, llama.cpp's default), then `tensors` in their order.
     /// - Throws: `GGUFError` naming the file and the tensor or key at fault: a name given twice, a type
-    ///   that cannot be written, a NaN or infinite value, a Q8_0 tensor whose rows are not a multiple of 32,
-///   an I/O failure.
+    ///   that cannot be written, a NaN or infinite value, a Q8_0 tensor whose rows are not a multiple of
+    ///   32, an I/O failure (`CheckpointError` when the folder cannot be made).
     public static func write(_ path: String, metadata: [(String, GGUFValue)], tensors: [GGUFTensorToWrite]) throws {
         func fail(_ kind: GGUFError.Kind, _ key: String?, _ message: String) -> GGUFError {
             GGUFError(kind, path: path, tensor: key, message)
@@ -125,8 +125,12 @@ extension GGUFFile {
                 for i in 0..<32 { amax = max(amax, abs(x[i])) }
                 let d = amax / 127
                 let id: Float = d == 0 ? 0 : 1 / d
-                block.storeBytes(of: floatToHalf(d).littleEndian, as: UInt16.self)
-                for i in 0..<32 { block.storeBytes(of: Int8(clamping: Int((x[i] * id).rounded())), toByteOffset: 2 + i, as: Int8.self) }
+                // A block too small for an f16 scale (or for 1/d) is stored as zeros, which is what it reads back as.
+                let zero = floatToHalf(d) == 0 || !id.isFinite
+                block.storeBytes(of: (zero ? 0 : floatToHalf(d)).littleEndian, as: UInt16.self)
+                for i in 0..<32 {
+                    block.storeBytes(of: zero ? 0 : Int8(clamping: Int((x[i] * id).rounded())), toByteOffset: 2 + i, as: Int8.self)
+                }
             }
         default:
             preconditionFailure("GGUFFile.encode: type \(type) is not writable")

@@ -508,7 +508,25 @@ public final class GGUFFile: @unchecked Sendable {
         }
     }
 
-    private static func parse(_ base: UnsafeRawPointer?, size: Int, path: String) throws -> Parsed {
+    /// The value of metadata `key` of the GGUF file at `path`, reading the metadata only as far as that
+    /// key (not the tensor infos): nil when the file has none. For telling kinds of file apart cheaply.
+    /// - Throws: `GGUFError` when the file cannot be read up to there.
+    public static func metadataValue(_ key: String, inFileAt path: String) throws -> GGUFValue? {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw GGUFError(.unreadable, path: path, "cannot open (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size > 0 else { throw GGUFError(.unreadable, path: path, "cannot stat, or empty") }
+        let size = Int(st.st_size)
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw GGUFError(.unreadable, path: path, "cannot memory-map \(size) bytes")
+        }
+        defer { munmap(p, size) }
+        return try parse(UnsafeRawPointer(p), size: size, path: path, stopAt: key).metadata[key]
+    }
+
+    /// `stopAt`: return as soon as that metadata key is read (the rest is not parsed).
+    private static func parse(_ base: UnsafeRawPointer?, size: Int, path: String, stopAt: String? = nil) throws -> Parsed {
         var r = Reader(base: base, size: size, path: path)
         var out = Parsed()
         guard size >= 4, let base, base.loadUnaligned(as: UInt32.self) == UInt32(littleEndian: magic) else {
@@ -539,7 +557,9 @@ public final class GGUFFile: @unchecked Sendable {
             }
             out.metadata[key] = v
             out.keys.append(key)
+            if key == stopAt { return out }
         }
+        if stopAt != nil { return out }
         if let a = out.metadata["general.alignment"] {
             guard case .uint32(let n) = a, n > 0, n & (n - 1) == 0 else {
                 throw GGUFError(.malformed, path: path, "general.alignment is \(a) (\(a.typeName)); expected a power of two as uint32")
