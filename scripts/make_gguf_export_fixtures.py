@@ -7,10 +7,13 @@
 #                  FFN 80, untied head) with random weights, and the GPT-2-style byte-level BPE tokenizer
 #                  of Tests/FormatsTests/Fixtures/hf/gpt2 (512 tokens) with a ChatML template
 #   lora/          a PEFT LoRA folder (r 4, alpha 8, every linear layer and lm_head, random A and B)
-#   model-f32.gguf, model-f16.gguf, model-q8_0.gguf
+#   model-f32.gguf, model-f16.gguf, model-bf16.gguf, model-q8_0.gguf
 #                  `convert_hf_to_gguf.py --outtype …` of model/ (FFN 80 is not a multiple of Q8_0's
 #                  block of 32, so ffn_down falls back to F16 there, as the converter does)
 #   lora-f32.gguf  `convert_lora_to_gguf.py --outtype f32 --base model/` of lora/
+#   qwen2/, qwen2-lora/, qwen2-f32.gguf, qwen2-lora-f32.gguf
+#                  the same for a Qwen2ForCausalLM (q, k, v biases; tied embeddings) and a LoRA on its
+#                  q, k, v and down projections: llama.cpp's "qwen2" architecture, rows in Hugging Face's order
 #
 # The converters are llama.cpp's, from the llama-cpp-python 0.3.36 source package on PyPI (downloaded
 # once into data/cache/chat-templates, shared with check_chat_templates.py), run with this venv's torch,
@@ -32,7 +35,7 @@ import urllib.request
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -73,36 +76,31 @@ def convert(llama, script, args):
         "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'gpt-2'\n"
         "import conversion.llama as llama\n"
         "llama.LlamaModel.set_vocab = base.TextModel._set_vocab_gpt2\n"  # a tokenizer.json, no SentencePiece model
+        "import conversion.qwen as qwen\n"
+        "qwen.Qwen2Model.set_vocab = base.TextModel._set_vocab_gpt2\n"
         f"sys.argv = [{script!r}] + {args!r}\n"
         f"runpy.run_path({os.path.join(llama, script)!r}, run_name='__main__')\n")
     subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
 
 
-def main():
-    torch.manual_seed(0)
-    if os.path.exists(OUT):
-        shutil.rmtree(OUT)
-    model_dir, lora_dir = os.path.join(OUT, "model"), os.path.join(OUT, "lora")
+def save_model(model, model_dir):
+    """A Hugging Face folder: random weights, the tiny tokenizer and its ChatML template."""
     os.makedirs(model_dir)
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
-                         tie_word_embeddings=False, bos_token_id=256, eos_token_id=256, pad_token_id=257)
-    model = LlamaForCausalLM(config).float().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
     model.save_pretrained(model_dir, safe_serialization=True)
-    for f in ("generation_config.json",):
-        if os.path.exists(os.path.join(model_dir, f)):
-            os.remove(os.path.join(model_dir, f))
+    if os.path.exists(os.path.join(model_dir, "generation_config.json")):
+        os.remove(os.path.join(model_dir, "generation_config.json"))
     shutil.copy(os.path.join(ROOT, "Tests", "FormatsTests", "Fixtures", "hf", "gpt2", "tokenizer.json"), model_dir)
     with open(os.path.join(model_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>",
                    "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML}, f, indent=2, sort_keys=True)
 
-    lora_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"])
-    peft_model = get_peft_model(model, lora_config)
+
+def save_lora(model, targets, lora_dir):
+    """A PEFT LoRA folder (r 4, alpha 8, random A and B) without a base name."""
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets))
     peft_model.save_pretrained(lora_dir)
     with open(os.path.join(lora_dir, "adapter_config.json")) as f:
         adapter_config = json.load(f)
@@ -113,12 +111,36 @@ def main():
         if f not in ("adapter_config.json", "adapter_model.safetensors"):
             os.remove(os.path.join(lora_dir, f))
 
+
+def main():
+    torch.manual_seed(0)
+    if os.path.exists(OUT):
+        shutil.rmtree(OUT)
+    model_dir, lora_dir = os.path.join(OUT, "model"), os.path.join(OUT, "lora")
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+                         tie_word_embeddings=False, bos_token_id=256, eos_token_id=256, pad_token_id=257)
+    model = LlamaForCausalLM(config).float().eval()
+    save_model(model, model_dir)
+    save_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"], lora_dir)
+
+    qwen_dir, qwen_lora_dir = os.path.join(OUT, "qwen2"), os.path.join(OUT, "qwen2-lora")
+    qwen_config = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                              tie_word_embeddings=True, use_sliding_window=False, bos_token_id=256, eos_token_id=256)
+    qwen = Qwen2ForCausalLM(qwen_config).float().eval()
+    save_model(qwen, qwen_dir)
+    save_lora(qwen, ["q_proj", "k_proj", "v_proj", "down_proj"], qwen_lora_dir)
+
     with tempfile.TemporaryDirectory() as tmp:
         llama = llama_cpp_source(tmp)
-        for outtype in ("f32", "f16", "q8_0"):
+        for outtype in ("f32", "f16", "bf16", "q8_0"):
             convert(llama, "convert_hf_to_gguf.py", ["--outtype", outtype, "--outfile", os.path.join(OUT, f"model-{outtype}.gguf"), model_dir])
         convert(llama, "convert_lora_to_gguf.py", ["--outtype", "f32", "--base", model_dir,
                                                    "--outfile", os.path.join(OUT, "lora-f32.gguf"), lora_dir])
+        convert(llama, "convert_hf_to_gguf.py", ["--outtype", "f32", "--outfile", os.path.join(OUT, "qwen2-f32.gguf"), qwen_dir])
+        convert(llama, "convert_lora_to_gguf.py", ["--outtype", "f32", "--base", qwen_dir,
+                                                   "--outfile", os.path.join(OUT, "qwen2-lora-f32.gguf"), qwen_lora_dir])
     for f in sorted(os.listdir(OUT)):
         p = os.path.join(OUT, f)
         print(f, os.path.getsize(p) if os.path.isfile(p) else sorted(os.listdir(p)))

@@ -20,18 +20,20 @@ public struct GGUFArchitecture: Equatable, Sendable {
     /// llama.cpp's converter interleaves the rotary halves of Q and K rows for "llama", not for "qwen2".
     public var permutesQK: Bool { name == "llama" }
 
-    /// The architecture llama.cpp gives `base`: a GGUF file's own, else from its configuration as
+    /// The architecture llama.cpp gives `base`: a GGUF file's own, else its configuration's as
     /// `convert_hf_to_gguf.py` maps `model_type` (llama and mistral → "llama", qwen2 → "qwen2").
     /// - Throws: for GPT-2 bases (llama.cpp's converter cannot carry their Conv1D LoRA).
     public static func of(_ base: LoadedModel) throws -> GGUFArchitecture {
         if base.source.kind == .gguf, let arch = try GGUFFile(base.source.path).architecture { return GGUFArchitecture(name: arch) }
-        guard base.model.config.family == .llama else {
-            throw CheckpointError(path: base.source.path, message: """
-                a \(base.model.config.family) model has no GGUF export here (only the LLaMA family: llama, mistral, qwen2, SmolLM)
-                """)
+        return try of(base.model.config, path: base.source.path)
+    }
+
+    /// The architecture of a model of `config` (Qwen2's: attention biases, no others, no window).
+    static func of(_ c: ModelConfig, path: String) throws -> GGUFArchitecture {
+        guard c.family == .llama else {
+            throw CheckpointError(path: path, message: "not written: a \(c.family) model has no GGUF export here (only the LLaMA family: llama, mistral, qwen2, SmolLM)")
         }
-        let type = try hfConfigJSON(base.model.config)["model_type"] as? String
-        return GGUFArchitecture(name: type == "qwen2" ? "qwen2" : "llama")
+        return GGUFArchitecture(name: c.attentionBias && !c.projectionBias && c.slidingWindow == nil ? "qwen2" : "llama")
     }
 }
 
@@ -51,7 +53,7 @@ extension GGUFFile {
     /// A Hugging Face key's weight in llama.cpp's row order: Q and K rows (and biases) permuted for
     /// "llama" (`heads` query or key-value heads), everything else as it is.
     static func permutedForGGUF(_ t: Tensor, hfKey: String, config: ModelConfig, architecture: GGUFArchitecture) -> Tensor {
-        let heads = hfKey.contains("self_attn.q_proj.") ? config.numHeads : hfKey.contains("self_attn.k_proj.") ? config.numKVHeads : 0
+        let heads = rotaryHeads(ofKey: hfKey, config: config)
         let src = t.contiguous()
         guard architecture.permutesQK, heads > 0 else { return src }
         let out = Tensor.empty(src.shape)  // (heads·D, in), or (heads·D) for a bias
@@ -89,6 +91,9 @@ public func exportGGUFLoRA(_ method: PEFTMethod, base: LoadedModel, to path: Str
     guard c.bias == "none", (c.modulesToSave ?? []).isEmpty else {
         throw refuse("the adapter trains biases (bias \"\(c.bias)\") or whole modules (modules_to_save), which llama.cpp's LoRA cannot carry")
     }
+    guard base.model.config.family == .llama else {
+        throw refuse("a \(base.model.config.family) base has no llama.cpp LoRA here (only the LLaMA family: llama, mistral, qwen2, SmolLM)")
+    }
     let arch = try GGUFArchitecture.of(base)
     let config = base.model.config
     let layers = lora.layers
@@ -102,18 +107,14 @@ public func exportGGUFLoRA(_ method: PEFTMethod, base: LoadedModel, to path: Str
     }
     let products = Set(named.map { $0.lora.scale * Float($0.lora.rank) })
     let alpha = products.count == 1 ? products.first! : 0
-    var tensors: [GGUFTensorToWrite] = []
-    try withNoGrad {
+    var tensors: [GGUFTensorToWrite] = []  // the writer refuses a NaN or infinite value, naming the tensor
+    withNoGrad {
         for (name, hf, l) in named {
             // llama.cpp adds (alpha / rank) · B A; B carries the scale when alpha is 0.
             let b = alpha == 0 ? l.b.detached() * l.scale : l.b.detached()
             let bRows = GGUFFile.permutedForGGUF(b, hfKey: hf, config: config, architecture: arch)  // (out, r)
-            for (key, t) in [(name + ".lora_a", l.a.detached().contiguous()), (name + ".lora_b", bRows)] {
-                if let bad = t.firstNonFinite() {
-                    throw refuse("tensor '\(key)' holds \(bad.value) at element \(bad.index)")
-                }
-                tensors.append(GGUFTensorToWrite(name: key, tensor: t, type: .f32))
-            }
+            tensors.append(GGUFTensorToWrite(name: name + ".lora_a", tensor: l.a.detached().contiguous(), type: .f32))
+            tensors.append(GGUFTensorToWrite(name: name + ".lora_b", tensor: bRows, type: .f32))
         }
     }
     let metadata: [(String, GGUFValue)] = [
@@ -128,16 +129,19 @@ public func exportGGUFLoRA(_ method: PEFTMethod, base: LoadedModel, to path: Str
     return GGUFLoRAExport(modules: named.count, alpha: alpha, architecture: arch.name)
 }
 
-/// Whether the GGUF file at `path` is an adapter (`general.type` "adapter").
+/// Whether the GGUF file at `path` is an adapter (`general.type` "adapter"), reading the metadata
+/// only as far as that key; false for a file that cannot be read that far (the loader then says why).
 public func isGGUFAdapter(_ path: String) -> Bool {
-    GGUFFile.hasMagic(path) && (try? GGUFFile(path))?.metadata["general.type"]?.string == "adapter"
+    (try? GGUFFile.metadataValue("general.type", inFileAt: path))??.string == "adapter"
 }
 
 /// Reads a llama.cpp GGUF LoRA adapter (as `convert_lora_to_gguf.py` or `exportGGUFLoRA` writes
 /// it) onto `model`: every `.lora_a`/`.lora_b` pair becomes a LoRA module of its rank with llama.cpp's
-/// scale alpha / rank (1 when alpha is 0), B's rows put back in Hugging Face's order for "llama".
-/// - Throws: naming the file and the tensor: not a LoRA adapter, another architecture than the
-///   base's, a pair missing one half, a tensor with no LLaMA counterpart or of the wrong shape.
+/// scale alpha / rank (1 when alpha is 0 or absent), B's rows put back in Hugging Face's order for an
+/// adapter of the "llama" architecture (a "qwen2" one keeps them).
+/// - Throws: naming the file and the tensor: not a LoRA adapter, an architecture other than llama
+///   and qwen2, a pair missing one half, a norm (which llama.cpp skips; refused rather than dropped), a
+///   tensor with no LLaMA counterpart or of the wrong shape.
 @discardableResult
 public func importGGUFLoRA(_ path: String, onto model: CausalLM) throws -> PEFTMethod {
     let file = try GGUFFile(path)
@@ -151,19 +155,29 @@ public func importGGUFLoRA(_ path: String, onto model: CausalLM) throws -> PEFTM
     guard ["llama", "qwen2"].contains(arch.name) else {
         throw fail("general.architecture", "architecture \(file.architecture.map { "'\($0)'" } ?? "(missing)") is not supported (llama, qwen2)")
     }
-    guard let alphaValue = file.metadata["adapter.lora.alpha"]?.double else { throw fail("adapter.lora.alpha", "the metadata key is missing or not a number") }
+    let alphaValue: Double  // llama.cpp reads a missing alpha as 0: scale 1
+    if let v = file.metadata["adapter.lora.alpha"] {
+        guard let d = v.double, d.isFinite, abs(d) < 1e30 else { throw fail("adapter.lora.alpha", "expected a finite number, found \(v)") }
+        alphaValue = d
+    } else {
+        alphaValue = 0
+    }
     var halves: [String: (a: GGUFTensorInfo?, b: GGUFTensorInfo?)] = [:]
     for info in file.tensorInfos {
         if info.name.hasSuffix(".lora_a") { halves[String(info.name.dropLast(7)), default: (nil, nil)].a = info }
         else if info.name.hasSuffix(".lora_b") { halves[String(info.name.dropLast(7)), default: (nil, nil)].b = info }
-        else { throw fail(info.name, "not a LoRA tensor (expected names ending in .lora_a or .lora_b; norms from mergekit are not supported)") }
+        else if info.name.hasSuffix("_norm.weight") {
+            throw fail(info.name, "a norm weight (mergekit writes them) is not supported: llama.cpp skips it, which would run another model than the one trained")
+        } else { throw fail(info.name, "not a LoRA tensor (expected names ending in .lora_a or .lora_b)") }
     }
     guard !halves.isEmpty else { throw fail(nil, "holds no LoRA tensors") }
     var modules: [String] = [], ranks: [String: Int] = [:], alphas: [String: Float] = [:]
     var tensors: [String: Tensor] = [:]
     let c = model.config
     for (name, pair) in halves.sorted(by: { $0.key < $1.key }) {
-        guard let a = pair.a, let b = pair.b else { throw fail(name + (pair.a == nil ? ".lora_a" : ".lora_b"), "the other half of the pair is missing") }
+        guard let a = pair.a, let b = pair.b else {
+            throw fail(name + (pair.a == nil ? ".lora_b" : ".lora_a"), "its pair \(name + (pair.a == nil ? ".lora_a" : ".lora_b")) is missing")
+        }
         guard let hf = GGUFFile.huggingFaceName(forGGUF: name), hf.hasSuffix(".weight"),
               let linear = model.namedModules().first(where: { $0.0 + ".weight" == hf })?.1 as? Linear else {
             throw fail(name, "no Linear layer of this base corresponds to it")
@@ -177,7 +191,7 @@ public func importGGUFLoRA(_ path: String, onto model: CausalLM) throws -> PEFTM
         }
         let r = a.shape[0]
         let bHF = try file.tensor(named: b.name)  // (out, r), llama.cpp's row order
-        let heads = module.hasSuffix("self_attn.q_proj") ? c.numHeads : module.hasSuffix("self_attn.k_proj") ? c.numKVHeads : 0
+        let heads = GGUFFile.rotaryHeads(ofKey: module, config: c)
         if arch.permutesQK && heads > 0 {
             let raw = bHF.contiguous()
             let out = Tensor.empty(raw.shape)
@@ -225,40 +239,41 @@ public enum GGUFWeightType: String, CaseIterable, Sendable {
     }
 }
 
-/// Writes a LLaMA-family model as a GGUF file llama.cpp runs ("llama" architecture; Q/K rows in its
-/// order; biases kept, which its llama graph reads), matrices as `type` (Q8_0 rows that are not a
-/// multiple of 32 as F16). The tokenizer becomes `tokenizer.ggml.*` ("gpt2" byte-level BPE, pre
-/// "gpt-2" or "smollm", no BOS added, as SwiftPEFT encodes) with its chat template; from a GGUF
-/// `base` every metadata key is kept instead (its name, license, tokenizer), but the file type and
-/// the chat template.
-/// - Throws: naming `path`: a GPT-2 model, no tokenizer, a tokenizer llama.cpp would split otherwise
-///   (ignore_merges), a weight that is not finite, an I/O failure.
+/// Writes a LLaMA-family model as a GGUF file llama.cpp runs, as its `convert_hf_to_gguf.py` writes
+/// one: architecture "llama" (Q/K rows in its order; biases kept, which its llama graph reads) or
+/// "qwen2" for Qwen2's configuration, matrices as `type` (Q8_0 rows that are not a multiple of 32 as
+/// F16), the hyperparameters, the tokenizer as `tokenizer.ggml.*` ("gpt2" byte-level BPE with its
+/// pre-tokenizer's llama.cpp name, no BOS added, as SwiftPEFT encodes) and its chat template. From a
+/// GGUF `base` every metadata key is kept instead (its architecture, name, license, tokenizer), but
+/// the file type, the chat template and the keys of its quantization (`quantize.*`) and of split files.
+/// - Throws: naming `path`: a GPT-2 model, no tokenizer, one with more tokens than the model has
+///   rows, one whose merges llama.cpp would apply otherwise, a weight that is not finite, an I/O failure.
 public func saveGGUFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to path: String, type: GGUFWeightType = .f16,
                           base: GGUFFile? = nil) throws {
     let c = model.config
-    guard c.family == .llama else {
-        throw CheckpointError(path: path, message: "not written: a \(c.family) model has no GGUF export here (only the LLaMA family)")
-    }
+    let arch = try base?.architecture.map { GGUFArchitecture(name: $0) } ?? GGUFArchitecture.of(c, path: path)
     guard let tokenizer else {
         throw CheckpointError(path: path, message: "not written: the model has no tokenizer, and llama.cpp needs one in the file")
     }
     try checkFiniteWeights(model.namedParameters(), writing: path)
-    let arch = GGUFArchitecture(name: "llama")
     var metadata: [(String, GGUFValue)]
     if let base {
+        let dropped = ["general.file_type", "general.alignment", "general.quantization_version", "tokenizer.chat_template"]
         metadata = base.metadataKeys.compactMap { k in
-            ["general.file_type", "general.alignment", "general.quantization_version", "tokenizer.chat_template"].contains(k) ? nil : (k, base.metadata[k]!)
+            dropped.contains(k) || k.hasPrefix("quantize.") || k.hasPrefix("split.") ? nil : (k, base.metadata[k]!)
         }
     } else {
-        metadata = [("general.architecture", .string("llama")), ("general.type", .string("model")),
+        metadata = [("general.architecture", .string(arch.name)), ("general.type", .string("model")),
                     ("general.name", .string(URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent))]
-        let p = "llama."
+        let p = arch.name + "."
         metadata += [(p + "context_length", .uint32(UInt32(c.maxPositions))), (p + "embedding_length", .uint32(UInt32(c.hiddenSize))),
                      (p + "block_count", .uint32(UInt32(c.numLayers))), (p + "feed_forward_length", .uint32(UInt32(c.intermediateSize))),
                      (p + "attention.head_count", .uint32(UInt32(c.numHeads))), (p + "attention.head_count_kv", .uint32(UInt32(c.numKVHeads))),
-                     (p + "rope.freq_base", .float32(c.ropeTheta)), (p + "attention.layer_norm_rms_epsilon", .float32(c.normEps)),
-                     (p + "rope.dimension_count", .uint32(UInt32(c.headDim))), (p + "vocab_size", .uint32(UInt32(c.vocabSize))),
-                     (p + "attention.key_length", .uint32(UInt32(c.headDim))), (p + "attention.value_length", .uint32(UInt32(c.headDim)))]
+                     (p + "rope.freq_base", .float32(c.ropeTheta)), (p + "attention.layer_norm_rms_epsilon", .float32(c.normEps))]
+        if arch.name == "llama" {
+            metadata += [(p + "rope.dimension_count", .uint32(UInt32(c.headDim))), (p + "vocab_size", .uint32(UInt32(c.vocabSize))),
+                         (p + "attention.key_length", .uint32(UInt32(c.headDim))), (p + "attention.value_length", .uint32(UInt32(c.headDim)))]
+        }
         metadata += try ggufTokenizerMetadata(tokenizer, vocabSize: c.vocabSize, path: path)
     }
     metadata.append(("general.file_type", .uint32(type.fileType)))
@@ -278,6 +293,13 @@ public func saveGGUFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to path: 
     }
     tensors.sort { ($0.order, $0.1.name) < ($1.order, $1.1.name) }
     try GGUFFile.write(path, metadata: metadata, tensors: tensors.map(\.1))
+}
+
+/// Whether an added token's text looks like a control token to llama.cpp's converter
+/// (`does_token_look_special`): `<|…|>`, `<｜…｜>`, `<unused…>`, `<pad>`, `<mask>`, `<2mass>`, `[@BOS@]`.
+func looksSpecial(_ t: String) -> Bool {
+    ["<pad>", "<mask>", "<2mass>", "[@BOS@]"].contains(t) || (t.hasPrefix("<|") && t.hasSuffix("|>"))
+        || (t.hasPrefix("<｜") && t.hasSuffix("｜>")) || (t.hasPrefix("<unused") && t.hasSuffix(">"))
 }
 
 /// llama.cpp's name of a pre-tokenizer (`tokenizer.ggml.pre`).
@@ -302,13 +324,18 @@ func ggufTokenizerMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: Stri
             (ignore_merges), which llama.cpp does \(tokenizer.ignoreMerges ? "not" : "") with its \(tokenizer.preTokenizer) pre-tokenizer
             """)
     }
+    guard tokenizer.vocabSize <= vocabSize else {
+        throw CheckpointError(path: path, message: "not written: the tokenizer has \(tokenizer.vocabSize) tokens but the model only \(vocabSize) embedding rows")
+    }
     var tokens: [String] = [], types: [Int32] = []
     tokens.reserveCapacity(vocabSize)
     let added = Dictionary(tokenizer.addedTokens.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
     for id in 0..<Int32(vocabSize) {
         if let a = added[id] {
-            tokens.append(a.content)
-            types.append(a.special ? 3 : 4)
+            // The converter makes a token that looks special a control token too, and writes "▁" in the others as " ".
+            let control = a.special || looksSpecial(a.content)
+            tokens.append(control ? a.content : a.content.replacingOccurrences(of: "\u{2581}", with: " "))
+            types.append(control ? 3 : 4)
         } else if let s = tokenizer.tokenString(for: id) {
             tokens.append(s)
             types.append(1)

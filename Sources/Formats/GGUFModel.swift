@@ -1,6 +1,6 @@
-// A llama-architecture GGUF file as a LlamaModel and its BPETokenizer: tensor names mapped to Hugging
-// Face keys, llama.cpp's Q/K row permutation undone, the ModelConfig from `llama.*` metadata and the
-// byte-level BPE tokenizer from `tokenizer.ggml.*` (SmolLM2, Llama-style GPT-2 BPE models).
+// A llama- or qwen2-architecture GGUF file as a LlamaModel and its BPETokenizer: tensor names mapped to
+// Hugging Face keys, llama.cpp's Q/K row permutation undone ("llama"), the ModelConfig from the `llama.*`
+// or `qwen2.*` metadata and the byte-level BPE tokenizer from `tokenizer.ggml.*` (SmolLM2, Llama 3, Qwen2).
 
 import Foundation
 import TensorCore
@@ -28,6 +28,13 @@ extension GGUFFile {
     static let llamaBlockNames = ["attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                                   "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
                                   "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"]
+
+    /// The heads whose rows a Hugging Face key's Q or K weight or bias holds (`numHeads` for q_proj,
+    /// `numKVHeads` for k_proj), 0 for any other key: the rows llama.cpp's "llama" order permutes.
+    static func rotaryHeads(ofKey key: String, config c: ModelConfig) -> Int {
+        key.contains("self_attn.q_proj.") || key.hasSuffix("self_attn.q_proj") ? c.numHeads
+            : key.contains("self_attn.k_proj.") || key.hasSuffix("self_attn.k_proj") ? c.numKVHeads : 0
+    }
 
     /// Reorders the rows of a (heads·D, in) Q or K weight from llama.cpp's layout back to Hugging Face's
     /// (rotate_half) layout: view as (heads, D/2, 2, in), swap axes 1 and 2. `src` and `dst` must not overlap.
@@ -71,13 +78,13 @@ extension GGUFFile {
     /// The model architecture (`general.architecture`), e.g. "llama".
     public var architecture: String? { metadata["general.architecture"]?.string }
 
-    /// The ModelConfig from the `llama.*` metadata. The vocabulary size is the number of rows of
+    /// The ModelConfig from the `llama.*` (or `qwen2.*`) metadata. The vocabulary size is the number of rows of
     /// `token_embd.weight`; embeddings are tied when there is no `output.weight`.
     /// - Throws: `GGUFError` naming the key or tensor at fault.
     public func modelConfig() throws -> ModelConfig {
         guard let arch = architecture else { throw fail(.missing, "general.architecture", "the metadata key is missing") }
-        guard arch == "llama" else {
-            throw fail(.unsupportedModel, "general.architecture", "architecture '\(arch)' is not supported (only 'llama')")
+        guard arch == "llama" || arch == "qwen2" else {
+            throw fail(.unsupportedModel, "general.architecture", "architecture '\(arch)' is not supported (only 'llama' and 'qwen2')")
         }
         let p = arch + "."
         let heads = try requiredInt(p + "attention.head_count")
@@ -236,8 +243,8 @@ extension GGUFFile {
         }
         for (name, p) in params {
             let info = byHF[name]!
-            // llama.cpp permutes the rows of q/k weights and biases alike.
-            let heads = name.contains("self_attn.q_proj.") ? c.numHeads : name.contains("self_attn.k_proj.") ? c.numKVHeads : 0
+            // llama.cpp permutes the rows of q/k weights and biases alike ("llama"; not "qwen2").
+            let heads = architecture == "llama" ? GGUFFile.rotaryHeads(ofKey: name, config: c) : 0
             let target = p.isContiguous ? p : Tensor.empty(p.shape)
             if heads > 0 {
                 let raw = Tensor.empty(p.shape)  // (heads·D, in) or (heads·D), llama.cpp row order

@@ -133,6 +133,11 @@ public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMeth
     case .peftFolder: return try importPEFTFolder(URL(fileURLWithPath: path), onto: model)
     case .adapter: return try AdapterCheckpoint.load(path, onto: model)
     case .ggufAdapter: return try importGGUFLoRA(path, onto: model)
+    case .gguf:
+        _ = try GGUFFile(path)  // a damaged file says what is wrong with it
+        throw CheckpointError(path: path, message: """
+            is a GGUF model (general.type is not "adapter"), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder or a llama.cpp GGUF LoRA
+            """)
     default:
         throw CheckpointError(path: path, message: """
             is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder or a llama.cpp GGUF LoRA

@@ -175,12 +175,19 @@ func importPEFTContents(_ config: [String: Any], keyOrder: [String: [String]], t
     do {
         var used = try method.loadAdapterParameters(tensors, source: weightsPath)
         // PEFT saves an adapted head or embedding whole beside its LoRA (save_embedding_layers "auto",
-        // for a vocabulary that was resized): one equal to this base's weight is the base's own.
+        // for a vocabulary that was resized): one equal to this base's weight (to bf16 rounding, as a
+        // bf16 model saves it) is the base's own.
         let params = Dictionary(model.namedParameters(), uniquingKeysWith: { a, _ in a })
         for (key, t) in tensors where !used.contains(key) && key.hasPrefix("base_model.model.") && key.hasSuffix(".base_layer.weight") {
             let name = String(key.dropFirst("base_model.model.".count).dropLast(".base_layer.weight".count)) + ".weight"
             guard let p = params[name] else { continue }
-            guard p.shape == t.shape, p.toArray() == t.toArray() else {
+            guard !p.storage.valuesReleased else {
+                throw PEFTFolderError(path: weightsPath, message: """
+                    tensor '\(key)' is a whole copy of the base's \(name), which cannot be compared with this base: it keeps only \
+                    bf16 copies of its matrices (bf16-only weights). HINT: load the base with fp32 weights to use this adapter.
+                    """)
+            }
+            guard p.shape == t.shape, sameWeights(p, t) else {
                 throw PEFTFolderError(path: weightsPath, message: """
                     tensor '\(key)' replaces the base's \(name) \(p.shape) with other values \(t.shape) (PEFT saves an adapted head \
                     or embedding whole when its vocabulary was resized); an adapter that changes base weights is not supported
@@ -191,8 +198,8 @@ func importPEFTContents(_ config: [String: Any], keyOrder: [String: [String]], t
         if let extra = tensors.keys.sorted().first(where: { !used.contains($0) }) {
             let sample = used.sorted().prefix(3).joined(separator: ", ")
             throw PEFTFolderError(path: weightsPath, message: """
-                tensor '\(extra)' is not used by the \(type) adapter built from its config \
-                (it expects \(used.count) tensors, e.g. \(sample)); the file holds something this library does not implement \
+                tensor '\(extra)' is not used by the \(type) adapter built from \(URL(fileURLWithPath: configPath).lastPathComponent) \
+                (it expects \(used.count) tensors, e.g. \(sample)); the adapter holds something this library does not implement \
                 (e.g. embedding LoRA) or belongs to another base
                 """)
         }
@@ -202,6 +209,17 @@ func importPEFTContents(_ config: [String: Any], keyOrder: [String: [String]], t
         throw PEFTFolderError(path: weightsPath, message: "\(error)".replacingOccurrences(of: weightsPath + ": ", with: ""))
     }
     return method
+}
+
+/// Whether two tensors of one shape hold the same values, each pair equal or equal once rounded to
+/// bf16 (a bf16 model's save of an fp32 base's weight).
+private func sameWeights(_ a: Tensor, _ b: Tensor) -> Bool {
+    let (x, y) = (a.contiguous(), b.contiguous())
+    let (p, q) = (x.basePointer, y.basePointer)
+    // Round to nearest even at 16 bits (finite weights: the writers refuse others).
+    func bf16(_ v: Float) -> UInt32 { (v.bitPattern &+ 0x7FFF &+ ((v.bitPattern >> 16) & 1)) >> 16 }
+    for i in 0..<x.count where p[i] != q[i] && bf16(p[i]) != bf16(q[i]) { return false }
+    return true
 }
 
 /// For each top-level field of a JSON object text whose value is an object, that object's keys in

@@ -66,7 +66,7 @@ final class GGUFExportTests: XCTestCase {
     /// chat template.
     func testAModelEqualsWhatLlamaCppsConverterWrites() throws {
         let loaded = try loadModel(try fixture("model"))
-        for type in [GGUFWeightType.f32, .f16, .q8_0] {
+        for type in GGUFWeightType.allCases {
             let out = dir.appendingPathComponent("model-\(type.rawValue).gguf").path
             try saveGGUFModel(loaded.model, tokenizer: loaded.tokenizer, to: out, type: type)
             try assertSameFile(out, try fixture("model-\(type.rawValue).gguf"), type.rawValue)
@@ -80,6 +80,99 @@ final class GGUFExportTests: XCTestCase {
                     rtol: 0, atol: 0, "F32 GGUF read back", label: "[gguf]")
         XCTAssertEqual(back.tokenizer?.encode("hello <|pad|> 123"), loaded.tokenizer?.encode("hello <|pad|> 123"))
         XCTAssertEqual(back.tokenizer?.chatTemplate, loaded.tokenizer?.chatTemplate)
+    }
+
+    /// Qwen2 is llama.cpp's "qwen2" architecture (`qwen2.*` keys, Q/K rows as Hugging Face has them,
+    /// q, k, v biases): the model and a LoRA written here equal the converters' files, and llama.cpp's
+    /// files read here give the Hugging Face folder's logits, with and without the LoRA.
+    func testQwen2EqualsWhatLlamaCppsConvertersWriteAndReadsBack() throws {
+        let ids: [Int32] = [256, 40, 72, 101, 108, 108, 111, 257, 33, 300]
+        let hf = try loadModel(try fixture("qwen2"))
+        XCTAssertTrue(hf.model.config.attentionBias && hf.model.config.tieWordEmbeddings)
+        let out = dir.appendingPathComponent("qwen2.gguf").path
+        try saveGGUFModel(hf.model, tokenizer: hf.tokenizer, to: out, type: .f32)
+        try assertSameFile(out, try fixture("qwen2-f32.gguf"), "qwen2")
+        let theirs = try loadModel(try fixture("qwen2-f32.gguf"))
+        let base = withNoGrad { hf.model.forward(ids, batch: 1) }.toArray()
+        assertClose(withNoGrad { theirs.model.forward(ids, batch: 1) }.toArray(), base, rtol: 0, atol: 0, "llama.cpp's qwen2 file", label: "[gguf]")
+
+        let method = try importPEFTFolder(URL(fileURLWithPath: try fixture("qwen2-lora")), onto: hf.model)
+        let adapted = withNoGrad { hf.model.forward(ids, batch: 1) }.toArray()
+        XCTAssertGreaterThan(maxAbsDiff(adapted, base), 1e-3)
+        let lora = dir.appendingPathComponent("qwen2-lora.gguf").path
+        XCTAssertEqual(try exportGGUFLoRA(method, base: hf, to: lora).architecture, "qwen2")
+        try assertSameFile(lora, try fixture("qwen2-lora-f32.gguf"), "qwen2 lora")
+        try loadAdapter(try fixture("qwen2-lora-f32.gguf"), onto: theirs.model)
+        assertClose(withNoGrad { theirs.model.forward(ids, batch: 1) }.toArray(), adapted, rtol: 0, atol: 1e-6,
+                    "llama.cpp's qwen2 file with its LoRA file", label: "[gguf]")
+    }
+
+    /// From a GGUF base (llama.cpp's own F32 file), every metadata key is kept but the file type,
+    /// and the Q8_0 file written equals the converter's Q8_0 file.
+    func testAGGUFBaseKeepsItsMetadata() throws {
+        let basePath = try fixture("model-f32.gguf")
+        let base = try loadModel(basePath)
+        let out = dir.appendingPathComponent("from-gguf-q8_0.gguf").path
+        try saveModel(base.model, tokenizer: base.tokenizer, loadedFrom: base.source, to: out, format: .gguf, ggufType: .q8_0)
+        try assertSameFile(out, try fixture("model-q8_0.gguf"), "from a GGUF base")
+        let (ours, theirs) = (try GGUFFile(out), try GGUFFile(basePath))
+        for key in theirs.metadataKeys where key != "general.file_type" {
+            XCTAssertEqual(ours.metadata[key], theirs.metadata[key], key)
+        }
+        XCTAssertEqual(ours.metadata["general.name"], theirs.metadata["general.name"], "the base's own name")
+    }
+
+    /// A Q8_0 block too small for an f16 scale is written as zeros (what it reads back as) instead of
+    /// dividing by zero; a normal block beside it keeps its values to Q8_0's precision.
+    func testQ8_0WritesBlocksOfTinyValuesAsZeros() throws {
+        let values = (0..<32).map { Float($0 % 5) * 1e-39 } + (0..<32).map { Float($0) / 7 - 2 }
+        let out = dir.appendingPathComponent("tiny.gguf").path
+        try GGUFFile.write(out, metadata: [], tensors: [GGUFTensorToWrite(name: "t", tensor: Tensor(shape: [2, 32], data: values), type: .q8_0)])
+        let back = try GGUFFile(out).tensor(named: "t").toArray()
+        XCTAssertEqual(Array(back[..<32]), [Float](repeating: 0, count: 32))
+        assertClose(Array(back[32...]), Array(values[32...]), rtol: 0, atol: 0.01, "the normal block", label: "[gguf]")
+    }
+
+    /// A GGUF LoRA file that is not what llama.cpp reads is refused, naming the file and the tensor or
+    /// key; one without `adapter.lora.alpha` scales by 1, as llama.cpp reads it.
+    func testBadGGUFLoRAFilesAreRefusedByName() throws {
+        let reference = try GGUFFile(try fixture("lora-f32.gguf"))
+        func tensors(dropping: String? = nil, adding extra: [GGUFTensorToWrite] = []) throws -> [GGUFTensorToWrite] {
+            try reference.tensorInfos.filter { $0.name != dropping }.map { GGUFTensorToWrite(name: $0.name, tensor: try reference.tensor(named: $0.name), type: .f32) } + extra
+        }
+        func metadata(_ changes: [String: GGUFValue?]) -> [(String, GGUFValue)] {
+            var m = reference.metadataKeys.filter { $0 != "general.alignment" }.map { ($0, reference.metadata[$0]!) }
+            for (k, v) in changes {
+                m.removeAll { $0.0 == k }
+                if let v { m.append((k, v)) }
+            }
+            return m
+        }
+        func refused(_ name: String, _ meta: [(String, GGUFValue)], _ ts: [GGUFTensorToWrite], _ expected: [String], line: UInt = #line) throws {
+            let path = dir.appendingPathComponent(name).path
+            try GGUFFile.write(path, metadata: meta, tensors: ts)
+            XCTAssertThrowsError(try loadAdapter(path, onto: try loadModel(try fixture("model")).model), line: line) { e in
+                XCTAssertTrue(([path] + expected).allSatisfy { "\(e)".contains($0) }, "\(e)", line: line)
+            }
+        }
+        try refused("half.gguf", metadata([:]), try tensors(dropping: "blk.0.attn_q.weight.lora_b"),
+                    ["blk.0.attn_q.weight.lora_a", "its pair blk.0.attn_q.weight.lora_b is missing"])
+        try refused("norm.gguf", metadata([:]), try tensors(adding: [GGUFTensorToWrite(name: "blk.0.attn_norm.weight", tensor: Tensor.zeros([64]), type: .f32)]),
+                    ["blk.0.attn_norm.weight", "norm weight"])
+        try refused("arch.gguf", metadata(["general.architecture": .string("gemma")]), try tensors(), ["general.architecture", "'gemma'"])
+        try refused("kind.gguf", metadata(["adapter.type": .string("control_vector")]), try tensors(), ["adapter.type", "only \"lora\""])
+        try refused("alpha.gguf", metadata(["adapter.lora.alpha": .string("8")]), try tensors(), ["adapter.lora.alpha", "finite number"])
+        // Without alpha: scale 1, the same as alpha = rank (4).
+        let ids: [Int32] = [256, 40, 72, 101, 300]
+        var logits: [[Float]] = []
+        for (name, alpha) in [("no-alpha.gguf", nil), ("alpha-4.gguf", GGUFValue.float32(4))] as [(String, GGUFValue?)] {
+            let path = dir.appendingPathComponent(name).path
+            try GGUFFile.write(path, metadata: metadata(["adapter.lora.alpha": alpha]), tensors: try tensors())
+            let base = try loadModel(try fixture("model"))
+            try loadAdapter(path, onto: base.model)
+            logits.append(withNoGrad { base.model.forward(ids, batch: 1) }.toArray())
+        }
+        assertClose(logits[0], logits[1], rtol: 0, atol: 0, "no alpha reads as scale 1", label: "[gguf]")
     }
 
     /// PEFT's LoRA on every linear layer and the head, written by `exportGGUFLoRA`, equals
@@ -199,7 +292,7 @@ final class GGUFExportTests: XCTestCase {
             let m = try LoRA(config: LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["c_attn"])))
             try m.attach(to: gpt2.model)
             return m
-        }(), base: gpt2, to: out)) { e in XCTAssertTrue("\(e)".contains("gpt2 model has no GGUF export"), "\(e)") }
+        }(), base: gpt2, to: out)) { e in XCTAssertTrue("\(e)".contains(out) && "\(e)".contains("gpt2 base has no llama.cpp LoRA"), "\(e)") }
 
         let lora = try fixture("lora-f32.gguf")
         XCTAssertEqual(try ModelSource.detect(lora).kind, .ggufAdapter)
