@@ -88,6 +88,9 @@ struct Target {
 }
 
 let byteTokenizer = ByteTokenizer(specialTokens: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], roles: SpecialTokenRoles(bos: nil, eos: "<|endoftext|>", pad: nil, unk: nil))
+/// The model the GGUF LoRA seed fits (Tests/FormatsTests/Fixtures/gguf-export/model).
+let ggufLoRABase = LlamaModel(.llama(vocabSize: 512, hiddenSize: 64, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 80), seed: 1)
+
 func ggufSeed() -> Data? {
     guard let h = FileHandle(forReadingAtPath: root.appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path) else { return nil }
     defer { try? h.close() }
@@ -183,11 +186,13 @@ let toolCallSeeds = [
 ]
 
 let targets: [Target] = [
-    Target(name: "gguf", seeds: [ggufSeed()].compactMap { $0 }, json: false) { path, _ in
+    Target(name: "gguf", seeds: [ggufSeed(), fixture("Tests/FormatsTests/Fixtures/gguf-export/lora-f32.gguf")].compactMap { $0 }, json: false) { path, _ in
         let f = try GGUFFile(path)
         for info in f.tensorInfos.prefix(8) where info.byteCount < 1 << 22 { _ = try f.tensor(named: info.name) }
         _ = try? f.modelConfig()
         _ = try? f.makeTokenizer()
+        // A llama.cpp LoRA file (the seed's base: the GGUF export fixture's tiny model).
+        if isGGUFAdapter(path) { try importGGUFLoRA(path, onto: ggufLoRABase).detach(from: ggufLoRABase) }
     },
     Target(name: "safetensors", seeds: ["Tests/FormatsTests/Fixtures/hf/llama/model-00001-of-00003.safetensors",
                                         "Tests/FormatsTests/Fixtures/hf/gpt2/model.safetensors"].compactMap(fixture), json: false) { path, _ in

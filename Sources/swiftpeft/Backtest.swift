@@ -28,7 +28,7 @@ struct Backtest: ParsableCommand {
         """)
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Comma-separated adapters (SwiftPEFT .h5 or PEFT folders), each PATH or NAME=PATH.") var adapters: String = ""
+    @Option(help: "Comma-separated adapters (SwiftPEFT .h5, PEFT folders or llama.cpp GGUF LoRAs), each PATH or NAME=PATH.") var adapters: String = ""
     @Option(help: "Prompts: JSONL with template/vars/expected/tags (see above).") var prompts: String
     @Option(help: "Template file for lines that give none.") var template: String?
     @Option(help: "For chat prompts: a chat template file (Jinja, or JSON with \"chat_template\") for every version instead of the model's own and the one the adapters record (which must then agree).") var chatTemplate: String?

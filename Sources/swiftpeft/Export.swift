@@ -27,7 +27,7 @@ struct Export: ParsableCommand {
         """) }
 
     @Option(help: "The base model the adapter was trained on (.h5, .gguf or Hugging Face folder).") var model: String
-    @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String
+    @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String
     @Option(help: "Output format: peft (Hugging Face PEFT adapter folder) or gguf (llama.cpp LoRA adapter file).") var format = "peft"
     @Option(help: "Folder to write (peft), or file (gguf).") var out: String
     @Flag(help: "With --format gguf: write an adapter trained with another chat template than the base's, which the GGUF file cannot record.")
@@ -39,6 +39,8 @@ struct Export: ParsableCommand {
         guard format == "peft" || format == "gguf" else {
             throw CLIError("--format \(format) is not known for export; use peft or gguf (for a merged model: swiftpeft merge --format hf or gguf)")
         }
+        if format == "gguf" && baseName != nil { throw CLIError("--base-name applies to --format peft only (a GGUF LoRA records no base name)") }
+        if format == "peft" && chatTemplateOk { throw CLIError("--chat-template-ok applies to --format gguf only (a PEFT folder records the template)") }
         let loaded = try loadModel(model)
         let method = try loadAdapter(adapter, onto: loaded.model)
         let template = try adapterChatTemplate(adapter, readable: false).flatMap { $0 == loaded.tokenizer?.chatTemplate ? nil : $0 }

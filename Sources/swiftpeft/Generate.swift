@@ -27,7 +27,7 @@ struct Generate: ParsableCommand {
         """)
 
     @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Adapter to apply: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String?
+    @Option(help: "Adapter to apply: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String?
     @Option(help: "Prompt text.") var prompt: String
     @Option(help: "New tokens at most.") var maxTokens = 64
     @Option(help: "Sampling temperature (0 = greedy).") var temperature: Float = 0

@@ -13,7 +13,7 @@ struct Inspect: ParsableCommand {
           swiftpeft inspect data/SmolLM2-135M-Instruct.Q4_1.gguf
         """)
 
-    @Argument(help: "A SwiftPEFT .h5 file, a GGUF file, a Hugging Face model folder or a PEFT adapter folder.") var path: String
+    @Argument(help: "A SwiftPEFT .h5 file, a GGUF model or LoRA file, a Hugging Face model folder or a PEFT adapter folder.") var path: String
 
     func run() throws { print(try describeFile(path)) }
 }
@@ -38,7 +38,7 @@ struct Merge: ParsableCommand {
     static var mergingMethods: String { PEFTRegistry.all.filter(\.merges).flatMap { $0.names.map(\.name) }.joined(separator: ", ") }
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String
+    @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String
     @Option(help: "Merged model to write: a checkpoint (.h5), a folder with --format hf, a .gguf file with --format gguf.") var out: String
     @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json) or gguf (llama.cpp).")
     var format = "swiftpeft"

@@ -196,7 +196,7 @@ struct Train: ParsableCommand {
         """) }
 
     @Option(help: "Method: \(trainableMethodNames.joined(separator: ", ")) (default lora).") var method: String?
-    @Option(help: "Continue training this adapter (SwiftPEFT .h5 or PEFT folder) instead of a new one.") var adapter: String?
+    @Option(help: "Continue training this adapter (SwiftPEFT .h5, PEFT folder or llama.cpp GGUF LoRA) instead of a new one.") var adapter: String?
     @OptionGroup var common: CommonTrainOptions
     @Flag(help: "Continue from <out>/state.h5.") var resume = false
 
@@ -230,7 +230,7 @@ struct Eval: ParsableCommand {
         """)
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Adapter: a SwiftPEFT adapter checkpoint (.h5) or a Hugging Face PEFT folder.") var adapter: String?
+    @Option(help: "Adapter: a SwiftPEFT adapter checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String?
     @Option(help: "Data file or folder.") var data: String
     @Option(help: "Tokens per sequence.") var seqLen = 256
     @Option(help: "Sequences per batch.") var batchSize = 8
