@@ -57,7 +57,7 @@ public struct MergeResult {
 /// Where a merged model is written: a SwiftPEFT checkpoint (.h5) or a Hugging Face model folder.
 public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, hf, gguf }
 
-/// Loads `adapter` (a SwiftPEFT checkpoint or a PEFT folder) onto the base at `modelPath` (read
+/// Loads `adapter` (a SwiftPEFT checkpoint, a PEFT folder or a GGUF LoRA) onto the base at `modelPath` (read
 /// once), merges it into the weights, measures merged vs unmerged logits on `checkText` (tokenized
 /// with the base's tokenizer; fixed ids without one; cut to learned positions), and, when they agree
 /// within `MergeResult.tolerance` × the largest |logit| (at least 1), saves the merged model (with the base's tokenizer) to `out` as a
