@@ -214,10 +214,12 @@ extension BPETokenizer {
         }
 
         // normalizer, pre_tokenizer, decoder
+        var nfc = false
         if let n = root["normalizer"], !(n is NSNull) {
             let type = (n as? [String: Any])?["type"] as? String ?? "?"
             let empty = type == "Sequence" && (((n as? [String: Any])?["normalizers"] as? [Any])?.isEmpty ?? false)
-            if !empty { throw unsupported("normalizer \(type) is not supported (only none)") }
+            nfc = type == "NFC"
+            if !empty && !nfc { throw unsupported("normalizer \(type) is not supported (only none and NFC)") }
         }
         guard let pre = root["pre_tokenizer"], !(pre is NSNull) else {
             throw unsupported("pre_tokenizer is null; a ByteLevel pre-tokenizer is required")
@@ -239,6 +241,7 @@ extension BPETokenizer {
             let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: kind,
                                              ignoreMerges: ignoreMerges, roles: chosen)
             tokenizer.chatTemplate = chatTemplate(inConfigs: configs)
+            tokenizer.normalizesToNFC = nfc
             // A byte the vocabulary lacks becomes the model's unk_token, or is dropped without one (as
             // `tokenizers` does), whatever the UNK role of the config files says.
             tokenizer.unknownByteID = (model["unk_token"] as? String).flatMap { tokenizer.tokenID(for: $0) }
@@ -377,7 +380,7 @@ extension BPETokenizer {
             s += "      \"normalized\": \(t.normalized),\n      \"special\": \(t.special)\n    }"
         }
         s += addedTokens.isEmpty ? "],\n" : "\n  ],\n"
-        s += "  \"normalizer\": null,\n"
+        s += normalizesToNFC ? "  \"normalizer\": {\"type\": \"NFC\"},\n" : "  \"normalizer\": null,\n"
         let byteLevel = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": true}"
         switch preTokenizer {
         case .gpt2:

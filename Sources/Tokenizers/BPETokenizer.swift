@@ -68,6 +68,10 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     }
     /// The template read once, when it is set.
     private var compiled: Result<ChatTemplate, Error>?
+    /// Text between added tokens is put in Unicode normalization form C before it is split
+    /// (`tokenizer.json`'s `"normalizer": {"type": "NFC"}`, as Qwen2's). Set it before the tokenizer
+    /// is shared between threads.
+    public var normalizesToNFC = false
 
     public var compiledChatTemplate: ChatTemplate? {
         get throws { try compiled?.get() }
@@ -209,6 +213,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         unknownByteID = o.unknownByteID  // the model's, not a role
         chatTemplate = o.chatTemplate  // (no didSet in an initializer)
         compiled = o.compiled
+        normalizesToNFC = o.normalizesToNFC
     }
 
     private static func roleIDs(_ roles: SpecialTokenRoles, _ added: [AddedToken]) throws
@@ -249,6 +254,16 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         ends.reserveCapacity(256)
         var scratch = BPEScratch()
         matcher.split(p, count: n, plain: { start, end in
+            // ASCII text is its own NFC: only a stretch with other bytes is normalized.
+            if normalizesToNFC, (start..<end).contains(where: { p[$0] >= 0x80 }) {
+                let text = String(decoding: UnsafeBufferPointer(start: p + start, count: end - start), as: UTF8.self)
+                withUTF8Bytes(text.precomposedStringWithCanonicalMapping) { q, m in
+                    PreTokenizerScan.forEachWord(preTokenizer, q, from: 0, to: m, ends: &ends) { ws, we in
+                        encodeWord(q + ws, we - ws, into: &out, cache: &cache, scratch: &scratch)
+                    }
+                }
+                return
+            }
             PreTokenizerScan.forEachWord(preTokenizer, p, from: start, to: end, ends: &ends) { ws, we in
                 encodeWord(p + ws, we - ws, into: &out, cache: &cache, scratch: &scratch)
             }

@@ -712,6 +712,55 @@ final class GGUFTests: XCTestCase {
                 XCTAssertEqual(reread.encode(text).map(Int.init), ids, "\(vocab): our tokenizer.json read back: \(text.debugDescription)")
             }
         }
+        // Qwen2's own tokenizer.json normalizes to NFC first: decomposed accents and Hangul give the composed ids.
+        let nfc = try llamaVocab("qwen2").withRoles(try llamaVocab("qwen2").roles)
+        nfc.normalizesToNFC = true
+        let written = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-nfc-\(UUID().uuidString).json").path
+        try nfc.tokenizerJSON().write(toFile: written, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: written) }
+        let reread = try BPETokenizer.load(json: Data(contentsOf: URL(fileURLWithPath: written)), file: written)
+        XCTAssertTrue(reread.normalizesToNFC)
+        let decomposed = ["Cafe\u{301} <|im_end|> A\u{30A}ngstro\u{308}m", "\u{1112}\u{1161}\u{11AB}\u{1100}\u{1173}\u{11AF}", "e\u{301}\u{301}x 12 é"] + texts.prefix(40)
+        let given = String(decoding: try JSONSerialization.data(withJSONObject: decomposed), as: UTF8.self)
+        let (status, stdout, stderr) = try runPython(python, ["-c", "import json, sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\n"
+                                                              + "print(json.dumps([t.encode(x, add_special_tokens=False).ids for x in json.loads(sys.argv[2])]))", written, given])
+        guard status == 0 else { return XCTFail("tokenizers could not read our NFC tokenizer.json: \(stderr)") }
+        let expected = try XCTUnwrap(try JSONSerialization.jsonObject(with: stdout) as? [[Int]])
+        for (text, ids) in zip(decomposed, expected) {
+            XCTAssertEqual(nfc.encode(text).map(Int.init), ids, "NFC: \(text.debugDescription)")
+            XCTAssertEqual(reread.encode(text).map(Int.init), ids, "NFC read back: \(text.debugDescription)")
+        }
+        XCTAssertEqual(nfc.encode("Cafe\u{301}"), nfc.encode("Café"))
+        XCTAssertNotEqual(try llamaVocab("qwen2").encode("Cafe\u{301}"), nfc.encode("Cafe\u{301}"), "llama.cpp's Qwen2 does not normalize")
+    }
+
+    /// A Hugging Face folder shaped like Qwen2.5's (`scripts/qwen25_folder.py`: the real Qwen2
+    /// vocabulary in the tokenizer.json transformers' Qwen2Tokenizer saves, NFC normalizer included;
+    /// Qwen2.5's config fields; bf16 safetensors; a tiny random model) loads with transformers' ids,
+    /// its chat template and its float32 logits.
+    func testAQwen25ShapedFolderGivesTransformersIDsAndLogits() throws {
+        _ = try llamaVocab("qwen2")
+        let python = try referencePython(importing: ["transformers", "gguf", "torch"])
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("qwen25-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let texts = ["Héllo wörld <|im_end|> 12345", "Cafe\u{301} A\u{30A}ngstro\u{308}m \u{1112}\u{1161}\u{11AB}", "def f(x):\n    return x**2  # 平方\n",
+                     "<|im_start|>user\nWhat's 2+2?<|im_end|>\n<|im_start|>assistant\n"]
+        let script = packageRoot().appendingPathComponent("scripts/qwen25_folder.py").path
+        let (status, stdout, stderr) = try runPython(python, [script, llamaVocabPath("qwen2"), folder,
+                                                              String(decoding: try JSONSerialization.data(withJSONObject: texts), as: UTF8.self)])
+        guard status == 0 else { return XCTFail("qwen25_folder.py failed: \(stderr)") }
+        let reference = try XCTUnwrap(try JSONSerialization.jsonObject(with: stdout) as? [String: Any])
+        let ids = try XCTUnwrap(reference["ids"] as? [[Int]]), logits = try XCTUnwrap(reference["logits"] as? [Double]).map(Float.init)
+        let loaded = try loadModel(folder)
+        let tok = try XCTUnwrap(loaded.tokenizer)
+        XCTAssertTrue(tok.normalizesToNFC)
+        XCTAssertEqual(tok.preTokenizer, .qwen2)
+        for (text, expected) in zip(texts, ids) { XCTAssertEqual(tok.encode(text).map(Int.init), expected, text.debugDescription) }
+        XCTAssertEqual(try tok.compiledChatTemplate?.render(messages: [("user", "What's 2+2?")], addGenerationPrompt: true), texts[3])
+        XCTAssertEqual(loaded.model.config.vocabSize, 151936)
+        XCTAssertTrue(loaded.model.config.tieWordEmbeddings && loaded.model.config.attentionBias && loaded.model.config.slidingWindow == nil)
+        let ours = withNoGrad { loaded.model.forward(tok.encode(texts[3]), batch: 1) }.toArray()
+        assertClose(ours, logits, rtol: 1e-4, atol: 1e-5, "Qwen2.5-shaped folder vs transformers", label: "[gguf]")
     }
 
     func testSmolLM2NextTokenTop5AndGreedyContinuation() throws {
