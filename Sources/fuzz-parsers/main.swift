@@ -88,6 +88,17 @@ struct Target {
 }
 
 let byteTokenizer = ByteTokenizer(specialTokens: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], roles: SpecialTokenRoles(bos: nil, eos: "<|endoftext|>", pad: nil, unk: nil))
+/// The GPT-2 fixture tokenizer with Qwen2's NFC normalizer and Split-then-ByteLevel pre-tokenizer.
+func qwen2StyleSeed() -> Data? {
+    guard let d = fixture("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json"),
+          var obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else { return nil }
+    obj["normalizer"] = ["type": "NFC"]
+    obj["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [
+        ["type": "Split", "pattern": ["Regex": BPEPreTokenizer.qwen2.splitPattern!], "behavior": "Isolated", "invert": false],
+        ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false]]]
+    return try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+}
+
 /// The model the GGUF LoRA seed fits (Tests/FormatsTests/Fixtures/gguf-export/model).
 let ggufLoRABase = LlamaModel(.llama(vocabSize: 512, hiddenSize: 64, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 80), seed: 1)
 
@@ -205,9 +216,10 @@ let targets: [Target] = [
     // process first (libhdf5 1.10 can crash on such a file).
     Target(name: "hdf5-foreign", seeds: checkpointSeeds().map { $0.dropFirst(512) }, json: false, parse: readHDF5),
     Target(name: "tokenizer", seeds: ["Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json",
-                                      "Tests/TokenizersTests/Fixtures/tokenizer_hf_trained.json"].compactMap(fixture), json: true) { _, d in
+                                      "Tests/TokenizersTests/Fixtures/tokenizer_hf_trained.json"].compactMap(fixture) + [qwen2StyleSeed()].compactMap { $0 },
+           json: true) { _, d in
         let t = try BPETokenizer.load(json: d)
-        _ = t.decode(t.encode("Hello, world! 123 <|endoftext|>"))
+        _ = t.decode(t.encode("Hello, world! 123 <|endoftext|> Cafe\u{301} 'LL\r\n\n  x"))
     },
     Target(name: "hfconfig", seeds: ["Tests/FormatsTests/Fixtures/hf/llama/config.json", "Tests/FormatsTests/Fixtures/hf/gpt2/config.json",
                                      "Tests/FormatsTests/Fixtures/hf/qwen2/config.json"].compactMap(fixture), json: true) { path, d in

@@ -1,6 +1,6 @@
 // tokenizer-bench: trains a byte-level BPE tokenizer on a local text, then times encoding (≥ 2 MB) and decoding
 // and prints MB/s, tokens/s, training time and compression (bytes per token). Run in release:
-//   swift run -c release tokenizer-bench [PATH …] [--vocab N] [--digits] [--repeat R] [--save DIR]
+//   swift run -c release tokenizer-bench [PATH …] [--vocab N] [--digits | --pre KIND] [--repeat R] [--save DIR]
 import Foundation
 import Tokenizers
 
@@ -48,10 +48,17 @@ while !args.isEmpty {
     switch a {
     case "--vocab": vocabSize = Int(args.isEmpty ? "" : args.removeFirst()) ?? vocabSize
     case "--digits": kind = .digitsSplit
+    case "--pre":
+        let name = args.isEmpty ? "" : args.removeFirst()
+        guard let k = BPEPreTokenizer(rawValue: name) else {
+            print("--pre \(name): expected one of \(BPEPreTokenizer.allCases.map(\.rawValue).joined(separator: ", "))")
+            exit(2)
+        }
+        kind = k
     case "--repeat": repeats = max(1, Int(args.isEmpty ? "" : args.removeFirst()) ?? repeats)
     case "--save": saveDir = args.isEmpty ? nil : args.removeFirst()
     case "-h", "--help":
-        print("usage: tokenizer-bench [PATH …] [--vocab N (8192)] [--digits] [--repeat R (3)] [--save DIR]")
+        print("usage: tokenizer-bench [PATH …] [--vocab N (8192)] [--digits | --pre gpt2|digitsSplit|llama3|qwen2] [--repeat R (3)] [--save DIR]")
         print("PATH: files or folders (default: /usr/lib/python3.11/*.py, else /usr/share/common-licenses)")
         print("--save DIR: write DIR/tokenizer.json, DIR/corpus.txt and DIR/ids.bin (int32 LE ids of corpus.txt),")
         print("            to compare against another implementation")
