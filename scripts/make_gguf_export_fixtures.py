@@ -14,6 +14,10 @@
 #   qwen2/, qwen2-lora/, qwen2-f32.gguf, qwen2-lora-f32.gguf
 #                  the same for a Qwen2ForCausalLM (q, k, v biases; tied embeddings) and a LoRA on its
 #                  q, k, v and down projections: llama.cpp's "qwen2" architecture, rows in Hugging Face's order
+#   llama3/, llama3-f32.gguf, llama3-expected.safetensors
+#                  a LlamaForCausalLM with Llama 3.1's RoPE scaling (rope_type llama3: factor 32, frequency
+#                  factors 1 and 4, original context 8192, θ 500000, as Llama 3.2), its conversion (the
+#                  scaling as llama.cpp's rope_freqs.weight) and transformers' logits on fixed ids
 #
 # The converters are llama.cpp's, from the llama-cpp-python 0.3.36 source package on PyPI (downloaded
 # once into data/cache/chat-templates, shared with check_chat_templates.py), run with this venv's torch,
@@ -34,6 +38,7 @@ import tempfile
 import urllib.request
 
 import torch
+from safetensors.torch import save_file
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -83,12 +88,12 @@ def convert(llama, script, args):
     subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
 
 
-def save_model(model, model_dir):
+def save_model(model, model_dir, std=0.05):
     """A Hugging Face folder: random weights, the tiny tokenizer and its ChatML template."""
     os.makedirs(model_dir)
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0, 0.05)
+            p.normal_(0, std)
     model.save_pretrained(model_dir, safe_serialization=True)
     if os.path.exists(os.path.join(model_dir, "generation_config.json")):
         os.remove(os.path.join(model_dir, "generation_config.json"))
@@ -105,6 +110,7 @@ def save_lora(model, targets, lora_dir):
     with open(os.path.join(lora_dir, "adapter_config.json")) as f:
         adapter_config = json.load(f)
     adapter_config["base_model_name_or_path"] = None  # the converter is given --base
+    adapter_config["target_modules"] = sorted(adapter_config["target_modules"])  # PEFT writes a set, in any order
     with open(os.path.join(lora_dir, "adapter_config.json"), "w") as f:
         json.dump(adapter_config, f, indent=2, sort_keys=True)
     for f in os.listdir(lora_dir):
@@ -132,6 +138,19 @@ def main():
     save_model(qwen, qwen_dir)
     save_lora(qwen, ["q_proj", "k_proj", "v_proj", "down_proj"], qwen_lora_dir)
 
+    llama3_dir = os.path.join(OUT, "llama3")
+    llama3_config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=500000.0,
+                                rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                              "original_max_position_embeddings": 8192},
+                                tie_word_embeddings=True, bos_token_id=256, eos_token_id=256)
+    llama3 = LlamaForCausalLM(llama3_config).float().eval()
+    save_model(llama3, llama3_dir, std=0.3)  # sharp attention: the logits depend on the rotary frequencies
+    ids = torch.tensor([[(i * 37 + 11) % 512 for i in range(200)]])
+    with torch.no_grad():
+        logits = LlamaForCausalLM.from_pretrained(llama3_dir, torch_dtype=torch.float32).eval()(ids).logits
+    save_file({"input_ids": ids.to(torch.float32), "logits": logits[0].contiguous()}, os.path.join(OUT, "llama3-expected.safetensors"))
+
     with tempfile.TemporaryDirectory() as tmp:
         llama = llama_cpp_source(tmp)
         for outtype in ("f32", "f16", "bf16", "q8_0"):
@@ -139,6 +158,7 @@ def main():
         convert(llama, "convert_lora_to_gguf.py", ["--outtype", "f32", "--base", model_dir,
                                                    "--outfile", os.path.join(OUT, "lora-f32.gguf"), lora_dir])
         convert(llama, "convert_hf_to_gguf.py", ["--outtype", "f32", "--outfile", os.path.join(OUT, "qwen2-f32.gguf"), qwen_dir])
+        convert(llama, "convert_hf_to_gguf.py", ["--outtype", "f32", "--outfile", os.path.join(OUT, "llama3-f32.gguf"), llama3_dir])
         convert(llama, "convert_lora_to_gguf.py", ["--outtype", "f32", "--base", qwen_dir,
                                                    "--outfile", os.path.join(OUT, "qwen2-lora-f32.gguf"), qwen_lora_dir])
     for f in sorted(os.listdir(OUT)):

@@ -33,7 +33,7 @@ public struct GGUFArchitecture: Equatable, Sendable {
         guard c.family == .llama else {
             throw CheckpointError(path: path, message: "not written: a \(c.family) model has no GGUF export here (only the LLaMA family: llama, mistral, qwen2, SmolLM)")
         }
-        return GGUFArchitecture(name: c.attentionBias && !c.projectionBias && c.slidingWindow == nil ? "qwen2" : "llama")
+        return GGUFArchitecture(name: c.isQwen2 ? "qwen2" : "llama")
     }
 }
 
@@ -291,6 +291,12 @@ public func saveGGUFModel(_ model: CausalLM, tokenizer: BPETokenizer?, to path: 
         let order = name.hasPrefix("token_embd") ? -1 : name.hasPrefix("blk.") ? Int(name.split(separator: ".")[1])! : Int.max
         tensors.append((order, GGUFTensorToWrite(name: name, tensor: values, type: stored)))
     }
+    // Llama 3.1's RoPE scaling travels as llama.cpp's divisors (a GGUF base's own values, else computed).
+    if let divisors = c.ropeFrequencyDivisors {
+        let values = try base?.info(named: GGUFFile.ropeFreqsName).map { try base!.tensor(named: $0.name) }
+            ?? Tensor(shape: [divisors.count], data: divisors)
+        tensors.append((-2, GGUFTensorToWrite(name: GGUFFile.ropeFreqsName, tensor: values, type: .f32)))
+    }
     tensors.sort { ($0.order, $0.1.name) < ($1.order, $1.1.name) }
     try GGUFFile.write(path, metadata: metadata, tensors: tensors.map(\.1))
 }
@@ -319,9 +325,13 @@ func ggufPreName(_ kind: BPEPreTokenizer) -> String {
 func ggufTokenizerMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: String) throws -> [(String, GGUFValue)] {
     // llama.cpp ignores merges for Llama 3's pre-tokenizer ("llama-bpe") and for no other named here.
     guard tokenizer.ignoreMerges == (tokenizer.preTokenizer == .llama3) else {
-        throw CheckpointError(path: path, message: """
-            not written: the tokenizer \(tokenizer.ignoreMerges ? "ignores" : "applies") merges for whole-vocabulary words \
-            (ignore_merges), which llama.cpp does \(tokenizer.ignoreMerges ? "not" : "") with its \(tokenizer.preTokenizer) pre-tokenizer
+        throw CheckpointError(path: path, message: tokenizer.ignoreMerges ? """
+            not written: the tokenizer takes a word that is a whole vocabulary token as it is (ignore_merges), which llama.cpp \
+            does only with Llama 3's pre-tokenizer, not with \(tokenizer.preTokenizer)'s
+            """ : """
+            not written: llama.cpp takes a word that is a whole vocabulary token as it is with Llama 3's pre-tokenizer \
+            (ignore_merges), and this tokenizer does not. HINT: if it is Llama 3's, set "ignore_merges": true in the model \
+            section of its tokenizer.json
             """)
     }
     guard tokenizer.vocabSize <= vocabSize else {

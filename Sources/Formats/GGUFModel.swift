@@ -113,7 +113,7 @@ extension GGUFFile {
         if let v = metadata[p + "vocab_size"]?.int, v != vocab {
             throw fail(.shapeMismatch, "token_embd.weight", "has \(vocab) rows but \(p)vocab_size is \(v)")
         }
-        let config = ModelConfig.llama(
+        var config = ModelConfig.llama(
             vocabSize: vocab, hiddenSize: hidden, numLayers: try requiredInt(p + "block_count"), numHeads: heads,
             numKVHeads: kvHeads, intermediateSize: try requiredInt(p + "feed_forward_length"),
             ropeTheta: Float(try optionalDouble(p + "rope.freq_base") ?? 10000),
@@ -121,9 +121,37 @@ extension GGUFFile {
             attentionBias: info(named: "blk.0.attn_q.bias") != nil,
             tieWordEmbeddings: info(named: "output.weight") == nil,
             maxPositions: metadata[p + "context_length"]?.int ?? 2048)
+        config.ropeScaling = try ropeScaling(theta: config.ropeTheta, headDim: hidden / heads)
         do { try config.validate() } catch { throw fail(.unsupportedModel, nil, "\(error)") }
         return config
     }
+
+    /// Llama 3.1's RoPE scaling from llama.cpp's `rope_freqs.weight` (each frequency pair's divisor):
+    /// the parameters Llama 3.x releases use (factor = the largest divisor; original context 8192,
+    /// or another power of two; low and high frequency factors 1 and 4, or others) that give those
+    /// divisors; nil without the tensor.
+    /// - Throws: when the tensor has another length, or no such parameters give its values.
+    func ropeScaling(theta: Float, headDim: Int) throws -> RopeScaling? {
+        guard let info = info(named: GGUFFile.ropeFreqsName) else { return nil }
+        guard info.elementCount == headDim / 2 else {
+            throw fail(.shapeMismatch, info.name, "has \(info.elementCount) values, expected one per frequency pair (\(headDim / 2))")
+        }
+        let divisors = try tensor(named: info.name).toArray()
+        guard let factor = divisors.max(), factor > 1 else { return nil }  // all 1: plain RoPE
+        for original in [8192, 4096, 16384, 32768, 2048, 65536, 131072, 1024] {
+            for (low, high) in [(1, 4), (1, 2), (1, 8), (2, 4), (0.5, 4)] as [(Float, Float)] {
+                let r = RopeScaling(factor: factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositions: original)
+                if zip(r.divisors(theta: theta, headDim: headDim), divisors).allSatisfy({ abs($0 - $1) <= 1e-5 * max(1, abs($1)) }) { return r }
+            }
+        }
+        throw fail(.unsupportedModel, info.name, """
+            its frequency divisors \(divisors.prefix(4))… are not Llama 3.1's scaling with factor \(factor) and the usual \
+            original context (1024…131072) and frequency factors
+            """)
+    }
+
+    /// llama.cpp's tensor of RoPE frequency divisors (Llama 3.1's scaling).
+    public static let ropeFreqsName = "rope_freqs.weight"
 
     /// The byte-level BPE tokenizer in the metadata: `tokenizer.ggml.tokens` (byte-level spellings),
     /// `.merges` ("left right"), `.token_type` (3 = control → special added token, 4 = user-defined →
@@ -215,7 +243,7 @@ extension GGUFFile {
     public func loadWeights(into model: LlamaModel, didLoad: ((String, Tensor) -> Void)? = nil) throws {
         var byHF: [String: GGUFTensorInfo] = [:]
         var unknown: [String] = []
-        for info in tensorInfos {
+        for info in tensorInfos where info.name != GGUFFile.ropeFreqsName {  // read into the config (modelConfig)
             if let hf = GGUFFile.huggingFaceName(forGGUF: info.name) { byHF[hf] = info } else { unknown.append(info.name) }
         }
         if !unknown.isEmpty {

@@ -65,18 +65,33 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
     guard supportedHFModelTypes.contains(type) else {
         throw fail("model_type \"\(type)\" is not supported; supported: \(supportedHFModelTypes.joined(separator: ", "))")
     }
-    // RoPE: transformers ≥ 5 writes `rope_parameters` {rope_type, rope_theta}; older saves `rope_theta`
-    // and `rope_scaling`. Only the default (unscaled) rotation is supported.
+    // RoPE: transformers ≥ 5 writes `rope_parameters` {rope_type, rope_theta, …}; older saves `rope_theta`
+    // and `rope_scaling`. Plain RoPE and Llama 3.1's scaling ("llama3") are supported.
     var ropeTheta = try float("rope_theta", 10000)
+    var ropeScaling: RopeScaling?
     for key in ["rope_scaling", "rope_parameters"] {
         guard let rs = present(key) else { continue }
         let text = String(describing: rs).replacingOccurrences(of: "\n", with: " ")
         guard let obj = rs as? [String: Any] else { throw fail("\(key) \(text) is not a JSON object") }
         let kind = (obj["rope_type"] ?? obj["type"]) as? String ?? "default"
-        guard kind == "default" else {
-            throw fail("\(key) with rope_type \"\(kind)\" is not supported (only plain RoPE, rope_type \"default\")")
+        guard kind == "default" || kind == "llama3" else {
+            throw fail("\(key) with rope_type \"\(kind)\" is not supported (only plain RoPE, rope_type \"default\", and \"llama3\")")
         }
         if let t = obj["rope_theta"] as? NSNumber { ropeTheta = t.floatValue }
+        if kind == "llama3" {
+            func number(_ k: String) throws -> Double {
+                guard let n = obj[k] as? NSNumber else {
+                    throw fail("\(key) (llama3) needs a number \"\(k)\", found \(obj[k].map { "\($0)" } ?? "none")")
+                }
+                return n.doubleValue
+            }
+            let original = try number("original_max_position_embeddings")
+            guard original == original.rounded(), original > 0, original < 1e9 else {
+                throw fail("\(key): original_max_position_embeddings \(original) is not a positive integer")
+            }
+            ropeScaling = RopeScaling(factor: Float(try number("factor")), lowFreqFactor: Float(try number("low_freq_factor")),
+                                      highFreqFactor: Float(try number("high_freq_factor")), originalMaxPositions: Int(original))
+        }
     }
     if let lt = present("layer_types") {
         guard let types = lt as? [String], types.allSatisfy({ $0 == "full_attention" }) else {
@@ -147,6 +162,7 @@ public func hfModelConfig(_ json: [String: Any], file: String) throws -> ModelCo
                                     maxPositions: try int("max_position_embeddings", positionsDefault))
         cfg.projectionBias = projectionBias
         cfg.slidingWindow = window
+        cfg.ropeScaling = ropeScaling
         let attn = try rate("attention_dropout", 0)
         cfg.attentionDropout = attn > 0 ? attn : nil
         config = cfg
@@ -220,6 +236,10 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
         j["intermediate_size"] = config.intermediateSize
         j["rms_norm_eps"] = shortest(config.normEps)
         j["rope_theta"] = shortest(config.ropeTheta)
+        if let r = config.ropeScaling {
+            j["rope_scaling"] = ["rope_type": "llama3", "factor": shortest(r.factor), "low_freq_factor": shortest(r.lowFreqFactor),
+                                 "high_freq_factor": shortest(r.highFreqFactor), "original_max_position_embeddings": r.originalMaxPositions]
+        }
         j["max_position_embeddings"] = config.maxPositions
         j["hidden_act"] = "silu"
         j["attention_dropout"] = shortest(config.attentionDropout ?? 0)  // LLaMA has no residual dropout field

@@ -2,6 +2,7 @@
 // Letters used in shape comments across Models: B batch, T sequence, S keys (prefix + cache + T),
 // C hidden, V vocabulary, L layers, H query heads, KVH key/value heads, D head dimension.
 
+import Foundation
 import TensorCore
 import NN
 /// Architecture of a decoder-only transformer. Codable (snake_case keys) for checkpoints.
@@ -54,6 +55,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// Mistral's sliding window: each position attends to at most this many positions, itself
     /// included. nil (the default): to every earlier position.
     public var slidingWindow: Int?
+    /// Llama 3.1's RoPE scaling (`rope_scaling` with `rope_type` "llama3"); nil (the default): plain
+    /// RoPE, and left out of the stored config.
+    public var ropeScaling: RopeScaling?
 
     public var headDim: Int { hiddenSize / numHeads }
     public var kvDim: Int { numKVHeads * headDim }
@@ -65,6 +69,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case ropeTheta = "rope_theta", attentionBias = "attention_bias", projectionBias = "projection_bias"
         case tieWordEmbeddings = "tie_word_embeddings", maxPositions = "max_position_embeddings", dropout
         case slidingWindow = "sliding_window", attentionDropout = "attention_dropout", embeddingDropout = "embedding_dropout"
+        case ropeScaling = "rope_scaling"
     }
 
     public init(family: Family, vocabSize: Int, hiddenSize: Int, numLayers: Int, numHeads: Int, numKVHeads: Int,
@@ -131,6 +136,65 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         if let w = slidingWindow, w <= 0 { throw fail("sliding_window must be positive, got \(w)") }
         if let a = attentionDropout, !(a >= 0 && a < 1) { throw fail("attention_dropout \(a) must be in [0, 1)") }
         if let e = embeddingDropout, !(e >= 0 && e < 1) { throw fail("embedding_dropout \(e) must be in [0, 1)") }
+        if let r = ropeScaling {
+            guard positions == .rope else { throw fail("rope_scaling needs RoPE positions") }
+            try r.validate()
+        }
+    }
+
+    /// Qwen2's shape of the LLaMA family: biases on q, k and v only, no sliding window (what
+    /// transformers' Qwen2 and llama.cpp's "qwen2" architecture are).
+    public var isQwen2: Bool { family == .llama && attentionBias && !projectionBias && slidingWindow == nil }
+
+    /// The divisor of each rotary frequency pair (headDim / 2 values), nil for plain RoPE.
+    public var ropeFrequencyDivisors: [Float]? { ropeScaling?.divisors(theta: ropeTheta, headDim: headDim) }
+}
+
+/// Llama 3.1's RoPE scaling, as transformers' `_compute_llama3_parameters` and llama.cpp's
+/// `rope_freqs` apply it: frequencies whose wavelength is shorter than `originalMaxPositions /
+/// highFreqFactor` are kept, those longer than `originalMaxPositions / lowFreqFactor` divided by
+/// `factor`, and those between interpolated.
+public struct RopeScaling: Codable, Equatable, Sendable {
+    public var factor: Float
+    public var lowFreqFactor: Float
+    public var highFreqFactor: Float
+    public var originalMaxPositions: Int
+
+    enum CodingKeys: String, CodingKey {
+        case factor, lowFreqFactor = "low_freq_factor", highFreqFactor = "high_freq_factor"
+        case originalMaxPositions = "original_max_position_embeddings"
+    }
+
+    public init(factor: Float, lowFreqFactor: Float, highFreqFactor: Float, originalMaxPositions: Int) {
+        self.factor = factor
+        self.lowFreqFactor = lowFreqFactor
+        self.highFreqFactor = highFreqFactor
+        self.originalMaxPositions = originalMaxPositions
+    }
+
+    func validate() throws {
+        guard factor >= 1, factor.isFinite, lowFreqFactor > 0, highFreqFactor > lowFreqFactor, highFreqFactor.isFinite,
+              originalMaxPositions > 0 else {
+            throw ModelConfigError(message: """
+                rope_scaling (llama3) needs factor ≥ 1, 0 < low_freq_factor < high_freq_factor and a positive \
+                original_max_position_embeddings, got \(factor), \(lowFreqFactor), \(highFreqFactor), \(originalMaxPositions)
+                """)
+        }
+    }
+
+    /// The divisor of each frequency θ^(−2i/D), i < D/2: 1, `factor`, or 1 / ((1 − s) / factor + s)
+    /// with s = (originalMaxPositions / wavelength − lowFreqFactor) / (highFreqFactor − lowFreqFactor).
+    /// Computed in Float, as both references compute them.
+    public func divisors(theta: Float, headDim d: Int) -> [Float] {
+        let (old, low, high) = (Float(originalMaxPositions), lowFreqFactor, highFreqFactor)
+        return (0..<(d / 2)).map { i in
+            let freq = 1 / Foundation.pow(theta, Float(2 * i) / Float(d))
+            let wavelength = 2 * Float.pi / freq
+            if wavelength < old / high { return 1 }
+            if wavelength > old / low { return factor }
+            let s = (old / wavelength - low) / (high - low)
+            return 1 / ((1 - s) / factor + s)
+        }
     }
 }
 

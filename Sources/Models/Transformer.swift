@@ -137,8 +137,9 @@ func attentionCore(q: Tensor, k: Tensor, v: Tensor, layer: Int, config: ModelCon
     let (B, T) = (q.shape[0], q.shape[1])
     var (q, k) = (q, k)
     if config.positions == .rope {
-        q = q.rope(theta: config.ropeTheta, positionOffset: context.positionOffset, seqAxis: 1)
-        k = k.rope(theta: config.ropeTheta, positionOffset: context.positionOffset, seqAxis: 1)
+        let ropeDivisors = config.ropeFrequencyDivisors  // (D/2), Llama 3.1's scaling; nil for plain RoPE
+        q = q.rope(theta: config.ropeTheta, positionOffset: context.positionOffset, seqAxis: 1, divisors: ropeDivisors)
+        k = k.rope(theta: config.ropeTheta, positionOffset: context.positionOffset, seqAxis: 1, divisors: ropeDivisors)
     }
     var (kAll, vAll) = (k, v)
     if let cache = context.cache {

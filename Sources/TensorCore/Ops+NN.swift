@@ -353,7 +353,8 @@ extension Tensor {
     /// the head dimension D and whose axis `seqAxis` is the sequence T: (…, T, D) by default, or
     /// (B, T, H, D) with seqAxis 1. For i < D/2, angle = (positionOffset + t) · θ^(−2i/D), and the
     /// pair (x_i, x_{i+D/2}) is rotated by that angle. The backward rotates by −angle.
-    public func rope(theta: Float, positionOffset: Int = 0, seqAxis: Int = -2) -> Tensor {
+    /// `divisors`: each frequency pair's divisor (D/2 values; Llama 3.1's scaling), or nil for plain RoPE.
+    public func rope(theta: Float, positionOffset: Int = 0, seqAxis: Int = -2, divisors: [Float]? = nil) -> Tensor {
         check(rank >= 2 && shape.last! % 2 == 0, "[rope] needs an even last axis, got \(shape)")
         let sa = must { try ShapeCheck.axis(seqAxis, rank: rank, op: "rope") }
         check(sa < rank - 1, "[rope] the sequence axis must come before the last axis, got \(seqAxis) for \(shape)")
@@ -361,11 +362,12 @@ extension Tensor {
         let (t, d) = (shape[sa], shape[rank - 1])
         let inner = shape[(sa + 1)..<(rank - 1)].reduce(1, *)  // rows per position (e.g. heads)
         let h = d / 2
+        check(divisors == nil || divisors!.count == h, "[rope] \(divisors?.count ?? 0) frequency divisors for \(h) frequency pairs of \(shape)")
         // (T, D/2) cos and sin tables, computed in Double then rounded.
         let cosT = Storage(count: t * h), sinT = Storage(count: t * h)
         for p in 0..<t {
             for i in 0..<h {
-                let freq = Foundation.pow(Double(theta), -2.0 * Double(i) / Double(d))
+                let freq = Foundation.pow(Double(theta), -2.0 * Double(i) / Double(d)) / Double(divisors?[i] ?? 1)
                 let a = Double(positionOffset + p) * freq
                 cosT.pointer[p * h + i] = Float(Foundation.cos(a))
                 sinT.pointer[p * h + i] = Float(Foundation.sin(a))

@@ -107,6 +107,40 @@ final class GGUFExportTests: XCTestCase {
                     "llama.cpp's qwen2 file with its LoRA file", label: "[gguf]")
     }
 
+    /// Llama 3.1's RoPE scaling (rope_type llama3, as Llama 3.2 uses it): the Hugging Face folder
+    /// gives transformers' logits; written as GGUF it equals llama.cpp's conversion (the scaling as
+    /// `rope_freqs.weight`), which reads back to the same scaling and logits; config.json keeps it.
+    func testLlama31RoPEScalingMatchesTransformersAndLlamaCpp() throws {
+        let expected = try SafetensorsFile(path: try fixture("llama3-expected.safetensors"))
+        let ids = try expected.tensor("input_ids").toArray().map { Int32($0) }
+        let logits = try expected.tensor("logits").toArray()
+        let hf = try loadModel(try fixture("llama3"))
+        let scaling = RopeScaling(factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192)
+        XCTAssertEqual(hf.model.config.ropeScaling, scaling)
+        XCTAssertEqual(hf.model.config.ropeFrequencyDivisors?.filter { $0 != 1 && $0 != 32 }.count, 1, "one interpolated pair")
+        assertClose(withNoGrad { hf.model.forward(ids, batch: 1) }.toArray(), logits, rtol: 1e-4, atol: 1e-4, "llama3 RoPE vs transformers", label: "[gguf]")
+        // The same weights with plain RoPE give other logits: the check above sees the scaling.
+        var plainConfig = hf.model.config
+        plainConfig.ropeScaling = nil
+        let plain = LlamaModel(plainConfig, seed: 0)
+        let weights = Dictionary(hf.model.namedParameters(), uniquingKeysWith: { a, _ in a })
+        withNoGrad { for (name, p) in plain.namedParameters() { p.assign(weights[name]!) } }
+        XCTAssertGreaterThan(maxAbsDiff(withNoGrad { plain.forward(ids, batch: 1) }.toArray(), logits), 0.05, "plain RoPE differs")
+
+        let out = dir.appendingPathComponent("llama3.gguf").path
+        try saveGGUFModel(hf.model, tokenizer: hf.tokenizer, to: out, type: .f32)
+        try assertSameFile(out, try fixture("llama3-f32.gguf"), "llama3")
+        let theirs = try loadModel(try fixture("llama3-f32.gguf"))
+        XCTAssertEqual(theirs.model.config.ropeScaling, scaling, "fitted from rope_freqs.weight")
+        assertClose(withNoGrad { theirs.model.forward(ids, batch: 1) }.toArray(), logits, rtol: 1e-4, atol: 1e-4, "llama.cpp's llama3 file", label: "[gguf]")
+
+        let folder = dir.appendingPathComponent("llama3-hf").path
+        try saveHFModel(theirs.model, tokenizer: theirs.tokenizer, to: folder)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json"))) as? [String: Any]
+        XCTAssertEqual((json?["rope_scaling"] as? [String: Any])?["rope_type"] as? String, "llama3")
+        XCTAssertEqual(try loadModel(folder).model.config, theirs.model.config)
+    }
+
     /// From a GGUF base (llama.cpp's own F32 file), every metadata key is kept but the file type,
     /// and the Q8_0 file written equals the converter's Q8_0 file.
     func testAGGUFBaseKeepsItsMetadata() throws {

@@ -130,6 +130,7 @@ let gradCases: [GradCase] = [
     },
     GradCase(name: "rope", shapes: [[2, 3, 5, 4]]) { $0[0].rope(theta: 10000, positionOffset: 2) },
     GradCase(name: "rope permuted", shapes: [[1, 5, 2, 4]]) { $0[0].permuted([0, 2, 1, 3]).rope(theta: 100) },
+    GradCase(name: "rope scaled (llama3 divisors)", shapes: [[2, 3, 5, 4]]) { $0[0].rope(theta: 10000, positionOffset: 2, divisors: [1, 3.5]) },
 ]
 
 final class GradientTests: XCTestCase {
