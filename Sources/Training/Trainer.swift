@@ -4,6 +4,7 @@
 // data position). A non-finite loss or gradient stops the run naming the step and the tensor.
 
 import Foundation
+import Synchronization
 import TensorCore
 import NN
 import Models
@@ -202,6 +203,10 @@ public final class Trainer {
     /// every rank when it is a collective (each rank scoring its share).
     public var communicator: Communicator?
     var exchange: GradientExchange?
+    /// Appends `metricsURL`'s lines in step order, off the training thread.
+    private let metricsWriter = DispatchQueue(label: "swiftpeft.trainer.metrics")
+    /// The first metrics line that could not be written.
+    private let metricsFailure = Mutex<TrainingError?>(nil)
     var elapsedBefore = 0.0
 
     public init(model: CausalLM, parameters: [(String, Tensor)], options: TrainerOptions) throws {
@@ -237,18 +242,20 @@ public final class Trainer {
         defer {
             model.eval()
             model.gradientCheckpointing = checkpointing
+            metricsWriter.sync {}  // the lines of a run that stops are on disk when it returns
         }
         var lastTime = Date()
         let last = min(options.steps, until ?? options.steps)
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
         if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
-        // Rank 0 has appended the step's metrics and writes a checkpoint when one is due; the other
-        // ranks wait for both without the step timeout (a slow disk is not a hung rank); rank 0
-        // keeps it, for a rank that hangs.
+        // When a checkpoint is due, rank 0 flushes its metrics lines and writes it; the other ranks
+        // wait for it without the step timeout (a slow disk is not a hung rank); rank 0 keeps it, for
+        // a rank that hangs. Between checkpoints no rank waits for rank 0's disk.
         func checkpointIfDue() throws {
-            let due = (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last
-            if due, let url = checkpointURL { try saveCheckpoint(url, data: data) }
-            if let comm { try comm.barrier(what: "step \(step): rank 0 writes its metrics" + (due ? " and checkpoint" : ""), patient: !comm.isLeader) }
+            guard (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last else { return }
+            try flushMetrics()
+            if let url = checkpointURL { try saveCheckpoint(url, data: data) }
+            if let comm { try comm.barrier(what: "step \(step): rank 0 writes its checkpoint", patient: !comm.isLeader) }
         }
         while step < last {
             // Dropout masks (the model's and the adapters'): a stream of their own for each step and
@@ -337,31 +344,47 @@ public final class Trainer {
         }
     }
 
+    /// Queues step `m`'s line of `metricsURL` for the metrics writer (a slow disk delays no step);
+    /// throws the error of an earlier line that could not be written.
     func appendMetrics(_ m: StepMetrics) throws {
         guard let url = metricsURL else { return }
-        if Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
+        try throwMetricsFailure()
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
-        var line = try enc.encode(m)
-        line.append(0x0A)
-        do {
-            if let h = try? FileHandle(forWritingTo: url) {
-                try h.seekToEnd()
-                try h.write(contentsOf: line)
-                try h.close()  // checked: a full disk can show up only here
-            } else {
-                try line.write(to: url)
+        let line = try enc.encode(m) + [0x0A]
+        let checkpoint = checkpointURL
+        metricsWriter.async { [self] in
+            if Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
+            do {
+                if let h = try? FileHandle(forWritingTo: url) {
+                    try h.seekToEnd()
+                    try h.write(contentsOf: line)
+                    try h.close()  // checked: a full disk can show up only here
+                } else {
+                    try line.write(to: url)
+                }
+            } catch {
+                let e = TrainingError(message: "\(url.path): cannot append step \(m.step)'s metrics (\((error as NSError).localizedDescription)); stopping. The last good checkpoint is kept\(checkpoint.map { " (\($0.path))" } ?? "").")
+                metricsFailure.withLock { if $0 == nil { $0 = e } }
             }
-        } catch {
-            throw TrainingError(message: "\(url.path): cannot append step \(m.step)'s metrics (\((error as NSError).localizedDescription)); stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").")
         }
+    }
+
+    /// Waits until every queued metrics line is written; throws if one could not be.
+    func flushMetrics() throws {
+        metricsWriter.sync {}
+        try throwMetricsFailure()
+    }
+
+    private func throwMetricsFailure() throws {
+        if let e = metricsFailure.withLock({ $0 }) { throw e }
     }
 
     // MARK: checkpoints
 
     public static let checkpointFormat = ModelSource.trainingStateFormat
 
-    /// Seconds every checkpoint, metrics append and output write waits first
+    /// Seconds every checkpoint, metrics line and output write waits first
     /// (`SWIFTPEFT_FAULT_SLOW_WRITES`): a slow disk, simulated for the data-parallel tests (the other
     /// ranks must wait for it).
     static let slowWrites = ProcessInfo.processInfo.environment["SWIFTPEFT_FAULT_SLOW_WRITES"].flatMap(Double.init) ?? 0
@@ -447,3 +470,4 @@ public final class Trainer {
         }
     }
 }
+

@@ -246,9 +246,10 @@ final class DistributedTests: XCTestCase {
         if let stopped { kill(stopped, SIGKILL) }
     }
 
-    /// Rank 0's checkpoints, per-step metrics, outputs and a resume's trim of metrics.jsonl take as
-    /// long as its disk takes: the other ranks wait for them past the step timeout (here a disk made
-    /// slower than the 2 s timeout, 3 s per write), and the run ends well, with every output written.
+    /// Rank 0's checkpoints, outputs and a resume's trim of metrics.jsonl take as long as its disk
+    /// takes, and its metrics lines, written off the training thread, are flushed before each
+    /// checkpoint: the other ranks wait for them past the step timeout (here a disk made slower than
+    /// the 2 s timeout, 3 s per write), and the run ends well, with every output and line written.
     func testRanksWaitForRankZerosSlowWritesPastTheStepTimeout() throws {
         let out = fx.path("dp-slow-writes")
         let r = try train(ranks: 2, batch: 2, method: "lora", out: out, extra: ["--steps", "4", "--save-every", "2"],

@@ -175,6 +175,33 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(lines[0].contains("\"tokens_per_s\"") && lines[0].contains("\"grad_norm\""))
     }
 
+    /// Metrics lines are written off the training thread, in step order, all of them on disk when
+    /// `run` returns; one that cannot be written stops the run at the next checkpoint with an error
+    /// naming the file and the step, before that checkpoint is written.
+    func testMetricsLinesAreWrittenInOrderAndAFailureStopsTheRun() throws {
+        var o = TrainerOptions()
+        o.steps = 5
+        o.saveEvery = 3
+        var (_, _, trainer, data) = try setup(o)
+        let metrics = dir.appendingPathComponent("metrics.jsonl")
+        trainer.metricsURL = metrics
+        try trainer.run(&data)
+        let steps = try String(contentsOf: metrics).split(separator: "\n").map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)).step }
+        XCTAssertEqual(steps, [1, 2, 3, 4, 5])
+
+        var (_, _, failing, more) = try setup(o)
+        let blocker = dir.appendingPathComponent("not-a-folder")
+        try Data("x".utf8).write(to: blocker)
+        let ckpt = dir.appendingPathComponent("failing-state.h5")
+        failing.metricsURL = blocker.appendingPathComponent("metrics.jsonl")  // under a file: cannot be created
+        failing.checkpointURL = ckpt
+        XCTAssertThrowsError(try failing.run(&more)) { e in
+            XCTAssertTrue("\(e)".contains("not-a-folder/metrics.jsonl") && "\(e)".contains("cannot append step 1's metrics"), "\(e)")
+        }
+        XCTAssertLessThanOrEqual(failing.step, 3, "stopped at the first checkpoint")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: ckpt.path), "no checkpoint after a lost metrics line")
+    }
+
     /// Dropout masks come from the seed, the step and the rank: each differs.
     func testDropoutSeedsDifferByStepRankAndSeed() {
         let seeds = [Trainer.dropoutSeed(7, step: 0, rank: 0), Trainer.dropoutSeed(7, step: 1, rank: 0),
