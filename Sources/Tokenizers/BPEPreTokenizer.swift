@@ -16,7 +16,8 @@ public enum BPEPreTokenizer: String, Sendable, CaseIterable {
     /// `Sequence[Split(Regex(…), "Isolated"), ByteLevel(use_regex: false)]` with Llama 3's regex,
     /// llama.cpp's `pre = llama-bpe`: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
     /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+` (contractions in any ASCII case, as llama.cpp
-    /// reads them). `"year 2024"` → `"year"`, `" "`, `"202"`, `"4"`.
+    /// reads them; `tokenizers`' Unicode case folding also takes `'ſ` (U+017F) as `'s`, a difference
+    /// this one character makes). `"year 2024"` → `"year"`, `" "`, `"202"`, `"4"`.
     case llama3
     /// The same with `\p{N}` one numeric character at a time: Qwen2 and Qwen2.5 (`pre = qwen2`).
     case qwen2
@@ -264,7 +265,9 @@ extension PreTokenizerScan {
     /// the offsets buffer `ends` stays small for huge inputs. Chunks are cut inside "x\ny" (x, y ASCII
     /// non-spaces) after the newline: the lone "\n" is its own match whether or not "y" follows (a longer
     /// whitespace run would not be: `\s+(?!\S)` leaves its last character to the next match only when a
-    /// non-space follows), and only a U+0020 space joins the match after it.
+    /// non-space follows), and only a U+0020 space joins the match after it. The same cut holds for
+    /// Llama 3's and Qwen2's regexes: a match ends after "\n" (`\s*[\r\n]+`, or punctuation's
+    /// `[\r\n]*`), and a newline is never the optional character before letters.
     @inline(__always)
     static func forEachWord(_ kind: BPEPreTokenizer, _ p: UnsafePointer<UInt8>, from start: Int, to end: Int,
                             ends: inout [Int], _ body: (Int, Int) -> Void) {

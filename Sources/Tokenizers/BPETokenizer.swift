@@ -17,7 +17,8 @@ public struct AddedToken: Sendable, Equatable {
     /// Whether it matches only as a whole word (`single_word`: no word character on either side).
     public var singleWord: Bool
     /// Whether it is matched in a second pass, between the tokens with `normalized` false
-    /// (`tokenizers` matches those on the normalized text; SwiftPEFT's tokenizers have no normalizer).
+    /// (`tokenizers` matches those on the normalized text; SwiftPEFT matches them on the text as
+    /// given, which differs only for an NFC tokenizer's added token that NFC would change).
     public var normalized: Bool
 
     public init(id: Int32, content: String, special: Bool = true, lstrip: Bool = false, rstrip: Bool = false,
@@ -70,7 +71,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     private var compiled: Result<ChatTemplate, Error>?
     /// Text between added tokens is put in Unicode normalization form C before it is split
     /// (`tokenizer.json`'s `"normalizer": {"type": "NFC"}`, as Qwen2's). Set it before the tokenizer
-    /// is shared between threads.
+    /// is shared between threads. Decoding then gives the NFC form of a text, not the text itself.
     public var normalizesToNFC = false
 
     public var compiledChatTemplate: ChatTemplate? {

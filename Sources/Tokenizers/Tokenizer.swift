@@ -9,7 +9,8 @@ import Foundation
 /// tokenizer can be shared between threads.
 ///
 /// Round-trip guarantee: for every `String` `s`, `decode(encode(s)) == s` (byte for byte), as long as the
-/// vocabulary covers all 256 byte values, which both `ByteTokenizer` and trained `BPETokenizer`s do.
+/// vocabulary covers all 256 byte values, which both `ByteTokenizer` and trained `BPETokenizer`s do, and
+/// the tokenizer does not normalize (an NFC `BPETokenizer` gives back the NFC form of `s`).
 public protocol Tokenizer: Sendable {
     /// Number of ids: every id the tokenizer can produce is in `0 ..< vocabSize`.
     var vocabSize: Int { get }

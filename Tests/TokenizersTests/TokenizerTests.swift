@@ -193,6 +193,35 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// Llama 3's and Qwen2's pre-tokenizers split as their regexes do (expected pieces from Python's
+    /// `regex` module): contractions in any case, one non-letter before letters, digits by three or
+    /// one, punctuation with its newlines, whitespace runs through their last newline.
+    func testLlama3AndQwen2PreTokenizersSplitLikeTheirRegexes() {
+        let cases: [(String, [String], [String])] = [
+            ("year 2024", ["year", " ", "202", "4"], ["year", " ", "2", "0", "2", "4"]),
+            ("\n\n  x", ["\n\n", " ", " x"], ["\n\n", " ", " x"]),
+            (" \n x", [" \n", " x"], [" \n", " x"]),
+            ("a\n \n\tb", ["a", "\n \n", "\tb"], ["a", "\n \n", "\tb"]),
+            ("\u{A0}x", ["\u{A0}x"], ["\u{A0}x"]),
+            ("  x", [" ", " x"], [" ", " x"]),
+            ("\u{A0}!", ["\u{A0}", "!"], ["\u{A0}", "!"]),
+            ("'S'x", ["'S", "'x"], ["'S", "'x"]),
+            (" !?\n\nok", [" !?\n\n", "ok"], [" !?\n\n", "ok"]),
+            ("e\u{301}x", ["e", "\u{301}x"], ["e", "\u{301}x"]),
+            ("1\u{663}\u{BD}4", ["1\u{663}\u{BD}", "4"], ["1", "\u{663}", "\u{BD}", "4"]),
+            ("x '", ["x", " '"], ["x", " '"]),
+            ("I'm here, THEY'LL go", ["I", "'m", " here", ",", " THEY", "'LL", " go"], ["I", "'m", " here", ",", " THEY", "'LL", " go"]),
+            ("12345678", ["123", "456", "78"], ["1", "2", "3", "4", "5", "6", "7", "8"]),
+            ("a  \n\n  b  ", ["a", "  \n\n", " ", " b", "  "], ["a", "  \n\n", " ", " b", "  "]),
+            ("hello\r\nworld", ["hello", "\r\n", "world"], ["hello", "\r\n", "world"]),
+            ("  ", ["  "], ["  "]),
+        ]
+        for (text, llama3, qwen2) in cases {
+            XCTAssertEqual(BPEPreTokenizer.llama3.split(text), llama3, "llama3 split of \(text.debugDescription)")
+            XCTAssertEqual(BPEPreTokenizer.qwen2.split(text), qwen2, "qwen2 split of \(text.debugDescription)")
+        }
+    }
+
     func testDigitsPreTokenizerIsolatesEveryDigit() {
         let cases: [(String, [String])] = [
             ("year 2024 was", ["year", " ", "2", "0", "2", "4", " was"]),
