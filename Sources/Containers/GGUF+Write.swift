@@ -136,24 +136,6 @@ extension GGUFFile {
             preconditionFailure("GGUFFile.encode: type \(type) is not writable")
         }
     }
-
-    /// Reorders the rows of a (heads·D, in) Q or K weight (or a (heads·D) bias, `inFeatures` 1) from
-    /// Hugging Face's rotate_half layout to llama.cpp's interleaved one: the inverse of `unpermuteQK`.
-    /// `src` and `dst` must not overlap.
-    public static func permuteQK(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
-                                 heads: Int, headDim: Int, inFeatures: Int) {
-        let half = headDim / 2
-        for h in 0..<heads {
-            for i in 0..<half {
-                for j in 0..<2 {
-                    // HF row (h, j, i) → GGUF row (h, i, j)
-                    let from = (h * headDim + j * half + i) * inFeatures
-                    let to = (h * headDim + i * 2 + j) * inFeatures
-                    (dst + to).update(from: src + from, count: inFeatures)
-                }
-            }
-        }
-    }
 }
 
 /// Little-endian bytes of a GGUF header.

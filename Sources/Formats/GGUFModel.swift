@@ -36,18 +36,29 @@ extension GGUFFile {
             : key.contains("self_attn.k_proj.") || key.hasSuffix("self_attn.k_proj") ? c.numKVHeads : 0
     }
 
-    /// Reorders the rows of a (heads·D, in) Q or K weight from llama.cpp's layout back to Hugging Face's
-    /// (rotate_half) layout: view as (heads, D/2, 2, in), swap axes 1 and 2. `src` and `dst` must not overlap.
+    /// Reorders the rows of a (heads·D, in) Q or K weight (or a (heads·D) bias, `inFeatures` 1) from
+    /// llama.cpp's layout back to Hugging Face's (rotate_half) layout: view as (heads, D/2, 2, in), swap
+    /// axes 1 and 2. `src` and `dst` must not overlap.
     public static func unpermuteQK(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
                                    heads: Int, headDim: Int, inFeatures: Int) {
+        reorderQK(src, dst, heads: heads, headDim: headDim, inFeatures: inFeatures, toGGUF: false)
+    }
+
+    /// The inverse of `unpermuteQK`: Hugging Face's rotate_half rows in llama.cpp's interleaved order.
+    public static func permuteQK(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
+                                 heads: Int, headDim: Int, inFeatures: Int) {
+        reorderQK(src, dst, heads: heads, headDim: headDim, inFeatures: inFeatures, toGGUF: true)
+    }
+
+    /// Copies each row between HF row (h, j, i) and GGUF row (h, i, j), i < D/2, j < 2.
+    private static func reorderQK(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
+                                  heads: Int, headDim: Int, inFeatures: Int, toGGUF: Bool) {
         let half = headDim / 2
         for h in 0..<heads {
             for i in 0..<half {
                 for j in 0..<2 {
-                    // GGUF row (h, i, j) → HF row (h, j, i)
-                    let from = (h * headDim + i * 2 + j) * inFeatures
-                    let to = (h * headDim + j * half + i) * inFeatures
-                    (dst + to).update(from: src + from, count: inFeatures)
+                    let gguf = (h * headDim + i * 2 + j) * inFeatures, hf = (h * headDim + j * half + i) * inFeatures
+                    (dst + (toGGUF ? gguf : hf)).update(from: src + (toGGUF ? hf : gguf), count: inFeatures)
                 }
             }
         }
