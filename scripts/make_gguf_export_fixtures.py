@@ -17,7 +17,8 @@
 #   llama3/, llama3-f32.gguf, llama3-expected.safetensors
 #                  a LlamaForCausalLM with Llama 3.1's RoPE scaling (rope_type llama3: factor 32, frequency
 #                  factors 1 and 4, original context 8192, θ 500000, as Llama 3.2), its conversion (the
-#                  scaling as llama.cpp's rope_freqs.weight) and transformers' logits on fixed ids
+#                  scaling as llama.cpp's rope_freqs.weight) and transformers' logits on fixed ids; its
+#                  tokenizer.json has Llama 3's post-processor (BOS first), written as add_bos_token true
 #
 # The converters are llama.cpp's, from the llama-cpp-python 0.3.36 source package on PyPI (downloaded
 # once into data/cache/chat-templates, shared with check_chat_templates.py), run with this venv's torch,
@@ -88,8 +89,19 @@ def convert(llama, script, args):
     subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
 
 
-def save_model(model, model_dir, std=0.05):
-    """A Hugging Face folder: random weights, the tiny tokenizer and its ChatML template."""
+# Llama 3's post-processor (a BOS in front of every text), with the tiny tokenizer's <|endoftext|> as the BOS.
+BOS_FIRST = {"type": "Sequence", "processors": [
+    {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+    {"type": "TemplateProcessing",
+     "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+     "pair": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+              {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+     "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [256], "tokens": ["<|endoftext|>"]}}}]}
+
+
+def save_model(model, model_dir, std=0.05, bos_first=False):
+    """A Hugging Face folder: random weights, the tiny tokenizer and its ChatML template (with
+    bos_first, Llama 3's post-processor, which the converter writes as add_bos_token true)."""
     os.makedirs(model_dir)
     with torch.no_grad():
         for p in model.parameters():
@@ -97,7 +109,13 @@ def save_model(model, model_dir, std=0.05):
     model.save_pretrained(model_dir, safe_serialization=True)
     if os.path.exists(os.path.join(model_dir, "generation_config.json")):
         os.remove(os.path.join(model_dir, "generation_config.json"))
-    shutil.copy(os.path.join(ROOT, "Tests", "FormatsTests", "Fixtures", "hf", "gpt2", "tokenizer.json"), model_dir)
+    with open(os.path.join(ROOT, "Tests", "FormatsTests", "Fixtures", "hf", "gpt2", "tokenizer.json")) as f:
+        tokenizer = f.read()
+    if bos_first:
+        tokenizer = tokenizer.replace('"post_processor": null', '"post_processor": ' + json.dumps(BOS_FIRST), 1)
+        assert "TemplateProcessing" in tokenizer
+    with open(os.path.join(model_dir, "tokenizer.json"), "w") as f:
+        f.write(tokenizer)
     with open(os.path.join(model_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>",
                    "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML}, f, indent=2, sort_keys=True)
@@ -145,7 +163,7 @@ def main():
                                               "original_max_position_embeddings": 8192},
                                 tie_word_embeddings=True, bos_token_id=256, eos_token_id=256)
     llama3 = LlamaForCausalLM(llama3_config).float().eval()
-    save_model(llama3, llama3_dir, std=0.3)  # sharp attention: the logits depend on the rotary frequencies
+    save_model(llama3, llama3_dir, std=0.3, bos_first=True)  # sharp attention: the logits depend on the rotary frequencies
     ids = torch.tensor([[(i * 37 + 11) % 512 for i in range(200)]])
     with torch.no_grad():
         logits = LlamaForCausalLM.from_pretrained(llama3_dir, torch_dtype=torch.float32).eval()(ids).logits

@@ -243,7 +243,7 @@ public enum GGUFWeightType: String, CaseIterable, Sendable {
 /// one: architecture "llama" (Q/K rows in its order; biases kept, which its llama graph reads) or
 /// "qwen2" for Qwen2's configuration, matrices as `type` (Q8_0 rows that are not a multiple of 32 as
 /// F16), the hyperparameters, the tokenizer as `tokenizer.ggml.*` ("gpt2" byte-level BPE with its
-/// pre-tokenizer's llama.cpp name, no BOS added, as SwiftPEFT encodes) and its chat template. From a
+/// pre-tokenizer's llama.cpp name, `add_bos_token` as the tokenizer adds one) and its chat template. From a
 /// GGUF `base` every metadata key is kept instead (its architecture, name, license, tokenizer), but
 /// the file type, the chat template and the keys of its quantization (`quantize.*`) and of split files.
 /// - Throws: naming `path`: a GPT-2 model, no tokenizer, one with more tokens than the model has
@@ -365,6 +365,8 @@ func ggufTokenizerMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: Stri
     for (key, id) in [("bos", tokenizer.bosTokenID), ("eos", tokenizer.eosTokenID), ("unknown", tokenizer.unkTokenID), ("padding", tokenizer.padTokenID)] {
         if let id { out.append(("tokenizer.ggml.\(key)_token_id", .uint32(UInt32(id)))) }
     }
-    out.append(("tokenizer.ggml.add_bos_token", .bool(false)))  // SwiftPEFT's texts start without one
+    // Always written: llama.cpp's default for a missing key depends on the pre-tokenizer. No EOS is added to a text.
+    out.append(("tokenizer.ggml.add_bos_token", .bool(tokenizer.addsBOS && tokenizer.bosTokenID != nil)))
+    out.append(("tokenizer.ggml.add_eos_token", .bool(false)))
     return out
 }

@@ -168,7 +168,7 @@ extension GGUFFile {
     /// `.merges` ("left right"), `.token_type` (3 = control → special added token, 4 = user-defined →
     /// added token), `.pre` ("smollm", "starcoder", "refact" → digits split one by one; "gpt-2" → GPT-2's
     /// regex; "llama-bpe" → Llama 3's, merges ignored for whole-vocabulary words; "qwen2" → Qwen2's),
-    /// and the bos/eos/unknown/padding ids.
+    /// the bos/eos/unknown/padding ids, and whether a BOS goes in front of every text (`addsBOS`).
     /// - Throws: `GGUFError` naming the metadata key at fault.
     public func makeTokenizer() throws -> BPETokenizer {
         let modelKey = "tokenizer.ggml.model"
@@ -237,15 +237,31 @@ extension GGUFFile {
         }
         let roles = SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
                                       pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
+        let bos = try addsBOS(pre)
         do {
             // llama.cpp's Llama 3 tokenizer takes a word that is a whole vocabulary token as it is (ignore_merges).
             let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: pre,
                                              ignoreMerges: pre == .llama3, roles: roles)
             tokenizer.chatTemplate = metadata["tokenizer.chat_template"]?.string
+            tokenizer.addsBOS = bos && roles.bos != nil
             return tokenizer
         } catch {
             throw fail(.malformed, "tokenizer.ggml.tokens", "\(error)")
         }
+    }
+
+    /// Whether llama.cpp puts the BOS in front of a text: `tokenizer.ggml.add_bos_token`, else its
+    /// default for the pre-tokenizer (true for Llama 3's, false for the others read here).
+    /// - Throws: `GGUFError` for a key that is not a bool, or `add_eos_token` true (an EOS after every
+    ///   text, which SwiftPEFT does not add).
+    private func addsBOS(_ pre: BPEPreTokenizer) throws -> Bool {
+        for key in ["tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token"] where metadata[key] != nil && metadata[key]?.bool == nil {
+            throw fail(.malformed, key, "expected a bool, found \(metadata[key]!.typeName)")
+        }
+        if metadata["tokenizer.ggml.add_eos_token"]?.bool == true {
+            throw fail(.unsupportedModel, "tokenizer.ggml.add_eos_token", "is true: an EOS after every text is not supported")
+        }
+        return metadata["tokenizer.ggml.add_bos_token"]?.bool ?? (pre == .llama3)
     }
 
     /// Dequantizes every tensor into `model`'s parameters (same names after `huggingFaceName`), undoing

@@ -1,7 +1,7 @@
 // BPETokenizer+JSON.swift: reads and writes Hugging Face `tokenizer.json` (model BPE with vocab + merges, a
-// ByteLevel pre-tokenizer optionally after Digits, a ByteLevel decoder, added_tokens) and the role names in
-// sibling `tokenizer_config.json` / `special_tokens_map.json` files. Every load error names the file and the
-// field that was wrong.
+// ByteLevel pre-tokenizer optionally after Digits or a Split, a ByteLevel decoder, added_tokens, a
+// post-processor that adds a BOS at most) and the role names in sibling `tokenizer_config.json` /
+// `special_tokens_map.json` files. Every load error names the file and the field that was wrong.
 import Foundation
 
 extension BPETokenizer {
@@ -237,11 +237,23 @@ extension BPETokenizer {
         // Drop role names that are not added tokens (config files sometimes name plain vocabulary tokens).
         func keep(_ s: String?) -> String? { s.flatMap { addedSet.contains(Array($0.utf8)) ? $0 : nil } }
         chosen = SpecialTokenRoles(bos: keep(chosen.bos), eos: keep(chosen.eos), pad: keep(chosen.pad), unk: keep(chosen.unk))
+        // The token the post-processor puts in front of every text is the BOS (transformers adds it
+        // whatever tokenizer_config.json's add_bos_token says).
+        var addsBOS = false
+        if let pp = root["post_processor"], !(pp is NSNull), let first = try parsePostProcessor(pp, added: added, file: file) {
+            if chosen.bos == nil { chosen.bos = first }
+            guard chosen.bos.map({ Array($0.utf8) }) == Array(first.utf8) else {
+                throw unsupported("post_processor puts \(first.debugDescription) in front of every text, but the BOS token is "
+                                  + "\(chosen.bos!.debugDescription); only the BOS token can be added there")
+            }
+            addsBOS = true
+        }
         do {
             let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: kind,
                                              ignoreMerges: ignoreMerges, roles: chosen)
             tokenizer.chatTemplate = chatTemplate(inConfigs: configs)
             tokenizer.normalizesToNFC = nfc
+            tokenizer.addsBOS = addsBOS
             // A byte the vocabulary lacks becomes the model's unk_token, or is dropped without one (as
             // `tokenizers` does), whatever the UNK role of the config files says.
             tokenizer.unknownByteID = (model["unk_token"] as? String).flatMap { tokenizer.tokenID(for: $0) }
@@ -309,6 +321,59 @@ extension BPETokenizer {
             throw unsupported("pre_tokenizer Sequence \(types) (supported: [ByteLevel], [Digits, ByteLevel], [Split, ByteLevel] with Llama 3's or Qwen2's regex)")
         default:
             throw unsupported("pre_tokenizer \(type) (supported: ByteLevel, Sequence[Digits, ByteLevel], Sequence[Split, ByteLevel])")
+        }
+    }
+
+    /// The added token a `tokenizer.json` post-processor puts in front of every single text, or nil
+    /// when it adds none: a `TemplateProcessing` whose `single` is `[SpecialToken X?, Sequence A]`,
+    /// alone or in a `Sequence` beside `ByteLevel` (which only trims offsets), as Llama 3's is.
+    /// - Throws: `.unsupported` for a token after the text (an EOS on every text), more than one in
+    ///   front, other processors (BERT's, RoBERTa's); `.malformed` for a token the template does not
+    ///   define as one added token.
+    private static func parsePostProcessor(_ pp: Any, added: [AddedToken], file: String) throws -> String? {
+        func malformed(_ reason: String) -> TokenizerError { .malformed(file: file, reason: reason) }
+        func unsupported(_ feature: String) -> TokenizerError { .unsupported(file: file, feature: feature) }
+        guard let obj = pp as? [String: Any], let type = obj["type"] as? String else {
+            throw malformed("post_processor is not an object with a \"type\"")
+        }
+        switch type {
+        case "ByteLevel":
+            return nil
+        case "Sequence":
+            guard let list = obj["processors"] as? [Any] else { throw malformed("post_processor.processors is missing or not a list") }
+            let firsts = try list.compactMap { try parsePostProcessor($0, added: added, file: file) }
+            guard firsts.count <= 1 else { throw unsupported("post_processor puts \(firsts) in front of every text (one BOS at most)") }
+            return firsts.first
+        case "TemplateProcessing":
+            guard let single = obj["single"] as? [[String: Any]] else {
+                throw malformed("post_processor.single is missing or not a list of {\"SpecialToken\"} / {\"Sequence\"} objects")
+            }
+            let specials = obj["special_tokens"] as? [String: Any] ?? [:]
+            var before: [String] = [], sawText = false
+            for (k, item) in single.enumerated() {
+                if item["Sequence"] != nil {
+                    guard !sawText else { throw unsupported("post_processor.single has the text twice") }
+                    sawText = true
+                    continue
+                }
+                guard let name = (item["SpecialToken"] as? [String: Any])?["id"] as? String else {
+                    throw malformed("post_processor.single[\(k)] is neither {\"SpecialToken\": {\"id\": …}} nor {\"Sequence\": …}")
+                }
+                guard !sawText else {
+                    throw unsupported("post_processor appends \(name.debugDescription) to every text; only a BOS in front is supported")
+                }
+                // The template's own definition gives the id; it must be one added token.
+                let ids = ((specials[name] as? [String: Any])?["ids"] as? [Any])?.compactMap { intValue($0) }
+                guard let ids, ids.count == 1, let token = added.first(where: { Int($0.id) == ids[0] }) else {
+                    throw malformed("post_processor.special_tokens does not define \(name.debugDescription) as one added token's id")
+                }
+                before.append(token.content)
+            }
+            guard sawText else { throw malformed("post_processor.single has no {\"Sequence\": {\"id\": \"A\"}} for the text") }
+            guard before.count <= 1 else { throw unsupported("post_processor puts \(before) in front of every text (one BOS at most)") }
+            return before.first
+        default:
+            throw unsupported("post_processor \(type) (supported: ByteLevel, TemplateProcessing that adds a BOS at most, a Sequence of them)")
         }
     }
 
@@ -393,7 +458,14 @@ extension BPETokenizer {
                 + "{\"Regex\": \(jsonString(preTokenizer.splitPattern!))}, \"behavior\": \"Isolated\", \"invert\": false}, "
                 + byteLevel.replacingOccurrences(of: "\"use_regex\": true", with: "\"use_regex\": false") + "]},\n"
         }
-        s += "  \"post_processor\": null,\n"
+        if addsBOS, let bos = bosTokenID, let name = tokenString(for: bos) {  // Llama 3's form
+            let token = "{\"SpecialToken\": {\"id\": \(jsonString(name)), \"type_id\": 0}}", text = "{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}"
+            s += "  \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [\(token), \(text)], \"pair\": [\(token), \(text), "
+                + token.replacingOccurrences(of: "\"type_id\": 0", with: "\"type_id\": 1") + ", {\"Sequence\": {\"id\": \"B\", \"type_id\": 1}}], "
+                + "\"special_tokens\": {\(jsonString(name)): {\"id\": \(jsonString(name)), \"ids\": [\(bos)], \"tokens\": [\(jsonString(name))]}}},\n"
+        } else {
+            s += "  \"post_processor\": null,\n"
+        }
         s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, "
             + "\"use_regex\": true},\n"
         // The token a byte missing from the vocabulary becomes (none: dropped), so a reload encodes alike.

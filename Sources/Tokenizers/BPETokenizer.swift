@@ -73,6 +73,11 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// (`tokenizer.json`'s `"normalizer": {"type": "NFC"}`, as Qwen2's). Set it before the tokenizer
     /// is shared between threads. Decoding then gives the NFC form of a text, not the text itself.
     public var normalizesToNFC = false
+    /// The BOS id goes in front of every plain text (see `Tokenizer.addsBOS`): read from a
+    /// `tokenizer.json` post-processor that puts the BOS token first (Llama 3's) or GGUF's
+    /// `tokenizer.ggml.add_bos_token`, and written back to both. Set it before the tokenizer is shared
+    /// between threads; it has no effect without a BOS role.
+    public var addsBOS = false
 
     public var compiledChatTemplate: ChatTemplate? {
         get throws { try compiled?.get() }
@@ -215,6 +220,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         chatTemplate = o.chatTemplate  // (no didSet in an initializer)
         compiled = o.compiled
         normalizesToNFC = o.normalizesToNFC
+        addsBOS = o.addsBOS
     }
 
     private static func roleIDs(_ roles: SpecialTokenRoles, _ added: [AddedToken]) throws

@@ -16,6 +16,11 @@ public protocol Tokenizer: Sendable {
     var vocabSize: Int { get }
     /// Id prepended to a sequence by `encode(_:addBOS:addEOS:)`, if the tokenizer has one.
     var bosTokenID: Int32? { get }
+    /// Whether the model's own tokenizer puts `bosTokenID` in front of a plain text, as Llama 3's does
+    /// (transformers' `tokenizer(text)`, llama.cpp's tokenization with special tokens). Plain texts,
+    /// prompts and completions are then encoded with it (`encode(_:addBOS:addEOS:)`); a chat template's
+    /// output is not, since the template writes the BOS where the model wants one. False by default.
+    var addsBOS: Bool { get }
     /// Id that ends a sequence (generation stops on it), if the tokenizer has one.
     var eosTokenID: Int32? { get }
     /// Id used to pad batches to one length, if the tokenizer has one.
@@ -50,6 +55,7 @@ public protocol Tokenizer: Sendable {
 
 extension Tokenizer {
     public var compiledChatTemplate: ChatTemplate? { nil }
+    public var addsBOS: Bool { false }
 
     /// The special tokens' texts by the names chat templates read them: `bos_token`, `eos_token`,
     /// `unk_token` and `pad_token`, those the tokenizer has (transformers passes its whole special

@@ -36,8 +36,9 @@ final class GGUFExportTests: XCTestCase {
     }
 
     /// Asserts that `ours` holds `reference`'s tensors (names, ne, types, bytes) and its metadata,
-    /// except `general.*` names the converter makes up from folder names; ours may say
-    /// `tokenizer.ggml.add_bos_token` false (the converter writes it only when tokenizer_config.json does).
+    /// except `general.*` names the converter makes up from folder names; ours also says
+    /// `tokenizer.ggml.add_bos_token` and `add_eos_token` where the converter leaves them out (it writes
+    /// them only when the tokenizer's files say), and then not true.
     private func assertSameFile(_ ours: String, _ reference: String, ignoring: Set<String> = [], _ label: String,
                                 file: StaticString = #filePath, line: UInt = #line) throws {
         let a = try GGUFFile(ours), b = try GGUFFile(reference)
@@ -45,7 +46,11 @@ final class GGUFExportTests: XCTestCase {
         for key in b.metadataKeys where !named.contains(key) && !ignoring.contains(key) {
             XCTAssertEqual(a.metadata[key], b.metadata[key], "\(label): metadata '\(key)'", file: file, line: line)
         }
-        let extra = Set(a.metadataKeys).subtracting(b.metadataKeys).subtracting(named).subtracting(["tokenizer.ggml.add_bos_token"])
+        let adds = ["tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token"]
+        for key in adds where b.metadata[key] == nil {
+            XCTAssertNotEqual(a.metadata[key], .bool(true), "\(label): '\(key)' where the converter writes none", file: file, line: line)
+        }
+        let extra = Set(a.metadataKeys).subtracting(b.metadataKeys).subtracting(named).subtracting(adds)
         XCTAssertEqual(extra, [], "\(label): keys llama.cpp's converter does not write", file: file, line: line)
         XCTAssertEqual(Set(a.tensorInfos.map(\.name)), Set(b.tensorInfos.map(\.name)), "\(label): tensor names", file: file, line: line)
         var compared = 0
@@ -129,8 +134,13 @@ final class GGUFExportTests: XCTestCase {
 
         let out = dir.appendingPathComponent("llama3.gguf").path
         try saveGGUFModel(hf.model, tokenizer: hf.tokenizer, to: out, type: .f32)
-        try assertSameFile(out, try fixture("llama3-f32.gguf"), "llama3")
+        // Llama 3's post-processor puts the BOS first: add_bos_token true, read back both ways (the
+        // separator the converter also writes, from the template for pairs of texts, is for rerankers).
+        XCTAssertTrue(try XCTUnwrap(hf.tokenizer).addsBOS)
+        try assertSameFile(out, try fixture("llama3-f32.gguf"), ignoring: ["tokenizer.ggml.add_sep_token", "tokenizer.ggml.seperator_token_id"], "llama3")
+        XCTAssertEqual(try GGUFFile(out).metadata["tokenizer.ggml.add_bos_token"], .bool(true))
         let theirs = try loadModel(try fixture("llama3-f32.gguf"))
+        XCTAssertTrue(try XCTUnwrap(theirs.tokenizer).addsBOS)
         XCTAssertEqual(theirs.model.config.ropeScaling, scaling, "fitted from rope_freqs.weight")
         assertClose(withNoGrad { theirs.model.forward(ids, batch: 1) }.toArray(), logits, rtol: 1e-4, atol: 1e-4, "llama.cpp's llama3 file", label: "[gguf]")
 
@@ -139,6 +149,7 @@ final class GGUFExportTests: XCTestCase {
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json"))) as? [String: Any]
         XCTAssertEqual((json?["rope_scaling"] as? [String: Any])?["rope_type"] as? String, "llama3")
         XCTAssertEqual(try loadModel(folder).model.config, theirs.model.config)
+        XCTAssertTrue(try XCTUnwrap(loadModel(folder).tokenizer).addsBOS, "tokenizer.json's post-processor")
     }
 
     /// From a GGUF base (llama.cpp's own F32 file), every metadata key is kept but the file type,

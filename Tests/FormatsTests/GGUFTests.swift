@@ -525,6 +525,34 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// A BOS goes first as llama.cpp decides: `tokenizer.ggml.add_bos_token` as the file says (none:
+    /// false for this pre-tokenizer); a value that is not a bool, and `add_eos_token` true (an EOS after
+    /// every text), are refused by key.
+    func testAddBOSTokenIsReadAsLlamaCppReadsIt() throws {
+        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 16, numLayers: 1, numHeads: 4,
+                                       numKVHeads: 2, intermediateSize: 24, maxPositions: 64)
+        let model = LlamaModel(config, seed: 3)
+        let cases: [([(String, GGUFValue)], Bool)] = [
+            ([], false), ([("tokenizer.ggml.add_bos_token", .bool(true))], true),
+            ([("tokenizer.ggml.add_bos_token", .bool(false)), ("tokenizer.ggml.add_eos_token", .bool(false))], false),
+        ]
+        for (k, (metadata, adds)) in cases.enumerated() {
+            let p = path("bos\(k).gguf")
+            try writeTinyGGUF(model, to: p, metadata: metadata)
+            let tok = try loadGGUFModel(p).1
+            XCTAssertEqual(tok.addsBOS, adds, "\(metadata)")
+            XCTAssertEqual(tok.encode("hello", addBOS: tok.addsBOS).first == 1, adds)
+        }
+        for (key, value, needle) in [("tokenizer.ggml.add_bos_token", GGUFValue.uint32(1), "expected a bool"),
+                                     ("tokenizer.ggml.add_eos_token", .bool(true), "an EOS after every text")] {
+            let p = path("bad-\(key).gguf")
+            try writeTinyGGUF(model, to: p, metadata: [(key, value)])
+            XCTAssertThrowsError(try loadGGUFModel(p)) {
+                XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(key) && "\($0)".contains(needle), "\($0)")
+            }
+        }
+    }
+
     /// Tensors of a type that cannot be read are all named before the model is built; RoPE scaling
     /// that llama.cpp would apply (a linear factor with no type key: its default) is refused.
     func testTinyLlamaRefusesUnreadableTypesAndRoPEScaling() throws {
@@ -610,6 +638,7 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(tok.encode("Hello world! The year 2024 was great."), [19556, 905, 17, 378, 713, 216, 34, 32, 34, 36, 436, 1109, 30])
         XCTAssertEqual(tok.encode(Self.chatPrompt), [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198])
         XCTAssertEqual([tok.bosTokenID, tok.eosTokenID, tok.padTokenID, tok.unkTokenID], [1, 2, 2, 0])
+        XCTAssertFalse(tok.addsBOS, "its add_bos_token is false")
         XCTAssertEqual(tok.decode(tok.encode(Self.chatPrompt)), Self.chatPrompt)
         // Its chat template (tokenizer.chat_template), with the system message it starts a chat with.
         XCTAssertEqual(try tok.compiledChatTemplate?.render(messages: [("user", "Hi")], addGenerationPrompt: true),
@@ -658,6 +687,7 @@ final class GGUFTests: XCTestCase {
             let tok = try llamaVocab(vocab)
             XCTAssertEqual(tok.preTokenizer, vocab == "qwen2" ? .qwen2 : .llama3)
             XCTAssertEqual(tok.ignoreMerges, vocab == "llama-bpe")
+            XCTAssertEqual(tok.addsBOS, vocab == "llama-bpe", "llama.cpp's default where the file has no add_bos_token")
             let path = llamaVocabPath(vocab)
             let inputs = try String(contentsOfFile: path + ".inp", encoding: .utf8).components(separatedBy: "\n__ggml_vocab_test__\n")
             let outputs = try String(contentsOfFile: path + ".out", encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
@@ -675,7 +705,9 @@ final class GGUFTests: XCTestCase {
     /// The same vocabularies give transformers' ids (its GGUF tokenizer conversion: Hugging Face
     /// `tokenizers` with the Split regex) on seeded random text of letters in both cases, digits,
     /// contractions, spaces, tabs, newlines, punctuation, CJK, accents and emoji; the tokenizer.json
-    /// written here is read back by `tokenizers` and by this library with the same ids.
+    /// written here is read back by `tokenizers` and by this library with the same ids, and with
+    /// special tokens (`tokenizers`' default, transformers' `tokenizer(text)` on the folder written
+    /// here) Llama 3's BOS comes first, as llama.cpp adds it (transformers' GGUF reading adds none).
     func testLlama3AndQwen2TokenizersMatchTransformers() throws {
         let python = try referencePython(importing: ["transformers", "gguf", "tokenizers"])
         var rng = RNG(seed: 42)
@@ -690,17 +722,21 @@ final class GGUFTests: XCTestCase {
             texts = json.loads(sys.argv[3])
             t = AutoTokenizer.from_pretrained(sys.argv[1], gguf_file=sys.argv[2])
             ours = Tokenizer.from_file(sys.argv[4])
+            folder = AutoTokenizer.from_pretrained(sys.argv[5])
             print(json.dumps([[t(x, add_special_tokens=False)["input_ids"] for x in texts],
-                              [ours.encode(x, add_special_tokens=False).ids for x in texts]]))
+                              [ours.encode(x, add_special_tokens=False).ids for x in texts],
+                              [ours.encode(x).ids for x in texts[:20]], [folder(x)["input_ids"] for x in texts[:20]]]))
             """
         for vocab in ["llama-bpe", "qwen2"] {
             let tok = try llamaVocab(vocab)
             let written = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-\(vocab)-\(UUID().uuidString).json").path
             try tok.tokenizerJSON().write(toFile: written, atomically: true, encoding: .utf8)
-            defer { try? FileManager.default.removeItem(atPath: written) }
+            let saved = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-\(vocab)-\(UUID().uuidString)")
+            try tok.saveFolder(saved)
+            defer { try? FileManager.default.removeItem(atPath: written); try? FileManager.default.removeItem(at: saved) }
             let given = String(decoding: try JSONSerialization.data(withJSONObject: texts), as: UTF8.self)
             let folder = URL(fileURLWithPath: llamaVocabPath(vocab)).deletingLastPathComponent().path
-            let (status, stdout, stderr) = try runPython(python, ["-c", script, folder, "ggml-vocab-\(vocab).gguf", given, written])
+            let (status, stdout, stderr) = try runPython(python, ["-c", script, folder, "ggml-vocab-\(vocab).gguf", given, written, saved.path])
             guard status == 0 else { return XCTFail("\(vocab): transformers could not tokenize: \(stderr)") }
             let both = try XCTUnwrap(try JSONSerialization.jsonObject(with: stdout) as? [[[Int]]])
             let reread = try BPETokenizer.load(json: Data(contentsOf: URL(fileURLWithPath: written)), file: written)
@@ -710,7 +746,14 @@ final class GGUFTests: XCTestCase {
                 XCTAssertEqual(ids, both[0][k], "\(vocab) vs transformers: \(text.debugDescription)")
                 XCTAssertEqual(both[1][k], both[0][k], "\(vocab): our tokenizer.json in tokenizers: \(text.debugDescription)")
                 XCTAssertEqual(reread.encode(text).map(Int.init), ids, "\(vocab): our tokenizer.json read back: \(text.debugDescription)")
+                if k < 20 {
+                    let withBOS = tok.encode(text, addBOS: tok.addsBOS).map(Int.init)
+                    XCTAssertEqual(withBOS.count, ids.count + (vocab == "llama-bpe" ? 1 : 0))
+                    XCTAssertEqual(both[2][k], withBOS, "\(vocab): our tokenizer.json with special tokens: \(text.debugDescription)")
+                    XCTAssertEqual(both[3][k], withBOS, "\(vocab): transformers on our folder: \(text.debugDescription)")
+                }
             }
+            XCTAssertEqual(reread.addsBOS, tok.addsBOS)
         }
         // Qwen2's own tokenizer.json normalizes to NFC first: decomposed accents and Hangul give the composed ids.
         let nfc = try llamaVocab("qwen2").withRoles(try llamaVocab("qwen2").roles)

@@ -503,6 +503,57 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(back.encode(text), tok.encode(text))
     }
 
+    /// A post-processor that puts the BOS token in front of every text (Llama 3's: a `Sequence` of
+    /// `ByteLevel` and `TemplateProcessing`) makes `addsBOS` true, is written back, and names the BOS
+    /// where no config does; other post-processors add nothing or are refused, naming the file.
+    func testThePostProcessorsBOSIsReadAndWritten() throws {
+        let good = try JSONSerialization.jsonObject(with: Data(trainedTokenizer().tokenizerJSON().utf8)) as! [String: Any]
+        let eot = try XCTUnwrap(trainedTokenizer().tokenID(for: "<|endoftext|>")), pad = try XCTUnwrap(trainedTokenizer().tokenID(for: "<|pad|>"))
+        func template(_ single: [[String: Any]], _ specials: [String: Int32]) -> [String: Any] {
+            ["type": "TemplateProcessing", "single": single, "pair": [],
+             "special_tokens": Dictionary(uniqueKeysWithValues: specials.map { ($0.key, ["id": $0.key, "ids": [$0.value], "tokens": [$0.key]] as [String: Any]) })]
+        }
+        func special(_ name: String) -> [String: Any] { ["SpecialToken": ["id": name, "type_id": 0]] }
+        let text: [String: Any] = ["Sequence": ["id": "A", "type_id": 0]]
+        let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true]
+        let llama3 = ["type": "Sequence", "processors": [byteLevel, template([special("<|endoftext|>"), text], ["<|endoftext|>": eot])]] as [String: Any]
+        func load(_ post: Any, config: String? = nil) throws -> BPETokenizer {
+            var root = good
+            root["post_processor"] = post
+            return try BPETokenizer.load(json: try JSONSerialization.data(withJSONObject: root), file: "post.json",
+                                         configs: config.map { [Data($0.utf8)] } ?? [])
+        }
+        let adding = try load(llama3)
+        XCTAssertTrue(adding.addsBOS)
+        XCTAssertEqual(adding.bosTokenID, eot)
+        XCTAssertEqual(adding.encode("hi there", addBOS: adding.addsBOS), [eot] + adding.encode("hi there"))
+        let back = try BPETokenizer.load(json: Data(adding.tokenizerJSON().utf8), file: "again.json")
+        XCTAssertTrue(back.addsBOS, "written back")
+        XCTAssertEqual(back.tokenizerJSON(), adding.tokenizerJSON())
+        XCTAssertFalse(try trainedTokenizer().addsBOS)
+        XCTAssertFalse(try load(NSNull()).addsBOS)
+        XCTAssertFalse(try load(byteLevel).addsBOS)
+        XCTAssertFalse(try load(template([text], [:])).addsBOS, "transformers 5's template without special tokens")
+        // A config that names no BOS: the template's token is the BOS.
+        let named = try load(llama3, config: #"{"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}"#)
+        XCTAssertEqual(named.roles.bos, "<|endoftext|>")
+        XCTAssertTrue(named.addsBOS)
+        let refused: [(Any, String?, String)] = [
+            (template([special("<|pad|>"), text], ["<|pad|>": pad]), nil, "but the BOS token is \"<|endoftext|>\""),
+            (template([text, special("<|endoftext|>")], ["<|endoftext|>": eot]), nil, "appends \"<|endoftext|>\" to every text"),
+            (template([special("<|endoftext|>"), special("<|pad|>"), text], ["<|endoftext|>": eot, "<|pad|>": pad]), nil, "one BOS at most"),
+            (template([special("<s>"), text], [:]), nil, "does not define \"<s>\""),
+            (template([special("<|endoftext|>")], ["<|endoftext|>": eot]), nil, "no {\"Sequence\""),
+            (["type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]], nil, "post_processor RobertaProcessing"),
+            ([1, 2], nil, "post_processor is not an object"),
+        ]
+        for (post, config, needle) in refused {
+            XCTAssertThrowsError(try load(post, config: config), needle) {
+                XCTAssertTrue("\($0)".contains("post.json") && "\($0)".contains(needle), "\($0)")
+            }
+        }
+    }
+
     func testMalformedFilesThrowErrorsNamingTheFile() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("badtok-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
