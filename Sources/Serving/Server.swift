@@ -248,7 +248,8 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         case let l as [Any] where l.count == 1 && l[0] is String: prompt = l[0] as! String
         default: throw APIError(status: .badRequest, message: "prompt must be a string", param: "prompt")
         }
-        return try await complete(engine, p, ids: engine.tokenizer.encode(prompt), chat: false, onHangUp: context.onHangUp)
+        let ids = engine.tokenizer.encode(prompt, addBOS: engine.tokenizer.addsBOS)  // as transformers' tokenizer(prompt)
+        return try await complete(engine, p, ids: ids, chat: false, onHangUp: context.onHangUp)
     }
     router.post("/v1/chat/completions") { request, context -> Response in
         let (o, body) = try await jsonBodyInOrder(request, limit: options.maxBodyBytes)

@@ -445,9 +445,11 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         mostVirtual = max(mostVirtual, (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0))
         m.detach(from: model)
     }
+    // A plain prompt as the tokenizer encodes a text (with Llama 3's BOS); a chat template writes its own.
+    func promptIDs(_ p: BacktestPrompt) -> [Int32] { tokenizer.encode(p.prompt, addBOS: p.messages == nil && tokenizer.addsBOS) }
     if model.config.positions == .learned {  // a prompt too long for any version stops the run before any work
         for p in prompts {
-            let n = tokenizer.encode(p.prompt).count
+            let n = promptIDs(p).count
             guard n + mostVirtual < model.config.maxPositions else {
                 throw BacktestError("prompt \(p.id): \(n) tokens (+\(mostVirtual) virtual, the most of any version) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
             }
@@ -464,7 +466,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
         for p in prompts {
             let meter = CostMeter(wattsPerCore: o.wattsPerCore)
-            let ids = tokenizer.encode(p.prompt)
+            let ids = promptIDs(p)
             guard !ids.isEmpty else { throw BacktestError("prompt \(p.id): encodes to no token") }
             if model.config.positions == .learned && extra + ids.count >= model.config.maxPositions {
                 throw BacktestError("prompt \(p.id): \(ids.count) tokens (+\(extra) virtual) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")

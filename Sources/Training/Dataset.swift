@@ -52,11 +52,13 @@ public struct DatasetOptions: Sendable {
     /// Seed of the validation split (0 by default; `train` leaves it there whatever its `--seed`, so runs
     /// of different seeds are validated on the same examples).
     public var seed: UInt64
-    /// Put the tokenizer's BOS id (if it has one) in front of every example; it is never learned.
-    public var addBOS: Bool
+    /// Put the tokenizer's BOS id (if it has one) in front of every example but those a chat template
+    /// writes (it writes its own); it is never learned. nil (the default): as the tokenizer does
+    /// (`Tokenizer.addsBOS`, true for Llama 3's).
+    public var addBOS: Bool?
 
     public init(seqLen: Int = 256, packing: Bool = true, validation: ValidationSplit = .fraction(0.1),
-                seed: UInt64 = 0, addBOS: Bool = false) {
+                seed: UInt64 = 0, addBOS: Bool? = nil) {
         self.seqLen = seqLen
         self.packing = packing
         self.validation = validation
@@ -274,7 +276,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     func build(_ ex: [LocatedExample]) throws -> Dataset {
         let tokenized = try ex.map { e in
             do {
-                return try e.example.tokenized(tokenizer, addBOS: o.addBOS)
+                return try e.example.tokenized(tokenizer, addBOS: o.addBOS ?? tokenizer.addsBOS)
             } catch {
                 throw DatasetError(file: e.file, line: e.line, message: "\(error)")
             }

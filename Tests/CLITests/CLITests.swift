@@ -897,6 +897,14 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(new.isEmpty)
         XCTAssertEqual(r.stdout, tokenizer.decode(ids + new) + "\n")
         XCTAssertGreaterThan(r.stdout.count, prompt.count + 1, "something follows the prompt")
+        // A tokenizer that puts the BOS first (the Llama 3 fixture's post-processor): the prompt is
+        // continued after it, and printed without it.
+        let llama3 = packageRoot().appendingPathComponent("Tests/FormatsTests/Fixtures/gguf-export/llama3").path
+        let l = try ok(["generate", "--model", llama3, "--prompt", prompt, "--max-tokens", "5"])
+        let l3 = try loadModel(llama3), t3 = try XCTUnwrap(l3.tokenizer)
+        XCTAssertTrue(t3.addsBOS)
+        let continued = l3.model.generate(t3.encode(prompt, addBOS: true), SamplingOptions(maxNewTokens: 5, stopTokens: textEndTokens(t3)))
+        XCTAssertEqual(l.stdout, t3.decode(t3.encode(prompt) + continued) + "\n", l.transcript)
         // Sampling is seeded: the same seed, the same text.
         let args = ["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "10", "--temperature", "0.9",
                     "--top-k", "20", "--top-p", "0.95", "--seed", "3"]

@@ -289,9 +289,12 @@ final class ServerConnectionTests: XCTestCase {
 
     /// A base whose chat template has a default system message (SmolLM2's kind), saved and served:
     /// a chat is prompted as the template writes it, that message included, as HF's apply_chat_template does;
-    /// a conversation the template refuses is a 400 with the template's message.
+    /// a conversation the template refuses is a 400 with the template's message. Its tokenizer puts the
+    /// BOS in front of a text (Llama 3's kind): a completion's prompt gets it, a chat's does not (the
+    /// template writes what the model wants).
     func testChatIsPromptedThroughTheBasesTemplate() async throws {
         let tok = try trainBaseTokenizer(Self.corpus, vocabSize: 300)
+        tok.addsBOS = true
         tok.chatTemplate = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
             + "{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}{% endif %}{% if message['role'] == 'system' and not loop.first %}"
             + "{{ raise_exception('the system message must come first') }}{% endif %}"
@@ -307,6 +310,13 @@ final class ServerConnectionTests: XCTestCase {
         let usage = (try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any])?["usage"] as? [String: Any]
         let prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe cat<|im_end|>\n<|im_start|>assistant\n"
         XCTAssertEqual(usage?["prompt_tokens"] as? Int, tok.encode(prompt).count, r.body)
+        XCTAssertTrue(engine.tokenizer.addsBOS, "addsBOS came through the checkpoint's tokenizer.json")
+        var c = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
+        (c.httpMethod, c.httpBody) = ("POST", Data(#"{"prompt": "The cat", "max_tokens": 1}"#.utf8))
+        c.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        let completion = try await URLSession.shared.data(for: c)
+        let completionUsage = (try JSONSerialization.jsonObject(with: completion.0) as? [String: Any])?["usage"] as? [String: Any]
+        XCTAssertEqual(completionUsage?["prompt_tokens"] as? Int, tok.encode("The cat").count + 1, String(decoding: completion.0, as: UTF8.self))
         let refused = try await chat(port, #"[{"role": "user", "content": "The cat"}, {"role": "system", "content": "S"}]"#)
         XCTAssertEqual(refused.status, 400, refused.body)
         XCTAssertTrue(refused.body.contains("the system message must come first"), refused.body)

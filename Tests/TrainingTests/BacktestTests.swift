@@ -118,6 +118,26 @@ final class BacktestTests: XCTestCase {
         }
     }
 
+    /// A base whose tokenizer puts the BOS in front of every text: plain prompts are scored and
+    /// continued after it, as transformers' `tokenizer(prompt)` gives them; chat prompts as the
+    /// template writes them, without it.
+    func testPlainPromptsGetTheTokenizersBOSAndChatPromptsDoNot() throws {
+        let template = "{% for m in messages %}{{ m['role'] + ':' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+        let (base, _, tok) = try tinyBaseAndAdapter(chatTemplate: template, addsBOS: true)
+        let prompts = [BacktestPrompt(id: "plain", prompt: "Hello there, how", expected: " are you", tags: []),
+                       BacktestPrompt(id: "chat", prompt: "", expected: nil, tags: [], messages: [ChatMessage(role: "user", content: "Hello")])]
+        var o = BacktestOptions(modelPath: base, adapters: [], prompts: prompts)
+        o.maxNewTokens = 2
+        let r = try runBacktest(o)
+        let model = try loadModel(base).model
+        let bos = try XCTUnwrap(tok.bosTokenID), answer = tok.encode(" are you") + [tok.eosTokenID!]
+        let plain = try XCTUnwrap(r.rows.first { $0.promptID == "plain" }), chat = try XCTUnwrap(r.rows.first { $0.promptID == "chat" })
+        XCTAssertEqual(plain.promptTokens, tok.encode("Hello there, how").count + 1)
+        XCTAssertEqual(plain.loss!, answerLoss(model, [bos] + tok.encode("Hello there, how"), answer), accuracy: 1e-4)
+        XCTAssertNotEqual(plain.loss!, answerLoss(model, tok.encode("Hello there, how"), answer), accuracy: 1e-6, "the BOS changes the score")
+        XCTAssertEqual(chat.promptTokens, tok.encode("user:Hello<|im_end|>\nassistant:").count)
+    }
+
     /// A chat prompt with tools whose expected reply calls one: the template gets the tools and the
     /// call (key order kept), the expected answer is the call as the template writes it, and its loss
     /// covers those tokens and the turn's end token.
@@ -189,11 +209,13 @@ final class BacktestTests: XCTestCase {
 
     /// A tiny LLaMA base with the GPT-2 fixture tokenizer (or, with `chatTemplate`, a small one with
     /// ChatML's markers and that template), saved, and a LoRA adapter for it (B made non-zero).
-    func tinyBaseAndAdapter(chatTemplate: String? = nil) throws -> (base: String, adapter: String, tokenizer: BPETokenizer) {
+    /// With `addsBOS`, its tokenizer puts the BOS in front of every text (Llama 3's kind).
+    func tinyBaseAndAdapter(chatTemplate: String? = nil, addsBOS: Bool = false) throws -> (base: String, adapter: String, tokenizer: BPETokenizer) {
         let tok = chatTemplate == nil
             ? try BPETokenizer.load(json: Data(contentsOf: packageRoot().appendingPathComponent("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json")))
             : try trainBaseTokenizer(["Hello there, how are you? The quick brown fox. user: assistant: system:"], vocabSize: 300)
         tok.chatTemplate = chatTemplate
+        tok.addsBOS = addsBOS
         let config = ModelConfig.llama(vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24)
         let model = makeModel(config, seed: 5)
         let base = dir.appendingPathComponent("base.h5").path

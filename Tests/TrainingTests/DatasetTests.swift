@@ -127,6 +127,30 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(learnedText(b), "The cat sat." + Self.eot)
     }
 
+    /// A tokenizer that puts the BOS in front of every text (Llama 3's, `addsBOS`) gets it in front of
+    /// text and prompt/completion examples by default, never learned; not in front of what a chat
+    /// template writes (the template writes its own); `addBOS: false` leaves it out.
+    func testTheTokenizersOwnBOSIsAddedByDefault() throws {
+        let tok = try Self.tokenizer.withRoles(Self.tokenizer.roles)
+        tok.addsBOS = true
+        let bos = tok.bosTokenID!
+        let text = try write("bos-text.jsonl", [json(["text": "The cat sat."])])
+        let prompt = try write("bos-pc.jsonl", [json(["prompt": "Say hello. ", "completion": "hello"])])
+        for path in [text, prompt] {
+            let b = try load(path, tok: tok).train.batch(rows: [0])
+            XCTAssertEqual(Array(b.ids.prefix(2)), [bos] + tok.encode(path == text ? "The" : "Say").prefix(1), path)
+            XCTAssertNotEqual(try load(path).train.batch(rows: [0]).ids[0], bos, "a tokenizer that adds none")
+            let without = try loadDataset(path, tokenizer: tok, options: DatasetOptions(packing: false, validation: .none, addBOS: false))
+            XCTAssertNotEqual(without.train.batch(rows: [0]).ids[0], bos, "addBOS: false")
+        }
+        XCTAssertEqual(learnedText(try load(text, tok: tok).train.batch(rows: [0]), tok), "The cat sat." + Self.eot)
+        tok.chatTemplate = smolLM2ChatTemplate
+        let chat = try write("bos-chat.jsonl", [json(["messages": [["role": "user", "content": "Hi"], ["role": "assistant", "content": "hello"]]])])
+        let b = try load(chat, tok: tok).train.batch(rows: [0])
+        XCTAssertEqual(b.ids[0], tok.tokenID(for: "<|im_start|>")!, "the template's text, no BOS before it")
+        XCTAssertEqual(learnedText(b, tok), "hello<|im_end|>")
+    }
+
     func testChatMLTwoTurnsWithSystem() throws {
         let messages = [ChatMessage(role: "system", content: "You are terse."),
                         ChatMessage(role: "user", content: "Say hello."),
