@@ -252,16 +252,14 @@ extension GGUFFile {
 
     /// Whether llama.cpp puts the BOS in front of a text: `tokenizer.ggml.add_bos_token`, else its
     /// default for the pre-tokenizer (true for Llama 3's, false for the others read here).
-    /// - Throws: `GGUFError` for a key that is not a bool, or `add_eos_token` true (an EOS after every
-    ///   text, which SwiftPEFT does not add).
+    /// (`add_eos_token` is not applied: SwiftPEFT ends a learned text with the EOS itself, and a
+    /// prompt with none.)
+    /// - Throws: `GGUFError` for a value that is not a bool.
     private func addsBOS(_ pre: BPEPreTokenizer) throws -> Bool {
-        for key in ["tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token"] where metadata[key] != nil && metadata[key]?.bool == nil {
-            throw fail(.malformed, key, "expected a bool, found \(metadata[key]!.typeName)")
-        }
-        if metadata["tokenizer.ggml.add_eos_token"]?.bool == true {
-            throw fail(.unsupportedModel, "tokenizer.ggml.add_eos_token", "is true: an EOS after every text is not supported")
-        }
-        return metadata["tokenizer.ggml.add_bos_token"]?.bool ?? (pre == .llama3)
+        let key = "tokenizer.ggml.add_bos_token"
+        guard let v = metadata[key] else { return pre == .llama3 }
+        guard let b = v.bool else { throw fail(.malformed, key, "expected a bool, found \(v.typeName)") }
+        return b
     }
 
     /// Dequantizes every tensor into `model`'s parameters (same names after `huggingFaceName`), undoing

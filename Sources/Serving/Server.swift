@@ -280,7 +280,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         } catch {
             throw APIError(status: .badRequest, message: "\(error)", param: "messages")  // e.g. the template refuses a system message
         }
-        let ids = engine.tokenizer.encode(prompt)
+        let ids = encodeChat(prompt, tokenizer: engine.tokenizer(for: p.model))
         return try await complete(engine, p, ids: ids, chat: true, readToolCalls: readCalls, onHangUp: context.onHangUp)
     }
 

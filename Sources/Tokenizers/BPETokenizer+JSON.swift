@@ -14,7 +14,9 @@ extension BPETokenizer {
     /// role), with `special_tokens_map.json` taking precedence only beside an older config without
     /// `added_tokens_decoder`, as in transformers; else from common names
     /// (`SpecialTokenRoles.guess(from:)`), as transformers falls back on its tokenizer class's defaults
-    /// (GPT-2's config names no role: its EOS is still `<|endoftext|>`).
+    /// (GPT-2's config names no role: its EOS is still `<|endoftext|>`). A post-processor that puts a
+    /// token in front of every text (Llama 3's) makes that token the BOS and `addsBOS` true; it must
+    /// agree with a BOS the roles or config files name, not with a guessed one.
     ///
     /// - Throws: `TokenizerError.unreadable`, `.malformed` or `.unsupported`, each naming the file and the
     ///   field at fault.
@@ -238,14 +240,17 @@ extension BPETokenizer {
         func keep(_ s: String?) -> String? { s.flatMap { addedSet.contains(Array($0.utf8)) ? $0 : nil } }
         chosen = SpecialTokenRoles(bos: keep(chosen.bos), eos: keep(chosen.eos), pad: keep(chosen.pad), unk: keep(chosen.unk))
         // The token the post-processor puts in front of every text is the BOS (transformers adds it
-        // whatever tokenizer_config.json's add_bos_token says).
+        // whatever tokenizer_config.json's add_bos_token says), unless the roles given or the config
+        // files name another one; a BOS guessed from common names gives way to it.
         var addsBOS = false
-        if let pp = root["post_processor"], !(pp is NSNull), let first = try parsePostProcessor(pp, added: added, file: file) {
-            if chosen.bos == nil { chosen.bos = first }
-            guard chosen.bos.map({ Array($0.utf8) }) == Array(first.utf8) else {
-                throw unsupported("post_processor puts \(first.debugDescription) in front of every text, but the BOS token is "
-                                  + "\(chosen.bos!.debugDescription); only the BOS token can be added there")
+        if let pp = root["post_processor"], !(pp is NSNull), let first = try parsePostProcessor(pp, added: added, file: file, path: "post_processor") {
+            let named = roles.map { ($0.bos, "the BOS role given") }
+                ?? namedRole("bos_token", in: configs).map { ($0, "tokenizer_config.json's bos_token") }
+            if case let (name?, source)? = named, keep(name) != nil, Array(name.utf8) != Array(first.utf8) {
+                throw unsupported("post_processor puts \(first.debugDescription) in front of every text, but \(source) is "
+                                  + "\(name.debugDescription); only the BOS token can be added there")
             }
+            chosen.bos = first
             addsBOS = true
         }
         do {
@@ -325,56 +330,70 @@ extension BPETokenizer {
     }
 
     /// The added token a `tokenizer.json` post-processor puts in front of every single text, or nil
-    /// when it adds none: a `TemplateProcessing` whose `single` is `[SpecialToken X?, Sequence A]`,
-    /// alone or in a `Sequence` beside `ByteLevel` (which only trims offsets), as Llama 3's is.
-    /// - Throws: `.unsupported` for a token after the text (an EOS on every text), more than one in
-    ///   front, other processors (BERT's, RoBERTa's); `.malformed` for a token the template does not
-    ///   define as one added token.
-    private static func parsePostProcessor(_ pp: Any, added: [AddedToken], file: String) throws -> String? {
+    /// when it adds none: a `TemplateProcessing` whose `single` is `[SpecialToken X?, Sequence A,
+    /// SpecialToken Y?]`, alone or in a `Sequence` beside `ByteLevel` (which only trims offsets), as
+    /// Llama 3's is. A token after the text (an EOS, as some OLMo and Llama 3 fine-tunes were saved)
+    /// is not added: SwiftPEFT ends a learned text with the EOS itself, and a prompt with none.
+    /// - Throws: `.unsupported` for more than one token on either side, other processors (BERT's,
+    ///   RoBERTa's); `.malformed` for a token the template does not define as one added token.
+    private static func parsePostProcessor(_ pp: Any, added: [AddedToken], file: String, path: String) throws -> String? {
         func malformed(_ reason: String) -> TokenizerError { .malformed(file: file, reason: reason) }
         func unsupported(_ feature: String) -> TokenizerError { .unsupported(file: file, feature: feature) }
         guard let obj = pp as? [String: Any], let type = obj["type"] as? String else {
-            throw malformed("post_processor is not an object with a \"type\"")
+            throw malformed("\(path) is not an object with a \"type\"")
         }
         switch type {
         case "ByteLevel":
             return nil
         case "Sequence":
-            guard let list = obj["processors"] as? [Any] else { throw malformed("post_processor.processors is missing or not a list") }
-            let firsts = try list.compactMap { try parsePostProcessor($0, added: added, file: file) }
-            guard firsts.count <= 1 else { throw unsupported("post_processor puts \(firsts) in front of every text (one BOS at most)") }
+            guard let list = obj["processors"] as? [Any] else { throw malformed("\(path).processors is missing or not a list") }
+            let firsts = try list.enumerated().compactMap { k, p in try parsePostProcessor(p, added: added, file: file, path: "\(path).processors[\(k)]") }
+            guard firsts.count <= 1 else { throw unsupported("\(path) puts \(firsts) in front of every text (one BOS at most)") }
             return firsts.first
         case "TemplateProcessing":
             guard let single = obj["single"] as? [[String: Any]] else {
-                throw malformed("post_processor.single is missing or not a list of {\"SpecialToken\"} / {\"Sequence\"} objects")
+                throw malformed("\(path).single is missing or not a list of {\"SpecialToken\"} / {\"Sequence\"} objects")
             }
             let specials = obj["special_tokens"] as? [String: Any] ?? [:]
-            var before: [String] = [], sawText = false
+            var before: [String] = [], after: [String] = [], sawText = false
             for (k, item) in single.enumerated() {
                 if item["Sequence"] != nil {
-                    guard !sawText else { throw unsupported("post_processor.single has the text twice") }
+                    guard !sawText else { throw unsupported("\(path).single has the text twice") }
                     sawText = true
                     continue
                 }
                 guard let name = (item["SpecialToken"] as? [String: Any])?["id"] as? String else {
-                    throw malformed("post_processor.single[\(k)] is neither {\"SpecialToken\": {\"id\": …}} nor {\"Sequence\": …}")
+                    throw malformed("\(path).single[\(k)] is neither {\"SpecialToken\": {\"id\": …}} nor {\"Sequence\": …}")
                 }
-                guard !sawText else {
-                    throw unsupported("post_processor appends \(name.debugDescription) to every text; only a BOS in front is supported")
-                }
-                // The template's own definition gives the id; it must be one added token.
+                // The template's own definition gives the id; it must be an added token.
                 let ids = ((specials[name] as? [String: Any])?["ids"] as? [Any])?.compactMap { intValue($0) }
-                guard let ids, ids.count == 1, let token = added.first(where: { Int($0.id) == ids[0] }) else {
-                    throw malformed("post_processor.special_tokens does not define \(name.debugDescription) as one added token's id")
+                guard let ids, ids.count == 1 else {
+                    throw malformed("\(path).special_tokens does not define \(name.debugDescription) with one id")
                 }
-                before.append(token.content)
+                guard let token = added.first(where: { Int($0.id) == ids[0] }) else {
+                    throw malformed("\(path) adds \(name.debugDescription) as id \(ids[0]), which is not an added token")
+                }
+                if sawText { after.append(token.content) } else { before.append(token.content) }
             }
-            guard sawText else { throw malformed("post_processor.single has no {\"Sequence\": {\"id\": \"A\"}} for the text") }
-            guard before.count <= 1 else { throw unsupported("post_processor puts \(before) in front of every text (one BOS at most)") }
+            guard sawText else { throw malformed("\(path).single has no {\"Sequence\": {\"id\": \"A\"}} for the text") }
+            guard before.count <= 1, after.count <= 1 else {
+                throw unsupported("\(path) puts \(before) in front of every text and \(after) after it (one token at most on each side)")
+            }
             return before.first
         default:
-            throw unsupported("post_processor \(type) (supported: ByteLevel, TemplateProcessing that adds a BOS at most, a Sequence of them)")
+            throw unsupported("\(path) \(type) (supported: ByteLevel, TemplateProcessing with a BOS in front at most, a Sequence of them)")
         }
+    }
+
+    /// Whether the first of `configs` that has `key` names a token (`.some(name)`) or none
+    /// (`.some(nil)`: null); nil when no config has the key.
+    static func namedRole(_ key: String, in configs: [Data]) -> String?? {
+        for c in configs {
+            guard let o = (try? JSONSerialization.jsonObject(with: c)) as? [String: Any], let v = o[key] else { continue }
+            if let s = v as? String { return .some(s) }
+            return .some((v as? [String: Any])?["content"] as? String)
+        }
+        return nil
     }
 
     /// Role names from a `tokenizer_config.json` (`"eos_token": "…"` or `{"content": "…"}`).

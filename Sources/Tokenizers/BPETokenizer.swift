@@ -184,7 +184,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         unknownByteID = byteToID.contains(-1) ? unkTokenID : nil  // with all 256 bytes, none is unknown
     }
 
-    /// The same tokenizer with other BOS/EOS/PAD/UNK roles (by added-token content). Cheap: the tables are shared.
+    /// The same tokenizer with other BOS/EOS/PAD/UNK roles (by added-token content), `addsBOS` kept (it
+    /// then adds the new BOS). Cheap: the tables are shared.
     public func withRoles(_ roles: SpecialTokenRoles) throws -> BPETokenizer {
         try BPETokenizer(copying: self, roles: roles)
     }

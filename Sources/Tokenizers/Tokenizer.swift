@@ -131,8 +131,9 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
             return "malformed tokenizer file \(file): \(reason)\nHINT: the file should be a Hugging Face tokenizer.json "
                 + "with a BPE model (vocab + merges), e.g. one written by BPETokenizer.save(to:)."
         case .unsupported(let file, let feature):
-            return "unsupported tokenizer file \(file): \(feature)\nHINT: byte-level BPE with a ByteLevel "
-                + "pre-tokenizer (optionally after Digits(individual_digits: true)) and no normalizer is supported."
+            return "unsupported tokenizer file \(file): \(feature)\nHINT: byte-level BPE is supported: a ByteLevel "
+                + "pre-tokenizer, alone, after Digits(individual_digits: true) or after Llama 3's or Qwen2's Split; no "
+                + "normalizer or NFC; a post-processor that puts at most the BOS in front."
         case .invalidArgument(let message):
             return "invalid tokenizer argument: \(message)"
         }

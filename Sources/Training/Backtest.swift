@@ -445,8 +445,10 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         mostVirtual = max(mostVirtual, (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0))
         m.detach(from: model)
     }
-    // A plain prompt as the tokenizer encodes a text (with Llama 3's BOS); a chat template writes its own.
-    func promptIDs(_ p: BacktestPrompt) -> [Int32] { tokenizer.encode(p.prompt, addBOS: p.messages == nil && tokenizer.addsBOS) }
+    // A plain prompt as the tokenizer encodes a text (with Llama 3's BOS); a chat as training encodes it.
+    func promptIDs(_ p: BacktestPrompt) -> [Int32] {
+        p.messages == nil ? tokenizer.encode(p.prompt, addBOS: tokenizer.addsBOS) : encodeChat(p.prompt, tokenizer: tokenizer)
+    }
     if model.config.positions == .learned {  // a prompt too long for any version stops the run before any work
         for p in prompts {
             let n = promptIDs(p).count

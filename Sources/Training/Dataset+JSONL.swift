@@ -131,16 +131,17 @@ public enum DataExample: Equatable, Sendable {
     /// Prompt and completion are encoded separately, as at generation time (the prompt is encoded, then the
     /// model continues), so the learned ids decode to exactly the completion text. Special-token texts written
     /// inside the data (e.g. a literal `<|im_end|>` in a message) become special tokens, as `encode` does.
-    /// BOS is added only with `addBOS` and only if the tokenizer has one; EOS only if it has one.
+    /// BOS is added with `addBOS` (nil: as the tokenizer does, `Tokenizer.addsBOS`) and only if the
+    /// tokenizer has one, never before a chat template's text; EOS only if it has one.
     /// - Throws: `ChatTemplateError` from the chat template (which may refuse a conversation, e.g. a
     ///   system message, or roles that do not alternate).
-    public func tokenized(_ tokenizer: Tokenizer, addBOS: Bool = false) throws -> TokenizedExample {
+    public func tokenized(_ tokenizer: Tokenizer, addBOS: Bool? = nil) throws -> TokenizedExample {
         var ex = TokenizedExample()
         if case .chat(let messages, let tools, let kwargs) = self, let template = try tokenizer.compiledChatTemplate {
             try ex.appendChat(messages, tools: tools, kwargs: kwargs, template, tokenizer)
             return ex
         }
-        if addBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
+        if addBOS ?? tokenizer.addsBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
         let eos = tokenizer.eosTokenID.map { [$0] } ?? []
         switch self {
         case .text(let text):
@@ -452,6 +453,14 @@ public func renderChat(_ messages: [ChatMessage], tools: [JSONValue]? = nil, tem
     return try template.render(conversation: messages.map { $0.templateValue() }, tools: tools?.map(\.jinja),
                                addGenerationPrompt: addGenerationPrompt, specialTokens: tokenizer.specialTokenTexts,
                                kwargs: templateKwargs?.jinjaVariables ?? [:])
+}
+
+/// The ids of a conversation `renderChat` wrote, as training data gets them: a template's text as
+/// it is (the template writes a BOS where the model wants one); ChatML without a template after the
+/// tokenizer's BOS when it puts one in front of every text (`Tokenizer.addsBOS`).
+public func encodeChat(_ text: String, tokenizer: Tokenizer) -> [Int32] {
+    let template = (try? tokenizer.compiledChatTemplate) ?? nil
+    return tokenizer.encode(text, addBOS: template == nil && tokenizer.addsBOS)
 }
 
 /// ChatML without a template has no form for tools or a template's variables: they are refused

@@ -276,7 +276,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     func build(_ ex: [LocatedExample]) throws -> Dataset {
         let tokenized = try ex.map { e in
             do {
-                return try e.example.tokenized(tokenizer, addBOS: o.addBOS ?? tokenizer.addsBOS)
+                return try e.example.tokenized(tokenizer, addBOS: o.addBOS)
             } catch {
                 throw DatasetError(file: e.file, line: e.line, message: "\(error)")
             }

@@ -65,8 +65,8 @@ struct Generate: ParsableCommand {
             let messages = (system.map { [ChatMessage(role: "system", content: $0)] } ?? []) + [ChatMessage(role: "user", content: prompt)]
             text = try renderChat(messages, tokenizer: tokenizer, addGenerationPrompt: true)
         }
-        let addBOS = !chat && tokenizer.addsBOS && tokenizer.bosTokenID != nil  // a template writes its own BOS
-        let ids = tokenizer.encode(text, addBOS: addBOS)
+        let ids = chat ? encodeChat(text, tokenizer: tokenizer) : tokenizer.encode(text, addBOS: tokenizer.addsBOS)
+        let bos = ids.count - tokenizer.encode(text).count  // the BOS the tokenizer put first, not printed
         if maxTokens > 0, let room = m.newTokenRoom(promptLength: ids.count), room <= 0 {
             throw CLIError("the prompt is \(ids.count) tokens and fills the model's \(m.config.maxPositions) learned positions"
                            + " (virtual tokens included): no token can follow; shorten --prompt")
@@ -74,6 +74,6 @@ struct Generate: ParsableCommand {
         let ends = textEndTokens(tokenizer)
         let out = m.generate(ids, SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP,
                                                   seed: seed, stopTokens: ends))
-        print(chat ? tokenizer.decode(out.filter { !ends.contains($0) }) : tokenizer.decode(ids.dropFirst(addBOS ? 1 : 0) + out))
+        print(chat ? tokenizer.decode(out.filter { !ends.contains($0) }) : tokenizer.decode(ids.dropFirst(bos) + out))
     }
 }

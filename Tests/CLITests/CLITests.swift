@@ -905,6 +905,8 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(t3.addsBOS)
         let continued = l3.model.generate(t3.encode(prompt, addBOS: true), SamplingOptions(maxNewTokens: 5, stopTokens: textEndTokens(t3)))
         XCTAssertEqual(l.stdout, t3.decode(t3.encode(prompt) + continued) + "\n", l.transcript)
+        let withoutBOS = l3.model.generate(t3.encode(prompt), SamplingOptions(maxNewTokens: 5, stopTokens: textEndTokens(t3)))
+        XCTAssertNotEqual(continued, withoutBOS, "the BOS changes this model's continuation, so the check above sees it")
         // Sampling is seeded: the same seed, the same text.
         let args = ["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "10", "--temperature", "0.9",
                     "--top-k", "20", "--top-p", "0.95", "--seed", "3"]

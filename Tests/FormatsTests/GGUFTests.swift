@@ -526,25 +526,24 @@ final class GGUFTests: XCTestCase {
     }
 
     /// A BOS goes first as llama.cpp decides: `tokenizer.ggml.add_bos_token` as the file says (none:
-    /// false for this pre-tokenizer); a value that is not a bool, and `add_eos_token` true (an EOS after
-    /// every text), are refused by key.
+    /// false for this pre-tokenizer); `add_eos_token` true is not applied; a value that is not a
+    /// bool is refused by key.
     func testAddBOSTokenIsReadAsLlamaCppReadsIt() throws {
         let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 16, numLayers: 1, numHeads: 4,
                                        numKVHeads: 2, intermediateSize: 24, maxPositions: 64)
         let model = LlamaModel(config, seed: 3)
         let cases: [([(String, GGUFValue)], Bool)] = [
             ([], false), ([("tokenizer.ggml.add_bos_token", .bool(true))], true),
-            ([("tokenizer.ggml.add_bos_token", .bool(false)), ("tokenizer.ggml.add_eos_token", .bool(false))], false),
+            ([("tokenizer.ggml.add_bos_token", .bool(false)), ("tokenizer.ggml.add_eos_token", .bool(true))], false),
         ]
         for (k, (metadata, adds)) in cases.enumerated() {
             let p = path("bos\(k).gguf")
             try writeTinyGGUF(model, to: p, metadata: metadata)
             let tok = try loadGGUFModel(p).1
             XCTAssertEqual(tok.addsBOS, adds, "\(metadata)")
-            XCTAssertEqual(tok.encode("hello", addBOS: tok.addsBOS).first == 1, adds)
+            XCTAssertEqual(tok.encode("hello", addBOS: tok.addsBOS), (adds ? [1] : []) + tok.encode("hello"), "no EOS after it")
         }
-        for (key, value, needle) in [("tokenizer.ggml.add_bos_token", GGUFValue.uint32(1), "expected a bool"),
-                                     ("tokenizer.ggml.add_eos_token", .bool(true), "an EOS after every text")] {
+        for (key, value, needle) in [("tokenizer.ggml.add_bos_token", GGUFValue.uint32(1), "expected a bool")] {
             let p = path("bad-\(key).gguf")
             try writeTinyGGUF(model, to: p, metadata: [(key, value)])
             XCTAssertThrowsError(try loadGGUFModel(p)) {

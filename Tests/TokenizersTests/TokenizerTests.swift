@@ -505,7 +505,8 @@ final class TokenizerTests: XCTestCase {
 
     /// A post-processor that puts the BOS token in front of every text (Llama 3's: a `Sequence` of
     /// `ByteLevel` and `TemplateProcessing`) makes `addsBOS` true, is written back, and names the BOS
-    /// where no config does; other post-processors add nothing or are refused, naming the file.
+    /// where no config does and over a guessed one; a token after the text is not added; other
+    /// post-processors add nothing or are refused, naming the file and the field.
     func testThePostProcessorsBOSIsReadAndWritten() throws {
         let good = try JSONSerialization.jsonObject(with: Data(trainedTokenizer().tokenizerJSON().utf8)) as! [String: Any]
         let eot = try XCTUnwrap(trainedTokenizer().tokenID(for: "<|endoftext|>")), pad = try XCTUnwrap(trainedTokenizer().tokenID(for: "<|pad|>"))
@@ -534,22 +535,33 @@ final class TokenizerTests: XCTestCase {
         XCTAssertFalse(try load(NSNull()).addsBOS)
         XCTAssertFalse(try load(byteLevel).addsBOS)
         XCTAssertFalse(try load(template([text], [:])).addsBOS, "transformers 5's template without special tokens")
-        // A config that names no BOS: the template's token is the BOS.
+        // A config that names no BOS: the template's token is the BOS; over a guessed one too.
         let named = try load(llama3, config: #"{"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}"#)
         XCTAssertEqual(named.roles.bos, "<|endoftext|>")
         XCTAssertTrue(named.addsBOS)
+        let padFirst = template([special("<|pad|>"), text], ["<|pad|>": pad])
+        XCTAssertEqual(try load(padFirst).roles.bos, "<|pad|>", "the guess (<|endoftext|>) gives way")
+        XCTAssertEqual(try load(padFirst).encode("a", addBOS: true).first, pad)
+        // A token after the text (an EOS on every text) is not added; one in front still is.
+        XCTAssertFalse(try load(template([text, special("<|endoftext|>")], ["<|endoftext|>": eot])).addsBOS)
+        let both = try load(template([special("<|endoftext|>"), text, special("<|pad|>")], ["<|endoftext|>": eot, "<|pad|>": pad]))
+        XCTAssertTrue(both.addsBOS)
+        XCTAssertEqual(both.encode("hi", addBOS: both.addsBOS), [eot] + both.encode("hi"))
+        let plainID = try XCTUnwrap(trainedTokenizer().tokenID(for: "a"))
         let refused: [(Any, String?, String)] = [
-            (template([special("<|pad|>"), text], ["<|pad|>": pad]), nil, "but the BOS token is \"<|endoftext|>\""),
-            (template([text, special("<|endoftext|>")], ["<|endoftext|>": eot]), nil, "appends \"<|endoftext|>\" to every text"),
-            (template([special("<|endoftext|>"), special("<|pad|>"), text], ["<|endoftext|>": eot, "<|pad|>": pad]), nil, "one BOS at most"),
-            (template([special("<s>"), text], [:]), nil, "does not define \"<s>\""),
+            (padFirst, #"{"bos_token": "<|endoftext|>"}"#, "but tokenizer_config.json's bos_token is \"<|endoftext|>\""),
+            (template([special("<|endoftext|>"), special("<|pad|>"), text], ["<|endoftext|>": eot, "<|pad|>": pad]), nil, "one token at most"),
+            (template([special("<s>"), text], [:]), nil, "does not define \"<s>\" with one id"),
+            (template([special("a"), text], ["a": plainID]), nil, "adds \"a\" as id \(plainID), which is not an added token"),
             (template([special("<|endoftext|>")], ["<|endoftext|>": eot]), nil, "no {\"Sequence\""),
             (["type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]], nil, "post_processor RobertaProcessing"),
             ([1, 2], nil, "post_processor is not an object"),
+            (["type": "Sequence", "processors": [byteLevel, 7]], nil, "post_processor.processors[1] is not an object"),
         ]
         for (post, config, needle) in refused {
             XCTAssertThrowsError(try load(post, config: config), needle) {
                 XCTAssertTrue("\($0)".contains("post.json") && "\($0)".contains(needle), "\($0)")
+                XCTAssertTrue("\($0)".contains("HINT"), "\($0)")
             }
         }
     }

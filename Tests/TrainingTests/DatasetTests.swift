@@ -128,7 +128,8 @@ final class DatasetTests: XCTestCase {
     }
 
     /// A tokenizer that puts the BOS in front of every text (Llama 3's, `addsBOS`) gets it in front of
-    /// text and prompt/completion examples by default, never learned; not in front of what a chat
+    /// text and prompt/completion examples by default, never learned, and `preview` shows them so;
+    /// ChatML without a template gets it too, as a chat prompt does (`encodeChat`); not what a chat
     /// template writes (the template writes its own); `addBOS: false` leaves it out.
     func testTheTokenizersOwnBOSIsAddedByDefault() throws {
         let tok = try Self.tokenizer.withRoles(Self.tokenizer.roles)
@@ -144,11 +145,21 @@ final class DatasetTests: XCTestCase {
             XCTAssertNotEqual(without.train.batch(rows: [0]).ids[0], bos, "addBOS: false")
         }
         XCTAssertEqual(learnedText(try load(text, tok: tok).train.batch(rows: [0]), tok), "The cat sat." + Self.eot)
-        tok.chatTemplate = smolLM2ChatTemplate
+        let shown = try previewExamples(text, tokenizer: tok, count: 1).examples[0]
+        XCTAssertEqual(shown.runs.first?.text, Self.eot, "preview shows the BOS as training writes it: \(shown.runs)")
+        let hi = [ChatMessage(role: "user", content: "Hi")]
         let chat = try write("bos-chat.jsonl", [json(["messages": [["role": "user", "content": "Hi"], ["role": "assistant", "content": "hello"]]])])
+        let chatML = try load(chat, tok: tok).train.batch(rows: [0])
+        let chatPrompt = encodeChat(try renderChat(hi, tokenizer: tok, addGenerationPrompt: true), tokenizer: tok)
+        XCTAssertEqual(chatPrompt.first, bos, "ChatML without a template")
+        XCTAssertEqual(Array(chatML.ids.prefix(chatPrompt.count)), chatPrompt, "training and a chat prompt agree")
+        tok.chatTemplate = smolLM2ChatTemplate
         let b = try load(chat, tok: tok).train.batch(rows: [0])
         XCTAssertEqual(b.ids[0], tok.tokenID(for: "<|im_start|>")!, "the template's text, no BOS before it")
         XCTAssertEqual(learnedText(b, tok), "hello<|im_end|>")
+        let templated = try renderChat(hi, tokenizer: tok, addGenerationPrompt: true)
+        XCTAssertEqual(encodeChat(templated, tokenizer: tok), tok.encode(templated))
+        XCTAssertEqual(Array(b.ids.prefix(tok.encode(templated).count)), tok.encode(templated))
     }
 
     func testChatMLTwoTurnsWithSystem() throws {
