@@ -215,11 +215,13 @@ let targets: [Target] = [
     // Files without the block (as h5py writes them): libhdf5 parses the damage, in the probe's child
     // process first (libhdf5 1.10 can crash on such a file).
     Target(name: "hdf5-foreign", seeds: checkpointSeeds().map { $0.dropFirst(512) }, json: false, parse: readHDF5),
-    Target(name: "tokenizer", seeds: ["Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json",
-                                      "Tests/TokenizersTests/Fixtures/tokenizer_hf_trained.json"].compactMap(fixture) + [qwen2StyleSeed()].compactMap { $0 },
+    // The Llama 3.1 fixture's tokenizer.json has Llama 3's post-processor (a BOS in front).
+    Target(name: "tokenizer", seeds: ["Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json", "Tests/TokenizersTests/Fixtures/tokenizer_hf_trained.json",
+                                      "Tests/FormatsTests/Fixtures/gguf-export/llama3/tokenizer.json"].compactMap(fixture) + [qwen2StyleSeed()].compactMap { $0 },
            json: true) { _, d in
         let t = try BPETokenizer.load(json: d)
-        _ = t.decode(t.encode("Hello, world! 123 <|endoftext|> Cafe\u{301} 'LL\r\n\n  x"))
+        _ = t.decode(t.encode("Hello, world! 123 <|endoftext|> Cafe\u{301} 'LL\r\n\n  x", addBOS: t.addsBOS))
+        _ = try BPETokenizer.load(json: Data(t.tokenizerJSON().utf8))  // what it writes back reads
     },
     Target(name: "hfconfig", seeds: ["Tests/FormatsTests/Fixtures/hf/llama/config.json", "Tests/FormatsTests/Fixtures/hf/gpt2/config.json",
                                      "Tests/FormatsTests/Fixtures/hf/qwen2/config.json"].compactMap(fixture), json: true) { path, d in
