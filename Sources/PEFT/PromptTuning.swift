@@ -105,7 +105,7 @@ public final class PromptTuning: PromptLearningMethod, InputPrefix {
         if config.promptTuningInit == .text && !config.inferenceMode && !restoring && (initTokenIDs ?? []).isEmpty {
             throw PEFTError(message: """
                 PromptTuning: prompt_tuning_init is TEXT but no token ids were given for the init text
-                HINT: tokenize prompt_tuning_init_text and pass the ids as PromptTuning(config:initTokenIDs:), or use RANDOM / SAMPLE_VOCAB.
+                HINT: tokenize prompt_tuning_init_text and pass the ids as PromptTuning(config:initTokenIDs:) (Training's makeMethod(_:for:settings:tokenizer:) does), or use RANDOM / SAMPLE_VOCAB.
                 """)
         }
         self.config = config

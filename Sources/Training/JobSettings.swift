@@ -24,7 +24,8 @@ extension TrainJob {
     ]
 
     /// Builds a job from `settings` (flag name → value: Swift values or parsed JSON). Method options
-    /// go to `methodSettings.options`; "method-config" (a PEFT JSON file path or object) to its
+    /// go to `methodSettings.options`; "method-config" (a PEFT JSON file path, an inline JSON object's
+    /// text, or an object) to its
     /// `peftConfig`; "methods" is left to `compare`.
     /// - Throws: `TrainingError` naming the key for an unknown key, a wrongly typed or out-of-range value.
     public init(settings: [String: Any]) throws {
@@ -89,6 +90,11 @@ extension TrainJob {
         if let v = try s.string("val-data") { self.data.validation = .file(v) }
         else if let v = try s.double("val-fraction") { self.data.validation = .fraction(v) }
         switch settings["method-config"] {
+        case let inline as String where inline.trimmingCharacters(in: .whitespaces).hasPrefix("{"):  // JSON given on the command line
+            guard let obj = (try? JSONSerialization.jsonObject(with: Data(inline.utf8))) as? [String: Any] else {
+                throw TrainingError(message: "--method-config \(inline): not a JSON object that can be read")
+            }
+            methodSettings.peftConfig = obj
         case let path as String:
             guard let d = FileManager.default.contents(atPath: path),
                   let obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else {

@@ -38,9 +38,28 @@ public struct MethodSettings {
     }
 }
 
-/// Builds the method `name` for `model` (nil for "full").
-public func makeMethod(_ name: String, for model: CausalLM, settings: MethodSettings = MethodSettings()) throws -> PEFTMethod? {
+/// Builds the method `name` for `model` (nil for "full"). Prompt tuning with `prompt_tuning_init`
+/// TEXT starts from the embeddings of `prompt_tuning_init_text` as `tokenizer` encodes a text, its
+/// BOS included, as PEFT's `tokenizer(init_text)` gives them (the PEFT layer has no tokenizer).
+/// - Throws: `PEFTError` for a bad method or setting, or TEXT init without a tokenizer or text.
+public func makeMethod(_ name: String, for model: CausalLM, settings: MethodSettings = MethodSettings(),
+                       tokenizer: Tokenizer? = nil) throws -> PEFTMethod? {
     if name == fullFineTuning { return nil }
+    if let d = PEFTRegistry.method(named: name), d.type == PromptTuning.self {
+        let config = try PromptTuningConfig.decode(d.newConfig(name, for: model.config, peftConfig: settings.peftConfig,
+                                                               settings: settings.options), method: d.peftType)
+        if config.promptTuningInit == .text && !config.inferenceMode {
+            guard let text = config.promptTuningInitText, !text.isEmpty else {
+                throw PEFTError(message: "prompt tuning: prompt_tuning_init is TEXT but prompt_tuning_init_text is missing or empty")
+            }
+            guard let tokenizer else {
+                throw PEFTError(message: "prompt tuning: prompt_tuning_init TEXT needs the base's tokenizer for its text, and the base has none")
+            }
+            let ids = tokenizer.encode(text, addBOS: tokenizer.addsBOS)
+            guard !ids.isEmpty else { throw PEFTError(message: "prompt tuning: prompt_tuning_init_text \(text.debugDescription) encodes to no token") }
+            return try PromptTuning(config: config, initTokenIDs: ids)
+        }
+    }
     return try PEFTRegistry.makeNew(name, for: model.config, peftConfig: settings.peftConfig, settings: settings.options)
 }
 

@@ -118,7 +118,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         method = try loadAdapter(path, onto: model)  // attached, its tensors trainable
         for (_, t) in method!.adapterParameters() { t.requiresGrad = true }
         names = ["the adapter in \(path)"]
-    } else if let m = try makeMethod(job.method, for: model, settings: job.methodSettings) {
+    } else if let m = try makeMethod(job.method, for: model, settings: job.methodSettings, tokenizer: tokenizer) {
         method = m
         names = try m.attach(to: model)
     } else {

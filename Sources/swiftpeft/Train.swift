@@ -39,7 +39,7 @@ struct CommonTrainOptions: ParsableArguments {
     var gradientCheckpointing: Bool?
     @Option(help: "The frozen weights' products: fp32 (default), or bf16 (bf16 products and input gradients with fp32 accumulation; what trains stays fp32). Needs AVX512-BF16 or AMX; faster where bf16 products outrun fp32 ones (an AMD EPYC Zen 5: 2.5× here), slower on an Intel Xeon without AMX.")
     var precision: String?
-    @Option(help: "PEFT-style method config JSON (adapter_config.json fields); method options given as flags or config keys win.")
+    @Option(help: "PEFT-style method config (adapter_config.json fields): a JSON file, or a JSON object given inline ('{\"prompt_tuning_init\": \"TEXT\", …}'); method options given as flags or config keys win.")
     var methodConfig: String?
     @Option(help: "Random seed (initialization, batch order, dropout).") var seed: UInt64?
     @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read (default \(Int(CostMeter.defaultWattsPerCore))).")

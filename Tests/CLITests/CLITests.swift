@@ -1164,6 +1164,16 @@ final class CLITests: XCTestCase {
         // eval counts an adapter's virtual tokens too (it stopped in the model's position check).
         _ = try ok(["train", "--method", "prompt", "--num-virtual-tokens", "4", "--model", gpt2, "--data", fx.jsonl,
                 "--out", fx.path("runs/gpt2-prompt-ok"), "--steps", "1", "--seq-len", "16"])
+        // Prompt tuning from a text, its method config given inline (PEFT's TEXT init), recorded in the adapter.
+        _ = try ok(["train", "--method", "prompt", "--num-virtual-tokens", "4", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-prompt-text"),
+                    "--steps", "1", "--seq-len", "16", "--method-config", #"{"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "The cat"}"#])
+        let textAdapter = try XCTUnwrap(try loadAdapter(fx.path("runs/gpt2-prompt-text/adapter.h5"), onto: try loadModel(gpt2).model) as? PromptTuning)
+        XCTAssertEqual(textAdapter.config.promptTuningInit, .text)
+        XCTAssertEqual(textAdapter.config.promptTuningInitText, "The cat")
+        _ = try fails(["train", "--method", "prompt", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-prompt-bad"),
+                       "--method-config", #"{"prompt_tuning_init": "TEXT"}"#], mentioning: ["prompt_tuning_init_text is missing"])
+        _ = try fails(["train", "--method", "prompt", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-prompt-bad"),
+                       "--method-config", #"{"prompt_tuning_init": "#], mentioning: ["--method-config", "not a JSON object"])
         _ = try fails(["eval", "--model", gpt2, "--adapter", fx.path("runs/gpt2-prompt-ok/adapter.h5"), "--data", fx.jsonl, "--seq-len", "31"],
                       mentioning: ["--seq-len 35", "max_position_embeddings 32"])
         let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])

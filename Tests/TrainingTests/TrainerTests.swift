@@ -15,6 +15,65 @@ import Distributed
 import TestSupport
 
 final class TrainerTests: XCTestCase {
+    /// Prompt tuning with TEXT init (a PEFT method config) starts from the embedding rows of its
+    /// text as the base's tokenizer encodes a text, the BOS included as PEFT's `tokenizer(init_text)`
+    /// gives it, repeated to P; without a tokenizer or a text it is refused with a sentence.
+    func testPromptTuningTextInitUsesTheTokenizersIDs() throws {
+        let tok = try BPETokenizer.train(corpus: ["hello there, general kenobi"], vocabSize: 280, specialTokens: ["<|endoftext|>"],
+                                         roles: SpecialTokenRoles(bos: "<|endoftext|>", eos: "<|endoftext|>"))
+        tok.addsBOS = true
+        let C = 16
+        let model = LlamaModel(.llama(vocabSize: tok.vocabSize, hiddenSize: C, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 24), seed: 2)
+        let text: [String: Any] = ["prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "hello there"]
+        let P = 15
+        let settings = MethodSettings(options: ["num-virtual-tokens": P], peftConfig: text)
+        let m = try XCTUnwrap(try makeMethod("prompt", for: model, settings: settings, tokenizer: tok) as? PromptTuning)
+        try m.attach(to: model)
+        let ids = tok.encode("hello there", addBOS: true)
+        XCTAssertEqual(ids.first, tok.bosTokenID)
+        XCTAssertLessThan(ids.count, P, "repeated")
+        let table = model.tokenEmbeddingTable.toArray()
+        var expected: [Float] = []
+        for k in 0..<P {
+            let row = Int(ids[k % ids.count])
+            expected += table[(row * C)..<(row * C + C)]
+        }
+        XCTAssertEqual(m.embeddings().toArray(), expected)
+        for (config, tokenizer, needle) in [(text, nil as Tokenizer?, "needs the base's tokenizer"),
+                                            (["prompt_tuning_init": "TEXT"], tok, "prompt_tuning_init_text is missing")] {
+            XCTAssertThrowsError(try makeMethod("prompt", for: model, settings: MethodSettings(peftConfig: config), tokenizer: tokenizer)) {
+                XCTAssertTrue("\($0)".contains(needle), "\($0)")
+            }
+        }
+        XCTAssertNotNil(try makeMethod("prompt", for: model, tokenizer: nil), "RANDOM needs no tokenizer")
+    }
+
+    /// The same TEXT init as PEFT's `get_peft_model` on a Hugging Face folder whose tokenizer puts a
+    /// BOS first (the Llama 3.1 fixture): the virtual tokens' starting embeddings are equal.
+    func testPromptTuningTextInitEqualsPEFTs() throws {
+        let python = try referencePython(importing: ["torch", "transformers", "peft"])
+        let folder = packageRoot().appendingPathComponent("Tests/FormatsTests/Fixtures/gguf-export/llama3").path
+        let (text, P) = ("Classify if the tweet is a complaint or not:", 24)
+        let script = """
+            import json, sys
+            from transformers import AutoModelForCausalLM
+            from peft import PromptTuningConfig, get_peft_model
+            m = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+            c = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=int(sys.argv[3]), prompt_tuning_init="TEXT",
+                                   prompt_tuning_init_text=sys.argv[2], tokenizer_name_or_path=sys.argv[1])
+            print(json.dumps(get_peft_model(m, c).prompt_encoder["default"].embedding.weight.detach().flatten().tolist()))
+            """
+        let (status, stdout, stderr) = try runPython(python, ["-c", script, folder, text, String(P)])
+        guard status == 0 else { return XCTFail("PEFT could not make the adapter: \(stderr)") }
+        let expected = try XCTUnwrap(try JSONSerialization.jsonObject(with: stdout) as? [Double]).map(Float.init)
+        let loaded = try loadModel(folder)
+        let settings = MethodSettings(options: ["num-virtual-tokens": P], peftConfig: ["prompt_tuning_init": "TEXT", "prompt_tuning_init_text": text])
+        let m = try XCTUnwrap(try makeMethod("prompt", for: loaded.model, settings: settings, tokenizer: loaded.tokenizer))
+        try m.attach(to: loaded.model)
+        XCTAssertTrue(try XCTUnwrap(loaded.tokenizer).addsBOS)
+        XCTAssertEqual(try XCTUnwrap(m.adapterParameters().first).1.toArray(), expected)
+    }
+
     var dir: URL!
     override func setUp() {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-trainer-\(UUID().uuidString)")
