@@ -13,7 +13,7 @@ downloaded without installing it, checked by sha256 where the bytes are pinned, 
 
   llama-vocabs PyPI llama-cpp-python==0.3.36's source package (MIT): llama.cpp's vocabulary-only GGUF
                files of Llama 3 and Qwen2 with its tokenizer test inputs and expected ids →
-               data/llama-vocabs/ggml-vocab-{llama-bpe,qwen2}.gguf{,.inp,.out}
+               data/llama-vocabs/ggml-vocab-{llama-bpe,qwen2,llama-spm}.gguf{,.inp,.out}
 
 Usage: python3 scripts/fetch_data.py [ITEM ...]   (default: every item). Idempotent.
 """
@@ -181,7 +181,7 @@ def smollm2():
 
 def llama_vocabs():
     out = os.path.join(DATA, "llama-vocabs")
-    names = [f"ggml-vocab-{v}.gguf{ext}" for v in ("llama-bpe", "qwen2") for ext in ("", ".inp", ".out")]
+    names = [f"ggml-vocab-{v}.gguf{ext}" for v in ("llama-bpe", "qwen2", "llama-spm") for ext in ("", ".inp", ".out")]
     if all(os.path.exists(os.path.join(out, n)) for n in names):
         print(f"fetch_data: {out} exists")
         return

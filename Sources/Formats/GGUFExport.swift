@@ -323,6 +323,7 @@ func ggufPreName(_ kind: BPEPreTokenizer) -> String {
 /// (1 normal, 3 control = special added token, 4 user-defined = other added token, 5 unused),
 /// merges as "left right", the role ids.
 func ggufTokenizerMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: String) throws -> [(String, GGUFValue)] {
+    if tokenizer.sentencePiece { return try ggufSentencePieceMetadata(tokenizer, vocabSize: vocabSize, path: path) }
     // llama.cpp ignores merges for Llama 3's pre-tokenizer ("llama-bpe") and for no other named here.
     guard tokenizer.ignoreMerges == (tokenizer.preTokenizer == .llama3) else {
         throw CheckpointError(path: path, message: tokenizer.ignoreMerges ? """
@@ -368,5 +369,48 @@ func ggufTokenizerMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: Stri
     // Always written: llama.cpp's default for a missing key depends on the pre-tokenizer. No EOS is added to a text.
     out.append(("tokenizer.ggml.add_bos_token", .bool(tokenizer.addsBOS && tokenizer.bosTokenID != nil)))
     out.append(("tokenizer.ggml.add_eos_token", .bool(false)))
+    return out
+}
+
+/// `tokenizer.ggml.*` for a SentencePiece tokenizer read from a GGUF file (llama.cpp's "llama"
+/// model): pieces spelled with "▁" and `<0xXX>`, their scores, types (1 normal, 2 unknown, 3 control,
+/// 4 user-defined, 6 byte, 5 unused), the role ids and `add_space_prefix`.
+/// - Throws: naming `path`: a tokenizer without piece scores (read from a tokenizer.json, which
+///   holds none), or one with more tokens than the model has rows.
+func ggufSentencePieceMetadata(_ tokenizer: BPETokenizer, vocabSize: Int, path: String) throws -> [(String, GGUFValue)] {
+    guard let scores = tokenizer.pieceScores, scores.count == tokenizer.vocabSize else {
+        throw CheckpointError(path: path, message: "not written: llama.cpp's SentencePiece tokenizer needs each piece's score, which this tokenizer "
+            + "(from a tokenizer.json) does not have. HINT: write the model from its GGUF file, which keeps them")
+    }
+    guard tokenizer.vocabSize <= vocabSize else {
+        throw CheckpointError(path: path, message: "not written: the tokenizer has \(tokenizer.vocabSize) tokens but the model only \(vocabSize) embedding rows")
+    }
+    var tokens: [String] = [], types: [Int32] = [], written: [Float] = []
+    let added = Dictionary(tokenizer.addedTokens.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+    for id in 0..<Int32(vocabSize) {
+        let score = Int(id) < scores.count ? scores[Int(id)] : 0
+        if let a = added[id] {
+            tokens.append(a.content)
+            types.append(!a.special ? 4 : id == tokenizer.unkTokenID ? 2 : 3)
+        } else if let s = tokenizer.tokenString(for: id) {
+            tokens.append(s)
+            types.append(BPETokenizer.byteTokenValue(s) != nil && tokenizer.bytes(for: id)?.count == 1 ? 6 : 1)
+        } else {
+            tokens.append("[PAD\(id)]")
+            types.append(5)
+        }
+        written.append(score)
+    }
+    var out: [(String, GGUFValue)] = [
+        ("tokenizer.ggml.model", .string("llama")), ("tokenizer.ggml.pre", .string("default")),
+        ("tokenizer.ggml.tokens", .array(.string(tokens))), ("tokenizer.ggml.scores", .array(.float32(written))),
+        ("tokenizer.ggml.token_type", .array(.int32(types))),
+    ]
+    for (key, id) in [("bos", tokenizer.bosTokenID), ("eos", tokenizer.eosTokenID), ("unknown", tokenizer.unkTokenID), ("padding", tokenizer.padTokenID)] {
+        if let id { out.append(("tokenizer.ggml.\(key)_token_id", .uint32(UInt32(id)))) }
+    }
+    out.append(("tokenizer.ggml.add_bos_token", .bool(tokenizer.addsBOS && tokenizer.bosTokenID != nil)))
+    out.append(("tokenizer.ggml.add_eos_token", .bool(false)))
+    out.append(("tokenizer.ggml.add_space_prefix", .bool(tokenizer.spacePrefix != .none)))
     return out
 }

@@ -173,8 +173,9 @@ extension GGUFFile {
     public func makeTokenizer() throws -> BPETokenizer {
         let modelKey = "tokenizer.ggml.model"
         guard let model = try required(modelKey).string else { throw fail(.malformed, modelKey, "expected a string") }
+        if model == "llama" { return try makeSentencePieceTokenizer() }
         guard model == "gpt2" else {
-            throw fail(.unsupportedModel, modelKey, "tokenizer model '\(model)' is not supported (only 'gpt2', byte-level BPE)")
+            throw fail(.unsupportedModel, modelKey, "tokenizer model '\(model)' is not supported (only 'gpt2', byte-level BPE, and 'llama', SentencePiece BPE)")
         }
         let pre: BPEPreTokenizer
         switch metadata["tokenizer.ggml.pre"]?.string {
@@ -250,14 +251,100 @@ extension GGUFFile {
         }
     }
 
+    /// llama.cpp's "llama" tokenizer model (SentencePiece BPE: Llama 2, Mistral, TinyLlama): pieces
+    /// spelled with "▁", their scores, and types (1 normal, 2 unknown and 3 control → special added
+    /// tokens, 4 user-defined → added tokens, 5 unused, 6 `<0xXX>` byte). Two pieces merge when
+    /// their text together is a normal piece, the highest score first (equal scores leftmost first),
+    /// as llama.cpp merges them; a space goes in front of each stretch between added tokens unless
+    /// `tokenizer.ggml.add_space_prefix` is false.
+    func makeSentencePieceTokenizer() throws -> BPETokenizer {
+        guard let tokens = try required("tokenizer.ggml.tokens").strings else {
+            throw fail(.malformed, "tokenizer.ggml.tokens", "expected an array of string, found \(metadata["tokenizer.ggml.tokens"]!.typeName)")
+        }
+        let scoresKey = "tokenizer.ggml.scores"
+        guard case .array(.float32(let scores))? = metadata[scoresKey], scores.count == tokens.count else {
+            throw fail(.malformed, scoresKey, "expected \(tokens.count) float32 scores (one per token), found \(metadata[scoresKey].map { "\($0.typeName) of \($0.array?.count ?? 0)" } ?? "none")")
+        }
+        let typeKey = "tokenizer.ggml.token_type"
+        guard let types = metadata[typeKey]?.ints, types.count == tokens.count else {
+            throw fail(.malformed, typeKey, "expected \(tokens.count) integers (one per token), found \(metadata[typeKey].map { "\($0.typeName) of \($0.array?.count ?? 0)" } ?? "none")")
+        }
+        var vocab = [[UInt8]?](repeating: nil, count: tokens.count)
+        var added: [AddedToken] = [], byteTokens: [Int32: UInt8] = [:]
+        var idOf: [[UInt8]: Int32] = [:]  // by bytes: Swift's String equality would make "ί" (U+1F77) and "ί" (U+03AF) one piece
+        for (k, tok) in tokens.enumerated() {
+            switch types[k] {
+            case 1:
+                let text = Array(tok.utf8).replacingSpaceMarks()
+                guard idOf[text] == nil else { continue }  // a spelling twice: llama.cpp finds the first
+                vocab[k] = text
+                idOf[text] = Int32(k)
+            case 2, 3, 4:  // in the vocabulary too, spelled as their text, so that a tokenizer.json keeps their ids
+                added.append(AddedToken(id: Int32(k), content: tok, special: types[k] != 4, normalized: false))
+                vocab[k] = Array(tok.utf8)
+            case 6:
+                guard let b = BPETokenizer.byteTokenValue(tok) else {
+                    throw fail(.malformed, "tokenizer.ggml.tokens", "token \(k) \(tok.debugDescription) is a byte token (type 6) but not spelled <0xXX>")
+                }
+                byteTokens[Int32(k)] = b
+            default: continue  // unused
+            }
+        }
+        // Every split of a normal piece into two normal pieces is a merge; its rank is the piece's
+        // place among the distinct scores, highest first.
+        var merges: [(Int32, Int32, Float)] = []
+        for (k, bytes) in vocab.enumerated() {
+            guard let bytes, bytes.count > 1 else { continue }
+            var cut = 1
+            while cut < bytes.count {
+                if bytes[cut] & 0xC0 != 0x80,  // a character boundary
+                   let l = idOf[Array(bytes[..<cut])], let r = idOf[Array(bytes[cut...])] {
+                    merges.append((l, r, scores[k]))
+                }
+                cut += 1
+            }
+        }
+        merges.sort { $0.2 > $1.2 }
+        var ranks: [Int] = [], rank = -1, last = Float.nan
+        for m in merges {
+            if m.2 != last { (rank, last) = (rank + 1, m.2) }
+            ranks.append(rank)
+        }
+        let addedIDs = Set(added.map(\.id))
+        func role(_ key: String) throws -> String? {
+            guard let v = metadata[key] else { return nil }
+            guard let id = v.int, id >= 0, id < tokens.count else {
+                throw fail(.malformed, key, "expected a token id below \(tokens.count), found \(v)")
+            }
+            return addedIDs.contains(Int32(id)) ? tokens[id] : nil
+        }
+        let roles = SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
+                                      pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
+        let spaceKey = "tokenizer.ggml.add_space_prefix"
+        if let v = metadata[spaceKey], v.bool == nil { throw fail(.malformed, spaceKey, "expected a bool, found \(v.typeName)") }
+        let bos = try addsBOS(nil)
+        do {
+            let tokenizer = try BPETokenizer(vocab: vocab, merges: merges.map { ($0.0, $0.1) }, addedTokens: added, roles: roles,
+                                             sentencePiece: metadata[spaceKey]?.bool == false ? SpacePrefix.none : .everyStretch,
+                                             byteTokens: byteTokens, mergeRanks: ranks)
+            tokenizer.chatTemplate = metadata["tokenizer.chat_template"]?.string
+            tokenizer.addsBOS = bos && roles.bos != nil
+            tokenizer.pieceScores = scores
+            return tokenizer
+        } catch {
+            throw fail(.malformed, "tokenizer.ggml.tokens", "\(error)")
+        }
+    }
+
     /// Whether llama.cpp puts the BOS in front of a text: `tokenizer.ggml.add_bos_token`, else its
-    /// default for the pre-tokenizer (true for Llama 3's, false for the others read here).
+    /// default for the pre-tokenizer (true for Llama 3's, false for the others read here; nil: the
+    /// SentencePiece model, true).
     /// (`add_eos_token` is not applied: SwiftPEFT ends a learned text with the EOS itself, and a
     /// prompt with none.)
     /// - Throws: `GGUFError` for a value that is not a bool.
-    private func addsBOS(_ pre: BPEPreTokenizer) throws -> Bool {
+    private func addsBOS(_ pre: BPEPreTokenizer?) throws -> Bool {
         let key = "tokenizer.ggml.add_bos_token"
-        guard let v = metadata[key] else { return pre == .llama3 }
+        guard let v = metadata[key] else { return pre == nil || pre == .llama3 }
         guard let b = v.bool else { throw fail(.malformed, key, "expected a bool, found \(v.typeName)") }
         return b
     }
@@ -343,3 +430,4 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = fal
     model.eval()
     return (model, tokenizer)
 }
+

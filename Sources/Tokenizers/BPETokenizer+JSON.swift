@@ -113,7 +113,9 @@ extension BPETokenizer {
                 throw unsupported("model.\(field) is \(s.debugDescription); only byte-level BPE without affixes is supported")
             }
         }
-        if let v = model["byte_fallback"] as? Bool, v { throw unsupported("model.byte_fallback is true") }
+        // byte_fallback: SentencePiece-style BPE (Llama 2's, Mistral's), its space prefix from the
+        // normalizer or the Metaspace pre-tokenizer.
+        let spm = (model["byte_fallback"] as? Bool) == true ? try parseSentencePieceSpace(root, file: file) : nil
         let ignoreMerges = (model["ignore_merges"] as? Bool) ?? false
 
         // added_tokens
@@ -141,45 +143,58 @@ extension BPETokenizer {
         }
         let addedByContent = Dictionary(added.map { ($0.content.utf8.map { $0 }, $0) }, uniquingKeysWith: { a, _ in a })
 
-        // model.vocab
+        // model.vocab: each spelling's bytes and id (a SentencePiece vocabulary read byte for byte, see RawJSON)
         guard let vocabObj = model["vocab"] as? [String: Any] else {
             throw malformed("model.vocab is missing or not an object mapping token → id")
         }
-        var idOf: [String: Int32] = [:]
-        idOf.reserveCapacity(vocabObj.count)
-        var entries: [(id: Int, token: String)] = []
-        entries.reserveCapacity(vocabObj.count)
-        var maxID = -1
-        for (token, v) in vocabObj {
-            guard let id = intValue(v), id >= 0, id < 1 << 30 else {
-                throw malformed("model.vocab[\(token.debugDescription)] is not a non-negative integer id")
+        let raw = spm != nil ? RawJSON(b: [UInt8](data)) : nil
+        var spelled: [(id: Int, token: [UInt8])] = []
+        spelled.reserveCapacity(vocabObj.count)
+        func entry(_ token: [UInt8], _ id: Int?) throws {
+            guard let id, id >= 0, id < 1 << 30 else {
+                throw malformed("model.vocab[\(String(decoding: token, as: UTF8.self).debugDescription)] is not a non-negative integer id")
             }
-            entries.append((id, token))
+            spelled.append((id, token))
+        }
+        if let raw {
+            guard let at = raw.find(["model", "vocab"]) else { throw malformed("model.vocab is missing") }
+            for m in raw.members(at) { try entry(m.key, raw.int(m.value)) }
+        } else {
+            for (token, v) in vocabObj { try entry(Array(token.utf8), intValue(v)) }
+        }
+        var idOf: [[UInt8]: Int32] = [:]
+        idOf.reserveCapacity(spelled.count)
+        var maxID = -1
+        for (id, token) in spelled {
             idOf[token] = Int32(id)
             maxID = max(maxID, id)
         }
         // The tables are sized by the largest id: it must be in proportion to the entries the file has
         // (`{"a": 1073741823}` alone used to allocate about 24 GB).
-        let bound = 2 * (vocabObj.count + addedByContent.count) + 1024
+        let bound = 2 * (spelled.count + addedByContent.count) + 1024
         guard maxID < bound else {
-            throw malformed("model.vocab has \(vocabObj.count) tokens but an id of \(maxID); ids must be dense (below \(bound))")
+            throw malformed("model.vocab has \(spelled.count) tokens but an id of \(maxID); ids must be dense (below \(bound))")
         }
         if let big = added.max(by: { $0.id < $1.id }), Int(big.id) >= bound {
-            throw malformed("added_tokens gives \(big.content.debugDescription) the id \(big.id) with \(vocabObj.count) tokens in model.vocab; ids must be dense (below \(bound))")
+            throw malformed("added_tokens gives \(big.content.debugDescription) the id \(big.id) with \(spelled.count) tokens in model.vocab; ids must be dense (below \(bound))")
         }
         var vocab = [[UInt8]?](repeating: nil, count: maxID + 1)
-        var owner = [String?](repeating: nil, count: maxID + 1)
-        for (id, token) in entries.sorted(by: { $0.id < $1.id || ($0.id == $1.id && $0.token < $1.token) }) {
+        var owner = [[UInt8]?](repeating: nil, count: maxID + 1)
+        var byteTokens: [Int32: UInt8] = [:]
+        for (id, token) in spelled.sorted(by: { $0.id < $1.id || ($0.id == $1.id && $0.token.lexicographicallyPrecedes($1.token)) }) {
+            let text = String(decoding: token, as: UTF8.self)
             if let other = owner[id] {
-                throw malformed("model.vocab gives id \(id) to both \(other.debugDescription) and \(token.debugDescription)")
+                throw malformed("model.vocab gives id \(id) to both \(String(decoding: other, as: UTF8.self).debugDescription) and \(text.debugDescription)")
             }
             owner[id] = token
-            if let t = addedByContent[Array(token.utf8)], Int(t.id) == id {
-                vocab[id] = Array(token.utf8)  // an added token in the vocabulary: spelled as its text
-            } else if let bytes = ByteLevelAlphabet.decode(token) {
+            if let t = addedByContent[token], Int(t.id) == id {
+                vocab[id] = token  // an added token in the vocabulary: spelled as its text
+            } else if spm != nil {
+                if let b = BPETokenizer.byteTokenValue(text) { byteTokens[Int32(id)] = b } else { vocab[id] = token.replacingSpaceMarks() }
+            } else if let bytes = ByteLevelAlphabet.decode(text) {
                 vocab[id] = bytes
             } else {
-                throw malformed("model.vocab token \(token.debugDescription) (id \(id)) has characters outside the "
+                throw malformed("model.vocab token \(text.debugDescription) (id \(id)) has characters outside the "
                                 + "byte-level alphabet and is not an added token")
             }
         }
@@ -190,44 +205,58 @@ extension BPETokenizer {
         }
         var merges: [(Int32, Int32)] = []
         merges.reserveCapacity(mergeList.count)
+        let rawMerges = try raw.map { r -> [Int] in
+            guard let at = r.find(["model", "merges"]), r.elements(at).count == mergeList.count else {
+                throw malformed("model.merges could not be read byte for byte")
+            }
+            return r.elements(at)
+        }
         for (k, item) in mergeList.enumerated() {
-            let parts: [String]
-            if let s = item as? String {
-                parts = s.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            var parts: [[UInt8]]
+            if let raw, let rawMerges {  // byte for byte
+                let at = rawMerges[k]
+                if let (s, _) = raw.string(at) {
+                    parts = s.split(separator: 0x20, omittingEmptySubsequences: false).map(Array.init)
+                } else {
+                    parts = raw.elements(at).compactMap { raw.string($0)?.bytes }
+                }
+            } else if let s = item as? String {
+                parts = s.split(separator: " ", omittingEmptySubsequences: false).map { Array($0.utf8) }
             } else if let arr = item as? [Any], let strs = arr as? [String] {
-                parts = strs
+                parts = strs.map { Array($0.utf8) }
             } else {
                 throw malformed("model.merges[\(k)] is neither a \"left right\" string nor a [left, right] pair")
             }
             guard parts.count == 2 else {
                 throw malformed("model.merges[\(k)] has \(parts.count) parts; a merge has exactly two tokens")
             }
+            func spelling(_ t: [UInt8]) -> String { String(decoding: t, as: UTF8.self).debugDescription }
             guard let a = idOf[parts[0]] else {
-                throw malformed("model.merges[\(k)] uses \(parts[0].debugDescription), which is not in model.vocab")
+                throw malformed("model.merges[\(k)] uses \(spelling(parts[0])), which is not in model.vocab")
             }
             guard let b = idOf[parts[1]] else {
-                throw malformed("model.merges[\(k)] uses \(parts[1].debugDescription), which is not in model.vocab")
+                throw malformed("model.merges[\(k)] uses \(spelling(parts[1])), which is not in model.vocab")
             }
             guard idOf[parts[0] + parts[1]] != nil else {
-                let made = (parts[0] + parts[1]).debugDescription
-                throw malformed("model.merges[\(k)] makes \(made), which is not in model.vocab")
+                throw malformed("model.merges[\(k)] makes \(spelling(parts[0] + parts[1])), which is not in model.vocab")
             }
             merges.append((a, b))
         }
 
-        // normalizer, pre_tokenizer, decoder
+        // normalizer, pre_tokenizer, decoder (SentencePiece's: read above)
         var nfc = false
-        if let n = root["normalizer"], !(n is NSNull) {
+        if spm == nil, let n = root["normalizer"], !(n is NSNull) {
             let type = (n as? [String: Any])?["type"] as? String ?? "?"
             let empty = type == "Sequence" && (((n as? [String: Any])?["normalizers"] as? [Any])?.isEmpty ?? false)
             nfc = type == "NFC"
             if !empty && !nfc { throw unsupported("normalizer \(type) is not supported (only none and NFC)") }
         }
-        guard let pre = root["pre_tokenizer"], !(pre is NSNull) else {
+        let pre = root["pre_tokenizer"].flatMap { $0 is NSNull ? nil : $0 }
+        guard spm != nil || pre != nil else {
             throw unsupported("pre_tokenizer is null; a ByteLevel pre-tokenizer is required")
         }
-        let kind = try parsePreTokenizer(pre, file: file)
-        if let d = root["decoder"], !(d is NSNull) {
+        let kind = spm != nil ? .gpt2 : try parsePreTokenizer(pre!, file: file)
+        if spm == nil, let d = root["decoder"], !(d is NSNull) {
             guard let dec = d as? [String: Any], let type = dec["type"] as? String else {
                 throw malformed("decoder is not an object with a \"type\"")
             }
@@ -255,7 +284,7 @@ extension BPETokenizer {
         }
         do {
             let tokenizer = try BPETokenizer(vocab: vocab, merges: merges, addedTokens: added, preTokenizer: kind,
-                                             ignoreMerges: ignoreMerges, roles: chosen)
+                                             ignoreMerges: ignoreMerges, roles: chosen, sentencePiece: spm, byteTokens: byteTokens)
             tokenizer.chatTemplate = chatTemplate(inConfigs: configs)
             tokenizer.normalizesToNFC = nfc
             tokenizer.addsBOS = addsBOS
@@ -396,6 +425,46 @@ extension BPETokenizer {
         return nil
     }
 
+    /// A SentencePiece-style tokenizer.json's space prefix: Hugging Face's Llama 2 form (normalizer
+    /// `Prepend("▁")` then `Replace(" ", "▁")`, no pre-tokenizer) or transformers 5's (no normalizer,
+    /// `Metaspace` with `split` false and a `prepend_scheme`), with a decoder that turns "▁" back into
+    /// spaces (`Replace`, `ByteFallback`, `Fuse`, `Strip`, or `Metaspace`).
+    /// - Throws: `.unsupported` naming the field for any other normalizer, pre-tokenizer or decoder.
+    private static func parseSentencePieceSpace(_ root: [String: Any], file: String) throws -> SpacePrefix {
+        func unsupported(_ feature: String) -> TokenizerError { .unsupported(file: file, feature: feature) }
+        func type(_ o: Any?) -> String? { (o as? [String: Any])?["type"] as? String }
+        let supported = " (supported with byte_fallback: normalizer Prepend(\"▁\") + Replace(\" \", \"▁\") and no pre-tokenizer, or no normalizer and a Metaspace pre-tokenizer with split false)"
+        var prefix: SpacePrefix
+        let n = root["normalizer"].flatMap { $0 is NSNull ? nil : $0 }, pre = root["pre_tokenizer"].flatMap { $0 is NSNull ? nil : $0 }
+        if let n {
+            let list = type(n) == "Sequence" ? ((n as? [String: Any])?["normalizers"] as? [[String: Any]] ?? []) : [n as? [String: Any] ?? [:]]
+            let replace = list.last.map { $0["type"] as? String == "Replace" && ($0["pattern"] as? [String: Any])?["String"] as? String == " " && $0["content"] as? String == "\u{2581}" } ?? false
+            let prepend = list.count == 2 && list[0]["type"] as? String == "Prepend" && list[0]["prepend"] as? String == "\u{2581}"
+            guard replace && (list.count == 1 || prepend), pre == nil else { throw unsupported("normalizer \(type(n) ?? "?") with byte_fallback" + supported) }
+            prefix = prepend ? .everyStretch : .none
+        } else if let pre {
+            let o = pre as? [String: Any] ?? [:]
+            guard type(pre) == "Metaspace", o["replacement"] as? String == "\u{2581}", (o["split"] as? Bool) == false else {
+                throw unsupported("pre_tokenizer \(type(pre) ?? "?") with byte_fallback (a Metaspace that splits, or another)" + supported)
+            }
+            switch o["prepend_scheme"] as? String ?? ((o["add_prefix_space"] as? Bool) == false ? "never" : "always") {
+            case "first": prefix = .first
+            case "always": prefix = .always
+            case "never": prefix = .none
+            case let other: throw unsupported("pre_tokenizer.prepend_scheme \(other)")
+            }
+        } else {
+            throw unsupported("no normalizer and no pre-tokenizer with byte_fallback" + supported)
+        }
+        if let d = root["decoder"], !(d is NSNull) {
+            let parts = type(d) == "Sequence" ? ((d as? [String: Any])?["decoders"] as? [Any] ?? []).map(type) : [type(d)]
+            guard parts.allSatisfy({ ["Replace", "ByteFallback", "Fuse", "Strip", "Metaspace"].contains($0 ?? "") }) else {
+                throw unsupported("decoder \(parts.map { $0 ?? "?" }) with byte_fallback (supported: Replace, ByteFallback, Fuse, Strip, Metaspace)")
+            }
+        }
+        return prefix
+    }
+
     /// Role names from a `tokenizer_config.json` (`"eos_token": "…"` or `{"content": "…"}`).
     /// Each role from the first of `configs` (JSON objects; others are ignored) that has its key: a
     /// string or `{"content": …}` names the token, null (or anything else) means none. A role no file
@@ -464,8 +533,18 @@ extension BPETokenizer {
             s += "      \"normalized\": \(t.normalized),\n      \"special\": \(t.special)\n    }"
         }
         s += addedTokens.isEmpty ? "],\n" : "\n  ],\n"
-        s += normalizesToNFC ? "  \"normalizer\": {\"type\": \"NFC\"},\n" : "  \"normalizer\": null,\n"
         let byteLevel = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": true}"
+        if sentencePiece {  // Hugging Face's forms (transformers 4's Llama 2 for a space before every stretch; 5's Metaspace otherwise)
+            let replace = "{\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"\u{2581}\"}"
+            if spacePrefix == .everyStretch {
+                s += "  \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"\u{2581}\"}, \(replace)]},\n"
+                s += "  \"pre_tokenizer\": null,\n"
+            } else {
+                let scheme = spacePrefix == .none ? "never" : spacePrefix.rawValue
+                s += "  \"normalizer\": null,\n  \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\u{2581}\", \"prepend_scheme\": \"\(scheme)\", \"split\": false},\n"
+            }
+        } else {
+        s += normalizesToNFC ? "  \"normalizer\": {\"type\": \"NFC\"},\n" : "  \"normalizer\": null,\n"
         switch preTokenizer {
         case .gpt2:
             s += "  \"pre_tokenizer\": \(byteLevel),\n"
@@ -477,6 +556,7 @@ extension BPETokenizer {
                 + "{\"Regex\": \(jsonString(preTokenizer.splitPattern!))}, \"behavior\": \"Isolated\", \"invert\": false}, "
                 + byteLevel.replacingOccurrences(of: "\"use_regex\": true", with: "\"use_regex\": false") + "]},\n"
         }
+        }
         if addsBOS, let bos = bosTokenID, let name = tokenString(for: bos) {  // Llama 3's form
             let token = "{\"SpecialToken\": {\"id\": \(jsonString(name)), \"type_id\": 0}}", text = "{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}"
             s += "  \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [\(token), \(text)], \"pair\": [\(token), \(text), "
@@ -485,13 +565,18 @@ extension BPETokenizer {
         } else {
             s += "  \"post_processor\": null,\n"
         }
-        s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, "
-            + "\"use_regex\": true},\n"
+        if sentencePiece {
+            s += "  \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": \"\u{2581}\"}, \"content\": \" \"}, "
+                + "{\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}, {\"type\": \"Strip\", \"content\": \" \", \"start\": \(spacePrefix == .none ? 0 : 1), \"stop\": 0}]},\n"
+        } else {
+            s += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, "
+                + "\"use_regex\": true},\n"
+        }
         // The token a byte missing from the vocabulary becomes (none: dropped), so a reload encodes alike.
         let unk = unknownByteID.flatMap { tokenString(for: $0) }.map(jsonString) ?? "null"
         s += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": \(unk),\n"
         s += "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
-        s += "    \"fuse_unk\": false,\n    \"byte_fallback\": false,\n    \"ignore_merges\": \(ignoreMerges),\n"
+        s += "    \"fuse_unk\": \(sentencePiece),\n    \"byte_fallback\": \(sentencePiece),\n    \"ignore_merges\": \(ignoreMerges),\n"
         s += "    \"vocab\": {"
         var first = true
         for id in 0 ..< vocabSize where inModelVocab[id] {
@@ -514,7 +599,8 @@ extension BPETokenizer {
     /// writes special tokens into the vocabulary), else the byte-level spelling.
     private func tokenString(forModelID id: Int) -> String {
         if let t = addedTokens.first(where: { $0.id == Int32(id) }) { return t.content }
-        return ByteLevelAlphabet.encode(idBytes[Int(idOffsets[id]) ..< Int(idOffsets[id + 1])])
+        let bytes = idBytes[Int(idOffsets[id]) ..< Int(idOffsets[id + 1])]
+        return sentencePiece ? pieceSpelling(Int32(id), Array(bytes)) : ByteLevelAlphabet.encode(bytes)
     }
 }
 

@@ -49,6 +49,19 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public let addedTokens: [AddedToken]
     /// Hugging Face's `ignore_merges`: a word that is itself in the vocabulary becomes that one token.
     public let ignoreMerges: Bool
+    /// SentencePiece-style BPE (Llama 2's, Mistral's, TinyLlama's; llama.cpp's "llama" tokenizer
+    /// model) instead of byte-level: tokens are spelled with "▁" for a space, the text between added
+    /// tokens is merged whole from its characters (no pre-tokenizer) after a space put in front
+    /// (`addsSpacePrefix`), a character the vocabulary lacks becomes its bytes' `<0xXX>` tokens, and
+    /// decoding drops that first space again.
+    public let sentencePiece: Bool
+    /// SentencePiece: where a space goes in front of the text (llama.cpp's `add_space_prefix`).
+    public let spacePrefix: SpacePrefix
+    /// SentencePiece: the `<0xXX>` token of each byte, or -1.
+    let byteTokenIDs: [Int32]
+    /// SentencePiece: each id's piece score (GGUF's `tokenizer.ggml.scores`), kept for writing GGUF;
+    /// nil when the tokenizer came from a tokenizer.json, which has none.
+    public var pieceScores: [Float]?
     public let vocabSize: Int
     public let bosTokenID: Int32?
     public let eosTokenID: Int32?
@@ -112,9 +125,13 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     ///   - addedTokens: tokens matched before pre-tokenization; their ids may be in `vocab` or beyond it.
     ///   - roles: which added tokens are BOS/EOS/PAD/UNK (by content).
     /// - Throws: `TokenizerError.invalidArgument` naming the first inconsistency.
+    /// - SentencePiece (`sentencePiece` given): `vocab` holds each piece's text with "▁" as a space,
+    ///   `byteTokens` the `<0xXX>` tokens (id → byte), and `mergeRanks` each merge's rank (merges of
+    ///   equal rank go leftmost first, as llama.cpp merges pieces of equal score).
     public init(vocab: [[UInt8]?], merges: [(Int32, Int32)], addedTokens: [AddedToken] = [],
                 preTokenizer: BPEPreTokenizer = .gpt2, ignoreMerges: Bool = false,
-                roles: SpecialTokenRoles = SpecialTokenRoles()) throws {
+                roles: SpecialTokenRoles = SpecialTokenRoles(), sentencePiece: SpacePrefix? = nil,
+                byteTokens: [Int32: UInt8] = [:], mergeRanks: [Int]? = nil) throws {
         var size = vocab.count
         for t in addedTokens {
             guard t.id >= 0 else {
@@ -136,6 +153,15 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             bytesByID[k] = bytes
             inModel[k] = true
         }
+        var byteIDs = [Int32](repeating: -1, count: 256)
+        for (id, byte) in byteTokens.sorted(by: { $0.key < $1.key }) {
+            guard id >= 0, Int(id) < size, bytesByID[Int(id)] == nil else {
+                throw TokenizerError.invalidArgument("byte token <0x\(String(format: "%02X", byte))> has id \(id), which is outside the vocabulary or taken")
+            }
+            if byteIDs[Int(byte)] < 0 { byteIDs[Int(byte)] = id }
+            bytesByID[Int(id)] = [byte]
+            inModel[Int(id)] = true
+        }
         for t in addedTokens { bytesByID[Int(t.id)] = Array(t.content.utf8) }
         var offsets: [Int32] = [0]
         var arena: [UInt8] = []
@@ -155,15 +181,21 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                 let spelling = ByteLevelAlphabet.encode(ba + bb).debugDescription
                 throw TokenizerError.invalidArgument("merge \(rank) makes \(spelling), which is not in the vocabulary")
             }
-            pairTable.insert(a, b, packed: UInt64(rank) << 32 | UInt64(UInt32(table.values[merged])))
+            pairTable.insert(a, b, packed: UInt64(mergeRanks?[rank] ?? rank) << 32 | UInt64(UInt32(table.values[merged])))
         }
         var b2id = [Int32](repeating: -1, count: 256)
         for b in 0 ..< 256 {
             let e = table.find([UInt8(b)])
             if e >= 0 { b2id[b] = table.values[e] }
         }
+        if let ranks = mergeRanks, ranks.count != merges.count {
+            throw TokenizerError.invalidArgument("\(ranks.count) merge ranks for \(merges.count) merges")
+        }
         self.preTokenizer = preTokenizer
         self.merges = merges
+        self.sentencePiece = sentencePiece != nil
+        self.spacePrefix = sentencePiece ?? .none
+        self.byteTokenIDs = byteIDs
         self.addedTokens = addedTokens.sorted { $0.id < $1.id }
         specialIDs = Set(addedTokens.filter(\.special).map(\.id))
         addedIDs = Set(addedTokens.map(\.id))
@@ -181,7 +213,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.matcher = SpecialTokenMatcher(addedTokens)
         (bosTokenID, eosTokenID, padTokenID, unkTokenID) = try Self.roleIDs(roles, addedTokens)
         self.roles = roles
-        unknownByteID = byteToID.contains(-1) ? unkTokenID : nil  // with all 256 bytes, none is unknown
+        unknownByteID = (sentencePiece != nil ? byteIDs : byteToID).contains(-1) ? unkTokenID : nil  // with all 256 bytes, none is unknown
     }
 
     /// The same tokenizer with other BOS/EOS/PAD/UNK roles (by added-token content), `addsBOS` kept (it
@@ -205,6 +237,10 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         specialIDs = o.specialIDs
         addedIDs = o.addedIDs
         ignoreMerges = o.ignoreMerges
+        sentencePiece = o.sentencePiece
+        spacePrefix = o.spacePrefix
+        byteTokenIDs = o.byteTokenIDs
+        pieceScores = o.pieceScores
         vocabSize = o.vocabSize
         idBytes = o.idBytes
         idOffsets = o.idOffsets
@@ -245,6 +281,10 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         withUTF8Bytes(text) { p, n in
             var out = [Int32]()
             out.reserveCapacity(n / 3 + 16)
+            if sentencePiece {
+                encodeSentencePiece(p, n, into: &out)
+                return out
+            }
             if cacheLock.try() {
                 defer { cacheLock.unlock() }
                 encodeBytes(p, n, into: &out, cache: &cache)
@@ -275,6 +315,45 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             PreTokenizerScan.forEachWord(preTokenizer, p, from: start, to: end, ends: &ends) { ws, we in
                 encodeWord(p + ws, we - ws, into: &out, cache: &cache, scratch: &scratch)
             }
+        }, special: { out.append($0) })
+    }
+
+    /// SentencePiece: each stretch between added tokens, after the space put in front of it, is merged
+    /// whole from its characters (a character the vocabulary lacks: its bytes' tokens), as llama.cpp's
+    /// "llama" tokenizer and Hugging Face's byte-fallback BPE do.
+    func encodeSentencePiece(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32]) {
+        var text: [UInt8] = [], symbols: [Int32] = []
+        matcher.split(p, count: n, plain: { start, end in
+            guard end > start else { return }
+            // A "▁" in the text is a space, as both references read it (they write spaces as "▁").
+            text = Array(UnsafeBufferPointer(start: p + start, count: end - start)).replacingSpaceMarks()
+            let spaceFirst = text[0] == 0x20
+            switch spacePrefix {
+            case .none: break
+            case .first: if start == 0 && !spaceFirst { text.insert(0x20, at: 0) }
+            case .always: if !spaceFirst { text.insert(0x20, at: 0) }
+            case .everyStretch: text.insert(0x20, at: 0)
+            }
+            symbols.removeAll(keepingCapacity: true)
+            text.withUnsafeBufferPointer { t in
+                var i = 0
+                while i < t.count {
+                    let lead = t[i]
+                    let len = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4
+                    let e = vocab.find(t.baseAddress! + i, min(len, t.count - i))
+                    if e >= 0 {
+                        symbols.append(vocab.values[e])
+                    } else {
+                        for k in i..<min(i + len, t.count) {
+                            let id = byteTokenIDs[Int(t[k])]
+                            if id >= 0 { symbols.append(id) } else if let unk = unknownByteID { symbols.append(unk) }
+                        }
+                    }
+                    i += len
+                }
+            }
+            if symbols.count > 1 { mergeLong(&symbols) }
+            out += symbols
         }, special: { out.append($0) })
     }
 
@@ -411,12 +490,18 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         var bytes = [UInt8]()
         bytes.reserveCapacity(ids.count * 4)
         let skip: Set<Int32> = skipSpecialTokens ? specialIDs : []
+        // SentencePiece: the space encoding put in front is dropped from a first piece that starts with one.
+        var stripFirstSpace = sentencePiece && spacePrefix != .none
         idBytes.withUnsafeBufferPointer { arena in
             idOffsets.withUnsafeBufferPointer { off in
                 for id in ids where id >= 0 && Int(id) < vocabSize {
                     if skipSpecialTokens && skip.contains(id) { continue }
-                    let s = Int(off[Int(id)])
+                    var s = Int(off[Int(id)])
                     let e = Int(off[Int(id) + 1])
+                    if stripFirstSpace {
+                        if !addedIDs.contains(id) && s < e && arena[s] == 0x20 { s += 1 }
+                        stripFirstSpace = false
+                    }
                     bytes.append(contentsOf: UnsafeBufferPointer(rebasing: arena[s ..< e]))
                 }
             }
@@ -434,6 +519,11 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public func tokenID(for token: String) -> Int32? {
         let bytes = Array(token.utf8)
         if let t = addedTokens.first(where: { Array($0.content.utf8) == bytes }) { return t.id }
+        if sentencePiece {
+            if let b = Self.byteTokenValue(token) { return byteTokenIDs[Int(b)] >= 0 ? byteTokenIDs[Int(b)] : nil }
+            let e = vocab.find(Array(token.replacingOccurrences(of: "\u{2581}", with: " ").utf8))
+            return e >= 0 ? vocab.values[e] : nil
+        }
         guard let raw = ByteLevelAlphabet.decode(token) else { return nil }
         let e = vocab.find(raw)
         return e >= 0 ? vocab.values[e] : nil
@@ -445,7 +535,19 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public func tokenString(for id: Int32) -> String? {
         if let t = addedTokens.first(where: { $0.id == id }) { return t.content }
         guard id >= 0 && Int(id) < vocabSize && inModelVocab[Int(id)], let b = bytes(for: id) else { return nil }
-        return ByteLevelAlphabet.encode(b)
+        return sentencePiece ? pieceSpelling(id, b) : ByteLevelAlphabet.encode(b)
+    }
+
+    /// A SentencePiece model token's spelling: `<0xXX>` for a byte token, else its text with "▁" for a space.
+    func pieceSpelling(_ id: Int32, _ b: [UInt8]) -> String {
+        if b.count == 1 && byteTokenIDs[Int(b[0])] == id { return String(format: "<0x%02X>", b[0]) }
+        return String(decoding: b, as: UTF8.self).replacingOccurrences(of: " ", with: "\u{2581}")
+    }
+
+    /// The byte of a `<0xXX>` spelling (a SentencePiece byte token), or nil.
+    public static func byteTokenValue(_ s: String) -> UInt8? {
+        guard s.utf8.count == 6, s.hasPrefix("<0x"), s.hasSuffix(">") else { return nil }
+        return UInt8(s.dropFirst(3).prefix(2), radix: 16)
     }
 
     /// Empties the per-word cache (it holds at most ~`WordCache.maxEntries` words and resets itself when full).
@@ -535,4 +637,19 @@ struct MinHeap<Element: Comparable> {
         a[i] = last
         return top
     }
+}
+
+/// Where a SentencePiece tokenizer puts a space in front of the text (llama.cpp's `add_space_prefix`;
+/// Hugging Face's `Prepend("▁")` normalizer, or a `Metaspace` pre-tokenizer's `prepend_scheme`).
+public enum SpacePrefix: String, Sendable {
+    /// Nowhere (`prepend_scheme` "never").
+    case none
+    /// Before the text when it starts with a stretch that does not start with a space (a `Metaspace`
+    /// pre-tokenizer's `prepend_scheme` "first", transformers 5's Llama 2).
+    case first
+    /// Before every stretch between added tokens that does not start with a space (`prepend_scheme` "always").
+    case always
+    /// Before every stretch between added tokens (llama.cpp's rule; Hugging Face's `Prepend("▁")`
+    /// normalizer, the Llama 2 tokenizer.json of transformers 4).
+    case everyStretch
 }

@@ -701,6 +701,120 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// Llama 2's SentencePiece vocabulary (llama.cpp's `ggml-vocab-llama-spm.gguf`: the "llama"
+    /// tokenizer model with piece scores and byte tokens) tokenizes llama.cpp's own test strings to
+    /// its expected ids, decodes them back, and adds its BOS.
+    func testLlama2SentencePieceTokenizerGivesLlamaCppsTestIDs() throws {
+        let tok = try llamaVocab("llama-spm")
+        XCTAssertTrue(tok.sentencePiece)
+        XCTAssertEqual(tok.spacePrefix, .everyStretch)
+        XCTAssertTrue(tok.addsBOS)
+        XCTAssertEqual([tok.bosTokenID, tok.eosTokenID, tok.unkTokenID], [1, 2, 0])
+        let path = llamaVocabPath("llama-spm")
+        let inputs = try String(contentsOfFile: path + ".inp", encoding: .utf8).components(separatedBy: "\n__ggml_vocab_test__\n")
+        let outputs = try String(contentsOfFile: path + ".out", encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+        var checked = 0
+        for (text, line) in zip(inputs, outputs) {
+            let expected = line.split(separator: " ").map { Int32($0)! }
+            let ids = tok.encode(text)
+            XCTAssertEqual(ids, expected, "\(text.debugDescription)")
+            XCTAssertEqual(tok.decode(ids), text, "decoded: \(text.debugDescription)")
+            checked += 1
+        }
+        XCTAssertGreaterThanOrEqual(checked, 30)
+        XCTAssertEqual(tok.encode("Hello", addBOS: tok.addsBOS).first, 1)
+        XCTAssertEqual(tok.tokenString(for: 13), "<0x0A>")
+        XCTAssertEqual(tok.tokenID(for: "<0x0A>"), 13)
+        XCTAssertEqual(tok.tokenString(for: tok.encode("Hello")[0]), "\u{2581}Hello")
+        XCTAssertEqual(tok.tokenID(for: "\u{2581}Hello"), tok.encode("Hello")[0])
+    }
+
+    /// A model with Llama 2's SentencePiece tokenizer written as GGUF keeps llama.cpp's "llama"
+    /// tokenizer: the file's pieces, scores and types, read back to the same ids; from a
+    /// tokenizer.json, which holds no scores, it is refused with a hint.
+    func testASentencePieceTokenizerIsWrittenAsGGUF() throws {
+        let tok = try llamaVocab("llama-spm")
+        let source = try GGUFFile(llamaVocabPath("llama-spm"))
+        let model = LlamaModel(.llama(vocabSize: 32000, hiddenSize: 8, numLayers: 1, numHeads: 2, numKVHeads: 1, intermediateSize: 16), seed: 4)
+        let p = path("spm.gguf")
+        try saveGGUFModel(model, tokenizer: tok, to: p, type: .f32)
+        let written = try GGUFFile(p)
+        for key in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+                    "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_bos_token"] {
+            XCTAssertEqual(written.metadata[key], source.metadata[key], key)
+        }
+        let (ours, theirs) = (written.metadata["tokenizer.ggml.tokens"]?.strings ?? [], source.metadata["tokenizer.ggml.tokens"]?.strings ?? [])
+        XCTAssertEqual(ours.count, theirs.count)
+        for k in 0..<min(ours.count, theirs.count) where ours[k] != theirs[k] { XCTFail("token \(k): \(ours[k].debugDescription) ≠ \(theirs[k].debugDescription)") }
+        let back = try loadGGUFModel(p).1
+        for text in ["Hello world", " this is 🦙.cpp", "<s>[INST] Hi [/INST]", "\n\n  x\tꙮ"] {
+            XCTAssertEqual(back.encode(text, addBOS: back.addsBOS), tok.encode(text, addBOS: tok.addsBOS), text.debugDescription)
+        }
+        let fromJSON = try BPETokenizer.load(json: Data(tok.tokenizerJSON().utf8))
+        XCTAssertNil(fromJSON.pieceScores)
+        XCTAssertThrowsError(try saveGGUFModel(model, tokenizer: fromJSON, to: path("spm-json.gguf"))) {
+            XCTAssertTrue("\($0)".contains("spm-json.gguf") && "\($0)".contains("score"), "\($0)")
+        }
+    }
+
+    /// Llama 2's vocabulary as Hugging Face writes it: transformers' own conversion of the GGUF file
+    /// (tokenizer.json with a `Metaspace` pre-tokenizer, "first" scheme, byte fallback), read here,
+    /// gives `tokenizers`' ids on seeded random text (spaces, newlines, added tokens, CJK, emoji, bytes
+    /// the vocabulary lacks), and decodes them as transformers does; the tokenizer.json written here
+    /// from the GGUF file (transformers 4's form: a space before every stretch, llama.cpp's rule) gives
+    /// the GGUF tokenizer's ids in `tokenizers`, and reads back the same.
+    func testLlama2SentencePieceTokenizerMatchesTokenizers() throws {
+        let gguf = try llamaVocab("llama-spm")
+        let python = try referencePython(importing: ["transformers", "gguf", "tokenizers"])
+        var rng = RNG(seed: 7)
+        let pieces = ["a", "Z", "hello", "World", "'s", "1", "22", "333", " ", "  ", "   ", "\t", "\n", "\n\n", ".", "!?", "(", "#", "-",
+                      "é", "Äpfel", "日本語", "🦙", "😀👍", "\u{a0}", "\u{2581}", "<s>", "</s>", "\u{1F9FF}", "ꙮ", "𝔘"]
+        let texts = (0..<200).map { _ in (0..<Int(rng.next() % 16 + 1)).map { _ in pieces[Int(rng.next() % UInt64(pieces.count))] }.joined() }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("spm-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ours = dir.appendingPathComponent("ours.json").path
+        try gguf.tokenizerJSON().write(toFile: ours, atomically: true, encoding: .utf8)
+        let script = """
+            import json, sys
+            from transformers import AutoTokenizer
+            from tokenizers import Tokenizer
+            texts = json.loads(sys.argv[3])
+            t = AutoTokenizer.from_pretrained(sys.argv[1], gguf_file=sys.argv[2])
+            t.save_pretrained(sys.argv[4])
+            theirs = Tokenizer.from_file(sys.argv[4] + "/tokenizer.json")
+            ours = Tokenizer.from_file(sys.argv[5])
+            ids = [theirs.encode(x, add_special_tokens=False).ids for x in texts]
+            print(json.dumps([ids, [theirs.decode(i, skip_special_tokens=False) for i in ids],
+                              [ours.encode(x, add_special_tokens=False).ids for x in texts], [t(x)["input_ids"] for x in texts[:20]]]))
+            """
+        let folder = URL(fileURLWithPath: llamaVocabPath("llama-spm")).deletingLastPathComponent().path
+        let given = String(decoding: try JSONSerialization.data(withJSONObject: texts), as: UTF8.self)
+        let (status, stdout, stderr) = try runPython(python, ["-c", script, folder, "ggml-vocab-llama-spm.gguf", given, dir.appendingPathComponent("hf").path, ours])
+        guard status == 0 else { return XCTFail("transformers could not tokenize: \(stderr)") }
+        let out = try XCTUnwrap(try JSONSerialization.jsonObject(with: stdout) as? [Any])
+        let ids = try XCTUnwrap(out[0] as? [[Int]]), decoded = try XCTUnwrap(out[1] as? [String])
+        let oursInTokenizers = try XCTUnwrap(out[2] as? [[Int]]), withBOS = try XCTUnwrap(out[3] as? [[Int]])
+        let hf = try BPETokenizer.load(from: dir.appendingPathComponent("hf"))
+        XCTAssertTrue(hf.sentencePiece)
+        XCTAssertEqual(hf.spacePrefix, .first)
+        XCTAssertTrue(hf.addsBOS, "its post-processor")
+        let reread = try BPETokenizer.load(json: Data(contentsOf: URL(fileURLWithPath: ours)), file: ours)
+        XCTAssertEqual(reread.spacePrefix, .everyStretch)
+        // Every piece is there, also those Swift's String equality would take for one ("ί" U+1F77, "ί" U+03AF).
+        for id in Int32(0)..<32000 where hf.tokenString(for: id) != gguf.tokenString(for: id) || reread.tokenString(for: id) != gguf.tokenString(for: id) {
+            XCTFail("id \(id): \(String(describing: hf.tokenString(for: id))), \(String(describing: reread.tokenString(for: id))) ≠ \(String(describing: gguf.tokenString(for: id)))")
+        }
+        XCTAssertEqual(gguf.encode("ί ί").count, hf.encode("ί ί").count)
+        for (k, text) in texts.enumerated() {
+            XCTAssertEqual(hf.encode(text).map(Int.init), ids[k], "transformers' tokenizer.json: \(text.debugDescription)")
+            XCTAssertEqual(hf.decode(hf.encode(text)), decoded[k], "decoded as tokenizers does: \(text.debugDescription)")
+            XCTAssertEqual(gguf.encode(text).map(Int.init), oursInTokenizers[k], "ours in tokenizers: \(text.debugDescription)")
+            XCTAssertEqual(reread.encode(text), gguf.encode(text), "ours read back: \(text.debugDescription)")
+            if k < 20 { XCTAssertEqual(hf.encode(text, addBOS: hf.addsBOS).map(Int.init), withBOS[k], "with the BOS: \(text.debugDescription)") }
+        }
+    }
+
     /// The same vocabularies give transformers' ids (its GGUF tokenizer conversion: Hugging Face
     /// `tokenizers` with the Split regex) on seeded random text of letters in both cases, digits,
     /// contractions, spaces, tabs, newlines, punctuation, CJK, accents and emoji; the tokenizer.json
