@@ -99,6 +99,27 @@ func qwen2StyleSeed() -> Data? {
     return try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
 }
 
+/// A small SentencePiece-style tokenizer.json (Llama 2's form: byte fallback, the Prepend and Replace
+/// normalizer, a BOS post-processor) with non-ASCII pieces.
+func sentencePieceSeed() -> Data? {
+    var vocab: [String: Int] = ["<unk>": 0, "<s>": 1, "</s>": 2]
+    for b in 0..<256 { vocab[String(format: "<0x%02X>", b)] = 3 + b }
+    let pieces = ["\u{2581}", "a", "b", "\u{2581}a", "ab", "\u{2581}ab", "ί", "ί", "\u{FEFF}", "\u{2581}\u{2581}"]
+    for (k, p) in pieces.enumerated() { vocab[p] = 259 + k }
+    let added = ["<unk>", "<s>", "</s>"].enumerated().map { ["id": $0.offset, "content": $0.element, "special": true, "normalized": false] as [String: Any] }
+    let obj: [String: Any] = [
+        "added_tokens": added,
+        "normalizer": ["type": "Sequence", "normalizers": [["type": "Prepend", "prepend": "\u{2581}"], ["type": "Replace", "pattern": ["String": " "], "content": "\u{2581}"]]],
+        "pre_tokenizer": NSNull(),
+        "post_processor": ["type": "TemplateProcessing", "single": [["SpecialToken": ["id": "<s>", "type_id": 0]], ["Sequence": ["id": "A", "type_id": 0]]],
+                           "special_tokens": ["<s>": ["id": "<s>", "ids": [1], "tokens": ["<s>"]]]],
+        "decoder": ["type": "Sequence", "decoders": [["type": "Replace", "pattern": ["String": "\u{2581}"], "content": " "], ["type": "ByteFallback"], ["type": "Fuse"], ["type": "Strip", "content": " ", "start": 1, "stop": 0]]],
+        "model": ["type": "BPE", "byte_fallback": true, "fuse_unk": true, "unk_token": "<unk>", "vocab": vocab,
+                  "merges": ["\u{2581} a", "a b", "\u{2581}a b", "\u{2581} \u{2581}"]],
+    ]
+    return try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+}
+
 /// The model the GGUF LoRA seed fits (Tests/FormatsTests/Fixtures/gguf-export/model).
 let ggufLoRABase = LlamaModel(.llama(vocabSize: 512, hiddenSize: 64, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 80), seed: 1)
 
@@ -197,7 +218,9 @@ let toolCallSeeds = [
 ]
 
 let targets: [Target] = [
-    Target(name: "gguf", seeds: [ggufSeed(), fixture("Tests/FormatsTests/Fixtures/gguf-export/lora-f32.gguf")].compactMap { $0 }, json: false) { path, _ in
+    // Llama 2's SentencePiece vocabulary (fetched for the tests by `fetch_data.py llama-vocabs`) when it is there.
+    Target(name: "gguf", seeds: [ggufSeed(), fixture("Tests/FormatsTests/Fixtures/gguf-export/lora-f32.gguf"),
+                                 fixture("data/llama-vocabs/ggml-vocab-llama-spm.gguf")].compactMap { $0 }, json: false) { path, _ in
         let f = try GGUFFile(path)
         for info in f.tensorInfos.prefix(8) where info.byteCount < 1 << 22 { _ = try f.tensor(named: info.name) }
         _ = try? f.modelConfig()
@@ -217,7 +240,8 @@ let targets: [Target] = [
     Target(name: "hdf5-foreign", seeds: checkpointSeeds().map { $0.dropFirst(512) }, json: false, parse: readHDF5),
     // The Llama 3.1 fixture's tokenizer.json has Llama 3's post-processor (a BOS in front).
     Target(name: "tokenizer", seeds: ["Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json", "Tests/TokenizersTests/Fixtures/tokenizer_hf_trained.json",
-                                      "Tests/FormatsTests/Fixtures/gguf-export/llama3/tokenizer.json"].compactMap(fixture) + [qwen2StyleSeed()].compactMap { $0 },
+                                      "Tests/FormatsTests/Fixtures/gguf-export/llama3/tokenizer.json"].compactMap(fixture)
+                                      + [qwen2StyleSeed(), sentencePieceSeed()].compactMap { $0 },
            json: true) { _, d in
         let t = try BPETokenizer.load(json: d)
         _ = t.decode(t.encode("Hello, world! 123 <|endoftext|> Cafe\u{301} 'LL\r\n\n  x", addBOS: t.addsBOS))
