@@ -434,7 +434,7 @@ public final class ServingEngine: @unchecked Sendable {
                     next[b] = token
                     if ends[b].contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
                     generated[b].append(token)
-                    var text = tokenizer.decode(generated[b])
+                    var text = tokenizer.decode(generated[b], following: r.prompt.last)  // the prompt's continuation
                     if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {
                         text = String(text[..<cut])
                         finish[b] = "stop"

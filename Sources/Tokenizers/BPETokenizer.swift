@@ -282,7 +282,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             var out = [Int32]()
             out.reserveCapacity(n / 3 + 16)
             if sentencePiece {
-                encodeSentencePiece(p, n, into: &out)
+                encodeSentencePiece(p, n, into: &out, first: .atStart)
                 return out
             }
             if cacheLock.try() {
@@ -321,18 +321,19 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// SentencePiece: each stretch between added tokens, after the space put in front of it, is merged
     /// whole from its characters (a character the vocabulary lacks: its bytes' tokens), as llama.cpp's
     /// "llama" tokenizer and Hugging Face's byte-fallback BPE do.
-    func encodeSentencePiece(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32]) {
+    func encodeSentencePiece(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32], first: StretchStart) {
         var text: [UInt8] = [], symbols: [Int32] = []
         matcher.split(p, count: n, plain: { start, end in
             guard end > start else { return }
             // A "▁" in the text is a space, as both references read it (they write spaces as "▁").
             text = Array(UnsafeBufferPointer(start: p + start, count: end - start)).replacingSpaceMarks()
             let spaceFirst = text[0] == 0x20
+            let place = start == 0 ? first : .afterAddedToken  // a later stretch follows an added token
             switch spacePrefix {
             case .none: break
-            case .first: if start == 0 && !spaceFirst { text.insert(0x20, at: 0) }
-            case .always: if !spaceFirst { text.insert(0x20, at: 0) }
-            case .everyStretch: text.insert(0x20, at: 0)
+            case .first: if place == .atStart && !spaceFirst { text.insert(0x20, at: 0) }
+            case .always: if place != .continuing && !spaceFirst { text.insert(0x20, at: 0) }
+            case .everyStretch: if place != .continuing { text.insert(0x20, at: 0) }
             }
             symbols.removeAll(keepingCapacity: true)
             text.withUnsafeBufferPointer { t in
@@ -355,6 +356,24 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             if symbols.count > 1 { mergeLong(&symbols) }
             out += symbols
         }, special: { out.append($0) })
+    }
+
+    /// Where a SentencePiece stretch of text stands: at the start of a sequence, right after an added
+    /// token, or continuing other text.
+    enum StretchStart { case atStart, afterAddedToken, continuing }
+
+    public func encode(_ text: String, following previous: Int32?) -> [Int32] {
+        guard sentencePiece else { return encode(text) }
+        return withUTF8Bytes(text) { p, n in
+            var out = [Int32]()
+            out.reserveCapacity(n / 3 + 16)
+            encodeSentencePiece(p, n, into: &out, first: previous.map { isAddedToken($0) ? .afterAddedToken : .continuing } ?? .atStart)
+            return out
+        }
+    }
+
+    public func decode(_ ids: [Int32], following previous: Int32?) -> String {
+        decode(ids, skipSpecialTokens: false, stripFirstSpace: previous == nil)
     }
 
     /// Appends the ids of one word, from the cache or by running the merges.
@@ -487,11 +506,15 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// Decodes `ids`; with `skipSpecialTokens`, added tokens marked special produce no text (Hugging Face's
     /// `decode(ids, skip_special_tokens=True)`).
     public func decode(_ ids: [Int32], skipSpecialTokens: Bool) -> String {
+        decode(ids, skipSpecialTokens: skipSpecialTokens, stripFirstSpace: true)
+    }
+
+    private func decode(_ ids: [Int32], skipSpecialTokens: Bool, stripFirstSpace strip: Bool) -> String {
         var bytes = [UInt8]()
         bytes.reserveCapacity(ids.count * 4)
         let skip: Set<Int32> = skipSpecialTokens ? specialIDs : []
         // SentencePiece: the space encoding put in front is dropped from a first piece that starts with one.
-        var stripFirstSpace = sentencePiece && spacePrefix != .none
+        var stripFirstSpace = strip && sentencePiece && spacePrefix != .none
         idBytes.withUnsafeBufferPointer { arena in
             idOffsets.withUnsafeBufferPointer { off in
                 for id in ids where id >= 0 && Int(id) < vocabSize {

@@ -32,6 +32,17 @@ public protocol Tokenizer: Sendable {
     /// their single id; they are matched before any other splitting, longest match first, and never split.
     func encode(_ text: String) -> [Int32]
 
+    /// The ids of `text` where it follows the id `previous` in a sequence (nil: it starts one), so
+    /// that pieces of a text encoded one after another give the ids of the whole text. Only a
+    /// SentencePiece `BPETokenizer` differs from `encode(_:)`: it puts its space in front of the
+    /// piece only where the whole text would have it (at the start, or after an added token).
+    func encode(_ text: String, following previous: Int32?) -> [Int32]
+
+    /// The text of `ids` where they follow the id `previous` (nil: they start the sequence). Only a
+    /// SentencePiece `BPETokenizer` differs from `decode(_:)`: it drops the space it put in front of
+    /// a text only at the start, so a continuation keeps its first space.
+    func decode(_ ids: [Int32], following previous: Int32?) -> String
+
     /// Joins the byte sequences of `ids` and reads them as UTF-8 (invalid sequences, possible for an arbitrary id
     /// list, become U+FFFD). Special tokens decode to their text. Ids outside `0 ..< vocabSize` are skipped.
     func decode(_ ids: [Int32]) -> String
@@ -56,6 +67,8 @@ public protocol Tokenizer: Sendable {
 extension Tokenizer {
     public var compiledChatTemplate: ChatTemplate? { nil }
     public var addsBOS: Bool { false }
+    public func encode(_ text: String, following previous: Int32?) -> [Int32] { encode(text) }
+    public func decode(_ ids: [Int32], following previous: Int32?) -> String { decode(ids) }
 
     /// The special tokens' texts by the names chat templates read them: `bos_token`, `eos_token`,
     /// `unk_token` and `pad_token`, those the tokenizer has (transformers passes its whole special

@@ -431,7 +431,8 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                     answerIDs[p.id] = Array(ex.ids[first...last])
                     if p.reply != nil {  // the calls as the template writes them, less the token that ends the turn (as outputs are)
                         let text = answerIDs[p.id]!
-                        prompts[k].expected = tokenizer.decode(textEndTokens(tokenizer).contains(text.last!) ? Array(text.dropLast()) : text)
+                        prompts[k].expected = tokenizer.decode(textEndTokens(tokenizer).contains(text.last!) ? Array(text.dropLast()) : text,
+                                                               following: first > 0 ? ex.ids[first - 1] : nil)
                     }
                 }
             } catch {
@@ -476,7 +477,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             var loss: Double?
             var scoredTokens = 0, lossTokens: Int?
             if let expected = p.expected {
-                let answer = answerIDs[p.id] ?? tokenizer.encode(expected) + (eos.map { [$0] } ?? [])
+                let answer = answerIDs[p.id] ?? tokenizer.encode(expected, following: ids.last) + (eos.map { [$0] } ?? [])
                 let seq = Array((ids + answer).prefix(model.config.positions == .learned ? model.config.maxPositions - mostVirtual : Int.max))
                 if seq.count > ids.count {
                     var targets = [Int32](repeating: -100, count: seq.count)
@@ -492,7 +493,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                                               seed: o.seed &+ UInt64(k), stopTokens: ends)
                 let out = model.generate(ids, options)
                 outputTokens += out.count
-                var text = tokenizer.decode(out.filter { !ends.contains($0) })
+                var text = tokenizer.decode(out.filter { !ends.contains($0) }, following: ids.last)
                 for s in o.stop where !s.isEmpty {
                     if let r = text.range(of: s) { text = String(text[..<r.lowerBound]) }
                 }

@@ -143,31 +143,33 @@ public enum DataExample: Equatable, Sendable {
         }
         if addBOS ?? tokenizer.addsBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
         let eos = tokenizer.eosTokenID.map { [$0] } ?? []
+        // Each piece as it follows the one before (a SentencePiece tokenizer puts its space only at the start).
+        func encode(_ text: String) -> [Int32] { tokenizer.encode(text, following: ex.ids.last) }
         switch self {
         case .text(let text):
-            ex.append(tokenizer.encode(text) + eos, learned: true)
+            ex.append(encode(text) + eos, learned: true)
         case .promptCompletion(let prompt, let completion):
-            ex.append(tokenizer.encode(prompt), learned: false)
-            ex.append(tokenizer.encode(completion) + eos, learned: true)
+            ex.append(encode(prompt), learned: false)
+            ex.append(encode(completion) + eos, learned: true)
         case .instruction(let instruction, let input, let output):
-            ex.append(tokenizer.encode(alpacaPrompt(instruction: instruction, input: input)), learned: false)
-            ex.append(tokenizer.encode(output) + eos, learned: true)
+            ex.append(encode(alpacaPrompt(instruction: instruction, input: input)), learned: false)
+            ex.append(encode(output) + eos, learned: true)
         case .chat(let messages, let tools, let kwargs):
             try refuseToolsWithoutTemplate(messages, tools, kwargs)
             // The prompt side is encoded as one string up to "assistant\n", exactly as a generation prompt is.
-            let imEnd = tokenizer.encode(chatMLEnd)
             var pending = ""
             for m in messages {
                 pending += chatMLStart + m.role + "\n"
                 if m.role == "assistant" {
-                    ex.append(tokenizer.encode(pending), learned: false)
-                    ex.append(tokenizer.encode(m.content) + imEnd, learned: true)
+                    ex.append(encode(pending), learned: false)
+                    ex.append(encode(m.content + chatMLEnd), learned: true)
                     pending = "\n"
                 } else {
                     pending += m.content + chatMLEnd + "\n"
                 }
             }
-            ex.append(tokenizer.encode(pending), learned: false)
+            let imEnd = tokenizer.encode(chatMLEnd)
+            ex.append(encode(pending), learned: false)
             if eos != imEnd { ex.append(eos, learned: false) }
         }
         return ex
@@ -350,10 +352,12 @@ public struct TokenizedExample: Equatable, Sendable {
                 } else if !header.isEmpty, plain.count < textStart, full.starts(with: plain) {
                     // As much of the prompt as the whole writes there, in whole tokens (`<think>` and a
                     // call's `<tool_call>` share their first character, not a token).
-                    let wanted = tokenizer.encode(text(header[...])), written = tokenizer.encode(text(full[plain.count..<textStart]))
+                    let previous = tokenizer.encode(text(plain[...])).last  // what the header follows
+                    let wanted = tokenizer.encode(text(header[...]), following: previous)
+                    let written = tokenizer.encode(text(full[plain.count..<textStart]), following: previous)
                     var n = 0
                     while n < min(wanted.count, written.count), wanted[n] == written[n] { n += 1 }
-                    let matched = Array(tokenizer.decode(Array(written[..<n])).unicodeScalars)
+                    let matched = Array(tokenizer.decode(Array(written[..<n]), following: previous).unicodeScalars)
                     if n > 0, full[plain.count...].starts(with: matched) { start = plain.count + matched.count }
                 }
                 if start == nil, header.isEmpty, let at = endOfConversation(plain, before: textStart, after: gapStart, lastText: span.message > 0 ? messages[span.message - 1].content : "") {
@@ -379,11 +383,12 @@ public struct TokenizedExample: Equatable, Sendable {
             let next = min(span.last + 1 < found.count ? found[span.last + 1].start : full.count, n + 1 < spans.count ? starts[n + 1] : full.count,
                            limits[n] < 0 ? full.count : max(end, limits[n]))
             guard done <= start, start <= end, end <= next else { throw lost(span.message) }  // replies out of order
-            append(tokenizer.encode(text(full[done..<start])), learned: false)
+            append(tokenizer.encode(text(full[done..<start]), following: self.ids.last), learned: false)
             // The reply and what follows it in one piece (as the model reads it), learned through the
             // first end token after its text: the first added token, or after tool calls the first
             // token a reply ends with (a call's own tags, like `</tool_call>`, are added tokens too).
-            let ids = tokenizer.encode(text(full[start..<next])), inside = tokenizer.encode(text(full[start..<end]))
+            let ids = tokenizer.encode(text(full[start..<next]), following: self.ids.last)
+            let inside = tokenizer.encode(text(full[start..<end]), following: self.ids.last)
             func nth(_ isEnd: (Int32) -> Bool) -> Int? {
                 let skip = inside.filter(isEnd).count
                 return ids.indices.filter { isEnd(ids[$0]) }.dropFirst(skip).first
@@ -404,7 +409,7 @@ public struct TokenizedExample: Equatable, Sendable {
             append(Array(ids[(stop + 1)...]), learned: false)
             done = next
         }
-        append(tokenizer.encode(text(full[done...])), learned: false)
+        append(tokenizer.encode(text(full[done...]), following: self.ids.last), learned: false)
     }
 }
 

@@ -40,7 +40,8 @@ public func previewExamples(_ path: String, tokenizer: Tokenizer, count: Int, sk
         var runs: [ExamplePreview.Run] = []
         var start = 0
         for i in stride(from: 1, through: ex.ids.count, by: 1) where i == ex.ids.count || ex.learned[i] != ex.learned[start] {
-            runs.append(.init(text: tokenizer.decode(Array(ex.ids[start..<i])), learned: ex.learned[start], tokens: i - start))
+            runs.append(.init(text: tokenizer.decode(Array(ex.ids[start..<i]), following: start > 0 ? ex.ids[start - 1] : nil),
+                              learned: ex.learned[start], tokens: i - start))
             start = i
         }
         return ExamplePreview(file: e.file, line: e.line, tokens: ex.ids.count, learnedTokens: ex.learned.filter { $0 }.count, runs: runs)

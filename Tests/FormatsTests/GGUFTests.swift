@@ -725,6 +725,13 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(tok.encode("Hello", addBOS: tok.addsBOS).first, 1)
         XCTAssertEqual(tok.tokenString(for: 13), "<0x0A>")
         XCTAssertEqual(tok.tokenID(for: "<0x0A>"), 13)
+        // Pieces encoded one after another give the whole text's ids; decoded, a continuation keeps its space.
+        let hello = tok.encode("Hello"), world = tok.encode(" world", following: hello.last)
+        XCTAssertEqual(hello + world, tok.encode("Hello world"))
+        XCTAssertEqual(tok.decode(world, following: hello.last), " world")
+        XCTAssertEqual(tok.decode(world), "world", "at the start the space put in front is dropped")
+        XCTAssertEqual([1] + tok.encode("Hi there", following: 1), tok.encode("<s>Hi there"), "after an added token: the space again")
+        XCTAssertEqual(tok.encode("Hi", following: nil), tok.encode("Hi"))
         XCTAssertEqual(tok.tokenString(for: tok.encode("Hello")[0]), "\u{2581}Hello")
         XCTAssertEqual(tok.tokenID(for: "\u{2581}Hello"), tok.encode("Hello")[0])
     }

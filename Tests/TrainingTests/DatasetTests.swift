@@ -162,6 +162,37 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(Array(b.ids.prefix(tok.encode(templated).count)), tok.encode(templated))
     }
 
+    /// With a SentencePiece tokenizer (a space put in front of a text), a prompt and its completion,
+    /// encoded one after the other, are the ids of the whole text (the completion gets no second
+    /// space), and the learned ids decode to the completion, its first space included.
+    func testASentencePieceCompletionContinuesItsPrompt() throws {
+        var pieces = ["<unk>", "<s>", "</s>"] + (0..<256).map { String(format: "<0x%02X>", $0) }
+        let words = [" ", "a", "n", "s", "w", "e", "r", ":", "h", "l", "o", " a", " an", " ans", " answ", " answe", " answer", " answer:",
+                     " h", " he", " hel", " hell", " hello"]
+        for w in words where !pieces.contains(w) { pieces.append(w) }
+        var vocab: [[UInt8]?] = pieces.map { Array($0.utf8) }
+        var bytes: [Int32: UInt8] = [:]
+        for b in 0..<256 { vocab[3 + b] = nil; bytes[Int32(3 + b)] = UInt8(b) }
+        vocab[0] = nil; vocab[1] = nil; vocab[2] = nil
+        func id(_ w: String) -> Int32 { Int32(pieces.firstIndex(of: w)!) }
+        var merges: [(Int32, Int32)] = []
+        for w in words.sorted(by: { $0.count < $1.count }) where w.count > 1 {  // every split into two pieces, shorter words first
+            for k in 1..<w.count {
+                let (l, r) = (String(w.prefix(k)), String(w.dropFirst(k)))
+                if pieces.contains(l) && pieces.contains(r) { merges.append((id(l), id(r))) }
+            }
+        }
+        let tok = try BPETokenizer(vocab: vocab, merges: merges,
+                                   addedTokens: ["<unk>", "<s>", "</s>"].enumerated().map { AddedToken(id: Int32($0.offset), content: $0.element) },
+                                   roles: SpecialTokenRoles(bos: "<s>", eos: "</s>", unk: "<unk>"), sentencePiece: .everyStretch, byteTokens: bytes)
+        XCTAssertEqual(tok.encode("answer: hello"), [id(" answer:"), id(" hello")])
+        let path = try write("spm.jsonl", [json(["prompt": "answer:", "completion": " hello"])])
+        let b = try load(path, tok: tok).train.batch(rows: [0])
+        XCTAssertEqual(Array(b.ids.prefix(3)), [id(" answer:"), id(" hello"), id("</s>")])
+        let learned = b.targets.filter { $0 != -100 }
+        XCTAssertEqual(tok.decode(learned, following: id(" answer:")), " hello</s>")
+    }
+
     func testChatMLTwoTurnsWithSystem() throws {
         let messages = [ChatMessage(role: "system", content: "You are terse."),
                         ChatMessage(role: "user", content: "Say hello."),
