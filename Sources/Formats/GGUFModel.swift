@@ -164,7 +164,8 @@ extension GGUFFile {
     /// llama.cpp's tensor of RoPE frequency divisors (Llama 3.1's scaling).
     public static let ropeFreqsName = "rope_freqs.weight"
 
-    /// The byte-level BPE tokenizer in the metadata: `tokenizer.ggml.tokens` (byte-level spellings),
+    /// The tokenizer in the metadata: llama.cpp's "llama" model (SentencePiece, `makeSentencePieceTokenizer`),
+    /// or "gpt2", byte-level BPE: `tokenizer.ggml.tokens` (byte-level spellings),
     /// `.merges` ("left right"), `.token_type` (3 = control → special added token, 4 = user-defined →
     /// added token), `.pre` ("smollm", "starcoder", "refact" → digits split one by one; "gpt-2" → GPT-2's
     /// regex; "llama-bpe" → Llama 3's, merges ignored for whole-vocabulary words; "qwen2" → Qwen2's),
@@ -276,7 +277,7 @@ extension GGUFFile {
             switch types[k] {
             case 1:
                 let text = Array(tok.utf8).replacingSpaceMarks()
-                guard idOf[text] == nil else { continue }  // a spelling twice: llama.cpp finds the first
+                guard idOf[text] == nil else { continue }  // a spelling twice (llama.cpp refuses the file): the first
                 vocab[k] = text
                 idOf[text] = Int32(k)
             case 2, 3, 4:  // in the vocabulary too, spelled as their text, so that a tokenizer.json keeps their ids

@@ -142,6 +142,11 @@ extension BPETokenizer {
             }
         }
         let addedByContent = Dictionary(added.map { ($0.content.utf8.map { $0 }, $0) }, uniquingKeysWith: { a, _ in a })
+        // `tokenizers` matches a normalized added token on the text after the Prepend normalizer ran
+        // (so "▁<t>" at a text's start); SwiftPEFT matches added tokens on the text as given.
+        if spm == .everyStretch, let t = added.first(where: \.normalized) {
+            throw unsupported("added token \(t.content.debugDescription) is normalized (\"normalized\": true) under the Prepend normalizer")
+        }
 
         // model.vocab: each spelling's bytes and id (a SentencePiece vocabulary read byte for byte, see RawJSON)
         guard let vocabObj = model["vocab"] as? [String: Any] else {
@@ -288,6 +293,7 @@ extension BPETokenizer {
             tokenizer.chatTemplate = chatTemplate(inConfigs: configs)
             tokenizer.normalizesToNFC = nfc
             tokenizer.addsBOS = addsBOS
+            tokenizer.fusesUnknown = spm != nil && (model["fuse_unk"] as? Bool) == true
             // A byte the vocabulary lacks becomes the model's unk_token, or is dropped without one (as
             // `tokenizers` does), whatever the UNK role of the config files says.
             tokenizer.unknownByteID = (model["unk_token"] as? String).flatMap { tokenizer.tokenID(for: $0) }
@@ -509,8 +515,8 @@ extension BPETokenizer {
         var config = existing ?? [
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": false,
-            "add_prefix_space": false,
         ]
+        if existing == nil && !sentencePiece { config["add_prefix_space"] = false }  // a SentencePiece one's is in its tokenizer.json
         for (key, role) in [("bos_token", roles.bos), ("eos_token", roles.eos), ("pad_token", roles.pad), ("unk_token", roles.unk)] {
             config[key] = role ?? NSNull()
         }
@@ -576,7 +582,7 @@ extension BPETokenizer {
         let unk = unknownByteID.flatMap { tokenString(for: $0) }.map(jsonString) ?? "null"
         s += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": \(unk),\n"
         s += "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
-        s += "    \"fuse_unk\": \(sentencePiece),\n    \"byte_fallback\": \(sentencePiece),\n    \"ignore_merges\": \(ignoreMerges),\n"
+        s += "    \"fuse_unk\": \(fusesUnknown),\n    \"byte_fallback\": \(sentencePiece),\n    \"ignore_merges\": \(ignoreMerges),\n"
         s += "    \"vocab\": {"
         var first = true
         for id in 0 ..< vocabSize where inModelVocab[id] {

@@ -1,6 +1,7 @@
 // BPETokenizer.swift: byte-level BPE as GPT-2 and Hugging Face `tokenizers` apply it: special tokens split out
 // first (longest match), pre-tokenization (BPEPreTokenizer.swift), then merges by rank inside each word, with a
-// per-word cache. Training is in BPETrainer.swift, tokenizer.json in BPETokenizer+JSON.swift.
+// per-word cache; and SentencePiece-style BPE (Llama 2's), merged from characters over each whole stretch.
+// Training (byte-level only) is in BPETrainer.swift, tokenizer.json in BPETokenizer+JSON.swift.
 import Foundation
 
 /// A token the tokenizer matches in raw text before anything else and never splits (Hugging Face's
@@ -31,7 +32,9 @@ public struct AddedToken: Sendable, Equatable {
     }
 }
 
-/// Byte-level BPE (GPT-2 / Hugging Face `"type": "BPE"` with a `ByteLevel` pre-tokenizer and decoder).
+/// Byte-level BPE (GPT-2 / Hugging Face `"type": "BPE"` with a `ByteLevel` pre-tokenizer and decoder), or
+/// with `sentencePiece` the byte-fallback BPE of SentencePiece vocabularies (Llama 2, Mistral), whose
+/// encoding is described there.
 ///
 /// Encoding: (1) added tokens are cut out of the text, leftmost then longest match; (2) each stretch between
 /// them is split into words by `preTokenizer`; (3) each word's UTF-8 bytes start as one token per byte and the
@@ -52,13 +55,16 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// SentencePiece-style BPE (Llama 2's, Mistral's, TinyLlama's; llama.cpp's "llama" tokenizer
     /// model) instead of byte-level: tokens are spelled with "▁" for a space, the text between added
     /// tokens is merged whole from its characters (no pre-tokenizer) after a space put in front
-    /// (`addsSpacePrefix`), a character the vocabulary lacks becomes its bytes' `<0xXX>` tokens, and
+    /// (`spacePrefix`), a character the vocabulary lacks becomes its bytes' `<0xXX>` tokens, and
     /// decoding drops that first space again.
     public let sentencePiece: Bool
     /// SentencePiece: where a space goes in front of the text (llama.cpp's `add_space_prefix`).
     public let spacePrefix: SpacePrefix
     /// SentencePiece: the `<0xXX>` token of each byte, or -1.
     let byteTokenIDs: [Int32]
+    /// SentencePiece: consecutive unknown characters become one unknown token (`fuse_unk`). Set it
+    /// before the tokenizer is shared between threads.
+    public var fusesUnknown = false
     /// SentencePiece: each id's piece score (GGUF's `tokenizer.ggml.scores`), kept for writing GGUF;
     /// nil when the tokenizer came from a tokenizer.json, which has none.
     public var pieceScores: [Float]?
@@ -241,6 +247,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         spacePrefix = o.spacePrefix
         byteTokenIDs = o.byteTokenIDs
         pieceScores = o.pieceScores
+        fusesUnknown = o.fusesUnknown
         vocabSize = o.vocabSize
         idBytes = o.idBytes
         idOffsets = o.idOffsets
@@ -342,13 +349,13 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                     let lead = t[i]
                     let len = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4
                     let e = vocab.find(t.baseAddress! + i, min(len, t.count - i))
+                    let end = min(i + len, t.count)
                     if e >= 0 {
                         symbols.append(vocab.values[e])
-                    } else {
-                        for k in i..<min(i + len, t.count) {
-                            let id = byteTokenIDs[Int(t[k])]
-                            if id >= 0 { symbols.append(id) } else if let unk = unknownByteID { symbols.append(unk) }
-                        }
+                    } else if (i..<end).allSatisfy({ byteTokenIDs[Int(t[$0])] >= 0 }) {
+                        for k in i..<end { symbols.append(byteTokenIDs[Int(t[k])]) }
+                    } else if let unk = unknownByteID, !(fusesUnknown && symbols.last == unk) {
+                        symbols.append(unk)  // one per character, as Hugging Face's byte fallback (fused with the one before)
                     }
                     i += len
                 }
@@ -521,8 +528,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                     if skipSpecialTokens && skip.contains(id) { continue }
                     var s = Int(off[Int(id)])
                     let e = Int(off[Int(id) + 1])
-                    if stripFirstSpace {
-                        if !addedIDs.contains(id) && s < e && arena[s] == 0x20 { s += 1 }
+                    if stripFirstSpace && s < e {  // the first piece with text (an unused id has none)
+                        if !addedIDs.contains(id) && arena[s] == 0x20 { s += 1 }
                         stripFirstSpace = false
                     }
                     bytes.append(contentsOf: UnsafeBufferPointer(rebasing: arena[s ..< e]))
@@ -569,8 +576,10 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
 
     /// The byte of a `<0xXX>` spelling (a SentencePiece byte token), or nil.
     public static func byteTokenValue(_ s: String) -> UInt8? {
-        guard s.utf8.count == 6, s.hasPrefix("<0x"), s.hasSuffix(">") else { return nil }
-        return UInt8(s.dropFirst(3).prefix(2), radix: 16)
+        let u = Array(s.utf8)
+        func hex(_ c: UInt8) -> Bool { (0x30...0x39).contains(c) || (0x41...0x46).contains(c) }  // 0-9, A-F
+        guard u.count == 6, u[0] == 0x3C, u[1] == 0x30, u[2] == 0x78, hex(u[3]), hex(u[4]), u[5] == 0x3E else { return nil }
+        return UInt8(String(decoding: u[3...4], as: UTF8.self), radix: 16)
     }
 
     /// Empties the per-word cache (it holds at most ~`WordCache.maxEntries` words and resets itself when full).

@@ -6,9 +6,14 @@
 import Foundation
 
 /// A scanner over the bytes of a JSON document that the caller has already parsed once (so the
-/// syntax is known to be valid): it finds members by key bytes and decodes strings to UTF-8 bytes.
+/// syntax is known to be valid: on invalid JSON it may loop or misread): it finds members by key
+/// bytes and decodes strings to UTF-8 bytes. A UTF-8 byte order mark in front is skipped.
 struct RawJSON {
     let b: [UInt8]
+
+    init(b: [UInt8]) {
+        self.b = b.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(b.dropFirst(3)) : b
+    }
 
     /// The index of the first byte that is not JSON whitespace, from `i`.
     func skipSpace(_ i: Int) -> Int {

@@ -10,7 +10,9 @@ import Foundation
 ///
 /// Round-trip guarantee: for every `String` `s`, `decode(encode(s)) == s` (byte for byte), as long as the
 /// vocabulary covers all 256 byte values, which both `ByteTokenizer` and trained `BPETokenizer`s do, and
-/// the tokenizer does not normalize (an NFC `BPETokenizer` gives back the NFC form of `s`).
+/// the tokenizer does not normalize (an NFC `BPETokenizer` gives back the NFC form of `s`). A SentencePiece
+/// `BPETokenizer` gives back a "▁" of `s` as a space, and may add or drop a space where a stretch of `s`
+/// after an added token starts (as its references do).
 public protocol Tokenizer: Sendable {
     /// Number of ids: every id the tokenizer can produce is in `0 ..< vocabSize`.
     var vocabSize: Int { get }

@@ -143,8 +143,10 @@ public enum DataExample: Equatable, Sendable {
         }
         if addBOS ?? tokenizer.addsBOS, let bos = tokenizer.bosTokenID { ex.append([bos], learned: false) }
         let eos = tokenizer.eosTokenID.map { [$0] } ?? []
-        // Each piece as it follows the one before (a SentencePiece tokenizer puts its space only at the start).
-        func encode(_ text: String) -> [Int32] { tokenizer.encode(text, following: ex.ids.last) }
+        // Each piece as it follows the one before (a SentencePiece tokenizer puts its space only at the
+        // start); the first as a text's start, also after the BOS the tokenizer puts in front of a text.
+        let bos = ex.ids.count
+        func encode(_ text: String) -> [Int32] { tokenizer.encode(text, following: ex.ids.count > bos ? ex.ids.last : nil) }
         switch self {
         case .text(let text):
             ex.append(encode(text) + eos, learned: true)

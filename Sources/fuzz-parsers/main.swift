@@ -104,7 +104,7 @@ func qwen2StyleSeed() -> Data? {
 func sentencePieceSeed() -> Data? {
     var vocab: [String: Int] = ["<unk>": 0, "<s>": 1, "</s>": 2]
     for b in 0..<256 { vocab[String(format: "<0x%02X>", b)] = 3 + b }
-    let pieces = ["\u{2581}", "a", "b", "\u{2581}a", "ab", "\u{2581}ab", "ί", "ί", "\u{FEFF}", "\u{2581}\u{2581}"]
+    let pieces = ["\u{2581}", "a", "b", "\u{2581}a", "ab", "\u{2581}ab", "\u{3AF}", "\u{FEFF}", "\u{2581}\u{2581}"]
     for (k, p) in pieces.enumerated() { vocab[p] = 259 + k }
     let added = ["<unk>", "<s>", "</s>"].enumerated().map { ["id": $0.offset, "content": $0.element, "special": true, "normalized": false] as [String: Any] }
     let obj: [String: Any] = [
@@ -117,7 +117,9 @@ func sentencePieceSeed() -> Data? {
         "model": ["type": "BPE", "byte_fallback": true, "fuse_unk": true, "unk_token": "<unk>", "vocab": vocab,
                   "merges": ["\u{2581} a", "a b", "\u{2581}a b", "\u{2581} \u{2581}"]],
     ]
-    return try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+    // U+1F77 (canonically equal to U+03AF, so no Swift dictionary key) is written into the text.
+    guard let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else { return nil }
+    return Data(String(decoding: data, as: UTF8.self).replacingOccurrences(of: "\"vocab\":{", with: "\"vocab\":{\"\\u1f77\":300,").utf8)
 }
 
 /// The model the GGUF LoRA seed fits (Tests/FormatsTests/Fixtures/gguf-export/model).

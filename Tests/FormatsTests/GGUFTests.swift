@@ -812,7 +812,8 @@ final class GGUFTests: XCTestCase {
         for id in Int32(0)..<32000 where hf.tokenString(for: id) != gguf.tokenString(for: id) || reread.tokenString(for: id) != gguf.tokenString(for: id) {
             XCTFail("id \(id): \(String(describing: hf.tokenString(for: id))), \(String(describing: reread.tokenString(for: id))) ≠ \(String(describing: gguf.tokenString(for: id)))")
         }
-        XCTAssertEqual(gguf.encode("ί ί").count, hf.encode("ί ί").count)
+        XCTAssertEqual(gguf.encode("\u{1F77} \u{3AF}"), hf.encode("\u{1F77} \u{3AF}"))
+        XCTAssertNotEqual(gguf.encode("\u{1F77}"), gguf.encode("\u{3AF}"), "two pieces, not one")
         for (k, text) in texts.enumerated() {
             XCTAssertEqual(hf.encode(text).map(Int.init), ids[k], "transformers' tokenizer.json: \(text.debugDescription)")
             XCTAssertEqual(hf.decode(hf.encode(text)), decoded[k], "decoded as tokenizers does: \(text.debugDescription)")

@@ -566,6 +566,70 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// A SentencePiece-style tokenizer.json (byte fallback) written by hand, needing no fetched data:
+    /// where each form puts its space (Prepend normalizer: every stretch; Metaspace "first", "always",
+    /// "never"), with a BOS in front the text still starts a text; byte tokens for a character the
+    /// vocabulary lacks, else one fused unknown token; pieces read byte for byte (U+1F77 and U+03AF,
+    /// a surrogate pair, a byte order mark before the file); decoding drops the first space only at
+    /// the start (an unused id first does not count); written back, each reads the same.
+    func testSentencePieceTokenizerJSONForms() throws {
+        let normalizers = [
+            "every": (#"{"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}"#, "null"),
+            "first": ("null", #"{"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false}"#),
+            "always": ("null", #"{"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": false}"#),
+            "never": ("null", #"{"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "never", "split": false}"#),
+        ]
+        func json(_ form: String, extraAdded: String = "") -> Data {
+            let (n, p) = normalizers[form]!
+            return Data(("\u{FEFF}" + #"""
+            {"version": "1.0", "added_tokens": [{"id": 0, "content": "<unk>", "special": true}, {"id": 1, "content": "<s>", "special": true},
+              {"id": 2, "content": "</s>", "special": true}\#(extraAdded)],
+             "normalizer": \#(n), "pre_tokenizer": \#(p),
+             "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                                "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+             "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+             "model": {"type": "BPE", "byte_fallback": true, "fuse_unk": true, "unk_token": "<unk>",
+                       "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "\u2581": 3, "a": 4, "b": 5, "\u2581a": 6, "ab": 7, "\u2581ab": 8,
+                                 "\u1f77": 9, "\u03af": 10, "\ud83d\ude00": 11, "<0xC3>": 12, "<0xA9>": 13, "<0xc3>": 15},
+                       "merges": ["\u2581 a", "a b", "\u2581a b"]}}
+            """#).utf8)
+        }
+        let every = try BPETokenizer.load(json: json("every"), file: "spm.json")
+        let first = try BPETokenizer.load(json: json("first"), file: "spm.json")
+        let always = try BPETokenizer.load(json: json("always"), file: "spm.json")
+        let never = try BPETokenizer.load(json: json("never"), file: "spm.json")
+        XCTAssertEqual([every, first, always, never].map(\.spacePrefix), [.everyStretch, .first, .always, .none])
+        for (tok, texts) in [(every, [[8], [1, 8], [3, 8]]), (first, [[8], [1, 7], [8]]), (always, [[8], [1, 8], [8]]), (never, [[7], [1, 7], [8]])] {
+            XCTAssertEqual(["ab", "<s>ab", " ab"].map { tok.encode($0) }, texts.map { $0.map(Int32.init) }, "\(tok.spacePrefix)")
+            XCTAssertTrue(tok.addsBOS && tok.fusesUnknown)
+            let back = try BPETokenizer.load(json: Data(tok.tokenizerJSON().utf8), file: "again.json")
+            XCTAssertEqual(back.spacePrefix, tok.spacePrefix)
+            for text in ["ab", "<s>ab", " ab", "a\u{1F77}\u{3AF}😀é ü"] { XCTAssertEqual(back.encode(text), tok.encode(text), "\(tok.spacePrefix) read back: \(text)") }
+        }
+        // With the BOS the tokenizer puts first, a text still starts a text (Metaspace "first" too).
+        XCTAssertEqual(first.encode("ab", addBOS: true), [1, 8])
+        XCTAssertEqual(first.encode("ab", following: nil), [8])
+        XCTAssertEqual(first.encode("ab", following: 1), [7], "after an added token written in the text: no space with \"first\"")
+        XCTAssertEqual(every.encode("ab", following: 8), [7], "a continuation gets no space put in front")
+        XCTAssertEqual(every.encode(" ab", following: 8), [8])
+        // Pieces byte for byte; a character the vocabulary lacks: its bytes' tokens, or one unknown token (fused).
+        XCTAssertEqual(never.encode("\u{1F77}\u{3AF}😀"), [9, 10, 11])
+        XCTAssertEqual(never.encode("é"), [12, 13])
+        XCTAssertEqual(never.encode("üüa"), [0, 4], "ü (C3 BC) lacks a byte token: one <unk> for both, fused")
+        XCTAssertEqual(never.tokenString(for: 15), "<0xc3>", "a lower-case spelling is a piece, not a byte token")
+        XCTAssertEqual(never.tokenID(for: "<0xC3>"), 12)
+        // Decoding: the first space goes only at the start; an unused id (14) before it does not count.
+        XCTAssertEqual(every.decode([14, 8]), "ab")
+        XCTAssertEqual(every.decode([8], following: 4), " ab")
+        XCTAssertEqual(every.decode([1, 8]), "<s> ab")
+        XCTAssertEqual(every.decode(every.encode("a\u{1F77}\u{3AF}😀é")), "a\u{1F77}\u{3AF}😀é")
+        // An added token normalized under the Prepend normalizer is matched elsewhere by `tokenizers`: refused.
+        XCTAssertThrowsError(try BPETokenizer.load(json: json("every", extraAdded: #", {"id": 14, "content": "<t>", "special": false, "normalized": true}"#), file: "spm.json")) {
+            XCTAssertTrue("\($0)".contains("spm.json") && "\($0)".contains("normalized"), "\($0)")
+        }
+        XCTAssertNoThrow(try BPETokenizer.load(json: json("first", extraAdded: #", {"id": 14, "content": "<t>", "special": false, "normalized": true}"#), file: "spm.json"))
+    }
+
     func testMalformedFilesThrowErrorsNamingTheFile() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("badtok-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

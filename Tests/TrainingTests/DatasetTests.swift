@@ -182,9 +182,16 @@ final class DatasetTests: XCTestCase {
                 if pieces.contains(l) && pieces.contains(r) { merges.append((id(l), id(r))) }
             }
         }
-        let tok = try BPETokenizer(vocab: vocab, merges: merges,
-                                   addedTokens: ["<unk>", "<s>", "</s>"].enumerated().map { AddedToken(id: Int32($0.offset), content: $0.element) },
-                                   roles: SpecialTokenRoles(bos: "<s>", eos: "</s>", unk: "<unk>"), sentencePiece: .everyStretch, byteTokens: bytes)
+        func make(_ prefix: SpacePrefix) throws -> BPETokenizer {
+            try BPETokenizer(vocab: vocab, merges: merges,
+                             addedTokens: ["<unk>", "<s>", "</s>"].enumerated().map { AddedToken(id: Int32($0.offset), content: $0.element) },
+                             roles: SpecialTokenRoles(bos: "<s>", eos: "</s>", unk: "<unk>"), sentencePiece: prefix, byteTokens: bytes)
+        }
+        let tok = try make(.everyStretch)
+        // The BOS a tokenizer puts in front does not make the text a continuation (Metaspace "first" as transformers 5 writes Llama 2's).
+        let first = try make(.first)
+        first.addsBOS = true
+        XCTAssertEqual(try DataExample.text("answer:").tokenized(first).ids, [id("<s>"), id(" answer:"), id("</s>")])
         XCTAssertEqual(tok.encode("answer: hello"), [id(" answer:"), id(" hello")])
         let path = try write("spm.jsonl", [json(["prompt": "answer:", "completion": " hello"])])
         let b = try load(path, tok: tok).train.batch(rows: [0])
