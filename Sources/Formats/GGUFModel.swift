@@ -228,17 +228,7 @@ extension GGUFFile {
                 merges.append((a, b))
             }
         }
-        // Roles by id; a role naming a token that is not an added token is dropped.
-        let addedIDs = Set(added.map(\.id))
-        func role(_ key: String) throws -> String? {
-            guard let v = metadata[key] else { return nil }
-            guard let id = v.int, id >= 0, id < tokens.count else {
-                throw fail(.malformed, key, "expected a token id below \(tokens.count), found \(v)")
-            }
-            return addedIDs.contains(Int32(id)) ? tokens[id] : nil
-        }
-        let roles = SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
-                                      pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
+        let roles = try tokenizerRoles(added: added, tokens: tokens)
         let bos = try addsBOS(pre)
         do {
             // llama.cpp's Llama 3 tokenizer takes a word that is a whole vocabulary token as it is (ignore_merges).
@@ -311,16 +301,7 @@ extension GGUFFile {
             if m.2 != last { (rank, last) = (rank + 1, m.2) }
             ranks.append(rank)
         }
-        let addedIDs = Set(added.map(\.id))
-        func role(_ key: String) throws -> String? {
-            guard let v = metadata[key] else { return nil }
-            guard let id = v.int, id >= 0, id < tokens.count else {
-                throw fail(.malformed, key, "expected a token id below \(tokens.count), found \(v)")
-            }
-            return addedIDs.contains(Int32(id)) ? tokens[id] : nil
-        }
-        let roles = SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
-                                      pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
+        let roles = try tokenizerRoles(added: added, tokens: tokens)
         let spaceKey = "tokenizer.ggml.add_space_prefix"
         if let v = metadata[spaceKey], v.bool == nil { throw fail(.malformed, spaceKey, "expected a bool, found \(v.typeName)") }
         let bos = try addsBOS(nil)
@@ -335,6 +316,20 @@ extension GGUFFile {
         } catch {
             throw fail(.malformed, "tokenizer.ggml.tokens", "\(error)")
         }
+    }
+
+    /// The bos/eos/padding/unknown roles by id; a role naming a token that is not an added token is dropped.
+    private func tokenizerRoles(added: [AddedToken], tokens: [String]) throws -> SpecialTokenRoles {
+        let addedIDs = Set(added.map(\.id))
+        func role(_ key: String) throws -> String? {
+            guard let v = metadata[key] else { return nil }
+            guard let id = v.int, id >= 0, id < tokens.count else {
+                throw fail(.malformed, key, "expected a token id below \(tokens.count), found \(v)")
+            }
+            return addedIDs.contains(Int32(id)) ? tokens[id] : nil
+        }
+        return SpecialTokenRoles(bos: try role("tokenizer.ggml.bos_token_id"), eos: try role("tokenizer.ggml.eos_token_id"),
+                                 pad: try role("tokenizer.ggml.padding_token_id"), unk: try role("tokenizer.ggml.unknown_token_id"))
     }
 
     /// Whether llama.cpp puts the BOS in front of a text: `tokenizer.ggml.add_bos_token`, else its

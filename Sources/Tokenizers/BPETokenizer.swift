@@ -62,6 +62,10 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public let spacePrefix: SpacePrefix
     /// SentencePiece: the `<0xXX>` token of each byte, or -1.
     let byteTokenIDs: [Int32]
+    /// SentencePiece: no piece has a space after other text (SentencePiece's `split_by_whitespace`),
+    /// so a stretch is merged word by word (a word: its spaces, then the rest up to the next space),
+    /// with the per-word cache, and gives the ids merging it whole would.
+    let splitsAtSpaces: Bool
     /// SentencePiece: consecutive unknown characters become one unknown token (`fuse_unk`). Set it
     /// before the tokenizer is shared between threads.
     public var fusesUnknown = false
@@ -202,6 +206,10 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         self.sentencePiece = sentencePiece != nil
         self.spacePrefix = sentencePiece ?? .none
         self.byteTokenIDs = byteIDs
+        self.splitsAtSpaces = sentencePiece != nil && !vocab.contains { piece in
+            guard let piece, let first = piece.firstIndex(where: { $0 != 0x20 }) else { return false }
+            return piece[first...].contains(0x20)
+        }
         self.addedTokens = addedTokens.sorted { $0.id < $1.id }
         specialIDs = Set(addedTokens.filter(\.special).map(\.id))
         addedIDs = Set(addedTokens.map(\.id))
@@ -246,6 +254,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         sentencePiece = o.sentencePiece
         spacePrefix = o.spacePrefix
         byteTokenIDs = o.byteTokenIDs
+        splitsAtSpaces = o.splitsAtSpaces
         pieceScores = o.pieceScores
         fusesUnknown = o.fusesUnknown
         vocabSize = o.vocabSize
@@ -289,7 +298,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             var out = [Int32]()
             out.reserveCapacity(n / 3 + 16)
             if sentencePiece {
-                encodeSentencePiece(p, n, into: &out, first: .atStart)
+                withCache { encodeSentencePiece(p, n, into: &out, first: .atStart, cache: &$0) }
                 return out
             }
             if cacheLock.try() {
@@ -325,10 +334,22 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         }, special: { out.append($0) })
     }
 
+    /// Runs `body` with the shared word cache, or with a private one when another thread holds it.
+    func withCache(_ body: (inout WordCache) -> Void) {
+        if cacheLock.try() {
+            defer { cacheLock.unlock() }
+            body(&cache)
+        } else {
+            var local = WordCache()
+            body(&local)
+        }
+    }
+
     /// SentencePiece: each stretch between added tokens, after the space put in front of it, is merged
     /// whole from its characters (a character the vocabulary lacks: its bytes' tokens), as llama.cpp's
-    /// "llama" tokenizer and Hugging Face's byte-fallback BPE do.
-    func encodeSentencePiece(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32], first: StretchStart) {
+    /// "llama" tokenizer and Hugging Face's byte-fallback BPE do; word by word with the cache where
+    /// that gives the same ids (`splitsAtSpaces`).
+    func encodeSentencePiece(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32], first: StretchStart, cache: inout WordCache) {
         var text: [UInt8] = [], symbols: [Int32] = []
         matcher.split(p, count: n, plain: { start, end in
             guard end > start else { return }
@@ -342,8 +363,20 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             case .always: if place != .continuing && !spaceFirst { text.insert(0x20, at: 0) }
             case .everyStretch: if place != .continuing { text.insert(0x20, at: 0) }
             }
-            symbols.removeAll(keepingCapacity: true)
-            text.withUnsafeBufferPointer { t in
+            text.withUnsafeBufferPointer { whole in
+              // Word by word where no piece crosses a word's start (see `splitsAtSpaces`), else whole.
+              var from = 0
+              while from < whole.count {
+                var to = whole.count
+                if splitsAtSpaces {
+                    to = from + 1
+                    while to < whole.count && !(whole[to] == 0x20 && whole[to - 1] != 0x20) { to += 1 }
+                }
+                let t = UnsafeBufferPointer(rebasing: whole[from..<to])
+                let cacheable = t.count <= WordCache.maxWordBytes
+                let h = hashBytes(t.baseAddress!, t.count)
+                if cacheable && cache.lookup(t.baseAddress!, t.count, hash: h, into: &out) { from = to; continue }
+                symbols.removeAll(keepingCapacity: true)
                 var i = 0
                 while i < t.count {
                     let lead = t[i]
@@ -359,9 +392,12 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                     }
                     i += len
                 }
+                if symbols.count > 1 { mergeLong(&symbols) }
+                if cacheable { cache.store(t.baseAddress!, t.count, hash: h, ids: symbols, from: 0) }
+                out += symbols
+                from = to
+              }
             }
-            if symbols.count > 1 { mergeLong(&symbols) }
-            out += symbols
         }, special: { out.append($0) })
     }
 
@@ -374,7 +410,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         return withUTF8Bytes(text) { p, n in
             var out = [Int32]()
             out.reserveCapacity(n / 3 + 16)
-            encodeSentencePiece(p, n, into: &out, first: previous.map { isAddedToken($0) ? .afterAddedToken : .continuing } ?? .atStart)
+            let first: StretchStart = previous.map { isAddedToken($0) ? .afterAddedToken : .continuing } ?? .atStart
+            withCache { encodeSentencePiece(p, n, into: &out, first: first, cache: &$0) }
             return out
         }
     }

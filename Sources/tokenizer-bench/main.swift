@@ -1,6 +1,7 @@
-// tokenizer-bench: trains a byte-level BPE tokenizer on a local text, then times encoding (≥ 2 MB) and decoding
-// and prints MB/s, tokens/s, training time and compression (bytes per token). Run in release:
-//   swift run -c release tokenizer-bench [PATH …] [--vocab N] [--digits | --pre KIND] [--repeat R] [--save DIR]
+// tokenizer-bench: trains a byte-level BPE tokenizer on a local text (or loads a tokenizer.json), then times
+// encoding (≥ 2 MB) and decoding and prints MB/s, tokens/s, training time and compression (bytes per token).
+// Run in release:
+//   swift run -c release tokenizer-bench [PATH …] [--vocab N] [--digits | --pre KIND | --tokenizer FILE] [--repeat R] [--save DIR]
 import Foundation
 import Tokenizers
 
@@ -43,6 +44,7 @@ var kind = BPEPreTokenizer.gpt2
 var repeats = 3
 var paths: [String] = []
 var saveDir: String?
+var tokenizerFile: String?
 while !args.isEmpty {
     let a = args.removeFirst()
     switch a {
@@ -57,8 +59,10 @@ while !args.isEmpty {
         kind = k
     case "--repeat": repeats = max(1, Int(args.isEmpty ? "" : args.removeFirst()) ?? repeats)
     case "--save": saveDir = args.isEmpty ? nil : args.removeFirst()
+    case "--tokenizer": tokenizerFile = args.isEmpty ? nil : args.removeFirst()
     case "-h", "--help":
-        print("usage: tokenizer-bench [PATH …] [--vocab N (8192)] [--digits | --pre gpt2|digitsSplit|llama3|qwen2] [--repeat R (3)] [--save DIR]")
+        print("usage: tokenizer-bench [PATH …] [--vocab N (8192)] [--digits | --pre gpt2|digitsSplit|llama3|qwen2 | --tokenizer FILE] [--repeat R (3)] [--save DIR]")
+        print("--tokenizer FILE: time a Hugging Face tokenizer.json (or a folder with one) instead of training one")
         print("PATH: files or folders (default: /usr/lib/python3.11/*.py, else /usr/share/common-licenses)")
         print("--save DIR: write DIR/tokenizer.json, DIR/corpus.txt and DIR/ids.bin (int32 LE ids of corpus.txt),")
         print("            to compare against another implementation")
@@ -80,13 +84,15 @@ print(String(format: "corpus: %d files, %.2f MB (%@)", fileCount, Double(corpusB
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
-// Train.
+// Train, or load.
 var t0 = now()
-let tokenizer = try BPETokenizer.train(corpus: corpus, vocabSize: vocabSize, specialTokens: ["<|endoftext|>"],
-                                       preTokenizer: kind)
+let tokenizer = try tokenizerFile.map { try BPETokenizer.load(from: URL(fileURLWithPath: $0)) }
+    ?? BPETokenizer.train(corpus: corpus, vocabSize: vocabSize, specialTokens: ["<|endoftext|>"], preTokenizer: kind)
 let trainSeconds = now() - t0
-print(String(format: "train: vocab %d (%d merges, pre-tokenizer %@) in %.2f s",
-             tokenizer.vocabSize, tokenizer.mergeCount, kind.rawValue, trainSeconds))
+print(String(format: "%@: vocab %d (%d merges, %@) in %.2f s", tokenizerFile == nil ? "train" : "load",
+             tokenizer.vocabSize, tokenizer.mergeCount,
+             tokenizer.sentencePiece ? "SentencePiece, space prefix \(tokenizer.spacePrefix.rawValue)" : "pre-tokenizer \(tokenizer.preTokenizer.rawValue)",
+             trainSeconds))
 
 // Encode at least 2 MB: the corpus, repeated if it is shorter.
 var text = corpus
