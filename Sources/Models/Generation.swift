@@ -234,6 +234,47 @@ public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RN
     return order[order.count - 1]
 }
 
+/// A token's log-probability at one position, from the model's raw logits (log-softmax, before
+/// temperature, top-p or penalties), with the most likely tokens there (`tokenLogprob`).
+public struct TokenLogprob: Sendable {
+    public var token: Int32
+    public var logprob: Float
+    /// The most likely tokens at this position with their log-probabilities, most likely first
+    /// (ties: lower id first); as many as were asked for.
+    public var top: [(token: Int32, logprob: Float)]
+
+    public init(token: Int32, logprob: Float, top: [(token: Int32, logprob: Float)] = []) {
+        (self.token, self.logprob, self.top) = (token, logprob, top)
+    }
+}
+
+/// `token`'s log-probability under `logits` (one position's V raw logits: log-softmax, summed in
+/// Double) and the `top` most likely tokens with theirs.
+public func tokenLogprob(_ logits: UnsafeBufferPointer<Float>, token: Int32, top k: Int) -> TokenLogprob {
+    let V = logits.count
+    precondition(V > 0 && token >= 0 && Int(token) < V, "[tokenLogprob] token \(token) is outside the \(V) logits")
+    var mx = -Float.infinity
+    for i in 0..<V where logits[i] > mx { mx = logits[i] }
+    var sum = 0.0
+    for i in 0..<V { sum += Foundation.exp(Double(logits[i] - mx)) }
+    let logZ = Double(mx) + Foundation.log(sum)
+    // The k best by insertion into a sorted list of at most k (k is small: at most 20 in the API).
+    var best: [(token: Int32, logit: Float)] = []
+    if k > 0 {
+        best.reserveCapacity(k + 1)
+        for i in 0..<V {
+            let x = logits[i]
+            if best.count == k, let last = best.last, !(x > last.logit) { continue }
+            var j = best.count
+            while j > 0 && x > best[j - 1].logit { j -= 1 }
+            best.insert((Int32(i), x), at: j)
+            if best.count > k { best.removeLast() }
+        }
+    }
+    func lp(_ x: Float) -> Float { Float(Double(x) - logZ) }
+    return TokenLogprob(token: token, logprob: lp(logits[Int(token)]), top: best.map { ($0.token, lp($0.logit)) })
+}
+
 /// FNV-1a (64-bit) over parameter names and float bit patterns, fed one parameter at a time.
 struct WeightsHasher {
     private var h: UInt64 = 0xcbf2_9ce4_8422_2325

@@ -32,15 +32,26 @@ public struct GenerationRequest: Sendable {
     public var stop: [String] = []
     /// More tokens that end the completion as EOS does, left out of the text.
     public var stopTokens: [Int32] = []
+    /// nil: no log-probabilities. k: each new token's log-probability under the model's raw logits,
+    /// with the k most likely tokens at its position (`TokenLogprob`).
+    public var logprobs: Int?
+    /// Also the prompt's tokens' log-probabilities (each but the first, given the ones before it;
+    /// OpenAI's `echo` with `logprobs`), with `logprobs ?? 0` alternatives. (`maxTokens` 0 asks
+    /// for no new token: the prompt's log-probabilities alone.)
+    public var promptLogprobs = false
 
     public init(model: String, prompt: [Int32], maxTokens: Int) {
         (self.model, self.prompt, self.maxTokens) = (model, prompt, maxTokens)
     }
 }
 
-/// What a request receives: text as it is decoded, then a summary (or a failure).
+/// What a request receives: text as it is decoded, then a summary (or a failure). With
+/// `promptLogprobs`, the prompt's log-probabilities come first; with `logprobs`, each piece of text
+/// carries those of the tokens generated since the last piece (a piece may be empty when tokens
+/// added no text that can be sent yet; the last carries the rest).
 public enum GenerationEvent: Sendable {
-    case text(String)
+    case prompt(logprobs: [TokenLogprob?])
+    case text(String, logprobs: [TokenLogprob])
     case done(GenerationSummary)
     case failed(String)
 }
@@ -56,6 +67,11 @@ public struct GenerationSummary: Sendable {
     public var latencySeconds: Double
     /// Rows decoded together with this one (itself included).
     public var batchSize: Int
+    /// The new tokens (the ones whose text is in `text`, and any a stop text cut off; not the token
+    /// that ended the reply) with their log-probabilities, when the request asked for them.
+    public var logprobs: [TokenLogprob]?
+    /// The prompt's tokens with theirs (nil for the first), when the request asked for them.
+    public var promptLogprobs: [TokenLogprob?]?
     /// This request's share of its batch's CPU time and energy (by tokens), its own wall time.
     public var cost: Cost
 }
@@ -243,29 +259,51 @@ public final class ServingEngine: @unchecked Sendable {
 
     /// Queues a request; its events arrive on the returned stream.
     public func submit(_ request: GenerationRequest) throws -> AsyncStream<GenerationEvent> {
+        try submit([request])[0]
+    }
+
+    /// Queues several requests at once (all or none: each is checked, and the queue must have room
+    /// for all); the events of each arrive on its stream.
+    public func submit(_ requests: [GenerationRequest]) throws -> [AsyncStream<GenerationEvent>] {
+        for request in requests { try check(request) }
+        queueLock.lock(); defer { queueLock.unlock() }
+        guard !stopping else { throw ServingError(.shuttingDown, "the server is shutting down") }
+        guard pending.count + requests.count <= maxQueue else {
+            throw ServingError(.busy, "\(pending.count) requests are waiting (--max-queue \(maxQueue))\(requests.count > 1 ? ", no room for \(requests.count) more" : ""); try again later")
+        }
+        let streams = requests.map { request in
+            var continuation: AsyncStream<GenerationEvent>.Continuation!
+            let stream = AsyncStream<GenerationEvent> { continuation = $0 }
+            nextID += 1
+            let job = Job(id: nextID, request: request, continuation: continuation)
+            continuation.onTermination = { [weak self, weak job] termination in
+                guard case .cancelled = termination, let self, let job else { return }
+                self.cancel(job)
+            }
+            pending.append(job)
+            return stream
+        }
+        queueLock.signal()
+        return streams
+    }
+
+    /// Throws when the engine cannot take `request`: an unknown model, an empty prompt or one with
+    /// ids outside the vocabulary, no room in the context.
+    private func check(_ request: GenerationRequest) throws {
         guard request.model == baseName || adapterInfo(request.model) != nil else {
             throw ServingError(.unknownModel, "the model \"\(request.model)\" does not exist; models: \(modelNames.joined(separator: ", "))")
         }
         guard !request.prompt.isEmpty else { throw ServingError(.invalidRequest, "the prompt is empty") }
-        guard request.maxTokens >= 1 else { throw ServingError(.invalidRequest, "max_tokens must be at least 1, got \(request.maxTokens)") }
+        guard request.maxTokens >= 0 else { throw ServingError(.invalidRequest, "max_tokens must not be negative, got \(request.maxTokens)") }
+        if let k = request.logprobs, !(0...20).contains(k) { throw ServingError(.invalidRequest, "logprobs must be in 0...20, got \(k)") }
+        let V = model.config.vocabSize
+        if let bad = request.prompt.first(where: { $0 < 0 || Int($0) >= V }) {
+            throw ServingError(.invalidRequest, "the prompt holds token \(bad), outside the model's vocabulary of \(V)")
+        }
         let virtual = virtualTokens(of: request.model)  // a prompt or prefix adapter's, which take positions too
         guard virtual + request.prompt.count + request.maxTokens <= contextLength else {
             throw ServingError(.contextLengthExceeded, "the prompt has \(request.prompt.count) tokens\(virtual > 0 ? " (+\(virtual) virtual tokens of \(request.model))" : "") and max_tokens is \(request.maxTokens): more than the context length \(contextLength)")
         }
-        var continuation: AsyncStream<GenerationEvent>.Continuation!
-        let stream = AsyncStream<GenerationEvent> { continuation = $0 }
-        queueLock.lock(); defer { queueLock.unlock() }
-        guard !stopping else { throw ServingError(.shuttingDown, "the server is shutting down") }
-        guard pending.count < maxQueue else { throw ServingError(.busy, "\(pending.count) requests are waiting (--max-queue \(maxQueue)); try again later") }
-        nextID += 1
-        let job = Job(id: nextID, request: request, continuation: continuation)
-        continuation.onTermination = { [weak self, weak job] termination in
-            guard case .cancelled = termination, let self, let job else { return }
-            self.cancel(job)
-        }
-        pending.append(job)
-        queueLock.signal()
-        return stream
     }
 
     /// A request whose client stopped listening: dropped if it still waits, stopped if it runs.
@@ -384,7 +422,7 @@ public final class ServingEngine: @unchecked Sendable {
         let started = Date()
         let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
         let P = rows.map(\.request.prompt.count).max()!
-        guard extra + P < contextLength else {  // a prefix adapter's virtual tokens leave no room
+        guard extra + P <= contextLength else {  // a prefix adapter's virtual tokens leave no room
             for j in rows {
                 j.continuation.yield(.failed("the prompt (\(P) tokens) and the adapter's \(extra) virtual tokens fill the context length \(contextLength)"))
                 j.continuation.finish()
@@ -404,6 +442,10 @@ public final class ServingEngine: @unchecked Sendable {
         var texts = [String](repeating: "", count: B), streams = [TextStream](repeating: TextStream(), count: B)
         var finish = [String?](repeating: nil, count: B)
         var released = [Bool](repeating: false, count: B)
+        // Log-probabilities, for rows that ask: all of the new tokens', those not yet sent with a
+        // piece of text, and the prompt's.
+        var tokenLogprobs = [[TokenLogprob]](repeating: [], count: B), unsent = tokenLogprobs
+        var promptLogprobs = [[TokenLogprob?]](repeating: [], count: B)
         var rngs = rows.map { RNG(seed: $0.request.seed) }
         let V = model.config.vocabSize
         let debug = ProcessInfo.processInfo.environment["SWIFTPEFT_DEBUG_BATCH"] != nil
@@ -422,8 +464,20 @@ public final class ServingEngine: @unchecked Sendable {
             // Room for 256 new tokens at first; the cache doubles when replies run longer, so a
             // large max_tokens that a stop cuts short takes no memory (SmolLM2: 46 KB per position and row).
             let cache = KVCache(config: model.config, batch: B, capacity: extra + P + min(steps, 256))
-            // Each row's last position only (B, 1, V): the head over the whole prompt would be thrown away.
-            var logits = model.lastLogits(ids, batch: B, attentionMask: mask.allSatisfy { $0 == 1 } ? nil : mask, cache: cache).toArray()
+            let paddingMask = mask.allSatisfy { $0 == 1 } ? nil : mask
+            var logits: [Float]
+            if rows.contains(where: \.request.promptLogprobs) {
+                let h = model.hiddenStates(ids, batch: B, attentionMask: paddingMask, cache: cache)  // (B, P, C)
+                logits = model.lmHead(h.slice(axis: 1, P - 1, P).contiguous()).toArray()  // (B, 1, V)
+                for (b, j) in rows.enumerated() where j.request.promptLogprobs {
+                    promptLogprobs[b] = promptTokenLogprobs(h, row: b, prompt: j.request.prompt, top: j.request.logprobs ?? 0)
+                    j.continuation.yield(.prompt(logprobs: promptLogprobs[b]))
+                }
+            } else {
+                // Each row's last position only (B, 1, V): the head over the whole prompt would be thrown away.
+                logits = model.lastLogits(ids, batch: B, attentionMask: paddingMask, cache: cache).toArray()
+            }
+            for b in 0..<B where rows[b].request.maxTokens == 0 { finish[b] = "length"; release(b) }  // the prompt's log-probabilities only
             for _ in 0..<steps {
                 var next = [Int32](repeating: pad, count: B)
                 for b in 0..<B where finish[b] == nil && rows[b].isCancelled { finish[b] = "cancelled"; release(b) }
@@ -434,6 +488,11 @@ public final class ServingEngine: @unchecked Sendable {
                     next[b] = token
                     if ends[b].contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
                     generated[b].append(token)
+                    if let k = r.logprobs {
+                        let lp = row.withUnsafeBufferPointer { tokenLogprob($0, token: token, top: k) }
+                        tokenLogprobs[b].append(lp)
+                        unsent[b].append(lp)
+                    }
                     var text = tokenizer.decode(generated[b], following: r.prompt.last)  // the prompt's continuation
                     if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {
                         text = String(text[..<cut])
@@ -442,7 +501,10 @@ public final class ServingEngine: @unchecked Sendable {
                         finish[b] = "length"
                     }
                     texts[b] = text
-                    if let piece = streams[b].next(text, finished: finish[b] != nil, stops: r.stop) { rows[b].continuation.yield(.text(piece)) }
+                    if let piece = streams[b].next(text, finished: finish[b] != nil, stops: r.stop) {
+                        rows[b].continuation.yield(.text(piece, logprobs: unsent[b]))
+                        unsent[b] = []
+                    }
                     if finish[b] != nil { release(b) }
                 }
                 if finish.allSatisfy({ $0 != nil }) { break }
@@ -458,7 +520,10 @@ public final class ServingEngine: @unchecked Sendable {
             guard !released[b] else { return }
             released[b] = true
             let j = rows[b]
-            if finish[b] != "cancelled", let rest = streams[b].next(texts[b], finished: true, stops: []) { j.continuation.yield(.text(rest)) }
+            if finish[b] != "cancelled" {
+                let rest = streams[b].next(texts[b], finished: true, stops: [])
+                if rest != nil || !unsent[b].isEmpty { j.continuation.yield(.text(rest ?? "", logprobs: unsent[b])) }
+            }
             let tokens = j.request.prompt.count + generated[b].count
             let sofar = meter.reading(tokens: rows.reduce(0) { $0 + $1.request.prompt.count } + generated.reduce(0) { $0 + $1.count })
             let share = Double(tokens) / Double(max(1, sofar.tokens))
@@ -467,6 +532,8 @@ public final class ServingEngine: @unchecked Sendable {
                 text: texts[b], promptTokens: j.request.prompt.count, completionTokens: generated[b].count,
                 finishReason: finish[b] ?? "length", queueSeconds: started.timeIntervalSince(j.enqueued),
                 latencySeconds: now.timeIntervalSince(j.enqueued), batchSize: B,
+                logprobs: j.request.logprobs == nil ? nil : tokenLogprobs[b],
+                promptLogprobs: j.request.promptLogprobs ? promptLogprobs[b] : nil,
                 cost: Cost(tokens: tokens, wallSeconds: now.timeIntervalSince(j.enqueued), cpuSeconds: sofar.cpuSeconds * share,
                            peakRSSBytes: sofar.peakRSSBytes, energyJoules: sofar.energyJoules * share, energySource: sofar.energySource,
                            wattsPerCore: sofar.wattsPerCore))
@@ -474,6 +541,31 @@ public final class ServingEngine: @unchecked Sendable {
             j.continuation.yield(.done(summary))
             j.continuation.finish()
         }
+    }
+}
+
+extension ServingEngine {
+    /// Log-probabilities of row `b`'s prompt tokens, left-padded in `h` (B, P, C), the final hidden
+    /// states: each token after the first from the logits at the position before it, the head run
+    /// on 64 positions at a time (a prompt's whole (P, V) logits are never held).
+    func promptTokenLogprobs(_ h: Tensor, row b: Int, prompt: [Int32], top k: Int) -> [TokenLogprob?] {
+        let P = h.shape[1], start = P - prompt.count
+        var out: [TokenLogprob?] = [nil]
+        out.reserveCapacity(prompt.count)
+        let row = h.slice(axis: 0, b, b + 1)  // (1, P, C)
+        var s = start
+        while s < P - 1 {
+            let e = min(P - 1, s + 64)
+            let logits = model.lmHead(row.slice(axis: 1, s, e).contiguous())  // (1, e - s, V)
+            let V = logits.shape[2]
+            logits.toArray().withUnsafeBufferPointer { p in
+                for t in s..<e {
+                    out.append(tokenLogprob(UnsafeBufferPointer(rebasing: p[(t - s) * V ..< (t - s + 1) * V]), token: prompt[t + 1 - start], top: k))
+                }
+            }
+            s = e
+        }
+        return out
     }
 }
 

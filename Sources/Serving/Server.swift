@@ -8,6 +8,7 @@
 import Foundation
 import Hummingbird
 import NIOCore
+import Models
 import Prometheus
 import Tokenizers
 import Training
@@ -110,6 +111,12 @@ struct CompletionParameters {
     /// vLLM's `stop_token_ids`: tokens that end the completion as EOS does.
     var stopTokenIDs: [Int32]
     var stream: Bool
+    /// nil: no log-probabilities; k: each new token's, with the k most likely tokens at its position
+    /// (a completion's `logprobs: k`; a chat's `logprobs: true` with `top_logprobs: k`).
+    var logprobs: Int?
+    /// A completion's `echo`: the prompt goes before the text, with its tokens' log-probabilities
+    /// when `logprobs` is set.
+    var echo = false
 
     /// `chat`: a chat request, whose `tools` the route reads (a completion refuses them).
     init(_ o: [String: Any], defaultModel: String, chat: Bool = false) throws {
@@ -123,14 +130,18 @@ struct CompletionParameters {
         }
         // OpenAI and vLLM parameters this server does not implement: refused when they ask for
         // something, rather than silently ignored (their neutral values pass).
-        let neutral: [String: (Any) -> Bool] = [
-            "logprobs": { ($0 as? NSNumber)?.doubleValue == 0 }, "top_logprobs": { ($0 as? NSNumber)?.doubleValue == 0 },
-            "echo": { ($0 as? NSNumber)?.boolValue == false }, "best_of": { ($0 as? NSNumber)?.doubleValue == 1 },
+        var neutral: [String: (Any) -> Bool] = [
+            "best_of": { ($0 as? NSNumber)?.doubleValue == 1 },
             "suffix": { ($0 as? String)?.isEmpty == true }, "presence_penalty": { ($0 as? NSNumber)?.doubleValue == 0 },
             "frequency_penalty": { ($0 as? NSNumber)?.doubleValue == 0 }, "repetition_penalty": { ($0 as? NSNumber)?.doubleValue == 1 },
             "logit_bias": { ($0 as? [String: Any])?.isEmpty == true }, "tools": { ($0 as? [Any])?.isEmpty == true },
             "response_format": { (($0 as? [String: Any])?["type"] as? String) == "text" }, "min_p": { ($0 as? NSNumber)?.doubleValue == 0 },
         ]
+        if chat {
+            neutral["echo"] = { ($0 as? NSNumber)?.boolValue == false }  // a completion's parameter
+        } else {
+            neutral["top_logprobs"] = { ($0 as? NSNumber)?.doubleValue == 0 }  // a chat's; a completion's logprobs is the count
+        }
         for (key, isNeutral) in neutral.sorted(by: { $0.key < $1.key }) where !(chat && key == "tools") {
             if let v = o[key], !(v is NSNull), !isNeutral(v) {
                 throw APIError(status: .badRequest, message: "\(key) is not supported by this server", param: key)
@@ -140,9 +151,32 @@ struct CompletionParameters {
             throw APIError(status: .badRequest, message: "model must be a string", param: "model")
         }
         model = m
-        if let mt = try number("max_tokens") ?? number("max_completion_tokens") {
-            guard mt >= 1, mt <= 1_000_000, mt == mt.rounded() else { throw APIError(status: .badRequest, message: "max_tokens must be a positive integer, got \(mt)", param: "max_tokens") }
-            maxTokens = Int(mt)
+        func count(_ key: String, in range: ClosedRange<Double>) throws -> Int? {
+            guard let x = try number(key) else { return nil }
+            guard range.contains(x), x == x.rounded() else {
+                throw APIError(status: .badRequest, message: "\(key) must be an integer in \(Int(range.lowerBound))...\(Int(range.upperBound)), got \(x)", param: key)
+            }
+            return Int(x)
+        }
+        // Log-probabilities: a completion's `logprobs` counts the alternatives per token; a chat's is
+        // true or false, with `top_logprobs` alternatives.
+        if chat {
+            logprobs = try flag(o, "logprobs", default: false) ? 0 : nil
+            if let k = try count("top_logprobs", in: 0...20) {
+                guard logprobs != nil || k == 0 else { throw APIError(status: .badRequest, message: "top_logprobs needs logprobs: true", param: "top_logprobs") }
+                logprobs = logprobs.map { _ in k }
+            }
+        } else {
+            if let n = o["logprobs"] as? NSNumber, String(cString: n.objCType) == "c", !n.boolValue {
+                logprobs = nil  // false: none, as null
+            } else {
+                logprobs = try count("logprobs", in: 0...20)
+            }
+            echo = try flag(o, "echo", default: false)
+        }
+        // A completion may ask for no new token (its prompt's log-probabilities with echo, as OpenAI allows).
+        if let mt = try count("max_tokens", in: (chat ? 1 : 0)...1_000_000) ?? count("max_completion_tokens", in: (chat ? 1 : 0)...1_000_000) {
+            maxTokens = mt
         }
         let t = try number("temperature") ?? 0
         guard t >= 0, t <= 10 else { throw APIError(status: .badRequest, message: "temperature must be in [0, 10], got \(t)", param: "temperature") }
@@ -181,11 +215,7 @@ struct CompletionParameters {
         default: throw APIError(status: .badRequest, message: "stop_token_ids must be a list of integers", param: "stop_token_ids")
         }
         if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per request)", param: "n") }
-        switch o["stream"] {
-        case nil, is NSNull: stream = false
-        case let n as NSNumber where String(cString: n.objCType) == "c": stream = n.boolValue
-        default: throw APIError(status: .badRequest, message: "stream must be true or false", param: "stream")
-        }
+        stream = try flag(o, "stream", default: false)
     }
 }
 
@@ -218,6 +248,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         }
         return jsonResponse(["object": "list", "data": data])
     }
+    addTokenizerRoutes(router, engine: engine, maxBodyBytes: options.maxBodyBytes)
     router.post("/v1/load_lora_adapter") { request, _ -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         guard let name = o["lora_name"] as? String, let path = o["lora_path"] as? String else {
@@ -242,14 +273,21 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     router.post("/v1/completions") { request, context -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName)
-        let prompt: String
-        switch o["prompt"] {
-        case let s as String: prompt = s
-        case let l as [Any] where l.count == 1 && l[0] is String: prompt = l[0] as! String
-        default: throw APIError(status: .badRequest, message: "prompt must be a string", param: "prompt")
+        let prompts = try completionPrompts(o["prompt"])
+        let tokenizer = engine.tokenizer
+        let ids = prompts.map { prompt -> [Int32] in
+            switch prompt {
+            case .text(let s): return tokenizer.encode(s, addBOS: tokenizer.addsBOS)  // as transformers' tokenizer(prompt)
+            case .tokens(let t): return t
+            }
         }
-        let ids = engine.tokenizer.encode(prompt, addBOS: engine.tokenizer.addsBOS)  // as transformers' tokenizer(prompt)
-        return try await complete(engine, p, ids: ids, chat: false, onHangUp: context.onHangUp)
+        let echo = !p.echo ? nil : prompts.enumerated().map { k, prompt -> String in
+            switch prompt {
+            case .text(let s): return s
+            case .tokens: return tokenizer.decode(ids[k])
+            }
+        }
+        return try await complete(engine, p, prompts: ids, echo: echo, chat: false, onHangUp: context.onHangUp)
     }
     router.post("/v1/chat/completions") { request, context -> Response in
         let (o, body) = try await jsonBodyInOrder(request, limit: options.maxBodyBytes)
@@ -281,7 +319,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
             throw APIError(status: .badRequest, message: "\(error)", param: "messages")  // e.g. the template refuses a system message
         }
         let ids = encodeChat(prompt, tokenizer: engine.tokenizer(for: p.model))
-        return try await complete(engine, p, ids: ids, chat: true, readToolCalls: readCalls, onHangUp: context.onHangUp)
+        return try await complete(engine, p, prompts: [ids], chat: true, readToolCalls: readCalls, onHangUp: context.onHangUp)
     }
 
     let configuration = ApplicationConfiguration(address: .hostname(options.host, port: options.port), serverName: "swiftpeft")
@@ -401,18 +439,24 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
     }
 }
 
-/// Runs one completion: a JSON response, or server-sent events when `stream` is set. When
-/// client hangs up before a JSON answer is ready (`onHangUp`), the request is cancelled (a stream
-/// stops when a write to the gone client fails). With `readToolCalls` (the request's tools),
-/// a chat reply's calls of them are read back (`chatReply`); a stream then sends the reply whole,
-/// when it ends, since a call cannot be told from text before then.
-func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], chat: Bool, readToolCalls: ToolSchemas? = nil,
-              onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
-    let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
-    var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
-    (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed, p.stop, p.stopTokenIDs)
-    let events: AsyncStream<GenerationEvent>
-    do { events = try engine.submit(r) } catch let e as ServingError {
+/// Runs a completion of each prompt (one choice each, decoded together): a JSON response, or
+/// server-sent events when `stream` is set. When the client hangs up before a JSON answer is ready
+/// (`onHangUp`), the requests are cancelled (a stream stops when a write to the gone client fails).
+/// With `readToolCalls` (the request's tools), a chat reply's calls of them are read back
+/// (`chatReply`); a stream then sends the reply whole, when it ends, since a call cannot be told
+/// from text before then. `echo`: each prompt's text, put before its choice's text (a completion's
+/// `echo`), with its tokens' log-probabilities when `p.logprobs` is set.
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int32]], echo: [String]? = nil, chat: Bool,
+              readToolCalls: ToolSchemas? = nil, onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
+    let requests = prompts.map { ids in
+        let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
+        var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
+        (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed, p.stop, p.stopTokenIDs)
+        (r.logprobs, r.promptLogprobs) = (p.logprobs, echo != nil && p.logprobs != nil)
+        return r
+    }
+    let streams: [AsyncStream<GenerationEvent>]
+    do { streams = try engine.submit(requests) } catch let e as ServingError {
         switch e.kind {
         case .unknownModel: throw APIError(status: .notFound, message: e.message, code: "model_not_found", param: "model")
         case .busy: throw APIError(status: .tooManyRequests, message: e.message, type: "rate_limit_error")
@@ -421,71 +465,131 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, ids: [Int32], 
         case .contextLengthExceeded: throw APIError(status: .badRequest, message: e.message, code: "context_length_exceeded")
         }
     }
+    let tokenizer = engine.tokenizer(for: p.model)
     let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
     let created = Int(Date().timeIntervalSince1970)
     let object = chat ? "chat.completion" : "text_completion"
-    @Sendable func usage(_ s: GenerationSummary) -> [String: Any] {
-        ["prompt_tokens": s.promptTokens, "completion_tokens": s.completionTokens, "total_tokens": s.promptTokens + s.completionTokens]
+    @Sendable func usage(_ s: [GenerationSummary]) -> [String: Any] {
+        let prompt = s.reduce(0) { $0 + $1.promptTokens }, completion = s.reduce(0) { $0 + $1.completionTokens }
+        return ["prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion]
     }
-    @Sendable func cost(_ s: GenerationSummary) -> [String: Any] {
-        ["wall_s": s.cost.wallSeconds, "queue_s": s.queueSeconds, "cpu_s": s.cost.cpuSeconds, "energy_j": s.cost.energyJoules,
-         "energy_source": s.cost.energySource, "batch_size": s.batchSize]
+    /// What the request cost: its choices' CPU time and energy together, the longest wall and queue time.
+    @Sendable func cost(_ s: [GenerationSummary]) -> [String: Any] {
+        ["wall_s": s.map(\.cost.wallSeconds).max() ?? 0, "queue_s": s.map(\.queueSeconds).max() ?? 0,
+         "cpu_s": s.reduce(0) { $0 + $1.cost.cpuSeconds }, "energy_j": s.reduce(0) { $0 + $1.cost.energyJoules },
+         "energy_source": s.first?.cost.energySource ?? "", "batch_size": s.map(\.batchSize).max() ?? 0]
+    }
+    /// A completion's log-probabilities of the prompt (echo) then of the new tokens; offsets from `offset`.
+    @Sendable func completionLogprobs(prompt: [Int32], _ promptLogprobs: [TokenLogprob?]?, new: [TokenLogprob], offset: inout Int) -> [String: Any] {
+        let echoed = (promptLogprobs ?? []).enumerated().map { (prompt[$0.offset], $0.element) }
+        return Serving.completionLogprobs(echoed + new.map { ($0.token, $0) }, tokenizer: tokenizer, offset: &offset)
     }
     if !p.stream {
         // The events are read in a task of their own that the connection's close cancels, which ends
-        // the stream and so the engine's row (`onTermination`).
-        let answer = Task { () throws -> GenerationSummary in
-            for await e in events {
-                switch e {
-                case .text: continue  // the summary carries the whole text
-                case .failed(let why): throw APIError(status: .internalServerError, message: why, type: "server_error")
-                case .done(let s): return s
+        // the streams and so the engine's rows (`onTermination`).
+        let answer = Task { () throws -> [GenerationSummary] in
+            try await withThrowingTaskGroup(of: (Int, GenerationSummary).self) { group in
+                for (k, events) in streams.enumerated() {
+                    group.addTask {
+                        for await e in events {
+                            switch e {
+                            case .prompt, .text: continue  // the summary carries the whole text and the log-probabilities
+                            case .failed(let why): throw APIError(status: .internalServerError, message: why, type: "server_error")
+                            case .done(let s): return (k, s)
+                            }
+                        }
+                        if Task.isCancelled {  // the client hung up: nobody reads this (nginx's 499 in the metrics)
+                            throw APIError(status: .init(code: 499, reasonPhrase: "Client Closed Request"), message: "the client closed the connection",
+                                           type: "client_closed_request")
+                        }
+                        throw APIError(status: .internalServerError, message: "the engine ended the request without an answer", type: "server_error")
+                    }
                 }
+                var out = [GenerationSummary?](repeating: nil, count: streams.count)
+                for try await (k, s) in group { out[k] = s }
+                return out.map { $0! }
             }
-            if Task.isCancelled {  // the client hung up: nobody reads this (nginx's 499 in the metrics)
-                throw APIError(status: .init(code: 499, reasonPhrase: "Client Closed Request"), message: "the client closed the connection",
-                               type: "client_closed_request")
-            }
-            throw APIError(status: .internalServerError, message: "the engine ended the request without an answer", type: "server_error")
         }
         let hangUp = HangUpTarget { answer.cancel() }
         onHangUp?(hangUp)
         defer { hangUp.finish() }
-        let s = try await withTaskCancellationHandler { try await answer.value } onCancel: { answer.cancel() }
-        let reply = chatReply(s.text, finishReason: s.finishReason, tools: readToolCalls)
-        let choice: [String: Any] = chat
-            ? ["index": 0, "message": reply.message, "finish_reason": reply.finishReason, "logprobs": NSNull()]
-            : ["index": 0, "text": s.text, "finish_reason": s.finishReason, "logprobs": NSNull()]
-        return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": [choice],
-                             "usage": usage(s), "swiftpeft_cost": cost(s)])
+        let summaries = try await withTaskCancellationHandler { try await answer.value } onCancel: { answer.cancel() }
+        let choices: [[String: Any]] = summaries.enumerated().map { k, s in
+            if chat {
+                let reply = chatReply(s.text, finishReason: s.finishReason, tools: readToolCalls)
+                return ["index": k, "message": reply.message, "finish_reason": reply.finishReason,
+                        "logprobs": s.logprobs.map { chatLogprobs($0, tokenizer: tokenizer) } ?? NSNull()]
+            }
+            var offset = 0
+            return ["index": k, "text": (echo?[k] ?? "") + s.text, "finish_reason": s.finishReason,
+                    "logprobs": s.logprobs.map { completionLogprobs(prompt: prompts[k], s.promptLogprobs, new: $0, offset: &offset) } ?? NSNull()]
+        }
+        return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": choices,
+                             "usage": usage(summaries), "swiftpeft_cost": cost(summaries)])
     }
     let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
+    // Every choice's events in one sequence, in the order they come.
+    let merged = AsyncStream<(Int, GenerationEvent)> { out in
+        let readers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for (k, events) in streams.enumerated() {
+                    group.addTask { for await e in events { out.yield((k, e)) } }
+                }
+            }
+            out.finish()
+        }
+        out.onTermination = { _ in readers.cancel() }
+    }
     return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: ResponseBody { writer in
         func send(_ o: [String: Any]) async throws {
             let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
             try await writer.write(ByteBuffer(string: "data: " + String(decoding: data, as: UTF8.self) + "\n\n"))
         }
-        func chunk(_ delta: String?, finish: String?, extra: [String: Any] = [:], chatDelta: [String: Any]? = nil) -> [String: Any] {
+        func chunk(_ k: Int, _ delta: String?, finish: String?, logprobs: Any = NSNull(), extra: [String: Any] = [:],
+                   chatDelta: [String: Any]? = nil) -> [String: Any] {
             let choice: [String: Any] = chat
-                ? ["index": 0, "delta": chatDelta ?? delta.map { ["content": $0] } ?? [:], "finish_reason": finish ?? NSNull(), "logprobs": NSNull()]
-                : ["index": 0, "text": delta ?? "", "finish_reason": finish ?? NSNull(), "logprobs": NSNull()]
+                ? ["index": k, "delta": chatDelta ?? delta.map { ["content": $0] } ?? [:], "finish_reason": finish ?? NSNull(), "logprobs": logprobs]
+                : ["index": k, "text": delta ?? "", "finish_reason": finish ?? NSNull(), "logprobs": logprobs]
             return ["id": id, "object": chunkObject, "created": created, "model": p.model, "choices": [choice]].merging(extra) { $1 }
         }
-        if chat { try await send(["id": id, "object": chunkObject, "created": created, "model": p.model,
-                                  "choices": [["index": 0, "delta": ["role": "assistant", "content": ""], "finish_reason": NSNull()]]]) }
-        for await e in events {
+        let single = streams.count == 1
+        var offsets = [Int](repeating: 0, count: streams.count), done: [GenerationSummary] = []
+        for k in streams.indices {
+            if chat {
+                try await send(["id": id, "object": chunkObject, "created": created, "model": p.model,
+                                "choices": [["index": k, "delta": ["role": "assistant", "content": ""], "finish_reason": NSNull()]]])
+            } else if let echo, p.logprobs == nil {  // echoed text without log-probabilities goes out at once
+                try await send(chunk(k, echo[k], finish: nil))
+            }
+        }
+        for await (k, e) in merged {
             switch e {
-            case .text(let t): if readToolCalls == nil { try await send(chunk(t, finish: nil)) }
+            case .prompt(let lps):  // echo with log-probabilities: the prompt's text and its tokens'
+                try await send(chunk(k, echo?[k] ?? "", finish: nil,
+                                     logprobs: completionLogprobs(prompt: prompts[k], lps, new: [], offset: &offsets[k])))
+            case .text(let t, let lps):
+                guard readToolCalls == nil else { continue }
+                let logprobs: Any = p.logprobs == nil ? NSNull()
+                    : chat ? chatLogprobs(lps, tokenizer: tokenizer) : completionLogprobs(prompt: [], nil, new: lps, offset: &offsets[k])
+                try await send(chunk(k, t, finish: nil, logprobs: logprobs))
             case .failed(let why): try await send(["error": ["message": why, "type": "server_error"]])
             case .done(let s):
+                done.append(s)
                 var finish = s.finishReason
                 if let tools = readToolCalls {  // the reply whole: its text, or its calls
                     let reply = chatReplyDelta(s.text, finishReason: s.finishReason, tools: tools)
-                    if !reply.delta.isEmpty { try await send(chunk(nil, finish: nil, chatDelta: reply.delta)) }
+                    let logprobs: Any = s.logprobs.map { chatLogprobs($0, tokenizer: tokenizer) } ?? NSNull()
+                    if !reply.delta.isEmpty { try await send(chunk(k, nil, finish: nil, logprobs: logprobs, chatDelta: reply.delta)) }
                     finish = reply.finishReason
                 }
-                try await send(chunk(nil, finish: finish, extra: ["usage": usage(s), "swiftpeft_cost": cost(s)]))
+                // One choice: its last chunk carries the usage; several: a last chunk without choices does
+                // (as OpenAI's `include_usage`).
+                try await send(chunk(k, nil, finish: finish, extra: single ? ["usage": usage([s]), "swiftpeft_cost": cost([s])] : [:]))
             }
+        }
+        if !single {
+            try await send(["id": id, "object": chunkObject, "created": created, "model": p.model, "choices": [] as [Any],
+                            "usage": usage(done), "swiftpeft_cost": cost(done)])
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
         try await writer.finish(nil)

@@ -39,7 +39,8 @@ final class EngineTests: XCTestCase {
         var pieces: [String] = []
         for await e in try engine.submit(request) {
             switch e {
-            case .text(let t): pieces.append(t)
+            case .text(let t, _): pieces.append(t)
+            case .prompt: continue
             case .failed(let why): XCTFail(why)
             case .done(let s): return (pieces, s)
             }
@@ -136,6 +137,84 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(stopped.summary.text, "", "a stop token is not part of the text")
     }
 
+    /// Log-probabilities are the model's own: each new token's and each prompt token's equal the
+    /// log-softmax of the logits a whole-sequence forward pass gives (no cache, no batch), with the
+    /// most likely tokens in order; they come with the streamed pieces too; a row keeps them in a
+    /// batch beside a longer, left-padded prompt; a request may ask for the prompt's alone.
+    func testLogprobsAreTheModelsLogSoftmax() async throws {
+        let engine = try ServingEngine(modelPath: basePath)
+        defer { engine.shutdown() }
+        let V = engine.model.config.vocabSize
+        /// log p(ids[t] | ids[..<t]) and the log-softmax row at t - 1, for every t ≥ 1, in Double.
+        func reference(_ ids: [Int32]) -> [(Double, [Double])] {
+            let logits = withNoGrad { engine.model.forward(ids, batch: 1).toArray() }  // (1, T, V)
+            return (1..<ids.count).map { t in
+                let row = logits[(t - 1) * V ..< t * V].map(Double.init)
+                let mx = row.max()!, logZ = mx + Foundation.log(row.reduce(0) { $0 + Foundation.exp($1 - mx) })
+                let lps = row.map { $0 - logZ }
+                return (lps[Int(ids[t])], lps)
+            }
+        }
+        let prompt = engine.tokenizer.encode("The cat eats the fish")
+        var request = GenerationRequest(model: engine.baseName, prompt: prompt, maxTokens: 6)
+        (request.logprobs, request.promptLogprobs) = (3, true)
+        var pieces: [[TokenLogprob]] = [], promptEvent: [TokenLogprob?]?, summary: GenerationSummary?
+        for await e in try engine.submit(request) {
+            switch e {
+            case .prompt(let lps): promptEvent = lps
+            case .text(_, let lps): pieces.append(lps)
+            case .failed(let why): XCTFail(why)
+            case .done(let s): summary = s
+            }
+        }
+        let s = try XCTUnwrap(summary)
+        let new = try XCTUnwrap(s.logprobs), promptLPs = try XCTUnwrap(s.promptLogprobs)
+        XCTAssertEqual(new.count, s.completionTokens)
+        XCTAssertEqual(engine.tokenizer.decode(new.map(\.token), following: prompt.last), s.text)
+        XCTAssertEqual(pieces.flatMap { $0 }.map(\.token), new.map(\.token), "the streamed pieces carry every new token's")
+        XCTAssertEqual(promptEvent?.count, prompt.count)
+        XCTAssertEqual(promptLPs.count, prompt.count)
+        XCTAssertNil(promptLPs[0], "the first prompt token has none")
+        let all = prompt + new.map(\.token)
+        let ref = reference(all)
+        for (t, lp) in (promptLPs.dropFirst().map { $0! } + new).enumerated() {
+            let (want, row) = ref[t]
+            XCTAssertEqual(Double(lp.token), Double(all[t + 1]))
+            XCTAssertEqual(Double(lp.logprob), want, accuracy: 1e-4, "position \(t + 1)")
+            let order = row.indices.sorted { row[$0] > row[$1] || (row[$0] == row[$1] && $0 < $1) }
+            XCTAssertEqual(lp.top.map { Int($0.token) }, Array(order.prefix(3)), "position \(t + 1): the three most likely, in order")
+            for (tok, x) in lp.top { XCTAssertEqual(Double(x), row[Int(tok)], accuracy: 1e-4) }
+            if t + 1 >= prompt.count { XCTAssertEqual(lp.token, lp.top[0].token, "greedy picks the most likely") }
+        }
+
+        // Beside a longer prompt (this row left-padded), with another row that asks for nothing.
+        var longer = GenerationRequest(model: engine.baseName, prompt: engine.tokenizer.encode("The fish number 3. The cat sees the fish"), maxTokens: 6)
+        longer.logprobs = nil
+        let streams = try engine.submit([request, longer])
+        var batched: GenerationSummary?, other: GenerationSummary?
+        for await e in streams[0] { if case .done(let x) = e { batched = x } }
+        for await e in streams[1] { if case .done(let x) = e { other = x } }
+        XCTAssertEqual(batched?.batchSize, 2, "decoded together")
+        XCTAssertNil(other?.logprobs)
+        XCTAssertNil(other?.promptLogprobs)
+        XCTAssertEqual(batched?.text, s.text)
+        for (a, b) in zip((batched?.promptLogprobs ?? []).dropFirst().map { $0! } + (batched?.logprobs ?? []), promptLPs.dropFirst().map { $0! } + new) {
+            XCTAssertEqual(a.token, b.token)
+            XCTAssertEqual(a.logprob, b.logprob, accuracy: 1e-4)
+        }
+
+        // The prompt's log-probabilities alone.
+        request.maxTokens = 0
+        let only = try await complete(engine, request).summary
+        XCTAssertEqual(only.text, "")
+        XCTAssertEqual(only.completionTokens, 0)
+        XCTAssertEqual(only.logprobs?.count, 0)
+        XCTAssertEqual(only.promptLogprobs?.compactMap { $0?.logprob }, promptLPs.compactMap { $0?.logprob })
+        XCTAssertThrowsError(try engine.submit(GenerationRequest(model: engine.baseName, prompt: [Int32(V)], maxTokens: 1))) {
+            XCTAssertTrue("\($0)".contains("outside the model's vocabulary"), "\($0)")
+        }
+    }
+
     func testAnAdapterThatChangesBaseValuesIsRefused() async throws {
         let engine = try ServingEngine(modelPath: basePath)
         defer { engine.shutdown() }
@@ -169,7 +248,9 @@ final class EngineTests: XCTestCase {
         func refused(_ json: String, _ param: String, line: UInt = #line) {
             XCTAssertThrowsError(try params(json), line: line) { XCTAssertEqual(($0 as? APIError)?.param, param, "\($0)", line: line) }
         }
-        for (json, param) in [(#"{"logprobs": 5}"#, "logprobs"), (#"{"best_of": 1.9}"#, "best_of"), (#"{"echo": true}"#, "echo"), (#"{"presence_penalty": 0.5}"#, "presence_penalty"),
+        for (json, param) in [(#"{"logprobs": 21}"#, "logprobs"), (#"{"logprobs": true}"#, "logprobs"), (#"{"logprobs": 1.5}"#, "logprobs"),
+                              (#"{"top_logprobs": 2}"#, "top_logprobs"), (#"{"echo": 1}"#, "echo"), (#"{"max_tokens": -1}"#, "max_tokens"),
+                              (#"{"best_of": 1.9}"#, "best_of"), (#"{"presence_penalty": 0.5}"#, "presence_penalty"),
                               (#"{"logit_bias": {"7": 5}}"#, "logit_bias"), (#"{"best_of": 3}"#, "best_of"), (#"{"max_tokens": true}"#, "max_tokens"),
                               (#"{"stream": "true"}"#, "stream"), (#"{"seed": 1.5}"#, "seed"), (#"{"seed": "7"}"#, "seed")] {
             refused(json, param)
@@ -186,6 +267,21 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(try params(#"{"stream": true}"#).stream, true)
         XCTAssertNil(try params("{}").maxTokens, "none given: the route picks 64, or the rest of the context for a chat")
         XCTAssertEqual(try params(#"{"max_completion_tokens": 9}"#).maxTokens, 9)
+        // Log-probabilities: a completion's count (false is none) and echo; a chat's flag with top_logprobs.
+        XCTAssertEqual(try params(#"{"logprobs": 5, "echo": true, "max_tokens": 0}"#).logprobs, 5)
+        XCTAssertEqual(try params(#"{"logprobs": 0}"#).logprobs, 0)
+        XCTAssertNil(try params(#"{"logprobs": false}"#).logprobs)
+        XCTAssertTrue(try params(#"{"echo": true}"#).echo)
+        func chat(_ json: String) throws -> CompletionParameters {
+            try CompletionParameters(JSONSerialization.jsonObject(with: Data(json.utf8)) as! [String: Any], defaultModel: "m", chat: true)
+        }
+        XCTAssertEqual(try chat(#"{"logprobs": true, "top_logprobs": 3}"#).logprobs, 3)
+        XCTAssertEqual(try chat(#"{"logprobs": true}"#).logprobs, 0)
+        XCTAssertNil(try chat(#"{"logprobs": false, "top_logprobs": 0}"#).logprobs)
+        for (json, param) in [(#"{"top_logprobs": 3}"#, "top_logprobs"), (#"{"logprobs": true, "top_logprobs": 21}"#, "top_logprobs"),
+                              (#"{"logprobs": 2}"#, "logprobs"), (#"{"echo": true}"#, "echo"), (#"{"max_tokens": 0}"#, "max_tokens")] {
+            XCTAssertThrowsError(try chat(json)) { XCTAssertEqual(($0 as? APIError)?.param, param, "\(json): \($0)") }
+        }
         XCTAssertTrue(bearerMatches("Bearer key-1", "key-1") && bearerMatches("bearer key-1", "key-1"))
         XCTAssertFalse(bearerMatches("Bearer key-12", "key-1") || bearerMatches("Bearer key-", "key-1") || bearerMatches("Bearer ", "")
                        || bearerMatches(nil, "key-1") || bearerMatches("Basic key-1", "key-1"))
@@ -609,6 +705,130 @@ final class ServerConnectionTests: XCTestCase {
         let absolute = try await load("b", folder.appendingPathComponent("inside.h5").path)
         XCTAssertEqual(absolute.status, 200, absolute.body)
         XCTAssertEqual(Set(engine.modelNames), [engine.baseName, "a", "b"])
+    }
+
+    /// The token-level API in OpenAI's and vLLM's forms: token-id prompts and several prompts (one
+    /// choice each), `echo` with `logprobs` (the prompt's first token null, each token's text and
+    /// offset, the chosen token among the alternatives), `max_tokens` 0, streamed log-probabilities
+    /// that add up to the whole, a chat's `logprobs` with `top_logprobs` and bytes, and /tokenize,
+    /// /detokenize and /tokenizer_info.
+    func testLogprobsEchoTokenPromptsAndTheTokenizerRoutes() async throws {
+        let tok = try trainBaseTokenizer(Self.corpus, vocabSize: 300)
+        tok.addsBOS = true
+        let (dir, basePath, _) = try savedBase("logprobs", tokenizer: tok, maxPositions: 128)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (engine, port, server) = try serve(basePath)
+        defer { server.cancel(); engine.shutdown() }
+        func post(_ route: String, _ body: [String: Any]) async throws -> (status: Int, json: [String: Any], text: String) {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(route)")!)
+            r.httpMethod = "POST"
+            r.httpBody = try JSONSerialization.data(withJSONObject: body)
+            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            let (data, response) = try await URLSession.shared.data(for: r)
+            return ((response as? HTTPURLResponse)?.statusCode ?? 0, (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:],
+                    String(decoding: data, as: UTF8.self))
+        }
+
+        // /tokenize as transformers' tokenizer(text) (the BOS in front) and without special tokens; /detokenize back.
+        let tokenized = try await post("/tokenize", ["prompt": "The cat sees"])
+        XCTAssertEqual(tokenized.json["tokens"] as? [Int], tok.encode("The cat sees", addBOS: true).map(Int.init), tokenized.text)
+        XCTAssertEqual(tokenized.json["count"] as? Int, tok.encode("The cat sees").count + 1)
+        XCTAssertEqual(tokenized.json["max_model_len"] as? Int, 128)
+        let plain = try await post("/tokenize", ["prompt": "The cat sees", "add_special_tokens": false, "return_token_strs": true])
+        let ids = try XCTUnwrap(plain.json["tokens"] as? [Int])
+        XCTAssertEqual(ids, tok.encode("The cat sees").map(Int.init))
+        XCTAssertEqual(plain.json["token_strs"] as? [String], ids.map { tok.tokenString(for: Int32($0))! })
+        let back = try await post("/detokenize", ["tokens": ids])
+        XCTAssertEqual(back.json["prompt"] as? String, "The cat sees", back.text)
+        let chatIDs = try await post("/tokenize", ["messages": [["role": "user", "content": "The cat"]]])
+        XCTAssertEqual(chatIDs.json["tokens"] as? [Int], encodeChat(try renderChat([ChatMessage(role: "user", content: "The cat")], tokenizer: tok,
+                                                                                      addGenerationPrompt: true), tokenizer: tok).map(Int.init), chatIDs.text)
+        let badIDs = try await post("/detokenize", ["tokens": [tok.vocabSize]])
+        XCTAssertEqual(badIDs.status, 400, badIDs.text)
+        var info = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/tokenizer_info")!)
+        info.httpMethod = "GET"
+        let infoJSON = try JSONSerialization.jsonObject(with: try await URLSession.shared.data(for: info).0) as? [String: Any]
+        XCTAssertEqual(infoJSON?["eos_token"] as? String, tok.eosTokenID.flatMap { tok.tokenString(for: $0) })
+        XCTAssertEqual(infoJSON?["add_bos_token"] as? Bool, true)
+
+        // Two token-id prompts, echoed with their log-probabilities and one new token each.
+        let prompts = [tok.encode("The cat sees the fish", addBOS: true), tok.encode("The fish", addBOS: true)]
+        let echo = try await post("/v1/completions", ["prompt": prompts.map { $0.map(Int.init) }, "max_tokens": 1, "logprobs": 1, "echo": true, "temperature": 0])
+        XCTAssertEqual(echo.status, 200, echo.text)
+        let choices = try XCTUnwrap(echo.json["choices"] as? [[String: Any]])
+        XCTAssertEqual(choices.map { $0["index"] as? Int }, [0, 1])
+        XCTAssertEqual((echo.json["usage"] as? [String: Any])?["prompt_tokens"] as? Int, prompts[0].count + prompts[1].count)
+        for (k, choice) in choices.enumerated() {
+            let lp = try XCTUnwrap(choice["logprobs"] as? [String: Any], echo.text)
+            let tokens = try XCTUnwrap(lp["tokens"] as? [String]), values = try XCTUnwrap(lp["token_logprobs"] as? [Any])
+            let tops = try XCTUnwrap(lp["top_logprobs"] as? [Any]), offsets = try XCTUnwrap(lp["text_offset"] as? [Int])
+            XCTAssertEqual(tokens.count, prompts[k].count + 1)
+            XCTAssertEqual(tokens.dropLast(), prompts[k].map { tokenText($0, tok) }[...])
+            XCTAssertTrue(values[0] is NSNull && tops[0] is NSNull, "the first prompt token has no log-probability")
+            XCTAssertEqual(choice["text"] as? String, tok.decode(prompts[k]) + tokens.last!, "echo: the prompt's text, then the new token's")
+            XCTAssertEqual(offsets, tokens.indices.map { i in tokens[..<i].reduce(0) { $0 + $1.unicodeScalars.count } })
+            // Each logprob is the engine's own (checked against the model in testLogprobsAreTheModelsLogSoftmax).
+            var r = GenerationRequest(model: engine.baseName, prompt: prompts[k], maxTokens: 1)
+            (r.logprobs, r.promptLogprobs) = (1, true)
+            var s: GenerationSummary?
+            for await e in try engine.submit(r) { if case .done(let x) = e { s = x } }
+            let want = (s?.promptLogprobs ?? []).map { $0?.logprob } + (s?.logprobs ?? []).map { Optional($0.logprob) }
+            XCTAssertEqual(values.count, want.count)
+            for (v, w) in zip(values, want) { XCTAssertEqual((v as? Double).map { Float($0) }, w) }
+            for (t, top) in zip(tokens, tops).dropFirst() {
+                let d = try XCTUnwrap(top as? [String: Double])
+                XCTAssertNotNil(d[t], "the chosen token is among the alternatives")
+                XCTAssertLessThanOrEqual(d.count, 2)
+            }
+        }
+        let scoreOnly = try await post("/v1/completions", ["prompt": "The cat sees", "max_tokens": 0, "logprobs": 0, "echo": true])
+        XCTAssertEqual(scoreOnly.status, 200, scoreOnly.text)
+        let scored = (scoreOnly.json["choices"] as? [[String: Any]])?.first
+        XCTAssertEqual(scored?["text"] as? String, "The cat sees")
+        XCTAssertEqual(((scored?["logprobs"] as? [String: Any])?["tokens"] as? [String])?.count, tok.encode("The cat sees").count + 1)
+
+        // Streamed: the chunks' tokens and log-probabilities add up to the JSON answer's.
+        let body: [String: Any] = ["prompt": "The cat", "max_tokens": 8, "logprobs": 2, "temperature": 0]
+        let whole = try await post("/v1/completions", body)
+        let wholeLP = ((whole.json["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any])
+        var streamed = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
+        streamed.httpMethod = "POST"
+        streamed.httpBody = try JSONSerialization.data(withJSONObject: body.merging(["stream": true]) { $1 })
+        streamed.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        let events = String(decoding: try await URLSession.shared.data(for: streamed).0, as: UTF8.self)
+        var tokens: [String] = [], values: [Double] = [], offsets: [Int] = [], text = ""
+        for line in events.split(separator: "\n") where line.hasPrefix("data: {") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any]
+            guard let c = (o?["choices"] as? [[String: Any]])?.first else { continue }
+            text += c["text"] as? String ?? ""
+            if let lp = c["logprobs"] as? [String: Any] {
+                tokens += lp["tokens"] as? [String] ?? []
+                values += lp["token_logprobs"] as? [Double] ?? []
+                offsets += lp["text_offset"] as? [Int] ?? []
+            }
+        }
+        XCTAssertEqual(text, (whole.json["choices"] as? [[String: Any]])?.first?["text"] as? String)
+        XCTAssertEqual(tokens, wholeLP?["tokens"] as? [String])
+        XCTAssertEqual(values, wholeLP?["token_logprobs"] as? [Double])
+        XCTAssertEqual(offsets, wholeLP?["text_offset"] as? [Int])
+
+        // A chat: logprobs true with top_logprobs, each token with its bytes.
+        let chat = try await post("/v1/chat/completions", ["messages": [["role": "user", "content": "The cat"]], "max_tokens": 4,
+                                                          "logprobs": true, "top_logprobs": 2])
+        XCTAssertEqual(chat.status, 200, chat.text)
+        let content = try XCTUnwrap(((chat.json["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any])?["content"] as? [[String: Any]], chat.text)
+        XCTAssertEqual(content.count, (chat.json["usage"] as? [String: Any])?["completion_tokens"] as? Int)
+        for entry in content {
+            let token = try XCTUnwrap(entry["token"] as? String)
+            XCTAssertEqual((entry["bytes"] as? [Int]).map { String(decoding: $0.map(UInt8.init), as: UTF8.self) }, token)
+            XCTAssertEqual((entry["top_logprobs"] as? [[String: Any]])?.count, 2)
+            XCTAssertLessThanOrEqual(entry["logprob"] as? Double ?? 1, 0)
+        }
+        let outside = try await post("/v1/completions", ["prompt": [tok.vocabSize + 5], "max_tokens": 1])
+        XCTAssertEqual(outside.status, 400, outside.text)
+        XCTAssertTrue(outside.text.contains("outside the model's vocabulary"), outside.text)
+        let mixed = try await post("/v1/completions", ["prompt": ["The cat", 5], "max_tokens": 1])
+        XCTAssertEqual(mixed.status, 400, mixed.text)
     }
 
     static let corpus = (0..<50).map { "The cat sees the fish number \($0 % 9)." }
