@@ -140,6 +140,20 @@ def main():
         check(streamed == chat.choices[0].message.content, f"chat stream {streamed!r}")
         print("serve test: streaming and chat (ChatML) equal the whole answers and `generate`")
 
+        # Log-probabilities in the openai client's types: a completion's (echo; a token-id prompt gives
+        # the same) and a chat's, with alternatives; the greedy token is the most likely one.
+        ids = json.loads(http(root + "/tokenize", {"model": "lora", "prompt": PROMPTS[0]})[1])["tokens"]
+        lp = client.completions.create(model="lora", prompt=PROMPTS[0], max_tokens=4, logprobs=2, echo=True).choices[0].logprobs
+        by_ids = client.completions.create(model="lora", prompt=ids, max_tokens=4, logprobs=2, echo=True).choices[0].logprobs
+        check(lp.token_logprobs[0] is None and len(lp.tokens) == len(ids) + 4, f"echo logprobs {lp.tokens}")
+        check(by_ids.tokens == lp.tokens and by_ids.token_logprobs == lp.token_logprobs, "a token-id prompt scores as its text")
+        check(all(max(top.values()) == x for top, x in zip(lp.top_logprobs[len(ids):], lp.token_logprobs[len(ids):])), "greedy = most likely")
+        c = client.chat.completions.create(model="lora", messages=msgs, max_tokens=4, logprobs=True, top_logprobs=3).choices[0].logprobs
+        check(len(c.content) == 4 and all(len(t.top_logprobs) == 3 and bytes(t.bytes).decode(errors="replace") for t in c.content),
+              f"chat logprobs {c}")
+        check(all(t.logprob == t.top_logprobs[0].logprob for t in c.content), "greedy chat tokens are the most likely")
+        print("serve test: log-probabilities (completion with echo, token-id prompt, chat with top_logprobs) in the openai client's types")
+
         # Adapters loaded and unloaded while running (a prompt-tuning one: through the prefix slot).
         s, body = http(root + "/v1/load_lora_adapter", {"lora_name": "prompt", "lora_path": adapters["prompt"]})
         check(s == 200, f"load: {s} {body}")

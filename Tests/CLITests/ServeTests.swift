@@ -4,6 +4,7 @@
 // errors, the prompt lab page driven in headless Chromium (DOM checked, screenshot written next to
 // the test binaries: test-output/prompt-lab.png), serving with bf16 weight copies (beside fp32 and
 // alone) where the CPU has them, and a graceful SIGTERM. Its output (with the load figures) is printed.
+// And lm-evaluation-harness's client of it (scripts/lm_eval_client_test.py), checked against transformers.
 
 import Foundation
 import XCTest
@@ -39,5 +40,18 @@ final class ServeTests: XCTestCase {
             print("NOTE: serve --precision bf16 not checked: \(BF16Copy.unavailableReason ?? "")")
         }
         XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot), "the prompt lab screenshot \(screenshot)")
+    }
+
+    /// lm-evaluation-harness's `local-completions` client against `serve` (scripts/lm_eval_client_test.py):
+    /// the server's tokenizer routes, loglikelihood (echo + logprobs on token-id prompts, batched),
+    /// loglikelihood_rolling and generate_until, each equal to transformers on the same weights.
+    func testServeUnderLMEvaluationHarness() throws {
+        let python = try referencePython(importing: ["lm_eval.models.openai_completions", "transformers"])
+        let bin = try CLITests.binary()
+        let r = try runPython(python, [packageRoot().appendingPathComponent("scripts/lm_eval_client_test.py").path, "--bin", bin.path])
+        let out = String(decoding: r.stdout, as: UTF8.self)
+        print(out)
+        XCTAssertEqual(r.status, 0, out + r.stderr)
+        XCTAssertTrue(out.contains("lm-eval test: PASSED"), out + r.stderr)
     }
 }
