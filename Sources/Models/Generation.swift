@@ -15,6 +15,8 @@ public struct SamplingOptions: Sendable {
     public var topK: Int
     /// Keep the smallest set whose probability reaches p (1 = off).
     public var topP: Float
+    /// Drop tokens less likely than `minP` times the most likely one, after the temperature (0 = off).
+    public var minP: Float = 0
     public var seed: UInt64
     /// Generation stops after emitting one of these.
     public var stopTokens: Set<Int32>
@@ -207,7 +209,7 @@ public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RN
         return best
     }
     // Candidates sorted by logit, cut by top-k (ties with the k-th kept, as transformers does), then
-    // softmax at the temperature, then top-p.
+    // softmax at the temperature, then min-p (as vLLM orders them), then top-p.
     var order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
     if o.topK > 0 && o.topK < order.count {
         let kth = logits[order[o.topK - 1]]
@@ -217,6 +219,14 @@ public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RN
     var probs = order.map { Foundation.exp(Double((logits[$0] - mx) / o.temperature)) }
     let total = probs.reduce(0, +)
     probs = probs.map { $0 / total }
+    if o.minP > 0 {
+        let floor = Double(o.minP) * probs[0]  // probs[0] is the most likely
+        let keep = probs.prefix { $0 >= floor }.count
+        order = Array(order.prefix(keep))
+        probs = Array(probs.prefix(keep))
+        let s = probs.reduce(0, +)
+        probs = probs.map { $0 / s }
+    }
     if o.topP < 1 {
         var acc = 0.0, keep = 0
         while keep < probs.count { acc += probs[keep]; keep += 1; if acc >= Double(o.topP) { break } }
@@ -248,31 +258,25 @@ public struct TokenLogprob: Sendable {
     }
 }
 
-/// `token`'s log-probability under `logits` (one position's V raw logits: log-softmax, summed in
-/// Double) and the `top` most likely tokens with theirs.
-public func tokenLogprob(_ logits: UnsafeBufferPointer<Float>, token: Int32, top k: Int) -> TokenLogprob {
-    let V = logits.count
-    precondition(V > 0 && token >= 0 && Int(token) < V, "[tokenLogprob] token \(token) is outside the \(V) logits")
-    var mx = -Float.infinity
-    for i in 0..<V where logits[i] > mx { mx = logits[i] }
-    var sum = 0.0
-    for i in 0..<V { sum += Foundation.exp(Double(logits[i] - mx)) }
-    let logZ = Double(mx) + Foundation.log(sum)
+/// `token`'s entry in one position's log-probabilities (a log-softmax row of V, e.g.
+/// `Tensor.logSoftmax`), with the `top` most likely tokens and theirs.
+public func tokenLogprob(_ logprobs: UnsafeBufferPointer<Float>, token: Int32, top k: Int) -> TokenLogprob {
+    let V = logprobs.count
+    precondition(V > 0 && token >= 0 && Int(token) < V, "[tokenLogprob] token \(token) is outside the \(V) log-probabilities")
     // The k best by insertion into a sorted list of at most k (k is small: at most 20 in the API).
-    var best: [(token: Int32, logit: Float)] = []
+    var best: [(token: Int32, logprob: Float)] = []
     if k > 0 {
         best.reserveCapacity(k + 1)
         for i in 0..<V {
-            let x = logits[i]
-            if best.count == k, let last = best.last, !(x > last.logit) { continue }
+            let x = logprobs[i]
+            if best.count == k, let last = best.last, !(x > last.logprob) { continue }
             var j = best.count
-            while j > 0 && x > best[j - 1].logit { j -= 1 }
+            while j > 0 && x > best[j - 1].logprob { j -= 1 }
             best.insert((Int32(i), x), at: j)
             if best.count > k { best.removeLast() }
         }
     }
-    func lp(_ x: Float) -> Float { Float(Double(x) - logZ) }
-    return TokenLogprob(token: token, logprob: lp(logits[Int(token)]), top: best.map { ($0.token, lp($0.logit)) })
+    return TokenLogprob(token: token, logprob: logprobs[Int(token)], top: best)
 }
 
 /// FNV-1a (64-bit) over parameter names and float bit patterns, fed one parameter at a time.

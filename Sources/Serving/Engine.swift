@@ -32,6 +32,17 @@ public struct GenerationRequest: Sendable {
     public var stop: [String] = []
     /// More tokens that end the completion as EOS does, left out of the text.
     public var stopTokens: [Int32] = []
+    /// Drop tokens less likely than this times the most likely one (0: off; vLLM's `min_p`).
+    public var minP: Float = 0
+    /// Added to a token's logit before anything else (OpenAI's `logit_bias`: -100 bans, 100 forces).
+    public var logitBias: [Int32: Float] = [:]
+    /// Subtracted from the logit of a token the completion has used at least once (OpenAI's).
+    public var presencePenalty: Float = 0
+    /// Subtracted from a token's logit once per time the completion has used it (OpenAI's).
+    public var frequencyPenalty: Float = 0
+    /// A token of the prompt or the completion has its logit divided by this when positive and
+    /// multiplied when negative (transformers' and vLLM's `repetition_penalty`; 1: off).
+    public var repetitionPenalty: Float = 1
     /// nil: no log-probabilities. k: each new token's log-probability under the model's raw logits,
     /// with the k most likely tokens at its position (`TokenLogprob`).
     public var logprobs: Int?
@@ -47,8 +58,8 @@ public struct GenerationRequest: Sendable {
 
 /// What a request receives: text as it is decoded, then a summary (or a failure). With
 /// `promptLogprobs`, the prompt's log-probabilities come first; with `logprobs`, each piece of text
-/// carries those of the tokens generated since the last piece (a piece may be empty when tokens
-/// added no text that can be sent yet; the last carries the rest).
+/// carries those of the tokens generated since the last piece (tokens whose text cannot be sent
+/// yet wait for the next piece; the last piece, which may be empty, carries the rest).
 public enum GenerationEvent: Sendable {
     case prompt(logprobs: [TokenLogprob?])
     case text(String, logprobs: [TokenLogprob])
@@ -67,8 +78,9 @@ public struct GenerationSummary: Sendable {
     public var latencySeconds: Double
     /// Rows decoded together with this one (itself included).
     public var batchSize: Int
-    /// The new tokens (the ones whose text is in `text`, and any a stop text cut off; not the token
-    /// that ended the reply) with their log-probabilities, when the request asked for them.
+    /// The new tokens with their log-probabilities, when the request asked for them: the ones whose
+    /// text is in `text`, any a stop text cut off, and the token that ended the reply (EOS, a stop
+    /// token; as vLLM gives it, though `completionTokens` does not count it).
     public var logprobs: [TokenLogprob]?
     /// The prompt's tokens with theirs (nil for the first), when the request asked for them.
     public var promptLogprobs: [TokenLogprob?]?
@@ -266,6 +278,9 @@ public final class ServingEngine: @unchecked Sendable {
     /// for all); the events of each arrive on its stream.
     public func submit(_ requests: [GenerationRequest]) throws -> [AsyncStream<GenerationEvent>] {
         for request in requests { try check(request) }
+        guard requests.count <= maxQueue else {
+            throw ServingError(.invalidRequest, "\(requests.count) prompts in one request, more than the queue holds (--max-queue \(maxQueue))")
+        }
         queueLock.lock(); defer { queueLock.unlock() }
         guard !stopping else { throw ServingError(.shuttingDown, "the server is shutting down") }
         guard pending.count + requests.count <= maxQueue else {
@@ -297,6 +312,12 @@ public final class ServingEngine: @unchecked Sendable {
         guard request.maxTokens >= 0 else { throw ServingError(.invalidRequest, "max_tokens must not be negative, got \(request.maxTokens)") }
         if let k = request.logprobs, !(0...20).contains(k) { throw ServingError(.invalidRequest, "logprobs must be in 0...20, got \(k)") }
         let V = model.config.vocabSize
+        if let bad = request.logitBias.keys.first(where: { $0 < 0 || Int($0) >= V }) {
+            throw ServingError(.invalidRequest, "logit_bias names token \(bad), outside the model's vocabulary of \(V)")
+        }
+        guard request.repetitionPenalty > 0, request.minP >= 0, request.minP <= 1 else {
+            throw ServingError(.invalidRequest, "repetition_penalty must be positive and min_p in [0, 1]")
+        }
         if let bad = request.prompt.first(where: { $0 < 0 || Int($0) >= V }) {
             throw ServingError(.invalidRequest, "the prompt holds token \(bad), outside the model's vocabulary of \(V)")
         }
@@ -424,7 +445,7 @@ public final class ServingEngine: @unchecked Sendable {
         let P = rows.map(\.request.prompt.count).max()!
         guard extra + P <= contextLength else {  // a prefix adapter's virtual tokens leave no room
             for j in rows {
-                j.continuation.yield(.failed("the prompt (\(P) tokens) and the adapter's \(extra) virtual tokens fill the context length \(contextLength)"))
+                j.continuation.yield(.failed("the prompt (\(P) tokens) and the adapter's \(extra) virtual tokens exceed the context length \(contextLength)"))
                 j.continuation.finish()
             }
             return
@@ -446,6 +467,8 @@ public final class ServingEngine: @unchecked Sendable {
         // piece of text, and the prompt's.
         var tokenLogprobs = [[TokenLogprob]](repeating: [], count: B), unsent = tokenLogprobs
         var promptLogprobs = [[TokenLogprob?]](repeating: [], count: B)
+        // How often each row's completion has used each token (penalties).
+        var used = [[Int32: Int]](repeating: [:], count: B)
         var rngs = rows.map { RNG(seed: $0.request.seed) }
         let V = model.config.vocabSize
         let debug = ProcessInfo.processInfo.environment["SWIFTPEFT_DEBUG_BATCH"] != nil
@@ -465,34 +488,40 @@ public final class ServingEngine: @unchecked Sendable {
             // large max_tokens that a stop cuts short takes no memory (SmolLM2: 46 KB per position and row).
             let cache = KVCache(config: model.config, batch: B, capacity: extra + P + min(steps, 256))
             let paddingMask = mask.allSatisfy { $0 == 1 } ? nil : mask
-            var logits: [Float]
+            var logitsTensor: Tensor
             if rows.contains(where: \.request.promptLogprobs) {
                 let h = model.hiddenStates(ids, batch: B, attentionMask: paddingMask, cache: cache)  // (B, P, C)
-                logits = model.lmHead(h.slice(axis: 1, P - 1, P).contiguous()).toArray()  // (B, 1, V)
+                logitsTensor = model.lmHead(h.slice(axis: 1, P - 1, P).contiguous())  // (B, 1, V)
                 for (b, j) in rows.enumerated() where j.request.promptLogprobs {
                     promptLogprobs[b] = promptTokenLogprobs(h, row: b, prompt: j.request.prompt, top: j.request.logprobs ?? 0)
                     j.continuation.yield(.prompt(logprobs: promptLogprobs[b]))
                 }
             } else {
                 // Each row's last position only (B, 1, V): the head over the whole prompt would be thrown away.
-                logits = model.lastLogits(ids, batch: B, attentionMask: paddingMask, cache: cache).toArray()
+                logitsTensor = model.lastLogits(ids, batch: B, attentionMask: paddingMask, cache: cache)
             }
             for b in 0..<B where rows[b].request.maxTokens == 0 { finish[b] = "length"; release(b) }  // the prompt's log-probabilities only
             for _ in 0..<steps {
+                let logits = logitsTensor.toArray()
+                // The rows' log-probabilities (B, 1, V), when a row still decoding asks for them.
+                let logprobs = (0..<B).contains { finish[$0] == nil && rows[$0].request.logprobs != nil } ? logitsTensor.logSoftmax().toArray() : []
                 var next = [Int32](repeating: pad, count: B)
                 for b in 0..<B where finish[b] == nil && rows[b].isCancelled { finish[b] = "cancelled"; release(b) }
                 for b in 0..<B where finish[b] == nil {
                     let r = rows[b].request
                     let row = Array(logits[b * V..<(b + 1) * V])
-                    let token = Int32(sampleToken(row, SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP), &rngs[b]))
+                    var options = SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP)
+                    options.minP = r.minP
+                    let token = Int32(sampleToken(adjustedLogits(row, r, used: used[b]), options, &rngs[b]))
                     next[b] = token
-                    if ends[b].contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
-                    generated[b].append(token)
-                    if let k = r.logprobs {
-                        let lp = row.withUnsafeBufferPointer { tokenLogprob($0, token: token, top: k) }
+                    if let k = r.logprobs {  // the token that ends the reply has one too (as vLLM gives it)
+                        let lp = logprobs.withUnsafeBufferPointer { tokenLogprob(UnsafeBufferPointer(rebasing: $0[b * V ..< (b + 1) * V]), token: token, top: k) }
                         tokenLogprobs[b].append(lp)
                         unsent[b].append(lp)
                     }
+                    if ends[b].contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
+                    generated[b].append(token)
+                    used[b][token, default: 0] += 1
                     var text = tokenizer.decode(generated[b], following: r.prompt.last)  // the prompt's continuation
                     if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {
                         text = String(text[..<cut])
@@ -509,7 +538,7 @@ public final class ServingEngine: @unchecked Sendable {
                 }
                 if finish.allSatisfy({ $0 != nil }) { break }
                 stepTimes.append(Date().timeIntervalSince(t0)); t0 = Date()
-                logits = model.forward(next, batch: B, cache: cache).toArray()  // (B, 1, V)
+                logitsTensor = model.forward(next, batch: B, cache: cache)  // (B, 1, V)
             }
         }
         for b in 0..<B { release(b) }
@@ -545,6 +574,27 @@ public final class ServingEngine: @unchecked Sendable {
 }
 
 extension ServingEngine {
+    /// `logits` (one row's V) as `request`'s bias and penalties leave them for sampling (the same
+    /// values when it asks for none), in vLLM's order: the bias, then the repetition penalty over
+    /// the prompt's and the completion's tokens, then the frequency and presence penalties over the
+    /// completion's (`used`: how often it used each token).
+    func adjustedLogits(_ logits: [Float], _ request: GenerationRequest, used: [Int32: Int]) -> [Float] {
+        let r = request
+        guard !r.logitBias.isEmpty || r.repetitionPenalty != 1 || r.frequencyPenalty != 0 || r.presencePenalty != 0 else { return logits }
+        var x = logits
+        for (t, bias) in r.logitBias where Int(t) < x.count { x[Int(t)] += bias }
+        if r.repetitionPenalty != 1 {
+            let p = r.repetitionPenalty
+            for t in Set(r.prompt).union(used.keys) where Int(t) < x.count {
+                x[Int(t)] = x[Int(t)] > 0 ? x[Int(t)] / p : x[Int(t)] * p
+            }
+        }
+        if r.frequencyPenalty != 0 || r.presencePenalty != 0 {
+            for (t, n) in used where Int(t) < x.count { x[Int(t)] -= r.frequencyPenalty * Float(n) + r.presencePenalty }
+        }
+        return x
+    }
+
     /// Log-probabilities of row `b`'s prompt tokens, left-padded in `h` (B, P, C), the final hidden
     /// states: each token after the first from the logits at the position before it, the head run
     /// on 64 positions at a time (a prompt's whole (P, V) logits are never held).
@@ -556,9 +606,9 @@ extension ServingEngine {
         var s = start
         while s < P - 1 {
             let e = min(P - 1, s + 64)
-            let logits = model.lmHead(row.slice(axis: 1, s, e).contiguous())  // (1, e - s, V)
-            let V = logits.shape[2]
-            logits.toArray().withUnsafeBufferPointer { p in
+            let logprobs = model.lmHead(row.slice(axis: 1, s, e).contiguous()).logSoftmax()  // (1, e - s, V)
+            let V = logprobs.shape[2]
+            logprobs.toArray().withUnsafeBufferPointer { p in
                 for t in s..<e {
                     out.append(tokenLogprob(UnsafeBufferPointer(rebasing: p[(t - s) * V ..< (t - s + 1) * V]), token: prompt[t + 1 - start], top: k))
                 }

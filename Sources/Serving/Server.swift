@@ -1,5 +1,7 @@
 // `swiftpeft serve`: the engine behind an OpenAI-compatible HTTP API on Hummingbird.
-//   POST /v1/completions, POST /v1/chat/completions (the chat template, tools; "stream": true as server-sent events)
+//   POST /v1/completions, POST /v1/chat/completions (the chat template, tools; "stream": true as server-sent events;
+//        log-probabilities; a completion's prompt as text or token ids, one or several: TokenAPI.swift)
+//   POST /tokenize, /detokenize, GET /tokenizer_info   vLLM's tokenizer routes (TokenAPI.swift)
 //   GET  /v1/models                        the base and every loaded adapter
 //   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   {"lora_name", "lora_path"}, as vLLM names them
 //   GET  /metrics (Prometheus text), GET /health, GET / (the prompt lab page)
@@ -94,7 +96,10 @@ struct APIError: Error {
 }
 
 func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
-    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
+        let error = #"{"error": {"code": null, "message": "the server could not write its answer as JSON", "param": null, "type": "server_error"}}"#
+        return Response(status: .internalServerError, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: error)))
+    }
     return Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
 }
 
@@ -117,6 +122,10 @@ struct CompletionParameters {
     /// A completion's `echo`: the prompt goes before the text, with its tokens' log-probabilities
     /// when `logprobs` is set.
     var echo = false
+    /// `min_p`, `presence_penalty`, `frequency_penalty`, `repetition_penalty` (neutral when absent).
+    var minP: Float = 0, presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1
+    /// `logit_bias`: token id → bias in [-100, 100].
+    var logitBias: [Int32: Float] = [:]
 
     /// `chat`: a chat request, whose `tools` the route reads (a completion refuses them).
     init(_ o: [String: Any], defaultModel: String, chat: Bool = false) throws {
@@ -131,11 +140,8 @@ struct CompletionParameters {
         // OpenAI and vLLM parameters this server does not implement: refused when they ask for
         // something, rather than silently ignored (their neutral values pass).
         var neutral: [String: (Any) -> Bool] = [
-            "best_of": { ($0 as? NSNumber)?.doubleValue == 1 },
-            "suffix": { ($0 as? String)?.isEmpty == true }, "presence_penalty": { ($0 as? NSNumber)?.doubleValue == 0 },
-            "frequency_penalty": { ($0 as? NSNumber)?.doubleValue == 0 }, "repetition_penalty": { ($0 as? NSNumber)?.doubleValue == 1 },
-            "logit_bias": { ($0 as? [String: Any])?.isEmpty == true }, "tools": { ($0 as? [Any])?.isEmpty == true },
-            "response_format": { (($0 as? [String: Any])?["type"] as? String) == "text" }, "min_p": { ($0 as? NSNumber)?.doubleValue == 0 },
+            "best_of": { ($0 as? NSNumber)?.doubleValue == 1 }, "suffix": { ($0 as? String)?.isEmpty == true },
+            "tools": { ($0 as? [Any])?.isEmpty == true }, "response_format": { (($0 as? [String: Any])?["type"] as? String) == "text" },
         ]
         if chat {
             neutral["echo"] = { ($0 as? NSNumber)?.boolValue == false }  // a completion's parameter
@@ -181,6 +187,31 @@ struct CompletionParameters {
         let t = try number("temperature") ?? 0
         guard t >= 0, t <= 10 else { throw APIError(status: .badRequest, message: "temperature must be in [0, 10], got \(t)", param: "temperature") }
         temperature = Float(t)
+        func value(_ key: String, in range: ClosedRange<Double>, default d: Double, open lower: Bool = false) throws -> Float {
+            let x = try number(key) ?? d
+            guard range.contains(x), !(lower && x == range.lowerBound) else {
+                throw APIError(status: .badRequest, message: "\(key) must be in \(lower ? "(" : "[")\(range.lowerBound), \(range.upperBound)], got \(x)", param: key)
+            }
+            return Float(x)
+        }
+        minP = try value("min_p", in: 0...1, default: 0)
+        presencePenalty = try value("presence_penalty", in: -2...2, default: 0)
+        frequencyPenalty = try value("frequency_penalty", in: -2...2, default: 0)
+        repetitionPenalty = try value("repetition_penalty", in: 0...10, default: 1, open: true)
+        switch o["logit_bias"] {
+        case nil, is NSNull: break
+        case let biases as [String: Any]:
+            for (key, v) in biases {
+                guard let id = Int32(key), id >= 0 else {
+                    throw APIError(status: .badRequest, message: "logit_bias keys must be token ids, got \"\(key)\"", param: "logit_bias")
+                }
+                guard let n = v as? NSNumber, String(cString: n.objCType) != "c", (-100...100).contains(n.doubleValue) else {
+                    throw APIError(status: .badRequest, message: "logit_bias values must be numbers in [-100, 100]", param: "logit_bias")
+                }
+                logitBias[id] = n.floatValue
+            }
+        default: throw APIError(status: .badRequest, message: "logit_bias must be an object of token ids to biases", param: "logit_bias")
+        }
         let p = try number("top_p") ?? 1
         guard p > 0, p <= 1 else { throw APIError(status: .badRequest, message: "top_p must be in (0, 1], got \(p)", param: "top_p") }
         topP = Float(p)
@@ -214,7 +245,7 @@ struct CompletionParameters {
             }
         default: throw APIError(status: .badRequest, message: "stop_token_ids must be a list of integers", param: "stop_token_ids")
         }
-        if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per request)", param: "n") }
+        if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per prompt)", param: "n") }
         stream = try flag(o, "stream", default: false)
     }
 }
@@ -281,10 +312,10 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
             case .tokens(let t): return t
             }
         }
-        let echo = !p.echo ? nil : prompts.enumerated().map { k, prompt -> String in
+        let echo = !p.echo ? nil : prompts.enumerated().map { k, prompt -> (text: String, hidden: Int) in
             switch prompt {
-            case .text(let s): return s
-            case .tokens: return tokenizer.decode(ids[k])
+            case .text(let s): return (s, ids[k].count - tokenizer.encode(s).count)  // the BOS in front is not in the text
+            case .tokens: return (tokenizer.decode(ids[k]), 0)
             }
         }
         return try await complete(engine, p, prompts: ids, echo: echo, chat: false, onHangUp: context.onHangUp)
@@ -445,14 +476,18 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 /// With `readToolCalls` (the request's tools), a chat reply's calls of them are read back
 /// (`chatReply`); a stream then sends the reply whole, when it ends, since a call cannot be told
 /// from text before then. `echo`: each prompt's text, put before its choice's text (a completion's
-/// `echo`), with its tokens' log-probabilities when `p.logprobs` is set.
-func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int32]], echo: [String]? = nil, chat: Bool,
+/// `echo`), with its tokens' log-probabilities when `p.logprobs` is set; `hidden`: how many of its
+/// first tokens the text does not show (the BOS the tokenizer put before a text prompt). Several
+/// prompts sample with seeds of their own (the request's seed plus the prompt's index).
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int32]], echo: [(text: String, hidden: Int)]? = nil, chat: Bool,
               readToolCalls: ToolSchemas? = nil, onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
-    let requests = prompts.map { ids in
+    let requests = prompts.enumerated().map { k, ids in
         let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
         var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
-        (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed, p.stop, p.stopTokenIDs)
+        (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed &+ UInt64(k), p.stop, p.stopTokenIDs)
         (r.logprobs, r.promptLogprobs) = (p.logprobs, echo != nil && p.logprobs != nil)
+        (r.minP, r.logitBias, r.presencePenalty, r.frequencyPenalty, r.repetitionPenalty) =
+            (p.minP, p.logitBias, p.presencePenalty, p.frequencyPenalty, p.repetitionPenalty)
         return r
     }
     let streams: [AsyncStream<GenerationEvent>]
@@ -479,10 +514,17 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
          "cpu_s": s.reduce(0) { $0 + $1.cost.cpuSeconds }, "energy_j": s.reduce(0) { $0 + $1.cost.energyJoules },
          "energy_source": s.first?.cost.energySource ?? "", "batch_size": s.map(\.batchSize).max() ?? 0]
     }
-    /// A completion's log-probabilities of the prompt (echo) then of the new tokens; offsets from `offset`.
-    @Sendable func completionLogprobs(prompt: [Int32], _ promptLogprobs: [TokenLogprob?]?, new: [TokenLogprob], offset: inout Int) -> [String: Any] {
-        let echoed = (promptLogprobs ?? []).enumerated().map { (prompt[$0.offset], $0.element) }
-        return Serving.completionLogprobs(echoed + new.map { ($0.token, $0) }, tokenizer: tokenizer, offset: &offset)
+    /// Choice `k`'s echoed prompt tokens with their log-probabilities and offsets.
+    @Sendable func promptLogprobs(_ k: Int, _ lps: [TokenLogprob?]) -> [String: Any] {
+        completionLogprobs(zip(prompts[k], lps).map { ($0, $1) }, offsets: promptOffsets(prompts[k], hidden: echo?[k].hidden ?? 0, tokenizer: tokenizer),
+                           tokenizer: tokenizer)
+    }
+    /// Choice `k`'s new tokens `all[start...]` (all: every new token so far) with theirs.
+    @Sendable func newLogprobs(_ k: Int, _ all: [TokenLogprob], from start: Int) -> [String: Any] {
+        let base = echo?[k].text.unicodeScalars.count ?? 0
+        return completionLogprobs(all[start...].map { ($0.token, $0) },
+                                  offsets: completionOffsets(all.map(\.token), from: start, following: prompts[k].last, base: base, tokenizer: tokenizer),
+                                  tokenizer: tokenizer)
     }
     if !p.stream {
         // The events are read in a task of their own that the connection's close cancels, which ends
@@ -520,9 +562,13 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
                 return ["index": k, "message": reply.message, "finish_reason": reply.finishReason,
                         "logprobs": s.logprobs.map { chatLogprobs($0, tokenizer: tokenizer) } ?? NSNull()]
             }
-            var offset = 0
-            return ["index": k, "text": (echo?[k] ?? "") + s.text, "finish_reason": s.finishReason,
-                    "logprobs": s.logprobs.map { completionLogprobs(prompt: prompts[k], s.promptLogprobs, new: $0, offset: &offset) } ?? NSNull()]
+            var logprobs: Any = NSNull()
+            if let new = s.logprobs {
+                let echoed = s.promptLogprobs.map { promptLogprobs(k, $0) }
+                let generated = newLogprobs(k, new, from: 0)
+                logprobs = echoed.map { e in e.merging(generated) { a, b in ((a as? [Any]) ?? []) + ((b as? [Any]) ?? []) } } ?? generated
+            }
+            return ["index": k, "text": (echo?[k].text ?? "") + s.text, "finish_reason": s.finishReason, "logprobs": logprobs]
         }
         return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": choices,
                              "usage": usage(summaries), "swiftpeft_cost": cost(summaries)])
@@ -553,38 +599,40 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
             return ["id": id, "object": chunkObject, "created": created, "model": p.model, "choices": [choice]].merging(extra) { $1 }
         }
         let single = streams.count == 1
-        var offsets = [Int](repeating: 0, count: streams.count), done: [GenerationSummary] = []
+        var newSoFar = [[TokenLogprob]](repeating: [], count: streams.count), done: [GenerationSummary] = []
         for k in streams.indices {
             if chat {
                 try await send(["id": id, "object": chunkObject, "created": created, "model": p.model,
                                 "choices": [["index": k, "delta": ["role": "assistant", "content": ""], "finish_reason": NSNull()]]])
             } else if let echo, p.logprobs == nil {  // echoed text without log-probabilities goes out at once
-                try await send(chunk(k, echo[k], finish: nil))
+                try await send(chunk(k, echo[k].text, finish: nil))
             }
         }
         for await (k, e) in merged {
             switch e {
             case .prompt(let lps):  // echo with log-probabilities: the prompt's text and its tokens'
-                try await send(chunk(k, echo?[k] ?? "", finish: nil,
-                                     logprobs: completionLogprobs(prompt: prompts[k], lps, new: [], offset: &offsets[k])))
+                try await send(chunk(k, echo?[k].text ?? "", finish: nil, logprobs: promptLogprobs(k, lps)))
             case .text(let t, let lps):
                 guard readToolCalls == nil else { continue }
+                let start = newSoFar[k].count
+                newSoFar[k] += lps
                 let logprobs: Any = p.logprobs == nil ? NSNull()
-                    : chat ? chatLogprobs(lps, tokenizer: tokenizer) : completionLogprobs(prompt: [], nil, new: lps, offset: &offsets[k])
+                    : chat ? chatLogprobs(lps, tokenizer: tokenizer) : newLogprobs(k, newSoFar[k], from: start)
                 try await send(chunk(k, t, finish: nil, logprobs: logprobs))
             case .failed(let why): try await send(["error": ["message": why, "type": "server_error"]])
             case .done(let s):
                 done.append(s)
                 var finish = s.finishReason
+                var last: Any = NSNull()  // the log-probabilities the finishing chunk carries
                 if let tools = readToolCalls {  // the reply whole: its text, or its calls
                     let reply = chatReplyDelta(s.text, finishReason: s.finishReason, tools: tools)
                     let logprobs: Any = s.logprobs.map { chatLogprobs($0, tokenizer: tokenizer) } ?? NSNull()
-                    if !reply.delta.isEmpty { try await send(chunk(k, nil, finish: nil, logprobs: logprobs, chatDelta: reply.delta)) }
+                    if !reply.delta.isEmpty { try await send(chunk(k, nil, finish: nil, logprobs: logprobs, chatDelta: reply.delta)) } else { last = logprobs }
                     finish = reply.finishReason
                 }
                 // One choice: its last chunk carries the usage; several: a last chunk without choices does
                 // (as OpenAI's `include_usage`).
-                try await send(chunk(k, nil, finish: finish, extra: single ? ["usage": usage([s]), "swiftpeft_cost": cost([s])] : [:]))
+                try await send(chunk(k, nil, finish: finish, logprobs: last, extra: single ? ["usage": usage([s]), "swiftpeft_cost": cost([s])] : [:]))
             }
         }
         if !single {

@@ -63,28 +63,38 @@ func tokenText(_ id: Int32, _ tokenizer: BPETokenizer) -> String {
     return "bytes:" + b.map { String(format: "\\x%02x", $0) }.joined()
 }
 
-/// A log-probability as JSON can hold it (-inf as -9999, as OpenAI and vLLM write it).
-private func jsonLogprob(_ x: Float) -> Double { max(Double(x), -9999) }
+/// A log-probability as JSON can hold it: -inf (and NaN, from a broken logit) as -9999, as OpenAI and
+/// vLLM write -inf.
+private func jsonLogprob(_ x: Float) -> Double { x.isFinite ? max(Double(x), -9999) : -9999 }
 
 /// A completion's `logprobs` object (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`) for
-/// `tokens` with their log-probabilities (nil: none, the prompt's first token). `top_logprobs` maps
-/// each token's text to its log-probability: the most likely ones and the chosen one (OpenAI: up to
-/// logprobs + 1). Offsets count Unicode scalars from `offset`, token by token (as vLLM counts them).
-func completionLogprobs(_ tokens: [(token: Int32, logprob: TokenLogprob?)], tokenizer: BPETokenizer, offset: inout Int) -> [String: Any] {
-    var texts: [String] = [], values: [Any] = [], tops: [Any] = [], offsets: [Int] = []
+/// `tokens` with their log-probabilities (nil: none, the prompt's first token) and their offsets in
+/// the choice's text. `top_logprobs` maps each token's text to its log-probability: the most likely
+/// ones and the chosen one (OpenAI: up to logprobs + 1; two tokens with one text keep the larger).
+func completionLogprobs(_ tokens: [(token: Int32, logprob: TokenLogprob?)], offsets: [Int], tokenizer: BPETokenizer) -> [String: Any] {
+    var texts: [String] = [], values: [Any] = [], tops: [Any] = []
     for (token, lp) in tokens {
         let text = tokenText(token, tokenizer)
         texts.append(text)
-        offsets.append(offset)
-        offset += text.unicodeScalars.count
         guard let lp else { values.append(NSNull()); tops.append(NSNull()); continue }
         values.append(jsonLogprob(lp.logprob))
         var top: [String: Double] = [:]
-        for (t, x) in lp.top { top[tokenText(t, tokenizer)] = jsonLogprob(x) }
-        top[text] = jsonLogprob(lp.logprob)
+        for (t, x) in lp.top + [(lp.token, lp.logprob)] { top[tokenText(t, tokenizer)] = max(top[tokenText(t, tokenizer)] ?? -.infinity, jsonLogprob(x)) }
         tops.append(top)
     }
     return ["tokens": texts, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets]
+}
+
+/// Where each of a prompt's tokens starts in its echoed text, in Unicode scalars: the first `hidden`
+/// (a BOS the tokenizer put before a text prompt, which the echo does not show) at 0.
+func promptOffsets(_ ids: [Int32], hidden: Int, tokenizer: BPETokenizer) -> [Int] {
+    ids.indices.map { i in i <= hidden ? 0 : tokenizer.decode(Array(ids[hidden..<i])).unicodeScalars.count }
+}
+
+/// Where each new token from `start` on begins in the choice's text: `base` (the echoed prompt's
+/// length) plus the length of the completion's text before it.
+func completionOffsets(_ new: [Int32], from start: Int, following previous: Int32?, base: Int, tokenizer: BPETokenizer) -> [Int] {
+    (start..<new.count).map { j in base + (j == 0 ? 0 : tokenizer.decode(Array(new[..<j]), following: previous).unicodeScalars.count) }
 }
 
 /// A chat completion's `logprobs` object: `{"content": [{"token", "logprob", "bytes", "top_logprobs"}], "refusal": null}`.
@@ -143,8 +153,10 @@ func addTokenizerRoutes(_ router: Router<ConnectionContext>, engine: ServingEngi
         }
         return jsonResponse(["prompt": tokenizer.decode(ids)])
     }
-    router.get("/tokenizer_info") { _, _ -> Response in
-        let t = engine.tokenizer
+    router.get("/tokenizer_info") { request, _ -> Response in
+        // `?model=`: an adapter's (its chat template); the base's without one.
+        let query: [String: Any] = request.uri.queryParameters.get("model").map { ["model": $0] } ?? [:]
+        let t = engine.tokenizer(for: try requestModel(query, engine))
         func content(_ id: Int32?) -> Any { id.flatMap { t.tokenString(for: $0) } ?? NSNull() }
         return jsonResponse([
             "tokenizer_class": t.sentencePiece ? "SentencePiece-style BPE" : "byte-level BPE",

@@ -198,6 +198,8 @@ final class EngineTests: XCTestCase {
         XCTAssertNil(other?.logprobs)
         XCTAssertNil(other?.promptLogprobs)
         XCTAssertEqual(batched?.text, s.text)
+        XCTAssertEqual(batched?.promptLogprobs?.count, promptLPs.count)
+        XCTAssertEqual(batched?.logprobs?.count, new.count)
         for (a, b) in zip((batched?.promptLogprobs ?? []).dropFirst().map { $0! } + (batched?.logprobs ?? []), promptLPs.dropFirst().map { $0! } + new) {
             XCTAssertEqual(a.token, b.token)
             XCTAssertEqual(a.logprob, b.logprob, accuracy: 1e-4)
@@ -210,9 +212,76 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(only.completionTokens, 0)
         XCTAssertEqual(only.logprobs?.count, 0)
         XCTAssertEqual(only.promptLogprobs?.compactMap { $0?.logprob }, promptLPs.compactMap { $0?.logprob })
+        // A reply that ends at once (here every token stops it) still gives the ending token's
+        // log-probability, as vLLM does: a scorer summing the tokens before the last one needs it.
+        var ended = GenerationRequest(model: engine.baseName, prompt: prompt, maxTokens: 4)
+        (ended.logprobs, ended.stopTokens) = (2, (0..<Int32(V)).map { $0 })
+        let end = try await complete(engine, ended).summary
+        XCTAssertEqual(end.completionTokens, 0)
+        XCTAssertEqual(end.logprobs?.count, 1)
+        XCTAssertEqual(end.logprobs?.first?.token, new.first?.token, "greedy: the token the first reply began with")
+        XCTAssertEqual(Double(end.logprobs?.first?.logprob ?? 0), ref[prompt.count - 1].0, accuracy: 1e-4)
         XCTAssertThrowsError(try engine.submit(GenerationRequest(model: engine.baseName, prompt: [Int32(V)], maxTokens: 1))) {
             XCTAssertTrue("\($0)".contains("outside the model's vocabulary"), "\($0)")
         }
+    }
+
+    /// Penalties and logit bias change the greedy choice exactly as their formulas say: the engine's
+    /// tokens equal a greedy loop over whole-sequence forward passes that applies them by hand
+    /// (bias, then repetition over prompt and completion, then frequency and presence over the
+    /// completion). A +100 bias forces a token; min-p keeps only tokens near the most likely.
+    func testPenaltiesAndLogitBiasFollowTheirFormulas() async throws {
+        let engine = try ServingEngine(modelPath: basePath)
+        defer { engine.shutdown() }
+        let V = engine.model.config.vocabSize
+        let prompt = engine.tokenizer.encode("The cat sees the fish number 3. The cat")
+        func byHand(_ n: Int, bias: [Int32: Float], repetition: Float, frequency: Float, presence: Float) -> [Int32] {
+            var ids = prompt, out: [Int32] = []
+            for _ in 0..<n {
+                let all = withNoGrad { engine.model.forward(ids, batch: 1).toArray() }
+                var x = Array(all[(ids.count - 1) * V ..< ids.count * V])
+                for (t, b) in bias { x[Int(t)] += b }
+                for t in Set(ids) { x[Int(t)] = x[Int(t)] > 0 ? x[Int(t)] / repetition : x[Int(t)] * repetition }
+                for t in Set(out) { x[Int(t)] -= frequency * Float(out.filter { $0 == t }.count) + presence }
+                let next = Int32(x.indices.max { x[$0] < x[$1] || (x[$0] == x[$1] && $0 > $1) }!)
+                out.append(next)
+                ids.append(next)
+            }
+            return out
+        }
+        func served(_ n: Int, bias: [Int32: Float] = [:], repetition: Float = 1, frequency: Float = 0, presence: Float = 0) async throws -> [Int32] {
+            var r = GenerationRequest(model: engine.baseName, prompt: prompt, maxTokens: n)
+            (r.logitBias, r.repetitionPenalty, r.frequencyPenalty, r.presencePenalty, r.logprobs) = (bias, repetition, frequency, presence, 0)
+            r.stopTokens = []
+            return try await complete(engine, r).summary.logprobs?.map(\.token) ?? []
+        }
+        let plain = try await served(8)
+        XCTAssertEqual(plain, byHand(8, bias: [:], repetition: 1, frequency: 0, presence: 0))
+        XCTAssertEqual(plain.count, 8, "no end token in this random base's greedy reply")
+        for (bias, rep, freq, pres) in [([plain[0]: Float(-100)], Float(1), Float(0), Float(0)), ([:], 1.8, 0, 0), ([:], 1, 1.5, 0), ([:], 1, 0, 1.5),
+                                        (Dictionary([(plain[1], Float(-3)), (plain[2], Float(2))], uniquingKeysWith: +), 1.3, 0.7, -0.4)] {
+            let want = byHand(8, bias: bias, repetition: rep, frequency: freq, presence: pres)
+            let got = try await served(8, bias: bias, repetition: rep, frequency: freq, presence: pres)
+            XCTAssertEqual(got, want, "bias \(bias) rep \(rep) freq \(freq) pres \(pres)")
+        }
+        let banned = try await served(8, bias: [plain[0]: -100]), penalized = try await served(8, frequency: 2)
+        XCTAssertNotEqual(banned.first, plain[0], "a -100 bias bans the token")
+        XCTAssertNotEqual(penalized, plain, "the penalties change this greedy reply")
+        let fish = engine.tokenizer.encode(" fish").last!
+        let forced = try await served(5, bias: [fish: 100])
+        XCTAssertEqual(forced, [Int32](repeating: fish, count: 5), "a +100 bias forces the token")
+        XCTAssertThrowsError(try engine.submit({ var r = GenerationRequest(model: engine.baseName, prompt: prompt, maxTokens: 1); r.logitBias = [Int32(V): 1]; return r }()))
+
+        // min-p: of probabilities 0.5, 0.3, 0.15, 0.05 at temperature 1, min_p 0.5 keeps the first two.
+        let logits = [0.5, 0.3, 0.15, 0.05].map { Float(Foundation.log($0)) }
+        var options = SamplingOptions(temperature: 1)
+        options.minP = 0.5
+        var rng = RNG(seed: 7), seen = Set<Int>()
+        for _ in 0..<400 { seen.insert(sampleToken(logits, options, &rng)) }
+        XCTAssertEqual(seen, [0, 1])
+        options.minP = 0
+        for _ in 0..<400 { seen.insert(sampleToken(logits, options, &rng)) }
+        XCTAssertEqual(seen, [0, 1, 2, 3])
     }
 
     func testAnAdapterThatChangesBaseValuesIsRefused() async throws {
@@ -250,8 +319,10 @@ final class EngineTests: XCTestCase {
         }
         for (json, param) in [(#"{"logprobs": 21}"#, "logprobs"), (#"{"logprobs": true}"#, "logprobs"), (#"{"logprobs": 1.5}"#, "logprobs"),
                               (#"{"top_logprobs": 2}"#, "top_logprobs"), (#"{"echo": 1}"#, "echo"), (#"{"max_tokens": -1}"#, "max_tokens"),
-                              (#"{"best_of": 1.9}"#, "best_of"), (#"{"presence_penalty": 0.5}"#, "presence_penalty"),
-                              (#"{"logit_bias": {"7": 5}}"#, "logit_bias"), (#"{"best_of": 3}"#, "best_of"), (#"{"max_tokens": true}"#, "max_tokens"),
+                              (#"{"best_of": 1.9}"#, "best_of"), (#"{"presence_penalty": 2.5}"#, "presence_penalty"),
+                              (#"{"frequency_penalty": true}"#, "frequency_penalty"), (#"{"repetition_penalty": 0}"#, "repetition_penalty"),
+                              (#"{"min_p": 1.5}"#, "min_p"), (#"{"logit_bias": {"x": 5}}"#, "logit_bias"), (#"{"logit_bias": {"7": 200}}"#, "logit_bias"),
+                              (#"{"logit_bias": [5]}"#, "logit_bias"), (#"{"best_of": 3}"#, "best_of"), (#"{"max_tokens": true}"#, "max_tokens"),
                               (#"{"stream": "true"}"#, "stream"), (#"{"seed": 1.5}"#, "seed"), (#"{"seed": "7"}"#, "seed")] {
             refused(json, param)
         }
@@ -267,6 +338,12 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(try params(#"{"stream": true}"#).stream, true)
         XCTAssertNil(try params("{}").maxTokens, "none given: the route picks 64, or the rest of the context for a chat")
         XCTAssertEqual(try params(#"{"max_completion_tokens": 9}"#).maxTokens, 9)
+        let sampling = try params(#"{"min_p": 0.1, "presence_penalty": -0.5, "frequency_penalty": 1, "repetition_penalty": 1.3, "logit_bias": {"7": -100, "9": 2.5}}"#)
+        XCTAssertEqual(sampling.minP, 0.1)
+        XCTAssertEqual(sampling.presencePenalty, -0.5)
+        XCTAssertEqual(sampling.frequencyPenalty, 1)
+        XCTAssertEqual(sampling.repetitionPenalty, 1.3)
+        XCTAssertEqual(sampling.logitBias, [7: -100, 9: 2.5])
         // Log-probabilities: a completion's count (false is none) and echo; a chat's flag with top_logprobs.
         XCTAssertEqual(try params(#"{"logprobs": 5, "echo": true, "max_tokens": 0}"#).logprobs, 5)
         XCTAssertEqual(try params(#"{"logprobs": 0}"#).logprobs, 0)
@@ -774,7 +851,10 @@ final class ServerConnectionTests: XCTestCase {
             for await e in try engine.submit(r) { if case .done(let x) = e { s = x } }
             let want = (s?.promptLogprobs ?? []).map { $0?.logprob } + (s?.logprobs ?? []).map { Optional($0.logprob) }
             XCTAssertEqual(values.count, want.count)
-            for (v, w) in zip(values, want) { XCTAssertEqual((v as? Double).map { Float($0) }, w) }
+            for (v, w) in zip(values, want) {
+                XCTAssertEqual(v is NSNull, w == nil)
+                if let v = v as? Double, let w { XCTAssertEqual(v, Double(w), accuracy: 1e-4, "batched beside another prompt, as alone") }
+            }
             for (t, top) in zip(tokens, tops).dropFirst() {
                 let d = try XCTUnwrap(top as? [String: Double])
                 XCTAssertNotNil(d[t], "the chosen token is among the alternatives")
@@ -786,6 +866,17 @@ final class ServerConnectionTests: XCTestCase {
         let scored = (scoreOnly.json["choices"] as? [[String: Any]])?.first
         XCTAssertEqual(scored?["text"] as? String, "The cat sees")
         XCTAssertEqual(((scored?["logprobs"] as? [String: Any])?["tokens"] as? [String])?.count, tok.encode("The cat sees").count + 1)
+        // A text prompt echoed with new tokens: each token's offset points at its text in the choice's
+        // text (the BOS the tokenizer put in front shows no text: offset 0).
+        let echoed = try await post("/v1/completions", ["prompt": "The cat sees", "max_tokens": 5, "logprobs": 1, "echo": true])
+        let echoedChoice = try XCTUnwrap((echoed.json["choices"] as? [[String: Any]])?.first, echoed.text)
+        let echoedText = Array((echoedChoice["text"] as? String ?? "").unicodeScalars)
+        let echoedLP = try XCTUnwrap(echoedChoice["logprobs"] as? [String: Any])
+        let echoedTokens = try XCTUnwrap(echoedLP["tokens"] as? [String]), echoedOffsets = try XCTUnwrap(echoedLP["text_offset"] as? [Int])
+        XCTAssertEqual(echoedOffsets.first, 0)
+        for (i, (t, o)) in zip(echoedTokens, echoedOffsets).enumerated().dropFirst() where !t.hasPrefix("bytes:") && o + t.unicodeScalars.count <= echoedText.count {
+            XCTAssertEqual(String(String.UnicodeScalarView(echoedText[o ..< o + t.unicodeScalars.count])), t, "token \(i) at offset \(o)")
+        }
 
         // Streamed: the chunks' tokens and log-probabilities add up to the JSON answer's.
         let body: [String: Any] = ["prompt": "The cat", "max_tokens": 8, "logprobs": 2, "temperature": 0]
@@ -812,12 +903,44 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(values, wholeLP?["token_logprobs"] as? [Double])
         XCTAssertEqual(offsets, wholeLP?["text_offset"] as? [Int])
 
+        // Several prompts streamed with echo: each choice's chunks (by index) add up to its JSON answer,
+        // and a last chunk without choices carries the usage.
+        let two: [String: Any] = ["prompt": ["The cat", "The fish number"], "max_tokens": 4, "logprobs": 1, "echo": true, "temperature": 0]
+        let twoWhole = try await post("/v1/completions", two)
+        var twoStreamed = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
+        twoStreamed.httpMethod = "POST"
+        twoStreamed.httpBody = try JSONSerialization.data(withJSONObject: two.merging(["stream": true]) { $1 })
+        twoStreamed.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        var byIndex: [Int: (text: String, tokens: [String], offsets: [Int])] = [:], lastUsage: [String: Any]?
+        for line in String(decoding: try await URLSession.shared.data(for: twoStreamed).0, as: UTF8.self).split(separator: "\n") where line.hasPrefix("data: {") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any]
+            let cs = o?["choices"] as? [[String: Any]] ?? []
+            if cs.isEmpty { lastUsage = o?["usage"] as? [String: Any] }
+            for c in cs {
+                let k = c["index"] as? Int ?? -1
+                var entry = byIndex[k] ?? ("", [], [])
+                entry.text += c["text"] as? String ?? ""
+                entry.tokens += (c["logprobs"] as? [String: Any])?["tokens"] as? [String] ?? []
+                entry.offsets += (c["logprobs"] as? [String: Any])?["text_offset"] as? [Int] ?? []
+                byIndex[k] = entry
+            }
+        }
+        for (k, c) in (twoWhole.json["choices"] as? [[String: Any]] ?? []).enumerated() {
+            XCTAssertEqual(byIndex[k]?.text, c["text"] as? String, "choice \(k)")
+            XCTAssertEqual(byIndex[k]?.tokens, (c["logprobs"] as? [String: Any])?["tokens"] as? [String], "choice \(k)")
+            XCTAssertEqual(byIndex[k]?.offsets, (c["logprobs"] as? [String: Any])?["text_offset"] as? [Int], "choice \(k)")
+        }
+        XCTAssertEqual(byIndex.count, 2)
+        XCTAssertEqual(lastUsage?["prompt_tokens"] as? Int, (twoWhole.json["usage"] as? [String: Any])?["prompt_tokens"] as? Int)
+
         // A chat: logprobs true with top_logprobs, each token with its bytes.
         let chat = try await post("/v1/chat/completions", ["messages": [["role": "user", "content": "The cat"]], "max_tokens": 4,
                                                           "logprobs": true, "top_logprobs": 2])
         XCTAssertEqual(chat.status, 200, chat.text)
         let content = try XCTUnwrap(((chat.json["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any])?["content"] as? [[String: Any]], chat.text)
-        XCTAssertEqual(content.count, (chat.json["usage"] as? [String: Any])?["completion_tokens"] as? Int)
+        let completionTokens = (chat.json["usage"] as? [String: Any])?["completion_tokens"] as? Int ?? -1
+        let endedByToken = (chat.json["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String == "stop"
+        XCTAssertEqual(content.count, completionTokens + (endedByToken ? 1 : 0), "the new tokens, and the one that ended the reply")
         for entry in content {
             let token = try XCTUnwrap(entry["token"] as? String)
             XCTAssertEqual((entry["bytes"] as? [Int]).map { String(decoding: $0.map(UInt8.init), as: UTF8.self) }, token)
