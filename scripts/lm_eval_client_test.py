@@ -12,29 +12,19 @@ installs lm-eval).
 """
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 
 import torch
 import transformers
 from lm_eval.api.instance import Instance
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-CORPUS = "/usr/share/common-licenses/GPL-3"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import serve_client_test  # noqa: E402
+from serve_client_test import check, pretrain_tiny_base, start_server, tool  # noqa: E402
 
-
-def check(cond, what):
-    if not cond:
-        sys.exit(f"lm-eval test: FAILED: {what}")
-
-
-def tool(bin_, *args):
-    r = subprocess.run([bin_, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    check(r.returncode == 0, f"swiftpeft {' '.join(args)}:\n{r.stdout[-2000:]}")
-    return r.stdout
+serve_client_test.NAME = "lm-eval test"
 
 
 def main():
@@ -45,8 +35,7 @@ def main():
     work = tempfile.mkdtemp(prefix="swiftpeft-lm-eval-test-")
     base = os.path.join(work, "base.h5")
     folder = os.path.join(work, "hf")
-    tool(a.bin, "pretrain", "--data", CORPUS, "--out", base, "--vocab-size", "300", "--hidden", "32", "--layers", "2",
-         "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--steps", "30", "--batch", "4", "--seq-len", "32", "--lr", "3e-3")
+    pretrain_tiny_base(a.bin, base)
     tool(a.bin, "convert", "--model", base, "--format", "hf", "--out", folder)
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -58,17 +47,7 @@ def main():
         lp = torch.log_softmax(logits, dim=-1)
         return [(lp[t - 1, ids[t]].item(), lp[t - 1].argmax().item() == ids[t]) for t in range(1, len(ids))]
 
-    server = subprocess.Popen([a.bin, "serve", "--model", base, "--name", "base", "--port", "0", "--max-batch", "4"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    port = None
-    for line in server.stdout:
-        m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-            break
-    check(port, "the server printed its port")
-    log = []
-    threading.Thread(target=lambda: log.extend(server.stdout), daemon=True).start()
+    server, port, _ = start_server(a.bin, "--model", base, "--name", "base", "--max-batch", "4")
     try:
         lm = LocalCompletionsAPI(base_url=f"http://127.0.0.1:{port}/v1/completions", model="base", tokenizer_backend="auto",
                                  tokenized_requests=True, batch_size=2, max_retries=1, max_length=256, max_gen_toks=16)

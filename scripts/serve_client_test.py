@@ -33,15 +33,35 @@ CORPUS = "/usr/share/common-licenses/GPL-3"
 PROMPTS = ["The terms of", "You may convey", "Everyone is permitted to", "This License"]
 
 
+# What a failure message starts with (scripts/lm_eval_client_test.py, which uses these helpers, sets its own).
+NAME = "serve test"
+
+
 def check(cond, what):
     if not cond:
-        sys.exit(f"serve test: FAILED: {what}")
+        sys.exit(f"{NAME}: FAILED: {what}")
 
 
 def tool(bin_, *args):
     r = subprocess.run([bin_, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     check(r.returncode == 0, f"swiftpeft {' '.join(args)}:\n{r.stdout[-2000:]}")
     return r.stdout
+
+
+def pretrain_tiny_base(bin_, path):
+    """A tiny LLaMA base with its own byte-level tokenizer, pretrained briefly on CORPUS."""
+    tool(bin_, "pretrain", "--data", CORPUS, "--out", path, "--vocab-size", "300", "--hidden", "32", "--layers", "2",
+         "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--steps", "30", "--batch", "4", "--seq-len", "32", "--lr", "3e-3")
+
+
+def start_server(bin_, *args):
+    """`swiftpeft serve ARGS` on a free port: the process, its port, and a list its later output goes to."""
+    server = subprocess.Popen([bin_, "serve", *args, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = next((int(m.group(1)) for line in server.stdout for m in [re.search(r"on http://127\.0\.0\.1:(\d+)", line)] if m), None)
+    check(port, f"the server ({' '.join(args)}) printed its port")
+    log = []
+    threading.Thread(target=lambda: log.extend(server.stdout), daemon=True).start()
+    return server, port, log
 
 
 def http(url, body=None, key="test-key", raw=None):
@@ -64,8 +84,7 @@ def main():
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="swiftpeft-serve-test-")
     base = os.path.join(work, "base.h5")
-    tool(a.bin, "pretrain", "--data", CORPUS, "--out", base, "--vocab-size", "300", "--hidden", "32", "--layers", "2",
-         "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--steps", "30", "--batch", "4", "--seq-len", "32", "--lr", "3e-3")
+    pretrain_tiny_base(a.bin, base)
     adapters = {}
     for name, method, extra in [("lora", "lora", ["--r", "4"]), ("ia3", "ia3", []), ("prompt", "prompt", ["--num-virtual-tokens", "4"])]:
         out = os.path.join(work, name)
@@ -82,12 +101,8 @@ def main():
     for precision in ["bf16", "bf16-only"] if a.bf16 else []:
         # bf16 copies of the base's weights (beside fp32, or alone): served completions equal
         # `generate` at the same precision.
-        bf16 = subprocess.Popen([a.bin, "serve", "--model", base, "--adapters", f"lora={adapters['lora']}", "--port", "0",
-                                 "--precision", precision], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        bf16, port, _ = start_server(a.bin, "--model", base, "--adapters", f"lora={adapters['lora']}", "--precision", precision)
         try:
-            port = next((int(m.group(1)) for line in bf16.stdout
-                         for m in [re.search(r"on http://127\.0\.0\.1:(\d+)", line)] if m), None)
-            check(port, f"the {precision} server printed its port")
             c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
             for model in ["base", "lora"]:
                 text = c.completions.create(model=model, prompt=PROMPTS[0], max_tokens=12, temperature=0).choices[0].text
@@ -98,18 +113,8 @@ def main():
             bf16.wait()
         print(f"serve test: --precision {precision} completions equal `generate --precision {precision}` for base and lora")
 
-    server = subprocess.Popen([a.bin, "serve", "--model", base, "--adapters", f"lora={adapters['lora']},ia3={adapters['ia3']}",
-                               "--port", "0", "--api-key", "test-key", "--max-batch", "8"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    port = None
-    for line in server.stdout:
-        m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-            break
-    check(port, "the server printed its port")
-    log = []
-    threading.Thread(target=lambda: log.extend(server.stdout), daemon=True).start()
+    server, port, log = start_server(a.bin, "--model", base, "--adapters", f"lora={adapters['lora']},ia3={adapters['ia3']}",
+                                     "--api-key", "test-key", "--max-batch", "8")
     root = f"http://127.0.0.1:{port}"
     client = openai.OpenAI(base_url=root + "/v1", api_key="test-key", max_retries=0)
     try:

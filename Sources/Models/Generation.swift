@@ -260,7 +260,7 @@ public struct TokenLogprob: Sendable {
 
 /// `token`'s entry in one position's log-probabilities (a log-softmax row of V, e.g.
 /// `Tensor.logSoftmax`), with the `top` most likely tokens and theirs.
-public func tokenLogprob(_ logprobs: UnsafeBufferPointer<Float>, token: Int32, top k: Int) -> TokenLogprob {
+public func tokenLogprob(logprobs: UnsafeBufferPointer<Float>, token: Int32, top k: Int) -> TokenLogprob {
     let V = logprobs.count
     precondition(V > 0 && token >= 0 && Int(token) < V, "[tokenLogprob] token \(token) is outside the \(V) log-probabilities")
     // The k best by insertion into a sorted list of at most k (k is small: at most 20 in the API).

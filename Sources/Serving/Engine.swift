@@ -32,6 +32,8 @@ public struct GenerationRequest: Sendable {
     public var stop: [String] = []
     /// More tokens that end the completion as EOS does, left out of the text.
     public var stopTokens: [Int32] = []
+    /// Keep only the k most likely tokens (0: off; vLLM's `top_k`).
+    public var topK = 0
     /// Drop tokens less likely than this times the most likely one (0: off; vLLM's `min_p`).
     public var minP: Float = 0
     /// Added to a token's logit before anything else (OpenAI's `logit_bias`: -100 bans, 100 forces).
@@ -469,6 +471,7 @@ public final class ServingEngine: @unchecked Sendable {
         var promptLogprobs = [[TokenLogprob?]](repeating: [], count: B)
         // How often each row's completion has used each token (penalties).
         var used = [[Int32: Int]](repeating: [:], count: B)
+        let promptTokens = rows.map { $0.request.repetitionPenalty == 1 ? [] : Set($0.request.prompt) }  // the repetition penalty's
         var rngs = rows.map { RNG(seed: $0.request.seed) }
         let V = model.config.vocabSize
         let debug = ProcessInfo.processInfo.environment["SWIFTPEFT_DEBUG_BATCH"] != nil
@@ -511,11 +514,11 @@ public final class ServingEngine: @unchecked Sendable {
                     let r = rows[b].request
                     let row = Array(logits[b * V..<(b + 1) * V])
                     var options = SamplingOptions(maxNewTokens: r.maxTokens, temperature: r.temperature, topP: r.topP)
-                    options.minP = r.minP
-                    let token = Int32(sampleToken(adjustedLogits(row, r, used: used[b]), options, &rngs[b]))
+                    (options.minP, options.topK) = (r.minP, r.topK)
+                    let token = Int32(sampleToken(adjustedLogits(row, r, promptTokens: promptTokens[b], used: used[b]), options, &rngs[b]))
                     next[b] = token
                     if let k = r.logprobs {  // the token that ends the reply has one too (as vLLM gives it)
-                        let lp = logprobs.withUnsafeBufferPointer { tokenLogprob(UnsafeBufferPointer(rebasing: $0[b * V ..< (b + 1) * V]), token: token, top: k) }
+                        let lp = logprobs.withUnsafeBufferPointer { tokenLogprob(logprobs: UnsafeBufferPointer(rebasing: $0[b * V ..< (b + 1) * V]), token: token, top: k) }
                         tokenLogprobs[b].append(lp)
                         unsent[b].append(lp)
                     }
@@ -576,16 +579,16 @@ public final class ServingEngine: @unchecked Sendable {
 extension ServingEngine {
     /// `logits` (one row's V) as `request`'s bias and penalties leave them for sampling (the same
     /// values when it asks for none), in vLLM's order: the bias, then the repetition penalty over
-    /// the prompt's and the completion's tokens, then the frequency and presence penalties over the
-    /// completion's (`used`: how often it used each token).
-    func adjustedLogits(_ logits: [Float], _ request: GenerationRequest, used: [Int32: Int]) -> [Float] {
+    /// the prompt's (`promptTokens`, its set) and the completion's tokens, then the frequency and
+    /// presence penalties over the completion's (`used`: how often it used each token).
+    func adjustedLogits(_ logits: [Float], _ request: GenerationRequest, promptTokens: Set<Int32>, used: [Int32: Int]) -> [Float] {
         let r = request
         guard !r.logitBias.isEmpty || r.repetitionPenalty != 1 || r.frequencyPenalty != 0 || r.presencePenalty != 0 else { return logits }
         var x = logits
         for (t, bias) in r.logitBias where Int(t) < x.count { x[Int(t)] += bias }
         if r.repetitionPenalty != 1 {
             let p = r.repetitionPenalty
-            for t in Set(r.prompt).union(used.keys) where Int(t) < x.count {
+            for t in promptTokens.union(used.keys) where Int(t) < x.count {
                 x[Int(t)] = x[Int(t)] > 0 ? x[Int(t)] / p : x[Int(t)] * p
             }
         }
@@ -610,7 +613,7 @@ extension ServingEngine {
             let V = logprobs.shape[2]
             logprobs.toArray().withUnsafeBufferPointer { p in
                 for t in s..<e {
-                    out.append(tokenLogprob(UnsafeBufferPointer(rebasing: p[(t - s) * V ..< (t - s + 1) * V]), token: prompt[t + 1 - start], top: k))
+                    out.append(tokenLogprob(logprobs: UnsafeBufferPointer(rebasing: p[(t - s) * V ..< (t - s + 1) * V]), token: prompt[t + 1 - start], top: k))
                 }
             }
             s = e

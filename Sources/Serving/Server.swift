@@ -112,6 +112,8 @@ struct CompletionParameters {
     var temperature: Float
     var topP: Float
     var seed: UInt64
+    /// Whether the request named its seed (then every prompt of it samples with that seed, as in vLLM).
+    var seedGiven = false
     var stop: [String]
     /// vLLM's `stop_token_ids`: tokens that end the completion as EOS does.
     var stopTokenIDs: [Int32]
@@ -122,6 +124,8 @@ struct CompletionParameters {
     /// A completion's `echo`: the prompt goes before the text, with its tokens' log-probabilities
     /// when `logprobs` is set.
     var echo = false
+    /// vLLM's `top_k` (0 or -1: off).
+    var topK = 0
     /// `min_p`, `presence_penalty`, `frequency_penalty`, `repetition_penalty` (neutral when absent).
     var minP: Float = 0, presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1
     /// `logit_bias`: token id → bias in [-100, 100].
@@ -142,6 +146,7 @@ struct CompletionParameters {
         var neutral: [String: (Any) -> Bool] = [
             "best_of": { ($0 as? NSNumber)?.doubleValue == 1 }, "suffix": { ($0 as? String)?.isEmpty == true },
             "tools": { ($0 as? [Any])?.isEmpty == true }, "response_format": { (($0 as? [String: Any])?["type"] as? String) == "text" },
+            "min_tokens": { ($0 as? NSNumber)?.doubleValue == 0 }, "ignore_eos": { ($0 as? NSNumber)?.boolValue == false },
         ]
         if chat {
             neutral["echo"] = { ($0 as? NSNumber)?.boolValue == false }  // a completion's parameter
@@ -195,6 +200,7 @@ struct CompletionParameters {
             return Float(x)
         }
         minP = try value("min_p", in: 0...1, default: 0)
+        topK = max(0, try count("top_k", in: -1...1_000_000) ?? 0)
         presencePenalty = try value("presence_penalty", in: -2...2, default: 0)
         frequencyPenalty = try value("frequency_penalty", in: -2...2, default: 0)
         repetitionPenalty = try value("repetition_penalty", in: 0...10, default: 1, open: true)
@@ -221,6 +227,7 @@ struct CompletionParameters {
         case nil, is NSNull: seed = UInt64.random(in: 0...UInt64.max)
         case let n as NSNumber where ["q", "Q", "i", "l", "s"].contains(String(cString: n.objCType)):
             seed = String(cString: n.objCType) == "Q" ? n.uint64Value : UInt64(bitPattern: n.int64Value)
+            seedGiven = true
         default: throw APIError(status: .badRequest, message: "seed must be an integer", param: "seed")
         }
         switch o["stop"] {
@@ -314,7 +321,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
         }
         let echo = !p.echo ? nil : prompts.enumerated().map { k, prompt -> (text: String, hidden: Int) in
             switch prompt {
-            case .text(let s): return (s, ids[k].count - tokenizer.encode(s).count)  // the BOS in front is not in the text
+            case .text(let s): return (s, tokenizer.addsBOS && tokenizer.bosTokenID != nil ? 1 : 0)  // the BOS in front is not in the text
             case .tokens: return (tokenizer.decode(ids[k]), 0)
             }
         }
@@ -478,16 +485,17 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 /// from text before then. `echo`: each prompt's text, put before its choice's text (a completion's
 /// `echo`), with its tokens' log-probabilities when `p.logprobs` is set; `hidden`: how many of its
 /// first tokens the text does not show (the BOS the tokenizer put before a text prompt). Several
-/// prompts sample with seeds of their own (the request's seed plus the prompt's index).
+/// prompts sample with the request's seed when it names one (as vLLM: equal prompts, equal
+/// samples), else each with a random seed of its own.
 func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int32]], echo: [(text: String, hidden: Int)]? = nil, chat: Bool,
               readToolCalls: ToolSchemas? = nil, onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
     let requests = prompts.enumerated().map { k, ids in
         let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
         var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
-        (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seed &+ UInt64(k), p.stop, p.stopTokenIDs)
+        (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seedGiven ? p.seed : p.seed &+ UInt64(k), p.stop, p.stopTokenIDs)
         (r.logprobs, r.promptLogprobs) = (p.logprobs, echo != nil && p.logprobs != nil)
-        (r.minP, r.logitBias, r.presencePenalty, r.frequencyPenalty, r.repetitionPenalty) =
-            (p.minP, p.logitBias, p.presencePenalty, p.frequencyPenalty, p.repetitionPenalty)
+        (r.minP, r.topK, r.logitBias, r.presencePenalty, r.frequencyPenalty, r.repetitionPenalty) =
+            (p.minP, p.topK, p.logitBias, p.presencePenalty, p.frequencyPenalty, p.repetitionPenalty)
         return r
     }
     let streams: [AsyncStream<GenerationEvent>]
@@ -588,7 +596,8 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
     }
     return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: ResponseBody { writer in
         func send(_ o: [String: Any]) async throws {
-            let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
+            let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]))
+                ?? Data(#"{"error": {"code": null, "message": "the server could not write this chunk as JSON", "param": null, "type": "server_error"}}"#.utf8)
             try await writer.write(ByteBuffer(string: "data: " + String(decoding: data, as: UTF8.self) + "\n\n"))
         }
         func chunk(_ k: Int, _ delta: String?, finish: String?, logprobs: Any = NSNull(), extra: [String: Any] = [:],

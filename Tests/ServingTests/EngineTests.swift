@@ -272,6 +272,17 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(forced, [Int32](repeating: fish, count: 5), "a +100 bias forces the token")
         XCTAssertThrowsError(try engine.submit({ var r = GenerationRequest(model: engine.baseName, prompt: prompt, maxTokens: 1); r.logitBias = [Int32(V): 1]; return r }()))
 
+        // top_k 1 at any temperature is greedy.
+        var sampled = GenerationRequest(model: engine.baseName, prompt: prompt, maxTokens: 8)
+        (sampled.temperature, sampled.topK, sampled.seed, sampled.logprobs) = (1.5, 1, 11, 0)
+        let topOne = try await complete(engine, sampled).summary.logprobs?.map(\.token)
+        XCTAssertEqual(topOne, plain)
+        // More prompts than the queue holds: refused as a bad request, not "busy" (it could never fit).
+        let small = try ServingEngine(modelPath: basePath, maxQueue: 2)
+        defer { small.shutdown() }
+        let three = [GenerationRequest](repeating: GenerationRequest(model: small.baseName, prompt: prompt, maxTokens: 1), count: 3)
+        XCTAssertThrowsError(try small.submit(three)) { XCTAssertEqual(($0 as? ServingError)?.kind, .invalidRequest, "\($0)") }
+
         // min-p: of probabilities 0.5, 0.3, 0.15, 0.05 at temperature 1, min_p 0.5 keeps the first two.
         let logits = [0.5, 0.3, 0.15, 0.05].map { Float(Foundation.log($0)) }
         var options = SamplingOptions(temperature: 1)
@@ -322,7 +333,8 @@ final class EngineTests: XCTestCase {
                               (#"{"best_of": 1.9}"#, "best_of"), (#"{"presence_penalty": 2.5}"#, "presence_penalty"),
                               (#"{"frequency_penalty": true}"#, "frequency_penalty"), (#"{"repetition_penalty": 0}"#, "repetition_penalty"),
                               (#"{"min_p": 1.5}"#, "min_p"), (#"{"logit_bias": {"x": 5}}"#, "logit_bias"), (#"{"logit_bias": {"7": 200}}"#, "logit_bias"),
-                              (#"{"logit_bias": [5]}"#, "logit_bias"), (#"{"best_of": 3}"#, "best_of"), (#"{"max_tokens": true}"#, "max_tokens"),
+                              (#"{"logit_bias": [5]}"#, "logit_bias"), (#"{"top_k": -2}"#, "top_k"), (#"{"min_tokens": 3}"#, "min_tokens"),
+                              (#"{"ignore_eos": true}"#, "ignore_eos"), (#"{"best_of": 3}"#, "best_of"), (#"{"max_tokens": true}"#, "max_tokens"),
                               (#"{"stream": "true"}"#, "stream"), (#"{"seed": 1.5}"#, "seed"), (#"{"seed": "7"}"#, "seed")] {
             refused(json, param)
         }
@@ -344,6 +356,10 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(sampling.frequencyPenalty, 1)
         XCTAssertEqual(sampling.repetitionPenalty, 1.3)
         XCTAssertEqual(sampling.logitBias, [7: -100, 9: 2.5])
+        XCTAssertEqual(try params(#"{"top_k": 40}"#).topK, 40)
+        XCTAssertEqual(try params(#"{"top_k": -1}"#).topK, 0, "vLLM's -1 is off")
+        XCTAssertTrue(try params(#"{"seed": 3}"#).seedGiven)
+        XCTAssertFalse(try params("{}").seedGiven)
         // Log-probabilities: a completion's count (false is none) and echo; a chat's flag with top_logprobs.
         XCTAssertEqual(try params(#"{"logprobs": 5, "echo": true, "max_tokens": 0}"#).logprobs, 5)
         XCTAssertEqual(try params(#"{"logprobs": 0}"#).logprobs, 0)
@@ -827,6 +843,8 @@ final class ServerConnectionTests: XCTestCase {
         let infoJSON = try JSONSerialization.jsonObject(with: try await URLSession.shared.data(for: info).0) as? [String: Any]
         XCTAssertEqual(infoJSON?["eos_token"] as? String, tok.eosTokenID.flatMap { tok.tokenString(for: $0) })
         XCTAssertEqual(infoJSON?["add_bos_token"] as? Bool, true)
+        let unknown = try await URLSession.shared.data(for: URLRequest(url: URL(string: "http://127.0.0.1:\(port)/tokenizer_info?model=nope")!))
+        XCTAssertEqual((unknown.1 as? HTTPURLResponse)?.statusCode, 404, String(decoding: unknown.0, as: UTF8.self))
 
         // Two token-id prompts, echoed with their log-probabilities and one new token each.
         let prompts = [tok.encode("The cat sees the fish", addBOS: true), tok.encode("The fish", addBOS: true)]
@@ -947,6 +965,11 @@ final class ServerConnectionTests: XCTestCase {
             XCTAssertEqual((entry["top_logprobs"] as? [[String: Any]])?.count, 2)
             XCTAssertLessThanOrEqual(entry["logprob"] as? Double ?? 1, 0)
         }
+        // A request's seed is every prompt's (as vLLM): equal prompts sample equal texts.
+        let seeded = try await post("/v1/completions", ["prompt": ["The cat", "The cat"], "max_tokens": 8, "temperature": 1.5, "seed": 5])
+        let seededTexts = (seeded.json["choices"] as? [[String: Any]])?.map { $0["text"] as? String }
+        XCTAssertEqual(seededTexts?.count, 2)
+        XCTAssertEqual(seededTexts?.first, seededTexts?.last, seeded.text)
         let outside = try await post("/v1/completions", ["prompt": [tok.vocabSize + 5], "max_tokens": 1])
         XCTAssertEqual(outside.status, 400, outside.text)
         XCTAssertTrue(outside.text.contains("outside the model's vocabulary"), outside.text)
