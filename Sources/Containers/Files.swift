@@ -53,7 +53,7 @@ public func commitTemporary(_ tmp: String, to path: String, error: (String) -> E
 
 /// Removes temporary files of `path` (`<name>.tmp-PID`, `.<name>.tmp-PID-…`) whose writer process is
 /// gone, e.g. after a SIGKILL during a checkpoint write.
-func removeStaleTemporaries(of path: String) {
+public func removeStaleTemporaries(of path: String) {
     let url = URL(fileURLWithPath: path)
     let dir = url.deletingLastPathComponent()
     for name in (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? [] {

@@ -192,7 +192,16 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
                 + "(this rank \(comm.rank): \(splits.train.count) training rows, \(trainerOptions.steps) steps); every rank needs the same files and flags")
         }
     }
-    if comm.isLeader { trainer.onStep = onStep }
+    // Rank 0 redraws <out>/loss.svg at every evaluation (off the training thread) and at the end.
+    let plotURL = out.appendingPathComponent("loss.svg")
+    let plotTitle = "\(methodName) on \(URL(fileURLWithPath: job.modelPath).lastPathComponent): loss"
+    let plotter = comm.isLeader ? LossPlotter(url: plotURL, title: plotTitle, warn: onStart) : nil
+    if let plotter {
+        trainer.onStep = { m in
+            onStep(m)
+            plotter.add(m)
+        }
+    }
     trainer.onSkip = { step, fault in onStart("step \(step) skipped: \(fault) (its update is dropped; --skip-nonfinite)") }
     // Every rank draws the job's global batches from the same seed and trains on its rows of each.
     var stream = RankShard(BatchIterator(splits.train, batchSize: job.batchSize * comm.size, seed: job.trainer.seed),
@@ -219,10 +228,12 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         }
         if comm.isLeader { try trimMetrics(metricsURL, toStep: trainer.step) }
         try comm.barrier(what: "resume: rank 0 trims metrics.jsonl", patient: !comm.isLeader)
+        plotter?.startAfter(metricsURL)
     } else if comm.isLeader {
         // A state or metrics left by an earlier run in this folder must not be taken for this run's.
         try? fm.removeItem(at: metricsURL)
         try? fm.removeItem(at: stateURL)
+        try? fm.removeItem(at: plotURL)
     }
     // Every rank scores its share of the validation batches; the sums are all-reduced.
     let scorer: (() throws -> Double)? = val.map { v in {
@@ -235,6 +246,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     if let b = before { onStart(String(format: "validation loss before: %.4f (perplexity %.2f)", b, Foundation.exp(b))) }
     let start = Date()
     try trainer.run(&stream, validation: scorer)
+    plotter?.finish()
     let seconds = Date().timeIntervalSince(start)
     let saved: String
     if comm.isLeader && Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
@@ -357,4 +369,48 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
     guard Communicator.world.isLeader else { return results }  // under mpirun, rank 0 writes the report
     try writeCompareReport(results, to: URL(fileURLWithPath: base.outDir).appendingPathComponent("report"), title: "PEFT methods compared", setup: setup)
     return results
+}
+
+/// Keeps a run's steps and redraws its `loss.svg` (`writeLossPlot`) after each evaluation, on a
+/// queue of its own so that no step waits for it, and once more at the end. A plot that cannot be
+/// drawn or written is said once through `warn`; training goes on.
+final class LossPlotter: @unchecked Sendable {
+    let url: URL, title: String, warn: (String) -> Void
+    private let queue = DispatchQueue(label: "swiftpeft.train.loss-plot")
+    private var steps: [StepMetrics] = []  // touched on `queue` only
+    private var warned = false
+
+    init(url: URL, title: String, warn: @escaping (String) -> Void) {
+        (self.url, self.title, self.warn) = (url, title, warn)
+    }
+
+    /// A resumed run's plot starts with the steps of the metrics file it continues.
+    func startAfter(_ metrics: URL) {
+        guard FileManager.default.fileExists(atPath: metrics.path) else { return }
+        do {
+            let earlier = try readMetrics(metrics)
+            queue.sync { steps = earlier }
+        } catch {
+            warn("loss.svg starts at the resumed step: \(error)")
+        }
+    }
+
+    func add(_ m: StepMetrics) {
+        queue.async { [self] in
+            steps.append(m)
+            if m.valLoss != nil { draw() }
+        }
+    }
+
+    /// Draws the whole run and returns once the file is written.
+    func finish() {
+        queue.sync { draw() }
+    }
+
+    private func draw() {
+        do { try writeLossPlot([LossRun(name: "run", steps: steps)], title: title, to: url) } catch {
+            if !warned { warn("\(error) (training goes on without it)") }
+            warned = true
+        }
+    }
 }

@@ -184,7 +184,8 @@ struct Train: ParsableCommand {
         abstract: "Fine-tune a base model with a PEFT method (or every weight with --method full).",
         discussion: """
         Writes <out>/adapter.h5 (or model.h5 for full), <out>/metrics.jsonl (one JSON object per
-        step) and <out>/state.h5 (resumable with --resume).
+        step), <out>/loss.svg (training and validation loss, redrawn at each evaluation) and
+        <out>/state.h5 (resumable with --resume).
 
         Examples:
           swiftpeft train --model models/base.h5 --data data/python-faq.jsonl --method lora --out runs/lora
@@ -217,6 +218,7 @@ struct Train: ParsableCommand {
         print(String(format: "trained in %.1f s (%.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
                      formatBytes(o.savedBytes)))
         print("cost: \(o.cost.summary); \(job.outDir)/cost.json")
+        print("loss curves: \(job.outDir)/loss.svg")
     }
 }
 

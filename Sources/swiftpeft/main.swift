@@ -8,7 +8,7 @@ struct SwiftPEFT: ParsableCommand {
         commandName: "swiftpeft",
         abstract: "Parameter-efficient fine-tuning of decoder-only language models on the CPU.",
         version: "0.1.0",
-        subcommands: [Info.self, Pretrain.self, Train.self, Eval.self, Preview.self, Generate.self, Merge.self, Export.self, Convert.self, Compare.self, Backtest.self, Serve.self, Inspect.self, Bench.self])
+        subcommands: [Info.self, Pretrain.self, Train.self, Eval.self, Preview.self, Generate.self, Merge.self, Export.self, Convert.self, Compare.self, Backtest.self, Serve.self, Plot.self, Inspect.self, Bench.self])
 }
 
 /// Prints the versions and the BLAS kernel in use.

@@ -299,7 +299,7 @@ final class CLITests: XCTestCase {
 
     func testEverySubcommandHasHelpWithAnExample() throws {
         let top = try ok(["--help"])
-        for sub in ["info", "pretrain", "train", "eval", "preview", "generate", "merge", "export", "compare", "backtest", "serve", "inspect", "bench"] {
+        for sub in ["info", "pretrain", "train", "eval", "preview", "generate", "merge", "export", "convert", "compare", "backtest", "serve", "plot", "inspect", "bench"] {
             XCTAssertTrue(top.stdout.contains(sub), "top-level help lists \(sub):\n\(top.transcript)")
             let r = try ok([sub, "--help"])
             XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help shows an example:\n\(r.transcript)")
@@ -397,6 +397,8 @@ final class CLITests: XCTestCase {
         }
         let state = try ok(["inspect", out + "/state.h5"])
         XCTAssertTrue(state.stdout.contains("step: 6"), state.transcript)
+        XCTAssertTrue(r.stdout.contains("loss curves: \(out)/loss.svg"), r.transcript)
+        XCTAssertEqual(try lossPlot(out), [6, 2], "loss.svg: the training loss at every step, the validation loss at steps 3 and 6")
 
         // Resume with a larger budget: continues at step 7, appends to the metrics.
         let r2 = try ok(trainArgs(out: out, steps: 10) + ["--resume"])
@@ -411,6 +413,43 @@ final class CLITests: XCTestCase {
         XCTAssertGreaterThanOrEqual(e7, e6, "elapsed time carries over the resume")
         let state2 = try ok(["inspect", out + "/state.h5"])
         XCTAssertTrue(state2.stdout.contains("step: 10"), state2.transcript)
+        XCTAssertEqual(try lossPlot(out), [10, 4], "the resumed run's plot keeps the steps before the resume")
+    }
+
+    /// The number of points of each line of `<dir>/loss.svg` (training loss, then validation loss).
+    func lossPlot(_ dir: String) throws -> [Int] {
+        let svg = try String(contentsOfFile: dir + "/loss.svg", encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<?xml") && svg.hasSuffix("</svg>\n"), "loss.svg is not a whole SVG")
+        return svg.components(separatedBy: "<path class=\"series\" d=\"").dropFirst().map { rest in
+            rest.prefix { $0 != "\"" }.filter { $0 == "M" || $0 == "L" }.count
+        }
+    }
+
+    func testPlotDrawsSeveralRunsAndRefusesBadInput() throws {
+        let a = fx.path("runs/plot-a"), b = fx.path("runs/plot-b")
+        try ok(trainArgs(out: a, steps: 4))
+        try ok(trainArgs(out: b, steps: 3) + ["--lr", "1e-4"])
+        let svg = fx.path("plots/ab.svg")
+        let r = try ok(["plot", a, "slow=" + b + "/metrics.jsonl", "--out", svg, "--title", "two <runs>"])
+        XCTAssertTrue(r.stdout.contains("plot-a: 4 steps (1–4), last training loss "), r.transcript)
+        XCTAssertTrue(r.stdout.contains("slow: 3 steps (1–3)"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("wrote \(svg)"), r.transcript)
+        let text = try String(contentsOfFile: svg, encoding: .utf8)
+        for t in ["two &lt;runs&gt;", "plot-a training loss", "plot-a validation loss", "slow training loss", "slow validation loss"] {
+            XCTAssertTrue(text.contains(t), "the plot lacks '\(t)'")
+        }
+
+        let bad = fx.path("runs/plot-bad")
+        try FileManager.default.createDirectory(atPath: bad, withIntermediateDirectories: true)
+        try Data("{\"step\": 1, \"loss\": 2}\n".utf8).write(to: URL(fileURLWithPath: bad + "/metrics.jsonl"))
+        for (args, expected) in [
+            (["plot", bad, "--out", svg], "\(bad)/metrics.jsonl:1: not a metrics line (no \"lr\")"),
+            (["plot", fx.path("runs/none"), "--out", svg], "\(fx.path("runs/none")): no such file or folder"),
+            (["plot", a, a, "--out", svg], "two runs are named 'plot-a'"),
+            (["plot", "=" + a, "--out", svg], "empty name before '='"),
+        ] {
+            try fails(args, mentioning: [expected])
+        }
     }
 
     /// On a terminal (a pseudo-terminal from util-linux `script`), the progress is a bar redrawn in place.

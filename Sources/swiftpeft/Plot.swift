@@ -1,0 +1,52 @@
+// `swiftpeft plot`: the loss curves of several training runs on one chart.
+import ArgumentParser
+import Foundation
+import SwiftPEFT
+
+struct Plot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Draw the training and validation loss of one or more runs as an SVG.",
+        discussion: """
+        Each run is a train --out folder (or its metrics.jsonl), named by its folder or as NAME=PATH.
+        One run: its training loss raw and smoothed, its validation loss at each evaluation (as the
+        loss.svg train writes). Several: a colour per run, training loss solid, validation dashed.
+
+        Examples:
+          swiftpeft plot runs/lora --out lora.svg
+          swiftpeft plot lr1e-4=runs/a lr3e-4=runs/b --out lr.svg --title "LoRA r=16, two learning rates"
+          swiftpeft plot runs/compare/lora runs/compare/ia3 runs/compare/prompt --out methods.svg
+        """)
+
+    @Argument(help: "Runs: train --out folders or metrics.jsonl files, each optionally NAME=PATH.") var runs: [String]
+    @Option(help: "The SVG file to write.") var out: String
+    @Option(help: "The chart's title (default: Loss vs step).") var title = "Loss vs step"
+
+    func run() throws {
+        guard !runs.isEmpty else { throw CLIError("give at least one run: a train --out folder or its metrics.jsonl") }
+        var loaded: [LossRun] = []
+        for arg in runs {
+            var (name, path) = (nil as String?, arg)
+            if let eq = arg.firstIndex(of: "="), !FileManager.default.fileExists(atPath: arg) {
+                (name, path) = (String(arg[..<eq]), String(arg[arg.index(after: eq)...]))
+                guard !name!.isEmpty else { throw CLIError("'\(arg)': empty name before '='; write NAME=PATH") }
+            }
+            let file = try metricsFile(path)
+            let steps = try readMetrics(file)
+            guard !steps.isEmpty else { throw CLIError("\(file.path): holds no steps yet") }
+            let folder = file.lastPathComponent == "metrics.jsonl" ? file.deletingLastPathComponent() : file.deletingPathExtension()
+            let runName = name ?? folder.lastPathComponent
+            if loaded.contains(where: { $0.name == runName }) {
+                throw CLIError("two runs are named '\(runName)'; name them apart as NAME=PATH")
+            }
+            loaded.append(LossRun(name: runName, steps: steps))
+            let last = steps.last!, val = steps.last { $0.valLoss != nil }
+            print("\(runName): \(steps.count) steps (\(steps.first!.step)–\(last.step)), last training loss "
+                  + String(format: "%.4f", last.loss)
+                  + (val.map { String(format: ", validation loss %.4f at step %d", $0.valLoss!, $0.step) } ?? ", no validation"))
+        }
+        let url = URL(fileURLWithPath: out)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try writeLossPlot(loaded, title: title, to: url)
+        print("wrote \(out)")
+    }
+}
