@@ -7,7 +7,9 @@ import Containers
 
 /// One run's steps, as its `metrics.jsonl` holds them, under the name its plot shows.
 public struct LossRun {
+    /// The legend's name of the run (its lines are "NAME training loss", "NAME validation loss").
     public var name: String
+    /// Its steps in order, as `readMetrics` gives them.
     public var steps: [StepMetrics]
     public init(name: String, steps: [StepMetrics]) {
         self.name = name
@@ -53,6 +55,7 @@ public func readMetrics(_ url: URL) throws -> [StepMetrics] {
 private func metricsDecodingProblem(_ error: Error) -> String {
     switch error as? DecodingError {
     case .keyNotFound(let key, _): return "no \"\(key.stringValue)\""
+    case .typeMismatch(_, let c) where c.codingPath.isEmpty: return "not a JSON object"
     case .typeMismatch(_, let c), .valueNotFound(_, let c):
         return "\"\(c.codingPath.map(\.stringValue).joined(separator: "."))\" is not a number"
     case .dataCorrupted: return "not JSON"
@@ -103,6 +106,7 @@ public func writeLossPlot(_ runs: [LossRun], title: String, to url: URL) throws 
     removeStaleTemporaries(of: url.path)
     let tmp = url.path + ".tmp-\(getpid())"
     do { try Data(renderLossPlot(runs, title: title).utf8).write(to: URL(fileURLWithPath: tmp)) } catch {
+        unlink(tmp)
         throw CheckpointError(path: url.path, message: "cannot write the loss plot: \((error as NSError).localizedDescription)")
     }
     try commitTemporary(tmp, to: url.path) { CheckpointError(path: url.path, message: $0) }

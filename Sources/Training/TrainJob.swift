@@ -64,6 +64,8 @@ public struct TrainOutcome {
     /// adapter.h5 or model.h5.
     public var savedPath: String
     public var savedBytes: Int
+    /// `<out>/loss.svg` when it was drawn (nil on other ranks, or when it could not be written).
+    public var lossPlot: String?
     public var seconds: Double
     public var tokensPerSecond: Double
     public var history: [StepMetrics]
@@ -192,7 +194,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
                 + "(this rank \(comm.rank): \(splits.train.count) training rows, \(trainerOptions.steps) steps); every rank needs the same files and flags")
         }
     }
-    // Rank 0 redraws <out>/loss.svg at every evaluation (off the training thread) and at the end.
+    // Rank 0 redraws <out>/loss.svg as the run goes (off the training thread) and at its end.
     let plotURL = out.appendingPathComponent("loss.svg")
     let plotTitle = "\(methodName) on \(URL(fileURLWithPath: job.modelPath).lastPathComponent): loss"
     let plotter = comm.isLeader ? LossPlotter(url: plotURL, title: plotTitle, warn: onStart) : nil
@@ -228,7 +230,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         }
         if comm.isLeader { try trimMetrics(metricsURL, toStep: trainer.step) }
         try comm.barrier(what: "resume: rank 0 trims metrics.jsonl", patient: !comm.isLeader)
-        plotter?.startAfter(metricsURL)
+        plotter?.start(with: trainer.history)  // the steps before the resume, as the state holds them
     } else if comm.isLeader {
         // A state or metrics left by an earlier run in this folder must not be taken for this run's.
         try? fm.removeItem(at: metricsURL)
@@ -245,8 +247,11 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let before = job.resume ? nil : try scorer?()
     if let b = before { onStart(String(format: "validation loss before: %.4f (perplexity %.2f)", b, Foundation.exp(b))) }
     let start = Date()
-    try trainer.run(&stream, validation: scorer)
-    plotter?.finish()
+    do { try trainer.run(&stream, validation: scorer) } catch {
+        _ = plotter?.finish()  // a run that stops on a fault is the one whose curves are looked at
+        throw error
+    }
+    let plotted = plotter?.finish() == true ? plotURL.path : nil
     let seconds = Date().timeIntervalSince(start)
     let saved: String
     if comm.isLeader && Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
@@ -271,7 +276,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     try comm.barrier(what: "the end of training (rank 0 writes cost.json)", patient: !comm.isLeader)
     return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
-                        savedPath: saved, savedBytes: bytes, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
+                        savedPath: saved, savedBytes: bytes, lossPlot: plotted, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
                         cost: cost)
 }
 
@@ -371,46 +376,74 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
     return results
 }
 
-/// Keeps a run's steps and redraws its `loss.svg` (`writeLossPlot`) after each evaluation, on a
-/// queue of its own so that no step waits for it, and once more at the end. A plot that cannot be
-/// drawn or written is said once through `warn`; training goes on.
+/// Keeps a run's steps and redraws its `loss.svg` (`writeLossPlot`) after each evaluation and every
+/// 2% of the steps, on a queue of its own so that no step waits for it (a draw still queued is not
+/// queued twice), and once more at the end. A plot that cannot be written is said once, from the
+/// training thread, and training goes on.
 final class LossPlotter: @unchecked Sendable {
     let url: URL, title: String, warn: (String) -> Void
     private let queue = DispatchQueue(label: "swiftpeft.train.loss-plot")
-    private var steps: [StepMetrics] = []  // touched on `queue` only
-    private var warned = false
+    private let lock = NSLock()
+    private var steps: [StepMetrics] = [], pending = false, failure: String?, said = false  // under `lock`
 
     init(url: URL, title: String, warn: @escaping (String) -> Void) {
         (self.url, self.title, self.warn) = (url, title, warn)
     }
 
-    /// A resumed run's plot starts with the steps of the metrics file it continues.
-    func startAfter(_ metrics: URL) {
-        guard FileManager.default.fileExists(atPath: metrics.path) else { return }
-        do {
-            let earlier = try readMetrics(metrics)
-            queue.sync { steps = earlier }
-        } catch {
-            warn("loss.svg starts at the resumed step: \(error)")
-        }
+    /// A resumed run's steps so far.
+    func start(with earlier: [StepMetrics]) {
+        lock.withLock { steps = earlier }
     }
 
+    /// Step `m` is done (called on the training thread).
     func add(_ m: StepMetrics) {
-        queue.async { [self] in
-            steps.append(m)
-            if m.valLoss != nil { draw() }
+        lock.withLock { steps.append(m) }
+        if m.valLoss != nil || m.step % max(1, m.totalSteps / 50) == 0 {
+            let go = lock.withLock { () -> Bool in
+                defer { pending = true }
+                return !pending
+            }
+            if go {
+                queue.async { [self] in
+                    let now = lock.withLock { () -> [StepMetrics] in
+                        pending = false
+                        return steps
+                    }
+                    draw(now)
+                }
+            }
+        }
+        sayFailure()
+    }
+
+    /// Returns once the draws queued so far are done.
+    func waitForDraws() { queue.sync {} }
+
+    /// Draws the whole run once the queued draws are done; whether the file is written.
+    func finish() -> Bool {
+        waitForDraws()
+        let ok = draw(lock.withLock { steps })
+        sayFailure()
+        return ok
+    }
+
+    @discardableResult
+    private func draw(_ steps: [StepMetrics]) -> Bool {
+        do {
+            try writeLossPlot([LossRun(name: "run", steps: steps)], title: title, to: url)
+            return true
+        } catch {
+            lock.withLock { if failure == nil { failure = "\(error)" } }
+            return false
         }
     }
 
-    /// Draws the whole run and returns once the file is written.
-    func finish() {
-        queue.sync { draw() }
-    }
-
-    private func draw() {
-        do { try writeLossPlot([LossRun(name: "run", steps: steps)], title: title, to: url) } catch {
-            if !warned { warn("\(error) (training goes on without it)") }
-            warned = true
+    private func sayFailure() {
+        let message = lock.withLock { () -> String? in
+            guard !said, let f = failure else { return nil }
+            said = true
+            return f
         }
+        if let message { warn(message + " (training goes on without it)") }
     }
 }

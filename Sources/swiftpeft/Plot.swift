@@ -22,7 +22,6 @@ struct Plot: ParsableCommand {
     @Option(help: "The chart's title (default: Loss vs step).") var title = "Loss vs step"
 
     func run() throws {
-        guard !runs.isEmpty else { throw CLIError("give at least one run: a train --out folder or its metrics.jsonl") }
         var loaded: [LossRun] = []
         for arg in runs {
             var (name, path) = (nil as String?, arg)
@@ -30,10 +29,16 @@ struct Plot: ParsableCommand {
                 (name, path) = (String(arg[..<eq]), String(arg[arg.index(after: eq)...]))
                 guard !name!.isEmpty else { throw CLIError("'\(arg)': empty name before '='; write NAME=PATH") }
             }
-            let file = try metricsFile(path)
-            let steps = try readMetrics(file)
+            let file: URL, steps: [StepMetrics]
+            do {
+                file = try metricsFile(path)
+                steps = try readMetrics(file)
+            } catch where name != nil {
+                throw CLIError("'\(arg)' read as NAME=PATH: \(error)")
+            }
             guard !steps.isEmpty else { throw CLIError("\(file.path): holds no steps yet") }
-            let folder = file.lastPathComponent == "metrics.jsonl" ? file.deletingLastPathComponent() : file.deletingPathExtension()
+            let whole = file.standardizedFileURL
+            let folder = whole.lastPathComponent == "metrics.jsonl" ? whole.deletingLastPathComponent() : whole.deletingPathExtension()
             let runName = name ?? folder.lastPathComponent
             if loaded.contains(where: { $0.name == runName }) {
                 throw CLIError("two runs are named '\(runName)'; name them apart as NAME=PATH")
@@ -45,7 +50,9 @@ struct Plot: ParsableCommand {
                   + (val.map { String(format: ", validation loss %.4f at step %d", $0.valLoss!, $0.step) } ?? ", no validation"))
         }
         let url = URL(fileURLWithPath: out)
-        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        do { try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true) } catch {
+            throw CLIError("\(out): cannot create its folder (\((error as NSError).localizedDescription))")
+        }
         try writeLossPlot(loaded, title: title, to: url)
         print("wrote \(out)")
     }

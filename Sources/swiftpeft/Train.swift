@@ -218,7 +218,7 @@ struct Train: ParsableCommand {
         print(String(format: "trained in %.1f s (%.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
                      formatBytes(o.savedBytes)))
         print("cost: \(o.cost.summary); \(job.outDir)/cost.json")
-        print("loss curves: \(job.outDir)/loss.svg")
+        if let plot = o.lossPlot { print("loss curves: \(plot)") }
     }
 }
 

@@ -447,6 +447,7 @@ final class CLITests: XCTestCase {
             (["plot", fx.path("runs/none"), "--out", svg], "\(fx.path("runs/none")): no such file or folder"),
             (["plot", a, a, "--out", svg], "two runs are named 'plot-a'"),
             (["plot", "=" + a, "--out", svg], "empty name before '='"),
+            (["plot", fx.path("runs/lr=1e-4"), "--out", svg], "'\(fx.path("runs/lr=1e-4"))' read as NAME=PATH: 1e-4: no such file or folder"),
         ] {
             try fails(args, mentioning: [expected])
         }

@@ -128,4 +128,33 @@ final class LossPlotTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("missing/loss.svg: cannot write the loss plot"), "\($0)")
         }
     }
+
+    /// The plotter `train` uses: redraws as steps come (every 2% and at evaluations), starts from a
+    /// resumed run's steps, and says a plot it cannot write once, without stopping anything.
+    func testLossPlotterDrawsAsTheRunGoesAndSaysAFailureOnce() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("loss-plotter-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        let url = dir.appendingPathComponent("loss.svg")
+        var said: [String] = []
+        let all = steps(100, evalEvery: 40)
+        let plotter = LossPlotter(url: url, title: "t", warn: { said.append($0) })
+        plotter.start(with: Array(all.prefix(10)))
+        plotter.add(all[10])  // step 11: no evaluation, not a 2% step: nothing drawn yet
+        plotter.waitForDraws()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: url.path))
+        plotter.add(all[11])  // step 12: 2% of 100 steps is every 2nd
+        plotter.waitForDraws()
+        XCTAssertEqual(paths(try String(contentsOf: url, encoding: .utf8), class: "series").map(\.count), [12])
+        for m in all[12...] { plotter.add(m) }
+        XCTAssertTrue(plotter.finish())
+        XCTAssertEqual(paths(try String(contentsOf: url, encoding: .utf8), class: "series").map(\.count), [100, 3])
+        XCTAssertEqual(said, [])
+
+        let nowhere = LossPlotter(url: dir.appendingPathComponent("missing/loss.svg"), title: "t", warn: { said.append($0) })
+        for m in all.prefix(20) { nowhere.add(m) }
+        XCTAssertFalse(nowhere.finish())
+        XCTAssertEqual(said.count, 1, "\(said)")
+        XCTAssertTrue(said.first?.contains("missing/loss.svg: cannot write the loss plot") == true && said.first?.hasSuffix("(training goes on without it)") == true, "\(said)")
+    }
 }
