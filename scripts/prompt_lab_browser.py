@@ -109,7 +109,10 @@ def drive(url, chromium, screenshot, template, variables, models, max_tokens=12,
         b.wait_for("document.body.dataset.finished === '1'")
         answers = b.evaluate("""JSON.stringify([...document.querySelectorAll('.answer')].map(d => ({
             model: d.dataset.model, output: d.querySelector('pre').textContent,
-            meta: d.querySelector('.meta').textContent, done: d.dataset.done === '1'})))""")
+            meta: d.querySelector('.meta').textContent, done: d.dataset.done === '1',
+            tokens: [...d.querySelectorAll('pre .tok')].map(s => ({text: s.textContent, logprob: +s.dataset.lp, title: s.title,
+                                                                  colour: s.style.backgroundColor})),
+            after: d.querySelector('.end') ? d.querySelector('.end').dataset.lp.split(',').map(Number) : []})))""")
         jsonl = b.evaluate("document.getElementById('jsonl').textContent")
         variables_shown = b.evaluate("[...document.querySelectorAll('#vars .var span')].map(s => s.textContent)")
         png = base64.b64decode(b.call("Page.captureScreenshot", {"format": "png"})["data"])

@@ -12,6 +12,7 @@ Exits non-zero on any failure; CLITests runs it (ServeTests) with the reference 
 """
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -243,9 +244,26 @@ def main():
             check(lab["variables"] == ["opening"], f"variables drawn: {lab['variables']}")
             check([x["model"] for x in lab["answers"]] == ["base", "lora", "ia3"] and all(x["done"] for x in lab["answers"]), str(lab["answers"]))
             for x in lab["answers"]:
-                api = client.completions.create(model=x["model"], prompt="The terms of", max_tokens=n).choices[0].text
-                check(x["output"] == api, f"page {x['model']}: {x['output']!r} vs API {api!r}")
-                check(re.search(r"\d+ \+ \d+ tokens · \d+ ms .*J · batch \d+", x["meta"]), f"meta: {x['meta']}")
+                api = client.completions.create(model=x["model"], prompt="The terms of", max_tokens=n, logprobs=5).choices[0]
+                check(x["output"] == api.text, f"page {x['model']}: {x['output']!r} vs API {api.text!r}")
+                check(re.search(r"\d+ \+ \d+ tokens · \d+ ms .*J · batch \d+ · \w+ · perplexity [\d.]+ over \d+ tokens", x["meta"]), f"meta: {x['meta']}")
+                # One span per token of the text, in order, with the API's log-probability (another batch:
+                # a float tolerance); the tokens past the text (an ending token) listed after it.
+                spans, want = x["tokens"], api.logprobs
+                shown = len(spans) + len(x["after"])
+                check("".join(t["text"] for t in spans) == api.text, f"page {x['model']}: token spans {spans} do not spell {api.text!r}")
+                check(shown == len(want.tokens) and [t["text"] for t in spans] == want.tokens[:len(spans)],
+                      f"page {x['model']}: tokens {[t['text'] for t in spans]} + {len(x['after'])} after vs API {want.tokens}")
+                lps = [t["logprob"] for t in spans] + x["after"]
+                check(all(abs(a - b) < 1e-3 for a, b in zip(lps, want.token_logprobs)), f"page {x['model']}: {lps} vs API {want.token_logprobs}")
+                check(all(t["title"].startswith(json.dumps(t["text"]) + " p ") for t in spans), f"tooltips: {[t['title'] for t in spans]}")
+                unlikely = min(spans, key=lambda t: t["logprob"])
+                check(unlikely["colour"].startswith("rgba(214, 39, 40") and float(unlikely["colour"].rstrip(")").split(",")[-1]) > 0,
+                      f"the least likely token is tinted: {unlikely}")
+                ppl = math.exp(-sum(want.token_logprobs) / len(want.token_logprobs))
+                shown_ppl = re.search(r"perplexity ([\d.]+) over (\d+) tokens", x["meta"])
+                check(abs(float(shown_ppl.group(1)) - ppl) <= 0.01 + 1e-3 * ppl and int(shown_ppl.group(2)) == len(want.token_logprobs),
+                      f"meta {x['meta']} vs perplexity {ppl:.2f} over {len(want.token_logprobs)} tokens")
             saved = os.path.join(work, "lab.jsonl")
             with open(saved, "w") as f:
                 f.write(lab["jsonl"])

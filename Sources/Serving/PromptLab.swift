@@ -1,7 +1,8 @@
 // The prompt lab: the page `serve` answers at `/`. A person writes a prompt template with {variables},
 // fills them, runs it on the base and the chosen adapters side by side (streamed from
-// /v1/completions), sees tokens, latency and cost per answer, and saves the prompts tried as the
-// JSONL that `swiftpeft backtest` reads. One self-contained page: no outside resources.
+// /v1/completions), sees tokens, latency and cost per answer, each token coloured by its probability
+// (hover: the alternatives the model weighed), and saves the prompts tried as the JSONL that
+// `swiftpeft backtest` reads. One self-contained page: no outside resources.
 
 let promptLabPage = #"""
 <!DOCTYPE html>
@@ -17,6 +18,9 @@ button{font:14px system-ui;padding:6px 14px;margin:10px 8px 0 0;border:1px solid
 .answer{background:#fff;border:1px solid #d5d9e0;border-radius:6px;padding:10px}
 .answer h3{margin:0 0 6px;font-size:14px}.answer pre{white-space:pre-wrap;margin:0;font:13px/1.4 ui-monospace,monospace;min-height:1.4em}
 .meta{color:#5b6475;font-size:12px;margin-top:6px}#saved{color:#5b6475;font-size:12px}
+.tok{border-radius:2px;cursor:help}.tok.nl::before{content:"↵";color:#9aa1b0}#answers.plain .tok{background:none!important}#answers.plain .end{display:none}
+.end{color:#5b6475;font:12px ui-monospace,monospace;margin-top:4px}
+#probsLabel{font-weight:normal;display:inline}#probs{width:auto;margin-right:6px}
 </style></head><body>
 <h1>SwiftPEFT prompt lab</h1>
 <label for="template">Prompt template ({name} is a variable)</label>
@@ -28,6 +32,7 @@ Answer:</textarea>
 <label>Models</label><div id="models"></div>
 <label for="maxTokens">Max tokens</label><input id="maxTokens" type="number" value="48" min="1" style="width:120px">
 <label for="apiKey">API key (when the server wants one)</label><input id="apiKey" type="password" style="width:320px">
+<div style="margin-top:10px"><label id="probsLabel"><input id="probs" type="checkbox" checked>Colour each token by its probability (red: unlikely; hover a token for the alternatives)</label></div>
 <div><button id="run">Run side by side</button><button id="save">Save prompt set (JSONL)</button><span id="saved"></span></div>
 <div id="answers"></div>
 <details id="set"><summary>Prompt set so far (the JSONL <code>swiftpeft backtest --prompts</code> reads)</summary><pre id="jsonl"></pre></details>
@@ -68,11 +73,45 @@ async function loadModels() {
     l.append(c, " " + m.id + (m.peft_type ? " (" + m.peft_type + ")" : " (base)")); $("models").append(l);
   }
 }
+// A token and its probability, then the alternatives the model gave more than 1% (tooltip text).
+function tokenInfo(lp, i) {
+  const p = Math.exp(lp.logprobs[i]), top = Object.entries(lp.tops[i] || {}).filter(([t]) => t !== lp.tokens[i]);
+  top.sort((a, b) => b[1] - a[1]);
+  const alts = top.filter(([, x]) => Math.exp(x) >= 0.01).map(([t, x]) => `${JSON.stringify(t)} ${Math.exp(x).toFixed(3)}`);
+  return `${JSON.stringify(lp.tokens[i])} p ${p.toFixed(3)} (logprob ${lp.logprobs[i].toFixed(3)})` +
+    (alts.length ? "\nalternatives: " + alts.join(", ") : "");
+}
+// Redraws an answer's text as one span per token, by the offsets the server gave: the redder, the less
+// likely. Tokens past the text (the one that ended it, text a stop cut off) are listed under it; a token
+// with no character of its own (part of one) is told in the tooltip of the span before it.
+function drawTokens(card, lp) {
+  const pre = card.querySelector("pre"), chars = Array.from(pre.textContent), n = chars.length;
+  const frag = document.createDocumentFragment(), after = [];
+  let pos = 0, last = null;
+  lp.tokens.forEach((t, i) => {
+    if (lp.offsets[i] >= n) { after.push(i); return; }
+    const a = Math.max(lp.offsets[i], pos), b = Math.min(i + 1 < lp.tokens.length ? lp.offsets[i + 1] : n, n);
+    if (a > pos) frag.append(chars.slice(pos, a).join(""));
+    if (b <= a) { if (last) last.title += "\n+ " + tokenInfo(lp, i); return; }
+    const s = document.createElement("span"); s.className = chars.slice(a, b).includes("\n") ? "tok nl" : "tok";
+    s.textContent = chars.slice(a, b).join(""); s.title = tokenInfo(lp, i); s.dataset.lp = String(lp.logprobs[i]);
+    s.style.background = `rgba(214,39,40,${(0.55 * (1 - Math.exp(lp.logprobs[i]))).toFixed(3)})`;
+    frag.append(s); last = s; pos = b;
+  });
+  if (pos < n) frag.append(chars.slice(pos).join(""));
+  pre.textContent = ""; pre.append(frag);
+  if (after.length) {
+    const d = document.createElement("div"); d.className = "end";
+    d.textContent = "after the text: " + after.map(i => `${JSON.stringify(lp.tokens[i])} p ${Math.exp(lp.logprobs[i]).toFixed(3)}`).join(", ");
+    d.title = after.map(i => tokenInfo(lp, i)).join("\n"); d.dataset.lp = after.map(i => lp.logprobs[i]).join(",");
+    pre.after(d);
+  }
+}
 async function runOne(model, prompt, card) {
   const out = card.querySelector("pre"), meta = card.querySelector(".meta");
-  const t0 = performance.now();
+  const t0 = performance.now(), lp = {tokens: [], logprobs: [], tops: [], offsets: []};
   const r = await fetch("/v1/completions", {method: "POST", headers: headers(),
-    body: JSON.stringify({model, prompt, max_tokens: +$("maxTokens").value, stream: true})});
+    body: JSON.stringify({model, prompt, max_tokens: +$("maxTokens").value, stream: true, logprobs: 5})});
   if (!r.ok) { const e = await r.json(); out.textContent = "error: " + e.error.message; return; }
   const reader = r.body.getReader(), dec = new TextDecoder(); let buf = "", first = null;
   for (;;) {
@@ -84,11 +123,17 @@ async function runOne(model, prompt, card) {
       if (line === "[DONE]") continue;
       const ev = JSON.parse(line); const c = ev.choices && ev.choices[0];
       if (c && c.text) { first = first ?? performance.now(); out.textContent += c.text; }
+      if (c && c.logprobs) {
+        lp.tokens.push(...c.logprobs.tokens); lp.logprobs.push(...c.logprobs.token_logprobs);
+        lp.tops.push(...c.logprobs.top_logprobs); lp.offsets.push(...c.logprobs.text_offset);
+      }
       if (ev.usage) {
-        const cost = ev.swiftpeft_cost;
+        const cost = ev.swiftpeft_cost, k = lp.logprobs.length;
+        const ppl = k ? ` · perplexity ${Math.exp(-lp.logprobs.reduce((x, y) => x + y, 0) / k).toFixed(2)} over ${k} tokens` : "";
         meta.textContent = `${ev.usage.prompt_tokens} + ${ev.usage.completion_tokens} tokens · ` +
           `${Math.round(performance.now() - t0)} ms (first token ${Math.round((first ?? performance.now()) - t0)} ms) · ` +
-          `${cost.energy_source === "rapl" ? "" : "≈"}${cost.energy_j.toFixed(2)} J · batch ${cost.batch_size} · ${c.finish_reason}`;
+          `${cost.energy_source === "rapl" ? "" : "≈"}${cost.energy_j.toFixed(2)} J · batch ${cost.batch_size} · ${c.finish_reason}${ppl}`;
+        drawTokens(card, lp);
         card.dataset.done = "1";
       }
     }
@@ -119,6 +164,7 @@ function save() {
 $("template").addEventListener("input", drawVars);
 $("apiKey").addEventListener("change", loadModels);
 $("run").addEventListener("click", run);
+$("probs").addEventListener("change", () => $("answers").classList.toggle("plain", !$("probs").checked));
 $("save").addEventListener("click", save);
 // A link can fill the page and run it: ?template=…&vars={"question":"…"}&models=base,faq&max_tokens=32&key=…&run=1
 async function start() {
