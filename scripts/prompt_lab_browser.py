@@ -114,12 +114,24 @@ def drive(url, chromium, screenshot, template, variables, models, max_tokens=12,
                                                                   colour: s.style.backgroundColor})),
             after: d.querySelector('.end') ? d.querySelector('.end').dataset.lp.split(',').map(Number) : []})))""")
         jsonl = b.evaluate("document.getElementById('jsonl').textContent")
+        # The page's token drawing on made-up log-probabilities of "a中b中" + an ending token, each 中
+        # three bytes in two tokens (the offsets as the server counts them: a cut character is one U+FFFD).
+        split_chars = json.loads(b.evaluate("""(() => {
+            const card = document.createElement('div'); card.innerHTML = '<pre></pre>'; document.body.append(card);
+            card.querySelector('pre').textContent = 'a\u4e2db\u4e2d';
+            drawTokens(card, {tokens: ['a', 'bytes:\\\\xe4', 'bytes:\\\\xb8\\\\xad', 'b', 'bytes:\\\\xe4\\\\xb8', 'bytes:\\\\xad', '<|im_end|>'],
+                              logprobs: [-0.1, -1, -0.01, -0.2, -2, -0.02, -0.5], tops: [null, null, null, null, null, null, null],
+                              offsets: [0, 1, 2, 2, 3, 4, 4]});
+            const r = {spans: [...card.querySelectorAll('pre .tok')].map(s => ({text: s.textContent, title: s.title})),
+                       text: card.querySelector('pre').textContent, after: card.querySelector('.end') ? card.querySelector('.end').dataset.lp : null};
+            card.remove(); return JSON.stringify(r); })()"""))
         variables_shown = b.evaluate("[...document.querySelectorAll('#vars .var span')].map(s => s.textContent)")
         png = base64.b64decode(b.call("Page.captureScreenshot", {"format": "png"})["data"])
         os.makedirs(os.path.dirname(os.path.abspath(screenshot)), exist_ok=True)
         with open(screenshot, "wb") as f:
             f.write(png)
-        return {"answers": json.loads(answers), "jsonl": jsonl, "variables": variables_shown, "screenshot_bytes": len(png)}
+        return {"answers": json.loads(answers), "jsonl": jsonl, "variables": variables_shown, "screenshot_bytes": len(png),
+                "split_chars": split_chars}
     finally:
         b.close()
 

@@ -264,6 +264,11 @@ def main():
                 shown_ppl = re.search(r"perplexity ([\d.]+) over (\d+) tokens", x["meta"])
                 check(abs(float(shown_ppl.group(1)) - ppl) <= 0.01 + 1e-3 * ppl and int(shown_ppl.group(2)) == len(want.token_logprobs),
                       f"meta {x['meta']} vs perplexity {ppl:.2f} over {len(want.token_logprobs)} tokens")
+            split = lab["split_chars"]
+            check([x["text"] for x in split["spans"]] == ["a", "\u4e2d", "b", "\u4e2d"] and split["text"] == "a\u4e2db\u4e2d"
+                  and "+ \"bytes:\\\\xb8\\\\xad\" p 0.990" in split["spans"][1]["title"]
+                  and "+ \"bytes:\\\\xad\" p 0.980" in split["spans"][3]["title"] and split["after"] == "-0.5",
+                  f"characters split into byte tokens, mid-text and at the end: {split}")
             saved = os.path.join(work, "lab.jsonl")
             with open(saved, "w") as f:
                 f.write(lab["jsonl"])

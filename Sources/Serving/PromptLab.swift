@@ -18,7 +18,7 @@ button{font:14px system-ui;padding:6px 14px;margin:10px 8px 0 0;border:1px solid
 .answer{background:#fff;border:1px solid #d5d9e0;border-radius:6px;padding:10px}
 .answer h3{margin:0 0 6px;font-size:14px}.answer pre{white-space:pre-wrap;margin:0;font:13px/1.4 ui-monospace,monospace;min-height:1.4em}
 .meta{color:#5b6475;font-size:12px;margin-top:6px}#saved{color:#5b6475;font-size:12px}
-.tok{border-radius:2px;cursor:help}.tok.nl::before{content:"↵";color:#9aa1b0}#answers.plain .tok{background:none!important}#answers.plain .end{display:none}
+.tok{border-radius:2px;cursor:help}.tok.nl::before{content:"↵";color:#9aa1b0}#answers.plain .tok{background:none!important}#answers.plain .end,#answers.plain .tok.nl::before{display:none}
 .end{color:#5b6475;font:12px ui-monospace,monospace;margin-top:4px}
 #probsLabel{font-weight:normal;display:inline}#probs{width:auto;margin-right:6px}
 </style></head><body>
@@ -83,12 +83,16 @@ function tokenInfo(lp, i) {
 }
 // Redraws an answer's text as one span per token, by the offsets the server gave: the redder, the less
 // likely. Tokens past the text (the one that ended it, text a stop cut off) are listed under it; a token
-// with no character of its own (part of one) is told in the tooltip of the span before it.
+// with no character of its own (the rest of a character split into bytes) is told in the tooltip of the
+// span before it.
 function drawTokens(card, lp) {
   const pre = card.querySelector("pre"), chars = Array.from(pre.textContent), n = chars.length;
   const frag = document.createDocumentFragment(), after = [];
   let pos = 0, last = null;
   lp.tokens.forEach((t, i) => {
+    if (lp.offsets[i] >= n && last && pos >= n && t.startsWith("bytes:") && !after.length) {
+      last.title += "\n+ " + tokenInfo(lp, i); return;  // the rest of the text's last character
+    }
     if (lp.offsets[i] >= n) { after.push(i); return; }
     const a = Math.max(lp.offsets[i], pos), b = Math.min(i + 1 < lp.tokens.length ? lp.offsets[i + 1] : n, n);
     if (a > pos) frag.append(chars.slice(pos, a).join(""));
@@ -129,6 +133,7 @@ async function runOne(model, prompt, card) {
       }
       if (ev.usage) {
         const cost = ev.swiftpeft_cost, k = lp.logprobs.length;
+        // Over every generated token, the one that ended the answer included.
         const ppl = k ? ` · perplexity ${Math.exp(-lp.logprobs.reduce((x, y) => x + y, 0) / k).toFixed(2)} over ${k} tokens` : "";
         meta.textContent = `${ev.usage.prompt_tokens} + ${ev.usage.completion_tokens} tokens · ` +
           `${Math.round(performance.now() - t0)} ms (first token ${Math.round((first ?? performance.now()) - t0)} ms) · ` +
@@ -168,6 +173,7 @@ $("probs").addEventListener("change", () => $("answers").classList.toggle("plain
 $("save").addEventListener("click", save);
 // A link can fill the page and run it: ?template=…&vars={"question":"…"}&models=base,faq&max_tokens=32&key=…&run=1
 async function start() {
+  $("answers").classList.toggle("plain", !$("probs").checked);  // a box the browser restored unticked
   const q = new URLSearchParams(location.search);
   if (q.has("template")) $("template").value = q.get("template");
   drawVars();
