@@ -296,6 +296,8 @@ public struct BacktestRow: Codable, Equatable, Sendable {
     /// The answer tokens `loss` is the mean over: the same for every version of a prompt (with
     /// learned positions, an answer is cut where the version with the most virtual tokens must cut it).
     public var lossTokens: Int? = nil
+    /// Those tokens' texts (joining to the scored answer) and each one's loss, −log p(token | before).
+    public var tokenLosses: [ScoredToken]? = nil
     /// Against the expected answer, averaged over the samples: exact match and contains (0…1,
     /// on normalized text), ROUGE-L F1.
     public var exactMatch: Double?
@@ -309,10 +311,19 @@ public struct BacktestRow: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case promptID = "prompt_id", version, tags, prompt, expected, output, samples, agreement, loss, perplexity
-        case lossTokens = "loss_tokens"
+        case lossTokens = "loss_tokens", tokenLosses = "token_losses"
         case exactMatch = "exact_match", contains, rougeL = "rouge_l", promptTokens = "prompt_tokens"
         case outputTokens = "output_tokens", latencyMs = "latency_ms", cost
     }
+}
+
+/// One token of an expected answer and how surprised a version was by it.
+public struct ScoredToken: Codable, Equatable, Sendable {
+    /// Its text in the answer (a special token, such as the end of a turn, as its content).
+    public var token: String
+    /// −log p(token | the prompt and the answer before it), in nats.
+    public var loss: Double
+    public init(token: String, loss: Double) { (self.token, self.loss) = (token, loss) }
 }
 
 /// The scores a version can be compared on (`--metric`).
@@ -474,16 +485,17 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             if model.config.positions == .learned && extra + ids.count >= model.config.maxPositions {
                 throw BacktestError("prompt \(p.id): \(ids.count) tokens (+\(extra) virtual) leave no room under the model's max_position_embeddings \(model.config.maxPositions)")
             }
-            var loss: Double?
+            var loss: Double?, tokenLosses: [ScoredToken]?
             var scoredTokens = 0, lossTokens: Int?
             if let expected = p.expected {
                 let answer = answerIDs[p.id] ?? tokenizer.encode(expected, following: ids.last) + (eos.map { [$0] } ?? [])
                 let seq = Array((ids + answer).prefix(model.config.positions == .learned ? model.config.maxPositions - mostVirtual : Int.max))
                 if seq.count > ids.count {
-                    var targets = [Int32](repeating: -100, count: seq.count)
-                    for t in (ids.count - 1)..<(seq.count - 1) { targets[t] = seq[t + 1] }
-                    loss = Double(withNoGrad { model.loss(seq, targets: targets, batch: 1).item() })
-                    (scoredTokens, lossTokens) = (seq.count, seq.count - ids.count)
+                    let scored = Array(seq[ids.count...])
+                    let losses = answerTokenLosses(model, seq, from: ids.count)
+                    loss = losses.reduce(0, +) / Double(losses.count)
+                    tokenLosses = zip(tokenizer.pieces(scored, following: ids.last), losses).map { ScoredToken(token: $0, loss: $1) }
+                    (scoredTokens, lossTokens) = (seq.count, scored.count)
                 }
             }
             let start = Date()
@@ -508,7 +520,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             rows.append(BacktestRow(
                 promptID: p.id, version: v.name, tags: p.tags, prompt: p.prompt, expected: exp, output: mode,
                 samples: o.samples > 1 ? outputs : nil, agreement: Double(counts[mode]!) / Double(outputs.count),
-                loss: loss, perplexity: loss.map { Foundation.exp($0) }, lossTokens: lossTokens,
+                loss: loss, perplexity: loss.map { Foundation.exp($0) }, lossTokens: lossTokens, tokenLosses: tokenLosses,
                 exactMatch: exp.map { e in mean { normalizedAnswer($0) == normalizedAnswer(e) ? 1 : 0 } },
                 contains: exp.map { e in mean { normalizedAnswer($0).contains(normalizedAnswer(e)) ? 1 : 0 } },
                 rougeL: exp.map { e in mean { rougeL($0, e) } },
@@ -529,4 +541,21 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         : "\(o.samples) samples at temperature \(o.temperature) (seeds \(o.seed)…\(o.seed &+ UInt64(o.samples - 1))), at most \(o.maxNewTokens) new tokens"
     return BacktestResult(model: o.modelPath, versions: names2, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
                           tags: tags, decoding: decoding, cost: total.reading(tokens: rows.reduce(0) { $0 + $1.cost.tokens }))
+}
+
+/// −log p(seq[t] | seq[..<t]) for each t from `start` on, in nats: one pass over `seq`, the output
+/// head run on the scored positions only, 256 of them at a time (never a (T, V) block for a long answer).
+func answerTokenLosses(_ model: CausalLM, _ seq: [Int32], from start: Int) -> [Double] {
+    withNoGrad {
+        let h = model.hiddenStates(seq, batch: 1)  // (1, T, C)
+        var out: [Double] = []
+        out.reserveCapacity(seq.count - start)
+        for a in stride(from: start - 1, to: seq.count - 1, by: 256) {
+            let b = min(a + 256, seq.count - 1)
+            let lp = model.lmHead(h.slice(axis: 1, a, b).contiguous()).logSoftmax()  // (1, b − a, V)
+            let V = lp.shape[2], values = lp.toArray()
+            for i in 0..<(b - a) { out.append(-Double(values[i * V + Int(seq[a + i + 1])])) }
+        }
+        return out
+    }
 }

@@ -80,7 +80,8 @@ func htmlEscape(_ s: String) -> String {
 
 /// report.html: one page, no outside resources: the summary, then per prompt the prompt, the
 /// expected answer and each version's output side by side, each version's words diffed against the
-/// base's output (added words marked, removed ones struck through), with its scores and cost.
+/// base's output (added words marked, removed ones struck through), with its scores and cost, and
+/// the expected answer once more per version, each token tinted by that version's loss on it.
 public func renderBacktestHTML(_ r: BacktestResult) -> String {
     let reference = r.versions.contains("base") ? "base" : r.versions.first ?? ""
     var h = """
@@ -98,10 +99,12 @@ public func renderBacktestHTML(_ r: BacktestResult) -> String {
         .answer h3{font-size:13px;margin:0 0 4px}
         ins{background:#d7f5dd;text-decoration:none}del{background:#fbdada;color:#8a1f1f}
         .meta{color:#5b6475;font-size:12px;margin-top:6px}.tag{background:#eef1f6;border-radius:3px;padding:0 5px;margin-right:4px;font-size:12px}
+        .tok{border-radius:2px;cursor:help}.scored{margin-top:6px;border-top:1px dashed #e3e6eb;padding-top:4px}
         </style></head><body>
         <h1>Back-test of \(htmlEscape(r.model))</h1>
         <p>\(r.rows.count / max(1, r.versions.count)) prompts × \(r.versions.count) versions; decoding: \(htmlEscape(r.decoding)).
-        Diffs are against <b>\(htmlEscape(reference))</b>. Cost of the whole run: \(htmlEscape(r.cost.summary)).</p>
+        Diffs are against <b>\(htmlEscape(reference))</b>. Under each output, the expected answer is tinted token by token
+        by that version's loss on it (red: the version found the token unlikely; hover for the figures). Cost of the whole run: \(htmlEscape(r.cost.summary)).</p>
         <table class="sum"><tr><th>version</th><th>exact</th><th>contains</th><th>ROUGE-L</th><th>loss</th><th>agreement</th><th>mean latency</th><th>energy (J)</th></tr>
 
         """
@@ -141,12 +144,39 @@ public func renderBacktestHTML(_ r: BacktestResult) -> String {
             if let l = row.loss { meta.insert("loss \(num(l))", at: 0) }
             if row.samples != nil { meta.append("agreement \(percent(row.agreement))") }
             h += "<div class=\"answer\" data-version=\"\(htmlEscape(row.version))\"><h3>\(htmlEscape(row.version))</h3>"
-                + "<pre class=\"output\">\(body)</pre><div class=\"meta\">\(meta.joined(separator: " · "))</div></div>\n"
+                + "<pre class=\"output\">\(body)</pre><div class=\"meta\">\(meta.joined(separator: " · "))</div>"
+                + (row.tokenLosses.map { scoredAnswerHTML($0, reference: row.version == reference ? nil : rows.first { $0.version == reference }.flatMap(\.tokenLosses), name: reference) } ?? "")
+                + "</div>\n"
         }
         h += "</div></section>\n"
     }
     h += "<p class=\"meta\">\(htmlEscape(r.cost.energyNote)).</p>\n</body></html>\n"
     return h
+}
+
+/// The expected answer as one span per token, tinted by the loss on it (transparent at p = 1, red as
+/// p falls), its loss and probability as the tooltip, with the `reference` version's loss on the same
+/// token (`name`) when given. A token with no character of its own (part of a character another
+/// token completes) is told in the tooltip of the one before it. Folded under a summary line when
+/// the answer is long.
+func scoredAnswerHTML(_ tokens: [ScoredToken], reference: [ScoredToken]? = nil, name: String = "") -> String {
+    let other = reference?.count == tokens.count ? reference : nil
+    var spans: [(text: String, title: String, p: Double)] = []
+    for (i, t) in tokens.enumerated() {
+        let p = exp(-t.loss)
+        let figures = String(format: "loss %.3f, p %.3f", t.loss, p) + (other.map { String(format: " (%@: loss %.3f)", name, $0[i].loss) } ?? "")
+        if t.token.isEmpty, !spans.isEmpty {
+            spans[spans.count - 1].title += "; next byte token: " + figures
+        } else {
+            spans.append((t.token, figures, p))
+        }
+    }
+    let body = spans.map { s in
+        "<span class=\"tok\" title=\"\(htmlEscape(s.title))\" style=\"background:rgba(214,39,40,\(String(format: "%.3f", 0.55 * (1 - s.p))))\">\(htmlEscape(s.text))</span>"
+    }.joined()
+    let long = tokens.reduce(0) { $0 + $1.token.count } > 600
+    return "<details class=\"scored\"\(long ? "" : " open")><summary class=\"meta\">expected answer, by this version's loss per token</summary>"
+        + "<pre class=\"scored-answer\">\(body)</pre></details>"
 }
 
 /// Writes the report folder `dir` (replaced whole) and returns its files (`backtestReportFiles`).

@@ -572,6 +572,27 @@ final class TokenizerTests: XCTestCase {
     /// vocabulary lacks, else one fused unknown token; pieces read byte for byte (U+1F77 and U+03AF,
     /// a surrogate pair, a byte order mark before the file); decoding drops the first space only at
     /// the start (an unused id first does not count); written back, each reads the same.
+    /// `pieces`: one text per token, joining to the decoded text, a character of several byte tokens
+    /// given to the first of them; the same with `following:` (a continuation's decoding).
+    func testPiecesJoinToTheDecodedText() throws {
+        let tok = try BPETokenizer.load(json: Data(contentsOf: fixturesDir.appendingPathComponent("tokenizer_gpt2.json")))
+        let text = "h\u{E9}llo \u{1F642} w\u{F6}rld"
+        let ids = tok.encode(text)
+        for previous in [nil, tok.encode("Say:").last] {
+            let pieces = tok.pieces(ids, following: previous)
+            XCTAssertEqual(pieces.count, ids.count)
+            XCTAssertEqual(pieces.joined(), tok.decode(ids, following: previous))
+            XCTAssertFalse(pieces.joined().contains("\u{FFFD}"))
+        }
+        // The emoji's four bytes are more than one token here: the first carries it, the rest are empty.
+        let emoji = tok.encode(" \u{1F642}")
+        XCTAssertGreaterThan(emoji.count, 2, "the fixture spells the emoji in byte tokens: \(emoji)")
+        XCTAssertTrue(tok.pieces(emoji, following: nil).contains { $0.hasSuffix("\u{1F642}") }, "one piece holds the whole emoji")
+        XCTAssertEqual(tok.pieces(emoji, following: nil).joined(), " \u{1F642}")
+        XCTAssertTrue(tok.pieces(emoji, following: nil).contains(""), "\(tok.pieces(emoji, following: nil))")
+        XCTAssertEqual(tok.pieces([], following: nil), [])
+    }
+
     func testSentencePieceTokenizerJSONForms() throws {
         let normalizers = [
             "every": (#"{"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}"#, "null"),

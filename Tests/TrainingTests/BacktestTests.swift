@@ -196,15 +196,19 @@ final class BacktestTests: XCTestCase {
 
     /// The loss of `answer` after `prompt`, from the logits: mean −log p(answer token | everything before it).
     func answerLoss(_ model: CausalLM, _ prompt: [Int32], _ answer: [Int32]) -> Double {
+        let each = answerTokenLossesFromLogits(model, prompt, answer)
+        return each.reduce(0, +) / Double(answer.count)
+    }
+
+    /// −log p(answer token | everything before it) for each answer token, from the whole (T, V) logits.
+    func answerTokenLossesFromLogits(_ model: CausalLM, _ prompt: [Int32], _ answer: [Int32]) -> [Double] {
         let logits = withNoGrad { model.forward(prompt + answer, batch: 1) }.toArray()  // (1, T, V)
         let V = model.config.vocabSize
-        var nll = 0.0
-        for (k, target) in answer.enumerated() {
+        return answer.enumerated().map { k, target in
             let row = logits[(prompt.count - 1 + k) * V..<(prompt.count + k) * V].map(Double.init)
             let m = row.max()!
-            nll += m + log(row.map { exp($0 - m) }.reduce(0, +)) - row[Int(target)]
+            return m + log(row.map { exp($0 - m) }.reduce(0, +)) - row[Int(target)]
         }
-        return nll / Double(answer.count)
     }
 
     /// A tiny LLaMA base with the GPT-2 fixture tokenizer (or, with `chatTemplate`, a small one with
@@ -260,6 +264,14 @@ final class BacktestTests: XCTestCase {
                 let seq = ids + answer
                 XCTAssertEqual(row.loss!, answerLoss(model, ids, answer), accuracy: 1e-4, "\(version)/\(p.id)")
                 XCTAssertEqual(row.perplexity!, exp(row.loss!), accuracy: 1e-9)
+                // Each answer token's loss, its text as the answer reads (the EOS as its content).
+                let each = try XCTUnwrap(row.tokenLosses)
+                XCTAssertEqual(each.map(\.token).joined(), expected + tok.decode([tok.eosTokenID!]))
+                XCTAssertEqual(each.count, answer.count)
+                for (got, want) in zip(each.map(\.loss), answerTokenLossesFromLogits(model, ids, answer)) {
+                    XCTAssertEqual(got, want, accuracy: 1e-4, "\(version)/\(p.id): \(each)")
+                }
+                XCTAssertEqual(row.loss!, each.map(\.loss).reduce(0, +) / Double(each.count), accuracy: 1e-12)
                 XCTAssertEqual(row.rougeL, rougeL(row.output, expected))
                 XCTAssertEqual(row.cost.tokens, seq.count + ids.count + out.count, "scored tokens + prompt + output")
                 XCTAssertGreaterThan(row.cost.wallSeconds, 0)
@@ -346,7 +358,9 @@ final class BacktestTests: XCTestCase {
                         agreement: 1, loss: 1.5, perplexity: exp(1.5), exactMatch: 0, contains: 0, rougeL: rougeL(out, "the cat sat"),
                         promptTokens: 4, outputTokens: 3, latencyMs: 12, cost: cost)
         }
-        let rows = [row("base", "the cat sat"), row("v1", "the dog sat, \"quoted\"\r\nnext")]
+        var rows = [row("base", "the cat sat"), row("v1", "the dog sat, \"quoted\"\r\nnext")]
+        rows[1].tokenLosses = [ScoredToken(token: "the", loss: 0.01), ScoredToken(token: " c\u{E9}", loss: 3),
+                               ScoredToken(token: "", loss: 0.5), ScoredToken(token: " <sat>", loss: 0.7)]
         let r = BacktestResult(model: "m.h5", versions: ["base", "v1"], rows: rows,
                                summaries: [VersionSummary.of([rows[0]], version: "base"), VersionSummary.of([rows[1]], version: "v1")],
                                tagSummaries: ["t": [VersionSummary.of([rows[0]], version: "base"), VersionSummary.of([rows[1]], version: "v1")]],
@@ -358,6 +372,19 @@ final class BacktestTests: XCTestCase {
         XCTAssertTrue(html.contains("<ins>dog</ins>") && html.contains("<del>cat</del>"), "the word diff against the base")
         XCTAssertTrue(html.contains("q&lt;1&gt;") && html.contains("Q: a &amp; b?") && !html.contains("<1>"), "escaped")
         XCTAssertFalse(html.contains("http://") || html.contains("https://") || html.contains("<script src"), "self-contained")
+        // v1's expected answer, token by token: a likely token nearly clear, an unlikely one red, the
+        // empty (byte) token told in the tooltip before it, the text escaped.
+        XCTAssertEqual(html.components(separatedBy: "class=\"scored-answer\"").count - 1, 1, "only v1 has token losses")
+        XCTAssertTrue(html.contains("<span class=\"tok\" title=\"loss 0.010, p 0.990\" style=\"background:rgba(214,39,40,0.005)\">the</span>"), html)
+        XCTAssertTrue(html.contains("title=\"loss 3.000, p 0.050; next byte token: loss 0.500, p 0.607\" style=\"background:rgba(214,39,40,0.523)\"> c\u{E9}</span>"), html)
+        XCTAssertTrue(html.contains("> &lt;sat&gt;</span>"), html)
+        XCTAssertTrue(html.contains("<details class=\"scored\" open>"), "a short answer is shown unfolded")
+        // Beside the base's losses on the same tokens, and folded when long.
+        let base = [ScoredToken(token: "the", loss: 2), ScoredToken(token: " cat", loss: 1)]
+        let beside = scoredAnswerHTML([ScoredToken(token: "the", loss: 0.5), ScoredToken(token: " cat", loss: 0.25)], reference: base, name: "base")
+        XCTAssertTrue(beside.contains("title=\"loss 0.500, p 0.607 (base: loss 2.000)\""), beside)
+        XCTAssertFalse(scoredAnswerHTML([ScoredToken(token: "x", loss: 1)], reference: base, name: "base").contains("base:"), "other tokens: no comparison")
+        XCTAssertTrue(scoredAnswerHTML([ScoredToken(token: String(repeating: "word ", count: 200), loss: 1)]).hasPrefix("<details class=\"scored\"><summary"))
         let jsonl = try String(contentsOf: out.appendingPathComponent("results.jsonl"), encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(try jsonl.map { try JSONDecoder().decode(BacktestRow.self, from: Data($0.utf8)) }, rows)
         let csv = try String(contentsOf: out.appendingPathComponent("results.csv"), encoding: .utf8)
