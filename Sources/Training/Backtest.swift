@@ -472,6 +472,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }
     let eos = tokenizer.eosTokenID, ends = textEndTokens(tokenizer)
     var rows: [BacktestRow] = []
+    var answerPieces: [String: [String]] = [:]  // each prompt's scored tokens' texts: the same for every version
     let answers = versions.count * prompts.count
     for v in versions {
         let method = try v.path.map { try loadAdapter($0, onto: model) }
@@ -494,7 +495,8 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                     let scored = Array(seq[ids.count...])
                     let losses = answerTokenLosses(model, seq, from: ids.count)
                     loss = losses.reduce(0, +) / Double(losses.count)
-                    tokenLosses = zip(tokenizer.pieces(scored, following: ids.last), losses).map { ScoredToken(token: $0, loss: $1) }
+                    if answerPieces[p.id] == nil { answerPieces[p.id] = tokenizer.pieces(scored, following: ids.last) }
+                    tokenLosses = zip(answerPieces[p.id]!, losses).map { ScoredToken(token: $0, loss: $1) }
                     (scoredTokens, lossTokens) = (seq.count, scored.count)
                 }
             }
@@ -544,17 +546,25 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
 }
 
 /// −log p(seq[t] | seq[..<t]) for each t from `start` on, in nats: one pass over `seq`, the output
-/// head run on the scored positions only, 256 of them at a time (never a (T, V) block for a long answer).
+/// head run on the scored positions only, 128 of them at a time (one (128, V) block of logits, never
+/// a (T, V) one for a long answer), each row's log-sum-exp taken from it in place.
 func answerTokenLosses(_ model: CausalLM, _ seq: [Int32], from start: Int) -> [Double] {
     withNoGrad {
         let h = model.hiddenStates(seq, batch: 1)  // (1, T, C)
         var out: [Double] = []
         out.reserveCapacity(seq.count - start)
-        for a in stride(from: start - 1, to: seq.count - 1, by: 256) {
-            let b = min(a + 256, seq.count - 1)
-            let lp = model.lmHead(h.slice(axis: 1, a, b).contiguous()).logSoftmax()  // (1, b − a, V)
-            let V = lp.shape[2], values = lp.toArray()
-            for i in 0..<(b - a) { out.append(-Double(values[i * V + Int(seq[a + i + 1])])) }
+        for a in stride(from: start - 1, to: seq.count - 1, by: 128) {
+            let b = min(a + 128, seq.count - 1)
+            let logits = model.lmHead(h.slice(axis: 1, a, b).contiguous()).contiguous()  // (1, b − a, V)
+            let V = logits.shape[2], x = logits.basePointer
+            for i in 0..<(b - a) {
+                let row = x + i * V
+                var m = -Float.infinity
+                for j in 0..<V { m = max(m, row[j]) }
+                var sum = 0.0
+                for j in 0..<V { sum += Foundation.exp(Double(row[j] - m)) }
+                out.append(Double(m) + Foundation.log(sum) - Double(row[Int(seq[a + i + 1])]))
+            }
         }
         return out
     }

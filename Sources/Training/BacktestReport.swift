@@ -156,23 +156,23 @@ public func renderBacktestHTML(_ r: BacktestResult) -> String {
 
 /// The expected answer as one span per token, tinted by the loss on it (transparent at p = 1, red as
 /// p falls), its loss and probability as the tooltip, with the `reference` version's loss on the same
-/// token (`name`) when given. A token with no character of its own (part of a character another
-/// token completes) is told in the tooltip of the one before it. Folded under a summary line when
-/// the answer is long.
+/// token (`name`) when given. A token with no character of its own (the rest of a character split
+/// into byte tokens) is told in the tooltip of the one before it, and the span is tinted by their
+/// summed loss. Folded under a summary line when the answer is long.
 func scoredAnswerHTML(_ tokens: [ScoredToken], reference: [ScoredToken]? = nil, name: String = "") -> String {
     let other = reference?.count == tokens.count ? reference : nil
-    var spans: [(text: String, title: String, p: Double)] = []
+    var spans: [(text: String, title: String, loss: Double)] = []
     for (i, t) in tokens.enumerated() {
-        let p = exp(-t.loss)
-        let figures = String(format: "loss %.3f, p %.3f", t.loss, p) + (other.map { String(format: " (%@: loss %.3f)", name, $0[i].loss) } ?? "")
+        let figures = String(format: "loss %.3f, p %.3f", t.loss, exp(-t.loss)) + (other.map { String(format: " (%@: loss %.3f)", name, $0[i].loss) } ?? "")
         if t.token.isEmpty, !spans.isEmpty {
-            spans[spans.count - 1].title += "; next byte token: " + figures
+            spans[spans.count - 1].title += "; the same character's next byte token: " + figures
+            spans[spans.count - 1].loss += t.loss
         } else {
-            spans.append((t.token, figures, p))
+            spans.append((t.token, figures, t.loss))
         }
     }
     let body = spans.map { s in
-        "<span class=\"tok\" title=\"\(htmlEscape(s.title))\" style=\"background:rgba(214,39,40,\(String(format: "%.3f", 0.55 * (1 - s.p))))\">\(htmlEscape(s.text))</span>"
+        "<span class=\"tok\" title=\"\(htmlEscape(s.title))\" style=\"background:rgba(214,39,40,\(String(format: "%.3f", 0.55 * (1 - exp(-s.loss)))))\">\(htmlEscape(s.text))</span>"
     }.joined()
     let long = tokens.reduce(0) { $0 + $1.token.count } > 600
     return "<details class=\"scored\"\(long ? "" : " open")><summary class=\"meta\">expected answer, by this version's loss per token</summary>"

@@ -566,12 +566,6 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
-    /// A SentencePiece-style tokenizer.json (byte fallback) written by hand, needing no fetched data:
-    /// where each form puts its space (Prepend normalizer: every stretch; Metaspace "first", "always",
-    /// "never"), with a BOS in front the text still starts a text; byte tokens for a character the
-    /// vocabulary lacks, else one fused unknown token; pieces read byte for byte (U+1F77 and U+03AF,
-    /// a surrogate pair, a byte order mark before the file); decoding drops the first space only at
-    /// the start (an unused id first does not count); written back, each reads the same.
     /// `pieces`: one text per token, joining to the decoded text, a character of several byte tokens
     /// given to the first of them; the same with `following:` (a continuation's decoding).
     func testPiecesJoinToTheDecodedText() throws {
@@ -591,8 +585,17 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(tok.pieces(emoji, following: nil).joined(), " \u{1F642}")
         XCTAssertTrue(tok.pieces(emoji, following: nil).contains(""), "\(tok.pieces(emoji, following: nil))")
         XCTAssertEqual(tok.pieces([], following: nil), [])
+        // Whole-character tokens read as themselves.
+        let plain = tok.encode("the cat sat")
+        XCTAssertEqual(tok.pieces(plain, following: nil), plain.map { tok.decode([$0]) })
     }
 
+    /// A SentencePiece-style tokenizer.json (byte fallback) written by hand, needing no fetched data:
+    /// where each form puts its space (Prepend normalizer: every stretch; Metaspace "first", "always",
+    /// "never"), with a BOS in front the text still starts a text; byte tokens for a character the
+    /// vocabulary lacks, else one fused unknown token; pieces read byte for byte (U+1F77 and U+03AF,
+    /// a surrogate pair, a byte order mark before the file); decoding drops the first space only at
+    /// the start (an unused id first does not count); written back, each reads the same.
     func testSentencePieceTokenizerJSONForms() throws {
         let normalizers = [
             "every": (#"{"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}"#, "null"),

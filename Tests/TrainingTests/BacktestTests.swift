@@ -326,6 +326,18 @@ final class BacktestTests: XCTestCase {
         o.maxNewTokens = 2
         let r = try runBacktest(o)
         XCTAssertEqual(r.rows.map(\.lossTokens), [48 - 4 - p, 48 - 4 - p], "base and adapter score the same tokens")
+        // Token by token as the logits give them, with the adapter's virtual tokens before the prompt
+        // (a GPT-2 head: not the fused loss's tied product), the texts those of the cut answer.
+        let ids = tok.encode(text), scored = Array((tok.encode(answer) + [tok.eosTokenID!]).prefix(48 - 4 - p))
+        for (row, withPrompt) in zip(r.rows, [false, true]) {
+            let m = try loadModel(base).model
+            if withPrompt { _ = try loadAdapter(adapter, onto: m) }
+            let want = answerTokenLossesFromLogits(m, ids, scored)
+            let got = try XCTUnwrap(row.tokenLosses)
+            XCTAssertEqual(got.count, want.count)
+            for (g, w) in zip(got, want) { XCTAssertEqual(g.loss, w, accuracy: 1e-4, row.version) }
+            XCTAssertEqual(got.map(\.token).joined(), tok.decode(scored, following: ids.last))
+        }
         // A prompt with room for the base but not for the adapter's virtual tokens stops the run before any work.
         var long = ""
         while tok.encode(long).count < 45 { long += " word" }
@@ -376,7 +388,7 @@ final class BacktestTests: XCTestCase {
         // empty (byte) token told in the tooltip before it, the text escaped.
         XCTAssertEqual(html.components(separatedBy: "class=\"scored-answer\"").count - 1, 1, "only v1 has token losses")
         XCTAssertTrue(html.contains("<span class=\"tok\" title=\"loss 0.010, p 0.990\" style=\"background:rgba(214,39,40,0.005)\">the</span>"), html)
-        XCTAssertTrue(html.contains("title=\"loss 3.000, p 0.050; next byte token: loss 0.500, p 0.607\" style=\"background:rgba(214,39,40,0.523)\"> c\u{E9}</span>"), html)
+        XCTAssertTrue(html.contains("title=\"loss 3.000, p 0.050; the same character's next byte token: loss 0.500, p 0.607\" style=\"background:rgba(214,39,40,0.533)\"> c\u{E9}</span>"), html)
         XCTAssertTrue(html.contains("> &lt;sat&gt;</span>"), html)
         XCTAssertTrue(html.contains("<details class=\"scored\" open>"), "a short answer is shown unfolded")
         // Beside the base's losses on the same tokens, and folded when long.
