@@ -88,6 +88,8 @@ let package = Package(
         .executableTarget(name: "example-train-lora", dependencies: ["SwiftPEFT"], path: "Examples/TrainLoRA"),
         .executableTarget(name: "example-compare-methods", dependencies: ["SwiftPEFT"], path: "Examples/CompareMethods"),
         .executableTarget(name: "example-merge-export", dependencies: ["SwiftPEFT"], path: "Examples/MergeAndExport"),
+        .executableTarget(name: "example-backtest", dependencies: ["SwiftPEFT"], path: "Examples/BacktestVersions"),
+        .executableTarget(name: "example-serve-in-app", dependencies: ["SwiftPEFT", "Serving"], path: "Examples/ServeInApp"),
 
         // A process that runs one op with bad shapes: preconditions are checked from outside.
         .executableTarget(name: "shape-probe", dependencies: ["TensorCore"], path: "Tests/ShapeProbe"),
@@ -102,7 +104,8 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["SwiftPEFT", "swiftpeft", "TestSupport"]),
         .testTarget(name: "ServingTests", dependencies: ["SwiftPEFT", "Serving", "TestSupport"]),
         .testTarget(name: "ExamplesTests", dependencies: ["SwiftPEFT", "example-tensor-basics", "example-train-lora",
-                                                          "example-compare-methods", "example-merge-export"]),
+                                                          "example-compare-methods", "example-merge-export",
+                                                          "example-backtest", "example-serve-in-app"]),
         // A method defined only in the test target goes through every generic path (the registry's proof).
         .testTarget(name: "MethodRegistryTests", dependencies: ["SwiftPEFT", "swiftpeft", "TestSupport"]),
     ]

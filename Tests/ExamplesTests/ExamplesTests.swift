@@ -17,6 +17,13 @@ final class ExamplesTests: XCTestCase {
     /// Runs the example executable built next to the tests; returns its output, failing on a non-zero exit.
     @discardableResult
     func run(_ name: String, _ args: [String], file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let (status, text) = try runStatus(name, args, file: file, line: line)
+        XCTAssertEqual(status, 0, "\(name) \(args.joined(separator: " ")):\n\(text)", file: file, line: line)
+        return text
+    }
+
+    /// Runs the example executable built next to the tests; returns its exit status and output.
+    func runStatus(_ name: String, _ args: [String], file: StaticString = #filePath, line: UInt = #line) throws -> (Int32, String) {
         let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         let exe = [binDir, binDir.deletingLastPathComponent()].map { $0.appendingPathComponent(name) }
             .first { FileManager.default.isExecutableFile(atPath: $0.path) }
@@ -31,9 +38,7 @@ final class ExamplesTests: XCTestCase {
         try p.run()
         p.waitUntilExit()
         try h.close()
-        let text = try String(contentsOf: out, encoding: .utf8)
-        XCTAssertEqual(p.terminationStatus, 0, "\(name) \(args.joined(separator: " ")):\n\(text)", file: file, line: line)
-        return text
+        return (p.terminationStatus, try String(contentsOf: out, encoding: .utf8))
     }
 
     func testTheExamplesRunAtTinySize() throws {
@@ -77,5 +82,23 @@ final class ExamplesTests: XCTestCase {
         // The merged checkpoint is a base model like any other and gives the adapted logits.
         let reloaded = try loadModel(merged + "/merged.h5")
         XCTAssertEqual(reloaded.model.config, config)
+
+        // Back-testing the base and the adapter on the held-out-style prompts: the table, the report,
+        // the tokens learned best and worst, and a verdict (PASS, or status 3 for a worse adapter).
+        let bt = dir.appendingPathComponent("backtest").path
+        let (status, backtest) = try runStatus("example-backtest", [base, jsonl, bt, "lora=" + lora + "/adapter.h5"])
+        XCTAssertTrue(status == 0 && backtest.contains("PASS: lora") || status == 3 && backtest.contains("FAIL: lora"), "status \(status):\n\(backtest)")
+        XCTAssertTrue(backtest.contains("| base | 40 |") && backtest.contains("| lora | 40 |"), backtest)
+        XCTAssertTrue(backtest.contains("learned best: \"") && backtest.contains(" → "), backtest)
+        for f in ["report.md", "report.html", "results.jsonl", "results.csv"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(bt)/\(f)"), "\(f):\n\(backtest)")
+        }
+
+        // The serving engine inside a program: base and adapter answer one prompt in one batch.
+        let served = try run("example-serve-in-app", [base, "lora=" + lora + "/adapter.h5", "Q: What does the cat eat?\nA:"])
+        XCTAssertTrue(served.contains("models: base, lora"), served)
+        XCTAssertTrue(served.contains("== base (") && served.contains("== lora ("), served)
+        XCTAssertEqual(served.components(separatedBy: "batch of 2").count - 1, 2, "the two rows share a batch:\n\(served)")
+        XCTAssertTrue(served.contains("token probabilities: 0.") && served.contains("cost: "), served)
     }
 }
