@@ -239,23 +239,27 @@ public func renderSVGPlot(_ results: [MethodResult], title: String) -> String {
 // MARK: - Writing the report
 
 /// The files of a comparison report, in the order `writeCompareReport` returns them.
-public let compareReportFiles = ["report.md", "results.csv", "results.json", "val_loss.svg"]
+public let compareReportFiles = ["report.md", "results.csv", "results.json", "val_loss.svg", "loss.svg"]
 
 /// Writes the comparison as the folder `dir` and returns its files, in this order: `report.md`
-/// (title, Markdown table, the plot, the setup note), `results.csv`, `results.json`, `val_loss.svg`.
-/// The four appear together or not at all: they are written into a temporary folder beside `dir`,
+/// (title, Markdown table, the plot, the setup note), `results.csv`, `results.json`, `val_loss.svg`,
+/// `loss.svg` (each method's training loss beside its validation loss, `renderLossPlot`).
+/// The five appear together or not at all: they are written into a temporary folder beside `dir`,
 /// which then replaces it (`writeFolderAtomically`), so a kill never mixes an old and a new report.
 @discardableResult
 public func writeCompareReport(_ results: [MethodResult], to dir: URL, title: String,
                                setup: String = "") throws -> [URL] {
     var md = "# \(markdownEscape(title))\n\n" + renderMarkdown(results) + "\n![validation loss](val_loss.svg)\n\n"
+    md += "Training and validation loss together: [loss.svg](loss.svg).\n"
     md += "Raw numbers: [results.csv](results.csv), [results.json](results.json) (with the loss curves).\n"
     md += "Adapter size counts the saved adapter tensors; peak memory is the process's peak resident set.\n"
     if let c = results.compactMap(\.cost).first { md += "Energy: \(c.energyNote) (≈ marks an estimate).\n" }
     let note = setup.trimmingCharacters(in: .whitespacesAndNewlines)
     if !note.isEmpty { md += "\n## Setup\n\n\(note)\n" }
     let contents = [Data(md.utf8), Data(renderCSV(results).utf8), try encodeCompareResults(results),
-                    Data(renderSVGPlot(results, title: title).utf8)]
+                    Data(renderSVGPlot(results, title: title).utf8),
+                    Data(renderLossPlot(results.map { LossRun(name: $0.method, training: $0.trainCurve ?? [], validation: $0.curve) },
+                                        title: title).utf8)]
     do {
         try writeFolderAtomically(dir, files: compareReportFiles) { tmp in
             for (name, data) in zip(compareReportFiles, contents) {

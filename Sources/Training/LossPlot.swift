@@ -5,15 +5,19 @@
 import Foundation
 import Containers
 
-/// One run's steps, as its `metrics.jsonl` holds them, under the name its plot shows.
+/// One run's loss curves under the name its plot shows.
 public struct LossRun {
     /// The legend's name of the run (its lines are "NAME training loss", "NAME validation loss").
     public var name: String
-    /// Its steps in order, as `readMetrics` gives them.
-    public var steps: [StepMetrics]
+    /// The training loss at each step, and the validation loss at each evaluation.
+    public var training: [CurvePoint], validation: [CurvePoint]
+    public init(name: String, training: [CurvePoint], validation: [CurvePoint]) {
+        (self.name, self.training, self.validation) = (name, training, validation)
+    }
+    /// A run's curves from its steps, as `readMetrics` gives them.
     public init(name: String, steps: [StepMetrics]) {
-        self.name = name
-        self.steps = steps
+        self.init(name: name, training: steps.map { CurvePoint(step: $0.step, loss: $0.loss) },
+                  validation: steps.compactMap { m in m.valLoss.map { CurvePoint(step: m.step, loss: $0) } })
     }
 }
 
@@ -83,15 +87,16 @@ func trailingMean(_ points: [CurvePoint], window: Int) -> [CurvePoint] {
 public func renderLossPlot(_ runs: [LossRun], title: String) -> String {
     var series: [PlotSeries] = []
     for (i, run) in runs.enumerated() {
-        let train = run.steps.filter { $0.loss.isFinite }.map { CurvePoint(step: $0.step, loss: $0.loss) }
-        let val = run.steps.compactMap { m in m.valLoss.map { CurvePoint(step: m.step, loss: $0) } }
+        let train = run.training.filter { $0.loss.isFinite }, val = run.validation
         let window = lossSmoothingWindow(train.count)
         let prefix = runs.count == 1 ? "" : run.name + " "
         let trainName = prefix + "training loss" + (window > 1 ? " (mean of \(window) steps)" : "")
         if runs.count == 1 && window > 1 {
             series.append(PlotSeries(name: "training loss", points: train, style: 0, markers: false, faint: true))
         }
-        series.append(PlotSeries(name: trainName, points: trailingMean(train, window: window), style: i, markers: false))
+        if !train.isEmpty || val.isEmpty {  // a run with validation only (compare's older results) draws that
+            series.append(PlotSeries(name: trainName, points: trailingMean(train, window: window), style: i, markers: false))
+        }
         if !val.isEmpty {
             series.append(PlotSeries(name: prefix + "validation loss", points: val, style: runs.count == 1 ? 1 : i,
                                      dashed: runs.count > 1))

@@ -245,6 +245,13 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         return sums[1] > 0 ? sums[0] / sums[1] : .nan
     } }
     let before = job.resume ? nil : try scorer?()
+    // The validation loss before training starts the plot's validation line (at step 0); the state
+    // keeps it for a resumed run's plot.
+    let baseline = before ?? (job.resume ? (try? HDF5Store.readAttributes(stateURL.path))?["validation_before"].flatMap(Double.init) : nil)
+    if let b = baseline {
+        trainer.checkpointAttributes["validation_before"] = String(b)
+        plotter?.setBaseline(b)
+    }
     if let b = before { onStart(String(format: "validation loss before: %.4f (perplexity %.2f)", b, Foundation.exp(b))) }
     let start = Date()
     do { try trainer.run(&stream, validation: scorer) } catch {
@@ -384,7 +391,7 @@ final class LossPlotter: @unchecked Sendable {
     let url: URL, title: String, warn: (String) -> Void
     private let queue = DispatchQueue(label: "swiftpeft.train.loss-plot")
     private let lock = NSLock()
-    private var steps: [StepMetrics] = [], pending = false, failure: String?, said = false  // under `lock`
+    private var steps: [StepMetrics] = [], baseline: Double?, pending = false, failure: String?, said = false  // under `lock`
 
     init(url: URL, title: String, warn: @escaping (String) -> Void) {
         (self.url, self.title, self.warn) = (url, title, warn)
@@ -393,6 +400,11 @@ final class LossPlotter: @unchecked Sendable {
     /// A resumed run's steps so far.
     func start(with earlier: [StepMetrics]) {
         lock.withLock { steps = earlier }
+    }
+
+    /// The validation loss before the first step, drawn at step 0.
+    func setBaseline(_ loss: Double) {
+        lock.withLock { baseline = loss }
     }
 
     /// Step `m` is done (called on the training thread).
@@ -405,11 +417,11 @@ final class LossPlotter: @unchecked Sendable {
             }
             if go {
                 queue.async { [self] in
-                    let now = lock.withLock { () -> [StepMetrics] in
+                    let now = lock.withLock { () -> ([StepMetrics], Double?) in
                         pending = false
-                        return steps
+                        return (steps, baseline)
                     }
-                    draw(now)
+                    draw(now.0, baseline: now.1)
                 }
             }
         }
@@ -422,15 +434,18 @@ final class LossPlotter: @unchecked Sendable {
     /// Draws the whole run once the queued draws are done; whether the file is written.
     func finish() -> Bool {
         waitForDraws()
-        let ok = draw(lock.withLock { steps })
+        let now = lock.withLock { (steps, baseline) }
+        let ok = draw(now.0, baseline: now.1)
         sayFailure()
         return ok
     }
 
     @discardableResult
-    private func draw(_ steps: [StepMetrics]) -> Bool {
+    private func draw(_ steps: [StepMetrics], baseline: Double?) -> Bool {
+        var run = LossRun(name: "run", steps: steps)
+        if let b = baseline { run.validation.insert(CurvePoint(step: 0, loss: b), at: 0) }
         do {
-            try writeLossPlot([LossRun(name: "run", steps: steps)], title: title, to: url)
+            try writeLossPlot([run], title: title, to: url)
             return true
         } catch {
             lock.withLock { if failure == nil { failure = "\(error)" } }

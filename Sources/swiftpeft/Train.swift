@@ -261,8 +261,8 @@ struct Compare: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Train several methods on the same base, data and step budget; print and save a comparison.",
         discussion: """
-        Writes the report folder <out>/report/ (report.md, results.csv, results.json and val_loss.svg:
-        validation loss vs step), which appears whole or not at all, and each method's run under <out>/<method>/.
+        Writes the report folder <out>/report/ (report.md, results.csv, results.json, val_loss.svg:
+        validation loss vs step, and loss.svg: training and validation loss), which appears whole or not at all, and each method's run under <out>/<method>/.
 
         Example:
           swiftpeft compare --model models/base.h5 --data data/python-faq.jsonl --methods lora,ia3,prompt --steps 100 --out runs/compare
@@ -291,6 +291,6 @@ struct Compare: ParsableCommand {
         })
         guard Communicator.world.isLeader else { return }  // under mpirun, rank 0 reports
         print(renderTable(results))
-        print("report: \(job.outDir)/report/report.md, results.csv, results.json, val_loss.svg")
+        print("report: \(job.outDir)/report/report.md, results.csv, results.json, val_loss.svg, loss.svg")
     }
 }

@@ -398,7 +398,7 @@ final class CLITests: XCTestCase {
         let state = try ok(["inspect", out + "/state.h5"])
         XCTAssertTrue(state.stdout.contains("step: 6"), state.transcript)
         XCTAssertTrue(r.stdout.contains("loss curves: \(out)/loss.svg"), r.transcript)
-        XCTAssertEqual(try lossPlot(out), [6, 2], "loss.svg: the training loss at every step, the validation loss at steps 3 and 6")
+        XCTAssertEqual(try lossPlot(out), [6, 3], "loss.svg: the training loss at every step, the validation loss before (step 0) and at steps 3 and 6")
 
         // Resume with a larger budget: continues at step 7, appends to the metrics.
         let r2 = try ok(trainArgs(out: out, steps: 10) + ["--resume"])
@@ -413,7 +413,7 @@ final class CLITests: XCTestCase {
         XCTAssertGreaterThanOrEqual(e7, e6, "elapsed time carries over the resume")
         let state2 = try ok(["inspect", out + "/state.h5"])
         XCTAssertTrue(state2.stdout.contains("step: 10"), state2.transcript)
-        XCTAssertEqual(try lossPlot(out), [10, 4], "the resumed run's plot keeps the steps before the resume")
+        XCTAssertEqual(try lossPlot(out), [10, 5], "the resumed run's plot keeps the steps before the resume and the validation loss before training")
     }
 
     /// The number of points of each line of `<dir>/loss.svg` (training loss, then validation loss).
@@ -1021,7 +1021,7 @@ final class CLITests: XCTestCase {
         let out = fx.path("runs/compare")
         let r = try ok(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,ia3", "--steps", "4",
                         "--seq-len", "32", "--batch-size", "4", "--eval-every", "2", "--lr", "1e-2", "--out", out])
-        for f in ["report/report.md", "report/results.csv", "report/results.json", "report/val_loss.svg", "lora/adapter.h5", "ia3/adapter.h5"] {
+        for f in ["report/report.md", "report/results.csv", "report/results.json", "report/val_loss.svg", "report/loss.svg", "lora/adapter.h5", "ia3/adapter.h5", "lora/loss.svg"] {
             assertFile(out + "/" + f)
         }
         // The printed table: a header, a rule, one row per method.

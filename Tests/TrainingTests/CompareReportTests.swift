@@ -302,12 +302,12 @@ final class CompareReportTests: XCTestCase {
 
     // MARK: report folder and memory
 
-    func testWriteCompareReportWritesFourFilesAtomically() throws {
+    func testWriteCompareReportWritesFiveFilesAtomically() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("compare-report-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let urls = try writeCompareReport(Self.fake, to: dir, title: "Compare on tiny-llama",
                                           setup: "base: tiny-llama (1.2 M params); 500 steps; batch 8 × 128 tokens")
-        XCTAssertEqual(urls.map(\.lastPathComponent), ["report.md", "results.csv", "results.json", "val_loss.svg"])
+        XCTAssertEqual(urls.map(\.lastPathComponent), ["report.md", "results.csv", "results.json", "val_loss.svg", "loss.svg"])
         for u in urls { XCTAssertTrue(FileManager.default.fileExists(atPath: u.path), u.path) }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), compareReportFiles.sorted())
         let parent = dir.deletingLastPathComponent().path
@@ -321,6 +321,11 @@ final class CompareReportTests: XCTestCase {
         XCTAssertEqual(try decodeCompareResults(Data(contentsOf: urls[2])), Self.fake)
         XCTAssertEqual(try String(contentsOf: urls[1], encoding: .utf8), renderCSV(Self.fake))
         _ = SVGSummary.parse(try String(contentsOf: urls[3], encoding: .utf8))
+        // loss.svg: each method's training line (when it has one) and its dashed validation line.
+        let both = SVGSummary.parse(try String(contentsOf: urls[4], encoding: .utf8))
+        XCTAssertEqual(both.seriesPaths, 3 + 1, "three validation lines and lora's training line")
+        XCTAssertTrue(both.text.contains("lora training loss") && both.text.contains("ia3 validation loss"), both.text)
+        XCTAssertTrue(md.contains("[loss.svg](loss.svg)"))
         // Writing again replaces the four files together (the folder is swapped, not file by file).
         let before = try FileManager.default.attributesOfItem(atPath: dir.path)[.systemFileNumber] as? Int
         _ = try writeCompareReport(Array(Self.fake.prefix(1)), to: dir, title: "again")

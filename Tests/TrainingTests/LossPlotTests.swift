@@ -147,8 +147,9 @@ final class LossPlotTests: XCTestCase {
         plotter.waitForDraws()
         XCTAssertEqual(paths(try String(contentsOf: url, encoding: .utf8), class: "series").map(\.count), [12])
         for m in all[12...] { plotter.add(m) }
+        plotter.setBaseline(4.5)  // the validation loss before training, at step 0
         XCTAssertTrue(plotter.finish())
-        XCTAssertEqual(paths(try String(contentsOf: url, encoding: .utf8), class: "series").map(\.count), [100, 3])
+        XCTAssertEqual(paths(try String(contentsOf: url, encoding: .utf8), class: "series").map(\.count), [100, 1 + 3])
         XCTAssertEqual(said, [])
 
         let nowhere = LossPlotter(url: dir.appendingPathComponent("missing/loss.svg"), title: "t", warn: { said.append($0) })
