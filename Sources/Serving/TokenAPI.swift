@@ -88,13 +88,20 @@ func completionLogprobs(_ tokens: [(token: Int32, logprob: TokenLogprob?)], offs
 /// Where each of a prompt's tokens starts in its echoed text, in Unicode scalars: the first `hidden`
 /// (a BOS the tokenizer put before a text prompt, which the echo does not show) at 0.
 func promptOffsets(_ ids: [Int32], hidden: Int, tokenizer: BPETokenizer) -> [Int] {
-    ids.indices.map { i in i <= hidden ? 0 : tokenizer.decode(Array(ids[hidden..<i])).unicodeScalars.count }
+    let shown = Array(ids[min(hidden, ids.count)...])
+    let ends = tokenizer.scalarEnds(shown, following: nil)  // one pass; nil: decode each prefix
+    return ids.indices.map { i in
+        i <= hidden ? 0 : ends?[i - hidden - 1] ?? tokenizer.decode(Array(ids[hidden..<i])).unicodeScalars.count
+    }
 }
 
 /// Where each new token from `start` on begins in the choice's text: `base` (the echoed prompt's
 /// length) plus the length of the completion's text before it.
 func completionOffsets(_ new: [Int32], from start: Int, following previous: Int32?, base: Int, tokenizer: BPETokenizer) -> [Int] {
-    (start..<new.count).map { j in base + (j == 0 ? 0 : tokenizer.decode(Array(new[..<j]), following: previous).unicodeScalars.count) }
+    let ends = tokenizer.scalarEnds(new, following: previous)  // one pass; nil: decode each prefix
+    return (start..<new.count).map { j in
+        base + (j == 0 ? 0 : ends?[j - 1] ?? tokenizer.decode(Array(new[..<j]), following: previous).unicodeScalars.count)
+    }
 }
 
 /// A chat completion's `logprobs` object: `{"content": [{"token", "logprob", "bytes", "top_logprobs"}], "refusal": null}`.

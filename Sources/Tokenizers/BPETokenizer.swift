@@ -576,6 +576,35 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Where each of `ids` ends in `decode(ids, following: previous)`, in Unicode scalars, in one pass
+    /// instead of decoding every prefix: the characters begun in the bytes so far (a prefix that ends
+    /// inside a character decodes it as one U+FFFD, which counts the same). Nil when the bytes as a
+    /// whole are not valid UTF-8 (a stray byte token), where decoding's replacement characters and
+    /// those counts part ways; decode the prefixes then.
+    public func scalarEnds(_ ids: [Int32], following previous: Int32?) -> [Int]? {
+        var ends: [Int] = [], all: [UInt8] = [], begun = 0
+        ends.reserveCapacity(ids.count)
+        var stripFirstSpace = previous == nil && sentencePiece && spacePrefix != .none  // as `decode` strips it
+        idBytes.withUnsafeBufferPointer { arena in
+            idOffsets.withUnsafeBufferPointer { off in
+                for id in ids {
+                    if id >= 0 && Int(id) < vocabSize {
+                        var s = Int(off[Int(id)])
+                        let e = Int(off[Int(id) + 1])
+                        if stripFirstSpace && s < e {
+                            if !addedIDs.contains(id) && arena[s] == 0x20 { s += 1 }
+                            stripFirstSpace = false
+                        }
+                        for b in arena[s ..< e] where b & 0xC0 != 0x80 { begun += 1 }  // a character's first byte
+                        all.append(contentsOf: UnsafeBufferPointer(rebasing: arena[s ..< e]))
+                    }
+                    ends.append(begun)
+                }
+            }
+        }
+        return String(validating: all, as: UTF8.self) == nil ? nil : ends
+    }
+
     /// The bytes id `id` stands for (an added token's UTF-8 content), or nil for an unknown id.
     public func bytes(for id: Int32) -> [UInt8]? {
         guard id >= 0 && Int(id) < vocabSize && isKnown[Int(id)] else { return nil }

@@ -69,16 +69,17 @@ public protocol Tokenizer: Sendable {
 extension Tokenizer {
     /// The text of each of `ids` as it reads in `decode(ids, following: previous)`: the pieces join
     /// to that text. A character spelled by several tokens (byte fallback, byte-level pieces of one
-    /// character) goes to the first of them and the others get "". Decodes every prefix: for short
-    /// texts (an answer), not whole documents.
+    /// character) goes to the first of them and the others get "". One pass for a `BPETokenizer` whose
+    /// bytes are valid UTF-8 (`scalarEnds`); otherwise every prefix is decoded, for short texts.
     public func pieces(_ ids: [Int32], following previous: Int32?) -> [String] {
         let whole = Array(decode(ids, following: previous).unicodeScalars)
+        let ends = (self as? BPETokenizer)?.scalarEnds(ids, following: previous)  // in one pass, where it can
         var out: [String] = [], pos = 0
         out.reserveCapacity(ids.count)
         for i in ids.indices {
             // A prefix that ends inside a character decodes it as one U+FFFD: the character's place.
             let end = i == ids.count - 1 ? whole.count
-                : min(whole.count, max(pos, decode(Array(ids[...i]), following: previous).unicodeScalars.count))
+                : min(whole.count, max(pos, ends?[i] ?? decode(Array(ids[...i]), following: previous).unicodeScalars.count))
             var piece = String.UnicodeScalarView()
             piece.append(contentsOf: whole[pos..<end])
             out.append(String(piece))

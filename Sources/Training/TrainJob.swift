@@ -258,7 +258,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         _ = plotter?.finish()  // a run that stops on a fault is the one whose curves are looked at
         throw error
     }
-    let plotted = plotter?.finish() == true ? plotURL.path : nil
+    let plotted = plotter?.finish() == true ? (job.outDir as NSString).appendingPathComponent("loss.svg") : nil  // as the user named the folder
     let seconds = Date().timeIntervalSince(start)
     let saved: String
     if comm.isLeader && Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }

@@ -585,6 +585,7 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(tok.pieces(emoji, following: nil).joined(), " \u{1F642}")
         XCTAssertTrue(tok.pieces(emoji, following: nil).contains(""), "\(tok.pieces(emoji, following: nil))")
         XCTAssertEqual(tok.pieces([], following: nil), [])
+        assertScalarEndsMatchDecoding(tok)
         // Whole-character tokens read as themselves.
         let plain = tok.encode("the cat sat")
         XCTAssertEqual(tok.pieces(plain, following: nil), plain.map { tok.decode([$0]) })
@@ -652,6 +653,34 @@ final class TokenizerTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("spm.json") && "\($0)".contains("normalized"), "\($0)")
         }
         XCTAssertNoThrow(try BPETokenizer.load(json: json("first", extraAdded: #", {"id": 14, "content": "<t>", "special": false, "normalized": true}"#), file: "spm.json"))
+        // Token ends in one pass equal decoding each prefix, through every form's first-space strip.
+        for tok in [every, first, always, never] { assertScalarEndsMatchDecoding(tok) }
+    }
+
+    /// `scalarEnds` against decoding each prefix, on random id sequences (byte tokens, added tokens,
+    /// unused ids, split characters), with and without a token before them; where it answers nil,
+    /// the text holds bytes that are not UTF-8 and must decode with a replacement character.
+    func assertScalarEndsMatchDecoding(_ tok: BPETokenizer, file: StaticString = #filePath, line: UInt = #line) {
+        var state: UInt64 = 0x5EED
+        func next(_ n: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(n))
+        }
+        var answered = 0, refused = 0
+        for _ in 0..<400 {
+            let ids = (0..<next(12)).map { _ in Int32(next(tok.vocabSize)) }
+            for previous in [nil, Int32(next(tok.vocabSize))] {
+                let slow = ids.indices.map { tok.decode(Array(ids[...$0]), following: previous).unicodeScalars.count }
+                if let fast = tok.scalarEnds(ids, following: previous) {
+                    XCTAssertEqual(fast, slow, "\(ids) after \(String(describing: previous))", file: file, line: line)
+                    answered += 1
+                } else {
+                    XCTAssertTrue(tok.decode(ids, following: previous).contains("\u{FFFD}"), "nil for \(ids)", file: file, line: line)
+                    refused += 1
+                }
+            }
+        }
+        XCTAssertGreaterThan(answered, 100, "\(answered) answered, \(refused) left to decoding", file: file, line: line)
     }
 
     func testMalformedFilesThrowErrorsNamingTheFile() throws {
