@@ -122,7 +122,7 @@ def drive(url, chromium, screenshot, template, variables, models, max_tokens=12,
             drawTokens(card, {tokens: ['a', 'bytes:\\\\xe4', 'bytes:\\\\xb8\\\\xad', 'b', 'bytes:\\\\xe4\\\\xb8', 'bytes:\\\\xad', '<|im_end|>'],
                               logprobs: [-0.1, -1, -0.01, -0.2, -2, -0.02, -0.5], tops: [null, null, null, null, null, null, null],
                               offsets: [0, 1, 2, 2, 3, 4, 4]});
-            const r = {spans: [...card.querySelectorAll('pre .tok')].map(s => ({text: s.textContent, title: s.title})),
+            const r = {spans: [...card.querySelectorAll('pre .tok')].map(s => ({text: s.textContent, title: s.title, logprob: +s.dataset.lp})),
                        text: card.querySelector('pre').textContent, after: card.querySelector('.end') ? card.querySelector('.end').dataset.lp : null};
             card.remove(); return JSON.stringify(r); })()"""))
         variables_shown = b.evaluate("[...document.querySelectorAll('#vars .var span')].map(s => s.textContent)")

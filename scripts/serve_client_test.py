@@ -267,7 +267,8 @@ def main():
             split = lab["split_chars"]
             check([x["text"] for x in split["spans"]] == ["a", "\u4e2d", "b", "\u4e2d"] and split["text"] == "a\u4e2db\u4e2d"
                   and "+ \"bytes:\\\\xb8\\\\xad\" p 0.990" in split["spans"][1]["title"]
-                  and "+ \"bytes:\\\\xad\" p 0.980" in split["spans"][3]["title"] and split["after"] == "-0.5",
+                  and "+ \"bytes:\\\\xad\" p 0.980" in split["spans"][3]["title"] and split["after"] == "-0.5"
+                  and [round(x["logprob"], 6) for x in split["spans"]] == [-0.1, -1.01, -0.2, -2.02],
                   f"characters split into byte tokens, mid-text and at the end: {split}")
             saved = os.path.join(work, "lab.jsonl")
             with open(saved, "w") as f:

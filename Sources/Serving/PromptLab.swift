@@ -85,21 +85,25 @@ function tokenInfo(lp, i) {
 // likely. Tokens past the text (the one that ended it, text a stop cut off) are listed under it; a token
 // with no character of its own (the rest of a character split into bytes) is told in the tooltip of the
 // span before it.
+function tint(span, logprob) {
+  span.dataset.lp = String(logprob);
+  span.style.background = `rgba(214,39,40,${(0.55 * (1 - Math.exp(logprob))).toFixed(3)})`;
+}
 function drawTokens(card, lp) {
   const pre = card.querySelector("pre"), chars = Array.from(pre.textContent), n = chars.length;
   const frag = document.createDocumentFragment(), after = [];
   let pos = 0, last = null;
+  // A token that only finishes the character of the span before it: told in its tooltip, and the
+  // span tinted by the character's whole log-probability.
+  const fold = i => { last.title += "\n+ " + tokenInfo(lp, i); tint(last, +last.dataset.lp + lp.logprobs[i]); };
   lp.tokens.forEach((t, i) => {
-    if (lp.offsets[i] >= n && last && pos >= n && t.startsWith("bytes:") && !after.length) {
-      last.title += "\n+ " + tokenInfo(lp, i); return;  // the rest of the text's last character
-    }
+    if (lp.offsets[i] >= n && last && pos >= n && t.startsWith("bytes:") && !after.length) { fold(i); return; }
     if (lp.offsets[i] >= n) { after.push(i); return; }
     const a = Math.max(lp.offsets[i], pos), b = Math.min(i + 1 < lp.tokens.length ? lp.offsets[i + 1] : n, n);
     if (a > pos) frag.append(chars.slice(pos, a).join(""));
-    if (b <= a) { if (last) last.title += "\n+ " + tokenInfo(lp, i); return; }
+    if (b <= a) { if (last) fold(i); return; }
     const s = document.createElement("span"); s.className = chars.slice(a, b).includes("\n") ? "tok nl" : "tok";
-    s.textContent = chars.slice(a, b).join(""); s.title = tokenInfo(lp, i); s.dataset.lp = String(lp.logprobs[i]);
-    s.style.background = `rgba(214,39,40,${(0.55 * (1 - Math.exp(lp.logprobs[i]))).toFixed(3)})`;
+    s.textContent = chars.slice(a, b).join(""); s.title = tokenInfo(lp, i); tint(s, lp.logprobs[i]);
     frag.append(s); last = s; pos = b;
   });
   if (pos < n) frag.append(chars.slice(pos).join(""));

@@ -323,6 +323,7 @@ public struct ScoredToken: Codable, Equatable, Sendable {
     public var token: String
     /// −log p(token | the prompt and the answer before it), in nats.
     public var loss: Double
+    /// A token's text and its loss in nats.
     public init(token: String, loss: Double) { (self.token, self.loss) = (token, loss) }
 }
 

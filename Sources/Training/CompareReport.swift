@@ -1,6 +1,6 @@
 // The report of `swiftpeft compare`: one `MethodResult` per PEFT method trained on the same base, data and
-// step budget, rendered as a terminal table, Markdown, CSV, JSON and an SVG plot of validation loss vs step,
-// plus the process memory probes (VmHWM / VmRSS) the comparison records.
+// step budget, rendered as a terminal table, Markdown, CSV, JSON and two SVG plots (validation loss vs step;
+// training and validation loss together), plus the process memory probes (VmHWM / VmRSS) the comparison records.
 
 import Foundation
 import TensorCore

@@ -1,5 +1,5 @@
 // A training run's loss curves as an SVG: `<out>/loss.svg`, rewritten by `train` (and by each of
-// `compare`'s runs) at every evaluation and at the end, and `swiftpeft plot`, which draws the
+// `compare`'s runs) at every evaluation, every 2% of the steps and at the end, and `swiftpeft plot`, which draws the
 // `metrics.jsonl` of several runs on one chart (a learning-rate sweep, two adapter versions).
 
 import Foundation
@@ -11,6 +11,7 @@ public struct LossRun {
     public var name: String
     /// The training loss at each step, and the validation loss at each evaluation.
     public var training: [CurvePoint], validation: [CurvePoint]
+    /// A run named `name` with these curves (points in step order).
     public init(name: String, training: [CurvePoint], validation: [CurvePoint]) {
         (self.name, self.training, self.validation) = (name, training, validation)
     }

@@ -246,7 +246,8 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     } }
     let before = job.resume ? nil : try scorer?()
     // The validation loss before training starts the plot's validation line (at step 0); the state
-    // keeps it for a resumed run's plot.
+    // keeps it for a resumed run's plot. Set after `resume`, which compares every attribute it is
+    // given: states written without it resume as before.
     let baseline = before ?? (job.resume ? (try? HDF5Store.readAttributes(stateURL.path))?["validation_before"].flatMap(Double.init) : nil)
     if let b = baseline {
         trainer.checkpointAttributes["validation_before"] = String(b)

@@ -8,8 +8,9 @@ struct Plot: ParsableCommand {
         abstract: "Draw the training and validation loss of one or more runs as an SVG.",
         discussion: """
         Each run is a train --out folder (or its metrics.jsonl), named by its folder or as NAME=PATH.
-        One run: its training loss raw and smoothed, its validation loss at each evaluation (as the
-        loss.svg train writes). Several: a colour per run, training loss solid, validation dashed.
+        One run: its training loss raw and smoothed, its validation loss at each evaluation and, where
+        the folder's state.h5 keeps it, before training (as the loss.svg train writes). Several: a
+        colour per run, training loss solid, validation dashed.
 
         Examples:
           swiftpeft plot runs/lora --out lora.svg
@@ -43,7 +44,14 @@ struct Plot: ParsableCommand {
             if loaded.contains(where: { $0.name == runName }) {
                 throw CLIError("two runs are named '\(runName)'; name them apart as NAME=PATH")
             }
-            loaded.append(LossRun(name: runName, steps: steps))
+            var run = LossRun(name: runName, steps: steps)
+            // The validation loss before training, which train keeps in the run's state.
+            let state = file.deletingLastPathComponent().appendingPathComponent("state.h5").path
+            if FileManager.default.fileExists(atPath: state),
+               let before = (try? HDF5Store.readAttributes(state))?["validation_before"].flatMap(Double.init) {
+                run.validation.insert(CurvePoint(step: 0, loss: before), at: 0)
+            }
+            loaded.append(run)
             let last = steps.last!, val = steps.last { $0.valLoss != nil }
             print("\(runName): \(steps.count) steps (\(steps.first!.step)–\(last.step)), last training loss "
                   + String(format: "%.4f", last.loss)

@@ -438,6 +438,9 @@ final class CLITests: XCTestCase {
         for t in ["two &lt;runs&gt;", "plot-a training loss", "plot-a validation loss", "slow training loss", "slow validation loss"] {
             XCTAssertTrue(text.contains(t), "the plot lacks '\(t)'")
         }
+        // Each run's validation line starts with the loss before training, from its state.h5.
+        let lines = text.components(separatedBy: "<path class=\"series\" d=\"").dropFirst().map { $0.prefix { $0 != "\"" }.filter { $0 == "M" || $0 == "L" }.count }
+        XCTAssertEqual(lines, [4, 1 + 2, 3, 1 + 1], "training and validation points of each run")
 
         let bad = fx.path("runs/plot-bad")
         try FileManager.default.createDirectory(atPath: bad, withIntermediateDirectories: true)

@@ -658,7 +658,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     /// `scalarEnds` against decoding each prefix, on random id sequences (byte tokens, added tokens,
-    /// unused ids, split characters), with and without a token before them; where it answers nil,
+    /// unused ids, ids outside the vocabulary, split characters), with and without a token before them; where it answers nil,
     /// the text holds bytes that are not UTF-8 and must decode with a replacement character.
     func assertScalarEndsMatchDecoding(_ tok: BPETokenizer, file: StaticString = #filePath, line: UInt = #line) {
         var state: UInt64 = 0x5EED
@@ -668,7 +668,7 @@ final class TokenizerTests: XCTestCase {
         }
         var answered = 0, refused = 0
         for _ in 0..<400 {
-            let ids = (0..<next(12)).map { _ in Int32(next(tok.vocabSize)) }
+            let ids = (0..<next(12)).map { _ in Int32(next(tok.vocabSize + 2)) - 1 }  // -1 and vocabSize: no text
             for previous in [nil, Int32(next(tok.vocabSize))] {
                 let slow = ids.indices.map { tok.decode(Array(ids[...$0]), following: previous).unicodeScalars.count }
                 if let fast = tok.scalarEnds(ids, following: previous) {

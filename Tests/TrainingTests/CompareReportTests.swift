@@ -326,7 +326,7 @@ final class CompareReportTests: XCTestCase {
         XCTAssertEqual(both.seriesPaths, 3 + 1, "three validation lines and lora's training line")
         XCTAssertTrue(both.text.contains("lora training loss") && both.text.contains("ia3 validation loss"), both.text)
         XCTAssertTrue(md.contains("[loss.svg](loss.svg)"))
-        // Writing again replaces the four files together (the folder is swapped, not file by file).
+        // Writing again replaces the five files together (the folder is swapped, not file by file).
         let before = try FileManager.default.attributesOfItem(atPath: dir.path)[.systemFileNumber] as? Int
         _ = try writeCompareReport(Array(Self.fake.prefix(1)), to: dir, title: "again")
         XCTAssertEqual(try decodeCompareResults(Data(contentsOf: urls[2])).count, 1)
