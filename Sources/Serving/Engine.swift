@@ -73,6 +73,8 @@ public enum GenerationEvent: Sendable {
 public struct GenerationSummary: Sendable {
     public var text: String
     public var promptTokens: Int
+    /// The tokens the model chose: those of `text`, any a stop text cut off, and the token that
+    /// ended the reply (EOS, a stop token), which has no text (vLLM counts it too).
     public var completionTokens: Int
     /// "stop" (EOS, a stop token or a stop text), "length", or "cancelled" (the client went away).
     public var finishReason: String
@@ -82,7 +84,7 @@ public struct GenerationSummary: Sendable {
     public var batchSize: Int
     /// The new tokens with their log-probabilities, when the request asked for them: the ones whose
     /// text is in `text`, any a stop text cut off, and the token that ended the reply (EOS, a stop
-    /// token; as vLLM gives it, though `completionTokens` does not count it).
+    /// token), as vLLM gives them: one per token `completionTokens` counts.
     public var logprobs: [TokenLogprob]?
     /// The prompt's tokens with theirs (nil for the first), when the request asked for them.
     public var promptLogprobs: [TokenLogprob?]?
@@ -462,6 +464,7 @@ public final class ServingEngine: @unchecked Sendable {
         }
         let ends = rows.map { adapter($0.request.model)?.ends ?? baseEnds }  // per row: adapters may have their own templates
         var generated = [[Int32]](repeating: [], count: B)
+        var endedByToken = [Bool](repeating: false, count: B)  // a row's last token was EOS or a stop token
         var texts = [String](repeating: "", count: B), streams = [TextStream](repeating: TextStream(), count: B)
         var finish = [String?](repeating: nil, count: B)
         var released = [Bool](repeating: false, count: B)
@@ -522,7 +525,11 @@ public final class ServingEngine: @unchecked Sendable {
                         tokenLogprobs[b].append(lp)
                         unsent[b].append(lp)
                     }
-                    if ends[b].contains(token) || r.stopTokens.contains(token) { finish[b] = "stop"; release(b); continue }
+                    if ends[b].contains(token) || r.stopTokens.contains(token) {
+                        (finish[b], endedByToken[b]) = ("stop", true)
+                        release(b)
+                        continue
+                    }
                     generated[b].append(token)
                     used[b][token, default: 0] += 1
                     var text = tokenizer.decode(generated[b], following: r.prompt.last)  // the prompt's continuation
@@ -556,12 +563,13 @@ public final class ServingEngine: @unchecked Sendable {
                 let rest = streams[b].next(texts[b], finished: true, stops: [])
                 if rest != nil || !unsent[b].isEmpty { j.continuation.yield(.text(rest ?? "", logprobs: unsent[b])) }
             }
-            let tokens = j.request.prompt.count + generated[b].count
-            let sofar = meter.reading(tokens: rows.reduce(0) { $0 + $1.request.prompt.count } + generated.reduce(0) { $0 + $1.count })
+            let chosen = generated[b].count + (endedByToken[b] ? 1 : 0), tokens = j.request.prompt.count + chosen
+            let allChosen = generated.reduce(0) { $0 + $1.count } + endedByToken.filter { $0 }.count
+            let sofar = meter.reading(tokens: rows.reduce(0) { $0 + $1.request.prompt.count } + allChosen)
             let share = Double(tokens) / Double(max(1, sofar.tokens))
             let now = Date()
             let summary = GenerationSummary(
-                text: texts[b], promptTokens: j.request.prompt.count, completionTokens: generated[b].count,
+                text: texts[b], promptTokens: j.request.prompt.count, completionTokens: chosen,
                 finishReason: finish[b] ?? "length", queueSeconds: started.timeIntervalSince(j.enqueued),
                 latencySeconds: now.timeIntervalSince(j.enqueued), batchSize: B,
                 logprobs: j.request.logprobs == nil ? nil : tokenLogprobs[b],
@@ -609,13 +617,20 @@ extension ServingEngine {
         var s = start
         while s < P - 1 {
             let e = min(P - 1, s + 64)
-            let logprobs = model.lmHead(row.slice(axis: 1, s, e).contiguous()).logSoftmax()  // (1, e - s, V)
+            let logprobs = model.lmHead(row.slice(axis: 1, s, e).contiguous()).logSoftmax().contiguous()  // (1, e - s, V)
             let V = logprobs.shape[2]
-            logprobs.toArray().withUnsafeBufferPointer { p in
-                for t in s..<e {
-                    out.append(tokenLogprob(logprobs: UnsafeBufferPointer(rebasing: p[(t - s) * V ..< (t - s + 1) * V]), token: prompt[t + 1 - start], top: k))
+            var chunk = [TokenLogprob?](repeating: nil, count: e - s)
+            withExtendedLifetime(logprobs) {
+                let p = UnsafePointer(logprobs.basePointer)
+                chunk.withUnsafeMutableBufferPointer { c in  // the top-k scans, positions split over the threads
+                    parallelFor(e - s, cost: V) { lo, hi in
+                        for i in lo..<hi {
+                            c[i] = tokenLogprob(logprobs: UnsafeBufferPointer(start: p + i * V, count: V), token: prompt[s + i + 1 - start], top: k)
+                        }
+                    }
                 }
             }
+            out += chunk
             s = e
         }
         return out
