@@ -11,14 +11,20 @@ public struct LossRun {
     public var name: String
     /// The training loss at each step, and the validation loss at each evaluation.
     public var training: [CurvePoint], validation: [CurvePoint]
+    /// The steps the whole run takes, when known: the training loss is smoothed over a 25th of
+    /// them, so a run drawn while it trains keeps one window from its first plot to its last
+    /// (without it, a 25th of the points there are).
+    public var plannedSteps: Int?
     /// A run named `name` with these curves (points in step order).
-    public init(name: String, training: [CurvePoint], validation: [CurvePoint]) {
-        (self.name, self.training, self.validation) = (name, training, validation)
+    public init(name: String, training: [CurvePoint], validation: [CurvePoint], plannedSteps: Int? = nil) {
+        (self.name, self.training, self.validation, self.plannedSteps) = (name, training, validation, plannedSteps)
     }
-    /// A run's curves from its steps, as `readMetrics` gives them.
+    /// A run's curves from its steps, as `readMetrics` gives them; the planned steps are the last
+    /// step's `totalSteps`.
     public init(name: String, steps: [StepMetrics]) {
         self.init(name: name, training: steps.map { CurvePoint(step: $0.step, loss: $0.loss) },
-                  validation: steps.compactMap { m in m.valLoss.map { CurvePoint(step: m.step, loss: $0) } })
+                  validation: steps.compactMap { m in m.valLoss.map { CurvePoint(step: m.step, loss: $0) } },
+                  plannedSteps: steps.last?.totalSteps)
     }
 }
 
@@ -82,14 +88,14 @@ func trailingMean(_ points: [CurvePoint], window: Int) -> [CurvePoint] {
 }
 
 /// The SVG of `runs`' losses against the step. One run: its training loss, raw (faint) and as a
-/// trailing mean over `lossSmoothingWindow` steps, and its validation loss with a marker per
-/// evaluation. Several runs: a colour each, the smoothed training loss solid and the validation
+/// trailing mean over `lossSmoothingWindow` of its planned steps (or of its points), and its
+/// validation loss with a marker per evaluation. Several runs: a colour each, the smoothed training loss solid and the validation
 /// loss dashed with markers.
 public func renderLossPlot(_ runs: [LossRun], title: String) -> String {
     var series: [PlotSeries] = []
     for (i, run) in runs.enumerated() {
         let train = run.training.filter { $0.loss.isFinite }, val = run.validation
-        let window = lossSmoothingWindow(train.count)
+        let window = lossSmoothingWindow(max(train.count, run.plannedSteps ?? 0))
         let prefix = runs.count == 1 ? "" : run.name + " "
         let trainName = prefix + "training loss" + (window > 1 ? " (mean of \(window) steps)" : "")
         if runs.count == 1 && window > 1 {
