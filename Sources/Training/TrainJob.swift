@@ -44,6 +44,8 @@ public struct TrainJob {
     /// chat data (`BPETokenizer.chatTemplate(fromFile:)`); the adapter records it (a full fine-tune's
     /// model.h5 keeps it). A continued adapter (`adapterPath`) goes on with the one it records.
     public var chatTemplatePath: String?
+    /// Time the steps' sections (`Trainer.profiling`); `TrainOutcome.profile` gives the split.
+    public var profile = false
     public init(modelPath: String, dataPath: String, outDir: String) {
         self.modelPath = modelPath
         self.dataPath = dataPath
@@ -69,6 +71,8 @@ public struct TrainOutcome {
     public var seconds: Double
     public var tokensPerSecond: Double
     public var history: [StepMetrics]
+    /// Where the steps' time went, when the job asked (`TrainJob.profile`).
+    public var profile: StepProfile?
     /// The run's cost in this session (loading included; tokens: those trained on since the start or
     /// the resume), over every rank under MPI. Also in <out>/cost.json.
     public var cost: Cost
@@ -204,6 +208,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
             plotter.add(m)
         }
     }
+    trainer.profiling = job.profile
     trainer.onSkip = { step, fault in onStart("step \(step) skipped: \(fault) (its update is dropped; --skip-nonfinite)") }
     // Every rank draws the job's global batches from the same seed and trains on its rows of each.
     var stream = RankShard(BatchIterator(splits.train, batchSize: job.batchSize * comm.size, seed: job.trainer.seed),
@@ -285,7 +290,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, lossPlot: plotted, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
-                        cost: cost)
+                        profile: job.profile ? trainer.profile : nil, cost: cost)
 }
 
 /// Keeps the lines of `metrics.jsonl` up to `step` (a killed run may have logged steps after its last

@@ -166,6 +166,34 @@ public struct StepMetrics: Codable, Equatable {
     }
 }
 
+/// Where training steps' time went, by `ProfileSection` (`Trainer.profiling`, `train --profile`).
+public struct StepProfile: Sendable {
+    /// Seconds per section, summed over `steps`.
+    public private(set) var seconds: [ProfileSection: Double] = [:]
+    public private(set) var steps = 0
+    /// The tokens of those steps (every rank's).
+    public private(set) var tokens = 0
+
+    public init() {}
+
+    mutating func add(_ step: [ProfileSection: Double], tokens: Int) {
+        for (section, t) in step { seconds[section, default: 0] += t }
+        steps += 1
+        self.tokens += tokens
+    }
+
+    /// One line: milliseconds per step, then each section's share, largest first, e.g.
+    /// "59 steps of 1843 ms (278 tokens/s): gemm 61% · other 14% · cross_entropy 12% · …".
+    public var summary: String {
+        let total = seconds.values.reduce(0, +)
+        guard steps > 0, total > 0 else { return "no step was profiled (the first step of a run is not)" }
+        let shares = seconds.sorted { $0.value > $1.value || ($0.value == $1.value && $0.key.rawValue < $1.key.rawValue) }
+            .map { "\($0.key.name) \(Int(($0.value / total * 100).rounded()))%" }
+        return "\(steps) step\(steps == 1 ? "" : "s") of \(Int((total / Double(steps) * 1000).rounded())) ms "
+            + "(\(Int((Double(tokens) / total).rounded())) tokens/s): " + shares.joined(separator: " · ")
+    }
+}
+
 /// Trains `parameters` of `model` on a batch stream.
 public final class Trainer {
     public let model: CausalLM
@@ -208,6 +236,11 @@ public final class Trainer {
     /// The first metrics line that could not be written.
     private let metricsFailure = Mutex<TrainingError?>(nil)
     var elapsedBefore = 0.0
+    /// Time each step's sections (`Profiler`) into `profile`: the first step of each `run` is left
+    /// out (it allocates the buffers later steps reuse), and so are evaluations and checkpoints.
+    public var profiling = false
+    /// Where the profiled steps' time went (empty until a profiled step is done).
+    public private(set) var profile = StepProfile()
 
     public init(model: CausalLM, parameters: [(String, Tensor)], options: TrainerOptions) throws {
         guard !parameters.isEmpty else { throw TrainingError(message: "nothing to train: no trainable tensors") }
@@ -246,6 +279,8 @@ public final class Trainer {
         }
         var lastTime = Date()
         let last = min(options.steps, until ?? options.steps)
+        let firstStep = step
+        defer { if profiling { Profiler.stop() } }  // a step that throws leaves it running
         let comm = communicator.flatMap { $0.isDistributed ? $0 : nil }
         if let comm, exchange == nil { exchange = GradientExchange(comm, parameters: parameters) }
         // When a checkpoint is due, rank 0 flushes its metrics lines and writes it; the other ranks
@@ -264,6 +299,7 @@ public final class Trainer {
             model.rng = RNG(seed: Trainer.dropoutSeed(options.seed, step: step, rank: comm?.rank ?? 0))
             var lossSum = 0.0
             var fault: String?  // why this step cannot update (a non-finite loss or gradient)
+            if profiling && step > firstStep { Profiler.start() }
             // The step's micro-batches (every one consumed, whatever happens: the data position
             // stays exact) and their learned tokens over the whole job, every rank's.
             let batches = (0..<options.gradAccumulation).map { _ in data.nextBatch() }
@@ -306,6 +342,7 @@ public final class Trainer {
                     throw TrainingError(message: "step \(step + 1): \(fault); stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").\nHINT: lower the learning rate (now \(options.lr)), check the data, or allow a few such steps to be skipped (--skip-nonfinite N).")
                 }
                 // Skip mode: the update is dropped, the step counted, the run goes on.
+                if profiling { Profiler.stop() }  // not a step that trains
                 optimizer.zeroGrad()
                 skippedSteps += 1
                 step += 1
@@ -324,6 +361,7 @@ public final class Trainer {
                 optimizer.step(lr: lr)
                 optimizer.zeroGrad()
             }
+            if profiling && Profiler.isEnabled { profile.add(Profiler.stop(), tokens: tokens) }
             step += 1
             tokensTrained += tokens
             let now = Date()

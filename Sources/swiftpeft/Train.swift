@@ -200,9 +200,12 @@ struct Train: ParsableCommand {
     @Option(help: "Continue training this adapter (SwiftPEFT .h5, PEFT folder or llama.cpp GGUF LoRA) instead of a new one.") var adapter: String?
     @OptionGroup var common: CommonTrainOptions
     @Flag(help: "Continue from <out>/state.h5.") var resume = false
+    @Flag(help: "Time each step's sections (GEMM, attention, cross-entropy, optimizer, graph, other kernels) and print where the time went at the end; the first step, evaluations and checkpoints are left out.")
+    var profile = false
 
     func run() throws {
         var (job, _) = try common.job(["method": method, "adapter": adapter])
+        job.profile = profile
         guard trainableMethodNames.contains(job.method) else {
             throw CLIError("unknown method '\(job.method)'; --method must be one of \(trainableMethodNames.joined(separator: ", "))")
         }
@@ -219,6 +222,7 @@ struct Train: ParsableCommand {
                      formatBytes(o.savedBytes)))
         print("cost: \(o.cost.summary); \(job.outDir)/cost.json")
         if let plot = o.lossPlot { print("loss curves: \(plot)") }
+        if let p = o.profile { print("time split: \(p.summary)") }
     }
 }
 

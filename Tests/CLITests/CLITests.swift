@@ -401,8 +401,10 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try lossPlot(out), [6, 3], "loss.svg: the training loss at every step, the validation loss before (step 0) and at steps 3 and 6")
 
         // Resume with a larger budget: continues at step 7, appends to the metrics.
-        let r2 = try ok(trainArgs(out: out, steps: 10) + ["--resume"])
+        let r2 = try ok(trainArgs(out: out, steps: 10) + ["--resume", "--profile"])
         XCTAssertFalse(r2.stdout.contains("step 1/10"), "a resumed run does not start over:\n\(r2.transcript)")
+        XCTAssertFalse(r.stdout.contains("time split:"), "no split unless asked:\n\(r.transcript)")
+        XCTAssertTrue(r2.stdout.contains("time split: 3 steps of "), "--profile: steps 8–10, the first of this run left out:\n\(r2.transcript)")
         XCTAssertTrue(r2.stdout.contains("step 10/10"), r2.transcript)
         XCTAssertFalse(r2.stdout.contains("validation loss before:"), "no 'before' score on resume:\n\(r2.transcript)")
         let m2 = try metrics(out)

@@ -125,6 +125,34 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// `profiling` times every step of a run but its first (here steps 2–4, then 6 after a second
+    /// `run`), evaluations left out: GEMMs are among the sections, the tokens are the steps' own,
+    /// and the run is the one it would be unprofiled.
+    func testProfilingSplitsTheStepsAndChangesNothing() throws {
+        var o = TrainerOptions()
+        (o.steps, o.evalEvery) = (6, 3)
+        var (_, _, plain, data) = try setup(o)
+        try plain.run(&data, validation: { 1 })
+        XCTAssertEqual(plain.profile.steps, 0, "off by default")
+        var (_, _, timed, data2) = try setup(o)
+        timed.profiling = true
+        let slowEvaluation = { () -> Double in Thread.sleep(forTimeInterval: 0.5); return 1 }
+        try timed.run(&data2, until: 4, validation: slowEvaluation)
+        XCTAssertEqual(timed.profile.steps, 3)
+        try timed.run(&data2, validation: slowEvaluation)
+        XCTAssertEqual(timed.profile.steps, 4, "the first step of each run is left out")
+        XCTAssertEqual(timed.profile.tokens, 4 * 4 * 16, "4 steps of 4 rows × 16 tokens")
+        XCTAssertEqual(timed.history.map(\.loss), plain.history.map(\.loss))
+        XCTAssertEqual(timed.parameters.map { $0.1.toArray() }, plain.parameters.map { $0.1.toArray() })
+        let total = timed.profile.seconds.values.reduce(0, +)
+        XCTAssertGreaterThan(timed.profile.seconds[.gemm] ?? 0, 0)
+        XCTAssertLessThan(total, 0.5, "the evaluations (0.5 s each, after steps 3 and 6) are not in it")
+        let summary = timed.profile.summary
+        XCTAssertTrue(summary.hasPrefix("4 steps of ") && summary.contains(" tokens/s): ") && summary.contains("gemm "), summary)
+        XCTAssertFalse(Profiler.isEnabled, "stopped when the run ends")
+        XCTAssertEqual(StepProfile().summary, "no step was profiled (the first step of a run is not)")
+    }
+
     /// A state written before data-parallel training (no data_parallel_ranks) was one process's: it
     /// resumes under one process, and is refused under two.
     func testAStateWithoutRanksIsOneProcesss() throws {
