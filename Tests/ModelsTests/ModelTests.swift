@@ -277,6 +277,57 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(model.generate([1, 2, 3], SamplingOptions(maxNewTokens: 6, temperature: 2, topK: 1, seed: 9)), greedy)
     }
 
+    /// The sampler's walk (buckets, one sorted) picks what a walk over the whole sorted vocabulary
+    /// picks, drawn by drawn: top-k with ties, temperature, min-p and top-p, on spread and peaked
+    /// logits of several sizes, and on logits with many ties (where top-p is off: there, sums of
+    /// equal probabilities meet topP exactly, and the cut then depends on the order of addition).
+    func testSamplingEqualsAWalkOverTheSortedVocabulary() {
+        /// The sampler as a plain sort of every token (most likely first, ties by lower id).
+        func sorted(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RNG) -> Int {
+            var order = logits.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+            if o.topK > 0 && o.topK < order.count {
+                let kth = logits[order[o.topK - 1]]
+                order = order.filter { logits[$0] >= kth }
+            }
+            let mx = logits[order[0]]
+            var probs = order.map { Foundation.exp(Double((logits[$0] - mx) / o.temperature)) }
+            let total = probs.reduce(0, +)
+            probs = probs.map { $0 / total }
+            if o.minP > 0 {
+                let keep = probs.prefix { $0 >= Double(o.minP) * probs[0] }.count
+                (order, probs) = (Array(order.prefix(keep)), Array(probs.prefix(keep)))
+                let s = probs.reduce(0, +)
+                probs = probs.map { $0 / s }
+            }
+            if o.topP < 1 {
+                var acc = 0.0, keep = 0
+                while keep < probs.count { acc += probs[keep]; keep += 1; if acc >= Double(o.topP) { break } }
+                (order, probs) = (Array(order.prefix(keep)), Array(probs.prefix(keep)))
+                let s = probs.reduce(0, +)
+                probs = probs.map { $0 / s }
+            }
+            let u = rng.nextDouble()
+            var acc = 0.0
+            for (i, p) in probs.enumerated() { acc += p; if u < acc { return order[i] } }
+            return order[order.count - 1]
+        }
+        var g = RNG(seed: 1), draws = 0
+        for trial in 0..<600 {
+            let V = [3, 50, 1000, 49_152][trial % 4], spread = [0.5, 4, 30][trial / 4 % 3]
+            let ties = trial % 5 == 0
+            let logits = (0..<V).map { _ in ties ? Float(Int(g.nextDouble() * 6)) : Float((g.nextDouble() * 2 - 1) * spread) }
+            var o = SamplingOptions(temperature: [0.2, 0.7, 1, 2.5][trial % 7 % 4], topK: [0, 0, 1, 2, 40][trial % 11 % 5],
+                                    topP: ties ? 1 : [1, 1, 0.9, 0.5][trial % 13 % 4])
+            o.minP = ties ? 0 : [0, 0, 0.05, 0.5][trial % 17 % 4]
+            for k in 0..<4 {
+                var a = RNG(seed: UInt64(trial * 4 + k)), b = a
+                XCTAssertEqual(sampleToken(logits, o, &a), sorted(logits, o, &b), "trial \(trial): V \(V), \(o)")
+                draws += 1
+            }
+        }
+        XCTAssertEqual(draws, 2400)
+    }
+
     /// Padding keys are invisible: a row padded on the left (masked) gives its real positions the
     /// same logits as... the keys it may not see do not change its outputs.
     func testPaddingMaskHidesKeys() {
