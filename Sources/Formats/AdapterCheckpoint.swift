@@ -51,6 +51,26 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
     }
 
     public var description: String { "weights \(weightsHash), architecture \(architecture)" }
+
+    /// How `other` (the base an adapter was trained on) differs from this base, in a line: the
+    /// config fields whose values differ ("hidden_size 576 there, 32 here"), or the weights' hashes
+    /// when the configs agree.
+    public func difference(from other: BaseFingerprint) -> String {
+        guard architecture == other.architecture else {
+            func fields(_ s: String) -> [String: String]? {
+                (try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any])?.mapValues { v in
+                    (try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .fragmentsAllowed])).map { String(decoding: $0, as: UTF8.self) } ?? "\(v)"
+                }
+            }
+            guard let here = fields(architecture), let there = fields(other.architecture) else {
+                return "architecture \(other.architecture) there, \(architecture) here"
+            }
+            return Set(here.keys).union(there.keys).sorted().compactMap { k in
+                here[k] == there[k] ? nil : "\(k) \(there[k] ?? "absent") there, \(here[k] ?? "absent") here"
+            }.joined(separator: "; ")
+        }
+        return "the same config, other weights (hash \(other.weightsHash) there, \(weightsHash) here)"
+    }
 }
 
 /// Save and load adapters (any registered PEFT method) as HDF5.
@@ -79,8 +99,8 @@ public enum AdapterCheckpoint {
     }
 
     /// Rebuilds the method from `path`, attaches it to `model` and loads its tensors.
-    /// - Throws: when the file is not an adapter, or was trained on a different base (naming both
-    ///   fingerprints), or a tensor is missing or has another shape.
+    /// - Throws: when the file is not an adapter, or was trained on a different base (naming how
+    ///   they differ; `checkBase: false` loads it anyway), or a tensor is missing or has another shape.
     @discardableResult
     public static func load(_ path: String, onto model: CausalLM, checkBase: Bool = true) throws -> PEFTMethod {
         let (tensors, _, attrs) = try HDF5Store.read(path)  // the blobs: its chat template (adapterChatTemplate)
@@ -95,10 +115,9 @@ public enum AdapterCheckpoint {
             guard mine == theirs else {
                 let what = mine.architecture == theirs.architecture ? "the same architecture with other weights" : "a different architecture"
                 throw CheckpointError(path: path, message: """
-                    this adapter was trained on another base model (\(what)).
-                    adapter's base: \(theirs)
-                    this base:      \(mine)
-                    HINT: load the base it was trained on, or pass checkBase: false to force it.
+                    this adapter was trained on another base model (\(what)): \(mine.difference(from: theirs)) \
+                    ("there": the adapter's base, "here": the base given).
+                    HINT: load the base it was trained on.
                     """)
             }
         }

@@ -80,11 +80,14 @@ public struct GGUFLoRAExport: Sendable {
 ///   biases or modules_to_save, GPT-2 bases.
 @discardableResult
 public func exportGGUFLoRA(_ method: PEFTMethod, base: LoadedModel, to path: String) throws -> GGUFLoRAExport {
+    let mergeable = method is MergeablePEFTMethod
+    let name = PEFTRegistry.all.first { $0.peftType == type(of: method).peftType }?.names.first?.name ?? type(of: method).peftType
     func refuse(_ why: String) -> CheckpointError {
-        CheckpointError(path: path, message: "not written: \(why)\nHINT: export it as a PEFT folder (--format peft), or merge it (swiftpeft merge --format gguf)")
+        CheckpointError(path: path, message: "not written: \(why)\nHINT: export it as a PEFT folder (--format peft)"
+                        + (mergeable ? ", or merge it into the base (swiftpeft merge --format gguf)" : ""))
     }
     guard let lora = method as? LoRA else {
-        throw refuse("a \(type(of: method).peftType) adapter has no llama.cpp GGUF form (llama.cpp's adapters are LoRA)")
+        throw refuse("the \(name) method has no llama.cpp GGUF form (llama.cpp's adapters are LoRA)")
     }
     let c = lora.config
     guard !c.useDora else { throw refuse("llama.cpp's LoRA has no DoRA magnitudes") }

@@ -10,9 +10,17 @@ import NN
 import Models
 
 /// `target_modules` / `exclude_modules`: a list of names (suffix match) or one regex string.
-public enum ModuleSelector: Codable, Equatable, Sendable {
+public enum ModuleSelector: Codable, Equatable, Sendable, CustomStringConvertible {
     case names([String])
     case regex(String)
+
+    /// As a config writes it: the list `["q_proj", "v_proj"]`, or the regex in quotes.
+    public var description: String {
+        switch self {
+        case .names(let l): return "[" + l.map { "\"\($0)\"" }.joined(separator: ", ") + "]"
+        case .regex(let r): return "regex \"\(r)\""
+        }
+    }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.singleValueContainer()

@@ -342,7 +342,8 @@ public final class ServingEngine: @unchecked Sendable {
     /// Requests waiting for a batch.
     public var queued: Int { queueLock.lock(); defer { queueLock.unlock() }; return pending.count }
 
-    /// Finishes the running batch and the queued requests, then stops the worker.
+    /// Finishes the running batch and the queued requests, then stops the worker. Call it before
+    /// the last reference to the engine goes (the worker thread does not keep the engine alive).
     public func shutdown() {
         queueLock.lock()
         stopping = true

@@ -397,9 +397,13 @@ func jsonBodyInOrder(_ request: Request, limit: Int) async throws -> (object: [S
         throw APIError(status: .contentTooLarge, message: "the request body is larger than \(limit) bytes")
     }
     let data = Data(buffer.readableBytesView)
-    guard let o = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
-          let value = try? JSONValue(parsing: String(decoding: data, as: UTF8.self)) else {
-        throw APIError(status: .badRequest, message: "the request body is not a JSON object")
+    let parsed: Any
+    do { parsed = try JSONSerialization.jsonObject(with: data) } catch {
+        let detail = ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String).map { " (\($0))" } ?? ""
+        throw APIError(status: .badRequest, message: "the request body is not valid JSON\(detail)")
+    }
+    guard let o = parsed as? [String: Any], let value = try? JSONValue(parsing: String(decoding: data, as: UTF8.self)) else {
+        throw APIError(status: .badRequest, message: "the request body is not a JSON object (found \(parsed is [Any] ? "an array" : "another value"))")
     }
     return (o, value)
 }

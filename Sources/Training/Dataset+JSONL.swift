@@ -539,6 +539,9 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
             if [".txt", ".md", ".rst"].contains(where: { f.lowercased().hasSuffix($0) }) { texts += 1 }
         }
         jsonl.sort()
+        if jsonl.isEmpty && texts == 0 {
+            throw DatasetError(file: path, line: nil, message: "the folder holds no .jsonl, .ndjson, .txt, .md or .rst files")
+        }
         if !jsonl.isEmpty && texts > 0 {
             throw DatasetError(file: path, line: nil, message: "the folder holds both .jsonl files and \(texts) text "
                 + "files; put the examples of one format in a folder of their own")
@@ -548,6 +551,10 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
     } else if path.lowercased().hasSuffix(".json") {
         throw DatasetError(file: path, line: nil, message: "a .json file is not read; write one JSON object per "
             + "line to a .jsonl file")
+    } else if let table = ["csv", "tsv", "parquet", "arrow", "xlsx"].first(where: { path.lowercased().hasSuffix("." + $0) }) {
+        throw DatasetError(file: path, line: nil, message: "a .\(table) file is not read (it would be learned as plain text, "
+            + "separators and header included); convert it to JSONL, one object per line: {\"text\": …}, "
+            + "{\"prompt\": …, \"completion\": …} or {\"messages\": […]}")
     }
     if jsonl.isEmpty {
         do {
@@ -682,7 +689,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample
     func string(_ key: String, required: Bool = true, nonEmpty: Bool = true, in o: [String: Any] = object,
                 what: String = "") throws -> String? {
         guard let v = o[key] else {
-            if required { throw fail("\(what)missing the key \"\(key)\"") }
+            if required { throw fail("\(what)missing the key \"\(key)\" (found \(o.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")))") }
             return nil
         }
         guard let s = v as? String else { throw fail("\(what)\"\(key)\" must be a string, found \(jsonKind(v))") }

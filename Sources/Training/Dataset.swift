@@ -248,7 +248,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     -> DatasetSplits {
     guard o.seqLen >= 1 else { throw DatasetError(file: path, line: nil, message: "the sequence length must be at least 1, got \(o.seqLen)") }
     if case .fraction(let f) = o.validation, !(f >= 0 && f < 1) {
-        throw DatasetError(file: path, line: nil, message: "the validation fraction must be in [0, 1), got \(f)")
+        throw DatasetError(file: path, line: nil, message: "the validation fraction (--val-fraction) must be in [0, 1), got \(f)")
     }
     let (format, examples) = try readLocatedExamples(path)
     if [.promptCompletion, .instruction].contains(format) && tokenizer.eosTokenID == nil {

@@ -106,9 +106,9 @@ extension TrainJob {
         case let other?: throw TrainingError(message: "--method-config must be a file path or a JSON object, got \(other)")
         }
         methodSettings.options = settings.filter { methodFlags.contains($0.key) }
-        guard trainer.steps > 0, batchSize > 0, self.data.seqLen > 1 else {
-            throw TrainingError(message: "steps, batch size and sequence length must be positive (seq-len at least 2)")
-        }
+        guard trainer.steps > 0 else { throw TrainingError(message: "--steps must be at least 1, got \(trainer.steps)") }
+        guard batchSize > 0 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batchSize)") }
+        guard self.data.seqLen > 1 else { throw TrainingError(message: "--seq-len must be at least 2, got \(self.data.seqLen)") }
         try trainer.validate()
     }
 }
@@ -120,7 +120,18 @@ struct SettingReader {
     init(_ settings: [String: Any]) { self.settings = settings }
 
     func fail(_ key: String, _ what: String) -> TrainingError {
-        TrainingError(message: "--\(key) must be \(what), got \(settings[key].map { "\($0)" } ?? "nothing")")
+        TrainingError(message: "--\(key) must be \(what), got \(settings[key].map(SettingReader.describe) ?? "nothing")")
+    }
+
+    /// A value as the user wrote it: a string quoted ("2" read from a config file), a JSON
+    /// array or object as JSON.
+    static func describe(_ v: Any) -> String {
+        switch v {
+        case let s as String: return "the string \"\(s)\""
+        case is [Any], is [String: Any]:
+            return (try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "\(v)"
+        default: return "\(v)"
+        }
     }
 
     func string(_ key: String) throws -> String? {

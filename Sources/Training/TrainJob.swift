@@ -162,6 +162,9 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         data: \(splits)
         """)
     if job.precision == .bf16 { onStart("precision: the frozen weights' products in bf16, fp32 accumulation (oneDNN \(BF16Copy.isaName))") }
+    if trainerOptions.warmupSteps > trainerOptions.steps {
+        onStart("note: --warmup \(trainerOptions.warmupSteps) is longer than the run's \(trainerOptions.steps) steps: the learning rate stays below --lr \(trainerOptions.lr)")
+    }
     if comm.isDistributed {
         let floats = parameters.reduce(0) { $0 + $1.1.count }
         onStart("data-parallel: \(comm.size) ranks × batch \(job.batchSize) (global batch \(comm.size * job.batchSize)), \(Threads.count) thread(s) per rank; \(floats) gradient values (\(formatBytes(floats * 4))) all-reduced per step")
@@ -238,6 +241,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         plotter?.start(with: trainer.history)  // the steps before the resume, as the state holds them
     } else if comm.isLeader {
         // A state or metrics left by an earlier run in this folder must not be taken for this run's.
+        let earlier = [stateURL, metricsURL].filter { fm.fileExists(atPath: $0.path) }.map(\.lastPathComponent)
+        if !earlier.isEmpty {
+            onStart("note: \(job.outDir) holds an earlier run (\(earlier.joined(separator: ", "))); this run replaces it (--resume would continue it)")
+        }
         try? fm.removeItem(at: metricsURL)
         try? fm.removeItem(at: stateURL)
         try? fm.removeItem(at: plotURL)

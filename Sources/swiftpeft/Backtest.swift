@@ -70,6 +70,9 @@ struct Backtest: ParsableCommand {
             }
             defaultTemplate = t
         }
+        for (name, path) in Self.versions(adapters) where !FileManager.default.fileExists(atPath: path) {
+            throw CLIError("--adapters: version \(name): \(path): no such file or folder (each version is PATH, or NAME=PATH)")
+        }
         var options = BacktestOptions(modelPath: model, adapters: Self.versions(adapters),
                                       prompts: try loadBacktestPrompts(prompts, defaultTemplate: defaultTemplate))
         options.includeBase = !noBase

@@ -17,18 +17,49 @@ struct Convert: ParsableCommand {
         """) }
 
     @Option(help: "Model to read: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder) or gguf (llama.cpp).") var format: String
+    @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder) or gguf (llama.cpp); by default taken from --out's extension (.h5, .gguf).")
+    var format: String?
     @Option(help: "File (swiftpeft, gguf) or folder (hf) to write.") var out: String
     @Option(help: "With --format gguf: the matrices' type, f32, f16, bf16 or q8_0 (norms stay f32).") var ggufType = "f16"
 
     func run() throws {
-        guard let f = MergedModelFormat(rawValue: format) else {
-            throw CLIError("--format \(format) is not known; choose \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        let f = try outputFormat(format, out: out, fallback: nil)
         let type = try ggufWeightType(ggufType, format: f)
         try convertModel(modelPath: model, out: out, format: f, ggufType: type)
         print("saved \(out)")
     }
+}
+
+/// The format a model is written in: `--format` when given (an `--out` whose extension says
+/// another format is refused), else the extension's (.h5, .hdf5: swiftpeft; .gguf: gguf), else
+/// `fallback` (nil: --format is needed). Refuses, before any work, an `--out` that is a folder for
+/// a file format, or a file for `hf`.
+func outputFormat(_ given: String?, out: String, fallback: MergedModelFormat?) throws -> MergedModelFormat {
+    let ext = URL(fileURLWithPath: out).pathExtension.lowercased()
+    let byExtension: MergedModelFormat? = ["h5": .swiftpeft, "hdf5": .swiftpeft, "gguf": .gguf][ext]
+    let format: MergedModelFormat
+    if let given {
+        guard let f = MergedModelFormat(rawValue: given) else {
+            throw CLIError("--format \(given) is not known; choose \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let e = byExtension, e != f {
+            let writes: [MergedModelFormat: String] = [.swiftpeft: "an HDF5 checkpoint (.h5)", .hf: "a Hugging Face folder", .gguf: "a GGUF file (.gguf)"]
+            throw CLIError("--out \(out) ends in .\(ext), but --format \(f.rawValue) writes \(writes[f]!); change one of them")
+        }
+        format = f
+    } else if let e = byExtension {
+        format = e
+    } else if let fallback {
+        format = fallback
+    } else {
+        throw CLIError("--out \(out) has no .h5 or .gguf extension to take the format from; give --format \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: out, isDirectory: &isDir) {
+        if format == .hf && !isDir.boolValue { throw CLIError("--out \(out) is a file; --format hf writes a folder") }
+        if format != .hf && isDir.boolValue { throw CLIError("--out \(out) is a folder; --format \(format.rawValue) writes a file (or give --format hf for a folder)") }
+    }
+    return format
 }
 
 /// The `--gguf-type` option, which only `--format gguf` takes.

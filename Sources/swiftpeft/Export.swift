@@ -28,7 +28,8 @@ struct Export: ParsableCommand {
 
     @Option(help: "The base model the adapter was trained on (.h5, .gguf or Hugging Face folder).") var model: String
     @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String
-    @Option(help: "Output format: peft (Hugging Face PEFT adapter folder) or gguf (llama.cpp LoRA adapter file).") var format = "peft"
+    @Option(help: "Output format: peft (Hugging Face PEFT adapter folder) or gguf (llama.cpp LoRA adapter file); by default gguf for an --out ending in .gguf, else peft.")
+    var format: String?
     @Option(help: "Folder to write (peft), or file (gguf).") var out: String
     @Flag(help: "With --format gguf: write an adapter trained with another chat template than the base's, which the GGUF file cannot record.")
     var chatTemplateOk = false
@@ -36,9 +37,12 @@ struct Export: ParsableCommand {
     var baseName: String?
 
     func run() throws {
+        let gguf = URL(fileURLWithPath: out).pathExtension.lowercased() == "gguf"
+        let format = self.format ?? (gguf ? "gguf" : "peft")
         guard format == "peft" || format == "gguf" else {
             throw CLIError("--format \(format) is not known for export; use peft or gguf (for a merged model: swiftpeft merge --format hf or gguf)")
         }
+        if format == "peft" && gguf { throw CLIError("--out \(out) ends in .gguf, but --format peft writes a folder; give --format gguf or another name") }
         if format == "gguf" && baseName != nil { throw CLIError("--base-name applies to --format peft only (a GGUF LoRA records no base name)") }
         if format == "peft" && chatTemplateOk { throw CLIError("--chat-template-ok applies to --format gguf only (a PEFT folder records the template)") }
         let loaded = try loadModel(model)

@@ -40,17 +40,15 @@ struct Merge: ParsableCommand {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String
     @Option(help: "Merged model to write: a checkpoint (.h5), a folder with --format hf, a .gguf file with --format gguf.") var out: String
-    @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json) or gguf (llama.cpp).")
-    var format = "swiftpeft"
+    @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json) or gguf (llama.cpp); by default taken from --out's extension (.gguf: gguf), else swiftpeft.")
+    var format: String?
     @Option(help: "With --format gguf: the matrices' type, f32, f16, bf16 or q8_0 (norms stay f32).") var ggufType = "f16"
     @Option(help: "Text whose logits are compared before and after merging.") var checkText = "The quick brown fox jumps over the lazy dog."
     @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") for the merged model instead of the base's own (default: the one the adapter records, which it was trained with).")
     var chatTemplate: String?
 
     func run() throws {
-        guard let f = MergedModelFormat(rawValue: format) else {
-            throw CLIError("--format \(format) is not known; choose \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: " or "))")
-        }
+        let f = try outputFormat(format, out: out, fallback: .swiftpeft)
         let type = try ggufWeightType(ggufType, format: f)
         let r = try mergeAdapter(modelPath: model, adapterPath: adapter, out: out, checkText: checkText, format: f, ggufType: type,
                                  chatTemplatePath: chatTemplate)

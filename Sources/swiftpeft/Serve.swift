@@ -47,9 +47,12 @@ struct Serve: ParsableCommand {
         }
         let engine = try ServingEngine(modelPath: model, baseName: name, maxBatch: maxBatch, maxQueue: maxQueue, contextLength: context,
                                        wattsPerCore: wattsPerCore, precision: decodePrecision, chatTemplatePath: chatTemplate)
+        defer { engine.shutdown() }  // also when an adapter or the server fails: the worker stops before the engine goes
         for item in adapters.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }).filter({ !$0.isEmpty }) {
             let (n, p) = Backtest.versions(item)[0]
-            try engine.loadAdapter(name: n, path: p)
+            do { try engine.loadAdapter(name: n, path: p) } catch {
+                throw CLIError("--adapters \"\(item)\" (NAME=PATH): \(error)")
+            }
         }
         var isFolder: ObjCBool = false
         if let adapterDir, !(FileManager.default.fileExists(atPath: adapterDir, isDirectory: &isFolder) && isFolder.boolValue) {
@@ -73,7 +76,12 @@ struct Serve: ParsableCommand {
         }
         done.wait()
         engine.shutdown()
-        if let failure { throw CLIError("the server stopped: \(failure)") }
+        if let failure {
+            if "\(failure)".contains("Address already in use") {
+                throw CLIError("cannot listen on \(host):\(port): the address is in use (another server?); choose another --port (0: any free port)")
+            }
+            throw CLIError("the server stopped: \(failure)")
+        }
         print("server stopped")
     }
 }

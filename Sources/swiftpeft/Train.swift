@@ -65,9 +65,15 @@ struct CommonTrainOptions: ParsableArguments {
     func settings(_ extra: [String: Any?]) throws -> [String: Any] {
         var merged: [String: Any] = [:]
         if let config {
-            guard let d = FileManager.default.contents(atPath: config),
-                  let obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else {
-                throw CLIError("\(config): not a readable JSON object")
+            guard let d = FileManager.default.contents(atPath: config) else {
+                throw CLIError("\(config): " + (FileManager.default.fileExists(atPath: config) ? "cannot read the file" : "no such file (--config)"))
+            }
+            let parsed: Any
+            do { parsed = try JSONSerialization.jsonObject(with: d) } catch {
+                throw CLIError("\(config): not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)")); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
+            }
+            guard let obj = parsed as? [String: Any] else {
+                throw CLIError("\(config): the JSON is \(parsed is [Any] ? "an array" : "not an object"); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
             }
             merged = obj
         }
@@ -204,7 +210,10 @@ struct Train: ParsableCommand {
     var profile = false
 
     func run() throws {
-        var (job, _) = try common.job(["method": method, "adapter": adapter])
+        var (job, settings) = try common.job(["method": method, "adapter": adapter])
+        if settings["methods"] != nil {
+            throw CLIError("\"methods\" (in \(common.config ?? "the settings")) is compare's key, for several methods; train takes \"method\"")
+        }
         job.profile = profile
         guard trainableMethodNames.contains(job.method) else {
             throw CLIError("unknown method '\(job.method)'; --method must be one of \(trainableMethodNames.joined(separator: ", "))")

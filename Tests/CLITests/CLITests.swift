@@ -404,6 +404,12 @@ final class CLITests: XCTestCase {
         let r2 = try ok(trainArgs(out: out, steps: 10) + ["--resume", "--profile"])
         XCTAssertFalse(r2.stdout.contains("step 1/10"), "a resumed run does not start over:\n\(r2.transcript)")
         XCTAssertFalse(r.stdout.contains("time split:"), "no split unless asked:\n\(r.transcript)")
+        XCTAssertFalse(r.stdout.contains("holds an earlier run"), r.transcript)
+        let again = try ok(trainArgs(out: out + "-again", steps: 2) + ["--warmup", "3"])
+        XCTAssertTrue(again.stdout.contains("note: --warmup 3 is longer than the run's 2 steps"), again.transcript)
+        let replaced = try ok(trainArgs(out: out + "-again", steps: 2) + ["--warmup", "2"])
+        XCTAssertTrue(replaced.stdout.contains("holds an earlier run (state.h5, metrics.jsonl); this run replaces it"), replaced.transcript)
+        XCTAssertFalse(replaced.stdout.contains("note: --warmup"), replaced.transcript)
         XCTAssertTrue(r2.stdout.contains("time split: 3 steps of "), "--profile: steps 8–10, the first of this run left out:\n\(r2.transcript)")
         XCTAssertTrue(r2.stdout.contains("step 10/10"), r2.transcript)
         XCTAssertFalse(r2.stdout.contains("validation loss before:"), "no 'before' score on resume:\n\(r2.transcript)")
@@ -581,6 +587,25 @@ final class CLITests: XCTestCase {
         let i2 = try ok(["inspect", out2 + "/adapter.h5"])
         XCTAssertTrue(i2.stdout.contains("[2, 32]"), "--r 2 overrides the file:\n\(i2.transcript)")
         XCTAssertEqual(try metrics(out).count, 4, "the file's out folder is left alone")
+
+        // A config file that is missing, not JSON, an array, holds a value of the wrong type or
+        // compare's "methods"; a flag out of range: each says which and what was expected.
+        func config(_ name: String, _ text: String) throws -> String {
+            let path = fx.path(name)
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        try fails(["train", "--config", fx.path("no-such.json")], mentioning: ["no-such.json: no such file (--config)"])
+        try fails(["train", "--config", try config("broken.json", "{\"steps\": 2,")], mentioning: ["broken.json: not valid JSON", "long flag names"])
+        try fails(["train", "--config", try config("array.json", "[1, 2]")], mentioning: ["array.json: the JSON is an array", "expected an object"])
+        try JSONSerialization.data(withJSONObject: cfg.merging(["steps": "2"]) { $1 }).write(to: URL(fileURLWithPath: fx.path("typed.json")))
+        try fails(["train", "--config", fx.path("typed.json")], mentioning: ["--steps must be an integer, got the string \"2\""])
+        try JSONSerialization.data(withJSONObject: cfg.merging(["methods": "ia3,prompt"]) { $1 }).write(to: URL(fileURLWithPath: fx.path("methods.json")))
+        try fails(["train", "--config", fx.path("methods.json")], mentioning: ["\"methods\"", "compare's key", "train takes \"method\""])
+        for (flag, message) in [("--steps", "--steps must be at least 1, got 0"), ("--batch-size", "--batch-size must be at least 1, got 0"),
+                                ("--seq-len", "--seq-len must be at least 2, got 0")] {
+            try fails(["train", "--config", cfgPath, "--out", out2, flag, "0"], mentioning: [message])
+        }
     }
 
     func testTrainFullWritesAModel() throws {
@@ -701,6 +726,22 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try loss(["--model", back]), try loss(["--model", fx.base]), accuracy: 1e-6, "h5 → GGUF → Hugging Face")
         _ = try fails(["convert", "--model", fx.base, "--format", "hf", "--gguf-type", "q8_0", "--out", fx.path("x")], mentioning: ["--gguf-type applies to --format gguf only"])
         _ = try fails(["convert", "--model", fx.base, "--format", "gguf", "--gguf-type", "q4", "--out", fx.path("x")], mentioning: ["--gguf-type q4 is not known", "q8_0"])
+        // Without --format the extension says it; an extension that says another format, or a
+        // folder where a file goes, is refused before any work.
+        let byName = fx.path("by-name.gguf")
+        _ = try ok(["merge", "--model", fx.base, "--adapter", adapter, "--gguf-type", "f32", "--out", byName])
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: byName)).prefix(4), Data("GGUF".utf8), "a .gguf --out is written as GGUF")
+        XCTAssertEqual(try loss(["--model", byName]), adapted, accuracy: 1e-5)
+        _ = try ok(["convert", "--model", byName, "--out", fx.path("by-name.h5")])
+        XCTAssertEqual(try loss(["--model", fx.path("by-name.h5")]), adapted, accuracy: 1e-5, "a .h5 --out is a SwiftPEFT checkpoint")
+        _ = try fails(["merge", "--model", fx.base, "--adapter", adapter, "--format", "swiftpeft", "--out", fx.path("m.gguf")],
+                      mentioning: ["--out", "m.gguf", "ends in .gguf, but --format swiftpeft writes an HDF5 checkpoint"])
+        _ = try fails(["convert", "--model", fx.base, "--out", fx.path("no-extension")], mentioning: ["no .h5 or .gguf extension", "give --format"])
+        _ = try ok(["export", "--model", fx.base, "--adapter", adapter, "--out", fx.path("by-name-lora.gguf")])
+        XCTAssertEqual(try loss(["--model", fx.base, "--adapter", fx.path("by-name-lora.gguf")]), adapted, accuracy: 1e-6, "a .gguf export is a GGUF LoRA")
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "peft", "--out", fx.path("p.gguf")], mentioning: ["ends in .gguf", "--format peft"])
+        _ = try fails(["convert", "--model", fx.base, "--format", "gguf", "--out", back], mentioning: ["is a folder", "--format gguf writes a file"])
+        _ = try fails(["merge", "--model", fx.base, "--adapter", adapter, "--format", "hf", "--out", fx.jsonl], mentioning: ["is a file", "--format hf writes a folder"])
         // A chat template the file cannot carry: refused unless the user takes it on.
         let chat = fx.path("gguf-chat.jsonl")
         try (0..<8).map { _ in #"{"messages": [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}]}"# }
@@ -1156,7 +1197,7 @@ final class CLITests: XCTestCase {
         try JSONSerialization.data(withJSONObject: ["target_modules": "q_proj("]).write(to: URL(fileURLWithPath: badRegex))
         // (extra arguments for train and compare, what the message must say)
         let mismatches: [([String], [String])] = [
-            (["--target-modules", "qq_proj"], ["matched no", "model.layers.0.self_attn.q_proj"]),   // lists what exists
+            (["--target-modules", "qq_proj"], ["target_modules [\"qq_proj\"] matched no", "model.layers.0.self_attn.q_proj"]),   // lists what exists
             (["--target-modules", "q_proj", "--r", "64"], ["r 64 is larger than"]),
             (["--method-config", unknownKey], ["target_modulez"]),
             (["--method-config", badRegex], ["not a valid regular expression"]),
@@ -1257,6 +1298,9 @@ final class CLITests: XCTestCase {
                                       ("--watts-per-core", "-5", "--watts-per-core must be 0 or more"), ("--port", "70000", "--port must be in")] {
             _ = try fails(["serve", "--model", fx.base, flag + "=" + value], mentioning: [needle])
         }
+        _ = try fails(["serve", "--model", fx.base, "--adapters", "=" + fx.base], mentioning: ["--adapters \"=\(fx.base)\" (NAME=PATH)"])
+        _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1:" + fx.base, "--prompts", fx.jsonl, "--out", fx.path("no-backtest")],
+                      mentioning: ["--adapters: version", "v1:\(fx.base): no such file or folder", "NAME=PATH"])
         _ = try fails(["bench", "--precision", "bf16", "--methods", "lora,full"], mentioning: ["full has none of its frozen weights"])
         _ = try fails(["bench", "--config", "tiny", "--configs", "small"], mentioning: ["--config and --configs are both given"])
         let tiny = fx.path("tiny.txt")

@@ -35,7 +35,7 @@ extension CLITests {
         try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "hf", "--out", fx.path("x")],
                   mentioning: ["--format hf", "merge --format hf"])
         try fails(["merge", "--model", fx.base, "--adapter", folder, "--format", "onnx", "--out", fx.path("y")],
-                  mentioning: ["--format onnx", "swiftpeft or hf"])
+                  mentioning: ["--format onnx", "swiftpeft, hf, gguf"])
         try fails(["eval", "--model", fx.base, "--adapter", fx.dir.path, "--data", fx.jsonl],
                   mentioning: [fx.dir.path, "adapter_config.json"])
     }

@@ -325,7 +325,16 @@ final class GGUFExportTests: XCTestCase {
         var dora = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
         dora.useDora = true
         try refused({ try LoRA(config: dora) }, "DoRA")
-        try refused({ try IA3(config: IA3Config()) }, "IA3 adapter has no llama.cpp GGUF form")
+        try refused({ try IA3(config: IA3Config()) }, "the ia3 method has no llama.cpp GGUF form")
+        try refused({ try IA3(config: IA3Config()) }, "or merge it into the base (swiftpeft merge --format gguf)")
+        // A method that cannot be merged is not told to merge.
+        let prompt = try loadModel(try fixture("model"))
+        let tuning = try PromptTuning(config: PromptTuningConfig(numVirtualTokens: 2))
+        try tuning.attach(to: prompt.model)
+        XCTAssertThrowsError(try exportGGUFLoRA(tuning, base: prompt, to: out)) { e in
+            XCTAssertTrue("\(e)".contains("the prompt method has no llama.cpp GGUF form") && "\(e)".contains("--format peft)")
+                          && !"\(e)".contains("merge"), "\(e)")
+        }
         var bias = LoRAConfig(r: 2, loraAlpha: 4, targetModules: .names(["q_proj"]))
         bias.bias = "all"
         try refused({ try LoRA(config: bias) }, "trains biases")

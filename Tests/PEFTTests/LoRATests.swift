@@ -410,8 +410,14 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(loaded.trainableCount, lora.trainableCount)
         let other = makeModel(llamaTiny, seed: 8)
         XCTAssertThrowsError(try AdapterCheckpoint.load(path, onto: other)) { e in
-            XCTAssertTrue("\(e)".contains("another base model") && "\(e)".contains("same architecture"), "\(e)")
+            XCTAssertTrue("\(e)".contains("another base model") && "\(e)".contains("same architecture")
+                          && "\(e)".contains("the same config, other weights (hash "), "\(e)")
         }
+        // Another architecture: the fields that differ, each with both values, and no others.
+        var wider = llamaTiny
+        wider.hiddenSize *= 2
+        let difference = BaseFingerprint(makeModel(wider, seed: 7)).difference(from: BaseFingerprint(fresh))
+        XCTAssertEqual(difference, "hidden_size \(llamaTiny.hiddenSize) there, \(wider.hiddenSize) here")
         // Dropout rates are training settings, not architecture: the adapter fits the base read with
         // them, and a file that recorded them (as files saved before did) fits the base without.
         var dropping = llamaTiny

@@ -579,6 +579,7 @@ final class DatasetTests: XCTestCase {
             (pc, #"{"foo": 1, "bar": 2}"#, #"no known keys (found "bar", "foo")"#),
             (pc, #"{"prompt": "a"}"#, #"missing the key "completion""#),
             (pc, #"{"completion": "a"}"#, #"missing the key "prompt""#),
+            (pc, #"{"promt": "q", "completion": "a"}"#, #"missing the key "prompt" (found "completion", "promt")"#),
             (pc, #"{"prompt": "a", "completion": 5}"#, #""completion" must be a string, found a number"#),
             (pc, #"{"prompt": "a", "completion": true}"#, #""completion" must be a string, found a boolean"#),
             (pc, #"{"prompt": null, "completion": "b"}"#, #""prompt" must be a string, found null"#),
@@ -657,6 +658,14 @@ final class DatasetTests: XCTestCase {
         }
         let upperJSON = try write("x.JSON", [json(["text": "a"])])
         XCTAssertThrowsError(try load(upperJSON)) { XCTAssertTrue("\($0)".contains("a .json file is not read"), "\($0)") }
+        // A table is not plain text: refused, not learned with its commas and header.
+        let csv = try write("table.CSV", ["prompt,completion", "a,b"])
+        XCTAssertThrowsError(try load(csv)) { XCTAssertTrue("\($0)".contains("table.CSV: a .csv file is not read") && "\($0)".contains("JSONL"), "\($0)") }
+        // A folder without data files says which files it reads.
+        let bare = dir + "/bare"
+        try FileManager.default.createDirectory(atPath: bare, withIntermediateDirectories: true)
+        try "x".write(toFile: bare + "/notes.csv", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try load(bare)) { XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .txt, .md or .rst files"), "\($0)") }
         // Prompt/completion data needs an EOS to learn to stop with.
         let pc = try write("pc.jsonl", [json(["prompt": "a", "completion": "b"])])
         XCTAssertThrowsError(try load(pc, tok: ByteTokenizer())) { XCTAssertTrue("\($0)".contains("end-of-sequence")) }
