@@ -104,6 +104,13 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         Threads.set(min(Threads.available, max(1, ProcessInfo.processInfo.activeProcessorCount / comm.localSize)))
     }
     let onStart = comm.isLeader ? onStart : { _ in }
+    var outIsFolder: ObjCBool = false  // before the base and data load: an --out that cannot be a folder
+    if FileManager.default.fileExists(atPath: job.outDir, isDirectory: &outIsFolder) && !outIsFolder.boolValue {
+        throw TrainingError(message: "\(job.outDir): is a file; --out names the folder a run writes (adapter.h5, state.h5, metrics.jsonl, loss.svg)")
+    }
+    if job.resume && !checkOnly && !FileManager.default.fileExists(atPath: (job.outDir as NSString).appendingPathComponent("state.h5")) {
+        throw TrainingError(message: "\((job.outDir as NSString).appendingPathComponent("state.h5")): no such file; --resume continues the run whose --out holds it")
+    }
     let base = try loadModel(job.modelPath)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }

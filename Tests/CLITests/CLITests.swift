@@ -1237,6 +1237,9 @@ final class CLITests: XCTestCase {
         let out = fx.path("runs/resume-past")
         try ok(trainArgs(out: out, steps: 4))
         try fails(trainArgs(out: out, steps: 2) + ["--resume"], mentioning: ["already at step 4", "state.h5"])
+        // Before the base and data load: --out a file, --resume without a state.
+        try fails(trainArgs(out: fx.jsonl, steps: 2), mentioning: ["\(fx.jsonl): is a file; --out names the folder"])
+        try fails(trainArgs(out: fx.path("runs/never"), steps: 2) + ["--resume"], mentioning: ["runs/never/state.h5: no such file; --resume continues"])
         // A GPT-2 base with 32 learned positions.
         let gpt2 = fx.path("gpt2-32.h5")
         let tok = try BPETokenizer.load(json: Data(try ModelCheckpoint.load(fx.base).tokenizerJSON!.utf8))
