@@ -515,15 +515,16 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 /// that is not a valid example stops reading with a `DatasetError` naming the file and line. All lines (and
 /// all files of a folder) must have one format.
 public func readExamples(_ path: String) throws -> (format: DataFormat, examples: [DataExample]) {
-    let (format, located) = try readLocatedExamples(path)
+    let (format, located, _) = try readLocatedExamples(path)
     return (format, located.map(\.example))
 }
 
 /// An example with the file and line it was read from (no line for a text file's document).
 typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 
-/// `readExamples`, with where each example was read.
-func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples: [LocatedExample]) {
+/// `readExamples`, with where each example was read, and the keys of JSONL lines that its format
+/// does not read (a misspelled "promt", a dataset's "id" or "source") with the lines holding each.
+func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples: [LocatedExample], unreadKeys: [String: Int]) {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
         throw DatasetError(file: path, line: nil, message: "no such file or folder")
@@ -558,15 +559,16 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
     }
     if jsonl.isEmpty {
         do {
-            return (.plainText, try readTextCorpus(path).map { (.text($0), path, nil) })
+            return (.plainText, try readTextCorpus(path).map { (.text($0), path, nil) }, [:])
         } catch let e as CorpusError {
             throw DatasetError(file: e.path, line: nil, message: e.message)
         }
     }
     var format: (DataFormat, String)?
     var all: [LocatedExample] = []
+    var unread: [String: Int] = [:]
     for file in jsonl {
-        let examples = try readJSONL(file)
+        let examples = try readJSONL(file, unreadKeys: &unread)
         guard let first = examples.first else { continue }
         if let (f, other) = format, f != first.example.format {
             throw DatasetError(file: file, line: first.line, message: "this file holds \(first.example.format.rawValue) "
@@ -578,7 +580,7 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
     guard let (f, _) = format else {
         throw DatasetError(file: path, line: nil, message: "holds no examples (only empty lines)")
     }
-    return (f, all)
+    return (f, all, unread)
 }
 
 /// The examples of one JSONL file with their 1-based line numbers (empty lines skipped). Throws at the first
@@ -586,6 +588,12 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
 /// empty text/prompt/completion/output/instruction, an unknown chat role, a chat without an assistant turn, or a line
 /// whose format differs from the first line's.
 public func readJSONL(_ file: String) throws -> [(line: Int, example: DataExample)] {
+    var unread: [String: Int] = [:]
+    return try readJSONL(file, unreadKeys: &unread)
+}
+
+/// `readJSONL`, counting in `unreadKeys` the lines holding each key their format does not read.
+func readJSONL(_ file: String, unreadKeys: inout [String: Int]) throws -> [(line: Int, example: DataExample)] {
     guard let data = FileManager.default.contents(atPath: file) else {
         throw DatasetError(file: file, line: nil, message: "cannot read the file")
     }
@@ -599,7 +607,7 @@ public func readJSONL(_ file: String) throws -> [(line: Int, example: DataExampl
         start = end < data.endIndex ? end + 1 : end
         if bytes.last == 0x0D { bytes = bytes.dropLast() }
         if bytes.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
-        let example = try parseJSONLine(Data(bytes), file: file, line: lineNumber)
+        let example = try parseJSONLine(Data(bytes), file: file, line: lineNumber) { unreadKeys[$0, default: 0] += 1 }
         if let first = out.first, first.example.format != example.format {
             throw DatasetError(file: file, line: lineNumber, message: "this line is \(example.format.rawValue) data but "
                 + "line \(first.line) is \(first.example.format.rawValue) data; a file holds one format")
@@ -672,8 +680,9 @@ func parseTemplateKwargs(_ kwargs: JSONValue?, fail: (String) -> Error) throws -
 
 /// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
 /// "instruction" or "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
-/// are ignored (Alpaca files, for instance, carry a rendered "text" next to "instruction").
-func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample {
+/// are not read (Alpaca files, for instance, carry a rendered "text" next to "instruction"), and each is
+/// passed to `unread`.
+func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> Void = { _ in }) throws -> DataExample {
     func fail(_ message: String) -> DatasetError { DatasetError(file: file, line: line, message: message) }
     guard String(data: bytes, encoding: .utf8) != nil else { throw fail("the line is not valid UTF-8") }
     let value: Any
@@ -696,7 +705,9 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample
         if nonEmpty && s.isEmpty { throw fail("\(what)\"\(key)\" is empty") }
         return s
     }
+    func reading(_ keys: Set<String>) { for k in object.keys where !keys.contains(k) { unread(k) } }
     if object["messages"] != nil {
+        reading(["messages", "tools", "chat_template_kwargs"])
         // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
         let ordered: JSONValue
         do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch { throw fail("invalid JSON (\(error)): \(preview(bytes))") }
@@ -708,16 +719,21 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int) throws -> DataExample
                      templateKwargs: try parseTemplateKwargs(ordered["chat_template_kwargs"], fail: fail))
     }
     if object["instruction"] != nil || object["output"] != nil {
+        reading(["instruction", "input", "output"])
         return .instruction(instruction: try string("instruction")!,
                             input: try string("input", required: false, nonEmpty: false), output: try string("output")!)
     }
     if object["prompt"] != nil || object["completion"] != nil {
+        reading(["prompt", "completion"])
         // An empty prompt would leave the completion's first token with no position to predict it from.
         let prompt = try string("prompt", nonEmpty: false)!
         if prompt.isEmpty { throw fail("\"prompt\" is empty; write examples without a prompt as {\"text\": …}") }
         return .promptCompletion(prompt: prompt, completion: try string("completion")!)
     }
-    if object["text"] != nil { return .text(try string("text")!) }
+    if object["text"] != nil {
+        reading(["text"])
+        return .text(try string("text")!)
+    }
     let keys = object.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
     throw fail("no known keys (found \(keys.isEmpty ? "none" : keys)); expected \"text\", \"prompt\" + \"completion\", "
         + "\"instruction\" + \"output\" (+ \"input\"), or \"messages\"")

@@ -29,7 +29,7 @@ public struct ExamplePreview: Sendable, Encodable {
 ///   data without a template or ChatML's tokens, a conversation the template refuses).
 public func previewExamples(_ path: String, tokenizer: Tokenizer, count: Int, skip: Int = 0) throws
     -> (format: DataFormat, total: Int, examples: [ExamplePreview]) {
-    let (format, located) = try readLocatedExamples(path)
+    let (format, located, _) = try readLocatedExamples(path)
     if format == .chat { try checkChatWritable(tokenizer, data: path) }
     let shown = located.dropFirst(max(0, skip)).prefix(max(0, count))
     let previews = try shown.map { e -> ExamplePreview in

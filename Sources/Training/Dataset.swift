@@ -231,9 +231,14 @@ public struct DatasetSplits: Sendable, CustomStringConvertible {
     public var train: Dataset
     /// Nil with `.none`, or when the split left no validation rows.
     public var validation: Dataset?
+    /// Keys of the JSONL lines (training and validation files) that their format does not read,
+    /// with the number of lines holding each: a misspelled "promt", or a dataset's "id".
+    public var unreadKeys: [String: Int] = [:]
 
     public var description: String {
         "train: \(train.summary)" + (validation.map { "\nvalidation: \($0.summary)" } ?? "\nvalidation: none")
+            + (unreadKeys.isEmpty ? "" : "\nkeys not read: " + unreadKeys.sorted { $0.key < $1.key }
+                .map { "\"\($0.key)\" (\($0.value) line\($0.value == 1 ? "" : "s"))" }.joined(separator: ", "))
     }
 }
 
@@ -250,7 +255,8 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     if case .fraction(let f) = o.validation, !(f >= 0 && f < 1) {
         throw DatasetError(file: path, line: nil, message: "the validation fraction (--val-fraction) must be in [0, 1), got \(f)")
     }
-    let (format, examples) = try readLocatedExamples(path)
+    let (format, examples, trainUnread) = try readLocatedExamples(path)
+    var unreadKeys = trainUnread
     if [.promptCompletion, .instruction].contains(format) && tokenizer.eosTokenID == nil {
         throw DatasetError(file: path, line: nil, message: "\(format.rawValue) data needs a tokenizer with an "
             + "end-of-sequence token, which the model learns to stop with; this tokenizer has none")
@@ -264,7 +270,8 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
             throw DatasetError(file: vpath, line: nil, message: "the validation data is inside the training data (\(path)), "
                 + "which reads every file of its folder: it would be trained on too. Move it out of \(path)")
         }
-        let (vformat, v) = try readLocatedExamples(vpath)
+        let (vformat, v, vUnread) = try readLocatedExamples(vpath)
+        unreadKeys.merge(vUnread, uniquingKeysWith: +)
         guard vformat == format else {
             throw DatasetError(file: vpath, line: nil, message: "the validation data is \(vformat.rawValue) but the "
                 + "training data (\(path)) is \(format.rawValue)")
@@ -305,6 +312,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
                                validation: v.isEmpty ? nil : try build(v.map { examples[$0] }))
     }
     if splits.validation?.count == 0 { splits.validation = nil }
+    splits.unreadKeys = unreadKeys
     guard splits.train.count > 0 else {
         throw DatasetError(file: path, line: nil, message: "no training rows: \(splits.train.summary)")
     }

@@ -567,6 +567,26 @@ final class DatasetTests: XCTestCase {
     // MARK: errors
 
     /// Each bad line, written as line 3 after a good line and an empty one, with the message it must give.
+    /// Keys a line's format does not read are counted (training and validation files) and shown
+    /// with the splits: a misspelling is seen, not dropped without a word.
+    func testKeysNotReadAreCountedAndShown() throws {
+        let train = try write("unread.jsonl", [#"{"prompt": "a", "completion": "b", "id": 1}"#,
+                                               #"{"prompt": "c", "completion": "d", "id": 2, "promt": "x"}"#,
+                                               #"{"prompt": "e", "completion": "f"}"#])
+        let val = try write("unread-val.jsonl", [#"{"prompt": "g", "completion": "h", "id": 3}"#])
+        let splits = try load(train, validation: .file(val))
+        XCTAssertEqual(splits.unreadKeys, ["id": 3, "promt": 1])
+        XCTAssertTrue(splits.description.hasSuffix(#"keys not read: "id" (3 lines), "promt" (1 line)"#), splits.description)
+        let clean = try load(try write("read.jsonl", [#"{"instruction": "a", "input": "", "output": "b"}"#]))
+        XCTAssertEqual(clean.unreadKeys, [:])
+        XCTAssertFalse(clean.description.contains("not read"))
+        // Chat reads "messages", "tools" and "chat_template_kwargs"; text reads "text" alone.
+        var unread: [String: Int] = [:]
+        _ = try readJSONL(try write("chat-extra.jsonl", [#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "tools": [], "source": "x"}"#,
+                                                       ]), unreadKeys: &unread)
+        XCTAssertEqual(unread, ["source": 1])
+    }
+
     func testBadLinesNameFileLineAndProblem() throws {
         let pc = json(["prompt": "a", "completion": "b"])
         let chat = #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#
