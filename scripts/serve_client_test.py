@@ -183,6 +183,7 @@ def main():
         # Bad requests: OpenAI's error shape, 4xx, the server stays up.
         for raw, status, needle in [(b"{bad json", 400, "not valid JSON ("),
                                     (b"[1, 2]", 400, "not a JSON object (found an array)"),
+                                    (b"5", 400, "not a JSON object (found a single value)"),
                                     (json.dumps({"model": "nope", "prompt": "x"}).encode(), 404, "does not exist"),
                                     (json.dumps({"model": "base", "prompt": "x " * 400, "max_tokens": 16}).encode(), 400, "context length"),
                                     (json.dumps({"model": "base", "prompt": "x", "max_tokens": -3}).encode(), 400, "max_tokens"),

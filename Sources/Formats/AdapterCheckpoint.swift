@@ -65,9 +65,10 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
             guard let here = fields(architecture), let there = fields(other.architecture) else {
                 return "architecture \(other.architecture) there, \(architecture) here"
             }
-            return Set(here.keys).union(there.keys).sorted().compactMap { k in
+            let fieldsDiffering = Set(here.keys).union(there.keys).sorted().compactMap { k in
                 here[k] == there[k] ? nil : "\(k) \(there[k] ?? "absent") there, \(here[k] ?? "absent") here"
-            }.joined(separator: "; ")
+            }
+            return fieldsDiffering.isEmpty ? "architecture \(other.architecture) there, \(architecture) here" : fieldsDiffering.joined(separator: "; ")
         }
         return "the same config, other weights (hash \(other.weightsHash) there, \(weightsHash) here)"
     }

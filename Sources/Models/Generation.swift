@@ -217,7 +217,15 @@ public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RN
         return best
     }
     let u = rng.nextDouble()
-    return logits.withUnsafeBufferPointer { SamplingWalk($0, o).pick(u) }
+    return logits.withUnsafeBufferPointer { l in
+        // Non-finite logits: a NaN is never picked; a +inf is certain (the first, by id); when every
+        // logit is −inf (or NaN) there is nothing to weigh, and the first is taken.
+        var mx = -Float.infinity, first = -1
+        for i in 0..<V where !l[i].isNaN && (first < 0 || l[i] > mx) { (mx, first) = (l[i], i) }
+        if first < 0 { return 0 }
+        if !mx.isFinite { return first }
+        return SamplingWalk(l, o, max: (mx, first)).pick(u)
+    }
 }
 
 /// The walk of `sampleToken` in a few passes over the vocabulary instead of a sort of it (5 ms a
@@ -237,13 +245,16 @@ private struct SamplingWalk {
     let topP: Float
     static let buckets = 257  // 256 of 1/8 (down to e^-32 of the largest), then the rest
 
-    init(_ l: UnsafeBufferPointer<Float>, _ o: SamplingOptions) {
-        (self.l, topP) = (l, o.topP)
-        let V = l.count, B = SamplingWalk.buckets
-        var mx = l[0]
-        for i in 1..<V where l[i] > mx { mx = l[i] }
+    /// The most likely token: the walk's first, and what a walk that keeps nothing falls back to.
+    let first: Int
+
+    /// The walk over `l` under `o`, `max` the largest logit (finite) and its token.
+    init(_ l: UnsafeBufferPointer<Float>, _ o: SamplingOptions, max: (logit: Float, token: Int)) {
+        (self.l, topP, first) = (l, o.topP, max.token)
+        let V = l.count, B = SamplingWalk.buckets, mx = max.logit
         // Top-k: every token whose logit is at least the k-th's in the walk.
-        let floor = o.topK > 0 && o.topK < V ? l[leadingTokens(l, count: o.topK).last!] : -Float.infinity
+        let kth = o.topK > 0 && o.topK < V ? l[leadingTokens(l, count: o.topK).last!] : -Float.infinity
+        let floor = kth.isNaN ? -Float.infinity : kth
         w = [Double](repeating: 0, count: V)
         var total = 0.0
         for i in 0..<V where l[i] >= floor {
@@ -267,7 +278,7 @@ private struct SamplingWalk {
     }
 
     /// Whether token a comes before token b in the walk.
-    @inline(__always) func before(_ a: Int, _ b: Int) -> Bool { l[a] > l[b] || (l[a] == l[b] && a < b) }
+    @inline(__always) func before(_ a: Int, _ b: Int) -> Bool { walkPrecedes(l, a, b) }
 
     /// The first member along the walk at which the running probability reaches `target`
     /// (`strictly`: passes it), its place in the walk (1 for the first) and the sum there; nil when
@@ -301,14 +312,22 @@ private struct SamplingWalk {
         if let lastKept { return lastKept }
         var last = -1
         for i in 0..<l.count where key[i] >= 0 && (last < 0 || before(last, i)) { last = i }
-        return last
+        return last >= 0 ? last : first
     }
+}
+
+/// Whether token a comes before token b in the sampler's walk: the larger logit first (a NaN as
+/// −inf), ties by the lower id.
+@inline(__always)
+private func walkPrecedes(_ l: UnsafeBufferPointer<Float>, _ a: Int, _ b: Int) -> Bool {
+    let x = l[a].isNaN ? -Float.infinity : l[a], y = l[b].isNaN ? -Float.infinity : l[b]
+    return x > y || (x == y && a < b)
 }
 
 /// The first `count` token ids of `logits` (count < V) in the walk's order (the largest first, ties:
 /// the lower id first): a bounded heap over one pass, then a sort of what it kept.
 private func leadingTokens(_ l: UnsafeBufferPointer<Float>, count: Int) -> [Int] {
-    @inline(__always) func before(_ a: Int, _ b: Int) -> Bool { l[a] > l[b] || (l[a] == l[b] && a < b) }
+    @inline(__always) func before(_ a: Int, _ b: Int) -> Bool { walkPrecedes(l, a, b) }
     // A heap whose root is the last kept token in the order: a token before it replaces it.
     var heap = [Int]()
     heap.reserveCapacity(count)

@@ -342,8 +342,8 @@ public final class ServingEngine: @unchecked Sendable {
     /// Requests waiting for a batch.
     public var queued: Int { queueLock.lock(); defer { queueLock.unlock() }; return pending.count }
 
-    /// Finishes the running batch and the queued requests, then stops the worker. Call it before
-    /// the last reference to the engine goes (the worker thread does not keep the engine alive).
+    /// Finishes the running batch and the queued requests, then stops the worker. Call it when done
+    /// with the engine: until then its worker thread runs, and keeps the engine (and the model) alive.
     public func shutdown() {
         queueLock.lock()
         stopping = true

@@ -398,12 +398,15 @@ func jsonBodyInOrder(_ request: Request, limit: Int) async throws -> (object: [S
     }
     let data = Data(buffer.readableBytesView)
     let parsed: Any
-    do { parsed = try JSONSerialization.jsonObject(with: data) } catch {
+    do { parsed = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
         let detail = ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String).map { " (\($0))" } ?? ""
         throw APIError(status: .badRequest, message: "the request body is not valid JSON\(detail)")
     }
-    guard let o = parsed as? [String: Any], let value = try? JSONValue(parsing: String(decoding: data, as: UTF8.self)) else {
-        throw APIError(status: .badRequest, message: "the request body is not a JSON object (found \(parsed is [Any] ? "an array" : "another value"))")
+    guard let o = parsed as? [String: Any] else {
+        throw APIError(status: .badRequest, message: "the request body is not a JSON object (found \(parsed is [Any] ? "an array" : "a single value"))")
+    }
+    guard let value = try? JSONValue(parsing: String(decoding: data, as: UTF8.self)) else {
+        throw APIError(status: .badRequest, message: "the request body is not UTF-8 JSON")
     }
     return (o, value)
 }

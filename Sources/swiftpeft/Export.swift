@@ -43,6 +43,12 @@ struct Export: ParsableCommand {
             throw CLIError("--format \(format) is not known for export; use peft or gguf (for a merged model: swiftpeft merge --format hf or gguf)")
         }
         if format == "peft" && gguf { throw CLIError("--out \(out) ends in .gguf, but --format peft writes a folder; give --format gguf or another name") }
+        var isFolder: ObjCBool = false
+        let exists = FileManager.default.fileExists(atPath: out, isDirectory: &isFolder)
+        if format == "gguf" && (isFolder.boolValue && exists || ["h5", "hdf5"].contains(URL(fileURLWithPath: out).pathExtension.lowercased())) {
+            throw CLIError("--out \(out) is \(exists && isFolder.boolValue ? "a folder" : "an HDF5 name"), but --format gguf writes a .gguf file")
+        }
+        if format == "peft" && exists && !isFolder.boolValue { throw CLIError("--out \(out) is a file, but --format peft writes a folder") }
         if format == "gguf" && baseName != nil { throw CLIError("--base-name applies to --format peft only (a GGUF LoRA records no base name)") }
         if format == "peft" && chatTemplateOk { throw CLIError("--chat-template-ok applies to --format gguf only (a PEFT folder records the template)") }
         let loaded = try loadModel(model)

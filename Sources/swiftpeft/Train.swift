@@ -69,11 +69,11 @@ struct CommonTrainOptions: ParsableArguments {
                 throw CLIError("\(config): " + (FileManager.default.fileExists(atPath: config) ? "cannot read the file" : "no such file (--config)"))
             }
             let parsed: Any
-            do { parsed = try JSONSerialization.jsonObject(with: d) } catch {
+            do { parsed = try JSONSerialization.jsonObject(with: d, options: [.fragmentsAllowed]) } catch {
                 throw CLIError("\(config): not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)")); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
             }
             guard let obj = parsed as? [String: Any] else {
-                throw CLIError("\(config): the JSON is \(parsed is [Any] ? "an array" : "not an object"); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
+                throw CLIError("\(config): the JSON is \(parsed is [Any] ? "an array" : "a single value, not an object"); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
             }
             merged = obj
         }

@@ -740,6 +740,8 @@ final class CLITests: XCTestCase {
         _ = try ok(["export", "--model", fx.base, "--adapter", adapter, "--out", fx.path("by-name-lora.gguf")])
         XCTAssertEqual(try loss(["--model", fx.base, "--adapter", fx.path("by-name-lora.gguf")]), adapted, accuracy: 1e-6, "a .gguf export is a GGUF LoRA")
         _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "peft", "--out", fx.path("p.gguf")], mentioning: ["ends in .gguf", "--format peft"])
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "gguf", "--out", fx.path("p.h5")], mentioning: ["an HDF5 name", "--format gguf writes a .gguf file"])
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--out", fx.jsonl], mentioning: ["is a file, but --format peft writes a folder"])
         _ = try fails(["convert", "--model", fx.base, "--format", "gguf", "--out", back], mentioning: ["is a folder", "--format gguf writes a file"])
         _ = try fails(["merge", "--model", fx.base, "--adapter", adapter, "--format", "hf", "--out", fx.jsonl], mentioning: ["is a file", "--format hf writes a folder"])
         // A chat template the file cannot carry: refused unless the user takes it on.
