@@ -211,21 +211,15 @@ extension CausalLM {
 public func sampleToken(_ logits: [Float], _ o: SamplingOptions, _ rng: inout RNG) -> Int {
     let V = logits.count
     precondition(V > 0, "[sampleToken] no logits")
-    if o.temperature <= 0 {
-        var best = 0
-        for i in 1..<V where logits[i] > logits[best] { best = i }
-        return best
-    }
+    // The first largest logit (a NaN is never picked; every logit NaN: token 0). Greedy takes it;
+    // so does sampling when it is +inf (certain) or −inf (every logit −inf: nothing to weigh).
+    var mx = -Float.infinity, first = -1
+    for i in 0..<V where !logits[i].isNaN && (first < 0 || logits[i] > mx) { (mx, first) = (logits[i], i) }
+    if first < 0 { return 0 }
+    if o.temperature <= 0 { return first }
     let u = rng.nextDouble()
-    return logits.withUnsafeBufferPointer { l in
-        // Non-finite logits: a NaN is never picked; a +inf is certain (the first, by id); when every
-        // logit is −inf (or NaN) there is nothing to weigh, and the first is taken.
-        var mx = -Float.infinity, first = -1
-        for i in 0..<V where !l[i].isNaN && (first < 0 || l[i] > mx) { (mx, first) = (l[i], i) }
-        if first < 0 { return 0 }
-        if !mx.isFinite { return first }
-        return SamplingWalk(l, o, max: (mx, first)).pick(u)
-    }
+    if !mx.isFinite { return first }
+    return logits.withUnsafeBufferPointer { SamplingWalk($0, o, max: (mx, first)).pick(u) }
 }
 
 /// The walk of `sampleToken` in a few passes over the vocabulary instead of a sort of it (5 ms a
@@ -281,20 +275,18 @@ private struct SamplingWalk {
     @inline(__always) func before(_ a: Int, _ b: Int) -> Bool { walkPrecedes(l, a, b) }
 
     /// The first member along the walk at which the running probability reaches `target`
-    /// (`strictly`: passes it), its place in the walk (1 for the first) and the sum there; nil when
-    /// the sum never does.
-    func crossing(_ target: Double, strictly: Bool) -> (token: Int, place: Int, sum: Double)? {
+    /// (`strictly`: passes it), and the sum there; nil when the sum never does.
+    func crossing(_ target: Double, strictly: Bool) -> (token: Int, sum: Double)? {
         func reached(_ s: Double) -> Bool { strictly ? target < s : s >= target }
-        var sum = 0.0, place = 0
+        var sum = 0.0
         for b in 0..<SamplingWalk.buckets where count[b] > 0 {
             guard reached(sum + mass[b]) else {
-                (sum, place) = (sum + mass[b], place + count[b])
+                sum += mass[b]
                 continue
             }
             for t in (0..<l.count).filter({ key[$0] == b }).sorted(by: before) {
                 sum += w[t] / norm
-                place += 1
-                if reached(sum) { return (t, place, sum) }
+                if reached(sum) { return (t, sum) }
             }
         }
         return nil

@@ -327,12 +327,12 @@ final class ModelTests: XCTestCase {
         }
         XCTAssertEqual(draws, 2400)
 
-        // Non-finite logits: a NaN is never picked, a +inf always is, all −inf gives the first;
-        // one token is that token.
+        // Non-finite logits, greedy or sampled: a NaN is never picked, a +inf always is, all −inf
+        // gives the first; one token is that token.
         let nan = Float.nan, inf = Float.infinity
         for (logits, allowed) in [([nan, 1, 2], Set([1, 2])), ([1, nan, 2, nan], [0, 2]), ([inf, 0, inf], [0]), ([0, 5, inf], [2]),
                                   ([-inf, -inf], [0]), ([nan, nan], [0]), ([nan, -inf, 3], [2]), ([7], [0])] as [([Float], Set<Int>)] {
-            for o in [SamplingOptions(temperature: 1), SamplingOptions(temperature: 1, topK: 1), SamplingOptions(temperature: 1, topK: 2),
+            for o in [SamplingOptions(), SamplingOptions(temperature: 1), SamplingOptions(temperature: 1, topK: 1), SamplingOptions(temperature: 1, topK: 2),
                       SamplingOptions(temperature: 1, topP: 0.5), SamplingOptions(temperature: 2, topK: 3, topP: 0.9)] {
                 for seed in 0..<20 {
                     var rng = RNG(seed: UInt64(seed))
