@@ -83,11 +83,15 @@ let splitMinWork = 1 << 18
 /// the chunks are small enough for them (M·chunk ≤ 1200 and M·chunk·K ≤ 10⁶, its SkylakeX limits),
 /// where one call would pack the whole weight for a few rows: a decoding step of 8 rows on SmolLM2
 /// took 47 ms instead of 73 (`docs/benchmarks.md`, Serving). A product with fewer columns than
-/// rows is split by rows.
+/// rows is split by rows, and so is one where each thread gets 256 rows or more and the output is
+/// at most 4× wider than tall: cut by columns, each thread packs all of op(A) for its half. On the
+/// SmolLM2 block shapes at 512 rows (Zen 4, 2 threads) rows ran dX of q/o at 175–192 GFLOP/s
+/// against 157–165 by columns, k/v at 167–181 against 137–142; the demo's LoRA step took 0.95× the
+/// time (median of 8 pairs). The (512, 49152) head stays cut by columns (185 against 180–184).
 func splitGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     let threads = hardwareThreads
-    let byRows = n < m && m >= 2 * threads
+    let byRows = m >= 2 * threads && (n < m || (m >= 256 * threads && n <= 4 * m))
     let total = byRows ? m : n
     let maxChunk = smallMatrixChunks && !byRows && !transA && transB && m <= 24 && k >= 32 ? max(1, min(1200 / m, 1_000_000 / (m * k))) : total
     let chunks = max(threads, (total + maxChunk - 1) / maxChunk)
