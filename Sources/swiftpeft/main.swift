@@ -37,9 +37,25 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// The arguments with each negative number after a long option joined to it (`--lr -1` becomes
+/// `--lr=-1`): ArgumentParser reads a separate "-1" as a flag and reports the value as missing,
+/// where the user gave one. No option of this tool is named by a digit, and "--" ends the options.
+func joiningNegativeNumbers(_ arguments: [String]) -> [String] {
+    var out: [String] = []
+    for argument in arguments {
+        if let last = out.last, last.hasPrefix("--"), last.count > 2, !last.contains("="), !out.contains("--"),
+           argument.hasPrefix("-"), argument.count > 1, Double(argument) != nil {
+            out[out.count - 1] = last + "=" + argument
+        } else {
+            out.append(argument)
+        }
+    }
+    return out
+}
+
 BLASCore.selectBest()  // before any work: may re-execute with OPENBLAS_CORETYPE set
 do {
-    var command = try SwiftPEFT.parseAsRoot()
+    var command = try SwiftPEFT.parseAsRoot(joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst())))
     let (launched, openMPI) = Communicator.launchedProcesses
     if launched > 1 && !(command is Train || command is Compare) {
         throw CLIError("\(launched) processes were started (mpirun or srun), but only train and compare run data-parallel: "

@@ -985,6 +985,10 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(new.isEmpty)
         XCTAssertEqual(r.stdout, tokenizer.decode(ids + new) + "\n")
         XCTAssertGreaterThan(r.stdout.count, prompt.count + 1, "something follows the prompt")
+        XCTAssertFalse(r.stderr.contains("positions the model was trained on"), r.transcript)
+        // Rotary positions go on past max_position_embeddings (128 here), with a note.
+        let long = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "130"])
+        XCTAssertTrue(long.stderr.contains("--max-tokens 130 may pass the 128 positions the model was trained on"), long.transcript)
         // A tokenizer that puts the BOS first (the Llama 3 fixture's post-processor): the prompt is
         // continued after it, and printed without it.
         let llama3 = packageRoot().appendingPathComponent("Tests/FormatsTests/Fixtures/gguf-export/llama3").path
@@ -1286,6 +1290,8 @@ final class CLITests: XCTestCase {
                                 (["--grad-accumulation=-1"], "--grad-accumulation must be at least 1"),
                                 (["--save-every=-2"], "--save-every must be 0"),
                                 (["--lr", "0"], "--lr must be a positive number"),
+                                (["--lr", "-1"], "--lr must be a positive number"),  // a value, not a missing one
+                                (["--lr", "-1e-3"], "--lr must be a positive number"),
                                 (["--target-modules", "q_proj", "--r", "64"], "r 64 is larger than"),
                                 (["--method-config", fx.path("bad-regex.json")], "not a valid regular expression")] {
             try JSONSerialization.data(withJSONObject: ["target_modules": "q_proj("]).write(to: URL(fileURLWithPath: fx.path("bad-regex.json")))
@@ -1302,6 +1308,7 @@ final class CLITests: XCTestCase {
         for (flag, value, needle) in [("--context", "0", "--context must be at least 1"), ("--max-body", "-1", "--max-body must be at least 1"),
                                       ("--watts-per-core", "-5", "--watts-per-core must be 0 or more"), ("--port", "70000", "--port must be in")] {
             _ = try fails(["serve", "--model", fx.base, flag + "=" + value], mentioning: [needle])
+            _ = try fails(["serve", "--model", fx.base, flag, value], mentioning: [needle])
         }
         _ = try fails(["serve", "--model", fx.base, "--adapters", "=" + fx.base], mentioning: ["--adapters \"=\(fx.base)\" (NAME=PATH)"])
         _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1:" + fx.base, "--prompts", fx.jsonl, "--out", fx.path("no-backtest")],
