@@ -12,6 +12,7 @@ import Hummingbird
 import NIOCore
 import Models
 import Prometheus
+import Synchronization
 import Tokenizers
 import Training
 
@@ -26,8 +27,20 @@ public struct ServerOptions: Sendable {
     /// The folder `POST /v1/load_lora_adapter` loads from: a `lora_path` must lie inside it (symlinks
     /// resolved; a relative one is taken inside it), else 403. nil: any path this process can read.
     public var adapterDirectory: String?
+    /// Where the server's warnings go (standard error by default): a request field it does not read,
+    /// named the first time it is seen.
+    public var warn: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
     public init() {}
 }
+
+/// The fields of a completion or chat request this server reads (or refuses unless neutral).
+let readRequestFields: Set<String> = [
+    "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+    "stop_token_ids", "stream", "logprobs", "top_logprobs", "echo", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "logit_bias", "n", "best_of", "suffix", "tools", "tool_choice", "response_format", "min_tokens", "ignore_eos", "chat_template_kwargs",
+    // OpenAI's that change nothing in an answer here: usage is always streamed; no store, account or tier.
+    "stream_options", "user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier",
+]
 
 /// `path` resolved (symlinks, `..`) for loading an adapter when requests may only load from inside
 /// `directory`; `path` itself when `directory` is nil.
@@ -130,6 +143,8 @@ struct CompletionParameters {
     var minP: Float = 0, presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1
     /// `logit_bias`: token id → bias in [-100, 100].
     var logitBias: [Int32: Float] = [:]
+    /// The request's fields this server does not read (e.g. a misspelled "max_token"), sorted.
+    var unreadFields: [String] = []
 
     /// `chat`: a chat request, whose `tools` the route reads (a completion refuses them).
     init(_ o: [String: Any], defaultModel: String, chat: Bool = false) throws {
@@ -254,6 +269,23 @@ struct CompletionParameters {
         }
         if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per prompt)", param: "n") }
         stream = try flag(o, "stream", default: false)
+        unreadFields = o.keys.filter { !readRequestFields.contains($0) }.sorted()
+    }
+}
+
+/// Warns through `options.warn` of each request field the server does not read, once per field
+/// name for the server's life (as vLLM logs the fields it ignores; a client that sends one with
+/// every request is not repeated).
+final class UnreadFieldWarnings: Sendable {
+    private let seen = Mutex<Set<String>>([])
+    private let warn: @Sendable (String) -> Void
+    init(_ warn: @escaping @Sendable (String) -> Void) { self.warn = warn }
+
+    func note(_ fields: [String], route: String) {
+        let new = seen.withLock { seen in fields.filter { seen.insert($0).inserted } }
+        guard !new.isEmpty else { return }
+        warn("warning: \(route): this server does not read the request field\(new.count == 1 ? "" : "s") "
+             + new.map { "\"\($0)\"" }.joined(separator: ", ") + " (ignored; each such field is named once)")
     }
 }
 
@@ -263,6 +295,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     let metrics = ServerMetrics()
     engine.onFinished = { metrics.finished(model: $0, $1) }
     let router = Router(context: ConnectionContext.self)
+    let unread = UnreadFieldWarnings(options.warn)
     router.add(middleware: ErrorShapeMiddleware(metrics: metrics))  // outermost: refusals are counted too
     if let key = options.apiKey {
         router.add(middleware: BearerKeyMiddleware(key: key))
@@ -311,6 +344,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     router.post("/v1/completions") { request, context -> Response in
         let o = try await jsonBody(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName)
+        unread.note(p.unreadFields, route: "/v1/completions")
         let prompts = try completionPrompts(o["prompt"])
         let tokenizer = engine.tokenizer
         let ids = prompts.map { prompt -> [Int32] in
@@ -330,6 +364,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     router.post("/v1/chat/completions") { request, context -> Response in
         let (o, body) = try await jsonBodyInOrder(request, limit: options.maxBodyBytes)
         let p = try CompletionParameters(o, defaultModel: engine.baseName, chat: true)
+        unread.note(p.unreadFields, route: "/v1/chat/completions")
         // Without a template, chat is ChatML: spelled in pieces, its markers are text to the model, and a
         // reply would end only at EOS or max_tokens.
         let writable: Bool

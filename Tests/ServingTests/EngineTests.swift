@@ -7,6 +7,7 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+import Synchronization
 import XCTest
 import TestSupport
 import SwiftPEFT
@@ -798,6 +799,39 @@ final class ServerConnectionTests: XCTestCase {
         let absolute = try await load("b", folder.appendingPathComponent("inside.h5").path)
         XCTAssertEqual(absolute.status, 200, absolute.body)
         XCTAssertEqual(Set(engine.modelNames), [engine.baseName, "a", "b"])
+    }
+
+    /// A request field the server does not read (a misspelled "max_token") is named in a warning,
+    /// once per field; OpenAI's fields that change nothing here ("user", "store") are not.
+    func testUnreadRequestFieldsAreNamedOnce() async throws {
+        let (dir, basePath, _) = try savedBase("unread-fields")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let warnings = Mutex<[String]>([])
+        var options = ServerOptions()
+        options.warn = { message in warnings.withLock { $0.append(message) } }
+        let (engine, port, server) = try serve(basePath, options: options)
+        defer { server.cancel(); engine.shutdown() }
+        func post(_ route: String, _ body: [String: Any]) async throws -> Int {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(route)")!)
+            r.httpMethod = "POST"
+            r.httpBody = try JSONSerialization.data(withJSONObject: body)
+            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            let (_, response) = try await URLSession.shared.data(for: r)
+            return (response as? HTTPURLResponse)?.statusCode ?? 0
+        }
+        let ok = try await post("/v1/completions", ["prompt": "The cat", "max_tokens": 1, "user": "u", "store": false])
+        XCTAssertEqual(ok, 200)
+        XCTAssertEqual(warnings.withLock { $0 }, [], "fields OpenAI defines and this server needs not act on")
+        for _ in 0..<2 {
+            let status = try await post("/v1/completions", ["prompt": "The cat", "max_tokens": 1, "max_token": 1, "temprature": 0.5])
+            XCTAssertEqual(status, 200, "an unread field is not an error (vLLM answers too)")
+        }
+        let chat = try await post("/v1/chat/completions", ["messages": [["role": "user", "content": "hi"]], "max_tokens": 1, "max_token": 1, "topp": 0.9])
+        XCTAssertTrue([200, 400].contains(chat), "\(chat)")  // this base may have no chat template; the fields are read first
+        XCTAssertEqual(warnings.withLock { $0 }, [
+            "warning: /v1/completions: this server does not read the request fields \"max_token\", \"temprature\" (ignored; each such field is named once)",
+            "warning: /v1/chat/completions: this server does not read the request field \"topp\" (ignored; each such field is named once)",
+        ])
     }
 
     /// The token-level API in OpenAI's and vLLM's forms: token-id prompts and several prompts (one
