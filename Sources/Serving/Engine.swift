@@ -283,7 +283,7 @@ public final class ServingEngine: @unchecked Sendable {
     public func submit(_ requests: [GenerationRequest]) throws -> [AsyncStream<GenerationEvent>] {
         for request in requests { try check(request) }
         guard requests.count <= maxQueue else {
-            throw ServingError(.invalidRequest, "\(requests.count) prompts in one request, more than the queue holds (--max-queue \(maxQueue))")
+            throw ServingError(.invalidRequest, "\(requests.count) prompts in one request (each of n choices counts), more than the queue holds (--max-queue \(maxQueue))")
         }
         queueLock.lock(); defer { queueLock.unlock() }
         guard !stopping else { throw ServingError(.shuttingDown, "the server is shutting down") }

@@ -131,6 +131,8 @@ struct CompletionParameters {
     /// vLLM's `stop_token_ids`: tokens that end the completion as EOS does.
     var stopTokenIDs: [Int32]
     var stream: Bool
+    /// `n`: choices per prompt (samples of the same prompt, each a row of the batch).
+    var n = 1
     /// nil: no log-probabilities; k: each new token's, with the k most likely tokens at its position
     /// (a completion's `logprobs: k`; a chat's `logprobs: true` with `top_logprobs: k`).
     var logprobs: Int?
@@ -145,6 +147,9 @@ struct CompletionParameters {
     var logitBias: [Int32: Float] = [:]
     /// The request's fields this server does not read (e.g. a misspelled "max_token"), sorted.
     var unreadFields: [String] = []
+
+    /// The most choices a request may ask for per prompt (`n`).
+    static let maxChoices = 64
 
     /// `chat`: a chat request, whose `tools` the route reads (a completion refuses them).
     init(_ o: [String: Any], defaultModel: String, chat: Bool = false) throws {
@@ -267,7 +272,7 @@ struct CompletionParameters {
             }
         default: throw APIError(status: .badRequest, message: "stop_token_ids must be a list of integers", param: "stop_token_ids")
         }
-        if let n = try number("n"), n != 1 { throw APIError(status: .badRequest, message: "n must be 1 (one choice per prompt)", param: "n") }
+        n = try count("n", in: 1...Double(CompletionParameters.maxChoices)) ?? 1
         stream = try flag(o, "stream", default: false)
         unreadFields = o.keys.filter { !readRequestFields.contains($0) }.sorted()
     }
@@ -519,7 +524,8 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
     }
 }
 
-/// Runs a completion of each prompt (one choice each, decoded together): a JSON response, or
+/// Runs `p.n` completions of each prompt (choice k is prompt k / n's sample k % n; all decoded
+/// together): a JSON response, or
 /// server-sent events when `stream` is set. When the client hangs up before a JSON answer is ready
 /// (`onHangUp`), the requests are cancelled (a stream stops when a write to the gone client fails).
 /// With `readToolCalls` (the request's tools), a chat reply's calls of them are read back
@@ -528,13 +534,18 @@ final class HangUpWatcher: ChannelInboundHandler, RemovableChannelHandler, @unch
 /// `echo`), with its tokens' log-probabilities when `p.logprobs` is set; `hidden`: how many of its
 /// first tokens the text does not show (the BOS the tokenizer put before a text prompt). Several
 /// prompts sample with the request's seed when it names one (as vLLM: equal prompts, equal
-/// samples), else each with a random seed of its own.
-func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int32]], echo: [(text: String, hidden: Int)]? = nil, chat: Bool,
-              readToolCalls: ToolSchemas? = nil, onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
+/// samples), the seed plus j for a prompt's sample j, else each choice with a random seed of its own.
+/// Usage counts each prompt's tokens once, whatever `n`.
+func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts given: [[Int32]], echo givenEcho: [(text: String, hidden: Int)]? = nil,
+              chat: Bool, readToolCalls: ToolSchemas? = nil, onHangUp: (@Sendable (HangUpTarget) -> Void)? = nil) async throws -> Response {
+    let n = p.n
+    let prompts = given.flatMap { Array(repeating: $0, count: n) }  // one per choice
+    let echo = givenEcho.map { e in e.flatMap { Array(repeating: $0, count: n) } }
     let requests = prompts.enumerated().map { k, ids in
         let maxTokens = p.maxTokens ?? (chat ? max(1, min(512, engine.contextLength - engine.virtualTokens(of: p.model) - ids.count)) : 64)
         var r = GenerationRequest(model: p.model, prompt: ids, maxTokens: maxTokens)
-        (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) = (p.temperature, p.topP, p.seedGiven ? p.seed : p.seed &+ UInt64(k), p.stop, p.stopTokenIDs)
+        (r.temperature, r.topP, r.seed, r.stop, r.stopTokens) =
+            (p.temperature, p.topP, p.seedGiven ? p.seed &+ UInt64(k % n) : p.seed &+ UInt64(k), p.stop, p.stopTokenIDs)
         (r.logprobs, r.promptLogprobs) = (p.logprobs, echo != nil && p.logprobs != nil)
         (r.minP, r.topK, r.logitBias, r.presencePenalty, r.frequencyPenalty, r.repetitionPenalty) =
             (p.minP, p.topK, p.logitBias, p.presencePenalty, p.frequencyPenalty, p.repetitionPenalty)
@@ -554,8 +565,9 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
     let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
     let created = Int(Date().timeIntervalSince1970)
     let object = chat ? "chat.completion" : "text_completion"
-    @Sendable func usage(_ s: [GenerationSummary]) -> [String: Any] {
-        let prompt = s.reduce(0) { $0 + $1.promptTokens }, completion = s.reduce(0) { $0 + $1.completionTokens }
+    /// The usage of choices (k, summary): a prompt's tokens counted once for its n choices.
+    @Sendable func usage(_ s: [(k: Int, summary: GenerationSummary)]) -> [String: Any] {
+        let prompt = s.reduce(0) { $0 + ($1.k % n == 0 ? $1.summary.promptTokens : 0) }, completion = s.reduce(0) { $0 + $1.summary.completionTokens }
         return ["prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion]
     }
     /// What the request cost: its choices' CPU time and energy together, the longest wall and queue time.
@@ -621,7 +633,7 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
             return ["index": k, "text": (echo?[k].text ?? "") + s.text, "finish_reason": s.finishReason, "logprobs": logprobs]
         }
         return jsonResponse(["id": id, "object": object, "created": created, "model": p.model, "choices": choices,
-                             "usage": usage(summaries), "swiftpeft_cost": cost(summaries)])
+                             "usage": usage(Array(summaries.enumerated().map { ($0, $1) })), "swiftpeft_cost": cost(summaries)])
     }
     let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
     // Every choice's events in one sequence, in the order they come.
@@ -650,7 +662,7 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
             return ["id": id, "object": chunkObject, "created": created, "model": p.model, "choices": [choice]].merging(extra) { $1 }
         }
         let single = streams.count == 1
-        var newSoFar = [[TokenLogprob]](repeating: [], count: streams.count), done: [GenerationSummary] = []
+        var newSoFar = [[TokenLogprob]](repeating: [], count: streams.count), done: [(k: Int, summary: GenerationSummary)] = []
         for k in streams.indices {
             if chat {
                 try await send(["id": id, "object": chunkObject, "created": created, "model": p.model,
@@ -672,7 +684,7 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
                 try await send(chunk(k, t, finish: nil, logprobs: logprobs))
             case .failed(let why): try await send(["error": ["message": why, "type": "server_error"]])
             case .done(let s):
-                done.append(s)
+                done.append((k, s))
                 var finish = s.finishReason
                 var last: Any = NSNull()  // the log-probabilities the finishing chunk carries
                 if let tools = readToolCalls {  // the reply whole: its text, or its calls
@@ -683,12 +695,12 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts: [[Int
                 }
                 // One choice: its last chunk carries the usage; several: a last chunk without choices does
                 // (as OpenAI's `include_usage`).
-                try await send(chunk(k, nil, finish: finish, logprobs: last, extra: single ? ["usage": usage([s]), "swiftpeft_cost": cost([s])] : [:]))
+                try await send(chunk(k, nil, finish: finish, logprobs: last, extra: single ? ["usage": usage([(k, s)]), "swiftpeft_cost": cost([s])] : [:]))
             }
         }
         if !single {
             try await send(["id": id, "object": chunkObject, "created": created, "model": p.model, "choices": [] as [Any],
-                            "usage": usage(done), "swiftpeft_cost": cost(done)])
+                            "usage": usage(done), "swiftpeft_cost": cost(done.map(\.summary))])
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
         try await writer.finish(nil)

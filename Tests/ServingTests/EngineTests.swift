@@ -801,6 +801,75 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(Set(engine.modelNames), [engine.baseName, "a", "b"])
     }
 
+    /// `n` choices per prompt: choice k is prompt k / n's sample k % n; with a seed, sample j is the
+    /// one that seed + j gives alone; greedy samples are equal; usage counts each prompt once; a
+    /// stream carries every choice's chunks by index; n outside 1...64 is refused.
+    func testSeveralChoicesPerPrompt() async throws {
+        let (dir, basePath, _) = try savedBase("n-choices", maxPositions: 64)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (engine, port, server) = try serve(basePath)
+        defer { server.cancel(); engine.shutdown() }
+        func post(_ body: [String: Any]) async throws -> (status: Int, json: [String: Any], text: String) {
+            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
+            r.httpMethod = "POST"
+            r.httpBody = try JSONSerialization.data(withJSONObject: body)
+            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            let (data, response) = try await URLSession.shared.data(for: r)
+            return ((response as? HTTPURLResponse)?.statusCode ?? 0, (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:],
+                    String(decoding: data, as: UTF8.self))
+        }
+        func texts(_ r: (status: Int, json: [String: Any], text: String)) -> [String] {
+            (r.json["choices"] as? [[String: Any]] ?? []).map { $0["text"] as? String ?? "?" }
+        }
+        func usage(_ r: (status: Int, json: [String: Any], text: String)) -> [Int] {
+            let u = r.json["usage"] as? [String: Any] ?? [:]
+            return ["prompt_tokens", "completion_tokens", "total_tokens"].map { u[$0] as? Int ?? -1 }
+        }
+        // Greedy, two prompts, n 2: four choices in prompt order, each prompt's two equal to its one alone.
+        let prompts = ["The cat", "The fish number"]
+        let greedy = try await post(["prompt": prompts, "n": 2, "max_tokens": 3, "temperature": 0])
+        XCTAssertEqual(greedy.status, 200, greedy.text)
+        XCTAssertEqual((greedy.json["choices"] as? [[String: Any]])?.map { $0["index"] as? Int ?? -1 }, [0, 1, 2, 3], greedy.text)
+        var alonePromptTokens = 0
+        for (i, prompt) in prompts.enumerated() {
+            let alone = try await post(["prompt": prompt, "max_tokens": 3, "temperature": 0])
+            XCTAssertEqual(texts(greedy)[2 * i], texts(alone).first, greedy.text)
+            XCTAssertEqual(texts(greedy)[2 * i + 1], texts(alone).first, greedy.text)
+            alonePromptTokens += usage(alone)[0]
+        }
+        let completionTokens = (greedy.json["choices"] as? [[String: Any]] ?? []).count * 3
+        XCTAssertEqual(usage(greedy), [alonePromptTokens, completionTokens, alonePromptTokens + completionTokens],
+                       "each prompt's tokens once, every choice's new tokens: \(greedy.text)")
+        // Sampled with a seed: sample j is what seed + j gives alone, so the samples differ.
+        let sampled = try await post(["prompt": "The cat", "n": 3, "max_tokens": 6, "temperature": 1.5, "seed": 7])
+        XCTAssertEqual(sampled.status, 200, sampled.text)
+        for j in 0..<3 {
+            let alone = try await post(["prompt": "The cat", "max_tokens": 6, "temperature": 1.5, "seed": 7 + j])
+            XCTAssertEqual(texts(sampled)[j], texts(alone).first, "sample \(j): \(sampled.text)")
+        }
+        XCTAssertGreaterThan(Set(texts(sampled)).count, 1, sampled.text)
+        // Streamed: every choice's chunks by index add up to the JSON answer's; the usage chunk counts the prompt once.
+        var streamed = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
+        streamed.httpMethod = "POST"
+        streamed.httpBody = try JSONSerialization.data(withJSONObject: ["prompt": "The cat", "n": 3, "max_tokens": 6, "temperature": 1.5, "seed": 7, "stream": true])
+        streamed.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        var byIndex: [Int: String] = [:], lastUsage: [String: Any]?
+        for line in String(decoding: try await URLSession.shared.data(for: streamed).0, as: UTF8.self).split(separator: "\n") where line.hasPrefix("data: {") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any]
+            let cs = o?["choices"] as? [[String: Any]] ?? []
+            if cs.isEmpty { lastUsage = o?["usage"] as? [String: Any] }
+            for c in cs { byIndex[c["index"] as? Int ?? -1, default: ""] += c["text"] as? String ?? "" }
+        }
+        XCTAssertEqual((0..<3).map { byIndex[$0] ?? "?" }, texts(sampled))
+        XCTAssertEqual(lastUsage?["prompt_tokens"] as? Int, usage(sampled)[0])
+        XCTAssertEqual(lastUsage?["completion_tokens"] as? Int, usage(sampled)[1])
+        for bad in [0, 65] {
+            let r = try await post(["prompt": "The cat", "n": bad, "max_tokens": 1])
+            XCTAssertEqual(r.status, 400, r.text)
+            XCTAssertTrue(r.text.contains("n must be an integer in 1...64"), r.text)
+        }
+    }
+
     /// A request field the server does not read (a misspelled "max_token") is named in a warning,
     /// once per field; OpenAI's fields that change nothing here ("user", "store") are not.
     func testUnreadRequestFieldsAreNamedOnce() async throws {
