@@ -810,13 +810,7 @@ final class ServerConnectionTests: XCTestCase {
         let (engine, port, server) = try serve(basePath)
         defer { server.cancel(); engine.shutdown() }
         func post(_ body: [String: Any]) async throws -> (status: Int, json: [String: Any], text: String) {
-            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
-            r.httpMethod = "POST"
-            r.httpBody = try JSONSerialization.data(withJSONObject: body)
-            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
-            let (data, response) = try await URLSession.shared.data(for: r)
-            return ((response as? HTTPURLResponse)?.statusCode ?? 0, (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:],
-                    String(decoding: data, as: UTF8.self))
+            try await postJSON(port, "/v1/completions", body)
         }
         func texts(_ r: (status: Int, json: [String: Any], text: String)) -> [String] {
             (r.json["choices"] as? [[String: Any]] ?? []).map { $0["text"] as? String ?? "?" }
@@ -881,12 +875,7 @@ final class ServerConnectionTests: XCTestCase {
         let (engine, port, server) = try serve(basePath, options: options)
         defer { server.cancel(); engine.shutdown() }
         func post(_ route: String, _ body: [String: Any]) async throws -> Int {
-            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(route)")!)
-            r.httpMethod = "POST"
-            r.httpBody = try JSONSerialization.data(withJSONObject: body)
-            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
-            let (_, response) = try await URLSession.shared.data(for: r)
-            return (response as? HTTPURLResponse)?.statusCode ?? 0
+            try await postJSON(port, route, body).status
         }
         let ok = try await post("/v1/completions", ["prompt": "The cat", "max_tokens": 1, "user": "u", "store": false])
         XCTAssertEqual(ok, 200)
@@ -916,13 +905,7 @@ final class ServerConnectionTests: XCTestCase {
         let (engine, port, server) = try serve(basePath)
         defer { server.cancel(); engine.shutdown() }
         func post(_ route: String, _ body: [String: Any]) async throws -> (status: Int, json: [String: Any], text: String) {
-            var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(route)")!)
-            r.httpMethod = "POST"
-            r.httpBody = try JSONSerialization.data(withJSONObject: body)
-            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
-            let (data, response) = try await URLSession.shared.data(for: r)
-            return ((response as? HTTPURLResponse)?.statusCode ?? 0, (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:],
-                    String(decoding: data, as: UTF8.self))
+            try await postJSON(port, route, body)
         }
 
         // /tokenize as transformers' tokenizer(text) (the BOS in front) and without special tokens; /detokenize back.
@@ -1106,6 +1089,18 @@ final class ServerConnectionTests: XCTestCase {
         let server = Task { try await app.runService() }
         XCTAssertEqual(running.wait(timeout: .now() + 30), .success, "the server did not start")
         return (engine, port, server)
+    }
+
+    /// POSTs `body` as JSON to the server on `port`: the status, the answer as a JSON object (empty
+    /// when it is not one) and as text.
+    func postJSON(_ port: Int, _ route: String, _ body: [String: Any]) async throws -> (status: Int, json: [String: Any], text: String) {
+        var r = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(route)")!)
+        r.httpMethod = "POST"
+        r.httpBody = try JSONSerialization.data(withJSONObject: body)
+        r.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        let (data, response) = try await URLSession.shared.data(for: r)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:],
+                String(decoding: data, as: UTF8.self))
     }
 
     /// A chat request of `messages` (JSON) for one token: its status and body.
