@@ -155,11 +155,15 @@ extension CausalLM {
         return hasher.value
     }
 
+    /// Positions a prompt-learning adapter's virtual tokens take before the prompt (prefix and
+    /// prompt tuning, P-Tuning); 0 without one.
+    public var virtualTokenCount: Int { (attentionPrefix?.length ?? 0) + (inputPrefix?.length ?? 0) }
+
     /// New tokens that fit after a prompt of `promptLength` tokens: learned absolute positions end
     /// at max_position_embeddings, virtual tokens included; nil under RoPE, which has no end.
     public func newTokenRoom(promptLength: Int) -> Int? {
         guard config.positions == .learned else { return nil }
-        return config.maxPositions - (attentionPrefix?.length ?? 0) - (inputPrefix?.length ?? 0) - promptLength
+        return config.maxPositions - virtualTokenCount - promptLength
     }
 
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
@@ -170,7 +174,7 @@ extension CausalLM {
         eval()
         defer { train(wasTraining) }
         var rng = RNG(seed: options.seed)
-        let extra = (attentionPrefix?.length ?? 0) + (inputPrefix?.length ?? 0)
+        let extra = virtualTokenCount
         // Learned absolute positions end at max_position_embeddings: generation stops when the
         // sequence (virtual tokens, prompt and new tokens) fills them, as `serve` counts a context
         // (prompt + max_tokens ≤ its length, as vLLM does). The last new token would need no

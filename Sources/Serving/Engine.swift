@@ -232,7 +232,7 @@ public final class ServingEngine: @unchecked Sendable {
         let recorded = templateGiven ? nil : try adapterChatTemplate(path).flatMap { $0 == tokenizer.chatTemplate ? nil : $0 }
         let own = recorded.map { tokenizer.withChatTemplate($0) }
         let method = try Formats.loadAdapter(path, onto: model)  // checks the base
-        let virtualTokens = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
+        let virtualTokens = model.virtualTokenCount
         var saved: [String: Tensor] = [:]
         if let scoped = method as? RowScopedPEFTMethod {
             guard scoped.extraCount == 0 else {
@@ -446,7 +446,7 @@ public final class ServingEngine: @unchecked Sendable {
         }
         let meter = CostMeter(wattsPerCore: wattsPerCore)
         let started = Date()
-        let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
+        let extra = model.virtualTokenCount
         let P = rows.map(\.request.prompt.count).max()!
         guard extra + P <= contextLength else {  // a prefix adapter's virtual tokens leave no room
             for j in rows {

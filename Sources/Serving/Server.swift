@@ -174,6 +174,8 @@ struct CompletionParameters {
             neutral["top_logprobs"] = { ($0 as? NSNumber)?.doubleValue == 0 }  // a chat's; a completion's logprobs is the count
         }
         for (key, isNeutral) in neutral.sorted(by: { $0.key < $1.key }) where !(chat && key == "tools") {
+            // best_of equal to n asks for nothing more (vLLM's default is n).
+            if key == "best_of", let b = o[key] as? NSNumber, let n = o["n"] as? NSNumber, b.doubleValue == n.doubleValue { continue }
             if let v = o[key], !(v is NSNull), !isNeutral(v) {
                 throw APIError(status: .badRequest, message: "\(key) is not supported by this server", param: key)
             }
@@ -280,17 +282,27 @@ struct CompletionParameters {
 
 /// Warns through `options.warn` of each request field the server does not read, once per field
 /// name for the server's life (as vLLM logs the fields it ignores; a client that sends one with
-/// every request is not repeated).
+/// every request is not repeated). Names are written as JSON strings cut to 64 characters (a name
+/// cannot start a line of its own), and only the first `limit` names are kept and told.
 final class UnreadFieldWarnings: Sendable {
     private let seen = Mutex<Set<String>>([])
     private let warn: @Sendable (String) -> Void
-    init(_ warn: @escaping @Sendable (String) -> Void) { self.warn = warn }
+    let limit: Int
+    init(_ warn: @escaping @Sendable (String) -> Void, limit: Int = 100) { (self.warn, self.limit) = (warn, limit) }
 
     func note(_ fields: [String], route: String) {
-        let new = seen.withLock { seen in fields.filter { seen.insert($0).inserted } }
+        let (new, full) = seen.withLock { seen -> ([String], Bool) in
+            guard seen.count < limit else { return ([], false) }
+            let new = fields.filter { seen.count < limit && seen.insert($0).inserted }
+            return (new, seen.count == limit)
+        }
         guard !new.isEmpty else { return }
-        warn("warning: \(route): this server does not read the request field\(new.count == 1 ? "" : "s") "
-             + new.map { "\"\($0)\"" }.joined(separator: ", ") + " (ignored; each such field is named once)")
+        let names = new.map { name -> String in
+            let cut = name.count > 64 ? String(name.prefix(64)) + "…" : name
+            return (try? JSONSerialization.data(withJSONObject: cut, options: [.fragmentsAllowed])).map { String(decoding: $0, as: UTF8.self) } ?? "?"
+        }
+        warn("warning: \(route): this server does not read the request field\(new.count == 1 ? "" : "s") " + names.joined(separator: ", ")
+             + " (ignored; each such field is named once" + (full ? "; \(limit) names told, later ones are not)" : ")"))
     }
 }
 
@@ -565,9 +577,10 @@ func complete(_ engine: ServingEngine, _ p: CompletionParameters, prompts given:
     let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
     let created = Int(Date().timeIntervalSince1970)
     let object = chat ? "chat.completion" : "text_completion"
-    /// The usage of choices (k, summary): a prompt's tokens counted once for its n choices.
+    /// The usage of choices (k, summary): a prompt's tokens counted once for its n choices (those of them given).
     @Sendable func usage(_ s: [(k: Int, summary: GenerationSummary)]) -> [String: Any] {
-        let prompt = s.reduce(0) { $0 + ($1.k % n == 0 ? $1.summary.promptTokens : 0) }, completion = s.reduce(0) { $0 + $1.summary.completionTokens }
+        let perPrompt = Dictionary(s.map { ($0.k / n, $0.summary.promptTokens) }) { a, _ in a }
+        let prompt = perPrompt.values.reduce(0, +), completion = s.reduce(0) { $0 + $1.summary.completionTokens }
         return ["prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion]
     }
     /// What the request cost: its choices' CPU time and energy together, the longest wall and queue time.

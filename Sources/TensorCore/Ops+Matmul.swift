@@ -87,7 +87,7 @@ let splitMinWork = 1 << 18
 /// at most 4× wider than tall: cut by columns, each thread packs all of op(A) for its half. On the
 /// SmolLM2 block shapes at 512 rows (Zen 4, 2 threads) rows ran dX of q/o at 175–192 GFLOP/s
 /// against 157–165 by columns, k/v at 167–181 against 137–142; the demo's LoRA step took 0.95× the
-/// time (median of 8 pairs). The (512, 49152) head stays cut by columns (185 against 180–184).
+/// time (median of 8 pairs). The (512, 49152) head stays cut by columns (185 against 179–184).
 func splitGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     let threads = hardwareThreads

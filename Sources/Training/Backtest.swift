@@ -455,7 +455,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     var mostVirtual = 0  // with learned positions, every version scores an answer where this one must cut it
     for a in o.adapters {  // every adapter fits the base before anything runs
         let m = try loadAdapter(a.path, onto: model)
-        mostVirtual = max(mostVirtual, (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0))
+        mostVirtual = max(mostVirtual, model.virtualTokenCount)
         m.detach(from: model)
     }
     // A plain prompt as the tokenizer encodes a text (with Llama 3's BOS); a chat as training encodes it.
@@ -479,7 +479,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         let method = try v.path.map { try loadAdapter($0, onto: model) }
         defer { method?.detach(from: model) }
         model.eval()
-        let extra = (model.attentionPrefix?.length ?? 0) + (model.inputPrefix?.length ?? 0)
+        let extra = model.virtualTokenCount
         for p in prompts {
             let meter = CostMeter(wattsPerCore: o.wattsPerCore)
             let ids = promptIDs(p)

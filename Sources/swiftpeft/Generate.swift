@@ -71,9 +71,10 @@ struct Generate: ParsableCommand {
             throw CLIError("the prompt is \(ids.count) tokens and fills the model's \(m.config.maxPositions) learned positions"
                            + " (virtual tokens included): no token can follow; shorten --prompt")
         }
-        if m.config.positions != .learned && ids.count + maxTokens > m.config.maxPositions {
+        if m.config.positions != .learned && m.virtualTokenCount + ids.count + maxTokens > m.config.maxPositions {
             // Rotary positions have no end, but the model was trained up to max_position_embeddings.
-            FileHandle.standardError.write(Data(("note: the prompt (\(ids.count) tokens) and --max-tokens \(maxTokens) may pass the "
+            let virtual = m.virtualTokenCount > 0 ? ", after the adapter's \(m.virtualTokenCount) virtual tokens," : ""
+            FileHandle.standardError.write(Data(("note: the prompt (\(ids.count) tokens)\(virtual) and --max-tokens \(maxTokens) may pass the "
                 + "\(m.config.maxPositions) positions the model was trained on (max_position_embeddings); text past them is often "
                 + "degraded\n").utf8))
         }

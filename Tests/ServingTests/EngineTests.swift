@@ -835,7 +835,7 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(usage(greedy), [alonePromptTokens, completionTokens, alonePromptTokens + completionTokens],
                        "each prompt's tokens once, every choice's new tokens: \(greedy.text)")
         // Sampled with a seed: sample j is what seed + j gives alone, so the samples differ.
-        let sampled = try await post(["prompt": "The cat", "n": 3, "max_tokens": 6, "temperature": 1.5, "seed": 7])
+        let sampled = try await post(["prompt": "The cat", "n": 3, "best_of": 3, "max_tokens": 6, "temperature": 1.5, "seed": 7])
         XCTAssertEqual(sampled.status, 200, sampled.text)
         for j in 0..<3 {
             let alone = try await post(["prompt": "The cat", "max_tokens": 6, "temperature": 1.5, "seed": 7 + j])
@@ -877,9 +877,19 @@ final class ServerConnectionTests: XCTestCase {
         func post(_ route: String, _ body: [String: Any]) async throws -> Int {
             try await postJSON(port, route, body).status
         }
-        let ok = try await post("/v1/completions", ["prompt": "The cat", "max_tokens": 1, "user": "u", "store": false])
+        // Every field the server reads, at a value that asks for nothing it refuses: no warning.
+        let everyField: [String: Any] = [
+            "model": engine.baseName, "prompt": "The cat", "max_tokens": 1, "max_completion_tokens": 1, "temperature": 0, "top_p": 1, "top_k": 0,
+            "min_p": 0, "seed": 1, "stop": ["\n\n"], "stop_token_ids": [], "stream": false, "logprobs": NSNull(), "top_logprobs": 0, "echo": false,
+            "presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1, "logit_bias": [String: Any](), "n": 1, "best_of": 1,
+            "suffix": "", "tools": [Any](), "tool_choice": "none", "response_format": ["type": "text"], "min_tokens": 0, "ignore_eos": false,
+            "chat_template_kwargs": [String: Any](), "stream_options": ["include_usage": true], "user": "u", "store": false,
+            "metadata": [String: Any](), "service_tier": "auto", "parallel_tool_calls": true, "prompt_cache_key": "k", "safety_identifier": "s",
+        ]
+        XCTAssertEqual(Set(everyField.keys).union(["messages"]), readRequestFields, "the body above sends every field the server reads")
+        let ok = try await post("/v1/completions", everyField)
         XCTAssertEqual(ok, 200)
-        XCTAssertEqual(warnings.withLock { $0 }, [], "fields OpenAI defines and this server needs not act on")
+        XCTAssertEqual(warnings.withLock { $0 }, [], "fields this server reads, and OpenAI's it needs not act on")
         for _ in 0..<2 {
             let status = try await post("/v1/completions", ["prompt": "The cat", "max_tokens": 1, "max_token": 1, "temprature": 0.5])
             XCTAssertEqual(status, 200, "an unread field is not an error (vLLM answers too)")
@@ -889,6 +899,18 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual(warnings.withLock { $0 }, [
             "warning: /v1/completions: this server does not read the request fields \"max_token\", \"temprature\" (ignored; each such field is named once)",
             "warning: /v1/chat/completions: this server does not read the request field \"topp\" (ignored; each such field is named once)",
+        ])
+        // Names are JSON strings cut to 64 characters (a client cannot write lines of its own into the
+        // log), and only the first `limit` are kept and told.
+        let told = Mutex<[String]>([])
+        let capped = UnreadFieldWarnings({ m in told.withLock { $0.append(m) } }, limit: 3)
+        capped.note(["a\nwarning: forged", String(repeating: "x", count: 100)], route: "/r")
+        capped.note(["b", "c", "d"], route: "/r")
+        capped.note(["e"], route: "/r")
+        XCTAssertEqual(told.withLock { $0 }, [
+            "warning: /r: this server does not read the request fields \"a\\nwarning: forged\", \"" + String(repeating: "x", count: 64)
+                + "…\" (ignored; each such field is named once)",
+            "warning: /r: this server does not read the request field \"b\" (ignored; each such field is named once; 3 names told, later ones are not)",
         ])
     }
 

@@ -530,11 +530,12 @@ final class FastMathTests: XCTestCase {
     /// kernels, one part per thread otherwise) or by rows. `splitGEMM` runs both column splits
     /// here, whatever the core and the thread count. Every case equals the same product in one
     /// OpenBLAS call, beta 0 over NaN-filled memory and beta 1 accumulation, for 1 to 700 rows
-    /// (600 rows by 900 columns: cut by rows as wider-than-tall products of 512 rows or more are) and
-    /// every transpose combination.
+    /// (and a product wider than tall with 256 rows or more per thread, cut by rows) and every
+    /// transpose combination.
     func testSplitGEMMMatchesOneCall() {
         var rng = RNG(seed: 47)
-        let shapes = [(1, 576, 1536), (2, 576, 1536), (8, 576, 1536), (3, 1536, 200), (24, 64, 5000), (64, 96, 96), (700, 40, 30), (600, 32, 900)]
+        let wide = 256 * hardwareThreads + 88  // rows enough for each thread's 256: cut by rows though wider than tall
+        let shapes = [(1, 576, 1536), (2, 576, 1536), (8, 576, 1536), (3, 1536, 200), (24, 64, 5000), (64, 96, 96), (700, 40, 30), (wide, 32, wide + 300)]
         let chunksOnThisCore = smallMatrixChunks
         defer { smallMatrixChunks = chunksOnThisCore }
         for (m, k, n) in shapes {
