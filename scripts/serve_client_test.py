@@ -222,6 +222,25 @@ def main():
         check(max(batches) > 1, f"no request was batched: {batches}")
         print(f"serve test: {len(jobs)} concurrent requests over base, lora, ia3 in batches of up to {max(batches)}: outputs equal to one at a time")
 
+        # n choices of a prompt share one prefill, in batches that mix the three models' rows: each
+        # greedy choice equals the prompt alone.
+        chosen, batches = {}, []
+
+        def several(m, p):
+            status, body = http(root + "/v1/completions", {"model": m, "prompt": p, "max_tokens": n, "n": 3, "temperature": 0})
+            o = json.loads(body)
+            chosen[(m, p)] = [c["text"] for c in o["choices"]]
+            batches.append(o["swiftpeft_cost"]["batch_size"])
+        threads = [threading.Thread(target=several, args=j) for j in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check(all(chosen.get(k) == [alone[k]] * 3 for k in alone),
+              f"n=3 choices differ from one at a time: {[(k, alone[k], chosen.get(k)) for k in alone if chosen.get(k) != [alone[k]] * 3][:3]}")
+        check(max(batches) > 3, f"no two requests were batched: {batches}")
+        print(f"serve test: {len(jobs)} concurrent requests of 3 choices each in batches of up to {max(batches)}: every choice equal to one at a time")
+
         # Load test, loopback only, bounded in time.
         def load(clients, seconds):
             return serve_load.load(root, ["base", "lora", "ia3"], clients, seconds, max_tokens=16, key="test-key")

@@ -73,13 +73,40 @@ public final class KVCache {
     var mask: [Float]
 
     public init(config: ModelConfig, batch: Int, capacity: Int) {
-        self.batch = batch
-        self.capacity = capacity
-        kvHeads = config.numKVHeads
-        headDim = config.headDim
-        keys = (0..<config.numLayers).map { _ in Tensor.zeros([batch, capacity, config.numKVHeads, config.headDim]) }
-        values = (0..<config.numLayers).map { _ in Tensor.zeros([batch, capacity, config.numKVHeads, config.headDim]) }
-        mask = [Float](repeating: 1, count: batch * capacity)
+        (self.batch, kvHeads, headDim, self.capacity) = (batch, config.numKVHeads, config.headDim, capacity)
+        (keys, values, mask) = KVCache.buffers(layers: config.numLayers, batch: batch, kvHeads: kvHeads, headDim: headDim, capacity: capacity)
+    }
+
+    /// A cache of `sources.count` rows, row b a copy of this cache's row `sources[b]` (its keys,
+    /// values and visibility; same length and capacity): one prefill of equal prompts serves each
+    /// row that decodes from them.
+    public func gatheringRows(_ sources: [Int]) -> KVCache {
+        precondition(sources.allSatisfy { (0..<batch).contains($0) }, "[KVCache] rows \(sources) outside 0..<\(batch)")
+        let out = KVCache(layers: keys.count, batch: sources.count, kvHeads: kvHeads, headDim: headDim, capacity: capacity)
+        let rowSize = capacity * kvHeads * headDim  // floats per row of a (B, capacity, KVH, D) buffer
+        for (from, to) in [(keys, out.keys), (values, out.values)] {
+            for (src, dst) in zip(from, to) {
+                let (ps, pd) = (src.storage.pointer, dst.storage.pointer)  // both made by Tensor.zeros: contiguous from 0
+                for (b, s) in sources.enumerated() { (pd + b * rowSize).update(from: ps + s * rowSize, count: rowSize) }
+            }
+        }
+        for (b, s) in sources.enumerated() {
+            for j in 0..<capacity { out.mask[b * capacity + j] = mask[s * capacity + j] }
+        }
+        out.length = length
+        return out
+    }
+
+    private init(layers: Int, batch: Int, kvHeads: Int, headDim: Int, capacity: Int) {
+        (self.batch, self.kvHeads, self.headDim, self.capacity) = (batch, kvHeads, headDim, capacity)
+        (keys, values, mask) = KVCache.buffers(layers: layers, batch: batch, kvHeads: kvHeads, headDim: headDim, capacity: capacity)
+    }
+
+    /// Zeroed (B, capacity, KVH, D) keys and values per layer, and every position visible.
+    private static func buffers(layers: Int, batch: Int, kvHeads: Int, headDim: Int, capacity: Int) -> ([Tensor], [Tensor], [Float]) {
+        ((0..<layers).map { _ in Tensor.zeros([batch, capacity, kvHeads, headDim]) },
+         (0..<layers).map { _ in Tensor.zeros([batch, capacity, kvHeads, headDim]) },
+         [Float](repeating: 1, count: batch * capacity))
     }
 
     /// Writes (B, T, KVH, D) keys and values at the current length; returns views of all filled

@@ -428,12 +428,16 @@ public final class ServingEngine: @unchecked Sendable {
             for a in adapters.values { if let s = a.method as? RowScopedPEFTMethod { s.isEnabled = false; s.batchRows = nil } }
             attached?.detach(from: model)
         }
-        for (name, a) in adapters {
-            guard let s = a.method as? RowScopedPEFTMethod else { continue }
-            let mine = rows.indices.filter { rows[$0].request.model == name }
-            s.batchRows = mine.isEmpty ? 0..<0 : mine.first!..<(mine.last! + 1)
-            s.isEnabled = !mine.isEmpty
+        /// Gives each row-scoped adapter its range of a batch whose position i is `rows[batchRows[i]]`.
+        func scopeAdapters(to batchRows: [Int]) {
+            for (name, a) in adapters {
+                guard let s = a.method as? RowScopedPEFTMethod else { continue }
+                let mine = batchRows.indices.filter { rows[batchRows[$0]].request.model == name }
+                s.batchRows = mine.isEmpty ? 0..<0 : mine.first!..<(mine.last! + 1)
+                s.isEnabled = !mine.isEmpty
+            }
         }
+        scopeAdapters(to: Array(0..<B))
         if let name = rows.first?.request.model, let a = adapters[name], !a.rowScoped {
             do {
                 try a.method.attach(to: model)
@@ -457,11 +461,21 @@ public final class ServingEngine: @unchecked Sendable {
         }
         let room = contextLength - extra - P
         let steps = min(room, rows.map(\.request.maxTokens).max()!)
-        let pad = tokenizer.padTokenID ?? tokenizer.eosTokenID ?? 0
-        var ids = [Int32](repeating: pad, count: B * P), mask = [Float](repeating: 0, count: B * P)
+        // Equal prompts for one model (a request's n choices) are prefilled once: `unique` holds the
+        // first row of each, and row b decodes from prefilled row `source[b]`'s cache and logits.
+        var unique: [Int] = [], source = [Int](repeating: 0, count: B), firstOf: [String: [[Int32]: Int]] = [:]
         for (b, j) in rows.enumerated() {
-            let p = j.request.prompt
-            for (t, id) in p.enumerated() { ids[b * P + P - p.count + t] = id; mask[b * P + P - p.count + t] = 1 }
+            if let u = firstOf[j.request.model]?[j.request.prompt] { source[b] = u; continue }
+            firstOf[j.request.model, default: [:]][j.request.prompt] = unique.count
+            source[b] = unique.count
+            unique.append(b)
+        }
+        let U = unique.count
+        let pad = tokenizer.padTokenID ?? tokenizer.eosTokenID ?? 0
+        var ids = [Int32](repeating: pad, count: U * P), mask = [Float](repeating: 0, count: U * P)  // (U, P), left-padded
+        for (u, b) in unique.enumerated() {
+            let p = rows[b].request.prompt
+            for (t, id) in p.enumerated() { ids[u * P + P - p.count + t] = id; mask[u * P + P - p.count + t] = 1 }
         }
         let ends = rows.map { adapter($0.request.model)?.ends ?? baseEnds }  // per row: adapters may have their own templates
         var generated = [[Int32]](repeating: [], count: B)
@@ -493,19 +507,26 @@ public final class ServingEngine: @unchecked Sendable {
             var t0 = Date()
             // Room for 256 new tokens at first; the cache doubles when replies run longer, so a
             // large max_tokens that a stop cuts short takes no memory (SmolLM2: 46 KB per position and row).
-            let cache = KVCache(config: model.config, batch: B, capacity: extra + P + min(steps, 256))
+            let prefilled = KVCache(config: model.config, batch: U, capacity: extra + P + min(steps, 256))
             let paddingMask = mask.allSatisfy { $0 == 1 } ? nil : mask
             var logitsTensor: Tensor
+            if U < B { scopeAdapters(to: unique) }
             if rows.contains(where: \.request.promptLogprobs) {
-                let h = model.hiddenStates(ids, batch: B, attentionMask: paddingMask, cache: cache)  // (B, P, C)
-                logitsTensor = model.lmHead(h.slice(axis: 1, P - 1, P).contiguous())  // (B, 1, V)
+                let h = model.hiddenStates(ids, batch: U, attentionMask: paddingMask, cache: prefilled)  // (U, P, C)
+                logitsTensor = model.lmHead(h.slice(axis: 1, P - 1, P).contiguous())  // (U, 1, V)
                 for (b, j) in rows.enumerated() where j.request.promptLogprobs {
-                    promptLogprobs[b] = promptTokenLogprobs(h, row: b, prompt: j.request.prompt, top: j.request.logprobs ?? 0)
+                    promptLogprobs[b] = promptTokenLogprobs(h, row: source[b], prompt: j.request.prompt, top: j.request.logprobs ?? 0)
                     j.continuation.yield(.prompt(logprobs: promptLogprobs[b]))
                 }
             } else {
-                // Each row's last position only (B, 1, V): the head over the whole prompt would be thrown away.
-                logitsTensor = model.lastLogits(ids, batch: B, attentionMask: paddingMask, cache: cache)
+                // Each row's last position only (U, 1, V): the head over the whole prompt would be thrown away.
+                logitsTensor = model.lastLogits(ids, batch: U, attentionMask: paddingMask, cache: prefilled)
+            }
+            let cache = U < B ? prefilled.gatheringRows(source) : prefilled
+            if U < B {
+                scopeAdapters(to: Array(0..<B))
+                let all = logitsTensor.toArray()  // (U, 1, V)
+                logitsTensor = Tensor(shape: [B, 1, V], data: source.flatMap { all[$0 * V ..< ($0 + 1) * V] })  // (B, 1, V)
             }
             for b in 0..<B where rows[b].request.maxTokens == 0 { finish[b] = "length"; release(b) }  // the prompt's log-probabilities only
             for _ in 0..<steps {
