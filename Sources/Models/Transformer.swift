@@ -84,14 +84,15 @@ public final class KVCache {
         precondition(sources.allSatisfy { (0..<batch).contains($0) }, "[KVCache] rows \(sources) outside 0..<\(batch)")
         let out = KVCache(layers: keys.count, batch: sources.count, kvHeads: kvHeads, headDim: headDim, capacity: capacity)
         let rowSize = capacity * kvHeads * headDim  // floats per row of a (B, capacity, KVH, D) buffer
+        let filled = length * kvHeads * headDim     // its first `length` positions
         for (from, to) in [(keys, out.keys), (values, out.values)] {
             for (src, dst) in zip(from, to) {
                 let (ps, pd) = (src.storage.pointer, dst.storage.pointer)  // both made by Tensor.zeros: contiguous from 0
-                for (b, s) in sources.enumerated() { (pd + b * rowSize).update(from: ps + s * rowSize, count: rowSize) }
+                for (b, s) in sources.enumerated() { (pd + b * rowSize).update(from: ps + s * rowSize, count: filled) }
             }
         }
         for (b, s) in sources.enumerated() {
-            for j in 0..<capacity { out.mask[b * capacity + j] = mask[s * capacity + j] }
+            for j in 0..<length { out.mask[b * capacity + j] = mask[s * capacity + j] }
         }
         out.length = length
         return out

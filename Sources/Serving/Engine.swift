@@ -514,8 +514,15 @@ public final class ServingEngine: @unchecked Sendable {
             if rows.contains(where: \.request.promptLogprobs) {
                 let h = model.hiddenStates(ids, batch: U, attentionMask: paddingMask, cache: prefilled)  // (U, P, C)
                 logitsTensor = model.lmHead(h.slice(axis: 1, P - 1, P).contiguous())  // (U, 1, V)
+                var computed: [Int: (top: Int, logprobs: [TokenLogprob?])] = [:]  // per prefilled row: equal rows share it
                 for (b, j) in rows.enumerated() where j.request.promptLogprobs {
-                    promptLogprobs[b] = promptTokenLogprobs(h, row: source[b], prompt: j.request.prompt, top: j.request.logprobs ?? 0)
+                    let top = j.request.logprobs ?? 0
+                    if let c = computed[source[b]], c.top == top {
+                        promptLogprobs[b] = c.logprobs
+                    } else {
+                        promptLogprobs[b] = promptTokenLogprobs(h, row: source[b], prompt: j.request.prompt, top: top)
+                        computed[source[b]] = (top, promptLogprobs[b])
+                    }
                     j.continuation.yield(.prompt(logprobs: promptLogprobs[b]))
                 }
             } else {

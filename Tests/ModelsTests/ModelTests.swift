@@ -128,31 +128,33 @@ final class ModelTests: XCTestCase {
 
     /// A cache of gathered rows decodes as if each row's prompt had been prefilled in it: two
     /// prompts (one left-padded) prefilled once, gathered as rows [1, 0, 1], then two steps, equal
-    /// the same three rows prefilled together; with a key/value prefix too, and past the capacity.
+    /// the same three rows prefilled together; with a key/value prefix or an input prefix too, and
+    /// growing past the gathered capacity.
     func testKVCacheGatheredRowsDecodeAsTheirSources() {
-        for variant in ["plain", "prefix"] {
+        for variant in ["plain", "prefix", "prompt"] {
             let config = tinyLlama
             let model = makeModel(config, seed: 3)
             if variant == "prefix" { model.attentionPrefix = FixedPrefix(config: config, length: 3, seed: 4) }
+            if variant == "prompt" { model.inputPrefix = FixedInputPrefix(config: config, length: 2, seed: 5) }
             let (p0, p1): ([Int32], [Int32]) = ([1, 5, 7, 2], [0, 4, 9, 6])  // p1's first token is padding
             let mask01: [Float] = [1, 1, 1, 1, 0, 1, 1, 1]
             let rows = [1, 0, 1]
             withNoGrad {
                 let two = KVCache(config: config, batch: 2, capacity: 5)
                 let first2 = model.lastLogits(p0 + p1, batch: 2, attentionMask: mask01, cache: two).toArray()
-                let gathered = two.gatheringRows(rows)
+                let gathered = two.gatheringRows(rows), capacity = gathered.capacity
                 XCTAssertEqual(gathered.batch, 3)
                 XCTAssertEqual(gathered.length, two.length)
                 let three = KVCache(config: config, batch: 3, capacity: 5)
                 let first3 = model.lastLogits(p1 + p0 + p1, batch: 3, attentionMask: [0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1], cache: three).toArray()
                 let V = config.vocabSize
                 assertClose(rows.flatMap { first2[$0 * V ..< ($0 + 1) * V] }, first3, rtol: 1e-5, atol: 1e-6, "\(variant) prefill")
-                for step: [Int32] in [[3, 8, 3], [2, 2, 5]] {  // the second step grows both caches
+                for step: [Int32] in [[3, 8, 3], [2, 2, 5], [1, 1, 1], [4, 4, 4], [6, 2, 9], [7, 7, 7]] {
                     let a = model.forward(step, batch: 3, cache: gathered).toArray()
                     let b = model.forward(step, batch: 3, cache: three).toArray()
                     assertClose(a, b, rtol: 1e-5, atol: 1e-6, "\(variant) step \(step)")
                 }
-                XCTAssertGreaterThan(gathered.capacity, 5, "grown past the gathered capacity")
+                XCTAssertGreaterThan(gathered.capacity, capacity, "grown past the gathered capacity")
             }
         }
     }

@@ -857,6 +857,19 @@ final class ServerConnectionTests: XCTestCase {
         XCTAssertEqual((0..<3).map { byIndex[$0] ?? "?" }, texts(sampled))
         XCTAssertEqual(lastUsage?["prompt_tokens"] as? Int, usage(sampled)[0])
         XCTAssertEqual(lastUsage?["completion_tokens"] as? Int, usage(sampled)[1])
+        // Echo with log-probabilities: the prompt's are computed once and given to each choice.
+        let echoOne = try await post(["prompt": "The cat", "max_tokens": 2, "temperature": 0, "echo": true, "logprobs": 2])
+        let echoTwo = try await post(["prompt": "The cat", "n": 2, "max_tokens": 2, "temperature": 0, "echo": true, "logprobs": 2])
+        let one = (echoOne.json["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any]
+        XCTAssertNotNil(one?["tokens"], echoOne.text)
+        for c in echoTwo.json["choices"] as? [[String: Any]] ?? [] {
+            let lp = c["logprobs"] as? [String: Any]
+            XCTAssertEqual(lp?["tokens"] as? [String], one?["tokens"] as? [String], echoTwo.text)
+            let values = (lp?["token_logprobs"] as? [Any])?.map { "\($0)" }  // the prompt's first is null
+            XCTAssertEqual(values, (one?["token_logprobs"] as? [Any])?.map { "\($0)" }, echoTwo.text)
+            XCTAssertGreaterThan(values?.count ?? 0, 2, echoTwo.text)
+        }
+        XCTAssertEqual((echoTwo.json["choices"] as? [[String: Any]])?.count, 2, echoTwo.text)
         for bad in [0, 65] {
             let r = try await post(["prompt": "The cat", "n": bad, "max_tokens": 1])
             XCTAssertEqual(r.status, 400, r.text)
