@@ -38,6 +38,15 @@ PROMPTS = ["The terms of", "You may convey", "Everyone is permitted to", "This L
 NAME = "serve test"
 
 
+def concurrently(fn, jobs):
+    """Runs fn(*job) for every job at once, each on a thread of its own, and waits for all."""
+    threads = [threading.Thread(target=fn, args=j) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def check(cond, what):
     if not cond:
         sys.exit(f"{NAME}: FAILED: {what}")
@@ -213,11 +222,7 @@ def main():
             o = json.loads(body)
             together[(m, p)] = o["choices"][0]["text"]
             batches.append(o["swiftpeft_cost"]["batch_size"])
-        threads = [threading.Thread(target=one, args=j) for j in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        concurrently(one, jobs)
         check(together == alone, f"batched outputs differ: {[(k, alone[k], together.get(k)) for k in alone if together.get(k) != alone[k]][:3]}")
         check(max(batches) > 1, f"no request was batched: {batches}")
         print(f"serve test: {len(jobs)} concurrent requests over base, lora, ia3 in batches of up to {max(batches)}: outputs equal to one at a time")
@@ -227,11 +232,11 @@ def main():
         # text is often blank whatever the adapter; the log-probabilities tell the models apart.)
         def lps(choice):
             return choice["logprobs"]["token_logprobs"]
-        one = {}
+        single = {}
         for m, p in jobs:
             status, body = http(root + "/v1/completions", {"model": m, "prompt": p, "max_tokens": 4, "temperature": 0, "logprobs": 3})
-            one[(m, p)] = json.loads(body)["choices"][0]
-        check(all(lps(one[(m, p)]) != lps(one[("base", p)]) for m in ["lora", "ia3"] for p in PROMPTS),
+            single[(m, p)] = json.loads(body)["choices"][0]
+        check(all(lps(single[(m, p)]) != lps(single[("base", p)]) for m in ["lora", "ia3"] for p in PROMPTS),
               "an adapter leaves a prompt's log-probabilities as the base's: a prefill shared across models would go unseen")
         chosen, batches = {}, []
 
@@ -240,16 +245,12 @@ def main():
             o = json.loads(body)
             chosen[(m, p)] = o["choices"]
             batches.append(o["swiftpeft_cost"]["batch_size"])
-        threads = [threading.Thread(target=several, args=j) for j in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        concurrently(several, jobs)
 
         def same(a, b):
             return a["text"] == b["text"] and len(lps(a)) == len(lps(b)) and all(abs(x - y) < 1e-3 for x, y in zip(lps(a), lps(b)))
-        bad = [(k, j) for k in jobs for j in range(3) if not same(chosen[k][j], one[k])]
-        check(not bad, f"n=3 choices differ from one at a time: {[(k, j, lps(one[k]), lps(chosen[k][j])) for k, j in bad][:3]}")
+        bad = [(k, j) for k in jobs for j in range(3) if not same(chosen[k][j], single[k])]
+        check(not bad, f"n=3 choices differ from one at a time: {[(k, j, lps(single[k]), lps(chosen[k][j])) for k, j in bad][:3]}")
         check(max(batches) > 3, f"no two requests were batched: {batches}")
         print(f"serve test: {len(jobs)} concurrent requests of 3 choices each in batches of up to {max(batches)}: "
               "every choice's text and log-probabilities equal to one at a time")
