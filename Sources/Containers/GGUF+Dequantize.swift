@@ -12,25 +12,7 @@ extension GGUFFile {
     public static func dequantize(_ type: GGMLType, _ src: UnsafeRawPointer, count: Int, into dst: UnsafeMutablePointer<Float>) {
         check(count % type.blockSize == 0, "[GGUF] \(count) elements are not whole \(type) blocks")
         let blocks = count / type.blockSize
-        let kernel: (UnsafeRawPointer, UnsafeMutablePointer<Float>, Int) -> Void
-        switch type.code {
-        case GGMLType.f32.code: kernel = { s, d, n in memcpy(d, s, n * 4) }
-        case GGMLType.f16.code: kernel = dequantF16
-        case GGMLType.bf16.code: kernel = dequantBF16
-        case GGMLType.q8_0.code: kernel = dequantQ8_0
-        case GGMLType.q4_0.code: kernel = dequantQ4_0
-        case GGMLType.q4_1.code: kernel = dequantQ4_1
-        case GGMLType.q5_0.code: kernel = dequantQ5_0
-        case GGMLType.q5_1.code: kernel = dequantQ5_1
-        case GGMLType.q2_K.code: kernel = dequantQ2_K
-        case GGMLType.q3_K.code: kernel = dequantQ3_K
-        case GGMLType.q4_K.code: kernel = dequantQ4_K
-        case GGMLType.q5_K.code: kernel = dequantQ5_K
-        case GGMLType.q6_K.code: kernel = dequantQ6_K
-        case GGMLType.iq4_NL.code: kernel = dequantIQ4_NL
-        case GGMLType.iq4_XS.code: kernel = dequantIQ4_XS
-        default: fatalError("[GGUF] no dequantization for \(type)")
-        }
+        guard let kernel = blockDecoder(for: type) else { fatalError("[GGUF] no dequantization for \(type)") }
         let chunks = count >= 1 << 18 ? min(Threads.count, blocks) : 1
         if chunks <= 1 { kernel(src, dst, blocks); return }
         let (s, d) = (UInt(bitPattern: src), UInt(bitPattern: dst))  // sendable addresses for the workers
@@ -38,6 +20,29 @@ extension GGUFFile {
             let lo = blocks * c / chunks, hi = blocks * (c + 1) / chunks
             kernel(UnsafeRawPointer(bitPattern: s)! + lo * type.typeSize,
                    UnsafeMutablePointer<Float>(bitPattern: d)! + lo * type.blockSize, hi - lo)
+        }
+    }
+
+    /// The kernel that converts `blocks` whole blocks of `type` at `src` to Float32 at `dst`, as
+    /// `(src, dst, blocks)`; nil for a type with no dequantization.
+    public static func blockDecoder(for type: GGMLType) -> ((UnsafeRawPointer, UnsafeMutablePointer<Float>, Int) -> Void)? {
+        switch type.code {
+        case GGMLType.f32.code: return { s, d, n in memcpy(d, s, n * 4) }
+        case GGMLType.f16.code: return dequantF16
+        case GGMLType.bf16.code: return dequantBF16
+        case GGMLType.q8_0.code: return dequantQ8_0
+        case GGMLType.q4_0.code: return dequantQ4_0
+        case GGMLType.q4_1.code: return dequantQ4_1
+        case GGMLType.q5_0.code: return dequantQ5_0
+        case GGMLType.q5_1.code: return dequantQ5_1
+        case GGMLType.q2_K.code: return dequantQ2_K
+        case GGMLType.q3_K.code: return dequantQ3_K
+        case GGMLType.q4_K.code: return dequantQ4_K
+        case GGMLType.q5_K.code: return dequantQ5_K
+        case GGMLType.q6_K.code: return dequantQ6_K
+        case GGMLType.iq4_NL.code: return dequantIQ4_NL
+        case GGMLType.iq4_XS.code: return dequantIQ4_XS
+        default: return nil
         }
     }
 

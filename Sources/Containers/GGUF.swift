@@ -375,6 +375,15 @@ public final class GGUFFile: @unchecked Sendable {
         }
     }
 
+    /// Copies tensor `info`'s `info.byteCount` bytes (its blocks as stored) to `dst`, without keeping
+    /// the file's pages resident.
+    public func copyRawBytes(of info: GGUFTensorInfo, to dst: UnsafeMutableRawPointer) throws {
+        try withRawBytes(of: info) { raw in
+            dst.copyMemory(from: raw.baseAddress!, byteCount: raw.count)
+            releaseMappedPages(raw)
+        }
+    }
+
     /// Runs `body` on tensor `info`'s bytes in the mapped file (valid only during the call).
     public func withRawBytes<R>(of info: GGUFTensorInfo, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         let start = dataOffset + info.offset

@@ -348,7 +348,10 @@ extension GGUFFile {
     /// Dequantizes every tensor into `model`'s parameters (same names after `huggingFaceName`), undoing
     /// the Q/K permutation. Strict: every parameter must be present with its shape, and every tensor used.
     /// - Throws: `GGUFError` naming the tensor and both shapes, or the missing/unexpected tensors.
-    public func loadWeights(into model: LlamaModel, didLoad: ((String, Tensor) -> Void)? = nil) throws {
+    /// `keepQuantized`: each block's matrices (attention and MLP projections) stored in a quantized
+    /// or 16-bit type keep those blocks alone once loaded and hashed (`Tensor.keepPackedOnly`), their
+    /// Float32 values freed; the embedding, the head and the norms stay Float32.
+    public func loadWeights(into model: LlamaModel, keepQuantized: Bool = false, didLoad: ((String, Tensor) -> Void)? = nil) throws {
         var byHF: [String: GGUFTensorInfo] = [:]
         var unknown: [String] = []
         for info in tensorInfos where info.name != GGUFFile.ropeFreqsName {  // read into the config (modelConfig)
@@ -395,15 +398,55 @@ extension GGUFFile {
             }
             if target !== p { p.assign(target) }
             didLoad?(name, p)
+            if keepQuantized && p.rank == 2 && info.type != .f32 && name.hasPrefix("model.layers.") {
+                p.keepPackedOnly(try packedWeights(info, shape: p.shape, rotaryHeads: heads, headDim: c.headDim))
+            }
+        }
+        if keepQuantized { releaseFreeMemory() }  // the freed Float32 pages go back to the system
+    }
+
+    /// Tensor `info`'s blocks copied out of the file, decoded a row at a time: row r of the
+    /// (rows, cols) matrix, in Hugging Face's order (for a Q or K weight, `rotaryHeads` > 0, the
+    /// file's row of `unpermuteQK`).
+    func packedWeights(_ info: GGUFTensorInfo, shape: [Int], rotaryHeads heads: Int, headDim: Int) throws -> PackedWeights {
+        let (rows, cols) = (shape[0], shape[1])
+        guard let kernel = GGUFFile.blockDecoder(for: info.type), cols % info.type.blockSize == 0 else {
+            throw fail(.unsupportedType, info.name, "type \(info.type) with rows of \(cols) values cannot be kept as blocks")
+        }
+        let rowBytes = cols / info.type.blockSize * info.type.typeSize, blocksPerRow = cols / info.type.blockSize
+        guard info.byteCount == rows * rowBytes else {
+            throw fail(.malformed, info.name, "holds \(info.byteCount) bytes; \(rows) rows of \(cols) \(info.type) values take \(rows * rowBytes)")
+        }
+        let bytes = PackedBytes(count: info.byteCount)
+        try copyRawBytes(of: info, to: bytes.pointer)
+        let half = headDim / 2
+        return PackedWeights(rows: rows, cols: cols, byteCount: rows * rowBytes, encoding: info.type.name) { lo, hi, dst in
+            for r in lo..<hi {
+                // HF row (h, j, i) ← llama.cpp row (h, i, j), i < D/2, j < 2
+                let h = r / max(headDim, 1), j = (r % max(headDim, 1)) / max(half, 1), i = r % max(half, 1)
+                let source = heads > 0 ? h * headDim + i * 2 + j : r
+                kernel(UnsafeRawPointer(bytes.pointer + source * rowBytes), dst + r * cols, blocksPerRow)
+            }
         }
     }
+}
+
+/// Bytes owned by the closure of a `PackedWeights`, freed with it.
+private final class PackedBytes: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    init(count: Int) { pointer = .allocate(byteCount: max(count, 1), alignment: 64) }
+    deinit { pointer.deallocate() }
 }
 
 /// Loads a llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct) as a frozen LlamaModel in eval mode,
 /// with its tokenizer. Quantized weights are dequantized to Float32.
 /// - Throws: `GGUFError` naming the file, and the tensor or metadata key at fault.
 /// `bf16Only` keeps only bf16 copies of the frozen matrices (`DecodePrecision.bf16Only`).
-public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
+/// `keepQuantized` keeps the blocks' quantized matrices as they are in the file, decoded by each
+/// product (`GGUFFile.loadWeights(into:keepQuantized:)`).
+public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false,
+                          keepQuantized: Bool = false) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
+    check(!(bf16Only && keepQuantized), "[GGUF] bf16-only weights and kept quantized blocks exclude each other")
     let file = try GGUFFile(path)
     let tokenizer = try file.makeTokenizer()
     let config = try file.modelConfig()
@@ -422,7 +465,8 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = fal
     try checkConfigFitsWeights(config, elements: elements, file: path)
     let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
-    try file.loadWeights(into: model, didLoad: try bf16OnlyLoader(model, enabled: bf16Only, path: path))
+    try file.loadWeights(into: model, keepQuantized: keepQuantized,
+                         didLoad: keepQuantized ? model.hashingLoader() : try bf16OnlyLoader(model, enabled: bf16Only, path: path))
     model.eval()
     return (model, tokenizer)
 }

@@ -80,8 +80,24 @@ public struct LoadedModel {
 /// - Throws: naming the path; an adapter or a training state given as a model says so, with a hint.
 /// `bf16Only` keeps only bf16 copies of the frozen matrices, their fp32 values released as each
 /// loads (`DecodePrecision.bf16Only`: about half the memory; for generating and serving).
-public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> LoadedModel {
-    let loaded = try loadModelUnchecked(path, seed: seed, bf16Only: bf16Only)
+/// `keepQuantized` keeps a GGUF file's quantized block matrices as they are, each product decoding
+/// them (`loadGGUFModel(keepQuantized:)`: training adapters on a 4-bit base takes a fraction of the
+/// memory of its Float32 weights); a base of another kind is refused, with a hint.
+public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false, keepQuantized: Bool = false) throws -> LoadedModel {
+    let loaded: LoadedModel
+    if keepQuantized {
+        let source = try ModelSource.detect(path)
+        guard source.kind == .gguf else {
+            throw CheckpointError(path: path, message: """
+                is a \(source.kind.rawValue); --keep-quantized keeps the quantized blocks of a GGUF file's matrices.
+                HINT: write one first (`swiftpeft convert --model \(path) --out base.gguf --gguf-type q8_0`), or leave --keep-quantized out.
+                """)
+        }
+        let (model, tok) = try loadGGUFModel(path, seed: seed, keepQuantized: true)
+        loaded = LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
+    } else {
+        loaded = try loadModelUnchecked(path, seed: seed, bf16Only: bf16Only)
+    }
     // An id the embedding has no row for would stop the program deep inside a kernel.
     if let tok = loaded.tokenizer, tok.vocabSize > loaded.model.config.vocabSize {
         throw CheckpointError(path: path, message: """
@@ -237,8 +253,8 @@ func bf16OnlyLoader(_ model: CausalLM, enabled: Bool, path: String) throws -> ((
 func checkAttachable(_ method: PEFTMethod, to model: CausalLM, path: String) throws {
     guard model.hasReleasedWeights, let why = method.releasedWeightsConflict(in: model) else { return }
     throw CheckpointError(path: path, message: """
-        \(why), and this base keeps only bf16 copies of its matrices (bf16-only weights).
-        HINT: load the base with fp32 weights (--precision fp32 or bf16) to use this adapter.
+        \(why), and this base keeps only \(model.hasPackedWeights ? "the quantized blocks of its matrices (--keep-quantized)" : "bf16 copies of its matrices (bf16-only weights)").
+        HINT: load the base with fp32 weights (\(model.hasPackedWeights ? "leave --keep-quantized out" : "--precision fp32 or bf16")) to use this adapter.
         """)
 }
 

@@ -124,11 +124,10 @@ extension CausalLM {
     /// loads, before any value is released.
     public func bf16OnlyLoader() -> (String, Tensor) -> Void {
         let operands = bf16Operands()
-        var hasher = WeightsHasher()
+        let hash = hashingLoader()
         let table = tokenEmbeddingTable.storage
-        return { [unowned self] name, t in
-            hasher.add(name, t)
-            weightsHashBeforeRelease = hasher.value
+        return { name, t in
+            hash(name, t)
             var released = false
             if let (_, operand, releasable) = operands[name] {
                 operand.keepBF16Copy(releasingFP32: releasable)
@@ -142,8 +141,23 @@ extension CausalLM {
         }
     }
 
-    /// Whether some weight keeps only its bf16 copy (`DecodePrecision.bf16Only`).
+    /// For a loader that releases matrices as they load (bf16-only weights, kept quantized
+    /// blocks), called with each parameter as soon as it holds its values, in name order: hashes
+    /// it, so that `weightsHash()` stays the hash of the whole Float32 model.
+    public func hashingLoader() -> (String, Tensor) -> Void {
+        var hasher = WeightsHasher()
+        return { [unowned self] name, t in
+            hasher.add(name, t)
+            weightsHashBeforeRelease = hasher.value
+        }
+    }
+
+    /// Whether some weight keeps only its bf16 copy or packed blocks (`DecodePrecision.bf16Only`,
+    /// `Tensor.keepPackedOnly`).
     public var hasReleasedWeights: Bool { namedParameters().contains { $0.1.storage.valuesReleased } }
+
+    /// Whether some matrix keeps only packed blocks (`loadModel(keepQuantized: true)`).
+    public var hasPackedWeights: Bool { namedParameters().contains { $0.1.storage.packed != nil } }
 
     /// A hash of every parameter's name and bits in name order (FNV-1a, 64-bit, hex), which
     /// adapters record to recognise their base; for bf16-only weights, the one taken before their

@@ -262,6 +262,9 @@ extension Tensor {
            copy.product(m: m * batchCount, a: pa + offA.data[0], lda: A.ld, c: pc, ldc: n) {
             return out
         }
+        if let packed = B.input.storage.packed {
+            return matmulPacked(other, packed, A: A, B: B, batch: batch, m: m, k: k, n: n, fold: fold)
+        }
         if released && !isContiguous && (!recordsA || B.input.storage.bf16Gradient != nil) {
             return contiguous().matmul(other)  // a strided, transposed or unfoldable left side, made plain for the copy
         }

@@ -28,8 +28,11 @@ public final class Storage {
     /// For bf16 training, a copy of the matrix read the other way: the input gradient's product
     /// (`Tensor.keepBF16Copy(forTraining: true)`).
     var bf16Gradient: BF16Copy?
-    /// True once the Float32 values were freed and only the bf16 copy is left
-    /// (`Tensor.keepBF16Copy(releasingFP32: true)`, `Tensor.keepBF16RowsOnly()`).
+    /// The matrix in a compact encoding (a GGUF file's quantized blocks) that every product reading
+    /// it decodes whole into a scratch buffer (`Tensor.keepPackedOnly`); its Float32 values are released.
+    public private(set) var packed: PackedWeights?
+    /// True once the Float32 values were freed and only a bf16 copy or packed blocks are left
+    /// (`Tensor.keepBF16Copy(releasingFP32: true)`, `Tensor.keepBF16RowsOnly()`, `Tensor.keepPackedOnly`).
     public private(set) var valuesReleased = false
     /// The values rounded to bf16, in their own order, for a matrix also read by rows (a token
     /// embedding: `Tensor.embedding` converts the rows it gathers); nil unless kept.
@@ -82,9 +85,9 @@ public final class Storage {
     private static func releasedValuesRead(_ count: Int) -> Never {
         fatalError("""
             [tensor] the Float32 values of a \(count)-element weight were released: the model keeps only bf16 \
-            copies of its frozen matrices (generation with --precision bf16-only, or training adapters with \
-            --precision bf16), enough for generating text and training adapters but not for reading, merging, \
-            saving or training those weights. Load it with fp32 weights for that.
+            copies or quantized blocks of its frozen matrices (generation with --precision bf16-only, training \
+            adapters with --precision bf16 or --keep-quantized), enough for generating text and training adapters \
+            but not for reading, merging, saving or training those weights. Load it with fp32 weights for that.
             """)
     }
 
@@ -94,6 +97,17 @@ public final class Storage {
         check(bf16 != nil, "[bf16] only a storage with a bf16 copy can let its fp32 values go")
         guard !valuesReleased else { return }
         if !absent { values.deallocate() }
+        valuesReleased = true
+        absent = true
+        recompute = nil
+    }
+
+    /// Frees the Float32 values and keeps `packed`, which products decode instead (`PackedWeights`).
+    func releaseValues(keeping packed: PackedWeights) {
+        check(packed.rows * packed.cols == count && bf16 == nil && !valuesReleased,
+              "[packed] \(packed.rows)×\(packed.cols) blocks for a storage of \(count) values\(bf16 != nil || valuesReleased ? " that already has a bf16 copy or released values" : "")")
+        if !absent { values.deallocate() }
+        self.packed = packed
         valuesReleased = true
         absent = true
         recompute = nil

@@ -20,7 +20,7 @@ extension TrainJob {
         "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip", "skip-nonfinite",
         "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
         "eval-every", "save-every", "log-every", "seed", "watts-per-core", "gradient-checkpointing",
-        "precision", "chat-template",
+        "precision", "keep-quantized", "chat-template",
     ]
 
     /// Builds a job from `settings` (flag name → value: Swift values or parsed JSON). Method options
@@ -84,6 +84,7 @@ extension TrainJob {
             }
             precision = p
         }
+        if let v = try s.bool("keep-quantized") { keepQuantized = v }
         if let v = try s.int("batch-size") { batchSize = v }
         if let v = try s.int("seq-len") { self.data.seqLen = v }
         if let v = try s.bool("packing") { self.data.packing = v }

@@ -40,6 +40,10 @@ public struct TrainJob {
     public var wattsPerCore = CostMeter.defaultWattsPerCore
     /// Number format of the frozen weights' products (`TrainingPrecision`; bf16 needs AVX512-BF16 or AMX).
     public var precision = TrainingPrecision.fp32
+    /// Keep a GGUF base's quantized block matrices as they are in the file, each product decoding
+    /// them (`loadModel(keepQuantized:)`): the same values as a Float32 load, in a fraction of the
+    /// memory, for adapters only (not full fine-tuning, DoRA, `modules_to_save` or bf16 products).
+    public var keepQuantized = false
     /// A chat template file (Jinja, or JSON with "chat_template") used instead of the model's own for
     /// chat data (`BPETokenizer.chatTemplate(fromFile:)`); the adapter records it (a full fine-tune's
     /// model.h5 keeps it). A continued adapter (`adapterPath`) goes on with the one it records.
@@ -111,7 +115,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     if job.resume && !checkOnly && !FileManager.default.fileExists(atPath: (job.outDir as NSString).appendingPathComponent("state.h5")) {
         throw TrainingError(message: "\((job.outDir as NSString).appendingPathComponent("state.h5")): no such file; --resume continues the run whose --out holds it")
     }
-    let base = try loadModel(job.modelPath)
+    if job.keepQuantized && job.precision == .bf16 {
+        throw TrainingError(message: "--keep-quantized and --precision bf16 both set how the frozen weights are held; give one of them")
+    }
+    let base = try loadModel(job.modelPath, keepQuantized: job.keepQuantized)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: job.modelPath, message: "holds no tokenizer; training data cannot be tokenized") }
     let ownTemplate = tokenizer.chatTemplate
@@ -132,9 +139,15 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         for (_, t) in method!.adapterParameters() { t.requiresGrad = true }
         names = ["the adapter in \(path)"]
     } else if let m = try makeMethod(job.method, for: model, settings: job.methodSettings, tokenizer: tokenizer) {
+        if job.keepQuantized, let why = m.releasedWeightsConflict(in: model) {
+            throw TrainingError(message: "--keep-quantized: \(why), and this base keeps only the quantized blocks of its matrices; leave --keep-quantized out")
+        }
         method = m
         names = try m.attach(to: model)
     } else {
+        guard !job.keepQuantized else {
+            throw TrainingError(message: "--keep-quantized keeps the base frozen in its quantized blocks, and --method \(job.method) trains every weight; leave --keep-quantized out")
+        }
         method = nil
         model.unfreeze()
         names = ["every weight"]
@@ -169,6 +182,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         data: \(splits)
         """)
     if job.precision == .bf16 { onStart("precision: the frozen weights' products in bf16, fp32 accumulation (oneDNN \(BF16Copy.isaName))") }
+    if job.keepQuantized { onStart(quantizedBaseSummary(model)) }
     if trainerOptions.warmupSteps > trainerOptions.steps {
         onStart("note: --warmup \(trainerOptions.warmupSteps) is longer than the run's \(trainerOptions.steps) steps: the learning rate stays below --lr \(trainerOptions.lr)")
     }
@@ -335,11 +349,11 @@ func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws 
 /// the one the adapter records (`useChatTemplate`).
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
-                    chatTemplatePath: String? = nil) throws -> (evaluation: Evaluation, cost: Cost) {
+                    chatTemplatePath: String? = nil, keepQuantized: Bool = false) throws -> (evaluation: Evaluation, cost: Cost) {
     let meter = CostMeter(wattsPerCore: wattsPerCore)
     guard batch >= 1 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batch)") }
     guard seqLen >= 2 else { throw TrainingError(message: "--seq-len must be at least 2, got \(seqLen)") }
-    let base = try loadModel(modelPath)
+    let base = try loadModel(modelPath, keepQuantized: keepQuantized)
     let model = base.model
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
     try useChatTemplate(file: chatTemplatePath, adapters: adapterPath.map { [$0] } ?? [], on: tokenizer)
@@ -481,4 +495,14 @@ final class LossPlotter: @unchecked Sendable {
         }
         if let message { warn(message + " (training goes on without it)") }
     }
+}
+
+/// One line on the matrices a base keeps as quantized blocks (`loadModel(keepQuantized:)`): how
+/// many, their encodings, and their bytes against Float32's.
+func quantizedBaseSummary(_ model: CausalLM) -> String {
+    let packed = model.namedParameters().compactMap(\.1.packedWeights)
+    guard !packed.isEmpty else { return "base weights: no matrix has quantized blocks to keep (all Float32 in the file); every weight is Float32" }
+    let encodings = Dictionary(grouping: packed, by: \.encoding).map { "\($0.value.count) \($0.key)" }.sorted().joined(separator: ", ")
+    let bytes = packed.reduce(0) { $0 + $1.byteCount }, fp32 = packed.reduce(0) { $0 + 4 * $1.rows * $1.cols }
+    return "base weights: \(packed.count) matrices kept as quantized blocks (\(encodings)): \(formatBytes(bytes)) against \(formatBytes(fp32)) in Float32; each product decodes its matrix"
 }

@@ -357,6 +357,34 @@ final class CLITests: XCTestCase {
                       mentioning: ["--precision bf16", "no weight matrix frozen"])
     }
 
+    /// `train --keep-quantized` on a Q8_0 GGUF base: the block matrices stay as blocks (the run
+    /// says how many and their bytes), and the run's losses equal the Float32 load's exactly, as
+    /// they are the same values; its adapter evaluates on the base loaded either way. A base that
+    /// is not GGUF, full fine-tuning, DoRA and bf16 products are refused, naming the flag.
+    func testTrainKeepingAQuantizedBaseEqualsTheFloat32Load() throws {
+        let gguf = fx.path("base-q8_0.gguf")
+        try ok(["convert", "--model", fx.base, "--out", gguf, "--gguf-type", "q8_0"])
+        func args(_ out: String, _ method: String = "lora") -> [String] {
+            trainArgs(out: out, steps: 3, method: method).map { $0 == fx.base ? gguf : $0 } + (method == "lora" ? ["--target-modules", "all-linear"] : [])
+        }
+        let (plain, kept) = (fx.path("runs/kq-fp32"), fx.path("runs/kq-kept"))
+        try ok(args(plain))
+        let r = try ok(args(kept) + ["--keep-quantized"])
+        XCTAssertTrue(r.stdout.contains("base weights: 14 matrices kept as quantized blocks (14 Q8_0)"), r.transcript)
+        let losses = { (dir: String) in try self.metrics(dir).compactMap { ($0["loss"] as? NSNumber)?.doubleValue } }
+        let (a, b) = (try losses(plain), try losses(kept))
+        XCTAssertEqual(a.count, 3)
+        XCTAssertEqual(b, a)
+        XCTAssertEqual(try evalJSON(["--model", gguf, "--adapter", kept + "/adapter.h5", "--keep-quantized"]).loss,
+                       try evalJSON(["--model", gguf, "--adapter", plain + "/adapter.h5"]).loss)
+        _ = try fails(trainArgs(out: fx.path("runs/kq-h5"), steps: 2) + ["--keep-quantized"],
+                      mentioning: [fx.base, "--keep-quantized keeps the quantized blocks of a GGUF file", "--gguf-type q8_0"])
+        _ = try fails(args(fx.path("runs/kq-full"), "full") + ["--keep-quantized"], mentioning: ["--keep-quantized", "trains every weight"])
+        _ = try fails(args(fx.path("runs/kq-dora")) + ["--keep-quantized", "--use-dora"], mentioning: ["--keep-quantized", "DoRA"])
+        _ = try fails(args(fx.path("runs/kq-bf16")) + ["--keep-quantized", "--precision", "bf16"],
+                      mentioning: ["--keep-quantized and --precision bf16"])
+    }
+
     /// `--seed` changes the run, not its validation examples: LoRA starts as the base (B = 0), so
     /// runs of two seeds score the same before they train.
     func testTheValidationSplitIsTheSameWhateverTheSeed() throws {

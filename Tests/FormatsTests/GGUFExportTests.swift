@@ -87,6 +87,45 @@ final class GGUFExportTests: XCTestCase {
         XCTAssertEqual(back.tokenizer?.chatTemplate, loaded.tokenizer?.chatTemplate)
     }
 
+    /// `--keep-quantized`: a Q8_0 file's block matrices (Q8_0, and F16 for ffn_down's rows of 80)
+    /// keep their blocks alone, Q/K rows decoded back in Hugging Face's order, the embedding and
+    /// norms in Float32; the model gives the Float32 load's logits and a LoRA on every block
+    /// matrix the same gradients, bit for bit, and the same weights hash. A base that is not GGUF
+    /// is refused with the hint.
+    func testKeptQuantizedBlocksGiveTheFloat32LoadsLogitsAndGradients() throws {
+        let path = try fixture("model-q8_0.gguf")
+        let plain = try loadModel(path), kept = try loadModel(path, keepQuantized: true)
+        let packed = kept.model.namedParameters().filter { $0.1.packedWeights != nil }
+        XCTAssertEqual(packed.count, 7 * kept.model.config.numLayers, "every block matrix: \(packed.map(\.0))")
+        XCTAssertEqual(Set(packed.map { $0.1.packedWeights!.encoding }), ["Q8_0", "F16"])
+        XCTAssertTrue(packed.allSatisfy { $0.1.storage.valuesReleased })
+        XCTAssertNil(kept.model.tokenEmbeddingTable.packedWeights)
+        XCTAssertFalse(plain.model.hasPackedWeights)
+        XCTAssertTrue(kept.model.hasPackedWeights)
+        XCTAssertEqual(kept.model.weightsHash(), plain.model.weightsHash())
+        let ids: [Int32] = [256, 40, 72, 101, 108, 108, 111, 257, 33, 300, 44, 45]
+        assertClose(withNoGrad { kept.model.forward(ids, batch: 2) }.toArray(), withNoGrad { plain.model.forward(ids, batch: 2) }.toArray(),
+                    rtol: 0, atol: 0, "logits", label: "[keep-quantized]")
+        var grads: [[String: [Float]]] = []
+        for m in [plain.model, kept.model] {
+            var config = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["all-linear"]))
+            config.initLoraWeights = .random  // B ≠ 0: A's gradients flow through the base's input gradients
+            let lora = try LoRA(config: config, seed: 3)
+            _ = try lora.attach(to: m)
+            m.train()
+            m.loss(ids, targets: ids.map { $0 == 40 ? -100 : ($0 + 1) % 300 }, batch: 2).backward()
+            grads.append(Dictionary(uniqueKeysWithValues: lora.adapterParameters().map { ($0.0, $0.1.grad?.toArray() ?? []) }))
+        }
+        XCTAssertEqual(grads[0].count, 14 * kept.model.config.numLayers)
+        for (name, g) in grads[0] {
+            XCTAssertGreaterThan(maxAbs(g), 0, name)
+            assertClose(grads[1][name] ?? [], g, rtol: 0, atol: 0, name, label: "[keep-quantized]")
+        }
+        XCTAssertThrowsError(try loadModel(try fixture("model"), keepQuantized: true)) { e in
+            XCTAssertTrue("\(e)".contains("--keep-quantized keeps the quantized blocks of a GGUF file") && "\(e)".contains("--gguf-type q8_0"), "\(e)")
+        }
+    }
+
     /// Qwen2 is llama.cpp's "qwen2" architecture (`qwen2.*` keys, Q/K rows as Hugging Face has them,
     /// q, k, v biases): the model and a LoRA written here equal the converters' files, and llama.cpp's
     /// files read here give the Hugging Face folder's logits, with and without the LoRA.

@@ -946,4 +946,23 @@ final class GGUFTests: XCTestCase {
         print("GGUFTests: greedy \(out.count) tokens in \(String(format: "%.2f", Date().timeIntervalSince(t1))) s: \(out)")
         XCTAssertEqual(tok.decode(out), "The capital of France is Paris.<|im_end|>")
     }
+
+    /// Kept as its Q4_1 blocks (`keepQuantized`), the real file gives the Float32 load's logits bit
+    /// for bit (9 query and 3 key/value heads, their rows decoded back in Hugging Face's order) and
+    /// the same greedy answer, with its 210 block matrices in about a sixth of their Float32 bytes.
+    func testSmolLM2KeptAsQ4_1BlocksGivesTheSameLogits() throws {
+        let (model, tok) = try smolLM2()
+        let (kept, _) = try loadGGUFModel(smolLM2Path, keepQuantized: true)
+        let packed = kept.namedParameters().compactMap(\.1.packedWeights)
+        XCTAssertEqual(packed.count, 210)
+        XCTAssertEqual(Set(packed.map(\.encoding)), ["Q4_1"])
+        let bytes = packed.reduce(0) { $0 + $1.byteCount }, fp32 = packed.reduce(0) { $0 + 4 * $1.rows * $1.cols }
+        XCTAssertEqual(Double(bytes) / Double(fp32), 20.0 / 128, accuracy: 1e-9)  // 20 bytes per 32 values
+        let ids = tok.encode(Self.chatPrompt)
+        assertClose(withNoGrad { kept.forward(ids, batch: 1) }.toArray(), withNoGrad { model.forward(ids, batch: 1) }.toArray(),
+                    rtol: 0, atol: 0, "SmolLM2 logits", label: "[keep-quantized]")
+        XCTAssertEqual(tok.decode(kept.generate(ids, SamplingOptions(maxNewTokens: 20, stopTokens: [2]))),
+                       "The capital of France is Paris.<|im_end|>")
+        XCTAssertEqual(kept.weightsHash(), model.weightsHash())
+    }
 }

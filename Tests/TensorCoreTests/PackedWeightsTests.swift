@@ -1,0 +1,87 @@
+// Frozen matrices kept as packed blocks (`Tensor.keepPackedOnly`): every product and its input
+// gradient read the decoded blocks, equal to the same product on a Float32 matrix of those values.
+
+import XCTest
+import TestSupport
+import Foundation
+@testable import TensorCore
+
+final class PackedWeightsTests: XCTestCase {
+    private func random(_ count: Int, seed: UInt64) -> [Float] {
+        var rng = RNG(seed: seed)
+        return Tensor.normal([count], rng: &rng).toArray()
+    }
+
+    /// Rows decoded, from any thread.
+    private final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var n = 0
+        var value: Int {
+            get { lock.lock(); defer { lock.unlock() }; return n }
+            set { lock.lock(); n = newValue; lock.unlock() }
+        }
+        func add(_ k: Int) { lock.lock(); n += k; lock.unlock() }
+    }
+
+    /// A packed (rows, cols) matrix that decodes to `values` (row-major), counting decoded rows.
+    private func packed(_ values: [Float], rows: Int, cols: Int, decoded: Counter) -> PackedWeights {
+        PackedWeights(rows: rows, cols: cols, byteCount: values.count, encoding: "test") { lo, hi, dst in
+            for r in lo..<hi { for c in 0..<cols { dst[r * cols + c] = values[r * cols + c] } }
+            decoded.add(hi - lo)
+        }
+    }
+
+    /// The matrix as stored, (N, K) read transposed or (K, N), and a Float32 copy of the decoded
+    /// values read the same way: forward products of 1 to 300 rows (2-D, 3-D folded, a transposed
+    /// left side) and input gradients equal the copy's bit for bit; each product decodes the
+    /// whole matrix once, its gradient once more. The stored values differ from the decoded ones,
+    /// and are freed: nothing reads them.
+    func testProductsAndInputGradientsReadTheDecodedBlocks() {
+        let (k, n) = (256, 300)  // large enough for the decode to split over the threads
+        for storedNK in [true, false] {
+            let (rows, cols) = storedNK ? (n, k) : (k, n)
+            let decodedValues = random(rows * cols, seed: 5).map { ($0 * 16).rounded() / 16 }
+            let w = Tensor(shape: [rows, cols], data: random(rows * cols, seed: 6))
+            let decoded = Counter()
+            w.keepPackedOnly(packed(decodedValues, rows: rows, cols: cols, decoded: decoded))
+            XCTAssertTrue(w.storage.valuesReleased)
+            XCTAssertEqual(w.packedWeights?.encoding, "test")
+            let reference = Tensor(shape: [rows, cols], data: decodedValues)
+            let (op, refOp) = storedNK ? (w.transposed(), reference.transposed()) : (w, reference)  // (K, N) each
+            for (label, shape) in [("1 row", [1, k]), ("5 rows", [5, k]), ("300 rows", [300, k]), ("(2, 7) rows", [2, 7, k]),
+                                   ("transposed left side", [k, 9])] {
+                let transposedX = label.hasPrefix("transposed")
+                let count = shape.reduce(1, *)
+                let xv = random(count, seed: UInt64(count))
+                func run(_ b: Tensor) -> (y: [Float], dx: [Float]) {
+                    let leaf = Tensor(shape: shape, data: xv)
+                    leaf.requiresGrad = true
+                    let x = transposedX ? leaf.transposed() : leaf  // (…, M, K)
+                    let y = x.matmul(b)
+                    (y * Tensor(shape: y.shape, data: random(y.count, seed: 9))).sum().backward()
+                    return (y.toArray(), leaf.grad!.toArray())
+                }
+                decoded.value = 0
+                let got = run(op)
+                XCTAssertEqual(decoded.value, 2 * rows, "stored \(storedNK ? "(N, K)" : "(K, N)"), \(label): decoded rows")
+                let want = run(refOp)
+                assertClose(got.y, want.y, rtol: 0, atol: 0, "stored \(storedNK ? "(N, K)" : "(K, N)"), \(label), forward", label: "[packed]")
+                assertClose(got.dx, want.dx, rtol: 0, atol: 0, "stored \(storedNK ? "(N, K)" : "(K, N)"), \(label), input gradient", label: "[packed]")
+            }
+            // No gradient recorded: the forward product decodes once.
+            decoded.value = 0
+            _ = withNoGrad { Tensor(shape: [3, k], data: random(3 * k, seed: 1)).matmul(op) }
+            XCTAssertEqual(decoded.value, rows)
+            XCTAssertGreaterThanOrEqual(PackedWeights.scratchBytes, 4 * rows * cols)
+        }
+    }
+
+    /// Finite differences through a packed weight (x·Wᵀ, a Linear's product).
+    func testGradientThroughAPackedWeight() {
+        let (n, k) = (6, 5)
+        let values = random(n * k, seed: 12)
+        let w = Tensor(shape: [n, k], data: values)
+        w.keepPackedOnly(packed(values, rows: n, cols: k, decoded: Counter()))
+        checkGradient(GradCase(name: "matmul packed", shapes: [[2, 3, k]]) { x in x[0].matmul(w.transposed()) })
+    }
+}
