@@ -400,9 +400,9 @@ extension GGUFFile {
             didLoad?(name, p)
             if keepQuantized && p.rank == 2 && info.type != .f32 && name.hasPrefix("model.layers.") {
                 p.keepPackedOnly(try packedWeights(info, shape: p.shape, rotaryHeads: heads, headDim: c.headDim))
+                releaseFreeMemory()  // its Float32 pages go back to the system now: they never all add up
             }
         }
-        if keepQuantized { releaseFreeMemory() }  // the freed Float32 pages go back to the system
     }
 
     /// Tensor `info`'s blocks copied out of the file, decoded a row at a time: row r of the

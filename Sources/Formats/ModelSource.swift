@@ -85,14 +85,14 @@ public struct LoadedModel {
 /// memory of its Float32 weights); a base of another kind is refused, with a hint.
 public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false, keepQuantized: Bool = false) throws -> LoadedModel {
     let loaded: LoadedModel
-    if keepQuantized {
-        let source = try ModelSource.detect(path)
-        guard source.kind == .gguf else {
-            throw CheckpointError(path: path, message: """
-                is a \(source.kind.rawValue); --keep-quantized keeps the quantized blocks of a GGUF file's matrices.
-                HINT: write one first (`swiftpeft convert --model \(path) --out base.gguf --gguf-type q8_0`), or leave --keep-quantized out.
-                """)
-        }
+    let source = keepQuantized ? try ModelSource.detect(path) : nil
+    if let source, source.kind == .checkpoint || source.kind == .hfFolder {
+        throw CheckpointError(path: path, message: """
+            is a \(source.kind.rawValue); --keep-quantized keeps the quantized blocks of a GGUF file's matrices.
+            HINT: write one first (`swiftpeft convert --model \(path) --out base.gguf --gguf-type q8_0`), or leave --keep-quantized out.
+            """)
+    }
+    if let source, source.kind == .gguf {
         let (model, tok) = try loadGGUFModel(path, seed: seed, keepQuantized: true)
         loaded = LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
     } else {

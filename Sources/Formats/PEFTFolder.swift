@@ -184,7 +184,8 @@ func importPEFTContents(_ config: [String: Any], keyOrder: [String: [String]], t
             guard !p.storage.valuesReleased else {
                 throw PEFTFolderError(path: weightsPath, message: """
                     tensor '\(key)' is a whole copy of the base's \(name), which cannot be compared with this base: it keeps only \
-                    bf16 copies of its matrices (bf16-only weights). HINT: load the base with fp32 weights to use this adapter.
+                    \(p.storage.packed != nil ? "the quantized blocks of its matrices (--keep-quantized)" : "bf16 copies of its matrices (bf16-only weights)"). \
+                    HINT: load the base with fp32 weights\(p.storage.packed != nil ? " (leave --keep-quantized out)" : "") to use this adapter.
                     """)
             }
             guard p.shape == t.shape, sameWeights(p, t) else {

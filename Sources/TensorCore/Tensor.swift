@@ -87,7 +87,7 @@ public final class Storage {
             [tensor] the Float32 values of a \(count)-element weight were released: the model keeps only bf16 \
             copies or quantized blocks of its frozen matrices (generation with --precision bf16-only, training \
             adapters with --precision bf16 or --keep-quantized), enough for generating text and training adapters \
-            but not for reading, merging, saving or training those weights. Load it with fp32 weights for that.
+            but not for reading, merging, saving or training those weights. Load it with fp32 weights for that (without --keep-quantized).
             """)
     }
 

@@ -42,7 +42,8 @@ public struct TrainJob {
     public var precision = TrainingPrecision.fp32
     /// Keep a GGUF base's quantized block matrices as they are in the file, each product decoding
     /// them (`loadModel(keepQuantized:)`): the same values as a Float32 load, in a fraction of the
-    /// memory, for adapters only (not full fine-tuning, DoRA, `modules_to_save` or bf16 products).
+    /// memory, for adapters only (not full fine-tuning, DoRA, `modules_to_save` on a block matrix or
+    /// bf16 products).
     public var keepQuantized = false
     /// A chat template file (Jinja, or JSON with "chat_template") used instead of the model's own for
     /// chat data (`BPETokenizer.chatTemplate(fromFile:)`); the adapter records it (a full fine-tune's
@@ -140,7 +141,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         names = ["the adapter in \(path)"]
     } else if let m = try makeMethod(job.method, for: model, settings: job.methodSettings, tokenizer: tokenizer) {
         if job.keepQuantized, let why = m.releasedWeightsConflict(in: model) {
-            throw TrainingError(message: "--keep-quantized: \(why), and this base keeps only the quantized blocks of its matrices; leave --keep-quantized out")
+            throw TrainingError(message: "--keep-quantized: \(why), and this base keeps only the quantized blocks of its matrices; leave --keep-quantized out (or, in compare, this method out of --methods)")
         }
         method = m
         names = try m.attach(to: model)

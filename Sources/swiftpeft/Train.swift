@@ -39,7 +39,7 @@ struct CommonTrainOptions: ParsableArguments {
     var gradientCheckpointing: Bool?
     @Option(help: "The frozen weights' products: fp32 (default), or bf16 (bf16 products and input gradients with fp32 accumulation; what trains stays fp32). Needs AVX512-BF16 or AMX; faster where bf16 products outrun fp32 ones (an AMD EPYC Zen 5: 2.5× here), slower on an Intel Xeon without AMX.")
     var precision: String?
-    @Flag(inversion: .prefixedNo, help: "With a GGUF base: keep its quantized block matrices as they are in the file, each product decoding its matrix (the same values as the default Float32 load, in a fraction of the memory: QLoRA-style). Adapters only: not full fine-tuning, DoRA, modules_to_save or --precision bf16.")
+    @Flag(inversion: .prefixedNo, help: "With a GGUF base: keep its quantized block matrices as they are in the file, each product decoding its matrix (the same values as the default Float32 load, in a fraction of the memory: QLoRA-style). Adapters only: not full fine-tuning, DoRA, modules_to_save on a block matrix or --precision bf16.")
     var keepQuantized: Bool?
     @Option(help: "PEFT-style method config (adapter_config.json fields): a JSON file, or a JSON object given inline ('{\"prompt_tuning_init\": \"TEXT\", …}'); method options given as flags or config keys win.")
     var methodConfig: String?
@@ -287,7 +287,7 @@ struct Compare: ParsableCommand {
         \(methodOptionsHelp)
         """) }
 
-    @Option(help: "Comma-separated methods (default lora,dora,ia3,adapter,prefix,prompt).") var methods: String?
+    @Option(help: "Comma-separated methods (default lora,dora,ia3,adapter,prefix,prompt; without dora under --keep-quantized, as DoRA reads the base's Float32 weights).") var methods: String?
     @OptionGroup var common: CommonTrainOptions
 
     func run() throws {
@@ -295,7 +295,7 @@ struct Compare: ParsableCommand {
         let names = try methods ?? (settings["methods"]).map { v in
             guard let s = v as? String else { throw CLIError("\"methods\" must be a comma-separated string, got \(v)") }
             return s
-        } ?? "lora,dora,ia3,adapter,prefix,prompt"
+        } ?? (job.keepQuantized ? "lora,ia3,adapter,prefix,prompt" : "lora,dora,ia3,adapter,prefix,prompt")
         let list = names.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !list.isEmpty else { throw CLIError("--methods names no method; e.g. --methods lora,ia3,prompt") }
         for m in list where !trainableMethodNames.contains(m) { throw CLIError("unknown method '\(m)'; choose from \(trainableMethodNames.joined(separator: ", "))") }

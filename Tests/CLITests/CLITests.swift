@@ -360,7 +360,8 @@ final class CLITests: XCTestCase {
     /// `train --keep-quantized` on a Q8_0 GGUF base: the block matrices stay as blocks (the run
     /// says how many and their bytes), and the run's losses equal the Float32 load's exactly, as
     /// they are the same values; its adapter evaluates on the base loaded either way. A base that
-    /// is not GGUF, full fine-tuning, DoRA and bf16 products are refused, naming the flag.
+    /// is not GGUF, full fine-tuning, DoRA (trained, or an adapter given) and bf16 products are refused,
+    /// naming the flag; `compare`'s default methods leave DoRA out.
     func testTrainKeepingAQuantizedBaseEqualsTheFloat32Load() throws {
         let gguf = fx.path("base-q8_0.gguf")
         try ok(["convert", "--model", fx.base, "--out", gguf, "--gguf-type", "q8_0"])
@@ -379,8 +380,22 @@ final class CLITests: XCTestCase {
                        try evalJSON(["--model", gguf, "--adapter", plain + "/adapter.h5"]).loss)
         _ = try fails(trainArgs(out: fx.path("runs/kq-h5"), steps: 2) + ["--keep-quantized"],
                       mentioning: [fx.base, "--keep-quantized keeps the quantized blocks of a GGUF file", "--gguf-type q8_0"])
+        _ = try fails(["eval", "--model", plain + "/adapter.h5", "--data", fx.jsonl, "--keep-quantized"],
+                      mentioning: ["is a SwiftPEFT adapter checkpoint, not a base model"])
         _ = try fails(args(fx.path("runs/kq-full"), "full") + ["--keep-quantized"], mentioning: ["--keep-quantized", "trains every weight"])
         _ = try fails(args(fx.path("runs/kq-dora")) + ["--keep-quantized", "--use-dora"], mentioning: ["--keep-quantized", "DoRA"])
+        _ = try fails(args(fx.path("runs/kq-dora2"), "dora") + ["--keep-quantized"], mentioning: ["--keep-quantized", "DoRA"])
+        // A DoRA adapter trained on the Float32 load reads the base's weights: refused on the kept blocks.
+        let dora = fx.path("runs/kq-dora-fp32")
+        try ok(trainArgs(out: dora, steps: 1, method: "dora").map { $0 == fx.base ? gguf : $0 })
+        _ = try fails(["eval", "--model", gguf, "--adapter", dora + "/adapter.h5", "--data", fx.jsonl, "--seq-len", "32", "--keep-quantized"],
+                      mentioning: ["DoRA", "quantized blocks of its matrices (--keep-quantized)", "leave --keep-quantized out"])
+        // compare's default methods leave DoRA out under --keep-quantized.
+        let cmp = fx.path("runs/kq-compare")
+        let c = try ok(["compare", "--model", gguf, "--data", fx.jsonl, "--out", cmp, "--steps", "1", "--seq-len", "32", "--batch-size", "4",
+                        "--eval-every", "1", "--keep-quantized"])
+        let trained = try FileManager.default.contentsOfDirectory(atPath: cmp).filter { $0 != "report" }.sorted()
+        XCTAssertEqual(trained, ["adapter", "ia3", "lora", "prefix", "prompt"], c.transcript)
         _ = try fails(args(fx.path("runs/kq-bf16")) + ["--keep-quantized", "--precision", "bf16"],
                       mentioning: ["--keep-quantized and --precision bf16"])
     }

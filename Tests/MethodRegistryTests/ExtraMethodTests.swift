@@ -175,7 +175,7 @@ final class ExtraMethodTests: XCTestCase {
             "val-data": "v.jsonl", "eval-every": "5", "save-every": "6", "log-every": "7", "method-config": "{}", "seed": "9",
             "watts-per-core": "6.5", "precision": "bf16", "chat-template": "t.jinja",
         ]
-        let flags = ["gradient-checkpointing"]  // flags without a value
+        let flags = ["gradient-checkpointing", "keep-quantized"]  // flags without a value
         let options = try CommonTrainOptions.parse(values.flatMap { ["--" + $0.key, $0.value] } + flags.map { "--" + $0 })
         let all = Set(values.keys).union(flags)
         XCTAssertEqual(Set(options.given.keys), all, "every flag is reported under its long name")
@@ -198,6 +198,7 @@ final class ExtraMethodTests: XCTestCase {
         XCTAssertEqual(job.wattsPerCore, 6.5)
         XCTAssertEqual(job.chatTemplatePath, "t.jinja")
         XCTAssertTrue(job.trainer.gradientCheckpointing)
+        XCTAssertTrue(job.keepQuantized)
     }
 
     /// A new adapter's PEFT config may not carry a field the method lacks (a typo would be silently
