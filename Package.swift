@@ -18,6 +18,10 @@ let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"] + (portable ? [] : [
                                             .when(configuration: .release))]
     + (portable ? [] : [.define("SWIFTPEFT_NATIVE", .when(configuration: .release))])
 
+// The file readers (Containers) build for the CPU at hand too, for GGUF's block decoders, but keep
+// -O: their parsers' overflow checks stay.
+let nativeISA: [SwiftSetting] = portable ? [] : [.unsafeFlags(["-target-cpu", "native"], .when(configuration: .release))]
+
 let package = Package(
     name: "SwiftPEFT",
     products: [
@@ -62,7 +66,7 @@ let package = Package(
         .target(name: "Tokenizers"),
         .target(name: "PEFT", dependencies: ["Models", "CLAPACK"]),
         // Files of named tensors (HDF5, safetensors, GGUF): they need tensors, nothing of models.
-        .target(name: "Containers", dependencies: ["TensorCore", "CHDF5"]),
+        .target(name: "Containers", dependencies: ["TensorCore", "CHDF5"], swiftSettings: nativeISA),
         // Models, tokenizers and adapters in and out of those files and Hugging Face folders.
         .target(name: "Formats", dependencies: ["PEFT", "Tokenizers", "Containers"]),
         // Ranks of a data-parallel job and their all-reduces (MPI); a world of one without mpirun.

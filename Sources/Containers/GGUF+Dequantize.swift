@@ -87,10 +87,10 @@ extension GGUFFile {
     /// Q8_0, n blocks of 34 bytes: f16 d, i8 qs[32]; w = qs·d.
     static func dequantQ8_0(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
         for b in 0..<n {
-            let p = src + b * 34
+            let p = src + b &* 34
             let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
             let q = (p + 2).assumingMemoryBound(to: Int8.self)
-            let o = dst + b * 32
+            let o = dst + b &* 32
             for j in 0..<32 { o[j] = Float(q[j]) * d }
         }
     }
@@ -98,14 +98,14 @@ extension GGUFFile {
     /// Q4_0, n blocks of 18 bytes: f16 d, u8 qs[16]; w[j] = ((qs[j] & 0xF) − 8)·d, w[j+16] = ((qs[j] >> 4) − 8)·d.
     static func dequantQ4_0(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
         for b in 0..<n {
-            let p = src + b * 18
+            let p = src + b &* 18
             let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
             let q = (p + 2).assumingMemoryBound(to: UInt8.self)
-            let o = dst + b * 32
+            let o = dst + b &* 32
             for j in 0..<16 {
                 let x = q[j]
-                o[j] = Float(Int32(x & 0xF) - 8) * d
-                o[j + 16] = Float(Int32(x >> 4) - 8) * d
+                o[j] = Float(Int32(x & 0xF) &- 8) * d
+                o[j &+ 16] = Float(Int32(x >> 4) &- 8) * d
             }
         }
     }
@@ -113,15 +113,15 @@ extension GGUFFile {
     /// Q4_1, n blocks of 20 bytes: f16 d, f16 m, u8 qs[16]; w[j] = (qs[j] & 0xF)·d + m, w[j+16] = (qs[j] >> 4)·d + m.
     static func dequantQ4_1(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ n: Int) {
         for b in 0..<n {
-            let p = src + b * 20
+            let p = src + b &* 20
             let d = half(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
             let m = half(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
             let q = (p + 4).assumingMemoryBound(to: UInt8.self)
-            let o = dst + b * 32
+            let o = dst + b &* 32
             for j in 0..<16 {
                 let x = q[j]
                 o[j] = Float(x & 0xF) * d + m
-                o[j + 16] = Float(x >> 4) * d + m
+                o[j &+ 16] = Float(x >> 4) * d + m
             }
         }
     }

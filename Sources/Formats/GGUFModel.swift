@@ -350,8 +350,13 @@ extension GGUFFile {
     /// - Throws: `GGUFError` naming the tensor and both shapes, or the missing/unexpected tensors.
     /// `keepQuantized`: each block's matrices (attention and MLP projections) stored in a quantized
     /// or 16-bit type keep those blocks alone once loaded and hashed (`Tensor.keepPackedOnly`), their
-    /// Float32 values freed; the embedding, the head and the norms stay Float32.
-    public func loadWeights(into model: LlamaModel, keepQuantized: Bool = false, didLoad: ((String, Tensor) -> Void)? = nil) throws {
+    /// Float32 values freed; the embedding, the head and the norms stay Float32. With
+    /// `quantizedEmbedding` too, the token embedding (the tied head) and an untied output head keep
+    /// their blocks as well: for generating and serving, whose products have few rows; a training
+    /// step's loss would decode the whole head twice, so training leaves it out.
+    public func loadWeights(into model: LlamaModel, keepQuantized: Bool = false, quantizedEmbedding: Bool = false,
+                            didLoad: ((String, Tensor) -> Void)? = nil) throws {
+        check(keepQuantized || !quantizedEmbedding, "[GGUF] quantizedEmbedding needs keepQuantized")
         var byHF: [String: GGUFTensorInfo] = [:]
         var unknown: [String] = []
         for info in tensorInfos where info.name != GGUFFile.ropeFreqsName {  // read into the config (modelConfig)
@@ -385,7 +390,14 @@ extension GGUFFile {
             // llama.cpp permutes the rows of q/k weights and biases alike ("llama"; not "qwen2").
             let heads = architecture == "llama" ? GGUFFile.rotaryHeads(ofKey: name, config: c) : 0
             let target = p.isContiguous ? p : Tensor.empty(p.shape)
-            if heads > 0 {
+            let kept = name.hasPrefix("model.layers.") || quantizedEmbedding && (name == "model.embed_tokens.weight" || name == "lm_head.weight")
+            // A matrix kept as blocks: its bytes are copied once, and decoded from the copy (the
+            // mapped pages are given back as soon as they are read: a second read is from disk).
+            let packed = keepQuantized && p.rank == 2 && info.type != .f32 && kept
+                ? try packedWeights(info, shape: p.shape, rotaryHeads: heads, headDim: c.headDim) : nil
+            if let packed {
+                packed.decode(into: target.basePointer)  // rows in Hugging Face's order
+            } else if heads > 0 {
                 let raw = Tensor.empty(p.shape)  // (heads·D, in) or (heads·D), llama.cpp row order
                 try dequantize(info, into: raw.basePointer)
                 GGUFFile.unpermuteQK(raw.basePointer, target.basePointer, heads: heads, headDim: c.headDim,
@@ -398,8 +410,8 @@ extension GGUFFile {
             }
             if target !== p { p.assign(target) }
             didLoad?(name, p)
-            if keepQuantized && p.rank == 2 && info.type != .f32 && name.hasPrefix("model.layers.") {
-                p.keepPackedOnly(try packedWeights(info, shape: p.shape, rotaryHeads: heads, headDim: c.headDim))
+            if let packed {
+                p.keepPackedOnly(packed)
                 releaseFreeMemory()  // its Float32 pages go back to the system now: they never all add up
             }
         }
@@ -443,9 +455,10 @@ private final class PackedBytes: @unchecked Sendable {
 /// - Throws: `GGUFError` naming the file, and the tensor or metadata key at fault.
 /// `bf16Only` keeps only bf16 copies of the frozen matrices (`DecodePrecision.bf16Only`).
 /// `keepQuantized` keeps the blocks' quantized matrices as they are in the file, decoded by each
-/// product (`GGUFFile.loadWeights(into:keepQuantized:)`).
-public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false,
-                          keepQuantized: Bool = false) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
+/// product, and `quantizedEmbedding` the embedding and output head too, for generating and serving
+/// (`GGUFFile.loadWeights(into:keepQuantized:quantizedEmbedding:)`).
+public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false, keepQuantized: Bool = false,
+                          quantizedEmbedding: Bool = false) throws -> (model: LlamaModel, tokenizer: BPETokenizer) {
     check(!(bf16Only && keepQuantized), "[GGUF] bf16-only weights and kept quantized blocks exclude each other")
     let file = try GGUFFile(path)
     let tokenizer = try file.makeTokenizer()
@@ -465,7 +478,7 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = fal
     try checkConfigFitsWeights(config, elements: elements, file: path)
     let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
-    try file.loadWeights(into: model, keepQuantized: keepQuantized,
+    try file.loadWeights(into: model, keepQuantized: keepQuantized, quantizedEmbedding: quantizedEmbedding,
                          didLoad: keepQuantized ? model.hashingLoader() : try bf16OnlyLoader(model, enabled: bf16Only, path: path))
     model.eval()
     return (model, tokenizer)

@@ -345,10 +345,11 @@ open class CausalLM: Module {
 
     /// Mean cross-entropy of next-token prediction. `targets` (B·T) holds the id expected at each
     /// position (already shifted) or -100 to ignore it. A plain output head is fused with the
-    /// loss (`Tensor.linearCrossEntropy`): the (B, T, V) logits are never stored.
+    /// loss (`Tensor.linearCrossEntropy`): the (B, T, V) logits are never stored. A head kept as
+    /// packed blocks (`Tensor.keepPackedOnly`) goes through its product, logits stored.
     public func loss(_ ids: [Int32], targets: [Int32], batch: Int, attentionMask: [Float]? = nil) -> Tensor {
         let h = hiddenStates(ids, batch: batch, attentionMask: attentionMask)  // (B, T, C)
-        if let w = plainHeadWeight, w.isContiguous {
+        if let w = plainHeadWeight, w.isContiguous, w.packedWeights == nil {
             return Tensor.linearCrossEntropy(h, weight: w, targets: targets)
         }
         return lmHead(h).crossEntropy(targets: targets)

@@ -173,11 +173,17 @@ public final class ServingEngine: @unchecked Sendable {
     /// Loads the base (SwiftPEFT .h5, GGUF or Hugging Face folder) and starts the worker;
     /// `chatTemplatePath`: a chat template file used instead of the base's own and of the ones
     /// adapters record (without it, an adapter's requests go through the template it was trained with).
+    /// `keepQuantized` (a GGUF base, fp32 precision): every quantized matrix, the embedding included,
+    /// keeps the file's blocks (`loadModel(keepQuantized:quantizedEmbedding:)`).
     public init(modelPath: String, baseName: String? = nil, maxBatch: Int = 8, maxQueue: Int = 64,
                 contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
-                precision: DecodePrecision = .fp32, chatTemplatePath: String? = nil) throws {
+                precision: DecodePrecision = .fp32, keepQuantized: Bool = false, chatTemplatePath: String? = nil) throws {
+        if keepQuantized && precision != .fp32 {
+            throw ServingError(.invalidRequest, "--keep-quantized keeps the file's quantized blocks, decoded to fp32: it excludes --precision \(precision.rawValue)")
+        }
         if precision != .fp32, let why = BF16Copy.unavailableReason { throw ServingError(.invalidRequest, "--precision \(precision.rawValue): \(why)") }
-        let loaded = try loadModel(modelPath, bf16Only: precision == .bf16Only)  // bf16-only: copies made as each matrix loads
+        let loaded = try loadModel(modelPath, bf16Only: precision == .bf16Only,  // bf16-only: copies made as each matrix loads
+                                   keepQuantized: keepQuantized, quantizedEmbedding: keepQuantized)
         guard let tok = loaded.tokenizer else { throw ServingError(.invalidRequest, "\(modelPath): holds no tokenizer; it cannot be served") }
         if let path = chatTemplatePath {
             do { tok.chatTemplate = try BPETokenizer.chatTemplate(fromFile: path) } catch { throw ServingError(.invalidRequest, "--chat-template: \(error)") }

@@ -285,6 +285,13 @@ extension Tensor {
             }
             return out  // frozen: no gradient
         }
+        if let packed = weight.storage.packed {  // encoded rows alone (`keepPackedOnly`): each gathered row decoded
+            check(!weight.requiresGrad, "[embedding] \(weight.shape) keeps only packed blocks (\(packed.encoding)) and cannot train")
+            let out = Tensor.empty(idShape + [c])  // (ids…, C)
+            let po = out.basePointer
+            for (i, id) in ids.enumerated() { packed.decodeRows(Int(id), Int(id) + 1, po + (i - Int(id)) * c) }
+            return out  // frozen: no gradient
+        }
         let w = weight.contiguousData()
         let out = Tensor.empty(idShape + [c])
         let pw = UnsafePointer(w.basePointer), po = out.basePointer

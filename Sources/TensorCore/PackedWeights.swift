@@ -1,10 +1,17 @@
 // Frozen matrices kept in a compact encoding (a GGUF file's quantized blocks) instead of Float32, as
-// QLoRA and mlx-lm keep a quantized base under trained adapters. A product that reads such a matrix
-// decodes all of it into one scratch buffer shared by every packed matrix, then runs its one sgemm on
-// the decoded values: the same values a Float32 load holds, so the same products, at the price of a
-// decode per product (the forward product and the input gradient's). The scratch holds the largest
-// matrix decoded so far; nothing else is allocated per product.
+// QLoRA and mlx-lm keep a quantized base under trained adapters and llama.cpp serves one. The
+// decoded values are the ones a Float32 load holds, so the products are those of the Float32 model
+// at the price of decoding. Two ways to read a matrix:
+// - A training-size product that records a gradient decodes all of the matrix into one scratch
+//   buffer shared by every packed matrix and runs its one sgemm on it; the input gradient decodes
+//   it again. The scratch holds the largest matrix decoded so far.
+// - A product x · Wᵀ of at most `slabMaxRows` rows, or of any size when no gradient is recorded
+//   (decoding, evaluation), decodes W a slab of rows at a time into a small per-thread buffer and
+//   runs one sgemm per slab while it is in the core's cache: decoding a token reads each
+//   encoded byte once and writes no full-size scratch.
+// Nothing is allocated per product once the buffers have grown.
 
+import CBLAS
 import Foundation
 
 /// A frozen (rows, cols) matrix held in a compact encoding; products decode it when they read it
@@ -61,6 +68,65 @@ public final class PackedWeights: @unchecked Sendable {
         Profiler.measure(.other) { decode(into: dst) }
         return body(UnsafePointer(dst))
     }
+
+    /// One buffer per thread for `productWithTranspose`'s row slabs, and its capacity in floats.
+    nonisolated(unsafe) private static var slabs: [UnsafeMutablePointer<Float>] = []
+    nonisolated(unsafe) private static var slabCapacity = 0
+
+    /// Floats a row slab holds: 256 KiB, a quarter of a Zen 4 core's L2 (half of an Intel Xeon's
+    /// 2 MiB), so the sgemm reads the slab from the cache it was just decoded into.
+    nonisolated(unsafe) static var slabFloats = 1 << 16  // tests make it small: many slabs per thread
+
+    /// Products of at most this many rows read the matrix by row slabs (`productWithTranspose`)
+    /// even when a gradient is recorded; larger ones do only when none is.
+    public static let slabMaxRows = 64
+
+    /// C (M, rows) = op(A) (M, cols) · Wᵀ for this matrix W (rows, cols), one slab of rows at a
+    /// time: each thread decodes a slab of its share of W's rows into its own buffer and runs one
+    /// sgemm of op(A) against it while the slab is still in its core's cache. The matrix is never
+    /// decoded whole, so a few-row product (KV-cached decoding) reads the encoded bytes once and
+    /// writes no full-size scratch. Calls from several threads run one after another.
+    func productWithTranspose(m: Int, transA: Bool, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        PackedWeights.lock.lock()
+        defer { PackedWeights.lock.unlock() }
+        // Under `.blas` OpenBLAS's own threads split each slab's product instead.
+        let split = currentGEMMSplit == .tasks && rows * cols >= 1 << 16 && !insideParallelRegion
+        let threads = split ? min(hardwareThreads, rows) : 1
+        let smallKernels = smallMatrixChunks && !transA && m <= 24 && cols >= 32
+        // With OpenBLAS's small-matrix kernels, slabs within their limits (as `splitGEMM` cuts).
+        let smallLimit = smallKernels ? max(1, min(1200 / m, 1_000_000 / (m * cols))) : rows
+        let slabRows = max(1, min(rows, smallLimit, PackedWeights.slabFloats / max(cols, 1)))
+        if PackedWeights.slabs.count < threads || PackedWeights.slabCapacity < slabRows * cols {
+            for s in PackedWeights.slabs { s.deallocate() }
+            PackedWeights.slabCapacity = max(PackedWeights.slabCapacity, slabRows * cols)
+            PackedWeights.slabs = (0..<max(threads, PackedWeights.slabs.count)).map { _ in .allocate(capacity: PackedWeights.slabCapacity) }
+        }
+        let slabs = PackedWeights.slabs, (rows, cols) = (rows, cols)
+        func part(_ t: Int, of parts: Int) {
+            let buffer = slabs[t]
+            let (first, end) = (rows * t / parts, rows * (t + 1) / parts)
+            for lo in stride(from: first, to: end, by: slabRows) {
+                let hi = min(end, lo + slabRows)
+                decodeRows(lo, hi, buffer - lo * cols)  // rows lo..<hi at buffer[0...]
+                BLASCounter.calls.add(1, ordering: .relaxed)
+                // C[:, lo..<hi] (M, hi − lo) = op(A) (M, K) · slabᵀ (K, hi − lo)
+                if smallKernels {  // as `splitGEMM` runs a Float32 weight's few rows: the same values
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(hi - lo), Int32(cols), 1, a, Int32(lda),
+                                buffer, Int32(cols), 0, c + lo, Int32(ldc))
+                } else {
+                    blasGEMM(transA: transA, transB: true, m: m, n: hi - lo, k: cols, alpha: 1, a: a, lda: lda,
+                             b: buffer, ldb: cols, beta: 0, c: c + lo, ldc: ldc)
+                }
+            }
+        }
+        Profiler.measure(.gemm) {
+            _ = blasThreadsApplied
+            if threads <= 1 { part(0, of: 1); return }
+            insideParallelRegion = true
+            defer { insideParallelRegion = false }
+            WorkerPool.shared.run(threads) { t in part(t, of: threads) }
+        }
+    }
 }
 
 extension Tensor {
@@ -94,10 +160,15 @@ extension Tensor {
         let offA = A.offsets(outBatch: batch)
         let pa = UnsafePointer(A.input.basePointer) + offA.data[0], pc = out.basePointer
         let (aTrans, bTrans, bLd) = (A.trans, B.trans, B.ld)
-        packed.withValues { pb in
-            sgemm(transA: aTrans, transB: bTrans, m: M, n: n, k: k, a: pa, lda: A.ld, b: pb, ldb: bLd, beta: 0, c: pc, ldc: n)
+        let recordsA = Autograd.isRecording && requiresGrad
+        if bTrans && (M <= PackedWeights.slabMaxRows || !recordsA) {  // x · Wᵀ against stored (N, K): by row slabs
+            packed.productWithTranspose(m: M, transA: aTrans, a: pa, lda: A.ld, c: pc, ldc: n)
+        } else {
+            packed.withValues { pb in
+                sgemm(transA: aTrans, transB: bTrans, m: M, n: n, k: k, a: pa, lda: A.ld, b: pb, ldb: bLd, beta: 0, c: pc, ldc: n)
+            }
         }
-        guard Autograd.isRecording && requiresGrad else { return out }
+        guard recordsA else { return out }
         let (aSlot, gradOffset, aGradTrans) = (A.input.slot, offA.grad[0], A.gradTrans)
         return Tensor.make(out, op: "matmul", inputs: [A.input, B.input], readsInputsInPullback: true) { g in
             guard aSlot.requiresGrad else { return }

@@ -271,6 +271,9 @@ public struct BacktestOptions {
     /// A chat template file used for chat prompts instead of the model's own and the one the
     /// adapters record (without it, they must record the same one or none: `useChatTemplate`).
     public var chatTemplatePath: String?
+    /// A GGUF base's quantized matrices, the embedding included, keep the file's blocks
+    /// (`loadModel(keepQuantized:quantizedEmbedding:)`): about the file's size in memory.
+    public var keepQuantized = false
 
     public init(modelPath: String, adapters: [(name: String, path: String)], prompts: [BacktestPrompt]) {
         (self.modelPath, self.adapters, self.prompts) = (modelPath, adapters, prompts)
@@ -420,7 +423,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         throw BacktestError("the version name \"\(n)\" is used twice; name adapters with NAME=PATH")
     }
     let total = CostMeter(wattsPerCore: o.wattsPerCore)
-    let loaded = try loadModel(o.modelPath)
+    let loaded = try loadModel(o.modelPath, keepQuantized: o.keepQuantized, quantizedEmbedding: o.keepQuantized)
     let model = loaded.model
     guard let tokenizer = loaded.tokenizer else { throw BacktestError("\(o.modelPath): holds no tokenizer; prompts cannot be tokenized") }
     // One template writes every version's prompts: the file's, or the one the adapters were trained with.

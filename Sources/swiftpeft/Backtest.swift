@@ -43,6 +43,7 @@ struct Backtest: ParsableCommand {
     @Option(help: "VERSION or VERSION:OTHER: exit 3 when VERSION scores below OTHER (default base) on --metric.") var failIfWorse: String?
     @Option(help: "Allowed drop before --fail-if-worse fails.") var tolerance: Double = 0
     @Option(help: "Power per busy core for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
+    @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (no DoRA or modules_to_save adapters).") var keepQuantized = false
 
     /// "runs/lora/adapter.h5" → "lora"; "peft/v2" → "v2"; "a.h5" → "a"; "name=path" → name.
     static func versions(_ list: String) -> [(name: String, path: String)] {
@@ -80,6 +81,7 @@ struct Backtest: ParsableCommand {
         options.stop = stop.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
         options.wattsPerCore = wattsPerCore
         options.chatTemplatePath = chatTemplate
+        options.keepQuantized = keepQuantized
         // The gate names versions that must exist: checked before any work.
         var gate: (String, String)?
         if let f = failIfWorse {

@@ -24,6 +24,10 @@ struct Generate: ParsableCommand {
         loads, so the model takes about half the memory of fp32, and the prompt runs in bf16 too
         (about 0.6× the fp32 rate). DoRA adapters and modules_to_save on the base's matrices,
         which read or train the fp32 weights, are refused.
+
+        --keep-quantized (a GGUF model) keeps each quantized matrix, the embedding included, as the
+        file's blocks: each product decodes its matrix a slab of rows at a time, in the cache, so
+        the model takes about the file's size (SmolLM2's Q4_1: a sixth of its fp32 memory).
         """)
 
     @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
@@ -35,6 +39,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Nucleus sampling mass (1 = off).") var topP: Float = 1
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "Frozen weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only.") var precision: String = "fp32"
+    @Flag(help: "With a GGUF model: keep its quantized matrices (embedding included) as the file's blocks, decoded slab by slab in each product.") var keepQuantized = false
+    @Flag(help: "Print the run's cost on stderr: the load's seconds, then the new tokens' wall and CPU seconds, tokens/s, peak memory and energy.") var cost = false
     @Flag(help: "Send --prompt as a chat message, through the model's chat template; print the reply.") var chat = false
     @Option(help: "With --chat: a system message before it.") var system: String?
     @Option(help: "With --chat: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own and the adapter's.") var chatTemplate: String?
@@ -49,8 +55,12 @@ struct Generate: ParsableCommand {
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
             throw CLIError("--precision must be fp32, bf16 or bf16-only, got '\(precision)'")
         }
+        guard !keepQuantized || decodePrecision == .fp32 else {
+            throw CLIError("--keep-quantized keeps the file's quantized blocks, decoded to fp32: it excludes --precision \(precision)")
+        }
         if decodePrecision != .fp32, let why = BF16Copy.unavailableReason { throw CLIError("--precision \(precision): \(why)") }
-        let loaded = try loadModel(model, bf16Only: decodePrecision == .bf16Only)
+        let loadStart = Date()
+        let loaded = try loadModel(model, bf16Only: decodePrecision == .bf16Only, keepQuantized: keepQuantized, quantizedEmbedding: keepQuantized)
         let (m, tok) = (loaded.model, loaded.tokenizer)
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
         guard chat || chatTemplate == nil else { throw CLIError("--chat-template writes chat: it needs --chat") }
@@ -79,8 +89,15 @@ struct Generate: ParsableCommand {
                 + "degraded\n").utf8))
         }
         let ends = textEndTokens(tokenizer)
+        let loadSeconds = Date().timeIntervalSince(loadStart)
+        let meter = CostMeter()
         let out = m.generate(ids, SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP,
                                                   seed: seed, stopTokens: ends))
+        if cost {
+            let c = meter.reading(tokens: out.count)
+            FileHandle.standardError.write(Data(String(format: "cost: loaded in %.2f s; %d prompt tokens, then %@ (%.1f new tokens/s)\n",
+                                                       loadSeconds, ids.count, c.summary, Double(out.count) / max(c.wallSeconds, 1e-9)).utf8))
+        }
         print(chat ? tokenizer.decode(out.filter { !ends.contains($0) }) : tokenizer.decode(ids.dropFirst(bos) + out))
     }
 }

@@ -35,6 +35,8 @@ struct Serve: ParsableCommand {
     @Option(help: "Power per busy core (W) for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
     @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA or modules_to_save adapters); bf16 needs AVX512-BF16 or AMX.") var precision = "fp32"
 
+    @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (about the file's size in memory; no DoRA or modules_to_save adapters).") var keepQuantized = false
+
     func run() throws {
         for (flag, value) in [("max-batch", maxBatch), ("max-queue", maxQueue), ("context", context ?? 1), ("max-body", maxBody)] where value < 1 {
             throw CLIError("--\(flag) must be at least 1, got \(value)")
@@ -46,7 +48,8 @@ struct Serve: ParsableCommand {
             throw CLIError("--precision must be fp32, bf16 or bf16-only, got '\(precision)'")
         }
         let engine = try ServingEngine(modelPath: model, baseName: name, maxBatch: maxBatch, maxQueue: maxQueue, contextLength: context,
-                                       wattsPerCore: wattsPerCore, precision: decodePrecision, chatTemplatePath: chatTemplate)
+                                       wattsPerCore: wattsPerCore, precision: decodePrecision, keepQuantized: keepQuantized,
+                                       chatTemplatePath: chatTemplate)
         defer { engine.shutdown() }  // also when an adapter or the server fails: the worker stops before the engine goes
         for item in adapters.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }).filter({ !$0.isEmpty }) {
             let (n, p) = Backtest.versions(item)[0]

@@ -400,6 +400,46 @@ final class CLITests: XCTestCase {
                       mentioning: ["--keep-quantized and --precision bf16"])
     }
 
+    /// `generate` and `backtest` with `--keep-quantized` on a Q8_0 GGUF base: every matrix, the
+    /// embedding included, keeps its blocks, and the answers (with and without a LoRA trained on
+    /// the base), the back-test's outputs and their losses are the Float32 load's; `--cost` says
+    /// what the answer cost; bf16 precisions are refused beside it.
+    func testGenerateAndBacktestOnAQuantizedBaseKeptAsBlocks() throws {
+        let gguf = fx.path("gen-base-q8_0.gguf")
+        try ok(["convert", "--model", fx.base, "--out", gguf, "--gguf-type", "q8_0"])
+        let lora = fx.path("runs/gen-kq-lora")
+        try ok(trainArgs(out: lora, steps: 2).map { $0 == fx.base ? gguf : $0 })
+        let prompt = "Q: What does the \(CLIFixtures.animals[0]) eat?\nA:"
+        for extra in [[], ["--adapter", lora + "/adapter.h5"]] {
+            let plain = try ok(["generate", "--model", gguf, "--prompt", prompt, "--max-tokens", "12"] + extra)
+            let kept = try ok(["generate", "--model", gguf, "--prompt", prompt, "--max-tokens", "12", "--keep-quantized", "--cost"] + extra)
+            XCTAssertEqual(kept.stdout, plain.stdout, kept.transcript)
+            XCTAssertTrue(kept.stderr.contains("cost: loaded in") && kept.stderr.contains("new tokens/s"), kept.transcript)
+        }
+        _ = try fails(["generate", "--model", gguf, "--prompt", prompt, "--keep-quantized", "--precision", "bf16-only"],
+                      mentioning: ["--keep-quantized", "excludes --precision bf16-only"])
+        let prompts = fx.path("kq-backtest.jsonl")
+        let lines = CLIFixtures.animals.prefix(3).map { a in
+            #"{"id": "eat-\#(a)", "prompt": "Q: What does the \#(a) eat?\nA:", "expected": " The \#(a) eats fish."}"#
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: prompts, atomically: true, encoding: .utf8)
+        var results: [[[String: Any]]] = []
+        for (name, extra) in [("plain", [String]()), ("kept", ["--keep-quantized"])] {
+            let out = fx.path("runs/kq-backtest-" + name)
+            try ok(["backtest", "--model", gguf, "--adapters", "lora=" + lora + "/adapter.h5", "--prompts", prompts, "--out", out,
+                    "--max-tokens", "8"] + extra)
+            results.append(try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n").map {
+                try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+            })
+        }
+        XCTAssertEqual(results[1].count, 6)
+        for (a, b) in zip(results[0], results[1]) {
+            XCTAssertEqual(b["output"] as? String, a["output"] as? String)
+            let (la, lb) = (try XCTUnwrap(a["loss"] as? Double), try XCTUnwrap(b["loss"] as? Double))
+            XCTAssertEqual(lb, la, accuracy: 1e-5 * max(1, la))
+        }
+    }
+
     /// `--seed` changes the run, not its validation examples: LoRA starts as the base (B = 0), so
     /// runs of two seeds score the same before they train.
     func testTheValidationSplitIsTheSameWhateverTheSeed() throws {

@@ -121,6 +121,14 @@ final class GGUFExportTests: XCTestCase {
             XCTAssertGreaterThan(maxAbs(g), 0, name)
             assertClose(grads[1][name] ?? [], g, rtol: 0, atol: 0, name, label: "[keep-quantized]")
         }
+        // With the embedding (the tied head) kept as blocks too, as generate and serve load it.
+        let all = try loadModel(path, keepQuantized: true, quantizedEmbedding: true), fp32 = try loadModel(path)  // no LoRA
+        XCTAssertEqual(all.model.tokenEmbeddingTable.packedWeights?.encoding, "Q8_0")
+        XCTAssertEqual(all.model.weightsHash(), fp32.model.weightsHash())
+        assertClose(withNoGrad { all.model.forward(ids, batch: 2) }.toArray(), withNoGrad { fp32.model.forward(ids, batch: 2) }.toArray(),
+                    rtol: 1e-5, atol: 1e-5, "logits, embedding kept as blocks", label: "[keep-quantized]")
+        XCTAssertEqual(all.model.generate(Array(ids.prefix(6)), SamplingOptions(maxNewTokens: 10)),
+                       fp32.model.generate(Array(ids.prefix(6)), SamplingOptions(maxNewTokens: 10)))
         XCTAssertThrowsError(try loadModel(try fixture("model"), keepQuantized: true)) { e in
             XCTAssertTrue("\(e)".contains("--keep-quantized keeps the quantized blocks of a GGUF file") && "\(e)".contains("--gguf-type q8_0"), "\(e)")
         }

@@ -969,5 +969,16 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(tok.decode(kept.generate(ids, SamplingOptions(maxNewTokens: 20, stopTokens: [2]))),
                        "The capital of France is Paris.<|im_end|>")
         XCTAssertEqual(kept.weightsHash(), model.weightsHash())
+
+        // For generating and serving, the Q8_0 embedding (the tied head) keeps its blocks too: its
+        // rows are decoded per token, the head's product by row slabs; the same logits and answer.
+        let (all, _) = try loadGGUFModel(smolLM2Path, keepQuantized: true, quantizedEmbedding: true)
+        XCTAssertEqual(all.tokenEmbeddingTable.packedWeights?.encoding, "Q8_0")
+        XCTAssertEqual(all.namedParameters().compactMap(\.1.packedWeights).count, 211)
+        assertClose(withNoGrad { all.forward(ids, batch: 1) }.toArray(), withNoGrad { model.forward(ids, batch: 1) }.toArray(),
+                    rtol: 1e-5, atol: 1e-4, "SmolLM2 logits, embedding kept as blocks", label: "[keep-quantized]")
+        XCTAssertEqual(tok.decode(all.generate(ids, SamplingOptions(maxNewTokens: 20, stopTokens: [2]))),
+                       "The capital of France is Paris.<|im_end|>")
+        XCTAssertEqual(all.weightsHash(), model.weightsHash())
     }
 }

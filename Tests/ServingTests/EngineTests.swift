@@ -119,6 +119,30 @@ final class EngineTests: XCTestCase {
         XCTAssertLessThan(summary?.completionTokens ?? 2000, 2000)
     }
 
+    /// `serve --keep-quantized` on a Q8_0 GGUF base: every matrix, the embedding included, keeps
+    /// its blocks, and two requests sent together get the answers of the Float32 load.
+    func testAQuantizedBaseKeptAsBlocksAnswersAsItsFloat32Load() async throws {
+        let gguf = dir.appendingPathComponent("base-q8_0.gguf").path
+        let base = try loadModel(basePath)
+        try saveGGUFModel(base.model, tokenizer: base.tokenizer, to: gguf, type: .q8_0)
+        let (plain, kept) = (try ServingEngine(modelPath: gguf), try ServingEngine(modelPath: gguf, keepQuantized: true))
+        defer { plain.shutdown(); kept.shutdown() }
+        let packed = kept.model.namedParameters().filter { $0.1.packedWeights != nil }.map(\.0)
+        XCTAssertEqual(packed.count, 7 * kept.model.config.numLayers + 1, "\(packed)")
+        XCTAssertNotNil(kept.model.tokenEmbeddingTable.packedWeights)
+        XCTAssertFalse(plain.model.hasPackedWeights)
+        var answers: [[String]] = []
+        for engine in [plain, kept] {
+            async let a = complete(engine, GenerationRequest(model: engine.baseName, prompt: engine.tokenizer.encode("The cat"), maxTokens: 12))
+            async let b = complete(engine, GenerationRequest(model: engine.baseName, prompt: engine.tokenizer.encode("the fish number 4"), maxTokens: 12))
+            answers.append([try await a.summary.text, try await b.summary.text])
+        }
+        XCTAssertEqual(answers[1], answers[0])
+        XCTAssertThrowsError(try ServingEngine(modelPath: gguf, precision: .bf16Only, keepQuantized: true)) { e in
+            XCTAssertTrue("\(e)".contains("--keep-quantized") && "\(e)".contains("excludes --precision bf16-only"), "\(e)")
+        }
+    }
+
     func testStopTokensEndTheCompletion() async throws {
         let engine = try ServingEngine(modelPath: basePath)
         defer { engine.shutdown() }
