@@ -20,7 +20,8 @@ let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"] + (portable ? [] : [
 
 // The file readers (Containers) build for the CPU at hand too, for GGUF's block decoders, but keep
 // -O: their parsers' overflow checks stay.
-let nativeISA: [SwiftSetting] = portable ? [] : [.unsafeFlags(["-target-cpu", "native"], .when(configuration: .release))]
+let nativeISA: [SwiftSetting] = portable ? [] : [.unsafeFlags(["-target-cpu", "native"], .when(configuration: .release)),
+                                                 .define("SWIFTPEFT_NATIVE", .when(configuration: .release))]
 
 let package = Package(
     name: "SwiftPEFT",

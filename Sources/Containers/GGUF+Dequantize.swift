@@ -49,10 +49,11 @@ extension GGUFFile {
     /// IEEE half → float.
     @inline(__always)
     static func half(_ h: UInt16) -> Float {
-        // On x86-64 `Float(Float16)` is a call into the runtime (the baseline ISA has no F16C): the
+        // On x86-64 `Float(Float16)` is a call into the runtime in a baseline build (no F16C): the
         // bit manipulation inlined here decoded SmolLM2's Q4_1 matrices at 5.7–8.0 G values/s against
-        // 3.6–4.4 (2 threads, Zen 4); `keepQuantized` pays it on every product.
-        #if arch(x86_64)
+        // 3.6–4.4 (2 threads, Zen 4); `keepQuantized` pays it on every product. A build for the CPU
+        // at hand has F16C's one-instruction conversion.
+        #if arch(x86_64) && !SWIFTPEFT_NATIVE
         return halfToFloatBits(h)
         #else
         return Float(Float16(bitPattern: h))
