@@ -84,7 +84,7 @@ public struct LoadedModel {
 /// them (`loadGGUFModel(keepQuantized:)`: training adapters on a 4-bit base takes a fraction of the
 /// memory of its Float32 weights); a base of another kind is refused, with a hint. With
 /// `quantizedEmbedding` the token embedding and output head keep their blocks too (generating and
-/// serving: SmolLM2's Q4_1 file then decodes in about a sixth of its Float32 memory).
+/// serving: SmolLM2's Q4_1 weights then take 94 MB against 538 in Float32).
 public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false, keepQuantized: Bool = false,
                       quantizedEmbedding: Bool = false) throws -> LoadedModel {
     let loaded: LoadedModel

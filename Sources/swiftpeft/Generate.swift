@@ -27,7 +27,7 @@ struct Generate: ParsableCommand {
 
         --keep-quantized (a GGUF model) keeps each quantized matrix, the embedding included, as the
         file's blocks: each product decodes its matrix a slab of rows at a time, in the cache, so
-        the model takes about the file's size (SmolLM2's Q4_1: a sixth of its fp32 memory).
+        the weights take about the file's size (SmolLM2's Q4_1: the process peaks at a third of fp32's).
         """)
 
     @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
