@@ -53,7 +53,7 @@ extension GGUFFile {
         // bit manipulation inlined here decoded SmolLM2's Q4_1 matrices at 5.7–8.0 G values/s against
         // 3.6–4.4 (2 threads, Zen 4); `keepQuantized` pays it on every product. A build for the CPU
         // at hand has F16C's one-instruction conversion.
-        #if arch(x86_64) && !SWIFTPEFT_NATIVE
+        #if arch(x86_64) && (!SWIFTPEFT_NATIVE || os(macOS))  // macOS on x86-64 has no Float16
         return halfToFloatBits(h)
         #else
         return Float(Float16(bitPattern: h))

@@ -437,7 +437,7 @@ extension GGUFFile {
                 // HF row (h, j, i) ← llama.cpp row (h, i, j), i < D/2, j < 2
                 let h = r / max(headDim, 1), j = (r % max(headDim, 1)) / max(half, 1), i = r % max(half, 1)
                 let source = heads > 0 ? h * headDim + i * 2 + j : r
-                kernel(UnsafeRawPointer(bytes.pointer + source * rowBytes), dst + r * cols, blocksPerRow)
+                kernel(UnsafeRawPointer(bytes.pointer + source * rowBytes), dst + (r - lo) * cols, blocksPerRow)
             }
         }
     }

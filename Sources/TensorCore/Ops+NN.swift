@@ -286,10 +286,11 @@ extension Tensor {
             return out  // frozen: no gradient
         }
         if let packed = weight.storage.packed {  // encoded rows alone (`keepPackedOnly`): each gathered row decoded
-            check(!weight.requiresGrad, "[embedding] \(weight.shape) keeps only packed blocks (\(packed.encoding)) and cannot train")
+            check(!weight.requiresGrad && weight.layout.offset == 0 && weight.shape == [packed.rows, packed.cols],
+                  "[embedding] \(weight.shape) keeps only packed blocks (\(packed.encoding)): a whole frozen table, read whole")
             let out = Tensor.empty(idShape + [c])  // (ids…, C)
             let po = out.basePointer
-            for (i, id) in ids.enumerated() { packed.decodeRows(Int(id), Int(id) + 1, po + (i - Int(id)) * c) }
+            for (i, id) in ids.enumerated() { packed.decodeRows(Int(id), Int(id) + 1, po + i * c) }
             return out  // frozen: no gradient
         }
         let w = weight.contiguousData()

@@ -16,7 +16,8 @@ import Foundation
 
 /// A frozen (rows, cols) matrix held in a compact encoding; products decode it when they read it
 /// (`Tensor.keepPackedOnly`). The encoding is the caller's: `decodeRows` writes rows `lo..<hi` as
-/// Float32 at `dst + lo · cols`, and must be safe to call for disjoint row ranges at once.
+/// Float32 at `dst`, row r at `dst + (r − lo) · cols`, and must be safe to call for disjoint row
+/// ranges at once.
 public final class PackedWeights: @unchecked Sendable {
     public let rows: Int, cols: Int
     /// Bytes the encoded matrix holds.
@@ -37,7 +38,8 @@ public final class PackedWeights: @unchecked Sendable {
         insideParallelRegion = true
         defer { insideParallelRegion = false }
         WorkerPool.shared.run(threads) { t in
-            self.decodeRows(self.rows * t / threads, self.rows * (t + 1) / threads, dst)
+            let lo = self.rows * t / threads
+            self.decodeRows(lo, self.rows * (t + 1) / threads, dst + lo * self.cols)
         }
     }
 
@@ -73,8 +75,8 @@ public final class PackedWeights: @unchecked Sendable {
     nonisolated(unsafe) private static var slabs: [UnsafeMutablePointer<Float>] = []
     nonisolated(unsafe) private static var slabCapacity = 0
 
-    /// Floats a row slab holds: 256 KiB, a quarter of a Zen 4 core's L2 (half of an Intel Xeon's
-    /// 2 MiB), so the sgemm reads the slab from the cache it was just decoded into.
+    /// Floats a row slab holds: 256 KiB, a quarter of a Zen 4 core's 1 MiB L2 (an eighth of an
+    /// Intel Xeon's 2 MiB), so the sgemm reads the slab from the cache it was just decoded into.
     nonisolated(unsafe) static var slabFloats = 1 << 16  // tests make it small: many slabs per thread
 
     /// Products of at most this many rows read the matrix by row slabs (`productWithTranspose`)
@@ -85,14 +87,18 @@ public final class PackedWeights: @unchecked Sendable {
     /// time: each thread decodes a slab of its share of W's rows into its own buffer and runs one
     /// sgemm of op(A) against it while the slab is still in its core's cache. The matrix is never
     /// decoded whole, so a few-row product (KV-cached decoding) reads the encoded bytes once and
-    /// writes no full-size scratch. Calls from several threads run one after another.
+    /// writes no full-size scratch. Calls from several threads run one after another. The
+    /// profiler counts the decoding in `gemm` here (it runs inside the product's threads).
+    /// Where `splitGEMM` would send a Float32 weight's product to OpenBLAS's small-matrix kernels,
+    /// the slabs go there too, within their limits: the same kernels, so the same values.
     func productWithTranspose(m: Int, transA: Bool, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0 && rows > 0 else { return }
         PackedWeights.lock.lock()
         defer { PackedWeights.lock.unlock() }
         // Under `.blas` OpenBLAS's own threads split each slab's product instead.
         let split = currentGEMMSplit == .tasks && rows * cols >= 1 << 16 && !insideParallelRegion
         let threads = split ? min(hardwareThreads, rows) : 1
-        let smallKernels = smallMatrixChunks && !transA && m <= 24 && cols >= 32
+        let smallKernels = smallMatrixChunks && threads > 1 && m * rows * cols >= splitMinWork && !transA && m <= 24 && cols >= 32
         // With OpenBLAS's small-matrix kernels, slabs within their limits (as `splitGEMM` cuts).
         let smallLimit = smallKernels ? max(1, min(1200 / m, 1_000_000 / (m * cols))) : rows
         let slabRows = max(1, min(rows, smallLimit, PackedWeights.slabFloats / max(cols, 1)))
@@ -107,7 +113,7 @@ public final class PackedWeights: @unchecked Sendable {
             let (first, end) = (rows * t / parts, rows * (t + 1) / parts)
             for lo in stride(from: first, to: end, by: slabRows) {
                 let hi = min(end, lo + slabRows)
-                decodeRows(lo, hi, buffer - lo * cols)  // rows lo..<hi at buffer[0...]
+                decodeRows(lo, hi, buffer)  // rows lo..<hi at buffer[0...]
                 BLASCounter.calls.add(1, ordering: .relaxed)
                 // C[:, lo..<hi] (M, hi − lo) = op(A) (M, K) · slabᵀ (K, hi − lo)
                 if smallKernels {  // as `splitGEMM` runs a Float32 weight's few rows: the same values
@@ -132,7 +138,8 @@ public final class PackedWeights: @unchecked Sendable {
 extension Tensor {
     /// Keeps this frozen matrix as `packed` alone: its Float32 values are freed, and every product
     /// `x.matmul(w)` or `x.matmul(w.transposed())` decodes the blocks instead (forward and input
-    /// gradient; the matrix never trains). Any other read of its values stops the program, saying why.
+    /// gradient; the matrix never trains), and so do token lookups (`Tensor.embedding`). Any other
+    /// read of its values stops the program, saying why.
     public func keepPackedOnly(_ packed: PackedWeights) {
         check(rank == 2 && isContiguous && layout.offset == 0 && storage.count == count && shape == [packed.rows, packed.cols]
               && !requiresGrad,
@@ -150,7 +157,7 @@ extension Tensor {
     func matmulPacked(_ other: Tensor, _ packed: PackedWeights, A: MatOperand, B: MatOperand,
                       batch: [Int], m: Int, k: Int, n: Int, fold: Bool) -> Tensor {
         check(B.batchShape.isEmpty && B.input.layout.offset == 0 && B.ld == packed.cols && !B.input.requiresGrad,
-              "[matmul] \(shape) · \(other.shape): the right operand keeps only packed blocks (\(packed.encoding)), read whole and frozen; this product reads it another way\(B.input.requiresGrad ? " or trains it" : "")")
+              "[matmul] \(shape) · \(other.shape): the right operand keeps only packed blocks (\(packed.encoding)), read whole and frozen; this product reads it another way\(B.input.requiresGrad ? " or trains it" : ""); load the base without --keep-quantized for it")
         let batchCount = batch.reduce(1, *)
         guard fold || batchCount == 1 else {
             return contiguous().matmul(other)  // batched matrices that do not fold into one product, made plain

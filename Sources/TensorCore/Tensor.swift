@@ -28,8 +28,8 @@ public final class Storage {
     /// For bf16 training, a copy of the matrix read the other way: the input gradient's product
     /// (`Tensor.keepBF16Copy(forTraining: true)`).
     var bf16Gradient: BF16Copy?
-    /// The matrix in a compact encoding (a GGUF file's quantized blocks) that every product reading
-    /// it decodes whole into a scratch buffer (`Tensor.keepPackedOnly`); its Float32 values are released.
+    /// The matrix in a compact encoding (a GGUF file's quantized blocks) that the products reading
+    /// it and token lookups decode (`Tensor.keepPackedOnly`, `PackedWeights`); its Float32 values are released.
     public private(set) var packed: PackedWeights?
     /// True once the Float32 values were freed and only a bf16 copy or packed blocks are left
     /// (`Tensor.keepBF16Copy(releasingFP32: true)`, `Tensor.keepBF16RowsOnly()`, `Tensor.keepPackedOnly`).
@@ -85,8 +85,8 @@ public final class Storage {
     private static func releasedValuesRead(_ count: Int) -> Never {
         fatalError("""
             [tensor] the Float32 values of a \(count)-element weight were released: the model keeps only bf16 \
-            copies or quantized blocks of its frozen matrices (generation with --precision bf16-only, training \
-            adapters with --precision bf16 or --keep-quantized), enough for generating text and training adapters \
+            copies or quantized blocks of its frozen matrices (generation with --precision bf16-only or \
+            --keep-quantized, training adapters with --precision bf16 or --keep-quantized), enough for generating text and training adapters \
             but not for reading, merging, saving or training those weights. Load it with fp32 weights for that (without --keep-quantized).
             """)
     }

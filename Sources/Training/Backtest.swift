@@ -394,9 +394,11 @@ public struct BacktestResult: Codable, Sendable {
     public var tags: [String]
     public var decoding: String
     public var cost: Cost
+    /// With `keepQuantized`: the matrices the base kept as quantized blocks (`quantizedBaseSummary`).
+    public var baseWeights: String?
 
     enum CodingKeys: String, CodingKey {
-        case model, versions, rows, summaries, tagSummaries = "tag_summaries", tags, decoding, cost
+        case model, versions, rows, summaries, tagSummaries = "tag_summaries", tags, decoding, cost, baseWeights = "base_weights"
     }
 
     /// Whether `version` scores below `than` on `metric` (beyond `tolerance`); nil when either has no
@@ -546,7 +548,8 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     let decoding = o.samples == 1 ? "greedy, at most \(o.maxNewTokens) new tokens"
         : "\(o.samples) samples at temperature \(o.temperature) (seeds \(o.seed)…\(o.seed &+ UInt64(o.samples - 1))), at most \(o.maxNewTokens) new tokens"
     return BacktestResult(model: o.modelPath, versions: names2, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
-                          tags: tags, decoding: decoding, cost: total.reading(tokens: rows.reduce(0) { $0 + $1.cost.tokens }))
+                          tags: tags, decoding: decoding, cost: total.reading(tokens: rows.reduce(0) { $0 + $1.cost.tokens }),
+                          baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil)
 }
 
 /// −log p(seq[t] | seq[..<t]) for each t from `start` on, in nats: one pass over `seq`, the output

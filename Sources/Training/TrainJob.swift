@@ -500,7 +500,7 @@ final class LossPlotter: @unchecked Sendable {
 
 /// One line on the matrices a base keeps as quantized blocks (`loadModel(keepQuantized:)`): how
 /// many, their encodings, and their bytes against Float32's.
-func quantizedBaseSummary(_ model: CausalLM) -> String {
+public func quantizedBaseSummary(_ model: CausalLM) -> String {
     let packed = model.namedParameters().compactMap(\.1.packedWeights)
     guard !packed.isEmpty else { return "base weights: no matrix has quantized blocks to keep (all Float32 in the file); every weight is Float32" }
     let encodings = Dictionary(grouping: packed, by: \.encoding).map { "\($0.value.count) \($0.key)" }.sorted().joined(separator: ", ")

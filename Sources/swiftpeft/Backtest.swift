@@ -100,6 +100,7 @@ struct Backtest: ParsableCommand {
         let result = try runBacktest(options) { done, total in progress.update(done, total) }
         try writeBacktestReport(result, to: URL(fileURLWithPath: out))
         print(renderBacktestTable(result.summaries), terminator: "")
+        if let w = result.baseWeights { print(w) }
         print("cost: \(result.cost.summary)")
         print("report: \(out)/report.md, report.html, results.jsonl, results.csv")
         if let (a, b) = gate {

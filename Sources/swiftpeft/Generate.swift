@@ -62,6 +62,7 @@ struct Generate: ParsableCommand {
         let loadStart = Date()
         let loaded = try loadModel(model, bf16Only: decodePrecision == .bf16Only, keepQuantized: keepQuantized, quantizedEmbedding: keepQuantized)
         let (m, tok) = (loaded.model, loaded.tokenizer)
+        if keepQuantized { FileHandle.standardError.write(Data((quantizedBaseSummary(m) + "\n").utf8)) }
         guard let tokenizer = tok else { throw CLIError("\(model) holds no tokenizer") }
         guard chat || chatTemplate == nil else { throw CLIError("--chat-template writes chat: it needs --chat") }
         try useChatTemplate(file: chatTemplate, adapters: adapter.map { [$0] } ?? [], on: tokenizer)

@@ -67,6 +67,7 @@ struct Serve: ParsableCommand {
             print("warning: serving on \(host) without --api-key: anyone who reaches the port can run requests and load adapters "
                   + (adapterDir.map { "from \($0)" } ?? "from any path this process can read (--adapter-dir limits that)"))
         }
+        if keepQuantized { print(quantizedBaseSummary(engine.model)) }
         let app = makeServer(engine, options: options) { port in
             print("serving \(engine.modelNames.joined(separator: ", ")) on http://\(host):\(port) (max batch \(engine.maxBatch), OpenBLAS \(BLASCore.current))")
             fflush(stdout)

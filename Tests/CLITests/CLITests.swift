@@ -415,6 +415,7 @@ final class CLITests: XCTestCase {
             let kept = try ok(["generate", "--model", gguf, "--prompt", prompt, "--max-tokens", "12", "--keep-quantized", "--cost"] + extra)
             XCTAssertEqual(kept.stdout, plain.stdout, kept.transcript)
             XCTAssertTrue(kept.stderr.contains("cost: loaded in") && kept.stderr.contains("new tokens/s"), kept.transcript)
+            XCTAssertTrue(kept.stderr.contains("base weights: 15 matrices kept as quantized blocks (15 Q8_0)"), kept.transcript)
         }
         _ = try fails(["generate", "--model", gguf, "--prompt", prompt, "--keep-quantized", "--precision", "bf16-only"],
                       mentioning: ["--keep-quantized", "excludes --precision bf16-only"])
@@ -426,8 +427,9 @@ final class CLITests: XCTestCase {
         var results: [[[String: Any]]] = []
         for (name, extra) in [("plain", [String]()), ("kept", ["--keep-quantized"])] {
             let out = fx.path("runs/kq-backtest-" + name)
-            try ok(["backtest", "--model", gguf, "--adapters", "lora=" + lora + "/adapter.h5", "--prompts", prompts, "--out", out,
-                    "--max-tokens", "8"] + extra)
+            let r = try ok(["backtest", "--model", gguf, "--adapters", "lora=" + lora + "/adapter.h5", "--prompts", prompts, "--out", out,
+                            "--max-tokens", "8"] + extra)
+            XCTAssertEqual(r.stdout.contains("base weights: 15 matrices kept as quantized blocks (15 Q8_0)"), name == "kept", r.transcript)
             results.append(try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n").map {
                 try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
             })

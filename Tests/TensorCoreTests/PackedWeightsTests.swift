@@ -26,7 +26,7 @@ final class PackedWeightsTests: XCTestCase {
     /// A packed (rows, cols) matrix that decodes to `values` (row-major), counting decoded rows.
     private func packed(_ values: [Float], rows: Int, cols: Int, decoded: Counter) -> PackedWeights {
         PackedWeights(rows: rows, cols: cols, byteCount: values.count, encoding: "test") { lo, hi, dst in
-            for r in lo..<hi { for c in 0..<cols { dst[r * cols + c] = values[r * cols + c] } }
+            for r in lo..<hi { for c in 0..<cols { dst[(r - lo) * cols + c] = values[r * cols + c] } }
             decoded.add(hi - lo)
         }
     }
