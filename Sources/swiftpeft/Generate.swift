@@ -12,6 +12,7 @@ struct Generate: ParsableCommand {
           swiftpeft generate --model models/base.h5 --adapter runs/lora/adapter.h5 --prompt "Question: What is Python?\nAnswer:"
           swiftpeft generate --model models/base.h5 --prompt "To be" --temperature 0.8 --top-p 0.9 --seed 3
           swiftpeft generate --model models/smollm2.gguf --prompt "The river" --precision bf16
+          swiftpeft generate --model models/smollm2.gguf --prompt "The river" --keep-quantized --cost
           swiftpeft generate --model models/smollm2.gguf --chat --prompt "What is a tuple?" --system "Be brief."
 
         --chat sends --prompt as a user message (after --system, if given), written by the model's

@@ -134,6 +134,29 @@ final class GGUFExportTests: XCTestCase {
         }
     }
 
+    /// An untied output head (llama.cpp's `output.weight`) kept as its Q8_0 blocks with the
+    /// embedding, as generate and serve load it: the head's product reads it by row slabs, and the
+    /// logits and greedy answer are the Float32 load's.
+    func testAnUntiedHeadKeptAsBlocksGivesTheFloat32LoadsLogits() throws {
+        let source = try loadModel(try fixture("model"))
+        var config = source.model.config
+        config.tieWordEmbeddings = false
+        let path = dir.appendingPathComponent("untied-q8_0.gguf").path
+        try saveGGUFModel(makeModel(config, seed: 5), tokenizer: source.tokenizer, to: path, type: .q8_0)
+        let fp32 = try loadModel(path), kept = try loadModel(path, keepQuantized: true, quantizedEmbedding: true)
+        XCTAssertFalse(kept.model.config.tieWordEmbeddings)
+        let heads = kept.model.namedParameters().filter { $0.0 == "lm_head.weight" }
+        XCTAssertEqual(heads.count, 1)
+        XCTAssertEqual(heads.first?.1.packedWeights?.encoding, "Q8_0")
+        XCTAssertEqual(kept.model.tokenEmbeddingTable.packedWeights?.encoding, "Q8_0")
+        XCTAssertEqual(kept.model.weightsHash(), fp32.model.weightsHash())
+        let ids: [Int32] = [256, 40, 72, 101, 108, 108, 111, 257, 33, 300, 44, 45]
+        assertClose(withNoGrad { kept.model.forward(ids, batch: 2) }.toArray(), withNoGrad { fp32.model.forward(ids, batch: 2) }.toArray(),
+                    rtol: 1e-5, atol: 1e-5, "untied head kept as blocks", label: "[keep-quantized]")
+        XCTAssertEqual(kept.model.generate(Array(ids.prefix(6)), SamplingOptions(maxNewTokens: 10)),
+                       fp32.model.generate(Array(ids.prefix(6)), SamplingOptions(maxNewTokens: 10)))
+    }
+
     /// Qwen2 is llama.cpp's "qwen2" architecture (`qwen2.*` keys, Q/K rows as Hugging Face has them,
     /// q, k, v biases): the model and a LoRA written here equal the converters' files, and llama.cpp's
     /// files read here give the Hugging Face folder's logits, with and without the LoRA.
