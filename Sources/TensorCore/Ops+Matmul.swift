@@ -93,7 +93,7 @@ func splitGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
     let threads = hardwareThreads
     let byRows = m >= 2 * threads && (n < m || (m >= 256 * threads && n <= 4 * m))
     let total = byRows ? m : n
-    let maxChunk = smallMatrixChunks && !byRows && !transA && transB && m <= 24 && k >= 32 ? max(1, min(1200 / m, 1_000_000 / (m * k))) : total
+    let maxChunk = byRows ? total : smallKernelChunk(transA: transA, transB: transB, m: m, k: k) ?? total
     let chunks = max(threads, (total + maxChunk - 1) / maxChunk)
     insideParallelRegion = true
     defer { insideParallelRegion = false }
@@ -113,6 +113,14 @@ func splitGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
             }
         }
     }
+}
+
+/// Output columns per call for OpenBLAS's small-matrix kernels in a product of `m` rows against a
+/// stored-(N, K) weight (M·chunk ≤ 1200 and M·chunk·K ≤ 10⁶, their SkylakeX limits), or nil when
+/// such a product does not go to them (`splitGEMM`, and `PackedWeights`' row slabs alike).
+func smallKernelChunk(transA: Bool, transB: Bool, m: Int, k: Int) -> Int? {
+    guard smallMatrixChunks && !transA && transB && m >= 1 && m <= 24 && k >= 32 else { return nil }
+    return max(1, min(1200 / m, 1_000_000 / (m * k)))
 }
 
 /// One side of a product: how its data is read and where its gradient goes.

@@ -98,10 +98,10 @@ public final class PackedWeights: @unchecked Sendable {
         // Under `.blas` OpenBLAS's own threads split each slab's product instead.
         let split = currentGEMMSplit == .tasks && rows * cols >= 1 << 16 && !insideParallelRegion
         let threads = split ? min(hardwareThreads, rows) : 1
-        let smallKernels = smallMatrixChunks && threads > 1 && m * rows * cols >= splitMinWork && !transA && m <= 24 && cols >= 32
-        // With OpenBLAS's small-matrix kernels, slabs within their limits (as `splitGEMM` cuts).
-        let smallLimit = smallKernels ? max(1, min(1200 / m, 1_000_000 / (m * cols))) : rows
-        let slabRows = max(1, min(rows, smallLimit, PackedWeights.slabFloats / max(cols, 1)))
+        // Where `splitGEMM` would use OpenBLAS's small-matrix kernels, slabs within their limits.
+        let smallChunk = threads > 1 && m * rows * cols >= splitMinWork ? smallKernelChunk(transA: transA, transB: true, m: m, k: cols) : nil
+        let smallKernels = smallChunk != nil
+        let slabRows = max(1, min(rows, smallChunk ?? rows, PackedWeights.slabFloats / max(cols, 1)))
         if PackedWeights.slabs.count < threads || PackedWeights.slabCapacity < slabRows * cols {
             for s in PackedWeights.slabs { s.deallocate() }
             PackedWeights.slabCapacity = max(PackedWeights.slabCapacity, slabRows * cols)
