@@ -456,9 +456,10 @@ final class GGUFTests: XCTestCase {
 
     /// A GGUF file of `model` as llama.cpp's converter writes it: F32 tensors, Q/K rows permuted.
     /// `metadata` is added to the usual keys; tensors named in `retype` get that ggml type code and
-    /// zero bytes of its size (36 per 32 elements: Q8_1).
+    /// zero bytes of its size (36 per 32 elements: Q8_1). Tensors named in `f16` are written as F16,
+    /// with the half bit patterns it gives for some of their elements (in the file's order) instead.
     func writeTinyGGUF(_ model: LlamaModel, to p: String, drop: String? = nil, metadata: [(String, GGUFValue)] = [],
-                       retype: [String: UInt32] = [:]) throws {
+                       retype: [String: UInt32] = [:], f16: [String: [Int: UInt16]] = [:]) throws {
         let c = model.config
         var w = GGUFWriter()
         w.metadata = [
@@ -500,6 +501,9 @@ final class GGUFTests: XCTestCase {
             }
             if let code = retype[name] {
                 w.tensors.append((name, Array(t.shape.reversed()), code, [UInt8](repeating: 0, count: t.count / 32 * 36)))
+            } else if let patterns = f16[name] {
+                let halves = values.indices.map { patterns[$0] ?? Float16(values[$0]).bitPattern }
+                w.tensors.append((name, Array(t.shape.reversed()), 1, halves.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }))
             } else {
                 w.tensors.append((name, Array(t.shape.reversed()), 0, floatBytes(values)))
             }
@@ -585,6 +589,38 @@ final class GGUFTests: XCTestCase {
         XCTAssertNoThrow(try loadGGUFModel(unscaled))
         try writeTinyGGUF(model, to: unscaled, metadata: [("llama.rope.scaling.type", .string("none")), ("llama.rope.scaling.factor", .float32(8))])
         XCTAssertNoThrow(try loadGGUFModel(unscaled), "type none: llama.cpp applies no factor")
+    }
+
+    /// Loading hands each tensor's mapped pages back (they would otherwise stay resident beside the
+    /// Float32 values) without dropping the file from the system's page cache: the next command
+    /// that loads it reads no disk. `MADV_PAGEOUT` evicted them; checked here with `mincore`.
+    func testLoadingLeavesTheFileInThePageCache() throws {
+        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 64, numLayers: 2, numHeads: 4,
+                                       numKVHeads: 2, intermediateSize: 128, tieWordEmbeddings: true)
+        let p = path("cached.gguf")
+        try writeTinyGGUF(LlamaModel(config, seed: 3), to: p, f16: ["blk.0.ffn_up.weight": [:], "blk.1.ffn_down.weight": [:]])
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: p))  // read once: every page in the cache
+        XCTAssertGreaterThan(bytes.count, 16 * 4096)
+        func residentPages() throws -> (resident: Int, pages: Int) {
+            let fd = open(p, O_RDONLY)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            defer { close(fd) }
+            let size = bytes.count, page = Int(sysconf(Int32(_SC_PAGESIZE))), pages = (size + page - 1) / page
+            guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), map != MAP_FAILED else {
+                throw GGUFError(.unreadable, path: p, "mmap failed")
+            }
+            defer { munmap(map, size) }
+            var vec = [UInt8](repeating: 0, count: pages)
+            XCTAssertEqual(mincore(map, size, &vec), 0)
+            return (vec.filter { $0 & 1 != 0 }.count, pages)
+        }
+        let before = try residentPages()
+        XCTAssertEqual(before.resident, before.pages, "the file was just read; precondition")
+        for keep in [false, true] {
+            _ = try loadGGUFModel(p, keepQuantized: keep)
+            let after = try residentPages()
+            XCTAssertEqual(after.resident, after.pages, "pages of \(p) left the page cache after a load (keepQuantized \(keep))")
+        }
     }
 
     func testTinyLlamaWithAMissingTensorNamesIt() throws {
