@@ -349,11 +349,15 @@ extension GGUFFile {
     /// the Q/K permutation. Strict: every parameter must be present with its shape, and every tensor used.
     /// - Throws: `GGUFError` naming the tensor and both shapes, or the missing/unexpected tensors.
     /// `keepQuantized`: each block's matrices (attention and MLP projections) stored in a quantized
-    /// or 16-bit type keep those blocks alone once loaded and hashed (`Tensor.keepPackedOnly`), their
-    /// Float32 values freed; the embedding, the head and the norms stay Float32. With
-    /// `quantizedEmbedding` too, the token embedding (the tied head) and an untied output head keep
-    /// their blocks as well: for generating and serving, whose products have few rows; a training
-    /// step's loss would decode the whole head twice, so training leaves it out.
+    /// or 16-bit type keep those blocks alone (`Tensor.keepPackedOnly`): their Float32 values are
+    /// never written, and the check for non-finite values reads the blocks decoded a slab at a
+    /// time; the embedding, the head and the norms stay Float32. With `quantizedEmbedding` too, the
+    /// token embedding (the tied head) and an untied output head keep their blocks as well: for
+    /// generating and serving, whose products have few rows; a training step's loss would decode
+    /// the whole head twice, so training leaves it out.
+    /// `didLoad` gets each parameter once it is loaded, in name order; a matrix kept as blocks
+    /// comes packed already (`Tensor.packedWeights`), its values readable through
+    /// `PackedWeights.forEachSlab`.
     public func loadWeights(into model: LlamaModel, keepQuantized: Bool = false, quantizedEmbedding: Bool = false,
                             didLoad: ((String, Tensor) -> Void)? = nil) throws {
         check(keepQuantized || !quantizedEmbedding, "[GGUF] quantizedEmbedding needs keepQuantized")
@@ -389,15 +393,25 @@ extension GGUFFile {
             let info = byHF[name]!
             // llama.cpp permutes the rows of q/k weights and biases alike ("llama"; not "qwen2").
             let heads = architecture == "llama" ? GGUFFile.rotaryHeads(ofKey: name, config: c) : 0
-            let target = p.isContiguous ? p : Tensor.empty(p.shape)
             let kept = name.hasPrefix("model.layers.") || quantizedEmbedding && (name == "model.embed_tokens.weight" || name == "lm_head.weight")
-            // A matrix kept as blocks: its bytes are copied once, and decoded from the copy (the
-            // mapped pages are given back as soon as they are read: a second read is from disk).
+            // A matrix kept as blocks: its bytes are copied once (the mapped pages then unmapped),
+            // and the products decode the copy.
             let packed = keepQuantized && p.rank == 2 && info.type != .f32 && kept
                 ? try packedWeights(info, shape: p.shape, rotaryHeads: heads, headDim: c.headDim) : nil
             if let packed {
-                packed.decode(into: target.basePointer)  // rows in Hugging Face's order
-            } else if heads > 0 {
+                // Its Float32 values are never written: the check (and a hashing `didLoad`) read
+                // the blocks a slab of decoded rows at a time.
+                p.keepPackedOnly(packed)
+                try packed.forEachSlab { values, first in
+                    if let i = values.firstIndex(where: { !$0.isFinite }) {
+                        throw fail(.malformed, info.name, "holds \(values[i]) at element \(first + i) after dequantization; the weights are corrupt")
+                    }
+                }
+                didLoad?(name, p)
+                continue
+            }
+            let target = p.isContiguous ? p : Tensor.empty(p.shape)
+            if heads > 0 {
                 let raw = Tensor.empty(p.shape)  // (heads·D, in) or (heads·D), llama.cpp row order
                 try dequantize(info, into: raw.basePointer)
                 GGUFFile.unpermuteQK(raw.basePointer, target.basePointer, heads: heads, headDim: c.headDim,
@@ -410,10 +424,6 @@ extension GGUFFile {
             }
             if target !== p { p.assign(target) }
             didLoad?(name, p)
-            if let packed {
-                p.keepPackedOnly(packed)
-                releaseFreeMemory()  // its Float32 pages go back to the system now: they never all add up
-            }
         }
     }
 

@@ -405,6 +405,12 @@ struct WeightsHasher {
     mutating func add(_ name: String, _ t: Tensor) {
         let prime: UInt64 = 0x100_0000_01b3
         for byte in name.utf8 { h = (h ^ UInt64(byte)) &* prime }
+        if let packed = t.packedWeights {  // the values a Float32 load holds, decoded a slab at a time
+            packed.forEachSlab { values, _ in
+                for v in values { h = (h ^ UInt64(v.bitPattern)) &* prime }
+            }
+            return
+        }
         let c = t.isContiguous ? t : t.copy()
         let p = UnsafeRawPointer(c.basePointer).assumingMemoryBound(to: UInt32.self)
         for i in 0..<c.count { h = (h ^ UInt64(p[i])) &* prime }

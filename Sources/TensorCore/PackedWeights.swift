@@ -43,6 +43,21 @@ public final class PackedWeights: @unchecked Sendable {
         }
     }
 
+    /// Calls `body` with the matrix's values in row-major order, a slab of whole rows (about
+    /// `slabFloats` values) at a time, decoded into one buffer reused from slab to slab, and the
+    /// index in the whole matrix of the slab's first value. For reading every value once (a check,
+    /// a hash) without a Float32 copy of the matrix.
+    public func forEachSlab(_ body: (_ values: UnsafeBufferPointer<Float>, _ firstIndex: Int) throws -> Void) rethrows {
+        let slabRows = max(1, min(rows, PackedWeights.slabFloats / max(cols, 1)))
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: max(1, slabRows * cols))
+        defer { buffer.deallocate() }
+        for lo in stride(from: 0, to: rows, by: slabRows) {
+            let hi = min(rows, lo + slabRows)
+            decodeRows(lo, hi, buffer)  // rows lo..<hi at buffer[0...]
+            try body(UnsafeBufferPointer(start: buffer, count: (hi - lo) * cols), lo * cols)
+        }
+    }
+
     /// One buffer for every packed matrix's decoded values, and the lock that serializes its use.
     nonisolated(unsafe) private static var scratch = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     nonisolated(unsafe) private static var scratchCapacity = 1

@@ -591,6 +591,33 @@ final class GGUFTests: XCTestCase {
         XCTAssertNoThrow(try loadGGUFModel(unscaled), "type none: llama.cpp applies no factor")
     }
 
+    /// A block matrix stored in a 16-bit type loads as its decoded values, as Float32 or kept as
+    /// blocks (the same logits and weights hash); one holding a NaN or an infinity is refused both
+    /// ways, naming the file, the tensor, the value and its element.
+    func testTinyLlamaWithANonFiniteWeightNamesIt() throws {
+        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 16, numLayers: 2, numHeads: 4,
+                                       numKVHeads: 2, intermediateSize: 24, tieWordEmbeddings: true)
+        let model = LlamaModel(config, seed: 5)
+        let good = path("f16.gguf")
+        try writeTinyGGUF(model, to: good, f16: ["blk.1.ffn_up.weight": [:], "blk.0.attn_q.weight": [:]])
+        let (plain, _) = try loadGGUFModel(good)
+        let (kept, _) = try loadGGUFModel(good, keepQuantized: true)
+        XCTAssertEqual(Set(kept.namedParameters().compactMap(\.1.packedWeights).map(\.encoding)), ["F16"])
+        let ids: [Int32] = [1, 104, 200, 7, 262, 5]
+        XCTAssertEqual(withNoGrad { kept.forward(ids, batch: 1) }.toArray(), withNoGrad { plain.forward(ids, batch: 1) }.toArray())
+        XCTAssertEqual(kept.weightsHash(), plain.weightsHash())
+
+        for (bits, shown) in [(UInt16(0x7E00), "nan"), (0xFC00, "-inf")] {
+            let bad = path("f16-\(shown).gguf")
+            try writeTinyGGUF(model, to: bad, f16: ["blk.1.ffn_up.weight": [37: bits]])
+            for keep in [false, true] {
+                assertGGUFError(.malformed, file: bad, mentions: ["blk.1.ffn_up.weight", "holds \(shown) at element 37", "corrupt"]) {
+                    _ = try loadGGUFModel(bad, keepQuantized: keep)
+                }
+            }
+        }
+    }
+
     /// Loading hands each tensor's mapped pages back (they would otherwise stay resident beside the
     /// Float32 values) without dropping the file from the system's page cache: the next command
     /// that loads it reads no disk. `MADV_PAGEOUT` evicted them; checked here with `mincore`.

@@ -111,6 +111,30 @@ final class PackedWeightsTests: XCTestCase {
         }
     }
 
+    /// `forEachSlab` hands over every value once, in order, in slabs of whole rows with the index of
+    /// their first value: a last slab shorter than the others, a slab wider than `slabFloats` when one
+    /// row is, and a matrix of one slab.
+    func testEachSlabHoldsWholeRowsInOrder() {
+        let saved = PackedWeights.slabFloats
+        defer { PackedWeights.slabFloats = saved }
+        for (rows, cols, slabFloats, wantSlabs) in [(10, 6, 24, 3), (4, 50, 24, 4), (3, 5, 1 << 16, 1)] {
+            PackedWeights.slabFloats = slabFloats
+            let values = random(rows * cols, seed: UInt64(rows))
+            let decoded = Counter()
+            let w = packed(values, rows: rows, cols: cols, decoded: decoded)
+            var seen: [Float] = [], firsts: [Int] = []
+            w.forEachSlab { slab, first in
+                XCTAssertEqual(slab.count % cols, 0, "whole rows")
+                firsts.append(first)
+                seen += slab
+            }
+            XCTAssertEqual(seen, values, "\(rows)×\(cols)")
+            XCTAssertEqual(firsts.count, wantSlabs, "\(rows)×\(cols): slabs")
+            XCTAssertEqual(firsts.first, 0)
+            XCTAssertEqual(decoded.value, rows, "each row decoded once")
+        }
+    }
+
     /// A token embedding kept as packed blocks: the rows gathered are decoded, one each.
     func testEmbeddingRowsAreDecodedFromPackedBlocks() {
         let (v, c) = (50, 16)
