@@ -269,6 +269,34 @@ final class AutodiffTests: XCTestCase {
         assertClose(x.grad!.toArray(), [Float](repeating: Float(M_E), count: 32), rtol: 1e-5)
     }
 
+    /// `firstNonFinite` (every loader's check of the weights it read) finds the first NaN or
+    /// infinity at any position, block edges included, through a transposed view too, and passes
+    /// the largest finite values, subnormals and −0.
+    func testFirstNonFiniteFindsTheFirstNaNOrInfinity() {
+        let n = 10_000
+        var values = (0..<n).map { Float($0 % 7) - 3 }
+        values[1] = .greatestFiniteMagnitude
+        values[2] = -.greatestFiniteMagnitude
+        values[3] = .leastNonzeroMagnitude
+        values[5] = -0.0
+        XCTAssertNil(Tensor(shape: [n], data: values).firstNonFinite())
+        for position in [0, 4095, 4096, 8191, 8192, n - 1] {
+            for bad in [Float.nan, .infinity, -.infinity] {
+                var v = values
+                v[position] = bad
+                if position + 3 < n { v[position + 3] = .nan }  // a later one is not the first
+                let found = Tensor(shape: [n], data: v).firstNonFinite()
+                XCTAssertEqual(found?.index, position, "\(bad) at \(position)")
+                XCTAssertEqual(found?.value.isNaN, bad.isNaN, "\(bad) at \(position)")
+                if !bad.isNaN { XCTAssertEqual(found?.value, bad) }
+            }
+        }
+        var v = values
+        v[4097] = .infinity  // row 4097 / 100 = 40, column 97: element 97·100 + 40 of the transpose
+        let t = Tensor(shape: [100, 100], data: v).transposed()
+        XCTAssertEqual(t.firstNonFinite()?.index, 97 * 100 + 40)
+    }
+
     func testViewsShareStorage() {
         let x = Tensor.arange(0, 24).reshaped([2, 3, 4])
         XCTAssertTrue(x.permuted([2, 0, 1]).storage === x.storage)
