@@ -154,13 +154,33 @@ func exchangePaths(_ a: String, _ b: String) -> Bool {
     return renameat2(atCWD, a, atCWD, b, exchange) == 0
 }
 
+/// The bytes of the file at `path` mapped read-only and private (`mmap`, unmapped when the `Data`
+/// goes): a reader's own mapping, never a copy in memory, so `releaseMappedPages` may hand its
+/// pages back. An empty file gives empty data.
+/// - Throws: `CheckpointError` naming the file and the system's reason.
+func mapFileReadOnly(_ path: String) throws -> Data {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { throw CheckpointError(path: path, message: "cannot open (\(String(cString: strerror(errno))))") }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw CheckpointError(path: path, message: "cannot stat (\(String(cString: strerror(errno))))") }
+    let size = Int(st.st_size)
+    guard size > 0 else { return Data() }
+    guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+        throw CheckpointError(path: path, message: "cannot memory-map \(size) bytes (\(String(cString: strerror(errno))))")
+    }
+    return Data(bytesNoCopy: p, count: size, deallocator: .custom { p, n in munmap(p, n) })
+}
+
 /// Unmaps the pages of a read-only, private file mapping that hold `bytes` from this process
 /// (`MADV_DONTNEED`: they are mapped again from the file if touched, and the mapping is never
-/// written, so nothing is lost). Readers call it once a tensor is converted, or every tensor read
-/// would stay resident beside its Float32 copy and loading a model would take its file's size on
-/// top. The pages stay in the system's page cache, so the next load of the file reads no disk:
-/// `MADV_PAGEOUT`, used before, evicted them from the cache too (two thirds of SmolLM2's GGUF file
-/// were read from disk again by every command).
+/// written, so nothing is lost). Only for bytes of such a mapping (`GGUFFile`'s,
+/// `mapFileReadOnly`'s): on memory that is not file-backed, `MADV_DONTNEED` would zero the pages.
+/// Readers call it once a tensor is converted, or every tensor read would stay resident beside its
+/// Float32 copy and loading a model would take its file's size on top. The pages stay in the
+/// system's page cache, so the next load of the file reads no disk: `MADV_PAGEOUT`, used before,
+/// evicted them from the cache too (two thirds of SmolLM2's GGUF file were read from disk again by
+/// every command).
 func releaseMappedPages(_ bytes: UnsafeRawBufferPointer) {
     #if os(Linux)
     guard let base = bytes.baseAddress, bytes.count > 0 else { return }

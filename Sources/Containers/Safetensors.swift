@@ -66,9 +66,9 @@ public struct SafetensorsFile {
         guard FileManager.default.fileExists(atPath: path) else { throw fail("no such file") }
         let data: Data
         do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
-        } catch {
-            throw fail("cannot read the file (\((error as NSError).localizedDescription))")
+            data = try mapFileReadOnly(path)  // its pages are handed back tensor by tensor (releaseMappedPages)
+        } catch let e as CheckpointError {
+            throw fail(e.message)
         }
         guard data.count >= 8 else {
             throw fail("the file is \(data.count) bytes, expected at least 8 (the header length)")

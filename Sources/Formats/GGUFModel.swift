@@ -403,7 +403,7 @@ extension GGUFFile {
                 // the blocks a slab of decoded rows at a time.
                 p.keepPackedOnly(packed)
                 try packed.forEachSlab { values, first in
-                    if let i = values.firstIndex(where: { !$0.isFinite }) {
+                    if let i = firstNonFiniteIndex(values) {
                         throw fail(.malformed, info.name, "holds \(values[i]) at element \(first + i) after dequantization; the weights are corrupt")
                     }
                 }

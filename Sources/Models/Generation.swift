@@ -142,8 +142,9 @@ extension CausalLM {
     }
 
     /// For a loader that releases matrices as they load (bf16-only weights, kept quantized
-    /// blocks), called with each parameter as soon as it holds its values, in name order: hashes
-    /// it, so that `weightsHash()` stays the hash of the whole Float32 model.
+    /// blocks), called with each parameter as soon as it is loaded, in name order: hashes it (kept
+    /// blocks decoded a slab at a time), so that `weightsHash()` stays the hash of the whole
+    /// Float32 model.
     public func hashingLoader() -> (String, Tensor) -> Void {
         var hasher = WeightsHasher()
         return { [unowned self] name, t in
@@ -405,15 +406,15 @@ struct WeightsHasher {
     mutating func add(_ name: String, _ t: Tensor) {
         let prime: UInt64 = 0x100_0000_01b3
         for byte in name.utf8 { h = (h ^ UInt64(byte)) &* prime }
+        func add(_ values: UnsafeBufferPointer<Float>) {
+            for v in values { h = (h ^ UInt64(v.bitPattern)) &* prime }
+        }
         if let packed = t.packedWeights {  // the values a Float32 load holds, decoded a slab at a time
-            packed.forEachSlab { values, _ in
-                for v in values { h = (h ^ UInt64(v.bitPattern)) &* prime }
-            }
+            packed.forEachSlab { values, _ in add(values) }
             return
         }
         let c = t.isContiguous ? t : t.copy()
-        let p = UnsafeRawPointer(c.basePointer).assumingMemoryBound(to: UInt32.self)
-        for i in 0..<c.count { h = (h ^ UInt64(p[i])) &* prime }
+        add(UnsafeBufferPointer(start: c.basePointer, count: c.count))
     }
 
     var value: String { String(h, radix: 16) }

@@ -9,7 +9,8 @@
 //   (decoding, evaluation), decodes W a slab of rows at a time into a small per-thread buffer and
 //   runs one sgemm per slab while it is in the core's cache: decoding a token reads each
 //   encoded byte once and writes no full-size scratch.
-// Nothing is allocated per product once the buffers have grown.
+// Nothing is allocated per product once the buffers have grown. Reading every value once (a loader's
+// check, the weights hash) goes a slab at a time through one small buffer (`forEachSlab`).
 
 import CBLAS
 import Foundation

@@ -557,16 +557,22 @@ extension Tensor {
     public func firstNonFinite() -> (index: Int, value: Float)? {
         let c = contiguous()
         let p = c.basePointer
-        let bits = UnsafeRawPointer(p).assumingMemoryBound(to: UInt32.self)
-        // Blocks of 4,096 values without an early exit, so the loop vectorizes: the largest
-        // exponent field in the block is all ones only when it holds a NaN or an infinity.
-        for start in stride(from: 0, to: c.count, by: 4096) {
-            let end = Swift.min(c.count, start + 4096)
-            var top: UInt32 = 0
-            for i in start..<end { top = Swift.max(top, bits[i] & 0x7F80_0000) }
-            guard top == 0x7F80_0000 else { continue }
-            for i in start..<end where !p[i].isFinite { return (i, p[i]) }
-        }
-        return nil
+        return firstNonFiniteIndex(UnsafeBufferPointer(start: p, count: c.count)).map { ($0, p[$0]) }
     }
+}
+
+/// The index of the first NaN or infinite value, or nil when every value is finite. Blocks of
+/// 4,096 values are scanned without an early exit, so the loop vectorizes: the largest exponent
+/// field in a block is all ones only when the block holds a NaN or an infinity.
+public func firstNonFiniteIndex(_ values: UnsafeBufferPointer<Float>) -> Int? {
+    guard let p = values.baseAddress else { return nil }
+    let bits = UnsafeRawPointer(p).assumingMemoryBound(to: UInt32.self)
+    for start in stride(from: 0, to: values.count, by: 4096) {
+        let end = Swift.min(values.count, start + 4096)
+        var top: UInt32 = 0
+        for i in start..<end { top = Swift.max(top, bits[i] & 0x7F80_0000) }
+        guard top == 0x7F80_0000 else { continue }
+        for i in start..<end where !p[i].isFinite { return i }
+    }
+    return nil
 }

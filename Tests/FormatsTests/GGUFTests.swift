@@ -620,19 +620,17 @@ final class GGUFTests: XCTestCase {
 
     /// Loading hands each tensor's mapped pages back (they would otherwise stay resident beside the
     /// Float32 values) without dropping the file from the system's page cache: the next command
-    /// that loads it reads no disk. `MADV_PAGEOUT` evicted them; checked here with `mincore`.
+    /// that loads it reads no disk. `MADV_PAGEOUT` evicted them; checked here with `mincore`, for a
+    /// GGUF file (both loads) and a safetensors file, whose values also stay right when read twice.
     func testLoadingLeavesTheFileInThePageCache() throws {
-        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 64, numLayers: 2, numHeads: 4,
-                                       numKVHeads: 2, intermediateSize: 128, tieWordEmbeddings: true)
-        let p = path("cached.gguf")
-        try writeTinyGGUF(LlamaModel(config, seed: 3), to: p, f16: ["blk.0.ffn_up.weight": [:], "blk.1.ffn_down.weight": [:]])
-        let bytes = try Data(contentsOf: URL(fileURLWithPath: p))  // read once: every page in the cache
-        XCTAssertGreaterThan(bytes.count, 16 * 4096)
-        func residentPages() throws -> (resident: Int, pages: Int) {
+        #if os(Linux)
+        func residentPages(_ p: String) throws -> (resident: Int, pages: Int) {
             let fd = open(p, O_RDONLY)
             XCTAssertGreaterThanOrEqual(fd, 0)
             defer { close(fd) }
-            let size = bytes.count, page = Int(sysconf(Int32(_SC_PAGESIZE))), pages = (size + page - 1) / page
+            var st = stat()
+            XCTAssertEqual(fstat(fd, &st), 0)
+            let size = Int(st.st_size), page = Int(sysconf(Int32(_SC_PAGESIZE))), pages = (size + page - 1) / page
             guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), map != MAP_FAILED else {
                 throw GGUFError(.unreadable, path: p, "mmap failed")
             }
@@ -641,13 +639,32 @@ final class GGUFTests: XCTestCase {
             XCTAssertEqual(mincore(map, size, &vec), 0)
             return (vec.filter { $0 & 1 != 0 }.count, pages)
         }
-        let before = try residentPages()
-        XCTAssertEqual(before.resident, before.pages, "the file was just read; precondition")
-        for keep in [false, true] {
-            _ = try loadGGUFModel(p, keepQuantized: keep)
-            let after = try residentPages()
-            XCTAssertEqual(after.resident, after.pages, "pages of \(p) left the page cache after a load (keepQuantized \(keep))")
+        func assertStaysCached(_ p: String, _ label: String, load: () throws -> Void) throws {
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: p))  // read once: every page in the cache
+            XCTAssertGreaterThan(bytes.count, 16 * 4096)
+            let before = try residentPages(p)
+            XCTAssertEqual(before.resident, before.pages, "\(label): the file was just read; precondition")
+            try load()
+            let after = try residentPages(p)
+            XCTAssertEqual(after.resident, after.pages, "\(label): pages of \(p) left the page cache after a load")
         }
+        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 64, numLayers: 2, numHeads: 4,
+                                       numKVHeads: 2, intermediateSize: 128, tieWordEmbeddings: true)
+        let gguf = path("cached.gguf")
+        try writeTinyGGUF(LlamaModel(config, seed: 3), to: gguf, f16: ["blk.0.ffn_up.weight": [:], "blk.1.ffn_down.weight": [:]])
+        for keep in [false, true] {
+            try assertStaysCached(gguf, "GGUF, keepQuantized \(keep)") { _ = try loadGGUFModel(gguf, keepQuantized: keep) }
+        }
+        let st = path("cached.safetensors")
+        let tensors = (0..<6).map { i in ("t\(i)", Tensor(shape: [100, 50 + i], data: (0..<(100 * (50 + i))).map { Float($0 % 97) * 0.5 - Float(i) })) }
+        try Safetensors.write(st, tensors: tensors)
+        try assertStaysCached(st, "safetensors") {
+            let file = try SafetensorsFile(path: st)
+            for _ in 0..<2 {  // the second read maps the released pages again, from the file
+                for (name, t) in tensors { XCTAssertEqual(try file.tensor(name).toArray(), t.toArray(), name) }
+            }
+        }
+        #endif
     }
 
     func testTinyLlamaWithAMissingTensorNamesIt() throws {
