@@ -154,22 +154,29 @@ func exchangePaths(_ a: String, _ b: String) -> Bool {
     return renameat2(atCWD, a, atCWD, b, exchange) == 0
 }
 
-/// The bytes of the file at `path` mapped read-only and private (`mmap`, unmapped when the `Data`
-/// goes): a reader's own mapping, never a copy in memory, so `releaseMappedPages` may hand its
-/// pages back. An empty file gives empty data.
+/// The file at `path` mapped read-only and private (`mmap`): its first byte (nil for an empty
+/// file) and its size; the caller unmaps it (`munmap(base, size)`). A reader's own mapping, never a
+/// copy in memory, so `releaseMappedPages` may hand its pages back.
 /// - Throws: `CheckpointError` naming the file and the system's reason.
-func mapFileReadOnly(_ path: String) throws -> Data {
+func mapReadOnly(_ path: String) throws -> (base: UnsafeRawPointer?, size: Int) {
     let fd = open(path, O_RDONLY)
     guard fd >= 0 else { throw CheckpointError(path: path, message: "cannot open (\(String(cString: strerror(errno))))") }
     defer { close(fd) }
     var st = stat()
     guard fstat(fd, &st) == 0 else { throw CheckpointError(path: path, message: "cannot stat (\(String(cString: strerror(errno))))") }
     let size = Int(st.st_size)
-    guard size > 0 else { return Data() }
+    guard size > 0 else { return (nil, 0) }
     guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
         throw CheckpointError(path: path, message: "cannot memory-map \(size) bytes (\(String(cString: strerror(errno))))")
     }
-    return Data(bytesNoCopy: p, count: size, deallocator: .custom { p, n in munmap(p, n) })
+    return (UnsafeRawPointer(p), size)
+}
+
+/// `mapReadOnly`'s mapping as `Data`, unmapped when the data goes; an empty file gives empty data.
+func mapFileReadOnly(_ path: String) throws -> Data {
+    let (base, size) = try mapReadOnly(path)
+    guard let base else { return Data() }
+    return Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: base), count: size, deallocator: .custom { p, n in munmap(p, n) })
 }
 
 /// Unmaps the pages of a read-only, private file mapping that hold `bytes` from this process

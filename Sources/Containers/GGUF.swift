@@ -308,27 +308,12 @@ public final class GGUFFile: @unchecked Sendable {
     /// - Throws: `GGUFError` naming the file, the tensor or key at fault, and what was expected.
     public init(_ path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else {
-            throw GGUFError(.unreadable, path: path, "cannot open (\(String(cString: strerror(errno))))")
-        }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            throw GGUFError(.unreadable, path: path, "cannot stat (\(String(cString: strerror(errno))))")
-        }
-        let size = Int(st.st_size)
+        let mapped: (base: UnsafeRawPointer?, size: Int)
+        do { mapped = try mapReadOnly(path) } catch let e as CheckpointError { throw GGUFError(.unreadable, path: path, e.message) }
+        let size = mapped.size
         fileSize = size
         mappedLength = size
-        if size > 0 {
-            let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-            guard let p, p != MAP_FAILED else {
-                throw GGUFError(.unreadable, path: path, "cannot memory-map \(size) bytes (\(String(cString: strerror(errno))))")
-            }
-            base = UnsafeRawPointer(p)
-        } else {
-            base = nil
-        }
+        base = mapped.base
         do {
             let parsed = try GGUFFile.parse(base, size: size, path: path)
             version = parsed.version
@@ -521,17 +506,11 @@ public final class GGUFFile: @unchecked Sendable {
     /// key (not the tensor infos): nil when the file has none. For telling kinds of file apart cheaply.
     /// - Throws: `GGUFError` when the file cannot be read up to there.
     public static func metadataValue(_ key: String, inFileAt path: String) throws -> GGUFValue? {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw GGUFError(.unreadable, path: path, "cannot open (\(String(cString: strerror(errno))))") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_size > 0 else { throw GGUFError(.unreadable, path: path, "cannot stat, or empty") }
-        let size = Int(st.st_size)
-        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-            throw GGUFError(.unreadable, path: path, "cannot memory-map \(size) bytes")
-        }
-        defer { munmap(p, size) }
-        return try parse(UnsafeRawPointer(p), size: size, path: path, stopAt: key).metadata[key]
+        let mapped: (base: UnsafeRawPointer?, size: Int)
+        do { mapped = try mapReadOnly(path) } catch let e as CheckpointError { throw GGUFError(.unreadable, path: path, e.message) }
+        guard let p = mapped.base else { throw GGUFError(.unreadable, path: path, "the file is empty") }
+        defer { munmap(UnsafeMutableRawPointer(mutating: p), mapped.size) }
+        return try parse(p, size: mapped.size, path: path, stopAt: key).metadata[key]
     }
 
     /// `stopAt`: return as soon as that metadata key is read (the rest is not parsed).
