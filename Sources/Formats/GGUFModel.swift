@@ -399,8 +399,8 @@ extension GGUFFile {
             let packed = keepQuantized && p.rank == 2 && info.type != .f32 && kept
                 ? try packedWeights(info, shape: p.shape, rotaryHeads: heads, headDim: c.headDim) : nil
             if let packed {
-                // Its Float32 values are never written: the check (and a hashing `didLoad`) read
-                // the blocks a slab of decoded rows at a time.
+                // Its Float32 values are never written: the check reads the blocks a slab of
+                // decoded rows at a time.
                 p.keepPackedOnly(packed)
                 try packed.forEachSlab { values, first in
                     if let i = firstNonFiniteIndex(values) {
@@ -489,7 +489,7 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = fal
     let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
     try file.loadWeights(into: model, keepQuantized: keepQuantized, quantizedEmbedding: quantizedEmbedding,
-                         didLoad: keepQuantized ? model.hashingLoader() : try bf16OnlyLoader(model, enabled: bf16Only, path: path))
+                         didLoad: try bf16OnlyLoader(model, enabled: bf16Only, path: path))
     model.eval()
     return (model, tokenizer)
 }

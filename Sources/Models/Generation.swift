@@ -141,10 +141,10 @@ extension CausalLM {
         }
     }
 
-    /// For a loader that releases matrices as they load (bf16-only weights, kept quantized
-    /// blocks), called with each parameter as soon as it is loaded, in name order: hashes it (kept
-    /// blocks decoded a slab at a time), so that `weightsHash()` stays the hash of the whole
-    /// Float32 model.
+    /// For a loader that lets Float32 values go as it loads (bf16-only weights), called with each
+    /// parameter as soon as it is loaded, in name order: hashes it, so that `weightsHash()` stays
+    /// the hash of the whole Float32 model. Kept quantized blocks need none: they decode to the
+    /// same values whenever the hash is asked for.
     public func hashingLoader() -> (String, Tensor) -> Void {
         var hasher = WeightsHasher()
         return { [unowned self] name, t in
@@ -162,7 +162,8 @@ extension CausalLM {
 
     /// A hash of every parameter's name and bits in name order (FNV-1a, 64-bit, hex), which
     /// adapters record to recognise their base; for bf16-only weights, the one taken before their
-    /// fp32 values were released.
+    /// fp32 values were released. Matrices kept as packed blocks are hashed as the Float32 values
+    /// they decode to (a slab at a time), so a `--keep-quantized` load hashes only when asked.
     public func weightsHash() -> String {
         if hasReleasedWeights, let h = weightsHashBeforeRelease { return h }
         var hasher = WeightsHasher()
