@@ -8,7 +8,8 @@
 // - A product x · Wᵀ of at most `slabMaxRows` rows, or of any size when no gradient is recorded
 //   (decoding, evaluation), decodes W a slab of rows at a time into a small per-thread buffer and
 //   runs one sgemm per slab while it is in the core's cache: decoding a token reads each
-//   encoded byte once and writes no full-size scratch.
+//   encoded byte once and writes no full-size scratch. Products of more rows (a prompt) take
+//   wider slabs: each sgemm packs all of x again.
 // Nothing is allocated per product once the buffers have grown. Reading every value once (a loader's
 // check, the weights hash) goes a slab at a time through one small buffer (`forEachSlab`).
 
@@ -95,13 +96,21 @@ public final class PackedWeights: @unchecked Sendable {
     /// Intel Xeon's 2 MiB), so the sgemm reads the slab from the cache it was just decoded into.
     nonisolated(unsafe) static var slabFloats = 1 << 16  // tests make it small: many slabs per thread
 
+    /// Floats a row slab holds in a product of more than `slabMaxRows` rows (a prompt, an
+    /// evaluation batch): 4 MiB, since each slab's sgemm packs all of op(A) again and wider slabs
+    /// spread that copy over more of W. Prefilling a 1,485-token prompt on SmolLM2's Q4_1 blocks
+    /// took 3.00 s with `slabFloats` and 2.70–2.77 s with these, as long as with the Float32 load
+    /// (`docs/benchmarks.md`).
+    nonisolated(unsafe) static var wideSlabFloats = 1 << 20  // tests make it small too
+
     /// Products of at most this many rows read the matrix by row slabs (`productWithTranspose`)
     /// even when a gradient is recorded; larger ones do only when none is.
     public static let slabMaxRows = 64
 
     /// C (M, rows) = op(A) (M, cols) · Wᵀ for this matrix W (rows, cols), one slab of rows at a
-    /// time: each thread decodes a slab of its share of W's rows into its own buffer and runs one
-    /// sgemm of op(A) against it while the slab is still in its core's cache. The matrix is never
+    /// time (`slabFloats`, or `wideSlabFloats` past `slabMaxRows` rows): each thread decodes a slab
+    /// of its share of W's rows into its own buffer and runs one sgemm of op(A) against it while
+    /// the slab is still in its core's cache. The matrix is never
     /// decoded whole, so a few-row product (KV-cached decoding) reads the encoded bytes once and
     /// writes no full-size scratch. Calls from several threads run one after another. The
     /// profiler counts the decoding in `gemm` here (it runs inside the product's threads).
@@ -117,7 +126,8 @@ public final class PackedWeights: @unchecked Sendable {
         // Where `splitGEMM` would use OpenBLAS's small-matrix kernels, slabs within their limits.
         let smallChunk = threads > 1 && m * rows * cols >= splitMinWork ? smallKernelChunk(transA: transA, transB: true, m: m, k: cols) : nil
         let smallKernels = smallChunk != nil
-        let slabRows = max(1, min(rows, smallChunk ?? rows, PackedWeights.slabFloats / max(cols, 1)))
+        let slabFloats = m > PackedWeights.slabMaxRows ? PackedWeights.wideSlabFloats : PackedWeights.slabFloats
+        let slabRows = max(1, min(rows, smallChunk ?? rows, slabFloats / max(cols, 1)))
         if PackedWeights.slabs.count < threads || PackedWeights.slabCapacity < slabRows * cols {
             for s in PackedWeights.slabs { s.deallocate() }
             PackedWeights.slabCapacity = max(PackedWeights.slabCapacity, slabRows * cols)

@@ -1055,6 +1055,11 @@ final class GGUFTests: XCTestCase {
         let ids = tok.encode(Self.chatPrompt)
         assertClose(withNoGrad { kept.forward(ids, batch: 1) }.toArray(), withNoGrad { model.forward(ids, batch: 1) }.toArray(),
                     rtol: 0, atol: 0, "SmolLM2 logits", label: "[keep-quantized]")
+        // A prompt of more than `slabMaxRows` tokens goes by wider slabs: the same logits still.
+        let long = Array(repeating: ids, count: 6).flatMap { $0 }
+        XCTAssertGreaterThan(long.count, PackedWeights.slabMaxRows)
+        assertClose(withNoGrad { kept.forward(long, batch: 1) }.toArray(), withNoGrad { model.forward(long, batch: 1) }.toArray(),
+                    rtol: 0, atol: 0, "SmolLM2 logits, \(long.count)-token prompt", label: "[keep-quantized]")
         XCTAssertEqual(tok.decode(kept.generate(ids, SamplingOptions(maxNewTokens: 20, stopTokens: [2]))),
                        "The capital of France is Paris.<|im_end|>")
         XCTAssertEqual(kept.weightsHash(), model.weightsHash())

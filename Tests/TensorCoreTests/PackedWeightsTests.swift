@@ -81,21 +81,22 @@ final class PackedWeightsTests: XCTestCase {
     }
 
     /// Products x · Wᵀ of at most `slabMaxRows` rows, and of any number without a gradient, read W
-    /// by row slabs (`productWithTranspose`): one sgemm per slab (7 rows here: many per thread),
-    /// each row decoded once, the Float32 product's values. With a gradient, 300 rows decode the
-    /// whole matrix and run one sgemm.
+    /// by row slabs (`productWithTranspose`): one sgemm per slab (7 rows here: many per thread;
+    /// 40 past `slabMaxRows` rows), each row decoded once, the Float32 product's values. With a
+    /// gradient, 300 rows decode the whole matrix and run one sgemm.
     func testFewRowProductsReadTheMatrixBySlabs() {
-        let saved = PackedWeights.slabFloats
-        defer { PackedWeights.slabFloats = saved }
+        let saved = (PackedWeights.slabFloats, PackedWeights.wideSlabFloats)
+        defer { (PackedWeights.slabFloats, PackedWeights.wideSlabFloats) = saved }
         let (n, k) = (300, 256)
         PackedWeights.slabFloats = 7 * k
+        PackedWeights.wideSlabFloats = 40 * k
         let values = random(n * k, seed: 21)
         let w = Tensor(shape: [n, k], data: random(n * k, seed: 22))
         let decoded = Counter()
         w.keepPackedOnly(packed(values, rows: n, cols: k, decoded: decoded))
         let reference = Tensor(shape: [n, k], data: values)
         let threads = min(Threads.count, n)
-        let slabs = (0..<threads).reduce(0) { acc, t in acc + (n * (t + 1) / threads - n * t / threads + 6) / 7 }
+        func slabs(of rows: Int) -> Int { (0..<threads).reduce(0) { acc, t in acc + (n * (t + 1) / threads - n * t / threads + rows - 1) / rows } }
         for (label, m, recorded) in [("1 row", 1, false), ("8 rows, gradient recorded", 8, true), ("64 rows, gradient recorded", 64, true),
                                      ("300 rows, no gradient", 300, false), ("300 rows, gradient recorded", 300, true)] {
             let x = Tensor(shape: [m, k], data: random(m * k, seed: UInt64(m)))
@@ -104,7 +105,7 @@ final class PackedWeightsTests: XCTestCase {
             let calls = BLASCounter.sgemmCalls
             let got = recorded ? x.matmul(w.transposed()) : withNoGrad { x.matmul(w.transposed()) }
             let bySlabs = m <= PackedWeights.slabMaxRows || !recorded
-            XCTAssertEqual(BLASCounter.sgemmCalls - calls, bySlabs ? slabs : 1, "\(label): sgemm calls")
+            XCTAssertEqual(BLASCounter.sgemmCalls - calls, bySlabs ? slabs(of: m > PackedWeights.slabMaxRows ? 40 : 7) : 1, "\(label): sgemm calls")
             XCTAssertEqual(decoded.value, n, "\(label): decoded rows")
             let want = withNoGrad { x.matmul(reference.transposed()) }
             assertClose(got.toArray(), want.toArray(), rtol: 1e-5, atol: 2e-5, label, label: "[packed]")
