@@ -5,7 +5,8 @@
  * matrix and of the tied head. Both libraries get the same thread count: OpenBLAS through
  * openblas_set_num_threads, oneDNN (Debian's OpenMP build) through omp_set_num_threads.
  * SwiftPEFT itself splits a 512-row product into two 256-row halves, one per core, each one call
- * on one thread: run with "1 256" to time what each core does.
+ * on one thread: run with "1 256" to time what each core does (except for the head's forward,
+ * which it splits by columns: each core then runs 512 rows against half of the vocabulary).
  *
  *   gcc -O2 -march=native -fopenmp scripts/bench_sgemm_onednn.c -o /tmp/bench_sgemm_onednn -lopenblas -ldnnl
  *   /tmp/bench_sgemm_onednn [THREADS (2)] [ROWS (512)]

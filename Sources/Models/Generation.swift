@@ -79,7 +79,7 @@ extension CausalLM {
     /// `keepBF16RowsOnly`). Returns the bytes the copies take.
     @discardableResult
     public func keepBF16Weights(releasingFP32: Bool = false) -> Int {
-        if releasingFP32 && !hasReleasedWeights { weightsHashBeforeRelease = weightsHash() }
+        if releasingFP32 && weightsHashBeforeRelease == nil { weightsHashBeforeRelease = weightsHash() }
         var bytes = 0
         for (_, (weight, operand, releasable)) in bf16Operands() where !weight.requiresGrad {
             operand.keepBF16Copy(releasingFP32: releasingFP32 && releasable)
@@ -106,7 +106,7 @@ extension CausalLM {
     /// Returns the bytes the copies take (twice a bf16 copy each: one per side it is read from).
     @discardableResult
     public func keepBF16TrainingCopies(releasingFP32: Bool = false) -> Int {
-        if releasingFP32 && !hasReleasedWeights { weightsHashBeforeRelease = weightsHash() }
+        if releasingFP32 && weightsHashBeforeRelease == nil { weightsHashBeforeRelease = weightsHash() }
         var bytes = 0
         for (_, (weight, operand, releasable)) in bf16Operands() where !weight.requiresGrad {
             operand.keepBF16Copy(releasingFP32: releasingFP32 && releasable, forTraining: true)
@@ -163,11 +163,13 @@ extension CausalLM {
     /// A hash of every parameter's name and bits in name order (FNV-1a, 64-bit, hex), which
     /// adapters record to recognise their base; for bf16-only weights, the one taken before their
     /// fp32 values were released. Matrices kept as packed blocks are hashed as the Float32 values
-    /// they decode to (a slab at a time), so a `--keep-quantized` load hashes only when asked.
+    /// they decode to (a slab at a time), so a `--keep-quantized` load hashes only when first
+    /// asked; the hash is then kept, as for bf16-only weights (no second pass per adapter).
     public func weightsHash() -> String {
         if hasReleasedWeights, let h = weightsHashBeforeRelease { return h }
         var hasher = WeightsHasher()
         for (name, t) in namedParameters().sorted(by: { $0.0 < $1.0 }) { hasher.add(name, t) }
+        if hasPackedWeights { weightsHashBeforeRelease = hasher.value }
         return hasher.value
     }
 

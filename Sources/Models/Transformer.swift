@@ -206,8 +206,9 @@ open class CausalLM: Module {
     public var attentionPrefix: AttentionPrefix?
     /// Generator for dropout masks (model and adapters share it).
     public let random: RandomSource
-    /// The hash of the weights' fp32 values taken as they loaded, for bf16-only weights, whose
-    /// fp32 values are released and can no longer be hashed: `weightsHash()` gives it. nil otherwise.
+    /// The hash of the weights' fp32 values taken before they were released (bf16-only weights,
+    /// hashed as they load), or when first asked for matrices kept as packed blocks:
+    /// `weightsHash()` gives it. nil otherwise.
     var weightsHashBeforeRelease: String?
     /// Gradient checkpointing: while training, each block's activations are recomputed when the
     /// backward pass reaches the block instead of being kept from the forward pass. The graph

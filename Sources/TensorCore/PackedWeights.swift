@@ -97,11 +97,15 @@ public final class PackedWeights: @unchecked Sendable {
     nonisolated(unsafe) static var slabFloats = 1 << 16  // tests make it small: many slabs per thread
 
     /// Floats a row slab holds in a product of more than `slabMaxRows` rows (a prompt, an
-    /// evaluation batch): 4 MiB, since each slab's sgemm packs all of op(A) again and wider slabs
-    /// spread that copy over more of W. Prefilling a 1,485-token prompt on SmolLM2's Q4_1 blocks
-    /// took 3.00 s with `slabFloats` and 2.70–2.77 s with these, as long as with the Float32 load
-    /// (`docs/benchmarks.md`).
+    /// evaluation batch), on each of up to two threads: 4 MiB, since each slab's sgemm packs all
+    /// of op(A) again and wider slabs spread that copy over more of W. More threads share twice
+    /// this (`wideSlabFloatsPerThread`), so the buffers stay 8 MiB in all. Prefilling a 1,485-token prompt on
+    /// SmolLM2's Q4_1 blocks took 3.00 s with `slabFloats` and 2.70–2.77 s with these, as long as
+    /// with the Float32 load (`docs/benchmarks.md`).
     nonisolated(unsafe) static var wideSlabFloats = 1 << 20  // tests make it small too
+
+    /// Floats per thread of a wide slab (`wideSlabFloats`) when `threads` threads decode.
+    static func wideSlabFloatsPerThread(_ threads: Int) -> Int { max(slabFloats, 2 * wideSlabFloats / max(threads, 2)) }
 
     /// Products of at most this many rows read the matrix by row slabs (`productWithTranspose`)
     /// even when a gradient is recorded; larger ones do only when none is.
@@ -110,7 +114,7 @@ public final class PackedWeights: @unchecked Sendable {
     /// C (M, rows) = op(A) (M, cols) · Wᵀ for this matrix W (rows, cols), one slab of rows at a
     /// time (`slabFloats`, or `wideSlabFloats` past `slabMaxRows` rows): each thread decodes a slab
     /// of its share of W's rows into its own buffer and runs one sgemm of op(A) against it while
-    /// the slab is still in its core's cache. The matrix is never
+    /// the slab is still in cache (a small slab in the core's own). The matrix is never
     /// decoded whole, so a few-row product (KV-cached decoding) reads the encoded bytes once and
     /// writes no full-size scratch. Calls from several threads run one after another. The
     /// profiler counts the decoding in `gemm` here (it runs inside the product's threads).
@@ -126,7 +130,7 @@ public final class PackedWeights: @unchecked Sendable {
         // Where `splitGEMM` would use OpenBLAS's small-matrix kernels, slabs within their limits.
         let smallChunk = threads > 1 && m * rows * cols >= splitMinWork ? smallKernelChunk(transA: transA, transB: true, m: m, k: cols) : nil
         let smallKernels = smallChunk != nil
-        let slabFloats = m > PackedWeights.slabMaxRows ? PackedWeights.wideSlabFloats : PackedWeights.slabFloats
+        let slabFloats = m > PackedWeights.slabMaxRows ? PackedWeights.wideSlabFloatsPerThread(threads) : PackedWeights.slabFloats
         let slabRows = max(1, min(rows, smallChunk ?? rows, slabFloats / max(cols, 1)))
         if PackedWeights.slabs.count < threads || PackedWeights.slabCapacity < slabRows * cols {
             for s in PackedWeights.slabs { s.deallocate() }

@@ -591,6 +591,23 @@ final class GGUFTests: XCTestCase {
         XCTAssertNoThrow(try loadGGUFModel(unscaled), "type none: llama.cpp applies no factor")
     }
 
+    /// A base kept as blocks and then given bf16 copies with its Float32 values released (the
+    /// library's `keepBF16Weights(releasingFP32:)`, which lets the Float32 embedding go too): its
+    /// hash, never asked for before, is taken before the release and is the Float32 load's.
+    func testKeptBlocksMadeBF16OnlyKeepTheFloat32LoadsHash() throws {
+        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
+        let config = ModelConfig.llama(vocabSize: Self.tinyTokens.count, hiddenSize: 16, numLayers: 2, numHeads: 4,
+                                       numKVHeads: 2, intermediateSize: 24, tieWordEmbeddings: true)
+        let file = path("f16-bf16.gguf")
+        try writeTinyGGUF(LlamaModel(config, seed: 5), to: file, f16: ["blk.1.ffn_up.weight": [:]])
+        let (plain, _) = try loadGGUFModel(file)
+        let (kept, _) = try loadGGUFModel(file, keepQuantized: true)
+        XCTAssertNil(kept.weightsHashBeforeRelease)
+        kept.keepBF16Weights(releasingFP32: true)
+        XCTAssertTrue(kept.tokenEmbeddingTable.keepsBF16RowsOnly)
+        XCTAssertEqual(kept.weightsHash(), plain.weightsHash())
+    }
+
     /// A block matrix stored in a 16-bit type loads as its decoded values, as Float32 or kept as
     /// blocks (the same logits and weights hash); one holding a NaN or an infinity is refused both
     /// ways, naming the file, the tensor, the value and its element.
@@ -605,8 +622,12 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(Set(kept.namedParameters().compactMap(\.1.packedWeights).map(\.encoding)), ["F16"])
         let ids: [Int32] = [1, 104, 200, 7, 262, 5]
         XCTAssertEqual(withNoGrad { kept.forward(ids, batch: 1) }.toArray(), withNoGrad { plain.forward(ids, batch: 1) }.toArray())
-        // The load takes no hash (the blocks decode to the same values whenever it is asked for).
+        // The load takes no hash (the blocks decode to the same values whenever it is asked for);
+        // the first ask keeps it, and later ones give it even once the embedding's Float32 values went.
         XCTAssertNil(kept.weightsHashBeforeRelease)
+        XCTAssertEqual(kept.weightsHash(), plain.weightsHash())
+        XCTAssertEqual(kept.weightsHashBeforeRelease, plain.weightsHash())
+        kept.tokenEmbeddingTable.keepBF16RowsOnly()
         XCTAssertEqual(kept.weightsHash(), plain.weightsHash())
 
         for (bits, shown) in [(UInt16(0x7E00), "nan"), (0xFC00, "-inf")] {
@@ -1055,9 +1076,10 @@ final class GGUFTests: XCTestCase {
         let ids = tok.encode(Self.chatPrompt)
         assertClose(withNoGrad { kept.forward(ids, batch: 1) }.toArray(), withNoGrad { model.forward(ids, batch: 1) }.toArray(),
                     rtol: 0, atol: 0, "SmolLM2 logits", label: "[keep-quantized]")
-        // A prompt of more than `slabMaxRows` tokens goes by wider slabs: the same logits still.
-        let long = Array(repeating: ids, count: 6).flatMap { $0 }
-        XCTAssertGreaterThan(long.count, PackedWeights.slabMaxRows)
+        // A prompt of more than `slabMaxRows` tokens goes by wider slabs, and from 512 rows the
+        // Float32 load's products split by rows: the same logits still.
+        let long = Array(repeating: ids, count: 33).flatMap { $0 }
+        XCTAssertGreaterThanOrEqual(long.count, 512)
         assertClose(withNoGrad { kept.forward(long, batch: 1) }.toArray(), withNoGrad { model.forward(long, batch: 1) }.toArray(),
                     rtol: 0, atol: 0, "SmolLM2 logits, \(long.count)-token prompt", label: "[keep-quantized]")
         XCTAssertEqual(tok.decode(kept.generate(ids, SamplingOptions(maxNewTokens: 20, stopTokens: [2]))),

@@ -82,8 +82,8 @@ final class PackedWeightsTests: XCTestCase {
 
     /// Products x · Wᵀ of at most `slabMaxRows` rows, and of any number without a gradient, read W
     /// by row slabs (`productWithTranspose`): one sgemm per slab (7 rows here: many per thread;
-    /// 40 past `slabMaxRows` rows), each row decoded once, the Float32 product's values. With a
-    /// gradient, 300 rows decode the whole matrix and run one sgemm.
+    /// 40 past `slabMaxRows` rows on 2 threads, fewer on more), each row decoded once, the Float32
+    /// product's values. With a gradient, 300 rows decode the whole matrix and run one sgemm.
     func testFewRowProductsReadTheMatrixBySlabs() {
         let saved = (PackedWeights.slabFloats, PackedWeights.wideSlabFloats)
         defer { (PackedWeights.slabFloats, PackedWeights.wideSlabFloats) = saved }
@@ -105,7 +105,8 @@ final class PackedWeightsTests: XCTestCase {
             let calls = BLASCounter.sgemmCalls
             let got = recorded ? x.matmul(w.transposed()) : withNoGrad { x.matmul(w.transposed()) }
             let bySlabs = m <= PackedWeights.slabMaxRows || !recorded
-            XCTAssertEqual(BLASCounter.sgemmCalls - calls, bySlabs ? slabs(of: m > PackedWeights.slabMaxRows ? 40 : 7) : 1, "\(label): sgemm calls")
+            let slabRows = m > PackedWeights.slabMaxRows ? PackedWeights.wideSlabFloatsPerThread(threads) / k : 7  // 40 on 2 threads
+            XCTAssertEqual(BLASCounter.sgemmCalls - calls, bySlabs ? slabs(of: slabRows) : 1, "\(label): sgemm calls")
             XCTAssertEqual(decoded.value, n, "\(label): decoded rows")
             let want = withNoGrad { x.matmul(reference.transposed()) }
             assertClose(got.toArray(), want.toArray(), rtol: 1e-5, atol: 2e-5, label, label: "[packed]")
