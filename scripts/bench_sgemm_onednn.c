@@ -8,8 +8,8 @@
  * on one thread: run with "1 256" to time what each core does (except for the head's forward,
  * which it splits by columns: each core then runs 512 rows against half of the vocabulary).
  *
- *   gcc -O2 -march=native -fopenmp scripts/bench_sgemm_onednn.c -o /tmp/bench_sgemm_onednn -lopenblas -ldnnl
- *   /tmp/bench_sgemm_onednn [THREADS (2)] [ROWS (512)]
+ *   gcc -O2 -march=native -fopenmp scripts/bench_sgemm_onednn.c -o bench_sgemm_onednn -lopenblas -ldnnl
+ *   ./bench_sgemm_onednn [THREADS (2)] [ROWS (512)]
  *
  * Prints, per shape, the best of 2 × 30 runs (5 for the head) in GFLOP/s (2·M·K·N / time) for each
  * library, their ratio, and the largest difference between the two outputs.

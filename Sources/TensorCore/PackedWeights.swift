@@ -99,9 +99,9 @@ public final class PackedWeights: @unchecked Sendable {
     /// Floats a row slab holds in a product of more than `slabMaxRows` rows (a prompt, an
     /// evaluation batch), on each of up to two threads: 4 MiB, since each slab's sgemm packs all
     /// of op(A) again and wider slabs spread that copy over more of W. More threads share twice
-    /// this (`wideSlabFloatsPerThread`), so the buffers stay 8 MiB in all. Prefilling a 1,485-token prompt on
-    /// SmolLM2's Q4_1 blocks took 3.00 s with `slabFloats` and 2.70–2.77 s with these, as long as
-    /// with the Float32 load (`docs/benchmarks.md`).
+    /// this (`wideSlabFloatsPerThread`), so the buffers stay 8 MiB in all. Prefilling a
+    /// 1,485-token prompt on SmolLM2's Q4_1 blocks took 3.00 s with `slabFloats` and 2.70–2.77 s
+    /// with these, as long as with the Float32 load (`docs/benchmarks.md`).
     nonisolated(unsafe) static var wideSlabFloats = 1 << 20  // tests make it small too
 
     /// Floats per thread of a wide slab (`wideSlabFloats`) when `threads` threads decode.
