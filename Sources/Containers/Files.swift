@@ -16,6 +16,21 @@ public struct CheckpointError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(message)" }
 }
 
+/// Refuses an output path that is one of a job's inputs (the same file or folder by device and
+/// inode, however it is spelled: `./m.gguf`, a link): writing it would replace what the job reads,
+/// leaving neither. `inputs` pairs each input path with what it is ("the model").
+/// - Throws: `CheckpointError` naming `out` and the input it would replace.
+public func checkOutputIsNoInput(_ out: String, inputs: [(path: String, role: String)]) throws {
+    var o = stat()
+    guard stat(out, &o) == 0 else { return }  // a new path replaces nothing
+    for (path, role) in inputs {
+        var i = stat()
+        if stat(path, &i) == 0 && i.st_dev == o.st_dev && i.st_ino == o.st_ino {
+            throw CheckpointError(path: out, message: "is \(role) this job reads (\(path)); writing it would replace its input: choose another output path")
+        }
+    }
+}
+
 /// Creates the folder that will hold `path` (and its parents) when missing, so an output path
 /// such as `models/merged.h5` works in a fresh clone.
 func createParentFolder(of path: String) throws {

@@ -83,11 +83,13 @@ public enum MergedModelFormat: String, CaseIterable, Sendable { case swiftpeft, 
 /// SwiftPEFT checkpoint, (`format` .hf) a Hugging Face folder or (.gguf) a llama.cpp GGUF file of
 /// `ggufType` matrices (from a GGUF base, its metadata kept); otherwise throws, writing nothing.
 /// The merged model keeps the chat template the adapter records, or `chatTemplatePath`'s (a file
-/// used instead), or the base's own (`useChatTemplate`).
+/// used instead), or the base's own (`useChatTemplate`). An `out` that is the base or the adapter
+/// itself is refused before anything is read.
 public func mergeAdapter(modelPath: String, adapterPath: String, out: String,
                          checkText: String = "The quick brown fox jumps over the lazy dog.",
                          format: MergedModelFormat = .swiftpeft, ggufType: GGUFWeightType = .f16,
                          chatTemplatePath: String? = nil) throws -> MergeResult {
+    try checkOutputIsNoInput(out, inputs: [(modelPath, "the base model"), (adapterPath, "the adapter")])
     let base = try loadModel(modelPath)
     if let tokenizer = base.tokenizer {
         try useChatTemplate(file: chatTemplatePath, adapters: [adapterPath], on: tokenizer)
@@ -137,8 +139,9 @@ public func saveModel(_ model: CausalLM, tokenizer: BPETokenizer?, loadedFrom so
 
 /// Reads the model at `modelPath` (a SwiftPEFT checkpoint, GGUF file or Hugging Face folder; GGUF
 /// quantizations dequantized) and writes it in `format`, its tokenizer and chat template along.
-/// - Throws: naming the file that cannot be read or written.
+/// - Throws: naming the file that cannot be read or written, or an `out` that is `modelPath` itself.
 public func convertModel(modelPath: String, out: String, format: MergedModelFormat, ggufType: GGUFWeightType = .f16) throws {
+    try checkOutputIsNoInput(out, inputs: [(modelPath, "the model")])
     let loaded = try loadModel(modelPath)
     try saveModel(loaded.model, tokenizer: loaded.tokenizer, loadedFrom: loaded.source, to: out, format: format, ggufType: ggufType,
                   metadata: ["converted_from": modelPath])

@@ -49,6 +49,10 @@ struct Export: ParsableCommand {
             throw CLIError("--out \(out) is \(exists && isFolder.boolValue ? "a folder" : "an HDF5 name"), but --format gguf writes a .gguf file")
         }
         if format == "peft" && exists && !isFolder.boolValue { throw CLIError("--out \(out) is a file, but --format peft writes a folder") }
+        if format == "peft" && ["h5", "hdf5"].contains(URL(fileURLWithPath: out).pathExtension.lowercased()) {
+            throw CLIError("--out \(out) is an HDF5 name (a SwiftPEFT checkpoint's), but --format peft writes a folder; give a folder name (the .h5 adapter is the SwiftPEFT format already)")
+        }
+        try checkOutputIsNoInput(out, inputs: [(model, "the base model"), (adapter, "the adapter")])
         if format == "gguf" && baseName != nil { throw CLIError("--base-name applies to --format peft only (a GGUF LoRA records no base name)") }
         if format == "peft" && chatTemplateOk { throw CLIError("--chat-template-ok applies to --format gguf only (a PEFT folder records the template)") }
         let loaded = try loadModel(model)

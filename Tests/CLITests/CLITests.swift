@@ -829,6 +829,22 @@ final class CLITests: XCTestCase {
         _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--out", fx.jsonl], mentioning: ["is a file, but --format peft writes a folder"])
         _ = try fails(["convert", "--model", fx.base, "--format", "gguf", "--out", back], mentioning: ["is a folder", "--format gguf writes a file"])
         _ = try fails(["merge", "--model", fx.base, "--adapter", adapter, "--format", "hf", "--out", fx.jsonl], mentioning: ["is a file", "--format hf writes a folder"])
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--out", fx.path("peft.h5")], mentioning: ["an HDF5 name", "--format peft writes a folder"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("peft.h5")))
+        // An output that is an input (by any spelling, a link too) is refused before anything is written.
+        let baseCopy = fx.path("base-copy.h5"), link = fx.path("base-link.h5")
+        try? FileManager.default.removeItem(atPath: baseCopy)
+        try? FileManager.default.removeItem(atPath: link)
+        try FileManager.default.copyItem(atPath: fx.base, toPath: baseCopy)
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: baseCopy)
+        let before = try Data(contentsOf: URL(fileURLWithPath: baseCopy))
+        _ = try fails(["merge", "--model", baseCopy, "--adapter", adapter, "--out", baseCopy], mentioning: ["is the base model this job reads", "choose another output path"])
+        _ = try fails(["merge", "--model", baseCopy, "--adapter", adapter, "--out", link], mentioning: ["is the base model this job reads"])
+        _ = try fails(["merge", "--model", baseCopy, "--adapter", adapter, "--out", adapter], mentioning: ["is the adapter this job reads"])
+        _ = try fails(["convert", "--model", baseCopy, "--out", fx.path("./base-copy.h5")], mentioning: ["is the model this job reads"])
+        let ggufLoRA = fx.path("by-name-lora.gguf")
+        _ = try fails(["export", "--model", fx.base, "--adapter", ggufLoRA, "--out", ggufLoRA], mentioning: ["is the adapter this job reads"])
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: baseCopy)), before, "the base is untouched")
         // A chat template the file cannot carry: refused unless the user takes it on.
         let chat = fx.path("gguf-chat.jsonl")
         try (0..<8).map { _ in #"{"messages": [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}]}"# }
