@@ -263,7 +263,9 @@ public struct BacktestOptions {
     public var maxNewTokens = 64
     /// 1: greedy. More: that many samples at `temperature`, seeds `seed`, `seed + 1`, …
     public var samples = 1
-    public var temperature: Float = 0.8
+    public var temperature: Float = BacktestOptions.defaultTemperature
+    /// `temperature` unless set.
+    public static let defaultTemperature: Float = 0.8
     public var seed: UInt64 = 0
     /// The output is cut before the first of these texts (EOS always ends it).
     public var stop: [String] = []
@@ -396,9 +398,13 @@ public struct BacktestResult: Codable, Sendable {
     public var cost: Cost
     /// With `keepQuantized`: the matrices the base kept as quantized blocks (`quantizedBaseSummary`).
     public var baseWeights: String?
+    /// For chat prompts written with another chat template than the base's own (the one the
+    /// adapters record, or `chatTemplatePath`'s): which, for every version, the base included.
+    public var promptTemplate: String?
 
     enum CodingKeys: String, CodingKey {
         case model, versions, rows, summaries, tagSummaries = "tag_summaries", tags, decoding, cost, baseWeights = "base_weights"
+        case promptTemplate = "prompt_template"
     }
 
     /// Whether `version` scores below `than` on `metric` (beyond `tolerance`); nil when either has no
@@ -430,7 +436,11 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     guard let tokenizer = loaded.tokenizer else { throw BacktestError("\(o.modelPath): holds no tokenizer; prompts cannot be tokenized") }
     // One template writes every version's prompts: the file's, or the one the adapters were trained with.
     let chat = o.prompts.contains { $0.messages != nil }
+    let ownTemplate = tokenizer.chatTemplate
     try useChatTemplate(file: o.chatTemplatePath, adapters: chat ? o.adapters.map(\.path) : [], on: tokenizer)
+    let promptTemplate = !chat ? nil : o.chatTemplatePath.map { "chat prompts written with the chat template of \($0), for every version" }
+        ?? (tokenizer.chatTemplate == ownTemplate ? nil
+            : "chat prompts written with the chat template the adapters were trained with (not the base's own), for every version, the base included")
     // Chat prompts as the model writes them, and the reply tokens an expected answer is scored on:
     // its text and the tokens the template ends a turn with, as chat training learns them.
     var prompts = o.prompts, answerIDs: [String: [Int32]] = [:]
@@ -549,7 +559,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         : "\(o.samples) samples at temperature \(o.temperature) (seeds \(o.seed)…\(o.seed &+ UInt64(o.samples - 1))), at most \(o.maxNewTokens) new tokens"
     return BacktestResult(model: o.modelPath, versions: names2, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
                           tags: tags, decoding: decoding, cost: total.reading(tokens: rows.reduce(0) { $0 + $1.cost.tokens }),
-                          baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil)
+                          baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil, promptTemplate: promptTemplate)
 }
 
 /// −log p(seq[t] | seq[..<t]) for each t from `start` on, in nats: one pass over `seq`, the output

@@ -15,8 +15,12 @@ extension Dataset {
     /// The batch made of `rows` (indices into the data set), in that order: ids and targets (B·T), and for
     /// padded data the attention mask (B·T, 1 real, 0 padding); packed data has no padding a causal model could
     /// see (only the last row is padded, on the right), so its mask is nil.
-    public func batch(rows: [Int]) -> Batch {
-        let T = seqLen, W = T + 1
+    /// `trimmed`: the rows cut after the last position any of them learns (at least one position),
+    /// for evaluation: a causal model's logits at the kept positions do not depend on the cut ones,
+    /// so a short example evaluated at a long --seq-len costs its own length, not T.
+    public func batch(rows: [Int], trimmed: Bool = false) -> Batch {
+        let W = seqLen + 1
+        let T = trimmed ? max(1, min(seqLen, rows.map { $0 >= 0 && $0 < count ? lengths[$0] - 1 : seqLen }.max() ?? seqLen)) : seqLen
         var ids: [Int32] = [], targets: [Int32] = [], mask: [Float] = []
         ids.reserveCapacity(rows.count * T)
         targets.reserveCapacity(rows.count * T)
@@ -179,7 +183,7 @@ public func evaluate(_ model: CausalLM, on data: Dataset, batch: Int = 8, maxRow
     var total = 0.0, count = 0
     return withNoGrad {
         for start in stride(from: share.index * batch, to: n, by: batch * share.of) {
-            let b = data.batch(rows: Array(start..<min(start + batch, n)))
+            let b = data.batch(rows: Array(start..<min(start + batch, n)), trimmed: true)  // (rows, ≤ T)
             let valid = b.learnedTokens
             guard valid > 0 else { continue }
             let loss = model.loss(b.ids, targets: b.targets, batch: b.rows, attentionMask: b.attentionMask).item()

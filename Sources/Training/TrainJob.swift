@@ -99,6 +99,17 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
     try runTrainJob(job, checkOnly: false, onStart: onStart, onStep: onStep)!
 }
 
+/// The flags that shape a run's updates besides its base, method and data, as "flag=value" words
+/// (`Trainer.resume` names the ones that differ): a resumed run must find them unchanged to go on
+/// as the uninterrupted run would have. --steps may grow; logging, evaluation, saving and
+/// gradient checkpointing (the same values, recomputed) may change.
+func updateShapingOptions(_ job: TrainJob, _ o: TrainerOptions) -> String {
+    ["batch-size=\(job.batchSize)", "lr=\(o.lr)", "schedule=\(o.schedule.rawValue)", "warmup=\(o.warmupSteps)",
+     "optimizer=\(o.optimizer)", "weight-decay=\(o.weightDecay)", "momentum=\(o.momentum)", "adam-beta2=\(o.adamBeta2)",
+     "clip=\(o.clip)", "grad-accumulation=\(o.gradAccumulation)", "seed=\(o.seed)", "precision=\(job.precision.rawValue)"]
+        .joined(separator: " ")
+}
+
 private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (String) -> Void = { _ in },
                          onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome? {
     let meter = CostMeter(wattsPerCore: job.wattsPerCore)
@@ -109,9 +120,15 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         Threads.set(min(Threads.available, max(1, ProcessInfo.processInfo.activeProcessorCount / comm.localSize)))
     }
     let onStart = comm.isLeader ? onStart : { _ in }
-    var outIsFolder: ObjCBool = false  // before the base and data load: an --out that cannot be a folder
-    if FileManager.default.fileExists(atPath: job.outDir, isDirectory: &outIsFolder) && !outIsFolder.boolValue {
-        throw TrainingError(message: "\(job.outDir): is a file; --out names the folder a run writes (adapter.h5, state.h5, metrics.jsonl, loss.svg)")
+    // Before the base and data load: an --out that cannot be a folder (it, or a folder above it, is a file).
+    let outURL = URL(fileURLWithPath: job.outDir).standardizedFileURL
+    var existing = outURL, isFolder: ObjCBool = false
+    while !FileManager.default.fileExists(atPath: existing.path, isDirectory: &isFolder) && existing.path != "/" {
+        existing = existing.deletingLastPathComponent()
+    }
+    guard isFolder.boolValue else {
+        let file = existing == outURL ? job.outDir : "\(existing.path) (above --out \(job.outDir))"
+        throw TrainingError(message: "\(file): is a file; --out names the folder a run writes (adapter.h5, state.h5, metrics.jsonl, loss.svg)")
     }
     if job.resume && !checkOnly && !FileManager.default.fileExists(atPath: (job.outDir as NSString).appendingPathComponent("state.h5")) {
         throw TrainingError(message: "\((job.outDir as NSString).appendingPathComponent("state.h5")): no such file; --resume continues the run whose --out holds it")
@@ -138,7 +155,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         }
         method = try loadAdapter(path, onto: model)  // attached, its tensors trainable
         for (_, t) in method!.adapterParameters() { t.requiresGrad = true }
-        names = ["the adapter in \(path)"]
+        names = []
     } else if let m = try makeMethod(job.method, for: model, settings: job.methodSettings, tokenizer: tokenizer) {
         if job.keepQuantized, let why = m.releasedWeightsConflict(in: model) {
             throw TrainingError(message: "--keep-quantized: \(why), and this base keeps only the quantized blocks of its matrices; leave --keep-quantized out (or, in compare, this method out of --methods)")
@@ -161,7 +178,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     try job.precision.apply(to: model, method: methodName, adapter: method, checkOnly: checkOnly)
     let parameters = method?.adapterParameters() ?? model.namedParameters()
     let report = TrainableReport(model: model, methods: method.map { [$0] } ?? [])
-    try checkSequenceLength(model, job.data.seqLen + ((method as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
+    let lengthNote = try checkSequenceLength(model, job.data.seqLen, virtual: (method as? PromptLearningMethod)?.virtualTokenCount ?? 0, what: "--seq-len")
     // The split keeps its own seed (job.data.seed), not --seed: runs that differ only in their seed
     // are compared on the same validation examples.
     let splits = try loadDataset(job.dataPath, tokenizer: tokenizer, options: job.data)
@@ -178,10 +195,14 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
                    c.attentionDropout.map { "attention dropout \($0)" }, c.slidingWindow.map { "sliding window \($0)" }].compactMap { $0 }
     onStart("""
         base: \(job.modelPath) (\(c.family), \(model.parameterCount) parameters\(applied.map { "; " + $0 }.joined()))
-        method: \(methodName) on \(names.count) module(s)\(names.count <= 4 ? ": " + names.joined(separator: ", ") : "")
+        method: \(job.adapterPath.map { "\(methodName), continuing the adapter in \($0)" } ?? "\(methodName) on \(names.count) module(s)\(names.count <= 4 ? ": " + names.joined(separator: ", ") : "")")
         \(report)
         data: \(splits)
         """)
+    if let lengthNote { onStart(lengthNote) }
+    if let template = job.chatTemplatePath, splits.train.summary.format != .chat {
+        onStart("note: --chat-template \(template) writes chat data, and \(job.dataPath) is \(splits.train.summary.format.rawValue): its rows do not use it (the adapter still records it for generate, serve and backtest)")
+    }
     if job.precision == .bf16 { onStart("precision: the frozen weights' products in bf16, fp32 accumulation (oneDNN \(BF16Copy.isaName))") }
     if job.keepQuantized { onStart(quantizedBaseSummary(model)) }
     if trainerOptions.warmupSteps > trainerOptions.steps {
@@ -204,6 +225,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     // What a resume must find unchanged (the data is checked by its fingerprint in the data position).
     trainer.checkpointAttributes = ["base_weights_hash": fingerprint.weightsHash, "base_architecture": fingerprint.architecture,
                                     "data_parallel_ranks": String(comm.size)]
+    trainer.checkpointAttributes["training_options"] = updateShapingOptions(job, trainerOptions)
     if let method {
         trainer.checkpointAttributes["method"] = methodName
         trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)
@@ -338,11 +360,16 @@ func trimMetrics(_ url: URL, toStep step: Int) throws {
 }
 
 /// Learned absolute positions stop at max_position_embeddings: say so before training or scoring.
-func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws {
-    let c = model.config
+/// Rotary ones go on, but past them the model was not trained: returns a note to print then.
+func checkSequenceLength(_ model: CausalLM, _ seqLen: Int, virtual: Int, what: String) throws -> String? {
+    let c = model.config, length = seqLen + virtual
+    let counted = virtual > 0 ? "\(what) \(seqLen) and the adapter's \(virtual) virtual tokens (\(length) positions)" : "\(what) \(seqLen)"
     if c.positions == .learned && length > c.maxPositions {
-        throw TrainingError(message: "\(what) \(length) (virtual tokens included) exceeds the model's max_position_embeddings \(c.maxPositions) (learned positions cannot go further); use at most \(c.maxPositions)")
+        throw TrainingError(message: "\(counted) exceeds the model's max_position_embeddings \(c.maxPositions) (learned positions cannot go further); use at most \(c.maxPositions - virtual)")
     }
+    guard length > c.maxPositions else { return nil }
+    // Rotary positions have no end, but the model was trained up to max_position_embeddings.
+    return "note: \(counted) passes the \(c.maxPositions) positions the model was trained on (max_position_embeddings); positions past them are often degraded"
 }
 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
@@ -350,7 +377,8 @@ func checkSequenceLength(_ model: CausalLM, _ length: Int, what: String) throws 
 /// the one the adapter records (`useChatTemplate`).
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
-                    chatTemplatePath: String? = nil, keepQuantized: Bool = false) throws -> (evaluation: Evaluation, cost: Cost) {
+                    chatTemplatePath: String? = nil, keepQuantized: Bool = false,
+                    onNote: (String) -> Void = { _ in }) throws -> (evaluation: Evaluation, cost: Cost) {
     let meter = CostMeter(wattsPerCore: wattsPerCore)
     guard batch >= 1 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batch)") }
     guard seqLen >= 2 else { throw TrainingError(message: "--seq-len must be at least 2, got \(seqLen)") }
@@ -359,8 +387,15 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
     guard let tokenizer = base.tokenizer else { throw CheckpointError(path: modelPath, message: "holds no tokenizer; the data cannot be tokenized") }
     try useChatTemplate(file: chatTemplatePath, adapters: adapterPath.map { [$0] } ?? [], on: tokenizer)
     let adapter = try adapterPath.map { try loadAdapter($0, onto: model) }
-    try checkSequenceLength(model, seqLen + ((adapter as? PromptLearningMethod)?.virtualTokenCount ?? 0), what: "--seq-len")
+    let virtual = (adapter as? PromptLearningMethod)?.virtualTokenCount ?? 0
+    _ = try checkSequenceLength(model, seqLen, virtual: virtual, what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
+    // Evaluation cuts each batch after its last learned position: the note is for the rows' own length.
+    let longest = min(seqLen, (splits.train.lengths.max() ?? 1) - 1)
+    if longest + virtual > model.config.maxPositions {  // (rotary positions: learned ones were refused above)
+        onNote("note: rows of \(dataPath) reach \(longest + virtual) positions\(virtual > 0 ? " (the adapter's \(virtual) virtual tokens included)" : ""), past the \(model.config.maxPositions) "
+               + "the model was trained on (max_position_embeddings); positions past them are often degraded")
+    }
     let e = evaluate(model, on: splits.train, batch: batch)
     return (e, meter.reading(tokens: e.tokens))
 }

@@ -470,9 +470,24 @@ public final class Trainer {
             if key == "base_architecture" { return attrs[key].map { BaseFingerprint.normalized(architecture: $0, current: model.config) } }
             // States written before data-parallel training were one process's.
             if key == "data_parallel_ranks" { return attrs[key] ?? "1" }
+            // States written before their options were recorded resume as they did.
+            if key == "training_options" { return attrs[key] ?? checkpointAttributes[key] }
             return attrs[key]
         }
         for (key, mine) in checkpointAttributes.sorted(by: { $0.key < $1.key }) where recorded(key) != mine {
+            if key == "training_options", let saved = attrs[key] {
+                func flags(_ s: String) -> [(String, String)] {
+                    s.split(separator: " ").map { w in let p = w.split(separator: "=", maxSplits: 1).map(String.init); return (p[0], p.count > 1 ? p[1] : "") }
+                }
+                let before = Dictionary(flags(saved), uniquingKeysWith: { a, _ in a })
+                let differing = flags(mine).filter { before[$0.0] != $0.1 }
+                    .map { "--\($0.0) \(before[$0.0] ?? "(not recorded)") in the state, \($0.1) in this run" }
+                throw CheckpointError(path: url.path, message: """
+                    was written by a run with other training options: \(differing.joined(separator: "; ")).
+                    HINT: --resume goes on exactly as the interrupted run would have, so give it the same values; to go on with \
+                    other ones, start a new --out from the adapter (--adapter <out>/adapter.h5)
+                    """)
+            }
             throw CheckpointError(path: url.path, message: """
                 was made for another \(what[key] ?? key): it has \(key) \(attrs[key].map { "'\($0)'" } ?? "missing"), this run has '\(mine)'.
                 HINT: resume with the same --model and method options, or train into another --out.

@@ -36,7 +36,7 @@ struct Backtest: ParsableCommand {
     @Flag(help: "Leave the base out (by default it runs as the version \"base\").") var noBase = false
     @Option(help: "New tokens at most per answer.") var maxTokens = 64
     @Option(help: "Samples per prompt (1: greedy).") var samples = 1
-    @Option(help: "Sampling temperature when --samples > 1.") var temperature: Float = 0.8
+    @Option(help: "Sampling temperature when --samples > 1 (default \(BacktestOptions.defaultTemperature)).") var temperature: Float?
     @Option(help: "Seed of the first sample.") var seed: UInt64 = 0
     @Option(help: "Cut each output before this text (repeatable); EOS always ends it.") var stop: [String] = []
     @Option(help: "Metric for --fail-if-worse: \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")).") var metric = "rouge-l"
@@ -77,7 +77,11 @@ struct Backtest: ParsableCommand {
         var options = BacktestOptions(modelPath: model, adapters: Self.versions(adapters),
                                       prompts: try loadBacktestPrompts(prompts, defaultTemplate: defaultTemplate))
         options.includeBase = !noBase
-        (options.maxNewTokens, options.samples, options.temperature, options.seed) = (maxTokens, samples, temperature, seed)
+        if let temperature, samples == 1 {
+            throw CLIError("--temperature \(temperature) applies to sampled answers, and --samples 1 answers greedily; give --samples 2 or more, or leave --temperature out")
+        }
+        (options.maxNewTokens, options.samples, options.seed) = (maxTokens, samples, seed)
+        if let temperature { options.temperature = temperature }
         options.stop = stop.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
         options.wattsPerCore = wattsPerCore
         options.chatTemplatePath = chatTemplate
@@ -101,6 +105,7 @@ struct Backtest: ParsableCommand {
         try writeBacktestReport(result, to: URL(fileURLWithPath: out))
         print(renderBacktestTable(result.summaries), terminator: "")
         if let w = result.baseWeights { print(w) }
+        if let t = result.promptTemplate { print("note: \(t)") }
         print("cost: \(result.cost.summary)")
         print("report: \(out)/report.md, report.html, results.jsonl, results.csv")
         if let (a, b) = gate {

@@ -259,7 +259,8 @@ struct Eval: ParsableCommand {
     func run() throws {
         guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
         let (e, cost) = try runEval(modelPath: model, adapterPath: adapter, dataPath: data, seqLen: seqLen, batch: batchSize,
-                                    wattsPerCore: wattsPerCore, chatTemplatePath: chatTemplate, keepQuantized: keepQuantized)
+                                    wattsPerCore: wattsPerCore, chatTemplatePath: chatTemplate, keepQuantized: keepQuantized,
+                                    onNote: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) })
         if json {
             let costObject = try JSONSerialization.jsonObject(with: JSONEncoder().encode(cost))
             // JSON has no NaN or infinity: a loss that is not finite is null (JSONSerialization would refuse the object).

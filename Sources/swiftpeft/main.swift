@@ -53,6 +53,9 @@ func joiningNegativeNumbers(_ arguments: [String]) -> [String] {
     return out
 }
 
+// Each line reaches a log file or a pipe when it is printed (a training run under nohup, `tail -f`,
+// a killed run's log), not when a 4 KiB buffer fills or the process exits.
+setvbuf(stdout, nil, _IOLBF, 0)
 BLASCore.selectBest()  // before any work: may re-execute with OPENBLAS_CORETYPE set
 do {
     var command = try SwiftPEFT.parseAsRoot(joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst())))

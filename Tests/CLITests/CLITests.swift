@@ -766,6 +766,18 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(learned(flag), learned(key), flag.transcript + key.transcript)
         XCTAssertNotNil(learned(flag), flag.transcript)
         XCTAssertNotEqual(learned(flag), learned(none), "the template writes other rows than ChatML: " + flag.transcript + none.transcript)
+        // A back-test of chat prompts writes every version's, the base's too, with the adapter's template, and says so.
+        let bt = try ok(["backtest", "--model", fx.base, "--adapters", fx.path("runs/chat-template-flag/adapter.h5"), "--prompts", chat,
+                         "--max-tokens", "2", "--out", fx.path("runs/chat-template-backtest")])
+        XCTAssertTrue(bt.stdout.contains("note: chat prompts written with the chat template the adapters were trained with"), bt.transcript)
+        let report = try String(contentsOfFile: fx.path("runs/chat-template-backtest/report.md"), encoding: .utf8)
+        XCTAssertTrue(report.contains("Note: chat prompts written with the chat template the adapters"), report)
+        let ownBT = try ok(["backtest", "--model", fx.base, "--prompts", chat, "--max-tokens", "2", "--out", fx.path("runs/own-template-backtest")])
+        XCTAssertFalse(ownBT.stdout.contains("chat prompts written with"), ownBT.transcript)
+        // On data that is not chat, the template writes no row: train says so.
+        let plain = try ok(["train", "--model", fx.base, "--data", fx.jsonl, "--steps", "1", "--seq-len", "32", "--chat-template", jinja,
+                            "--out", fx.path("runs/chat-template-plain")])
+        XCTAssertTrue(plain.stdout.contains("note: --chat-template \(jinja) writes chat data"), plain.transcript)
         // A merged model keeps the file's template; generate takes one only with --chat.
         let merged = fx.path("chat-template-merged.h5")
         _ = try ok(["merge", "--model", fx.base, "--adapter", fx.path("runs/chat-template-flag/adapter.h5"), "--chat-template", jinja, "--out", merged])
@@ -1338,6 +1350,45 @@ final class CLITests: XCTestCase {
 
     /// Regressions: no method to compare; resuming at or past the budget; learned positions past
     /// max_position_embeddings (used to crash) in train, eval and generate.
+    /// Printed lines reach a redirected stdout as they are printed: a run killed mid-way (SIGKILL:
+    /// no exit handler flushes anything) leaves the lines of the steps it logged.
+    func testLinesReachARedirectedOutputAsPrinted() throws {
+        let out = fx.path("runs/killed-log")
+        var killed = false
+        let r = try Self.launch(Self.binary(), trainArgs(out: out, steps: 100_000) + ["--log-every", "1"], in: fx.dir, timeout: 120) { pid in
+            let logged = ((try? String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count
+            if !killed && logged >= 3 {
+                kill(pid, SIGKILL)
+                killed = true
+            }
+        }
+        XCTAssertTrue(killed, r.transcript)
+        XCTAssertEqual(r.status, SIGKILL, r.transcript)
+        XCTAssertTrue(r.stdout.contains("validation loss before:") && r.stdout.contains("step 2/100000"), r.transcript)
+    }
+
+    /// Positions past max_position_embeddings get a note (rotary positions go on); evaluation runs
+    /// each batch only as far as its rows' tokens, whatever --seq-len is.
+    func testSequenceLengthNotesAndShortRowsAtALongSeqLen() throws {
+        let out = fx.path("runs/long-seq")
+        var args = trainArgs(out: out, steps: 1)
+        args[args.firstIndex(of: "--seq-len")! + 1] = "160"
+        let t = try ok(args)
+        XCTAssertTrue(t.stdout.contains("note: --seq-len 160 passes the 128 positions the model was trained on"), t.transcript)
+        let short = try ok(trainArgs(out: fx.path("runs/short-seq"), steps: 1))
+        XCTAssertFalse(short.stdout.contains("positions the model was trained on"), short.transcript)
+        // Rows of 100,000 positions would take minutes and gigabytes: the batches stop at the data's end.
+        let e = try Self.launch(Self.binary(), ["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "100000", "--json"], in: fx.dir, timeout: 60)
+        XCTAssertEqual(e.status, 0, e.transcript)
+        let at32 = try ok(["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--json"])
+        XCTAssertTrue(e.stdout.contains("\"loss\"") && at32.stdout.contains("\"loss\""), e.transcript)
+        XCTAssertFalse(e.stderr.contains("positions the model was trained on"), "short rows stay within them: \(e.transcript)")
+        let long = fx.path("long-text.jsonl")
+        try #"{"text": "\#(String(repeating: "the cat sat on the mat and ", count: 60))"}"#.write(toFile: long, atomically: true, encoding: .utf8)
+        let l = try ok(["eval", "--model", fx.base, "--data", long, "--seq-len", "256"])
+        XCTAssertTrue(l.stderr.contains("note: rows of \(long) reach 256 positions, past the 128 the model was trained on"), l.transcript)
+    }
+
     func testRunTimeMistakesAreErrorsNotCrashes() throws {
         try fails(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", ",", "--steps", "2", "--out", fx.path("runs/none")],
                   mentioning: ["--methods names no method"])
@@ -1346,6 +1397,9 @@ final class CLITests: XCTestCase {
         try fails(trainArgs(out: out, steps: 2) + ["--resume"], mentioning: ["already at step 4", "state.h5"])
         // Before the base and data load: --out a file, --resume without a state.
         try fails(trainArgs(out: fx.jsonl, steps: 2), mentioning: ["\(fx.jsonl): is a file; --out names the folder"])
+        try fails(trainArgs(out: fx.jsonl + "/run", steps: 2), mentioning: ["\(fx.jsonl) (above --out", "is a file; --out names the folder"])
+        try fails(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,ia3", "--steps", "1", "--out", fx.jsonl],
+                  mentioning: ["[lora]", "\(fx.jsonl) (above --out", "is a file"])
         try fails(trainArgs(out: fx.path("runs/never"), steps: 2) + ["--resume"], mentioning: ["runs/never/state.h5: no such file; --resume continues"])
         // A GPT-2 base with 32 learned positions.
         let gpt2 = fx.path("gpt2-32.h5")
@@ -1371,7 +1425,7 @@ final class CLITests: XCTestCase {
         _ = try fails(["train", "--method", "prompt", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-prompt-bad"),
                        "--method-config", #"{"prompt_tuning_init": "#], mentioning: ["--method-config", "not a JSON object"])
         _ = try fails(["eval", "--model", gpt2, "--adapter", fx.path("runs/gpt2-prompt-ok/adapter.h5"), "--data", fx.jsonl, "--seq-len", "31"],
-                      mentioning: ["--seq-len 35", "max_position_embeddings 32"])
+                      mentioning: ["--seq-len 31 and the adapter's 4 virtual tokens (35 positions)", "max_position_embeddings 32", "use at most 28"])
         let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])
         XCTAssertFalse(g.output.contains("Fatal error"), "generation stops at the last position:\n\(g.transcript)")
         // A GPT-2 folder's dropout rates apply while training, and train says so.
@@ -1414,6 +1468,8 @@ final class CLITests: XCTestCase {
         _ = try fails(["serve", "--model", fx.base, "--adapters", "=" + fx.base], mentioning: ["--adapters \"=\(fx.base)\" (NAME=PATH)"])
         _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1:" + fx.base, "--prompts", fx.jsonl, "--out", fx.path("no-backtest")],
                       mentioning: ["--adapters: version", "v1:\(fx.base): no such file or folder", "NAME=PATH"])
+        _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.jsonl, "--temperature", "0.9", "--out", fx.path("no-backtest")],
+                      mentioning: ["--temperature 0.9 applies to sampled answers", "--samples 1 answers greedily"])
         _ = try fails(["bench", "--precision", "bf16", "--methods", "lora,full"], mentioning: ["full has none of its frozen weights"])
         _ = try fails(["bench", "--config", "tiny", "--configs", "small"], mentioning: ["--config and --configs are both given"])
         let tiny = fx.path("tiny.txt")
@@ -1435,6 +1491,16 @@ final class CLITests: XCTestCase {
         _ = try fails(trainArgs(out: out, steps: 6).map { $0 == fx.base ? fx.otherBase : $0 } + ["--resume"],
                       mentioning: ["state.h5", "another base model", "HINT"])
         _ = try fails(trainArgs(out: out, steps: 6) + ["--resume", "--r", "4"], mentioning: ["another method config"])
+        // Options that shape the updates must be the same: the run goes on as it would have.
+        func with(_ flag: String, _ value: String) -> [String] {  // the same run's flags, one value changed
+            var a = trainArgs(out: out, steps: 6)
+            a[a.firstIndex(of: flag)! + 1] = value
+            return a + ["--resume"]
+        }
+        _ = try fails(with("--lr", "0.02"), mentioning: ["other training options", "--lr 0.01 in the state, 0.02 in this run", "HINT"])
+        _ = try fails(with("--batch-size", "3"), mentioning: ["--batch-size 4 in the state, 3 in this run"])
+        _ = try fails(with("--warmup", "2"), mentioning: ["--warmup 1 in the state, 2 in this run"])
+        _ = try fails(trainArgs(out: out, steps: 6) + ["--resume", "--seed", "9"], mentioning: ["--seed 0 in the state, 9 in this run"])
         // A killed run logged steps 5 and 6 (and half a line) after its last checkpoint at 4.
         let metricsPath = out + "/metrics.jsonl"
         let lines = try String(contentsOfFile: metricsPath, encoding: .utf8)
@@ -1529,7 +1595,7 @@ final class CLITests: XCTestCase {
         let out = fx.path("runs/continued")
         let r = try ok(["train", "--model", fx.base, "--adapter", adapter, "--data", fx.jsonl, "--out", out, "--steps", "3",
                         "--seq-len", "32", "--batch-size", "4", "--eval-every", "3", "--lr", "1e-3", "--warmup", "1"])
-        XCTAssertTrue(r.stdout.contains("the adapter in \(adapter)"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("method: lora, continuing the adapter in \(adapter)"), r.transcript)
         assertFile(out + "/adapter.h5")
         let continued = try evalJSON(["--model", fx.base, "--adapter", out + "/adapter.h5"]).loss
         XCTAssertNotEqual(continued, withAdapter, "training moved the adapter")
@@ -1542,7 +1608,7 @@ final class CLITests: XCTestCase {
         _ = try ok(trainArgs(out: ia3, steps: 1, method: "ia3"))
         let again = try ok(["train", "--model", fx.base, "--adapter", ia3 + "/adapter.h5", "--data", fx.jsonl, "--out", fx.path("runs/continued-ia3"),
                             "--steps", "1", "--seq-len", "32", "--batch-size", "4"])
-        XCTAssertTrue(again.stdout.contains("method: ia3 on"), again.transcript)
+        XCTAssertTrue(again.stdout.contains("method: ia3, continuing the adapter in"), again.transcript)
         _ = try fails(["train", "--model", fx.base, "--adapter", ia3 + "/adapter.h5", "--data", fx.jsonl, "--out", fx.path("runs/continued-ia3-m"),
                        "--steps", "1", "--method", "lora"], mentioning: ["is a ia3 adapter", "--method lora does not apply"])
         var dora = LoRAConfig(targetModules: .names(["q_proj"]))

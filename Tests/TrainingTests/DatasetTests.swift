@@ -882,6 +882,16 @@ final class DatasetTests: XCTestCase {
         let e = evaluate(model, on: data.validation!, batch: 1)
         XCTAssertEqual(e.tokens, data.validation!.summary.learnedTargets)
         XCTAssertEqual(e.loss, log(Double(Self.tokenizer.vocabSize)), accuracy: 0.5, "a fresh model is near uniform")
+        // Evaluation cuts a batch after its last learned position: the same targets, the same loss
+        // as over the whole padded rows, at a fraction of the length.
+        let rows = Array(0..<data.train.count)
+        let full = data.train.batch(rows: rows), cut = data.train.batch(rows: rows, trimmed: true)
+        XCTAssertEqual(cut.ids.count, rows.count * (data.train.lengths.max()! - 1), "the longest row's inputs")
+        XCTAssertLessThan(cut.ids.count, full.ids.count / 2, "rows of 32 cut to their longest example")
+        XCTAssertEqual(cut.learnedTokens, full.learnedTokens)
+        XCTAssertEqual(cut.targets.filter { $0 != -100 }, full.targets.filter { $0 != -100 })
+        let wholeRows = withNoGrad { model.loss(full.ids, targets: full.targets, batch: full.rows, attentionMask: full.attentionMask).item() }
+        XCTAssertEqual(evaluate(model, on: data.train, batch: rows.count).loss, Double(wholeRows), accuracy: 1e-5)
     }
 }
 
