@@ -212,3 +212,9 @@ func releaseMappedPages(_ bytes: UnsafeRawBufferPointer) {
     _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, MADV_DONTNEED)
     #endif
 }
+
+/// Why Foundation's JSON parser refused a text, with where ("Unexpected end of file during JSON
+/// parse.", "… around line 3, column 7."): its debug description, else its generic sentence.
+public func jsonSyntaxDetail(_ error: Error) -> String {
+    (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? (error as NSError).localizedDescription
+}

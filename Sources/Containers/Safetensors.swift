@@ -91,7 +91,7 @@ public struct SafetensorsFile {
         do {
             top = try JSONSerialization.jsonObject(with: headerBytes)
         } catch {
-            throw fail("the header is not valid JSON (\((error as NSError).localizedDescription))")
+            throw fail("the header is not valid JSON (\(jsonSyntaxDetail(error)))")
         }
         guard let root = top as? [String: Any] else { throw fail("the header is not a JSON object") }
         // JSON parsers keep one of two equal keys silently; the format forbids them.
@@ -377,7 +377,7 @@ public enum Safetensors {
         } catch let e as SafetensorsError {
             throw e
         } catch {
-            throw SafetensorsError(path: index, message: "not valid JSON (\((error as NSError).localizedDescription))")
+            throw SafetensorsError(path: index, message: "not valid JSON (\(jsonSyntaxDetail(error)))")
         }
         var files: [String: SafetensorsFile] = [:]
         var shapes: [String: [Int]] = [:]

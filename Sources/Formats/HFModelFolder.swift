@@ -265,7 +265,7 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
     do {
         obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath)))
     } catch {
-        throw HFModelError(path: configPath, message: "not valid JSON (\((error as NSError).localizedDescription))")
+        throw HFModelError(path: configPath, message: "not valid JSON (\(jsonSyntaxDetail(error)))")
     }
     guard let json = obj as? [String: Any] else { throw HFModelError(path: configPath, message: "the top level is not a JSON object") }
     let config = try hfModelConfig(json, file: configPath)

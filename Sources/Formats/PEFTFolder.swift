@@ -111,7 +111,7 @@ public func importPEFTFolder(_ dir: URL, onto model: CausalLM) throws -> PEFTMet
         configText = try Data(contentsOf: configURL)
         obj = try JSONSerialization.jsonObject(with: configText)
     } catch {
-        throw PEFTFolderError(path: configURL.path, message: "not valid JSON (\((error as NSError).localizedDescription))")
+        throw PEFTFolderError(path: configURL.path, message: "not valid JSON (\(jsonSyntaxDetail(error)))")
     }
     guard let config = obj as? [String: Any] else { throw PEFTFolderError(path: configURL.path, message: "the top level is not a JSON object") }
     return try importPEFTContents(config, keyOrder: jsonObjectKeyOrder(configText), tensors: {

@@ -94,6 +94,11 @@ public struct LoRAConfig: PEFTConfig, Equatable {
         for (k, v) in rankPattern where v <= 0 || v > Self.maxRank {
             throw PEFTError(message: "LoRA: rank_pattern[\"\(k)\"] must be in 1…\(Self.maxRank), got \(v)")
         }
+        // The update is scaled by alpha / r: at 0 the adapter neither changes the model nor learns.
+        guard loraAlpha.isFinite && loraAlpha > 0 else { throw PEFTError(message: "LoRA: lora_alpha (--alpha) must be a positive number, got \(loraAlpha)") }
+        for (k, v) in alphaPattern where !(v.isFinite && v > 0) {
+            throw PEFTError(message: "LoRA: alpha_pattern[\"\(k)\"] must be a positive number, got \(v)")
+        }
     }
 
     /// Whether a pattern key applies to `module` (PEFT: the name matches "(.*\.)?(key)" whole).

@@ -52,7 +52,8 @@ extension PromptLearningConfig {
                                          ("num_attention_heads", numAttentionHeads, heads)] where value != expected {
             throw PEFTError(message: """
                 \(method): \(field) is \(value.map(String.init) ?? "null"), the model needs \(expected)
-                HINT: leave \(field) out of the config (null) and it is taken from the model at attach.
+                HINT: a saved adapter with \(field) \(value.map(String.init) ?? "null") was trained on another base: load it onto that one. \
+                In a new adapter's config, leave \(field) out (null) and it is taken from the model at attach.
                 """)
         }
     }

@@ -10,6 +10,7 @@
 import Foundation
 import Hummingbird
 import NIOCore
+import Containers
 import Models
 import Prometheus
 import Synchronization
@@ -187,7 +188,9 @@ struct CompletionParameters {
         func count(_ key: String, in range: ClosedRange<Double>) throws -> Int? {
             guard let x = try number(key) else { return nil }
             guard range.contains(x), x == x.rounded() else {
-                throw APIError(status: .badRequest, message: "\(key) must be an integer in \(Int(range.lowerBound))...\(Int(range.upperBound)), got \(x)", param: key)
+                // As the client wrote it: -3, not -3.0 (a whole number within Int's range prints as one).
+                let given = x == x.rounded() && abs(x) < 1e18 ? String(Int(x)) : String(x)
+                throw APIError(status: .badRequest, message: "\(key) must be an integer in \(Int(range.lowerBound))...\(Int(range.upperBound)), got \(given)", param: key)
             }
             return Int(x)
         }
@@ -451,7 +454,7 @@ func jsonBodyInOrder(_ request: Request, limit: Int) async throws -> (object: [S
     let data = Data(buffer.readableBytesView)
     let parsed: Any
     do { parsed = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
-        let detail = ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String).map { " (\($0))" } ?? ""
+        let detail = " (\(jsonSyntaxDetail(error)))"
         throw APIError(status: .badRequest, message: "the request body is not valid JSON\(detail)")
     }
     guard let o = parsed as? [String: Any] else {

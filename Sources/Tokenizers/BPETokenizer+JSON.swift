@@ -95,7 +95,7 @@ extension BPETokenizer {
         do {
             top = try JSONSerialization.jsonObject(with: data, options: [])
         } catch {
-            throw malformed("it is not valid JSON (\((error as NSError).localizedDescription))")
+            throw malformed("it is not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? (error as NSError).localizedDescription))")
         }
         guard let root = top as? [String: Any] else { throw malformed("the top level is not a JSON object") }
         guard let model = root["model"] as? [String: Any] else {

@@ -138,7 +138,7 @@ private let reportColumns: [ReportColumn] = [
     ReportColumn(title: "Adapter", right: true) { humanBytes($0.adapterBytes) },
     ReportColumn(title: "Train time", right: true) { durationText($0.trainSeconds) },
     ReportColumn(title: "Tokens/s", right: true) { rateText($0.tokensPerSecond) },
-    ReportColumn(title: "Peak mem", right: true) { fixed(Double($0.peakMemoryBytes) / (1024 * 1024), 1) + " MB" },
+    ReportColumn(title: "Peak mem", right: true) { fixed(Double($0.peakMemoryBytes) / (1024 * 1024), 1) + " MiB" },  // as train's cost line
     ReportColumn(title: "Energy", right: true) { r in r.cost.map { ($0.isEstimate ? "≈" : "") + fixed($0.energyJoules, 1) + " J" } ?? "–" },
     ReportColumn(title: "Train loss", right: true) { fixed($0.finalTrainLoss, 4) },
     ReportColumn(title: "Val loss", right: true) { fixed($0.finalValLoss, 4) },

@@ -689,7 +689,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
     do {
         value = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
     } catch {
-        let detail = ((error as NSError).userInfo["NSDebugDescription"] as? String).map { " (\($0))" } ?? ""
+        let detail = " (\(jsonSyntaxDetail(error)))"
         throw fail("invalid JSON\(detail): \(preview(bytes))")
     }
     guard let object = value as? [String: Any] else {

@@ -147,6 +147,18 @@ public func convertModel(modelPath: String, out: String, format: MergedModelForm
                   metadata: ["converted_from": modelPath])
 }
 
+/// `json` on one line, keys sorted ("{"alpha_pattern":{},"r":8}"); the text itself, lines joined, when it is not JSON.
+func compactJSON(_ json: String) -> String {
+    guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8), options: [.fragmentsAllowed]),
+          let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .fragmentsAllowed, .withoutEscapingSlashes]) else {
+        return json.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
+    }
+    return String(decoding: data, as: UTF8.self)
+}
+
+/// Tensor names in reading order: the numbers in them compared as numbers (layers.2 before layers.10).
+func numericOrder(_ a: String, _ b: String) -> Bool { a.compare(b, options: .numeric) == .orderedAscending }
+
 /// A human-readable description of a SwiftPEFT file: a model, an adapter or a training state.
 public func describeFile(_ path: String) throws -> String {
     let source = try ModelSource.detect(path)
@@ -171,9 +183,9 @@ public func describeFile(_ path: String) throws -> String {
         add("adapter name", attrs["adapter_name"])
         add("trainable parameters", "\(count) in \(tensors.count) tensors")
         add("base weights hash", attrs["base_weights_hash"])
-        add("config", attrs["config"].map { $0.replacingOccurrences(of: "\n", with: " ") })
+        add("config", attrs["config"].map(compactJSON))
         add("chat template", blobs[AdapterCheckpoint.chatTemplateKey].map { "recorded, \(formatBytes($0.count)) (trained with it; used where it differs from the base's)" } ?? "none recorded (the base's)")
-        for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(12) { lines.append("    \(k) \(t)") }
+        for (k, t) in tensors.sorted(by: { numericOrder($0.key, $1.key) }).prefix(12) { lines.append("    \(k) \(t)") }
         if tensors.count > 12 { lines.append("    … \(tensors.count - 12) more") }
     case Trainer.checkpointFormat?:
         add("step", attrs["step"])
@@ -181,7 +193,7 @@ public func describeFile(_ path: String) throws -> String {
         add("trained tensors", "\(tensors.keys.filter { $0.hasPrefix("trained/") }.count)")
         add("optimizer state tensors", "\(tensors.keys.filter { $0.hasPrefix("optimizer/") }.count)")
     default:
-        for (k, t) in tensors.sorted(by: { $0.key < $1.key }).prefix(20) { lines.append("    \(k) \(t)") }
+        for (k, t) in tensors.sorted(by: { numericOrder($0.key, $1.key) }).prefix(20) { lines.append("    \(k) \(t)") }
     }
     return lines.joined(separator: "\n")
 }
@@ -202,7 +214,7 @@ func describeForeign(_ source: ModelSource) throws -> String? {
         } catch {
             template = "recorded but unreadable (\(error))"
         }
-        return "\(path): Hugging Face PEFT adapter folder\n  config: \(cfg.replacingOccurrences(of: "\n", with: " "))\n  tensors: \(st.names.count)\n  chat template: \(template)"
+        return "\(path): Hugging Face PEFT adapter folder\n  config: \(compactJSON(cfg))\n  tensors: \(st.names.count)\n  chat template: \(template)"
     case .hfFolder:
         let data = try Data(contentsOf: URL(fileURLWithPath: path + "/config.json"))
         let obj = (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]

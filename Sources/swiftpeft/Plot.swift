@@ -20,9 +20,11 @@ struct Plot: ParsableCommand {
 
     @Argument(help: "Runs: train --out folders or metrics.jsonl files, each optionally NAME=PATH.") var runs: [String]
     @Option(help: "The SVG file to write.") var out: String
-    @Option(help: "The chart's title (default: Loss vs step).") var title = "Loss vs step"
+    @Option(help: "The chart's title.") var title = "Loss vs step"
 
     func run() throws {
+        let ext = URL(fileURLWithPath: out).pathExtension.lowercased()
+        guard ext == "svg" || ext.isEmpty else { throw CLIError("--out \(out) ends in .\(ext), but plot writes an SVG image; name it .svg") }
         var loaded: [LossRun] = []
         for arg in runs {
             var (name, path) = (nil as String?, arg)

@@ -8,33 +8,39 @@ import SwiftPEFT
 /// are the long flag names ("seq-len", "r", "use-dora"); the command line wins over the file, the
 /// file over `--method-config` (PEFT fields), that over the method's defaults. The method options
 /// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
+/// `DatasetOptions`' validation fraction, for the help text.
+private let defaultValidationFraction: Double = {
+    if case .fraction(let f) = DatasetOptions().validation { return f }
+    return 0
+}()
+
 struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String?
     @Option(help: "Training data: a text file or folder, or JSONL (text, prompt/completion, instruction, chat).") var data: String?
     @Option(help: "Output folder.") var out: String?
     @Option(help: "JSON file whose keys are these options' long names (command-line flags win).") var config: String?
-    @Option(help: "Optimizer steps.") var steps: Int?
+    @Option(help: "Optimizer steps (default \(TrainerOptions().steps)).") var steps: Int?
     @Option(help: "Passes over the training data (instead of --steps).") var epochs: Double?
-    @Option(help: "Peak learning rate.") var lr: Float?
-    @Option(help: "Schedule: constant, linear or cosine.") var schedule: String?
-    @Option(help: "Warmup steps.") var warmup: Int?
-    @Option(help: "Optimizer: adamw or sgd.") var optimizer: String?
-    @Option(help: "Decoupled weight decay (AdamW) or L2 (SGD).") var weightDecay: Float?
-    @Option(help: "SGD momentum.") var momentum: Float?
+    @Option(help: "Peak learning rate (default \(TrainerOptions().lr)).") var lr: Float?
+    @Option(help: "Schedule: constant, linear or cosine (default \(TrainerOptions().schedule.rawValue)).") var schedule: String?
+    @Option(help: "Warmup steps (default \(TrainerOptions().warmupSteps)).") var warmup: Int?
+    @Option(help: "Optimizer: adamw or sgd (default \(TrainerOptions().optimizer)).") var optimizer: String?
+    @Option(help: "Decoupled weight decay (AdamW) or L2 (SGD) (default \(TrainerOptions().weightDecay)).") var weightDecay: Float?
+    @Option(help: "SGD momentum (default \(TrainerOptions().momentum)).") var momentum: Float?
     @Option(help: "AdamW's beta2 (default 0.999).") var adamBeta2: Double?
-    @Option(help: "Clip the gradient's global norm to this (0: off).") var clip: Float?
+    @Option(help: "Clip the gradient's global norm to this (0: off; default \(TrainerOptions().clip)).") var clip: Float?
     @Option(help: "Skip up to N steps whose loss or gradient is NaN/Inf (their update dropped) instead of stopping (default 0).")
     var skipNonfinite: Int?
-    @Option(help: "Sequences per micro-batch.") var batchSize: Int?
-    @Option(help: "Micro-batches per optimizer step (each weighs by its learned tokens).") var gradAccumulation: Int?
-    @Option(help: "Tokens per sequence.") var seqLen: Int?
-    @Option(help: "Pack examples into full rows (default) or pad one example per row.") var packing: Bool?
-    @Option(help: "Validation fraction of the examples (a split of its own, the same whatever --seed).") var valFraction: Double?
+    @Option(help: "Sequences per micro-batch (default \(TrainJob(modelPath: "", dataPath: "", outDir: "").batchSize)).") var batchSize: Int?
+    @Option(help: "Micro-batches per optimizer step (each weighs by its learned tokens; default \(TrainerOptions().gradAccumulation)).") var gradAccumulation: Int?
+    @Option(help: "Tokens per sequence (default \(DatasetOptions().seqLen)).") var seqLen: Int?
+    @Option(help: "true: pack examples back to back into full rows (default); false: one example per row, padded.") var packing: Bool?
+    @Option(help: "Validation fraction of the examples (a split of its own, the same whatever --seed; default \(defaultValidationFraction)).") var valFraction: Double?
     @Option(help: "Validation file (instead of a fraction).") var valData: String?
     @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own; the adapter records it (a full fine-tune's model keeps it), and serve, backtest, eval, generate and merge use it.") var chatTemplate: String?
-    @Option(help: "Evaluate every N steps.") var evalEvery: Int?
+    @Option(help: "Evaluate every N steps (default \(TrainerOptions().evalEvery)).") var evalEvery: Int?
     @Option(help: "Checkpoint every N steps (default 50; 0: only at the end).") var saveEvery: Int?
-    @Option(help: "Log a line every N steps when output is not a terminal.") var logEvery: Int?
+    @Option(help: "Log a line every N steps when output is not a terminal (default \(TrainerOptions().logEvery)).") var logEvery: Int?
     @Flag(inversion: .prefixedNo, help: "Recompute each block's activations in the backward pass instead of keeping them: less memory, a second forward pass through the blocks (measured 1.2–1.5× the time per step). Off by default; --no-gradient-checkpointing overrides a config file's true.")
     var gradientCheckpointing: Bool?
     @Option(help: "The frozen weights' products: fp32 (default), or bf16 (bf16 products and input gradients with fp32 accumulation; what trains stays fp32). Needs AVX512-BF16 or AMX; faster where bf16 products outrun fp32 ones (an AMD EPYC Zen 5: 2.5× here), slower on an Intel Xeon without AMX.")
@@ -43,7 +49,7 @@ struct CommonTrainOptions: ParsableArguments {
     var keepQuantized: Bool?
     @Option(help: "PEFT-style method config (adapter_config.json fields): a JSON file, or a JSON object given inline ('{\"prompt_tuning_init\": \"TEXT\", …}'); method options given as flags or config keys win.")
     var methodConfig: String?
-    @Option(help: "Random seed (initialization, batch order, dropout).") var seed: UInt64?
+    @Option(help: "Random seed (initialization, batch order, dropout; default \(TrainerOptions().seed)).") var seed: UInt64?
     @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read (default \(Int(CostMeter.defaultWattsPerCore))).")
     var wattsPerCore: Double?
     /// The method options (`--r 8`, `--use-dora`, …), parsed against the registry.
@@ -72,7 +78,7 @@ struct CommonTrainOptions: ParsableArguments {
             }
             let parsed: Any
             do { parsed = try JSONSerialization.jsonObject(with: d, options: [.fragmentsAllowed]) } catch {
-                throw CLIError("\(config): not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)")); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
+                throw CLIError("\(config): not valid JSON (\(jsonSyntaxDetail(error))); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
             }
             guard let obj = parsed as? [String: Any] else {
                 throw CLIError("\(config): the JSON is \(parsed is [Any] ? "an array" : "a single value, not an object"); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
@@ -229,7 +235,7 @@ struct Train: ParsableCommand {
         })
         guard Communicator.world.isLeader else { return }  // under mpirun, rank 0 reports
         if let a = o.valLossAfter { print(String(format: "validation loss after:  %.4f (perplexity %.2f)", a, exp(a))) }
-        print(String(format: "trained in %.1f s (%.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
+        print(String(format: "trained in %.1f s, evaluations included (the steps at %.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
                      formatBytes(o.savedBytes)))
         print("cost: \(o.cost.summary); \(job.outDir)/cost.json")
         if let plot = o.lossPlot { print("loss curves: \(plot)") }

@@ -543,6 +543,7 @@ final class CLITests: XCTestCase {
             (["plot", fx.path("runs/none"), "--out", svg], "\(fx.path("runs/none")): no such file or folder"),
             (["plot", a, a, "--out", svg], "two runs are named 'plot-a'"),
             (["plot", "=" + a, "--out", svg], "empty name before '='"),
+            (["plot", a, "--out", fx.path("plot.png")], "ends in .png, but plot writes an SVG image"),
             (["plot", fx.path("runs/lr=1e-4"), "--out", svg], "'\(fx.path("runs/lr=1e-4"))' read as NAME=PATH: 1e-4: no such file or folder"),
         ] {
             try fails(args, mentioning: [expected])
@@ -662,7 +663,10 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try metrics(out).filter { $0["val_loss"] != nil }.map { $0["step"] as? Int }, [2, 4], "eval-every from the file")
         let i = try ok(["inspect", out + "/adapter.h5"])
         XCTAssertTrue(i.stdout.contains("[4, 32]"), "r = 4 from the file gives lora_A (4, 32):\n\(i.transcript)")
-        XCTAssertTrue(i.stdout.contains("\"r\":4") || i.stdout.contains("\"r\" : 4"), i.transcript)
+        XCTAssertTrue(i.stdout.contains("\"r\":4,"), "the config on one line, compact: \(i.transcript)")
+        // Tensors in reading order: layers.0, layers.1, … (the fixture's two layers: q_proj and v_proj's A and B each).
+        let shown = i.stdout.split(separator: "\n").filter { $0.hasPrefix("    ") }.map { $0.trimmingCharacters(in: .whitespaces) }
+        XCTAssertEqual(shown, shown.sorted { $0.compare($1, options: .numeric) == .orderedAscending }, i.transcript)
 
         // Flags win over the file.
         let r2 = try ok(["train", "--config", cfgPath, "--steps", "2", "--out", out2, "--r", "2"])
@@ -1448,6 +1452,8 @@ final class CLITests: XCTestCase {
                                 (["--lr", "-1"], "--lr must be a positive number"),  // a value, not a missing one
                                 (["--lr", "-1e-3"], "--lr must be a positive number"),
                                 (["--target-modules", "q_proj", "--r", "64"], "r 64 is larger than"),
+                                (["--alpha", "0"], "lora_alpha (--alpha) must be a positive number, got 0"),
+                                (["--alpha", "-8"], "lora_alpha (--alpha) must be a positive number, got -8"),
                                 (["--method-config", fx.path("bad-regex.json")], "not a valid regular expression")] {
             try JSONSerialization.data(withJSONObject: ["target_modules": "q_proj("]).write(to: URL(fileURLWithPath: fx.path("bad-regex.json")))
             _ = try fails(trainArgs(out: out, steps: 2) + extra, mentioning: [needle])

@@ -127,6 +127,9 @@ final class HostileInputTests: XCTestCase {
         try Safetensors.write(folder.appendingPathComponent(PEFTFolder.weightsFile).path, tensors: [("prompt_embeddings", Tensor.zeros([2, 8]))])
         tensors = [:]
         assertThrows({ try loadAdapter(folder.path, onto: base) }, mentioning: [PEFTFolder.configFile, "num_virtual_tokens must be in 1…65536"])
+        // A config cut short: the parser's own words on what and where, not a generic sentence.
+        try Data(#"{"peft_type": "LORA", "r": "#.utf8).write(to: folder.appendingPathComponent(PEFTFolder.configFile))
+        assertThrows({ try loadAdapter(folder.path, onto: base) }, mentioning: [PEFTFolder.configFile, "not valid JSON (Unexpected end of file"])
     }
 
     /// Every input the fuzzer (scripts/reliability) ever crashed a reader with is kept in

@@ -897,8 +897,10 @@ final class ServerConnectionTests: XCTestCase {
         for bad in [0, 65] {
             let r = try await post(["prompt": "The cat", "n": bad, "max_tokens": 1])
             XCTAssertEqual(r.status, 400, r.text)
-            XCTAssertTrue(r.text.contains("n must be an integer in 1...64"), r.text)
+            XCTAssertTrue(r.text.contains("n must be an integer in 1...64, got \(bad)\""), "as the client wrote it: \(r.text)")
         }
+        let half = try await post(["prompt": "The cat", "n": 1.5, "max_tokens": 1])
+        XCTAssertTrue(half.text.contains("n must be an integer in 1...64, got 1.5"), half.text)
     }
 
     /// A request field the server does not read (a misspelled "max_token") is named in a warning,
