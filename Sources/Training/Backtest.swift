@@ -428,7 +428,8 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     }
     var names = Set<String>()
     for n in (o.includeBase ? ["base"] : []) + o.adapters.map(\.name) where !names.insert(n).inserted {
-        throw BacktestError("the version name \"\(n)\" is used twice; name adapters with NAME=PATH")
+        throw BacktestError(n == "base" && o.includeBase ? "the version name \"base\" is the base model's; give the adapter another NAME in NAME=PATH (or leave the base out with --no-base)"
+                            : "the version name \"\(n)\" is used twice; name adapters with NAME=PATH")
     }
     let total = CostMeter(wattsPerCore: o.wattsPerCore)
     let loaded = try loadModel(o.modelPath, keepQuantized: o.keepQuantized, quantizedEmbedding: o.keepQuantized)

@@ -101,7 +101,8 @@ public struct DatasetSummary: Codable, Equatable, Sendable, CustomStringConverti
 
     public var description: String {
         func pct(_ x: Double) -> String { String(format: "%.1f%%", 100 * x) }
-        var s = "\(examples) \(format.rawValue) examples → \(rows) rows of \(seqLen) tokens "
+        func count(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : "s")" }
+        var s = "\(examples) \(format.rawValue) \(examples == 1 ? "example" : "examples") → \(count(rows, "row")) of \(seqLen) tokens "
             + "(\(packed ? "packed" : "padded")); \(tokens) tokens, \(learnedTargets) learned targets, "
             + "\(pct(maskedFraction)) of targets masked"
         if paddingPositions > 0 { s += ", \(pct(Double(paddingPositions) / Double(max(1, rows * seqLen)))) padding" }
@@ -266,7 +267,11 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     if case .file(let vpath) = o.validation {
         let folder = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
         let file = URL(fileURLWithPath: vpath).standardizedFileURL.resolvingSymlinksInPath().path
-        if file == folder || file.hasPrefix(folder.hasSuffix("/") ? folder : folder + "/") {
+        if file == folder {
+            throw DatasetError(file: vpath, line: nil, message: "the validation data is the training data (\(path)): "
+                + "its scores would measure what the model was trained on; give --val-data another file, or --val-fraction instead")
+        }
+        if file.hasPrefix(folder.hasSuffix("/") ? folder : folder + "/") {
             throw DatasetError(file: vpath, line: nil, message: "the validation data is inside the training data (\(path)), "
                 + "which reads every file of its folder: it would be trained on too. Move it out of \(path)")
         }

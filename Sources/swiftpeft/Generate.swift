@@ -20,7 +20,9 @@ struct Generate: ParsableCommand {
 
         --precision bf16 keeps bf16 copies of the frozen weights for the token-by-token products
         (fp32 accumulation; about half the bytes read per token; needs AVX512-BF16 or AMX). The
-        fp32 weights stay for the prompt, so memory grows by half the weights' size.
+        fp32 weights stay for prompts of more than \(BF16Copy.maxRows) tokens, so memory grows by half the
+        weights' size; a shorter prompt runs in bf16 too, so its first token's log-probabilities
+        differ from fp32's in the third or fourth digit.
         --precision bf16-only keeps the copies alone: each matrix's fp32 values are let go as it
         loads, so the model takes about half the memory of fp32, and the prompt runs in bf16 too
         (about 0.6× the fp32 rate). DoRA adapters and modules_to_save on the base's matrices,

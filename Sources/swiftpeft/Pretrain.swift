@@ -26,7 +26,7 @@ struct Pretrain: ParsableCommand {
     @Option(help: "Key/value heads.") var kvHeads = 2
     @Option(help: "Feed-forward size.") var intermediate = 688
     @Option(help: "Optimizer steps.") var steps = 1200
-    @Option(help: "Sequences per step.") var batch = 16
+    @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step (--batch-size as in train; --batch still read).") var batch = 16
     @Option(help: "Tokens per sequence.") var seqLen = 128
     @Option(help: "Peak learning rate.") var lr: Float = 3e-3
     @Option(help: "Evaluate every N steps.") var evalEvery = 100

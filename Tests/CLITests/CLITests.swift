@@ -313,7 +313,7 @@ final class CLITests: XCTestCase {
     func testPretrainWritesACheckpointThatInspectDescribes() throws {
         let out = fx.path("pretrain/tiny.h5")
         let r = try ok(["pretrain", "--data", fx.text, "--out", out, "--hidden", "32", "--layers", "1", "--heads", "2",
-                        "--kv-heads", "1", "--intermediate", "64", "--steps", "5", "--vocab-size", "300", "--batch", "2",
+                        "--kv-heads", "1", "--intermediate", "64", "--steps", "5", "--vocab-size", "300", "--batch-size", "2",
                         "--seq-len", "16"])
         for needle in ["corpus: 1 document(s)", "tokenizer: vocab", "model: llama", "before: val loss", "after: val loss",
                        "saved \(out)", "sample: "] {
@@ -1474,6 +1474,8 @@ final class CLITests: XCTestCase {
         _ = try fails(["serve", "--model", fx.base, "--adapters", "=" + fx.base], mentioning: ["--adapters \"=\(fx.base)\" (NAME=PATH)"])
         _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1:" + fx.base, "--prompts", fx.jsonl, "--out", fx.path("no-backtest")],
                       mentioning: ["--adapters: version", "v1:\(fx.base): no such file or folder", "NAME=PATH"])
+        _ = try fails(["backtest", "--model", fx.base, "--adapters", "base=" + (try loraAdapter()), "--prompts", fx.jsonl, "--out", fx.path("no-backtest")],
+                      mentioning: ["the version name \"base\" is the base model's", "--no-base"])
         _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.jsonl, "--temperature", "0.9", "--out", fx.path("no-backtest")],
                       mentioning: ["--temperature 0.9 applies to sampled answers", "--samples 1 answers greedily"])
         _ = try fails(["bench", "--precision", "bf16", "--methods", "lora,full"], mentioning: ["full has none of its frozen weights"])

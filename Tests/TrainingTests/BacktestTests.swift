@@ -304,7 +304,9 @@ final class BacktestTests: XCTestCase {
         XCTAssertThrowsError(try runBacktest(o)) { XCTAssertTrue("\($0)".contains("--temperature"), "\($0)") }
         o.samples = 1
         o.adapters = [("base", adapter)]
-        XCTAssertThrowsError(try runBacktest(o)) { XCTAssertTrue("\($0)".contains("\"base\" is used twice"), "\($0)") }
+        XCTAssertThrowsError(try runBacktest(o)) { XCTAssertTrue("\($0)".contains("\"base\" is the base model's"), "\($0)") }
+        o.adapters = [("v1", adapter), ("v1", adapter)]
+        XCTAssertThrowsError(try runBacktest(o)) { XCTAssertTrue("\($0)".contains("\"v1\" is used twice"), "\($0)") }
     }
 
     /// With learned positions, every version scores the same answer tokens: the answer is cut where

@@ -53,7 +53,7 @@ final class CompareReportTests: XCTestCase {
         }
         XCTAssertTrue(lines[1].allSatisfy { $0 == "-" || $0 == " " })
         // lora: grouped params, 3 significant digits of a small percent, KB, seconds, rounded rate.
-        for cell in ["1,234,567", "0.0625%", "12.0 KB", "42.2 s", "12,346", "300.0 MB", "2.1235", "2.2500", "9.49"] {
+        for cell in ["1,234,567", "0.0625%", "12.0 KB", "42.2 s", "12,346", "300.0 MiB", "2.1235", "2.2500", "9.49"] {
             XCTAssertTrue(lines[2].contains(cell), "lora row lacks \(cell): \(lines[2])")
         }
         for cell in ["4,096", "0.00321%", "1.50 MB", "2m 05s", "20,000"] { XCTAssertTrue(lines[3].contains(cell), cell) }

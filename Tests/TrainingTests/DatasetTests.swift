@@ -670,6 +670,10 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try load(sub, validation: .file(sub + "/b.jsonl"))) {
             XCTAssertTrue("\($0)".contains("inside the training data"), "\($0)")
         }
+        // The training file itself as validation data: said as it is.
+        XCTAssertThrowsError(try load(sub + "/b.jsonl", validation: .file(sub + "/b.jsonl"))) {
+            XCTAssertTrue("\($0)".contains("the validation data is the training data"), "\($0)")
+        }
         // JSON Lines by any case of .jsonl, or .ndjson, is read as JSON Lines, never as plain text;
         // a .JSON file is refused like a .json one.
         for name in ["upper.JSONL", "other.ndjson"] {
