@@ -24,12 +24,13 @@ public struct ExamplePreview: Sendable, Encodable {
 
 /// The examples `skip ..< skip + count` of the data at `path` (a file or folder, read as `loadDataset`
 /// reads it), tokenized as training tokenizes them (`DataExample.tokenized`, through the tokenizer's
-/// chat template for chat data), with the total number of examples.
+/// chat template for chat data), with the total number of examples and the JSONL keys their format
+/// does not read (`DatasetSplits.unreadKeys`: a "text" beside "prompt" and "completion").
 /// - Throws: `DatasetError` naming the file and line: what `loadDataset` refuses (a bad line, chat
 ///   data without a template or ChatML's tokens, a conversation the template refuses).
 public func previewExamples(_ path: String, tokenizer: Tokenizer, count: Int, skip: Int = 0) throws
-    -> (format: DataFormat, total: Int, examples: [ExamplePreview]) {
-    let (format, located, _) = try readLocatedExamples(path)
+    -> (format: DataFormat, total: Int, examples: [ExamplePreview], unreadKeys: [String: Int]) {
+    let (format, located, unread) = try readLocatedExamples(path)
     if format == .chat { try checkChatWritable(tokenizer, data: path) }
     let shown = located.dropFirst(max(0, skip)).prefix(max(0, count))
     let previews = try shown.map { e -> ExamplePreview in
@@ -46,5 +47,5 @@ public func previewExamples(_ path: String, tokenizer: Tokenizer, count: Int, sk
         }
         return ExamplePreview(file: e.file, line: e.line, tokens: ex.ids.count, learnedTokens: ex.learned.filter { $0 }.count, runs: runs)
     }
-    return (format, located.count, previews)
+    return (format, located.count, previews, unread)
 }

@@ -238,9 +238,13 @@ public struct DatasetSplits: Sendable, CustomStringConvertible {
 
     public var description: String {
         "train: \(train.summary)" + (validation.map { "\nvalidation: \($0.summary)" } ?? "\nvalidation: none")
-            + (unreadKeys.isEmpty ? "" : "\nkeys not read: " + unreadKeys.sorted { $0.key < $1.key }
-                .map { "\"\($0.key)\" (\($0.value) line\($0.value == 1 ? "" : "s"))" }.joined(separator: ", "))
+            + (unreadKeys.isEmpty ? "" : "\n" + describeUnreadKeys(unreadKeys))
     }
+}
+
+/// "keys not read: "text" (1 line), "id" (3 lines)": JSONL keys that the lines' format does not read.
+public func describeUnreadKeys(_ keys: [String: Int]) -> String {
+    "keys not read: " + keys.sorted { $0.key < $1.key }.map { "\"\($0.key)\" (\($0.value) line\($0.value == 1 ? "" : "s"))" }.joined(separator: ", ")
 }
 
 /// Reads `path` (see `readExamples`), tokenizes, splits and builds rows.

@@ -37,7 +37,7 @@ struct Preview: ParsableCommand {
         guard let tokenizer = loaded.tokenizer else { throw CLIError("\(model) holds no tokenizer; the data cannot be tokenized") }
         let own = tokenizer.chatTemplate
         try useChatTemplate(file: chatTemplate, adapters: adapter.map { [$0] } ?? [], on: tokenizer)
-        let (format, total, shown) = try previewExamples(data, tokenizer: tokenizer, count: examples, skip: skip)
+        let (format, total, shown, unread) = try previewExamples(data, tokenizer: tokenizer, count: examples, skip: skip)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -51,6 +51,7 @@ struct Preview: ParsableCommand {
             ?? (tokenizer.chatTemplate == nil ? nil : recorded ? "the chat template \(adapter!) records" : "\(model)'s chat template")
         print("\(data): \(format.rawValue), \(total) examples; showing \(shown.isEmpty ? "none" : "\(skip + 1)–\(skip + shown.count)")"
               + (format == .chat ? " through \(template ?? "ChatML (the tokenizer has no chat template)")" : ""))
+        if !unread.isEmpty { print(describeUnreadKeys(unread)) }
         print(colored ? "learned text in \u{1B}[1;32mgreen\u{1B}[0m" : "learned text between ⟦ and ⟧")
         for (k, e) in shown.enumerated() {
             print("\n── example \(skip + k + 1)\(e.line.map { " (line \($0))" } ?? ""): \(e.tokens) tokens, \(e.learnedTokens) learned"

@@ -961,6 +961,11 @@ final class CLITests: XCTestCase {
             .write(toFile: refusing, atomically: true, encoding: .utf8)
         try fails(["preview", "--model", fx.base, "--data", chat, "--chat-template", refusing, "--skip", "1"], mentioning: [chat + ":2", "no system messages"])
         try fails(["preview", "--model", fx.base, "--data", chat, "--examples", "0"], mentioning: ["--examples"])
+        // A key the format does not read is named, as train names it.
+        let both = fx.path("preview-both.jsonl")
+        try #"{"text": "a", "prompt": "b", "completion": "c"}"#.write(toFile: both, atomically: true, encoding: .utf8)
+        let p = try ok(["preview", "--model", fx.base, "--data", both, "--color", "never"])
+        XCTAssertTrue(p.stdout.contains("keys not read: \"text\" (1 line)"), p.transcript)
     }
 
     /// Cost accounting: train writes cost.json and prints it, eval --json carries it, compare's
