@@ -430,7 +430,9 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
     // every method's measured peak memory, a column of the report.
     for m in methods {
         resetPeakResidentBytes()
-        let o = try runTrainJob(job(for: m), onStart: { onStart("[\(m)]\n" + $0) }, onStep: { onStep(m, $0) })
+        let o = try runTrainJob(job(for: m), onStart: { message in  // each line "[method] …", as its step lines
+            onStart(message.split(separator: "\n", omittingEmptySubsequences: false).map { "[\(m)] \($0)" }.joined(separator: "\n"))
+        }, onStep: { onStep(m, $0) })
         trainedSteps = o.history.last?.step ?? trainedSteps
         let curve = o.history.compactMap { h in h.valLoss.map { CurvePoint(step: h.step, loss: $0) } }
         let first = o.valLossBefore.map { [CurvePoint(step: 0, loss: $0)] } ?? []

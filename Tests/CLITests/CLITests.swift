@@ -1205,6 +1205,8 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.hasPrefix("---") }, "a rule under the header:\n\(r.transcript)")
         XCTAssertTrue(r.stdout.contains("report: \(out)/report/report.md"), r.transcript)
         XCTAssertTrue(r.stdout.contains("[lora] step 4/4") && r.stdout.contains("[ia3] step 4/4"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("[ia3] method: ia3 on") && r.stdout.contains("[lora] validation loss before:"), "every line names its method: \(r.transcript)")
+        XCTAssertFalse(lines.contains { $0 == "[lora]" || $0 == "[ia3]" }, "no line holds a method's name alone: \(r.transcript)")
         XCTAssertFalse(r.stdout.contains("\r") || r.stdout.contains("\u{1B}"), r.transcript)
 
         let setupMD = try String(contentsOfFile: out + "/report/report.md", encoding: .utf8)
