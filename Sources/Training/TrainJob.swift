@@ -99,17 +99,6 @@ public func runTrainJob(_ job: TrainJob, onStart: @escaping (String) -> Void = {
     try runTrainJob(job, checkOnly: false, onStart: onStart, onStep: onStep)!
 }
 
-/// The flags that shape a run's updates besides its base, method and data, as "flag=value" words
-/// (`Trainer.resume` names the ones that differ): a resumed run must find them unchanged to go on
-/// as the uninterrupted run would have. --steps may grow; logging, evaluation, saving and
-/// gradient checkpointing (the same values, recomputed) may change.
-func updateShapingOptions(_ job: TrainJob, _ o: TrainerOptions) -> String {
-    ["batch-size=\(job.batchSize)", "lr=\(o.lr)", "schedule=\(o.schedule.rawValue)", "warmup=\(o.warmupSteps)",
-     "optimizer=\(o.optimizer)", "weight-decay=\(o.weightDecay)", "momentum=\(o.momentum)", "adam-beta2=\(o.adamBeta2)",
-     "clip=\(o.clip)", "grad-accumulation=\(o.gradAccumulation)", "seed=\(o.seed)", "precision=\(job.precision.rawValue)"]
-        .joined(separator: " ")
-}
-
 private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (String) -> Void = { _ in },
                          onStep: @escaping (StepMetrics) -> Void = { _ in }) throws -> TrainOutcome? {
     let meter = CostMeter(wattsPerCore: job.wattsPerCore)
@@ -225,7 +214,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     // What a resume must find unchanged (the data is checked by its fingerprint in the data position).
     trainer.checkpointAttributes = ["base_weights_hash": fingerprint.weightsHash, "base_architecture": fingerprint.architecture,
                                     "data_parallel_ranks": String(comm.size)]
-    trainer.checkpointAttributes["training_options"] = updateShapingOptions(job, trainerOptions)
+    trainer.jobUpdateFlags = [("batch-size", "\(job.batchSize)"), ("precision", job.precision.rawValue)]
     if let method {
         trainer.checkpointAttributes["method"] = methodName
         trainer.checkpointAttributes["method_config"] = String(decoding: try method.configJSON(), as: UTF8.self)

@@ -109,6 +109,16 @@ public struct TrainerOptions: DefaultedCodable, Equatable, Sendable {
         guard skipNonFinite >= 0 else { throw fail("skip-nonfinite", "0 (stop at the first) or more", skipNonFinite) }
     }
 
+    /// The options that shape the updates, as (flag, value): a resumed run must find them as they
+    /// were (`Trainer.resume`). --steps may grow; evaluation, saving, logging, skipping and gradient
+    /// checkpointing (the same values, recomputed) may change. Momentum counts for SGD only, β2 for
+    /// AdamW only.
+    var updateShapingFlags: [(flag: String, value: String)] {
+        [("lr", "\(lr)"), ("schedule", schedule.rawValue), ("warmup", "\(warmupSteps)"), ("optimizer", optimizer),
+         ("weight-decay", "\(weightDecay)"), optimizer == "sgd" ? ("momentum", "\(momentum)") : ("adam-beta2", "\(adamBeta2)"),
+         ("clip", "\(clip)"), ("grad-accumulation", "\(gradAccumulation)"), ("seed", "\(seed)")]
+    }
+
     enum CodingKeys: String, CodingKey {
         case steps, lr, schedule, warmupSteps = "warmup_steps", optimizer, weightDecay = "weight_decay", momentum
         case adamBeta2 = "adam_beta2", skipNonFinite = "skip_nonfinite", clip
@@ -224,6 +234,10 @@ public final class Trainer {
     public var checkpointURL: URL?
     /// Extra attributes stored in checkpoints (method config …).
     public var checkpointAttributes: [String: String] = [:]
+    /// The job's own options that shape the updates besides `options` (batch size, precision), as
+    /// (flag, value): checkpoints record them with `options.updateShapingFlags`, and a resume must
+    /// find them as they were.
+    public var jobUpdateFlags: [(flag: String, value: String)] = []
     /// The data-parallel job this trainer is one rank of (nil: this process alone). With several
     /// ranks, `run`'s stream must be a `RankShard` of the global stream; each micro-batch's loss is
     /// weighted by this rank's share of the global learned tokens, the gradients are summed over the
@@ -446,6 +460,8 @@ public final class Trainer {
         attrs["optimizer_steps"] = String(optimizer.stepCount)
         attrs["data_position"] = data.position.map(String.init).joined(separator: ",")
         attrs["options"] = String(decoding: try enc.encode(options), as: UTF8.self)
+        let updateFlags = Dictionary(options.updateShapingFlags + jobUpdateFlags, uniquingKeysWith: { a, _ in a })
+        attrs["update_options"] = String(decoding: try enc.encode(updateFlags), as: UTF8.self)
         attrs["elapsed"] = String(history.last?.elapsed ?? 0)
         attrs["skipped_steps"] = String(skippedSteps)  // a resumed run has the rest of --skip-nonfinite, not all of it
         attrs["tokens_trained"] = String(tokensTrained)
@@ -470,27 +486,28 @@ public final class Trainer {
             if key == "base_architecture" { return attrs[key].map { BaseFingerprint.normalized(architecture: $0, current: model.config) } }
             // States written before data-parallel training were one process's.
             if key == "data_parallel_ranks" { return attrs[key] ?? "1" }
-            // States written before their options were recorded resume as they did.
-            if key == "training_options" { return attrs[key] ?? checkpointAttributes[key] }
             return attrs[key]
         }
         for (key, mine) in checkpointAttributes.sorted(by: { $0.key < $1.key }) where recorded(key) != mine {
-            if key == "training_options", let saved = attrs[key] {
-                func flags(_ s: String) -> [(String, String)] {
-                    s.split(separator: " ").map { w in let p = w.split(separator: "=", maxSplits: 1).map(String.init); return (p[0], p.count > 1 ? p[1] : "") }
-                }
-                let before = Dictionary(flags(saved), uniquingKeysWith: { a, _ in a })
-                let differing = flags(mine).filter { before[$0.0] != $0.1 }
-                    .map { "--\($0.0) \(before[$0.0] ?? "(not recorded)") in the state, \($0.1) in this run" }
-                throw CheckpointError(path: url.path, message: """
-                    was written by a run with other training options: \(differing.joined(separator: "; ")).
-                    HINT: --resume goes on exactly as the interrupted run would have, so give it the same values; to go on with \
-                    other ones, start a new --out from the adapter (--adapter <out>/adapter.h5)
-                    """)
-            }
             throw CheckpointError(path: url.path, message: """
                 was made for another \(what[key] ?? key): it has \(key) \(attrs[key].map { "'\($0)'" } ?? "missing"), this run has '\(mine)'.
                 HINT: resume with the same --model and method options, or train into another --out.
+                """)
+        }
+        // The options that shape the updates, as the state records them: states written before
+        // `update_options` have the Trainer's options alone (their batch size and precision unchecked).
+        let saved: [String: String]? = attrs["update_options"].flatMap { try? JSONDecoder().decode([String: String].self, from: Data($0.utf8)) }
+            ?? attrs["options"].flatMap { try? JSONDecoder().decode(TrainerOptions.self, from: Data($0.utf8)) }
+                .map { Dictionary($0.updateShapingFlags, uniquingKeysWith: { a, _ in a }) }
+        let differing = (options.updateShapingFlags + jobUpdateFlags).compactMap { f, mine in
+            saved?[f].flatMap { $0 == mine ? nil : "--\(f) \($0) in the state, \(mine) in this run" }
+        }
+        guard differing.isEmpty else {
+            throw CheckpointError(path: url.path, message: """
+                was written by a run with other training options: \(differing.joined(separator: "; ")).
+                HINT: --resume goes on exactly as the interrupted run would have, so give it the same values. To go on with \
+                other ones: resume with the same values and --steps \(s) (this writes <out>/adapter.h5 without training), \
+                then train into another --out from it (--adapter <out>/adapter.h5)
                 """)
         }
         for (key, t) in parameters {
