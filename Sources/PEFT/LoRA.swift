@@ -94,10 +94,9 @@ public struct LoRAConfig: PEFTConfig, Equatable {
         for (k, v) in rankPattern where v <= 0 || v > Self.maxRank {
             throw PEFTError(message: "LoRA: rank_pattern[\"\(k)\"] must be in 1…\(Self.maxRank), got \(v)")
         }
-        // The update is scaled by alpha / r: at 0 the adapter neither changes the model nor learns.
-        guard loraAlpha.isFinite && loraAlpha > 0 else { throw PEFTError(message: "LoRA: lora_alpha (--alpha) must be a positive number, got \(loraAlpha)") }
-        for (k, v) in alphaPattern where !(v.isFinite && v > 0) {
-            throw PEFTError(message: "LoRA: alpha_pattern[\"\(k)\"] must be a positive number, got \(v)")
+        guard loraAlpha.isFinite else { throw PEFTError(message: "LoRA: lora_alpha must be a finite number, got \(loraAlpha)") }
+        for (k, v) in alphaPattern where !v.isFinite {
+            throw PEFTError(message: "LoRA: alpha_pattern[\"\(k)\"] must be a finite number, got \(v)")
         }
     }
 
@@ -394,6 +393,12 @@ public final class LoRA: LinearHookMethod<LoRALayer>, MergeablePEFTMethod, RowSc
             let r = try LoRAConfig.pattern(config.rankPattern, for: module, field: "rank_pattern", refusingConflicts: checksRank) ?? config.r
             let alpha = try LoRAConfig.pattern(config.alphaPattern, for: module, field: "alpha_pattern", refusingConflicts: checksRank)
             shapes[module] = (r, alpha ?? config.loraAlpha)
+            // The update is scaled by alpha / r: a new adapter at 0 neither changes the model nor
+            // learns, and a negative one is a sign error. (Saved adapters load as they are.)
+            guard !checksRank || shapes[module]!.alpha > 0 else {
+                let field = alpha == nil ? "lora_alpha (--alpha)" : "alpha_pattern for \(module)"
+                throw PEFTError(message: "[LoRA] \(field) must be positive for a new adapter, got \(String(format: "%g", Double(shapes[module]!.alpha)))")
+            }
             guard !checksRank || r <= min(linear.inFeatures, linear.outFeatures) else {
                 throw PEFTError(message: """
                     [LoRA] r \(r) is larger than \(module) allows (in \(linear.inFeatures), out \(linear.outFeatures)): \

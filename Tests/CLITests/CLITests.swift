@@ -1459,8 +1459,8 @@ final class CLITests: XCTestCase {
                                 (["--lr", "-1"], "--lr must be a positive number"),  // a value, not a missing one
                                 (["--lr", "-1e-3"], "--lr must be a positive number"),
                                 (["--target-modules", "q_proj", "--r", "64"], "r 64 is larger than"),
-                                (["--alpha", "0"], "lora_alpha (--alpha) must be a positive number, got 0"),
-                                (["--alpha", "-8"], "lora_alpha (--alpha) must be a positive number, got -8"),
+                                (["--alpha", "0"], "lora_alpha (--alpha) must be positive for a new adapter, got 0"),
+                                (["--alpha", "-8"], "lora_alpha (--alpha) must be positive for a new adapter, got -8"),
                                 (["--method-config", fx.path("bad-regex.json")], "not a valid regular expression")] {
             try JSONSerialization.data(withJSONObject: ["target_modules": "q_proj("]).write(to: URL(fileURLWithPath: fx.path("bad-regex.json")))
             _ = try fails(trainArgs(out: out, steps: 2) + extra, mentioning: [needle])
