@@ -119,6 +119,13 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         let file = existing == outURL ? job.outDir : "\(existing.path) (above --out \(job.outDir))"
         throw TrainingError(message: "\(file): is a file; --out names the folder a run writes (adapter.h5, state.h5, metrics.jsonl, loss.svg)")
     }
+    // A data folder is read whole: a run's own files inside it would be trained on next time.
+    let dataURL = URL(fileURLWithPath: job.dataPath).standardizedFileURL.resolvingSymlinksInPath()
+    var dataIsFolder: ObjCBool = false
+    if FileManager.default.fileExists(atPath: dataURL.path, isDirectory: &dataIsFolder), dataIsFolder.boolValue,
+       (outURL.resolvingSymlinksInPath().path + "/").hasPrefix(dataURL.path.hasSuffix("/") ? dataURL.path : dataURL.path + "/") {
+        throw TrainingError(message: "--out \(job.outDir) is inside the training data folder \(job.dataPath), which is read whole: the run's metrics.jsonl would be trained on by the next run; choose an --out outside it")
+    }
     if job.resume && !checkOnly && !FileManager.default.fileExists(atPath: (job.outDir as NSString).appendingPathComponent("state.h5")) {
         throw TrainingError(message: "\((job.outDir as NSString).appendingPathComponent("state.h5")): no such file; --resume continues the run whose --out holds it")
     }

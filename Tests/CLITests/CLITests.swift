@@ -1409,6 +1409,12 @@ final class CLITests: XCTestCase {
         // Before the base and data load: --out a file, --resume without a state.
         try fails(trainArgs(out: fx.jsonl, steps: 2), mentioning: ["\(fx.jsonl): is a file; --out names the folder"])
         try fails(trainArgs(out: fx.jsonl + "/run", steps: 2), mentioning: ["\(fx.jsonl) (above --out", "is a file; --out names the folder"])
+        let dataFolder = fx.path("data-folder")
+        try FileManager.default.createDirectory(atPath: dataFolder, withIntermediateDirectories: true)
+        try? FileManager.default.copyItem(atPath: fx.jsonl, toPath: dataFolder + "/qa.jsonl")
+        try fails(trainArgs(out: dataFolder + "/run", steps: 2).map { $0 == fx.jsonl ? dataFolder : $0 },
+                  mentioning: ["is inside the training data folder", "choose an --out outside it"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dataFolder + "/run"))
         try fails(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "lora,ia3", "--steps", "1", "--out", fx.jsonl],
                   mentioning: ["[lora]", "\(fx.jsonl) (above --out", "is a file"])
         try fails(trainArgs(out: fx.path("runs/never"), steps: 2) + ["--resume"], mentioning: ["runs/never/state.h5: no such file; --resume continues"])
