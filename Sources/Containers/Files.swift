@@ -17,8 +17,8 @@ public struct CheckpointError: Error, CustomStringConvertible {
 }
 
 /// Refuses an output path that is one of a job's inputs (the same file or folder by device and
-/// inode, however it is spelled: `./m.gguf`, a link): writing it would replace what the job reads,
-/// leaving neither. `inputs` pairs each input path with what it is ("the model").
+/// inode, however it is spelled: `./m.gguf`, a link): writing it would replace what the job reads
+/// with what it writes. `inputs` pairs each input path with what it is ("the model").
 /// - Throws: `CheckpointError` naming `out` and the input it would replace.
 public func checkOutputIsNoInput(_ out: String, inputs: [(path: String, role: String)]) throws {
     var o = stat()

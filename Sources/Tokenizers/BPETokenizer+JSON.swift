@@ -95,6 +95,7 @@ extension BPETokenizer {
         do {
             top = try JSONSerialization.jsonObject(with: data, options: [])
         } catch {
+            // (Containers' jsonSyntaxDetail, inlined: this module depends on none.)
             throw malformed("it is not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? (error as NSError).localizedDescription))")
         }
         guard let root = top as? [String: Any] else { throw malformed("the top level is not a JSON object") }

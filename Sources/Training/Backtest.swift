@@ -264,7 +264,7 @@ public struct BacktestOptions {
     /// 1: greedy. More: that many samples at `temperature`, seeds `seed`, `seed + 1`, …
     public var samples = 1
     public var temperature: Float = BacktestOptions.defaultTemperature
-    /// `temperature` unless set.
+    /// The default `temperature`.
     public static let defaultTemperature: Float = 0.8
     public var seed: UInt64 = 0
     /// The output is cut before the first of these texts (EOS always ends it).

@@ -15,9 +15,9 @@ extension Dataset {
     /// The batch made of `rows` (indices into the data set), in that order: ids and targets (B·T), and for
     /// padded data the attention mask (B·T, 1 real, 0 padding); packed data has no padding a causal model could
     /// see (only the last row is padded, on the right), so its mask is nil.
-    /// `trimmed`: the rows cut after the last position any of them learns (at least one position),
-    /// for evaluation: a causal model's logits at the kept positions do not depend on the cut ones,
-    /// so a short example evaluated at a long --seq-len costs its own length, not T.
+    /// `trimmed`: the rows cut after the longest one's last token (at least one position), for
+    /// evaluation: every learned target is kept, and a causal model's logits at the kept positions
+    /// do not depend on the cut ones, so a short example at a long --seq-len costs its own length.
     public func batch(rows: [Int], trimmed: Bool = false) -> Batch {
         let W = seqLen + 1
         let T = trimmed ? max(1, min(seqLen, rows.map { $0 >= 0 && $0 < count ? lengths[$0] - 1 : seqLen }.max() ?? seqLen)) : seqLen

@@ -197,7 +197,8 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         """)
     if let lengthNote { onStart(lengthNote) }
     if let template = job.chatTemplatePath, splits.train.summary.format != .chat {
-        onStart("note: --chat-template \(template) writes chat data, and \(job.dataPath) is \(splits.train.summary.format.rawValue): its rows do not use it (the adapter still records it for generate, serve and backtest)")
+        let keeper = method == nil ? "the trained model keeps" : "the adapter records"
+        onStart("note: --chat-template \(template) applies to chat data only, and \(job.dataPath) is \(splits.train.summary.format.rawValue): its rows do not use it (\(keeper) it for generate, serve and backtest)")
     }
     if job.precision == .bf16 { onStart("precision: the frozen weights' products in bf16, fp32 accumulation (oneDNN \(BF16Copy.isaName))") }
     if job.keepQuantized { onStart(quantizedBaseSummary(model)) }
@@ -361,11 +362,15 @@ func checkSequenceLength(_ model: CausalLM, _ seqLen: Int, virtual: Int, what: S
     let c = model.config, length = seqLen + virtual
     let counted = virtual > 0 ? "\(what) \(seqLen) and the adapter's \(virtual) virtual tokens (\(length) positions)" : "\(what) \(seqLen)"
     if c.positions == .learned && length > c.maxPositions {
-        throw TrainingError(message: "\(counted) exceeds the model's max_position_embeddings \(c.maxPositions) (learned positions cannot go further); use at most \(c.maxPositions - virtual)")
+        let fix = virtual >= c.maxPositions ? "the adapter's virtual tokens alone fill them" : "use at most \(c.maxPositions - virtual)"
+        throw TrainingError(message: "\(counted) exceeds the model's max_position_embeddings \(c.maxPositions) (learned positions cannot go further); \(fix)")
     }
-    guard length > c.maxPositions else { return nil }
-    // Rotary positions have no end, but the model was trained up to max_position_embeddings.
-    return "note: \(counted) passes the \(c.maxPositions) positions the model was trained on (max_position_embeddings); positions past them are often degraded"
+    return length > c.maxPositions ? positionsNote(counted, maxPositions: c.maxPositions) : nil
+}
+
+/// The note for rotary positions past max_position_embeddings: they go on, but the model was not trained there.
+func positionsNote(_ subject: String, maxPositions: Int) -> String {
+    "note: \(subject) passes the \(maxPositions) positions the model was trained on (max_position_embeddings); positions past them are often degraded"
 }
 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
@@ -386,11 +391,11 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
     let virtual = (adapter as? PromptLearningMethod)?.virtualTokenCount ?? 0
     _ = try checkSequenceLength(model, seqLen, virtual: virtual, what: "--seq-len")
     let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
-    // Evaluation cuts each batch after its last learned position: the note is for the rows' own length.
+    // Evaluation cuts each batch after its longest row's last token: the note is for the rows' own length.
     let longest = min(seqLen, (splits.train.lengths.max() ?? 1) - 1)
     if longest + virtual > model.config.maxPositions {  // (rotary positions: learned ones were refused above)
-        onNote("note: rows of \(dataPath) reach \(longest + virtual) positions\(virtual > 0 ? " (the adapter's \(virtual) virtual tokens included)" : ""), past the \(model.config.maxPositions) "
-               + "the model was trained on (max_position_embeddings); positions past them are often degraded")
+        let virtualNote = virtual > 0 ? ", the adapter's \(virtual) virtual tokens included" : ""
+        onNote(positionsNote("the longest row of \(dataPath) (\(longest + virtual) positions\(virtualNote))", maxPositions: model.config.maxPositions))
     }
     let e = evaluate(model, on: splits.train, batch: batch)
     return (e, meter.reading(tokens: e.tokens))

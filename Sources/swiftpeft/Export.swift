@@ -45,11 +45,12 @@ struct Export: ParsableCommand {
         if format == "peft" && gguf { throw CLIError("--out \(out) ends in .gguf, but --format peft writes a folder; give --format gguf or another name") }
         var isFolder: ObjCBool = false
         let exists = FileManager.default.fileExists(atPath: out, isDirectory: &isFolder)
-        if format == "gguf" && (isFolder.boolValue && exists || ["h5", "hdf5"].contains(URL(fileURLWithPath: out).pathExtension.lowercased())) {
+        let hdf5Name = ["h5", "hdf5"].contains(URL(fileURLWithPath: out).pathExtension.lowercased())
+        if format == "gguf" && (isFolder.boolValue && exists || hdf5Name) {
             throw CLIError("--out \(out) is \(exists && isFolder.boolValue ? "a folder" : "an HDF5 name"), but --format gguf writes a .gguf file")
         }
         if format == "peft" && exists && !isFolder.boolValue { throw CLIError("--out \(out) is a file, but --format peft writes a folder") }
-        if format == "peft" && ["h5", "hdf5"].contains(URL(fileURLWithPath: out).pathExtension.lowercased()) {
+        if format == "peft" && hdf5Name {
             throw CLIError("--out \(out) is an HDF5 name (a SwiftPEFT checkpoint's), but --format peft writes a folder; give a folder name (the .h5 adapter is the SwiftPEFT format already)")
         }
         try checkOutputIsNoInput(out, inputs: [(model, "the base model"), (adapter, "the adapter")])

@@ -37,7 +37,7 @@ struct Pretrain: ParsableCommand {
     func run() throws {
         // Checked before the tokenizer trains (a while): the model builder stops the program on a bad size.
         for (flag, value) in [("hidden", hidden), ("layers", layers), ("heads", heads), ("kv-heads", kvHeads), ("intermediate", intermediate),
-                              ("steps", steps), ("batch", batch), ("seq-len", seqLen), ("eval-every", evalEvery)] where value < 1 {
+                              ("steps", steps), ("batch-size", batch), ("seq-len", seqLen), ("eval-every", evalEvery)] where value < 1 {
             throw CLIError("--\(flag) must be at least 1, got \(value)")
         }
         guard lr.isFinite && lr > 0 else { throw CLIError("--lr must be positive, got \(lr)") }

@@ -4,16 +4,16 @@ import ArgumentParser
 import Foundation
 import SwiftPEFT
 
-/// Options shared by train and compare. Any of them may come from `--config FILE.json`, whose keys
-/// are the long flag names ("seq-len", "r", "use-dora"); the command line wins over the file, the
-/// file over `--method-config` (PEFT fields), that over the method's defaults. The method options
-/// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
 /// `DatasetOptions`' validation fraction, for the help text.
 private let defaultValidationFraction: Double = {
     if case .fraction(let f) = DatasetOptions().validation { return f }
     return 0
 }()
 
+/// Options shared by train and compare. Any of them may come from `--config FILE.json`, whose keys
+/// are the long flag names ("seq-len", "r", "use-dora"); the command line wins over the file, the
+/// file over `--method-config` (PEFT fields), that over the method's defaults. The method options
+/// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
 struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String?
     @Option(help: "Training data: a text file or folder, or JSONL (text, prompt/completion, instruction, chat).") var data: String?

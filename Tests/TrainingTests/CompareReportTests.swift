@@ -18,6 +18,13 @@ import Containers
 import Formats
 
 final class CompareReportTests: XCTestCase {
+    /// `inspect`'s helpers: tensor names with their numbers compared as numbers, a config on one line.
+    func testInspectOrdersNumbersAsNumbersAndPrintsJSONOnOneLine() {
+        XCTAssertEqual(["layers.10.q", "layers.2.q", "layers.1.q", "embed"].sorted(by: numericOrder), ["embed", "layers.1.q", "layers.2.q", "layers.10.q"])
+        XCTAssertEqual(compactJSON("{\n  \"r\" : 8,\n  \"alpha_pattern\" : {\n\n  }\n}"), #"{"alpha_pattern":{},"r":8}"#)
+        XCTAssertEqual(compactJSON("not json\n  here"), "not json here")
+    }
+
     /// A loss curve decaying from `start` towards `floor`, every 50 steps up to 500.
     static func curve(_ start: Double, _ floor: Double, rate: Double) -> [CurvePoint] {
         stride(from: 0, through: 500, by: 50).map { s in

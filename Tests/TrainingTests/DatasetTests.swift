@@ -886,7 +886,7 @@ final class DatasetTests: XCTestCase {
         let e = evaluate(model, on: data.validation!, batch: 1)
         XCTAssertEqual(e.tokens, data.validation!.summary.learnedTargets)
         XCTAssertEqual(e.loss, log(Double(Self.tokenizer.vocabSize)), accuracy: 0.5, "a fresh model is near uniform")
-        // Evaluation cuts a batch after its last learned position: the same targets, the same loss
+        // Evaluation cuts a batch after its longest row's last token: the same targets, the same loss
         // as over the whole padded rows, at a fraction of the length.
         let rows = Array(0..<data.train.count)
         let full = data.train.batch(rows: rows), cut = data.train.batch(rows: rows, trimmed: true)
