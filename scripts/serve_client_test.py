@@ -52,9 +52,10 @@ def check(cond, what):
         sys.exit(f"{NAME}: FAILED: {what}")
 
 
-def tool(bin_, *args):
-    r = subprocess.run([bin_, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    check(r.returncode == 0, f"swiftpeft {' '.join(args)}:\n{r.stdout[-2000:]}")
+def tool(bin_, *args, notes=True):
+    """Runs swiftpeft; returns its stdout, with its stderr (notes) unless `notes` is False."""
+    r = subprocess.run([bin_, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT if notes else subprocess.PIPE, text=True)
+    check(r.returncode == 0, f"swiftpeft {' '.join(args)}:\n{r.stdout[-2000:]}{'' if notes else r.stderr[-2000:]}")
     return r.stdout
 
 
@@ -90,7 +91,7 @@ def main():
     ap.add_argument("--load-seconds", type=float, default=4)
     ap.add_argument("--chromium", help="drive the prompt lab page in this browser")
     ap.add_argument("--screenshot", default="prompt-lab.png")
-    ap.add_argument("--bf16", action="store_true", help="also serve with --precision bf16 and bf16-only (AVX512-BF16 or AMX CPUs)")
+    ap.add_argument("--bf16", action="store_true", help="also serve with --precision bf16 and bf16-only (emulated on CPUs without AVX512-BF16 or AMX)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="swiftpeft-serve-test-")
     base = os.path.join(work, "base.h5")
@@ -106,7 +107,7 @@ def main():
         args = ["generate", "--model", base, "--prompt", prompt, "--max-tokens", str(n), "--precision", precision]
         if model != "base":
             args += ["--adapter", adapters[model]]
-        return tool(a.bin, *args)
+        return tool(a.bin, *args, notes=False)  # the text alone (emulated bf16 adds a note on stderr)
 
     for precision in ["bf16", "bf16-only"] if a.bf16 else []:
         # bf16 copies of the base's weights (beside fp32, or alone): served completions equal

@@ -489,7 +489,7 @@ public func loadGGUFModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = fal
     let model = WeightInit.skipped { LlamaModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
     try file.loadWeights(into: model, keepQuantized: keepQuantized, quantizedEmbedding: quantizedEmbedding,
-                         didLoad: try bf16OnlyLoader(model, enabled: bf16Only, path: path))
+                         didLoad: bf16OnlyLoader(model, enabled: bf16Only))
     model.eval()
     return (model, tokenizer)
 }

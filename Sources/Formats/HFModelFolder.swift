@@ -289,7 +289,7 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
     try checkConfigFitsWeights(config, elements: weights.elementCount, file: configPath)
     let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
-    let didLoad = try bf16OnlyLoader(model, enabled: bf16Only, path: folder)
+    let didLoad = bf16OnlyLoader(model, enabled: bf16Only)
     do {
         try model.loadParameters(weights, source: source, didLoad: didLoad)
     } catch let e as WeightLoadError {

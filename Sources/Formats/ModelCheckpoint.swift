@@ -61,7 +61,7 @@ public enum ModelCheckpoint {
         try checkConfigFitsWeights(config, elements: file.reader.elementCount, file: path)
         let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below (strict)
         model.freeze()
-        let didLoad = try bf16OnlyLoader(model, enabled: bf16Only, path: path)
+        let didLoad = bf16OnlyLoader(model, enabled: bf16Only)
         do {
             try model.loadParameters(file.reader, source: path, didLoad: didLoad)
         } catch let e as WeightLoadError {

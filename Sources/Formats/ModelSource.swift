@@ -244,12 +244,9 @@ public func useChatTemplate(file: String?, adapters adapterPaths: [String], on t
     if let t = first.1 { tokenizer.chatTemplate = t }
 }
 
-/// The `didLoad` of a loader with bf16-only weights (`CausalLM.bf16OnlyLoader`), or nil without;
-/// throws, naming `path`, on a CPU without native bf16 products.
-func bf16OnlyLoader(_ model: CausalLM, enabled: Bool, path: String) throws -> ((String, Tensor) -> Void)? {
-    guard enabled else { return nil }
-    if let why = BF16Copy.unavailableReason { throw CheckpointError(path: path, message: "cannot load with bf16-only weights: \(why)") }
-    return model.bf16OnlyLoader()
+/// The `didLoad` of a loader with bf16-only weights (`CausalLM.bf16OnlyLoader`), or nil without.
+func bf16OnlyLoader(_ model: CausalLM, enabled: Bool) -> ((String, Tensor) -> Void)? {
+    enabled ? model.bf16OnlyLoader() : nil
 }
 
 /// Refuses, before anything is attached, an adapter that reads or trains base weights whose fp32

@@ -37,7 +37,8 @@ public enum DecodePrecision: String, Sendable, CaseIterable {
     /// fp32 weights throughout (the default).
     case fp32
     /// bf16 copies of the frozen matrix weights for products of at most `BF16Copy.maxRows` rows
-    /// (fp32 accumulation): about half the bytes read per token. Needs AVX512-BF16 or AMX.
+    /// (fp32 accumulation): about half the bytes read per token. Native on AVX512-BF16 or AMX,
+    /// emulated elsewhere (the same products; `BF16Copy`).
     case bf16
     /// Only the bf16 copies are kept: each frozen matrix's fp32 values are released as it loads,
     /// so the model takes about half the memory, and every product without a gradient reads the

@@ -181,7 +181,6 @@ public final class ServingEngine: @unchecked Sendable {
         if keepQuantized && precision != .fp32 {
             throw ServingError(.invalidRequest, "--keep-quantized keeps the file's quantized blocks, decoded to fp32: it excludes --precision \(precision.rawValue)")
         }
-        if precision != .fp32, let why = BF16Copy.unavailableReason { throw ServingError(.invalidRequest, "--precision \(precision.rawValue): \(why)") }
         let loaded = try loadModel(modelPath, bf16Only: precision == .bf16Only,  // bf16-only: copies made as each matrix loads
                                    keepQuantized: keepQuantized, quantizedEmbedding: keepQuantized)
         guard let tok = loaded.tokenizer else { throw ServingError(.invalidRequest, "\(modelPath): holds no tokenizer; it cannot be served") }

@@ -17,6 +17,13 @@
 // and its products split their rows over the threads instead (oneDNN 2.6's AVX-512 bf16 kernels
 // refused output rows strided wider than the block: only its reference kernel took them). Each of SwiftPEFT's threads runs its part with one OpenMP thread, so
 // oneDNN adds no thread pool of its own.
+//
+// On a CPU without native bf16 products (AVX2 alone, AVX-512 without AVX512-BF16, where oneDNN 2.6
+// has only its scalar reference kernel) a copy is emulated: its values are kept as bf16 in (N, K)
+// rows and widened to fp32 a slab at a time for OpenBLAS's sgemm (`PackedWeights`), and the left
+// operand is rounded to bf16 first. bf16 times bf16 is exact in fp32, so the products are those of
+// the native kernels up to the order of fp32 accumulation: the same results on every CPU, at the
+// speed of fp32 products plus the widening, in the same memory.
 
 import CDNNL
 import Foundation
@@ -34,9 +41,18 @@ public final class BF16Copy {
     /// oneDNN's instruction set on this CPU, e.g. `avx512_core_bf16`.
     public static var isaName: String { BF16Runtime.shared.isaName }
 
-    /// Why bf16 copies cannot be made on this CPU; nil when they can.
-    public static var unavailableReason: String? {
-        isNative ? nil : "this CPU has no native bf16 products (oneDNN ISA \(isaName); needs AVX512-BF16 or AMX)"
+    /// Makes copies made from now on emulated even on a CPU with native bf16 products, so that
+    /// tests and measurements reach the path other CPUs take; copies made before keep their kind.
+    nonisolated(unsafe) public static var forceEmulation = false
+
+    /// Whether copies made now are emulated (no native bf16 products here, or `forceEmulation`).
+    public static var emulates: Bool { forceEmulation || !isNative }
+
+    /// How bf16 products run here, for reports: oneDNN's native kernels, or the emulation and why.
+    public static var summary: String {
+        let why = isNative ? "BF16Copy.forceEmulation" : "this CPU has no bf16 instructions (oneDNN ISA \(isaName)); AVX512-BF16 or AMX have them"
+        return emulates ? "emulated (\(why)): bf16 values widened to fp32 for OpenBLAS, the same products, no faster than fp32"
+            : "native (oneDNN \(isaName))"
     }
 
     let k: Int, n: Int
@@ -44,8 +60,11 @@ public final class BF16Copy {
     let trans: Bool, ld: Int
     /// Serves products of every row count, with a gradient recorded or not (bf16 training).
     public let servesTraining: Bool
-    /// Column blocks: [lo, lo + count) of N, each with its packed weights.
+    /// Column blocks: [lo, lo + count) of N, each with its packed weights (none when emulated).
     let blocks: [(lo: Int, count: Int, weights: dnnl_memory_t, md: swiftpeft_dnnl_md)]
+    /// An emulated copy (see the file's header): its bf16 values in (N, K) rows, read through
+    /// `PackedWeights`' row slabs.
+    let emulated: (values: UnsafeMutablePointer<UInt16>, packed: PackedWeights)?
 
     /// Packs `operand` (logical (K, N)): a contiguous matrix or a transposed view of one.
     /// `forTraining`: in the layout oneDNN picks for training-size products (`trainingChunkRows` rows).
@@ -58,6 +77,12 @@ public final class BF16Copy {
         trans = op.trans
         ld = op.ld
         servesTraining = forTraining
+        if BF16Copy.emulates {
+            blocks = []
+            emulated = BF16Copy.emulatedValues(op, k: k, n: n)
+            return
+        }
+        emulated = nil
         let rt = BF16Runtime.shared
         let threads = min(hardwareThreads, rt.streams.count)  // streams: one per thread at first use
         let parts = n >= 64 * threads && !forTraining ? threads : 1  // training products split rows instead
@@ -92,10 +117,49 @@ public final class BF16Copy {
         self.blocks = blocks
     }
 
-    deinit { for b in blocks { dnnl_memory_destroy(b.weights) } }
+    deinit {
+        for b in blocks { dnnl_memory_destroy(b.weights) }
+        emulated?.values.deallocate()
+    }
+
+    /// `op` (logical (K, N)) rounded to bf16 in (N, K) rows: column j of op is row j, so a slab of
+    /// rows widened to fp32 is the right side of `x · slabᵀ`.
+    private static func emulatedValues(_ op: MatOperand, k: Int, n: Int) -> (values: UnsafeMutablePointer<UInt16>, packed: PackedWeights) {
+        let values = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, n * k))
+        let (base, ld) = (UnsafePointer(op.input.basePointer), op.ld)
+        if op.trans {  // stored (N, K): row j is column j of op
+            for j in 0..<n { BF16Runtime.convert(base + j * ld, rows: 1, k: k, lda: ld, into: values + j * k) }
+        } else {  // stored (K, N): transposed in tiles of 64 × 64
+            for i0 in stride(from: 0, to: k, by: 64) {
+                for j0 in stride(from: 0, to: n, by: 64) {
+                    for i in i0..<min(k, i0 + 64) {
+                        for j in j0..<min(n, j0 + 64) { values[j * k + i] = bf16Bits(base[i * ld + j]) }
+                    }
+                }
+            }
+        }
+        let packed = PackedWeights(rows: n, cols: k, byteCount: 2 * n * k, encoding: "bf16") { lo, hi, dst in
+            let src = values + lo * k
+            for i in 0..<((hi - lo) * k) { dst[i] = bf16ToFloat(src[i]) }
+        }
+        return (values, packed)
+    }
+
+    /// c (M, N) = (or += when `accumulate`) a rounded to bf16 · this emulated copy.
+    private func emulatedProduct(_ e: (values: UnsafeMutablePointer<UInt16>, packed: PackedWeights), m: Int, a: UnsafePointer<Float>,
+                                 lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+        let rt = BF16Runtime.shared
+        rt.lock.lock()
+        defer { rt.lock.unlock() }
+        let x = rt.roundedRows(a, m: m, k: k, lda: lda)  // (M, K), bf16 values as fp32
+        e.packed.productWithTranspose(m: m, transA: false, a: x, lda: k, c: c, ldc: ldc, beta: accumulate ? 1 : 0)
+    }
 
     /// Bytes the copy holds (2 per value).
     public var byteCount: Int { 2 * k * n }
+
+    /// Whether this copy is emulated (widened to fp32 for OpenBLAS) rather than run by oneDNN.
+    public var isEmulated: Bool { emulated != nil }
 
     /// Whether `op` reads the fp32 matrix this copy was made from, the same way.
     func matches(_ op: MatOperand) -> Bool {
@@ -118,6 +182,10 @@ public final class BF16Copy {
     /// c (M, N; row stride ldc) = a (M, K; row stride lda) · W in bf16 with fp32 accumulation.
     /// Returns false (nothing written) when oneDNN has no kernel for these row counts.
     func product(m: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+        if let e = emulated {
+            emulatedProduct(e, m: m, a: a, lda: lda, c: c, ldc: ldc, accumulate: false)
+            return true
+        }
         let rt = BF16Runtime.shared
         rt.lock.lock()
         defer { rt.lock.unlock() }
@@ -166,6 +234,7 @@ public final class BF16Copy {
     /// Whether oneDNN has a kernel other than its reference one for a training product into dense
     /// rows, written or added (`accumulate`); made here, it then serves those products.
     func hasTrainingKernel(accumulate: Bool) -> Bool {
+        if emulated != nil { return true }
         let rt = BF16Runtime.shared
         rt.lock.lock()
         defer { rt.lock.unlock() }
@@ -181,6 +250,10 @@ public final class BF16Copy {
     func trainingProduct(m: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
                          accumulate: Bool) -> Bool {
         guard m > 0 else { return true }
+        if let e = emulated {
+            emulatedProduct(e, m: m, a: a, lda: lda, c: c, ldc: ldc, accumulate: accumulate)
+            return true
+        }
         let rt = BF16Runtime.shared
         rt.lock.lock()
         defer { rt.lock.unlock() }
@@ -232,7 +305,6 @@ extension Tensor {
     public func keepBF16Copy(releasingFP32: Bool = false, forTraining: Bool = false) {
         let source = transposeSource ?? self
         check(!source.requiresGrad, "[bf16] \(source.name ?? "tensor") \(source.shape) takes gradients: only frozen weights get a bf16 copy")
-        check(BF16Copy.isNative, "[bf16] \(BF16Copy.unavailableReason ?? "")")
         guard !storage.valuesReleased else { return }  // already only a copy
         if !(forTraining && storage.bf16?.servesTraining == true) {  // else made already
             storage.bf16 = BF16Copy(self, forTraining: forTraining)
@@ -468,6 +540,24 @@ final class BF16Runtime: @unchecked Sendable {
             let s = a + r * lda, d = dst + r * k
             for i in 0..<k { d[i] = bf16Bits(s[i]) }
         }
+    }
+
+    private var rounded = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    private var roundedCapacity = 1
+
+    /// `a` (M, K; row stride lda) rounded to bf16 (to nearest, ties to even), as fp32 in dense rows
+    /// of a reused buffer (emulated products).
+    func roundedRows(_ a: UnsafePointer<Float>, m: Int, k: Int, lda: Int) -> UnsafePointer<Float> {
+        if roundedCapacity < m * k {
+            rounded.deallocate()
+            roundedCapacity = m * k
+            rounded = .allocate(capacity: roundedCapacity)
+        }
+        for r in 0..<m {
+            let s = a + r * lda, d = rounded + r * k
+            for i in 0..<k { d[i] = bf16ToFloat(bf16Bits(s[i])) }
+        }
+        return UnsafePointer(rounded)
     }
 
     /// `a` (M, K; row stride lda) rounded to bf16 (to nearest, ties to even) in a reused buffer,

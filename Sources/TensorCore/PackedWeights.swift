@@ -120,7 +120,9 @@ public final class PackedWeights: @unchecked Sendable {
     /// profiler counts the decoding in `gemm` here (it runs inside the product's threads).
     /// Where `splitGEMM` would send a Float32 weight's product to OpenBLAS's small-matrix kernels,
     /// the slabs go there too, within their limits: the same kernels, so the same values.
-    func productWithTranspose(m: Int, transA: Bool, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    /// `beta` 1 adds the product into C instead (an emulated bf16 input gradient, `BF16Copy`).
+    func productWithTranspose(m: Int, transA: Bool, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                              beta: Float = 0) {
         guard m > 0 && rows > 0 else { return }
         PackedWeights.lock.lock()
         defer { PackedWeights.lock.unlock() }
@@ -148,10 +150,10 @@ public final class PackedWeights: @unchecked Sendable {
                 // C[:, lo..<hi] (M, hi − lo) = op(A) (M, K) · slabᵀ (K, hi − lo)
                 if smallKernels {  // as `splitGEMM` runs a Float32 weight's few rows: the same values
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(hi - lo), Int32(cols), 1, a, Int32(lda),
-                                buffer, Int32(cols), 0, c + lo, Int32(ldc))
+                                buffer, Int32(cols), beta, c + lo, Int32(ldc))
                 } else {
                     blasGEMM(transA: transA, transB: true, m: m, n: hi - lo, k: cols, alpha: 1, a: a, lda: lda,
-                             b: buffer, ldb: cols, beta: 0, c: c + lo, ldc: ldc)
+                             b: buffer, ldb: cols, beta: beta, c: c + lo, ldc: ldc)
                 }
             }
         }

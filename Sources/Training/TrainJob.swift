@@ -38,7 +38,7 @@ public struct TrainJob {
     public var evalRows: Int? = 64
     /// Power per busy core for the energy estimate when RAPL counters cannot be read.
     public var wattsPerCore = CostMeter.defaultWattsPerCore
-    /// Number format of the frozen weights' products (`TrainingPrecision`; bf16 needs AVX512-BF16 or AMX).
+    /// Number format of the frozen weights' products (`TrainingPrecision`; bf16 is emulated without AVX512-BF16 or AMX).
     public var precision = TrainingPrecision.fp32
     /// Keep a GGUF base's quantized block matrices as they are in the file, each product decoding
     /// them (`loadModel(keepQuantized:)`): the same values as a Float32 load, in a fraction of the
@@ -200,7 +200,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         let keeper = method == nil ? "the trained model keeps" : "the adapter records"
         onStart("note: --chat-template \(template) applies to chat data only, and \(job.dataPath) is \(splits.train.summary.format.rawValue): its rows do not use it (\(keeper) it for generate, serve and backtest)")
     }
-    if job.precision == .bf16 { onStart("precision: the frozen weights' products in bf16, fp32 accumulation (oneDNN \(BF16Copy.isaName))") }
+    if job.precision == .bf16 { onStart("precision: the frozen weights' products in bf16, fp32 accumulation; bf16 products \(BF16Copy.summary)") }
     if job.keepQuantized { onStart(quantizedBaseSummary(model)) }
     if trainerOptions.warmupSteps > trainerOptions.steps {
         onStart("note: --warmup \(trainerOptions.warmupSteps) is longer than the run's \(trainerOptions.steps) steps: the learning rate stays below --lr \(trainerOptions.lr)")

@@ -139,18 +139,18 @@ public enum TrainingPrecision: String, Sendable, CaseIterable {
     case fp32
     /// The frozen matrices' products and their input gradients in bf16 with fp32 accumulation
     /// (`CausalLM.keepBF16TrainingCopies`); what trains, attention, norms, the loss and the
-    /// optimizer stay fp32. Needs AVX512-BF16 or AMX, and pays only where bf16 products outrun
-    /// fp32 ones: an AMD EPYC (Zen 5) yes, an Intel Xeon without AMX no (docs/benchmarks.md).
+    /// optimizer stay fp32. Pays only where bf16 products outrun fp32 ones: an AMD EPYC (Zen 5) yes,
+    /// an Intel Xeon without AMX no (docs/benchmarks.md); a CPU without AVX512-BF16 or AMX emulates
+    /// them (the same products, slower than fp32).
     case bf16
 
     /// Makes the bf16 copies of `model`'s frozen matrices once `adapter` (named `method`) is
     /// attached, releasing the fp32 values of its frozen `Linear` weights unless the adapter reads
     /// them (DoRA's row norms; `PEFTMethod.releasedWeightsConflict`): a training job needs them no
-    /// more (it saves the adapter, not the base). Throws when the CPU has no native bf16 products or
-    /// nothing is frozen; `checkOnly` checks that and makes nothing.
+    /// more (it saves the adapter, not the base). Throws when nothing is frozen; `checkOnly` checks
+    /// that and makes nothing.
     public func apply(to model: CausalLM, method: String, adapter: PEFTMethod?, checkOnly: Bool = false) throws {
         guard self == .bf16 else { return }
-        if let why = BF16Copy.unavailableReason { throw TrainingError(message: "--precision bf16: \(why)") }
         guard model.namedParameters().contains(where: { $0.1.rank == 2 && !$0.1.requiresGrad }) else {
             throw TrainingError(message: "--precision bf16: \(method) leaves no weight matrix frozen, and only frozen ones run in bf16")
         }

@@ -10,7 +10,7 @@ struct Bench: ParsableCommand {
         discussion: """
         Rows: configs \(BenchConfig.all.map(\.name).joined(separator: ", ")) × methods \(BenchConfig.methods.joined(separator: ", ")) \
         ("gen" = KV-cached greedy generation, batch 1, 32-token prompt, 64 new tokens; "gen-bf16" = the same with \
-        bf16 copies of the frozen weights, AVX512-BF16 or AMX only; "gen-bf16-only" = with the copies alone, \
+        bf16 copies of the frozen weights (emulated without AVX512-BF16 or AMX); "gen-bf16-only" = with the copies alone, \
         made as the random weights are filled one matrix at a time, as loading does). LoRA and DoRA: r 8, alpha 16 \
         on q and v; prompt and prefix: 20 virtual tokens; AdamW, lr 1e-4, clipping at 1.
         Model FLOPs per token: F = 2·N_mm + 4·L·T·d_q (N_mm: weights of every matmul, output head included); \
@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
     var gemmSplit = "tasks"
     @Flag(help: "Training rows recompute each block's activations in the backward pass (less memory, more time).")
     var gradientCheckpointing = false
-    @Option(help: "Training rows: fp32, or bf16 (the frozen weights' products and input gradients in bf16 with fp32 accumulation; needs AVX512-BF16 or AMX).")
+    @Option(help: "Training rows: fp32, or bf16 (the frozen weights' products and input gradients in bf16 with fp32 accumulation; native on AVX512-BF16 or AMX, emulated elsewhere).")
     var precision = "fp32"
     @Flag(help: "Print one JSON object per row.") var json = false
     @Flag(help: .hidden) var inProcess = false
@@ -83,7 +83,7 @@ struct Bench: ParsableCommand {
             }
         }
         if !json {
-            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count), GEMMs split by \(gemmSplit == "tasks" ? "SwiftPEFT" : "OpenBLAS"); kernels \(Machine.kernelBuild)\(gradientCheckpointing ? "; gradient checkpointing" : "")\(precision == "bf16" ? "; frozen weights in bf16 (oneDNN \(BF16Copy.isaName))" : "")")
+            print("OpenBLAS core: \(BLASCore.summary); threads \(threads ?? Threads.count), GEMMs split by \(gemmSplit == "tasks" ? "SwiftPEFT" : "OpenBLAS"); kernels \(Machine.kernelBuild)\(gradientCheckpointing ? "; gradient checkpointing" : "")\(precision == "bf16" || rows.contains { $0.1.hasPrefix("gen-bf16") } ? "; bf16 products \(BF16Copy.summary)" : "")")
             print("CPU: \(Machine.cpuModel)")
             print(Self.header)
         }

@@ -19,7 +19,8 @@ struct Generate: ParsableCommand {
         chat template as `serve` and chat training write it, and prints the reply alone.
 
         --precision bf16 keeps bf16 copies of the frozen weights for the token-by-token products
-        (fp32 accumulation; about half the bytes read per token; needs AVX512-BF16 or AMX). The
+        (fp32 accumulation; about half the bytes read per token; native on AVX512-BF16 or AMX, emulated
+        elsewhere: the same products, widened to fp32 for OpenBLAS). The
         fp32 weights stay for prompts of more than \(BF16Copy.maxRows) tokens, so memory grows by half the
         weights' size; a shorter prompt runs in bf16 too, so its first token's log-probabilities
         differ from fp32's in the third or fourth digit.
@@ -61,7 +62,9 @@ struct Generate: ParsableCommand {
         guard !keepQuantized || decodePrecision == .fp32 else {
             throw CLIError("--keep-quantized keeps the file's quantized blocks, decoded to fp32: it excludes --precision \(precision)")
         }
-        if decodePrecision != .fp32, let why = BF16Copy.unavailableReason { throw CLIError("--precision \(precision): \(why)") }
+        if decodePrecision != .fp32 && BF16Copy.emulates {
+            FileHandle.standardError.write(Data("note: --precision \(precision): bf16 products \(BF16Copy.summary)\n".utf8))
+        }
         let loadStart = Date()
         let loaded = try loadModel(model, bf16Only: decodePrecision == .bf16Only, keepQuantized: keepQuantized, quantizedEmbedding: keepQuantized)
         let (m, tok) = (loaded.model, loaded.tokenizer)

@@ -33,7 +33,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Prompt + completion tokens at most per request (default: the model's context).") var context: Int?
     @Option(help: "Request bodies larger than this many bytes get 413.") var maxBody = 1 << 20
     @Option(help: "Power per busy core (W) for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
-    @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA or modules_to_save adapters); bf16 needs AVX512-BF16 or AMX.") var precision = "fp32"
+    @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA or modules_to_save adapters); bf16 is native on AVX512-BF16 or AMX, emulated elsewhere (the same products).") var precision = "fp32"
 
     @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (about the file's size in memory; no DoRA or modules_to_save adapters).") var keepQuantized = false
 
@@ -68,6 +68,7 @@ struct Serve: ParsableCommand {
                   + (adapterDir.map { "from \($0)" } ?? "from any path this process can read (--adapter-dir limits that)"))
         }
         if keepQuantized { print(quantizedBaseSummary(engine.model)) }
+        if precision != "fp32" && BF16Copy.emulates { print("note: --precision \(precision): bf16 products \(BF16Copy.summary)") }
         let app = makeServer(engine, options: options) { port in
             print("serving \(engine.modelNames.joined(separator: ", ")) on http://\(host):\(port) (max batch \(engine.maxBatch), OpenBLAS \(BLASCore.current))")
             fflush(stdout)

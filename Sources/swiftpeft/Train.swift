@@ -43,7 +43,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Log a line every N steps when output is not a terminal (default \(TrainerOptions().logEvery)).") var logEvery: Int?
     @Flag(inversion: .prefixedNo, help: "Recompute each block's activations in the backward pass instead of keeping them: less memory, a second forward pass through the blocks (measured 1.2–1.5× the time per step). Off by default; --no-gradient-checkpointing overrides a config file's true.")
     var gradientCheckpointing: Bool?
-    @Option(help: "The frozen weights' products: fp32 (default), or bf16 (bf16 products and input gradients with fp32 accumulation; what trains stays fp32). Needs AVX512-BF16 or AMX; faster where bf16 products outrun fp32 ones (an AMD EPYC Zen 5: 2.5× here), slower on an Intel Xeon without AMX.")
+    @Option(help: "The frozen weights' products: fp32 (default), or bf16 (bf16 products and input gradients with fp32 accumulation; what trains stays fp32). Native on AVX512-BF16 or AMX, emulated elsewhere (the same products, slower than fp32); faster where bf16 products outrun fp32 ones (an AMD EPYC Zen 5: 2.5× here), slower on an Intel Xeon without AMX.")
     var precision: String?
     @Flag(inversion: .prefixedNo, help: "With a GGUF base: keep its quantized block matrices as they are in the file, each product decoding its matrix (the same values as the default Float32 load, in a fraction of the memory: QLoRA-style). Adapters only: not full fine-tuning, DoRA, modules_to_save on a block matrix or --precision bf16.")
     var keepQuantized: Bool?

@@ -23,7 +23,7 @@ final class ServeTests: XCTestCase {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
         p.arguments = [packageRoot().appendingPathComponent("scripts/serve_client_test.py").path, "--bin", bin.path, "--load-seconds", "3",
-                       "--chromium", chromium, "--screenshot", screenshot] + (BF16Copy.isNative ? ["--bf16"] : [])
+                       "--chromium", chromium, "--screenshot", screenshot] + ["--bf16"]
         let pipe = Pipe()
         p.standardOutput = pipe
         p.standardError = pipe
@@ -33,12 +33,8 @@ final class ServeTests: XCTestCase {
         print(out)
         XCTAssertEqual(p.terminationStatus, 0, out)
         XCTAssertTrue(out.contains("serve test: PASSED"), out)
-        if BF16Copy.isNative {
-            XCTAssertTrue(out.contains("--precision bf16 completions equal"), out)
-            XCTAssertTrue(out.contains("--precision bf16-only completions equal"), out)
-        } else {
-            print("NOTE: serve --precision bf16 not checked: \(BF16Copy.unavailableReason ?? "")")
-        }
+        XCTAssertTrue(out.contains("--precision bf16 completions equal"), out)
+        XCTAssertTrue(out.contains("--precision bf16-only completions equal"), out)
         XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot), "the prompt lab screenshot \(screenshot)")
     }
 

@@ -138,7 +138,6 @@ final class ModelCheckpointTests: XCTestCase {
     /// 64 when each file tensor was also read and then copied in). Copies made after an fp32 load
     /// would peak above 1.4×.
     func testBF16OnlyLoadingKeepsTheFingerprintAndRefusesDoRA() throws {
-        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
         let (model, h5, hf) = try savedLargeModel()
         let bytes = model.parameterCount * 4
         let lora = try LoRA(config: LoRAConfig(r: 4, loraAlpha: 8))

@@ -197,9 +197,6 @@ final class ModelTests: XCTestCase {
     /// (bf16 rounding of weights and inputs, fp32 accumulation) but is not the fp32 result, for
     /// both families (GPT-2's (in, out) Conv1D weights and tied head, LLaMA's (out, in) weights).
     func testBF16WeightsDecodeCloseToFP32() throws {
-        guard BF16Copy.isNative else {
-            try skipUnlessRequired(BF16Copy.unavailableReason ?? "")
-        }
         for config in [tinyGPT2, tinyLlama] {
             let fp32 = makeModel(config, seed: 3), bf16 = makeModel(config, seed: 3)
             let bytes = bf16.keepBF16Weights()
@@ -228,9 +225,6 @@ final class ModelTests: XCTestCase {
     /// positions allow) and cached decoding give logits
     /// within 2% of the largest of those of fp32 weights and of bf16 copies beside them.
     func testBF16OnlyWeightsLoadOneMatrixAtATimeAndDecode() throws {
-        guard BF16Copy.isNative else {
-            try skipUnlessRequired(BF16Copy.unavailableReason ?? "")
-        }
         for config in [tinyGPT2, tinyLlama] {
             let fp32 = makeModel(config, seed: 3), copies = makeModel(config, seed: 3)
             copies.keepBF16Weights()

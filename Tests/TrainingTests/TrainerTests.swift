@@ -445,7 +445,6 @@ final class TrainerTests: XCTestCase {
     /// weights within 2% of their size. DoRA, which reads the base's rows, keeps every fp32 value;
     /// full fine-tuning is refused.
     func testBF16PrecisionTrainsCloseToFP32() throws {
-        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
         func run(_ precision: TrainingPrecision) throws -> ([Double], [[Float]]) {
             var o = TrainerOptions()
             (o.steps, o.lr) = (4, 1e-2)
@@ -494,7 +493,6 @@ final class TrainerTests: XCTestCase {
     /// without a gradient (a decoding-size product against a training copy) stays within 1% of
     /// the fp32-trained model's.
     func testBF16PrecisionWithCheckpointingAndShortEvaluation() throws {
-        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
         func run(_ precision: TrainingPrecision, checkpointing: Bool) throws -> ([Double], CausalLM) {
             var o = TrainerOptions()
             (o.steps, o.lr, o.gradientCheckpointing) = (3, 1e-2, checkpointing)
