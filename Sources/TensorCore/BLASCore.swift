@@ -22,6 +22,43 @@ public enum BLASCore {
     /// other core packs the whole of B even for one row of A.
     public static let hasSmallMatrixKernels = level(ofCore: current) == 4
 
+    /// Whether the running core's sgemm gives every output the same value however a product is
+    /// cut into calls (by rows of A or by columns of C), measured once on a small product: true on
+    /// OpenBLAS 0.3.21's AVX-512 cores, false on its Haswell and Zen ones, whose edge kernels for a
+    /// partial block of columns or rows round differently (a cut at column 113 changed 17% of a
+    /// 32-row product's values by an ulp or so). Where it is false, a matrix kept as quantized
+    /// blocks (`PackedWeights`, cut into row slabs) and the Float32 load (cut by threads) agree within
+    /// rounding instead of bit for bit, and results can move by an ulp with the thread count.
+    public static let splitsKeepValues: Bool = {
+        let (m, k, n, cut) = (32, 128, 113, 50)
+        var rng = UInt32(1)
+        func next() -> Float {
+            rng = rng &* 1_664_525 &+ 1_013_904_223
+            return Float(rng >> 8) / Float(1 << 24) - 0.5
+        }
+        let a = (0..<(m * k)).map { _ in next() }, w = (0..<(n * k)).map { _ in next() }  // A (M, K), W (N, K)
+        var whole = [Float](repeating: 0, count: m * n), byColumns = whole, byRows = whole
+        // C (M, N) = A · Wᵀ in one call, in column blocks [0, cut) [cut, N), and in row halves.
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), w, Int32(k), 0, &whole, Int32(n))
+        byColumns.withUnsafeMutableBufferPointer { c in
+            w.withUnsafeBufferPointer { w in
+                for (lo, hi) in [(0, cut), (cut, n)] {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(hi - lo), Int32(k), 1, a, Int32(k),
+                                w.baseAddress! + lo * k, Int32(k), 0, c.baseAddress! + lo, Int32(n))
+                }
+            }
+        }
+        byRows.withUnsafeMutableBufferPointer { c in
+            a.withUnsafeBufferPointer { a in
+                for (lo, hi) in [(0, 13), (13, m)] {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(hi - lo), Int32(n), Int32(k), 1, a.baseAddress! + lo * k,
+                                Int32(k), w, Int32(k), 0, c.baseAddress! + lo * n, Int32(n))
+                }
+            }
+        }
+        return whole == byColumns && whole == byRows
+    }()
+
     /// Threads OpenBLAS runs each call on (1 while SwiftPEFT splits the GEMMs: `Threads.summary`).
     public static var threads: Int {
         _ = blasThreadsApplied

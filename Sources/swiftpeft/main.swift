@@ -21,13 +21,14 @@ struct Info: ParsableCommand {
         print("swiftpeft \(SwiftPEFT.configuration.version)")
         print("OpenBLAS core: \(BLASCore.current)")
         print("OpenBLAS core choice: \(BLASCore.summary)")
+        print("OpenBLAS sgemm values: \(BLASCore.splitsKeepValues ? "the same however a product is cut into calls" : "can move by an ulp with how a product is cut into calls (this core's edge kernels): kept quantized blocks match the Float32 load within rounding")")
         print("threads: \(Threads.summary)")
         print("HDF5: \(hdf5Version)")
         let online = ProcessInfo.processInfo.activeProcessorCount
         print("cores: \(online)\(Threads.available < online ? " (\(Threads.available) allowed by this process's CPU affinity)" : "")")
         print("CPU: \(Machine.cpuModel)")
         print("kernels: \(Machine.kernelBuild)")
-        print("bf16 products (oneDNN): \(BF16Copy.isaName)\(BF16Copy.isNative ? "" : ", not native: --precision bf16 unavailable")")
+        print("bf16 products: \(BF16Copy.summary)")
     }
 }
 

@@ -264,7 +264,9 @@ final class CLITests: XCTestCase {
         XCTAssertNotNil(hdf5, r.transcript)
         XCTAssertNotNil(hdf5?.range(of: #"^\d+\.\d+\.\d+"#, options: .regularExpression), "HDF5 version: \(hdf5 ?? "none")")
         XCTAssertTrue(r.stdout.contains("cores: "), r.transcript)
-        XCTAssertTrue(r.stdout.contains("bf16 products (oneDNN): \(BF16Copy.isaName)"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("bf16 products: \(BF16Copy.isNative ? "native (oneDNN \(BF16Copy.isaName))" : "emulated")"), r.transcript)
+        // The process may run another core than this one (SwiftPEFT's choice re-executes it).
+        XCTAssertTrue(["OpenBLAS sgemm values: the same", "OpenBLAS sgemm values: can move by an ulp"].contains { r.stdout.contains($0) }, r.transcript)
     }
 
     /// The core `swiftpeft info` reports and why: SwiftPEFT's choice replaces an SSE fallback on a
@@ -342,7 +344,6 @@ final class CLITests: XCTestCase {
     func testTrainWithBF16PrecisionStaysCloseToFP32() throws {
         _ = try fails(trainArgs(out: fx.path("runs/prec-bad"), steps: 2) + ["--precision", "fp16"],
                       mentioning: ["--precision must be fp32 or bf16", "fp16"])
-        guard BF16Copy.isNative else { try skipUnlessRequired(BF16Copy.unavailableReason ?? "") }
         let (fp32, bf16) = (fx.path("runs/prec-fp32"), fx.path("runs/prec-bf16"))
         try ok(trainArgs(out: fp32, steps: 3))
         let r = try ok(trainArgs(out: bf16, steps: 3) + ["--precision", "bf16"])
@@ -375,9 +376,18 @@ final class CLITests: XCTestCase {
         let losses = { (dir: String) in try self.metrics(dir).compactMap { ($0["loss"] as? NSNumber)?.doubleValue } }
         let (a, b) = (try losses(plain), try losses(kept))
         XCTAssertEqual(a.count, 3)
-        XCTAssertEqual(b, a)
-        XCTAssertEqual(try evalJSON(["--model", gguf, "--adapter", kept + "/adapter.h5", "--keep-quantized"]).loss,
-                       try evalJSON(["--model", gguf, "--adapter", plain + "/adapter.h5"]).loss)
+        let keptLoss = try evalJSON(["--model", gguf, "--adapter", kept + "/adapter.h5", "--keep-quantized"]).loss
+        let plainLoss = try evalJSON(["--model", gguf, "--adapter", plain + "/adapter.h5"]).loss
+        // Bit for bit where the CLI's OpenBLAS core gives the same values however a product is cut
+        // (its row slabs against the Float32 load's split); within rounding on the others.
+        if try ok(["info"]).stdout.contains("OpenBLAS sgemm values: the same") {
+            XCTAssertEqual(b, a)
+            XCTAssertEqual(keptLoss, plainLoss)
+        } else {
+            XCTAssertEqual(b.count, 3)
+            for (x, y) in zip(b, a) { XCTAssertEqual(x, y, accuracy: 1e-6 * y) }
+            XCTAssertEqual(keptLoss, plainLoss, accuracy: 1e-6 * plainLoss)
+        }
         _ = try fails(trainArgs(out: fx.path("runs/kq-h5"), steps: 2) + ["--keep-quantized"],
                       mentioning: [fx.base, "--keep-quantized keeps the quantized blocks of a GGUF file", "--gguf-type q8_0"])
         _ = try fails(["eval", "--model", plain + "/adapter.h5", "--data", fx.jsonl, "--keep-quantized"],
@@ -1135,9 +1145,6 @@ final class CLITests: XCTestCase {
         _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--system", "S"], mentioning: ["--system needs --chat"])
         // bf16 copies of the weights: the text the library gives with `keepBF16Weights`.
         _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--precision", "fp16"], mentioning: ["--precision", "fp16"])
-        guard BF16Copy.isNative else {
-            try skipUnlessRequired(BF16Copy.unavailableReason ?? "")
-        }
         let b = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12", "--precision", "bf16"])
         let bf16Model = try loadModel(fx.base).model
         bf16Model.keepBF16Weights()
