@@ -3,6 +3,7 @@
 
 import CBLAS
 import Dispatch
+import CFMAProbe
 import Foundation
 
 /// One thread policy for the whole library: SwiftPEFT's worker pool splits each GEMM and each
@@ -108,41 +109,54 @@ public enum Machine {
     }
 
     /// Measured single-precision FMA throughput of all `Threads.count` threads, in GFLOP/s: the
-    /// best of `trials` runs of `seconds` each, in which every thread runs 16 independent 16-lane
-    /// fused multiply-add chains (a peak is a best case: a shared machine only lowers a trial).
-    /// Reaches the vector units' peak only in a native build (a portable build has no FMA instruction).
+    /// best of `trials` runs of `seconds` each, in which every thread runs independent fused
+    /// multiply-add chains held in vector registers (`CFMAProbe`: 16 chains of 16 lanes where the
+    /// CPU has AVX-512, 12 of 8 lanes with AVX2 and FMA). A peak is a best case: a shared machine
+    /// only lowers a trial. On a CPU with neither, Swift SIMD chains stand in (no FMA instruction).
     public static func measureFMAPeak(seconds: Double = 0.08, trials: Int = 5) -> Double {
-        (0..<max(1, trials)).map { _ in fmaTrial(seconds: seconds) }.max() ?? 0
+        let flags = BLASCore.cpuFlags()
+        let chains: (Int) -> Double
+        if flags.contains("avx512f") {
+            chains = { Double(swiftpeft_fma_chains_avx512($0)).isNaN ? 0 : Double($0) * 16 * 16 * 2 }
+        } else if flags.contains("avx2") && flags.contains("fma") {
+            chains = { Double(swiftpeft_fma_chains_avx2($0)).isNaN ? 0 : Double($0) * 12 * 8 * 2 }
+        } else {
+            chains = simdChains
+        }
+        return (0..<max(1, trials)).map { _ in fmaTrial(seconds: seconds, chains) }.max() ?? 0
     }
 
-    static func fmaTrial(seconds: Double) -> Double {
+    /// One trial on every thread: `chains(n)` runs n rounds of the chains and returns their flops
+    /// (0 when their sum was not finite), in rounds of 4096 for at least `seconds`.
+    private static func fmaTrial(seconds: Double, _ chains: @escaping (Int) -> Double) -> Double {
         let n = Threads.count
         let rates = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
         defer { rates.deallocate() }
         DispatchQueue.concurrentPerform(iterations: n) { t in
-            let x = SIMD16<Float>(repeating: 0.999_999), y = SIMD16<Float>(repeating: 1e-7)
-            var acc = (0..<16).map { SIMD16<Float>(repeating: Float($0)) }
-            var iterations = 0
             let start = DispatchTime.now().uptimeNanoseconds
-            var elapsed = 0.0
-            acc.withUnsafeMutableBufferPointer { a in
-                var (a0, a1, a2, a3, a4, a5, a6, a7) = (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
-                var (a8, a9, a10, a11, a12, a13, a14, a15) = (a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15])
-                repeat {
-                    for _ in 0..<4096 {
-                        a0 = a0.addingProduct(x, y); a1 = a1.addingProduct(x, y); a2 = a2.addingProduct(x, y); a3 = a3.addingProduct(x, y)
-                        a4 = a4.addingProduct(x, y); a5 = a5.addingProduct(x, y); a6 = a6.addingProduct(x, y); a7 = a7.addingProduct(x, y)
-                        a8 = a8.addingProduct(x, y); a9 = a9.addingProduct(x, y); a10 = a10.addingProduct(x, y); a11 = a11.addingProduct(x, y)
-                        a12 = a12.addingProduct(x, y); a13 = a13.addingProduct(x, y); a14 = a14.addingProduct(x, y); a15 = a15.addingProduct(x, y)
-                    }
-                    iterations += 4096
-                    elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                } while elapsed < seconds
-                a[0] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11 + a12 + a13 + a14 + a15
-            }
-            // 16 chains × 16 lanes × 2 flops per iteration; the sum keeps the work observable.
-            rates[t] = acc[0].sum().isNaN ? 0 : Double(iterations) * 16 * 16 * 2 / elapsed / 1e9
+            var flops = 0.0, elapsed = 0.0
+            repeat {
+                flops += chains(4096)
+                elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            } while elapsed < seconds
+            rates[t] = flops / elapsed / 1e9
         }
         return rates.reduce(0, +)
+    }
+
+    /// `rounds` rounds of 16 chains of 16-lane Swift SIMD fused multiply-adds; their flops.
+    private static func simdChains(_ rounds: Int) -> Double {
+        let x = SIMD16<Float>(repeating: 0.999_999), y = SIMD16<Float>(repeating: 1e-7)
+        var (a0, a1, a2, a3) = (SIMD16<Float>(repeating: 0), SIMD16<Float>(repeating: 1), SIMD16<Float>(repeating: 2), SIMD16<Float>(repeating: 3))
+        var (a4, a5, a6, a7) = (a0 + 4, a1 + 4, a2 + 4, a3 + 4)
+        var (a8, a9, a10, a11, a12, a13, a14, a15) = (a0 + 8, a1 + 8, a2 + 8, a3 + 8, a4 + 8, a5 + 8, a6 + 8, a7 + 8)
+        for _ in 0..<rounds {
+            a0 = a0.addingProduct(x, y); a1 = a1.addingProduct(x, y); a2 = a2.addingProduct(x, y); a3 = a3.addingProduct(x, y)
+            a4 = a4.addingProduct(x, y); a5 = a5.addingProduct(x, y); a6 = a6.addingProduct(x, y); a7 = a7.addingProduct(x, y)
+            a8 = a8.addingProduct(x, y); a9 = a9.addingProduct(x, y); a10 = a10.addingProduct(x, y); a11 = a11.addingProduct(x, y)
+            a12 = a12.addingProduct(x, y); a13 = a13.addingProduct(x, y); a14 = a14.addingProduct(x, y); a15 = a15.addingProduct(x, y)
+        }
+        let sum = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11 + a12 + a13 + a14 + a15
+        return sum.sum().isNaN ? 0 : Double(rounds) * 16 * 16 * 2
     }
 }

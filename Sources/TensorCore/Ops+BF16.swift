@@ -51,7 +51,7 @@ public final class BF16Copy {
     /// How bf16 products run here, for reports: oneDNN's native kernels, or the emulation and why.
     public static var summary: String {
         let why = isNative ? "BF16Copy.forceEmulation" : "this CPU has no bf16 instructions (oneDNN ISA \(isaName)); AVX512-BF16 or AMX have them"
-        return emulates ? "emulated (\(why)): bf16 values widened to fp32 for OpenBLAS, the same products, no faster than fp32"
+        return emulates ? "emulated (\(why)): bf16 values widened to fp32 for OpenBLAS, the same products; decoding reads half the bytes, training runs slower than fp32"
             : "native (oneDNN \(isaName))"
     }
 
