@@ -23,13 +23,16 @@ public enum BLASCore {
     public static let hasSmallMatrixKernels = level(ofCore: current) == 4
 
     /// Whether the running core's sgemm gives every output the same value however a product is
-    /// cut into calls (by rows of A or by columns of C), measured once on a small product: true on
-    /// OpenBLAS 0.3.21's AVX-512 cores, false on its Haswell and Zen ones, whose edge kernels for a
+    /// cut into calls (by rows of A or by columns of C), measured once on a small product with
+    /// OpenBLAS on one thread per call, as SwiftPEFT runs it: expected true on OpenBLAS 0.3.21's
+    /// AVX-512 cores (where the kept-block tests held bit for bit), false on its Haswell and Zen ones
+    /// (measured on Zen), whose edge kernels for a
     /// partial block of columns or rows round differently (a cut at column 113 changed 17% of a
     /// 32-row product's values by an ulp or so). Where it is false, a matrix kept as quantized
     /// blocks (`PackedWeights`, cut into row slabs) and the Float32 load (cut by threads) agree within
     /// rounding instead of bit for bit, and results can move by an ulp with the thread count.
     public static let splitsKeepValues: Bool = {
+        _ = blasThreadsApplied  // OpenBLAS's threads as SwiftPEFT sets them (1 per call when it splits)
         let (m, k, n, cut) = (32, 128, 113, 50)
         var rng = UInt32(1)
         func next() -> Float {

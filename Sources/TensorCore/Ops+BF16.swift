@@ -22,13 +22,14 @@
 // has only its scalar reference kernel) a copy is emulated: its values are kept as bf16 in (N, K)
 // rows and widened to fp32 a slab at a time for OpenBLAS's sgemm (`PackedWeights`), and the left
 // operand is rounded to bf16 first. bf16 times bf16 is exact in fp32, so the products are those of
-// the native kernels up to the order of fp32 accumulation: the same results on every CPU, at the
-// speed of fp32 products plus the widening, in the same memory.
+// the native kernels up to the order of fp32 accumulation, at the speed of fp32 products plus the
+// widening (decoding gains: it reads half the bytes), in the same memory for the weights.
 
 import CDNNL
 import Foundation
 
-/// A bf16 copy of a matrix operand (logical (K, N), the right side of `x · W`), packed by oneDNN.
+/// A bf16 copy of a matrix operand (logical (K, N), the right side of `x · W`), packed by oneDNN,
+/// or emulated where the CPU has no bf16 instructions (see the file's header).
 public final class BF16Copy {
     /// Products with more rows than this use the fp32 weights (compute-bound: bf16 is slower
     /// there on the Intel Xeon measured, AVX512-BF16 without AMX), unless those were released
@@ -145,14 +146,18 @@ public final class BF16Copy {
         return (values, packed)
     }
 
-    /// c (M, N) = (or += when `accumulate`) a rounded to bf16 · this emulated copy.
+    /// c (M, N) = (or += when `accumulate`) a rounded to bf16 · this emulated copy, in chunks of
+    /// at most `trainingChunkRows` rows (the rounded rows' buffer stays that small).
     private func emulatedProduct(_ e: (values: UnsafeMutablePointer<UInt16>, packed: PackedWeights), m: Int, a: UnsafePointer<Float>,
                                  lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
         let rt = BF16Runtime.shared
         rt.lock.lock()
         defer { rt.lock.unlock() }
-        let x = rt.roundedRows(a, m: m, k: k, lda: lda)  // (M, K), bf16 values as fp32
-        e.packed.productWithTranspose(m: m, transA: false, a: x, lda: k, c: c, ldc: ldc, beta: accumulate ? 1 : 0)
+        for start in stride(from: 0, to: m, by: BF16Copy.trainingChunkRows) {
+            let rows = min(BF16Copy.trainingChunkRows, m - start)
+            let x = rt.roundedRows(a + start * lda, m: rows, k: k, lda: lda)  // (rows, K), bf16 values as fp32
+            e.packed.productWithTranspose(m: rows, transA: false, a: x, lda: k, c: c + start * ldc, ldc: ldc, beta: accumulate ? 1 : 0)
+        }
     }
 
     /// Bytes the copy holds (2 per value).

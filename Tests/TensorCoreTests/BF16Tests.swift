@@ -4,7 +4,7 @@
 // test runs with oneDNN's native kernels where the CPU has them and again with emulated copies
 // (`BF16Copy.forceEmulation`), the path of CPUs without AVX512-BF16 or AMX.
 
-import TensorCore
+@testable import TensorCore
 import TestSupport
 import XCTest
 
@@ -54,7 +54,7 @@ final class BF16Tests: XCTestCase {
     /// the product equals the bf16-rounded inputs multiplied exactly, up to fp32 accumulation.
     func testProductEqualsTheBF16RoundedReference() {
         bothWays {
-            let (k, n) = (70, 300)  // n ≥ 64 per thread: the copy is cut into column blocks
+            let (k, n) = (70, 300)  // n ≥ 64 per thread: a native copy is cut into column blocks
             for stored in ["(N, K), read transposed", "(K, N)"] {
                 let wOutIn = random(n * k, seed: 1)  // (N, K)
                 let weight: Tensor, operand: Tensor
@@ -153,33 +153,53 @@ final class BF16Tests: XCTestCase {
     /// orientations of the stored weight; a second product of the same input adds into its
     /// gradient (oneDNN's sum post-op). Each equals the bf16-rounded operands multiplied exactly.
     func testTrainingCopiesServeTheProductAndTheInputGradient() {
-        bothWays {
-            let (k, n) = (70, 300)
-            for stored in ["(N, K), read transposed", "(K, N)"] {
-                let wOutIn = random(n * k, seed: 21), vOutIn = random(n * k, seed: 22)  // (N, K) each
-                let kn = { (w: [Float]) in (0..<(k * n)).map { i in w[(i % n) * k + i / n] } }  // (K, N)
-                func operand(_ w: [Float]) -> Tensor {
-                    stored.hasPrefix("(N, K)") ? Tensor(shape: [n, k], data: w).transposed() : Tensor(shape: [k, n], data: kn(w))
-                }
-                let (w, v) = (operand(wOutIn), operand(vOutIn))
-                w.keepBF16Copy(forTraining: true)
-                v.keepBF16Copy(forTraining: true)
-                XCTAssertEqual(w.bf16Copy?.servesTraining, true, stored)
-                XCTAssertNotNil(w.bf16GradientCopy, stored)
-                for m in [1, 5, 300, 517] {
-                    let xv = random(m * k, seed: UInt64(m + 30)), g1 = random(m * n, seed: UInt64(m + 31)), g2 = random(m * n, seed: UInt64(m + 32))
-                    let x = Tensor(shape: [m, k], data: xv)
-                    x.requiresGrad = true
-                    let (y1, y2) = (x.matmul(w), x.matmul(v))  // (M, N) each
-                    ((y1 * Tensor(shape: [m, n], data: g1)).sum() + (y2 * Tensor(shape: [m, n], data: g2)).sum()).backward()
-                    let rx = roundedToBF16(xv)
-                    assertClose(y1.toArray(), product(rx, roundedToBF16(kn(wOutIn)), m: m, k: k, n: n), rtol: 1e-5, atol: 2e-5, "\(stored), M \(m), forward")
-                    XCTAssertGreaterThan(maxAbsDiff(y1.toArray(), product(xv, kn(wOutIn), m: m, k: k, n: n)), 1e-4, "\(stored), M \(m): the fp32 values were read")
-                    // dX (M, K) = g1 · Wᵀ + g2 · Vᵀ, W as stored (N, K).
-                    let expected = zip(product(roundedToBF16(g1), roundedToBF16(wOutIn), m: m, k: n, n: k),
-                                       product(roundedToBF16(g2), roundedToBF16(vOutIn), m: m, k: n, n: k)).map { $0 + $1 }
-                    assertClose(x.grad!.toArray(), expected, rtol: 1e-5, atol: 5e-5, "\(stored), M \(m), input gradient")
-                }
+        bothWays { checkTrainingCopies(k: 70, n: 300, rows: [1, 5, 300, 517]) }
+    }
+
+    /// Emulated copies past one slab and one thread: a (300, 260) matrix (more than the 65,536
+    /// values from which its products split over the threads) read by slabs of 7 rows (11 past 64
+    /// rows), 300 rows in chunks of `trainingChunkRows`, and a second product adding into the input
+    /// gradient slab by slab.
+    func testEmulatedCopiesAcrossSlabsThreadsAndChunks() {
+        let saved = (PackedWeights.slabFloats, PackedWeights.wideSlabFloats)
+        defer {
+            (PackedWeights.slabFloats, PackedWeights.wideSlabFloats) = saved
+            BF16Copy.forceEmulation = false
+        }
+        let (k, n) = (260, 300)
+        (PackedWeights.slabFloats, PackedWeights.wideSlabFloats) = (7 * k, 11 * k)
+        BF16Copy.forceEmulation = true
+        checkTrainingCopies(k: k, n: n, rows: [3, 70, 300])
+    }
+
+    /// Training copies of two (K, N) operands, both orientations: `rows` row counts of x · W and
+    /// x · V against the bf16-rounded operands multiplied exactly, and x's gradient g1 · Wᵀ + g2 · Vᵀ.
+    func checkTrainingCopies(k: Int, n: Int, rows: [Int]) {
+        for stored in ["(N, K), read transposed", "(K, N)"] {
+            let wOutIn = random(n * k, seed: 21), vOutIn = random(n * k, seed: 22)  // (N, K) each
+            let kn = { (w: [Float]) in (0..<(k * n)).map { i in w[(i % n) * k + i / n] } }  // (K, N)
+            func operand(_ w: [Float]) -> Tensor {
+                stored.hasPrefix("(N, K)") ? Tensor(shape: [n, k], data: w).transposed() : Tensor(shape: [k, n], data: kn(w))
+            }
+            let (w, v) = (operand(wOutIn), operand(vOutIn))
+            w.keepBF16Copy(forTraining: true)
+            v.keepBF16Copy(forTraining: true)
+            XCTAssertEqual(w.bf16Copy?.servesTraining, true, stored)
+            XCTAssertEqual(w.bf16Copy?.isEmulated, BF16Copy.emulates, stored)
+            XCTAssertNotNil(w.bf16GradientCopy, stored)
+            for m in rows {
+                let xv = random(m * k, seed: UInt64(m + 30)), g1 = random(m * n, seed: UInt64(m + 31)), g2 = random(m * n, seed: UInt64(m + 32))
+                let x = Tensor(shape: [m, k], data: xv)
+                x.requiresGrad = true
+                let (y1, y2) = (x.matmul(w), x.matmul(v))  // (M, N) each
+                ((y1 * Tensor(shape: [m, n], data: g1)).sum() + (y2 * Tensor(shape: [m, n], data: g2)).sum()).backward()
+                let rx = roundedToBF16(xv)
+                assertClose(y1.toArray(), product(rx, roundedToBF16(kn(wOutIn)), m: m, k: k, n: n), rtol: 1e-5, atol: 2e-5, "\(stored), M \(m), forward")
+                XCTAssertGreaterThan(maxAbsDiff(y1.toArray(), product(xv, kn(wOutIn), m: m, k: k, n: n)), 1e-4, "\(stored), M \(m): the fp32 values were read")
+                // dX (M, K) = g1 · Wᵀ + g2 · Vᵀ, W as stored (N, K).
+                let expected = zip(product(roundedToBF16(g1), roundedToBF16(wOutIn), m: m, k: n, n: k),
+                                   product(roundedToBF16(g2), roundedToBF16(vOutIn), m: m, k: n, n: k)).map { $0 + $1 }
+                assertClose(x.grad!.toArray(), expected, rtol: 1e-5, atol: 5e-5, "\(stored), M \(m), input gradient")
             }
         }
     }
