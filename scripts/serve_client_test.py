@@ -211,7 +211,19 @@ def main():
             pass
         s, body = http(root + "/health")
         check(s == 200 and json.loads(body)["status"] == "ok", "health")
-        print("serve test: malformed JSON, unknown model, over-long prompt, bad fields, oversized body, missing key: 4xx in OpenAI's shape")
+        # A known route asked with another method is a 405 naming the methods it takes; an unknown one a 404.
+        for method, path, allow in [("GET", "/v1/completions", "POST"), ("POST", "/health", "GET"), ("DELETE", "/v1/models", "GET")]:
+            req = urllib.request.Request(root + path, method=method, headers={"Authorization": "Bearer test-key"})
+            try:
+                urllib.request.urlopen(req, timeout=60)
+                check(False, f"{method} {path} is answered")
+            except urllib.error.HTTPError as e:
+                err = json.loads(e.read().decode()).get("error", {})
+                check(e.code == 405 and e.headers.get("Allow") == allow and f"use {allow}" in err.get("message", ""),
+                      f"{method} {path}: {e.code} Allow={e.headers.get('Allow')} {err}")
+        s, body = http(root + "/v1/nope")
+        check(s == 404 and "error" in json.loads(body), f"unknown route: {s} {body}")
+        print("serve test: malformed JSON, unknown model, over-long prompt, bad fields, oversized body, missing key, wrong method: 4xx in OpenAI's shape")
 
         # Concurrent requests over three models decode in shared batches, with the same outputs.
         jobs = [(m, p) for p in PROMPTS for m in ["base", "lora", "ia3"]]

@@ -747,15 +747,30 @@ struct BearerKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// Turns any error into OpenAI's error shape (no handler error reaches the client as plain text)
-/// and counts requests by route and status.
+/// Every route the server answers, with its methods: the metrics' route labels, and the `Allow`
+/// header of a 405 for a known route asked with another method.
+let serverRoutes: [String: [HTTPRequest.Method]] = [
+    "/": [.get], "/health": [.get], "/metrics": [.get], "/v1/models": [.get], "/tokenizer_info": [.get],
+    "/v1/completions": [.post], "/v1/chat/completions": [.post], "/v1/load_lora_adapter": [.post],
+    "/v1/unload_lora_adapter": [.post], "/tokenize": [.post], "/detokenize": [.post],
+]
+
+/// Turns any error into OpenAI's error shape (no handler error reaches the client as plain text),
+/// answers 405 with `Allow` for a known route asked with another method, and counts requests by
+/// route and status.
 struct ErrorShapeMiddleware<Context: RequestContext>: RouterMiddleware {
     let metrics: ServerMetrics
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let route = request.uri.path
-        let response: Response
+        var response: Response
         do {
-            response = try await next(request, context)
+            if let allowed = serverRoutes[route], !allowed.contains(request.method) {
+                let names = allowed.map(\.rawValue).joined(separator: ", ")
+                response = APIError(status: .methodNotAllowed, message: "\(request.method.rawValue) is not allowed on \(route) (use \(names))").response
+                response.headers[.allow] = names
+            } else {
+                response = try await next(request, context)
+            }
         } catch let e as APIError {
             response = e.response
         } catch let e as HTTPError {
@@ -763,8 +778,7 @@ struct ErrorShapeMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch {
             response = APIError(status: .internalServerError, message: "\(error)", type: "server_error").response
         }
-        metrics.request(["/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/", "/v1/load_lora_adapter",
-                         "/v1/unload_lora_adapter"].contains(route) ? route : "other", status: response.status.code)
+        metrics.request(serverRoutes[route] != nil ? route : "other", status: response.status.code)
         return response
     }
 }
