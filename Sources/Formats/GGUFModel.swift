@@ -131,7 +131,7 @@ extension GGUFFile {
             normEps: Float(try optionalDouble(p + "attention.layer_norm_rms_epsilon") ?? 1e-5),
             attentionBias: info(named: "blk.0.attn_q.bias") != nil,
             tieWordEmbeddings: info(named: "output.weight") == nil,
-            maxPositions: metadata[p + "context_length"]?.int ?? 2048)
+            maxPositions: try requiredInt(p + "context_length"))  // required by llama.cpp too
         config.ropeScaling = try ropeScaling(theta: config.ropeTheta, headDim: hidden / heads)
         do { try config.validate() } catch { throw fail(.unsupportedModel, nil, "\(error)") }
         return config

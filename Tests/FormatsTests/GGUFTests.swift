@@ -455,7 +455,7 @@ final class GGUFTests: XCTestCase {
     }
 
     /// A GGUF file of `model` as llama.cpp's converter writes it: F32 tensors, Q/K rows permuted.
-    /// `metadata` is added to the usual keys; tensors named in `retype` get that ggml type code and
+    /// `metadata` is added to the usual keys; `drop` names a tensor or a metadata key left out; tensors named in `retype` get that ggml type code and
     /// zero bytes of its size (36 per 32 elements: Q8_1). Tensors named in `f16` are written as F16,
     /// with the half bit patterns it gives for some of their elements (in the file's order) instead.
     func writeTinyGGUF(_ model: LlamaModel, to p: String, drop: String? = nil, metadata: [(String, GGUFValue)] = [],
@@ -474,7 +474,7 @@ final class GGUFTests: XCTestCase {
             ("tokenizer.ggml.merges", .array(.string(Self.tinyMerges.map { "\($0.0) \($0.1)" }))),
             ("tokenizer.ggml.bos_token_id", .uint32(1)), ("tokenizer.ggml.eos_token_id", .uint32(2)),
             ("tokenizer.ggml.unknown_token_id", .uint32(0)), ("tokenizer.ggml.padding_token_id", .uint32(2)),
-        ] + metadata
+        ].filter { $0.0 != drop } + metadata
         w.alignment = 16
         let names = ["model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                      "lm_head.weight": "output.weight"]
@@ -695,6 +695,9 @@ final class GGUFTests: XCTestCase {
         let p = path("missing.gguf")
         try writeTinyGGUF(LlamaModel(config), to: p, drop: "blk.1.ffn_up.weight")
         assertGGUFError(.missing, file: p, mentions: ["model.layers.1.mlp.up_proj.weight"]) { _ = try loadGGUFModel(p) }
+        // llama.cpp requires the training context too; it is not guessed.
+        try writeTinyGGUF(LlamaModel(config), to: p, drop: "llama.context_length")
+        assertGGUFError(.missing, file: p, mentions: ["llama.context_length"]) { _ = try loadGGUFModel(p) }
         XCTAssertEqual(GGUFFile.huggingFaceName(forGGUF: "blk.12.attn_output.weight"), "model.layers.12.self_attn.o_proj.weight")
         XCTAssertEqual(GGUFFile.huggingFaceName(forGGUF: "blk.0.ffn_norm.weight"), "model.layers.0.post_attention_layernorm.weight")
         XCTAssertNil(GGUFFile.huggingFaceName(forGGUF: "rope_freqs.weight"))
