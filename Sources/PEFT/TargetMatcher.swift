@@ -112,6 +112,17 @@ public func selectModules<M: Module>(_ model: CausalLM, of type: M.Type, targets
     return selected
 }
 
+/// The entries of `method`'s `target_modules` list (read from its config) that name no module of
+/// `model`. PEFT allows them (a list written for several architectures) and so does attaching, as
+/// long as another entry matches; most often they are typos, which a caller can tell the user.
+/// Empty for a regex, "all-linear", or a method without the field.
+public func unmatchedTargetEntries(of method: PEFTMethod, in model: CausalLM) -> [String] {
+    guard let data = try? method.configJSON(), let config = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+          let list = config["target_modules"] as? [String], list != ["all-linear"] else { return [] }
+    let names = model.namedModules().map(\.0)
+    return list.filter { entry in !names.contains { $0 == entry || $0.hasSuffix("." + entry) } }
+}
+
 /// `target_modules` and `layers_to_transform` of an exported `adapter_config.json` (a JSON object)
 /// as PEFT reads them: "all-linear" as its string (PEFT expands no list), and a string (a regex or
 /// "all-linear") beside layers_to_transform, a pair PEFT refuses, as the `adapted` modules' whole

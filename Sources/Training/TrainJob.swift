@@ -196,6 +196,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         data: \(splits)
         """)
     if let lengthNote { onStart(lengthNote) }
+    if job.adapterPath == nil, let method, case let unmatched = unmatchedTargetEntries(of: method, in: model), !unmatched.isEmpty {
+        let list = unmatched.map { "\"\($0)\"" }.joined(separator: ", ")
+        onStart("note: target_modules \(unmatched.count == 1 ? "entry" : "entries") \(list) name\(unmatched.count == 1 ? "s" : "") no module of this model and adapt nothing (allowed, as in PEFT; check the spelling)")
+    }
     if let template = job.chatTemplatePath, splits.train.summary.format != .chat {
         let keeper = method == nil ? "the trained model keeps" : "the adapter records"
         onStart("note: --chat-template \(template) applies to chat data only, and \(job.dataPath) is \(splits.train.summary.format.rawValue): its rows do not use it (\(keeper) it for generate, serve and backtest)")

@@ -1316,6 +1316,19 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("wrong.h5")), "nothing is written for a refused adapter")
     }
 
+    /// A target_modules entry that names nothing is allowed beside one that matches, as in PEFT, and
+    /// told (a typo otherwise trains one module kind fewer without a word); in compare too.
+    func testATargetEntryThatNamesNothingIsNoted() throws {
+        let note = #"note: target_modules entry "v_porj" names no module of this model"#
+        let trained = try ok(trainArgs(out: fx.path("runs/unmatched-target"), steps: 1) + ["--target-modules", "q_proj,v_porj"])
+        XCTAssertTrue(trained.stdout.contains(note) && trained.stdout.contains("lora on 2 module(s)"), trained.transcript)
+        let fine = try ok(trainArgs(out: fx.path("runs/matched-target"), steps: 1) + ["--target-modules", "q_proj,v_proj"])
+        XCTAssertFalse(fine.stdout.contains("names no module"), fine.transcript)
+        let compared = try ok(["compare", "--methods", "lora"] + Array(trainArgs(out: fx.path("runs/unmatched-compare"), steps: 1).dropFirst(3))
+                              + ["--target-modules", "q_proj,v_porj"])
+        XCTAssertTrue(compared.stdout.contains(note), compared.transcript)
+    }
+
     /// Issue 11 point 7, command by command: each mismatch is a clear error with a non-zero exit,
     /// and the command's output path does not exist afterwards (compare checks every method before
     /// it trains the first one).
