@@ -36,7 +36,8 @@ public struct BenchConfig: Sendable {
 
     public static func named(_ name: String) throws -> BenchConfig {
         guard let c = all.first(where: { $0.name == name }) else {
-            throw TrainingError(message: "unknown bench config '\(name)'; choose one of \(all.map(\.name).joined(separator: ", "))")
+            let file = name.hasSuffix(".json") ? " (bench's --config names a model shape; train's --config is a JSON file)" : ""
+            throw TrainingError(message: "unknown bench config '\(name)'; choose one of \(all.map(\.name).joined(separator: ", "))\(file)")
         }
         return c
     }

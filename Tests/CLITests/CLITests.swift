@@ -1513,6 +1513,7 @@ final class CLITests: XCTestCase {
                       mentioning: ["--temperature 0.9 applies to sampled answers", "--samples 1 answers greedily"])
         _ = try fails(["bench", "--precision", "bf16", "--methods", "lora,full"], mentioning: ["full has none of its frozen weights"])
         _ = try fails(["bench", "--config", "tiny", "--configs", "small"], mentioning: ["--config and --configs are both given"])
+        _ = try fails(["bench", "--config", "run.json"], mentioning: ["unknown bench config 'run.json'", "train's --config is a JSON file"])
         let tiny = fx.path("tiny.txt")
         try "a b c".write(toFile: tiny, atomically: true, encoding: .utf8)
         _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--vocab-size", "260", "--hidden", "16", "--layers", "1",
