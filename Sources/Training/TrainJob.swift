@@ -109,7 +109,10 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         Threads.set(min(Threads.available, max(1, ProcessInfo.processInfo.activeProcessorCount / comm.localSize)))
     }
     let onStart = comm.isLeader ? onStart : { _ in }
-    // Before the base and data load: an --out that cannot be a folder (it, or a folder above it, is a file).
+    // Before the base and data load: an --out that is empty, or cannot be a folder (it, or a folder above it, is a file).
+    guard !job.outDir.trimmingCharacters(in: .whitespaces).isEmpty else {
+        throw TrainingError(message: "the output folder is empty (--out, or \"out\" in a config file); it takes a folder path")
+    }
     let outURL = URL(fileURLWithPath: job.outDir).standardizedFileURL
     var existing = outURL, isFolder: ObjCBool = false
     while !FileManager.default.fileExists(atPath: existing.path, isDirectory: &isFolder) && existing.path != "/" {

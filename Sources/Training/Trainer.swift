@@ -354,7 +354,7 @@ public final class Trainer {
             }
             if let fault {
                 guard skippedSteps < options.skipNonFinite else {
-                    throw TrainingError(message: "step \(step + 1): \(fault); stopping. The last good checkpoint is kept\(checkpointURL.map { " (\($0.path))" } ?? "").\nHINT: lower the learning rate (now \(options.lr)), check the data, or allow a few such steps to be skipped (--skip-nonfinite N).")
+                    throw TrainingError(message: "step \(step + 1): \(fault); stopping. \(Trainer.checkpointNote(checkpointURL))\nHINT: lower the learning rate (now \(options.lr)), check the data, or allow a few such steps to be skipped (--skip-nonfinite N).")
                 }
                 // Skip mode: the update is dropped, the step counted, the run goes on.
                 if profiling { Profiler.stop() }  // not a step that trains
@@ -417,7 +417,7 @@ public final class Trainer {
                     try line.write(to: url)
                 }
             } catch {
-                let e = TrainingError(message: "\(url.path): cannot append step \(m.step)'s metrics (\((error as NSError).localizedDescription)); stopping. The last good checkpoint is kept\(checkpoint.map { " (\($0.path))" } ?? "").")
+                let e = TrainingError(message: "\(url.path): cannot append step \(m.step)'s metrics (\((error as NSError).localizedDescription)); stopping. \(Trainer.checkpointNote(checkpoint))")
                 metricsFailure.withLock { if $0 == nil { $0 = e } }
             }
         }
@@ -442,6 +442,15 @@ public final class Trainer {
     /// ranks must wait for it).
     static let slowWrites = ProcessInfo.processInfo.environment["SWIFTPEFT_FAULT_SLOW_WRITES"].flatMap(Double.init) ?? 0
 
+    /// What a stopped run says of its checkpoint: the last good one kept, where one was saved before.
+    static func checkpointNote(_ url: URL?) -> String {
+        guard let url else { return "This run writes no checkpoint." }
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            return "No checkpoint had been saved yet (\(url.lastPathComponent) is written every --save-every steps)."
+        }
+        return "The last good checkpoint is kept (\(url.path))."
+    }
+
     /// Writes trained tensors, optimizer state, step and data position atomically.
     public func saveCheckpoint<S: BatchStream>(_ url: URL, data: S) throws {
         if Trainer.slowWrites > 0 { Thread.sleep(forTimeInterval: Trainer.slowWrites) }
@@ -449,7 +458,7 @@ public final class Trainer {
         // such a state is not "good", so it never replaces the last good one.
         for (name, t) in parameters {
             if let bad = t.firstNonFinite() {
-                throw TrainingError(message: "step \(step): '\(name)' holds \(bad.value) after the update; stopping. The last good checkpoint is kept (\(url.path)).\nHINT: lower the learning rate (now \(options.lr)) or check the data.")
+                throw TrainingError(message: "step \(step): '\(name)' holds \(bad.value) after the update; stopping. \(Trainer.checkpointNote(url))\nHINT: lower the learning rate (now \(options.lr)) or check the data.")
             }
         }
         let enc = JSONEncoder()

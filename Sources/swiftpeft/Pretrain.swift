@@ -41,6 +41,15 @@ struct Pretrain: ParsableCommand {
             throw CLIError("--\(flag) must be at least 1, got \(value)")
         }
         guard lr.isFinite && lr > 0 else { throw CLIError("--lr must be positive, got \(lr)") }
+        // Checked before training too: the checkpoint is written at the end.
+        let ext = URL(fileURLWithPath: out).pathExtension.lowercased()
+        guard ext.isEmpty || ext == "h5" else {
+            throw CLIError("--out \(out) ends in .\(ext), but pretrain writes a SwiftPEFT checkpoint (.h5); convert it afterwards (swiftpeft convert --format gguf or hf)")
+        }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: out, isDirectory: &isDir), isDir.boolValue {
+            throw CLIError("--out \(out) is a folder; pretrain writes a checkpoint file (.h5)")
+        }
         var size = BaseModelSize()
         (size.hidden, size.layers, size.heads, size.kvHeads, size.intermediate) = (hidden, layers, heads, kvHeads, intermediate)
         size.maxPositions = max(size.maxPositions, seqLen)

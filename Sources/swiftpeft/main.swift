@@ -54,12 +54,31 @@ func joiningNegativeNumbers(_ arguments: [String]) -> [String] {
     return out
 }
 
+/// Options that name a file or folder. Given an empty value, one would resolve to the current
+/// folder (`export --out ''` wrote there) or fail late naming no path.
+let pathOptions: Set<String> = ["--out", "--model", "--data", "--val-data", "--adapter", "--adapters", "--chat-template",
+                                "--config", "--method-config", "--prompts"]
+
+/// The first path option given an empty (or blank) value, if any; "--" ends the options.
+func emptyPathOption(_ arguments: [String]) -> String? {
+    for (i, argument) in arguments.enumerated() {
+        if argument == "--" { return nil }
+        let (name, value): (String, String?) = argument.firstIndex(of: "=").map { (String(argument[..<$0]), String(argument[argument.index(after: $0)...])) }
+            ?? (argument, i + 1 < arguments.count ? arguments[i + 1] : nil)
+        if pathOptions.contains(name), let value, value.trimmingCharacters(in: .whitespaces).isEmpty { return name }
+    }
+    return nil
+}
+
 // Each line reaches a log file or a pipe when it is printed (a training run under nohup, `tail -f`,
 // a killed run's log), not when a 4 KiB buffer fills or the process exits.
 setvbuf(stdout, nil, _IOLBF, 0)
 BLASCore.selectBest()  // before any work: may re-execute with OPENBLAS_CORETYPE set
 do {
     var command = try SwiftPEFT.parseAsRoot(joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst())))
+    if let option = emptyPathOption(Array(CommandLine.arguments.dropFirst())) {
+        throw CLIError("\(option) is empty; it takes a file or folder path")
+    }
     let (launched, openMPI) = Communicator.launchedProcesses
     if launched > 1 && !(command is Train || command is Compare) {
         throw CLIError("\(launched) processes were started (mpirun or srun), but only train and compare run data-parallel: "

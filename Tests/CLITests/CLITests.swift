@@ -1523,6 +1523,39 @@ final class CLITests: XCTestCase {
         _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--hidden", "15", "--heads", "2"],
                       mentioning: ["not a multiple of num_attention_heads 2"])
         _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--seq-len", "0"], mentioning: ["--seq-len must be at least 1"])
+        // pretrain's --out is checked before it trains: a checkpoint it cannot write there is known up front.
+        _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.gguf")], mentioning: ["tiny.gguf ends in .gguf", "pretrain writes a SwiftPEFT checkpoint (.h5)"])
+        _ = try fails(["pretrain", "--data", tiny, "--out", fx.dir.path], mentioning: ["is a folder; pretrain writes a checkpoint file"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("tiny.gguf")))
+    }
+
+    /// An empty or blank path (`--out ''`, `--out=' '`) is refused by every command before any work: `export`
+    /// wrote into the current folder, others failed late naming no path. A config file's empty
+    /// "out" too.
+    func testAnEmptyPathIsRefused() throws {
+        let adapter = try loraAdapter()
+        for args in [["export", "--model", fx.base, "--adapter", adapter, "--out", ""],
+                     ["merge", "--model", fx.base, "--adapter", adapter, "--out", " "],
+                     ["convert", "--model", fx.base, "--format", "hf", "--out= "],
+                     ["plot", fx.path("runs"), "--out", ""],
+                     trainArgs(out: "", steps: 1),
+                     ["eval", "--model", "", "--data", fx.jsonl]] {
+            let option = args.contains("--model") && args[args.firstIndex(of: "--model")! + 1].isEmpty ? "--model" : "--out"
+            _ = try fails(args, mentioning: ["\(option) is empty; it takes a file or folder path"])
+        }
+        let config = fx.path("empty-out.json")
+        try JSONSerialization.data(withJSONObject: ["out": ""]).write(to: URL(fileURLWithPath: config))
+        _ = try fails(["train", "--config", config, "--model", fx.base, "--data", fx.jsonl, "--steps", "1"],
+                      mentioning: ["the output folder is empty"])
+    }
+
+    /// A run stopped by a non-finite loss before its first checkpoint says none was saved (it named
+    /// a state.h5 that did not exist as "kept").
+    func testANonFiniteStopBeforeTheFirstSaveNamesNoCheckpoint() throws {
+        let out = fx.path("runs/nan-early")
+        _ = try fails(trainArgs(out: out, steps: 5, method: "full") + ["--lr", "1e30", "--warmup", "0", "--clip", "0"],
+                      mentioning: ["No checkpoint had been saved yet (state.h5 is written every --save-every steps)"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/state.h5"))
     }
 
     /// A resume checks the base and the method config; a state left by an earlier run is not taken

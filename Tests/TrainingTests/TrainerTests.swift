@@ -252,6 +252,10 @@ final class TrainerTests: XCTestCase {
         }
         let (_, _, attrs) = try HDF5Store.read(ckpt.path)
         XCTAssertEqual(attrs["step"], "2", "the checkpoint from the last good step")
+        XCTAssertEqual(Trainer.checkpointNote(ckpt), "The last good checkpoint is kept (\(ckpt.path)).")
+        // A stop before the first save names no file as kept.
+        XCTAssertTrue(Trainer.checkpointNote(dir.appendingPathComponent("none.h5")).hasPrefix("No checkpoint had been saved yet"))
+        XCTAssertEqual(Trainer.checkpointNote(nil), "This run writes no checkpoint.")
         lora.layers[0].lora.a.basePointer[0] = 0
         var again = data
         XCTAssertNoThrow(try trainer.resume(from: ckpt, data: &again), "the kept state is good")
