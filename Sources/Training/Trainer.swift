@@ -442,6 +442,20 @@ public final class Trainer {
     /// ranks must wait for it).
     static let slowWrites = ProcessInfo.processInfo.environment["SWIFTPEFT_FAULT_SLOW_WRITES"].flatMap(Double.init) ?? 0
 
+    /// The top-level fields whose values differ between two JSON objects, in a line ("r 8 there, 4
+    /// here; …"); nil when either is not a JSON object or none differs.
+    static func jsonDifference(saved: String, mine: String) -> String? {
+        guard let a = try? JSONSerialization.jsonObject(with: Data(saved.utf8)) as? [String: Any],
+              let b = try? JSONSerialization.jsonObject(with: Data(mine.utf8)) as? [String: Any] else { return nil }
+        func text(_ v: Any?) -> String {
+            guard let v else { return "missing" }
+            guard let d = try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .fragmentsAllowed]) else { return "\(v)" }
+            return String(decoding: d, as: UTF8.self)
+        }
+        let keys = Set(a.keys).union(b.keys).sorted().filter { text(a[$0]) != text(b[$0]) }
+        return keys.isEmpty ? nil : keys.map { "\($0) \(text(a[$0])) there, \(text(b[$0])) here" }.joined(separator: "; ")
+    }
+
     /// What a stopped run says of its checkpoint: the last good one kept, where one was saved before.
     static func checkpointNote(_ url: URL?) -> String {
         guard let url else { return "This run writes no checkpoint." }
@@ -498,8 +512,11 @@ public final class Trainer {
             return attrs[key]
         }
         for (key, mine) in checkpointAttributes.sorted(by: { $0.key < $1.key }) where recorded(key) != mine {
+            // A JSON config (method config, architecture) is told by the fields that differ, not printed whole.
+            let how = recorded(key).flatMap { Trainer.jsonDifference(saved: $0, mine: mine) }.map { "\(key) differs: \($0)" }
+                ?? "it has \(key) \(attrs[key].map { "'\($0)'" } ?? "missing"), this run has '\(mine)'"
             throw CheckpointError(path: url.path, message: """
-                was made for another \(what[key] ?? key): it has \(key) \(attrs[key].map { "'\($0)'" } ?? "missing"), this run has '\(mine)'.
+                was made for another \(what[key] ?? key): \(how).
                 HINT: resume with the same --model and method options, or train into another --out.
                 """)
         }

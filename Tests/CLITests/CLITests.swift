@@ -1565,7 +1565,8 @@ final class CLITests: XCTestCase {
         _ = try ok(trainArgs(out: out, steps: 4) + ["--save-every", "2"])
         _ = try fails(trainArgs(out: out, steps: 6).map { $0 == fx.base ? fx.otherBase : $0 } + ["--resume"],
                       mentioning: ["state.h5", "another base model", "HINT"])
-        _ = try fails(trainArgs(out: out, steps: 6) + ["--resume", "--r", "4"], mentioning: ["another method config"])
+        let r = try fails(trainArgs(out: out, steps: 6) + ["--resume", "--r", "4"], mentioning: ["another method config", "method_config differs: r 8 there, 4 here."])
+        XCTAssertFalse(r.output.contains("rank_pattern"), "the fields that differ, not the configs whole:\n\(r.transcript)")
         // Options that shape the updates must be the same: the run goes on as it would have.
         func with(_ flag: String, _ value: String) -> [String] {  // the same run's flags, one value changed
             var a = trainArgs(out: out, steps: 6)

@@ -256,6 +256,9 @@ final class TrainerTests: XCTestCase {
         // A stop before the first save names no file as kept.
         XCTAssertTrue(Trainer.checkpointNote(dir.appendingPathComponent("none.h5")).hasPrefix("No checkpoint had been saved yet"))
         XCTAssertEqual(Trainer.checkpointNote(nil), "This run writes no checkpoint.")
+        XCTAssertEqual(Trainer.jsonDifference(saved: #"{"r": 8, "a": [1], "x": true}"#, mine: #"{"r": 4, "a": [1], "y": null}"#),
+                       "r 8 there, 4 here; x true there, missing here; y missing there, null here")
+        XCTAssertNil(Trainer.jsonDifference(saved: "lora", mine: "ia3"))
         lora.layers[0].lora.a.basePointer[0] = 0
         var again = data
         XCTAssertNoThrow(try trainer.resume(from: ckpt, data: &again), "the kept state is good")
