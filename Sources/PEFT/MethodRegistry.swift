@@ -219,6 +219,14 @@ public struct MethodDescription {
         }
     }
 
+    /// The fields of `peftConfig` this method reads (its own and PEFT's bookkeeping): what `compare`
+    /// gives each method of one `--method-config`, as each method option goes to the methods that
+    /// declare it.
+    public func ownFields(of peftConfig: [String: Any]) -> [String: Any] {
+        let known = knownFields()
+        return peftConfig.filter { known.contains($0.key) || Self.peftBookkeeping.contains($0.key) }
+    }
+
     /// PEFT fields that record where an adapter came from and do not change what it computes.
     static let peftBookkeeping: Set<String> = ["auto_mapping", "revision", "peft_version", "megatron_core", "task_type",
                                                "base_model_name_or_path", "inference_mode", "peft_type"]

@@ -28,13 +28,32 @@ public struct MethodSettings {
     }
 
     /// Throws when an option is declared by none of `methods` (a typo, or a flag of another method).
+    /// With several methods (compare), a `--method-config` field that none of them reads too; each
+    /// method is given the fields it reads (`settings(for:among:)`).
     public func check(for methods: [String]) throws {
-        let declared = methods.compactMap(PEFTRegistry.method(named:)).flatMap { $0.options.map(\.flag) }
+        let described = methods.compactMap(PEFTRegistry.method(named:))
+        let declared = described.flatMap { $0.options.map(\.flag) }
         for flag in options.keys.sorted() where !declared.contains(flag) {
             let owners = PEFTRegistry.options.first { $0.option.flag == flag }?.methods
             throw PEFTError(message: owners.map { "--\(flag) applies to \($0.joined(separator: ", ")), not to \(methods.joined(separator: ", "))" }
                 ?? "unknown method option --\(flag)")
         }
+        guard methods.count > 1 else { return }  // one method: its own check names its fields
+        let read = Set(described.flatMap { $0.ownFields(of: peftConfig).keys })
+        // Fields left off (null, false, empty) are accepted, as each method's own check does (a PEFT adapter_config.json).
+        func off(_ v: Any) -> Bool {
+            v is NSNull || (v as? Bool) == false || (v as? [Any])?.isEmpty == true || (v as? [String: Any])?.isEmpty == true
+        }
+        if let field = peftConfig.keys.sorted().first(where: { !read.contains($0) && !off(peftConfig[$0]!) }) {
+            throw PEFTError(message: "the method config field \"\(field)\" is read by none of \(methods.joined(separator: ", "))")
+        }
+    }
+
+    /// What `method` is built from when `methods` train side by side (compare): every option (each
+    /// method reads those it declares) and the `--method-config` fields it reads.
+    public func settings(for method: String, among methods: [String]) -> MethodSettings {
+        guard methods.count > 1, let d = PEFTRegistry.method(named: method) else { return self }
+        return MethodSettings(options: options, peftConfig: d.ownFields(of: peftConfig))
     }
 }
 

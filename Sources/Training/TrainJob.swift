@@ -423,6 +423,7 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
     func job(for m: String) -> TrainJob {
         var job = base
         job.method = m
+        job.methodSettings = base.methodSettings.settings(for: m, among: methods)
         job.outDir = URL(fileURLWithPath: base.outDir).appendingPathComponent(m).path
         job.resume = false
         return job

@@ -290,7 +290,7 @@ struct Compare: ParsableCommand {
         Example:
           swiftpeft compare --model models/base.h5 --data data/python-faq.jsonl --methods lora,ia3,prompt --steps 100 --out runs/compare
 
-        Method options apply to the methods that declare them.
+        Method options, and the fields of --method-config, apply to the methods that declare them.
         \(methodOptionsHelp)
         """) }
 

@@ -1549,6 +1549,23 @@ final class CLITests: XCTestCase {
                       mentioning: ["the output folder is empty"])
     }
 
+    /// compare gives each method the `--method-config` fields it reads, as it gives each method
+    /// option to the methods that declare it (prompt's field stopped LoRA before); a field no listed
+    /// method reads is refused before any trains.
+    func testCompareGivesEachMethodTheConfigFieldsItReads() throws {
+        let out = fx.path("runs/compare-fields")
+        let args = ["compare", "--methods", "lora,prompt"] + Array(trainArgs(out: out, steps: 1).dropFirst(3))
+        _ = try ok(args + ["--method-config", #"{"prompt_tuning_init": "RANDOM", "num_virtual_tokens": 3, "r": 4}"#])
+        let lora = try ok(["inspect", out + "/lora/adapter.h5"]), prompt = try ok(["inspect", out + "/prompt/adapter.h5"])
+        XCTAssertTrue(lora.stdout.contains(#""r":4"#) && !lora.stdout.contains("num_virtual_tokens"), lora.transcript)
+        XCTAssertTrue(prompt.stdout.contains(#""num_virtual_tokens":3"#) && prompt.stdout.contains(#""prompt_tuning_init":"RANDOM""#), prompt.transcript)
+        let typo = fx.path("runs/compare-typo")
+        _ = try fails(["compare", "--methods", "lora,prompt"] + Array(trainArgs(out: typo, steps: 1).dropFirst(3))
+                      + ["--method-config", #"{"prompt_tuning_initt": "RANDOM"}"#],
+                      mentioning: [#"the method config field "prompt_tuning_initt" is read by none of lora, prompt"#])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: typo))
+    }
+
     /// A run stopped by a non-finite loss before its first checkpoint says none was saved (it named
     /// a state.h5 that did not exist as "kept").
     func testANonFiniteStopBeforeTheFirstSaveNamesNoCheckpoint() throws {
