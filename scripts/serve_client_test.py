@@ -212,7 +212,8 @@ def main():
         s, body = http(root + "/health")
         check(s == 200 and json.loads(body)["status"] == "ok", "health")
         # A known route asked with another method is a 405 naming the methods it takes; an unknown one a 404.
-        for method, path, allow in [("GET", "/v1/completions", "POST"), ("POST", "/health", "GET"), ("DELETE", "/v1/models", "GET")]:
+        for method, path, allow in [("GET", "/v1/completions", "POST"), ("POST", "/health", "GET, HEAD"), ("DELETE", "/v1/models", "GET, HEAD"),
+                                    ("POST", "/health/", "GET, HEAD")]:
             req = urllib.request.Request(root + path, method=method, headers={"Authorization": "Bearer test-key"})
             try:
                 urllib.request.urlopen(req, timeout=60)
@@ -221,6 +222,8 @@ def main():
                 err = json.loads(e.read().decode()).get("error", {})
                 check(e.code == 405 and e.headers.get("Allow") == allow and f"use {allow}" in err.get("message", ""),
                       f"{method} {path}: {e.code} Allow={e.headers.get('Allow')} {err}")
+        with urllib.request.urlopen(urllib.request.Request(root + "/health", method="HEAD"), timeout=60) as r:
+            check(r.status == 200 and r.read() == b"", f"HEAD /health: {r.status}")
         s, body = http(root + "/v1/nope")
         check(s == 404 and "error" in json.loads(body), f"unknown route: {s} {body}")
         print("serve test: malformed JSON, unknown model, over-long prompt, bad fields, oversized body, missing key, wrong method: 4xx in OpenAI's shape")

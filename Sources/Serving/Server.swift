@@ -314,7 +314,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
                        onRunning: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
     let metrics = ServerMetrics()
     engine.onFinished = { metrics.finished(model: $0, $1) }
-    let router = Router(context: ConnectionContext.self)
+    let router = Router(context: ConnectionContext.self, options: .autoGenerateHeadEndpoints)  // HEAD wherever GET (RFC 9110)
     let unread = UnreadFieldWarnings(options.warn)
     router.add(middleware: ErrorShapeMiddleware(metrics: metrics))  // outermost: refusals are counted too
     if let key = options.apiKey {
@@ -750,7 +750,7 @@ struct BearerKeyMiddleware<Context: RequestContext>: RouterMiddleware {
 /// Every route the server answers, with its methods: the metrics' route labels, and the `Allow`
 /// header of a 405 for a known route asked with another method.
 let serverRoutes: [String: [HTTPRequest.Method]] = [
-    "/": [.get], "/health": [.get], "/metrics": [.get], "/v1/models": [.get], "/tokenizer_info": [.get],
+    "/": [.get, .head], "/health": [.get, .head], "/metrics": [.get, .head], "/v1/models": [.get, .head], "/tokenizer_info": [.get, .head],
     "/v1/completions": [.post], "/v1/chat/completions": [.post], "/v1/load_lora_adapter": [.post],
     "/v1/unload_lora_adapter": [.post], "/tokenize": [.post], "/detokenize": [.post],
 ]
@@ -761,7 +761,8 @@ let serverRoutes: [String: [HTTPRequest.Method]] = [
 struct ErrorShapeMiddleware<Context: RequestContext>: RouterMiddleware {
     let metrics: ServerMetrics
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let route = request.uri.path
+        // As the router reads a path: empty parts skipped ("/health/" is "/health").
+        let route = "/" + request.uri.path.split(separator: "/").joined(separator: "/")
         var response: Response
         do {
             if let allowed = serverRoutes[route], !allowed.contains(request.method) {

@@ -77,7 +77,7 @@ BLASCore.selectBest()  // before any work: may re-execute with OPENBLAS_CORETYPE
 do {
     var command = try SwiftPEFT.parseAsRoot(joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst())))
     if let option = emptyPathOption(Array(CommandLine.arguments.dropFirst())) {
-        throw CLIError("\(option) is empty; it takes a file or folder path")
+        throw CLIError("\(option) is given an empty value")
     }
     let (launched, openMPI) = Communicator.launchedProcesses
     if launched > 1 && !(command is Train || command is Compare) {

@@ -1541,7 +1541,7 @@ final class CLITests: XCTestCase {
                      trainArgs(out: "", steps: 1),
                      ["eval", "--model", "", "--data", fx.jsonl]] {
             let option = args.contains("--model") && args[args.firstIndex(of: "--model")! + 1].isEmpty ? "--model" : "--out"
-            _ = try fails(args, mentioning: ["\(option) is empty; it takes a file or folder path"])
+            _ = try fails(args, mentioning: ["\(option) is given an empty value"])
         }
         let config = fx.path("empty-out.json")
         try JSONSerialization.data(withJSONObject: ["out": ""]).write(to: URL(fileURLWithPath: config))
