@@ -212,11 +212,16 @@ public struct MethodDescription {
     func checkFields(_ peftConfig: [String: Any]) throws {
         let known = knownFields()
         for (k, v) in peftConfig.sorted(by: { $0.key < $1.key }) where !known.contains(k) && !Self.peftBookkeeping.contains(k) {
-            let off = v is NSNull || (v as? Bool) == false || (v as? [Any])?.isEmpty == true || (v as? [String: Any])?.isEmpty == true
-            guard off else {
+            guard Self.isLeftOff(v) else {
                 throw PEFTError(message: "[\(peftType)] the method config has an unknown field \"\(k)\"; \(peftType) has: \(known.sorted().joined(separator: ", "))")
             }
         }
+    }
+
+    /// Whether a PEFT config value leaves its feature off (null, false, empty): such a field is
+    /// accepted where it is not known.
+    public static func isLeftOff(_ v: Any) -> Bool {
+        v is NSNull || (v as? Bool) == false || (v as? [Any])?.isEmpty == true || (v as? [String: Any])?.isEmpty == true
     }
 
     /// The fields of `peftConfig` this method reads (its own and PEFT's bookkeeping): what `compare`

@@ -40,11 +40,8 @@ public struct MethodSettings {
         }
         guard methods.count > 1 else { return }  // one method: its own check names its fields
         let read = Set(described.flatMap { $0.ownFields(of: peftConfig).keys })
-        // Fields left off (null, false, empty) are accepted, as each method's own check does (a PEFT adapter_config.json).
-        func off(_ v: Any) -> Bool {
-            v is NSNull || (v as? Bool) == false || (v as? [Any])?.isEmpty == true || (v as? [String: Any])?.isEmpty == true
-        }
-        if let field = peftConfig.keys.sorted().first(where: { !read.contains($0) && !off(peftConfig[$0]!) }) {
+        // Fields left off are accepted, as each method's own check does (a PEFT adapter_config.json).
+        if let field = peftConfig.keys.sorted().first(where: { !read.contains($0) && !MethodDescription.isLeftOff(peftConfig[$0]!) }) {
             throw PEFTError(message: "the method config field \"\(field)\" is read by none of \(methods.joined(separator: ", "))")
         }
     }
