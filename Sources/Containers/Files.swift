@@ -16,18 +16,24 @@ public struct CheckpointError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(message)" }
 }
 
-/// Refuses an output path that is one of a job's inputs (the same file or folder by device and
-/// inode, however it is spelled: `./m.gguf`, a link): writing it would replace what the job reads
-/// with what it writes. `inputs` pairs each input path with what it is ("the model").
+/// The input among `inputs` that `out` is (the same file or folder by device and inode, however it is
+/// spelled: `./m.gguf`, a link); nil when none is, or `out` does not exist yet. `inputs` pairs each
+/// input path with what it is ("the model").
+public func inputReplaced(by out: String, inputs: [(path: String, role: String)]) -> (path: String, role: String)? {
+    var o = stat()
+    guard stat(out, &o) == 0 else { return nil }  // a new path replaces nothing
+    return inputs.first { input in
+        var i = stat()
+        return stat(input.path, &i) == 0 && i.st_dev == o.st_dev && i.st_ino == o.st_ino
+    }
+}
+
+/// Refuses an output path that is one of a job's inputs (`inputReplaced(by:inputs:)`): writing it would
+/// replace what the job reads with what it writes.
 /// - Throws: `CheckpointError` naming `out` and the input it would replace.
 public func checkOutputIsNoInput(_ out: String, inputs: [(path: String, role: String)]) throws {
-    var o = stat()
-    guard stat(out, &o) == 0 else { return }  // a new path replaces nothing
-    for (path, role) in inputs {
-        var i = stat()
-        if stat(path, &i) == 0 && i.st_dev == o.st_dev && i.st_ino == o.st_ino {
-            throw CheckpointError(path: out, message: "is \(role) this job reads (\(path)); writing it would replace its input: choose another output path")
-        }
+    if let (path, role) = inputReplaced(by: out, inputs: inputs) {
+        throw CheckpointError(path: out, message: "is \(role) this job reads (\(path)); writing it would replace its input: choose another output path")
     }
 }
 

@@ -129,6 +129,17 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
        (outURL.resolvingSymlinksInPath().path + "/").hasPrefix(dataURL.path.hasSuffix("/") ? dataURL.path : dataURL.path + "/") {
         throw TrainingError(message: "--out \(job.outDir) is inside the training data folder \(job.dataPath), which is read whole: the run's metrics.jsonl would be trained on by the next run; choose an --out outside it")
     }
+    // Nothing the run writes may be one of its inputs: `--adapter runs/x/adapter.h5 --out runs/x` would
+    // replace the adapter it continues, a full fine-tune of runs/f/model.h5 into runs/f its base.
+    var inputs: [(path: String, role: String)] = [(job.modelPath, "the base model"), (job.dataPath, "the training data")]
+    if let path = job.adapterPath { inputs.append((path, "the adapter")) }
+    if case .file(let path) = job.data.validation { inputs.append((path, "the validation data")) }
+    if let path = job.chatTemplatePath { inputs.append((path, "the chat template")) }
+    for name in ["adapter.h5", "model.h5", "state.h5", "metrics.jsonl", "loss.svg"] {
+        if let (path, role) = inputReplaced(by: outURL.appendingPathComponent(name).path, inputs: inputs) {
+            throw TrainingError(message: "--out \(job.outDir): the run writes \(name) there, which is \(role) it reads (\(path)); choose another --out folder")
+        }
+    }
     if job.resume && !checkOnly && !FileManager.default.fileExists(atPath: (job.outDir as NSString).appendingPathComponent("state.h5")) {
         throw TrainingError(message: "\((job.outDir as NSString).appendingPathComponent("state.h5")): no such file; --resume continues the run whose --out holds it")
     }

@@ -1549,6 +1549,22 @@ final class CLITests: XCTestCase {
                       mentioning: ["the output folder is empty"])
     }
 
+    /// train refuses an --out folder where it would write over one of its inputs: the adapter it
+    /// continues (it was replaced at the end of the run), or the model a full fine-tune starts from.
+    func testTrainRefusesToWriteOverItsOwnInputs() throws {
+        let adapter = try loraAdapter(), folder = (adapter as NSString).deletingLastPathComponent
+        let before = try Data(contentsOf: URL(fileURLWithPath: adapter))
+        _ = try fails(trainArgs(out: folder + "/.", steps: 1) + ["--adapter", adapter],
+                      mentioning: ["--out \(folder)/.: the run writes adapter.h5 there, which is the adapter it reads (\(adapter)); choose another --out folder"])
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: adapter)), before)
+        let full = fx.path("runs/full-in-place")
+        _ = try ok(trainArgs(out: full, steps: 1, method: "full"))
+        var again = trainArgs(out: full, steps: 1, method: "full")
+        again[again.firstIndex(of: "--model")! + 1] = full + "/model.h5"
+        _ = try fails(again, mentioning: ["the run writes model.h5 there, which is the base model it reads"])
+        _ = try ok(trainArgs(out: fx.path("runs/continued"), steps: 1) + ["--adapter", adapter])  // another folder is fine
+    }
+
     /// compare gives each method the `--method-config` fields it reads, as it gives each method
     /// option to the methods that declare it (prompt's field stopped LoRA before); a field no listed
     /// method reads is refused before any trains.
