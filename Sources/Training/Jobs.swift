@@ -241,7 +241,10 @@ func describeForeign(_ source: ModelSource) throws -> String? {
         let f = try GGUFFile(path)
         var types: [String: Int] = [:]
         for t in f.tensorInfos { types["\(t.type)", default: 0] += 1 }
-        let config = (try? f.modelConfig()).map(summary) ?? "not a llama GGUF SwiftPEFT can load"
+        let config: String
+        do { config = summary(try f.modelConfig()) } catch let e as GGUFError {
+            config = "not a model SwiftPEFT can load: " + (e.tensor.map { "'\($0)': " } ?? "") + e.message
+        }
         let name = f.metadata["general.name"]?.string ?? "?"
         return """
             \(path): GGUF v\(f.version), \(formatBytes(f.fileSize)), "\(name)"

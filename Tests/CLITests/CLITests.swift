@@ -1671,6 +1671,11 @@ final class CLITests: XCTestCase {
         try? FileManager.default.createDirectory(atPath: noWeights, withIntermediateDirectories: true)
         try? FileManager.default.copyItem(atPath: peft + "/adapter_config.json", toPath: noWeights + "/adapter_config.json")
         try fails(["inspect", noWeights], mentioning: ["adapter_model.safetensors"])
+        // A GGUF SwiftPEFT cannot load is still described, with the reason the loader gives.
+        let partial = fx.path("partial.gguf")
+        try GGUFFile.write(partial, metadata: [("general.architecture", .string("llama")), ("general.name", .string("half"))], tensors: [])
+        let h = try ok(["inspect", partial])
+        XCTAssertTrue(h.stdout.contains(#""half""#) && h.stdout.contains("not a model SwiftPEFT can load: 'llama.attention.head_count': the metadata key is missing"), h.transcript)
         let gguf = root.appendingPathComponent("data/SmolLM2-135M-Instruct.Q4_1.gguf").path
         guard FileManager.default.fileExists(atPath: gguf) else {
             XCTFail("SmolLM2 GGUF missing at \(gguf): fetch it with python3 scripts/fetch_data.py smollm2 (scripts/test does)")
