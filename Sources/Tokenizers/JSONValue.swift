@@ -17,10 +17,18 @@ public indirect enum JSONValue: Equatable, Sendable {
     case object(JSONObject)
 
     /// Reads one JSON value (and nothing after it but whitespace; a UTF-8 byte order mark before it
-    /// is skipped, as Foundation's reader skips it).
+    /// is skipped, as Foundation's reader skips it). A key given twice in one object keeps its last
+    /// value, as JSON readers do.
     /// - Throws: `JSONParseError` with the byte offset of the problem.
     public init(parsing text: String) throws {
+        try self.init(parsing: text, refusingDuplicateKeys: false)
+    }
+
+    /// Reads one JSON value as `init(parsing:)` does; with `refusingDuplicateKeys`, a key given twice
+    /// in one object is an error (a settings file, where it is a slip) instead of keeping its last value.
+    public init(parsing text: String, refusingDuplicateKeys: Bool) throws {
         var parser = JSONTextParser(Array(text.utf8))
+        parser.refuseDuplicateKeys = refusingDuplicateKeys
         if parser.bytes.starts(with: [0xEF, 0xBB, 0xBF]) { parser.i = 3 }
         self = try parser.document()
     }
@@ -131,6 +139,14 @@ public struct JSONParseError: Error, CustomStringConvertible {
     public let message: String
     public let offset: Int
     public var description: String { "\(message) at byte \(offset)" }
+
+    /// The line and column (both from 1, the column in characters) of `offset` in `text`, the text parsed.
+    public func position(in text: String) -> (line: Int, column: Int) {
+        let before = String(decoding: text.utf8.prefix(offset), as: UTF8.self)
+        let line = before.reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
+        let column = before.reversed().prefix { $0 != "\n" }.count + 1
+        return (line, column)
+    }
 }
 
 extension JSONValue: Codable {
@@ -185,6 +201,8 @@ struct JSONTextParser {
     let bytes: [UInt8]
     var i = 0
     var depth = 0
+    /// Throw on a key given twice in one object instead of keeping its last value.
+    var refuseDuplicateKeys = false
 
     init(_ bytes: [UInt8]) { self.bytes = bytes }
 
@@ -216,7 +234,11 @@ struct JSONTextParser {
             while true {
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+                let keyStart = i
                 let key = try string()
+                if refuseDuplicateKeys && o[key] != nil {
+                    throw JSONParseError(message: "the key \"\(key)\" is given twice in one object", offset: keyStart)
+                }
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw fail("expected ':' after a key") }
                 i += 1

@@ -689,8 +689,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
     do {
         value = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
     } catch {
-        let detail = " (\(jsonSyntaxDetail(error)))"
-        throw fail("invalid JSON\(detail): \(preview(bytes))")
+        throw fail("invalid JSON " + jsonLineProblem(bytes, foundationError: error))
     }
     guard let object = value as? [String: Any] else {
         throw fail("expected a JSON object, found \(jsonKind(value))")
@@ -710,7 +709,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
         reading(["messages", "tools", "chat_template_kwargs"])
         // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
         let ordered: JSONValue
-        do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch { throw fail("invalid JSON (\(error)): \(preview(bytes))") }
+        do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch { throw fail("invalid JSON " + jsonLineProblem(bytes, foundationError: error)) }
         let turns = try parseChatMessages(ordered["messages"]!, fail: fail)
         guard turns.contains(where: { $0.role == "assistant" }) else {
             throw fail("no \"assistant\" message: chat data learns only the assistant's turns")
@@ -752,6 +751,22 @@ func jsonKind(_ v: Any) -> String {
 }
 
 /// The start of a bad line, for an error message.
+/// Where and why a JSONL line is not JSON, as the strict parser (`JSONValue`) finds it: "at column 9
+/// (expected ':' after a key): {"text" "two"}", the text around that column shown; Foundation's own
+/// words (`foundationError`) when only Foundation refuses the line.
+func jsonLineProblem(_ bytes: Data, foundationError: Error) -> String {
+    let text = String(decoding: bytes, as: UTF8.self)
+    do {
+        _ = try JSONValue(parsing: text)
+    } catch let e as JSONParseError {
+        let column = e.position(in: text).column  // (one line)
+        let chars = Array(text), from = max(0, column - 41), to = min(chars.count, column + 19)
+        let excerpt = (from > 0 ? "…" : "") + String(chars[from..<to]) + (to < chars.count ? "…" : "")
+        return "at column \(column) (\(e.message)): \(excerpt)"
+    } catch {}
+    return "(\(jsonSyntaxDetail(foundationError))): \(preview(bytes))"
+}
+
 func preview(_ bytes: Data) -> String {
     let s = String(decoding: bytes.prefix(60), as: UTF8.self)
     return bytes.count > 60 ? s + "…" : s

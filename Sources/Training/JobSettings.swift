@@ -92,16 +92,13 @@ extension TrainJob {
         else if let v = try s.double("val-fraction") { self.data.validation = .fraction(v) }
         switch settings["method-config"] {
         case let inline as String where inline.trimmingCharacters(in: .whitespaces).hasPrefix("{"):  // JSON given on the command line
-            guard let obj = (try? JSONSerialization.jsonObject(with: Data(inline.utf8))) as? [String: Any] else {
-                throw TrainingError(message: "--method-config \(inline): not a JSON object that can be read")
-            }
-            methodSettings.peftConfig = obj
+            methodSettings.peftConfig = try readSettingsObject(Data(inline.utf8), source: "--method-config \(inline)",
+                                                               expected: "a PEFT config object, e.g. {\"r\": 8}")
         case let path as String:
-            guard let d = FileManager.default.contents(atPath: path),
-                  let obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else {
-                throw TrainingError(message: "\(path): the method config is not a readable JSON object")
+            guard let d = FileManager.default.contents(atPath: path) else {
+                throw TrainingError(message: "\(path): " + (FileManager.default.fileExists(atPath: path) ? "cannot read the file" : "no such file (--method-config)"))
             }
-            methodSettings.peftConfig = obj
+            methodSettings.peftConfig = try readSettingsObject(d, source: path, expected: "a PEFT config object (adapter_config.json), e.g. {\"r\": 8}")
         case let obj as [String: Any]: methodSettings.peftConfig = obj
         case nil: break
         case let other?: throw TrainingError(message: "--method-config must be a file path or a JSON object, got \(other)")
@@ -168,4 +165,24 @@ struct SettingReader {
         guard let b = v as? Bool else { throw fail(key, "true or false") }
         return b
     }
+}
+
+/// The JSON object of a settings file or flag (`source` names it in errors): a file that is not JSON is
+/// refused naming its line and column and what the parser expected there, one whose top level is not an
+/// object or that gives a key twice in one object (JSON readers keep the last value without a word; in
+/// settings it is a slip) too. `expected` describes the object wanted, for the error.
+/// - Throws: `TrainingError`.
+public func readSettingsObject(_ data: Data, source: String, expected: String) throws -> [String: Any] {
+    let text = String(decoding: data, as: UTF8.self)
+    do {
+        _ = try JSONValue(parsing: text, refusingDuplicateKeys: true)
+    } catch let e as JSONParseError {
+        let (line, column) = e.position(in: text)
+        throw TrainingError(message: "\(source): not valid JSON at line \(line), column \(column): \(e.message); expected \(expected)")
+    }
+    let parsed = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+    guard let object = parsed as? [String: Any] else {
+        throw TrainingError(message: "\(source): the JSON is \(parsed is [Any] ? "an array" : "a single value"), not an object; expected \(expected)")
+    }
+    return object
 }

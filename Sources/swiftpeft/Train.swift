@@ -76,14 +76,9 @@ struct CommonTrainOptions: ParsableArguments {
             guard let d = FileManager.default.contents(atPath: config) else {
                 throw CLIError("\(config): " + (FileManager.default.fileExists(atPath: config) ? "cannot read the file" : "no such file (--config)"))
             }
-            let parsed: Any
-            do { parsed = try JSONSerialization.jsonObject(with: d, options: [.fragmentsAllowed]) } catch {
-                throw CLIError("\(config): not valid JSON (\(jsonSyntaxDetail(error))); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
-            }
-            guard let obj = parsed as? [String: Any] else {
-                throw CLIError("\(config): the JSON is \(parsed is [Any] ? "an array" : "a single value, not an object"); expected an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
-            }
-            merged = obj
+            do {
+                merged = try readSettingsObject(d, source: config, expected: "an object whose keys are the long flag names, e.g. {\"steps\": 100, \"seq-len\": 256}")
+            } catch let e as TrainingError { throw CLIError(e.message) }
         }
         // A flag that stands instead of another (--steps or --epochs, --val-fraction or --val-data)
         // also takes the other out of the config file: the command line wins.

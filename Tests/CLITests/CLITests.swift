@@ -692,7 +692,14 @@ final class CLITests: XCTestCase {
             return path
         }
         try fails(["train", "--config", fx.path("no-such.json")], mentioning: ["no-such.json: no such file (--config)"])
-        try fails(["train", "--config", try config("broken.json", "{\"steps\": 2,")], mentioning: ["broken.json: not valid JSON", "long flag names"])
+        try fails(["train", "--config", try config("broken.json", "{\"steps\": 2,")], mentioning: ["broken.json: not valid JSON at line 1, column 13: unexpected end of the JSON text", "long flag names"])
+        // A key given twice is a slip (JSON readers keep the last value silently): named where it is.
+        try fails(["train", "--config", try config("twice.json", "{\n  \"lr\": 0.01,\n  \"steps\": 2,\n  \"lr\": 0.1\n}")],
+                  mentioning: ["twice.json: not valid JSON at line 4, column 3: the key \"lr\" is given twice in one object"])
+        try fails(trainArgs(out: fx.path("runs/twice"), steps: 1) + ["--method-config", #"{"r": 4, "r": 8}"#],
+                  mentioning: [#"--method-config {"r": 4, "r": 8}: not valid JSON at line 1, column 10: the key "r" is given twice"#])
+        try fails(trainArgs(out: fx.path("runs/twice"), steps: 1) + ["--method-config", fx.path("no-such-peft.json")],
+                  mentioning: ["no-such-peft.json: no such file (--method-config)"])
         try fails(["train", "--config", try config("array.json", "[1, 2]")], mentioning: ["array.json: the JSON is an array", "expected an object"])
         try JSONSerialization.data(withJSONObject: cfg.merging(["steps": "2"]) { $1 }).write(to: URL(fileURLWithPath: fx.path("typed.json")))
         try fails(["train", "--config", fx.path("typed.json")], mentioning: ["--steps must be an integer, got the string \"2\""])

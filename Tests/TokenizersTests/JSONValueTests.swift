@@ -81,6 +81,23 @@ final class JSONValueTests: XCTestCase {
         }
     }
 
+    /// A key given twice keeps its last value, as JSON readers do, unless refused (settings files);
+    /// an error's offset reads as a line and a column in characters.
+    func testDuplicateKeysAndErrorPositions() throws {
+        let twice = "{\"a\": 1,\n \"é\": {\"a\": 2},\n  \"a\": 3}"
+        XCTAssertEqual(try JSONValue(parsing: twice)["a"], .int(3))
+        XCTAssertNoThrow(try JSONValue(parsing: #"{"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}]}"#, refusingDuplicateKeys: true))  // other objects
+        XCTAssertThrowsError(try JSONValue(parsing: twice, refusingDuplicateKeys: true)) { e in
+            guard let p = e as? JSONParseError else { return XCTFail("\(e)") }
+            XCTAssertEqual(p.message, #"the key "a" is given twice in one object"#)
+            XCTAssertEqual(p.position(in: twice).line, 3)
+            XCTAssertEqual(p.position(in: twice).column, 3)
+        }
+        XCTAssertThrowsError(try JSONValue(parsing: "{\"é\" 1}")) { e in
+            XCTAssertEqual((e as? JSONParseError).map { [$0.position(in: "{\"é\" 1}").line, $0.position(in: "{\"é\" 1}").column] }, [1, 6])
+        }
+    }
+
     /// Codable keeps a value (an object's keys come back sorted).
     func testCodableRoundTrip() throws {
         let v = try JSONValue(parsing: #"{"b": [1, 2.5, "x", null, true], "a": {"c": {}}}"#)

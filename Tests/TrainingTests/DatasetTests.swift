@@ -592,8 +592,12 @@ final class DatasetTests: XCTestCase {
         let chat = #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#
         let inst = json(["instruction": "a", "output": "b"])
         let cases: [(first: String, bad: String, message: String)] = [
-            (pc, #"{"prompt": "a", "completion": "#, "invalid JSON"),
-            (pc, #"{"prompt": "a", "completion": "b"} x"#, "invalid JSON"),
+            (pc, #"{"prompt": "a", "completion": "#, "invalid JSON at column 31 (unexpected end of the JSON text): "),
+            (pc, #"{"prompt": "a", "completion": "b"} x"#, "invalid JSON at column 36 (unexpected text after the JSON value): "),
+            (pc, #"{"prompt" "a", "completion": "b"}"#, #"invalid JSON at column 11 (expected ':' after a key): {"prompt" "a", "completion": "…"#),
+            (pc, #"{"prompt": "ééé", "completion" "b"}"#, "invalid JSON at column 32 (expected ':' after a key)"),  // columns count characters
+            (pc, #"{"prompt": "a", "completion": "b"}"# + String(repeating: " ", count: 70) + "x",
+             "invalid JSON at column 105 (unexpected text after the JSON value): …" + String(repeating: " ", count: 40) + "x"),
             (pc, "[1, 2]", "expected a JSON object, found an array"),
             (pc, "42", "expected a JSON object, found a number"),
             (pc, #"{"foo": 1, "bar": 2}"#, #"no known keys (found "bar", "foo")"#),
