@@ -66,7 +66,7 @@ extension BPETokenizer {
             }
             template = t
         }
-        do { _ = try ChatTemplate(template) } catch { throw ChatTemplateError("\(path): \(error)") }
+        do { _ = try ChatTemplate(template) } catch let e as ChatTemplateError { throw ChatTemplateError("\(path): \(e.message)") }
         return template
     }
 

@@ -805,7 +805,7 @@ final class CLITests: XCTestCase {
         try "{% for m in messages %}{{ m.content }".write(toFile: broken, atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: fx.path("chat-template-empty"), withIntermediateDirectories: true)
         try Data("{}".utf8).write(to: URL(fileURLWithPath: empty))
-        for (file, needle) in [(missing, "cannot read the chat template file"), (broken, "line 1"), (empty, "holds no \"chat_template\"")] {
+        for (file, needle) in [(missing, "cannot read the chat template file"), (broken, "chat template: \(broken): line 1: a tag {{ is never closed"), (empty, "holds no \"chat_template\"")] {
             try fails(["eval", "--model", fx.base, "--data", chat, "--chat-template", file], mentioning: [file, needle])
         }
     }
