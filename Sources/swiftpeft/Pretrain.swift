@@ -64,6 +64,9 @@ struct Pretrain: ParsableCommand {
         let tokens = tokenStream(docs, tokenizer: tokenizer)
         print(String(format: "tokenizer: vocab %d, %d tokens (%.2f bytes/token), %.1f s", tokenizer.vocabSize, tokens.count,
                      Double(bytes) / Double(tokens.count), Date().timeIntervalSince(t0)))
+        if tokenizer.vocabSize < vocabSize {
+            print("note: --vocab-size \(vocabSize) asked for more ids than this corpus gives: no pair of tokens is left that occurs twice, so the vocabulary stops at \(tokenizer.vocabSize) (the model is built for \(tokenizer.vocabSize))")
+        }
         let cut = tokens.count * 95 / 100
         let (train, val) = (Array(tokens[..<cut]), Array(tokens[cut...]))
         let config = size.config(vocabSize: tokenizer.vocabSize)

@@ -38,6 +38,9 @@ struct Preview: ParsableCommand {
         let own = tokenizer.chatTemplate
         try useChatTemplate(file: chatTemplate, adapters: adapter.map { [$0] } ?? [], on: tokenizer)
         let (format, total, shown, unread) = try previewExamples(data, tokenizer: tokenizer, count: examples, skip: skip)
+        guard skip < total else {
+            throw CLIError("--skip \(skip) passes every example: \(data) holds \(total) \(total == 1 ? "example" : "examples"); give --skip below \(total)")
+        }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

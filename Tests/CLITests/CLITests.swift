@@ -975,6 +975,7 @@ final class CLITests: XCTestCase {
             .write(toFile: refusing, atomically: true, encoding: .utf8)
         try fails(["preview", "--model", fx.base, "--data", chat, "--chat-template", refusing, "--skip", "1"], mentioning: [chat + ":2", "no system messages"])
         try fails(["preview", "--model", fx.base, "--data", chat, "--examples", "0"], mentioning: ["--examples"])
+        try fails(["preview", "--model", fx.base, "--data", chat, "--skip", "2"], mentioning: ["--skip 2 passes every example: \(chat) holds 2 examples; give --skip below 2"])
         // A key the format does not read is named, as train names it.
         let both = fx.path("preview-both.jsonl")
         try #"{"text": "a", "prompt": "b", "completion": "c"}"#.write(toFile: both, atomically: true, encoding: .utf8)
@@ -1523,9 +1524,11 @@ final class CLITests: XCTestCase {
         _ = try fails(["bench", "--config", "run.json"], mentioning: ["unknown bench config 'run.json'", "train's --config is a JSON file"])
         let tiny = fx.path("tiny.txt")
         try "a b c".write(toFile: tiny, atomically: true, encoding: .utf8)
-        _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--vocab-size", "260", "--hidden", "16", "--layers", "1",
-                       "--heads", "2", "--kv-heads", "1", "--intermediate", "32", "--steps", "2", "--seq-len", "16"],
-                      mentioning: ["too few for windows"])
+        let few = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--vocab-size", "260", "--hidden", "16", "--layers", "1",
+                             "--heads", "2", "--kv-heads", "1", "--intermediate", "32", "--steps", "2", "--seq-len", "16"],
+                            mentioning: ["too few for windows"])
+        // 256 bytes + 3 special tokens, and no pair seen twice to merge: the vocabulary stops short.
+        XCTAssertTrue(few.stdout.contains("note: --vocab-size 260 asked for more ids than this corpus gives: no pair of tokens is left that occurs twice, so the vocabulary stops at 259"), few.transcript)
         // Sizes that do not fit are named before the tokenizer trains, not a trap in the model builder.
         _ = try fails(["pretrain", "--data", tiny, "--out", fx.path("tiny.h5"), "--hidden", "15", "--heads", "2"],
                       mentioning: ["not a multiple of num_attention_heads 2"])
