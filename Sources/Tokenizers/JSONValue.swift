@@ -233,7 +233,8 @@ struct JSONTextParser {
             if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(o) }
             while true {
                 skipSpace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+                guard i < bytes.count else { throw fail("unexpected end of the JSON text") }
+                guard bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
                 let keyStart = i
                 let key = try string()
                 if refuseDuplicateKeys && o[key] != nil {

@@ -1468,7 +1468,7 @@ final class CLITests: XCTestCase {
         _ = try fails(["train", "--method", "prompt", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-prompt-bad"),
                        "--method-config", #"{"prompt_tuning_init": "TEXT"}"#], mentioning: ["prompt_tuning_init_text is missing"])
         _ = try fails(["train", "--method", "prompt", "--model", gpt2, "--data", fx.jsonl, "--out", fx.path("runs/gpt2-prompt-bad"),
-                       "--method-config", #"{"prompt_tuning_init": "#], mentioning: ["--method-config", "not a JSON object"])
+                       "--method-config", #"{"prompt_tuning_init": "#], mentioning: ["--method-config", "not valid JSON at line 1, column 24: unexpected end of the JSON text"])
         _ = try fails(["eval", "--model", gpt2, "--adapter", fx.path("runs/gpt2-prompt-ok/adapter.h5"), "--data", fx.jsonl, "--seq-len", "31"],
                       mentioning: ["--seq-len 31 and the adapter's 4 virtual tokens (35 positions)", "max_position_embeddings 32", "use at most 28"])
         let g = try ok(["generate", "--model", gpt2, "--prompt", "The", "--max-tokens", "60"])
