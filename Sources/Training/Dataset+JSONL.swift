@@ -750,7 +750,6 @@ func jsonKind(_ v: Any) -> String {
     }
 }
 
-/// The start of a bad line, for an error message.
 /// Where and why a JSONL line is not JSON, as the strict parser (`JSONValue`) finds it: "at column 9
 /// (expected ':' after a key): {"text" "two"}", the text around that column shown; Foundation's own
 /// words (`foundationError`) when only Foundation refuses the line.
@@ -767,6 +766,7 @@ func jsonLineProblem(_ bytes: Data, foundationError: Error) -> String {
     return "(\(jsonSyntaxDetail(foundationError))): \(preview(bytes))"
 }
 
+/// The start of a bad line, for an error message.
 func preview(_ bytes: Data) -> String {
     let s = String(decoding: bytes.prefix(60), as: UTF8.self)
     return bytes.count > 60 ? s + "…" : s

@@ -180,7 +180,10 @@ public func readSettingsObject(_ data: Data, source: String, expected: String) t
         let (line, column) = e.position(in: text)
         throw TrainingError(message: "\(source): not valid JSON at line \(line), column \(column): \(e.message); expected \(expected)")
     }
-    let parsed = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+    let parsed: Any
+    do { parsed = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
+        throw TrainingError(message: "\(source): not valid JSON (\(jsonSyntaxDetail(error))); expected \(expected)")
+    }
     guard let object = parsed as? [String: Any] else {
         throw TrainingError(message: "\(source): the JSON is \(parsed is [Any] ? "an array" : "a single value"), not an object; expected \(expected)")
     }
