@@ -7,9 +7,10 @@ import SwiftPEFT
 struct Backtest: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a prompt set through the base and adapter versions; score, compare and report (Markdown, JSONL, CSV, HTML).",
-        discussion: """
+        discussion: helpText("""
         The prompts file is JSONL, one prompt per line:
-          {"id": "q1", "template": "Q: {question}\\nA:", "vars": {"question": "What is a list?"},
+          {"id": "q1", "template": "Q: {question}\\nA:",
+           "vars": {"question": "What is a list?"},
            "expected": "An ordered, mutable sequence.", "tags": ["basics"]}
         "template_file" (relative to the prompts file) or --template replace an inline template; "prompt"
         gives literal text; "messages" a chat, written by the model's chat template (a final assistant
@@ -25,7 +26,7 @@ struct Backtest: ParsableCommand {
         Examples:
           swiftpeft backtest --model models/smollm2.gguf --adapters runs/lora/adapter.h5 --prompts data/faq-backtest.jsonl --out runs/backtest
           swiftpeft backtest --model base.h5 --adapters v1=runs/v1/adapter.h5,v2=runs/v2/adapter.h5 --prompts p.jsonl --out bt --fail-if-worse v2:v1
-        """)
+        """))
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Comma-separated adapters (SwiftPEFT .h5, PEFT folders or llama.cpp GGUF LoRAs), each PATH or NAME=PATH.") var adapters: String = ""

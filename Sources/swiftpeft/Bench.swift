@@ -7,7 +7,7 @@ import SwiftPEFT
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure training and generation speed per model shape and method (random weights).",
-        discussion: """
+        discussion: helpText("""
         Rows: configs \(BenchConfig.all.map(\.name).joined(separator: ", ")) × methods \(BenchConfig.methods.joined(separator: ", ")) \
         ("gen" = KV-cached greedy generation, batch 1, 32-token prompt, 64 new tokens; "gen-bf16" = the same with \
         bf16 copies of the frozen weights (emulated without AVX512-BF16 or AMX); "gen-bf16-only" = with the copies alone, \
@@ -25,7 +25,7 @@ struct Bench: ParsableCommand {
           swiftpeft bench --config tiny --method lora --gemm-split blas          # OpenBLAS's threads split the GEMMs
           swiftpeft bench --config smollm2 --method full --gradient-checkpointing
           swiftpeft bench --config smollm2 --method lora --precision bf16       # frozen weights in bf16
-        """)
+        """))
 
     @Option(help: "Model shapes, comma-separated (\(BenchConfig.all.map(\.name).joined(separator: ", ")); default tiny,small,smollm2).")
     var configs: String?

@@ -7,14 +7,14 @@ import SwiftPEFT
 struct Convert: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Write a model in another format: swiftpeft (.h5), hf (Hugging Face folder) or gguf (llama.cpp).",
-        discussion: """
+        discussion: helpText("""
         Reads what --model takes (GGUF quantizations are dequantized) and writes it with its tokenizer and
         chat template. A GGUF written from a GGUF keeps all its metadata.
 
         Examples:
           swiftpeft convert --model data/SmolLM2-135M-Instruct.Q4_1.gguf --format hf --out models/smollm2-hf
           swiftpeft convert --model models/base.h5 --format gguf --gguf-type q8_0 --out models/base.q8_0.gguf
-        """) }
+        """)) }
 
     @Option(help: "Model to read: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder) or gguf (llama.cpp); by default taken from --out's extension (.h5, .gguf).")

@@ -8,7 +8,7 @@ import SwiftPEFT
 struct Export: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Export an adapter as a Hugging Face PEFT folder (\(PEFTRegistry.all.filter { $0.peftFolder != nil }.flatMap { $0.names.map(\.name) }.joined(separator: ", "))) or a LoRA as a llama.cpp GGUF adapter.",
-        discussion: """
+        discussion: helpText("""
         Prompt-learning adapters are written as PEFT saves them: one `prompt_embeddings` tensor (the
         encoder output for P-Tuning and projected prefixes), with inference_mode true. Bottleneck
         adapters have no PEFT format and are refused. An adapter trained with another chat template than
@@ -24,7 +24,7 @@ struct Export: ParsableCommand {
           swiftpeft export --model models/base.h5 --adapter runs/lora/adapter.h5 --format peft --out peft/lora
           swiftpeft export --model hf/SmolLM-135M --adapter runs/dora/adapter.h5 --out peft/dora --base-name HuggingFaceTB/SmolLM-135M
           swiftpeft export --model data/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/lora/adapter.h5 --format gguf --out lora.gguf
-        """) }
+        """)) }
 
     @Option(help: "The base model the adapter was trained on (.h5, .gguf or Hugging Face folder).") var model: String
     @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String

@@ -6,10 +6,10 @@ import SwiftPEFT
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Continue a prompt with a model checkpoint (greedy or sampled, KV-cached).",
-        discussion: """
+        discussion: helpText("""
         Examples:
           swiftpeft generate --model models/base.h5 --prompt "ROMEO:" --max-tokens 60
-          swiftpeft generate --model models/base.h5 --adapter runs/lora/adapter.h5 --prompt "Question: What is Python?\nAnswer:"
+          swiftpeft generate --model models/base.h5 --adapter runs/lora/adapter.h5 --prompt $'Question: What is Python?\\nAnswer:'
           swiftpeft generate --model models/base.h5 --prompt "To be" --temperature 0.8 --top-p 0.9 --seed 3
           swiftpeft generate --model models/smollm2.gguf --prompt "The river" --precision bf16
           swiftpeft generate --model models/smollm2.gguf --prompt "The river" --keep-quantized --cost
@@ -32,7 +32,7 @@ struct Generate: ParsableCommand {
         --keep-quantized (a GGUF model) keeps each quantized matrix, the embedding included, as the
         file's blocks: each product decodes its matrix a slab of rows at a time, in the cache, so
         the weights take about the file's size (SmolLM2's Q4_1: the process peaks at a third of fp32's).
-        """)
+        """))
 
     @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter to apply: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String?

@@ -6,12 +6,12 @@ import SwiftPEFT
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show what a model checkpoint, an adapter or a training state holds.",
-        discussion: """
+        discussion: helpText("""
         Examples:
           swiftpeft inspect models/base.h5
           swiftpeft inspect runs/lora/adapter.h5
           swiftpeft inspect data/SmolLM2-135M-Instruct.Q4_1.gguf
-        """)
+        """))
 
     @Argument(help: "A SwiftPEFT .h5 file, a GGUF model or LoRA file, a Hugging Face model folder or a PEFT adapter folder.") var path: String
 
@@ -21,7 +21,7 @@ struct Inspect: ParsableCommand {
 struct Merge: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Merge an adapter into its base and save the full model (\(mergingMethods)).",
-        discussion: """
+        discussion: helpText("""
         Checks that the merged model gives the unmerged logits (to \(MergeResult.tolerance)) before saving;
         otherwise nothing is written.
 
@@ -33,7 +33,7 @@ struct Merge: ParsableCommand {
         --format gguf writes what llama.cpp (llama-cli, llama-server) and Ollama run: the "llama"
         architecture, matrices as --gguf-type (f16 by default, as llama.cpp's converter), the
         tokenizer and chat template; from a GGUF base all its metadata is kept.
-        """) }
+        """)) }
 
     static var mergingMethods: String { PEFTRegistry.all.filter(\.merges).flatMap { $0.names.map(\.name) }.joined(separator: ", ") }
 

@@ -6,7 +6,7 @@ import SwiftPEFT
 struct Plot: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Draw the training and validation loss of one or more runs as an SVG.",
-        discussion: """
+        discussion: helpText("""
         Each run is a train --out folder (or its metrics.jsonl), named by its folder or as NAME=PATH.
         One run: its training loss raw and smoothed, its validation loss at each evaluation and, where
         the folder's state.h5 keeps it, before training (as the loss.svg train writes). Several: a
@@ -16,7 +16,7 @@ struct Plot: ParsableCommand {
           swiftpeft plot runs/lora --out lora.svg
           swiftpeft plot lr1e-4=runs/a lr3e-4=runs/b --out lr.svg --title "LoRA r=16, two learning rates"
           swiftpeft plot runs/compare/lora runs/compare/ia3 runs/compare/prompt --out methods.svg
-        """)
+        """))
 
     @Argument(help: "Runs: train --out folders or metrics.jsonl files, each optionally NAME=PATH.") var runs: [String]
     @Option(help: "The SVG file to write.") var out: String

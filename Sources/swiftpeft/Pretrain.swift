@@ -6,7 +6,7 @@ import SwiftPEFT
 struct Pretrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a byte-level BPE tokenizer and a small LLaMA-family base model from scratch.",
-        discussion: """
+        discussion: helpText("""
         Reads a text file or a folder of .txt/.md/.rst files, trains the tokenizer, holds out the
         last 5% of tokens for validation, trains every weight, and saves model + tokenizer to one
         HDF5 checkpoint.
@@ -15,7 +15,7 @@ struct Pretrain: ParsableCommand {
           python3 scripts/fetch_data.py shakespeare
           swiftpeft pretrain --data data/shakespeare.txt --out models/base.h5
           swiftpeft pretrain --data notes/ --out tiny.h5 --hidden 64 --layers 2 --steps 200
-        """)
+        """))
 
     @Option(help: "Text file or folder.") var data: String
     @Option(help: "Checkpoint to write (.h5).") var out: String

@@ -7,7 +7,7 @@ import SwiftPEFT
 struct Preview: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show examples of a data file as training writes them, with the tokens it learns marked.",
-        discussion: """
+        discussion: helpText("""
         Each example is printed as the tokenizer (and, for chat data, the chat template) writes it:
         the learned text in green on a terminal, else between ⟦ and ⟧, with its token counts.
         The template is --chat-template's, else the one --adapter records, else the model's own.
@@ -16,7 +16,7 @@ struct Preview: ParsableCommand {
           swiftpeft preview --model data/SmolLM2-135M-Instruct.Q4_1.gguf --data data/python-faq-train.jsonl
           swiftpeft preview --model base.gguf --data chats.jsonl --chat-template tools.jinja --examples 1 --skip 10
           swiftpeft preview --model base.gguf --data chats.jsonl --json
-        """)
+        """))
 
     @Option(help: "Base model whose tokenizer (and chat template) training uses: .h5, .gguf or Hugging Face folder.") var model: String
     @Option(help: "Data file or folder.") var data: String

@@ -7,7 +7,7 @@ import SwiftPEFT
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve a base model and adapters over an OpenAI-compatible HTTP API, with a prompt lab page at /.",
-        discussion: """
+        discussion: helpText("""
         Endpoints: POST /v1/completions and /v1/chat/completions ("model": the base's name or an adapter's;
         "stream": true for server-sent events), GET /v1/models, POST /v1/load_lora_adapter and
         /v1/unload_lora_adapter ({"lora_name", "lora_path"}), GET /metrics (Prometheus), GET /health, GET /
@@ -17,8 +17,8 @@ struct Serve: ParsableCommand {
         Examples:
           swiftpeft serve --model data/SmolLM2-135M-Instruct.Q4_1.gguf --adapters faq=runs/demo-smollm2-lora/adapter.h5
           curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
-            -d '{"model": "faq", "prompt": "Question: What is a list?\\nAnswer:", "max_tokens": 32}'
-        """)
+            -d '{"model": "faq", "prompt": "What is a list?", "max_tokens": 32}'
+        """))
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "The base's name in requests (default: the file name without extension).") var name: String?

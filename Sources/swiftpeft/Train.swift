@@ -191,7 +191,7 @@ final class Progress {
 struct Train: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Fine-tune a base model with a PEFT method (or every weight with --method full).",
-        discussion: """
+        discussion: helpText("""
         Writes <out>/adapter.h5 (or model.h5 for full), <out>/metrics.jsonl (one JSON object per
         step), <out>/loss.svg (training and validation loss, redrawn at each evaluation) and
         <out>/state.h5 (resumable with --resume).
@@ -203,7 +203,7 @@ struct Train: ParsableCommand {
           swiftpeft train --model base/ --adapter peft-lora/ --data more.jsonl --out runs/more   # continue an adapter
 
         \(methodOptionsHelp)
-        """) }
+        """)) }
 
     @Option(help: "Method: \(trainableMethodNames.joined(separator: ", ")) (default lora).") var method: String?
     @Option(help: "Continue training this adapter (SwiftPEFT .h5, PEFT folder or llama.cpp GGUF LoRA) instead of a new one.") var adapter: String?
@@ -241,11 +241,11 @@ struct Train: ParsableCommand {
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Loss and perplexity of a model (optionally with an adapter) on a data file.",
-        discussion: """
+        discussion: helpText("""
         Examples:
           swiftpeft eval --model models/base.h5 --data data/python-faq.jsonl
           swiftpeft eval --model models/base.h5 --adapter runs/lora/adapter.h5 --data data/python-faq.jsonl --json
-        """)
+        """))
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter: a SwiftPEFT adapter checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String?
@@ -278,7 +278,7 @@ struct Eval: ParsableCommand {
 struct Compare: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Train several methods on the same base, data and step budget; print and save a comparison.",
-        discussion: """
+        discussion: helpText("""
         Writes the report folder <out>/report/ (report.md, results.csv, results.json, val_loss.svg:
         validation loss vs step, and loss.svg: training and validation loss), which appears whole or not at all, and each method's run under <out>/<method>/.
 
@@ -287,7 +287,7 @@ struct Compare: ParsableCommand {
 
         Method options, and the fields of --method-config, apply to the methods that declare them.
         \(methodOptionsHelp)
-        """) }
+        """)) }
 
     @Option(help: "Comma-separated methods (default lora,dora,ia3,adapter,prefix,prompt; without dora under --keep-quantized, as DoRA reads the base's Float32 weights).") var methods: String?
     @OptionGroup var common: CommonTrainOptions

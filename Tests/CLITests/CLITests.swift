@@ -307,7 +307,25 @@ final class CLITests: XCTestCase {
             XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help shows an example:\n\(r.transcript)")
             XCTAssertTrue(r.stdout.contains("swiftpeft \(sub)"), "\(sub) --help shows a command line:\n\(r.transcript)")
             XCTAssertTrue(r.stdout.contains("USAGE"), "\(sub) --help shows the usage:\n\(r.transcript)")
+            // Laid out for 80 columns (the width help gets off a terminal): no example line is wrapped
+            // by ArgumentParser, so each stays indented, a cut command ending in " \" to copy whole,
+            // and a paragraph's lines run on (no line of a few words after a long one).
+            let text = r.stdout.components(separatedBy: "\nUSAGE")[0].components(separatedBy: "\n")
+            var inExamples = false
+            for (k, line) in text.enumerated() {
+                if line.hasPrefix("Example") { inExamples = true; continue }
+                if line.isEmpty { inExamples = false; continue }
+                XCTAssertLessThanOrEqual(line.count, 80, "\(sub) --help: \(line)")
+                if inExamples { XCTAssertTrue(line.hasPrefix("  "), "\(sub) --help: an example line is wrapped: \(line)") }
+                if k > 0, !line.hasPrefix(" "), !line.hasPrefix("--"), text[k - 1].count > 60, !text[k - 1].hasSuffix(":"), !text[k - 1].hasSuffix("."),
+                   line.count < 30, k + 1 < text.count, !text[k + 1].isEmpty, !text[k + 1].hasPrefix(" "),
+                   !text[k + 1].hasPrefix("--"), !text[k + 1].hasSuffix(":") {  // (the next line starts its own)
+                    XCTFail("\(sub) --help: a paragraph is broken at '\(line)':\n\(r.stdout)")
+                }
+            }
         }
+        let example = try ok(["train", "--help"]).stdout
+        XCTAssertTrue(example.contains("  swiftpeft train --model models/base.h5 --data data/python-faq.jsonl \\\n      --method lora --out runs/lora\n"), example)
     }
 
     // MARK: pretrain
