@@ -212,6 +212,9 @@ struct CompletionParameters {
         }
         // A completion may ask for no new token (its prompt's log-probabilities with echo, as OpenAI allows).
         if let mt = try count("max_tokens", in: (chat ? 1 : 0)...1_000_000) ?? count("max_completion_tokens", in: (chat ? 1 : 0)...1_000_000) {
+            guard mt > 0 || echo else {
+                throw APIError(status: .badRequest, message: "max_tokens 0 asks for no new token, which only echo (the prompt's log-probabilities) makes useful; give 1 or more, or echo: true", param: "max_tokens")
+            }
             maxTokens = mt
         }
         let t = try number("temperature") ?? 0

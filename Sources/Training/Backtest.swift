@@ -61,13 +61,19 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
             let name = String(template[next..<close])
             if let f = name.first, isNameChar(f, first: true), name.allSatisfy({ isNameChar($0, first: false) }) {
                 guard let v = variables[name] else {
-                    throw BacktestError("\(at): the template uses {\(name)} but the line gives it no value (variables: \(variables.keys.sorted().joined(separator: ", ")); write {{ and }} for literal braces)")
+                    let given = variables.isEmpty ? "no variables given" : "variables: " + variables.keys.sorted().joined(separator: ", ")
+                    throw BacktestError("\(at): the template uses {\(name)} but the line gives it no value (\(given); write {{ and }} for literal braces)")
                 }
                 out += v
                 used.insert(name)
                 i = template.index(after: close)
                 continue
             }
+        }
+        // "{name" that nothing closes is a placeholder missing its "}", not text: it would reach the model as typed.
+        if c == "{", next < template.endIndex, isNameChar(template[next], first: true), !template[next...].contains("}") {
+            let name = template[next...].prefix { isNameChar($0, first: false) }
+            throw BacktestError("\(at): the template's \"{\(name)\" is never closed by \"}\"; write {\(name)} for the variable, or {{ for a literal brace")
         }
         out.append(c)
         i = next

@@ -40,9 +40,9 @@ struct Backtest: ParsableCommand {
     @Option(help: "Sampling temperature when --samples > 1 (default \(BacktestOptions.defaultTemperature)).") var temperature: Float?
     @Option(help: "Seed of the first sample.") var seed: UInt64 = 0
     @Option(help: "Cut each output before this text (repeatable); EOS always ends it.") var stop: [String] = []
-    @Option(help: "Metric for --fail-if-worse: \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")).") var metric = "rouge-l"
+    @Option(help: "Metric for --fail-if-worse: \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")) (default rouge-l).") var metric: String?
     @Option(help: "VERSION or VERSION:OTHER: exit 3 when VERSION scores below OTHER (default base) on --metric.") var failIfWorse: String?
-    @Option(help: "Allowed drop before --fail-if-worse fails.") var tolerance: Double = 0
+    @Option(help: "Allowed drop before --fail-if-worse fails (default 0).") var tolerance: Double?
     @Option(help: "Power per busy core for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
     @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (no DoRA or modules_to_save adapters).") var keepQuantized = false
 
@@ -59,9 +59,13 @@ struct Backtest: ParsableCommand {
     }
 
     func run() throws {
-        guard let metric = BacktestMetric(rawValue: metric) else {
-            throw CLIError("--metric must be one of \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")), got \(self.metric)")
+        if failIfWorse == nil, let unused = metric != nil ? "--metric" : tolerance != nil ? "--tolerance" : nil {
+            throw CLIError("\(unused) sets how --fail-if-worse gates, and --fail-if-worse is not given: add it, or leave \(unused) out")
         }
+        guard let metric = BacktestMetric(rawValue: self.metric ?? "rouge-l") else {
+            throw CLIError("--metric must be one of \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")), got \(self.metric!)")
+        }
+        let tolerance = self.tolerance ?? 0
         guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
         // NaN compares false with everything: the gate would always pass.
         guard tolerance.isFinite && tolerance >= 0 else { throw CLIError("--tolerance must be 0 or more, got \(tolerance)") }
@@ -115,8 +119,9 @@ struct Backtest: ParsableCommand {
             guard let worse = result.isWorse(a, than: b, on: metric, tolerance: tolerance), let va, let vb else {
                 throw CLIError("--fail-if-worse: no \(metric.rawValue) score for \(a) or \(b) (do the prompts give \"expected\" answers?)")
             }
-            let line = String(format: "%@ %@ %.4f vs %@ %.4f (%@ is better; tolerance %g)", metric.rawValue, a, va, b, vb,
-                              metric.higherIsBetter ? "higher" : "lower", tolerance)
+            // The difference too: two scores that print alike at 4 digits can still differ.
+            let line = String(format: "%@ %@ %.4f vs %@ %.4f (difference %+.3g; %@ is better; tolerance %g)", metric.rawValue, a, va, b, vb,
+                              va - vb, metric.higherIsBetter ? "higher" : "lower", tolerance)
             if worse {
                 print("FAIL: \(a) is worse than \(b): \(line)")
                 throw ExitCode(3)

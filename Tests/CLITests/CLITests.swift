@@ -1076,7 +1076,7 @@ final class CLITests: XCTestCase {
                     "--max-tokens", "2", "--metric", "loss"]
         let worse = try run(gate + ["--fail-if-worse", "base:v1"])
         XCTAssertEqual(worse.status, 3, worse.transcript)
-        XCTAssertTrue(worse.stdout.contains("FAIL: base is worse than v1"), worse.transcript)
+        XCTAssertTrue(worse.stdout.contains("FAIL: base is worse than v1") && worse.stdout.contains("(difference +"), worse.transcript)
         let better = try ok(gate + ["--fail-if-worse", "v1"])
         XCTAssertTrue(better.stdout.contains("PASS: v1 is not worse than base"), better.transcript)
 
@@ -1090,6 +1090,10 @@ final class CLITests: XCTestCase {
         }
         _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1=" + adapter, "--prompts", prompts, "--out", none,
                        "--fail-if-worse", "v1", "--tolerance", "nan"], mentioning: ["--tolerance must be 0 or more, got nan"])
+        for unused in [["--metric", "loss"], ["--tolerance", "0.1"]] {  // they were ignored without the gate
+            _ = try fails(["backtest", "--model", fx.base, "--prompts", prompts, "--out", none] + unused,
+                          mentioning: ["\(unused[0]) sets how --fail-if-worse gates, and --fail-if-worse is not given"])
+        }
         _ = try fails(["backtest", "--model", fx.otherBase, "--adapters", adapter, "--prompts", prompts, "--out", none],
                       mentioning: ["another base model"])
         _ = try fails(["backtest", "--model", fx.base, "--prompts", fx.text, "--out", none], mentioning: [fx.text + ":1", "not a JSON object"])

@@ -390,6 +390,11 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(try params(#"{"logprobs": 0}"#).logprobs, 0)
         XCTAssertNil(try params(#"{"logprobs": false}"#).logprobs)
         XCTAssertTrue(try params(#"{"echo": true}"#).echo)
+        // No new token is useful only with echo (the prompt's log-probabilities).
+        XCTAssertThrowsError(try params(#"{"max_tokens": 0}"#)) { e in
+            XCTAssertEqual((e as? APIError)?.param, "max_tokens")
+            XCTAssertTrue((e as? APIError)?.message.contains("only echo") == true, "\(e)")
+        }
         func chat(_ json: String) throws -> CompletionParameters {
             try CompletionParameters(JSONSerialization.jsonObject(with: Data(json.utf8)) as! [String: Any], defaultModel: "m", chat: true)
         }

@@ -39,6 +39,19 @@ final class BacktestTests: XCTestCase {
         XCTAssertThrowsError(try renderTemplate("{a}", ["a": "1", "extra": "2"], at: "p.jsonl:4")) {
             XCTAssertTrue("\($0)".contains("p.jsonl:4") && "\($0)".contains("\"extra\" is not used"), "\($0)")
         }
+        XCTAssertThrowsError(try renderTemplate("{b}", [:], at: "p.jsonl:5")) {
+            XCTAssertTrue("\($0)".contains("the line gives it no value (no variables given;"), "\($0)")
+        }
+        // A placeholder missing its "}" is named (it reached the model as typed, or read as an unused variable).
+        for template in ["Q {q", "Question: {question\nAnswer:"] {
+            let name = template.contains("question") ? "question" : "q"
+            XCTAssertThrowsError(try renderTemplate(template, [name: "x"], at: "p.jsonl:6")) {
+                XCTAssertTrue("\($0)".contains("p.jsonl:6: the template's \"{\(name)\" is never closed by \"}\""), "\($0)")
+            }
+        }
+        // A brace that opens no name, or one closed later, is text as before.
+        XCTAssertEqual(try renderTemplate("T {} and { x", [:], at: "t"), "T {} and { x")
+        XCTAssertEqual(try renderTemplate("{'a': {b}", ["b": "1"], at: "t"), "{'a': 1")
     }
 
     func testPromptsFile() throws {
