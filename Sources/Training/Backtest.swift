@@ -407,10 +407,13 @@ public struct BacktestResult: Codable, Sendable {
     /// For chat prompts written with another chat template than the base's own (the one the
     /// adapters record, or `chatTemplatePath`'s): which, for every version, the base included.
     public var promptTemplate: String?
+    /// With rotary positions (no hard end): the prompts whose answers (generated, or scored) pass the
+    /// positions the model was trained on, where text is often degraded; nil when none do.
+    public var positionsNote: String?
 
     enum CodingKeys: String, CodingKey {
         case model, versions, rows, summaries, tagSummaries = "tag_summaries", tags, decoding, cost, baseWeights = "base_weights"
-        case promptTemplate = "prompt_template"
+        case promptTemplate = "prompt_template", positionsNote = "positions_note"
     }
 
     /// Whether `version` scores below `than` on `metric` (beyond `tolerance`); nil when either has no
@@ -492,6 +495,19 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             }
         }
     }
+    // Rotary positions have no end, but past max_position_embeddings the model has not been trained:
+    // said as generate says it (serve refuses such a request).
+    var pastPositions: [String] = []
+    if model.config.positions != .learned {
+        for p in prompts {
+            let answer = answerIDs[p.id]?.count ?? p.expected.map { tokenizer.encode($0).count + 1 } ?? 0
+            if mostVirtual + promptIDs(p).count + max(o.maxNewTokens, answer) > model.config.maxPositions { pastPositions.append(p.id) }
+        }
+    }
+    let positionsNote = pastPositions.isEmpty ? nil
+        : "\(pastPositions.count) prompt(s) (\(pastPositions.prefix(5).joined(separator: ", "))\(pastPositions.count > 5 ? ", …" : "")) with their "
+          + "answers (--max-tokens \(o.maxNewTokens), or the expected one\(mostVirtual > 0 ? ", after up to \(mostVirtual) virtual tokens" : "")) may pass the "
+          + "\(model.config.maxPositions) positions the model was trained on (max_position_embeddings); text and scores past them are often degraded"
     let versions: [(name: String, path: String?)] = (o.includeBase ? [("base", nil)] : []) + o.adapters.map { ($0.name, $0.path) }
     let eos = tokenizer.eosTokenID, ends = textEndTokens(tokenizer)
     var rows: [BacktestRow] = []
@@ -566,7 +582,8 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         : "\(o.samples) samples at temperature \(o.temperature) (seeds \(o.seed)…\(o.seed &+ UInt64(o.samples - 1))), at most \(o.maxNewTokens) new tokens"
     return BacktestResult(model: o.modelPath, versions: names2, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
                           tags: tags, decoding: decoding, cost: total.reading(tokens: rows.reduce(0) { $0 + $1.cost.tokens }),
-                          baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil, promptTemplate: promptTemplate)
+                          baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil, promptTemplate: promptTemplate,
+                          positionsNote: positionsNote)
 }
 
 /// −log p(seq[t] | seq[..<t]) for each t from `start` on, in nats: one pass over `seq`, the output

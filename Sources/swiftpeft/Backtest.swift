@@ -111,6 +111,7 @@ struct Backtest: ParsableCommand {
         print(renderBacktestTable(result.summaries), terminator: "")
         if let w = result.baseWeights { print(w) }
         if let t = result.promptTemplate { print("note: \(t)") }
+        if let t = result.positionsNote { print("note: \(t)") }
         print("cost: \(result.cost.summary)")
         print("report: \(out)/report.md, report.html, results.jsonl, results.csv")
         if let (a, b) = gate {

@@ -1054,6 +1054,10 @@ final class CLITests: XCTestCase {
         for f in ["report.md", "report.html", "results.jsonl", "results.csv"] { assertFile(out + "/" + f) }
         XCTAssertTrue(r.stdout.contains("| base | 4 |") && r.stdout.contains("| shared-lora | 4 |") && r.stdout.contains("cost: "), r.transcript)
         XCTAssertTrue(r.stdout.contains("answers 8/8"), "progress:\n\(r.transcript)")
+        XCTAssertFalse(r.stdout.contains("positions the model was trained on"), r.transcript)
+        // Rotary positions run on past max_position_embeddings (128 here): said, as generate says it.
+        let long = try ok(["backtest", "--model", fx.base, "--prompts", prompts, "--out", fx.path("runs/bt-long"), "--max-tokens", "125"])
+        XCTAssertTrue(long.stdout.contains("note: 4 prompt(s) (eat-\(CLIFixtures.animals[0]), ") && long.stdout.contains("(--max-tokens 125, or the expected one) may pass the 128 positions the model was trained on"), long.transcript)
         let rows = try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n").map {
             try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
         }
