@@ -76,9 +76,30 @@ struct Backtest: ParsableCommand {
             }
             defaultTemplate = t
         }
-        for (name, path) in Self.versions(adapters) where !FileManager.default.fileExists(atPath: path) {
-            throw CLIError("--adapters: version \(name): \(path): no such file or folder (each version is PATH, or NAME=PATH)")
+        for (name, path) in Self.versions(adapters) {
+            guard !name.trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw CLIError("--adapters: \(path) is given an empty name before '='; give NAME=PATH, or PATH alone")
+            }
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw CLIError("--adapters: version \(name): \(path): no such file or folder (each version is PATH, or NAME=PATH)")
+            }
         }
+        guard !stop.contains(where: \.isEmpty) else { throw CLIError("--stop is given an empty text, which would never stop an answer") }
+        // The report folder is written after every answer: one that cannot be is refused before them.
+        var existing = URL(fileURLWithPath: out).standardizedFileURL, isFolder: ObjCBool = false
+        while !FileManager.default.fileExists(atPath: existing.path, isDirectory: &isFolder) && existing.path != "/" {
+            existing = existing.deletingLastPathComponent()
+        }
+        guard isFolder.boolValue else {
+            throw CLIError("--out \(out): \(existing.path) is a file; --out names the report folder backtest writes")
+        }
+        // The new report is made beside it and renamed into place: tried there with an empty folder.
+        let place = existing == URL(fileURLWithPath: out).standardizedFileURL ? existing.deletingLastPathComponent() : existing
+        let probe = place.appendingPathComponent(".swiftpeft-probe-\(getpid())").path
+        guard mkdir(probe, 0o700) == 0 else {
+            throw CLIError("--out \(out): cannot write in \(place.path) (\(String(cString: strerror(errno)))), where the report folder is made")
+        }
+        rmdir(probe)
         var options = BacktestOptions(modelPath: model, adapters: Self.versions(adapters),
                                       prompts: try loadBacktestPrompts(prompts, defaultTemplate: defaultTemplate))
         options.includeBase = !noBase
@@ -100,6 +121,7 @@ struct Backtest: ParsableCommand {
             guard !pair.0.isEmpty, !pair.1.isEmpty else {
                 throw CLIError("--fail-if-worse \"\(f)\" needs a version, or NEW:OLD with both names (versions: \(names.joined(separator: ", ")))")
             }
+            guard pair.0 != pair.1 else { throw CLIError("--fail-if-worse \"\(f)\" compares \(pair.0) with itself; name two versions") }
             for n in [pair.0, pair.1] where !names.contains(n) {
                 throw CLIError("--fail-if-worse names \"\(n)\", which is not a version of this run (versions: \(names.joined(separator: ", ")))")
             }

@@ -31,8 +31,8 @@ struct Convert: ParsableCommand {
 }
 
 /// The format a model is written in: `--format` when given (an `--out` whose extension says
-/// another format is refused), else the extension's (.h5, .hdf5: swiftpeft; .gguf: gguf), else
-/// `fallback` (nil: --format is needed). Refuses, before any work, an `--out` that is a folder for
+/// another format is refused), else the extension's (.h5, .hdf5: swiftpeft; .gguf: gguf), else, for a
+/// name without extension, `fallback` (nil: --format is needed; another extension needs it too). Refuses, before any work, an `--out` that is a folder for
 /// a file format, or a file for `hf`.
 func outputFormat(_ given: String?, out: String, fallback: MergedModelFormat?) throws -> MergedModelFormat {
     let ext = URL(fileURLWithPath: out).pathExtension.lowercased()
@@ -49,10 +49,11 @@ func outputFormat(_ given: String?, out: String, fallback: MergedModelFormat?) t
         format = f
     } else if let e = byExtension {
         format = e
-    } else if let fallback {
+    } else if let fallback, ext.isEmpty {
         format = fallback
-    } else {
-        throw CLIError("--out \(out) has no .h5 or .gguf extension to take the format from; give --format \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+    } else {  // "m.safetensors" was written as HDF5 under that name
+        throw CLIError("--out \(out) " + (ext.isEmpty ? "has no .h5 or .gguf extension" : "ends in .\(ext), not .h5 or .gguf,")
+                       + " to take the format from; give --format \(MergedModelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     var isDir: ObjCBool = false
     if FileManager.default.fileExists(atPath: out, isDirectory: &isDir) {

@@ -40,7 +40,7 @@ struct Merge: ParsableCommand {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String
     @Option(help: "Merged model to write: a checkpoint (.h5), a .gguf file (llama.cpp), or a folder with --format hf.") var out: String
-    @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json) or gguf (llama.cpp); by default taken from --out's extension (.gguf: gguf), else swiftpeft.")
+    @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json) or gguf (llama.cpp); by default taken from --out's extension (.h5: swiftpeft, .gguf: gguf; another extension needs --format), else swiftpeft.")
     var format: String?
     @Option(help: "With --format gguf: the matrices' type, f32, f16, bf16 or q8_0 (norms stay f32).") var ggufType = "f16"
     @Option(help: "Text whose logits are compared before and after merging.") var checkText = "The quick brown fox jumps over the lazy dog."

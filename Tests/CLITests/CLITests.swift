@@ -870,6 +870,8 @@ final class CLITests: XCTestCase {
         _ = try fails(["merge", "--model", fx.base, "--adapter", adapter, "--format", "swiftpeft", "--out", fx.path("m.gguf")],
                       mentioning: ["--out", "m.gguf", "ends in .gguf, but --format swiftpeft writes an HDF5 checkpoint"])
         _ = try fails(["convert", "--model", fx.base, "--out", fx.path("no-extension")], mentioning: ["no .h5 or .gguf extension", "give --format"])
+        _ = try fails(["merge", "--model", fx.base, "--adapter", adapter, "--out", fx.path("m.safetensors")],  // it was HDF5 under that name
+                      mentioning: ["m.safetensors ends in .safetensors, not .h5 or .gguf, to take the format from; give --format"])
         _ = try ok(["export", "--model", fx.base, "--adapter", adapter, "--out", fx.path("by-name-lora.gguf")])
         XCTAssertEqual(try loss(["--model", fx.base, "--adapter", fx.path("by-name-lora.gguf")]), adapted, accuracy: 1e-6, "a .gguf export is a GGUF LoRA")
         _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "peft", "--out", fx.path("p.gguf")], mentioning: ["ends in .gguf", "--format peft"])
@@ -1094,6 +1096,13 @@ final class CLITests: XCTestCase {
         }
         _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1=" + adapter, "--prompts", prompts, "--out", none,
                        "--fail-if-worse", "v1", "--tolerance", "nan"], mentioning: ["--tolerance must be 0 or more, got nan"])
+        // Found before any answer: a report folder that cannot be written, an empty stop text or name, a self-gate.
+        let base = ["backtest", "--model", fx.base, "--prompts", prompts]
+        _ = try fails(base + ["--out", fx.jsonl], mentioning: ["\(fx.jsonl) is a file; --out names the report folder backtest writes"])
+        _ = try fails(base + ["--out", "/proc/swiftpeft-bt"], mentioning: ["cannot write in /proc", "where the report folder is made"])
+        _ = try fails(base + ["--out", none, "--stop", ""], mentioning: ["--stop is given an empty text"])
+        _ = try fails(base + ["--out", none, "--adapters", "=" + adapter], mentioning: ["--adapters: \(adapter) is given an empty name before '='"])
+        _ = try fails(base + ["--out", none, "--adapters", "v1=" + adapter, "--fail-if-worse", "v1:v1"], mentioning: ["compares v1 with itself"])
         for unused in [["--metric", "loss"], ["--tolerance", "0.1"]] {  // they were ignored without the gate
             _ = try fails(["backtest", "--model", fx.base, "--prompts", prompts, "--out", none] + unused,
                           mentioning: ["\(unused[0]) sets how --fail-if-worse gates, and --fail-if-worse is not given"])
