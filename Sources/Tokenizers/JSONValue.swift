@@ -140,11 +140,13 @@ public struct JSONParseError: Error, CustomStringConvertible {
     public let offset: Int
     public var description: String { "\(message) at byte \(offset)" }
 
-    /// The line and column (both from 1, the column in characters) of `offset` in `text`, the text parsed.
+    /// The line and column (both from 1, the column in characters) of `offset` in `text`, the text parsed;
+    /// lines end at "\n" or "\r\n", and a byte order mark before the text takes no column.
     public func position(in text: String) -> (line: Int, column: Int) {
-        let before = String(decoding: text.utf8.prefix(offset), as: UTF8.self)
-        let line = before.reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
-        let column = before.reversed().prefix { $0 != "\n" }.count + 1
+        var before = Substring(String(decoding: text.utf8.prefix(offset), as: UTF8.self))
+        if before.first == "\u{FEFF}" { before = before.dropFirst() }
+        let line = before.reduce(1) { $1.isNewline ? $0 + 1 : $0 }
+        let column = before.reversed().prefix { !$0.isNewline }.count + 1
         return (line, column)
     }
 }

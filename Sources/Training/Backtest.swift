@@ -44,7 +44,8 @@ public struct BacktestError: Error, CustomStringConvertible {
 
 /// Fills `{name}` in `template` from `variables`; `{{` and `}}` stand for literal braces, and a brace
 /// that does not enclose a name (`{'a': 1}`) is kept as it is. Every name must have a value and every
-/// value must be used. `at` names the place in errors ("prompts.jsonl:3").
+/// value must be used; a `{name` that no later `}` closes is an error (a placeholder missing its brace).
+/// `at` names the place in errors ("prompts.jsonl:3").
 public func renderTemplate(_ template: String, _ variables: [String: String], at: String) throws -> String {
     var out = "", used = Set<String>()
     var i = template.startIndex

@@ -34,7 +34,7 @@ public func renderBacktestMarkdown(_ r: BacktestResult) -> String {
     md += "\(r.rows.count / max(1, r.versions.count)) prompts × \(r.versions.count) versions (\(r.versions.map(markdownEscape).joined(separator: ", "))); "
     md += "decoding: \(r.decoding). Scores against the expected answers: exact match and contains on lowercased text with "
     md += "whitespace collapsed, ROUGE-L F1 on words; loss and perplexity of the expected answer given the prompt.\n\n"
-    if let t = r.promptTemplate { md += "Note: \(markdownEscape(t)).\n\n" }
+    for t in [r.promptTemplate, r.positionsNote].compactMap({ $0 }) { md += "Note: \(markdownEscape(t)).\n\n" }
     md += "## Versions\n\n" + renderBacktestTable(r.summaries)
     if !r.tags.isEmpty {
         md += "\n## By tag\n"
@@ -105,7 +105,7 @@ public func renderBacktestHTML(_ r: BacktestResult) -> String {
         <h1>Back-test of \(htmlEscape(r.model))</h1>
         <p>\(r.rows.count / max(1, r.versions.count)) prompts × \(r.versions.count) versions; decoding: \(htmlEscape(r.decoding)).
         Diffs are against <b>\(htmlEscape(reference))</b>. Under each output, the expected answer is tinted token by token
-        by that version's loss on it (red: the version found the token unlikely; hover for the figures). Cost of the whole run: \(htmlEscape(r.cost.summary)).\(r.promptTemplate.map { " Note: " + htmlEscape($0) + "." } ?? "")</p>
+        by that version's loss on it (red: the version found the token unlikely; hover for the figures). Cost of the whole run: \(htmlEscape(r.cost.summary)).\([r.promptTemplate, r.positionsNote].compactMap { $0 }.map { " Note: " + htmlEscape($0) + "." }.joined())</p>
         <table class="sum"><tr><th>version</th><th>exact</th><th>contains</th><th>ROUGE-L</th><th>loss</th><th>agreement</th><th>mean latency</th><th>energy (J)</th></tr>
 
         """

@@ -1060,6 +1060,8 @@ final class CLITests: XCTestCase {
         // Rotary positions run on past max_position_embeddings (128 here): said, as generate says it.
         let long = try ok(["backtest", "--model", fx.base, "--prompts", prompts, "--out", fx.path("runs/bt-long"), "--max-tokens", "125"])
         XCTAssertTrue(long.stdout.contains("note: 4 prompt(s) (eat-\(CLIFixtures.animals[0]), ") && long.stdout.contains("(--max-tokens 125, or the expected one) may pass the 128 positions the model was trained on"), long.transcript)
+        let longReport = try String(contentsOfFile: fx.path("runs/bt-long/report.md"), encoding: .utf8)
+        XCTAssertTrue(longReport.contains("may pass the 128 positions the model was trained on"), longReport)
         let rows = try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n").map {
             try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
         }

@@ -93,6 +93,13 @@ final class JSONValueTests: XCTestCase {
             XCTAssertEqual(p.position(in: twice).line, 3)
             XCTAssertEqual(p.position(in: twice).column, 3)
         }
+        let crlf = "\u{FEFF}{\"a\": 1,\r\n  \"a\": 2}"  // Windows line ends and a byte order mark
+        XCTAssertThrowsError(try JSONValue(parsing: crlf, refusingDuplicateKeys: true)) { e in
+            XCTAssertEqual((e as? JSONParseError).map { [$0.position(in: crlf).line, $0.position(in: crlf).column] }, [2, 3])
+        }
+        XCTAssertThrowsError(try JSONValue(parsing: "\u{FEFF}{1}")) { e in
+            XCTAssertEqual((e as? JSONParseError).map { [$0.position(in: "\u{FEFF}{1}").line, $0.position(in: "\u{FEFF}{1}").column] }, [1, 2])
+        }
         XCTAssertThrowsError(try JSONValue(parsing: "{\"é\" 1}")) { e in
             XCTAssertEqual((e as? JSONParseError).map { [$0.position(in: "{\"é\" 1}").line, $0.position(in: "{\"é\" 1}").column] }, [1, 6])
         }
