@@ -187,6 +187,13 @@ extension CausalLM {
 
     /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included).
     public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true) -> [Int32] {
+        generate(prompt, options, useCache: useCache, until: { _ in false })
+    }
+
+    /// Continues `prompt` (one sequence) and returns the new tokens (the stop token included),
+    /// asking `done` after each new token whether the tokens so far end the reply (a stop text
+    /// found in their decoded text): decoding stops there, that token included.
+    public func generate(_ prompt: [Int32], _ options: SamplingOptions, useCache: Bool = true, until done: ([Int32]) -> Bool) -> [Int32] {
         check(!prompt.isEmpty, "[generate] the prompt is empty")
         check(options.maxNewTokens >= 0, "[generate] maxNewTokens must be 0 or more, got \(options.maxNewTokens)")
         let wasTraining = isTraining
@@ -217,11 +224,17 @@ extension CausalLM {
                 out.append(token)
                 sequence.append(token)
                 next = [token]
-                if options.stopTokens.contains(token) { break }
+                if options.stopTokens.contains(token) || done(out) { break }
             }
             return out
         }
     }
+}
+
+/// `text` cut before the earliest of `stops` to occur in it (an empty stop text never matches), or
+/// nil when none occurs: how `generate --stop`, `backtest --stop` and serve's `stop` end a reply.
+public func textBeforeStop(_ text: String, _ stops: [String]) -> String? {
+    stops.filter { !$0.isEmpty }.compactMap { text.range(of: $0)?.lowerBound }.min().map { String(text[..<$0]) }
 }
 
 /// Picks a token index from `logits` (V) under the sampling options. Greedy (temperature 0) takes

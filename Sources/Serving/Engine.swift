@@ -178,6 +178,7 @@ public final class ServingEngine: @unchecked Sendable {
     public init(modelPath: String, baseName: String? = nil, maxBatch: Int = 8, maxQueue: Int = 64,
                 contextLength: Int? = nil, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
                 precision: DecodePrecision = .fp32, keepQuantized: Bool = false, chatTemplatePath: String? = nil) throws {
+        if baseName?.isEmpty == true { throw ServingError(.invalidRequest, "the base's name (--name) is empty: requests could not name it") }
         if keepQuantized && precision != .fp32 {
             throw ServingError(.invalidRequest, "--keep-quantized keeps the file's quantized blocks, decoded to fp32: it excludes --precision \(precision.rawValue)")
         }
@@ -231,7 +232,8 @@ public final class ServingEngine: @unchecked Sendable {
     /// Loads an adapter (SwiftPEFT .h5 or PEFT folder) under `name`; it must fit the base. Waits for
     /// the running batch.
     public func loadAdapter(name: String, path: String) throws {
-        guard !name.isEmpty, name != baseName else { throw ServingError(.invalidRequest, "the adapter name \"\(name)\" is empty or the base's") }
+        guard !name.isEmpty else { throw ServingError(.invalidRequest, "the adapter name is empty") }
+        guard name != baseName else { throw ServingError(.invalidRequest, "the adapter name \"\(name)\" is the base model's name; give the adapter another") }
         modelLock.lock(); defer { modelLock.unlock() }
         guard adapter(name) == nil else { throw ServingError(.invalidRequest, "an adapter named \"\(name)\" is already loaded; unload it first") }
         let recorded = templateGiven ? nil : try adapterChatTemplate(path).flatMap { $0 == tokenizer.chatTemplate ? nil : $0 }
@@ -293,7 +295,7 @@ public final class ServingEngine: @unchecked Sendable {
         queueLock.lock(); defer { queueLock.unlock() }
         guard !stopping else { throw ServingError(.shuttingDown, "the server is shutting down") }
         guard pending.count + requests.count <= maxQueue else {
-            throw ServingError(.busy, "\(pending.count) requests are waiting (--max-queue \(maxQueue))\(requests.count > 1 ? ", no room for \(requests.count) more" : ""); try again later")
+            throw ServingError(.busy, "\(counted(pending.count, "request")) \(pending.count == 1 ? "is" : "are") waiting (--max-queue \(maxQueue))\(requests.count > 1 ? ", no room for \(requests.count) more" : ""); try again later")
         }
         let streams = requests.map { request in
             var continuation: AsyncStream<GenerationEvent>.Continuation!
@@ -567,8 +569,8 @@ public final class ServingEngine: @unchecked Sendable {
                     generated[b].append(token)
                     used[b][token, default: 0] += 1
                     var text = tokenizer.decode(generated[b], following: r.prompt.last)  // the prompt's continuation
-                    if let cut = r.stop.filter({ !$0.isEmpty }).compactMap({ text.range(of: $0)?.lowerBound }).min() {
-                        text = String(text[..<cut])
+                    if let cut = textBeforeStop(text, r.stop) {
+                        text = cut
                         finish[b] = "stop"
                     } else if generated[b].count >= r.maxTokens || generated[b].count >= room {
                         finish[b] = "length"

@@ -211,9 +211,10 @@ struct CompletionParameters {
             echo = try flag(o, "echo", default: false)
         }
         // A completion may ask for no new token (its prompt's log-probabilities with echo, as OpenAI allows).
-        if let mt = try count("max_tokens", in: (chat ? 1 : 0)...1_000_000) ?? count("max_completion_tokens", in: (chat ? 1 : 0)...1_000_000) {
+        let maxKey = o["max_tokens"] == nil || o["max_tokens"] is NSNull ? "max_completion_tokens" : "max_tokens"
+        if let mt = try count(maxKey, in: (chat ? 1 : 0)...1_000_000) {
             guard mt > 0 || echo else {
-                throw APIError(status: .badRequest, message: "max_tokens 0 asks for no new token, which only echo (the prompt's log-probabilities) makes useful; give 1 or more, or echo: true", param: "max_tokens")
+                throw APIError(status: .badRequest, message: "\(maxKey) 0 asks for no new token, which only echo (the prompt's log-probabilities) makes useful; give 1 or more, or echo: true", param: maxKey)
             }
             maxTokens = mt
         }

@@ -192,6 +192,10 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         let id = try string("id") ?? "line \(n + 1)"
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
+        if let a = answer, a.allSatisfy(\.isWhitespace) {
+            throw BacktestError("\(at): the expected answer is empty or only whitespace: exact match, contains and ROUGE-L would have "
+                                + "nothing to compare; leave it out to answer the prompt without scoring")
+        }
         var p = BacktestPrompt(id: id, prompt: prompt, expected: answer, tags: tags, messages: chat, tools: tools)
         (p.reply, p.templateKwargs) = (reply, kwargs)
         prompts.append(p)
@@ -545,13 +549,12 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
             for k in 0..<o.samples {
                 let options = SamplingOptions(maxNewTokens: o.maxNewTokens, temperature: o.samples == 1 ? 0 : o.temperature,
                                               seed: o.seed &+ UInt64(k), stopTokens: ends)
-                let out = model.generate(ids, options)
+                func text(_ out: [Int32]) -> String { tokenizer.decode(out.filter { !ends.contains($0) }, following: ids.last) }
+                // Decoding ends at a stop text, as serve's does: the tokens and time past it are not spent.
+                let out = o.stop.isEmpty ? model.generate(ids, options) : model.generate(ids, options, until: { textBeforeStop(text($0), o.stop) != nil })
                 outputTokens += out.count
-                var text = tokenizer.decode(out.filter { !ends.contains($0) }, following: ids.last)
-                for s in o.stop where !s.isEmpty {
-                    if let r = text.range(of: s) { text = String(text[..<r.lowerBound]) }
-                }
-                outputs.append(text)
+                let full = text(out)
+                outputs.append(textBeforeStop(full, o.stop) ?? full)
             }
             let latency = Date().timeIntervalSince(start) * 1000 / Double(o.samples)
             var counts: [String: Int] = [:]

@@ -65,10 +65,10 @@ public struct Cost: Codable, Equatable, Sendable {
         }
     }
 
-    /// One line: "1,234 tokens · 3.2 s · 6.1 CPU-s · peak 812 MiB · ≈61 J (estimate: …)".
+    /// One line: "1234 tokens · 3.2 s · 6.1 CPU-s · peak 812 MiB · ≈61 J (estimate: …)".
     public var summary: String {
         let energy = String(format: "%@%.1f J", isEstimate ? "≈" : "", energyJoules)
-        return "\(tokens) tokens · " + String(format: "%.2f s · %.2f CPU-s · peak %.0f MiB · ", wallSeconds, cpuSeconds,
+        return counted(tokens, "token") + " · " + String(format: "%.2f s · %.2f CPU-s · peak %.0f MiB · ", wallSeconds, cpuSeconds,
                                              Double(peakRSSBytes) / 1_048_576) + energy + " (\(energyNote))"
     }
 
@@ -208,3 +208,6 @@ public func writeCostFile(_ cost: Cost, command: String, to url: URL) throws {
     }
     try commitTemporary(tmp, to: url.path) { CheckpointError(path: url.path, message: $0) }
 }
+
+/// "1 token", "2 tokens": a count and its noun, plural (an added s) unless the count is 1.
+public func counted(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : "s")" }

@@ -101,17 +101,16 @@ public struct DatasetSummary: Codable, Equatable, Sendable, CustomStringConverti
 
     public var description: String {
         func pct(_ x: Double) -> String { String(format: "%.1f%%", 100 * x) }
-        func count(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : "s")" }
-        var s = "\(examples) \(format.rawValue) \(examples == 1 ? "example" : "examples") → \(count(rows, "row")) of \(seqLen) tokens "
-            + "(\(packed ? "packed" : "padded")); \(tokens) tokens, \(learnedTargets) learned targets, "
+        var s = "\(counted(examples, format.rawValue + " example")) → \(counted(rows, "row")) of \(seqLen) tokens "
+            + "(\(packed ? "packed" : "padded")); \(counted(tokens, "token")), \(counted(learnedTargets, "learned target")), "
             + "\(pct(maskedFraction)) of targets masked"
         if paddingPositions > 0 { s += ", \(pct(Double(paddingPositions) / Double(max(1, rows * seqLen)))) padding" }
         if truncatedExamples > 0 {
-            s += "; \(truncatedExamples) examples longer than \(seqLen + 1) tokens truncated (\(truncatedTokens) tokens dropped)"
+            s += "; \(counted(truncatedExamples, "example")) longer than \(seqLen + 1) tokens truncated (\(counted(truncatedTokens, "token")) dropped)"
         } else if longExamples > 0 {
-            s += "; \(longExamples) examples longer than \(seqLen + 1) tokens span several rows"
+            s += "; \(counted(longExamples, "example")) longer than \(seqLen + 1) tokens \(longExamples == 1 ? "spans" : "span") several rows"
         }
-        if droppedRows > 0 { s += "; \(droppedRows) rows without a learned token left out" }
+        if droppedRows > 0 { s += "; \(counted(droppedRows, "row")) without a learned token left out" }
         return s
     }
 }

@@ -14,9 +14,14 @@ struct Generate: ParsableCommand {
           swiftpeft generate --model models/smollm2.gguf --prompt "The river" --precision bf16
           swiftpeft generate --model models/smollm2.gguf --prompt "The river" --keep-quantized --cost
           swiftpeft generate --model models/smollm2.gguf --chat --prompt "What is a tuple?" --system "Be brief."
+          swiftpeft generate --model models/smollm2.gguf --prompt $'Q: What is 2+2?\\nA:' --stop "\\n"
 
         --chat sends --prompt as a user message (after --system, if given), written by the model's
         chat template as `serve` and chat training write it, and prints the reply alone.
+
+        --stop ends the output before the first place a given text appears in it (decoding stops
+        there, as serve's `stop` does); `\\n` in it is a newline. --top-k and --top-p shape sampling
+        and need --temperature above 0.
 
         --precision bf16 keeps bf16 copies of the frozen weights for the token-by-token products
         (fp32 accumulation; about half the bytes read per token; native on AVX512-BF16 or AMX, emulated
@@ -42,6 +47,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep the k most likely tokens (0 = all).") var topK = 0
     @Option(help: "Nucleus sampling mass (1 = off).") var topP: Float = 1
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "End the output before this text (repeatable; \\n for a newline); EOS always ends it.") var stop: [String] = []
     @Option(help: "Frozen weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only.") var precision: String = "fp32"
     @Flag(help: "With a GGUF model: keep its quantized matrices (embedding included) as the file's blocks, decoded slab by slab in each product.") var keepQuantized = false
     @Flag(help: "Print the run's cost on stderr: the load's seconds, then the new tokens' wall and CPU seconds, tokens/s, peak memory and energy.") var cost = false
@@ -56,6 +62,11 @@ struct Generate: ParsableCommand {
         guard temperature.isFinite && temperature >= 0 else { throw CLIError("--temperature must be 0 (greedy) or more, got \(temperature)") }
         guard topK >= 0 else { throw CLIError("--top-k must be 0 (all) or more, got \(topK)") }
         guard topP > 0 && topP <= 1 else { throw CLIError("--top-p must be in (0, 1], got \(topP)") }
+        guard temperature > 0 || (topK == 0 && topP == 1) else {
+            throw CLIError("--top-k and --top-p choose among sampled tokens: they need --temperature above 0 (0 is greedy: the most likely token)")
+        }
+        guard !stop.contains(where: \.isEmpty) else { throw CLIError("--stop is given an empty text, which would never end the output") }
+        let stops = stop.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
             throw CLIError("--precision must be fp32, bf16 or bf16-only, got '\(precision)'")
         }
@@ -91,20 +102,25 @@ struct Generate: ParsableCommand {
         if m.config.positions != .learned && m.virtualTokenCount + ids.count + maxTokens > m.config.maxPositions {
             // Rotary positions have no end, but the model was trained up to max_position_embeddings.
             let virtual = m.virtualTokenCount > 0 ? ", after the adapter's \(m.virtualTokenCount) virtual tokens," : ""
-            FileHandle.standardError.write(Data(("note: the prompt (\(ids.count) tokens)\(virtual) and --max-tokens \(maxTokens) may pass the "
+            FileHandle.standardError.write(Data(("note: the prompt (\(counted(ids.count, "token")))\(virtual) and --max-tokens \(maxTokens) may pass the "
                 + "\(m.config.maxPositions) positions the model was trained on (max_position_embeddings); text past them is often "
                 + "degraded\n").utf8))
         }
         let ends = textEndTokens(tokenizer)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         let meter = CostMeter()
-        let out = m.generate(ids, SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP,
-                                                  seed: seed, stopTokens: ends))
+        let options = SamplingOptions(maxNewTokens: maxTokens, temperature: temperature, topK: topK, topP: topP, seed: seed, stopTokens: ends)
+        func reply(_ out: [Int32]) -> String { tokenizer.decode(out.filter { !ends.contains($0) }, following: ids.last) }
+        let out = stops.isEmpty ? m.generate(ids, options) : m.generate(ids, options, until: { textBeforeStop(reply($0), stops) != nil })
         if cost {
             let c = meter.reading(tokens: out.count)
             FileHandle.standardError.write(Data(String(format: "cost: loaded in %.2f s; %d prompt tokens, then %@ (%.1f new tokens/s)\n",
                                                        loadSeconds, ids.count, c.summary, Double(out.count) / max(c.wallSeconds, 1e-9)).utf8))
         }
-        print(chat ? tokenizer.decode(out.filter { !ends.contains($0) }) : tokenizer.decode(ids.dropFirst(bos) + out))
+        if let cut = textBeforeStop(reply(out), stops) {
+            print(chat ? cut : tokenizer.decode(Array(ids.dropFirst(bos))) + cut)
+        } else {
+            print(chat ? tokenizer.decode(out.filter { !ends.contains($0) }) : tokenizer.decode(ids.dropFirst(bos) + out))
+        }
     }
 }

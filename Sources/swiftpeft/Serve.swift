@@ -51,8 +51,13 @@ struct Serve: ParsableCommand {
                                        wattsPerCore: wattsPerCore, precision: decodePrecision, keepQuantized: keepQuantized,
                                        chatTemplatePath: chatTemplate)
         defer { engine.shutdown() }  // also when an adapter or the server fails: the worker stops before the engine goes
+        var named: [String: String] = [:]  // name → the item that gave it
         for item in adapters.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }).filter({ !$0.isEmpty }) {
             let (n, p) = Backtest.versions(item)[0]
+            if let first = named[n] {
+                throw CLIError("--adapters \"\(first)\" and \"\(item)\" both name an adapter \"\(n)\"; give each its own NAME (NAME=PATH)")
+            }
+            named[n] = item
             do { try engine.loadAdapter(name: n, path: p) } catch {
                 throw CLIError("--adapters \"\(item)\" (NAME=PATH): \(error)")
             }

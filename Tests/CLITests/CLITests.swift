@@ -1188,6 +1188,26 @@ final class CLITests: XCTestCase {
         let reply = model.generate(chatIDs, SamplingOptions(maxNewTokens: 8, stopTokens: ends))
         XCTAssertEqual(c.stdout, tokenizer.decode(reply.filter { !ends.contains($0) }) + "\n")
         _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--system", "S"], mentioning: ["--system needs --chat"])
+        // --stop ends the text before the stop and decoding at the token that completed it (the cost
+        // counts the tokens up to there), with and without --chat.
+        let continuation = tokenizer.decode(new, following: ids.last)
+        XCTAssertGreaterThanOrEqual(new.count, 4, "12 tokens asked; the fixture writes no early EOS")
+        let stopText = try XCTUnwrap(tokenizer.decode([new[3]], following: new[2]).last.map(String.init))
+        let upTo = try XCTUnwrap((1...new.count).first { tokenizer.decode(Array(new[..<$0]), following: ids.last).contains(stopText) })
+        let st = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12", "--stop", stopText, "--stop", "never here", "--cost"])
+        XCTAssertEqual(st.stdout, tokenizer.decode(ids) + textBeforeStop(continuation, [stopText])! + "\n", st.transcript)
+        XCTAssertTrue(st.stderr.contains("then \(counted(upTo, "token")) ·"), "decoding stopped at token \(upTo): \(st.transcript)")
+        let replyText = tokenizer.decode(reply.filter { !ends.contains($0) }, following: chatIDs.last)
+        if let chatStop = replyText.dropFirst(2).first.map(String.init) {
+            let cs = try ok(["generate", "--model", fx.base, "--chat", "--system", "Be brief.", "--prompt", prompt, "--max-tokens", "8", "--stop", chatStop])
+            XCTAssertEqual(cs.stdout, textBeforeStop(replyText, [chatStop])! + "\n", cs.transcript)
+        } else {
+            XCTFail("the chat reply has fewer than 3 characters: \(replyText.debugDescription)")
+        }
+        _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--stop", ""], mentioning: ["--stop", "empty"])
+        // Greedy decoding takes the most likely token: --top-k and --top-p would do nothing.
+        _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--top-k", "5"], mentioning: ["--top-k and --top-p", "--temperature above 0"])
+        _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--top-p", "0.9"], mentioning: ["--temperature above 0"])
         // bf16 copies of the weights: the text the library gives with `keepBF16Weights`.
         _ = try fails(["generate", "--model", fx.base, "--prompt", prompt, "--precision", "fp16"], mentioning: ["--precision", "fp16"])
         let b = try ok(["generate", "--model", fx.base, "--prompt", prompt, "--max-tokens", "12", "--precision", "bf16"])
@@ -1550,6 +1570,12 @@ final class CLITests: XCTestCase {
             _ = try fails(["serve", "--model", fx.base, flag, value], mentioning: [needle])
         }
         _ = try fails(["serve", "--model", fx.base, "--adapters", "=" + fx.base], mentioning: ["--adapters \"=\(fx.base)\" (NAME=PATH)"])
+        _ = try fails(["serve", "--model", fx.base, "--name", ""], mentioning: ["the base's name (--name) is empty"])
+        let lora = try loraAdapter()
+        _ = try fails(["serve", "--model", fx.base, "--adapters", "a=\(lora),a=\(lora)"],
+                      mentioning: ["--adapters \"a=\(lora)\" and \"a=\(lora)\" both name an adapter \"a\"", "its own NAME"])
+        _ = try fails(["serve", "--model", fx.base, "--name", "m", "--adapters", "m=\(lora)"],
+                      mentioning: ["the adapter name \"m\" is the base model's name"])
         _ = try fails(["backtest", "--model", fx.base, "--adapters", "v1:" + fx.base, "--prompts", fx.jsonl, "--out", fx.path("no-backtest")],
                       mentioning: ["--adapters: version", "v1:\(fx.base): no such file or folder", "NAME=PATH"])
         _ = try fails(["backtest", "--model", fx.base, "--adapters", "base=" + (try loraAdapter()), "--prompts", fx.jsonl, "--out", fx.path("no-backtest")],

@@ -395,6 +395,10 @@ final class EngineTests: XCTestCase {
             XCTAssertEqual((e as? APIError)?.param, "max_tokens")
             XCTAssertTrue((e as? APIError)?.message.contains("only echo") == true, "\(e)")
         }
+        XCTAssertThrowsError(try params(#"{"max_completion_tokens": 0}"#), "the error names the key the client gave") { e in
+            XCTAssertEqual((e as? APIError)?.param, "max_completion_tokens")
+            XCTAssertTrue((e as? APIError)?.message.hasPrefix("max_completion_tokens 0 asks") == true, "\(e)")
+        }
         func chat(_ json: String) throws -> CompletionParameters {
             try CompletionParameters(JSONSerialization.jsonObject(with: Data(json.utf8)) as! [String: Any], defaultModel: "m", chat: true)
         }

@@ -80,6 +80,9 @@ final class BacktestTests: XCTestCase {
                                (#"{"template_file": "missing.tmpl"}"#, ":1: cannot read the template file"),
                                (#"{"prompt": "a", "tags": [1]}"#, ":1: \"tags\" must be strings"),
                                (#"{"template": "{a}", "vars": {"a": true}}"#, ":1: the variable \"a\" must be a string or a number"),
+                               (#"{"prompt": "a", "expected": ""}"#, ":1: the expected answer is empty or only whitespace"),
+                               (#"{"prompt": "a", "completion": " \n"}"#, ":1: the expected answer is empty or only whitespace"),
+                               (#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}"#, ":1: message 2: \"content\" is empty"),
                                ("\n\n", "no prompts")] {
             let p = write("bad.jsonl", text)
             XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
@@ -308,6 +311,23 @@ final class BacktestTests: XCTestCase {
             XCTAssertEqual(row.agreement, Double(mode) / 4)
             XCTAssertTrue(samples.allSatisfy { x in samples.filter { $0 == x }.count <= mode })
         }
+
+        // A stop text ends decoding where it appears (as serve's does): the output is cut before it, and
+        // the tokens counted are those up to the one that completed it, not all 6.
+        let model = try loadModel(base).model
+        let ids = tok.encode(prompts[1].prompt)
+        let out = model.generate(ids, SamplingOptions(maxNewTokens: 6, stopTokens: tok.eosTokenID.map { [$0] } ?? []))
+        let full = tok.decode(out.filter { $0 != tok.eosTokenID }, following: ids.last)
+        XCTAssertGreaterThanOrEqual(out.count, 3, "the tiny model writes 6 tokens for this prompt")
+        guard out.count >= 3 else { return }
+        let stopText = try XCTUnwrap(tok.decode([out[2]], following: out[1]).first.map(String.init), "the third token has text")
+        let upTo = try XCTUnwrap((1...out.count).first { tok.decode(Array(out[..<$0]), following: ids.last).contains(stopText) })
+        XCTAssertLessThan(upTo, out.count, "the stop comes before the end")
+        var so = BacktestOptions(modelPath: base, adapters: [], prompts: [prompts[1]])
+        (so.maxNewTokens, so.stop) = (6, [stopText])
+        let stopped = try runBacktest(so).rows[0]
+        XCTAssertEqual(stopped.output, textBeforeStop(full, [stopText]))
+        XCTAssertEqual(stopped.outputTokens, upTo, "\(out) \(stopText.debugDescription)")
 
         // Gates and mistakes.
         XCTAssertEqual(r.isWorse("v1", than: "base", on: .loss), r.rows[2].loss! > r.rows[0].loss!)

@@ -739,6 +739,8 @@ final class DatasetTests: XCTestCase {
         let n2 = Self.tokenizer.encode(long).count + Self.tokenizer.encode("x").count + 1
         XCTAssertEqual(data.summary.truncatedTokens, n1 - (T + 1) + n2 - (T + 1))
         XCTAssertTrue(data.summary.description.contains("2 examples longer than 13 tokens truncated"), data.summary.description)
+        XCTAssertTrue(data.summary.description.contains("; 1 row without a learned token left out"), "one row, said so: \(data.summary.description)")
+        XCTAssertEqual([counted(0, "token"), counted(1, "token"), counted(2, "request")], ["0 tokens", "1 token", "2 requests"])
         let b = data.batch(rows: [0, 1])
         XCTAssertEqual(b.ids.count, 2 * T)
         let first = Self.tokenizer.encode("Translate: cat\n") + Self.tokenizer.encode("chat") + [Self.tokenizer.eosTokenID!]
