@@ -54,7 +54,7 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
 
     /// How `other` (the base an adapter was trained on) differs from this base, in a line: the
     /// config fields whose values differ ("hidden_size 576 there, 32 here"), or the weights' hashes
-    /// when the configs agree.
+    /// when the configs agree ("weights hash 1a2b… there, 3c4d… here").
     public func difference(from other: BaseFingerprint) -> String {
         guard architecture == other.architecture else {
             func fields(_ s: String) -> [String: String]? {
@@ -70,7 +70,7 @@ public struct BaseFingerprint: Equatable, CustomStringConvertible {
             }
             return fieldsDiffering.isEmpty ? "architecture \(other.architecture) there, \(architecture) here" : fieldsDiffering.joined(separator: "; ")
         }
-        return "the same config, other weights (hash \(other.weightsHash) there, \(weightsHash) here)"
+        return "weights hash \(other.weightsHash) there, \(weightsHash) here"
     }
 }
 
