@@ -278,7 +278,7 @@ public struct BacktestOptions {
     /// The default `temperature`.
     public static let defaultTemperature: Float = 0.8
     public var seed: UInt64 = 0
-    /// The output is cut before the first of these texts (EOS always ends it).
+    /// Decoding ends where one of these texts appears, and the output is cut before it (EOS always ends it).
     public var stop: [String] = []
     public var wattsPerCore = CostMeter.defaultWattsPerCore
     /// A chat template file used for chat prompts instead of the model's own and the one the

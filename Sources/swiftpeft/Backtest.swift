@@ -39,7 +39,7 @@ struct Backtest: ParsableCommand {
     @Option(help: "Samples per prompt (1: greedy).") var samples = 1
     @Option(help: "Sampling temperature when --samples > 1 (default \(BacktestOptions.defaultTemperature)).") var temperature: Float?
     @Option(help: "Seed of the first sample.") var seed: UInt64 = 0
-    @Option(help: "Cut each output before this text (repeatable); EOS always ends it.") var stop: [String] = []
+    @Option(help: "End each answer before this text (repeatable; \\n for a newline): decoding stops there. EOS always ends it.") var stop: [String] = []
     @Option(help: "Metric for --fail-if-worse: \(BacktestMetric.allCases.map(\.rawValue).joined(separator: ", ")) (default rouge-l).") var metric: String?
     @Option(help: "VERSION or VERSION:OTHER: exit 3 when VERSION scores below OTHER (default base) on --metric.") var failIfWorse: String?
     @Option(help: "Allowed drop before --fail-if-worse fails (default 0).") var tolerance: Double?
