@@ -18,6 +18,8 @@ public struct CorpusError: Error, CustomStringConvertible {
 }
 
 /// Reads a text file, or every `.txt`, `.md` and `.rst` file under a folder (sorted by path).
+/// - Throws: `CorpusError` naming a file that is missing, unreadable, not UTF-8, or holds no text
+///   (empty or only whitespace).
 public func readTextCorpus(_ path: String) throws -> [String] {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -37,6 +39,11 @@ public func readTextCorpus(_ path: String) throws -> [String] {
     return try files.map { f in
         guard let data = FileManager.default.contents(atPath: f) else { throw CorpusError(path: f, message: "cannot read the file") }
         guard let s = String(data: data, encoding: .utf8) else { throw CorpusError(path: f, message: "the file is not valid UTF-8") }
+        // An empty document would train only BOS → EOS (JSONL refuses an empty "text" the same way).
+        guard s.contains(where: { !$0.isWhitespace }) else {
+            throw CorpusError(path: f, message: "holds no text (the file is empty or only whitespace)"
+                + (isDir.boolValue ? "; add text or take it out of \(path)" : ""))
+        }
         return s
     }
 }

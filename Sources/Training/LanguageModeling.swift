@@ -80,14 +80,23 @@ public struct PretrainOptions: Sendable {
     }
 }
 
+/// Refuses token streams `pretrain` cannot use: a training stream without one window of
+/// `seqLen + 1` tokens, or a validation stream under 2 tokens (no target to score).
+public func checkPretrainTokens(train: [Int32], val: [Int32], seqLen: Int) throws {
+    guard train.count > seqLen else {
+        throw TrainingError(message: "the training text has \(counted(train.count, "token")), too few for windows of \(seqLen + 1); use a shorter --seq-len or more text")
+    }
+    guard val.count >= 2 else {
+        throw TrainingError(message: "the validation text has \(counted(val.count, "token")), too few to score (2 or more); use more text")
+    }
+}
+
 /// Trains every parameter of `model` on next-token prediction over random windows of `train` with
 /// the Trainer, evaluating on `val` every `evalEvery` steps and at the end. `log` sees each step.
 @discardableResult
 public func pretrain(_ model: CausalLM, train: [Int32], val: [Int32], options o: PretrainOptions,
                      log: @escaping (StepMetrics) -> Void = { _ in }) throws -> [StepMetrics] {
-    guard train.count > o.seqLen else {
-        throw TrainingError(message: "the training text has \(train.count) tokens, too few for windows of \(o.seqLen + 1); use a shorter --seq-len or more text")
-    }
+    try checkPretrainTokens(train: train, val: val, seqLen: o.seqLen)
     model.unfreeze()
     let trainer = try Trainer(model: model, parameters: model.trainableParameters(), options: o.trainer)
     trainer.onStep = log

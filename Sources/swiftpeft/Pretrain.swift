@@ -68,7 +68,8 @@ struct Pretrain: ParsableCommand {
             print("note: --vocab-size \(vocabSize) asked for more ids than this corpus gives: no pair of tokens is left that occurs twice, so the vocabulary stops at \(tokenizer.vocabSize) (the model is built for \(tokenizer.vocabSize))")
         }
         let cut = tokens.count * 95 / 100
-        let (train, val) = (Array(tokens[..<cut]), Array(tokens[cut...]))
+        let (train, val) = (Array(tokens[..<cut]), Array(tokens[cut...]))  // validation: the last 5%
+        try checkPretrainTokens(train: train, val: val, seqLen: seqLen)
         let config = size.config(vocabSize: tokenizer.vocabSize)
         let model = makeModel(config, seed: seed)
         print("model: \(config.family), \(model.parameterCount) parameters, OpenBLAS core \(BLASCore.current)")

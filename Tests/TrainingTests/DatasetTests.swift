@@ -694,6 +694,18 @@ final class DatasetTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: bare, withIntermediateDirectories: true)
         try "x".write(toFile: bare + "/notes.csv", atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try load(bare)) { XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .txt, .md or .rst files"), "\($0)") }
+        // A text file without text is refused, alone or in a folder (it would train BOS → EOS).
+        let blank = dir + "/blank"
+        try FileManager.default.createDirectory(atPath: blank, withIntermediateDirectories: true)
+        try "Some notes.".write(toFile: blank + "/a.txt", atomically: true, encoding: .utf8)
+        try " \n\t\n".write(toFile: blank + "/b.md", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try load(blank)) {
+            XCTAssertEqual("\($0)", "\(blank)/b.md: holds no text (the file is empty or only whitespace); add text or take it out of \(blank)")
+        }
+        XCTAssertThrowsError(try load(blank + "/b.md")) {
+            XCTAssertEqual("\($0)", "\(blank)/b.md: holds no text (the file is empty or only whitespace)")
+        }
+        XCTAssertThrowsError(try readTextCorpus(blank)) { XCTAssertTrue("\($0)".hasSuffix("take it out of \(blank)"), "\($0)") }
         // Prompt/completion data needs an EOS to learn to stop with.
         let pc = try write("pc.jsonl", [json(["prompt": "a", "completion": "b"])])
         XCTAssertThrowsError(try load(pc, tok: ByteTokenizer())) { XCTAssertTrue("\($0)".contains("end-of-sequence")) }

@@ -107,5 +107,12 @@ final class PretrainTests: XCTestCase {
         XCTAssertThrowsError(try pretrain(model, train: [1, 2, 3], val: [1, 2, 3], options: PretrainOptions())) {
             XCTAssertTrue("\($0)".contains("too few for windows"), "\($0)")
         }
+        // A validation stream of one token has no target: refused, not a NaN loss at every evaluation.
+        var short = PretrainOptions()
+        (short.seqLen, short.steps) = (4, 1)
+        XCTAssertThrowsError(try pretrain(model, train: Array(0..<20).map { Int32($0 % 11) }, val: [3], options: short)) {
+            XCTAssertEqual("\($0)", "the validation text has 1 token, too few to score (2 or more); use more text")
+        }
+        XCTAssertNoThrow(try checkPretrainTokens(train: Array(0..<5).map { Int32($0) }, val: [3, 4], seqLen: 4))
     }
 }
