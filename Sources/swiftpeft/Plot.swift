@@ -25,6 +25,10 @@ struct Plot: ParsableCommand {
     func run() throws {
         let ext = URL(fileURLWithPath: out).pathExtension.lowercased()
         guard ext == "svg" || ext.isEmpty else { throw CLIError("--out \(out) ends in .\(ext), but plot writes an SVG image; name it .svg") }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: out, isDirectory: &isDir), isDir.boolValue {
+            throw CLIError("--out \(out) is a folder, but plot writes an SVG file; name one, e.g. \((out as NSString).appendingPathComponent("loss-runs.svg"))")
+        }
         var loaded: [LossRun] = []
         for arg in runs {
             var (name, path) = (nil as String?, arg)

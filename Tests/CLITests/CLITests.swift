@@ -573,6 +573,7 @@ final class CLITests: XCTestCase {
             (["plot", "=" + a, "--out", svg], "empty name before '='"),
             (["plot", a, "--out", fx.path("plot.png")], "ends in .png, but plot writes an SVG image"),
             (["plot", fx.path("runs/lr=1e-4"), "--out", svg], "'\(fx.path("runs/lr=1e-4"))' read as NAME=PATH: 1e-4: no such file or folder"),
+            (["plot", a, "--out", a], "--out \(a) is a folder, but plot writes an SVG file; name one, e.g. \(a)/loss-runs.svg"),
         ] {
             try fails(args, mentioning: [expected])
         }
