@@ -46,8 +46,12 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
         if isDir.boolValue {
             if PEFTFolder.isPEFTFolder(path) { return ModelSource(path: path, kind: .peftFolder, attributes: [:]) }
             if isHFModelFolder(path) { return ModelSource(path: path, kind: .hfFolder, attributes: [:]) }
+            // A train --out folder: name the checkpoint in it that was meant.
+            let saved = ["adapter.h5", "model.h5"].filter { FileManager.default.fileExists(atPath: path + "/" + $0) }
+            let hint = saved.isEmpty ? "" : "; it holds a training run's \(saved.joined(separator: " and ")): give "
+                + saved.map { (path as NSString).appendingPathComponent($0) }.joined(separator: " or ")
             throw CheckpointError(path: path, message: """
-                a folder with neither config.json (a Hugging Face model) nor \(PEFTFolder.configFile) (a PEFT adapter)
+                a folder with neither config.json (a Hugging Face model) nor \(PEFTFolder.configFile) (a PEFT adapter)\(hint)
                 """)
         }
         if GGUFFile.hasMagic(path) { return ModelSource(path: path, kind: isGGUFAdapter(path) ? .ggufAdapter : .gguf, attributes: [:]) }

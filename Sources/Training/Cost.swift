@@ -195,12 +195,13 @@ public final class CostMeter {
     }
 }
 
-/// Writes `cost` as a JSON object (its fields, plus "command") to `url`, atomically.
-public func writeCostFile(_ cost: Cost, command: String, to url: URL) throws {
+/// Writes `cost` as a JSON object (its fields, plus "command" and `extra`'s keys) to `url`, atomically.
+public func writeCostFile(_ cost: Cost, command: String, to url: URL, extra: [String: Any] = [:]) throws {
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys]
     var obj = (try JSONSerialization.jsonObject(with: e.encode(cost))) as? [String: Any] ?? [:]
     obj["command"] = command
+    obj.merge(extra) { _, b in b }
     let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
     let tmp = url.path + ".tmp-\(getpid())"
     do { try data.write(to: URL(fileURLWithPath: tmp)) } catch {

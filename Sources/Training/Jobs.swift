@@ -208,6 +208,9 @@ public func describeFile(_ path: String) throws -> String {
         add("options", attrs["options"])
         add("trained tensors", "\(tensors.keys.filter { $0.hasPrefix("trained/") }.count)")
         add("optimizer state tensors", "\(tensors.keys.filter { $0.hasPrefix("optimizer/") }.count)")
+        if let c = attrs["cost"].flatMap({ try? JSONDecoder().decode(Cost.self, from: Data($0.utf8)) }) {
+            add("cost so far", "\(c.summary) (\(counted(attrs["cost_sessions"].flatMap(Int.init) ?? 1, "session")))")
+        }
     default:
         for (k, t) in tensors.sorted(by: { numericOrder($0.key, $1.key) }).prefix(20) { lines.append("    \(k) \(t)") }
     }

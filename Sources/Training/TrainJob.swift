@@ -79,8 +79,15 @@ public struct TrainOutcome {
     /// Where the steps' time went, when the job asked (`TrainJob.profile`).
     public var profile: StepProfile?
     /// The run's cost in this session (loading included; tokens: those trained on since the start or
-    /// the resume), over every rank under MPI. Also in <out>/cost.json.
+    /// the resume), over every rank under MPI.
     public var cost: Cost
+    /// The whole run's cost: `cost` plus, for a resumed run, the earlier sessions' up to the
+    /// checkpoint it resumed from (each checkpoint records the cost so far). <out>/cost.json holds it.
+    public var runCost: Cost
+    /// The sessions `runCost` adds up (1 for a run never resumed).
+    public var sessions: Int
+    /// Optimizer steps this session ran (0 for a run resumed at its last step).
+    public var stepsRun: Int
 }
 
 /// Checks a training job without writing anything: loads the base and the data, builds and
@@ -275,12 +282,20 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     // Every rank draws the job's global batches from the same seed and trains on its rows of each.
     var stream = RankShard(BatchIterator(splits.train, batchSize: job.batchSize * comm.size, seed: job.trainer.seed),
                            rank: comm.rank, size: comm.size)
+    // The run's cost over its sessions: each checkpoint records the cost so far (the sessions before
+    // this one, each up to its last checkpoint, and this one's), which a resume adds to. A
+    // data-parallel job's checkpoints record none: rank 0 writes them, and the cost is every rank's.
+    var earlier: (cost: Cost, sessions: Int)?
     if job.resume {
         // The global batch is batch × ranks: another rank count would not continue the same run.
         if let saved = (try? HDF5Store.readAttributes(stateURL.path))?["data_parallel_ranks"].flatMap(Int.init), saved != comm.size {
             throw TrainingError(message: "\(stateURL.path) was written by a job of \(saved) rank(s) (global batch \(saved) × \(job.batchSize)); resume it with the same number (\(saved == 1 ? "without mpirun" : "mpirun -np \(saved)"))")
         }
         try trainer.resume(from: stateURL, data: &stream)
+        let attributes = (try? HDF5Store.readAttributes(stateURL.path)) ?? [:]
+        if let json = attributes["cost"], let c = try? JSONDecoder().decode(Cost.self, from: Data(json.utf8)) {
+            earlier = (c, attributes["cost_sessions"].flatMap(Int.init) ?? 1)
+        }
         if comm.isDistributed {
             // Each rank read the state from its own disk: on machines that do not share --out, one may
             // have read another run's. Every rank compares its step and trained values with rank 0's.
@@ -325,6 +340,16 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         plotter?.setBaseline(b)
     }
     if let b = before { onStart(String(format: "validation loss before: %.4f (perplexity %.2f)", b, Foundation.exp(b))) }
+    let sessions = (earlier?.sessions ?? 0) + 1
+    if !comm.isDistributed {
+        trainer.checkpointProgress = { [unowned trainer] in
+            let soFar = Cost.total([earlier?.cost, meter.reading(tokens: trainer.tokensTrained - trainer.tokensAtResume)].compactMap { $0 })!
+            let e = JSONEncoder()
+            e.outputFormatting = .sortedKeys
+            return ["cost": (try? e.encode(soFar)).map { String(decoding: $0, as: UTF8.self) } ?? "", "cost_sessions": String(sessions)]
+        }
+    }
+    let firstStep = trainer.step
     let start = Date()
     do { try trainer.run(&stream, validation: scorer) } catch {
         _ = plotter?.finish()  // a run that stops on a fault is the one whose curves are looked at
@@ -346,17 +371,27 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         try ModelCheckpoint.save(model, tokenizer: tokenizer, to: saved, metadata: ["fine_tuned_from": job.modelPath])
     }
     let bytes = (try? fm.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0
-    let tps = trainer.history.isEmpty ? 0 : trainer.history.map(\.tokensPerSecond).reduce(0, +) / Double(trainer.history.count)
+    let ran = trainer.history.filter { $0.step > firstStep }  // this session's steps
+    let tps = ran.isEmpty ? 0 : ran.map(\.tokensPerSecond).reduce(0, +) / Double(ran.count)
     // This process's session (a resumed run's earlier sessions were metered then), every rank's.
     var cost = meter.reading(tokens: trainer.tokensTrained - trainer.tokensAtResume)
     try comm.barrier(what: "the end of training (rank 0 writes \(saved))", patient: !comm.isLeader)
     if comm.isDistributed { cost = try cost.summed(over: comm) }
-    if comm.isLeader { try writeCostFile(cost, command: "train", to: out.appendingPathComponent("cost.json")) }
+    let runCost = Cost.total([earlier?.cost, cost].compactMap { $0 })!
+    if comm.isLeader {
+        var extra: [String: Any] = ["sessions": sessions]
+        if sessions > 1 { extra["this_session"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(cost)) }
+        if job.resume && earlier == nil {
+            extra["note"] = "the sessions before this resume recorded no cost (a data-parallel job's, or a state written by an older version): this is the last session's alone"
+        }
+        try writeCostFile(runCost, command: "train", to: out.appendingPathComponent("cost.json"), extra: extra)
+    }
     try comm.barrier(what: "the end of training (rank 0 writes cost.json)", patient: !comm.isLeader)
     return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
                         valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, lossPlot: plotted, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
-                        profile: job.profile ? trainer.profile : nil, cost: cost)
+                        profile: job.profile ? trainer.profile : nil, cost: cost, runCost: runCost, sessions: sessions,
+                        stepsRun: trainer.step - firstStep)
 }
 
 /// Keeps the lines of `metrics.jsonl` up to `step` (a killed run may have logged steps after its last

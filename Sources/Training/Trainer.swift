@@ -232,8 +232,11 @@ public final class Trainer {
     public var metricsURL: URL?
     /// Checkpoint file written every `saveEvery` steps and at the end.
     public var checkpointURL: URL?
-    /// Extra attributes stored in checkpoints (method config …).
+    /// Extra attributes stored in checkpoints (method config …), which a resume must find as they are.
     public var checkpointAttributes: [String: String] = [:]
+    /// Attributes that change as the run goes (its cost so far), computed at each checkpoint and
+    /// stored beside `checkpointAttributes`; a resume does not compare them.
+    public var checkpointProgress: (() -> [String: String])?
     /// The job's own options that shape the updates besides `options` (batch size, precision), as
     /// (flag, value): checkpoints record them with `options.updateShapingFlags`, and a resume must
     /// find them as they were.
@@ -478,6 +481,7 @@ public final class Trainer {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         var attrs = checkpointAttributes
+        if let progress = checkpointProgress { attrs.merge(progress()) { a, _ in a } }
         attrs["format"] = Trainer.checkpointFormat
         attrs["step"] = String(step)
         attrs["optimizer_steps"] = String(optimizer.stepCount)

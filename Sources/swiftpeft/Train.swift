@@ -230,9 +230,18 @@ struct Train: ParsableCommand {
         })
         guard Communicator.world.isLeader else { return }  // under mpirun, rank 0 reports
         if let a = o.valLossAfter { print(String(format: "validation loss after:  %.4f (perplexity %.2f)", a, exp(a))) }
-        print(String(format: "trained in %.1f s, evaluations included (the steps at %.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
-                     formatBytes(o.savedBytes)))
-        print("cost: \(o.cost.summary); \(job.outDir)/cost.json")
+        if o.stepsRun == 0 {  // resumed at its last step: killed after its last checkpoint, before its outputs
+            print("no step left to train (the state was at step \(o.history.last?.step ?? 0), the run's last); saved \(o.savedPath) (\(formatBytes(o.savedBytes)))")
+        } else {
+            print(String(format: "trained in %.1f s, evaluations included (the steps at %.0f tokens/s); saved %@ (%@)", o.seconds, o.tokensPerSecond, o.savedPath,
+                         formatBytes(o.savedBytes)))
+        }
+        if o.sessions > 1 {
+            print("cost of this session: \(o.cost.summary)")
+            print("cost of the run (\(o.sessions) sessions, each up to its last checkpoint): \(o.runCost.summary); \(job.outDir)/cost.json")
+        } else {
+            print("cost: \(o.cost.summary); \(job.outDir)/cost.json")
+        }
         if let plot = o.lossPlot { print("loss curves: \(plot)") }
         if let p = o.profile { print("time split: \(p.summary)") }
     }

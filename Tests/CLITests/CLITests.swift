@@ -1020,10 +1020,29 @@ final class CLITests: XCTestCase {
         }
         XCTAssertGreaterThan(try XCTUnwrap(cost["peak_rss_bytes"] as? Int), 1 << 20)
         XCTAssertTrue(r.stdout.contains("cost: 384 tokens") && r.stdout.contains("\(out)/cost.json"), r.transcript)
-        // A resumed run meters its own session: its tokens, not the earlier session's too.
-        _ = try ok(trainArgs(out: out, steps: 5) + ["--resume"])
-        let resumed = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/cost.json"))) as? [String: Any])
-        XCTAssertEqual(resumed["tokens"] as? Int, 2 * 4 * 32, "steps 4 and 5 only")
+        // A resumed run's cost.json is the whole run's: the first session's, as its last checkpoint
+        // recorded it, and this one's, which it also gives apart.
+        func costFile() throws -> [String: Any] {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/cost.json"))) as? [String: Any])
+        }
+        let second = try ok(trainArgs(out: out, steps: 5) + ["--resume"])
+        let resumed = try costFile()
+        XCTAssertEqual(resumed["tokens"] as? Int, 5 * 4 * 32, "steps 1–3, then 4 and 5")
+        XCTAssertEqual(resumed["sessions"] as? Int, 2)
+        let session = try XCTUnwrap(resumed["this_session"] as? [String: Any])
+        XCTAssertEqual(session["tokens"] as? Int, 2 * 4 * 32, "steps 4 and 5")
+        XCTAssertGreaterThan(try XCTUnwrap(resumed["cpu_s"] as? Double), try XCTUnwrap(session["cpu_s"] as? Double))
+        XCTAssertGreaterThan(try XCTUnwrap(resumed["cpu_s"] as? Double), try XCTUnwrap(cost["cpu_s"] as? Double) * 0.5)
+        XCTAssertTrue(second.stdout.contains("cost of this session: 256 tokens")
+                      && second.stdout.contains("cost of the run (2 sessions, each up to its last checkpoint): 640 tokens"), second.transcript)
+        // Resumed at its last step: no step runs, the outputs are written, the sessions add up.
+        let third = try ok(trainArgs(out: out, steps: 5) + ["--resume"])
+        XCTAssertTrue(third.stdout.contains("no step left to train (the state was at step 5, the run's last); saved"), third.transcript)
+        XCTAssertFalse(third.stdout.contains("tokens/s"), third.transcript)
+        let last = try costFile()
+        XCTAssertEqual(last["sessions"] as? Int, 3)
+        XCTAssertEqual(last["tokens"] as? Int, 5 * 4 * 32)
+        XCTAssertEqual((last["this_session"] as? [String: Any])?["tokens"] as? Int, 0)
 
         let e = try ok(["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4", "--json"])
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any])
@@ -1330,6 +1349,10 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(s.stdout.contains("step: 6"), s.transcript)
         XCTAssertTrue(s.stdout.contains("trained tensors: 8"), s.transcript)
         XCTAssertTrue(s.stdout.contains("optimizer state tensors: "), s.transcript)
+        XCTAssertTrue(s.stdout.contains("cost so far: 768 tokens · ") && s.stdout.contains("(1 session)"), s.transcript)
+        // A train --out folder is no model: the error names the checkpoint in it.
+        let run = (adapter as NSString).deletingLastPathComponent
+        try fails(["inspect", run], mentioning: ["\(run): a folder with neither config.json", "it holds a training run's adapter.h5: give \(run)/adapter.h5"])
     }
 
     // MARK: bad input
