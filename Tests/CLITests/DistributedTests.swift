@@ -183,6 +183,11 @@ final class DistributedTests: XCTestCase {
         let d = try maxDifference(whole + "/adapter.h5", broken + "/adapter.h5")
         XCTAssertEqual(d.max, 0, "the resumed job ends where the uninterrupted one ends")
         assertClose(try losses(broken).map(Float.init), try losses(whole).map(Float.init), rtol: 0, atol: 0, "loss curve")
+        // A data-parallel job's checkpoints record no cost (it is every rank's): cost.json says it is
+        // the last session's alone.
+        let cost = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: broken + "/cost.json"))) as? [String: Any])
+        XCTAssertEqual(cost["sessions"] as? Int, 1)
+        XCTAssertTrue((cost["note"] as? String)?.contains("the last session's alone") == true, "\(cost)")
     }
 
     /// A rank that stops on an error ends the whole job at once (MPI_Abort), its message first:
