@@ -31,8 +31,11 @@ extension TrainJob {
     public init(settings: [String: Any]) throws {
         let methodFlags = Set(PEFTRegistry.options.map(\.option.flag))
         for key in settings.keys.sorted() where !Self.settingKeys.contains(key) && !methodFlags.contains(key) {
-            let hint = key == "trainer" ? " (its fields are top-level keys now, named as the flags: \"log-every\", \"weight-decay\", …)" : ""
-            throw TrainingError(message: "unknown setting \"\(key)\"\(hint); keys are the long flag names: \((Self.settingKeys + methodFlags.sorted()).joined(separator: ", "))")
+            let known = Self.settingKeys + methodFlags.sorted()
+            let hint = key == "trainer" ? " (its fields are top-level keys now, named as the flags: \"log-every\", \"weight-decay\", …)"
+                : ["resume", "profile"].contains(key) ? " (--\(key) is a flag of the command line, not a setting: give it there)"
+                : likelyMeant(key, among: known).map { " (did you mean \"\($0)\"?)" } ?? ""
+            throw TrainingError(message: "unknown setting \"\(key)\"\(hint); keys are the long flag names: \(known.joined(separator: ", "))")
         }
         let s = SettingReader(settings)
         guard let model = try s.string("model") else { throw TrainingError(message: "the model is required (--model, or \"model\" in the config file)") }
@@ -188,4 +191,35 @@ public func readSettingsObject(_ data: Data, source: String, expected: String) t
         throw TrainingError(message: "\(source): the JSON is \(parsed is [Any] ? "an array" : "a single value"), not an object; expected \(expected)")
     }
     return object
+}
+
+/// Hugging Face Trainer and PEFT names of settings, and the keys that stand for them here.
+let hfSettingNames = ["learning-rate": "lr", "num-train-epochs": "epochs", "max-steps": "steps", "warmup-steps": "warmup",
+                      "per-device-train-batch-size": "batch-size", "gradient-accumulation-steps": "grad-accumulation",
+                      "max-seq-length": "seq-len", "max-length": "seq-len", "lr-scheduler-type": "schedule", "max-grad-norm": "clip",
+                      "lora-alpha": "alpha", "eval-steps": "eval-every", "save-steps": "save-every", "logging-steps": "log-every",
+                      "optim": "optimizer"]
+
+/// The name of `names` that `key` most likely means: the one it equals with "_" read as "-" and case
+/// ignored ("seq_len"), the one for a Hugging Face name ("learning_rate": "lr"), else the only one
+/// within two edits, fewer than half its length ("stepz": "steps").
+public func likelyMeant(_ key: String, among names: [String]) -> String? {
+    let folded = key.lowercased().replacingOccurrences(of: "_", with: "-")
+    if let same = names.first(where: { $0 == folded }) { return same }
+    if let hf = hfSettingNames[folded], names.contains(hf) { return hf }
+    func distance(_ a: [Character], _ b: [Character]) -> Int {  // Levenshtein, one row at a time
+        var row = Array(0...b.count)
+        for (i, x) in a.enumerated() {
+            var previous = row[0]
+            row[0] = i + 1
+            for (j, y) in b.enumerated() {
+                let substitution = previous + (x == y ? 0 : 1)
+                previous = row[j + 1]
+                row[j + 1] = min(substitution, row[j] + 1, row[j + 1] + 1)
+            }
+        }
+        return row[b.count]
+    }
+    let near = names.filter { let d = distance(Array(folded), Array($0)); return d <= 2 && 2 * d < $0.count }
+    return near.count == 1 ? near[0] : nil
 }

@@ -116,7 +116,8 @@ func parseMethodArguments(_ args: [String]) throws -> [String: Any] {
         let (name, inline) = body.firstIndex(of: "=").map { (String(body[..<$0]), Optional(String(body[body.index(after: $0)...]))) }
             ?? (String(body), nil)
         guard let o = options.first(where: { $0.flag == name }) else {
-            throw CLIError("unknown option '--\(name)'; method options: \(options.map { "--" + $0.flag }.joined(separator: ", "))")
+            let meant = likelyMeant(name, among: TrainJob.settingKeys + options.map(\.flag))
+            throw CLIError("unknown option '--\(name)'\(meant.map { " (did you mean --\($0)?)" } ?? ""); method options: \(options.map { "--" + $0.flag }.joined(separator: ", ")); the others are in --help")
         }
         let value: String
         if let inline { value = inline }
@@ -303,6 +304,9 @@ struct Compare: ParsableCommand {
 
     func run() throws {
         let (job, settings) = try common.job()
+        if settings["method"] != nil {
+            throw CLIError("\"method\" (in \(common.config ?? "the settings")) is train's key, for one method; compare takes \"methods\" (e.g. \"lora,ia3\") or --methods")
+        }
         let names = try methods ?? (settings["methods"]).map { v in
             guard let s = v as? String else { throw CLIError("\"methods\" must be a comma-separated string, got \(v)") }
             return s

@@ -654,7 +654,13 @@ final class CLITests: XCTestCase {
             try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: p))
             return p
         }
-        _ = try fails(["train", "--config", try config(["seq_len": 32])], mentioning: ["unknown setting \"seq_len\"", "seq-len"])
+        _ = try fails(["train", "--config", try config(["seq_len": 32])], mentioning: ["unknown setting \"seq_len\" (did you mean \"seq-len\"?)"])
+        // A misspelt key, or a Hugging Face name, is told with the key meant; a command-line flag is said to be one.
+        _ = try fails(["train", "--config", try config(["stepz": 3])], mentioning: ["unknown setting \"stepz\" (did you mean \"steps\"?)"])
+        _ = try fails(["train", "--config", try config(["learning_rate": 0.1])], mentioning: ["unknown setting \"learning_rate\" (did you mean \"lr\"?)"])
+        _ = try fails(["train", "--config", try config(["resume": true])], mentioning: ["(--resume is a flag of the command line, not a setting: give it there)"])
+        _ = try fails(["train", "--config", try config(["xyz": 1])], mentioning: ["unknown setting \"xyz\"; keys are"])
+        _ = try fails(["compare", "--config", try config(["method": "ia3"])], mentioning: ["\"method\"", "is train's key", "compare takes \"methods\""])
         _ = try fails(["train", "--config", try config(["trainer": ["log_every": 1]])], mentioning: ["\"trainer\"", "log-every"])
         _ = try fails(["train", "--config", try config(["steps": "many"])], mentioning: ["steps must be an integer"])
         _ = try fails(["train", "--config", try config(["method": "prompt", "r": 4])], mentioning: ["--r applies to lora, dora"])
@@ -669,6 +675,8 @@ final class CLITests: XCTestCase {
                       mentioning: ["--methods names lora twice"])
         _ = try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/keys"), "--rank", "4"],
                   mentioning: ["unknown option '--rank'", "--r"])
+        _ = try fails(["train", "--model", fx.base, "--data", fx.jsonl, "--out", fx.path("runs/keys"), "--learning_rate", "4"],
+                  mentioning: ["unknown option '--learning_rate' (did you mean --lr?)"])
         let help = try ok(["train", "--help"])
         for flag in ["--r <int>", "--alpha <float>", "--use-dora", "--use-rslora", "--num-virtual-tokens <int>", "--reduction-factor <float>"] {
             XCTAssertTrue(help.stdout.contains(flag), "train --help lists \(flag):\n\(help.stdout)")
