@@ -173,9 +173,10 @@ public struct BatchIterator: IteratorProtocol, Sequence, BatchStream {
 
 /// Mean loss over the learned targets of `data` (rows in order, `batch` at a time, the first `maxRows` rows).
 /// `tokens` in the result counts learned targets. With `share` (k, n), only every n-th batch from
-/// the k-th: one rank's part of an evaluation that the ranks of a job split.
+/// the k-th: one rank's part of an evaluation that the ranks of a job split. `progress` sees (rows
+/// scored, rows to score) after each batch.
 public func evaluate(_ model: CausalLM, on data: Dataset, batch: Int = 8, maxRows: Int? = nil,
-                     share: (index: Int, of: Int) = (0, 1)) -> Evaluation {
+                     share: (index: Int, of: Int) = (0, 1), progress: ((Int, Int) -> Void)? = nil) -> Evaluation {
     let wasTraining = model.isTraining
     model.eval()
     defer { model.train(wasTraining) }
@@ -185,10 +186,12 @@ public func evaluate(_ model: CausalLM, on data: Dataset, batch: Int = 8, maxRow
         for start in stride(from: share.index * batch, to: n, by: batch * share.of) {
             let b = data.batch(rows: Array(start..<min(start + batch, n)), trimmed: true)  // (rows, ≤ T)
             let valid = b.learnedTokens
-            guard valid > 0 else { continue }
-            let loss = model.loss(b.ids, targets: b.targets, batch: b.rows, attentionMask: b.attentionMask).item()
-            total += Double(loss) * Double(valid)
-            count += valid
+            if valid > 0 {
+                let loss = model.loss(b.ids, targets: b.targets, batch: b.rows, attentionMask: b.attentionMask).item()
+                total += Double(loss) * Double(valid)
+                count += valid
+            }
+            progress?(min(start + batch, n), n)
         }
         return Evaluation(loss: count == 0 ? .nan : total / Double(count), tokens: count)
     }

@@ -428,11 +428,11 @@ func positionsNote(_ subject: String, maxPositions: Int) -> String {
 
 /// Loss, perplexity and token count of a model (optionally with an adapter) on a data file.
 /// `chatTemplatePath`: a chat template file used for chat data instead of the model's own, and of
-/// the one the adapter records (`useChatTemplate`).
+/// the one the adapter records (`useChatTemplate`). `onProgress` sees (rows scored, rows) after each batch.
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
                     chatTemplatePath: String? = nil, keepQuantized: Bool = false,
-                    onNote: (String) -> Void = { _ in }) throws -> (evaluation: Evaluation, cost: Cost) {
+                    onNote: (String) -> Void = { _ in }, onProgress: ((Int, Int) -> Void)? = nil) throws -> (evaluation: Evaluation, cost: Cost) {
     let meter = CostMeter(wattsPerCore: wattsPerCore)
     guard batch >= 1 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batch)") }
     guard seqLen >= 2 else { throw TrainingError(message: "--seq-len must be at least 2, got \(seqLen)") }
@@ -450,7 +450,7 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
         let virtualNote = virtual > 0 ? ", the adapter's \(virtual) virtual tokens included" : ""
         onNote(positionsNote("the longest row of \(dataPath) (\(longest + virtual) positions\(virtualNote))", maxPositions: model.config.maxPositions))
     }
-    let e = evaluate(model, on: splits.train, batch: batch)
+    let e = evaluate(model, on: splits.train, batch: batch, progress: onProgress)
     return (e, meter.reading(tokens: e.tokens))
 }
 

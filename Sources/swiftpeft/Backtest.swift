@@ -155,20 +155,25 @@ struct Backtest: ParsableCommand {
 }
 
 /// A progress bar of done/total on a terminal; otherwise a line at every tenth and at the end.
+/// On stderr (`toStderr`) when stdout carries results (JSON), and there only on a terminal.
 final class CountProgress {
     let label: String
     let start = Date()
-    let tty = isatty(STDOUT_FILENO) != 0
+    let stream: UnsafeMutablePointer<FILE>
+    let tty: Bool
     var lastTenth = -1
-    init(label: String) { self.label = label }
+    init(label: String, toStderr: Bool = false) {
+        self.label = label
+        (stream, tty) = toStderr ? (stderr, isatty(STDERR_FILENO) != 0) : (stdout, isatty(STDOUT_FILENO) != 0)
+    }
 
     func update(_ done: Int, _ total: Int) {
         let elapsed = Date().timeIntervalSince(start)
         let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
         let text = "\(label) \(done)/\(total)  ETA \(Progress.clock(eta))"
         if tty {
-            Progress.drawBar(done: done, total: total, text: text)
-        } else if done * 10 / max(total, 1) > lastTenth || done == total {
+            Progress.drawBar(done: done, total: total, text: text, stream: stream)
+        } else if stream == stdout && (done * 10 / max(total, 1) > lastTenth || done == total) {
             lastTenth = done * 10 / max(total, 1)
             print(text)
         }

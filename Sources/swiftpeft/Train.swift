@@ -175,12 +175,13 @@ final class Progress {
         }
     }
 
-    /// Redraws the terminal line: a 24-cell bar of done/total, then `text`; a newline when done.
-    static func drawBar(done: Int, total: Int, text: String) {
+    /// Redraws the terminal line of `stream` (stdout, or stderr where stdout carries results): a
+    /// 24-cell bar of done/total, then `text`; a newline when done.
+    static func drawBar(done: Int, total: Int, text: String, stream: UnsafeMutablePointer<FILE> = stdout) {
         let width = 24, filled = width * min(done, total) / max(total, 1)
         let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
-        print("\r\(bar) \(text)\u{1B}[K", terminator: done >= total ? "\n" : "")
-        fflush(stdout)
+        fputs("\r\(bar) \(text)\u{1B}[K" + (done >= total ? "\n" : ""), stream)
+        fflush(stream)
     }
 
     static func clock(_ s: Double) -> String {
@@ -271,7 +272,8 @@ struct Eval: ParsableCommand {
         guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
         let (e, cost) = try runEval(modelPath: model, adapterPath: adapter, dataPath: data, seqLen: seqLen, batch: batchSize,
                                     wattsPerCore: wattsPerCore, chatTemplatePath: chatTemplate, keepQuantized: keepQuantized,
-                                    onNote: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) })
+                                    onNote: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) },
+                                    onProgress: CountProgress(label: "rows", toStderr: true).update)  // a bar on a terminal; stdout keeps the result alone
         if json {
             let costObject = try JSONSerialization.jsonObject(with: JSONEncoder().encode(cost))
             // JSON has no NaN or infinity: a loss that is not finite is null (JSONSerialization would refuse the object).

@@ -580,11 +580,12 @@ final class CLITests: XCTestCase {
     }
 
     /// On a terminal (a pseudo-terminal from util-linux `script`), the progress is a bar redrawn in place.
-    func testTrainDrawsABarOnATerminal() throws {
+    /// What the tool writes to a pseudo-terminal (util-linux `script`) given `args`, stdout sent to
+    /// `stdoutFile` when given (the terminal then has stderr alone).
+    func onTerminal(_ args: [String], stdoutFile: String? = nil) throws -> String {
         let script = "/usr/bin/script"
         guard FileManager.default.isExecutableFile(atPath: script) else { try skipUnlessRequired("needs \(script) (util-linux) for a pseudo-terminal") }
-        let out = fx.path("runs/tty")
-        let command = ([try Self.binary().path] + trainArgs(out: out, steps: 3)).map { "'\($0)'" }.joined(separator: " ")
+        let command = ([try Self.binary().path] + args).map { "'\($0)'" }.joined(separator: " ") + (stdoutFile.map { " > '\($0)'" } ?? "")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: script)
         p.arguments = ["-qec", command, "/dev/null"]
@@ -597,10 +598,29 @@ final class CLITests: XCTestCase {
         p.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
         XCTAssertEqual(p.terminationStatus, 0, text)
+        return text
+    }
+
+    func testTrainDrawsABarOnATerminal() throws {
+        let out = fx.path("runs/tty")
+        let text = try onTerminal(trainArgs(out: out, steps: 3))
         XCTAssertTrue(text.contains("\r█") || text.contains("\r░"), "the bar is redrawn with a carriage return:\n\(text)")
         XCTAssertTrue(text.contains("\u{1B}[K"), "each redraw clears the rest of the line:\n\(text)")
         XCTAssertTrue(text.contains("step 3/3"), text)
         assertFile(out + "/adapter.h5")
+    }
+
+    /// eval draws its bar on stderr when that is a terminal: stdout keeps the result alone (--json
+    /// stays one object), and a run without a terminal prints no progress.
+    func testEvalDrawsABarOnStderrOnly() throws {
+        let args = ["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "16", "--batch-size", "2", "--json"]
+        let json = fx.path("eval-tty.json")
+        let text = try onTerminal(args, stdoutFile: json)
+        XCTAssertTrue(text.contains("\r█") && text.contains("rows ") && text.contains("\u{1B}[K"), "a bar on stderr:\n\(text)")
+        let object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
+        XCTAssertNotNil(object?["loss"] as? Double, "stdout is the JSON object alone")
+        let plain = try ok(args)
+        XCTAssertFalse(plain.transcript.contains("rows "), plain.transcript)
     }
 
     /// The adapter config saved in `<out>/adapter.h5`.
