@@ -301,9 +301,11 @@ final class CLITests: XCTestCase {
 
     func testEverySubcommandHasHelpWithAnExample() throws {
         let top = try ok(["--help"])
+        var helps: [String: String] = [:]
         for sub in ["info", "pretrain", "train", "eval", "preview", "generate", "merge", "export", "convert", "compare", "backtest", "serve", "plot", "inspect", "bench"] {
             XCTAssertTrue(top.stdout.contains(sub), "top-level help lists \(sub):\n\(top.transcript)")
             let r = try ok([sub, "--help"])
+            helps[sub] = r.stdout
             XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help shows an example:\n\(r.transcript)")
             XCTAssertTrue(r.stdout.contains("swiftpeft \(sub)"), "\(sub) --help shows a command line:\n\(r.transcript)")
             XCTAssertTrue(r.stdout.contains("USAGE"), "\(sub) --help shows the usage:\n\(r.transcript)")
@@ -326,6 +328,24 @@ final class CLITests: XCTestCase {
         }
         let example = try ok(["train", "--help"]).stdout
         XCTAssertTrue(example.contains("  swiftpeft train --model models/base.h5 --data data/python-faq.jsonl \\\n      --method lora --out runs/lora\n"), example)
+        // Every flag of a swiftpeft command line in the README is one its subcommand's help lists.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8).replacingOccurrences(of: "\\\n", with: " ")
+        var checked = 0
+        // Each piece of a line between backticks (a code block's line is one piece), up to a " #" comment.
+        let pieces = readme.split(separator: "\n").flatMap { $0.split(separator: "`", omittingEmptySubsequences: false) }
+        for piece in pieces {
+            let words = piece.components(separatedBy: " #")[0].split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard let at = words.firstIndex(where: { $0 == "swiftpeft" || $0.hasSuffix("/swiftpeft") }), at + 1 < words.count,
+                  let help = helps[String(words[at + 1])] else { continue }
+            for word in words[(at + 2)...] where word.hasPrefix("--") && word.count > 2 {
+                let flag = "--" + String(word.dropFirst(2).prefix { $0.isLetter || $0.isNumber || $0 == "-" })
+                XCTAssertTrue([" ", ",", "\n"].contains { help.contains(flag + $0) } || flag == "--help",
+                              "README: \(flag) is not in swiftpeft \(words[at + 1]) --help: \(piece)")
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThan(checked, 60, "the README's command lines were found")
     }
 
     // MARK: pretrain
