@@ -195,8 +195,9 @@ struct Train: ParsableCommand {
         abstract: "Fine-tune a base model with a PEFT method (or every weight with --method full).",
         discussion: helpText("""
         Writes <out>/adapter.h5 (or model.h5 for full), <out>/metrics.jsonl (one JSON object per
-        step), <out>/loss.svg (training and validation loss, redrawn at each evaluation) and
-        <out>/state.h5 (resumable with --resume).
+        step), <out>/loss.svg (training and validation loss, redrawn at each evaluation),
+        <out>/state.h5 (resumable with --resume) and <out>/cost.json (tokens, time, CPU, memory and
+        energy of the whole run, its sessions added up across --resume).
 
         Examples:
           swiftpeft train --model models/base.h5 --data data/python-faq.jsonl --method lora --out runs/lora
