@@ -43,11 +43,14 @@ public struct MethodResult: Codable, Equatable, Sendable {
     public var curve: [CurvePoint]
     /// Training loss vs step, when the trainer recorded it.
     public var trainCurve: [CurvePoint]?
+    /// Why the method's run stopped, when it failed (its numbers are then NaN or 0, its curves
+    /// the steps it logged); nil for a run that finished.
+    public var failure: String?
 
     public init(method: String, trainableParams: Int, percentOfBase: Double, adapterBytes: Int,
                 trainSeconds: Double, tokensPerSecond: Double, peakMemoryBytes: Int, cost: Cost? = nil,
                 finalTrainLoss: Double, finalValLoss: Double, perplexity: Double,
-                curve: [CurvePoint], trainCurve: [CurvePoint]? = nil) {
+                curve: [CurvePoint], trainCurve: [CurvePoint]? = nil, failure: String? = nil) {
         self.method = method
         self.trainableParams = trainableParams
         self.percentOfBase = percentOfBase
@@ -61,7 +64,19 @@ public struct MethodResult: Codable, Equatable, Sendable {
         self.perplexity = perplexity
         self.curve = curve
         self.trainCurve = trainCurve
+        self.failure = failure
     }
+
+    /// A method whose run failed with `failure`, after logging `steps` (its metrics.jsonl).
+    public init(failed method: String, failure: String, steps: [StepMetrics]) {
+        self.init(method: method, trainableParams: 0, percentOfBase: .nan, adapterBytes: 0, trainSeconds: .nan,
+                  tokensPerSecond: .nan, peakMemoryBytes: 0, finalTrainLoss: steps.last?.loss ?? .nan, finalValLoss: .nan,
+                  perplexity: .nan, curve: steps.compactMap { m in m.valLoss.map { CurvePoint(step: m.step, loss: $0) } },
+                  trainCurve: steps.map { CurvePoint(step: $0.step, loss: $0.loss) }, failure: failure)
+    }
+
+    /// The first line of `failure` (its hints left out), for a table.
+    public var failureLine: String? { failure.map { String($0.split(separator: "\n", omittingEmptySubsequences: false)[0]) } }
 }
 
 /// A report file that could not be written: names the file, says why, and hints at a fix.
@@ -132,7 +147,7 @@ private struct ReportColumn {
 }
 
 private let reportColumns: [ReportColumn] = [
-    ReportColumn(title: "Method", right: false) { $0.method },
+    ReportColumn(title: "Method", right: false) { $0.failure == nil ? $0.method : $0.method + " (failed)" },
     ReportColumn(title: "Trainable params", right: true) { groupedInt($0.trainableParams) },
     ReportColumn(title: "% of base", right: true) { percentText($0.percentOfBase) },
     ReportColumn(title: "Adapter", right: true) { humanBytes($0.adapterBytes) },
@@ -145,13 +160,20 @@ private let reportColumns: [ReportColumn] = [
     ReportColumn(title: "Perplexity", right: true) { fixed($0.perplexity, 2) },
 ]
 
+/// The text of `column` for `r`: a dash in a failed method's columns but its name and training loss
+/// (the last it logged).
+private func cell(_ column: ReportColumn, _ r: MethodResult) -> String {
+    r.failure == nil || ["Method", "Train loss"].contains(column.title) ? column.text(r) : "–"
+}
+
 /// An aligned plain-text table for the terminal: a header, a rule, one row per method (losses are the
-/// final ones; adapter size and peak memory in binary KB / MB). Text columns
+/// final ones; adapter size and peak memory in binary KB / MB; a failed method's row is marked and
+/// dashed, and its reason follows the table). Text columns
 /// align left, numbers right; columns are separated by two spaces. Widths count characters, so a
 /// name with double-width characters can shift its own row.
 public func renderTable(_ results: [MethodResult]) -> String {
     let cells = [reportColumns.map(\.title)] + results.map { r in
-        reportColumns.map { $0.text(r).replacingOccurrences(of: "\n", with: " ") }
+        reportColumns.map { cell($0, r).replacingOccurrences(of: "\n", with: " ") }
     }
     let widths = reportColumns.indices.map { c in cells.map { $0[c].count }.max() ?? 0 }
     func line(_ row: [String]) -> String {
@@ -162,6 +184,7 @@ public func renderTable(_ results: [MethodResult]) -> String {
     }
     var lines = [line(cells[0]), widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")]
     lines += cells.dropFirst().map(line)
+    lines += results.compactMap { r in r.failureLine.map { "\(r.method) failed: \($0)" } }
     return lines.joined(separator: "\n") + "\n"
 }
 
@@ -177,14 +200,16 @@ public func renderMarkdown(_ results: [MethodResult]) -> String {
     func row(_ cells: [String]) -> String { "| " + cells.joined(separator: " | ") + " |" }
     let escape = markdownEscape
     var lines = [row(reportColumns.map(\.title)), row(reportColumns.map { $0.right ? "---:" : ":---" })]
-    lines += results.map { r in row(reportColumns.map { escape($0.text(r)) }) }
+    lines += results.map { r in row(reportColumns.map { escape(cell($0, r)) }) }
+    let failures = results.compactMap { r in r.failureLine.map { "- **\(escape(r.method))** failed: \(escape($0))" } }
+    if !failures.isEmpty { lines += [""] + failures }
     return lines.joined(separator: "\n") + "\n"
 }
 
 /// The CSV header: snake_case names of the raw fields, in table order.
 public let compareCSVHeader = ["method", "trainable_params", "percent_of_base", "adapter_bytes", "train_seconds",
                                "tokens_per_second", "peak_memory_bytes", "final_train_loss", "final_val_loss",
-                               "perplexity", "cpu_seconds", "energy_joules", "energy_source"]
+                               "perplexity", "cpu_seconds", "energy_joules", "energy_source", "failure"]
 
 /// A CSV field (RFC 4180): quoted, with `"` doubled, when it holds `,`, `"`, CR or LF (looked for
 /// in Unicode scalars: "\r\n" is one Character, equal to neither).
@@ -203,7 +228,8 @@ public func renderCSV(_ results: [MethodResult]) -> String {
         let fields: [String] = [r.method, "\(r.trainableParams)", "\(r.percentOfBase)", "\(r.adapterBytes)",
                                 "\(r.trainSeconds)", "\(r.tokensPerSecond)", "\(r.peakMemoryBytes)",
                                 "\(r.finalTrainLoss)", "\(r.finalValLoss)", "\(r.perplexity)",
-                                r.cost.map { "\($0.cpuSeconds)" } ?? "", r.cost.map { "\($0.energyJoules)" } ?? "", r.cost?.energySource ?? ""]
+                                r.cost.map { "\($0.cpuSeconds)" } ?? "", r.cost.map { "\($0.energyJoules)" } ?? "", r.cost?.energySource ?? "",
+                                r.failure ?? ""]
         lines.append(fields.map(quote).joined(separator: ","))
     }
     return lines.joined(separator: "\r\n") + "\r\n"

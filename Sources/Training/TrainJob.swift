@@ -455,7 +455,9 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 }
 
 /// Trains each method of `methods` with the same job settings (out: <outDir>/<method>) and writes
-/// the comparison report (table, Markdown, CSV, JSON, SVG plot) to `outDir`.
+/// the comparison report (table, Markdown, CSV, JSON, SVG plot) to `outDir`. A method whose run
+/// fails (a non-finite loss, say) is reported as failed, with the steps it logged, and the others
+/// go on; a data-parallel job stops at the failure instead (its ranks must fail alike to go on).
 public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
     if let path = base.adapterPath {
@@ -485,9 +487,18 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
     // every method's measured peak memory, a column of the report.
     for m in methods {
         resetPeakResidentBytes()
-        let o = try runTrainJob(job(for: m), onStart: { message in  // each line "[method] …", as its step lines
+        let say = { (message: String) in  // each line "[method] …", as its step lines
             onStart(message.split(separator: "\n", omittingEmptySubsequences: false).map { "[\(m)] \($0)" }.joined(separator: "\n"))
-        }, onStep: { onStep(m, $0) })
+        }
+        let o: TrainOutcome
+        do {
+            o = try runTrainJob(job(for: m), onStart: say, onStep: { onStep(m, $0) })
+        } catch where !Communicator.world.isDistributed {
+            let metrics = URL(fileURLWithPath: job(for: m).outDir).appendingPathComponent("metrics.jsonl")
+            say("failed: \(error)\nthe comparison goes on with the other methods")
+            results.append(MethodResult(failed: m, failure: "\(error)", steps: (try? readMetrics(metrics)) ?? []))
+            continue
+        }
         trainedSteps = o.history.last?.step ?? trainedSteps
         let curve = o.history.compactMap { h in h.valLoss.map { CurvePoint(step: h.step, loss: $0) } }
         let first = o.valLossBefore.map { [CurvePoint(step: 0, loss: $0)] } ?? []

@@ -294,6 +294,7 @@ struct Compare: ParsableCommand {
         discussion: helpText("""
         Writes the report folder <out>/report/ (report.md, results.csv, results.json, val_loss.svg:
         validation loss vs step, and loss.svg: training and validation loss), which appears whole or not at all, and each method's run under <out>/<method>/.
+        A method whose run fails is reported as failed, the others still train, and the exit status is 1.
 
         Example:
           swiftpeft compare --model models/base.h5 --data data/python-faq.jsonl --methods lora,ia3,prompt --steps 100 --out runs/compare
@@ -326,5 +327,9 @@ struct Compare: ParsableCommand {
         guard Communicator.world.isLeader else { return }  // under mpirun, rank 0 reports
         print(renderTable(results))
         print("report: \(job.outDir)/report/report.md, results.csv, results.json, val_loss.svg, loss.svg")
+        let failed = results.filter { $0.failure != nil }.map(\.method)
+        if !failed.isEmpty {
+            throw CLIError("\(failed.count) of \(results.count) methods failed (\(failed.joined(separator: ", "))); the report has the others, and each failed method's steps")
+        }
     }
 }

@@ -1107,6 +1107,25 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(md.contains("| Energy |") && md.contains("Energy: "), md)
     }
 
+    /// A method that fails (full fine-tuning at a learning rate that overflows) is reported as failed
+    /// and the others still train: the report is written and the exit status says a method failed.
+    func testCompareGoesOnPastAFailedMethod() throws {
+        let cmp = fx.path("runs/compare-failed")
+        let r = try fails(["compare", "--model", fx.base, "--data", fx.jsonl, "--methods", "full,lora", "--steps", "3", "--seq-len", "32",
+                           "--batch-size", "4", "--lr", "1e30", "--warmup", "0", "--clip", "0", "--out", cmp],
+                          mentioning: ["1 of 2 methods failed (full); the report has the others"])
+        XCTAssertTrue(r.stdout.contains("[full] failed: step ") && r.stdout.contains("[full] the comparison goes on with the other methods"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("full (failed)") && r.stdout.contains("\nfull failed: step "), r.transcript)
+        let results = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: cmp + "/report/results.json")))
+        XCTAssertEqual(results.map(\.method), ["full", "lora"])
+        XCTAssertTrue(results[0].failure?.contains("is not finite") == true, "\(results[0])")
+        XCTAssertNil(results[1].failure)
+        XCTAssertEqual(results[1].cost?.tokens, 3 * 4 * 32)
+        assertFile(cmp + "/lora/adapter.h5")
+        let md = try String(contentsOfFile: cmp + "/report/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("- **full** failed: step "), md)
+    }
+
     /// backtest: base and adapter side by side on prompts made from a template; the adapter's greedy
     /// outputs are `generate`'s; the gate exits 3 when a version is worse; mistakes write nothing.
     func testBacktestComparesVersionsAndGates() throws {

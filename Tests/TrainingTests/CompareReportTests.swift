@@ -119,7 +119,7 @@ final class CompareReportTests: XCTestCase {
         XCTAssertEqual(rows.count, 1 + results.count)
         XCTAssertEqual(rows[0], compareCSVHeader)
         for (row, r) in zip(rows.dropFirst(), results) {
-            XCTAssertEqual(row.count, 13)
+            XCTAssertEqual(row.count, 14)
             XCTAssertEqual(row[0], r.method)
             XCTAssertEqual(Int(row[1]), r.trainableParams)
             XCTAssertEqual(Double(row[2]), r.percentOfBase)
@@ -133,9 +133,37 @@ final class CompareReportTests: XCTestCase {
         XCTAssertEqual(Double(rows[1][8]), 2.25)
         XCTAssertEqual(rows[2][8], "nan")
         // Cost columns: empty without a cost, raw numbers and the source with one.
-        XCTAssertEqual(Array(rows[1].suffix(3)), ["", "", ""])
+        XCTAssertEqual(Array(rows[1].suffix(4)), ["", "", "", ""])
         results[0].cost = Cost(tokens: 5, wallSeconds: 1, cpuSeconds: 1.5, peakRSSBytes: 1, energyJoules: 15, energySource: "estimate", wattsPerCore: 10)
-        XCTAssertEqual(Array(Self.parseCSV(renderCSV(results))[1].suffix(3)), ["1.5", "15.0", "estimate"])
+        XCTAssertEqual(Array(Self.parseCSV(renderCSV(results))[1].suffix(4)), ["1.5", "15.0", "estimate", ""])
+    }
+
+    /// A method whose run failed: its row marked and dashed but for the last training loss it logged,
+    /// the reason's first line after the table (Markdown too), the whole reason in CSV and JSON, and
+    /// the curves of the steps it logged.
+    func testAFailedMethodIsReportedWithItsReason() throws {
+        let steps = (1...4).map { StepMetrics(step: $0, loss: 5 - Double($0) / 10, valLoss: $0 == 2 ? 4.5 : nil, lr: 0.1, gradNorm: 1,
+                                              tokensPerSecond: 100, elapsed: 0, totalSteps: 10) }
+        let failed = MethodResult(failed: "full", failure: "step 5: the loss is nan; stopping.\nHINT: lower the learning rate", steps: steps)
+        XCTAssertEqual(failed.curve, [CurvePoint(step: 2, loss: 4.5)])
+        XCTAssertEqual(failed.trainCurve?.map(\.step), [1, 2, 3, 4])
+        let results = [Self.fake[0], failed]
+        let table = renderTable(results)
+        let lines = table.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 2 + 2 + 1, table)
+        XCTAssertTrue(lines[3].hasPrefix("full (failed)") && lines[3].contains("–") && lines[3].contains("4.6000"), table)
+        XCTAssertFalse(lines[3].contains("nan"), table)
+        XCTAssertEqual(lines[4], "full failed: step 5: the loss is nan; stopping.")
+        let md = renderMarkdown(results)
+        XCTAssertTrue(md.contains("| full (failed) | – |") && md.contains("\n- **full** failed: step 5: the loss is nan; stopping.\n"), md)
+        XCTAssertFalse(md.contains("HINT"), md)
+        let rows = Self.parseCSV(renderCSV(results))
+        XCTAssertEqual(rows[1].last, "")
+        XCTAssertEqual(rows[2].last, "step 5: the loss is nan; stopping.\nHINT: lower the learning rate")
+        let back = try decodeCompareResults(try encodeCompareResults(results))
+        XCTAssertNil(back[0].failure)
+        XCTAssertEqual(back[1].failure, failed.failure)
+        XCTAssertEqual(back[1].trainCurve, failed.trainCurve)
     }
 
     func testJSONRoundTripsIncludingNonFiniteValues() throws {
