@@ -65,6 +65,7 @@ public struct TrainOutcome {
     public var baseParameters: Int
     public var report: TrainableReport
     public var dataSummary: String
+    /// The validation loss before the first step (a resumed run's from its state, where recorded).
     public var valLossBefore: Double?
     public var valLossAfter: Double?
     public var finalTrainLoss: Double
@@ -387,7 +388,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         try writeCostFile(runCost, command: "train", to: out.appendingPathComponent("cost.json"), extra: extra)
     }
     try comm.barrier(what: "the end of training (rank 0 writes cost.json)", patient: !comm.isLeader)
-    return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: before,
+    return TrainOutcome(method: methodName, baseParameters: baseParameters, report: report, dataSummary: splits.description, valLossBefore: baseline,
                         valLossAfter: trainer.lastValidation.flatMap { $0.step == trainer.step ? $0.loss : nil }, finalTrainLoss: trainer.history.last?.loss ?? .nan,
                         savedPath: saved, savedBytes: bytes, lossPlot: plotted, seconds: seconds, tokensPerSecond: tps, history: trainer.history,
                         profile: job.profile ? trainer.profile : nil, cost: cost, runCost: runCost, sessions: sessions,
@@ -458,7 +459,10 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
 /// the comparison report (table, Markdown, CSV, JSON, SVG plot) to `outDir`. A method whose run
 /// fails (a non-finite loss, say) is reported as failed, with the steps it logged, and the others
 /// go on; a data-parallel job stops at the failure instead (its ranks must fail alike to go on).
-public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (String) -> Void = { _ in },
+/// `resume`: continue an interrupted comparison: each method whose folder holds a state.h5 resumes
+/// from it (one that had finished only writes its outputs again), the others train; a resumed
+/// method's row is its whole run's (time, tokens/s, cost and peak memory over its sessions).
+public func runCompare(_ base: TrainJob, methods: [String], resume: Bool = false, onStart: @escaping (String) -> Void = { _ in },
                        onStep: @escaping (String, StepMetrics) -> Void = { _, _ in }) throws -> [MethodResult] {
     if let path = base.adapterPath {
         throw TrainingError(message: "compare trains a new adapter per method; the adapter \(path) (an \"adapter\" config-file key) would be continued under every method's name instead: leave it out")
@@ -473,8 +477,11 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
         job.method = m
         job.methodSettings = base.methodSettings.settings(for: m, among: methods)
         job.outDir = URL(fileURLWithPath: base.outDir).appendingPathComponent(m).path
-        job.resume = false
+        job.resume = resume && FileManager.default.fileExists(atPath: job.outDir + "/state.h5")
         return job
+    }
+    if resume && !methods.contains(where: { job(for: $0).resume }) {
+        throw TrainingError(message: "--resume: no method's folder under \(base.outDir) holds a state.h5 (\(methods.map { "\($0)/state.h5" }.joined(separator: ", "))); nothing to continue")
     }
     // A mismatch in any method (a target that matches nothing, a rank too large) ends the run
     // before the first method writes anything.
@@ -502,10 +509,15 @@ public func runCompare(_ base: TrainJob, methods: [String], onStart: @escaping (
         trainedSteps = o.history.last?.step ?? trainedSteps
         let curve = o.history.compactMap { h in h.valLoss.map { CurvePoint(step: h.step, loss: $0) } }
         let first = o.valLossBefore.map { [CurvePoint(step: 0, loss: $0)] } ?? []
+        // A resumed run's row covers its sessions: the time its steps logged, their mean rate, its cost.
+        let resumed = o.sessions > 1
+        let rate = o.history.isEmpty ? 0 : o.history.map(\.tokensPerSecond).reduce(0, +) / Double(o.history.count)
         results.append(MethodResult(
             method: m, trainableParams: o.report.trainable, percentOfBase: 100 * Double(o.report.trainable) / Double(o.baseParameters),
-            adapterBytes: o.savedBytes, trainSeconds: o.seconds, tokensPerSecond: o.tokensPerSecond,
-            peakMemoryBytes: peakResidentBytes(), cost: o.cost, finalTrainLoss: o.finalTrainLoss, finalValLoss: o.valLossAfter ?? .nan,
+            adapterBytes: o.savedBytes, trainSeconds: resumed ? o.history.last?.elapsed ?? o.seconds : o.seconds,
+            tokensPerSecond: resumed ? rate : o.tokensPerSecond,
+            peakMemoryBytes: resumed ? max(peakResidentBytes(), o.runCost.peakRSSBytes) : peakResidentBytes(), cost: o.runCost,
+            finalTrainLoss: o.finalTrainLoss, finalValLoss: o.valLossAfter ?? .nan,
             perplexity: Foundation.exp(o.valLossAfter ?? .nan), curve: first + curve,
             trainCurve: o.history.map { CurvePoint(step: $0.step, loss: $0.loss) }))
     }

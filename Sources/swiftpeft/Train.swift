@@ -296,8 +296,9 @@ struct Compare: ParsableCommand {
         validation loss vs step, and loss.svg: training and validation loss), which appears whole or not at all, and each method's run under <out>/<method>/.
         A method whose run fails is reported as failed, the others still train, and the exit status is 1.
 
-        Example:
+        Examples (the second after a kill: the same flags and --resume):
           swiftpeft compare --model models/base.h5 --data data/python-faq.jsonl --methods lora,ia3,prompt --steps 100 --out runs/compare
+          swiftpeft compare --model models/base.h5 --data data/python-faq.jsonl --methods lora,ia3,prompt --steps 100 --out runs/compare --resume
 
         Method options, and the fields of --method-config, apply to the methods that declare them.
         \(methodOptionsHelp)
@@ -305,6 +306,8 @@ struct Compare: ParsableCommand {
 
     @Option(help: "Comma-separated methods (default lora,dora,ia3,adapter,prefix,prompt; without dora under --keep-quantized, as DoRA reads the base's Float32 weights).") var methods: String?
     @OptionGroup var common: CommonTrainOptions
+    @Flag(help: "Continue an interrupted comparison (the same flags): each method whose <out>/<method>/state.h5 exists resumes from it (a finished one only rewrites its outputs), the others train.")
+    var resume = false
 
     func run() throws {
         let (job, settings) = try common.job()
@@ -320,7 +323,7 @@ struct Compare: ParsableCommand {
         for m in list where !trainableMethodNames.contains(m) { throw CLIError("unknown method '\(m)'; choose from \(trainableMethodNames.joined(separator: ", "))") }
         do { try job.methodSettings.check(for: list) } catch { throw CLIError("\(error)") }
         var progress: [String: Progress] = [:]
-        let results = try runCompare(job, methods: list, onStart: { print($0) }, onStep: { m, s in
+        let results = try runCompare(job, methods: list, resume: resume, onStart: { print($0) }, onStep: { m, s in
             if progress[m] == nil { progress[m] = Progress(total: s.totalSteps, label: "[\(m)] ", every: job.trainer.logEvery) }
             progress[m]!.update(s)
         })

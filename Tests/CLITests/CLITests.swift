@@ -1107,6 +1107,32 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(md.contains("| Energy |") && md.contains("Energy: "), md)
     }
 
+    /// compare --resume continues an interrupted comparison: a method with a state resumes from it
+    /// (its row the whole run's), one without trains, a finished one only rewrites its outputs.
+    func testCompareResumesAnInterruptedComparison() throws {
+        let cmp = fx.path("runs/compare-resume")
+        let flags = ["--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4", "--eval-every", "2"]
+        // ia3 was interrupted after step 2 (its last checkpoint); lora had not started.
+        _ = try ok(["train", "--method", "ia3", "--steps", "2", "--out", cmp + "/ia3"] + flags)
+        let r = try ok(["compare", "--methods", "lora,ia3", "--steps", "4", "--out", cmp, "--resume"] + flags)
+        XCTAssertTrue(r.stdout.contains("[lora] validation loss before") && !r.stdout.contains("[ia3] validation loss before"), r.transcript)
+        let results = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: cmp + "/report/results.json")))
+        XCTAssertEqual(results.map(\.method), ["lora", "ia3"])
+        for m in results {
+            XCTAssertEqual(m.cost?.tokens, 4 * 4 * 32, "\(m.method): the whole run's tokens")
+            XCTAssertEqual(m.trainCurve?.map(\.step), [1, 2, 3, 4], m.method)
+            XCTAssertEqual(m.curve.first?.step, 0, "\(m.method): the loss before training starts the curve")
+            XCTAssertGreaterThan(m.tokensPerSecond, 0)
+        }
+        // Again: both finished; the rows stay the runs' own.
+        _ = try ok(["compare", "--methods", "lora,ia3", "--steps", "4", "--out", cmp, "--resume"] + flags)
+        let again = try decodeCompareResults(Data(contentsOf: URL(fileURLWithPath: cmp + "/report/results.json")))
+        XCTAssertEqual(again.map(\.finalValLoss), results.map(\.finalValLoss))
+        XCTAssertEqual(again.map(\.tokensPerSecond), results.map(\.tokensPerSecond))
+        try fails(["compare", "--methods", "lora,ia3", "--steps", "4", "--out", fx.path("runs/compare-none"), "--resume"] + flags,
+                  mentioning: ["--resume: no method's folder under", "holds a state.h5", "nothing to continue"])
+    }
+
     /// A method that fails (full fine-tuning at a learning rate that overflows) is reported as failed
     /// and the others still train: the report is written and the exit status says a method failed.
     func testCompareGoesOnPastAFailedMethod() throws {
