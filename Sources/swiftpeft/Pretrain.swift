@@ -9,7 +9,8 @@ struct Pretrain: ParsableCommand {
         discussion: helpText("""
         Reads a text file or a folder of .txt/.md/.rst files, trains the tokenizer, holds out the
         last 5% of tokens for validation, trains every weight, and saves model + tokenizer to one
-        HDF5 checkpoint.
+        HDF5 checkpoint, its loss curves beside it (<out> with .loss.svg for .h5), and prints
+        what the run cost.
 
         Examples:
           python3 scripts/fetch_data.py shakespeare
@@ -33,6 +34,7 @@ struct Pretrain: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them: less memory, more time per step.")
     var gradientCheckpointing = false
+    @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
 
     func run() throws {
         // Checked before the tokenizer trains (a while): the model builder stops the program on a bad size.
@@ -41,6 +43,8 @@ struct Pretrain: ParsableCommand {
             throw CLIError("--\(flag) must be at least 1, got \(value)")
         }
         guard lr.isFinite && lr > 0 else { throw CLIError("--lr must be positive, got \(lr)") }
+        guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
+        let meter = CostMeter(wattsPerCore: wattsPerCore)
         // Checked before training too: the checkpoint is written at the end.
         let ext = URL(fileURLWithPath: out).pathExtension.lowercased()
         guard ext.isEmpty || ext == "h5" else {
@@ -96,6 +100,13 @@ struct Pretrain: ParsableCommand {
         try ModelCheckpoint.save(model, tokenizer: tokenizer, to: out,
                                  metadata: ["trained_on": data, "steps": String(steps), "val_loss": String(after)])
         print("saved \(out)")
+        // The loss curves beside the checkpoint: models/base.h5 → models/base.loss.svg.
+        var curves = LossRun(name: URL(fileURLWithPath: out).deletingPathExtension().lastPathComponent, steps: points)
+        if before.loss.isFinite { curves.validation.insert(CurvePoint(step: 0, loss: before.loss), at: 0) }
+        let plot = (ext == "h5" ? (out as NSString).deletingPathExtension : out) + ".loss.svg"
+        try writeLossPlot([curves], title: "pretrain on \(URL(fileURLWithPath: data).lastPathComponent): loss", to: URL(fileURLWithPath: plot))
+        print("loss curves: \(plot)")
+        print("cost: \(meter.reading(tokens: steps * batch * seqLen).summary)")
         // A sample from the start of the first document that has text (an empty file gives no prompt).
         if let doc = docs.first(where: { !tokenizer.encode(String($0.prefix(40))).isEmpty }) {
             let prompt = tokenizer.encode(String(doc.prefix(40)))

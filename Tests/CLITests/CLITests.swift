@@ -355,11 +355,15 @@ final class CLITests: XCTestCase {
         let r = try ok(["pretrain", "--data", fx.text, "--out", out, "--hidden", "32", "--layers", "1", "--heads", "2",
                         "--kv-heads", "1", "--intermediate", "64", "--steps", "5", "--vocab-size", "300", "--batch-size", "2",
                         "--seq-len", "16"])
+        let plot = fx.path("pretrain/tiny.loss.svg")
         for needle in ["corpus: 1 document(s)", "tokenizer: vocab", "model: llama", "before: val loss", "after: val loss",
-                       "saved \(out)", "sample: "] {
+                       "saved \(out)", "sample: ", "loss curves: \(plot)", "cost: \(5 * 2 * 16) tokens · "] {
             XCTAssertTrue(r.stdout.contains(needle), "pretrain output should contain '\(needle)':\n\(r.transcript)")
         }
         assertFile(out)
+        let svg = try String(contentsOfFile: plot, encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<svg") || svg.hasPrefix("<?xml"), svg)
+        XCTAssertTrue(svg.contains("validation loss") && svg.contains("training loss"), "both curves are drawn")
         let i = try ok(["inspect", out])
         XCTAssertTrue(i.stdout.contains("swiftpeft-model"), i.transcript)
         XCTAssertTrue(i.stdout.contains("family: llama"), i.transcript)
