@@ -500,7 +500,7 @@ public func runCompare(_ base: TrainJob, methods: [String], resume: Bool = false
         let o: TrainOutcome
         do {
             o = try runTrainJob(job(for: m), onStart: say, onStep: { onStep(m, $0) })
-        } catch where !Communicator.world.isDistributed {
+        } catch where !Communicator.world.isDistributed && !(error is TrainingInterrupted) {  // a stop asked for ends the comparison
             let metrics = URL(fileURLWithPath: job(for: m).outDir).appendingPathComponent("metrics.jsonl")
             say("failed: \(error)\nthe comparison goes on with the other methods")
             results.append(MethodResult(failed: m, failure: "\(error)", steps: (try? readMetrics(metrics)) ?? []))

@@ -133,6 +133,19 @@ public struct TrainingError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// A run stopped by `Trainer.requestStop()` (the command line: Ctrl-C) after step `step` of
+/// `steps`, its state saved in `checkpoint` when the run writes one.
+public struct TrainingInterrupted: Error, CustomStringConvertible {
+    public let step: Int, steps: Int
+    public let checkpoint: URL?
+    public var description: String {
+        guard let checkpoint, FileManager.default.fileExists(atPath: checkpoint.path) else {
+            return "interrupted at step \(step) of \(steps); this run had saved no state to continue from"
+        }
+        return "interrupted at step \(step) of \(steps); the state is saved in \(checkpoint.path): the same command with --resume continues the run"
+    }
+}
+
 /// Number format of the frozen base weights' products in training.
 public enum TrainingPrecision: String, Sendable, CaseIterable {
     /// fp32 throughout (the default).
@@ -287,6 +300,7 @@ public final class Trainer {
     /// every `evalEvery` steps and at the end. Continues from `step` after `resume`.
     public func run<S: BatchStream>(_ data: inout S, until: Int? = nil, validation: (() throws -> Double)? = nil) throws {
         let start = Date()
+        var savedStep: Int?  // the step of the last checkpoint this run wrote
         model.train()
         let checkpointing = model.gradientCheckpointing
         model.gradientCheckpointing = checkpointing || options.gradientCheckpointing
@@ -308,9 +322,17 @@ public final class Trainer {
             guard (options.saveEvery > 0 && step % options.saveEvery == 0) || step == last else { return }
             try flushMetrics()
             if let url = checkpointURL { try saveCheckpoint(url, data: data) }
+            savedStep = step
             if let comm { try comm.barrier(what: "step \(step): rank 0 writes its checkpoint", patient: !comm.isLeader) }
         }
         while step < last {
+            // A stop asked for (Ctrl-C): after the step in progress, with the state saved. One
+            // process only: the ranks of a job would stop at different steps.
+            if comm == nil && Trainer.stopFlag.exchange(false, ordering: .relaxed) {
+                try flushMetrics()
+                if let url = checkpointURL, step > firstStep, savedStep != step { try saveCheckpoint(url, data: data) }
+                throw TrainingInterrupted(step: step, steps: options.steps, checkpoint: checkpointURL)
+            }
             // Dropout masks (the model's and the adapters'): a stream of their own for each step and
             // rank, from the seed, so every rank draws its own masks and a resumed run draws the
             // ones the uninterrupted run drew.
@@ -435,6 +457,14 @@ public final class Trainer {
     private func throwMetricsFailure() throws {
         if let e = metricsFailure.withLock({ $0 }) { throw e }
     }
+
+    /// Set by `requestStop`, taken by the `run` that honours it.
+    private static let stopFlag = Atomic<Bool>(false)
+
+    /// Asks the run in progress (or the next one) to stop after its current step: it writes its
+    /// checkpoint and throws `TrainingInterrupted`, and `--resume` continues it. Safe to call from
+    /// a signal handler. A data-parallel run does not stop this way (its ranks would part).
+    public static func requestStop() { stopFlag.store(true, ordering: .relaxed) }
 
     // MARK: checkpoints
 

@@ -1785,6 +1785,35 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/state.h5"))
     }
 
+    /// Ctrl-C (SIGINT) stops a run after its current step with its state saved, exit status 130,
+    /// and --resume continues it from there.
+    func testCtrlCStopsAfterTheStepWithTheStateSaved() throws {
+        let out = fx.path("runs/interrupted")
+        let p = Process()
+        p.executableURL = try Self.binary()
+        p.arguments = trainArgs(out: out, steps: 100_000)
+        let (stdout, stderr) = (Pipe(), Pipe())
+        (p.standardOutput, p.standardError, p.standardInput) = (stdout, stderr, FileHandle.nullDevice)
+        try p.run()
+        let metrics = out + "/metrics.jsonl"
+        func lines() -> Int { ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count }
+        let deadline = Date().addingTimeInterval(120)
+        while lines() < 5 && p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        kill(p.processIdentifier, SIGINT)
+        let said = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        _ = stdout.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 130, said)
+        XCTAssertTrue(said.contains("Ctrl-C: stopping after this step and saving the state"), said)
+        let step = lines()
+        XCTAssertTrue(said.contains("interrupted at step \(step) of 100000; the state is saved in ") && said.contains("--resume continues the run"), said)
+        XCTAssertEqual(try HDF5Store.readAttributes(out + "/state.h5")["step"], String(step), "the state is the last step's")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/adapter.h5"))
+        let r = try ok(trainArgs(out: out, steps: step + 2) + ["--resume"])
+        XCTAssertEqual(lines(), step + 2, r.transcript)
+        assertFile(out + "/adapter.h5")
+    }
+
     /// A resume checks the base and the method config; a state left by an earlier run is not taken
     /// for this one's; metrics past the checkpoint are dropped.
     func testResumeRefusesAnotherBaseOrMethodAndTrimsMetrics() throws {
