@@ -287,6 +287,15 @@ public struct BacktestOptions {
     /// A GGUF base's quantized matrices, the embedding included, keep the file's blocks
     /// (`loadModel(keepQuantized:quantizedEmbedding:)`): about the file's size in memory.
     public var keepQuantized = false
+    /// An unfinished run of the same back-test (`readBacktestProgress`): its answers to prompts that
+    /// are unchanged are kept, the others run. Its settings must be this run's (`BacktestSettings`).
+    public var resume: BacktestProgress?
+    /// Asked before each answer: true stops the run, which returns what it has (`unanswered` > 0).
+    public var shouldStop: () -> Bool = { false }
+    /// Given the result so far every `saveEvery` seconds while answers are left (the command line
+    /// writes the report folder with it, so that a killed run can be resumed).
+    public var save: ((BacktestResult) throws -> Void)?
+    public var saveEvery: TimeInterval = 30
 
     public init(modelPath: String, adapters: [(name: String, path: String)], prompts: [BacktestPrompt]) {
         (self.modelPath, self.adapters, self.prompts) = (modelPath, adapters, prompts)
@@ -415,11 +424,18 @@ public struct BacktestResult: Codable, Sendable {
     /// With rotary positions (no hard end): the prompts whose answers (generated, or scored) pass the
     /// positions the model was trained on, where text is often degraded; nil when none do.
     public var positionsNote: String?
+    /// The answers not given (0 when the run finished): a stopped run's, to go on with by `resume`.
+    public var unanswered = 0
+    /// What was run, recorded for a resumed run to check against.
+    public var settings: BacktestSettings?
 
     enum CodingKeys: String, CodingKey {
         case model, versions, rows, summaries, tagSummaries = "tag_summaries", tags, decoding, cost, baseWeights = "base_weights"
-        case promptTemplate = "prompt_template", positionsNote = "positions_note"
+        case promptTemplate = "prompt_template", positionsNote = "positions_note", unanswered, settings
     }
+
+    /// The prompts of the run (of which `rows` may hold only some, when it was stopped).
+    public var promptCount: Int { (rows.count + unanswered) / max(1, versions.count) }
 
     /// Whether `version` scores below `than` on `metric` (beyond `tolerance`); nil when either has no
     /// score on it (no expected answers).
@@ -433,6 +449,8 @@ public struct BacktestResult: Codable, Sendable {
 /// Runs every prompt through the base (as "base", unless `includeBase` is false) and through each
 /// adapter, one version at a time on one copy of the base. Every adapter is loaded (and checked
 /// against the base) before the first prompt runs. `onAnswer(done, total)` follows progress.
+/// Stopped by `o.shouldStop`, it returns the answers so far with `unanswered` set; given
+/// `o.resume`, it gives only the answers that run lacks.
 public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _, _ in }) throws -> BacktestResult {
     guard o.includeBase || !o.adapters.isEmpty else { throw BacktestError("nothing to back-test: no adapter and the base left out") }
     guard o.samples >= 1 else { throw BacktestError("--samples must be at least 1, got \(o.samples)") }
@@ -445,6 +463,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         throw BacktestError(n == "base" && o.includeBase ? "the version name \"base\" is the base model's; give the adapter another NAME in NAME=PATH (or leave the base out with --no-base)"
                             : "the version name \"\(n)\" is used twice; name adapters with NAME=PATH")
     }
+    let settings = try checkResumable(o)
     let total = CostMeter(wattsPerCore: o.wattsPerCore)
     let loaded = try loadModel(o.modelPath, keepQuantized: o.keepQuantized, quantizedEmbedding: o.keepQuantized)
     let model = loaded.model
@@ -518,12 +537,51 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
     var rows: [BacktestRow] = []
     var answerPieces: [String: [String]] = [:]  // each prompt's scored tokens' texts: the same for every version
     let answers = versions.count * prompts.count
+    var kept: [String: BacktestRow] = [:]  // "version\0prompt id" → the unfinished run's answer
+    for row in o.resume?.rows ?? [] { kept[row.version + "\u{0}" + row.promptID] = row }
+    func keptAnswer(_ version: String, _ p: BacktestPrompt) -> BacktestRow? {
+        guard var row = kept[version + "\u{0}" + p.id], row.prompt == p.prompt, row.expected == p.expected else { return nil }
+        row.tags = p.tags  // tags do not change an answer
+        return row
+    }
+    var lastSave = Date(), tokensRun = 0
+    func result() -> BacktestResult {
+        var tags: [String] = []
+        for p in o.prompts { for t in p.tags where !tags.contains(t) { tags.append(t) } }
+        let names = versions.map(\.name)
+        let summaries = names.map { n in VersionSummary.of(rows.filter { $0.version == n }, version: n) }
+        var tagSummaries: [String: [VersionSummary]] = [:]
+        for t in tags {
+            tagSummaries[t] = names.map { n in VersionSummary.of(rows.filter { $0.version == n && $0.tags.contains(t) }, version: n) }
+        }
+        let decoding = o.samples == 1 ? "greedy, at most \(o.maxNewTokens) new tokens"
+            : "\(o.samples) samples at temperature \(o.temperature) (seeds \(o.seed)…\(o.seed &+ UInt64(o.samples - 1))), at most \(o.maxNewTokens) new tokens"
+        let session = total.reading(tokens: tokensRun)
+        return BacktestResult(model: o.modelPath, versions: names, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
+                              tags: tags, decoding: decoding, cost: o.resume.flatMap { Cost.total([$0.cost, session]) } ?? session,
+                              baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil, promptTemplate: promptTemplate,
+                              positionsNote: positionsNote, unanswered: answers - rows.count, settings: settings)
+    }
     for v in versions {
+        if prompts.allSatisfy({ keptAnswer(v.name, $0) != nil }) {  // nothing left to run on this version
+            for p in prompts { rows.append(keptAnswer(v.name, p)!); onAnswer(rows.count, answers) }
+            continue
+        }
         let method = try v.path.map { try loadAdapter($0, onto: model) }
         defer { method?.detach(from: model) }
         model.eval()
         let extra = model.virtualTokenCount
         for p in prompts {
+            if let row = keptAnswer(v.name, p) {
+                rows.append(row)
+                onAnswer(rows.count, answers)
+                continue
+            }
+            if o.shouldStop() { return result() }
+            if let save = o.save, Date().timeIntervalSince(lastSave) >= o.saveEvery {
+                try save(result())
+                lastSave = Date()
+            }
             let meter = CostMeter(wattsPerCore: o.wattsPerCore)
             let ids = promptIDs(p)
             guard !ids.isEmpty else { throw BacktestError("prompt \(p.id): encodes to no token") }
@@ -571,23 +629,11 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                 rougeL: exp.map { e in mean { rougeL($0, e) } },
                 promptTokens: ids.count, outputTokens: outputTokens, latencyMs: latency,
                 cost: meter.reading(tokens: scoredTokens + ids.count * o.samples + outputTokens)))
+            tokensRun += rows.last!.cost.tokens
             onAnswer(rows.count, answers)
         }
     }
-    var tags: [String] = []
-    for p in o.prompts { for t in p.tags where !tags.contains(t) { tags.append(t) } }
-    let names2 = versions.map(\.name)
-    let summaries = names2.map { n in VersionSummary.of(rows.filter { $0.version == n }, version: n) }
-    var tagSummaries: [String: [VersionSummary]] = [:]
-    for t in tags {
-        tagSummaries[t] = names2.map { n in VersionSummary.of(rows.filter { $0.version == n && $0.tags.contains(t) }, version: n) }
-    }
-    let decoding = o.samples == 1 ? "greedy, at most \(o.maxNewTokens) new tokens"
-        : "\(o.samples) samples at temperature \(o.temperature) (seeds \(o.seed)…\(o.seed &+ UInt64(o.samples - 1))), at most \(o.maxNewTokens) new tokens"
-    return BacktestResult(model: o.modelPath, versions: names2, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
-                          tags: tags, decoding: decoding, cost: total.reading(tokens: rows.reduce(0) { $0 + $1.cost.tokens }),
-                          baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil, promptTemplate: promptTemplate,
-                          positionsNote: positionsNote)
+    return result()
 }
 
 /// −log p(seq[t] | seq[..<t]) for each t from `start` on, in nats: one pass over `seq`, the output

@@ -1,13 +1,21 @@
 // The back-test report folder: report.md (a summary table per version and per tag), results.jsonl
 // (one object per prompt × version), results.csv (the same, flat), report.html (one self-contained
 // page: the outputs side by side per prompt, with a word-level diff of each version against the
-// base). The folder is swapped in whole.
+// base), backtest.json (what was run and what is left of it, to resume: BacktestResume.swift). The
+// folder is swapped in whole.
 
 import Foundation
 import Containers
 
 /// The files of a back-test report, in the order `writeBacktestReport` returns them.
-public let backtestReportFiles = ["report.md", "results.jsonl", "results.csv", "report.html"]
+public let backtestReportFiles = ["report.md", "results.jsonl", "results.csv", "report.html", backtestProgressFile]
+
+/// For a stopped run's report: how much of it there is, in a sentence.
+func unfinishedNote(_ r: BacktestResult) -> String? {
+    guard r.unanswered > 0 else { return nil }
+    return "Unfinished: \(r.rows.count) of \(r.rows.count + r.unanswered) answers; the scores cover those alone. "
+        + "The same command with --resume gives the rest"
+}
 
 private func num(_ v: Double?, _ decimals: Int = 3) -> String {
     guard let v else { return "–" }
@@ -31,7 +39,8 @@ public func renderBacktestTable(_ summaries: [VersionSummary]) -> String {
 /// report.md: what ran, the summary per version, per tag, and the cost.
 public func renderBacktestMarkdown(_ r: BacktestResult) -> String {
     var md = "# Back-test of \(markdownEscape(r.model))\n\n"
-    md += "\(r.rows.count / max(1, r.versions.count)) prompts × \(r.versions.count) versions (\(r.versions.map(markdownEscape).joined(separator: ", "))); "
+    if let u = unfinishedNote(r) { md += "**\(u).**\n\n" }
+    md += "\(r.promptCount) prompts × \(r.versions.count) versions (\(r.versions.map(markdownEscape).joined(separator: ", "))); "
     md += "decoding: \(r.decoding). Scores against the expected answers: exact match and contains on lowercased text with "
     md += "whitespace collapsed, ROUGE-L F1 on words; loss and perplexity of the expected answer given the prompt.\n\n"
     for t in [r.promptTemplate, r.positionsNote].compactMap({ $0 }) { md += "Note: \(markdownEscape(t)).\n\n" }
@@ -103,7 +112,8 @@ public func renderBacktestHTML(_ r: BacktestResult) -> String {
         .tok{border-radius:2px;cursor:help}.scored{margin-top:6px;border-top:1px dashed #e3e6eb;padding-top:4px}
         </style></head><body>
         <h1>Back-test of \(htmlEscape(r.model))</h1>
-        <p>\(r.rows.count / max(1, r.versions.count)) prompts × \(r.versions.count) versions; decoding: \(htmlEscape(r.decoding)).
+        \(unfinishedNote(r).map { "<p><b>" + htmlEscape($0) + ".</b></p>" } ?? "")
+        <p>\(r.promptCount) prompts × \(r.versions.count) versions; decoding: \(htmlEscape(r.decoding)).
         Diffs are against <b>\(htmlEscape(reference))</b>. Under each output, the expected answer is tinted token by token
         by that version's loss on it (red: the version found the token unlikely; hover for the figures). Cost of the whole run: \(htmlEscape(r.cost.summary)).\([r.promptTemplate, r.positionsNote].compactMap { $0 }.map { " Note: " + htmlEscape($0) + "." }.joined())</p>
         <table class="sum"><tr><th>version</th><th>exact</th><th>contains</th><th>ROUGE-L</th><th>loss</th><th>agreement</th><th>mean latency</th><th>energy (J)</th></tr>
@@ -183,8 +193,11 @@ func scoredAnswerHTML(_ tokens: [ScoredToken], reference: [ScoredToken]? = nil, 
 /// Writes the report folder `dir` (replaced whole) and returns its files (`backtestReportFiles`).
 @discardableResult
 public func writeBacktestReport(_ r: BacktestResult, to dir: URL) throws -> [URL] {
+    let record = JSONEncoder()
+    record.outputFormatting = [.prettyPrinted, .sortedKeys]
+    let progress = BacktestProgressFile(settings: r.settings, answers: r.rows.count + r.unanswered, unanswered: r.unanswered, cost: r.cost)
     let contents = [Data(renderBacktestMarkdown(r).utf8), try renderBacktestJSONL(r), Data(renderBacktestCSV(r).utf8),
-                    Data(renderBacktestHTML(r).utf8)]
+                    Data(renderBacktestHTML(r).utf8), try record.encode(progress)]
     try writeFolderAtomically(dir, files: backtestReportFiles) { tmp in
         for (name, data) in zip(backtestReportFiles, contents) { try data.write(to: tmp.appendingPathComponent(name)) }
     }

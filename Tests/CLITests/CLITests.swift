@@ -5,6 +5,7 @@
 
 import Foundation
 import XCTest
+import Synchronization
 import TestSupport
 import SwiftPEFT
 
@@ -1154,6 +1155,54 @@ final class CLITests: XCTestCase {
         assertFile(cmp + "/lora/adapter.h5")
         let md = try String(contentsOfFile: cmp + "/report/report.md", encoding: .utf8)
         XCTAssertTrue(md.contains("- **full** failed: step "), md)
+    }
+
+    /// backtest: Ctrl-C stops after the answer in progress with the report so far written, marked
+    /// unfinished (exit 130); --resume keeps those answers and gives the rest; a resume with other
+    /// options, or of a folder that holds no back-test, is refused.
+    func testBacktestStoppedByCtrlCResumes() throws {
+        let prompts = fx.path("bt-many.jsonl"), n = 2000
+        let lines = (0..<n).map { #"{"id": "q\#($0)", "prompt": "Q: What does the \#(CLIFixtures.animals[$0 % 8]) eat, number \#($0)?\nA:", "expected": " grass"}"# }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: prompts, atomically: true, encoding: .utf8)
+        let out = fx.path("runs/bt-stopped")
+        let args = ["backtest", "--model", fx.base, "--prompts", prompts, "--out", out, "--max-tokens", "16"]
+        let p = Process()
+        p.executableURL = try Self.binary()
+        p.arguments = args
+        let (stdout, stderr) = (Pipe(), Pipe())
+        (p.standardOutput, p.standardError, p.standardInput) = (stdout, stderr, FileHandle.nullDevice)
+        let said = Mutex("")
+        stdout.fileHandleForReading.readabilityHandler = { h in
+            let d = h.availableData
+            said.withLock { $0 += String(decoding: d, as: UTF8.self) }
+        }
+        try p.run()
+        let deadline = Date().addingTimeInterval(120)  // the first tenth's progress line, then Ctrl-C
+        while !said.withLock({ $0.contains("answers ") }) && p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        kill(p.processIdentifier, SIGINT)
+        let errors = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        stdout.fileHandleForReading.readabilityHandler = nil
+        XCTAssertEqual(p.terminationStatus, 130, errors + said.withLock { $0 })
+        XCTAssertTrue(errors.contains("Ctrl-C: stopping after this answer and writing the report so far"), errors)
+        let given = ((try? String(contentsOfFile: out + "/results.jsonl", encoding: .utf8)) ?? "").split(separator: "\n")
+        XCTAssertTrue(given.count >= 1 && given.count < n, "\(given.count) answers")
+        XCTAssertTrue(errors.contains("interrupted after \(given.count) of \(n) answers; the report so far is in \(out) (marked unfinished): the same command with --resume gives the rest"), errors)
+        let md = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("**Unfinished: \(given.count) of \(n) answers;"), md)
+
+        _ = try fails(args.map { $0 == "16" ? "8" : $0 } + ["--resume"], mentioning: ["the unfinished back-test was run otherwise: --max-tokens 16 there, 8 here"])
+        _ = try fails(args.map { $0 == out ? out + "-none" : $0 } + ["--resume"], mentioning: ["--resume: \(out)-none does not exist"])
+        _ = try fails(args.map { $0 == out ? fx.path("runs") : $0 } + ["--resume"], mentioning: ["backtest.json: not found", "is not the report folder of a back-test"])
+        let r = try ok(args + ["--resume"])
+        XCTAssertTrue(r.stdout.contains("resuming \(out): \(given.count) answers there, \(n - given.count) left"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("| base | \(n) |"), r.transcript)
+        let all = try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(all.count, n)
+        XCTAssertEqual(Array(all.prefix(given.count)), given, "the answers given before the stop are kept as they were")
+        XCTAssertFalse(try String(contentsOfFile: out + "/report.md", encoding: .utf8).contains("Unfinished"))
+        let again = try ok(args + ["--resume"])
+        XCTAssertTrue(again.stdout.contains("\(n) answers there, none left: the report is written again"), again.transcript)
     }
 
     /// backtest: base and adapter side by side on prompts made from a template; the adapter's greedy

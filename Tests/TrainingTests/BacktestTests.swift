@@ -386,6 +386,80 @@ final class BacktestTests: XCTestCase {
     }
 
     /// A version's loss is the mean over its answer tokens, as eval's: a long answer counts for its tokens.
+    /// A stopped run returns what it has and saves as it goes; its report folder reads back; a run
+    /// resumed from it gives the rest, every answer as an uninterrupted run's, and runs again an answer
+    /// whose prompt changed; settings that differ are refused, each named.
+    func testAStoppedRunResumesToTheSameAnswers() throws {
+        let (base, adapter, _) = try tinyBaseAndAdapter()
+        let prompts = (0..<4).map { BacktestPrompt(id: "p\($0)", prompt: "Hello there \($0), how", expected: $0 == 3 ? nil : " are you today",
+                                                   tags: ["t\($0 % 2)"]) }
+        var o = BacktestOptions(modelPath: base, adapters: [("v1", adapter)], prompts: prompts)
+        o.maxNewTokens = 5
+        let whole = try runBacktest(o)
+        XCTAssertEqual(whole.unanswered, 0)
+
+        var asked = 0, saved: [BacktestResult] = []
+        var stopping = o
+        (stopping.shouldStop, stopping.saveEvery, stopping.save) = ({ asked += 1; return asked > 3 }, 0, { saved.append($0) })
+        let part = try runBacktest(stopping)
+        XCTAssertEqual(part.rows.count, 3)
+        XCTAssertEqual(part.unanswered, 5)
+        XCTAssertEqual(part.promptCount, 4)
+        XCTAssertEqual(saved.map(\.rows.count), [0, 1, 2], "saved before each answer (saveEvery 0)")
+        XCTAssertEqual(saved.map(\.unanswered), [8, 7, 6])
+        let folder = dir.appendingPathComponent("bt")
+        try writeBacktestReport(part, to: folder)
+        let md = try String(contentsOf: folder.appendingPathComponent("report.md"), encoding: .utf8)
+        XCTAssertTrue(md.contains("**Unfinished: 3 of 8 answers; the scores cover those alone. The same command with --resume gives the rest.**")
+                      && md.contains("4 prompts × 2 versions"), md)
+        let progress = try readBacktestProgress(folder)
+        XCTAssertEqual(progress.rows, part.rows)
+        XCTAssertEqual(progress.unanswered, 5)
+        XCTAssertEqual(progress.cost, part.cost)
+        XCTAssertEqual(progress.settings, part.settings)
+
+        var resumed = o
+        resumed.resume = progress
+        var done: [Int] = []
+        let rest = try runBacktest(resumed) { d, _ in done.append(d) }
+        XCTAssertEqual(done, Array(1...8))
+        XCTAssertEqual(rest.unanswered, 0)
+        XCTAssertEqual(Array(rest.rows.prefix(3)), part.rows, "the answers there are kept as they were")
+        XCTAssertEqual(rest.rows.count, whole.rows.count)
+        for (a, b) in zip(rest.rows, whole.rows) {
+            XCTAssertEqual([a.version, a.promptID, a.output], [b.version, b.promptID, b.output])
+            XCTAssertEqual(a.tokenLosses, b.tokenLosses, "\(a.version)/\(a.promptID)")
+            XCTAssertEqual([a.promptTokens, a.outputTokens], [b.promptTokens, b.outputTokens])
+        }
+        XCTAssertEqual(rest.summaries.map(\.loss), whole.summaries.map(\.loss))
+        XCTAssertEqual(rest.cost.tokens, whole.cost.tokens, "the sessions' cost together")
+        XCTAssertGreaterThan(rest.cost.wallSeconds, part.cost.wallSeconds, "the stopped session's time counts too")
+
+        // A prompt changed since the stop runs again; the other answers there are kept.
+        var changed = resumed
+        changed.prompts[1].prompt = "Something else, how"
+        let redone = try runBacktest(changed)
+        XCTAssertEqual(redone.rows[0], part.rows[0])
+        XCTAssertEqual(redone.rows[1].prompt, "Something else, how")
+        XCTAssertEqual(redone.rows[2], part.rows[2])
+
+        func refused(_ edit: (inout BacktestOptions) throws -> Void, _ said: String, line: UInt = #line) throws {
+            var other = resumed
+            try edit(&other)
+            XCTAssertThrowsError(try runBacktest(other), line: line) { e in
+                XCTAssertTrue("\(e)".contains("the unfinished back-test was run otherwise: ") && "\(e)".contains(said), "\(e)", line: line)
+            }
+        }
+        try refused({ $0.maxNewTokens = 6 }, "--max-tokens 5 there, 6 here")
+        try refused({ $0.includeBase = false }, "the versions base, v1 there, v1 here")
+        try refused({ ($0.samples, $0.seed) = (2, 7) }, "--samples 1 there, 2 here; --temperature (greedy) there, 0.8 here; --seed (greedy) there, 7 here")
+        try refused({ $0.stop = ["\n"] }, "--stop (none) there, \"\\n\" here")
+        try refused({ _ in
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: adapter)
+        }, "the adapter of v1 was \(adapter) (")
+        XCTAssertThrowsError(try readBacktestProgress(dir)) { XCTAssertTrue("\($0)".contains("backtest.json: not found"), "\($0)") }
+    }
+
     func testSummaryLossIsTheMeanOverAnswerTokens() {
         let cost = Cost(tokens: 1, wallSeconds: 0, cpuSeconds: 0, peakRSSBytes: 0, energyJoules: 0, energySource: "estimate", wattsPerCore: 10)
         func row(_ loss: Double, _ tokens: Int) -> BacktestRow {
