@@ -133,7 +133,7 @@ public struct TrainingError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// A run stopped by `Trainer.requestStop()` (the command line: Ctrl-C) after step `step` of
+/// A run stopped by `Trainer.requestStop()` (the command line: Ctrl-C or SIGTERM) after step `step` of
 /// `steps`, its state saved in `checkpoint` when the run writes one.
 public struct TrainingInterrupted: Error, CustomStringConvertible {
     public let step: Int, steps: Int
@@ -326,7 +326,7 @@ public final class Trainer {
             if let comm { try comm.barrier(what: "step \(step): rank 0 writes its checkpoint", patient: !comm.isLeader) }
         }
         while step < last {
-            // A stop asked for (Ctrl-C): after the step in progress, with the state saved. One
+            // A stop asked for (Ctrl-C, SIGTERM): after the step in progress, with the state saved. One
             // process only: the ranks of a job would stop at different steps.
             if comm == nil && Trainer.stopFlag.exchange(false, ordering: .relaxed) {
                 try flushMetrics()

@@ -2,7 +2,6 @@
 // the expected answers, with a report folder and an optional gate for CI pipelines.
 import ArgumentParser
 import Foundation
-import Synchronization
 import SwiftPEFT
 
 struct Backtest: ParsableCommand {
@@ -21,8 +20,8 @@ struct Backtest: ParsableCommand {
         readable, else CPU-seconds × --watts-per-core, marked as an estimate).
 
         Writes the folder <out>/ (report.md, results.jsonl, results.csv, report.html, and backtest.json:
-        what was run), swapped in whole, every 30 s while it runs. Ctrl-C stops after the answer in
-        progress and writes the report so far, marked unfinished; --resume gives the rest.
+        what was run), swapped in whole, every 30 s while it runs. Ctrl-C (or SIGTERM) stops after the
+        answer in progress and writes the report so far, marked unfinished; --resume gives the rest.
         --fail-if-worse VERSION[:OTHER] exits with status 3 when VERSION scores below OTHER (default:
         base) on --metric, so the command can gate a pipeline.
 
@@ -48,7 +47,7 @@ struct Backtest: ParsableCommand {
     @Option(help: "Allowed drop before --fail-if-worse fails (default 0).") var tolerance: Double?
     @Option(help: "Power per busy core for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
     @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (no DoRA or modules_to_save adapters).") var keepQuantized = false
-    @Flag(help: "Go on with the unfinished back-test in --out (stopped by Ctrl-C, or killed: the report is saved every 30 s): its answers are kept, the rest run. The model, adapters and decoding options must be the same.") var resume = false
+    @Flag(help: "Go on with the unfinished back-test in --out (stopped by Ctrl-C or SIGTERM, or killed: the report is saved every 30 s): its answers are kept, the rest run. The model, adapters and decoding options must be the same.") var resume = false
 
     /// "runs/lora/adapter.h5" → "lora"; "peft/v2" → "v2"; "a.h5" → "a"; "name=path" → name.
     static func versions(_ list: String) -> [(name: String, path: String)] {
@@ -142,8 +141,8 @@ struct Backtest: ParsableCommand {
             print("resuming \(out): \(options.resume!.rows.count) answers there, " + (left > 0 ? "\(left) left" : "none left: the report is written again"))
         }
         options.save = { try writeBacktestReport($0, to: outURL) }
-        options.shouldStop = { backtestStopRequested.load(ordering: .relaxed) }
-        stopBacktestOnCtrlC()
+        options.shouldStop = { stopSignal.load(ordering: .relaxed) != 0 }
+        stopCleanlyOnSignals(.backtest)
         let progress = CountProgress(label: "answers")
         let result = try runBacktest(options) { done, total in progress.update(done, total) }
         try writeBacktestReport(result, to: outURL)
@@ -156,7 +155,7 @@ struct Backtest: ParsableCommand {
         if result.unanswered > 0 {
             FileHandle.standardError.write(Data(("interrupted after \(result.rows.count) of \(result.rows.count + result.unanswered) answers; the report so far is in "
                 + "\(out) (marked unfinished): the same command with --resume gives the rest\(gate == nil ? "" : ", and then the --fail-if-worse gate")\n").utf8))
-            throw ExitCode(130)
+            throw stoppedExitCode
         }
         if let (a, b) = gate {
             let va = result.summaries.first { $0.version == a }.flatMap(metric.value)
@@ -173,20 +172,6 @@ struct Backtest: ParsableCommand {
             }
             print("PASS: \(a) is not worse than \(b): \(line)")
         }
-    }
-}
-
-/// Set by Ctrl-C during a back-test.
-let backtestStopRequested = Atomic<Bool>(false)
-
-/// Ctrl-C stops a back-test after the answer in progress, which then writes its report so far; a
-/// second Ctrl-C ends the process at once.
-func stopBacktestOnCtrlC() {
-    signal(SIGINT) { _ in
-        backtestStopRequested.store(true, ordering: .relaxed)
-        signal(SIGINT, SIG_DFL)
-        let m: StaticString = "\nCtrl-C: stopping after this answer and writing the report so far (Ctrl-C again quits at once)\n"
-        _ = write(2, m.utf8Start, m.utf8CodeUnitCount)
     }
 }
 

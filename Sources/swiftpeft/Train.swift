@@ -144,28 +144,6 @@ var methodOptionsHelp: String {
     """
 }
 
-/// Ctrl-C stops a training run cleanly: the first asks it to stop after its current step and save
-/// its state (`Trainer.requestStop`), a second ends the process at once. Not under mpirun, whose
-/// ranks would stop at different steps: there Ctrl-C ends the job as before.
-func stopTrainingOnCtrlC() {
-    guard !Communicator.world.isDistributed else { return }
-    signal(SIGINT) { _ in
-        Trainer.requestStop()
-        signal(SIGINT, SIG_DFL)
-        let m: StaticString = "\nCtrl-C: stopping after this step and saving the state (Ctrl-C again quits at once)\n"
-        _ = write(2, m.utf8Start, m.utf8CodeUnitCount)
-    }
-}
-
-/// Runs `body`; a run stopped by Ctrl-C says where it stopped and exits with status 130 (as a
-/// shell reports an interrupted command), not as an error.
-func exitingQuietlyOnInterrupt(_ body: () throws -> Void) throws {
-    do { try body() } catch let e as TrainingInterrupted {
-        FileHandle.standardError.write(Data("\(e)\n".utf8))
-        throw ExitCode(130)
-    }
-}
-
 /// A one-line progress display: a bar on a terminal (redrawn in place), plain lines otherwise.
 final class Progress {
     let total: Int
@@ -233,7 +211,7 @@ struct Train: ParsableCommand {
     @Option(help: "Method: \(trainableMethodNames.joined(separator: ", ")) (default lora).") var method: String?
     @Option(help: "Continue training this adapter (SwiftPEFT .h5, PEFT folder or llama.cpp GGUF LoRA) instead of a new one.") var adapter: String?
     @OptionGroup var common: CommonTrainOptions
-    @Flag(help: "Continue from <out>/state.h5 (written every --save-every steps, at the end, and when Ctrl-C stops the run).") var resume = false
+    @Flag(help: "Continue from <out>/state.h5 (written every --save-every steps, at the end, and when Ctrl-C or SIGTERM stops the run).") var resume = false
     @Flag(help: "Time each step's sections (GEMM, attention, cross-entropy, optimizer, graph, other kernels) and print where the time went at the end; the first step, evaluations and checkpoints are left out.")
     var profile = false
 
@@ -249,7 +227,7 @@ struct Train: ParsableCommand {
         do { try job.methodSettings.check(for: [job.method]) } catch { throw CLIError("\(error)") }
         job.resume = resume
         var progress: Progress?
-        stopTrainingOnCtrlC()
+        stopCleanlyOnSignals(.training)
         var outcome: TrainOutcome?
         try exitingQuietlyOnInterrupt {
             outcome = try runTrainJob(job, onStart: { print($0) }, onStep: { m in
@@ -350,7 +328,7 @@ struct Compare: ParsableCommand {
         for m in list where !trainableMethodNames.contains(m) { throw CLIError("unknown method '\(m)'; choose from \(trainableMethodNames.joined(separator: ", "))") }
         do { try job.methodSettings.check(for: list) } catch { throw CLIError("\(error)") }
         var progress: [String: Progress] = [:]
-        stopTrainingOnCtrlC()
+        stopCleanlyOnSignals(.training)
         var finished: [MethodResult] = []
         try exitingQuietlyOnInterrupt {
             finished = try runCompare(job, methods: list, resume: resume, onStart: { print($0) }, onStep: { m, s in

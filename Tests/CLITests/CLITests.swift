@@ -1166,24 +1166,14 @@ final class CLITests: XCTestCase {
         try (lines.joined(separator: "\n") + "\n").write(toFile: prompts, atomically: true, encoding: .utf8)
         let out = fx.path("runs/bt-stopped")
         let args = ["backtest", "--model", fx.base, "--prompts", prompts, "--out", out, "--max-tokens", "16"]
-        let p = Process()
-        p.executableURL = try Self.binary()
-        p.arguments = args
-        let (stdout, stderr) = (Pipe(), Pipe())
-        (p.standardOutput, p.standardError, p.standardInput) = (stdout, stderr, FileHandle.nullDevice)
-        let said = Mutex("")
-        stdout.fileHandleForReading.readabilityHandler = { h in
-            let d = h.availableData
-            said.withLock { $0 += String(decoding: d, as: UTF8.self) }
-        }
-        try p.run()
-        let deadline = Date().addingTimeInterval(120)  // the first tenth's progress line, then Ctrl-C
-        while !said.withLock({ $0.contains("answers ") }) && p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        kill(p.processIdentifier, SIGINT)
-        let errors = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        stdout.fileHandleForReading.readabilityHandler = nil
-        XCTAssertEqual(p.terminationStatus, 130, errors + said.withLock { $0 })
+        // SIGTERM (a scheduler's stop) as Ctrl-C, with its own status.
+        let term = try runUntil(args.map { $0 == out ? out + "-term" : $0 }, signal: SIGTERM) { $0.contains("answers ") }
+        XCTAssertEqual(term.status, 143, term.stderr)
+        XCTAssertTrue(term.stderr.contains("SIGTERM: stopping after this answer and writing the report so far") && term.stderr.contains("interrupted after "), term.stderr)
+        assertFile(out + "-term/backtest.json")
+        let stopped = try runUntil(args, signal: SIGINT) { $0.contains("answers ") }  // the first progress line, then Ctrl-C
+        let errors = stopped.stderr
+        XCTAssertEqual(stopped.status, 130, errors + stopped.stdout)
         XCTAssertTrue(errors.contains("Ctrl-C: stopping after this answer and writing the report so far"), errors)
         let given = ((try? String(contentsOfFile: out + "/results.jsonl", encoding: .utf8)) ?? "").split(separator: "\n")
         XCTAssertTrue(given.count >= 1 && given.count < n, "\(given.count) answers")
@@ -1836,31 +1826,46 @@ final class CLITests: XCTestCase {
 
     /// Ctrl-C (SIGINT) stops a run after its current step with its state saved, exit status 130,
     /// and --resume continues it from there.
-    func testCtrlCStopsAfterTheStepWithTheStateSaved() throws {
-        let out = fx.path("runs/interrupted")
+    func testCtrlCOrSIGTERMStopsAfterTheStepWithTheStateSaved() throws {
+        for (sig, status, name) in [(SIGINT, Int32(130), "Ctrl-C"), (SIGTERM, 143, "SIGTERM")] {
+            let out = fx.path("runs/interrupted-\(name)")
+            let metrics = out + "/metrics.jsonl"
+            func lines() -> Int { ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count }
+            let stopped = try runUntil(trainArgs(out: out, steps: 100_000), signal: sig) { _ in lines() >= 5 }
+            let said = stopped.stderr
+            XCTAssertEqual(stopped.status, status, said)
+            XCTAssertTrue(said.contains("\(name): stopping after this step and saving the state"), said)
+            let step = lines()
+            XCTAssertTrue(said.contains("interrupted at step \(step) of 100000; the state is saved in ") && said.contains("--resume continues the run"), said)
+            XCTAssertEqual(try HDF5Store.readAttributes(out + "/state.h5")["step"], String(step), "the state is the last step's")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/adapter.h5"))
+            let r = try ok(trainArgs(out: out, steps: step + 2) + ["--resume"])
+            XCTAssertEqual(lines(), step + 2, r.transcript)
+            assertFile(out + "/adapter.h5")
+        }
+    }
+
+    /// Runs swiftpeft with `args` until `ready(stdout so far)` holds (120 s at most), sends `signal`,
+    /// and returns how it ended.
+    func runUntil(_ args: [String], signal: Int32, ready: @escaping (String) -> Bool) throws -> (status: Int32, stdout: String, stderr: String) {
         let p = Process()
         p.executableURL = try Self.binary()
-        p.arguments = trainArgs(out: out, steps: 100_000)
+        p.arguments = args
         let (stdout, stderr) = (Pipe(), Pipe())
         (p.standardOutput, p.standardError, p.standardInput) = (stdout, stderr, FileHandle.nullDevice)
+        let said = Mutex("")
+        stdout.fileHandleForReading.readabilityHandler = { h in
+            let d = h.availableData
+            said.withLock { $0 += String(decoding: d, as: UTF8.self) }
+        }
         try p.run()
-        let metrics = out + "/metrics.jsonl"
-        func lines() -> Int { ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count }
         let deadline = Date().addingTimeInterval(120)
-        while lines() < 5 && p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        kill(p.processIdentifier, SIGINT)
-        let said = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        _ = stdout.fileHandleForReading.readDataToEndOfFile()
+        while !ready(said.withLock { $0 }) && p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        kill(p.processIdentifier, signal)
+        let errors = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 130, said)
-        XCTAssertTrue(said.contains("Ctrl-C: stopping after this step and saving the state"), said)
-        let step = lines()
-        XCTAssertTrue(said.contains("interrupted at step \(step) of 100000; the state is saved in ") && said.contains("--resume continues the run"), said)
-        XCTAssertEqual(try HDF5Store.readAttributes(out + "/state.h5")["step"], String(step), "the state is the last step's")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/adapter.h5"))
-        let r = try ok(trainArgs(out: out, steps: step + 2) + ["--resume"])
-        XCTAssertEqual(lines(), step + 2, r.transcript)
-        assertFile(out + "/adapter.h5")
+        stdout.fileHandleForReading.readabilityHandler = nil
+        return (p.terminationStatus, said.withLock { $0 }, errors)
     }
 
     /// A resume checks the base and the method config; a state left by an earlier run is not taken
