@@ -212,3 +212,19 @@ public func writeCostFile(_ cost: Cost, command: String, to url: URL, extra: [St
 
 /// "1 token", "2 tokens": a count and its noun, plural (an added s) unless the count is 1.
 public func counted(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : "s")" }
+
+/// The checkpoint attributes of a run's cost so far: this session's (`session`) added to the sessions
+/// before a resume (`earlier`, as `recordedCost` read them), and the number of sessions.
+func costAttributes(_ session: Cost, earlier: (cost: Cost, sessions: Int)?) -> [String: String] {
+    let soFar = Cost.total([earlier?.cost, session].compactMap { $0 })!
+    let e = JSONEncoder()
+    e.outputFormatting = .sortedKeys
+    return ["cost": (try? e.encode(soFar)).map { String(decoding: $0, as: UTF8.self) } ?? "", "cost_sessions": String((earlier?.sessions ?? 0) + 1)]
+}
+
+/// The run's cost so far and its sessions, as a checkpoint records them (`costAttributes`); nil
+/// when it records none.
+public func recordedCost(_ attributes: [String: String]) -> (cost: Cost, sessions: Int)? {
+    guard let json = attributes["cost"], let c = try? JSONDecoder().decode(Cost.self, from: Data(json.utf8)) else { return nil }
+    return (c, attributes["cost_sessions"].flatMap(Int.init) ?? 1)
+}

@@ -294,9 +294,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
         }
         try trainer.resume(from: stateURL, data: &stream)
         let attributes = (try? HDF5Store.readAttributes(stateURL.path)) ?? [:]
-        if let json = attributes["cost"], let c = try? JSONDecoder().decode(Cost.self, from: Data(json.utf8)) {
-            earlier = (c, attributes["cost_sessions"].flatMap(Int.init) ?? 1)
-        }
+        earlier = recordedCost(attributes)
         if comm.isDistributed {
             // Each rank read the state from its own disk: on machines that do not share --out, one may
             // have read another run's. Every rank compares its step and trained values with rank 0's.
@@ -344,10 +342,7 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     let sessions = (earlier?.sessions ?? 0) + 1
     if !comm.isDistributed {
         trainer.checkpointProgress = { [unowned trainer] in
-            let soFar = Cost.total([earlier?.cost, meter.reading(tokens: trainer.tokensTrained - trainer.tokensAtResume)].compactMap { $0 })!
-            let e = JSONEncoder()
-            e.outputFormatting = .sortedKeys
-            return ["cost": (try? e.encode(soFar)).map { String(decoding: $0, as: UTF8.self) } ?? "", "cost_sessions": String(sessions)]
+            costAttributes(meter.reading(tokens: trainer.tokensTrained - trainer.tokensAtResume), earlier: earlier)
         }
     }
     let firstStep = trainer.step

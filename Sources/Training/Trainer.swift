@@ -41,8 +41,17 @@ extension WindowSampler: BatchStream {
         let (ids, targets) = next()
         return Batch(ids: ids, targets: targets, rows: batch)
     }
-    public var position: [UInt64] { rng.snapshot }
-    public mutating func seek(to position: [UInt64]) throws { rng = RNG(snapshot: position) }
+    /// `[6 RNG words, token count, fingerprint]`.
+    public var position: [UInt64] { rng.snapshot + [UInt64(tokens.count), fingerprint] }
+    public mutating func seek(to position: [UInt64]) throws {
+        guard position.count == 8 else {
+            throw TrainingError(message: "saved window position: expected 8 words [6 RNG words, token count, fingerprint], got \(position.count)")
+        }
+        guard position[6] == UInt64(tokens.count), position[7] == fingerprint else {
+            throw TrainingError(message: "the state was saved for a text of \(position[6]) tokens (fingerprint \(position[7])), but this text has \(tokens.count) (fingerprint \(fingerprint)); resume with the same --data and --vocab-size")
+        }
+        rng = RNG(snapshot: Array(position[..<6]))
+    }
 }
 
 /// Learning-rate schedule after warmup.
@@ -458,6 +467,19 @@ public final class Trainer {
         if let e = metricsFailure.withLock({ $0 }) { throw e }
     }
 
+    /// The hints of a refused resume, in the words of the command that resumes (train's by default).
+    public struct ResumeHints: Sendable {
+        /// For a state made for another base, method, architecture …
+        public var otherRun = "resume with the same --model and method options, or train into another --out."
+        /// After "give it the same values.", for a state written with other options, at step `step`.
+        public var otherOptions: @Sendable (_ step: Int) -> String = { s in
+            "To go on with other ones: resume with the same values and --steps \(s) (this writes <out>/adapter.h5 without training), "
+                + "then train into another --out from it (--adapter <out>/adapter.h5)"
+        }
+        public init() {}
+    }
+    public var resumeHints = ResumeHints()
+
     /// Set by `requestStop`, taken by the `run` that honours it.
     private static let stopFlag = Atomic<Bool>(false)
 
@@ -551,7 +573,7 @@ public final class Trainer {
                 ?? "it has \(key) \(attrs[key].map { "'\($0)'" } ?? "missing"), this run has '\(mine)'"
             throw CheckpointError(path: url.path, message: """
                 was made for another \(what[key] ?? key): \(how).
-                HINT: resume with the same --model and method options, or train into another --out.
+                HINT: \(resumeHints.otherRun)
                 """)
         }
         // The options that shape the updates, as the state records them: states written before
@@ -565,9 +587,7 @@ public final class Trainer {
         guard differing.isEmpty else {
             throw CheckpointError(path: url.path, message: """
                 was written by a run with other training options: \(differing.joined(separator: "; ")).
-                HINT: --resume goes on exactly as the interrupted run would have, so give it the same values. To go on with \
-                other ones: resume with the same values and --steps \(s) (this writes <out>/adapter.h5 without training), \
-                then train into another --out from it (--adapter <out>/adapter.h5)
+                HINT: --resume goes on exactly as the interrupted run would have, so give it the same values. \(resumeHints.otherOptions(s))
                 """)
         }
         for (key, t) in parameters {
@@ -587,7 +607,7 @@ public final class Trainer {
         try optimizer.loadState(TensorReader(shapes: opt) { try file.tensor("optimizer/" + $0) },
                                 stepCount: attrs["optimizer_steps"].flatMap(Int.init) ?? s)
         func words(_ key: String) -> [UInt64] { (attrs[key] ?? "").split(separator: ",").compactMap { UInt64($0) } }
-        try data.seek(to: words("data_position"))
+        do { try data.seek(to: words("data_position")) } catch { throw CheckpointError(path: url.path, message: "\(error)") }
         step = s
         elapsedBefore = Double(attrs["elapsed"] ?? "0") ?? 0
         skippedSteps = attrs["skipped_steps"].flatMap(Int.init) ?? 0  // absent in checkpoints written before

@@ -10,7 +10,9 @@ struct Pretrain: ParsableCommand {
         Reads a text file or a folder of .txt/.md/.rst files, trains the tokenizer, holds out the
         last 5% of tokens for validation, trains every weight, and saves model + tokenizer to one
         HDF5 checkpoint, its loss curves beside it (<out> with .loss.svg for .h5), and prints
-        what the run cost.
+        what the run cost. The training state (<out> with .state.h5) is saved every --save-every
+        steps, at the end, and when Ctrl-C or SIGTERM stops the run; the same command with
+        --resume goes on from it (with more --steps, past the end too).
 
         Examples:
           python3 scripts/fetch_data.py shakespeare
@@ -30,11 +32,14 @@ struct Pretrain: ParsableCommand {
     @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step (--batch-size as in train; --batch still read).") var batch = 16
     @Option(help: "Tokens per sequence.") var seqLen = 128
     @Option(help: "Peak learning rate.") var lr: Float = 3e-3
+    @Option(help: "Learning-rate warmup steps (default: a tenth of --steps, at most 100; a resumed run keeps its state's).") var warmup: Int?
     @Option(help: "Evaluate every N steps.") var evalEvery = 100
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Flag(help: "Recompute each block's activations in the backward pass instead of keeping them: less memory, more time per step.")
     var gradientCheckpointing = false
     @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
+    @Option(help: "Save the training state every N steps (0: only at the end and when stopped).") var saveEvery = 100
+    @Flag(help: "Go on from the training state beside --out (<out> with .state.h5), as the stopped run would have: the same --data, sizes and training options.") var resume = false
 
     func run() throws {
         // Checked before the tokenizer trains (a while): the model builder stops the program on a bad size.
@@ -44,6 +49,8 @@ struct Pretrain: ParsableCommand {
         }
         guard lr.isFinite && lr > 0 else { throw CLIError("--lr must be positive, got \(lr)") }
         guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
+        if let warmup, warmup < 0 { throw CLIError("--warmup must be 0 or more, got \(warmup)") }
+        guard saveEvery >= 0 else { throw CLIError("--save-every must be 0 (only at the end) or more, got \(saveEvery)") }
         let meter = CostMeter(wattsPerCore: wattsPerCore)
         // Checked before training too: the checkpoint is written at the end.
         let ext = URL(fileURLWithPath: out).pathExtension.lowercased()
@@ -53,6 +60,12 @@ struct Pretrain: ParsableCommand {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: out, isDirectory: &isDir), isDir.boolValue {
             throw CLIError("--out \(out) is a folder; pretrain writes a checkpoint file (.h5)")
+        }
+        // models/base.h5 → models/base.state.h5 and models/base.loss.svg.
+        let stem = ext == "h5" ? (out as NSString).deletingPathExtension : out
+        let statePath = stem + ".state.h5"
+        if resume && !FileManager.default.fileExists(atPath: statePath) {
+            throw CLIError("--resume: \(statePath) does not exist: no state to go on from (it is written every --save-every steps); leave --resume out to start the run")
         }
         var size = BaseModelSize()
         (size.hidden, size.layers, size.heads, size.kvHeads, size.intermediate) = (hidden, layers, heads, kvHeads, intermediate)
@@ -79,34 +92,54 @@ struct Pretrain: ParsableCommand {
         print("model: \(config.family), \(model.parameterCount) parameters, OpenBLAS core \(BLASCore.current)")
         var o = PretrainOptions()
         (o.steps, o.batch, o.seqLen, o.lr, o.evalEvery, o.seed) = (steps, batch, seqLen, lr, evalEvery, seed)
-        o.warmup = min(100, steps / 10)
+        // A resumed run keeps its warmup, which --steps would otherwise move, and trains from the state's step on.
+        let state = resume ? try HDF5Store.readAttributes(statePath) : [:]
+        let savedWarmup = state["update_options"].flatMap { try? JSONDecoder().decode([String: String].self, from: Data($0.utf8)) }?["warmup"]
+        o.warmup = warmup ?? savedWarmup.flatMap(Int.init) ?? min(100, steps / 10)
+        let firstStep = state["step"].flatMap(Int.init) ?? 0
         o.gradientCheckpointing = gradientCheckpointing
+        (o.checkpointURL, o.saveEvery, o.resume, o.costMeter) = (URL(fileURLWithPath: statePath), saveEvery, resume, meter)
+        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent.isEmpty ? "." :
+                                                (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        if !resume && FileManager.default.fileExists(atPath: statePath) {
+            print("note: \(statePath) holds an earlier run's state; this run replaces it (--resume would continue it)")
+            try FileManager.default.removeItem(atPath: statePath)
+        }
         let before = evaluate(model, tokens: val, seqLen: seqLen, maxTokens: o.evalTokens)
         print(String(format: "before: val loss %.4f (perplexity %.1f); unigram entropy %.4f", before.loss, before.perplexity,
                      unigramEntropy(val)))
         t0 = Date()
-        let points = try pretrain(model, train: train, val: val, options: o) { p in
-            if p.step % 10 == 0 || p.valLoss != nil {
-                var line = String(format: "step %5d/%d  loss %.4f  lr %.2e  grad norm %.3f  %.0f tok/s", p.step, steps, p.loss,
-                                  p.lr, p.gradNorm, p.tokensPerSecond)
-                if let v = p.valLoss { line += String(format: "  val loss %.4f", v) }
-                print(line)
+        stopCleanlyOnSignals(.training)
+        var points: [StepMetrics] = []
+        try exitingQuietlyOnInterrupt {
+            points = try pretrain(model, train: train, val: val, options: o) { p in
+                if p.step % 10 == 0 || p.valLoss != nil {
+                    var line = String(format: "step %5d/%d  loss %.4f  lr %.2e  grad norm %.3f  %.0f tok/s", p.step, steps, p.loss,
+                                      p.lr, p.gradNorm, p.tokensPerSecond)
+                    if let v = p.valLoss { line += String(format: "  val loss %.4f", v) }
+                    print(line)
+                }
             }
         }
         let after = points.last?.valLoss ?? .nan
         print(String(format: "after: val loss %.4f (perplexity %.1f) in %.0f s", after, Foundation.exp(after), Date().timeIntervalSince(t0)))
-        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent.isEmpty ? "." :
-                                                (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try ModelCheckpoint.save(model, tokenizer: tokenizer, to: out,
                                  metadata: ["trained_on": data, "steps": String(steps), "val_loss": String(after)])
         print("saved \(out)")
         // The loss curves beside the checkpoint: models/base.h5 → models/base.loss.svg.
         var curves = LossRun(name: URL(fileURLWithPath: out).deletingPathExtension().lastPathComponent, steps: points)
         if before.loss.isFinite { curves.validation.insert(CurvePoint(step: 0, loss: before.loss), at: 0) }
-        let plot = (ext == "h5" ? (out as NSString).deletingPathExtension : out) + ".loss.svg"
+        let plot = stem + ".loss.svg"
         try writeLossPlot([curves], title: "pretrain on \(URL(fileURLWithPath: data).lastPathComponent): loss", to: URL(fileURLWithPath: plot))
         print("loss curves: \(plot)")
-        print("cost: \(meter.reading(tokens: steps * batch * seqLen).summary)")
+        print("state: \(statePath) (--resume with more --steps trains on)")
+        let session = meter.reading(tokens: (steps - firstStep) * batch * seqLen)
+        if let run = recordedCost((try? HDF5Store.readAttributes(statePath)) ?? [:]), run.sessions > 1 {
+            print("cost of this session: \(session.summary)")
+            print("cost of the run (\(run.sessions) sessions, each up to its last checkpoint): \(run.cost.summary)")
+        } else {
+            print("cost: \(session.summary)")
+        }
         // A sample from the start of the first document that has text (an empty file gives no prompt).
         if let doc = docs.first(where: { !tokenizer.encode(String($0.prefix(40))).isEmpty }) {
             let prompt = tokenizer.encode(String(doc.prefix(40)))

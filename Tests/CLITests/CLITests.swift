@@ -351,6 +351,31 @@ final class CLITests: XCTestCase {
 
     // MARK: pretrain
 
+    /// pretrain: Ctrl-C stops after the step in progress with the state saved beside --out (exit
+    /// 130); --resume goes on from it, and the run's cost adds up both sessions; a resume with other
+    /// options, or with no state, is refused.
+    func testPretrainStoppedByCtrlCResumes() throws {
+        let out = fx.path("pretrain-stopped/tiny.h5"), state = fx.path("pretrain-stopped/tiny.state.h5")
+        func args(steps: Int) -> [String] {
+            ["pretrain", "--data", fx.text, "--out", out, "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+             "--intermediate", "64", "--steps", String(steps), "--vocab-size", "300", "--batch-size", "2", "--seq-len", "16", "--save-every", "1000"]
+        }
+        let stopped = try runUntil(args(steps: 1_000_000), signal: SIGINT) { $0.contains("step    20/") }
+        XCTAssertEqual(stopped.status, 130, stopped.stderr + stopped.stdout)
+        let step = try XCTUnwrap(HDF5Store.readAttributes(state)["step"].flatMap(Int.init), "the state is saved at the stop")
+        XCTAssertGreaterThanOrEqual(step, 20)
+        XCTAssertTrue(stopped.stderr.contains("interrupted at step \(step) of 1000000; the state is saved in \(state)"), stopped.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "no model before the run ends")
+        _ = try fails(args(steps: step + 10).map { $0 == "16" ? "8" : $0 } + ["--resume"], mentioning: ["--seq-len 16 in the state, 8 in this run"])
+        let r = try ok(args(steps: step + 10) + ["--resume"])
+        assertFile(out)
+        XCTAssertTrue(r.stdout.contains("cost of this session: \(10 * 2 * 16) tokens") && r.stdout.contains("cost of the run (2 sessions"), r.transcript)
+        XCTAssertTrue(r.stdout.contains("state: \(state)"), r.transcript)
+        XCTAssertEqual(try HDF5Store.readAttributes(state)["step"], String(step + 10))
+        let other = fx.path("pretrain-none/tiny.h5")
+        _ = try fails(args(steps: 5).map { $0 == out ? other : $0 } + ["--resume"], mentioning: ["--resume: \(fx.path("pretrain-none/tiny.state.h5")) does not exist"])
+    }
+
     func testPretrainWritesACheckpointThatInspectDescribes() throws {
         let out = fx.path("pretrain/tiny.h5")
         let r = try ok(["pretrain", "--data", fx.text, "--out", out, "--hidden", "32", "--layers", "1", "--heads", "2",

@@ -71,6 +71,54 @@ final class PretrainTests: XCTestCase {
         XCTAssertNotEqual(try run(false), try run(false, attentionDropout: nil), "attention dropout takes part")
     }
 
+    /// A pretraining run stopped after a step resumes from its state exactly as if it had never
+    /// stopped: the same losses, validations and weights; the state's cost adds up both sessions; a
+    /// resume on other text, or with another window, is refused, naming what differs.
+    func testAStoppedPretrainingResumesExactly() throws {
+        let tokens: [Int32] = (0..<4000).map { (i: Int) -> Int32 in Int32((i * 13 + i / 7) % 256) }
+        let val = Array(tokens.prefix(300))
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("swiftpeft-pretrain-\(UUID().uuidString).state.h5")
+        defer { try? FileManager.default.removeItem(at: state) }
+        let config = ModelConfig.llama(vocabSize: 256, hiddenSize: 32, numLayers: 2, numHeads: 2, numKVHeads: 1,
+                                       intermediateSize: 64, tieWordEmbeddings: true, maxPositions: 64)
+        func options(resume: Bool = false) -> PretrainOptions {
+            var o = PretrainOptions()
+            (o.steps, o.batch, o.seqLen, o.evalEvery, o.evalTokens, o.warmup) = (8, 4, 32, 3, 256, 2)
+            (o.checkpointURL, o.resume, o.costMeter) = (state, resume, CostMeter())
+            return o
+        }
+        let whole = makeModel(config, seed: 1)
+        var plain = options()
+        plain.checkpointURL = nil
+        let wholePoints = try pretrain(whole, train: tokens, val: val, options: plain)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: state.path), "no checkpoint asked for, none written")
+
+        XCTAssertThrowsError(try pretrain(makeModel(config, seed: 1), train: tokens, val: val, options: options()) { p in
+            if p.step == 5 { Trainer.requestStop() }
+        }) { e in XCTAssertEqual((e as? TrainingInterrupted)?.step, 5, "\(e)") }
+        XCTAssertEqual(try HDF5Store.readAttributes(state.path)["step"], "5")
+        let resumed = makeModel(config, seed: 1)
+        let points = try pretrain(resumed, train: tokens, val: val, options: options(resume: true))
+        XCTAssertEqual(points.map(\.step), Array(1...8), "the history of both sessions")
+        XCTAssertEqual(points.map(\.loss), wholePoints.map(\.loss))
+        XCTAssertEqual(points.map(\.valLoss), wholePoints.map(\.valLoss))
+        for ((name, a), (_, b)) in zip(resumed.namedParameters(), whole.namedParameters()) {
+            XCTAssertEqual(a.toArray(), b.toArray(), name)
+        }
+        let cost = try XCTUnwrap(recordedCost(try HDF5Store.readAttributes(state.path)))
+        XCTAssertEqual(cost.sessions, 2)
+        XCTAssertEqual(cost.cost.tokens, 8 * 4 * 32, "the tokens of both sessions")
+
+        XCTAssertThrowsError(try pretrain(makeModel(config, seed: 1), train: Array(tokens.dropLast()), val: val, options: options(resume: true))) {
+            XCTAssertTrue("\($0)".contains("the state was saved for a text of 4000 tokens") && "\($0)".contains("this text has 3999"), "\($0)")
+        }
+        var shorter = options(resume: true)
+        shorter.seqLen = 16
+        XCTAssertThrowsError(try pretrain(makeModel(config, seed: 1), train: tokens, val: val, options: shorter)) {
+            XCTAssertTrue("\($0)".contains("--seq-len 32 in the state, 16 in this run") && "\($0)".contains("start again without --resume"), "\($0)")
+        }
+    }
+
     /// Every window start is drawn, the last one included, so every token but the first is a
     /// target; a stream of exactly one window is enough.
     func testWindowSamplerReachesTheLastToken() {
