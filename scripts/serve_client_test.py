@@ -283,7 +283,8 @@ def main():
 
         s, metrics = http(root + "/metrics")
         for needle in ['swiftpeft_completions_total{model="lora"}', 'swiftpeft_request_latency_seconds_bucket{model="ia3"',
-                       'swiftpeft_http_requests_total{route="/v1/completions",status="404"}', "swiftpeft_energy_joules_total"]:
+                       'swiftpeft_http_requests_total{route="/v1/completions",status="404"}', "swiftpeft_energy_joules_total",
+                       "# HELP swiftpeft_completion_tokens_total Tokens generated, per model", "# TYPE swiftpeft_batch_size histogram"]:
             check(needle in metrics, f"/metrics lacks {needle}")
         print("serve test: /metrics has requests, tokens, latency histograms and energy per model")
 

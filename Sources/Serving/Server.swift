@@ -70,27 +70,42 @@ final class ServerMetrics: @unchecked Sendable {
     let registry = PrometheusCollectorRegistry()
     private let lock = NSLock()
 
+    /// The series, each named and explained (its `# HELP` line): swiftpeft_<name>_<unit>.
+    private static func series(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "swiftpeft", metricName: name, unitName: unit, helpText: help)
+    }
+    static let requests = series("http_requests", "total", "HTTP requests by route and status")
+    static let completions = series("completions", "total", "Completions answered, per model (base or adapter)")
+    static let promptTokens = series("prompt_tokens", "total", "Prompt tokens read, per model")
+    static let completionTokens = series("completion_tokens", "total", "Tokens generated, per model")
+    static let latency = series("request_latency", "seconds", "Time from a request's arrival to its last token, per model")
+    static let queue = series("queue", "seconds", "Time a request waited before its first decoding step, per model")
+    static let batchSize = series("batch", "size", "Requests decoded together in the batch a request joined, per model")
+    static let queueLength = series("queue_length", "", "Requests waiting for a batch now")
+    static let cpuSeconds = series("cpu_seconds", "total", "CPU time of the completions, per model")
+    static let energy = series("energy_joules", "total", "Energy of the completions (source: RAPL, or an estimate), per model")
+
     func request(_ route: String, status: Int) {
-        registry.makeCounter(name: "swiftpeft_http_requests_total", labels: [("route", route), ("status", "\(status)")]).increment()
+        registry.makeCounter(descriptor: Self.requests, labels: [("route", route), ("status", "\(status)")]).increment()
     }
 
     func finished(model: String, _ s: GenerationSummary) {
         lock.lock(); defer { lock.unlock() }
         let l = [("model", model)]
-        registry.makeCounter(name: "swiftpeft_completions_total", labels: l).increment()
-        registry.makeCounter(name: "swiftpeft_prompt_tokens_total", labels: l).increment(by: Int64(s.promptTokens))
-        registry.makeCounter(name: "swiftpeft_completion_tokens_total", labels: l).increment(by: Int64(s.completionTokens))
-        registry.makeValueHistogram(name: "swiftpeft_request_latency_seconds", labels: l,
+        registry.makeCounter(descriptor: Self.completions, labels: l).increment()
+        registry.makeCounter(descriptor: Self.promptTokens, labels: l).increment(by: Int64(s.promptTokens))
+        registry.makeCounter(descriptor: Self.completionTokens, labels: l).increment(by: Int64(s.completionTokens))
+        registry.makeValueHistogram(descriptor: Self.latency, labels: l,
                                     buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]).record(s.latencySeconds)
-        registry.makeValueHistogram(name: "swiftpeft_queue_seconds", labels: l,
+        registry.makeValueHistogram(descriptor: Self.queue, labels: l,
                                     buckets: [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]).record(s.queueSeconds)
-        registry.makeValueHistogram(name: "swiftpeft_batch_size", labels: l, buckets: [1, 2, 3, 4, 6, 8, 12, 16, 32]).record(Double(s.batchSize))
-        registry.makeCounter(name: "swiftpeft_cpu_seconds_total", labels: l).increment(by: s.cost.cpuSeconds)
-        registry.makeCounter(name: "swiftpeft_energy_joules_total", labels: l + [("source", s.cost.energySource)]).increment(by: s.cost.energyJoules)
+        registry.makeValueHistogram(descriptor: Self.batchSize, labels: l, buckets: [1, 2, 3, 4, 6, 8, 12, 16, 32]).record(Double(s.batchSize))
+        registry.makeCounter(descriptor: Self.cpuSeconds, labels: l).increment(by: s.cost.cpuSeconds)
+        registry.makeCounter(descriptor: Self.energy, labels: l + [("source", s.cost.energySource)]).increment(by: s.cost.energyJoules)
     }
 
     func text(queued: Int) -> String {
-        registry.makeGauge(name: "swiftpeft_queue_length", labels: []).set(Double(queued))
+        registry.makeGauge(descriptor: Self.queueLength, labels: []).set(Double(queued))
         return registry.emitToString()
     }
 }
@@ -420,7 +435,7 @@ public func makeServer(_ engine: ServingEngine, options: ServerOptions,
     }
 
     let configuration = ApplicationConfiguration(address: .hostname(options.host, port: options.port), serverName: "swiftpeft")
-    return Application(router: router, server: .http1(additionalChannelHandlers: [HangUpWatcher()]), configuration: configuration,
+    return Application(router: router, server: .http1(configuration: .init(additionalChannelHandlers: [HangUpWatcher()])), configuration: configuration,
                        onServerRunning: { channel in
         onRunning(channel.localAddress?.port ?? options.port)
     })

@@ -155,6 +155,15 @@ func checkpointSeeds() -> [Data] {
     return [m, a].compactMap { FileManager.default.contents(atPath: $0) }
 }
 /// Reads an HDF5 file as every command would: the raw store, then as a model or an adapter.
+/// Writes a fuzz input to disk, or ends the run: a parser given a stale or missing file would be
+/// fuzzing nothing.
+func put(_ path: String, _ data: Data) {
+    guard FileManager.default.createFile(atPath: path, contents: data) else {
+        print("fuzz: cannot write \(path) (\(String(cString: strerror(errno)))); stopping")
+        exit(1)
+    }
+}
+
 func readHDF5(_ path: String, _ data: Data) throws {
     _ = try HDF5Store.read(path)
     switch try ModelSource.detect(path).kind {
@@ -307,8 +316,8 @@ for t in targets where only == nil || only == t.name {
     var tried = 0, refused = 0, probeCaught = 0
     // Every seed as it is must be read: a refused seed would leave only the refusal paths fuzzed.
     for (k, seed) in t.seeds.enumerated() {
-        _ = FileManager.default.createFile(atPath: last, contents: seed)
-        _ = FileManager.default.createFile(atPath: input, contents: seed)
+        put(last, seed)
+        put(input, seed)
         do { try t.parse(input, seed) } catch {
             print("fuzz \(t.name): seed \(k + 1) is refused: \(error)")
             failed = true
@@ -319,8 +328,8 @@ for t in targets where only == nil || only == t.name {
         var bytes = [UInt8](t.seeds[rng.nextInt(t.seeds.count)])
         for _ in 0..<(1 + rng.nextInt(4)) { if t.json { mutateJSON(&bytes) } else { mutateBytes(&bytes) } }
         let data = Data(bytes)
-        FileManager.default.createFile(atPath: last, contents: data)  // kept if the parse below crashes
-        FileManager.default.createFile(atPath: input, contents: data)
+        put(last, data)  // kept if the parse below crashes
+        put(input, data)
         tried += 1
         do { try t.parse(input, data) } catch {
             refused += 1
@@ -328,7 +337,7 @@ for t in targets where only == nil || only == t.name {
             if "\(error)".contains("libhdf5 crashed") {
                 probeCaught += 1
                 let kept = URL(fileURLWithPath: work).appendingPathComponent("probe-caught-\(t.name)").path
-                if !FileManager.default.fileExists(atPath: kept) { FileManager.default.createFile(atPath: kept, contents: data) }
+                if !FileManager.default.fileExists(atPath: kept) { put(kept, data) }
             }
         }
     }
