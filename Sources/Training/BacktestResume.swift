@@ -166,3 +166,23 @@ public func checkResumable(_ o: BacktestOptions) throws -> BacktestSettings {
     }
     return settings
 }
+
+/// A back-test's report folder described (`inspect`): what was run, how much of it, and its cost.
+public func describeBacktestReport(_ path: String) throws -> String {
+    let p = try readBacktestProgress(URL(fileURLWithPath: path))
+    let s = p.settings, answers = p.rows.count + p.unanswered
+    var lines = ["\(path): back-test report, " + (p.unanswered == 0 ? "finished: \(answers) answers"
+                 : "unfinished: \(p.rows.count) of \(answers) answers (the same command with --resume gives the rest)")]
+    lines.append("  model: \(s.model.description)")
+    let adapters = Dictionary(zip(s.versions.suffix(s.adapters.count), s.adapters), uniquingKeysWith: { a, _ in a })
+    for v in s.versions {
+        let given = p.rows.filter { $0.version == v }.count
+        lines.append("  version \(v): \(adapters[v].map { "adapter \($0.description)" } ?? "the base"); \(given) of \(answers / max(1, s.versions.count)) answers")
+    }
+    lines.append("  decoding: " + (s.samples == 1 ? "greedy" : "\(s.samples) samples at temperature \(s.temperature ?? 0), seed \(s.seed ?? 0)")
+                 + ", at most \(s.maxNewTokens) new tokens" + (s.stop.isEmpty ? "" : ", stop at " + s.stop.map(\.debugDescription).joined(separator: " "))
+                 + (s.keepQuantized ? ", quantized base kept" : ""))
+    if let t = s.chatTemplate { lines.append("  chat template: \(t.description)") }
+    lines.append("  \(p.unanswered == 0 ? "cost" : "cost so far"): \(p.cost.summary)")
+    return lines.joined(separator: "\n")
+}

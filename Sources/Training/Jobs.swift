@@ -175,8 +175,12 @@ func compactJSON(_ json: String) -> String {
 /// Tensor names in reading order: the numbers in them compared as numbers (layers.2 before layers.10).
 func numericOrder(_ a: String, _ b: String) -> Bool { a.compare(b, options: .numeric) == .orderedAscending }
 
-/// A human-readable description of a SwiftPEFT file: a model, an adapter or a training state.
+/// A human-readable description of a SwiftPEFT file: a model, an adapter, a training state, or a
+/// back-test's report folder.
 public func describeFile(_ path: String) throws -> String {
+    if FileManager.default.fileExists(atPath: URL(fileURLWithPath: path).appendingPathComponent(backtestProgressFile).path) {
+        return try describeBacktestReport(path)
+    }
     let source = try ModelSource.detect(path)
     if let other = try describeForeign(source) { return other }
     let file = try HDF5Store.open(path)  // shapes only: no tensor is read

@@ -5,15 +5,16 @@ import SwiftPEFT
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show what a model checkpoint, an adapter or a training state holds.",
+        abstract: "Show what a model checkpoint, an adapter, a training state or a back-test report holds.",
         discussion: helpText("""
         Examples:
           swiftpeft inspect models/base.h5
           swiftpeft inspect runs/lora/adapter.h5
           swiftpeft inspect data/SmolLM2-135M-Instruct.Q4_1.gguf
+          swiftpeft inspect runs/backtest   # a back-test report folder
         """))
 
-    @Argument(help: "A SwiftPEFT .h5 file, a GGUF model or LoRA file, a Hugging Face model folder or a PEFT adapter folder.") var path: String
+    @Argument(help: "A SwiftPEFT .h5 file, a GGUF model or LoRA file, a Hugging Face model folder, a PEFT adapter folder or a back-test report folder.") var path: String
 
     func run() throws { print(try describeFile(path)) }
 }

@@ -1205,6 +1205,12 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(errors.contains("interrupted after \(given.count) of \(n) answers; the report so far is in \(out) (marked unfinished): the same command with --resume gives the rest"), errors)
         let md = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
         XCTAssertTrue(md.contains("**Unfinished: \(given.count) of \(n) answers;"), md)
+        let i = try ok(["inspect", out])
+        for needle in ["\(out): back-test report, unfinished: \(given.count) of \(n) answers (the same command with --resume gives the rest)",
+                       "  model: \(fx.base) (", "  version base: the base; \(given.count) of \(n) answers",
+                       "  decoding: greedy, at most 16 new tokens", "  cost so far: "] {
+            XCTAssertTrue(i.stdout.contains(needle), "inspect should say '\(needle)':\n\(i.transcript)")
+        }
 
         _ = try fails(args.map { $0 == "16" ? "8" : $0 } + ["--resume"], mentioning: ["the unfinished back-test was run otherwise: --max-tokens 16 there, 8 here"])
         _ = try fails(args.map { $0 == out ? out + "-none" : $0 } + ["--resume"], mentioning: ["--resume: \(out)-none does not exist"])
@@ -1218,6 +1224,7 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(try String(contentsOfFile: out + "/report.md", encoding: .utf8).contains("Unfinished"))
         let again = try ok(args + ["--resume"])
         XCTAssertTrue(again.stdout.contains("\(n) answers there, none left: the report is written again"), again.transcript)
+        XCTAssertTrue(try ok(["inspect", out]).stdout.contains("\(out): back-test report, finished: \(n) answers"))
     }
 
     /// backtest: base and adapter side by side on prompts made from a template; the adapter's greedy
