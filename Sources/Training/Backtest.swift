@@ -292,8 +292,9 @@ public struct BacktestOptions {
     public var resume: BacktestProgress?
     /// Asked before each answer: true stops the run, which returns what it has (`unanswered` > 0).
     public var shouldStop: () -> Bool = { false }
-    /// Given the result so far every `saveEvery` seconds while answers are left (the command line
-    /// writes the report folder with it, so that a killed run can be resumed).
+    /// Given the result so far every `saveEvery` seconds, once this run has given an answer, while
+    /// answers are left (the command line writes the report folder with it, so that a killed run
+    /// can be resumed).
     public var save: ((BacktestResult) throws -> Void)?
     public var saveEvery: TimeInterval = 30
 
@@ -428,6 +429,8 @@ public struct BacktestResult: Codable, Sendable {
     public var unanswered = 0
     /// What was run, recorded for a resumed run to check against.
     public var settings: BacktestSettings?
+    /// The answers this run gave; the others were kept from `BacktestOptions.resume`.
+    public var newAnswers = 0
 
     enum CodingKeys: String, CodingKey {
         case model, versions, rows, summaries, tagSummaries = "tag_summaries", tags, decoding, cost, baseWeights = "base_weights"
@@ -544,8 +547,13 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         row.tags = p.tags  // tags do not change an answer
         return row
     }
-    var lastSave = Date(), tokensRun = 0
+    var lastSave = Date(), tokensRun = 0, newAnswers = 0
+    // A stopped run's result: the answers so far, and the kept ones it had not reached (a later
+    // resume keeps them too).
     func result() -> BacktestResult {
+        let have = Set(rows.map { $0.version + "\u{0}" + $0.promptID })
+        var rows = rows
+        for v in versions { for p in prompts where !have.contains(v.name + "\u{0}" + p.id) { keptAnswer(v.name, p).map { rows.append($0) } } }
         var tags: [String] = []
         for p in o.prompts { for t in p.tags where !tags.contains(t) { tags.append(t) } }
         let names = versions.map(\.name)
@@ -560,7 +568,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
         return BacktestResult(model: o.modelPath, versions: names, rows: rows, summaries: summaries, tagSummaries: tagSummaries,
                               tags: tags, decoding: decoding, cost: o.resume.flatMap { Cost.total([$0.cost, session]) } ?? session,
                               baseWeights: o.keepQuantized ? quantizedBaseSummary(model) : nil, promptTemplate: promptTemplate,
-                              positionsNote: positionsNote, unanswered: answers - rows.count, settings: settings)
+                              positionsNote: positionsNote, unanswered: answers - rows.count, settings: settings, newAnswers: newAnswers)
     }
     for v in versions {
         if prompts.allSatisfy({ keptAnswer(v.name, $0) != nil }) {  // nothing left to run on this version
@@ -578,7 +586,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                 continue
             }
             if o.shouldStop() { return result() }
-            if let save = o.save, Date().timeIntervalSince(lastSave) >= o.saveEvery {
+            if let save = o.save, newAnswers > 0, Date().timeIntervalSince(lastSave) >= o.saveEvery {
                 try save(result())
                 lastSave = Date()
             }
@@ -630,6 +638,7 @@ public func runBacktest(_ o: BacktestOptions, onAnswer: (Int, Int) -> Void = { _
                 promptTokens: ids.count, outputTokens: outputTokens, latencyMs: latency,
                 cost: meter.reading(tokens: scoredTokens + ids.count * o.samples + outputTokens)))
             tokensRun += rows.last!.cost.tokens
+            newAnswers += 1
             onAnswer(rows.count, answers)
         }
     }

@@ -145,6 +145,10 @@ struct Backtest: ParsableCommand {
         stopCleanlyOnSignals(.backtest)
         let progress = CountProgress(label: "answers")
         let result = try runBacktest(options) { done, total in progress.update(done, total) }
+        if result.unanswered > 0 && result.newAnswers == 0 {  // stopped before its first answer: what is there stays
+            FileHandle.standardError.write(Data("stopped before the first answer; \(out) is left as it was\n".utf8))
+            throw stoppedExitCode
+        }
         try writeBacktestReport(result, to: outURL)
         print(renderBacktestTable(result.summaries), terminator: "")
         if let w = result.baseWeights { print(w) }

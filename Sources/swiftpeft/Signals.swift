@@ -1,7 +1,7 @@
 // Stopping a long run cleanly: Ctrl-C (SIGINT) or SIGTERM (what `kill`, a job scheduler or a
-// container runtime sends before it kills) asks `train` and `compare` to stop after the step in
-// progress with the state saved, and `backtest` after the answer in progress with the report so far
-// written. The same command with --resume goes on. A second signal ends the process at once.
+// container runtime sends before it kills) asks `train`, `compare` and `pretrain` to stop after the
+// step in progress with the state saved, and `backtest` after the answer in progress with the report
+// so far written. The same command with --resume goes on. A second signal ends the process at once.
 import ArgumentParser
 import Foundation
 import Synchronization
@@ -12,7 +12,7 @@ let stopSignal = Atomic<Int32>(0)
 
 /// What a stop signal interrupts.
 enum InterruptibleRun {
-    /// `train`, `compare`: after the step in progress, with the state saved (`Trainer.requestStop`).
+    /// `train`, `compare`, `pretrain`: after the step in progress, with the state saved (`Trainer.requestStop`).
     case training
     /// `backtest`: after the answer in progress, which then writes its report so far.
     case backtest

@@ -405,8 +405,9 @@ final class BacktestTests: XCTestCase {
         XCTAssertEqual(part.rows.count, 3)
         XCTAssertEqual(part.unanswered, 5)
         XCTAssertEqual(part.promptCount, 4)
-        XCTAssertEqual(saved.map(\.rows.count), [0, 1, 2], "saved before each answer (saveEvery 0)")
-        XCTAssertEqual(saved.map(\.unanswered), [8, 7, 6])
+        XCTAssertEqual(saved.map(\.rows.count), [1, 2], "saved before each answer once there is one (saveEvery 0)")
+        XCTAssertEqual(saved.map(\.unanswered), [7, 6])
+        XCTAssertEqual(part.newAnswers, 3)
         let folder = dir.appendingPathComponent("bt")
         try writeBacktestReport(part, to: folder)
         let md = try String(contentsOf: folder.appendingPathComponent("report.md"), encoding: .utf8)
@@ -442,6 +443,14 @@ final class BacktestTests: XCTestCase {
         XCTAssertEqual(redone.rows[0], part.rows[0])
         XCTAssertEqual(redone.rows[1].prompt, "Something else, how")
         XCTAssertEqual(redone.rows[2], part.rows[2])
+        XCTAssertEqual(redone.newAnswers, 6)
+        // Stopped at that prompt, before any answer: the kept answers past it are in the result too.
+        var stoppedAtOnce = changed
+        stoppedAtOnce.shouldStop = { true }
+        let early = try runBacktest(stoppedAtOnce)
+        XCTAssertEqual(early.newAnswers, 0)
+        XCTAssertEqual(early.rows, [part.rows[0], part.rows[2]])
+        XCTAssertEqual(early.unanswered, 6)
 
         func refused(_ edit: (inout BacktestOptions) throws -> Void, _ said: String, line: UInt = #line) throws {
             var other = resumed
