@@ -1,5 +1,6 @@
 """Killed runs: SIGKILL `swiftpeft train` at random moments, resume each time, and check that no file
-is ever corrupt and that the final adapter and loss curve equal an uninterrupted run's bit for bit.
+is ever corrupt and that the final adapter and loss curve equal an uninterrupted run's bit for bit;
+the same for `swiftpeft backtest` (its report folder and answers).
 
 Run through scripts/reliability (which builds the tool and makes the reference Python). Prints the
 counts: kills, kills that hit a checkpoint write (a temporary file was left), resumes, and the
@@ -139,6 +140,63 @@ def numeric_checks(work, train):
     return 1, skipped
 
 
+def backtest_kills(work, base, adapter, corpus, kills, rng):
+    """SIGKILL `swiftpeft backtest` (its report written after every answer) at random moments and go on
+    with --resume each time: the report folder must always read back (backtest.json, every
+    results.jsonl line, `inspect`), and the final answers must equal an uninterrupted run's, row for
+    row (all but latency and cost). Returns (kills, resumes, rows)."""
+    prompts = os.path.join(work, "bt-prompts.jsonl")
+    words = open(corpus).read().split()
+    with open(prompts, "w") as f:
+        for i in range(40):
+            at = 50 * i
+            f.write(json.dumps({"id": f"p{i}", "prompt": " ".join(words[at:at + 12]), "expected": " " + " ".join(words[at + 12:at + 20])}) + "\n")
+    bt = ["backtest", "--model", base, "--adapters", "lora=" + adapter, "--prompts", prompts, "--max-tokens", "24", "--save-every", "0"]
+
+    def answers(folder):
+        with open(os.path.join(folder, "results.jsonl")) as f:  # a half-written line would fail here
+            return [{k: v for k, v in json.loads(l).items() if k not in ("latency_ms", "cost")} for l in f]
+
+    t0 = time.time()
+    ref = os.path.join(work, "bt-ref")
+    r = run(bt + ["--out", ref])
+    if r.returncode != 0:
+        sys.exit(f"reliability: the uninterrupted back-test failed:\n{r.stdout}")
+    full = time.time() - t0
+    out = os.path.join(work, "bt-killed")
+    done = resumes = 0
+    while True:
+        resume = os.path.exists(os.path.join(out, "backtest.json"))
+        p = subprocess.Popen([BIN] + bt + ["--out", out] + (["--resume"] if resume else []),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        resumes += resume
+        if done < kills:
+            time.sleep(rng.uniform(0.05, max(0.1, full * 0.5)))
+        if p.poll() is None and done < kills:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            done += 1
+            if os.path.exists(os.path.join(out, "backtest.json")):
+                r = run(["inspect", out])
+                if r.returncode != 0:
+                    sys.exit(f"reliability: CORRUPT back-test report after a kill:\n{r.stdout}")
+                answers(out)
+            continue
+        text, _ = p.communicate()
+        if p.returncode != 0:
+            sys.exit(f"reliability: a resumed back-test failed (exit {p.returncode}):\n{text}")
+        if done >= kills:
+            break
+        shutil.rmtree(out, ignore_errors=True)  # it finished before enough kills: again, with earlier kills
+        full *= 0.7
+    a, b = answers(ref), answers(out)
+    print(f"reliability: back-test kills {done}, resumes {resumes}; answers {'identical' if a == b else 'DIFFERENT'} "
+          f"({len(a)} rows: 40 prompts × base and lora)")
+    if a != b:
+        sys.exit(1)
+    return done, resumes, len(a)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs at least (default 20)")
@@ -190,6 +248,7 @@ def main():
             shutil.rmtree(out)
             full *= 0.7
 
+        bt_kills, _, _ = backtest_kills(work, base, os.path.join(ref, "adapter.h5"), corpus, max(5, a.kills // 3), rng)
         disk_faults = disk_checks(work, train)
         nan_stops, nan_skips = numeric_checks(work, train)
 
@@ -205,7 +264,8 @@ def main():
         if not (same_tensors and same_attrs and same_curve):
             sys.exit(1)
         disk = "SKIPPED (not root)" if disk_faults is None else f"{disk_faults} of 2 (full disk, read-only folder)"
-        print(f"reliability: faults detected: kills survived {kills} of {kills} (corrupt files 0); disk faults refused {disk}; "
+        print(f"reliability: faults detected: kills survived {kills} of {kills} (corrupt files 0), back-test kills {bt_kills} of {bt_kills}; "
+              f"disk faults refused {disk}; "
               f"NaN runs stopped {nan_stops} of 1, NaN steps skipped {nan_skips}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

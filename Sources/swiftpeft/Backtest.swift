@@ -20,7 +20,7 @@ struct Backtest: ParsableCommand {
         readable, else CPU-seconds × --watts-per-core, marked as an estimate).
 
         Writes the folder <out>/ (report.md, results.jsonl, results.csv, report.html, and backtest.json:
-        what was run), swapped in whole, every 30 s while it runs. Ctrl-C (or SIGTERM) stops after the
+        what was run), swapped in whole, every --save-every s while it runs. Ctrl-C (or SIGTERM) stops after the
         answer in progress and writes the report so far, marked unfinished; --resume gives the rest.
         --fail-if-worse VERSION[:OTHER] exits with status 3 when VERSION scores below OTHER (default:
         base) on --metric, so the command can gate a pipeline.
@@ -47,7 +47,8 @@ struct Backtest: ParsableCommand {
     @Option(help: "Allowed drop before --fail-if-worse fails (default 0).") var tolerance: Double?
     @Option(help: "Power per busy core for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
     @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (no DoRA or modules_to_save adapters).") var keepQuantized = false
-    @Flag(help: "Go on with the unfinished back-test in --out (stopped by Ctrl-C or SIGTERM, or killed: the report is saved every 30 s): its answers are kept, the rest run. The model, adapters and decoding options must be the same.") var resume = false
+    @Flag(help: "Go on with the unfinished back-test in --out (stopped by Ctrl-C or SIGTERM, or killed: the report is saved every --save-every seconds): its answers are kept, the rest run. The model, adapters and decoding options must be the same.") var resume = false
+    @Option(help: "Write the report folder every N seconds while answering, so that a killed run loses at most that much (0: after every answer).") var saveEvery: Double = 30
 
     /// "runs/lora/adapter.h5" → "lora"; "peft/v2" → "v2"; "a.h5" → "a"; "name=path" → name.
     static func versions(_ list: String) -> [(name: String, path: String)] {
@@ -87,8 +88,9 @@ struct Backtest: ParsableCommand {
                 throw CLIError("--adapters: version \(name): \(path): no such file or folder (each version is PATH, or NAME=PATH)")
             }
         }
+        guard saveEvery.isFinite && saveEvery >= 0 else { throw CLIError("--save-every must be 0 (after every answer) or more seconds, got \(saveEvery)") }
         guard !stop.contains(where: \.isEmpty) else { throw CLIError("--stop is given an empty text, which would never stop an answer") }
-        // The report folder is written every 30 s and at the end: one that cannot be is refused before any answer.
+        // The report folder is written as the run goes and at the end: one that cannot be is refused before any answer.
         var existing = URL(fileURLWithPath: out).standardizedFileURL, isFolder: ObjCBool = false
         while !FileManager.default.fileExists(atPath: existing.path, isDirectory: &isFolder) && existing.path != "/" {
             existing = existing.deletingLastPathComponent()
@@ -140,7 +142,7 @@ struct Backtest: ParsableCommand {
             let left = options.resume!.unanswered
             print("resuming \(out): \(options.resume!.rows.count) answers there, " + (left > 0 ? "\(left) left" : "none left: the report is written again"))
         }
-        options.save = { try writeBacktestReport($0, to: outURL) }
+        (options.save, options.saveEvery) = ({ try writeBacktestReport($0, to: outURL) }, saveEvery)
         options.shouldStop = { stopSignal.load(ordering: .relaxed) != 0 }
         stopCleanlyOnSignals(.backtest)
         let progress = CountProgress(label: "answers")

@@ -1213,6 +1213,7 @@ final class CLITests: XCTestCase {
         }
 
         _ = try fails(args.map { $0 == "16" ? "8" : $0 } + ["--resume"], mentioning: ["the unfinished back-test was run otherwise: --max-tokens 16 there, 8 here"])
+        _ = try fails(args + ["--resume", "--save-every", "-1"], mentioning: ["--save-every must be 0 (after every answer) or more seconds, got -1.0"])
         _ = try fails(args.map { $0 == out ? out + "-none" : $0 } + ["--resume"], mentioning: ["--resume: \(out)-none does not exist"])
         _ = try fails(args.map { $0 == out ? fx.path("runs") : $0 } + ["--resume"], mentioning: ["backtest.json: not found", "is not the report folder of a back-test"])
         let r = try ok(args + ["--resume"])
