@@ -140,6 +140,43 @@ def numeric_checks(work, train):
     return 1, skipped
 
 
+def timed(args, out, what):
+    """Runs `swiftpeft ARGS --out OUT` uninterrupted (the reference) and returns its seconds."""
+    t0 = time.time()
+    r = run(args + ["--out", out])
+    if r.returncode != 0:
+        sys.exit(f"reliability: the uninterrupted {what} failed:\n{r.stdout}")
+    return time.time() - t0
+
+
+def kill_and_resume(args, out, resumable, kills, full, rng, after_kill):
+    """Runs `swiftpeft ARGS --out OUT` (with --resume once resumable() holds), SIGKILLs it at random
+    moments (within half of `full`, an uninterrupted run's seconds) and starts it again, until `kills`
+    kills; then lets it finish. A run that finishes before enough kills starts over from scratch with
+    earlier kills. after_kill() checks the files after each kill. Returns (kills, resumes)."""
+    done = resumes = 0
+    while True:
+        resume = resumable()
+        p = subprocess.Popen([BIN] + args + ["--out", out] + (["--resume"] if resume else []),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        resumes += resume
+        if done < kills:
+            time.sleep(rng.uniform(0.05, max(0.1, full * 0.5)))
+        if p.poll() is None and done < kills:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            done += 1
+            after_kill()
+            continue
+        text, _ = p.communicate()
+        if p.returncode != 0:
+            sys.exit(f"reliability: a resumed run of {args[0]} failed (exit {p.returncode}):\n{text}")
+        if done >= kills:
+            return done, resumes
+        shutil.rmtree(out, ignore_errors=True)
+        full *= 0.7
+
+
 def backtest_kills(work, base, adapter, corpus, kills, rng):
     """SIGKILL `swiftpeft backtest` (its report written after every answer) at random moments and go on
     with --resume each time: the report folder must always read back (backtest.json, every
@@ -157,38 +194,18 @@ def backtest_kills(work, base, adapter, corpus, kills, rng):
         with open(os.path.join(folder, "results.jsonl")) as f:  # a half-written line would fail here
             return [{k: v for k, v in json.loads(l).items() if k not in ("latency_ms", "cost")} for l in f]
 
-    t0 = time.time()
     ref = os.path.join(work, "bt-ref")
-    r = run(bt + ["--out", ref])
-    if r.returncode != 0:
-        sys.exit(f"reliability: the uninterrupted back-test failed:\n{r.stdout}")
-    full = time.time() - t0
+    full = timed(bt, ref, "back-test")
     out = os.path.join(work, "bt-killed")
-    done = resumes = 0
-    while True:
-        resume = os.path.exists(os.path.join(out, "backtest.json"))
-        p = subprocess.Popen([BIN] + bt + ["--out", out] + (["--resume"] if resume else []),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        resumes += resume
-        if done < kills:
-            time.sleep(rng.uniform(0.05, max(0.1, full * 0.5)))
-        if p.poll() is None and done < kills:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            done += 1
-            if os.path.exists(os.path.join(out, "backtest.json")):
-                r = run(["inspect", out])
-                if r.returncode != 0:
-                    sys.exit(f"reliability: CORRUPT back-test report after a kill:\n{r.stdout}")
-                answers(out)
-            continue
-        text, _ = p.communicate()
-        if p.returncode != 0:
-            sys.exit(f"reliability: a resumed back-test failed (exit {p.returncode}):\n{text}")
-        if done >= kills:
-            break
-        shutil.rmtree(out, ignore_errors=True)  # it finished before enough kills: again, with earlier kills
-        full *= 0.7
+
+    def check():
+        if os.path.exists(os.path.join(out, "backtest.json")):
+            r = run(["inspect", out])
+            if r.returncode != 0:
+                sys.exit(f"reliability: CORRUPT back-test report after a kill:\n{r.stdout}")
+            answers(out)
+
+    done, resumes = kill_and_resume(bt, out, lambda: os.path.exists(os.path.join(out, "backtest.json")), kills, full, rng, check)
     a, b = answers(ref), answers(out)
     print(f"reliability: back-test kills {done}, resumes {resumes}; answers {'identical' if a == b else 'DIFFERENT'} "
           f"({len(a)} rows: 40 prompts × base and lora)")
@@ -215,38 +232,19 @@ def main():
         train = ["train", "--model", base, "--data", corpus, "--method", "lora", "--r", "4", "--steps", str(a.steps),
                  "--seq-len", "64", "--batch-size", "4", "--save-every", "1", "--eval-every", "20", "--lr", "5e-3"]
 
-        t0 = time.time()
         ref = os.path.join(work, "ref")
-        r = run(train + ["--out", ref])
-        if r.returncode != 0:
-            sys.exit(f"reliability: the uninterrupted run failed:\n{r.stdout}")
-        full = time.time() - t0
+        full = timed(train, ref, "run")
 
         out = os.path.join(work, "killed")
-        kills = during_write = resumes = 0
-        while True:
-            resume = os.path.exists(os.path.join(out, "state.h5"))
-            p = subprocess.Popen([BIN] + train + ["--out", out] + (["--resume"] if resume else []),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            resumes += resume
-            if kills < a.kills:
-                time.sleep(rng.uniform(0.05, max(0.1, full * 0.5)))
-            if p.poll() is None and kills < a.kills:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-                kills += 1
-                if any(".tmp-" in n for n in os.listdir(out)) if os.path.isdir(out) else False:
-                    during_write += 1
-                check_state(out)
-                continue
-            text, _ = p.communicate()
-            if p.returncode != 0:
-                sys.exit(f"reliability: a resumed run failed (exit {p.returncode}):\n{text}")
-            if kills >= a.kills:
-                break
-            # It finished before enough kills: start over from scratch with earlier kills.
-            shutil.rmtree(out)
-            full *= 0.7
+        during_write = 0
+
+        def check():
+            nonlocal during_write
+            if os.path.isdir(out) and any(".tmp-" in n for n in os.listdir(out)):
+                during_write += 1
+            check_state(out)
+
+        kills, resumes = kill_and_resume(train, out, lambda: os.path.exists(os.path.join(out, "state.h5")), a.kills, full, rng, check)
 
         bt_kills, _, _ = backtest_kills(work, base, os.path.join(ref, "adapter.h5"), corpus, max(5, a.kills // 3), rng)
         disk_faults = disk_checks(work, train)
