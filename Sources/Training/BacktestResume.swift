@@ -9,7 +9,8 @@ import Foundation
 
 /// A file as a back-test records it, so that a resumed run can tell it is the same one: its size and
 /// its last change (for a folder, such as a Hugging Face model's, its files' total size and the
-/// latest change among them).
+/// latest change among them). Links are followed: a Hugging Face cache's snapshot folder holds
+/// links to its blobs.
 public struct FileStamp: Codable, Equatable, Sendable {
     public var path: String
     public var bytes: Int
@@ -27,7 +28,7 @@ public struct FileStamp: Codable, Equatable, Sendable {
         }
         (self.path, bytes, modified) = (path, 0, 0)
         for f in files {
-            let a = try fm.attributesOfItem(atPath: f)
+            let a = try fm.attributesOfItem(atPath: (f as NSString).resolvingSymlinksInPath)
             guard (a[.type] as? FileAttributeType) == .typeRegular || !isFolder.boolValue else { continue }
             bytes += (a[.size] as? NSNumber)?.intValue ?? 0
             modified = max(modified, (a[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)

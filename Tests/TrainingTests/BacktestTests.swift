@@ -467,6 +467,14 @@ final class BacktestTests: XCTestCase {
             try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: adapter)
         }, "the adapter of v1 was \(adapter) (")
         XCTAssertThrowsError(try readBacktestProgress(dir)) { XCTAssertTrue("\($0)".contains("backtest.json: not found"), "\($0)") }
+
+        // Links are followed (a Hugging Face cache's snapshot folder links to its blobs): a file, or a folder of links.
+        let linked = dir.appendingPathComponent("linked")
+        try FileManager.default.createDirectory(at: linked, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: linked.path + "/adapter.h5", withDestinationPath: adapter)
+        let (direct, viaLink, linkFolder) = (try FileStamp(adapter), try FileStamp(linked.path + "/adapter.h5"), try FileStamp(linked.path))
+        XCTAssertGreaterThan(direct.bytes, 0)
+        XCTAssertTrue(viaLink.isSameFile(as: direct) && linkFolder.isSameFile(as: direct), "\(direct) \(viaLink) \(linkFolder)")
     }
 
     func testSummaryLossIsTheMeanOverAnswerTokens() {
