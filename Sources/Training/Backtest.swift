@@ -85,7 +85,9 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
     return out
 }
 
-/// Reads a prompts file: one JSON object per line with
+/// Reads a prompts file of records, as training data is read (`readExampleFile`): one JSON object per
+/// line, or a `.json` array of objects, or a `.csv`/`.tsv` table whose header names the fields (an
+/// empty cell is a field not given), each record with
 /// - `"template"` (text with `{variables}`), `"template_file"` (a file, relative to the prompts
 ///   file's folder) or `"prompt"` (literal text); `defaultTemplate` serves lines that give none;
 /// - `"vars"`: the variables' values (strings or numbers);
@@ -97,24 +99,26 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 /// `"chat_template_kwargs"` beside them); a
 /// final assistant message is the expected answer, its text or, when it calls tools, its calls as
 /// the template writes them.
-/// Blank lines are skipped; anything else that is wrong is an error naming the file and line.
+/// Blank lines are skipped; anything else that is wrong is an error naming the file and line. A file of
+/// another extension is read as JSON Lines.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) throws -> [BacktestPrompt] {
     guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
-    guard let text = String(data: data, encoding: .utf8) else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
+    guard String(data: data, encoding: .utf8) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
     let folder = URL(fileURLWithPath: path).deletingLastPathComponent()
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
     let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "tools", "chat_template_kwargs"]
-    // Split on the "\n" scalar, not the Character: in a CRLF file "\r\n" is one Character. The "\r"
-    // left at a line's end is JSON whitespace.
-    for (n, scalars) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-        let line = Substring(scalars)
-        let at = "\(path):\(n + 1)"
-        guard !line.allSatisfy(\.isWhitespace) else { continue }
-        guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8), options: [])) as? [String: Any] else {
+    let format = DataRecordFormat(path: path) ?? .jsonLines
+    let records: [DataRecord]
+    do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
+    for record in records {
+        let at = "\(path):\(record.line)"
+        guard var obj = (try? JSONSerialization.jsonObject(with: record.json, options: [])) as? [String: Any] else {
             throw BacktestError("\(at): not a JSON object")
         }
+        // A table cannot leave a cell out: an empty one is a field not given (no "expected", no "id").
+        if format == .csv || format == .tsv { obj = obj.filter { ($0.value as? String) != "" } }
         if let k = obj.keys.sorted().first(where: { !known.contains($0) }) {
             throw BacktestError("\(at): unknown field \"\(k)\"; fields: \(known.sorted().joined(separator: ", "))")
         }
@@ -144,7 +148,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             guard variables.isEmpty else { throw BacktestError("\(at): \"messages\" are literal text; \"vars\" fill a \"template\"") }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
             let ordered: JSONValue
-            do { ordered = try JSONValue(parsing: String(line)) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
+            do { ordered = try JSONValue(parsing: String(decoding: record.json, as: UTF8.self)) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
             var turns = try parseChatMessages(ordered["messages"]!) { BacktestError("\(at): \($0)") }
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             kwargs = try parseTemplateKwargs(ordered["chat_template_kwargs"]) { BacktestError("\(at): \($0)") }
@@ -189,7 +193,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             tags = try l.map { guard let s = $0 as? String else { throw BacktestError("\(at): \"tags\" must be strings") }; return s }
         default: throw BacktestError("\(at): \"tags\" must be a string or a list of strings")
         }
-        let id = try string("id") ?? "line \(n + 1)"
+        let id = try string("id") ?? "line \(record.line)"
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
         if let a = answer, a.allSatisfy(\.isWhitespace) {
@@ -200,7 +204,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         (p.reply, p.templateKwargs) = (reply, kwargs)
         prompts.append(p)
     }
-    guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line)") }
+    guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line, a JSON array of objects, or a CSV/TSV table)") }
     return prompts
 }
 

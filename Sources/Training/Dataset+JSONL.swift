@@ -507,13 +507,15 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 
 // MARK: reading
 
-/// Reads examples from `path`: a `.jsonl` file, a text file, or a folder (every `.jsonl` file in it, sorted by
-/// path, or else every `.txt`/`.md`/`.rst` file; a folder holding both kinds is an error).
+/// Reads examples from `path`: a file of records (JSON Lines `.jsonl`/`.ndjson`, a `.json` array of objects
+/// or JSON Lines, a `.csv` or `.tsv` table with a header row; see `readExampleFile`), a text file, or a folder
+/// (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst` file; a folder holding
+/// both kinds is an error).
 ///
-/// A text file is one `.text` document (format `.plainText`). In JSONL, every non-empty line is one example;
-/// lines that are empty or only whitespace are skipped, and they are the only lines skipped: any other line
-/// that is not a valid example stops reading with a `DatasetError` naming the file and line. All lines (and
-/// all files of a folder) must have one format.
+/// A text file is one `.text` document (format `.plainText`). Every record (a JSONL line, an array item, a
+/// table row) is one example, with the keys of a JSONL line (a table's header names them); empty lines are
+/// skipped, and they are the only thing skipped: any record that is not a valid example stops reading with a
+/// `DatasetError` naming the file and line. All records (and all files of a folder) must have one format.
 public func readExamples(_ path: String) throws -> (format: DataFormat, examples: [DataExample]) {
     let (format, located, _) = try readLocatedExamples(path)
     return (format, located.map(\.example))
@@ -522,42 +524,38 @@ public func readExamples(_ path: String) throws -> (format: DataFormat, examples
 /// An example with the file and line it was read from (no line for a text file's document).
 typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 
-/// `readExamples`, with where each example was read, and the keys of JSONL lines that its format
-/// does not read (a misspelled "promt", a dataset's "id" or "source") with the lines holding each.
+/// `readExamples`, with where each example was read, and the keys of records that its format
+/// does not read (a misspelled "promt", a dataset's "id" or "source") with the records holding each.
 func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples: [LocatedExample], unreadKeys: [String: Int]) {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
         throw DatasetError(file: path, line: nil, message: "no such file or folder")
     }
-    var jsonl: [String] = []
-    // Extensions in any case; .ndjson is another name for JSON Lines.
-    func isJSONL(_ f: String) -> Bool { [".jsonl", ".ndjson"].contains { f.lowercased().hasSuffix($0) } }
+    var files: [String] = []
     if isDir.boolValue {
         let e = FileManager.default.enumerator(atPath: path)
         var texts = 0
         while let f = e?.nextObject() as? String {
-            if isJSONL(f) { jsonl.append(path + "/" + f) }
+            if DataRecordFormat(path: f) != nil { files.append(path + "/" + f) }
             if [".txt", ".md", ".rst"].contains(where: { f.lowercased().hasSuffix($0) }) { texts += 1 }
         }
-        jsonl.sort()
-        if jsonl.isEmpty && texts == 0 {
-            throw DatasetError(file: path, line: nil, message: "the folder holds no .jsonl, .ndjson, .txt, .md or .rst files")
+        files.sort()
+        if files.isEmpty && texts == 0 {
+            throw DatasetError(file: path, line: nil, message: "the folder holds no "
+                + (DataRecordFormat.extensions + [".txt", ".md"]).joined(separator: ", ") + " or .rst files")
         }
-        if !jsonl.isEmpty && texts > 0 {
-            throw DatasetError(file: path, line: nil, message: "the folder holds both .jsonl files and \(texts) text "
-                + "files; put the examples of one format in a folder of their own")
+        if !files.isEmpty && texts > 0 {
+            throw DatasetError(file: path, line: nil, message: "the folder holds both files of records (\(files.count): "
+                + "JSONL, JSON, CSV, TSV) and \(texts) text files; put the examples of one format in a folder of their own")
         }
-    } else if isJSONL(path) {
-        jsonl = [path]
-    } else if path.lowercased().hasSuffix(".json") {
-        throw DatasetError(file: path, line: nil, message: "a .json file is not read; write one JSON object per "
-            + "line to a .jsonl file")
-    } else if let table = ["csv", "tsv", "parquet", "arrow", "xlsx"].first(where: { path.lowercased().hasSuffix("." + $0) }) {
-        throw DatasetError(file: path, line: nil, message: "a .\(table) file is not read (it would be learned as plain text, "
-            + "separators and header included); convert it to JSONL, one object per line: {\"text\": …}, "
+    } else if DataRecordFormat(path: path) != nil {
+        files = [path]
+    } else if let table = ["parquet", "arrow", "xlsx", "xls", "ods"].first(where: { path.lowercased().hasSuffix("." + $0) }) {
+        throw DatasetError(file: path, line: nil, message: "a .\(table) file is not read (it would be learned as plain text); "
+            + "save it as CSV with a header row, or as JSONL, one object per line: {\"text\": …}, "
             + "{\"prompt\": …, \"completion\": …} or {\"messages\": […]}")
     }
-    if jsonl.isEmpty {
+    if files.isEmpty {
         do {
             return (.plainText, try readTextCorpus(path).map { (.text($0), path, nil) }, [:])
         } catch let e as CorpusError {
@@ -567,8 +565,8 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
     var format: (DataFormat, String)?
     var all: [LocatedExample] = []
     var unread: [String: Int] = [:]
-    for file in jsonl {
-        let examples = try readJSONL(file, unreadKeys: &unread)
+    for file in files {
+        let examples = try readExampleFile(file, unreadKeys: &unread)
         guard let first = examples.first else { continue }
         if let (f, other) = format, f != first.example.format {
             throw DatasetError(file: file, line: first.line, message: "this file holds \(first.example.format.rawValue) "
@@ -578,42 +576,37 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
         all += examples.map { ($0.example, file, $0.line) }
     }
     guard let (f, _) = format else {
-        throw DatasetError(file: path, line: nil, message: "holds no examples (only empty lines)")
+        throw DatasetError(file: path, line: nil, message: "holds no examples (only empty lines, an empty array or a header)")
     }
     return (f, all, unread)
 }
 
-/// The examples of one JSONL file with their 1-based line numbers (empty lines skipped). Throws at the first
-/// bad line: invalid UTF-8 or JSON, not an object, no known keys, a missing key, a value of the wrong type, an
-/// empty text/prompt/completion/output/instruction, an unknown chat role, a chat without an assistant turn, or a line
-/// whose format differs from the first line's.
-public func readJSONL(_ file: String) throws -> [(line: Int, example: DataExample)] {
+/// The examples of one file of records, with the 1-based line each starts on: JSON Lines (`.jsonl`,
+/// `.ndjson`), a `.json` array of objects (or JSON Lines, as Hugging Face's `to_json` writes them), a `.csv`
+/// or `.tsv` table whose header row names the keys (every cell a string; quoting as Python's `csv` module
+/// and spreadsheets write it). Empty lines are skipped. Throws at the first bad record: invalid UTF-8 or
+/// JSON, not an object, no known keys, a missing key, a value of the wrong type, an empty
+/// text/prompt/completion/output/instruction, an unknown chat role, a chat without an assistant turn, or a
+/// record whose format differs from the first one's; and at a table's ragged row or unclosed quote.
+public func readExampleFile(_ file: String) throws -> [(line: Int, example: DataExample)] {
     var unread: [String: Int] = [:]
-    return try readJSONL(file, unreadKeys: &unread)
+    return try readExampleFile(file, unreadKeys: &unread)
 }
 
-/// `readJSONL`, counting in `unreadKeys` the lines holding each key their format does not read.
-func readJSONL(_ file: String, unreadKeys: inout [String: Int]) throws -> [(line: Int, example: DataExample)] {
-    guard let data = FileManager.default.contents(atPath: file) else {
-        throw DatasetError(file: file, line: nil, message: "cannot read the file")
-    }
+/// `readExampleFile`, counting in `unreadKeys` the records holding each key their format does not read.
+func readExampleFile(_ file: String, unreadKeys: inout [String: Int]) throws -> [(line: Int, example: DataExample)] {
     var out: [(line: Int, example: DataExample)] = []
-    var lineNumber = 0
-    var start = data.startIndex
-    while start < data.endIndex {
-        let end = data[start...].firstIndex(of: 0x0A) ?? data.endIndex
-        lineNumber += 1
-        var bytes = data[start..<end]
-        start = end < data.endIndex ? end + 1 : end
-        if bytes.last == 0x0D { bytes = bytes.dropLast() }
-        if bytes.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
-        let example = try parseJSONLine(Data(bytes), file: file, line: lineNumber) { unreadKeys[$0, default: 0] += 1 }
+    let what = DataRecordFormat(path: file) == .jsonLines ? "line" : "record"
+    var counts: [String: Int] = [:]
+    for record in try readDataRecords(file, unread: { counts[$0, default: 0] += 1 }) {
+        let example = try parseJSONLine(record.json, file: file, line: record.line) { counts[$0, default: 0] += 1 }
         if let first = out.first, first.example.format != example.format {
-            throw DatasetError(file: file, line: lineNumber, message: "this line is \(example.format.rawValue) data but "
-                + "line \(first.line) is \(first.example.format.rawValue) data; a file holds one format")
+            throw DatasetError(file: file, line: record.line, message: "this \(what) is \(example.format.rawValue) data but "
+                + (what == "line" ? "line \(first.line)" : "the record at line \(first.line)") + " is \(first.example.format.rawValue) data; a file holds one format")
         }
-        out.append((lineNumber, example))
+        out.append((record.line, example))
     }
+    for (k, n) in counts { unreadKeys[k, default: 0] += n }
     return out
 }
 
@@ -689,7 +682,8 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
     do {
         value = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
     } catch {
-        throw fail("invalid JSON " + jsonLineProblem(bytes, foundationError: error))
+        let problem = jsonLineProblem(bytes, foundationError: error)
+        throw DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
     }
     guard let object = value as? [String: Any] else {
         throw fail("expected a JSON object, found \(jsonKind(value))")
@@ -709,7 +703,10 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
         reading(["messages", "tools", "chat_template_kwargs"])
         // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
         let ordered: JSONValue
-        do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch { throw fail("invalid JSON " + jsonLineProblem(bytes, foundationError: error)) }
+        do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch {
+            let problem = jsonLineProblem(bytes, foundationError: error)
+            throw DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
+        }
         let turns = try parseChatMessages(ordered["messages"]!, fail: fail)
         guard turns.contains(where: { $0.role == "assistant" }) else {
             throw fail("no \"assistant\" message: chat data learns only the assistant's turns")
@@ -750,20 +747,23 @@ func jsonKind(_ v: Any) -> String {
     }
 }
 
-/// Where and why a JSONL line is not JSON, as the strict parser (`JSONValue`) finds it: "at column 9
-/// (expected ':' after a key): {"text" "two"}", the text around that column shown; Foundation's own
-/// words (`foundationError`) when only Foundation refuses the line.
-func jsonLineProblem(_ bytes: Data, foundationError: Error) -> String {
+/// Where and why a record (a JSONL line, or an item of a JSON array, which may span lines) is not JSON,
+/// as the strict parser (`JSONValue`) finds it: the lines into the record (0 for its first) and "at
+/// column 9 (expected ':' after a key): {"text" "two"}", the text around that column shown; Foundation's
+/// own words (`foundationError`) when only Foundation refuses the record.
+func jsonLineProblem(_ bytes: Data, foundationError: Error) -> (linesIn: Int, text: String) {
     let text = String(decoding: bytes, as: UTF8.self)
     do {
         _ = try JSONValue(parsing: text)
     } catch let e as JSONParseError {
-        let column = e.position(in: text).column  // (one line)
-        let chars = Array(text), from = max(0, column - 41), to = min(chars.count, column + 19)
+        let at = e.position(in: text)
+        let lines = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
+        let chars = Array(lines[min(at.line, lines.count) - 1]), column = at.column
+        let from = max(0, min(column - 41, chars.count)), to = min(chars.count, column + 19)
         let excerpt = (from > 0 ? "…" : "") + String(chars[from..<to]) + (to < chars.count ? "…" : "")
-        return "at column \(column) (\(e.message)): \(excerpt)"
+        return (at.line - 1, "at column \(column) (\(e.message)): \(excerpt)")
     } catch {}
-    return "(\(jsonSyntaxDetail(foundationError))): \(preview(bytes))"
+    return (0, "(\(jsonSyntaxDetail(foundationError))): \(preview(bytes))")
 }
 
 /// The start of a bad line, for an error message.

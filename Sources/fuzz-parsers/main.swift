@@ -1,6 +1,6 @@
 // A seeded, structure-aware mutation fuzzer for every reader: GGUF, safetensors, HDF5, tokenizer.json,
-// config.json, adapter_config.json, JSONL data (chat through a template too), JSON against Foundation's
-// reader, tool calls in replies, and CLI config files. Inputs start from real files (the
+// config.json, adapter_config.json, JSONL data (chat through a template too), JSON arrays and CSV of data and
+// back-test prompts, JSON against Foundation's reader, tool calls in replies, and CLI config files. Inputs start from real files (the
 // SmolLM2 GGUF header, the test fixtures, chat lines with tools) and are mutated: bytes flipped, integers overwritten with
 // boundary values, chunks cut, repeated or dropped, JSON numbers and strings swapped for hostile ones,
 // nesting deepened. A reader may accept or refuse an input; it may not crash or hang. Each input is
@@ -20,7 +20,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|chat|json|toolcalls|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|chat|json|toolcalls|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -84,6 +84,8 @@ struct Target {
     let name: String
     let seeds: [Data]
     let json: Bool
+    /// The input file's extension, where the reader chooses by it (".jsonl", ".csv").
+    var ext = ""
     let parse: (String, Data) throws -> Void  // (path of the input written to disk, its bytes)
 }
 
@@ -274,12 +276,24 @@ let targets: [Target] = [
     Target(name: "jsonl", seeds: [#"{"prompt": "Q: 1+1?\nA:", "completion": " 2"}"# + "\n" + #"{"prompt": "Q: 2+2?\nA:", "completion": " 4"}"#,
                                   #"{"text": "hello"}"# + "\n" + #"{"text": "world"}"#,
                                   #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#,
-                                  #"{"instruction": "add", "input": "1 1", "output": "2"}"#].map { Data($0.utf8) }, json: true) { path, _ in
+                                  #"{"instruction": "add", "input": "1 1", "output": "2"}"#].map { Data($0.utf8) }, json: true, ext: ".jsonl") { path, _ in
         _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
+    },
+    // A .json array of records, items over several lines: the bracket scan that finds each item's line.
+    Target(name: "jsonarray", seeds: [Data("[\n  {\"prompt\": \"Q: [1, 2]?\\n\", \"completion\": \" {3}\"},\n  {\n    \"prompt\": \"a\\\"b\",\n    \"completion\": \"c\"\n  }\n]\n".utf8)],
+           json: true, ext: ".json") { path, _ in
+        _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
+    },
+    // CSV with quoted cells (delimiters, quotes and line breaks inside), "\r\n" rows and an unnamed
+    // column, read as training data and as back-test prompts.
+    Target(name: "csv", seeds: [Data("\u{FEFF},prompt,completion\r\n0,\"Say \"\"hi\"\", now\",\"hi,\r\nthere\"\r\n1,Add 2+2,4\r\n".utf8)],
+           json: false, ext: ".csv") { path, _ in
+        _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
+        _ = try loadBacktestPrompts(path)
     },
     // Chat lines through a template that writes tools, calls and kwargs: the order-keeping JSON
     // reader, the Jinja renderer and the search for each reply in the rendering.
-    Target(name: "chat", seeds: chatTokenizer == nil ? [] : chatSeeds, json: true) { path, _ in
+    Target(name: "chat", seeds: chatTokenizer == nil ? [] : chatSeeds, json: true, ext: ".jsonl") { path, _ in
         _ = try loadDataset(path, tokenizer: chatTokenizer!, options: DatasetOptions(seqLen: 64, validation: .none))
     },
     // The order-keeping JSON reader against Foundation's: where both read a text, the same value.
@@ -311,7 +325,7 @@ for t in targets where only == nil || only == t.name {
         failed = true
         continue
     }
-    let input = URL(fileURLWithPath: work).appendingPathComponent("input-\(t.name)" + (["jsonl", "chat"].contains(t.name) ? ".jsonl" : "")).path
+    let input = URL(fileURLWithPath: work).appendingPathComponent("input-\(t.name)" + t.ext).path
     let last = URL(fileURLWithPath: work).appendingPathComponent("last-\(t.name)").path
     var tried = 0, refused = 0, probeCaught = 0
     // Every seed as it is must be read: a refused seed would leave only the refusal paths fuzzed.

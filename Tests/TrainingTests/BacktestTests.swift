@@ -71,6 +71,18 @@ final class BacktestTests: XCTestCase {
         // The same file with Windows line ends ("\r\n" is one Character in Swift) gives the same prompts.
         let crlf = write("crlf.jsonl", try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "\n", with: "\r\n"))
         XCTAssertEqual(try loadBacktestPrompts(crlf, defaultTemplate: "Q{question}"), ps)
+        // A table names the fields in its header; an empty cell is a field not given. A JSON array's
+        // items are named by the line each starts on.
+        let table = write("p.csv", "id,template_file,prompt,expected,tags\r\na,faq.tmpl,,,math\r\n,,Hello,,greet\r\n,,\"Question: Why?\nAnswer:\", Because.,\r\n")
+        XCTAssertThrowsError(try loadBacktestPrompts(table)) { XCTAssertTrue("\($0)".contains("p.csv:2: the template uses {question}"), "\($0)") }
+        let csv = write("q.csv", "prompt,expected,tags\nHello,,\"greet\"\n\"Question: Why?\nAnswer:\", Because.,\n")
+        XCTAssertEqual(try loadBacktestPrompts(csv), [BacktestPrompt(id: "line 2", prompt: "Hello", expected: nil, tags: ["greet"]),
+                                                      BacktestPrompt(id: "line 3", prompt: "Question: Why?\nAnswer:", expected: " Because.", tags: [])])
+        let array = write("q.json", "[\n  {\"prompt\": \"Hello\", \"tags\": \"greet\"},\n  {\"prompt\": \"Question: Why?\\nAnswer:\",\n   \"completion\": \" Because.\"}\n]\n")
+        XCTAssertEqual(try loadBacktestPrompts(array), try loadBacktestPrompts(csv))
+        XCTAssertThrowsError(try loadBacktestPrompts(write("r.csv", "prompt,expected\na\n"))) {
+            XCTAssertTrue("\($0)".contains("r.csv:2: 1 cells, but the header (line 1) has 2 columns"), "\($0)")
+        }
         for (text, needle) in [(#"{"prompt": "x"}"# + "\n" + #"{"promt": "y"}"#, ":2: unknown field \"promt\""),
                                (#"{"prompt": "x"}"# + "\n" + "{oops", ":2: not a JSON object"),
                                (#"{"id": "x", "prompt": "a"}"# + "\n" + #"{"id": "x", "prompt": "b"}"#, ":2: the id \"x\" is used twice"),

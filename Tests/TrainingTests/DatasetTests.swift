@@ -564,6 +564,87 @@ final class DatasetTests: XCTestCase {
         }
     }
 
+    // MARK: tables and JSON arrays
+
+    /// The same examples as a JSON array, JSON Lines in a .json file, CSV, TSV and an Excel/pandas CSV
+    /// (byte order mark, unnamed index column) read to the same examples as their JSONL, each record at
+    /// the line Python's own readers put it (`scripts/make_table_fixtures.py`); train, preview and
+    /// back-test read them through the same reader.
+    func testTablesAndJSONArraysReadAsTheirJSONLines() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tables")
+        let lines = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("lines.json"))) as! [String: [Int]]
+        let reference = try readExampleFile(folder.appendingPathComponent("examples.jsonl").path)
+        XCTAssertEqual(reference.count, 6)
+        guard case .instruction(_, let input, let output)? = reference.last(where: { if case .instruction("Windows line ends", _, _) = $0.example { true } else { false } })?.example else {
+            return XCTFail("the fixture's Windows line ends example is missing")
+        }
+        XCTAssertEqual(input, "one\r\ntwo")
+        XCTAssertEqual(output, "Zwei Zeilen: ü, é, 字, 🙂")
+        XCTAssertEqual(lines.count, 6)
+        for (name, expectedLines) in lines.sorted(by: { $0.key < $1.key }) {
+            let path = folder.appendingPathComponent(name).path
+            var unread: [String: Int] = [:]
+            let read = try readExampleFile(path, unreadKeys: &unread)
+            XCTAssertEqual(read.map(\.example), reference.map(\.example), name)
+            XCTAssertEqual(read.map(\.line), expectedLines, name)
+            XCTAssertEqual(unread, name == "examples-excel.csv" ? ["(unnamed column 1)": 6] : [:], name)
+            XCTAssertEqual(try readExamples(path).format, .instruction, name)
+            XCTAssertEqual(try previewExamples(path, tokenizer: Self.tokenizer, count: 2).total, 6, name)
+        }
+        // A folder of records reads every kind in it, sorted by name; a text file beside them is refused.
+        let mixed = dir + "/mixed"
+        try FileManager.default.createDirectory(atPath: mixed, withIntermediateDirectories: true)
+        for name in ["examples.csv", "examples.json", "examples.tsv"] {
+            try FileManager.default.copyItem(atPath: folder.appendingPathComponent(name).path, toPath: mixed + "/" + name)
+        }
+        let all = try readExamples(mixed)
+        XCTAssertEqual(all.examples, Array((0..<3).map { _ in reference.map(\.example) }.joined()))
+        try "notes".write(toFile: mixed + "/notes.txt", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try readExamples(mixed)) { XCTAssertTrue("\($0)".contains("both files of records (3: JSONL, JSON, CSV, TSV) and 1 text files"), "\($0)") }
+    }
+
+    /// Each bad table or JSON array, with the line and message it must give.
+    func testBadTablesAndJSONArraysNameTheLine() throws {
+        let cases: [(name: String, text: String, message: String)] = [
+            ("unclosed.csv", "text,id\n\"a, b\",1\n\"never closed,2\nmore\n", #"unclosed.csv:3: a quoted cell (cell 1 of the row at line 3) is not closed by a quote"#),
+            ("after-quote.csv", "text\n\"a\"b\n", "after-quote.csv:2: text after the closing quote of cell 1"),
+            ("ragged.csv", "text,id\na,1\nb,2,3\n", #"ragged.csv:3: 3 cells, but the header (line 1) has 2 columns: "text", "id""#),
+            ("short.tsv", "prompt\tcompletion\nq\n", #"short.tsv:2: 1 cells, but the header (line 1) has 2 columns: "prompt", "completion""#),
+            ("twice.csv", "text,text\na,b\n", #"twice.csv:1: the header names the column "text" twice"#),
+            ("chat.csv", "messages\n\"[]\"\n", #"chat.csv:1: a "messages" column: a conversation does not fit a CSV cell; write chat data as JSON Lines"#),
+            ("empty-cell.csv", "prompt,completion\nq,a\n\"two\nlines\",\n", #"empty-cell.csv:3: "completion" is empty"#),
+            ("latin1.csv", "text\ncaf\u{E9}\n", ""),  // replaced below by Latin-1 bytes
+            ("header.csv", "text,id\n\n", "header.csv: holds no examples"),
+            ("empty.json", " [ ]\n", "empty.json: holds no examples"),
+            ("item.json", "[\n  {\"text\": \"a\"},\n  {\n    \"text\": \"b\",\n    \"id\" 2\n  }\n]\n", "item.json:5: invalid JSON at column 10 (expected ':' after a key)"),
+            ("unclosed.json", "[{\"text\": \"a\"},\n {\"text\": \"b\"}\n", "unclosed.json:3: invalid JSON at column 1 (unexpected end of the JSON text)"),
+            ("after.json", "[{\"text\": \"a\"}]\n{\"text\": \"b\"}\n", "after.json:2: invalid JSON at column 1 (unexpected text after the JSON value)"),
+            ("comma.json", "[{\"text\": \"a\"},\n]\n", "comma.json:2: invalid JSON at column 1"),
+            ("number.json", "[{\"text\": \"a\"},\n 3]\n", "number.json:2: expected a JSON object, found a number"),
+            ("formats.json", "[{\"text\": \"a\"},\n {\"prompt\": \"q\", \"completion\": \"a\"}]\n",
+             "formats.json:2: this record is prompt/completion data but the record at line 1 is text data"),
+            ("object.json", "{\n  \"name\": \"a dataset\",\n  \"rows\": 3\n}\n", "object.json: holds one JSON object over 4 lines, not records"),
+        ]
+        for c in cases {
+            let path = dir + "/" + c.name
+            if c.name == "latin1.csv" {
+                try Data("text\ncaf".utf8 + [0xE9] + Data("\n".utf8)).write(to: URL(fileURLWithPath: path))
+                XCTAssertThrowsError(try readExamples(path)) {
+                    XCTAssertEqual("\($0)", "\(path):2: cell 1 is not valid UTF-8 (save the file as UTF-8)")
+                }
+                continue
+            }
+            try c.text.write(toFile: path, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try readExamples(path), c.name) {
+                XCTAssertTrue("\($0)".hasPrefix(path + (c.message.hasPrefix(c.name) ? String(c.message.dropFirst(c.name.count)) : ": " + c.message)),
+                              "\(c.name): \($0)")
+            }
+        }
+        // Spreadsheet files other than CSV and TSV are refused by name, not learned as text.
+        let sheet = try write("data.xlsx", ["PK"])
+        XCTAssertThrowsError(try readExamples(sheet)) { XCTAssertTrue("\($0)".contains("a .xlsx file is not read"), "\($0)") }
+    }
+
     // MARK: errors
 
     /// Each bad line, written as line 3 after a good line and an empty one, with the message it must give.
@@ -582,7 +663,7 @@ final class DatasetTests: XCTestCase {
         XCTAssertFalse(clean.description.contains("not read"))
         // Chat reads "messages", "tools" and "chat_template_kwargs"; text reads "text" alone.
         var unread: [String: Int] = [:]
-        _ = try readJSONL(try write("chat-extra.jsonl", [#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "tools": [], "source": "x"}"#,
+        _ = try readExampleFile(try write("chat-extra.jsonl", [#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "tools": [], "source": "x"}"#,
                                                        ]), unreadKeys: &unread)
         XCTAssertEqual(unread, ["source": 1])
     }
@@ -678,22 +759,21 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try load(sub + "/b.jsonl", validation: .file(sub + "/b.jsonl"))) {
             XCTAssertTrue("\($0)".contains("the validation data is the training data"), "\($0)")
         }
-        // JSON Lines by any case of .jsonl, or .ndjson, is read as JSON Lines, never as plain text;
-        // a .JSON file is refused like a .json one.
-        for name in ["upper.JSONL", "other.ndjson"] {
+        // Records by any case of their extension (.jsonl, .ndjson, .json, .csv) are read as records,
+        // never as plain text.
+        for name in ["upper.JSONL", "other.ndjson", "x.JSON"] {
             let path = try write(name, [json(["prompt": "a", "completion": "b"]), json(["prompt": "c", "completion": "d"])])
             XCTAssertEqual(try load(path, validation: .none).format, .promptCompletion, name)
         }
-        let upperJSON = try write("x.JSON", [json(["text": "a"])])
-        XCTAssertThrowsError(try load(upperJSON)) { XCTAssertTrue("\($0)".contains("a .json file is not read"), "\($0)") }
-        // A table is not plain text: refused, not learned with its commas and header.
         let csv = try write("table.CSV", ["prompt,completion", "a,b"])
-        XCTAssertThrowsError(try load(csv)) { XCTAssertTrue("\($0)".contains("table.CSV: a .csv file is not read") && "\($0)".contains("JSONL"), "\($0)") }
+        XCTAssertEqual(try load(csv, validation: .none).format, .promptCompletion)
         // A folder without data files says which files it reads.
         let bare = dir + "/bare"
         try FileManager.default.createDirectory(atPath: bare, withIntermediateDirectories: true)
-        try "x".write(toFile: bare + "/notes.csv", atomically: true, encoding: .utf8)
-        XCTAssertThrowsError(try load(bare)) { XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .txt, .md or .rst files"), "\($0)") }
+        try "x".write(toFile: bare + "/notes.xlsx", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try load(bare)) {
+            XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .json, .csv, .tsv, .txt, .md or .rst files"), "\($0)")
+        }
         // A text file without text is refused, alone or in a folder (it would train BOS → EOS).
         let blank = dir + "/blank"
         try FileManager.default.createDirectory(atPath: blank, withIntermediateDirectories: true)

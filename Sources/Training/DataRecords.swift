@@ -1,0 +1,227 @@
+// DataRecords.swift: the records of a data file, each as the JSON object text it stands for and the line it
+// starts on: JSON Lines (`.jsonl`, `.ndjson`, or `.json` as Hugging Face's `to_json` writes it), a JSON
+// array of objects (`.json`, as Stanford Alpaca's `alpaca_data.json`), CSV and TSV with a header row
+// (RFC 4180 quoting, as Python's `csv`, pandas and spreadsheets write them). Training data and back-test
+// prompts read every kind through `readDataRecords`, so a record means the same whatever file holds it.
+
+import Foundation
+import Tokenizers
+
+/// One record of a data file: the 1-based line it starts on and its JSON object text (for CSV and TSV, an
+/// object of the row's cells as strings, keyed by the header).
+struct DataRecord {
+    let line: Int
+    let json: Data
+}
+
+/// The kinds of files `readDataRecords` reads, chosen by the file's extension (in any case).
+enum DataRecordFormat {
+    case jsonLines, json, csv, tsv
+
+    init?(path: String) {
+        let p = path.lowercased()
+        if p.hasSuffix(".jsonl") || p.hasSuffix(".ndjson") { self = .jsonLines }
+        else if p.hasSuffix(".json") { self = .json }
+        else if p.hasSuffix(".csv") { self = .csv }
+        else if p.hasSuffix(".tsv") { self = .tsv }
+        else { return nil }
+    }
+
+    /// The extensions of files of records, for messages.
+    static let extensions = [".jsonl", ".ndjson", ".json", ".csv", ".tsv"]
+}
+
+/// The records of `file` (see `DataRecordFormat`); empty lines (JSON Lines, CSV) are skipped. A `.json`
+/// file whose text starts with `[` is one array of records; any other `.json` file is JSON Lines. A UTF-8
+/// byte order mark at the start is ignored. A CSV column whose header is empty (the index column
+/// `pandas.DataFrame.to_csv` writes by default) is passed to `unread` as "(unnamed column N)" and left out.
+/// `given` reads the file as that kind whatever its extension.
+/// - Throws: `DatasetError` naming the file and the line: a JSON array not closed or followed by text, a
+///   CSV quote not closed or followed by text, a row whose cell count differs from the header's, a header
+///   naming a column twice or holding "messages" (chat does not fit a cell: write it as JSON Lines).
+func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: (String) -> Void = { _ in }) throws -> [DataRecord] {
+    guard let format = given ?? DataRecordFormat(path: file) else {
+        throw DatasetError(file: file, line: nil, message: "not a file of records; expected one of "
+            + DataRecordFormat.extensions.joined(separator: ", "))
+    }
+    guard var data = FileManager.default.contents(atPath: file) else {
+        throw DatasetError(file: file, line: nil, message: "cannot read the file")
+    }
+    if data.starts(with: [0xEF, 0xBB, 0xBF]) { data = data.dropFirst(3) }  // a byte order mark (Excel's "CSV UTF-8")
+    let bytes = [UInt8](data)
+    switch format {
+    case .jsonLines: return jsonLines(bytes)
+    case .json:
+        let first = bytes.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
+        if first == UInt8(ascii: "[") { return try jsonArrayItems(bytes, file: file) }
+        let lines = jsonLines(bytes)
+        // One object over several lines (a dataset's metadata, a config) is not records.
+        if lines.count > 1, (try? JSONSerialization.jsonObject(with: lines[0].json)) == nil,
+           (try? JSONSerialization.jsonObject(with: data)) is [String: Any] {
+            throw DatasetError(file: file, line: nil, message: "holds one JSON object over \(lines.count) lines, not records; "
+                + "expected an array of objects ([{…}, {…}]) or one object per line")
+        }
+        return lines
+    case .csv: return try tableRows(bytes, delimiter: UInt8(ascii: ","), file: file, unread: unread)
+    case .tsv: return try tableRows(bytes, delimiter: 0x09, file: file, unread: unread)
+    }
+}
+
+/// JSON Lines: every line that is not empty or whitespace alone (a trailing "\r" dropped).
+private func jsonLines(_ bytes: [UInt8]) -> [DataRecord] {
+    var out: [DataRecord] = []
+    var line = 0, start = 0
+    while start < bytes.count {
+        let end = bytes[start...].firstIndex(of: 0x0A) ?? bytes.count
+        line += 1
+        var stop = end
+        if stop > start && bytes[stop - 1] == 0x0D { stop -= 1 }
+        if !bytes[start..<stop].allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) {
+            out.append(DataRecord(line: line, json: Data(bytes[start..<stop])))
+        }
+        start = end + 1
+    }
+    return out
+}
+
+/// The items of a top-level JSON array, each with the line it starts on. Items are found by their
+/// brackets and strings alone; each is then read as an example is, so a bad item is named by its line.
+private func jsonArrayItems(_ bytes: [UInt8], file: String) throws -> [DataRecord] {
+    var line = 1, i = 0
+    func skipSpace() {
+        while i < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[i]) {
+            if bytes[i] == 0x0A { line += 1 }
+            i += 1
+        }
+    }
+    // Where a scan cannot go on, the strict reader names the first fault in the whole text.
+    func malformed(_ fallback: String) -> DatasetError {
+        let text = String(decoding: bytes, as: UTF8.self)
+        do { _ = try JSONValue(parsing: text) } catch let e as JSONParseError {
+            let at = e.position(in: text)
+            return DatasetError(file: file, line: at.line, message: "invalid JSON at column \(at.column) (\(e.message))")
+        } catch {}
+        return DatasetError(file: file, line: line, message: fallback)
+    }
+    skipSpace()
+    i += 1  // "["
+    var out: [DataRecord] = []
+    skipSpace()
+    if i < bytes.count && bytes[i] == UInt8(ascii: "]") {
+        i += 1
+    } else {
+        while true {
+            skipSpace()
+            let start = i, startLine = line
+            var depth = 0, inString = false
+            scan: while i < bytes.count {
+                let b = bytes[i]
+                if b == 0x0A { line += 1 }
+                if inString {
+                    if b == UInt8(ascii: "\\") { i += 1 } else if b == UInt8(ascii: "\"") { inString = false }
+                } else {
+                    switch b {
+                    case UInt8(ascii: "\""): inString = true
+                    case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1
+                    case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                        if depth == 0 { break scan }
+                        depth -= 1
+                    case UInt8(ascii: ","): if depth == 0 { break scan }
+                    default: break
+                    }
+                }
+                i += 1
+            }
+            guard i < bytes.count else { throw malformed("the array that starts the file is not closed by \"]\"") }
+            var end = i
+            while end > start, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[end - 1]) { end -= 1 }
+            guard end > start else { throw malformed("an empty item in the array (two commas, or a comma before \"]\")") }
+            out.append(DataRecord(line: startLine, json: Data(bytes[start..<end])))
+            i += 1
+            if bytes[i - 1] == UInt8(ascii: "]") { break }
+        }
+    }
+    skipSpace()
+    guard i == bytes.count else { throw malformed("text after the array's closing \"]\"; a .json file holds one array, or one object per line") }
+    return out
+}
+
+/// The rows of a CSV or TSV file after its header, each as a JSON object of its cells (strings). Quoting as
+/// RFC 4180 and Python's `csv` module: a cell in double quotes may hold the delimiter, line breaks and `""`
+/// for a quote; a quote inside an unquoted cell is kept as it is. Rows end at "\n" or "\r\n".
+private func tableRows(_ bytes: [UInt8], delimiter: UInt8, file: String, unread: (String) -> Void) throws -> [DataRecord] {
+    let quote = UInt8(ascii: "\"")
+    var rows: [(line: Int, cells: [String])] = []
+    var line = 1, i = 0
+    while i < bytes.count {
+        let rowLine = line
+        var cells: [String] = []
+        var cell: [UInt8] = []
+        var endOfRow = false
+        while !endOfRow {
+            if i < bytes.count && bytes[i] == quote {
+                let cellLine = line
+                i += 1
+                while true {
+                    guard i < bytes.count else {
+                        throw DatasetError(file: file, line: cellLine, message: "a quoted cell (cell \(cells.count + 1) of the row at line "
+                            + "\(rowLine)) is not closed by a quote; write a quote inside a quoted cell as \"\"")
+                    }
+                    if bytes[i] == quote {
+                        if i + 1 < bytes.count && bytes[i + 1] == quote { cell.append(quote); i += 2; continue }
+                        i += 1
+                        break
+                    }
+                    if bytes[i] == 0x0A { line += 1 }
+                    cell.append(bytes[i])
+                    i += 1
+                }
+                let next = i < bytes.count ? bytes[i] : 0x0A
+                guard next == delimiter || next == 0x0A || (next == 0x0D && (i + 1 == bytes.count || bytes[i + 1] == 0x0A)) else {
+                    throw DatasetError(file: file, line: line, message: "text after the closing quote of cell \(cells.count + 1); "
+                        + "a quoted cell ends at its quote (write a quote inside it as \"\")")
+                }
+            } else {
+                while i < bytes.count && bytes[i] != delimiter && bytes[i] != 0x0A { cell.append(bytes[i]); i += 1 }
+                if cell.last == 0x0D && (i == bytes.count || bytes[i] == 0x0A) { cell.removeLast() }
+            }
+            guard let text = String(validating: cell, as: UTF8.self) else {
+                throw DatasetError(file: file, line: line, message: "cell \(cells.count + 1) is not valid UTF-8 (save the file as UTF-8)")
+            }
+            cells.append(text)
+            cell.removeAll(keepingCapacity: true)
+            if i < bytes.count && bytes[i] == 0x0D { i += 1 }  // "\r" before "\n", after a quoted cell
+            if i < bytes.count && bytes[i] == delimiter {
+                i += 1
+            } else {
+                endOfRow = true
+                if i < bytes.count { i += 1; line += 1 }  // "\n"
+            }
+        }
+        if cells != [""] { rows.append((rowLine, cells)) }  // an empty line is no row
+    }
+    guard let header = rows.first else { return [] }
+    let kind = delimiter == 0x09 ? "TSV" : "CSV"
+    var seen = Set<String>()
+    for name in header.cells where !name.isEmpty {
+        guard seen.insert(name).inserted else {
+            throw DatasetError(file: file, line: header.line, message: "the header names the column \"\(name)\" twice")
+        }
+    }
+    if seen.contains("messages") {
+        throw DatasetError(file: file, line: header.line, message: "a \"messages\" column: a conversation does not fit a \(kind) cell; "
+            + "write chat data as JSON Lines, one {\"messages\": [...]} per line")
+    }
+    for (k, name) in header.cells.enumerated() where name.isEmpty {
+        for _ in rows.dropFirst() { unread("(unnamed column \(k + 1))") }
+    }
+    return try rows.dropFirst().map { row in
+        guard row.cells.count == header.cells.count else {
+            throw DatasetError(file: file, line: row.line, message: "\(row.cells.count) cells, but the header (line \(header.line)) "
+                + "has \(header.cells.count) columns: \(header.cells.map { "\"\($0)\"" }.joined(separator: ", "))")
+        }
+        var object: [String: String] = [:]
+        for (name, value) in zip(header.cells, row.cells) where !name.isEmpty { object[name] = value }
+        return DataRecord(line: row.line, json: try JSONSerialization.data(withJSONObject: object))
+    }
+}
