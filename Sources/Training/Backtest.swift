@@ -86,8 +86,8 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 }
 
 /// Reads a prompts file of records, as training data is read (`readExampleFile`): one JSON object per
-/// line, or a `.json` array of objects, or a `.csv`/`.tsv` table whose header names the fields (an
-/// empty cell is a field not given), each record with
+/// line, or a `.json` array of objects, a `.csv`/`.tsv` table whose header names the fields (an
+/// empty cell is a field not given) or a `.parquet` file (a null value is a field not given), each record with
 /// - `"template"` (text with `{variables}`), `"template_file"` (a file, relative to the prompts
 ///   file's folder) or `"prompt"` (literal text); `defaultTemplate` serves lines that give none;
 /// - `"vars"`: the variables' values (strings or numbers);

@@ -1,14 +1,17 @@
 // DataRecords.swift: the records of a data file, each as the JSON object text it stands for and the line it
 // starts on: JSON Lines (`.jsonl`, `.ndjson`, or `.json` as Hugging Face's `to_json` writes it), a JSON
 // array of objects (`.json`, as Stanford Alpaca's `alpaca_data.json`), CSV and TSV with a header row
-// (RFC 4180 quoting, as Python's `csv`, pandas and spreadsheets write them). Training data and back-test
-// prompts read every kind through `readDataRecords`, so a record means the same whatever file holds it.
+// (RFC 4180 quoting, as Python's `csv`, pandas and spreadsheets write them), Parquet (the Hugging Face
+// Hub's data files; rows numbered from 1). Training data and back-test prompts read every kind through
+// `readDataRecords`, so a record means the same whatever file holds it.
 
 import Foundation
 import Tokenizers
+import Containers
 
-/// One record of a data file: the 1-based line it starts on and its JSON object text (for CSV and TSV, an
-/// object of the row's cells as strings, keyed by the header).
+/// One record of a data file: the 1-based line it starts on (a Parquet file's row) and its JSON object
+/// text (for CSV and TSV, an object of the row's cells as strings, keyed by the header; for Parquet, of
+/// the row's columns, lists and structs as arrays and objects).
 struct DataRecord {
     let line: Int
     let json: Data
@@ -16,7 +19,7 @@ struct DataRecord {
 
 /// The kinds of files `readDataRecords` reads, chosen by the file's extension (in any case).
 enum DataRecordFormat {
-    case jsonLines, json, csv, tsv
+    case jsonLines, json, csv, tsv, parquet
 
     init?(path: String) {
         let p = path.lowercased()
@@ -24,11 +27,12 @@ enum DataRecordFormat {
         else if p.hasSuffix(".json") { self = .json }
         else if p.hasSuffix(".csv") { self = .csv }
         else if p.hasSuffix(".tsv") { self = .tsv }
+        else if p.hasSuffix(".parquet") { self = .parquet }
         else { return nil }
     }
 
     /// The extensions of files of records, for messages.
-    static let extensions = [".jsonl", ".ndjson", ".json", ".csv", ".tsv"]
+    static let extensions = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"]
 }
 
 /// The records of `file` (see `DataRecordFormat`); empty lines (JSON Lines, CSV) are skipped. A `.json`
@@ -44,6 +48,7 @@ func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: 
         throw DatasetError(file: file, line: nil, message: "not a file of records; expected one of "
             + DataRecordFormat.extensions.joined(separator: ", "))
     }
+    if format == .parquet { return try parquetRows(file) }
     guard var data = FileManager.default.contents(atPath: file) else {
         throw DatasetError(file: file, line: nil, message: "cannot read the file")
     }
@@ -64,6 +69,7 @@ func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: 
         return lines
     case .csv: return try tableRows(bytes, delimiter: UInt8(ascii: ","), file: file, unread: unread)
     case .tsv: return try tableRows(bytes, delimiter: 0x09, file: file, unread: unread)
+    case .parquet: fatalError("read above")
     }
 }
 
@@ -223,5 +229,31 @@ private func tableRows(_ bytes: [UInt8], delimiter: UInt8, file: String, unread:
         var object: [String: String] = [:]
         for (name, value) in zip(header.cells, row.cells) where !name.isEmpty { object[name] = value }
         return DataRecord(line: row.line, json: try JSONSerialization.data(withJSONObject: object))
+    }
+}
+
+/// The rows of a Parquet file as JSON objects, numbered from 1: strings, numbers and booleans as they are
+/// (a NaN or infinite float as null, which JSON lacks), lists as arrays, structs as objects in the
+/// schema's order; a null column value as a key not given, a null inside a list or struct as null. A byte
+/// column that is not UTF-8 text is refused.
+private func parquetRows(_ file: String) throws -> [DataRecord] {
+    let rows: [[(name: String, value: ParquetValue)]]
+    do { rows = try readParquetRows(file) } catch let e as ParquetError { throw DatasetError(file: file, line: nil, message: e.message) }
+    func json(_ v: ParquetValue, _ row: Int, _ column: String) throws -> JSONValue {
+        switch v {
+        case .null: return .null
+        case .bool(let b): return .bool(b)
+        case .int(let i): return .int(Int(i))
+        case .double(let d): return d.isFinite ? .double(d) : .null
+        case .string(let s): return .string(s)
+        case .bytes: throw DatasetError(file: file, line: row, message: "column \(column) holds bytes that are not UTF-8 text")
+        case .list(let items): return .array(try items.map { try json($0, row, column) })
+        case .record(let fields): return .object(JSONObject(try fields.map { ($0.name, try json($0.value, row, column + "." + $0.name)) }))
+        }
+    }
+    return try rows.enumerated().map { k, row in
+        // A null column value is a key not given, as an empty CSV cell is (an Alpaca row's null "input").
+        let object = JSONObject(try row.filter { $0.value != .null }.map { ($0.name, try json($0.value, k + 1, $0.name)) })
+        return DataRecord(line: k + 1, json: Data(JSONValue.object(object).text.utf8))
     }
 }

@@ -508,7 +508,8 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 // MARK: reading
 
 /// Reads examples from `path`: a file of records (JSON Lines `.jsonl`/`.ndjson`, a `.json` array of objects
-/// or JSON Lines, a `.csv` or `.tsv` table with a header row; see `readExampleFile`), a text file, or a folder
+/// or JSON Lines, a `.csv` or `.tsv` table with a header row, a `.parquet` file; see `readExampleFile`), a
+/// text file, or a folder
 /// (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst` file; a folder holding
 /// both kinds is an error).
 ///
@@ -546,13 +547,13 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
         }
         if !files.isEmpty && texts > 0 {
             throw DatasetError(file: path, line: nil, message: "the folder holds both files of records (\(files.count): "
-                + "JSONL, JSON, CSV, TSV) and \(texts) text files; put the examples of one format in a folder of their own")
+                + "JSONL, JSON, CSV, TSV, Parquet) and \(texts) text files; put the examples of one format in a folder of their own")
         }
     } else if DataRecordFormat(path: path) != nil {
         files = [path]
-    } else if let table = ["parquet", "arrow", "xlsx", "xls", "ods"].first(where: { path.lowercased().hasSuffix("." + $0) }) {
+    } else if let table = ["arrow", "xlsx", "xls", "ods"].first(where: { path.lowercased().hasSuffix("." + $0) }) {
         throw DatasetError(file: path, line: nil, message: "a .\(table) file is not read (it would be learned as plain text); "
-            + "save it as CSV with a header row, or as JSONL, one object per line: {\"text\": …}, "
+            + "save it as Parquet, as CSV with a header row, or as JSONL, one object per line: {\"text\": …}, "
             + "{\"prompt\": …, \"completion\": …} or {\"messages\": […]}")
     }
     if files.isEmpty {
@@ -584,7 +585,8 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
 /// The examples of one file of records, with the 1-based line each starts on: JSON Lines (`.jsonl`,
 /// `.ndjson`), a `.json` array of objects (or JSON Lines, as Hugging Face's `to_json` writes them), a `.csv`
 /// or `.tsv` table whose header row names the keys (every cell a string; quoting as Python's `csv` module
-/// and spreadsheets write it). Empty lines are skipped. Throws at the first bad record: invalid UTF-8 or
+/// and spreadsheets write it), a `.parquet` file (its columns the keys, its rows numbered from 1; a null
+/// value is a key not given). Empty lines are skipped. Throws at the first bad record: invalid UTF-8 or
 /// JSON, not an object, no known keys, a missing key, a value of the wrong type, an empty
 /// text/prompt/completion/output/instruction, an unknown chat role, a chat without an assistant turn, or a
 /// record whose format differs from the first one's; and at a table's ragged row or unclosed quote.
@@ -596,13 +598,14 @@ public func readExampleFile(_ file: String) throws -> [(line: Int, example: Data
 /// `readExampleFile`, counting in `unreadKeys` the records holding each key their format does not read.
 func readExampleFile(_ file: String, unreadKeys: inout [String: Int]) throws -> [(line: Int, example: DataExample)] {
     var out: [(line: Int, example: DataExample)] = []
-    let what = DataRecordFormat(path: file) == .jsonLines ? "line" : "record"
+    let kind = DataRecordFormat(path: file)
+    let what = kind == .jsonLines ? "line" : kind == .parquet ? "row" : "record"
     var counts: [String: Int] = [:]
     for record in try readDataRecords(file, unread: { counts[$0, default: 0] += 1 }) {
         let example = try parseJSONLine(record.json, file: file, line: record.line) { counts[$0, default: 0] += 1 }
         if let first = out.first, first.example.format != example.format {
             throw DatasetError(file: file, line: record.line, message: "this \(what) is \(example.format.rawValue) data but "
-                + (what == "line" ? "line \(first.line)" : "the record at line \(first.line)") + " is \(first.example.format.rawValue) data; a file holds one format")
+                + (what == "record" ? "the record at line \(first.line)" : "\(what) \(first.line)") + " is \(first.example.format.rawValue) data; a file holds one format")
         }
         out.append((record.line, example))
     }

@@ -15,7 +15,8 @@ import Formats
 public struct DatasetError: Error, CustomStringConvertible, Equatable {
     /// The file (or folder) at fault.
     public let file: String
-    /// 1-based line number in a JSONL file, or nil when the error concerns the whole file.
+    /// 1-based line number in a JSONL file (the line a record starts on; a Parquet file's row), or nil
+    /// when the error concerns the whole file.
     public let line: Int?
     /// What is wrong, as a sentence.
     public let message: String
@@ -26,7 +27,11 @@ public struct DatasetError: Error, CustomStringConvertible, Equatable {
         self.message = message
     }
 
-    public var description: String { line.map { "\(file):\($0): \(message)" } ?? "\(file): \(message)" }
+    /// "file:line: message"; for a Parquet file, whose records are rows, "file: row N: message".
+    public var description: String {
+        guard let line else { return "\(file): \(message)" }
+        return file.lowercased().hasSuffix(".parquet") ? "\(file): row \(line): \(message)" : "\(file):\(line): \(message)"
+    }
 }
 
 /// Where validation examples come from.

@@ -1,6 +1,6 @@
 // A seeded, structure-aware mutation fuzzer for every reader: GGUF, safetensors, HDF5, tokenizer.json,
 // config.json, adapter_config.json, JSONL data (chat through a template too), JSON arrays and CSV of data and
-// back-test prompts, JSON against Foundation's reader, tool calls in replies, and CLI config files. Inputs start from real files (the
+// back-test prompts, Parquet, JSON against Foundation's reader, tool calls in replies, and CLI config files. Inputs start from real files (the
 // SmolLM2 GGUF header, the test fixtures, chat lines with tools) and are mutated: bytes flipped, integers overwritten with
 // boundary values, chunks cut, repeated or dropped, JSON numbers and strings swapped for hostile ones,
 // nesting deepened. A reader may accept or refuse an input; it may not crash or hang. Each input is
@@ -20,7 +20,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|chat|json|toolcalls|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|parquet|chat|json|toolcalls|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -290,6 +290,13 @@ let targets: [Target] = [
            json: false, ext: ".csv") { path, _ in
         _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
         _ = try loadBacktestPrompts(path)
+    },
+    // Parquet as pyarrow writes it (Snappy and dictionary pages; a list of structs): the Thrift footer,
+    // page headers, levels, Snappy; then the rows as training data (refusals there are fine).
+    Target(name: "parquet", seeds: ["Tests/FormatsTests/Fixtures/parquet/types.parquet", "Tests/FormatsTests/Fixtures/parquet/types-plain-v2.parquet",
+                                    "Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
+        _ = try readParquetRows(path)
+        _ = try? loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
     },
     // Chat lines through a template that writes tools, calls and kwargs: the order-keeping JSON
     // reader, the Jinja renderer and the search for each reply in the rendering.

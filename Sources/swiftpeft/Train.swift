@@ -16,7 +16,7 @@ private let defaultValidationFraction: Double = {
 /// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
 struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String?
-    @Option(help: "Training data: a text file or folder, or records (text, prompt/completion, instruction, chat) as JSONL, a JSON array, or CSV/TSV with a header row.") var data: String?
+    @Option(help: "Training data: a text file or folder, or records (text, prompt/completion, instruction, chat) as JSONL, a JSON array, CSV/TSV with a header row, or Parquet.") var data: String?
     @Option(help: "Output folder.") var out: String?
     @Option(help: "JSON file whose keys are these options' long names (command-line flags win).") var config: String?
     @Option(help: "Optimizer steps (default \(TrainerOptions().steps)).") var steps: Int?

@@ -24,7 +24,7 @@ final class BacktestTests: XCTestCase {
 
     func write(_ name: String, _ text: String) -> String {
         let p = dir.appendingPathComponent(name).path
-        FileManager.default.createFile(atPath: p, contents: Data(text.utf8))
+        XCTAssertTrue(FileManager.default.createFile(atPath: p, contents: Data(text.utf8)), p)
         return p
     }
 

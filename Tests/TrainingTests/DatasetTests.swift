@@ -580,7 +580,7 @@ final class DatasetTests: XCTestCase {
         }
         XCTAssertEqual(input, "one\r\ntwo")
         XCTAssertEqual(output, "Zwei Zeilen: ü, é, 字, 🙂")
-        XCTAssertEqual(lines.count, 6)
+        XCTAssertEqual(lines.count, 8)
         for (name, expectedLines) in lines.sorted(by: { $0.key < $1.key }) {
             let path = folder.appendingPathComponent(name).path
             var unread: [String: Int] = [:]
@@ -591,6 +591,13 @@ final class DatasetTests: XCTestCase {
             XCTAssertEqual(try readExamples(path).format, .instruction, name)
             XCTAssertEqual(try previewExamples(path, tokenizer: Self.tokenizer, count: 2).total, 6, name)
         }
+        // Chat as Hugging Face's data sets store it in Parquet: "messages", a list of structs; the
+        // "id" column is not read, and said so.
+        var unread: [String: Int] = [:]
+        let chat = try readExampleFile(folder.appendingPathComponent("chat.parquet").path, unreadKeys: &unread)
+        XCTAssertEqual(chat.map(\.example), try readExampleFile(folder.appendingPathComponent("chat.jsonl").path).map(\.example))
+        XCTAssertEqual(chat.map(\.line), [1, 2])
+        XCTAssertEqual(unread, ["id": 2])
         // A folder of records reads every kind in it, sorted by name; a text file beside them is refused.
         let mixed = dir + "/mixed"
         try FileManager.default.createDirectory(atPath: mixed, withIntermediateDirectories: true)
@@ -600,7 +607,7 @@ final class DatasetTests: XCTestCase {
         let all = try readExamples(mixed)
         XCTAssertEqual(all.examples, Array((0..<3).map { _ in reference.map(\.example) }.joined()))
         try "notes".write(toFile: mixed + "/notes.txt", atomically: true, encoding: .utf8)
-        XCTAssertThrowsError(try readExamples(mixed)) { XCTAssertTrue("\($0)".contains("both files of records (3: JSONL, JSON, CSV, TSV) and 1 text files"), "\($0)") }
+        XCTAssertThrowsError(try readExamples(mixed)) { XCTAssertTrue("\($0)".contains("both files of records (3: JSONL, JSON, CSV, TSV, Parquet) and 1 text files"), "\($0)") }
     }
 
     /// Each bad table or JSON array, with the line and message it must give.
@@ -639,6 +646,17 @@ final class DatasetTests: XCTestCase {
                 XCTAssertTrue("\($0)".hasPrefix(path + (c.message.hasPrefix(c.name) ? String(c.message.dropFirst(c.name.count)) : ": " + c.message)),
                               "\(c.name): \($0)")
             }
+        }
+        // A Parquet row is named by its number; a column not read by the reader, by its name.
+        let types = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("FormatsTests/Fixtures/parquet")
+        XCTAssertThrowsError(try readExamples(types.appendingPathComponent("types.parquet").path)) {
+            XCTAssertTrue("\($0)".hasSuffix("types.parquet: row 2: no known keys (found none); expected \"text\", \"prompt\" + \"completion\", "
+                + "\"instruction\" + \"output\" (+ \"input\"), or \"messages\""), "\($0)")
+        }
+        XCTAssertThrowsError(try readExamples(types.appendingPathComponent("zstd.parquet").path)) {
+            XCTAssertTrue("\($0)".hasSuffix("zstd.parquet: column text (row group 1): compressed with ZSTD; SwiftPEFT reads uncompressed and Snappy pages "
+                + "(pyarrow: pq.write_table(table, path, compression=\"snappy\"), its default)"), "\($0)")
         }
         // Spreadsheet files other than CSV and TSV are refused by name, not learned as text.
         let sheet = try write("data.xlsx", ["PK"])
@@ -772,7 +790,7 @@ final class DatasetTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: bare, withIntermediateDirectories: true)
         try "x".write(toFile: bare + "/notes.xlsx", atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try load(bare)) {
-            XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .json, .csv, .tsv, .txt, .md or .rst files"), "\($0)")
+            XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .json, .csv, .tsv, .parquet, .txt, .md or .rst files"), "\($0)")
         }
         // A text file without text is refused, alone or in a folder (it would train BOS → EOS).
         let blank = dir + "/blank"

@@ -1,0 +1,619 @@
+// Parquet.swift: reading the rows of an Apache Parquet file, as Hugging Face's Hub, `datasets`, pandas and
+// pyarrow write data sets: the footer's Thrift (compact protocol) metadata, data pages v1 and v2,
+// PLAIN and dictionary encodings, definition and repetition levels (RLE / bit-packed hybrid),
+// uncompressed or Snappy pages. Columns are strings, integers, floats and booleans; a column may be a
+// struct of them, a list of them, or a list of structs of them (a chat's "messages"). Deeper nesting, other
+// codecs and other encodings are refused by name. Format: https://parquet.apache.org/docs/file-format/
+
+import Foundation
+
+/// A Parquet file that cannot be read: the file and what is wrong.
+public struct ParquetError: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public init(path: String, message: String) { (self.path, self.message) = (path, message) }
+    public var description: String { "\(path): \(message)" }
+}
+
+/// One value of a Parquet row: a column's value, a list, or a struct's fields in the schema's order.
+public indirect enum ParquetValue: Equatable, Sendable {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case double(Double)
+    /// A BYTE_ARRAY that is valid UTF-8 (the STRING columns of every writer).
+    case string(String)
+    /// A BYTE_ARRAY that is not UTF-8.
+    case bytes([UInt8])
+    case list([ParquetValue])
+    case record([(name: String, value: ParquetValue)])
+
+    public static func == (a: ParquetValue, b: ParquetValue) -> Bool {
+        switch (a, b) {
+        case (.null, .null): return true
+        case (.bool(let x), .bool(let y)): return x == y
+        case (.int(let x), .int(let y)): return x == y
+        case (.double(let x), .double(let y)): return x == y
+        case (.string(let x), .string(let y)): return x == y
+        case (.bytes(let x), .bytes(let y)): return x == y
+        case (.list(let x), .list(let y)): return x == y
+        case (.record(let x), .record(let y)): return x.map(\.name) == y.map(\.name) && x.map(\.value) == y.map(\.value)
+        default: return false
+        }
+    }
+}
+
+/// The rows of the Parquet file at `path`, each its top-level columns' values in the schema's order,
+/// with the row groups read one after another.
+/// - Throws: `ParquetError` naming the file and, where it concerns one, the column: not a Parquet file, a
+///   footer or page that does not read, a codec other than none and Snappy, an encoding other than
+///   PLAIN and the dictionary ones, a column nested deeper than a list of structs.
+public func readParquetRows(_ path: String) throws -> [[(name: String, value: ParquetValue)]] {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw ParquetError(path: path, message: "cannot read the file")
+    }
+    var file = try ParquetFile(bytes: [UInt8](data), path: path)
+    return try file.rows()
+}
+
+// MARK: the file
+
+private struct SchemaNode {
+    var name = "", type: Int?, repetition = 0, childCount = 0
+    var children: [Int] = []
+    var defLevel = 0, repLevel = 0
+    var path: [String] = []
+    var isRepeated: Bool { repetition == 2 }
+}
+
+private struct ParquetFile {
+    let bytes: [UInt8]
+    let path: String
+    var schema: [SchemaNode] = []
+
+    init(bytes: [UInt8], path: String) throws {
+        self.bytes = bytes
+        self.path = path
+        let magic: [UInt8] = Array("PAR1".utf8)
+        guard bytes.count >= 12, Array(bytes[0..<4]) == magic, Array(bytes[(bytes.count - 4)...]) == magic else {
+            throw ParquetError(path: path, message: "not a Parquet file (no \"PAR1\" at its start and end)")
+        }
+    }
+
+    func fail(_ message: String) -> ParquetError { ParquetError(path: path, message: message) }
+
+    mutating func rows() throws -> [[(name: String, value: ParquetValue)]] {
+        let n = bytes.count
+        let footerLength = Int(UInt32(bytes[n - 8]) | UInt32(bytes[n - 7]) << 8 | UInt32(bytes[n - 6]) << 16 | UInt32(bytes[n - 5]) << 24)
+        guard footerLength > 0, footerLength <= n - 12 else { throw fail("the footer's length \(footerLength) does not fit the file's \(n) bytes") }
+        var reader = ThriftReader(bytes, from: n - 8 - footerLength, to: n - 8)
+        let meta: ThriftStruct
+        do { meta = try reader.readStruct() } catch let e as ThriftError { throw fail("the footer does not read: \(e.message)") }
+        try readSchema(meta[2]?.list ?? [])
+        var rows: [[(name: String, value: ParquetValue)]] = []
+        for (g, group) in (meta[4]?.list ?? []).enumerated() {
+            guard let group = group.structure, let count = group[3]?.int, count >= 0, count <= Int64(n) * pageValuesPerByte else {
+                throw fail("row group \(g + 1) gives no row count")
+            }
+            let chunks = (group[1]?.list ?? []).compactMap(\.structure)
+            var columns: [[String]: LeafColumn] = [:]
+            for chunk in chunks {
+                let column = try readChunk(chunk, rowGroup: g + 1)
+                columns[column.path] = column
+            }
+            rows += try assemble(columns, rowCount: Int(count), rowGroup: g + 1)
+        }
+        return rows
+    }
+
+    /// The schema's depth-first list → a tree, with each node's definition and repetition level.
+    mutating func readSchema(_ elements: [ThriftValue]) throws {
+        guard !elements.isEmpty else { throw fail("the footer holds no schema") }
+        schema = try elements.enumerated().map { k, e in
+            guard let s = e.structure, let name = s[4]?.string else { throw fail("schema element \(k + 1) has no name") }
+            var node = SchemaNode()
+            node.name = name
+            node.type = s[1]?.int.map(Int.init)
+            node.repetition = Int(s[3]?.int ?? 0)
+            node.childCount = Int(s[5]?.int ?? 0)
+            guard (0...2).contains(node.repetition), node.childCount >= 0, node.childCount <= elements.count else {
+                throw fail("schema element \"\(name)\" is malformed")
+            }
+            return node
+        }
+        var next = 1
+        func link(_ i: Int, depth: Int) throws {
+            guard depth < 32 else { throw fail("the schema nests deeper than 32 levels") }
+            for _ in 0..<schema[i].childCount {
+                guard next < schema.count else { throw fail("the schema's element counts do not add up") }
+                let c = next
+                next += 1
+                schema[c].defLevel = schema[i].defLevel + (schema[c].repetition == 0 ? 0 : 1)
+                schema[c].repLevel = schema[i].repLevel + (schema[c].isRepeated ? 1 : 0)
+                schema[c].path = schema[i].path + [schema[c].name]
+                schema[i].children.append(c)
+                try link(c, depth: depth + 1)
+            }
+        }
+        try link(0, depth: 0)
+        guard next == schema.count else { throw fail("the schema's element counts do not add up") }
+    }
+
+    // MARK: a column chunk
+
+    /// One leaf column of a row group: every (repetition, definition) level pair and the values present.
+    struct LeafColumn {
+        var path: [String]
+        var rep: [UInt8] = [], def: [UInt8] = []
+        var values: [ParquetValue] = []
+    }
+
+    func leaf(_ path: [String]) -> SchemaNode? { schema.first { $0.path == path && $0.children.isEmpty && $0.type != nil } }
+
+    func readChunk(_ chunk: ThriftStruct, rowGroup: Int) throws -> LeafColumn {
+        guard let meta = chunk[3]?.structure else { throw fail("row group \(rowGroup): a column chunk has no metadata (in another file?)") }
+        let path = (meta[3]?.list ?? []).compactMap(\.string)
+        let name = path.joined(separator: ".")
+        func bad(_ message: String) -> ParquetError { fail("column \(name) (row group \(rowGroup)): \(message)") }
+        guard let node = leaf(path), let type = node.type else { throw bad("not a column of the schema") }
+        guard node.repLevel <= 1 else { throw bad("lists within lists are not read; write that column as JSON text, or the data as JSONL") }
+        let codec = Int(meta[4]?.int ?? -1)
+        guard codec == 0 || codec == 1 else {
+            let names = [2: "GZIP", 3: "LZO", 4: "BROTLI", 5: "LZ4", 6: "ZSTD", 7: "LZ4_RAW"]
+            throw bad("compressed with \(names[codec] ?? "codec \(codec)"); SwiftPEFT reads uncompressed and Snappy pages "
+                + "(pyarrow: pq.write_table(table, path, compression=\"snappy\"), its default)")
+        }
+        guard let valueCount = meta[5]?.int, valueCount >= 0, let size = meta[7]?.int, let dataOffset = meta[9]?.int else {
+            throw bad("the metadata gives no value count, size or page offset")
+        }
+        var start = dataOffset
+        if let d = meta[11]?.int, d > 0, d < dataOffset { start = d }
+        guard start >= 4, size >= 0, start + size <= Int64(bytes.count - 8) else { throw bad("its pages lie outside the file") }
+        var column = LeafColumn(path: path)
+        var dictionary: [ParquetValue]?
+        var at = Int(start)
+        let end = Int(start + size)
+        while column.def.count < Int(valueCount) {
+            guard at < end else { throw bad("its pages end after \(column.def.count) of \(valueCount) values") }
+            var reader = ThriftReader(bytes, from: at, to: end)
+            let header: ThriftStruct
+            do { header = try reader.readStruct() } catch let e as ThriftError { throw bad("a page header does not read: \(e.message)") }
+            guard let pageType = header[1]?.int, let rawSize = header[2]?.int, let storedSize = header[3]?.int,
+                  storedSize >= 0, rawSize >= 0, reader.at + Int(storedSize) <= end else { throw bad("a page header is malformed") }
+            let page = Array(bytes[reader.at..<(reader.at + Int(storedSize))])
+            at = reader.at + Int(storedSize)
+            func inflate(_ stored: [UInt8], to length: Int) throws -> [UInt8] {
+                guard codec == 1 else {
+                    guard stored.count == length else { throw bad("an uncompressed page of \(stored.count) bytes says \(length)") }
+                    return stored
+                }
+                do { return try snappyDecompress(stored, expected: length) } catch let e as ThriftError { throw bad("a Snappy page does not decompress: \(e.message)") }
+            }
+            switch pageType {
+            case 2:  // dictionary page
+                guard let h = header[7]?.structure, let count = h[1]?.int, count >= 0, count <= Int64(rawSize) * 8 + 8 else { throw bad("a dictionary page header is malformed") }
+                let raw = try inflate(page, to: Int(rawSize))
+                var i = 0
+                dictionary = try plainValues(raw, &i, count: Int(count), type: type, bad)
+            case 0, 3:  // data page v1, v2
+                let v2 = pageType == 3
+                guard let h = header[v2 ? 8 : 5]?.structure, let count = h[1]?.int, count >= 0, count <= valueCount - Int64(column.def.count),
+                      count <= (rawSize + 64) * pageValuesPerByte, let encoding = h[v2 ? 4 : 2]?.int else { throw bad("a data page header is malformed") }
+                var raw: [UInt8], i = 0
+                var repLevels: [UInt8] = [], defLevels: [UInt8] = []
+                let n = Int(count)
+                if v2 {
+                    guard let defLength = h[5]?.int, let repLength = h[6]?.int, defLength >= 0, repLength >= 0,
+                          Int(defLength + repLength) <= page.count else { throw bad("a v2 page's level lengths do not fit it") }
+                    let levelBytes = Int(defLength + repLength)
+                    repLevels = try hybrid(Array(page[0..<Int(repLength)]), bitWidth: bitWidth(node.repLevel), count: node.repLevel > 0 ? n : 0, bad).map { UInt8(truncatingIfNeeded: $0) }
+                    defLevels = try hybrid(Array(page[Int(repLength)..<levelBytes]), bitWidth: bitWidth(node.defLevel), count: node.defLevel > 0 ? n : 0, bad).map { UInt8(truncatingIfNeeded: $0) }
+                    let compressed = h[7]?.bool ?? true
+                    let rest = Array(page[levelBytes...])
+                    raw = compressed ? try inflate(rest, to: Int(rawSize) - levelBytes) : rest
+                } else {
+                    raw = try inflate(page, to: Int(rawSize))
+                    func prefixed(_ maxLevel: Int) throws -> [UInt8] {
+                        guard maxLevel > 0 else { return [] }
+                        guard i + 4 <= raw.count else { throw bad("a page ends inside its levels") }
+                        let length = Int(raw[i]) | Int(raw[i + 1]) << 8 | Int(raw[i + 2]) << 16 | Int(raw[i + 3]) << 24
+                        guard length >= 0, i + 4 + length <= raw.count else { throw bad("a page's levels run past its end") }
+                        defer { i += 4 + length }
+                        return try hybrid(Array(raw[(i + 4)..<(i + 4 + length)]), bitWidth: bitWidth(maxLevel), count: n, bad).map { UInt8(truncatingIfNeeded: $0) }
+                    }
+                    repLevels = try prefixed(node.repLevel)
+                    defLevels = try prefixed(node.defLevel)
+                }
+                if node.repLevel == 0 { repLevels = [UInt8](repeating: 0, count: n) }
+                if node.defLevel == 0 { defLevels = [UInt8](repeating: 0, count: n) }
+                guard repLevels.count == n, defLevels.count == n,
+                      !repLevels.contains(where: { Int($0) > node.repLevel }), !defLevels.contains(where: { Int($0) > node.defLevel }) else {
+                    throw bad("a page's levels are out of range")
+                }
+                let present = defLevels.reduce(0) { $0 + (Int($1) == node.defLevel ? 1 : 0) }
+                switch encoding {
+                case 0:
+                    column.values += try plainValues(raw, &i, count: present, type: type, bad)
+                case 3 where type == 0:  // booleans as a length-prefixed RLE / bit-packed run of width 1 (v2 pages)
+                    guard i + 4 <= raw.count else { throw bad("a page ends before its booleans") }
+                    let length = Int(raw[i]) | Int(raw[i + 1]) << 8 | Int(raw[i + 2]) << 16 | Int(raw[i + 3]) << 24
+                    guard length >= 0, i + 4 + length <= raw.count else { throw bad("a page's booleans run past its end") }
+                    column.values += try hybrid(Array(raw[(i + 4)..<(i + 4 + length)]), bitWidth: 1, count: present, bad).map { .bool($0 == 1) }
+                case 2, 8:
+                    guard let dictionary else { throw bad("a dictionary-encoded page comes before any dictionary page") }
+                    guard i < raw.count || present == 0 else { throw bad("a dictionary-encoded page holds no indices") }
+                    let width = present == 0 ? 0 : Int(raw[i])
+                    guard width <= 32 else { throw bad("a dictionary index width of \(width) bits") }
+                    let indices = try hybrid(Array(raw[min(i + 1, raw.count)...]), bitWidth: width, count: present, bad)
+                    for k in indices {
+                        guard k < dictionary.count else { throw bad("a dictionary index \(k) past the dictionary's \(dictionary.count) values") }
+                        column.values.append(dictionary[k])
+                    }
+                default:
+                    let names: [Int64: String] = [3: "RLE", 4: "BIT_PACKED", 5: "DELTA_BINARY_PACKED", 6: "DELTA_LENGTH_BYTE_ARRAY", 7: "DELTA_BYTE_ARRAY", 9: "BYTE_STREAM_SPLIT"]
+                    throw bad("values encoded as \(names[encoding] ?? "encoding \(encoding)"); SwiftPEFT reads PLAIN and dictionary pages (pyarrow's default), and RLE booleans")
+                }
+                column.rep += repLevels
+                column.def += defLevels
+            default:
+                continue  // an index page, read by no one here
+            }
+        }
+        return column
+    }
+
+    /// `count` PLAIN values of physical type `type` from `raw` at `i`.
+    func plainValues(_ raw: [UInt8], _ i: inout Int, count: Int, type: Int, _ bad: (String) -> ParquetError) throws -> [ParquetValue] {
+        var out: [ParquetValue] = []
+        out.reserveCapacity(min(count, raw.count))
+        func fixed(_ width: Int) throws -> UInt64 {
+            guard i + width <= raw.count else { throw bad("its values end early") }
+            var v: UInt64 = 0
+            for k in 0..<width { v |= UInt64(raw[i + k]) << (8 * k) }
+            i += width
+            return v
+        }
+        for k in 0..<count {
+            switch type {
+            case 0:  // BOOLEAN, bit-packed
+                guard i + k / 8 < raw.count else { throw bad("its values end early") }
+                out.append(.bool(raw[i + k / 8] >> (k % 8) & 1 == 1))
+                if k == count - 1 { i += (count + 7) / 8 }
+            case 1: out.append(.int(Int64(Int32(truncatingIfNeeded: try fixed(4)))))
+            case 2: out.append(.int(Int64(bitPattern: try fixed(8))))
+            case 4: out.append(.double(Double(Float(bitPattern: UInt32(try fixed(4))))))
+            case 5: out.append(.double(Double(bitPattern: try fixed(8))))
+            case 6:
+                let length = Int(try fixed(4))
+                guard i + length <= raw.count else { throw bad("a string runs past its page") }
+                let b = Array(raw[i..<(i + length)])
+                i += length
+                out.append(String(validating: b, as: UTF8.self).map { .string($0) } ?? .bytes(b))
+            default:
+                throw bad("of physical type \([3: "INT96", 7: "FIXED_LEN_BYTE_ARRAY"][type] ?? "\(type)"), which is not read "
+                    + "(strings, integers, floats and booleans are)")
+            }
+        }
+        return out
+    }
+
+    // MARK: rows
+
+    /// Rows from the leaf columns of one row group, top-level field by field.
+    func assemble(_ columns: [[String]: LeafColumn], rowCount: Int, rowGroup: Int) throws -> [[(name: String, value: ParquetValue)]] {
+        var fields: [(name: String, values: [ParquetValue])] = []
+        for top in schema[0].children {
+            fields.append((schema[top].name, try values(of: top, columns, rowCount: rowCount, rowGroup: rowGroup)))
+        }
+        return (0..<rowCount).map { r in fields.map { ($0.name, $0.values[r]) } }
+    }
+
+    /// Each row's entries (index ranges into the column's levels): a new row starts at repetition level 0.
+    func rowRanges(_ c: LeafColumn, rowCount: Int, _ bad: (String) -> ParquetError) throws -> [Range<Int>] {
+        var starts: [Int] = []
+        for (k, r) in c.rep.enumerated() where r == 0 { starts.append(k) }
+        guard starts.count == rowCount, starts.first ?? 0 == 0 else { throw bad("\(starts.count) rows in a row group of \(rowCount)") }
+        return starts.indices.map { starts[$0]..<(($0 + 1 < starts.count) ? starts[$0 + 1] : c.rep.count) }
+    }
+
+    /// The value of top-level field `top` in every row: a column, a struct of columns, a list of
+    /// columns' values, or a list of structs.
+    func values(of top: Int, _ columns: [[String]: LeafColumn], rowCount: Int, rowGroup: Int) throws -> [ParquetValue] {
+        let node = schema[top]
+        func bad(_ message: String) -> ParquetError { fail("column \(node.path.joined(separator: ".")) (row group \(rowGroup)): \(message)") }
+        func column(_ n: SchemaNode) throws -> (LeafColumn, [Range<Int>], [Int]) {
+            guard let c = columns[n.path] else { throw bad("no column chunk for \(n.path.joined(separator: "."))") }
+            // Where each value sits among the levels (nil where the level is below the leaf's).
+            var valueIndex: [Int] = [], v = 0
+            for d in c.def { valueIndex.append(Int(d) == n.defLevel ? v : -1); if Int(d) == n.defLevel { v += 1 } }
+            guard v == c.values.count else { throw bad("\(c.values.count) values for \(v) present levels") }
+            return (c, try rowRanges(c, rowCount: rowCount, bad), valueIndex)
+        }
+        func isLeaf(_ n: SchemaNode) -> Bool { n.children.isEmpty }
+        // The repeated node under `top`, and what a list item is: a leaf or a struct of leaves.
+        var repeated: SchemaNode?
+        if node.isRepeated { repeated = node }
+        else if node.children.count == 1, schema[node.children[0]].isRepeated { repeated = schema[node.children[0]] }
+        guard let list = repeated else {
+            // No list: a leaf, or a struct of leaves.
+            if isLeaf(node) {
+                let (c, ranges, index) = try column(node)
+                return ranges.map { index[$0.lowerBound] >= 0 ? c.values[index[$0.lowerBound]] : .null }
+            }
+            let leaves = try node.children.map { k -> (String, LeafColumn, [Range<Int>], [Int]) in
+                guard isLeaf(schema[k]), !schema[k].isRepeated else { throw bad("a struct of lists or structs is not read; write the data as JSONL") }
+                let (c, r, i) = try column(schema[k])
+                return (schema[k].name, c, r, i)
+            }
+            return (0..<rowCount).map { row in
+                guard let first = leaves.first, Int(first.1.def[first.2[row].lowerBound]) >= node.defLevel else { return .null }
+                return .record(leaves.map { ($0.0, $0.3[$0.2[row].lowerBound] >= 0 ? $0.1.values[$0.3[$0.2[row].lowerBound]] : .null) })
+            }
+        }
+        // The item: the repeated leaf itself; its one child (3-level lists: list → element); or a struct.
+        let item: SchemaNode
+        if isLeaf(list) { item = list }
+        else if list.children.count == 1 { item = schema[list.children[0]] }
+        else { item = list }
+        let itemLeaves: [SchemaNode]
+        if isLeaf(item) { itemLeaves = [item] }
+        else {
+            itemLeaves = try item.children.map {
+                guard isLeaf(schema[$0]), !schema[$0].isRepeated else { throw bad("lists of nested lists or structs are not read; write the data as JSONL") }
+                return schema[$0]
+            }
+        }
+        let read = try itemLeaves.map { try column($0) }
+        guard let (first, firstRanges, _) = read.first else { throw bad("a list of nothing") }
+        return try (0..<rowCount).map { row in
+            let range = firstRanges[row]
+            let def0 = Int(first.def[range.lowerBound])
+            if def0 < node.defLevel && node.repetition == 1 && !node.isRepeated { return .null }
+            if def0 < list.defLevel { return .list([]) }
+            var items: [ParquetValue] = []
+            for (k, slot) in range.enumerated() {
+                let d = Int(first.def[slot])
+                if d < item.defLevel { items.append(.null); continue }
+                if isLeaf(item) {
+                    items.append(read[0].2[slot] >= 0 ? first.values[read[0].2[slot]] : .null)
+                    continue
+                }
+                var record: [(name: String, value: ParquetValue)] = []
+                for (leafNode, (c, ranges, index)) in zip(itemLeaves, read) {
+                    guard ranges[row].count == range.count else { throw bad("the struct's columns hold different item counts in row \(row + 1)") }
+                    let s = ranges[row].lowerBound + k
+                    record.append((leafNode.name, index[s] >= 0 ? c.values[index[s]] : .null))
+                }
+                items.append(.record(record))
+            }
+            return .list(items)
+        }
+    }
+}
+
+/// More values per byte than any writer puts in a page (a run of one level or index, 2 to 6 bytes long,
+/// may stand for any number of them): a bound on what a damaged header can make the reader allocate.
+private let pageValuesPerByte: Int64 = 2048
+
+/// Bits that hold levels up to `maxLevel`.
+private func bitWidth(_ maxLevel: Int) -> Int { maxLevel == 0 ? 0 : Int.bitWidth - maxLevel.leadingZeroBitCount }
+
+/// `count` values of the RLE / bit-packed hybrid encoding of width `bitWidth` from `data`.
+private func hybrid(_ data: [UInt8], bitWidth: Int, count: Int, _ bad: (String) -> ParquetError) throws -> [Int] {
+    guard count > 0 else { return [] }
+    if bitWidth == 0 { return [Int](repeating: 0, count: count) }
+    var out: [Int] = []
+    out.reserveCapacity(count)
+    var i = 0
+    func varint() throws -> UInt64 {
+        var v: UInt64 = 0, shift: UInt64 = 0
+        while true {
+            guard i < data.count, shift < 64 else { throw bad("its levels or indices end early") }
+            let b = data[i]
+            i += 1
+            v |= UInt64(b & 0x7F) << shift
+            if b & 0x80 == 0 { return v }
+            shift += 7
+        }
+    }
+    let byteWidth = (bitWidth + 7) / 8
+    while out.count < count {
+        let header = try varint()
+        if header & 1 == 1 {  // bit-packed: groups of 8 values, least significant bit first
+            let values = Int(min(header >> 1, UInt64(data.count))) * 8
+            guard i + values * bitWidth / 8 <= data.count else { throw bad("a bit-packed run passes its page's end") }
+            for k in 0..<values where out.count < count {
+                var v = 0
+                for b in 0..<bitWidth {
+                    let bit = k * bitWidth + b
+                    v |= Int(data[i + bit / 8] >> (bit % 8) & 1) << b
+                }
+                out.append(v)
+            }
+            i += values * bitWidth / 8
+        } else {  // a run of one value
+            let run = header >> 1
+            guard i + byteWidth <= data.count else { throw bad("a run passes its page's end") }
+            var v = 0
+            for b in 0..<byteWidth { v |= Int(data[i + b]) << (8 * b) }
+            i += byteWidth
+            guard run > 0 else { throw bad("a run of no values") }
+            out += repeatElement(v, count: Int(min(run, UInt64(count - out.count))))
+        }
+    }
+    return out
+}
+
+// MARK: Snappy
+
+/// Decompresses one Snappy block (the raw format, as Parquet stores pages) of `expected` bytes.
+func snappyDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
+    var i = 0
+    var length: UInt64 = 0, shift: UInt64 = 0
+    while true {
+        guard i < input.count, shift < 35 else { throw ThriftError(message: "its length does not read") }
+        let b = input[i]
+        i += 1
+        length |= UInt64(b & 0x7F) << shift
+        if b & 0x80 == 0 { break }
+        shift += 7
+    }
+    // No Snappy block expands more than 64 bytes of output per 3 bytes of input.
+    guard length == UInt64(expected), length <= UInt64(input.count) * 22 + 64 else {
+        throw ThriftError(message: "it holds \(length) bytes where the page says \(expected)")
+    }
+    var out = [UInt8]()
+    out.reserveCapacity(Int(length))
+    while i < input.count {
+        let tag = input[i]
+        i += 1
+        var len: Int, offset: Int
+        switch tag & 3 {
+        case 0:  // literal
+            len = Int(tag >> 2) + 1
+            if len > 60 {
+                let extra = len - 60
+                guard i + extra <= input.count else { throw ThriftError(message: "a literal's length runs past the end") }
+                len = 0
+                for k in 0..<extra { len |= Int(input[i + k]) << (8 * k) }
+                len += 1
+                i += extra
+            }
+            guard i + len <= input.count, out.count + len <= expected else { throw ThriftError(message: "a literal runs past the end") }
+            out += input[i..<(i + len)]
+            i += len
+            continue
+        case 1:
+            guard i < input.count else { throw ThriftError(message: "a copy runs past the end") }
+            len = Int((tag >> 2) & 7) + 4
+            offset = Int(tag >> 5) << 8 | Int(input[i])
+            i += 1
+        case 2:
+            guard i + 2 <= input.count else { throw ThriftError(message: "a copy runs past the end") }
+            len = Int(tag >> 2) + 1
+            offset = Int(input[i]) | Int(input[i + 1]) << 8
+            i += 2
+        default:
+            guard i + 4 <= input.count else { throw ThriftError(message: "a copy runs past the end") }
+            len = Int(tag >> 2) + 1
+            offset = Int(input[i]) | Int(input[i + 1]) << 8 | Int(input[i + 2]) << 16 | Int(input[i + 3]) << 24
+            i += 4
+        }
+        guard offset > 0, offset <= out.count, out.count + len <= expected else { throw ThriftError(message: "a copy reaches outside the output") }
+        let from = out.count - offset
+        for k in 0..<len { out.append(out[from + k]) }  // (may overlap what it writes)
+    }
+    guard out.count == expected else { throw ThriftError(message: "it holds \(out.count) bytes where the page says \(expected)") }
+    return out
+}
+
+// MARK: Thrift, compact protocol
+
+struct ThriftError: Error { let message: String }
+
+/// A Thrift struct as read: its fields by id.
+typealias ThriftStruct = [Int16: ThriftValue]
+
+indirect enum ThriftValue {
+    case bool(Bool), int(Int64), double(Double), binary([UInt8]), list([ThriftValue]), structure(ThriftStruct), map
+
+    var int: Int64? { if case .int(let v) = self { return v }; return nil }
+    var bool: Bool? { if case .bool(let v) = self { return v }; return nil }
+    var string: String? { if case .binary(let b) = self { return String(decoding: b, as: UTF8.self) }; return nil }
+    var list: [ThriftValue]? { if case .list(let v) = self { return v }; return nil }
+    var structure: ThriftStruct? { if case .structure(let v) = self { return v }; return nil }
+}
+
+/// Reads Thrift's compact protocol (what Parquet's footer and page headers are written in).
+struct ThriftReader {
+    let bytes: [UInt8]
+    var at: Int
+    let end: Int
+    var depth = 0
+
+    init(_ bytes: [UInt8], from: Int, to: Int) { (self.bytes, self.at, self.end) = (bytes, max(0, from), min(to, bytes.count)) }
+
+    mutating func byte() throws -> UInt8 {
+        guard at < end else { throw ThriftError(message: "it ends early") }
+        defer { at += 1 }
+        return bytes[at]
+    }
+
+    mutating func varint() throws -> UInt64 {
+        var v: UInt64 = 0, shift: UInt64 = 0
+        while true {
+            let b = try byte()
+            guard shift < 64 else { throw ThriftError(message: "a number is too long") }
+            v |= UInt64(b & 0x7F) << shift
+            if b & 0x80 == 0 { return v }
+            shift += 7
+        }
+    }
+
+    mutating func zigzag() throws -> Int64 {
+        let v = try varint()
+        return Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1)
+    }
+
+    mutating func readStruct() throws -> ThriftStruct {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth < 64 else { throw ThriftError(message: "structs nest deeper than 64") }
+        var fields: ThriftStruct = [:]
+        var last: Int16 = 0
+        while true {
+            let header = try byte()
+            let type = header & 0x0F
+            if type == 0 { return fields }
+            let delta = Int16(header >> 4)
+            if delta == 0 {
+                let id = try zigzag()
+                guard let id16 = Int16(exactly: id) else { throw ThriftError(message: "a field id is out of range") }
+                last = id16
+            } else {
+                last = last &+ delta
+            }
+            fields[last] = try value(type: type)
+        }
+    }
+
+    mutating func value(type: UInt8, inList: Bool = false) throws -> ThriftValue {
+        switch type {
+        case 1: return .bool(inList ? try byte() == 1 : true)
+        case 2: return .bool(inList ? try byte() == 1 : false)
+        case 3: return .int(Int64(Int8(bitPattern: try byte())))
+        case 4, 5, 6: return .int(try zigzag())
+        case 7:
+            guard at + 8 <= end else { throw ThriftError(message: "it ends early") }
+            var v: UInt64 = 0
+            for k in 0..<8 { v |= UInt64(bytes[at + k]) << (8 * k) }
+            at += 8
+            return .double(Double(bitPattern: v))
+        case 8:
+            let n = try varint()
+            guard n <= UInt64(end - at) else { throw ThriftError(message: "a string runs past the end") }
+            defer { at += Int(n) }
+            return .binary(Array(bytes[at..<(at + Int(n))]))
+        case 9, 10:
+            let header = try byte()
+            var n = UInt64(header >> 4)
+            if n == 15 { n = try varint() }
+            guard n <= UInt64(end - at) else { throw ThriftError(message: "a list is longer than what is left") }
+            let elementType = header & 0x0F
+            depth += 1
+            defer { depth -= 1 }
+            guard depth < 64 else { throw ThriftError(message: "lists nest deeper than 64") }
+            return .list(try (0..<Int(n)).map { _ in try value(type: elementType, inList: true) })
+        case 11:
+            let n = try varint()
+            guard n <= UInt64(end - at) else { throw ThriftError(message: "a map is longer than what is left") }
+            if n > 0 {
+                let types = try byte()
+                for _ in 0..<n { _ = try value(type: types >> 4, inList: true); _ = try value(type: types & 0x0F, inList: true) }
+            }
+            return .map
+        case 12: return .structure(try readStruct())
+        default: throw ThriftError(message: "an unknown field type \(type)")
+        }
+    }
+}

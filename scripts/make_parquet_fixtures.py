@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Writes the Parquet fixtures, with pyarrow (in the venv scripts/make-venv makes):
+
+- Tests/FormatsTests/Fixtures/parquet/: types.parquet (every column kind SwiftPEFT reads: int32, int64,
+  float, double, bool, string, each with nulls; a list of strings with a null list, an empty list and a
+  null item; a struct with a null struct; a list of structs) written four ways (pyarrow's defaults:
+  Snappy, dictionary, v1 pages; uncompressed PLAIN v2 pages; two rows per row group; a tiny dictionary
+  page limit, so pages fall back from dictionary to PLAIN), with types.json, its rows as pyarrow reads
+  them (table.to_pylist(), keys in column order); zstd.parquet and delta.parquet, which SwiftPEFT must
+  refuse by name.
+- Tests/TrainingTests/Fixtures/tables/: examples.parquet and examples-v2.parquet, the examples of
+  scripts/make_table_fixtures.py (Alpaca instruction data), and chat.parquet with chat.jsonl, a
+  "messages" list of structs as Hugging Face's chat data sets store it, with an int64 "id" column; the
+  rows each file starts are added to lines.json (rows count from 1).
+
+Run: .venv/bin/python scripts/make_parquet_fixtures.py (after scripts/make_table_fixtures.py)
+"""
+import json
+import os
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(__file__))
+from make_table_fixtures import EXAMPLES, FIELDS, OUT as TABLES  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+PARQUET = os.path.join(ROOT, "Tests", "FormatsTests", "Fixtures", "parquet")
+
+TYPES = pa.schema([
+    ("i32", pa.int32()), ("i64", pa.int64()), ("f32", pa.float32()), ("f64", pa.float64()),
+    ("flag", pa.bool_()), ("text", pa.string()),
+    ("tags", pa.list_(pa.string())),
+    ("point", pa.struct([("name", pa.string()), ("x", pa.int64())])),
+    ("turns", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+])
+TYPE_ROWS = [
+    {"i32": 1, "i64": -(2 ** 40), "f32": 0.5, "f64": 3.25, "flag": True, "text": "héllo, \"world\"\n",
+     "tags": ["a", "b"], "point": {"name": "p", "x": 7},
+     "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+    {"i32": None, "i64": None, "f32": None, "f64": None, "flag": None, "text": None,
+     "tags": None, "point": None, "turns": None},
+    {"i32": -7, "i64": 2 ** 62, "f32": -1.75, "f64": 1e-300, "flag": False, "text": "",
+     "tags": [], "point": {"name": None, "x": None}, "turns": []},
+    {"i32": 2 ** 31 - 1, "i64": 0, "f32": 2.0, "f64": -0.0, "flag": True, "text": "字 🙂",
+     "tags": ["c", None, "a"], "point": {"name": "q", "x": -1},
+     "turns": [None, {"role": "tool", "content": None}]},
+    {"i32": 3, "i64": 5, "f32": 8.0, "f64": 13.0, "flag": False, "text": "a",
+     "tags": ["a"], "point": {"name": "p", "x": 7}, "turns": [{"role": "user", "content": "hi"}]},
+]
+
+
+def main():
+    os.makedirs(PARQUET, exist_ok=True)
+    types = pa.Table.from_pylist(TYPE_ROWS, schema=TYPES)
+    ways = {
+        "types.parquet": {},
+        "types-plain-v2.parquet": {"compression": "none", "use_dictionary": False, "data_page_version": "2.0"},
+        "types-row-groups.parquet": {"row_group_size": 2, "data_page_version": "2.0"},
+        "types-fallback.parquet": {"dictionary_pagesize_limit": 16, "data_page_size": 32, "write_batch_size": 1},
+    }
+    for name, options in ways.items():
+        path = os.path.join(PARQUET, name)
+        pq.write_table(types, path, **options)
+        assert pq.read_table(path).to_pylist() == TYPE_ROWS, name
+    with open(os.path.join(PARQUET, "types.json"), "w") as f:
+        json.dump(TYPE_ROWS, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    small = pa.table({"text": ["a", "b"]})
+    pq.write_table(small, os.path.join(PARQUET, "zstd.parquet"), compression="zstd")
+    pq.write_table(small, os.path.join(PARQUET, "delta.parquet"), use_dictionary=False,
+                   column_encoding={"text": "DELTA_BYTE_ARRAY"})
+
+    examples = pa.Table.from_pylist(EXAMPLES, schema=pa.schema([(f, pa.string()) for f in FIELDS]))
+    pq.write_table(examples, os.path.join(TABLES, "examples.parquet"))
+    pq.write_table(examples, os.path.join(TABLES, "examples-v2.parquet"), compression="none", data_page_version="2.0",
+                   row_group_size=4)
+    chats = [
+        {"id": 1, "messages": [{"role": "user", "content": "What is a tuple?"},
+                               {"role": "assistant", "content": "An immutable sequence."}]},
+        {"id": 2, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"},
+                               {"role": "assistant", "content": "Hi, \"you\"."}]},
+    ]
+    schema = pa.schema([("id", pa.int64()),
+                        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))])
+    pq.write_table(pa.Table.from_pylist(chats, schema=schema), os.path.join(TABLES, "chat.parquet"))
+    with open(os.path.join(TABLES, "chat.jsonl"), "w") as f:
+        for c in chats:
+            f.write(json.dumps({"messages": c["messages"]}) + "\n")
+    lines_path = os.path.join(TABLES, "lines.json")
+    with open(lines_path) as f:
+        lines = json.load(f)
+    lines["examples.parquet"] = lines["examples-v2.parquet"] = list(range(1, len(EXAMPLES) + 1))
+    with open(lines_path, "w") as f:
+        json.dump(lines, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"wrote {len(ways) + 3} files to {os.path.normpath(PARQUET)} and 4 to {os.path.normpath(TABLES)}")
+
+
+if __name__ == "__main__":
+    main()
