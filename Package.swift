@@ -57,6 +57,8 @@ let package = Package(
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
         // Open MPI, for data-parallel training under mpirun.
         .systemLibrary(name: "CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
+        // zlib and Zstandard, for Parquet pages compressed with GZIP or ZSTD (polars' default).
+        .systemLibrary(name: "CCompression", providers: [.apt(["zlib1g-dev", "libzstd-dev"])]),
         // oneDNN, for bf16 copies of frozen weights in decoding (`Tensor.keepBF16Copy`).
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
@@ -70,7 +72,7 @@ let package = Package(
         .target(name: "Tokenizers"),
         .target(name: "PEFT", dependencies: ["Models", "CLAPACK"]),
         // Files of named tensors (HDF5, safetensors, GGUF): they need tensors, nothing of models.
-        .target(name: "Containers", dependencies: ["TensorCore", "CHDF5"], swiftSettings: nativeISA),
+        .target(name: "Containers", dependencies: ["TensorCore", "CHDF5", "CCompression"], swiftSettings: nativeISA),
         // Models, tokenizers and adapters in and out of those files and Hugging Face folders.
         .target(name: "Formats", dependencies: ["PEFT", "Tokenizers", "Containers"]),
         // Ranks of a data-parallel job and their all-reduces (MPI); a world of one without mpirun.

@@ -3,11 +3,12 @@
 
 - Tests/FormatsTests/Fixtures/parquet/: types.parquet (every column kind SwiftPEFT reads: int32, int64,
   float, double, bool, string, each with nulls; a list of strings with a null list, an empty list and a
-  null item; a struct with a null struct; a list of structs) written four ways (pyarrow's defaults:
+  null item; a struct with a null struct; a list of structs) written seven ways (pyarrow's defaults:
   Snappy, dictionary, v1 pages; uncompressed PLAIN v2 pages; two rows per row group; a tiny dictionary
-  page limit, so pages fall back from dictionary to PLAIN), with types.json, its rows as pyarrow reads
-  them (table.to_pylist(), keys in column order); zstd.parquet and delta.parquet, which SwiftPEFT must
-  refuse by name.
+  page limit, so pages fall back from dictionary to PLAIN; ZSTD; GZIP with v2 pages; every other
+  encoding pyarrow writes: DELTA_BINARY_PACKED, DELTA_LENGTH_BYTE_ARRAY, DELTA_BYTE_ARRAY, BYTE_STREAM_SPLIT,
+  RLE booleans), with types.json, its rows as pyarrow reads them (table.to_pylist(), keys in column
+  order); brotli.parquet and lz4.parquet, whose codecs SwiftPEFT must refuse by name.
 - Tests/TrainingTests/Fixtures/tables/: examples.parquet and examples-v2.parquet, the examples of
   scripts/make_table_fixtures.py (Alpaca instruction data), and chat.parquet with chat.jsonl, a
   "messages" list of structs as Hugging Face's chat data sets store it, with an int64 "id" column; the
@@ -59,6 +60,14 @@ def main():
         "types-plain-v2.parquet": {"compression": "none", "use_dictionary": False, "data_page_version": "2.0"},
         "types-row-groups.parquet": {"row_group_size": 2, "data_page_version": "2.0"},
         "types-fallback.parquet": {"dictionary_pagesize_limit": 16, "data_page_size": 32, "write_batch_size": 1},
+        "types-zstd.parquet": {"compression": "zstd"},
+        "types-gzip.parquet": {"compression": "gzip", "data_page_version": "2.0"},
+        # Each encoding besides PLAIN and the dictionary's that pyarrow writes, on the columns it suits.
+        "types-encodings.parquet": {"use_dictionary": False, "data_page_version": "2.0", "column_encoding": {
+            "i32": "DELTA_BINARY_PACKED", "i64": "DELTA_BINARY_PACKED", "f32": "BYTE_STREAM_SPLIT", "f64": "BYTE_STREAM_SPLIT",
+            "flag": "RLE", "text": "DELTA_BYTE_ARRAY", "tags.list.element": "DELTA_LENGTH_BYTE_ARRAY",
+            "point.name": "DELTA_BYTE_ARRAY", "point.x": "DELTA_BINARY_PACKED",
+            "turns.list.element.role": "DELTA_LENGTH_BYTE_ARRAY", "turns.list.element.content": "DELTA_BYTE_ARRAY"}},
     }
     for name, options in ways.items():
         path = os.path.join(PARQUET, name)
@@ -68,9 +77,8 @@ def main():
         json.dump(TYPE_ROWS, f, indent=1, ensure_ascii=False)
         f.write("\n")
     small = pa.table({"text": ["a", "b"]})
-    pq.write_table(small, os.path.join(PARQUET, "zstd.parquet"), compression="zstd")
-    pq.write_table(small, os.path.join(PARQUET, "delta.parquet"), use_dictionary=False,
-                   column_encoding={"text": "DELTA_BYTE_ARRAY"})
+    pq.write_table(small, os.path.join(PARQUET, "brotli.parquet"), compression="brotli")
+    pq.write_table(small, os.path.join(PARQUET, "lz4.parquet"), compression="lz4")
 
     examples = pa.Table.from_pylist(EXAMPLES, schema=pa.schema([(f, pa.string()) for f in FIELDS]))
     pq.write_table(examples, os.path.join(TABLES, "examples.parquet"))

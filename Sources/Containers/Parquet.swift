@@ -1,11 +1,12 @@
 // Parquet.swift: reading the rows of an Apache Parquet file, as Hugging Face's Hub, `datasets`, pandas and
 // pyarrow write data sets: the footer's Thrift (compact protocol) metadata, data pages v1 and v2,
-// PLAIN and dictionary encodings, definition and repetition levels (RLE / bit-packed hybrid),
-// uncompressed or Snappy pages. Columns are strings, integers, floats and booleans; a column may be a
+// PLAIN, dictionary, RLE (booleans), DELTA and BYTE_STREAM_SPLIT encodings, definition and repetition levels (RLE /
+// bit-packed hybrid), uncompressed, Snappy, GZIP (zlib) or ZSTD pages. Columns are strings, integers, floats and booleans; a column may be a
 // struct of them, a list of them, or a list of structs of them (a chat's "messages"). Deeper nesting, other
 // codecs and other encodings are refused by name. Format: https://parquet.apache.org/docs/file-format/
 
 import Foundation
+import CCompression
 
 /// A Parquet file that cannot be read: the file and what is wrong.
 public struct ParquetError: Error, CustomStringConvertible {
@@ -158,9 +159,9 @@ private struct ParquetFile {
         guard let node = leaf(path), let type = node.type else { throw bad("not a column of the schema") }
         guard node.repLevel <= 1 else { throw bad("lists within lists are not read; write that column as JSON text, or the data as JSONL") }
         let codec = Int(meta[4]?.int ?? -1)
-        guard codec == 0 || codec == 1 else {
-            let names = [2: "GZIP", 3: "LZO", 4: "BROTLI", 5: "LZ4", 6: "ZSTD", 7: "LZ4_RAW"]
-            throw bad("compressed with \(names[codec] ?? "codec \(codec)"); SwiftPEFT reads uncompressed and Snappy pages "
+        guard [0, 1, 2, 6].contains(codec) else {
+            let names = [3: "LZO", 4: "BROTLI", 5: "LZ4", 7: "LZ4_RAW"]
+            throw bad("compressed with \(names[codec] ?? "codec \(codec)"); SwiftPEFT reads uncompressed, Snappy, GZIP and ZSTD pages "
                 + "(pyarrow: pq.write_table(table, path, compression=\"snappy\"), its default)")
         }
         guard let valueCount = meta[5]?.int, valueCount >= 0, let size = meta[7]?.int, let dataOffset = meta[9]?.int else {
@@ -183,11 +184,21 @@ private struct ParquetFile {
             let page = Array(bytes[reader.at..<(reader.at + Int(storedSize))])
             at = reader.at + Int(storedSize)
             func inflate(_ stored: [UInt8], to length: Int) throws -> [UInt8] {
-                guard codec == 1 else {
+                guard codec != 0 else {
                     guard stored.count == length else { throw bad("an uncompressed page of \(stored.count) bytes says \(length)") }
                     return stored
                 }
-                do { return try snappyDecompress(stored, expected: length) } catch let e as ThriftError { throw bad("a Snappy page does not decompress: \(e.message)") }
+                // No codec here makes more than 1,032 bytes of one (zlib's limit; Snappy's is 22).
+                guard length >= 0, length <= stored.count * 1032 + 64 else { throw bad("a page of \(stored.count) bytes says it holds \(length)") }
+                do {
+                    switch codec {
+                    case 1: return try snappyDecompress(stored, expected: length)
+                    case 2: return try gzipDecompress(stored, expected: length)
+                    default: return try zstdDecompress(stored, expected: length)
+                    }
+                } catch let e as ThriftError {
+                    throw bad("a \([1: "Snappy", 2: "GZIP"][codec] ?? "ZSTD") page does not decompress: \(e.message)")
+                }
             }
             switch pageType {
             case 2:  // dictionary page
@@ -234,6 +245,30 @@ private struct ParquetFile {
                 switch encoding {
                 case 0:
                     column.values += try plainValues(raw, &i, count: present, type: type, bad)
+                case 5 where type == 1 || type == 2:  // DELTA_BINARY_PACKED integers
+                    let ints = try deltaBinaryPacked(raw, &i, bad)
+                    guard ints.count == present else { throw bad("\(ints.count) delta-packed values for \(present) present") }
+                    column.values += ints.map { .int(type == 1 ? Int64(Int32(truncatingIfNeeded: $0)) : $0) }
+                case 6 where type == 6:  // DELTA_LENGTH_BYTE_ARRAY: the lengths delta-packed, then the bytes
+                    column.values += try deltaLengthByteArrays(raw, &i, count: present, bad).map(byteArrayValue)
+                case 7 where type == 6:  // DELTA_BYTE_ARRAY: each value a prefix of the one before + a suffix
+                    let prefixes = try deltaBinaryPacked(raw, &i, bad)
+                    let suffixes = try deltaLengthByteArrays(raw, &i, count: present, bad)
+                    guard prefixes.count == present else { throw bad("\(prefixes.count) prefix lengths for \(present) values") }
+                    var previous: [UInt8] = []
+                    for (p, suffix) in zip(prefixes, suffixes) {
+                        guard p >= 0, p <= previous.count else { throw bad("a prefix of \(p) bytes of a \(previous.count)-byte value") }
+                        previous = Array(previous.prefix(Int(p))) + suffix
+                        column.values.append(byteArrayValue(previous))
+                    }
+                case 9 where [1, 2, 4, 5].contains(type):  // BYTE_STREAM_SPLIT: byte k of every value, then byte k + 1
+                    let width = type == 1 || type == 4 ? 4 : 8
+                    guard i + present * width <= raw.count else { throw bad("its split values end early") }
+                    var joined = [UInt8](repeating: 0, count: present * width)
+                    for v in 0..<present { for k in 0..<width { joined[v * width + k] = raw[i + k * present + v] } }
+                    i += present * width
+                    var j = 0
+                    column.values += try plainValues(joined, &j, count: present, type: type, bad)
                 case 3 where type == 0:  // booleans as a length-prefixed RLE / bit-packed run of width 1 (v2 pages)
                     guard i + 4 <= raw.count else { throw bad("a page ends before its booleans") }
                     let length = Int(raw[i]) | Int(raw[i + 1]) << 8 | Int(raw[i + 2]) << 16 | Int(raw[i + 3]) << 24
@@ -251,7 +286,7 @@ private struct ParquetFile {
                     }
                 default:
                     let names: [Int64: String] = [3: "RLE", 4: "BIT_PACKED", 5: "DELTA_BINARY_PACKED", 6: "DELTA_LENGTH_BYTE_ARRAY", 7: "DELTA_BYTE_ARRAY", 9: "BYTE_STREAM_SPLIT"]
-                    throw bad("values encoded as \(names[encoding] ?? "encoding \(encoding)"); SwiftPEFT reads PLAIN and dictionary pages (pyarrow's default), and RLE booleans")
+                    throw bad("values encoded as \(names[encoding] ?? "encoding \(encoding)"); SwiftPEFT reads PLAIN, dictionary, RLE (booleans), DELTA (integers, strings) and BYTE_STREAM_SPLIT (numbers) values")
                 }
                 column.rep += repLevels
                 column.def += defLevels
@@ -288,7 +323,7 @@ private struct ParquetFile {
                 guard i + length <= raw.count else { throw bad("a string runs past its page") }
                 let b = Array(raw[i..<(i + length)])
                 i += length
-                out.append(String(validating: b, as: UTF8.self).map { .string($0) } ?? .bytes(b))
+                out.append(byteArrayValue(b))
             default:
                 throw bad("of physical type \([3: "INT96", 7: "FIXED_LEN_BYTE_ARRAY"][type] ?? "\(type)"), which is not read "
                     + "(strings, integers, floats and booleans are)")
@@ -391,6 +426,70 @@ private struct ParquetFile {
     }
 }
 
+/// A BYTE_ARRAY value: a string when it is UTF-8.
+private func byteArrayValue(_ b: [UInt8]) -> ParquetValue { String(validating: b, as: UTF8.self).map { .string($0) } ?? .bytes(b) }
+
+/// DELTA_BINARY_PACKED values from `raw` at `i`: a header (values per block, miniblocks per block, the
+/// count, the first value), then blocks of a minimum delta, each miniblock's bit width, and the
+/// miniblocks' deltas above that minimum, bit-packed; `i` ends after the last miniblock that holds values.
+private func deltaBinaryPacked(_ raw: [UInt8], _ i: inout Int, _ bad: (String) -> ParquetError) throws -> [Int64] {
+    func varint() throws -> UInt64 {
+        var v: UInt64 = 0, shift: UInt64 = 0
+        while true {
+            guard i < raw.count, shift < 64 else { throw bad("its delta-packed values end early") }
+            let b = raw[i]
+            i += 1
+            v |= UInt64(b & 0x7F) << shift
+            if b & 0x80 == 0 { return v }
+            shift += 7
+        }
+    }
+    func zigzag() throws -> Int64 { let v = try varint(); return Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1) }
+    let blockSize = try varint(), miniblocks = try varint(), total = try varint()
+    guard blockSize > 0, blockSize % 128 == 0, blockSize <= 1 << 20, miniblocks > 0, blockSize % miniblocks == 0,
+          (blockSize / miniblocks) % 32 == 0, total <= UInt64(raw.count) * UInt64(pageValuesPerByte) else {
+        throw bad("a delta-packed header is malformed (block \(blockSize), miniblocks \(miniblocks), values \(total))")
+    }
+    var out: [Int64] = []
+    guard total > 0 else { _ = try zigzag(); return out }
+    out.reserveCapacity(Int(total))
+    var value = try zigzag()
+    out.append(value)
+    let perMiniblock = Int(blockSize / miniblocks)
+    while out.count < Int(total) {
+        let minDelta = try zigzag()
+        guard i + Int(miniblocks) <= raw.count else { throw bad("its delta-packed values end early") }
+        let widths = Array(raw[i..<(i + Int(miniblocks))])
+        i += Int(miniblocks)
+        for width in widths where out.count < Int(total) {
+            let w = Int(width)
+            guard w <= 64, i + perMiniblock * w / 8 <= raw.count else { throw bad("a delta-packed miniblock runs past its page") }
+            for k in 0..<perMiniblock where out.count < Int(total) {
+                var delta: UInt64 = 0
+                for b in 0..<w {
+                    let bit = k * w + b
+                    delta |= UInt64(raw[i + bit / 8] >> (bit % 8) & 1) << b
+                }
+                value = value &+ minDelta &+ Int64(bitPattern: delta)
+                out.append(value)
+            }
+            i += perMiniblock * w / 8
+        }
+    }
+    return out
+}
+
+/// DELTA_LENGTH_BYTE_ARRAY: `count` lengths, delta-packed, then the values' bytes one after another.
+private func deltaLengthByteArrays(_ raw: [UInt8], _ i: inout Int, count: Int, _ bad: (String) -> ParquetError) throws -> [[UInt8]] {
+    let lengths = try deltaBinaryPacked(raw, &i, bad)
+    guard lengths.count == count else { throw bad("\(lengths.count) delta-packed lengths for \(count) values") }
+    return try lengths.map { n in
+        guard n >= 0, n <= raw.count - i else { throw bad("a value of \(n) bytes runs past its page") }
+        defer { i += Int(n) }
+        return Array(raw[i..<(i + Int(n))])
+    }
+}
+
 /// More values per byte than any writer puts in a page (a run of one level or index, 2 to 6 bytes long,
 /// may stand for any number of them): a bound on what a damaged header can make the reader allocate.
 private let pageValuesPerByte: Int64 = 2048
@@ -446,7 +545,8 @@ private func hybrid(_ data: [UInt8], bitWidth: Int, count: Int, _ bad: (String) 
 
 // MARK: Snappy
 
-/// Decompresses one Snappy block (the raw format, as Parquet stores pages) of `expected` bytes.
+/// Decompresses one Snappy block (the raw format, as Parquet stores pages) of `expected` bytes (Snappy is
+/// simple enough to read here; no library is linked for it).
 func snappyDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
     var i = 0
     var length: UInt64 = 0, shift: UInt64 = 0
@@ -505,6 +605,42 @@ func snappyDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
     }
     guard out.count == expected else { throw ThriftError(message: "it holds \(out.count) bytes where the page says \(expected)") }
     return out
+}
+
+/// Decompresses a gzip stream (Parquet's GZIP pages) of `expected` bytes with zlib.
+func gzipDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: expected)
+    var stream = z_stream()
+    guard inflateInit2_(&stream, 16 + MAX_WBITS, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+        throw ThriftError(message: "zlib cannot start")
+    }
+    defer { inflateEnd(&stream) }
+    var input = input
+    let status: Int32 = input.withUnsafeMutableBufferPointer { src in
+        out.withUnsafeMutableBufferPointer { dst in
+            stream.next_in = src.baseAddress
+            stream.avail_in = uInt(src.count)
+            stream.next_out = dst.baseAddress
+            stream.avail_out = uInt(dst.count)
+            return inflate(&stream, Z_FINISH)
+        }
+    }
+    guard status == Z_STREAM_END, Int(stream.total_out) == expected else {
+        throw ThriftError(message: status == Z_STREAM_END ? "it holds \(stream.total_out) bytes where the page says \(expected)"
+                          : "zlib says \(status) (\(stream.msg.map { String(cString: $0) } ?? "no message"))")
+    }
+    return out
+}
+
+/// Decompresses a Zstandard frame (Parquet's ZSTD pages) of `expected` bytes.
+func zstdDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: max(expected, 1))
+    let n = input.withUnsafeBytes { src in
+        out.withUnsafeMutableBytes { dst in ZSTD_decompress(dst.baseAddress, expected, src.baseAddress, src.count) }
+    }
+    guard ZSTD_isError(n) == 0 else { throw ThriftError(message: String(cString: ZSTD_getErrorName(n))) }
+    guard n == expected else { throw ThriftError(message: "it holds \(n) bytes where the page says \(expected)") }
+    return Array(out.prefix(expected))
 }
 
 // MARK: Thrift, compact protocol

@@ -91,7 +91,7 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 /// - `"template"` (text with `{variables}`), `"template_file"` (a file, relative to the prompts
 ///   file's folder) or `"prompt"` (literal text); `defaultTemplate` serves lines that give none;
 /// - `"vars"`: the variables' values (strings or numbers);
-/// - optionally `"id"`, `"expected"` (the answer the output is scored against) and `"tags"`
+/// - optionally `"id"` (a string, or a number), `"expected"` (the answer the output is scored against) and `"tags"`
 ///   (a string or a list of strings).
 /// A training file's `{"prompt", "completion"}` lines serve as they are: the completion is the
 /// expected answer. So do its chat lines, `{"messages": [...]}`: the conversation is the prompt,
@@ -102,14 +102,14 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line. A file of
 /// another extension is read as JSON Lines.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) throws -> [BacktestPrompt] {
+    let format = DataRecordFormat(path: path) ?? .jsonLines
     guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
-    guard String(data: data, encoding: .utf8) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
+    guard format == .parquet || String(data: data, encoding: .utf8) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
     let folder = URL(fileURLWithPath: path).deletingLastPathComponent()
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
     let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "tools", "chat_template_kwargs"]
-    let format = DataRecordFormat(path: path) ?? .jsonLines
     let records: [DataRecord]
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
     for record in records {
@@ -193,7 +193,9 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             tags = try l.map { guard let s = $0 as? String else { throw BacktestError("\(at): \"tags\" must be strings") }; return s }
         default: throw BacktestError("\(at): \"tags\" must be a string or a list of strings")
         }
-        let id = try string("id") ?? "line \(record.line)"
+        // A data set's numeric ids (a Parquet int64 column, JSON numbers) name prompts as their digits.
+        let number = (obj["id"] as? NSNumber).flatMap { String(cString: $0.objCType) == "c" ? nil : "\($0)" }
+        let id = try number ?? string("id") ?? (format == .parquet ? "row \(record.line)" : "line \(record.line)")
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
         if let a = answer, a.allSatisfy(\.isWhitespace) {

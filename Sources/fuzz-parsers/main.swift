@@ -291,10 +291,12 @@ let targets: [Target] = [
         _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
         _ = try loadBacktestPrompts(path)
     },
-    // Parquet as pyarrow writes it (Snappy and dictionary pages; a list of structs): the Thrift footer,
-    // page headers, levels, Snappy; then the rows as training data (refusals there are fine).
-    Target(name: "parquet", seeds: ["Tests/FormatsTests/Fixtures/parquet/types.parquet", "Tests/FormatsTests/Fixtures/parquet/types-plain-v2.parquet",
-                                    "Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
+    // Parquet as pyarrow writes it (Snappy and dictionary pages, v2 pages, ZSTD, GZIP, the DELTA
+    // encodings; a list of structs): the Thrift footer, page headers, levels, the decoders; then the
+    // rows as training data (refusals there are fine).
+    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip"]
+               .map { "Tests/FormatsTests/Fixtures/parquet/\($0).parquet" }.compactMap(fixture)
+               + ["Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
         _ = try readParquetRows(path)
         _ = try? loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
     },

@@ -1,7 +1,8 @@
 // Parquet: pyarrow-written files (Fixtures/parquet, from scripts/make_parquet_fixtures.py) read to the rows
-// pyarrow reads, written four ways (Snappy + dictionary, uncompressed PLAIN v2 pages, several row groups,
-// dictionary pages falling back to PLAIN); codecs and encodings not read are refused by name; broken files
-// fail with the file named; Snappy's overlapping copies.
+// pyarrow reads, written seven ways (Snappy + dictionary, uncompressed PLAIN v2 pages, several row groups,
+// dictionary pages falling back to PLAIN, ZSTD, GZIP, every DELTA encoding, BYTE_STREAM_SPLIT and RLE
+// booleans); codecs not read are refused by name; broken files fail with the file named; Snappy's
+// overlapping copies.
 
 import Foundation
 import XCTest
@@ -29,7 +30,8 @@ final class ParquetTests: XCTestCase {
     func testPyarrowFilesReadAsPyarrowReadsThem() throws {
         let expected = try JSONValue(parsing: String(contentsOf: fixtures.appendingPathComponent("types.json"), encoding: .utf8))
         guard case .array(let rows) = expected, rows.count == 5 else { return XCTFail("types.json: \(regenerate)") }
-        for name in ["types.parquet", "types-plain-v2.parquet", "types-row-groups.parquet", "types-fallback.parquet"] {
+        for name in ["types.parquet", "types-plain-v2.parquet", "types-row-groups.parquet", "types-fallback.parquet",
+                     "types-zstd.parquet", "types-gzip.parquet", "types-encodings.parquet"] {
             let read = try readParquetRows(fixtures.appendingPathComponent(name).path)
             XCTAssertEqual(read.count, rows.count, name)
             for (k, (row, want)) in zip(read, rows).enumerated() {
@@ -39,8 +41,8 @@ final class ParquetTests: XCTestCase {
     }
 
     func testWhatIsNotReadIsRefusedByName() throws {
-        let cases = [("zstd.parquet", "column text (row group 1): compressed with ZSTD; SwiftPEFT reads uncompressed and Snappy pages"),
-                     ("delta.parquet", "column text (row group 1): values encoded as DELTA_BYTE_ARRAY; SwiftPEFT reads PLAIN and dictionary pages")]
+        let cases = [("brotli.parquet", "column text (row group 1): compressed with BROTLI; SwiftPEFT reads uncompressed, Snappy, GZIP and ZSTD pages"),
+                     ("lz4.parquet", "column text (row group 1): compressed with LZ4_RAW; SwiftPEFT reads uncompressed, Snappy, GZIP and ZSTD pages")]
         for (name, message) in cases {
             let path = fixtures.appendingPathComponent(name).path
             XCTAssertThrowsError(try readParquetRows(path)) { XCTAssertTrue("\($0)".hasPrefix(path + ": " + message), "\($0)") }
@@ -56,7 +58,7 @@ final class ParquetTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: dir) }
         func attempt(_ bytes: Data, _ name: String) -> String? {
             let path = dir.appendingPathComponent(name).path
-            FileManager.default.createFile(atPath: path, contents: bytes)
+            XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: bytes), path)
             do { _ = try readParquetRows(path); return nil } catch {
                 XCTAssertTrue("\(error)".hasPrefix(path + ": "), "\(error)")
                 return "\(error)"

@@ -80,6 +80,14 @@ final class BacktestTests: XCTestCase {
                                                       BacktestPrompt(id: "line 3", prompt: "Question: Why?\nAnswer:", expected: " Because.", tags: [])])
         let array = write("q.json", "[\n  {\"prompt\": \"Hello\", \"tags\": \"greet\"},\n  {\"prompt\": \"Question: Why?\\nAnswer:\",\n   \"completion\": \" Because.\"}\n]\n")
         XCTAssertEqual(try loadBacktestPrompts(array), try loadBacktestPrompts(csv))
+        // A chat data set in Parquet, with an int64 "id" column, serves as its JSONL does, named by its ids.
+        let tables = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tables")
+        let fromParquet = try loadBacktestPrompts(tables.appendingPathComponent("chat.parquet").path)
+        var fromJSONL = try loadBacktestPrompts(tables.appendingPathComponent("chat.jsonl").path)
+        XCTAssertEqual(fromJSONL.map(\.id), ["line 1", "line 2"])
+        for k in fromJSONL.indices { fromJSONL[k].id = "\(k + 1)" }
+        XCTAssertEqual(fromParquet, fromJSONL)
+        XCTAssertEqual(try loadBacktestPrompts(write("n.jsonl", #"{"id": 7, "prompt": "a"}"#)).map(\.id), ["7"])
         XCTAssertThrowsError(try loadBacktestPrompts(write("r.csv", "prompt,expected\na\n"))) {
             XCTAssertTrue("\($0)".contains("r.csv:2: 1 cells, but the header (line 1) has 2 columns"), "\($0)")
         }
