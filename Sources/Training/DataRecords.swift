@@ -226,9 +226,8 @@ private func tableRows(_ bytes: [UInt8], delimiter: UInt8, file: String, unread:
             throw DatasetError(file: file, line: row.line, message: "\(row.cells.count) cells, but the header (line \(header.line)) "
                 + "has \(header.cells.count) columns: \(header.cells.map { "\"\($0)\"" }.joined(separator: ", "))")
         }
-        var object: [String: String] = [:]
-        for (name, value) in zip(header.cells, row.cells) where !name.isEmpty { object[name] = value }
-        return DataRecord(line: row.line, json: try JSONSerialization.data(withJSONObject: object))
+        let object = JSONObject(zip(header.cells, row.cells).filter { !$0.0.isEmpty }.map { ($0, JSONValue.string($1)) })
+        return DataRecord(line: row.line, json: Data(JSONValue.object(object).text.utf8))
     }
 }
 

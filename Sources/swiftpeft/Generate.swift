@@ -99,6 +99,12 @@ struct Generate: ParsableCommand {
             throw CLIError("the prompt is \(ids.count) tokens and fills the model's \(m.config.maxPositions) learned positions"
                            + " (virtual tokens included): no token can follow; shorten --prompt")
         }
+        if let room = m.newTokenRoom(promptLength: ids.count), room < maxTokens {
+            // Learned positions end: the output stops there, said here rather than cut without a word.
+            FileHandle.standardError.write(Data(("note: the model's \(m.config.maxPositions) learned positions leave room for \(counted(room, "new token")) "
+                + "after the prompt (\(counted(ids.count, "token"))\(m.virtualTokenCount > 0 ? " and the adapter's \(m.virtualTokenCount) virtual tokens" : "")); "
+                + "--max-tokens \(maxTokens) stops there\n").utf8))
+        }
         if m.config.positions != .learned && m.virtualTokenCount + ids.count + maxTokens > m.config.maxPositions {
             // Rotary positions have no end, but the model was trained up to max_position_embeddings.
             let virtual = m.virtualTokenCount > 0 ? ", after the adapter's \(m.virtualTokenCount) virtual tokens," : ""

@@ -1080,6 +1080,15 @@ final class CLITests: XCTestCase {
         try #"{"text": "a", "prompt": "b", "completion": "c"}"#.write(toFile: both, atomically: true, encoding: .utf8)
         let p = try ok(["preview", "--model", fx.base, "--data", both, "--color", "never"])
         XCTAssertTrue(p.stdout.contains("keys not read: \"text\" (1 line)"), p.transcript)
+        // A chat data set in Parquet shows as its JSONL does, each example named by its row.
+        let tables = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("TrainingTests/Fixtures/tables")
+        func examples(_ name: String) throws -> (CLIRun, String) {
+            let r = try ok(["preview", "--model", fx.base, "--data", tables.appendingPathComponent(name).path, "--color", "never"])
+            return (r, String(r.stdout[(r.stdout.range(of: "── example 1")?.lowerBound ?? r.stdout.endIndex)...]))
+        }
+        let (parquet, fromParquet) = try examples("chat.parquet"), (_, fromJSONL) = try examples("chat.jsonl")
+        XCTAssertTrue(fromParquet.contains("── example 2 (row 2)") && parquet.stdout.contains("keys not read: \"id\""), parquet.transcript)
+        XCTAssertEqual(fromParquet.replacingOccurrences(of: "(row ", with: "(line "), fromJSONL)
     }
 
     /// Cost accounting: train writes cost.json and prints it, eval --json carries it, compare's
@@ -1622,6 +1631,11 @@ final class CLITests: XCTestCase {
         // A prompt that fills GPT-2's 16 learned positions leaves no room for a token: an error, not the prompt echoed.
         _ = try fails(["generate", "--model", gpt2, "--prompt", String(repeating: "the cat ", count: 20)],
                       mentioning: ["fills the model's 16 learned positions", "shorten --prompt"])
+        // One that leaves fewer positions than --max-tokens asks: the output stops there, and says so.
+        let short = try run(["generate", "--model", gpt2, "--prompt", "the cat", "--max-tokens", "40"])
+        XCTAssertEqual(short.status, 0, short.transcript)
+        XCTAssertTrue(short.stderr.contains("note: the model's 16 learned positions leave room for ") && short.stderr.contains("--max-tokens 40 stops there"),
+                      short.transcript)
         // An adapter made for another base, in every command that takes one.
         let other = ["--model", fx.otherBase, "--adapter", adapter]
         for (command, extra) in [("merge", ["--out", fx.path("mismatch/merged.h5")]), ("export", ["--out", fx.path("mismatch/peft")]),
