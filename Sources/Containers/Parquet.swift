@@ -426,6 +426,23 @@ private struct ParquetFile {
     }
 }
 
+/// An unsigned LEB128 varint (Thrift's, Snappy's, the hybrid and delta encodings') from `bytes` at `i`,
+/// before `end`; nil when it runs past `end` or past 64 bits.
+private func readVarint(_ bytes: [UInt8], _ i: inout Int, end: Int) -> UInt64? {
+    var v: UInt64 = 0, shift: UInt64 = 0
+    while i < end, shift < 64 {
+        let b = bytes[i]
+        i += 1
+        v |= UInt64(b & 0x7F) << shift
+        if b & 0x80 == 0 { return v }
+        shift += 7
+    }
+    return nil
+}
+
+/// A zigzag-encoded signed value (0, -1, 1, -2, … as 0, 1, 2, 3, …).
+private func unzigzag(_ v: UInt64) -> Int64 { Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1) }
+
 /// A BYTE_ARRAY value: a string when it is UTF-8.
 private func byteArrayValue(_ b: [UInt8]) -> ParquetValue { String(validating: b, as: UTF8.self).map { .string($0) } ?? .bytes(b) }
 
@@ -434,17 +451,10 @@ private func byteArrayValue(_ b: [UInt8]) -> ParquetValue { String(validating: b
 /// miniblocks' deltas above that minimum, bit-packed; `i` ends after the last miniblock that holds values.
 private func deltaBinaryPacked(_ raw: [UInt8], _ i: inout Int, _ bad: (String) -> ParquetError) throws -> [Int64] {
     func varint() throws -> UInt64 {
-        var v: UInt64 = 0, shift: UInt64 = 0
-        while true {
-            guard i < raw.count, shift < 64 else { throw bad("its delta-packed values end early") }
-            let b = raw[i]
-            i += 1
-            v |= UInt64(b & 0x7F) << shift
-            if b & 0x80 == 0 { return v }
-            shift += 7
-        }
+        guard let v = readVarint(raw, &i, end: raw.count) else { throw bad("its delta-packed values end early") }
+        return v
     }
-    func zigzag() throws -> Int64 { let v = try varint(); return Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1) }
+    func zigzag() throws -> Int64 { unzigzag(try varint()) }
     let blockSize = try varint(), miniblocks = try varint(), total = try varint()
     guard blockSize > 0, blockSize % 128 == 0, blockSize <= 1 << 20, miniblocks > 0, blockSize % miniblocks == 0,
           (blockSize / miniblocks) % 32 == 0, total <= UInt64(raw.count) * UInt64(pageValuesPerByte) else {
@@ -505,15 +515,8 @@ private func hybrid(_ data: [UInt8], bitWidth: Int, count: Int, _ bad: (String) 
     out.reserveCapacity(count)
     var i = 0
     func varint() throws -> UInt64 {
-        var v: UInt64 = 0, shift: UInt64 = 0
-        while true {
-            guard i < data.count, shift < 64 else { throw bad("its levels or indices end early") }
-            let b = data[i]
-            i += 1
-            v |= UInt64(b & 0x7F) << shift
-            if b & 0x80 == 0 { return v }
-            shift += 7
-        }
+        guard let v = readVarint(data, &i, end: data.count) else { throw bad("its levels or indices end early") }
+        return v
     }
     let byteWidth = (bitWidth + 7) / 8
     while out.count < count {
@@ -549,15 +552,7 @@ private func hybrid(_ data: [UInt8], bitWidth: Int, count: Int, _ bad: (String) 
 /// simple enough to read here; no library is linked for it).
 func snappyDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
     var i = 0
-    var length: UInt64 = 0, shift: UInt64 = 0
-    while true {
-        guard i < input.count, shift < 35 else { throw ThriftError(message: "its length does not read") }
-        let b = input[i]
-        i += 1
-        length |= UInt64(b & 0x7F) << shift
-        if b & 0x80 == 0 { break }
-        shift += 7
-    }
+    guard let length = readVarint(input, &i, end: input.count) else { throw ThriftError(message: "its length does not read") }
     // No Snappy block expands more than 64 bytes of output per 3 bytes of input.
     guard length == UInt64(expected), length <= UInt64(input.count) * 22 + 64 else {
         throw ThriftError(message: "it holds \(length) bytes where the page says \(expected)")
@@ -676,20 +671,11 @@ struct ThriftReader {
     }
 
     mutating func varint() throws -> UInt64 {
-        var v: UInt64 = 0, shift: UInt64 = 0
-        while true {
-            let b = try byte()
-            guard shift < 64 else { throw ThriftError(message: "a number is too long") }
-            v |= UInt64(b & 0x7F) << shift
-            if b & 0x80 == 0 { return v }
-            shift += 7
-        }
+        guard let v = readVarint(bytes, &at, end: end) else { throw ThriftError(message: "a number ends early or is too long") }
+        return v
     }
 
-    mutating func zigzag() throws -> Int64 {
-        let v = try varint()
-        return Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1)
-    }
+    mutating func zigzag() throws -> Int64 { unzigzag(try varint()) }
 
     mutating func readStruct() throws -> ThriftStruct {
         depth += 1
