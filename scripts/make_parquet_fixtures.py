@@ -8,7 +8,10 @@
   page limit, so pages fall back from dictionary to PLAIN; ZSTD; GZIP with v2 pages; every other
   encoding pyarrow writes: DELTA_BINARY_PACKED, DELTA_LENGTH_BYTE_ARRAY, DELTA_BYTE_ARRAY, BYTE_STREAM_SPLIT,
   RLE booleans), with types.json, its rows as pyarrow reads them (table.to_pylist(), keys in column
-  order); brotli.parquet and lz4.parquet, whose codecs SwiftPEFT must refuse by name.
+  order); brotli.parquet and lz4.parquet, whose codecs SwiftPEFT must refuse by name; hand-made.parquet
+  (one string column, one row, written here byte by byte; pyarrow reads it) and three of its kind whose
+  offset and size, page size, or a v2 page's level lengths are near Int64.max (to be refused, not to
+  overflow a sum).
 - Tests/TrainingTests/Fixtures/tables/: examples.parquet and examples-v2.parquet, the examples of
   scripts/make_table_fixtures.py (Alpaca instruction data), and chat.parquet with chat.jsonl, a
   "messages" list of structs as Hugging Face's chat data sets store it, with an int64 "id" column; the
@@ -52,6 +55,67 @@ TYPE_ROWS = [
 ]
 
 
+# A Thrift compact-protocol writer, enough for hand-made files whose sizes and offsets no writer would
+# put there (near Int64.max): a reader must refuse them, not overflow adding them.
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def zigzag(n):
+    return (n << 1) ^ (n >> 63)
+
+
+I32, I64, BINARY, LIST, STRUCT = 5, 6, 8, 9, 12
+
+
+def struct(fields):
+    """fields: [(id, type, value)] in id order; value: int, bytes, a struct's fields, or (element type, items)."""
+    out, last = bytearray(), 0
+    for fid, ftype, value in fields:
+        out.append(((fid - last) << 4) | ftype)
+        last = fid
+        out += encode(ftype, value)
+    return bytes(out + b"\x00")
+
+
+def encode(ftype, value):
+    if ftype in (I32, I64):
+        return varint(zigzag(value))
+    if ftype == BINARY:
+        return varint(len(value)) + value
+    if ftype == STRUCT:
+        return struct(value)
+    etype, items = value
+    head = bytes([(len(items) << 4) | etype]) if len(items) < 15 else bytes([0xF0 | etype]) + varint(len(items))
+    return head + b"".join(encode(etype, v) for v in items)
+
+
+def hand_made(page, offset=4, size=None):
+    """PAR1, `page` (a page header and its data) at 4, and a footer: one required string column "text", one row."""
+    size = len(page) if size is None else size
+    meta = [(1, I32, 6), (2, LIST, (I32, [0])), (3, LIST, (BINARY, [b"text"])), (4, I32, 0), (5, I64, 1),
+            (6, I64, size), (7, I64, size), (9, I64, offset)]
+    footer = struct([
+        (1, I32, 1),
+        (2, LIST, (STRUCT, [[(4, BINARY, b"schema"), (5, I32, 1)], [(1, I32, 6), (3, I32, 0), (4, BINARY, b"text")]])),
+        (3, I64, 1),
+        (4, LIST, (STRUCT, [[(1, LIST, (STRUCT, [[(2, I64, offset), (3, STRUCT, meta)]])), (2, I64, size), (3, I64, 1)]])),
+    ])
+    return b"PAR1" + page + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+
+
+def v1_page(data, stored=None):
+    header = struct([(1, I32, 0), (2, I32, len(data)), (3, I32, len(data) if stored is None else stored),
+                     (5, STRUCT, [(1, I32, 1), (2, I32, 0), (3, I32, 3), (4, I32, 3)])])
+    return header + data
+
+
 def main():
     os.makedirs(PARQUET, exist_ok=True)
     types = pa.Table.from_pylist(TYPE_ROWS, schema=TYPES)
@@ -79,6 +143,19 @@ def main():
     small = pa.table({"text": ["a", "b"]})
     pq.write_table(small, os.path.join(PARQUET, "brotli.parquet"), compression="brotli")
     pq.write_table(small, os.path.join(PARQUET, "lz4.parquet"), compression="lz4")
+
+    near_max = 2 ** 63 - 1
+    hand = {
+        "hand-made.parquet": hand_made(v1_page(b"\x02\x00\x00\x00hi")),
+        "huge-offset.parquet": hand_made(v1_page(b"\x02\x00\x00\x00hi"), offset=2 ** 62, size=2 ** 62 + 5),
+        "huge-page.parquet": hand_made(v1_page(b"\x02\x00\x00\x00hi", stored=near_max)),
+        "huge-levels.parquet": hand_made(struct([(1, I32, 3), (2, I32, 6), (3, I32, 6), (8, STRUCT, [
+            (1, I32, 1), (2, I32, 0), (3, I32, 1), (4, I32, 0), (5, I32, near_max - 2), (6, I32, 5)])]) + b"\x02\x00\x00\x00hi"),
+    }
+    for name, data in hand.items():
+        with open(os.path.join(PARQUET, name), "wb") as f:
+            f.write(data)
+    assert pq.read_table(os.path.join(PARQUET, "hand-made.parquet")).to_pylist() == [{"text": b"hi"}]  # (no STRING annotation)
 
     examples = pa.Table.from_pylist(EXAMPLES, schema=pa.schema([(f, pa.string()) for f in FIELDS]))
     pq.write_table(examples, os.path.join(TABLES, "examples.parquet"))

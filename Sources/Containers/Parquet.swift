@@ -169,7 +169,8 @@ private struct ParquetFile {
         }
         var start = dataOffset
         if let d = meta[11]?.int, d > 0, d < dataOffset { start = d }
-        guard start >= 4, size >= 0, start + size <= Int64(bytes.count - 8) else { throw bad("its pages lie outside the file") }
+        // (Each bound checked alone first: a damaged offset or size near Int64.max must not overflow the sum.)
+        guard start >= 4, size >= 0, start <= Int64(bytes.count), size <= Int64(bytes.count - 8) - start else { throw bad("its pages lie outside the file") }
         var column = LeafColumn(path: path)
         var dictionary: [ParquetValue]?
         var at = Int(start)
@@ -180,7 +181,7 @@ private struct ParquetFile {
             let header: ThriftStruct
             do { header = try reader.readStruct() } catch let e as ThriftError { throw bad("a page header does not read: \(e.message)") }
             guard let pageType = header[1]?.int, let rawSize = header[2]?.int, let storedSize = header[3]?.int,
-                  storedSize >= 0, rawSize >= 0, reader.at + Int(storedSize) <= end else { throw bad("a page header is malformed") }
+                  storedSize >= 0, rawSize >= 0, rawSize <= Int64(Int32.max), storedSize <= Int64(end - reader.at) else { throw bad("a page header is malformed") }
             let page = Array(bytes[reader.at..<(reader.at + Int(storedSize))])
             at = reader.at + Int(storedSize)
             func inflate(_ stored: [UInt8], to length: Int) throws -> [UInt8] {
@@ -214,8 +215,8 @@ private struct ParquetFile {
                 var repLevels: [UInt8] = [], defLevels: [UInt8] = []
                 let n = Int(count)
                 if v2 {
-                    guard let defLength = h[5]?.int, let repLength = h[6]?.int, defLength >= 0, repLength >= 0,
-                          Int(defLength + repLength) <= page.count else { throw bad("a v2 page's level lengths do not fit it") }
+                    guard let defLength = h[5]?.int, let repLength = h[6]?.int, defLength >= 0, repLength >= 0, defLength <= Int64(page.count),
+                          repLength <= Int64(page.count) - defLength else { throw bad("a v2 page's level lengths do not fit it") }
                     let levelBytes = Int(defLength + repLength)
                     repLevels = try hybrid(Array(page[0..<Int(repLength)]), bitWidth: bitWidth(node.repLevel), count: node.repLevel > 0 ? n : 0, bad).map { UInt8(truncatingIfNeeded: $0) }
                     defLevels = try hybrid(Array(page[Int(repLength)..<levelBytes]), bitWidth: bitWidth(node.defLevel), count: node.defLevel > 0 ? n : 0, bad).map { UInt8(truncatingIfNeeded: $0) }

@@ -48,28 +48,30 @@ func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: 
         throw DatasetError(file: file, line: nil, message: "not a file of records; expected one of "
             + DataRecordFormat.extensions.joined(separator: ", "))
     }
-    if format == .parquet { return try parquetRows(file) }
-    guard var data = FileManager.default.contents(atPath: file) else {
-        throw DatasetError(file: file, line: nil, message: "cannot read the file")
+    func text() throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw DatasetError(file: file, line: nil, message: "cannot read the file")
+        }
+        let bytes = [UInt8](data)
+        return bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(bytes.dropFirst(3)) : bytes  // a byte order mark (Excel's "CSV UTF-8")
     }
-    if data.starts(with: [0xEF, 0xBB, 0xBF]) { data = data.dropFirst(3) }  // a byte order mark (Excel's "CSV UTF-8")
-    let bytes = [UInt8](data)
     switch format {
-    case .jsonLines: return jsonLines(bytes)
+    case .jsonLines: return jsonLines(try text())
     case .json:
+        let bytes = try text()
         let first = bytes.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
         if first == UInt8(ascii: "[") { return try jsonArrayItems(bytes, file: file) }
         let lines = jsonLines(bytes)
         // One object over several lines (a dataset's metadata, a config) is not records.
         if lines.count > 1, (try? JSONSerialization.jsonObject(with: lines[0].json)) == nil,
-           (try? JSONSerialization.jsonObject(with: data)) is [String: Any] {
+           (try? JSONSerialization.jsonObject(with: Data(bytes))) is [String: Any] {
             throw DatasetError(file: file, line: nil, message: "holds one JSON object over \(lines.count) lines, not records; "
                 + "expected an array of objects ([{…}, {…}]) or one object per line")
         }
         return lines
-    case .csv: return try tableRows(bytes, delimiter: UInt8(ascii: ","), file: file, unread: unread)
-    case .tsv: return try tableRows(bytes, delimiter: 0x09, file: file, unread: unread)
-    case .parquet: fatalError("read above")
+    case .csv: return try tableRows(try text(), delimiter: UInt8(ascii: ","), file: file, unread: unread)
+    case .tsv: return try tableRows(try text(), delimiter: 0x09, file: file, unread: unread)
+    case .parquet: return try parquetRows(file)
     }
 }
 

@@ -294,7 +294,7 @@ let targets: [Target] = [
     // Parquet as pyarrow writes it (Snappy and dictionary pages, v2 pages, ZSTD, GZIP, the DELTA
     // encodings; a list of structs): the Thrift footer, page headers, levels, the decoders; then the
     // rows as training data (refusals there are fine).
-    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip"]
+    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip", "hand-made"]
                .map { "Tests/FormatsTests/Fixtures/parquet/\($0).parquet" }.compactMap(fixture)
                + ["Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
         _ = try readParquetRows(path)

@@ -49,8 +49,8 @@ final class ParquetTests: XCTestCase {
         }
     }
 
-    /// A file cut short, one whose footer length is wrong, and one with a byte of a page header or
-    /// footer changed: an error naming the file, never a crash.
+    /// A file cut short, one whose footer length is wrong, and each byte changed three ways: an error
+    /// naming the file, never a crash.
     func testBrokenFilesFailWithTheFileNamed() throws {
         let good = try Data(contentsOf: fixtures.appendingPathComponent("types.parquet"))
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("parquet-\(UUID().uuidString)")
@@ -64,20 +64,35 @@ final class ParquetTests: XCTestCase {
                 return "\(error)"
             }
         }
+        // Hand-made files (scripts/make_parquet_fixtures.py): one that reads, and three whose sizes near
+        // Int64.max must be refused, not overflow a sum.
+        let hand = try readParquetRows(fixtures.appendingPathComponent("hand-made.parquet").path)
+        XCTAssertEqual(hand.map { $0.map(\.name) }, [["text"]])
+        XCTAssertEqual(hand.first?.first?.value, .string("hi"))
+        for (name, message) in [("huge-offset", "column text (row group 1): its pages lie outside the file"),
+                                ("huge-page", "column text (row group 1): a page header is malformed"),
+                                ("huge-levels", "column text (row group 1): a v2 page's level lengths do not fit it")] {
+            let path = fixtures.appendingPathComponent(name + ".parquet").path
+            XCTAssertThrowsError(try readParquetRows(path)) { XCTAssertEqual("\($0)", path + ": " + message) }
+        }
         XCTAssertTrue(attempt(good.prefix(good.count / 2), "half.parquet")?.contains("not a Parquet file") == true)
         var longFooter = good
         longFooter[good.count - 6] = 0x7F
         XCTAssertTrue(attempt(longFooter, "footer.parquet")?.contains("does not fit the file") == true)
         XCTAssertTrue(attempt(Data("PAR1 not really PAR1".utf8), "text.parquet")?.contains("does not fit the file") == true)
-        // Every byte of the footer changed in turn: each read ends, with rows or an error.
-        let footer = Int(good[good.count - 8]) | Int(good[good.count - 7]) << 8
-        var refused = 0
-        for k in stride(from: good.count - 8 - footer, to: good.count - 8, by: 3) {
-            var bad = good
-            bad[k] ^= 0x5A
-            if attempt(bad, "flip.parquet") != nil { refused += 1 }
+        // Every byte of the file set to 0xFF (a varint that runs on: sizes and offsets near Int64.max), to
+        // 0x80 and flipped in turn: each read ends, with rows or an error, never a trap.
+        var refused = 0, tried = 0
+        for k in 4..<(good.count - 8) {
+            for change in [{ (b: UInt8) in UInt8(0xFF) }, { _ in 0x80 }, { $0 ^ 0x5A }] {
+                var bad = good
+                bad[k] = change(good[k])
+                guard bad != good else { continue }
+                tried += 1
+                if attempt(bad, "changed.parquet") != nil { refused += 1 }
+            }
         }
-        XCTAssertGreaterThan(refused, 0)
+        XCTAssertGreaterThan(refused, tried / 4, "\(refused) of \(tried) changed files refused")
     }
 
     func testSnappyCopiesMayOverlapWhatTheyWrite() throws {
