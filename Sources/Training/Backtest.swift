@@ -113,7 +113,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     let records: [DataRecord]
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
     for record in records {
-        let at = "\(path):\(record.line)"
+        let at = format == .parquet ? "\(path): row \(record.line)" : "\(path):\(record.line)"
         guard var obj = (try? JSONSerialization.jsonObject(with: record.json, options: [])) as? [String: Any] else {
             throw BacktestError("\(at): not a JSON object")
         }
@@ -206,7 +206,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
         (p.reply, p.templateKwargs) = (reply, kwargs)
         prompts.append(p)
     }
-    guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line, a JSON array of objects, or a CSV/TSV table)") }
+    guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line, a JSON array of objects, a CSV/TSV table or a Parquet file)") }
     return prompts
 }
 

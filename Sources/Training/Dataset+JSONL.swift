@@ -509,9 +509,8 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 
 /// Reads examples from `path`: a file of records (JSON Lines `.jsonl`/`.ndjson`, a `.json` array of objects
 /// or JSON Lines, a `.csv` or `.tsv` table with a header row, a `.parquet` file; see `readExampleFile`), a
-/// text file, or a folder
-/// (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst` file; a folder holding
-/// both kinds is an error).
+/// text file, or a folder (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst`
+/// file; a folder holding both kinds is an error).
 ///
 /// A text file is one `.text` document (format `.plainText`). Every record (a JSONL line, an array item, a
 /// table row) is one example, with the keys of a JSONL line (a table's header names them); empty lines are

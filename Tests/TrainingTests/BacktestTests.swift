@@ -88,6 +88,10 @@ final class BacktestTests: XCTestCase {
         for k in fromJSONL.indices { fromJSONL[k].id = "\(k + 1)" }
         XCTAssertEqual(fromParquet, fromJSONL)
         XCTAssertEqual(try loadBacktestPrompts(write("n.jsonl", #"{"id": 7, "prompt": "a"}"#)).map(\.id), ["7"])
+        // A Parquet row is named by its number; without an "id" column, so is the prompt.
+        let examples = tables.appendingPathComponent("examples.parquet").path
+        XCTAssertThrowsError(try loadBacktestPrompts(examples)) { XCTAssertEqual("\($0)", examples + #": row 1: unknown field "input"; fields: "#
+            + "chat_template_kwargs, completion, expected, id, messages, prompt, tags, template, template_file, tools, vars") }
         XCTAssertThrowsError(try loadBacktestPrompts(write("r.csv", "prompt,expected\na\n"))) {
             XCTAssertTrue("\($0)".contains("r.csv:2: 1 cells, but the header (line 1) has 2 columns"), "\($0)")
         }
