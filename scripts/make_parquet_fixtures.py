@@ -11,17 +11,30 @@
   order); brotli.parquet and lz4.parquet, whose codecs SwiftPEFT must refuse by name; hand-made.parquet
   (one string column, one row, written here byte by byte; pyarrow reads it) and three of its kind whose
   offset and size, page size, or a v2 page's level lengths are near Int64.max (to be refused, not to
-  overflow a sum).
+  overflow a sum); nested.parquet (lists of lists, structs of lists and structs, maps with string and
+  integer keys, tool calls inside messages: every depth and kind of null), logical.parquet (timestamps
+  before and after 1970, in ms, us and ns, UTC or not; dates; times; decimals; half floats; UUIDs;
+  fixed-size bytes; unsigned integers past the signed range), logical-int96.parquet (its timestamps as
+  the legacy INT96) and logical-v2.parquet (decimals as integers, v2 pages, no dictionary,
+  BYTE_STREAM_SPLIT on the fixed-size columns), with logical.json: each file's rows as pyarrow reads
+  them, in the JSON SwiftPEFT makes of them (maps as objects; dates, times and timestamps as Python's
+  isoformat; decimals and half floats as numbers; UUIDs as text; bytes that are UTF-8 as text, others
+  as lists of byte values; integers past Int64 as floats).
 - Tests/TrainingTests/Fixtures/tables/: examples.parquet and examples-v2.parquet, the examples of
   scripts/make_table_fixtures.py (Alpaca instruction data), and chat.parquet with chat.jsonl, a
-  "messages" list of structs as Hugging Face's chat data sets store it, with an int64 "id" column; the
+  "messages" list of structs as Hugging Face's chat data sets store it, with an int64 "id" column;
+  chat-tools.parquet with chat-tools.jsonl, tool-calling chat (messages whose "tool_calls" hold
+  structs, a "tools" column of JSON schemas as nested structs) beside a timestamp column; the
   rows each file starts are added to lines.json (rows count from 1).
 
 Run: .venv/bin/python scripts/make_parquet_fixtures.py (after scripts/make_table_fixtures.py)
 """
+import datetime
+import decimal
 import json
 import os
 import sys
+import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,6 +66,85 @@ TYPE_ROWS = [
     {"i32": 3, "i64": 5, "f32": 8.0, "f64": 13.0, "flag": False, "text": "a",
      "tags": ["a"], "point": {"name": "p", "x": 7}, "turns": [{"role": "user", "content": "hi"}]},
 ]
+
+CALL = pa.struct([("type", pa.string()), ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())]))])
+NESTED = pa.schema([
+    ("matrix", pa.list_(pa.list_(pa.int64()))),
+    ("person", pa.struct([("name", pa.string()), ("tags", pa.list_(pa.string())),
+                          ("address", pa.struct([("city", pa.string()), ("zip", pa.int32())]))])),
+    ("scores", pa.map_(pa.string(), pa.int64())),
+    ("names", pa.map_(pa.int32(), pa.string())),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), ("tool_calls", pa.list_(CALL))]))),
+    ("grid", pa.list_(pa.struct([("name", pa.string()), ("cells", pa.list_(pa.list_(pa.string())))]))),
+])
+NESTED_ROWS = [
+    {"matrix": [[1, 2], [3]], "person": {"name": "a", "tags": ["x", "y"], "address": {"city": "Paris", "zip": 75001}},
+     "scores": [("a", 1), ("b", None)], "names": [(1, "one"), (-2, "minus two")],
+     "messages": [{"role": "user", "content": "Weather in Paris?", "tool_calls": None},
+                  {"role": "assistant", "content": None, "tool_calls": [
+                      {"type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]}],
+     "grid": [{"name": "g", "cells": [["a", "b"], [], None, [None, "c"]]}]},
+    {"matrix": None, "person": None, "scores": None, "names": None, "messages": None, "grid": None},
+    {"matrix": [], "person": {"name": None, "tags": None, "address": None}, "scores": [], "names": [],
+     "messages": [], "grid": [None, {"name": None, "cells": None}]},
+    {"matrix": [[], None, [None, 4]], "person": {"name": "b", "tags": [], "address": {"city": None, "zip": None}},
+     "scores": [("z", 3)], "names": [(7, None)],
+     "messages": [None, {"role": "tool", "content": "18 C", "tool_calls": []},
+                  {"role": "assistant", "content": "It is 18 C.", "tool_calls": [None, {"type": None, "function": None}]}],
+     "grid": [{"name": "h", "cells": [[None]]}]},
+    {"matrix": [[5]], "person": {"name": "c", "tags": [None], "address": {"city": "Köln", "zip": 50667}},
+     "scores": [("a", 1)], "names": [(1, "one")],
+     "messages": [{"role": "assistant", "content": "ok", "tool_calls": None}], "grid": []},
+]
+
+LOGICAL = pa.schema([
+    ("ts_us", pa.timestamp("us")), ("ts_ms_utc", pa.timestamp("ms", tz="UTC")), ("ts_ns", pa.timestamp("ns")),
+    ("day", pa.date32()), ("t_us", pa.time64("us")), ("t_ms", pa.time32("ms")),
+    ("dec", pa.decimal128(10, 3)), ("big_dec", pa.decimal128(30, 2)), ("half", pa.float16()), ("id", pa.uuid()),
+    ("fixed", pa.binary(3)), ("u32", pa.uint32()), ("u64", pa.uint64()), ("i8", pa.int8()),
+])
+LOGICAL_ROWS = [
+    {"ts_us": datetime.datetime(2024, 1, 2, 3, 4, 5, 123456), "ts_ms_utc": datetime.datetime(2024, 2, 29, 23, 59, 59, 999000),
+     "ts_ns": datetime.datetime(2001, 9, 9, 1, 46, 40), "day": datetime.date(2024, 2, 29), "t_us": datetime.time(1, 2, 3, 4),
+     "t_ms": datetime.time(23, 59, 59, 999000), "dec": decimal.Decimal("-12.345"), "big_dec": decimal.Decimal("-123456789012345678901234.56"),
+     "half": 1.5, "id": uuid.UUID(int=0x0123456789ABCDEF0011223344556677).bytes, "fixed": b"\xff\x00\x01",
+     "u32": 2 ** 32 - 1, "u64": 2 ** 64 - 1, "i8": -128},
+    {k: None for k in LOGICAL.names},
+    {"ts_us": datetime.datetime(1969, 12, 31, 23, 59, 59, 500000), "ts_ms_utc": datetime.datetime(1900, 3, 1),
+     "ts_ns": datetime.datetime(1970, 1, 1), "day": datetime.date(1, 1, 1), "t_us": datetime.time(0, 0),
+     "t_ms": datetime.time(12, 0, 0, 1000), "dec": decimal.Decimal("0.001"), "big_dec": decimal.Decimal("99.99"),
+     "half": 2 ** -24, "id": uuid.UUID(int=1).bytes, "fixed": b"abc", "u32": 2 ** 31, "u64": 2 ** 63, "i8": 127},
+]
+
+
+def as_json(v):
+    """A value of pyarrow's to_pylist() as the JSON SwiftPEFT makes of it."""
+    if isinstance(v, dict):
+        return {str(k) if not isinstance(k, bool) else json.dumps(k): as_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [as_json(x) for x in v]
+    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return list(v)
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 2 ** 63:
+        return float(v)
+    if hasattr(v, "isoformat"):  # pandas' Timestamp (nanoseconds)
+        return v.isoformat()
+    if type(v).__module__ == "numpy":
+        return v.item()
+    return v
+
+
+def pyarrow_rows(path):
+    return [as_json(r) for r in pq.read_table(path).to_pylist(maps_as_pydicts="strict")]
 
 
 # A Thrift compact-protocol writer, enough for hand-made files whose sizes and offsets no writer would
@@ -140,6 +232,22 @@ def main():
     with open(os.path.join(PARQUET, "types.json"), "w") as f:
         json.dump(TYPE_ROWS, f, indent=1, ensure_ascii=False)
         f.write("\n")
+    nested_json = {}
+    nested = pa.Table.from_pylist(NESTED_ROWS, schema=NESTED)
+    pq.write_table(nested, os.path.join(PARQUET, "nested.parquet"))
+    nested_json["nested.parquet"] = pyarrow_rows(os.path.join(PARQUET, "nested.parquet"))
+    logical = pa.Table.from_pylist(LOGICAL_ROWS, schema=LOGICAL)
+    for name, options in {"logical.parquet": {},
+                          "logical-int96.parquet": {"use_deprecated_int96_timestamps": True},
+                          "logical-v2.parquet": {"store_decimal_as_integer": True, "data_page_version": "2.0", "use_dictionary": False,
+                                                 "column_encoding": {"half": "BYTE_STREAM_SPLIT", "id": "BYTE_STREAM_SPLIT",
+                                                                     "fixed": "BYTE_STREAM_SPLIT", "big_dec": "DELTA_BYTE_ARRAY"}}}.items():
+        path = os.path.join(PARQUET, name)
+        pq.write_table(logical, path, **options)
+        nested_json[name] = pyarrow_rows(path)
+    with open(os.path.join(PARQUET, "logical.json"), "w") as f:
+        json.dump(nested_json, f, indent=1, ensure_ascii=False)
+        f.write("\n")
     small = pa.table({"text": ["a", "b"]})
     pq.write_table(small, os.path.join(PARQUET, "brotli.parquet"), compression="brotli")
     pq.write_table(small, os.path.join(PARQUET, "lz4.parquet"), compression="lz4")
@@ -173,6 +281,23 @@ def main():
     with open(os.path.join(TABLES, "chat.jsonl"), "w") as f:
         for c in chats:
             f.write(json.dumps({"messages": c["messages"]}) + "\n")
+    tool_chats = [
+        {"created": datetime.datetime(2025, 5, 1, 12, 0),
+         "tools": [{"type": "function", "function": {"name": "weather", "description": "The weather in a city", "parameters": {
+             "type": "object", "properties": {"city": {"type": "string", "description": "The city"}}, "required": ["city"]}}}],
+         "messages": [{"role": "user", "content": "Weather in Paris?", "tool_calls": None},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                      {"role": "tool", "content": "18 C", "tool_calls": None},
+                      {"role": "assistant", "content": "It is 18 C in Paris.", "tool_calls": None}]},
+        {"created": datetime.datetime(2025, 5, 2, 8, 30), "tools": None,
+         "messages": [{"role": "user", "content": "Hi", "tool_calls": None}, {"role": "assistant", "content": "Hello!", "tool_calls": []}]},
+    ]
+    path = os.path.join(TABLES, "chat-tools.parquet")
+    pq.write_table(pa.Table.from_pylist(tool_chats), path)
+    with open(os.path.join(TABLES, "chat-tools.jsonl"), "w") as f:
+        for row in pyarrow_rows(path):  # as Hugging Face's to_json writes the rows, null columns left out
+            f.write(json.dumps({k: v for k, v in row.items() if k != "created" and v is not None}, ensure_ascii=False) + "\n")
     lines_path = os.path.join(TABLES, "lines.json")
     with open(lines_path) as f:
         lines = json.load(f)
@@ -180,7 +305,7 @@ def main():
     with open(lines_path, "w") as f:
         json.dump(lines, f, indent=1, sort_keys=True)
         f.write("\n")
-    print(f"wrote {len(ways) + 3} files to {os.path.normpath(PARQUET)} and 4 to {os.path.normpath(TABLES)}")
+    print(f"wrote {len(ways) + 9} files to {os.path.normpath(PARQUET)} and 6 to {os.path.normpath(TABLES)}")
 
 
 if __name__ == "__main__":

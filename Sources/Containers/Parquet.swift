@@ -1,9 +1,10 @@
 // Parquet.swift: reading the rows of an Apache Parquet file, as Hugging Face's Hub, `datasets`, pandas and
 // pyarrow write data sets: the footer's Thrift (compact protocol) metadata, data pages v1 and v2,
 // PLAIN, dictionary, RLE (booleans), DELTA and BYTE_STREAM_SPLIT encodings, definition and repetition levels (RLE /
-// bit-packed hybrid), uncompressed, Snappy, GZIP (zlib) or ZSTD pages. Columns are strings, integers, floats and booleans; a column may be a
-// struct of them, a list of them, or a list of structs of them (a chat's "messages"). Deeper nesting, other
-// codecs and other encodings are refused by name. Format: https://parquet.apache.org/docs/file-format/
+// bit-packed hybrid), uncompressed, Snappy, GZIP (zlib) or ZSTD pages. Columns hold every physical type, read
+// as their logical types say (timestamps, dates, decimals, UUIDs, …), in structs, lists and maps nested to
+// any depth (a chat's "messages", with tool calls inside). Other codecs and encodings are refused by name.
+// Format: https://parquet.apache.org/docs/file-format/
 
 import Foundation
 import CCompression
@@ -21,12 +22,15 @@ public indirect enum ParquetValue: Equatable, Sendable {
     case null
     case bool(Bool)
     case int(Int64)
+    /// A float; also a decimal, a half float, or an unsigned INT64 past Int64.max.
     case double(Double)
-    /// A BYTE_ARRAY that is valid UTF-8 (the STRING columns of every writer).
+    /// Bytes that are valid UTF-8 (the STRING columns of every writer); also a date, time or timestamp in
+    /// ISO 8601 ("2024-01-02T03:04:05.123456", "+00:00" after a UTC one), or a UUID.
     case string(String)
-    /// A BYTE_ARRAY that is not UTF-8.
+    /// Bytes that are not UTF-8.
     case bytes([UInt8])
     case list([ParquetValue])
+    /// A struct's fields in the schema's order, or a map's entries (keys as text) in the file's order.
     case record([(name: String, value: ParquetValue)])
 
     public static func == (a: ParquetValue, b: ParquetValue) -> Bool {
@@ -47,8 +51,8 @@ public indirect enum ParquetValue: Equatable, Sendable {
 /// The rows of the Parquet file at `path`, each its top-level columns' values in the schema's order,
 /// with the row groups read one after another.
 /// - Throws: `ParquetError` naming the file and, where it concerns one, the column: not a Parquet file, a
-///   footer or page that does not read, a codec other than none and Snappy, an encoding other than
-///   PLAIN and the dictionary ones, a column nested deeper than a list of structs.
+///   footer or page that does not read, a codec other than none, Snappy, GZIP and ZSTD, an encoding
+///   Parquet does not define for the column's type.
 public func readParquetRows(_ path: String) throws -> [[(name: String, value: ParquetValue)]] {
     guard let data = FileManager.default.contents(atPath: path) else {
         throw ParquetError(path: path, message: "cannot read the file")
@@ -57,14 +61,160 @@ public func readParquetRows(_ path: String) throws -> [[(name: String, value: Pa
     return try file.rows()
 }
 
+// MARK: dates, times, numbers
+
+/// The Double nearest `unscaled` (decimal digits, "-" in front when negative) × 10^−`scale`, as Python's `float(Decimal)`.
+private func decimalNumber(_ unscaled: String, scale: Int) -> Double { Double(unscaled + "e" + String(-scale)) ?? .nan }
+
+/// A big-endian two's complement integer's decimal digits ("-" in front when negative).
+private func decimalDigits(_ bytes: [UInt8]) -> String {
+    let negative = bytes[0] >= 0x80
+    var magnitude = bytes
+    if negative {  // invert and add one
+        var carry = 1
+        for k in magnitude.indices.reversed() {
+            let sum = Int(~magnitude[k]) + carry
+            magnitude[k] = UInt8(truncatingIfNeeded: sum)
+            carry = sum >> 8
+        }
+    }
+    var digits: [Character] = []
+    while magnitude.contains(where: { $0 != 0 }) {  // long division by 10, a digit a pass
+        var remainder = 0
+        for k in magnitude.indices {
+            let current = remainder * 256 + Int(magnitude[k])
+            magnitude[k] = UInt8(current / 10)
+            remainder = current % 10
+        }
+        digits.append(Character(String(remainder)))
+    }
+    return (negative ? "-" : "") + (digits.isEmpty ? "0" : String(digits.reversed()))
+}
+
+/// (⌊a / b⌋, a − b·⌊a / b⌋) for b > 0: the remainder never negative, as time before 1970 needs.
+private func floorDivide(_ a: Int64, _ b: Int64) -> (Int64, Int64) {
+    let q = a / b, r = a % b
+    return r < 0 ? (q - 1, r + b) : (q, r)
+}
+
+/// "1969-12-31" for day −1 (days since 1970-01-01, the proleptic Gregorian calendar; Hinnant's civil_from_days).
+private func isoDate(days: Int64) -> String {
+    let z = days.addingReportingOverflow(719_468).partialValue
+    let era = floorDivide(z, 146_097).0
+    let dayOfEra = z - era * 146_097
+    let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+    let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+    let m5 = (5 * dayOfYear + 2) / 153
+    let day = dayOfYear - (153 * m5 + 2) / 5 + 1, month = m5 < 10 ? m5 + 3 : m5 - 9
+    let year = yearOfEra &+ era &* 400 &+ (month <= 2 ? 1 : 0)
+    return padded(year, 4) + "-" + padded(month, 2) + "-" + padded(day, 2)
+}
+
+/// "03:04:05", "03:04:05.123456" or "03:04:05.123456789", as Python's `isoformat` writes a time (pandas' for nanoseconds).
+private func isoTime(nanosOfDay: Int64) -> String {
+    let (seconds, nanos) = floorDivide(nanosOfDay, 1_000_000_000)
+    var text = padded(seconds / 3600, 2) + ":" + padded(seconds / 60 % 60, 2) + ":" + padded(seconds % 60, 2)
+    if nanos % 1000 != 0 { text += "." + padded(nanos, 9) } else if nanos != 0 { text += "." + padded(nanos / 1000, 6) }
+    return text
+}
+
+/// "2024-01-02T03:04:05.123456", and "+00:00" after it for a UTC timestamp.
+private func isoTimestamp(days: Int64, nanosOfDay: Int64, utc: Bool) -> String {
+    let (extraDays, nanos) = floorDivide(nanosOfDay, 86_400_000_000_000)
+    return isoDate(days: days &+ extraDays) + "T" + isoTime(nanosOfDay: nanos) + (utc ? "+00:00" : "")
+}
+
+/// `n` in decimal with zeros in front up to `width` digits ("-" before them when negative).
+private func padded(_ n: Int64, _ width: Int) -> String {
+    let digits = String(n.magnitude)
+    return (n < 0 ? "-" : "") + String(repeating: "0", count: max(0, width - digits.count)) + digits
+}
+
+/// An IEEE 754 half-precision float's bits as a Double.
+private func halfFloat(_ h: UInt16) -> Double {
+    let sign: Double = h & 0x8000 != 0 ? -1 : 1
+    let exponent = Int(h >> 10 & 0x1F), fraction = Double(h & 0x3FF)
+    switch exponent {
+    case 0: return sign * fraction * pow(2, -24)
+    case 31: return fraction == 0 ? sign * .infinity : .nan
+    default: return sign * (1 + fraction / 1024) * pow(2, Double(exponent - 15))
+    }
+}
+
 // MARK: the file
 
 private struct SchemaNode {
     var name = "", type: Int?, repetition = 0, childCount = 0
+    /// FIXED_LEN_BYTE_ARRAY's width in bytes.
+    var typeLength = 0
+    /// What the stored values stand for (from the logical or converted type).
+    var meaning = ValueMeaning.stored
+    /// A group annotated MAP (or MAP_KEY_VALUE): its key-value items read as one object.
+    var isMap = false
     var children: [Int] = []
     var defLevel = 0, repLevel = 0
     var path: [String] = []
     var isRepeated: Bool { repetition == 2 }
+}
+
+/// What a leaf's stored values stand for, where that changes how they read (as pyarrow reads them):
+/// unsigned integers, decimals as numbers, dates, times and timestamps as ISO 8601 text, UUIDs as
+/// text, half floats as numbers. Other byte values are text when they are UTF-8, bytes otherwise.
+private enum ValueMeaning {
+    case stored, decimal(scale: Int), date, uuid, float16
+    /// Unsigned INT32 (`wide` false) or INT64 values.
+    case unsigned(wide: Bool)
+    /// A time of day or a timestamp, `perSecond` stored units a second; `utc` adds "+00:00".
+    case time(perSecond: Int64), timestamp(perSecond: Int64, utc: Bool)
+
+    /// From a schema element's logical type (field 10) or, written by older writers, its converted type (field 6).
+    init(_ element: ThriftStruct) {
+        func perSecond(_ unit: ThriftStruct?) -> Int64 { unit?[3] != nil ? 1_000_000_000 : unit?[2] != nil ? 1_000_000 : 1_000 }
+        if let logical = element[10]?.structure {
+            if let d = logical[5]?.structure { self = .decimal(scale: Int(d[1]?.int ?? 0)); return }
+            if logical[6] != nil { self = .date; return }
+            if let t = logical[7]?.structure { self = .time(perSecond: perSecond(t[2]?.structure)); return }
+            if let t = logical[8]?.structure { self = .timestamp(perSecond: perSecond(t[2]?.structure), utc: t[1]?.bool ?? false); return }
+            if let i = logical[10]?.structure, i[2]?.bool == false { self = .unsigned(wide: element[1]?.int == 2); return }
+            if logical[14] != nil { self = .uuid; return }
+            if logical[15] != nil { self = .float16; return }
+        }
+        switch element[6]?.int {
+        case 5: self = .decimal(scale: Int(element[7]?.int ?? 0))
+        case 6: self = .date
+        case 7: self = .time(perSecond: 1_000)
+        case 8: self = .time(perSecond: 1_000_000)
+        case 9: self = .timestamp(perSecond: 1_000, utc: true)
+        case 10: self = .timestamp(perSecond: 1_000_000, utc: true)
+        case 11, 12, 13, 14: self = .unsigned(wide: element[1]?.int == 2)
+        default: self = .stored
+        }
+    }
+
+    /// `v` as it reads: integers (INT32, INT64) and bytes (BYTE_ARRAY, FIXED_LEN_BYTE_ARRAY) made what they stand for.
+    func read(_ v: ParquetValue) -> ParquetValue {
+        switch (self, v) {
+        case (_, .null): return .null
+        case (.unsigned(let wide), .int(let i)) where i < 0:  // past the signed range: INT64's as a float (JSON's integers are 64-bit)
+            return wide ? .double(Double(UInt64(bitPattern: i))) : .int(Int64(UInt32(truncatingIfNeeded: i)))
+        case (.decimal(let scale), .int(let i)): return .double(decimalNumber(String(i), scale: scale))
+        case (.decimal(let scale), .bytes(let b)) where (1...32).contains(b.count):  // big-endian two's complement (decimal256 at most)
+            return .double(decimalNumber(decimalDigits(b), scale: scale))
+        case (.date, .int(let days)): return .string(isoDate(days: days))
+        case (.time(let perSecond), .int(let t)):
+            return .string(isoTime(nanosOfDay: t.multipliedReportingOverflow(by: 1_000_000_000 / perSecond).partialValue))
+        case (.timestamp(let perSecond, let utc), .int(let t)):
+            let (seconds, fraction) = floorDivide(t, perSecond)
+            let (days, secondOfDay) = floorDivide(seconds, 86_400)
+            return .string(isoTimestamp(days: days, nanosOfDay: secondOfDay * 1_000_000_000 + fraction * (1_000_000_000 / perSecond), utc: utc))
+        case (.uuid, .bytes(let b)) where b.count == 16:
+            let hex = b.map { String(format: "%02x", $0) }
+            return .string([0..<4, 4..<6, 6..<8, 8..<10, 10..<16].map { hex[$0].joined() }.joined(separator: "-"))
+        case (.float16, .bytes(let b)) where b.count == 2: return .double(halfFloat(UInt16(b[0]) | UInt16(b[1]) << 8))
+        case (_, .bytes(let b)): return String(validating: b, as: UTF8.self).map { .string($0) } ?? v
+        default: return v
+        }
+    }
 }
 
 private struct ParquetFile {
@@ -117,7 +267,11 @@ private struct ParquetFile {
             node.type = s[1]?.int.map(Int.init)
             node.repetition = Int(s[3]?.int ?? 0)
             node.childCount = Int(s[5]?.int ?? 0)
-            guard (0...2).contains(node.repetition), node.childCount >= 0, node.childCount <= elements.count else {
+            node.typeLength = Int(s[2]?.int ?? 0)
+            node.meaning = ValueMeaning(s)
+            node.isMap = [1, 2].contains(s[6]?.int) || s[10]?.structure?[2] != nil
+            guard (0...2).contains(node.repetition), node.childCount >= 0, node.childCount <= elements.count,
+                  (0...(1 << 20)).contains(node.typeLength) else {
                 throw fail("schema element \"\(name)\" is malformed")
             }
             return node
@@ -157,7 +311,6 @@ private struct ParquetFile {
         let name = path.joined(separator: ".")
         func bad(_ message: String) -> ParquetError { fail("column \(name) (row group \(rowGroup)): \(message)") }
         guard let node = leaf(path), let type = node.type else { throw bad("not a column of the schema") }
-        guard node.repLevel <= 1 else { throw bad("lists within lists are not read; write that column as JSON text, or the data as JSONL") }
         let codec = Int(meta[4]?.int ?? -1)
         guard [0, 1, 2, 6].contains(codec) else {
             let names = [3: "LZO", 4: "BROTLI", 5: "LZ4", 7: "LZ4_RAW"]
@@ -206,7 +359,7 @@ private struct ParquetFile {
                 guard let h = header[7]?.structure, let count = h[1]?.int, count >= 0, count <= Int64(rawSize) * 8 + 8 else { throw bad("a dictionary page header is malformed") }
                 let raw = try inflate(page, to: Int(rawSize))
                 var i = 0
-                dictionary = try plainValues(raw, &i, count: Int(count), type: type, bad)
+                dictionary = try plainValues(raw, &i, count: Int(count), node: node, bad).map(node.meaning.read)
             case 0, 3:  // data page v1, v2
                 let v2 = pageType == 3
                 guard let h = header[v2 ? 8 : 5]?.structure, let count = h[1]?.int, count >= 0, count <= valueCount - Int64(column.def.count),
@@ -243,16 +396,18 @@ private struct ParquetFile {
                     throw bad("a page's levels are out of range")
                 }
                 let present = defLevels.reduce(0) { $0 + (Int($1) == node.defLevel ? 1 : 0) }
+                let before = column.values.count
+                var fromDictionary = false  // (its values were read as what they stand for once)
                 switch encoding {
                 case 0:
-                    column.values += try plainValues(raw, &i, count: present, type: type, bad)
+                    column.values += try plainValues(raw, &i, count: present, node: node, bad)
                 case 5 where type == 1 || type == 2:  // DELTA_BINARY_PACKED integers
                     let ints = try deltaBinaryPacked(raw, &i, bad)
                     guard ints.count == present else { throw bad("\(ints.count) delta-packed values for \(present) present") }
                     column.values += ints.map { .int(type == 1 ? Int64(Int32(truncatingIfNeeded: $0)) : $0) }
                 case 6 where type == 6:  // DELTA_LENGTH_BYTE_ARRAY: the lengths delta-packed, then the bytes
-                    column.values += try deltaLengthByteArrays(raw, &i, count: present, bad).map(byteArrayValue)
-                case 7 where type == 6:  // DELTA_BYTE_ARRAY: each value a prefix of the one before + a suffix
+                    column.values += try deltaLengthByteArrays(raw, &i, count: present, bad).map { .bytes($0) }
+                case 7 where type == 6 || type == 7:  // DELTA_BYTE_ARRAY: each value a prefix of the one before + a suffix
                     let prefixes = try deltaBinaryPacked(raw, &i, bad)
                     let suffixes = try deltaLengthByteArrays(raw, &i, count: present, bad)
                     guard prefixes.count == present else { throw bad("\(prefixes.count) prefix lengths for \(present) values") }
@@ -260,16 +415,16 @@ private struct ParquetFile {
                     for (p, suffix) in zip(prefixes, suffixes) {
                         guard p >= 0, p <= previous.count else { throw bad("a prefix of \(p) bytes of a \(previous.count)-byte value") }
                         previous = Array(previous.prefix(Int(p))) + suffix
-                        column.values.append(byteArrayValue(previous))
+                        column.values.append(.bytes(previous))
                     }
-                case 9 where [1, 2, 4, 5].contains(type):  // BYTE_STREAM_SPLIT: byte k of every value, then byte k + 1
-                    let width = type == 1 || type == 4 ? 4 : 8
+                case 9 where [1, 2, 4, 5, 7].contains(type):  // BYTE_STREAM_SPLIT: byte k of every value, then byte k + 1
+                    let width = type == 7 ? node.typeLength : type == 1 || type == 4 ? 4 : 8
                     guard i + present * width <= raw.count else { throw bad("its split values end early") }
                     var joined = [UInt8](repeating: 0, count: present * width)
                     for v in 0..<present { for k in 0..<width { joined[v * width + k] = raw[i + k * present + v] } }
                     i += present * width
                     var j = 0
-                    column.values += try plainValues(joined, &j, count: present, type: type, bad)
+                    column.values += try plainValues(joined, &j, count: present, node: node, bad)
                 case 3 where type == 0:  // booleans as a length-prefixed RLE / bit-packed run of width 1 (v2 pages)
                     guard i + 4 <= raw.count else { throw bad("a page ends before its booleans") }
                     let length = Int(raw[i]) | Int(raw[i + 1]) << 8 | Int(raw[i + 2]) << 16 | Int(raw[i + 3]) << 24
@@ -285,10 +440,12 @@ private struct ParquetFile {
                         guard k < dictionary.count else { throw bad("a dictionary index \(k) past the dictionary's \(dictionary.count) values") }
                         column.values.append(dictionary[k])
                     }
+                    fromDictionary = true
                 default:
                     let names: [Int64: String] = [3: "RLE", 4: "BIT_PACKED", 5: "DELTA_BINARY_PACKED", 6: "DELTA_LENGTH_BYTE_ARRAY", 7: "DELTA_BYTE_ARRAY", 9: "BYTE_STREAM_SPLIT"]
                     throw bad("values encoded as \(names[encoding] ?? "encoding \(encoding)"); SwiftPEFT reads PLAIN, dictionary, RLE (booleans), DELTA (integers, strings) and BYTE_STREAM_SPLIT (numbers) values")
                 }
+                if !fromDictionary { for k in before..<column.values.count { column.values[k] = node.meaning.read(column.values[k]) } }
                 column.rep += repLevels
                 column.def += defLevels
             default:
@@ -298,8 +455,9 @@ private struct ParquetFile {
         return column
     }
 
-    /// `count` PLAIN values of physical type `type` from `raw` at `i`.
-    func plainValues(_ raw: [UInt8], _ i: inout Int, count: Int, type: Int, _ bad: (String) -> ParquetError) throws -> [ParquetValue] {
+    /// `count` PLAIN values of leaf `node`'s physical type from `raw` at `i`, as stored: byte arrays as bytes, an
+    /// INT96 (a legacy timestamp: nanoseconds of the day, then the Julian day) as ISO 8601 text.
+    func plainValues(_ raw: [UInt8], _ i: inout Int, count: Int, node: SchemaNode, _ bad: (String) -> ParquetError) throws -> [ParquetValue] {
         var out: [ParquetValue] = []
         out.reserveCapacity(min(count, raw.count))
         func fixed(_ width: Int) throws -> UInt64 {
@@ -310,7 +468,7 @@ private struct ParquetFile {
             return v
         }
         for k in 0..<count {
-            switch type {
+            switch node.type ?? -1 {
             case 0:  // BOOLEAN, bit-packed
                 guard i + k / 8 < raw.count else { throw bad("its values end early") }
                 out.append(.bool(raw[i + k / 8] >> (k % 8) & 1 == 1))
@@ -322,12 +480,17 @@ private struct ParquetFile {
             case 6:
                 let length = Int(try fixed(4))
                 guard i + length <= raw.count else { throw bad("a string runs past its page") }
-                let b = Array(raw[i..<(i + length)])
+                out.append(.bytes(Array(raw[i..<(i + length)])))
                 i += length
-                out.append(byteArrayValue(b))
+            case 7:
+                guard i + node.typeLength <= raw.count else { throw bad("its values end early") }
+                out.append(.bytes(Array(raw[i..<(i + node.typeLength)])))
+                i += node.typeLength
+            case 3:
+                let nanos = Int64(bitPattern: try fixed(8)), julianDay = Int64(Int32(truncatingIfNeeded: try fixed(4)))
+                out.append(.string(isoTimestamp(days: julianDay - 2_440_588, nanosOfDay: nanos, utc: false)))
             default:
-                throw bad("of physical type \([3: "INT96", 7: "FIXED_LEN_BYTE_ARRAY"][type] ?? "\(type)"), which is not read "
-                    + "(strings, integers, floats and booleans are)")
+                throw bad("of physical type \(node.type ?? -1), which Parquet does not define")
             }
         }
         return out
@@ -352,78 +515,105 @@ private struct ParquetFile {
         return starts.indices.map { starts[$0]..<(($0 + 1 < starts.count) ? starts[$0 + 1] : c.rep.count) }
     }
 
-    /// The value of top-level field `top` in every row: a column, a struct of columns, a list of
-    /// columns' values, or a list of structs.
+    /// The value of top-level field `top` in every row, assembled from its leaf columns' levels at any depth
+    /// (Dremel's record assembly): a leaf's value, a struct's fields, a list's items (a LIST group's one
+    /// repeated child, or a repeated field itself), a map's entries as an object keyed by their keys' text.
     func values(of top: Int, _ columns: [[String]: LeafColumn], rowCount: Int, rowGroup: Int) throws -> [ParquetValue] {
-        let node = schema[top]
-        func bad(_ message: String) -> ParquetError { fail("column \(node.path.joined(separator: ".")) (row group \(rowGroup)): \(message)") }
-        func column(_ n: SchemaNode) throws -> (LeafColumn, [Range<Int>], [Int]) {
-            guard let c = columns[n.path] else { throw bad("no column chunk for \(n.path.joined(separator: "."))") }
-            // Where each value sits among the levels (nil where the level is below the leaf's).
-            var valueIndex: [Int] = [], v = 0
-            for d in c.def { valueIndex.append(Int(d) == n.defLevel ? v : -1); if Int(d) == n.defLevel { v += 1 } }
-            guard v == c.values.count else { throw bad("\(c.values.count) values for \(v) present levels") }
-            return (c, try rowRanges(c, rowCount: rowCount, bad), valueIndex)
+        func bad(_ message: String) -> ParquetError { fail("column \(schema[top].path.joined(separator: ".")) (row group \(rowGroup)): \(message)") }
+        // The leaves under `top` in schema order; each node's leaves are a span of them.
+        var leaves: [(column: LeafColumn, valueIndex: [Int])] = []
+        var span = [Range<Int>](repeating: 0..<0, count: schema.count)
+        func collect(_ n: Int) throws {
+            let first = leaves.count
+            if schema[n].children.isEmpty {
+                guard let c = columns[schema[n].path] else { throw bad("no column chunk for \(schema[n].path.joined(separator: "."))") }
+                // Where each level's value sits among the values (−1 where the level is below the leaf's).
+                var valueIndex: [Int] = [], v = 0
+                valueIndex.reserveCapacity(c.def.count)
+                for d in c.def { valueIndex.append(Int(d) == schema[n].defLevel ? v : -1); if Int(d) == schema[n].defLevel { v += 1 } }
+                guard v == c.values.count else { throw bad("\(c.values.count) values for \(v) present levels") }
+                leaves.append((c, valueIndex))
+            }
+            for k in schema[n].children { try collect(k) }
+            span[n] = first..<leaves.count
         }
-        func isLeaf(_ n: SchemaNode) -> Bool { n.children.isEmpty }
-        // The repeated node under `top`, and what a list item is: a leaf or a struct of leaves.
-        var repeated: SchemaNode?
-        if node.isRepeated { repeated = node }
-        else if node.children.count == 1, schema[node.children[0]].isRepeated { repeated = schema[node.children[0]] }
-        guard let list = repeated else {
-            // No list: a leaf, or a struct of leaves.
-            if isLeaf(node) {
-                let (c, ranges, index) = try column(node)
-                return ranges.map { index[$0.lowerBound] >= 0 ? c.values[index[$0.lowerBound]] : .null }
-            }
-            let leaves = try node.children.map { k -> (String, LeafColumn, [Range<Int>], [Int]) in
-                guard isLeaf(schema[k]), !schema[k].isRepeated else { throw bad("a struct of lists or structs is not read; write the data as JSONL") }
-                let (c, r, i) = try column(schema[k])
-                return (schema[k].name, c, r, i)
-            }
-            return (0..<rowCount).map { row in
-                guard let first = leaves.first, Int(first.1.def[first.2[row].lowerBound]) >= node.defLevel else { return .null }
-                return .record(leaves.map { ($0.0, $0.3[$0.2[row].lowerBound] >= 0 ? $0.1.values[$0.3[$0.2[row].lowerBound]] : .null) })
-            }
+        try collect(top)
+        guard !leaves.isEmpty else { throw bad("a group of no columns") }
+        // Each row's level slots in every leaf: a new row starts at repetition level 0.
+        let rowSlots = try leaves.map { try rowRanges($0.column, rowCount: rowCount, bad) }
+
+        /// The definition level at the first of `slots` (the same in every leaf under a node that is absent).
+        func definition(_ n: Int, _ slots: [Range<Int>]) -> Int { Int(leaves[span[n].lowerBound].column.def[slots[span[n].lowerBound].lowerBound]) }
+        /// Node `n`'s value where its leaves' levels are `slots`: null when an optional node is absent.
+        func value(_ n: Int, _ slots: [Range<Int>], row: Int) throws -> ParquetValue {
+            let node = schema[n]
+            if node.isRepeated { return .list(try items(n, slots, row: row).map { try element(n, $0, row: row) }) }
+            if node.repetition == 1 && definition(n, slots) < node.defLevel { return .null }
+            return try element(n, slots, row: row)
         }
-        // The item: the repeated leaf itself; its one child (3-level lists: list → element); or a struct.
-        let item: SchemaNode
-        if isLeaf(list) { item = list }
-        else if list.children.count == 1 { item = schema[list.children[0]] }
-        else { item = list }
-        let itemLeaves: [SchemaNode]
-        if isLeaf(item) { itemLeaves = [item] }
-        else {
-            itemLeaves = try item.children.map {
-                guard isLeaf(schema[$0]), !schema[$0].isRepeated else { throw bad("lists of nested lists or structs are not read; write the data as JSONL") }
-                return schema[$0]
+        /// Node `n`'s value where it is present (a repeated node: one of its items).
+        func element(_ n: Int, _ slots: [Range<Int>], row: Int) throws -> ParquetValue {
+            let node = schema[n]
+            if node.children.isEmpty {
+                let leaf = leaves[span[n].lowerBound], at = leaf.valueIndex[slots[span[n].lowerBound].lowerBound]
+                return at >= 0 ? leaf.column.values[at] : .null
             }
-        }
-        let read = try itemLeaves.map { try column($0) }
-        guard let (first, firstRanges, _) = read.first else { throw bad("a list of nothing") }
-        return try (0..<rowCount).map { row in
-            let range = firstRanges[row]
-            let def0 = Int(first.def[range.lowerBound])
-            if def0 < node.defLevel && node.repetition == 1 && !node.isRepeated { return .null }
-            if def0 < list.defLevel { return .list([]) }
-            var items: [ParquetValue] = []
-            for (k, slot) in range.enumerated() {
-                let d = Int(first.def[slot])
-                if d < item.defLevel { items.append(.null); continue }
-                if isLeaf(item) {
-                    items.append(read[0].2[slot] >= 0 ? first.values[read[0].2[slot]] : .null)
-                    continue
+            if node.children.count == 1, schema[node.children[0]].isRepeated, !node.isRepeated {  // a list or map
+                let r = node.children[0], repeated = schema[r]
+                let each = try items(r, slots, row: row)
+                if node.isMap && repeated.children.count == 2 {
+                    return .record(try each.map { item in
+                        let key = try value(repeated.children[0], item, row: row), v = try value(repeated.children[1], item, row: row)
+                        if case .string(let s) = key { return (s, v) }
+                        return (mapKeyText(key), v)
+                    })
                 }
-                var record: [(name: String, value: ParquetValue)] = []
-                for (leafNode, (c, ranges, index)) in zip(itemLeaves, read) {
-                    guard ranges[row].count == range.count else { throw bad("the struct's columns hold different item counts in row \(row + 1)") }
-                    let s = ranges[row].lowerBound + k
-                    record.append((leafNode.name, index[s] >= 0 ? c.values[index[s]] : .null))
+                // A 3-level list's item is the repeated group's one child; a legacy 2-level list's is the
+                // repeated node itself (a leaf, a struct, or a one-field struct named "array" or "<list>_tuple").
+                if repeated.children.count == 1 && repeated.name != "array" && repeated.name != node.name + "_tuple" {
+                    return .list(try each.map { try value(repeated.children[0], $0, row: row) })
                 }
-                items.append(.record(record))
+                return .list(try each.map { try element(r, $0, row: row) })
             }
-            return .list(items)
+            return .record(try node.children.map { (schema[$0].name, try value($0, slots, row: row)) })
         }
+        /// The items of repeated node `n` where its leaves' levels are `slots`: none when it is not defined
+        /// there; otherwise one per slot at its repetition level or below, the same count in every leaf.
+        func items(_ n: Int, _ slots: [Range<Int>], row: Int) throws -> [[Range<Int>]] {
+            let node = schema[n], leafSpan = span[n]
+            if definition(n, slots) < node.defLevel { return [] }
+            var perLeaf: [[Range<Int>]] = []
+            for l in leafSpan {
+                let rep = leaves[l].column.rep, range = slots[l]
+                var starts = [range.lowerBound]
+                for s in range.dropFirst() where Int(rep[s]) <= node.repLevel { starts.append(s) }
+                perLeaf.append(starts.indices.map { starts[$0]..<($0 + 1 < starts.count ? starts[$0 + 1] : range.upperBound) })
+            }
+            let count = perLeaf[0].count
+            guard perLeaf.allSatisfy({ $0.count == count }) else {
+                throw bad("the columns of \(node.path.joined(separator: ".")) hold different item counts in row \(row + 1)")
+            }
+            return (0..<count).map { k in
+                var itemSlots = slots
+                for (j, l) in leafSpan.enumerated() { itemSlots[l] = perLeaf[j][k] }
+                return itemSlots
+            }
+        }
+        return try (0..<rowCount).map { row in try value(top, rowSlots.map { $0[row] }, row: row) }
+    }
+
+}
+
+/// A map key that is not a string, as the text of an object's key (as Python's `json` writes one).
+private func mapKeyText(_ key: ParquetValue) -> String {
+    switch key {
+    case .null: return "null"
+    case .bool(let b): return b ? "true" : "false"
+    case .int(let i): return String(i)
+    case .double(let d): return String(d)
+    case .string(let s): return s
+    case .bytes(let b): return b.map { String(format: "%02x", $0) }.joined()
+    case .list, .record: return "\(key)"
     }
 }
 
@@ -443,9 +633,6 @@ private func readVarint(_ bytes: [UInt8], _ i: inout Int, end: Int) -> UInt64? {
 
 /// A zigzag-encoded signed value (0, -1, 1, -2, … as 0, 1, 2, 3, …).
 private func unzigzag(_ v: UInt64) -> Int64 { Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1) }
-
-/// A BYTE_ARRAY value: a string when it is UTF-8.
-private func byteArrayValue(_ b: [UInt8]) -> ParquetValue { String(validating: b, as: UTF8.self).map { .string($0) } ?? .bytes(b) }
 
 /// DELTA_BINARY_PACKED values from `raw` at `i`: a header (values per block, miniblocks per block, the
 /// count, the first value), then blocks of a minimum delta, each miniblock's bit width, and the

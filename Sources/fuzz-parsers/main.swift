@@ -292,9 +292,10 @@ let targets: [Target] = [
         _ = try loadBacktestPrompts(path)
     },
     // Parquet as pyarrow writes it (Snappy and dictionary pages, v2 pages, ZSTD, GZIP, the DELTA
-    // encodings; a list of structs): the Thrift footer, page headers, levels, the decoders; then the
+    // encodings; lists, structs and maps nested deep; logical types, INT96): the Thrift footer, page
+    // headers, levels, record assembly, the decoders; then the
     // rows as training data (refusals there are fine).
-    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip", "hand-made"]
+    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip", "hand-made", "nested", "logical-v2", "logical-int96"]
                .map { "Tests/FormatsTests/Fixtures/parquet/\($0).parquet" }.compactMap(fixture)
                + ["Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
         _ = try readParquetRows(path)

@@ -1,7 +1,7 @@
 // Parquet: pyarrow-written files (Fixtures/parquet, from scripts/make_parquet_fixtures.py) read to the rows
 // pyarrow reads, written seven ways (Snappy + dictionary, uncompressed PLAIN v2 pages, several row groups,
 // dictionary pages falling back to PLAIN, ZSTD, GZIP, every DELTA encoding, BYTE_STREAM_SPLIT and RLE
-// booleans); codecs not read are refused by name; broken files fail with the file named; Snappy's
+// booleans); nested columns at any depth and logical types; codecs not read are refused by name; broken files fail with the file named; Snappy's
 // overlapping copies.
 
 import Foundation
@@ -32,6 +32,22 @@ final class ParquetTests: XCTestCase {
         guard case .array(let rows) = expected, rows.count == 5 else { return XCTFail("types.json: \(regenerate)") }
         for name in ["types.parquet", "types-plain-v2.parquet", "types-row-groups.parquet", "types-fallback.parquet",
                      "types-zstd.parquet", "types-gzip.parquet", "types-encodings.parquet"] {
+            let read = try readParquetRows(fixtures.appendingPathComponent(name).path)
+            XCTAssertEqual(read.count, rows.count, name)
+            for (k, (row, want)) in zip(read, rows).enumerated() {
+                XCTAssertEqual(JSONValue.object(JSONObject(row.map { ($0.name, json($0.value)) })), want, "\(name) row \(k + 1)")
+            }
+        }
+    }
+
+    /// Nesting at any depth (lists of lists, structs of lists, maps, tool calls inside messages) and the
+    /// logical types (timestamps, also as INT96; dates; times; decimals, also as integers; half floats;
+    /// UUIDs; fixed-size bytes; unsigned integers): each file as pyarrow reads it (logical.json).
+    func testNestedAndLogicalColumnsReadAsPyarrowReadsThem() throws {
+        let expected = try JSONValue(parsing: String(contentsOf: fixtures.appendingPathComponent("logical.json"), encoding: .utf8))
+        guard case .object(let files) = expected, files.members.count == 4 else { return XCTFail("logical.json: \(regenerate)") }
+        for (name, rows) in files.members {
+            guard case .array(let rows) = rows, !rows.isEmpty else { return XCTFail("logical.json: \(name): \(regenerate)") }
             let read = try readParquetRows(fixtures.appendingPathComponent(name).path)
             XCTAssertEqual(read.count, rows.count, name)
             for (k, (row, want)) in zip(read, rows).enumerated() {

@@ -598,6 +598,15 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(chat.map(\.example), try readExampleFile(folder.appendingPathComponent("chat.jsonl").path).map(\.example))
         XCTAssertEqual(chat.map(\.line), [1, 2])
         XCTAssertEqual(unread, ["id": 2])
+        // Tool-calling chat: "tool_calls" (structs holding a struct) inside the messages, "tools" (JSON
+        // schemas as structs nested four deep) and a timestamp column, not read and said so.
+        unread = [:]
+        let tools = try readExampleFile(folder.appendingPathComponent("chat-tools.parquet").path, unreadKeys: &unread)
+        XCTAssertEqual(tools.map(\.example), try readExampleFile(folder.appendingPathComponent("chat-tools.jsonl").path).map(\.example))
+        XCTAssertEqual(unread, ["created": 2])
+        guard case .chat(let turns, let schemas?, _)? = tools.first?.example else { return XCTFail("chat-tools.parquet: no tools in row 1") }
+        XCTAssertEqual(turns.map(\.role), ["user", "assistant", "tool", "assistant"])
+        XCTAssertEqual(schemas.first?["function"]?["parameters"]?["required"], .array([.string("city")]))
         // A folder of records reads every kind in it, sorted by name; a text file beside them is refused.
         let mixed = dir + "/mixed"
         try FileManager.default.createDirectory(atPath: mixed, withIntermediateDirectories: true)
