@@ -236,8 +236,8 @@ public struct DatasetSplits: Sendable, CustomStringConvertible {
     public var train: Dataset
     /// Nil with `.none`, or when the split left no validation rows.
     public var validation: Dataset?
-    /// Keys of the JSONL lines (training and validation files) that their format does not read,
-    /// with the number of lines holding each: a misspelled "promt", or a dataset's "id".
+    /// Keys of the records (training and validation files) that their format does not read,
+    /// with the number of records holding each: a misspelled "promt", or a dataset's "id".
     public var unreadKeys: [String: Int] = [:]
 
     public var description: String {
@@ -246,9 +246,10 @@ public struct DatasetSplits: Sendable, CustomStringConvertible {
     }
 }
 
-/// "keys not read: "text" (1 line), "id" (3 lines)": JSONL keys that the lines' format does not read.
+/// "keys not read: "text" (1 example), "id" (3 examples)": keys of the records (JSONL lines, array items,
+/// table or Parquet rows) that their format does not read, with the number of examples holding each.
 public func describeUnreadKeys(_ keys: [String: Int]) -> String {
-    "keys not read: " + keys.sorted { $0.key < $1.key }.map { "\"\($0.key)\" (\($0.value) line\($0.value == 1 ? "" : "s"))" }.joined(separator: ", ")
+    "keys not read: " + keys.sorted { $0.key < $1.key }.map { "\"\($0.key)\" (\($0.value) example\($0.value == 1 ? "" : "s"))" }.joined(separator: ", ")
 }
 
 /// Reads `path` (see `readExamples`), tokenizes, splits and builds rows.

@@ -1079,7 +1079,7 @@ final class CLITests: XCTestCase {
         let both = fx.path("preview-both.jsonl")
         try #"{"text": "a", "prompt": "b", "completion": "c"}"#.write(toFile: both, atomically: true, encoding: .utf8)
         let p = try ok(["preview", "--model", fx.base, "--data", both, "--color", "never"])
-        XCTAssertTrue(p.stdout.contains("keys not read: \"text\" (1 line)"), p.transcript)
+        XCTAssertTrue(p.stdout.contains("keys not read: \"text\" (1 example)"), p.transcript)
         // A chat data set in Parquet shows as its JSONL does, each example named by its row.
         let tables = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("TrainingTests/Fixtures/tables")
         func examples(_ name: String) throws -> (CLIRun, String) {

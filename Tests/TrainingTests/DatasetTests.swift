@@ -684,7 +684,7 @@ final class DatasetTests: XCTestCase {
         let val = try write("unread-val.jsonl", [#"{"prompt": "g", "completion": "h", "id": 3}"#])
         let splits = try load(train, validation: .file(val))
         XCTAssertEqual(splits.unreadKeys, ["id": 3, "promt": 1])
-        XCTAssertTrue(splits.description.hasSuffix(#"keys not read: "id" (3 lines), "promt" (1 line)"#), splits.description)
+        XCTAssertTrue(splits.description.hasSuffix(#"keys not read: "id" (3 examples), "promt" (1 example)"#), splits.description)
         let clean = try load(try write("read.jsonl", [#"{"instruction": "a", "input": "", "output": "b"}"#]))
         XCTAssertEqual(clean.unreadKeys, [:])
         XCTAssertFalse(clean.description.contains("not read"))
