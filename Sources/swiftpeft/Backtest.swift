@@ -90,7 +90,6 @@ struct Backtest: ParsableCommand {
             }
         }
         guard saveEvery.isFinite && saveEvery >= 0 else { throw CLIError("--save-every must be 0 (after every answer) or more seconds, got \(saveEvery)") }
-        guard !stop.contains(where: \.isEmpty) else { throw CLIError("--stop is given an empty text, which would never stop an answer") }
         // The report folder is written as the run goes and at the end: one that cannot be is refused before any answer.
         var existing = URL(fileURLWithPath: out).standardizedFileURL, isFolder: ObjCBool = false
         while !FileManager.default.fileExists(atPath: existing.path, isDirectory: &isFolder) && existing.path != "/" {
@@ -114,7 +113,7 @@ struct Backtest: ParsableCommand {
         }
         (options.maxNewTokens, options.samples, options.seed) = (maxTokens, samples, seed)
         if let temperature { options.temperature = temperature }
-        options.stop = stop.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
+        options.stop = try stopTexts(stop, ending: "an answer")
         options.wattsPerCore = wattsPerCore
         options.chatTemplatePath = chatTemplate
         options.keepQuantized = keepQuantized

@@ -65,8 +65,7 @@ struct Generate: ParsableCommand {
         guard temperature > 0 || (topK == 0 && topP == 1) else {
             throw CLIError("--top-k and --top-p choose among sampled tokens: they need --temperature above 0 (0 is greedy: the most likely token)")
         }
-        guard !stop.contains(where: \.isEmpty) else { throw CLIError("--stop is given an empty text, which would never end the output") }
-        let stops = stop.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
+        let stops = try stopTexts(stop, ending: "the output")
         guard let decodePrecision = DecodePrecision(rawValue: precision) else {
             throw CLIError("--precision must be fp32, bf16 or bf16-only, got '\(precision)'")
         }

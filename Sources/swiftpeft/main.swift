@@ -38,6 +38,13 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// The texts of `--stop` (generate, backtest) with `\n` read as a newline, as the help says; an empty one is
+/// refused, since it would never end `what` ("the output", "an answer").
+func stopTexts(_ given: [String], ending what: String) throws -> [String] {
+    guard !given.contains(where: \.isEmpty) else { throw CLIError("--stop is given an empty text, which would never end \(what)") }
+    return given.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
+}
+
 /// The arguments with each negative number after a long option joined to it (`--lr -1` becomes
 /// `--lr=-1`): ArgumentParser reads a separate "-1" as a flag and reports the value as missing,
 /// where the user gave one. No option of this tool is named by a digit, and "--" ends the options.
