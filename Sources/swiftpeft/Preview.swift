@@ -52,7 +52,7 @@ struct Preview: ParsableCommand {
         let recorded = chatTemplate == nil && tokenizer.chatTemplate != own  // the adapter's, used
         let template = chatTemplate.map { "--chat-template \($0)" }
             ?? (tokenizer.chatTemplate == nil ? nil : recorded ? "the chat template \(adapter!) records" : "\(model)'s chat template")
-        print("\(data): \(format.rawValue), \(total) examples; showing \(shown.isEmpty ? "none" : "\(skip + 1)–\(skip + shown.count)")"
+        print("\(data): \(format.rawValue), \(total) example\(total == 1 ? "" : "s"); showing \(shown.isEmpty ? "none" : "\(skip + 1)–\(skip + shown.count)")"
               + (format == .chat ? " through \(template ?? "ChatML (the tokenizer has no chat template)")" : ""))
         if !unread.isEmpty { print(describeUnreadKeys(unread)) }
         print(colored ? "learned text in \u{1B}[1;32mgreen\u{1B}[0m" : "learned text between ⟦ and ⟧")
