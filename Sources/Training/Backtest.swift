@@ -94,7 +94,8 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 /// - optionally `"id"` (a string, or a number), `"expected"` (the answer the output is scored against) and `"tags"`
 ///   (a string or a list of strings).
 /// A training file's `{"prompt", "completion"}` lines serve as they are: the completion is the
-/// expected answer. So do its chat lines, `{"messages": [...]}`: the conversation is the prompt,
+/// expected answer. So do its chat lines, `{"messages": [...]}` or ShareGPT's `{"conversations": [...]}`
+/// (`conversation(_:in:fail:)`): the conversation is the prompt,
 /// written by the model's chat template with the prompt for a reply (and `"tools"` and
 /// `"chat_template_kwargs"` beside them); a
 /// final assistant message is the expected answer, its text or, when it calls tools, its calls as
@@ -109,7 +110,8 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
-    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "tools", "chat_template_kwargs"]
+    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "conversations",
+                      "conversation", "system", "tools", "chat_template_kwargs"]
     let records: [DataRecord]
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
     for record in records {
@@ -140,16 +142,20 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             }
         }
         let given = [try string("template"), try string("template_file"), try string("prompt")].compactMap { $0 }
-        guard given.count + (obj["messages"] == nil ? 0 : 1) <= 1 else {
-            throw BacktestError("\(at): give one of \"template\", \"template_file\", \"prompt\" and \"messages\"")
+        let chatKey = conversationKey(in: obj)
+        guard given.count + (chatKey == nil ? 0 : 1) <= 1 else {
+            throw BacktestError("\(at): give one of \"template\", \"template_file\", \"prompt\" and \"messages\" (or ShareGPT's \"conversations\")")
         }
         var prompt = "", chat: [ChatMessage]?, tools: [JSONValue]?, kwargs: JSONObject?, reply: ChatMessage?, answer = try string("expected") ?? string("completion")
-        if obj["messages"] != nil {
-            guard variables.isEmpty else { throw BacktestError("\(at): \"messages\" are literal text; \"vars\" fill a \"template\"") }
+        if let chatKey {
+            guard variables.isEmpty else { throw BacktestError("\(at): \"\(chatKey)\" are literal text; \"vars\" fill a \"template\"") }
+            guard chatKey != "messages" || obj["system"] == nil else {
+                throw BacktestError("\(at): \"system\" goes with ShareGPT's \"conversations\"; with \"messages\", give a first message whose role is \"system\"")
+            }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
             let ordered: JSONValue
             do { ordered = try JSONValue(parsing: String(decoding: record.json, as: UTF8.self)) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
-            var turns = try parseChatMessages(ordered["messages"]!) { BacktestError("\(at): \($0)") }
+            var turns = try parseChatMessages(try conversation(chatKey, in: ordered) { BacktestError("\(at): \($0)") }) { BacktestError("\(at): \($0)") }
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             kwargs = try parseTemplateKwargs(ordered["chat_template_kwargs"]) { BacktestError("\(at): \($0)") }
             if turns.last?.role == "assistant" {
@@ -162,8 +168,8 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             }
             guard !turns.isEmpty else { throw BacktestError("\(at): the conversation has no message before the reply") }
             chat = turns
-        } else if let k = ["tools", "chat_template_kwargs"].first(where: { obj[$0] != nil }) {
-            throw BacktestError("\(at): \"\(k)\" go with \"messages\" (the chat template takes them)")
+        } else if let k = ["tools", "chat_template_kwargs", "system"].first(where: { obj[$0] != nil }) {
+            throw BacktestError("\(at): \"\(k)\" go\(k == "system" ? "es" : "") with \"messages\" or \"conversations\" (the chat template takes \(k == "system" ? "it" : "them"))")
         } else if let literal = try string("prompt") {
             guard variables.isEmpty else { throw BacktestError("\(at): \"prompt\" is literal text; use \"template\" with \"vars\"") }
             prompt = literal

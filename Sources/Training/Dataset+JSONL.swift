@@ -655,9 +655,79 @@ func parseChatMessages(_ messages: JSONValue, fail: (String) -> Error) throws ->
     }
 }
 
-/// A JSON `"tools"` value → the tools' schemas: null, or a list of objects (given to the chat template as they are).
+/// The keys a record's conversation may be under, first found first: `"messages"`, or ShareGPT's
+/// `"conversations"` (as axolotl, LLaMA-Factory and unsloth read it; lmsys-chat-1m's `"conversation"`),
+/// which count only when they hold a list (a text record's "conversation" may be its title).
+let conversationKeys = ["messages", "conversations", "conversation"]
+
+/// The first of `conversationKeys` that `record` holds.
+func conversationKey(in record: [String: Any]) -> String? {
+    conversationKeys.first { record[$0] != nil && ($0 == "messages" || record[$0] is [Any]) }
+}
+
+/// ShareGPT's speakers ("from") → chat roles.
+private let shareGPTRoles = ["human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                             "system": "system", "tool": "tool", "observation": "tool", "function_response": "tool"]
+
+/// A record's conversation under `key` (see `conversationKey(in:)`) as a `"messages"` value.
+/// ShareGPT's turns `{"from": "human" | "gpt" | "system" | "observation" | …, "value": …}` become
+/// `{"role", "content"}` (a turn's other keys kept after them); LLaMA-Factory's `"function_call"` turn,
+/// whose value is the JSON text of a call `{"name", "arguments"}` or of a list of calls, becomes an
+/// assistant's `"tool_calls"`; its `"system"` key becomes a first system message. Turns written
+/// `{"role", "content"}` already are kept as they are.
+func conversation(_ key: String, in record: JSONValue, fail: (String) -> Error) throws -> JSONValue {
+    guard let value = record[key] else { throw fail("missing the key \"\(key)\"") }
+    if key == "messages" { return value }
+    guard case .array(let turns) = value else { throw fail("\"\(key)\" must be an array of turns, found \(value.kind)") }
+    var messages: [JSONValue] = []
+    if let system = record["system"], system != .null {
+        guard let text = system.string else { throw fail("\"system\" must be a string (the system message), found \(system.kind)") }
+        if !text.isEmpty { messages.append(.object(JSONObject([("role", .string("system")), ("content", .string(text))]))) }
+    }
+    for (k, turn) in turns.enumerated() {
+        let what = "\(key) turn \(k + 1): "
+        guard case .object(let t) = turn else { throw fail("\(what)expected an object, found \(turn.kind)") }
+        if t["from"] == nil && t["role"] != nil { messages.append(turn); continue }
+        guard let from = t["from"] else { throw fail("\(what)missing the key \"from\" (a ShareGPT turn is {\"from\": \"human\", \"value\": …})") }
+        guard let speaker = from.string else { throw fail("\(what)\"from\" must be a string, found \(from.kind)") }
+        guard let said = t["value"] else { throw fail("\(what)missing the key \"value\" (a ShareGPT turn is {\"from\": \"human\", \"value\": …})") }
+        var message = JSONObject()
+        if speaker == "function_call" {
+            guard let text = said.string, let calls = try? JSONValue(parsing: text) else {
+                throw fail("\(what)a \"function_call\" turn's \"value\" must be the JSON text of {\"name\": …, \"arguments\": …} or a list of them")
+            }
+            let list: [JSONValue]
+            if case .array(let l) = calls { list = l } else { list = [calls] }
+            message["role"] = .string("assistant")
+            message["content"] = .null
+            message["tool_calls"] = .array(try list.enumerated().map { j, call in
+                guard let name = call["name"]?.string, !name.isEmpty else { throw fail("\(what)call \(j + 1) names no function (\"name\")") }
+                return .object(JSONObject([("type", .string("function")), ("function", .object(JSONObject([
+                    ("name", .string(name)), ("arguments", call["arguments"] ?? .object(JSONObject()))])))]))
+            })
+        } else {
+            guard let role = shareGPTRoles[speaker] else {
+                throw fail("\(what)unknown speaker \"\(speaker)\" in \"from\"; expected \"human\", \"gpt\", \"system\", "
+                    + "\"observation\" or \"function_call\" (or \"user\", \"assistant\", \"tool\")")
+            }
+            message["role"] = .string(role)
+            message["content"] = said
+        }
+        for (k2, v2) in t.members where k2 != "from" && k2 != "value" { message[k2] = v2 }
+        messages.append(.object(message))
+    }
+    return .array(messages)
+}
+
+/// A JSON `"tools"` value → the tools' schemas: null, or a list of objects (given to the chat template as they
+/// are), or that list's JSON text (as LLaMA-Factory and many Hub data sets store it, one string per record).
 func parseTools(_ tools: JSONValue?, fail: (String) -> Error) throws -> [JSONValue]? {
-    guard let tools, tools != .null else { return nil }
+    guard var tools, tools != .null else { return nil }
+    if case .string(let text) = tools {
+        do { tools = try JSONValue(parsing: text) } catch {
+            throw fail("\"tools\" is text that is not JSON (\(error)); expected a list of JSON schemas of functions, or its JSON text")
+        }
+    }
     guard case .array(let list) = tools, list.allSatisfy({ if case .object = $0 { true } else { false } }) else {
         throw fail("\"tools\" must be an array of objects (JSON schemas of functions), found \(tools.kind)")
     }
@@ -674,7 +744,7 @@ func parseTemplateKwargs(_ kwargs: JSONValue?, fail: (String) -> Error) throws -
 }
 
 /// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
-/// "instruction" or "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
+/// "conversations" or "conversation" (ShareGPT chat, see `conversation(in:fail:)`), "instruction" or "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
 /// are not read (Alpaca files, for instance, carry a rendered "text" next to "instruction"), and each is
 /// passed to `unread`.
 func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> Void = { _ in }) throws -> DataExample {
@@ -701,15 +771,15 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
         return s
     }
     func reading(_ keys: Set<String>) { for k in object.keys where !keys.contains(k) { unread(k) } }
-    if object["messages"] != nil {
-        reading(["messages", "tools", "chat_template_kwargs"])
+    if let key = conversationKey(in: object) {
+        reading(Set([key, "tools", "chat_template_kwargs"] + (key == "messages" ? [] : ["system"])))
         // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
         let ordered: JSONValue
         do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch {
             let problem = jsonLineProblem(bytes, foundationError: error)
             throw DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
         }
-        let turns = try parseChatMessages(ordered["messages"]!, fail: fail)
+        let turns = try parseChatMessages(try conversation(key, in: ordered, fail: fail), fail: fail)
         guard turns.contains(where: { $0.role == "assistant" }) else {
             throw fail("no \"assistant\" message: chat data learns only the assistant's turns")
         }
@@ -734,7 +804,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
     }
     let keys = object.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
     throw fail("no known keys (found \(keys.isEmpty ? "none" : keys)); expected \"text\", \"prompt\" + \"completion\", "
-        + "\"instruction\" + \"output\" (+ \"input\"), or \"messages\"")
+        + "\"instruction\" + \"output\" (+ \"input\"), \"messages\", or ShareGPT's \"conversations\"")
 }
 
 /// "a string", "a number", … for error messages.

@@ -182,7 +182,10 @@ let chatSeeds = [#"{"messages": [{"role": "system", "content": "Be brief."}, {"r
     + #"{"role": "tool", "name": "get_weather", "content": "{\"t\": 21.5}"}, {"role": "assistant", "content": "<think>warm</think>21.5 °C."}], "#
     + #""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}], "#
     + #""chat_template_kwargs": {"persona": "Quill"}}"#,
-    #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "reasoning_content": "short"}, {"role": "user", "content": "\u00e9\ud83d\ude00"}, {"role": "assistant", "content": " x "}]}"#]
+    #"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "reasoning_content": "short"}, {"role": "user", "content": "\u00e9\ud83d\ude00"}, {"role": "assistant", "content": " x "}]}"#,
+    // ShareGPT, as LLaMA-Factory writes tool use: a "system" key, "tools" as JSON text, function_call and observation turns.
+    #"{"system": "Be brief.", "tools": "[{\"type\": \"function\", \"function\": {\"name\": \"w\"}}]", "conversations": [{"from": "human", "value": "Weather?"}, "#
+    + #"{"from": "function_call", "value": "{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}"}, {"from": "observation", "value": "21"}, {"from": "gpt", "value": "21 C", "weight": 1}]}"#]
     .map { Data($0.utf8) }
 let chatTokenizer: BPETokenizer? = {
     guard let d = fixture("Tests/TokenizersTests/Fixtures/tokenizer_gpt2.json"), let t = try? BPETokenizer.load(json: d) else { return nil }

@@ -91,7 +91,7 @@ final class BacktestTests: XCTestCase {
         // A Parquet row is named by its number; without an "id" column, so is the prompt.
         let examples = tables.appendingPathComponent("examples.parquet").path
         XCTAssertThrowsError(try loadBacktestPrompts(examples)) { XCTAssertEqual("\($0)", examples + #": row 1: unknown field "input"; fields: "#
-            + "chat_template_kwargs, completion, expected, id, messages, prompt, tags, template, template_file, tools, vars") }
+            + "chat_template_kwargs, completion, conversation, conversations, expected, id, messages, prompt, system, tags, template, template_file, tools, vars") }
         XCTAssertThrowsError(try loadBacktestPrompts(write("r.csv", "prompt,expected\na\n"))) {
             XCTAssertTrue("\($0)".contains("r.csv:2: 1 cells, but the header (line 1) has 2 columns"), "\($0)")
         }
@@ -142,15 +142,25 @@ final class BacktestTests: XCTestCase {
         let scored = try XCTUnwrap(r.rows.first { $0.version == "v1" && $0.promptID == "c1" })
         XCTAssertEqual(scored.loss!, answerLoss(model, ids, answer), accuracy: 1e-4, "the reply and the <|im_end|> the template ends it with")
         XCTAssertEqual(scored.lossTokens, answer.count)
+        // ShareGPT's "conversations" (and its "system" key) serve as their "messages" would.
+        let shareGPT = write("sharegpt.jsonl", """
+            {"id": "c1", "conversations": [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": " how are you"}]}
+            {"id": "c2", "system": "Be brief.", "conversations": [{"from": "human", "value": "The quick"}], "tags": "open"}
+            """)
+        XCTAssertEqual(try loadBacktestPrompts(shareGPT), prompts)
 
         for (text, needle) in [(#"{"messages": [{"role": "user", "content": "a"}], "prompt": "b"}"#, ":1: give one of"),
+                               (#"{"conversations": [{"from": "human", "value": "a"}], "prompt": "b"}"#, ":1: give one of"),
+                               (#"{"conversations": [{"from": "bot", "value": "a"}]}"#, ":1: conversations turn 1: unknown speaker \"bot\""),
+                               (#"{"messages": [{"role": "user", "content": "a"}], "system": "b"}"#, ":1: \"system\" goes with ShareGPT's \"conversations\""),
+                               (#"{"prompt": "a", "system": "b"}"#, ":1: \"system\" goes with \"messages\" or \"conversations\""),
                                (#"{"messages": [{"role": "user", "content": "a"}], "vars": {"x": 1}}"#, ":1: \"messages\" are literal text"),
                                (#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "expected": "c"}"#,
                                 ":1: give \"expected\" or a final assistant message"),
                                (#"{"messages": [{"role": "assistant", "content": "b"}]}"#, ":1: the conversation has no message before the reply"),
                                (#"{"messages": [{"role": "function", "content": "b"}]}"#, ":1: message 1: unknown role \"function\""),
-                               (#"{"prompt": "a", "tools": []}"#, ":1: \"tools\" go with \"messages\""),
-                               (#"{"prompt": "a", "chat_template_kwargs": {}}"#, ":1: \"chat_template_kwargs\" go with \"messages\""),
+                               (#"{"prompt": "a", "tools": []}"#, ":1: \"tools\" go with \"messages\" or \"conversations\""),
+                               (#"{"prompt": "a", "chat_template_kwargs": {}}"#, ":1: \"chat_template_kwargs\" go with \"messages\" or \"conversations\""),
                                (#"{"messages": [{"role": "user", "content": "a"}], "chat_template_kwargs": true}"#, ":1: \"chat_template_kwargs\" must be an object"),
                                (#"{"messages": [{"role": "user", "content": "a"}], "tools": [1]}"#, ":1: \"tools\" must be an array of objects")] {
             let p = write("bad.jsonl", text)

@@ -619,6 +619,57 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try readExamples(mixed)) { XCTAssertTrue("\($0)".contains("both files of records (3: JSONL, JSON, CSV, TSV, Parquet) and 1 text files"), "\($0)") }
     }
 
+    /// ShareGPT chat (`"conversations"` of {"from", "value"} turns, as axolotl, LLaMA-Factory and unsloth read
+    /// it; LLaMA-Factory's "system" key, "function_call" and "observation" turns and "tools" as JSON text;
+    /// lmsys-chat's `"conversation"` of {"role", "content"}) reads as its `"messages"` would.
+    func testShareGPTConversationsReadAsTheirMessages() throws {
+        let tool: [String: Any] = ["type": "function", "function": ["name": "weather", "parameters": ["type": "object", "properties": ["city": ["type": "string"]]]]]
+        let toolsText = String(decoding: try JSONSerialization.data(withJSONObject: [tool], options: [.sortedKeys]), as: UTF8.self)
+        let shareGPT = try write("sharegpt.jsonl", [
+            json(["id": "a", "conversations": [["from": "human", "value": "Hi"], ["from": "gpt", "value": "Hello!", "weight": 1]]]),
+            json(["system": "Be brief.", "tools": toolsText, "conversations": [
+                ["from": "human", "value": "Weather in Paris?"],
+                ["from": "function_call", "value": #"{"name": "weather", "arguments": {"city": "Paris"}}"#],
+                ["from": "observation", "value": "18 C"], ["from": "gpt", "value": "18 C."]]]),
+            json(["conversation": [["role": "user", "content": "2+2?"], ["role": "assistant", "content": "4"]]]),
+        ])
+        let messages = try write("messages.jsonl", [
+            json(["messages": [["role": "user", "content": "Hi"], ["role": "assistant", "content": "Hello!", "weight": 1]]]),
+            #"{"tools": "# + toolsText + #", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}, "#
+                + #"{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]}, "#
+                + #"{"role": "tool", "content": "18 C"}, {"role": "assistant", "content": "18 C."}]}"#,
+            json(["messages": [["role": "user", "content": "2+2?"], ["role": "assistant", "content": "4"]]]),
+        ])
+        var unread: [String: Int] = [:]
+        let read = try readExampleFile(shareGPT, unreadKeys: &unread)
+        XCTAssertEqual(read.map(\.example), try readExampleFile(messages).map(\.example))
+        XCTAssertEqual(unread, ["id": 1])
+        guard case .chat(let turns, let tools?, _)? = read.dropFirst().first?.example else { return XCTFail("line 2 is not chat with tools") }
+        XCTAssertEqual(turns.map(\.role), ["system", "user", "assistant", "tool", "assistant"])
+        XCTAssertEqual(turns[2].toolCallNames, ["weather"])
+        XCTAssertEqual(tools.count, 1)
+        // A text record whose "conversation" is not a list stays text; the key is not read.
+        unread = [:]
+        let text = try readExampleFile(try write("titled.jsonl", [json(["text": "a", "conversation": "a title"])]), unreadKeys: &unread)
+        XCTAssertEqual(text.map(\.example), [.text("a")])
+        XCTAssertEqual(unread, ["conversation": 1])
+        // Bad turns are named by their line and turn.
+        for (lines, message) in [
+            ([json(["conversations": [["from": "human", "value": "Hi"], ["from": "bot", "value": "yo"]]])],
+             #"bad.jsonl:1: conversations turn 2: unknown speaker "bot" in "from"; expected "human", "gpt""#),
+            ([json(["text": "a"]), json(["conversations": [["from": "human"]]])], #"bad.jsonl:2: conversations turn 1: missing the key "value""#),
+            ([json(["conversations": [["value": "Hi"]]])], #"bad.jsonl:1: conversations turn 1: missing the key "from""#),
+            ([json(["conversations": [["from": "human", "value": "Hi"], ["from": "function_call", "value": "weather(Paris)"]]])],
+             #"bad.jsonl:1: conversations turn 2: a "function_call" turn's "value" must be the JSON text of {"name": …, "arguments": …}"#),
+            ([json(["conversations": [["from": "human", "value": "Hi"], ["from": "gpt", "value": "yo"]], "tools": "[{"])],
+             #"bad.jsonl:1: "tools" is text that is not JSON"#),
+            ([json(["system": 3, "conversations": [["from": "gpt", "value": "yo"]]])], #"bad.jsonl:1: "system" must be a string"#),
+        ] {
+            let path = try write("bad.jsonl", lines)
+            XCTAssertThrowsError(try readExampleFile(path)) { XCTAssertTrue("\($0)".hasPrefix(dir + "/" + message), "\($0)") }
+        }
+    }
+
     /// Each bad table or JSON array, with the line and message it must give.
     func testBadTablesAndJSONArraysNameTheLine() throws {
         let cases: [(name: String, text: String, message: String)] = [
@@ -661,7 +712,7 @@ final class DatasetTests: XCTestCase {
             .appendingPathComponent("FormatsTests/Fixtures/parquet")
         XCTAssertThrowsError(try readExamples(types.appendingPathComponent("types.parquet").path)) {
             XCTAssertTrue("\($0)".hasSuffix("types.parquet: row 2: no known keys (found none); expected \"text\", \"prompt\" + \"completion\", "
-                + "\"instruction\" + \"output\" (+ \"input\"), or \"messages\""), "\($0)")
+                + "\"instruction\" + \"output\" (+ \"input\"), \"messages\", or ShareGPT's \"conversations\""), "\($0)")
         }
         XCTAssertThrowsError(try readExamples(types.appendingPathComponent("brotli.parquet").path)) {
             XCTAssertTrue("\($0)".hasSuffix("brotli.parquet: column text (row group 1): compressed with BROTLI; SwiftPEFT reads uncompressed, Snappy, "
