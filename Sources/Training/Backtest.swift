@@ -85,6 +85,10 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
     return out
 }
 
+/// The fields of a back-test prompt that `--columns` may name.
+public let backtestColumnKeys = ["id", "prompt", "vars", "expected", "completion", "tags", "messages", "conversations", "system", "tools",
+                                 "chat_template_kwargs"]
+
 /// Reads a prompts file of records, as training data is read (`readExampleFile`): one JSON object per
 /// line, or a `.json` array of objects, a `.csv`/`.tsv` table whose header names the fields (an
 /// empty cell is a field not given) or a `.parquet` file (a null value is a field not given), each record with
@@ -101,8 +105,10 @@ public func renderTemplate(_ template: String, _ variables: [String: String], at
 /// final assistant message is the expected answer, its text or, when it calls tools, its calls as
 /// the template writes them.
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line. A file of
-/// another extension is read as JSON Lines.
-public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) throws -> [BacktestPrompt] {
+/// another extension is read as JSON Lines. `columns` names the data's own columns for these fields
+/// (`backtestColumnKeys`; a data set's "question" as "prompt", its "answer" as "expected"); with it,
+/// the columns it does not name are left unread instead of refused as unknown fields.
+public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, columns: ColumnMap = ColumnMap()) throws -> [BacktestPrompt] {
     let format = DataRecordFormat(path: path) ?? .jsonLines
     guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
     guard format == .parquet || String(data: data, encoding: .utf8) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
@@ -110,15 +116,16 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()
-    let known: Set = ["id", "template", "template_file", "prompt", "vars", "expected", "completion", "tags", "messages", "conversations",
-                      "conversation", "system", "tools", "chat_template_kwargs"]
+    let known = Set(backtestColumnKeys + ["template", "template_file", "conversation"])
     let records: [DataRecord]
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
     for record in records {
         let at = format == .parquet ? "\(path): row \(record.line)" : "\(path):\(record.line)"
-        guard var obj = (try? JSONSerialization.jsonObject(with: record.json, options: [])) as? [String: Any] else {
+        let json = columns.apply(record.json) { _ in }
+        guard var obj = (try? JSONSerialization.jsonObject(with: json, options: [])) as? [String: Any] else {
             throw BacktestError("\(at): not a JSON object")
         }
+        if !columns.isEmpty { obj = obj.filter { known.contains($0.key) } }
         // A table cannot leave a cell out: an empty one is a field not given (no "expected", no "id").
         if format == .csv || format == .tsv { obj = obj.filter { ($0.value as? String) != "" } }
         if let k = obj.keys.sorted().first(where: { !known.contains($0) }) {
@@ -154,7 +161,7 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil) 
             }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
             let ordered: JSONValue
-            do { ordered = try JSONValue(parsing: String(decoding: record.json, as: UTF8.self)) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
+            do { ordered = try JSONValue(parsing: String(decoding: json, as: UTF8.self)) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
             var turns = try parseChatMessages(try conversation(chatKey, in: ordered) { BacktestError("\(at): \($0)") }) { BacktestError("\(at): \($0)") }
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             kwargs = try parseTemplateKwargs(ordered["chat_template_kwargs"]) { BacktestError("\(at): \($0)") }

@@ -17,6 +17,57 @@ struct DataRecord {
     let json: Data
 }
 
+/// The data's own column names for keys SwiftPEFT reads (`--columns prompt=question,completion=answer`),
+/// as torchtune's `column_map` and axolotl's `field_*` settings: each record's column is read as the key.
+/// A record's own key of that name, where the column is there too, is left out and reported as not read.
+public struct ColumnMap: Sendable, Equatable, CustomStringConvertible {
+    /// (the key SwiftPEFT reads, the data's column holding it), in the order given.
+    public private(set) var pairs: [Pair] = []
+    public struct Pair: Sendable, Equatable { public let key: String, column: String }
+
+    public init() {}
+
+    /// Reads "KEY=COLUMN,KEY=COLUMN", each KEY one of `keys`.
+    /// - Throws: `TrainingError` naming `option`, for a pair without "=", an unknown key, or a key or column named twice.
+    public init(parsing text: String, keys: [String], option: String = "--columns") throws {
+        for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                throw TrainingError(message: "\(option): \"\(item)\" is not KEY=COLUMN (e.g. \(option) prompt=question,completion=answer)")
+            }
+            guard keys.contains(parts[0]) else {
+                throw TrainingError(message: "\(option): \"\(parts[0])\" is not a key SwiftPEFT reads here; keys: \(keys.joined(separator: ", "))")
+            }
+            guard !pairs.contains(where: { $0.key == parts[0] }) else { throw TrainingError(message: "\(option): the key \"\(parts[0])\" is given twice") }
+            guard !pairs.contains(where: { $0.column == parts[1] }) else { throw TrainingError(message: "\(option): the column \"\(parts[1])\" is given twice") }
+            pairs.append(Pair(key: parts[0], column: parts[1]))
+        }
+    }
+
+    public var isEmpty: Bool { pairs.isEmpty }
+    /// "prompt=question,completion=answer".
+    public var description: String { pairs.map { "\($0.key)=\($0.column)" }.joined(separator: ",") }
+
+    /// The record's JSON object with each mapped column named by its key (the object's order kept);
+    /// the record's own keys it replaces go to `unread`. Text that is not a JSON object is returned as
+    /// it is, for the record's reader to refuse.
+    func apply(_ json: Data, unread: (String) -> Void) -> Data {
+        guard !pairs.isEmpty, case .object(let object)? = try? JSONValue(parsing: String(decoding: json, as: UTF8.self)) else { return json }
+        let replaced = Set(pairs.filter { object[$0.column] != nil }.map(\.key))
+        var out = JSONObject()
+        for (name, value) in object.members {
+            if let pair = pairs.first(where: { $0.column == name }) {
+                out[pair.key] = value
+            } else if replaced.contains(name) {
+                unread(name)
+            } else if out[name] == nil {
+                out[name] = value
+            }
+        }
+        return Data(JSONValue.object(out).text.utf8)
+    }
+}
+
 /// The kinds of files `readDataRecords` reads, chosen by the file's extension (in any case).
 enum DataRecordFormat {
     case jsonLines, json, csv, tsv, parquet

@@ -516,8 +516,9 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 /// table row) is one example, with the keys of a JSONL line (a table's header names them); empty lines are
 /// skipped, and they are the only thing skipped: any record that is not a valid example stops reading with a
 /// `DatasetError` naming the file and line. All records (and all files of a folder) must have one format.
-public func readExamples(_ path: String) throws -> (format: DataFormat, examples: [DataExample]) {
-    let (format, located, _) = try readLocatedExamples(path)
+/// `columns` names the data's own columns for the keys read (`ColumnMap`).
+public func readExamples(_ path: String, columns: ColumnMap = ColumnMap()) throws -> (format: DataFormat, examples: [DataExample]) {
+    let (format, located, _) = try readLocatedExamples(path, columns: columns)
     return (format, located.map(\.example))
 }
 
@@ -526,7 +527,7 @@ typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 
 /// `readExamples`, with where each example was read, and the keys of records that its format
 /// does not read (a misspelled "promt", a dataset's "id" or "source") with the records holding each.
-func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples: [LocatedExample], unreadKeys: [String: Int]) {
+func readLocatedExamples(_ path: String, columns: ColumnMap = ColumnMap()) throws -> (format: DataFormat, examples: [LocatedExample], unreadKeys: [String: Int]) {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
         throw DatasetError(file: path, line: nil, message: "no such file or folder")
@@ -566,7 +567,7 @@ func readLocatedExamples(_ path: String) throws -> (format: DataFormat, examples
     var all: [LocatedExample] = []
     var unread: [String: Int] = [:]
     for file in files {
-        let examples = try readExampleFile(file, unreadKeys: &unread)
+        let examples = try readExampleFile(file, unreadKeys: &unread, columns: columns)
         guard let first = examples.first else { continue }
         if let (f, other) = format, f != first.example.format {
             throw DatasetError(file: file, line: first.line, message: "this file holds \(first.example.format.rawValue) "
@@ -594,14 +595,21 @@ public func readExampleFile(_ file: String) throws -> [(line: Int, example: Data
     return try readExampleFile(file, unreadKeys: &unread)
 }
 
-/// `readExampleFile`, counting in `unreadKeys` the records holding each key their format does not read.
-func readExampleFile(_ file: String, unreadKeys: inout [String: Int]) throws -> [(line: Int, example: DataExample)] {
+/// `readExampleFile`, counting in `unreadKeys` the records holding each key their format does not read,
+/// with each record's columns renamed by `columns` first (an error then says so).
+func readExampleFile(_ file: String, unreadKeys: inout [String: Int], columns: ColumnMap = ColumnMap()) throws -> [(line: Int, example: DataExample)] {
     var out: [(line: Int, example: DataExample)] = []
     let kind = DataRecordFormat(path: file)
     let what = kind == .jsonLines ? "line" : kind == .parquet ? "row" : "record"
     var counts: [String: Int] = [:]
     for record in try readDataRecords(file, unread: { counts[$0, default: 0] += 1 }) {
-        let example = try parseJSONLine(record.json, file: file, line: record.line) { counts[$0, default: 0] += 1 }
+        let json = columns.apply(record.json) { counts[$0, default: 0] += 1 }
+        let example: DataExample
+        do {
+            example = try parseJSONLine(json, file: file, line: record.line) { counts[$0, default: 0] += 1 }
+        } catch let e as DatasetError where !columns.isEmpty {
+            throw DatasetError(file: e.file, line: e.line, message: e.message + " (read with --columns \(columns))")
+        }
         if let first = out.first, first.example.format != example.format {
             throw DatasetError(file: file, line: record.line, message: "this \(what) is \(example.format.rawValue) data but "
                 + (what == "record" ? "the record at line \(first.line)" : "\(what) \(first.line)") + " is \(first.example.format.rawValue) data; a file holds one format")

@@ -25,12 +25,12 @@ public struct ExamplePreview: Sendable, Encodable {
 /// The examples `skip ..< skip + count` of the data at `path` (a file or folder, read as `loadDataset`
 /// reads it), tokenized as training tokenizes them (`DataExample.tokenized`, through the tokenizer's
 /// chat template for chat data), with the total number of examples and the JSONL keys their format
-/// does not read (`DatasetSplits.unreadKeys`: a "text" beside "prompt" and "completion").
+/// does not read (`DatasetSplits.unreadKeys`: a "text" beside "prompt" and "completion"); `columns` as `DatasetOptions.columns`.
 /// - Throws: `DatasetError` naming the file and line: what `loadDataset` refuses (a bad line, chat
 ///   data without a template or ChatML's tokens, a conversation the template refuses).
-public func previewExamples(_ path: String, tokenizer: Tokenizer, count: Int, skip: Int = 0) throws
+public func previewExamples(_ path: String, tokenizer: Tokenizer, count: Int, skip: Int = 0, columns: ColumnMap = ColumnMap()) throws
     -> (format: DataFormat, total: Int, examples: [ExamplePreview], unreadKeys: [String: Int]) {
-    let (format, located, unread) = try readLocatedExamples(path)
+    let (format, located, unread) = try readLocatedExamples(path, columns: columns)
     if format == .chat { try checkChatWritable(tokenizer, data: path) }
     let shown = located.dropFirst(max(0, skip)).prefix(max(0, count))
     let previews = try shown.map { e -> ExamplePreview in

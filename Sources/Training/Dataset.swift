@@ -61,15 +61,22 @@ public struct DatasetOptions: Sendable {
     /// writes (it writes its own); it is never learned. nil (the default): as the tokenizer does
     /// (`Tokenizer.addsBOS`, true for Llama 3's).
     public var addBOS: Bool?
+    /// The data's own column names for the keys read (`--columns`; training and validation files alike).
+    public var columns: ColumnMap
 
     public init(seqLen: Int = 256, packing: Bool = true, validation: ValidationSplit = .fraction(0.1),
-                seed: UInt64 = 0, addBOS: Bool? = nil) {
+                seed: UInt64 = 0, addBOS: Bool? = nil, columns: ColumnMap = ColumnMap()) {
         self.seqLen = seqLen
         self.packing = packing
         self.validation = validation
         self.seed = seed
         self.addBOS = addBOS
+        self.columns = columns
     }
+
+    /// The keys `columns` may name: those of every record format.
+    public static let columnKeys = ["text", "prompt", "completion", "instruction", "input", "output", "messages", "conversations",
+                                    "system", "tools", "chat_template_kwargs"]
 }
 
 /// Counts that describe a data set, for printing before training.
@@ -265,7 +272,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     if case .fraction(let f) = o.validation, !(f >= 0 && f < 1) {
         throw DatasetError(file: path, line: nil, message: "the validation fraction (--val-fraction) must be in [0, 1), got \(f)")
     }
-    let (format, examples, trainUnread) = try readLocatedExamples(path)
+    let (format, examples, trainUnread) = try readLocatedExamples(path, columns: o.columns)
     var unreadKeys = trainUnread
     if [.promptCompletion, .instruction].contains(format) && tokenizer.eosTokenID == nil {
         throw DatasetError(file: path, line: nil, message: "\(format.rawValue) data needs a tokenizer with an "
@@ -284,7 +291,7 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
             throw DatasetError(file: vpath, line: nil, message: "the validation data is inside the training data (\(path)), "
                 + "which reads every file of its folder: it would be trained on too. Move it out of \(path)")
         }
-        let (vformat, v, vUnread) = try readLocatedExamples(vpath)
+        let (vformat, v, vUnread) = try readLocatedExamples(vpath, columns: o.columns)
         unreadKeys.merge(vUnread, uniquingKeysWith: +)
         guard vformat == format else {
             throw DatasetError(file: vpath, line: nil, message: "the validation data is \(vformat.rawValue) but the "

@@ -18,7 +18,7 @@ extension TrainJob {
     public static let settingKeys = [
         "model", "data", "out", "method", "methods", "adapter", "method-config",
         "steps", "epochs", "lr", "schedule", "warmup", "optimizer", "weight-decay", "momentum", "adam-beta2", "clip", "skip-nonfinite",
-        "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data",
+        "batch-size", "grad-accumulation", "seq-len", "packing", "val-fraction", "val-data", "columns",
         "eval-every", "save-every", "log-every", "seed", "watts-per-core", "gradient-checkpointing",
         "precision", "keep-quantized", "chat-template",
     ]
@@ -91,6 +91,7 @@ extension TrainJob {
         if let v = try s.int("batch-size") { batchSize = v }
         if let v = try s.int("seq-len") { self.data.seqLen = v }
         if let v = try s.bool("packing") { self.data.packing = v }
+        if let v = try s.string("columns") { self.data.columns = try ColumnMap(parsing: v, keys: DatasetOptions.columnKeys) }
         if let v = try s.string("val-data") { self.data.validation = .file(v) }
         else if let v = try s.double("val-fraction") { self.data.validation = .fraction(v) }
         switch settings["method-config"] {

@@ -427,7 +427,7 @@ func positionsNote(_ subject: String, maxPositions: Int) -> String {
 /// the one the adapter records (`useChatTemplate`). `onProgress` sees (rows scored, rows) after each batch.
 public func runEval(modelPath: String, adapterPath: String?, dataPath: String, seqLen: Int = 256, batch: Int = 8,
                     packing: Bool = true, wattsPerCore: Double = CostMeter.defaultWattsPerCore,
-                    chatTemplatePath: String? = nil, keepQuantized: Bool = false,
+                    chatTemplatePath: String? = nil, keepQuantized: Bool = false, columns: ColumnMap = ColumnMap(),
                     onNote: (String) -> Void = { _ in }, onProgress: ((Int, Int) -> Void)? = nil) throws -> (evaluation: Evaluation, cost: Cost) {
     let meter = CostMeter(wattsPerCore: wattsPerCore)
     guard batch >= 1 else { throw TrainingError(message: "--batch-size must be at least 1, got \(batch)") }
@@ -439,7 +439,7 @@ public func runEval(modelPath: String, adapterPath: String?, dataPath: String, s
     let adapter = try adapterPath.map { try loadAdapter($0, onto: model) }
     let virtual = (adapter as? PromptLearningMethod)?.virtualTokenCount ?? 0
     _ = try checkSequenceLength(model, seqLen, virtual: virtual, what: "--seq-len")
-    let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none))
+    let splits = try loadDataset(dataPath, tokenizer: tokenizer, options: DatasetOptions(seqLen: seqLen, packing: packing, validation: .none, columns: columns))
     // Evaluation cuts each batch after its longest row's last token: the note is for the rows' own length.
     let longest = min(seqLen, (splits.train.lengths.max() ?? 1) - 1)
     if longest + virtual > model.config.maxPositions {  // (rotary positions: learned ones were refused above)

@@ -34,6 +34,7 @@ struct Backtest: ParsableCommand {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Comma-separated adapters (SwiftPEFT .h5, PEFT folders or llama.cpp GGUF LoRAs), each PATH or NAME=PATH.") var adapters: String = ""
     @Option(help: "Prompts: JSONL (or a JSON array, CSV/TSV with a header row, or Parquet) with template/vars/expected/tags (see above).") var prompts: String
+    @Option(help: "The prompts file's own column names for its fields, FIELD=COLUMN,… (e.g. prompt=question,expected=answer); its other columns are then not read.") var columns: String?
     @Option(help: "Template file for lines that give none.") var template: String?
     @Option(help: "For chat prompts: a chat template file (Jinja, or JSON with \"chat_template\") for every version instead of the model's own and the one the adapters record (which must then agree).") var chatTemplate: String?
     @Option(help: "Report folder.") var out: String
@@ -64,6 +65,7 @@ struct Backtest: ParsableCommand {
     }
 
     func run() throws {
+        let columnMap = try parseColumns(columns, keys: backtestColumnKeys)
         if failIfWorse == nil, let unused = metric != nil ? "--metric" : tolerance != nil ? "--tolerance" : nil {
             throw CLIError("\(unused) sets how --fail-if-worse gates, and --fail-if-worse is not given: add it, or leave \(unused) out")
         }
@@ -106,7 +108,7 @@ struct Backtest: ParsableCommand {
         }
         rmdir(probe)
         var options = BacktestOptions(modelPath: model, adapters: Self.versions(adapters),
-                                      prompts: try loadBacktestPrompts(prompts, defaultTemplate: defaultTemplate))
+                                      prompts: try loadBacktestPrompts(prompts, defaultTemplate: defaultTemplate, columns: columnMap))
         options.includeBase = !noBase
         if let temperature, samples == 1 {
             throw CLIError("--temperature \(temperature) applies to sampled answers, and --samples 1 answers greedily; give --samples 2 or more, or leave --temperature out")

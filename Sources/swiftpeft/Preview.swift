@@ -20,6 +20,7 @@ struct Preview: ParsableCommand {
 
     @Option(help: "Base model whose tokenizer (and chat template) training uses: .h5, .gguf or Hugging Face folder.") var model: String
     @Option(help: "Data file or folder.") var data: String
+    @Option(help: "The data's own column names for the keys read, KEY=COLUMN,… (e.g. prompt=question,completion=answer; instruction=instruction,input=context,output=response for Dolly): each record's COLUMN is read as KEY.") var columns: String?
     @Option(help: "An adapter whose recorded chat template to use (the one it was trained with).") var adapter: String?
     @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own and the adapter's.") var chatTemplate: String?
     @Option(help: "Examples to show.") var examples = 3
@@ -29,6 +30,7 @@ struct Preview: ParsableCommand {
     @Flag(help: "Print one JSON object per example: file, line, tokens, learned_tokens, runs [{text, learned, tokens}].") var json = false
 
     func run() throws {
+        let columnMap = try parseColumns(columns, keys: DatasetOptions.columnKeys)
         guard examples >= 1 else { throw CLIError("--examples must be at least 1, got \(examples)") }
         guard skip >= 0 else { throw CLIError("--skip must be 0 or more, got \(skip)") }
         guard seqLen >= 1 else { throw CLIError("--seq-len must be at least 1, got \(seqLen)") }
@@ -37,7 +39,7 @@ struct Preview: ParsableCommand {
         guard let tokenizer = loaded.tokenizer else { throw CLIError("\(model) holds no tokenizer; the data cannot be tokenized") }
         let own = tokenizer.chatTemplate
         try useChatTemplate(file: chatTemplate, adapters: adapter.map { [$0] } ?? [], on: tokenizer)
-        let (format, total, shown, unread) = try previewExamples(data, tokenizer: tokenizer, count: examples, skip: skip)
+        let (format, total, shown, unread) = try previewExamples(data, tokenizer: tokenizer, count: examples, skip: skip, columns: columnMap)
         guard skip < total else {
             throw CLIError("--skip \(skip) passes every example: \(data) holds \(total) \(total == 1 ? "example" : "examples"); give --skip below \(total)")
         }

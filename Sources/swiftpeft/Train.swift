@@ -37,6 +37,7 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "true: pack examples back to back into full rows (default); false: one example per row, padded.") var packing: Bool?
     @Option(help: "Validation fraction of the examples (a split of its own, the same whatever --seed; default \(defaultValidationFraction)).") var valFraction: Double?
     @Option(help: "Validation file (instead of a fraction).") var valData: String?
+    @Option(help: "The data's own column names for the keys read, KEY=COLUMN,… (e.g. prompt=question,completion=answer; instruction=instruction,input=context,output=response for Dolly): each record's COLUMN is read as KEY.") var columns: String?
     @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own; the adapter records it (a full fine-tune's model keeps it), and serve, backtest, eval, generate and merge use it.") var chatTemplate: String?
     @Option(help: "Evaluate every N steps (default \(TrainerOptions().evalEvery)).") var evalEvery: Int?
     @Option(help: "Checkpoint every N steps (default 50; 0: only at the end).") var saveEvery: Int?
@@ -61,7 +62,7 @@ struct CommonTrainOptions: ParsableArguments {
             ("model", model), ("data", data), ("out", out), ("steps", steps), ("epochs", epochs), ("lr", lr),
             ("schedule", schedule), ("warmup", warmup), ("optimizer", optimizer), ("weight-decay", weightDecay),
             ("momentum", momentum), ("adam-beta2", adamBeta2), ("clip", clip), ("skip-nonfinite", skipNonfinite), ("batch-size", batchSize), ("grad-accumulation", gradAccumulation),
-            ("seq-len", seqLen), ("packing", packing), ("val-fraction", valFraction), ("val-data", valData),
+            ("seq-len", seqLen), ("packing", packing), ("val-fraction", valFraction), ("val-data", valData), ("columns", columns),
             ("eval-every", evalEvery), ("save-every", saveEvery), ("log-every", logEvery), ("method-config", methodConfig),
             ("seed", seed), ("watts-per-core", wattsPerCore), ("gradient-checkpointing", gradientCheckpointing),
             ("precision", precision), ("keep-quantized", keepQuantized), ("chat-template", chatTemplate),
@@ -267,6 +268,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Adapter: a SwiftPEFT adapter checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String?
     @Option(help: "Data file or folder.") var data: String
+    @Option(help: "The data's own column names for the keys read, KEY=COLUMN,… (e.g. prompt=question,completion=answer; instruction=instruction,input=context,output=response for Dolly): each record's COLUMN is read as KEY.") var columns: String?
     @Option(help: "Tokens per sequence.") var seqLen = 256
     @Option(help: "Sequences per batch.") var batchSize = 8
     @Flag(help: "Print one JSON object {loss, perplexity, tokens, cost}.") var json = false
@@ -278,6 +280,7 @@ struct Eval: ParsableCommand {
         guard wattsPerCore.isFinite && wattsPerCore >= 0 else { throw CLIError("--watts-per-core must be 0 or more, got \(wattsPerCore)") }
         let (e, cost) = try runEval(modelPath: model, adapterPath: adapter, dataPath: data, seqLen: seqLen, batch: batchSize,
                                     wattsPerCore: wattsPerCore, chatTemplatePath: chatTemplate, keepQuantized: keepQuantized,
+                                    columns: try parseColumns(columns, keys: DatasetOptions.columnKeys),
                                     onNote: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) },
                                     onProgress: CountProgress(label: "rows", toStderr: true).update)  // a bar on a terminal; stdout keeps the result alone
         if json {

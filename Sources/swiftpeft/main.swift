@@ -45,6 +45,12 @@ func stopTexts(_ given: [String], ending what: String) throws -> [String] {
     return given.map { $0.replacingOccurrences(of: "\\n", with: "\n") }
 }
 
+/// `--columns`' map (none when not given), its errors as the command line's.
+func parseColumns(_ text: String?, keys: [String]) throws -> ColumnMap {
+    guard let text else { return ColumnMap() }
+    do { return try ColumnMap(parsing: text, keys: keys) } catch let e as TrainingError { throw CLIError(e.message) }
+}
+
 /// The arguments with each negative number after a long option joined to it (`--lr -1` becomes
 /// `--lr=-1`): ArgumentParser reads a separate "-1" as a flag and reports the value as missing,
 /// where the user gave one. No option of this tool is named by a digit, and "--" ends the options.

@@ -1080,6 +1080,22 @@ final class CLITests: XCTestCase {
         try #"{"text": "a", "prompt": "b", "completion": "c"}"#.write(toFile: both, atomically: true, encoding: .utf8)
         let p = try ok(["preview", "--model", fx.base, "--data", both, "--color", "never"])
         XCTAssertTrue(p.stdout.contains("keys not read: \"text\" (1 example)"), p.transcript)
+        // A data set's own column names, by --columns: preview, eval and train (also as the config key "columns") read them alike.
+        let qa = fx.path("preview-qa.jsonl")
+        try (0..<12).map { #"{"question": "What is \#($0) + 1?", "answer": " \#($0 + 1).", "source": "made"}"# }.joined(separator: "\n")
+            .write(toFile: qa, atomically: true, encoding: .utf8)
+        let mapped = try ok(["preview", "--model", fx.base, "--data", qa, "--columns", "prompt=question,completion=answer", "--color", "never", "--examples", "1"])
+        XCTAssertTrue(mapped.stdout.contains("prompt/completion, 12 examples") && mapped.stdout.contains("keys not read: \"source\" (12 examples)"), mapped.transcript)
+        let evaluated = try ok(["eval", "--model", fx.base, "--data", qa, "--columns", "prompt=question,completion=answer", "--seq-len", "32", "--json"])
+        XCTAssertTrue(evaluated.stdout.contains("\"loss\""), evaluated.transcript)
+        let config = fx.path("columns-config.json")
+        try #"{"columns": "prompt=question,completion=answer"}"#.write(toFile: config, atomically: true, encoding: .utf8)
+        let mappedRun = try ok(["train", "--model", fx.base, "--data", qa, "--config", config, "--out", fx.path("runs/columns"), "--steps", "1", "--seq-len", "32", "--batch-size", "2"])
+        XCTAssertTrue(mappedRun.stdout.contains("prompt/completion examples"), mappedRun.transcript)
+        try fails(["preview", "--model", fx.base, "--data", qa], mentioning: [qa + ":1: no known keys"])
+        try fails(["preview", "--model", fx.base, "--data", qa, "--columns", "prompt=question,answer"], mentioning: ["--columns: \"answer\" is not KEY=COLUMN"])
+        try fails(["train", "--model", fx.base, "--data", qa, "--out", fx.path("runs/columns-bad"), "--columns", "question=prompt"],
+                  mentioning: ["--columns: \"question\" is not a key SwiftPEFT reads here"])
         // A chat data set in Parquet shows as its JSONL does, each example named by its row.
         let tables = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("TrainingTests/Fixtures/tables")
         func examples(_ name: String) throws -> (CLIRun, String) {

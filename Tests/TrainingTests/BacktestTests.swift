@@ -88,6 +88,11 @@ final class BacktestTests: XCTestCase {
         for k in fromJSONL.indices { fromJSONL[k].id = "\(k + 1)" }
         XCTAssertEqual(fromParquet, fromJSONL)
         XCTAssertEqual(try loadBacktestPrompts(write("n.jsonl", #"{"id": 7, "prompt": "a"}"#)).map(\.id), ["7"])
+        // A data set's own columns by --columns; the columns it does not name are not read (not refused).
+        let qa = write("qa.jsonl", #"{"question": "2+2?", "answer": " 4", "source": "gsm", "prompt": "stale"}"#)
+        let columns = try ColumnMap(parsing: "prompt=question,expected=answer", keys: backtestColumnKeys)
+        XCTAssertEqual(try loadBacktestPrompts(qa, columns: columns), [BacktestPrompt(id: "line 1", prompt: "2+2?", expected: " 4", tags: [])])
+        XCTAssertThrowsError(try loadBacktestPrompts(qa)) { XCTAssertTrue("\($0)".contains(#"unknown field "answer""#), "\($0)") }
         // A Parquet row is named by its number; without an "id" column, so is the prompt.
         let examples = tables.appendingPathComponent("examples.parquet").path
         XCTAssertThrowsError(try loadBacktestPrompts(examples)) { XCTAssertEqual("\($0)", examples + #": row 1: unknown field "input"; fields: "#

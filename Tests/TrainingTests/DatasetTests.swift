@@ -670,6 +670,45 @@ final class DatasetTests: XCTestCase {
         }
     }
 
+    /// `--columns`: a data set's own column names read as the keys (Dolly's context and response as
+    /// input and output; a question/answer set as prompt and completion), in training and validation
+    /// files; a record's own key it replaces is reported as not read; errors say the map was used.
+    func testColumnsNameTheDataSetsOwnColumns() throws {
+        let dolly = try write("dolly.jsonl", [
+            json(["instruction": "Name a fruit.", "context": "", "response": "An apple.", "category": "open_qa"]),
+            json(["instruction": "Summarize.", "context": "Cats sleep a lot.", "response": "Cats sleep.", "category": "summarization", "output": "stale"]),
+        ])
+        let columns = try ColumnMap(parsing: "input=context, output=response", keys: DatasetOptions.columnKeys)
+        XCTAssertEqual(columns.description, "input=context,output=response")
+        var unread: [String: Int] = [:]
+        let read = try readExampleFile(dolly, unreadKeys: &unread, columns: columns)
+        XCTAssertEqual(read.map(\.example), [.instruction(instruction: "Name a fruit.", input: "", output: "An apple."),
+                                             .instruction(instruction: "Summarize.", input: "Cats sleep a lot.", output: "Cats sleep.")])
+        XCTAssertEqual(unread, ["category": 2, "output": 1])
+        // Without the map, Dolly's records have no "output".
+        XCTAssertThrowsError(try readExamples(dolly)) { XCTAssertTrue("\($0)".contains(#"dolly.jsonl:1: missing the key "output""#), "\($0)") }
+        let wrong = try ColumnMap(parsing: "output=answer", keys: DatasetOptions.columnKeys)
+        XCTAssertThrowsError(try readExamples(dolly, columns: wrong)) {
+            XCTAssertTrue("\($0)".hasSuffix(#"missing the key "output" (found "category", "context", "instruction", "response") (read with --columns output=answer)"#), "\($0)")
+        }
+        // Training and validation files alike.
+        let qa = try write("qa.jsonl", (0..<8).map { json(["question": "What is \($0) + 1?", "answer": " \($0 + 1)"]) })
+        let qaValidation = try write("qa-val.jsonl", [json(["question": "What is 9 + 1?", "answer": " 10"])])
+        var options = DatasetOptions(seqLen: 32, validation: .file(qaValidation))
+        options.columns = try ColumnMap(parsing: "prompt=question,completion=answer", keys: DatasetOptions.columnKeys)
+        let splits = try loadDataset(qa, tokenizer: Self.tokenizer, options: options)
+        XCTAssertEqual(splits.format, .promptCompletion)
+        XCTAssertEqual(splits.train.summary.examples, 8)
+        XCTAssertEqual(splits.validation?.summary.examples, 1)
+        XCTAssertEqual(splits.unreadKeys, [:])
+        for (text, message) in [("prompt", #"--columns: "prompt" is not KEY=COLUMN"#), ("prompt=q,", #"--columns: "" is not KEY=COLUMN"#),
+                                ("question=prompt", #"--columns: "question" is not a key SwiftPEFT reads here; keys: text, prompt"#),
+                                ("prompt=q,prompt=r", #"--columns: the key "prompt" is given twice"#),
+                                ("prompt=q,completion=q", #"--columns: the column "q" is given twice"#)] {
+            XCTAssertThrowsError(try ColumnMap(parsing: text, keys: DatasetOptions.columnKeys)) { XCTAssertTrue("\($0)".hasPrefix(message), "\($0)") }
+        }
+    }
+
     /// Each bad table or JSON array, with the line and message it must give.
     func testBadTablesAndJSONArraysNameTheLine() throws {
         let cases: [(name: String, text: String, message: String)] = [
