@@ -752,7 +752,8 @@ func parseTemplateKwargs(_ kwargs: JSONValue?, fail: (String) -> Error) throws -
 }
 
 /// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
-/// "conversations" or "conversation" (ShareGPT chat, see `conversation(in:fail:)`), "instruction" or "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
+/// "conversations" or "conversation" holding a list (ShareGPT chat, see `conversation(_:in:fail:)`), "instruction" or
+/// "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
 /// are not read (Alpaca files, for instance, carry a rendered "text" next to "instruction"), and each is
 /// passed to `unread`.
 func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> Void = { _ in }) throws -> DataExample {
