@@ -509,8 +509,8 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 
 /// Reads examples from `path`: a file of records (JSON Lines `.jsonl`/`.ndjson`, a `.json` array of objects
 /// or JSON Lines, a `.csv` or `.tsv` table with a header row, a `.parquet` file; see `readExampleFile`), a
-/// text file, or a folder (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst`
-/// file; a folder holding both kinds is an error).
+/// text file, a folder (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst`
+/// file; a folder holding both kinds is an error), or a pattern of files of records (`dataPatternFiles`).
 ///
 /// A text file is one `.text` document (format `.plainText`). Every record (a JSONL line, an array item, a
 /// table row) is one example, with the keys of a JSONL line (a table's header names them); empty lines are
@@ -522,6 +522,17 @@ public func readExamples(_ path: String, columns: ColumnMap = ColumnMap()) throw
     return (format, located.map(\.example))
 }
 
+/// The files a data path names when it is a pattern (`*`, `?` or `[…]` in it, as the shell and Hugging
+/// Face's `data_files` read one: "data/train-*.parquet" for a data set's shards), sorted; nil when no
+/// pattern, or when a file of that very name exists.
+public func dataPatternFiles(_ path: String) -> [String]? {
+    guard path.contains(where: { "*?[".contains($0) }), !FileManager.default.fileExists(atPath: path) else { return nil }
+    var matches = glob_t()
+    defer { globfree(&matches) }
+    guard glob(path, 0, nil, &matches) == 0 else { return [] }
+    return (0..<Int(matches.gl_pathc)).compactMap { matches.gl_pathv[$0].map { String(cString: $0) } }.sorted()
+}
+
 /// An example with the file and line it was read from (no line for a text file's document).
 typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 
@@ -529,11 +540,17 @@ typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 /// does not read (a misspelled "promt", a dataset's "id" or "source") with the records holding each.
 func readLocatedExamples(_ path: String, columns: ColumnMap = ColumnMap()) throws -> (format: DataFormat, examples: [LocatedExample], unreadKeys: [String: Int]) {
     var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-        throw DatasetError(file: path, line: nil, message: "no such file or folder")
-    }
     var files: [String] = []
-    if isDir.boolValue {
+    if let matched = dataPatternFiles(path) {
+        guard !matched.isEmpty else { throw DatasetError(file: path, line: nil, message: "no file matches this pattern") }
+        if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {
+            throw DatasetError(file: path, line: nil, message: "the pattern matches \(other), which is not a file of records ("
+                + DataRecordFormat.extensions.joined(separator: ", ") + "); a pattern reads files of records, a folder reads text files")
+        }
+        files = matched
+    } else if !FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
+        throw DatasetError(file: path, line: nil, message: "no such file or folder")
+    } else if isDir.boolValue {
         let e = FileManager.default.enumerator(atPath: path)
         var texts = 0
         while let f = e?.nextObject() as? String {

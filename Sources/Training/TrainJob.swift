@@ -142,6 +142,9 @@ private func runTrainJob(_ job: TrainJob, checkOnly: Bool, onStart: @escaping (S
     var inputs: [(path: String, role: String)] = [(job.modelPath, "the base model"), (job.dataPath, "the training data")]
     if let path = job.adapterPath { inputs.append((path, "the adapter")) }
     if case .file(let path) = job.data.validation { inputs.append((path, "the validation data")) }
+    for (pattern, role) in inputs where role.hasSuffix(" data") {  // a pattern's files, each
+        inputs += (dataPatternFiles(pattern) ?? []).map { ($0, role) }
+    }
     if let path = job.chatTemplatePath { inputs.append((path, "the chat template")) }
     for name in ["adapter.h5", "model.h5", "state.h5", "metrics.jsonl", "loss.svg"] {
         if let (path, role) = inputReplaced(by: outURL.appendingPathComponent(name).path, inputs: inputs) {

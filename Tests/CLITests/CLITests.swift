@@ -1093,6 +1093,16 @@ final class CLITests: XCTestCase {
         let mappedRun = try ok(["train", "--model", fx.base, "--data", qa, "--config", config, "--out", fx.path("runs/columns"), "--steps", "1", "--seq-len", "32", "--batch-size", "2"])
         XCTAssertTrue(mappedRun.stdout.contains("prompt/completion examples"), mappedRun.transcript)
         try fails(["preview", "--model", fx.base, "--data", qa], mentioning: [qa + ":1: no known keys"])
+        // A pattern (quoted, so the shell leaves it) reads every matching file: a data set's shards.
+        let shards = try ok(["preview", "--model", fx.base, "--data", fx.path("preview-q*.jsonl"), "--columns", "prompt=question,completion=answer"])
+        XCTAssertTrue(shards.stdout.contains("prompt/completion, 12 examples"), shards.transcript)
+        try fails(["preview", "--model", fx.base, "--data", fx.path("nothing-*.jsonl")], mentioning: ["nothing-*.jsonl: no file matches this pattern"])
+        // A run may not write a file its pattern reads.
+        let shardRun = fx.path("runs/pattern")
+        try FileManager.default.createDirectory(atPath: shardRun, withIntermediateDirectories: true)
+        try #"{"text": "an earlier run's metrics, read as data"}"#.write(toFile: shardRun + "/metrics.jsonl", atomically: true, encoding: .utf8)
+        try fails(["train", "--model", fx.base, "--data", shardRun + "/*.jsonl", "--out", shardRun, "--steps", "1"],
+                  mentioning: ["the run writes metrics.jsonl there, which is the training data it reads"])
         try fails(["preview", "--model", fx.base, "--data", qa, "--columns", "prompt=question,answer"], mentioning: ["--columns: \"answer\" is not KEY=COLUMN"])
         try fails(["train", "--model", fx.base, "--data", qa, "--out", fx.path("runs/columns-bad"), "--columns", "question=prompt"],
                   mentioning: ["--columns: \"question\" is not a key SwiftPEFT reads here"])

@@ -709,6 +709,28 @@ final class DatasetTests: XCTestCase {
         }
     }
 
+    /// A pattern names a data set's shards ("train-*.jsonl", as Hugging Face's `data_files`): its files in
+    /// sorted order, for training and validation; no match, or a match that is not records, is an error;
+    /// a file whose name holds "[" is read as itself.
+    func testPatternsReadEveryMatchingFile() throws {
+        try write("train-00001-of-00002.jsonl", [json(["text": "second"])])
+        try write("train-00000-of-00002.jsonl", [json(["text": "first"]), json(["text": "also first"])])
+        try write("test-00000-of-00001.jsonl", [json(["text": "held out"])])
+        let read = try readExamples(dir + "/train-*.jsonl")
+        XCTAssertEqual(read.examples, [.text("first"), .text("also first"), .text("second")])
+        let options = DatasetOptions(seqLen: 8, validation: .file(dir + "/test-?????-of-*.jsonl"))
+        let splits = try loadDataset(dir + "/train-0000[0-1]-of-00002.jsonl", tokenizer: Self.tokenizer, options: options)
+        XCTAssertEqual(splits.train.summary.examples, 3)
+        XCTAssertNotNil(splits.validation)
+        XCTAssertThrowsError(try readExamples(dir + "/valid-*.jsonl")) { XCTAssertEqual("\($0)", dir + "/valid-*.jsonl: no file matches this pattern") }
+        try "notes".write(toFile: dir + "/train-notes.txt", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try readExamples(dir + "/train-*")) {
+            XCTAssertTrue("\($0)".contains("the pattern matches \(dir)/train-notes.txt, which is not a file of records"), "\($0)")
+        }
+        let bracketed = try write("odd[1].jsonl", [json(["text": "literal"])])
+        XCTAssertEqual(try readExamples(bracketed).examples, [.text("literal")])
+    }
+
     /// Each bad table or JSON array, with the line and message it must give.
     func testBadTablesAndJSONArraysNameTheLine() throws {
         let cases: [(name: String, text: String, message: String)] = [
