@@ -173,7 +173,7 @@ final class ExtraMethodTests: XCTestCase {
             "warmup": "2", "optimizer": "sgd", "weight-decay": "0.1", "momentum": "0.8", "adam-beta2": "0.95", "clip": "2", "skip-nonfinite": "3",
             "batch-size": "4", "grad-accumulation": "2", "seq-len": "16", "packing": "false", "val-fraction": "0.2",
             "val-data": "v.jsonl", "eval-every": "5", "save-every": "6", "log-every": "7", "method-config": "{}", "seed": "9",
-            "watts-per-core": "6.5", "precision": "bf16", "chat-template": "t.jinja",
+            "watts-per-core": "6.5", "precision": "bf16", "chat-template": "t.jinja", "columns": "prompt=question",
         ]
         let flags = ["gradient-checkpointing", "keep-quantized"]  // flags without a value
         let options = try CommonTrainOptions.parse(values.flatMap { ["--" + $0.key, $0.value] } + flags.map { "--" + $0 })
