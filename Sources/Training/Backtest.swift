@@ -105,17 +105,37 @@ public let backtestColumnKeys = ["id", "prompt", "vars", "expected", "completion
 /// final assistant message is the expected answer, its text or, when it calls tools, its calls as
 /// the template writes them.
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line. A file of
-/// another extension is read as JSON Lines. `columns` names the data's own columns for these fields
+/// another extension is read as JSON Lines. A pattern (`dataPatternFiles`: "evals/*.jsonl") reads every
+/// matching file of records in sorted order; a prompt without an "id" is then named by its file and line. `columns` names the data's own columns for these fields
 /// (`backtestColumnKeys`; a data set's "question" as "prompt", its "answer" as "expected"); with it,
 /// the columns it does not name are left unread instead of refused as unknown fields.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, columns: ColumnMap = ColumnMap()) throws -> [BacktestPrompt] {
+    let matched = dataPatternFiles(path)
+    if let matched {
+        guard !matched.isEmpty else { throw BacktestError("\(path): no file matches this pattern") }
+        if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {
+            throw BacktestError("\(path): the pattern matches \(other), which is not a file of records (" + DataRecordFormat.extensions.joined(separator: ", ") + ")")
+        }
+    }
+    let files = matched ?? [path]
+    var templates: [String: String] = [:]
+    var prompts: [BacktestPrompt] = []
+    var ids = Set<String>()
+    for file in files {
+        try loadBacktestPrompts(file, named: files.count > 1, defaultTemplate: defaultTemplate, columns: columns, into: &prompts, ids: &ids, templates: &templates)
+    }
+    guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line, a JSON array of objects, a CSV/TSV table or a Parquet file)") }
+    return prompts
+}
+
+/// One prompts file's prompts, appended to `prompts`; `named`: one file of several, whose prompts
+/// without an "id" are named by the file's name and their line.
+private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: String?, columns: ColumnMap, into prompts: inout [BacktestPrompt],
+                                 ids: inout Set<String>, templates: inout [String: String]) throws {
     let format = DataRecordFormat(path: path) ?? .jsonLines
     guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
     guard format == .parquet || String(data: data, encoding: .utf8) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
     let folder = URL(fileURLWithPath: path).deletingLastPathComponent()
-    var templates: [String: String] = [:]
-    var prompts: [BacktestPrompt] = []
-    var ids = Set<String>()
     let known = Set(backtestColumnKeys + ["template", "template_file", "conversation"])
     let records: [DataRecord]
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
@@ -208,7 +228,8 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, 
         }
         // A data set's numeric ids (a Parquet int64 column, JSON numbers) name prompts as their digits.
         let number = (obj["id"] as? NSNumber).flatMap { String(cString: $0.objCType) == "c" ? nil : "\($0)" }
-        let id = try number ?? string("id") ?? (format == .parquet ? "row \(record.line)" : "line \(record.line)")
+        let id = try number ?? string("id") ?? (named ? URL(fileURLWithPath: path).lastPathComponent + " " : "")
+            + (format == .parquet ? "row \(record.line)" : "line \(record.line)")
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
         if let a = answer, a.allSatisfy(\.isWhitespace) {
@@ -219,8 +240,6 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, 
         (p.reply, p.templateKwargs) = (reply, kwargs)
         prompts.append(p)
     }
-    guard !prompts.isEmpty else { throw BacktestError("\(path): no prompts (one JSON object per line, a JSON array of objects, a CSV/TSV table or a Parquet file)") }
-    return prompts
 }
 
 // MARK: - Scores

@@ -93,7 +93,7 @@ enum DataRecordFormat {
 /// `given` reads the file as that kind whatever its extension.
 /// - Throws: `DatasetError` naming the file and the line: a JSON array not closed or followed by text, a
 ///   CSV quote not closed or followed by text, a row whose cell count differs from the header's, a header
-///   naming a column twice or holding "messages" (chat does not fit a cell: write it as JSON Lines).
+///   naming a column twice or holding "messages" or "conversations" (chat does not fit a cell: write it as JSON Lines).
 func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: (String) -> Void = { _ in }) throws -> [DataRecord] {
     guard let format = given ?? DataRecordFormat(path: file) else {
         throw DatasetError(file: file, line: nil, message: "not a file of records; expected one of "
@@ -267,9 +267,9 @@ private func tableRows(_ bytes: [UInt8], delimiter: UInt8, file: String, unread:
             throw DatasetError(file: file, line: header.line, message: "the header names the column \"\(name)\" twice")
         }
     }
-    if seen.contains("messages") {
-        throw DatasetError(file: file, line: header.line, message: "a \"messages\" column: a conversation does not fit a \(kind) cell; "
-            + "write chat data as JSON Lines, one {\"messages\": [...]} per line")
+    if let chat = ["messages", "conversations"].first(where: seen.contains) {
+        throw DatasetError(file: file, line: header.line, message: "a \"\(chat)\" column: a conversation does not fit a \(kind) cell; "
+            + "write chat data as JSON Lines, one {\"\(chat)\": [...]} per line")
     }
     for (k, name) in header.cells.enumerated() where name.isEmpty {
         for _ in rows.dropFirst() { unread("(unnamed column \(k + 1))") }

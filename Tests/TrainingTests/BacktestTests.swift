@@ -116,6 +116,21 @@ final class BacktestTests: XCTestCase {
             let p = write("bad.jsonl", text)
             XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
         }
+        // A pattern reads every matching file in sorted order; prompts without an id are named by file and line.
+        let sets = dir.appendingPathComponent("sets")
+        try FileManager.default.createDirectory(at: sets, withIntermediateDirectories: true)
+        _ = write("sets/b.csv", "prompt,expected\nHello,hi\n")
+        _ = write("sets/a.jsonl", #"{"id": "q", "prompt": "2+2?", "expected": "4"}"# + "\n" + #"{"prompt": "3+3?"}"#)
+        XCTAssertEqual(try loadBacktestPrompts(sets.path + "/*"),
+                       [BacktestPrompt(id: "q", prompt: "2+2?", expected: "4", tags: []), BacktestPrompt(id: "a.jsonl line 2", prompt: "3+3?", expected: nil, tags: []),
+                        BacktestPrompt(id: "b.csv line 2", prompt: "Hello", expected: "hi", tags: [])])
+        XCTAssertEqual(try loadBacktestPrompts(sets.path + "/*.csv").map(\.id), ["line 2"])
+        _ = write("sets/c.jsonl", #"{"id": "q", "prompt": "again"}"#)
+        _ = write("sets/notes.txt", "not prompts")
+        for (pattern, message) in [("sets/*.jsonl", "c.jsonl:1: the id \"q\" is used twice"), ("sets/*.parquet", "sets/*.parquet: no file matches this pattern"),
+                                   ("sets/*", "sets/*: the pattern matches \(sets.path)/notes.txt, which is not a file of records")] {
+            XCTAssertThrowsError(try loadBacktestPrompts(dir.appendingPathComponent(pattern).path)) { XCTAssertTrue("\($0)".contains(message), "\($0) vs \(message)") }
+        }
     }
 
     /// Chat lines: the conversation is the prompt, written by the model's chat template with the

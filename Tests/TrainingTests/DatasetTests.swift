@@ -740,6 +740,7 @@ final class DatasetTests: XCTestCase {
             ("short.tsv", "prompt\tcompletion\nq\n", #"short.tsv:2: 1 cells, but the header (line 1) has 2 columns: "prompt", "completion""#),
             ("twice.csv", "text,text\na,b\n", #"twice.csv:1: the header names the column "text" twice"#),
             ("chat.csv", "messages\n\"[]\"\n", #"chat.csv:1: a "messages" column: a conversation does not fit a CSV cell; write chat data as JSON Lines"#),
+            ("sharegpt.tsv", "id\tconversations\n1\t[]\n", #"sharegpt.tsv:1: a "conversations" column: a conversation does not fit a TSV cell; write chat data as JSON Lines, one {"conversations": [...]} per line"#),
             ("empty-cell.csv", "prompt,completion\nq,a\n\"two\nlines\",\n", #"empty-cell.csv:3: "completion" is empty"#),
             ("latin1.csv", "text\ncaf\u{E9}\n", ""),  // replaced below by Latin-1 bytes
             ("header.csv", "text,id\n\n", "header.csv: holds no examples"),
