@@ -16,7 +16,10 @@
   before and after 1970, in ms, us and ns, UTC or not; dates; times; decimals; half floats; UUIDs;
   fixed-size bytes; unsigned integers past the signed range), logical-int96.parquet (its timestamps as
   the legacy INT96) and logical-v2.parquet (decimals as integers, v2 pages, no dictionary,
-  BYTE_STREAM_SPLIT on the fixed-size columns), with logical.json: each file's rows as pyarrow reads
+  BYTE_STREAM_SPLIT on the fixed-size columns), unannotated.parquet (written here byte by byte, as
+  protobuf and old writers store repeated fields: groups and repeated fields without a LIST
+  annotation, which the spec's backward-compatibility rules read as structs and lists), with
+  logical.json: each file's rows as pyarrow reads
   them, in the JSON SwiftPEFT makes of them (maps as objects; dates, times and timestamps as Python's
   isoformat; decimals and half floats as numbers; UUIDs as text; bytes that are UTF-8 as text, others
   as lists of byte values; integers past Int64 as floats).
@@ -202,10 +205,65 @@ def hand_made(page, offset=4, size=None):
     return b"PAR1" + page + footer + len(footer).to_bytes(4, "little") + b"PAR1"
 
 
-def v1_page(data, stored=None):
+def v1_page(data, stored=None, values=1):
     header = struct([(1, I32, 0), (2, I32, len(data)), (3, I32, len(data) if stored is None else stored),
-                     (5, STRUCT, [(1, I32, 1), (2, I32, 0), (3, I32, 3), (4, I32, 3)])])
+                     (5, STRUCT, [(1, I32, values), (2, I32, 0), (3, I32, 3), (4, I32, 3)])])
     return header + data
+
+
+def rle_levels(levels, max_level):
+    """Levels in the RLE/bit-packed hybrid, one RLE run per level, after their 4-byte length; none when max_level is 0."""
+    if max_level == 0:
+        return b""
+    width = (max_level.bit_length() + 7) // 8
+    runs = b"".join(varint(1 << 1) + level.to_bytes(width, "little") for level in levels)
+    return len(runs).to_bytes(4, "little") + runs
+
+
+# Groups without a LIST annotation, as protobuf's and other old writers store repeated fields: the Parquet
+# spec's backward-compatibility rules read a repeated field outside a LIST group as a list of required
+# items, and an unannotated group as a struct, even when its one child is repeated. Each leaf:
+# (path, physical type, repetition of each node on its path, converted type, [(rep, def, value or None)]).
+UNANNOTATED_ROWS = 3
+UNANNOTATED = [
+    (["msg", "ids"], 1, [1, 2], None, [(0, 2, 1), (1, 2, 2), (0, 0, None), (0, 1, None)]),
+    (["turns", "role"], 6, [2, 0], 0, [(0, 1, b"user"), (1, 1, b"bot"), (0, 0, None), (0, 1, b"x")]),
+    (["turns", "n"], 1, [2, 1], None, [(0, 2, 1), (1, 1, None), (0, 0, None), (0, 2, 3)]),
+    (["single", "item", "name"], 6, [1, 2, 0], 0, [(0, 2, b"a"), (0, 1, None), (0, 0, None)]),
+]
+
+
+def unannotated_file():
+    """The UNANNOTATED columns as one row group of uncompressed PLAIN v1 pages, with their schema."""
+    schema, seen = [[(4, BINARY, b"schema"), (5, I32, 0)]], {}
+    for path, ptype, repetitions, converted, _ in UNANNOTATED:
+        for depth in range(len(path)):
+            key = tuple(path[:depth + 1])
+            if key in seen:
+                continue
+            leaf = depth == len(path) - 1
+            parent = seen.get(key[:-1], 0)
+            schema[parent][-1] = (5, I32, schema[parent][-1][2] + 1)  # one more child
+            fields = ([(1, I32, ptype)] if leaf else []) + [(3, I32, repetitions[depth]), (4, BINARY, key[-1].encode())]
+            fields += [] if leaf else [(5, I32, 0)]
+            fields += [(6, I32, converted)] if leaf and converted is not None else []
+            seen[key] = len(schema)
+            schema.append(fields)
+    body, chunks = b"PAR1", []
+    for path, ptype, repetitions, _, entries in UNANNOTATED:
+        max_rep = sum(r == 2 for r in repetitions)
+        max_def = sum(r != 0 for r in repetitions)
+        values = b"".join(v.to_bytes(4, "little", signed=True) if ptype == 1 else len(v).to_bytes(4, "little") + v
+                          for _, d, v in entries if d == max_def)
+        data = rle_levels([r for r, _, _ in entries], max_rep) + rle_levels([d for _, d, _ in entries], max_def) + values
+        page = v1_page(data, values=len(entries))
+        chunks.append([(2, I64, len(body)), (3, STRUCT, [
+            (1, I32, ptype), (2, LIST, (I32, [0, 3])), (3, LIST, (BINARY, [n.encode() for n in path])), (4, I32, 0),
+            (5, I64, len(entries)), (6, I64, len(page)), (7, I64, len(page)), (9, I64, len(body))])])
+        body += page
+    footer = struct([(1, I32, 1), (2, LIST, (STRUCT, schema)), (3, I64, UNANNOTATED_ROWS),
+                     (4, LIST, (STRUCT, [[(1, LIST, (STRUCT, chunks)), (2, I64, len(body) - 4), (3, I64, UNANNOTATED_ROWS)]]))])
+    return body + footer + len(footer).to_bytes(4, "little") + b"PAR1"
 
 
 def main():
@@ -245,6 +303,14 @@ def main():
         path = os.path.join(PARQUET, name)
         pq.write_table(logical, path, **options)
         nested_json[name] = pyarrow_rows(path)
+    path = os.path.join(PARQUET, "unannotated.parquet")
+    with open(path, "wb") as f:
+        f.write(unannotated_file())
+    nested_json["unannotated.parquet"] = pyarrow_rows(path)
+    assert nested_json["unannotated.parquet"] == [
+        {"msg": {"ids": [1, 2]}, "turns": [{"role": "user", "n": 1}, {"role": "bot", "n": None}], "single": {"item": [{"name": "a"}]}},
+        {"msg": None, "turns": [], "single": {"item": []}},
+        {"msg": {"ids": []}, "turns": [{"role": "x", "n": 3}], "single": None}], nested_json["unannotated.parquet"]
     with open(os.path.join(PARQUET, "logical.json"), "w") as f:
         json.dump(nested_json, f, indent=1, ensure_ascii=False)
         f.write("\n")
@@ -305,7 +371,7 @@ def main():
     with open(lines_path, "w") as f:
         json.dump(lines, f, indent=1, sort_keys=True)
         f.write("\n")
-    print(f"wrote {len(ways) + 9} files to {os.path.normpath(PARQUET)} and 6 to {os.path.normpath(TABLES)}")
+    print(f"wrote {len(ways) + 10} files to {os.path.normpath(PARQUET)} and 6 to {os.path.normpath(TABLES)}")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,9 @@ private struct SchemaNode {
     var meaning = ValueMeaning.stored
     /// A group annotated MAP (or MAP_KEY_VALUE): its key-value items read as one object.
     var isMap = false
+    /// A group annotated LIST: its one repeated child holds the items. An unannotated group is a struct,
+    /// even with one repeated child (that child is then a list field of it).
+    var isList = false
     var children: [Int] = []
     var defLevel = 0, repLevel = 0
     var path: [String] = []
@@ -270,6 +273,7 @@ private struct ParquetFile {
             node.typeLength = Int(s[2]?.int ?? 0)
             node.meaning = ValueMeaning(s)
             node.isMap = [1, 2].contains(s[6]?.int) || s[10]?.structure?[2] != nil
+            node.isList = s[6]?.int == 3 || s[10]?.structure?[3] != nil
             guard (0...2).contains(node.repetition), node.childCount >= 0, node.childCount <= elements.count,
                   (0...(1 << 20)).contains(node.typeLength) else {
                 throw fail("schema element \"\(name)\" is malformed")
@@ -558,7 +562,7 @@ private struct ParquetFile {
                 let leaf = leaves[span[n].lowerBound], at = leaf.valueIndex[slots[span[n].lowerBound].lowerBound]
                 return at >= 0 ? leaf.column.values[at] : .null
             }
-            if node.children.count == 1, schema[node.children[0]].isRepeated, !node.isRepeated {  // a list or map
+            if node.isList || node.isMap, node.children.count == 1, schema[node.children[0]].isRepeated, !node.isRepeated {
                 let r = node.children[0], repeated = schema[r]
                 let each = try items(r, slots, row: row)
                 if node.isMap && repeated.children.count == 2 {

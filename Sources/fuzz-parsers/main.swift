@@ -298,7 +298,7 @@ let targets: [Target] = [
     // encodings; lists, structs and maps nested deep; logical types, INT96): the Thrift footer, page
     // headers, levels, record assembly, the decoders; then the
     // rows as training data (refusals there are fine).
-    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip", "hand-made", "nested", "logical-v2", "logical-int96"]
+    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip", "hand-made", "nested", "logical-v2", "logical-int96", "unannotated"]
                .map { "Tests/FormatsTests/Fixtures/parquet/\($0).parquet" }.compactMap(fixture)
                + ["Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
         _ = try readParquetRows(path)
