@@ -141,10 +141,10 @@ private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: S
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
     for record in records {
         let at = format == .parquet ? "\(path): row \(record.line)" : "\(path):\(record.line)"
-        let json = columns.apply(record.json) { _ in }
-        guard var obj = (try? JSONSerialization.jsonObject(with: json, options: [])) as? [String: Any] else {
+        guard let read = (try? JSONSerialization.jsonObject(with: record.json, options: [])) as? [String: Any] else {
             throw BacktestError("\(at): not a JSON object")
         }
+        var obj = columns.rename(read) { _ in }
         if !columns.isEmpty { obj = obj.filter { known.contains($0.key) } }
         // A table cannot leave a cell out: an empty one is a field not given (no "expected", no "id").
         if format == .csv || format == .tsv { obj = obj.filter { ($0.value as? String) != "" } }
@@ -181,7 +181,7 @@ private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: S
             }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
             let ordered: JSONValue
-            do { ordered = try JSONValue(parsing: String(decoding: json, as: UTF8.self)) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
+            do { ordered = columns.rename(try JSONValue(parsing: String(decoding: record.json, as: UTF8.self))) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
             var turns = try parseChatMessages(try conversation(chatKey, in: ordered) { BacktestError("\(at): \($0)") }) { BacktestError("\(at): \($0)") }
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             kwargs = try parseTemplateKwargs(ordered["chat_template_kwargs"]) { BacktestError("\(at): \($0)") }

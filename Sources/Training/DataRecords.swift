@@ -48,23 +48,27 @@ public struct ColumnMap: Sendable, Equatable, CustomStringConvertible {
     /// "prompt=question,completion=answer".
     public var description: String { pairs.map { "\($0.key)=\($0.column)" }.joined(separator: ",") }
 
-    /// The record's JSON object with each mapped column named by its key (the object's order kept);
-    /// the record's own keys it replaces go to `unread`. Text that is not a JSON object is returned as
-    /// it is, for the record's reader to refuse.
-    func apply(_ json: Data, unread: (String) -> Void) -> Data {
-        guard !pairs.isEmpty, case .object(let object)? = try? JSONValue(parsing: String(decoding: json, as: UTF8.self)) else { return json }
-        let replaced = Set(pairs.filter { object[$0.column] != nil }.map(\.key))
-        var out = JSONObject()
-        for (name, value) in object.members {
-            if let pair = pairs.first(where: { $0.column == name }) {
-                out[pair.key] = value
-            } else if replaced.contains(name) {
-                unread(name)
-            } else if out[name] == nil {
-                out[name] = value
-            }
+    /// A record's keys and values with each mapped column named by its key (their order kept); the
+    /// record's own keys that a mapped column replaces go to `unread`.
+    func rename<Value>(_ members: [(key: String, value: Value)], unread: (String) -> Void) -> [(key: String, value: Value)] {
+        guard !pairs.isEmpty else { return members }
+        let replaced = Set(pairs.filter { pair in members.contains { $0.key == pair.column } }.map(\.key))
+        return members.compactMap { name, value in
+            if let pair = pairs.first(where: { $0.column == name }) { return (pair.key, value) }
+            if replaced.contains(name) { unread(name); return nil }
+            return (name, value)
         }
-        return Data(JSONValue.object(out).text.utf8)
+    }
+
+    /// `rename` on a record read by `JSONSerialization`.
+    func rename(_ object: [String: Any], unread: (String) -> Void) -> [String: Any] {
+        pairs.isEmpty ? object : Dictionary(uniqueKeysWithValues: rename(object.map { ($0.key, $0.value) }, unread: unread).map { ($0.key, $0.value) })
+    }
+
+    /// `rename` on a record read as a `JSONValue`, the order of its keys kept; any other value as it is.
+    func rename(_ record: JSONValue) -> JSONValue {
+        guard !pairs.isEmpty, case .object(let object) = record else { return record }
+        return .object(JSONObject(rename(object.members) { _ in }.map { ($0.key, $0.value) }))
     }
 }
 

@@ -620,10 +620,9 @@ func readExampleFile(_ file: String, unreadKeys: inout [String: Int], columns: C
     let what = kind == .jsonLines ? "line" : kind == .parquet ? "row" : "record"
     var counts: [String: Int] = [:]
     for record in try readDataRecords(file, unread: { counts[$0, default: 0] += 1 }) {
-        let json = columns.apply(record.json) { counts[$0, default: 0] += 1 }
         let example: DataExample
         do {
-            example = try parseJSONLine(json, file: file, line: record.line) { counts[$0, default: 0] += 1 }
+            example = try parseJSONLine(record.json, file: file, line: record.line, columns: columns) { counts[$0, default: 0] += 1 }
         } catch let e as DatasetError where !columns.isEmpty {
             throw DatasetError(file: e.file, line: e.line, message: e.message + " (read with --columns \(columns))")
         }
@@ -772,8 +771,8 @@ func parseTemplateKwargs(_ kwargs: JSONValue?, fail: (String) -> Error) throws -
 /// "conversations" or "conversation" holding a list (ShareGPT chat, see `conversation(_:in:fail:)`), "instruction" or
 /// "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
 /// are not read (Alpaca files, for instance, carry a rendered "text" next to "instruction"), and each is
-/// passed to `unread`.
-func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> Void = { _ in }) throws -> DataExample {
+/// passed to `unread`. `columns` names the record's own columns for these keys (`ColumnMap.rename`).
+func parseJSONLine(_ bytes: Data, file: String, line: Int, columns: ColumnMap = ColumnMap(), unread: (String) -> Void = { _ in }) throws -> DataExample {
     func fail(_ message: String) -> DatasetError { DatasetError(file: file, line: line, message: message) }
     guard String(data: bytes, encoding: .utf8) != nil else { throw fail("the line is not valid UTF-8") }
     let value: Any
@@ -783,9 +782,10 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
         let problem = jsonLineProblem(bytes, foundationError: error)
         throw DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
     }
-    guard let object = value as? [String: Any] else {
+    guard let read = value as? [String: Any] else {
         throw fail("expected a JSON object, found \(jsonKind(value))")
     }
+    let object = columns.rename(read, unread: unread)
     func string(_ key: String, required: Bool = true, nonEmpty: Bool = true, in o: [String: Any] = object,
                 what: String = "") throws -> String? {
         guard let v = o[key] else {
@@ -801,7 +801,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, unread: (String) -> V
         reading(Set([key, "tools", "chat_template_kwargs"] + (key == "messages" ? [] : ["system"])))
         // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
         let ordered: JSONValue
-        do { ordered = try JSONValue(parsing: String(decoding: bytes, as: UTF8.self)) } catch {
+        do { ordered = columns.rename(try JSONValue(parsing: String(decoding: bytes, as: UTF8.self))) } catch {
             let problem = jsonLineProblem(bytes, foundationError: error)
             throw DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
         }

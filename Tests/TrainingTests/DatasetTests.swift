@@ -701,6 +701,15 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(splits.train.summary.examples, 8)
         XCTAssertEqual(splits.validation?.summary.examples, 1)
         XCTAssertEqual(splits.unreadKeys, [:])
+        // Chat under other names: the conversation and its tools, their keys' order kept (the template sees it).
+        let turns = [["role": "user", "content": "Weather?"], ["role": "assistant", "content": "Sunny."]]
+        let tool: [String: Any] = ["type": "function", "function": ["name": "weather", "parameters": ["type": "object", "properties": ["z": ["type": "string"], "a": ["type": "string"]]]]]
+        let chat = try write("chat.jsonl", [json(["messages": turns, "tools": [tool]])])
+        let renamed = try write("dialog.jsonl", [json(["dialog": turns, "functions": [tool], "messages": "stale"])])
+        var chatUnread: [String: Int] = [:]
+        XCTAssertEqual(try readExampleFile(renamed, unreadKeys: &chatUnread, columns: try ColumnMap(parsing: "messages=dialog,tools=functions", keys: DatasetOptions.columnKeys)).map(\.example),
+                       try readExamples(chat).examples)
+        XCTAssertEqual(chatUnread, ["messages": 1])
         for (text, message) in [("prompt", #"--columns: "prompt" is not KEY=COLUMN"#), ("prompt=q,", #"--columns: "" is not KEY=COLUMN"#),
                                 ("question=prompt", #"--columns: "question" is not a key SwiftPEFT reads here; keys: text, prompt"#),
                                 ("prompt=q,prompt=r", #"--columns: the key "prompt" is given twice"#),
