@@ -36,9 +36,10 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
 
     /// Decides what `path` is from its content, not its name: a folder with `adapter_config.json`
     /// (PEFT adapter) or `config.json` (model); a file starting with "GGUF"; an HDF5 file, told apart
-    /// by its `format` attribute.
+    /// by its `format` attribute. A Hub id is read from the local Hugging Face cache (`localModelPath`).
     /// - Throws: `CheckpointError` naming the path when it is missing or none of these.
     public static func detect(_ path: String) throws -> ModelSource {
+        let original = path, path = try localModelPath(path)
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw CheckpointError(path: path, message: "no such file or folder")
@@ -48,8 +49,14 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
             if isHFModelFolder(path) { return ModelSource(path: path, kind: .hfFolder, attributes: [:]) }
             // A train --out folder: name the checkpoint in it that was meant.
             let saved = ["adapter.h5", "model.h5"].filter { FileManager.default.fileExists(atPath: path + "/" + $0) }
-            let hint = saved.isEmpty ? "" : "; it holds a training run's \(saved.joined(separator: " and ")): give "
+            // A GGUF repository (a Hub id's snapshot, or its download): name the files in it.
+            let ggufs = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.lowercased().hasSuffix(".gguf") }.sorted()
+            var hint = saved.isEmpty ? "" : "; it holds a training run's \(saved.joined(separator: " and ")): give "
                 + saved.map { (path as NSString).appendingPathComponent($0) }.joined(separator: " or ")
+            if saved.isEmpty && !ggufs.isEmpty {
+                hint = "; it holds GGUF files: give one, " + ggufs.prefix(4).map { ((original.contains("@") ? path : original) as NSString).appendingPathComponent($0) }.joined(separator: ", ")
+                    + (ggufs.count > 4 ? ", … (\(ggufs.count) in all)" : "")
+            }
             throw CheckpointError(path: path, message: """
                 a folder with neither config.json (a Hugging Face model) nor \(PEFTFolder.configFile) (a PEFT adapter)\(hint)
                 """)
@@ -80,7 +87,8 @@ public struct LoadedModel {
 }
 
 /// Loads the base model at `path`: a SwiftPEFT checkpoint, a GGUF file (LLaMA family) or a Hugging
-/// Face model folder, read once. The model comes back frozen and in eval mode.
+/// Face model folder, read once; a Hub id ("HuggingFaceTB/SmolLM2-135M") is its snapshot in the local
+/// Hugging Face cache (`localModelPath`). The model comes back frozen and in eval mode.
 /// - Throws: naming the path; an adapter or a training state given as a model says so, with a hint.
 /// `bf16Only` keeps only bf16 copies of the frozen matrices, their fp32 values released as each
 /// loads (`DecodePrecision.bf16Only`: about half the memory; for generating and serving).
@@ -92,6 +100,7 @@ public struct LoadedModel {
 public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false, keepQuantized: Bool = false,
                       quantizedEmbedding: Bool = false) throws -> LoadedModel {
     check(keepQuantized || !quantizedEmbedding, "[loadModel] quantizedEmbedding needs keepQuantized")
+    let path = try localModelPath(path)
     let loaded: LoadedModel
     let source = keepQuantized ? try ModelSource.detect(path) : nil
     if let source, source.kind == .checkpoint || source.kind == .hfFolder {
@@ -149,9 +158,11 @@ private func loadModelUnchecked(_ path: String, seed: UInt64, bf16Only: Bool) th
 }
 
 /// Attaches the adapter at `path` to `model` with its tensors loaded: a Hugging Face PEFT folder, a
-/// SwiftPEFT adapter checkpoint or a llama.cpp GGUF LoRA, told apart by content.
+/// SwiftPEFT adapter checkpoint or a llama.cpp GGUF LoRA, told apart by content (a Hub id: its
+/// snapshot in the local Hugging Face cache, `localModelPath`).
 @discardableResult
 public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMethod {
+    let path = try localModelPath(path)
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .peftFolder: return try importPEFTFolder(URL(fileURLWithPath: path), onto: model)
@@ -188,6 +199,7 @@ public func adapterChatTemplate(_ path: String, readable: Bool = true) throws ->
         }
         return text
     }
+    let path = try localModelPath(path)
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .adapter:

@@ -196,7 +196,9 @@ public final class ServingEngine: @unchecked Sendable {
         tokenizer = tok
         templateGiven = chatTemplatePath != nil
         baseEnds = textEndTokens(tok)
-        self.baseName = baseName ?? URL(fileURLWithPath: modelPath).deletingPathExtension().lastPathComponent
+        // A Hub id is the model's name, as other OpenAI-compatible servers give it ("HuggingFaceTB/SmolLM2-135M").
+        let hubID = loaded.source.path != modelPath && HubCache.parse(modelPath) != nil
+        self.baseName = baseName ?? (hubID ? modelPath : URL(fileURLWithPath: modelPath).deletingPathExtension().lastPathComponent)
         self.maxBatch = maxBatch
         self.maxQueue = maxQueue
         self.contextLength = min(contextLength ?? model.config.maxPositions, model.config.maxPositions)

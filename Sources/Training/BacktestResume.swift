@@ -6,6 +6,7 @@
 // unchanged, runs the rest, and refuses settings that differ.
 
 import Foundation
+import Formats
 
 /// A file as a back-test records it, so that a resumed run can tell it is the same one: its size and
 /// its last change (for a folder, such as a Hugging Face model's, its files' total size and the
@@ -66,9 +67,9 @@ public struct BacktestSettings: Codable, Equatable, Sendable {
 
     /// The settings of a run of `o`.
     public init(_ o: BacktestOptions) throws {
-        model = try FileStamp(o.modelPath)
+        model = try FileStamp(localModelPath(o.modelPath))
         versions = (o.includeBase ? ["base"] : []) + o.adapters.map(\.name)
-        adapters = try o.adapters.map { try FileStamp($0.path) }
+        adapters = try o.adapters.map { try FileStamp(localModelPath($0.path)) }
         (maxNewTokens, samples, stop, keepQuantized) = (o.maxNewTokens, o.samples, o.stop, o.keepQuantized)
         (temperature, seed) = o.samples == 1 ? (nil, nil) : (o.temperature, o.seed)
         chatTemplate = try o.chatTemplatePath.map(FileStamp.init)

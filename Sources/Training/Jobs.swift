@@ -178,6 +178,7 @@ func numericOrder(_ a: String, _ b: String) -> Bool { a.compare(b, options: .num
 /// A human-readable description of a SwiftPEFT file: a model, an adapter, a training state, or a
 /// back-test's report folder.
 public func describeFile(_ path: String) throws -> String {
+    let path = try localModelPath(path)
     if FileManager.default.fileExists(atPath: URL(fileURLWithPath: path).appendingPathComponent(backtestProgressFile).path) {
         return try describeBacktestReport(path)
     }

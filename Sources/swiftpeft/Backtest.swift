@@ -32,7 +32,7 @@ struct Backtest: ParsableCommand {
           swiftpeft backtest --model base.h5 --adapters v1=runs/v1/adapter.h5,v2=runs/v2/adapter.h5 --prompts p.jsonl --out bt --fail-if-worse v2:v1
         """))
 
-    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
     @Option(help: "Comma-separated adapters (SwiftPEFT .h5, PEFT folders or llama.cpp GGUF LoRAs), each PATH or NAME=PATH.") var adapters: String = ""
     @Option(help: "Prompts: JSONL (or a JSON array, CSV/TSV with a header row, or Parquet; or a pattern of such files) with template/vars/expected/tags (see above).") var prompts: String
     @Option(help: "The prompts file's own column names for its fields, FIELD=COLUMN,… (e.g. prompt=question,expected=answer); its other columns are then not read.") var columns: String?

@@ -16,7 +16,7 @@ struct Convert: ParsableCommand {
           swiftpeft convert --model models/base.h5 --format gguf --gguf-type q8_0 --out models/base.q8_0.gguf
         """)) }
 
-    @Option(help: "Model to read: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Model to read: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
     @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder) or gguf (llama.cpp); by default taken from --out's extension (.h5, .gguf).")
     var format: String?
     @Option(help: "File (swiftpeft, gguf) or folder (hf) to write.") var out: String

@@ -26,8 +26,8 @@ struct Export: ParsableCommand {
           swiftpeft export --model data/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/lora/adapter.h5 --format gguf --out lora.gguf
         """)) }
 
-    @Option(help: "The base model the adapter was trained on (.h5, .gguf or Hugging Face folder).") var model: String
-    @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String
+    @Option(help: "The base model the adapter was trained on (.h5, .gguf, a Hugging Face folder or a Hub id in the local cache).") var model: String
+    @Option(help: "Adapter: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder (or its Hub id, in the local cache) or a llama.cpp GGUF LoRA.") var adapter: String
     @Option(help: "Output format: peft (Hugging Face PEFT adapter folder) or gguf (llama.cpp LoRA adapter file); by default gguf for an --out ending in .gguf, else peft.")
     var format: String?
     @Option(help: "Folder to write (peft), or file (gguf).") var out: String

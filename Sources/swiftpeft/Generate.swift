@@ -39,8 +39,8 @@ struct Generate: ParsableCommand {
         the weights take about the file's size (SmolLM2's Q4_1: the process peaks at a third of fp32's).
         """))
 
-    @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Adapter to apply: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String?
+    @Option(help: "Model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
+    @Option(help: "Adapter to apply: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder (or its Hub id, in the local cache) or a llama.cpp GGUF LoRA.") var adapter: String?
     @Option(help: "Prompt text.") var prompt: String
     @Option(help: "New tokens at most.") var maxTokens = 64
     @Option(help: "Sampling temperature (0 = greedy).") var temperature: Float = 0

@@ -38,8 +38,8 @@ struct Merge: ParsableCommand {
 
     static var mergingMethods: String { PEFTRegistry.all.filter(\.merges).flatMap { $0.names.map(\.name) }.joined(separator: ", ") }
 
-    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
+    @Option(help: "Adapter trained on that base: a SwiftPEFT checkpoint (.h5), a Hugging Face PEFT folder (or its Hub id, in the local cache) or a llama.cpp GGUF LoRA.") var adapter: String
     @Option(help: "Merged model to write: a checkpoint (.h5), a .gguf file (llama.cpp), or a folder with --format hf.") var out: String
     @Option(help: "Output format: swiftpeft (.h5 checkpoint), hf (Hugging Face model folder: config.json, model.safetensors, tokenizer.json) or gguf (llama.cpp); by default taken from --out's extension (.h5: swiftpeft, .gguf: gguf; another extension needs --format), else swiftpeft.")
     var format: String?

@@ -18,7 +18,7 @@ struct Preview: ParsableCommand {
           swiftpeft preview --model base.gguf --data chats.jsonl --json
         """))
 
-    @Option(help: "Base model whose tokenizer (and chat template) training uses: .h5, .gguf or Hugging Face folder.") var model: String
+    @Option(help: "Base model whose tokenizer (and chat template) training uses: .h5, .gguf, a Hugging Face folder or a Hub id in the local cache.") var model: String
     @Option(help: "Data file or folder.") var data: String
     @Option(help: "The data's own column names for the keys read, KEY=COLUMN,… (e.g. prompt=question,completion=answer; instruction=instruction,input=context,output=response for Dolly): each record's COLUMN is read as KEY.") var columns: String?
     @Option(help: "An adapter whose recorded chat template to use (the one it was trained with).") var adapter: String?

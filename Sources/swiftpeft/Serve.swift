@@ -20,7 +20,7 @@ struct Serve: ParsableCommand {
             -d '{"model": "faq", "prompt": "What is a list?", "max_tokens": 32}'
         """))
 
-    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
     @Option(help: "The base's name in requests (default: the file name without extension).") var name: String?
     @Option(help: "Adapters to load at start, NAME=PATH or PATH (named after its file or folder) (SwiftPEFT .h5, PEFT folders or llama.cpp GGUF LoRAs), comma-separated.") var adapters: String = ""
     @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own and the ones adapters record (without it, an adapter's requests use the template it was trained with).") var chatTemplate: String?

@@ -15,7 +15,7 @@ private let defaultValidationFraction: Double = {
 /// file over `--method-config` (PEFT fields), that over the method's defaults. The method options
 /// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
 struct CommonTrainOptions: ParsableArguments {
-    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String?
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String?
     @Option(help: "Training data: a text file or folder, or records (text, prompt/completion, instruction, chat) as JSONL, a JSON array, CSV/TSV with a header row, or Parquet.") var data: String?
     @Option(help: "Output folder.") var out: String?
     @Option(help: "JSON file whose keys are these options' long names (command-line flags win).") var config: String?
@@ -265,8 +265,8 @@ struct Eval: ParsableCommand {
           swiftpeft eval --model models/base.h5 --adapter runs/lora/adapter.h5 --data data/python-faq.jsonl --json
         """))
 
-    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder.") var model: String
-    @Option(help: "Adapter: a SwiftPEFT adapter checkpoint (.h5), a Hugging Face PEFT folder or a llama.cpp GGUF LoRA.") var adapter: String?
+    @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
+    @Option(help: "Adapter: a SwiftPEFT adapter checkpoint (.h5), a Hugging Face PEFT folder (or its Hub id, in the local cache) or a llama.cpp GGUF LoRA.") var adapter: String?
     @Option(help: "Data file or folder.") var data: String
     @Option(help: "The data's own column names for the keys read, KEY=COLUMN,… (e.g. prompt=question,completion=answer; instruction=instruction,input=context,output=response for Dolly): each record's COLUMN is read as KEY.") var columns: String?
     @Option(help: "Tokens per sequence.") var seqLen = 256

@@ -1,0 +1,116 @@
+// The local Hugging Face cache: a Hub id ("HuggingFaceTB/SmolLM2-135M") names the snapshot that
+// `hf download`, transformers or datasets left on this machine, found offline as they find it.
+// Nothing is downloaded.
+
+import Foundation
+
+/// The Hugging Face Hub cache on this machine, laid out as `huggingface_hub` writes it:
+/// `<folder>/models--<org>--<name>/refs/<branch or tag>` holds a commit hash, and
+/// `snapshots/<commit>/` the repository's files at that commit (links into `blobs/`).
+public struct HubCache: Sendable, Equatable {
+    /// What a repository holds; the first part of its folder's name.
+    public enum Kind: String, Sendable { case model = "models", dataset = "datasets" }
+
+    public let folder: String
+
+    public init(folder: String) { self.folder = folder }
+
+    /// The cache huggingface_hub uses: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+    /// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
+    public static var standard: HubCache {
+        let env = ProcessInfo.processInfo.environment
+        func set(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
+        if let hub = set("HF_HUB_CACHE") { return HubCache(folder: hub) }
+        let home = set("HF_HOME") ?? ((set("XDG_CACHE_HOME") ?? NSHomeDirectory() + "/.cache") + "/huggingface")
+        return HubCache(folder: home + "/hub")
+    }
+
+    /// A Hub id split into its repository ("org/name"), revision and the path of a file in it:
+    /// "org/name", "org/name@revision" (a branch, a tag or a commit) or "org/name/path/in/repo"
+    /// (a file of the repository, as `hf_hub_download` names one; "org/name/model-Q4_K_M.gguf").
+    /// nil when `text` has not that form (an absolute or `./` path, one part, spaces).
+    public static func parse(_ text: String) -> (repo: String, revision: String?, file: String?)? {
+        let (name, revision): (Substring, String?)
+        if let at = text.firstIndex(of: "@") {
+            (name, revision) = (text[..<at], String(text[text.index(after: at)...]))
+            guard let r = revision, !r.isEmpty, r.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-/".contains($0)) }) else { return nil }
+        } else {
+            (name, revision) = (text[...], nil)
+        }
+        let parts = name.split(separator: "/", omittingEmptySubsequences: false)
+        func isName(_ p: Substring) -> Bool {
+            p.first.map { $0.isASCII && ($0.isLetter || $0.isNumber) } == true
+                && p.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) } && !p.contains("..")
+        }
+        guard parts.count >= 2, isName(parts[0]), isName(parts[1]), revision == nil || parts.count == 2,
+              parts.dropFirst(2).allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else { return nil }
+        return ("\(parts[0])/\(parts[1])", revision, parts.count > 2 ? parts.dropFirst(2).joined(separator: "/") : nil)
+    }
+
+    /// The local path of Hub id `id` (`parse`) of `kind`: its snapshot folder, or the file in it. The
+    /// revision is the one given, else `main`; a repository fetched at one commit only, with no ref,
+    /// serves that commit. nil when `id` is no Hub id.
+    /// - Throws: `HubCacheError` when the repository, the revision or the file is not in the cache,
+    ///   saying how to fetch it.
+    public func path(of id: String, kind: Kind) throws -> String? {
+        guard let (repo, revision, file) = Self.parse(id) else { return nil }
+        let fm = FileManager.default
+        let root = folder + "/" + kind.rawValue + "--" + repo.replacingOccurrences(of: "/", with: "--")
+        let fetch = "hf download \(repo)\(kind == .dataset ? " --repo-type dataset" : "")\(revision.map { " --revision \($0)" } ?? "")"
+        guard fm.fileExists(atPath: root + "/snapshots") else {
+            throw HubCacheError(id: id, message: """
+                no such file or folder (nor, read as a Hub id, is the \(kind == .model ? "model" : "data set") \(repo) in the Hugging Face cache \(folder)).
+                HINT: SwiftPEFT reads that cache but does not download: `\(fetch)` (pip install huggingface_hub) puts it there; or give a local path.
+                """)
+        }
+        let snapshots = ((try? fm.contentsOfDirectory(atPath: root + "/snapshots")) ?? []).sorted()
+        func ref(_ name: String) -> String? {
+            (try? String(contentsOfFile: root + "/refs/" + name, encoding: .utf8)).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        }
+        let commit: String
+        if let revision {
+            guard let c = ref(revision) ?? (snapshots.contains(revision) ? revision : nil) else {
+                throw HubCacheError(id: id, message: """
+                    the Hugging Face cache holds \(repo), but not its revision "\(revision)" (snapshots: \(snapshots.joined(separator: ", "))).
+                    HINT: `\(fetch)` fetches it.
+                    """)
+            }
+            commit = c
+        } else if let c = ref("main") {
+            commit = c
+        } else if snapshots.count == 1 {
+            commit = snapshots[0]
+        } else {
+            throw HubCacheError(id: id, message: """
+                the Hugging Face cache holds \(snapshots.count) snapshots of \(repo) and no "main" ref to choose one; \
+                give the revision: \(snapshots.map { "\(repo)@\($0)" }.joined(separator: ", "))
+                """)
+        }
+        let snapshot = root + "/snapshots/" + commit
+        guard fm.fileExists(atPath: snapshot) else {
+            throw HubCacheError(id: id, message: "the Hugging Face cache's ref for \(repo) names commit \(commit), whose snapshot is not there (\(root)); fetch it again: `\(fetch)`")
+        }
+        guard let file else { return snapshot }
+        guard fm.fileExists(atPath: snapshot + "/" + file) else {
+            throw HubCacheError(id: id, message: """
+                the Hugging Face cache holds \(repo) (\(snapshot)), but not its file \(file).
+                HINT: `hf download \(repo) \(file)\(kind == .dataset ? " --repo-type dataset" : "")` fetches it.
+                """)
+        }
+        return snapshot + "/" + file
+    }
+}
+
+/// A Hub id that the local Hugging Face cache cannot serve.
+public struct HubCacheError: Error, CustomStringConvertible {
+    public let id: String, message: String
+    public var description: String { "\(id): \(message)" }
+}
+
+/// `path` as it is when a file or folder of that name exists or it is no Hub id; else the local
+/// path of the Hub model (or adapter) it names in the Hugging Face cache (`HubCache.path(of:kind:)`):
+/// "HuggingFaceTB/SmolLM2-135M" is the snapshot transformers would load offline.
+public func localModelPath(_ path: String, cache: HubCache = .standard) throws -> String {
+    if FileManager.default.fileExists(atPath: path) { return path }
+    return try cache.path(of: path, kind: .model) ?? path
+}
