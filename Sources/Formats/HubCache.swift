@@ -47,13 +47,28 @@ public struct HubCache: Sendable, Equatable {
         return ("\(parts[0])/\(parts[1])", revision, parts.count > 2 ? parts.dropFirst(2).joined(separator: "/") : nil)
     }
 
-    /// The local path of Hub id `id` (`parse`) of `kind`: its snapshot folder, or the file in it. The
-    /// revision is the one given, else `main`; a repository fetched at one commit only, with no ref,
-    /// serves that commit. nil when `id` is no Hub id.
+    /// The local path of Hub id `id` (`parse`) of `kind`: its snapshot folder (`snapshot`), or the file
+    /// in it. nil when `id` is no Hub id.
     /// - Throws: `HubCacheError` when the repository, the revision or the file is not in the cache,
     ///   saying how to fetch it.
     public func path(of id: String, kind: Kind) throws -> String? {
         guard let (repo, revision, file) = Self.parse(id) else { return nil }
+        let snapshot = try self.snapshot(of: repo, revision: revision, kind: kind, id: id)
+        guard let file else { return snapshot }
+        guard FileManager.default.fileExists(atPath: snapshot + "/" + file) else {
+            throw HubCacheError(id: id, message: """
+                the Hugging Face cache holds \(repo) (\(snapshot)), but not its file \(file).
+                HINT: `hf download \(repo) \(file)\(kind == .dataset ? " --repo-type dataset" : "")` fetches it.
+                """)
+        }
+        return snapshot + "/" + file
+    }
+
+    /// The snapshot folder of repository `repo` ("org/name") of `kind` at `revision` (a branch or tag
+    /// the cache has a ref for, or a commit), else at `main`; a repository fetched at one commit only,
+    /// with no ref, serves that commit. `id` is what errors name.
+    /// - Throws: `HubCacheError` when the repository or the revision is not in the cache.
+    public func snapshot(of repo: String, revision: String?, kind: Kind, id: String) throws -> String {
         let fm = FileManager.default
         let root = folder + "/" + kind.rawValue + "--" + repo.replacingOccurrences(of: "/", with: "--")
         let fetch = "hf download \(repo)\(kind == .dataset ? " --repo-type dataset" : "")\(revision.map { " --revision \($0)" } ?? "")"
@@ -90,14 +105,7 @@ public struct HubCache: Sendable, Equatable {
         guard fm.fileExists(atPath: snapshot) else {
             throw HubCacheError(id: id, message: "the Hugging Face cache's ref for \(repo) names commit \(commit), whose snapshot is not there (\(root)); fetch it again: `\(fetch)`")
         }
-        guard let file else { return snapshot }
-        guard fm.fileExists(atPath: snapshot + "/" + file) else {
-            throw HubCacheError(id: id, message: """
-                the Hugging Face cache holds \(repo) (\(snapshot)), but not its file \(file).
-                HINT: `hf download \(repo) \(file)\(kind == .dataset ? " --repo-type dataset" : "")` fetches it.
-                """)
-        }
-        return snapshot + "/" + file
+        return snapshot
     }
 }
 

@@ -510,7 +510,8 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 /// Reads examples from `path`: a file of records (JSON Lines `.jsonl`/`.ndjson`, a `.json` array of objects
 /// or JSON Lines, a `.csv` or `.tsv` table with a header row, a `.parquet` file; see `readExampleFile`), a
 /// text file, a folder (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst`
-/// file; a folder holding both kinds is an error), or a pattern of files of records (`dataPatternFiles`).
+/// file; a folder holding both kinds is an error), a pattern of files of records (`dataPatternFiles`),
+/// or a Hub data set in the local Hugging Face cache ("tatsu-lab/alpaca", "openai/gsm8k:test", `hubData`).
 ///
 /// A text file is one `.text` document (format `.plainText`). Every record (a JSONL line, an array item, a
 /// table row) is one example, with the keys of a JSONL line (a table's header names them); empty lines are
@@ -541,7 +542,11 @@ typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 func readLocatedExamples(_ path: String, columns: ColumnMap = ColumnMap()) throws -> (format: DataFormat, examples: [LocatedExample], unreadKeys: [String: Int]) {
     var isDir: ObjCBool = false
     var files: [String] = []
-    if let matched = dataPatternFiles(path) {
+    let hub = try hubData(path)
+    if case .path(let local)? = hub { return try readLocatedExamples(local, columns: columns) }
+    if case .files(let split)? = hub {
+        files = split
+    } else if let matched = dataPatternFiles(path) {
         guard !matched.isEmpty else { throw DatasetError(file: path, line: nil, message: "no file matches this pattern") }
         if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {
             throw DatasetError(file: path, line: nil, message: "the pattern matches \(other), which is not a file of records ("

@@ -34,7 +34,7 @@ struct Backtest: ParsableCommand {
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
     @Option(help: "Comma-separated adapters (SwiftPEFT .h5, PEFT folders or llama.cpp GGUF LoRAs), each PATH or NAME=PATH.") var adapters: String = ""
-    @Option(help: "Prompts: JSONL (or a JSON array, CSV/TSV with a header row, or Parquet; or a pattern of such files) with template/vars/expected/tags (see above).") var prompts: String
+    @Option(help: "Prompts: JSONL (or a JSON array, CSV/TSV with a header row, or Parquet; a pattern of such files; a Hub data set's split in the local cache, org/name:test) with template/vars/expected/tags (see above).") var prompts: String
     @Option(help: "The prompts file's own column names for its fields, FIELD=COLUMN,… (e.g. prompt=question,expected=answer); its other columns are then not read.") var columns: String?
     @Option(help: "Template file for lines that give none.") var template: String?
     @Option(help: "For chat prompts: a chat template file (Jinja, or JSON with \"chat_template\") for every version instead of the model's own and the one the adapters record (which must then agree).") var chatTemplate: String?

@@ -19,7 +19,7 @@ struct Preview: ParsableCommand {
         """))
 
     @Option(help: "Base model whose tokenizer (and chat template) training uses: .h5, .gguf, a Hugging Face folder or a Hub id in the local cache.") var model: String
-    @Option(help: "Data file or folder.") var data: String
+    @Option(help: "Data file, folder or pattern, or a Hub data set in the local Hugging Face cache (org/name:split).") var data: String
     @Option(help: "The data's own column names for the keys read, KEY=COLUMN,… (e.g. prompt=question,completion=answer; instruction=instruction,input=context,output=response for Dolly): each record's COLUMN is read as KEY.") var columns: String?
     @Option(help: "An adapter whose recorded chat template to use (the one it was trained with).") var adapter: String?
     @Option(help: "A chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own and the adapter's.") var chatTemplate: String?

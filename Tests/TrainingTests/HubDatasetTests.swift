@@ -1,0 +1,119 @@
+// Data sets by Hub id from the local Hugging Face cache: each split's files are the ones Hugging Face
+// `datasets` picks for the same repository (checked against its data_files module, offline) in the
+// sharded, folder-name, file-name and flat layouts; a split, a revision or a path in the repository
+// may be named; what cannot be read is an error naming the id.
+
+import Foundation
+import XCTest
+import TestSupport
+import Formats
+@testable import Training
+
+final class HubDatasetTests: XCTestCase {
+    var dir: URL!
+    var cache: HubCache { HubCache(folder: dir.path) }
+
+    override func setUp() {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("hubdata-\(UUID().uuidString)")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(at: dir) }
+
+    /// A snapshot of data set `repo` at `commit` (main's, unless `main` is false) holding `files` (each a
+    /// JSONL line naming the file, unless given text); its folder.
+    @discardableResult
+    func add(_ repo: String, _ files: [String], text: [String: String] = [:], commit: String = String(repeating: "d", count: 40), main: Bool = true) throws -> String {
+        let root = dir.appendingPathComponent("datasets--" + repo.replacingOccurrences(of: "/", with: "--"))
+        let snapshot = root.appendingPathComponent("snapshots/" + commit)
+        try FileManager.default.createDirectory(at: root.appendingPathComponent("refs"), withIntermediateDirectories: true)
+        if main { try Data(commit.utf8).write(to: root.appendingPathComponent("refs/main")) }
+        for f in files {
+            let url = snapshot.appendingPathComponent(f)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try Data((text[f] ?? "{\"text\": \"\(f)\"}\n").utf8).write(to: url)
+        }
+        return snapshot.path
+    }
+
+    /// Our split files, relative to the snapshot.
+    func ours(_ id: String, _ snapshot: String) throws -> [String] {
+        guard case .files(let files)? = try hubData(id, cache: cache) else { XCTFail("\(id): not a split"); return [] }
+        return files.map { String($0.dropFirst(snapshot.count + 1)) }
+    }
+
+    func testSplitsAreTheFilesDatasetsPicks() throws {
+        let layouts: [(repo: String, files: [String], splits: [String: [String]])] = [
+            ("test/sharded", ["data/train-00000-of-00002.jsonl", "data/train-00001-of-00002.jsonl", "data/test-00000-of-00001.jsonl",
+                              "data/train_sft-00000-of-00001.jsonl", "README.md", ".gitattributes"],
+             ["train": ["data/train-00000-of-00002.jsonl", "data/train-00001-of-00002.jsonl"], "test": ["data/test-00000-of-00001.jsonl"],
+              "train_sft": ["data/train_sft-00000-of-00001.jsonl"]]),
+            ("test/folders", ["train/b.jsonl", "train/a.jsonl", "dev/c.jsonl", "eval-set/d.jsonl", ".hidden/x.jsonl", "__pycache__/y.jsonl", "top.jsonl"],
+             ["train": ["train/a.jsonl", "train/b.jsonl"], "validation": ["dev/c.jsonl"], "test": ["eval-set/d.jsonl"]]),
+            ("test/names", ["alpaca_train.jsonl", "data/training-2.jsonl", "alpaca_validation.jsonl", "my-test.jsonl", "other.jsonl"],
+             ["train": ["alpaca_train.jsonl", "data/training-2.jsonl"], "validation": ["alpaca_validation.jsonl"], "test": ["my-test.jsonl"]]),
+            ("test/flat", ["b.jsonl", "a.jsonl", "sub/c.jsonl", "README.md"], ["train": ["a.jsonl", "b.jsonl", "sub/c.jsonl"]]),
+        ]
+        var snapshots: [String] = []
+        for layout in layouts {
+            let snapshot = try add(layout.repo, layout.files)
+            snapshots.append(snapshot)
+            for (split, files) in layout.splits {
+                XCTAssertEqual(Set(try ours("\(layout.repo):\(split)", snapshot)), Set(files), "\(layout.repo):\(split)")
+            }
+            XCTAssertEqual(try hubData(layout.repo, cache: cache), try hubData(layout.repo + ":train", cache: cache), "train by default")
+        }
+        // Hugging Face datasets resolves the same folders to the same files, split by split and in order.
+        let python = try referencePython(importing: ["datasets"])
+        let script = """
+            import json, sys
+            from datasets.data_files import get_data_patterns, DataFilesDict
+            out = []
+            for base in sys.argv[1:]:
+                files = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
+                out.append({str(split): [f[len(base) + 1:] for f in fs] for split, fs in files.items()})
+            print(json.dumps(out))
+            """
+        let (status, stdout, stderr) = try runPython(python, ["-c", script] + snapshots)
+        XCTAssertEqual(status, 0, stderr)
+        let theirs = try JSONSerialization.jsonObject(with: stdout) as? [[String: [String]]] ?? []
+        XCTAssertEqual(theirs.count, layouts.count)
+        for (layout, (splits, snapshot)) in zip(layouts, zip(theirs, snapshots)) {
+            XCTAssertEqual(Set(splits.keys), Set(layout.splits.keys), layout.repo)
+            for (split, files) in splits { XCTAssertEqual(try ours("\(layout.repo):\(split)", snapshot), files, "\(layout.repo):\(split)") }
+        }
+    }
+
+    /// The examples, a revision, a path in the repository, the kind of file most files are, and the refusals.
+    func testDataSetsReadByID() throws {
+        let snapshot = try add("test/qa", ["train.jsonl", "test.csv", "README.md"],
+                               text: ["train.jsonl": "{\"prompt\": \"2+2?\", \"completion\": \" 4\"}\n", "test.csv": "prompt,completion\n3+3?, 6\n"])
+        try add("test/qa", ["train.jsonl"], text: ["train.jsonl": "{\"text\": \"old\"}\n"], commit: String(repeating: "e", count: 40), main: false)
+        try add("test/mixed", ["data.jsonl", "more.jsonl", "data.parquet", "notes.txt"])
+        try add("test/configs", ["en/train.jsonl", "de/train.jsonl", "README.md"],
+                text: ["README.md": "---\nconfigs:\n- config_name: en\n  data_files: en/*.jsonl\n- config_name: \"de\"\n  data_files: de/*.jsonl\n---\n# two\n"])
+        try add("test/gz", ["train.jsonl.gz"])
+        XCTAssertEqual(try ours("test/mixed", dir.path + "/datasets--test--mixed/snapshots/" + String(repeating: "d", count: 40)), ["data.jsonl", "more.jsonl"])
+
+        let previous = ProcessInfo.processInfo.environment["HF_HUB_CACHE"]
+        setenv("HF_HUB_CACHE", dir.path, 1)
+        defer { if let previous { setenv("HF_HUB_CACHE", previous, 1) } else { unsetenv("HF_HUB_CACHE") } }
+        XCTAssertEqual(try readExamples("test/qa").examples, [.promptCompletion(prompt: "2+2?", completion: " 4")])
+        XCTAssertEqual(try readExamples("test/qa:test").examples, [.promptCompletion(prompt: "3+3?", completion: " 6")])
+        XCTAssertEqual(try readExamples("test/qa@\(String(repeating: "e", count: 40))").examples, [.text("old")])
+        XCTAssertEqual(try readExamples("test/qa/test.csv").examples, try readExamples(snapshot + "/test.csv").examples)
+        XCTAssertEqual(try loadBacktestPrompts("test/qa:test").map(\.expected), [" 6"])
+
+        let refusals = [("test/qa:dev", #"the data set has no split "dev"; its splits: test/qa:train, test/qa:test"#),
+                        ("test/qa:", "no split after \":\""),
+                        ("test/qa/test.csv:test", "a split (\":test\") goes after a data set's name"),
+                        ("test/configs", "its README lists 2 configs (en, de), whose files SwiftPEFT does not choose; give the files of one: test/configs/<folder or pattern>"),
+                        ("test/gz", "its train split holds no file of records (train.jsonl.gz)"),
+                        ("test/none", "no such file or folder (nor, read as a Hub id, is the data set test/none in the Hugging Face cache"),
+                        ("test/none", "`hf download test/none --repo-type dataset`")]
+        for (id, message) in refusals {
+            XCTAssertThrowsError(try readExamples(id)) { XCTAssertTrue("\($0)".hasPrefix(id + ": ") && "\($0)".contains(message), "\($0)\nvs \(message)") }
+        }
+        XCTAssertEqual(try readExamples("test/configs/en").examples, [.text("en/train.jsonl")])
+    }
+}
