@@ -1,17 +1,11 @@
-// A data set named by its Hub id ("tatsu-lab/alpaca", "openai/gsm8k:test") in the local Hugging Face
-// cache: the files of one split, chosen as Hugging Face `datasets` chooses them for a repository
-// without a loading script (its data_files.py: the `data/<split>-00000-of-00001` shards, else split
-// names in folder names, else in file names, else every file is "train").
+// A data set named by its Hub id ("tatsu-lab/alpaca", "openai/gsm8k:main:test") in the local Hugging
+// Face cache: the files of one split, chosen as Hugging Face `datasets` chooses them for a repository
+// without a loading script: the README's `configs` (data_files, data_dir), else its data_files.py
+// defaults (the `data/<split>-00000-of-00001` shards, else split names in folder names, else in file
+// names, else every file is "train").
 
 import Foundation
 import Formats
-
-/// The split names `datasets` knows by keyword, in its order, with the words that name each.
-private let splitKeywords: [(split: String, words: [String])] = [
-    ("train", ["train", "training"]), ("validation", ["validation", "valid", "dev", "val"]), ("test", ["test", "testing", "eval", "evaluation"]),
-]
-/// What may stand between a split's word and the rest of a name ("train-00000", "my_test.csv").
-private let separators = "[-._ 0-9]"
 
 /// What a data set's Hub id names in the local Hugging Face cache.
 enum HubData: Equatable {
@@ -21,116 +15,300 @@ enum HubData: Equatable {
     case path(String)
 }
 
-/// What `id` names in the local Hugging Face cache: "org/name", "org/name:split" or
-/// "org/name@revision:split" the files of records of that split (the "train" split when none is
+/// What `id` names in the local Hugging Face cache: "org/name", "org/name:split",
+/// "org/name:config:split" (each with "@revision" after the name if wanted) the files of records of
+/// that split (of the README's default config, or the one named; the "train" split when none is
 /// given); "org/name/data/*.parquet" (a repository path after the name) that path in the snapshot.
 /// nil when `id` is no Hub id of that form or a local path of that name exists.
 /// - Throws: `DatasetError` naming the id: not in the cache (`HubCacheError`'s message); no such
-///   split (the ones there are named); a README that lists several configs (give their files); no
-///   file of records in the split.
+///   config or split, or several configs and none named (the ones there are named); a `configs`
+///   block that cannot be read; no file of records in the split.
 func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
     guard !FileManager.default.fileExists(atPath: id) else { return nil }
-    var name = id, split: String?
-    if let colon = id.lastIndex(of: ":"), !id[colon...].contains("/") {
-        (name, split) = (String(id[..<colon]), String(id[id.index(after: colon)...]))
-    }
-    guard let (repo, revision, file) = HubCache.parse(name) else { return nil }
+    func fail(_ message: String) -> DatasetError { DatasetError(file: id, line: nil, message: message) }
+    var parts = id.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+    let name = parts.removeFirst()
+    guard let (repo, revision, file) = HubCache.parse(name), parts.count <= 2 else { return nil }
     let snapshot: String
     do {
         if let file {
-            guard split == nil else { throw DatasetError(file: id, line: nil, message: "a split (\":\(split!)\") goes after a data set's name, not after a file of it") }
+            guard parts.isEmpty else { throw fail("a split (\":\(parts.joined(separator: ":"))\") goes after a data set's name, not after a file of it") }
             return .path(try cache.snapshot(of: repo, revision: revision, kind: .dataset, id: id) + "/" + file)
         }
         snapshot = try cache.snapshot(of: repo, revision: revision, kind: .dataset, id: id)
     } catch let e as HubCacheError {
-        throw DatasetError(file: id, line: nil, message: e.message)
+        throw fail(e.message)
     }
-    let wanted = split ?? "train"
-    guard !wanted.isEmpty else { throw DatasetError(file: id, line: nil, message: "no split after \":\" (e.g. \(name):test)") }
-    if let configs = readmeConfigs(snapshot), configs.count > 1 {
-        throw DatasetError(file: id, line: nil, message: """
-            its README lists \(configs.count) configs (\(configs.prefix(6).joined(separator: ", "))\(configs.count > 6 ? ", …" : "")), \
-            whose files SwiftPEFT does not choose; give the files of one: \(repo)/<folder or pattern> (the snapshot is \(snapshot))
-            """)
+    guard !parts.contains("") else { throw fail("an empty name after \":\" (e.g. \(name):test, or \(name):CONFIG:test)") }
+    let wanted = parts.last ?? "train"
+    var base = snapshot, patterns: [(split: String, patterns: [String])]?, configName = ""
+    let configs: [DataConfig]
+    do { configs = try readmeConfigs(snapshot) } catch let e as DatasetError { throw fail(e.description) }
+    if !configs.isEmpty {
+        let names = configs.map(\.name)
+        let defaults = configs.filter { configs.count == 1 || $0.name == "default" || $0.isDefault }
+        let config: DataConfig
+        if parts.count == 2 {
+            guard let c = configs.first(where: { $0.name == parts[0] }) else {
+                throw fail("its README has no config \"\(parts[0])\"; its configs: \(names.joined(separator: ", "))")
+            }
+            config = c
+        } else {
+            guard defaults.count == 1 else {
+                throw fail("its README lists \(configs.count) configs (\(names.prefix(8).joined(separator: ", "))\(names.count > 8 ? ", …" : "")) and "
+                    + (defaults.isEmpty ? "marks none default" : "several defaults") + "; name one: \(name):\(names[0]):\(wanted)")
+            }
+            config = defaults[0]
+        }
+        (configName, patterns) = (config.name, config.dataFiles)
+        if let d = config.dataDir { base += "/" + d }
+    } else if parts.count == 2 {
+        throw fail("its README lists no configs, so there is no config \"\(parts[0])\"; give \(name):\(wanted)")
     }
-    let splits = splitFiles(snapshot)
-    guard let files = splits.first(where: { $0.split == wanted })?.files else {
-        throw DatasetError(file: id, line: nil, message: splits.isEmpty
-            ? "the data set's snapshot (\(snapshot)) holds no data files"
-            : "the data set has no split \"\(wanted)\"; its splits: \(splits.map { "\(name):\($0.split)" }.joined(separator: ", "))")
+    let files = FolderFiles(base)
+    let splits = try patterns.map { try $0.map { split, globs in
+        var matched: [String] = []
+        for g in globs {
+            let m = files.matching(g)
+            guard !m.isEmpty || g.contains(where: { "*?[".contains($0) }) else {
+                throw fail("the README's config \"\(configName)\" names \(g) for its \(split) split, which the snapshot (\(base)) lacks")
+            }
+            matched += m
+        }
+        return (split: split, files: matched)
+    } } ?? files.defaultSplits()
+    let which = configName.isEmpty ? "" : "config \"\(configName)\" "
+    guard let chosen = splits.first(where: { $0.split == wanted })?.files else {
+        throw fail(splits.isEmpty ? "the data set's snapshot (\(base)) holds no data files"
+            : "the data set\(configName.isEmpty ? "" : "'s config \"\(configName)\"") has no split \"\(wanted)\"; its splits: "
+                + splits.map { configName.isEmpty ? "\(name):\($0.split)" : "\(name):\(configName):\($0.split)" }.joined(separator: ", "))
     }
     // As `datasets` does, the files of the most common kind; JSON and JSON Lines are one kind.
     func kind(_ f: String) -> String? {
         DataRecordFormat(path: f).map { $0 == .json || $0 == .jsonLines ? "json" : "\($0)" }
     }
     var counts: [String: Int] = [:]
-    for f in files { if let k = kind(f) { counts[k, default: 0] += 1 } }
+    for f in chosen { if let k = kind(f) { counts[k, default: 0] += 1 } }
     guard let common = counts.max(by: { ($0.value, $1.key) < ($1.value, $0.key) })?.key else {
-        let names = files.prefix(3).map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")
-        throw DatasetError(file: id, line: nil, message: "its \(wanted) split holds no file of records (\(names)\(files.count > 3 ? ", …" : "")); SwiftPEFT reads "
+        let names = chosen.prefix(3).map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")
+        throw fail("its \(which)\(wanted) split holds no file of records (\(names)\(chosen.count > 3 ? ", …" : "")); SwiftPEFT reads "
             + DataRecordFormat.extensions.joined(separator: ", ") + " (decompress .gz or .zst files first)")
     }
-    return .files(files.filter { kind($0) == common }.map { snapshot + "/" + $0 })
+    return .files(chosen.filter { kind($0) == common }.map { base + "/" + $0 })
 }
 
-/// The config names a data set's README.md lists in its YAML header (`configs: - config_name: …`), or
-/// nil when it lists none.
-private func readmeConfigs(_ snapshot: String) -> [String]? {
-    guard let text = try? String(contentsOfFile: snapshot + "/README.md", encoding: .utf8), text.hasPrefix("---") else { return nil }
-    let header = text.dropFirst(3).components(separatedBy: "\n---")[0]
-    guard header.split(separator: "\n").contains(where: { $0.hasPrefix("configs:") }) else { return nil }
-    return header.split(separator: "\n").compactMap { line in
-        let t = line.trimmingCharacters(in: .whitespaces)
-        guard let r = t.range(of: "config_name:") else { return nil }
-        return t[r.upperBound...].trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
-    }
+// MARK: the README's configs
+
+/// A config of a data set's README (`configs:` in its YAML header), as `datasets` reads one.
+private struct DataConfig {
+    var name = "", isDefault = false, dataDir: String?
+    /// Each split's file patterns, in order; nil: the default patterns in `dataDir`.
+    var dataFiles: [(split: String, patterns: [String])]?
 }
 
-/// Each split's files (relative to `folder`, sorted), in `datasets`' order: the sharded layout
-/// `data/<split>-00000-of-00003…`, else split words in folder names, else in file names, else every
-/// file is "train". Hidden files and folders, folders starting with "__", and the repository's
-/// README.md, config.json and dataset_info files are no data.
-private func splitFiles(_ folder: String) -> [(split: String, files: [String])] {
-    let ignored: Set<String> = ["README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dummy_data.zip", "dataset_dict.json"]
-    var all: [String] = []
-    let walker = FileManager.default.enumerator(atPath: folder)
-    while let f = walker?.nextObject() as? String {
-        var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: folder + "/" + f, isDirectory: &isFolder), !isFolder.boolValue else { continue }
-        let parts = f.split(separator: "/")
-        guard !ignored.contains(String(parts.last!)), !parts.contains(where: { $0.hasPrefix(".") }),
-              !parts.dropLast().contains(where: { $0.hasPrefix("__") }) else { continue }
-        all.append(f)
+/// The configs of the README.md in `snapshot` (none without a README, a YAML header or `configs`).
+/// Reads the YAML forms the Hub writes: a block list of configs, each a block mapping of
+/// `config_name`, `default`, `data_dir` and `data_files` (a pattern, a list of patterns, or a list of
+/// `{split, path}` with a pattern or a list of patterns), with plain or quoted scalars and `[a, b]` lists.
+/// - Throws: `DatasetError` naming the README's line where the block has another form.
+private func readmeConfigs(_ snapshot: String) throws -> [DataConfig] {
+    let file = snapshot + "/README.md"
+    guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { return [] }
+    var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0).replacingOccurrences(of: "\r", with: "") }
+    guard lines.first?.trimmingCharacters(in: .whitespaces) == "---", let end = lines.dropFirst().firstIndex(where: { $0.hasPrefix("---") }) else { return [] }
+    lines = Array(lines[1..<end])
+    guard let start = lines.firstIndex(where: { $0.hasPrefix("configs:") }) else { return [] }
+    // The block: the lines after "configs:" up to the next key at the margin.
+    var block: [(line: Int, indent: Int, text: String)] = []
+    for k in (start + 1)..<lines.count {
+        let l = lines[k], t = l.trimmingCharacters(in: .whitespaces)
+        if t.isEmpty || t.hasPrefix("#") { continue }
+        if !l.hasPrefix(" ") && !l.hasPrefix("-") { break }
+        block.append((k + 2, l.prefix { $0 == " " }.count, t))
     }
-    all.sort()
+    var i = 0
+    func bad(_ what: String, at k: Int? = nil) -> DatasetError {
+        let k = k ?? i
+        return DatasetError(file: file, line: k >= 0 && k < block.count ? block[k].line : nil, message: "the README's configs: \(what) (SwiftPEFT reads the forms the Hub writes; give the files as org/name/<pattern> instead)")
+    }
+    func scalar(_ s: String) -> String {
+        let t = s.trimmingCharacters(in: .whitespaces)
+        if t.count >= 2, let q = t.first, q == "\"" || q == "'", t.last == q { return String(t.dropFirst().dropLast()) }
+        return t
+    }
+    /// A value given on its key's line: a scalar or a `[a, b]` list.
+    func inline(_ s: String) -> [String] {
+        let t = s.trimmingCharacters(in: .whitespaces)
+        guard t.hasPrefix("["), t.hasSuffix("]") else { return [scalar(t)] }
+        return t.dropFirst().dropLast().split(separator: ",").map { scalar(String($0)) }
+    }
+    /// Reads the "key: value" pairs of a mapping at `indent` (its first pair `first`, after a "- "),
+    /// `handle` reading each one's value and any block under it.
+    func pairs(first: String, indent: Int, _ handle: (String, String) throws -> Void) throws {
+        var next: String? = first
+        while let t = next {
+            guard let colon = t.range(of: ":") else { throw bad("expected \"key: value\", found \"\(t)\"", at: i - 1) }
+            try handle(String(t[..<colon.lowerBound]).trimmingCharacters(in: .whitespaces), String(t[colon.upperBound...]).trimmingCharacters(in: .whitespaces))
+            next = nil
+            if i < block.count && block[i].indent == indent && !block[i].text.hasPrefix("-") {
+                next = block[i].text
+                i += 1
+            }
+        }
+    }
+    /// Whether line `i` is in the block under a key at `indent` (deeper, or a list at the key's indent).
+    func under(_ indent: Int) -> Bool {
+        i < block.count && (block[i].indent > indent || (block[i].indent == indent && block[i].text.hasPrefix("-")))
+    }
+    /// The patterns of a value: on the key's line, or a block list under it.
+    func patterns(_ value: String, key indent: Int) throws -> [String] {
+        if !value.isEmpty { return inline(value) }
+        guard under(indent), block[i].text.hasPrefix("- ") else { throw bad("a key with no value") }
+        let at = block[i].indent
+        var out: [String] = []
+        while i < block.count && block[i].indent == at && block[i].text.hasPrefix("- ") {
+            out.append(scalar(String(block[i].text.dropFirst(2))))
+            i += 1
+        }
+        return out
+    }
+    guard let margin = block.first?.indent, block[0].text.hasPrefix("- ") else { throw bad("expected a list of configs") }
+    var configs: [DataConfig] = []
+    while i < block.count {
+        guard block[i].indent == margin, block[i].text.hasPrefix("- ") else { throw bad("expected \"- config_name: …\"") }
+        let first = String(block[i].text.dropFirst(2)), keyIndent = margin + 2
+        i += 1
+        var config = DataConfig()
+        try pairs(first: first, indent: keyIndent) { key, value in
+            switch key {
+            case "config_name": config.name = scalar(value)
+            case "default": config.isDefault = scalar(value).lowercased() == "true"
+            case "data_dir": config.dataDir = scalar(value)
+            case "data_files":
+                guard value.isEmpty, under(keyIndent), block[i].text.dropFirst(2).contains(":") else {
+                    config.dataFiles = [("train", try patterns(value, key: keyIndent))]
+                    return
+                }
+                let at = block[i].indent
+                var splits: [(String, [String])] = []
+                while i < block.count && block[i].indent == at && block[i].text.hasPrefix("- ") {
+                    let item = String(block[i].text.dropFirst(2))
+                    i += 1
+                    var split: String?, paths: [String]?
+                    try pairs(first: item, indent: at + 2) { k, v in
+                        switch k {
+                        case "split": split = scalar(v)
+                        case "path": paths = try patterns(v, key: at + 2)
+                        default: throw bad("a data_files entry with \"\(k)\"")
+                        }
+                    }
+                    guard let split, let paths else { throw bad("a data_files entry without \"split\" and \"path\"") }
+                    splits.append((split, paths))
+                }
+                config.dataFiles = splits
+            default:
+                // Other keys (sep, features, …) tell `datasets` how to read the files, not which.
+                while value.isEmpty && under(keyIndent) { i += 1 }
+            }
+        }
+        guard !config.name.isEmpty else { throw bad("a config without config_name") }
+        configs.append(config)
+    }
+    return configs
+}
+
+// MARK: files and patterns
+
+/// The files of a folder (relative paths, sorted) and the glob patterns of `datasets` over them:
+/// `*` within a name, `**` across folders, `?`, `[…]`; hidden files and folders, and folders starting
+/// with "__", only where the pattern names them; the repository's README.md, config.json and
+/// dataset_info files never.
+private struct FolderFiles {
+    let all: [String]
+
+    init(_ folder: String) {
+        var all: [String] = []
+        let walker = FileManager.default.enumerator(atPath: folder)
+        while let f = walker?.nextObject() as? String {
+            var isFolder: ObjCBool = false
+            if FileManager.default.fileExists(atPath: folder + "/" + f, isDirectory: &isFolder), !isFolder.boolValue { all.append(f) }
+        }
+        self.all = all.sorted()
+    }
+
+    /// The files `pattern` matches, sorted.
     func matching(_ pattern: String) -> [String] {
-        guard let re = try? NSRegularExpression(pattern: "^" + pattern + "$") else { return [] }
-        return all.filter { re.firstMatch(in: $0, range: NSRange($0.startIndex..., in: $0)) != nil }
-    }
-    // data/{split}-00000-of-00001*.*: the split is the name before the shard numbers.
-    let sharded = matching("data/[^/]*-[0-9]{5}-of-[0-9]{5}[^/]*\\.[^/]*")
-    if !sharded.isEmpty {
-        var bySplit: [String: [String]] = [:]
-        for f in sharded {
-            let base = (f as NSString).lastPathComponent
-            let split = base.range(of: "-[0-9]{5}-of-[0-9]{5}", options: [.regularExpression, .backwards]).map { String(base[..<$0.lowerBound]) } ?? base
-            bySplit[split, default: []].append(f)
+        guard let re = try? NSRegularExpression(pattern: "^" + Self.regex(pattern) + "$") else { return [] }
+        let ignored: Set<String> = ["README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dummy_data.zip", "dataset_dict.json"]
+        func count(_ parts: [Substring], _ prefix: String) -> Int { parts.filter { $0.hasPrefix(prefix) && $0.contains(where: { $0 != "." }) }.count }
+        let patternParts = pattern.split(separator: "/")
+        return all.filter { f in
+            let parts = f.split(separator: "/")
+            guard !ignored.contains(String(parts.last!)) || String(parts.last!) == patternParts.last.map(String.init),
+                  count(parts, ".") == count(patternParts, "."), count(Array(parts.dropLast()), "__") == count(Array(patternParts.dropLast()), "__") else { return false }
+            return re.firstMatch(in: f, range: NSRange(f.startIndex..., in: f)) != nil
         }
-        let known = splitKeywords.map(\.split)
-        return (known.filter { bySplit[$0] != nil } + bySplit.keys.filter { !known.contains($0) }.sorted()).map { ($0, bySplit[$0]!) }
     }
-    let word = "[^/]*"
-    let inFolders = { (w: String) in ["(?:.*/)?\(w)/.*", "(?:.*/)?\(w)\(separators)\(word)/.*", "(?:.*/)?\(word)\(separators)\(w)/.*",
-                                      "(?:.*/)?\(word)\(separators)\(w)\(separators)\(word)/.*"] }
-    let inNames = { (w: String) in ["(?:.*/)?\(w)\(separators)\(word)", "(?:.*/)?\(word)\(separators)\(w)\(separators)\(word)"] }
-    for patterns in [inFolders, inNames] {
-        // A split takes the files of all its words' patterns, pattern by pattern, each file once.
-        let found: [(String, [String])] = splitKeywords.compactMap { split, words in
-            var files: [String] = []
-            for w in words { for p in patterns(w) { for f in matching(p) where !files.contains(f) { files.append(f) } } }
-            return files.isEmpty ? nil : (split, files)
+
+    /// A glob pattern as a regular expression over relative paths.
+    static func regex(_ pattern: String) -> String {
+        var out = "", i = pattern.startIndex
+        while i < pattern.endIndex {
+            let c = pattern[i], next = pattern.index(after: i)
+            if c == "*" && next < pattern.endIndex && pattern[next] == "*" {
+                let after = pattern.index(after: next)
+                if after < pattern.endIndex && pattern[after] == "/" {
+                    out += "(?:.*/)?"  // "**/": any folders, or none
+                    i = pattern.index(after: after)
+                } else {
+                    out += ".*"
+                    i = after
+                }
+                continue
+            }
+            if c == "[", let close = pattern[next...].firstIndex(of: "]") {
+                var body = String(pattern[next..<close])
+                if body.hasPrefix("!") { body = "^" + body.dropFirst() }
+                out += "[" + body.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "[", with: "\\[") + "]"
+                i = pattern.index(after: close)
+                continue
+            }
+            out += c == "*" ? "[^/]*" : c == "?" ? "[^/]" : NSRegularExpression.escapedPattern(for: String(c))
+            i = next
         }
-        if !found.isEmpty { return found }
+        return out
     }
-    return all.isEmpty ? [] : [("train", all)]
+
+    /// Each split's files by `datasets`' default patterns (data_files.py), the first kind that matches
+    /// any file: the sharded layout `data/<split>-00000-of-00003…` (its splits train, validation, test
+    /// first, then the others by name); split words in folder names; in file names; else every file
+    /// is "train". A split's files are its patterns' matches, pattern by pattern.
+    func defaultSplits() -> [(split: String, files: [String])] {
+        let shard = "data/{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]*.*"
+        let sharded = matching(shard.replacingOccurrences(of: "{split}", with: "*"))
+        let known = ["train", "validation", "test"]
+        if !sharded.isEmpty {
+            var bySplit: [String: [String]] = [:]
+            for f in sharded {
+                let base = (f as NSString).lastPathComponent
+                let split = base.range(of: "-[0-9]{5}-of-[0-9]{5}", options: [.regularExpression, .backwards]).map { String(base[..<$0.lowerBound]) } ?? base
+                bySplit[split, default: []].append(f)
+            }
+            return (known.filter { bySplit[$0] != nil } + bySplit.keys.filter { !known.contains($0) }.sorted()).map { ($0, bySplit[$0]!) }
+        }
+        let words = [("train", ["train", "training"]), ("validation", ["validation", "valid", "dev", "val"]), ("test", ["test", "testing", "eval", "evaluation"])]
+        let sep = "[-._ 0-9]"
+        let inFolders = ["**/{w}/**", "**/{w}\(sep)*/**", "**/*\(sep){w}/**", "**/*\(sep){w}\(sep)*/**"]
+        let inNames = ["**/{w}\(sep)*", "**/*\(sep){w}\(sep)*"]
+        for patterns in [inFolders, inNames] {
+            let found: [(String, [String])] = words.compactMap { split, ws in
+                var files: [String] = []
+                for w in ws { for p in patterns { for f in matching(p.replacingOccurrences(of: "{w}", with: w)) where !files.contains(f) { files.append(f) } } }
+                return files.isEmpty ? nil : (split, files)
+            }
+            if !found.isEmpty { return found }
+        }
+        let every = matching("**")
+        return every.isEmpty ? [] : [("train", every)]
+    }
 }

@@ -1,6 +1,6 @@
 // A seeded, structure-aware mutation fuzzer for every reader: GGUF, safetensors, HDF5, tokenizer.json,
 // config.json, adapter_config.json, JSONL data (chat through a template too), JSON arrays and CSV of data and
-// back-test prompts, Parquet, JSON against Foundation's reader, tool calls in replies, and CLI config files. Inputs start from real files (the
+// back-test prompts, Parquet, JSON against Foundation's reader, tool calls in replies, Hub data sets' README configs, and CLI config files. Inputs start from real files (the
 // SmolLM2 GGUF header, the test fixtures, chat lines with tools) and are mutated: bytes flipped, integers overwritten with
 // boundary values, chunks cut, repeated or dropped, JSON numbers and strings swapped for hostile ones,
 // nesting deepened. A reader may accept or refuse an input; it may not crash or hang. Each input is
@@ -12,6 +12,30 @@ import SwiftPEFT
 import Serving
 
 var args = Array(CommandLine.arguments.dropFirst())
+/// A README header with two configs (one the default) in the forms the Hub writes.
+let hubReadmeSeed = Data("""
+    ---
+    license: mit
+    configs:
+    - config_name: en
+      default: true
+      data_files:
+      - split: train
+        path: "en/train.jsonl"
+      - split: test
+        path:
+        - en/test.jsonl
+    - config_name: de
+      data_dir: de
+      data_files: [a.jsonl]
+    dataset_info:
+      features:
+      - name: text
+        dtype: string
+    ---
+    # A data set
+
+    """.utf8)
 func option(_ name: String) -> String? {
     guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
     return args[i + 1]
@@ -20,7 +44,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|parquet|chat|json|toolcalls|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|parquet|chat|json|toolcalls|hubreadme|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -320,6 +344,13 @@ let targets: [Target] = [
     Target(name: "toolcalls", seeds: toolCallSeeds.map { Data($0.utf8) }, json: true) { _, d in
         guard parseToolCalls(String(decoding: d, as: UTF8.self), tools: toolCallTools) != nil else { throw FuzzRefusal() }
     },
+    // A Hub data set's README.md: the configs of its YAML header (which files each split reads), in a
+    // cache laid out as huggingface_hub writes one (HF_HUB_CACHE points there).
+    Target(name: "hubreadme", seeds: [hubReadmeSeed], json: false, ext: ".md") { path, d in
+        let snapshot = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("hub/datasets--fuzz--readme/snapshots/main")
+        try d.write(to: snapshot.appendingPathComponent("README.md"))
+        for id in ["fuzz/readme", "fuzz/readme:test", "fuzz/readme:en:train"] { _ = try readExamples(id) }
+    },
     Target(name: "settings", seeds: [Data(#"{"model": "m.h5", "data": "d.jsonl", "out": "o", "steps": 3, "lr": 0.01, "seq-len": 16, "r": 4, "use-dora": true, "method-config": {"lora_alpha": 8}}"#.utf8)], json: true) { _, d in
         guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any] else { return }
         var job = try TrainJob(settings: obj)
@@ -331,6 +362,13 @@ let targets: [Target] = [
 ]
 
 try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+// The hubreadme target's data set: files in both configs' folders, the cache found by its variable.
+for f in ["en/train.jsonl", "en/test.jsonl", "de/a.jsonl", "data/train-00000-of-00001.jsonl"] {
+    let file = URL(fileURLWithPath: work).appendingPathComponent("hub/datasets--fuzz--readme/snapshots/main/" + f)
+    try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+    try Data(#"{"text": "x"}"#.utf8).write(to: file)
+}
+setenv("HF_HUB_CACHE", URL(fileURLWithPath: work).appendingPathComponent("hub").path, 1)
 var failed = false
 for t in targets where only == nil || only == t.name {
     guard !t.seeds.isEmpty else {

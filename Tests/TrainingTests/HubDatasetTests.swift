@@ -43,44 +43,79 @@ final class HubDatasetTests: XCTestCase {
     }
 
     func testSplitsAreTheFilesDatasetsPicks() throws {
-        let layouts: [(repo: String, files: [String], splits: [String: [String]])] = [
+        let configs = """
+            ---
+            license: mit
+            configs:
+            - config_name: en
+              data_files:
+              - split: train
+                path: "en/*.jsonl"
+              - split: test
+                path:
+                - hold/t.jsonl
+                - 'hold/u.jsonl'
+              default: true
+            - config_name: de
+              data_dir: de
+            dataset_info:
+              features:
+              - name: text
+                dtype: string
+            ---
+            # Two configs
+            """
+        let single = "---\nconfigs:\n  - config_name: x\n    data_files: alpaca.json\n---\n"
+        let layouts: [(repo: String, files: [String], text: [String: String], splits: [String: [String]])] = [
             ("test/sharded", ["data/train-00000-of-00002.jsonl", "data/train-00001-of-00002.jsonl", "data/test-00000-of-00001.jsonl",
-                              "data/train_sft-00000-of-00001.jsonl", "README.md", ".gitattributes"],
+                              "data/train_sft-00000-of-00001.jsonl", "README.md", ".gitattributes"], [:],
              ["train": ["data/train-00000-of-00002.jsonl", "data/train-00001-of-00002.jsonl"], "test": ["data/test-00000-of-00001.jsonl"],
               "train_sft": ["data/train_sft-00000-of-00001.jsonl"]]),
-            ("test/folders", ["train/b.jsonl", "train/a.jsonl", "dev/c.jsonl", "eval-set/d.jsonl", ".hidden/x.jsonl", "__pycache__/y.jsonl", "top.jsonl"],
+            ("test/folders", ["train/b.jsonl", "train/a.jsonl", "dev/c.jsonl", "eval-set/d.jsonl", ".hidden/x.jsonl", "__pycache__/y.jsonl", "top.jsonl"], [:],
              ["train": ["train/a.jsonl", "train/b.jsonl"], "validation": ["dev/c.jsonl"], "test": ["eval-set/d.jsonl"]]),
-            ("test/names", ["alpaca_train.jsonl", "data/training-2.jsonl", "alpaca_validation.jsonl", "my-test.jsonl", "other.jsonl"],
+            ("test/names", ["alpaca_train.jsonl", "data/training-2.jsonl", "alpaca_validation.jsonl", "my-test.jsonl", "other.jsonl"], [:],
              ["train": ["alpaca_train.jsonl", "data/training-2.jsonl"], "validation": ["alpaca_validation.jsonl"], "test": ["my-test.jsonl"]]),
-            ("test/flat", ["b.jsonl", "a.jsonl", "sub/c.jsonl", "README.md"], ["train": ["a.jsonl", "b.jsonl", "sub/c.jsonl"]]),
+            ("test/flat", ["b.jsonl", "a.jsonl", "sub/c.jsonl", "README.md", "notes.txt"], [:], ["train": ["a.jsonl", "b.jsonl", "sub/c.jsonl"]]),
+            ("test/configs", ["en/a.jsonl", "en/b.jsonl", "hold/t.jsonl", "hold/u.jsonl", "de/train.jsonl", "de/test.jsonl", "README.md"], ["README.md": configs],
+             ["train": ["en/a.jsonl", "en/b.jsonl"], "test": ["hold/t.jsonl", "hold/u.jsonl"]]),
+            ("test/single", ["alpaca.json", "other.json", "README.md"], ["README.md": single], ["train": ["alpaca.json"]]),
         ]
         var snapshots: [String] = []
         for layout in layouts {
-            let snapshot = try add(layout.repo, layout.files)
+            let snapshot = try add(layout.repo, layout.files, text: layout.text)
             snapshots.append(snapshot)
             for (split, files) in layout.splits {
                 XCTAssertEqual(Set(try ours("\(layout.repo):\(split)", snapshot)), Set(files), "\(layout.repo):\(split)")
             }
             XCTAssertEqual(try hubData(layout.repo, cache: cache), try hubData(layout.repo + ":train", cache: cache), "train by default")
         }
-        // Hugging Face datasets resolves the same folders to the same files, split by split and in order.
+        let de = snapshots[4] + "/de"
+        XCTAssertEqual(try hubData("test/configs:de:test", cache: cache), .files([de + "/test.jsonl"]))
+        XCTAssertEqual(try hubData("test/configs:en:test", cache: cache), try hubData("test/configs:test", cache: cache))
+        // Hugging Face datasets picks the same files for the same folders, split by split and in order.
         let python = try referencePython(importing: ["datasets"])
         let script = """
-            import json, sys
-            from datasets.data_files import get_data_patterns, DataFilesDict
+            import json, os, sys
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            import datasets
             out = []
-            for base in sys.argv[1:]:
-                files = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
+            for arg in sys.argv[1:]:
+                base, config = arg.split("|")
+                files = datasets.load_dataset_builder(base, config or None).config.data_files
                 out.append({str(split): [f[len(base) + 1:] for f in fs] for split, fs in files.items()})
             print(json.dumps(out))
             """
-        let (status, stdout, stderr) = try runPython(python, ["-c", script] + snapshots)
+        let cases = zip(layouts.map(\.repo), snapshots).map { ($0, $1, "") } + [("test/configs", snapshots[4], "de")]
+        let (status, stdout, stderr) = try runPython(python, ["-c", script] + cases.map { "\($0.1)|\($0.2)" })
         XCTAssertEqual(status, 0, stderr)
         let theirs = try JSONSerialization.jsonObject(with: stdout) as? [[String: [String]]] ?? []
-        XCTAssertEqual(theirs.count, layouts.count)
-        for (layout, (splits, snapshot)) in zip(layouts, zip(theirs, snapshots)) {
-            XCTAssertEqual(Set(splits.keys), Set(layout.splits.keys), layout.repo)
-            for (split, files) in splits { XCTAssertEqual(try ours("\(layout.repo):\(split)", snapshot), files, "\(layout.repo):\(split)") }
+        XCTAssertEqual(theirs.count, cases.count)
+        for ((repo, snapshot, config), splits) in zip(cases, theirs) {
+            XCTAssertFalse(splits.isEmpty, repo)
+            for (split, files) in splits {
+                let id = config.isEmpty ? "\(repo):\(split)" : "\(repo):\(config):\(split)"
+                XCTAssertEqual(try ours(id, snapshot), files, id)
+            }
         }
     }
 
@@ -93,6 +128,8 @@ final class HubDatasetTests: XCTestCase {
         try add("test/configs", ["en/train.jsonl", "de/train.jsonl", "README.md"],
                 text: ["README.md": "---\nconfigs:\n- config_name: en\n  data_files: en/*.jsonl\n- config_name: \"de\"\n  data_files: de/*.jsonl\n---\n# two\n"])
         try add("test/gz", ["train.jsonl.gz"])
+        try add("test/badyaml", ["a.jsonl", "README.md"], text: ["README.md": "---\nconfigs:\n- config_name: a\n  nonsense\n---\n"])
+        try add("test/missing-file", ["a.jsonl", "README.md"], text: ["README.md": "---\nconfigs:\n- config_name: default\n  data_files: gone.jsonl\n---\n"])
         XCTAssertEqual(try ours("test/mixed", dir.path + "/datasets--test--mixed/snapshots/" + String(repeating: "d", count: 40)), ["data.jsonl", "more.jsonl"])
 
         let previous = ProcessInfo.processInfo.environment["HF_HUB_CACHE"]
@@ -105,9 +142,13 @@ final class HubDatasetTests: XCTestCase {
         XCTAssertEqual(try loadBacktestPrompts("test/qa:test").map(\.expected), [" 6"])
 
         let refusals = [("test/qa:dev", #"the data set has no split "dev"; its splits: test/qa:train, test/qa:test"#),
-                        ("test/qa:", "no split after \":\""),
+                        ("test/qa:", "an empty name after \":\" (e.g. test/qa:test, or test/qa:CONFIG:test)"),
                         ("test/qa/test.csv:test", "a split (\":test\") goes after a data set's name"),
-                        ("test/configs", "its README lists 2 configs (en, de), whose files SwiftPEFT does not choose; give the files of one: test/configs/<folder or pattern>"),
+                        ("test/configs", "its README lists 2 configs (en, de) and marks none default; name one: test/configs:en:train"),
+                        ("test/configs:fr:train", "its README has no config \"fr\"; its configs: en, de"),
+                        ("test/qa:main:train", "its README lists no configs, so there is no config \"main\"; give test/qa:train"),
+                        ("test/badyaml", "README.md:4: the README's configs: expected \"key: value\", found \"nonsense\""),
+                        ("test/missing-file", "the README's config \"default\" names gone.jsonl for its train split, which the snapshot"),
                         ("test/gz", "its train split holds no file of records (train.jsonl.gz)"),
                         ("test/none", "no such file or folder (nor, read as a Hub id, is the data set test/none in the Hugging Face cache"),
                         ("test/none", "`hf download test/none --repo-type dataset`")]
