@@ -47,6 +47,12 @@ public struct HubCache: Sendable, Equatable {
         return ("\(parts[0])/\(parts[1])", revision, parts.count > 2 ? parts.dropFirst(2).joined(separator: "/") : nil)
     }
 
+    /// Whether `path` is read as a local path rather than a Hub id: a file or folder of that name
+    /// exists, or one of its first part does ("data/train/*.jsonl" with a folder "data" here).
+    public static func isLocal(_ path: String) -> Bool {
+        FileManager.default.fileExists(atPath: path) || FileManager.default.fileExists(atPath: String(path.prefix { $0 != "/" }))
+    }
+
     /// The local path of Hub id `id` (`parse`) of `kind`: its snapshot folder (`snapshot`), or the file
     /// in it. nil when `id` is no Hub id.
     /// - Throws: `HubCacheError` when the repository, the revision or the file is not in the cache,
@@ -115,10 +121,10 @@ public struct HubCacheError: Error, CustomStringConvertible {
     public var description: String { "\(id): \(message)" }
 }
 
-/// `path` as it is when a file or folder of that name exists or it is no Hub id; else the local
-/// path of the Hub model (or adapter) it names in the Hugging Face cache (`HubCache.path(of:kind:)`):
+/// `path` as it is when it is local (`HubCache.isLocal`) or no Hub id; else the local path of the
+/// Hub model (or adapter) it names in the Hugging Face cache (`HubCache.path(of:kind:)`):
 /// "HuggingFaceTB/SmolLM2-135M" is the snapshot transformers would load offline.
 public func localModelPath(_ path: String, cache: HubCache = .standard) throws -> String {
-    if FileManager.default.fileExists(atPath: path) { return path }
+    if HubCache.isLocal(path) { return path }
     return try cache.path(of: path, kind: .model) ?? path
 }

@@ -105,25 +105,15 @@ public let backtestColumnKeys = ["id", "prompt", "vars", "expected", "completion
 /// final assistant message is the expected answer, its text or, when it calls tools, its calls as
 /// the template writes them.
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line. A file of
-/// another extension is read as JSON Lines. A pattern (`dataPatternFiles`: "evals/*.jsonl") reads every
-/// matching file of records in sorted order, and a Hub data set's id one split of it from the local
-/// Hugging Face cache (`hubData`: "openai/gsm8k:test"); a prompt without an "id" is then named by its
-/// file and line. `columns` names the data's own columns for these fields
+/// another extension is read as JSON Lines. A pattern ("evals/*.jsonl") reads every matching file of
+/// records in sorted order, and a Hub data set's id one split of it from the local Hugging Face cache
+/// ("openai/gsm8k:test"; `dataFiles`); a prompt without an "id" is then named by its file and line. `columns` names the data's own columns for these fields
 /// (`backtestColumnKeys`; a data set's "question" as "prompt", its "answer" as "expected"); with it,
 /// the columns it does not name are left unread instead of refused as unknown fields.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, columns: ColumnMap = ColumnMap()) throws -> [BacktestPrompt] {
-    let hub: HubData?
-    do { hub = try hubData(path) } catch let e as DatasetError { throw BacktestError(e.description) }
-    if case .path(let local)? = hub { return try loadBacktestPrompts(local, defaultTemplate: defaultTemplate, columns: columns) }
-    var matched = dataPatternFiles(path)
-    if case .files(let split)? = hub { matched = split }
-    if let matched {
-        guard !matched.isEmpty else { throw BacktestError("\(path): no file matches this pattern") }
-        if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {
-            throw BacktestError("\(path): the pattern matches \(other), which is not a file of records (" + DataRecordFormat.extensions.joined(separator: ", ") + ")")
-        }
-    }
-    let files = matched ?? [path]
+    let resolved: (path: String, files: [String]?)
+    do { resolved = try dataFiles(path) } catch let e as DatasetError { throw BacktestError(e.description) }
+    let files = resolved.files ?? [resolved.path]
     var templates: [String: String] = [:]
     var prompts: [BacktestPrompt] = []
     var ids = Set<String>()

@@ -534,6 +534,25 @@ public func dataPatternFiles(_ path: String) -> [String]? {
     return (0..<Int(matches.gl_pathc)).compactMap { matches.gl_pathv[$0].map { String(cString: $0) } }.sorted()
 }
 
+/// What a data path names: the path to read (a Hub id's path in its snapshot, else the path itself)
+/// and, for a pattern (`dataPatternFiles`) or a Hub data set's split (`hubData`), its files of records.
+/// - Throws: `DatasetError` naming the path: a pattern that matches nothing or matches a file that is
+///   not records; a Hub id that the local Hugging Face cache cannot serve.
+func dataFiles(_ path: String) throws -> (path: String, files: [String]?) {
+    switch try hubData(path) {
+    case .path(let local)?: return try dataFiles(local)
+    case .files(let split)?: return (path, split)
+    case nil: break
+    }
+    guard let matched = dataPatternFiles(path) else { return (path, nil) }
+    guard !matched.isEmpty else { throw DatasetError(file: path, line: nil, message: "no file matches this pattern") }
+    if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {
+        throw DatasetError(file: path, line: nil, message: "the pattern matches \(other), which is not a file of records ("
+            + DataRecordFormat.extensions.joined(separator: ", ") + "); a pattern reads files of records, a folder reads text files")
+    }
+    return (path, matched)
+}
+
 /// An example with the file and line it was read from (no line for a text file's document).
 typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 
@@ -542,16 +561,8 @@ typealias LocatedExample = (example: DataExample, file: String, line: Int?)
 func readLocatedExamples(_ path: String, columns: ColumnMap = ColumnMap()) throws -> (format: DataFormat, examples: [LocatedExample], unreadKeys: [String: Int]) {
     var isDir: ObjCBool = false
     var files: [String] = []
-    let hub = try hubData(path)
-    if case .path(let local)? = hub { return try readLocatedExamples(local, columns: columns) }
-    if case .files(let split)? = hub {
-        files = split
-    } else if let matched = dataPatternFiles(path) {
-        guard !matched.isEmpty else { throw DatasetError(file: path, line: nil, message: "no file matches this pattern") }
-        if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {
-            throw DatasetError(file: path, line: nil, message: "the pattern matches \(other), which is not a file of records ("
-                + DataRecordFormat.extensions.joined(separator: ", ") + "); a pattern reads files of records, a folder reads text files")
-        }
+    let (path, matched) = try dataFiles(path)
+    if let matched {
         files = matched
     } else if !FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
         throw DatasetError(file: path, line: nil, message: "no such file or folder")

@@ -19,12 +19,12 @@ enum HubData: Equatable {
 /// "org/name:config:split" (each with "@revision" after the name if wanted) the files of records of
 /// that split (of the README's default config, or the one named; the "train" split when none is
 /// given); "org/name/data/*.parquet" (a repository path after the name) that path in the snapshot.
-/// nil when `id` is no Hub id of that form or a local path of that name exists.
+/// nil when `id` is no Hub id of that form or is local (`HubCache.isLocal`).
 /// - Throws: `DatasetError` naming the id: not in the cache (`HubCacheError`'s message); no such
 ///   config or split, or several configs and none named (the ones there are named); a `configs`
 ///   block that cannot be read; no file of records in the split.
 func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
-    guard !FileManager.default.fileExists(atPath: id) else { return nil }
+    guard !HubCache.isLocal(id) else { return nil }
     func fail(_ message: String) -> DatasetError { DatasetError(file: id, line: nil, message: message) }
     var parts = id.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
     let name = parts.removeFirst()
@@ -77,7 +77,6 @@ func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
         }
         return (split: split, files: matched)
     } } ?? files.defaultSplits()
-    let which = configName.isEmpty ? "" : "config \"\(configName)\" "
     guard let chosen = splits.first(where: { $0.split == wanted })?.files else {
         throw fail(splits.isEmpty ? "the data set's snapshot (\(base)) holds no data files"
             : "the data set\(configName.isEmpty ? "" : "'s config \"\(configName)\"") has no split \"\(wanted)\"; its splits: "
@@ -91,7 +90,7 @@ func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
     for f in chosen { if let k = kind(f) { counts[k, default: 0] += 1 } }
     guard let common = counts.max(by: { ($0.value, $1.key) < ($1.value, $0.key) })?.key else {
         let names = chosen.prefix(3).map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")
-        throw fail("its \(which)\(wanted) split holds no file of records (\(names)\(chosen.count > 3 ? ", …" : "")); SwiftPEFT reads "
+        throw fail("the \(wanted) split\(configName.isEmpty ? "" : " of config \"\(configName)\"") holds no file of records (\(names)\(chosen.count > 3 ? ", …" : "")); SwiftPEFT reads "
             + DataRecordFormat.extensions.joined(separator: ", ") + " (decompress .gz or .zst files first)")
     }
     return .files(chosen.filter { kind($0) == common }.map { base + "/" + $0 })

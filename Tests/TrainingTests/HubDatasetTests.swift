@@ -149,12 +149,21 @@ final class HubDatasetTests: XCTestCase {
                         ("test/qa:main:train", "its README lists no configs, so there is no config \"main\"; give test/qa:train"),
                         ("test/badyaml", "README.md:4: the README's configs: expected \"key: value\", found \"nonsense\""),
                         ("test/missing-file", "the README's config \"default\" names gone.jsonl for its train split, which the snapshot"),
-                        ("test/gz", "its train split holds no file of records (train.jsonl.gz)"),
+                        ("test/gz", "the train split holds no file of records (train.jsonl.gz)"),
                         ("test/none", "no such file or folder (nor, read as a Hub id, is the data set test/none in the Hugging Face cache"),
                         ("test/none", "`hf download test/none --repo-type dataset`")]
         for (id, message) in refusals {
             XCTAssertThrowsError(try readExamples(id)) { XCTAssertTrue("\($0)".hasPrefix(id + ": ") && "\($0)".contains(message), "\($0)\nvs \(message)") }
         }
         XCTAssertEqual(try readExamples("test/configs/en").examples, [.text("en/train.jsonl")])
+        // A relative path whose first folder is here is local, a pattern too: no Hub id.
+        let cwd = FileManager.default.currentDirectoryPath
+        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        FileManager.default.changeCurrentDirectoryPath(dir.path)
+        try FileManager.default.createDirectory(atPath: "local/sub", withIntermediateDirectories: true)
+        try Data(#"{"text": "here"}"#.utf8).write(to: URL(fileURLWithPath: "local/sub/a.jsonl"))
+        XCTAssertEqual(try readExamples("local/sub/*.jsonl").examples, [.text("here")])
+        XCTAssertThrowsError(try readExamples("local/sub/none-*.jsonl")) { XCTAssertEqual("\($0)", "local/sub/none-*.jsonl: no file matches this pattern") }
+        XCTAssertThrowsError(try readExamples("local/gone.jsonl")) { XCTAssertEqual("\($0)", "local/gone.jsonl: no such file or folder") }
     }
 }
