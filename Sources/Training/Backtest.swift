@@ -107,8 +107,8 @@ public let backtestColumnKeys = ["id", "prompt", "vars", "expected", "completion
 /// Blank lines are skipped; anything else that is wrong is an error naming the file and line. A file of
 /// another extension is read as JSON Lines. A pattern ("evals/*.jsonl") reads every matching file of
 /// records in sorted order, and a Hub data set's id one split of it from the local Hugging Face cache
-/// ("openai/gsm8k:test"; `dataFiles`); a prompt without an "id" is then named by its file and line. `columns` names the data's own columns for these fields
-/// (`backtestColumnKeys`; a data set's "question" as "prompt", its "answer" as "expected"); with it,
+/// ("openai/gsm8k:main:test"; `dataFiles`); a prompt without an "id" is then named by its file and
+/// line. `columns` names the data's own columns for these fields (`backtestColumnKeys`; a data set's "question" as "prompt", its "answer" as "expected"); with it,
 /// the columns it does not name are left unread instead of refused as unknown fields.
 public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, columns: ColumnMap = ColumnMap()) throws -> [BacktestPrompt] {
     let resolved: (path: String, files: [String]?)
