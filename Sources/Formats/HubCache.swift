@@ -47,6 +47,18 @@ public struct HubCache: Sendable, Equatable {
         return ("\(parts[0])/\(parts[1])", revision, parts.count > 2 ? parts.dropFirst(2).joined(separator: "/") : nil)
     }
 
+    /// The repositories the cache holds, by kind, sorted: "org/name" (nil when there is no cache folder).
+    public func repositories() -> [Kind: [String]]? {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return nil }
+        var out: [Kind: [String]] = [:]
+        for e in entries.sorted() {
+            let parts = e.components(separatedBy: "--")
+            guard parts.count >= 2, let kind = Kind(rawValue: parts[0]) else { continue }
+            out[kind, default: []].append(parts.dropFirst().joined(separator: "/"))
+        }
+        return out
+    }
+
     /// Whether `path` is read as a local path rather than a Hub id: a file or folder of that name
     /// exists, or one of its first part does ("data/train/*.jsonl" with a folder "data" here).
     public static func isLocal(_ path: String) -> Bool {

@@ -24,6 +24,16 @@ struct Info: ParsableCommand {
         print("OpenBLAS sgemm values: \(BLASCore.splitsKeepValues ? "the same however a product is cut into calls" : "can move by an ulp with how a product is cut into calls (this core's edge kernels): kept quantized blocks match the Float32 load within rounding")")
         print("threads: \(Threads.summary)")
         print("HDF5: \(hdf5Version)")
+        let hub = HubCache.standard
+        if let repos = hub.repositories() {
+            func some(_ k: HubCache.Kind, _ one: String) -> String {
+                let r = repos[k] ?? []
+                return "\(r.count) \(one)\(r.count == 1 ? "" : "s")" + (r.isEmpty ? "" : " (" + r.prefix(5).joined(separator: ", ") + (r.count > 5 ? ", …" : "") + ")")
+            }
+            print("Hugging Face cache: \(hub.folder): \(some(.model, "model")), \(some(.dataset, "data set")); --model, --adapter and --data take their ids")
+        } else {
+            print("Hugging Face cache: \(hub.folder) (none yet; `hf download ORG/NAME` fills it, and --model, --adapter and --data then take the id)")
+        }
         let online = ProcessInfo.processInfo.activeProcessorCount
         print("cores: \(online)\(Threads.available < online ? " (\(Threads.available) allowed by this process's CPU affinity)" : "")")
         print("CPU: \(Machine.cpuModel)")

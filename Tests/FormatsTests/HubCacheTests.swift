@@ -81,6 +81,8 @@ final class HubCacheTests: XCTestCase {
         for (id, path) in resolved { XCTAssertEqual(try cache.path(of: id, kind: .model), path, id) }
         XCTAssertEqual(try cache.path(of: "test/pinned", kind: .model), onlySnapshot, "one snapshot, no ref: that one")
         XCTAssertNil(try cache.path(of: "/not/an/id", kind: .model))
+        XCTAssertEqual(cache.repositories(), [.model: ["test/pinned", "test/stale", "test/tiny-llama", "test/two"]])
+        XCTAssertNil(HubCache(folder: dir.path + "/none").repositories())
 
         let refusals = [("test/missing", "no such file or folder (nor, read as a Hub id, is the model test/missing in the Hugging Face cache \(dir.path))"),
                         ("test/missing", "`hf download test/missing`"),
