@@ -28,7 +28,8 @@
   "messages" list of structs as Hugging Face's chat data sets store it, with an int64 "id" column;
   chat-tools.parquet with chat-tools.jsonl, tool-calling chat (messages whose "tool_calls" hold
   structs, a "tools" column of JSON schemas as nested structs) beside a timestamp column; the
-  rows each file starts are added to lines.json (rows count from 1).
+  rows each file starts are added to lines.json (rows count from 1); examples.tsv.zst, the TSV of
+  scripts/make_table_fixtures.py compressed with Zstandard in two frames (its lines those of the TSV).
 
 Run: .venv/bin/python scripts/make_parquet_fixtures.py (after scripts/make_table_fixtures.py)
 """
@@ -368,10 +369,19 @@ def main():
     with open(lines_path) as f:
         lines = json.load(f)
     lines["examples.parquet"] = lines["examples-v2.parquet"] = list(range(1, len(EXAMPLES) + 1))
+    # The TSV Zstandard-compressed whole (as data sets ship .zst files), in two frames.
+    with open(os.path.join(TABLES, "examples.tsv"), "rb") as f:
+        tsv = f.read()
+    with open(os.path.join(TABLES, "examples.tsv.zst"), "wb") as f:
+        for part in (tsv[:len(tsv) // 3], tsv[len(tsv) // 3:]):
+            f.write(pa.compress(part, codec="zstd", asbytes=True))
+    with pa.CompressedInputStream(os.path.join(TABLES, "examples.tsv.zst"), "zstd") as f:
+        assert f.read() == tsv
+    lines["examples.tsv.zst"] = lines["examples.tsv"]
     with open(lines_path, "w") as f:
         json.dump(lines, f, indent=1, sort_keys=True)
         f.write("\n")
-    print(f"wrote {len(ways) + 10} files to {os.path.normpath(PARQUET)} and 6 to {os.path.normpath(TABLES)}")
+    print(f"wrote {len(ways) + 10} files to {os.path.normpath(PARQUET)} and 7 to {os.path.normpath(TABLES)}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 JSON array (json.dump, indented), as JSON Lines in a .json file (as Hugging Face's Dataset.to_json
 writes them), as CSV and TSV (Python's csv module: RFC 4180 quoting, "\r\n" row ends), and as CSV
 with a byte order mark and an unnamed index column (as Excel's "CSV UTF-8" and pandas' to_csv write
-them); and lines.json: for each file, the line each record starts on, found here with Python's own
+them), the CSV again gzip-compressed in two members (examples.csv.gz); and lines.json: for each file, the line each record starts on, found here with Python's own
 readers (csv.reader's line_num, json.JSONDecoder.raw_decode), for SwiftPEFT's readers to match.
 
 Only the standard library. Run: python3 scripts/make_table_fixtures.py
 """
 import csv
+import gzip
 import io
 import json
 import os
@@ -93,10 +94,17 @@ def main():
             rows = list(csv.DictReader(io.StringIO(plain, newline=""), delimiter="\t" if name.endswith(".tsv") else ","))
             back = [{f: r[f] for f in FIELDS} for r in rows]
         assert back == EXAMPLES, name
+    # The CSV gzip-compressed as two members (as `cat a.gz b.gz` joins them), cut mid-row: read as one file.
+    raw = files["examples.csv"].encode("utf-8")
+    with open(os.path.join(OUT, "examples.csv.gz"), "wb") as f:
+        f.write(gzip.compress(raw[:len(raw) // 2], mtime=0) + gzip.compress(raw[len(raw) // 2:], mtime=0))
+    with gzip.open(os.path.join(OUT, "examples.csv.gz"), "rb") as f:
+        assert f.read() == raw
+    lines["examples.csv.gz"] = lines["examples.csv"]
     with open(os.path.join(OUT, "lines.json"), "w") as f:
         json.dump(lines, f, indent=1, sort_keys=True)
         f.write("\n")
-    print(f"wrote {len(files) + 1} files to {os.path.normpath(OUT)}")
+    print(f"wrote {len(files) + 2} files to {os.path.normpath(OUT)}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import Models
 import Tokenizers
 import PEFT
 import Formats
+import Containers
 
 /// One prompt of a back-test, its template filled in.
 public struct BacktestPrompt: Codable, Equatable, Sendable {
@@ -129,8 +130,9 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, 
 private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: String?, columns: ColumnMap, into prompts: inout [BacktestPrompt],
                                  ids: inout Set<String>, templates: inout [String: String]) throws {
     let format = DataRecordFormat(path: path) ?? .jsonLines
-    guard let data = FileManager.default.contents(atPath: path) else { throw BacktestError("\(path): cannot read the prompts file") }
-    guard format == .parquet || String(data: data, encoding: .utf8) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
+    let data: [UInt8]
+    do { data = try fileContents(path) } catch let e as CheckpointError { throw BacktestError("\(path): cannot read the prompts file (\(e.message))") }
+    guard format == .parquet || String(validating: data, as: UTF8.self) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
     let folder = URL(fileURLWithPath: path).deletingLastPathComponent()
     let known = Set(backtestColumnKeys + ["template", "template_file", "conversation"])
     let records: [DataRecord]

@@ -76,8 +76,13 @@ public struct ColumnMap: Sendable, Equatable, CustomStringConvertible {
 enum DataRecordFormat {
     case jsonLines, json, csv, tsv, parquet
 
+    /// A text kind's file may be compressed whole (`FileCompression`: "train.jsonl.gz", "data.csv.zst").
     init?(path: String) {
-        let p = path.lowercased()
+        var p = path.lowercased()
+        if let c = FileCompression(path: p) {
+            p.removeLast(c.rawValue.count)
+            if p.hasSuffix(".parquet") { return nil }  // Parquet compresses its pages itself
+        }
         if p.hasSuffix(".jsonl") || p.hasSuffix(".ndjson") { self = .jsonLines }
         else if p.hasSuffix(".json") { self = .json }
         else if p.hasSuffix(".csv") { self = .csv }
@@ -86,7 +91,7 @@ enum DataRecordFormat {
         else { return nil }
     }
 
-    /// The extensions of files of records, for messages.
+    /// The extensions of files of records, for messages (the text kinds' also with .gz or .zst after them).
     static let extensions = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"]
 }
 
@@ -104,10 +109,8 @@ func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: 
             + DataRecordFormat.extensions.joined(separator: ", "))
     }
     func text() throws -> [UInt8] {
-        guard let data = FileManager.default.contents(atPath: file) else {
-            throw DatasetError(file: file, line: nil, message: "cannot read the file")
-        }
-        let bytes = [UInt8](data)
+        let bytes: [UInt8]
+        do { bytes = try fileContents(file) } catch let e as CheckpointError { throw DatasetError(file: file, line: nil, message: e.message) }
         return bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(bytes.dropFirst(3)) : bytes  // a byte order mark (Excel's "CSV UTF-8")
     }
     switch format {

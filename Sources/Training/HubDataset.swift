@@ -91,7 +91,7 @@ func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
     guard let common = counts.max(by: { ($0.value, $1.key) < ($1.value, $0.key) })?.key else {
         let names = chosen.prefix(3).map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")
         throw fail("the \(wanted) split\(configName.isEmpty ? "" : " of config \"\(configName)\"") holds no file of records (\(names)\(chosen.count > 3 ? ", …" : "")); SwiftPEFT reads "
-            + DataRecordFormat.extensions.joined(separator: ", ") + " (decompress .gz or .zst files first)")
+            + DataRecordFormat.extensions.joined(separator: ", ") + " (the text kinds also as .gz or .zst)")
     }
     return .files(chosen.filter { kind($0) == common }.map { base + "/" + $0 })
 }

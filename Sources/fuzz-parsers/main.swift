@@ -1,6 +1,6 @@
 // A seeded, structure-aware mutation fuzzer for every reader: GGUF, safetensors, HDF5, tokenizer.json,
 // config.json, adapter_config.json, JSONL data (chat through a template too), JSON arrays and CSV of data and
-// back-test prompts, Parquet, JSON against Foundation's reader, tool calls in replies, Hub data sets' README configs, and CLI config files. Inputs start from real files (the
+// back-test prompts, gzip and Zstandard files of them, Parquet, JSON against Foundation's reader, tool calls in replies, Hub data sets' README configs, and CLI config files. Inputs start from real files (the
 // SmolLM2 GGUF header, the test fixtures, chat lines with tools) and are mutated: bytes flipped, integers overwritten with
 // boundary values, chunks cut, repeated or dropped, JSON numbers and strings swapped for hostile ones,
 // nesting deepened. A reader may accept or refuse an input; it may not crash or hang. Each input is
@@ -44,7 +44,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|parquet|chat|json|toolcalls|hubreadme|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|gzip|zstd|parquet|chat|json|toolcalls|hubreadme|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -317,6 +317,14 @@ let targets: [Target] = [
            json: false, ext: ".csv") { path, _ in
         _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
         _ = try loadBacktestPrompts(path)
+    },
+    // Files compressed whole: a CSV in two gzip members, a TSV in two Zstandard frames (the streams,
+    // then the tables), read as training data.
+    Target(name: "gzip", seeds: ["Tests/TrainingTests/Fixtures/tables/examples.csv.gz"].compactMap(fixture), json: false, ext: ".csv.gz") { path, _ in
+        _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
+    },
+    Target(name: "zstd", seeds: ["Tests/TrainingTests/Fixtures/tables/examples.tsv.zst"].compactMap(fixture), json: false, ext: ".tsv.zst") { path, _ in
+        _ = try loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
     },
     // Parquet as pyarrow writes it (Snappy and dictionary pages, v2 pages, ZSTD, GZIP, the DELTA
     // encodings; lists, structs and maps nested deep; logical types, INT96): the Thrift footer, page

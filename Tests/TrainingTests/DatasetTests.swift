@@ -580,7 +580,7 @@ final class DatasetTests: XCTestCase {
         }
         XCTAssertEqual(input, "one\r\ntwo")
         XCTAssertEqual(output, "Zwei Zeilen: ü, é, 字, 🙂")
-        XCTAssertEqual(lines.count, 8)
+        XCTAssertEqual(lines.count, 10)
         for (name, expectedLines) in lines.sorted(by: { $0.key < $1.key }) {
             let path = folder.appendingPathComponent(name).path
             var unread: [String: Int] = [:]
@@ -591,6 +591,13 @@ final class DatasetTests: XCTestCase {
             XCTAssertEqual(try readExamples(path).format, .instruction, name)
             XCTAssertEqual(try previewExamples(path, tokenizer: Self.tokenizer, count: 2).total, 6, name)
         }
+        // A compressed file cut short, or not compressed as its name says, is refused by name.
+        let gz = try Data(contentsOf: folder.appendingPathComponent("examples.csv.gz"))
+        let cut = dir + "/cut.csv.gz", notZstd = dir + "/plain.jsonl.zst"
+        try gz.prefix(gz.count - 30).write(to: URL(fileURLWithPath: cut))
+        try Data(#"{"text": "a"}"#.utf8).write(to: URL(fileURLWithPath: notZstd))
+        XCTAssertThrowsError(try readExamples(cut)) { XCTAssertTrue("\($0)".hasPrefix(cut + ": not a whole gzip stream: it ends early, after "), "\($0)") }
+        XCTAssertThrowsError(try readExamples(notZstd)) { XCTAssertTrue("\($0)".hasPrefix(notZstd + ": not a whole Zstandard stream: "), "\($0)") }
         // Chat as Hugging Face's data sets store it in Parquet: "messages", a list of structs; the
         // "id" column is not read, and said so.
         var unread: [String: Int] = [:]

@@ -27,6 +27,7 @@ final class HubDatasetTests: XCTestCase {
         let root = dir.appendingPathComponent("datasets--" + repo.replacingOccurrences(of: "/", with: "--"))
         let snapshot = root.appendingPathComponent("snapshots/" + commit)
         try FileManager.default.createDirectory(at: root.appendingPathComponent("refs"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: snapshot, withIntermediateDirectories: true)
         if main { try Data(commit.utf8).write(to: root.appendingPathComponent("refs/main")) }
         for f in files {
             let url = snapshot.appendingPathComponent(f)
@@ -127,7 +128,10 @@ final class HubDatasetTests: XCTestCase {
         try add("test/mixed", ["data.jsonl", "more.jsonl", "data.parquet", "notes.txt"])
         try add("test/configs", ["en/train.jsonl", "de/train.jsonl", "README.md"],
                 text: ["README.md": "---\nconfigs:\n- config_name: en\n  data_files: en/*.jsonl\n- config_name: \"de\"\n  data_files: de/*.jsonl\n---\n# two\n"])
-        try add("test/gz", ["train.jsonl.gz"])
+        try add("test/txt", ["train.txt"])
+        let tables = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tables")
+        let gzSnapshot = try add("test/gz", [])
+        try FileManager.default.copyItem(at: tables.appendingPathComponent("examples.csv.gz"), to: URL(fileURLWithPath: gzSnapshot + "/train.csv.gz"))
         try add("test/badyaml", ["a.jsonl", "README.md"], text: ["README.md": "---\nconfigs:\n- config_name: a\n  nonsense\n---\n"])
         try add("test/missing-file", ["a.jsonl", "README.md"], text: ["README.md": "---\nconfigs:\n- config_name: default\n  data_files: gone.jsonl\n---\n"])
         XCTAssertEqual(try ours("test/mixed", dir.path + "/datasets--test--mixed/snapshots/" + String(repeating: "d", count: 40)), ["data.jsonl", "more.jsonl"])
@@ -140,6 +144,7 @@ final class HubDatasetTests: XCTestCase {
         XCTAssertEqual(try readExamples("test/qa@\(String(repeating: "e", count: 40))").examples, [.text("old")])
         XCTAssertEqual(try readExamples("test/qa/test.csv").examples, try readExamples(snapshot + "/test.csv").examples)
         XCTAssertEqual(try loadBacktestPrompts("test/qa:test").map(\.expected), [" 6"])
+        XCTAssertEqual(try readExamples("test/gz").examples, try readExamples(tables.appendingPathComponent("examples.csv").path).examples, "a compressed file")
 
         let refusals = [("test/qa:dev", #"the data set has no split "dev"; its splits: test/qa:train, test/qa:test"#),
                         ("test/qa:", "an empty name after \":\" (e.g. test/qa:test, or test/qa:CONFIG:test)"),
@@ -149,7 +154,7 @@ final class HubDatasetTests: XCTestCase {
                         ("test/qa:main:train", "its README lists no configs, so there is no config \"main\"; give test/qa:train"),
                         ("test/badyaml", "README.md:4: the README's configs: expected \"key: value\", found \"nonsense\""),
                         ("test/missing-file", "the README's config \"default\" names gone.jsonl for its train split, which the snapshot"),
-                        ("test/gz", "the train split holds no file of records (train.jsonl.gz)"),
+                        ("test/txt", "the train split holds no file of records (train.txt)"),
                         ("test/none", "no such file or folder (nor, read as a Hub id, is the data set test/none in the Hugging Face cache"),
                         ("test/none", "`hf download test/none --repo-type dataset`")]
         for (id, message) in refusals {
