@@ -752,7 +752,7 @@ final class CLITests: XCTestCase {
             XCTAssertTrue(help.stdout.contains(flag), "train --help lists \(flag):\n\(help.stdout)")
         }
         let flat = help.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
-        XCTAssertTrue(flat.contains("a SwiftPEFT checkpoint (.h5), a GGUF file or a Hugging Face model folder"), "--model's help names every kind")
+        XCTAssertTrue(flat.contains("a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache"), "--model's help names every kind")
     }
 
     func testTrainFromAConfigFileAndAFlagOverridesIt() throws {
