@@ -33,7 +33,8 @@ public struct HubCache: Sendable, Equatable {
         let (name, revision): (Substring, String?)
         if let at = text.firstIndex(of: "@") {
             (name, revision) = (text[..<at], String(text[text.index(after: at)...]))
-            guard let r = revision, !r.isEmpty, r.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-/".contains($0)) }) else { return nil }
+            guard let r = revision, !r.isEmpty, !r.contains(".."), !r.hasPrefix("/"),
+                  r.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-/".contains($0)) }) else { return nil }
         } else {
             (name, revision) = (text[...], nil)
         }

@@ -59,7 +59,7 @@ final class HubCacheTests: XCTestCase {
         XCTAssertEqual(HubCache.parse("HuggingFaceTB/SmolLM2-135M").map { [$0.repo, $0.revision ?? "-", $0.file ?? "-"] }, ["HuggingFaceTB/SmolLM2-135M", "-", "-"])
         XCTAssertEqual(HubCache.parse("org/name@refs/pr/1").map { [$0.repo, $0.revision ?? "-", $0.file ?? "-"] }, ["org/name", "refs/pr/1", "-"])
         XCTAssertEqual(HubCache.parse("org/name-GGUF/sub/m.Q4_K_M.gguf").map { [$0.repo, $0.revision ?? "-", $0.file ?? "-"] }, ["org/name-GGUF", "-", "sub/m.Q4_K_M.gguf"])
-        for path in ["/abs/org/name", "./org/name", "../org/name", "name", "org/", "org/na me", "org/name@", "org/name@v 1", "org/../x", "org/name/../x", "-org/name"] {
+        for path in ["/abs/org/name", "./org/name", "../org/name", "name", "org/", "org/na me", "org/name@", "org/name@v 1", "org/name@../../x", "org/name@/etc", "org/../x", "org/name/../x", "-org/name"] {
             XCTAssertNil(HubCache.parse(path), path)
         }
     }
