@@ -17,128 +17,17 @@ public struct ParquetError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(message)" }
 }
 
-/// One value of a Parquet row: a column's value, a list, or a struct's fields in the schema's order.
-public indirect enum ParquetValue: Equatable, Sendable {
-    case null
-    case bool(Bool)
-    case int(Int64)
-    /// A float; also a decimal, a half float, or an unsigned INT64 past Int64.max.
-    case double(Double)
-    /// Bytes that are valid UTF-8 (the STRING columns of every writer); also a date, time or timestamp in
-    /// ISO 8601 ("2024-01-02T03:04:05.123456", "+00:00" after a UTC one), or a UUID.
-    case string(String)
-    /// Bytes that are not UTF-8.
-    case bytes([UInt8])
-    case list([ParquetValue])
-    /// A struct's fields in the schema's order, or a map's entries (keys as text) in the file's order.
-    case record([(name: String, value: ParquetValue)])
-
-    public static func == (a: ParquetValue, b: ParquetValue) -> Bool {
-        switch (a, b) {
-        case (.null, .null): return true
-        case (.bool(let x), .bool(let y)): return x == y
-        case (.int(let x), .int(let y)): return x == y
-        case (.double(let x), .double(let y)): return x == y
-        case (.string(let x), .string(let y)): return x == y
-        case (.bytes(let x), .bytes(let y)): return x == y
-        case (.list(let x), .list(let y)): return x == y
-        case (.record(let x), .record(let y)): return x.map(\.name) == y.map(\.name) && x.map(\.value) == y.map(\.value)
-        default: return false
-        }
-    }
-}
-
 /// The rows of the Parquet file at `path`, each its top-level columns' values in the schema's order,
 /// with the row groups read one after another.
 /// - Throws: `ParquetError` naming the file and, where it concerns one, the column: not a Parquet file, a
 ///   footer or page that does not read, a codec other than none, Snappy, GZIP and ZSTD, an encoding
 ///   Parquet does not define for the column's type.
-public func readParquetRows(_ path: String) throws -> [[(name: String, value: ParquetValue)]] {
+public func readParquetRows(_ path: String) throws -> [[(name: String, value: ColumnValue)]] {
     guard let data = FileManager.default.contents(atPath: path) else {
         throw ParquetError(path: path, message: "cannot read the file")
     }
     var file = try ParquetFile(bytes: [UInt8](data), path: path)
     return try file.rows()
-}
-
-// MARK: dates, times, numbers
-
-/// The Double nearest `unscaled` (decimal digits, "-" in front when negative) × 10^−`scale`, as Python's `float(Decimal)`.
-private func decimalNumber(_ unscaled: String, scale: Int) -> Double { Double(unscaled + "e" + String(-scale)) ?? .nan }
-
-/// A big-endian two's complement integer's decimal digits ("-" in front when negative).
-private func decimalDigits(_ bytes: [UInt8]) -> String {
-    let negative = bytes[0] >= 0x80
-    var magnitude = bytes
-    if negative {  // invert and add one
-        var carry = 1
-        for k in magnitude.indices.reversed() {
-            let sum = Int(~magnitude[k]) + carry
-            magnitude[k] = UInt8(truncatingIfNeeded: sum)
-            carry = sum >> 8
-        }
-    }
-    var digits: [Character] = []
-    while magnitude.contains(where: { $0 != 0 }) {  // long division by 10, a digit a pass
-        var remainder = 0
-        for k in magnitude.indices {
-            let current = remainder * 256 + Int(magnitude[k])
-            magnitude[k] = UInt8(current / 10)
-            remainder = current % 10
-        }
-        digits.append(Character(String(remainder)))
-    }
-    return (negative ? "-" : "") + (digits.isEmpty ? "0" : String(digits.reversed()))
-}
-
-/// (⌊a / b⌋, a − b·⌊a / b⌋) for b > 0: the remainder never negative, as time before 1970 needs.
-private func floorDivide(_ a: Int64, _ b: Int64) -> (Int64, Int64) {
-    let q = a / b, r = a % b
-    return r < 0 ? (q - 1, r + b) : (q, r)
-}
-
-/// "1969-12-31" for day −1 (days since 1970-01-01, the proleptic Gregorian calendar; Hinnant's civil_from_days).
-private func isoDate(days: Int64) -> String {
-    let z = days.addingReportingOverflow(719_468).partialValue
-    let era = floorDivide(z, 146_097).0
-    let dayOfEra = z - era * 146_097
-    let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-    let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-    let m5 = (5 * dayOfYear + 2) / 153
-    let day = dayOfYear - (153 * m5 + 2) / 5 + 1, month = m5 < 10 ? m5 + 3 : m5 - 9
-    let year = yearOfEra &+ era &* 400 &+ (month <= 2 ? 1 : 0)
-    return padded(year, 4) + "-" + padded(month, 2) + "-" + padded(day, 2)
-}
-
-/// "03:04:05", "03:04:05.123456" or "03:04:05.123456789", as Python's `isoformat` writes a time (pandas' for nanoseconds).
-private func isoTime(nanosOfDay: Int64) -> String {
-    let (seconds, nanos) = floorDivide(nanosOfDay, 1_000_000_000)
-    var text = padded(seconds / 3600, 2) + ":" + padded(seconds / 60 % 60, 2) + ":" + padded(seconds % 60, 2)
-    if nanos % 1000 != 0 { text += "." + padded(nanos, 9) } else if nanos != 0 { text += "." + padded(nanos / 1000, 6) }
-    return text
-}
-
-/// "2024-01-02T03:04:05.123456", and "+00:00" after it for a UTC timestamp.
-private func isoTimestamp(days: Int64, nanosOfDay: Int64, utc: Bool) -> String {
-    let (extraDays, nanos) = floorDivide(nanosOfDay, 86_400_000_000_000)
-    return isoDate(days: days &+ extraDays) + "T" + isoTime(nanosOfDay: nanos) + (utc ? "+00:00" : "")
-}
-
-/// `n` in decimal with zeros in front up to `width` digits ("-" before them when negative).
-private func padded(_ n: Int64, _ width: Int) -> String {
-    let digits = String(n.magnitude)
-    return (n < 0 ? "-" : "") + String(repeating: "0", count: max(0, width - digits.count)) + digits
-}
-
-/// An IEEE 754 half-precision float's bits as a Double.
-private func halfFloat(_ h: UInt16) -> Double {
-    let sign: Double = h & 0x8000 != 0 ? -1 : 1
-    let exponent = Int(h >> 10 & 0x1F), fraction = Double(h & 0x3FF)
-    switch exponent {
-    case 0: return sign * fraction * pow(2, -24)
-    case 31: return fraction == 0 ? sign * .infinity : .nan
-    default: return sign * (1 + fraction / 1024) * pow(2, Double(exponent - 15))
-    }
 }
 
 // MARK: the file
@@ -160,16 +49,7 @@ private struct SchemaNode {
     var isRepeated: Bool { repetition == 2 }
 }
 
-/// What a leaf's stored values stand for, where that changes how they read (as pyarrow reads them):
-/// unsigned integers, decimals as numbers, dates, times and timestamps as ISO 8601 text, UUIDs as
-/// text, half floats as numbers. Other byte values are text when they are UTF-8, bytes otherwise.
-private enum ValueMeaning {
-    case stored, decimal(scale: Int), date, uuid, float16
-    /// Unsigned INT32 (`wide` false) or INT64 values.
-    case unsigned(wide: Bool)
-    /// A time of day or a timestamp, `perSecond` stored units a second; `utc` adds "+00:00".
-    case time(perSecond: Int64), timestamp(perSecond: Int64, utc: Bool)
-
+extension ValueMeaning {
     /// From a schema element's logical type (field 10) or, written by older writers, its converted type (field 6).
     init(_ element: ThriftStruct) {
         func perSecond(_ unit: ThriftStruct?) -> Int64 { unit?[3] != nil ? 1_000_000_000 : unit?[2] != nil ? 1_000_000 : 1_000 }
@@ -193,31 +73,6 @@ private enum ValueMeaning {
         default: self = .stored
         }
     }
-
-    /// `v` as it reads: integers (INT32, INT64) and bytes (BYTE_ARRAY, FIXED_LEN_BYTE_ARRAY) made what they stand for.
-    func read(_ v: ParquetValue) -> ParquetValue {
-        switch (self, v) {
-        case (_, .null): return .null
-        case (.unsigned(let wide), .int(let i)) where i < 0:  // past the signed range: INT64's as a float (JSON's integers are 64-bit)
-            return wide ? .double(Double(UInt64(bitPattern: i))) : .int(Int64(UInt32(truncatingIfNeeded: i)))
-        case (.decimal(let scale), .int(let i)): return .double(decimalNumber(String(i), scale: scale))
-        case (.decimal(let scale), .bytes(let b)) where (1...32).contains(b.count):  // big-endian two's complement (decimal256 at most)
-            return .double(decimalNumber(decimalDigits(b), scale: scale))
-        case (.date, .int(let days)): return .string(isoDate(days: days))
-        case (.time(let perSecond), .int(let t)):
-            return .string(isoTime(nanosOfDay: t.multipliedReportingOverflow(by: 1_000_000_000 / perSecond).partialValue))
-        case (.timestamp(let perSecond, let utc), .int(let t)):
-            let (seconds, fraction) = floorDivide(t, perSecond)
-            let (days, secondOfDay) = floorDivide(seconds, 86_400)
-            return .string(isoTimestamp(days: days, nanosOfDay: secondOfDay * 1_000_000_000 + fraction * (1_000_000_000 / perSecond), utc: utc))
-        case (.uuid, .bytes(let b)) where b.count == 16:
-            let hex = b.map { String(format: "%02x", $0) }
-            return .string([0..<4, 4..<6, 6..<8, 8..<10, 10..<16].map { hex[$0].joined() }.joined(separator: "-"))
-        case (.float16, .bytes(let b)) where b.count == 2: return .double(halfFloat(UInt16(b[0]) | UInt16(b[1]) << 8))
-        case (_, .bytes(let b)): return String(validating: b, as: UTF8.self).map { .string($0) } ?? v
-        default: return v
-        }
-    }
 }
 
 private struct ParquetFile {
@@ -236,7 +91,7 @@ private struct ParquetFile {
 
     func fail(_ message: String) -> ParquetError { ParquetError(path: path, message: message) }
 
-    mutating func rows() throws -> [[(name: String, value: ParquetValue)]] {
+    mutating func rows() throws -> [[(name: String, value: ColumnValue)]] {
         let n = bytes.count
         let footerLength = Int(UInt32(bytes[n - 8]) | UInt32(bytes[n - 7]) << 8 | UInt32(bytes[n - 6]) << 16 | UInt32(bytes[n - 5]) << 24)
         guard footerLength > 0, footerLength <= n - 12 else { throw fail("the footer's length \(footerLength) does not fit the file's \(n) bytes") }
@@ -244,7 +99,7 @@ private struct ParquetFile {
         let meta: ThriftStruct
         do { meta = try reader.readStruct() } catch let e as ThriftError { throw fail("the footer does not read: \(e.message)") }
         try readSchema(meta[2]?.list ?? [])
-        var rows: [[(name: String, value: ParquetValue)]] = []
+        var rows: [[(name: String, value: ColumnValue)]] = []
         for (g, group) in (meta[4]?.list ?? []).enumerated() {
             guard let group = group.structure, let count = group[3]?.int, count >= 0, count <= Int64(n) * pageValuesPerByte else {
                 throw fail("row group \(g + 1) gives no row count")
@@ -304,7 +159,7 @@ private struct ParquetFile {
     struct LeafColumn {
         var path: [String]
         var rep: [UInt8] = [], def: [UInt8] = []
-        var values: [ParquetValue] = []
+        var values: [ColumnValue] = []
     }
 
     func leaf(_ path: [String]) -> SchemaNode? { schema.first { $0.path == path && $0.children.isEmpty && $0.type != nil } }
@@ -329,7 +184,7 @@ private struct ParquetFile {
         // (Each bound checked alone first: a damaged offset or size near Int64.max must not overflow the sum.)
         guard start >= 4, size >= 0, start <= Int64(bytes.count), size <= Int64(bytes.count - 8) - start else { throw bad("its pages lie outside the file") }
         var column = LeafColumn(path: path)
-        var dictionary: [ParquetValue]?
+        var dictionary: [ColumnValue]?
         var at = Int(start)
         let end = Int(start + size)
         while column.def.count < Int(valueCount) {
@@ -461,8 +316,8 @@ private struct ParquetFile {
 
     /// `count` PLAIN values of leaf `node`'s physical type from `raw` at `i`, as stored: byte arrays as bytes, an
     /// INT96 (a legacy timestamp: nanoseconds of the day, then the Julian day) as ISO 8601 text.
-    func plainValues(_ raw: [UInt8], _ i: inout Int, count: Int, node: SchemaNode, _ bad: (String) -> ParquetError) throws -> [ParquetValue] {
-        var out: [ParquetValue] = []
+    func plainValues(_ raw: [UInt8], _ i: inout Int, count: Int, node: SchemaNode, _ bad: (String) -> ParquetError) throws -> [ColumnValue] {
+        var out: [ColumnValue] = []
         out.reserveCapacity(min(count, raw.count))
         func fixed(_ width: Int) throws -> UInt64 {
             guard i + width <= raw.count else { throw bad("its values end early") }
@@ -503,8 +358,8 @@ private struct ParquetFile {
     // MARK: rows
 
     /// Rows from the leaf columns of one row group, top-level field by field.
-    func assemble(_ columns: [[String]: LeafColumn], rowCount: Int, rowGroup: Int) throws -> [[(name: String, value: ParquetValue)]] {
-        var fields: [(name: String, values: [ParquetValue])] = []
+    func assemble(_ columns: [[String]: LeafColumn], rowCount: Int, rowGroup: Int) throws -> [[(name: String, value: ColumnValue)]] {
+        var fields: [(name: String, values: [ColumnValue])] = []
         for top in schema[0].children {
             fields.append((schema[top].name, try values(of: top, columns, rowCount: rowCount, rowGroup: rowGroup)))
         }
@@ -522,7 +377,7 @@ private struct ParquetFile {
     /// The value of top-level field `top` in every row, assembled from its leaf columns' levels at any depth
     /// (Dremel's record assembly): a leaf's value, a struct's fields, a list's items (a LIST group's one
     /// repeated child, or a repeated field itself), a map's entries as an object keyed by their keys' text.
-    func values(of top: Int, _ columns: [[String]: LeafColumn], rowCount: Int, rowGroup: Int) throws -> [ParquetValue] {
+    func values(of top: Int, _ columns: [[String]: LeafColumn], rowCount: Int, rowGroup: Int) throws -> [ColumnValue] {
         func bad(_ message: String) -> ParquetError { fail("column \(schema[top].path.joined(separator: ".")) (row group \(rowGroup)): \(message)") }
         // The leaves under `top` in schema order; each node's leaves are a span of them.
         var leaves: [(column: LeafColumn, valueIndex: [Int])] = []
@@ -549,14 +404,14 @@ private struct ParquetFile {
         /// The definition level at the first of `slots` (the same in every leaf under a node that is absent).
         func definition(_ n: Int, _ slots: [Range<Int>]) -> Int { Int(leaves[span[n].lowerBound].column.def[slots[span[n].lowerBound].lowerBound]) }
         /// Node `n`'s value where its leaves' levels are `slots`: null when an optional node is absent.
-        func value(_ n: Int, _ slots: [Range<Int>], row: Int) throws -> ParquetValue {
+        func value(_ n: Int, _ slots: [Range<Int>], row: Int) throws -> ColumnValue {
             let node = schema[n]
             if node.isRepeated { return .list(try items(n, slots, row: row).map { try element(n, $0, row: row) }) }
             if node.repetition == 1 && definition(n, slots) < node.defLevel { return .null }
             return try element(n, slots, row: row)
         }
         /// Node `n`'s value where it is present (a repeated node: one of its items).
-        func element(_ n: Int, _ slots: [Range<Int>], row: Int) throws -> ParquetValue {
+        func element(_ n: Int, _ slots: [Range<Int>], row: Int) throws -> ColumnValue {
             let node = schema[n]
             if node.children.isEmpty {
                 let leaf = leaves[span[n].lowerBound], at = leaf.valueIndex[slots[span[n].lowerBound].lowerBound]
@@ -606,19 +461,6 @@ private struct ParquetFile {
         return try (0..<rowCount).map { row in try value(top, rowSlots.map { $0[row] }, row: row) }
     }
 
-}
-
-/// A map key that is not a string, as the text of an object's key (as Python's `json` writes one).
-private func mapKeyText(_ key: ParquetValue) -> String {
-    switch key {
-    case .null: return "null"
-    case .bool(let b): return b ? "true" : "false"
-    case .int(let i): return String(i)
-    case .double(let d): return String(d)
-    case .string(let s): return s
-    case .bytes(let b): return b.map { String(format: "%02x", $0) }.joined()
-    case .list, .record: return "\(key)"
-    }
 }
 
 /// An unsigned LEB128 varint (Thrift's, Snappy's, the hybrid and delta encodings') from `bytes` at `i`,

@@ -130,15 +130,18 @@ public func loadBacktestPrompts(_ path: String, defaultTemplate: String? = nil, 
 private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: String?, columns: ColumnMap, into prompts: inout [BacktestPrompt],
                                  ids: inout Set<String>, templates: inout [String: String]) throws {
     let format = DataRecordFormat(path: path) ?? .jsonLines
-    let data: [UInt8]
-    do { data = try fileContents(path) } catch let e as CheckpointError { throw BacktestError("\(path): cannot read the prompts file (\(e.message))") }
-    guard format == .parquet || String(validating: data, as: UTF8.self) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
+    let columnar = format == .parquet || format == .arrow  // files of binary pages, rows numbered from 1
+    if !columnar {
+        let data: [UInt8]
+        do { data = try fileContents(path) } catch let e as CheckpointError { throw BacktestError("\(path): cannot read the prompts file (\(e.message))") }
+        guard String(validating: data, as: UTF8.self) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
+    }
     let folder = URL(fileURLWithPath: path).deletingLastPathComponent()
     let known = Set(backtestColumnKeys + ["template", "template_file", "conversation"])
     let records: [DataRecord]
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
     for record in records {
-        let at = format == .parquet ? "\(path): row \(record.line)" : "\(path):\(record.line)"
+        let at = columnar ? "\(path): row \(record.line)" : "\(path):\(record.line)"
         guard let read = (try? JSONSerialization.jsonObject(with: record.json, options: [])) as? [String: Any] else {
             throw BacktestError("\(at): not a JSON object")
         }
@@ -227,7 +230,7 @@ private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: S
         // A data set's numeric ids (a Parquet int64 column, JSON numbers) name prompts as their digits.
         let number = (obj["id"] as? NSNumber).flatMap { String(cString: $0.objCType) == "c" ? nil : "\($0)" }
         let id = try number ?? string("id") ?? (named ? URL(fileURLWithPath: path).lastPathComponent + " " : "")
-            + (format == .parquet ? "row \(record.line)" : "line \(record.line)")
+            + (columnar ? "row \(record.line)" : "line \(record.line)")
         guard ids.insert(id).inserted else { throw BacktestError("\(at): the id \"\(id)\" is used twice") }
         guard obj["expected"] == nil || obj["completion"] == nil else { throw BacktestError("\(at): give \"expected\" or \"completion\", not both") }
         if let a = answer, a.allSatisfy(\.isWhitespace) {

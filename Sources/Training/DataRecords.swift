@@ -2,7 +2,7 @@
 // starts on: JSON Lines (`.jsonl`, `.ndjson`, or `.json` as Hugging Face's `to_json` writes it), a JSON
 // array of objects (`.json`, as Stanford Alpaca's `alpaca_data.json`), CSV and TSV with a header row
 // (RFC 4180 quoting, as Python's `csv`, pandas and spreadsheets write them), Parquet (the Hugging Face
-// Hub's data files; rows numbered from 1). Training data and back-test prompts read every kind through
+// Hub's data files) and Arrow IPC (`datasets`' `save_to_disk` files, Feather v2), rows numbered from 1. Training data and back-test prompts read every kind through
 // `readDataRecords`, so a record means the same whatever file holds it.
 
 import Foundation
@@ -74,25 +74,26 @@ public struct ColumnMap: Sendable, Equatable, CustomStringConvertible {
 
 /// The kinds of files `readDataRecords` reads, chosen by the file's extension (in any case).
 enum DataRecordFormat {
-    case jsonLines, json, csv, tsv, parquet
+    case jsonLines, json, csv, tsv, parquet, arrow
 
     /// A text kind's file may be compressed whole (`FileCompression`: "train.jsonl.gz", "data.csv.zst").
     init?(path: String) {
         var p = path.lowercased()
         if let c = FileCompression(path: p) {
             p.removeLast(c.rawValue.count)
-            if p.hasSuffix(".parquet") { return nil }  // Parquet compresses its pages itself
+            if p.hasSuffix(".parquet") || p.hasSuffix(".arrow") || p.hasSuffix(".feather") { return nil }  // they compress their own pages
         }
         if p.hasSuffix(".jsonl") || p.hasSuffix(".ndjson") { self = .jsonLines }
         else if p.hasSuffix(".json") { self = .json }
         else if p.hasSuffix(".csv") { self = .csv }
         else if p.hasSuffix(".tsv") { self = .tsv }
         else if p.hasSuffix(".parquet") { self = .parquet }
+        else if p.hasSuffix(".arrow") || p.hasSuffix(".feather") { self = .arrow }
         else { return nil }
     }
 
     /// The extensions of files of records, for messages (the text kinds' also with .gz or .zst after them).
-    static let extensions = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"]
+    static let extensions = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".feather"]
 }
 
 /// The records of `file` (see `DataRecordFormat`); empty lines (JSON Lines, CSV) are skipped. A `.json`
@@ -129,7 +130,14 @@ func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: 
         return lines
     case .csv: return try tableRows(try text(), delimiter: UInt8(ascii: ","), file: file, unread: unread)
     case .tsv: return try tableRows(try text(), delimiter: 0x09, file: file, unread: unread)
-    case .parquet: return try parquetRows(file)
+    case .parquet:
+        return try columnRows(file) {
+            do { return try readParquetRows(file) } catch let e as ParquetError { throw DatasetError(file: file, line: nil, message: e.message) }
+        }
+    case .arrow:
+        return try columnRows(file) {
+            do { return try readArrowRows(file) } catch let e as ArrowError { throw DatasetError(file: file, line: nil, message: e.message) }
+        }
     }
 }
 
@@ -291,14 +299,13 @@ private func tableRows(_ bytes: [UInt8], delimiter: UInt8, file: String, unread:
     }
 }
 
-/// The rows of a Parquet file as JSON objects, numbered from 1: strings, numbers and booleans as they are
+/// The rows of a Parquet or Arrow file as JSON objects, numbered from 1: strings, numbers and booleans as they are
 /// (a NaN or infinite float as null, which JSON lacks), lists as arrays, structs as objects in the
 /// schema's order; a null column value as a key not given, a null inside a list or struct as null. A byte
 /// column that is not UTF-8 text is refused.
-private func parquetRows(_ file: String) throws -> [DataRecord] {
-    let rows: [[(name: String, value: ParquetValue)]]
-    do { rows = try readParquetRows(file) } catch let e as ParquetError { throw DatasetError(file: file, line: nil, message: e.message) }
-    func json(_ v: ParquetValue, _ row: Int, _ column: String) throws -> JSONValue {
+private func columnRows(_ file: String, _ read: () throws -> [[(name: String, value: ColumnValue)]]) throws -> [DataRecord] {
+    let rows = try read()
+    func json(_ v: ColumnValue, _ row: Int, _ column: String) throws -> JSONValue {
         switch v {
         case .null: return .null
         case .bool(let b): return .bool(b)

@@ -535,7 +535,8 @@ public func dataPatternFiles(_ path: String) -> [String]? {
 }
 
 /// What a data path names: the path to read (a Hub id's path in its snapshot, else the path itself)
-/// and, for a pattern (`dataPatternFiles`) or a Hub data set's split (`hubData`), its files of records.
+/// and, for a pattern (`dataPatternFiles`), a Hub data set's split (`hubData`) or a folder that Hugging
+/// Face's `save_to_disk` wrote (`savedDatasetFiles`), its files of records.
 /// - Throws: `DatasetError` naming the path: a pattern that matches nothing or matches a file that is
 ///   not records; a Hub id that the local Hugging Face cache cannot serve.
 func dataFiles(_ path: String) throws -> (path: String, files: [String]?) {
@@ -544,6 +545,7 @@ func dataFiles(_ path: String) throws -> (path: String, files: [String]?) {
     case .files(let split)?: return (path, split)
     case nil: break
     }
+    if let saved = try savedDatasetFiles(path) { return (path, saved) }
     guard let matched = dataPatternFiles(path) else { return (path, nil) }
     guard !matched.isEmpty else { throw DatasetError(file: path, line: nil, message: "no file matches this pattern") }
     if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {
@@ -551,6 +553,53 @@ func dataFiles(_ path: String) throws -> (path: String, files: [String]?) {
             + DataRecordFormat.extensions.joined(separator: ", ") + "); a pattern reads files of records, a folder reads text files")
     }
     return (path, matched)
+}
+
+/// The Arrow files of a folder that Hugging Face `datasets`' `save_to_disk` wrote, in its order: a
+/// `Dataset` (its `state.json` lists them) or a `DatasetDict` (`dataset_dict.json` lists its splits, each
+/// in a folder of its own: the `train` split's files; `folder/test` names another). Nil for any other path.
+/// - Throws: `DatasetError` naming the file: a `state.json` or `dataset_dict.json` that does not read, a
+///   listed file missing, a `DatasetDict` without a train split.
+func savedDatasetFiles(_ path: String) throws -> [String]? {
+    let folder = URL(fileURLWithPath: path)
+    func json(_ name: String) throws -> [String: Any]? {
+        let file = folder.appendingPathComponent(name).path
+        guard FileManager.default.fileExists(atPath: file) else { return nil }
+        guard let data = FileManager.default.contents(atPath: file),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw DatasetError(file: file, line: nil, message: "not a JSON object, as `datasets`' save_to_disk writes it")
+        }
+        return object
+    }
+    if let state = try json("state.json") {
+        let file = folder.appendingPathComponent("state.json").path
+        guard let listed = state["_data_files"] as? [[String: Any]], !listed.isEmpty else {
+            throw DatasetError(file: file, line: nil, message: "no \"_data_files\" list of Arrow files, as `datasets`' save_to_disk writes it")
+        }
+        return try listed.map { entry in
+            guard let name = entry["filename"] as? String, !name.contains("/"), DataRecordFormat(path: name) == .arrow else {
+                throw DatasetError(file: file, line: nil, message: "\"_data_files\" names \(entry["filename"] ?? "no filename"), not an .arrow file in its folder")
+            }
+            let arrow = folder.appendingPathComponent(name).path
+            guard FileManager.default.fileExists(atPath: arrow) else {
+                throw DatasetError(file: arrow, line: nil, message: "no such file, though \(file) lists it")
+            }
+            return arrow
+        }
+    }
+    if let dict = try json("dataset_dict.json") {
+        let file = folder.appendingPathComponent("dataset_dict.json").path
+        guard let splits = dict["splits"] as? [String] else {
+            throw DatasetError(file: file, line: nil, message: "no \"splits\" list, as `datasets`' save_to_disk writes it")
+        }
+        guard splits.contains("train") else {
+            throw DatasetError(file: path, line: nil, message: "a saved DatasetDict without a train split; name one of its splits' folders: "
+                + splits.map { folder.appendingPathComponent($0).path }.joined(separator: ", "))
+        }
+        return try savedDatasetFiles(folder.appendingPathComponent("train").path)
+            ?? { throw DatasetError(file: folder.appendingPathComponent("train").path, line: nil, message: "no state.json, as `datasets`' save_to_disk writes a split") }()
+    }
+    return nil
 }
 
 /// An example with the file and line it was read from (no line for a text file's document).
@@ -580,11 +629,11 @@ func readLocatedExamples(_ path: String, columns: ColumnMap = ColumnMap()) throw
         }
         if !files.isEmpty && texts > 0 {
             throw DatasetError(file: path, line: nil, message: "the folder holds both files of records (\(files.count): "
-                + "JSONL, JSON, CSV, TSV, Parquet) and \(texts) text files; put the examples of one format in a folder of their own")
+                + "JSONL, JSON, CSV, TSV, Parquet, Arrow) and \(texts) text files; put the examples of one format in a folder of their own")
         }
     } else if DataRecordFormat(path: path) != nil {
         files = [path]
-    } else if let table = ["arrow", "xlsx", "xls", "ods"].first(where: { path.lowercased().hasSuffix("." + $0) }) {
+    } else if let table = ["xlsx", "xls", "ods"].first(where: { path.lowercased().hasSuffix("." + $0) }) {
         throw DatasetError(file: path, line: nil, message: "a .\(table) file is not read (it would be learned as plain text); "
             + "save it as Parquet, as CSV with a header row, or as JSONL, one object per line: {\"text\": …}, "
             + "{\"prompt\": …, \"completion\": …} or {\"messages\": […]}")
@@ -633,7 +682,7 @@ public func readExampleFile(_ file: String) throws -> [(line: Int, example: Data
 func readExampleFile(_ file: String, unreadKeys: inout [String: Int], columns: ColumnMap = ColumnMap()) throws -> [(line: Int, example: DataExample)] {
     var out: [(line: Int, example: DataExample)] = []
     let kind = DataRecordFormat(path: file)
-    let what = kind == .jsonLines ? "line" : kind == .parquet ? "row" : "record"
+    let what = kind == .jsonLines ? "line" : kind == .parquet || kind == .arrow ? "row" : "record"
     var counts: [String: Int] = [:]
     for record in try readDataRecords(file, unread: { counts[$0, default: 0] += 1 }) {
         let example: DataExample

@@ -44,7 +44,7 @@ let seconds = Double(option("--seconds") ?? "10") ?? 10
 var rng = RNG(seed: UInt64(option("--seed") ?? "1") ?? 1)
 let only = option("--only")
 guard let work = option("--work") else {
-    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|gzip|zstd|parquet|chat|json|toolcalls|hubreadme|settings]")
+    print("usage: fuzz-parsers --work DIR [--seconds S] [--seed N] [--only gguf|safetensors|hdf5|hdf5-foreign|tokenizer|hfconfig|peftconfig|jsonl|jsonarray|csv|gzip|zstd|parquet|arrow|chat|json|toolcalls|hubreadme|settings]")
     exit(2)
 }
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -334,6 +334,14 @@ let targets: [Target] = [
                .map { "Tests/FormatsTests/Fixtures/parquet/\($0).parquet" }.compactMap(fixture)
                + ["Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
         _ = try readParquetRows(path)
+        _ = try? loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
+    },
+    // Arrow IPC as pyarrow and `datasets` write it (streams, Feather v2 files, ZSTD bodies; nested,
+    // logical and dictionary-encoded columns): the FlatBuffers of the messages, the buffers, offsets and
+    // bitmaps; then the rows as training data (refusals there are fine).
+    Target(name: "arrow", seeds: ["types.arrow", "types.feather", "types-zstd.feather", "nested.arrow", "logical.arrow", "more.arrow"]
+               .map { "Tests/FormatsTests/Fixtures/arrow/\($0)" }.compactMap(fixture), json: false, ext: ".arrow") { path, _ in
+        _ = try readArrowRows(path)
         _ = try? loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
     },
     // Chat lines through a template that writes tools, calls and kwargs: the order-keeping JSON

@@ -15,7 +15,8 @@ struct Backtest: ParsableCommand {
         "template_file" (relative to the prompts file) or --template replace an inline template; "prompt"
         gives literal text; "messages" a chat, written by the model's chat template (a final assistant
         message is the expected answer), as chat training data is. A .json array of the same objects, a
-        .csv/.tsv table whose header names the fields (an empty cell: not given) or a .parquet file serves too,
+        .csv/.tsv table whose header names the fields (an empty cell: not given), a .parquet, .arrow or .feather file
+        or a folder that datasets' save_to_disk wrote serves too,
         and a quoted pattern ('evals/*.jsonl') reads every matching file. For each prompt × version: the output (greedy, or --samples K seeded samples
         with their agreement), the loss and perplexity of the expected answer given the prompt, exact
         match, contains and ROUGE-L F1 against it, token counts, latency and cost (energy from RAPL when
@@ -34,7 +35,7 @@ struct Backtest: ParsableCommand {
 
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String
     @Option(help: "Comma-separated adapters (SwiftPEFT .h5, PEFT folders or llama.cpp GGUF LoRAs), each PATH or NAME=PATH.") var adapters: String = ""
-    @Option(help: "Prompts: JSONL (or a JSON array, CSV/TSV with a header row, or Parquet; a pattern of such files; a Hub data set's split in the local cache, org/name:test) with template/vars/expected/tags (see above).") var prompts: String
+    @Option(help: "Prompts: JSONL (or a JSON array, CSV/TSV with a header row, Parquet or Arrow; a save_to_disk folder; a pattern of such files; a Hub data set's split in the local cache, org/name:test) with template/vars/expected/tags (see above).") var prompts: String
     @Option(help: "The prompts file's own column names for its fields, FIELD=COLUMN,… (e.g. prompt=question,expected=answer); its other columns are then not read.") var columns: String?
     @Option(help: "Template file for lines that give none.") var template: String?
     @Option(help: "For chat prompts: a chat template file (Jinja, or JSON with \"chat_template\") for every version instead of the model's own and the one the adapters record (which must then agree).") var chatTemplate: String?

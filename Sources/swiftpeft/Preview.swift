@@ -59,7 +59,7 @@ struct Preview: ParsableCommand {
         if !unread.isEmpty { print(describeUnreadKeys(unread)) }
         print(colored ? "learned text in \u{1B}[1;32mgreen\u{1B}[0m" : "learned text between ⟦ and ⟧")
         for (k, e) in shown.enumerated() {
-            print("\n── example \(skip + k + 1)\(e.line.map { e.file.lowercased().hasSuffix(".parquet") ? " (row \($0))" : " (line \($0))" } ?? ""): \(e.tokens) tokens, \(e.learnedTokens) learned"
+            print("\n── example \(skip + k + 1)\(e.line.map { [".parquet", ".arrow", ".feather"].contains(where: e.file.lowercased().hasSuffix) ? " (row \($0))" : " (line \($0))" } ?? ""): \(e.tokens) tokens, \(e.learnedTokens) learned"
                   + (e.tokens > seqLen + 1 ? "; longer than --seq-len \(seqLen) + 1 (padding cuts it there; packing spreads it over rows)" : "") + " ──")
             print(e.runs.map { r in r.learned ? (colored ? "\u{1B}[1;32m\(r.text)\u{1B}[0m" : "⟦\(r.text)⟧") : r.text }.joined())
             if e.learnedTokens == 0 { print("(nothing is learned from this example: training leaves its row out)") }

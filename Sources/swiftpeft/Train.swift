@@ -16,7 +16,7 @@ private let defaultValidationFraction: Double = {
 /// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
 struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String?
-    @Option(help: "Training data: a text file or folder, or records (text, prompt/completion, instruction, chat) as JSONL, a JSON array, CSV/TSV with a header row, or Parquet; a quoted pattern of such files; or a Hub data set in the local Hugging Face cache (org/name, org/name:split, org/name:config:split).") var data: String?
+    @Option(help: "Training data: a text file or folder, or records (text, prompt/completion, instruction, chat) as JSONL, a JSON array, CSV/TSV with a header row, Parquet or Arrow (.arrow, .feather); a folder that datasets' save_to_disk wrote; a quoted pattern of such files; or a Hub data set in the local Hugging Face cache (org/name, org/name:split, org/name:config:split).") var data: String?
     @Option(help: "Output folder.") var out: String?
     @Option(help: "JSON file whose keys are these options' long names (command-line flags win).") var config: String?
     @Option(help: "Optimizer steps (default \(TrainerOptions().steps)).") var steps: Int?

@@ -12,8 +12,8 @@ import Tokenizers
 private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/parquet")
 private let regenerate = "regenerate with `.venv/bin/python scripts/make_parquet_fixtures.py` from the package root"
 
-/// A Parquet value as JSON, as Python's json writes pyarrow's `to_pylist()` (float32 values widened).
-private func json(_ v: ParquetValue) -> JSONValue {
+/// A Parquet or Arrow value as JSON, as Python's json writes pyarrow's `to_pylist()` (float32 values widened).
+func json(_ v: ColumnValue) -> JSONValue {
     switch v {
     case .null: return .null
     case .bool(let b): return .bool(b)

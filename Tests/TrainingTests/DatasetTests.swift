@@ -580,7 +580,7 @@ final class DatasetTests: XCTestCase {
         }
         XCTAssertEqual(input, "one\r\ntwo")
         XCTAssertEqual(output, "Zwei Zeilen: ü, é, 字, 🙂")
-        XCTAssertEqual(lines.count, 10)
+        XCTAssertEqual(lines.count, 11)
         for (name, expectedLines) in lines.sorted(by: { $0.key < $1.key }) {
             let path = folder.appendingPathComponent(name).path
             var unread: [String: Int] = [:]
@@ -623,7 +623,39 @@ final class DatasetTests: XCTestCase {
         let all = try readExamples(mixed)
         XCTAssertEqual(all.examples, Array((0..<3).map { _ in reference.map(\.example) }.joined()))
         try "notes".write(toFile: mixed + "/notes.txt", atomically: true, encoding: .utf8)
-        XCTAssertThrowsError(try readExamples(mixed)) { XCTAssertTrue("\($0)".contains("both files of records (3: JSONL, JSON, CSV, TSV, Parquet) and 1 text files"), "\($0)") }
+        XCTAssertThrowsError(try readExamples(mixed)) { XCTAssertTrue("\($0)".contains("both files of records (3: JSONL, JSON, CSV, TSV, Parquet, Arrow) and 1 text files"), "\($0)") }
+    }
+
+    /// A folder that Hugging Face `datasets`' `save_to_disk` wrote (Fixtures/tables/saved, from
+    /// scripts/make_arrow_fixtures.py: a DatasetDict, its train split in two Arrow shards) reads as the data
+    /// it holds: the train split, or the split folder named; its JSON metadata is not read as records.
+    func testSavedDatasetFoldersReadTheirArrowFiles() throws {
+        let tables = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tables")
+        let reference = try readExampleFile(tables.appendingPathComponent("examples.jsonl").path).map(\.example)
+        let saved = tables.appendingPathComponent("saved").path
+        XCTAssertEqual(try readExamples(saved).examples, reference)
+        XCTAssertEqual(try readExamples(saved + "/train").examples, reference)
+        XCTAssertEqual(try readExamples(saved + "/test").examples, Array(reference.prefix(2)))
+        let located = try readLocatedExamples(saved, columns: ColumnMap()).examples
+        XCTAssertEqual(located.map { URL(fileURLWithPath: $0.file).lastPathComponent + ":\($0.line ?? 0)" },
+                       ["data-00000-of-00002.arrow:1", "data-00000-of-00002.arrow:2", "data-00000-of-00002.arrow:3",
+                        "data-00001-of-00002.arrow:1", "data-00001-of-00002.arrow:2", "data-00001-of-00002.arrow:3"])
+        XCTAssertEqual(try loadBacktestPrompts(saved + "/test", columns: ColumnMap(parsing: "prompt=instruction,expected=output", keys: ["prompt", "expected"])).count, 2)
+        // Refused by name: a DatasetDict without a train split, a listed file that is missing, a state.json that does not read.
+        let copy = dir + "/saved"
+        try FileManager.default.copyItem(atPath: saved, toPath: copy)
+        try #"{"splits": ["test"]}"#.write(toFile: copy + "/dataset_dict.json", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try readExamples(copy)) {
+            XCTAssertEqual("\($0)", copy + ": a saved DatasetDict without a train split; name one of its splits' folders: " + copy + "/test")
+        }
+        try FileManager.default.removeItem(atPath: copy + "/train/data-00001-of-00002.arrow")
+        XCTAssertThrowsError(try readExamples(copy + "/train")) {
+            XCTAssertEqual("\($0)", copy + "/train/data-00001-of-00002.arrow: no such file, though " + copy + "/train/state.json lists it")
+        }
+        try "{".write(toFile: copy + "/test/state.json", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try readExamples(copy + "/test")) {
+            XCTAssertEqual("\($0)", copy + "/test/state.json: not a JSON object, as `datasets`' save_to_disk writes it")
+        }
     }
 
     /// ShareGPT chat (`"conversations"` of {"from", "value"} turns, as axolotl, LLaMA-Factory and unsloth read
@@ -928,7 +960,7 @@ final class DatasetTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: bare, withIntermediateDirectories: true)
         try "x".write(toFile: bare + "/notes.xlsx", atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try load(bare)) {
-            XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .json, .csv, .tsv, .parquet, .txt, .md or .rst files"), "\($0)")
+            XCTAssertTrue("\($0)".contains("bare: the folder holds no .jsonl, .ndjson, .json, .csv, .tsv, .parquet, .arrow, .feather, .txt, .md or .rst files"), "\($0)")
         }
         // A text file without text is refused, alone or in a folder (it would train BOS → EOS).
         let blank = dir + "/blank"
