@@ -58,7 +58,7 @@ let package = Package(
         // Open MPI, for data-parallel training under mpirun.
         .systemLibrary(name: "CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
         // zlib and Zstandard, for Parquet pages compressed with GZIP or ZSTD (polars' default).
-        .systemLibrary(name: "CCompression", providers: [.apt(["zlib1g-dev", "libzstd-dev"])]),
+        .systemLibrary(name: "CCompression", providers: [.apt(["zlib1g-dev", "libzstd-dev", "liblz4-dev"])]),
         // oneDNN, for bf16 copies of frozen weights in decoding (`Tensor.keepBF16Copy`).
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 

@@ -3,12 +3,12 @@
 
 - Tests/FormatsTests/Fixtures/parquet/: types.parquet (every column kind SwiftPEFT reads: int32, int64,
   float, double, bool, string, each with nulls; a list of strings with a null list, an empty list and a
-  null item; a struct with a null struct; a list of structs) written seven ways (pyarrow's defaults:
+  null item; a struct with a null struct; a list of structs) written eight ways (pyarrow's defaults:
   Snappy, dictionary, v1 pages; uncompressed PLAIN v2 pages; two rows per row group; a tiny dictionary
-  page limit, so pages fall back from dictionary to PLAIN; ZSTD; GZIP with v2 pages; every other
+  page limit, so pages fall back from dictionary to PLAIN; ZSTD; GZIP with v2 pages; LZ4_RAW; every other
   encoding pyarrow writes: DELTA_BINARY_PACKED, DELTA_LENGTH_BYTE_ARRAY, DELTA_BYTE_ARRAY, BYTE_STREAM_SPLIT,
   RLE booleans), with types.json, its rows as pyarrow reads them (table.to_pylist(), keys in column
-  order); brotli.parquet and lz4.parquet, whose codecs SwiftPEFT must refuse by name; hand-made.parquet
+  order); brotli.parquet, whose codec SwiftPEFT must refuse by name; hand-made.parquet
   (one string column, one row, written here byte by byte; pyarrow reads it) and three of its kind whose
   offset and size, page size, or a v2 page's level lengths are near Int64.max (to be refused, not to
   overflow a sum); nested.parquet (lists of lists, structs of lists and structs, maps with string and
@@ -277,6 +277,7 @@ def main():
         "types-fallback.parquet": {"dictionary_pagesize_limit": 16, "data_page_size": 32, "write_batch_size": 1},
         "types-zstd.parquet": {"compression": "zstd"},
         "types-gzip.parquet": {"compression": "gzip", "data_page_version": "2.0"},
+        "types-lz4.parquet": {"compression": "lz4"},  # LZ4_RAW
         # Each encoding besides PLAIN and the dictionary's that pyarrow writes, on the columns it suits.
         "types-encodings.parquet": {"use_dictionary": False, "data_page_version": "2.0", "column_encoding": {
             "i32": "DELTA_BINARY_PACKED", "i64": "DELTA_BINARY_PACKED", "f32": "BYTE_STREAM_SPLIT", "f64": "BYTE_STREAM_SPLIT",
@@ -317,7 +318,6 @@ def main():
         f.write("\n")
     small = pa.table({"text": ["a", "b"]})
     pq.write_table(small, os.path.join(PARQUET, "brotli.parquet"), compression="brotli")
-    pq.write_table(small, os.path.join(PARQUET, "lz4.parquet"), compression="lz4")
 
     near_max = 2 ** 63 - 1
     hand = {

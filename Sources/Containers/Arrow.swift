@@ -1,11 +1,11 @@
 // Arrow.swift: reading the rows of an Apache Arrow IPC file, as Hugging Face `datasets` writes them
 // (`save_to_disk`'s `data-00000-of-00001.arrow`: the streaming format) and as pyarrow and pandas write
-// Feather v2 (`.feather`, `.arrow`: the file format, its stream between "ARROW1" magics). Messages are
+// Feather v2 (`.feather`, `.arrow`: the file format, read by its footer's schema and blocks). Messages are
 // FlatBuffers (Schema, DictionaryBatch, RecordBatch) each followed by its body of buffers. Columns hold
 // every type `datasets` and pandas write (integers, floats, booleans, strings and bytes, large ones too,
 // dates, times, timestamps, decimals, lists, fixed-size lists, structs, maps, dictionary-encoded
-// columns), read as `ColumnValue`s as Parquet's are. Bodies uncompressed or ZSTD-compressed; LZ4 is
-// refused by name. Format: https://arrow.apache.org/docs/format/Columnar.html#serialization-and-interprocess-communication-ipc
+// columns, string and binary views as polars writes them), read as `ColumnValue`s as Parquet's are. Bodies
+// uncompressed, LZ4 (pandas' `to_feather` default) or ZSTD. Format: https://arrow.apache.org/docs/format/Columnar.html#serialization-and-interprocess-communication-ipc
 
 import Foundation
 import CCompression
@@ -21,7 +21,7 @@ public struct ArrowError: Error, CustomStringConvertible {
 /// The rows of the Arrow IPC file (stream or file format) at `path`, each its top-level columns' values in
 /// the schema's order, the record batches read one after another.
 /// - Throws: `ArrowError` naming the file and, where it concerns one, the column: not an Arrow file, a
-///   message or buffer out of its bounds, big-endian data, LZ4-compressed bodies, a type not read (unions,
+///   message or buffer out of its bounds, big-endian data, a type not read (unions,
 ///   intervals, views, run-end encoding).
 public func readArrowRows(_ path: String) throws -> [[(name: String, value: ColumnValue)]] {
     guard let data = FileManager.default.contents(atPath: path) else { throw ArrowError(path: path, message: "cannot read the file") }
@@ -44,6 +44,8 @@ private struct ArrowField {
 
 private enum ArrowType {
     case null, bool, utf8, binary, largeUtf8, largeBinary, list, largeList, structure, map
+    /// Strings and bytes as 16-byte views: inline up to 12 bytes, else in one of the batch's variadic buffers (polars' default).
+    case utf8View, binaryView
     case int(bits: Int, signed: Bool)
     /// 0 half, 1 single, 2 double.
     case float(precision: Int)
@@ -135,69 +137,113 @@ private struct ArrowReader {
 
     mutating func rows() throws -> [[(name: String, value: ColumnValue)]] {
         let magic = Array("ARROW1".utf8)
-        var at = 0, end = bytes.count
-        if bytes.starts(with: magic) {  // the file format: its stream, then the footer, its size and the magic
+        var rows: [[(name: String, value: ColumnValue)]] = []
+        if bytes.starts(with: magic) {
+            // The file format: the footer (its size and the magic at the end) holds the schema and where each
+            // dictionary and record batch message is (Blocks: offset, metadata length, body length). Read
+            // by it, not as a stream: writers need not repeat the schema message after the magic (polars does not).
             guard bytes.count >= 18, Array(bytes.suffix(6)) == magic else { throw FlatError(message: "an Arrow file that does not end with \"ARROW1\" (cut short?)") }
-            let footer = Int(try flat.i32(bytes.count - 10))
-            guard footer >= 0, footer <= bytes.count - 18 else { throw FlatError(message: "its footer's size (\(footer) bytes) does not fit the file") }
-            (at, end) = (8, bytes.count - 10 - footer)
-        } else if bytes.starts(with: Array("FEA1".utf8)) {
+            let size = Int(try flat.i32(bytes.count - 10))
+            guard size > 0, size <= bytes.count - 18 else { throw FlatError(message: "its footer's size (\(size) bytes) does not fit the file") }
+            let start = bytes.count - 10 - size
+            let footer = try flat.table(start + Int(try flat.u32(start)))
+            guard let schema = try flat.subtable(footer, 1) else { throw FlatError(message: "its footer holds no schema") }
+            try readSchema(schema)
+            for k in [2, 3] {  // the dictionaries, then the record batches
+                guard let (first, count) = try flat.vector(footer, k, width: 24) else { continue }
+                for b in 0..<count {
+                    let at = first + 24 * b
+                    let offset = try flat.i64(at), metadata = Int64(try flat.i32(at + 8)), body = try flat.i64(at + 16)
+                    guard offset >= 8, metadata > 0, body >= 0, offset <= Int64(start), metadata <= Int64(start) - offset,
+                          body <= Int64(start) - offset - metadata else {
+                        throw FlatError(message: "a block of the footer (at \(offset), \(metadata) + \(body) bytes) outside the file's \(start) bytes of messages")
+                    }
+                    guard let message = try message(at: Int(offset), end: Int(offset + metadata + body)) else {
+                        throw FlatError(message: "the footer's block at byte \(offset) is the end of the stream, not a message")
+                    }
+                    guard message.kind == (k == 2 ? 2 : 3) else {
+                        throw FlatError(message: "the footer's block at byte \(offset) holds a message of kind \(message.kind), not a \(k == 2 ? "dictionary" : "record batch")")
+                    }
+                    try read(message, into: &rows)
+                }
+            }
+            return rows
+        }
+        if bytes.starts(with: Array("FEA1".utf8)) {
             throw FlatError(message: "a Feather version 1 file; re-save it as version 2 (pyarrow.feather.write_feather(df, path), the default) or as Parquet")
         }
-        var rows: [[(name: String, value: ColumnValue)]] = []
-        var sawSchema = false
-        while at < end {
-            guard end - at >= 4 else { throw FlatError(message: "\(end - at) stray bytes after the last message (at byte \(at))") }
-            var length = Int(try flat.i32(at)); at += 4
-            if length == -1 {  // the continuation marker (Arrow 0.15 and later), then the length
-                guard end - at >= 4 else { throw FlatError(message: "the stream ends inside a message's header (at byte \(at))") }
-                length = Int(try flat.i32(at)); at += 4
-            }
-            if length == 0 { break }  // end of stream
-            guard length > 0, length <= end - at else { throw FlatError(message: "a message of \(length) bytes at byte \(at) does not fit the file") }
-            let message = try flat.table(at + Int(try flat.u32(at)))
-            let bodyLength = try flat.int(message, 3, bytes: 8)
-            let bodyStart = at + length
-            guard bodyLength >= 0, bodyLength <= end - bodyStart else {
-                throw FlatError(message: "a message's body of \(bodyLength) bytes at byte \(bodyStart) does not fit the file")
-            }
-            let body = bodyStart..<(bodyStart + Int(bodyLength))
-            let kind = try flat.field(message, 1).map { try flat.u8($0) } ?? 0
-            let header = try flat.subtable(message, 2)
-            switch (kind, header) {
-            case (1, let schema?):
+        var at = 0
+        while at < bytes.count, let message = try message(at: at, end: bytes.count) {
+            if message.kind == 1 {
                 guard !sawSchema else { throw FlatError(message: "a second schema message at byte \(at)") }
-                sawSchema = true
-                guard try flat.int(schema, 0, bytes: 2) == 0 else { throw FlatError(message: "big-endian data; only little-endian Arrow files are read") }
-                fields = try flat.tables(schema, 1).map { try field($0, depth: 0) }
-            case (2, let batch?):
-                guard sawSchema else { throw FlatError(message: "a dictionary before the schema") }
-                let id = try flat.int(batch, 0, bytes: 8)
-                guard let data = try flat.subtable(batch, 1), let field = dictionaryField(id, fields) else {
-                    throw FlatError(message: "a dictionary (id \(id)) that no column uses")
-                }
-                var decoder = try BatchDecoder(reader: self, batch: data, body: body)
-                var value = field
-                value.dictionary = nil
-                let values = try decoder.column(value, depth: 0)
-                let isDelta = try flat.field(batch, 2).map { try flat.u8($0) != 0 } ?? false
-                dictionaries[id] = (isDelta ? dictionaries[id] ?? [] : []) + values
-            case (3, let batch?):
-                guard sawSchema else { throw FlatError(message: "a record batch before the schema") }
-                var decoder = try BatchDecoder(reader: self, batch: batch, body: body)
-                let count = try flat.int(batch, 0, bytes: 8)
-                let columns = try fields.map { try decoder.column($0, depth: 0) }
-                guard count >= 0, columns.allSatisfy({ $0.count >= count }) else {
-                    throw FlatError(message: "a record batch of \(count) rows with a column shorter than that")
-                }
-                for r in 0..<Int(count) { rows.append(zip(fields, columns).map { ($0.name, $1[r]) }) }
-            default:
-                throw FlatError(message: "a message of kind \(kind) at byte \(at) (expected a schema, dictionary or record batch)")
+                guard let schema = message.header else { throw FlatError(message: "a schema message without its schema at byte \(at)") }
+                try readSchema(schema)
+            } else {
+                try read(message, into: &rows)
             }
-            at = body.upperBound
+            at = message.body.upperBound
         }
         guard sawSchema else { throw FlatError(message: "not an Arrow IPC stream or file (no schema message)") }
         return rows
+    }
+
+    var sawSchema = false
+
+    mutating func readSchema(_ schema: FlatTable) throws {
+        guard try flat.int(schema, 0, bytes: 2) == 0 else { throw FlatError(message: "big-endian data; only little-endian Arrow files are read") }
+        fields = try flat.tables(schema, 1).map { try field($0, depth: 0) }
+        sawSchema = true
+    }
+
+    /// The message at `at` (its length prefix, after the continuation marker where there is one), its body
+    /// before `end`; nil at the end-of-stream marker.
+    func message(at start: Int, end: Int) throws -> (kind: UInt8, header: FlatTable?, body: Range<Int>, at: Int)? {
+        var at = start
+        guard end - at >= 4 else { throw FlatError(message: "\(end - at) stray bytes after the last message (at byte \(at))") }
+        var length = Int(try flat.i32(at)); at += 4
+        if length == -1 {  // the continuation marker (Arrow 0.15 and later), then the length
+            guard end - at >= 4 else { throw FlatError(message: "the stream ends inside a message's header (at byte \(at))") }
+            length = Int(try flat.i32(at)); at += 4
+        }
+        if length == 0 { return nil }  // end of stream
+        guard length > 0, length <= end - at else { throw FlatError(message: "a message of \(length) bytes at byte \(at) does not fit the file") }
+        let message = try flat.table(at + Int(try flat.u32(at)))
+        let bodyLength = try flat.int(message, 3, bytes: 8)
+        let bodyStart = at + length
+        guard bodyLength >= 0, bodyLength <= end - bodyStart else {
+            throw FlatError(message: "a message's body of \(bodyLength) bytes at byte \(bodyStart) does not fit the file")
+        }
+        let kind = try flat.field(message, 1).map { try flat.u8($0) } ?? 0
+        return (kind, try flat.subtable(message, 2), bodyStart..<(bodyStart + Int(bodyLength)), start)
+    }
+
+    /// A dictionary or record batch message: the dictionary kept, the batch's rows appended to `rows`.
+    mutating func read(_ message: (kind: UInt8, header: FlatTable?, body: Range<Int>, at: Int), into rows: inout [[(name: String, value: ColumnValue)]]) throws {
+        switch (message.kind, message.header) {
+        case (2, let batch?):
+            guard sawSchema else { throw FlatError(message: "a dictionary before the schema") }
+            let id = try flat.int(batch, 0, bytes: 8)
+            guard let data = try flat.subtable(batch, 1), let field = dictionaryField(id, fields) else {
+                throw FlatError(message: "a dictionary (id \(id)) that no column uses")
+            }
+            var decoder = try BatchDecoder(reader: self, batch: data, body: message.body)
+            var value = field
+            value.dictionary = nil
+            let values = try decoder.column(value, depth: 0)
+            let isDelta = try flat.field(batch, 2).map { try flat.u8($0) != 0 } ?? false
+            dictionaries[id] = (isDelta ? dictionaries[id] ?? [] : []) + values
+        case (3, let batch?):
+            guard sawSchema else { throw FlatError(message: "a record batch before the schema") }
+            var decoder = try BatchDecoder(reader: self, batch: batch, body: message.body)
+            let count = try flat.int(batch, 0, bytes: 8)
+            let columns = try fields.map { try decoder.column($0, depth: 0) }
+            guard count >= 0, columns.allSatisfy({ $0.count >= count }) else {
+                throw FlatError(message: "a record batch of \(count) rows with a column shorter than that")
+            }
+            for r in 0..<Int(count) { rows.append(zip(fields, columns).map { ($0.name, $1[r]) }) }
+        default:
+            throw FlatError(message: "a message of kind \(message.kind) at byte \(message.at) (expected a schema, dictionary or record batch)")
+        }
     }
 
     /// The field (at any depth) that the dictionary `id` encodes.
@@ -264,8 +310,10 @@ private struct ArrowReader {
         case 19: f.type = .largeBinary
         case 20: f.type = .largeUtf8
         case 21: f.type = .largeList
+        case 23: f.type = .binaryView
+        case 24: f.type = .utf8View
         default:
-            let names = [11: "interval", 14: "union", 22: "run-end encoded", 23: "binary view", 24: "string view", 25: "list view", 26: "large list view"]
+            let names = [11: "interval", 14: "union", 22: "run-end encoded", 25: "list view", 26: "large list view"]
             throw FlatError(message: "column \(f.name): the Arrow type \(names[Int(kind)] ?? "number \(kind)") is not read; cast it (e.g. to a string or list) before saving")
         }
         f.children = try flat.tables(t, 5).map { try field($0, depth: depth + 1) }
@@ -301,23 +349,25 @@ private struct BatchDecoder {
     let reader: ArrowReader
     let body: Range<Int>
     let nodes: (start: Int, count: Int), buffers: (start: Int, count: Int)
-    let zstd: Bool
-    var node = 0, buffer = 0
+    /// How the batch's buffers are compressed (each then after its uncompressed size), nil when they are not.
+    let codec: Codec?
+    enum Codec { case lz4Frame, zstd }
+    /// How many data buffers each view column (string or binary view) has, in the schema's order.
+    let variadicCounts: (start: Int, count: Int)
+    var node = 0, buffer = 0, variadic = 0
 
     init(reader: ArrowReader, batch: FlatTable, body: Range<Int>) throws {
         let flat = reader.flat
         (self.reader, self.body) = (reader, body)
         nodes = try flat.vector(batch, 1, width: 16) ?? (0, 0)
         buffers = try flat.vector(batch, 2, width: 16) ?? (0, 0)
+        variadicCounts = try flat.vector(batch, 4, width: 8) ?? (0, 0)
         if let compression = try flat.subtable(batch, 3) {
             let codec = try flat.int(compression, 0, bytes: 1)
-            guard codec == 1 else {
-                throw FlatError(message: codec == 0 ? "its bodies are LZ4-compressed, which is not read; re-save with compression=\"zstd\" or \"uncompressed\" (pyarrow.feather.write_feather(df, path, compression=\"zstd\"))"
-                                : "an unknown body compression (\(codec))")
-            }
-            zstd = true
+            guard codec == 0 || codec == 1 else { throw FlatError(message: "an unknown body compression (\(codec))") }
+            self.codec = codec == 0 ? .lz4Frame : .zstd
         } else {
-            zstd = false
+            codec = nil
         }
     }
 
@@ -345,17 +395,22 @@ private struct BatchDecoder {
         }
         let start = body.lowerBound + Int(offset)
         let stored = Array(reader.bytes[start..<(start + Int(length))])
-        guard zstd, !stored.isEmpty else { return stored }
+        guard let codec, !stored.isEmpty else { return stored }
         guard stored.count >= 8 else { throw FlatError(message: "column \(f.name): a compressed buffer of \(stored.count) bytes") }
         let size = stored.prefix(8).enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * $1.offset) }
         if size == -1 { return Array(stored.dropFirst(8)) }  // left uncompressed
         let frame = Array(stored.dropFirst(8))
-        let content = frame.withUnsafeBytes { ZSTD_getFrameContentSize($0.baseAddress, $0.count) }
-        guard size >= 0, size <= 1 << 32, content == ZSTD_CONTENTSIZE_UNKNOWN || content == UInt64(size) else {
-            throw FlatError(message: "column \(f.name): a compressed buffer says it holds \(size) bytes")
+        // Neither codec makes more than about 65,000 bytes of one (LZ4's limit is 255 a byte, Zstandard's 32,768).
+        guard size >= 0, size <= Int64(frame.count) * 65_536 + 64 else {
+            throw FlatError(message: "column \(f.name): a compressed buffer of \(frame.count) bytes says it holds \(size)")
         }
-        do { return try zstdDecompress(frame, expected: Int(size)) } catch let e as ThriftError {
-            throw FlatError(message: "column \(f.name): a ZSTD buffer does not decompress: \(e.message)")
+        do {
+            switch codec {
+            case .zstd: return try zstdDecompress(frame, expected: Int(size))
+            case .lz4Frame: return try lz4FrameDecompress(frame, expected: Int(size))
+            }
+        } catch let e as ThriftError {
+            throw FlatError(message: "column \(f.name): \(codec == .zstd ? "a ZSTD" : "an LZ4") buffer does not decompress: \(e.message)")
         }
     }
 
@@ -463,6 +518,23 @@ private struct BatchDecoder {
             let data = try nextBuffer(f)
             guard bounds.last! <= data.count else { throw bad("offsets run to \(bounds.last!), past its \(data.count) bytes of data") }
             values = (0..<n).map { .bytes(Array(data[bounds[$0]..<bounds[$0 + 1]])) }
+        case .utf8View, .binaryView:
+            let views = try fixed(16)
+            guard variadic < variadicCounts.count else { throw bad("no count of its data buffers in the record batch") }
+            let count = try reader.flat.i64(variadicCounts.start + 8 * variadic)
+            variadic += 1
+            guard count >= 0, count <= buffers.count - buffer else { throw bad("\(count) data buffers, more than the batch has") }
+            let data = try (0..<Int(count)).map { _ in try nextBuffer(f) }
+            values = try (0..<n).map { i in
+                let at = 16 * i, length = Int(Int32(truncatingIfNeeded: word(views, at, 4)))
+                guard length >= 0 else { throw bad("a view of \(length) bytes") }
+                if length <= 12 { return .bytes(Array(views[(at + 4)..<(at + 4 + length)])) }
+                let index = Int(Int32(truncatingIfNeeded: word(views, at + 8, 4))), offset = Int(Int32(truncatingIfNeeded: word(views, at + 12, 4)))
+                guard index >= 0, index < data.count, offset >= 0, offset <= data[index].count - length else {
+                    throw bad("a view of \(length) bytes at \(offset) of data buffer \(index), outside its \(data.count) buffers")
+                }
+                return .bytes(Array(data[index][offset..<(offset + length)]))
+            }
         case .list, .largeList, .map:
             let wide: Bool
             if case .largeList = f.type { wide = true } else { wide = false }

@@ -1,7 +1,7 @@
 // Parquet.swift: reading the rows of an Apache Parquet file, as Hugging Face's Hub, `datasets`, pandas and
 // pyarrow write data sets: the footer's Thrift (compact protocol) metadata, data pages v1 and v2,
 // PLAIN, dictionary, RLE (booleans), DELTA and BYTE_STREAM_SPLIT encodings, definition and repetition levels (RLE /
-// bit-packed hybrid), uncompressed, Snappy, GZIP (zlib) or ZSTD pages. Columns hold every physical type, read
+// bit-packed hybrid), uncompressed, Snappy, GZIP (zlib), ZSTD or LZ4_RAW pages. Columns hold every physical type, read
 // as their logical types say (timestamps, dates, decimals, UUIDs, …), in structs, lists and maps nested to
 // any depth (a chat's "messages", with tool calls inside). Other codecs and encodings are refused by name.
 // Format: https://parquet.apache.org/docs/file-format/
@@ -20,7 +20,7 @@ public struct ParquetError: Error, CustomStringConvertible {
 /// The rows of the Parquet file at `path`, each its top-level columns' values in the schema's order,
 /// with the row groups read one after another.
 /// - Throws: `ParquetError` naming the file and, where it concerns one, the column: not a Parquet file, a
-///   footer or page that does not read, a codec other than none, Snappy, GZIP and ZSTD, an encoding
+///   footer or page that does not read, a codec other than none, Snappy, GZIP, ZSTD and LZ4_RAW, an encoding
 ///   Parquet does not define for the column's type.
 public func readParquetRows(_ path: String) throws -> [[(name: String, value: ColumnValue)]] {
     guard let data = FileManager.default.contents(atPath: path) else {
@@ -171,9 +171,9 @@ private struct ParquetFile {
         func bad(_ message: String) -> ParquetError { fail("column \(name) (row group \(rowGroup)): \(message)") }
         guard let node = leaf(path), let type = node.type else { throw bad("not a column of the schema") }
         let codec = Int(meta[4]?.int ?? -1)
-        guard [0, 1, 2, 6].contains(codec) else {
-            let names = [3: "LZO", 4: "BROTLI", 5: "LZ4", 7: "LZ4_RAW"]
-            throw bad("compressed with \(names[codec] ?? "codec \(codec)"); SwiftPEFT reads uncompressed, Snappy, GZIP and ZSTD pages "
+        guard [0, 1, 2, 6, 7].contains(codec) else {
+            let names = [3: "LZO", 4: "BROTLI", 5: "LZ4 (Hadoop's, deprecated)"]
+            throw bad("compressed with \(names[codec] ?? "codec \(codec)"); SwiftPEFT reads uncompressed, Snappy, GZIP, ZSTD and LZ4_RAW pages "
                 + "(pyarrow: pq.write_table(table, path, compression=\"snappy\"), its default)")
         }
         guard let valueCount = meta[5]?.int, valueCount >= 0, let size = meta[7]?.int, let dataOffset = meta[9]?.int else {
@@ -207,10 +207,11 @@ private struct ParquetFile {
                     switch codec {
                     case 1: return try snappyDecompress(stored, expected: length)
                     case 2: return try gzipDecompress(stored, expected: length)
+                    case 7: return try lz4BlockDecompress(stored, expected: length)
                     default: return try zstdDecompress(stored, expected: length)
                     }
                 } catch let e as ThriftError {
-                    throw bad("a \([1: "Snappy", 2: "GZIP"][codec] ?? "ZSTD") page does not decompress: \(e.message)")
+                    throw bad("a \([1: "Snappy", 2: "GZIP", 7: "LZ4_RAW"][codec] ?? "ZSTD") page does not decompress: \(e.message)")
                 }
             }
             switch pageType {
@@ -669,6 +670,44 @@ func zstdDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
     }
     guard ZSTD_isError(n) == 0 else { throw ThriftError(message: String(cString: ZSTD_getErrorName(n))) }
     guard n == expected else { throw ThriftError(message: "it holds \(n) bytes where the page says \(expected)") }
+    return Array(out.prefix(expected))
+}
+
+/// Decompresses an LZ4 block (Parquet's LZ4_RAW pages) of `expected` bytes.
+func lz4BlockDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
+    guard input.count <= Int(Int32.max), expected <= Int(Int32.max) else { throw ThriftError(message: "a block of \(input.count) bytes for \(expected)") }
+    var out = [UInt8](repeating: 0, count: max(expected, 1))
+    let n = input.withUnsafeBytes { src in
+        out.withUnsafeMutableBytes { dst in
+            LZ4_decompress_safe(src.baseAddress?.assumingMemoryBound(to: CChar.self), dst.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(src.count), Int32(expected))
+        }
+    }
+    guard n >= 0 else { throw ThriftError(message: "not an LZ4 block") }
+    guard Int(n) == expected else { throw ThriftError(message: "it holds \(n) bytes where the page says \(expected)") }
+    return Array(out.prefix(expected))
+}
+
+/// Decompresses LZ4 frames (Arrow IPC's LZ4_FRAME bodies) of `expected` bytes in all.
+func lz4FrameDecompress(_ input: [UInt8], expected: Int) throws -> [UInt8] {
+    var context: OpaquePointer?
+    guard LZ4F_isError(LZ4F_createDecompressionContext(&context, UInt32(LZ4F_VERSION))) == 0, let context else {
+        throw ThriftError(message: "cannot make an LZ4 decompression context")
+    }
+    defer { LZ4F_freeDecompressionContext(context) }
+    var out = [UInt8](repeating: 0, count: max(expected, 1))
+    var read = 0, written = 0
+    try input.withUnsafeBytes { src in
+        try out.withUnsafeMutableBytes { dst in
+            while read < src.count {
+                var inSize = src.count - read, outSize = expected - written
+                let hint = LZ4F_decompress(context, dst.baseAddress! + written, &outSize, src.baseAddress! + read, &inSize, nil)
+                guard LZ4F_isError(hint) == 0 else { throw ThriftError(message: String(cString: LZ4F_getErrorName(hint))) }
+                (read, written) = (read + inSize, written + outSize)
+                if inSize == 0 && outSize == 0 { throw ThriftError(message: "it holds more than the \(expected) bytes said") }
+            }
+        }
+    }
+    guard written == expected else { throw ThriftError(message: "it holds \(written) bytes where \(expected) were said") }
     return Array(out.prefix(expected))
 }
 

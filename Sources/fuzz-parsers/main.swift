@@ -330,16 +330,16 @@ let targets: [Target] = [
     // encodings; lists, structs and maps nested deep; logical types, INT96): the Thrift footer, page
     // headers, levels, record assembly, the decoders; then the
     // rows as training data (refusals there are fine).
-    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip", "hand-made", "nested", "logical-v2", "logical-int96", "unannotated"]
+    Target(name: "parquet", seeds: ["types", "types-plain-v2", "types-encodings", "types-zstd", "types-gzip", "types-lz4", "hand-made", "nested", "logical-v2", "logical-int96", "unannotated"]
                .map { "Tests/FormatsTests/Fixtures/parquet/\($0).parquet" }.compactMap(fixture)
                + ["Tests/TrainingTests/Fixtures/tables/chat.parquet"].compactMap(fixture), json: false, ext: ".parquet") { path, _ in
         _ = try readParquetRows(path)
         _ = try? loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))
     },
-    // Arrow IPC as pyarrow and `datasets` write it (streams, Feather v2 files, ZSTD bodies; nested,
+    // Arrow IPC as pyarrow and `datasets` write it (streams, Feather v2 files, LZ4 and ZSTD bodies; nested,
     // logical and dictionary-encoded columns): the FlatBuffers of the messages, the buffers, offsets and
     // bitmaps; then the rows as training data (refusals there are fine).
-    Target(name: "arrow", seeds: ["types.arrow", "types.feather", "types-zstd.feather", "nested.arrow", "logical.arrow", "more.arrow"]
+    Target(name: "arrow", seeds: ["types.arrow", "types.feather", "types-zstd.feather", "types-lz4.feather", "nested.arrow", "logical.arrow", "more.arrow"]
                .map { "Tests/FormatsTests/Fixtures/arrow/\($0)" }.compactMap(fixture), json: false, ext: ".arrow") { path, _ in
         _ = try readArrowRows(path)
         _ = try? loadDataset(path, tokenizer: byteTokenizer, options: DatasetOptions(seqLen: 16, validation: .none))

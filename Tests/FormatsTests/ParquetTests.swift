@@ -1,5 +1,5 @@
 // Parquet: pyarrow-written files (Fixtures/parquet, from scripts/make_parquet_fixtures.py) read to the rows
-// pyarrow reads, written seven ways (Snappy + dictionary, uncompressed PLAIN v2 pages, several row groups,
+// pyarrow reads, written eight ways (Snappy + dictionary, LZ4_RAW, uncompressed PLAIN v2 pages, several row groups,
 // dictionary pages falling back to PLAIN, ZSTD, GZIP, every DELTA encoding, BYTE_STREAM_SPLIT and RLE
 // booleans); nested columns at any depth and logical types; codecs not read are refused by name; broken files fail with the file named; Snappy's
 // overlapping copies.
@@ -31,7 +31,7 @@ final class ParquetTests: XCTestCase {
         let expected = try JSONValue(parsing: String(contentsOf: fixtures.appendingPathComponent("types.json"), encoding: .utf8))
         guard case .array(let rows) = expected, rows.count == 5 else { return XCTFail("types.json: \(regenerate)") }
         for name in ["types.parquet", "types-plain-v2.parquet", "types-row-groups.parquet", "types-fallback.parquet",
-                     "types-zstd.parquet", "types-gzip.parquet", "types-encodings.parquet"] {
+                     "types-zstd.parquet", "types-gzip.parquet", "types-lz4.parquet", "types-encodings.parquet"] {
             let read = try readParquetRows(fixtures.appendingPathComponent(name).path)
             XCTAssertEqual(read.count, rows.count, name)
             for (k, (row, want)) in zip(read, rows).enumerated() {
@@ -58,8 +58,7 @@ final class ParquetTests: XCTestCase {
     }
 
     func testWhatIsNotReadIsRefusedByName() throws {
-        let cases = [("brotli.parquet", "column text (row group 1): compressed with BROTLI; SwiftPEFT reads uncompressed, Snappy, GZIP and ZSTD pages"),
-                     ("lz4.parquet", "column text (row group 1): compressed with LZ4_RAW; SwiftPEFT reads uncompressed, Snappy, GZIP and ZSTD pages")]
+        let cases = [("brotli.parquet", "column text (row group 1): compressed with BROTLI; SwiftPEFT reads uncompressed, Snappy, GZIP, ZSTD and LZ4_RAW pages")]
         for (name, message) in cases {
             let path = fixtures.appendingPathComponent(name).path
             XCTAssertThrowsError(try readParquetRows(path)) { XCTAssertTrue("\($0)".hasPrefix(path + ": " + message), "\($0)") }
