@@ -857,6 +857,9 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, columns: ColumnMap = 
             if required { throw fail("\(what)missing the key \"\(key)\" (found \(o.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")))") }
             return nil
         }
+        // An optional key's null is the key not given, as a Parquet or Arrow column's null is (`datasets`'
+        // to_json and polars write Alpaca's empty "input" as null).
+        if v is NSNull && !required { return nil }
         guard let s = v as? String else { throw fail("\(what)\"\(key)\" must be a string, found \(jsonKind(v))") }
         if nonEmpty && s.isEmpty { throw fail("\(what)\"\(key)\" is empty") }
         return s

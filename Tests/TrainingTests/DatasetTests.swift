@@ -91,11 +91,13 @@ final class DatasetTests: XCTestCase {
             json(["instruction": "Say hello.", "output": "hello there"]),
             json(["instruction": "Translate.", "input": "cat", "output": "chat"]),
             json(["instruction": "Translate.", "input": "", "output": "chien", "text": "ignored rendered text"]),
+            // A null input is none, as `datasets`' to_json and polars write it (and as Parquet's null reads).
+            #"{"instruction": "Say bye.", "input": null, "output": "bye"}"#,
         ])
         let data = try load(path)
         XCTAssertEqual(data.format, .instruction)
-        let inputs: [String?] = [nil, "cat", nil]
-        for (r, (instruction, output)) in [("Say hello.", "hello there"), ("Translate.", "chat"), ("Translate.", "chien")].enumerated() {
+        let inputs: [String?] = [nil, "cat", nil, nil]
+        for (r, (instruction, output)) in [("Say hello.", "hello there"), ("Translate.", "chat"), ("Translate.", "chien"), ("Say bye.", "bye")].enumerated() {
             let b = data.train.batch(rows: [r])
             XCTAssertEqual(learnedText(b), output + Self.eot)
             let real = b.attentionMask!.filter { $0 == 1 }.count
