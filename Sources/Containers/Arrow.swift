@@ -192,6 +192,7 @@ private struct ArrowReader {
     mutating func readSchema(_ schema: FlatTable) throws {
         guard try flat.int(schema, 0, bytes: 2) == 0 else { throw FlatError(message: "big-endian data; only little-endian Arrow files are read") }
         fields = try flat.tables(schema, 1).map { try field($0, depth: 0) }
+        guard !fields.isEmpty else { throw FlatError(message: "a schema without columns") }
         sawSchema = true
     }
 
@@ -400,8 +401,10 @@ private struct BatchDecoder {
         let size = stored.prefix(8).enumerated().reduce(Int64(0)) { $0 | Int64($1.element) << (8 * $1.offset) }
         if size == -1 { return Array(stored.dropFirst(8)) }  // left uncompressed
         let frame = Array(stored.dropFirst(8))
-        // Neither codec makes more than about 65,000 bytes of one (LZ4's limit is 255 a byte, Zstandard's 32,768).
-        guard size >= 0, size <= Int64(frame.count) * 65_536 + 64 else {
+        // LZ4 makes at most 255 bytes of one; Zstandard about 32,768, and its frame may say how many it holds.
+        let content = codec == .zstd ? frame.withUnsafeBytes { ZSTD_getFrameContentSize($0.baseAddress, $0.count) } : ZSTD_CONTENTSIZE_UNKNOWN
+        guard size >= 0, size <= Int64(frame.count) * (codec == .zstd ? 32_768 : 256) + 64,
+              content == ZSTD_CONTENTSIZE_UNKNOWN || content == UInt64(size) else {
             throw FlatError(message: "column \(f.name): a compressed buffer of \(frame.count) bytes says it holds \(size)")
         }
         do {
