@@ -508,9 +508,10 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 // MARK: reading
 
 /// Reads examples from `path`: a file of records (JSON Lines `.jsonl`/`.ndjson`, a `.json` array of objects
-/// or JSON Lines, a `.csv` or `.tsv` table with a header row, a `.parquet` file; see `readExampleFile`), a
-/// text file, a folder (every file of records in it, sorted by path, or else every `.txt`/`.md`/`.rst`
-/// file; a folder holding both kinds is an error), a pattern of files of records (`dataPatternFiles`),
+/// or JSON Lines, a `.csv` or `.tsv` table with a header row, a `.parquet`, `.arrow` or `.feather` file; see
+/// `readExampleFile`), a text file, a folder (every file of records in it, sorted by path, or else every
+/// `.txt`/`.md`/`.rst` file; a folder holding both kinds is an error; a folder that `datasets`' `save_to_disk`
+/// wrote, `savedDatasetFiles`), a pattern of files of records (`dataPatternFiles`),
 /// or a Hub data set in the local Hugging Face cache ("tatsu-lab/alpaca", "openai/gsm8k:main:test", `hubData`).
 ///
 /// A text file is one `.text` document (format `.plainText`). Every record (a JSONL line, an array item, a
