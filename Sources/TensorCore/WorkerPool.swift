@@ -33,11 +33,24 @@ final class WorkerPool: @unchecked Sendable {
     private let active = Atomic<Int>(0)  // workers between taking a job and leaving it (taken under `condition`)
     private var sleepers = 0
 
+    /// The workers' thread name (at most 15 bytes, Linux's limit).
+    static let threadName = "swiftpeft-work"
+
+    /// Names the calling thread `threadName`, as `top -H`, perf and /proc/self/task/*/comm show it
+    /// (pthread_setname_np is not visible to Swift on Linux; its /proc file does the same).
+    private static func nameThisThread() {
+        let fd = open("/proc/thread-self/comm", O_WRONLY)
+        guard fd >= 0 else { return }
+        _ = threadName.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+
     init(workers: Int) {
         for _ in 0..<workers {
             var thread = pthread_t()
             let context = Unmanaged.passUnretained(self).toOpaque()
             pthread_create(&thread, nil, { context in
+                WorkerPool.nameThisThread()
                 Unmanaged<WorkerPool>.fromOpaque(context!).takeUnretainedValue().workerLoop()
                 return nil
             }, context)
