@@ -30,7 +30,7 @@ import pyarrow.ipc as ipc
 
 sys.path.insert(0, os.path.dirname(__file__))
 from make_parquet_fixtures import LOGICAL, LOGICAL_ROWS, NESTED, NESTED_ROWS, TYPE_ROWS, TYPES, as_json  # noqa: E402
-from make_table_fixtures import EXAMPLES, FIELDS, OUT as TABLES  # noqa: E402
+from make_table_fixtures import EXAMPLES, FIELDS, OUT as TABLES, update_lines  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 ARROW = os.path.join(ROOT, "Tests", "FormatsTests", "Fixtures", "arrow")
@@ -102,13 +102,7 @@ def main():
     assert back["train"].to_list() == EXAMPLES and back["test"].to_list() == EXAMPLES[:2]
     assert sorted(os.listdir(os.path.join(saved, "train"))) == [
         "data-00000-of-00002.arrow", "data-00001-of-00002.arrow", "dataset_info.json", "state.json"], os.listdir(os.path.join(saved, "train"))
-    lines_path = os.path.join(TABLES, "lines.json")
-    with open(lines_path) as f:
-        lines = json.load(f)
-    lines["examples.feather"] = list(range(1, len(EXAMPLES) + 1))
-    with open(lines_path, "w") as f:
-        json.dump(lines, f, indent=1, sort_keys=True)
-        f.write("\n")
+    update_lines(lambda lines: lines.update({"examples.feather": list(range(1, len(EXAMPLES) + 1))}))
     print(f"wrote 9 files to {os.path.normpath(ARROW)}, examples.feather and saved/ to {os.path.normpath(TABLES)}")
 
 

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_table_fixtures import EXAMPLES, FIELDS, OUT as TABLES  # noqa: E402
+from make_table_fixtures import EXAMPLES, FIELDS, OUT as TABLES, update_lines  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 PARQUET = os.path.join(ROOT, "Tests", "FormatsTests", "Fixtures", "parquet")
@@ -365,10 +365,6 @@ def main():
     with open(os.path.join(TABLES, "chat-tools.jsonl"), "w") as f:
         for row in pyarrow_rows(path):  # as Hugging Face's to_json writes the rows, null columns left out
             f.write(json.dumps({k: v for k, v in row.items() if k != "created" and v is not None}, ensure_ascii=False) + "\n")
-    lines_path = os.path.join(TABLES, "lines.json")
-    with open(lines_path) as f:
-        lines = json.load(f)
-    lines["examples.parquet"] = lines["examples-v2.parquet"] = list(range(1, len(EXAMPLES) + 1))
     # The TSV Zstandard-compressed whole (as data sets ship .zst files), in two frames.
     with open(os.path.join(TABLES, "examples.tsv"), "rb") as f:
         tsv = f.read()
@@ -377,10 +373,8 @@ def main():
             f.write(pa.compress(part, codec="zstd", asbytes=True))
     with pa.CompressedInputStream(os.path.join(TABLES, "examples.tsv.zst"), "zstd") as f:
         assert f.read() == tsv
-    lines["examples.tsv.zst"] = lines["examples.tsv"]
-    with open(lines_path, "w") as f:
-        json.dump(lines, f, indent=1, sort_keys=True)
-        f.write("\n")
+    rows = list(range(1, len(EXAMPLES) + 1))
+    update_lines(lambda lines: lines.update({"examples.parquet": rows, "examples-v2.parquet": rows, "examples.tsv.zst": lines["examples.tsv"]}))
     print(f"wrote {len(ways) + 10} files to {os.path.normpath(PARQUET)} and 7 to {os.path.normpath(TABLES)}")
 
 

@@ -60,6 +60,20 @@ def json_array_start_lines(text):
         _, i = dec.raw_decode(text, i)
 
 
+def write_lines(lines):
+    with open(os.path.join(OUT, "lines.json"), "w") as f:
+        json.dump(lines, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def update_lines(change):
+    """Lets `change` add the files another fixture script writes to lines.json (which main() writes first)."""
+    with open(os.path.join(OUT, "lines.json")) as f:
+        lines = json.load(f)
+    change(lines)
+    write_lines(lines)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     files = {
@@ -101,9 +115,7 @@ def main():
     with gzip.open(os.path.join(OUT, "examples.csv.gz"), "rb") as f:
         assert f.read() == raw
     lines["examples.csv.gz"] = lines["examples.csv"]
-    with open(os.path.join(OUT, "lines.json"), "w") as f:
-        json.dump(lines, f, indent=1, sort_keys=True)
-        f.write("\n")
+    write_lines(lines)
     print(f"wrote {len(files) + 2} files to {os.path.normpath(OUT)}")
 
 

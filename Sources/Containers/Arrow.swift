@@ -25,7 +25,7 @@ public struct ArrowError: Error, CustomStringConvertible {
 ///   intervals, views, run-end encoding).
 public func readArrowRows(_ path: String) throws -> [[(name: String, value: ColumnValue)]] {
     guard let data = FileManager.default.contents(atPath: path) else { throw ArrowError(path: path, message: "cannot read the file") }
-    var reader = ArrowReader(bytes: [UInt8](data), path: path)
+    var reader = ArrowReader(bytes: [UInt8](data))
     do { return try reader.rows() } catch let e as FlatError { throw ArrowError(path: path, message: e.message) }
 }
 
@@ -126,12 +126,11 @@ private struct FlatTable { let at: Int, vtable: Int, fields: Int }
 
 private struct ArrowReader {
     let flat: FlatBytes
-    let path: String
     var fields: [ArrowField] = []
     /// Each dictionary's values by id.
     var dictionaries: [Int64: [ColumnValue]] = [:]
 
-    init(bytes: [UInt8], path: String) { (flat, self.path) = (FlatBytes(bytes: bytes), path) }
+    init(bytes: [UInt8]) { flat = FlatBytes(bytes: bytes) }
 
     var bytes: [UInt8] { flat.bytes }
 
