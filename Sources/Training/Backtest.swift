@@ -131,20 +131,14 @@ private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: S
                                  ids: inout Set<String>, templates: inout [String: String]) throws {
     let format = DataRecordFormat(path: path) ?? .jsonLines
     let columnar = format == .parquet || format == .arrow  // files of binary pages, rows numbered from 1
-    if !columnar {
-        let data: [UInt8]
-        do { data = try fileContents(path) } catch let e as CheckpointError { throw BacktestError("\(path): cannot read the prompts file (\(e.message))") }
-        guard String(validating: data, as: UTF8.self) != nil else { throw BacktestError("\(path): the prompts file is not UTF-8 text") }
-    }
     let folder = URL(fileURLWithPath: path).deletingLastPathComponent()
     let known = Set(backtestColumnKeys + ["template", "template_file", "conversation"])
     let records: [DataRecord]
     do { records = try readDataRecords(path, as: format) } catch let e as DatasetError { throw BacktestError(e.description) }
     for record in records {
         let at = columnar ? "\(path): row \(record.line)" : "\(path):\(record.line)"
-        guard let read = (try? JSONSerialization.jsonObject(with: record.json, options: [])) as? [String: Any] else {
-            throw BacktestError("\(at): not a JSON object")
-        }
+        if case .text(let bytes) = record.content, String(data: bytes, encoding: .utf8) == nil { throw BacktestError("\(at): not UTF-8 text") }
+        guard let read = (try? record.foundationValue()) as? [String: Any] else { throw BacktestError("\(at): not a JSON object") }
         var obj = columns.rename(read) { _ in }
         if !columns.isEmpty { obj = obj.filter { known.contains($0.key) } }
         // A table cannot leave a cell out: an empty one is a field not given (no "expected", no "id").
@@ -182,7 +176,7 @@ private func loadBacktestPrompts(_ path: String, named: Bool, defaultTemplate: S
             }
             // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
             let ordered: JSONValue
-            do { ordered = columns.rename(try JSONValue(parsing: String(decoding: record.json, as: UTF8.self))) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
+            do { ordered = columns.rename(try record.ordered()) } catch { throw BacktestError("\(at): not JSON that can be read (\(error))") }
             var turns = try parseChatMessages(try conversation(chatKey, in: ordered) { BacktestError("\(at): \($0)") }) { BacktestError("\(at): \($0)") }
             tools = try parseTools(ordered["tools"]) { BacktestError("\(at): \($0)") }
             kwargs = try parseTemplateKwargs(ordered["chat_template_kwargs"]) { BacktestError("\(at): \($0)") }

@@ -9,12 +9,55 @@ import Foundation
 import Tokenizers
 import Containers
 
-/// One record of a data file: the 1-based line it starts on (a Parquet file's row) and its JSON object
-/// text (for CSV and TSV, an object of the row's cells as strings, keyed by the header; for Parquet, of
-/// the row's columns, lists and structs as arrays and objects).
+/// One record of a data file: the 1-based line it starts on (a Parquet or Arrow file's row) and what it
+/// holds: a JSON file's object text, or a table's row as an object (CSV and TSV: the row's cells as
+/// strings, keyed by the header; Parquet and Arrow: the row's columns, lists and structs as arrays and
+/// objects), which is never written out as JSON text to be read again.
 struct DataRecord {
     let line: Int
-    let json: Data
+    let content: Content
+
+    enum Content {
+        /// The JSON text of one record (a JSON Lines line, an item of a `.json` array), not yet read.
+        case text(Data)
+        /// A table's row, its columns in the file's order.
+        case row(JSONObject)
+    }
+
+    init(line: Int, text: Data) { self.line = line; content = .text(text) }
+    init(line: Int, row: JSONObject) { self.line = line; content = .row(row) }
+
+    /// The record as Foundation's `JSONSerialization` reads JSON (`[String: Any]` for an object, `NSNumber`
+    /// for numbers and booleans, `NSNull`), a row made of the same types.
+    /// - Throws: Foundation's error, for text that is not JSON.
+    func foundationValue() throws -> Any {
+        switch content {
+        case .text(let bytes): return try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
+        case .row(let row): return foundationObject(.object(row))
+        }
+    }
+
+    /// The record with the order of its keys kept (a chat template sees it: tool schemas, arguments).
+    /// - Throws: `JSONParseError`, for text that is not JSON.
+    func ordered() throws -> JSONValue {
+        switch content {
+        case .text(let bytes): return try JSONValue(parsing: String(decoding: bytes, as: UTF8.self))
+        case .row(let row): return .object(row)
+        }
+    }
+}
+
+/// `value` as `JSONSerialization` would read its JSON text.
+private func foundationObject(_ value: JSONValue) -> Any {
+    switch value {
+    case .null: return NSNull()
+    case .bool(let b): return NSNumber(value: b)
+    case .int(let i): return NSNumber(value: i)
+    case .double(let d): return NSNumber(value: d)
+    case .string(let s): return s
+    case .array(let items): return items.map(foundationObject)
+    case .object(let o): return Dictionary(o.members.map { ($0.key, foundationObject($0.value)) }, uniquingKeysWith: { $1 })
+    }
 }
 
 /// The data's own column names for keys SwiftPEFT reads (`--columns prompt=question,completion=answer`),
@@ -122,7 +165,7 @@ func readDataRecords(_ file: String, as given: DataRecordFormat? = nil, unread: 
         if first == UInt8(ascii: "[") { return try jsonArrayItems(bytes, file: file) }
         let lines = jsonLines(bytes)
         // One object over several lines (a dataset's metadata, a config) is not records.
-        if lines.count > 1, (try? JSONSerialization.jsonObject(with: lines[0].json)) == nil,
+        if lines.count > 1, (try? lines[0].foundationValue()) == nil,
            (try? JSONSerialization.jsonObject(with: Data(bytes))) is [String: Any] {
             throw DatasetError(file: file, line: nil, message: "holds one JSON object over \(lines.count) lines, not records; "
                 + "expected an array of objects ([{…}, {…}]) or one object per line")
@@ -151,7 +194,7 @@ private func jsonLines(_ bytes: [UInt8]) -> [DataRecord] {
         var stop = end
         if stop > start && bytes[stop - 1] == 0x0D { stop -= 1 }
         if !bytes[start..<stop].allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) {
-            out.append(DataRecord(line: line, json: Data(bytes[start..<stop])))
+            out.append(DataRecord(line: line, text: Data(bytes[start..<stop])))
         }
         start = end + 1
     }
@@ -210,7 +253,7 @@ private func jsonArrayItems(_ bytes: [UInt8], file: String) throws -> [DataRecor
             var end = i
             while end > start, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[end - 1]) { end -= 1 }
             guard end > start else { throw malformed("an empty item in the array (two commas, or a comma before \"]\")") }
-            out.append(DataRecord(line: startLine, json: Data(bytes[start..<end])))
+            out.append(DataRecord(line: startLine, text: Data(bytes[start..<end])))
             i += 1
             if bytes[i - 1] == UInt8(ascii: "]") { break }
         }
@@ -294,8 +337,7 @@ private func tableRows(_ bytes: [UInt8], delimiter: UInt8, file: String, unread:
             throw DatasetError(file: file, line: row.line, message: "\(row.cells.count) cells, but the header (line \(header.line)) "
                 + "has \(header.cells.count) columns: \(header.cells.map { "\"\($0)\"" }.joined(separator: ", "))")
         }
-        let object = JSONObject(zip(header.cells, row.cells).filter { !$0.0.isEmpty }.map { ($0, JSONValue.string($1)) })
-        return DataRecord(line: row.line, json: Data(JSONValue.object(object).text.utf8))
+        return DataRecord(line: row.line, row: JSONObject(zip(header.cells, row.cells).filter { !$0.0.isEmpty }.map { ($0, JSONValue.string($1)) }))
     }
 }
 
@@ -319,7 +361,6 @@ private func columnRows(_ file: String, _ read: () throws -> [[(name: String, va
     }
     return try rows.enumerated().map { k, row in
         // A null column value is a key not given, as an empty CSV cell is (an Alpaca row's null "input").
-        let object = JSONObject(try row.filter { $0.value != .null }.map { ($0.name, try json($0.value, k + 1, $0.name)) })
-        return DataRecord(line: k + 1, json: Data(JSONValue.object(object).text.utf8))
+        return DataRecord(line: k + 1, row: JSONObject(try row.filter { $0.value != .null }.map { ($0.name, try json($0.value, k + 1, $0.name)) }))
     }
 }

@@ -688,7 +688,7 @@ func readExampleFile(_ file: String, unreadKeys: inout [String: Int], columns: C
     for record in try readDataRecords(file, unread: { counts[$0, default: 0] += 1 }) {
         let example: DataExample
         do {
-            example = try parseJSONLine(record.json, file: file, line: record.line, columns: columns) { counts[$0, default: 0] += 1 }
+            example = try parseRecord(record, file: file, columns: columns) { counts[$0, default: 0] += 1 }
         } catch let e as DatasetError where !columns.isEmpty {
             throw DatasetError(file: e.file, line: e.line, message: e.message + " (read with --columns \(columns))")
         }
@@ -833,21 +833,22 @@ func parseTemplateKwargs(_ kwargs: JSONValue?, fail: (String) -> Error) throws -
     return o
 }
 
-/// One JSONL line → an example. The format is chosen by the first of these keys present: "messages" (chat),
+/// One record (a JSONL line, a `.json` array's item, a table's row) → an example. The format is chosen by the first of these keys present: "messages" (chat),
 /// "conversations" or "conversation" holding a list (ShareGPT chat, see `conversation(_:in:fail:)`), "instruction" or
 /// "output" (instruction), "prompt" or "completion" (prompt/completion), "text"; other keys
 /// are not read (Alpaca files, for instance, carry a rendered "text" next to "instruction"), and each is
 /// passed to `unread`. `columns` names the record's own columns for these keys (`ColumnMap.rename`).
-func parseJSONLine(_ bytes: Data, file: String, line: Int, columns: ColumnMap = ColumnMap(), unread: (String) -> Void = { _ in }) throws -> DataExample {
+func parseRecord(_ record: DataRecord, file: String, columns: ColumnMap = ColumnMap(), unread: (String) -> Void = { _ in }) throws -> DataExample {
+    let line = record.line
     func fail(_ message: String) -> DatasetError { DatasetError(file: file, line: line, message: message) }
-    guard String(data: bytes, encoding: .utf8) != nil else { throw fail("the line is not valid UTF-8") }
-    let value: Any
-    do {
-        value = try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])
-    } catch {
+    func invalid(_ error: Error) -> DatasetError {
+        guard case .text(let bytes) = record.content else { return fail("\(error)") }  // a table's row is read already
         let problem = jsonLineProblem(bytes, foundationError: error)
-        throw DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
+        return DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
     }
+    if case .text(let bytes) = record.content, String(data: bytes, encoding: .utf8) == nil { throw fail("the line is not valid UTF-8") }
+    let value: Any
+    do { value = try record.foundationValue() } catch { throw invalid(error) }
     guard let read = value as? [String: Any] else {
         throw fail("expected a JSON object, found \(jsonKind(value))")
     }
@@ -870,10 +871,7 @@ func parseJSONLine(_ bytes: Data, file: String, line: Int, columns: ColumnMap = 
         reading(Set([key, "tools", "chat_template_kwargs"] + (key == "messages" ? [] : ["system"])))
         // Read again keeping the order of keys, which the chat template sees (tool schemas, arguments).
         let ordered: JSONValue
-        do { ordered = columns.rename(try JSONValue(parsing: String(decoding: bytes, as: UTF8.self))) } catch {
-            let problem = jsonLineProblem(bytes, foundationError: error)
-            throw DatasetError(file: file, line: line + problem.linesIn, message: "invalid JSON " + problem.text)
-        }
+        do { ordered = columns.rename(try record.ordered()) } catch { throw invalid(error) }
         let turns = try parseChatMessages(try conversation(key, in: ordered, fail: fail), fail: fail)
         guard turns.contains(where: { $0.role == "assistant" }) else {
             throw fail("no \"assistant\" message: chat data learns only the assistant's turns")

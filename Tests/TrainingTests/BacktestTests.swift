@@ -116,6 +116,10 @@ final class BacktestTests: XCTestCase {
             let p = write("bad.jsonl", text)
             XCTAssertThrowsError(try loadBacktestPrompts(p)) { XCTAssertTrue("\($0)".contains(p) && "\($0)".contains(needle), "\($0) vs \(needle)") }
         }
+        // A line that is not UTF-8 is named by its line (a Latin-1 "é" on line 2).
+        let latin1 = dir.appendingPathComponent("latin1.jsonl").path
+        XCTAssertTrue(FileManager.default.createFile(atPath: latin1, contents: Data(#"{"prompt": "a"}"#.utf8) + Data([0x0A]) + Data(#"{"prompt": "caf"#.utf8) + Data([0xE9, 0x22, 0x7D, 0x0A])))
+        XCTAssertThrowsError(try loadBacktestPrompts(latin1)) { XCTAssertEqual("\($0)", latin1 + ":2: not UTF-8 text") }
         // A pattern reads every matching file in sorted order; prompts without an id are named by file and line.
         let sets = dir.appendingPathComponent("sets")
         try FileManager.default.createDirectory(at: sets, withIntermediateDirectories: true)
