@@ -1,4 +1,4 @@
-// DataRecords.swift: the records of a data file, each as the JSON object text it stands for and the line it
+// DataRecords.swift: the records of a data file, each as the JSON object it stands for (its text, or a table's row) and the line it
 // starts on: JSON Lines (`.jsonl`, `.ndjson`, or `.json` as Hugging Face's `to_json` writes it), a JSON
 // array of objects (`.json`, as Stanford Alpaca's `alpaca_data.json`), CSV and TSV with a header row
 // (RFC 4180 quoting, as Python's `csv`, pandas and spreadsheets write them), Parquet (the Hugging Face
