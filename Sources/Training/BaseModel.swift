@@ -29,7 +29,7 @@ public func readTextCorpus(_ path: String) throws -> [String] {
     if isDir.boolValue {
         let e = FileManager.default.enumerator(atPath: path)
         while let f = e?.nextObject() as? String {
-            if [".txt", ".md", ".rst"].contains(where: { f.lowercased().hasSuffix($0) }) { files.append(path + "/" + f) }
+            if isTextFile(f) { files.append(path + "/" + f) }
         }
         files.sort()
         guard !files.isEmpty else { throw CorpusError(path: path, message: "the folder holds no .txt, .md or .rst files") }
@@ -46,6 +46,11 @@ public func readTextCorpus(_ path: String) throws -> [String] {
         }
         return s
     }
+}
+
+/// Whether `path` names a text file that `readTextCorpus` reads in a folder (`.txt`, `.md`, `.rst`).
+func isTextFile(_ path: String) -> Bool {
+    [".txt", ".md", ".rst"].contains { path.lowercased().hasSuffix($0) }
 }
 
 /// Sizes of the default base model (LLaMA family: RoPE, RMSNorm, SwiGLU, grouped-query attention).

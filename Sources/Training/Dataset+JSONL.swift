@@ -621,7 +621,7 @@ func readLocatedExamples(_ path: String, columns: ColumnMap = ColumnMap()) throw
         var texts = 0
         while let f = e?.nextObject() as? String {
             if DataRecordFormat(path: f) != nil { files.append(path + "/" + f) }
-            if [".txt", ".md", ".rst"].contains(where: { f.lowercased().hasSuffix($0) }) { texts += 1 }
+            if isTextFile(f) { texts += 1 }
         }
         files.sort()
         if files.isEmpty && texts == 0 {
@@ -639,9 +639,11 @@ func readLocatedExamples(_ path: String, columns: ColumnMap = ColumnMap()) throw
             + "save it as Parquet, as CSV with a header row, or as JSONL, one object per line: {\"text\": …}, "
             + "{\"prompt\": …, \"completion\": …} or {\"messages\": […]}")
     }
-    if files.isEmpty {
+    // A Hub data set's `.txt` split: each file one document, as a folder of text files is read.
+    let documents = files.isEmpty ? [path] : files.allSatisfy(isTextFile) ? files : []
+    if !documents.isEmpty {
         do {
-            return (.plainText, try readTextCorpus(path).map { (.text($0), path, nil) }, [:])
+            return (.plainText, try documents.flatMap { file in try readTextCorpus(file).map { (.text($0), file, nil) } }, [:])
         } catch let e as CorpusError {
             throw DatasetError(file: e.path, line: nil, message: e.message)
         }

@@ -9,7 +9,7 @@ import Formats
 
 /// What a data set's Hub id names in the local Hugging Face cache.
 enum HubData: Equatable {
-    /// The files of records of one split, in `datasets`' order.
+    /// The files of one split, in `datasets`' order: files of records, or `.txt` files.
     case files([String])
     /// A path in the snapshot (a file, a folder or a pattern), to be read as a local path is.
     case path(String)
@@ -22,7 +22,7 @@ enum HubData: Equatable {
 /// nil when `id` is no Hub id of that form or is local (`HubCache.isLocal`).
 /// - Throws: `DatasetError` naming the id: not in the cache (`HubCacheError`'s message); no such
 ///   config or split, or several configs and none named (the ones there are named); a `configs`
-///   block that cannot be read; no file of records in the split.
+///   block that cannot be read; no file of records or `.txt` file in the split.
 func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
     guard !HubCache.isLocal(id) else { return nil }
     func fail(_ message: String) -> DatasetError { DatasetError(file: id, line: nil, message: message) }
@@ -82,16 +82,18 @@ func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
             : "the data set\(configName.isEmpty ? "" : "'s config \"\(configName)\"") has no split \"\(wanted)\"; its splits: "
                 + splits.map { configName.isEmpty ? "\(name):\($0.split)" : "\(name):\(configName):\($0.split)" }.joined(separator: ", "))
     }
-    // As `datasets` does, the files of the most common kind; JSON and JSON Lines are one kind.
+    // As `datasets` does, the files of the most common kind; JSON and JSON Lines are one kind, and
+    // `.txt` files are its "text" kind (each read as SwiftPEFT reads a text file: one document).
     func kind(_ f: String) -> String? {
-        DataRecordFormat(path: f).map { $0 == .json || $0 == .jsonLines ? "json" : "\($0)" }
+        if f.lowercased().hasSuffix(".txt") { return "text" }
+        return DataRecordFormat(path: f).map { $0 == .json || $0 == .jsonLines ? "json" : "\($0)" }
     }
     var counts: [String: Int] = [:]
     for f in chosen { if let k = kind(f) { counts[k, default: 0] += 1 } }
     guard let common = counts.max(by: { ($0.value, $1.key) < ($1.value, $0.key) })?.key else {
         let names = chosen.prefix(3).map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")
-        throw fail("the \(wanted) split\(configName.isEmpty ? "" : " of config \"\(configName)\"") holds no file of records (\(names)\(chosen.count > 3 ? ", …" : "")); SwiftPEFT reads "
-            + DataRecordFormat.extensions.joined(separator: ", ") + " (the text kinds also as .gz or .zst)")
+        throw fail("the \(wanted) split\(configName.isEmpty ? "" : " of config \"\(configName)\"") holds no file of records or text (\(names)\(chosen.count > 3 ? ", …" : "")); SwiftPEFT reads "
+            + DataRecordFormat.extensions.joined(separator: ", ") + " (the text kinds also as .gz or .zst) and .txt")
     }
     return .files(chosen.filter { kind($0) == common }.map { base + "/" + $0 })
 }

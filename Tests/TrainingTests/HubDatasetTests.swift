@@ -128,7 +128,8 @@ final class HubDatasetTests: XCTestCase {
         try add("test/mixed", ["data.jsonl", "more.jsonl", "data.parquet", "notes.txt"])
         try add("test/configs", ["en/train.jsonl", "de/train.jsonl", "README.md"],
                 text: ["README.md": "---\nconfigs:\n- config_name: en\n  data_files: en/*.jsonl\n- config_name: \"de\"\n  data_files: de/*.jsonl\n---\n# two\n"])
-        try add("test/txt", ["train.txt"])
+        try add("test/txt", ["train-a.txt", "train-b.txt", "test.txt", "notes.md"], text: ["train-a.txt": "Once upon a time.\n", "train-b.txt": "The end.\n", "test.txt": "Held out.\n"])
+        try add("test/nodata", ["train.md"])
         let tables = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tables")
         let gzSnapshot = try add("test/gz", [])
         try FileManager.default.copyItem(at: tables.appendingPathComponent("examples.csv.gz"), to: URL(fileURLWithPath: gzSnapshot + "/train.csv.gz"))
@@ -144,6 +145,10 @@ final class HubDatasetTests: XCTestCase {
         XCTAssertEqual(try readExamples("test/qa@\(String(repeating: "e", count: 40))").examples, [.text("old")])
         XCTAssertEqual(try readExamples("test/qa/test.csv").examples, try readExamples(snapshot + "/test.csv").examples)
         XCTAssertEqual(try loadBacktestPrompts("test/qa:test").map(\.expected), [" 6"])
+        // A split of `.txt` files: each file one document, as a local text file is read.
+        XCTAssertEqual(try readExamples("test/txt").format, .plainText)
+        XCTAssertEqual(try readExamples("test/txt").examples, [.text("Once upon a time.\n"), .text("The end.\n")])
+        XCTAssertEqual(try readExamples("test/txt:test").examples, [.text("Held out.\n")])
         XCTAssertEqual(try readExamples("test/gz").examples, try readExamples(tables.appendingPathComponent("examples.csv").path).examples, "a compressed file")
 
         let refusals = [("test/qa:dev", #"the data set has no split "dev"; its splits: test/qa:train, test/qa:test"#),
@@ -154,7 +159,7 @@ final class HubDatasetTests: XCTestCase {
                         ("test/qa:main:train", "its README lists no configs, so there is no config \"main\"; give test/qa:train"),
                         ("test/badyaml", "README.md:4: the README's configs: expected \"key: value\", found \"nonsense\""),
                         ("test/missing-file", "the README's config \"default\" names gone.jsonl for its train split, which the snapshot"),
-                        ("test/txt", "the train split holds no file of records (train.txt)"),
+                        ("test/nodata", "the train split holds no file of records or text (train.md)"),
                         ("test/none", "no such file or folder (nor, read as a Hub id, is the data set test/none in the Hugging Face cache"),
                         ("test/none", "`hf download test/none --repo-type dataset`")]
         for (id, message) in refusals {
