@@ -17,6 +17,8 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
         case gguf = "GGUF file"
         case hfFolder = "Hugging Face model folder"
         case peftFolder = "Hugging Face PEFT adapter folder"
+        /// A folder with `adapters.safetensors` beside `adapter_config.json` (`mlx_lm.lora`'s output).
+        case mlxAdapter = "mlx-lm adapter folder"
         /// A GGUF file whose `general.type` is "adapter" (llama.cpp's LoRA).
         case ggufAdapter = "llama.cpp GGUF LoRA adapter"
         case adapter = "SwiftPEFT adapter checkpoint"
@@ -45,6 +47,7 @@ public struct ModelSource: Equatable, Sendable, CustomStringConvertible {
             throw CheckpointError(path: path, message: "no such file or folder")
         }
         if isDir.boolValue {
+            if MLXAdapter.isMLXAdapterFolder(path) { return ModelSource(path: path, kind: .mlxAdapter, attributes: [:]) }
             if PEFTFolder.isPEFTFolder(path) { return ModelSource(path: path, kind: .peftFolder, attributes: [:]) }
             if isHFModelFolder(path) { return ModelSource(path: path, kind: .hfFolder, attributes: [:]) }
             // A train --out folder: name the checkpoint in it that was meant.
@@ -140,7 +143,7 @@ private func loadModelUnchecked(_ path: String, seed: UInt64, bf16Only: Bool) th
     case .hfFolder:
         let (model, tok) = try loadHFModel(path, seed: seed, bf16Only: bf16Only)
         return LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
-    case .peftFolder, .adapter, .ggufAdapter:
+    case .peftFolder, .mlxAdapter, .adapter, .ggufAdapter:
         throw CheckpointError(path: path, message: """
             is a \(source.kind.rawValue), not a base model.
             HINT: give the base model it was trained on as the model, and this path as the adapter (--adapter).
@@ -157,8 +160,8 @@ private func loadModelUnchecked(_ path: String, seed: UInt64, bf16Only: Bool) th
     }
 }
 
-/// Attaches the adapter at `path` to `model` with its tensors loaded: a Hugging Face PEFT folder, a
-/// SwiftPEFT adapter checkpoint or a llama.cpp GGUF LoRA, told apart by content (a Hub id: its
+/// Attaches the adapter at `path` to `model` with its tensors loaded: a Hugging Face PEFT folder, an
+/// mlx-lm adapter folder, a SwiftPEFT adapter checkpoint or a llama.cpp GGUF LoRA, told apart by content (a Hub id: its
 /// snapshot in the local Hugging Face cache, `localModelPath`).
 @discardableResult
 public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMethod {
@@ -166,16 +169,17 @@ public func loadAdapter(_ path: String, onto model: CausalLM) throws -> PEFTMeth
     let source = try ModelSource.detect(path)
     switch source.kind {
     case .peftFolder: return try importPEFTFolder(URL(fileURLWithPath: path), onto: model)
+    case .mlxAdapter: return try importMLXAdapter(URL(fileURLWithPath: path), onto: model)
     case .adapter: return try AdapterCheckpoint.load(path, onto: model)
     case .ggufAdapter: return try importGGUFLoRA(path, onto: model)
     case .gguf:
         _ = try GGUFFile(path)  // a damaged file says what is wrong with it
         throw CheckpointError(path: path, message: """
-            is a GGUF model (general.type is not "adapter"), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder or a llama.cpp GGUF LoRA
+            is a GGUF model (general.type is not "adapter"), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder, an mlx-lm adapter folder or a llama.cpp GGUF LoRA
             """)
     default:
         throw CheckpointError(path: path, message: """
-            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder or a llama.cpp GGUF LoRA
+            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder, an mlx-lm adapter folder or a llama.cpp GGUF LoRA
             """)
     }
 }
@@ -227,11 +231,11 @@ public func adapterChatTemplate(_ path: String, readable: Bool = true) throws ->
             text = list.first { $0["name"] as? String == "default" }?["template"] as? String
         }
         return try text.map { try checked($0, config.path) }
-    case .ggufAdapter:
-        return nil  // llama.cpp's LoRA files carry no chat template
+    case .ggufAdapter, .mlxAdapter:
+        return nil  // llama.cpp's LoRA files and mlx-lm's adapter folders carry no chat template
     default:
         throw CheckpointError(path: path, message: """
-            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder or a llama.cpp GGUF LoRA
+            is a \(source.kind.rawValue), not an adapter; expected a SwiftPEFT adapter checkpoint (adapter.h5), a PEFT adapter folder, an mlx-lm adapter folder or a llama.cpp GGUF LoRA
             """)
     }
 }

@@ -222,7 +222,7 @@ public func describeFile(_ path: String) throws -> String {
     return lines.joined(separator: "\n")
 }
 
-/// A GGUF file, a Hugging Face model folder or a PEFT adapter folder, described; nil for HDF5 files.
+/// A GGUF file, a Hugging Face model folder, a PEFT or mlx-lm adapter folder, described; nil for HDF5 files.
 func describeForeign(_ source: ModelSource) throws -> String? {
     let path = source.path
     func summary(_ c: ModelConfig) -> String {
@@ -268,6 +268,18 @@ func describeForeign(_ source: ModelSource) throws -> String? {
             \(path): llama.cpp GGUF LoRA adapter (\(f.metadata["general.architecture"]?.string ?? "?")), \(formatBytes(f.fileSize))
               modules: \(a.count), rank \(ranks), alpha \(alpha)\(alpha == "0" ? " (scales folded into B)" : "")
               tensors: \(a.prefix(4).map(\.name).joined(separator: ", "))\(a.count > 4 ? ", …" : "")
+            """
+    case .mlxAdapter:
+        let data = try Data(contentsOf: URL(fileURLWithPath: path + "/" + MLXAdapter.configFile))
+        let obj = (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+        let params = obj["lora_parameters"] as? [String: Any] ?? [:]
+        func value(_ v: Any?) -> String { v.map { "\($0)" } ?? "missing" }
+        let st = try SafetensorsFile(path: path + "/" + MLXAdapter.weightsFile)
+        let modules = st.names.filter { $0.hasSuffix(".lora_a") }
+        return """
+            \(path): mlx-lm adapter folder (\(obj["fine_tune_type"] as? String ?? "lora")), \(formatBytes(st.entries.values.reduce(0) { $0 + $1.end - $1.begin }))
+              modules: \(modules.count), rank \(value(params["rank"])), scale \(value(params["scale"])), num_layers \(value(obj["num_layers"]))\(obj["model"].map { ", model \($0)" } ?? "")
+              tensors: \(modules.prefix(4).joined(separator: ", "))\(modules.count > 4 ? ", …" : "")
             """
     case .checkpoint, .adapter, .trainingState, .otherHDF5:
         return nil

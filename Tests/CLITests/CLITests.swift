@@ -907,6 +907,36 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// For mlx-lm: `export --format mlx` writes an adapter folder that `eval --adapter` and `inspect`
+    /// read (the loss equals the .h5's); what the folder cannot be, or carry, is refused before any work.
+    func testMLXExport() throws {
+        let run = fx.path("runs/mlx-lora")
+        _ = try ok(["train", "--model", fx.base, "--data", fx.jsonl, "--steps", "3", "--lr", "0.01", "--seq-len", "32", "--batch-size", "4",
+                    "--target-modules", "q_proj,down_proj", "--val-fraction", "0", "--out", run])
+        let adapter = run + "/adapter.h5", folder = fx.path("mlx-lora")
+        let exported = try ok(["export", "--model", fx.base, "--adapter", adapter, "--format", "mlx", "--base-name", "my-base", "--out", folder])
+        XCTAssertTrue(exported.stdout.contains("exported LoRA (") && exported.stdout.contains("mlp.down_proj, self_attn.q_proj in the last")
+                      && exported.stdout.contains("as an mlx-lm adapter folder: adapter_config.json, adapters.safetensors"), exported.transcript)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/adapter_config.json"))) as? [String: Any]
+        XCTAssertEqual(config?["model"] as? String, "my-base")
+        XCTAssertEqual(config?["fine_tune_type"] as? String, "lora")
+        let shown = try ok(["inspect", folder])
+        XCTAssertTrue(shown.stdout.contains("mlx-lm adapter folder (lora)") && shown.stdout.contains("rank 8, scale 1"), shown.transcript)
+        func loss(_ args: [String]) throws -> Double {
+            let r = try ok(["eval", "--model", fx.base, "--data", fx.jsonl, "--seq-len", "32", "--batch-size", "4", "--json"] + args)
+            return try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["loss"] as? Double, r.transcript)
+        }
+        XCTAssertEqual(try loss(["--adapter", folder]), try loss(["--adapter", adapter]), accuracy: 1e-6, "the mlx-lm folder read back")
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "mlx", "--out", fx.path("m.gguf")], mentioning: ["ends in .gguf", "--format mlx writes a folder"])
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "mlx", "--out", fx.jsonl], mentioning: ["is a file, but --format mlx writes a folder"])
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "mlx", "--out", fx.path("m.h5")], mentioning: ["an HDF5 name", "--format mlx writes a folder"])
+        _ = try fails(["export", "--model", fx.base, "--adapter", adapter, "--format", "safetensors", "--out", fx.path("m")], mentioning: ["--format safetensors is not known", "peft, gguf or mlx"])
+        let ia3 = fx.path("runs/mlx-ia3")
+        _ = try ok(["train", "--model", fx.base, "--data", fx.jsonl, "--steps", "1", "--seq-len", "32", "--batch-size", "4", "--method", "ia3", "--val-fraction", "0", "--out", ia3])
+        _ = try fails(["export", "--model", fx.base, "--adapter", ia3 + "/adapter.h5", "--format", "mlx", "--out", fx.path("m-ia3")], mentioning: ["not written: the ia3 method has no mlx-lm form"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fx.path("m-ia3")))
+    }
+
     /// For llama.cpp: `export --format gguf` writes a LoRA file that `eval --adapter`, `inspect` and
     /// llama.cpp read (its losses equal the .h5's); `merge --format gguf` and `convert --format gguf`
     /// write models that load with the same losses (Q8_0 close); a chat template the LoRA file cannot
