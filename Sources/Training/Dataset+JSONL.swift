@@ -511,7 +511,8 @@ public func alpacaPrompt(instruction: String, input: String?) -> String {
 /// or JSON Lines, a `.csv` or `.tsv` table with a header row, a `.parquet`, `.arrow` or `.feather` file; see
 /// `readExampleFile`), a text file, a folder (every file of records in it, sorted by path, or else every
 /// `.txt`/`.md`/`.rst` file; a folder holding both kinds is an error; a folder that `datasets`' `save_to_disk`
-/// wrote, `savedDatasetFiles`), a pattern of files of records (`dataPatternFiles`),
+/// wrote, `savedDatasetFiles`; a folder whose files name splits, as mlx-lm's train.jsonl and valid.jsonl: its
+/// train split, or "FOLDER:SPLIT"'s, `localSplitFiles`), a pattern of files of records (`dataPatternFiles`),
 /// or a Hub data set in the local Hugging Face cache ("tatsu-lab/alpaca", "openai/gsm8k:main:test", `hubData`).
 ///
 /// A text file is one `.text` document (format `.plainText`). Every record (a JSONL line, an array item, a
@@ -536,8 +537,9 @@ public func dataPatternFiles(_ path: String) -> [String]? {
 }
 
 /// What a data path names: the path to read (a Hub id's path in its snapshot, else the path itself)
-/// and, for a pattern (`dataPatternFiles`), a Hub data set's split (`hubData`) or a folder that Hugging
-/// Face's `save_to_disk` wrote (`savedDatasetFiles`), its files of records.
+/// and, for a pattern (`dataPatternFiles`), a Hub data set's split (`hubData`), a folder that Hugging
+/// Face's `save_to_disk` wrote (`savedDatasetFiles`) or a local folder whose files name splits
+/// (`localSplitFiles`: its train split, or "FOLDER:SPLIT"'s), its files.
 /// - Throws: `DatasetError` naming the path: a pattern that matches nothing or matches a file that is
 ///   not records; a Hub id that the local Hugging Face cache cannot serve.
 func dataFiles(_ path: String) throws -> (path: String, files: [String]?) {
@@ -547,6 +549,7 @@ func dataFiles(_ path: String) throws -> (path: String, files: [String]?) {
     case nil: break
     }
     if let saved = try savedDatasetFiles(path) { return (path, saved) }
+    if let split = try localSplitFiles(path) { return (path, split) }
     guard let matched = dataPatternFiles(path) else { return (path, nil) }
     guard !matched.isEmpty else { throw DatasetError(file: path, line: nil, message: "no file matches this pattern") }
     if let other = matched.first(where: { DataRecordFormat(path: $0) == nil }) {

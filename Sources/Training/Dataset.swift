@@ -43,6 +43,9 @@ public enum ValidationSplit: Sendable, Equatable {
     case fraction(Double)
     /// Every example of another path (file or folder) of the same format.
     case file(String)
+    /// The validation split of a data folder whose files name splits (mlx-lm's valid.jsonl beside
+    /// train.jsonl, `localSplitFiles`); for any other data, this fraction, as `.fraction`.
+    case folderSplitElseFraction(Double)
 }
 
 /// How examples become training rows.
@@ -246,9 +249,12 @@ public struct DatasetSplits: Sendable, CustomStringConvertible {
     /// Keys of the records (training and validation files) that their format does not read,
     /// with the number of records holding each: a misspelled "promt", or a dataset's "id".
     public var unreadKeys: [String: Int] = [:]
+    /// Where each side was read from when that was a split of a folder ("the train split of data/: train.jsonl").
+    public var trainSource: String?, validationSource: String?
 
     public var description: String {
-        "train: \(train.summary)" + (validation.map { "\nvalidation: \($0.summary)" } ?? "\nvalidation: none")
+        "train\(trainSource.map { " (\($0))" } ?? ""): \(train.summary)"
+            + (validation.map { "\nvalidation\(validationSource.map { " (\($0))" } ?? ""): \($0.summary)" } ?? "\nvalidation: none")
             + (unreadKeys.isEmpty ? "" : "\n" + describeUnreadKeys(unreadKeys))
     }
 }
@@ -268,6 +274,10 @@ public func describeUnreadKeys(_ keys: [String: Int]) -> String {
 /// model learns to stop with it.
 public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: DatasetOptions = DatasetOptions()) throws
     -> DatasetSplits {
+    var o = o
+    if case .folderSplitElseFraction(let f) = o.validation {
+        o.validation = (try? localSplitFiles(path + ":validation")) != nil ? .file(path + ":validation") : .fraction(f)
+    }
     guard o.seqLen >= 1 else { throw DatasetError(file: path, line: nil, message: "the sequence length must be at least 1, got \(o.seqLen)") }
     if case .fraction(let f) = o.validation, !(f >= 0 && f < 1) {
         throw DatasetError(file: path, line: nil, message: "the validation fraction (--val-fraction) must be in [0, 1), got \(f)")
@@ -287,11 +297,15 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
             throw DatasetError(file: vpath, line: nil, message: "the validation data is the training data (\(path)): "
                 + "its scores would measure what the model was trained on; give --val-data another file, or --val-fraction instead")
         }
-        if file.hasPrefix(folder.hasSuffix("/") ? folder : folder + "/") {
-            throw DatasetError(file: vpath, line: nil, message: "the validation data is inside the training data (\(path)), "
-                + "which reads every file of its folder: it would be trained on too. Move it out of \(path)")
-        }
         let (vformat, v, vUnread) = try readLocatedExamples(vpath, columns: o.columns)
+        // A file read as both would be trained on and scored (a folder reads every file, unless its files name splits).
+        func resolved(_ f: String) -> String { URL(fileURLWithPath: f).standardizedFileURL.resolvingSymlinksInPath().path }
+        let trained = Set(examples.map { resolved($0.file) })
+        if let shared = v.first(where: { trained.contains(resolved($0.file)) })?.file {
+            throw DatasetError(file: vpath, line: nil, message: "the validation data is inside the training data (\(path) reads \(shared) too): "
+                + "it would be trained on as well. Move it out of \(path), or name the files by split (train.jsonl, valid.jsonl), "
+                + "which a folder is then read by")
+        }
         unreadKeys.merge(vUnread, uniquingKeysWith: +)
         guard vformat == format else {
             throw DatasetError(file: vpath, line: nil, message: "the validation data is \(vformat.rawValue) but the "
@@ -334,6 +348,15 @@ public func loadDataset(_ path: String, tokenizer: Tokenizer, options o: Dataset
     }
     if splits.validation?.count == 0 { splits.validation = nil }
     splits.unreadKeys = unreadKeys
+    // A folder's split: say which, and its files.
+    func source(_ p: String) -> String? {
+        guard let files = try? localSplitFiles(p) else { return nil }
+        let colon = FileManager.default.fileExists(atPath: p) ? nil : p.lastIndex(of: ":")
+        let (folder, split) = colon.map { (String(p[..<$0]), String(p[p.index(after: $0)...])) } ?? (p, "train")
+        return "the \(split) split of \(folder): " + files.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")
+    }
+    splits.trainSource = source(path)
+    if case .file(let v) = o.validation { splits.validationSource = source(v) }
     guard splits.train.count > 0 else {
         throw DatasetError(file: path, line: nil, message: "no training rows: \(splits.train.summary)")
     }

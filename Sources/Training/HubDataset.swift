@@ -98,6 +98,49 @@ func hubData(_ id: String, cache: HubCache = .standard) throws -> HubData? {
     return .files(chosen.filter { kind($0) == common }.map { base + "/" + $0 })
 }
 
+// MARK: local folders named by split
+
+/// The splits of a local folder whose files or subfolders name them as `datasets` reads a folder
+/// (`train.jsonl`, `valid.jsonl`, `test.jsonl`, as mlx-lm's `--data` folder; `train/`, `validation/`;
+/// `data/train-00000-of-00002.parquet`): each split's files of records or text, sorted, as paths under
+/// `folder`. nil when no file names a split (every file is then training data).
+func localFolderSplits(_ folder: String) -> [(split: String, files: [String])]? {
+    let files = FolderFiles(folder)
+    let splits = files.defaultSplits()
+    if splits.isEmpty || (splits.count == 1 && splits[0].split == "train" && splits[0].files == files.matching("**")) { return nil }
+    let kept = splits.map { split, names in
+        (split, names.filter { DataRecordFormat(path: $0) != nil || isTextFile($0) }.map { folder + "/" + $0 })
+    }.filter { !$0.1.isEmpty }
+    return kept.isEmpty ? nil : kept
+}
+
+/// The files `path` names as a split of a local folder (`localFolderSplits`): a folder's train split, or
+/// "FOLDER:SPLIT" (validation also as valid, val or dev; test also as eval); nil when `path` is neither.
+/// - Throws: `DatasetError` naming the path: no such split (the folder's are named), or "FOLDER:SPLIT"
+///   for a folder whose files name no splits.
+func localSplitFiles(_ path: String) throws -> [String]? {
+    func isFolder(_ p: String) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: p, isDirectory: &isDir) && isDir.boolValue
+    }
+    var folder = path, wanted = "train"
+    if !FileManager.default.fileExists(atPath: path), let colon = path.lastIndex(of: ":"), isFolder(String(path[..<colon])) {
+        folder = String(path[..<colon])
+        let name = String(path[path.index(after: colon)...]).lowercased()
+        wanted = ["valid": "validation", "val": "validation", "dev": "validation", "eval": "test"][name] ?? name
+        guard localFolderSplits(folder) != nil else {
+            throw DatasetError(file: path, line: nil, message: "the folder \(folder) has no splits: no file or folder in it is named by one (train, validation, test)")
+        }
+    }
+    guard isFolder(folder), let splits = localFolderSplits(folder) else { return nil }
+    guard let files = splits.first(where: { $0.split == wanted })?.files else {
+        throw DatasetError(file: path, line: nil, message: "the folder's files name the splits "
+            + splits.map { "\($0.split) (\($0.files.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")))" }.joined(separator: ", ")
+            + "; there is no \(wanted) split" + (wanted == "train" ? " to train on; give the training file itself" : ""))
+    }
+    return files
+}
+
 // MARK: the README's configs
 
 /// A config of a data set's README (`configs:` in its YAML header), as `datasets` reads one.

@@ -94,6 +94,8 @@ extension TrainJob {
         if let v = try s.string("columns") { self.data.columns = try ColumnMap(parsing: v, keys: DatasetOptions.columnKeys) }
         if let v = try s.string("val-data") { self.data.validation = .file(v) }
         else if let v = try s.double("val-fraction") { self.data.validation = .fraction(v) }
+        // A folder whose files name splits validates on its validation split unless told otherwise (mlx-lm's valid.jsonl).
+        else if case .fraction(let f) = self.data.validation { self.data.validation = .folderSplitElseFraction(f) }
         switch settings["method-config"] {
         case let inline as String where inline.trimmingCharacters(in: .whitespaces).hasPrefix("{"):  // JSON given on the command line
             methodSettings.peftConfig = try readSettingsObject(Data(inline.utf8), source: "--method-config \(inline)",

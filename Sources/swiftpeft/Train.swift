@@ -16,7 +16,7 @@ private let defaultValidationFraction: Double = {
 /// (`--r`, `--alpha`, …) come from the registry: each method declares its own.
 struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Base model: a SwiftPEFT checkpoint (.h5), a GGUF file, a Hugging Face model folder, or a Hub id (org/name) found in the local Hugging Face cache.") var model: String?
-    @Option(help: "Training data: a text file or folder, or records (text, prompt/completion, instruction, chat) as JSONL, a JSON array, CSV/TSV with a header row, Parquet or Arrow (.arrow, .feather); a folder that datasets' save_to_disk wrote; a quoted pattern of such files; or a Hub data set in the local Hugging Face cache (org/name, org/name:split, org/name:config:split).") var data: String?
+    @Option(help: "Training data: a text file or folder, or records (text, prompt/completion, instruction, chat) as JSONL, a JSON array, CSV/TSV with a header row, Parquet or Arrow (.arrow, .feather); a folder that datasets' save_to_disk wrote; a folder whose files name splits (train.jsonl, valid.jsonl, test.jsonl, as mlx-lm's): its train split (folder:test another); a quoted pattern of such files; or a Hub data set in the local Hugging Face cache (org/name, org/name:split, org/name:config:split).") var data: String?
     @Option(help: "Output folder.") var out: String?
     @Option(help: "JSON file whose keys are these options' long names (command-line flags win).") var config: String?
     @Option(help: "Optimizer steps (default \(TrainerOptions().steps)).") var steps: Int?
@@ -35,8 +35,8 @@ struct CommonTrainOptions: ParsableArguments {
     @Option(help: "Micro-batches per optimizer step (each weighs by its learned tokens; default \(TrainerOptions().gradAccumulation)).") var gradAccumulation: Int?
     @Option(help: "Tokens per sequence (default \(DatasetOptions().seqLen)).") var seqLen: Int?
     @Option(help: "true: pack examples back to back into full rows (default); false: one example per row, padded.") var packing: Bool?
-    @Option(help: "Validation fraction of the examples (a split of its own, the same whatever --seed; default \(defaultValidationFraction)).") var valFraction: Double?
-    @Option(help: "Validation data (instead of a fraction), read as --data is (a Hub data set's split: org/name:validation).") var valData: String?
+    @Option(help: "Validation fraction of the examples (a split of its own, the same whatever --seed; default \(defaultValidationFraction), or a --data folder's validation split where its files name splits, as mlx-lm's train.jsonl and valid.jsonl).") var valFraction: Double?
+    @Option(help: "Validation data (instead of a fraction), read as --data is (a Hub data set's split: org/name:validation; a data folder's: folder:test).") var valData: String?
     @Option(help: "The data's own column names for the keys read, KEY=COLUMN,… (e.g. prompt=question,completion=answer; instruction=instruction,input=context,output=response for Dolly): each record's COLUMN is read as KEY.") var columns: String?
     @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own; the adapter records it (a full fine-tune's model keeps it), and serve, backtest, eval, generate and merge use it.") var chatTemplate: String?
     @Option(help: "Evaluate every N steps (default \(TrainerOptions().evalEvery)).") var evalEvery: Int?

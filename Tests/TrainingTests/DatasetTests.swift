@@ -926,6 +926,56 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try load(deep)) { XCTAssertTrue(($0 as? DatasetError)?.description.hasPrefix("\(deep):2: ") == true, "\($0)") }
     }
 
+    /// A folder whose files name splits (mlx-lm's train.jsonl, valid.jsonl, test.jsonl) reads as
+    /// `datasets` reads it: its train split is the training data, FOLDER:SPLIT another split, and a
+    /// training job validates on its validation split unless told otherwise; a folder whose files name
+    /// no split is read whole, as before.
+    func testFoldersNamedBySplitReadTheirTrainSplit() throws {
+        let data = dir + "/mlx-data"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        for (name, completions) in [("train", ["a", "b", "c"]), ("valid", ["v"]), ("test", ["t1", "t2"])] {
+            try completions.map { json(["prompt": "Q", "completion": $0]) }.joined(separator: "\n").write(toFile: "\(data)/\(name).jsonl", atomically: true, encoding: .utf8)
+        }
+        func completions(_ path: String) throws -> [String] {
+            try readExamples(path).examples.map { if case .promptCompletion(_, let c) = $0 { return c }; return "?" }
+        }
+        XCTAssertEqual(try completions(data), ["a", "b", "c"])
+        XCTAssertEqual(try completions(data + ":valid"), ["v"])
+        XCTAssertEqual(try completions(data + ":validation"), ["v"])
+        XCTAssertEqual(try completions(data + ":test"), ["t1", "t2"])
+        XCTAssertThrowsError(try readExamples(data + ":extra")) {
+            XCTAssertEqual("\($0)", data + ":extra: the folder's files name the splits train (train.jsonl), validation (valid.jsonl), test (test.jsonl); there is no extra split")
+        }
+        // A training job validates on the validation split; --val-fraction or --val-data say otherwise.
+        let settings: [String: Any] = ["model": "m.h5", "data": data, "out": dir + "/out"]
+        XCTAssertEqual(try TrainJob(settings: settings).data.validation, .folderSplitElseFraction(0.1))
+        XCTAssertEqual(try TrainJob(settings: settings.merging(["val-fraction": 0.2]) { $1 }).data.validation, .fraction(0.2))
+        let splits = try load(data, validation: .folderSplitElseFraction(0.5))
+        XCTAssertEqual(splits.trainSource, "the train split of \(data): train.jsonl")
+        XCTAssertEqual(splits.validationSource, "the validation split of \(data): valid.jsonl")
+        XCTAssertEqual(splits.validation?.count, 1)
+        // A file of the folder that is not in its train split may validate; one that is, may not.
+        XCTAssertEqual(try load(data, validation: .file(data + "/test.jsonl")).validation?.count, 2)
+        XCTAssertThrowsError(try load(data, validation: .file(data + "/train.jsonl"))) {
+            XCTAssertTrue("\($0)".contains("inside the training data (\(data) reads \(data)/train.jsonl too)"), "\($0)")
+        }
+        // Only other splits: no training data, said so.
+        try FileManager.default.removeItem(atPath: data + "/train.jsonl")
+        XCTAssertThrowsError(try readExamples(data)) {
+            XCTAssertTrue("\($0)".hasSuffix("there is no train split to train on; give the training file itself"), "\($0)")
+        }
+        // No file names a split: every file is read, FOLDER:SPLIT is refused.
+        let plain = dir + "/plain"
+        try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+        try json(["text": "one"]).write(toFile: plain + "/a.jsonl", atomically: true, encoding: .utf8)
+        try json(["text": "two"]).write(toFile: plain + "/b.jsonl", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try readExamples(plain).examples, [.text("one"), .text("two")])
+        XCTAssertThrowsError(try readExamples(plain + ":test")) { XCTAssertTrue("\($0)".contains("has no splits: no file or folder in it is named by one"), "\($0)") }
+        let whole = try load(plain, validation: .folderSplitElseFraction(0.5))
+        XCTAssertNil(whole.trainSource)
+        XCTAssertEqual([whole.train.count, whole.validation?.count], [1, 1], "a fraction of a folder without splits")
+    }
+
     func testMixedFormatsAcrossFilesAndOtherFileErrors() throws {
         let sub = dir + "/mixed"
         try FileManager.default.createDirectory(atPath: sub, withIntermediateDirectories: true)
