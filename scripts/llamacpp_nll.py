@@ -8,11 +8,13 @@
 #
 # Prints one JSON object: {"loss", "tokens"}.
 import argparse
-import json
+import os
 import sys
 
-import numpy as np
 from llama_cpp import Llama
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from text_nll import report  # noqa: E402
 
 
 def main():
@@ -26,22 +28,13 @@ def main():
     if args.lora:
         kw["lora_path"] = args.lora
     llm = Llama(**kw)
-    total, count = 0.0, 0
-    with open(args.data) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            text = json.loads(line)["text"]
-            ids = llm.tokenize(text.encode(), add_bos=False, special=False) + [llm.token_eos()]
-            llm.reset()
-            llm.eval(ids)
-            logits = np.array(llm.scores[:len(ids)], dtype=np.float64)
-            logits -= logits.max(axis=1, keepdims=True)
-            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            total -= sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
-            count += len(ids) - 1
-    json.dump({"loss": total / count, "tokens": count}, sys.stdout)
-    print()
+
+    def logits(ids):
+        llm.reset()
+        llm.eval(ids)
+        return llm.scores[:len(ids)]
+
+    report(args.data, lambda text: llm.tokenize(text.encode(), add_bos=False, special=False) + [llm.token_eos()], logits)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@
 #
 # Prints one JSON object: {"loss", "tokens"}.
 import argparse
-import json
+import os
 import sys
 
 import mlx.core as mx
-import numpy as np
 from mlx_lm import load
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from text_nll import report  # noqa: E402
 
 
 def main():
@@ -24,21 +26,9 @@ def main():
     args = ap.parse_args()
     mx.set_default_device(mx.cpu)
     model, tokenizer = load(args.model, adapter_path=args.adapter)
-    total, count = 0.0, 0
-    with open(args.data) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            ids = tokenizer.encode(json.loads(line)["text"], add_special_tokens=False) + [tokenizer.eos_token_id]
-            logits = model(mx.array([ids]))[0].astype(mx.float32)
-            logits = np.array(logits, dtype=np.float64)
-            logits -= logits.max(axis=1, keepdims=True)
-            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            total -= sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
-            count += len(ids) - 1
-    json.dump({"loss": total / count, "tokens": count}, sys.stdout)
-    print()
-
+    report(args.data,
+           lambda text: tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id],
+           lambda ids: model(mx.array([ids]))[0].astype(mx.float32))
 
 if __name__ == "__main__":
     main()
