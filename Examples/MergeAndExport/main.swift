@@ -1,6 +1,6 @@
-// Example: take a trained adapter (SwiftPEFT .h5 or PEFT folder), export it as a Hugging Face PEFT
-// folder (`PeftModel.from_pretrained` loads it) and, for a LoRA, as a llama.cpp GGUF adapter
-// (`llama-cli --lora`), then fold it into the base's weights, check that the merged model gives the
+// Example: take a trained adapter (SwiftPEFT .h5, PEFT or mlx-lm folder), export it as a Hugging Face
+// PEFT folder (`PeftModel.from_pretrained` loads it) and, for a LoRA, as a llama.cpp GGUF adapter
+// (`llama-cli --lora`) and an mlx-lm adapter folder (`mlx_lm.generate --adapter-path`), then fold it into the base's weights, check that the merged model gives the
 // same logits, and save the merged model as a SwiftPEFT checkpoint and as a GGUF file for llama.cpp.
 //   swift run -c release example-merge-export [BASE] [ADAPTER] [OUT]
 import Foundation
@@ -24,6 +24,12 @@ do {
         print("exported \(outDir)/lora.gguf: \(gguf.modules) modules for llama.cpp (\(gguf.architecture))")
     } catch let refused as CheckpointError {
         print("no llama.cpp LoRA: \(refused.message)")  // DoRA, IA3, a GPT-2 base, …
+    }
+    do {
+        let mlx = try exportMLXAdapter(adapter, base: base.model, to: URL(fileURLWithPath: outDir + "/mlx"))
+        print("exported \(outDir)/mlx: \(mlx.modules) modules for mlx-lm (\(MLXAdapter.configFile), \(MLXAdapter.weightsFile))")
+    } catch let refused as CheckpointError {
+        print("no mlx-lm adapter: \(refused.message)")  // IA3, prompt learning, a rank pattern, …
     }
 
     guard let mergeable = adapter as? MergeablePEFTMethod else {

@@ -76,7 +76,7 @@ final class ExamplesTests: XCTestCase {
         let merged = dir.appendingPathComponent("merged").path
         let m = try run("example-merge-export", [base, lora + "/adapter.h5", merged])
         XCTAssertTrue(m.contains("merged 4 modules"), m)
-        for f in ["merged.h5", "peft/adapter_config.json", "peft/adapter_model.safetensors", "lora.gguf", "merged.q8_0.gguf"] {
+        for f in ["merged.h5", "peft/adapter_config.json", "peft/adapter_model.safetensors", "lora.gguf", "mlx/adapter_config.json", "mlx/adapters.safetensors", "merged.q8_0.gguf"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(merged)/\(f)"), "\(f):\n\(m)")
         }
         // The merged checkpoint is a base model like any other and gives the adapted logits.
