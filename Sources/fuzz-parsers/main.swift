@@ -149,6 +149,18 @@ func sentencePieceSeed() -> Data? {
 }
 
 /// The model the GGUF LoRA seed fits (Tests/FormatsTests/Fixtures/gguf-export/model).
+/// The shape of the tiny LLaMA the mlx-lm adapter fixtures were made on (Tests/FormatsTests/Fixtures/peft/llama).
+let mlxAdapterBase = LlamaModel(.llama(vocabSize: 61, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 32), seed: 1)
+/// mlx-lm adapter configs that read with the DoRA fixture's tensors: its own, and the same with every
+/// linear layer named as keys and num_layers -1 (all blocks).
+func mlxAdapterSeeds() -> [Data] {
+    guard let own = fixture("Tests/FormatsTests/Fixtures/mlx/llama-dora/adapter_config.json"),
+          var config = try? JSONSerialization.jsonObject(with: own) as? [String: Any] else { return [] }
+    config["num_layers"] = -1
+    config["lora_parameters"] = ["rank": 2, "scale": 3.0, "dropout": 0.0,
+                                 "keys": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]]
+    return [own] + [try? JSONSerialization.data(withJSONObject: config, options: [.sortedKeys])].compactMap { $0 }
+}
 let ggufLoRABase = LlamaModel(.llama(vocabSize: 512, hiddenSize: 64, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 80), seed: 1)
 
 func ggufSeed() -> Data? {
@@ -293,6 +305,12 @@ let targets: [Target] = [
         let c = try hfModelConfig(obj, file: path)
         _ = c.minimumParameterCount
     },
+    // An mlx-lm adapter folder's adapter_config.json, beside the DoRA fixture's adapters.safetensors.
+    Target(name: "mlxadapter", seeds: mlxAdapterSeeds(), json: true) { path, d in
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("mlx-adapter")
+        try d.write(to: folder.appendingPathComponent(MLXAdapter.configFile))
+        try importMLXAdapter(folder, onto: mlxAdapterBase).detach(from: mlxAdapterBase)
+    },
     Target(name: "peftconfig", seeds: peftSeeds.compactMap(fixture), json: true) { _, d in
         guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any], let type = obj["peft_type"] as? String else { return }
         let model = makeModel(.llama(vocabSize: 32, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24))
@@ -378,6 +396,12 @@ let targets: [Target] = [
 ]
 
 try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+// The mlxadapter target's folder: the DoRA fixture's tensors, the config each input.
+let mlxAdapterFolder = URL(fileURLWithPath: work).appendingPathComponent("mlx-adapter")
+try FileManager.default.createDirectory(at: mlxAdapterFolder, withIntermediateDirectories: true)
+if let tensors = fixture("Tests/FormatsTests/Fixtures/mlx/llama-dora/adapters.safetensors") {
+    try tensors.write(to: mlxAdapterFolder.appendingPathComponent(MLXAdapter.weightsFile))
+}
 // The hubreadme target's data set: files in both configs' folders, the cache found by its variable.
 for f in ["en/train.jsonl", "en/test.jsonl", "de/a.jsonl", "data/train-00000-of-00001.jsonl"] {
     let file = URL(fileURLWithPath: work).appendingPathComponent("hub/datasets--fuzz--readme/snapshots/main/" + f)
