@@ -22,14 +22,14 @@ public struct SafetensorsError: Error, CustomStringConvertible {
 
 /// Element types of safetensors. All numeric ones are read as Float32.
 public enum SafetensorsDType: String, Sendable, CaseIterable {
-    case F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL
+    case F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL
 
     /// Bytes per element.
     public var size: Int {
         switch self {
-        case .F64, .I64: 8
-        case .F32, .I32: 4
-        case .F16, .BF16, .I16: 2
+        case .F64, .I64, .U64: 8
+        case .F32, .I32, .U32: 4
+        case .F16, .BF16, .I16, .U16: 2
         case .I8, .U8, .BOOL: 1
         }
     }
@@ -238,9 +238,26 @@ public struct SafetensorsFile {
             case .I32: each(UInt32.self) { Float(Int32(bitPattern: UInt32(littleEndian: $0))) }
             case .I16: each(UInt16.self) { Float(Int16(bitPattern: UInt16(littleEndian: $0))) }
             case .I8: each(UInt8.self) { Float(Int8(bitPattern: $0)) }
+            case .U64: each(UInt64.self) { Float(UInt64(littleEndian: $0)) }
+            case .U32: each(UInt32.self) { Float(UInt32(littleEndian: $0)) }
+            case .U16: each(UInt16.self) { Float(UInt16(littleEndian: $0)) }
             case .U8, .BOOL: each(UInt8.self) { Float($0) }
             }
             releaseMappedPages(src)  // not kept resident beside the Float32 copy
+        }
+    }
+
+    /// Calls `body` with the tensor `name`'s bytes as stored (little-endian, `entries[name].dtype`),
+    /// for encodings that Float32 cannot hold (packed quantized words); the pages are released after.
+    /// - Throws: `SafetensorsError` if there is no such tensor.
+    public func withBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        guard let e = entries[name] else {
+            throw SafetensorsError(path: path, tensor: name, message: "no such tensor in the file")
+        }
+        return try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            let src = UnsafeRawBufferPointer(rebasing: raw[(dataStart + e.begin)..<(dataStart + e.end)])
+            defer { releaseMappedPages(src) }
+            return try body(src)
         }
     }
 
@@ -347,6 +364,14 @@ public enum Safetensors {
     /// The weights of a Hugging Face model folder (as `readFolder`), read one tensor at a time when
     /// asked: every shard is opened and its header checked first, no value is read.
     public static func folderReader(_ folder: String) throws -> TensorReader {
+        let files = try folderFiles(folder)
+        let shapes = Dictionary(uniqueKeysWithValues: files.map { name, file in (name, file.entries[name]!.shape) })
+        return TensorReader(shapes: shapes) { try files[$0]!.read($0, into: $1) }
+    }
+
+    /// The file that holds each tensor of a Hugging Face model folder: `model.safetensors` when it
+    /// exists, otherwise the shards that `model.safetensors.index.json` lists (every header checked).
+    public static func folderFiles(_ folder: String) throws -> [String: SafetensorsFile] {
         let dir = URL(fileURLWithPath: folder)
         let index = dir.appendingPathComponent("model.safetensors.index.json").path
         let single = dir.appendingPathComponent("model.safetensors").path
@@ -354,7 +379,7 @@ public enum Safetensors {
         // index and shards stay in the folder) is read as saved.
         if FileManager.default.fileExists(atPath: single) {
             let f = try SafetensorsFile(path: single)
-            return TensorReader(shapes: f.entries.mapValues(\.shape)) { try f.read($0, into: $1) }
+            return f.entries.mapValues { _ in f }
         }
         guard FileManager.default.fileExists(atPath: index) else {
             throw SafetensorsError(path: folder, message: "no model.safetensors or model.safetensors.index.json in the folder")
@@ -380,19 +405,17 @@ public enum Safetensors {
             throw SafetensorsError(path: index, message: "not valid JSON (\(jsonSyntaxDetail(error)))")
         }
         var files: [String: SafetensorsFile] = [:]
-        var shapes: [String: [Int]] = [:]
         for shard in Set(map.values).sorted() {
             let path = dir.appendingPathComponent(shard).path
             let f = try SafetensorsFile(path: path)
             for (name, file) in map where file == shard {
-                guard let entry = f.entries[name] else {
+                guard f.entries[name] != nil else {
                     throw SafetensorsError(path: path, tensor: name, message: "listed in model.safetensors.index.json but not in this shard")
                 }
                 files[name] = f
-                shapes[name] = entry.shape
             }
         }
-        return TensorReader(shapes: shapes) { try files[$0]!.read($0, into: $1) }
+        return files
     }
 }
 

@@ -248,7 +248,10 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
 }
 
 /// Loads a Hugging Face model folder: `config.json`, `model.safetensors` (or its shards) and,
-/// if present, `tokenizer.json`. The model comes back frozen and in eval mode.
+/// if present, `tokenizer.json`. The model comes back frozen and in eval mode. An mlx-lm folder
+/// (`mlx_lm.convert`, the mlx-community models) loads too: its quantized layers (mlx's affine mode,
+/// 1–8 bits, per-layer settings included) are dequantized to Float32, and its GPT-2 layout
+/// ("model."-prefixed keys, (out, in) matrices) is read as transformers' (`MLXModel`).
 ///
 /// Keys are matched one for one with the model's parameters; a tied `lm_head.weight`, attention-mask
 /// buffers (`attn.bias`, `attn.masked_bias`) and `rotary_emb.inv_freq` are ignored, and GPT-2 keys
@@ -270,8 +273,9 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
     guard let json = obj as? [String: Any] else { throw HFModelError(path: configPath, message: "the top level is not a JSON object") }
     let config = try hfModelConfig(json, file: configPath)
 
-    // Keys as the model names them; the values are read one tensor at a time while loading.
-    let file = try Safetensors.folderReader(folder)
+    // Keys as the model names them; the values are read one tensor at a time while loading. An
+    // mlx-lm folder's quantized layers are dequantized and its GPT-2 layout undone first (MLXModel).
+    let file = try MLXModel.reader(Safetensors.folderFiles(folder), config: json, family: config.family, configPath: configPath).reader
     var keyToName: [String: String] = [:]
     for name in file.shapes.keys.sorted() {
         var k = name

@@ -244,7 +244,8 @@ func describeForeign(_ source: ModelSource) throws -> String? {
         let obj = (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
         let c = try hfModelConfig(obj, file: path + "/config.json")
         let tok = FileManager.default.fileExists(atPath: path + "/tokenizer.json") ? "tokenizer.json" : "none"
-        return "\(path): Hugging Face model folder (\(obj["model_type"] as? String ?? "?"))\n  \(summary(c))\n  tokenizer: \(tok)"
+        let quantized = MLXModel.describe(obj).map { "\n  quantized: " + $0 } ?? ""
+        return "\(path): Hugging Face model folder (\(obj["model_type"] as? String ?? "?"))\n  \(summary(c))\n  tokenizer: \(tok)\(quantized)"
     case .gguf:
         let f = try GGUFFile(path)
         var types: [String: Int] = [:]
