@@ -454,7 +454,7 @@ extension GGUFFile {
 }
 
 /// Bytes owned by the closure of a `PackedWeights`, freed with it.
-private final class PackedBytes: @unchecked Sendable {
+final class PackedBytes: @unchecked Sendable {
     let pointer: UnsafeMutableRawPointer
     init(count: Int) { pointer = .allocate(byteCount: max(count, 1), alignment: 64) }
     deinit { pointer.deallocate() }

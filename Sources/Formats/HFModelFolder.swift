@@ -258,7 +258,14 @@ public func hfConfigJSON(_ config: ModelConfig, file: String = "config.json") th
 /// saved without the `transformer.` prefix (`h.0.attn.c_attn.weight`, `wte.weight`) are accepted.
 /// - Throws: `HFModelError`, `SafetensorsError` or `TokenizerError`, naming the file (and tensor).
 /// `bf16Only` keeps only bf16 copies of the frozen matrices (`DecodePrecision.bf16Only`).
-public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = false) throws -> (model: CausalLM, tokenizer: BPETokenizer?) {
+/// `keepQuantized` (an mlx-lm quantized LLaMA-family folder): each block's quantized matrices keep
+/// their packed words, scales and biases, each product decoding them (`Tensor.keepPackedOnly`), as
+/// `loadGGUFModel(keepQuantized:)` keeps a GGUF file's blocks; with `quantizedEmbedding` the token
+/// embedding and output head too. A folder without quantized layers is refused with it.
+public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = false, keepQuantized: Bool = false,
+                        quantizedEmbedding: Bool = false) throws -> (model: CausalLM, tokenizer: BPETokenizer?) {
+    check(keepQuantized || !quantizedEmbedding, "[loadHFModel] quantizedEmbedding needs keepQuantized")
+    check(!(keepQuantized && bf16Only), "[loadHFModel] keepQuantized and bf16Only exclude each other")
     let dir = URL(fileURLWithPath: folder)
     let configPath = dir.appendingPathComponent("config.json").path
     guard FileManager.default.fileExists(atPath: configPath) else {
@@ -275,7 +282,13 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
 
     // Keys as the model names them; the values are read one tensor at a time while loading. An
     // mlx-lm folder's quantized layers are dequantized and its GPT-2 layout undone first (MLXModel).
-    let file = try MLXModel.reader(Safetensors.folderFiles(folder), config: json, family: config.family, configPath: configPath).reader
+    let mlx = try MLXModel.reader(Safetensors.folderFiles(folder), config: json, family: config.family, configPath: configPath)
+    let file = mlx.reader
+    if keepQuantized && (mlx.packed.isEmpty || config.family == .gpt2) {
+        throw HFModelError(path: folder, message: mlx.packed.isEmpty && mlx.quantized.isEmpty
+            ? "has no quantized layers to keep (--keep-quantized keeps an mlx-lm quantized folder's packed matrices, or a GGUF file's blocks)"
+            : "is an mlx-lm quantized GPT-2; its matrices cannot be kept packed (GPT-2's Conv1D layout), only dequantized: leave --keep-quantized out")
+    }
     var keyToName: [String: String] = [:]
     for name in file.shapes.keys.sorted() {
         var k = name
@@ -294,8 +307,26 @@ public func loadHFModel(_ folder: String, seed: UInt64 = 0, bf16Only: Bool = fal
     let model = WeightInit.skipped { makeModel(config, seed: seed) }  // every weight is loaded below
     model.freeze()
     let didLoad = bf16OnlyLoader(model, enabled: bf16Only)
+    // Kept packed: each block's quantized matrices (and the embedding and head with
+    // quantizedEmbedding), their Float32 values never written; the check reads them a slab at a time.
+    var kept: Set<String> = []
+    if keepQuantized {
+        for (name, p) in model.namedParameters().sorted(by: { $0.0 < $1.0 }) {
+            guard let make = mlx.packed[keyToName[name] ?? ""], name.hasPrefix("model.layers.")
+                    || quantizedEmbedding && (name == "model.embed_tokens.weight" || name == "lm_head.weight") else { continue }
+            guard weights.shapes[name] == p.shape else { continue }  // loadParameters names the mismatch
+            let packed = try make()
+            p.keepPackedOnly(packed)
+            try packed.forEachSlab { values, first in
+                if let i = firstNonFiniteIndex(values) {
+                    throw HFModelError(path: source, message: "tensor '\(keyToName[name]!)' holds \(values[i]) at element \(first + i) after dequantization; the weights are corrupt")
+                }
+            }
+            kept.insert(name)
+        }
+    }
     do {
-        try model.loadParameters(weights, source: source, didLoad: didLoad)
+        try model.loadParameters(weights, source: source, filledElsewhere: kept, didLoad: didLoad)
     } catch let e as WeightLoadError {
         throw HFModelError(path: source, message: e.message.replacingOccurrences(of: source + ": ", with: ""))
     }

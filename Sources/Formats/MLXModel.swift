@@ -65,11 +65,14 @@ public enum MLXModel {
 
     /// The folder's tensors under Hugging Face names and shapes, each quantized layer's `weight`
     /// dequantized to Float32 (its `scales` and `biases` consumed), mlx-lm's GPT-2 layout undone.
-    /// A folder that is not mlx-lm's comes back as it is. `quantized` counts the dequantized matrices.
+    /// A folder that is not mlx-lm's comes back as it is. `quantized` counts the dequantized matrices;
+    /// `packed` makes each quantized matrix (not a transposed GPT-2 one) as packed words that products
+    /// decode (`Tensor.keepPackedOnly`), for `loadHFModel(keepQuantized:)`.
     /// - Throws: `HFModelError` naming the tensor (or config.json) when a quantized layer's config,
     ///   dtypes or shapes disagree, or when packed words stand without their scales.
     static func reader(_ files: [String: SafetensorsFile], config json: [String: Any], family: ModelConfig.Family,
-                       configPath: String) throws -> (reader: TensorReader, quantized: [MLXQuantization: Int]) {
+                       configPath: String) throws -> (reader: TensorReader, quantized: [MLXQuantization: Int],
+                                                     packed: [String: () throws -> PackedWeights]) {
         let quantization = json["quantization"].flatMap { $0 is NSNull ? nil : $0 }
         let gpt2Layout = family == .gpt2 && files.keys.contains { $0.hasPrefix("model.") }
         func fail(_ file: String, _ tensor: String?, _ m: String) -> HFModelError {
@@ -97,6 +100,7 @@ public enum MLXModel {
         var fills: [String: (UnsafeMutablePointer<Float>) throws -> Void] = [:]
         var quantized: [MLXQuantization: Int] = [:]
         var origin: [String: String] = [:]  // Hugging Face name → the file's
+        var packed: [String: () throws -> PackedWeights] = [:]
         for (name, file) in files.sorted(by: { $0.key < $1.key }) {
             let entry = file.entries[name]!
             let layer = name.hasSuffix(".weight") ? String(name.dropLast(".weight".count)) : nil
@@ -136,6 +140,25 @@ public enum MLXModel {
                 }
                 quantized[q, default: 0] += 1
                 shape = [rows, columns]
+                if !transposed {
+                    packed[hfName] = {
+                        let groupCount = groups[0] * groups[1]
+                        let bytes = PackedBytes(count: rows * words * 4)
+                        let floats = PackedBytes(count: 2 * groupCount * 4)  // scales, then biases
+                        let s = floats.pointer.bindMemory(to: Float.self, capacity: 2 * groupCount)
+                        try scalesFile.read(scales.name, into: s)
+                        try biasesFile.read(biases.name, into: s + groupCount)
+                        try file.withBytes(name) { bytes.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                        return PackedWeights(rows: rows, cols: columns, byteCount: rows * words * 4 + 2 * groupCount * 4,
+                                             encoding: "mlx \(q.bits)-bit g\(q.groupSize)") { lo, hi, dst in
+                            withExtendedLifetime(floats) {
+                                mlxDequantize(bytes.pointer + lo * words * 4, rowBytes: words * 4, scales: s + lo * groups[1],
+                                              biases: s + groupCount + lo * groups[1], rows: hi - lo, columns: columns,
+                                              groupSize: q.groupSize, bits: q.bits, into: dst)
+                            }
+                        }
+                    }
+                }
                 fill = { out in
                     let count = groups[0] * groups[1]
                     let s = UnsafeMutablePointer<Float>.allocate(capacity: max(2 * count, 1))
@@ -172,7 +195,7 @@ public enum MLXModel {
             guard let fill = fills[name] else { throw HFModelError(path: configPath, message: "no tensor '\(name)'") }
             try fill(out)
         }
-        return (reader, quantized)
+        return (reader, quantized, packed)
     }
 
     /// One line for `inspect`: the quantization a config.json (parsed) records, nil for none.
@@ -183,6 +206,13 @@ public enum MLXModel {
         return "mlx-lm \(q["mode"] as? String ?? "affine") quantization, \(bits.sorted().map(String.init).joined(separator: "/"))-bit, group size \(q["group_size"].map { "\($0)" } ?? "?")"
             + (layers.isEmpty ? "" : " (\(layers.count) layers set one by one)") + "; dequantized to Float32 on load"
     }
+}
+
+/// Whether `path` is a model folder whose config.json records mlx-lm quantization (a "quantization" object).
+public func isQuantizedMLXFolder(_ path: String) -> Bool {
+    guard let data = FileManager.default.contents(atPath: URL(fileURLWithPath: path).appendingPathComponent("config.json").path),
+          let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return false }
+    return json["quantization"] is [String: Any]
 }
 
 private func compactDescription(_ obj: [String: Any]) -> String {

@@ -97,7 +97,8 @@ public struct LoadedModel {
 /// loads (`DecodePrecision.bf16Only`: about half the memory; for generating and serving).
 /// `keepQuantized` keeps a GGUF file's quantized block matrices as they are, each product decoding
 /// them (`loadGGUFModel(keepQuantized:)`: training adapters on a 4-bit base takes a fraction of the
-/// memory of its Float32 weights); a base of another kind is refused, with a hint. With
+/// memory of its Float32 weights), and an mlx-lm quantized folder's packed matrices likewise
+/// (`loadHFModel(keepQuantized:)`); a base of another kind is refused, with a hint. With
 /// `quantizedEmbedding` the token embedding and output head keep their blocks too (generating and
 /// serving: SmolLM2's 211 quantized matrices then take 92 MiB against 513 in Float32).
 public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false, keepQuantized: Bool = false,
@@ -106,14 +107,18 @@ public func loadModel(_ path: String, seed: UInt64 = 0, bf16Only: Bool = false, 
     let path = try localModelPath(path)
     let loaded: LoadedModel
     let source = keepQuantized ? try ModelSource.detect(path) : nil
-    if let source, source.kind == .checkpoint || source.kind == .hfFolder {
+    if let source, source.kind == .checkpoint || source.kind == .hfFolder && !isQuantizedMLXFolder(path) {
         throw CheckpointError(path: path, message: """
-            is a \(source.kind.rawValue); --keep-quantized keeps the quantized blocks of a GGUF file's matrices.
+            is a \(source.kind.rawValue)\(source.kind == .hfFolder ? " without mlx-lm quantized layers" : ""); --keep-quantized keeps the quantized blocks of a GGUF file's matrices \
+            or an mlx-lm quantized folder's packed matrices.
             HINT: write one first (`swiftpeft convert --model \(path) --out base.gguf --gguf-type q8_0`), or leave --keep-quantized out.
             """)
     }
     if let source, source.kind == .gguf {
         let (model, tok) = try loadGGUFModel(path, seed: seed, keepQuantized: true, quantizedEmbedding: quantizedEmbedding)
+        loaded = LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
+    } else if let source, source.kind == .hfFolder {
+        let (model, tok) = try loadHFModel(path, seed: seed, keepQuantized: true, quantizedEmbedding: quantizedEmbedding)
         loaded = LoadedModel(model: model, tokenizer: tok, metadata: [:], source: source)
     } else {
         loaded = try loadModelUnchecked(path, seed: seed, bf16Only: bf16Only)

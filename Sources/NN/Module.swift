@@ -114,9 +114,11 @@ extension Module {
     /// the tensor it reads), one tensor at a time, in name order:
     /// every shape and the strict key check come first, so a mismatch is found before any value is
     /// read. `didLoad` sees each parameter as soon as it holds its values (to hash it, or to keep
-    /// only a bf16 copy of it before the next one is read).
+    /// only a bf16 copy of it before the next one is read). Names in `filledElsewhere` are checked
+    /// as the others are but not read: the caller gave those parameters their values (packed blocks).
     public func loadParameters(_ reader: TensorReader, strict: Bool = true, ignoring: Set<String> = [],
-                               source: String = "weights", didLoad: ((String, Tensor) -> Void)? = nil) throws {
+                               source: String = "weights", filledElsewhere: Set<String> = [],
+                               didLoad: ((String, Tensor) -> Void)? = nil) throws {
         let params = namedParameters()
         var missing: [String] = []
         for (name, p) in params {
@@ -135,7 +137,7 @@ extension Module {
                 throw WeightLoadError(message: "\(source): unexpected tensor(s) not in the model: \(extra.prefix(8).joined(separator: ", "))\(extra.count > 8 ? ", …" : "")")
             }
         }
-        for (name, p) in params.sorted(by: { $0.0 < $1.0 }) where reader.shapes[name] != nil {
+        for (name, p) in params.sorted(by: { $0.0 < $1.0 }) where reader.shapes[name] != nil && !filledElsewhere.contains(name) {
             let bad: (index: Int, value: Float)?
             if let readInto = reader.readInto, p.isContiguous {
                 try readInto(name, p.basePointer)  // in place: no second copy of the tensor

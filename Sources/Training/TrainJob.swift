@@ -40,7 +40,7 @@ public struct TrainJob {
     public var wattsPerCore = CostMeter.defaultWattsPerCore
     /// Number format of the frozen weights' products (`TrainingPrecision`; bf16 is emulated without AVX512-BF16 or AMX).
     public var precision = TrainingPrecision.fp32
-    /// Keep a GGUF base's quantized block matrices as they are in the file, each product decoding
+    /// Keep a GGUF base's quantized block matrices (an mlx-lm folder's packed ones) as they are in the file, each product decoding
     /// them (`loadModel(keepQuantized:)`): the same values as a Float32 load, in a fraction of the
     /// memory, for adapters only (not full fine-tuning, DoRA, `modules_to_save` on a block matrix or
     /// bf16 products).

@@ -50,7 +50,7 @@ struct Backtest: ParsableCommand {
     @Option(help: "VERSION or VERSION:OTHER: exit 3 when VERSION scores below OTHER (default base) on --metric.") var failIfWorse: String?
     @Option(help: "Allowed drop before --fail-if-worse fails (default 0).") var tolerance: Double?
     @Option(help: "Power per busy core for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
-    @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (no DoRA or modules_to_save adapters).") var keepQuantized = false
+    @Flag(help: "With a GGUF base or an mlx-lm quantized folder: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (no DoRA or modules_to_save adapters).") var keepQuantized = false
     @Flag(help: "Go on with the unfinished back-test in --out (stopped by Ctrl-C or SIGTERM, or killed: the report is saved every --save-every seconds): its answers are kept, the rest run. The model, adapters and decoding options must be the same.") var resume = false
     @Option(help: "Write the report folder every N seconds while answering, so that a killed run loses at most that much (0: after every answer).") var saveEvery: Double = 30
 

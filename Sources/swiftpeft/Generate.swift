@@ -49,7 +49,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "End the output before this text (repeatable; \\n for a newline); EOS always ends it.") var stop: [String] = []
     @Option(help: "Frozen weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only.") var precision: String = "fp32"
-    @Flag(help: "With a GGUF model: keep its quantized matrices (embedding included) as the file's blocks, decoded slab by slab in each product.") var keepQuantized = false
+    @Flag(help: "With a GGUF model or an mlx-lm quantized folder: keep its quantized matrices (embedding included) as the file's blocks, decoded slab by slab in each product.") var keepQuantized = false
     @Flag(help: "Print the run's cost on stderr: the load's seconds, then the new tokens' wall and CPU seconds, tokens/s, peak memory and energy.") var cost = false
     @Flag(help: "Send --prompt as a chat message, through the model's chat template; print the reply.") var chat = false
     @Option(help: "With --chat: a system message before it.") var system: String?

@@ -35,7 +35,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Power per busy core (W) for energy estimates when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
     @Option(help: "The base's weights in decoding products: fp32, bf16 (copies beside fp32) or bf16-only (half the memory; no DoRA or modules_to_save adapters); bf16 is native on AVX512-BF16 or AMX, emulated elsewhere (the same products).") var precision = "fp32"
 
-    @Flag(help: "With a GGUF base: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (about the file's size in memory; no DoRA or modules_to_save adapters).") var keepQuantized = false
+    @Flag(help: "With a GGUF base or an mlx-lm quantized folder: keep its quantized matrices (embedding included) as the file's blocks, each product decoding them slab by slab (about the file's size in memory; no DoRA or modules_to_save adapters).") var keepQuantized = false
 
     func run() throws {
         for (flag, value) in [("max-batch", maxBatch), ("max-queue", maxQueue), ("context", context ?? 1), ("max-body", maxBody)] where value < 1 {

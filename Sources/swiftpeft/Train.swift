@@ -46,7 +46,7 @@ struct CommonTrainOptions: ParsableArguments {
     var gradientCheckpointing: Bool?
     @Option(help: "The frozen weights' products: fp32 (default), or bf16 (bf16 products and input gradients with fp32 accumulation; what trains stays fp32). Native on AVX512-BF16 or AMX, emulated elsewhere (the same products, slower than fp32); faster where bf16 products outrun fp32 ones (an AMD EPYC Zen 5: 2.5× here), slower on an Intel Xeon without AMX.")
     var precision: String?
-    @Flag(inversion: .prefixedNo, help: "With a GGUF base: keep its quantized block matrices as they are in the file, each product decoding its matrix (the same values as the default Float32 load, in a fraction of the memory: QLoRA-style). Adapters only: not full fine-tuning, DoRA, modules_to_save on a block matrix or --precision bf16.")
+    @Flag(inversion: .prefixedNo, help: "With a GGUF base or an mlx-lm quantized folder: keep its quantized block matrices as they are in the file, each product decoding its matrix (the same values as the default Float32 load, in a fraction of the memory: QLoRA-style). Adapters only: not full fine-tuning, DoRA, modules_to_save on a block matrix or --precision bf16.")
     var keepQuantized: Bool?
     @Option(help: "PEFT-style method config (adapter_config.json fields): a JSON file, or a JSON object given inline ('{\"prompt_tuning_init\": \"TEXT\", …}'); method options given as flags or config keys win.")
     var methodConfig: String?
@@ -272,7 +272,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Tokens per sequence.") var seqLen = 256
     @Option(help: "Sequences per batch.") var batchSize = 8
     @Flag(help: "Print one JSON object {loss, perplexity, tokens, cost}.") var json = false
-    @Flag(help: "With a GGUF base: keep its quantized block matrices as they are, each product decoding its matrix (the same values in a fraction of the memory).") var keepQuantized = false
+    @Flag(help: "With a GGUF base or an mlx-lm quantized folder: keep its quantized block matrices as they are, each product decoding its matrix (the same values in a fraction of the memory).") var keepQuantized = false
     @Option(help: "Power per busy core (W) for the energy estimate when RAPL counters cannot be read.") var wattsPerCore = CostMeter.defaultWattsPerCore
     @Option(help: "For chat data: a chat template file (Jinja, or JSON with \"chat_template\") to use instead of the model's own and the adapter's.") var chatTemplate: String?
 

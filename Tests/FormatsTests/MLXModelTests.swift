@@ -1,8 +1,9 @@
 // mlx-lm model folders (Fixtures/mlx-model, from scripts/make_mlx_model_fixtures.py, saved by mlx-lm's
 // own quantize_model/save_model/save_config): every bit width of mlx's affine mode decodes as
 // `mx.dequantize` decodes it; 4-bit LLaMA with bf16 scales, mixed 3/6-bit with an unquantized layer,
-// 8-bit GPT-2 and float16 GPT-2 (mlx-lm's layout) load to mlx-lm's logits; what cannot be read is
-// refused by name.
+// 8-bit GPT-2 and float16 GPT-2 (mlx-lm's layout) load to mlx-lm's logits; kept packed
+// (`--keep-quantized`) the LLaMA ones give the Float32 load's logits and LoRA gradients; what cannot be
+// read is refused by name.
 
 import Foundation
 import XCTest
@@ -11,6 +12,7 @@ import TestSupport
 import TensorCore
 import NN
 import Models
+import PEFT
 @testable import Containers
 
 private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/mlx-model")
@@ -69,6 +71,56 @@ final class MLXModelTests: XCTestCase {
         XCTAssertNil(mixed.entries["model.layers.1.self_attn.o_proj.scales"])
         XCTAssertEqual(mixed.entries["model.layers.1.mlp.down_proj.weight"]?.shape, [64, 128 * 6 / 32])
         XCTAssertEqual(mixed.entries["model.layers.0.mlp.down_proj.weight"]?.shape, [64, 128 * 3 / 32])
+    }
+
+    /// `--keep-quantized`: the quantized block matrices (and with quantizedEmbedding the embedding and
+    /// the untied head) keep their packed words alone; the logits, the weights hash and a LoRA's
+    /// gradients are the Float32 load's. The unquantized o_proj stays Float32; GPT-2 and a folder
+    /// without quantized layers are refused.
+    func testKeptPackedMatricesGiveTheFloat32LoadsLogitsAndGradients() throws {
+        let ids: [Int32] = [3, 40, 7, 59, 12, 0, 33, 21, 8, 60, 44, 45]
+        for name in ["llama-q4", "llama-mixed"] {
+            let path = try fixture(name).path
+            let plain = try loadModel(path), kept = try loadModel(path, keepQuantized: true)
+            let packed = kept.model.namedParameters().filter { $0.1.packedWeights != nil }
+            XCTAssertEqual(packed.count, name == "llama-q4" ? 14 : 13, "\(name): \(packed.map(\.0))")
+            XCTAssertEqual(Set(packed.map { $0.1.packedWeights!.encoding }), name == "llama-q4" ? ["mlx 4-bit g32"] : ["mlx 3-bit g64", "mlx 6-bit g64"])
+            XCTAssertTrue(packed.allSatisfy { $0.1.storage.valuesReleased })
+            XCTAssertNil(kept.model.tokenEmbeddingTable.packedWeights)
+            XCTAssertEqual(kept.model.weightsHash(), plain.model.weightsHash(), name)
+            assertClose(withNoGrad { kept.model.forward(ids, batch: 2) }.toArray(), withNoGrad { plain.model.forward(ids, batch: 2) }.toArray(),
+                        rtol: 0, atol: 0, "\(name) logits", label: "[mlx keep-quantized]")
+            var grads: [[String: [Float]]] = []
+            for m in [plain.model, kept.model] {
+                var config = LoRAConfig(r: 4, loraAlpha: 8, targetModules: .names(["all-linear"]))
+                config.initLoraWeights = .random  // B ≠ 0: A's gradients flow through the base's input gradients
+                let lora = try LoRA(config: config, seed: 3)
+                _ = try lora.attach(to: m)
+                m.train()
+                m.loss(ids, targets: ids.map { ($0 + 1) % 61 }, batch: 2).backward()
+                grads.append(Dictionary(uniqueKeysWithValues: lora.adapterParameters().map { ($0.0, $0.1.grad?.toArray() ?? []) }))
+            }
+            XCTAssertEqual(grads[0].count, 28, name)
+            for (param, g) in grads[0] {
+                XCTAssertGreaterThan(maxAbs(g), 0, param)
+                assertClose(grads[1][param] ?? [], g, rtol: 0, atol: 0, "\(name) \(param)", label: "[mlx keep-quantized]")
+            }
+            let all = try loadModel(path, keepQuantized: true, quantizedEmbedding: true), fp32 = try loadModel(path)
+            XCTAssertNotNil(all.model.tokenEmbeddingTable.packedWeights, name)
+            XCTAssertEqual(all.model.weightsHash(), fp32.model.weightsHash(), name)
+            assertClose(withNoGrad { all.model.forward(ids, batch: 2) }.toArray(), withNoGrad { fp32.model.forward(ids, batch: 2) }.toArray(),
+                        rtol: 1e-5, atol: 1e-5, "\(name) logits, embedding kept packed", label: "[mlx keep-quantized]")
+        }
+        let mixed = try loadModel(try fixture("llama-mixed").path, keepQuantized: true, quantizedEmbedding: true).model
+        let params = Dictionary(uniqueKeysWithValues: mixed.namedParameters())
+        XCTAssertNil(params["model.layers.1.self_attn.o_proj.weight"]?.packedWeights, "left unquantized by the predicate")
+        XCTAssertEqual(params["lm_head.weight"]?.packedWeights?.encoding, "mlx 6-bit g64")
+        XCTAssertThrowsError(try loadModel(try fixture("gpt2-q8").path, keepQuantized: true)) { e in
+            XCTAssertTrue("\(e)".contains("GPT-2") && "\(e)".contains("leave --keep-quantized out"), "\(e)")
+        }
+        XCTAssertThrowsError(try loadModel(try fixture("gpt2-f16").path, keepQuantized: true)) { e in
+            XCTAssertTrue("\(e)".contains("without mlx-lm quantized layers") && "\(e)".contains("--gguf-type q8_0"), "\(e)")
+        }
     }
 
     /// A copy of the 4-bit LLaMA folder whose config.json has `edit` applied to its "quantization".
