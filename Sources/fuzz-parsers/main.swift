@@ -311,6 +311,18 @@ let targets: [Target] = [
         try d.write(to: folder.appendingPathComponent(MLXAdapter.configFile))
         try importMLXAdapter(folder, onto: mlxAdapterBase).detach(from: mlxAdapterBase)
     },
+    // An mlx-lm quantized model folder's config.json, beside the mixed 3/6-bit fixture's tensors: read
+    // (dequantized), then kept packed, each run on a few tokens.
+    Target(name: "mlxmodel", seeds: [fixture("Tests/FormatsTests/Fixtures/mlx-model/llama-mixed/config.json")].compactMap { $0 }, json: true) { path, d in
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("mlx-model")
+        try d.write(to: folder.appendingPathComponent("config.json"))
+        for keep in [false, true] {
+            let m = try loadModel(folder.path, keepQuantized: keep, quantizedEmbedding: keep).model
+            if m.config.vocabSize > 8 && m.config.numLayers <= 4 && m.config.hiddenSize <= 256 {
+                _ = withNoGrad { m.forward([1, 2, 3, 4], batch: 1) }
+            }
+        }
+    },
     Target(name: "peftconfig", seeds: peftSeeds.compactMap(fixture), json: true) { _, d in
         guard let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any], let type = obj["peft_type"] as? String else { return }
         let model = makeModel(.llama(vocabSize: 32, hiddenSize: 16, numLayers: 2, numHeads: 4, numKVHeads: 2, intermediateSize: 24))
@@ -401,6 +413,12 @@ let mlxAdapterFolder = URL(fileURLWithPath: work).appendingPathComponent("mlx-ad
 try FileManager.default.createDirectory(at: mlxAdapterFolder, withIntermediateDirectories: true)
 if let tensors = fixture("Tests/FormatsTests/Fixtures/mlx/llama-dora/adapters.safetensors") {
     try tensors.write(to: mlxAdapterFolder.appendingPathComponent(MLXAdapter.weightsFile))
+}
+// The mlxmodel target's folder: the mixed fixture's tensors, the config each input.
+let mlxModelFolder = URL(fileURLWithPath: work).appendingPathComponent("mlx-model")
+try FileManager.default.createDirectory(at: mlxModelFolder, withIntermediateDirectories: true)
+for f in ["model.safetensors", "model.safetensors.index.json"] {
+    if let data = fixture("Tests/FormatsTests/Fixtures/mlx-model/llama-mixed/" + f) { try data.write(to: mlxModelFolder.appendingPathComponent(f)) }
 }
 // The hubreadme target's data set: files in both configs' folders, the cache found by its variable.
 for f in ["en/train.jsonl", "en/test.jsonl", "de/a.jsonl", "data/train-00000-of-00001.jsonl"] {
