@@ -5,7 +5,9 @@
 #   llama-q4     LLaMA, tied embedding, bf16 weights, every layer 4-bit with group size 32 (as the
 #                mlx-community "-4bit" models: the embedding too, the scales and biases in bf16)
 #   llama-mixed  LLaMA, untied head, float32, `mixed_3_6` (3 bits, 6 for v_proj, down_proj and the head,
-#                per-layer entries in the config) with group size 64, and one projection left unquantized
+#                per-layer entries in the config) as `mlx_lm.convert --quant-predicate mixed_3_6` writes it
+#                without --q-group-size (every layer's "group_size" null: mlx's default, 64), and one
+#                projection left unquantized
 #   gpt2-q8      GPT-2, 8-bit with group size 64 (mlx-lm's GPT-2 layout: "model."-prefixed keys, every
 #                Conv1D matrix transposed to (out, in))
 #   gpt2-f16     GPT-2 in float16, not quantized (the same layout)
@@ -76,7 +78,8 @@ def make(name, config, rng, dtype, quantize=None):
     config = dict(config)
     if quantize is not None:
         group_size, bits, predicate = quantize
-        model, config = quantize_model(model, config, group_size, bits, quant_predicate=predicate(model) if predicate else None)
+        model, config = quantize_model(model, config, group_size, bits,
+                                       quant_predicate=predicate(model, group_size) if predicate else None)
     save_model(folder, model)
     save_config(config, config_path=folder / "config.json")
     expected(folder, rng)
@@ -85,8 +88,8 @@ def make(name, config, rng, dtype, quantize=None):
     print(f"{name}: {len(tree_flatten(model.parameters()))} tensors, quantization {q}")
 
 
-def mixed(model):
-    recipe = mixed_quant_predicate_builder("mixed_3_6", model, 64)
+def mixed(model, group_size):
+    recipe = mixed_quant_predicate_builder("mixed_3_6", model, group_size)
 
     def predicate(path, module):
         return False if path == "model.layers.1.self_attn.o_proj" else recipe(path, module)
@@ -111,7 +114,7 @@ def main() -> None:
     rng = np.random.default_rng(SEED)
     os.makedirs(OUT, exist_ok=True)
     make("llama-q4", LLAMA, rng, mx.bfloat16, (32, 4, None))
-    make("llama-mixed", dict(LLAMA, tie_word_embeddings=False), rng, mx.float32, (64, 3, mixed))
+    make("llama-mixed", dict(LLAMA, tie_word_embeddings=False), rng, mx.float32, (None, None, mixed))
     make("gpt2-q8", GPT2, rng, mx.float32, (64, 8, None))
     make("gpt2-f16", GPT2, rng, mx.float16)
     dequantize_table(rng)

@@ -89,8 +89,14 @@ public enum MLXModel {
             guard mode == "affine" else {
                 throw fail(configPath, nil, "\(place) has mode \"\(mode)\"; only mlx's \"affine\" quantization is read (convert the model with `mlx_lm.convert -q --q-mode affine`, or dequantize it with `mlx_lm.convert --dequantize`)")
             }
-            guard let g = (entry["group_size"] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }), g > 0, g <= 1 << 20,
-                  let b = (entry["bits"] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }), MLXQuantization.bitWidths.contains(b) else {
+            // null (or absent) is mlx's default for the mode, as `nn.quantize` takes None: `mlx_lm.convert
+            // --quant-predicate` without --q-group-size writes "group_size": null in every layer's entry.
+            func number(_ k: String, _ def: Int) -> Int? {
+                guard let v = entry[k], !(v is NSNull) else { return def }
+                return (v as? NSNumber).flatMap { Int(exactly: $0.doubleValue) }
+            }
+            guard let g = number("group_size", 64), g > 0, g <= 1 << 20,
+                  let b = number("bits", 4), MLXQuantization.bitWidths.contains(b) else {
                 throw fail(configPath, nil, "\(place) is \(compactDescription(entry)); expected a positive integer \"group_size\" and \"bits\" of \(MLXQuantization.bitWidths.map(String.init).joined(separator: ", "))")
             }
             return MLXQuantization(groupSize: g, bits: b)

@@ -65,7 +65,11 @@ final class MLXModelTests: XCTestCase {
             XCTAssertEqual(logits.shape, try e.tensor("logits").shape, name)
             assertClose(logits.toArray(), try e.tensor("logits").toArray(), rtol: 1e-4, atol: 2e-5, name, label: "[mlx model]")
         }
-        // The mixed folder: 6 bits where its config says, and o_proj of block 1 left in float32.
+        // The mixed folder: 6 bits where its config says, and o_proj of block 1 left in float32; its
+        // per-layer group sizes are null, as `mlx_lm.convert --quant-predicate` writes them (mlx's default, 64).
+        let mixedConfig = try JSONSerialization.jsonObject(with: Data(contentsOf: try fixture("llama-mixed").appendingPathComponent("config.json"))) as? [String: Any]
+        let q0 = (mixedConfig?["quantization"] as? [String: Any])?["model.layers.0.self_attn.q_proj"] as? [String: Any]
+        XCTAssertTrue(q0?["group_size"] is NSNull, "\(q0 ?? [:])")
         let mixed = try SafetensorsFile(path: try fixture("llama-mixed").appendingPathComponent("model.safetensors").path)
         XCTAssertEqual(mixed.entries["model.layers.1.self_attn.o_proj.weight"]?.dtype, .F32)
         XCTAssertNil(mixed.entries["model.layers.1.self_attn.o_proj.scales"])
