@@ -17,16 +17,26 @@ public struct CorpusError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(message)" }
 }
 
-/// Reads a text file, or every `.txt`, `.md` and `.rst` file under a folder (sorted by path).
+/// Reads a text file, or every `.txt`, `.md` and `.rst` file under a folder (sorted by path). A
+/// folder whose files name splits as `datasets` reads them (`ptb.train.txt`, `valid.txt`, `test/`;
+/// `localSplitFiles`) gives its train split's text files, and "FOLDER:SPLIT" another split's.
 /// - Throws: `CorpusError` naming a file that is missing, unreadable, not UTF-8, or holds no text
-///   (empty or only whitespace).
+///   (empty or only whitespace), or a split with no text file.
 public func readTextCorpus(_ path: String) throws -> [String] {
     var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+    let split: [String]?
+    do { split = try localSplitFiles(path) } catch let e as DatasetError { throw CorpusError(path: path, message: e.message) }
+    guard split != nil || FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
         throw CorpusError(path: path, message: "no such file or folder")
     }
     var files: [String] = []
-    if isDir.boolValue {
+    if let split {
+        files = split.filter(isTextFile).sorted()
+        guard !files.isEmpty else {
+            throw CorpusError(path: path, message: "the split's files (\(split.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))) hold no .txt, .md or .rst file")
+        }
+        isDir = true
+    } else if isDir.boolValue {
         let e = FileManager.default.enumerator(atPath: path)
         while let f = e?.nextObject() as? String {
             if isTextFile(f) { files.append(path + "/" + f) }
@@ -46,6 +56,16 @@ public func readTextCorpus(_ path: String) throws -> [String] {
         }
         return s
     }
+}
+
+/// A pretraining corpus (`readTextCorpus`): a folder named by splits gives its train split to train
+/// on and its validation split, if any, to validate on (its test split is not read); anything else
+/// is all training text (`validation` nil, the caller holds some out). `fromSplits` says which.
+public func readPretrainCorpus(_ path: String) throws -> (train: [String], validation: [String]?, fromSplits: Bool) {
+    let train = try readTextCorpus(path)
+    let folder = (try? localSplitFiles(path)) != nil && FileManager.default.fileExists(atPath: path)
+    guard folder, (try? localSplitFiles(path + ":validation")) != nil else { return (train, nil, folder) }
+    return (train, try readTextCorpus(path + ":validation"), true)
 }
 
 /// Whether `path` names a text file that `readTextCorpus` reads in a folder (`.txt`, `.md`, `.rst`).

@@ -20,7 +20,7 @@ struct Pretrain: ParsableCommand {
           swiftpeft pretrain --data notes/ --out tiny.h5 --hidden 64 --layers 2 --steps 200
         """))
 
-    @Option(help: "Text file or folder.") var data: String
+    @Option(help: "Text file or folder (a folder named by splits, as ptb.train.txt / ptb.valid.txt / ptb.test.txt: its train split, validated on its validation split).") var data: String
     @Option(help: "Checkpoint to write (.h5).") var out: String
     @Option(help: "Tokenizer vocabulary size.") var vocabSize = 4096
     @Option(help: "Hidden size.") var hidden = 256
@@ -73,19 +73,22 @@ struct Pretrain: ParsableCommand {
         do { try size.config(vocabSize: vocabSize).validate() } catch {
             throw CLIError("the model sizes do not fit together: \(error) (--hidden, --heads, --kv-heads)")
         }
-        let docs = try readTextCorpus(data)
+        let corpus = try readPretrainCorpus(data)
+        let (docs, heldOut) = (corpus.train, corpus.validation)
         let bytes = docs.reduce(0) { $0 + $1.utf8.count }
-        print("corpus: \(docs.count) document(s), \(bytes) bytes")
+        print("corpus: \(docs.count) document(s), \(bytes) bytes\(corpus.fromSplits ? " (the folder's train split)" : "")"
+              + (heldOut.map { "; validation: \($0.count) document(s) of its validation split" } ?? ""))
         var t0 = Date()
         let tokenizer = try trainBaseTokenizer(docs, vocabSize: vocabSize)
         let tokens = tokenStream(docs, tokenizer: tokenizer)
+        let heldOutTokens = heldOut.map { tokenStream($0, tokenizer: tokenizer) }
         print(String(format: "tokenizer: vocab %d, %d tokens (%.2f bytes/token), %.1f s", tokenizer.vocabSize, tokens.count,
                      Double(bytes) / Double(tokens.count), Date().timeIntervalSince(t0)))
         if tokenizer.vocabSize < vocabSize {
             print("note: --vocab-size \(vocabSize) asked for more ids than this corpus gives: no pair of tokens is left that occurs twice, so the vocabulary stops at \(tokenizer.vocabSize) (the model is built for \(tokenizer.vocabSize))")
         }
-        let cut = tokens.count * 95 / 100
-        let (train, val) = (Array(tokens[..<cut]), Array(tokens[cut...]))  // validation: the last 5%
+        let cut = heldOutTokens == nil ? tokens.count * 95 / 100 : tokens.count
+        let (train, val) = (Array(tokens[..<cut]), heldOutTokens ?? Array(tokens[cut...]))  // validation: the split's, else the last 5%
         try checkPretrainTokens(train: train, val: val, seqLen: seqLen)
         let config = size.config(vocabSize: tokenizer.vocabSize)
         let model = makeModel(config, seed: seed)

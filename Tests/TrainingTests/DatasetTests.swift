@@ -926,6 +926,44 @@ final class DatasetTests: XCTestCase {
         XCTAssertThrowsError(try load(deep)) { XCTAssertTrue(($0 as? DatasetError)?.description.hasPrefix("\(deep):2: ") == true, "\($0)") }
     }
 
+    /// A pretraining corpus folder named by splits (Penn Treebank's ptb.train.txt, ptb.valid.txt,
+    /// ptb.test.txt) trains on its train split and validates on its validation split; its test split
+    /// is read only when named; a plain folder is all training text.
+    func testPretrainCorpusFoldersNamedBySplit() throws {
+        let ptb = dir + "/ptb"
+        try FileManager.default.createDirectory(atPath: ptb, withIntermediateDirectories: true)
+        for (name, text) in [("ptb.train.txt", "the train text"), ("ptb.valid.txt", "the valid text"), ("ptb.test.txt", "the test text")] {
+            try text.write(toFile: "\(ptb)/\(name)", atomically: true, encoding: .utf8)
+        }
+        let corpus = try readPretrainCorpus(ptb)
+        XCTAssertEqual(corpus.train, ["the train text"])
+        XCTAssertEqual(corpus.validation, ["the valid text"])
+        XCTAssertTrue(corpus.fromSplits)
+        XCTAssertEqual(try readTextCorpus(ptb + ":test"), ["the test text"])
+        // No validation split: the caller holds some of the train split out.
+        try FileManager.default.removeItem(atPath: ptb + "/ptb.valid.txt")
+        let trainOnly = try readPretrainCorpus(ptb)
+        XCTAssertEqual(trainOnly.train, ["the train text"])
+        XCTAssertNil(trainOnly.validation)
+        XCTAssertTrue(trainOnly.fromSplits)
+        // A split of records only has no text to pretrain on.
+        try FileManager.default.removeItem(atPath: ptb + "/ptb.train.txt")
+        try #"{"text": "x"}"#.write(toFile: ptb + "/train.jsonl", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try readPretrainCorpus(ptb)) {
+            XCTAssertEqual("\($0)", "\(ptb): the split's files (train.jsonl) hold no .txt, .md or .rst file")
+        }
+        // A folder whose files name no split: every text file, as before.
+        let notes = dir + "/notes"
+        try FileManager.default.createDirectory(atPath: notes + "/sub", withIntermediateDirectories: true)
+        try "one".write(toFile: notes + "/a.txt", atomically: true, encoding: .utf8)
+        try "two".write(toFile: notes + "/sub/b.md", atomically: true, encoding: .utf8)
+        let plain = try readPretrainCorpus(notes)
+        XCTAssertEqual(plain.train, ["one", "two"])
+        XCTAssertNil(plain.validation)
+        XCTAssertFalse(plain.fromSplits)
+        XCTAssertThrowsError(try readTextCorpus(notes + ":test")) { XCTAssertTrue("\($0)".contains("has no splits"), "\($0)") }
+    }
+
     /// A folder whose files name splits (mlx-lm's train.jsonl, valid.jsonl, test.jsonl) reads as
     /// `datasets` reads it: its train split is the training data, FOLDER:SPLIT another split, and a
     /// training job validates on its validation split unless told otherwise; a folder whose files name
