@@ -36,6 +36,32 @@ public func mlxDequantize(_ packed: UnsafeRawPointer, rowBytes: Int, scales: Uns
     precondition(groupSize > 0 && columns % groupSize == 0 && (1...8).contains(bits) && rowBytes * 8 >= columns * bits,
                  "[mlxDequantize] \(rows)×\(columns) at \(bits) bits, group size \(groupSize), \(rowBytes) bytes per row")
     let groups = columns / groupSize
+    if [2, 4, 8].contains(bits) && groupSize * bits % 8 == 0 {  // whole bytes per group: each byte's values at once
+        let perByte = 8 / bits, groupBytes = groupSize * bits / 8
+        for r in 0..<rows {
+            let src = (packed + r * rowBytes).assumingMemoryBound(to: UInt8.self)
+            for g in 0..<groups {
+                let s = scales[r * groups + g], b = biases[r * groups + g]
+                let q = src + g * groupBytes, dst = out + r * columns + g * groupSize
+                switch bits {
+                case 8:
+                    for j in 0..<groupSize { dst[j] = Float(q[j]) * s + b }
+                case 4:
+                    for k in 0..<groupBytes {
+                        let x = q[k]
+                        dst[2 &* k] = Float(x & 0xF) * s + b
+                        dst[2 &* k &+ 1] = Float(x >> 4) * s + b
+                    }
+                default:
+                    for k in 0..<groupBytes {
+                        let x = q[k]
+                        for i in 0..<perByte { dst[perByte &* k &+ i] = Float((x >> UInt8(2 &* i)) & 3) * s + b }
+                    }
+                }
+            }
+        }
+        return
+    }
     let mask = (UInt64(1) << UInt64(bits)) - 1
     for r in 0..<rows {
         let src = packed + r * rowBytes
@@ -131,6 +157,7 @@ public enum MLXModel {
                     throw fail(file.path, name, "is \(entry.dtype.rawValue) \(shape) beside \(layer).scales; an mlx-lm quantized weight is a matrix of packed U32 words")
                 }
                 let (rows, words) = (shape[0], shape[1])
+                guard rows > 0, words > 0 else { throw fail(file.path, name, "is \(shape): a matrix with no values") }
                 guard words * 32 % q.bits == 0 else {
                     throw fail(file.path, name, "\(words) words per row do not hold whole \(q.bits)-bit values (\(q), from \(configPath))")
                 }

@@ -173,6 +173,8 @@ final class MLXModelTests: XCTestCase {
              "scales without biases", ["model.embed_tokens.weight", "no model.embed_tokens.biases"]),
             (try folder(with: [("model.embed_tokens.weight", "F32", [61, 64]), ("model.embed_tokens.scales", "BF16", [61, 2]),
                                ("model.embed_tokens.biases", "BF16", [61, 2])]), "float weight with scales", ["F32 [61, 64]", "packed U32 words"]),
+            (try folder(with: [("model.embed_tokens.weight", "U32", [0, 8]), ("model.embed_tokens.scales", "BF16", [0, 2]),
+                               ("model.embed_tokens.biases", "BF16", [0, 2])]), "no rows", ["model.embed_tokens.weight", "a matrix with no values"]),
         ]
         for (path, what, expected) in cases {
             XCTAssertThrowsError(try loadModel(path), what) { error in
