@@ -234,10 +234,12 @@ public enum MLXModel {
     /// One line for `inspect`: the quantization a config.json (parsed) records, nil for none.
     public static func describe(_ json: [String: Any]) -> String? {
         guard let q = json["quantization"] as? [String: Any] else { return nil }
-        let layers = q.filter { $0.value is [String: Any] }
-        let bits = Set(layers.values.compactMap { ($0 as? [String: Any])?["bits"] as? Int } + [(q["bits"] as? Int)].compactMap { $0 })
-        return "mlx-lm \(q["mode"] as? String ?? "affine") quantization, \(bits.sorted().map(String.init).joined(separator: "/"))-bit, group size \(q["group_size"].map { "\($0)" } ?? "?")"
-            + (layers.isEmpty ? "" : " (\(layers.count) layers set one by one)") + "; dequantized to Float32 on load"
+        func number(_ v: Any?, _ def: Int) -> String { (v as? NSNumber).map { "\($0)" } ?? (v == nil || v is NSNull ? "\(def)" : "?") }
+        let layers = q.values.compactMap { $0 as? [String: Any] }
+        // The top level is the default of layers without an entry of their own.
+        let own = Set(layers.map { number($0["bits"], 4) }).sorted().joined(separator: "/")
+        return "mlx-lm \(q["mode"] as? String ?? "affine") quantization, \(number(q["bits"], 4))-bit, group size \(number(q["group_size"], 64))"
+            + (layers.isEmpty ? "" : " by default; \(layers.count) layers set one by one (\(own)-bit)") + "; dequantized to Float32 on load"
     }
 }
 

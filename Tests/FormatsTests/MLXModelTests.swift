@@ -70,6 +70,11 @@ final class MLXModelTests: XCTestCase {
         let mixedConfig = try JSONSerialization.jsonObject(with: Data(contentsOf: try fixture("llama-mixed").appendingPathComponent("config.json"))) as? [String: Any]
         let q0 = (mixedConfig?["quantization"] as? [String: Any])?["model.layers.0.self_attn.q_proj"] as? [String: Any]
         XCTAssertTrue(q0?["group_size"] is NSNull, "\(q0 ?? [:])")
+        // What inspect says: the default, and the bits the layers' own entries give.
+        XCTAssertEqual(MLXModel.describe(try XCTUnwrap(mixedConfig)), "mlx-lm affine quantization, 4-bit, group size 64 by default; "
+                       + "15 layers set one by one (3/6-bit); dequantized to Float32 on load")
+        let q4Config = try JSONSerialization.jsonObject(with: Data(contentsOf: try fixture("llama-q4").appendingPathComponent("config.json"))) as? [String: Any]
+        XCTAssertEqual(MLXModel.describe(try XCTUnwrap(q4Config)), "mlx-lm affine quantization, 4-bit, group size 32; dequantized to Float32 on load")
         let mixed = try SafetensorsFile(path: try fixture("llama-mixed").appendingPathComponent("model.safetensors").path)
         XCTAssertEqual(mixed.entries["model.layers.1.self_attn.o_proj.weight"]?.dtype, .F32)
         XCTAssertNil(mixed.entries["model.layers.1.self_attn.o_proj.scales"])
