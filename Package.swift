@@ -14,9 +14,26 @@ import PackageDescription
 // Swift on Linux otherwise targets baseline x86-64, SSE2). SWIFTPEFT_PORTABLE=1 builds them for the
 // baseline instead, for a binary that must run on other CPUs (scripts/test checks both).
 let portable = ProcessInfo.processInfo.environment["SWIFTPEFT_PORTABLE"] == "1"
-let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"] + (portable ? [] : ["-target-cpu", "native"]),
+// LLVM's x86 tuning keeps its auto-vectorized loops to 256-bit registers even on AVX-512 CPUs
+// ("prefer-256-bit"); the kernels turn that off, so exp, softmax and the other elementwise loops
+// run 16 lanes wide where the CPU has AVX-512 (no change on AVX2-only CPUs).
+#if arch(x86_64)
+let wideVectors = ["-Xcc", "-Xclang", "-Xcc", "-target-feature", "-Xcc", "-Xclang", "-Xcc", "-prefer-256-bit"]
+#else
+let wideVectors: [String] = []
+#endif
+// Whether the CPU at hand has fused multiply-add (arm64 always does; x86-64 says so in
+// /proc/cpuinfo's flags): the kernels' polynomials (exp) then use it (SWIFTPEFT_FMA). Without it,
+// Float.addingProduct would be a call to fmaf per value.
+#if arch(arm64)
+let hostFMA = true
+#else
+let hostFMA = ((try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "").contains(" fma ")
+#endif
+let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"] + (portable ? [] : ["-target-cpu", "native"] + wideVectors),
                                             .when(configuration: .release))]
     + (portable ? [] : [.define("SWIFTPEFT_NATIVE", .when(configuration: .release))])
+    + (portable || !hostFMA ? [] : [.define("SWIFTPEFT_FMA", .when(configuration: .release))])
 
 // The file readers (Containers) build for the CPU at hand too, for GGUF's block decoders, but keep
 // -O: their parsers' overflow checks stay.

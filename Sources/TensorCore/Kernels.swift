@@ -104,6 +104,18 @@ public func parallelFor(_ n: Int, cost: Int = 1, _ body: (Int, Int) -> Void) {
     parallelRanges(n, cost: cost, body)
 }
 
+/// a·b + c: one fused multiply-add when the kernels are built for a CPU that has FMA
+/// (SWIFTPEFT_FMA), a product and a sum otherwise (the portable build, where `addingProduct`
+/// would call fmaf for every value).
+@inline(__always)
+func multiplyAdd(_ a: Float, _ b: Float, _ c: Float) -> Float {
+    #if SWIFTPEFT_FMA
+    c.addingProduct(a, b)
+    #else
+    a * b + c
+    #endif
+}
+
 /// e^x in Float32 by range reduction (x = n·ln2 + r, |r| ≤ ln2/2) and a degree-6 polynomial
 /// (Cephes expf), relative error below 4e-7. Plain arithmetic, selects and bit casts, so loops
 /// over it vectorize, unlike libm's expf (softmax and cross-entropy several times faster).
@@ -111,15 +123,15 @@ public func parallelFor(_ n: Int, cost: Int = 1, _ body: (Int, Int) -> Void) {
 @inline(__always)
 public func fastExp(_ x0: Float) -> Float {
     let x = x0 > -87.5 ? (x0 < 88.72 ? x0 : 88.72) : -87.5  // NaN compares false: clamped, fixed below
-    let n = (x * 1.442695041 + 0.5).rounded(.down)
-    let r = x - n * 0.693359375 + n * 2.12194440e-4
+    let n = multiplyAdd(x, 1.442695041, 0.5).rounded(.down)
+    let r = multiplyAdd(n, 2.12194440e-4, multiplyAdd(n, -0.693359375, x))
     var p: Float = 1.9875691500e-4
-    p = p * r + 1.3981999507e-3
-    p = p * r + 8.3334519073e-3
-    p = p * r + 4.1665795894e-2
-    p = p * r + 1.6666665459e-1
-    p = p * r + 5.0000001201e-1
-    let er = p * r * r + r + 1
+    p = multiplyAdd(p, r, 1.3981999507e-3)
+    p = multiplyAdd(p, r, 8.3334519073e-3)
+    p = multiplyAdd(p, r, 4.1665795894e-2)
+    p = multiplyAdd(p, r, 1.6666665459e-1)
+    p = multiplyAdd(p, r, 5.0000001201e-1)
+    let er = multiplyAdd(p * r, r, r) + 1
     // 2^n as two factors, each a normal float, so n = 128 and n = −126 both work.
     let ni = Int32(n)
     let n1 = ni >> 1, n2 = ni - (ni >> 1)
