@@ -3,9 +3,11 @@
 // cblas_sgemm reads with its leading dimension. Queries go in blocks of `queryBlock` rows, and a
 // block's scores stop at the last key its last row may see, so causal attention skips the blocks
 // above the diagonal. Training saves one log-sum-exp per query row (B, H, T), not the (T, S)
-// probabilities: the backward recomputes each block's scores (FlashAttention-2's trade). Heads run
-// in parallel, one single-threaded GEMM per block; the backward splits by key/value head, so the
-// query heads of a GQA group that add into the same dK, dV rows run on one thread. A sliding
+// probabilities: the backward recomputes each block's scores (FlashAttention-2's trade). The query
+// heads of a GQA group share their keys and values, so a block's rows of every head in the group go
+// through one GEMM as one (group · rows, D) matrix (gathered when the group has several heads):
+// fewer, larger products than one per head. Groups and blocks run in parallel, one single-threaded
+// GEMM each; the backward splits by group, whose blocks add into the same dK, dV rows. A sliding
 // window (Mistral) also bounds each block's keys from below, so the blocks it hides are skipped too.
 // Dropout on the probabilities (GPT-2's attn_pdrop) draws each entry's mask from a hash of a seed and
 // the entry's index, so the backward regenerates the forward's mask without storing it.
@@ -95,10 +97,7 @@ private struct AttentionGeometry {
     func visible(_ i: Int) -> Int { causal ? min(S, S - T + i + 1) : S }
     /// First key query row i may see: 0, or the start of its sliding window.
     func firstVisible(_ i: Int) -> Int { window.map { max(0, S - T + i - $0 + 1) } ?? 0 }
-    /// Query row of (b, h, i) in q; key/value row j of (b, kv) in k and v.
-    func qRow(_ b: Int, _ h: Int, _ i: Int) -> UnsafePointer<Float> {
-        UnsafePointer(q.basePointer) + b * q.layout.strides[0] + i * q.layout.strides[1] + h * q.layout.strides[2]
-    }
+    /// Key/value row j of (b, kv) in k and v.
     func kRow(_ b: Int, _ kv: Int, _ j: Int) -> UnsafePointer<Float> {
         UnsafePointer(k.basePointer) + b * k.layout.strides[0] + j * k.layout.strides[1] + kv * k.layout.strides[2]
     }
@@ -108,20 +107,54 @@ private struct AttentionGeometry {
     /// Keys kStart..<kEnd that some row of the block i0..<i0+rows may see.
     func keyRange(_ i0: Int, _ rows: Int) -> (kStart: Int, kEnd: Int) { (firstVisible(i0), visible(i0 + rows - 1)) }
 
+    /// One thread's buffers: scores/P and dP of a block, (G·rows, n) each, and two (G·rows, D)
+    /// matrices (the gathered queries; dO gathered, or a product on its way out).
+    struct Scratch { let p, dp, a, c: UnsafeMutablePointer<Float> }
+
     /// Runs `tasks` in parallel over the cores, OpenBLAS single-threaded inside (one thread
     /// policy: the cores are split between tasks, never between BLAS threads and tasks).
-    func parallel(_ tasks: Int, _ body: (Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
-        let work = tasks * T * S * D
-        let chunks = work >= (1 << 18) ? min(hardwareThreads, tasks) : 1
+    func parallel(_ tasks: Int, _ body: (Int, Scratch) -> Void) {
+        let chunks = B * H * T * S * D >= (1 << 18) ? min(hardwareThreads, tasks) : 1
         if chunks > 1 { openblas_set_num_threads(1); insideParallelRegion = true }
         defer { if chunks > 1 { insideParallelRegion = false; openblas_set_num_threads(Int32(blasThreads)) } }
-        let scratchCount = blockRows * S
+        let (scores, rowsD) = (group * blockRows * S, group * blockRows * D)
         func run(_ c: Int) {
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: 2 * scratchCount)  // scores/P and dP of one block
-            defer { scores.deallocate() }
-            for t in (tasks * c / chunks)..<(tasks * (c + 1) / chunks) { body(t, scores, scores + scratchCount) }
+            let buf = UnsafeMutablePointer<Float>.allocate(capacity: 2 * scores + 2 * rowsD)
+            defer { buf.deallocate() }
+            let s = Scratch(p: buf, dp: buf + scores, a: buf + 2 * scores, c: buf + 2 * scores + rowsD)
+            for t in (tasks * c / chunks)..<(tasks * (c + 1) / chunks) { body(t, s) }
         }
         if chunks == 1 { run(0) } else { WorkerPool.shared.run(chunks) { run($0) } }
+    }
+
+    /// Rows i0..<i0+rows of the G query heads of group (b, kv) in a (B, T, H, D) tensor with strides
+    /// `s`, as one (G·rows, D) matrix whose row g·rows + r is query i0 + r of head kv·G + g: the
+    /// tensor itself when G is 1 (leading dimension its row stride), else gathered into `buf`. One
+    /// GEMM then serves the whole group against its shared keys and values.
+    func gather(_ base: UnsafePointer<Float>, strides s: [Int], b: Int, kv: Int, i0: Int, rows: Int,
+                into buf: UnsafeMutablePointer<Float>) -> (UnsafePointer<Float>, Int) {
+        let first = base + b * s[0] + i0 * s[1] + kv * group * s[2]
+        if group == 1 { return (first, s[1]) }
+        for g in 0..<group {
+            for r in 0..<rows { (buf + (g * rows + r) * D).update(from: first + r * s[1] + g * s[2], count: D) }
+        }
+        return (UnsafePointer(buf), D)
+    }
+
+    /// Where the group's (G·rows, D) product goes in a contiguous (B, T, H, D) tensor: straight in
+    /// when G is 1 (leading dimension H·D), else into `buf`, which `scatter` then copies out.
+    func destination(_ base: UnsafeMutablePointer<Float>, b: Int, kv: Int, i0: Int,
+                     buf: UnsafeMutablePointer<Float>) -> (UnsafeMutablePointer<Float>, Int) {
+        group == 1 ? (base + (b * T + i0) * H * D + kv * D, H * D) : (buf, D)
+    }
+
+    /// Copies the group's (G·rows, D) product from `buf` into its rows of the (B, T, H, D) tensor
+    /// (nothing when G is 1: `destination` sent it there already).
+    func scatter(_ buf: UnsafePointer<Float>, to base: UnsafeMutablePointer<Float>, b: Int, kv: Int, i0: Int, rows: Int) {
+        guard group > 1 else { return }
+        for g in 0..<group {
+            for r in 0..<rows { (base + ((b * T + i0 + r) * H + kv * group + g) * D).update(from: buf + (g * rows + r) * D, count: D) }
+        }
     }
 
     /// Dropout on row i of head (b, h) over keys kStart..<kStart+n, in place: dropped entries 0,
@@ -134,107 +167,120 @@ private struct AttentionGeometry {
         }
     }
 
-    /// Scores of query rows i0..<i0+rows of head (b, h) against keys kStart..<kEnd into p (rows, n =
-    /// kEnd − kStart), turned into probabilities in place (0 where a row may not look). With `lse`
-    /// given (backward) the saved log-sum-exp is used; otherwise it is computed and, when `saveLSE`
-    /// is non-nil, stored there.
-    func probabilities(_ p: UnsafeMutablePointer<Float>, b: Int, h: Int, i0: Int, rows: Int, kStart: Int, kEnd: Int,
-                       lse: UnsafePointer<Float>?, saveLSE: UnsafeMutablePointer<Float>?) {
+    /// Dropout on every row of a group's (G·rows, n) block.
+    func dropBlock(_ p: UnsafeMutablePointer<Float>, b: Int, kv: Int, i0: Int, rows: Int, kStart: Int, n: Int) {
+        guard dropout != nil else { return }
+        for g in 0..<group {
+            for r in 0..<rows { dropRow(p + (g * rows + r) * n, b: b, h: kv * group + g, i: i0 + r, kStart: kStart, n: n) }
+        }
+    }
+
+    /// Scores of the group's query rows (qm, (G·rows, D) as `gather` gives it) against keys
+    /// kStart..<kEnd into p (G·rows, n = kEnd − kStart), turned into probabilities in place (0 where
+    /// a row may not look). With `lse` given (backward) the saved log-sum-exp is used; otherwise it
+    /// is computed and, when `saveLSE` is non-nil, stored there. Both are the (B, H, T) statistics.
+    func probabilities(_ p: UnsafeMutablePointer<Float>, qm: UnsafePointer<Float>, ldq: Int, b: Int, kv: Int, i0: Int,
+                       rows: Int, kStart: Int, kEnd: Int, lse: UnsafePointer<Float>?, saveLSE: UnsafeMutablePointer<Float>?) {
         let n = kEnd - kStart
-        sgemm(transA: false, transB: true, m: rows, n: n, k: D, alpha: scale, a: qRow(b, h, i0), lda: q.layout.strides[1],
-              b: kRow(b, h / group, kStart), ldb: k.layout.strides[1], beta: 0, c: p, ldc: n)
+        sgemm(transA: false, transB: true, m: group * rows, n: n, k: D, alpha: scale, a: qm, lda: ldq,
+              b: kRow(b, kv, kStart), ldb: k.layout.strides[1], beta: 0, c: p, ldc: n)
         mask.withOptionalPointer { m in
-            for r in 0..<rows {
-                let i = i0 + r
-                let (lo, hi) = (firstVisible(i) - kStart, visible(i) - kStart)  // this row's keys within the block's
-                let row = p + r * n + lo, count = hi - lo
-                if let m {  // padding: hidden keys take -inf, so their exp is 0
-                    let rowMask = m + b * S + kStart + lo
-                    for j in 0..<count where rowMask[j] == 0 { row[j] = -.infinity }
-                }
-                if let lse {  // backward: P = exp(s − lse) from the saved statistic
-                    let l = lse[i]
-                    if l == -.infinity { for j in 0..<count { row[j] = 0 } } else {
-                        for j in 0..<count { row[j] = fastExp(row[j] - l) }
+            for g in 0..<group {
+                let stat = (b * H + kv * group + g) * T  // this head's row of the (B, H, T) statistics
+                for r in 0..<rows {
+                    let i = i0 + r, block = p + (g * rows + r) * n
+                    let (lo, hi) = (firstVisible(i) - kStart, visible(i) - kStart)  // this row's keys within the block's
+                    let row = block + lo, count = hi - lo
+                    if let m {  // padding: hidden keys take -inf, so their exp is 0
+                        let rowMask = m + b * S + kStart + lo
+                        for j in 0..<count where rowMask[j] == 0 { row[j] = -.infinity }
                     }
-                } else {
-                    let mx = rowMax(row, count)
-                    if mx == -.infinity {  // nothing visible: the row outputs zeros
-                        for j in 0..<count { row[j] = 0 }
-                        saveLSE?[i] = -.infinity
+                    if let lse {  // backward: P = exp(s − lse) from the saved statistic
+                        let l = lse[stat + i]
+                        if l == -.infinity { for j in 0..<count { row[j] = 0 } } else {
+                            for j in 0..<count { row[j] = fastExp(row[j] - l) }
+                        }
                     } else {
-                        let sum = expShiftedSum(row, row, count, shift: mx)
-                        let inv = 1 / sum
-                        for j in 0..<count { row[j] *= inv }
-                        saveLSE?[i] = mx + Foundation.log(sum)
+                        let mx = rowMax(row, count)
+                        if mx == -.infinity {  // nothing visible: the row outputs zeros
+                            for j in 0..<count { row[j] = 0 }
+                            saveLSE?[stat + i] = -.infinity
+                        } else {
+                            let sum = expShiftedSum(row, row, count, shift: mx)
+                            let inv = 1 / sum
+                            for j in 0..<count { row[j] *= inv }
+                            saveLSE?[stat + i] = mx + Foundation.log(sum)
+                        }
                     }
+                    for j in 0..<lo { block[j] = 0 }
+                    for j in hi..<n { block[j] = 0 }
                 }
-                for j in 0..<lo { p[r * n + j] = 0 }
-                for j in hi..<n { p[r * n + j] = 0 }
             }
         }
     }
 
+    /// Tasks are (b, kv, query block), so one batch row and group still spreads over the cores.
     func forward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?) {
-        parallel(B * H) { task, p, _ in
-            let (b, h) = (task / H, task % H)
-            for blk in 0..<blocks {
-                let i0 = blk * blockRows, rows = min(blockRows, T - i0)
-                let (kStart, kEnd) = keyRange(i0, rows)
-                probabilities(p, b: b, h: h, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd, lse: nil,
-                              saveLSE: lse.map { $0 + (b * H + h) * T })
-                if dropout != nil {
-                    for r in 0..<rows { dropRow(p + r * (kEnd - kStart), b: b, h: h, i: i0 + r, kStart: kStart, n: kEnd - kStart) }
-                }
-                // out rows (rows, D) = P V, into the (B, T, H, D) output with row stride H·D
-                sgemm(transA: false, transB: false, m: rows, n: D, k: kEnd - kStart, a: p, lda: kEnd - kStart,
-                      b: vRow(b, h / group, kStart), ldb: v.layout.strides[1], beta: 0, c: out + (b * T + i0) * H * D + h * D, ldc: H * D)
-            }
+        parallel(B * KVH * blocks) { task, s in
+            let (b, kv, blk) = (task / (KVH * blocks), task / blocks % KVH, task % blocks)
+            let i0 = blk * blockRows, rows = min(blockRows, T - i0)
+            let (kStart, kEnd) = keyRange(i0, rows)
+            let (qm, ldq) = gather(q.basePointer, strides: q.layout.strides, b: b, kv: kv, i0: i0, rows: rows, into: s.a)
+            probabilities(s.p, qm: qm, ldq: ldq, b: b, kv: kv, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd, lse: nil, saveLSE: lse)
+            dropBlock(s.p, b: b, kv: kv, i0: i0, rows: rows, kStart: kStart, n: kEnd - kStart)
+            // (G·rows, D) = P V, into the output's rows
+            let (o, ldo) = destination(out, b: b, kv: kv, i0: i0, buf: s.c)
+            sgemm(transA: false, transB: false, m: group * rows, n: D, k: kEnd - kStart, a: s.p, lda: kEnd - kStart,
+                  b: vRow(b, kv, kStart), ldb: v.layout.strides[1], beta: 0, c: o, ldc: ldo)
+            scatter(s.c, to: out, b: b, kv: kv, i0: i0, rows: rows)
         }
     }
 
+    /// Tasks are (b, kv): every block of a group adds into the same dK, dV rows, on one thread.
     func backward(dO: UnsafePointer<Float>, lse: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>?,
                   dk: UnsafeMutablePointer<Float>?, dv: UnsafeMutablePointer<Float>?) {
-        let (qs, ks, vs) = (q.layout.strides, k.layout.strides, v.layout.strides)
-        parallel(B * KVH) { task, p, dp in
+        let (ks, vs) = (k.layout.strides, v.layout.strides)
+        let dOStrides = [T * H * D, H * D, D, 1]  // dO is a contiguous (B, T, H, D)
+        parallel(B * KVH) { task, s in
             let (b, kv) = (task / KVH, task % KVH)
-            for h in (kv * group)..<((kv + 1) * group) {
-                for blk in 0..<blocks {
-                    let i0 = blk * blockRows, rows = min(blockRows, T - i0)
-                    let (kStart, kEnd) = keyRange(i0, rows)
-                    let n = kEnd - kStart
-                    let kvOff = (b * S + kStart) * KVH * D + kv * D  // (n, D) rows of this head in dK, dV, stride KVH·D
-                    let gRows = dO + (b * T + i0) * H * D + h * D  // dO (rows, D), row stride H·D
-                    probabilities(p, b: b, h: h, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd,
-                                  lse: lse + (b * H + h) * T, saveLSE: nil)
-                    if let dv {  // dV (n, D) += P'ᵀ dO, P' the dropped probabilities (built in dp, free until dP)
-                        var used = UnsafePointer(p)
-                        if dropout != nil {
-                            dp.update(from: p, count: rows * n)
-                            for r in 0..<rows { dropRow(dp + r * n, b: b, h: h, i: i0 + r, kStart: kStart, n: n) }
-                            used = UnsafePointer(dp)
-                        }
-                        sgemm(transA: true, transB: false, m: n, n: D, k: rows, a: used, lda: n, b: gRows, ldb: H * D,
-                              beta: 1, c: dv + kvOff, ldc: KVH * D)
+            for blk in 0..<blocks {
+                let i0 = blk * blockRows, rows = min(blockRows, T - i0), m = group * rows
+                let (kStart, kEnd) = keyRange(i0, rows)
+                let n = kEnd - kStart
+                let kvOff = (b * S + kStart) * KVH * D + kv * D  // (n, D) rows of this head in dK, dV, stride KVH·D
+                let (qm, ldq) = gather(q.basePointer, strides: q.layout.strides, b: b, kv: kv, i0: i0, rows: rows, into: s.a)
+                let (gm, ldg) = gather(dO, strides: dOStrides, b: b, kv: kv, i0: i0, rows: rows, into: s.c)  // dO (m, D)
+                probabilities(s.p, qm: qm, ldq: ldq, b: b, kv: kv, i0: i0, rows: rows, kStart: kStart, kEnd: kEnd,
+                              lse: lse, saveLSE: nil)
+                if let dv {  // dV (n, D) += P'ᵀ dO, P' the dropped probabilities (built in dp, free until dP)
+                    var used = UnsafePointer(s.p)
+                    if dropout != nil {
+                        s.dp.update(from: s.p, count: m * n)
+                        dropBlock(s.dp, b: b, kv: kv, i0: i0, rows: rows, kStart: kStart, n: n)
+                        used = UnsafePointer(s.dp)
                     }
-                    guard dq != nil || dk != nil else { continue }
-                    // dP (rows, n) = dO Vᵀ (through the dropout mask), then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
-                    sgemm(transA: false, transB: true, m: rows, n: n, k: D, a: gRows, lda: H * D, b: vRow(b, kv, kStart), ldb: vs[1],
-                          beta: 0, c: dp, ldc: n)
-                    for r in 0..<rows {
-                        let pr = p + r * n, dr = dp + r * n
-                        dropRow(dr, b: b, h: h, i: i0 + r, kStart: kStart, n: n)
-                        let dot = rowDot(pr, dr, n)
-                        for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) }
-                    }
-                    if let dq {  // dQ (rows, D) = scale · dS K
-                        sgemm(transA: false, transB: false, m: rows, n: D, k: n, alpha: scale, a: dp, lda: n,
-                              b: kRow(b, kv, kStart), ldb: ks[1], beta: 0, c: dq + (b * T + i0) * H * D + h * D, ldc: H * D)
-                    }
-                    if let dk {  // dK (n, D) += scale · dSᵀ Q
-                        sgemm(transA: true, transB: false, m: n, n: D, k: rows, alpha: scale, a: dp, lda: n,
-                              b: qRow(b, h, i0), ldb: qs[1], beta: 1, c: dk + kvOff, ldc: KVH * D)
-                    }
+                    sgemm(transA: true, transB: false, m: n, n: D, k: m, a: used, lda: n, b: gm, ldb: ldg,
+                          beta: 1, c: dv + kvOff, ldc: KVH * D)
+                }
+                guard dq != nil || dk != nil else { continue }
+                // dP (m, n) = dO Vᵀ (through the dropout mask), then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
+                sgemm(transA: false, transB: true, m: m, n: n, k: D, a: gm, lda: ldg, b: vRow(b, kv, kStart), ldb: vs[1],
+                      beta: 0, c: s.dp, ldc: n)
+                dropBlock(s.dp, b: b, kv: kv, i0: i0, rows: rows, kStart: kStart, n: n)
+                for row in 0..<m {
+                    let pr = s.p + row * n, dr = s.dp + row * n
+                    let dot = rowDot(pr, dr, n)
+                    for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) }
+                }
+                if let dq {  // dQ (m, D) = scale · dS K (dO's gathered copy in s.c is no longer read)
+                    let (o, ldo) = destination(dq, b: b, kv: kv, i0: i0, buf: s.c)
+                    sgemm(transA: false, transB: false, m: m, n: D, k: n, alpha: scale, a: s.dp, lda: n,
+                          b: kRow(b, kv, kStart), ldb: ks[1], beta: 0, c: o, ldc: ldo)
+                    scatter(s.c, to: dq, b: b, kv: kv, i0: i0, rows: rows)
+                }
+                if let dk {  // dK (n, D) += scale · dSᵀ Q
+                    sgemm(transA: true, transB: false, m: n, n: D, k: m, alpha: scale, a: s.dp, lda: n,
+                          b: qm, ldb: ldq, beta: 1, c: dk + kvOff, ldc: KVH * D)
                 }
             }
         }

@@ -182,6 +182,13 @@ let attentionCases: [GradCase] = [
                                 k: qkv.slice(axis: 2, 1, 2).reshaped([2, 3, 2, 2]),
                                 v: qkv.slice(axis: 2, 2, 3).reshaped([2, 3, 2, 2]), causal: false, scale: 0.7)
     },
+    GradCase(name: "attention GQA strided (fused qkv slices)", shapes: [[2, 3, 16]]) {
+        // (B, T, 4·2 + 2·2 + 2·2) → q (B, T, 4, 2) and k, v (B, T, 2, 2) views with row stride 16:
+        // the group's query rows are gathered from a strided q, dQ scattered back
+        Tensor.attention(q: $0[0].slice(axis: 2, 0, 8).reshaped([2, 3, 4, 2]),
+                         k: $0[0].slice(axis: 2, 8, 12).reshaped([2, 3, 2, 2]),
+                         v: $0[0].slice(axis: 2, 12, 16).reshaped([2, 3, 2, 2]))
+    },
 ]
 
 final class FusedOpValueTests: XCTestCase {
