@@ -49,14 +49,14 @@ extension Tensor {
                 let (ad, bd) = (keptA?.detached(), keptB?.detached())
                 if aSlot.requiresGrad {
                     switch op {
-                    case .add, .sub: aSlot.accumulateGrad(g.sumToShape(aSlot.shape))
+                    case .add, .sub: aSlot.accumulateGrad(passing: g.sumToShape(aSlot.shape))
                     case .mul: aSlot.accumulateGrad(owned: Tensor.columnSums(g, times: bd!, to: aSlot.shape) ?? (g * bd!).sumToShape(aSlot.shape))
                     case .div: aSlot.accumulateGrad(owned: (g / bd!).sumToShape(aSlot.shape))
                     }
                 }
                 if bSlot.requiresGrad {
                     switch op {
-                    case .add: bSlot.accumulateGrad(g.sumToShape(bSlot.shape))
+                    case .add: bSlot.accumulateGrad(passing: g.sumToShape(bSlot.shape))
                     case .sub: bSlot.accumulateGrad(owned: (-g).sumToShape(bSlot.shape))
                     case .mul: bSlot.accumulateGrad(owned: Tensor.columnSums(g, times: ad!, to: bSlot.shape) ?? (g * ad!).sumToShape(bSlot.shape))
                     case .div: bSlot.accumulateGrad(owned: (-(g * ad!) / (bd! * bd!)).sumToShape(bSlot.shape))

@@ -35,7 +35,7 @@ extension Tensor {
         return make(out, op: "lowRankUpdate", inputs: [y, x, a, b], readsInputsInPullback: true) { g in
             withExtendedLifetime(u) {}  // pu points into it
             let pg = UnsafePointer(g.basePointer)
-            if ySlot.requiresGrad { ySlot.accumulateGrad(g) }
+            if ySlot.requiresGrad { ySlot.accumulateGrad(passing: g) }
             if b.requiresGrad {  // dB (out, r) = s · dYᵀ U
                 let (db, beta) = b.gradBuffer()
                 sgemm(transA: true, transB: false, m: outF, n: r, k: n, alpha: s, a: pg, lda: outF, b: pu, ldb: r,
@@ -124,7 +124,7 @@ extension Tensor {
         return make(out, op: "lowRankExpand", inputs: [y, u, b]) { g in
             withExtendedLifetime(u) {}  // pu points into it
             let pg = UnsafePointer(g.basePointer)
-            if ySlot.requiresGrad { ySlot.accumulateGrad(g) }
+            if ySlot.requiresGrad { ySlot.accumulateGrad(passing: g) }
             if b.requiresGrad {  // dB (out, r) = s · dYᵀ U[:, cols]
                 let (db, beta) = b.gradBuffer()
                 sgemm(transA: true, transB: false, m: outF, n: r, k: n, alpha: s, a: pg, lda: outF, b: pu, ldb: total,

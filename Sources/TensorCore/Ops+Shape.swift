@@ -39,7 +39,7 @@ extension Tensor {
         let srcSlot = src.slot
         return Tensor.make(src.storage, Layout(shape: target, strides: Layout.contiguousStrides(target), offset: src.layout.offset),
                            op: "reshape", inputs: [src]) { g in
-            srcSlot.accumulateGrad(Tensor(storage: g.storage, layout: Layout(shape: srcSlot.shape, strides: Layout.contiguousStrides(srcSlot.shape), offset: g.layout.offset)))
+            srcSlot.accumulateGrad(passing: Tensor(storage: g.storage, layout: Layout(shape: srcSlot.shape, strides: Layout.contiguousStrides(srcSlot.shape), offset: g.layout.offset)))
         }
     }
 
@@ -48,7 +48,7 @@ extension Tensor {
         if isContiguous { return self }
         let out = contiguousData()
         let inSlot = slot
-        return Tensor.make(out, op: "contiguous", inputs: [self]) { g in inSlot.accumulateGrad(g) }
+        return Tensor.make(out, op: "contiguous", inputs: [self]) { g in inSlot.accumulateGrad(passing: g) }
     }
 
     /// Reorders axes: axis i of the result is axis `perm[i]` of this tensor. A view.

@@ -196,6 +196,9 @@ final class GradSlot {
     let count: Int
     var node: Node?
     var grad: Tensor?
+    /// Whether `grad` is this slot's alone (made by the accumulate methods, or handed over), so
+    /// that its pullback may pass it on to an input instead of a copy; false for a caller's seed.
+    var gradIsOwned = false
     var leafRequiresGrad = false
     init(shape: [Int], count: Int) {
         self.shape = shape
@@ -211,7 +214,21 @@ final class GradSlot {
         } else {
             let g = Tensor.empty(shape)
             g.basePointer.update(from: src, count: count)
-            grad = g
+            (grad, gradIsOwned) = (g, true)
+        }
+    }
+
+    /// Adds a gradient that an op passes on unchanged (an add's, a reshape's): when it is the
+    /// gradient the running pullback received and no one else holds it
+    /// (`Autograd.passableGradient`), and this slot has none yet, the slot takes its buffer over
+    /// instead of copying it. Once per pullback: the op's other inputs get copies.
+    func accumulateGrad(passing g: Tensor) {
+        check(g.count == count && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
+        if grad == nil, let p = Autograd.passableGradient, p.storage === g.storage, g.layout.offset == 0, g.storage.count == count {
+            Autograd.passableGradient = nil
+            (grad, gradIsOwned) = (Tensor(storage: g.storage, layout: Layout(shape: shape, strides: Layout.contiguousStrides(shape), offset: 0)), true)
+        } else {
+            accumulateGrad(UnsafePointer(g.basePointer))
         }
     }
 
@@ -227,7 +244,7 @@ final class GradSlot {
     func accumulateGrad(owned g: Tensor) {
         check(g.shape == shape && g.isContiguous, "[backward] gradient \(g.shape) for tensor \(shape)")
         if grad == nil && g.layout.offset == 0 && g.storage.count == count && g.node == nil {
-            grad = g
+            (grad, gradIsOwned) = (g, true)
         } else {
             accumulateGrad(UnsafePointer(g.basePointer))
         }
@@ -237,7 +254,7 @@ final class GradSlot {
     func gradBuffer() -> (UnsafeMutablePointer<Float>, beta: Float) {
         if let g = grad { return (g.basePointer, 1) }
         let g = Tensor.empty(shape)
-        grad = g
+        (grad, gradIsOwned) = (g, true)
         return (g.basePointer, 0)
     }
 
@@ -245,7 +262,7 @@ final class GradSlot {
     func zeroedGradBuffer() -> UnsafeMutablePointer<Float> {
         if let g = grad { return g.basePointer }
         let g = Tensor.zeros(shape)
-        grad = g
+        (grad, gradIsOwned) = (g, true)
         return g.basePointer
     }
 }
@@ -255,6 +272,9 @@ public enum Autograd {
     nonisolated(unsafe) static var enabledDepth = 0
     /// False inside `withNoGrad`.
     public static var isRecording: Bool { enabledDepth == 0 }
+    /// The gradient the running pullback received, while no one else holds it: an input it passes
+    /// through to unchanged may take it over (`accumulateGrad(passing:)`) instead of a copy.
+    nonisolated(unsafe) static var passableGradient: Tensor?
 }
 
 /// Runs `body` without recording a graph (inference, evaluation, optimizer updates).
@@ -273,7 +293,7 @@ public final class Tensor {
     /// The accumulated gradient (contiguous, same shape), or nil.
     public var grad: Tensor? {
         get { slot.grad }
-        set { slot.grad = newValue }
+        set { (slot.grad, slot.gradIsOwned) = (newValue, false) }
     }
     /// Optional name (parameter key) used in messages.
     public var name: String?
@@ -490,7 +510,10 @@ public final class Tensor {
         }
         while let t = order.popLast() {  // reverse topological order; each tensor let go once done
             guard let node = t.node, let g = t.grad else { continue }
+            let outer = Autograd.passableGradient  // a backward inside a pullback (recomputation) restores it
+            Autograd.passableGradient = t.gradIsOwned ? g : nil
             node.pullback(g)
+            Autograd.passableGradient = outer
             t.grad = nil  // intermediate gradients are not kept
             if !retainGraph { t.node = nil }
         }

@@ -91,6 +91,41 @@ final class AutodiffTests: XCTestCase {
         XCTAssertEqual(b.grad!.toArray(), [1, 1])
     }
 
+    /// An op that passes its gradient on unchanged (an add, a reshape) hands its input the buffer
+    /// it received when nothing else holds it, instead of a copy; a second input of the same op, a
+    /// caller's seed and a gradient that was already there each get their own buffer.
+    func testPassedThroughGradientIsTakenOverOnlyWhenNoOneElseHoldsIt() {
+        let a = Tensor(shape: [2, 2], data: [1, 2, 3, 4]), b = Tensor(shape: [4], data: [5, 6, 7, 8])
+        a.requiresGrad = true
+        b.requiresGrad = true
+        var received: [Storage] = []
+        func probe(_ x: Tensor) -> Tensor {  // (2, 2) → (4) as reshape does, noting the buffer its pullback gets
+            let xSlot = x.slot
+            return Tensor.make(x.contiguousData().storage, Layout(shape: [4], strides: [1], offset: 0), op: "probe", inputs: [x]) { g in
+                received.append(g.storage)
+                xSlot.accumulateGrad(passing: g)
+            }
+        }
+        (probe(a) * 3).sum().backward()
+        XCTAssertTrue(a.grad!.storage === received[0], "the product's fresh gradient is taken over")
+        XCTAssertEqual(a.grad!.toArray(), [3, 3, 3, 3])
+        (probe(a) * 2).sum().backward()
+        XCTAssertFalse(a.grad!.storage === received[1], "a gradient already there is added into, not replaced")
+        XCTAssertEqual(a.grad!.toArray(), [5, 5, 5, 5])
+        a.zeroGrad()
+        let seed = Tensor(shape: [4], data: [1, 10, 100, 1000])
+        probe(a).backward(seed)
+        XCTAssertFalse(a.grad!.storage === seed.storage, "a caller's seed is never taken")
+        a.grad!.basePointer[0] = -1
+        XCTAssertEqual(seed.toArray(), [1, 10, 100, 1000])
+        a.zeroGrad()
+        (a.reshaped([4]) + b).sum().backward()  // the add's two inputs: one takes the buffer, one copies
+        XCTAssertFalse(a.grad!.storage === b.grad!.storage)
+        (a * 5).sum().backward()
+        XCTAssertEqual(a.grad!.toArray(), [6, 6, 6, 6])
+        XCTAssertEqual(b.grad!.toArray(), [1, 1, 1, 1])
+    }
+
     /// backward(seed) reads the seed without copying it for a non-leaf root, and never writes it.
     func testSeedIsNotModified() {
         let x = Tensor(shape: [2, 2], data: [1, 2, 3, 4])
