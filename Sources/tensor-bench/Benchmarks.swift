@@ -1,5 +1,6 @@
-// The two benchmark sections: GEMM throughput (raw cblas_sgemm against the Tensor matmul path,
-// forward and backward) and memory bandwidth of the elementwise / fused NN kernels against memcpy.
+// The benchmark sections: GEMM throughput (raw cblas_sgemm against the Tensor matmul path,
+// forward and backward), memory bandwidth of the elementwise / fused NN kernels against memcpy,
+// and the fused attention at training shapes.
 
 import CBLAS
 import Dispatch
@@ -240,6 +241,46 @@ func bandwidthTable(_ shapes: [(Int, Int)], timing: Timing, progress: (String) -
             return Tensor.swiglu(gate: xg, up: bg)
         }
         bg.requiresGrad = false
+    }
+    return table
+}
+
+// MARK: - attention
+
+/// One fused causal attention call: q (B, T, H, D), k and v (B, T, KVH, D).
+struct AttentionShape {
+    let name: String, b: Int, t: Int, h: Int, kvh: Int, d: Int
+    var label: String { "\(name) B\(b) T\(t) H\(h)/\(kvh) D\(d)" }
+    /// Flops of one causal product (q kᵀ, P v, and each gradient product): the visible half of
+    /// the (T, T) square, 2·B·H·D·T(T+1)/2. The forward runs two, the backward five (four
+    /// gradient products and the recomputed scores).
+    var productFlops: Double { Double(b * h * d) * Double(t * (t + 1)) }
+}
+
+/// The fused attention at the bench configs' shapes, forward alone (no graph) and forward +
+/// backward (a gradient for q, k and v), in GFLOP/s of the causal products. The threads split the
+/// heads and query blocks; OpenBLAS runs single-threaded inside.
+func attentionTable(_ shapes: [AttentionShape], timing: Timing, progress: (String) -> Void) -> Table {
+    var table = Table(title: "Fused causal attention (GQA groups share one GEMM per block)",
+                      headers: ["shape", "forward", "GFLOP/s", "forward + backward", "GFLOP/s", "faults/run"])
+    table.notes = ["GFLOP/s over the causal products only: forward 2, backward 5 (dV, dP, dQ, dK and the recomputed scores), "
+                   + "each 2·B·H·D·T(T+1)/2; softmax, gathers and copies add time but no flops"]
+    for (i, s) in shapes.enumerated() {
+        progress("attention \(i + 1)/\(shapes.count): \(s.label)")
+        let q = randomTensor([s.b, s.t, s.h, s.d], seed: 21), k = randomTensor([s.b, s.t, s.kvh, s.d], seed: 22)
+        let v = randomTensor([s.b, s.t, s.kvh, s.d], seed: 23), dO = randomTensor([s.b, s.t, s.h, s.d], seed: 24)
+        for x in [q, k, v] { x.requiresGrad = true }
+        var out: Tensor?
+        let r = timing.interleaved([
+            .init { consume(withNoGrad { Tensor.attention(q: q, k: k, v: v) }) },
+            .init(setup: { for x in [q, k, v] { x.zeroGrad() } }) {
+                out = Tensor.attention(q: q, k: k, v: v)
+                out!.backward(dO)
+                out = nil
+            },
+        ])
+        table.add([s.label, fmtTime(r.t(0)), fmt(2 * s.productFlops / r.t(0) / 1e9), fmtTime(r.t(1)),
+                   fmt(7 * s.productFlops / r.t(1) / 1e9), String(r.f(1))])
     }
     return table
 }

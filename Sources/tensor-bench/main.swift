@@ -1,6 +1,7 @@
 // tensor-bench: release-mode throughput of the tensor core on training shapes.
 //   GEMM: raw cblas_sgemm against Tensor.matmul, forward (x·w and the linear form x·wᵀ) and backward.
 //   Bandwidth: elementwise and fused NN kernels (forward and backward) against memcpy.
+//   Attention: the fused causal attention at the bench configs' shapes, forward and backward.
 //
 //   swift build -c release --product tensor-bench && .build/release/tensor-bench [--quick] [--markdown]
 //
@@ -97,6 +98,13 @@ let matmulShapes: [MatmulShape] = quick
         MatmulShape(m: 4096, k: 128, n: 128),    // small GEMM (per-call overhead shows)
     ]
 let bandwidthShapes: [(Int, Int)] = quick ? [(4096, 768)] : [(4096, 768), (2048, 3072)]
+let attentionShapes: [AttentionShape] = quick
+    ? [AttentionShape(name: "smollm2", b: 1, t: 128, h: 9, kvh: 3, d: 64)]
+    : [  // `swiftpeft bench`'s configs
+        AttentionShape(name: "small", b: 8, t: 256, h: 8, kvh: 8, d: 64),
+        AttentionShape(name: "smollm2", b: 4, t: 256, h: 9, kvh: 3, d: 64),
+        AttentionShape(name: "gpt2-small", b: 4, t: 256, h: 12, kvh: 12, d: 64),
+    ]
 
 let start = now()
 // One OpenBLAS call per product on both sides (OpenBLAS's threads), so tensor/raw is the Tensor
@@ -106,5 +114,6 @@ print(fwdTable.render(markdown: markdown))
 print(bwdTable.render(markdown: markdown))
 let bwTable = bandwidthTable(bandwidthShapes, timing: timing, progress: progress)
 print(bwTable.render(markdown: markdown))
+print(attentionTable(attentionShapes, timing: timing, progress: progress).render(markdown: markdown))
 print(markdown ? "_total benchmark time: \(fmt(now() - start)) s_" : "total benchmark time: \(fmt(now() - start)) s")
 if sink.isNaN { print("") }  // keeps `sink` observable
