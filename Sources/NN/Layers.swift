@@ -59,7 +59,7 @@ public final class Linear: Module {
     /// The product without hooks: x Wᵀ + b over the last axis.
     public func base(_ x: Tensor) -> Tensor {
         let y = x.matmul(fanInFanOut ? weight : weight.transposed())  // (…, out)
-        return bias.map { y + $0 } ?? y
+        return bias.map { Tensor.addingBias(y, $0, intoY: true) } ?? y  // the product is fresh: the bias goes into it
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {

@@ -66,6 +66,29 @@ extension Tensor {
         }
     }
 
+    /// y + bias over the last axis (a Linear's bias): y (…, C), bias (C). `intoY`: added into y's
+    /// own buffer, for a y that is a fresh op output which nothing else holds or reads (a product),
+    /// so no (…, C) sum is allocated and written beside it. Backward: dY passes through; dBias is
+    /// the sum of dY's rows.
+    public static func addingBias(_ y: Tensor, _ bias: Tensor, intoY: Bool = false) -> Tensor {
+        let c = y.shape.last ?? 0
+        check(bias.shape == [c], "[addingBias] needs y (…, C) and bias (C); got y \(y.shape), bias \(bias.shape)")
+        guard intoY, y.isContiguous, bias.isContiguous, y.rank >= 2 else { return y + bias }
+        let out = outputBuffer(y, intoY: true)  // (…, C)
+        let po = out.basePointer, pb = UnsafePointer(bias.basePointer)
+        parallelRanges(y.count / Swift.max(c, 1), cost: c) { lo, hi in
+            for r in lo..<hi {
+                let row = po + r * c
+                for i in 0..<c { row[i] += pb[i] }
+            }
+        }
+        let ySlot = y.slot
+        return make(out, op: "addingBias", inputs: [y, bias]) { g in
+            if ySlot.requiresGrad { ySlot.accumulateGrad(passing: g) }  // before the bias reads g: it only reads
+            if bias.requiresGrad { bias.accumulateGrad(owned: Tensor.columnSums(g, to: [c])!) }
+        }
+    }
+
     /// Σ over rows of g (⊙ x) when `target` keeps only the last axis (a bias, or a per-column scale
     /// such as IA3's: (…, C) → (C) or (1, …, C)) and g (and x) are contiguous of one shape; nil
     /// otherwise. One pass, no (…, C) product stored; rows split over the threads, each into its

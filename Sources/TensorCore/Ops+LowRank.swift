@@ -3,9 +3,9 @@
 // the (…, out) update nor a scaled copy of it is ever stored; the op saves only the (…, r) product.
 
 extension Tensor {
-    /// The buffer a low-rank update adds into: y's own (a new tensor over the same contiguous
+    /// The buffer an update of y adds into: y's own (a new tensor over the same contiguous
     /// storage, so y stays the graph input) when the caller hands y over, else a copy.
-    private static func outputBuffer(_ y: Tensor, intoY: Bool) -> Tensor {
+    static func outputBuffer(_ y: Tensor, intoY: Bool) -> Tensor {
         guard intoY && y.isContiguous else { return y.copy() }
         y.storage.endRecompute()  // written in place next: recomputing would undo it
         return Tensor(storage: y.storage, layout: y.layout)

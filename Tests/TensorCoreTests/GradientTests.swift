@@ -23,6 +23,7 @@ let gradCases: [GradCase] = [
     GradCase(name: "mul by a column scale", shapes: [[2, 3, 4], [4]]) { $0[0] * $0[1] },
     GradCase(name: "mul by a column scale on the left", shapes: [[1, 4], [3, 4]]) { $0[0] * $0[1] },
     GradCase(name: "add a bias", shapes: [[2, 3, 4], [1, 4]]) { $0[0] + $0[1] },
+    GradCase(name: "addingBias into y", shapes: [[2, 3, 4], [4]]) { Tensor.addingBias($0[0] * 1.5, $0[1], intoY: true) },  // y: a fresh product
     GradCase(name: "add transposed+sliced", shapes: [[4, 3], [3, 6]]) { $0[0].transposed() + $0[1].slice(axis: 1, 1, 5) },
     GradCase(name: "mul sliced", shapes: [[5, 4], [3, 4]]) { $0[0].slice(axis: 0, 1, 4) * $0[1] },
     GradCase(name: "scalar ops", shapes: [[3, 4]]) { (2 * $0[0] + 1.5 - 0.5) / 3 },
@@ -209,6 +210,10 @@ final class FusedOpValueTests: XCTestCase {
         let shared = Tensor.lowRankProject(x, a: [a, a2])  // (4, 5)
         assertClose(Tensor.lowRankExpand(y, u: shared, column: 3, b: b2, scale: 0.5).toArray(),
                     (y + (x.matmul(a2.transposed()) * 0.5).matmul(b2.transposed())).toArray(), rtol: 1e-5, atol: 1e-6, "lowRankExpand")
+        let bias = Tensor.normal([5], rng: &rng), product = y.copy()
+        let biased = Tensor.addingBias(product, bias, intoY: true)
+        XCTAssertTrue(biased.storage === product.storage, "intoY adds the bias into y's own buffer")
+        XCTAssertEqual(biased.toArray(), (y + bias).toArray(), "addingBias")
     }
 }
 
