@@ -24,6 +24,8 @@ public struct MLXQuantization: Hashable, Sendable, CustomStringConvertible {
     /// Bits per value: 1, 2, 3, 4, 5, 6 or 8.
     public let bits: Int
     public static let bitWidths = [1, 2, 3, 4, 5, 6, 8]
+    /// mlx's defaults for the affine mode (`nn.quantize` with None), used where config.json leaves them out.
+    public static let defaultGroupSize = 64, defaultBits = 4
     public var description: String { "\(bits)-bit, group size \(groupSize)" }
 }
 
@@ -121,8 +123,8 @@ public enum MLXModel {
                 guard let v = entry[k], !(v is NSNull) else { return def }
                 return (v as? NSNumber).flatMap { Int(exactly: $0.doubleValue) }
             }
-            guard let g = number("group_size", 64), g > 0, g <= 1 << 20,
-                  let b = number("bits", 4), MLXQuantization.bitWidths.contains(b) else {
+            guard let g = number("group_size", MLXQuantization.defaultGroupSize), g > 0, g <= 1 << 20,
+                  let b = number("bits", MLXQuantization.defaultBits), MLXQuantization.bitWidths.contains(b) else {
                 throw fail(configPath, nil, "\(place) is \(compactDescription(entry)); expected a positive integer \"group_size\" and \"bits\" of \(MLXQuantization.bitWidths.map(String.init).joined(separator: ", "))")
             }
             return MLXQuantization(groupSize: g, bits: b)
@@ -237,8 +239,8 @@ public enum MLXModel {
         func number(_ v: Any?, _ def: Int) -> String { (v as? NSNumber).map { "\($0)" } ?? (v == nil || v is NSNull ? "\(def)" : "?") }
         let layers = q.values.compactMap { $0 as? [String: Any] }
         // The top level is the default of layers without an entry of their own.
-        let own = Set(layers.map { number($0["bits"], 4) }).sorted().joined(separator: "/")
-        return "mlx-lm \(q["mode"] as? String ?? "affine") quantization, \(number(q["bits"], 4))-bit, group size \(number(q["group_size"], 64))"
+        let own = Set(layers.map { number($0["bits"], MLXQuantization.defaultBits) }).sorted().joined(separator: "/")
+        return "mlx-lm \(q["mode"] as? String ?? "affine") quantization, \(number(q["bits"], MLXQuantization.defaultBits))-bit, group size \(number(q["group_size"], MLXQuantization.defaultGroupSize))"
             + (layers.isEmpty ? "" : " by default; \(layers.count) layers set one by one (\(own)-bit)") + "; dequantized to Float32 on load"
     }
 }
