@@ -192,7 +192,7 @@ extension Tensor {
                         let v = px[i]
                         py[i] = 0.5 * v * (1 + fastTanh(sqrt2OverPi * (v + 0.044715 * v * v * v)))
                     }
-                case .geluErf: for i in lo..<hi { py[i] = 0.5 * px[i] * (1 + erff(px[i] * invSqrt2)) }
+                case .geluErf: for i in lo..<hi { py[i] = 0.5 * px[i] * (1 + fastErf(px[i] * invSqrt2)) }
                 case .silu: for i in lo..<hi { py[i] = px[i] / (1 + fastExp(-px[i])) }
                 case .clamp(let a, let b): for i in lo..<hi { py[i] = Swift.min(Swift.max(px[i], a), b) }
                 }
@@ -226,7 +226,7 @@ extension Tensor {
                 case .geluErf:
                     for i in lo..<hi {
                         let v = px[i]
-                        pd[i] = pg[i] * (0.5 * (1 + erff(v * invSqrt2)) + v * invSqrt2Pi * fastExp(-0.5 * v * v))
+                        pd[i] = pg[i] * (0.5 * (1 + fastErf(v * invSqrt2)) + v * invSqrt2Pi * fastExp(-0.5 * v * v))
                     }
                 case .silu:
                     for i in lo..<hi {

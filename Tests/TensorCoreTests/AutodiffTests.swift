@@ -499,6 +499,26 @@ final class FastMathTests: XCTestCase {
         XCTAssertTrue(fastExp(.nan).isNaN)
     }
 
+    /// fastErf against Double erf over ±6 (erf is ±1 in Float32 beyond) and on a log scale near 0,
+    /// where a relative error shows; and at the edges.
+    func testFastErfAccuracyAndEdges() {
+        var (worstAbs, worstRel) = (0.0, 0.0)
+        var xs = stride(from: Float(-6), through: 6, by: 0.000731).map { $0 }
+        xs += stride(from: -8.0, through: 0, by: 0.01).flatMap { e in [Float(pow(10, e)), -Float(pow(10, e))] }
+        for x in xs {
+            let ref = Foundation.erf(Double(x)), err = abs(Double(fastErf(x)) - ref)
+            worstAbs = maxKeepingNaN(worstAbs, err)
+            if ref != 0 { worstRel = maxKeepingNaN(worstRel, err / abs(ref)) }
+        }
+        XCTAssertLessThan(worstAbs, 3e-7, "absolute error")
+        XCTAssertLessThan(worstRel, 3e-7, "relative error")
+        XCTAssertEqual(fastErf(0), 0)
+        XCTAssertEqual(fastErf(.infinity), 1)
+        XCTAssertEqual(fastErf(-.infinity), -1)
+        XCTAssertEqual(fastErf(-20), -1)
+        XCTAssertTrue(fastErf(.nan).isNaN)
+    }
+
     /// Tensors with an axis of size 0 go through elementwise ops, broadcasts and reductions (an
     /// empty sequence): they used to divide by zero unravelling a row that does not exist.
     func testEmptyAxesAreFine() {
